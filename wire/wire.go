@@ -1,0 +1,253 @@
+// Package wire defines what travels through Redis: domain-change events on the
+// ingress streams and invalidation messages on the channels, their JSON
+// encoding, their validation, and the names of the streams that carry them.
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"strconv"
+
+	"github.com/routerd/routerd/names"
+)
+
+// DefaultPartitions is the number of ingress partitions when the matrix sets none.
+const DefaultPartitions = 8
+
+// MaxKeys bounds the keys one event or message may name.
+const MaxKeys = 10000
+
+// MaxIDLen bounds event ids, entity ids and origins.
+const MaxIDLen = 256
+
+// ErrMalformed is wrapped by every decoding and validation error of this package.
+var ErrMalformed = errors.New("wire: malformed")
+
+// FieldError names the field that was wrong and why.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Unwrap lets errors.Is(err, ErrMalformed) match.
+func (e *FieldError) Unwrap() error { return ErrMalformed }
+
+// IngressStream is the ingress stream of partition p: "<prefix>:ingress:{<p>}".
+func IngressStream(prefix string, p int) string {
+	return prefix + ":ingress:{" + strconv.Itoa(p) + "}"
+}
+
+// PartitionsKey holds the number of ingress partitions the router reads.
+func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions" }
+
+// DeadLetterStream holds the events the router refused, with the reason.
+func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
+
+// TenantsKey is the set of tenants the router has routed events for.
+func TenantsKey(prefix string) string { return prefix + ":tenants" }
+
+// Partition returns the ingress partition of a tenant: FNV-1a-32(tenant) mod n.
+func Partition(tenant string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(tenant))
+	return int(h.Sum32() % uint32(n))
+}
+
+// EventField is the single field of an ingress stream entry.
+const EventField = "event"
+
+// Event is a domain-change event as published to an ingress stream.
+type Event struct {
+	ID            string   `json:"id,omitempty"`
+	Tenant        string   `json:"tenant"`
+	Domain        string   `json:"domain"`
+	Entity        string   `json:"entity,omitempty"`
+	Keys          []string `json:"keys,omitempty"`
+	SourceVersion int64    `json:"source_version,omitempty"`
+	Origin        string   `json:"origin,omitempty"`
+	TS            int64    `json:"ts,omitempty"`
+	Traceparent   string   `json:"traceparent,omitempty"`
+}
+
+// Validate checks every field; the error names the first field that is wrong.
+func (e *Event) Validate() error {
+	if e.Tenant == "" {
+		return &FieldError{"tenant", "is required"}
+	}
+	if err := names.Tenant(e.Tenant); err != nil {
+		return &FieldError{"tenant", err.Error()}
+	}
+	if e.Domain == "" {
+		return &FieldError{"domain", "is required"}
+	}
+	if err := names.Domain(e.Domain); err != nil {
+		return &FieldError{"domain", err.Error()}
+	}
+	if err := printable("id", e.ID); err != nil {
+		return err
+	}
+	if err := printable("entity", e.Entity); err != nil {
+		return err
+	}
+	if err := printable("origin", e.Origin); err != nil {
+		return err
+	}
+	if err := printable("traceparent", e.Traceparent); err != nil {
+		return err
+	}
+	if e.SourceVersion < 0 {
+		return &FieldError{"source_version", "must not be negative"}
+	}
+	if e.TS < 0 {
+		return &FieldError{"ts", "must not be negative"}
+	}
+	return validKeys(e.Keys)
+}
+
+func printable(field, s string) error {
+	if len(s) > MaxIDLen {
+		return &FieldError{field, fmt.Sprintf("longer than %d bytes", MaxIDLen)}
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return &FieldError{field, "must be printable ASCII"}
+		}
+	}
+	return nil
+}
+
+func validKeys(keys []string) error {
+	if len(keys) > MaxKeys {
+		return &FieldError{"keys", fmt.Sprintf("more than %d keys", MaxKeys)}
+	}
+	for i, k := range keys {
+		if err := names.Key(k); err != nil {
+			return &FieldError{fmt.Sprintf("keys[%d]", i), err.Error()}
+		}
+	}
+	return nil
+}
+
+// ParseEvent decodes and validates an event. Unknown fields are errors, so a
+// misspelt field is reported instead of silently ignored.
+func ParseEvent(data []byte) (*Event, error) {
+	var e Event
+	if err := decodeStrict(data, &e); err != nil {
+		return nil, err
+	}
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// Marshal encodes a valid event.
+func (e *Event) Marshal() ([]byte, error) {
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(e)
+}
+
+// Message is one invalidation on a channel.
+type Message struct {
+	Tenant      string   `json:"tenant"`
+	Tag         string   `json:"tag"`
+	Epoch       string   `json:"epoch"`
+	Version     int64    `json:"version"`
+	Keys        []string `json:"keys,omitempty"`
+	Event       string   `json:"event,omitempty"`
+	Domain      string   `json:"domain,omitempty"`
+	Origin      string   `json:"origin,omitempty"`
+	TS          int64    `json:"ts,omitempty"`
+	Traceparent string   `json:"traceparent,omitempty"`
+}
+
+// WholeTag reports whether the message invalidates its whole tag.
+func (m *Message) WholeTag() bool { return len(m.Keys) == 0 }
+
+// Validate checks every field of a message read from a channel or history.
+func (m *Message) Validate() error {
+	if err := names.Tenant(m.Tenant); err != nil {
+		return &FieldError{"tenant", err.Error()}
+	}
+	if err := names.Tag(m.Tag); err != nil {
+		return &FieldError{"tag", err.Error()}
+	}
+	if m.Epoch == "" {
+		return &FieldError{"epoch", "is required"}
+	}
+	if err := printable("epoch", m.Epoch); err != nil {
+		return err
+	}
+	if m.Version < 1 {
+		return &FieldError{"version", "must be at least 1"}
+	}
+	if m.Domain != "" {
+		if err := names.Domain(m.Domain); err != nil {
+			return &FieldError{"domain", err.Error()}
+		}
+	}
+	for _, f := range [...]struct{ name, v string }{{"event", m.Event}, {"origin", m.Origin}, {"traceparent", m.Traceparent}} {
+		if err := printable(f.name, f.v); err != nil {
+			return err
+		}
+	}
+	return validKeys(m.Keys)
+}
+
+// ParseMessage decodes and validates a channel message.
+func ParseMessage(data []byte) (*Message, error) {
+	var m Message
+	if err := decodeStrict(data, &m); err != nil {
+		return nil, err
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// MessageBody is the JSON of a message without its epoch and version, which
+// the publish script assigns inside Redis. It starts with ',' (or is empty)
+// so the script can write `{"epoch":"…","version":N` + body + `}`.
+func MessageBody(m *Message) ([]byte, error) {
+	rest := struct {
+		Tenant      string   `json:"tenant"`
+		Tag         string   `json:"tag"`
+		Keys        []string `json:"keys,omitempty"`
+		Event       string   `json:"event,omitempty"`
+		Domain      string   `json:"domain,omitempty"`
+		Origin      string   `json:"origin,omitempty"`
+		TS          int64    `json:"ts,omitempty"`
+		Traceparent string   `json:"traceparent,omitempty"`
+	}{m.Tenant, m.Tag, m.Keys, m.Event, m.Domain, m.Origin, m.TS, m.Traceparent}
+	b, err := json.Marshal(rest)
+	if err != nil {
+		return nil, err
+	}
+	// b is {"tenant":…}; turn it into ,"tenant":… (without the closing brace).
+	b[0] = ','
+	return b[:len(b)-1], nil
+}
+
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &FieldError{"json", err.Error()}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &FieldError{"json", "trailing data after the object"}
+	}
+	return nil
+}

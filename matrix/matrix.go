@@ -1,0 +1,169 @@
+package matrix
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/routerd/routerd/names"
+)
+
+// Limits are the storm limits of a channel.
+type Limits struct {
+	Rate     float64       `json:"rate"`     // messages per second a channel may send
+	Burst    int           `json:"burst"`    // messages a channel may send at once
+	Coalesce time.Duration `json:"coalesce"` // how long excess events are merged before sending
+	MaxKeys  int           `json:"max_keys"` // above this many keys a message invalidates the whole tag
+	History  int           `json:"history"`  // messages kept per channel for replay
+}
+
+// DefaultLimits apply where the matrix sets none.
+var DefaultLimits = Limits{Rate: 100, Burst: 200, Coalesce: 20 * time.Millisecond, MaxKeys: 500, History: 1000}
+
+// Tag is one tag of the matrix.
+type Tag struct {
+	Name     string
+	Services []string // services that own caches under the tag
+	Limits   Limits
+}
+
+// Domain maps a kind of domain data to the tags derived from it.
+type Domain struct {
+	Name string
+	Tags []string
+}
+
+// Service is a consumer of invalidations.
+type Service struct {
+	Name       string
+	AllTenants bool     // "tenants: all"
+	Tenants    []string // when not AllTenants
+}
+
+// Serves reports whether the service holds caches for the tenant.
+func (s *Service) Serves(tenant string) bool {
+	return s.AllTenants || slices.Contains(s.Tenants, tenant)
+}
+
+// Matrix is a validated routing matrix. It is immutable once loaded.
+type Matrix struct {
+	File       string
+	Version    int
+	Prefix     string
+	Partitions int
+	Defaults   Limits
+	Tags       map[string]*Tag
+	Domains    map[string]*Domain
+	Services   map[string]*Service
+	// Hash is the hex SHA-256 of the source, to tell which matrix is active.
+	Hash string
+}
+
+// Load reads and validates the matrix file at path.
+func Load(path string) (*Matrix, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse validates a matrix; file names it in error messages.
+func Parse(file string, data []byte) (*Matrix, error) {
+	p := &parser{file: file}
+	m := p.parse(data)
+	if len(p.errs) > 0 {
+		sort.SliceStable(p.errs, func(i, j int) bool {
+			a, b := p.errs[i], p.errs[j]
+			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
+		})
+		return nil, p.errs
+	}
+	sum := sha256.Sum256(data)
+	m.Hash = hex.EncodeToString(sum[:])
+	m.File = file
+	return m, nil
+}
+
+// Route is one channel an event reaches.
+type Route struct {
+	Channel  string   `json:"channel"`
+	Tag      string   `json:"tag"`
+	Services []string `json:"services"`
+	Limits   Limits   `json:"limits"`
+}
+
+// Routes returns the channels an event of tenant and domain is fanned out to:
+// one per tag of the domain that has at least one service serving the tenant.
+// It returns false when the domain is not in the matrix.
+func (m *Matrix) Routes(tenant, domain string) ([]Route, bool) {
+	d, ok := m.Domains[domain]
+	if !ok {
+		return nil, false
+	}
+	routes := make([]Route, 0, len(d.Tags))
+	for _, tagName := range d.Tags {
+		tag := m.Tags[tagName]
+		var services []string
+		for _, s := range tag.Services {
+			if m.Services[s].Serves(tenant) {
+				services = append(services, s)
+			}
+		}
+		if len(services) == 0 {
+			continue
+		}
+		routes = append(routes, Route{
+			Channel:  names.Channel(m.Prefix, tenant, tagName),
+			Tag:      tagName,
+			Services: services,
+			Limits:   tag.Limits,
+		})
+	}
+	return routes, true
+}
+
+// Subscription is what one service listens to.
+type Subscription struct {
+	Tags       []string // sorted
+	AllTenants bool
+	Tenants    []string // when not AllTenants
+}
+
+// SubscriptionFor returns the tags a service owns and the tenants it serves,
+// or false when the service is not in the matrix.
+func (m *Matrix) SubscriptionFor(service string) (Subscription, bool) {
+	s, ok := m.Services[service]
+	if !ok {
+		return Subscription{}, false
+	}
+	sub := Subscription{AllTenants: s.AllTenants, Tenants: slices.Clone(s.Tenants)}
+	for name, t := range m.Tags {
+		if slices.Contains(t.Services, service) {
+			sub.Tags = append(sub.Tags, name)
+		}
+	}
+	sort.Strings(sub.Tags)
+	return sub, true
+}
+
+// TagNames returns the tag names, sorted.
+func (m *Matrix) TagNames() []string { return sortedKeys(m.Tags) }
+
+// DomainNames returns the domain names, sorted.
+func (m *Matrix) DomainNames() []string { return sortedKeys(m.Domains) }
+
+// ServiceNames returns the service names, sorted.
+func (m *Matrix) ServiceNames() []string { return sortedKeys(m.Services) }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

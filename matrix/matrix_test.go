@@ -1,0 +1,171 @@
+package matrix
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGoodMatrices(t *testing.T) {
+	files, _ := filepath.Glob("testdata/good/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no good matrices")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			m, err := Load(f)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if len(m.Hash) != 64 || m.Version != 1 {
+				t.Errorf("hash %q version %d", m.Hash, m.Version)
+			}
+		})
+	}
+}
+
+func TestBadMatrices(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad/*.yaml")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(filepath.Base(f), data)
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("Parse = %v, want matrix.Errors", err)
+			}
+			for _, e := range errs {
+				if e.Line < 1 || e.Col < 1 || !strings.HasPrefix(e.Error(), filepath.Base(f)+":") {
+					t.Errorf("error without position: %q", e)
+				}
+			}
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".yaml") + ".errors")
+			if os.IsNotExist(err) {
+				return
+			}
+			if got := errs.Error(); got != strings.TrimSpace(string(want)) {
+				t.Errorf("errors:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+func TestSyntaxErrorHasLine(t *testing.T) {
+	_, err := Load("testdata/bad/syntax.yaml")
+	if err == nil || !strings.HasPrefix(err.Error(), "testdata/bad/syntax.yaml:") || !strings.Contains(err.Error(), "YAML syntax") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+const routingMatrix = `
+version: 1
+defaults: {rate: 100, burst: 200, coalesce: 20ms, max_keys: 500}
+tags:
+  active:      {services: [profile-svc, search-svc]}
+  electronics: {services: [search-svc], rate: 20}
+  billing:     {services: [billing-svc]}
+domains:
+  user:    {tags: [active]}
+  product: {tags: [electronics, active]}
+  invoice: {tags: [billing]}
+services:
+  profile-svc: {tenants: all}
+  search-svc:  {tenants: [acme, globex]}
+  billing-svc: {tenants: [initech]}
+`
+
+func TestRoutes(t *testing.T) {
+	m, err := Parse("inline", []byte(routingMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		tenant, domain string
+		want           map[string][]string // channel -> services
+		known          bool
+	}{
+		{"acme", "user", map[string][]string{"invalidate:acme:active": {"profile-svc", "search-svc"}}, true},
+		{"umbrella", "user", map[string][]string{"invalidate:umbrella:active": {"profile-svc"}}, true},
+		{"acme", "product", map[string][]string{
+			"invalidate:acme:electronics": {"search-svc"},
+			"invalidate:acme:active":      {"profile-svc", "search-svc"},
+		}, true},
+		{"umbrella", "product", map[string][]string{"invalidate:umbrella:active": {"profile-svc"}}, true},
+		{"acme", "invoice", map[string][]string{}, true},
+		{"initech", "invoice", map[string][]string{"invalidate:initech:billing": {"billing-svc"}}, true},
+		{"acme", "order", nil, false},
+	}
+	for _, tt := range tests {
+		routes, known := m.Routes(tt.tenant, tt.domain)
+		if known != tt.known {
+			t.Errorf("%s/%s known = %v", tt.tenant, tt.domain, known)
+			continue
+		}
+		got := map[string][]string{}
+		for _, r := range routes {
+			got[r.Channel] = r.Services
+		}
+		if tt.want != nil && !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s/%s routes = %v, want %v", tt.tenant, tt.domain, got, tt.want)
+		}
+	}
+	routes, _ := m.Routes("acme", "product")
+	if routes[0].Limits.Rate != 20 || routes[0].Limits.Burst != 200 || routes[0].Limits.Coalesce != 20*time.Millisecond {
+		t.Errorf("electronics limits = %+v, want rate 20 over the defaults", routes[0].Limits)
+	}
+}
+
+func TestSubscriptionFor(t *testing.T) {
+	m, err := Parse("inline", []byte(routingMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, ok := m.SubscriptionFor("search-svc")
+	if !ok || !reflect.DeepEqual(sub.Tags, []string{"active", "electronics"}) || sub.AllTenants || !reflect.DeepEqual(sub.Tenants, []string{"acme", "globex"}) {
+		t.Errorf("search-svc = %+v", sub)
+	}
+	sub, _ = m.SubscriptionFor("profile-svc")
+	if !sub.AllTenants || !reflect.DeepEqual(sub.Tags, []string{"active"}) {
+		t.Errorf("profile-svc = %+v", sub)
+	}
+	if _, ok := m.SubscriptionFor("nobody"); ok {
+		t.Error("unknown service found")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*/*.yaml")
+	for _, file := range files {
+		data, _ := os.ReadFile(file)
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Parse("fuzz", data)
+		if err != nil {
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error %v is not matrix.Errors", err)
+			}
+			return
+		}
+		// A matrix that loads must route every domain without panicking
+		// and only to defined services.
+		for _, d := range m.DomainNames() {
+			routes, _ := m.Routes("acme", d)
+			for _, r := range routes {
+				for _, s := range r.Services {
+					if m.Services[s] == nil {
+						t.Fatalf("route to undefined service %q", s)
+					}
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,380 @@
+package matrix
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// Error is one problem in a matrix file, with its position.
+type Error struct {
+	File string
+	Line int
+	Col  int
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
+}
+
+// Errors is every problem found in a matrix, in file order. Use errors.As to
+// get it from the error Load or Parse returns.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+const (
+	maxPartitions = 1024
+	maxHistory    = 1_000_000
+)
+
+type parser struct {
+	file string
+	errs Errors
+}
+
+func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
+	line, col := 1, 1
+	if n != nil && n.Line > 0 {
+		line, col = n.Line, n.Column
+	}
+	p.errs = append(p.errs, &Error{File: p.file, Line: line, Col: col, Msg: fmt.Sprintf(format, args...)})
+}
+
+// field is one key of a mapping with its value node.
+type field struct {
+	key   *yaml.Node
+	value *yaml.Node
+}
+
+// mapping returns the fields of a mapping node, reporting duplicates and
+// fields not in allowed (nil allows any name). what names the mapping.
+func (p *parser) mapping(n *yaml.Node, what string, allowed ...string) []field {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, "%s must be a mapping, not %s", what, kindName(n))
+		return nil
+	}
+	seen := make(map[string]bool, len(n.Content)/2)
+	var fields []field
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k, "%s has a key that is not a string", what)
+			continue
+		}
+		if seen[k.Value] {
+			p.errorf(k, "%s: %q is defined twice", what, k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		if allowed != nil && !contains(allowed, k.Value) {
+			p.errorf(k, "%s: unknown field %q (known: %s)", what, k.Value, strings.Join(allowed, ", "))
+			continue
+		}
+		fields = append(fields, field{k, v})
+	}
+	return fields
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return "empty"
+}
+
+func (p *parser) scalar(n *yaml.Node, what string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		p.errorf(n, "%s must be a value, not %s", what, kindName(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (p *parser) integer(n *yaml.Node, what string, min, max int) (int, bool) {
+	s, ok := p.scalar(n, what)
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || n.Tag != "!!int" {
+		p.errorf(n, "%s must be a whole number, not %q", what, s)
+		return 0, false
+	}
+	if v < min || v > max {
+		p.errorf(n, "%s must be between %d and %d, not %d", what, min, max, v)
+		return 0, false
+	}
+	return v, true
+}
+
+func (p *parser) strings(n *yaml.Node, what string) []string {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "%s must be a list, not %s", what, kindName(n))
+		return nil
+	}
+	out := make([]string, 0, len(n.Content))
+	seen := make(map[string]bool)
+	for _, item := range n.Content {
+		s, ok := p.scalar(item, what+" entry")
+		if !ok {
+			continue
+		}
+		if seen[s] {
+			p.errorf(item, "%s lists %q twice", what, s)
+			continue
+		}
+		seen[s] = true
+		out = append(out, s)
+	}
+	return out
+}
+
+// ref is a name used somewhere, to check against its definition later.
+type ref struct {
+	node *yaml.Node
+	name string
+}
+
+func (p *parser) parse(data []byte) *Matrix {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		p.errs = append(p.errs, yamlError(p.file, err))
+		return nil
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		p.errorf(nil, "the matrix is empty")
+		return nil
+	}
+	root := doc.Content[0]
+	m := &Matrix{
+		Prefix:     names.DefaultPrefix,
+		Partitions: wire.DefaultPartitions,
+		Defaults:   DefaultLimits,
+		Tags:       map[string]*Tag{},
+		Domains:    map[string]*Domain{},
+		Services:   map[string]*Service{},
+	}
+	var tagsNode, domainsNode, servicesNode *yaml.Node
+	var haveVersion bool
+	for _, f := range p.mapping(root, "matrix", "version", "prefix", "ingress", "defaults", "tags", "domains", "services") {
+		switch f.key.Value {
+		case "version":
+			haveVersion = true
+			if v, ok := p.integer(f.value, "version", 1, 1); ok {
+				m.Version = v
+			}
+		case "prefix":
+			if s, ok := p.scalar(f.value, "prefix"); ok {
+				if err := names.Prefix(s); err != nil {
+					p.errorf(f.value, "%v", err)
+				}
+				m.Prefix = s
+			}
+		case "ingress":
+			for _, g := range p.mapping(f.value, "ingress", "partitions") {
+				if v, ok := p.integer(g.value, "ingress.partitions", 1, maxPartitions); ok {
+					m.Partitions = v
+				}
+			}
+		case "defaults":
+			m.Defaults = p.limits(f.value, "defaults", DefaultLimits)
+		case "tags":
+			tagsNode = f.value
+		case "domains":
+			domainsNode = f.value
+		case "services":
+			servicesNode = f.value
+		}
+	}
+	if root.Kind == yaml.MappingNode && !haveVersion {
+		p.errorf(root, "version is required (version: 1)")
+	}
+
+	// Services first, then tags, then domains: each checks its references
+	// against what came before, so the order in the file does not matter.
+	if servicesNode != nil {
+		for _, f := range p.mapping(servicesNode, "services", nil...) {
+			if err := names.Service(f.key.Value); err != nil {
+				p.errorf(f.key, "%v", err)
+			}
+			m.Services[f.key.Value] = p.service(f.key.Value, f.value)
+		}
+	}
+	if tagsNode != nil {
+		for _, f := range p.mapping(tagsNode, "tags", nil...) {
+			if err := names.Tag(f.key.Value); err != nil {
+				p.errorf(f.key, "%v", err)
+			}
+			t, used := p.tag(f.key, f.value, m.Defaults)
+			m.Tags[t.Name] = t
+			for _, u := range used {
+				if _, ok := m.Services[u.name]; !ok {
+					p.errorf(u.node, "tag %q: undefined service %q", t.Name, u.name)
+				}
+			}
+		}
+	}
+	if domainsNode != nil {
+		for _, f := range p.mapping(domainsNode, "domains", nil...) {
+			if err := names.Domain(f.key.Value); err != nil {
+				p.errorf(f.key, "%v", err)
+			}
+			d := &Domain{Name: f.key.Value}
+			for _, g := range p.mapping(f.value, "domain "+strconvQuote(d.Name), "tags") {
+				for i, t := range p.strings(g.value, "tags") {
+					if _, ok := m.Tags[t]; !ok {
+						p.errorf(g.value.Content[i], "domain %q: undefined tag %q", d.Name, t)
+					}
+					d.Tags = append(d.Tags, t)
+				}
+			}
+			if len(d.Tags) == 0 {
+				p.errorf(f.key, "domain %q maps to no tags", d.Name)
+			}
+			m.Domains[d.Name] = d
+		}
+	}
+	return m
+}
+
+func strconvQuote(s string) string { return strconv.Quote(s) }
+
+func (p *parser) service(name string, n *yaml.Node) *Service {
+	s := &Service{Name: name}
+	var have bool
+	for _, f := range p.mapping(n, "service "+strconvQuote(name), "tenants") {
+		have = true
+		if f.value.Kind == yaml.ScalarNode && f.value.Value == "all" {
+			s.AllTenants = true
+			continue
+		}
+		if f.value.Kind != yaml.SequenceNode {
+			p.errorf(f.value, "service %q: tenants must be \"all\" or a list of tenants", name)
+			continue
+		}
+		for i, t := range p.strings(f.value, "tenants") {
+			if err := names.Tenant(t); err != nil {
+				p.errorf(f.value.Content[i], "service %q: %v", name, err)
+				continue
+			}
+			s.Tenants = append(s.Tenants, t)
+		}
+	}
+	if n.Kind == yaml.MappingNode && !have {
+		p.errorf(n, "service %q: tenants is required (\"all\" or a list)", name)
+	}
+	return s
+}
+
+func (p *parser) tag(key, n *yaml.Node, defaults Limits) (*Tag, []ref) {
+	t := &Tag{Name: key.Value, Limits: defaults}
+	var used []ref
+	what := "tag " + strconvQuote(t.Name)
+	limitFields := []string{"rate", "burst", "coalesce", "max_keys", "history"}
+	var limitNode yaml.Node
+	limitNode.Kind = yaml.MappingNode
+	for _, f := range p.mapping(n, what, append([]string{"services"}, limitFields...)...) {
+		if f.key.Value == "services" {
+			for i, s := range p.strings(f.value, "services") {
+				t.Services = append(t.Services, s)
+				used = append(used, ref{f.value.Content[i], s})
+			}
+			continue
+		}
+		limitNode.Content = append(limitNode.Content, f.key, f.value)
+	}
+	t.Limits = p.limits(&limitNode, what, defaults)
+	if n.Kind == yaml.MappingNode && len(t.Services) == 0 {
+		p.errorf(key, "%s has no services", what)
+	}
+	return t, used
+}
+
+func (p *parser) limits(n *yaml.Node, what string, base Limits) Limits {
+	l := base
+	for _, f := range p.mapping(n, what, "rate", "burst", "coalesce", "max_keys", "history") {
+		name := what + "." + f.key.Value
+		switch f.key.Value {
+		case "rate":
+			s, ok := p.scalar(f.value, name)
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 || (f.value.Tag != "!!int" && f.value.Tag != "!!float") {
+				p.errorf(f.value, "%s must be a number of messages per second above 0, not %q", name, s)
+				continue
+			}
+			l.Rate = v
+		case "burst":
+			if v, ok := p.integer(f.value, name, 1, 1_000_000); ok {
+				l.Burst = v
+			}
+		case "max_keys":
+			if v, ok := p.integer(f.value, name, 1, wire.MaxKeys); ok {
+				l.MaxKeys = v
+			}
+		case "history":
+			if v, ok := p.integer(f.value, name, 1, maxHistory); ok {
+				l.History = v
+			}
+		case "coalesce":
+			s, ok := p.scalar(f.value, name)
+			if !ok {
+				continue
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 || d > time.Minute {
+				p.errorf(f.value, "%s must be a duration from 0s to 1m such as 20ms, not %q", name, s)
+				continue
+			}
+			l.Coalesce = d
+		}
+	}
+	return l
+}
+
+// yamlError turns a yaml.v3 syntax error ("yaml: line 3: …") into an Error.
+func yamlError(file string, err error) *Error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if num, tail, ok := strings.Cut(rest, ":"); ok {
+			if v, err := strconv.Atoi(num); err == nil {
+				line, msg = v, strings.TrimSpace(tail)
+			}
+		}
+	}
+	return &Error{File: file, Line: line, Col: 1, Msg: "YAML syntax: " + msg}
+}

@@ -1,0 +1,163 @@
+// Package redistest starts real redis-server processes on free loopback ports
+// for tests, and stops them when the test ends. No test assumes a server on
+// 6379 or anywhere else.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is one redis-server process.
+type Server struct {
+	Addr string // 127.0.0.1:port
+	URL  string // redis://127.0.0.1:port
+	Dir  string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Binary returns the path of redis-server, or fails the test saying how to
+// install it.
+func Binary(tb testing.TB) string {
+	tb.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Fatalf("redis-server is not installed: run `apt-get install -y redis-server` (or `make test`, which does it)")
+	}
+	return path
+}
+
+// Start runs a standalone redis-server with persistence off. Extra args are
+// passed on the command line ("--maxmemory-policy", "allkeys-lru").
+func Start(tb testing.TB, args ...string) *Server {
+	tb.Helper()
+	dir := tb.TempDir()
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, args: args}
+		s.URL = "redis://" + s.Addr
+		if lastErr = s.start(tb); lastErr == nil {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+	}
+	tb.Fatalf("redistest: could not start redis-server: %v", lastErr)
+	return nil
+}
+
+func (s *Server) start(tb testing.TB) error {
+	_, port, _ := net.SplitHostPort(s.Addr)
+	args := append([]string{
+		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", s.Dir, "--protected-mode", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(s.Dir, "redis-"+port+".log"),
+	}, s.args...)
+	cmd := exec.Command(Binary(tb), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.done) }()
+	if err := waitReady(s.Addr, s.done, 10*time.Second); err != nil {
+		s.Stop()
+		log, _ := os.ReadFile(filepath.Join(s.Dir, "redis-"+port+".log"))
+		return fmt.Errorf("%v\n%s", err, log)
+	}
+	return nil
+}
+
+// Stop kills the server (like a crash: nothing is saved). Safe to call twice.
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// Restart kills the server and starts an empty one on the same port.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	s.Stop()
+	if err := s.start(tb); err != nil {
+		tb.Fatalf("redistest: restart: %v", err)
+	}
+}
+
+// Client returns a client for the server, closed when the test ends.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func waitReady(addr string, exited <-chan struct{}, timeout time.Duration) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server on %s exited: %v", addr, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis-server on %s not ready after %v: %v", addr, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+var prefixSeq atomic.Int64
+
+// Prefix returns a channel and key prefix unique to this test.
+func Prefix(tb testing.TB) string {
+	return fmt.Sprintf("t%d-%d", os.Getpid()%100000, prefixSeq.Add(1))
+}
+
+// Eventually polls cond until it returns true or the deadline passes; it
+// waits for outcomes, never for a fixed time.
+func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,334 @@
+// Package tagstore is the write side of tagged caching and the engine of local
+// tag invalidation: store a value and register its key under tags in one
+// atomic script, invalidate a tag or some of its keys (recording a
+// subscriber's position in the same script), take large tags down in bounded
+// chunks, and compact tag sets whose keys have expired.
+//
+// Cache keys are named by a template, "{tenant:${tenant}}:${key}" by default,
+// so a tenant's keys and tag sets share one cluster slot.
+package tagstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/names"
+)
+
+// DefaultKeyTemplate names a tenant's cache key.
+const DefaultKeyTemplate = "{tenant:${tenant}}:${key}"
+
+// DefaultCardinalityGuard is the largest tag deleted by one script call.
+const DefaultCardinalityGuard = 5000
+
+// Status is the outcome of one invalidation, as in the metric label.
+type Status string
+
+// Outcomes of an invalidation.
+const (
+	Success             Status = "SUCCESS"
+	EmptyTagSet         Status = "EMPTY_TAG_SET"
+	CardinalityExceeded Status = "TAG_CARDINALITY_EXCEEDED"
+	Duplicate           Status = "DUPLICATE"
+	Failed              Status = "ERROR"
+)
+
+// Observer is told of every invalidation, for metrics. It must be cheap.
+type Observer func(tag string, status Status, keys int64, took time.Duration)
+
+// Options configure a Store. The zero value is usable.
+type Options struct {
+	// KeyTemplate turns a tenant and a key into a cache key name. It must
+	// contain ${key}; ${tenant} is replaced by the tenant.
+	KeyTemplate string
+	// CardinalityGuard: tags with more members are deleted in chunks.
+	CardinalityGuard int
+	// ChunkSize is the batch of the chunked path, at most 1000.
+	ChunkSize int
+	// Observe, when set, is called after each invalidation.
+	Observe Observer
+}
+
+// Store works on one cache Redis (standalone or cluster).
+type Store struct {
+	c   redis.UniversalClient
+	opt Options
+}
+
+// New checks the options and fills the defaults.
+func New(c redis.UniversalClient, opt Options) (*Store, error) {
+	if c == nil {
+		return nil, errors.New("tagstore: nil Redis client")
+	}
+	if opt.KeyTemplate == "" {
+		opt.KeyTemplate = DefaultKeyTemplate
+	}
+	if !strings.Contains(opt.KeyTemplate, "${key}") {
+		return nil, fmt.Errorf("tagstore: key template %q must contain ${key}", opt.KeyTemplate)
+	}
+	if opt.CardinalityGuard == 0 {
+		opt.CardinalityGuard = DefaultCardinalityGuard
+	}
+	if opt.CardinalityGuard < 1 {
+		return nil, fmt.Errorf("tagstore: cardinality guard must be positive, not %d", opt.CardinalityGuard)
+	}
+	if opt.ChunkSize == 0 {
+		opt.ChunkSize = lua.MaxUnpack
+	}
+	if opt.ChunkSize < 1 || opt.ChunkSize > lua.MaxUnpack {
+		return nil, fmt.Errorf("tagstore: chunk size must be 1 to %d, not %d", lua.MaxUnpack, opt.ChunkSize)
+	}
+	return &Store{c: c, opt: opt}, nil
+}
+
+// Key returns the cache key name of a tenant's key.
+func (s *Store) Key(tenant, key string) (string, error) {
+	if err := names.Tenant(tenant); err != nil {
+		return "", err
+	}
+	if err := names.Key(key); err != nil {
+		return "", err
+	}
+	return s.key(tenant, key), nil
+}
+
+func (s *Store) key(tenant, key string) string {
+	k := strings.ReplaceAll(s.opt.KeyTemplate, "${tenant}", tenant)
+	return strings.ReplaceAll(k, "${key}", key)
+}
+
+// Set stores value under the tenant's key with a time to live (0 for none)
+// and registers the key under every tag, in one atomic script.
+func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl time.Duration, tags ...string) error {
+	full, err := s.Key(tenant, key)
+	if err != nil {
+		return err
+	}
+	if ttl < 0 {
+		return fmt.Errorf("tagstore: negative ttl %v", ttl)
+	}
+	keys := make([]string, 0, 1+len(tags))
+	keys = append(keys, full)
+	for _, t := range tags {
+		if err := names.Tag(t); err != nil {
+			return err
+		}
+		keys = append(keys, names.TagSetKey(tenant, t))
+	}
+	return lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds()).Err()
+}
+
+// Get returns the value of a tenant's key, or redis.Nil when it is not cached.
+func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
+	full, err := s.Key(tenant, key)
+	if err != nil {
+		return nil, err
+	}
+	return s.c.Get(ctx, full).Bytes()
+}
+
+// Position is how far a service's subscriber has applied a channel.
+type Position struct {
+	Epoch   string
+	Version int64
+}
+
+// String is the stored form, "epoch:version".
+func (p Position) String() string { return p.Epoch + ":" + strconv.FormatInt(p.Version, 10) }
+
+// ParsePosition reads the stored form.
+func ParsePosition(s string) (Position, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i <= 0 {
+		return Position{}, fmt.Errorf("tagstore: position %q is not epoch:version", s)
+	}
+	v, err := strconv.ParseInt(s[i+1:], 10, 64)
+	if err != nil || v < 0 {
+		return Position{}, fmt.Errorf("tagstore: position %q has no valid version", s)
+	}
+	return Position{Epoch: s[:i], Version: v}, nil
+}
+
+// Invalidation is one unit of work: the listed keys of a tag, or the whole
+// tag when Keys is empty. With Service set, the service's position on the
+// channel is checked and advanced in the same script: an invalidation at or
+// behind the position is a Duplicate and does nothing.
+type Invalidation struct {
+	Tenant   string
+	Tag      string
+	Keys     []string
+	Service  string
+	Position Position
+}
+
+// Result says what an invalidation did.
+type Result struct {
+	Status  Status
+	Deleted int64 // cache keys removed
+	Chunked bool  // the tag was above the guard and went the chunked path
+}
+
+// InvalidateTag deletes every key registered under the tag, and the tag set.
+func (s *Store) InvalidateTag(ctx context.Context, tenant, tag string) (Result, error) {
+	return s.Apply(ctx, Invalidation{Tenant: tenant, Tag: tag})
+}
+
+// InvalidateKeys deletes the tenant's listed keys and drops them from the tag.
+func (s *Store) InvalidateKeys(ctx context.Context, tenant, tag string, keys ...string) (Result, error) {
+	if len(keys) == 0 {
+		return Result{}, errors.New("tagstore: InvalidateKeys needs at least one key (use InvalidateTag for the whole tag)")
+	}
+	return s.Apply(ctx, Invalidation{Tenant: tenant, Tag: tag, Keys: keys})
+}
+
+// Apply runs one invalidation. Keys are deleted in batches of at most 1000 per
+// Redis command; a whole tag above the cardinality guard is first taken down
+// in chunks, and the final script then deletes the rest and writes the
+// position. Errors leave the position where it was, so the work is retried.
+func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
+	start := time.Now()
+	res, err := s.apply(ctx, inv)
+	if err != nil {
+		res.Status = Failed
+	}
+	if s.opt.Observe != nil {
+		s.opt.Observe(inv.Tag, res.Status, res.Deleted, time.Since(start))
+	}
+	return res, err
+}
+
+func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
+	if err := names.Tenant(inv.Tenant); err != nil {
+		return Result{}, err
+	}
+	if err := names.Tag(inv.Tag); err != nil {
+		return Result{}, err
+	}
+	tagSet := names.TagSetKey(inv.Tenant, inv.Tag)
+	posKey, epoch := tagSet, ""
+	if inv.Service != "" {
+		if err := names.Service(inv.Service); err != nil {
+			return Result{}, err
+		}
+		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
+			return Result{}, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
+		}
+		posKey, epoch = names.PositionKey(inv.Tenant, inv.Service, inv.Tag), inv.Position.Epoch
+	}
+	keys := make([]string, 0, 2+len(inv.Keys))
+	keys = append(keys, tagSet, posKey)
+	for _, k := range inv.Keys {
+		if err := names.Key(k); err != nil {
+			return Result{}, err
+		}
+		keys = append(keys, s.key(inv.Tenant, k))
+	}
+
+	var res Result
+	for {
+		status, n, err := s.runInvalidate(ctx, keys, epoch, inv.Position.Version)
+		if err != nil {
+			return res, err
+		}
+		if status != CardinalityExceeded {
+			res.Status = status
+			res.Deleted += n
+			return res, nil
+		}
+		// Too large for one call: chunk it down below the guard, then let
+		// the script finish the rest and record the position.
+		res.Chunked = true
+		deleted, err := s.chunk(ctx, tagSet)
+		res.Deleted += deleted
+		if err != nil {
+			return res, err
+		}
+	}
+}
+
+func (s *Store) runInvalidate(ctx context.Context, keys []string, epoch string, version int64) (Status, int64, error) {
+	v, err := lua.Invalidate.Run(ctx, s.c, keys, s.opt.CardinalityGuard, epoch, version).Slice()
+	if err != nil {
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: %w", keys[0], err)
+	}
+	if len(v) != 2 {
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", keys[0], v)
+	}
+	status, _ := v[0].(string)
+	n, _ := v[1].(int64)
+	return Status(status), n, nil
+}
+
+// chunk deletes a tag's members in batches until it is at or below the guard.
+func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
+	var deleted int64
+	for {
+		v, err := lua.Chunk.Run(ctx, s.c, []string{tagSet}, s.opt.ChunkSize).Int64Slice()
+		if err != nil {
+			return deleted, fmt.Errorf("tagstore: chunked delete of %s: %w", tagSet, err)
+		}
+		deleted += v[0]
+		if v[1] <= int64(s.opt.CardinalityGuard) {
+			return deleted, nil
+		}
+	}
+}
+
+// ReadPosition returns a service's position on a tenant's tag, with false
+// when none is recorded.
+func (s *Store) ReadPosition(ctx context.Context, tenant, service, tag string) (Position, bool, error) {
+	v, err := s.c.Get(ctx, names.PositionKey(tenant, service, tag)).Result()
+	if errors.Is(err, redis.Nil) {
+		return Position{}, false, nil
+	}
+	if err != nil {
+		return Position{}, false, err
+	}
+	p, err := ParsePosition(v)
+	return p, err == nil, err
+}
+
+// Compact removes from a tag set the members whose keys no longer exist,
+// in batches of at most 1000, and returns how many it removed. It works
+// through the set with SSCAN, so it never blocks Redis for long.
+func (s *Store) Compact(ctx context.Context, tenant, tag string) (int64, error) {
+	if err := names.Tenant(tenant); err != nil {
+		return 0, err
+	}
+	if err := names.Tag(tag); err != nil {
+		return 0, err
+	}
+	tagSet := names.TagSetKey(tenant, tag)
+	var removed int64
+	var cursor uint64
+	for {
+		members, next, err := s.c.SScan(ctx, tagSet, cursor, "", int64(s.opt.ChunkSize)).Result()
+		if err != nil {
+			return removed, err
+		}
+		for len(members) > 0 {
+			batch := members[:min(len(members), lua.MaxUnpack)]
+			members = members[len(batch):]
+			args := make([]any, len(batch))
+			for i, m := range batch {
+				args[i] = m
+			}
+			n, err := lua.Compact.Run(ctx, s.c, []string{tagSet}, args...).Int64()
+			if err != nil {
+				return removed, err
+			}
+			removed += n
+		}
+		if next == 0 {
+			return removed, nil
+		}
+		cursor = next
+	}
+}

@@ -1,0 +1,230 @@
+package tagstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/tagstore"
+)
+
+func newStore(t *testing.T, opt tagstore.Options) (*tagstore.Store, *redis.Client) {
+	t.Helper()
+	c := redistest.Start(t).Client(t)
+	s, err := tagstore.New(c, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}
+
+func exists(t *testing.T, c *redis.Client, keys ...string) int64 {
+	t.Helper()
+	n, err := c.Exists(context.Background(), keys...).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestSetRegistersUnderTags(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	if err := s.Set(ctx, "acme", "user:1", []byte("v"), time.Minute, "active", "vip"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []string{"active", "vip"} {
+		ok, _ := c.SIsMember(ctx, "{tenant:acme}:tag:"+tag, "{tenant:acme}:user:1").Result()
+		if !ok {
+			t.Errorf("key not in tag %s", tag)
+		}
+	}
+	if ttl := c.PTTL(ctx, "{tenant:acme}:user:1").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("ttl = %v", ttl)
+	}
+	if err := s.Set(ctx, "ac:me", "k", nil, 0, "t"); err == nil {
+		t.Error("invalid tenant accepted")
+	}
+	if err := s.Set(ctx, "acme", "k", nil, 0, "bad tag"); err == nil {
+		t.Error("invalid tag accepted")
+	}
+}
+
+func TestInvalidateTagDeletesExactlyItsKeys(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	must(t, s.Set(ctx, "acme", "user:1", []byte("1"), 0, "active"))
+	must(t, s.Set(ctx, "acme", "user:2", []byte("2"), 0, "active", "other"))
+	must(t, s.Set(ctx, "acme", "user:3", []byte("3"), 0, "other"))
+	must(t, s.Set(ctx, "globex", "user:1", []byte("g"), 0, "active"))
+
+	res, err := s.InvalidateTag(ctx, "acme", "active")
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 2 {
+		t.Fatalf("InvalidateTag = %+v, %v", res, err)
+	}
+	if exists(t, c, "{tenant:acme}:user:1", "{tenant:acme}:user:2", "{tenant:acme}:tag:active") != 0 {
+		t.Error("tag keys survived")
+	}
+	if exists(t, c, "{tenant:acme}:user:3", "{tenant:globex}:user:1") != 2 {
+		t.Error("keys of other tags or tenants were deleted")
+	}
+	res, _ = s.InvalidateTag(ctx, "acme", "active")
+	if res.Status != tagstore.EmptyTagSet {
+		t.Errorf("second InvalidateTag status = %s", res.Status)
+	}
+}
+
+func TestInvalidateKeys(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	for i := 0; i < 2500; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "big"))
+	}
+	keys := make([]string, 2400) // more than one batch of 1000
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k:%d", i)
+	}
+	res, err := s.InvalidateKeys(ctx, "acme", "big", keys...)
+	if err != nil || res.Deleted != 2400 {
+		t.Fatalf("InvalidateKeys = %+v, %v", res, err)
+	}
+	if n := c.SCard(ctx, "{tenant:acme}:tag:big").Val(); n != 100 {
+		t.Errorf("tag set has %d members, want 100", n)
+	}
+	if exists(t, c, "{tenant:acme}:k:2400") != 1 || exists(t, c, "{tenant:acme}:k:0") != 0 {
+		t.Error("wrong keys deleted")
+	}
+}
+
+func TestChunkedPathAboveGuard(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 50, ChunkSize: 100})
+	for i := 0; i < 1234; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "huge"))
+	}
+	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "huge", Service: "svc", Position: tagstore.Position{Epoch: "e1", Version: 3}})
+	if err != nil || !res.Chunked || res.Deleted != 1234 || res.Status != tagstore.Success {
+		t.Fatalf("Apply = %+v, %v", res, err)
+	}
+	if n := c.DBSize(ctx).Val(); n != 1 { // only the position is left
+		t.Errorf("%d keys left", n)
+	}
+	pos, ok, err := s.ReadPosition(ctx, "acme", "svc", "huge")
+	if err != nil || !ok || pos != (tagstore.Position{Epoch: "e1", Version: 3}) {
+		t.Errorf("position = %v %v %v", pos, ok, err)
+	}
+}
+
+func TestPositionMakesApplyIdempotent(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	apply := func(key string, epoch string, v int64) tagstore.Status {
+		t.Helper()
+		must(t, s.Set(ctx, "acme", key, []byte("v"), 0, "active"))
+		res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "active", Keys: []string{key},
+			Service: "svc", Position: tagstore.Position{Epoch: epoch, Version: v}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Status
+	}
+	if st := apply("a", "e1", 1); st != tagstore.Success {
+		t.Fatalf("first apply %s", st)
+	}
+	if st := apply("b", "e1", 1); st != tagstore.Duplicate {
+		t.Errorf("same version: %s", st)
+	}
+	if exists(t, c, "{tenant:acme}:b") != 1 {
+		t.Error("duplicate deleted a key")
+	}
+	if st := apply("c", "e1", 2); st != tagstore.Success {
+		t.Errorf("next version: %s", st)
+	}
+	if st := apply("d", "e2", 1); st != tagstore.Success {
+		t.Errorf("new epoch: %s", st)
+	}
+}
+
+func TestCompactDropsExpiredMembers(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	for i := 0; i < 30; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "t"))
+	}
+	for i := 0; i < 10; i++ {
+		c.Del(ctx, fmt.Sprintf("{tenant:acme}:k:%d", i)) // as if expired
+	}
+	n, err := s.Compact(ctx, "acme", "t")
+	if err != nil || n != 10 {
+		t.Fatalf("Compact = %d, %v", n, err)
+	}
+	if c.SCard(ctx, "{tenant:acme}:tag:t").Val() != 20 {
+		t.Error("live members removed")
+	}
+}
+
+func TestObserverSeesEveryOutcome(t *testing.T) {
+	ctx := context.Background()
+	var got []tagstore.Status
+	s, _ := newStore(t, tagstore.Options{Observe: func(tag string, st tagstore.Status, keys int64, took time.Duration) {
+		got = append(got, st)
+	}})
+	_, _ = s.InvalidateTag(ctx, "acme", "t")
+	if len(got) != 1 || got[0] != tagstore.EmptyTagSet {
+		t.Errorf("observed %v", got)
+	}
+}
+
+func TestGetMissing(t *testing.T) {
+	s, _ := newStore(t, tagstore.Options{})
+	if _, err := s.Get(context.Background(), "acme", "nope"); !errors.Is(err, redis.Nil) {
+		t.Errorf("Get = %v", err)
+	}
+}
+
+func TestOptionsValidated(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, opt := range []tagstore.Options{{KeyTemplate: "{tenant:${tenant}}"}, {CardinalityGuard: -1}, {ChunkSize: 1001}} {
+		if _, err := tagstore.New(c, opt); err == nil {
+			t.Errorf("New(%+v) accepted", opt)
+		}
+	}
+}
+
+func TestParsePosition(t *testing.T) {
+	p, err := tagstore.ParsePosition("9f2c1a:42")
+	if err != nil || p.Epoch != "9f2c1a" || p.Version != 42 || p.String() != "9f2c1a:42" {
+		t.Errorf("ParsePosition = %+v, %v", p, err)
+	}
+	for _, s := range []string{"", "42", ":42", "e:", "e:x", "e:-1"} {
+		if _, err := tagstore.ParsePosition(s); err == nil {
+			t.Errorf("ParsePosition(%q) accepted", s)
+		}
+	}
+}
+
+func FuzzParsePosition(f *testing.F) {
+	f.Add("9f2c1a:42")
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := tagstore.ParsePosition(s)
+		if err != nil {
+			return
+		}
+		if q, err := tagstore.ParsePosition(p.String()); err != nil || q != p {
+			t.Fatalf("round trip %q -> %+v -> %+v %v", s, p, q, err)
+		}
+	})
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -23,6 +23,8 @@ var (
 	setSrc string
 	//go:embed compact.lua
 	compactSrc string
+	//go:embed srcver.lua
+	srcverSrc string
 )
 
 var (
@@ -36,6 +38,8 @@ var (
 	Set = redis.NewScript(setSrc)
 	// Compact drops tag set members whose keys are gone.
 	Compact = redis.NewScript(compactSrc)
+	// SourceVersion suppresses events older than one already routed.
+	SourceVersion = redis.NewScript(srcverSrc)
 )
 
 // MaxUnpack is the most items a script passes to one Redis command.

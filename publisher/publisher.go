@@ -1,0 +1,211 @@
+// Package publisher emits domain-change events to routerd's ingress streams.
+//
+// Publish validates an event and appends it to the tenant's ingress partition
+// with one XADD; PublishBatch pipelines many. Nothing is sent for an invalid
+// event: the error names the field and the rule. Any language can publish the
+// same way with a single `XADD <prefix>:ingress:{<p>} * event '<json>'`.
+package publisher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// Event is a domain-change event.
+type Event = wire.Event
+
+// DefaultRefresh is how often the partition count is read again.
+const DefaultRefresh = 30 * time.Second
+
+// Options configure a Publisher. The zero value is usable.
+type Options struct {
+	// Prefix of the ingress streams; "invalidate" by default.
+	Prefix string
+	// Partitions fixes the number of ingress partitions. When 0 the
+	// publisher reads it from <prefix>:ingress:partitions (written by the
+	// router), every Refresh, and uses 8 until the router has written it.
+	Partitions int
+	// Refresh is how long a partition count read from Redis is used.
+	Refresh time.Duration
+	// Origin is stamped on events that carry none (usually the service name).
+	Origin string
+	// Now is the clock for event timestamps; time.Now by default.
+	Now func() time.Time
+}
+
+// Publisher appends events to the ingress streams. It is safe for concurrent use.
+type Publisher struct {
+	c   redis.UniversalClient
+	opt Options
+
+	mu          sync.Mutex
+	partitions  int
+	refreshedAt time.Time
+}
+
+// New checks the options and fills the defaults.
+func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
+	if c == nil {
+		return nil, errors.New("publisher: nil Redis client")
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = names.DefaultPrefix
+	}
+	if err := names.Prefix(opt.Prefix); err != nil {
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	if opt.Partitions < 0 || opt.Partitions > 1024 {
+		return nil, fmt.Errorf("publisher: partitions must be 0 (read from Redis) to 1024, not %d", opt.Partitions)
+	}
+	if opt.Refresh == 0 {
+		opt.Refresh = DefaultRefresh
+	}
+	if opt.Refresh < 0 {
+		return nil, fmt.Errorf("publisher: negative refresh %v", opt.Refresh)
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if len(opt.Origin) > wire.MaxIDLen {
+		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
+	}
+	return &Publisher{c: c, opt: opt, partitions: opt.Partitions}, nil
+}
+
+// Publish validates the event, fills id, ts, origin and the trace context of
+// ctx where they are empty, and appends it to the tenant's ingress partition.
+// It returns the event id. The id makes a retried Publish harmless: the
+// router publishes each event id once per channel.
+func (p *Publisher) Publish(ctx context.Context, e Event) (string, error) {
+	args, err := p.prepare(ctx, &e)
+	if err != nil {
+		return "", err
+	}
+	n, err := p.partitionCount(ctx)
+	if err != nil {
+		return "", err
+	}
+	args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(e.Tenant, n))
+	if err := p.c.XAdd(ctx, args).Err(); err != nil {
+		return "", fmt.Errorf("publisher: XADD %s: %w", args.Stream, err)
+	}
+	return e.ID, nil
+}
+
+// PublishBatch publishes many events in one pipeline. Every event is
+// validated first; if one is invalid nothing is sent and the error names its
+// index. It returns the event ids in order; a caller that wants a retry to be
+// idempotent sets each event's ID from them before publishing again.
+func (p *Publisher) PublishBatch(ctx context.Context, events []Event) ([]string, error) {
+	all := make([]*redis.XAddArgs, len(events))
+	ids := make([]string, len(events))
+	for i := range events {
+		e := events[i]
+		args, err := p.prepare(ctx, &e)
+		if err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+		all[i], ids[i] = args, e.ID
+	}
+	if len(all) == 0 {
+		return nil, nil
+	}
+	n, err := p.partitionCount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, args := range all {
+			args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(events[i].Tenant, n))
+			pipe.XAdd(ctx, args)
+		}
+		return nil
+	})
+	if err != nil {
+		for i, c := range cmds {
+			if c.Err() != nil {
+				return nil, fmt.Errorf("publisher: event %d: XADD: %w (events before it may have been sent; publishing again with the same ids is safe)", i, c.Err())
+			}
+		}
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	return ids, nil
+}
+
+var propagator = propagation.TraceContext{}
+
+func (p *Publisher) prepare(ctx context.Context, e *Event) (*redis.XAddArgs, error) {
+	if e.ID == "" {
+		e.ID = newID(p.opt.Now())
+	}
+	if e.TS == 0 {
+		e.TS = p.opt.Now().UnixMilli()
+	}
+	if e.Origin == "" {
+		e.Origin = p.opt.Origin
+	}
+	if e.Traceparent == "" {
+		carrier := propagation.MapCarrier{}
+		propagator.Inject(ctx, carrier)
+		e.Traceparent = carrier["traceparent"]
+	}
+	data, err := e.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	return &redis.XAddArgs{Values: []any{wire.EventField, data}}, nil
+}
+
+func (p *Publisher) partitionCount(ctx context.Context) (int, error) {
+	if p.opt.Partitions > 0 {
+		return p.opt.Partitions, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.partitions > 0 && p.opt.Now().Sub(p.refreshedAt) < p.opt.Refresh {
+		return p.partitions, nil
+	}
+	s, err := p.c.Get(ctx, wire.PartitionsKey(p.opt.Prefix)).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		p.partitions = wire.DefaultPartitions
+	case err != nil:
+		if p.partitions > 0 {
+			return p.partitions, nil // keep the last known count; the XADD will tell
+		}
+		return 0, fmt.Errorf("publisher: read partition count: %w", err)
+	default:
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1024 {
+			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", wire.PartitionsKey(p.opt.Prefix), s)
+		}
+		p.partitions = n
+	}
+	p.refreshedAt = p.opt.Now()
+	return p.partitions, nil
+}
+
+// newID returns a time-ordered unique id: 12 hex digits of milliseconds and
+// 16 of randomness.
+func newID(now time.Time) string {
+	var b [14]byte
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	_, _ = rand.Read(b[6:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,57 @@
+package router
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics of the router. Labels are bounded: tag and domain names come from
+// the matrix, reasons from a fixed list; never a tenant or a key.
+type metrics struct {
+	read          prometheus.Counter
+	routed        *prometheus.CounterVec // domain
+	deadLettered  *prometheus.CounterVec // reason
+	suppressed    prometheus.Counter
+	published     *prometheus.CounterVec // tag
+	duplicates    prometheus.Counter
+	claimed       prometheus.Counter
+	publishErrors prometheus.Counter
+	batchSeconds  prometheus.Histogram
+	pending       prometheus.Gauge
+	lag           prometheus.Gauge
+	groupsCreated prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		read: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_events_read_total", Help: "Ingress entries read, claimed ones included."}),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_events_routed_total", Help: "Events routed and acknowledged, by domain."}, []string{"domain"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_events_dead_lettered_total", Help: "Events sent to the dead-letter stream, by reason."}, []string{"reason"}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_events_suppressed_total", Help: "Events older (source_version) than one already routed for the same entity."}),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_messages_published_total", Help: "Channel messages published, by tag."}, []string{"tag"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_publish_duplicates_total", Help: "Channel publishes skipped because the event id was already published there."}),
+		claimed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_entries_claimed_total", Help: "Pending ingress entries claimed from idle consumers."}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_publish_errors_total", Help: "Batches whose publishing failed; their entries stay pending and are retried."}),
+		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "routerd_batch_duration_seconds", Help: "Time to route, publish and acknowledge one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routerd_ingress_pending_entries", Help: "Ingress entries delivered but not yet acknowledged."}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routerd_ingress_lag_entries", Help: "Ingress entries not yet delivered to the consumer group."}),
+		groupsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_consumer_groups_created_total", Help: "Consumer groups created, at start or after they vanished."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.read, m.routed, m.deadLettered, m.suppressed, m.published, m.duplicates,
+			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated)
+	}
+	return m
+}

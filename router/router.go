@@ -1,0 +1,412 @@
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/wire"
+)
+
+// Options configure a Router. The zero value is usable.
+type Options struct {
+	// Group is the consumer group on every ingress partition; "routerd" by default.
+	Group string
+	// Consumer names this instance in the group; hostname-pid by default.
+	// Give each instance its own.
+	Consumer string
+	// BatchSize is how many entries one read takes from a partition (256).
+	BatchSize int
+	// Block is how long a read waits for new entries (1s). It bounds how
+	// long shutdown waits for an idle read.
+	Block time.Duration
+	// ClaimIdle is how long an entry stays pending before another instance
+	// claims it (30s). Keep it well above the time to route one batch.
+	ClaimIdle time.Duration
+	// ClaimInterval is how often pending entries are claimed and the
+	// housekeeping runs (5s).
+	ClaimInterval time.Duration
+	// DeadLetterMaxLen caps the dead-letter stream, approximately (100000).
+	DeadLetterMaxLen int64
+	// SourceVersionTTL is how long the newest source_version of an entity is
+	// remembered for suppressing older events (24h).
+	SourceVersionTTL time.Duration
+	// Sharded publishes with SPUBLISH (Redis Cluster) instead of PUBLISH.
+	Sharded bool
+	// ShutdownTimeout bounds how long an in-flight batch may take to finish
+	// after Run's context is cancelled (10s); what is not finished stays
+	// pending and is claimed later, never lost.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	Registerer      prometheus.Registerer
+}
+
+func (o *Options) setDefaults() error {
+	if o.Group == "" {
+		o.Group = "routerd"
+	}
+	if o.Consumer == "" {
+		host, _ := os.Hostname()
+		o.Consumer = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second},
+		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+		if *d.v < 0 {
+			return fmt.Errorf("router: negative duration %v", *d.v)
+		}
+	}
+	if o.BatchSize == 0 {
+		o.BatchSize = 256
+	}
+	if o.BatchSize < 1 {
+		return fmt.Errorf("router: batch size must be positive, not %d", o.BatchSize)
+	}
+	if o.DeadLetterMaxLen == 0 {
+		o.DeadLetterMaxLen = 100_000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Router routes ingress events to channels. Create it with New and run it with Run.
+type Router struct {
+	c      redis.UniversalClient
+	opt    Options
+	log    *slog.Logger
+	m      *metrics
+	matrix atomic.Pointer[matrix.Matrix]
+	prefix string
+	ready  atomic.Bool
+
+	streamsMu sync.Mutex
+	streams   []string // ingress partitions read, set up by Run
+
+	tenantsMu    sync.Mutex
+	tenants      map[string]bool // tenants known to be in the registry set
+	tenantsSince time.Time
+}
+
+// New checks the options. The matrix's prefix and partition count are fixed
+// for the life of the Router.
+func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error) {
+	if c == nil || m == nil {
+		return nil, errors.New("router: nil Redis client or matrix")
+	}
+	if err := opt.setDefaults(); err != nil {
+		return nil, err
+	}
+	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
+	r.matrix.Store(m)
+	return r, nil
+}
+
+// Matrix returns the matrix in force.
+func (r *Router) Matrix() *matrix.Matrix { return r.matrix.Load() }
+
+// SetMatrix puts a new matrix in force for the next batch. A matrix with
+// another prefix or partition count is refused: those need a restart.
+func (r *Router) SetMatrix(m *matrix.Matrix) error {
+	old := r.matrix.Load()
+	if m.Prefix != old.Prefix {
+		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
+	}
+	if m.Partitions != old.Partitions {
+		return fmt.Errorf("router: ingress.partitions cannot change while running (%d to %d); restart routerd", old.Partitions, m.Partitions)
+	}
+	r.matrix.Store(m)
+	return nil
+}
+
+// Ready reports whether the router has set up its consumer groups and is reading.
+func (r *Router) Ready() bool { return r.ready.Load() }
+
+// Run routes until ctx is cancelled, then lets in-flight batches finish
+// (within ShutdownTimeout) and returns nil. Redis errors are logged and
+// retried, never fatal.
+func (r *Router) Run(ctx context.Context) error {
+	for {
+		err := r.setup(ctx)
+		if err == nil {
+			break
+		}
+		r.log.Error("setting up ingress", "err", err)
+		if !sleep(ctx, time.Second) {
+			return nil
+		}
+	}
+	r.ready.Store(true)
+	defer r.ready.Store(false)
+	r.log.Info("routing", "partitions", len(r.streams), "group", r.opt.Group, "consumer", r.opt.Consumer)
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, stream := range r.streamList() {
+		g.Go(func() error { r.readLoop(gctx, stream); return nil })
+	}
+	g.Go(func() error { r.claimLoop(gctx); return nil })
+	return g.Wait()
+}
+
+func (r *Router) streamList() []string {
+	r.streamsMu.Lock()
+	defer r.streamsMu.Unlock()
+	return r.streams
+}
+
+// setup records the partition count for publishers, finds the partitions to
+// read (the configured ones and any left over from a larger count, until they
+// are drained), creates the consumer groups and loads the scripts.
+func (r *Router) setup(ctx context.Context) error {
+	n := r.matrix.Load().Partitions
+	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), n, 0).Err(); err != nil {
+		return err
+	}
+	streams := make([]string, 0, n)
+	for p := 0; p < n; p++ {
+		streams = append(streams, wire.IngressStream(r.prefix, p))
+	}
+	// Partitions beyond n exist when the count was lowered: keep reading them.
+	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for p := n; p < 1024; p++ {
+			pipe.Exists(ctx, wire.IngressStream(r.prefix, p))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		if c.(*redis.IntCmd).Val() == 1 {
+			streams = append(streams, wire.IngressStream(r.prefix, n+i))
+		}
+	}
+	for _, s := range streams {
+		if err := r.ensureGroup(ctx, s); err != nil {
+			return err
+		}
+	}
+	if err := loadScripts(ctx, r.c); err != nil {
+		return err
+	}
+	r.streamsMu.Lock()
+	r.streams = streams
+	r.streamsMu.Unlock()
+	return nil
+}
+
+// ensureGroup creates the consumer group, reading from the start of the
+// stream: an event published before routerd first ran is still routed.
+func (r *Router) ensureGroup(ctx context.Context, stream string) error {
+	err := r.c.XGroupCreateMkStream(ctx, stream, r.opt.Group, "0").Err()
+	if err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+		return fmt.Errorf("create group on %s: %w", stream, err)
+	}
+	if err == nil {
+		r.m.groupsCreated.Inc()
+		r.log.Info("created consumer group", "stream", stream, "group", r.opt.Group)
+	}
+	return nil
+}
+
+func (r *Router) readLoop(ctx context.Context, stream string) {
+	// First the entries this consumer name left pending (a restart), then new ones.
+	id := "0"
+	for ctx.Err() == nil {
+		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
+			Count: int64(r.opt.BatchSize), Block: r.opt.Block,
+		}).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			continue
+		case ctx.Err() != nil:
+			return
+		case redis.HasErrorPrefix(err, "NOGROUP"):
+			r.log.Warn("consumer group vanished; creating it again", "stream", stream)
+			if err := r.ensureGroup(ctx, stream); err != nil {
+				r.log.Error("recreating consumer group", "stream", stream, "err", err)
+				sleep(ctx, time.Second)
+			}
+			continue
+		case err != nil:
+			r.log.Error("reading ingress", "stream", stream, "err", err)
+			sleep(ctx, 500*time.Millisecond)
+			continue
+		}
+		var msgs []redis.XMessage
+		if len(res) > 0 {
+			msgs = res[0].Messages
+		}
+		if id == "0" && len(msgs) == 0 {
+			id = ">"
+			continue
+		}
+		if err := r.process(ctx, stream, msgs); err != nil {
+			r.log.Error("routing batch; its entries stay pending and will be claimed again", "stream", stream, "entries", len(msgs), "err", err)
+			id = ">"
+			sleep(ctx, 200*time.Millisecond)
+		}
+	}
+}
+
+// claimLoop takes over entries left pending by dead instances (or by a
+// failed batch of this one) and keeps the ingress tidy.
+func (r *Router) claimLoop(ctx context.Context) {
+	t := time.NewTicker(r.opt.ClaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, stream := range r.streamList() {
+			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
+				r.log.Error("claiming pending entries", "stream", stream, "err", err)
+			}
+		}
+		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("ingress housekeeping", "err", err)
+		}
+	}
+}
+
+func (r *Router) claim(ctx context.Context, stream string) error {
+	start := "0-0"
+	for ctx.Err() == nil {
+		msgs, next, err := r.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+			Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer,
+			MinIdle: r.opt.ClaimIdle, Start: start, Count: int64(r.opt.BatchSize),
+		}).Result()
+		if redis.HasErrorPrefix(err, "NOGROUP") {
+			return r.ensureGroup(ctx, stream)
+		}
+		if err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			r.m.claimed.Add(float64(len(msgs)))
+			r.log.Info("claimed pending entries", "stream", stream, "entries", len(msgs))
+			if err := r.process(ctx, stream, msgs); err != nil {
+				return err
+			}
+		}
+		if next == "0-0" || next == "" {
+			return nil
+		}
+		start = next
+	}
+	return nil
+}
+
+// housekeeping rewrites the partition count (a Redis that lost its data must
+// tell publishers again), exports pending and lag, and trims ingress entries
+// every consumer group has acknowledged.
+func (r *Router) housekeeping(ctx context.Context) error {
+	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
+		return err
+	}
+	r.tenantsMu.Lock()
+	if time.Since(r.tenantsSince) > time.Minute {
+		// Forget which tenants are registered now and then, so a registry
+		// lost with the bus's data is filled again.
+		r.tenants, r.tenantsSince = map[string]bool{}, time.Now()
+	}
+	r.tenantsMu.Unlock()
+
+	var pending, lag int64
+	for _, stream := range r.streamList() {
+		groups, err := r.c.XInfoGroups(ctx, stream).Result()
+		if err != nil {
+			return err
+		}
+		minID := ""
+		for _, g := range groups {
+			if g.Name == r.opt.Group {
+				pending += g.Pending
+				lag += g.Lag
+			}
+			low := g.LastDeliveredID
+			if g.Pending > 0 {
+				sum, err := r.c.XPending(ctx, stream, g.Name).Result()
+				if err != nil {
+					return err
+				}
+				low = sum.Lower
+			}
+			if minID == "" || lessID(low, minID) {
+				minID = low
+			}
+		}
+		if minID != "" && minID != "0-0" {
+			if err := r.c.XTrimMinIDApprox(ctx, stream, minID, 0).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	r.m.pending.Set(float64(pending))
+	r.m.lag.Set(float64(lag))
+	return nil
+}
+
+// lessID compares stream ids "ms-seq".
+func lessID(a, b string) bool {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	return am < bm || am == bm && as < bs
+}
+
+func splitID(id string) (uint64, uint64) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '-' {
+			ms, _ := strconv.ParseUint(id[:i], 10, 64)
+			seq, _ := strconv.ParseUint(id[i+1:], 10, 64)
+			return ms, seq
+		}
+	}
+	ms, _ := strconv.ParseUint(id, 10, 64)
+	return ms, 0
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func newEpoch() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func entryJSON(values map[string]any) string {
+	b, _ := json.Marshal(values)
+	return string(b)
+}

@@ -1,0 +1,444 @@
+// Package subscriber receives a service's invalidation messages and applies
+// them: to the service's cache Redis through tagstore (keys deleted, tag set
+// updated and position recorded in one script), and/or to an in-process cache
+// through a Handler.
+//
+// Pub/Sub is at-most-once, so the stream of messages is never trusted alone.
+// Each channel has a position (epoch:version). A message at or behind it is a
+// duplicate; one that skips a version or carries a new epoch is a gap. Gaps
+// are recovered by replaying the channel's history, or, when history no
+// longer reaches back, by invalidating the whole tag. Positions are checked
+// against the channels' current versions after every (re)subscription and
+// periodically, which also catches up a subscriber that was stopped.
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/tagstore"
+	"github.com/routerd/routerd/wire"
+)
+
+// Invalidation is what a Handler is given: the listed keys of a tag, or the
+// whole tag when Keys is empty.
+type Invalidation struct {
+	Tenant  string
+	Tag     string
+	Keys    []string
+	Epoch   string
+	Version int64
+	// Recovered is true for a whole-tag invalidation made to close a gap.
+	Recovered bool
+	// Message is the message applied; nil for a recovery.
+	Message *wire.Message
+}
+
+// Handler applies invalidations to an in-process cache. An error is retried
+// by the next position check.
+type Handler func(ctx context.Context, inv Invalidation) error
+
+// Options configure a Subscriber.
+type Options struct {
+	// Service is the name of the service in the matrix (required).
+	Service string
+	// Matrix tells the prefix, the tags the service owns and the tenants it
+	// serves (required).
+	Matrix *matrix.Matrix
+	// Cache is the service's cache Redis. Invalidations are applied to it
+	// and positions are stored in it, so a restarted subscriber catches up.
+	Cache redis.UniversalClient
+	// Store configures the cache side (key template, cardinality guard).
+	Store tagstore.Options
+	// Handler, when set, is called for every invalidation after the cache
+	// (if any) has applied it. Without Cache, positions live in memory.
+	Handler Handler
+	// CheckInterval is how often positions are checked against the
+	// channels' versions (30s).
+	CheckInterval time.Duration
+	// Buffer is how many received messages wait for the applier (4096).
+	// When it is full the receiver waits; nothing is dropped here.
+	Buffer     int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Subscriber applies a service's invalidations. Create it with New, run it with Run.
+type Subscriber struct {
+	bus   redis.UniversalClient
+	store *tagstore.Store
+	opt   Options
+	log   *slog.Logger
+	m     *metrics
+
+	prefix     string
+	tags       map[string]bool
+	tagList    []string
+	allTenants bool
+	tenants    []string
+
+	// Owned by the applier goroutine.
+	pos map[string]*position
+
+	in       chan *redis.Message
+	checkReq chan struct{}
+	ready    atomic.Bool
+	expected int // subscriptions that make the set complete
+}
+
+// position of one channel; known is false when none was ever recorded.
+type position struct {
+	tenant, tag string
+	known       bool
+	tagstore.Position
+}
+
+// New checks the options.
+func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
+	if bus == nil {
+		return nil, errors.New("subscriber: nil bus Redis client")
+	}
+	if opt.Matrix == nil {
+		return nil, errors.New("subscriber: a matrix is required")
+	}
+	if err := names.Service(opt.Service); err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
+	}
+	sub, ok := opt.Matrix.SubscriptionFor(opt.Service)
+	if !ok {
+		return nil, fmt.Errorf("subscriber: service %q is not in the matrix %s", opt.Service, opt.Matrix.File)
+	}
+	if opt.Cache == nil && opt.Handler == nil {
+		return nil, errors.New("subscriber: set Cache, Handler or both: invalidations need somewhere to go")
+	}
+	if opt.CheckInterval == 0 {
+		opt.CheckInterval = 30 * time.Second
+	}
+	if opt.CheckInterval < 0 {
+		return nil, fmt.Errorf("subscriber: negative check interval %v", opt.CheckInterval)
+	}
+	if opt.Buffer == 0 {
+		opt.Buffer = 4096
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Subscriber{
+		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
+		prefix: opt.Matrix.Prefix, tags: map[string]bool{}, tagList: sub.Tags,
+		allTenants: sub.AllTenants, tenants: sub.Tenants, pos: map[string]*position{},
+		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
+	}
+	for _, t := range sub.Tags {
+		s.tags[t] = true
+	}
+	if opt.Cache != nil {
+		so := opt.Store
+		so.Observe = s.m.observe
+		store, err := tagstore.New(opt.Cache, so)
+		if err != nil {
+			return nil, fmt.Errorf("subscriber: %w", err)
+		}
+		s.store = store
+	}
+	return s, nil
+}
+
+// Ready reports whether the subscriber is subscribed and has checked its positions.
+func (s *Subscriber) Ready() bool { return s.ready.Load() }
+
+// Channels returns the channels (or patterns, for a service of every tenant)
+// the subscriber listens to.
+func (s *Subscriber) Channels() (channels, patterns []string) {
+	for _, tag := range s.tagList {
+		if s.allTenants {
+			patterns = append(patterns, names.Channel(s.prefix, "*", tag))
+			continue
+		}
+		for _, tenant := range s.tenants {
+			channels = append(channels, names.Channel(s.prefix, tenant, tag))
+		}
+	}
+	return channels, patterns
+}
+
+// Run subscribes and applies invalidations until ctx is cancelled.
+func (s *Subscriber) Run(ctx context.Context) error {
+	defer s.ready.Store(false)
+	channels, patterns := s.Channels()
+	s.expected = len(channels) + len(patterns)
+	if s.expected == 0 {
+		s.log.Warn("the service owns no tags in the matrix; nothing to subscribe to")
+		s.ready.Store(true)
+		<-ctx.Done()
+		return nil
+	}
+	ps := s.bus.Subscribe(ctx)
+	defer ps.Close()
+	const chunk = 10000
+	for i := 0; i < len(channels); i += chunk {
+		if err := ps.Subscribe(ctx, channels[i:min(i+chunk, len(channels))]...); err != nil {
+			s.log.Warn("subscribing; will retry on reconnect", "err", err)
+		}
+	}
+	if len(patterns) > 0 {
+		if err := ps.PSubscribe(ctx, patterns...); err != nil {
+			s.log.Warn("subscribing; will retry on reconnect", "err", err)
+		}
+	}
+	s.log.Info("subscribing", "channels", len(channels), "patterns", len(patterns), "tags", s.tagList)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.receive(ctx, ps)
+	}()
+	s.apply(ctx)
+	_ = ps.Close() // unblocks the receiver
+	<-done
+	return nil
+}
+
+// receive reads the pub/sub connection. Every time the full set of
+// subscriptions is confirmed — at start and after go-redis reconnects, which
+// it does silently — it asks for a position check, since messages published
+// while the connection was down are lost to pub/sub.
+func (s *Subscriber) receive(ctx context.Context, ps *redis.PubSub) {
+	for ctx.Err() == nil {
+		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet connection: make sure it is alive. A failed ping
+				// makes go-redis reconnect and resubscribe.
+				_ = ps.Ping(ctx)
+				continue
+			}
+			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
+			s.requestCheck()
+			sleepCtx(ctx, 100*time.Millisecond)
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if (m.Kind == "subscribe" || m.Kind == "psubscribe") && m.Count == s.expected {
+				s.requestCheck()
+			}
+		case *redis.Message:
+			s.m.received.Inc()
+			select {
+			case s.in <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (s *Subscriber) requestCheck() {
+	select {
+	case s.checkReq <- struct{}{}:
+	default:
+	}
+}
+
+// apply is the single goroutine that owns the positions.
+func (s *Subscriber) apply(ctx context.Context) {
+	tick := time.NewTicker(s.opt.CheckInterval)
+	defer tick.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	check := func() {
+		if err := s.check(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("position check failed; retrying", "err", err)
+			retry.Reset(time.Second)
+			return
+		}
+		s.ready.Store(true)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-s.in:
+			if err := s.handle(ctx, m); err != nil && ctx.Err() == nil {
+				s.m.applyErrors.Inc()
+				s.log.Warn("applying a message failed; the next check recovers it", "channel", m.Channel, "err", err)
+				retry.Reset(time.Second)
+			}
+		case <-s.checkReq:
+			check()
+		case <-tick.C:
+			check()
+		case <-retry.C:
+			check()
+		}
+	}
+}
+
+// handle applies one live message, or recovers the gap it reveals.
+func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
+	tenant, tag, err := names.ParseChannel(s.prefix, raw.Channel)
+	if err != nil || !s.tags[tag] {
+		s.m.invalid.Inc()
+		return nil // not a channel of ours (a pattern can match more)
+	}
+	msg, err := wire.ParseMessage([]byte(raw.Payload))
+	if err == nil && (msg.Tenant != tenant || msg.Tag != tag) {
+		err = fmt.Errorf("message for %s:%s on channel %s", msg.Tenant, msg.Tag, raw.Channel)
+	}
+	if err != nil {
+		s.m.invalid.Inc()
+		s.log.Warn("invalid message ignored; checking positions", "channel", raw.Channel, "err", err)
+		s.requestCheck()
+		return nil
+	}
+	p, err := s.position(ctx, raw.Channel, tenant, tag)
+	if err != nil {
+		return err
+	}
+	switch {
+	case p.known && p.Epoch == msg.Epoch && msg.Version <= p.Version:
+		s.m.duplicates.Inc()
+		return nil
+	case p.known && p.Epoch == msg.Epoch && msg.Version == p.Version+1,
+		// The first message of an epoch on a channel never applied before:
+		// nothing precedes it.
+		!p.known && msg.Version == 1:
+		return s.applyMessage(ctx, raw.Channel, p, msg)
+	default:
+		s.m.gaps.Inc()
+		s.log.Info("gap on channel; recovering", "channel", raw.Channel, "at", p.Position.String(), "got", msg.Epoch+":"+strconv.FormatInt(msg.Version, 10))
+		return s.recover(ctx, raw.Channel, p, msg.Epoch, msg.Version)
+	}
+}
+
+// position returns the channel's position, reading it from the cache Redis
+// the first time.
+func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) (*position, error) {
+	if p, ok := s.pos[channel]; ok {
+		return p, nil
+	}
+	p := &position{tenant: tenant, tag: tag}
+	if s.store != nil {
+		stored, ok, err := s.store.ReadPosition(ctx, tenant, s.opt.Service, tag)
+		if err != nil {
+			return nil, err
+		}
+		p.known, p.Position = ok, stored
+	}
+	s.pos[channel] = p
+	return p, nil
+}
+
+// applyMessage applies one message that follows the position directly.
+func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message) error {
+	inv := Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+	if err := s.invalidate(ctx, inv); err != nil {
+		return err
+	}
+	if msg.TS > 0 {
+		s.m.lag.Observe(time.Since(time.UnixMilli(msg.TS)).Seconds())
+	}
+	p.known, p.Position = true, tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+	return nil
+}
+
+// invalidate applies an invalidation to the cache Redis (with the position)
+// and then to the Handler.
+func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
+	if s.store != nil {
+		_, err := s.store.Apply(ctx, tagstore.Invalidation{
+			Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
+			Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version},
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if s.opt.Handler != nil {
+		if err := s.opt.Handler(ctx, inv); err != nil {
+			return fmt.Errorf("handler: %w", err)
+		}
+	}
+	s.m.applied.WithLabelValues(inv.Tag).Inc()
+	return nil
+}
+
+// recover brings a channel from p up to (epoch, version): by replaying the
+// history when it is the same epoch and history still reaches back, else by
+// invalidating the whole tag. Over-invalidation is safe; a missed one is not.
+func (s *Subscriber) recover(ctx context.Context, channel string, p *position, epoch string, version int64) error {
+	if p.known && p.Epoch == epoch && version > p.Version {
+		msgs, ok, err := s.history(ctx, channel, epoch, p.Version+1, version)
+		if err != nil {
+			return err
+		}
+		if ok {
+			s.m.recoveries.WithLabelValues("replay").Inc()
+			for _, m := range msgs {
+				if err := s.applyMessage(ctx, channel, p, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	s.m.recoveries.WithLabelValues("whole_tag").Inc()
+	s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "epoch", epoch, "version", version)
+	err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: epoch, Version: version, Recovered: true})
+	if err != nil {
+		return err
+	}
+	p.known, p.Position = true, tagstore.Position{Epoch: epoch, Version: version}
+	return nil
+}
+
+// history returns the messages from..to of the channel's history, and false
+// when the history does not hold all of them in this epoch.
+func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, bool, error) {
+	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
+	if err != nil {
+		return nil, false, err
+	}
+	if int64(len(entries)) != to-from+1 {
+		return nil, false, nil
+	}
+	msgs := make([]*wire.Message, 0, len(entries))
+	for i, e := range entries {
+		raw, _ := e.Values["m"].(string)
+		m, err := wire.ParseMessage([]byte(raw))
+		if err != nil || m.Epoch != epoch || m.Version != from+int64(i) {
+			return nil, false, nil
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, true, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,209 @@
+// Package integration runs the whole invalidation path — publisher, router,
+// subscriber, tag store — against real redis-server processes started by
+// the tests on free loopback ports.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
+	"github.com/routerd/routerd/wire"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const testMatrix = `
+version: 1
+ingress: {partitions: 4}
+tags:
+  active:      {services: [profile-svc, search-svc]}
+  electronics: {services: [search-svc]}
+  billing:     {services: [billing-svc]}
+domains:
+  user:    {tags: [active]}
+  product: {tags: [electronics, active]}
+  invoice: {tags: [billing]}
+services:
+  profile-svc: {tenants: all}
+  search-svc:  {tenants: [acme, globex]}
+  billing-svc: {tenants: [acme]}
+`
+
+// env is one bus Redis and one cache Redis per service.
+type env struct {
+	t      *testing.T
+	bus    *redistest.Server
+	busC   *redis.Client
+	mtx    *matrix.Matrix
+	caches map[string]*redistest.Server
+	stores map[string]*tagstore.Store
+	pub    *publisher.Publisher
+}
+
+func newEnv(t *testing.T, matrixYAML string) *env {
+	t.Helper()
+	if matrixYAML == "" {
+		matrixYAML = testMatrix
+	}
+	mtx, err := matrix.Parse("test.yaml", []byte(matrixYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, bus: redistest.Start(t), mtx: mtx, caches: map[string]*redistest.Server{}, stores: map[string]*tagstore.Store{}}
+	e.busC = e.bus.Client(t)
+	for _, svc := range mtx.ServiceNames() {
+		srv := redistest.Start(t)
+		e.caches[svc] = srv
+		st, err := tagstore.New(srv.Client(t), tagstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.stores[svc] = st
+	}
+	e.pub, err = publisher.New(e.busC, publisher.Options{Prefix: mtx.Prefix, Origin: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// run starts fn in the background and returns a function that stops it and
+// waits for it to return.
+func run(t *testing.T, fn func(ctx context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("stopped with error: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("did not stop within 15s")
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) router(opt router.Options) (*router.Router, func()) {
+	e.t.Helper()
+	if opt.ClaimInterval == 0 {
+		opt.ClaimInterval = 100 * time.Millisecond
+	}
+	if opt.Block == 0 {
+		opt.Block = 100 * time.Millisecond
+	}
+	r, err := router.New(e.bus.Client(e.t), e.mtx, opt)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stop := run(e.t, r.Run)
+	redistest.Eventually(e.t, 10*time.Second, "router ready", r.Ready)
+	return r, stop
+}
+
+func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
+	e.t.Helper()
+	return e.subscriberOn(e.bus.Client(e.t), service, opt)
+}
+
+func (e *env) subscriberOn(bus redis.UniversalClient, service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
+	e.t.Helper()
+	opt.Service = service
+	opt.Matrix = e.mtx
+	if opt.Cache == nil && opt.Handler == nil {
+		opt.Cache = e.caches[service].Client(e.t)
+	}
+	if opt.CheckInterval == 0 {
+		opt.CheckInterval = time.Hour // tests trigger recovery by events, not by the clock
+	}
+	s, err := subscriber.New(bus, opt)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stop := run(e.t, s.Run)
+	redistest.Eventually(e.t, 10*time.Second, service+" subscriber ready", s.Ready)
+	return s, stop
+}
+
+// seed caches value under tags for a tenant in a service's cache.
+func (e *env) seed(service, tenant, key string, tags ...string) {
+	e.t.Helper()
+	if err := e.stores[service].Set(context.Background(), tenant, key, []byte("cached"), 0, tags...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) cached(service, tenant, key string) bool {
+	e.t.Helper()
+	_, err := e.stores[service].Get(context.Background(), tenant, key)
+	if err == redis.Nil {
+		return false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return true
+}
+
+func (e *env) publish(ev wire.Event) string {
+	e.t.Helper()
+	id, err := e.pub.Publish(context.Background(), ev)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+// waitGone waits until the key is no longer cached in the service.
+func (e *env) waitGone(service, tenant, key string) {
+	e.t.Helper()
+	redistest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%s %s/%s invalidated", service, tenant, key), func() bool {
+		return !e.cached(service, tenant, key)
+	})
+}
+
+// meta returns a channel's epoch and version on the bus.
+func (e *env) meta(channel string) (string, int64) {
+	e.t.Helper()
+	vals, err := e.busC.HMGet(context.Background(), "{"+channel+"}:meta", "epoch", "version").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ep, _ := vals[0].(string)
+	var v int64
+	if s, ok := vals[1].(string); ok {
+		fmt.Sscan(s, &v)
+	}
+	return ep, v
+}
+
+// waitVersion waits until the channel has reached version v.
+func (e *env) waitVersion(channel string, v int64) {
+	e.t.Helper()
+	redistest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%s at version %d", channel, v), func() bool {
+		_, got := e.meta(channel)
+		return got >= v
+	})
+}

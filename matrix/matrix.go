@@ -2,6 +2,7 @@ package matrix
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"encoding/hex"
 	"os"
 	"slices"
@@ -166,4 +167,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// MarshalJSON writes coalesce as a duration string ("20ms").
+func (l Limits) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Rate     float64 `json:"rate"`
+		Burst    int     `json:"burst"`
+		Coalesce string  `json:"coalesce"`
+		MaxKeys  int     `json:"max_keys"`
+		History  int     `json:"history"`
+	}{l.Rate, l.Burst, l.Coalesce.String(), l.MaxKeys, l.History})
 }

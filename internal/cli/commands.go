@@ -1,0 +1,216 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/tagstore"
+)
+
+func validate(_ context.Context, env *Env, args []string) error {
+	f := newFlags(env, "validate", "F")
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if f.NArg() != 1 {
+		f.Usage()
+		return errUsage
+	}
+	m, err := matrix.Load(f.Arg(0))
+	if err != nil {
+		var errs matrix.Errors
+		if errors.As(err, &errs) {
+			fmt.Fprintln(env.Stderr, errs.Error())
+			return errFailed
+		}
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s: ok: %d domains, %d tags, %d services, %d ingress partitions, prefix %q, sha256 %s\n",
+		f.Arg(0), len(m.Domains), len(m.Tags), len(m.Services), m.Partitions, m.Prefix, m.Hash[:12])
+	return nil
+}
+
+func loadMatrix(env *Env, path string) (*matrix.Matrix, error) {
+	m, err := matrix.Load(path)
+	var errs matrix.Errors
+	if errors.As(err, &errs) {
+		fmt.Fprintln(env.Stderr, errs.Error())
+		return nil, errFailed
+	}
+	return m, err
+}
+
+func route(_ context.Context, env *Env, args []string) error {
+	f := newFlags(env, "route", "--matrix F --tenant T --domain D [--json]")
+	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
+	tenant := f.String("tenant", "", "tenant of the event")
+	domain := f.String("domain", "", "domain of the event")
+	asJSON := f.Bool("json", false, "print JSON")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("matrix", "tenant", "domain"); err != nil {
+		return err
+	}
+	if err := names.Tenant(*tenant); err != nil {
+		return err
+	}
+	m, err := loadMatrix(env, *path)
+	if err != nil {
+		return err
+	}
+	routes, known := m.Routes(*tenant, *domain)
+	if !known {
+		return fmt.Errorf("domain %q is not in %s (domains: %s)", *domain, *path, strings.Join(m.DomainNames(), ", "))
+	}
+	if *asJSON {
+		out := struct {
+			Tenant string         `json:"tenant"`
+			Domain string         `json:"domain"`
+			Routes []matrix.Route `json:"routes"`
+		}{*tenant, *domain, routes}
+		if out.Routes == nil {
+			out.Routes = []matrix.Route{}
+		}
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	if len(routes) == 0 {
+		fmt.Fprintf(env.Stdout, "an event of %s/%s reaches no channel: no service of its tags serves tenant %q\n", *tenant, *domain, *tenant)
+		return nil
+	}
+	w := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "CHANNEL\tSERVICES\tRATE/s\tBURST\tCOALESCE\tMAX_KEYS\tHISTORY")
+	for _, r := range routes {
+		l := r.Limits
+		fmt.Fprintf(w, "%s\t%s\t%g\t%d\t%v\t%d\t%d\n", r.Channel, strings.Join(r.Services, ","), l.Rate, l.Burst, l.Coalesce, l.MaxKeys, l.History)
+	}
+	return w.Flush()
+}
+
+func publish(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b]")
+	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
+	prefix := f.String("prefix", names.DefaultPrefix, "channel and stream prefix (the matrix's prefix)")
+	var ev publisher.Event
+	f.StringVar(&ev.Tenant, "tenant", "", "tenant")
+	f.StringVar(&ev.Domain, "domain", "", "domain that changed")
+	f.StringVar(&ev.Entity, "entity", "", "entity that changed")
+	f.StringVar(&ev.ID, "id", "", "event id (generated when empty)")
+	f.Int64Var(&ev.SourceVersion, "source-version", 0, "the change's own ordering number (a row version)")
+	f.StringVar(&ev.Origin, "origin", "routerd-cli", "who publishes")
+	keys := f.String("keys", "", "comma-separated keys to invalidate; empty invalidates the whole tags")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis", "tenant", "domain"); err != nil {
+		return err
+	}
+	ev.Keys = splitList(*keys)
+	if err := ev.Validate(); err != nil {
+		return fmt.Errorf("invalid event: %w", err)
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := publisher.New(c, publisher.Options{Prefix: *prefix})
+	if err != nil {
+		return err
+	}
+	id, err := p.Publish(ctx, ev)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.Stdout, id)
+	return nil
+}
+
+func tail(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "tail", "--redis URL --tenant T --tag X")
+	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
+	prefix := f.String("prefix", names.DefaultPrefix, "channel prefix (the matrix's prefix)")
+	tenant := f.String("tenant", "", "tenant")
+	tag := f.String("tag", "", "tag")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis", "tenant", "tag"); err != nil {
+		return err
+	}
+	for _, err := range []error{names.Prefix(*prefix), names.Tenant(*tenant), names.Tag(*tag)} {
+		if err != nil {
+			return err
+		}
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	channel := names.Channel(*prefix, *tenant, *tag)
+	var ps *redis.PubSub
+	if redisconn.IsCluster(c) {
+		ps = c.SSubscribe(ctx, channel)
+	} else {
+		ps = c.Subscribe(ctx, channel)
+	}
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		return fmt.Errorf("subscribe %s: %w", channel, err)
+	}
+	fmt.Fprintf(env.Stderr, "tailing %s\n", channel)
+	for {
+		msg, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		fmt.Fprintln(env.Stdout, msg.Payload)
+	}
+}
+
+func invalidate(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "invalidate", "--redis URL --tenant T --tag X [--keys a,b]")
+	rf := f.redis("redis", "ROUTERD_CACHE_REDIS_URL", "cache Redis holding the tag sets")
+	tenant := f.String("tenant", "", "tenant")
+	tag := f.String("tag", "", "tag to invalidate")
+	keys := f.String("keys", "", "comma-separated keys; empty invalidates the whole tag")
+	template := f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template")
+	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis", "tenant", "tag"); err != nil {
+		return err
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := tagstore.New(c, tagstore.Options{KeyTemplate: *template, CardinalityGuard: *guard})
+	if err != nil {
+		return err
+	}
+	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: *tenant, Tag: *tag, Keys: splitList(*keys)})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s: %d keys deleted (chunked: %v)\n", res.Status, res.Deleted, res.Chunked)
+	return nil
+}

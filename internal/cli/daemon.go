@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
+)
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// httpServer serves /metrics, /healthz, /readyz and any extra handlers until
+// ctx is done.
+func httpServer(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, ready func() bool, extra map[string]http.HandlerFunc) func() error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	for pattern, h := range extra {
+		mux.HandleFunc(pattern, h)
+	}
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return func() error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--listen %s: %w", addr, err)
+		}
+		log.Info("http listening", "addr", ln.Addr().String())
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
+func serve(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "serve", "--matrix F --redis URL [--listen ADDR]")
+	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
+	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
+	listen := f.stringEnv("listen", "ROUTERD_LISTEN", ":9464", "HTTP address for /metrics, /healthz, /readyz, /-/reload")
+	group := f.String("group", "routerd", "consumer group on the ingress streams")
+	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
+	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
+	level := f.String("log-level", "info", "debug, info, warn or error")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("matrix", "redis"); err != nil {
+		return err
+	}
+	log, err := newLogger(env.Stderr, *level)
+	if err != nil {
+		return err
+	}
+	m, err := loadMatrix(env, *path)
+	if err != nil {
+		return err
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	reg := newRegistry()
+	r, err := router.New(c, m, router.Options{
+		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c),
+		Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	rl := newReloader(*path, log, reg, m, r.SetMatrix)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.Run(gctx) })
+	g.Go(httpServer(gctx, log, *listen, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": rl.handle}))
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-env.Reload:
+				_ = rl.reload()
+			}
+		}
+	})
+	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
+	err = g.Wait()
+	log.Info("routerd stopped")
+	return err
+}
+
+// reloader loads the matrix file again on SIGHUP or POST /-/reload. A bad
+// matrix is refused with every error logged, and the running one stays.
+type reloader struct {
+	path    string
+	log     *slog.Logger
+	apply   func(*matrix.Matrix) error
+	success prometheus.Gauge
+	when    prometheus.Gauge
+	active  *prometheus.GaugeVec
+}
+
+func newReloader(path string, log *slog.Logger, reg prometheus.Registerer, m *matrix.Matrix, apply func(*matrix.Matrix) error) *reloader {
+	rl := &reloader{
+		path: path, log: log, apply: apply,
+		success: prometheus.NewGauge(prometheus.GaugeOpts{Name: "routerd_matrix_last_reload_successful", Help: "Whether the last matrix reload succeeded (1) or was refused (0)."}),
+		when:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "routerd_matrix_last_reload_success_timestamp_seconds", Help: "When the matrix was last loaded successfully."}),
+		active:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "routerd_matrix_info", Help: "The matrix in force, by the SHA-256 of its file."}, []string{"sha256"}),
+	}
+	reg.MustRegister(rl.success, rl.when, rl.active)
+	rl.success.Set(1)
+	rl.when.SetToCurrentTime()
+	rl.active.WithLabelValues(m.Hash).Set(1)
+	return rl
+}
+
+func (rl *reloader) reload() error {
+	m, err := matrix.Load(rl.path)
+	if err == nil {
+		err = rl.apply(m)
+	}
+	if err != nil {
+		rl.success.Set(0)
+		var errs matrix.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				rl.log.Error("matrix refused; the running one stays", "error", e.Error())
+			}
+		} else {
+			rl.log.Error("matrix refused; the running one stays", "err", err)
+		}
+		return err
+	}
+	rl.success.Set(1)
+	rl.when.SetToCurrentTime()
+	rl.active.Reset()
+	rl.active.WithLabelValues(m.Hash).Set(1)
+	rl.log.Info("matrix reloaded", "sha256", m.Hash[:12])
+	return nil
+}
+
+func (rl *reloader) handle(w http.ResponseWriter, _ *http.Request) {
+	if err := rl.reload(); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	io.WriteString(w, "reloaded\n")
+}
+
+func agent(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "agent", "--redis URL --cache-redis URL --service S --matrix F [--listen ADDR]")
+	bus := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
+	cache := f.redis("cache-redis", "ROUTERD_CACHE_REDIS_URL", "the service's cache Redis")
+	service := f.stringEnv("service", "ROUTERD_SERVICE", "", "service name in the matrix")
+	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
+	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
+	template := f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template")
+	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks")
+	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
+	level := f.String("log-level", "info", "debug, info, warn or error")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis", "cache-redis", "service", "matrix"); err != nil {
+		return err
+	}
+	log, err := newLogger(env.Stderr, *level)
+	if err != nil {
+		return err
+	}
+	m, err := loadMatrix(env, *path)
+	if err != nil {
+		return err
+	}
+	busC, err := bus.open()
+	if err != nil {
+		return err
+	}
+	defer busC.Close()
+	cacheC, err := cache.open()
+	if err != nil {
+		return err
+	}
+	defer cacheC.Close()
+	reg := newRegistry()
+	s, err := subscriber.New(busC, subscriber.Options{
+		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
+		Store:  tagstore.Options{KeyTemplate: *template, CardinalityGuard: *guard},
+		Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Run(gctx) })
+	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid())
+	return g.Wait()
+}

@@ -1,0 +1,67 @@
+// Package redisconn opens Redis clients from the command line's URLs: one
+// URL for a standalone server, or a comma-separated list of seed nodes (or
+// --cluster) for Redis Cluster. URLs follow go-redis (redis://, rediss://,
+// user and password, db).
+package redisconn
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Open returns a client for urls. cluster forces Redis Cluster even with one seed.
+func Open(urls string, cluster bool) (redis.UniversalClient, error) {
+	var list []string
+	for _, u := range strings.Split(urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			list = append(list, u)
+		}
+	}
+	if len(list) == 0 {
+		return nil, errors.New("no Redis URL given")
+	}
+	opts := make([]*redis.Options, len(list))
+	for i, u := range list {
+		o, err := redis.ParseURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("redis URL %q: %w", redact(u), err)
+		}
+		opts[i] = o
+	}
+	if !cluster && len(list) == 1 {
+		return redis.NewClient(opts[0]), nil
+	}
+	first := opts[0]
+	if first.DB != 0 {
+		return nil, fmt.Errorf("redis URL %q: Redis Cluster has only db 0", redact(list[0]))
+	}
+	addrs := make([]string, len(opts))
+	for i, o := range opts {
+		addrs[i] = o.Addr
+	}
+	return redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs: addrs, Username: first.Username, Password: first.Password, TLSConfig: first.TLSConfig,
+		// Notice a failover in seconds, not the default minute.
+		ClusterStateReloadInterval: 2 * time.Second,
+	}), nil
+}
+
+// IsCluster reports whether the client is a Redis Cluster client.
+func IsCluster(c redis.UniversalClient) bool {
+	_, ok := c.(*redis.ClusterClient)
+	return ok
+}
+
+// redact hides the password of a URL for error messages.
+func redact(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 {
+		return u
+	}
+	return u[:scheme+3] + "***" + u[at:]
+}

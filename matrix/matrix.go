@@ -2,8 +2,8 @@ package matrix
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"slices"
 	"sort"

@@ -168,6 +168,8 @@ func tail(ctx context.Context, env *Env, args []string) error {
 		ps = c.Subscribe(ctx, channel)
 	}
 	defer ps.Close()
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() }) // go-redis reads ignore ctx
+	defer stop()
 	if _, err := ps.Receive(ctx); err != nil {
 		return fmt.Errorf("subscribe %s: %w", channel, err)
 	}

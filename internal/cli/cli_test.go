@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/tagstore"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb syncBuffer
+	code = Main(context.Background(), args, Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	return code, out.String(), errb.String()
+}
+
+func TestValidate(t *testing.T) {
+	code, out, _ := runCLI(t, "validate", "../../matrix.yaml")
+	if code != 0 || !strings.Contains(out, "ok: 2 domains, 2 tags, 2 services") {
+		t.Errorf("validate good: %d %q", code, out)
+	}
+	code, _, errs := runCLI(t, "validate", "../../matrix/testdata/bad/references.yaml")
+	lines := strings.Split(strings.TrimSpace(errs), "\n")
+	if code != 1 || len(lines) != 4 || !strings.HasPrefix(lines[0], "../../matrix/testdata/bad/references.yaml:3:36: ") {
+		t.Errorf("validate bad: %d %q", code, errs)
+	}
+}
+
+func TestRoute(t *testing.T) {
+	code, out, _ := runCLI(t, "route", "--matrix", "../../matrix.yaml", "--tenant", "acme", "--domain", "product")
+	if code != 0 || !strings.Contains(out, "invalidate:acme:electronics  search-svc") || !strings.Contains(out, "20ms") {
+		t.Errorf("route: %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "route", "--matrix", "../../matrix.yaml", "--tenant", "umbrella", "--domain", "product", "--json")
+	if code != 0 || !strings.Contains(out, `"channel": "invalidate:umbrella:active"`) || strings.Contains(out, "electronics") {
+		t.Errorf("route --json: %d\n%s", code, out)
+	}
+	code, _, errs := runCLI(t, "route", "--matrix", "../../matrix.yaml", "--tenant", "acme", "--domain", "order")
+	if code != 1 || !strings.Contains(errs, `domain "order" is not in`) {
+		t.Errorf("unknown domain: %d %q", code, errs)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{}, {"frobnicate"}, {"route", "--tenant", "acme"}, {"publish", "--redis", "redis://x"}, {"validate"}, {"serve", "extra"},
+	} {
+		if code, _, _ := runCLI(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+	code, _, errs := runCLI(t, "publish", "--redis", "redis://127.0.0.1:1", "--tenant", "a:b", "--domain", "user")
+	if code != 1 || !strings.Contains(errs, "tenant") {
+		t.Errorf("invalid tenant: %d %q", code, errs)
+	}
+}
+
+func TestEnvironmentSuppliesURLs(t *testing.T) {
+	var out, errb syncBuffer
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(k string) string {
+		if k == "ROUTERD_MATRIX" {
+			return "../../matrix.yaml"
+		}
+		return ""
+	}}
+	if code := Main(context.Background(), []string{"route", "--tenant", "acme", "--domain", "user"}, env); code != 0 {
+		t.Errorf("route with ROUTERD_MATRIX: %d %s", code, errb.String())
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// daemon runs a long-lived command until the test ends.
+func daemon(t *testing.T, reload chan struct{}, args ...string) *syncBuffer {
+	t.Helper()
+	var out, errb syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, args, Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Reload: reload})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("%s exited %d: %s", args[0], code, errb.String())
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("%s did not stop", args[0])
+		}
+	})
+	return &errb
+}
+
+// The daemons end to end: serve and agent from the command line, an event
+// from `routerd publish`, keys gone from the cache, `routerd tail` printing
+// the message; then a bad matrix on SIGHUP is refused and a good one via
+// POST /-/reload routes a new domain at once.
+func TestServeAgentPublishTailReload(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "matrix.yaml")
+	orig, err := os.ReadFile("../../matrix.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
+	reload := make(chan struct{}, 1)
+	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr)
+	daemon(t, nil, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
+		"--listen", agentAddr, "--check-interval", "1h")
+	for _, addr := range []string{serveAddr, agentAddr} {
+		redistest.Eventually(t, 10*time.Second, addr+" ready", func() bool {
+			code, _ := get(t, "http://"+addr+"/readyz")
+			return code == 200
+		})
+	}
+	var tailOut syncBuffer
+	tailCtx, stopTail := context.WithCancel(context.Background())
+	tailDone := make(chan struct{})
+	go func() {
+		defer close(tailDone)
+		Main(tailCtx, []string{"tail", "--redis", bus.URL, "--tenant", "acme", "--tag", "active"}, Env{Stdout: &tailOut, Stderr: io.Discard, Getenv: func(string) string { return "" }})
+	}()
+	defer func() { stopTail(); <-tailDone }()
+	redistest.Eventually(t, 10*time.Second, "tail subscribed", func() bool {
+		n, _ := bus.Client(t).PubSubNumSub(context.Background(), "invalidate:acme:active").Result()
+		return n["invalidate:acme:active"] == 1
+	})
+
+	store, err := tagstore.New(cache.Client(t), tagstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	gone := func(key string) func() bool {
+		return func() bool { _, err := store.Get(ctx, "acme", key); return err != nil }
+	}
+	must(t, store.Set(ctx, "acme", "user:1", []byte("x"), 0, "active"))
+	if code, out, errs := runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", "user:1"); code != 0 {
+		t.Fatalf("publish: %d %s %s", code, out, errs)
+	}
+	redistest.Eventually(t, 10*time.Second, "user:1 invalidated", gone("user:1"))
+	redistest.Eventually(t, 10*time.Second, "tail printed the message", func() bool {
+		return strings.Contains(tailOut.String(), `"version":1,"tenant":"acme","tag":"active","keys":["user:1"]`)
+	})
+	_, metrics := get(t, "http://"+agentAddr+"/metrics")
+	if !strings.Contains(metrics, `cache_invalidation_keys_total{status="SUCCESS",tag="active"} 1`) {
+		t.Errorf("agent metrics lack the invalidation:\n%s", grep(metrics, "cache_invalidation_keys_total"))
+	}
+
+	// A bad matrix on SIGHUP is refused; the running one keeps routing.
+	must(t, os.WriteFile(path, []byte("version: 1\ntags: {x: {services: [ghost]}}\n"), 0o644))
+	reload <- struct{}{}
+	redistest.Eventually(t, 10*time.Second, "refusal logged", func() bool {
+		return strings.Contains(serveLog.String(), `undefined service \"ghost\"`)
+	})
+	_, metrics = get(t, "http://"+serveAddr+"/metrics")
+	if !strings.Contains(metrics, "routerd_matrix_last_reload_successful 0") {
+		t.Errorf("reload failure not exported:\n%s", grep(metrics, "routerd_matrix"))
+	}
+	must(t, store.Set(ctx, "acme", "user:2", []byte("x"), 0, "active"))
+	runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", "user:2")
+	redistest.Eventually(t, 10*time.Second, "user:2 invalidated under the old matrix", gone("user:2"))
+
+	// A good matrix with a new domain via POST /-/reload routes at once.
+	good := strings.Replace(string(orig), "  user:    {tags: [active]}", "  user:    {tags: [active]}\n  account: {tags: [active]}", 1)
+	must(t, os.WriteFile(path, []byte(good), 0o644))
+	resp, err := http.Post("http://"+serveAddr+"/-/reload", "", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /-/reload: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	must(t, store.Set(ctx, "acme", "account:1", []byte("x"), 0, "active"))
+	runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "account", "--keys", "account:1")
+	redistest.Eventually(t, 10*time.Second, "account:1 invalidated under the new matrix", gone("account:1"))
+
+	code, out, _ := runCLI(t, "invalidate", "--redis", cache.URL, "--tenant", "acme", "--tag", "active")
+	if code != 0 || !strings.HasPrefix(out, "EMPTY_TAG_SET") {
+		t.Errorf("invalidate: %d %q", code, out)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,51 @@
+# routerd — `make run` starts a local system, `make test` runs every check.
+GO          ?= go
+REDIS_PORT  ?= 6390
+DEMO_ARGS   ?=
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 10s
+
+.PHONY: all build run test lint unit fuzz redis-server clean
+
+all: build
+
+build:
+	$(GO) build -o bin/routerd ./cmd/routerd
+	$(GO) build -o bin/routerd-demo ./examples/demo
+
+# Installs redis-server (Debian) when it is missing; tests and `make run` need it.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server || { \
+	    echo "could not install redis-server; run: sudo apt-get install -y redis-server"; exit 1; }; }
+
+# A local Redis on $(REDIS_PORT), routerd on matrix.yaml, the profile-svc
+# agent, and the demo publisher and subscriber. Ctrl-C stops everything.
+run: redis-server build
+	REDIS_PORT=$(REDIS_PORT) DEMO_ARGS="$(DEMO_ARGS)" ./scripts/run.sh
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+test: redis-server lint
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Unit tests only: no Redis needed.
+unit:
+	$(GO) test -count=1 ./names/ ./wire/ ./matrix/
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseChannel -fuzztime $(FUZZTIME)
+	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseEvent -fuzztime $(FUZZTIME)
+	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseMessage -fuzztime $(FUZZTIME)
+	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin .run

@@ -1,0 +1,204 @@
+// Command demo shows routerd at work: it caches values under tags for two
+// services, publishes domain changes with the publisher library, and prints
+// each service's cache after the invalidations arrive. search-svc embeds the
+// subscriber library; profile-svc is served by the `routerd agent` sidecar
+// that `make run` starts.
+//
+//	go run ./examples/demo --redis redis://127.0.0.1:6390/0 \
+//	    --search-cache redis://127.0.0.1:6390/2 --profile-cache redis://127.0.0.1:6390/1
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
+)
+
+type cached struct {
+	key  string
+	tags []string
+}
+
+var catalogue = []cached{
+	{"product:1", []string{"electronics", "active"}},
+	{"product:2", []string{"electronics", "active"}},
+	{"user:1", []string{"active"}},
+	{"user:2", []string{"active"}},
+}
+
+type change struct {
+	what  string
+	event publisher.Event
+}
+
+var changes = []change{
+	{"acme changed product 2", publisher.Event{Tenant: "acme", Domain: "product", Entity: "2", Keys: []string{"product:2"}}},
+	{"globex changed user 1", publisher.Event{Tenant: "globex", Domain: "user", Entity: "1", Keys: []string{"user:1"}}},
+	{"acme reloaded its whole catalogue (no keys: whole tags)", publisher.Event{Tenant: "acme", Domain: "product"}},
+}
+
+func main() {
+	bus := flag.String("redis", "redis://127.0.0.1:6390/0", "bus Redis")
+	searchCache := flag.String("search-cache", "redis://127.0.0.1:6390/2", "search-svc's cache Redis (embedded subscriber)")
+	profileCache := flag.String("profile-cache", "redis://127.0.0.1:6390/1", "profile-svc's cache Redis (routerd agent)")
+	path := flag.String("matrix", "matrix.yaml", "routing matrix")
+	interval := flag.Duration("interval", 3*time.Second, "time between changes")
+	rounds := flag.Int("rounds", 0, "changes to publish; 0 runs until interrupted")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *bus, *searchCache, *profileCache, *path, *interval, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func open(url string) (*redis.Client, error) {
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opt), nil
+}
+
+func run(ctx context.Context, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int) error {
+	m, err := matrix.Load(path)
+	if err != nil {
+		return err
+	}
+	busC, err := open(busURL)
+	if err != nil {
+		return err
+	}
+	defer busC.Close()
+	stores := map[string]*tagstore.Store{}
+	for svc, url := range map[string]string{"search-svc": searchURL, "profile-svc": profileURL} {
+		c, err := open(url)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if stores[svc], err = tagstore.New(c, tagstore.Options{}); err != nil {
+			return err
+		}
+	}
+	searchC, _ := open(searchURL)
+	defer searchC.Close()
+
+	// search-svc embeds the subscriber; the Handler only narrates.
+	sub, err := subscriber.New(busC, subscriber.Options{
+		Service: "search-svc", Matrix: m, Cache: searchC, CheckInterval: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Handler: func(_ context.Context, inv subscriber.Invalidation) error {
+			what := "keys " + strings.Join(inv.Keys, ",")
+			if len(inv.Keys) == 0 {
+				what = "the whole tag"
+			}
+			fmt.Printf("  search-svc applied %s/%s v%d: %s\n", inv.Tenant, inv.Tag, inv.Version, what)
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	subCtx, stopSub := context.WithCancel(ctx)
+	subDone := make(chan struct{})
+	go func() { defer close(subDone); _ = sub.Run(subCtx) }()
+	defer func() { stopSub(); <-subDone }()
+
+	pub, err := publisher.New(busC, publisher.Options{Prefix: m.Prefix, Origin: "demo"})
+	if err != nil {
+		return err
+	}
+	fmt.Println("routerd demo: caching values under tags, publishing changes, watching them disappear.")
+	for i := 0; rounds == 0 || i < rounds; i++ {
+		if err := seed(ctx, stores); err != nil {
+			return err
+		}
+		if i == 0 {
+			show(ctx, stores)
+		}
+		c := changes[i%len(changes)]
+		if !sleep(ctx, interval) {
+			return nil
+		}
+		id, err := pub.Publish(ctx, c.event)
+		if err != nil {
+			return err
+		}
+		routes, _ := m.Routes(c.event.Tenant, c.event.Domain)
+		var chans []string
+		for _, r := range routes {
+			chans = append(chans, r.Channel+" → "+strings.Join(r.Services, ","))
+		}
+		fmt.Printf("\n» %s: published event %s\n  routes: %s\n", c.what, id, strings.Join(chans, "; "))
+		if !sleep(ctx, 500*time.Millisecond) { // give the services a moment, then look
+			return nil
+		}
+		show(ctx, stores)
+	}
+	return nil
+}
+
+func seed(ctx context.Context, stores map[string]*tagstore.Store) error {
+	for svc, st := range stores {
+		for _, tenant := range []string{"acme", "globex"} {
+			for _, c := range catalogue {
+				if _, err := st.Get(ctx, tenant, c.key); err == nil {
+					continue
+				}
+				if svc == "profile-svc" && strings.HasPrefix(c.key, "product:") {
+					continue // profile-svc caches users only
+				}
+				if err := st.Set(ctx, tenant, c.key, []byte("cached"), 10*time.Minute, c.tags...); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func show(ctx context.Context, stores map[string]*tagstore.Store) {
+	for _, svc := range []string{"search-svc", "profile-svc"} {
+		line := fmt.Sprintf("  %-12s", svc)
+		for _, tenant := range []string{"acme", "globex"} {
+			line += " " + tenant + ":"
+			for _, c := range catalogue {
+				if svc == "profile-svc" && strings.HasPrefix(c.key, "product:") {
+					continue
+				}
+				mark := "✓"
+				if _, err := stores[svc].Get(ctx, tenant, c.key); err != nil {
+					mark = "✗"
+				}
+				line += " " + c.key + mark
+			}
+		}
+		fmt.Println(line)
+	}
+	fmt.Println("  (✓ cached, ✗ invalidated; the next round caches them again)")
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}

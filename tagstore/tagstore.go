@@ -40,7 +40,8 @@ const (
 	Failed              Status = "ERROR"
 )
 
-// Observer is told of every invalidation, for metrics. It must be cheap.
+// Observer is told of every invalidation, for metrics. It must be cheap. A
+// tag that went the chunked path is reported as CardinalityExceeded.
 type Observer func(tag string, status Status, keys int64, took time.Duration)
 
 // Options configure a Store. The zero value is usable.
@@ -199,7 +200,11 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 		res.Status = Failed
 	}
 	if s.opt.Observe != nil {
-		s.opt.Observe(inv.Tag, res.Status, res.Deleted, time.Since(start))
+		status := res.Status
+		if res.Chunked && err == nil {
+			status = CardinalityExceeded // done, but by the chunked path
+		}
+		s.opt.Observe(inv.Tag, status, res.Deleted, time.Since(start))
 	}
 	return res, err
 }

@@ -1,0 +1,142 @@
+package publisher_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/wire"
+)
+
+func entries(t *testing.T, c *redis.Client, stream string) []wire.Event {
+	t.Helper()
+	msgs, err := c.XRange(context.Background(), stream, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]wire.Event, len(msgs))
+	for i, m := range msgs {
+		if len(m.Values) != 1 {
+			t.Fatalf("entry has fields %v, want only %q", m.Values, wire.EventField)
+		}
+		if err := json.Unmarshal([]byte(m.Values[wire.EventField].(string)), &out[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func TestPublishToTenantPartition(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	now := time.UnixMilli(1764000000123)
+	p, err := publisher.New(c, publisher.Options{Origin: "profile-svc", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No partition count in Redis yet: the default 8.
+	id, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", Entity: "1042", Keys: []string{"user:1042"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := entries(t, c, wire.IngressStream("invalidate", wire.Partition("acme", 8)))
+	if len(got) != 1 || got[0].ID != id || got[0].TS != now.UnixMilli() || got[0].Origin != "profile-svc" || got[0].Keys[0] != "user:1042" {
+		t.Fatalf("entries %+v (id %s)", got, id)
+	}
+	if len(id) != 28 || !strings.HasPrefix(id, "019ab697e87b") {
+		t.Errorf("id %q is not 12 hex digits of time and 16 of randomness", id)
+	}
+}
+
+func TestPartitionCountFromRedis(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	if err := c.Set(ctx, wire.PartitionsKey("inv"), 3, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := publisher.New(c, publisher.Options{Prefix: "inv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(entries(t, c, wire.IngressStream("inv", wire.Partition("acme", 3)))); n != 1 {
+		t.Errorf("%d entries in the 3-partition stream", n)
+	}
+	if err := c.Set(ctx, wire.PartitionsKey("inv"), "many", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := publisher.New(c, publisher.Options{Prefix: "inv"})
+	if _, err := p2.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user"}); err == nil || !strings.Contains(err.Error(), "not a partition count") {
+		t.Errorf("bad partition count: %v", err)
+	}
+}
+
+func TestPublishBatchValidatesFirst(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	_, err := p.PublishBatch(ctx, []publisher.Event{
+		{Tenant: "acme", Domain: "user"},
+		{Tenant: "acme", Domain: "user", Keys: []string{"bad key"}},
+	})
+	if err == nil || !strings.Contains(err.Error(), "event 1") || !strings.Contains(err.Error(), "keys[0]") {
+		t.Fatalf("err = %v, want one naming event 1 and keys[0]", err)
+	}
+	if n := c.Exists(ctx, wire.IngressStream("invalidate", 0)).Val(); n != 0 {
+		t.Error("something was sent though an event was invalid")
+	}
+	ids, err := p.PublishBatch(ctx, []publisher.Event{{Tenant: "acme", Domain: "user"}, {Tenant: "globex", Domain: "user"}})
+	if err != nil || len(ids) != 2 || ids[0] == ids[1] {
+		t.Fatalf("PublishBatch = %v, %v", ids, err)
+	}
+	if n := len(entries(t, c, wire.IngressStream("invalidate", 0))); n != 2 {
+		t.Errorf("%d entries, want 2", n)
+	}
+}
+
+func TestPublishCarriesTraceContext(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6}, TraceFlags: trace.FlagsSampled,
+	})
+	if _, err := p.Publish(trace.ContextWithSpanContext(ctx, sc), publisher.Event{Tenant: "acme", Domain: "user"}); err != nil {
+		t.Fatal(err)
+	}
+	got := entries(t, c, wire.IngressStream("invalidate", 0))
+	want := "00-01020300000000000000000000000000-0405060000000000-01"
+	if got[0].Traceparent != want {
+		t.Errorf("traceparent %q, want %q", got[0].Traceparent, want)
+	}
+}
+
+func TestInvalidEventSendsNothing(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached
+	defer c.Close()
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	for _, ev := range []publisher.Event{{Domain: "user"}, {Tenant: "acme"}, {Tenant: "a b", Domain: "user"}} {
+		if _, err := p.Publish(context.Background(), ev); err == nil || !strings.Contains(err.Error(), "publisher:") {
+			t.Errorf("Publish(%+v) = %v", ev, err)
+		}
+	}
+}
+
+func TestOptionsValidated(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, opt := range []publisher.Options{{Prefix: "a b"}, {Partitions: -1}, {Partitions: 2000}, {Refresh: -time.Second}} {
+		if _, err := publisher.New(c, opt); err == nil {
+			t.Errorf("New(%+v) accepted", opt)
+		}
+	}
+}

@@ -238,6 +238,10 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			Count: int64(r.opt.BatchSize), Block: r.opt.Block,
 		}).Result()
 		switch {
+		case err == nil:
+			// Entries in hand are routed even when ctx was cancelled
+			// during the read: they are ours now, and waiting for a
+			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
 			continue
 		case ctx.Err() != nil:

@@ -43,6 +43,7 @@ func init() {
 		{"tail", "--redis URL --tenant T --tag X", "print each message on a channel as a JSON line", tail},
 		{"agent", "--redis URL --cache-redis URL --service S --matrix F [--listen ADDR]", "run the subscriber as a sidecar", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
+		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
 	}
 }
 

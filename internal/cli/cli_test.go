@@ -223,6 +223,13 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "EMPTY_TAG_SET") {
 		t.Errorf("invalidate: %d %q", code, out)
 	}
+	must(t, store.Set(ctx, "acme", "gone", []byte("x"), 0, "active"))
+	must(t, store.Set(ctx, "acme", "kept", []byte("x"), 0, "active"))
+	must(t, cache.Client(t).Del(ctx, "{tenant:acme}:gone").Err()) // as if expired
+	code, out, _ = runCLI(t, "compact", "--redis", cache.URL, "--tenant", "acme", "--tag", "active")
+	if code != 0 || !strings.HasPrefix(out, "1 members") {
+		t.Errorf("compact: %d %q", code, out)
+	}
 }
 
 func grep(s, sub string) string {

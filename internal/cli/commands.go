@@ -216,3 +216,31 @@ func invalidate(ctx context.Context, env *Env, args []string) error {
 	fmt.Fprintf(env.Stdout, "%s: %d keys deleted (chunked: %v)\n", res.Status, res.Deleted, res.Chunked)
 	return nil
 }
+
+func compact(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "compact", "--redis URL --tenant T --tag X")
+	rf := f.redis("redis", "ROUTERD_CACHE_REDIS_URL", "cache Redis holding the tag sets")
+	tenant := f.String("tenant", "", "tenant")
+	tag := f.String("tag", "", "tag whose set to compact")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis", "tenant", "tag"); err != nil {
+		return err
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := tagstore.New(c, tagstore.Options{})
+	if err != nil {
+		return err
+	}
+	n, err := s.Compact(ctx, *tenant, *tag)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
+	return nil
+}

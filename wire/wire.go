@@ -139,16 +139,7 @@ func validKeys(keys []string) error {
 
 // ParseEvent decodes and validates an event. Unknown fields are errors, so a
 // misspelt field is reported instead of silently ignored.
-func ParseEvent(data []byte) (*Event, error) {
-	var e Event
-	if err := decodeStrict(data, &e); err != nil {
-		return nil, err
-	}
-	if err := e.Validate(); err != nil {
-		return nil, err
-	}
-	return &e, nil
-}
+func ParseEvent(data []byte) (*Event, error) { return parse[Event](data) }
 
 // Marshal encodes a valid event.
 func (e *Event) Marshal() ([]byte, error) {
@@ -206,15 +197,24 @@ func (m *Message) Validate() error {
 }
 
 // ParseMessage decodes and validates a channel message.
-func ParseMessage(data []byte) (*Message, error) {
-	var m Message
-	if err := decodeStrict(data, &m); err != nil {
+func ParseMessage(data []byte) (*Message, error) { return parse[Message](data) }
+
+// validator is a pointer to a T that can check itself.
+type validator[T any] interface {
+	*T
+	Validate() error
+}
+
+// parse decodes strictly, then validates.
+func parse[T any, P validator[T]](data []byte) (*T, error) {
+	v := new(T)
+	if err := decodeStrict(data, v); err != nil {
 		return nil, err
 	}
-	if err := m.Validate(); err != nil {
+	if err := P(v).Validate(); err != nil {
 		return nil, err
 	}
-	return &m, nil
+	return v, nil
 }
 
 // MessageBody is the JSON of a message without its epoch and version, which

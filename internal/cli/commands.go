@@ -192,23 +192,18 @@ func invalidate(ctx context.Context, env *Env, args []string) error {
 	tenant := f.String("tenant", "", "tenant")
 	tag := f.String("tag", "", "tag to invalidate")
 	keys := f.String("keys", "", "comma-separated keys; empty invalidates the whole tag")
-	template := f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template")
-	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks")
+	sf := f.store()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if err := f.required("redis", "tenant", "tag"); err != nil {
 		return err
 	}
-	c, err := rf.open()
+	s, closeStore, err := sf.open(rf)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	s, err := tagstore.New(c, tagstore.Options{KeyTemplate: *template, CardinalityGuard: *guard})
-	if err != nil {
-		return err
-	}
+	defer closeStore()
 	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: *tenant, Tag: *tag, Keys: splitList(*keys)})
 	if err != nil {
 		return err
@@ -222,25 +217,53 @@ func compact(ctx context.Context, env *Env, args []string) error {
 	rf := f.redis("redis", "ROUTERD_CACHE_REDIS_URL", "cache Redis holding the tag sets")
 	tenant := f.String("tenant", "", "tenant")
 	tag := f.String("tag", "", "tag whose set to compact")
+	sf := f.store()
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if err := f.required("redis", "tenant", "tag"); err != nil {
 		return err
 	}
-	c, err := rf.open()
+	s, closeStore, err := sf.open(rf)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	s, err := tagstore.New(c, tagstore.Options{})
-	if err != nil {
-		return err
-	}
+	defer closeStore()
 	n, err := s.Compact(ctx, *tenant, *tag)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
 	return nil
+}
+
+// storeFlags are the cache-side flags shared by agent, invalidate and compact.
+type storeFlags struct {
+	template *string
+	guard    *int
+}
+
+func (f *flags) store() storeFlags {
+	return storeFlags{
+		template: f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template"),
+		guard:    f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks of 1000"),
+	}
+}
+
+func (sf storeFlags) options() tagstore.Options {
+	return tagstore.Options{KeyTemplate: *sf.template, CardinalityGuard: *sf.guard}
+}
+
+// open connects to the cache Redis and returns a store on it and its closer.
+func (sf storeFlags) open(rf redisFlags) (*tagstore.Store, func(), error) {
+	c, err := rf.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := tagstore.New(c, sf.options())
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return s, func() { c.Close() }, nil
 }

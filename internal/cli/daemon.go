@@ -20,7 +20,6 @@ import (
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
-	"github.com/routerd/routerd/tagstore"
 )
 
 func newRegistry() *prometheus.Registry {
@@ -80,11 +79,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("matrix", "redis"); err != nil {
 		return err
 	}
-	log, err := newLogger(env.Stderr, *level)
-	if err != nil {
-		return err
-	}
-	m, err := loadMatrix(env, *path)
+	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
 	}
@@ -187,8 +182,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	service := f.stringEnv("service", "ROUTERD_SERVICE", "", "service name in the matrix")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
 	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
-	template := f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template")
-	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks")
+	sf := f.store()
 	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
@@ -197,11 +191,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("redis", "cache-redis", "service", "matrix"); err != nil {
 		return err
 	}
-	log, err := newLogger(env.Stderr, *level)
-	if err != nil {
-		return err
-	}
-	m, err := loadMatrix(env, *path)
+	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
 	}
@@ -218,7 +208,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	reg := newRegistry()
 	s, err := subscriber.New(busC, subscriber.Options{
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
-		Store:  tagstore.Options{KeyTemplate: *template, CardinalityGuard: *guard},
+		Store:  sf.options(),
 		Logger: log, Registerer: reg,
 	})
 	if err != nil {
@@ -229,4 +219,14 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
 	log.Info("routerd agent running", "service", *service, "pid", os.Getpid())
 	return g.Wait()
+}
+
+// daemonSetup makes the logger and loads the matrix for serve and agent.
+func daemonSetup(env *Env, level, path string) (*slog.Logger, *matrix.Matrix, error) {
+	log, err := newLogger(env.Stderr, level)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := loadMatrix(env, path)
+	return log, m, err
 }

@@ -21,6 +21,13 @@ type Limits struct {
 	History  int           `json:"history"`  // messages kept per channel for replay
 }
 
+// Budget is a token bucket shared by many channels: every channel of one
+// tenant, or every channel of the router.
+type Budget struct {
+	Rate  float64 `json:"rate"`
+	Burst int     `json:"burst"`
+}
+
 // DefaultLimits apply where the matrix sets none.
 var DefaultLimits = Limits{Rate: 100, Burst: 200, Coalesce: 20 * time.Millisecond, MaxKeys: 500, History: 1000}
 
@@ -59,6 +66,11 @@ type Matrix struct {
 	Tags       map[string]*Tag
 	Domains    map[string]*Domain
 	Services   map[string]*Service
+	// TenantBudget limits the messages of each tenant over all its
+	// channels; nil for no limit.
+	TenantBudget *Budget
+	// GlobalBudget limits all messages of a router instance; nil for no limit.
+	GlobalBudget *Budget
 	// Hash is the hex SHA-256 of the source, to tell which matrix is active.
 	Hash string
 }

@@ -38,6 +38,10 @@ func (es Errors) Error() string {
 }
 
 const (
+	// minRate keeps a coalesced message's wait (one token) well under the
+	// time after which another router claims the entries it holds.
+	minRate       = 0.1
+	maxRate       = 1_000_000
 	maxPartitions = 1024
 	maxHistory    = 1_000_000
 )
@@ -187,7 +191,7 @@ func (p *parser) parse(data []byte) *Matrix {
 	}
 	var tagsNode, domainsNode, servicesNode *yaml.Node
 	var haveVersion bool
-	for _, f := range p.mapping(root, "matrix", "version", "prefix", "ingress", "defaults", "tags", "domains", "services") {
+	for _, f := range p.mapping(root, "matrix", "version", "prefix", "ingress", "defaults", "budgets", "tags", "domains", "services") {
 		switch f.key.Value {
 		case "version":
 			haveVersion = true
@@ -209,6 +213,15 @@ func (p *parser) parse(data []byte) *Matrix {
 			}
 		case "defaults":
 			m.Defaults = p.limits(f.value, "defaults", DefaultLimits)
+		case "budgets":
+			for _, g := range p.mapping(f.value, "budgets", "tenant", "global") {
+				b := p.budget(g.value, "budgets."+g.key.Value)
+				if g.key.Value == "tenant" {
+					m.TenantBudget = b
+				} else {
+					m.GlobalBudget = b
+				}
+			}
 		case "tags":
 			tagsNode = f.value
 		case "domains":
@@ -321,22 +334,47 @@ func (p *parser) tag(key, n *yaml.Node, defaults Limits) (*Tag, []ref) {
 	return t, used
 }
 
+func (p *parser) budget(n *yaml.Node, what string) *Budget {
+	var b Budget
+	var haveRate, haveBurst bool
+	for _, f := range p.mapping(n, what, "rate", "burst") {
+		if f.key.Value == "rate" {
+			haveRate = true
+			b.Rate, _ = p.rate(f.value, what+".rate")
+		} else {
+			haveBurst = true
+			b.Burst, _ = p.integer(f.value, what+".burst", 1, 10_000_000)
+		}
+	}
+	if n.Kind == yaml.MappingNode && (!haveRate || !haveBurst) {
+		p.errorf(n, "%s needs both rate and burst", what)
+	}
+	return &b
+}
+
+// rate reads a positive number of messages per second.
+func (p *parser) rate(n *yaml.Node, what string) (float64, bool) {
+	s, ok := p.scalar(n, what)
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < minRate || v > maxRate || (n.Tag != "!!int" && n.Tag != "!!float") {
+		p.errorf(n, "%s must be a number of messages per second from %g to %g, not %q", what, minRate, float64(maxRate), s)
+		return 0, false
+	}
+	return v, true
+}
+
 func (p *parser) limits(n *yaml.Node, what string, base Limits) Limits {
 	l := base
 	for _, f := range p.mapping(n, what, "rate", "burst", "coalesce", "max_keys", "history") {
 		name := what + "." + f.key.Value
 		switch f.key.Value {
 		case "rate":
-			s, ok := p.scalar(f.value, name)
-			if !ok {
-				continue
+			if v, ok := p.rate(f.value, name); ok {
+				l.Rate = v
 			}
-			v, err := strconv.ParseFloat(s, 64)
-			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 || (f.value.Tag != "!!int" && f.value.Tag != "!!float") {
-				p.errorf(f.value, "%s must be a number of messages per second above 0, not %q", name, s)
-				continue
-			}
-			l.Rate = v
 		case "burst":
 			if v, ok := p.integer(f.value, name, 1, 1_000_000); ok {
 				l.Burst = v

@@ -19,6 +19,11 @@ type metrics struct {
 	pending       prometheus.Gauge
 	lag           prometheus.Gauge
 	groupsCreated prometheus.Counter
+
+	coalesced       *prometheus.CounterVec // tag
+	delayed         *prometheus.CounterVec // tag
+	coalescedWhole  *prometheus.CounterVec // tag
+	pendingChannels prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,10 +53,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_ingress_lag_entries", Help: "Ingress entries not yet delivered to the consumer group."}),
 		groupsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_consumer_groups_created_total", Help: "Consumer groups created, at start or after they vanished."}),
+		coalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_events_coalesced_total", Help: "Events merged into a channel's pending message because the channel was over its budget, by tag."}, []string{"tag"}),
+		delayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_messages_delayed_total", Help: "Channel messages held back by a rate limit (each opens a pending message), by tag."}, []string{"tag"}),
+		coalescedWhole: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_coalesced_whole_tag_total", Help: "Pending messages that became whole-tag invalidations because their keys exceeded max_keys, by tag."}, []string{"tag"}),
+		pendingChannels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.read, m.routed, m.deadLettered, m.suppressed, m.published, m.duplicates,
-			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated)
+			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated,
+			m.coalesced, m.delayed, m.coalescedWhole, m.pendingChannels)
 	}
 	return m
 }

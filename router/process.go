@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,6 +23,7 @@ const (
 
 // entry is one ingress entry on its way through a batch.
 type entry struct {
+	stream  string
 	id      string // stream entry id
 	ev      *wire.Event
 	eventID string
@@ -29,9 +31,29 @@ type entry struct {
 	// dead is set when the entry goes to the dead-letter stream.
 	reason, detail string
 	raw            map[string]any
-	// cmds are the entry's publish commands; failed when any of them failed.
-	cmds   []*redis.Cmd
-	failed bool
+	// remaining counts the entry's channel messages not yet published,
+	// directly or as part of a coalesced message; the entry is acknowledged
+	// by whoever brings it to zero, unless a publish failed.
+	remaining atomic.Int32
+	failed    atomic.Bool
+}
+
+// finish records one of the entry's messages as published (or failed) and
+// reports whether the entry is now complete and may be acknowledged.
+func (e *entry) finish(ok bool) bool {
+	if !ok {
+		e.failed.Store(true)
+	}
+	return e.remaining.Add(-1) == 0 && !e.failed.Load()
+}
+
+// outgoing is one channel message to publish: for one event, or for many
+// coalesced ones.
+type outgoing struct {
+	route   matrix.Route
+	msg     wire.Message // without epoch and version
+	ids     []string     // event ids; the first is the message's event
+	entries []*entry
 }
 
 // process routes one batch of entries from stream and acknowledges those
@@ -52,7 +74,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 	mtx := r.matrix.Load()
 	entries := make([]*entry, len(msgs))
 	for i, msg := range msgs {
-		entries[i] = r.parse(mtx, msg)
+		entries[i] = r.parse(mtx, stream, msg)
 	}
 	if err := r.suppressOlder(ctx, entries); err != nil {
 		return err
@@ -60,44 +82,82 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 	if err := r.registerTenants(ctx, entries); err != nil {
 		return err
 	}
-	if err := r.publish(ctx, mtx, entries); err != nil {
+
+	// Each route goes out now if the storm limits allow, else it merges into
+	// its channel's pending message and is finished by the coalescer.
+	now := time.Now()
+	var direct []*outgoing
+	var ack []*entry
+	for _, e := range entries {
+		if e.reason != "" {
+			continue
+		}
+		e.remaining.Store(int32(len(e.routes)))
+		if len(e.routes) == 0 {
+			ack = append(ack, e) // nothing to publish: suppressed, or no service serves the tenant
+			continue
+		}
+		for _, rt := range e.routes {
+			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: e.ev.Keys, Event: e.eventID, Domain: e.ev.Domain,
+				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
+			if r.co.admit(now, mtx, e, rt, msg) {
+				direct = append(direct, &outgoing{route: rt, msg: msg, ids: []string{e.eventID}, entries: []*entry{e}})
+			}
+		}
+	}
+	ack = append(ack, r.send(ctx, direct)...)
+	deadOK := r.deadLetter(ctx, stream, entries)
+	if deadOK {
+		for _, e := range entries {
+			if e.reason != "" {
+				ack = append(ack, e)
+			}
+		}
+	}
+	if err := r.ack(ctx, ack); err != nil {
 		return err
 	}
-	deadOK := r.deadLetter(ctx, stream, entries)
-
-	ack := make([]string, 0, len(entries))
 	var failed int
 	for _, e := range entries {
-		switch {
-		case e.reason != "":
-			if deadOK {
-				ack = append(ack, e.id)
-			}
-		case e.failed:
+		if e.failed.Load() {
 			failed++
-		default:
-			ack = append(ack, e.id)
-		}
-	}
-	if len(ack) > 0 {
-		if err := r.c.XAck(ctx, stream, r.opt.Group, ack...).Err(); err != nil {
-			return fmt.Errorf("XACK: %w", err)
-		}
-	}
-	for _, e := range entries {
-		if e.reason == "" && !e.failed && e.ev != nil {
-			r.m.routed.WithLabelValues(e.ev.Domain).Inc()
 		}
 	}
 	if failed > 0 || !deadOK {
 		r.m.publishErrors.Inc()
-		return fmt.Errorf("%d of %d entries not finished", len(entries)-len(ack), len(entries))
+		return fmt.Errorf("%d of %d entries not finished", failed, len(entries))
 	}
 	return nil
 }
 
-func (r *Router) parse(mtx *matrix.Matrix, msg redis.XMessage) *entry {
-	e := &entry{id: msg.ID, raw: msg.Values}
+// ack acknowledges complete entries, grouped by stream, and counts them.
+func (r *Router) ack(ctx context.Context, entries []*entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	byStream := map[string][]string{}
+	for _, e := range entries {
+		byStream[e.stream] = append(byStream[e.stream], e.id)
+	}
+	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for stream, ids := range byStream {
+			pipe.XAck(ctx, stream, r.opt.Group, ids...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("XACK: %w", err)
+	}
+	for _, e := range entries {
+		if e.ev != nil && e.reason == "" {
+			r.m.routed.WithLabelValues(e.ev.Domain).Inc()
+		}
+	}
+	return nil
+}
+
+func (r *Router) parse(mtx *matrix.Matrix, stream string, msg redis.XMessage) *entry {
+	e := &entry{stream: stream, id: msg.ID, raw: msg.Values}
 	raw, ok := msg.Values[wire.EventField].(string)
 	if !ok {
 		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field`
@@ -181,13 +241,11 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	return nil
 }
 
-// publish sends every channel message of the batch in one pipeline.
-func (r *Router) publish(ctx context.Context, mtx *matrix.Matrix, entries []*entry) error {
-	var n int
-	for _, e := range entries {
-		n += len(e.routes)
-	}
-	if n == 0 {
+// send publishes channel messages in one pipeline and returns the entries it
+// completed. A message that fails marks its entries failed: they are not
+// acknowledged and will be claimed and routed again.
+func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
+	if len(out) == 0 {
 		return nil
 	}
 	cmd := "PUBLISH"
@@ -195,54 +253,48 @@ func (r *Router) publish(ctx context.Context, mtx *matrix.Matrix, entries []*ent
 		cmd = "SPUBLISH"
 	}
 	epoch := newEpoch()
-	type sent struct {
-		e   *entry
-		tag string
-	}
-	var order []sent
-	_, err := r.runScripts(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
-		order = order[:0]
-		var all []*redis.Cmd
-		for _, e := range entries {
-			e.cmds = e.cmds[:0]
-			for _, rt := range e.routes {
-				body, err := wire.MessageBody(&wire.Message{
-					Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: e.ev.Keys, Event: e.eventID, Domain: e.ev.Domain,
-					Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent,
-				})
-				if err != nil { // cannot happen for a validated event; keep the entry pending
-					e.failed = true
-					continue
-				}
-				c := lua.Publish.EvalSha(ctx, pipe,
-					[]string{names.MetaKey(rt.Channel), names.HistoryKey(rt.Channel), names.EventsKey(rt.Channel)},
-					rt.Channel, e.eventID, body, rt.Limits.History, epoch, cmd)
-				e.cmds = append(e.cmds, c)
-				all = append(all, c)
-				order = append(order, sent{e, rt.Tag})
+	cmds, _ := r.runScripts(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
+		all := make([]*redis.Cmd, len(out))
+		for i, o := range out {
+			body, err := wire.MessageBody(&o.msg)
+			if err != nil { // cannot happen for validated fields
+				all[i] = redis.NewCmd(ctx)
+				all[i].SetErr(err)
+				continue
 			}
+			args := make([]any, 0, 6+len(o.ids)-1)
+			args = append(args, o.route.Channel, o.ids[0], body, o.route.Limits.History, epoch, cmd)
+			for _, id := range o.ids[1:] {
+				args = append(args, id)
+			}
+			all[i] = lua.Publish.EvalSha(ctx, pipe,
+				[]string{names.MetaKey(o.route.Channel), names.HistoryKey(o.route.Channel), names.EventsKey(o.route.Channel)},
+				args...)
 		}
 		return all
 	})
-	if err != nil && len(order) == 0 {
-		return err
-	}
-	for _, s := range order {
-		c := s.e.cmds[0]
-		s.e.cmds = s.e.cmds[1:]
-		res, err := c.Slice()
-		if err != nil || len(res) != 3 {
-			s.e.failed = true
-			r.log.Warn("channel publish failed", "tag", s.tag, "event", s.e.eventID, "err", err)
-			continue
+	var done []*entry
+	for i, o := range out {
+		var res []any
+		err := ctx.Err()
+		if i < len(cmds) {
+			res, err = cmds[i].Slice()
 		}
-		if dup, _ := res[2].(int64); dup == 1 {
+		ok := err == nil && len(res) == 3
+		if !ok {
+			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", err)
+		} else if dup, _ := res[2].(int64); dup == 1 {
 			r.m.duplicates.Inc()
 		} else {
-			r.m.published.WithLabelValues(s.tag).Inc()
+			r.m.published.WithLabelValues(o.route.Tag).Inc()
+		}
+		for _, e := range o.entries {
+			if e.finish(ok) {
+				done = append(done, e)
+			}
 		}
 	}
-	return nil
+	return done
 }
 
 // deadLetter records the refused entries of the batch with their reason. It

@@ -99,6 +99,7 @@ type Router struct {
 	matrix atomic.Pointer[matrix.Matrix]
 	prefix string
 	ready  atomic.Bool
+	co     *coalescer
 
 	streamsMu sync.Mutex
 	streams   []string // ingress partitions read, set up by Run
@@ -119,6 +120,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
 	r.matrix.Store(m)
+	r.co = newCoalescer(r)
 	return r, nil
 }
 
@@ -159,6 +161,13 @@ func (r *Router) Run(ctx context.Context) error {
 	r.ready.Store(true)
 	defer r.ready.Store(false)
 	r.log.Info("routing", "partitions", len(r.streams), "group", r.opt.Group, "consumer", r.opt.Consumer)
+
+	// The coalescer outlives the read loops: when they have finished their
+	// last batches it publishes whatever is still pending, then stops.
+	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
+	flushed := make(chan struct{})
+	go func() { defer close(flushed); r.co.run(flushCtx) }()
+	defer func() { stopFlush(); <-flushed }()
 
 	g, gctx := errgroup.WithContext(ctx)
 	for _, stream := range r.streamList() {
@@ -285,11 +294,13 @@ func (r *Router) claimLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		r.holdCoalesced(ctx)
 		for _, stream := range r.streamList() {
 			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
 			}
 		}
+		r.co.forgetIdle(time.Now())
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
 		}
@@ -322,6 +333,24 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 		start = next
 	}
 	return nil
+}
+
+// holdCoalesced resets the idle time of the entries waiting in coalesced
+// messages (XCLAIM to this consumer with JUSTID), so that no other instance
+// claims them while this one is alive and holding them.
+func (r *Router) holdCoalesced(ctx context.Context) {
+	for stream, ids := range r.co.held() {
+		for len(ids) > 0 {
+			batch := ids[:min(len(ids), 1000)]
+			ids = ids[len(batch):]
+			err := r.c.XClaimJustID(ctx, &redis.XClaimArgs{
+				Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: 0, Messages: batch,
+			}).Err()
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("refreshing held entries", "stream", stream, "err", err)
+			}
+		}
+	}
 }
 
 // housekeeping rewrites the partition count (a Redis that lost its data must

@@ -1,0 +1,103 @@
+// Package storm holds the two rules of storm protection that the router and
+// the subscriber share: token buckets taken together (a channel's, its
+// tenant's, the global one) and the coalescing of keys, which never drops a
+// key but turns into a whole-tag invalidation above a bound.
+package storm
+
+import (
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Keys is the union of the keys of merged invalidations. An invalidation
+// without keys (the whole tag), or a union above max keys, makes it whole.
+type Keys struct {
+	max   int
+	set   map[string]struct{}
+	order []string
+	whole bool
+}
+
+// NewKeys returns an empty union that becomes whole above max keys.
+func NewKeys(max int) *Keys { return &Keys{max: max, set: map[string]struct{}{}} }
+
+// Add merges the keys of one invalidation; none means the whole tag.
+func (k *Keys) Add(keys []string) {
+	if k.whole {
+		return
+	}
+	if len(keys) == 0 {
+		k.makeWhole()
+		return
+	}
+	for _, key := range keys {
+		if _, ok := k.set[key]; ok {
+			continue
+		}
+		if len(k.order) >= k.max {
+			k.makeWhole()
+			return
+		}
+		k.set[key] = struct{}{}
+		k.order = append(k.order, key)
+	}
+}
+
+func (k *Keys) makeWhole() { k.whole, k.set, k.order = true, nil, nil }
+
+// Whole reports whether the union is the whole tag.
+func (k *Keys) Whole() bool { return k.whole }
+
+// List returns the keys in first-seen order, or nil for the whole tag.
+func (k *Keys) List() []string {
+	if k.whole {
+		return nil
+	}
+	return k.order
+}
+
+// Reserve takes one token from every limiter (nil ones are skipped) if all
+// of them have one now, and returns 0. Otherwise it takes none and returns
+// how long until all of them will.
+func Reserve(now time.Time, lims ...*rate.Limiter) time.Duration {
+	var wait time.Duration
+	var rs [4]*rate.Reservation
+	n := 0
+	for _, l := range lims {
+		if l == nil {
+			continue
+		}
+		r := l.ReserveN(now, 1)
+		if !r.OK() { // cannot happen with burst >= 1; be safe
+			wait = max(wait, time.Second)
+			continue
+		}
+		wait = max(wait, r.DelayFrom(now))
+		if n < len(rs) {
+			rs[n] = r
+			n++
+		}
+	}
+	if wait > 0 {
+		for _, r := range rs[:n] {
+			r.CancelAt(now)
+		}
+	}
+	return wait
+}
+
+// Limiter returns a token bucket of rate per second and burst, or updates
+// l to them when it exists and differs (a reloaded matrix).
+func Limiter(l *rate.Limiter, perSecond float64, burst int) *rate.Limiter {
+	if l == nil {
+		return rate.NewLimiter(rate.Limit(perSecond), burst)
+	}
+	if l.Limit() != rate.Limit(perSecond) {
+		l.SetLimit(rate.Limit(perSecond))
+	}
+	if l.Burst() != burst {
+		l.SetBurst(burst)
+	}
+	return l
+}

@@ -47,7 +47,7 @@ func (s *Subscriber) check(ctx context.Context) error {
 				continue // nothing published on this channel (since the bus lost its data)
 			}
 			p := s.pos[t.channel]
-			if p.known && p.Epoch == epoch && p.Version >= version {
+			if head, known := p.head(); known && head.Epoch == epoch && head.Version >= version {
 				continue
 			}
 			s.m.gaps.Inc()

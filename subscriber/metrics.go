@@ -20,6 +20,9 @@ type metrics struct {
 	checks      prometheus.Counter
 	applyErrors prometheus.Counter
 	lag         prometheus.Histogram
+	coalesced   prometheus.Counter
+	delayed     prometheus.Counter
+	queuedTags  prometheus.Gauge
 	keys        *prometheus.CounterVec   // tag, status
 	duration    *prometheus.HistogramVec // tag
 }
@@ -45,6 +48,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "subscriber_delivery_lag_seconds", Help: "From the event's timestamp to the invalidation being applied.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "subscriber_messages_coalesced_total", Help: "Messages merged into a channel's queued work by the local apply limit."}),
+		delayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "subscriber_applies_delayed_total", Help: "Invalidations held back by the local apply limit (each opens queued work for a channel)."}),
+		queuedTags: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "subscriber_queued_channels", Help: "Channels with merged work waiting for the local apply limit."}),
 		keys: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_invalidation_keys_total", Help: "Cache keys deleted by local tag invalidation, by tag and script outcome."}, []string{"tag", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -53,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.received, m.applied, m.duplicates, m.gaps, m.recoveries, m.invalid, m.checks,
-			m.applyErrors, m.lag, m.keys, m.duration)
+			m.applyErrors, m.lag, m.coalesced, m.delayed, m.queuedTags, m.keys, m.duration)
 	}
 	return m
 }

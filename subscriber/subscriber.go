@@ -26,7 +26,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/matrix"
+	"golang.org/x/time/rate"
+
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
@@ -67,6 +70,16 @@ type Options struct {
 	// CheckInterval is how often positions are checked against the
 	// channels' versions (30s).
 	CheckInterval time.Duration
+	// ApplyRate limits the invalidations per second run against the cache
+	// Redis (0: no limit), with ApplyBurst at once (default: ApplyRate, at
+	// least 1). Messages beyond the limit merge per channel — keys united,
+	// the whole tag above MaxKeys — and are applied as one invalidation once
+	// a token is free and Coalesce has passed. Nothing is dropped.
+	ApplyRate  float64
+	ApplyBurst int
+	Coalesce   time.Duration
+	// MaxKeys bounds the keys of a merged invalidation (500).
+	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
 	Buffer     int
@@ -89,7 +102,9 @@ type Subscriber struct {
 	tenants    []string
 
 	// Owned by the applier goroutine.
-	pos map[string]*position
+	pos     map[string]*position
+	limiter *rate.Limiter        // nil without ApplyRate
+	queued  map[string]*position // channels with coalesced work waiting
 
 	in       chan *redis.Message
 	checkReq chan struct{}
@@ -102,6 +117,25 @@ type position struct {
 	tenant, tag string
 	known       bool
 	tagstore.Position
+	// queue holds messages merged under the local limit, not yet applied.
+	queue *queued
+}
+
+// queued is a channel's coalesced work: the union of the keys of the
+// messages after the position, up to last.
+type queued struct {
+	keys *storm.Keys
+	last tagstore.Position
+	msg  *wire.Message // the last message merged
+	due  time.Time
+}
+
+// head is where the channel stands counting queued work.
+func (p *position) head() (tagstore.Position, bool) {
+	if p.queue != nil {
+		return p.queue.last, true
+	}
+	return p.Position, p.known
 }
 
 // New checks the options.
@@ -131,6 +165,15 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	if opt.Buffer == 0 {
 		opt.Buffer = 4096
 	}
+	if opt.ApplyRate < 0 || opt.ApplyBurst < 0 || opt.Coalesce < 0 || opt.MaxKeys < 0 {
+		return nil, errors.New("subscriber: ApplyRate, ApplyBurst, Coalesce and MaxKeys must not be negative")
+	}
+	if opt.ApplyBurst == 0 {
+		opt.ApplyBurst = max(1, int(opt.ApplyRate))
+	}
+	if opt.MaxKeys == 0 {
+		opt.MaxKeys = 500
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -139,6 +182,10 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		prefix: opt.Matrix.Prefix, tags: map[string]bool{}, tagList: sub.Tags,
 		allTenants: sub.AllTenants, tenants: sub.Tenants, pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
+		queued: map[string]*position{},
+	}
+	if opt.ApplyRate > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
 	}
 	for _, t := range sub.Tags {
 		s.tags[t] = true
@@ -274,10 +321,19 @@ func (s *Subscriber) apply(ctx context.Context) {
 		}
 		s.ready.Store(true)
 	}
+	flush := time.NewTimer(time.Hour)
+	defer flush.Stop()
+	defer s.flushQueued(context.WithoutCancel(ctx), true) // apply what is merged before stopping
 	for {
+		flush.Reset(s.nextDue())
 		select {
 		case <-ctx.Done():
 			return
+		case <-flush.C:
+			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
+				s.m.applyErrors.Inc()
+				s.log.Warn("applying coalesced work failed; retrying", "err", err)
+			}
 		case m := <-s.in:
 			if err := s.handle(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
@@ -315,20 +371,91 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if err != nil {
 		return err
 	}
+	head, known := p.head()
 	switch {
-	case p.known && p.Epoch == msg.Epoch && msg.Version <= p.Version:
+	case known && head.Epoch == msg.Epoch && msg.Version <= head.Version:
 		s.m.duplicates.Inc()
 		return nil
-	case p.known && p.Epoch == msg.Epoch && msg.Version == p.Version+1,
+	case known && head.Epoch == msg.Epoch && msg.Version == head.Version+1,
 		// The first message of an epoch on a channel never applied before:
 		// nothing precedes it.
-		!p.known && msg.Version == 1:
-		return s.applyMessage(ctx, raw.Channel, p, msg)
+		!known && msg.Version == 1:
+		return s.deliver(ctx, raw.Channel, p, msg)
 	default:
 		s.m.gaps.Inc()
-		s.log.Info("gap on channel; recovering", "channel", raw.Channel, "at", p.Position.String(), "got", msg.Epoch+":"+strconv.FormatInt(msg.Version, 10))
+		s.log.Info("gap on channel; recovering", "channel", raw.Channel, "at", head.String(), "got", msg.Epoch+":"+strconv.FormatInt(msg.Version, 10))
 		return s.recover(ctx, raw.Channel, p, msg.Epoch, msg.Version)
 	}
+}
+
+// deliver applies a message that follows the channel's head, now or, over
+// the local limit, merged into the channel's queued work.
+func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message) error {
+	if s.limiter == nil {
+		return s.applyMessage(ctx, channel, p, msg)
+	}
+	now := time.Now()
+	if p.queue == nil {
+		if storm.Reserve(now, s.limiter) == 0 {
+			return s.applyMessage(ctx, channel, p, msg)
+		}
+		p.queue = &queued{keys: storm.NewKeys(s.opt.MaxKeys), due: now.Add(s.opt.Coalesce)}
+		s.queued[channel] = p
+		s.m.delayed.Inc()
+		s.m.queuedTags.Set(float64(len(s.queued)))
+	} else {
+		s.m.coalesced.Inc()
+	}
+	p.queue.keys.Add(msg.Keys)
+	p.queue.last = tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+	p.queue.msg = msg
+	return nil
+}
+
+// nextDue is how long until the earliest queued work is due.
+func (s *Subscriber) nextDue() time.Duration {
+	wait := time.Hour
+	for _, p := range s.queued {
+		wait = min(wait, time.Until(p.queue.due))
+	}
+	return max(wait, 0)
+}
+
+// flushQueued applies the queued work that is due and has a token, or all of
+// it when all is set (before a recovery or when stopping).
+func (s *Subscriber) flushQueued(ctx context.Context, all bool) error {
+	var errs error
+	now := time.Now()
+	for channel, p := range s.queued {
+		if !all {
+			if p.queue.due.After(now) {
+				continue
+			}
+			if wait := storm.Reserve(now, s.limiter); wait > 0 {
+				p.queue.due = now.Add(wait)
+				continue
+			}
+		}
+		errs = errors.Join(errs, s.applyQueued(ctx, channel, p))
+	}
+	return errs
+}
+
+// applyQueued applies a channel's merged work as one invalidation.
+func (s *Subscriber) applyQueued(ctx context.Context, channel string, p *position) error {
+	q := p.queue
+	if q == nil {
+		return nil
+	}
+	inv := Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: q.keys.List(), Epoch: q.last.Epoch, Version: q.last.Version, Message: q.msg}
+	if err := s.invalidate(ctx, inv); err != nil {
+		q.due = time.Now().Add(time.Second)
+		return err
+	}
+	p.known, p.Position, p.queue = true, q.last, nil
+	delete(s.queued, channel)
+	s.m.queuedTags.Set(float64(len(s.queued)))
+	return nil
 }
 
 // position returns the channel's position, reading it from the cache Redis
@@ -387,6 +514,10 @@ func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
 // history when it is the same epoch and history still reaches back, else by
 // invalidating the whole tag. Over-invalidation is safe; a missed one is not.
 func (s *Subscriber) recover(ctx context.Context, channel string, p *position, epoch string, version int64) error {
+	// Queued work first, so the position is where recovery starts from.
+	if err := s.applyQueued(ctx, channel, p); err != nil {
+		return err
+	}
 	if p.known && p.Epoch == epoch && version > p.Version {
 		msgs, ok, err := s.history(ctx, channel, epoch, p.Version+1, version)
 		if err != nil {

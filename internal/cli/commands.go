@@ -75,10 +75,12 @@ func route(_ context.Context, env *Env, args []string) error {
 	}
 	if *asJSON {
 		out := struct {
-			Tenant string         `json:"tenant"`
-			Domain string         `json:"domain"`
-			Routes []matrix.Route `json:"routes"`
-		}{*tenant, *domain, routes}
+			Tenant       string         `json:"tenant"`
+			Domain       string         `json:"domain"`
+			Routes       []matrix.Route `json:"routes"`
+			TenantBudget *matrix.Budget `json:"tenant_budget"`
+			GlobalBudget *matrix.Budget `json:"global_budget"`
+		}{*tenant, *domain, routes, m.TenantBudget, m.GlobalBudget}
 		if out.Routes == nil {
 			out.Routes = []matrix.Route{}
 		}
@@ -96,7 +98,18 @@ func route(_ context.Context, env *Env, args []string) error {
 		l := r.Limits
 		fmt.Fprintf(w, "%s\t%s\t%g\t%d\t%v\t%d\t%d\n", r.Channel, strings.Join(r.Services, ","), l.Rate, l.Burst, l.Coalesce, l.MaxKeys, l.History)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, b := range []struct {
+		name   string
+		budget *matrix.Budget
+	}{{"tenant " + *tenant, m.TenantBudget}, {"all tenants (per routerd)", m.GlobalBudget}} {
+		if b.budget != nil {
+			fmt.Fprintf(env.Stdout, "shared budget of %s: %g/s, burst %d\n", b.name, b.budget.Rate, b.budget.Burst)
+		}
+	}
+	return nil
 }
 
 func publish(ctx context.Context, env *Env, args []string) error {

@@ -184,6 +184,10 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
 	sf := f.store()
 	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
+	applyRate := f.Float64("apply-rate", 0, "invalidations per second against the cache Redis; 0 for no limit")
+	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
+	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
+	maxKeys := f.Int("max-keys", 500, "a merged invalidation with more keys invalidates the whole tag")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -208,6 +212,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	reg := newRegistry()
 	s, err := subscriber.New(busC, subscriber.Options{
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
+		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store:  sf.options(),
 		Logger: log, Registerer: reg,
 	})

@@ -212,3 +212,33 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 		t.Error("the heir published nothing")
 	}
 }
+
+// The subscriber's local limit merges what is over it per channel and
+// applies it as one invalidation: fewer calls on the cache Redis, no key lost.
+func TestSubscriberLimitsItsApplies(t *testing.T) {
+	const n = 600
+	e := newEnv(t, stormMatrix("100000", 100000)) // the router lets everything through
+	e.seedStorm(n)
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg, ApplyRate: 5, ApplyBurst: 2, Coalesce: 10 * time.Millisecond, MaxKeys: 10000})
+
+	start := time.Now()
+	if _, err := e.pub.PublishBatch(context.Background(), stormEvents(n)); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStormGone(n)
+	elapsed := time.Since(start)
+	applied := metric(t, reg, "subscriber_messages_applied_total")
+	t.Logf("%d messages applied as %v invalidations in %v; %v coalesced", n, applied, elapsed, metric(t, reg, "subscriber_messages_coalesced_total"))
+	if limit := 2 + 5*elapsed.Seconds(); applied > limit+1 {
+		t.Errorf("%v invalidations in %v: above burst + rate × elapsed = %.0f", applied, elapsed, limit)
+	}
+	if _, v := e.meta("invalidate:acme:hot"); v != n {
+		t.Fatalf("the router sent %d messages, want %d (one per event)", v, n)
+	}
+	pos, _, _ := e.stores["search-svc"].ReadPosition(context.Background(), "acme", "search-svc", "hot")
+	if pos.Version != n {
+		t.Errorf("position %v after the merged invalidations, want version %d", pos, n)
+	}
+}

@@ -44,6 +44,7 @@ func init() {
 		{"agent", "--redis URL --cache-redis URL --service S --matrix F [--listen ADDR]", "run the subscriber as a sidecar", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
+		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
 	}
 }
 

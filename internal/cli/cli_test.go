@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -233,6 +234,27 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	code, out, _ = runCLI(t, "compact", "--redis", cache.URL, "--tenant", "acme", "--tag", "active")
 	if code != 0 || !strings.HasPrefix(out, "1 members") {
 		t.Errorf("compact: %d %q", code, out)
+	}
+}
+
+// doctor fails on a Redis that can evict tag sets and passes a sound one.
+func TestDoctor(t *testing.T) {
+	lru := redistest.Start(t, "--maxmemory-policy", "allkeys-lru")
+	code, out, _ := runCLI(t, "doctor", "--redis", lru.URL)
+	if code != 1 || !strings.Contains(out, "FAIL  eviction") || !strings.Contains(out, "allkeys-lru") {
+		t.Errorf("doctor on allkeys-lru: exit %d\n%s", code, out)
+	}
+	sound := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	store, err := tagstore.New(sound.Client(t), tagstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 450; i++ {
+		must(t, store.Set(context.Background(), "acme", "k"+strconv.Itoa(i), []byte("v"), 0, "big"))
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", sound.URL, "--cardinality-guard", "500")
+	if code != 0 || !strings.Contains(out, "ok    version") || !strings.Contains(out, "{tenant:acme}:tag:big (450)") {
+		t.Errorf("doctor on a sound Redis: exit %d\n%s", code, out)
 	}
 }
 

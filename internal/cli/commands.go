@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/doctor"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -279,4 +280,37 @@ func (sf storeFlags) open(rf redisFlags) (*tagstore.Store, func(), error) {
 		return nil, nil, err
 	}
 	return s, func() { c.Close() }, nil
+}
+
+func doctorCmd(ctx context.Context, env *Env, args []string) error {
+	f := newFlags(env, "doctor", "--redis URL")
+	rf := f.redis("redis", "ROUTERD_REDIS_URL", "the Redis to check (bus or cache)")
+	prefix := f.String("prefix", names.DefaultPrefix, "routerd's prefix, for the ingress checks")
+	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "the subscribers' cardinality guard")
+	maxLag := f.Int64("max-lag", 10000, "unrouted ingress entries above which routerd is behind")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := f.required("redis"); err != nil {
+		return err
+	}
+	c, err := rf.open()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag})
+	failed := false
+	for _, fd := range findings {
+		fmt.Fprintf(env.Stdout, "%-4s  %-10s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
+		failed = failed || fd.Level == doctor.Fail
+	}
+	if err != nil {
+		return err
+	}
+	if failed {
+		fmt.Fprintln(env.Stderr, "routerd doctor: problems found (FAIL lines above)")
+		return errFailed
+	}
+	return nil
 }

@@ -1,0 +1,260 @@
+// Package doctor checks a Redis for what breaks cache invalidation and says
+// how to fix it: an old version, an eviction policy that can drop tag sets,
+// routerd's scripts in the slow log, tag sets near the cardinality guard,
+// ingress lag and pending entries, memory fragmentation.
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/tagstore"
+	"github.com/routerd/routerd/wire"
+)
+
+// Level of a finding.
+type Level string
+
+// Levels: Fail makes the doctor exit 1.
+const (
+	OK   Level = "ok"
+	Warn Level = "warn"
+	Fail Level = "FAIL"
+)
+
+// Finding is one check's result.
+type Finding struct {
+	Level   Level
+	Node    string // the server's address
+	Check   string
+	Message string
+}
+
+// Options tune the checks.
+type Options struct {
+	Prefix           string // routerd's prefix, for the ingress checks
+	CardinalityGuard int    // the subscribers' guard (5000)
+	MaxLag           int64  // ingress entries not yet routed before it is a problem (10000)
+	ScanLimit        int    // keys the tag set scan looks at per server (100000)
+}
+
+// Run checks every server behind c (each master of a cluster).
+func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, error) {
+	if opt.Prefix == "" {
+		opt.Prefix = "invalidate"
+	}
+	if opt.CardinalityGuard == 0 {
+		opt.CardinalityGuard = tagstore.DefaultCardinalityGuard
+	}
+	if opt.MaxLag == 0 {
+		opt.MaxLag = 10000
+	}
+	if opt.ScanLimit == 0 {
+		opt.ScanLimit = 100000
+	}
+	var out []Finding
+	check := func(ctx context.Context, node *redis.Client) error {
+		fs, err := checkNode(ctx, node, opt)
+		out = append(out, fs...)
+		return err
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		var nodes []*redis.Client
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			nodes = append(nodes, n)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			if err := check(ctx, n); err != nil {
+				return out, err
+			}
+		}
+	} else if cl, ok := c.(*redis.Client); ok {
+		if err := check(ctx, cl); err != nil {
+			return out, err
+		}
+	} else {
+		return nil, fmt.Errorf("doctor: unsupported client %T", c)
+	}
+	return append(out, checkIngress(ctx, c, opt)...), nil
+}
+
+func info(ctx context.Context, c *redis.Client, section string) (map[string]string, error) {
+	s, err := c.Info(ctx, section).Result()
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
+func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, error) {
+	node := c.Options().Addr
+	var out []Finding
+	add := func(l Level, check, format string, args ...any) {
+		out = append(out, Finding{Level: l, Node: node, Check: check, Message: fmt.Sprintf(format, args...)})
+	}
+	srv, err := info(ctx, c, "server")
+	if err != nil {
+		return nil, fmt.Errorf("%s: INFO: %w", node, err)
+	}
+	version := srv["redis_version"]
+	if major, _ := strconv.Atoi(strings.Split(version, ".")[0]); major < 7 {
+		add(Fail, "version", "Redis %s: routerd needs 7.0 or newer (XAUTOCLAIM, XINFO lag, sharded pub/sub); upgrade the server", version)
+	} else {
+		add(OK, "version", "Redis %s", version)
+	}
+
+	policy, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		add(Warn, "eviction", "cannot read maxmemory-policy (%v); make sure it is not allkeys-*", err)
+	} else if p := policy["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+		add(Fail, "eviction", "maxmemory-policy %s can evict tag sets, channel metadata and ingress streams: CONFIG SET maxmemory-policy noeviction on the bus, or volatile-lru with TTLs on cached values on a cache", p)
+	} else {
+		add(OK, "eviction", "maxmemory-policy %s", p)
+	}
+
+	slow, err := c.SlowLogGet(ctx, 128).Result()
+	if err != nil {
+		add(Warn, "slowlog", "cannot read the slow log: %v", err)
+	} else {
+		shas := map[string]string{}
+		for name, s := range map[string]*redis.Script{"publish": lua.Publish, "invalidate": lua.Invalidate, "chunk": lua.Chunk, "set": lua.Set, "compact": lua.Compact, "srcver": lua.SourceVersion} {
+			shas[s.Hash()] = name
+		}
+		var hits []string
+		for _, e := range slow {
+			if len(e.Args) >= 2 && strings.EqualFold(e.Args[0], "evalsha") {
+				if name, ok := shas[e.Args[1]]; ok {
+					hits = append(hits, fmt.Sprintf("%s %v", name, e.Duration))
+				}
+			}
+		}
+		if len(hits) > 0 {
+			add(Fail, "slowlog", "routerd scripts in the slow log (%s): look for huge tag sets (lower --cardinality-guard) or keys lists (lower max_keys)", strings.Join(hits, ", "))
+		} else {
+			add(OK, "slowlog", "no routerd script among the last %d slow log entries", len(slow))
+		}
+	}
+
+	mem, err := info(ctx, c, "memory")
+	if err == nil {
+		ratio, _ := strconv.ParseFloat(mem["mem_fragmentation_ratio"], 64)
+		used, _ := strconv.ParseInt(mem["used_memory"], 10, 64)
+		if ratio > 1.5 && used > 64<<20 {
+			add(Warn, "memory", "mem_fragmentation_ratio %.2f: memory is fragmented; consider activedefrag yes", ratio)
+		} else {
+			add(OK, "memory", "mem_fragmentation_ratio %.2f, used_memory %d MB", ratio, used>>20)
+		}
+	}
+
+	big, complete, err := largestTags(ctx, c, opt.ScanLimit)
+	scope := "the whole keyspace scanned"
+	if !complete {
+		scope = fmt.Sprintf("only the first ~%d keys scanned", opt.ScanLimit)
+	}
+	if err != nil {
+		add(Warn, "tags", "cannot scan tag sets: %v", err)
+	} else {
+		var near []string
+		for _, t := range big {
+			if t.size >= int64(opt.CardinalityGuard)*8/10 {
+				near = append(near, fmt.Sprintf("%s (%d)", t.key, t.size))
+			}
+		}
+		switch {
+		case len(near) > 0:
+			add(Warn, "tags", "tag sets near or above the cardinality guard %d, deleted by the chunked path: %s", opt.CardinalityGuard, strings.Join(near, ", "))
+		case len(big) > 0:
+			add(OK, "tags", "largest tag set %s has %d members (guard %d; %s)", big[0].key, big[0].size, opt.CardinalityGuard, scope)
+		default:
+			add(OK, "tags", "no tag sets (%s)", scope)
+		}
+	}
+	return out, nil
+}
+
+type tagSize struct {
+	key  string
+	size int64
+}
+
+// largestTags scans up to about limit keys for tag sets and returns the five
+// largest, and whether the scan covered the whole keyspace.
+func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bool, error) {
+	var out []tagSize
+	var cursor uint64
+	scanned := 0
+	for scanned < limit {
+		keys, next, err := c.ScanType(ctx, cursor, "{tenant:*}:tag:*", 1000, "set").Result()
+		if err != nil {
+			return nil, false, err
+		}
+		scanned += 1000
+		if len(keys) > 0 {
+			cmds, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys {
+					p.SCard(ctx, k)
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, false, err
+			}
+			for i, k := range keys {
+				out = append(out, tagSize{k, cmds[i].(*redis.IntCmd).Val()})
+			}
+			sort.Slice(out, func(i, j int) bool { return out[i].size > out[j].size })
+			out = out[:min(len(out), 5)]
+		}
+		if next == 0 {
+			return out, true, nil
+		}
+		cursor = next
+	}
+	return out, false, nil
+}
+
+// checkIngress reports routerd's ingress lag, pending entries and dead letters.
+func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []Finding {
+	node := "ingress"
+	n, err := c.Get(ctx, wire.PartitionsKey(opt.Prefix)).Int()
+	if err != nil {
+		return []Finding{{Level: OK, Node: node, Check: "ingress", Message: fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", wire.PartitionsKey(opt.Prefix))}}
+	}
+	var lag, pending int64
+	for p := 0; p < n; p++ {
+		groups, err := c.XInfoGroups(ctx, wire.IngressStream(opt.Prefix, p)).Result()
+		if err != nil {
+			return []Finding{{Level: Fail, Node: node, Check: "ingress", Message: fmt.Sprintf("%s has no consumer group: %v (is routerd serve running?)", wire.IngressStream(opt.Prefix, p), err)}}
+		}
+		for _, g := range groups {
+			lag += g.Lag
+			pending += g.Pending
+		}
+	}
+	var out []Finding
+	if lag > opt.MaxLag {
+		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%d events not yet routed over %d partitions (pending %d): add routerd instances or find why they are slow", lag, n, pending)})
+	} else {
+		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%d partitions, lag %d, pending %d", n, lag, pending)})
+	}
+	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
+		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d events in %s: XRANGE it to see why they were refused", dl, wire.DeadLetterStream(opt.Prefix))})
+	}
+	return out
+}

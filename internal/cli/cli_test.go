@@ -73,6 +73,20 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+func TestMatrixDiff(t *testing.T) {
+	code, out, _ := runCLI(t, "matrix", "diff", "../../matrix.yaml", "../../matrix/testdata/good/design.yaml")
+	if code != 0 || !strings.Contains(out, "~ tenant budget 1000/s burst 2000 → none") {
+		t.Errorf("matrix diff: %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "matrix", "diff", "../../matrix.yaml", "../../matrix.yaml")
+	if code != 0 || !strings.Contains(out, "no change") {
+		t.Errorf("matrix diff of a file with itself: %d %q", code, out)
+	}
+	if code, _, _ := runCLI(t, "matrix", "diff", "../../matrix.yaml", "../../matrix/testdata/bad/values.yaml"); code != 1 {
+		t.Errorf("diff against a bad matrix: exit %d", code)
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{}, {"frobnicate"}, {"route", "--tenant", "acme"}, {"publish", "--redis", "redis://x"}, {"validate"}, {"serve", "extra"},

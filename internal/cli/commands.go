@@ -314,3 +314,34 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 	}
 	return nil
 }
+
+func matrixCmd(_ context.Context, env *Env, args []string) error {
+	if len(args) == 0 || args[0] != "diff" {
+		fmt.Fprintln(env.Stderr, "Usage: routerd matrix diff OLD NEW")
+		return errUsage
+	}
+	f := newFlags(env, "matrix diff", "OLD NEW")
+	if err := f.Parse(args[1:]); err != nil {
+		return err
+	}
+	if f.NArg() != 2 {
+		f.Usage()
+		return errUsage
+	}
+	old, err := loadMatrix(env, f.Arg(0))
+	if err != nil {
+		return err
+	}
+	m, err := loadMatrix(env, f.Arg(1))
+	if err != nil {
+		return err
+	}
+	changes := matrix.Diff(old, m)
+	if len(changes) == 0 {
+		fmt.Fprintln(env.Stdout, "no change to channels, services, routes or limits")
+	}
+	for _, c := range changes {
+		fmt.Fprintln(env.Stdout, c)
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package matrix
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/routerd/routerd/names"
+)
+
+// Change is one difference between two matrices, as a line for people:
+// "+ " added, "- " removed, "~ " changed.
+type Change string
+
+// Diff tells which channels and services, domain routes and limits a change
+// from old to new adds, removes or alters. A service of every tenant is shown
+// with the channel pattern <prefix>:*:<tag>.
+func Diff(old, new *Matrix) []Change {
+	var out []Change
+	if old.Prefix != new.Prefix {
+		out = append(out, Change(fmt.Sprintf("~ prefix %q → %q: every channel changes (restart routerd and every subscriber)", old.Prefix, new.Prefix)))
+	}
+	if old.Partitions != new.Partitions {
+		out = append(out, Change(fmt.Sprintf("~ ingress.partitions %d → %d (restart routerd)", old.Partitions, new.Partitions)))
+	}
+
+	oc, nc := old.channelServices(), new.channelServices()
+	for _, ch := range unionKeys(oc, nc) {
+		before, after := oc[ch], nc[ch]
+		switch {
+		case before == nil:
+			out = append(out, Change(fmt.Sprintf("+ channel %s → %s", ch, strings.Join(after, ", "))))
+		case after == nil:
+			out = append(out, Change(fmt.Sprintf("- channel %s → %s", ch, strings.Join(before, ", "))))
+		case !slices.Equal(before, after):
+			out = append(out, Change(fmt.Sprintf("~ channel %s: services %s → %s", ch, strings.Join(before, ", "), strings.Join(after, ", "))))
+		}
+	}
+
+	for _, d := range unionKeys(old.Domains, new.Domains) {
+		var before, after []string
+		if x := old.Domains[d]; x != nil {
+			before = x.Tags
+		}
+		if x := new.Domains[d]; x != nil {
+			after = x.Tags
+		}
+		for _, t := range after {
+			if !slices.Contains(before, t) {
+				out = append(out, Change(fmt.Sprintf("+ route domain %s → tag %s", d, t)))
+			}
+		}
+		for _, t := range before {
+			if !slices.Contains(after, t) {
+				out = append(out, Change(fmt.Sprintf("- route domain %s → tag %s", d, t)))
+			}
+		}
+	}
+
+	for _, t := range unionKeys(old.Tags, new.Tags) {
+		a, b := old.Tags[t], new.Tags[t]
+		if a != nil && b != nil && a.Limits != b.Limits {
+			out = append(out, Change(fmt.Sprintf("~ tag %s limits %s → %s", t, limitsString(a.Limits), limitsString(b.Limits))))
+		}
+	}
+	if s1, s2 := budgetString(old.TenantBudget), budgetString(new.TenantBudget); s1 != s2 {
+		out = append(out, Change(fmt.Sprintf("~ tenant budget %s → %s", s1, s2)))
+	}
+	if s1, s2 := budgetString(old.GlobalBudget), budgetString(new.GlobalBudget); s1 != s2 {
+		out = append(out, Change(fmt.Sprintf("~ global budget %s → %s", s1, s2)))
+	}
+	return out
+}
+
+// channelServices maps every channel (or pattern, for a service of every
+// tenant) to the services that subscribe to it, sorted.
+func (m *Matrix) channelServices() map[string][]string {
+	out := map[string][]string{}
+	for _, t := range m.Tags {
+		for _, name := range t.Services {
+			s := m.Services[name]
+			tenants := s.Tenants
+			if s.AllTenants {
+				tenants = []string{"*"}
+			}
+			for _, tenant := range tenants {
+				ch := names.Channel(m.Prefix, tenant, t.Name)
+				out[ch] = append(out[ch], name)
+			}
+		}
+	}
+	for _, v := range out {
+		sort.Strings(v)
+	}
+	return out
+}
+
+func unionKeys[V any](a, b map[string]V) []string {
+	seen := map[string]bool{}
+	var keys []string
+	for _, m := range []map[string]V{a, b} {
+		for k := range m {
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func limitsString(l Limits) string {
+	return fmt.Sprintf("rate %g burst %d coalesce %v max_keys %d history %d", l.Rate, l.Burst, l.Coalesce, l.MaxKeys, l.History)
+}
+
+func budgetString(b *Budget) string {
+	if b == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%g/s burst %d", b.Rate, b.Burst)
+}

@@ -66,8 +66,8 @@ type target struct{ channel, tenant, tag string }
 // service of every tenant the router's tenant registry plus every channel
 // seen so far.
 func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
-	tenants := s.tenants
-	if s.allTenants {
+	tenants := s.cur.tenants
+	if s.cur.allTenants {
 		registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
 		if err != nil {
 			return nil, err
@@ -87,9 +87,9 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 			}
 		}
 	}
-	out := make([]target, 0, len(tenants)*len(s.tagList))
+	out := make([]target, 0, len(tenants)*len(s.cur.tagList))
 	for _, tenant := range tenants {
-		for _, tag := range s.tagList {
+		for _, tag := range s.cur.tagList {
 			out = append(out, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -95,13 +96,10 @@ type Subscriber struct {
 	log   *slog.Logger
 	m     *metrics
 
-	prefix     string
-	tags       map[string]bool
-	tagList    []string
-	allTenants bool
-	tenants    []string
+	prefix string
 
 	// Owned by the applier goroutine.
+	cur     *interest
 	pos     map[string]*position
 	limiter *rate.Limiter        // nil without ApplyRate
 	queued  map[string]*position // channels with coalesced work waiting
@@ -109,7 +107,45 @@ type Subscriber struct {
 	in       chan *redis.Message
 	checkReq chan struct{}
 	ready    atomic.Bool
-	expected int // subscriptions that make the set complete
+	expected atomic.Int64 // subscriptions that make the set complete
+
+	next   atomic.Pointer[interest] // a new matrix's interest, for the applier
+	reconf chan struct{}
+}
+
+// interest is what the service listens to, from the matrix.
+type interest struct {
+	tags       map[string]bool
+	tagList    []string
+	allTenants bool
+	tenants    []string
+}
+
+func newInterest(sub matrix.Subscription) *interest {
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenants: sub.Tenants}
+	for _, t := range sub.Tags {
+		in.tags[t] = true
+	}
+	return in
+}
+
+// channels returns the channels, or patterns for a service of every tenant.
+func (in *interest) channels(prefix string) (channels, patterns []string) {
+	for _, tag := range in.tagList {
+		if in.allTenants {
+			patterns = append(patterns, names.Channel(prefix, "*", tag))
+			continue
+		}
+		for _, tenant := range in.tenants {
+			channels = append(channels, names.Channel(prefix, tenant, tag))
+		}
+	}
+	return channels, patterns
+}
+
+// covers reports whether a tenant's tag is of interest.
+func (in *interest) covers(tenant, tag string) bool {
+	return in.tags[tag] && (in.allTenants || slices.Contains(in.tenants, tenant))
 }
 
 // position of one channel; known is false when none was ever recorded.
@@ -179,16 +215,12 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
-		prefix: opt.Matrix.Prefix, tags: map[string]bool{}, tagList: sub.Tags,
-		allTenants: sub.AllTenants, tenants: sub.Tenants, pos: map[string]*position{},
+		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
-		queued: map[string]*position{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1),
 	}
 	if opt.ApplyRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
-	}
-	for _, t := range sub.Tags {
-		s.tags[t] = true
 	}
 	if opt.Cache != nil {
 		so := opt.Store
@@ -205,34 +237,57 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 // Ready reports whether the subscriber is subscribed and has checked its positions.
 func (s *Subscriber) Ready() bool { return s.ready.Load() }
 
-// Channels returns the channels (or patterns, for a service of every tenant)
-// the subscriber listens to.
-func (s *Subscriber) Channels() (channels, patterns []string) {
-	for _, tag := range s.tagList {
-		if s.allTenants {
-			patterns = append(patterns, names.Channel(s.prefix, "*", tag))
-			continue
-		}
-		for _, tenant := range s.tenants {
-			channels = append(channels, names.Channel(s.prefix, tenant, tag))
-		}
+// SetMatrix makes a running subscriber take up a changed matrix: it
+// subscribes to the channels of new tags and tenants of its service (and
+// checks their positions) and leaves those no longer its own. The prefix
+// cannot change (restart for that).
+func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
+	if m.Prefix != s.prefix {
+		return fmt.Errorf("subscriber: the prefix cannot change while running (%q to %q); restart", s.prefix, m.Prefix)
 	}
-	return channels, patterns
+	sub, ok := m.SubscriptionFor(s.opt.Service)
+	if !ok {
+		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
+	}
+	s.next.Store(newInterest(sub))
+	select {
+	case s.reconf <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // Run subscribes and applies invalidations until ctx is cancelled.
 func (s *Subscriber) Run(ctx context.Context) error {
 	defer s.ready.Store(false)
-	channels, patterns := s.Channels()
-	s.expected = len(channels) + len(patterns)
-	if s.expected == 0 {
-		s.log.Warn("the service owns no tags in the matrix; nothing to subscribe to")
-		s.ready.Store(true)
-		<-ctx.Done()
-		return nil
+	if next := s.next.Swap(nil); next != nil {
+		s.cur = next // SetMatrix before Run
 	}
 	ps := s.bus.Subscribe(ctx)
 	defer ps.Close()
+	channels, patterns := s.cur.channels(s.prefix)
+	s.subscribe(ctx, ps, channels, patterns)
+	if len(channels)+len(patterns) == 0 {
+		s.log.Warn("the service owns no tags in the matrix; waiting for a matrix that gives it some")
+		s.requestCheck()
+	}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.receive(ctx, ps)
+	}()
+	s.apply(ctx, ps)
+	_ = ps.Close() // unblocks the receiver
+	<-done
+	return nil
+}
+
+// subscribe adds channels and patterns and sets the count of subscriptions
+// that makes the set complete.
+func (s *Subscriber) subscribe(ctx context.Context, ps *redis.PubSub, channels, patterns []string) {
+	cur, curPat := s.cur.channels(s.prefix)
+	s.expected.Store(int64(len(cur) + len(curPat)))
 	const chunk = 10000
 	for i := 0; i < len(channels); i += chunk {
 		if err := ps.Subscribe(ctx, channels[i:min(i+chunk, len(channels))]...); err != nil {
@@ -244,17 +299,47 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			s.log.Warn("subscribing; will retry on reconnect", "err", err)
 		}
 	}
-	s.log.Info("subscribing", "channels", len(channels), "patterns", len(patterns), "tags", s.tagList)
+	s.log.Info("subscribing", "channels", len(channels), "patterns", len(patterns), "tags", s.cur.tagList)
+}
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.receive(ctx, ps)
-	}()
-	s.apply(ctx)
-	_ = ps.Close() // unblocks the receiver
-	<-done
-	return nil
+// reconfigure takes up the interest SetMatrix left: subscribe to what is
+// new, forget and leave what is gone, check positions.
+func (s *Subscriber) reconfigure(ctx context.Context, ps *redis.PubSub) {
+	next := s.next.Swap(nil)
+	if next == nil {
+		return
+	}
+	oldCh, oldPat := s.cur.channels(s.prefix)
+	newCh, newPat := next.channels(s.prefix)
+	s.cur = next
+	s.subscribe(ctx, ps, minus(newCh, oldCh), minus(newPat, oldPat))
+	if gone := minus(oldCh, newCh); len(gone) > 0 {
+		_ = ps.Unsubscribe(ctx, gone...)
+	}
+	if gone := minus(oldPat, newPat); len(gone) > 0 {
+		_ = ps.PUnsubscribe(ctx, gone...)
+	}
+	for channel, p := range s.pos {
+		if !next.covers(p.tenant, p.tag) {
+			if err := s.applyQueued(ctx, channel, p); err != nil {
+				s.log.Warn("applying queued work of a channel no longer ours", "channel", channel, "err", err)
+			}
+			delete(s.pos, channel)
+			delete(s.queued, channel)
+		}
+	}
+	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
+	s.requestCheck()
+}
+
+func minus(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // receive reads the pub/sub connection. Every time the full set of
@@ -282,7 +367,7 @@ func (s *Subscriber) receive(ctx context.Context, ps *redis.PubSub) {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if (m.Kind == "subscribe" || m.Kind == "psubscribe") && m.Count == s.expected {
+			if (m.Kind == "subscribe" || m.Kind == "psubscribe") && int64(m.Count) == s.expected.Load() {
 				s.requestCheck()
 			}
 		case *redis.Message:
@@ -304,7 +389,7 @@ func (s *Subscriber) requestCheck() {
 }
 
 // apply is the single goroutine that owns the positions.
-func (s *Subscriber) apply(ctx context.Context) {
+func (s *Subscriber) apply(ctx context.Context, ps *redis.PubSub) {
 	tick := time.NewTicker(s.opt.CheckInterval)
 	defer tick.Stop()
 	retry := time.NewTimer(time.Hour)
@@ -340,6 +425,8 @@ func (s *Subscriber) apply(ctx context.Context) {
 				s.log.Warn("applying a message failed; the next check recovers it", "channel", m.Channel, "err", err)
 				retry.Reset(time.Second)
 			}
+		case <-s.reconf:
+			s.reconfigure(ctx, ps)
 		case <-s.checkReq:
 			check()
 		case <-tick.C:
@@ -353,9 +440,8 @@ func (s *Subscriber) apply(ctx context.Context) {
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	tenant, tag, err := names.ParseChannel(s.prefix, raw.Channel)
-	if err != nil || !s.tags[tag] {
-		s.m.invalid.Inc()
-		return nil // not a channel of ours (a pattern can match more)
+	if err != nil || !s.cur.covers(tenant, tag) {
+		return nil // not a channel of ours (a pattern can match more; a matrix change can leave one behind)
 	}
 	msg, err := wire.ParseMessage([]byte(raw.Payload))
 	if err == nil && (msg.Tenant != tenant || msg.Tag != tag) {

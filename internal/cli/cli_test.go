@@ -167,7 +167,7 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	reload := make(chan struct{}, 1)
 	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr)
 	daemon(t, nil, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
-		"--listen", agentAddr, "--check-interval", "1h")
+		"--listen", agentAddr, "--check-interval", "1h", "--matrix-poll", "50ms")
 	for _, addr := range []string{serveAddr, agentAddr} {
 		redistest.Eventually(t, 10*time.Second, addr+" ready", func() bool {
 			code, _ := get(t, "http://"+addr+"/readyz")
@@ -226,17 +226,27 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", "user:2")
 	redistest.Eventually(t, 10*time.Second, "user:2 invalidated under the old matrix", gone("user:2"))
 
-	// A good matrix with a new domain via POST /-/reload routes at once.
-	good := strings.Replace(string(orig), "  user:    {tags: [active]}", "  user:    {tags: [active]}\n  account: {tags: [active]}", 1)
+	// A good matrix with a new domain and tag via POST /-/reload routes at
+	// once, and the running agent, watching the file, subscribes to the tag.
+	good := strings.Replace(string(orig), "  user:    {tags: [active]}", "  user:    {tags: [active]}\n  account: {tags: [accounts]}", 1)
+	good = strings.Replace(good, "  active:      {services: [profile-svc, search-svc]}", "  active:      {services: [profile-svc, search-svc]}\n  accounts:    {services: [search-svc]}", 1)
 	must(t, os.WriteFile(path, []byte(good), 0o644))
 	resp, err := http.Post("http://"+serveAddr+"/-/reload", "", nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("POST /-/reload: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	must(t, store.Set(ctx, "acme", "account:1", []byte("x"), 0, "active"))
+	redistest.Eventually(t, 10*time.Second, "the agent subscribed to the new tag", func() bool {
+		n, _ := bus.Client(t).PubSubNumSub(ctx, "invalidate:acme:accounts").Result()
+		return n["invalidate:acme:accounts"] == 1
+	})
+	must(t, store.Set(ctx, "acme", "account:1", []byte("x"), 0, "accounts"))
+	must(t, store.Set(ctx, "acme", "account:2", []byte("x"), 0, "accounts"))
 	runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "account", "--keys", "account:1")
 	redistest.Eventually(t, 10*time.Second, "account:1 invalidated under the new matrix", gone("account:1"))
+	if gone("account:2")() {
+		t.Error("account:2 deleted: the new tag was not applied key by key")
+	}
 
 	code, out, _ := runCLI(t, "invalidate", "--redis", cache.URL, "--tenant", "acme", "--tag", "active")
 	if code != 0 || !strings.HasPrefix(out, "EMPTY_TAG_SET") {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +73,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	group := f.String("group", "routerd", "consumer group on the ingress streams")
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
+	poll := f.Duration("matrix-poll", 5*time.Second, "reload the matrix when its file changes, checked this often; 0 turns it off")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -111,6 +113,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 			}
 		}
 	})
+	g.Go(func() error { watchFile(gctx, *path, *poll, func() { _ = rl.reload() }); return nil })
 	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
 	err = g.Wait()
 	log.Info("routerd stopped")
@@ -184,6 +187,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
 	sf := f.store()
 	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
+	poll := f.Duration("matrix-poll", 5*time.Second, "take up the matrix when its file changes, checked this often; 0 turns it off")
 	applyRate := f.Float64("apply-rate", 0, "invalidations per second against the cache Redis; 0 for no limit")
 	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
@@ -222,6 +226,20 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Run(gctx) })
 	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
+	g.Go(func() error {
+		watchFile(gctx, *path, *poll, func() {
+			m, err := matrix.Load(*path)
+			if err == nil {
+				err = s.SetMatrix(m)
+			}
+			if err != nil {
+				log.Error("changed matrix refused; the running one stays", "err", err)
+				return
+			}
+			log.Info("matrix changed; taking it up", "sha256", m.Hash[:12])
+		})
+		return nil
+	})
 	log.Info("routerd agent running", "service", *service, "pid", os.Getpid())
 	return g.Wait()
 }
@@ -234,4 +252,36 @@ func daemonSetup(env *Env, level, path string) (*slog.Logger, *matrix.Matrix, er
 	}
 	m, err := loadMatrix(env, path)
 	return log, m, err
+}
+
+// watchFile calls changed whenever the file's content differs from what it
+// was at the previous look, every interval, until ctx is done. The agent
+// watches its matrix file rather than taking the matrix from the bus: the
+// file is what the operator deploys and reviews (a config map, a volume), and
+// the agent then needs nothing from the router to know what it owns.
+func watchFile(ctx context.Context, path string, every time.Duration, changed func()) {
+	if every <= 0 {
+		return
+	}
+	sum := func() [32]byte {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return [32]byte{}
+		}
+		return sha256.Sum256(data)
+	}
+	last := sum()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if now := sum(); now != last && now != ([32]byte{}) {
+			last = now
+			changed()
+		}
+	}
 }

@@ -17,8 +17,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
@@ -43,12 +46,16 @@ type Options struct {
 	Origin string
 	// Now is the clock for event timestamps; time.Now by default.
 	Now func() time.Time
+	// TracerProvider, when set, traces each publish; the span's context
+	// travels in the event's traceparent.
+	TracerProvider trace.TracerProvider
 }
 
 // Publisher appends events to the ingress streams. It is safe for concurrent use.
 type Publisher struct {
-	c   redis.UniversalClient
-	opt Options
+	c      redis.UniversalClient
+	opt    Options
+	tracer trace.Tracer
 
 	mu          sync.Mutex
 	partitions  int
@@ -81,14 +88,17 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
 	}
-	return &Publisher{c: c, opt: opt, partitions: opt.Partitions}, nil
+	return &Publisher{c: c, opt: opt, partitions: opt.Partitions, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
 }
 
 // Publish validates the event, fills id, ts, origin and the trace context of
 // ctx where they are empty, and appends it to the tenant's ingress partition.
 // It returns the event id. The id makes a retried Publish harmless: the
 // router publishes each event id once per channel.
-func (p *Publisher) Publish(ctx context.Context, e Event) (string, error) {
+func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
+	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))
+	defer func() { endSpan(span, err) }()
 	args, err := p.prepare(ctx, &e)
 	if err != nil {
 		return "", err
@@ -108,7 +118,10 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (string, error) {
 // validated first; if one is invalid nothing is sent and the error names its
 // index. It returns the event ids in order; a caller that wants a retry to be
 // idempotent sets each event's ID from them before publishing again.
-func (p *Publisher) PublishBatch(ctx context.Context, events []Event) ([]string, error) {
+func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []string, err error) {
+	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
+	defer func() { endSpan(span, err) }()
 	all := make([]*redis.XAddArgs, len(events))
 	ids := make([]string, len(events))
 	for i := range events {
@@ -144,7 +157,13 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) ([]string,
 	return ids, nil
 }
 
-var propagator = propagation.TraceContext{}
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
 
 func (p *Publisher) prepare(ctx context.Context, e *Event) (*redis.XAddArgs, error) {
 	if e.ID == "" {
@@ -157,9 +176,7 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) (*redis.XAddArgs, err
 		e.Origin = p.opt.Origin
 	}
 	if e.Traceparent == "" {
-		carrier := propagation.MapCarrier{}
-		propagator.Inject(ctx, carrier)
-		e.Traceparent = carrier["traceparent"]
+		e.Traceparent = telemetry.Inject(ctx)
 	}
 	data, err := e.Marshal()
 	if err != nil {

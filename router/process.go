@@ -8,7 +8,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -36,6 +40,9 @@ type entry struct {
 	// by whoever brings it to zero, unless a publish failed.
 	remaining atomic.Int32
 	failed    atomic.Bool
+	// span is the context of the entry's route span, parent of its
+	// channel publish spans.
+	span trace.SpanContext
 }
 
 // finish records one of the entry's messages as published (or failed) and
@@ -53,7 +60,7 @@ type outgoing struct {
 	route   matrix.Route
 	msg     wire.Message // without epoch and version
 	ids     []string     // event ids; the first is the message's event
-	entries []*entry
+	entries []*entry     // the first one's route span is the parent
 }
 
 // process routes one batch of entries from stream and acknowledges those
@@ -93,6 +100,12 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			continue
 		}
 		e.remaining.Store(int32(len(e.routes)))
+		_, span := r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
+			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+				attribute.String("routerd.tenant", e.ev.Tenant), attribute.String("routerd.domain", e.ev.Domain),
+				attribute.String("routerd.event", e.eventID), attribute.Int("routerd.channels", len(e.routes))))
+		e.span = span.SpanContext()
+		span.End()
 		if len(e.routes) == 0 {
 			ack = append(ack, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
@@ -253,6 +266,18 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 		cmd = "SPUBLISH"
 	}
 	epoch := newEpoch()
+	spans := make([]trace.Span, len(out))
+	for i, o := range out {
+		pctx := trace.ContextWithSpanContext(ctx, o.entries[0].span)
+		var span trace.Span
+		pctx, span = r.tracer.Start(pctx, "channel publish", trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("cache.tag", o.route.Tag), attribute.String("messaging.destination.name", o.route.Channel),
+				attribute.Int("routerd.events", len(o.entries)), attribute.Int("cache.keys", len(o.msg.Keys))))
+		spans[i] = span
+		if tp := telemetry.Inject(pctx); tp != "" {
+			o.msg.Traceparent = tp
+		}
+	}
 	cmds, _ := r.runScripts(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(out))
 		for i, o := range out {
@@ -283,11 +308,15 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 		ok := err == nil && len(res) == 3
 		if !ok {
 			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", err)
+			spans[i].SetStatus(codes.Error, fmt.Sprint(err))
 		} else if dup, _ := res[2].(int64); dup == 1 {
 			r.m.duplicates.Inc()
+			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		} else {
 			r.m.published.WithLabelValues(o.route.Tag).Inc()
+			spans[i].SetAttributes(attribute.Int64("routerd.version", toInt64(res[0])))
 		}
+		spans[i].End()
 		for _, e := range o.entries {
 			if e.finish(ok) {
 				done = append(done, e)
@@ -362,4 +391,9 @@ func loadScripts(ctx context.Context, c redis.UniversalClient) error {
 		}
 	}
 	return nil
+}
+
+func toInt64(v any) int64 {
+	n, _ := v.(int64)
+	return n
 }

@@ -16,8 +16,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/wire"
 )
@@ -53,6 +55,10 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
 	Registerer      prometheus.Registerer
+	// TracerProvider, when set, traces routing ("route" per event, "channel
+	// publish" per message); messages carry the channel publish span's
+	// context to the subscribers.
+	TracerProvider trace.TracerProvider
 }
 
 func (o *Options) setDefaults() error {
@@ -100,6 +106,7 @@ type Router struct {
 	prefix string
 	ready  atomic.Bool
 	co     *coalescer
+	tracer trace.Tracer
 
 	streamsMu sync.Mutex
 	streams   []string // ingress partitions read, set up by Run
@@ -121,6 +128,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r)
+	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	return r, nil
 }
 

@@ -27,8 +27,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/matrix"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/tagstore"
@@ -86,15 +90,19 @@ type Options struct {
 	Buffer     int
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// TracerProvider, when set, traces each invalidation as a child of the
+	// router's channel publish span carried in the message.
+	TracerProvider trace.TracerProvider
 }
 
 // Subscriber applies a service's invalidations. Create it with New, run it with Run.
 type Subscriber struct {
-	bus   redis.UniversalClient
-	store *tagstore.Store
-	opt   Options
-	log   *slog.Logger
-	m     *metrics
+	bus    redis.UniversalClient
+	store  *tagstore.Store
+	opt    Options
+	log    *slog.Logger
+	m      *metrics
+	tracer trace.Tracer
 
 	prefix string
 
@@ -218,6 +226,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1),
+		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"),
 	}
 	if opt.ApplyRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
@@ -577,7 +586,22 @@ func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *positi
 
 // invalidate applies an invalidation to the cache Redis (with the position)
 // and then to the Handler.
-func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
+func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) (err error) {
+	if inv.Message != nil {
+		ctx = telemetry.Extract(ctx, inv.Message.Traceparent)
+	}
+	ctx, span := s.tracer.Start(ctx, "invalidate", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		attribute.String("cache.operation", "bulk_invalidate"), attribute.String("cache.tag", inv.Tag),
+		attribute.String("routerd.tenant", inv.Tenant), attribute.String("routerd.service", s.opt.Service),
+		attribute.Int("cache.keys", len(inv.Keys)), attribute.Int64("routerd.version", inv.Version),
+		attribute.Bool("routerd.recovered", inv.Recovered)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	if s.store != nil {
 		_, err := s.store.Apply(ctx, tagstore.Invalidation{
 			Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,14 +126,22 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// daemon runs a long-lived command until the test ends.
+// daemon runs a long-lived command until the test ends and returns its stderr.
 func daemon(t *testing.T, reload chan struct{}, args ...string) *syncBuffer {
+	t.Helper()
+	_, errb := daemonEnv(t, reload, func(string) string { return "" }, args...)
+	return errb
+}
+
+// daemonEnv runs a long-lived command with an environment and returns its
+// stdout and stderr.
+func daemonEnv(t *testing.T, reload chan struct{}, getenv func(string) string, args ...string) (*syncBuffer, *syncBuffer) {
 	t.Helper()
 	var out, errb syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, args, Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Reload: reload})
+		done <- Main(ctx, args, Env{Stdout: &out, Stderr: &errb, Getenv: getenv, Reload: reload})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -145,7 +154,7 @@ func daemon(t *testing.T, reload chan struct{}, args ...string) *syncBuffer {
 			t.Errorf("%s did not stop", args[0])
 		}
 	})
-	return &errb
+	return &out, &errb
 }
 
 // The daemons end to end: serve and agent from the command line, an event
@@ -279,6 +288,55 @@ func TestDoctor(t *testing.T) {
 	code, out, _ = runCLI(t, "doctor", "--redis", sound.URL, "--cardinality-guard", "500")
 	if code != 0 || !strings.Contains(out, "ok    version") || !strings.Contains(out, "{tenant:acme}:tag:big (450)") {
 		t.Errorf("doctor on a sound Redis: exit %d\n%s", code, out)
+	}
+}
+
+// One trace runs from the publishing service through routerd to the
+// subscriber: the console exporter of each prints spans of the same trace id.
+func TestOneTraceAcrossServices(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	console := func(k string) string {
+		if k == "OTEL_TRACES_EXPORTER" {
+			return "console"
+		}
+		return ""
+	}
+	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	agentAddr := redistest.FreeAddr(t)
+	agentOut, _ := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
+		"--service", "search-svc", "--listen", agentAddr)
+	redistest.Eventually(t, 10*time.Second, "agent ready", func() bool {
+		code, _ := get(t, "http://"+agentAddr+"/readyz")
+		return code == 200
+	})
+	var out syncBuffer
+	code := Main(context.Background(), []string{"publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "product", "--keys", "product:1"},
+		Env{Stdout: &out, Stderr: io.Discard, Getenv: console})
+	if code != 0 {
+		t.Fatalf("publish exited %d", code)
+	}
+	m := regexp.MustCompile(`"TraceID":\s*"([0-9a-f]{32})"`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no span printed by publish:\n%s", out.String())
+	}
+	traceID := m[1]
+	redistest.Eventually(t, 10*time.Second, "the agent's invalidate spans in the publisher's trace", func() bool {
+		return strings.Count(agentOut.String(), traceID) >= 2 // one span per channel: electronics and active
+	})
+	for name, b := range map[string]*syncBuffer{"publish": &out, "serve": serveOut, "agent": agentOut} {
+		if !strings.Contains(b.String(), traceID) {
+			t.Errorf("%s printed no span of trace %s", name, traceID)
+		}
+	}
+	for _, want := range []string{`"Name":"route"`, `"Name":"channel publish"`, `"Key":"cache.tag"`} {
+		if !strings.Contains(serveOut.String(), want) {
+			t.Errorf("serve spans lack %s", want)
+		}
+	}
+	for _, want := range []string{`"Name":"invalidate"`, `{"Key":"cache.operation","Value":{"Type":"STRING","Value":"bulk_invalidate"}}`, `"Key":"cache.tag"`} {
+		if !strings.Contains(agentOut.String(), want) {
+			t.Errorf("agent spans lack %s", want)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/routerd/routerd/internal/doctor"
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
@@ -140,7 +141,12 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer c.Close()
-	p, err := publisher.New(c, publisher.Options{Prefix: *prefix})
+	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, env.Stdout, "routerd-publish")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = stopTracing(context.WithoutCancel(ctx)) }()
+	p, err := publisher.New(c, publisher.Options{Prefix: *prefix, TracerProvider: tp})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -91,9 +92,14 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	}
 	defer c.Close()
 	reg := newRegistry()
+	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, env.Stdout, "routerd")
+	if err != nil {
+		return err
+	}
+	defer flushTraces(log, stopTracing)
 	r, err := router.New(c, m, router.Options{
 		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c),
-		Logger: log, Registerer: reg,
+		Logger: log, Registerer: reg, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
@@ -214,8 +220,14 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	}
 	defer cacheC.Close()
 	reg := newRegistry()
+	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, env.Stdout, "routerd-agent")
+	if err != nil {
+		return err
+	}
+	defer flushTraces(log, stopTracing)
 	s, err := subscriber.New(busC, subscriber.Options{
-		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
+		TracerProvider: tp,
+		Service:        *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store:  sf.options(),
 		Logger: log, Registerer: reg,
@@ -283,5 +295,13 @@ func watchFile(ctx context.Context, path string, every time.Duration, changed fu
 			last = now
 			changed()
 		}
+	}
+}
+
+func flushTraces(log *slog.Logger, stop func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := stop(ctx); err != nil {
+		log.Warn("flushing traces", "err", err)
 	}
 }

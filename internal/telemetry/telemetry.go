@@ -1,0 +1,127 @@
+// Package telemetry sets up OpenTelemetry tracing from the standard OTEL_*
+// environment variables, and carries W3C trace context inside routerd's
+// events and messages.
+//
+// OTEL_TRACES_EXPORTER selects the exporter: otlp, console, or none; unset
+// means none, so tracing costs nothing unless asked for. otlp follows
+// OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (http/protobuf by default, or grpc)
+// and the endpoint variables; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+// name the process.
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Setup returns the tracer provider the environment asks for and a function
+// that flushes and stops it. stdout receives the console exporter's spans.
+func Setup(ctx context.Context, getenv func(string) string, stdout io.Writer, service string) (trace.TracerProvider, func(context.Context) error, error) {
+	var exp sdktrace.SpanExporter
+	var err error
+	switch name := getenv("OTEL_TRACES_EXPORTER"); name {
+	case "", "none":
+		return noop.NewTracerProvider(), func(context.Context) error { return nil }, nil
+	case "console":
+		exp, err = stdouttrace.New(stdouttrace.WithWriter(stdout))
+	case "otlp":
+		protocol := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+		if protocol == "" {
+			protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+		}
+		switch protocol {
+		case "", "http/protobuf":
+			exp, err = otlptracehttp.New(ctx)
+		case "grpc":
+			exp, err = otlptracegrpc.New(ctx)
+		default:
+			return nil, nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: routerd exports http/protobuf or grpc", protocol)
+		}
+	default:
+		return nil, nil, fmt.Errorf("OTEL_TRACES_EXPORTER %q: use otlp, console or none", name)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("trace exporter: %w", err)
+	}
+	res, err := resource.Merge(
+		resource.NewSchemaless(attribute.String("service.name", service)),
+		envResource(getenv),
+	)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if getenv("OTEL_TRACES_EXPORTER") == "console" {
+		opts = append(opts, sdktrace.WithSyncer(exp)) // print at once, for people watching
+	} else {
+		opts = append(opts, sdktrace.WithBatcher(exp))
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	return tp, tp.Shutdown, nil
+}
+
+// envResource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES through getenv.
+func envResource(getenv func(string) string) *resource.Resource {
+	var attrs []attribute.KeyValue
+	for _, kv := range splitPairs(getenv("OTEL_RESOURCE_ATTRIBUTES")) {
+		attrs = append(attrs, attribute.String(kv[0], kv[1]))
+	}
+	if name := getenv("OTEL_SERVICE_NAME"); name != "" {
+		attrs = append(attrs, attribute.String("service.name", name))
+	}
+	return resource.NewSchemaless(attrs...)
+}
+
+func splitPairs(s string) [][2]string {
+	var out [][2]string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			part := s[start:i]
+			for j := 0; j < len(part); j++ {
+				if part[j] == '=' && j > 0 {
+					out = append(out, [2]string{part[:j], part[j+1:]})
+					break
+				}
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+var propagator = propagation.TraceContext{}
+
+// Inject returns the W3C traceparent of the span in ctx, or "".
+func Inject(ctx context.Context) string {
+	c := propagation.MapCarrier{}
+	propagator.Inject(ctx, c)
+	return c["traceparent"]
+}
+
+// Extract returns ctx carrying the remote span context of a traceparent.
+func Extract(ctx context.Context, traceparent string) context.Context {
+	if traceparent == "" {
+		return ctx
+	}
+	return propagator.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
+}
+
+// Tracer returns the named tracer of tp, or a no-op one when tp is nil.
+func Tracer(tp trace.TracerProvider, name string) trace.Tracer {
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer(name)
+}

@@ -13,12 +13,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/matrix"
@@ -57,11 +60,18 @@ func main() {
 	path := flag.String("matrix", "matrix.yaml", "routing matrix")
 	interval := flag.Duration("interval", 3*time.Second, "time between changes")
 	rounds := flag.Int("rounds", 0, "changes to publish; 0 runs until interrupted")
+	listen := flag.String("listen", "", "serve the embedded subscriber's /metrics on this address (e.g. :9466)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bus, *searchCache, *profileCache, *path, *interval, *rounds); err != nil {
+	reg := prometheus.NewRegistry()
+	if *listen != "" {
+		srv := &http.Server{Addr: *listen, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.ListenAndServe() }()
+		defer srv.Close()
+	}
+	if err := run(ctx, reg, *bus, *searchCache, *profileCache, *path, *interval, *rounds); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -75,7 +85,7 @@ func open(url string) (*redis.Client, error) {
 	return redis.NewClient(opt), nil
 }
 
-func run(ctx context.Context, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int) error {
+func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int) error {
 	m, err := matrix.Load(path)
 	if err != nil {
 		return err
@@ -101,7 +111,7 @@ func run(ctx context.Context, busURL, searchURL, profileURL, path string, interv
 
 	// search-svc embeds the subscriber; the Handler only narrates.
 	sub, err := subscriber.New(busC, subscriber.Options{
-		Service: "search-svc", Matrix: m, Cache: searchC, CheckInterval: 10 * time.Second,
+		Service: "search-svc", Matrix: m, Cache: searchC, CheckInterval: 10 * time.Second, Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Handler: func(_ context.Context, inv subscriber.Invalidation) error {
 			what := "keys " + strings.Join(inv.Keys, ",")

@@ -1,8 +1,14 @@
 package integration
 
 import (
+	"context"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -63,5 +69,54 @@ func TestKeyLevelEventDeletesOnlyItsKeys(t *testing.T) {
 	// tags; product:2 shares both tags and must survive both.
 	if !e.cached("search-svc", "acme", "product:2") {
 		t.Error("product:2 was deleted by a key-level event that did not name it")
+	}
+}
+
+// After traffic the router and the subscriber export the metrics operators
+// watch, with bounded labels only (never a tenant or a key).
+func TestMetricsAfterTraffic(t *testing.T) {
+	e := newEnv(t, "")
+	routerReg, subReg := prometheus.NewRegistry(), prometheus.NewRegistry()
+	e.router(router.Options{Registerer: routerReg})
+	e.subscriber("search-svc", subscriber.Options{Registerer: subReg})
+	e.seed("search-svc", "acme", "user:1", "active")
+	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}) // duplicate
+	e.publish(wire.Event{Tenant: "acme", Domain: "product"})
+	must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: wire.IngressStream("invalidate", 0), Values: []any{"event", "nope"}}).Err())
+	e.waitGone("search-svc", "acme", "user:1")
+
+	checks := []struct {
+		reg    *prometheus.Registry
+		name   string
+		labels []string
+	}{
+		{routerReg, "routerd_events_read_total", nil},
+		{routerReg, "routerd_events_routed_total", []string{"domain", "user"}},
+		{routerReg, "routerd_messages_published_total", []string{"tag", "active"}},
+		{routerReg, "routerd_publish_duplicates_total", nil},
+		{routerReg, "routerd_events_dead_lettered_total", []string{"reason", "malformed"}},
+		{routerReg, "routerd_batch_duration_seconds", nil},
+		{subReg, "subscriber_messages_received_total", nil},
+		{subReg, "subscriber_messages_applied_total", []string{"tag", "active"}},
+		{subReg, "cache_invalidation_keys_total", []string{"tag", "active", "status", "SUCCESS"}},
+		{subReg, "cache_invalidation_duration_seconds", []string{"tag", "active"}},
+		{subReg, "subscriber_delivery_lag_seconds", nil},
+		{subReg, "subscriber_position_checks_total", nil},
+	}
+	for _, c := range checks {
+		redistest.Eventually(t, 10*time.Second, c.name, func() bool { return metric(t, c.reg, c.name, c.labels...) > 0 })
+	}
+	for _, reg := range []*prometheus.Registry{routerReg, subReg} {
+		families, _ := reg.Gather()
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "tenant" || l.GetName() == "key" {
+						t.Errorf("%s has an unbounded label %s", f.GetName(), l.GetName())
+					}
+				}
+			}
+		}
 	}
 }

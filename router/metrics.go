@@ -24,6 +24,7 @@ type metrics struct {
 	delayed         *prometheus.CounterVec // tag
 	coalescedWhole  *prometheus.CounterVec // tag
 	pendingChannels prometheus.Gauge
+	publishLag      prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -59,13 +60,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_messages_delayed_total", Help: "Channel messages held back by a rate limit (each opens a pending message), by tag."}, []string{"tag"}),
 		coalescedWhole: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_coalesced_whole_tag_total", Help: "Pending messages that became whole-tag invalidations because their keys exceeded max_keys, by tag."}, []string{"tag"}),
+		publishLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "routerd_publish_lag_seconds", Help: "From an event's timestamp to its channel message being published (coalescing delay included).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		pendingChannels: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.read, m.routed, m.deadLettered, m.suppressed, m.published, m.duplicates,
 			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated,
-			m.coalesced, m.delayed, m.coalescedWhole, m.pendingChannels)
+			m.coalesced, m.delayed, m.coalescedWhole, m.pendingChannels, m.publishLag)
 	}
 	return m
 }

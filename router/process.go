@@ -314,6 +314,9 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		} else {
 			r.m.published.WithLabelValues(o.route.Tag).Inc()
+			if o.msg.TS > 0 {
+				r.m.publishLag.Observe(time.Since(time.UnixMilli(o.msg.TS)).Seconds())
+			}
 			spans[i].SetAttributes(attribute.Int64("routerd.version", toInt64(res[0])))
 		}
 		spans[i].End()

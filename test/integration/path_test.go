@@ -97,6 +97,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		{routerReg, "routerd_publish_duplicates_total", nil},
 		{routerReg, "routerd_events_dead_lettered_total", []string{"reason", "malformed"}},
 		{routerReg, "routerd_batch_duration_seconds", nil},
+		{routerReg, "routerd_publish_lag_seconds", nil},
 		{subReg, "subscriber_messages_received_total", nil},
 		{subReg, "subscriber_messages_applied_total", []string{"tag", "active"}},
 		{subReg, "cache_invalidation_keys_total", []string{"tag", "active", "status", "SUCCESS"}},

@@ -243,8 +243,26 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if len(fresh) == 0 {
 		return nil
 	}
-	if err := r.c.SAdd(ctx, wire.TenantsKey(r.prefix), fresh...).Err(); err != nil {
+	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, t := range fresh {
+			pipe.SAdd(ctx, wire.TenantsKey(r.prefix), t)
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
+	}
+	if r.opt.Sharded {
+		// Sharded pub/sub has no patterns: subscribers of every tenant learn
+		// of a new one from this announcement (and from the registry at
+		// every position check), before its first message is published.
+		for i, c := range cmds {
+			if c.(*redis.IntCmd).Val() == 1 {
+				if err := r.c.SPublish(ctx, wire.TenantsChannel(r.prefix), fresh[i]).Err(); err != nil {
+					return fmt.Errorf("announcing tenant: %w", err)
+				}
+			}
+		}
 	}
 	r.tenantsMu.Lock()
 	for t := range seen {

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -115,10 +114,13 @@ type Subscriber struct {
 	in       chan *redis.Message
 	checkReq chan struct{}
 	ready    atomic.Bool
-	expected atomic.Int64 // subscriptions that make the set complete
 
-	next   atomic.Pointer[interest] // a new matrix's interest, for the applier
-	reconf chan struct{}
+	next    atomic.Pointer[interest] // a new matrix's interest, for the applier
+	reconf  chan struct{}
+	regroup chan struct{} // sharded: the slots moved, or a tenant appeared
+	// extra are tenants announced or seen beyond the registry read at the
+	// last regroup (sharded, every tenant); owned by the applier.
+	extra map[string]bool
 }
 
 // interest is what the service listens to, from the matrix.
@@ -138,13 +140,18 @@ func newInterest(sub matrix.Subscription) *interest {
 }
 
 // channels returns the channels, or patterns for a service of every tenant.
-func (in *interest) channels(prefix string) (channels, patterns []string) {
+// With sharded pub/sub there are no patterns: a service of every tenant gets
+// the channels of the tenants given.
+func (in *interest) channels(prefix string, sharded bool, tenants []string) (channels, patterns []string) {
+	if !in.allTenants {
+		tenants = in.tenants
+	}
 	for _, tag := range in.tagList {
-		if in.allTenants {
+		if in.allTenants && !sharded {
 			patterns = append(patterns, names.Channel(prefix, "*", tag))
 			continue
 		}
-		for _, tenant := range in.tenants {
+		for _, tenant := range tenants {
 			channels = append(channels, names.Channel(prefix, tenant, tag))
 		}
 	}
@@ -225,7 +232,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1),
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"),
 	}
 	if opt.ApplyRate > 0 {
@@ -266,130 +273,6 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 	return nil
 }
 
-// Run subscribes and applies invalidations until ctx is cancelled.
-func (s *Subscriber) Run(ctx context.Context) error {
-	defer s.ready.Store(false)
-	if next := s.next.Swap(nil); next != nil {
-		s.cur = next // SetMatrix before Run
-	}
-	ps := s.bus.Subscribe(ctx)
-	defer ps.Close()
-	channels, patterns := s.cur.channels(s.prefix)
-	s.subscribe(ctx, ps, channels, patterns)
-	if len(channels)+len(patterns) == 0 {
-		s.log.Warn("the service owns no tags in the matrix; waiting for a matrix that gives it some")
-		s.requestCheck()
-	}
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.receive(ctx, ps)
-	}()
-	s.apply(ctx, ps)
-	_ = ps.Close() // unblocks the receiver
-	<-done
-	return nil
-}
-
-// subscribe adds channels and patterns and sets the count of subscriptions
-// that makes the set complete.
-func (s *Subscriber) subscribe(ctx context.Context, ps *redis.PubSub, channels, patterns []string) {
-	cur, curPat := s.cur.channels(s.prefix)
-	s.expected.Store(int64(len(cur) + len(curPat)))
-	const chunk = 10000
-	for i := 0; i < len(channels); i += chunk {
-		if err := ps.Subscribe(ctx, channels[i:min(i+chunk, len(channels))]...); err != nil {
-			s.log.Warn("subscribing; will retry on reconnect", "err", err)
-		}
-	}
-	if len(patterns) > 0 {
-		if err := ps.PSubscribe(ctx, patterns...); err != nil {
-			s.log.Warn("subscribing; will retry on reconnect", "err", err)
-		}
-	}
-	s.log.Info("subscribing", "channels", len(channels), "patterns", len(patterns), "tags", s.cur.tagList)
-}
-
-// reconfigure takes up the interest SetMatrix left: subscribe to what is
-// new, forget and leave what is gone, check positions.
-func (s *Subscriber) reconfigure(ctx context.Context, ps *redis.PubSub) {
-	next := s.next.Swap(nil)
-	if next == nil {
-		return
-	}
-	oldCh, oldPat := s.cur.channels(s.prefix)
-	newCh, newPat := next.channels(s.prefix)
-	s.cur = next
-	s.subscribe(ctx, ps, minus(newCh, oldCh), minus(newPat, oldPat))
-	if gone := minus(oldCh, newCh); len(gone) > 0 {
-		_ = ps.Unsubscribe(ctx, gone...)
-	}
-	if gone := minus(oldPat, newPat); len(gone) > 0 {
-		_ = ps.PUnsubscribe(ctx, gone...)
-	}
-	for channel, p := range s.pos {
-		if !next.covers(p.tenant, p.tag) {
-			if err := s.applyQueued(ctx, channel, p); err != nil {
-				s.log.Warn("applying queued work of a channel no longer ours", "channel", channel, "err", err)
-			}
-			delete(s.pos, channel)
-			delete(s.queued, channel)
-		}
-	}
-	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
-	s.requestCheck()
-}
-
-func minus(a, b []string) []string {
-	var out []string
-	for _, x := range a {
-		if !slices.Contains(b, x) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
-// receive reads the pub/sub connection. Every time the full set of
-// subscriptions is confirmed — at start and after go-redis reconnects, which
-// it does silently — it asks for a position check, since messages published
-// while the connection was down are lost to pub/sub.
-func (s *Subscriber) receive(ctx context.Context, ps *redis.PubSub) {
-	for ctx.Err() == nil {
-		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Quiet connection: make sure it is alive. A failed ping
-				// makes go-redis reconnect and resubscribe.
-				_ = ps.Ping(ctx)
-				continue
-			}
-			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
-			s.requestCheck()
-			sleepCtx(ctx, 100*time.Millisecond)
-			continue
-		}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if (m.Kind == "subscribe" || m.Kind == "psubscribe") && int64(m.Count) == s.expected.Load() {
-				s.requestCheck()
-			}
-		case *redis.Message:
-			s.m.received.Inc()
-			select {
-			case s.in <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}
-}
-
 func (s *Subscriber) requestCheck() {
 	select {
 	case s.checkReq <- struct{}{}:
@@ -398,7 +281,7 @@ func (s *Subscriber) requestCheck() {
 }
 
 // apply is the single goroutine that owns the positions.
-func (s *Subscriber) apply(ctx context.Context, ps *redis.PubSub) {
+func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	tick := time.NewTicker(s.opt.CheckInterval)
 	defer tick.Stop()
 	retry := time.NewTimer(time.Hour)
@@ -435,7 +318,9 @@ func (s *Subscriber) apply(ctx context.Context, ps *redis.PubSub) {
 				retry.Reset(time.Second)
 			}
 		case <-s.reconf:
-			s.reconfigure(ctx, ps)
+			s.reconfigure(ctx, ln)
+		case <-s.regroup:
+			ln.regroup(ctx)
 		case <-s.checkReq:
 			check()
 		case <-tick.C:
@@ -448,6 +333,10 @@ func (s *Subscriber) apply(ctx context.Context, ps *redis.PubSub) {
 
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
+	if raw.Channel == wire.TenantsChannel(s.prefix) {
+		s.announced(raw.Payload)
+		return nil
+	}
 	tenant, tag, err := names.ParseChannel(s.prefix, raw.Channel)
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // not a channel of ours (a pattern can match more; a matrix change can leave one behind)
@@ -620,6 +509,10 @@ func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) (err erro
 	return nil
 }
 
+// newChannelReplay is the highest version up to which a channel without a
+// position is recovered by replaying its history from version 1.
+const newChannelReplay = 16
+
 // recover brings a channel from p up to (epoch, version): by replaying the
 // history when it is the same epoch and history still reaches back, else by
 // invalidating the whole tag. Over-invalidation is safe; a missed one is not.
@@ -628,8 +521,19 @@ func (s *Subscriber) recover(ctx context.Context, channel string, p *position, e
 	if err := s.applyQueued(ctx, channel, p); err != nil {
 		return err
 	}
-	if p.known && p.Epoch == epoch && version > p.Version {
-		msgs, ok, err := s.history(ctx, channel, epoch, p.Version+1, version)
+	from := int64(0)
+	switch {
+	case p.known && p.Epoch == epoch && version > p.Version:
+		from = p.Version + 1
+	case !p.known && version <= newChannelReplay:
+		// A channel this service never applied that has only just started
+		// (a new tenant whose first messages came before the subscription):
+		// its whole epoch is in the history, so replay it rather than
+		// invalidate the tag.
+		from = 1
+	}
+	if from > 0 {
+		msgs, ok, err := s.history(ctx, channel, epoch, from, version)
 		if err != nil {
 			return err
 		}

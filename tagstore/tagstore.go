@@ -59,8 +59,9 @@ type Options struct {
 
 // Store works on one cache Redis (standalone or cluster).
 type Store struct {
-	c   redis.UniversalClient
-	opt Options
+	c       redis.UniversalClient
+	opt     Options
+	cluster bool
 }
 
 // New checks the options and fills the defaults.
@@ -74,6 +75,14 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if !strings.Contains(opt.KeyTemplate, "${key}") {
 		return nil, fmt.Errorf("tagstore: key template %q must contain ${key}", opt.KeyTemplate)
 	}
+	_, cluster := c.(*redis.ClusterClient)
+	if cluster {
+		// Keys, tag sets and positions must share a slot for the scripts.
+		head, _, _ := strings.Cut(opt.KeyTemplate, "${key}")
+		if hashTag(strings.ReplaceAll(head, "${tenant}", "t")) != "tenant:t" {
+			return nil, fmt.Errorf("tagstore: on Redis Cluster the key template %q must have {tenant:${tenant}} as its first {…}, before ${key}, so cache keys share their tenant's slot with its tag sets", opt.KeyTemplate)
+		}
+	}
 	if opt.CardinalityGuard == 0 {
 		opt.CardinalityGuard = DefaultCardinalityGuard
 	}
@@ -86,7 +95,7 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.ChunkSize < 1 || opt.ChunkSize > lua.MaxUnpack {
 		return nil, fmt.Errorf("tagstore: chunk size must be 1 to %d, not %d", lua.MaxUnpack, opt.ChunkSize)
 	}
-	return &Store{c: c, opt: opt}, nil
+	return &Store{c: c, opt: opt, cluster: cluster}, nil
 }
 
 // Key returns the cache key name of a tenant's key.
@@ -97,7 +106,11 @@ func (s *Store) Key(tenant, key string) (string, error) {
 	if err := names.Key(key); err != nil {
 		return "", err
 	}
-	return s.key(tenant, key), nil
+	full := s.key(tenant, key)
+	if s.cluster && hashTag(full) != "tenant:"+tenant {
+		return "", fmt.Errorf("tagstore: key %q hashes by {%s}, not by its tenant's {tenant:%s}: on Redis Cluster it would live in another slot than its tag sets", full, hashTag(full), tenant)
+	}
+	return full, nil
 }
 
 func (s *Store) key(tenant, key string) string {
@@ -336,4 +349,18 @@ func (s *Store) Compact(ctx context.Context, tenant, tag string) (int64, error) 
 		}
 		cursor = next
 	}
+}
+
+// hashTag returns what Redis Cluster hashes of a key: the part between the
+// first '{' and the next '}' when that is not empty, else the whole key.
+func hashTag(key string) string {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return key
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return key
+	}
+	return key[i+1 : i+1+j]
 }

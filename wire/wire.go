@@ -52,6 +52,11 @@ func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
 // TenantsKey is the set of tenants the router has routed events for.
 func TenantsKey(prefix string) string { return prefix + ":tenants" }
 
+// TenantsChannel is where the router announces a tenant it routes for the
+// first time, for subscribers of every tenant on sharded pub/sub (which has
+// no pattern subscriptions).
+func TenantsChannel(prefix string) string { return prefix + ":tenants" }
+
 // Partition returns the ingress partition of a tenant: FNV-1a-32(tenant) mod n.
 func Partition(tenant string, n int) int {
 	if n <= 1 {

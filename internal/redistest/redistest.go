@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -170,4 +171,62 @@ func FreeAddr(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	return "127.0.0.1:" + strconv.Itoa(port)
+}
+
+// Cluster is a Redis Cluster of real servers on loopback ports.
+type Cluster struct {
+	Nodes []*Server
+	Addrs []string
+}
+
+// URL is the comma-separated seed list routerd's --redis flag takes.
+func (c *Cluster) URL() string {
+	urls := make([]string, len(c.Addrs))
+	for i, a := range c.Addrs {
+		urls[i] = "redis://" + a
+	}
+	return strings.Join(urls, ",")
+}
+
+// Client returns a cluster client that notices failovers within seconds,
+// closed when the test ends.
+func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs, ClusterStateReloadInterval: 500 * time.Millisecond})
+	tb.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// StartCluster starts masters × (1 + replicas) servers and joins them into a
+// cluster with `redis-cli --cluster create`, then waits until every node
+// reports cluster_state:ok.
+func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
+	tb.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		tb.Fatalf("redis-cli is not installed: run `apt-get install -y redis-tools`")
+	}
+	c := &Cluster{}
+	for i := 0; i < masters*(1+replicas); i++ {
+		s := Start(tb, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+			"--cluster-config-file", fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1)))
+		c.Nodes = append(c.Nodes, s)
+		c.Addrs = append(c.Addrs, s.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	Eventually(tb, 30*time.Second, "cluster_state:ok on every node", func() bool {
+		for _, n := range c.Nodes {
+			cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+			info, err := cl.ClusterInfo(context.Background()).Result()
+			_ = cl.Close()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+		}
+		return true
+	})
+	return c
 }

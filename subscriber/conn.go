@@ -1,0 +1,269 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// listener owns the subscriber's pub/sub connections: one with channels and
+// patterns on a standalone bus; on a cluster one sharded connection per
+// master, each with the channels whose slots that master owns, because
+// go-redis subscribes all the channels of one SSUBSCRIBE on the node of the
+// first one. It is used by the applier goroutine only.
+type listener struct {
+	s     *Subscriber
+	conns []*conn
+	// standalone: what the one connection is subscribed to.
+	channels, patterns []string
+}
+
+// conn is one pub/sub connection and its receiver.
+type conn struct {
+	ps       *redis.PubSub
+	expected atomic.Int64 // subscriptions that make its set complete
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// Run subscribes and applies invalidations until ctx is cancelled.
+func (s *Subscriber) Run(ctx context.Context) error {
+	defer s.ready.Store(false)
+	if next := s.next.Swap(nil); next != nil {
+		s.cur = next // SetMatrix before Run
+	}
+	ln := &listener{s: s}
+	defer ln.close()
+	ln.regroup(ctx)
+	s.apply(ctx, ln)
+	return nil
+}
+
+func (s *Subscriber) sharded() bool {
+	_, ok := s.bus.(*redis.ClusterClient)
+	return ok
+}
+
+func (s *Subscriber) requestRegroup() {
+	select {
+	case s.regroup <- struct{}{}:
+	default:
+	}
+}
+
+// regroup (re)builds the connections for the current interest and asks for
+// a position check. On a standalone bus an existing connection is changed in
+// place (subscribe what is new, leave what is gone).
+func (ln *listener) regroup(ctx context.Context) {
+	s := ln.s
+	if !s.sharded() {
+		channels, patterns := s.cur.channels(s.prefix, false, nil)
+		if len(ln.conns) == 0 {
+			ln.start(ctx, s.bus.Subscribe(ctx), len(channels)+len(patterns))
+		}
+		c := ln.conns[0]
+		c.expected.Store(int64(len(channels) + len(patterns)))
+		subscribeAll(ctx, s, c.ps.Subscribe, minus(channels, ln.channels))
+		subscribeAll(ctx, s, c.ps.PSubscribe, minus(patterns, ln.patterns))
+		subscribeAll(ctx, s, c.ps.Unsubscribe, minus(ln.channels, channels))
+		subscribeAll(ctx, s, c.ps.PUnsubscribe, minus(ln.patterns, patterns))
+		ln.channels, ln.patterns = channels, patterns
+		s.log.Info("subscribed", "channels", len(channels), "patterns", len(patterns), "tags", s.cur.tagList)
+		s.requestCheck()
+		return
+	}
+
+	cc := s.bus.(*redis.ClusterClient)
+	ln.close()
+	tenants, err := s.allTenantList(ctx)
+	if err != nil {
+		s.log.Warn("reading the tenant registry; retrying", "err", err)
+		time.AfterFunc(time.Second, s.requestRegroup)
+		return
+	}
+	channels, _ := s.cur.channels(s.prefix, true, tenants)
+	if s.cur.allTenants {
+		channels = append(channels, wire.TenantsChannel(s.prefix))
+	}
+	groups := map[string][]string{}
+	for _, ch := range channels {
+		master, err := cc.MasterForKey(ctx, ch)
+		if err != nil {
+			s.log.Warn("finding the master of a channel; retrying", "channel", ch, "err", err)
+			time.AfterFunc(time.Second, s.requestRegroup)
+			return
+		}
+		addr := master.Options().Addr
+		groups[addr] = append(groups[addr], ch)
+	}
+	addrs := make([]string, 0, len(groups))
+	for a := range groups {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	for _, a := range addrs {
+		ln.start(ctx, cc.SSubscribe(ctx, groups[a]...), len(groups[a]))
+	}
+	s.log.Info("subscribed (sharded)", "channels", len(channels), "masters", len(groups), "tags", s.cur.tagList)
+	s.requestCheck()
+}
+
+// subscribeAll calls one of PubSub's (un)subscribe methods in chunks.
+func subscribeAll(ctx context.Context, s *Subscriber, fn func(context.Context, ...string) error, names []string) {
+	const chunk = 10000
+	for i := 0; i < len(names); i += chunk {
+		if err := fn(ctx, names[i:min(i+chunk, len(names))]...); err != nil {
+			s.log.Warn("changing subscriptions; go-redis retries on reconnect", "err", err)
+		}
+	}
+}
+
+// allTenantList returns, for a service of every tenant on sharded pub/sub,
+// the tenants in the router's registry and those announced or seen since.
+func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
+	if !s.cur.allTenants {
+		return nil, nil
+	}
+	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range append(registered, keys(s.extra)...) {
+		if names.ValidTenant(t) && !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// announced handles the router's announcement of a new tenant.
+func (s *Subscriber) announced(tenant string) {
+	if !s.cur.allTenants || !s.sharded() || !names.ValidTenant(tenant) || s.extra[tenant] {
+		return
+	}
+	s.extra[tenant] = true
+	s.log.Info("new tenant announced; subscribing to its channels", "tenant", tenant)
+	s.requestRegroup()
+}
+
+func (ln *listener) start(ctx context.Context, ps *redis.PubSub, expected int) {
+	cctx, cancel := context.WithCancel(ctx)
+	c := &conn{ps: ps, cancel: cancel, done: make(chan struct{})}
+	c.expected.Store(int64(expected))
+	ln.conns = append(ln.conns, c)
+	go func() {
+		defer close(c.done)
+		ln.s.receive(cctx, c)
+	}()
+}
+
+// close stops every connection and waits for its receiver.
+func (ln *listener) close() {
+	for _, c := range ln.conns {
+		c.cancel()
+		_ = c.ps.Close()
+		<-c.done
+	}
+	ln.conns = nil
+	ln.channels, ln.patterns = nil, nil
+}
+
+// reconfigure takes up the interest SetMatrix left: subscribe to what is
+// new, forget and leave what is gone, check positions.
+func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
+	next := s.next.Swap(nil)
+	if next == nil {
+		return
+	}
+	s.cur = next
+	for channel, p := range s.pos {
+		if !next.covers(p.tenant, p.tag) {
+			if err := s.applyQueued(ctx, channel, p); err != nil {
+				s.log.Warn("applying queued work of a channel no longer ours", "channel", channel, "err", err)
+			}
+			delete(s.pos, channel)
+			delete(s.queued, channel)
+		}
+	}
+	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
+	ln.regroup(ctx)
+}
+
+func minus(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []string
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// receive reads one pub/sub connection. Every time its full set of
+// subscriptions is confirmed — at start and after go-redis reconnects, which
+// it does silently — it asks for a position check, since messages published
+// while the connection was down are lost to pub/sub. A sharded channel the
+// server unsubscribes (its slot moved) makes the subscriber regroup.
+func (s *Subscriber) receive(ctx context.Context, c *conn) {
+	for ctx.Err() == nil {
+		msg, err := c.ps.ReceiveTimeout(ctx, 15*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Quiet connection: make sure it is alive. A failed ping
+				// makes go-redis reconnect and resubscribe.
+				_ = c.ps.Ping(ctx)
+				continue
+			}
+			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
+			s.requestCheck()
+			sleepCtx(ctx, 100*time.Millisecond)
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			switch m.Kind {
+			case "subscribe", "psubscribe", "ssubscribe":
+				if int64(m.Count) == c.expected.Load() {
+					s.requestCheck()
+				}
+			case "sunsubscribe":
+				s.log.Info("the server moved a channel's slot; regrouping", "channel", m.Channel)
+				s.requestRegroup()
+			}
+		case *redis.Message:
+			s.m.received.Inc()
+			select {
+			case s.in <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -49,11 +50,18 @@ type Options struct {
 	// TracerProvider, when set, traces each publish; the span's context
 	// travels in the event's traceparent.
 	TracerProvider trace.TracerProvider
+	// Durable makes a publish succeed only once a replica of the partition's
+	// master has the event (WAIT 1), where the master has a replica, so a
+	// failover cannot lose it. Off by default: one more wait per publish.
+	Durable bool
+	// WaitTimeout bounds that wait (1s).
+	WaitTimeout time.Duration
 }
 
 // Publisher appends events to the ingress streams. It is safe for concurrent use.
 type Publisher struct {
 	c      redis.UniversalClient
+	shards shard.Set
 	opt    Options
 	tracer trace.Tracer
 
@@ -85,10 +93,16 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.WaitTimeout < 0 {
+		return nil, errors.New("publisher: negative WaitTimeout")
+	}
+	if opt.WaitTimeout == 0 {
+		opt.WaitTimeout = time.Second
+	}
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
 	}
-	return &Publisher{c: c, opt: opt, partitions: opt.Partitions, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
+	return &Publisher{c: c, shards: shard.Set{C: c}, opt: opt, partitions: opt.Partitions, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
 }
 
 // Publish validates the event, fills id, ts, origin and the trace context of
@@ -108,8 +122,8 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 		return "", err
 	}
 	args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(e.Tenant, n))
-	if err := p.c.XAdd(ctx, args).Err(); err != nil {
-		return "", fmt.Errorf("publisher: XADD %s: %w", args.Stream, err)
+	if err := p.write(ctx, []*redis.XAddArgs{args}); err != nil {
+		return "", err
 	}
 	return e.ID, nil
 }
@@ -139,22 +153,77 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	if err != nil {
 		return nil, err
 	}
-	cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, args := range all {
-			args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(events[i].Tenant, n))
-			pipe.XAdd(ctx, args)
-		}
-		return nil
-	})
-	if err != nil {
-		for i, c := range cmds {
-			if c.Err() != nil {
-				return nil, fmt.Errorf("publisher: event %d: XADD: %w (events before it may have been sent; publishing again with the same ids is safe)", i, c.Err())
-			}
-		}
-		return nil, fmt.Errorf("publisher: %w", err)
+	for i, args := range all {
+		args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(events[i].Tenant, n))
+	}
+	if err := p.write(ctx, all); err != nil {
+		return nil, err
 	}
 	return ids, nil
+}
+
+// write appends the entries in one pipeline; when Durable, in one pipeline
+// per master ending with WAIT 1 where the master has a replica, and fails
+// unless the replica acknowledged. A failed write may have appended some entries: publishing
+// again with the same ids is safe.
+func (p *Publisher) write(ctx context.Context, all []*redis.XAddArgs) error {
+	if !p.opt.Durable {
+		cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, args := range all {
+				pipe.XAdd(ctx, args)
+			}
+			return nil
+		})
+		return xaddError(cmds, err)
+	}
+	groups := map[*shard.Shard][]*redis.XAddArgs{}
+	for _, args := range all {
+		sh, err := p.shards.Of(ctx, args.Stream)
+		if err != nil {
+			return fmt.Errorf("publisher: %w", err)
+		}
+		groups[sh] = append(groups[sh], args)
+	}
+	for sh, group := range groups {
+		_, replicas, err := sh.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("publisher: %w", err)
+		}
+		var wait *redis.IntCmd
+		cmds, err := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, args := range group {
+				pipe.XAdd(ctx, args)
+			}
+			if replicas > 0 {
+				wait = shard.WaitCmd(ctx, 1, p.opt.WaitTimeout)
+				return pipe.Process(ctx, wait)
+			}
+			return nil
+		})
+		if err != nil {
+			sh.Forget()
+		}
+		if err := xaddError(cmds[:min(len(cmds), len(group))], err); err != nil {
+			return err
+		}
+		if wait != nil && wait.Val() < 1 {
+			sh.Forget()
+			return fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+		}
+	}
+	return nil
+}
+
+func xaddError(cmds []redis.Cmder, err error) error {
+	for i, c := range cmds {
+		if c.Err() != nil {
+			return fmt.Errorf("publisher: event %d: XADD %s: %w (publishing again with the same ids is safe)", i, c.Args()[1], c.Err())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("publisher: %w", err)
+	}
+	return nil
 }
 
 func endSpan(span trace.Span, err error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/matrix"
@@ -206,7 +208,7 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 		return nil
 	}
 	ttl := r.opt.SourceVersionTTL.Milliseconds()
-	cmds, err := r.runScripts(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
+	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, e := range check {
 			key := r.prefix + ":srcver:{" + e.ev.Tenant + "}:" + e.ev.Domain + ":" + e.ev.Entity
@@ -296,33 +298,10 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			o.msg.Traceparent = tp
 		}
 	}
-	cmds, _ := r.runScripts(ctx, func(pipe redis.Pipeliner) []*redis.Cmd {
-		all := make([]*redis.Cmd, len(out))
-		for i, o := range out {
-			body, err := wire.MessageBody(&o.msg)
-			if err != nil { // cannot happen for validated fields
-				all[i] = redis.NewCmd(ctx)
-				all[i].SetErr(err)
-				continue
-			}
-			args := make([]any, 0, 6+len(o.ids)-1)
-			args = append(args, o.route.Channel, o.ids[0], body, o.route.Limits.History, epoch, cmd)
-			for _, id := range o.ids[1:] {
-				args = append(args, id)
-			}
-			all[i] = lua.Publish.EvalSha(ctx, pipe,
-				[]string{names.MetaKey(o.route.Channel), names.HistoryKey(o.route.Channel), names.EventsKey(o.route.Channel)},
-				args...)
-		}
-		return all
-	})
+	cmds := r.publishDurably(ctx, out, epoch, cmd)
 	var done []*entry
 	for i, o := range out {
-		var res []any
-		err := ctx.Err()
-		if i < len(cmds) {
-			res, err = cmds[i].Slice()
-		}
+		res, err := cmds[i].Slice()
 		ok := err == nil && len(res) == 3
 		if !ok {
 			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", err)
@@ -380,13 +359,19 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 	return true
 }
 
+// scripter is what runScripts needs: the bus client, or one master of it.
+type scripter interface {
+	redis.Scripter
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
 // runScripts runs a pipeline of EVALSHA calls; when Redis has lost its
 // script cache (restart, failover) it loads the scripts and runs the
 // pipeline again. The scripts it runs are idempotent, so running twice is safe.
-func (r *Router) runScripts(ctx context.Context, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
+func runScripts(ctx context.Context, c scripter, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
 	for attempt := 0; ; attempt++ {
 		var cmds []*redis.Cmd
-		_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		_, err := c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			cmds = build(pipe)
 			return nil
 		})
@@ -399,13 +384,99 @@ func (r *Router) runScripts(ctx context.Context, build func(redis.Pipeliner) []*
 		if !noScript || attempt > 0 {
 			return cmds, err
 		}
-		if err := loadScripts(ctx, r.c); err != nil {
+		if err := loadScripts(ctx, c); err != nil {
 			return cmds, err
 		}
 	}
 }
 
-func loadScripts(ctx context.Context, c redis.UniversalClient) error {
+// publishDurably publishes the messages, one pipeline per master (run side
+// by side), each with the master's replication id and, where the master has
+// a replica, ending with WAIT 1: a message counts as published only when a
+// replica has it too. It returns one result per message.
+func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd string) []*redis.Cmd {
+	results := make([]*redis.Cmd, len(out))
+	fail := func(i int, err error) {
+		results[i] = redis.NewCmd(ctx)
+		results[i].SetErr(err)
+	}
+	groups := map[*shard.Shard][]int{}
+	for i, o := range out {
+		sh, err := r.shards.Of(ctx, o.route.Channel)
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		groups[sh] = append(groups[sh], i)
+	}
+	var wg sync.WaitGroup
+	for sh, idx := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			replid, replicas, err := sh.Info(ctx)
+			if err != nil {
+				for _, i := range idx {
+					fail(i, err)
+				}
+				return
+			}
+			var wait *redis.IntCmd
+			cmds, _ := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
+				all := make([]*redis.Cmd, len(idx))
+				for j, i := range idx {
+					all[j] = r.publishCmd(ctx, pipe, out[i], epoch, cmd, replid)
+				}
+				wait = nil
+				if replicas > 0 {
+					wait = shard.WaitCmd(ctx, 1, r.opt.ReplicaTimeout)
+					_ = pipe.Process(ctx, wait)
+				}
+				return all
+			})
+			var waitErr error
+			if wait != nil {
+				if n, err := wait.Result(); err != nil || n < 1 {
+					waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d, %v)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n, err)
+					sh.Forget() // the replica may be gone: look again
+				}
+			}
+			for j, i := range idx {
+				c := cmds[j]
+				if c.Err() != nil {
+					sh.Forget() // a failover, a moved slot: look again next time
+				}
+				if waitErr != nil && c.Err() == nil {
+					fail(i, waitErr)
+					continue
+				}
+				results[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// publishCmd queues one channel message's publish script.
+func (r *Router) publishCmd(ctx context.Context, pipe redis.Pipeliner, o *outgoing, epoch, cmd, replid string) *redis.Cmd {
+	body, err := wire.MessageBody(&o.msg)
+	if err != nil { // cannot happen for validated fields
+		c := redis.NewCmd(ctx)
+		c.SetErr(err)
+		return c
+	}
+	args := make([]any, 0, 7+len(o.ids)-1)
+	args = append(args, o.route.Channel, o.ids[0], body, o.route.Limits.History, epoch, cmd, replid)
+	for _, id := range o.ids[1:] {
+		args = append(args, id)
+	}
+	return lua.Publish.EvalSha(ctx, pipe,
+		[]string{names.MetaKey(o.route.Channel), names.HistoryKey(o.route.Channel), names.EventsKey(o.route.Channel)},
+		args...)
+}
+
+func loadScripts(ctx context.Context, c redis.Scripter) error {
 	for _, s := range []*redis.Script{lua.Publish, lua.SourceVersion} {
 		if err := s.Load(ctx, c).Err(); err != nil {
 			return fmt.Errorf("load script: %w", err)

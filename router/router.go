@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/wire"
@@ -49,6 +50,10 @@ type Options struct {
 	SourceVersionTTL time.Duration
 	// Sharded publishes with SPUBLISH (Redis Cluster) instead of PUBLISH.
 	Sharded bool
+	// ReplicaTimeout bounds the WAIT for a replica after publishing, on a
+	// master that has one (1s). A message not acknowledged by a replica in
+	// time is published again later (idempotently).
+	ReplicaTimeout time.Duration
 	// ShutdownTimeout bounds how long an in-flight batch may take to finish
 	// after Run's context is cancelled (10s); what is not finished stays
 	// pending and is claimed later, never lost.
@@ -73,7 +78,7 @@ func (o *Options) setDefaults() error {
 		v   *time.Duration
 		def time.Duration
 	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second},
-		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}} {
+		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
@@ -107,6 +112,11 @@ type Router struct {
 	ready  atomic.Bool
 	co     *coalescer
 	tracer trace.Tracer
+	// Before an ingress entry is acknowledged its messages are made durable
+	// on their master (WAIT 1 where it has a replica), and every publish
+	// carries the master's replication id, so a promoted replica (which may
+	// lack the last versions) starts a new epoch instead of repeating them.
+	shards shard.Set
 
 	streamsMu sync.Mutex
 	streams   []string // ingress partitions read, set up by Run
@@ -128,6 +138,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r)
+	r.shards.C = c
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	return r, nil
 }

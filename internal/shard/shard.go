@@ -1,0 +1,107 @@
+// Package shard finds the master that owns a key — the standalone server, or
+// a cluster master — and what routerd needs to know of it to make writes
+// durable: its replication id and how many replicas it has.
+package shard
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WaitCmd is a WAIT for n replicas within timeout, to end a pipeline with.
+func WaitCmd(ctx context.Context, n int, timeout time.Duration) *redis.IntCmd {
+	return redis.NewIntCmd(ctx, "wait", n, timeout.Milliseconds())
+}
+
+// Shard is one master. Writes that must survive a failover end their
+// pipeline on C with WAIT 1 when the master has a replica.
+type Shard struct {
+	C *redis.Client
+
+	mu       sync.Mutex
+	replid   string
+	replicas int64
+	at       time.Time
+}
+
+// infoTTL is how long a shard's replication id and replica count are used.
+const infoTTL = 2 * time.Second
+
+// Info returns the shard's replication id and connected replicas.
+func (s *Shard) Info(ctx context.Context) (string, int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.at) < infoTTL && s.replid != "" {
+		return s.replid, s.replicas, nil
+	}
+	text, err := s.C.Info(ctx, "replication").Result()
+	if err != nil {
+		return "", 0, err
+	}
+	var replid string
+	var replicas int64
+	for _, line := range strings.Split(text, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch k {
+		case "master_replid":
+			replid = v
+		case "connected_slaves":
+			replicas, _ = strconv.ParseInt(v, 10, 64)
+		case "role":
+			if v != "master" {
+				return "", 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, v)
+			}
+		}
+	}
+	s.replid, s.replicas, s.at = replid, replicas, time.Now()
+	return replid, replicas, nil
+}
+
+// Forget makes the next Info call ask the server again.
+func (s *Shard) Forget() {
+	s.mu.Lock()
+	s.at = time.Time{}
+	s.mu.Unlock()
+}
+
+// Set maps masters to their Shard; for a standalone server there is one.
+type Set struct {
+	C      redis.UniversalClient
+	mu     sync.Mutex
+	byAddr map[string]*Shard
+}
+
+// Of returns the shard that owns a key's (or sharded channel's) slot.
+func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
+	var node *redis.Client
+	switch c := ss.C.(type) {
+	case *redis.ClusterClient:
+		n, err := c.MasterForKey(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		node = n
+	case *redis.Client:
+		node = c
+	default:
+		return nil, fmt.Errorf("shard: unsupported Redis client %T", ss.C)
+	}
+	addr := node.Options().Addr
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.byAddr == nil {
+		ss.byAddr = map[string]*Shard{}
+	}
+	sh := ss.byAddr[addr]
+	if sh == nil || sh.C != node {
+		sh = &Shard{C: node}
+		ss.byAddr[addr] = sh
+	}
+	return sh, nil
+}

@@ -202,6 +202,7 @@ func (p *Publisher) write(ctx context.Context, all []*redis.XAddArgs) error {
 		})
 		if err != nil {
 			sh.Forget()
+			p.shards.Moved(ctx)
 		}
 		if err := xaddError(cmds[:min(len(cmds), len(group))], err); err != nil {
 			return err

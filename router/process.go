@@ -445,6 +445,7 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 				c := cmds[j]
 				if c.Err() != nil {
 					sh.Forget() // a failover, a moved slot: look again next time
+					r.shards.Moved(ctx)
 				}
 				if waitErr != nil && c.Err() == nil {
 					fail(i, waitErr)

@@ -59,6 +59,15 @@ func (s *Subscriber) requestRegroup() {
 	}
 }
 
+// slotsMoved is called when the cluster answers that a channel's slot lives
+// elsewhere: reload the slot map, then regroup once it has had a moment.
+func (s *Subscriber) slotsMoved() {
+	if cc, ok := s.bus.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
+	}
+	time.AfterFunc(200*time.Millisecond, s.requestRegroup)
+}
+
 // regroup (re)builds the connections for the current interest and asks for
 // a position check. On a standalone bus an existing connection is changed in
 // place (subscribe what is new, leave what is gone).
@@ -241,6 +250,14 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				_ = c.ps.Ping(ctx)
 				continue
 			}
+			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+				// go-redis does not follow a redirect on a pub/sub
+				// connection: subscribe again where the slot lives now.
+				s.log.Info("a channel's slot lives on another master; regrouping", "err", err)
+				s.slotsMoved()
+				sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
 			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
 			s.requestCheck()
 			sleepCtx(ctx, 100*time.Millisecond)
@@ -248,6 +265,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
+			s.log.Debug("subscription", "kind", m.Kind, "channel", m.Channel, "count", m.Count)
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
 				if int64(m.Count) == c.expected.Load() {
@@ -255,7 +273,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				}
 			case "sunsubscribe":
 				s.log.Info("the server moved a channel's slot; regrouping", "channel", m.Channel)
-				s.requestRegroup()
+				s.slotsMoved()
 			}
 		case *redis.Message:
 			s.m.received.Inc()

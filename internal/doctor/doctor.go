@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -65,9 +66,12 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 		return err
 	}
 	if cc, ok := c.(*redis.ClusterClient); ok {
+		var mu sync.Mutex // ForEachMaster calls back concurrently
 		var nodes []*redis.Client
 		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			mu.Lock()
 			nodes = append(nodes, n)
+			mu.Unlock()
 			return nil
 		})
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -229,4 +230,64 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 		return true
 	})
 	return c
+}
+
+// MoveSlot migrates one hash slot, with its keys, to the master at toAddr,
+// the way `redis-cli --cluster reshard` does: SETSLOT IMPORTING/MIGRATING,
+// MIGRATE of every key, then SETSLOT NODE on every master.
+func (c *Cluster) MoveSlot(tb testing.TB, slot int, toAddr string) {
+	tb.Helper()
+	ctx := context.Background()
+	cc := c.Client(tb)
+	var from, to *redis.Client
+	var mu sync.Mutex // ForEachMaster calls back concurrently
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n.Options().Addr == toAddr {
+			to = n
+		}
+		slots, err := n.ClusterSlots(ctx).Result()
+		if err != nil {
+			return err
+		}
+		self, err := n.ClusterMyID(ctx).Result()
+		if err != nil {
+			return err
+		}
+		for _, s := range slots {
+			if slot >= s.Start && slot <= s.End && len(s.Nodes) > 0 && s.Nodes[0].ID == self {
+				from = n
+			}
+		}
+		return nil
+	})
+	if err != nil || from == nil || to == nil {
+		tb.Fatalf("MoveSlot: from %v to %v: %v", from, to, err)
+	}
+	fromID, _ := from.ClusterMyID(ctx).Result()
+	toID, _ := to.ClusterMyID(ctx).Result()
+	must := func(err error) {
+		if err != nil {
+			tb.Fatalf("MoveSlot %d: %v", slot, err)
+		}
+	}
+	must(to.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID).Err())
+	must(from.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID).Err())
+	host, port, _ := net.SplitHostPort(toAddr)
+	for {
+		keys, err := from.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "REPLACE", "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(from.Do(ctx, args...).Err())
+	}
+	must(cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		return n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err()
+	}))
 }

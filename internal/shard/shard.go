@@ -105,3 +105,12 @@ func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
 	}
 	return sh, nil
 }
+
+// Moved tells the set that a write to a shard failed (a redirect, a dead
+// master): on a cluster it reloads the slot map so the next Of finds the
+// master that owns the slot now.
+func (ss *Set) Moved(ctx context.Context) {
+	if cc, ok := ss.C.(*redis.ClusterClient); ok {
+		cc.ReloadState(ctx)
+	}
+}

@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,13 +52,14 @@ func (e *clusterEnv) start(yaml, service string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	r, err := router.New(e.busC, mtx, router.Options{Sharded: true, Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond})
+	r, err := router.New(e.busC, mtx, router.Options{Sharded: true, Block: 100 * time.Millisecond,
+		ClaimInterval: 100 * time.Millisecond, ClaimIdle: 500 * time.Millisecond, Logger: testLogger(e.t, "router")})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	run(e.t, r.Run)
 	redistest.Eventually(e.t, 10*time.Second, "router ready", r.Ready)
-	s, err := subscriber.New(e.busC, subscriber.Options{Service: service, Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour})
+	s, err := subscriber.New(e.busC, subscriber.Options{Service: service, Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour, Logger: testLogger(e.t, "subscriber")})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -171,4 +174,176 @@ func TestClusterRefusesMisalignedKeyTemplate(t *testing.T) {
 	if _, err := tagstore.New(c, tagstore.Options{KeyTemplate: "app:{tenant:${tenant}}:${key}"}); err != nil {
 		t.Errorf("a prefixed template with the tenant hash tag: %v", err)
 	}
+}
+
+// kill -9 of the master that owns a channel, under continuous publishing,
+// loses no invalidation, and delivery resumes within seconds.
+func TestClusterMasterFailoverLosesNothing(t *testing.T) {
+	e := newClusterEnv(t)
+	tenant := e.tenantsOnMasters("fo", 1, "active")[0]
+	e.start(fmt.Sprintf(`
+version: 1
+tags:
+  active: {services: [search-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  search-svc: {tenants: [%s]}
+`, tenant), "search-svc")
+	master, err := e.busC.MasterForKey(context.Background(), "invalidate:"+tenant+":active")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim *redistest.Server
+	for _, n := range e.bus.Nodes {
+		if n.Addr == master.Options().Addr {
+			victim = n
+		}
+	}
+
+	pub := e.publishContinuously(tenant)
+	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
+	e.waitGone(tenant, "user:10")
+	victim.Stop()
+	killed := time.Now()
+	before := len(pub.keys())
+	redistest.Eventually(t, 20*time.Second, "publishing resumed after the failover", func() bool { return len(pub.keys()) >= before+30 })
+	keys := pub.stop()
+	for _, key := range keys {
+		e.waitGone(tenant, key)
+	}
+	t.Logf("%d changes published, %d before the kill; all invalidated %v after the kill", len(keys), before, time.Since(killed))
+}
+
+// Moving a channel's slot to another master (with its meta, history and
+// event ids) under continuous publishing loses no invalidation.
+func TestClusterSlotMigrationLosesNothing(t *testing.T) {
+	e := newClusterEnv(t)
+	tenant := e.tenantsOnMasters("mv", 1, "active")[0]
+	e.start(fmt.Sprintf(`
+version: 1
+tags:
+  active: {services: [search-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  search-svc: {tenants: [%s]}
+`, tenant), "search-svc")
+	channel := "invalidate:" + tenant + ":active"
+	ctx := context.Background()
+	from, err := e.busC.MasterForKey(ctx, channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to string
+	var mu sync.Mutex // ForEachMaster calls back concurrently
+	must(t, e.busC.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n.Options().Addr != from.Options().Addr {
+			to = n.Options().Addr
+		}
+		return nil
+	}))
+	slot, err := e.busC.ClusterKeySlot(ctx, channel).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pub := e.publishContinuously(tenant)
+	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
+	e.waitGone(tenant, "user:10")
+	e.bus.MoveSlot(t, int(slot), to)
+	moved := time.Now()
+	before := len(pub.keys())
+	redistest.Eventually(t, 20*time.Second, "publishing after the move", func() bool { return len(pub.keys()) >= before+30 })
+	keys := pub.stop()
+	for _, key := range keys {
+		e.waitGone(tenant, key)
+	}
+	if now, _ := e.busC.MasterForKey(ctx, channel); now.Options().Addr != to {
+		t.Errorf("the channel's slot is on %s, want %s", now.Options().Addr, to)
+	}
+	t.Logf("%d changes published, %d before the move; all invalidated %v after it", len(keys), before, time.Since(moved))
+}
+
+// publisher publishes a change (with a freshly cached key) every 20ms; a
+// publish that fails, while a master is down or a slot moves, is retried
+// with the same event id, as a service would.
+type continuous struct {
+	mu        sync.Mutex
+	published []string
+	quit      chan struct{}
+	done      chan struct{}
+}
+
+func (e *clusterEnv) publishContinuously(tenant string) *continuous {
+	pub, err := publisher.New(e.busC, publisher.Options{Durable: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := &continuous{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for i := 0; ; i++ {
+			key := fmt.Sprintf("user:%d", i)
+			if err := e.store.Set(context.Background(), tenant, key, []byte("v"), 0, "active"); err != nil {
+				e.t.Error(err)
+				return
+			}
+			ev := wire.Event{ID: fmt.Sprintf("ev-%d", i), Tenant: tenant, Domain: "user", Keys: []string{key}}
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err := pub.Publish(ctx, ev)
+				cancel()
+				if err == nil {
+					break
+				}
+				select {
+				case <-c.quit:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			c.mu.Lock()
+			c.published = append(c.published, key)
+			c.mu.Unlock()
+			select {
+			case <-c.quit:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	e.t.Cleanup(func() { c.stop() })
+	return c
+}
+
+func (c *continuous) keys() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.published...)
+}
+
+// stop ends the publishing and returns the keys of every published change.
+func (c *continuous) stop() []string {
+	select {
+	case <-c.quit:
+	default:
+		close(c.quit)
+	}
+	<-c.done
+	return c.keys()
+}
+
+// testLogger logs to the test's output, shown when it fails or with -v.
+func testLogger(t *testing.T, who string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("who", who)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

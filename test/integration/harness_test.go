@@ -23,8 +23,14 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// go-redis logs every refused dial while a test has a server down.
+	redis.SetLogger(quietLogger{})
 	goleak.VerifyTestMain(m)
 }
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
 
 const testMatrix = `
 version: 1

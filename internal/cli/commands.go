@@ -126,6 +126,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	f.Int64Var(&ev.SourceVersion, "source-version", 0, "the change's own ordering number (a row version)")
 	f.StringVar(&ev.Origin, "origin", "routerd-cli", "who publishes")
 	keys := f.String("keys", "", "comma-separated keys to invalidate; empty invalidates the whole tags")
+	durable := f.Bool("durable", false, "return only once a replica of the partition's master has the event (WAIT 1)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -146,7 +147,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer func() { _ = stopTracing(context.WithoutCancel(ctx)) }()
-	p, err := publisher.New(c, publisher.Options{Prefix: *prefix, TracerProvider: tp})
+	p, err := publisher.New(c, publisher.Options{Prefix: *prefix, TracerProvider: tp, Durable: *durable})
 	if err != nil {
 		return err
 	}

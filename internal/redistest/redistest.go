@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -232,39 +231,24 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	return c
 }
 
-// MoveSlot migrates one hash slot, with its keys, to the master at toAddr,
-// the way `redis-cli --cluster reshard` does: SETSLOT IMPORTING/MIGRATING,
-// MIGRATE of every key, then SETSLOT NODE on every master.
-func (c *Cluster) MoveSlot(tb testing.TB, slot int, toAddr string) {
+// MoveSlot migrates the hash slot of key, with all its keys, to the master
+// at toAddr, the way `redis-cli --cluster reshard` does: SETSLOT
+// IMPORTING/MIGRATING, MIGRATE of every key, then SETSLOT NODE on every master.
+func (c *Cluster) MoveSlot(tb testing.TB, key string, toAddr string) {
 	tb.Helper()
 	ctx := context.Background()
 	cc := c.Client(tb)
-	var from, to *redis.Client
-	var mu sync.Mutex // ForEachMaster calls back concurrently
-	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if n.Options().Addr == toAddr {
-			to = n
-		}
-		slots, err := n.ClusterSlots(ctx).Result()
-		if err != nil {
-			return err
-		}
-		self, err := n.ClusterMyID(ctx).Result()
-		if err != nil {
-			return err
-		}
-		for _, s := range slots {
-			if slot >= s.Start && slot <= s.End && len(s.Nodes) > 0 && s.Nodes[0].ID == self {
-				from = n
-			}
-		}
-		return nil
-	})
-	if err != nil || from == nil || to == nil {
-		tb.Fatalf("MoveSlot: from %v to %v: %v", from, to, err)
+	from, err := cc.MasterForKey(ctx, key)
+	if err != nil {
+		tb.Fatalf("MoveSlot: %v", err)
 	}
+	slot64, err := cc.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		tb.Fatalf("MoveSlot: %v", err)
+	}
+	slot := int(slot64)
+	to := redis.NewClient(&redis.Options{Addr: toAddr})
+	defer to.Close()
 	fromID, _ := from.ClusterMyID(ctx).Result()
 	toID, _ := to.ClusterMyID(ctx).Result()
 	must := func(err error) {

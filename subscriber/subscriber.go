@@ -300,7 +300,11 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	}
 	flush := time.NewTimer(time.Hour)
 	defer flush.Stop()
-	defer s.flushQueued(context.WithoutCancel(ctx), true) // apply what is merged before stopping
+	defer func() { // apply what is merged before stopping; a check catches up what this misses
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = s.flushQueued(fctx, true)
+	}()
 	for {
 		flush.Reset(s.nextDue())
 		select {

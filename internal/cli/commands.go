@@ -208,36 +208,42 @@ func tail(ctx context.Context, env *Env, args []string) error {
 }
 
 func invalidate(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "invalidate", "--redis URL --tenant T --tag X [--keys a,b]")
-	rf := f.redis("redis", "ROUTERD_CACHE_REDIS_URL", "cache Redis holding the tag sets")
-	tenant := f.String("tenant", "", "tenant")
-	tag := f.String("tag", "", "tag to invalidate")
-	keys := f.String("keys", "", "comma-separated keys; empty invalidates the whole tag")
-	sf := f.store()
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if err := f.required("redis", "tenant", "tag"); err != nil {
-		return err
-	}
-	s, closeStore, err := sf.open(rf)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
-	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: *tenant, Tag: *tag, Keys: splitList(*keys)})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.Stdout, "%s: %d keys deleted (chunked: %v)\n", res.Status, res.Deleted, res.Chunked)
-	return nil
+	return onTag(ctx, env, args, "invalidate", "tag to invalidate", true, func(s *tagstore.Store, tenant, tag string, keys []string) error {
+		res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: tenant, Tag: tag, Keys: keys})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "%s: %d keys deleted (chunked: %v)\n", res.Status, res.Deleted, res.Chunked)
+		return nil
+	})
 }
 
 func compact(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "compact", "--redis URL --tenant T --tag X")
+	return onTag(ctx, env, args, "compact", "tag whose set to compact", false, func(s *tagstore.Store, tenant, tag string, _ []string) error {
+		n, err := s.Compact(ctx, tenant, tag)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
+		return nil
+	})
+}
+
+// onTag is a command on one tenant's tag in a cache Redis.
+func onTag(ctx context.Context, env *Env, args []string, name, tagHelp string, withKeys bool,
+	run func(s *tagstore.Store, tenant, tag string, keys []string) error) error {
+	usage := "--redis URL --tenant T --tag X"
+	if withKeys {
+		usage += " [--keys a,b]"
+	}
+	f := newFlags(env, name, usage)
 	rf := f.redis("redis", "ROUTERD_CACHE_REDIS_URL", "cache Redis holding the tag sets")
 	tenant := f.String("tenant", "", "tenant")
-	tag := f.String("tag", "", "tag whose set to compact")
+	tag := f.String("tag", "", tagHelp)
+	keys := new(string)
+	if withKeys {
+		keys = f.String("keys", "", "comma-separated keys; empty invalidates the whole tag")
+	}
 	sf := f.store()
 	if err := f.parse(args); err != nil {
 		return err
@@ -250,43 +256,7 @@ func compact(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer closeStore()
-	n, err := s.Compact(ctx, *tenant, *tag)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
-	return nil
-}
-
-// storeFlags are the cache-side flags shared by agent, invalidate and compact.
-type storeFlags struct {
-	template *string
-	guard    *int
-}
-
-func (f *flags) store() storeFlags {
-	return storeFlags{
-		template: f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template"),
-		guard:    f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks of 1000"),
-	}
-}
-
-func (sf storeFlags) options() tagstore.Options {
-	return tagstore.Options{KeyTemplate: *sf.template, CardinalityGuard: *sf.guard}
-}
-
-// open connects to the cache Redis and returns a store on it and its closer.
-func (sf storeFlags) open(rf redisFlags) (*tagstore.Store, func(), error) {
-	c, err := rf.open()
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := tagstore.New(c, sf.options())
-	if err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	return s, func() { c.Close() }, nil
+	return run(s, *tenant, *tag, splitList(*keys))
 }
 
 func doctorCmd(ctx context.Context, env *Env, args []string) error {
@@ -351,4 +321,35 @@ func matrixCmd(_ context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stdout, c)
 	}
 	return nil
+}
+
+// storeFlags are the cache-side flags shared by agent, invalidate and compact.
+type storeFlags struct {
+	template *string
+	guard    *int
+}
+
+func (f *flags) store() storeFlags {
+	return storeFlags{
+		template: f.String("key-template", tagstore.DefaultKeyTemplate, "cache key name template"),
+		guard:    f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "tags larger than this are deleted in chunks of 1000"),
+	}
+}
+
+func (sf storeFlags) options() tagstore.Options {
+	return tagstore.Options{KeyTemplate: *sf.template, CardinalityGuard: *sf.guard}
+}
+
+// open connects to the cache Redis and returns a store on it and its closer.
+func (sf storeFlags) open(rf redisFlags) (*tagstore.Store, func(), error) {
+	c, err := rf.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := tagstore.New(c, sf.options())
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return s, func() { c.Close() }, nil
 }

@@ -82,6 +82,20 @@ func (e *clusterEnv) waitGone(tenant, key string) {
 	})
 }
 
+// oneTenantMatrix maps domain user to tag active, owned by search-svc for
+// the listed tenants.
+func oneTenantMatrix(tenants string) string {
+	return fmt.Sprintf(`
+version: 1
+tags:
+  active: {services: [search-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  search-svc: {tenants: [%s]}
+`, tenants)
+}
+
 // tenantsOnMasters returns n tenants whose channel for tag lives on n
 // different masters.
 func (e *clusterEnv) tenantsOnMasters(prefix string, n int, tag string) []string {
@@ -110,15 +124,7 @@ func (e *clusterEnv) tenantsOnMasters(prefix string, n int, tag string) []string
 func TestClusterTenantsOnThreeMasters(t *testing.T) {
 	e := newClusterEnv(t)
 	tenants := e.tenantsOnMasters("shop", 3, "active")
-	yaml := fmt.Sprintf(`
-version: 1
-tags:
-  active: {services: [search-svc]}
-domains:
-  user: {tags: [active]}
-services:
-  search-svc: {tenants: [%s]}
-`, strings.Join(tenants, ", "))
+	yaml := oneTenantMatrix(strings.Join(tenants, ", "))
 	for _, tenant := range tenants {
 		e.seed(tenant, "user:1", "active")
 		e.seed(tenant, "user:2", "active")
@@ -181,15 +187,7 @@ func TestClusterRefusesMisalignedKeyTemplate(t *testing.T) {
 func TestClusterMasterFailoverLosesNothing(t *testing.T) {
 	e := newClusterEnv(t)
 	tenant := e.tenantsOnMasters("fo", 1, "active")[0]
-	e.start(fmt.Sprintf(`
-version: 1
-tags:
-  active: {services: [search-svc]}
-domains:
-  user: {tags: [active]}
-services:
-  search-svc: {tenants: [%s]}
-`, tenant), "search-svc")
+	e.start(oneTenantMatrix(tenant), "search-svc")
 	master, err := e.busC.MasterForKey(context.Background(), "invalidate:"+tenant+":active")
 	if err != nil {
 		t.Fatal(err)
@@ -220,15 +218,7 @@ services:
 func TestClusterSlotMigrationLosesNothing(t *testing.T) {
 	e := newClusterEnv(t)
 	tenant := e.tenantsOnMasters("mv", 1, "active")[0]
-	e.start(fmt.Sprintf(`
-version: 1
-tags:
-  active: {services: [search-svc]}
-domains:
-  user: {tags: [active]}
-services:
-  search-svc: {tenants: [%s]}
-`, tenant), "search-svc")
+	e.start(oneTenantMatrix(tenant), "search-svc")
 	channel := "invalidate:" + tenant + ":active"
 	ctx := context.Background()
 	from, err := e.busC.MasterForKey(ctx, channel)

@@ -5,7 +5,7 @@ DEMO_ARGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test lint unit fuzz redis-server clean
+.PHONY: all build run test lint unit fuzz bench redis-server clean
 
 all: build
 
@@ -40,6 +40,13 @@ test: redis-server lint
 # Unit tests only: no Redis needed.
 unit:
 	$(GO) test -count=1 ./names/ ./wire/ ./matrix/
+
+# End-to-end figures against real redis-server processes it starts, each next
+# to a reference measured in the same run; prints a table, writes bench-results.json.
+# Micro-benchmarks of the hot paths follow.
+bench: redis-server
+	$(GO) run ./bench -out bench-results.json
+	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -45,32 +45,47 @@ func Binary(tb testing.TB) string {
 // passed on the command line ("--maxmemory-policy", "allkeys-lru").
 func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
-	dir := tb.TempDir()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	s, err := Launch(tb.TempDir(), args...)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Launch starts a redis-server outside a test (the benchmark harness), with
+// its files in dir; the caller stops it.
+func Launch(dir string, args ...string) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, args: args}
 		s.URL = "redis://" + s.Addr
-		if lastErr = s.start(tb); lastErr == nil {
-			tb.Cleanup(s.Stop)
-			return s
+		if lastErr = s.start(); lastErr == nil {
+			return s, nil
 		}
 	}
-	tb.Fatalf("redistest: could not start redis-server: %v", lastErr)
-	return nil
+	return nil, fmt.Errorf("could not start redis-server: %v", lastErr)
 }
 
-func (s *Server) start(tb testing.TB) error {
+func (s *Server) start() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	args := append([]string{
 		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", s.Dir, "--protected-mode", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(s.Dir, "redis-"+port+".log"),
 	}, s.args...)
-	cmd := exec.Command(Binary(tb), args...)
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return fmt.Errorf("redis-server is not installed: run `apt-get install -y redis-server`")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -99,7 +114,7 @@ func (s *Server) Stop() {
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	s.Stop()
-	if err := s.start(tb); err != nil {
+	if err := s.start(); err != nil {
 		tb.Fatalf("redistest: restart: %v", err)
 	}
 }

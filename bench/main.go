@@ -1,0 +1,467 @@
+// Command bench measures routerd end to end on this machine against real
+// redis-server processes it starts itself, next to a reference measured in
+// the same run (absolute figures drift on a shared machine; ratios less so).
+// `make bench` runs it; it prints a table and writes the figures as JSON.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
+	"github.com/routerd/routerd/wire"
+)
+
+// Row is one figure of the run.
+type Row struct {
+	Scenario  string  `json:"scenario"`
+	Metric    string  `json:"metric"`
+	Value     float64 `json:"value"`
+	Unit      string  `json:"unit"`
+	Reference string  `json:"reference,omitempty"`
+	RefValue  float64 `json:"reference_value,omitempty"`
+	Ratio     float64 `json:"ratio,omitempty"` // Value / RefValue, or RefValue / Value for times
+}
+
+var (
+	out   = flag.String("out", "bench-results.json", "where to write the figures")
+	quick = flag.Bool("quick", false, "smaller runs (a smoke test of the harness)")
+	only  = flag.String("only", "", "run only the scenarios whose name contains this")
+)
+
+func main() {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "routerd-bench")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(dir)
+	var rows []Row
+	for _, sc := range []struct {
+		name string
+		run  func(dir string) ([]Row, error)
+	}{
+		{"throughput", throughput},
+		{"fan-out", fanOut},
+		{"bulk", bulk},
+		{"storm", storm},
+	} {
+		if *only != "" && !strings.Contains(sc.name, *only) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "running %s…\n", sc.name)
+		r, err := sc.run(dir)
+		if err != nil {
+			fail(fmt.Errorf("%s: %w", sc.name, err))
+		}
+		rows = append(rows, r...)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "SCENARIO\tMETRIC\tVALUE\tREFERENCE\tREF VALUE\tRATIO")
+	for _, r := range rows {
+		ref, ratio := "", ""
+		if r.Reference != "" {
+			ref, ratio = fmt.Sprintf("%s", r.Reference), fmt.Sprintf("%.2f×", r.Ratio)
+		}
+		refv := ""
+		if r.RefValue != 0 {
+			refv = fmt.Sprintf("%.4g %s", r.RefValue, r.Unit)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.4g %s\t%s\t%s\t%s\n", r.Scenario, r.Metric, r.Value, r.Unit, ref, refv, ratio)
+	}
+	w.Flush()
+	data, _ := json.MarshalIndent(map[string]any{"when": time.Now().UTC(), "rows": rows}, "", "  ")
+	if err := os.WriteFile(*out, data, 0o644); err != nil {
+		fail(err)
+	}
+	fmt.Fprintf(os.Stderr, "figures written to %s\n", *out)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func scale(n int) int {
+	if *quick {
+		return max(1, n/20)
+	}
+	return n
+}
+
+// system is a bus Redis, a cache Redis, a router and subscribers.
+type system struct {
+	bus, cache *redistest.Server
+	busC       *redis.Client
+	mtx        *matrix.Matrix
+	pub        *publisher.Publisher
+	stores     []*tagstore.Store
+	regs       []*prometheus.Registry
+	routerReg  *prometheus.Registry
+	cancel     context.CancelFunc
+	done       []chan struct{}
+}
+
+func startSystem(dir, yaml string, services ...string) (*system, error) {
+	mtx, err := matrix.Parse("bench.yaml", []byte(yaml))
+	if err != nil {
+		return nil, err
+	}
+	s := &system{mtx: mtx}
+	if s.bus, err = redistest.Launch(dir); err != nil {
+		return nil, err
+	}
+	if s.cache, err = redistest.Launch(dir); err != nil {
+		s.bus.Stop()
+		return nil, err
+	}
+	s.busC = redis.NewClient(&redis.Options{Addr: s.bus.Addr, PoolSize: 64})
+	if s.pub, err = publisher.New(s.busC, publisher.Options{Prefix: mtx.Prefix}); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.routerReg = prometheus.NewRegistry()
+	r, err := router.New(s.busC, mtx, router.Options{Registerer: s.routerReg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
+	}
+	s.goRun(func() { _ = r.Run(ctx) })
+	for i, svc := range services {
+		cacheC := redis.NewClient(&redis.Options{Addr: s.cache.Addr, DB: i})
+		store, err := tagstore.New(cacheC, tagstore.Options{})
+		if err != nil {
+			return nil, err
+		}
+		reg := prometheus.NewRegistry()
+		sub, err := subscriber.New(s.busC, subscriber.Options{Service: svc, Matrix: mtx, Cache: cacheC, Registerer: reg, CheckInterval: time.Minute})
+		if err != nil {
+			return nil, err
+		}
+		s.stores, s.regs = append(s.stores, store), append(s.regs, reg)
+		s.goRun(func() { _ = sub.Run(ctx) })
+		if !waitFor(10*time.Second, sub.Ready) {
+			return nil, fmt.Errorf("subscriber %s not ready", svc)
+		}
+	}
+	if !waitFor(10*time.Second, r.Ready) {
+		return nil, fmt.Errorf("router not ready")
+	}
+	return s, nil
+}
+
+func (s *system) goRun(fn func()) {
+	d := make(chan struct{})
+	s.done = append(s.done, d)
+	go func() { defer close(d); fn() }()
+}
+
+func (s *system) stop() {
+	s.cancel()
+	for _, d := range s.done {
+		<-d
+	}
+	s.busC.Close()
+	s.bus.Stop()
+	s.cache.Stop()
+}
+
+// applied sums subscriber_messages_applied_total over the subscribers.
+func (s *system) applied() float64 {
+	var sum float64
+	for _, reg := range s.regs {
+		sum += metricSum(reg, "subscriber_messages_applied_total")
+	}
+	return sum
+}
+
+func metricSum(reg *prometheus.Registry, name string) float64 {
+	families, _ := reg.Gather()
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += counterOrGauge(m)
+		}
+	}
+	return sum
+}
+
+func counterOrGauge(m *dto.Metric) float64 {
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	if m.Gauge != nil {
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
+// redisBenchmark runs redis-benchmark PUBLISH against a fresh server with one
+// subscriber attached, and returns requests per second.
+func redisBenchmark(dir string, pipeline int) (float64, error) {
+	srv, err := redistest.Launch(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Stop()
+	sub := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer sub.Close()
+	ps := sub.Subscribe(context.Background(), "ch")
+	defer ps.Close()
+	if _, err := ps.Receive(context.Background()); err != nil {
+		return 0, err
+	}
+	go func() {
+		for range ps.Channel() {
+		}
+	}()
+	_, port, _ := strings.Cut(srv.Addr, ":")
+	n := scale(200000)
+	outp, err := exec.Command("redis-benchmark", "-p", port, "-c", "50", "-n", strconv.Itoa(n), "-P", strconv.Itoa(pipeline), "-q", "publish", "ch", "x").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark: %v: %s", err, outp)
+	}
+	m := regexp.MustCompile(`([0-9.]+) requests per second`).FindSubmatch(outp)
+	if m == nil {
+		return 0, fmt.Errorf("redis-benchmark output: %s", outp)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+const fastLimits = `defaults: {rate: 1000000, burst: 1000000, coalesce: 0s, max_keys: 500, history: 1000}`
+
+// throughput: key-level events over 100 channels, published with
+// PublishBatch, routed and applied to a cache Redis; against redis-benchmark
+// PUBLISH unpipelined and with -P 32.
+func throughput(dir string) ([]Row, error) {
+	tenants := make([]string, 100)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("t%d", i)
+	}
+	yaml := fmt.Sprintf("version: 1\n%s\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [%s]}\n",
+		fastLimits, strings.Join(tenants, ", "))
+	s, err := startSystem(dir, yaml, "svc")
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	n := scale(100000)
+	events := make([]wire.Event, n)
+	for i := range events {
+		events[i] = wire.Event{Tenant: tenants[i%len(tenants)], Domain: "user", Keys: []string{fmt.Sprintf("user:%d", i)}}
+	}
+	ctx := context.Background()
+	start := time.Now()
+	for i := 0; i < n; i += 1000 {
+		if _, err := s.pub.PublishBatch(ctx, events[i:min(i+1000, n)]); err != nil {
+			return nil, err
+		}
+	}
+	if !waitFor(5*time.Minute, func() bool { return s.applied() >= float64(n) }) {
+		return nil, fmt.Errorf("only %v of %d applied", s.applied(), n)
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	p1, err := redisBenchmark(dir, 1)
+	if err != nil {
+		return nil, err
+	}
+	p32, err := redisBenchmark(dir, 32)
+	if err != nil {
+		return nil, err
+	}
+	return []Row{
+		{Scenario: "1 throughput", Metric: fmt.Sprintf("%d events, 100 channels, end to end", n), Value: rate, Unit: "events/s",
+			Reference: "redis-benchmark PUBLISH -P 1", RefValue: p1, Ratio: rate / p1},
+		{Scenario: "1 throughput", Metric: "same", Value: rate, Unit: "events/s",
+			Reference: "redis-benchmark PUBLISH -P 32", RefValue: p32, Ratio: rate / p32},
+	}, nil
+}
+
+// fanOut: one event to 10 tags × 3 services (30 invalidations).
+func fanOut(dir string) ([]Row, error) {
+	var tags, domainTags []string
+	for i := 0; i < 10; i++ {
+		tags = append(tags, fmt.Sprintf("  tag%d: {services: [a, b, c]}", i))
+		domainTags = append(domainTags, fmt.Sprintf("tag%d", i))
+	}
+	yaml := fmt.Sprintf("version: 1\n%s\ntags:\n%s\ndomains:\n  product: {tags: [%s]}\nservices:\n  a: {tenants: [acme]}\n  b: {tenants: [acme]}\n  c: {tenants: [acme]}\n",
+		fastLimits, strings.Join(tags, "\n"), strings.Join(domainTags, ", "))
+	s, err := startSystem(dir, yaml, "a", "b", "c")
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	n := scale(500)
+	var lat []time.Duration
+	ctx := context.Background()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		before := s.applied()
+		t0 := time.Now()
+		if _, err := s.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "product", Keys: []string{fmt.Sprintf("p:%d", i)}}); err != nil {
+			return nil, err
+		}
+		if !waitFor(10*time.Second, func() bool { return s.applied() >= before+30 }) {
+			return nil, fmt.Errorf("fan-out of event %d incomplete", i)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	elapsed := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return []Row{
+		{Scenario: "3 fan-out", Metric: "1 event → 10 tags × 3 services, one at a time", Value: float64(n) / elapsed.Seconds(), Unit: "events/s"},
+		{Scenario: "3 fan-out", Metric: "publish → all 30 applied, p50", Value: ms(lat[len(lat)/2]), Unit: "ms"},
+		{Scenario: "3 fan-out", Metric: "publish → all 30 applied, p99", Value: ms(lat[len(lat)*99/100]), Unit: "ms"},
+	}, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// bulk: invalidating a 5,000-key tag in a 1,000,000-key keyspace, against
+// finding the same keys with SCAN and deleting them with UNLINK.
+func bulk(dir string) ([]Row, error) {
+	srv, err := redistest.Launch(dir, "--enable-debug-command", "local")
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Stop()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer c.Close()
+	ctx := context.Background()
+	keyspace := scale(1000000)
+	if err := c.Do(ctx, "DEBUG", "POPULATE", keyspace, "filler").Err(); err != nil {
+		return nil, err
+	}
+	store, err := tagstore.New(c, tagstore.Options{})
+	if err != nil {
+		return nil, err
+	}
+	seed := func() error {
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := 0; i < 5000; i++ {
+				k := fmt.Sprintf("{tenant:acme}:bulk:%d", i)
+				p.Set(ctx, k, "v", 0)
+				p.SAdd(ctx, "{tenant:acme}:tag:bulk", k)
+			}
+			return nil
+		})
+		return err
+	}
+	if err := seed(); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	res, err := store.InvalidateTag(ctx, "acme", "bulk")
+	if err != nil || res.Deleted != 5000 {
+		return nil, fmt.Errorf("invalidate: %+v %v", res, err)
+	}
+	byTag := time.Since(t0)
+	if err := seed(); err != nil {
+		return nil, err
+	}
+	t0 = time.Now()
+	var cursor uint64
+	deleted := 0
+	for {
+		keys, next, err := c.Scan(ctx, cursor, "{tenant:acme}:bulk:*", 1000).Result()
+		if err != nil {
+			return nil, err
+		}
+		if len(keys) > 0 {
+			deleted += int(c.Unlink(ctx, keys...).Val())
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	byScan := time.Since(t0)
+	if deleted != 5000 {
+		return nil, fmt.Errorf("SCAN+UNLINK deleted %d", deleted)
+	}
+	return []Row{{Scenario: "4 bulk", Metric: fmt.Sprintf("5,000-key tag in %d keys", keyspace), Value: ms(byTag), Unit: "ms",
+		Reference: "SCAN MATCH + UNLINK", RefValue: ms(byScan), Ratio: ms(byScan) / ms(byTag)}}, nil
+}
+
+// storm: 100,000 events on 10 hot channels under the default limits (rate
+// 100/s, burst 200, coalesce 20ms): messages out, time to the last
+// invalidation.
+func storm(dir string) ([]Row, error) {
+	yaml := "version: 1\ndefaults: {rate: 100, burst: 200, coalesce: 20ms, max_keys: 10000}\ntags:\n  hot: {services: [svc]}\ndomains:\n  stock: {tags: [hot]}\nservices:\n  svc: {tenants: [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9]}\n"
+	s, err := startSystem(dir, yaml, "svc")
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	n := scale(100000)
+	ctx := context.Background()
+	events := make([]wire.Event, n)
+	for i := range events {
+		events[i] = wire.Event{Tenant: fmt.Sprintf("t%d", i%10), Domain: "stock", Keys: []string{fmt.Sprintf("sku:%d", i)}}
+	}
+	start := time.Now()
+	for i := 0; i < n; i += 1000 {
+		if _, err := s.pub.PublishBatch(ctx, events[i:min(i+1000, n)]); err != nil {
+			return nil, err
+		}
+	}
+	if !waitFor(5*time.Minute, func() bool {
+		return metricSum(s.routerReg, "routerd_events_routed_total") >= float64(n) && metricSum(s.routerReg, "routerd_pending_channels") == 0
+	}) {
+		return nil, fmt.Errorf("storm not drained")
+	}
+	// Every channel's last message applied.
+	if !waitFor(time.Minute, func() bool {
+		for t := 0; t < 10; t++ {
+			ch := fmt.Sprintf("invalidate:t%d:hot", t)
+			v, _ := s.busC.HGet(ctx, "{"+ch+"}:meta", "version").Int64()
+			p, ok, _ := s.stores[0].ReadPosition(ctx, fmt.Sprintf("t%d", t), "svc", "hot")
+			if !ok || p.Version < v {
+				return false
+			}
+		}
+		return true
+	}) {
+		return nil, fmt.Errorf("storm not applied")
+	}
+	elapsed := time.Since(start)
+	messages := metricSum(s.routerReg, "routerd_messages_published_total")
+	return []Row{
+		{Scenario: "6 storm", Metric: fmt.Sprintf("%d events on 10 channels: messages out", n), Value: messages, Unit: "messages"},
+		{Scenario: "6 storm", Metric: "time to the last invalidation", Value: elapsed.Seconds(), Unit: "s"},
+	}, nil
+}

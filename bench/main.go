@@ -81,7 +81,7 @@ func main() {
 	for _, r := range rows {
 		ref, ratio := "", ""
 		if r.Reference != "" {
-			ref, ratio = fmt.Sprintf("%s", r.Reference), fmt.Sprintf("%.2f×", r.Ratio)
+			ref, ratio = r.Reference, fmt.Sprintf("%.2f×", r.Ratio)
 		}
 		refv := ""
 		if r.RefValue != 0 {
@@ -291,6 +291,11 @@ func throughput(dir string) ([]Row, error) {
 			return nil, err
 		}
 	}
+	published := time.Since(start)
+	if !waitFor(5*time.Minute, func() bool { return metricSum(s.routerReg, "routerd_events_routed_total") >= float64(n) }) {
+		return nil, fmt.Errorf("only %v of %d routed", metricSum(s.routerReg, "routerd_events_routed_total"), n)
+	}
+	routed := time.Since(start)
 	if !waitFor(5*time.Minute, func() bool { return s.applied() >= float64(n) }) {
 		return nil, fmt.Errorf("only %v of %d applied", s.applied(), n)
 	}
@@ -304,6 +309,8 @@ func throughput(dir string) ([]Row, error) {
 		return nil, err
 	}
 	return []Row{
+		{Scenario: "1 throughput", Metric: "published (PublishBatch of 1,000)", Value: float64(n) / published.Seconds(), Unit: "events/s"},
+		{Scenario: "1 throughput", Metric: "routed (read, published to channels, acknowledged)", Value: float64(n) / routed.Seconds(), Unit: "events/s"},
 		{Scenario: "1 throughput", Metric: fmt.Sprintf("%d events, 100 channels, end to end", n), Value: rate, Unit: "events/s",
 			Reference: "redis-benchmark PUBLISH -P 1", RefValue: p1, Ratio: rate / p1},
 		{Scenario: "1 throughput", Metric: "same", Value: rate, Unit: "events/s",

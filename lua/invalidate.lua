@@ -6,9 +6,13 @@
 -- ARGV[1]   cardinality guard: a larger tag set is refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
 -- ARGV[3]   version of the message
+-- ARGV[4]   '1' for strict order: refuse a version that does not follow the
+--           position (the caller pipelines consecutive versions and must not
+--           skip one whose call failed); '0' lets a recovery jump ahead
 -- Returns {status, keys deleted}; status is SUCCESS, EMPTY_TAG_SET,
--- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged) or DUPLICATE
--- (the position is already at or past this version; nothing done).
+-- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged), DUPLICATE
+-- (the position is already at or past this version; nothing done) or GAP
+-- (strict, and the position is behind the previous version; nothing done).
 local epoch = ARGV[2]
 local version = tonumber(ARGV[3])
 if epoch ~= '' then
@@ -17,6 +21,9 @@ if epoch ~= '' then
     local e, v = string.match(pos, '^(.*):(%d+)$')
     if e == epoch and tonumber(v) >= version then
       return {'DUPLICATE', 0}
+    end
+    if e == epoch and ARGV[4] == '1' and tonumber(v) < version - 1 then
+      return {'GAP', 0}
     end
   end
 end

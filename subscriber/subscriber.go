@@ -121,7 +121,26 @@ type Subscriber struct {
 	// extra are tenants announced or seen beyond the registry read at the
 	// last regroup (sharded, every tenant); owned by the applier.
 	extra map[string]bool
+
+	// While the applier handles a burst of received messages, the messages
+	// that follow their channel's position collect here and are applied in
+	// one pipeline (strictly in order per channel); owned by the applier.
+	batching bool
+	batch    []batched
 }
+
+// batched is a message applied provisionally: its channel's position is
+// already advanced, and goes back to prev if the apply fails.
+type batched struct {
+	channel   string
+	p         *position
+	prev      tagstore.Position
+	prevKnown bool
+	msg       *wire.Message
+}
+
+// maxBatch bounds the messages applied in one pipeline.
+const maxBatch = 256
 
 // interest is what the service listens to, from the matrix.
 type interest struct {
@@ -316,9 +335,9 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 				s.log.Warn("applying coalesced work failed; retrying", "err", err)
 			}
 		case m := <-s.in:
-			if err := s.handle(ctx, m); err != nil && ctx.Err() == nil {
+			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				s.log.Warn("applying a message failed; the next check recovers it", "channel", m.Channel, "err", err)
+				s.log.Warn("applying messages failed; the next check recovers them", "err", err)
 				retry.Reset(time.Second)
 			}
 		case <-s.reconf:
@@ -464,53 +483,147 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 	return p, nil
 }
 
-// applyMessage applies one message that follows the position directly.
+// handleBurst handles a received message and whatever else is already
+// waiting (up to maxBatch), applying the in-order ones in one pipeline.
+func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) error {
+	s.batching = true
+	var errs error
+	msg := first
+	for n := 0; ; n++ {
+		errs = errors.Join(errs, s.handle(ctx, msg))
+		if n+1 >= maxBatch {
+			break
+		}
+		select {
+		case msg = <-s.in:
+			continue
+		default:
+		}
+		break
+	}
+	s.batching = false
+	return errors.Join(errs, s.flushBatch(ctx))
+}
+
+// applyMessage applies one message that follows the position directly — at
+// once, or, while a burst is handled, in the burst's pipeline.
 func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message) error {
-	inv := Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
-	if err := s.invalidate(ctx, inv); err != nil {
+	if s.batching {
+		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.Position, prevKnown: p.known, msg: msg})
+		p.known, p.Position = true, tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+		return nil
+	}
+	if err := s.invalidate(ctx, messageInvalidation(msg)); err != nil {
 		return err
 	}
-	if msg.TS > 0 {
-		s.m.lag.Observe(time.Since(time.UnixMilli(msg.TS)).Seconds())
-	}
+	s.observeLag(msg)
 	p.known, p.Position = true, tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
 	return nil
 }
 
-// invalidate applies an invalidation to the cache Redis (with the position)
-// and then to the Handler.
-func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) (err error) {
-	if inv.Message != nil {
-		ctx = telemetry.Extract(ctx, inv.Message.Traceparent)
+func messageInvalidation(msg *wire.Message) Invalidation {
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+}
+
+func (s *Subscriber) observeLag(msg *wire.Message) {
+	if msg.TS > 0 {
+		s.m.lag.Observe(time.Since(time.UnixMilli(msg.TS)).Seconds())
 	}
-	ctx, span := s.tracer.Start(ctx, "invalidate", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		attribute.String("cache.operation", "bulk_invalidate"), attribute.String("cache.tag", inv.Tag),
-		attribute.String("routerd.tenant", inv.Tenant), attribute.String("routerd.service", s.opt.Service),
-		attribute.Int("cache.keys", len(inv.Keys)), attribute.Int64("routerd.version", inv.Version),
-		attribute.Bool("routerd.recovered", inv.Recovered)))
-	defer func() {
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
+}
+
+// flushBatch applies the collected messages in one pipeline, strictly in
+// order per channel. A channel whose apply fails goes back to the position
+// before it, so the next check replays from there.
+func (s *Subscriber) flushBatch(ctx context.Context) error {
+	if len(s.batch) == 0 {
+		return nil
+	}
+	batch := s.batch
+	s.batch = nil
+	invs := make([]Invalidation, len(batch))
+	for i, b := range batch {
+		invs[i] = messageInvalidation(b.msg)
+	}
+	errs := s.invalidateMany(ctx, invs, true)
+	failed := map[string]bool{}
+	var all error
+	for i, b := range batch {
+		if failed[b.channel] {
+			continue
 		}
-		span.End()
-	}()
+		if errs[i] != nil {
+			failed[b.channel] = true
+			b.p.known, b.p.Position = b.prevKnown, b.prev
+			all = errors.Join(all, fmt.Errorf("%s version %d: %w", b.channel, b.msg.Version, errs[i]))
+			continue
+		}
+		s.observeLag(b.msg)
+	}
+	return all
+}
+
+// invalidate applies one invalidation (after any batched ones, to keep the
+// order): to the cache Redis with the position, then to the Handler.
+func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
+	if err := s.flushBatch(ctx); err != nil {
+		return err
+	}
+	return s.invalidateMany(ctx, []Invalidation{inv}, false)[0]
+}
+
+// invalidateMany applies invalidations in one pipeline on the cache Redis
+// (strict: each version must follow the stored position) and then to the
+// Handler, each in its own span. It returns an error for each.
+func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, strict bool) []error {
+	spans := make([]trace.Span, len(invs))
+	ctxs := make([]context.Context, len(invs))
+	for i, inv := range invs {
+		sctx := ctx
+		if inv.Message != nil {
+			sctx = telemetry.Extract(ctx, inv.Message.Traceparent)
+		}
+		ctxs[i], spans[i] = s.tracer.Start(sctx, "invalidate", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			attribute.String("cache.operation", "bulk_invalidate"), attribute.String("cache.tag", inv.Tag),
+			attribute.String("routerd.tenant", inv.Tenant), attribute.String("routerd.service", s.opt.Service),
+			attribute.Int("cache.keys", len(inv.Keys)), attribute.Int64("routerd.version", inv.Version),
+			attribute.Bool("routerd.recovered", inv.Recovered)))
+	}
+	errs := make([]error, len(invs))
 	if s.store != nil {
-		_, err := s.store.Apply(ctx, tagstore.Invalidation{
-			Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
-			Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version},
-		})
-		if err != nil {
-			return err
+		tinvs := make([]tagstore.Invalidation, len(invs))
+		for i, inv := range invs {
+			tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
+				Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict}
+		}
+		results, serrs := s.store.ApplyMany(ctx, tinvs)
+		for i := range invs {
+			errs[i] = serrs[i]
+			if errs[i] == nil && results[i].Status == tagstore.Gap {
+				errs[i] = errors.New("the cache's position is behind the previous version")
+			}
 		}
 	}
-	if s.opt.Handler != nil {
-		if err := s.opt.Handler(ctx, inv); err != nil {
-			return fmt.Errorf("handler: %w", err)
+	failedTag := map[string]bool{} // after a failure, later ones of the channel wait too
+	for i, inv := range invs {
+		key := inv.Tenant + ":" + inv.Tag
+		if failedTag[key] && errs[i] == nil {
+			errs[i] = errors.New("an earlier version of the channel failed")
 		}
+		if errs[i] == nil && s.opt.Handler != nil {
+			if err := s.opt.Handler(ctxs[i], inv); err != nil {
+				errs[i] = fmt.Errorf("handler: %w", err)
+			}
+		}
+		if errs[i] != nil {
+			failedTag[key] = true
+			spans[i].RecordError(errs[i])
+			spans[i].SetStatus(codes.Error, errs[i].Error())
+		} else {
+			s.m.applied.WithLabelValues(inv.Tag).Inc()
+		}
+		spans[i].End()
 	}
-	s.m.applied.WithLabelValues(inv.Tag).Inc()
-	return nil
+	return errs
 }
 
 // newChannelReplay is the highest version up to which a channel without a

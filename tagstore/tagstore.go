@@ -37,6 +37,7 @@ const (
 	EmptyTagSet         Status = "EMPTY_TAG_SET"
 	CardinalityExceeded Status = "TAG_CARDINALITY_EXCEEDED"
 	Duplicate           Status = "DUPLICATE"
+	Gap                 Status = "GAP" // strict, and the position is behind the previous version
 	Failed              Status = "ERROR"
 )
 
@@ -180,6 +181,10 @@ type Invalidation struct {
 	Keys     []string
 	Service  string
 	Position Position
+	// Strict refuses (status Gap) a version that does not directly follow
+	// the stored position of the same epoch, for callers that pipeline
+	// consecutive versions.
+	Strict bool
 }
 
 // Result says what an invalidation did.
@@ -223,39 +228,20 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 }
 
 func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
-	if err := names.Tenant(inv.Tenant); err != nil {
+	keys, args, err := s.scriptArgs(inv)
+	if err != nil {
 		return Result{}, err
 	}
-	if err := names.Tag(inv.Tag); err != nil {
-		return Result{}, err
-	}
-	tagSet := names.TagSetKey(inv.Tenant, inv.Tag)
-	posKey, epoch := tagSet, ""
-	if inv.Service != "" {
-		if err := names.Service(inv.Service); err != nil {
-			return Result{}, err
-		}
-		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
-			return Result{}, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
-		}
-		posKey, epoch = names.PositionKey(inv.Tenant, inv.Service, inv.Tag), inv.Position.Epoch
-	}
-	keys := make([]string, 0, 2+len(inv.Keys))
-	keys = append(keys, tagSet, posKey)
-	for _, k := range inv.Keys {
-		if err := names.Key(k); err != nil {
-			return Result{}, err
-		}
-		keys = append(keys, s.key(inv.Tenant, k))
-	}
-
 	var res Result
 	for {
-		status, n, err := s.runInvalidate(ctx, keys, epoch, inv.Position.Version)
+		status, n, err := s.runInvalidate(ctx, keys, args)
 		if err != nil {
 			return res, err
 		}
 		if status != CardinalityExceeded {
+			if res.Chunked && status == EmptyTagSet {
+				status = Success // the chunks took it all
+			}
 			res.Status = status
 			res.Deleted += n
 			return res, nil
@@ -263,7 +249,7 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 		// Too large for one call: chunk it down below the guard, then let
 		// the script finish the rest and record the position.
 		res.Chunked = true
-		deleted, err := s.chunk(ctx, tagSet)
+		deleted, err := s.chunk(ctx, keys[0])
 		res.Deleted += deleted
 		if err != nil {
 			return res, err
@@ -271,13 +257,111 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 	}
 }
 
-func (s *Store) runInvalidate(ctx context.Context, keys []string, epoch string, version int64) (Status, int64, error) {
-	v, err := lua.Invalidate.Run(ctx, s.c, keys, s.opt.CardinalityGuard, epoch, version).Slice()
+// scriptArgs validates an invalidation and returns the invalidate script's
+// keys and arguments.
+func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
+	if err := names.Tenant(inv.Tenant); err != nil {
+		return nil, nil, err
+	}
+	if err := names.Tag(inv.Tag); err != nil {
+		return nil, nil, err
+	}
+	tagSet := names.TagSetKey(inv.Tenant, inv.Tag)
+	posKey, epoch := tagSet, ""
+	if inv.Service != "" {
+		if err := names.Service(inv.Service); err != nil {
+			return nil, nil, err
+		}
+		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
+			return nil, nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
+		}
+		posKey, epoch = names.PositionKey(inv.Tenant, inv.Service, inv.Tag), inv.Position.Epoch
+	}
+	keys := make([]string, 0, 2+len(inv.Keys))
+	keys = append(keys, tagSet, posKey)
+	for _, k := range inv.Keys {
+		if err := names.Key(k); err != nil {
+			return nil, nil, err
+		}
+		keys = append(keys, s.key(inv.Tenant, k))
+	}
+	strict := "0"
+	if inv.Strict {
+		strict = "1"
+	}
+	return keys, []any{s.opt.CardinalityGuard, epoch, inv.Position.Version, strict}, nil
+}
+
+// ApplyMany runs several invalidations in one pipeline, in order (a tag
+// above the guard then takes the chunked path on its own). It returns a
+// result and an error for each.
+func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, []error) {
+	start := time.Now()
+	results := make([]Result, len(invs))
+	errs := make([]error, len(invs))
+	args := make([][]any, len(invs))
+	keys := make([][]string, len(invs))
+	for i, inv := range invs {
+		keys[i], args[i], errs[i] = s.scriptArgs(inv)
+	}
+	var cmds []*redis.Cmd
+	run := func() error {
+		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			cmds = make([]*redis.Cmd, len(invs))
+			for i := range invs {
+				if errs[i] == nil {
+					cmds[i] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], args[i]...)
+				}
+			}
+			return nil
+		})
+		return err
+	}
+	_ = run()
+	for _, c := range cmds {
+		if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			// The script cache is empty (restart, failover): load it and run
+			// again; what already ran is now a DUPLICATE.
+			if err := lua.Invalidate.Load(ctx, s.c).Err(); err == nil {
+				_ = run()
+			}
+			break
+		}
+	}
+	took := time.Since(start) / time.Duration(max(1, len(invs)))
+	for i, inv := range invs {
+		if errs[i] != nil {
+			continue
+		}
+		status, n, err := parseReply(keys[i][0], cmds[i])
+		switch {
+		case err != nil:
+			errs[i] = err
+			results[i].Status = Failed
+		case status == CardinalityExceeded:
+			results[i], errs[i] = s.Apply(ctx, inv) // observed there
+			continue
+		default:
+			results[i] = Result{Status: status, Deleted: n}
+		}
+		if s.opt.Observe != nil {
+			s.opt.Observe(inv.Tag, results[i].Status, results[i].Deleted, took)
+		}
+	}
+	return results, errs
+}
+
+func (s *Store) runInvalidate(ctx context.Context, keys []string, args []any) (Status, int64, error) {
+	return parseReply(keys[0], lua.Invalidate.Run(ctx, s.c, keys, args...))
+}
+
+func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
+	v, err := c.Slice()
 	if err != nil {
-		return "", 0, fmt.Errorf("tagstore: invalidate %s: %w", keys[0], err)
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: %w", tagSet, err)
 	}
 	if len(v) != 2 {
-		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", keys[0], v)
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
 	}
 	status, _ := v[0].(string)
 	n, _ := v[1].(int64)

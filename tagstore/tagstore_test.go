@@ -228,3 +228,31 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestApplyManyInOrderAndStrict(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 10})
+	for i := 0; i < 20; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "t"))
+	}
+	inv := func(v int64, keys ...string) tagstore.Invalidation {
+		return tagstore.Invalidation{Tenant: "acme", Tag: "t", Keys: keys, Service: "svc", Position: tagstore.Position{Epoch: "e", Version: v}, Strict: true}
+	}
+	res, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+		inv(1, "k:1"), inv(2, "k:2"), inv(2, "k:3"), inv(4, "k:4"),
+	})
+	want := []tagstore.Status{tagstore.Success, tagstore.Success, tagstore.Duplicate, tagstore.Gap}
+	for i := range want {
+		if errs[i] != nil || res[i].Status != want[i] {
+			t.Errorf("item %d: %+v %v, want %s", i, res[i], errs[i], want[i])
+		}
+	}
+	if exists(t, c, "{tenant:acme}:k:3", "{tenant:acme}:k:4") != 2 {
+		t.Error("a duplicate or a gap deleted keys")
+	}
+	// A whole tag above the guard in a batch takes the chunked path.
+	res, errs = s.ApplyMany(ctx, []tagstore.Invalidation{inv(3)})
+	if errs[0] != nil || res[0].Status != tagstore.Success || !res[0].Chunked {
+		t.Errorf("whole tag in a batch: %+v %v", res[0], errs[0])
+	}
+}

@@ -13,9 +13,11 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -62,9 +64,11 @@ func main() {
 		run  func(dir string) ([]Row, error)
 	}{
 		{"throughput", throughput},
+		{"latency", latency},
 		{"fan-out", fanOut},
 		{"bulk", bulk},
 		{"storm", storm},
+		{"scale", scaleOfSubscriber},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue
@@ -123,6 +127,11 @@ type system struct {
 }
 
 func startSystem(dir, yaml string, services ...string) (*system, error) {
+	return startSystemWith(dir, yaml, nil, services...)
+}
+
+// startSystemWith gives the first service's subscriber a Handler too.
+func startSystemWith(dir, yaml string, handler subscriber.Handler, services ...string) (*system, error) {
 	mtx, err := matrix.Parse("bench.yaml", []byte(yaml))
 	if err != nil {
 		return nil, err
@@ -154,7 +163,11 @@ func startSystem(dir, yaml string, services ...string) (*system, error) {
 			return nil, err
 		}
 		reg := prometheus.NewRegistry()
-		sub, err := subscriber.New(s.busC, subscriber.Options{Service: svc, Matrix: mtx, Cache: cacheC, Registerer: reg, CheckInterval: time.Minute})
+		var h subscriber.Handler
+		if i == 0 {
+			h = handler
+		}
+		sub, err := subscriber.New(s.busC, subscriber.Options{Service: svc, Matrix: mtx, Cache: cacheC, Handler: h, Registerer: reg, CheckInterval: time.Minute})
 		if err != nil {
 			return nil, err
 		}
@@ -471,4 +484,169 @@ func storm(dir string) ([]Row, error) {
 		{Scenario: "6 storm", Metric: fmt.Sprintf("%d events on 10 channels: messages out", n), Value: messages, Unit: "messages"},
 		{Scenario: "6 storm", Metric: "time to the last invalidation", Value: elapsed.Seconds(), Unit: "s"},
 	}, nil
+}
+
+func hundredChannels() string {
+	tenants := make([]string, 100)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("t%d", i)
+	}
+	return fmt.Sprintf("version: 1\n%s\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [%s]}\n",
+		fastLimits, strings.Join(tenants, ", "))
+}
+
+// latency: events published at a fixed rate over 100 channels; the time from
+// the publish call to the keys being gone from the cache (the Handler runs
+// right after the cache script).
+func latency(dir string) ([]Row, error) {
+	var rows []Row
+	for _, perSecond := range []int{1000, 10000} {
+		var mu sync.Mutex
+		applied := map[string]time.Time{}
+		s, err := startSystemWith(dir, hundredChannels(), func(_ context.Context, inv subscriber.Invalidation) error {
+			if inv.Message != nil {
+				now := time.Now()
+				mu.Lock()
+				applied[inv.Message.Event] = now
+				mu.Unlock()
+			}
+			return nil
+		}, "svc")
+		if err != nil {
+			return nil, err
+		}
+		duration := 3 * time.Second
+		if *quick {
+			duration = 500 * time.Millisecond
+		}
+		sent := map[string]time.Time{}
+		ctx := context.Background()
+		start := time.Now()
+		tick := time.NewTicker(time.Millisecond)
+		n := 0
+		for now := range tick.C {
+			if now.Sub(start) > duration {
+				break
+			}
+			// What is due this millisecond goes out in one PublishBatch.
+			due := int(now.Sub(start).Seconds() * float64(perSecond))
+			var batch []wire.Event
+			t0 := time.Now()
+			for ; n < due; n++ {
+				id := fmt.Sprintf("lat-%d", n)
+				sent[id] = t0
+				batch = append(batch, wire.Event{ID: id, Tenant: fmt.Sprintf("t%d", n%100), Domain: "user", Keys: []string{"user:" + id}})
+			}
+			if len(batch) == 0 {
+				continue
+			}
+			if _, err := s.pub.PublishBatch(ctx, batch); err != nil {
+				tick.Stop()
+				s.stop()
+				return nil, err
+			}
+		}
+		tick.Stop()
+		ok := waitFor(time.Minute, func() bool { mu.Lock(); defer mu.Unlock(); return len(applied) >= n })
+		s.stop()
+		if !ok {
+			return nil, fmt.Errorf("latency at %d/s: %d of %d applied", perSecond, len(applied), n)
+		}
+		lat := make([]time.Duration, 0, n)
+		for id, t0 := range sent {
+			lat = append(lat, applied[id].Sub(t0))
+		}
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		q := func(p float64) float64 { return ms(lat[min(len(lat)-1, int(float64(len(lat))*p))]) }
+		name := fmt.Sprintf("2 latency %d/s", perSecond)
+		rows = append(rows,
+			Row{Scenario: name, Metric: fmt.Sprintf("%d events: publish → keys gone, p50", n), Value: q(0.5), Unit: "ms"},
+			Row{Scenario: name, Metric: "p99", Value: q(0.99), Unit: "ms"},
+			Row{Scenario: name, Metric: "p99.9", Value: q(0.999), Unit: "ms"},
+			Row{Scenario: name, Metric: "max", Value: ms(lat[len(lat)-1]), Unit: "ms"},
+		)
+	}
+	return rows, nil
+}
+
+// scaleOfSubscriber: one subscriber of 10,000 tenants × 10 tags (100,000
+// channels): time to subscribe and check every position, time to recover
+// after its pub/sub connection is killed, and memory.
+func scaleOfSubscriber(dir string) ([]Row, error) {
+	tenants := scale(10000)
+	var names []string
+	for i := 0; i < tenants; i++ {
+		names = append(names, fmt.Sprintf("t%d", i))
+	}
+	var tags []string
+	for i := 0; i < 10; i++ {
+		tags = append(tags, fmt.Sprintf("  tag%d: {services: [svc]}", i))
+	}
+	yaml := fmt.Sprintf("version: 1\ntags:\n%s\ndomains:\n  d: {tags: [tag0]}\nservices:\n  svc: {tenants: [%s]}\n", strings.Join(tags, "\n"), strings.Join(names, ", "))
+	mtx, err := matrix.Parse("scale.yaml", []byte(yaml))
+	if err != nil {
+		return nil, err
+	}
+	bus, err := redistest.Launch(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer bus.Stop()
+	cache, err := redistest.Launch(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer cache.Stop()
+	busC := redis.NewClient(&redis.Options{Addr: bus.Addr})
+	defer busC.Close()
+	cacheC := redis.NewClient(&redis.Options{Addr: cache.Addr})
+	defer cacheC.Close()
+	runtime.GC()
+	rssBefore := rss()
+	reg := prometheus.NewRegistry()
+	sub, err := subscriber.New(busC, subscriber.Options{Service: "svc", Matrix: mtx, Cache: cacheC, Registerer: reg, CheckInterval: time.Hour})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	start := time.Now()
+	go func() { defer close(done); _ = sub.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if !waitFor(5*time.Minute, sub.Ready) {
+		return nil, fmt.Errorf("not ready")
+	}
+	ready := time.Since(start)
+	runtime.GC()
+	rssAfter := rss()
+	checks := metricSum(reg, "subscriber_position_checks_total")
+	start = time.Now()
+	if err := busC.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		return nil, err
+	}
+	if !waitFor(5*time.Minute, func() bool { return metricSum(reg, "subscriber_position_checks_total") > checks }) {
+		return nil, fmt.Errorf("no check after the kill")
+	}
+	recovered := time.Since(start)
+	channels := tenants * 10
+	return []Row{
+		{Scenario: "5 scale", Metric: fmt.Sprintf("%d channels: subscribed and positions checked", channels), Value: ready.Seconds(), Unit: "s"},
+		{Scenario: "5 scale", Metric: "pub/sub connection killed → resubscribed and checked", Value: recovered.Seconds(), Unit: "s"},
+		{Scenario: "5 scale", Metric: "resident memory added by the subscriber", Value: float64(rssAfter-rssBefore) / (1 << 20), Unit: "MB"},
+	}, nil
+}
+
+// rss is the process's resident memory in bytes.
+func rss() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/routerd/routerd/names"
@@ -73,7 +74,17 @@ type Matrix struct {
 	GlobalBudget *Budget
 	// Hash is the hex SHA-256 of the source, to tell which matrix is active.
 	Hash string
+
+	// routes caches Routes by domain, then tenant: the lookup on the hot
+	// path allocates nothing once a (tenant, domain) has been seen.
+	mu      sync.RWMutex
+	routes  map[string]map[string][]Route
+	entries int
 }
+
+// maxCachedRoutes bounds the route cache, so a flood of made-up tenants
+// cannot grow it without end; beyond it routes are computed each time.
+const maxCachedRoutes = 200_000
 
 // Load reads and validates the matrix file at path.
 func Load(path string) (*Matrix, error) {
@@ -112,7 +123,35 @@ type Route struct {
 // Routes returns the channels an event of tenant and domain is fanned out to:
 // one per tag of the domain that has at least one service serving the tenant.
 // It returns false when the domain is not in the matrix.
+//
+// The returned slice is shared by every caller: do not modify it.
 func (m *Matrix) Routes(tenant, domain string) ([]Route, bool) {
+	m.mu.RLock()
+	routes, ok := m.routes[domain][tenant]
+	m.mu.RUnlock()
+	if ok {
+		return routes, true
+	}
+	routes, known := m.computeRoutes(tenant, domain)
+	if !known {
+		return nil, false
+	}
+	m.mu.Lock()
+	if m.entries < maxCachedRoutes {
+		if m.routes == nil {
+			m.routes = map[string]map[string][]Route{}
+		}
+		if m.routes[domain] == nil {
+			m.routes[domain] = map[string][]Route{}
+		}
+		m.routes[domain][tenant] = routes
+		m.entries++
+	}
+	m.mu.Unlock()
+	return routes, true
+}
+
+func (m *Matrix) computeRoutes(tenant, domain string) ([]Route, bool) {
 	d, ok := m.Domains[domain]
 	if !ok {
 		return nil, false

@@ -298,6 +298,8 @@ func throughput(dir string) ([]Row, error) {
 		events[i] = wire.Event{Tenant: tenants[i%len(tenants)], Domain: "user", Keys: []string{fmt.Sprintf("user:%d", i)}}
 	}
 	ctx := context.Background()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	start := time.Now()
 	for i := 0; i < n; i += 1000 {
 		if _, err := s.pub.PublishBatch(ctx, events[i:min(i+1000, n)]); err != nil {
@@ -313,6 +315,8 @@ func throughput(dir string) ([]Row, error) {
 		return nil, fmt.Errorf("only %v of %d applied", s.applied(), n)
 	}
 	rate := float64(n) / time.Since(start).Seconds()
+	runtime.ReadMemStats(&m1)
+	allocs := float64(m1.Mallocs-m0.Mallocs) / float64(n)
 	p1, err := redisBenchmark(dir, 1)
 	if err != nil {
 		return nil, err
@@ -328,6 +332,7 @@ func throughput(dir string) ([]Row, error) {
 			Reference: "redis-benchmark PUBLISH -P 1", RefValue: p1, Ratio: rate / p1},
 		{Scenario: "1 throughput", Metric: "same", Value: rate, Unit: "events/s",
 			Reference: "redis-benchmark PUBLISH -P 32", RefValue: p32, Ratio: rate / p32},
+		{Scenario: "1 throughput", Metric: "Go allocations per event (publisher, router and subscriber together)", Value: allocs, Unit: "allocs"},
 	}, nil
 }
 

@@ -271,6 +271,9 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("redis"); err != nil {
 		return err
 	}
+	if err := names.Prefix(*prefix); err != nil {
+		return err
+	}
 	c, err := rf.open()
 	if err != nil {
 		return err

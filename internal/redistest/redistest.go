@@ -232,12 +232,21 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	Eventually(tb, 30*time.Second, "cluster_state:ok on every node", func() bool {
+	// Ready means every node sees the cluster ok and every replica has
+	// synced with its master: a replica that never synced cannot take over.
+	Eventually(tb, 60*time.Second, "cluster_state:ok on every node and every replica in sync", func() bool {
 		for _, n := range c.Nodes {
 			cl := redis.NewClient(&redis.Options{Addr: n.Addr})
 			info, err := cl.ClusterInfo(context.Background()).Result()
+			repl, err2 := cl.Info(context.Background(), "replication").Result()
 			_ = cl.Close()
-			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+			if err != nil || err2 != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+				return false
+			}
+			if strings.Contains(repl, "role:master") && replicas > 0 && !strings.Contains(repl, "connected_slaves:"+strconv.Itoa(replicas)) {
 				return false
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,10 +50,31 @@ var (
 	out   = flag.String("out", "bench-results.json", "where to write the figures")
 	quick = flag.Bool("quick", false, "smaller runs (a smoke test of the harness)")
 	only  = flag.String("only", "", "run only the scenarios whose name contains this")
+	cpu   = flag.String("cpuprofile", "", "write a CPU profile of the run (router, subscriber and publisher are in this process)")
+	mem   = flag.String("memprofile", "", "write an allocation profile at the end of the run")
 )
 
 func main() {
 	flag.Parse()
+	if *cpu != "" {
+		f, err := os.Create(*cpu)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *mem != "" {
+		defer func() {
+			f, err := os.Create(*mem)
+			if err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	dir, err := os.MkdirTemp("", "routerd-bench")
 	if err != nil {
 		fail(err)

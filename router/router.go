@@ -50,6 +50,10 @@ type Options struct {
 	SourceVersionTTL time.Duration
 	// Sharded publishes with SPUBLISH (Redis Cluster) instead of PUBLISH.
 	Sharded bool
+	// ForgetConsumers removes from the consumer group the consumers (other
+	// than this one) that have nothing pending and have been idle this long
+	// (1h), so instances that came and went do not pile up.
+	ForgetConsumers time.Duration
 	// ReplicaTimeout bounds the WAIT for a replica after publishing, on a
 	// master that has one (1s). A message not acknowledged by a replica in
 	// time is published again later (idempotently).
@@ -78,7 +82,7 @@ func (o *Options) setDefaults() error {
 		v   *time.Duration
 		def time.Duration
 	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second},
-		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}} {
+		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour}} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
@@ -389,6 +393,9 @@ func (r *Router) housekeeping(ctx context.Context) error {
 
 	var pending, lag int64
 	for _, stream := range r.streamList() {
+		if err := r.forgetConsumers(ctx, stream); err != nil {
+			return err
+		}
 		groups, err := r.c.XInfoGroups(ctx, stream).Result()
 		if err != nil {
 			return err
@@ -419,6 +426,26 @@ func (r *Router) housekeeping(ctx context.Context) error {
 	}
 	r.m.pending.Set(float64(pending))
 	r.m.lag.Set(float64(lag))
+	return nil
+}
+
+// forgetConsumers deletes the group's consumers that are idle, hold nothing
+// and are not this instance: a deleted consumer with pending entries would
+// lose them, so those are left for XAUTOCLAIM to empty first.
+func (r *Router) forgetConsumers(ctx context.Context, stream string) error {
+	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
+	if err != nil {
+		return err
+	}
+	for _, c := range consumers {
+		if c.Name == r.opt.Consumer || c.Pending > 0 || c.Idle < r.opt.ForgetConsumers {
+			continue
+		}
+		if err := r.c.XGroupDelConsumer(ctx, stream, r.opt.Group, c.Name).Err(); err != nil {
+			return err
+		}
+		r.log.Info("removed an idle consumer from the group", "stream", stream, "consumer", c.Name, "idle", c.Idle)
+	}
 	return nil
 }
 

@@ -407,3 +407,26 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// Consumers of instances that went away, with nothing pending, are removed
+// from the group; one with pending entries is kept until they are claimed.
+func TestIdleConsumersForgotten(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	_, stop := e.router(router.Options{Consumer: "gone"})
+	stop()
+	e.router(router.Options{Consumer: "alive", ForgetConsumers: time.Millisecond})
+	stream := wire.IngressStream("invalidate", 0)
+	redistest.Eventually(t, 10*time.Second, "consumer gone removed", func() bool {
+		cs, err := e.busC.XInfoConsumers(ctx, stream, "routerd").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if c.Name == "gone" {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -102,12 +102,14 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			continue
 		}
 		e.remaining.Store(int32(len(e.routes)))
-		_, span := r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
-			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-				attribute.String("routerd.tenant", e.ev.Tenant), attribute.String("routerd.domain", e.ev.Domain),
-				attribute.String("routerd.event", e.eventID), attribute.Int("routerd.channels", len(e.routes))))
-		e.span = span.SpanContext()
-		span.End()
+		if r.tracing {
+			_, span := r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
+				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+					attribute.String("routerd.tenant", e.ev.Tenant), attribute.String("routerd.domain", e.ev.Domain),
+					attribute.String("routerd.event", e.eventID), attribute.Int("routerd.channels", len(e.routes))))
+			e.span = span.SpanContext()
+			span.End()
+		}
 		if len(e.routes) == 0 {
 			ack = append(ack, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
@@ -286,8 +288,14 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 		cmd = "SPUBLISH"
 	}
 	epoch := newEpoch()
+	// With tracing on, each message gets a "channel publish" span, whose
+	// context the message carries; off, the event's traceparent passes on.
 	spans := make([]trace.Span, len(out))
 	for i, o := range out {
+		if !r.tracing {
+			spans[i] = noopSpan
+			continue
+		}
 		pctx := trace.ContextWithSpanContext(ctx, o.entries[0].span)
 		var span trace.Span
 		pctx, span = r.tracer.Start(pctx, "channel publish", trace.WithSpanKind(trace.SpanKindProducer),
@@ -485,6 +493,9 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 	}
 	return nil
 }
+
+// noopSpan stands in for a span when tracing is off.
+var noopSpan = trace.SpanFromContext(context.Background())
 
 func toInt64(v any) int64 {
 	n, _ := v.(int64)

@@ -107,15 +107,16 @@ func (o *Options) setDefaults() error {
 
 // Router routes ingress events to channels. Create it with New and run it with Run.
 type Router struct {
-	c      redis.UniversalClient
-	opt    Options
-	log    *slog.Logger
-	m      *metrics
-	matrix atomic.Pointer[matrix.Matrix]
-	prefix string
-	ready  atomic.Bool
-	co     *coalescer
-	tracer trace.Tracer
+	c       redis.UniversalClient
+	opt     Options
+	log     *slog.Logger
+	m       *metrics
+	matrix  atomic.Pointer[matrix.Matrix]
+	prefix  string
+	ready   atomic.Bool
+	co      *coalescer
+	tracer  trace.Tracer
+	tracing bool // spans are recorded; when off, events' traceparents pass through as they are
 	// Before an ingress entry is acknowledged its messages are made durable
 	// on their master (WAIT 1 where it has a replica), and every publish
 	// carries the master's replication id, so a promoted replica (which may
@@ -144,6 +145,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r.co = newCoalescer(r)
 	r.shards.C = c
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
+	r.tracing = telemetry.Enabled(opt.TracerProvider)
 	return r, nil
 }
 

@@ -96,12 +96,13 @@ type Options struct {
 
 // Subscriber applies a service's invalidations. Create it with New, run it with Run.
 type Subscriber struct {
-	bus    redis.UniversalClient
-	store  *tagstore.Store
-	opt    Options
-	log    *slog.Logger
-	m      *metrics
-	tracer trace.Tracer
+	bus     redis.UniversalClient
+	store   *tagstore.Store
+	opt     Options
+	log     *slog.Logger
+	m       *metrics
+	tracer  trace.Tracer
+	tracing bool
 
 	prefix string
 
@@ -252,7 +253,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{},
-		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"),
+		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	if opt.ApplyRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
@@ -575,12 +576,18 @@ func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
 // (strict: each version must follow the stored position) and then to the
 // Handler, each in its own span. It returns an error for each.
 func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, strict bool) []error {
+	// Spans only when tracing is on; the Handler gets the message's trace
+	// context either way, so an in-process cache can continue the trace.
 	spans := make([]trace.Span, len(invs))
 	ctxs := make([]context.Context, len(invs))
 	for i, inv := range invs {
 		sctx := ctx
-		if inv.Message != nil {
+		if inv.Message != nil && (s.tracing || s.opt.Handler != nil) {
 			sctx = telemetry.Extract(ctx, inv.Message.Traceparent)
+		}
+		if !s.tracing {
+			ctxs[i], spans[i] = sctx, trace.SpanFromContext(sctx)
+			continue
 		}
 		ctxs[i], spans[i] = s.tracer.Start(sctx, "invalidate", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 			attribute.String("cache.operation", "bulk_invalidate"), attribute.String("cache.tag", inv.Tag),

@@ -118,6 +118,16 @@ func Extract(ctx context.Context, traceparent string) context.Context {
 	return propagator.Extract(ctx, propagation.MapCarrier{"traceparent": traceparent})
 }
 
+// Enabled reports whether tp records spans: false for nil and the no-op
+// provider, so hot paths can skip span work when tracing is off.
+func Enabled(tp trace.TracerProvider) bool {
+	if tp == nil {
+		return false
+	}
+	_, off := tp.(noop.TracerProvider)
+	return !off
+}
+
 // Tracer returns the named tracer of tp, or a no-op one when tp is nil.
 func Tracer(tp trace.TracerProvider, name string) trace.Tracer {
 	if tp == nil {

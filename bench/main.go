@@ -322,6 +322,16 @@ func throughput(dir string) ([]Row, error) {
 	ctx := context.Background()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	bus0, err := serverStats(ctx, s.busC)
+	if err != nil {
+		return nil, err
+	}
+	cacheC := redis.NewClient(&redis.Options{Addr: s.cache.Addr})
+	defer cacheC.Close()
+	cache0, err := serverStats(ctx, cacheC)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	for i := 0; i < n; i += 1000 {
 		if _, err := s.pub.PublishBatch(ctx, events[i:min(i+1000, n)]); err != nil {
@@ -339,6 +349,15 @@ func throughput(dir string) ([]Row, error) {
 	rate := float64(n) / time.Since(start).Seconds()
 	runtime.ReadMemStats(&m1)
 	allocs := float64(m1.Mallocs-m0.Mallocs) / float64(n)
+	bus1, err := serverStats(ctx, s.busC)
+	if err != nil {
+		return nil, err
+	}
+	cache1, err := serverStats(ctx, cacheC)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "bus Redis commands per event: %s\n", bus1.callsSince(bus0, n))
 	p1, err := redisBenchmark(dir, 1)
 	if err != nil {
 		return nil, err
@@ -355,7 +374,58 @@ func throughput(dir string) ([]Row, error) {
 		{Scenario: "1 throughput", Metric: "same", Value: rate, Unit: "events/s",
 			Reference: "redis-benchmark PUBLISH -P 32", RefValue: p32, Ratio: rate / p32},
 		{Scenario: "1 throughput", Metric: "Go allocations per event (publisher, router and subscriber together)", Value: allocs, Unit: "allocs"},
+		{Scenario: "1 throughput", Metric: "bus Redis CPU per event", Value: (bus1.cpu - bus0.cpu) / float64(n) * 1e6, Unit: "µs"},
+		{Scenario: "1 throughput", Metric: "cache Redis CPU per event", Value: (cache1.cpu - cache0.cpu) / float64(n) * 1e6, Unit: "µs"},
 	}, nil
+}
+
+// stats is what INFO tells of a server's work so far.
+type stats struct {
+	cpu   float64          // seconds of CPU, user + system
+	calls map[string]int64 // command -> calls, scripts' inner commands included
+}
+
+func serverStats(ctx context.Context, c *redis.Client) (stats, error) {
+	info, err := c.Info(ctx, "cpu", "commandstats").Result()
+	if err != nil {
+		return stats{}, err
+	}
+	st := stats{calls: map[string]int64{}}
+	callsRE := regexp.MustCompile(`^cmdstat_([a-z|]+):calls=([0-9]+)`)
+	for _, line := range strings.Split(info, "\r\n") {
+		k, v, _ := strings.Cut(line, ":")
+		switch k {
+		case "used_cpu_sys", "used_cpu_user":
+			f, _ := strconv.ParseFloat(v, 64)
+			st.cpu += f
+		}
+		if m := callsRE.FindStringSubmatch(line); m != nil {
+			st.calls[m[1]], _ = strconv.ParseInt(m[2], 10, 64)
+		}
+	}
+	return st, nil
+}
+
+// callsSince lists the commands run since before, per event, busiest first.
+func (st stats) callsSince(before stats, events int) string {
+	type kv struct {
+		cmd string
+		n   int64
+	}
+	var all []kv
+	var total int64
+	for cmd, n := range st.calls {
+		if d := n - before.calls[cmd]; d > 0 {
+			all = append(all, kv{cmd, d})
+			total += d
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].n > all[j].n })
+	parts := []string{fmt.Sprintf("%.2f in all", float64(total)/float64(events))}
+	for _, e := range all {
+		parts = append(parts, fmt.Sprintf("%s %.3f", e.cmd, float64(e.n)/float64(events)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // fanOut: one event to 10 tags × 3 services (30 invalidations).

@@ -1,53 +1,80 @@
--- Publish one invalidation message on a channel, idempotently per event id.
--- KEYS[1]   {<channel>}:meta     hash: epoch, version
--- KEYS[2]   {<channel>}:history  stream of the last messages, entry id = <version>-0
--- KEYS[3]   {<channel>}:events   sorted set: event id -> version, as long as the history
--- ARGV[1]   channel name
--- ARGV[2]   event id
--- ARGV[3]   message JSON without epoch and version, starting with ',' and without the closing '}'
--- ARGV[4]   history length to keep
--- ARGV[5]   epoch to start when the channel has none (random hex from the caller)
--- ARGV[6]   'PUBLISH' or 'SPUBLISH'
--- ARGV[7]   replication id of this master ('' when unknown)
--- ARGV[8..] ids of further events merged into this message (coalescing), at most 1000
--- Returns {version, epoch, duplicate} where duplicate is 1 when every event
--- id was already published on this channel (nothing is sent again).
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'replid')
-local epoch = meta[1]
-if epoch and ARGV[7] ~= '' and meta[2] and meta[2] ~= ARGV[7] then
-  -- The meta was written under another master's history: this is a promoted
-  -- replica, which may lack the last versions. Versions could repeat, so
-  -- start a new epoch; subscribers treat it as a gap.
-  epoch = false
+-- Publish invalidation messages on one or more channels, each idempotently
+-- per event id, in one call. Every channel takes three keys:
+-- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
+-- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
+-- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, as long as the history
+-- ARGV[1]    'PUBLISH' or 'SPUBLISH'
+-- ARGV[2]    replication id of this master ('' when unknown)
+-- ARGV[3]    epoch to start on a channel that has none (random hex from the caller)
+-- Then, for each channel in KEYS order:
+--   channel name, history length to keep, number of messages m;
+--   and for each of its m messages, in order:
+--     number of event ids k (1..1001; more than one when events were coalesced),
+--     the k event ids (the first is the message's event),
+--     message JSON without epoch and version, starting with ',' and without the closing '}'
+-- Returns, for each message in order, its version and 1 when every event id
+-- of it was already published on the channel (nothing is sent again; the
+-- version is the one it was published with), else 0.
+local cmd, replid, fresh = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local a = 4
+for c = 1, #KEYS, 3 do
+  local metaKey, historyKey, eventsKey = KEYS[c], KEYS[c + 1], KEYS[c + 2]
+  local channel, keep, m = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version')
+  local epoch, version = meta[1], tonumber(meta[3])
+  if epoch and replid ~= '' and meta[2] and meta[2] ~= replid then
+    -- The meta was written under another master's history: this is a
+    -- promoted replica, which may lack the last versions. Versions could
+    -- repeat, so start a new epoch; subscribers treat it as a gap.
+    epoch = false
+  end
+  if not epoch or not version then
+    -- No meta: the channel is new, or Redis lost it. Start a new epoch and
+    -- drop whatever history and event ids survived from the old one.
+    epoch, version = fresh, 0
+    redis.call('DEL', historyKey, eventsKey)
+    redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid)
+  elseif not meta[2] and replid ~= '' then
+    redis.call('HSET', metaKey, 'replid', replid)
+  end
+  local published = false
+  for _ = 1, m do
+    local k = tonumber(ARGV[a])
+    local first, last = a + 1, a + k
+    local body = ARGV[a + k + 1]
+    a = a + k + 2
+    -- Idempotency: the ids not seen yet are recorded with the next version;
+    -- when none was new, the message was published before.
+    local added = 0
+    for i = first, last, 500 do
+      local pairs = {}
+      for j = i, math.min(i + 499, last) do
+        pairs[#pairs + 1] = version + 1
+        pairs[#pairs + 1] = ARGV[j]
+      end
+      added = added + redis.call('ZADD', eventsKey, 'NX', unpack(pairs))
+    end
+    if added == 0 then
+      out[#out + 1] = tonumber(redis.call('ZSCORE', eventsKey, ARGV[first]))
+      out[#out + 1] = 1
+    else
+      version = version + 1
+      local msg = '{"epoch":"' .. epoch .. '","version":' .. version .. body .. '}'
+      redis.call('XADD', historyKey, 'MAXLEN', '~', keep, version .. '-0', 'm', msg)
+      redis.call(cmd, channel, msg)
+      out[#out + 1] = version
+      out[#out + 1] = 0
+      published = true
+    end
+  end
+  if published then
+    redis.call('HSET', metaKey, 'version', version)
+    local n = redis.call('ZCARD', eventsKey)
+    if n > keep then
+      redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - keep - 1)
+    end
+  end
 end
-if not epoch then
-  -- No meta: the channel is new, or Redis lost it. Start a new epoch and drop
-  -- whatever history and event ids survived from the old one.
-  epoch = ARGV[5]
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', 0, 'replid', ARGV[7])
-elseif not meta[2] and ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'replid', ARGV[7])
-end
-local seen = redis.call('ZSCORE', KEYS[3], ARGV[2])
-for i = 8, #ARGV do
-  if not seen then break end
-  seen = redis.call('ZSCORE', KEYS[3], ARGV[i])
-end
-if seen then
-  return {tonumber(seen), epoch, 1}
-end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local msg = '{"epoch":"' .. epoch .. '","version":' .. version .. ARGV[3] .. '}'
-local keep = tonumber(ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', keep, version .. '-0', 'm', msg)
-redis.call('ZADD', KEYS[3], version, ARGV[2])
-for i = 8, #ARGV do
-  redis.call('ZADD', KEYS[3], version, ARGV[i])
-end
-local n = redis.call('ZCARD', KEYS[3])
-if n > keep then
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, n - keep - 1)
-end
-redis.call(ARGV[6], ARGV[1], msg)
-return {version, epoch, 0}
+return out

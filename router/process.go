@@ -306,15 +306,15 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			o.msg.Traceparent = tp
 		}
 	}
-	cmds := r.publishDurably(ctx, out, epoch, cmd)
+	results := r.publishDurably(ctx, out, epoch, cmd)
 	var done []*entry
 	for i, o := range out {
-		res, err := cmds[i].Slice()
-		ok := err == nil && len(res) == 3
+		res := results[i]
+		ok := res.err == nil
 		if !ok {
-			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", err)
-			spans[i].SetStatus(codes.Error, fmt.Sprint(err))
-		} else if dup, _ := res[2].(int64); dup == 1 {
+			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
+			spans[i].SetStatus(codes.Error, res.err.Error())
+		} else if res.duplicate {
 			r.m.duplicates.Inc()
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		} else {
@@ -322,7 +322,7 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			if o.msg.TS > 0 {
 				r.m.publishLag.Observe(time.Since(time.UnixMilli(o.msg.TS)).Seconds())
 			}
-			spans[i].SetAttributes(attribute.Int64("routerd.version", toInt64(res[0])))
+			spans[i].SetAttributes(attribute.Int64("routerd.version", res.version))
 		}
 		spans[i].End()
 		for _, e := range o.entries {
@@ -398,42 +398,57 @@ func runScripts(ctx context.Context, c scripter, build func(redis.Pipeliner) []*
 	}
 }
 
+// published is the outcome of one channel message's publish.
+type published struct {
+	version   int64
+	duplicate bool // every event id of it was published before; nothing sent
+	err       error
+}
+
+// Bounds of one publish script call: it blocks its Redis while it runs, so
+// it takes a bounded number of messages (a few microseconds each).
+const (
+	maxCallMessages = 100
+	maxCallArgs     = 4000
+)
+
 // publishDurably publishes the messages, one pipeline per master (run side
 // by side), each with the master's replication id and, where the master has
 // a replica, ending with WAIT 1: a message counts as published only when a
 // replica has it too. It returns one result per message.
-func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd string) []*redis.Cmd {
-	results := make([]*redis.Cmd, len(out))
-	fail := func(i int, err error) {
-		results[i] = redis.NewCmd(ctx)
-		results[i].SetErr(err)
-	}
+func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd string) []published {
+	results := make([]published, len(out))
 	groups := map[*shard.Shard][]int{}
 	for i, o := range out {
 		sh, err := r.shards.Of(ctx, o.route.Channel)
 		if err != nil {
-			fail(i, err)
+			results[i].err = err
 			continue
 		}
 		groups[sh] = append(groups[sh], i)
 	}
+	_, cluster := r.c.(*redis.ClusterClient)
 	var wg sync.WaitGroup
 	for sh, idx := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			fail := func(err error) {
+				for _, i := range idx {
+					results[i].err = err
+				}
+			}
 			replid, replicas, err := sh.Info(ctx)
 			if err != nil {
-				for _, i := range idx {
-					fail(i, err)
-				}
+				fail(err)
 				return
 			}
+			calls := publishCalls(out, idx, cluster)
 			var wait *redis.IntCmd
-			cmds, _ := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
-				all := make([]*redis.Cmd, len(idx))
-				for j, i := range idx {
-					all[j] = r.publishCmd(ctx, pipe, out[i], epoch, cmd, replid)
+			cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
+				all := make([]*redis.Cmd, len(calls))
+				for j, call := range calls {
+					all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd, replid)
 				}
 				wait = nil
 				if replicas > 0 {
@@ -442,6 +457,10 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 				}
 				return all
 			})
+			if err != nil {
+				sh.Forget() // a failover, a moved slot: look again next time
+				r.shards.Moved(ctx)
+			}
 			var waitErr error
 			if wait != nil {
 				if n, err := wait.Result(); err != nil || n < 1 {
@@ -449,17 +468,25 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 					sh.Forget() // the replica may be gone: look again
 				}
 			}
-			for j, i := range idx {
-				c := cmds[j]
-				if c.Err() != nil {
-					sh.Forget() // a failover, a moved slot: look again next time
-					r.shards.Moved(ctx)
+			for j, call := range calls {
+				res, err := cmds[j].Int64Slice()
+				if err == nil && len(res) != 2*call.messages {
+					err = fmt.Errorf("publish script: %d results for %d messages", len(res), call.messages)
 				}
-				if waitErr != nil && c.Err() == nil {
-					fail(i, waitErr)
-					continue
+				if err == nil {
+					err = waitErr
 				}
-				results[i] = c
+				k := 0
+				for _, channel := range call.channels {
+					for _, i := range channel {
+						if err != nil {
+							results[i].err = err
+						} else {
+							results[i] = published{version: res[k], duplicate: res[k+1] == 1}
+						}
+						k += 2
+					}
+				}
 			}
 		}()
 	}
@@ -467,22 +494,90 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 	return results
 }
 
-// publishCmd queues one channel message's publish script.
-func (r *Router) publishCmd(ctx context.Context, pipe redis.Pipeliner, o *outgoing, epoch, cmd, replid string) *redis.Cmd {
-	body, err := wire.MessageBody(&o.msg)
-	if err != nil { // cannot happen for validated fields
-		c := redis.NewCmd(ctx)
-		c.SetErr(err)
-		return c
+// publishCall is one publish script call: indexes of out, by channel.
+type publishCall struct {
+	channels [][]int
+	messages int
+}
+
+// publishCalls splits one master's messages into script calls of bounded
+// size. A channel's messages keep their order (across calls too: a pipeline
+// runs in order). On a cluster a call holds one channel, whose keys share a
+// slot; on one server it holds as many channels as fit.
+func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
+	// Group by channel, in the order channels first appear.
+	order := map[string]int{}
+	var byChannel [][]int
+	for _, i := range idx {
+		ch := out[i].route.Channel
+		j, ok := order[ch]
+		if !ok {
+			j = len(byChannel)
+			order[ch] = j
+			byChannel = append(byChannel, nil)
+		}
+		byChannel[j] = append(byChannel[j], i)
 	}
-	args := make([]any, 0, 7+len(o.ids)-1)
-	args = append(args, o.route.Channel, o.ids[0], body, o.route.Limits.History, epoch, cmd, replid)
-	for _, id := range o.ids[1:] {
-		args = append(args, id)
+	var calls []publishCall
+	var cur publishCall
+	args := 0
+	flush := func() {
+		if cur.messages > 0 {
+			calls = append(calls, cur)
+		}
+		cur, args = publishCall{}, 0
 	}
-	return lua.Publish.EvalSha(ctx, pipe,
-		[]string{names.MetaKey(o.route.Channel), names.HistoryKey(o.route.Channel), names.EventsKey(o.route.Channel)},
-		args...)
+	for _, msgs := range byChannel {
+		if cluster {
+			flush()
+		}
+		open := false // msgs has a group in cur
+		for _, i := range msgs {
+			cost := 2 + len(out[i].ids)
+			if cur.messages > 0 && (cur.messages >= maxCallMessages || args+cost+3 > maxCallArgs) {
+				flush()
+				open = false
+			}
+			if !open {
+				cur.channels = append(cur.channels, nil)
+				args += 3
+				open = true
+			}
+			last := len(cur.channels) - 1
+			cur.channels[last] = append(cur.channels[last], i)
+			cur.messages++
+			args += cost
+		}
+	}
+	flush()
+	return calls
+}
+
+// publishCmd queues one publish script call.
+func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd, replid string) *redis.Cmd {
+	keys := make([]string, 0, 3*len(call.channels))
+	args := make([]any, 0, 3+3*len(call.channels)+3*call.messages)
+	args = append(args, cmd, replid, epoch)
+	for _, channel := range call.channels {
+		rt := out[channel[0]].route
+		keys = append(keys, names.MetaKey(rt.Channel), names.HistoryKey(rt.Channel), names.EventsKey(rt.Channel))
+		args = append(args, rt.Channel, rt.Limits.History, len(channel))
+		for _, i := range channel {
+			o := out[i]
+			body, err := wire.MessageBody(&o.msg)
+			if err != nil { // cannot happen for validated fields
+				c := redis.NewCmd(ctx)
+				c.SetErr(err)
+				return c
+			}
+			args = append(args, len(o.ids))
+			for _, id := range o.ids {
+				args = append(args, id)
+			}
+			args = append(args, body)
+		}
+	}
+	return lua.Publish.EvalSha(ctx, pipe, keys, args...)
 }
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
@@ -496,8 +591,3 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
-
-func toInt64(v any) int64 {
-	n, _ := v.(int64)
-	return n
-}

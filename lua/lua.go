@@ -17,6 +17,8 @@ var (
 	publishSrc string
 	//go:embed invalidate.lua
 	invalidateSrc string
+	//go:embed invalidate_keys.lua
+	invalidateKeysSrc string
 	//go:embed chunk.lua
 	chunkSrc string
 	//go:embed set.lua
@@ -32,6 +34,8 @@ var (
 	Publish = redis.NewScript(publishSrc)
 	// Invalidate deletes keys or a whole tag and records the position.
 	Invalidate = redis.NewScript(invalidateSrc)
+	// InvalidateKeys applies runs of key-level invalidations in one call.
+	InvalidateKeys = redis.NewScript(invalidateKeysSrc)
 	// Chunk deletes one batch of a large tag.
 	Chunk = redis.NewScript(chunkSrc)
 	// Set stores a value and registers its key under tags.

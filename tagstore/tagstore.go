@@ -292,9 +292,11 @@ func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
 	return keys, []any{s.opt.CardinalityGuard, epoch, inv.Position.Version, strict}, nil
 }
 
-// ApplyMany runs several invalidations in one pipeline, in order (a tag
-// above the guard then takes the chunked path on its own). It returns a
-// result and an error for each.
+// ApplyMany runs several invalidations in one pipeline, in order per tag
+// (a tag above the guard then takes the chunked path on its own). Runs of
+// key-level invalidations go in batched script calls — on a cluster, one
+// tenant's per call, as they share a slot. It returns a result and an error
+// for each.
 func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, []error) {
 	start := time.Now()
 	results := make([]Result, len(invs))
@@ -304,13 +306,17 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 	for i, inv := range invs {
 		keys[i], args[i], errs[i] = s.scriptArgs(inv)
 	}
+	calls := s.applyCalls(invs, keys, errs)
 	var cmds []*redis.Cmd
 	run := func() error {
 		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			cmds = make([]*redis.Cmd, len(invs))
-			for i := range invs {
-				if errs[i] == nil {
-					cmds[i] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], args[i]...)
+			cmds = make([]*redis.Cmd, len(calls))
+			for j, call := range calls {
+				if call.single {
+					i := call.groups[0].invs[0]
+					cmds[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], args[i]...)
+				} else {
+					cmds[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs, args)...)
 				}
 			}
 			return nil
@@ -319,36 +325,178 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 	}
 	_ = run()
 	for _, c := range cmds {
-		if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
 			// The script cache is empty (restart, failover): load it and run
 			// again; what already ran is now a DUPLICATE.
-			if err := lua.Invalidate.Load(ctx, s.c).Err(); err == nil {
+			if lua.Invalidate.Load(ctx, s.c).Err() == nil && lua.InvalidateKeys.Load(ctx, s.c).Err() == nil {
 				_ = run()
 			}
 			break
 		}
 	}
 	took := time.Since(start) / time.Duration(max(1, len(invs)))
+	for j, call := range calls {
+		replies, err := call.replies(keys, cmds[j])
+		n := 0
+		for _, g := range call.groups {
+			for _, i := range g.invs {
+				switch {
+				case err != nil:
+					errs[i] = err
+					results[i].Status = Failed
+				case replies[n].status == CardinalityExceeded:
+					results[i], errs[i] = s.Apply(ctx, invs[i]) // observed there
+					n++
+					continue
+				default:
+					results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
+				}
+				n++
+				if s.opt.Observe != nil {
+					s.opt.Observe(invs[i].Tag, results[i].Status, results[i].Deleted, took)
+				}
+			}
+		}
+	}
+	return results, errs
+}
+
+// Bounds of one batched invalidate call, which blocks its Redis while it runs.
+const (
+	maxCallInvalidations = 100
+	maxCallKeys          = 4000
+)
+
+// applyCall is one script call of ApplyMany: a whole-tag (or very large)
+// invalidation on its own, or groups of key-level ones, each group one tag
+// and position.
+type applyCall struct {
+	single   bool
+	groups   []applyGroup
+	n, nkeys int
+}
+
+type applyGroup struct {
+	invs []int // indexes into ApplyMany's invalidations, in order
+}
+
+// applyCalls plans ApplyMany's script calls in pipeline order. A channel's
+// invalidations keep their order: before a whole-tag one runs, the open
+// call holding earlier ones of its tenant is closed (and queued first).
+func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) []applyCall {
+	var calls []applyCall
+	open := map[string]*applyCall{} // by slot group: the tenant on a cluster, else ""
+	var order []string              // open calls, in the order they were opened
+	closeCall := func(group string) {
+		if c := open[group]; c != nil {
+			calls = append(calls, *c)
+			delete(open, group)
+		}
+	}
 	for i, inv := range invs {
 		if errs[i] != nil {
 			continue
 		}
-		status, n, err := parseReply(keys[i][0], cmds[i])
-		switch {
-		case err != nil:
-			errs[i] = err
-			results[i].Status = Failed
-		case status == CardinalityExceeded:
-			results[i], errs[i] = s.Apply(ctx, inv) // observed there
-			continue
-		default:
-			results[i] = Result{Status: status, Deleted: n}
+		group := ""
+		if s.cluster {
+			group = inv.Tenant
 		}
-		if s.opt.Observe != nil {
-			s.opt.Observe(inv.Tag, results[i].Status, results[i].Deleted, took)
+		nkeys := len(keys[i]) - 2
+		if nkeys == 0 || nkeys > maxCallKeys/2 {
+			closeCall(group)
+			calls = append(calls, applyCall{single: true, groups: []applyGroup{{invs: []int{i}}}, n: 1})
+			continue
+		}
+		c := open[group]
+		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+2 > maxCallKeys) {
+			closeCall(group)
+			c = nil
+		}
+		if c == nil {
+			c = &applyCall{}
+			open[group] = c
+			order = append(order, group)
+		}
+		// Join the last group of the same tag, position and mode in this
+		// call when it is the tag's last group; else start a group.
+		joined := false
+		for g := len(c.groups) - 1; g >= 0; g-- {
+			last := invs[c.groups[g].invs[0]]
+			if last.Tenant != inv.Tenant || last.Tag != inv.Tag || last.Service != inv.Service {
+				continue
+			}
+			if last.Position.Epoch == inv.Position.Epoch && last.Strict == inv.Strict {
+				c.groups[g].invs = append(c.groups[g].invs, i)
+				joined = true
+			}
+			break
+		}
+		if !joined {
+			c.groups = append(c.groups, applyGroup{invs: []int{i}})
+			c.nkeys += 2
+		}
+		c.n++
+		c.nkeys += nkeys
+	}
+	for _, group := range order {
+		closeCall(group)
+	}
+	return calls
+}
+
+// keys are the batched call's KEYS: per group the tag set and position key,
+// then every invalidation's cache keys.
+func (c applyCall) keys(keys [][]string) []string {
+	out := make([]string, 0, c.nkeys)
+	for _, g := range c.groups {
+		out = append(out, keys[g.invs[0]][:2]...)
+		for _, i := range g.invs {
+			out = append(out, keys[i][2:]...)
 		}
 	}
-	return results, errs
+	return out
+}
+
+// args are the batched call's ARGV: per group the epoch, the strict flag and
+// the count, then each invalidation's version and number of keys.
+func (c applyCall) args(invs []Invalidation, args [][]any) []any {
+	out := make([]any, 0, 3*len(c.groups)+2*c.n)
+	for _, g := range c.groups {
+		first := args[g.invs[0]] // guard, epoch, version, strict
+		out = append(out, first[1], first[3], len(g.invs))
+		for _, i := range g.invs {
+			out = append(out, invs[i].Position.Version, len(invs[i].Keys))
+		}
+	}
+	return out
+}
+
+type reply struct {
+	status  Status
+	deleted int64
+}
+
+// replies reads a call's outcome, one per invalidation.
+func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
+	first := keys[c.groups[0].invs[0]][0]
+	if c.single {
+		status, n, err := parseReply(first, cmd)
+		return []reply{{status, n}}, err
+	}
+	v, err := cmd.Slice()
+	if err != nil {
+		return nil, fmt.Errorf("tagstore: invalidate %s and more: %w", first, err)
+	}
+	if len(v) != 2*c.n {
+		return nil, fmt.Errorf("tagstore: invalidate %s and more: %d replies for %d invalidations", first, len(v)/2, c.n)
+	}
+	out := make([]reply, c.n)
+	for i := range out {
+		status, _ := v[2*i].(string)
+		n, _ := v[2*i+1].(int64)
+		out[i] = reply{Status(status), n}
+	}
+	return out, nil
 }
 
 func (s *Store) runInvalidate(ctx context.Context, keys []string, args []any) (Status, int64, error) {

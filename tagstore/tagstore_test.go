@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -255,4 +258,106 @@ func TestApplyManyInOrderAndStrict(t *testing.T) {
 	if errs[0] != nil || res[0].Status != tagstore.Success || !res[0].Chunked {
 		t.Errorf("whole tag in a batch: %+v %v", res[0], errs[0])
 	}
+}
+
+// ApplyMany batches runs of key-level invalidations into one script call; it
+// must do exactly what applying them one by one does.
+func TestApplyManyMatchesOneByOne(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	batchC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 0})
+	singleC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 1})
+	t.Cleanup(func() { batchC.Close(); singleC.Close() })
+	batch, err := tagstore.New(batchC, tagstore.Options{})
+	must(t, err)
+	single, err := tagstore.New(singleC, tagstore.Options{})
+	must(t, err)
+
+	rnd := rand.New(rand.NewPCG(1, 2))
+	tenants, tags := []string{"acme", "globex"}, []string{"a", "b", "c"}
+	for _, s := range []*tagstore.Store{batch, single} {
+		for i := 0; i < 300; i++ {
+			tenant := tenants[i%2]
+			must(t, s.Set(ctx, tenant, fmt.Sprintf("k:%d", i), []byte("v"), 0, tags[i%3], tags[(i/3)%3]))
+		}
+	}
+	// 400 invalidations over six channels: mostly the next version, some
+	// repeated, some skipping one, some in a new epoch, a few whole-tag.
+	type channel struct {
+		epoch   string
+		version int64
+	}
+	state := map[string]*channel{}
+	var invs []tagstore.Invalidation
+	for len(invs) < 400 {
+		tenant, tag := tenants[rnd.IntN(2)], tags[rnd.IntN(3)]
+		ch := state[tenant+tag]
+		if ch == nil {
+			ch = &channel{epoch: "e1"}
+			state[tenant+tag] = ch
+		}
+		switch r := rnd.IntN(20); {
+		case r == 0:
+			ch.version-- // a repeat
+		case r == 1:
+			ch.version++ // a gap
+		case r == 2:
+			ch.epoch, ch.version = fmt.Sprintf("e%d", rnd.IntN(100)), 0
+		}
+		ch.version++
+		var keys []string
+		if rnd.IntN(40) > 0 {
+			for range 1 + rnd.IntN(4) {
+				keys = append(keys, fmt.Sprintf("k:%d", rnd.IntN(300)))
+			}
+		}
+		invs = append(invs, tagstore.Invalidation{Tenant: tenant, Tag: tag, Keys: keys, Service: "svc",
+			Position: tagstore.Position{Epoch: ch.epoch, Version: ch.version}, Strict: rnd.IntN(4) > 0})
+	}
+	for start := 0; start < len(invs); start += 137 {
+		part := invs[start:min(start+137, len(invs))]
+		res, errs := batch.ApplyMany(ctx, part)
+		var batchDeleted, singleDeleted int64
+		for i, inv := range part {
+			want, err := single.Apply(ctx, inv)
+			if errs[i] != nil || err != nil {
+				t.Fatalf("invalidation %d: %v / %v", start+i, errs[i], err)
+			}
+			if res[i].Status != want.Status {
+				t.Errorf("invalidation %d (%+v): status %s in a batch, %s alone", start+i, inv, res[i].Status, want.Status)
+			}
+			batchDeleted += res[i].Deleted
+			singleDeleted += want.Deleted
+		}
+		// Channels may interleave differently in a batch, so which
+		// invalidation deletes a key shared by two tags may differ; the
+		// total may not.
+		if batchDeleted != singleDeleted {
+			t.Errorf("batch from %d deleted %d keys, one by one %d", start, batchDeleted, singleDeleted)
+		}
+		if a, b := dump(t, batchC), dump(t, singleC); a != b {
+			t.Fatalf("after the batch from %d the batched and the one-by-one cache differ:\n%s\n---\n%s", start, a, b)
+		}
+	}
+}
+
+// dump lists every key with its type and contents, sorted.
+func dump(t *testing.T, c *redis.Client) string {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, "*").Result()
+	must(t, err)
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		switch c.Type(ctx, k).Val() {
+		case "set":
+			members := c.SMembers(ctx, k).Val()
+			slices.Sort(members)
+			fmt.Fprintf(&b, "%s %v\n", k, members)
+		default:
+			fmt.Fprintf(&b, "%s %q\n", k, c.Get(ctx, k).Val())
+		}
+	}
+	return b.String()
 }

@@ -4,12 +4,10 @@
 package wire
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"strconv"
 
 	"github.com/routerd/routerd/names"
@@ -144,7 +142,7 @@ func validKeys(keys []string) error {
 
 // ParseEvent decodes and validates an event. Unknown fields are errors, so a
 // misspelt field is reported instead of silently ignored.
-func ParseEvent(data []byte) (*Event, error) { return parse[Event](data) }
+func ParseEvent(data []byte) (*Event, error) { return parse(data, decodeEvent) }
 
 // Marshal encodes a valid event.
 func (e *Event) Marshal() ([]byte, error) {
@@ -202,7 +200,7 @@ func (m *Message) Validate() error {
 }
 
 // ParseMessage decodes and validates a channel message.
-func ParseMessage(data []byte) (*Message, error) { return parse[Message](data) }
+func ParseMessage(data []byte) (*Message, error) { return parse(data, decodeMessage) }
 
 // validator is a pointer to a T that can check itself.
 type validator[T any] interface {
@@ -211,12 +209,12 @@ type validator[T any] interface {
 }
 
 // parse decodes strictly, then validates.
-func parse[T any, P validator[T]](data []byte) (*T, error) {
-	v := new(T)
-	if err := decodeStrict(data, v); err != nil {
+func parse[T any, P validator[T]](data []byte, decode func([]byte) (P, error)) (P, error) {
+	v, err := decode(data)
+	if err != nil {
 		return nil, err
 	}
-	if err := P(v).Validate(); err != nil {
+	if err := v.Validate(); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -243,16 +241,4 @@ func MessageBody(m *Message) ([]byte, error) {
 	// b is {"tenant":…}; turn it into ,"tenant":… (without the closing brace).
 	b[0] = ','
 	return b[:len(b)-1], nil
-}
-
-func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return &FieldError{"json", err.Error()}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return &FieldError{"json", "trailing data after the object"}
-	}
-	return nil
 }

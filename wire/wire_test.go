@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -86,6 +88,48 @@ func TestPartitionIsStable(t *testing.T) {
 	}
 }
 
+// agreesWithEncodingJSON checks that what the decoder accepted, encoding/json
+// (which is looser: it matches keys in any case and takes the last of a
+// repeated key) decodes to the same value.
+func agreesWithEncodingJSON[T any](t *testing.T, in string, got *T) {
+	t.Helper()
+	want := new(T)
+	dec := json.NewDecoder(strings.NewReader(in))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(want); err != nil {
+		t.Fatalf("accepted %s, which encoding/json refuses: %v", in, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s decoded to %+v, encoding/json to %+v", in, got, want)
+	}
+}
+
+func TestDecodingIsStrict(t *testing.T) {
+	for _, in := range []string{
+		`{"TENANT":"acme","domain":"user"}`,                                       // encoding/json takes any case
+		`{"tenant":"acme","tenant":"globex","domain":"user"}`,                     // and the last of a repeated key
+		`{"tenant":"acme","domain":"user","ts":1.5}`,                              // not an integer
+		`{"tenant":"acme","domain":"user","ts":1e3}`,                              // not written as an integer
+		`{"tenant":"acme","domain":"user","ts":"5"}`,                              // a string
+		`{"tenant":"acme","domain":"user","keys":"user:1"}`,                       // not an array
+		`{"tenant":"acme","domain":"user","keys":["a",1]}`,                        // not a string
+		`{"tenant":"acme","domain":"user","source_version":99999999999999999999}`, // beyond int64
+		`["tenant","acme"]`,
+		`{"tenant":"acme","domain":"user"}{}`,
+	} {
+		_, err := ParseEvent([]byte(in))
+		var fe *FieldError
+		if !errors.As(err, &fe) || !errors.Is(err, ErrMalformed) {
+			t.Errorf("ParseEvent(%s) = %v, want a FieldError", in, err)
+		}
+	}
+	// null is an absent field, as for encoding/json; escapes are decoded.
+	e, err := ParseEvent([]byte(`{"tenant":"ac\u006de","domain":"user","id":null,"keys":null,"ts":null}`))
+	if err != nil || e.Tenant != "acme" || e.ID != "" || e.Keys != nil || e.TS != 0 {
+		t.Errorf("got %+v, %v", e, err)
+	}
+}
+
 func FuzzParseEvent(f *testing.F) {
 	f.Add(`{"tenant":"acme","domain":"user","keys":["user:1"]}`)
 	f.Add(`{"id":"x","tenant":"acme","domain":"user","source_version":3}`)
@@ -98,6 +142,7 @@ func FuzzParseEvent(f *testing.F) {
 			}
 			return
 		}
+		agreesWithEncodingJSON(t, in, e)
 		b, err := e.Marshal()
 		if err != nil {
 			t.Fatalf("a parsed event does not marshal: %v", err)
@@ -116,6 +161,7 @@ func FuzzParseMessage(f *testing.F) {
 		if err != nil {
 			return
 		}
+		agreesWithEncodingJSON(t, in, m)
 		body, err := MessageBody(m)
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,204 @@
+package wire
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/valyala/fastjson"
+)
+
+// decoder turns the JSON of an event or a message into its struct, strictly:
+// the document is one object, every key is a known field spelt exactly
+// (encoding/json would also take "TENANT"), no key appears twice, strings are
+// strings and integers integers; null leaves a field unset. It reuses a
+// parser and keeps the values that repeat (tenant, domain, tag, …) so that
+// decoding allocates little.
+type decoder struct {
+	p      fastjson.Parser
+	intern map[string]string
+	err    error
+}
+
+var decoders = sync.Pool{New: func() any { return &decoder{intern: map[string]string{}} }}
+
+// maxInterned bounds each decoder's table of repeated values.
+const maxInterned = 4096
+
+// decodeObject parses data and calls field for every key, in order. field
+// returns the key's field number (0 to 31), or -1 for a key it does not know.
+func decodeObject(data []byte, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+	d := decoders.Get().(*decoder)
+	defer decoders.Put(d)
+	d.err = nil
+	v, err := d.p.ParseBytes(data)
+	if err != nil {
+		return &FieldError{"json", err.Error()}
+	}
+	o, err := v.Object()
+	if err != nil {
+		return &FieldError{"json", "not a JSON object"}
+	}
+	var seen uint32
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		if d.err != nil {
+			return
+		}
+		f := field(d, k, v)
+		switch {
+		case f < 0:
+			d.err = &FieldError{"json", fmt.Sprintf("unknown field %q", k)}
+		case seen&(1<<f) != 0:
+			d.err = &FieldError{"json", fmt.Sprintf("field %q appears twice", k)}
+		default:
+			seen |= 1 << f
+		}
+	})
+	return d.err
+}
+
+// str decodes a string field; intern keeps values that repeat across
+// documents.
+func (d *decoder) str(dst *string, name string, v *fastjson.Value, intern bool) {
+	switch v.Type() {
+	case fastjson.TypeNull:
+		return
+	case fastjson.TypeString:
+	default:
+		d.fail(name, "must be a string")
+		return
+	}
+	b := v.GetStringBytes()
+	if !intern {
+		*dst = string(b)
+		return
+	}
+	if s, ok := d.intern[string(b)]; ok {
+		*dst = s
+		return
+	}
+	s := string(b)
+	if len(d.intern) >= maxInterned {
+		clear(d.intern)
+	}
+	d.intern[s] = s
+	*dst = s
+}
+
+// int decodes an integer field.
+func (d *decoder) int(dst *int64, name string, v *fastjson.Value) {
+	if v.Type() == fastjson.TypeNull {
+		return
+	}
+	n, err := v.Int64()
+	if err != nil || v.Type() != fastjson.TypeNumber {
+		d.fail(name, "must be an integer")
+		return
+	}
+	*dst = n
+}
+
+// strs decodes an array of strings.
+func (d *decoder) strs(dst *[]string, name string, v *fastjson.Value) {
+	if v.Type() == fastjson.TypeNull {
+		return
+	}
+	items, err := v.Array()
+	if err != nil {
+		d.fail(name, "must be an array of strings")
+		return
+	}
+	out := make([]string, len(items))
+	for i, item := range items {
+		if item.Type() != fastjson.TypeString {
+			d.fail(fmt.Sprintf("%s[%d]", name, i), "must be a string")
+			return
+		}
+		out[i] = string(item.GetStringBytes())
+	}
+	*dst = out
+}
+
+func (d *decoder) fail(field, reason string) {
+	if d.err == nil {
+		d.err = &FieldError{field, reason}
+	}
+}
+
+func decodeEvent(data []byte) (*Event, error) {
+	e := new(Event)
+	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
+		switch string(key) {
+		case "id":
+			d.str(&e.ID, "id", v, false)
+			return 0
+		case "tenant":
+			d.str(&e.Tenant, "tenant", v, true)
+			return 1
+		case "domain":
+			d.str(&e.Domain, "domain", v, true)
+			return 2
+		case "entity":
+			d.str(&e.Entity, "entity", v, false)
+			return 3
+		case "keys":
+			d.strs(&e.Keys, "keys", v)
+			return 4
+		case "source_version":
+			d.int(&e.SourceVersion, "source_version", v)
+			return 5
+		case "origin":
+			d.str(&e.Origin, "origin", v, true)
+			return 6
+		case "ts":
+			d.int(&e.TS, "ts", v)
+			return 7
+		case "traceparent":
+			d.str(&e.Traceparent, "traceparent", v, false)
+			return 8
+		default:
+			return -1
+		}
+	})
+	return e, err
+}
+
+func decodeMessage(data []byte) (*Message, error) {
+	m := new(Message)
+	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
+		switch string(key) {
+		case "tenant":
+			d.str(&m.Tenant, "tenant", v, true)
+			return 9
+		case "tag":
+			d.str(&m.Tag, "tag", v, true)
+			return 10
+		case "epoch":
+			d.str(&m.Epoch, "epoch", v, true)
+			return 11
+		case "version":
+			d.int(&m.Version, "version", v)
+			return 12
+		case "keys":
+			d.strs(&m.Keys, "keys", v)
+			return 13
+		case "event":
+			d.str(&m.Event, "event", v, false)
+			return 14
+		case "domain":
+			d.str(&m.Domain, "domain", v, true)
+			return 15
+		case "origin":
+			d.str(&m.Origin, "origin", v, true)
+			return 16
+		case "ts":
+			d.int(&m.TS, "ts", v)
+			return 17
+		case "traceparent":
+			d.str(&m.Traceparent, "traceparent", v, false)
+			return 18
+		default:
+			return -1
+		}
+	})
+	return m, err
+}

@@ -47,14 +47,19 @@ for c = 1, #KEYS, 3 do
     a = a + k + 2
     -- Idempotency: the ids not seen yet are recorded with the next version;
     -- when none was new, the message was published before.
-    local added = 0
-    for i = first, last, 500 do
-      local pairs = {}
-      for j = i, math.min(i + 499, last) do
-        pairs[#pairs + 1] = version + 1
-        pairs[#pairs + 1] = ARGV[j]
+    local added
+    if k == 1 then
+      added = redis.call('ZADD', eventsKey, 'NX', version + 1, ARGV[first])
+    else
+      added = 0
+      for i = first, last, 500 do
+        local pairs = {}
+        for j = i, math.min(i + 499, last) do
+          pairs[#pairs + 1] = version + 1
+          pairs[#pairs + 1] = ARGV[j]
+        end
+        added = added + redis.call('ZADD', eventsKey, 'NX', unpack(pairs))
       end
-      added = added + redis.call('ZADD', eventsKey, 'NX', unpack(pairs))
     end
     if added == 0 then
       out[#out + 1] = tonumber(redis.call('ZSCORE', eventsKey, ARGV[first]))

@@ -155,10 +155,10 @@ func EventsKey(channel string) string { return "{" + channel + "}:events" }
 func TenantTag(tenant string) string { return "{tenant:" + tenant + "}" }
 
 // TagSetKey is the Redis set holding the cache keys registered under a tag.
-func TagSetKey(tenant, tag string) string { return TenantTag(tenant) + ":tag:" + tag }
+func TagSetKey(tenant, tag string) string { return "{tenant:" + tenant + "}:tag:" + tag }
 
 // PositionKey is where a service's subscriber records how far it has applied
 // a channel, as "epoch:version".
 func PositionKey(tenant, service, tag string) string {
-	return TenantTag(tenant) + ":pos:" + service + ":" + tag
+	return "{tenant:" + tenant + "}:pos:" + service + ":" + tag
 }

@@ -63,6 +63,19 @@ type outgoing struct {
 	msg     wire.Message // without epoch and version
 	ids     []string     // event ids; the first is the message's event
 	entries []*entry     // the first one's route span is the parent
+	// one holds the single id and entry of a message for one event.
+	one struct {
+		id    [1]string
+		entry [1]*entry
+	}
+}
+
+// single returns the message of one event.
+func single(rt matrix.Route, msg wire.Message, e *entry) *outgoing {
+	o := &outgoing{route: rt, msg: msg}
+	o.one.id[0], o.one.entry[0] = e.eventID, e
+	o.ids, o.entries = o.one.id[:], o.one.entry[:]
+	return o
 }
 
 // process routes one batch of entries from stream and acknowledges those
@@ -82,8 +95,10 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 
 	mtx := r.matrix.Load()
 	entries := make([]*entry, len(msgs))
+	all := make([]entry, len(msgs)) // one allocation for the batch
 	for i, msg := range msgs {
-		entries[i] = r.parse(mtx, stream, msg)
+		entries[i] = &all[i]
+		r.parse(entries[i], mtx, stream, msg)
 	}
 	if err := r.suppressOlder(ctx, entries); err != nil {
 		return err
@@ -118,7 +133,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: e.ev.Keys, Event: e.eventID, Domain: e.ev.Domain,
 				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
 			if r.co.admit(now, mtx, e, rt, msg) {
-				direct = append(direct, &outgoing{route: rt, msg: msg, ids: []string{e.eventID}, entries: []*entry{e}})
+				direct = append(direct, single(rt, msg, e))
 			}
 		}
 	}
@@ -173,28 +188,29 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	return nil
 }
 
-func (r *Router) parse(mtx *matrix.Matrix, stream string, msg redis.XMessage) *entry {
-	e := &entry{stream: stream, id: msg.ID, raw: msg.Values}
+// parse fills e from an ingress entry: the event and its routes, or the
+// reason it goes to the dead letters.
+func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage) {
+	e.stream, e.id, e.raw = stream, msg.ID, msg.Values
 	raw, ok := msg.Values[wire.EventField].(string)
 	if !ok {
 		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field`
-		return e
+		return
 	}
 	ev, err := wire.ParseEvent([]byte(raw))
 	if err != nil {
 		e.reason, e.detail = ReasonMalformed, err.Error()
-		return e
+		return
 	}
 	routes, known := mtx.Routes(ev.Tenant, ev.Domain)
 	if !known {
 		e.reason, e.detail = ReasonUnknownDomain, fmt.Sprintf("domain %q is not in the matrix", ev.Domain)
-		return e
+		return
 	}
 	e.ev, e.routes, e.eventID = ev, routes, ev.ID
 	if e.eventID == "" {
 		e.eventID = msg.ID
 	}
-	return e
 }
 
 // suppressOlder drops (routes nowhere) an event whose source_version is below

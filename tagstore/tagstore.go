@@ -63,6 +63,10 @@ type Store struct {
 	c       redis.UniversalClient
 	opt     Options
 	cluster bool
+	// The key template split at its placeholders: literal parts, with a
+	// tenant or a key between each two.
+	parts []string
+	fills []bool // fills[i] after parts[i]: true for the tenant, false for the key
 }
 
 // New checks the options and fills the defaults.
@@ -96,7 +100,22 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.ChunkSize < 1 || opt.ChunkSize > lua.MaxUnpack {
 		return nil, fmt.Errorf("tagstore: chunk size must be 1 to %d, not %d", lua.MaxUnpack, opt.ChunkSize)
 	}
-	return &Store{c: c, opt: opt, cluster: cluster}, nil
+	st := &Store{c: c, opt: opt, cluster: cluster}
+	rest := opt.KeyTemplate
+	for {
+		t, k := strings.Index(rest, "${tenant}"), strings.Index(rest, "${key}")
+		switch {
+		case t < 0 && k < 0:
+			st.parts = append(st.parts, rest)
+			return st, nil
+		case t >= 0 && (k < 0 || t < k):
+			st.parts, st.fills = append(st.parts, rest[:t]), append(st.fills, true)
+			rest = rest[t+len("${tenant}"):]
+		default:
+			st.parts, st.fills = append(st.parts, rest[:k]), append(st.fills, false)
+			rest = rest[k+len("${key}"):]
+		}
+	}
 }
 
 // Key returns the cache key name of a tenant's key.
@@ -115,8 +134,29 @@ func (s *Store) Key(tenant, key string) (string, error) {
 }
 
 func (s *Store) key(tenant, key string) string {
-	k := strings.ReplaceAll(s.opt.KeyTemplate, "${tenant}", tenant)
-	return strings.ReplaceAll(k, "${key}", key)
+	n := 0
+	for i, p := range s.parts {
+		n += len(p)
+		if i < len(s.fills) {
+			n += len(key)
+			if s.fills[i] {
+				n += len(tenant) - len(key)
+			}
+		}
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i, p := range s.parts {
+		b.WriteString(p)
+		if i < len(s.fills) {
+			if s.fills[i] {
+				b.WriteString(tenant)
+			} else {
+				b.WriteString(key)
+			}
+		}
+	}
+	return b.String()
 }
 
 // Set stores value under the tenant's key with a time to live (0 for none)
@@ -260,36 +300,66 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 // scriptArgs validates an invalidation and returns the invalidate script's
 // keys and arguments.
 func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
-	if err := names.Tenant(inv.Tenant); err != nil {
+	keys, err := s.scriptKeys(inv)
+	if err != nil {
 		return nil, nil, err
+	}
+	s.headKeys(inv, keys)
+	return keys, singleArgs(inv, s.opt.CardinalityGuard), nil
+}
+
+// scriptKeys validates an invalidation and returns the keys of its script
+// call: two slots for the tag set and the position key (see headKeys), then
+// the cache keys.
+func (s *Store) scriptKeys(inv Invalidation) ([]string, error) {
+	if err := names.Tenant(inv.Tenant); err != nil {
+		return nil, err
 	}
 	if err := names.Tag(inv.Tag); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	tagSet := names.TagSetKey(inv.Tenant, inv.Tag)
-	posKey, epoch := tagSet, ""
 	if inv.Service != "" {
 		if err := names.Service(inv.Service); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
-			return nil, nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
+			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
-		posKey, epoch = names.PositionKey(inv.Tenant, inv.Service, inv.Tag), inv.Position.Epoch
 	}
-	keys := make([]string, 0, 2+len(inv.Keys))
-	keys = append(keys, tagSet, posKey)
+	keys := make([]string, 2, 2+len(inv.Keys))
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		keys = append(keys, s.key(inv.Tenant, k))
 	}
-	strict := "0"
-	if inv.Strict {
-		strict = "1"
+	return keys, nil
+}
+
+// headKeys fills the tag set and position key slots (the tag set twice when
+// no position is kept).
+func (s *Store) headKeys(inv Invalidation, keys []string) {
+	keys[0] = names.TagSetKey(inv.Tenant, inv.Tag)
+	keys[1] = keys[0]
+	if inv.Service != "" {
+		keys[1] = names.PositionKey(inv.Tenant, inv.Service, inv.Tag)
 	}
-	return keys, []any{s.opt.CardinalityGuard, epoch, inv.Position.Version, strict}, nil
+}
+
+// singleArgs are invalidate.lua's arguments.
+func singleArgs(inv Invalidation, guard int) []any {
+	epoch := ""
+	if inv.Service != "" {
+		epoch = inv.Position.Epoch
+	}
+	return []any{guard, epoch, inv.Position.Version, strictFlag(inv)}
+}
+
+func strictFlag(inv Invalidation) string {
+	if inv.Strict {
+		return "1"
+	}
+	return "0"
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag
@@ -301,12 +371,17 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 	start := time.Now()
 	results := make([]Result, len(invs))
 	errs := make([]error, len(invs))
-	args := make([][]any, len(invs))
 	keys := make([][]string, len(invs))
 	for i, inv := range invs {
-		keys[i], args[i], errs[i] = s.scriptArgs(inv)
+		keys[i], errs[i] = s.scriptKeys(inv)
 	}
 	calls := s.applyCalls(invs, keys, errs)
+	for _, call := range calls {
+		for _, g := range call.groups {
+			i := g.invs[0] // the tag set and position key of a group
+			s.headKeys(invs[i], keys[i])
+		}
+	}
 	var cmds []*redis.Cmd
 	run := func() error {
 		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -314,9 +389,9 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 			for j, call := range calls {
 				if call.single {
 					i := call.groups[0].invs[0]
-					cmds[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], args[i]...)
+					cmds[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], singleArgs(invs[i], s.opt.CardinalityGuard)...)
 				} else {
-					cmds[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs, args)...)
+					cmds[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs)...)
 				}
 			}
 			return nil
@@ -459,11 +534,15 @@ func (c applyCall) keys(keys [][]string) []string {
 
 // args are the batched call's ARGV: per group the epoch, the strict flag and
 // the count, then each invalidation's version and number of keys.
-func (c applyCall) args(invs []Invalidation, args [][]any) []any {
+func (c applyCall) args(invs []Invalidation) []any {
 	out := make([]any, 0, 3*len(c.groups)+2*c.n)
 	for _, g := range c.groups {
-		first := args[g.invs[0]] // guard, epoch, version, strict
-		out = append(out, first[1], first[3], len(g.invs))
+		first := invs[g.invs[0]]
+		epoch := ""
+		if first.Service != "" {
+			epoch = first.Position.Epoch
+		}
+		out = append(out, epoch, strictFlag(first), len(g.invs))
 		for _, i := range g.invs {
 			out = append(out, invs[i].Position.Version, len(invs[i].Keys))
 		}

@@ -361,3 +361,21 @@ func dump(t *testing.T, c *redis.Client) string {
 	}
 	return b.String()
 }
+
+func TestKeyTemplates(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer c.Close()
+	for tmpl, want := range map[string]string{
+		"":                           "{tenant:acme}:user:1",
+		"${key}":                     "user:1",
+		"cache:${key}:v2":            "cache:user:1:v2",
+		"${tenant}/${key}/${tenant}": "acme/user:1/acme",
+		"{${tenant}}${key}${key}":    "{acme}user:1user:1",
+	} {
+		s, err := tagstore.New(c, tagstore.Options{KeyTemplate: tmpl})
+		must(t, err)
+		if got, err := s.Key("acme", "user:1"); err != nil || got != want {
+			t.Errorf("template %q: %q, %v; want %q", tmpl, got, err, want)
+		}
+	}
+}

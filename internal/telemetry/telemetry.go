@@ -105,6 +105,9 @@ var propagator = propagation.TraceContext{}
 
 // Inject returns the W3C traceparent of the span in ctx, or "".
 func Inject(ctx context.Context) string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return "" // nothing to carry; and no map to allocate
+	}
 	c := propagation.MapCarrier{}
 	propagator.Inject(ctx, c)
 	return c["traceparent"]

@@ -4,7 +4,6 @@
 package wire
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -149,7 +148,7 @@ func (e *Event) Marshal() ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(e)
+	return e.encode(), nil
 }
 
 // Message is one invalidation on a channel.
@@ -223,22 +222,4 @@ func parse[T any, P validator[T]](data []byte, decode func([]byte) (P, error)) (
 // MessageBody is the JSON of a message without its epoch and version, which
 // the publish script assigns inside Redis. It starts with ',' (or is empty)
 // so the script can write `{"epoch":"…","version":N` + body + `}`.
-func MessageBody(m *Message) ([]byte, error) {
-	rest := struct {
-		Tenant      string   `json:"tenant"`
-		Tag         string   `json:"tag"`
-		Keys        []string `json:"keys,omitempty"`
-		Event       string   `json:"event,omitempty"`
-		Domain      string   `json:"domain,omitempty"`
-		Origin      string   `json:"origin,omitempty"`
-		TS          int64    `json:"ts,omitempty"`
-		Traceparent string   `json:"traceparent,omitempty"`
-	}{m.Tenant, m.Tag, m.Keys, m.Event, m.Domain, m.Origin, m.TS, m.Traceparent}
-	b, err := json.Marshal(rest)
-	if err != nil {
-		return nil, err
-	}
-	// b is {"tenant":…}; turn it into ,"tenant":… (without the closing brace).
-	b[0] = ','
-	return b[:len(b)-1], nil
-}
+func MessageBody(m *Message) ([]byte, error) { return messageBody(m), nil }

@@ -104,6 +104,35 @@ func agreesWithEncodingJSON[T any](t *testing.T, in string, got *T) {
 	}
 }
 
+// encodesLikeEncodingJSON checks that b, our encoding of v, decodes to what
+// encoding/json's encoding of v decodes to.
+func encodesLikeEncodingJSON[T any](t *testing.T, b []byte, v *T) {
+	t.Helper()
+	want, _ := json.Marshal(v)
+	var got, exp T
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("our encoding %s is not JSON: %v", b, err)
+	}
+	_ = json.Unmarshal(want, &exp)
+	if !reflect.DeepEqual(got, exp) {
+		t.Fatalf("our encoding %s decodes to %+v; encoding/json's %s to %+v", b, got, want, exp)
+	}
+}
+
+func TestMessageBodyEncodesAnyString(t *testing.T) {
+	for _, s := range []string{"plain", `q"uote`, `back\slash`, "<a&b>", "tab\t", "ünï", "\x00", "bad \xff utf-8", ""} {
+		m := &Message{Tenant: s, Tag: s, Keys: []string{s, "k"}, Event: s, Domain: s, Origin: s, TS: 7, Traceparent: s}
+		body, err := MessageBody(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full := append([]byte(`{"epoch":"e","version":1`), body...)
+		full = append(full, '}')
+		m.Epoch, m.Version = "e", 1
+		encodesLikeEncodingJSON(t, full, m)
+	}
+}
+
 func TestDecodingIsStrict(t *testing.T) {
 	for _, in := range []string{
 		`{"TENANT":"acme","domain":"user"}`,                                       // encoding/json takes any case
@@ -147,6 +176,7 @@ func FuzzParseEvent(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a parsed event does not marshal: %v", err)
 		}
+		encodesLikeEncodingJSON(t, b, e)
 		if _, err := ParseEvent(b); err != nil {
 			t.Fatalf("re-parse of %s: %v", b, err)
 		}

@@ -11,11 +11,12 @@
 --   '1' for strict order (a version must follow the position) else '0', the
 --   number of invalidations m; then for each of them: its version and its
 --   number of cache keys (at least 1).
--- Returns, for each invalidation in order, its status and keys deleted:
--- SUCCESS, DUPLICATE (the position is at or past the version; nothing done)
--- or GAP (strict, and the position is behind the previous version; nothing
--- done).
-local out = {}
+-- Returns a string of one status letter per invalidation, in order, then
+-- the keys each deleted: S for SUCCESS, D for DUPLICATE (the position is at
+-- or past the version; nothing done), G for GAP (strict, and the position is
+-- behind the previous version; nothing done). One string rather than a
+-- status each keeps the reply small.
+local status, out = {}, {''}
 local a, k = 1, 1
 while a <= #ARGV do
   local tagSet, posKey = KEYS[k], KEYS[k + 1]
@@ -37,10 +38,10 @@ while a <= #ARGV do
     local first, last = k, k + n - 1
     k = k + n
     if epoch ~= '' and e == epoch and v >= version then
-      out[#out + 1] = 'DUPLICATE'
+      status[#status + 1] = 'D'
       out[#out + 1] = 0
     elseif epoch ~= '' and strict and e == epoch and v < version - 1 then
-      out[#out + 1] = 'GAP'
+      status[#status + 1] = 'G'
       out[#out + 1] = 0
     else
       local deleted = 0
@@ -49,7 +50,7 @@ while a <= #ARGV do
         deleted = deleted + redis.call('UNLINK', unpack(KEYS, i, j))
         redis.call('SREM', tagSet, unpack(KEYS, i, j))
       end
-      out[#out + 1] = 'SUCCESS'
+      status[#status + 1] = 'S'
       out[#out + 1] = deleted
       if epoch ~= '' then
         e, v, moved = epoch, version, true
@@ -60,4 +61,5 @@ while a <= #ARGV do
     redis.call('SET', posKey, e .. ':' .. v)
   end
 end
+out[1] = table.concat(status)
 return out

@@ -610,9 +610,10 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			}
 		}
 	}
-	failedTag := map[string]bool{} // after a failure, later ones of the channel wait too
+	type channel struct{ tenant, tag string }
+	var failedTag map[channel]bool // after a failure, later ones of the channel wait too
 	for i, inv := range invs {
-		key := inv.Tenant + ":" + inv.Tag
+		key := channel{inv.Tenant, inv.Tag}
 		if failedTag[key] && errs[i] == nil {
 			errs[i] = errors.New("an earlier version of the channel failed")
 		}
@@ -622,6 +623,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			}
 		}
 		if errs[i] != nil {
+			if failedTag == nil {
+				failedTag = map[channel]bool{}
+			}
 			failedTag[key] = true
 			spans[i].RecordError(errs[i])
 			spans[i].SetStatus(codes.Error, errs[i].Error())

@@ -550,6 +550,9 @@ func (c applyCall) args(invs []Invalidation) []any {
 	return out
 }
 
+// letterStatus reads invalidate_keys.lua's status letters.
+var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap}
+
 type reply struct {
 	status  Status
 	deleted int64
@@ -566,14 +569,18 @@ func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tagstore: invalidate %s and more: %w", first, err)
 	}
-	if len(v) != 2*c.n {
-		return nil, fmt.Errorf("tagstore: invalidate %s and more: %d replies for %d invalidations", first, len(v)/2, c.n)
+	letters, _ := v[0].(string)
+	if len(v) != 1+c.n || len(letters) != c.n {
+		return nil, fmt.Errorf("tagstore: invalidate %s and more: reply %v for %d invalidations", first, v, c.n)
 	}
 	out := make([]reply, c.n)
 	for i := range out {
-		status, _ := v[2*i].(string)
-		n, _ := v[2*i+1].(int64)
-		out[i] = reply{Status(status), n}
+		status, ok := letterStatus[letters[i]]
+		if !ok {
+			return nil, fmt.Errorf("tagstore: invalidate %s and more: unknown status %q", first, letters[i])
+		}
+		n, _ := v[1+i].(int64)
+		out[i] = reply{status, n}
 	}
 	return out, nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -68,6 +69,21 @@ type Publisher struct {
 	mu          sync.Mutex
 	partitions  int
 	refreshedAt time.Time
+	streams     atomic.Pointer[[]string] // ingress stream names for the last partition count
+}
+
+// stream returns the ingress stream of a tenant's partition among n.
+func (p *Publisher) stream(tenant string, n int) string {
+	names := p.streams.Load()
+	if names == nil || len(*names) != n {
+		all := make([]string, n)
+		for i := range all {
+			all[i] = wire.IngressStream(p.opt.Prefix, i)
+		}
+		names = &all
+		p.streams.Store(names)
+	}
+	return (*names)[wire.Partition(tenant, n)]
 }
 
 // New checks the options and fills the defaults.
@@ -121,7 +137,7 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	if err != nil {
 		return "", err
 	}
-	args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(e.Tenant, n))
+	args.Stream = p.stream(e.Tenant, n)
 	if err := p.write(ctx, []*redis.XAddArgs{args}); err != nil {
 		return "", err
 	}
@@ -154,7 +170,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 		return nil, err
 	}
 	for i, args := range all {
-		args.Stream = wire.IngressStream(p.opt.Prefix, wire.Partition(events[i].Tenant, n))
+		args.Stream = p.stream(events[i].Tenant, n)
 	}
 	if err := p.write(ctx, all); err != nil {
 		return nil, err

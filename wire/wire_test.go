@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"errors"
+	"hash/fnv"
 	"reflect"
 	"strings"
 	"testing"
@@ -71,6 +72,18 @@ func TestParseMessageRejects(t *testing.T) {
 	} {
 		if _, err := ParseMessage([]byte(in)); err == nil {
 			t.Errorf("ParseMessage(%s) accepted", in)
+		}
+	}
+}
+
+func TestPartitionIsFNV1a(t *testing.T) {
+	for _, tenant := range []string{"acme", "globex", "a", "tenant-with.a_long-name-0123456789"} {
+		h := fnv.New32a()
+		h.Write([]byte(tenant))
+		for _, n := range []int{2, 8, 1024} {
+			if got, want := Partition(tenant, n), int(h.Sum32()%uint32(n)); got != want {
+				t.Errorf("Partition(%s, %d) = %d, hash/fnv says %d", tenant, n, got, want)
+			}
 		}
 	}
 }

@@ -129,7 +129,7 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))
 	defer func() { endSpan(span, err) }()
-	args, err := p.prepare(ctx, &e)
+	data, err := p.prepare(ctx, &e)
 	if err != nil {
 		return "", err
 	}
@@ -137,8 +137,7 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	if err != nil {
 		return "", err
 	}
-	args.Stream = p.stream(e.Tenant, n)
-	if err := p.write(ctx, []*redis.XAddArgs{args}); err != nil {
+	if err := p.write(ctx, []entry{{p.stream(e.Tenant, n), data}}); err != nil {
 		return "", err
 	}
 	return e.ID, nil
@@ -152,15 +151,15 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
 	defer func() { endSpan(span, err) }()
-	all := make([]*redis.XAddArgs, len(events))
+	all := make([]entry, len(events))
 	ids := make([]string, len(events))
 	for i := range events {
 		e := events[i]
-		args, err := p.prepare(ctx, &e)
+		data, err := p.prepare(ctx, &e)
 		if err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
-		all[i], ids[i] = args, e.ID
+		all[i].data, ids[i] = data, e.ID
 	}
 	if len(all) == 0 {
 		return nil, nil
@@ -169,8 +168,8 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	if err != nil {
 		return nil, err
 	}
-	for i, args := range all {
-		args.Stream = p.stream(events[i].Tenant, n)
+	for i := range all {
+		all[i].stream = p.stream(events[i].Tenant, n)
 	}
 	if err := p.write(ctx, all); err != nil {
 		return nil, err
@@ -182,19 +181,30 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 // per master ending with WAIT 1 where the master has a replica, and fails
 // unless the replica acknowledged. A failed write may have appended some entries: publishing
 // again with the same ids is safe.
-func (p *Publisher) write(ctx context.Context, all []*redis.XAddArgs) error {
+// entry is one ingress entry to append.
+type entry struct {
+	stream string
+	data   []byte // the event's JSON
+}
+
+// xadd queues the entry's XADD.
+func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) {
+	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", wire.EventField, e.data))
+}
+
+func (p *Publisher) write(ctx context.Context, all []entry) error {
 	if !p.opt.Durable {
 		cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, args := range all {
-				pipe.XAdd(ctx, args)
+				args.xadd(ctx, pipe)
 			}
 			return nil
 		})
 		return xaddError(cmds, err)
 	}
-	groups := map[*shard.Shard][]*redis.XAddArgs{}
+	groups := map[*shard.Shard][]entry{}
 	for _, args := range all {
-		sh, err := p.shards.Of(ctx, args.Stream)
+		sh, err := p.shards.Of(ctx, args.stream)
 		if err != nil {
 			return fmt.Errorf("publisher: %w", err)
 		}
@@ -208,7 +218,7 @@ func (p *Publisher) write(ctx context.Context, all []*redis.XAddArgs) error {
 		var wait *redis.IntCmd
 		cmds, err := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, args := range group {
-				pipe.XAdd(ctx, args)
+				args.xadd(ctx, pipe)
 			}
 			if replicas > 0 {
 				wait = shard.WaitCmd(ctx, 1, p.opt.WaitTimeout)
@@ -251,7 +261,7 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-func (p *Publisher) prepare(ctx context.Context, e *Event) (*redis.XAddArgs, error) {
+func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if e.ID == "" {
 		e.ID = newID(p.opt.Now())
 	}
@@ -268,7 +278,7 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) (*redis.XAddArgs, err
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	return &redis.XAddArgs{Values: []any{wire.EventField, data}}, nil
+	return data, nil
 }
 
 func (p *Publisher) partitionCount(ctx context.Context) (int, error) {

@@ -67,7 +67,7 @@ for c = 1, #KEYS, 3 do
     else
       version = version + 1
       local msg = '{"epoch":"' .. epoch .. '","version":' .. version .. body .. '}'
-      redis.call('XADD', historyKey, 'MAXLEN', '~', keep, version .. '-0', 'm', msg)
+      redis.call('XADD', historyKey, version .. '-0', 'm', msg)
       redis.call(cmd, channel, msg)
       out[#out + 1] = version
       out[#out + 1] = 0
@@ -76,6 +76,7 @@ for c = 1, #KEYS, 3 do
   end
   if published then
     redis.call('HSET', metaKey, 'version', version)
+    redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     local n = redis.call('ZCARD', eventsKey)
     if n > keep then
       redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - keep - 1)

@@ -50,11 +50,18 @@ type Service struct {
 	Name       string
 	AllTenants bool     // "tenants: all"
 	Tenants    []string // when not AllTenants
+	tenantSet  map[string]bool
 }
 
 // Serves reports whether the service holds caches for the tenant.
 func (s *Service) Serves(tenant string) bool {
-	return s.AllTenants || slices.Contains(s.Tenants, tenant)
+	if s.AllTenants {
+		return true
+	}
+	if s.tenantSet != nil { // a parsed matrix; a long list is not scanned
+		return s.tenantSet[tenant]
+	}
+	return slices.Contains(s.Tenants, tenant)
 }
 
 // Matrix is a validated routing matrix. It is immutable once loaded.

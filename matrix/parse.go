@@ -304,6 +304,10 @@ func (p *parser) service(name string, n *yaml.Node) *Service {
 			s.Tenants = append(s.Tenants, t)
 		}
 	}
+	s.tenantSet = make(map[string]bool, len(s.Tenants))
+	for _, t := range s.Tenants {
+		s.tenantSet[t] = true
+	}
 	if n.Kind == yaml.MappingNode && !have {
 		p.errorf(n, "service %q: tenants is required (\"all\" or a list)", name)
 	}

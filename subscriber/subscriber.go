@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -149,12 +148,16 @@ type interest struct {
 	tagList    []string
 	allTenants bool
 	tenants    []string
+	tenantSet  map[string]bool
 }
 
 func newInterest(sub matrix.Subscription) *interest {
-	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenants: sub.Tenants}
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenants: sub.Tenants, tenantSet: map[string]bool{}}
 	for _, t := range sub.Tags {
 		in.tags[t] = true
+	}
+	for _, t := range sub.Tenants {
+		in.tenantSet[t] = true
 	}
 	return in
 }
@@ -180,7 +183,7 @@ func (in *interest) channels(prefix string, sharded bool, tenants []string) (cha
 
 // covers reports whether a tenant's tag is of interest.
 func (in *interest) covers(tenant, tag string) bool {
-	return in.tags[tag] && (in.allTenants || slices.Contains(in.tenants, tenant))
+	return in.tags[tag] && (in.allTenants || in.tenantSet[tenant])
 }
 
 // position of one channel; known is false when none was ever recorded.

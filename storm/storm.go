@@ -5,6 +5,7 @@
 package storm
 
 import (
+	"math"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -59,32 +60,32 @@ func (k *Keys) List() []string {
 
 // Reserve takes one token from every limiter (nil ones are skipped) if all
 // of them have one now, and returns 0. Otherwise it takes none and returns
-// how long until all of them will.
+// how long until all of them will. It allocates nothing (rate.Limiter's
+// ReserveN would, on every event); callers serialize their calls on the
+// same limiters.
 func Reserve(now time.Time, lims ...*rate.Limiter) time.Duration {
 	var wait time.Duration
-	var rs [4]*rate.Reservation
-	n := 0
 	for _, l := range lims {
-		if l == nil {
+		if l == nil || l.Limit() == rate.Inf {
 			continue
 		}
-		r := l.ReserveN(now, 1)
-		if !r.OK() { // cannot happen with burst >= 1; be safe
-			wait = max(wait, time.Second)
-			continue
-		}
-		wait = max(wait, r.DelayFrom(now))
-		if n < len(rs) {
-			rs[n] = r
-			n++
+		if t := l.TokensAt(now); t < 1 {
+			if l.Limit() <= 0 {
+				wait = max(wait, time.Second) // cannot happen with a valid rate; be safe
+				continue
+			}
+			wait = max(wait, time.Duration(math.Ceil((1-t)/float64(l.Limit())*float64(time.Second))))
 		}
 	}
 	if wait > 0 {
-		for _, r := range rs[:n] {
-			r.CancelAt(now)
+		return wait
+	}
+	for _, l := range lims {
+		if l != nil {
+			l.AllowN(now, 1)
 		}
 	}
-	return wait
+	return 0
 }
 
 // Limiter returns a token bucket of rate per second and burst, or updates

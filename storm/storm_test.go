@@ -60,3 +60,21 @@ func TestLimiterUpdates(t *testing.T) {
 		t.Error("limiter not updated in place")
 	}
 }
+
+func TestReserveWaitsExactly(t *testing.T) {
+	now := time.Now()
+	l := rate.NewLimiter(4, 1) // one token every 250ms
+	if d := Reserve(now, l); d != 0 {
+		t.Fatalf("first: %v", d)
+	}
+	d := Reserve(now.Add(100*time.Millisecond), l)
+	if d < 149*time.Millisecond || d > 151*time.Millisecond {
+		t.Fatalf("wait %v, want 150ms", d)
+	}
+	if d := Reserve(now.Add(100*time.Millisecond+d), l); d != 0 {
+		t.Errorf("after the wait it still waits %v", d)
+	}
+	if n := testing.AllocsPerRun(100, func() { Reserve(now, l, l) }); n != 0 {
+		t.Errorf("%v allocations per Reserve", n)
+	}
+}

@@ -66,8 +66,9 @@ for c = 1, #KEYS, 3 do
       out[#out + 1] = 1
     else
       version = version + 1
-      local msg = '{"epoch":"' .. epoch .. '","version":' .. version .. body .. '}'
-      redis.call('XADD', historyKey, version .. '-0', 'm', msg)
+      local v = tostring(version) -- formatted once (Lua formats numbers with sprintf)
+      local msg = '{"epoch":"' .. epoch .. '","version":' .. v .. body .. '}'
+      redis.call('XADD', historyKey, v .. '-0', 'm', msg)
       redis.call(cmd, channel, msg)
       out[#out + 1] = version
       out[#out + 1] = 0

@@ -444,70 +444,82 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 		groups[sh] = append(groups[sh], i)
 	}
 	_, cluster := r.c.(*redis.ClusterClient)
+	if len(groups) == 1 { // one server, or one master: no goroutine needed
+		for sh, idx := range groups {
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
+		}
+		return results
+	}
 	var wg sync.WaitGroup
 	for sh, idx := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fail := func(err error) {
-				for _, i := range idx {
-					results[i].err = err
-				}
-			}
-			replid, replicas, err := sh.Info(ctx)
-			if err != nil {
-				fail(err)
-				return
-			}
-			calls := publishCalls(out, idx, cluster)
-			var wait *redis.IntCmd
-			cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
-				all := make([]*redis.Cmd, len(calls))
-				for j, call := range calls {
-					all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd, replid)
-				}
-				wait = nil
-				if replicas > 0 {
-					wait = shard.WaitCmd(ctx, 1, r.opt.ReplicaTimeout)
-					_ = pipe.Process(ctx, wait)
-				}
-				return all
-			})
-			if err != nil {
-				sh.Forget() // a failover, a moved slot: look again next time
-				r.shards.Moved(ctx)
-			}
-			var waitErr error
-			if wait != nil {
-				if n, err := wait.Result(); err != nil || n < 1 {
-					waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d, %v)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n, err)
-					sh.Forget() // the replica may be gone: look again
-				}
-			}
-			for j, call := range calls {
-				res, err := cmds[j].Int64Slice()
-				if err == nil && len(res) != 2*call.messages {
-					err = fmt.Errorf("publish script: %d results for %d messages", len(res), call.messages)
-				}
-				if err == nil {
-					err = waitErr
-				}
-				k := 0
-				for _, channel := range call.channels {
-					for _, i := range channel {
-						if err != nil {
-							results[i].err = err
-						} else {
-							results[i] = published{version: res[k], duplicate: res[k+1] == 1}
-						}
-						k += 2
-					}
-				}
-			}
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
 		}()
 	}
 	wg.Wait()
 	return results
+}
+
+// publishShard publishes the messages out[idx] on one master and records
+// their results.
+func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgoing, idx []int, results []published, epoch, cmd string, cluster bool) {
+	fail := func(err error) {
+		for _, i := range idx {
+			results[i].err = err
+		}
+	}
+	replid, replicas, err := sh.Info(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	calls := publishCalls(out, idx, cluster)
+	var wait *redis.IntCmd
+	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
+		all := make([]*redis.Cmd, len(calls))
+		for j, call := range calls {
+			all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd, replid)
+		}
+		wait = nil
+		if replicas > 0 {
+			wait = shard.WaitCmd(ctx, 1, r.opt.ReplicaTimeout)
+			_ = pipe.Process(ctx, wait)
+		}
+		return all
+	})
+	if err != nil {
+		sh.Forget() // a failover, a moved slot: look again next time
+		r.shards.Moved(ctx)
+	}
+	var waitErr error
+	if wait != nil {
+		if n, err := wait.Result(); err != nil || n < 1 {
+			waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d, %v)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n, err)
+			sh.Forget() // the replica may be gone: look again
+		}
+	}
+	for j, call := range calls {
+		res, err := cmds[j].Int64Slice()
+		if err == nil && len(res) != 2*call.messages {
+			err = fmt.Errorf("publish script: %d results for %d messages", len(res), call.messages)
+		}
+		if err == nil {
+			err = waitErr
+		}
+		k := 0
+		for _, channel := range call.channels {
+			for _, i := range channel {
+				if err != nil {
+					results[i].err = err
+				} else {
+					results[i] = published{version: res[k], duplicate: res[k+1] == 1}
+				}
+				k += 2
+			}
+		}
+	}
 }
 
 // publishCall is one publish script call: indexes of out, by channel.

@@ -300,7 +300,7 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 // scriptArgs validates an invalidation and returns the invalidate script's
 // keys and arguments.
 func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
-	keys, err := s.scriptKeys(inv)
+	keys, err := s.scriptKeys(inv, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -310,8 +310,8 @@ func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
 
 // scriptKeys validates an invalidation and returns the keys of its script
 // call: two slots for the tag set and the position key (see headKeys), then
-// the cache keys.
-func (s *Store) scriptKeys(inv Invalidation) ([]string, error) {
+// the cache keys. They are appended to buf when it has room.
+func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if err := names.Tenant(inv.Tenant); err != nil {
 		return nil, err
 	}
@@ -326,7 +326,10 @@ func (s *Store) scriptKeys(inv Invalidation) ([]string, error) {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
 	}
-	keys := make([]string, 2, 2+len(inv.Keys))
+	if cap(buf)-len(buf) < 2+len(inv.Keys) {
+		buf = make([]string, 0, 2+len(inv.Keys))
+	}
+	keys := append(buf[len(buf):len(buf):len(buf)+2+len(inv.Keys)], "", "")
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
 			return nil, err
@@ -372,8 +375,14 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 	results := make([]Result, len(invs))
 	errs := make([]error, len(invs))
 	keys := make([][]string, len(invs))
+	n := 0
+	for _, inv := range invs {
+		n += 2 + len(inv.Keys)
+	}
+	buf := make([]string, 0, n) // one allocation for every invalidation's keys
 	for i, inv := range invs {
-		keys[i], errs[i] = s.scriptKeys(inv)
+		keys[i], errs[i] = s.scriptKeys(inv, buf)
+		buf = buf[:len(buf)+len(keys[i])]
 	}
 	calls := s.applyCalls(invs, keys, errs)
 	for _, call := range calls {

@@ -268,33 +268,42 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 // redisBenchmark runs redis-benchmark PUBLISH against a fresh server with one
 // subscriber attached (redis-cli, in its own process, so this process's
 // profile holds only routerd's work), and returns requests per second.
-func redisBenchmark(dir string, pipeline int) (float64, error) {
+func redisBenchmark(dir string, pipeline int) (rate, cpuPerOp float64, err error) {
 	srv, err := redistest.Launch(dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer srv.Stop()
 	_, port, _ := strings.Cut(srv.Addr, ":")
 	sub := exec.Command("redis-cli", "-p", port, "subscribe", "ch")
 	if err := sub.Start(); err != nil { // output discarded
-		return 0, fmt.Errorf("redis-cli subscribe: %w", err)
+		return 0, 0, fmt.Errorf("redis-cli subscribe: %w", err)
 	}
 	defer func() { _ = sub.Process.Kill(); _ = sub.Wait() }()
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer c.Close()
 	if !waitFor(10*time.Second, func() bool { return c.PubSubNumSub(context.Background(), "ch").Val()["ch"] == 1 }) {
-		return 0, fmt.Errorf("redis-cli did not subscribe")
+		return 0, 0, fmt.Errorf("redis-cli did not subscribe")
+	}
+	before, err := serverStats(context.Background(), c)
+	if err != nil {
+		return 0, 0, err
 	}
 	n := scale(200000)
 	outp, err := exec.Command("redis-benchmark", "-p", port, "-c", "50", "-n", strconv.Itoa(n), "-P", strconv.Itoa(pipeline), "-q", "publish", "ch", "x").CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark: %v: %s", err, outp)
+		return 0, 0, fmt.Errorf("redis-benchmark: %v: %s", err, outp)
 	}
 	m := regexp.MustCompile(`([0-9.]+) requests per second`).FindSubmatch(outp)
 	if m == nil {
-		return 0, fmt.Errorf("redis-benchmark output: %s", outp)
+		return 0, 0, fmt.Errorf("redis-benchmark output: %s", outp)
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	after, err := serverStats(context.Background(), c)
+	if err != nil {
+		return 0, 0, err
+	}
+	rate, err = strconv.ParseFloat(string(m[1]), 64)
+	return rate, (after.cpu - before.cpu) / float64(n) * 1e6, err
 }
 
 const fastLimits = `defaults: {rate: 1000000, burst: 1000000, coalesce: 0s, max_keys: 500, history: 1000}`
@@ -360,11 +369,11 @@ func throughput(dir string) ([]Row, error) {
 		return nil, err
 	}
 	fmt.Fprintf(os.Stderr, "bus Redis commands per event: %s\n", bus1.callsSince(bus0, n))
-	p1, err := redisBenchmark(dir, 1)
+	p1, p1CPU, err := redisBenchmark(dir, 1)
 	if err != nil {
 		return nil, err
 	}
-	p32, err := redisBenchmark(dir, 32)
+	p32, _, err := redisBenchmark(dir, 32)
 	if err != nil {
 		return nil, err
 	}
@@ -378,6 +387,7 @@ func throughput(dir string) ([]Row, error) {
 		{Scenario: "1 throughput", Metric: "Go allocations per event (publisher, router and subscriber together)", Value: allocs, Unit: "allocs"},
 		{Scenario: "1 throughput", Metric: "Go CPU per event (publisher, router and subscriber together)", Value: goCPU.Seconds() / float64(n) * 1e6, Unit: "µs"},
 		{Scenario: "1 throughput", Metric: "bus Redis CPU per event", Value: (bus1.cpu - bus0.cpu) / float64(n) * 1e6, Unit: "µs"},
+		{Scenario: "1 throughput", Metric: "Redis CPU per PUBLISH of redis-benchmark -P 1 (the reference)", Value: p1CPU, Unit: "µs"},
 		{Scenario: "1 throughput", Metric: "cache Redis CPU per event", Value: (cache1.cpu - cache0.cpu) / float64(n) * 1e6, Unit: "µs"},
 	}, nil
 }

@@ -578,7 +578,10 @@ func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tagstore: invalidate %s and more: %w", first, err)
 	}
-	letters, _ := v[0].(string)
+	var letters string
+	if len(v) > 0 {
+		letters, _ = v[0].(string)
+	}
 	if len(v) != 1+c.n || len(letters) != c.n {
 		return nil, fmt.Errorf("tagstore: invalidate %s and more: reply %v for %d invalidations", first, v, c.n)
 	}

@@ -165,8 +165,9 @@ func TestDecodingIsStrict(t *testing.T) {
 			t.Errorf("ParseEvent(%s) = %v, want a FieldError", in, err)
 		}
 	}
-	// null is an absent field, as for encoding/json; escapes are decoded.
-	e, err := ParseEvent([]byte(`{"tenant":"ac\u006de","domain":"user","id":null,"keys":null,"ts":null}`))
+	// null is an absent field, as for encoding/json; escapes are decoded,
+	// in keys too.
+	e, err := ParseEvent([]byte(`{"tenant":"ac\u006de","dom\u0061in":"user","id":null,"keys":null,"ts":null}`))
 	if err != nil || e.Tenant != "acme" || e.ID != "" || e.Keys != nil || e.TS != 0 {
 		t.Errorf("got %+v, %v", e, err)
 	}

@@ -213,46 +213,81 @@ func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
 
 // StartCluster starts masters × (1 + replicas) servers and joins them into a
 // cluster with `redis-cli --cluster create`, then waits until every node
-// reports cluster_state:ok.
+// reports cluster_state:ok. The servers stop when the test ends.
 func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	c, err := LaunchCluster(tb.TempDir(), masters, replicas)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(c.Stop)
+	return c
+}
+
+// LaunchCluster starts a cluster outside a test (the benchmark harness),
+// with its files in dir; the caller stops it.
+func LaunchCluster(dir string, masters, replicas int) (*Cluster, error) {
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
-		tb.Fatalf("redis-cli is not installed: run `apt-get install -y redis-tools`")
+		return nil, fmt.Errorf("redis-cli is not installed: run `apt-get install -y redis-tools`")
 	}
 	c := &Cluster{}
 	for i := 0; i < masters*(1+replicas); i++ {
-		s := Start(tb, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+		s, err := Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
 			"--cluster-config-file", fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1)))
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
 		c.Nodes = append(c.Nodes, s)
 		c.Addrs = append(c.Addrs, s.Addr)
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
-		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+		c.Stop()
+		return nil, fmt.Errorf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	// Ready means every node sees the cluster ok and every replica has
 	// synced with its master: a replica that never synced cannot take over.
-	Eventually(tb, 60*time.Second, "cluster_state:ok on every node and every replica in sync", func() bool {
-		for _, n := range c.Nodes {
-			cl := redis.NewClient(&redis.Options{Addr: n.Addr})
-			info, err := cl.ClusterInfo(context.Background()).Result()
-			repl, err2 := cl.Info(context.Background(), "replication").Result()
-			_ = cl.Close()
-			if err != nil || err2 != nil || !strings.Contains(info, "cluster_state:ok") {
-				return false
-			}
-			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
-				return false
-			}
-			if strings.Contains(repl, "role:master") && replicas > 0 && !strings.Contains(repl, "connected_slaves:"+strconv.Itoa(replicas)) {
-				return false
-			}
+	deadline := time.Now().Add(60 * time.Second)
+	for !c.ready(replicas) {
+		if time.Now().After(deadline) {
+			c.Stop()
+			return nil, fmt.Errorf("redistest: no cluster_state:ok on every node and every replica in sync within 60s")
 		}
-		return true
-	})
-	return c
+		time.Sleep(50 * time.Millisecond)
+	}
+	return c, nil
+}
+
+func (c *Cluster) ready(replicas int) bool {
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		info, err := cl.ClusterInfo(context.Background()).Result()
+		repl, err2 := cl.Info(context.Background(), "replication").Result()
+		_ = cl.Close()
+		if err != nil || err2 != nil || !strings.Contains(info, "cluster_state:ok") {
+			return false
+		}
+		if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+			return false
+		}
+		if strings.Contains(repl, "role:master") && replicas > 0 && !strings.Contains(repl, "connected_slaves:"+strconv.Itoa(replicas)) {
+			return false
+		}
+	}
+	return true
+}
+
+// Stop stops every node.
+func (c *Cluster) Stop() {
+	for _, n := range c.Nodes {
+		n.Stop()
+	}
 }
 
 // MoveSlot migrates the hash slot of key, with all its keys, to the master

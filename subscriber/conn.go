@@ -24,6 +24,9 @@ type listener struct {
 	conns []*conn
 	// standalone: what the one connection is subscribed to.
 	channels, patterns []string
+	// cluster: the hash slot of each channel subscribed, as the server
+	// computes it (CLUSTER KEYSLOT), kept across regroups.
+	slots map[string]int64
 }
 
 // conn is one pub/sub connection and its receiver.
@@ -102,7 +105,13 @@ func (ln *listener) regroup(ctx context.Context) {
 	if s.cur.allTenants {
 		channels = append(channels, wire.TenantsChannel(s.prefix))
 	}
-	groups := map[string][]string{}
+	slots, err := ln.slotsOf(ctx, cc, channels)
+	if err != nil {
+		s.log.Warn("finding the slots of channels; retrying", "err", err)
+		time.AfterFunc(time.Second, s.requestRegroup)
+		return
+	}
+	groups := map[string]map[int64][]string{} // master -> slot -> channels
 	for _, ch := range channels {
 		master, err := cc.MasterForKey(ctx, ch)
 		if err != nil {
@@ -111,7 +120,10 @@ func (ln *listener) regroup(ctx context.Context) {
 			return
 		}
 		addr := master.Options().Addr
-		groups[addr] = append(groups[addr], ch)
+		if groups[addr] == nil {
+			groups[addr] = map[int64][]string{}
+		}
+		groups[addr][slots[ch]] = append(groups[addr][slots[ch]], ch)
 	}
 	addrs := make([]string, 0, len(groups))
 	for a := range groups {
@@ -119,10 +131,60 @@ func (ln *listener) regroup(ctx context.Context) {
 	}
 	sort.Strings(addrs)
 	for _, a := range addrs {
-		ln.start(ctx, cc.SSubscribe(ctx, groups[a]...), len(groups[a]))
+		// One connection per master, one SSUBSCRIBE per slot: a command
+		// may name the channels of one slot only. The first command makes
+		// the connection, on the master of its slot.
+		var ps *redis.PubSub
+		n := 0
+		for _, chs := range groups[a] {
+			n += len(chs)
+			if ps == nil {
+				ps = cc.SSubscribe(ctx, chs...)
+				continue
+			}
+			if err := ps.SSubscribe(ctx, chs...); err != nil {
+				s.log.Warn("subscribing; the next regroup retries", "err", err)
+			}
+		}
+		ln.start(ctx, ps, n)
 	}
 	s.log.Info("subscribed (sharded)", "channels", len(channels), "masters", len(groups), "tags", s.cur.tagList)
 	s.requestCheck()
+}
+
+// slotsOf returns the hash slot of every channel, asking the cluster
+// (pipelined) for those it does not know yet, and forgets channels no
+// longer subscribed.
+func (ln *listener) slotsOf(ctx context.Context, cc *redis.ClusterClient, channels []string) (map[string]int64, error) {
+	if ln.slots == nil {
+		ln.slots = map[string]int64{}
+	}
+	var unknown []string
+	keep := make(map[string]int64, len(channels))
+	for _, ch := range channels {
+		if slot, ok := ln.slots[ch]; ok {
+			keep[ch] = slot
+		} else {
+			unknown = append(unknown, ch)
+		}
+	}
+	for i := 0; i < len(unknown); i += 1000 {
+		part := unknown[i:min(i+1000, len(unknown))]
+		cmds, err := cc.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, ch := range part {
+				pipe.ClusterKeySlot(ctx, ch)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for j, c := range cmds {
+			keep[part[j]] = c.(*redis.IntCmd).Val()
+		}
+	}
+	ln.slots = keep
+	return keep, nil
 }
 
 // subscribeAll calls one of PubSub's (un)subscribe methods in chunks.
@@ -248,6 +310,15 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				// Quiet connection: make sure it is alive. A failed ping
 				// makes go-redis reconnect and resubscribe.
 				_ = c.ps.Ping(ctx)
+				continue
+			}
+			if redis.HasErrorPrefix(err, "CROSSSLOT") {
+				// go-redis resubscribes a reconnected connection's shard
+				// channels in one command, which a master refuses when
+				// they span slots: subscribe again, one command a slot.
+				s.log.Info("pub/sub connection re-established; subscribing again slot by slot")
+				s.requestRegroup()
+				sleepCtx(ctx, 100*time.Millisecond)
 				continue
 			}
 			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -28,6 +29,7 @@ type clusterEnv struct {
 	busC   *redis.ClusterClient
 	cacheC *redis.ClusterClient
 	store  *tagstore.Store
+	subReg *prometheus.Registry // the subscriber's metrics
 	pub    *publisher.Publisher
 }
 
@@ -59,7 +61,9 @@ func (e *clusterEnv) start(yaml, service string) {
 	}
 	run(e.t, r.Run)
 	redistest.Eventually(e.t, 10*time.Second, "router ready", r.Ready)
-	s, err := subscriber.New(e.busC, subscriber.Options{Service: service, Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour, Logger: testLogger(e.t, "subscriber")})
+	e.subReg = prometheus.NewRegistry()
+	s, err := subscriber.New(e.busC, subscriber.Options{Service: service, Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour,
+		Registerer: e.subReg, Logger: testLogger(e.t, "subscriber")})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -141,6 +145,62 @@ func TestClusterTenantsOnThreeMasters(t *testing.T) {
 			t.Errorf("%s/user:2 was deleted by a key-level event", tenant)
 		}
 	}
+}
+
+// A master usually owns the channels of many slots, and SSUBSCRIBE takes
+// the channels of one slot only: 30 tenants' channels, several per master
+// in different slots, are all delivered live — and again after every
+// pub/sub connection was killed and re-established (go-redis resubscribes a
+// connection's shard channels in one command, which such a connection
+// refuses).
+func TestClusterManyChannelsPerMaster(t *testing.T) {
+	e := newClusterEnv(t)
+	var tenants []string
+	for i := 0; i < 30; i++ {
+		tenants = append(tenants, fmt.Sprintf("many%d", i))
+	}
+	for _, tenant := range tenants {
+		e.seed(tenant, "user:1", "active")
+		e.seed(tenant, "user:2", "active")
+	}
+	e.start(oneTenantMatrix(strings.Join(tenants, ", ")), "search-svc")
+	publishAll := func(key string) {
+		for _, tenant := range tenants {
+			if _, err := e.pub.Publish(context.Background(), wire.Event{Tenant: tenant, Domain: "user", Keys: []string{key}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tenant := range tenants {
+			e.waitGone(tenant, key)
+		}
+	}
+	// CheckInterval is an hour: only live delivery (or the check after a
+	// reconnect) can invalidate.
+	publishAll("user:1")
+	if got := metric(t, e.subReg, "subscriber_gaps_total"); got != 0 {
+		t.Errorf("%v gaps: messages were missed and recovered, not delivered", got)
+	}
+
+	if err := e.busC.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+		return m.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 15*time.Second, "every channel subscribed again on its master", func() bool {
+		for _, tenant := range tenants {
+			ch := "invalidate:" + tenant + ":active"
+			m, err := e.busC.MasterForKey(context.Background(), ch)
+			if err != nil {
+				return false
+			}
+			v, err := m.Do(context.Background(), "PUBSUB", "SHARDNUMSUB", ch).Slice()
+			if err != nil || len(v) != 2 || v[1] != int64(1) {
+				return false
+			}
+		}
+		return true
+	})
+	publishAll("user:2")
 }
 
 // A subscriber for every tenant picks up tenants it has never seen, on

@@ -90,6 +90,7 @@ func main() {
 		run  func(dir string) ([]Row, error)
 	}{
 		{"throughput", throughput},
+		{"cluster", clusterThroughput},
 		{"latency", latency},
 		{"fan-out", fanOut},
 		{"bulk", bulk},
@@ -139,10 +140,12 @@ func scale(n int) int {
 	return n
 }
 
-// system is a bus Redis, a cache Redis, a router and subscribers.
+// system is a bus Redis (one server or a cluster), a cache Redis, a router
+// and subscribers.
 type system struct {
 	bus, cache *redistest.Server
-	busC       *redis.Client
+	cluster    *redistest.Cluster // the bus, when it is a cluster
+	busC       redis.UniversalClient
 	mtx        *matrix.Matrix
 	pub        *publisher.Publisher
 	stores     []*tagstore.Store
@@ -158,26 +161,39 @@ func startSystem(dir, yaml string, services ...string) (*system, error) {
 
 // startSystemWith gives every service's subscriber a Handler too.
 func startSystemWith(dir, yaml string, handler subscriber.Handler, services ...string) (*system, error) {
+	return startSystemOn(dir, yaml, 0, 0, handler, services...)
+}
+
+// startSystemOn starts the system with the bus on a cluster of masters ×
+// (1 + replicas) nodes, or on one server when masters is 0.
+func startSystemOn(dir, yaml string, masters, replicas int, handler subscriber.Handler, services ...string) (*system, error) {
 	mtx, err := matrix.Parse("bench.yaml", []byte(yaml))
 	if err != nil {
 		return nil, err
 	}
 	s := &system{mtx: mtx}
-	if s.bus, err = redistest.Launch(dir); err != nil {
-		return nil, err
+	if masters > 0 {
+		if s.cluster, err = redistest.LaunchCluster(dir, masters, replicas); err != nil {
+			return nil, err
+		}
+		s.busC = redis.NewClusterClient(&redis.ClusterOptions{Addrs: s.cluster.Addrs, PoolSize: 64})
+	} else {
+		if s.bus, err = redistest.Launch(dir); err != nil {
+			return nil, err
+		}
+		s.busC = redis.NewClient(&redis.Options{Addr: s.bus.Addr, PoolSize: 64})
 	}
 	if s.cache, err = redistest.Launch(dir); err != nil {
-		s.bus.Stop()
+		s.stopBus()
 		return nil, err
 	}
-	s.busC = redis.NewClient(&redis.Options{Addr: s.bus.Addr, PoolSize: 64})
 	if s.pub, err = publisher.New(s.busC, publisher.Options{Prefix: mtx.Prefix}); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.routerReg = prometheus.NewRegistry()
-	r, err := router.New(s.busC, mtx, router.Options{Registerer: s.routerReg, Logger: slog.New(slog.DiscardHandler)})
+	r, err := router.New(s.busC, mtx, router.Options{Registerer: s.routerReg, Logger: slog.New(slog.DiscardHandler), Sharded: s.cluster != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -216,9 +232,61 @@ func (s *system) stop() {
 	for _, d := range s.done {
 		<-d
 	}
-	s.busC.Close()
-	s.bus.Stop()
+	s.stopBus()
 	s.cache.Stop()
+}
+
+func (s *system) stopBus() {
+	s.busC.Close()
+	if s.cluster != nil {
+		s.cluster.Stop()
+	} else {
+		s.bus.Stop()
+	}
+}
+
+// roleOf is the replication role of the server at addr: master or slave.
+func roleOf(ctx context.Context, addr string) (string, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	info, err := c.Info(ctx, "replication").Result()
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "role:"); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no role in INFO replication")
+}
+
+// busStats sums the stats of every bus node (masters and replicas).
+func (s *system) busStats(ctx context.Context) (stats, error) {
+	addrs := []string{}
+	if s.cluster != nil {
+		addrs = s.cluster.Addrs
+	} else {
+		addrs = append(addrs, s.bus.Addr)
+	}
+	sum := stats{calls: map[string]int64{}, usec: map[string]int64{}}
+	for _, a := range addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		st, err := serverStats(ctx, c)
+		c.Close()
+		if err != nil {
+			return sum, err
+		}
+		sum.cpu += st.cpu
+		if role, _ := roleOf(ctx, a); role == "slave" {
+			sum.replicaCPU += st.cpu
+		}
+		for k, v := range st.calls {
+			sum.calls[k] += v
+			sum.usec[k] += st.usec[k]
+		}
+	}
+	return sum, nil
 }
 
 // applied sums subscriber_messages_applied_total over the subscribers.
@@ -312,13 +380,23 @@ const fastLimits = `defaults: {rate: 1000000, burst: 1000000, coalesce: 0s, max_
 // PublishBatch, routed and applied to a cache Redis; against redis-benchmark
 // PUBLISH unpipelined and with -P 32.
 func throughput(dir string) ([]Row, error) {
+	return throughputOn(dir, "1 throughput", 0, 0)
+}
+
+// clusterThroughput is the same on a bus of 3 masters with a replica each:
+// publishes go out per channel's master, each pipeline ending with WAIT 1.
+func clusterThroughput(dir string) ([]Row, error) {
+	return throughputOn(dir, "1 throughput, cluster", 3, 1)
+}
+
+func throughputOn(dir, name string, masters, replicas int) ([]Row, error) {
 	tenants := make([]string, 100)
 	for i := range tenants {
 		tenants[i] = fmt.Sprintf("t%d", i)
 	}
 	yaml := fmt.Sprintf("version: 1\n%s\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [%s]}\n",
 		fastLimits, strings.Join(tenants, ", "))
-	s, err := startSystem(dir, yaml, "svc")
+	s, err := startSystemOn(dir, yaml, masters, replicas, nil, "svc")
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +409,7 @@ func throughput(dir string) ([]Row, error) {
 	ctx := context.Background()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	bus0, err := serverStats(ctx, s.busC)
+	bus0, err := s.busStats(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -353,14 +431,17 @@ func throughput(dir string) ([]Row, error) {
 		return nil, fmt.Errorf("only %v of %d routed", metricSum(s.routerReg, "routerd_events_routed_total"), n)
 	}
 	routed := time.Since(start)
-	if !waitFor(5*time.Minute, func() bool { return s.applied() >= float64(n) }) {
+	if !waitFor(time.Minute, func() bool { return s.applied() >= float64(n) }) {
+		for _, m := range []string{"subscriber_messages_received_total", "subscriber_duplicates_total", "subscriber_gaps_total", "subscriber_recoveries_total", "subscriber_invalid_messages_total", "subscriber_apply_errors_total", "subscriber_position_checks_total"} {
+			fmt.Fprintln(os.Stderr, m, metricSum(s.regs[0], m))
+		}
 		return nil, fmt.Errorf("only %v of %d applied", s.applied(), n)
 	}
 	rate := float64(n) / time.Since(start).Seconds()
 	goCPU := processCPU() - cpu0
 	runtime.ReadMemStats(&m1)
 	allocs := float64(m1.Mallocs-m0.Mallocs) / float64(n)
-	bus1, err := serverStats(ctx, s.busC)
+	bus1, err := s.busStats(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -368,10 +449,22 @@ func throughput(dir string) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(os.Stderr, "bus Redis commands per event: %s\n", bus1.callsSince(bus0, n))
+	fmt.Fprintf(os.Stderr, "%s: bus Redis commands per event: %s\n", name, bus1.callsSince(bus0, n))
 	p1, p1CPU, err := redisBenchmark(dir, 1)
 	if err != nil {
 		return nil, err
+	}
+	busNodes := "bus Redis"
+	if masters > 0 {
+		busNodes = fmt.Sprintf("bus Redis (%d masters, %d replicas)", masters, masters*replicas)
+		return []Row{
+			{Scenario: name, Metric: fmt.Sprintf("%d events, 100 channels, end to end", n), Value: rate, Unit: "events/s",
+				Reference: "redis-benchmark PUBLISH -P 1", RefValue: p1, Ratio: rate / p1},
+			{Scenario: name, Metric: "Go CPU per event (publisher, router and subscriber together)", Value: goCPU.Seconds() / float64(n) * 1e6, Unit: "µs"},
+			{Scenario: name, Metric: busNodes + " CPU per event: masters", Value: (bus1.cpu - bus1.replicaCPU - bus0.cpu + bus0.replicaCPU) / float64(n) * 1e6, Unit: "µs"},
+			{Scenario: name, Metric: busNodes + " CPU per event: replicas", Value: (bus1.replicaCPU - bus0.replicaCPU) / float64(n) * 1e6, Unit: "µs"},
+			{Scenario: name, Metric: "cache Redis CPU per event", Value: (cache1.cpu - cache0.cpu) / float64(n) * 1e6, Unit: "µs"},
+		}, nil
 	}
 	p32, _, err := redisBenchmark(dir, 32)
 	if err != nil {
@@ -403,9 +496,10 @@ func processCPU() time.Duration {
 
 // stats is what INFO tells of a server's work so far.
 type stats struct {
-	cpu   float64          // seconds of CPU, user + system
-	calls map[string]int64 // command -> calls, scripts' inner commands included
-	usec  map[string]int64 // command -> microseconds spent in it
+	cpu        float64          // seconds of CPU, user + system
+	replicaCPU float64          // of which replicas used (a cluster bus)
+	calls      map[string]int64 // command -> calls, scripts' inner commands included
+	usec       map[string]int64 // command -> microseconds spent in it
 }
 
 func serverStats(ctx context.Context, c *redis.Client) (stats, error) {

@@ -96,6 +96,7 @@ func main() {
 		{"bulk", bulk},
 		{"storm", storm},
 		{"scale", scaleOfSubscriber},
+		{"scale-cluster", scaleOfClusterSubscriber},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue
@@ -799,7 +800,15 @@ func latency(dir string) ([]Row, error) {
 // scaleOfSubscriber: one subscriber of 10,000 tenants × 10 tags (100,000
 // channels): time to subscribe and check every position, time to recover
 // after its pub/sub connection is killed, and memory.
-func scaleOfSubscriber(dir string) ([]Row, error) {
+func scaleOfSubscriber(dir string) ([]Row, error) { return scaleOn(dir, "5 scale", 0) }
+
+// scaleOfClusterSubscriber is the same with the bus on 3 masters: sharded
+// subscriptions, one connection per master, one SSUBSCRIBE per slot.
+func scaleOfClusterSubscriber(dir string) ([]Row, error) {
+	return scaleOn(dir, "5 scale, cluster", 3)
+}
+
+func scaleOn(dir, name string, masters int) ([]Row, error) {
 	tenants := scale(10000)
 	var names []string
 	for i := 0; i < tenants; i++ {
@@ -814,17 +823,27 @@ func scaleOfSubscriber(dir string) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	bus, err := redistest.Launch(dir)
-	if err != nil {
-		return nil, err
+	var busC redis.UniversalClient
+	if masters > 0 {
+		bus, err := redistest.LaunchCluster(dir, masters, 0)
+		if err != nil {
+			return nil, err
+		}
+		defer bus.Stop()
+		busC = redis.NewClusterClient(&redis.ClusterOptions{Addrs: bus.Addrs})
+	} else {
+		bus, err := redistest.Launch(dir)
+		if err != nil {
+			return nil, err
+		}
+		defer bus.Stop()
+		busC = redis.NewClient(&redis.Options{Addr: bus.Addr})
 	}
-	defer bus.Stop()
 	cache, err := redistest.Launch(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer cache.Stop()
-	busC := redis.NewClient(&redis.Options{Addr: bus.Addr})
 	defer busC.Close()
 	cacheC := redis.NewClient(&redis.Options{Addr: cache.Addr})
 	defer cacheC.Close()
@@ -839,30 +858,65 @@ func scaleOfSubscriber(dir string) ([]Row, error) {
 	start := time.Now()
 	go func() { defer close(done); _ = sub.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	if !waitFor(5*time.Minute, sub.Ready) {
-		return nil, fmt.Errorf("not ready")
+	channels := tenants * 10
+	if !waitFor(5*time.Minute, func() bool { return sub.Ready() && subscribedChannels(busC) == int64(channels) }) {
+		return nil, fmt.Errorf("not ready: %d of %d channels subscribed", subscribedChannels(busC), channels)
 	}
 	ready := time.Since(start)
 	heapAfter, rssAfter := liveHeap(), rss()
 	checks := metricSum(reg, "subscriber_position_checks_total")
 	start = time.Now()
-	if err := busC.Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+	kill := func(ctx context.Context, c *redis.Client) error {
+		return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	}
+	if cc, ok := busC.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(context.Background(), kill)
+	} else {
+		err = kill(context.Background(), busC.(*redis.Client))
+	}
+	if err != nil {
 		return nil, err
 	}
-	if !waitFor(5*time.Minute, func() bool { return metricSum(reg, "subscriber_position_checks_total") > checks }) {
-		return nil, fmt.Errorf("no check after the kill")
+	// Recovered: every channel subscribed again, as the servers count them,
+	// and a position check run since the kill.
+	if !waitFor(5*time.Minute, func() bool {
+		return subscribedChannels(busC) == int64(channels) && metricSum(reg, "subscriber_position_checks_total") > checks
+	}) {
+		return nil, fmt.Errorf("not resubscribed and checked after the kill: %d of %d channels", subscribedChannels(busC), channels)
 	}
 	recovered := time.Since(start)
-	channels := tenants * 10
 	return []Row{
-		{Scenario: "5 scale", Metric: fmt.Sprintf("%d channels: subscribed and positions checked", channels), Value: ready.Seconds(), Unit: "s"},
-		{Scenario: "5 scale", Metric: "pub/sub connection killed → resubscribed and checked", Value: recovered.Seconds(), Unit: "s"},
-		{Scenario: "5 scale", Metric: "Go heap the subscriber holds (live, after GC)", Value: float64(heapAfter-heapBefore) / (1 << 20), Unit: "MB"},
-		{Scenario: "5 scale", Metric: "resident memory of the whole bench process then (an upper bound)", Value: float64(rssAfter) / (1 << 20), Unit: "MB"},
+		{Scenario: name, Metric: fmt.Sprintf("%d channels: subscribed and positions checked", channels), Value: ready.Seconds(), Unit: "s"},
+		{Scenario: name, Metric: "pub/sub connection killed → resubscribed and checked", Value: recovered.Seconds(), Unit: "s"},
+		{Scenario: name, Metric: "Go heap the subscriber holds (live, after GC)", Value: float64(heapAfter-heapBefore) / (1 << 20), Unit: "MB"},
+		{Scenario: name, Metric: "resident memory of the whole bench process then (an upper bound)", Value: float64(rssAfter) / (1 << 20), Unit: "MB"},
 	}, nil
 }
 
 // rss is the process's resident memory in bytes.
+// subscribedChannels is how many channels have a subscriber, summed over
+// the bus's masters (INFO stats: pubsub_channels, pubsubshard_channels).
+func subscribedChannels(c redis.UniversalClient) int64 {
+	var n atomic.Int64 // ForEachMaster runs side by side
+	count := func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "stats").Result()
+		for _, line := range strings.Split(info, "\r\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "pubsub_channels" || k == "pubsubshard_channels" {
+				x, _ := strconv.ParseInt(v, 10, 64)
+				n.Add(x)
+			}
+		}
+		return err
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		_ = cc.ForEachMaster(context.Background(), count)
+	} else {
+		_ = count(context.Background(), c.(*redis.Client))
+	}
+	return n.Load()
+}
+
 // liveHeap is the Go heap in use after a collection.
 func liveHeap() int64 {
 	runtime.GC()

@@ -23,6 +23,21 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return s.checkTargets(ctx, targets)
+}
+
+// checkChannel checks one channel of interest, newly subscribed.
+func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
+	tenant, tag, err := names.ParseChannel(s.prefix, channel)
+	if err != nil || !s.cur.covers(tenant, tag) {
+		return nil // no longer ours (a matrix change)
+	}
+	return s.checkTargets(ctx, []target{{channel, tenant, tag}})
+}
+
+// checkTargets compares the channels' versions with the positions and
+// recovers the channels behind.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target) error {
 	if err := s.loadPositions(ctx, targets); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,16 +26,35 @@ type listener struct {
 	// standalone: what the one connection is subscribed to.
 	channels, patterns []string
 	// cluster: the hash slot of each channel subscribed, as the server
-	// computes it (CLUSTER KEYSLOT), kept across regroups.
+	// computes it (CLUSTER KEYSLOT), kept across regroups; every channel
+	// subscribed is in it.
 	slots map[string]int64
 }
 
 // conn is one pub/sub connection and its receiver.
 type conn struct {
 	ps       *redis.PubSub
+	addr     string       // cluster: the master it is connected to
 	expected atomic.Int64 // subscriptions that make its set complete
 	cancel   context.CancelFunc
 	done     chan struct{}
+
+	mu sync.Mutex
+	// added are channels subscribed on the running connection (a tenant
+	// announced); each is checked on its own once confirmed.
+	added map[string]bool
+}
+
+// confirmedAdded reports whether channel was added to the running
+// connection, and forgets it.
+func (c *conn) confirmedAdded(channel string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.added[channel] {
+		return false
+	}
+	delete(c.added, channel)
+	return true
 }
 
 // Run subscribes and applies invalidations until ctx is cancelled.
@@ -44,6 +64,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		s.cur = next // SetMatrix before Run
 	}
 	ln := &listener{s: s}
+	s.ln = ln
 	defer ln.close()
 	ln.regroup(ctx)
 	s.apply(ctx, ln)
@@ -79,7 +100,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	if !s.sharded() {
 		channels, patterns := s.cur.channels(s.prefix, false, nil)
 		if len(ln.conns) == 0 {
-			ln.start(ctx, s.bus.Subscribe(ctx), len(channels)+len(patterns))
+			ln.start(ctx, s.bus.Subscribe(ctx), "", len(channels)+len(patterns))
 		}
 		c := ln.conns[0]
 		c.expected.Store(int64(len(channels) + len(patterns)))
@@ -105,7 +126,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	if s.cur.allTenants {
 		channels = append(channels, wire.TenantsChannel(s.prefix))
 	}
-	slots, err := ln.slotsOf(ctx, cc, channels)
+	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
 		s.log.Warn("finding the slots of channels; retrying", "err", err)
 		time.AfterFunc(time.Second, s.requestRegroup)
@@ -146,21 +167,24 @@ func (ln *listener) regroup(ctx context.Context) {
 				s.log.Warn("subscribing; the next regroup retries", "err", err)
 			}
 		}
-		ln.start(ctx, ps, n)
+		ln.start(ctx, ps, a, n)
 	}
 	s.log.Info("subscribed (sharded)", "channels", len(channels), "masters", len(groups), "tags", s.cur.tagList)
 	s.requestCheck()
 }
 
 // slotsOf returns the hash slot of every channel, asking the cluster
-// (pipelined) for those it does not know yet, and forgets channels no
-// longer subscribed.
-func (ln *listener) slotsOf(ctx context.Context, cc *redis.ClusterClient, channels []string) (map[string]int64, error) {
+// (pipelined) for those it does not know yet. With all set, channels is the
+// whole subscribed set and the others are forgotten.
+func (ln *listener) slotsOf(ctx context.Context, cc *redis.ClusterClient, channels []string, all bool) (map[string]int64, error) {
 	if ln.slots == nil {
 		ln.slots = map[string]int64{}
 	}
 	var unknown []string
-	keep := make(map[string]int64, len(channels))
+	keep := ln.slots
+	if all {
+		keep = make(map[string]int64, len(channels))
+	}
 	for _, ch := range channels {
 		if slot, ok := ln.slots[ch]; ok {
 			keep[ch] = slot
@@ -226,19 +250,78 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-// announced handles the router's announcement of a new tenant.
-func (s *Subscriber) announced(tenant string) {
+// announced handles the router's announcement of a new tenant: its
+// channels are subscribed on the running connections (a regroup when a
+// master has none yet), and each is checked once confirmed.
+func (s *Subscriber) announced(ctx context.Context, tenant string) {
 	if !s.cur.allTenants || !s.sharded() || !names.ValidTenant(tenant) || s.extra[tenant] {
 		return
 	}
 	s.extra[tenant] = true
 	s.log.Info("new tenant announced; subscribing to its channels", "tenant", tenant)
-	s.requestRegroup()
+	channels, _ := s.cur.channels(s.prefix, true, []string{tenant})
+	if err := s.ln.add(ctx, channels); err != nil {
+		s.log.Info("subscribing to a new tenant's channels by regrouping", "tenant", tenant, "reason", err)
+		s.requestRegroup()
+	}
 }
 
-func (ln *listener) start(ctx context.Context, ps *redis.PubSub, expected int) {
+// add subscribes channels on the running sharded connections, one
+// SSUBSCRIBE per slot, and marks them for a check of their own once
+// confirmed. It fails, subscribing nothing, when a channel's master has no
+// connection.
+func (ln *listener) add(ctx context.Context, channels []string) error {
+	cc := ln.s.bus.(*redis.ClusterClient)
+	var fresh []string // not subscribed yet (a regroup may have taken them)
+	for _, ch := range channels {
+		if _, ok := ln.slots[ch]; !ok {
+			fresh = append(fresh, ch)
+		}
+	}
+	channels = fresh
+	slots, err := ln.slotsOf(ctx, cc, channels, false)
+	if err != nil {
+		return err
+	}
+	byConn := map[*conn]map[int64][]string{}
+	for _, ch := range channels {
+		master, err := cc.MasterForKey(ctx, ch)
+		if err != nil {
+			return err
+		}
+		var c *conn
+		for _, cn := range ln.conns {
+			if cn.addr == master.Options().Addr {
+				c = cn
+			}
+		}
+		if c == nil {
+			return errors.New("no connection to the master of " + ch + " yet")
+		}
+		if byConn[c] == nil {
+			byConn[c] = map[int64][]string{}
+		}
+		byConn[c][slots[ch]] = append(byConn[c][slots[ch]], ch)
+	}
+	for c, bySlot := range byConn {
+		for _, chs := range bySlot {
+			c.mu.Lock()
+			for _, ch := range chs {
+				c.added[ch] = true
+			}
+			c.mu.Unlock()
+			c.expected.Add(int64(len(chs)))
+			if err := c.ps.SSubscribe(ctx, chs...); err != nil {
+				ln.s.log.Warn("subscribing a new tenant's channels; go-redis retries on reconnect", "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (ln *listener) start(ctx context.Context, ps *redis.PubSub, addr string, expected int) {
 	cctx, cancel := context.WithCancel(ctx)
-	c := &conn{ps: ps, cancel: cancel, done: make(chan struct{})}
+	c := &conn{ps: ps, addr: addr, cancel: cancel, done: make(chan struct{}), added: map[string]bool{}}
 	c.expected.Store(int64(expected))
 	ln.conns = append(ln.conns, c)
 	go func() {
@@ -339,6 +422,14 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			s.log.Debug("subscription", "kind", m.Kind, "channel", m.Channel, "count", m.Count)
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
+				if c.confirmedAdded(m.Channel) {
+					select { // a new tenant's channel: check it alone
+					case s.channelChecks <- m.Channel:
+					default:
+						s.requestCheck()
+					}
+					continue
+				}
 				if int64(m.Count) == c.expected.Load() {
 					s.requestCheck()
 				}

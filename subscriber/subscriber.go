@@ -113,7 +113,11 @@ type Subscriber struct {
 
 	in       chan *redis.Message
 	checkReq chan struct{}
-	ready    atomic.Bool
+	// channelChecks carries channels newly subscribed (a tenant announced)
+	// whose subscription is confirmed: each is checked on its own.
+	channelChecks chan string
+	ready         atomic.Bool
+	ln            *listener // the applier's; set by Run
 
 	next    atomic.Pointer[interest] // a new matrix's interest, for the applier
 	reconf  chan struct{}
@@ -254,7 +258,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
-		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1),
+		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
@@ -350,6 +354,11 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.regroup(ctx)
 		case <-s.checkReq:
 			check()
+		case ch := <-s.channelChecks:
+			if err := s.checkChannel(ctx, ch); err != nil && ctx.Err() == nil {
+				s.log.Warn("checking a new channel failed; checking every position", "channel", ch, "err", err)
+				retry.Reset(time.Second)
+			}
 		case <-tick.C:
 			check()
 		case <-retry.C:
@@ -361,7 +370,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if raw.Channel == wire.TenantsChannel(s.prefix) {
-		s.announced(raw.Payload)
+		s.announced(ctx, raw.Payload)
 		return nil
 	}
 	tenant, tag, err := names.ParseChannel(s.prefix, raw.Channel)

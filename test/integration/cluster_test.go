@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -227,6 +228,64 @@ services:
 		if _, err := e.store.Get(context.Background(), tenant, "user:2"); err != nil {
 			t.Errorf("%s/user:2 deleted: the new tenant's first message was not applied key by key", tenant)
 		}
+	}
+}
+
+// Once every master has a connection, a new tenant's channels join the
+// running connections: no connection is rebuilt, and its first message is
+// still applied key by key.
+func TestClusterNewTenantJoinsRunningConnections(t *testing.T) {
+	e := newClusterEnv(t)
+	e.start(`
+version: 1
+tags:
+  active: {services: [profile-svc]}
+  vip: {services: [profile-svc]}
+domains:
+  user: {tags: [active, vip]}
+services:
+  profile-svc: {tenants: all}
+`, "profile-svc")
+	publishGone := func(tenant string) {
+		e.seed(tenant, "user:1", "active")
+		e.seed(tenant, "user:2", "active")
+		if _, err := e.pub.Publish(context.Background(), wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitGone(tenant, "user:1")
+		if _, err := e.store.Get(context.Background(), tenant, "user:2"); err != nil {
+			t.Errorf("%s/user:2 deleted: the first message was not applied key by key", tenant)
+		}
+	}
+	for _, tenant := range e.tenantsOnMasters("early", 3, "active") {
+		publishGone(tenant) // the first on a master without a connection regroups
+	}
+	pubsubClients := func() string {
+		var ids []string
+		var mu sync.Mutex
+		if err := e.busC.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+			list, err := m.ClientList(ctx).Result()
+			for _, line := range strings.Split(list, "\n") {
+				if strings.Contains(line, "flags=P") || strings.Contains(line, " ssub=") && !strings.Contains(line, " ssub=0") {
+					id, _, _ := strings.Cut(line, " ")
+					mu.Lock()
+					ids = append(ids, m.Options().Addr+"/"+id)
+					mu.Unlock()
+				}
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(ids)
+		return strings.Join(ids, ",")
+	}
+	before := pubsubClients()
+	for i := 0; i < 5; i++ {
+		publishGone(fmt.Sprintf("late%d", i))
+	}
+	if after := pubsubClients(); after != before {
+		t.Errorf("pub/sub connections were rebuilt for new tenants: %s, then %s", before, after)
 	}
 }
 

@@ -219,15 +219,22 @@ services:
 `
 	e.start(yaml, "profile-svc")
 	for _, tenant := range e.tenantsOnMasters("newco", 3, "active") {
-		e.seed(tenant, "user:1", "active")
-		e.seed(tenant, "user:2", "active")
-		if _, err := e.pub.Publish(context.Background(), wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}}); err != nil {
-			t.Fatal(err)
-		}
-		e.waitGone(tenant, "user:1")
-		if _, err := e.store.Get(context.Background(), tenant, "user:2"); err != nil {
-			t.Errorf("%s/user:2 deleted: the new tenant's first message was not applied key by key", tenant)
-		}
+		e.firstEventKeyLevel(tenant)
+	}
+}
+
+// firstEventKeyLevel publishes a new tenant's first event, for user:1 of
+// two cached keys, and checks that it was applied key by key.
+func (e *clusterEnv) firstEventKeyLevel(tenant string) {
+	e.t.Helper()
+	e.seed(tenant, "user:1", "active")
+	e.seed(tenant, "user:2", "active")
+	if _, err := e.pub.Publish(context.Background(), wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitGone(tenant, "user:1")
+	if _, err := e.store.Get(context.Background(), tenant, "user:2"); err != nil {
+		e.t.Errorf("%s/user:2 deleted: the new tenant's first message was not applied key by key", tenant)
 	}
 }
 
@@ -246,19 +253,8 @@ domains:
 services:
   profile-svc: {tenants: all}
 `, "profile-svc")
-	publishGone := func(tenant string) {
-		e.seed(tenant, "user:1", "active")
-		e.seed(tenant, "user:2", "active")
-		if _, err := e.pub.Publish(context.Background(), wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}}); err != nil {
-			t.Fatal(err)
-		}
-		e.waitGone(tenant, "user:1")
-		if _, err := e.store.Get(context.Background(), tenant, "user:2"); err != nil {
-			t.Errorf("%s/user:2 deleted: the first message was not applied key by key", tenant)
-		}
-	}
 	for _, tenant := range e.tenantsOnMasters("early", 3, "active") {
-		publishGone(tenant) // the first on a master without a connection regroups
+		e.firstEventKeyLevel(tenant) // the first on a master without a connection regroups
 	}
 	pubsubClients := func() string {
 		var ids []string
@@ -282,7 +278,7 @@ services:
 	}
 	before := pubsubClients()
 	for i := 0; i < 5; i++ {
-		publishGone(fmt.Sprintf("late%d", i))
+		e.firstEventKeyLevel(fmt.Sprintf("late%d", i))
 	}
 	if after := pubsubClients(); after != before {
 		t.Errorf("pub/sub connections were rebuilt for new tenants: %s, then %s", before, after)

@@ -45,6 +45,13 @@ type conn struct {
 	added map[string]bool
 }
 
+// forgetAdded treats every added channel as part of the connection's set.
+func (c *conn) forgetAdded() {
+	c.mu.Lock()
+	clear(c.added)
+	c.mu.Unlock()
+}
+
 // confirmedAdded reports whether channel was added to the running
 // connection, and forgets it.
 func (c *conn) confirmedAdded(channel string) bool {
@@ -413,6 +420,9 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				continue
 			}
 			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
+			// Every channel is resubscribed now, the added ones too: the
+			// last confirmation asks for a check of them all.
+			c.forgetAdded()
 			s.requestCheck()
 			sleepCtx(ctx, 100*time.Millisecond)
 			continue

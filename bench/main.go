@@ -442,6 +442,7 @@ func throughputOn(dir, name string, masters, replicas int) ([]Row, error) {
 	goCPU := processCPU() - cpu0
 	runtime.ReadMemStats(&m1)
 	allocs := float64(m1.Mallocs-m0.Mallocs) / float64(n)
+	allocBytes := float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
 	bus1, err := s.busStats(ctx)
 	if err != nil {
 		return nil, err
@@ -479,6 +480,7 @@ func throughputOn(dir, name string, masters, replicas int) ([]Row, error) {
 		{Scenario: "1 throughput", Metric: "same", Value: rate, Unit: "events/s",
 			Reference: "redis-benchmark PUBLISH -P 32", RefValue: p32, Ratio: rate / p32},
 		{Scenario: "1 throughput", Metric: "Go allocations per event (publisher, router and subscriber together)", Value: allocs, Unit: "allocs"},
+		{Scenario: "1 throughput", Metric: "Go bytes allocated per event", Value: allocBytes, Unit: "B"},
 		{Scenario: "1 throughput", Metric: "Go CPU per event (publisher, router and subscriber together)", Value: goCPU.Seconds() / float64(n) * 1e6, Unit: "µs"},
 		{Scenario: "1 throughput", Metric: "bus Redis CPU per event", Value: (bus1.cpu - bus0.cpu) / float64(n) * 1e6, Unit: "µs"},
 		{Scenario: "1 throughput", Metric: "Redis CPU per PUBLISH of redis-benchmark -P 1 (the reference)", Value: p1CPU, Unit: "µs"},

@@ -553,18 +553,27 @@ func (s *Subscriber) flushBatch(ctx context.Context) error {
 	}
 	batch := s.batch
 	s.batch = nil
+	defer func() { // the next burst reuses the array
+		clear(batch)
+		if len(s.batch) == 0 {
+			s.batch = batch[:0]
+		}
+	}()
 	invs := make([]Invalidation, len(batch))
 	for i, b := range batch {
 		invs[i] = messageInvalidation(b.msg)
 	}
 	errs := s.invalidateMany(ctx, invs, true)
-	failed := map[string]bool{}
+	var failed map[string]bool
 	var all error
 	for i, b := range batch {
 		if failed[b.channel] {
 			continue
 		}
 		if errs[i] != nil {
+			if failed == nil {
+				failed = map[string]bool{}
+			}
 			failed[b.channel] = true
 			b.p.known, b.p.Position = b.prevKnown, b.prev
 			all = errors.Join(all, fmt.Errorf("%s version %d: %w", b.channel, b.msg.Version, errs[i]))

@@ -81,13 +81,23 @@ func appendString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-func sizeOf(fields ...string) int {
-	n := 128
+// sizeOf is what an object takes at most: fixed (every field name, its
+// punctuation and the integers at their longest) plus the string values, so
+// the buffer is allocated once.
+func sizeOf(fixed int, fields ...string) int {
+	n := fixed
 	for _, f := range fields {
 		n += len(f)
 	}
 	return n
 }
+
+// The fixed parts of sizeOf: names + 6 bytes of punctuation a field +
+// integers of 19 digits.
+const (
+	eventFixed   = 57 + 9*6 + 2*19
+	messageFixed = 43 + 8*6 + 19
+)
 
 func keysSize(keys []string) int {
 	n := 0
@@ -98,7 +108,7 @@ func keysSize(keys []string) int {
 }
 
 func (e *Event) encode() []byte {
-	o := newObject(sizeOf(e.ID, e.Tenant, e.Domain, e.Entity, e.Origin, e.Traceparent) + keysSize(e.Keys))
+	o := newObject(sizeOf(eventFixed, e.ID, e.Tenant, e.Domain, e.Entity, e.Origin, e.Traceparent) + keysSize(e.Keys))
 	o.str("id", e.ID, true)
 	o.str("tenant", e.Tenant, false)
 	o.str("domain", e.Domain, false)
@@ -114,7 +124,7 @@ func (e *Event) encode() []byte {
 // messageBody is MessageBody's encoding: the object without epoch and
 // version, as ",…" without the closing brace.
 func messageBody(m *Message) []byte {
-	o := newObject(sizeOf(m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent) + keysSize(m.Keys))
+	o := newObject(sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent) + keysSize(m.Keys))
 	o.str("tenant", m.Tenant, false)
 	o.str("tag", m.Tag, false)
 	o.strs("keys", m.Keys)

@@ -219,3 +219,15 @@ func FuzzParseMessage(f *testing.F) {
 		}
 	})
 }
+
+// The encoders size their buffer once: the longest fields fit.
+func TestEncodeBufferIsBigEnough(t *testing.T) {
+	e := &Event{ID: "x", Tenant: "t", Domain: "d", Entity: "e", Keys: []string{"a", "b"}, SourceVersion: 1<<63 - 1, Origin: "o", TS: 1<<63 - 1, Traceparent: "tp"}
+	if b := e.encode(); len(b) > sizeOf(eventFixed, e.ID, e.Tenant, e.Domain, e.Entity, e.Origin, e.Traceparent)+keysSize(e.Keys) {
+		t.Errorf("an event of %d bytes outgrows its buffer", len(b))
+	}
+	m := &Message{Tenant: "t", Tag: "g", Keys: []string{"a"}, Event: "e", Domain: "d", Origin: "o", TS: 1<<63 - 1, Traceparent: "tp"}
+	if b := messageBody(m); len(b) > sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent)+keysSize(m.Keys) {
+		t.Errorf("a message body of %d bytes outgrows its buffer", len(b))
+	}
+}

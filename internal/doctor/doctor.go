@@ -7,6 +7,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -92,16 +93,15 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 	return append(out, checkIngress(ctx, c, opt)...), nil
 }
 
+// info returns the fields of one INFO section.
 func info(ctx context.Context, c *redis.Client, section string) (map[string]string, error) {
-	s, err := c.Info(ctx, section).Result()
+	sections, err := c.InfoMap(ctx, section).Result()
 	if err != nil {
 		return nil, err
 	}
 	m := map[string]string{}
-	for _, line := range strings.Split(s, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
-			m[k] = v
-		}
+	for _, fields := range sections { // one, titled as Redis titles it ("Server")
+		maps.Copy(m, fields)
 	}
 	return m, nil
 }

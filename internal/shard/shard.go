@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -40,25 +39,16 @@ func (s *Shard) Info(ctx context.Context) (string, int64, error) {
 	if time.Since(s.at) < infoTTL && s.replid != "" {
 		return s.replid, s.replicas, nil
 	}
-	text, err := s.C.Info(ctx, "replication").Result()
+	info, err := s.C.InfoMap(ctx, "replication").Result()
 	if err != nil {
 		return "", 0, err
 	}
-	var replid string
-	var replicas int64
-	for _, line := range strings.Split(text, "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
-		switch k {
-		case "master_replid":
-			replid = v
-		case "connected_slaves":
-			replicas, _ = strconv.ParseInt(v, 10, 64)
-		case "role":
-			if v != "master" {
-				return "", 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, v)
-			}
-		}
+	repl := info["Replication"]
+	if role := repl["role"]; role != "master" {
+		return "", 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, role)
 	}
+	replid := repl["master_replid"]
+	replicas, _ := strconv.ParseInt(repl["connected_slaves"], 10, 64)
 	s.replid, s.replicas, s.at = replid, replicas, time.Now()
 	return replid, replicas, nil
 }

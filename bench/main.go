@@ -246,22 +246,6 @@ func (s *system) stopBus() {
 	}
 }
 
-// roleOf is the replication role of the server at addr: master or slave.
-func roleOf(ctx context.Context, addr string) (string, error) {
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	info, err := c.Info(ctx, "replication").Result()
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "role:"); ok {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("no role in INFO replication")
-}
-
 // busStats sums the stats of every bus node (masters and replicas).
 func (s *system) busStats(ctx context.Context) (stats, error) {
 	addrs := []string{}
@@ -279,7 +263,7 @@ func (s *system) busStats(ctx context.Context) (stats, error) {
 			return sum, err
 		}
 		sum.cpu += st.cpu
-		if role, _ := roleOf(ctx, a); role == "slave" {
+		if st.replica {
 			sum.replicaCPU += st.cpu
 		}
 		for k, v := range st.calls {
@@ -501,27 +485,26 @@ func processCPU() time.Duration {
 type stats struct {
 	cpu        float64          // seconds of CPU, user + system
 	replicaCPU float64          // of which replicas used (a cluster bus)
+	replica    bool             // the server is a replica
 	calls      map[string]int64 // command -> calls, scripts' inner commands included
 	usec       map[string]int64 // command -> microseconds spent in it
 }
 
 func serverStats(ctx context.Context, c *redis.Client) (stats, error) {
-	info, err := c.Info(ctx, "cpu", "commandstats").Result()
+	info, err := c.InfoMap(ctx, "cpu", "commandstats", "replication").Result()
 	if err != nil {
 		return stats{}, err
 	}
-	st := stats{calls: map[string]int64{}, usec: map[string]int64{}}
-	callsRE := regexp.MustCompile(`^cmdstat_([a-z|]+):calls=([0-9]+),usec=([0-9]+)`)
-	for _, line := range strings.Split(info, "\r\n") {
-		k, v, _ := strings.Cut(line, ":")
-		switch k {
-		case "used_cpu_sys", "used_cpu_user":
-			f, _ := strconv.ParseFloat(v, 64)
-			st.cpu += f
-		}
-		if m := callsRE.FindStringSubmatch(line); m != nil {
-			st.calls[m[1]], _ = strconv.ParseInt(m[2], 10, 64)
-			st.usec[m[1]], _ = strconv.ParseInt(m[3], 10, 64)
+	st := stats{calls: map[string]int64{}, usec: map[string]int64{}, replica: info["Replication"]["role"] == "slave"}
+	for _, k := range []string{"used_cpu_sys", "used_cpu_user"} {
+		f, _ := strconv.ParseFloat(info["CPU"][k], 64)
+		st.cpu += f
+	}
+	for k, v := range info["Commandstats"] { // cmdstat_xadd: calls=…,usec=…,…
+		var calls, usec int64
+		if _, err := fmt.Sscanf(v, "calls=%d,usec=%d,", &calls, &usec); err == nil {
+			cmd := strings.TrimPrefix(k, "cmdstat_")
+			st.calls[cmd], st.usec[cmd] = calls, usec
 		}
 	}
 	return st, nil
@@ -901,13 +884,10 @@ func scaleOn(dir, name string, masters int) ([]Row, error) {
 func subscribedChannels(c redis.UniversalClient) int64 {
 	var n atomic.Int64 // ForEachMaster runs side by side
 	count := func(ctx context.Context, c *redis.Client) error {
-		info, err := c.Info(ctx, "stats").Result()
-		for _, line := range strings.Split(info, "\r\n") {
-			k, v, _ := strings.Cut(line, ":")
-			if k == "pubsub_channels" || k == "pubsubshard_channels" {
-				x, _ := strconv.ParseInt(v, 10, 64)
-				n.Add(x)
-			}
+		info, err := c.InfoMap(ctx, "stats").Result()
+		for _, k := range []string{"pubsub_channels", "pubsubshard_channels"} {
+			x, _ := strconv.ParseInt(info["Stats"][k], 10, 64)
+			n.Add(x)
 		}
 		return err
 	}

@@ -1,0 +1,254 @@
+// Package recovery holds the subscriber's per-channel rules: given where a
+// channel stands for this service (its position), what the channel's meta on
+// the bus says, and a message, it decides what to do — apply, ignore, replay
+// a range of the history, invalidate the whole tag, or repair a position
+// that is ahead of the channel. It does no I/O: the subscriber reads
+// positions, metas and history, and carries out the decisions.
+//
+// The rules, in one place:
+//
+//   - A message that directly follows the position is applied; one at or
+//     behind it is a duplicate. Anything else — a version skipped, another
+//     epoch — is believed only as far as the channel's meta confirms it.
+//   - Against the meta, a position behind in the same epoch replays the
+//     missing versions from the history; another epoch, or a history that no
+//     longer reaches back, invalidates the whole tag. A position ahead of the
+//     meta (a forged version was believed, or the bus went back) is repaired:
+//     whole tag, position reset to the meta.
+//   - A channel whose meta vanished while a position is held (the bus lost
+//     its data) gets the whole tag at once and the position Lost, which no
+//     epoch continues: the next epoch is a gap like any other (the bus may
+//     lose data again before it is seen, so its history is not all there is).
+//   - The position stored with the cache, not the one in memory, is where a
+//     check starts: a cache restored from an older snapshot is replayed from
+//     the position it went back to.
+//
+// Over-invalidation is safe; a missed invalidation is a stale cache forever,
+// so every doubt resolves to invalidating more.
+package recovery
+
+import (
+	"strconv"
+)
+
+// Position is how far a channel has been applied, or what its meta says:
+// Version within Epoch. The zero Position is "none": nothing applied, or no
+// meta on the bus.
+type Position struct {
+	Epoch   string
+	Version int64
+}
+
+// Known reports whether p is a position at all.
+func (p Position) Known() bool { return p.Epoch != "" }
+
+func (p Position) String() string {
+	if !p.Known() {
+		return "none"
+	}
+	return p.Epoch + ":" + strconv.FormatInt(p.Version, 10)
+}
+
+// LostEpoch marks the position of a channel whose meta vanished from the bus
+// after its whole tag was invalidated. Real epochs are hex, so no channel
+// ever continues it.
+const LostEpoch = "lost"
+
+// Lost is the position recorded after a channel's meta vanished. Decisions
+// name it with version 0; Stamp gives it a version of its moment, so that a
+// cache restored to an older Lost differs from the current one.
+var Lost = Position{Epoch: LostEpoch}
+
+// Stamp gives a decision's Lost position the version stamp (a clock reading
+// that grows, such as Unix milliseconds: Redis scripts hold
+// numbers as doubles, exact to 2^53).
+func Stamp(d Decision, stamp int64) Decision {
+	if d.To.Epoch == LostEpoch {
+		d.To.Version = stamp
+	}
+	return d
+}
+
+// NewChannelReplay is the highest version up to which a channel never
+// applied is recovered by replaying its history from version 1 (a new
+// tenant whose first messages came before the subscription) rather than by
+// invalidating the whole tag.
+const NewChannelReplay = 16
+
+// Action is what to do with a channel.
+type Action uint8
+
+const (
+	// Ignore: nothing to do (a duplicate, or the position is current).
+	Ignore Action = iota
+	// Apply the message: it directly follows the position.
+	Apply
+	// Verify: read the channel's meta and the stored position and decide
+	// with Check.
+	Verify
+	// Replay versions From..To.Version of the history, then stand at To. If
+	// the history no longer holds them all, invalidate the whole tag instead.
+	Replay
+	// WholeTag: invalidate the whole tag and stand at To.
+	WholeTag
+	// Repair: the position is ahead of the channel; invalidate the whole tag
+	// and set the position back to To.
+	Repair
+)
+
+var actionNames = [...]string{"ignore", "apply", "verify", "replay", "whole_tag", "repair"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return "action(" + strconv.Itoa(int(a)) + ")"
+}
+
+// Reason says why a decision was taken, for logs and metrics.
+type Reason uint8
+
+const (
+	Consecutive Reason = iota // the next version
+	Duplicate                 // at or behind the position
+	Current                   // the position is the channel's
+	Gap                       // versions missing in the same epoch
+	NewEpoch                  // the channel started another epoch
+	NewChannel                // a channel never applied
+	Vanished                  // the channel's meta is gone, a position was held
+	Ahead                     // the position is ahead of the channel's meta
+	RolledBack                // the cache lost the position it had
+)
+
+var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "reason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// Decision is what to do with a channel, and why.
+type Decision struct {
+	Action Action
+	Reason Reason
+	From   int64    // Replay: the first version to replay
+	To     Position // Replay, WholeTag, Repair: where the channel stands after
+}
+
+// OnMessage decides for a live message (its epoch and version) given the
+// channel's head: the position, counting work queued but not yet applied.
+func OnMessage(head, msg Position) Decision {
+	switch {
+	case head.Known() && head.Epoch != LostEpoch && head.Epoch == msg.Epoch:
+		if msg.Version <= head.Version {
+			return Decision{Action: Ignore, Reason: Duplicate}
+		}
+		if msg.Version == head.Version+1 {
+			return Decision{Action: Apply, Reason: Consecutive}
+		}
+		return Decision{Action: Verify, Reason: Gap}
+	case !head.Known() && msg.Version == 1:
+		// The first message of a channel never applied: nothing precedes it.
+		return Decision{Action: Apply, Reason: NewChannel}
+	case !head.Known():
+		return Decision{Action: Verify, Reason: NewChannel}
+	default:
+		return Decision{Action: Verify, Reason: NewEpoch}
+	}
+}
+
+// Confirmed reports whether the channel's meta vouches for a message: the
+// same epoch, and a version the channel has reached. A message the meta
+// does not confirm was forged, or comes from a bus that has since lost it;
+// either way it must not move a position.
+func Confirmed(msg, meta Position) bool {
+	return meta.Known() && msg.Epoch == meta.Epoch && msg.Version >= 1 && msg.Version <= meta.Version
+}
+
+// Follows reports whether msg may be applied strictly after stored, the
+// position the cache holds: it is the next version of the same epoch, or the
+// first version of a channel with no position. This is the rule the
+// invalidation scripts enforce for pipelined applies (status GAP otherwise):
+// a live message is applied only where the cache really stands, so a cache
+// that went back is never moved past what it lost.
+func Follows(stored, msg Position) bool {
+	if !stored.Known() {
+		return msg.Version == 1
+	}
+	return stored.Epoch == msg.Epoch && stored.Version == msg.Version-1
+}
+
+// Recover decides how to bring a channel from pos to its meta. A zero meta
+// means the channel has no meta on the bus: nothing was published on it, or
+// the bus lost it.
+func Recover(pos, meta Position) Decision {
+	switch {
+	case !meta.Known() || meta.Version < 1:
+		if !pos.Known() || pos.Epoch == LostEpoch {
+			return Decision{Action: Ignore, Reason: Current}
+		}
+		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
+	case !pos.Known():
+		if meta.Version <= NewChannelReplay {
+			return Decision{Action: Replay, Reason: NewChannel, From: 1, To: meta}
+		}
+		return Decision{Action: WholeTag, Reason: NewChannel, To: meta}
+	case pos.Epoch != meta.Epoch:
+		// Also after Lost: the bus may have lost a whole epoch more since
+		// the position was recorded, so the history of this one is not
+		// everything the channel published.
+		return Decision{Action: WholeTag, Reason: NewEpoch, To: meta}
+	case pos.Version == meta.Version:
+		return Decision{Action: Ignore, Reason: Current}
+	case pos.Version > meta.Version:
+		return Decision{Action: Repair, Reason: Ahead, To: meta}
+	default:
+		return Decision{Action: Replay, Reason: Gap, From: pos.Version + 1, To: meta}
+	}
+}
+
+// Check decides a periodic or startup check of a channel: from the position
+// stored with the cache (see Start) to the channel's meta. When the cache no
+// longer holds a position it had in memory (restored from a snapshot taken
+// before the first one, or after the meta vanished), what it lost cannot be
+// told from the history: the whole tag goes.
+func Check(memory, stored Position, hasStore bool, meta Position) Decision {
+	start, moved := Start(memory, stored, hasStore)
+	if moved && memory.Known() && (!start.Known() || start.Epoch == LostEpoch) {
+		to := meta
+		if !meta.Known() || meta.Version < 1 {
+			to = Lost
+		}
+		return Decision{Action: Repair, Reason: RolledBack, To: to}
+	}
+	return Recover(start, meta)
+}
+
+// Start returns the position a check starts from: the one stored with the
+// cache when there is a store (it is what the cache holds — behind memory
+// after the cache was restored from a snapshot, ahead of it after another
+// instance applied more), else the one in memory. moved reports that the
+// two differ, so any work queued from memory is void.
+func Start(memory, stored Position, hasStore bool) (start Position, moved bool) {
+	if !hasStore {
+		return memory, false
+	}
+	return stored, stored != memory
+}
+
+// Contiguous reports whether replayed history entries, in order, are exactly
+// the versions from..to of epoch. Anything else — a hole left by trimming, an
+// entry of another epoch — means the history cannot close the gap.
+func Contiguous(entries []Position, epoch string, from, to int64) bool {
+	if int64(len(entries)) != to-from+1 {
+		return false
+	}
+	for i, e := range entries {
+		if e.Epoch != epoch || e.Version != from+int64(i) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,118 @@
+package recovery
+
+import (
+	"testing"
+)
+
+func pos(e string, v int64) Position { return Position{Epoch: e, Version: v} }
+
+var none Position
+
+func TestOnMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		head, msg Position
+		want      Decision
+	}{
+		{"next version", pos("a", 4), pos("a", 5), Decision{Action: Apply, Reason: Consecutive}},
+		{"same version again", pos("a", 4), pos("a", 4), Decision{Action: Ignore, Reason: Duplicate}},
+		{"older version", pos("a", 4), pos("a", 2), Decision{Action: Ignore, Reason: Duplicate}},
+		{"version skipped", pos("a", 4), pos("a", 6), Decision{Action: Verify, Reason: Gap}},
+		{"version far ahead (forged?)", pos("a", 4), pos("a", 10_000_000_000_000), Decision{Action: Verify, Reason: Gap}},
+		{"another epoch", pos("a", 4), pos("b", 1), Decision{Action: Verify, Reason: NewEpoch}},
+		{"first message of a channel never applied", none, pos("a", 1), Decision{Action: Apply, Reason: NewChannel}},
+		{"later message of a channel never applied", none, pos("a", 3), Decision{Action: Verify, Reason: NewChannel}},
+		{"after the meta vanished, nothing continues", Lost, pos(LostEpoch, 1), Decision{Action: Verify, Reason: NewEpoch}},
+		{"after the meta vanished, a new epoch", Lost, pos("b", 1), Decision{Action: Verify, Reason: NewEpoch}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := OnMessage(tc.head, tc.msg); got != tc.want {
+				t.Errorf("OnMessage(%v, %v) = %+v, want %+v", tc.head, tc.msg, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRecover(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		pos, meta Position
+		want      Decision
+	}{
+		{"current", pos("a", 7), pos("a", 7), Decision{Action: Ignore, Reason: Current}},
+		{"behind: replay the missing versions", pos("a", 4), pos("a", 7), Decision{Action: Replay, Reason: Gap, From: 5, To: pos("a", 7)}},
+		{"ahead of the meta: repair", pos("a", 10_000_000_000_000), pos("a", 7), Decision{Action: Repair, Reason: Ahead, To: pos("a", 7)}},
+		{"another epoch: whole tag", pos("a", 4), pos("b", 2), Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 2)}},
+		{"meta vanished while a position is held", pos("a", 4), none, Decision{Action: WholeTag, Reason: Vanished, To: Lost}},
+		{"meta vanished, already handled", Lost, none, Decision{Action: Ignore, Reason: Current}},
+		{"nothing published, nothing applied", none, none, Decision{Action: Ignore, Reason: Current}},
+		{"new epoch after the loss: whole tag (another loss may lie between)", Lost, pos("b", 1), Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 1)}},
+		{"young channel never applied: replay from 1", none, pos("a", NewChannelReplay), Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("a", NewChannelReplay)}},
+		{"older channel never applied: whole tag", none, pos("a", NewChannelReplay+1), Decision{Action: WholeTag, Reason: NewChannel, To: pos("a", NewChannelReplay+1)}},
+		{"meta without a version", pos("a", 3), pos("a", 0), Decision{Action: WholeTag, Reason: Vanished, To: Lost}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Recover(tc.pos, tc.meta); got != tc.want {
+				t.Errorf("Recover(%v, %v) = %+v, want %+v", tc.pos, tc.meta, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfirmed(t *testing.T) {
+	for _, tc := range []struct {
+		msg, meta Position
+		want      bool
+	}{
+		{pos("a", 3), pos("a", 3), true},
+		{pos("a", 1), pos("a", 3), true},
+		{pos("a", 4), pos("a", 3), false},
+		{pos("a", 10_000_000_000_000), pos("a", 3), false},
+		{pos("b", 1), pos("a", 3), false},
+		{pos("a", 0), pos("a", 3), false},
+		{pos("a", 1), none, false},
+	} {
+		if got := Confirmed(tc.msg, tc.meta); got != tc.want {
+			t.Errorf("Confirmed(%v, %v) = %v, want %v", tc.msg, tc.meta, got, tc.want)
+		}
+	}
+}
+
+func TestStart(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		memory, stored Position
+		hasStore       bool
+		want           Position
+		moved          bool
+	}{
+		{"no store: memory", pos("a", 5), none, false, pos("a", 5), false},
+		{"same", pos("a", 5), pos("a", 5), true, pos("a", 5), false},
+		{"cache rolled back", pos("a", 5), pos("a", 3), true, pos("a", 3), true},
+		{"cache lost the position", pos("a", 5), none, true, none, true},
+		{"another instance applied more", pos("a", 5), pos("a", 8), true, pos("a", 8), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, moved := Start(tc.memory, tc.stored, tc.hasStore)
+			if got != tc.want || moved != tc.moved {
+				t.Errorf("Start = %v %v, want %v %v", got, moved, tc.want, tc.moved)
+			}
+		})
+	}
+}
+
+func TestContiguous(t *testing.T) {
+	entries := []Position{pos("a", 3), pos("a", 4), pos("a", 5)}
+	if !Contiguous(entries, "a", 3, 5) {
+		t.Error("3..5 of a is contiguous")
+	}
+	if Contiguous(entries, "a", 2, 5) {
+		t.Error("a trimmed history (2 missing) was taken as complete")
+	}
+	if Contiguous(entries, "b", 3, 5) {
+		t.Error("entries of another epoch were taken")
+	}
+	if Contiguous([]Position{pos("a", 3), pos("a", 5), pos("a", 6)}, "a", 3, 5) {
+		t.Error("a hole was taken as contiguous")
+	}
+}

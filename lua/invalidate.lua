@@ -6,25 +6,29 @@
 -- ARGV[1]   cardinality guard: a larger tag set is refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
 -- ARGV[3]   version of the message
--- ARGV[4]   '1' for strict order: refuse a version that does not follow the
---           position (the caller pipelines consecutive versions and must not
---           skip one whose call failed); '0' lets a recovery jump ahead
+-- ARGV[4]   '1' for strict order: refuse a version that does not directly
+--           follow the position (the caller pipelines consecutive versions
+--           and must not skip one whose call failed, nor move a cache that
+--           went back past what it lost); '0' lets a recovery jump ahead;
+--           '2' repairs: apply and set the position whatever it was
 -- Returns {status, keys deleted}; status is SUCCESS, EMPTY_TAG_SET,
 -- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged), DUPLICATE
 -- (the position is already at or past this version; nothing done) or GAP
 -- (strict, and the position is behind the previous version; nothing done).
 local epoch = ARGV[2]
 local version = tonumber(ARGV[3])
-if epoch ~= '' then
+if epoch ~= '' and ARGV[4] ~= '2' then
   local pos = redis.call('GET', KEYS[2])
+  local e, v
   if pos then
-    local e, v = string.match(pos, '^(.*):(%d+)$')
-    if e == epoch and tonumber(v) >= version then
-      return {'DUPLICATE', 0}
-    end
-    if e == epoch and ARGV[4] == '1' and tonumber(v) < version - 1 then
-      return {'GAP', 0}
-    end
+    e, v = string.match(pos, '^(.*):(%d+)$')
+    v = tonumber(v)
+  end
+  if e == epoch and v >= version then
+    return {'DUPLICATE', 0}
+  end
+  if ARGV[4] == '1' and not ((e == epoch and v == version - 1) or (not pos and version == 1)) then
+    return {'GAP', 0}
   end
 end
 
@@ -56,6 +60,6 @@ else
   end
 end
 if epoch ~= '' then
-  redis.call('SET', KEYS[2], epoch .. ':' .. version)
+  redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[3])
 end
 return {status, deleted}

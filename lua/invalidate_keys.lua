@@ -14,7 +14,8 @@
 -- Returns a string of one status letter per invalidation, in order, then
 -- the keys each deleted: S for SUCCESS, D for DUPLICATE (the position is at
 -- or past the version; nothing done), G for GAP (strict, and the position is
--- behind the previous version; nothing done). One string rather than a
+-- not the previous version of the same epoch, nor absent for version 1;
+-- nothing done). One string rather than a
 -- status each keeps the reply small.
 local status, out = {}, {''}
 local a, k = 1, 1
@@ -23,12 +24,12 @@ while a <= #ARGV do
   k = k + 2
   local epoch, strict, m = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
   a = a + 3
-  local e, v
+  local e, v, held
   if epoch ~= '' then
     local pos = redis.call('GET', posKey)
     if pos then
       local pe, pv = string.match(pos, '^(.*):(%d+)$')
-      e, v = pe, tonumber(pv)
+      e, v, held = pe, tonumber(pv), true
     end
   end
   local moved = false
@@ -40,7 +41,7 @@ while a <= #ARGV do
     if epoch ~= '' and e == epoch and v >= version then
       status[#status + 1] = 'D'
       out[#out + 1] = 0
-    elseif epoch ~= '' and strict and e == epoch and v < version - 1 then
+    elseif epoch ~= '' and strict and not ((e == epoch and v == version - 1) or (not held and version == 1)) then
       status[#status + 1] = 'G'
       out[#out + 1] = 0
     else
@@ -53,7 +54,7 @@ while a <= #ARGV do
       status[#status + 1] = 'S'
       out[#out + 1] = deleted
       if epoch ~= '' then
-        e, v, moved = epoch, version, true
+        e, v, held, moved = epoch, version, true, true
       end
     end
   end

@@ -222,9 +222,13 @@ type Invalidation struct {
 	Service  string
 	Position Position
 	// Strict refuses (status Gap) a version that does not directly follow
-	// the stored position of the same epoch, for callers that pipeline
-	// consecutive versions.
+	// the stored position of the same epoch (or, with none stored, is not
+	// version 1), for callers that pipeline consecutive versions.
 	Strict bool
+	// Repair applies a whole-tag invalidation and sets the position to
+	// Position whatever the stored one is, even ahead in the same epoch: a
+	// position found ahead of its channel is reset this way.
+	Repair bool
 }
 
 // Result says what an invalidation did.
@@ -318,6 +322,9 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if err := names.Tag(inv.Tag); err != nil {
 		return nil, err
 	}
+	if inv.Repair && (len(inv.Keys) > 0 || inv.Service == "") {
+		return nil, errors.New("tagstore: a repair is a whole-tag invalidation with a position")
+	}
 	if inv.Service != "" {
 		if err := names.Service(inv.Service); err != nil {
 			return nil, err
@@ -359,7 +366,10 @@ func singleArgs(inv Invalidation, guard int) []any {
 }
 
 func strictFlag(inv Invalidation) string {
-	if inv.Strict {
+	switch {
+	case inv.Repair:
+		return "2"
+	case inv.Strict:
 		return "1"
 	}
 	return "0"

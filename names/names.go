@@ -162,3 +162,12 @@ func TagSetKey(tenant, tag string) string { return "{tenant:" + tenant + "}:tag:
 func PositionKey(tenant, service, tag string) string {
 	return "{tenant:" + tenant + "}:pos:" + service + ":" + tag
 }
+
+// PositionIndexKey is the set, in a service's cache Redis, of the tenants
+// whose channels the service holds positions for: a subscriber of every
+// tenant finds its channels there when the bus has lost its tenant registry.
+func PositionIndexKey(service string) string { return "routerd:positions:" + service }
+
+// HistoryField is the field of a channel history entry that holds the
+// message (publish.lua writes it under the same name).
+const HistoryField = "m"

@@ -3,10 +3,13 @@ package subscriber
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -16,14 +19,15 @@ import (
 const pipelineChunk = 1000
 
 // check compares every channel's position with the channel's current epoch
-// and version and recovers the channels that are behind.
+// and version and recovers the channels that are behind, ahead, or whose
+// cache went back.
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	targets, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
-	return s.checkTargets(ctx, targets)
+	return s.checkTargets(ctx, targets, nil)
 }
 
 // checkChannel checks one channel of interest, newly subscribed.
@@ -32,74 +36,178 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // no longer ours (a matrix change)
 	}
-	return s.checkTargets(ctx, []target{{channel, tenant, tag}})
+	return s.checkTargets(ctx, []target{{channel, tenant, tag}}, nil)
 }
 
-// checkTargets compares the channels' versions with the positions and
-// recovers the channels behind.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target) error {
-	if err := s.loadPositions(ctx, targets); err != nil {
+// verify checks the channel of a message that does not follow its position:
+// the channel's meta and the position stored with the cache decide, and the
+// message counts only as far as the meta confirms it.
+func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
+	return s.checkTargets(ctx, []target{t}, msg)
+}
+
+// checkTargets reads the channels' metas and the positions stored with the
+// cache, and brings each channel to its meta (recovery.Check). With msg set
+// (one target), it is the message that made the check, and is reported when
+// the meta does not confirm it.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) error {
+	// Queued work first, so the stored positions are where it left them.
+	if err := s.flushQueued(ctx, true); err != nil {
+		return err
+	}
+	if err := s.flushBatch(ctx); err != nil {
 		return err
 	}
 	var failed error
 	for start := 0; start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
-		cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, t := range batch {
-				pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version")
-			}
-			return nil
-		})
+		metas, err := s.metas(ctx, batch)
+		if err != nil {
+			return err
+		}
+		stored, err := s.storedPositions(ctx, batch)
 		if err != nil {
 			return err
 		}
 		for i, t := range batch {
-			vals := cmds[i].(*redis.SliceCmd).Val()
-			epoch, _ := vals[0].(string)
-			vs, _ := vals[1].(string)
-			version, _ := strconv.ParseInt(vs, 10, 64)
-			if epoch == "" || version < 1 {
-				continue // nothing published on this channel (since the bus lost its data)
+			if metas[i].err != nil {
+				s.m.positionErrors.Inc()
+				s.log.Warn("unreadable channel meta; the channel is not checked", "channel", t.channel, "err", metas[i].err)
+				failed = errors.Join(failed, metas[i].err)
+				continue
 			}
-			p := s.pos[t.channel]
-			if head, known := p.head(); known && head.Epoch == epoch && head.Version >= version {
+			meta := metas[i].at
+			if msg != nil && !recovery.Confirmed(msgPosition(msg), meta) {
+				s.m.unconfirmed.Inc()
+				s.log.Warn("message not confirmed by the channel's meta (forged, or lost with the bus); ignored",
+					"channel", t.channel, "message", msgPosition(msg).String(), "channel_at", meta.String())
+			}
+			p, ok := s.pos[t.channel]
+			if !ok {
+				p = &position{tenant: t.tenant, tag: t.tag, at: stored[i]}
+				s.pos[t.channel] = p
+			}
+			d := recovery.Check(p.at, stored[i], s.store != nil, meta)
+			if _, moved := recovery.Start(p.at, stored[i], s.store != nil); moved {
+				s.m.cacheMoved.Inc()
+				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from the cache's",
+					"channel", t.channel, "applied", p.at.String(), "cache", stored[i].String())
+				p.at = stored[i]
+			}
+			if d.Action == recovery.Ignore {
 				continue
 			}
 			s.m.gaps.Inc()
-			s.log.Info("position behind the channel; recovering", "channel", t.channel, "at", p.Position.String(), "channel_at", epoch+":"+vs)
-			if err := s.recover(ctx, t.channel, p, epoch, version); err != nil {
-				failed = errors.Join(failed, err)
+			s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
+				"at", p.at.String(), "channel_at", meta.String())
+			if err := s.execute(ctx, t.channel, p, d); err != nil {
+				failed = errors.Join(failed, fmt.Errorf("%s: %w", t.channel, err))
 			}
 		}
 	}
-	return failed
+	return errors.Join(failed, s.flushBatch(ctx))
 }
 
 type target struct{ channel, tenant, tag string }
 
+type metaRead struct {
+	at  recovery.Position // zero: no meta on the bus
+	err error             // the meta exists but cannot be read
+}
+
+// metas reads the channels' metas from the bus in one pipeline.
+func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, error) {
+	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, t := range targets {
+			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version")
+		}
+		return nil
+	})
+	if err != nil && !isReplyError(err) {
+		return nil, err // the bus did not answer: nothing can be decided
+	}
+	out := make([]metaRead, len(targets))
+	for i, t := range targets {
+		vals, err := cmds[i].(*redis.SliceCmd).Result()
+		if err != nil {
+			out[i].err = fmt.Errorf("%s: %w", names.MetaKey(t.channel), err)
+			continue
+		}
+		epoch, _ := vals[0].(string)
+		vs, hasVersion := vals[1].(string)
+		if epoch == "" && !hasVersion {
+			continue // no meta: nothing published, or the bus lost it
+		}
+		v, err := strconv.ParseInt(vs, 10, 64)
+		if epoch == "" || err != nil || v < 0 {
+			out[i].err = fmt.Errorf("%s holds epoch %q version %q", names.MetaKey(t.channel), epoch, vs)
+			continue
+		}
+		out[i].at = recovery.Position{Epoch: epoch, Version: v}
+	}
+	return out, nil
+}
+
+// storedPositions reads the positions stored with the cache for the targets
+// (the zero Position where none is). Without a cache, positions live in
+// memory and those are returned. A stored position that cannot be parsed is
+// counted and taken as none: its channel is then recovered whole.
+func (s *Subscriber) storedPositions(ctx context.Context, targets []target) ([]recovery.Position, error) {
+	out := make([]recovery.Position, len(targets))
+	if s.store == nil {
+		for i, t := range targets {
+			if p, ok := s.pos[t.channel]; ok {
+				out[i] = p.at
+			}
+		}
+		return out, nil
+	}
+	cmds, err := s.opt.Cache.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, t := range targets {
+			pipe.Get(ctx, names.PositionKey(t.tenant, s.opt.Service, t.tag))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
+		return nil, fmt.Errorf("reading positions: %w", err)
+	}
+	for i, t := range targets {
+		v, err := cmds[i].(*redis.StringCmd).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the position of %s: %w", t.channel, err)
+		}
+		pos, err := tagstore.ParsePosition(v)
+		if err != nil {
+			s.m.positionErrors.Inc()
+			s.log.Warn("unreadable stored position; recovering the channel whole", "channel", t.channel, "err", err)
+			continue
+		}
+		out[i] = recovery.Position{Epoch: pos.Epoch, Version: pos.Version}
+	}
+	return out, nil
+}
+
+// isReplyError reports whether err is an error Redis answered (WRONGTYPE and
+// the like) rather than a failure to reach it: such an error belongs to one
+// command of a pipeline, whose others still answered.
+func isReplyError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
 // targets lists the channels to check: the configured tenants, or for a
-// service of every tenant the router's tenant registry plus every channel
-// seen so far.
+// service of every tenant the router's tenant registry, the tenants this
+// service holds positions for (kept with the positions, so they survive a
+// bus that lost its registry) and every channel seen so far.
 func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 	tenants := s.cur.tenants
 	if s.cur.allTenants {
-		registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
-		if err != nil {
+		var err error
+		if tenants, err = s.everyTenant(ctx); err != nil {
 			return nil, err
-		}
-		seen := map[string]bool{}
-		tenants = nil
-		for _, t := range registered {
-			if names.ValidTenant(t) && !seen[t] {
-				seen[t] = true
-				tenants = append(tenants, t)
-			}
-		}
-		for _, p := range s.pos {
-			if !seen[p.tenant] {
-				seen[p.tenant] = true
-				tenants = append(tenants, p.tenant)
-			}
 		}
 	}
 	out := make([]target, 0, len(tenants)*len(s.cur.tagList))
@@ -111,40 +219,60 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 	return out, nil
 }
 
-// loadPositions reads from the cache Redis the positions not yet in memory.
-func (s *Subscriber) loadPositions(ctx context.Context, targets []target) error {
-	var missing []target
-	for _, t := range targets {
-		if _, ok := s.pos[t.channel]; !ok {
-			missing = append(missing, t)
+// everyTenant returns, for a service of every tenant, the tenants of the
+// router's registry, of the position index, announced, and seen so far.
+func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
+	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading the tenant registry: %w", err)
+	}
+	var indexed []string
+	if s.store != nil {
+		if indexed, err = s.opt.Cache.SMembers(ctx, names.PositionIndexKey(s.opt.Service)).Result(); err != nil {
+			return nil, fmt.Errorf("reading the position index: %w", err)
 		}
 	}
-	for start := 0; start < len(missing); start += pipelineChunk {
-		batch := missing[start:min(start+pipelineChunk, len(missing))]
-		var cmds []redis.Cmder
-		if s.store != nil {
-			var err error
-			cmds, err = s.opt.Cache.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-				for _, t := range batch {
-					pipe.Get(ctx, names.PositionKey(t.tenant, s.opt.Service, t.tag))
-				}
-				return nil
-			})
-			if err != nil && !errors.Is(err, redis.Nil) {
-				return err
-			}
+	seen := map[string]bool{}
+	var out []string
+	add := func(t string) {
+		if names.ValidTenant(t) && !seen[t] {
+			seen[t] = true
+			out = append(out, t)
 		}
-		for i, t := range batch {
-			p := &position{tenant: t.tenant, tag: t.tag}
-			if cmds != nil {
-				if v, err := cmds[i].(*redis.StringCmd).Result(); err == nil {
-					if pos, err := tagstore.ParsePosition(v); err == nil {
-						p.known, p.Position = true, pos
-					}
-				}
-			}
-			s.pos[t.channel] = p
+	}
+	for _, list := range [][]string{registered, indexed} {
+		for _, t := range list {
+			add(t)
 		}
+	}
+	for t := range s.extra {
+		add(t)
+	}
+	for _, p := range s.pos {
+		add(p.tenant)
+	}
+	return out, nil
+}
+
+// index records in the cache Redis the tenants of invalidations about to
+// write their first position there, before they do: a subscriber of every
+// tenant finds its positions from the index even when the bus lost its
+// tenant registry.
+func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
+	var fresh []any
+	for _, inv := range invs {
+		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, any(inv.Tenant)) {
+			fresh = append(fresh, inv.Tenant)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := s.opt.Cache.SAdd(ctx, names.PositionIndexKey(s.opt.Service), fresh...).Err(); err != nil {
+		return fmt.Errorf("recording tenants in the position index: %w", err)
+	}
+	for _, t := range fresh {
+		s.indexed[t.(string)] = true
 	}
 	return nil
 }

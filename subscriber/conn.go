@@ -229,32 +229,12 @@ func subscribeAll(ctx context.Context, s *Subscriber, fn func(context.Context, .
 }
 
 // allTenantList returns, for a service of every tenant on sharded pub/sub,
-// the tenants in the router's registry and those announced or seen since.
+// the tenants whose channels it subscribes to (see everyTenant).
 func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 	if !s.cur.allTenants {
 		return nil, nil
 	}
-	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var out []string
-	for _, t := range append(registered, keys(s.extra)...) {
-		if names.ValidTenant(t) && !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	return out, nil
-}
-
-func keys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
+	return s.everyTenant(ctx)
 }
 
 // announced handles the router's announcement of a new tenant: its

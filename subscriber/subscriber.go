@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/storm"
@@ -49,7 +50,13 @@ type Invalidation struct {
 	Recovered bool
 	// Message is the message applied; nil for a recovery.
 	Message *wire.Message
+
+	repair bool // reset the position whatever it was (a position ahead)
 }
+
+// errCacheMoved is the answer of an apply that does not follow the position
+// the cache holds.
+var errCacheMoved = errors.New("subscriber: the cache's position is not the previous version (it went back or was moved); checking from there")
 
 // Handler applies invalidations to an in-process cache. An error is retried
 // by the next position check.
@@ -125,6 +132,9 @@ type Subscriber struct {
 	// extra are tenants announced or seen beyond the registry read at the
 	// last regroup (sharded, every tenant); owned by the applier.
 	extra map[string]bool
+	// indexed are the tenants known to be in the cache's position index;
+	// owned by the applier.
+	indexed map[string]bool
 
 	// While the applier handles a burst of received messages, the messages
 	// that follow their channel's position collect here and are applied in
@@ -136,11 +146,10 @@ type Subscriber struct {
 // batched is a message applied provisionally: its channel's position is
 // already advanced, and goes back to prev if the apply fails.
 type batched struct {
-	channel   string
-	p         *position
-	prev      tagstore.Position
-	prevKnown bool
-	msg       *wire.Message
+	channel string
+	p       *position
+	prev    recovery.Position
+	msg     *wire.Message
 }
 
 // maxBatch bounds the messages applied in one pipeline.
@@ -190,11 +199,11 @@ func (in *interest) covers(tenant, tag string) bool {
 	return in.tags[tag] && (in.allTenants || in.tenantSet[tenant])
 }
 
-// position of one channel; known is false when none was ever recorded.
+// position of one channel: how far it is applied (zero when nothing was
+// ever recorded), and work queued beyond that.
 type position struct {
 	tenant, tag string
-	known       bool
-	tagstore.Position
+	at          recovery.Position
 	// queue holds messages merged under the local limit, not yet applied.
 	queue *queued
 }
@@ -203,17 +212,21 @@ type position struct {
 // messages after the position, up to last.
 type queued struct {
 	keys *storm.Keys
-	last tagstore.Position
+	last recovery.Position
 	msg  *wire.Message // the last message merged
 	due  time.Time
 }
 
 // head is where the channel stands counting queued work.
-func (p *position) head() (tagstore.Position, bool) {
+func (p *position) head() recovery.Position {
 	if p.queue != nil {
-		return p.queue.last, true
+		return p.queue.last
 	}
-	return p.Position, p.known
+	return p.at
+}
+
+func msgPosition(m *wire.Message) recovery.Position {
+	return recovery.Position{Epoch: m.Epoch, Version: m.Version}
 }
 
 // New checks the options.
@@ -259,7 +272,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	if opt.ApplyRate > 0 {
@@ -391,20 +404,17 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if err != nil {
 		return err
 	}
-	head, known := p.head()
-	switch {
-	case known && head.Epoch == msg.Epoch && msg.Version <= head.Version:
+	d := recovery.OnMessage(p.head(), msgPosition(msg))
+	switch d.Action {
+	case recovery.Ignore:
 		s.m.duplicates.Inc()
 		return nil
-	case known && head.Epoch == msg.Epoch && msg.Version == head.Version+1,
-		// The first message of an epoch on a channel never applied before:
-		// nothing precedes it.
-		!known && msg.Version == 1:
+	case recovery.Apply:
 		return s.deliver(ctx, raw.Channel, p, msg)
-	default:
+	default: // Verify: believe nothing the channel's meta does not confirm
 		s.m.gaps.Inc()
-		s.log.Info("gap on channel; recovering", "channel", raw.Channel, "at", head.String(), "got", msg.Epoch+":"+strconv.FormatInt(msg.Version, 10))
-		return s.recover(ctx, raw.Channel, p, msg.Epoch, msg.Version)
+		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
+		return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
 	}
 }
 
@@ -427,7 +437,7 @@ func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, m
 		s.m.coalesced.Inc()
 	}
 	p.queue.keys.Add(msg.Keys)
-	p.queue.last = tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+	p.queue.last = msgPosition(msg)
 	p.queue.msg = msg
 	return nil
 }
@@ -472,7 +482,7 @@ func (s *Subscriber) applyQueued(ctx context.Context, channel string, p *positio
 		q.due = time.Now().Add(time.Second)
 		return err
 	}
-	p.known, p.Position, p.queue = true, q.last, nil
+	p.at, p.queue = q.last, nil
 	delete(s.queued, channel)
 	s.m.queuedTags.Set(float64(len(s.queued)))
 	return nil
@@ -484,14 +494,12 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 	if p, ok := s.pos[channel]; ok {
 		return p, nil
 	}
-	p := &position{tenant: tenant, tag: tag}
-	if s.store != nil {
-		stored, ok, err := s.store.ReadPosition(ctx, tenant, s.opt.Service, tag)
-		if err != nil {
-			return nil, err
-		}
-		p.known, p.Position = ok, stored
+	t := target{channel, tenant, tag}
+	stored, err := s.storedPositions(ctx, []target{t})
+	if err != nil {
+		return nil, err
 	}
+	p := &position{tenant: tenant, tag: tag, at: stored[0]}
 	s.pos[channel] = p
 	return p, nil
 }
@@ -522,15 +530,15 @@ func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) erro
 // once, or, while a burst is handled, in the burst's pipeline.
 func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message) error {
 	if s.batching {
-		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.Position, prevKnown: p.known, msg: msg})
-		p.known, p.Position = true, tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, msg: msg})
+		p.at = msgPosition(msg)
 		return nil
 	}
 	if err := s.invalidate(ctx, messageInvalidation(msg)); err != nil {
 		return err
 	}
 	s.observeLag(msg)
-	p.known, p.Position = true, tagstore.Position{Epoch: msg.Epoch, Version: msg.Version}
+	p.at = msgPosition(msg)
 	return nil
 }
 
@@ -575,7 +583,7 @@ func (s *Subscriber) flushBatch(ctx context.Context) error {
 				failed = map[string]bool{}
 			}
 			failed[b.channel] = true
-			b.p.known, b.p.Position = b.prevKnown, b.prev
+			b.p.at = b.prev
 			all = errors.Join(all, fmt.Errorf("%s version %d: %w", b.channel, b.msg.Version, errs[i]))
 			continue
 		}
@@ -590,6 +598,16 @@ func (s *Subscriber) invalidate(ctx context.Context, inv Invalidation) error {
 	if err := s.flushBatch(ctx); err != nil {
 		return err
 	}
+	return s.invalidateMany(ctx, []Invalidation{inv}, false)[0]
+}
+
+// Invalidation modes beyond key-level and whole-tag: a repair resets a
+// position that is ahead of its channel.
+func (s *Subscriber) repair(ctx context.Context, inv Invalidation) error {
+	if err := s.flushBatch(ctx); err != nil {
+		return err
+	}
+	inv.repair = true
 	return s.invalidateMany(ctx, []Invalidation{inv}, false)[0]
 }
 
@@ -618,16 +636,26 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	}
 	errs := make([]error, len(invs))
 	if s.store != nil {
-		tinvs := make([]tagstore.Invalidation, len(invs))
-		for i, inv := range invs {
-			tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
-				Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict}
-		}
-		results, serrs := s.store.ApplyMany(ctx, tinvs)
-		for i := range invs {
-			errs[i] = serrs[i]
-			if errs[i] == nil && results[i].Status == tagstore.Gap {
-				errs[i] = errors.New("the cache's position is behind the previous version")
+		if err := s.index(ctx, invs); err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+		} else {
+			tinvs := make([]tagstore.Invalidation, len(invs))
+			for i, inv := range invs {
+				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
+					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict, Repair: inv.repair}
+			}
+			results, serrs := s.store.ApplyMany(ctx, tinvs)
+			for i := range invs {
+				errs[i] = serrs[i]
+				if errs[i] == nil && results[i].Status == tagstore.Gap {
+					// The cache does not stand where this subscriber thought
+					// (restored from a snapshot, or failed over): the next
+					// check starts from the position it holds.
+					errs[i] = errCacheMoved
+					s.requestCheck()
+				}
 			}
 		}
 	}
@@ -658,31 +686,13 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	return errs
 }
 
-// newChannelReplay is the highest version up to which a channel without a
-// position is recovered by replaying its history from version 1.
-const newChannelReplay = 16
-
-// recover brings a channel from p up to (epoch, version): by replaying the
-// history when it is the same epoch and history still reaches back, else by
-// invalidating the whole tag. Over-invalidation is safe; a missed one is not.
-func (s *Subscriber) recover(ctx context.Context, channel string, p *position, epoch string, version int64) error {
-	// Queued work first, so the position is where recovery starts from.
-	if err := s.applyQueued(ctx, channel, p); err != nil {
-		return err
-	}
-	from := int64(0)
-	switch {
-	case p.known && p.Epoch == epoch && version > p.Version:
-		from = p.Version + 1
-	case !p.known && version <= newChannelReplay:
-		// A channel this service never applied that has only just started
-		// (a new tenant whose first messages came before the subscription):
-		// its whole epoch is in the history, so replay it rather than
-		// invalidate the tag.
-		from = 1
-	}
-	if from > 0 {
-		msgs, ok, err := s.history(ctx, channel, epoch, from, version)
+// execute carries out a recovery decision for a channel whose position p
+// has been set to where the check starts.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision) error {
+	d = recovery.Stamp(d, time.Now().UnixMilli())
+	switch d.Action {
+	case recovery.Replay:
+		msgs, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
 		if err != nil {
 			return err
 		}
@@ -695,14 +705,25 @@ func (s *Subscriber) recover(ctx context.Context, channel string, p *position, e
 			}
 			return nil
 		}
+		fallthrough // the history no longer reaches back
+	case recovery.WholeTag:
+		s.m.recoveries.WithLabelValues("whole_tag").Inc()
+		s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "reason", d.Reason.String(), "from", p.at.String(), "to", d.To.String())
+		err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true})
+		if err != nil {
+			return err
+		}
+		p.at = d.To
+	case recovery.Repair:
+		s.m.recoveries.WithLabelValues("repair").Inc()
+		s.log.Warn("the position is ahead of the channel, or the cache lost it: invalidating the whole tag and resetting the position",
+			"channel", channel, "reason", d.Reason.String(), "position", p.at.String(), "channel_at", d.To.String())
+		err := s.repair(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true})
+		if err != nil {
+			return err
+		}
+		p.at = d.To
 	}
-	s.m.recoveries.WithLabelValues("whole_tag").Inc()
-	s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "epoch", epoch, "version", version)
-	err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: epoch, Version: version, Recovered: true})
-	if err != nil {
-		return err
-	}
-	p.known, p.Position = true, tagstore.Position{Epoch: epoch, Version: version}
 	return nil
 }
 
@@ -713,19 +734,20 @@ func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, t
 	if err != nil {
 		return nil, false, err
 	}
-	if int64(len(entries)) != to-from+1 {
-		return nil, false, nil
-	}
 	msgs := make([]*wire.Message, 0, len(entries))
-	for i, e := range entries {
-		raw, _ := e.Values["m"].(string)
+	got := make([]recovery.Position, 0, len(entries))
+	for _, e := range entries {
+		raw, _ := e.Values[names.HistoryField].(string)
 		m, err := wire.ParseMessage([]byte(raw))
-		if err != nil || m.Epoch != epoch || m.Version != from+int64(i) {
+		if err != nil {
+			s.m.positionErrors.Inc()
+			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
 			return nil, false, nil
 		}
 		msgs = append(msgs, m)
+		got = append(got, msgPosition(m))
 	}
-	return msgs, true, nil
+	return msgs, recovery.Contiguous(got, epoch, from, to), nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

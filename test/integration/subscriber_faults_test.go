@@ -1,0 +1,195 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
+	"github.com/routerd/routerd/wire"
+)
+
+// These tests attack the subscriber's promise — no lost invalidation — the
+// way a hostile client or an unlucky operator would, with raw Redis commands.
+
+// forge publishes a hand-made message on a channel, as any client allowed to
+// PUBLISH on the bus could.
+func (e *env) forge(channel, payload string) {
+	e.t.Helper()
+	must(e.t, e.busC.Publish(context.Background(), channel, payload).Err())
+}
+
+func (e *env) position(service, tenant, tag string) (tagstore.Position, bool) {
+	e.t.Helper()
+	p, ok, err := e.stores[service].ReadPosition(context.Background(), tenant, service, tag)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p, ok
+}
+
+// A forged message with the channel's epoch and a version far ahead must not
+// silence the channel: it is checked against the channel's meta first.
+func TestForgedVersionAheadDoesNotSilenceChannel(t *testing.T) {
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg})
+
+	e.seed("search-svc", "acme", "user:1", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("search-svc", "acme", "user:1")
+	epoch, _ := e.meta("invalidate:acme:active")
+
+	e.forge("invalidate:acme:active", `{"tenant":"acme","tag":"active","epoch":"`+epoch+`","version":10000000000000,"keys":["nothing"],"event":"forged"}`)
+	redistest.Eventually(t, 10*time.Second, "forged message handled", func() bool {
+		return metric(t, reg, "subscriber_recoveries_total")+metric(t, reg, "subscriber_unconfirmed_messages_total") >= 1
+	})
+
+	e.seed("search-svc", "acme", "user:2", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("search-svc", "acme", "user:2")
+	if p, _ := e.position("search-svc", "acme", "active"); p.Epoch != epoch || p.Version != 2 {
+		t.Errorf("position = %v, want %s:2", p, epoch)
+	}
+	if got := metric(t, reg, "subscriber_unconfirmed_messages_total"); got != 1 {
+		t.Errorf("unconfirmed messages = %v, want 1", got)
+	}
+}
+
+// A position already ahead of the channel's meta (a forged message believed
+// by an older version, or a bus that went back) is repaired by the periodic
+// check — whole tag, position reset to the channel's real state — and later
+// messages are applied again.
+func TestPositionAheadOfChannelRepaired(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	e.waitVersion("invalidate:acme:active", 1)
+	epoch, _ := e.meta("invalidate:acme:active")
+
+	// The stored position claims a version the channel never reached.
+	cache := e.caches["search-svc"].Client(t)
+	must(t, cache.Set(ctx, "{tenant:acme}:pos:search-svc:active", epoch+":10000000000000", 0).Err())
+	e.seed("search-svc", "acme", "stale", "active")
+
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg, CheckInterval: 200 * time.Millisecond})
+	e.waitGone("search-svc", "acme", "stale") // the repair invalidates the whole tag
+	redistest.Eventually(t, 10*time.Second, "position repaired", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Epoch == epoch && p.Version == 1
+	})
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "repair"); got < 1 {
+		t.Errorf("repairs = %v, want at least 1", got)
+	}
+
+	e.seed("search-svc", "acme", "user:2", "active")
+	e.seed("search-svc", "acme", "user:3", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("search-svc", "acme", "user:2")
+	if !e.cached("search-svc", "acme", "user:3") {
+		t.Error("a key-level event after the repair deleted the whole tag")
+	}
+}
+
+// Bus data loss while a subscriber is down: the event was published, then the
+// bus lost everything (FLUSHALL, or a failover that lost writes). The
+// restarted subscriber holds a position on a channel whose meta vanished: a
+// new epoch, so the whole tag goes. For a service of every tenant the tenant
+// registry went with the bus: the subscriber finds its channels from the
+// index it keeps with its positions.
+func TestBusLossWhileSubscriberDown(t *testing.T) {
+	for _, service := range []string{"search-svc", "profile-svc"} { // listed tenants; every tenant
+		t.Run(service, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, "")
+			e.router(router.Options{})
+			_, stop := e.subscriber(service, subscriber.Options{})
+			e.seed(service, "acme", "user:1", "active")
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+			e.waitGone(service, "acme", "user:1")
+			stop()
+
+			e.seed(service, "acme", "user:2", "active")
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+			e.waitVersion("invalidate:acme:active", 2)
+			must(t, e.busC.FlushAll(ctx).Err())
+
+			reg := prometheus.NewRegistry()
+			e.subscriber(service, subscriber.Options{Registerer: reg})
+			e.waitGone(service, "acme", "user:2")
+			if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != 1 {
+				t.Errorf("whole-tag recoveries = %v, want 1", got)
+			}
+
+			// The channel starts again on the bus. Its first epoch after the
+			// loss is a gap too (the bus may have lost another one before it
+			// was seen); from then on, key-level.
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:3"}})
+			redistest.Eventually(t, 10*time.Second, "the new epoch taken up", func() bool {
+				p, _ := e.position(service, "acme", "active")
+				return p.Version == 1
+			})
+			e.seed(service, "acme", "user:4", "active")
+			e.seed(service, "acme", "user:5", "active")
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:4"}})
+			e.waitGone(service, "acme", "user:4")
+			if !e.cached(service, "acme", "user:5") {
+				t.Error("a key-level event after the new epoch deleted the whole tag")
+			}
+		})
+	}
+}
+
+// A cache Redis restarted from an older snapshot has its invalidated keys back
+// and its stored position behind. The running subscriber re-reads the stored
+// position at its periodic check and replays from there, without any later
+// event on the channel.
+func TestCacheRollbackReplayed(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg, CheckInterval: 200 * time.Millisecond})
+
+	e.seed("search-svc", "acme", "user:1", "active")
+	e.seed("search-svc", "acme", "user:2", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Version == 1
+	})
+	cacheSrv := e.caches["search-svc"]
+	cache := cacheSrv.Client(t)
+	must(t, cache.Save(ctx).Err())
+	snapshot, err := os.ReadFile(filepath.Join(cacheSrv.Dir, "dump.rdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("search-svc", "acme", "user:1")
+
+	// Restart the cache from the snapshot: user:1 is back, the position is at 1.
+	cacheSrv.Stop()
+	if err := os.WriteFile(filepath.Join(cacheSrv.Dir, "dump.rdb"), snapshot, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cacheSrv.Restart(t)
+	e.waitGone("search-svc", "acme", "user:1")
+	if !e.cached("search-svc", "acme", "user:2") {
+		t.Error("replaying the rollback invalidated more than the missed message")
+	}
+	if p, _ := e.position("search-svc", "acme", "active"); p.Version != 2 {
+		t.Errorf("position after replay = %v, want version 2", p)
+	}
+}

@@ -64,12 +64,26 @@ func (c *conn) confirmedAdded(channel string) bool {
 	return true
 }
 
-// Run subscribes and applies invalidations until ctx is cancelled.
+// ErrRunning is returned by Run when the subscriber is already running.
+var ErrRunning = errors.New("subscriber: already running")
+
+// Run subscribes and applies invalidations until ctx is cancelled, then
+// returns nil once every goroutine and timer it started has stopped. A
+// Subscriber runs once at a time: a second concurrent Run returns ErrRunning.
 func (s *Subscriber) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer s.running.Store(false)
 	defer s.ready.Store(false)
 	if next := s.next.Swap(nil); next != nil {
 		s.cur = next // SetMatrix before Run
 	}
+	// The applier's retry of a regroup: a timer of this run, not a
+	// goroutine that could fire after it.
+	s.regroupTimer = time.NewTimer(time.Hour)
+	s.regroupTimer.Stop()
+	defer s.regroupTimer.Stop()
 	ln := &listener{s: s}
 	s.ln = ln
 	defer ln.close()
@@ -77,6 +91,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	s.apply(ctx, ln)
 	return nil
 }
+
+// regroupAfter makes the applier regroup after d (the applier only).
+func (s *Subscriber) regroupAfter(d time.Duration) { s.regroupTimer.Reset(d) }
 
 func (s *Subscriber) sharded() bool {
 	_, ok := s.bus.(*redis.ClusterClient)
@@ -90,13 +107,22 @@ func (s *Subscriber) requestRegroup() {
 	}
 }
 
-// slotsMoved is called when the cluster answers that a channel's slot lives
-// elsewhere: reload the slot map, then regroup once it has had a moment.
+// slotsMoved is called by a receiver when the cluster answers that a
+// channel's slot lives elsewhere: the applier reloads the slot map, then
+// regroups once it has had a moment.
 func (s *Subscriber) slotsMoved() {
-	if cc, ok := s.bus.(*redis.ClusterClient); ok {
-		cc.ReloadState(context.Background())
+	select {
+	case s.moved <- struct{}{}:
+	default:
 	}
-	time.AfterFunc(200*time.Millisecond, s.requestRegroup)
+}
+
+// reloadSlots is the applier's part of slotsMoved.
+func (s *Subscriber) reloadSlots(ctx context.Context) {
+	if cc, ok := s.bus.(*redis.ClusterClient); ok {
+		cc.ReloadState(ctx)
+	}
+	s.regroupAfter(200 * time.Millisecond)
 }
 
 // regroup (re)builds the connections for the current interest and asks for
@@ -126,7 +152,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	tenants, err := s.allTenantList(ctx)
 	if err != nil {
 		s.log.Warn("reading the tenant registry; retrying", "err", err)
-		time.AfterFunc(time.Second, s.requestRegroup)
+		s.regroupAfter(time.Second)
 		return
 	}
 	channels, _ := s.cur.channels(s.prefix, true, tenants)
@@ -136,7 +162,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
 		s.log.Warn("finding the slots of channels; retrying", "err", err)
-		time.AfterFunc(time.Second, s.requestRegroup)
+		s.regroupAfter(time.Second)
 		return
 	}
 	groups := map[string]map[int64][]string{} // master -> slot -> channels
@@ -144,7 +170,7 @@ func (ln *listener) regroup(ctx context.Context) {
 		master, err := cc.MasterForKey(ctx, ch)
 		if err != nil {
 			s.log.Warn("finding the master of a channel; retrying", "channel", ch, "err", err)
-			time.AfterFunc(time.Second, s.requestRegroup)
+			s.regroupAfter(time.Second)
 			return
 		}
 		addr := master.Options().Addr

@@ -129,6 +129,10 @@ type Subscriber struct {
 	next    atomic.Pointer[interest] // a new matrix's interest, for the applier
 	reconf  chan struct{}
 	regroup chan struct{} // sharded: the slots moved, or a tenant appeared
+	moved   chan struct{} // sharded: a receiver saw a slot answer MOVED
+	// regroupTimer is the applier's delayed regroup, made by Run.
+	regroupTimer *time.Timer
+	running      atomic.Bool
 	// extra are tenants announced or seen beyond the registry read at the
 	// last regroup (sharded, every tenant); owned by the applier.
 	extra map[string]bool
@@ -272,7 +276,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), extra: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), extra: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	if opt.ApplyRate > 0 {
@@ -365,6 +369,10 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			s.reconfigure(ctx, ln)
 		case <-s.regroup:
 			ln.regroup(ctx)
+		case <-s.regroupTimer.C:
+			ln.regroup(ctx)
+		case <-s.moved:
+			s.reloadSlots(ctx)
 		case <-s.checkReq:
 			check()
 		case ch := <-s.channelChecks:

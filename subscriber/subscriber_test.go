@@ -1,0 +1,87 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+)
+
+const testMatrix = `
+version: 1
+tags:
+  active: {services: [profile-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  profile-svc: {tenants: [acme]}
+`
+
+func testMatrixParsed(t *testing.T) *matrix.Matrix {
+	t.Helper()
+	m, err := matrix.Parse("test.yaml", []byte(testMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestNewRefusesBadOptions(t *testing.T) {
+	bus := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer bus.Close()
+	m := testMatrixParsed(t)
+	noop := func(context.Context, Invalidation) error { return nil }
+	for _, tc := range []struct {
+		name string
+		opt  Options
+		want string
+	}{
+		{"no matrix", Options{Service: "profile-svc", Handler: noop}, "matrix is required"},
+		{"bad service name", Options{Service: "bad name", Matrix: m, Handler: noop}, "service"},
+		{"service not in the matrix", Options{Service: "other-svc", Matrix: m, Handler: noop}, "not in the matrix"},
+		{"nowhere to apply", Options{Service: "profile-svc", Matrix: m}, "set Cache, Handler or both"},
+		{"negative interval", Options{Service: "profile-svc", Matrix: m, Handler: noop, CheckInterval: -time.Second}, "negative check interval"},
+		{"negative rate", Options{Service: "profile-svc", Matrix: m, Handler: noop, ApplyRate: -1}, "must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(bus, tc.opt)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Run runs once at a time, and leaves no goroutine or timer behind.
+func TestRunOnceAndStopsClean(t *testing.T) {
+	srv := redistest.Start(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent()) // the server's process waiter ends at cleanup
+	bus := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer bus.Close()
+	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t),
+		Handler: func(context.Context, Invalidation) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	redistest.Eventually(t, 10*time.Second, "subscriber ready", s.Ready)
+	if err := s.Run(ctx); !errors.Is(err, ErrRunning) {
+		t.Errorf("a second Run = %v, want ErrRunning", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v after cancel, want nil", err)
+	}
+	if s.Ready() {
+		t.Error("still ready after Run returned")
+	}
+}

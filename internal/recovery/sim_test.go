@@ -28,12 +28,16 @@ type simBus struct {
 	history  []simMsg // the last historyLen messages of the epoch
 	epochs   int
 	inflight []simMsg // published, not yet delivered by pub/sub
+	// promoted: a replica that missed the last writes took over; the next
+	// publish sees another master's replication id and starts an epoch.
+	promoted bool
 }
 
 const historyLen = 5
 
 func (b *simBus) publish(keys []int) {
-	if !b.meta.Known() {
+	if !b.meta.Known() || b.promoted {
+		b.promoted = false
 		b.epochs++
 		b.meta = Position{Epoch: fmt.Sprintf("e%d", b.epochs)}
 		b.history = nil
@@ -194,7 +198,7 @@ func simulate(seed uint64, steps int) (string, bool) {
 
 	for i := 0; i < steps; i++ {
 		seq++
-		switch op := rng.IntN(13); op {
+		switch op := rng.IntN(15); op {
 		case 0, 1: // a service writes a key
 			k := rng.IntN(simKeys)
 			cache.keys[k] = seq
@@ -268,10 +272,32 @@ func simulate(seed uint64, steps int) (string, bool) {
 			sub.memory = cache.stored
 			sub.check()
 			fmt.Fprintf(&log, "%d restart -> memory %v\n", seq, sub.memory)
+		case 13: // a failover to a replica that missed the last messages
+			if n := len(bus.history); n > 1 {
+				drop := 1 + rng.IntN(n-1)
+				bus.history = bus.history[:n-drop]
+				bus.meta = bus.history[len(bus.history)-1].pos
+				bus.promoted = true
+				fmt.Fprintf(&log, "%d bus failed over back to %v\n", seq, bus.meta)
+			}
+		case 14: // a position ahead of the channel is written into the cache
+			// (believed from a forged message by an older subscriber, or
+			// set by hand)
+			if bus.meta.Known() {
+				cache.stored = Position{Epoch: bus.meta.Epoch, Version: bus.meta.Version + 10_000_000}
+				fmt.Fprintf(&log, "%d cache position forged to %v\n", seq, cache.stored)
+			}
 		case 12: // a periodic check
 			sub.check()
 			fmt.Fprintf(&log, "%d check -> memory %v stored %v\n", seq, sub.memory, cache.stored)
 		}
+	}
+	if bus.promoted {
+		// Messages a failover lost before any subscriber saw them are
+		// noticed when the channel next publishes: under another master's
+		// replication id that starts a new epoch (publish.lua).
+		bus.publish([]int{-1})
+		fmt.Fprintf(&log, "next publish after the failover: %v\n", bus.meta)
 	}
 	sub.check()
 	fmt.Fprintf(&log, "final check -> memory %v stored %v meta %v\n", sub.memory, cache.stored, bus.meta)

@@ -2,6 +2,8 @@ package router
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"sync"
@@ -209,8 +211,22 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	}
 	e.ev, e.routes, e.eventID = ev, routes, ev.ID
 	if e.eventID == "" {
-		e.eventID = msg.ID
+		e.eventID = RawEventID(stream, msg.ID)
 	}
+}
+
+// RawEventID is the id of an event published without one: its stream name and
+// entry id. An entry id alone is unique only within its stream (two XADDs at
+// the same millisecond on two partitions get the same one), and the publish
+// script drops a message whose event id it has seen on the channel. An id
+// that would be longer than an event id may be is replaced by its SHA-256.
+func RawEventID(stream, entryID string) string {
+	id := stream + ":" + entryID
+	if len(id) <= wire.MaxIDLen {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // suppressOlder drops (routes nowhere) an event whose source_version is below

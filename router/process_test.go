@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -109,5 +110,22 @@ func TestPublishScriptBatch(t *testing.T) {
 	msg, err := wire.ParseMessage([]byte(hist[2].Values["m"].(string)))
 	if err != nil || msg.Epoch != "ep" || msg.Version != 3 || msg.Event != "e5" {
 		t.Errorf("history entry: %+v %v", msg, err)
+	}
+}
+
+// A raw event's id is unique across streams and always a valid event id.
+func TestRawEventID(t *testing.T) {
+	a, b := RawEventID("invalidate:ingress:{0}", "5-1"), RawEventID("invalidate:ingress:{1}", "5-1")
+	if a == b || a != "invalidate:ingress:{0}:5-1" {
+		t.Errorf("ids %q and %q", a, b)
+	}
+	long := strings.Repeat("p", 200) + ":ingress:" + strings.Repeat("q", 100) + ":{3}"
+	id1, id2 := RawEventID(long, "1764000000123-0"), RawEventID(long, "1764000000123-1")
+	if id1 == id2 || len(id1) > wire.MaxIDLen {
+		t.Errorf("long stream names give %q and %q", id1, id2)
+	}
+	m := wire.Message{Tenant: "acme", Tag: "active", Epoch: "e", Version: 1, Event: id1}
+	if err := m.Validate(); err != nil {
+		t.Error(err)
 	}
 }

@@ -162,3 +162,12 @@ func TagSetKey(tenant, tag string) string { return "{tenant:" + tenant + "}:tag:
 func PositionKey(tenant, service, tag string) string {
 	return "{tenant:" + tenant + "}:pos:" + service + ":" + tag
 }
+
+// SourceVersionKey is where the router keeps, for one entity of a tenant's
+// domain, the newest source_version that invalidated each key (and the whole
+// tag): "<prefix>:srcver:{<tenant>}:<domain>/<entity>". A domain never
+// contains '/', so no two (domain, entity) pairs share a key, whatever the
+// entity holds; {<tenant>} puts it in the tenant's slot.
+func SourceVersionKey(prefix, tenant, domain, entity string) string {
+	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + entity
+}

@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_events_dead_lettered_total", Help: "Events sent to the dead-letter stream, by reason."}, []string{"reason"}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "routerd_events_suppressed_total", Help: "Events older (source_version) than one already routed for the same entity."}),
+			Name: "routerd_events_suppressed_total", Help: "Events not routed because newer ones (source_version) of the same entity already invalidated everything they name."}),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_messages_published_total", Help: "Channel messages published, by tag."}, []string{"tag"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{

@@ -229,12 +229,23 @@ func RawEventID(stream, entryID string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// Bounds of the source_version bookkeeping: an event naming more keys is
+// neither suppressed nor recorded (routing it is always safe), and an entity
+// remembers at most srcverEntityKeys keys.
+const (
+	srcverEventKeys  = 500 // the script's HSET unpacks two items a key: ≤ lua.MaxUnpack
+	srcverEntityKeys = 1000
+)
+
 // suppressOlder drops (routes nowhere) an event whose source_version is below
-// the newest one already seen for its tenant, domain and entity.
+// that of newer events already routed for its tenant, domain and entity, when
+// those covered everything it names: each of its keys, or, for a whole-tag
+// event, the whole tag. An older event naming a key the newer ones did not
+// invalidate (a retry, a late partition) is routed.
 func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	var check []*entry
 	for _, e := range entries {
-		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 {
+		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 && len(e.ev.Keys) <= srcverEventKeys {
 			check = append(check, e)
 		}
 	}
@@ -245,8 +256,13 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, e := range check {
-			key := r.prefix + ":srcver:{" + e.ev.Tenant + "}:" + e.ev.Domain + ":" + e.ev.Entity
-			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, e.ev.SourceVersion, ttl)
+			key := names.SourceVersionKey(r.prefix, e.ev.Tenant, e.ev.Domain, e.ev.Entity)
+			args := make([]any, 0, 3+len(e.ev.Keys))
+			args = append(args, e.ev.SourceVersion, ttl, srcverEntityKeys)
+			for _, k := range e.ev.Keys {
+				args = append(args, k)
+			}
+			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, args...)
 		}
 		return out
 	})

@@ -125,6 +125,10 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // ctx where they are empty, and appends it to the tenant's ingress partition.
 // It returns the event id. The id makes a retried Publish harmless: the
 // router publishes each event id once per channel.
+//
+// The event names its Keys, or sets WholeTag to invalidate every tag of its
+// domain whole. One with neither (Keys nil or empty) is refused: a key list
+// that came out empty must not flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))

@@ -142,6 +142,9 @@ func decodeEvent(data []byte) (*Event, error) {
 			return 3
 		case "keys":
 			d.strs(&e.Keys, "keys", v)
+			if e.Keys != nil && len(e.Keys) == 0 {
+				d.fail("keys", EmptyKeys)
+			}
 			return 4
 		case "source_version":
 			d.int(&e.SourceVersion, "source_version", v)
@@ -159,6 +162,7 @@ func decodeEvent(data []byte) (*Event, error) {
 			return -1
 		}
 	})
+	e.WholeTag = e.Keys == nil // no "keys" (or null): the whole tag
 	return e, err
 }
 

@@ -40,7 +40,7 @@ func TestBadEventsDeadLettered(t *testing.T) {
 	for _, b := range bad {
 		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: b.values}).Err())
 	}
-	e.publish(wire.Event{Tenant: "acme", Domain: "user"}) // a good one after them
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // a good one after them
 	e.waitVersion("invalidate:acme:active", 1)
 
 	dl := wire.DeadLetterStream("invalidate")

@@ -57,6 +57,10 @@ type Options struct {
 	Durable bool
 	// WaitTimeout bounds that wait (1s).
 	WaitTimeout time.Duration
+	// MaxEventBytes refuses an event whose JSON is larger
+	// (wire.DefaultMaxEventBytes, 1 MiB): the router would dead-letter it.
+	// Set it to the router's limit when that differs.
+	MaxEventBytes int
 }
 
 // Publisher appends events to the ingress streams. It is safe for concurrent use.
@@ -114,6 +118,12 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	}
 	if opt.WaitTimeout == 0 {
 		opt.WaitTimeout = time.Second
+	}
+	if opt.MaxEventBytes < 0 {
+		return nil, errors.New("publisher: negative MaxEventBytes")
+	}
+	if opt.MaxEventBytes == 0 {
+		opt.MaxEventBytes = wire.DefaultMaxEventBytes
 	}
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
@@ -281,6 +291,9 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	data, err := e.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	if len(data) > p.opt.MaxEventBytes {
+		return nil, fmt.Errorf("publisher: event of %d bytes is above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)
 	}
 	return data, nil
 }

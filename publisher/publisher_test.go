@@ -3,6 +3,7 @@ package publisher_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +159,21 @@ func TestWholeTagMustBeExplicit(t *testing.T) {
 	ev, err := wire.ParseEvent([]byte(raw[0].Values[wire.EventField].(string)))
 	if err != nil || !ev.WholeTag || strings.Contains(raw[0].Values[wire.EventField].(string), "keys") {
 		t.Errorf("published %v: %+v, %v; want a whole-tag event without keys", raw[0].Values, ev, err)
+	}
+}
+
+// An event the router would refuse for its size is not sent.
+func TestOversizedEventRefused(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached
+	defer c.Close()
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	keys := make([]string, 3000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%0400d", i)
+	}
+	_, err := p.Publish(context.Background(), publisher.Event{Tenant: "acme", Domain: "user", Keys: keys})
+	if err == nil || !strings.Contains(err.Error(), "above the limit of 1048576 bytes") {
+		t.Errorf("Publish of a 1.2 MB event = %v", err)
 	}
 }
 

@@ -27,7 +27,22 @@ import (
 const (
 	ReasonMalformed     = "malformed"      // no event field, bad JSON, a field that breaks a rule
 	ReasonUnknownDomain = "unknown_domain" // the domain is not in the matrix
+	ReasonTooLarge      = "too_large"      // the event's JSON is above Options.MaxEventBytes
 )
+
+// sizeDefaults fills and checks the size bounds of the options.
+func (o *Options) sizeDefaults() error {
+	if o.MaxEventBytes == 0 {
+		o.MaxEventBytes = wire.DefaultMaxEventBytes
+	}
+	if o.DeadLetterEntryBytes == 0 {
+		o.DeadLetterEntryBytes = 16 << 10
+	}
+	if o.MaxEventBytes < 0 || o.DeadLetterEntryBytes < 0 {
+		return fmt.Errorf("router: negative MaxEventBytes (%d) or DeadLetterEntryBytes (%d)", o.MaxEventBytes, o.DeadLetterEntryBytes)
+	}
+	return nil
+}
 
 // entry is one ingress entry on its way through a batch.
 type entry struct {
@@ -132,7 +147,12 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			continue
 		}
 		for _, rt := range e.routes {
-			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: e.ev.Keys, Event: e.eventID, Domain: e.ev.Domain,
+			keys := e.ev.Keys
+			if len(keys) > rt.Limits.MaxKeys {
+				keys = nil // no message carries more than max_keys keys: the whole tag covers them
+				r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+			}
+			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: keys, Event: e.eventID, Domain: e.ev.Domain,
 				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
 			if r.co.admit(now, mtx, e, rt, msg) {
 				direct = append(direct, single(rt, msg, e))
@@ -197,6 +217,11 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	raw, ok := msg.Values[wire.EventField].(string)
 	if !ok {
 		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field`
+		return
+	}
+	if len(raw) > r.opt.MaxEventBytes {
+		e.reason = ReasonTooLarge
+		e.detail = fmt.Sprintf("event of %d bytes is above the limit of %d bytes (max event bytes)", len(raw), r.opt.MaxEventBytes)
 		return
 	}
 	ev, err := wire.ParseEvent([]byte(raw))
@@ -399,7 +424,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			pipe.XAdd(ctx, &redis.XAddArgs{
 				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true,
 				Values: []any{"reason", e.reason, "error", e.detail, "stream", stream, "entry_id", e.id,
-					"entry", entryJSON(e.raw), "ts", strconv.FormatInt(time.Now().UnixMilli(), 10)},
+					"entry", entryCopy(e.raw, r.opt.DeadLetterEntryBytes), "ts", strconv.FormatInt(time.Now().UnixMilli(), 10)},
 			})
 		}
 		return nil
@@ -651,3 +676,14 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
+
+// entryCopy is the JSON of a refused entry's fields as its dead letter keeps
+// it: whole up to limit bytes; beyond, its first limit bytes and a note, so a
+// huge entry cannot make the dead-letter stream huge.
+func entryCopy(values map[string]any, limit int) string {
+	s := entryJSON(values)
+	if len(s) <= limit {
+		return s
+	}
+	return s[:limit] + fmt.Sprintf("… [truncated: the entry is %d bytes, the first %d are kept]", len(s), limit)
+}

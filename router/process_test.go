@@ -129,3 +129,16 @@ func TestRawEventID(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A dead letter keeps a bounded copy of the entry, and says when it is cut.
+func TestEntryCopyIsBounded(t *testing.T) {
+	small := map[string]any{"event": `{"tenant":"acme"}`}
+	if got := entryCopy(small, 1000); got != `{"event":"{\"tenant\":\"acme\"}"}` {
+		t.Errorf("small entry copied as %s", got)
+	}
+	big := map[string]any{"event": strings.Repeat("x", 100_000)}
+	got := entryCopy(big, 1000)
+	if len(got) > 1200 || !strings.HasPrefix(got, `{"event":"xxx`) || !strings.Contains(got, "truncated: the entry is 100012 bytes, the first 1000 are kept") {
+		t.Errorf("a 100 kB entry copied as %d bytes ending %q", len(got), got[max(0, len(got)-120):])
+	}
+}

@@ -18,6 +18,10 @@ const DefaultPartitions = 8
 // MaxKeys bounds the keys one event or message may name.
 const MaxKeys = 10000
 
+// DefaultMaxEventBytes is the default bound on the JSON of one event: the
+// router refuses (dead-letters) a larger one and the publisher does not send it.
+const DefaultMaxEventBytes = 1 << 20
+
 // MaxIDLen bounds event ids, entity ids and origins.
 const MaxIDLen = 256
 

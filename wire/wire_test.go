@@ -214,6 +214,21 @@ func TestWholeTagIsExplicit(t *testing.T) {
 	}
 }
 
+// An error quotes at most a bounded part of the input: it ends up in a dead letter.
+func TestErrorsAreBounded(t *testing.T) {
+	long := strings.Repeat("k", 100_000)
+	for _, in := range []string{
+		`{"tenant":"acme","domain":"user","` + long + `":1}`,
+		`{"tenant":"acme","domain":"user","keys":["` + long + `"]}`,
+		`{"tenant":"acme","domain":"user","id":"` + long + `"}`,
+		`{"tenant":"acme","domain":"user"}` + long,
+	} {
+		if _, err := ParseEvent([]byte(in)); err == nil || len(err.Error()) > 300 {
+			t.Errorf("error of %d bytes: %.300v", len(err.Error()), err)
+		}
+	}
+}
+
 func FuzzParseEvent(f *testing.F) {
 	f.Add(`{"tenant":"acme","domain":"user","keys":["user:1"]}`)
 	f.Add(`{"id":"x","tenant":"acme","domain":"user","source_version":3}`)

@@ -12,7 +12,9 @@
 -- routed, or (for a key-level event) every key it names was invalidated by a
 -- newer event. Otherwise it records the event and returns 1.
 local WHOLE = ' '
-local v = tonumber(ARGV[1])
+-- Compared as Lua numbers (doubles: rounding never turns an older version
+-- into a newer one), stored as given (exact).
+local v, given = tonumber(ARGV[1]), ARGV[1]
 local limit = tonumber(ARGV[3])
 local n = #ARGV - 3
 local whole = tonumber(redis.call('HGET', KEYS[1], WHOLE) or '0')
@@ -20,7 +22,7 @@ if whole > v then
   return 0
 end
 if n == 0 then
-  redis.call('HSET', KEYS[1], WHOLE, v)
+  redis.call('HSET', KEYS[1], WHOLE, given)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
@@ -41,11 +43,11 @@ for i = 1, n do
   local c = cur[i]
   if c and tonumber(c) < v then
     set[#set + 1] = ARGV[i + 3]
-    set[#set + 1] = v
+    set[#set + 1] = given
   elseif not c and room > 0 then
     room = room - 1
     set[#set + 1] = ARGV[i + 3]
-    set[#set + 1] = v
+    set[#set + 1] = given
   end
 end
 if #set > 0 then

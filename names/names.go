@@ -171,3 +171,12 @@ func PositionIndexKey(service string) string { return "routerd:positions:" + ser
 // HistoryField is the field of a channel history entry that holds the
 // message (publish.lua writes it under the same name).
 const HistoryField = "m"
+
+// SourceVersionKey is where the router keeps, for one entity of a tenant's
+// domain, the newest source_version that invalidated each key (and the whole
+// tag): "<prefix>:srcver:{<tenant>}:<domain>/<entity>". A domain never
+// contains '/', so no two (domain, entity) pairs share a key, whatever the
+// entity holds; {<tenant>} puts it in the tenant's slot.
+func SourceVersionKey(prefix, tenant, domain, entity string) string {
+	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + entity
+}

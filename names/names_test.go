@@ -114,3 +114,15 @@ func FuzzParseChannel(f *testing.F) {
 		}
 	})
 }
+
+// Entities and domains may both contain ':'; their key stays distinct.
+func TestSourceVersionKeyIsUnambiguous(t *testing.T) {
+	a := SourceVersionKey("invalidate", "acme", "user:profile", "1")
+	b := SourceVersionKey("invalidate", "acme", "user", "profile:1")
+	if a == b {
+		t.Errorf("two entities share %q", a)
+	}
+	if got := SourceVersionKey("invalidate", "acme", "user", "1042"); got != "invalidate:srcver:{acme}:user/1042" {
+		t.Errorf("SourceVersionKey = %q", got)
+	}
+}

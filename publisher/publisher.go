@@ -57,6 +57,10 @@ type Options struct {
 	Durable bool
 	// WaitTimeout bounds that wait (1s).
 	WaitTimeout time.Duration
+	// MaxEventBytes refuses an event whose JSON is larger
+	// (wire.DefaultMaxEventBytes, 1 MiB): the router would dead-letter it.
+	// Set it to the router's limit when that differs.
+	MaxEventBytes int
 }
 
 // Publisher appends events to the ingress streams. It is safe for concurrent use.
@@ -115,6 +119,12 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.WaitTimeout == 0 {
 		opt.WaitTimeout = time.Second
 	}
+	if opt.MaxEventBytes < 0 {
+		return nil, errors.New("publisher: negative MaxEventBytes")
+	}
+	if opt.MaxEventBytes == 0 {
+		opt.MaxEventBytes = wire.DefaultMaxEventBytes
+	}
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
 	}
@@ -125,6 +135,10 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // ctx where they are empty, and appends it to the tenant's ingress partition.
 // It returns the event id. The id makes a retried Publish harmless: the
 // router publishes each event id once per channel.
+//
+// The event names its Keys, or sets WholeTag to invalidate every tag of its
+// domain whole. One with neither (Keys nil or empty) is refused: a key list
+// that came out empty must not flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))
@@ -277,6 +291,9 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	data, err := e.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	if len(data) > p.opt.MaxEventBytes {
+		return nil, fmt.Errorf("publisher: event of %d bytes is above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)
 	}
 	return data, nil
 }

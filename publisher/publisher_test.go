@@ -3,6 +3,7 @@ package publisher_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ func TestPartitionCountFromRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user"}); err != nil {
+	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(entries(t, c, wire.IngressStream("inv", wire.Partition("acme", 3)))); n != 1 {
@@ -75,7 +76,7 @@ func TestPartitionCountFromRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	p2, _ := publisher.New(c, publisher.Options{Prefix: "inv"})
-	if _, err := p2.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user"}); err == nil || !strings.Contains(err.Error(), "not a partition count") {
+	if _, err := p2.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err == nil || !strings.Contains(err.Error(), "not a partition count") {
 		t.Errorf("bad partition count: %v", err)
 	}
 }
@@ -85,7 +86,7 @@ func TestPublishBatchValidatesFirst(t *testing.T) {
 	c := redistest.Start(t).Client(t)
 	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
 	_, err := p.PublishBatch(ctx, []publisher.Event{
-		{Tenant: "acme", Domain: "user"},
+		{Tenant: "acme", Domain: "user", WholeTag: true},
 		{Tenant: "acme", Domain: "user", Keys: []string{"bad key"}},
 	})
 	if err == nil || !strings.Contains(err.Error(), "event 1") || !strings.Contains(err.Error(), "keys[0]") {
@@ -94,7 +95,7 @@ func TestPublishBatchValidatesFirst(t *testing.T) {
 	if n := c.Exists(ctx, wire.IngressStream("invalidate", 0)).Val(); n != 0 {
 		t.Error("something was sent though an event was invalid")
 	}
-	ids, err := p.PublishBatch(ctx, []publisher.Event{{Tenant: "acme", Domain: "user"}, {Tenant: "globex", Domain: "user"}})
+	ids, err := p.PublishBatch(ctx, []publisher.Event{{Tenant: "acme", Domain: "user", WholeTag: true}, {Tenant: "globex", Domain: "user", Keys: []string{"user:1"}}})
 	if err != nil || len(ids) != 2 || ids[0] == ids[1] {
 		t.Fatalf("PublishBatch = %v, %v", ids, err)
 	}
@@ -110,7 +111,7 @@ func TestPublishCarriesTraceContext(t *testing.T) {
 	sc := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6}, TraceFlags: trace.FlagsSampled,
 	})
-	if _, err := p.Publish(trace.ContextWithSpanContext(ctx, sc), publisher.Event{Tenant: "acme", Domain: "user"}); err != nil {
+	if _, err := p.Publish(trace.ContextWithSpanContext(ctx, sc), publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
 		t.Fatal(err)
 	}
 	got := entries(t, c, wire.IngressStream("invalidate", 0))
@@ -124,10 +125,55 @@ func TestInvalidEventSendsNothing(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached
 	defer c.Close()
 	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
-	for _, ev := range []publisher.Event{{Domain: "user"}, {Tenant: "acme"}, {Tenant: "a b", Domain: "user"}} {
+	for _, ev := range []publisher.Event{{Domain: "user", WholeTag: true}, {Tenant: "acme", WholeTag: true}, {Tenant: "a b", Domain: "user", WholeTag: true},
+		{Tenant: "acme", Domain: "user"}, {Tenant: "acme", Domain: "user", Keys: []string{}}, {Tenant: "acme", Domain: "user", Keys: []string{"a"}, WholeTag: true}} {
 		if _, err := p.Publish(context.Background(), ev); err == nil || !strings.Contains(err.Error(), "publisher:") {
 			t.Errorf("Publish(%+v) = %v", ev, err)
 		}
+	}
+}
+
+// A whole-tag event is published only when the caller says so: an event
+// whose key list came out empty (nil or not) is refused, naming keys.
+func TestWholeTagMustBeExplicit(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	var computed []string
+	for _, keys := range [][]string{nil, computed, {}} {
+		_, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", Keys: keys})
+		if err == nil || !strings.Contains(err.Error(), "keys: none given; set WholeTag") {
+			t.Errorf("Publish with keys %#v = %v, want an error naming keys", keys, err)
+		}
+	}
+	if n := c.Exists(ctx, wire.IngressStream("invalidate", 0)).Val(); n != 0 {
+		t.Fatal("an event without keys was sent")
+	}
+	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.XRange(ctx, wire.IngressStream("invalidate", 0), "-", "+").Result()
+	if err != nil || len(raw) != 1 {
+		t.Fatalf("entries %v, %v", raw, err)
+	}
+	ev, err := wire.ParseEvent([]byte(raw[0].Values[wire.EventField].(string)))
+	if err != nil || !ev.WholeTag || strings.Contains(raw[0].Values[wire.EventField].(string), "keys") {
+		t.Errorf("published %v: %+v, %v; want a whole-tag event without keys", raw[0].Values, ev, err)
+	}
+}
+
+// An event the router would refuse for its size is not sent.
+func TestOversizedEventRefused(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never reached
+	defer c.Close()
+	p, _ := publisher.New(c, publisher.Options{Partitions: 1})
+	keys := make([]string, 3000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%0400d", i)
+	}
+	_, err := p.Publish(context.Background(), publisher.Event{Tenant: "acme", Domain: "user", Keys: keys})
+	if err == nil || !strings.Contains(err.Error(), "above the limit of 1048576 bytes") {
+		t.Errorf("Publish of a 1.2 MB event = %v", err)
 	}
 }
 

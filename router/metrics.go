@@ -23,6 +23,7 @@ type metrics struct {
 	coalesced       *prometheus.CounterVec // tag
 	delayed         *prometheus.CounterVec // tag
 	coalescedWhole  *prometheus.CounterVec // tag
+	wholeTag        *prometheus.CounterVec // tag
 	pendingChannels prometheus.Gauge
 	publishLag      prometheus.Histogram
 }
@@ -36,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_events_dead_lettered_total", Help: "Events sent to the dead-letter stream, by reason."}, []string{"reason"}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "routerd_events_suppressed_total", Help: "Events older (source_version) than one already routed for the same entity."}),
+			Name: "routerd_events_suppressed_total", Help: "Events not routed because newer ones (source_version) of the same entity already invalidated everything they name."}),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_messages_published_total", Help: "Channel messages published, by tag."}, []string{"tag"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
@@ -60,6 +61,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_messages_delayed_total", Help: "Channel messages held back by a rate limit (each opens a pending message), by tag."}, []string{"tag"}),
 		coalescedWhole: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_coalesced_whole_tag_total", Help: "Pending messages that became whole-tag invalidations because their keys exceeded max_keys, by tag."}, []string{"tag"}),
+		wholeTag: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_events_whole_tag_total", Help: "Events sent to a channel as a whole-tag invalidation because they named more keys than its max_keys, by tag."}, []string{"tag"}),
 		publishLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "routerd_publish_lag_seconds", Help: "From an event's timestamp to its channel message being published (coalescing delay included).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -69,7 +72,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.read, m.routed, m.deadLettered, m.suppressed, m.published, m.duplicates,
 			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated,
-			m.coalesced, m.delayed, m.coalescedWhole, m.pendingChannels, m.publishLag)
+			m.coalesced, m.delayed, m.coalescedWhole, m.wholeTag, m.pendingChannels, m.publishLag)
 	}
 	return m
 }

@@ -2,6 +2,8 @@ package router
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"sync"
@@ -25,7 +27,22 @@ import (
 const (
 	ReasonMalformed     = "malformed"      // no event field, bad JSON, a field that breaks a rule
 	ReasonUnknownDomain = "unknown_domain" // the domain is not in the matrix
+	ReasonTooLarge      = "too_large"      // the event's JSON is above Options.MaxEventBytes
 )
+
+// sizeDefaults fills and checks the size bounds of the options.
+func (o *Options) sizeDefaults() error {
+	if o.MaxEventBytes == 0 {
+		o.MaxEventBytes = wire.DefaultMaxEventBytes
+	}
+	if o.DeadLetterEntryBytes == 0 {
+		o.DeadLetterEntryBytes = 16 << 10
+	}
+	if o.MaxEventBytes < 0 || o.DeadLetterEntryBytes < 0 {
+		return fmt.Errorf("router: negative MaxEventBytes (%d) or DeadLetterEntryBytes (%d)", o.MaxEventBytes, o.DeadLetterEntryBytes)
+	}
+	return nil
+}
 
 // entry is one ingress entry on its way through a batch.
 type entry struct {
@@ -130,7 +147,12 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			continue
 		}
 		for _, rt := range e.routes {
-			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: e.ev.Keys, Event: e.eventID, Domain: e.ev.Domain,
+			keys := e.ev.Keys
+			if len(keys) > rt.Limits.MaxKeys {
+				keys = nil // no message carries more than max_keys keys: the whole tag covers them
+				r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+			}
+			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: keys, Event: e.eventID, Domain: e.ev.Domain,
 				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
 			if r.co.admit(now, mtx, e, rt, msg) {
 				direct = append(direct, single(rt, msg, e))
@@ -197,6 +219,11 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field`
 		return
 	}
+	if len(raw) > r.opt.MaxEventBytes {
+		e.reason = ReasonTooLarge
+		e.detail = fmt.Sprintf("event of %d bytes is above the limit of %d bytes (max event bytes)", len(raw), r.opt.MaxEventBytes)
+		return
+	}
 	ev, err := wire.ParseEvent([]byte(raw))
 	if err != nil {
 		e.reason, e.detail = ReasonMalformed, err.Error()
@@ -209,16 +236,41 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	}
 	e.ev, e.routes, e.eventID = ev, routes, ev.ID
 	if e.eventID == "" {
-		e.eventID = msg.ID
+		e.eventID = RawEventID(stream, msg.ID)
 	}
 }
 
+// RawEventID is the id of an event published without one: its stream name and
+// entry id. An entry id alone is unique only within its stream (two XADDs at
+// the same millisecond on two partitions get the same one), and the publish
+// script drops a message whose event id it has seen on the channel. An id
+// that would be longer than an event id may be is replaced by its SHA-256.
+func RawEventID(stream, entryID string) string {
+	id := stream + ":" + entryID
+	if len(id) <= wire.MaxIDLen {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Bounds of the source_version bookkeeping: an event naming more keys is
+// neither suppressed nor recorded (routing it is always safe), and an entity
+// remembers at most srcverEntityKeys keys.
+const (
+	srcverEventKeys  = 500 // the script's HSET unpacks two items a key: ≤ lua.MaxUnpack
+	srcverEntityKeys = 1000
+)
+
 // suppressOlder drops (routes nowhere) an event whose source_version is below
-// the newest one already seen for its tenant, domain and entity.
+// that of newer events already routed for its tenant, domain and entity, when
+// those covered everything it names: each of its keys, or, for a whole-tag
+// event, the whole tag. An older event naming a key the newer ones did not
+// invalidate (a retry, a late partition) is routed.
 func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	var check []*entry
 	for _, e := range entries {
-		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 {
+		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 && len(e.ev.Keys) <= srcverEventKeys {
 			check = append(check, e)
 		}
 	}
@@ -229,8 +281,13 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, e := range check {
-			key := r.prefix + ":srcver:{" + e.ev.Tenant + "}:" + e.ev.Domain + ":" + e.ev.Entity
-			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, e.ev.SourceVersion, ttl)
+			key := names.SourceVersionKey(r.prefix, e.ev.Tenant, e.ev.Domain, e.ev.Entity)
+			args := make([]any, 0, 3+len(e.ev.Keys))
+			args = append(args, e.ev.SourceVersion, ttl, srcverEntityKeys)
+			for _, k := range e.ev.Keys {
+				args = append(args, k)
+			}
+			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, args...)
 		}
 		return out
 	})
@@ -367,7 +424,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			pipe.XAdd(ctx, &redis.XAddArgs{
 				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true,
 				Values: []any{"reason", e.reason, "error", e.detail, "stream", stream, "entry_id", e.id,
-					"entry", entryJSON(e.raw), "ts", strconv.FormatInt(time.Now().UnixMilli(), 10)},
+					"entry", entryCopy(e.raw, r.opt.DeadLetterEntryBytes), "ts", strconv.FormatInt(time.Now().UnixMilli(), 10)},
 			})
 		}
 		return nil
@@ -619,3 +676,14 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
+
+// entryCopy is the JSON of a refused entry's fields as its dead letter keeps
+// it: whole up to limit bytes; beyond, its first limit bytes and a note, so a
+// huge entry cannot make the dead-letter stream huge.
+func entryCopy(values map[string]any, limit int) string {
+	s := entryJSON(values)
+	if len(s) <= limit {
+		return s
+	}
+	return s[:limit] + fmt.Sprintf("… [truncated: the entry is %d bytes, the first %d are kept]", len(s), limit)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -109,5 +110,35 @@ func TestPublishScriptBatch(t *testing.T) {
 	msg, err := wire.ParseMessage([]byte(hist[2].Values["m"].(string)))
 	if err != nil || msg.Epoch != "ep" || msg.Version != 3 || msg.Event != "e5" {
 		t.Errorf("history entry: %+v %v", msg, err)
+	}
+}
+
+// A raw event's id is unique across streams and always a valid event id.
+func TestRawEventID(t *testing.T) {
+	a, b := RawEventID("invalidate:ingress:{0}", "5-1"), RawEventID("invalidate:ingress:{1}", "5-1")
+	if a == b || a != "invalidate:ingress:{0}:5-1" {
+		t.Errorf("ids %q and %q", a, b)
+	}
+	long := strings.Repeat("p", 200) + ":ingress:" + strings.Repeat("q", 100) + ":{3}"
+	id1, id2 := RawEventID(long, "1764000000123-0"), RawEventID(long, "1764000000123-1")
+	if id1 == id2 || len(id1) > wire.MaxIDLen {
+		t.Errorf("long stream names give %q and %q", id1, id2)
+	}
+	m := wire.Message{Tenant: "acme", Tag: "active", Epoch: "e", Version: 1, Event: id1}
+	if err := m.Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+// A dead letter keeps a bounded copy of the entry, and says when it is cut.
+func TestEntryCopyIsBounded(t *testing.T) {
+	small := map[string]any{"event": `{"tenant":"acme"}`}
+	if got := entryCopy(small, 1000); got != `{"event":"{\"tenant\":\"acme\"}"}` {
+		t.Errorf("small entry copied as %s", got)
+	}
+	big := map[string]any{"event": strings.Repeat("x", 100_000)}
+	got := entryCopy(big, 1000)
+	if len(got) > 1200 || !strings.HasPrefix(got, `{"event":"xxx`) || !strings.Contains(got, "truncated: the entry is 100012 bytes, the first 1000 are kept") {
+		t.Errorf("a 100 kB entry copied as %d bytes ending %q", len(got), got[max(0, len(got)-120):])
 	}
 }

@@ -45,6 +45,13 @@ type Options struct {
 	ClaimInterval time.Duration
 	// DeadLetterMaxLen caps the dead-letter stream, approximately (100000).
 	DeadLetterMaxLen int64
+	// DeadLetterEntryBytes bounds the copy of a refused entry kept in its
+	// dead letter (16 KiB): a longer one is cut there, with a note, so the
+	// stream holds at most about DeadLetterMaxLen × this many bytes.
+	DeadLetterEntryBytes int
+	// MaxEventBytes is the largest event JSON routed (wire.DefaultMaxEventBytes,
+	// 1 MiB); a larger one goes to the dead letters, reason too_large.
+	MaxEventBytes int
 	// SourceVersionTTL is how long the newest source_version of an entity is
 	// remembered for suppressing older events (24h).
 	SourceVersionTTL time.Duration
@@ -98,6 +105,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.DeadLetterMaxLen == 0 {
 		o.DeadLetterMaxLen = 100_000
+	}
+	if err := o.sizeDefaults(); err != nil {
+		return err
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

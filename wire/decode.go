@@ -46,14 +46,23 @@ func decodeObject(data []byte, field func(d *decoder, key []byte, v *fastjson.Va
 		f := field(d, k, v)
 		switch {
 		case f < 0:
-			d.err = &FieldError{"json", fmt.Sprintf("unknown field %q", k)}
+			d.err = &FieldError{"json", fmt.Sprintf("unknown field %q", shorten(k))}
 		case seen&(1<<f) != 0:
-			d.err = &FieldError{"json", fmt.Sprintf("field %q appears twice", k)}
+			d.err = &FieldError{"json", fmt.Sprintf("field %q appears twice", shorten(k))}
 		default:
 			seen |= 1 << f
 		}
 	})
 	return d.err
+}
+
+// shorten bounds a field name quoted in an error: an error (and the dead
+// letter that records it) must not grow with the input.
+func shorten(k []byte) string {
+	if len(k) > 64 {
+		return string(k[:64]) + "…"
+	}
+	return string(k)
 }
 
 // str decodes a string field; intern keeps values that repeat across
@@ -142,6 +151,9 @@ func decodeEvent(data []byte) (*Event, error) {
 			return 3
 		case "keys":
 			d.strs(&e.Keys, "keys", v)
+			if e.Keys != nil && len(e.Keys) == 0 {
+				d.fail("keys", EmptyKeys)
+			}
 			return 4
 		case "source_version":
 			d.int(&e.SourceVersion, "source_version", v)
@@ -159,6 +171,7 @@ func decodeEvent(data []byte) (*Event, error) {
 			return -1
 		}
 	})
+	e.WholeTag = e.Keys == nil // no "keys" (or null): the whole tag
 	return e, err
 }
 

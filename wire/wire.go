@@ -18,6 +18,10 @@ const DefaultPartitions = 8
 // MaxKeys bounds the keys one event or message may name.
 const MaxKeys = 10000
 
+// DefaultMaxEventBytes is the default bound on the JSON of one event: the
+// router refuses (dead-letters) a larger one and the publisher does not send it.
+const DefaultMaxEventBytes = 1 << 20
+
 // MaxIDLen bounds event ids, entity ids and origins.
 const MaxIDLen = 256
 
@@ -68,16 +72,26 @@ func Partition(tenant string, n int) int {
 const EventField = "event"
 
 // Event is a domain-change event as published to an ingress stream.
+//
+// An event names the keys it invalidates, or is a whole-tag event: it
+// invalidates every tag of its domain whole. That intent is explicit, never
+// implied by an empty list: exactly one of Keys (non-empty) and WholeTag is
+// set, so a caller whose computed key list came out empty gets an error
+// instead of flushing whole tags. On the wire a whole-tag event has no "keys"
+// field, and `"keys": []` is refused.
 type Event struct {
-	ID            string   `json:"id,omitempty"`
-	Tenant        string   `json:"tenant"`
-	Domain        string   `json:"domain"`
-	Entity        string   `json:"entity,omitempty"`
-	Keys          []string `json:"keys,omitempty"`
-	SourceVersion int64    `json:"source_version,omitempty"`
-	Origin        string   `json:"origin,omitempty"`
-	TS            int64    `json:"ts,omitempty"`
-	Traceparent   string   `json:"traceparent,omitempty"`
+	ID     string   `json:"id,omitempty"`
+	Tenant string   `json:"tenant"`
+	Domain string   `json:"domain"`
+	Entity string   `json:"entity,omitempty"`
+	Keys   []string `json:"keys,omitempty"`
+	// WholeTag marks an event without keys: every tag of the domain is
+	// invalidated whole. It travels as the absence of "keys".
+	WholeTag      bool   `json:"-"`
+	SourceVersion int64  `json:"source_version,omitempty"`
+	Origin        string `json:"origin,omitempty"`
+	TS            int64  `json:"ts,omitempty"`
+	Traceparent   string `json:"traceparent,omitempty"`
 }
 
 // Validate checks every field; the error names the first field that is wrong.
@@ -112,8 +126,17 @@ func (e *Event) Validate() error {
 	if e.TS < 0 {
 		return &FieldError{"ts", "must not be negative"}
 	}
+	switch {
+	case e.WholeTag && len(e.Keys) > 0:
+		return &FieldError{"keys", "given with WholeTag; a whole-tag event names no keys"}
+	case !e.WholeTag && len(e.Keys) == 0:
+		return &FieldError{"keys", "none given; set WholeTag to invalidate every tag of the domain whole"}
+	}
 	return validKeys(e.Keys)
 }
+
+// EmptyKeys is the rule an event with `"keys": []` breaks.
+const EmptyKeys = "empty keys; omit keys to invalidate whole tags"
 
 func printable(field, s string) error {
 	if len(s) > MaxIDLen {

@@ -29,6 +29,7 @@ func TestParseEvent(t *testing.T) {
 		{`{"tenant":"acme","domain":"user"} x`, "json"},
 		{`{"tenant":"acme","domain":"user","source_version":-1}`, "source_version"},
 		{`{"tenant":"acme","domain":"user","entity":"a\u0000"}`, "entity"},
+		{`{"tenant":"acme","domain":"user","keys":[]}`, "keys"},
 		{`not json`, "json"},
 		{``, "json"},
 	}
@@ -102,6 +103,9 @@ func agreesWithEncodingJSON[T any](t *testing.T, in string, got *T) {
 	if err := dec.Decode(want); err != nil {
 		t.Fatalf("accepted %s, which encoding/json refuses: %v", in, err)
 	}
+	if e, ok := any(want).(*Event); ok {
+		e.WholeTag = e.Keys == nil // not a JSON field: the absence of keys
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s decoded to %+v, encoding/json to %+v", in, got, want)
 	}
@@ -158,8 +162,70 @@ func TestDecodingIsStrict(t *testing.T) {
 	// null is an absent field, as for encoding/json; escapes are decoded,
 	// in keys too.
 	e, err := ParseEvent([]byte(`{"tenant":"ac\u006de","dom\u0061in":"user","id":null,"keys":null,"ts":null}`))
-	if err != nil || e.Tenant != "acme" || e.ID != "" || e.Keys != nil || e.TS != 0 {
+	if err != nil || e.Tenant != "acme" || e.ID != "" || e.Keys != nil || !e.WholeTag || e.TS != 0 {
 		t.Errorf("got %+v, %v", e, err)
+	}
+}
+
+// Whole-tag intent is explicit: on the wire by leaving keys out (an empty
+// array is refused), in Go by WholeTag (no keys without it, none with it).
+func TestWholeTagIsExplicit(t *testing.T) {
+	for _, tt := range []struct {
+		in    string
+		whole bool
+		err   string
+	}{
+		{`{"tenant":"acme","domain":"user"}`, true, ""},
+		{`{"tenant":"acme","domain":"user","keys":null}`, true, ""},
+		{`{"tenant":"acme","domain":"user","keys":["a"]}`, false, ""},
+		{`{"tenant":"acme","domain":"user","keys":[]}`, false, "keys: " + EmptyKeys},
+	} {
+		e, err := ParseEvent([]byte(tt.in))
+		switch {
+		case tt.err != "" && (err == nil || err.Error() != tt.err):
+			t.Errorf("ParseEvent(%s) = %v, want %q", tt.in, err, tt.err)
+		case tt.err == "" && (err != nil || e.WholeTag != tt.whole):
+			t.Errorf("ParseEvent(%s) = %+v, %v, want WholeTag %v", tt.in, e, err, tt.whole)
+		}
+	}
+	for _, tt := range []struct {
+		e  Event
+		ok bool
+	}{
+		{Event{Tenant: "acme", Domain: "user"}, false},
+		{Event{Tenant: "acme", Domain: "user", Keys: []string{}}, false},
+		{Event{Tenant: "acme", Domain: "user", Keys: []string{"a"}, WholeTag: true}, false},
+		{Event{Tenant: "acme", Domain: "user", Keys: []string{}, WholeTag: true}, true},
+		{Event{Tenant: "acme", Domain: "user", WholeTag: true}, true},
+		{Event{Tenant: "acme", Domain: "user", Keys: []string{"a"}}, true},
+	} {
+		b, err := tt.e.Marshal()
+		var fe *FieldError
+		if tt.ok != (err == nil) || err != nil && (!errors.As(err, &fe) || fe.Field != "keys") {
+			t.Errorf("Marshal(%+v) = %s, %v", tt.e, b, err)
+			continue
+		}
+		if err == nil {
+			back, err := ParseEvent(b)
+			if err != nil || back.WholeTag != tt.e.WholeTag {
+				t.Errorf("%s parsed back to %+v, %v", b, back, err)
+			}
+		}
+	}
+}
+
+// An error quotes at most a bounded part of the input: it ends up in a dead letter.
+func TestErrorsAreBounded(t *testing.T) {
+	long := strings.Repeat("k", 100_000)
+	for _, in := range []string{
+		`{"tenant":"acme","domain":"user","` + long + `":1}`,
+		`{"tenant":"acme","domain":"user","keys":["` + long + `"]}`,
+		`{"tenant":"acme","domain":"user","id":"` + long + `"}`,
+		`{"tenant":"acme","domain":"user"}` + long,
+	} {
+		if _, err := ParseEvent([]byte(in)); err == nil || len(err.Error()) > 300 {
+			t.Errorf("error of %d bytes: %.300v", len(err.Error()), err)
+		}
 	}
 }
 
@@ -167,6 +233,8 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add(`{"tenant":"acme","domain":"user","keys":["user:1"]}`)
 	f.Add(`{"id":"x","tenant":"acme","domain":"user","source_version":3}`)
 	f.Add(`{}`)
+	f.Add(`{"tenant":"acme","domain":"user","keys":[]}`)
+	f.Add(`{"tenant":"acme","domain":"user","keys":null}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		e, err := ParseEvent([]byte(in))
 		if err != nil {

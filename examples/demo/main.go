@@ -50,7 +50,7 @@ type change struct {
 var changes = []change{
 	{"acme changed product 2", publisher.Event{Tenant: "acme", Domain: "product", Entity: "2", Keys: []string{"product:2"}}},
 	{"globex changed user 1", publisher.Event{Tenant: "globex", Domain: "user", Entity: "1", Keys: []string{"user:1"}}},
-	{"acme reloaded its whole catalogue (no keys: whole tags)", publisher.Event{Tenant: "acme", Domain: "product"}},
+	{"acme reloaded its whole catalogue (no keys: whole tags)", publisher.Event{Tenant: "acme", Domain: "product", WholeTag: true}},
 }
 
 func main() {

@@ -100,6 +100,13 @@ func TestUsageErrors(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "tenant") {
 		t.Errorf("invalid tenant: %d %q", code, errs)
 	}
+	// --keys that names nothing is refused; only leaving it out means whole tags.
+	for _, keys := range []string{"", " , "} {
+		code, _, errs = runCLI(t, "publish", "--redis", "redis://127.0.0.1:1", "--tenant", "acme", "--domain", "user", "--keys", keys)
+		if code != 1 || !strings.Contains(errs, "omit --keys to invalidate whole tags") {
+			t.Errorf("--keys %q: %d %q", keys, code, errs)
+		}
+	}
 }
 
 func TestEnvironmentSuppliesURLs(t *testing.T) {

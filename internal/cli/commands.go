@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -125,7 +126,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	f.StringVar(&ev.ID, "id", "", "event id (generated when empty)")
 	f.Int64Var(&ev.SourceVersion, "source-version", 0, "the change's own ordering number (a row version)")
 	f.StringVar(&ev.Origin, "origin", "routerd-cli", "who publishes")
-	keys := f.String("keys", "", "comma-separated keys to invalidate; empty invalidates the whole tags")
+	keys := f.String("keys", "", "comma-separated keys to invalidate; without --keys the domain's tags are invalidated whole")
 	durable := f.Bool("durable", false, "return only once a replica of the partition's master has the event (WAIT 1)")
 	if err := f.parse(args); err != nil {
 		return err
@@ -133,7 +134,14 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("redis", "tenant", "domain"); err != nil {
 		return err
 	}
-	ev.Keys = splitList(*keys)
+	// Without --keys the event is a whole-tag one; --keys that names no key
+	// is a mistake, not a request to flush the tags.
+	keysGiven := false
+	f.Visit(func(fl *flag.Flag) { keysGiven = keysGiven || fl.Name == "keys" })
+	ev.Keys, ev.WholeTag = splitList(*keys), !keysGiven
+	if keysGiven && len(ev.Keys) == 0 {
+		return fmt.Errorf("invalid event: --keys names no key; omit --keys to invalidate whole tags")
+	}
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
 )
 
 func newRegistry() *prometheus.Registry {
@@ -74,6 +75,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	group := f.String("group", "routerd", "consumer group on the ingress streams")
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
+	maxEvent := f.Int("max-event-bytes", wire.DefaultMaxEventBytes, "refuse (dead-letter) an event whose JSON is larger")
 	poll := f.Duration("matrix-poll", 5*time.Second, "reload the matrix when its file changes, checked this often; 0 turns it off")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
@@ -98,7 +100,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	}
 	defer flushTraces(log, stopTracing)
 	r, err := router.New(c, m, router.Options{
-		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c),
+		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c), MaxEventBytes: *maxEvent,
 		Logger: log, Registerer: reg, TracerProvider: tp,
 	})
 	if err != nil {

@@ -40,7 +40,7 @@ func TestBadEventsDeadLettered(t *testing.T) {
 	for _, b := range bad {
 		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: b.values}).Err())
 	}
-	e.publish(wire.Event{Tenant: "acme", Domain: "user"}) // a good one after them
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // a good one after them
 	e.waitVersion("invalidate:acme:active", 1)
 
 	dl := wire.DeadLetterStream("invalidate")
@@ -73,7 +73,8 @@ func TestBadEventsDeadLettered(t *testing.T) {
 }
 
 // An event written by another language with a plain XADD (here redis-cli),
-// without id, ts or origin, is routed; the stream entry id serves as event id.
+// without id, ts or origin, is routed; its stream name and entry id serve as
+// event id.
 func TestRawXAddFromAnotherLanguageIsRouted(t *testing.T) {
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
@@ -102,7 +103,7 @@ func TestRawXAddFromAnotherLanguageIsRouted(t *testing.T) {
 		t.Fatalf("history %v %v", hist, err)
 	}
 	m, err := wire.ParseMessage([]byte(hist[0].Values["m"].(string)))
-	if err != nil || m.Event != entryID {
-		t.Errorf("message %+v, %v: want event id %q", m, err, entryID)
+	if want := stream + ":" + entryID; err != nil || m.Event != want {
+		t.Errorf("message %+v, %v: want event id %q", m, err, want)
 	}
 }

@@ -31,7 +31,7 @@ func TestChangeDeletesExactlyMappedTags(t *testing.T) {
 		e.subscriber(svc, subscriber.Options{})
 	}
 
-	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1"})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1", WholeTag: true})
 
 	for _, svc := range []string{"profile-svc", "search-svc"} {
 		e.waitGone(svc, "acme", "user:1")
@@ -82,7 +82,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	e.seed("search-svc", "acme", "user:1", "active")
 	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
 	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}) // duplicate
-	e.publish(wire.Event{Tenant: "acme", Domain: "product"})
+	e.publish(wire.Event{Tenant: "acme", Domain: "product", WholeTag: true})
 	must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: wire.IngressStream("invalidate", 0), Values: []any{"event", "nope"}}).Err())
 	e.waitGone("search-svc", "acme", "user:1")
 

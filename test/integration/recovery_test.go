@@ -389,7 +389,7 @@ func TestSubscriberChunksLargeTag(t *testing.T) {
 	for i := 0; i < 1500; i++ {
 		e.seed("search-svc", "acme", fmt.Sprintf("p:%d", i), "electronics")
 	}
-	e.publish(wire.Event{Tenant: "acme", Domain: "product"}) // whole tag
+	e.publish(wire.Event{Tenant: "acme", Domain: "product", WholeTag: true}) // whole tag
 	redistest.Eventually(t, 10*time.Second, "tag emptied", func() bool {
 		n, _ := e.caches["search-svc"].Client(t).Exists(ctx, "{tenant:acme}:tag:electronics").Result()
 		return n == 0

@@ -40,10 +40,9 @@ func (es Errors) Error() string {
 const (
 	// minRate keeps a coalesced message's wait (one token) well under the
 	// time after which another router claims the entries it holds.
-	minRate       = 0.1
-	maxRate       = 1_000_000
-	maxPartitions = 1024
-	maxHistory    = 1_000_000
+	minRate    = 0.1
+	maxRate    = 1_000_000
+	maxHistory = 1_000_000
 )
 
 type parser struct {
@@ -207,7 +206,7 @@ func (p *parser) parse(data []byte) *Matrix {
 			}
 		case "ingress":
 			for _, g := range p.mapping(f.value, "ingress", "partitions") {
-				if v, ok := p.integer(g.value, "ingress.partitions", 1, maxPartitions); ok {
+				if v, ok := p.integer(g.value, "ingress.partitions", 1, MaxPartitions); ok {
 					m.Partitions = v
 				}
 			}

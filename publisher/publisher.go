@@ -24,6 +24,7 @@ import (
 
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
@@ -101,8 +102,8 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if err := names.Prefix(opt.Prefix); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	if opt.Partitions < 0 || opt.Partitions > 1024 {
-		return nil, fmt.Errorf("publisher: partitions must be 0 (read from Redis) to 1024, not %d", opt.Partitions)
+	if opt.Partitions < 0 || opt.Partitions > matrix.MaxPartitions {
+		return nil, fmt.Errorf("publisher: partitions must be 0 (read from Redis) to %d, not %d", matrix.MaxPartitions, opt.Partitions)
 	}
 	if opt.Refresh == 0 {
 		opt.Refresh = DefaultRefresh
@@ -318,7 +319,7 @@ func (p *Publisher) partitionCount(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("publisher: read partition count: %w", err)
 	default:
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1024 {
+		if err != nil || n < 1 || n > matrix.MaxPartitions {
 			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", wire.PartitionsKey(p.opt.Prefix), s)
 		}
 		p.partitions = n

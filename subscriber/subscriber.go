@@ -88,7 +88,8 @@ type Options struct {
 	ApplyRate  float64
 	ApplyBurst int
 	Coalesce   time.Duration
-	// MaxKeys bounds the keys of a merged invalidation (500).
+	// MaxKeys bounds the keys of a merged invalidation (the matrix's
+	// default max_keys).
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
@@ -267,7 +268,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.ApplyBurst = max(1, int(opt.ApplyRate))
 	}
 	if opt.MaxKeys == 0 {
-		opt.MaxKeys = 500
+		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)

@@ -199,7 +199,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	applyRate := f.Float64("apply-rate", 0, "invalidations per second against the cache Redis; 0 for no limit")
 	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
-	maxKeys := f.Int("max-keys", 500, "a merged invalidation with more keys invalidates the whole tag")
+	maxKeys := f.Int("max-keys", matrix.DefaultLimits.MaxKeys, "a merged invalidation with more keys invalidates the whole tag")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err

@@ -65,15 +65,15 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		if err != nil {
 			return err
 		}
-		stored, err := s.storedPositions(ctx, batch)
+		stored, storedErrs, err := s.storedPositions(ctx, batch)
 		if err != nil {
 			return err
 		}
 		for i, t := range batch {
-			if metas[i].err != nil {
+			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
 				s.m.positionErrors.Inc()
-				s.log.Warn("unreadable channel meta; the channel is not checked", "channel", t.channel, "err", metas[i].err)
-				failed = errors.Join(failed, metas[i].err)
+				s.log.Warn("unreadable channel meta or stored position; the channel is not checked", "channel", t.channel, "err", err)
+				failed = errors.Join(failed, err)
 				continue
 			}
 			meta := metas[i].at
@@ -151,16 +151,19 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 // storedPositions reads the positions stored with the cache for the targets
 // (the zero Position where none is). Without a cache, positions live in
 // memory and those are returned. A stored position that cannot be parsed is
-// counted and taken as none: its channel is then recovered whole.
-func (s *Subscriber) storedPositions(ctx context.Context, targets []target) ([]recovery.Position, error) {
-	out := make([]recovery.Position, len(targets))
+// counted and taken as none: its channel is then recovered whole. A position
+// the cache refuses to read (a key of another type) is an error of its own
+// target; err is for a cache that did not answer.
+func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out []recovery.Position, errs []error, err error) {
+	out = make([]recovery.Position, len(targets))
+	errs = make([]error, len(targets))
 	if s.store == nil {
 		for i, t := range targets {
 			if p, ok := s.pos[t.channel]; ok {
 				out[i] = p.at
 			}
 		}
-		return out, nil
+		return out, errs, nil
 	}
 	cmds, err := s.opt.Cache.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
@@ -169,7 +172,7 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) ([]r
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
-		return nil, fmt.Errorf("reading positions: %w", err)
+		return nil, nil, fmt.Errorf("reading positions: %w", err)
 	}
 	for i, t := range targets {
 		v, err := cmds[i].(*redis.StringCmd).Result()
@@ -177,7 +180,8 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) ([]r
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading the position of %s: %w", t.channel, err)
+			errs[i] = fmt.Errorf("reading the position of %s: %w", t.channel, err)
+			continue
 		}
 		pos, err := tagstore.ParsePosition(v)
 		if err != nil {
@@ -187,7 +191,7 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) ([]r
 		}
 		out[i] = recovery.Position{Epoch: pos.Epoch, Version: pos.Version}
 	}
-	return out, nil
+	return out, errs, nil
 }
 
 // isReplyError reports whether err is an error Redis answered (WRONGTYPE and

@@ -504,8 +504,8 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 		return p, nil
 	}
 	t := target{channel, tenant, tag}
-	stored, err := s.storedPositions(ctx, []target{t})
-	if err != nil {
+	stored, errs, err := s.storedPositions(ctx, []target{t})
+	if err = errors.Join(err, errs[0]); err != nil {
 		return nil, err
 	}
 	p := &position{tenant: tenant, tag: tag, at: stored[0]}

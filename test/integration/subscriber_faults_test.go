@@ -193,3 +193,44 @@ func TestCacheRollbackReplayed(t *testing.T) {
 		t.Errorf("position after replay = %v, want version 2", p)
 	}
 }
+
+// State the subscriber cannot read — a position key or a channel meta of the
+// wrong type, as a careless operator or a colliding key could leave — is
+// counted and logged, never taken silently as "none", and does not stop the
+// other channels from being checked.
+func TestUnreadableStateSurfaces(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	_, stop := e.subscriber("search-svc", subscriber.Options{})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	e.publish(wire.Event{Tenant: "globex", Domain: "product", Keys: []string{"p:0"}})
+	e.waitVersion("invalidate:globex:electronics", 1)
+	redistest.Eventually(t, 10*time.Second, "positions at 1", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		q, _ := e.position("search-svc", "globex", "electronics")
+		return p.Version == 1 && q.Version == 1
+	})
+	stop()
+
+	cache := e.caches["search-svc"].Client(t)
+	must(t, cache.Del(ctx, "{tenant:acme}:pos:search-svc:electronics").Err())
+	must(t, cache.HSet(ctx, "{tenant:acme}:pos:search-svc:electronics", "x", "y").Err())
+	must(t, e.busC.Del(ctx, "{invalidate:globex:active}:meta").Err())
+	must(t, e.busC.Set(ctx, "{invalidate:globex:active}:meta", "garbage", 0).Err())
+	e.seed("search-svc", "acme", "user:1", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitVersion("invalidate:acme:active", 2)
+
+	reg := prometheus.NewRegistry()
+	s, err := subscriber.New(e.busC, subscriber.Options{Service: "search-svc", Matrix: e.mtx, Registerer: reg,
+		Cache: e.caches["search-svc"].Client(t), CheckInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, s.Run)
+	e.waitGone("search-svc", "acme", "user:1") // the readable channels are still checked
+	redistest.Eventually(t, 10*time.Second, "unreadable position and meta counted", func() bool {
+		return metric(t, reg, "subscriber_unreadable_state_total") >= 2
+	})
+}

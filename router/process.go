@@ -592,17 +592,11 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 		args = append(args, rt.Channel, rt.Limits.History, len(channel))
 		for _, i := range channel {
 			o := out[i]
-			body, err := wire.MessageBody(&o.msg)
-			if err != nil { // cannot happen for validated fields
-				c := redis.NewCmd(ctx)
-				c.SetErr(err)
-				return c
-			}
 			args = append(args, len(o.ids))
 			for _, id := range o.ids {
 				args = append(args, id)
 			}
-			args = append(args, body)
+			args = append(args, wire.MessageBody(&o.msg))
 		}
 	}
 	return lua.Publish.EvalSha(ctx, pipe, keys, args...)

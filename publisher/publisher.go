@@ -179,10 +179,6 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	return ids, nil
 }
 
-// write appends the entries in one pipeline; when Durable, in one pipeline
-// per master ending with WAIT 1 where the master has a replica, and fails
-// unless the replica acknowledged. A failed write may have appended some entries: publishing
-// again with the same ids is safe.
 // entry is one ingress entry to append.
 type entry struct {
 	stream string
@@ -194,6 +190,10 @@ func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) {
 	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", wire.EventField, e.data))
 }
 
+// write appends the entries in one pipeline; when Durable, in one pipeline
+// per master ending with WAIT 1 where the master has a replica, and fails
+// unless the replica acknowledged. A failed write may have appended some
+// entries: publishing again with the same ids is safe.
 func (p *Publisher) write(ctx context.Context, all []entry) error {
 	if !p.opt.Durable {
 		cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {

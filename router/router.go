@@ -142,7 +142,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
 	r.matrix.Store(m)
-	r.co = newCoalescer(r)
+	r.co = newCoalescer(r, r.m)
 	r.shards.C = c
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	r.tracing = telemetry.Enabled(opt.TracerProvider)

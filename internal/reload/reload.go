@@ -36,9 +36,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
-// settle is how long the file's directory must be quiet after an event
-// before the file is read: an editor or a config map swap changes it in
-// several steps, and reading in between would refuse a half-written file.
+// settle is how long after a change in the file's directory the file is
+// read: an editor or a config map swap changes it in several steps, and
+// reading at the first would often find it half-written.
 const settle = 100 * time.Millisecond
 
 // Coordinator serializes the reloads of one matrix file.
@@ -196,20 +196,31 @@ func (c *Coordinator) watch(ctx context.Context, poll time.Duration) {
 	}
 	defer w.Close()
 	check() // a change between the start and the watch
-	quiet := time.NewTimer(settle)
-	quiet.Stop()
-	defer quiet.Stop()
+	// The file is read settle after the first event of a burst; events
+	// meanwhile (the rest of the burst, or other files of a busy directory)
+	// do not postpone it further, and one after the read schedules another.
+	timer := time.NewTimer(settle)
+	timer.Stop()
+	defer timer.Stop()
+	due := false
+	soon := func() {
+		if !due {
+			due = true
+			timer.Reset(settle)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.Events:
-			quiet.Reset(settle)
+			soon()
 		case err := <-w.Errors:
 			// An overflow lost events: look at the file anyway.
 			c.log.Warn("watching the matrix file", "path", c.path, "err", err)
-			quiet.Reset(settle)
-		case <-quiet.C:
+			soon()
+		case <-timer.C:
+			due = false
 			check()
 		}
 	}

@@ -174,6 +174,26 @@ func TestFileChangeTakenUpByWatch(t *testing.T) {
 	}
 }
 
+// Another file of the directory written without pause does not postpone
+// taking up the matrix.
+func TestBusyDirectoryDoesNotPostponeReload(t *testing.T) {
+	path, c, applied := start(t, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { c.Run(ctx, nil, time.Hour) })
+	wg.Go(func() {
+		log := filepath.Join(filepath.Dir(path), "busy.log")
+		for i := 0; ctx.Err() == nil && i < 100_000; i++ {
+			_ = os.WriteFile(log, fmt.Appendf(nil, "%d\n", i), 0o644)
+		}
+	})
+	defer func() { cancel(); wg.Wait() }()
+	data := matrixText(1)
+	replace(t, path, data)
+	want := hashOf(t, data)
+	redistest.Eventually(t, 10*time.Second, "version 1 taken up", func() bool { return applied() == want })
+}
+
 // A Kubernetes config map mounts the file as a symlink through "..data",
 // itself a symlink to a timestamped directory that an update replaces by
 // renaming a new "..data" over the old one.

@@ -72,7 +72,7 @@ func parseSeed(u string) (o *redis.ClusterOptions, query string, err error) {
 		return nil, "", err
 	}
 	if db := strings.Trim(pu.Path, "/"); db != "" && db != "0" {
-		return nil, "", errors.New("Redis Cluster has only db 0")
+		return nil, "", errors.New("a Redis Cluster has only db 0")
 	}
 	o, err = redis.ParseClusterURL(u)
 	return o, pu.RawQuery, err

@@ -2,8 +2,8 @@ package matrix
 
 import (
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/routerd/routerd/names"
@@ -91,24 +91,16 @@ func (m *Matrix) channelServices() map[string][]string {
 		}
 	}
 	for _, v := range out {
-		sort.Strings(v)
+		slices.Sort(v)
 	}
 	return out
 }
 
+// unionKeys returns the keys of a and b, sorted, each once.
 func unionKeys[V any](a, b map[string]V) []string {
-	seen := map[string]bool{}
-	var keys []string
-	for _, m := range []map[string]V{a, b} {
-		for k := range m {
-			if !seen[k] {
-				seen[k] = true
-				keys = append(keys, k)
-			}
-		}
-	}
-	sort.Strings(keys)
-	return keys
+	keys := slices.AppendSeq(slices.Collect(maps.Keys(a)), maps.Keys(b))
+	slices.Sort(keys)
+	return slices.Compact(keys)
 }
 
 func limitsString(l Limits) string {

@@ -1,12 +1,13 @@
 package matrix
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 	"os"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -111,9 +112,8 @@ func Parse(file string, data []byte) (*Matrix, error) {
 	p := &parser{file: file}
 	m := p.parse(data)
 	if len(p.errs) > 0 {
-		sort.SliceStable(p.errs, func(i, j int) bool {
-			a, b := p.errs[i], p.errs[j]
-			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
+		slices.SortStableFunc(p.errs, func(a, b *Error) int {
+			return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
 		})
 		return nil, p.errs
 	}
@@ -209,27 +209,18 @@ func (m *Matrix) SubscriptionFor(service string) (Subscription, bool) {
 			sub.Tags = append(sub.Tags, name)
 		}
 	}
-	sort.Strings(sub.Tags)
+	slices.Sort(sub.Tags)
 	return sub, true
 }
 
 // TagNames returns the tag names, sorted.
-func (m *Matrix) TagNames() []string { return sortedKeys(m.Tags) }
+func (m *Matrix) TagNames() []string { return slices.Sorted(maps.Keys(m.Tags)) }
 
 // DomainNames returns the domain names, sorted.
-func (m *Matrix) DomainNames() []string { return sortedKeys(m.Domains) }
+func (m *Matrix) DomainNames() []string { return slices.Sorted(maps.Keys(m.Domains)) }
 
 // ServiceNames returns the service names, sorted.
-func (m *Matrix) ServiceNames() []string { return sortedKeys(m.Services) }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+func (m *Matrix) ServiceNames() []string { return slices.Sorted(maps.Keys(m.Services)) }
 
 // MarshalJSON writes coalesce as a duration string ("20ms").
 func (l Limits) MarshalJSON() ([]byte, error) {

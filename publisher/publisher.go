@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
@@ -71,10 +71,12 @@ type Publisher struct {
 	opt    Options
 	tracer trace.Tracer
 
-	mu          sync.Mutex
-	partitions  int
-	refreshedAt time.Time
-	streams     atomic.Pointer[[]string] // ingress stream names for the last partition count
+	// partitions is the count read from Redis and when; refresh lets one
+	// caller read it again while the others wait for that read (or their
+	// context), never behind a lock.
+	partitions atomic.Pointer[partitionCount]
+	refresh    singleflight.Group
+	streams    atomic.Pointer[[]string] // ingress stream names for the last partition count
 }
 
 // stream returns the ingress stream of a tenant's partition among n.
@@ -129,7 +131,7 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
 	}
-	return &Publisher{c: c, shards: shard.Set{C: c}, opt: opt, partitions: opt.Partitions, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
+	return &Publisher{c: c, shards: shard.Set{C: c}, opt: opt, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
 }
 
 // Publish validates the event, fills id, ts, origin and the trace context of
@@ -192,10 +194,6 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	return ids, nil
 }
 
-// write appends the entries in one pipeline; when Durable, in one pipeline
-// per master ending with WAIT 1 where the master has a replica, and fails
-// unless the replica acknowledged. A failed write may have appended some entries: publishing
-// again with the same ids is safe.
 // entry is one ingress entry to append.
 type entry struct {
 	stream string
@@ -207,6 +205,10 @@ func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) {
 	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", wire.EventField, e.data))
 }
 
+// write appends the entries in one pipeline; when Durable, in one pipeline
+// per master ending with WAIT 1 where the master has a replica, and fails
+// unless the replica acknowledged. A failed write may have appended some
+// entries: publishing again with the same ids is safe.
 func (p *Publisher) write(ctx context.Context, all []entry) error {
 	if !p.opt.Durable {
 		cmds, err := p.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -299,33 +301,64 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	return data, nil
 }
 
+// partitionCount is a partition count read from Redis.
+type partitionCount struct {
+	n  int
+	at time.Time
+}
+
+// refreshTimeout bounds the read of the partition count that callers share.
+const refreshTimeout = 5 * time.Second
+
+// partitionCount returns Options.Partitions, or the count in Redis, read at
+// most every Refresh. When it is due, one caller reads it and the others wait
+// for that read; each stops waiting when its own context ends.
 func (p *Publisher) partitionCount(ctx context.Context) (int, error) {
 	if p.opt.Partitions > 0 {
 		return p.opt.Partitions, nil
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.partitions > 0 && p.opt.Now().Sub(p.refreshedAt) < p.opt.Refresh {
-		return p.partitions, nil
+	known := p.partitions.Load()
+	if known != nil && p.opt.Now().Sub(known.at) < p.opt.Refresh {
+		return known.n, nil
 	}
+	// The read runs apart from the context of whoever starts it, so that
+	// caller leaving does not fail the others.
+	ch := p.refresh.DoChan("", func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+		defer cancel()
+		return p.readPartitions(rctx, known)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return 0, res.Err
+		}
+		return res.Val.(int), nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("publisher: read partition count: %w", ctx.Err())
+	}
+}
+
+// readPartitions reads the partition count from Redis and keeps it; on a
+// Redis error it keeps known, the last count read, when there is one.
+func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (int, error) {
 	s, err := p.c.Get(ctx, wire.PartitionsKey(p.opt.Prefix)).Result()
+	n := wire.DefaultPartitions
 	switch {
 	case errors.Is(err, redis.Nil):
-		p.partitions = wire.DefaultPartitions
 	case err != nil:
-		if p.partitions > 0 {
-			return p.partitions, nil // keep the last known count; the XADD will tell
+		if known != nil {
+			return known.n, nil // keep the last known count; the XADD will tell
 		}
 		return 0, fmt.Errorf("publisher: read partition count: %w", err)
 	default:
-		n, err := strconv.Atoi(s)
+		n, err = strconv.Atoi(s)
 		if err != nil || n < 1 || n > matrix.MaxPartitions {
 			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", wire.PartitionsKey(p.opt.Prefix), s)
 		}
-		p.partitions = n
 	}
-	p.refreshedAt = p.opt.Now()
-	return p.partitions, nil
+	p.partitions.Store(&partitionCount{n: n, at: p.opt.Now()})
+	return n, nil
 }
 
 // newID returns a time-ordered unique id: 12 hex digits of milliseconds and

@@ -28,7 +28,8 @@ const maxMergedIDs = 1000
 // Admission never waits, so a storm on one channel does not hold up the read
 // loop or any other channel.
 type coalescer struct {
-	r    *Router
+	to   flushTarget
+	m    *metrics
 	wake chan struct{}
 
 	mu       sync.Mutex
@@ -51,9 +52,18 @@ type pendingMsg struct {
 	index   int
 }
 
-func newCoalescer(r *Router) *coalescer {
+// flushTarget is what the coalescer needs of the router.
+type flushTarget interface {
+	// Matrix returns the matrix in force, whose limits apply.
+	Matrix() *matrix.Matrix
+	// publishMerged publishes pending messages that came due and
+	// acknowledges the entries they complete.
+	publishMerged(out []*outgoing)
+}
+
+func newCoalescer(to flushTarget, m *metrics) *coalescer {
 	return &coalescer{
-		r: r, wake: make(chan struct{}, 1),
+		to: to, m: m, wake: make(chan struct{}, 1),
 		pending: map[string]*pendingMsg{}, channels: map[string]*rate.Limiter{}, tenants: map[string]*rate.Limiter{},
 	}
 }
@@ -82,7 +92,7 @@ func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, e *entry, rt matrix
 	defer c.mu.Unlock()
 	if p := c.pending[rt.Channel]; p != nil {
 		c.merge(p, e, msg)
-		c.r.m.coalesced.WithLabelValues(rt.Tag).Inc()
+		c.m.coalesced.WithLabelValues(rt.Tag).Inc()
 		return false
 	}
 	ch, tl, gl := c.limiters(mtx, rt, e.ev.Tenant)
@@ -94,8 +104,8 @@ func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, e *entry, rt matrix
 	c.merge(p, e, msg)
 	c.pending[rt.Channel] = p
 	heap.Push(&c.queue, p)
-	c.r.m.delayed.WithLabelValues(rt.Tag).Inc()
-	c.r.m.pendingChannels.Set(float64(len(c.pending)))
+	c.m.delayed.WithLabelValues(rt.Tag).Inc()
+	c.m.pendingChannels.Set(float64(len(c.pending)))
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -107,7 +117,7 @@ func (c *coalescer) merge(p *pendingMsg, e *entry, msg wire.Message) {
 	wasWhole := p.keys.Whole()
 	p.keys.Add(msg.Keys)
 	if !wasWhole && p.keys.Whole() && len(msg.Keys) > 0 {
-		c.r.m.coalescedWhole.WithLabelValues(p.route.Tag).Inc()
+		c.m.coalescedWhole.WithLabelValues(p.route.Tag).Inc()
 	}
 	if len(p.ids) < maxMergedIDs {
 		p.ids = append(p.ids, msg.Event)
@@ -153,7 +163,7 @@ func (c *coalescer) run(ctx context.Context) {
 // them when all is set) and acknowledges the entries they complete.
 func (c *coalescer) flush(all bool) {
 	now := time.Now()
-	mtx := c.r.matrix.Load()
+	mtx := c.to.Matrix()
 	var out []*outgoing
 	c.mu.Lock()
 	for len(c.queue) > 0 && (all || !c.queue[0].due.After(now)) {
@@ -171,16 +181,21 @@ func (c *coalescer) flush(all bool) {
 		p.msg.Keys = p.keys.List()
 		out = append(out, &outgoing{route: p.route, msg: p.msg, ids: p.ids, entries: p.entries})
 	}
-	c.r.m.pendingChannels.Set(float64(len(c.pending)))
+	c.m.pendingChannels.Set(float64(len(c.pending)))
 	c.mu.Unlock()
-	if len(out) == 0 {
-		return
+	if len(out) > 0 {
+		c.to.publishMerged(out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.r.opt.ShutdownTimeout)
+}
+
+// publishMerged publishes the coalescer's messages that came due and
+// acknowledges the entries they complete.
+func (r *Router) publishMerged(out []*outgoing) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.opt.ShutdownTimeout)
 	defer cancel()
-	done := c.r.send(ctx, out)
-	if err := c.r.ack(ctx, done); err != nil {
-		c.r.log.Error("acknowledging coalesced entries; they will be claimed again", "err", err)
+	done := r.send(ctx, out)
+	if err := r.ack(ctx, done); err != nil {
+		r.log.Error("acknowledging coalesced entries; they will be claimed again", "err", err)
 	}
 }
 

@@ -59,18 +59,35 @@ type entry struct {
 	// by whoever brings it to zero, unless a publish failed.
 	remaining atomic.Int32
 	failed    atomic.Bool
-	// span is the context of the entry's route span, parent of its
-	// channel publish spans.
-	span trace.SpanContext
+	// span is the entry's route span (nil when tracing is off), parent of
+	// its channel publish spans: it runs from routing the event until the
+	// last of its messages is published, coalescing delay included.
+	span trace.Span
 }
 
 // finish records one of the entry's messages as published (or failed) and
-// reports whether the entry is now complete and may be acknowledged.
+// reports whether the entry is now complete and may be acknowledged. The
+// last one ends the route span.
 func (e *entry) finish(ok bool) bool {
 	if !ok {
 		e.failed.Store(true)
 	}
-	return e.remaining.Add(-1) == 0 && !e.failed.Load()
+	last := e.remaining.Add(-1) == 0
+	if last {
+		e.endSpan()
+	}
+	return last && !e.failed.Load()
+}
+
+// endSpan ends the route span, marked failed when a message was not published.
+func (e *entry) endSpan() {
+	if e.span == nil {
+		return
+	}
+	if e.failed.Load() {
+		e.span.SetStatus(codes.Error, "a channel message was not published; the entry stays pending")
+	}
+	e.span.End()
 }
 
 // outgoing is one channel message to publish: for one event, or for many
@@ -79,7 +96,7 @@ type outgoing struct {
 	route   matrix.Route
 	msg     wire.Message // without epoch and version
 	ids     []string     // event ids; the first is the message's event
-	entries []*entry     // the first one's route span is the parent
+	entries []*entry     // the first one's route span is the parent of the message's span
 	// one holds the single id and entry of a message for one event.
 	one struct {
 		id    [1]string
@@ -135,14 +152,13 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 		e.remaining.Store(int32(len(e.routes)))
 		if r.tracing {
-			_, span := r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
+			_, e.span = r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
 				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 					attribute.String("routerd.tenant", e.ev.Tenant), attribute.String("routerd.domain", e.ev.Domain),
 					attribute.String("routerd.event", e.eventID), attribute.Int("routerd.channels", len(e.routes))))
-			e.span = span.SpanContext()
-			span.End()
 		}
 		if len(e.routes) == 0 {
+			e.endSpan()
 			ack = append(ack, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
 		}
@@ -369,7 +385,7 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			spans[i] = noopSpan
 			continue
 		}
-		pctx := trace.ContextWithSpanContext(ctx, o.entries[0].span)
+		pctx := trace.ContextWithSpan(ctx, o.entries[0].span)
 		var span trace.Span
 		pctx, span = r.tracer.Start(pctx, "channel publish", trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithAttributes(attribute.String("cache.tag", o.route.Tag), attribute.String("messaging.destination.name", o.route.Channel),
@@ -649,17 +665,11 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 		args = append(args, rt.Channel, rt.Limits.History, len(channel))
 		for _, i := range channel {
 			o := out[i]
-			body, err := wire.MessageBody(&o.msg)
-			if err != nil { // cannot happen for validated fields
-				c := redis.NewCmd(ctx)
-				c.SetErr(err)
-				return c
-			}
 			args = append(args, len(o.ids))
 			for _, id := range o.ids {
 				args = append(args, id)
 			}
-			args = append(args, body)
+			args = append(args, wire.MessageBody(&o.msg))
 		}
 	}
 	return lua.Publish.EvalSha(ctx, pipe, keys, args...)

@@ -152,7 +152,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
 	r.matrix.Store(m)
-	r.co = newCoalescer(r)
+	r.co = newCoalescer(r, r.m)
 	r.shards.C = c
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	r.tracing = telemetry.Enabled(opt.TracerProvider)
@@ -181,12 +181,18 @@ func (r *Router) Ready() bool { return r.ready.Load() }
 
 // Run routes until ctx is cancelled, then lets in-flight batches finish
 // (within ShutdownTimeout) and returns nil. Redis errors are logged and
-// retried, never fatal.
+// retried — an unreachable, loading or failing-over Redis at start as much
+// as while routing — except one that no retry can change while setting up
+// the ingress (a key of the wrong type, a missing permission, a wrong
+// password: see permanent), which Run returns.
 func (r *Router) Run(ctx context.Context) error {
 	for {
 		err := r.setup(ctx)
 		if err == nil {
 			break
+		}
+		if permanent(err) {
+			return fmt.Errorf("router: setting up the ingress: %w", err)
 		}
 		r.log.Error("setting up ingress", "err", err)
 		if !sleep(ctx, time.Second) {
@@ -210,6 +216,27 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
 	return g.Wait()
+}
+
+// transient are the Redis error replies that go away by themselves: a
+// server loading its data, busy with a script, in a failover, or out of
+// memory until something is freed.
+var transient = []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "MOVED", "ASK", "OOM", "NOREPLICAS"}
+
+// permanent reports whether err is an error reply from Redis that retrying
+// the same command will not change (WRONGTYPE, NOPERM, WRONGPASS, …).
+// Network errors, timeouts and the transient replies are not.
+func permanent(err error) bool {
+	var reply redis.Error
+	if !errors.As(err, &reply) || errors.Is(err, redis.Nil) {
+		return false
+	}
+	for _, p := range transient {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Router) streamList() []string {

@@ -182,8 +182,10 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
 	reload := make(chan struct{}, 1)
 	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr)
-	daemon(t, nil, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
-		"--listen", agentAddr, "--check-interval", "1h", "--matrix-poll", "50ms")
+	agentReload := make(chan struct{}, 1)
+	// --matrix-poll 1h: the agent sees the file change through fsnotify.
+	daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
+		"--listen", agentAddr, "--check-interval", "1h", "--matrix-poll", "1h")
 	for _, addr := range []string{serveAddr, agentAddr} {
 		redistest.Eventually(t, 10*time.Second, addr+" ready", func() bool {
 			code, _ := get(t, "http://"+addr+"/readyz")
@@ -228,9 +230,11 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 		t.Errorf("agent metrics lack the invalidation:\n%s", grep(metrics, "cache_invalidation_keys_total"))
 	}
 
-	// A bad matrix on SIGHUP is refused; the running one keeps routing.
+	// A bad matrix on SIGHUP is refused by both daemons; the running one
+	// keeps routing.
 	must(t, os.WriteFile(path, []byte("version: 1\ntags: {x: {services: [ghost]}}\n"), 0o644))
 	reload <- struct{}{}
+	agentReload <- struct{}{}
 	redistest.Eventually(t, 10*time.Second, "refusal logged", func() bool {
 		return strings.Contains(serveLog.String(), `undefined service \"ghost\"`)
 	})
@@ -238,6 +242,10 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	if !strings.Contains(metrics, "routerd_matrix_last_reload_successful 0") {
 		t.Errorf("reload failure not exported:\n%s", grep(metrics, "routerd_matrix"))
 	}
+	redistest.Eventually(t, 10*time.Second, "the agent's refusal exported", func() bool {
+		_, metrics := get(t, "http://"+agentAddr+"/metrics")
+		return strings.Contains(metrics, "subscriber_matrix_last_reload_successful 0")
+	})
 	must(t, store.Set(ctx, "acme", "user:2", []byte("x"), 0, "active"))
 	runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", "user:2")
 	redistest.Eventually(t, 10*time.Second, "user:2 invalidated under the old matrix", gone("user:2"))

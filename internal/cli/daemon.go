@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
@@ -76,7 +76,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
 	maxEvent := f.Int("max-event-bytes", wire.DefaultMaxEventBytes, "refuse (dead-letter) an event whose JSON is larger")
-	poll := f.Duration("matrix-poll", 5*time.Second, "reload the matrix when its file changes, checked this often; 0 turns it off")
+	poll := f.Duration("matrix-poll", 5*time.Second, pollHelp)
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -106,84 +106,31 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	rl := newReloader(*path, log, reg, m, r.SetMatrix)
+	rc := reload.New(*path, m, reload.Options{Namespace: "routerd", Logger: log, Registerer: reg})
+	rc.Subscribe(r.SetMatrix)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(gctx) })
-	g.Go(httpServer(gctx, log, *listen, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": rl.handle}))
-	g.Go(func() error {
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-env.Reload:
-				_ = rl.reload()
-			}
-		}
-	})
-	g.Go(func() error { watchFile(gctx, *path, *poll, func() { _ = rl.reload() }); return nil })
+	g.Go(httpServer(gctx, log, *listen, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": reloadHandler(rc)}))
+	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
 	err = g.Wait()
 	log.Info("routerd stopped")
 	return err
 }
 
-// reloader loads the matrix file again on SIGHUP or POST /-/reload. A bad
-// matrix is refused with every error logged, and the running one stays.
-type reloader struct {
-	path    string
-	log     *slog.Logger
-	apply   func(*matrix.Matrix) error
-	success prometheus.Gauge
-	when    prometheus.Gauge
-	active  *prometheus.GaugeVec
-}
+// pollHelp is the help of --matrix-poll.
+const pollHelp = "the matrix file is watched (fsnotify) and reloaded when it changes; where it cannot be watched, it is read this often. 0 turns reloading on change off (SIGHUP still reloads)"
 
-func newReloader(path string, log *slog.Logger, reg prometheus.Registerer, m *matrix.Matrix, apply func(*matrix.Matrix) error) *reloader {
-	rl := &reloader{
-		path: path, log: log, apply: apply,
-		success: prometheus.NewGauge(prometheus.GaugeOpts{Name: "routerd_matrix_last_reload_successful", Help: "Whether the last matrix reload succeeded (1) or was refused (0)."}),
-		when:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "routerd_matrix_last_reload_success_timestamp_seconds", Help: "When the matrix was last loaded successfully."}),
-		active:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "routerd_matrix_info", Help: "The matrix in force, by the SHA-256 of its file."}, []string{"sha256"}),
-	}
-	reg.MustRegister(rl.success, rl.when, rl.active)
-	rl.success.Set(1)
-	rl.when.SetToCurrentTime()
-	rl.active.WithLabelValues(m.Hash).Set(1)
-	return rl
-}
-
-func (rl *reloader) reload() error {
-	m, err := matrix.Load(rl.path)
-	if err == nil {
-		err = rl.apply(m)
-	}
-	if err != nil {
-		rl.success.Set(0)
-		var errs matrix.Errors
-		if errors.As(err, &errs) {
-			for _, e := range errs {
-				rl.log.Error("matrix refused; the running one stays", "error", e.Error())
-			}
-		} else {
-			rl.log.Error("matrix refused; the running one stays", "err", err)
+// reloadHandler answers POST /-/reload: 200, or 500 with the errors.
+func reloadHandler(rc *reload.Coordinator) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		if err := rc.Reload(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
 		}
-		return err
+		io.WriteString(w, "reloaded\n")
 	}
-	rl.success.Set(1)
-	rl.when.SetToCurrentTime()
-	rl.active.Reset()
-	rl.active.WithLabelValues(m.Hash).Set(1)
-	rl.log.Info("matrix reloaded", "sha256", m.Hash[:12])
-	return nil
-}
-
-func (rl *reloader) handle(w http.ResponseWriter, _ *http.Request) {
-	if err := rl.reload(); err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	io.WriteString(w, "reloaded\n")
 }
 
 func agent(ctx context.Context, env *Env, args []string) error {
@@ -195,7 +142,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
 	sf := f.store()
 	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
-	poll := f.Duration("matrix-poll", 5*time.Second, "take up the matrix when its file changes, checked this often; 0 turns it off")
+	poll := f.Duration("matrix-poll", 5*time.Second, pollHelp)
 	applyRate := f.Float64("apply-rate", 0, "invalidations per second against the cache Redis; 0 for no limit")
 	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
@@ -237,23 +184,16 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The agent watches its matrix file rather than taking the matrix from
+	// the bus: the file is what the operator deploys and reviews (a config
+	// map, a volume), and the agent then needs nothing from the router to
+	// know what it owns.
+	rc := reload.New(*path, m, reload.Options{Namespace: "subscriber", Logger: log, Registerer: reg})
+	rc.Subscribe(s.SetMatrix)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Run(gctx) })
 	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
-	g.Go(func() error {
-		watchFile(gctx, *path, *poll, func() {
-			m, err := matrix.Load(*path)
-			if err == nil {
-				err = s.SetMatrix(m)
-			}
-			if err != nil {
-				log.Error("changed matrix refused; the running one stays", "err", err)
-				return
-			}
-			log.Info("matrix changed; taking it up", "sha256", m.Hash[:12])
-		})
-		return nil
-	})
+	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	log.Info("routerd agent running", "service", *service, "pid", os.Getpid())
 	return g.Wait()
 }
@@ -266,38 +206,6 @@ func daemonSetup(env *Env, level, path string) (*slog.Logger, *matrix.Matrix, er
 	}
 	m, err := loadMatrix(env, path)
 	return log, m, err
-}
-
-// watchFile calls changed whenever the file's content differs from what it
-// was at the previous look, every interval, until ctx is done. The agent
-// watches its matrix file rather than taking the matrix from the bus: the
-// file is what the operator deploys and reviews (a config map, a volume), and
-// the agent then needs nothing from the router to know what it owns.
-func watchFile(ctx context.Context, path string, every time.Duration, changed func()) {
-	if every <= 0 {
-		return
-	}
-	sum := func() [32]byte {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return [32]byte{}
-		}
-		return sha256.Sum256(data)
-	}
-	last := sum()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if now := sum(); now != last && now != ([32]byte{}) {
-			last = now
-			changed()
-		}
-	}
 }
 
 func flushTraces(log *slog.Logger, stop func(context.Context) error) {

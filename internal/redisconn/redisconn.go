@@ -7,6 +7,7 @@ package redisconn
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -14,6 +15,13 @@ import (
 )
 
 // Open returns a client for urls. cluster forces Redis Cluster even with one seed.
+//
+// A standalone URL is read by redis.ParseURL, a cluster's by
+// redis.ParseClusterURL, so every option go-redis knows in a URL's query
+// (dial_timeout, read_timeout, pool_size, max_redirects, addr=<more seeds>, …)
+// reaches the client, and an unknown one is an error. Comma-separated seeds
+// take the first URL's options and credentials: a later seed may repeat the
+// credentials but not change them, and carries no options of its own.
 func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 	var list []string
 	for _, u := range strings.Split(urls, ",") {
@@ -24,36 +32,65 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 	if len(list) == 0 {
 		return nil, errors.New("no Redis URL given")
 	}
-	opts := make([]*redis.Options, len(list))
-	for i, u := range list {
-		o, err := redis.ParseURL(u)
-		if err != nil {
-			return nil, fmt.Errorf("redis URL %q: %w", redact(u), err)
-		}
-		opts[i] = o
-	}
 	if !cluster && len(list) == 1 {
-		return redis.NewClient(opts[0]), nil
+		o, err := redis.ParseURL(list[0])
+		if err != nil {
+			return nil, urlError(list[0], err)
+		}
+		return redis.NewClient(o), nil
 	}
-	first := opts[0]
-	if first.DB != 0 {
-		return nil, fmt.Errorf("redis URL %q: Redis Cluster has only db 0", redact(list[0]))
+	var opt *redis.ClusterOptions
+	for i, u := range list {
+		o, query, err := parseSeed(u)
+		if err != nil {
+			return nil, urlError(u, err)
+		}
+		if i == 0 {
+			opt = o
+			continue
+		}
+		switch {
+		case query != "":
+			return nil, fmt.Errorf("redis URL %q: options go on the first URL only", redact(u))
+		case (o.Username != "" || o.Password != "") && (o.Username != opt.Username || o.Password != opt.Password),
+			(o.TLSConfig != nil) != (opt.TLSConfig != nil):
+			return nil, fmt.Errorf("redis URL %q: the credentials and scheme of every seed must be the first URL's", redact(u))
+		}
+		opt.Addrs = append(opt.Addrs, o.Addrs...)
 	}
-	addrs := make([]string, len(opts))
-	for i, o := range opts {
-		addrs[i] = o.Addr
+	// Notice a failover in seconds, not the default minute.
+	opt.ClusterStateReloadInterval = 2 * time.Second
+	return redis.NewClusterClient(opt), nil
+}
+
+// parseSeed reads one cluster seed URL. redis.ParseClusterURL ignores the
+// path, so a db other than 0, which a cluster does not have, is refused here.
+// query is the URL's raw query.
+func parseSeed(u string) (o *redis.ClusterOptions, query string, err error) {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return nil, "", err
 	}
-	return redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs: addrs, Username: first.Username, Password: first.Password, TLSConfig: first.TLSConfig,
-		// Notice a failover in seconds, not the default minute.
-		ClusterStateReloadInterval: 2 * time.Second,
-	}), nil
+	if db := strings.Trim(pu.Path, "/"); db != "" && db != "0" {
+		return nil, "", errors.New("a Redis Cluster has only db 0")
+	}
+	o, err = redis.ParseClusterURL(u)
+	return o, pu.RawQuery, err
 }
 
 // IsCluster reports whether the client is a Redis Cluster client.
 func IsCluster(c redis.UniversalClient) bool {
 	_, ok := c.(*redis.ClusterClient)
 	return ok
+}
+
+// urlError names the URL, without its password, in err; net/url's own
+// errors quote the whole URL, so only their cause is kept.
+func urlError(u string, err error) error {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		err = ue.Err
+	}
+	return fmt.Errorf("redis URL %q: %w", redact(u), err)
 }
 
 // redact hides the password of a URL for error messages.

@@ -6,7 +6,8 @@
 // means none, so tracing costs nothing unless asked for. otlp follows
 // OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (http/protobuf by default, or grpc)
 // and the endpoint variables; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
-// name the process.
+// name the process. Setup's getenv chooses the exporter; the OTel SDK reads
+// the endpoint and resource variables from the process environment itself.
 package telemetry
 
 import (
@@ -54,12 +55,15 @@ func Setup(ctx context.Context, getenv func(string) string, stdout io.Writer, se
 	if err != nil {
 		return nil, nil, fmt.Errorf("trace exporter: %w", err)
 	}
-	res, err := resource.Merge(
-		resource.NewSchemaless(attribute.String("service.name", service)),
-		envResource(getenv),
+	// The SDK reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (from the
+	// process environment, percent-decoded as the specification says); they
+	// override the default service name.
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", service)),
+		resource.WithFromEnv(),
 	)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
 	}
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if getenv("OTEL_TRACES_EXPORTER") == "console" {
@@ -69,36 +73,6 @@ func Setup(ctx context.Context, getenv func(string) string, stdout io.Writer, se
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	return tp, tp.Shutdown, nil
-}
-
-// envResource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES through getenv.
-func envResource(getenv func(string) string) *resource.Resource {
-	var attrs []attribute.KeyValue
-	for _, kv := range splitPairs(getenv("OTEL_RESOURCE_ATTRIBUTES")) {
-		attrs = append(attrs, attribute.String(kv[0], kv[1]))
-	}
-	if name := getenv("OTEL_SERVICE_NAME"); name != "" {
-		attrs = append(attrs, attribute.String("service.name", name))
-	}
-	return resource.NewSchemaless(attrs...)
-}
-
-func splitPairs(s string) [][2]string {
-	var out [][2]string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == ',' {
-			part := s[start:i]
-			for j := 0; j < len(part); j++ {
-				if part[j] == '=' && j > 0 {
-					out = append(out, [2]string{part[:j], part[j+1:]})
-					break
-				}
-			}
-			start = i + 1
-		}
-	}
-	return out
 }
 
 var propagator = propagation.TraceContext{}

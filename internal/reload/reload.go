@@ -1,0 +1,247 @@
+// Package reload owns a running daemon's matrix file. Its Coordinator loads
+// the file again on SIGHUP, on POST /-/reload and when the file changes, one
+// reload at a time; it hands a good matrix to its subscribers (the router's
+// or the subscriber's SetMatrix) and exports the outcome as metrics. A bad
+// file is refused with every error logged as file:line:col, and the matrix in
+// force stays. `routerd serve` and `routerd agent` both use it.
+package reload
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/routerd/routerd/matrix"
+)
+
+// Options configure a Coordinator.
+type Options struct {
+	// Namespace starts the metric names: "routerd" gives
+	// routerd_matrix_last_reload_successful, …; "routerd" when empty.
+	Namespace string
+	// Logger receives reloads and refusals; nothing is logged when nil.
+	Logger *slog.Logger
+	// Registerer takes the metrics; they are not registered when nil.
+	Registerer prometheus.Registerer
+}
+
+// settle is how long after a change in the file's directory the file is
+// read: an editor or a config map swap changes it in several steps, and
+// reading at the first would often find it half-written.
+const settle = 100 * time.Millisecond
+
+// Coordinator serializes the reloads of one matrix file.
+type Coordinator struct {
+	path string
+	log  *slog.Logger
+
+	// mu is held for a whole reload, from reading the file to the metrics,
+	// so the last reload to start is the one in force and the metrics
+	// describe it.
+	mu          sync.Mutex
+	current     *matrix.Matrix
+	subscribers []func(*matrix.Matrix) error
+
+	success prometheus.Gauge
+	when    prometheus.Gauge
+	info    *prometheus.GaugeVec
+
+	// watchFile sets up the watch; tests make it fail to reach the polling.
+	watchFile func() (*fsnotify.Watcher, error)
+}
+
+// New returns the coordinator of the file at path, whose matrix current the
+// daemon was started with.
+func New(path string, current *matrix.Matrix, opt Options) *Coordinator {
+	ns := opt.Namespace
+	if ns == "" {
+		ns = "routerd"
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := promauto.With(opt.Registerer)
+	c := &Coordinator{
+		path: path, log: log, current: current,
+		success: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_successful",
+			Help: "Whether the last matrix reload succeeded (1) or was refused (0)."}),
+		when: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_success_timestamp_seconds",
+			Help: "When the matrix was last loaded successfully."}),
+		info: f.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_info",
+			Help: "The matrix in force, by the SHA-256 of its file."}, []string{"sha256"}),
+	}
+	c.watchFile = c.newWatcher
+	c.success.Set(1)
+	c.when.SetToCurrentTime()
+	c.info.WithLabelValues(current.Hash).Set(1)
+	return c
+}
+
+// Subscribe adds a function that takes up each new matrix. One that returns
+// an error refuses the matrix: the reload fails and the previous matrix stays
+// the coordinator's current one (subscribers called before it keep the new one).
+func (c *Coordinator) Subscribe(fn func(*matrix.Matrix) error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.subscribers = append(c.subscribers, fn)
+}
+
+// Matrix returns the matrix in force.
+func (c *Coordinator) Matrix() *matrix.Matrix {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.current
+}
+
+// Reload reads and validates the file and hands the matrix to every
+// subscriber. On failure it logs every error, sets last_reload_successful to
+// 0 and returns the error (matrix.Errors for a file that breaks a rule); the
+// matrix in force stays. Concurrent calls run one after the other.
+func (c *Coordinator) Reload() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, err := matrix.Load(c.path)
+	for i := 0; err == nil && i < len(c.subscribers); i++ {
+		err = c.subscribers[i](m)
+	}
+	if err != nil {
+		c.success.Set(0)
+		var errs matrix.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				c.log.Error("matrix refused; the running one stays", "error", e.Error())
+			}
+		} else {
+			c.log.Error("matrix refused; the running one stays", "err", err)
+		}
+		return err
+	}
+	c.current = m
+	c.success.Set(1)
+	c.when.SetToCurrentTime()
+	c.info.Reset()
+	c.info.WithLabelValues(m.Hash).Set(1)
+	c.log.Info("matrix reloaded", "sha256", m.Hash[:12])
+	return nil
+}
+
+// Run reloads on every value received from signals (SIGHUP) and, when poll
+// is above zero, whenever the file's content changes, until ctx is done. The
+// file is watched with fsnotify through its directory (and its target's,
+// when it is a symlink), so a file replaced by rename or a Kubernetes config
+// map's symlink swap is seen as well as one written in place; only when the
+// watch cannot be set up is the file read every poll instead.
+func (c *Coordinator) Run(ctx context.Context, signals <-chan struct{}, poll time.Duration) {
+	var wg sync.WaitGroup
+	if poll > 0 {
+		wg.Go(func() { c.watch(ctx, poll) })
+	}
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-signals:
+			_ = c.Reload()
+		}
+	}
+}
+
+// fileSum is the hex SHA-256 of the file as matrix.Matrix.Hash has it, or ""
+// when it cannot be read (in the middle of a swap, say).
+func (c *Coordinator) fileSum() string {
+	data, err := os.ReadFile(c.path)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// watch reloads when the file's content differs from what was last seen,
+// looking after fsnotify events or, failing a watch, every poll.
+func (c *Coordinator) watch(ctx context.Context, poll time.Duration) {
+	seen := c.Matrix().Hash
+	check := func() {
+		if sum := c.fileSum(); sum != "" && sum != seen {
+			seen = sum
+			_ = c.Reload()
+		}
+	}
+	w, err := c.watchFile()
+	if err != nil {
+		c.log.Warn("cannot watch the matrix file; reading it every --matrix-poll instead", "path", c.path, "every", poll, "err", err)
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				check()
+			}
+		}
+	}
+	defer w.Close()
+	check() // a change between the start and the watch
+	// The file is read settle after the first event of a burst; events
+	// meanwhile (the rest of the burst, or other files of a busy directory)
+	// do not postpone it further, and one after the read schedules another.
+	timer := time.NewTimer(settle)
+	timer.Stop()
+	defer timer.Stop()
+	due := false
+	soon := func() {
+		if !due {
+			due = true
+			timer.Reset(settle)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.Events:
+			soon()
+		case err := <-w.Errors:
+			// An overflow lost events: look at the file anyway.
+			c.log.Warn("watching the matrix file", "path", c.path, "err", err)
+			soon()
+		case <-timer.C:
+			due = false
+			check()
+		}
+	}
+}
+
+// newWatcher watches the directories that hold the file: its own, and its
+// target's when it is a symlink.
+func (c *Coordinator) newWatcher() (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	dirs := []string{filepath.Dir(c.path)}
+	if target, err := filepath.EvalSymlinks(c.path); err == nil && filepath.Dir(target) != dirs[0] {
+		dirs = append(dirs, filepath.Dir(target))
+	}
+	for _, d := range dirs {
+		if err := w.Add(d); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("watching %s: %w", d, err)
+		}
+	}
+	return w, nil
+}

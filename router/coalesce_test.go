@@ -1,0 +1,142 @@
+package router
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/wire"
+)
+
+// sink records what the coalescer publishes, in place of the router.
+type sink struct {
+	mtx *matrix.Matrix
+	mu  sync.Mutex
+	out [][]*outgoing
+}
+
+func (s *sink) Matrix() *matrix.Matrix { return s.mtx }
+
+func (s *sink) publishMerged(out []*outgoing) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.out = append(s.out, out)
+}
+
+func (s *sink) published() [][]*outgoing {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.out)
+}
+
+// coalescerFor parses a matrix whose tag t allows one message (burst 1, 10
+// a second), merges for window, and turns whole above 3 keys.
+func coalescerFor(t *testing.T, window string) (*coalescer, *sink, matrix.Route) {
+	t.Helper()
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  t: {services: [s], rate: 10, burst: 1, max_keys: 3, coalesce: "+window+"}\ndomains:\n  user: {tags: [t]}\n  order: {tags: [t]}\nservices:\n  s: {tenants: all}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, _ := m.Routes("acme", "user")
+	s := &sink{mtx: m}
+	return newCoalescer(s, newMetrics(nil)), s, routes[0]
+}
+
+func event(id, domain string, ts int64, keys ...string) (*entry, wire.Message) {
+	e := &entry{stream: "s", id: id + "-0", eventID: id, ev: &wire.Event{ID: id, Tenant: "acme", Domain: domain, Keys: keys, TS: ts}}
+	return e, wire.Message{Tenant: "acme", Tag: "t", Keys: keys, Event: id, Domain: domain, TS: ts}
+}
+
+// Within the channel's budget a message goes out at once; beyond it, events
+// merge into one pending message that keeps every event, unites the keys,
+// keeps the oldest timestamp and goes out whole-tag past max_keys.
+func TestCoalescerMergesOverBudget(t *testing.T) {
+	c, s, rt := coalescerFor(t, "1m")
+	now := time.Now()
+	mtx := s.Matrix()
+	e1, m1 := event("e1", "user", 100, "k1")
+	if !c.admit(now, mtx, e1, rt, m1) {
+		t.Fatal("the first message, within the burst, was not let through")
+	}
+	e2, m2 := event("e2", "user", 200, "k2")
+	e3, m3 := event("e3", "order", 150, "k2", "k3")
+	for _, ev := range []struct {
+		e *entry
+		m wire.Message
+	}{{e2, m2}, {e3, m3}} {
+		if c.admit(now, mtx, ev.e, rt, ev.m) {
+			t.Fatalf("%s let through over the budget", ev.m.Event)
+		}
+	}
+	if held := c.held(); !slices.Equal(held["s"], []string{"e2-0", "e3-0"}) {
+		t.Errorf("held %v", held)
+	}
+	c.flush(false) // the window has a minute to run
+	if len(s.published()) != 0 {
+		t.Fatalf("published before its window: %v", s.published())
+	}
+	c.flush(true)
+	got := s.published()
+	if len(got) != 1 || len(got[0]) != 1 {
+		t.Fatalf("flush published %v", got)
+	}
+	o := got[0][0]
+	if !slices.Equal(o.msg.Keys, []string{"k2", "k3"}) || !slices.Equal(o.ids, []string{"e2", "e3"}) ||
+		len(o.entries) != 2 || o.msg.TS != 150 || o.msg.Domain != "" || o.msg.Event != "e2" {
+		t.Errorf("merged message %+v, ids %v", o.msg, o.ids)
+	}
+	if len(c.held()) != 0 {
+		t.Errorf("still held after the flush: %v", c.held())
+	}
+
+	// Past max_keys the merged message invalidates the whole tag.
+	for i, keys := range [][]string{{"a", "b"}, {"c", "d"}} {
+		e, m := event("w"+string(rune('0'+i)), "user", 1, keys...)
+		if c.admit(now, mtx, e, rt, m) {
+			t.Fatal("let through over the budget")
+		}
+	}
+	c.flush(true)
+	if got := s.published(); len(got) != 2 || got[1][0].msg.Keys != nil {
+		t.Errorf("over max_keys: %+v", got[len(got)-1][0].msg)
+	}
+}
+
+// run publishes a pending message once its window has passed and it has a
+// token, and everything still pending when it stops.
+func TestCoalescerRun(t *testing.T) {
+	c, s, rt := coalescerFor(t, "10ms")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.run(ctx); close(done) }()
+	now := time.Now()
+	for _, id := range []string{"e1", "e2"} {
+		e, m := event(id, "user", 1, id)
+		c.admit(now, s.Matrix(), e, rt, m)
+	}
+	redistest.Eventually(t, 10*time.Second, "the merged message published", func() bool { return len(s.published()) == 1 })
+	if o := s.published()[0][0]; !slices.Equal(o.ids, []string{"e2"}) {
+		t.Errorf("published %v", o.ids)
+	}
+
+	// Stopping publishes what is still pending, window or not.
+	c2, s2, rt2 := coalescerFor(t, "1m")
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan struct{})
+	go func() { c2.run(ctx2); close(done2) }()
+	for _, id := range []string{"e1", "e2"} {
+		e, m := event(id, "user", 1, id)
+		c2.admit(now, s2.Matrix(), e, rt2, m)
+	}
+	cancel2()
+	<-done2
+	if got := s2.published(); len(got) != 1 || !slices.Equal(got[0][0].ids, []string{"e2"}) {
+		t.Errorf("on stop published %v", got)
+	}
+	cancel()
+	<-done
+}

@@ -1,0 +1,73 @@
+package router
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/wire"
+)
+
+func runMatrix(t *testing.T) *matrix.Matrix {
+	t.Helper()
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ningress: {partitions: 2}\ntags:\n  a: {services: [s]}\ndomains:\n  user: {tags: [a]}\nservices:\n  s: {tenants: all}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Run returns what stops it: nil when its context ends, and the error when
+// the ingress cannot be set up and no retry would change that (an ingress key
+// holding a string, here) instead of logging it every second, never ready.
+func TestRunReturnsSetupFailure(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	m := runMatrix(t)
+	stream := wire.IngressStream(m.Prefix, 1)
+	if err := c.Set(context.Background(), stream, "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(c, m, Options{Block: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var runErr error
+	redistest.Eventually(t, 10*time.Second, "Run to return the setup failure", func() bool {
+		select {
+		case runErr = <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	if runErr == nil || !strings.Contains(runErr.Error(), "WRONGTYPE") || !strings.Contains(runErr.Error(), stream) {
+		t.Errorf("Run = %v, want WRONGTYPE on %s", runErr, stream)
+	}
+	if r.Ready() {
+		t.Error("ready after a failed setup")
+	}
+
+	// With the key fixed, a Router runs until its context ends and returns nil.
+	if err := c.Del(context.Background(), stream).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r, err = New(c, m, Options{Block: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	go func() { done <- r.Run(ctx2) }()
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	cancel2()
+	if err := <-done; err != nil {
+		t.Errorf("Run after cancel = %v", err)
+	}
+}

@@ -48,7 +48,9 @@ type Observer func(tag string, status Status, keys int64, took time.Duration)
 // Options configure a Store. The zero value is usable.
 type Options struct {
 	// KeyTemplate turns a tenant and a key into a cache key name. It must
-	// contain ${key}; ${tenant} is replaced by the tenant.
+	// contain ${key}; ${tenant} is replaced by the tenant. A key the
+	// template renders as a key routerd keeps (a tag set, a position,
+	// routerd:…) is refused (names.CacheKey).
 	KeyTemplate string
 	// CardinalityGuard: tags with more members are deleted in chunks.
 	CardinalityGuard int
@@ -63,6 +65,10 @@ type Store struct {
 	c       redis.UniversalClient
 	opt     Options
 	cluster bool
+	// custom: the key template is not the default one, so what it renders
+	// is checked against routerd's own keys (names.Key alone rules them
+	// out under the default template).
+	custom bool
 	// The key template split at its placeholders: literal parts, with a
 	// tenant or a key between each two.
 	parts []string
@@ -100,7 +106,7 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.ChunkSize < 1 || opt.ChunkSize > lua.MaxUnpack {
 		return nil, fmt.Errorf("tagstore: chunk size must be 1 to %d, not %d", lua.MaxUnpack, opt.ChunkSize)
 	}
-	st := &Store{c: c, opt: opt, cluster: cluster}
+	st := &Store{c: c, opt: opt, cluster: cluster, custom: opt.KeyTemplate != DefaultKeyTemplate}
 	rest := opt.KeyTemplate
 	for {
 		t, k := strings.Index(rest, "${tenant}"), strings.Index(rest, "${key}")
@@ -127,10 +133,22 @@ func (s *Store) Key(tenant, key string) (string, error) {
 		return "", err
 	}
 	full := s.key(tenant, key)
+	if err := s.checkRendered(full); err != nil {
+		return "", err
+	}
 	if s.cluster && hashTag(full) != "tenant:"+tenant {
 		return "", fmt.Errorf("tagstore: key %q hashes by {%s}, not by its tenant's {tenant:%s}: on Redis Cluster it would live in another slot than its tag sets", full, hashTag(full), tenant)
 	}
 	return full, nil
+}
+
+// checkRendered refuses a cache key name that a custom template made into
+// one of routerd's own keys.
+func (s *Store) checkRendered(full string) error {
+	if !s.custom {
+		return nil
+	}
+	return names.CacheKey(full)
 }
 
 func (s *Store) key(tenant, key string) string {
@@ -334,7 +352,11 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		if err := names.Key(k); err != nil {
 			return nil, err
 		}
-		keys = append(keys, s.key(inv.Tenant, k))
+		full := s.key(inv.Tenant, k)
+		if err := s.checkRendered(full); err != nil {
+			return nil, err
+		}
+		keys = append(keys, full)
 	}
 	return keys, nil
 }

@@ -379,3 +379,28 @@ func TestKeyTemplates(t *testing.T) {
 		}
 	}
 }
+
+// A custom key template must not render a key as a tag set or a position.
+func TestCustomTemplateCannotRenderInternalKeys(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{KeyTemplate: "{tenant:${tenant}}:t${key}"})
+	must(t, c.Set(ctx, "{tenant:acme}:pos:svc:x", "e:1", 0).Err())
+	// "t" + "ag:active" spells "tag:active"; "p" + "os:svc:x" a position.
+	if err := s.Set(ctx, "acme", "ag:active", []byte("v"), 0, "other"); err == nil || !strings.Contains(err.Error(), "routerd keeps") {
+		t.Errorf("Set of a key the template renders as a tag set: %v", err)
+	}
+	if _, err := s.InvalidateKeys(ctx, "acme", "other", "ag:active"); err == nil || !strings.Contains(err.Error(), "routerd keeps") {
+		t.Errorf("InvalidateKeys of a key the template renders as a tag set: %v", err)
+	}
+	p, err := tagstore.New(c, tagstore.Options{KeyTemplate: "{tenant:${tenant}}:p${key}"})
+	must(t, err)
+	if _, err := p.InvalidateKeys(ctx, "acme", "other", "os:svc:x"); err == nil {
+		t.Error("InvalidateKeys of a key the template renders as a position accepted")
+	}
+	if c.Get(ctx, "{tenant:acme}:pos:svc:x").Val() != "e:1" {
+		t.Error("the position was touched")
+	}
+	if err := s.Set(ctx, "acme", "user:1", []byte("v"), 0, "other"); err != nil {
+		t.Errorf("an ordinary key: %v", err)
+	}
+}

@@ -1,5 +1,6 @@
 -- Apply one invalidation to a cache Redis: delete the keys, drop them from
 -- the tag set and record the subscriber's position, all at once.
+-- Needs MAX_UNPACK before it (lua.go prepends it).
 -- KEYS[1]   tag set {tenant:<t>}:tag:<tag>
 -- KEYS[2]   position key {tenant:<t>}:pos:<service>:<tag> (unused when ARGV[2] is '')
 -- KEYS[3..] cache keys to delete; none means the whole tag
@@ -30,8 +31,8 @@ end
 
 local function unlink(list, first, last)
   local n = 0
-  for i = first, last, 1000 do
-    n = n + redis.call('UNLINK', unpack(list, i, math.min(i + 999, last)))
+  for i = first, last, MAX_UNPACK do
+    n = n + redis.call('UNLINK', unpack(list, i, math.min(i + MAX_UNPACK - 1, last)))
   end
   return n
 end
@@ -39,8 +40,8 @@ end
 local status, deleted = 'SUCCESS', 0
 if #KEYS > 2 then
   deleted = unlink(KEYS, 3, #KEYS)
-  for i = 3, #KEYS, 1000 do
-    redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + 999, #KEYS)))
+  for i = 3, #KEYS, MAX_UNPACK do
+    redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + MAX_UNPACK - 1, #KEYS)))
   end
 else
   local n = redis.call('SCARD', KEYS[1])

@@ -3,6 +3,7 @@
 -- subscriber's position — the same checks and effects as invalidate.lua, for
 -- a run of messages at once (whole-tag invalidations go through
 -- invalidate.lua, which guards the tag's cardinality).
+-- Needs MAX_UNPACK before it (lua.go prepends it).
 -- The invalidations come in groups, one tag and position each, in order.
 -- KEYS, per group: the tag set {tenant:<t>}:tag:<tag>, the position key
 --   {tenant:<t>}:pos:<service>:<tag> (unused when the epoch is ''), then the
@@ -45,8 +46,8 @@ while a <= #ARGV do
       out[#out + 1] = 0
     else
       local deleted = 0
-      for i = first, last, 1000 do
-        local j = math.min(i + 999, last)
+      for i = first, last, MAX_UNPACK do
+        local j = math.min(i + MAX_UNPACK - 1, last)
         deleted = deleted + redis.call('UNLINK', unpack(KEYS, i, j))
         redis.call('SREM', tagSet, unpack(KEYS, i, j))
       end

@@ -265,8 +265,8 @@ func (s *Store) InvalidateKeys(ctx context.Context, tenant, tag string, keys ...
 	return s.Apply(ctx, Invalidation{Tenant: tenant, Tag: tag, Keys: keys})
 }
 
-// Apply runs one invalidation. Keys are deleted in batches of at most 1000 per
-// Redis command; a whole tag above the cardinality guard is first taken down
+// Apply runs one invalidation. Keys are deleted in batches of at most
+// lua.MaxUnpack per Redis command; a whole tag above the cardinality guard is first taken down
 // in chunks, and the final script then deletes the rest and writes the
 // position. Errors leave the position where it was, so the work is retried.
 func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
@@ -413,33 +413,18 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 			s.headKeys(invs[i], keys[i])
 		}
 	}
-	var cmds []*redis.Cmd
-	run := func() error {
-		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			cmds = make([]*redis.Cmd, len(calls))
-			for j, call := range calls {
-				if call.single {
-					i := call.groups[0].invs[0]
-					cmds[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], singleArgs(invs[i], s.opt.CardinalityGuard)...)
-				} else {
-					cmds[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs)...)
-				}
+	cmds, _ := lua.RunPipeline(ctx, s.c, []*redis.Script{lua.Invalidate, lua.InvalidateKeys}, func(pipe redis.Pipeliner) []*redis.Cmd {
+		out := make([]*redis.Cmd, len(calls))
+		for j, call := range calls {
+			if call.single {
+				i := call.groups[0].invs[0]
+				out[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], singleArgs(invs[i], s.opt.CardinalityGuard)...)
+			} else {
+				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs)...)
 			}
-			return nil
-		})
-		return err
-	}
-	_ = run()
-	for _, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			// The script cache is empty (restart, failover): load it and run
-			// again; what already ran is now a DUPLICATE.
-			if lua.Invalidate.Load(ctx, s.c).Err() == nil && lua.InvalidateKeys.Load(ctx, s.c).Err() == nil {
-				_ = run()
-			}
-			break
 		}
-	}
+		return out
+	})
 	took := time.Since(start) / time.Duration(max(1, len(invs)))
 	for j, call := range calls {
 		replies, err := call.replies(keys, cmds[j])

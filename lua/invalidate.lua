@@ -1,31 +1,37 @@
 -- Apply one invalidation to a cache Redis: delete the keys, drop them from
 -- the tag set and record the subscriber's position, all at once.
--- Needs MAX_UNPACK before it (lua.go prepends it).
+-- Needs position.lua and MAX_UNPACK before it (lua.go prepends them).
 -- KEYS[1]   tag set {tenant:<t>}:tag:<tag>
 -- KEYS[2]   position key {tenant:<t>}:pos:<service>:<tag> (unused when ARGV[2] is '')
--- KEYS[3..] cache keys to delete; none means the whole tag
+-- KEYS[3]   the channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch, a set
+--           (unused when ARGV[5] is '')
+-- KEYS[4..] cache keys to delete; none means the whole tag
 -- ARGV[1]   cardinality guard: a larger tag set is refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
 -- ARGV[3]   version of the message
--- ARGV[4]   '1' for strict order: refuse a version that does not follow the
---           position (the caller pipelines consecutive versions and must not
---           skip one whose call failed); '0' lets a recovery jump ahead
+-- ARGV[4]   mode: '0' may jump ahead of the position; '1' strict: refuse a
+--           version that does not follow the position (the caller pipelines
+--           consecutive versions and must not skip one whose call failed)
+-- ARGV[5]   the caller's pipeline token when a whole tag of the channel
+--           comes before this one in it, or this one is a whole tag with
+--           more of the channel after it; else ''
 -- Returns {status, keys deleted}; status is SUCCESS, EMPTY_TAG_SET,
--- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged), DUPLICATE
--- (the position is already at or past this version; nothing done) or GAP
--- (strict, and the position is behind the previous version; nothing done).
-local epoch = ARGV[2]
-local version = tonumber(ARGV[3])
+-- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged; with a token
+-- the channel is marked), DUPLICATE (the position is already at or past
+-- this version; nothing done), GAP (strict, and the position is behind the
+-- previous version; nothing done) or WAIT (an earlier whole tag of the
+-- channel in the pipeline was deferred; nothing done).
+local epoch, version, mode, token = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 if epoch ~= '' then
-  local pos = redis.call('GET', KEYS[2])
-  if pos then
-    local e, v = string.match(pos, '^(.*):(%d+)$')
-    if e == epoch and tonumber(v) >= version then
-      return {'DUPLICATE', 0}
-    end
-    if e == epoch and ARGV[4] == '1' and tonumber(v) < version - 1 then
-      return {'GAP', 0}
-    end
+  if batch_waits(KEYS[3], token) then
+    return {'WAIT', 0}
+  end
+  local e, v = read_position(KEYS[2])
+  local verdict = position_rule(e, v, epoch, version, mode)
+  if verdict == 'D' then
+    return {'DUPLICATE', 0}
+  elseif verdict == 'G' then
+    return {'GAP', 0}
   end
 end
 
@@ -38,14 +44,17 @@ local function unlink(list, first, last)
 end
 
 local status, deleted = 'SUCCESS', 0
-if #KEYS > 2 then
-  deleted = unlink(KEYS, 3, #KEYS)
-  for i = 3, #KEYS, MAX_UNPACK do
+if #KEYS > 3 then
+  deleted = unlink(KEYS, 4, #KEYS)
+  for i = 4, #KEYS, MAX_UNPACK do
     redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + MAX_UNPACK - 1, #KEYS)))
   end
 else
   local n = redis.call('SCARD', KEYS[1])
   if n > tonumber(ARGV[1]) then
+    if epoch ~= '' then
+      batch_defer(KEYS[3], token)
+    end
     return {'TAG_CARDINALITY_EXCEEDED', n}
   end
   if n == 0 then

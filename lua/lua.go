@@ -1,8 +1,13 @@
 // Package lua holds routerd's Redis scripts, embedded from the .lua files
 // beside it. Each file starts with a KEYS/ARGV header that is its contract.
 //
-// Every script starts with a prelude that defines MAX_UNPACK from
-// MaxUnpack, so the limit Go and Lua share is written once.
+// What scripts share is composed in Go, once: every script starts with a
+// prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
+// scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
+// a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
+// on every node and again after a restart without persistence or a
+// failover, while an EVALSHA script travels with each call's SHA and two
+// versions of routerd can run side by side (docs/architecture.md).
 //
 // Scripts run through go-redis's Script, which uses EVALSHA and falls back to
 // EVAL when Redis answers NOSCRIPT (the script cache is empty after a restart
@@ -26,6 +31,8 @@ const MaxUnpack = 1000
 var (
 	//go:embed publish.lua
 	publishSrc string
+	//go:embed position.lua
+	positionSrc string
 	//go:embed invalidate.lua
 	invalidateSrc string
 	//go:embed invalidate_keys.lua
@@ -46,8 +53,8 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n"
 // Sources are the scripts as they are sent to Redis, by file name.
 var Sources = map[string]string{
 	"publish.lua":         prelude + publishSrc,
-	"invalidate.lua":      prelude + invalidateSrc,
-	"invalidate_keys.lua": prelude + invalidateKeysSrc,
+	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
+	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,

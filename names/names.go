@@ -228,3 +228,14 @@ func internal(full string) bool {
 	rest = rest[i+1:]
 	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:")
 }
+
+// BatchMarkKey is where an invalidation script marks a channel of a service
+// for the rest of one pipeline when it defers a whole tag above the
+// cardinality guard, so that the channel's later invalidations in that
+// pipeline wait for it: "{tenant:<t>}:pos:<service>:<tag>#batch", a set of
+// pipeline tokens that expires a minute after it is written. It shares the
+// position's slot and namespace; no position key ends in "#batch", as no tag
+// holds '#'.
+func BatchMarkKey(tenant, service, tag string) string {
+	return PositionKey(tenant, service, tag) + "#batch"
+}

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,11 @@ const (
 	Duplicate           Status = "DUPLICATE"
 	Gap                 Status = "GAP" // strict, and the position is behind the previous version
 	Failed              Status = "ERROR"
+
+	// waiting: in ApplyMany, an earlier whole tag of the channel in the
+	// pipeline was deferred to the chunked path. ApplyMany runs it again
+	// once that one is done, or reports an error: callers never see it.
+	waiting Status = "WAIT"
 )
 
 // Observer is told of every invalidation, for metrics. It must be cheap. A
@@ -245,6 +251,14 @@ type Invalidation struct {
 	Strict bool
 }
 
+// mode is the invalidation's mode argument of the scripts.
+func (inv *Invalidation) mode() string {
+	if inv.Strict {
+		return "1"
+	}
+	return "0"
+}
+
 // Result says what an invalidation did.
 type Result struct {
 	Status  Status
@@ -266,12 +280,18 @@ func (s *Store) InvalidateKeys(ctx context.Context, tenant, tag string, keys ...
 }
 
 // Apply runs one invalidation. Keys are deleted in batches of at most
-// lua.MaxUnpack per Redis command; a whole tag above the cardinality guard is first taken down
-// in chunks, and the final script then deletes the rest and writes the
-// position. Errors leave the position where it was, so the work is retried.
+// lua.MaxUnpack per Redis command; a whole tag above the cardinality guard is
+// first taken down in chunks, and the final script then deletes the rest and
+// writes the position. Errors leave the position where it was, so the work
+// is retried.
 func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 	start := time.Now()
-	res, err := s.apply(ctx, inv)
+	keys, err := s.scriptKeys(inv, nil)
+	var res Result
+	if err == nil {
+		s.headKeys(inv, keys)
+		res, err = s.apply(ctx, inv, keys, singleArgs(inv, "", s.opt.CardinalityGuard))
+	}
 	if err != nil {
 		res.Status = Failed
 	}
@@ -285,16 +305,17 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 	return res, err
 }
 
-func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
-	keys, args, err := s.scriptArgs(inv)
-	if err != nil {
-		return Result{}, err
-	}
+// apply runs invalidate.lua, and the chunked path when the tag is above the
+// guard, until the invalidation is done or refused.
+func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args []any) (Result, error) {
 	var res Result
 	for {
 		status, n, err := s.runInvalidate(ctx, keys, args)
 		if err != nil {
 			return res, err
+		}
+		if status == waiting {
+			return res, fmt.Errorf("tagstore: invalidate %s at %s: unexpected WAIT without a batch", keys[0], inv.Position)
 		}
 		if status != CardinalityExceeded {
 			if res.Chunked && status == EmptyTagSet {
@@ -315,20 +336,10 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 	}
 }
 
-// scriptArgs validates an invalidation and returns the invalidate script's
-// keys and arguments.
-func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
-	keys, err := s.scriptKeys(inv, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	s.headKeys(inv, keys)
-	return keys, singleArgs(inv, s.opt.CardinalityGuard), nil
-}
-
 // scriptKeys validates an invalidation and returns the keys of its script
-// call: two slots for the tag set and the position key (see headKeys), then
-// the cache keys. They are appended to buf when it has room.
+// call: three slots for the tag set, the position key and the batch mark
+// (see headKeys), then the cache keys. They are appended to buf when it has
+// room.
 func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if err := names.Tenant(inv.Tenant); err != nil {
 		return nil, err
@@ -344,10 +355,10 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
 	}
-	if cap(buf)-len(buf) < 2+len(inv.Keys) {
-		buf = make([]string, 0, 2+len(inv.Keys))
+	if cap(buf)-len(buf) < headKeys+len(inv.Keys) {
+		buf = make([]string, 0, headKeys+len(inv.Keys))
 	}
-	keys := append(buf[len(buf):len(buf):len(buf)+2+len(inv.Keys)], "", "")
+	keys := append(buf[len(buf):len(buf):len(buf)+headKeys+len(inv.Keys)], "", "", "")
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
 			return nil, err
@@ -361,56 +372,102 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	return keys, nil
 }
 
-// headKeys fills the tag set and position key slots (the tag set twice when
-// no position is kept).
+// headKeys is the number of keys before the cache keys in a script call.
+const headKeys = 3
+
+// headKeys fills the tag set, position key and batch mark slots (the tag
+// set again where no position is kept).
 func (s *Store) headKeys(inv Invalidation, keys []string) {
 	keys[0] = names.TagSetKey(inv.Tenant, inv.Tag)
-	keys[1] = keys[0]
+	keys[1], keys[2] = keys[0], keys[0]
 	if inv.Service != "" {
 		keys[1] = names.PositionKey(inv.Tenant, inv.Service, inv.Tag)
+		keys[2] = names.BatchMarkKey(inv.Tenant, inv.Service, inv.Tag)
 	}
 }
 
-// singleArgs are invalidate.lua's arguments.
-func singleArgs(inv Invalidation, guard int) []any {
+// singleArgs are invalidate.lua's arguments; token is the pipeline's token
+// when the invalidation is ordered after or before a whole tag of its
+// channel in the pipeline, else "".
+func singleArgs(inv Invalidation, token string, guard int) []any {
 	epoch := ""
 	if inv.Service != "" {
 		epoch = inv.Position.Epoch
 	}
-	return []any{guard, epoch, inv.Position.Version, strictFlag(inv)}
+	return []any{guard, epoch, inv.Position.Version, inv.mode(), token}
 }
 
-func strictFlag(inv Invalidation) string {
-	if inv.Strict {
-		return "1"
-	}
-	return "0"
-}
-
-// ApplyMany runs several invalidations in one pipeline, in order per tag
-// (a tag above the guard then takes the chunked path on its own). Runs of
+// ApplyMany runs several invalidations in one pipeline, in order per tag,
+// with the results applying them one by one in order would have. Runs of
 // key-level invalidations go in batched script calls — on a cluster, one
-// tenant's per call, as they share a slot. It returns a result and an error
-// for each.
+// tenant's per call, as they share a slot. A whole tag above the guard takes
+// the chunked path on its own after the pipeline; the later invalidations of
+// its channel (with a Service) wait for it in the pipeline (the scripts
+// refuse them: see lua/position.lua) and run after it, in one more
+// pipeline. It returns a result and an error for each.
 func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, []error) {
 	start := time.Now()
-	results := make([]Result, len(invs))
-	errs := make([]error, len(invs))
-	keys := make([][]string, len(invs))
+	b := &batch{s: s, invs: invs, results: make([]Result, len(invs)), errs: make([]error, len(invs)),
+		keys: make([][]string, len(invs)), token: make([]string, len(invs)), took: make([]time.Duration, len(invs)), start: start}
 	n := 0
 	for _, inv := range invs {
-		n += 2 + len(inv.Keys)
+		n += headKeys + len(inv.Keys)
 	}
 	buf := make([]string, 0, n) // one allocation for every invalidation's keys
+	idx := make([]int, 0, len(invs))
 	for i, inv := range invs {
-		keys[i], errs[i] = s.scriptKeys(inv, buf)
-		buf = buf[:len(buf)+len(keys[i])]
+		b.keys[i], b.errs[i] = s.scriptKeys(inv, buf)
+		buf = buf[:len(buf)+len(b.keys[i])]
+		if b.errs[i] == nil {
+			idx = append(idx, i)
+		} else {
+			b.results[i].Status = Failed
+		}
 	}
-	calls := s.applyCalls(invs, keys, errs)
+	b.run(ctx, idx)
+	if s.opt.Observe != nil {
+		took := time.Since(start) / time.Duration(max(1, len(invs)))
+		for i, inv := range invs {
+			status := b.results[i].Status
+			if b.results[i].Chunked && b.errs[i] == nil {
+				status = CardinalityExceeded // done, but by the chunked path
+			}
+			s.opt.Observe(inv.Tag, status, b.results[i].Deleted, took)
+		}
+	}
+	return b.results, b.errs
+}
+
+// batch is one ApplyMany.
+type batch struct {
+	s       *Store
+	invs    []Invalidation
+	results []Result
+	errs    []error
+	keys    [][]string
+	token   []string // each invalidation's pipeline token, "" for none
+	took    []time.Duration
+	start   time.Time
+}
+
+// channelKey is a channel of a service: what a position and a batch mark
+// belong to.
+type channelKey struct{ tenant, tag, service string }
+
+// run applies the invalidations idx (in order) in one pipeline, then the
+// whole tags among them that were above the guard, then (in one more
+// pipeline, and so on) those that waited for one of these.
+func (b *batch) run(ctx context.Context, idx []int) {
+	if len(idx) == 0 {
+		return
+	}
+	b.tokens(idx)
+	s := b.s
+	calls := s.applyCalls(b.invs, b.keys, idx)
 	for _, call := range calls {
 		for _, g := range call.groups {
 			i := g.invs[0] // the tag set and position key of a group
-			s.headKeys(invs[i], keys[i])
+			s.headKeys(b.invs[i], b.keys[i])
 		}
 	}
 	cmds, _ := lua.RunPipeline(ctx, s.c, []*redis.Script{lua.Invalidate, lua.InvalidateKeys}, func(pipe redis.Pipeliner) []*redis.Cmd {
@@ -418,38 +475,88 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 		for j, call := range calls {
 			if call.single {
 				i := call.groups[0].invs[0]
-				out[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], singleArgs(invs[i], s.opt.CardinalityGuard)...)
+				out[j] = lua.Invalidate.EvalSha(ctx, pipe, b.keys[i], singleArgs(b.invs[i], b.token[i], s.opt.CardinalityGuard)...)
 			} else {
-				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs)...)
+				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(b.keys), call.args(b.invs, b.token)...)
 			}
 		}
 		return out
 	})
-	took := time.Since(start) / time.Duration(max(1, len(invs)))
+	took := time.Since(b.start)
+	var deferred []int // whole tags above the guard, in order
 	for j, call := range calls {
-		replies, err := call.replies(keys, cmds[j])
+		replies, err := call.replies(b.keys, cmds[j])
 		n := 0
 		for _, g := range call.groups {
 			for _, i := range g.invs {
+				b.took[i] = took
 				switch {
 				case err != nil:
-					errs[i] = err
-					results[i].Status = Failed
+					b.errs[i] = err
+					b.results[i].Status = Failed
 				case replies[n].status == CardinalityExceeded:
-					results[i], errs[i] = s.Apply(ctx, invs[i]) // observed there
-					n++
-					continue
+					deferred = append(deferred, i)
 				default:
-					results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
+					b.results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
 				}
 				n++
-				if s.opt.Observe != nil {
-					s.opt.Observe(invs[i].Tag, results[i].Status, results[i].Deleted, took)
-				}
 			}
 		}
 	}
-	return results, errs
+	// The chunked path, one tag after the other: everything before such a
+	// tag in the pipeline has run, and everything of its channel after it
+	// waited.
+	done := map[channelKey]bool{}
+	for _, i := range deferred {
+		inv := b.invs[i]
+		b.results[i], b.errs[i] = s.apply(ctx, inv, b.keys[i], singleArgs(inv, "", s.opt.CardinalityGuard))
+		if b.errs[i] != nil {
+			b.results[i].Status = Failed
+		}
+		b.took[i] = time.Since(b.start)
+		if b.token[i] != "" {
+			_ = s.c.SRem(ctx, b.keys[i][2], b.token[i]).Err() // else it expires
+		}
+		done[channelKey{inv.Tenant, inv.Tag, inv.Service}] = b.errs[i] == nil
+	}
+	// Those that waited run again, in order; when what they waited for
+	// failed they fail too, so none is skipped over.
+	var again []int
+	for _, i := range idx {
+		if b.errs[i] != nil || b.results[i].Status != waiting {
+			continue
+		}
+		inv := &b.invs[i]
+		if !done[channelKey{inv.Tenant, inv.Tag, inv.Service}] {
+			b.errs[i] = fmt.Errorf("tagstore: invalidation of %s at %s not applied: an earlier whole-tag invalidation of the tag in the batch failed", b.keys[i][0], inv.Position)
+			b.results[i].Status = Failed
+			continue
+		}
+		again = append(again, i)
+	}
+	b.run(ctx, again)
+}
+
+// tokens gives the invalidations idx of one pipeline its token where the
+// order matters: a whole tag that more of its channel follows (it marks the
+// channel when it is deferred) and everything of a channel after a whole
+// tag (it reads the mark). The others need not read it.
+func (b *batch) tokens(idx []int) {
+	token := strconv.FormatUint(rand.Uint64(), 36)
+	whole := map[channelKey]int{} // the channel's first whole tag in idx
+	for _, i := range idx {
+		b.token[i] = ""
+		inv := &b.invs[i]
+		if inv.Service == "" {
+			continue
+		}
+		ch := channelKey{inv.Tenant, inv.Tag, inv.Service}
+		if first, ok := whole[ch]; ok {
+			b.token[i], b.token[first] = token, token
+		} else if len(inv.Keys) == 0 {
+			whole[ch] = i
+		}
+	}
 }
 
 // Bounds of one batched invalidate call, which blocks its Redis while it runs.
@@ -471,10 +578,11 @@ type applyGroup struct {
 	invs []int // indexes into ApplyMany's invalidations, in order
 }
 
-// applyCalls plans ApplyMany's script calls in pipeline order. A channel's
-// invalidations keep their order: before a whole-tag one runs, the open
-// call holding earlier ones of its tenant is closed (and queued first).
-func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) []applyCall {
+// applyCalls plans the script calls of the invalidations idx in pipeline
+// order. A channel's invalidations keep their order: before a whole-tag one
+// runs, the open call holding earlier ones of its tenant is closed (and
+// queued first).
+func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []applyCall {
 	var calls []applyCall
 	open := map[string]*applyCall{} // by slot group: the tenant on a cluster, else ""
 	var order []string              // open calls, in the order they were opened
@@ -484,22 +592,20 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 			delete(open, group)
 		}
 	}
-	for i, inv := range invs {
-		if errs[i] != nil {
-			continue
-		}
+	for _, i := range idx {
+		inv := &invs[i]
 		group := ""
 		if s.cluster {
 			group = inv.Tenant
 		}
-		nkeys := len(keys[i]) - 2
+		nkeys := len(keys[i]) - headKeys
 		if nkeys == 0 || nkeys > maxCallKeys/2 {
 			closeCall(group)
 			calls = append(calls, applyCall{single: true, groups: []applyGroup{{invs: []int{i}}}, n: 1})
 			continue
 		}
 		c := open[group]
-		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+2 > maxCallKeys) {
+		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+headKeys > maxCallKeys) {
 			closeCall(group)
 			c = nil
 		}
@@ -512,11 +618,11 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 		// call when it is the tag's last group; else start a group.
 		joined := false
 		for g := len(c.groups) - 1; g >= 0; g-- {
-			last := invs[c.groups[g].invs[0]]
+			last := &invs[c.groups[g].invs[0]]
 			if last.Tenant != inv.Tenant || last.Tag != inv.Tag || last.Service != inv.Service {
 				continue
 			}
-			if last.Position.Epoch == inv.Position.Epoch && last.Strict == inv.Strict {
+			if last.Position.Epoch == inv.Position.Epoch && last.mode() == inv.mode() {
 				c.groups[g].invs = append(c.groups[g].invs, i)
 				joined = true
 			}
@@ -524,7 +630,7 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 		}
 		if !joined {
 			c.groups = append(c.groups, applyGroup{invs: []int{i}})
-			c.nkeys += 2
+			c.nkeys += headKeys
 		}
 		c.n++
 		c.nkeys += nkeys
@@ -535,30 +641,31 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 	return calls
 }
 
-// keys are the batched call's KEYS: per group the tag set and position key,
-// then every invalidation's cache keys.
+// keys are the batched call's KEYS: per group the tag set, position key
+// and batch mark, then every invalidation's cache keys.
 func (c applyCall) keys(keys [][]string) []string {
 	out := make([]string, 0, c.nkeys)
 	for _, g := range c.groups {
-		out = append(out, keys[g.invs[0]][:2]...)
+		out = append(out, keys[g.invs[0]][:headKeys]...)
 		for _, i := range g.invs {
-			out = append(out, keys[i][2:]...)
+			out = append(out, keys[i][headKeys:]...)
 		}
 	}
 	return out
 }
 
-// args are the batched call's ARGV: per group the epoch, the strict flag and
-// the count, then each invalidation's version and number of keys.
-func (c applyCall) args(invs []Invalidation) []any {
-	out := make([]any, 0, 3*len(c.groups)+2*c.n)
+// args are the batched call's ARGV: per group the epoch, the mode, the
+// pipeline token and the count, then each invalidation's version and
+// number of keys.
+func (c applyCall) args(invs []Invalidation, token []string) []any {
+	out := make([]any, 0, 4*len(c.groups)+2*c.n)
 	for _, g := range c.groups {
-		first := invs[g.invs[0]]
+		first := &invs[g.invs[0]]
 		epoch := ""
 		if first.Service != "" {
 			epoch = first.Position.Epoch
 		}
-		out = append(out, epoch, strictFlag(first), len(g.invs))
+		out = append(out, epoch, first.mode(), token[g.invs[0]], len(g.invs))
 		for _, i := range g.invs {
 			out = append(out, invs[i].Position.Version, len(invs[i].Keys))
 		}
@@ -567,7 +674,7 @@ func (c applyCall) args(invs []Invalidation) []any {
 }
 
 // letterStatus reads invalidate_keys.lua's status letters.
-var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap}
+var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap, 'W': waiting}
 
 type reply struct {
 	status  Status

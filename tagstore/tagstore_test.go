@@ -225,6 +225,13 @@ func FuzzParsePosition(f *testing.F) {
 	})
 }
 
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -268,9 +275,10 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 	batchC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 0})
 	singleC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 1})
 	t.Cleanup(func() { batchC.Close(); singleC.Close() })
-	batch, err := tagstore.New(batchC, tagstore.Options{})
+	// A small guard, so that whole tags often go the chunked path.
+	batch, err := tagstore.New(batchC, tagstore.Options{CardinalityGuard: 40, ChunkSize: 16})
 	must(t, err)
-	single, err := tagstore.New(singleC, tagstore.Options{})
+	single, err := tagstore.New(singleC, tagstore.Options{CardinalityGuard: 40, ChunkSize: 16})
 	must(t, err)
 
 	rnd := rand.New(rand.NewPCG(1, 2))
@@ -314,7 +322,16 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		invs = append(invs, tagstore.Invalidation{Tenant: tenant, Tag: tag, Keys: keys, Service: "svc",
 			Position: tagstore.Position{Epoch: ch.epoch, Version: ch.version}, Strict: rnd.IntN(4) > 0})
 	}
+	chunked := 0
 	for start := 0; start < len(invs); start += 137 {
+		// Fill the tags again, the same in both.
+		for range 120 {
+			tenant, key := tenants[rnd.IntN(2)], fmt.Sprintf("k:%d", rnd.IntN(300))
+			tag1, tag2 := tags[rnd.IntN(3)], tags[rnd.IntN(3)]
+			for _, s := range []*tagstore.Store{batch, single} {
+				must(t, s.Set(ctx, tenant, key, []byte("v"), 0, tag1, tag2))
+			}
+		}
 		part := invs[start:min(start+137, len(invs))]
 		res, errs := batch.ApplyMany(ctx, part)
 		var batchDeleted, singleDeleted int64
@@ -324,10 +341,16 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 				t.Fatalf("invalidation %d: %v / %v", start+i, errs[i], err)
 			}
 			if res[i].Status != want.Status {
+				for j := 0; j <= i; j++ {
+					if part[j].Tenant == inv.Tenant && part[j].Tag == inv.Tag {
+						t.Logf("  %d %+v batch %+v", start+j, part[j], res[j])
+					}
+				}
 				t.Errorf("invalidation %d (%+v): status %s in a batch, %s alone", start+i, inv, res[i].Status, want.Status)
 			}
 			batchDeleted += res[i].Deleted
 			singleDeleted += want.Deleted
+			chunked += b2i(want.Chunked)
 		}
 		// Channels may interleave differently in a batch, so which
 		// invalidation deletes a key shared by two tags may differ; the
@@ -338,6 +361,9 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		if a, b := dump(t, batchC), dump(t, singleC); a != b {
 			t.Fatalf("after the batch from %d the batched and the one-by-one cache differ:\n%s\n---\n%s", start, a, b)
 		}
+	}
+	if chunked == 0 {
+		t.Error("no whole tag went the chunked path: the test does not test it")
 	}
 }
 
@@ -377,6 +403,71 @@ func TestKeyTemplates(t *testing.T) {
 		if got, err := s.Key("acme", "user:1"); err != nil || got != want {
 			t.Errorf("template %q: %q, %v; want %q", tmpl, got, err, want)
 		}
+	}
+}
+
+// A whole tag above the guard takes the chunked path after the pipeline.
+// The later invalidations of its channel in the same batch must still come
+// after it: a later one that moved the position first would turn the whole
+// tag into a Duplicate, and the tag would never be deleted.
+func TestApplyManyKeepsOrderAroundChunkedTag(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		stored string // the position before the batch, "" for none
+		epoch  string
+		strict bool
+	}{
+		{"no position, not strict", "", "e", false},
+		{"no position, strict", "", "e", true},
+		{"same epoch, not strict", "e:4", "e", false},
+		{"same epoch, strict", "e:4", "e", true},
+		{"new epoch", "old:50", "e", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 7})
+			for i := 0; i < 40; i++ {
+				must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "big"))
+				must(t, s.Set(ctx, "acme", fmt.Sprintf("j:%d", i), []byte("v"), 0, "big2"))
+			}
+			must(t, s.Set(ctx, "acme", "o:1", []byte("v"), 0, "other"))
+			if tc.stored != "" {
+				must(t, c.Set(ctx, "{tenant:acme}:pos:svc:big", tc.stored, 0).Err())
+				must(t, c.Set(ctx, "{tenant:acme}:pos:svc:big2", tc.stored, 0).Err())
+			}
+			inv := func(tag string, v int64, keys ...string) tagstore.Invalidation {
+				return tagstore.Invalidation{Tenant: "acme", Tag: tag, Keys: keys, Service: "svc",
+					Position: tagstore.Position{Epoch: tc.epoch, Version: v}, Strict: tc.strict}
+			}
+			res, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+				inv("big", 5),             // whole tag, above the guard
+				inv("big2", 5),            // another channel, the same
+				inv("big", 6, "k:1"),      // after it, in the same pipeline
+				inv("other", 1, "o:1"),    // another channel, not waiting
+				inv("big", 7, "k:3", "x"), // and one more
+				inv("big2", 6, "j:1"),     //
+				inv("big", 7, "k:4"),      // a duplicate of the previous
+			})
+			want := []tagstore.Status{tagstore.Success, tagstore.Success, tagstore.Success, tagstore.Success,
+				tagstore.Success, tagstore.Success, tagstore.Duplicate}
+			for i := range want {
+				if errs[i] != nil || res[i].Status != want[i] {
+					t.Errorf("invalidation %d: %+v, %v; want %s", i, res[i], errs[i], want[i])
+				}
+			}
+			if !res[0].Chunked || res[0].Deleted != 40 || !res[1].Chunked || res[1].Deleted != 40 {
+				t.Errorf("the whole tags: %+v, %+v; want each chunked with 40 keys deleted", res[0], res[1])
+			}
+			if n := c.Exists(ctx, "{tenant:acme}:tag:big", "{tenant:acme}:tag:big2", "{tenant:acme}:k:0", "{tenant:acme}:j:39").Val(); n != 0 {
+				t.Errorf("%d of the tags' sets and keys survived", n)
+			}
+			for tag, v := range map[string]int64{"big": 7, "big2": 6} {
+				pos, ok, err := s.ReadPosition(ctx, "acme", "svc", tag)
+				if err != nil || !ok || pos != (tagstore.Position{Epoch: tc.epoch, Version: v}) {
+					t.Errorf("position on %s: %v %v %v; want %s:%d", tag, pos, ok, err, tc.epoch, v)
+				}
+			}
+		})
 	}
 }
 

@@ -47,8 +47,18 @@ const (
 	waiting Status = "WAIT"
 )
 
+// scriptStatus are the statuses invalidate.lua answers.
+var scriptStatus = map[string]Status{
+	string(Success): Success, string(EmptyTagSet): EmptyTagSet, string(CardinalityExceeded): CardinalityExceeded,
+	string(Duplicate): Duplicate, string(Gap): Gap, string(waiting): waiting,
+}
+
 // Observer is told of every invalidation, for metrics. It must be cheap. A
-// tag that went the chunked path is reported as CardinalityExceeded.
+// tag that went the chunked path is reported with its final status (Success
+// when the chunks and the final script took it all; Result.Chunked says
+// so). took is the time from the call (Apply, ApplyMany) until this
+// invalidation was done: the invalidations of one ApplyMany share its
+// pipeline's round trip, so each reports the whole of it, not a share.
 type Observer func(tag string, status Status, keys int64, took time.Duration)
 
 // Options configure a Store. The zero value is usable.
@@ -296,11 +306,7 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 		res.Status = Failed
 	}
 	if s.opt.Observe != nil {
-		status := res.Status
-		if res.Chunked && err == nil {
-			status = CardinalityExceeded // done, but by the chunked path
-		}
-		s.opt.Observe(inv.Tag, status, res.Deleted, time.Since(start))
+		s.opt.Observe(inv.Tag, res.Status, res.Deleted, time.Since(start))
 	}
 	return res, err
 }
@@ -426,13 +432,12 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 	}
 	b.run(ctx, idx)
 	if s.opt.Observe != nil {
-		took := time.Since(start) / time.Duration(max(1, len(invs)))
 		for i, inv := range invs {
-			status := b.results[i].Status
-			if b.results[i].Chunked && b.errs[i] == nil {
-				status = CardinalityExceeded // done, but by the chunked path
+			took := b.took[i]
+			if took == 0 {
+				took = time.Since(start) // refused before any round trip
 			}
-			s.opt.Observe(inv.Tag, status, b.results[i].Deleted, took)
+			s.opt.Observe(inv.Tag, b.results[i].Status, b.results[i].Deleted, took)
 		}
 	}
 	return b.results, b.errs
@@ -697,15 +702,18 @@ func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
 		letters, _ = v[0].(string)
 	}
 	if len(v) != 1+c.n || len(letters) != c.n {
-		return nil, fmt.Errorf("tagstore: invalidate %s and more: reply %v for %d invalidations", first, v, c.n)
+		return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected reply %v for %d invalidations", first, v, c.n)
 	}
 	out := make([]reply, c.n)
 	for i := range out {
 		status, ok := letterStatus[letters[i]]
 		if !ok {
-			return nil, fmt.Errorf("tagstore: invalidate %s and more: unknown status %q", first, letters[i])
+			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected status %q in reply %v", first, letters[i], v)
 		}
-		n, _ := v[1+i].(int64)
+		n, ok := v[1+i].(int64)
+		if !ok {
+			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected count %v in reply %v", first, v[1+i], v)
+		}
 		out[i] = reply{status, n}
 	}
 	return out, nil
@@ -715,6 +723,8 @@ func (s *Store) runInvalidate(ctx context.Context, keys []string, args []any) (S
 	return parseReply(keys[0], lua.Invalidate.Run(ctx, s.c, keys, args...))
 }
 
+// parseReply reads invalidate.lua's {status, count}; anything else is an
+// error, never an empty status.
 func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 	v, err := c.Slice()
 	if err != nil {
@@ -723,9 +733,13 @@ func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 	if len(v) != 2 {
 		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
 	}
-	status, _ := v[0].(string)
-	n, _ := v[1].(int64)
-	return Status(status), n, nil
+	text, _ := v[0].(string)
+	status, ok := scriptStatus[text]
+	n, isInt := v[1].(int64)
+	if !ok || !isInt {
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
+	}
+	return status, n, nil
 }
 
 // chunk deletes a tag's members in batches until it is at or below the guard.
@@ -735,6 +749,9 @@ func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
 		v, err := lua.Chunk.Run(ctx, s.c, []string{tagSet}, s.opt.ChunkSize).Int64Slice()
 		if err != nil {
 			return deleted, fmt.Errorf("tagstore: chunked delete of %s: %w", tagSet, err)
+		}
+		if len(v) != 2 {
+			return deleted, fmt.Errorf("tagstore: chunked delete of %s: unexpected reply %v", tagSet, v)
 		}
 		deleted += v[0]
 		if v[1] <= int64(s.opt.CardinalityGuard) {

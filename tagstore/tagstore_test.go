@@ -471,6 +471,41 @@ func TestApplyManyKeepsOrderAroundChunkedTag(t *testing.T) {
 	}
 }
 
+// The observer sees every invalidation with the status its caller gets: a
+// whole tag taken down by the chunked path is a Success.
+func TestObserverCountsChunkedAsSuccess(t *testing.T) {
+	ctx := context.Background()
+	type seen struct {
+		status tagstore.Status
+		keys   int64
+	}
+	var got []seen
+	s, _ := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4, Observe: func(tag string, st tagstore.Status, keys int64, took time.Duration) {
+		if took <= 0 {
+			t.Errorf("took %v", took)
+		}
+		got = append(got, seen{st, keys})
+	}})
+	for i := 0; i < 25; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "a", "b"))
+	}
+	if res, err := s.InvalidateTag(ctx, "acme", "a"); err != nil || !res.Chunked {
+		t.Fatalf("InvalidateTag = %+v, %v", res, err)
+	}
+	for i := 0; i < 25; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "a"))
+	}
+	res, errs := s.ApplyMany(ctx, []tagstore.Invalidation{{Tenant: "acme", Tag: "a"}, {Tenant: "acme", Tag: "b", Keys: []string{"k:1"}}})
+	if errs[0] != nil || errs[1] != nil || !res[0].Chunked {
+		t.Fatalf("ApplyMany = %+v, %v", res, errs)
+	}
+	// The key of tag b goes in the pipeline, before the chunked path of a.
+	want := []seen{{tagstore.Success, 25}, {tagstore.Success, 24}, {tagstore.Success, 1}}
+	if !slices.Equal(got, want) {
+		t.Errorf("observed %v, want %v", got, want)
+	}
+}
+
 // A custom key template must not render a key as a tag set or a position.
 func TestCustomTemplateCannotRenderInternalKeys(t *testing.T) {
 	ctx := context.Background()

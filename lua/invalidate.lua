@@ -11,7 +11,8 @@
 -- ARGV[3]   version of the message
 -- ARGV[4]   mode: '0' may jump ahead of the position; '1' strict: refuse a
 --           version that does not follow the position (the caller pipelines
---           consecutive versions and must not skip one whose call failed)
+--           consecutive versions and must not skip one whose call failed);
+--           'R' repair (whole tag only): set the position whatever it is
 -- ARGV[5]   the caller's pipeline token when a whole tag of the channel
 --           comes before this one in it, or this one is a whole tag with
 --           more of the channel after it; else ''

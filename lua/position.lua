@@ -5,7 +5,8 @@
 -- A position is stored as "epoch:version". An invalidation carries its
 -- channel's epoch, its version and a mode: '0' may jump ahead of the
 -- position (recovery), '1' is strict (the caller pipelines consecutive
--- versions and must not skip one whose call failed).
+-- versions and must not skip one whose call failed), 'R' is a repair (set
+-- the position whatever it is, even ahead in the same epoch).
 
 -- read_position returns the stored epoch and version, or nil.
 local function read_position(key)
@@ -21,7 +22,7 @@ end
 -- 'D' (DUPLICATE: the position is at or past its version), 'G' (GAP:
 -- strict, and the position is behind its previous version), or nil (apply).
 local function position_rule(e, v, epoch, version, mode)
-  if e ~= epoch then
+  if mode == 'R' or e ~= epoch then
     return nil
   end
   if v >= version then

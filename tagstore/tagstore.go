@@ -41,9 +41,10 @@ const (
 	Gap                 Status = "GAP" // strict, and the position is behind the previous version
 	Failed              Status = "ERROR"
 
-	// waiting: in ApplyMany, an earlier whole tag of the channel in the
-	// pipeline was deferred to the chunked path. ApplyMany runs it again
-	// once that one is done, or reports an error: callers never see it.
+	// waiting: in ApplyMany, the channel's previous invalidation in the
+	// batch was still to be applied (deferred to the chunked path, or
+	// failed). ApplyMany runs it again once that one is done, or reports
+	// an error: callers never see it.
 	waiting Status = "WAIT"
 )
 
@@ -259,11 +260,21 @@ type Invalidation struct {
 	// the stored position of the same epoch, for callers that pipeline
 	// consecutive versions.
 	Strict bool
+	// Repair, for a whole-tag invalidation (Keys empty) with a Service,
+	// deletes the whole tag (through the chunked path above the guard, as
+	// always) and sets the position to Position whatever it was, even
+	// ahead of it in the same epoch (where it would be a Duplicate): to
+	// repair a position found ahead of the channel's meta (a forged
+	// version, or a bus that went back). Not with Strict.
+	Repair bool
 }
 
 // mode is the invalidation's mode argument of the scripts.
 func (inv *Invalidation) mode() string {
-	if inv.Strict {
+	switch {
+	case inv.Repair:
+		return "R"
+	case inv.Strict:
 		return "1"
 	}
 	return "0"
@@ -359,6 +370,16 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		}
 		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
+		}
+	}
+	if inv.Repair {
+		switch {
+		case len(inv.Keys) > 0:
+			return nil, errors.New("tagstore: a repair invalidates the whole tag: it takes no keys")
+		case inv.Service == "":
+			return nil, errors.New("tagstore: a repair sets a service's position: it needs the service")
+		case inv.Strict:
+			return nil, errors.New("tagstore: a repair sets the position whatever it is: it cannot be strict")
 		}
 	}
 	if cap(buf)-len(buf) < headKeys+len(inv.Keys) {

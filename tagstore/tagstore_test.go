@@ -290,7 +290,8 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		}
 	}
 	// 400 invalidations over six channels: mostly the next version, some
-	// repeated, some skipping one, some in a new epoch, a few whole-tag.
+	// repeated, some skipping one, some in a new epoch, a few whole-tag, a
+	// few repairs that take the position back.
 	type channel struct {
 		epoch   string
 		version int64
@@ -303,6 +304,12 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		if ch == nil {
 			ch = &channel{epoch: "e1"}
 			state[tenant+tag] = ch
+		}
+		if rnd.IntN(40) == 0 {
+			ch.version = max(1, ch.version-2)
+			invs = append(invs, tagstore.Invalidation{Tenant: tenant, Tag: tag, Service: "svc",
+				Position: tagstore.Position{Epoch: ch.epoch, Version: ch.version}, Repair: true})
+			continue
 		}
 		switch r := rnd.IntN(20); {
 		case r == 0:
@@ -468,6 +475,66 @@ func TestApplyManyKeepsOrderAroundChunkedTag(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A repair deletes the whole tag and sets the position back, where the
+// same invalidation without Repair is a Duplicate.
+func TestRepairSetsPositionBack(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4})
+	pos := "{tenant:acme}:pos:svc:t"
+	seed := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "t"))
+		}
+	}
+	at := tagstore.Position{Epoch: "e", Version: 5}
+	seed(5)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err()) // ahead of the channel: forged, or the bus went back
+	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at})
+	if err != nil || res.Status != tagstore.Duplicate || exists(t, c, "{tenant:acme}:k:0") != 1 {
+		t.Fatalf("without Repair: %+v %v; want a Duplicate that deletes nothing", res, err)
+	}
+	res, err = s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true})
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 5 || res.Chunked {
+		t.Fatalf("repair: %+v %v", res, err)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:5" {
+		t.Errorf("position after repair %q, want e:5", got)
+	}
+	// Above the guard: the chunked path, then the position.
+	seed(33)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err())
+	res, err = s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true})
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 33 || !res.Chunked {
+		t.Fatalf("chunked repair: %+v %v", res, err)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:5" || exists(t, c, "{tenant:acme}:tag:t") != 0 {
+		t.Errorf("after the chunked repair: position %q, tag set left %d", got, exists(t, c, "{tenant:acme}:tag:t"))
+	}
+	// In a batch: the repair, then the next version after it.
+	seed(3)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err())
+	results, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Keys: []string{"k:1"}, Service: "svc", Position: tagstore.Position{Epoch: "e", Version: 6}, Strict: true},
+	})
+	if errs[0] != nil || errs[1] != nil || results[0].Status != tagstore.Success || results[1].Status != tagstore.Success {
+		t.Errorf("repair in a batch: %+v %v", results, errs)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:6" {
+		t.Errorf("position after the batch %q, want e:6", got)
+	}
+	for _, inv := range []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "t", Keys: []string{"k:1"}, Service: "svc", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true, Strict: true},
+	} {
+		if _, err := s.Apply(ctx, inv); err == nil || !strings.Contains(err.Error(), "repair") {
+			t.Errorf("Apply(%+v) = %v, want a refused repair", inv, err)
+		}
 	}
 }
 

@@ -784,15 +784,64 @@ func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
 // ReadPosition returns a service's position on a tenant's tag, with false
 // when none is recorded.
 func (s *Store) ReadPosition(ctx context.Context, tenant, service, tag string) (Position, bool, error) {
-	v, err := s.c.Get(ctx, names.PositionKey(tenant, service, tag)).Result()
-	if errors.Is(err, redis.Nil) {
-		return Position{}, false, nil
-	}
+	pos, found, err := s.ReadPositions(ctx, service, []TenantTag{{tenant, tag}})
 	if err != nil {
 		return Position{}, false, err
 	}
-	p, err := ParsePosition(v)
-	return p, err == nil, err
+	return pos[0], found[0], nil
+}
+
+// TenantTag names a channel of a service: a tenant and a tag.
+type TenantTag struct{ Tenant, Tag string }
+
+// readPositionsPipeline bounds the GETs of one ReadPositions pipeline.
+const readPositionsPipeline = 1000
+
+// ReadPositions returns a service's positions on many channels, found[i]
+// false where none is recorded, with pipelined GETs (at most 1000 per
+// pipeline). Any error but a missing key is returned, and so is a stored
+// position that does not parse: it is never taken for none.
+func (s *Store) ReadPositions(ctx context.Context, service string, chans []TenantTag) ([]Position, []bool, error) {
+	if err := names.Service(service); err != nil {
+		return nil, nil, err
+	}
+	keys := make([]string, len(chans))
+	for i, ch := range chans {
+		if err := names.Tenant(ch.Tenant); err != nil {
+			return nil, nil, err
+		}
+		if err := names.Tag(ch.Tag); err != nil {
+			return nil, nil, err
+		}
+		keys[i] = names.PositionKey(ch.Tenant, service, ch.Tag)
+	}
+	pos := make([]Position, len(chans))
+	found := make([]bool, len(chans))
+	for from := 0; from < len(keys); from += readPositionsPipeline {
+		part := keys[from:min(from+readPositionsPipeline, len(keys))]
+		cmds := make([]*redis.StringCmd, len(part))
+		_, _ = s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i, k := range part {
+				cmds[i] = pipe.Get(ctx, k)
+			}
+			return nil
+		})
+		for i, cmd := range cmds {
+			v, err := cmd.Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("tagstore: read position %s: %w", part[i], err)
+			}
+			p, err := ParsePosition(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("tagstore: read position %s: %w", part[i], err)
+			}
+			pos[from+i], found[from+i] = p, true
+		}
+	}
+	return pos, found, nil
 }
 
 // Compact removes from a tag set the members whose keys no longer exist,

@@ -538,6 +538,45 @@ func TestRepairSetsPositionBack(t *testing.T) {
 	}
 }
 
+func TestReadPositions(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	var chans []tagstore.TenantTag
+	for i := 0; i < 2500; i++ { // more than one pipeline
+		ch := tagstore.TenantTag{Tenant: "acme", Tag: fmt.Sprintf("t%d", i)}
+		chans = append(chans, ch)
+		if i%3 > 0 {
+			must(t, c.Set(ctx, "{tenant:acme}:pos:svc:"+ch.Tag, fmt.Sprintf("e%d:%d", i%2, i), 0).Err())
+		}
+	}
+	pos, found, err := s.ReadPositions(ctx, "svc", chans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range chans {
+		want := tagstore.Position{Epoch: fmt.Sprintf("e%d", i%2), Version: int64(i)}
+		if i%3 == 0 && (found[i] || pos[i] != tagstore.Position{}) || i%3 > 0 && (!found[i] || pos[i] != want) {
+			t.Fatalf("channel %d: %+v %v", i, pos[i], found[i])
+		}
+	}
+	// A position that does not parse, or is not a string, is an error, not none.
+	must(t, c.Set(ctx, "{tenant:acme}:pos:svc:t3", "garbage", 0).Err())
+	if _, _, err := s.ReadPositions(ctx, "svc", chans); err == nil || !strings.Contains(err.Error(), "{tenant:acme}:pos:svc:t3") {
+		t.Errorf("unparsable position: %v", err)
+	}
+	must(t, c.Del(ctx, "{tenant:acme}:pos:svc:t3").Err())
+	must(t, c.SAdd(ctx, "{tenant:acme}:pos:svc:t6", "x").Err())
+	if _, _, err := s.ReadPositions(ctx, "svc", chans); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Errorf("a position of the wrong type: %v", err)
+	}
+	if _, _, err := s.ReadPositions(ctx, "svc", []tagstore.TenantTag{{Tenant: "ac:me", Tag: "t"}}); err == nil {
+		t.Error("an invalid tenant accepted")
+	}
+	if _, _, err := s.ReadPositions(ctx, "s v c", nil); err == nil {
+		t.Error("an invalid service accepted")
+	}
+}
+
 // The observer sees every invalidation with the status its caller gets: a
 // whole tag taken down by the chunked path is a Success.
 func TestObserverCountsChunkedAsSuccess(t *testing.T) {

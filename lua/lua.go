@@ -5,8 +5,8 @@
 // prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
 // scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
 // a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
-// on every node and again after a restart without persistence or a
-// failover, while an EVALSHA script travels with each call's SHA and two
+// on every master, and again after a restart without persistence or on a
+// node added later, while an EVALSHA script falls back to EVAL and two
 // versions of routerd can run side by side (docs/architecture.md).
 //
 // Scripts run through go-redis's Script, which uses EVALSHA and falls back to

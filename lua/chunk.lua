@@ -1,7 +1,7 @@
 -- Delete up to a batch of a large tag's keys: the chunked path for tags above
 -- the cardinality guard, so no single call blocks Redis for long.
 -- KEYS[1]  tag set
--- ARGV[1]  batch size (at most 1000)
+-- ARGV[1]  batch size (at most lua.MaxUnpack)
 -- Returns {keys deleted, members left in the tag set}.
 local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
 local deleted = 0

@@ -1,7 +1,7 @@
 -- Remove from a tag set the members whose cache keys no longer exist
 -- (expired or deleted by other means).
 -- KEYS[1]  tag set
--- ARGV     members to check (at most 1000, from SSCAN)
+-- ARGV     members to check (at most lua.MaxUnpack, from SSCAN)
 -- Returns the number of members removed.
 local removed = 0
 for i = 1, #ARGV do

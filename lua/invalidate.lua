@@ -1,54 +1,61 @@
 -- Apply one invalidation to a cache Redis: delete the keys, drop them from
 -- the tag set and record the subscriber's position, all at once.
+-- Needs position.lua and MAX_UNPACK before it (lua.go prepends them).
 -- KEYS[1]   tag set {tenant:<t>}:tag:<tag>
 -- KEYS[2]   position key {tenant:<t>}:pos:<service>:<tag> (unused when ARGV[2] is '')
--- KEYS[3..] cache keys to delete; none means the whole tag
+-- KEYS[3]   the channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch, a set
+--           (unused when ARGV[5] is '')
+-- KEYS[4..] cache keys to delete; none means the whole tag
 -- ARGV[1]   cardinality guard: a larger tag set is refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
 -- ARGV[3]   version of the message
--- ARGV[4]   '1' for strict order: refuse a version that does not directly
---           follow the position (the caller pipelines consecutive versions
---           and must not skip one whose call failed, nor move a cache that
---           went back past what it lost); '0' lets a recovery jump ahead;
---           '2' repairs: apply and set the position whatever it was
+-- ARGV[4]   mode: '0' may jump ahead of the position; '1' strict: refuse a
+--           version that does not follow the position (the caller pipelines
+--           consecutive versions and must not skip one whose call failed);
+--           'R' repair (whole tag only): set the position whatever it is
+-- ARGV[5]   the caller's pipeline token when a whole tag of the channel
+--           comes before this one in it, or this one is a whole tag with
+--           more of the channel after it; else ''
 -- Returns {status, keys deleted}; status is SUCCESS, EMPTY_TAG_SET,
--- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged), DUPLICATE
--- (the position is already at or past this version; nothing done) or GAP
--- (strict, and the position is behind the previous version; nothing done).
-local epoch = ARGV[2]
-local version = tonumber(ARGV[3])
-if epoch ~= '' and ARGV[4] ~= '2' then
-  local pos = redis.call('GET', KEYS[2])
-  local e, v
-  if pos then
-    e, v = string.match(pos, '^(.*):(%d+)$')
-    v = tonumber(v)
+-- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged; with a token
+-- the channel is marked), DUPLICATE (the position is already at or past
+-- this version; nothing done), GAP (strict, and the position is behind the
+-- previous version; nothing done) or WAIT (an earlier whole tag of the
+-- channel in the pipeline was deferred; nothing done).
+local epoch, version, mode, token = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+if epoch ~= '' then
+  if batch_waits(KEYS[3], token) then
+    return {'WAIT', 0}
   end
-  if e == epoch and v >= version then
+  local e, v = read_position(KEYS[2])
+  local verdict = position_rule(e, v, epoch, version, mode)
+  if verdict == 'D' then
     return {'DUPLICATE', 0}
-  end
-  if ARGV[4] == '1' and not ((e == epoch and v == version - 1) or (not pos and version == 1)) then
+  elseif verdict == 'G' then
     return {'GAP', 0}
   end
 end
 
 local function unlink(list, first, last)
   local n = 0
-  for i = first, last, 1000 do
-    n = n + redis.call('UNLINK', unpack(list, i, math.min(i + 999, last)))
+  for i = first, last, MAX_UNPACK do
+    n = n + redis.call('UNLINK', unpack(list, i, math.min(i + MAX_UNPACK - 1, last)))
   end
   return n
 end
 
 local status, deleted = 'SUCCESS', 0
-if #KEYS > 2 then
-  deleted = unlink(KEYS, 3, #KEYS)
-  for i = 3, #KEYS, 1000 do
-    redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + 999, #KEYS)))
+if #KEYS > 3 then
+  deleted = unlink(KEYS, 4, #KEYS)
+  for i = 4, #KEYS, MAX_UNPACK do
+    redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + MAX_UNPACK - 1, #KEYS)))
   end
 else
   local n = redis.call('SCARD', KEYS[1])
   if n > tonumber(ARGV[1]) then
+    if epoch ~= '' then
+      batch_defer(KEYS[3], token)
+    end
     return {'TAG_CARDINALITY_EXCEEDED', n}
   end
   if n == 0 then
@@ -60,6 +67,6 @@ else
   end
 end
 if epoch ~= '' then
-  redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[3])
+  redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[3]) -- as given: Lua would format a large version as 1e+18
 end
 return {status, deleted}

@@ -3,34 +3,36 @@
 -- subscriber's position — the same checks and effects as invalidate.lua, for
 -- a run of messages at once (whole-tag invalidations go through
 -- invalidate.lua, which guards the tag's cardinality).
+-- Needs position.lua and MAX_UNPACK before it (lua.go prepends them).
 -- The invalidations come in groups, one tag and position each, in order.
 -- KEYS, per group: the tag set {tenant:<t>}:tag:<tag>, the position key
---   {tenant:<t>}:pos:<service>:<tag> (unused when the epoch is ''), then the
---   cache keys of each invalidation of the group, in order.
+--   {tenant:<t>}:pos:<service>:<tag> (unused when the epoch is ''), the
+--   channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch (unused when
+--   the token is ''), then the cache keys of each invalidation of the group,
+--   in order.
 -- ARGV, per group: the epoch of its messages ('' when no position is kept),
---   '1' for strict order (a version must follow the position) else '0', the
---   number of invalidations m; then for each of them: its version and its
---   number of cache keys (at least 1).
+--   the mode ('1' strict: a version must follow the position, else '0'),
+--   the caller's pipeline token when a whole tag of the channel comes
+--   before the group in it (else ''), the number of invalidations m; then
+--   for each of them: its version and its number of cache keys (at least 1).
 -- Returns a string of one status letter per invalidation, in order, then
 -- the keys each deleted: S for SUCCESS, D for DUPLICATE (the position is at
 -- or past the version; nothing done), G for GAP (strict, and the position is
--- not the previous version of the same epoch, nor absent for version 1;
--- nothing done). One string rather than a
--- status each keeps the reply small.
+-- behind the previous version; nothing done), W for WAIT (an earlier whole
+-- tag of the channel in the pipeline was deferred; nothing done). One
+-- string rather than a status each keeps the reply small.
 local status, out = {}, {''}
 local a, k = 1, 1
 while a <= #ARGV do
-  local tagSet, posKey = KEYS[k], KEYS[k + 1]
-  k = k + 2
-  local epoch, strict, m = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
-  a = a + 3
-  local e, v, held
+  local tagSet, posKey, mark = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  k = k + 3
+  local epoch, mode, token, m = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
+  local e, v
+  local waits = false
   if epoch ~= '' then
-    local pos = redis.call('GET', posKey)
-    if pos then
-      local pe, pv = string.match(pos, '^(.*):(%d+)$')
-      e, v, held = pe, tonumber(pv), true
-    end
+    waits = batch_waits(mark, token)
+    e, v = read_position(posKey)
   end
   local moved = false
   for _ = 1, m do
@@ -38,23 +40,26 @@ while a <= #ARGV do
     a = a + 2
     local first, last = k, k + n - 1
     k = k + n
-    if epoch ~= '' and e == epoch and v >= version then
-      status[#status + 1] = 'D'
-      out[#out + 1] = 0
-    elseif epoch ~= '' and strict and not ((e == epoch and v == version - 1) or (not held and version == 1)) then
-      status[#status + 1] = 'G'
+    local verdict
+    if waits then
+      verdict = 'W'
+    elseif epoch ~= '' then
+      verdict = position_rule(e, v, epoch, version, mode)
+    end
+    if verdict then
+      status[#status + 1] = verdict
       out[#out + 1] = 0
     else
       local deleted = 0
-      for i = first, last, 1000 do
-        local j = math.min(i + 999, last)
+      for i = first, last, MAX_UNPACK do
+        local j = math.min(i + MAX_UNPACK - 1, last)
         deleted = deleted + redis.call('UNLINK', unpack(KEYS, i, j))
         redis.call('SREM', tagSet, unpack(KEYS, i, j))
       end
       status[#status + 1] = 'S'
       out[#out + 1] = deleted
       if epoch ~= '' then
-        e, v, held, moved = epoch, version, true, true
+        e, v, moved = epoch, version, true
       end
     end
   end

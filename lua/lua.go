@@ -1,20 +1,38 @@
 // Package lua holds routerd's Redis scripts, embedded from the .lua files
 // beside it. Each file starts with a KEYS/ARGV header that is its contract.
 //
+// What scripts share is composed in Go, once: every script starts with a
+// prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
+// scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
+// a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
+// on every master, and again after a restart without persistence or on a
+// node added later, while an EVALSHA script falls back to EVAL and two
+// versions of routerd can run side by side (docs/architecture.md).
+//
 // Scripts run through go-redis's Script, which uses EVALSHA and falls back to
 // EVAL when Redis answers NOSCRIPT (the script cache is empty after a restart
-// or failover).
+// or failover); pipelines of scripts run through RunPipeline, which loads
+// the scripts and runs the pipeline again.
 package lua
 
 import (
+	"context"
 	_ "embed"
+	"fmt"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
 
+// MaxUnpack is the most items a script passes to one Redis command (Lua's
+// unpack has a stack limit). The scripts read it as MAX_UNPACK.
+const MaxUnpack = 1000
+
 var (
 	//go:embed publish.lua
 	publishSrc string
+	//go:embed position.lua
+	positionSrc string
 	//go:embed invalidate.lua
 	invalidateSrc string
 	//go:embed invalidate_keys.lua
@@ -29,22 +47,102 @@ var (
 	srcverSrc string
 )
 
+// prelude starts every script: the limits Go and Lua share.
+var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n"
+
+// Sources are the scripts as they are sent to Redis, by file name.
+var Sources = map[string]string{
+	"publish.lua":         prelude + publishSrc,
+	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
+	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
+	"chunk.lua":           prelude + chunkSrc,
+	"set.lua":             prelude + setSrc,
+	"compact.lua":         prelude + compactSrc,
+	"srcver.lua":          prelude + srcverSrc,
+}
+
 var (
 	// Publish assigns the next version of a channel and publishes a message.
-	Publish = redis.NewScript(publishSrc)
+	Publish = redis.NewScript(Sources["publish.lua"])
 	// Invalidate deletes keys or a whole tag and records the position.
-	Invalidate = redis.NewScript(invalidateSrc)
+	Invalidate = redis.NewScript(Sources["invalidate.lua"])
 	// InvalidateKeys applies runs of key-level invalidations in one call.
-	InvalidateKeys = redis.NewScript(invalidateKeysSrc)
+	InvalidateKeys = redis.NewScript(Sources["invalidate_keys.lua"])
 	// Chunk deletes one batch of a large tag.
-	Chunk = redis.NewScript(chunkSrc)
+	Chunk = redis.NewScript(Sources["chunk.lua"])
 	// Set stores a value and registers its key under tags.
-	Set = redis.NewScript(setSrc)
+	Set = redis.NewScript(Sources["set.lua"])
 	// Compact drops tag set members whose keys are gone.
-	Compact = redis.NewScript(compactSrc)
+	Compact = redis.NewScript(Sources["compact.lua"])
 	// SourceVersion suppresses events older than one already routed.
-	SourceVersion = redis.NewScript(srcverSrc)
+	SourceVersion = redis.NewScript(Sources["srcver.lua"])
 )
 
-// MaxUnpack is the most items a script passes to one Redis command.
-const MaxUnpack = 1000
+// Load loads scripts into Redis's script cache (on a cluster client, into
+// every master's).
+func Load(ctx context.Context, c redis.Scripter, scripts ...*redis.Script) error {
+	for _, s := range scripts {
+		if err := s.Load(ctx, c).Err(); err != nil {
+			return fmt.Errorf("load script: %w", err)
+		}
+	}
+	return nil
+}
+
+// Pipeliner runs pipelines of scripts: a client, a cluster client, or one
+// master of a cluster.
+type Pipeliner interface {
+	redis.Scripter
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
+// RunPipeline runs one pipeline of the EVALSHA calls build queues (and
+// whatever else it queues) and returns those calls and the pipeline's error.
+// When Redis answers NOSCRIPT to any of them (its script cache is empty
+// after a restart or failover), it loads scripts and runs the whole pipeline
+// once more, in order, so the scripts must be safe to run again. A call that
+// did not answer NOSCRIPT the first time keeps its first reply (the second
+// run of it would only find its work done); the others take the second.
+func RunPipeline(ctx context.Context, c Pipeliner, scripts []*redis.Script, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
+	run := func() ([]*redis.Cmd, error) {
+		var cmds []*redis.Cmd
+		_, err := c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			cmds = build(pipe)
+			return nil
+		})
+		return cmds, err
+	}
+	first, err := run()
+	missing := false
+	for _, cmd := range first {
+		missing = missing || noScript(cmd.Err())
+	}
+	if !missing {
+		return first, err
+	}
+	if err := Load(ctx, c, scripts...); err != nil {
+		return first, err
+	}
+	second, err := run()
+	if len(second) != len(first) {
+		return second, err // build queued other calls: take the second run whole
+	}
+	var firstErr error // the pipeline's error, as Pipelined reports it, over the replies taken
+	for i := range second {
+		if !noScript(first[i].Err()) {
+			if e := second[i].Err(); e != nil && e == err {
+				err = nil // the error of a reply not taken
+			}
+			second[i] = first[i]
+		}
+		if firstErr == nil {
+			firstErr = second[i].Err()
+		}
+	}
+	if firstErr == nil {
+		firstErr = err // another call of the pipeline (not a script) failed
+	}
+	return second, firstErr
+}
+
+func noScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }

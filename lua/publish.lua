@@ -1,5 +1,6 @@
 -- Publish invalidation messages on one or more channels, each idempotently
--- per event id, in one call. Every channel takes three keys:
+-- per event id, in one call. Needs MAX_UNPACK before it (lua.go prepends it).
+-- Every channel takes three keys:
 -- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
 -- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, as long as the history
@@ -52,9 +53,10 @@ for c = 1, #KEYS, 3 do
       added = redis.call('ZADD', eventsKey, 'NX', version + 1, ARGV[first])
     else
       added = 0
-      for i = first, last, 500 do
+      local per = MAX_UNPACK / 2 -- ids per ZADD: a score and a member each
+      for i = first, last, per do
         local pairs = {}
-        for j = i, math.min(i + 499, last) do
+        for j = i, math.min(i + per - 1, last) do
           pairs[#pairs + 1] = version + 1
           pairs[#pairs + 1] = ARGV[j]
         end

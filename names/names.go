@@ -45,7 +45,14 @@ const (
 	tenantRule = "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 	tagRule    = "must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 	keyRule    = "must be 1 to 512 bytes of printable ASCII without spaces"
+
+	keyPrefixRule = "must not carry the tenant's hash tag: give the key without the {tenant:…}: prefix, which the key template adds"
+	reservedRule  = "its first segment %q is reserved for routerd's own keys (tag sets, positions, …); the first segments tag, pos and routerd are reserved"
 )
+
+// tenantHashTag starts every key of a tenant under the default key template,
+// tag sets and positions included.
+const tenantHashTag = "{tenant:"
 
 func alnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
@@ -102,7 +109,11 @@ func named(field, s string) error {
 }
 
 // Key returns an error when s cannot be used as a cache key name: empty, longer
-// than MaxKeyLen, or holding spaces, control or non-ASCII bytes.
+// than MaxKeyLen, holding spaces, control or non-ASCII bytes, carrying the
+// {tenant:…}: prefix (which the key template adds), or starting with a
+// segment reserved for routerd's own keys (ReservedSegments), so that no key
+// a publisher names can ever be a tag set, a position or any other key
+// routerd keeps.
 func Key(s string) error {
 	if len(s) == 0 || len(s) > MaxKeyLen {
 		return &Error{Field: "key", Value: s, Rule: keyRule}
@@ -110,6 +121,15 @@ func Key(s string) error {
 	for i := 0; i < len(s); i++ {
 		if s[i] <= ' ' || s[i] > '~' {
 			return &Error{Field: "key", Value: s, Rule: keyRule}
+		}
+	}
+	if strings.HasPrefix(s, tenantHashTag) {
+		return &Error{Field: "key", Value: s, Rule: keyPrefixRule}
+	}
+	first, _, _ := strings.Cut(s, ":")
+	for _, r := range ReservedSegments {
+		if first == r {
+			return &Error{Field: "key", Value: s, Rule: fmt.Sprintf(reservedRule, r)}
 		}
 	}
 	return nil
@@ -163,10 +183,62 @@ func PositionKey(tenant, service, tag string) string {
 	return "{tenant:" + tenant + "}:pos:" + service + ":" + tag
 }
 
-// PositionIndexKey is the set, in a service's cache Redis, of the tenants
-// whose channels the service holds positions for: a subscriber of every
-// tenant finds its channels there when the bus has lost its tenant registry.
+// ReservedSegments are the first ':'-separated segments a cache key may not
+// have: under the tenant's hash tag, "tag" and "pos" start tag sets and
+// positions; "routerd" starts the keys routerd keeps outside any tenant
+// (PositionIndexKey). Key refuses them, so that with the default key template
+// no key can name one of these keys, and with a template of "${key}" alone
+// neither.
+var ReservedSegments = []string{"tag", "pos", "routerd"}
+
+// PositionIndexKey is a Redis set, in a service's cache Redis, of the tenants
+// for which that service holds positions: "routerd:positions:<service>". It
+// lives outside every tenant's hash tag; no cache key can be named so,
+// because Key refuses the first segment "routerd" and CacheKey refuses any
+// rendered key starting with "routerd:". The service must already be valid.
 func PositionIndexKey(service string) string { return "routerd:positions:" + service }
+
+// CacheKey returns an error when full, a cache key name as a key template
+// rendered it, is or could be a key routerd keeps in a cache Redis: a tag set
+// or a position of any tenant ({tenant:<t>}:tag:…, {tenant:<t>}:pos:…) or a
+// key starting with "routerd:". Key already rules these out for the default
+// template; a custom template (say "{tenant:${tenant}}:t${key}") needs this
+// check of what it renders.
+func CacheKey(full string) error {
+	if internal(full) {
+		return &Error{Field: "key", Value: full, Rule: "the key template renders it as a key routerd keeps for itself (a tag set, a position or routerd:…)"}
+	}
+	return nil
+}
+
+// internal reports whether full has the shape of a key routerd keeps in a
+// cache Redis, whatever the tenant, tag or service in it.
+func internal(full string) bool {
+	if strings.HasPrefix(full, "routerd:") {
+		return true
+	}
+	rest, ok := strings.CutPrefix(full, tenantHashTag)
+	if !ok {
+		return false
+	}
+	i := strings.IndexByte(rest, '}')
+	if i < 0 {
+		return false
+	}
+	rest = rest[i+1:]
+	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:")
+}
+
+// BatchMarkKey is where an invalidation script marks a channel of a service
+// for the rest of one pipeline when it defers a whole tag above the
+// cardinality guard, so that the channel's later invalidations in that
+// pipeline wait for it: "{tenant:<t>}:pos:<service>:<tag>#batch", a set of
+// pipeline tokens that expires a minute after it is written. It shares the
+// position's slot and namespace; no position key ends in "#batch", as no tag
+// holds '#'.
+func BatchMarkKey(tenant, service, tag string) string {
+	return PositionKey(tenant, service, tag) + "#batch"
+}
 
 // HistoryField is the field of a channel history entry that holds the
 // message (publish.lua writes it under the same name).

@@ -62,6 +62,74 @@ func TestKey(t *testing.T) {
 	}
 }
 
+// A key can never name a tag set, a position or another key routerd keeps.
+func TestKeyCannotNameInternalKeys(t *testing.T) {
+	for _, k := range []string{"user:1042", "tags:x", "position", "TAG:active", "Pos:x", "routerdx:y", "x:tag:y", "x{tenant:a}:tag:b", "{tenantx}:y", "{user}:1"} {
+		if err := Key(k); err != nil {
+			t.Errorf("Key(%q) = %v", k, err)
+		}
+	}
+	for k, why := range map[string]string{
+		"tag:active":               `first segment "tag" is reserved`,
+		"tag":                      `first segment "tag" is reserved`,
+		"pos:search-svc:active":    `first segment "pos" is reserved`,
+		"routerd:positions:svc":    `first segment "routerd" is reserved`,
+		"{tenant:acme}:user:1":     "give the key without the {tenant:…}: prefix",
+		"{tenant:acme}:tag:active": "give the key without the {tenant:…}: prefix",
+		"{tenant:":                 "give the key without the {tenant:…}: prefix",
+	} {
+		err := Key(k)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), why) || !strings.Contains(err.Error(), `key "`+k+`"`) {
+			t.Errorf("Key(%q) = %v, want it refused saying %q", k, err, why)
+		}
+	}
+	for _, full := range []string{TagSetKey("acme", "active"), TagSetKey("a", "b:c"), PositionKey("acme", "svc", "active"), PositionIndexKey("svc"), "{tenant:}:pos:x"} {
+		if CacheKey(full) == nil {
+			t.Errorf("CacheKey(%q) accepted an internal key", full)
+		}
+	}
+	for _, full := range []string{"{tenant:acme}:user:1", "user:1", "{tenant:acme}:tags:x", "cache:{tenant:acme}:tag:x", "{tenant:acme"} {
+		if err := CacheKey(full); err != nil {
+			t.Errorf("CacheKey(%q) = %v", full, err)
+		}
+	}
+}
+
+// FuzzKey holds Key to its promise: a key it accepts, rendered by the default
+// template for any tenant (or by "${key}" alone), is never an internal key,
+// and internal keys of any valid names are always recognised.
+func FuzzKey(f *testing.F) {
+	f.Add("user:1042", "acme", "active", "search-svc")
+	f.Add("tag:active", "acme", "active", "search-svc")
+	f.Add("pos:search-svc:active", "acme", "a:b", "svc")
+	f.Add("{tenant:acme}:tag:active", "acme", "active", "svc")
+	f.Add("routerd:positions:svc", "a", "b", "c")
+	f.Fuzz(func(t *testing.T, key, tenant, tag, service string) {
+		if Key(key) == nil {
+			for i := 0; i < len(key); i++ {
+				if key[i] <= ' ' || key[i] > '~' {
+					t.Fatalf("Key accepted %q with byte %#x", key, key[i])
+				}
+			}
+			if err := CacheKey(key); err != nil {
+				t.Fatalf("Key accepted %q, which is internal as it stands: %v", key, err)
+			}
+			if ValidTenant(tenant) {
+				if err := CacheKey(TenantTag(tenant) + ":" + key); err != nil {
+					t.Fatalf("Key accepted %q, which the default template renders as an internal key: %v", key, err)
+				}
+			}
+		}
+		if ValidTenant(tenant) && ValidTag(tag) && ValidTag(service) {
+			for _, full := range []string{TagSetKey(tenant, tag), PositionKey(tenant, service, tag), PositionIndexKey(service)} {
+				if CacheKey(full) == nil {
+					t.Fatalf("CacheKey(%q) does not recognise an internal key", full)
+				}
+			}
+		}
+	})
+}
+
 func TestChannelRoundTrip(t *testing.T) {
 	tests := []struct{ prefix, tenant, tag string }{
 		{"invalidate", "acme", "active"},
@@ -94,6 +162,9 @@ func TestKeysShareSlotWithChannel(t *testing.T) {
 	}
 	if got := PositionKey("acme", "search-svc", "active"); got != "{tenant:acme}:pos:search-svc:active" {
 		t.Errorf("PositionKey = %q", got)
+	}
+	if got := PositionIndexKey("search-svc"); got != "routerd:positions:search-svc" {
+		t.Errorf("PositionIndexKey = %q", got)
 	}
 }
 

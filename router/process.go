@@ -466,25 +466,7 @@ type scripter interface {
 // script cache (restart, failover) it loads the scripts and runs the
 // pipeline again. The scripts it runs are idempotent, so running twice is safe.
 func runScripts(ctx context.Context, c scripter, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
-	for attempt := 0; ; attempt++ {
-		var cmds []*redis.Cmd
-		_, err := c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			cmds = build(pipe)
-			return nil
-		})
-		noScript := false
-		for _, c := range cmds {
-			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-				noScript = true
-			}
-		}
-		if !noScript || attempt > 0 {
-			return cmds, err
-		}
-		if err := loadScripts(ctx, c); err != nil {
-			return cmds, err
-		}
-	}
+	return lua.RunPipeline(ctx, c, routerScripts, build)
 }
 
 // published is the outcome of one channel message's publish.
@@ -675,13 +657,11 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 	return lua.Publish.EvalSha(ctx, pipe, keys, args...)
 }
 
+// routerScripts are the scripts the router runs on the bus.
+var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion}
+
 func loadScripts(ctx context.Context, c redis.Scripter) error {
-	for _, s := range []*redis.Script{lua.Publish, lua.SourceVersion} {
-		if err := s.Load(ctx, c).Err(); err != nil {
-			return fmt.Errorf("load script: %w", err)
-		}
-	}
-	return nil
+	return lua.Load(ctx, c, routerScripts...)
 }
 
 // noopSpan stands in for a span when tracing is off.

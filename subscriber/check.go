@@ -165,31 +165,24 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out
 		}
 		return out, errs, nil
 	}
-	cmds, err := s.opt.Cache.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, t := range targets {
-			pipe.Get(ctx, names.PositionKey(t.tenant, s.opt.Service, t.tag))
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) && !isReplyError(err) {
-		return nil, nil, fmt.Errorf("reading positions: %w", err)
+	chans := make([]tagstore.TenantTag, len(targets))
+	for i, t := range targets {
+		chans[i] = tagstore.TenantTag{Tenant: t.tenant, Tag: t.tag}
+	}
+	pos, found, readErrs, err := s.store.ReadPositions(ctx, s.opt.Service, chans)
+	if err != nil {
+		return nil, nil, err
 	}
 	for i, t := range targets {
-		v, err := cmds[i].(*redis.StringCmd).Result()
-		if errors.Is(err, redis.Nil) {
-			continue
-		}
-		if err != nil {
-			errs[i] = fmt.Errorf("reading the position of %s: %w", t.channel, err)
-			continue
-		}
-		pos, err := tagstore.ParsePosition(v)
-		if err != nil {
+		switch {
+		case errors.Is(readErrs[i], tagstore.ErrBadPosition):
 			s.m.positionErrors.Inc()
-			s.log.Warn("unreadable stored position; recovering the channel whole", "channel", t.channel, "err", err)
-			continue
+			s.log.Warn("unreadable stored position; recovering the channel as if it had none", "channel", t.channel, "err", readErrs[i])
+		case readErrs[i] != nil:
+			errs[i] = readErrs[i]
+		case found[i]:
+			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version}
 		}
-		out[i] = recovery.Position{Epoch: pos.Epoch, Version: pos.Version}
 	}
 	return out, errs, nil
 }

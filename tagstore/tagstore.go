@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -39,16 +40,34 @@ const (
 	Duplicate           Status = "DUPLICATE"
 	Gap                 Status = "GAP" // strict, and the position is behind the previous version
 	Failed              Status = "ERROR"
+
+	// waiting: in ApplyMany, the channel's previous invalidation in the
+	// batch was still to be applied (deferred to the chunked path, or
+	// failed). ApplyMany runs it again once that one is done, or reports
+	// an error: callers never see it.
+	waiting Status = "WAIT"
 )
 
+// scriptStatus are the statuses invalidate.lua answers.
+var scriptStatus = map[string]Status{
+	string(Success): Success, string(EmptyTagSet): EmptyTagSet, string(CardinalityExceeded): CardinalityExceeded,
+	string(Duplicate): Duplicate, string(Gap): Gap, string(waiting): waiting,
+}
+
 // Observer is told of every invalidation, for metrics. It must be cheap. A
-// tag that went the chunked path is reported as CardinalityExceeded.
+// tag that went the chunked path is reported with its final status (Success
+// when the chunks and the final script took it all; Result.Chunked says
+// so). took is the time from the call (Apply, ApplyMany) until this
+// invalidation was done: the invalidations of one ApplyMany share its
+// pipeline's round trip, so each reports the whole of it, not a share.
 type Observer func(tag string, status Status, keys int64, took time.Duration)
 
 // Options configure a Store. The zero value is usable.
 type Options struct {
 	// KeyTemplate turns a tenant and a key into a cache key name. It must
-	// contain ${key}; ${tenant} is replaced by the tenant.
+	// contain ${key}; ${tenant} is replaced by the tenant. A key the
+	// template renders as a key routerd keeps (a tag set, a position,
+	// routerd:…) is refused (names.CacheKey).
 	KeyTemplate string
 	// CardinalityGuard: tags with more members are deleted in chunks.
 	CardinalityGuard int
@@ -63,6 +82,10 @@ type Store struct {
 	c       redis.UniversalClient
 	opt     Options
 	cluster bool
+	// custom: the key template is not the default one, so what it renders
+	// is checked against routerd's own keys (names.Key alone rules them
+	// out under the default template).
+	custom bool
 	// The key template split at its placeholders: literal parts, with a
 	// tenant or a key between each two.
 	parts []string
@@ -100,7 +123,7 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if opt.ChunkSize < 1 || opt.ChunkSize > lua.MaxUnpack {
 		return nil, fmt.Errorf("tagstore: chunk size must be 1 to %d, not %d", lua.MaxUnpack, opt.ChunkSize)
 	}
-	st := &Store{c: c, opt: opt, cluster: cluster}
+	st := &Store{c: c, opt: opt, cluster: cluster, custom: opt.KeyTemplate != DefaultKeyTemplate}
 	rest := opt.KeyTemplate
 	for {
 		t, k := strings.Index(rest, "${tenant}"), strings.Index(rest, "${key}")
@@ -127,10 +150,22 @@ func (s *Store) Key(tenant, key string) (string, error) {
 		return "", err
 	}
 	full := s.key(tenant, key)
+	if err := s.checkRendered(full); err != nil {
+		return "", err
+	}
 	if s.cluster && hashTag(full) != "tenant:"+tenant {
 		return "", fmt.Errorf("tagstore: key %q hashes by {%s}, not by its tenant's {tenant:%s}: on Redis Cluster it would live in another slot than its tag sets", full, hashTag(full), tenant)
 	}
 	return full, nil
+}
+
+// checkRendered refuses a cache key name that a custom template made into
+// one of routerd's own keys.
+func (s *Store) checkRendered(full string) error {
+	if !s.custom {
+		return nil
+	}
+	return names.CacheKey(full)
 }
 
 func (s *Store) key(tenant, key string) string {
@@ -222,13 +257,27 @@ type Invalidation struct {
 	Service  string
 	Position Position
 	// Strict refuses (status Gap) a version that does not directly follow
-	// the stored position of the same epoch (or, with none stored, is not
-	// version 1), for callers that pipeline consecutive versions.
+	// the stored position of the same epoch, for callers that pipeline
+	// consecutive versions.
 	Strict bool
-	// Repair applies a whole-tag invalidation and sets the position to
-	// Position whatever the stored one is, even ahead in the same epoch: a
-	// position found ahead of its channel is reset this way.
+	// Repair, for a whole-tag invalidation (Keys empty) with a Service,
+	// deletes the whole tag (through the chunked path above the guard, as
+	// always) and sets the position to Position whatever it was, even
+	// ahead of it in the same epoch (where it would be a Duplicate): to
+	// repair a position found ahead of the channel's meta (a forged
+	// version, or a bus that went back). Not with Strict.
 	Repair bool
+}
+
+// mode is the invalidation's mode argument of the scripts.
+func (inv *Invalidation) mode() string {
+	switch {
+	case inv.Repair:
+		return "R"
+	case inv.Strict:
+		return "1"
+	}
+	return "0"
 }
 
 // Result says what an invalidation did.
@@ -251,36 +300,39 @@ func (s *Store) InvalidateKeys(ctx context.Context, tenant, tag string, keys ...
 	return s.Apply(ctx, Invalidation{Tenant: tenant, Tag: tag, Keys: keys})
 }
 
-// Apply runs one invalidation. Keys are deleted in batches of at most 1000 per
-// Redis command; a whole tag above the cardinality guard is first taken down
-// in chunks, and the final script then deletes the rest and writes the
-// position. Errors leave the position where it was, so the work is retried.
+// Apply runs one invalidation. Keys are deleted in batches of at most
+// lua.MaxUnpack per Redis command; a whole tag above the cardinality guard is
+// first taken down in chunks, and the final script then deletes the rest and
+// writes the position. Errors leave the position where it was, so the work
+// is retried.
 func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 	start := time.Now()
-	res, err := s.apply(ctx, inv)
+	keys, err := s.scriptKeys(inv, nil)
+	var res Result
+	if err == nil {
+		s.headKeys(inv, keys)
+		res, err = s.apply(ctx, inv, keys, singleArgs(inv, "", s.opt.CardinalityGuard))
+	}
 	if err != nil {
 		res.Status = Failed
 	}
 	if s.opt.Observe != nil {
-		status := res.Status
-		if res.Chunked && err == nil {
-			status = CardinalityExceeded // done, but by the chunked path
-		}
-		s.opt.Observe(inv.Tag, status, res.Deleted, time.Since(start))
+		s.opt.Observe(inv.Tag, res.Status, res.Deleted, time.Since(start))
 	}
 	return res, err
 }
 
-func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
-	keys, args, err := s.scriptArgs(inv)
-	if err != nil {
-		return Result{}, err
-	}
+// apply runs invalidate.lua, and the chunked path when the tag is above the
+// guard, until the invalidation is done or refused.
+func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args []any) (Result, error) {
 	var res Result
 	for {
 		status, n, err := s.runInvalidate(ctx, keys, args)
 		if err != nil {
 			return res, err
+		}
+		if status == waiting {
+			return res, fmt.Errorf("tagstore: invalidate %s at %s: unexpected WAIT without a batch", keys[0], inv.Position)
 		}
 		if status != CardinalityExceeded {
 			if res.Chunked && status == EmptyTagSet {
@@ -301,29 +353,16 @@ func (s *Store) apply(ctx context.Context, inv Invalidation) (Result, error) {
 	}
 }
 
-// scriptArgs validates an invalidation and returns the invalidate script's
-// keys and arguments.
-func (s *Store) scriptArgs(inv Invalidation) ([]string, []any, error) {
-	keys, err := s.scriptKeys(inv, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	s.headKeys(inv, keys)
-	return keys, singleArgs(inv, s.opt.CardinalityGuard), nil
-}
-
 // scriptKeys validates an invalidation and returns the keys of its script
-// call: two slots for the tag set and the position key (see headKeys), then
-// the cache keys. They are appended to buf when it has room.
+// call: three slots for the tag set, the position key and the batch mark
+// (see headKeys), then the cache keys. They are appended to buf when it has
+// room.
 func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if err := names.Tenant(inv.Tenant); err != nil {
 		return nil, err
 	}
 	if err := names.Tag(inv.Tag); err != nil {
 		return nil, err
-	}
-	if inv.Repair && (len(inv.Keys) > 0 || inv.Service == "") {
-		return nil, errors.New("tagstore: a repair is a whole-tag invalidation with a position")
 	}
 	if inv.Service != "" {
 		if err := names.Service(inv.Service); err != nil {
@@ -333,126 +372,217 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
 	}
-	if cap(buf)-len(buf) < 2+len(inv.Keys) {
-		buf = make([]string, 0, 2+len(inv.Keys))
+	if inv.Repair {
+		switch {
+		case len(inv.Keys) > 0:
+			return nil, errors.New("tagstore: a repair invalidates the whole tag: it takes no keys")
+		case inv.Service == "":
+			return nil, errors.New("tagstore: a repair sets a service's position: it needs the service")
+		case inv.Strict:
+			return nil, errors.New("tagstore: a repair sets the position whatever it is: it cannot be strict")
+		}
 	}
-	keys := append(buf[len(buf):len(buf):len(buf)+2+len(inv.Keys)], "", "")
+	if cap(buf)-len(buf) < headKeys+len(inv.Keys) {
+		buf = make([]string, 0, headKeys+len(inv.Keys))
+	}
+	keys := append(buf[len(buf):len(buf):len(buf)+headKeys+len(inv.Keys)], "", "", "")
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
 			return nil, err
 		}
-		keys = append(keys, s.key(inv.Tenant, k))
+		full := s.key(inv.Tenant, k)
+		if err := s.checkRendered(full); err != nil {
+			return nil, err
+		}
+		keys = append(keys, full)
 	}
 	return keys, nil
 }
 
-// headKeys fills the tag set and position key slots (the tag set twice when
-// no position is kept).
+// headKeys is the number of keys before the cache keys in a script call.
+const headKeys = 3
+
+// headKeys fills the tag set, position key and batch mark slots (the tag
+// set again where no position is kept).
 func (s *Store) headKeys(inv Invalidation, keys []string) {
 	keys[0] = names.TagSetKey(inv.Tenant, inv.Tag)
-	keys[1] = keys[0]
+	keys[1], keys[2] = keys[0], keys[0]
 	if inv.Service != "" {
 		keys[1] = names.PositionKey(inv.Tenant, inv.Service, inv.Tag)
+		keys[2] = names.BatchMarkKey(inv.Tenant, inv.Service, inv.Tag)
 	}
 }
 
-// singleArgs are invalidate.lua's arguments.
-func singleArgs(inv Invalidation, guard int) []any {
+// singleArgs are invalidate.lua's arguments; token is the pipeline's token
+// when the invalidation is ordered after or before a whole tag of its
+// channel in the pipeline, else "".
+func singleArgs(inv Invalidation, token string, guard int) []any {
 	epoch := ""
 	if inv.Service != "" {
 		epoch = inv.Position.Epoch
 	}
-	return []any{guard, epoch, inv.Position.Version, strictFlag(inv)}
+	return []any{guard, epoch, inv.Position.Version, inv.mode(), token}
 }
 
-func strictFlag(inv Invalidation) string {
-	switch {
-	case inv.Repair:
-		return "2"
-	case inv.Strict:
-		return "1"
-	}
-	return "0"
-}
-
-// ApplyMany runs several invalidations in one pipeline, in order per tag
-// (a tag above the guard then takes the chunked path on its own). Runs of
+// ApplyMany runs several invalidations in one pipeline, in order per tag,
+// with the results applying them one by one in order would have. Runs of
 // key-level invalidations go in batched script calls — on a cluster, one
-// tenant's per call, as they share a slot. It returns a result and an error
-// for each.
+// tenant's per call, as they share a slot. A whole tag above the guard takes
+// the chunked path on its own after the pipeline; the later invalidations of
+// its channel (with a Service) wait for it in the pipeline (the scripts
+// refuse them: see lua/position.lua) and run after it, in one more
+// pipeline. It returns a result and an error for each.
 func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, []error) {
 	start := time.Now()
-	results := make([]Result, len(invs))
-	errs := make([]error, len(invs))
-	keys := make([][]string, len(invs))
+	b := &batch{s: s, invs: invs, results: make([]Result, len(invs)), errs: make([]error, len(invs)),
+		keys: make([][]string, len(invs)), token: make([]string, len(invs)), took: make([]time.Duration, len(invs)), start: start}
 	n := 0
 	for _, inv := range invs {
-		n += 2 + len(inv.Keys)
+		n += headKeys + len(inv.Keys)
 	}
 	buf := make([]string, 0, n) // one allocation for every invalidation's keys
+	idx := make([]int, 0, len(invs))
 	for i, inv := range invs {
-		keys[i], errs[i] = s.scriptKeys(inv, buf)
-		buf = buf[:len(buf)+len(keys[i])]
+		b.keys[i], b.errs[i] = s.scriptKeys(inv, buf)
+		buf = buf[:len(buf)+len(b.keys[i])]
+		if b.errs[i] == nil {
+			idx = append(idx, i)
+		} else {
+			b.results[i].Status = Failed
+		}
 	}
-	calls := s.applyCalls(invs, keys, errs)
+	b.run(ctx, idx)
+	if s.opt.Observe != nil {
+		for i, inv := range invs {
+			took := b.took[i]
+			if took == 0 {
+				took = time.Since(start) // refused before any round trip
+			}
+			s.opt.Observe(inv.Tag, b.results[i].Status, b.results[i].Deleted, took)
+		}
+	}
+	return b.results, b.errs
+}
+
+// batch is one ApplyMany.
+type batch struct {
+	s       *Store
+	invs    []Invalidation
+	results []Result
+	errs    []error
+	keys    [][]string
+	token   []string // each invalidation's pipeline token, "" for none
+	took    []time.Duration
+	start   time.Time
+}
+
+// channelKey is a channel of a service: what a position and a batch mark
+// belong to.
+type channelKey struct{ tenant, tag, service string }
+
+// run applies the invalidations idx (in order) in one pipeline, then the
+// whole tags among them that were above the guard, then (in one more
+// pipeline, and so on) those that waited for one of these.
+func (b *batch) run(ctx context.Context, idx []int) {
+	if len(idx) == 0 {
+		return
+	}
+	b.tokens(idx)
+	s := b.s
+	calls := s.applyCalls(b.invs, b.keys, idx)
 	for _, call := range calls {
 		for _, g := range call.groups {
 			i := g.invs[0] // the tag set and position key of a group
-			s.headKeys(invs[i], keys[i])
+			s.headKeys(b.invs[i], b.keys[i])
 		}
 	}
-	var cmds []*redis.Cmd
-	run := func() error {
-		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			cmds = make([]*redis.Cmd, len(calls))
-			for j, call := range calls {
-				if call.single {
-					i := call.groups[0].invs[0]
-					cmds[j] = lua.Invalidate.EvalSha(ctx, pipe, keys[i], singleArgs(invs[i], s.opt.CardinalityGuard)...)
-				} else {
-					cmds[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(keys), call.args(invs)...)
-				}
+	cmds, _ := lua.RunPipeline(ctx, s.c, []*redis.Script{lua.Invalidate, lua.InvalidateKeys}, func(pipe redis.Pipeliner) []*redis.Cmd {
+		out := make([]*redis.Cmd, len(calls))
+		for j, call := range calls {
+			if call.single {
+				i := call.groups[0].invs[0]
+				out[j] = lua.Invalidate.EvalSha(ctx, pipe, b.keys[i], singleArgs(b.invs[i], b.token[i], s.opt.CardinalityGuard)...)
+			} else {
+				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(b.keys), call.args(b.invs, b.token)...)
 			}
-			return nil
-		})
-		return err
-	}
-	_ = run()
-	for _, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			// The script cache is empty (restart, failover): load it and run
-			// again; what already ran is now a DUPLICATE.
-			if lua.Invalidate.Load(ctx, s.c).Err() == nil && lua.InvalidateKeys.Load(ctx, s.c).Err() == nil {
-				_ = run()
-			}
-			break
 		}
-	}
-	took := time.Since(start) / time.Duration(max(1, len(invs)))
+		return out
+	})
+	took := time.Since(b.start)
+	var deferred []int // whole tags above the guard, in order
 	for j, call := range calls {
-		replies, err := call.replies(keys, cmds[j])
+		replies, err := call.replies(b.keys, cmds[j])
 		n := 0
 		for _, g := range call.groups {
 			for _, i := range g.invs {
+				b.took[i] = took
 				switch {
 				case err != nil:
-					errs[i] = err
-					results[i].Status = Failed
+					b.errs[i] = err
+					b.results[i].Status = Failed
 				case replies[n].status == CardinalityExceeded:
-					results[i], errs[i] = s.Apply(ctx, invs[i]) // observed there
-					n++
-					continue
+					deferred = append(deferred, i)
 				default:
-					results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
+					b.results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
 				}
 				n++
-				if s.opt.Observe != nil {
-					s.opt.Observe(invs[i].Tag, results[i].Status, results[i].Deleted, took)
-				}
 			}
 		}
 	}
-	return results, errs
+	// The chunked path, one tag after the other: everything before such a
+	// tag in the pipeline has run, and everything of its channel after it
+	// waited.
+	done := map[channelKey]bool{}
+	for _, i := range deferred {
+		inv := b.invs[i]
+		b.results[i], b.errs[i] = s.apply(ctx, inv, b.keys[i], singleArgs(inv, "", s.opt.CardinalityGuard))
+		if b.errs[i] != nil {
+			b.results[i].Status = Failed
+		}
+		b.took[i] = time.Since(b.start)
+		if b.token[i] != "" {
+			_ = s.c.SRem(ctx, b.keys[i][2], b.token[i]).Err() // else it expires
+		}
+		done[channelKey{inv.Tenant, inv.Tag, inv.Service}] = b.errs[i] == nil
+	}
+	// Those that waited run again, in order; when what they waited for
+	// failed they fail too, so none is skipped over.
+	var again []int
+	for _, i := range idx {
+		if b.errs[i] != nil || b.results[i].Status != waiting {
+			continue
+		}
+		inv := &b.invs[i]
+		if !done[channelKey{inv.Tenant, inv.Tag, inv.Service}] {
+			b.errs[i] = fmt.Errorf("tagstore: invalidation of %s at %s not applied: an earlier whole-tag invalidation of the tag in the batch failed", b.keys[i][0], inv.Position)
+			b.results[i].Status = Failed
+			continue
+		}
+		again = append(again, i)
+	}
+	b.run(ctx, again)
+}
+
+// tokens gives the invalidations idx of one pipeline its token where the
+// order matters: a whole tag that more of its channel follows (it marks the
+// channel when it is deferred) and everything of a channel after a whole
+// tag (it reads the mark). The others need not read it.
+func (b *batch) tokens(idx []int) {
+	token := strconv.FormatUint(rand.Uint64(), 36)
+	whole := map[channelKey]int{} // the channel's first whole tag in idx
+	for _, i := range idx {
+		b.token[i] = ""
+		inv := &b.invs[i]
+		if inv.Service == "" {
+			continue
+		}
+		ch := channelKey{inv.Tenant, inv.Tag, inv.Service}
+		if first, ok := whole[ch]; ok {
+			b.token[i], b.token[first] = token, token
+		} else if len(inv.Keys) == 0 {
+			whole[ch] = i
+		}
+	}
 }
 
 // Bounds of one batched invalidate call, which blocks its Redis while it runs.
@@ -474,10 +604,11 @@ type applyGroup struct {
 	invs []int // indexes into ApplyMany's invalidations, in order
 }
 
-// applyCalls plans ApplyMany's script calls in pipeline order. A channel's
-// invalidations keep their order: before a whole-tag one runs, the open
-// call holding earlier ones of its tenant is closed (and queued first).
-func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) []applyCall {
+// applyCalls plans the script calls of the invalidations idx in pipeline
+// order. A channel's invalidations keep their order: before a whole-tag one
+// runs, the open call holding earlier ones of its tenant is closed (and
+// queued first).
+func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []applyCall {
 	var calls []applyCall
 	open := map[string]*applyCall{} // by slot group: the tenant on a cluster, else ""
 	var order []string              // open calls, in the order they were opened
@@ -487,22 +618,20 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 			delete(open, group)
 		}
 	}
-	for i, inv := range invs {
-		if errs[i] != nil {
-			continue
-		}
+	for _, i := range idx {
+		inv := &invs[i]
 		group := ""
 		if s.cluster {
 			group = inv.Tenant
 		}
-		nkeys := len(keys[i]) - 2
+		nkeys := len(keys[i]) - headKeys
 		if nkeys == 0 || nkeys > maxCallKeys/2 {
 			closeCall(group)
 			calls = append(calls, applyCall{single: true, groups: []applyGroup{{invs: []int{i}}}, n: 1})
 			continue
 		}
 		c := open[group]
-		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+2 > maxCallKeys) {
+		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+headKeys > maxCallKeys) {
 			closeCall(group)
 			c = nil
 		}
@@ -515,11 +644,11 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 		// call when it is the tag's last group; else start a group.
 		joined := false
 		for g := len(c.groups) - 1; g >= 0; g-- {
-			last := invs[c.groups[g].invs[0]]
+			last := &invs[c.groups[g].invs[0]]
 			if last.Tenant != inv.Tenant || last.Tag != inv.Tag || last.Service != inv.Service {
 				continue
 			}
-			if last.Position.Epoch == inv.Position.Epoch && last.Strict == inv.Strict {
+			if last.Position.Epoch == inv.Position.Epoch && last.mode() == inv.mode() {
 				c.groups[g].invs = append(c.groups[g].invs, i)
 				joined = true
 			}
@@ -527,7 +656,7 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 		}
 		if !joined {
 			c.groups = append(c.groups, applyGroup{invs: []int{i}})
-			c.nkeys += 2
+			c.nkeys += headKeys
 		}
 		c.n++
 		c.nkeys += nkeys
@@ -538,30 +667,31 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, errs []error) [
 	return calls
 }
 
-// keys are the batched call's KEYS: per group the tag set and position key,
-// then every invalidation's cache keys.
+// keys are the batched call's KEYS: per group the tag set, position key
+// and batch mark, then every invalidation's cache keys.
 func (c applyCall) keys(keys [][]string) []string {
 	out := make([]string, 0, c.nkeys)
 	for _, g := range c.groups {
-		out = append(out, keys[g.invs[0]][:2]...)
+		out = append(out, keys[g.invs[0]][:headKeys]...)
 		for _, i := range g.invs {
-			out = append(out, keys[i][2:]...)
+			out = append(out, keys[i][headKeys:]...)
 		}
 	}
 	return out
 }
 
-// args are the batched call's ARGV: per group the epoch, the strict flag and
-// the count, then each invalidation's version and number of keys.
-func (c applyCall) args(invs []Invalidation) []any {
-	out := make([]any, 0, 3*len(c.groups)+2*c.n)
+// args are the batched call's ARGV: per group the epoch, the mode, the
+// pipeline token and the count, then each invalidation's version and
+// number of keys.
+func (c applyCall) args(invs []Invalidation, token []string) []any {
+	out := make([]any, 0, 4*len(c.groups)+2*c.n)
 	for _, g := range c.groups {
-		first := invs[g.invs[0]]
+		first := &invs[g.invs[0]]
 		epoch := ""
 		if first.Service != "" {
 			epoch = first.Position.Epoch
 		}
-		out = append(out, epoch, strictFlag(first), len(g.invs))
+		out = append(out, epoch, first.mode(), token[g.invs[0]], len(g.invs))
 		for _, i := range g.invs {
 			out = append(out, invs[i].Position.Version, len(invs[i].Keys))
 		}
@@ -570,7 +700,7 @@ func (c applyCall) args(invs []Invalidation) []any {
 }
 
 // letterStatus reads invalidate_keys.lua's status letters.
-var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap}
+var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap, 'W': waiting}
 
 type reply struct {
 	status  Status
@@ -593,15 +723,18 @@ func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
 		letters, _ = v[0].(string)
 	}
 	if len(v) != 1+c.n || len(letters) != c.n {
-		return nil, fmt.Errorf("tagstore: invalidate %s and more: reply %v for %d invalidations", first, v, c.n)
+		return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected reply %v for %d invalidations", first, v, c.n)
 	}
 	out := make([]reply, c.n)
 	for i := range out {
 		status, ok := letterStatus[letters[i]]
 		if !ok {
-			return nil, fmt.Errorf("tagstore: invalidate %s and more: unknown status %q", first, letters[i])
+			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected status %q in reply %v", first, letters[i], v)
 		}
-		n, _ := v[1+i].(int64)
+		n, ok := v[1+i].(int64)
+		if !ok {
+			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected count %v in reply %v", first, v[1+i], v)
+		}
 		out[i] = reply{status, n}
 	}
 	return out, nil
@@ -611,6 +744,8 @@ func (s *Store) runInvalidate(ctx context.Context, keys []string, args []any) (S
 	return parseReply(keys[0], lua.Invalidate.Run(ctx, s.c, keys, args...))
 }
 
+// parseReply reads invalidate.lua's {status, count}; anything else is an
+// error, never an empty status.
 func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 	v, err := c.Slice()
 	if err != nil {
@@ -619,9 +754,13 @@ func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 	if len(v) != 2 {
 		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
 	}
-	status, _ := v[0].(string)
-	n, _ := v[1].(int64)
-	return Status(status), n, nil
+	text, _ := v[0].(string)
+	status, ok := scriptStatus[text]
+	n, isInt := v[1].(int64)
+	if !ok || !isInt {
+		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
+	}
+	return status, n, nil
 }
 
 // chunk deletes a tag's members in batches until it is at or below the guard.
@@ -631,6 +770,9 @@ func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
 		v, err := lua.Chunk.Run(ctx, s.c, []string{tagSet}, s.opt.ChunkSize).Int64Slice()
 		if err != nil {
 			return deleted, fmt.Errorf("tagstore: chunked delete of %s: %w", tagSet, err)
+		}
+		if len(v) != 2 {
+			return deleted, fmt.Errorf("tagstore: chunked delete of %s: unexpected reply %v", tagSet, v)
 		}
 		deleted += v[0]
 		if v[1] <= int64(s.opt.CardinalityGuard) {
@@ -642,15 +784,77 @@ func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
 // ReadPosition returns a service's position on a tenant's tag, with false
 // when none is recorded.
 func (s *Store) ReadPosition(ctx context.Context, tenant, service, tag string) (Position, bool, error) {
-	v, err := s.c.Get(ctx, names.PositionKey(tenant, service, tag)).Result()
-	if errors.Is(err, redis.Nil) {
-		return Position{}, false, nil
-	}
-	if err != nil {
+	pos, found, errs, err := s.ReadPositions(ctx, service, []TenantTag{{tenant, tag}})
+	if err = errors.Join(err, errs[0]); err != nil {
 		return Position{}, false, err
 	}
-	p, err := ParsePosition(v)
-	return p, err == nil, err
+	return pos[0], found[0], nil
+}
+
+// TenantTag names a channel of a service: a tenant and a tag.
+type TenantTag struct{ Tenant, Tag string }
+
+// readPositionsPipeline bounds the GETs of one ReadPositions pipeline.
+const readPositionsPipeline = 1000
+
+// ErrBadPosition is wrapped by the error of a stored position that does not
+// parse as epoch:version.
+var ErrBadPosition = errors.New("tagstore: stored position is not epoch:version")
+
+// ReadPositions returns a service's positions on many channels, found[i]
+// false where none is recorded, with pipelined GETs (at most 1000 per
+// pipeline). A position that cannot be read (a key of another type) or does
+// not parse (errors.Is ErrBadPosition) is never taken for none: errs[i] says
+// so, and the other channels are still read. err is for invalid names or a
+// cache Redis that did not answer.
+func (s *Store) ReadPositions(ctx context.Context, service string, chans []TenantTag) (pos []Position, found []bool, errs []error, err error) {
+	if err := names.Service(service); err != nil {
+		return nil, nil, nil, err
+	}
+	keys := make([]string, len(chans))
+	for i, ch := range chans {
+		if err := names.Tenant(ch.Tenant); err != nil {
+			return nil, nil, nil, err
+		}
+		if err := names.Tag(ch.Tag); err != nil {
+			return nil, nil, nil, err
+		}
+		keys[i] = names.PositionKey(ch.Tenant, service, ch.Tag)
+	}
+	pos = make([]Position, len(chans))
+	found = make([]bool, len(chans))
+	errs = make([]error, len(chans))
+	for from := 0; from < len(keys); from += readPositionsPipeline {
+		part := keys[from:min(from+readPositionsPipeline, len(keys))]
+		cmds := make([]*redis.StringCmd, len(part))
+		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for i, k := range part {
+				cmds[i] = pipe.Get(ctx, k)
+			}
+			return nil
+		})
+		var reply redis.Error
+		if err != nil && !errors.As(err, &reply) {
+			return nil, nil, nil, fmt.Errorf("tagstore: read positions: %w", err)
+		}
+		for i, cmd := range cmds {
+			v, err := cmd.Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if err != nil {
+				errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
+				continue
+			}
+			p, err := ParsePosition(v)
+			if err != nil {
+				errs[from+i] = fmt.Errorf("%w: %s holds %q", ErrBadPosition, part[i], v)
+				continue
+			}
+			pos[from+i], found[from+i] = p, true
+		}
+	}
+	return pos, found, errs, nil
 }
 
 // Compact removes from a tag set the members whose keys no longer exist,

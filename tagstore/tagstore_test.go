@@ -225,6 +225,13 @@ func FuzzParsePosition(f *testing.F) {
 	})
 }
 
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -268,9 +275,10 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 	batchC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 0})
 	singleC := redis.NewClient(&redis.Options{Addr: srv.Addr, DB: 1})
 	t.Cleanup(func() { batchC.Close(); singleC.Close() })
-	batch, err := tagstore.New(batchC, tagstore.Options{})
+	// A small guard, so that whole tags often go the chunked path.
+	batch, err := tagstore.New(batchC, tagstore.Options{CardinalityGuard: 40, ChunkSize: 16})
 	must(t, err)
-	single, err := tagstore.New(singleC, tagstore.Options{})
+	single, err := tagstore.New(singleC, tagstore.Options{CardinalityGuard: 40, ChunkSize: 16})
 	must(t, err)
 
 	rnd := rand.New(rand.NewPCG(1, 2))
@@ -282,7 +290,8 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		}
 	}
 	// 400 invalidations over six channels: mostly the next version, some
-	// repeated, some skipping one, some in a new epoch, a few whole-tag.
+	// repeated, some skipping one, some in a new epoch, a few whole-tag, a
+	// few repairs that take the position back.
 	type channel struct {
 		epoch   string
 		version int64
@@ -295,6 +304,12 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		if ch == nil {
 			ch = &channel{epoch: "e1"}
 			state[tenant+tag] = ch
+		}
+		if rnd.IntN(40) == 0 {
+			ch.version = max(1, ch.version-2)
+			invs = append(invs, tagstore.Invalidation{Tenant: tenant, Tag: tag, Service: "svc",
+				Position: tagstore.Position{Epoch: ch.epoch, Version: ch.version}, Repair: true})
+			continue
 		}
 		switch r := rnd.IntN(20); {
 		case r == 0:
@@ -314,7 +329,16 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		invs = append(invs, tagstore.Invalidation{Tenant: tenant, Tag: tag, Keys: keys, Service: "svc",
 			Position: tagstore.Position{Epoch: ch.epoch, Version: ch.version}, Strict: rnd.IntN(4) > 0})
 	}
+	chunked := 0
 	for start := 0; start < len(invs); start += 137 {
+		// Fill the tags again, the same in both.
+		for range 120 {
+			tenant, key := tenants[rnd.IntN(2)], fmt.Sprintf("k:%d", rnd.IntN(300))
+			tag1, tag2 := tags[rnd.IntN(3)], tags[rnd.IntN(3)]
+			for _, s := range []*tagstore.Store{batch, single} {
+				must(t, s.Set(ctx, tenant, key, []byte("v"), 0, tag1, tag2))
+			}
+		}
 		part := invs[start:min(start+137, len(invs))]
 		res, errs := batch.ApplyMany(ctx, part)
 		var batchDeleted, singleDeleted int64
@@ -324,10 +348,16 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 				t.Fatalf("invalidation %d: %v / %v", start+i, errs[i], err)
 			}
 			if res[i].Status != want.Status {
+				for j := 0; j <= i; j++ {
+					if part[j].Tenant == inv.Tenant && part[j].Tag == inv.Tag {
+						t.Logf("  %d %+v batch %+v", start+j, part[j], res[j])
+					}
+				}
 				t.Errorf("invalidation %d (%+v): status %s in a batch, %s alone", start+i, inv, res[i].Status, want.Status)
 			}
 			batchDeleted += res[i].Deleted
 			singleDeleted += want.Deleted
+			chunked += b2i(want.Chunked)
 		}
 		// Channels may interleave differently in a batch, so which
 		// invalidation deletes a key shared by two tags may differ; the
@@ -338,6 +368,9 @@ func TestApplyManyMatchesOneByOne(t *testing.T) {
 		if a, b := dump(t, batchC), dump(t, singleC); a != b {
 			t.Fatalf("after the batch from %d the batched and the one-by-one cache differ:\n%s\n---\n%s", start, a, b)
 		}
+	}
+	if chunked == 0 {
+		t.Error("no whole tag went the chunked path: the test does not test it")
 	}
 }
 
@@ -377,5 +410,237 @@ func TestKeyTemplates(t *testing.T) {
 		if got, err := s.Key("acme", "user:1"); err != nil || got != want {
 			t.Errorf("template %q: %q, %v; want %q", tmpl, got, err, want)
 		}
+	}
+}
+
+// A whole tag above the guard takes the chunked path after the pipeline.
+// The later invalidations of its channel in the same batch must still come
+// after it: a later one that moved the position first would turn the whole
+// tag into a Duplicate, and the tag would never be deleted.
+func TestApplyManyKeepsOrderAroundChunkedTag(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		stored string // the position before the batch, "" for none
+		epoch  string
+		strict bool
+		shift  int64 // added to every version: strict without a position starts at 1
+	}{
+		{"no position, not strict", "", "e", false, 0},
+		{"no position, strict", "", "e", true, -4},
+		{"same epoch, not strict", "e:4", "e", false, 0},
+		{"same epoch, strict", "e:4", "e", true, 0},
+		{"new epoch", "old:50", "e", false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 7})
+			for i := 0; i < 40; i++ {
+				must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "big"))
+				must(t, s.Set(ctx, "acme", fmt.Sprintf("j:%d", i), []byte("v"), 0, "big2"))
+			}
+			must(t, s.Set(ctx, "acme", "o:1", []byte("v"), 0, "other"))
+			if tc.stored != "" {
+				must(t, c.Set(ctx, "{tenant:acme}:pos:svc:big", tc.stored, 0).Err())
+				must(t, c.Set(ctx, "{tenant:acme}:pos:svc:big2", tc.stored, 0).Err())
+			}
+			inv := func(tag string, v int64, keys ...string) tagstore.Invalidation {
+				return tagstore.Invalidation{Tenant: "acme", Tag: tag, Keys: keys, Service: "svc",
+					Position: tagstore.Position{Epoch: tc.epoch, Version: v + tc.shift}, Strict: tc.strict}
+			}
+			res, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+				inv("big", 5),                   // whole tag, above the guard
+				inv("big2", 5),                  // another channel, the same
+				inv("big", 6, "k:1"),            // after it, in the same pipeline
+				inv("other", 1-tc.shift, "o:1"), // another channel, not waiting
+				inv("big", 7, "k:3", "x"),       // and one more
+				inv("big2", 6, "j:1"),           //
+				inv("big", 7, "k:4"),            // a duplicate of the previous
+			})
+			want := []tagstore.Status{tagstore.Success, tagstore.Success, tagstore.Success, tagstore.Success,
+				tagstore.Success, tagstore.Success, tagstore.Duplicate}
+			for i := range want {
+				if errs[i] != nil || res[i].Status != want[i] {
+					t.Errorf("invalidation %d: %+v, %v; want %s", i, res[i], errs[i], want[i])
+				}
+			}
+			if !res[0].Chunked || res[0].Deleted != 40 || !res[1].Chunked || res[1].Deleted != 40 {
+				t.Errorf("the whole tags: %+v, %+v; want each chunked with 40 keys deleted", res[0], res[1])
+			}
+			if n := c.Exists(ctx, "{tenant:acme}:tag:big", "{tenant:acme}:tag:big2", "{tenant:acme}:k:0", "{tenant:acme}:j:39").Val(); n != 0 {
+				t.Errorf("%d of the tags' sets and keys survived", n)
+			}
+			for tag, v := range map[string]int64{"big": 7, "big2": 6} {
+				pos, ok, err := s.ReadPosition(ctx, "acme", "svc", tag)
+				if err != nil || !ok || pos != (tagstore.Position{Epoch: tc.epoch, Version: v + tc.shift}) {
+					t.Errorf("position on %s: %v %v %v; want %s:%d", tag, pos, ok, err, tc.epoch, v+tc.shift)
+				}
+			}
+		})
+	}
+}
+
+// A repair deletes the whole tag and sets the position back, where the
+// same invalidation without Repair is a Duplicate.
+func TestRepairSetsPositionBack(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4})
+	pos := "{tenant:acme}:pos:svc:t"
+	seed := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "t"))
+		}
+	}
+	at := tagstore.Position{Epoch: "e", Version: 5}
+	seed(5)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err()) // ahead of the channel: forged, or the bus went back
+	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at})
+	if err != nil || res.Status != tagstore.Duplicate || exists(t, c, "{tenant:acme}:k:0") != 1 {
+		t.Fatalf("without Repair: %+v %v; want a Duplicate that deletes nothing", res, err)
+	}
+	res, err = s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true})
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 5 || res.Chunked {
+		t.Fatalf("repair: %+v %v", res, err)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:5" {
+		t.Errorf("position after repair %q, want e:5", got)
+	}
+	// Above the guard: the chunked path, then the position.
+	seed(33)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err())
+	res, err = s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true})
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 33 || !res.Chunked {
+		t.Fatalf("chunked repair: %+v %v", res, err)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:5" || exists(t, c, "{tenant:acme}:tag:t") != 0 {
+		t.Errorf("after the chunked repair: position %q, tag set left %d", got, exists(t, c, "{tenant:acme}:tag:t"))
+	}
+	// In a batch: the repair, then the next version after it.
+	seed(3)
+	must(t, c.Set(ctx, pos, "e:10", 0).Err())
+	results, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Keys: []string{"k:1"}, Service: "svc", Position: tagstore.Position{Epoch: "e", Version: 6}, Strict: true},
+	})
+	if errs[0] != nil || errs[1] != nil || results[0].Status != tagstore.Success || results[1].Status != tagstore.Success {
+		t.Errorf("repair in a batch: %+v %v", results, errs)
+	}
+	if got := c.Get(ctx, pos).Val(); got != "e:6" {
+		t.Errorf("position after the batch %q, want e:6", got)
+	}
+	for _, inv := range []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "t", Keys: []string{"k:1"}, Service: "svc", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Position: at, Repair: true},
+		{Tenant: "acme", Tag: "t", Service: "svc", Position: at, Repair: true, Strict: true},
+	} {
+		if _, err := s.Apply(ctx, inv); err == nil || !strings.Contains(err.Error(), "repair") {
+			t.Errorf("Apply(%+v) = %v, want a refused repair", inv, err)
+		}
+	}
+}
+
+func TestReadPositions(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	var chans []tagstore.TenantTag
+	for i := 0; i < 2500; i++ { // more than one pipeline
+		ch := tagstore.TenantTag{Tenant: "acme", Tag: fmt.Sprintf("t%d", i)}
+		chans = append(chans, ch)
+		if i%3 > 0 {
+			must(t, c.Set(ctx, "{tenant:acme}:pos:svc:"+ch.Tag, fmt.Sprintf("e%d:%d", i%2, i), 0).Err())
+		}
+	}
+	pos, found, errs, err := s.ReadPositions(ctx, "svc", chans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range chans {
+		want := tagstore.Position{Epoch: fmt.Sprintf("e%d", i%2), Version: int64(i)}
+		if errs[i] != nil || i%3 == 0 && (found[i] || pos[i] != tagstore.Position{}) || i%3 > 0 && (!found[i] || pos[i] != want) {
+			t.Fatalf("channel %d: %+v %v %v", i, pos[i], found[i], errs[i])
+		}
+	}
+	// A position that does not parse, or is not a string, is an error of its
+	// own channel, not none; the others are still read.
+	must(t, c.Set(ctx, "{tenant:acme}:pos:svc:t3", "garbage", 0).Err())
+	must(t, c.SAdd(ctx, "{tenant:acme}:pos:svc:t6", "x").Err())
+	pos, found, errs, err = s.ReadPositions(ctx, "svc", chans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(errs[3], tagstore.ErrBadPosition) || !strings.Contains(errs[3].Error(), "{tenant:acme}:pos:svc:t3") {
+		t.Errorf("unparsable position: %v", errs[3])
+	}
+	if errs[6] == nil || !strings.Contains(errs[6].Error(), "WRONGTYPE") {
+		t.Errorf("a position of the wrong type: %v", errs[6])
+	}
+	if errs[4] != nil || !found[4] || pos[4].Version != 4 {
+		t.Errorf("a good position beside bad ones: %+v %v %v", pos[4], found[4], errs[4])
+	}
+	if _, _, _, err := s.ReadPositions(ctx, "svc", []tagstore.TenantTag{{Tenant: "ac:me", Tag: "t"}}); err == nil {
+		t.Error("an invalid tenant accepted")
+	}
+	if _, _, _, err := s.ReadPositions(ctx, "s v c", nil); err == nil {
+		t.Error("an invalid service accepted")
+	}
+}
+
+// The observer sees every invalidation with the status its caller gets: a
+// whole tag taken down by the chunked path is a Success.
+func TestObserverCountsChunkedAsSuccess(t *testing.T) {
+	ctx := context.Background()
+	type seen struct {
+		status tagstore.Status
+		keys   int64
+	}
+	var got []seen
+	s, _ := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4, Observe: func(tag string, st tagstore.Status, keys int64, took time.Duration) {
+		if took <= 0 {
+			t.Errorf("took %v", took)
+		}
+		got = append(got, seen{st, keys})
+	}})
+	for i := 0; i < 25; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "a", "b"))
+	}
+	if res, err := s.InvalidateTag(ctx, "acme", "a"); err != nil || !res.Chunked {
+		t.Fatalf("InvalidateTag = %+v, %v", res, err)
+	}
+	for i := 0; i < 25; i++ {
+		must(t, s.Set(ctx, "acme", fmt.Sprintf("k:%d", i), []byte("v"), 0, "a"))
+	}
+	res, errs := s.ApplyMany(ctx, []tagstore.Invalidation{{Tenant: "acme", Tag: "a"}, {Tenant: "acme", Tag: "b", Keys: []string{"k:1"}}})
+	if errs[0] != nil || errs[1] != nil || !res[0].Chunked {
+		t.Fatalf("ApplyMany = %+v, %v", res, errs)
+	}
+	// The key of tag b goes in the pipeline, before the chunked path of a.
+	want := []seen{{tagstore.Success, 25}, {tagstore.Success, 24}, {tagstore.Success, 1}}
+	if !slices.Equal(got, want) {
+		t.Errorf("observed %v, want %v", got, want)
+	}
+}
+
+// A custom key template must not render a key as a tag set or a position.
+func TestCustomTemplateCannotRenderInternalKeys(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{KeyTemplate: "{tenant:${tenant}}:t${key}"})
+	must(t, c.Set(ctx, "{tenant:acme}:pos:svc:x", "e:1", 0).Err())
+	// "t" + "ag:active" spells "tag:active"; "p" + "os:svc:x" a position.
+	if err := s.Set(ctx, "acme", "ag:active", []byte("v"), 0, "other"); err == nil || !strings.Contains(err.Error(), "routerd keeps") {
+		t.Errorf("Set of a key the template renders as a tag set: %v", err)
+	}
+	if _, err := s.InvalidateKeys(ctx, "acme", "other", "ag:active"); err == nil || !strings.Contains(err.Error(), "routerd keeps") {
+		t.Errorf("InvalidateKeys of a key the template renders as a tag set: %v", err)
+	}
+	p, err := tagstore.New(c, tagstore.Options{KeyTemplate: "{tenant:${tenant}}:p${key}"})
+	must(t, err)
+	if _, err := p.InvalidateKeys(ctx, "acme", "other", "os:svc:x"); err == nil {
+		t.Error("InvalidateKeys of a key the template renders as a position accepted")
+	}
+	if c.Get(ctx, "{tenant:acme}:pos:svc:x").Val() != "e:1" {
+		t.Error("the position was touched")
+	}
+	if err := s.Set(ctx, "acme", "user:1", []byte("v"), 0, "other"); err != nil {
+		t.Errorf("an ordinary key: %v", err)
 	}
 }

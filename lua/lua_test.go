@@ -1,0 +1,104 @@
+package lua_test
+
+import (
+	"context"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/lua"
+)
+
+// Every script, as composed, compiles in Redis.
+func TestScriptsLoad(t *testing.T) {
+	c := redistest.Start(t).Client(t)
+	for name, src := range lua.Sources {
+		if err := c.ScriptLoad(context.Background(), src).Err(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// The limits Go and Lua share come from Go (MAX_UNPACK): no script spells
+// MaxUnpack, or a number derived from it, by hand.
+func TestScriptsTakeLimitsFromGo(t *testing.T) {
+	limits := []int{lua.MaxUnpack, lua.MaxUnpack - 1, lua.MaxUnpack / 2, lua.MaxUnpack/2 - 1}
+	var alts []string
+	for _, n := range limits {
+		alts = append(alts, strconv.Itoa(n))
+	}
+	literal := regexp.MustCompile(`\b(` + strings.Join(alts, "|") + `)\b`)
+	comment := regexp.MustCompile(`--.*`)
+	for name, src := range lua.Sources {
+		for i, line := range strings.Split(src, "\n") {
+			if strings.HasPrefix(line, "local MAX_UNPACK = ") {
+				continue // the prelude, written from lua.MaxUnpack
+			}
+			if m := literal.FindString(comment.ReplaceAllString(line, "")); m != "" {
+				t.Errorf("%s:%d: the limit %s is written by hand (use MAX_UNPACK): %s", name, i+1, m, line)
+			}
+		}
+		if !strings.HasPrefix(src, "local MAX_UNPACK = "+strconv.Itoa(lua.MaxUnpack)+"\n") {
+			t.Errorf("%s does not start with the prelude", name)
+		}
+	}
+}
+
+// After the script cache is emptied (a restart, a failover), RunPipeline
+// loads the scripts and runs the pipeline again; a call that had succeeded
+// keeps its first reply.
+func TestRunPipelineReloadsScripts(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	incr := redis.NewScript("return redis.call('INCR', KEYS[1])")
+	other := redis.NewScript("return redis.call('INCRBY', KEYS[1], 10)")
+	if err := lua.Load(ctx, c, incr); err != nil {
+		t.Fatal(err)
+	}
+	var extra *redis.StringCmd
+	cmds, err := lua.RunPipeline(ctx, c, []*redis.Script{incr, other}, func(pipe redis.Pipeliner) []*redis.Cmd {
+		extra = pipe.Get(ctx, "a")
+		return []*redis.Cmd{incr.EvalSha(ctx, pipe, []string{"a"}), other.EvalSha(ctx, pipe, []string{"b"})}
+	})
+	if err != nil {
+		t.Fatalf("RunPipeline: %v", err)
+	}
+	if got, err := cmds[0].Int64(); err != nil || got != 1 {
+		t.Errorf("the call that ran first: %d, %v; want its first reply 1", got, err)
+	}
+	if got, err := cmds[1].Int64(); err != nil || got != 10 {
+		t.Errorf("the call that found no script: %d, %v; want 10", got, err)
+	}
+	if got := c.Get(ctx, "a").Val(); got != "2" {
+		t.Errorf("a = %s: the pipeline was not run again", got)
+	}
+	if extra.Val() != "1" {
+		t.Errorf("another call of the pipeline: %q, want the second run's", extra.Val())
+	}
+	// Nothing missing: one run.
+	cmds, err = lua.RunPipeline(ctx, c, nil, func(pipe redis.Pipeliner) []*redis.Cmd {
+		return []*redis.Cmd{incr.EvalSha(ctx, pipe, []string{"a"})}
+	})
+	if err != nil || cmds[0].Val() != int64(3) {
+		t.Errorf("second pipeline: %v %v", cmds[0].Val(), err)
+	}
+	// A failure of another kind is returned as it is.
+	must(t, c.Set(ctx, "s", "x", 0).Err())
+	cmds, err = lua.RunPipeline(ctx, c, nil, func(pipe redis.Pipeliner) []*redis.Cmd {
+		return []*redis.Cmd{incr.EvalSha(ctx, pipe, []string{"a"}), incr.EvalSha(ctx, pipe, []string{"s"})}
+	})
+	if err == nil || cmds[1].Err() == nil || cmds[0].Val() != int64(4) {
+		t.Errorf("a failing call: %v, %v, %v", cmds[0].Val(), cmds[1].Err(), err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,64 @@
+-- The position rule shared by invalidate.lua and invalidate_keys.lua; lua.go
+-- prepends this file to both (with MAX_UNPACK before it), so the rule lives
+-- in one place. It defines functions only and reads no KEYS or ARGV.
+--
+-- A position is stored as "epoch:version". An invalidation carries its
+-- channel's epoch, its version and a mode: '0' may jump ahead of the
+-- position (recovery), '1' is strict (the caller pipelines consecutive
+-- versions and must not skip one whose call failed, and the version must
+-- follow the stored position exactly), 'R' is a repair (set
+-- the position whatever it is, even ahead in the same epoch).
+
+-- read_position returns the stored epoch and version, or nil.
+local function read_position(key)
+  local pos = redis.call('GET', key)
+  if not pos then
+    return nil, nil
+  end
+  local e, v = string.match(pos, '^(.*):(%d+)$')
+  return e, tonumber(v)
+end
+
+-- position_rule says what the position (e, v) makes of an invalidation:
+-- 'D' (DUPLICATE: the position is at or past its version in the same epoch),
+-- 'G' (GAP: strict, and the position is not its previous version — behind,
+-- in another epoch, or absent for a version other than 1: a cache that went
+-- back is never moved past what it lost), or nil (apply). The same rule as
+-- recovery.Follows in Go.
+local function position_rule(e, v, epoch, version, mode)
+  if mode == 'R' then
+    return nil
+  end
+  if e == epoch and v >= version then
+    return 'D'
+  end
+  if mode == '1' and not ((e == epoch and v == version - 1) or (e == nil and version == 1)) then
+    return 'G'
+  end
+  return nil
+end
+
+-- The order of a batch. A caller that pipelines a channel's invalidations
+-- passes a token (unique to that pipeline) with each one that a whole tag
+-- of the channel comes before. A whole tag above the cardinality guard is
+-- deferred (the caller takes it down in chunks after the pipeline): it marks
+-- the channel with the token, and every later call of the channel in the
+-- same pipeline finds the mark and waits ('W', nothing done) instead of
+-- overtaking it. The caller runs them again, with another token, once the
+-- deferred one is done.
+
+-- batch_waits says whether this pipeline's token marks the channel.
+local function batch_waits(mark, token)
+  return token ~= '' and redis.call('SISMEMBER', mark, token) == 1
+end
+
+-- batch_defer marks the channel for the rest of this pipeline. The mark is
+-- a set of tokens, so concurrent pipelines do not clear each other's; the
+-- caller removes its token when the deferred tag is done, and the set
+-- expires a minute after its last mark in any case.
+local function batch_defer(mark, token)
+  if token ~= '' then
+    redis.call('SADD', mark, token)
+    redis.call('PEXPIRE', mark, 60000)
+  end
+end

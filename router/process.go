@@ -272,7 +272,7 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
-	if r.opt.Sharded {
+	if r.cluster {
 		// Sharded pub/sub has no patterns: subscribers of every tenant learn
 		// of a new one from this announcement (and from the registry at
 		// every position check), before its first message is published.
@@ -300,7 +300,7 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 		return nil
 	}
 	cmd := "PUBLISH"
-	if r.opt.Sharded {
+	if r.cluster {
 		cmd = "SPUBLISH"
 	}
 	epoch := newEpoch()
@@ -443,10 +443,9 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 		}
 		groups[sh] = append(groups[sh], i)
 	}
-	_, cluster := r.c.(*redis.ClusterClient)
 	if len(groups) == 1 { // one server, or one master: no goroutine needed
 		for sh, idx := range groups {
-			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd)
 		}
 		return results
 	}
@@ -455,7 +454,7 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd)
 		}()
 	}
 	wg.Wait()
@@ -464,7 +463,7 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 
 // publishShard publishes the messages out[idx] on one master and records
 // their results.
-func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgoing, idx []int, results []published, epoch, cmd string, cluster bool) {
+func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgoing, idx []int, results []published, epoch, cmd string) {
 	fail := func(err error) {
 		for _, i := range idx {
 			results[i].err = err
@@ -475,7 +474,7 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 		fail(err)
 		return
 	}
-	calls := publishCalls(out, idx, cluster)
+	calls := publishCalls(out, idx, r.cluster)
 	var wait *redis.IntCmd
 	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(calls))

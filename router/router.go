@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -48,8 +49,6 @@ type Options struct {
 	// SourceVersionTTL is how long the newest source_version of an entity is
 	// remembered for suppressing older events (24h).
 	SourceVersionTTL time.Duration
-	// Sharded publishes with SPUBLISH (Redis Cluster) instead of PUBLISH.
-	Sharded bool
 	// ForgetConsumers removes from the consumer group the consumers (other
 	// than this one) that have nothing pending and have been idle this long
 	// (1h), so instances that came and went do not pile up.
@@ -117,6 +116,10 @@ type Router struct {
 	co      *coalescer
 	tracer  trace.Tracer
 	tracing bool // spans are recorded; when off, events' traceparents pass through as they are
+	// cluster is set for a Redis Cluster bus: messages go out with SPUBLISH
+	// (sharded pub/sub, where the subscribers listen), one channel per
+	// script call, and new tenants are announced.
+	cluster bool
 	// Before an ingress entry is acknowledged its messages are made durable
 	// on their master (WAIT 1 where it has a replica), and every publish
 	// carries the master's replication id, so a promoted replica (which may
@@ -144,6 +147,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r.matrix.Store(m)
 	r.co = newCoalescer(r)
 	r.shards.C = c
+	r.cluster = redisconn.IsCluster(c)
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	r.tracing = telemetry.Enabled(opt.TracerProvider)
 	return r, nil

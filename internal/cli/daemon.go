@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
@@ -98,7 +97,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	}
 	defer flushTraces(log, stopTracing)
 	r, err := router.New(c, m, router.Options{
-		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c),
+		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle,
 		Logger: log, Registerer: reg, TracerProvider: tp,
 	})
 	if err != nil {

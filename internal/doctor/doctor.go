@@ -11,10 +11,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -66,29 +66,14 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 		out = append(out, fs...)
 		return err
 	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		var mu sync.Mutex // ForEachMaster calls back concurrently
-		var nodes []*redis.Client
-		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-			mu.Lock()
-			nodes = append(nodes, n)
-			mu.Unlock()
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range nodes {
-			if err := check(ctx, n); err != nil {
-				return out, err
-			}
-		}
-	} else if cl, ok := c.(*redis.Client); ok {
-		if err := check(ctx, cl); err != nil {
+	nodes, err := redisconn.Masters(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("doctor: %w", err)
+	}
+	for _, n := range nodes {
+		if err := check(ctx, n); err != nil {
 			return out, err
 		}
-	} else {
-		return nil, fmt.Errorf("doctor: unsupported client %T", c)
 	}
 	return append(out, checkIngress(ctx, c, opt)...), nil
 }

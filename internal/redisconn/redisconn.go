@@ -5,9 +5,12 @@
 package redisconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,10 +53,41 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 	}), nil
 }
 
-// IsCluster reports whether the client is a Redis Cluster client.
-func IsCluster(c redis.UniversalClient) bool {
-	_, ok := c.(*redis.ClusterClient)
-	return ok
+// IsCluster reports whether the client is a Redis Cluster client. It is the
+// one place that tells a cluster from one server: sharded pub/sub, calls
+// grouped by slot and per-master work all follow from it.
+func IsCluster(c redis.UniversalClient) bool { return Cluster(c) != nil }
+
+// Cluster returns the Redis Cluster client behind c, or nil when c talks to
+// one server.
+func Cluster(c redis.UniversalClient) *redis.ClusterClient {
+	cc, _ := c.(*redis.ClusterClient)
+	return cc
+}
+
+// Masters returns the servers that hold the data behind c: every master of a
+// cluster (as the client knows them now), or the one server.
+func Masters(ctx context.Context, c redis.UniversalClient) ([]*redis.Client, error) {
+	switch c := c.(type) {
+	case *redis.Client:
+		return []*redis.Client{c}, nil
+	case *redis.ClusterClient:
+		var mu sync.Mutex // ForEachMaster calls back concurrently
+		var nodes []*redis.Client
+		err := c.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+			mu.Lock()
+			nodes = append(nodes, n)
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(nodes, func(i, j int) bool { return nodes[i].Options().Addr < nodes[j].Options().Addr })
+		return nodes, nil
+	default:
+		return nil, fmt.Errorf("redisconn: unsupported Redis client %T", c)
+	}
 }
 
 // redact hides the password of a URL for error messages.

@@ -55,7 +55,7 @@ func (e *clusterEnv) start(yaml, service string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	r, err := router.New(e.busC, mtx, router.Options{Sharded: true, Block: 100 * time.Millisecond,
+	r, err := router.New(e.busC, mtx, router.Options{Block: 100 * time.Millisecond,
 		ClaimInterval: 100 * time.Millisecond, ClaimIdle: 500 * time.Millisecond, Logger: testLogger(e.t, "router")})
 	if err != nil {
 		e.t.Fatal(err)

@@ -178,9 +178,8 @@ func (c *coalescer) flush(all bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.r.opt.ShutdownTimeout)
 	defer cancel()
-	done := c.r.send(ctx, out)
-	if err := c.r.ack(ctx, done); err != nil {
-		c.r.log.Error("acknowledging coalesced entries; they will be claimed again", "err", err)
+	if err := c.r.settle(ctx, c.r.send(ctx, out)); err != nil {
+		c.r.log.Warn("publishing coalesced messages", "err", err)
 	}
 }
 

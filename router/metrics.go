@@ -14,6 +14,7 @@ type metrics struct {
 	published     *prometheus.CounterVec // tag
 	duplicates    prometheus.Counter
 	claimed       prometheus.Counter
+	retried       prometheus.Counter
 	publishErrors prometheus.Counter
 	batchSeconds  prometheus.Histogram
 	pending       prometheus.Gauge
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_publish_duplicates_total", Help: "Channel publishes skipped because the event id was already published there."}),
 		claimed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_entries_claimed_total", Help: "Pending ingress entries claimed from idle consumers."}),
+		retried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_entries_retried_total", Help: "Failed tries of ingress entries, each followed by another try by the same router (or by the dead letters)."}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_publish_errors_total", Help: "Batches whose publishing failed; their entries stay pending and are retried."}),
 		batchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -68,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.read, m.routed, m.deadLettered, m.suppressed, m.published, m.duplicates,
-			m.claimed, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated,
+			m.claimed, m.retried, m.publishErrors, m.batchSeconds, m.pending, m.lag, m.groupsCreated,
 			m.coalesced, m.delayed, m.coalescedWhole, m.pendingChannels, m.publishLag)
 	}
 	return m

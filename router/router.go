@@ -39,8 +39,19 @@ type Options struct {
 	// long shutdown waits for an idle read.
 	Block time.Duration
 	// ClaimIdle is how long an entry stays pending before another instance
-	// claims it (30s). Keep it well above the time to route one batch.
+	// claims it (30s). Keep it well above the time to route one batch. A
+	// live router retries its own failed entries at once, with backoff
+	// (100ms doubling to 2s), and keeps them from being claimed: the claim
+	// is for the entries of routers that died.
 	ClaimIdle time.Duration
+	// DeadLetterAfter is how many tries of an entry may fail with an error
+	// that will not pass (WRONGTYPE on a key of one of its channels, a
+	// script error: Redis refused the entry's own commands) before it goes
+	// to the dead letters with reason "poison" and is acknowledged (20).
+	// Errors that pass — connections, timeouts, CLUSTERDOWN, MOVED, ASK,
+	// TRYAGAIN, LOADING, READONLY, OOM and the like — are retried for as
+	// long as they last.
+	DeadLetterAfter int
 	// ClaimInterval is how often pending entries are claimed and the
 	// housekeeping runs (5s).
 	ClaimInterval time.Duration
@@ -95,6 +106,12 @@ func (o *Options) setDefaults() error {
 	if o.BatchSize < 1 {
 		return fmt.Errorf("router: batch size must be positive, not %d", o.BatchSize)
 	}
+	if o.DeadLetterAfter == 0 {
+		o.DeadLetterAfter = 20
+	}
+	if o.DeadLetterAfter < 1 {
+		return fmt.Errorf("router: DeadLetterAfter must be positive, not %d", o.DeadLetterAfter)
+	}
 	if o.DeadLetterMaxLen == 0 {
 		o.DeadLetterMaxLen = 100_000
 	}
@@ -129,6 +146,9 @@ type Router struct {
 	streamsMu sync.Mutex
 	streams   []string // ingress partitions read, set up by Run
 
+	retryMu sync.Mutex
+	retries map[string]*retryQueue // failed entries by stream
+
 	tenantsMu    sync.Mutex
 	tenants      map[string]bool // tenants known to be in the registry set
 	tenantsSince time.Time
@@ -143,7 +163,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	if err := opt.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
+	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{}}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r)
 	r.shards.C = c
@@ -268,12 +288,25 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 }
 
 func (r *Router) readLoop(ctx context.Context, stream string) {
+	q := r.retryQueue(stream)
 	// First the entries this consumer name left pending (a restart), then new ones.
 	id := "0"
 	for ctx.Err() == nil {
+		// Failed entries are tried again when due, between reads, so new
+		// entries keep flowing past one that fails.
+		r.retryDue(ctx, stream, q)
+		block := r.opt.Block
+		if at, ok := q.next(); ok {
+			block = min(block, max(time.Until(at), time.Millisecond))
+			if q.size() >= 4*r.opt.BatchSize {
+				// Enough in hand that fails: take no more until they pass.
+				sleep(ctx, block)
+				continue
+			}
+		}
 		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
-			Count: int64(r.opt.BatchSize), Block: r.opt.Block,
+			Count: int64(r.opt.BatchSize), Block: block,
 		}).Result()
 		switch {
 		case err == nil:
@@ -300,14 +333,17 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		if len(res) > 0 {
 			msgs = res[0].Messages
 		}
-		if id == "0" && len(msgs) == 0 {
-			id = ">"
-			continue
+		if id != ">" {
+			if len(msgs) == 0 {
+				id = ">"
+				continue
+			}
+			// Our own pending entries (a restart): the next read goes on
+			// after the last one, whether or not they succeed.
+			id = msgs[len(msgs)-1].ID
 		}
 		if err := r.process(ctx, stream, msgs); err != nil {
-			r.log.Error("routing batch; its entries stay pending and will be claimed again", "stream", stream, "entries", len(msgs), "err", err)
-			id = ">"
-			sleep(ctx, 200*time.Millisecond)
+			r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
 		}
 	}
 }
@@ -323,7 +359,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r.holdCoalesced(ctx)
+		r.hold(ctx)
 		for _, stream := range r.streamList() {
 			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
@@ -353,7 +389,7 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 			r.m.claimed.Add(float64(len(msgs)))
 			r.log.Info("claimed pending entries", "stream", stream, "entries", len(msgs))
 			if err := r.process(ctx, stream, msgs); err != nil {
-				return err
+				r.log.Warn("routing claimed entries; the failed ones are retried", "stream", stream, "err", err)
 			}
 		}
 		if next == "0-0" || next == "" {
@@ -364,11 +400,17 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	return nil
 }
 
-// holdCoalesced resets the idle time of the entries waiting in coalesced
-// messages (XCLAIM to this consumer with JUSTID), so that no other instance
-// claims them while this one is alive and holding them.
-func (r *Router) holdCoalesced(ctx context.Context) {
-	for stream, ids := range r.co.held() {
+// hold resets the idle time of the entries waiting in coalesced messages or
+// for another try (XCLAIM to this consumer with JUSTID), so that no other
+// instance claims them while this one is alive and holding them.
+func (r *Router) hold(ctx context.Context) {
+	held := r.co.held()
+	r.retryMu.Lock()
+	for stream, q := range r.retries {
+		held[stream] = append(held[stream], q.held()...)
+	}
+	r.retryMu.Unlock()
+	for stream, ids := range held {
 		for len(ids) > 0 {
 			batch := ids[:min(len(ids), 1000)]
 			ids = ids[len(batch):]

@@ -73,6 +73,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	group := f.String("group", "routerd", "consumer group on the ingress streams")
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
+	deadLetterAfter := f.Int("dead-letter-after", 20, "dead-letter an entry (reason poison) after this many tries that failed with an error that will not pass")
 	poll := f.Duration("matrix-poll", 5*time.Second, "reload the matrix when its file changes, checked this often; 0 turns it off")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
@@ -97,7 +98,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	}
 	defer flushTraces(log, stopTracing)
 	r, err := router.New(c, m, router.Options{
-		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle,
+		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, DeadLetterAfter: *deadLetterAfter,
 		Logger: log, Registerer: reg, TracerProvider: tp,
 	})
 	if err != nil {

@@ -42,7 +42,7 @@ const (
 	// time after which another router claims the entries it holds.
 	minRate       = 0.1
 	maxRate       = 1_000_000
-	maxPartitions = 1024
+	maxPartitions = names.MaxPartitions
 	maxHistory    = 1_000_000
 )
 

@@ -23,6 +23,7 @@ import (
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -55,6 +56,11 @@ type Options struct {
 	// ClaimInterval is how often pending entries are claimed and the
 	// housekeeping runs (5s).
 	ClaimInterval time.Duration
+	// DiscoverInterval is how often the router looks for ingress partition
+	// streams it does not read yet (1m): those left from a larger partition
+	// count, or written by a publisher that uses another count. It SCANs
+	// the keyspace (every master of a cluster) for them.
+	DiscoverInterval time.Duration
 	// DeadLetterMaxLen caps the dead-letter stream, approximately (100000).
 	DeadLetterMaxLen int64
 	// SourceVersionTTL is how long the newest source_version of an entity is
@@ -91,7 +97,7 @@ func (o *Options) setDefaults() error {
 	for _, d := range []struct {
 		v   *time.Duration
 		def time.Duration
-	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second},
+	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second}, {&o.DiscoverInterval, time.Minute},
 		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour}} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -144,7 +150,12 @@ type Router struct {
 	shards shard.Set
 
 	streamsMu sync.Mutex
-	streams   []string // ingress partitions read, set up by Run
+	streams   []string            // ingress partitions read, set up by Run
+	spawn     func(stream string) // starts reading a stream, set by Run
+	unread    map[string]bool     // streams under the ingress prefix that are no partition, logged once
+	// rediscover asks the claim loop to look for partitions at once (the
+	// partition count changed).
+	rediscover chan struct{}
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
@@ -163,7 +174,8 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	if err := opt.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{}}
+	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r)
 	r.shards.C = c
@@ -177,16 +189,21 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 func (r *Router) Matrix() *matrix.Matrix { return r.matrix.Load() }
 
 // SetMatrix puts a new matrix in force for the next batch. A matrix with
-// another prefix or partition count is refused: those need a restart.
+// another prefix is refused: that needs a restart. Another partition count
+// is taken up at once: the router reads the new partitions, records the
+// count for publishers, and keeps reading the old ones that exist.
 func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	old := r.matrix.Load()
 	if m.Prefix != old.Prefix {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
-	if m.Partitions != old.Partitions {
-		return fmt.Errorf("router: ingress.partitions cannot change while running (%d to %d); restart routerd", old.Partitions, m.Partitions)
-	}
 	r.matrix.Store(m)
+	if m.Partitions != old.Partitions {
+		select {
+		case r.rediscover <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
@@ -219,8 +236,11 @@ func (r *Router) Run(ctx context.Context) error {
 	defer func() { stopFlush(); <-flushed }()
 
 	g, gctx := errgroup.WithContext(ctx)
+	r.streamsMu.Lock()
+	r.spawn = func(stream string) { g.Go(func() error { r.readLoop(gctx, stream); return nil }) }
+	r.streamsMu.Unlock()
 	for _, stream := range r.streamList() {
-		g.Go(func() error { r.readLoop(gctx, stream); return nil })
+		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
 	return g.Wait()
@@ -233,31 +253,15 @@ func (r *Router) streamList() []string {
 }
 
 // setup records the partition count for publishers, finds the partitions to
-// read (the configured ones and any left over from a larger count, until they
-// are drained), creates the consumer groups and loads the scripts.
+// read (the configured ones and any other partition stream that exists),
+// creates the consumer groups and loads the scripts.
 func (r *Router) setup(ctx context.Context) error {
-	n := r.matrix.Load().Partitions
-	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), n, 0).Err(); err != nil {
+	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
 		return err
 	}
-	streams := make([]string, 0, n)
-	for p := 0; p < n; p++ {
-		streams = append(streams, wire.IngressStream(r.prefix, p))
-	}
-	// Partitions beyond n exist when the count was lowered: keep reading them.
-	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for p := n; p < 1024; p++ {
-			pipe.Exists(ctx, wire.IngressStream(r.prefix, p))
-		}
-		return nil
-	})
+	streams, err := r.partitionStreams(ctx)
 	if err != nil {
 		return err
-	}
-	for i, c := range cmds {
-		if c.(*redis.IntCmd).Val() == 1 {
-			streams = append(streams, wire.IngressStream(r.prefix, n+i))
-		}
 	}
 	for _, s := range streams {
 		if err := r.ensureGroup(ctx, s); err != nil {
@@ -270,6 +274,71 @@ func (r *Router) setup(ctx context.Context) error {
 	r.streamsMu.Lock()
 	r.streams = streams
 	r.streamsMu.Unlock()
+	return nil
+}
+
+// partitionStreams returns the ingress streams to read: the matrix's
+// partitions, and every other partition stream under the prefix — left from
+// a larger partition count, or written by a publisher that uses another
+// count — so that no event in one is left unread. A stream under the
+// ingress prefix that is not named as a partition is no router's: it is
+// logged (once) and reported by routerd doctor.
+func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
+	n := r.matrix.Load().Partitions
+	streams := make([]string, 0, n)
+	listed := map[string]bool{}
+	for p := 0; p < n; p++ {
+		s := wire.IngressStream(r.prefix, p)
+		streams = append(streams, s)
+		listed[s] = true
+	}
+	found, err := redisconn.ScanStreams(ctx, r.c, names.IngressPattern(r.prefix))
+	if err != nil {
+		return nil, fmt.Errorf("looking for ingress partitions: %w", err)
+	}
+	for _, s := range found {
+		if listed[s] {
+			continue
+		}
+		if _, err := names.ParseIngressStream(r.prefix, s); err != nil {
+			r.streamsMu.Lock()
+			if !r.unread[s] {
+				r.unread[s] = true
+				r.log.Warn("a stream under the ingress prefix is not a partition: no router reads it (routerd doctor says how to fix it)", "stream", s, "err", err)
+			}
+			r.streamsMu.Unlock()
+			continue
+		}
+		streams = append(streams, s)
+		listed[s] = true
+	}
+	return streams, nil
+}
+
+// discover starts reading the partition streams that appeared since setup.
+func (r *Router) discover(ctx context.Context) error {
+	streams, err := r.partitionStreams(ctx)
+	if err != nil {
+		return err
+	}
+	reading := map[string]bool{}
+	for _, s := range r.streamList() {
+		reading[s] = true
+	}
+	for _, s := range streams {
+		if reading[s] {
+			continue
+		}
+		if err := r.ensureGroup(ctx, s); err != nil {
+			return err
+		}
+		r.streamsMu.Lock()
+		r.streams = append(r.streams[:len(r.streams):len(r.streams)], s)
+		spawn := r.spawn
+		r.streamsMu.Unlock()
+		r.log.Info("reading another ingress partition", "stream", s)
+		spawn(s)
+	}
 	return nil
 }
 
@@ -353,11 +422,23 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 func (r *Router) claimLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.ClaimInterval)
 	defer t.Stop()
+	discovered := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.rediscover:
+			discovered = time.Time{}
+		}
+		if time.Since(discovered) >= r.opt.DiscoverInterval {
+			// Before housekeeping records a new partition count, so the
+			// new partitions are read when publishers learn of them.
+			if err := r.discover(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("looking for ingress partitions", "err", err)
+			} else {
+				discovered = time.Now()
+			}
 		}
 		r.hold(ctx)
 		for _, stream := range r.streamList() {

@@ -90,6 +90,32 @@ func Masters(ctx context.Context, c redis.UniversalClient) ([]*redis.Client, err
 	}
 }
 
+// ScanStreams returns the names of the streams matching pattern (a SCAN
+// MATCH pattern) on every master behind c, sorted and each once. It walks
+// the whole keyspace with SCAN: for discovery now and then, not per event.
+func ScanStreams(ctx context.Context, c redis.UniversalClient, pattern string) ([]string, error) {
+	masters, err := Masters(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, m := range masters {
+		iter := m.ScanType(ctx, 0, pattern, 1000, "stream").Iterator()
+		for iter.Next(ctx) {
+			seen[iter.Val()] = true
+		}
+		if err := iter.Err(); err != nil {
+			return nil, fmt.Errorf("%s: SCAN: %w", m.Options().Addr, err)
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // redact hides the password of a URL for error messages.
 func redact(u string) string {
 	at := strings.LastIndex(u, "@")

@@ -2,10 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
@@ -44,4 +46,37 @@ func TestClusterRouterDefaultsReachSubscribers(t *testing.T) {
 	}
 	// CheckInterval is an hour: only a delivered message can invalidate.
 	e.waitGone(tenant, "user:1")
+}
+
+// On a cluster the router finds partition streams beyond the matrix's count
+// on every master, not only on the one it asks first.
+func TestClusterPartitionsBeyondTheCountRouted(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	tenant := e.tenantsOnMasters("far", 1, "active")[0]
+	byMaster := map[string]string{}
+	for p := 8; len(byMaster) < 3 && p < 200; p++ {
+		s := wire.IngressStream("invalidate", p)
+		m, err := e.busC.MasterForKey(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := byMaster[m.Options().Addr]; !ok {
+			byMaster[m.Options().Addr] = s
+		}
+	}
+	var keys []string
+	for _, s := range byMaster {
+		key := "user:" + s
+		keys = append(keys, key)
+		e.seed(tenant, key, "active")
+		ev := fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":[%q]}`, tenant, key)
+		if err := e.busC.XAdd(ctx, &redis.XAddArgs{Stream: s, Values: []any{wire.EventField, ev}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.start(oneTenantMatrix(tenant), "search-svc") // 8 partitions
+	for _, key := range keys {
+		e.waitGone(tenant, key)
+	}
 }

@@ -164,7 +164,8 @@ func (q *retryQueue) next() (time.Time, bool) {
 
 // take returns the items due now, marked running: those to dead-letter,
 // those whose last failure will not pass (each to be tried alone, so the
-// failure shows whose it is), and the others (tried together, up to limit).
+// failure shows whose it is), and the others (tried together); up to limit
+// of each of the last two.
 func (q *retryQueue) take(now time.Time, deadAfter, limit int) (poison, alone, together []*retryItem) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -172,16 +173,17 @@ func (q *retryQueue) take(now time.Time, deadAfter, limit int) (poison, alone, t
 		if it.running || it.due.After(now) {
 			continue
 		}
+		to := &together
 		switch {
 		case it.alone >= deadAfter:
-			poison = append(poison, it)
+			to = &poison
 		case permanent(it.err):
-			alone = append(alone, it)
-		case len(together) < limit:
-			together = append(together, it)
-		default:
-			continue
+			to = &alone
 		}
+		if to != &poison && len(*to) >= limit {
+			continue // the rest next time round
+		}
+		*to = append(*to, it)
 		it.running = true
 	}
 	// In stream order, so a tenant's events are retried in order.

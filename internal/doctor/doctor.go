@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -247,7 +248,7 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		partitions[wire.IngressStream(opt.Prefix, p)] = true
 	}
 	var lag, pending int64
-	for s := range partitions {
+	for _, s := range slices.Sorted(maps.Keys(partitions)) {
 		groups, err := c.XInfoGroups(ctx, s).Result()
 		if err != nil {
 			out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%s has no consumer group: %v (is routerd serve running? it takes up new partitions within a minute)", s, err)})

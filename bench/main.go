@@ -28,6 +28,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/publisher"
@@ -194,7 +195,7 @@ func startSystemOn(dir, yaml string, masters, replicas int, handler subscriber.H
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.routerReg = prometheus.NewRegistry()
-	r, err := router.New(s.busC, mtx, router.Options{Registerer: s.routerReg, Logger: slog.New(slog.DiscardHandler), Sharded: s.cluster != nil})
+	r, err := router.New(s.busC, mtx, router.Options{Registerer: s.routerReg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}
@@ -854,12 +855,7 @@ func scaleOn(dir, name string, masters int) ([]Row, error) {
 	kill := func(ctx context.Context, c *redis.Client) error {
 		return c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
 	}
-	if cc, ok := busC.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(context.Background(), kill)
-	} else {
-		err = kill(context.Background(), busC.(*redis.Client))
-	}
-	if err != nil {
+	if err := forEachMaster(busC, kill); err != nil {
 		return nil, err
 	}
 	// Recovered: every channel subscribed again, as the servers count them,
@@ -891,12 +887,24 @@ func subscribedChannels(c redis.UniversalClient) int64 {
 		}
 		return err
 	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		_ = cc.ForEachMaster(context.Background(), count)
-	} else {
-		_ = count(context.Background(), c.(*redis.Client))
-	}
+	_ = forEachMaster(c, count)
 	return n.Load()
+}
+
+// forEachMaster runs fn on every master of the bus (the one server when it
+// is not a cluster), one after the other.
+func forEachMaster(c redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
+	ctx := context.Background()
+	masters, err := redisconn.Masters(ctx, c)
+	if err != nil {
+		return err
+	}
+	for _, m := range masters {
+		if err := fn(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // liveHeap is the Go heap in use after a collection.

@@ -22,7 +22,7 @@ func Diff(old, new *Matrix) []Change {
 		out = append(out, Change(fmt.Sprintf("~ prefix %q → %q: every channel changes (restart routerd and every subscriber)", old.Prefix, new.Prefix)))
 	}
 	if old.Partitions != new.Partitions {
-		out = append(out, Change(fmt.Sprintf("~ ingress.partitions %d → %d (restart routerd)", old.Partitions, new.Partitions)))
+		out = append(out, Change(fmt.Sprintf("~ ingress.partitions %d → %d: routers read the new partitions at once and keep draining the old ones", old.Partitions, new.Partitions)))
 	}
 
 	oc, nc := old.channelServices(), new.channelServices()

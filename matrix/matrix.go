@@ -33,7 +33,7 @@ type Budget struct {
 // DefaultLimits apply where the matrix sets none.
 // MaxPartitions bounds the ingress partition count (publishers and routers
 // refuse a recorded count above it).
-const MaxPartitions = 1024
+const MaxPartitions = names.MaxPartitions
 
 var DefaultLimits = Limits{Rate: 100, Burst: 200, Coalesce: 20 * time.Millisecond, MaxKeys: 500, History: 1000}
 

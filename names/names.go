@@ -8,6 +8,7 @@ package names
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -251,4 +252,41 @@ const HistoryField = "m"
 // entity holds; {<tenant>} puts it in the tenant's slot.
 func SourceVersionKey(prefix, tenant, domain, entity string) string {
 	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + entity
+}
+
+// MaxPartitions bounds the number of ingress partitions: partition numbers
+// are 0 to MaxPartitions-1.
+const MaxPartitions = 1024
+
+// IngressStream is the ingress stream of partition p:
+// "<prefix>:ingress:{<p>}". The braces are the cluster hash tag, which
+// spreads the partitions over the slots.
+func IngressStream(prefix string, p int) string {
+	return prefix + ":ingress:{" + strconv.Itoa(p) + "}"
+}
+
+// IngressPattern is the SCAN pattern of every key under the prefix's
+// ingress: the partition streams, and whatever else a publisher wrote there.
+func IngressPattern(prefix string) string { return prefix + ":ingress:*" }
+
+// ParseIngressStream returns the partition of a stream named by
+// IngressStream with the given prefix. Any other name — no braces
+// ("invalidate:ingress:7"), a partition with leading zeros or out of range,
+// anything else after the prefix — is an error naming the rule: routers read
+// no such stream.
+func ParseIngressStream(prefix, stream string) (int, error) {
+	rest, ok := strings.CutPrefix(stream, prefix+":ingress:")
+	if !ok {
+		return 0, &Error{Field: "stream", Value: stream, Rule: "must start with " + prefix + ":ingress:"}
+	}
+	rule := fmt.Sprintf("must be %s:ingress:{<p>}, p a partition number from 0 to %d in braces, without leading zeros", prefix, MaxPartitions-1)
+	digits, ok := strings.CutPrefix(rest, "{")
+	if ok {
+		digits, ok = strings.CutSuffix(digits, "}")
+	}
+	p, err := strconv.Atoi(digits)
+	if !ok || err != nil || p < 0 || p >= MaxPartitions || strconv.Itoa(p) != digits {
+		return 0, &Error{Field: "stream", Value: stream, Rule: rule}
+	}
+	return p, nil
 }

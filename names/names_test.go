@@ -197,3 +197,38 @@ func TestSourceVersionKeyIsUnambiguous(t *testing.T) {
 		t.Errorf("SourceVersionKey = %q", got)
 	}
 }
+
+func TestIngressStreamRoundTrip(t *testing.T) {
+	for _, p := range []int{0, 7, 12, MaxPartitions - 1} {
+		got, err := ParseIngressStream("invalidate", IngressStream("invalidate", p))
+		if err != nil || got != p {
+			t.Errorf("partition %d: parsed %d, %v", p, got, err)
+		}
+	}
+	for _, bad := range []string{
+		"invalidate:ingress:7", "invalidate:ingress:{07}", "invalidate:ingress:{x}", "invalidate:ingress:{}",
+		"invalidate:ingress:{-1}", "invalidate:ingress:{1024}", "invalidate:ingress:{7", "invalidate:ingress:{7}x",
+		"invalidate:ingress:pub:{7}", "other:ingress:{7}", "invalidate:ingress:{+7}",
+	} {
+		if p, err := ParseIngressStream("invalidate", bad); err == nil {
+			t.Errorf("%q parsed as partition %d", bad, p)
+		} else if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "stream") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
+func FuzzParseIngressStream(f *testing.F) {
+	f.Add("invalidate:ingress:{7}")
+	f.Add("invalidate:ingress:7")
+	f.Add("invalidate:ingress:{0012}")
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParseIngressStream("invalidate", s)
+		if err != nil {
+			return
+		}
+		if p < 0 || p >= MaxPartitions || IngressStream("invalidate", p) != s {
+			t.Errorf("%q parsed as %d, which names %q", s, p, IngressStream("invalidate", p))
+		}
+	})
+}

@@ -193,9 +193,8 @@ func (c *coalescer) flush(all bool) {
 func (r *Router) publishMerged(out []*outgoing) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.opt.ShutdownTimeout)
 	defer cancel()
-	done := r.send(ctx, out)
-	if err := r.ack(ctx, done); err != nil {
-		r.log.Error("acknowledging coalesced entries; they will be claimed again", "err", err)
+	if err := r.settle(ctx, r.send(ctx, out)); err != nil {
+		r.log.Warn("publishing coalesced messages", "err", err)
 	}
 }
 

@@ -15,6 +15,7 @@ type metrics struct {
 	published     *prometheus.CounterVec // tag
 	duplicates    prometheus.Counter
 	claimed       prometheus.Counter
+	retried       prometheus.Counter
 	publishErrors prometheus.Counter
 	batchSeconds  prometheus.Histogram
 	pending       prometheus.Gauge
@@ -48,6 +49,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_publish_duplicates_total", Help: "Channel publishes skipped because the event id was already published there."}),
 		claimed: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_entries_claimed_total", Help: "Pending ingress entries claimed from idle consumers."}),
+		retried: f.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_entries_retried_total", Help: "Failed tries of ingress entries, each followed by another try by the same router (or by the dead letters)."}),
 		publishErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_publish_errors_total", Help: "Batches whose publishing failed; their entries stay pending and are retried."}),
 		batchSeconds: f.NewHistogram(prometheus.HistogramOpts{

@@ -55,28 +55,33 @@ type entry struct {
 	reason, detail string
 	raw            map[string]any
 	// remaining counts the entry's channel messages not yet published,
-	// directly or as part of a coalesced message; the entry is acknowledged
-	// by whoever brings it to zero, unless a publish failed.
+	// directly or as part of a coalesced message; whoever brings it to zero
+	// settles the entry: acknowledges it, or queues it for another try when
+	// a publish failed.
 	remaining atomic.Int32
-	failed    atomic.Bool
+	mu        sync.Mutex
+	err       error // why the entry failed; nil while it has not
+	// alone is set when the entry was routed in a batch of one, so a
+	// failure that will not pass is its own and counts towards the dead letters.
+	alone bool
 	// span is the entry's route span (nil when tracing is off), parent of
 	// its channel publish spans: it runs from routing the event until the
 	// last of its messages is published, coalescing delay included.
 	span trace.Span
 }
 
-// finish records one of the entry's messages as published (or failed) and
-// reports whether the entry is now complete and may be acknowledged. The
-// last one ends the route span.
-func (e *entry) finish(ok bool) bool {
-	if !ok {
-		e.failed.Store(true)
+// finish records one of the entry's messages as published (err nil) or
+// failed, and reports whether it was the entry's last. The last one ends
+// the route span.
+func (e *entry) finish(err error) bool {
+	if err != nil {
+		e.fail(err)
 	}
 	last := e.remaining.Add(-1) == 0
 	if last {
 		e.endSpan()
 	}
-	return last && !e.failed.Load()
+	return last
 }
 
 // endSpan ends the route span, marked failed when a message was not published.
@@ -84,10 +89,27 @@ func (e *entry) endSpan() {
 	if e.span == nil {
 		return
 	}
-	if e.failed.Load() {
-		e.span.SetStatus(codes.Error, "a channel message was not published; the entry stays pending")
+	if e.failure() != nil {
+		e.span.SetStatus(codes.Error, "a channel message was not published; the entry is tried again")
 	}
 	e.span.End()
+}
+
+// fail records why the entry failed; an error that will not pass outweighs
+// one that will.
+func (e *entry) fail(err error) {
+	e.mu.Lock()
+	if e.err == nil || permanent(err) && !permanent(e.err) {
+		e.err = err
+	}
+	e.mu.Unlock()
+}
+
+// failure returns why the entry failed, or nil.
+func (e *entry) failure() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
 }
 
 // outgoing is one channel message to publish: for one event, or for many
@@ -113,8 +135,9 @@ func single(rt matrix.Route, msg wire.Message, e *entry) *outgoing {
 }
 
 // process routes one batch of entries from stream and acknowledges those
-// whose messages were all published (or that were dead-lettered). It returns
-// an error when some entries could not be finished; those stay pending.
+// whose messages were all published (or that were dead-lettered). Entries
+// that failed stay pending and go to the stream's retry queue; the error
+// returned says how many and why.
 func (r *Router) process(parent context.Context, stream string, msgs []redis.XMessage) error {
 	if len(msgs) == 0 {
 		return nil
@@ -133,19 +156,20 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 	for i, msg := range msgs {
 		entries[i] = &all[i]
 		r.parse(entries[i], mtx, stream, msg)
+		entries[i].alone = len(msgs) == 1
 	}
 	if err := r.suppressOlder(ctx, entries); err != nil {
-		return err
+		return r.failBatch(entries, err)
 	}
 	if err := r.registerTenants(ctx, entries); err != nil {
-		return err
+		return r.failBatch(entries, err)
 	}
 
 	// Each route goes out now if the storm limits allow, else it merges into
 	// its channel's pending message and is finished by the coalescer.
 	now := time.Now()
 	var direct []*outgoing
-	var ack []*entry
+	var done []*entry // complete: published, failed, or nothing to publish
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
@@ -159,7 +183,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 		if len(e.routes) == 0 {
 			e.endSpan()
-			ack = append(ack, e) // nothing to publish: suppressed, or no service serves the tenant
+			done = append(done, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
 		}
 		for _, rt := range e.routes {
@@ -175,29 +199,56 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			}
 		}
 	}
-	ack = append(ack, r.send(ctx, direct)...)
-	deadOK := r.deadLetter(ctx, stream, entries)
-	if deadOK {
-		for _, e := range entries {
-			if e.reason != "" {
-				ack = append(ack, e)
-			}
-		}
-	}
-	if err := r.ack(ctx, ack); err != nil {
-		return err
-	}
-	var failed int
+	done = append(done, r.send(ctx, direct)...)
+	deadErr := r.deadLetter(ctx, stream, entries)
 	for _, e := range entries {
-		if e.failed.Load() {
-			failed++
+		if e.reason != "" {
+			if deadErr != nil {
+				e.fail(deadErr)
+			}
+			done = append(done, e)
 		}
 	}
-	if failed > 0 || !deadOK {
-		r.m.publishErrors.Inc()
-		return fmt.Errorf("%d of %d entries not finished", failed, len(entries))
+	return r.settle(ctx, done)
+}
+
+// failBatch queues every entry of a batch that failed as a whole for
+// another try.
+func (r *Router) failBatch(entries []*entry, err error) error {
+	for _, e := range entries {
+		e.fail(err)
 	}
-	return nil
+	return r.settle(context.Background(), nil, entries...)
+}
+
+// settle acknowledges the complete entries that succeeded and queues those
+// that failed (or whose acknowledgement failed) for another try. It returns
+// an error saying how many failed and the first reason.
+func (r *Router) settle(ctx context.Context, done []*entry, failed ...*entry) error {
+	var ok []*entry
+	for _, e := range done {
+		if e.failure() != nil {
+			failed = append(failed, e)
+		} else {
+			ok = append(ok, e)
+		}
+	}
+	if err := r.ack(ctx, ok); err != nil {
+		for _, e := range ok {
+			e.fail(err)
+		}
+		failed = append(failed, ok...)
+	} else {
+		r.retryDone(ok)
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	r.m.publishErrors.Inc()
+	for _, e := range failed {
+		r.retryLater(e, e.failure())
+	}
+	return fmt.Errorf("%d entries failed, retried shortly: %w", len(failed), failed[0].failure())
 }
 
 // ack acknowledges complete entries, grouped by stream, and counts them.
@@ -345,7 +396,7 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
-	if r.opt.Sharded {
+	if r.cluster {
 		// Sharded pub/sub has no patterns: subscribers of every tenant learn
 		// of a new one from this announcement (and from the registry at
 		// every position check), before its first message is published.
@@ -366,14 +417,14 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 }
 
 // send publishes channel messages in one pipeline and returns the entries it
-// completed. A message that fails marks its entries failed: they are not
-// acknowledged and will be claimed and routed again.
+// completed. A message that fails marks its entries failed: settle will not
+// acknowledge them but queue them for another try.
 func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 	if len(out) == 0 {
 		return nil
 	}
 	cmd := "PUBLISH"
-	if r.opt.Sharded {
+	if r.cluster {
 		cmd = "SPUBLISH"
 	}
 	epoch := newEpoch()
@@ -415,7 +466,7 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 		}
 		spans[i].End()
 		for _, e := range o.entries {
-			if e.finish(ok) {
+			if e.finish(res.err) {
 				done = append(done, e)
 			}
 		}
@@ -423,9 +474,9 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 	return done
 }
 
-// deadLetter records the refused entries of the batch with their reason. It
-// reports whether all of them were recorded; those not recorded stay pending.
-func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry) bool {
+// deadLetter records the refused entries of the batch with their reason. An
+// error means none was recorded; they stay pending.
+func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry) error {
 	var dead []*entry
 	for _, e := range entries {
 		if e.reason != "" {
@@ -433,7 +484,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		}
 	}
 	if len(dead) == 0 {
-		return true
+		return nil
 	}
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, e := range dead {
@@ -447,13 +498,13 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 	})
 	if err != nil {
 		r.log.Error("writing dead letters", "err", err)
-		return false
+		return fmt.Errorf("writing dead letters: %w", err)
 	}
 	for _, e := range dead {
 		r.m.deadLettered.WithLabelValues(e.reason).Inc()
 		r.log.Warn("dead-lettered an event", "reason", e.reason, "error", e.detail, "stream", stream, "entry", e.id)
 	}
-	return true
+	return nil
 }
 
 // scripter is what runScripts needs: the bus client, or one master of it.
@@ -498,10 +549,9 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 		}
 		groups[sh] = append(groups[sh], i)
 	}
-	_, cluster := r.c.(*redis.ClusterClient)
 	if len(groups) == 1 { // one server, or one master: no goroutine needed
 		for sh, idx := range groups {
-			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd)
 		}
 		return results
 	}
@@ -510,7 +560,7 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.publishShard(ctx, sh, out, idx, results, epoch, cmd, cluster)
+			r.publishShard(ctx, sh, out, idx, results, epoch, cmd)
 		}()
 	}
 	wg.Wait()
@@ -519,7 +569,7 @@ func (r *Router) publishDurably(ctx context.Context, out []*outgoing, epoch, cmd
 
 // publishShard publishes the messages out[idx] on one master and records
 // their results.
-func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgoing, idx []int, results []published, epoch, cmd string, cluster bool) {
+func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgoing, idx []int, results []published, epoch, cmd string) {
 	fail := func(err error) {
 		for _, i := range idx {
 			results[i].err = err
@@ -530,7 +580,29 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 		fail(err)
 		return
 	}
-	calls := publishCalls(out, idx, cluster)
+	calls := publishCalls(out, idx, r.cluster)
+	split := r.runCalls(ctx, sh, out, calls, results, epoch, cmd, replid, replicas)
+	if len(split) > 0 {
+		// A call of several channels failed with an error that will not
+		// pass (a key of one channel has the wrong type): run each of its
+		// channels alone, so the error lands on the channel that has it and
+		// not on the others that shared the call. Those were published, or
+		// are now; the script is idempotent per event id.
+		var alone []publishCall
+		for _, call := range split {
+			for _, channel := range call.channels {
+				alone = append(alone, publishCall{channels: [][]int{channel}, messages: len(channel)})
+			}
+		}
+		r.runCalls(ctx, sh, out, alone, results, epoch, cmd, replid, replicas)
+	}
+}
+
+// runCalls runs publish script calls on one master in one pipeline (ending
+// with WAIT 1 when it has replicas) and records their results. It returns
+// the calls of more than one channel that failed with an error that will
+// not pass.
+func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing, calls []publishCall, results []published, epoch, cmd, replid string, replicas int64) (split []publishCall) {
 	var wait *redis.IntCmd
 	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(calls))
@@ -544,7 +616,7 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 		}
 		return all
 	})
-	if err != nil {
+	if err != nil && !permanent(err) {
 		sh.Forget() // a failover, a moved slot: look again next time
 		r.shards.Moved(ctx)
 	}
@@ -559,6 +631,9 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 		res, err := cmds[j].Int64Slice()
 		if err == nil && len(res) != 2*call.messages {
 			err = fmt.Errorf("publish script: %d results for %d messages", len(res), call.messages)
+		}
+		if permanent(err) && len(call.channels) > 1 {
+			split = append(split, call)
 		}
 		if err == nil {
 			err = waitErr
@@ -575,6 +650,7 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 			}
 		}
 	}
+	return split
 }
 
 // publishCall is one publish script call: indexes of out, by channel.

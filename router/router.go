@@ -19,9 +19,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -38,11 +40,27 @@ type Options struct {
 	// long shutdown waits for an idle read.
 	Block time.Duration
 	// ClaimIdle is how long an entry stays pending before another instance
-	// claims it (30s). Keep it well above the time to route one batch.
+	// claims it (30s). Keep it well above the time to route one batch. A
+	// live router retries its own failed entries at once, with backoff
+	// (100ms doubling to 2s), and keeps them from being claimed: the claim
+	// is for the entries of routers that died.
 	ClaimIdle time.Duration
+	// DeadLetterAfter is how many tries of an entry may fail with an error
+	// that will not pass (WRONGTYPE on a key of one of its channels, a
+	// script error: Redis refused the entry's own commands) before it goes
+	// to the dead letters with reason "poison" and is acknowledged (20).
+	// Errors that pass — connections, timeouts, CLUSTERDOWN, MOVED, ASK,
+	// TRYAGAIN, LOADING, READONLY, OOM and the like — are retried for as
+	// long as they last.
+	DeadLetterAfter int
 	// ClaimInterval is how often pending entries are claimed and the
 	// housekeeping runs (5s).
 	ClaimInterval time.Duration
+	// DiscoverInterval is how often the router looks for ingress partition
+	// streams it does not read yet (1m): those left from a larger partition
+	// count, or written by a publisher that uses another count. It SCANs
+	// the keyspace (every master of a cluster) for them.
+	DiscoverInterval time.Duration
 	// DeadLetterMaxLen caps the dead-letter stream, approximately (100000).
 	DeadLetterMaxLen int64
 	// DeadLetterEntryBytes bounds the copy of a refused entry kept in its
@@ -55,8 +73,6 @@ type Options struct {
 	// SourceVersionTTL is how long the newest source_version of an entity is
 	// remembered for suppressing older events (24h).
 	SourceVersionTTL time.Duration
-	// Sharded publishes with SPUBLISH (Redis Cluster) instead of PUBLISH.
-	Sharded bool
 	// ForgetConsumers removes from the consumer group the consumers (other
 	// than this one) that have nothing pending and have been idle this long
 	// (1h), so instances that came and went do not pile up.
@@ -88,7 +104,7 @@ func (o *Options) setDefaults() error {
 	for _, d := range []struct {
 		v   *time.Duration
 		def time.Duration
-	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second},
+	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second}, {&o.DiscoverInterval, time.Minute},
 		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour}} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -102,6 +118,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.BatchSize < 1 {
 		return fmt.Errorf("router: batch size must be positive, not %d", o.BatchSize)
+	}
+	if o.DeadLetterAfter == 0 {
+		o.DeadLetterAfter = 20
+	}
+	if o.DeadLetterAfter < 1 {
+		return fmt.Errorf("router: DeadLetterAfter must be positive, not %d", o.DeadLetterAfter)
 	}
 	if o.DeadLetterMaxLen == 0 {
 		o.DeadLetterMaxLen = 100_000
@@ -127,6 +149,10 @@ type Router struct {
 	co      *coalescer
 	tracer  trace.Tracer
 	tracing bool // spans are recorded; when off, events' traceparents pass through as they are
+	// cluster is set for a Redis Cluster bus: messages go out with SPUBLISH
+	// (sharded pub/sub, where the subscribers listen), one channel per
+	// script call, and new tenants are announced.
+	cluster bool
 	// Before an ingress entry is acknowledged its messages are made durable
 	// on their master (WAIT 1 where it has a replica), and every publish
 	// carries the master's replication id, so a promoted replica (which may
@@ -134,7 +160,15 @@ type Router struct {
 	shards shard.Set
 
 	streamsMu sync.Mutex
-	streams   []string // ingress partitions read, set up by Run
+	streams   []string            // ingress partitions read, set up by Run
+	spawn     func(stream string) // starts reading a stream, set by Run
+	unread    map[string]bool     // streams under the ingress prefix that are no partition, logged once
+	// rediscover asks the claim loop to look for partitions at once (the
+	// partition count changed).
+	rediscover chan struct{}
+
+	retryMu sync.Mutex
+	retries map[string]*retryQueue // failed entries by stream
 
 	tenantsMu    sync.Mutex
 	tenants      map[string]bool // tenants known to be in the registry set
@@ -150,10 +184,12 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	if err := opt.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}}
+	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r, r.m)
 	r.shards.C = c
+	r.cluster = redisconn.IsCluster(c)
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
 	r.tracing = telemetry.Enabled(opt.TracerProvider)
 	return r, nil
@@ -163,16 +199,21 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 func (r *Router) Matrix() *matrix.Matrix { return r.matrix.Load() }
 
 // SetMatrix puts a new matrix in force for the next batch. A matrix with
-// another prefix or partition count is refused: those need a restart.
+// another prefix is refused: that needs a restart. Another partition count
+// is taken up at once: the router reads the new partitions, records the
+// count for publishers, and keeps reading the old ones that exist.
 func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	old := r.matrix.Load()
 	if m.Prefix != old.Prefix {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
-	if m.Partitions != old.Partitions {
-		return fmt.Errorf("router: ingress.partitions cannot change while running (%d to %d); restart routerd", old.Partitions, m.Partitions)
-	}
 	r.matrix.Store(m)
+	if m.Partitions != old.Partitions {
+		select {
+		case r.rediscover <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
@@ -191,7 +232,7 @@ func (r *Router) Run(ctx context.Context) error {
 		if err == nil {
 			break
 		}
-		if permanent(err) {
+		if fatalAtSetup(err) {
 			return fmt.Errorf("router: setting up the ingress: %w", err)
 		}
 		r.log.Error("setting up ingress", "err", err)
@@ -211,32 +252,14 @@ func (r *Router) Run(ctx context.Context) error {
 	defer func() { stopFlush(); <-flushed }()
 
 	g, gctx := errgroup.WithContext(ctx)
+	r.streamsMu.Lock()
+	r.spawn = func(stream string) { g.Go(func() error { r.readLoop(gctx, stream); return nil }) }
+	r.streamsMu.Unlock()
 	for _, stream := range r.streamList() {
-		g.Go(func() error { r.readLoop(gctx, stream); return nil })
+		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
 	return g.Wait()
-}
-
-// transient are the Redis error replies that go away by themselves: a
-// server loading its data, busy with a script, in a failover, or out of
-// memory until something is freed.
-var transient = []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "MOVED", "ASK", "OOM", "NOREPLICAS"}
-
-// permanent reports whether err is an error reply from Redis that retrying
-// the same command will not change (WRONGTYPE, NOPERM, WRONGPASS, …).
-// Network errors, timeouts and the transient replies are not.
-func permanent(err error) bool {
-	var reply redis.Error
-	if !errors.As(err, &reply) || errors.Is(err, redis.Nil) {
-		return false
-	}
-	for _, p := range transient {
-		if redis.HasErrorPrefix(err, p) {
-			return false
-		}
-	}
-	return true
 }
 
 func (r *Router) streamList() []string {
@@ -246,31 +269,15 @@ func (r *Router) streamList() []string {
 }
 
 // setup records the partition count for publishers, finds the partitions to
-// read (the configured ones and any left over from a larger count, until they
-// are drained), creates the consumer groups and loads the scripts.
+// read (the configured ones and any other partition stream that exists),
+// creates the consumer groups and loads the scripts.
 func (r *Router) setup(ctx context.Context) error {
-	n := r.matrix.Load().Partitions
-	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), n, 0).Err(); err != nil {
+	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
 		return err
 	}
-	streams := make([]string, 0, n)
-	for p := 0; p < n; p++ {
-		streams = append(streams, wire.IngressStream(r.prefix, p))
-	}
-	// Partitions beyond n exist when the count was lowered: keep reading them.
-	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for p := n; p < 1024; p++ {
-			pipe.Exists(ctx, wire.IngressStream(r.prefix, p))
-		}
-		return nil
-	})
+	streams, err := r.partitionStreams(ctx)
 	if err != nil {
 		return err
-	}
-	for i, c := range cmds {
-		if c.(*redis.IntCmd).Val() == 1 {
-			streams = append(streams, wire.IngressStream(r.prefix, n+i))
-		}
 	}
 	for _, s := range streams {
 		if err := r.ensureGroup(ctx, s); err != nil {
@@ -283,6 +290,71 @@ func (r *Router) setup(ctx context.Context) error {
 	r.streamsMu.Lock()
 	r.streams = streams
 	r.streamsMu.Unlock()
+	return nil
+}
+
+// partitionStreams returns the ingress streams to read: the matrix's
+// partitions, and every other partition stream under the prefix — left from
+// a larger partition count, or written by a publisher that uses another
+// count — so that no event in one is left unread. A stream under the
+// ingress prefix that is not named as a partition is no router's: it is
+// logged (once) and reported by routerd doctor.
+func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
+	n := r.matrix.Load().Partitions
+	streams := make([]string, 0, n)
+	listed := map[string]bool{}
+	for p := 0; p < n; p++ {
+		s := wire.IngressStream(r.prefix, p)
+		streams = append(streams, s)
+		listed[s] = true
+	}
+	found, err := redisconn.ScanStreams(ctx, r.c, names.IngressPattern(r.prefix))
+	if err != nil {
+		return nil, fmt.Errorf("looking for ingress partitions: %w", err)
+	}
+	for _, s := range found {
+		if listed[s] {
+			continue
+		}
+		if _, err := names.ParseIngressStream(r.prefix, s); err != nil {
+			r.streamsMu.Lock()
+			if !r.unread[s] {
+				r.unread[s] = true
+				r.log.Warn("a stream under the ingress prefix is not a partition: no router reads it (routerd doctor says how to fix it)", "stream", s, "err", err)
+			}
+			r.streamsMu.Unlock()
+			continue
+		}
+		streams = append(streams, s)
+		listed[s] = true
+	}
+	return streams, nil
+}
+
+// discover starts reading the partition streams that appeared since setup.
+func (r *Router) discover(ctx context.Context) error {
+	streams, err := r.partitionStreams(ctx)
+	if err != nil {
+		return err
+	}
+	reading := map[string]bool{}
+	for _, s := range r.streamList() {
+		reading[s] = true
+	}
+	for _, s := range streams {
+		if reading[s] {
+			continue
+		}
+		if err := r.ensureGroup(ctx, s); err != nil {
+			return err
+		}
+		r.streamsMu.Lock()
+		r.streams = append(r.streams[:len(r.streams):len(r.streams)], s)
+		spawn := r.spawn
+		r.streamsMu.Unlock()
+		r.log.Info("reading another ingress partition", "stream", s)
+		spawn(s)
+	}
 	return nil
 }
 
@@ -301,12 +373,25 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 }
 
 func (r *Router) readLoop(ctx context.Context, stream string) {
+	q := r.retryQueue(stream)
 	// First the entries this consumer name left pending (a restart), then new ones.
 	id := "0"
 	for ctx.Err() == nil {
+		// Failed entries are tried again when due, between reads, so new
+		// entries keep flowing past one that fails.
+		r.retryDue(ctx, stream, q)
+		block := r.opt.Block
+		if at, ok := q.next(); ok {
+			block = min(block, max(time.Until(at), time.Millisecond))
+			if q.size() >= 4*r.opt.BatchSize {
+				// Enough in hand that fails: take no more until they pass.
+				sleep(ctx, block)
+				continue
+			}
+		}
 		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
-			Count: int64(r.opt.BatchSize), Block: r.opt.Block,
+			Count: int64(r.opt.BatchSize), Block: block,
 		}).Result()
 		switch {
 		case err == nil:
@@ -333,14 +418,17 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		if len(res) > 0 {
 			msgs = res[0].Messages
 		}
-		if id == "0" && len(msgs) == 0 {
-			id = ">"
-			continue
+		if id != ">" {
+			if len(msgs) == 0 {
+				id = ">"
+				continue
+			}
+			// Our own pending entries (a restart): the next read goes on
+			// after the last one, whether or not they succeed.
+			id = msgs[len(msgs)-1].ID
 		}
 		if err := r.process(ctx, stream, msgs); err != nil {
-			r.log.Error("routing batch; its entries stay pending and will be claimed again", "stream", stream, "entries", len(msgs), "err", err)
-			id = ">"
-			sleep(ctx, 200*time.Millisecond)
+			r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
 		}
 	}
 }
@@ -350,13 +438,25 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 func (r *Router) claimLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.ClaimInterval)
 	defer t.Stop()
+	discovered := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.rediscover:
+			discovered = time.Time{}
 		}
-		r.holdCoalesced(ctx)
+		if time.Since(discovered) >= r.opt.DiscoverInterval {
+			// Before housekeeping records a new partition count, so the
+			// new partitions are read when publishers learn of them.
+			if err := r.discover(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("looking for ingress partitions", "err", err)
+			} else {
+				discovered = time.Now()
+			}
+		}
+		r.hold(ctx)
 		for _, stream := range r.streamList() {
 			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
@@ -386,7 +486,7 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 			r.m.claimed.Add(float64(len(msgs)))
 			r.log.Info("claimed pending entries", "stream", stream, "entries", len(msgs))
 			if err := r.process(ctx, stream, msgs); err != nil {
-				return err
+				r.log.Warn("routing claimed entries; the failed ones are retried", "stream", stream, "err", err)
 			}
 		}
 		if next == "0-0" || next == "" {
@@ -397,11 +497,17 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	return nil
 }
 
-// holdCoalesced resets the idle time of the entries waiting in coalesced
-// messages (XCLAIM to this consumer with JUSTID), so that no other instance
-// claims them while this one is alive and holding them.
-func (r *Router) holdCoalesced(ctx context.Context) {
-	for stream, ids := range r.co.held() {
+// hold resets the idle time of the entries waiting in coalesced messages or
+// for another try (XCLAIM to this consumer with JUSTID), so that no other
+// instance claims them while this one is alive and holding them.
+func (r *Router) hold(ctx context.Context) {
+	held := r.co.held()
+	r.retryMu.Lock()
+	for stream, q := range r.retries {
+		held[stream] = append(held[stream], q.held()...)
+	}
+	r.retryMu.Unlock()
+	for stream, ids := range held {
 		for len(ids) > 0 {
 			batch := ids[:min(len(ids), 1000)]
 			ids = ids[len(batch):]

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
@@ -96,8 +97,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 func (s *Subscriber) regroupAfter(d time.Duration) { s.regroupTimer.Reset(d) }
 
 func (s *Subscriber) sharded() bool {
-	_, ok := s.bus.(*redis.ClusterClient)
-	return ok
+	return redisconn.IsCluster(s.bus)
 }
 
 func (s *Subscriber) requestRegroup() {
@@ -119,7 +119,7 @@ func (s *Subscriber) slotsMoved() {
 
 // reloadSlots is the applier's part of slotsMoved.
 func (s *Subscriber) reloadSlots(ctx context.Context) {
-	if cc, ok := s.bus.(*redis.ClusterClient); ok {
+	if cc := redisconn.Cluster(s.bus); cc != nil {
 		cc.ReloadState(ctx)
 	}
 	s.regroupAfter(200 * time.Millisecond)
@@ -147,7 +147,7 @@ func (ln *listener) regroup(ctx context.Context) {
 		return
 	}
 
-	cc := s.bus.(*redis.ClusterClient)
+	cc := redisconn.Cluster(s.bus)
 	ln.close()
 	tenants, err := s.allTenantList(ctx)
 	if err != nil {
@@ -284,7 +284,7 @@ func (s *Subscriber) announced(ctx context.Context, tenant string) {
 // confirmed. It fails, subscribing nothing, when a channel's master has no
 // connection.
 func (ln *listener) add(ctx context.Context, channels []string) error {
-	cc := ln.s.bus.(*redis.ClusterClient)
+	cc := redisconn.Cluster(ln.s.bus)
 	var fresh []string // not subscribed yet (a regroup may have taken them)
 	for _, ch := range channels {
 		if _, ok := ln.slots[ch]; !ok {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 )
@@ -103,7 +104,7 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	if !strings.Contains(opt.KeyTemplate, "${key}") {
 		return nil, fmt.Errorf("tagstore: key template %q must contain ${key}", opt.KeyTemplate)
 	}
-	_, cluster := c.(*redis.ClusterClient)
+	cluster := redisconn.IsCluster(c)
 	if cluster {
 		// Keys, tag sets and positions must share a slot for the scripts.
 		head, _, _ := strings.Cut(opt.KeyTemplate, "${key}")

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strconv"
 
 	"github.com/routerd/routerd/names"
 )
@@ -40,9 +39,7 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 func (e *FieldError) Unwrap() error { return ErrMalformed }
 
 // IngressStream is the ingress stream of partition p: "<prefix>:ingress:{<p>}".
-func IngressStream(prefix string, p int) string {
-	return prefix + ":ingress:{" + strconv.Itoa(p) + "}"
-}
+func IngressStream(prefix string, p int) string { return names.IngressStream(prefix, p) }
 
 // PartitionsKey holds the number of ingress partitions the router reads.
 func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions" }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -303,6 +304,37 @@ func TestDoctor(t *testing.T) {
 	code, out, _ = runCLI(t, "doctor", "--redis", sound.URL, "--cardinality-guard", "500")
 	if code != 0 || !strings.Contains(out, "ok    version") || !strings.Contains(out, "{tenant:acme}:tag:big (450)") {
 		t.Errorf("doctor on a sound Redis: exit %d\n%s", code, out)
+	}
+}
+
+// doctor reports, with the fix, streams under the ingress prefix that no
+// router reads, under the prefix it is given.
+func TestDoctorReportsUnreadIngressStreams(t *testing.T) {
+	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	c := bus.Client(t)
+	ctx := context.Background()
+	for _, prefix := range []string{"invalidate", "app"} {
+		must(t, c.Set(ctx, prefix+":ingress:partitions", 2, 0).Err())
+		for p := 0; p < 2; p++ {
+			must(t, c.XGroupCreateMkStream(ctx, prefix+":ingress:{"+strconv.Itoa(p)+"}", "routerd", "0").Err())
+		}
+	}
+	event := []any{"event", `{"tenant":"acme","domain":"user"}`}
+	must(t, c.XAdd(ctx, &redis.XAddArgs{Stream: "invalidate:ingress:7", Values: event}).Err())
+	must(t, c.XAdd(ctx, &redis.XAddArgs{Stream: "app:ingress:{x}", Values: event}).Err())
+
+	code, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
+	if code != 1 || !strings.Contains(out, "FAIL  ingress") || !strings.Contains(out, "invalidate:ingress:7") ||
+		!strings.Contains(out, "invalidate:ingress:{7}") || strings.Contains(out, "app:ingress") {
+		t.Errorf("doctor with an unbraced partition: exit %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", bus.URL, "--prefix", "app")
+	if code != 1 || !strings.Contains(out, "app:ingress:{x}") || strings.Contains(out, "invalidate:ingress:7") {
+		t.Errorf("doctor --prefix app with a malformed partition: exit %d\n%s", code, out)
+	}
+	must(t, c.Del(ctx, "invalidate:ingress:7").Err())
+	if code, out, _ = runCLI(t, "doctor", "--redis", bus.URL); code != 0 {
+		t.Errorf("doctor once the stream is gone: exit %d\n%s", code, out)
 	}
 }
 

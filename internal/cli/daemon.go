@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -76,6 +75,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
 	maxEvent := f.Int("max-event-bytes", wire.DefaultMaxEventBytes, "refuse (dead-letter) an event whose JSON is larger")
+	deadLetterAfter := f.Int("dead-letter-after", 20, "dead-letter an entry (reason poison) after this many tries that failed with an error that will not pass")
 	poll := f.Duration("matrix-poll", 5*time.Second, pollHelp)
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
@@ -100,7 +100,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	}
 	defer flushTraces(log, stopTracing)
 	r, err := router.New(c, m, router.Options{
-		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, Sharded: redisconn.IsCluster(c), MaxEventBytes: *maxEvent,
+		Group: *group, Consumer: *consumer, ClaimIdle: *claimIdle, MaxEventBytes: *maxEvent, DeadLetterAfter: *deadLetterAfter,
 		Logger: log, Registerer: reg, TracerProvider: tp,
 	})
 	if err != nil {

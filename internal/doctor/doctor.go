@@ -1,21 +1,24 @@
 // Package doctor checks a Redis for what breaks cache invalidation and says
 // how to fix it: an old version, an eviction policy that can drop tag sets,
 // routerd's scripts in the slow log, tag sets near the cardinality guard,
-// ingress lag and pending entries, memory fragmentation.
+// ingress streams no router reads, ingress lag and pending entries, memory
+// fragmentation.
 package doctor
 
 import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
@@ -49,7 +52,7 @@ type Options struct {
 // Run checks every server behind c (each master of a cluster).
 func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, error) {
 	if opt.Prefix == "" {
-		opt.Prefix = "invalidate"
+		opt.Prefix = names.DefaultPrefix
 	}
 	if opt.CardinalityGuard == 0 {
 		opt.CardinalityGuard = tagstore.DefaultCardinalityGuard
@@ -66,29 +69,14 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 		out = append(out, fs...)
 		return err
 	}
-	if cc, ok := c.(*redis.ClusterClient); ok {
-		var mu sync.Mutex // ForEachMaster calls back concurrently
-		var nodes []*redis.Client
-		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-			mu.Lock()
-			nodes = append(nodes, n)
-			mu.Unlock()
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range nodes {
-			if err := check(ctx, n); err != nil {
-				return out, err
-			}
-		}
-	} else if cl, ok := c.(*redis.Client); ok {
-		if err := check(ctx, cl); err != nil {
+	nodes, err := redisconn.Masters(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("doctor: %w", err)
+	}
+	for _, n := range nodes {
+		if err := check(ctx, n); err != nil {
 			return out, err
 		}
-	} else {
-		return nil, fmt.Errorf("doctor: unsupported client %T", c)
 	}
 	return append(out, checkIngress(ctx, c, opt)...), nil
 }
@@ -204,7 +192,7 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bo
 	var cursor uint64
 	scanned := 0
 	for scanned < limit {
-		keys, next, err := c.ScanType(ctx, cursor, "{tenant:*}:tag:*", 1000, "set").Result()
+		keys, next, err := c.ScanType(ctx, cursor, names.TagSetKey("*", "*"), 1000, "set").Result()
 		if err != nil {
 			return nil, false, err
 		}
@@ -233,32 +221,65 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bo
 	return out, false, nil
 }
 
-// checkIngress reports routerd's ingress lag, pending entries and dead letters.
+// checkIngress reports routerd's ingress: streams under the prefix that no
+// router reads (a name that is not a partition), partitions without a
+// consumer group, lag, pending entries and dead letters.
 func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []Finding {
 	node := "ingress"
-	n, err := c.Get(ctx, wire.PartitionsKey(opt.Prefix)).Int()
+	streams, err := redisconn.ScanStreams(ctx, c, names.IngressPattern(opt.Prefix))
 	if err != nil {
-		return []Finding{{Level: OK, Node: node, Check: "ingress", Message: fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", wire.PartitionsKey(opt.Prefix))}}
+		return []Finding{{Warn, node, "ingress", fmt.Sprintf("cannot look for ingress streams: %v", err)}}
+	}
+	var out []Finding
+	partitions := map[string]bool{}
+	for _, s := range streams {
+		if _, err := names.ParseIngressStream(opt.Prefix, s); err == nil {
+			partitions[s] = true
+			continue
+		}
+		n, _ := c.XLen(ctx, s).Result()
+		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%s (%d entries) is read by no router: %s", s, n, unreadFix(opt.Prefix, s))})
+	}
+	n, err := c.Get(ctx, wire.PartitionsKey(opt.Prefix)).Int()
+	if err != nil && len(partitions) == 0 {
+		return append(out, Finding{OK, node, "ingress", fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", wire.PartitionsKey(opt.Prefix))})
+	}
+	for p := 0; p < n; p++ {
+		partitions[wire.IngressStream(opt.Prefix, p)] = true
 	}
 	var lag, pending int64
-	for p := 0; p < n; p++ {
-		groups, err := c.XInfoGroups(ctx, wire.IngressStream(opt.Prefix, p)).Result()
+	for _, s := range slices.Sorted(maps.Keys(partitions)) {
+		groups, err := c.XInfoGroups(ctx, s).Result()
 		if err != nil {
-			return []Finding{{Level: Fail, Node: node, Check: "ingress", Message: fmt.Sprintf("%s has no consumer group: %v (is routerd serve running?)", wire.IngressStream(opt.Prefix, p), err)}}
+			out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%s has no consumer group: %v (is routerd serve running? it takes up new partitions within a minute)", s, err)})
+			continue
 		}
 		for _, g := range groups {
 			lag += g.Lag
 			pending += g.Pending
 		}
 	}
-	var out []Finding
 	if lag > opt.MaxLag {
-		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%d events not yet routed over %d partitions (pending %d): add routerd instances or find why they are slow", lag, n, pending)})
+		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%d events not yet routed over %d partition streams (pending %d): add routerd instances or find why they are slow", lag, len(partitions), pending)})
 	} else {
-		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%d partitions, lag %d, pending %d", n, lag, pending)})
+		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%d partitions (%d streams), lag %d, pending %d", n, len(partitions), lag, pending)})
 	}
 	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
 		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d events in %s: XRANGE it to see why they were refused", dl, wire.DeadLetterStream(opt.Prefix))})
 	}
 	return out
+}
+
+// unreadFix says how to bring the events of a stream no router reads to one
+// that a router reads.
+func unreadFix(prefix, stream string) string {
+	rest := strings.TrimPrefix(stream, prefix+":ingress:")
+	if p, err := strconv.Atoi(rest); err == nil && p >= 0 && p < names.MaxPartitions && strconv.Itoa(p) == rest {
+		to := names.IngressStream(prefix, p)
+		return fmt.Sprintf("a partition's name has its number in braces: make its publisher write to %s (or use the publisher library), "+
+			"then move its entries there (XRANGE %s - +, XADD %s * event <each entry's event>) and DEL it", to, stream, to)
+	}
+	return fmt.Sprintf("ingress partitions are named %s, p = FNV-1a-32(tenant) mod the count in %s: fix its publisher (or use the publisher library), "+
+		"then re-publish its entries' events (routerd publish, or XADD to the tenant's partition) and DEL it",
+		prefix+":ingress:{<p>}", wire.PartitionsKey(prefix))
 }

@@ -5,10 +5,13 @@
 package redisconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -78,10 +81,67 @@ func parseSeed(u string) (o *redis.ClusterOptions, query string, err error) {
 	return o, pu.RawQuery, err
 }
 
-// IsCluster reports whether the client is a Redis Cluster client.
-func IsCluster(c redis.UniversalClient) bool {
-	_, ok := c.(*redis.ClusterClient)
-	return ok
+// IsCluster reports whether the client is a Redis Cluster client. It is the
+// one place that tells a cluster from one server: sharded pub/sub, calls
+// grouped by slot and per-master work all follow from it.
+func IsCluster(c redis.UniversalClient) bool { return Cluster(c) != nil }
+
+// Cluster returns the Redis Cluster client behind c, or nil when c talks to
+// one server.
+func Cluster(c redis.UniversalClient) *redis.ClusterClient {
+	cc, _ := c.(*redis.ClusterClient)
+	return cc
+}
+
+// Masters returns the servers that hold the data behind c: every master of a
+// cluster (as the client knows them now), or the one server.
+func Masters(ctx context.Context, c redis.UniversalClient) ([]*redis.Client, error) {
+	switch c := c.(type) {
+	case *redis.Client:
+		return []*redis.Client{c}, nil
+	case *redis.ClusterClient:
+		var mu sync.Mutex // ForEachMaster calls back concurrently
+		var nodes []*redis.Client
+		err := c.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+			mu.Lock()
+			nodes = append(nodes, n)
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(nodes, func(i, j int) bool { return nodes[i].Options().Addr < nodes[j].Options().Addr })
+		return nodes, nil
+	default:
+		return nil, fmt.Errorf("redisconn: unsupported Redis client %T", c)
+	}
+}
+
+// ScanStreams returns the names of the streams matching pattern (a SCAN
+// MATCH pattern) on every master behind c, sorted and each once. It walks
+// the whole keyspace with SCAN: for discovery now and then, not per event.
+func ScanStreams(ctx context.Context, c redis.UniversalClient, pattern string) ([]string, error) {
+	masters, err := Masters(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, m := range masters {
+		iter := m.ScanType(ctx, 0, pattern, 1000, "stream").Iterator()
+		for iter.Next(ctx) {
+			seen[iter.Val()] = true
+		}
+		if err := iter.Err(); err != nil {
+			return nil, fmt.Errorf("%s: SCAN: %w", m.Options().Addr, err)
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for k := range seen {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // urlError names the URL, without its password, in err; net/url's own

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redisconn"
 )
 
 // WaitCmd is a WAIT for n replicas within timeout, to end a pipeline with.
@@ -70,16 +72,15 @@ type Set struct {
 // Of returns the shard that owns a key's (or sharded channel's) slot.
 func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
 	var node *redis.Client
-	switch c := ss.C.(type) {
-	case *redis.ClusterClient:
-		n, err := c.MasterForKey(ctx, key)
+	if cc := redisconn.Cluster(ss.C); cc != nil {
+		n, err := cc.MasterForKey(ctx, key)
 		if err != nil {
 			return nil, err
 		}
 		node = n
-	case *redis.Client:
+	} else if c, ok := ss.C.(*redis.Client); ok {
 		node = c
-	default:
+	} else {
 		return nil, fmt.Errorf("shard: unsupported Redis client %T", ss.C)
 	}
 	addr := node.Options().Addr
@@ -100,7 +101,7 @@ func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
 // master): on a cluster it reloads the slot map so the next Of finds the
 // master that owns the slot now.
 func (ss *Set) Moved(ctx context.Context) {
-	if cc, ok := ss.C.(*redis.ClusterClient); ok {
+	if cc := redisconn.Cluster(ss.C); cc != nil {
 		cc.ReloadState(ctx)
 	}
 }

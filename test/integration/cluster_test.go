@@ -55,7 +55,7 @@ func (e *clusterEnv) start(yaml, service string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	r, err := router.New(e.busC, mtx, router.Options{Sharded: true, Block: 100 * time.Millisecond,
+	r, err := router.New(e.busC, mtx, router.Options{Block: 100 * time.Millisecond,
 		ClaimInterval: 100 * time.Millisecond, ClaimIdle: 500 * time.Millisecond, Logger: testLogger(e.t, "router")})
 	if err != nil {
 		e.t.Fatal(err)
@@ -379,6 +379,12 @@ type continuous struct {
 }
 
 func (e *clusterEnv) publishContinuously(tenant string) *continuous {
+	return e.publishContinuouslyFrom(tenant, 0)
+}
+
+// publishContinuouslyFrom is publishContinuously with the changes numbered
+// from first on; keys returns them from there.
+func (e *clusterEnv) publishContinuouslyFrom(tenant string, first int) *continuous {
 	pub, err := publisher.New(e.busC, publisher.Options{Durable: true})
 	if err != nil {
 		e.t.Fatal(err)
@@ -386,7 +392,7 @@ func (e *clusterEnv) publishContinuously(tenant string) *continuous {
 	c := &continuous{quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		for i := 0; ; i++ {
+		for i := first; ; i++ {
 			key := fmt.Sprintf("user:%d", i)
 			if err := e.store.Set(context.Background(), tenant, key, []byte("v"), 0, "active"); err != nil {
 				e.t.Error(err)

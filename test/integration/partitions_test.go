@@ -1,0 +1,82 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// xaddRaw appends an event for acme's key to an ingress stream the way a
+// publisher in another language (or with another partition count) would.
+func (e *env) xaddRaw(stream, key string) {
+	e.t.Helper()
+	ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, key)
+	must(e.t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+}
+
+// Partition streams beyond the matrix's count are read too: one that
+// existed when the router started, and one that appeared while it runs.
+func TestPartitionsBeyondTheCountRouted(t *testing.T) {
+	e := newEnv(t, "") // 4 partitions
+	e.subscriber("search-svc", subscriber.Options{})
+	for _, k := range []string{"user:12", "user:13"} {
+		e.seed("search-svc", "acme", k, "active")
+	}
+	e.xaddRaw("invalidate:ingress:{12}", "user:12")
+	e.router(router.Options{DiscoverInterval: 200 * time.Millisecond})
+	e.waitGone("search-svc", "acme", "user:12")
+	e.xaddRaw("invalidate:ingress:{13}", "user:13")
+	e.waitGone("search-svc", "acme", "user:13")
+}
+
+// The partition count changes on reload: the router reads new partitions at
+// once and records the count for publishers, and keeps reading the old
+// partitions (for publishers that still use the old count); a router
+// restarted with fewer partitions drains the higher ones.
+func TestPartitionCountChange(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	mtx8, err := matrix.Parse("eight.yaml", []byte(strings.Replace(testMatrix, "partitions: 4", "partitions: 8", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.subscriber("search-svc", subscriber.Options{})
+	for i := 5; i <= 7; i++ {
+		e.seed("search-svc", "acme", fmt.Sprintf("user:%d", i), "active")
+	}
+	// Discovery by the clock is off: only the count change may start the
+	// new partitions' readers.
+	r, stop := e.router(router.Options{DiscoverInterval: time.Hour})
+	partitions := func(n string) func() bool {
+		return func() bool { v, _ := e.busC.Get(ctx, wire.PartitionsKey("invalidate")).Result(); return v == n }
+	}
+
+	if err := r.SetMatrix(mtx8); err != nil {
+		t.Fatalf("raising the partition count on reload: %v", err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the count 8 recorded", partitions("8"))
+	e.xaddRaw(wire.IngressStream("invalidate", 7), "user:7")
+	e.waitGone("search-svc", "acme", "user:7")
+
+	if err := r.SetMatrix(e.mtx); err != nil {
+		t.Fatalf("lowering the partition count on reload: %v", err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the count 4 recorded", partitions("4"))
+	e.xaddRaw(wire.IngressStream("invalidate", 6), "user:6") // a publisher still on 8
+	e.waitGone("search-svc", "acme", "user:6")
+
+	stop()
+	e.xaddRaw(wire.IngressStream("invalidate", 5), "user:5")
+	e.router(router.Options{DiscoverInterval: time.Hour})
+	e.waitGone("search-svc", "acme", "user:5")
+}

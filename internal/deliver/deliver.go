@@ -179,6 +179,14 @@ func (d *Deliverer) Handle(ctx context.Context, inv subscriber.Invalidation) err
 	return d.deliverLocked(ctx, body, inv.Tenant+":"+inv.Tag)
 }
 
+// SkipReset drops the reset asked for at start when it is not delivered
+// yet: the caller learnt that the process missed nothing.
+func (d *Deliverer) SkipReset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.needReset = false
+}
+
 // Flush delivers a pending reset now.
 func (d *Deliverer) Flush(ctx context.Context) error {
 	d.mu.Lock()

@@ -168,6 +168,13 @@ func PositionKey(tenant, service, tag string) string {
 // tenant finds its channels there when the bus has lost its tenant registry.
 func PositionIndexKey(service string) string { return "routerd:positions:" + service }
 
+// DeliveryKey is the string, in a service's cache Redis, that an agent
+// delivering to the service's process (routerd agent --deliver) sets to
+// "clean" when it stops with every invalidation it applied delivered. A
+// start that does not find it there (and takes it away) delivers a reset
+// first: the cache's positions may be ahead of what the process was given.
+func DeliveryKey(service string) string { return "routerd:delivery:" + service }
+
 // HistoryField is the field of a channel history entry that holds the
 // message (publish.lua writes it under the same name).
 const HistoryField = "m"

@@ -222,6 +222,21 @@ function checkVectors(docPath) {
   return 0;
 }
 
+// Polls a /readyz until it answers 200.
+async function waitReady(url, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const resp = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      if (resp.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${url} not ready within ${timeoutMs / 1000}s`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 function check(cond, what) {
   if (!cond) throw new Error(what);
 }
@@ -236,6 +251,9 @@ async function main() {
       domain: { type: 'string', default: 'user' },
       tag: { type: 'string', default: 'active' },
       timeout: { type: 'string', default: '30' },
+      // the agent's /readyz: wait for it (the agent is ready once its reset,
+      // if any, is delivered here) before publishing
+      'agent-ready': { type: 'string' },
       'check-vectors': { type: 'string' }, // only check the partition function against protocol.md's vectors
     },
   });
@@ -250,6 +268,7 @@ async function main() {
   const t = a.tenant;
   const run = crypto.randomBytes(4).toString('hex');
   try {
+    if (a['agent-ready']) await waitReady(a['agent-ready'], timeoutMs);
     // Deliveries come in order, and a reset (if the agent sends one) comes
     // first: once a probe event is delivered, nothing earlier can still drop
     // what is cached next.

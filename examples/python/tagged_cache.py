@@ -27,6 +27,7 @@ import secrets
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
@@ -212,6 +213,21 @@ def check_vectors(doc_path: str) -> int:
     return 0
 
 
+def wait_ready(url: str, timeout: float):
+    """Polls a /readyz until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready within {timeout}s")
+        time.sleep(0.05)
+
+
 def check(cond: bool, what: str):
     if not cond:
         raise AssertionError(what)
@@ -226,6 +242,7 @@ def main() -> int:
     ap.add_argument("--domain", default="user", help="a domain the matrix maps to --tag")
     ap.add_argument("--tag", default="active", help="a tag the agent's service subscribes to")
     ap.add_argument("--timeout", type=float, default=30, help="seconds to wait for each invalidation")
+    ap.add_argument("--agent-ready", metavar="URL", help="the agent's /readyz: wait for it (the agent is ready once its reset, if any, is delivered here) before publishing")
     ap.add_argument("--check-vectors", metavar="PROTOCOL_MD", help="only check the partition function against the doc's test vectors")
     a = ap.parse_args()
     if a.check_vectors:
@@ -238,6 +255,8 @@ def main() -> int:
     recv = Receiver(cache, a.listen)
     t, run = a.tenant, secrets.token_hex(4)
     try:
+        if a.agent_ready:
+            wait_ready(a.agent_ready, a.timeout)
         # Deliveries come in order, and a reset (if the agent sends one) comes
         # first: once a probe event is delivered, nothing earlier can still
         # drop what is cached next.

@@ -136,15 +136,22 @@ func (e *system) runExample(t *testing.T, name, interpreter, script, success str
 	t.Helper()
 	recv := redistest.FreeAddr(t)
 	agentAddr := redistest.FreeAddr(t)
+	// The agent is ready only once its first delivery, a reset, is made:
+	// the example starts its receiver, then waits for the agent's /readyz.
 	exited := e.daemon(t, "agent", "agent", "--redis", e.bus.URL, "--cache-redis", e.cache.URL, "--service", "app",
 		"--matrix", e.matrix, "--listen", agentAddr, "--check-interval", "1s", "--deliver", "http://"+recv+"/")
-	waitReady(t, "routerd agent", agentAddr, exited)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, interpreter, script, "--redis", e.bus.URL, "--cache-redis", e.cache.URL,
-		"--listen", recv, "--tenant", "acme", "--domain", "user", "--tag", "active", "--timeout", "30")
+		"--listen", recv, "--agent-ready", "http://"+agentAddr+"/readyz",
+		"--tenant", "acme", "--domain", "user", "--tag", "active", "--timeout", "30")
 	out, err := cmd.CombinedOutput()
+	select {
+	case <-exited:
+		t.Errorf("routerd agent exited while the %s example ran (its output is below)", name)
+	default:
+	}
 	t.Logf("%s example output:\n%s", name, out)
 	if ctx.Err() != nil {
 		t.Fatalf("the %s example did not finish within its deadline", name)

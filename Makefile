@@ -5,7 +5,7 @@ DEMO_ARGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test lint unit fuzz bench redis-server clean
+.PHONY: all build run test lint unit fuzz bench redis-server python3-redis node-deps clean
 
 all: build
 
@@ -21,6 +21,22 @@ redis-server:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server || { \
 	    echo "could not install redis-server; run: sudo apt-get install -y redis-server"; exit 1; }; }
 
+# Installs Debian's python3-redis (redis-py for /usr/bin/python3) when it is
+# missing: the test of examples/python runs the example with it.
+python3-redis:
+	@{ [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import redis' 2>/dev/null; } || { \
+	  echo "redis-py for /usr/bin/python3 not found: installing python3-redis with apt-get"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-redis || { \
+	    echo "could not install python3-redis; run: sudo apt-get install -y python3-redis"; exit 1; }; }
+
+# Installs the Node example's dependency (examples/node/package-lock.json)
+# when node and npm are on the PATH; without them its test is skipped.
+node-deps:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  cd examples/node && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "node or npm not found: the Node example's test will be skipped"; fi
+
 # A local Redis on $(REDIS_PORT), routerd on matrix.yaml, the profile-svc
 # agent, and the demo publisher and subscriber. Ctrl-C stops everything.
 run: redis-server build
@@ -34,8 +50,10 @@ lint:
 	@if command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml: valid"; \
 	  else echo "docker-compose not installed: docker-compose.yml not checked"; fi
 
-test: redis-server lint
-	$(GO) test -race -count=1 -timeout 15m ./...
+# ROUTERD_TEST_REQUIRE_PYTHON: the Python example's test fails rather than
+# skips when no Python with redis-py is found (python3-redis installs it).
+test: redis-server python3-redis node-deps lint
+	ROUTERD_TEST_REQUIRE_PYTHON=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 # Unit tests only: no Redis needed.
 unit:

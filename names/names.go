@@ -241,6 +241,13 @@ func BatchMarkKey(tenant, service, tag string) string {
 	return PositionKey(tenant, service, tag) + "#batch"
 }
 
+// DeliveryKey is the string, in a service's cache Redis, that an agent
+// delivering to the service's process (routerd agent --deliver) sets to
+// "clean" when it stops with every invalidation it applied delivered. A
+// start that does not find it there (and takes it away) delivers a reset
+// first: the cache's positions may be ahead of what the process was given.
+func DeliveryKey(service string) string { return "routerd:delivery:" + service }
+
 // HistoryField is the field of a channel history entry that holds the
 // message (publish.lua writes it under the same name).
 const HistoryField = "m"

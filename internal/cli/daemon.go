@@ -14,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/deliver"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -133,10 +135,15 @@ func reloadHandler(rc *reload.Coordinator) http.HandlerFunc {
 	}
 }
 
+// agentUsage is the agent's synopsis.
+const agentUsage = "--redis URL --service S --matrix F (--cache-redis URL | --deliver URL|- | both) [--listen ADDR]"
+
 func agent(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "agent", "--redis URL --cache-redis URL --service S --matrix F [--listen ADDR]")
+	f := newFlags(env, "agent", agentUsage)
 	bus := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	cache := f.redis("cache-redis", "ROUTERD_CACHE_REDIS_URL", "the service's cache Redis")
+	target := f.stringEnv("deliver", "ROUTERD_DELIVER", "", "hand each invalidation to the service's process: POST it as JSON to this URL, or - for JSON lines on stdout (see docs/protocol.md)")
+	summaryEvery := f.Duration("summary-interval", time.Minute, "log one line of what was applied per interval (0: never)")
 	service := f.stringEnv("service", "ROUTERD_SERVICE", "", "service name in the matrix")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
 	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
@@ -151,8 +158,13 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if err := f.required("redis", "cache-redis", "service", "matrix"); err != nil {
+	if err := f.required("redis", "service", "matrix"); err != nil {
 		return err
+	}
+	if *cache.url == "" && *target == "" {
+		fmt.Fprintln(env.Stderr, "--cache-redis, --deliver or both are required: invalidations need somewhere to go")
+		f.Usage()
+		return errUsage
 	}
 	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
@@ -163,20 +175,30 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer busC.Close()
-	cacheC, err := cache.open()
-	if err != nil {
-		return err
+	var cacheC redis.UniversalClient
+	if *cache.url != "" {
+		if cacheC, err = cache.open(); err != nil {
+			return err
+		}
+		defer cacheC.Close()
 	}
-	defer cacheC.Close()
 	reg := newRegistry()
-	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, env.Stdout, "routerd-agent")
+	traceOut := env.Stdout
+	if *target == deliver.Stdout {
+		traceOut = env.Stderr // stdout carries the deliveries alone
+	}
+	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, traceOut, "routerd-agent")
 	if err != nil {
 		return err
 	}
 	defer flushTraces(log, stopTracing)
+	out, err := newAgentOut(*target, env, cacheC, *service, log, reg)
+	if err != nil {
+		return err
+	}
 	s, err := subscriber.New(busC, subscriber.Options{
-		TracerProvider: tp,
-		Service:        *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
+		TracerProvider: tp, Handler: out.handle,
+		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store:  sf.options(),
 		Logger: log, Registerer: reg,
@@ -191,11 +213,21 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	rc := reload.New(*path, m, reload.Options{Namespace: "subscriber", Logger: log, Registerer: reg})
 	rc.Subscribe(s.SetMatrix)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Run(gctx) })
+	g.Go(func() error {
+		if err := out.start(gctx); err != nil {
+			return err
+		}
+		return s.Run(gctx)
+	})
 	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
-	log.Info("routerd agent running", "service", *service, "pid", os.Getpid())
-	return g.Wait()
+	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
+	started := time.Now()
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", *target)
+	err = g.Wait()
+	out.stopped()
+	log.Info("routerd agent stopped", out.summary(started)...)
+	return err
 }
 
 // daemonSetup makes the logger and loads the matrix for serve and agent.

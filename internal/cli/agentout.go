@@ -1,0 +1,174 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/subscriber"
+)
+
+// agentOut is the agent's subscriber.Handler: it delivers each invalidation
+// to the service's process (--deliver) and counts what was applied, for the
+// agent's summary lines.
+//
+// The rule that keeps a delivery from being lost when there is a cache
+// Redis: the cache applies an invalidation and records its position before
+// the process is given it, so the cache's position can run ahead of
+// delivery — when the agent stops (or dies) while a delivery is not made.
+// The agent therefore marks the cache "clean" (names.DeliveryKey) only when
+// it stops with every delivery made, and takes the mark away when it starts:
+// a start that does not find it delivers a reset first. Without a cache
+// Redis positions live in memory, and every start delivers a reset.
+type agentOut struct {
+	d       *deliver.Deliverer // nil without --deliver
+	cache   redis.UniversalClient
+	service string
+	log     *slog.Logger
+	// taken: the clean mark was taken at start (or there is no cache), so
+	// the mark this run leaves, if any, is its own.
+	taken atomic.Bool
+
+	invalidations, keys, wholeTags, recovered atomic.Int64
+	total                                     atomic.Int64
+}
+
+func newAgentOut(target string, env *Env, cache redis.UniversalClient, service string, log *slog.Logger, reg prometheus.Registerer) (*agentOut, error) {
+	a := &agentOut{cache: cache, service: service, log: log}
+	if target == "" {
+		return a, nil
+	}
+	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", target), Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	a.d = d
+	return a, nil
+}
+
+// start takes the cache's clean mark (waiting for the cache Redis to
+// answer) and delivers the reset unless the mark was there.
+func (a *agentOut) start(ctx context.Context) error {
+	if a.d == nil {
+		return nil
+	}
+	if a.cache == nil {
+		a.taken.Store(true)
+		a.log.Info("delivering a reset first: without --cache-redis the agent keeps no positions, so it cannot tell what the process missed")
+		return a.flush(ctx)
+	}
+	wait := 100 * time.Millisecond
+	for {
+		v, err := a.cache.GetDel(ctx, names.DeliveryKey(a.service)).Result()
+		if err == nil || errors.Is(err, redis.Nil) {
+			a.taken.Store(true)
+			if v == "clean" {
+				a.d.SkipReset()
+				a.log.Info("the last agent stopped with everything delivered; continuing from the cache's positions")
+				return nil
+			}
+			a.log.Info("delivering a reset first: the last agent did not stop with everything delivered (or none ran with --deliver), so the cache's positions may be ahead of the process")
+			return a.flush(ctx)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.log.Warn("reading the delivery mark from the cache Redis; retrying", "retry_in", wait, "err", err)
+		sleep(ctx, wait)
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+func (a *agentOut) flush(ctx context.Context) error {
+	if err := a.d.Flush(ctx); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// stopped leaves the clean mark when every delivery was made.
+func (a *agentOut) stopped() {
+	if a.d == nil || a.cache == nil || !a.taken.Load() {
+		return
+	}
+	if !a.d.Clean() {
+		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.cache.Set(ctx, names.DeliveryKey(a.service), "clean", 0).Err(); err != nil {
+		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
+	}
+}
+
+// handle is the subscriber's Handler.
+func (a *agentOut) handle(ctx context.Context, inv subscriber.Invalidation) error {
+	if a.d != nil {
+		if err := a.d.Handle(ctx, inv); err != nil {
+			return err
+		}
+	}
+	a.invalidations.Add(1)
+	a.total.Add(1)
+	if len(inv.Keys) == 0 {
+		a.wholeTags.Add(1)
+	} else {
+		a.keys.Add(int64(len(inv.Keys)))
+	}
+	if inv.Recovered {
+		a.recovered.Add(1)
+	}
+	return nil
+}
+
+// summarize logs one line per interval with invalidations applied in it.
+func (a *agentOut) summarize(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n := a.invalidations.Swap(0)
+			keys, whole, rec := a.keys.Swap(0), a.wholeTags.Swap(0), a.recovered.Swap(0)
+			if n == 0 {
+				continue
+			}
+			attrs := []any{"invalidations", n, "keys", keys, "whole_tags", whole, "recovered", rec, "interval", every}
+			if a.d != nil {
+				attrs = append(attrs, "delivered", a.d.Delivered())
+			}
+			a.log.Info("applied", attrs...)
+		}
+	}
+}
+
+// summary is the agent's last line.
+func (a *agentOut) summary(started time.Time) []any {
+	attrs := []any{"invalidations", a.total.Load(), "uptime", time.Since(started).Round(time.Millisecond)}
+	if a.d != nil {
+		attrs = append(attrs, "delivered", a.d.Delivered(), "all_delivered", a.d.Clean())
+	}
+	return attrs
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,355 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
+)
+
+// receiver is a service's HTTP endpoint for `agent --deliver`: it records
+// the objects it accepts, and answers 500 to the requests whose numbers
+// (from 1) are in fail.
+type receiver struct {
+	mu       sync.Mutex
+	requests int
+	fail     map[int]bool
+	down     bool // answer 503 to everything
+	got      []delivered
+}
+
+// delivered is one object as the process sees it.
+type delivered struct {
+	Reset       bool     `json:"reset"`
+	Tenant      string   `json:"tenant"`
+	Tag         string   `json:"tag"`
+	Keys        []string `json:"keys"`
+	WholeTag    bool     `json:"whole_tag"`
+	Version     int64    `json:"version"`
+	Epoch       string   `json:"epoch"`
+	Event       string   `json:"event"`
+	Traceparent string   `json:"traceparent"`
+}
+
+func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.requests++
+	if r.down || r.fail[r.requests] {
+		http.Error(w, "not now", http.StatusInternalServerError)
+		return
+	}
+	var d delivered
+	if err := json.Unmarshal(body, &d); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.got = append(r.got, d)
+}
+
+func (r *receiver) objects() []delivered {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+func (r *receiver) setDown(down bool) {
+	r.mu.Lock()
+	r.down = down
+	r.mu.Unlock()
+}
+
+// agentRun is an agent run in-process that the test can stop (as a kill of
+// the process would, its deferred work aside) and start again.
+type agentRun struct {
+	cancel context.CancelFunc
+	done   chan int
+	out    *syncBuffer
+	errb   *syncBuffer
+	addr   string
+}
+
+func startAgent(t *testing.T, args ...string) *agentRun {
+	t.Helper()
+	a := &agentRun{done: make(chan int, 1), out: &syncBuffer{}, errb: &syncBuffer{}, addr: redistest.FreeAddr(t)}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	args = append([]string{"agent", "--listen", a.addr, "--matrix", "../../matrix.yaml", "--service", "search-svc"}, args...)
+	go func() {
+		a.done <- Main(ctx, args, Env{Stdout: a.out, Stderr: a.errb, Getenv: func(string) string { return "" }})
+	}()
+	t.Cleanup(func() { a.stop(t) })
+	return a
+}
+
+func (a *agentRun) stop(t *testing.T) {
+	t.Helper()
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	a.cancel = nil
+	select {
+	case code := <-a.done:
+		if code != 0 {
+			t.Errorf("agent exited %d: %s", code, a.errb.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("agent did not stop: %s", a.errb.String())
+	}
+}
+
+func (a *agentRun) waitReady(t *testing.T) {
+	t.Helper()
+	redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
+		code, _ := get(t, "http://"+a.addr+"/readyz")
+		return code == 200
+	})
+}
+
+func publishKeys(t *testing.T, busURL, domain string, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if code, out, errs := runCLI(t, "publish", "--redis", busURL, "--tenant", "acme", "--domain", domain, "--keys", k); code != 0 {
+			t.Fatalf("publish %s: %d %s %s", k, code, out, errs)
+		}
+	}
+}
+
+// checkOrder checks the invalidations received (after any resets): per
+// channel the versions follow each other with none repeated or skipped, and
+// every key wanted arrived (or its tag was invalidated whole).
+func checkOrder(t *testing.T, got []delivered, want map[string][]string) {
+	t.Helper()
+	last := map[string]int64{}
+	keys := map[string]map[string]bool{}
+	whole := map[string]bool{}
+	for i, d := range got {
+		if d.Reset {
+			continue
+		}
+		ch := d.Tenant + ":" + d.Tag
+		if last[ch] != 0 && d.Version != last[ch]+1 {
+			t.Errorf("object %d: %s version %d after %d (repeated, out of order or skipped)", i, ch, d.Version, last[ch])
+		}
+		last[ch] = d.Version
+		if d.Epoch == "" || (len(d.Keys) == 0) != d.WholeTag {
+			t.Errorf("object %d: %+v: an epoch, and exactly one of keys and whole_tag, are required", i, d)
+		}
+		if keys[ch] == nil {
+			keys[ch] = map[string]bool{}
+		}
+		for _, k := range d.Keys {
+			keys[ch][k] = true
+		}
+		whole[ch] = whole[ch] || d.WholeTag
+	}
+	for ch, ks := range want {
+		for _, k := range ks {
+			if !keys[ch][k] && !whole[ch] {
+				t.Errorf("%s: key %s never delivered", ch, k)
+			}
+		}
+	}
+}
+
+func hasKeys(r *receiver, ch string, n int) func() bool {
+	return func() bool {
+		seen := map[string]bool{}
+		for _, d := range r.objects() {
+			if d.Tenant+":"+d.Tag == ch {
+				for _, k := range d.Keys {
+					seen[k] = true
+				}
+			}
+		}
+		return len(seen) >= n
+	}
+}
+
+// `agent --deliver URL` without a cache: a reset first, then every
+// invalidation of every channel exactly once and in order per channel,
+// though the process answers 500 three times in the middle.
+func TestDeliverHTTPInOrderThroughFailures(t *testing.T) {
+	bus := redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	rcv := &receiver{fail: map[int]bool{4: true, 5: true, 6: true}} // after the reset and two invalidations
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	a := startAgent(t, "--redis", bus.URL, "--deliver", srv.URL+"/invalidate")
+	a.waitReady(t)
+
+	var users, products []string
+	for i := range 10 {
+		users = append(users, fmt.Sprintf("user:%d", i))
+		products = append(products, fmt.Sprintf("product:%d", i))
+	}
+	for i := range 10 { // interleaved: the active channel carries both domains
+		publishKeys(t, bus.URL, "user", users[i])
+		publishKeys(t, bus.URL, "product", products[i])
+	}
+	redistest.Eventually(t, 15*time.Second, "every key delivered", func() bool {
+		return hasKeys(rcv, "acme:active", 20)() && hasKeys(rcv, "acme:electronics", 10)()
+	})
+	got := rcv.objects()
+	if len(got) == 0 || !got[0].Reset {
+		t.Fatalf("the first object is not a reset: %+v", got)
+	}
+	for i, d := range got[1:] {
+		if d.Reset {
+			t.Errorf("object %d: a second reset", i+1)
+		}
+	}
+	checkOrder(t, got, map[string][]string{"acme:active": append(users, products...), "acme:electronics": products})
+	for _, d := range got[1:] {
+		if d.Event == "" {
+			t.Errorf("%+v: the message's event id is missing", d)
+		}
+	}
+	_, metrics := get(t, "http://"+a.addr+"/metrics")
+	for _, want := range []string{`subscriber_deliveries_total{outcome="retried"} 3`, `subscriber_deliveries_total{outcome="failed"} 0`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(metrics, "subscriber_deliveries_total"))
+		}
+	}
+	a.stop(t)
+	if !strings.Contains(a.errb.String(), "routerd agent stopped") || !strings.Contains(a.errb.String(), "delivered=") {
+		t.Errorf("no shutdown summary:\n%s", a.errb.String())
+	}
+}
+
+// An agent without positions that is stopped and started again delivers a
+// reset first: it cannot know what the process missed while it was down.
+func TestDeliverRestartWithoutPositionsResetsFirst(t *testing.T) {
+	bus := redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	a := startAgent(t, "--redis", bus.URL, "--deliver", srv.URL)
+	a.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "user:1 delivered", hasKeys(rcv, "acme:active", 1))
+	a.stop(t)
+	publishKeys(t, bus.URL, "user", "user:2") // missed: nobody listens
+	before := len(rcv.objects())
+	b := startAgent(t, "--redis", bus.URL, "--deliver", srv.URL)
+	b.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:3")
+	redistest.Eventually(t, 10*time.Second, "user:3 delivered", hasKeys(rcv, "acme:active", 2))
+	got := rcv.objects()[before:]
+	if len(got) == 0 || !got[0].Reset {
+		t.Fatalf("the restarted agent did not deliver a reset first: %+v", got)
+	}
+}
+
+// With a cache Redis and --deliver: the cache's positions continue a run
+// that stopped with everything delivered (what was missed while down is
+// replayed, no reset); a run that stopped with a delivery not made leaves
+// the cache's positions ahead of the process, and the next start delivers a
+// reset first.
+func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+
+	a := startAgent(t, args...)
+	a.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "user:1 delivered", hasKeys(rcv, "acme:active", 1))
+	a.stop(t)
+	if got := rcv.objects(); !got[0].Reset {
+		t.Errorf("the first agent on a cache never marked clean did not reset first: %+v", got)
+	}
+	if v, _ := cache.Client(t).Get(context.Background(), names.DeliveryKey("search-svc")).Result(); v != "clean" {
+		t.Fatalf("a clean stop left the delivery mark %q", v)
+	}
+
+	// Clean stop: what was published meanwhile is replayed, without a reset.
+	publishKeys(t, bus.URL, "user", "user:2")
+	before := len(rcv.objects())
+	b := startAgent(t, args...)
+	b.waitReady(t)
+	redistest.Eventually(t, 10*time.Second, "user:2 replayed", hasKeys(rcv, "acme:active", 2))
+	for _, d := range rcv.objects()[before:] {
+		if d.Reset {
+			t.Error("a reset after a clean stop")
+		}
+	}
+	checkOrder(t, rcv.objects(), map[string][]string{"acme:active": {"user:1", "user:2"}})
+
+	// The process stops answering; the agent stops with user:3 applied to
+	// the cache (its position recorded there) but not delivered.
+	rcv.setDown(true)
+	publishKeys(t, bus.URL, "user", "user:3")
+	redistest.Eventually(t, 10*time.Second, "user:3 tried", func() bool {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		return rcv.requests > len(rcv.got)
+	})
+	b.stop(t)
+	if !strings.Contains(b.errb.String(), "the next start delivers a reset") {
+		t.Errorf("the unclean stop is not logged:\n%s", b.errb.String())
+	}
+	rcv.setDown(false)
+	before = len(rcv.objects())
+	c := startAgent(t, args...)
+	c.waitReady(t)
+	got := rcv.objects()[before:]
+	if len(got) == 0 || !got[0].Reset {
+		t.Fatalf("after a stop with a delivery not made, the first object is not a reset: %+v", got)
+	}
+}
+
+// `agent --deliver -` writes the objects as JSON lines on stdout, and
+// nothing else there.
+func TestDeliverJSONLines(t *testing.T) {
+	bus := redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	a := startAgent(t, "--redis", bus.URL, "--deliver", "-")
+	a.waitReady(t)
+	publishKeys(t, bus.URL, "product", "product:1", "product:2")
+	lines := func() []string { return strings.Split(strings.TrimSuffix(a.out.String(), "\n"), "\n") }
+	redistest.Eventually(t, 10*time.Second, "both products on each channel", func() bool {
+		return strings.Count(a.out.String(), "product:2") >= 2
+	})
+	var got []delivered
+	for _, l := range lines() {
+		var d delivered
+		if err := json.Unmarshal([]byte(l), &d); err != nil {
+			t.Fatalf("stdout line %q is not a JSON object: %v", l, err)
+		}
+		got = append(got, d)
+	}
+	if lines()[0] != `{"reset":true}` {
+		t.Errorf("first line = %s, want {\"reset\":true}", lines()[0])
+	}
+	checkOrder(t, got, map[string][]string{"acme:active": {"product:1", "product:2"}, "acme:electronics": {"product:1", "product:2"}})
+}
+
+// The agent refuses to start with nowhere to put invalidations, and a bad
+// --deliver target, naming the flag.
+func TestAgentFlags(t *testing.T) {
+	code, _, errs := runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml")
+	if code != 2 || !strings.Contains(errs, "--cache-redis, --deliver or both are required") {
+		t.Errorf("agent without a cache or a target: %d %q", code, errs)
+	}
+	code, _, errs = runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml", "--deliver", "localhost:8080")
+	if code != 1 || !strings.Contains(errs, "want an http:// or https:// URL, or - for stdout") {
+		t.Errorf("agent --deliver localhost:8080: %d %q", code, errs)
+	}
+}

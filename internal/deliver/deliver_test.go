@@ -1,0 +1,272 @@
+package deliver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// receiver is an HTTP endpoint that records the bodies it accepts and
+// answers the first fail requests with 500.
+type receiver struct {
+	mu       sync.Mutex
+	fail     int
+	requests int
+	got      []string
+}
+
+func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	b, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.requests++
+	if req.Method != http.MethodPost || req.Header.Get("Content-Type") != "application/json" {
+		http.Error(w, "want a JSON POST", http.StatusBadRequest)
+		return
+	}
+	if r.fail > 0 {
+		r.fail--
+		http.Error(w, "not now", http.StatusInternalServerError)
+		return
+	}
+	r.got = append(r.got, string(b))
+}
+
+func (r *receiver) bodies() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.got...)
+}
+
+func fast(target string, reg prometheus.Registerer) Options {
+	return Options{Target: target, MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond, Registerer: reg}
+}
+
+var (
+	keysInv = subscriber.Invalidation{Tenant: "acme", Tag: "active", Keys: []string{"user:1", "user:2"}, Epoch: "9f2c1a", Version: 42,
+		Message: &wire.Message{Tenant: "acme", Tag: "active", Epoch: "9f2c1a", Version: 42, Keys: []string{"user:1", "user:2"},
+			Event: "01JDX", Traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	wholeInv = subscriber.Invalidation{Tenant: "acme", Tag: "active", Epoch: "9f2c1a", Version: 43, Recovered: true}
+)
+
+// The objects are exactly those docs/protocol.md names.
+func TestEncode(t *testing.T) {
+	for _, tc := range []struct {
+		inv  subscriber.Invalidation
+		want string
+	}{
+		{keysInv, `{"tenant":"acme","tag":"active","keys":["user:1","user:2"],"version":42,"epoch":"9f2c1a","event":"01JDX","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}`},
+		{wholeInv, `{"tenant":"acme","tag":"active","whole_tag":true,"version":43,"epoch":"9f2c1a"}`},
+		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Epoch: "e", Version: 7, Message: &wire.Message{Epoch: "e", Version: 7}},
+			`{"tenant":"acme","tag":"active","whole_tag":true,"version":7,"epoch":"e"}`},
+	} {
+		b, err := Encode(tc.inv, "")
+		if err != nil || string(b) != tc.want {
+			t.Errorf("Encode = %s, %v\nwant %s", b, err, tc.want)
+		}
+	}
+	b, _ := Encode(wholeInv, "00-aa-bb-01")
+	if !strings.Contains(string(b), `"traceparent":"00-aa-bb-01"`) {
+		t.Errorf("the trace context of the agent's span is not carried: %s", b)
+	}
+}
+
+// A receiver answering 500 three times and then 200 gets each object once,
+// in order, the reset first; the retries are counted.
+func TestRetriesInOrderExactlyOnce(t *testing.T) {
+	rcv := &receiver{fail: 3}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	reg := prometheus.NewRegistry()
+	opt := fast(srv.URL, reg)
+	opt.Reset = true
+	d, err := New(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, inv := range []subscriber.Invalidation{keysInv, wholeInv} {
+		if err := d.Handle(ctx, inv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := rcv.bodies()
+	want := []string{`{"reset":true}`, `"version":42`, `"version":43`}
+	if len(got) != len(want) {
+		t.Fatalf("received %d objects, want %d: %q", len(got), len(want), got)
+	}
+	for i := range want {
+		if !strings.Contains(got[i], want[i]) {
+			t.Errorf("object %d = %s, want it to contain %s", i, got[i], want[i])
+		}
+	}
+	if n := count(d.m.deliveries.WithLabelValues("retried")); n != 3 {
+		t.Errorf("retried = %v, want 3", n)
+	}
+	if n := count(d.m.deliveries.WithLabelValues("delivered")); n != 3 {
+		t.Errorf("delivered = %v, want 3", n)
+	}
+	if !d.Clean() || d.Delivered() != 3 {
+		t.Errorf("Clean %v, Delivered %d; want true, 3", d.Clean(), d.Delivered())
+	}
+}
+
+// A delivery whose context ends before the receiver accepts it returns an
+// error, is counted failed, and leaves the Deliverer not clean; nothing
+// after it was delivered.
+func TestStopsWithADeliveryNotMade(t *testing.T) {
+	rcv := &receiver{fail: 1 << 30}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	d, err := New(fast(srv.URL, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Handle(ctx, keysInv) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rcv.mu.Lock()
+		n := rcv.requests
+		rcv.mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "not delivered") {
+		t.Errorf("Handle after cancel = %v, want a not-delivered error", err)
+	}
+	if d.Clean() {
+		t.Error("Clean after an abandoned delivery")
+	}
+	if n := count(d.m.deliveries.WithLabelValues("failed")); n != 1 {
+		t.Errorf("failed = %v, want 1", n)
+	}
+	if got := rcv.bodies(); len(got) != 0 {
+		t.Errorf("accepted %q", got)
+	}
+}
+
+// A network error (nothing listening) is retried like a 500.
+func TestNetworkErrorRetried(t *testing.T) {
+	rcv := &receiver{}
+	srv := httptest.NewUnstartedServer(rcv)
+	addr := srv.Listener.Addr().String()
+	d, err := New(fast("http://"+addr+"/invalidate", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener.Close() // refuse connections for now
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	err = d.Handle(ctx, keysInv)
+	cancel()
+	if err == nil {
+		t.Fatal("delivered with nothing listening")
+	}
+	if d.Clean() {
+		t.Error("clean after a delivery was abandoned")
+	}
+}
+
+// With "-" each object is one JSON line on Stdout.
+func TestJSONLines(t *testing.T) {
+	var out bytes.Buffer
+	d, err := New(Options{Target: Stdout, Stdout: &out, Reset: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, inv := range []subscriber.Invalidation{keysInv, wholeInv} {
+		if err := d.Handle(context.Background(), inv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 3 || lines[0] != `{"reset":true}` {
+		t.Fatalf("lines = %q", lines)
+	}
+	for _, l := range lines[1:] {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Errorf("line %q: %v", l, err)
+		}
+	}
+	if !strings.Contains(lines[2], `"whole_tag":true`) {
+		t.Errorf("second invalidation = %s", lines[2])
+	}
+}
+
+// A write that fails is retried: nothing is lost to a short write error.
+func TestWriteErrorRetried(t *testing.T) {
+	w := &flakyWriter{fail: 2}
+	d, err := New(Options{Target: Stdout, Stdout: w, MinBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Handle(context.Background(), wholeInv); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(w.buf.String(), "\n") != 1 {
+		t.Errorf("written %q", w.buf.String())
+	}
+}
+
+type flakyWriter struct {
+	fail int
+	buf  bytes.Buffer
+}
+
+func (w *flakyWriter) Write(p []byte) (int, error) {
+	if w.fail > 0 {
+		w.fail--
+		return 0, io.ErrClosedPipe
+	}
+	return w.buf.Write(p)
+}
+
+func TestNewRefusesBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opt  Options
+		want string
+	}{
+		{Options{}, "a target is required"},
+		{Options{Target: "-"}, "needs a Stdout writer"},
+		{Options{Target: "localhost:8080"}, "want an http:// or https:// URL"},
+		{Options{Target: "ftp://x/y"}, "want an http:// or https:// URL"},
+		{Options{Target: "http://x", MinBackoff: time.Second, MaxBackoff: time.Millisecond}, "below MinBackoff"},
+		{Options{Target: "http://x", Timeout: -1}, "must not be negative"},
+	} {
+		if _, err := New(tc.opt); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want an error containing %q", tc.opt, err, tc.want)
+		}
+	}
+}
+
+func count(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}

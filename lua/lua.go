@@ -22,6 +22,8 @@ import (
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/names"
 )
 
 // MaxUnpack is the most items a script passes to one Redis command (Lua's
@@ -47,8 +49,9 @@ var (
 	srcverSrc string
 )
 
-// prelude starts every script: the limits Go and Lua share.
-var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n"
+// prelude starts every script: the limits and names Go and Lua share.
+var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
+	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n"
 
 // Sources are the scripts as they are sent to Redis, by file name.
 var Sources = map[string]string{

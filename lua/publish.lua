@@ -70,7 +70,7 @@ for c = 1, #KEYS, 3 do
       version = version + 1
       local v = tostring(version) -- formatted once (Lua formats numbers with sprintf)
       local msg = '{"epoch":"' .. epoch .. '","version":' .. v .. body .. '}'
-      redis.call('XADD', historyKey, v .. '-0', 'm', msg)
+      redis.call('XADD', historyKey, v .. '-0', HISTORY_FIELD, msg)
       redis.call(cmd, channel, msg)
       out[#out + 1] = version
       out[#out + 1] = 0

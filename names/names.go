@@ -173,15 +173,15 @@ func HistoryKey(channel string) string { return "{" + channel + "}:history" }
 func EventsKey(channel string) string { return "{" + channel + "}:events" }
 
 // TenantTag is the cluster hash tag shared by every cache key of a tenant.
-func TenantTag(tenant string) string { return "{tenant:" + tenant + "}" }
+func TenantTag(tenant string) string { return tenantHashTag + tenant + "}" }
 
 // TagSetKey is the Redis set holding the cache keys registered under a tag.
-func TagSetKey(tenant, tag string) string { return "{tenant:" + tenant + "}:tag:" + tag }
+func TagSetKey(tenant, tag string) string { return TenantTag(tenant) + ":tag:" + tag }
 
 // PositionKey is where a service's subscriber records how far it has applied
 // a channel, as "epoch:version".
 func PositionKey(tenant, service, tag string) string {
-	return "{tenant:" + tenant + "}:pos:" + service + ":" + tag
+	return TenantTag(tenant) + ":pos:" + service + ":" + tag
 }
 
 // ReservedSegments are the first ':'-separated segments a cache key may not

@@ -9,6 +9,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -107,7 +108,7 @@ func TestPublishScriptBatch(t *testing.T) {
 	if len(hist) != 3 || hist[2].ID != "3-0" {
 		t.Fatalf("history: %v", hist)
 	}
-	msg, err := wire.ParseMessage([]byte(hist[2].Values["m"].(string)))
+	msg, err := wire.ParseMessage([]byte(hist[2].Values[names.HistoryField].(string)))
 	if err != nil || msg.Epoch != "ep" || msg.Version != 3 || msg.Event != "e5" {
 		t.Errorf("history entry: %+v %v", msg, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -102,7 +103,7 @@ func TestRawXAddFromAnotherLanguageIsRouted(t *testing.T) {
 	if err != nil || len(hist) != 1 {
 		t.Fatalf("history %v %v", hist, err)
 	}
-	m, err := wire.ParseMessage([]byte(hist[0].Values["m"].(string)))
+	m, err := wire.ParseMessage([]byte(hist[0].Values[names.HistoryField].(string)))
 	if want := stream + ":" + entryID; err != nil || m.Event != want {
 		t.Errorf("message %+v, %v: want event id %q", m, err, want)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -30,7 +31,7 @@ func (e *env) history(channel string) []*wire.Message {
 	}
 	out := make([]*wire.Message, len(entries))
 	for i, en := range entries {
-		m, err := wire.ParseMessage([]byte(en.Values["m"].(string)))
+		m, err := wire.ParseMessage([]byte(en.Values[names.HistoryField].(string)))
 		if err != nil {
 			e.t.Fatalf("history entry %s: %v", en.ID, err)
 		}

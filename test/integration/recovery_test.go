@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/tagstore"
@@ -87,7 +88,7 @@ func TestDuplicateIgnored(t *testing.T) {
 		return metric(t, reg, "subscriber_messages_applied_total") == 2
 	})
 	e.seed("search-svc", "acme", "user:1", "active")
-	if err := e.busC.Publish(ctx, "invalidate:acme:active", hist[0].Values["m"]).Err(); err != nil {
+	if err := e.busC.Publish(ctx, "invalidate:acme:active", hist[0].Values[names.HistoryField]).Err(); err != nil {
 		t.Fatal(err)
 	}
 	redistest.Eventually(t, 10*time.Second, "duplicate counted", func() bool {

@@ -305,6 +305,16 @@ func TestDoctor(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "ok    version") || !strings.Contains(out, "{tenant:acme}:tag:big (450)") {
 		t.Errorf("doctor on a sound Redis: exit %d\n%s", code, out)
 	}
+	// Without an append-only file, a bus loses acknowledged ingress entries
+	// on a restart: a warning with the setting; with it, nothing to say.
+	if !strings.Contains(out, "appendonly yes") {
+		t.Errorf("doctor on a Redis without persistence does not say so:\n%s", out)
+	}
+	must(t, sound.Client(t).ConfigSet(context.Background(), "appendonly", "yes").Err())
+	code, out, _ = runCLI(t, "doctor", "--redis", sound.URL, "--cardinality-guard", "500")
+	if code != 0 || !strings.Contains(out, "append-only file on") {
+		t.Errorf("doctor on a Redis with persistence: exit %d\n%s", code, out)
+	}
 }
 
 // doctor reports, with the fix, streams under the ingress prefix that no

@@ -143,6 +143,14 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 		}
 	}
 
+	if pers, err := info(ctx, c, "persistence"); err != nil {
+		add(Warn, "persistence", "cannot read INFO persistence: %v", err)
+	} else if pers["aof_enabled"] != "1" {
+		add(Warn, "persistence", "no append-only file: on the bus, an ingress entry acknowledged to a publisher is lost if Redis restarts before routing it (CONFIG SET appendonly yes, with appendfsync always to lose nothing or everysec to lose at most a second; see docs/architecture.md)")
+	} else {
+		add(OK, "persistence", "append-only file on")
+	}
+
 	mem, err := info(ctx, c, "memory")
 	if err == nil {
 		ratio, _ := strconv.ParseFloat(mem["mem_fragmentation_ratio"], 64)

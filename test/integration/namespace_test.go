@@ -34,7 +34,7 @@ func TestEventKeyNamingTagSetIsDeadLettered(t *testing.T) {
 	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event",
 		`{"tenant":"acme","domain":"user","entity":"1","keys":["tag:active"]}`}}).Err())
-	e.publish(wire.Event{Tenant: "acme", Domain: "user"}) // the whole tag, after it
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // the whole tag, after it
 
 	e.waitGone("search-svc", "acme", "user:1")
 	e.waitGone("search-svc", "acme", "user:2")

@@ -396,15 +396,18 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
+	// Subscribers of every tenant subscribe to exact channels, never to
+	// patterns (a pattern taxes every PUBLISH on the bus): they learn of a
+	// new tenant from this announcement (and from the registry at every
+	// position check), before its first message is published.
+	announce := r.c.Publish
 	if r.cluster {
-		// Sharded pub/sub has no patterns: subscribers of every tenant learn
-		// of a new one from this announcement (and from the registry at
-		// every position check), before its first message is published.
-		for i, c := range cmds {
-			if c.(*redis.IntCmd).Val() == 1 {
-				if err := r.c.SPublish(ctx, wire.TenantsChannel(r.prefix), fresh[i]).Err(); err != nil {
-					return fmt.Errorf("announcing tenant: %w", err)
-				}
+		announce = r.c.SPublish
+	}
+	for i, c := range cmds {
+		if c.(*redis.IntCmd).Val() == 1 {
+			if err := announce(ctx, wire.TenantsChannel(r.prefix), fresh[i]).Err(); err != nil {
+				return fmt.Errorf("announcing tenant: %w", err)
 			}
 		}
 	}

@@ -206,6 +206,11 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 		if tenants, err = s.everyTenant(ctx); err != nil {
 			return nil, err
 		}
+		// A tenant whose announcement this subscriber missed (it was
+		// reconnecting) joins now, so its messages arrive live again.
+		for _, t := range tenants {
+			s.announced(ctx, t)
+		}
 	}
 	out := make([]target, 0, len(tenants)*len(s.cur.tagList))
 	for _, tenant := range tenants {
@@ -242,7 +247,7 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 			add(t)
 		}
 	}
-	for t := range s.extra {
+	for t := range s.joined {
 		add(t)
 	}
 	for _, p := range s.pos {

@@ -25,7 +25,7 @@ type listener struct {
 	s     *Subscriber
 	conns []*conn
 	// standalone: what the one connection is subscribed to.
-	channels, patterns []string
+	channels []string
 	// cluster: the hash slot of each channel subscribed, as the server
 	// computes it (CLUSTER KEYSLOT), kept across regroups; every channel
 	// subscribed is in it.
@@ -130,35 +130,37 @@ func (s *Subscriber) reloadSlots(ctx context.Context) {
 // place (subscribe what is new, leave what is gone).
 func (ln *listener) regroup(ctx context.Context) {
 	s := ln.s
-	if !s.sharded() {
-		channels, patterns := s.cur.channels(s.prefix, false, nil)
-		if len(ln.conns) == 0 {
-			ln.start(ctx, s.bus.Subscribe(ctx), "", len(channels)+len(patterns))
-		}
-		c := ln.conns[0]
-		c.expected.Store(int64(len(channels) + len(patterns)))
-		subscribeAll(ctx, s, c.ps.Subscribe, minus(channels, ln.channels))
-		subscribeAll(ctx, s, c.ps.PSubscribe, minus(patterns, ln.patterns))
-		subscribeAll(ctx, s, c.ps.Unsubscribe, minus(ln.channels, channels))
-		subscribeAll(ctx, s, c.ps.PUnsubscribe, minus(ln.patterns, patterns))
-		ln.channels, ln.patterns = channels, patterns
-		s.log.Info("subscribed", "channels", len(channels), "patterns", len(patterns), "tags", s.cur.tagList)
-		s.requestCheck()
-		return
-	}
-
-	cc := redisconn.Cluster(s.bus)
-	ln.close()
 	tenants, err := s.allTenantList(ctx)
 	if err != nil {
 		s.log.Warn("reading the tenant registry; retrying", "err", err)
 		s.regroupAfter(time.Second)
 		return
 	}
-	channels, _ := s.cur.channels(s.prefix, true, tenants)
+	channels := s.cur.channels(s.prefix, tenants)
 	if s.cur.allTenants {
 		channels = append(channels, wire.TenantsChannel(s.prefix))
 	}
+	clear(s.joined)
+	for _, t := range tenants {
+		s.joined[t] = true
+	}
+	if !s.sharded() {
+		if len(ln.conns) == 0 {
+			ln.start(ctx, s.bus.Subscribe(ctx), "", len(channels))
+		}
+		c := ln.conns[0]
+		c.forgetAdded()
+		c.expected.Store(int64(len(channels)))
+		subscribeAll(ctx, s, c.ps.Subscribe, minus(channels, ln.channels))
+		subscribeAll(ctx, s, c.ps.Unsubscribe, minus(ln.channels, channels))
+		ln.channels = channels
+		s.log.Info("subscribed", "channels", len(channels), "tags", s.cur.tagList)
+		s.requestCheck()
+		return
+	}
+
+	cc := redisconn.Cluster(s.bus)
+	ln.close()
 	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
 		s.log.Warn("finding the slots of channels; retrying", "err", err)
@@ -267,23 +269,40 @@ func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 // channels are subscribed on the running connections (a regroup when a
 // master has none yet), and each is checked once confirmed.
 func (s *Subscriber) announced(ctx context.Context, tenant string) {
-	if !s.cur.allTenants || !s.sharded() || !names.ValidTenant(tenant) || s.extra[tenant] {
+	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.joined[tenant] {
 		return
 	}
-	s.extra[tenant] = true
+	s.joined[tenant] = true
 	s.log.Info("new tenant announced; subscribing to its channels", "tenant", tenant)
-	channels, _ := s.cur.channels(s.prefix, true, []string{tenant})
+	channels := s.cur.channels(s.prefix, []string{tenant})
 	if err := s.ln.add(ctx, channels); err != nil {
 		s.log.Info("subscribing to a new tenant's channels by regrouping", "tenant", tenant, "reason", err)
 		s.requestRegroup()
 	}
 }
 
-// add subscribes channels on the running sharded connections, one
-// SSUBSCRIBE per slot, and marks them for a check of their own once
-// confirmed. It fails, subscribing nothing, when a channel's master has no
+// add subscribes channels on the running connections — the one connection
+// of a standalone bus; on a cluster the sharded connections, one SSUBSCRIBE
+// per slot — and marks them for a check of their own once confirmed. On a
+// cluster it fails, subscribing nothing, when a channel's master has no
 // connection.
 func (ln *listener) add(ctx context.Context, channels []string) error {
+	if !ln.s.sharded() {
+		channels = minus(channels, ln.channels)
+		if len(channels) == 0 || len(ln.conns) == 0 {
+			return nil
+		}
+		c := ln.conns[0]
+		c.mu.Lock()
+		for _, ch := range channels {
+			c.added[ch] = true
+		}
+		c.mu.Unlock()
+		c.expected.Add(int64(len(channels)))
+		ln.channels = append(ln.channels, channels...)
+		subscribeAll(ctx, ln.s, c.ps.Subscribe, channels)
+		return nil
+	}
 	cc := redisconn.Cluster(ln.s.bus)
 	var fresh []string // not subscribed yet (a regroup may have taken them)
 	for _, ch := range channels {
@@ -351,7 +370,7 @@ func (ln *listener) close() {
 		<-c.done
 	}
 	ln.conns = nil
-	ln.channels, ln.patterns = nil, nil
+	ln.channels = nil
 }
 
 // reconfigure takes up the interest SetMatrix left: subscribe to what is

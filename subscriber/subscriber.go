@@ -134,9 +134,10 @@ type Subscriber struct {
 	// regroupTimer is the applier's delayed regroup, made by Run.
 	regroupTimer *time.Timer
 	running      atomic.Bool
-	// extra are tenants announced or seen beyond the registry read at the
-	// last regroup (sharded, every tenant); owned by the applier.
-	extra map[string]bool
+	// joined are the tenants whose channels are subscribed (a service of
+	// every tenant): those of the last regroup and those announced since;
+	// owned by the applier.
+	joined map[string]bool
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
@@ -180,23 +181,21 @@ func newInterest(sub matrix.Subscription) *interest {
 	return in
 }
 
-// channels returns the channels, or patterns for a service of every tenant.
-// With sharded pub/sub there are no patterns: a service of every tenant gets
-// the channels of the tenants given.
-func (in *interest) channels(prefix string, sharded bool, tenants []string) (channels, patterns []string) {
+// channels returns the exact channels of the service: of its tenants, or
+// for a service of every tenant, of the tenants given and the announcement
+// channel. There are no patterns: Redis matches every pattern subscription
+// against every PUBLISH on the bus, whatever its channel.
+func (in *interest) channels(prefix string, tenants []string) []string {
 	if !in.allTenants {
 		tenants = in.tenants
 	}
+	channels := make([]string, 0, len(tenants)*len(in.tagList)+1)
 	for _, tag := range in.tagList {
-		if in.allTenants && !sharded {
-			patterns = append(patterns, names.Channel(prefix, "*", tag))
-			continue
-		}
 		for _, tenant := range tenants {
 			channels = append(channels, names.Channel(prefix, tenant, tag))
 		}
 	}
-	return channels, patterns
+	return channels
 }
 
 // covers reports whether a tenant's tag is of interest.
@@ -277,7 +276,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), extra: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	if opt.ApplyRate > 0 {

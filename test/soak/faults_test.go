@@ -23,7 +23,7 @@ const (
 	faultKillRouter    = "kill-router"    // kill -9 one router (sometimes both), start it again, same or new consumer name
 	faultKillAgent     = "kill-agent"     // kill -9 one agent (sometimes two), start it again
 	faultClientKill    = "client-kill"    // CLIENT KILL TYPE pubsub on every bus node
-	faultFlushAll      = "flushall"       // FLUSHALL on the bus (standalone)
+	faultFlushAll      = "flushall"       // FLUSHALL on the bus (standalone), half the time while an agent is down
 	faultCacheSnapshot = "cache-snapshot" // a cache Redis restarted from a snapshot taken seconds before
 	faultMasterKill    = "master-kill"    // kill -9 a bus master, failover, the old node back as a replica (cluster)
 	faultForged        = "forged"         // forged channel messages: huge version, wrong tenant, garbage, made-up epoch
@@ -107,6 +107,9 @@ func (s *soak) inject(kind string, rng *rand.Rand) (string, error) {
 	case faultClientKill:
 		return s.clientKill(ctx)
 	case faultFlushAll:
+		if rng.IntN(2) == 0 {
+			return s.flushAllAgentDown(ctx, rng)
+		}
 		return s.flushAll(ctx)
 	case faultCacheSnapshot:
 		return s.cacheSnapshot(ctx, rng)
@@ -137,6 +140,15 @@ func (s *soak) killProcs(ctx context.Context, rng *rand.Rand, group []*proc, rou
 		}
 	}
 	var names []string
+	if routers && rng.IntN(2) == 0 {
+		// Kill while the routers are busy with a burst, so a victim is
+		// likely to hold entries read and not yet acknowledged.
+		n, err := s.burst(ctx, rng)
+		if err != nil {
+			return "", err
+		}
+		names = append(names, fmt.Sprintf("(right after a burst of %d events)", n))
+	}
 	for _, p := range victims {
 		p.kill()
 		names = append(names, p.name)
@@ -158,6 +170,25 @@ func (s *soak) killProcs(ctx context.Context, rng *rand.Rand, group []*proc, rou
 		}
 	}
 	return fmt.Sprintf("kill -9 %s, down %v", strings.Join(names, ", "), d.Round(time.Millisecond)), nil
+}
+
+// burst publishes 100 to 300 key-level events of tracer keys in one batch.
+func (s *soak) burst(ctx context.Context, rng *rand.Rand) (int, error) {
+	s.eventSeq++
+	events := make([]wire.Event, 100+rng.IntN(201))
+	ins := make([]*inval, len(events))
+	for i := range events {
+		tenant, domain := pick(rng, tenants), pick(rng, keyDomains)
+		events[i] = wire.Event{ID: fmt.Sprintf("soak-%s-burst%d-%d", s.sc.name, s.eventSeq, i), Tenant: tenant, Domain: domain, Keys: s.freshKeys(rng, tenant, domain)}
+		ins[i] = s.rec.beginInval(&inval{id: events[i].ID, tenant: tenant, domain: domain, keys: events[i].Keys, how: "publish"})
+	}
+	if _, err := s.pub.PublishBatch(ctx, events); err != nil {
+		return 0, fmt.Errorf("burst: %w", err)
+	}
+	for _, in := range ins {
+		s.rec.acked(in)
+	}
+	return len(events), nil
 }
 
 func (s *soak) busNodes(ctx context.Context, fn func(c *redis.Client) error) error {
@@ -237,6 +268,28 @@ func (s *soak) flushAll(ctx context.Context) (string, error) {
 	}
 	s.rec.lost(lostIDs, lostEntries)
 	return fmt.Sprintf("FLUSHALL; %d ingress entries no router had finished were lost with it", len(lostEntries)), nil
+}
+
+// flushAllAgentDown flushes the bus while an agent is down: the messages
+// it missed are gone from the history with the channels' metas, and it must
+// still catch up when it comes back.
+func (s *soak) flushAllAgentDown(ctx context.Context, rng *rand.Rand) (string, error) {
+	p := pick(rng, s.agents)
+	p.kill()
+	before, after := down(rng)/2, down(rng)/2
+	_ = sleep(ctx, before)
+	detail, err := s.flushAll(ctx)
+	if err != nil {
+		return detail, err
+	}
+	_ = sleep(ctx, after)
+	if err := p.start(); err != nil {
+		return detail, err
+	}
+	if err := p.waitReady(ctx, 30*time.Second); err != nil {
+		return detail, err
+	}
+	return fmt.Sprintf("kill -9 %s; %v later %s; back %v after that", p.name, before.Round(time.Millisecond), detail, after.Round(time.Millisecond)), nil
 }
 
 // idLess compares stream entry ids.
@@ -418,9 +471,8 @@ func (s *soak) forge(ctx context.Context, rng *rand.Rand) (string, error) {
 }
 
 // rawEvent is an event as another language would append it.
-func (s *soak) rawEvent(rng *rand.Rand, tenant string, withID bool, how string) (*inval, []byte) {
-	domain := pick(rng, domainNames)
-	ev := wire.Event{Tenant: tenant, Domain: domain, Keys: randomKeys(rng, domain), Origin: "soak-raw", TS: time.Now().UnixMilli()}
+func (s *soak) rawEvent(rng *rand.Rand, tenant, domain string, withID bool, how string) (*inval, []byte) {
+	ev := wire.Event{Tenant: tenant, Domain: domain, Keys: s.freshKeys(rng, tenant, domain), Origin: "soak-raw", TS: time.Now().UnixMilli()}
 	if withID {
 		s.eventSeq++
 		ev.ID = fmt.Sprintf("soak-raw-%s-%d", s.sc.name, s.eventSeq)
@@ -436,7 +488,7 @@ func (s *soak) rawEvent(rng *rand.Rand, tenant string, withID bool, how string) 
 func (s *soak) rawDuplicate(ctx context.Context, rng *rand.Rand) (string, error) {
 	tenant := pick(rng, tenants)
 	withID := rng.IntN(2) == 0
-	in, data := s.rawEvent(rng, tenant, withID, faultRawDuplicate)
+	in, data := s.rawEvent(rng, tenant, pick(rng, keyDomains), withID, faultRawDuplicate)
 	stream := wire.IngressStream("invalidate", wire.Partition(tenant, partitions))
 	s.rec.beginInval(in)
 	for range 2 {
@@ -450,8 +502,9 @@ func (s *soak) rawDuplicate(ctx context.Context, rng *rand.Rand) (string, error)
 }
 
 // rawReorder appends events without ids with explicit entry ids: two of
-// one tenant with the same entry id on two partitions (the tenant's own
-// and another, as a publisher that picked another partition would), and
+// one tenant and domain with the same entry id on two partitions (the
+// tenant's own and another, as a publisher that picked another partition
+// would), and
 // two more whose entry ids run against the order they were appended in.
 func (s *soak) rawReorder(ctx context.Context, rng *rand.Rand) (string, error) {
 	tenant := pick(rng, tenants)
@@ -477,8 +530,12 @@ func (s *soak) rawReorder(ctx context.Context, rng *rand.Rand) (string, error) {
 		{s2, fmt.Sprintf("%d-0", base+1)}, // appended later, lower id
 	}
 	var done []string
-	for _, st := range steps {
-		in, data := s.rawEvent(rng, tenant, false, faultRawReorder)
+	domain := pick(rng, keyDomains) // the colliding pair's: both reach the same channels
+	for i, st := range steps {
+		if i >= 2 {
+			domain = pick(rng, keyDomains)
+		}
+		in, data := s.rawEvent(rng, tenant, domain, false, faultRawReorder)
 		s.rec.beginInval(in)
 		id, err := s.bus.XAdd(ctx, &redis.XAddArgs{Stream: st.stream, ID: st.id, Values: []any{wire.EventField, data}}).Result()
 		if err != nil {

@@ -12,18 +12,24 @@ import (
 // package, which cached keys each invalidation must reach.
 var (
 	tenants     = []string{"acme", "globex", "initech", "umbrella"}
-	domainNames = []string{"user", "product", "invoice"}
+	domainNames = []string{"user", "product", "invoice", "catalog"}
 	domainTags  = map[string][]string{
 		"user":    {"active"},
 		"product": {"electronics", "active"},
 		"invoice": {"billing"},
+		"catalog": {"catalog"},
 	}
-	tagNames    = []string{"active", "billing", "electronics"}
+	tagNames    = []string{"active", "billing", "catalog", "electronics"}
 	tagServices = map[string][]string{
 		"active":      {"profile-svc", "search-svc"},
 		"electronics": {"search-svc"},
 		"billing":     {"billing-svc"},
+		"catalog":     {"search-svc", "billing-svc"},
 	}
+	// keyDomains get key-level events only; whole-tag events go to the
+	// catalog alone, so they do not wipe the other tags' keys and hide an
+	// invalidation lost there.
+	keyDomains   = []string{"user", "product", "invoice"}
 	serviceNames = []string{"billing-svc", "profile-svc", "search-svc"}
 	// serviceTenants: nil serves every tenant.
 	serviceTenants = map[string][]string{
@@ -36,8 +42,9 @@ var (
 const (
 	// partitions of the ingress, as in the matrix.
 	partitions = 4
-	// keysPerDomain is the keyspace of each tenant's domain: keys
-	// <domain>:0 … <domain>:keysPerDomain-1.
+	// keysPerDomain is the keyspace the writer rewrites at random: keys
+	// <domain>:0 … <domain>:keysPerDomain-1. Tracer keys, <domain>:g<n>,
+	// are written once and invalidated once.
 	keysPerDomain = 30
 )
 

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,6 +84,7 @@ type recorder struct {
 	mu          sync.Mutex
 	writes      map[uint64]*write
 	hist        map[entryKey]*history
+	byTag       map[string][]entryKey // "tenant tag" → entries registered under the tag
 	invals      []*inval
 	lostIDs     map[string]bool // event ids flushed from the ingress before a router read them
 	lostEntries map[string]bool // "stream entry-id" likewise
@@ -92,7 +92,7 @@ type recorder struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{t0: time.Now(), writes: map[uint64]*write{}, hist: map[entryKey]*history{},
+	return &recorder{t0: time.Now(), writes: map[uint64]*write{}, hist: map[entryKey]*history{}, byTag: map[string][]entryKey{},
 		lostIDs: map[string]bool{}, lostEntries: map[string]bool{}}
 }
 
@@ -103,6 +103,9 @@ func (r *recorder) histOf(e entryKey) *history {
 	if h == nil {
 		h = &history{}
 		r.hist[e] = h
+		for _, tag := range registeredTags(e.svc, e.tenant, e.key) {
+			r.byTag[e.tenant+" "+tag] = append(r.byTag[e.tenant+" "+tag], e)
+		}
 	}
 	return h
 }
@@ -144,11 +147,10 @@ func (r *recorder) acked(in *inval, entries ...string) {
 }
 
 func (r *recorder) deleted(e entryKey) {
-	d := deletion{r.tick(), time.Now()}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if h := r.hist[e]; h != nil {
-		h.dels = append(h.dels, d)
+		h.dels = append(h.dels, deletion{r.tick(), time.Now()}) // ticked under the lock: in order
 	}
 }
 
@@ -204,14 +206,12 @@ func (r *recorder) affected(in *inval) []entryKey {
 		}
 		return out
 	}
-	for e := range r.hist {
-		if e.tenant != in.tenant {
-			continue
-		}
-		for _, tag := range registeredTags(e.svc, e.tenant, e.key) {
-			if slices.Contains(domainTags[in.domain], tag) {
+	seen := map[entryKey]bool{}
+	for _, tag := range domainTags[in.domain] {
+		for _, e := range r.byTag[in.tenant+" "+tag] {
+			if !seen[e] {
+				seen[e] = true
 				out = append(out, e)
-				break
 			}
 		}
 	}
@@ -341,31 +341,26 @@ func (r *recorder) delays(grace time.Duration) delayReport {
 		}
 		var applied time.Time
 		needed, missing := 0, false
-	entries:
 		for _, e := range r.affected(in) {
+			// An entry's writes come one after another (one writer per
+			// key), so starts and ends both ascend; deletions are ticked in
+			// order.
 			h := r.hist[e]
-			var last *write
-			for _, w := range h.writes {
-				if w.start < in.start && w.end > in.start {
-					continue entries // a write raced with the publish
-				}
-				if w.end < in.start {
-					last = w
-				}
-			}
-			if last == nil || last.failed {
+			i := sort.Search(len(h.writes), func(i int) bool { return h.writes[i].start > in.start })
+			if i == 0 {
 				continue
 			}
+			last := h.writes[i-1]
+			if last.end > in.start || last.failed {
+				continue // a write raced with the publish, or its outcome is unknown
+			}
+			j := sort.Search(len(h.dels), func(j int) bool { return h.dels[j].tick > last.end })
+			if j < len(h.dels) && h.dels[j].tick < in.start {
+				continue // already deleted when the event was published
+			}
 			var first *deletion
-			for i := range h.dels {
-				d := &h.dels[i]
-				if d.tick > last.end && d.tick < in.start {
-					continue entries // already deleted when the event was published
-				}
-				if d.tick > in.start {
-					first = d
-					break
-				}
+			if j < len(h.dels) {
+				first = &h.dels[j]
 			}
 			needed++
 			if first == nil {

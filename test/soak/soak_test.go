@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,6 +98,9 @@ func TestSoak(t *testing.T) {
 	}
 	reproduce := fmt.Sprintf("go test -count=1 -run TestSoak ./test/soak/ -v -args -soak.seed=%d -soak.duration=%v -soak.faults=%s -soak.scenarios=%s",
 		seed, *flagDuration, faultList, strings.Join(scenarios, ","))
+	if len(scenarios) == 2 {
+		reproduce = fmt.Sprintf("make soak SOAK_SEED=%d SOAK_DURATION=%v SOAK_FAULTS=%s (or: %s)", seed, *flagDuration, faultList, reproduce)
+	}
 	t.Logf("soak seed %d; reproduce with: %s", seed, reproduce)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -155,6 +159,7 @@ type soak struct {
 	agents    []*proc
 	pub       *publisher.Publisher
 	eventSeq  int
+	tracerSeq atomic.Int64
 	matrixOut string
 }
 
@@ -171,6 +176,7 @@ func runScenario(t *testing.T, sc scenario) {
 
 	// The workload and the keyspace listeners run until the end's check;
 	// the scheduler for the scenario's duration.
+	s.rec.t0 = time.Now() // fault and write times are told from here
 	listenCtx, stopListening := context.WithCancel(context.Background())
 	workCtx, stopWork := context.WithCancel(context.Background())
 	var listeners, workers sync.WaitGroup
@@ -245,7 +251,7 @@ func runScenario(t *testing.T, sc scenario) {
 			fmt.Fprintf(&b, "\n  %s", s.rec.describe(st))
 			b.WriteString(s.positions(ctx, st.e))
 		}
-		t.Errorf("%s (seed %d): %d keys invalidated after their last write are still cached %v after %v of quiet (%d checks):%s",
+		t.Errorf("%s (seed %d): %d key(s) invalidated after their last write still cached %v after %v of quiet (%d checks):%s",
 			sc.name, sc.seed, len(stale), consistentAfter.Round(time.Millisecond), sc.check+settle, polls, b.String())
 	}
 }

@@ -35,29 +35,48 @@ func randomKeys(rng *rand.Rand, domain string) []string {
 func (s *soak) writeLoop(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
 		tenant, domain := pick(rng, tenants), pick(rng, domainNames)
-		key := randomKey(rng, domain)
-		for _, svc := range serviceNames {
-			tags := registeredTags(svc, tenant, key)
-			if len(tags) == 0 {
-				continue
-			}
-			c := s.caches[svc]
-			c.gate.RLock()
-			w := s.rec.beginWrite(entryKey{svc, tenant, key})
-			// Not ctx: a write cut off by the end would have an unknown outcome.
-			err := c.store.Set(context.Background(), tenant, key, []byte(w.value()), 0, tags...)
-			s.rec.endWrite(w, err)
-			c.gate.RUnlock()
-			if err != nil {
-				s.t.Logf("%s: write %s: %v", s.sc.name, w.e, err)
-			}
-		}
+		s.writeKey(tenant, randomKey(rng, domain))
 		_ = sleep(ctx, time.Duration(2+rng.IntN(6))*time.Millisecond)
 	}
 }
 
-// publishLoop publishes changes through the publisher library: mostly
-// some keys of one domain, one in ten the whole tags of the domain. A
+// writeKey caches a value of its own for the tenant's key in every
+// service that caches the key, under the key's tags there.
+func (s *soak) writeKey(tenant, key string) {
+	for _, svc := range serviceNames {
+		tags := registeredTags(svc, tenant, key)
+		if len(tags) == 0 {
+			continue
+		}
+		c := s.caches[svc]
+		c.gate.RLock()
+		w := s.rec.beginWrite(entryKey{svc, tenant, key})
+		// Not a ctx the end cancels: a write cut off would have an unknown outcome.
+		err := c.store.Set(context.Background(), tenant, key, []byte(w.value()), 0, tags...)
+		s.rec.endWrite(w, err)
+		c.gate.RUnlock()
+		if err != nil {
+			s.t.Logf("%s: write %s: %v", s.sc.name, w.e, err)
+		}
+	}
+}
+
+// freshKeys writes one or two tracer keys of the domain, never written
+// before and never again: an invalidation of them that is lost leaves them
+// cached to the end, where a lost invalidation of a key the writer keeps
+// rewriting would be hidden by the next write.
+func (s *soak) freshKeys(rng *rand.Rand, tenant, domain string) []string {
+	keys := make([]string, 1+rng.IntN(2))
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%s:g%d", domain, s.tracerSeq.Add(1))
+		s.writeKey(tenant, keys[i])
+	}
+	return keys
+}
+
+// publishLoop publishes changes through the publisher library: some keys
+// of one domain (one time in three tracer keys written just before), or,
+// one catalog event in three, the whole catalog tag. A
 // failed publish (a master down) is retried with the same event id until
 // it is acknowledged, as a service would.
 // Each tenant publishes from a loop of its own, so a tenant whose
@@ -66,7 +85,11 @@ func (s *soak) publishLoop(ctx context.Context, rng *rand.Rand, tenant string) {
 	for i := 0; ctx.Err() == nil; i++ {
 		domain := pick(rng, domainNames)
 		ev := wire.Event{ID: fmt.Sprintf("soak-%s-%s-%d", s.sc.name, tenant, i), Tenant: tenant, Domain: domain}
-		if rng.IntN(10) != 0 {
+		switch {
+		case domain == "catalog" && rng.IntN(3) == 0: // whole tag
+		case rng.IntN(3) == 0:
+			ev.Keys = s.freshKeys(rng, tenant, domain)
+		default:
 			ev.Keys = randomKeys(rng, domain)
 		}
 		in := s.rec.beginInval(&inval{id: ev.ID, tenant: tenant, domain: domain, keys: ev.Keys, how: "publish"})

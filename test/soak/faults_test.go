@@ -23,7 +23,7 @@ const (
 	faultKillRouter    = "kill-router"    // kill -9 one router (sometimes both), start it again, same or new consumer name
 	faultKillAgent     = "kill-agent"     // kill -9 one agent (sometimes two), start it again
 	faultClientKill    = "client-kill"    // CLIENT KILL TYPE pubsub on every bus node
-	faultFlushAll      = "flushall"       // FLUSHALL on the bus (standalone), half the time while an agent is down
+	faultFlushAll      = "flushall"       // FLUSHALL on the bus (standalone), half the time while the agents of a service are down
 	faultCacheSnapshot = "cache-snapshot" // a cache Redis restarted from a snapshot taken seconds before
 	faultMasterKill    = "master-kill"    // kill -9 a bus master, failover, the old node back as a replica (cluster)
 	faultForged        = "forged"         // forged channel messages: huge version, wrong tenant, garbage, made-up epoch
@@ -270,26 +270,53 @@ func (s *soak) flushAll(ctx context.Context) (string, error) {
 	return fmt.Sprintf("FLUSHALL; %d ingress entries no router had finished were lost with it", len(lostEntries)), nil
 }
 
-// flushAllAgentDown flushes the bus while an agent is down: the messages
-// it missed are gone from the history with the channels' metas, and it must
-// still catch up when it comes back.
+// flushAllAgentDown flushes the bus while the agents of profile-svc are
+// down, right after a change of the quiet tenant was published to them:
+// the message is gone from the history with the channel's meta, no later
+// message on the channel starts a new epoch, and the agents must still
+// catch up when they come back.
 func (s *soak) flushAllAgentDown(ctx context.Context, rng *rand.Rand) (string, error) {
-	p := pick(rng, s.agents)
-	p.kill()
-	before, after := down(rng)/2, down(rng)/2
-	_ = sleep(ctx, before)
+	var victims []*proc
+	for _, p := range s.agents {
+		if strings.HasSuffix(p.name, "-profile-svc") {
+			victims = append(victims, p)
+			p.kill()
+		}
+	}
+	ch := "invalidate:" + quietTenant + ":active"
+	version := func() int64 {
+		v, _ := s.bus.HGet(ctx, "{"+ch+"}:meta", "version").Int64()
+		return v
+	}
+	before := version()
+	ev := wire.Event{Tenant: quietTenant, Domain: "user", Keys: s.freshKeys(rng, quietTenant, "user")}
+	s.eventSeq++
+	ev.ID = fmt.Sprintf("soak-%s-quiet-%d", s.sc.name, s.eventSeq)
+	in := s.rec.beginInval(&inval{id: ev.ID, tenant: ev.Tenant, domain: ev.Domain, keys: ev.Keys, how: "publish"})
+	if _, err := s.pub.Publish(ctx, ev); err != nil {
+		return "", err
+	}
+	s.rec.acked(in)
+	if err := waitFor(ctx, 10*time.Second, ch+" published", func() bool { return version() > before }); err != nil {
+		return "", err
+	}
 	detail, err := s.flushAll(ctx)
 	if err != nil {
 		return detail, err
 	}
-	_ = sleep(ctx, after)
-	if err := p.start(); err != nil {
-		return detail, err
+	d := down(rng)
+	_ = sleep(ctx, d)
+	for _, p := range victims {
+		if err := p.start(); err != nil {
+			return detail, err
+		}
 	}
-	if err := p.waitReady(ctx, 30*time.Second); err != nil {
-		return detail, err
+	for _, p := range victims {
+		if err := p.waitReady(ctx, 30*time.Second); err != nil {
+			return detail, err
+		}
 	}
-	return fmt.Sprintf("kill -9 %s; %v later %s; back %v after that", p.name, before.Round(time.Millisecond), detail, after.Round(time.Millisecond)), nil
+	return fmt.Sprintf("kill -9 the profile-svc agents; %s (%s) published on %s; %s; agents back %v later", ev.ID, strings.Join(ev.Keys, ","), ch, detail, d.Round(time.Millisecond)), nil
 }
 
 // idLess compares stream entry ids.

@@ -11,7 +11,11 @@ import (
 // from it, and the checker derives from it, independently of the matrix
 // package, which cached keys each invalidation must reach.
 var (
+	// tenants have a publisher each; quietTenant has none: only faults
+	// publish for it, so its channel stays quiet after them.
 	tenants     = []string{"acme", "globex", "initech", "umbrella"}
+	quietTenant = "hooli"
+	allTenants  = append(slices.Clone(tenants), quietTenant)
 	domainNames = []string{"user", "product", "invoice", "catalog"}
 	domainTags  = map[string][]string{
 		"user":    {"active"},

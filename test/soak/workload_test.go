@@ -34,7 +34,7 @@ func randomKeys(rng *rand.Rand, domain string) []string {
 // service that caches the key.
 func (s *soak) writeLoop(ctx context.Context, rng *rand.Rand) {
 	for ctx.Err() == nil {
-		tenant, domain := pick(rng, tenants), pick(rng, domainNames)
+		tenant, domain := pick(rng, allTenants), pick(rng, domainNames)
 		s.writeKey(tenant, randomKey(rng, domain))
 		_ = sleep(ctx, time.Duration(2+rng.IntN(6))*time.Millisecond)
 	}

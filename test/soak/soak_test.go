@@ -93,8 +93,11 @@ func TestSoak(t *testing.T) {
 		t.Fatal("-soak.scenarios: no scenario")
 	}
 	faultList := strings.Join(faults, ",")
-	if faultList == "" {
+	switch {
+	case faultList == "":
 		faultList = "none"
+	case faultList == strings.Join(allFaults, ","):
+		faultList = "all"
 	}
 	reproduce := fmt.Sprintf("go test -count=1 -run TestSoak ./test/soak/ -v -args -soak.seed=%d -soak.duration=%v -soak.faults=%s -soak.scenarios=%s",
 		seed, *flagDuration, faultList, strings.Join(scenarios, ","))

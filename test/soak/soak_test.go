@@ -29,11 +29,8 @@ var (
 	flagFaults    = flag.String("soak.faults", "all", "comma-separated fault kinds to inject, all, or none: "+strings.Join(allFaults, ","))
 	flagScenarios = flag.String("soak.scenarios", "standalone,cluster", "bus setups to soak: standalone (one redis-server) and cluster (3 masters, 3 replicas)")
 	flagCheck     = flag.Duration("soak.check-interval", 2*time.Second, "the agents' --check-interval, and the quiet the end waits for")
+	flagSettle    = flag.Duration("soak.settle", 15*time.Second, "how long, beyond one check interval of quiet, the end waits for the caches to become consistent before it reports stale keys")
 )
-
-// settle is how long, beyond one check interval of quiet, the end waits for
-// the caches to become consistent before it reports stale keys.
-const settle = 15 * time.Second
 
 // faultGrace stretches each fault window for the delay report: the time a
 // system needs to notice a fault undone (reconnect, check positions).
@@ -221,7 +218,7 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 	quiet := time.Now()
 	chk := s.rec.checker()
-	deadline := quiet.Add(sc.check + settle)
+	deadline := quiet.Add(sc.check + *flagSettle)
 	var stale []staleEntry
 	var unknown []string
 	var uncertain, polls int
@@ -255,7 +252,7 @@ func runScenario(t *testing.T, sc scenario) {
 			b.WriteString(s.positions(ctx, st.e))
 		}
 		t.Errorf("%s (seed %d): %d key(s) invalidated after their last write still cached %v after %v of quiet (%d checks):%s",
-			sc.name, sc.seed, len(stale), consistentAfter.Round(time.Millisecond), sc.check+settle, polls, b.String())
+			sc.name, sc.seed, len(stale), consistentAfter.Round(time.Millisecond), sc.check+*flagSettle, polls, b.String())
 	}
 }
 

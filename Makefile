@@ -5,7 +5,7 @@ DEMO_ARGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test lint unit fuzz bench redis-server python3-redis node-deps clean
+.PHONY: all build run test lint unit fuzz bench soak redis-server python3-redis node-deps clean
 
 all: build
 
@@ -65,6 +65,18 @@ unit:
 bench: redis-server
 	$(GO) run ./bench -out bench-results.json
 	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/
+
+# The fault-injection soak (test/soak, docs/operations.md): real routers,
+# agents and redis-servers under random faults for SOAK_DURATION, split
+# between a standalone and a cluster bus. It prints its seed; SOAK_SEED
+# replays a schedule, SOAK_FAULTS picks fault kinds. `make test` runs 20 s of
+# it. No -timeout: every wait in the soak has its own deadline.
+SOAK_DURATION ?= 2m
+SOAK_SEED     ?=
+SOAK_FAULTS   ?= all
+soak: redis-server
+	$(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./test/soak/ -args \
+	  -soak.duration=$(SOAK_DURATION) -soak.faults=$(SOAK_FAULTS) $(if $(SOAK_SEED),-soak.seed=$(SOAK_SEED))
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

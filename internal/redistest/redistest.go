@@ -119,6 +119,69 @@ func (s *Server) Restart(tb testing.TB) {
 	}
 }
 
+// Relaunch kills the server (if it runs) and starts it again on the same
+// port with the same arguments and directory. Unlike Restart it reports an
+// error instead of failing the test, so it may be called from any goroutine.
+// A cluster node comes back with its node config and rejoins its cluster.
+func (s *Server) Relaunch() error {
+	s.Stop()
+	return s.start()
+}
+
+// Exited reports whether the server process has ended (killed or crashed).
+func (s *Server) Exited() bool {
+	if s.done == nil {
+		return true
+	}
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Snapshot saves the dataset (SAVE) and keeps a copy of the dump; the
+// returned path is for RestoreSnapshot.
+func (s *Server) Snapshot(ctx context.Context) (string, error) {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer c.Close()
+	if err := c.Save(ctx).Err(); err != nil {
+		return "", fmt.Errorf("redistest: SAVE on %s: %w", s.Addr, err)
+	}
+	dump := filepath.Join(s.Dir, "dump.rdb")
+	path := filepath.Join(s.Dir, fmt.Sprintf("snapshot-%d.rdb", prefixSeq.Add(1)))
+	if err := copyFile(dump, path); err != nil {
+		return "", fmt.Errorf("redistest: keeping the snapshot: %w", err)
+	}
+	return path, os.Remove(dump)
+}
+
+// RestoreSnapshot kills the server and starts it on the same port from a
+// snapshot taken earlier, the way a cache Redis comes back from an old
+// backup: everything written since the snapshot is gone, everything deleted
+// since is back. The dump is removed once loaded, so a later Restart or
+// Relaunch starts empty as before.
+func (s *Server) RestoreSnapshot(path string) error {
+	s.Stop()
+	dump := filepath.Join(s.Dir, "dump.rdb")
+	if err := copyFile(path, dump); err != nil {
+		return fmt.Errorf("redistest: restoring the snapshot: %w", err)
+	}
+	if err := s.start(); err != nil {
+		return err
+	}
+	return os.Remove(dump)
+}
+
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o644)
+}
+
 // Client returns a client for the server, closed when the test ends.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr})
@@ -230,12 +293,42 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 // LaunchCluster starts a cluster outside a test (the benchmark harness),
 // with its files in dir; the caller stops it.
 func LaunchCluster(dir string, masters, replicas int) (*Cluster, error) {
+	return launchCluster(func(int) (string, error) { return dir, nil }, masters, replicas)
+}
+
+// StartClusterOwnDirs is StartCluster with a directory of its own for each
+// node, so a node killed and started again (Relaunch) finds only its own
+// files: its cluster config, and no dump.rdb another node's replication
+// wrote.
+func StartClusterOwnDirs(tb testing.TB, masters, replicas int) *Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	root := tb.TempDir()
+	c, err := launchCluster(func(i int) (string, error) {
+		dir := filepath.Join(root, "node"+strconv.Itoa(i))
+		return dir, os.Mkdir(dir, 0o755)
+	}, masters, replicas)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(c.Stop)
+	return c
+}
+
+func launchCluster(dirOf func(node int) (string, error), masters, replicas int) (*Cluster, error) {
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
 		return nil, fmt.Errorf("redis-cli is not installed: run `apt-get install -y redis-tools`")
 	}
 	c := &Cluster{}
 	for i := 0; i < masters*(1+replicas); i++ {
+		dir, err := dirOf(i)
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
 		s, err := Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
 			"--cluster-config-file", fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1)))
 		if err != nil {

@@ -297,3 +297,20 @@ func ParseIngressStream(prefix, stream string) (int, error) {
 	}
 	return p, nil
 }
+
+// GenerationKey is the bus's generation, "<prefix>:generation": a random id
+// the router sets when it is missing. It is gone with the bus's data, so a
+// subscriber that finds another one (or none) than it last saw knows the bus
+// lost its data since, even on channels it never held a position on.
+func GenerationKey(prefix string) string { return prefix + ":generation" }
+
+// GenerationSeenKey is where a service's subscriber keeps, in its cache
+// Redis, the bus generation its last complete check saw:
+// "routerd:generation:<service>" (the routerd: namespace no cache key can
+// name).
+func GenerationSeenKey(service string) string { return "routerd:generation:" + service }
+
+// CacheTenantsKey is the set, in a cache Redis, of the tenants that have
+// tagged values there: "routerd:tenants". The tag store adds a tenant before
+// its first value; a subscriber of every tenant reads it.
+func CacheTenantsKey() string { return "routerd:tenants" }

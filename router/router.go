@@ -275,6 +275,9 @@ func (r *Router) setup(ctx context.Context) error {
 	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
 		return err
 	}
+	if err := r.markGeneration(ctx); err != nil {
+		return err
+	}
 	streams, err := r.partitionStreams(ctx)
 	if err != nil {
 		return err
@@ -528,6 +531,9 @@ func (r *Router) housekeeping(ctx context.Context) error {
 	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
 		return err
 	}
+	if err := r.markGeneration(ctx); err != nil {
+		return err
+	}
 	r.tenantsMu.Lock()
 	if time.Since(r.tenantsSince) > time.Minute {
 		// Forget which tenants are registered now and then, so a registry
@@ -622,6 +628,15 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// markGeneration sets the bus's generation when it is missing (the bus is new,
+// or lost its data): subscribers compare it with the one they last saw.
+func (r *Router) markGeneration(ctx context.Context) error {
+	if err := r.c.SetNX(ctx, names.GenerationKey(r.prefix), newEpoch(), 0).Err(); err != nil {
+		return fmt.Errorf("generation: %w", err)
+	}
+	return nil
 }
 
 func newEpoch() string {

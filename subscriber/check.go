@@ -27,7 +27,57 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.checkTargets(ctx, targets, nil)
+	gen, err := s.checkTargets(ctx, targets, nil)
+	if err != nil {
+		return err
+	}
+	return s.sawGeneration(ctx, gen)
+}
+
+// generation is the bus's generation and the one this service last saw.
+type generation struct{ bus, seen string }
+
+// lost reports whether the bus lost its data since the service last looked:
+// its generation changed or is gone. A service that never looked (nothing
+// seen) cannot tell.
+func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
+
+// generations reads the bus's generation and the one recorded with the cache
+// (in memory without a cache) by the last complete check.
+func (s *Subscriber) generations(ctx context.Context) (generation, error) {
+	bus, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return generation{}, fmt.Errorf("reading the bus generation: %w", err)
+	}
+	g := generation{bus: bus, seen: s.seenGeneration}
+	if s.store != nil {
+		seen, err := s.opt.Cache.Get(ctx, names.GenerationSeenKey(s.opt.Service)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return generation{}, fmt.Errorf("reading the bus generation last seen: %w", err)
+		}
+		g.seen = seen
+	}
+	if g.lost() {
+		s.log.Warn("the bus lost its data since this service last looked (its generation changed): channels without a meta are invalidated whole",
+			"seen", g.seen, "now", g.bus)
+	}
+	return g, nil
+}
+
+// sawGeneration records, after a complete check, the generation it was made
+// against. A bus without one yet (the router has not made it again) is not
+// recorded, so the next check still sees the loss.
+func (s *Subscriber) sawGeneration(ctx context.Context, g generation) error {
+	if g.bus == "" || g.bus == g.seen {
+		return nil
+	}
+	if s.store != nil {
+		if err := s.opt.Cache.Set(ctx, names.GenerationSeenKey(s.opt.Service), g.bus, 0).Err(); err != nil {
+			return fmt.Errorf("recording the bus generation: %w", err)
+		}
+	}
+	s.seenGeneration = g.bus
+	return nil
 }
 
 // checkChannel checks one channel of interest, newly subscribed.
@@ -36,38 +86,44 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // no longer ours (a matrix change)
 	}
-	return s.checkTargets(ctx, []target{{channel, tenant, tag}}, nil)
+	_, err = s.checkTargets(ctx, []target{{channel, tenant, tag}}, nil)
+	return err
 }
 
 // verify checks the channel of a message that does not follow its position:
 // the channel's meta and the position stored with the cache decide, and the
 // message counts only as far as the meta confirms it.
 func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
-	return s.checkTargets(ctx, []target{t}, msg)
+	_, err := s.checkTargets(ctx, []target{t}, msg)
+	return err
 }
 
 // checkTargets reads the channels' metas and the positions stored with the
 // cache, and brings each channel to its meta (recovery.Check). With msg set
 // (one target), it is the message that made the check, and is reported when
-// the meta does not confirm it.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) error {
+// the meta does not confirm it. It returns the bus generation it went by.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) (generation, error) {
 	// Queued work first, so the stored positions are where it left them.
 	if err := s.flushQueued(ctx, true); err != nil {
-		return err
+		return generation{}, err
 	}
 	if err := s.flushBatch(ctx); err != nil {
-		return err
+		return generation{}, err
+	}
+	gen, err := s.generations(ctx)
+	if err != nil {
+		return generation{}, err
 	}
 	var failed error
 	for start := 0; start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
 		metas, err := s.metas(ctx, batch)
 		if err != nil {
-			return err
+			return gen, err
 		}
 		stored, storedErrs, err := s.storedPositions(ctx, batch)
 		if err != nil {
-			return err
+			return gen, err
 		}
 		for i, t := range batch {
 			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
@@ -87,7 +143,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 				p = &position{tenant: t.tenant, tag: t.tag, at: stored[i]}
 				s.pos[t.channel] = p
 			}
-			d := recovery.Check(p.at, stored[i], s.store != nil, meta)
+			d := recovery.Check(recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta, BusLost: gen.lost()})
 			if _, moved := recovery.Start(p.at, stored[i], s.store != nil); moved {
 				s.m.cacheMoved.Inc()
 				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from the cache's",
@@ -105,7 +161,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 			}
 		}
 	}
-	return errors.Join(failed, s.flushBatch(ctx))
+	return gen, errors.Join(failed, s.flushBatch(ctx))
 }
 
 type target struct{ channel, tenant, tag string }
@@ -222,16 +278,21 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 }
 
 // everyTenant returns, for a service of every tenant, the tenants of the
-// router's registry, of the position index, announced, and seen so far.
+// router's registry, of the service's position index, of the cache's tenant
+// index (tenants with tagged values), announced, and seen so far. The two
+// indexes live in the cache Redis, so they survive a bus that lost its data.
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("reading the tenant registry: %w", err)
 	}
-	var indexed []string
+	var indexed, cached []string
 	if s.store != nil {
 		if indexed, err = s.opt.Cache.SMembers(ctx, names.PositionIndexKey(s.opt.Service)).Result(); err != nil {
 			return nil, fmt.Errorf("reading the position index: %w", err)
+		}
+		if cached, err = s.opt.Cache.SMembers(ctx, names.CacheTenantsKey()).Result(); err != nil {
+			return nil, fmt.Errorf("reading the cache's tenants: %w", err)
 		}
 	}
 	seen := map[string]bool{}
@@ -242,7 +303,7 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 			out = append(out, t)
 		}
 	}
-	for _, list := range [][]string{registered, indexed} {
+	for _, list := range [][]string{registered, indexed, cached} {
 		for _, t := range list {
 			add(t)
 		}

@@ -141,6 +141,9 @@ type Subscriber struct {
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
+	// seenGeneration is the bus generation the last complete check saw
+	// (kept with the cache too, when there is one); owned by the applier.
+	seenGeneration string
 
 	// While the applier handles a burst of received messages, the messages
 	// that follow their channel's position collect here and are applied in

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -91,6 +92,8 @@ type Store struct {
 	// tenant or a key between each two.
 	parts []string
 	fills []bool // fills[i] after parts[i]: true for the tenant, false for the key
+	// tenants are those known to be in the cache's tenant index.
+	tenants sync.Map
 }
 
 // New checks the options and fills the defaults.
@@ -213,7 +216,27 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 		}
 		keys = append(keys, names.TagSetKey(tenant, t))
 	}
+	if err := s.indexTenant(ctx, tenant); err != nil {
+		return err
+	}
 	return lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds()).Err()
+}
+
+// indexTenant records the tenant in the cache's tenant index
+// (names.CacheTenantsKey) before its first value is tagged there, once per
+// Store: a subscriber of every tenant finds there the tenants whose tags it
+// must invalidate when the bus has lost its data, even those it never
+// received a message for. It is a command of its own, as the index lives in
+// no tenant's slot.
+func (s *Store) indexTenant(ctx context.Context, tenant string) error {
+	if _, ok := s.tenants.Load(tenant); ok {
+		return nil
+	}
+	if err := s.c.SAdd(ctx, names.CacheTenantsKey(), tenant).Err(); err != nil {
+		return fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), err)
+	}
+	s.tenants.Store(tenant, true)
+	return nil
 }
 
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.

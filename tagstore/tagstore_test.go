@@ -114,8 +114,11 @@ func TestChunkedPathAboveGuard(t *testing.T) {
 	if err != nil || !res.Chunked || res.Deleted != 1234 || res.Status != tagstore.Success {
 		t.Fatalf("Apply = %+v, %v", res, err)
 	}
-	if n := c.DBSize(ctx).Val(); n != 1 { // only the position is left
+	if n := c.DBSize(ctx).Val(); n != 2 { // only the position and the tenant index are left
 		t.Errorf("%d keys left", n)
+	}
+	if got := c.SMembers(ctx, "routerd:tenants").Val(); len(got) != 1 || got[0] != "acme" {
+		t.Errorf("tenant index = %v, want [acme]", got)
 	}
 	pos, ok, err := s.ReadPosition(ctx, "acme", "svc", "huge")
 	if err != nil || !ok || pos != (tagstore.Position{Epoch: "e1", Version: 3}) {

@@ -19,6 +19,9 @@
 //     its data) gets the whole tag at once and the position Lost, which no
 //     epoch continues: the next epoch is a gap like any other (the bus may
 //     lose data again before it is seen, so its history is not all there is).
+//     When the bus's generation shows it lost its data since the service
+//     last looked, every channel without a meta goes whole, with a position
+//     or without: it may have published, and lost, what nobody saw.
 //   - The position stored with the cache, not the one in memory, is where a
 //     check starts: a cache restored from an older snapshot is replayed from
 //     the position it went back to.
@@ -209,21 +212,39 @@ func Recover(pos, meta Position) Decision {
 	}
 }
 
+// Channel is what a check knows of one channel.
+type Channel struct {
+	Memory   Position // applied, as this subscriber remembers it
+	Stored   Position // as the cache holds it (HasStore)
+	HasStore bool
+	Meta     Position // the channel's meta on the bus; zero when it has none
+	// BusLost: the bus lost its data since this service last looked (the
+	// router's generation key changed or vanished). A channel without a
+	// meta may then have published and lost messages, whatever position is
+	// held — even none, or Lost.
+	BusLost bool
+}
+
 // Check decides a periodic or startup check of a channel: from the position
 // stored with the cache (see Start) to the channel's meta. When the cache no
 // longer holds a position it had in memory (restored from a snapshot taken
 // before the first one, or after the meta vanished), what it lost cannot be
-// told from the history: the whole tag goes.
-func Check(memory, stored Position, hasStore bool, meta Position) Decision {
-	start, moved := Start(memory, stored, hasStore)
-	if moved && memory.Known() && (!start.Known() || start.Epoch == LostEpoch) {
-		to := meta
-		if !meta.Known() || meta.Version < 1 {
+// told from the history: the whole tag goes. When the bus lost its data, a
+// channel without a meta goes whole too.
+func Check(c Channel) Decision {
+	start, moved := Start(c.Memory, c.Stored, c.HasStore)
+	hasMeta := c.Meta.Known() && c.Meta.Version >= 1
+	if moved && c.Memory.Known() && (!start.Known() || start.Epoch == LostEpoch) {
+		to := c.Meta
+		if !hasMeta {
 			to = Lost
 		}
 		return Decision{Action: Repair, Reason: RolledBack, To: to}
 	}
-	return Recover(start, meta)
+	if c.BusLost && !hasMeta {
+		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
+	}
+	return Recover(start, c.Meta)
 }
 
 // Start returns the position a check starts from: the one stored with the

@@ -116,3 +116,32 @@ func TestContiguous(t *testing.T) {
 		t.Error("a hole was taken as contiguous")
 	}
 }
+
+func TestCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    Channel
+		want Decision
+	}{
+		{"current", Channel{Memory: pos("a", 3), Stored: pos("a", 3), HasStore: true, Meta: pos("a", 3)}, Decision{Action: Ignore, Reason: Current}},
+		{"cache went back: replay from where it stands", Channel{Memory: pos("a", 5), Stored: pos("a", 3), HasStore: true, Meta: pos("a", 5)},
+			Decision{Action: Replay, Reason: Gap, From: 4, To: pos("a", 5)}},
+		{"cache lost its position", Channel{Memory: pos("a", 5), HasStore: true, Meta: pos("a", 5)},
+			Decision{Action: Repair, Reason: RolledBack, To: pos("a", 5)}},
+		{"cache back to an older Lost, bus empty", Channel{Memory: Position{LostEpoch, 9}, Stored: Position{LostEpoch, 4}, HasStore: true},
+			Decision{Action: Repair, Reason: RolledBack, To: Lost}},
+		{"no store: memory decides", Channel{Memory: pos("a", 5), Meta: pos("a", 7)}, Decision{Action: Replay, Reason: Gap, From: 6, To: pos("a", 7)}},
+		{"bus lost its data, no position, no meta", Channel{HasStore: true, BusLost: true}, Decision{Action: WholeTag, Reason: Vanished, To: Lost}},
+		{"bus lost its data again after Lost", Channel{Memory: Position{LostEpoch, 4}, Stored: Position{LostEpoch, 4}, HasStore: true, BusLost: true},
+			Decision{Action: WholeTag, Reason: Vanished, To: Lost}},
+		{"bus lost its data, the channel published since", Channel{Memory: pos("a", 5), Stored: pos("a", 5), HasStore: true, Meta: pos("b", 1), BusLost: true},
+			Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 1)}},
+		{"no bus loss, no position, no meta", Channel{HasStore: true}, Decision{Action: Ignore, Reason: Current}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Check(tc.c); got != tc.want {
+				t.Errorf("Check(%+v) = %+v, want %+v", tc.c, got, tc.want)
+			}
+		})
+	}
+}

@@ -31,11 +31,24 @@ type simBus struct {
 	// promoted: a replica that missed the last writes took over; the next
 	// publish sees another master's replication id and starts an epoch.
 	promoted bool
+	// generation is the router's generation key: gone with the bus's data,
+	// made again by the router's next housekeeping or publish.
+	generation  string
+	generations int
+}
+
+// housekeeping is the router's: it makes the generation key when it is gone.
+func (b *simBus) housekeeping() {
+	if b.generation == "" {
+		b.generations++
+		b.generation = fmt.Sprintf("g%d", b.generations)
+	}
 }
 
 const historyLen = 5
 
 func (b *simBus) publish(keys []int) {
+	b.housekeeping()
 	if !b.meta.Known() || b.promoted {
 		b.promoted = false
 		b.epochs++
@@ -51,7 +64,9 @@ func (b *simBus) publish(keys []int) {
 	b.inflight = append(b.inflight, m)
 }
 
-func (b *simBus) flush() { b.meta, b.history, b.inflight = Position{}, nil, nil }
+func (b *simBus) flush() {
+	b.meta, b.history, b.inflight, b.generation = Position{}, nil, nil, ""
+}
 
 func (b *simBus) historyRange(from, to int64) []simMsg {
 	var out []simMsg
@@ -68,10 +83,11 @@ func (b *simBus) historyRange(from, to int64) []simMsg {
 type simCache struct {
 	keys   map[int]int
 	stored Position
+	seen   string // the bus generation the service last saw, kept with the cache
 }
 
 func (c *simCache) clone() simCache {
-	out := simCache{keys: map[int]int{}, stored: c.stored}
+	out := simCache{keys: map[int]int{}, stored: c.stored, seen: c.seen}
 	for k, v := range c.keys {
 		out.keys[k] = v
 	}
@@ -129,9 +145,13 @@ func (s *simSub) onMessage(m simMsg) {
 }
 
 func (s *simSub) check() {
-	d := Check(s.memory, s.cache.stored, true, s.bus.meta)
+	d := Check(Channel{Memory: s.memory, Stored: s.cache.stored, HasStore: true, Meta: s.bus.meta,
+		BusLost: s.cache.seen != "" && s.bus.generation != s.cache.seen})
 	s.memory, _ = Start(s.memory, s.cache.stored, true)
 	s.execute(d)
+	if s.bus.generation != "" {
+		s.cache.seen = s.bus.generation
+	}
 }
 
 func (s *simSub) execute(d Decision) {
@@ -183,22 +203,18 @@ func simulate(seed uint64, steps int) (string, bool) {
 		keys  []int // nil: the whole tag
 	}
 	var invalidations []published
-	// Epochs lost with the bus before the subscriber could see them at all:
-	// it (or the cache, which a restart believes) stood at Lost or nowhere,
-	// so nothing it holds changes when they go. Only bus persistence reaches
-	// those (docs/architecture.md).
-	unseeable := map[string]bool{}
 
 	// The subscriber starts with a position: a cache that never recorded
 	// one cannot tell that a bus which lost its data had published.
 	bus.publish([]int{0})
 	sub.onMessage(bus.inflight[0])
 	bus.inflight = nil
+	sub.check() // the startup check records the bus's generation with the cache
 	snapshot := cache.clone()
 
 	for i := 0; i < steps; i++ {
 		seq++
-		switch op := rng.IntN(15); op {
+		switch op := rng.IntN(16); op {
 		case 0, 1: // a service writes a key
 			k := rng.IntN(simKeys)
 			cache.keys[k] = seq
@@ -248,10 +264,6 @@ func simulate(seed uint64, steps int) (string, bool) {
 			sub.onMessage(forged)
 			fmt.Fprintf(&log, "%d forged %v -> memory %v stored %v\n", seq, forged.pos, sub.memory, cache.stored)
 		case 9: // the bus loses its data
-			lost := func(p Position) bool { return p.Epoch != bus.meta.Epoch && (!p.Known() || p.Epoch == LostEpoch) }
-			if bus.meta.Known() && (lost(sub.memory) || lost(cache.stored)) {
-				unseeable[bus.meta.Epoch] = true
-			}
 			bus.flush()
 			fmt.Fprintf(&log, "%d bus flushed\n", seq)
 		case 10: // the cache is snapshotted, or restored from its last snapshot
@@ -263,12 +275,6 @@ func simulate(seed uint64, steps int) (string, bool) {
 				fmt.Fprintf(&log, "%d cache restored (stored %v)\n", seq, cache.stored)
 			}
 		case 11: // the subscriber restarts: memory from the cache
-			if sub.memory != cache.stored && (!cache.stored.Known() || cache.stored.Epoch == LostEpoch) {
-				// The cache went back to a position that names no epoch and
-				// the subscriber restarts before its check notices: only
-				// its memory knew what the cache lost (out of reach).
-				continue
-			}
 			sub.memory = cache.stored
 			sub.check()
 			fmt.Fprintf(&log, "%d restart -> memory %v\n", seq, sub.memory)
@@ -287,11 +293,14 @@ func simulate(seed uint64, steps int) (string, bool) {
 				cache.stored = Position{Epoch: bus.meta.Epoch, Version: bus.meta.Version + 10_000_000}
 				fmt.Fprintf(&log, "%d cache position forged to %v\n", seq, cache.stored)
 			}
+		case 15: // the router's housekeeping
+			bus.housekeeping()
 		case 12: // a periodic check
 			sub.check()
 			fmt.Fprintf(&log, "%d check -> memory %v stored %v\n", seq, sub.memory, cache.stored)
 		}
 	}
+	bus.housekeeping() // the routers run on: the generation is made again
 	if bus.promoted {
 		// Messages a failover lost before any subscriber saw them are
 		// noticed when the channel next publishes: under another master's
@@ -303,7 +312,7 @@ func simulate(seed uint64, steps int) (string, bool) {
 	fmt.Fprintf(&log, "final check -> memory %v stored %v meta %v\n", sub.memory, cache.stored, bus.meta)
 	for k, wrote := range cache.keys {
 		for _, inv := range invalidations {
-			if inv.seq > wrote && !unseeable[inv.epoch] && (inv.keys == nil || slices.Contains(inv.keys, k)) {
+			if inv.seq > wrote && (inv.keys == nil || slices.Contains(inv.keys, k)) {
 				fmt.Fprintf(&log, "STALE k%d written at %d, invalidated at %d\n", k, wrote, inv.seq)
 				return log.String(), false
 			}

@@ -103,9 +103,16 @@ func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) er
 // (one target), it is the message that made the check, and is reported when
 // the meta does not confirm it. It returns the bus generation it went by.
 func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) (generation, error) {
-	// Queued work first, so the stored positions are where it left them.
-	if err := s.flushQueued(ctx, true); err != nil {
-		return generation{}, err
+	// The targets' queued work first, so the stored positions are where it
+	// left them.
+	var errs error
+	for _, t := range targets {
+		if p, ok := s.queued[t.channel]; ok {
+			errs = errors.Join(errs, s.applyQueued(ctx, t.channel, p))
+		}
+	}
+	if errs != nil {
+		return generation{}, errs
 	}
 	if err := s.flushBatch(ctx); err != nil {
 		return generation{}, err

@@ -8,6 +8,7 @@ package names
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -179,4 +180,37 @@ const HistoryField = "m"
 // entity holds; {<tenant>} puts it in the tenant's slot.
 func SourceVersionKey(prefix, tenant, domain, entity string) string {
 	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + entity
+}
+
+// PublisherStream is publisher's own ingress stream of partition p,
+// "<prefix>:ingress:<publisher>:{<p>}", used when the matrix grants
+// publishers: a Redis ACL key pattern binds a Redis user to these streams.
+// The parts must already be valid; a publisher name follows the service rule.
+func PublisherStream(prefix, publisher string, p int) string {
+	return prefix + ":ingress:" + publisher + ":{" + strconv.Itoa(p) + "}"
+}
+
+// PublisherStreams is the key pattern of every stream of a publisher, for a
+// Redis ACL: "<prefix>:ingress:<publisher>:{*}". Names hold no glob
+// characters, so only the partition is a wildcard.
+func PublisherStreams(prefix, publisher string) string {
+	return prefix + ":ingress:" + publisher + ":{*}"
+}
+
+// StreamPublisher returns the publisher whose stream (built by
+// PublisherStream) this is, or "" for a shared ingress stream
+// "<prefix>:ingress:{<p>}" and anything else.
+func StreamPublisher(prefix, stream string) string {
+	rest, ok := strings.CutPrefix(stream, prefix+":ingress:")
+	if !ok || strings.HasPrefix(rest, "{") {
+		return ""
+	}
+	i := strings.LastIndex(rest, ":{")
+	if i <= 0 || !strings.HasSuffix(rest, "}") || !ValidTag(rest[:i]) {
+		return ""
+	}
+	if _, err := strconv.ParseUint(rest[i+2:len(rest)-1], 10, 16); err != nil {
+		return ""
+	}
+	return rest[:i]
 }

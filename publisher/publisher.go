@@ -2,8 +2,9 @@
 //
 // Publish validates an event and appends it to the tenant's ingress partition
 // with one XADD; PublishBatch pipelines many. With Options.Publisher set, it
-// appends to that publisher's own streams instead (the matrix's publishers). Nothing is sent for an invalid
-// event: the error names the field and the rule. Any language can publish the
+// appends to that publisher's own streams instead (the matrix's publishers).
+// Nothing is sent for an invalid event: the error names the field and the
+// rule. Any language can publish the
 // same way with a single `XADD <prefix>:ingress:{<p>} * event '<json>'`.
 package publisher
 

@@ -28,6 +28,7 @@ const (
 	ReasonMalformed     = "malformed"      // no event field, bad JSON, a field that breaks a rule
 	ReasonUnknownDomain = "unknown_domain" // the domain is not in the matrix
 	ReasonTooLarge      = "too_large"      // the event's JSON is above Options.MaxEventBytes
+	ReasonNotGranted    = "not_granted"    // the event came from a publisher's own stream, outside its grant
 )
 
 // sizeDefaults fills and checks the size bounds of the options.
@@ -232,6 +233,13 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	routes, known := mtx.Routes(ev.Tenant, ev.Domain)
 	if !known {
 		e.reason, e.detail = ReasonUnknownDomain, fmt.Sprintf("domain %q is not in the matrix", ev.Domain)
+		return
+	}
+	// An event from a publisher's own stream (which a Redis ACL binds to
+	// that publisher) is routed only within the publisher's grant.
+	if pub := names.StreamPublisher(r.prefix, stream); pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant) {
+		e.reason = ReasonNotGranted
+		e.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
 		return
 	}
 	e.ev, e.routes, e.eventID = ev, routes, ev.ID

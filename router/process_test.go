@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/wire"
@@ -140,5 +142,45 @@ func TestEntryCopyIsBounded(t *testing.T) {
 	got := entryCopy(big, 1000)
 	if len(got) > 1200 || !strings.HasPrefix(got, `{"event":"xxx`) || !strings.Contains(got, "truncated: the entry is 100012 bytes, the first 1000 are kept") {
 		t.Errorf("a 100 kB entry copied as %d bytes ending %q", len(got), got[max(0, len(got)-120):])
+	}
+}
+
+// parse refuses an event from a publisher's own stream outside its grant,
+// and leaves the shared ingress as it was.
+func TestParseChecksPublisherGrant(t *testing.T) {
+	m, err := matrix.Parse("m", []byte(`
+version: 1
+tags: {active: {services: [s]}, electronics: {services: [s]}}
+domains: {user: {tags: [active]}, product: {tags: [electronics]}}
+services: {s: {tenants: all}}
+publishers:
+  shop: {domains: [product], tenants: [acme]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		stream, tenant, domain, reason string
+	}{
+		{"invalidate:ingress:shop:{0}", "acme", "product", ""},
+		{"invalidate:ingress:shop:{0}", "globex", "product", ReasonNotGranted},
+		{"invalidate:ingress:shop:{1}", "acme", "user", ReasonNotGranted},
+		{"invalidate:ingress:ghost:{0}", "acme", "product", ReasonNotGranted},
+		{"invalidate:ingress:shop:{0}", "acme", "nothing", ReasonUnknownDomain},
+		{"invalidate:ingress:{0}", "globex", "user", ""},
+	} {
+		var e entry
+		ev := fmt.Sprintf(`{"tenant":%q,"domain":%q}`, tc.tenant, tc.domain)
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		if e.reason != tc.reason {
+			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, e.reason, e.detail, tc.reason)
+		}
+		if tc.reason == ReasonNotGranted && !strings.Contains(e.detail, fmt.Sprintf("is not granted domain %q for tenant %q", tc.domain, tc.tenant)) {
+			t.Errorf("detail %q", e.detail)
+		}
 	}
 }

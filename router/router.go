@@ -22,6 +22,7 @@ import (
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -172,6 +173,11 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	if m.Partitions != old.Partitions {
 		return fmt.Errorf("router: ingress.partitions cannot change while running (%d to %d); restart routerd", old.Partitions, m.Partitions)
 	}
+	for _, pub := range m.PublisherNames() {
+		if _, ok := old.Publishers[pub]; !ok {
+			r.log.Warn("a new publisher's streams are read from the next restart of routerd; its events wait there until then", "publisher", pub)
+		}
+	}
 	r.matrix.Store(m)
 	return nil
 }
@@ -226,14 +232,23 @@ func (r *Router) setup(ctx context.Context) error {
 	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), n, 0).Err(); err != nil {
 		return err
 	}
-	streams := make([]string, 0, n)
-	for p := 0; p < n; p++ {
-		streams = append(streams, wire.IngressStream(r.prefix, p))
+	// The shared ingress, then each granted publisher's own streams.
+	streamOf := []func(p int) string{func(p int) string { return wire.IngressStream(r.prefix, p) }}
+	for _, pub := range r.matrix.Load().PublisherNames() {
+		streamOf = append(streamOf, func(p int) string { return names.PublisherStream(r.prefix, pub, p) })
+	}
+	streams := make([]string, 0, n*len(streamOf))
+	for _, stream := range streamOf {
+		for p := 0; p < n; p++ {
+			streams = append(streams, stream(p))
+		}
 	}
 	// Partitions beyond n exist when the count was lowered: keep reading them.
 	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for p := n; p < 1024; p++ {
-			pipe.Exists(ctx, wire.IngressStream(r.prefix, p))
+		for _, stream := range streamOf {
+			for p := n; p < 1024; p++ {
+				pipe.Exists(ctx, stream(p))
+			}
 		}
 		return nil
 	})
@@ -242,7 +257,7 @@ func (r *Router) setup(ctx context.Context) error {
 	}
 	for i, c := range cmds {
 		if c.(*redis.IntCmd).Val() == 1 {
-			streams = append(streams, wire.IngressStream(r.prefix, n+i))
+			streams = append(streams, streamOf[i/(1024-n)](n+i%(1024-n)))
 		}
 	}
 	for _, s := range streams {

@@ -46,6 +46,7 @@ func init() {
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
 		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
+		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
 	}
 }
 

@@ -66,11 +66,17 @@ type Rules struct {
 	Warnings []string
 }
 
-// ErrSpec is wrapped by every error of For about its Spec.
+// ErrSpec matches (errors.Is) every error about a Spec or a user name.
 var ErrSpec = errors.New("acl: bad request")
 
+// specError says what is wrong with a request, naming the flag.
+type specError struct{ msg string }
+
+func (e *specError) Error() string        { return e.msg }
+func (e *specError) Is(target error) bool { return target == ErrSpec }
+
 func specErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrSpec, fmt.Sprintf(format, args...))
+	return &specError{fmt.Sprintf(format, args...)}
 }
 
 // For returns the rules of the role in spec on matrix m.

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/routerd/routerd/internal/acl"
@@ -33,7 +32,7 @@ func aclCmd(_ context.Context, env *Env, args []string) error {
 		return fmt.Errorf("--format %q: must be setuser or aclfile", *format)
 	}
 	if err := acl.ValidUser(*user); err != nil {
-		return errors.Unwrap(err)
+		return err
 	}
 	m, err := loadMatrix(env, *path)
 	if err != nil {

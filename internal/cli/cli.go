@@ -40,7 +40,7 @@ func init() {
 		{"validate", "F", "check a matrix file", validate},
 		{"route", "--matrix F --tenant T --domain D [--json]", "show the channels and services an event reaches", route},
 		{"matrix", "diff OLD NEW", "tell which channels, services, routes and limits a matrix change adds or removes", matrixCmd},
-		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b]", "emit one event", publish},
+		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]", "emit one event", publish},
 		{"tail", "--redis URL --tenant T --tag X", "print each message on a channel as a JSON line", tail},
 		{"agent", "--redis URL --cache-redis URL --service S --matrix F [--listen ADDR]", "run the subscriber as a sidecar", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},

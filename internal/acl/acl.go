@@ -44,8 +44,8 @@ type Spec struct {
 	// KeyTemplate is the cache key template of a Cache user
 	// (tagstore.DefaultKeyTemplate when empty).
 	KeyTemplate string
-	// Cluster adds what a Redis Cluster client needs (CLUSTER SLOTS; for a
-	// subscriber CLUSTER KEYSLOT) and, on the bus, sharded pub/sub
+	// Cluster adds what a Redis Cluster client needs (CLUSTER SLOTS and
+	// COMMAND; for a subscriber CLUSTER KEYSLOT) and, on the bus, sharded pub/sub
 	// (SSUBSCRIBE, SPUBLISH) instead of PUBLISH, SUBSCRIBE and PSUBSCRIBE.
 	Cluster bool
 	// Durable, for a Publisher user, adds INFO and WAIT: the publisher's
@@ -121,7 +121,9 @@ func For(m *matrix.Matrix, spec Spec) (Rules, error) {
 		}
 	}
 	if spec.Cluster {
-		r.Commands = append(r.Commands, "cluster|slots")
+		// A cluster client reads the slot map, and the command table to
+		// find each command's keys.
+		r.Commands = append(r.Commands, "cluster|slots", "command")
 	}
 	r.Commands = dedupe(r.Commands)
 	for i, c := range r.Commands {
@@ -225,8 +227,11 @@ func subscriber(m *matrix.Matrix, spec Spec) Rules {
 		}
 		r.Commands = append(r.Commands, "smembers")
 		r.Keys = append(r.Keys, "%R~"+wire.TenantsKey(p))
-		r.Channels = append(r.Channels, "&"+wire.TenantsChannel(p))
-		if !spec.Cluster {
+		if spec.Cluster {
+			// Sharded pub/sub has no patterns: the router announces new
+			// tenants, and the subscriber subscribes to their channels.
+			r.Channels = append(r.Channels, "&"+wire.TenantsChannel(p))
+		} else {
 			r.Commands = append(r.Commands, "psubscribe", "punsubscribe")
 		}
 	} else {

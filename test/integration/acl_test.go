@@ -15,6 +15,7 @@ import (
 
 	"github.com/routerd/routerd/internal/cli"
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
@@ -392,4 +393,86 @@ func TestACLRolesRefuseTheRest(t *testing.T) {
 	wantNoPerm(t, "cache: FLUSHALL", cache.FlushAll(ctx).Err())
 	wantNoPerm(t, "cache: KEYS", cache.Keys(ctx, "*").Err())
 	wantNoPerm(t, "cache: CONFIG SET", cache.ConfigSet(ctx, "maxmemory-policy", "allkeys-lru").Err())
+}
+
+// clusterUser creates the user of `routerd acl --cluster` on every node of a
+// cluster and returns a cluster client logged in as it.
+func clusterUser(t *testing.T, cl *redistest.Cluster, matrixFile, user string, flags ...string) *redis.ClusterClient {
+	t.Helper()
+	for _, n := range cl.Nodes {
+		aclUser(t, n, matrixFile, user, append(flags, "--cluster")...)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs, Username: user, Password: "pw-" + user,
+		ClusterStateReloadInterval: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// On Redis Cluster too, with sharded pub/sub: a granted publisher's event
+// and one of a tenant first seen by the router (announced to the subscriber
+// of every tenant) reach the caches, all under the users of `routerd acl
+// --cluster`, and no node refused anything.
+func TestACLRolesOnCluster(t *testing.T) {
+	const yaml = `
+version: 1
+ingress: {partitions: 4}
+tags:
+  active: {services: [profile-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  profile-svc: {tenants: all}
+publishers:
+  profile-svc: {domains: [user], tenants: all}
+`
+	mtx, err := matrix.Parse("cluster.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := writeMatrix(t, yaml)
+	bus := redistest.StartCluster(t, 3, 0)
+	caches := redistest.StartCluster(t, 3, 0)
+	ctx := context.Background()
+
+	r, err := router.New(clusterUser(t, bus, file, "router", "--role", "router"), mtx, router.Options{Sharded: true,
+		Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond, Logger: nopermLog(t, "router")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r.Run)
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+
+	cacheC := clusterUser(t, caches, file, "cache", "--role", "cache", "--service", "profile-svc")
+	s, err := subscriber.New(clusterUser(t, bus, file, "sub", "--role", "subscriber", "--service", "profile-svc"),
+		subscriber.Options{Service: "profile-svc", Matrix: mtx, Cache: cacheC, CheckInterval: time.Hour, Logger: nopermLog(t, "subscriber")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, s.Run)
+	redistest.Eventually(t, 10*time.Second, "subscriber ready", s.Ready)
+
+	store, err := tagstore.New(caches.Client(t), tagstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := publisher.New(clusterUser(t, bus, file, "pub", "--role", "publisher", "--publisher", "profile-svc", "--durable"),
+		publisher.Options{Publisher: "profile-svc", Durable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range []string{"acme", "globex", "initech"} {
+		if err := store.Set(ctx, tenant, "user:1", []byte("v"), 0, "active"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}}); err != nil {
+			t.Fatal(err)
+		}
+		redistest.Eventually(t, 15*time.Second, tenant+"/user:1 invalidated", func() bool {
+			_, err := store.Get(ctx, tenant, "user:1")
+			return err == redis.Nil
+		})
+	}
+	for _, n := range append(bus.Nodes, caches.Nodes...) {
+		noRefusals(t, n.Addr, n)
+	}
 }

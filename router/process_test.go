@@ -184,3 +184,39 @@ publishers:
 		}
 	}
 }
+
+// An event id given on a publisher's own stream is scoped by the publisher;
+// one without an id gets the raw id, which names the stream.
+func TestPublisherEventIDsAreScoped(t *testing.T) {
+	m, err := matrix.Parse("m", []byte(`
+version: 1
+tags: {active: {services: [s]}}
+domains: {user: {tags: [active]}}
+services: {s: {tenants: all}}
+publishers: {p: {domains: [user], tenants: all}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", wire.MaxIDLen)
+	for _, tc := range []struct{ stream, id, want string }{
+		{"invalidate:ingress:p:{0}", "e1", "p/e1"},
+		{"invalidate:ingress:{0}", "e1", "e1"},
+		{"invalidate:ingress:p:{0}", "", "invalidate:ingress:p:{0}:1-0"},
+		{"invalidate:ingress:p:{0}", long, boundedID("p/" + long)},
+	} {
+		var e entry
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","id":%q}`, tc.id)
+		if tc.id == "" {
+			ev = `{"tenant":"acme","domain":"user"}`
+		}
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		if e.reason != "" || e.eventID != tc.want || len(e.eventID) > wire.MaxIDLen {
+			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, e.eventID, e.reason, tc.want)
+		}
+	}
+}

@@ -476,3 +476,45 @@ publishers:
 		noRefusals(t, n.Addr, n)
 	}
 }
+
+// Two publishers granted the same domain cannot silence each other: an event
+// id or a source_version one of them chose does not make the other's event a
+// duplicate, nor an older one, on the channels they share.
+func TestPublishersCannotSilenceEachOther(t *testing.T) {
+	e := newEnv(t, testMatrix+`
+publishers:
+  profile-svc: {domains: [user], tenants: all}
+  rogue:       {domains: [user], tenants: all}
+`)
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	ctx := context.Background()
+	pubs := map[string]*publisher.Publisher{}
+	for _, name := range []string{"profile-svc", "rogue"} {
+		p, err := publisher.New(e.busC, publisher.Options{Publisher: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs[name] = p
+	}
+	publish := func(who string, ev wire.Event) {
+		t.Helper()
+		if _, err := pubs[who].Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The rogue takes the victim's next event id first.
+	publish("rogue", wire.Event{ID: "victim-1", Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	e.waitVersion("invalidate:acme:active", 1)
+	e.seed("profile-svc", "acme", "user:1", "active")
+	publish("profile-svc", wire.Event{ID: "victim-1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", "acme", "user:1")
+
+	// The rogue claims a source_version far ahead for the victim's entity.
+	publish("rogue", wire.Event{Tenant: "acme", Domain: "user", Entity: "42", SourceVersion: 1 << 50, Keys: []string{"user:42"}})
+	e.waitVersion("invalidate:acme:active", 3)
+	e.seed("profile-svc", "acme", "user:42", "active")
+	publish("profile-svc", wire.Event{Tenant: "acme", Domain: "user", Entity: "42", SourceVersion: 7, Keys: []string{"user:42"}})
+	e.waitGone("profile-svc", "acme", "user:42")
+}

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -218,5 +219,35 @@ publishers: {p: {domains: [user], tenants: all}}
 		if e.reason != "" || e.eventID != tc.want || len(e.eventID) > wire.MaxIDLen {
 			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, e.eventID, e.reason, tc.want)
 		}
+	}
+}
+
+// A reload that adds a publisher says its streams are read from the next
+// restart.
+func TestSetMatrixWarnsOfNewPublishers(t *testing.T) {
+	base := `
+version: 1
+tags: {active: {services: [s]}}
+domains: {user: {tags: [active]}}
+services: {s: {tenants: all}}
+`
+	old, err := matrix.Parse("old", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := matrix.Parse("new", []byte(base+"publishers: {p: {domains: [user], tenants: all}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	r, err := New(redistest.Start(t).Client(t), old, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetMatrix(m); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "next restart") || !strings.Contains(logs.String(), "publisher=p") {
+		t.Errorf("logs %q", logs.String())
 	}
 }

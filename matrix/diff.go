@@ -64,6 +64,7 @@ func Diff(old, new *Matrix) []Change {
 			out = append(out, Change(fmt.Sprintf("~ tag %s limits %s → %s", t, limitsString(a.Limits), limitsString(b.Limits))))
 		}
 	}
+	out = append(out, diffPublishers(old, new)...)
 	if s1, s2 := budgetString(old.TenantBudget), budgetString(new.TenantBudget); s1 != s2 {
 		out = append(out, Change(fmt.Sprintf("~ tenant budget %s → %s", s1, s2)))
 	}
@@ -71,6 +72,38 @@ func Diff(old, new *Matrix) []Change {
 		out = append(out, Change(fmt.Sprintf("~ global budget %s → %s", s1, s2)))
 	}
 	return out
+}
+
+// diffPublishers tells which publisher grants a change adds, removes or
+// alters, and when the publishers section itself comes or goes.
+func diffPublishers(old, new *Matrix) []Change {
+	var out []Change
+	switch {
+	case old.Publishers == nil && new.Publishers != nil:
+		out = append(out, "+ publishers section: publishers with a grant write to their own streams, checked by the router (restart routerd)")
+	case old.Publishers != nil && new.Publishers == nil:
+		out = append(out, "- publishers section: no grant is checked any more (restart routerd)")
+	}
+	for _, name := range unionKeys(old.Publishers, new.Publishers) {
+		a, b := old.Publishers[name], new.Publishers[name]
+		switch {
+		case a == nil:
+			out = append(out, Change(fmt.Sprintf("+ publisher %s: %s (restart routerd to read its streams)", name, grantString(b))))
+		case b == nil:
+			out = append(out, Change(fmt.Sprintf("- publisher %s: %s (its events are not routed any more)", name, grantString(a))))
+		case grantString(a) != grantString(b):
+			out = append(out, Change(fmt.Sprintf("~ publisher %s: %s → %s", name, grantString(a), grantString(b))))
+		}
+	}
+	return out
+}
+
+func grantString(p *Publisher) string {
+	tenants := "all"
+	if !p.AllTenants {
+		tenants = strings.Join(p.Tenants, ", ")
+	}
+	return fmt.Sprintf("domains %s; tenants %s", strings.Join(p.Domains, ", "), tenants)
 }
 
 // channelServices maps every channel (or pattern, for a service of every

@@ -58,3 +58,45 @@ func join(cs []Change) string {
 	}
 	return s
 }
+
+func TestDiffPublishers(t *testing.T) {
+	base := routingMatrix
+	old, err := Parse("old", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withGrants := func(grants string) *Matrix {
+		t.Helper()
+		m, err := Parse("new", []byte(base+"publishers:\n"+grants))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	a := withGrants("  profile-svc: {domains: [user], tenants: all}\n  shop: {domains: [product], tenants: [acme]}\n")
+	b := withGrants("  profile-svc: {domains: [user, product], tenants: all}\n  billing: {domains: [invoice], tenants: [acme, globex]}\n")
+	for _, tc := range []struct {
+		from, to *Matrix
+		want     []Change
+	}{
+		{old, a, []Change{
+			"+ publishers section: publishers with a grant write to their own streams, checked by the router (restart routerd)",
+			"+ publisher profile-svc: domains user; tenants all (restart routerd to read its streams)",
+			"+ publisher shop: domains product; tenants acme (restart routerd to read its streams)",
+		}},
+		{a, b, []Change{
+			"+ publisher billing: domains invoice; tenants acme, globex (restart routerd to read its streams)",
+			"~ publisher profile-svc: domains user; tenants all → domains user, product; tenants all",
+			"- publisher shop: domains product; tenants acme (its events are not routed any more)",
+		}},
+		{b, old, []Change{
+			"- publishers section: no grant is checked any more (restart routerd)",
+			"- publisher billing: domains invoice; tenants acme, globex (its events are not routed any more)",
+			"- publisher profile-svc: domains user, product; tenants all (its events are not routed any more)",
+		}},
+	} {
+		if got := Diff(tc.from, tc.to); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Diff:\n%v\nwant:\n%v", join(got), join(tc.want))
+		}
+	}
+}

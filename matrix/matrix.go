@@ -69,6 +69,60 @@ func (s *Service) Serves(tenant string) bool {
 	return slices.Contains(s.Tenants, tenant)
 }
 
+// Publisher is a grant of the publishers section: the publisher writes to
+// its own ingress streams, and the router routes from them only the events
+// of the domains and tenants granted here.
+type Publisher struct {
+	Name       string
+	Domains    []string
+	AllTenants bool     // "tenants: all"
+	Tenants    []string // when not AllTenants
+	domainSet  map[string]bool
+	tenantSet  map[string]bool
+}
+
+func (p *Publisher) index() {
+	p.domainSet = make(map[string]bool, len(p.Domains))
+	for _, d := range p.Domains {
+		p.domainSet[d] = true
+	}
+	p.tenantSet = make(map[string]bool, len(p.Tenants))
+	for _, t := range p.Tenants {
+		p.tenantSet[t] = true
+	}
+}
+
+// Grants reports whether the publisher may publish events of the domain for
+// the tenant.
+func (p *Publisher) Grants(domain, tenant string) bool {
+	if p.domainSet == nil {
+		p.index()
+	}
+	return p.domainSet[domain] && (p.AllTenants || p.tenantSet[tenant])
+}
+
+// Granted reports whether the named publisher may publish events of the
+// domain for the tenant; a publisher not in the matrix may publish nothing.
+func (m *Matrix) Granted(publisher, domain, tenant string) bool {
+	p, ok := m.Publishers[publisher]
+	return ok && p.Grants(domain, tenant)
+}
+
+// PublisherNames returns the names of the publishers section, sorted.
+func (m *Matrix) PublisherNames() []string { return slices.Sorted(maps.Keys(m.Publishers)) }
+
+// PublishersOf returns the publishers granted the domain for the tenant,
+// sorted.
+func (m *Matrix) PublishersOf(domain, tenant string) []string {
+	var out []string
+	for _, name := range m.PublisherNames() {
+		if m.Publishers[name].Grants(domain, tenant) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // Matrix is a validated routing matrix. It is immutable once loaded.
 type Matrix struct {
 	File       string
@@ -79,6 +133,9 @@ type Matrix struct {
 	Tags       map[string]*Tag
 	Domains    map[string]*Domain
 	Services   map[string]*Service
+	// Publishers are the grants of the publishers section, by name: nil
+	// when the matrix has none, and then no publisher has streams of its own.
+	Publishers map[string]*Publisher
 	// TenantBudget limits the messages of each tenant over all its
 	// channels; nil for no limit.
 	TenantBudget *Budget

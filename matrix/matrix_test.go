@@ -167,5 +167,54 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
+		// A publisher is granted only domains that exist.
+		for _, name := range m.PublisherNames() {
+			for _, d := range m.Publishers[name].Domains {
+				if m.Domains[d] == nil || !m.Publishers[name].Grants(d, "acme") && m.Publishers[name].AllTenants {
+					t.Fatalf("publisher %q: grant of undefined or unusable domain %q", name, d)
+				}
+			}
+		}
 	})
+}
+
+func TestPublisherGrants(t *testing.T) {
+	m, err := Parse("inline", []byte(routingMatrix+`
+publishers:
+  profile-svc: {domains: [user], tenants: all}
+  shop:        {domains: [product, invoice], tenants: [acme]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.PublisherNames(); !reflect.DeepEqual(got, []string{"profile-svc", "shop"}) {
+		t.Errorf("PublisherNames = %v", got)
+	}
+	for _, tc := range []struct {
+		publisher, domain, tenant string
+		want                      bool
+	}{
+		{"profile-svc", "user", "acme", true},
+		{"profile-svc", "user", "anyone", true},
+		{"profile-svc", "product", "acme", false},
+		{"shop", "product", "acme", true},
+		{"shop", "invoice", "acme", true},
+		{"shop", "product", "globex", false},
+		{"shop", "user", "acme", false},
+		{"ghost", "user", "acme", false},
+	} {
+		if got := m.Granted(tc.publisher, tc.domain, tc.tenant); got != tc.want {
+			t.Errorf("Granted(%s, %s, %s) = %v, want %v", tc.publisher, tc.domain, tc.tenant, got, tc.want)
+		}
+	}
+	if got := m.PublishersOf("product", "acme"); !reflect.DeepEqual(got, []string{"shop"}) {
+		t.Errorf("PublishersOf(product, acme) = %v", got)
+	}
+	plain, err := Parse("inline", []byte(routingMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Publishers != nil || plain.Granted("profile-svc", "user", "acme") {
+		t.Errorf("a matrix without publishers grants %v", plain.Publishers)
+	}
 }

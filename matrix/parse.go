@@ -1,6 +1,7 @@
 package matrix
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -180,9 +181,9 @@ func (p *parser) parse(data []byte) *Matrix {
 		Domains:    map[string]*Domain{},
 		Services:   map[string]*Service{},
 	}
-	var tagsNode, domainsNode, servicesNode *yaml.Node
+	var tagsNode, domainsNode, servicesNode, publishersNode *yaml.Node
 	var haveVersion bool
-	for _, f := range p.mapping(root, "matrix", "version", "prefix", "ingress", "defaults", "budgets", "tags", "domains", "services") {
+	for _, f := range p.mapping(root, "matrix", "version", "prefix", "ingress", "defaults", "budgets", "tags", "domains", "services", "publishers") {
 		switch f.key.Value {
 		case "version":
 			haveVersion = true
@@ -219,6 +220,8 @@ func (p *parser) parse(data []byte) *Matrix {
 			domainsNode = f.value
 		case "services":
 			servicesNode = f.value
+		case "publishers":
+			publishersNode = f.value
 		}
 	}
 	if root.Kind == yaml.MappingNode && !haveVersion {
@@ -269,7 +272,70 @@ func (p *parser) parse(data []byte) *Matrix {
 			m.Domains[d.Name] = d
 		}
 	}
+	if publishersNode != nil {
+		m.Publishers = map[string]*Publisher{}
+		for _, f := range p.mapping(publishersNode, "publishers", nil...) {
+			var bad *names.Error
+			if errors.As(names.Service(f.key.Value), &bad) {
+				bad.Field = "publisher"
+				p.errorf(f.key, "%v", bad)
+			}
+			m.Publishers[f.key.Value] = p.publisher(f.key.Value, f.value, m.Domains)
+		}
+	}
 	return m
+}
+
+// publisher reads one grant of the publishers section: the domains (which
+// must exist) and the tenants ("all" or a list) it may publish for.
+func (p *parser) publisher(name string, n *yaml.Node, domains map[string]*Domain) *Publisher {
+	pub := &Publisher{Name: name}
+	what := "publisher " + strconvQuote(name)
+	var haveDomains, haveTenants bool
+	for _, f := range p.mapping(n, what, "domains", "tenants") {
+		if f.key.Value == "tenants" {
+			haveTenants = true
+			pub.AllTenants, pub.Tenants = p.tenants(f.value, what)
+			continue
+		}
+		haveDomains = true
+		for i, d := range p.strings(f.value, "domains") {
+			if _, ok := domains[d]; !ok {
+				p.errorf(f.value.Content[i], "%s: undefined domain %q", what, d)
+				continue
+			}
+			pub.Domains = append(pub.Domains, d)
+		}
+	}
+	if n.Kind == yaml.MappingNode {
+		if !haveDomains {
+			p.errorf(n, "%s: domains is required (a list of domains it may publish)", what)
+		}
+		if !haveTenants {
+			p.errorf(n, "%s: tenants is required (\"all\" or a list)", what)
+		}
+	}
+	pub.index()
+	return pub
+}
+
+// tenants reads "all" or a list of valid tenants; what names the owner.
+func (p *parser) tenants(n *yaml.Node, what string) (all bool, list []string) {
+	if n.Kind == yaml.ScalarNode && n.Value == "all" {
+		return true, nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "%s: tenants must be \"all\" or a list of tenants", what)
+		return false, nil
+	}
+	for i, t := range p.strings(n, "tenants") {
+		if err := names.Tenant(t); err != nil {
+			p.errorf(n.Content[i], "%s: %v", what, err)
+			continue
+		}
+		list = append(list, t)
+	}
+	return false, list
 }
 
 func strconvQuote(s string) string { return strconv.Quote(s) }
@@ -279,21 +345,7 @@ func (p *parser) service(name string, n *yaml.Node) *Service {
 	var have bool
 	for _, f := range p.mapping(n, "service "+strconvQuote(name), "tenants") {
 		have = true
-		if f.value.Kind == yaml.ScalarNode && f.value.Value == "all" {
-			s.AllTenants = true
-			continue
-		}
-		if f.value.Kind != yaml.SequenceNode {
-			p.errorf(f.value, "service %q: tenants must be \"all\" or a list of tenants", name)
-			continue
-		}
-		for i, t := range p.strings(f.value, "tenants") {
-			if err := names.Tenant(t); err != nil {
-				p.errorf(f.value.Content[i], "service %q: %v", name, err)
-				continue
-			}
-			s.Tenants = append(s.Tenants, t)
-		}
+		s.AllTenants, s.Tenants = p.tenants(f.value, "service "+strconvQuote(name))
 	}
 	s.tenantSet = make(map[string]bool, len(s.Tenants))
 	for _, t := range s.Tenants {

@@ -314,3 +314,36 @@ func GenerationSeenKey(service string) string { return "routerd:generation:" + s
 // tagged values there: "routerd:tenants". The tag store adds a tenant before
 // its first value; a subscriber of every tenant reads it.
 func CacheTenantsKey() string { return "routerd:tenants" }
+
+// PublisherStream is publisher's own ingress stream of partition p,
+// "<prefix>:ingress:<publisher>:{<p>}", used when the matrix grants
+// publishers: a Redis ACL key pattern binds a Redis user to these streams.
+// The parts must already be valid; a publisher name follows the service rule.
+func PublisherStream(prefix, publisher string, p int) string {
+	return prefix + ":ingress:" + publisher + ":{" + strconv.Itoa(p) + "}"
+}
+
+// PublisherStreams is the key pattern of every stream of a publisher, for a
+// Redis ACL: "<prefix>:ingress:<publisher>:{*}". Names hold no glob
+// characters, so only the partition is a wildcard.
+func PublisherStreams(prefix, publisher string) string {
+	return prefix + ":ingress:" + publisher + ":{*}"
+}
+
+// StreamPublisher returns the publisher whose stream (built by
+// PublisherStream) this is, or "" for a shared ingress stream
+// "<prefix>:ingress:{<p>}" and anything else.
+func StreamPublisher(prefix, stream string) string {
+	rest, ok := strings.CutPrefix(stream, prefix+":ingress:")
+	if !ok || strings.HasPrefix(rest, "{") {
+		return ""
+	}
+	i := strings.LastIndex(rest, ":{")
+	if i <= 0 || !strings.HasSuffix(rest, "}") || !ValidTag(rest[:i]) {
+		return ""
+	}
+	if _, err := strconv.ParseUint(rest[i+2:len(rest)-1], 10, 16); err != nil {
+		return ""
+	}
+	return rest[:i]
+}

@@ -2,6 +2,7 @@ package names
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -218,6 +219,27 @@ func TestIngressStreamRoundTrip(t *testing.T) {
 	}
 }
 
+func TestPublisherStream(t *testing.T) {
+	s := PublisherStream("invalidate", "profile-svc", 3)
+	if s != "invalidate:ingress:profile-svc:{3}" {
+		t.Errorf("PublisherStream = %q", s)
+	}
+	for _, tc := range []struct{ stream, want string }{
+		{s, "profile-svc"},
+		{PublisherStream("invalidate", "a:b", 0), "a:b"},
+		{"invalidate:ingress:{3}", ""},
+		{"invalidate:ingress:partitions", ""},
+		{"invalidate:ingress:p:{x}", ""},
+		{"invalidate:ingress::{1}", ""},
+		{"other:ingress:p:{1}", ""},
+		{"invalidate:deadletter", ""},
+	} {
+		if got := StreamPublisher("invalidate", tc.stream); got != tc.want {
+			t.Errorf("StreamPublisher(%q) = %q, want %q", tc.stream, got, tc.want)
+		}
+	}
+}
+
 func FuzzParseIngressStream(f *testing.F) {
 	f.Add("invalidate:ingress:{7}")
 	f.Add("invalidate:ingress:7")
@@ -229,6 +251,22 @@ func FuzzParseIngressStream(f *testing.F) {
 		}
 		if p < 0 || p >= MaxPartitions || IngressStream("invalidate", p) != s {
 			t.Errorf("%q parsed as %d, which names %q", s, p, IngressStream("invalidate", p))
+		}
+	})
+}
+
+func FuzzStreamPublisher(f *testing.F) {
+	f.Add("invalidate", "profile-svc", 3)
+	f.Add("p:q", "a:b", 0)
+	f.Fuzz(func(t *testing.T, prefix, publisher string, p int) {
+		if Prefix(prefix) != nil || Service(publisher) != nil || p < 0 || p > 1023 {
+			return
+		}
+		if got := StreamPublisher(prefix, PublisherStream(prefix, publisher, p)); got != publisher {
+			t.Fatalf("round trip of %q: %q", publisher, got)
+		}
+		if got := StreamPublisher(prefix, prefix+":ingress:{"+strconv.Itoa(p)+"}"); got != "" {
+			t.Fatalf("shared stream read as publisher %q", got)
 		}
 	})
 }

@@ -1,8 +1,10 @@
 // Package publisher emits domain-change events to routerd's ingress streams.
 //
 // Publish validates an event and appends it to the tenant's ingress partition
-// with one XADD; PublishBatch pipelines many. Nothing is sent for an invalid
-// event: the error names the field and the rule. Any language can publish the
+// with one XADD; PublishBatch pipelines many. With Options.Publisher set, it
+// appends to that publisher's own streams instead (the matrix's publishers).
+// Nothing is sent for an invalid event: the error names the field and the
+// rule. Any language can publish the
 // same way with a single `XADD <prefix>:ingress:{<p>} * event '<json>'`.
 package publisher
 
@@ -45,6 +47,12 @@ type Options struct {
 	Partitions int
 	// Refresh is how long a partition count read from Redis is used.
 	Refresh time.Duration
+	// Publisher, when set, is this publisher's name in the matrix's
+	// publishers section: events go to its own streams
+	// <prefix>:ingress:<Publisher>:{<p>}, which a Redis ACL can bind it to,
+	// and the router routes only those its grant allows. Empty: the shared
+	// ingress streams.
+	Publisher string
 	// Origin is stamped on events that carry none (usually the service name).
 	Origin string
 	// Now is the clock for event timestamps; time.Now by default.
@@ -81,16 +89,20 @@ type Publisher struct {
 
 // stream returns the ingress stream of a tenant's partition among n.
 func (p *Publisher) stream(tenant string, n int) string {
-	names := p.streams.Load()
-	if names == nil || len(*names) != n {
+	streams := p.streams.Load()
+	if streams == nil || len(*streams) != n {
 		all := make([]string, n)
 		for i := range all {
-			all[i] = wire.IngressStream(p.opt.Prefix, i)
+			if p.opt.Publisher != "" {
+				all[i] = names.PublisherStream(p.opt.Prefix, p.opt.Publisher, i)
+			} else {
+				all[i] = wire.IngressStream(p.opt.Prefix, i)
+			}
 		}
-		names = &all
-		p.streams.Store(names)
+		streams = &all
+		p.streams.Store(streams)
 	}
-	return (*names)[wire.Partition(tenant, n)]
+	return (*streams)[wire.Partition(tenant, n)]
 }
 
 // New checks the options and fills the defaults.
@@ -103,6 +115,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	}
 	if err := names.Prefix(opt.Prefix); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	if opt.Publisher != "" && !names.ValidTag(opt.Publisher) {
+		return nil, fmt.Errorf("publisher: publisher name %q is invalid: must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", opt.Publisher)
 	}
 	if opt.Partitions < 0 || opt.Partitions > matrix.MaxPartitions {
 		return nil, fmt.Errorf("publisher: partitions must be 0 (read from Redis) to %d, not %d", matrix.MaxPartitions, opt.Partitions)

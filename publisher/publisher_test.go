@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/wire"
 )
@@ -183,6 +184,36 @@ func TestOptionsValidated(t *testing.T) {
 	for _, opt := range []publisher.Options{{Prefix: "a b"}, {Partitions: -1}, {Partitions: 2000}, {Refresh: -time.Second}} {
 		if _, err := publisher.New(c, opt); err == nil {
 			t.Errorf("New(%+v) accepted", opt)
+		}
+	}
+}
+
+// With a publisher name, events go to that publisher's own partition streams
+// (and only there); a bad name is refused at construction.
+func TestPublishToOwnStreams(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	if err := c.Set(ctx, wire.PartitionsKey("invalidate"), 4, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := publisher.New(c, publisher.Options{Publisher: "profile-svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := names.PublisherStream("invalidate", "profile-svc", wire.Partition("acme", 4))
+	if got := entries(t, c, own); len(got) != 1 || got[0].ID != id {
+		t.Fatalf("%s holds %+v, want event %s", own, got, id)
+	}
+	if n := c.Exists(ctx, wire.IngressStream("invalidate", wire.Partition("acme", 4))).Val(); n != 0 {
+		t.Errorf("the shared ingress was written too")
+	}
+	for _, bad := range []string{"a b", "x{1}", "*", ":x"} {
+		if _, err := publisher.New(c, publisher.Options{Publisher: bad}); err == nil || !strings.Contains(err.Error(), "publisher name") {
+			t.Errorf("Publisher %q: err %v, want a refusal naming the publisher name", bad, err)
 		}
 	}
 }

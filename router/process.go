@@ -28,6 +28,7 @@ const (
 	ReasonMalformed     = "malformed"      // no event field, bad JSON, a field that breaks a rule
 	ReasonUnknownDomain = "unknown_domain" // the domain is not in the matrix
 	ReasonTooLarge      = "too_large"      // the event's JSON is above Options.MaxEventBytes
+	ReasonNotGranted    = "not_granted"    // the event came from a publisher's own stream, outside its grant
 )
 
 // sizeDefaults fills and checks the size bounds of the options.
@@ -50,7 +51,10 @@ type entry struct {
 	id      string // stream entry id
 	ev      *wire.Event
 	eventID string
-	routes  []matrix.Route
+	// publisher is the publisher whose own stream the entry is on, "" for
+	// the shared ingress.
+	publisher string
+	routes    []matrix.Route
 	// dead is set when the entry goes to the dead-letter stream.
 	reason, detail string
 	raw            map[string]any
@@ -301,9 +305,23 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		e.reason, e.detail = ReasonUnknownDomain, fmt.Sprintf("domain %q is not in the matrix", ev.Domain)
 		return
 	}
-	e.ev, e.routes, e.eventID = ev, routes, ev.ID
-	if e.eventID == "" {
+	// An event from a publisher's own stream (which a Redis ACL binds to
+	// that publisher) is routed only within the publisher's grant.
+	pub := names.StreamPublisher(r.prefix, stream)
+	if pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant) {
+		e.reason = ReasonNotGranted
+		e.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
+		return
+	}
+	e.ev, e.routes, e.eventID, e.publisher = ev, routes, ev.ID, pub
+	switch {
+	case e.eventID == "":
 		e.eventID = RawEventID(stream, msg.ID)
+	case pub != "":
+		// A publisher's ids are its own: another publisher granted the
+		// same channel cannot make this event a duplicate by taking its id
+		// first.
+		e.eventID = boundedID(pub + "/" + e.eventID)
 	}
 }
 
@@ -313,7 +331,11 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 // script drops a message whose event id it has seen on the channel. An id
 // that would be longer than an event id may be is replaced by its SHA-256.
 func RawEventID(stream, entryID string) string {
-	id := stream + ":" + entryID
+	return boundedID(stream + ":" + entryID)
+}
+
+// boundedID is id, or its SHA-256 when it is longer than an event id may be.
+func boundedID(id string) string {
 	if len(id) <= wire.MaxIDLen {
 		return id
 	}
@@ -348,7 +370,14 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, e := range check {
-			key := names.SourceVersionKey(r.prefix, e.ev.Tenant, e.ev.Domain, e.ev.Entity)
+			entity := e.ev.Entity
+			if e.publisher != "" {
+				// Each publisher orders its own changes: another one
+				// granted the domain cannot claim a version far ahead
+				// and suppress this one's events.
+				entity = e.publisher + "/" + entity
+			}
+			key := names.SourceVersionKey(r.prefix, e.ev.Tenant, e.ev.Domain, entity)
 			args := make([]any, 0, 3+len(e.ev.Keys))
 			args = append(args, e.ev.SourceVersion, ttl, srcverEntityKeys)
 			for _, k := range e.ev.Keys {

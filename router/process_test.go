@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
@@ -142,4 +145,121 @@ func TestEntryCopyIsBounded(t *testing.T) {
 	if len(got) > 1200 || !strings.HasPrefix(got, `{"event":"xxx`) || !strings.Contains(got, "truncated: the entry is 100012 bytes, the first 1000 are kept") {
 		t.Errorf("a 100 kB entry copied as %d bytes ending %q", len(got), got[max(0, len(got)-120):])
 	}
+}
+
+// parse refuses an event from a publisher's own stream outside its grant,
+// and leaves the shared ingress as it was.
+func TestParseChecksPublisherGrant(t *testing.T) {
+	m, err := matrix.Parse("m", []byte(`
+version: 1
+tags: {active: {services: [s]}, electronics: {services: [s]}}
+domains: {user: {tags: [active]}, product: {tags: [electronics]}}
+services: {s: {tenants: all}}
+publishers:
+  shop: {domains: [product], tenants: [acme]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		stream, tenant, domain, reason string
+	}{
+		{"invalidate:ingress:shop:{0}", "acme", "product", ""},
+		{"invalidate:ingress:shop:{0}", "globex", "product", ReasonNotGranted},
+		{"invalidate:ingress:shop:{1}", "acme", "user", ReasonNotGranted},
+		{"invalidate:ingress:ghost:{0}", "acme", "product", ReasonNotGranted},
+		{"invalidate:ingress:shop:{0}", "acme", "nothing", ReasonUnknownDomain},
+		{"invalidate:ingress:{0}", "globex", "user", ""},
+	} {
+		var e entry
+		ev := fmt.Sprintf(`{"tenant":%q,"domain":%q}`, tc.tenant, tc.domain)
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		if e.reason != tc.reason {
+			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, e.reason, e.detail, tc.reason)
+		}
+		if tc.reason == ReasonNotGranted && !strings.Contains(e.detail, fmt.Sprintf("is not granted domain %q for tenant %q", tc.domain, tc.tenant)) {
+			t.Errorf("detail %q", e.detail)
+		}
+	}
+}
+
+// An event id given on a publisher's own stream is scoped by the publisher;
+// one without an id gets the raw id, which names the stream.
+func TestPublisherEventIDsAreScoped(t *testing.T) {
+	m, err := matrix.Parse("m", []byte(`
+version: 1
+tags: {active: {services: [s]}}
+domains: {user: {tags: [active]}}
+services: {s: {tenants: all}}
+publishers: {p: {domains: [user], tenants: all}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", wire.MaxIDLen)
+	for _, tc := range []struct{ stream, id, want string }{
+		{"invalidate:ingress:p:{0}", "e1", "p/e1"},
+		{"invalidate:ingress:{0}", "e1", "e1"},
+		{"invalidate:ingress:p:{0}", "", "invalidate:ingress:p:{0}:1-0"},
+		{"invalidate:ingress:p:{0}", long, boundedID("p/" + long)},
+	} {
+		var e entry
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","id":%q}`, tc.id)
+		if tc.id == "" {
+			ev = `{"tenant":"acme","domain":"user"}`
+		}
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		if e.reason != "" || e.eventID != tc.want || len(e.eventID) > wire.MaxIDLen {
+			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, e.eventID, e.reason, tc.want)
+		}
+	}
+}
+
+// A reload that adds a publisher takes up its streams at once: an event it
+// writes is routed without a restart.
+func TestSetMatrixReadsNewPublishers(t *testing.T) {
+	base := `
+version: 1
+ingress: {partitions: 1}
+tags: {active: {services: [s]}}
+domains: {user: {tags: [active]}}
+services: {s: {tenants: all}}
+`
+	old, err := matrix.Parse("old", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := matrix.Parse("new", []byte(base+"publishers: {p: {domains: [user], tenants: all}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redistest.Start(t).Client(t)
+	r, err := New(c, old, Options{Block: 50 * time.Millisecond, ClaimInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	if err := r.SetMatrix(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XAdd(context.Background(), &redis.XAddArgs{Stream: names.PublisherStream("invalidate", "p", 0),
+		Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["user:1"]}`}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the new publisher's event routed", func() bool {
+		v, _ := c.HGet(context.Background(), names.MetaKey("invalidate:acme:active"), "version").Result()
+		return v == "1"
+	})
 }

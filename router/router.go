@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -201,14 +202,16 @@ func (r *Router) Matrix() *matrix.Matrix { return r.matrix.Load() }
 // SetMatrix puts a new matrix in force for the next batch. A matrix with
 // another prefix is refused: that needs a restart. Another partition count
 // is taken up at once: the router reads the new partitions, records the
-// count for publishers, and keeps reading the old ones that exist.
+// count for publishers, and keeps reading the old ones that exist; so are
+// new publishers: their streams are read at once.
 func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	old := r.matrix.Load()
 	if m.Prefix != old.Prefix {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
 	r.matrix.Store(m)
-	if m.Partitions != old.Partitions {
+	newPublisher := slices.ContainsFunc(m.PublisherNames(), func(p string) bool { _, ok := old.Publishers[p]; return !ok })
+	if m.Partitions != old.Partitions || newPublisher {
 		select {
 		case r.rediscover <- struct{}{}:
 		default:
@@ -303,12 +306,19 @@ func (r *Router) setup(ctx context.Context) error {
 // ingress prefix that is not named as a partition is no router's: it is
 // logged (once) and reported by routerd doctor.
 func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
-	n := r.matrix.Load().Partitions
-	streams := make([]string, 0, n)
+	mtx := r.matrix.Load()
+	n := mtx.Partitions
+	publishers := mtx.PublisherNames()
+	streams := make([]string, 0, n*(1+len(publishers)))
 	listed := map[string]bool{}
+	// The shared ingress, then each granted publisher's own streams.
 	for p := 0; p < n; p++ {
-		s := wire.IngressStream(r.prefix, p)
-		streams = append(streams, s)
+		streams = append(streams, wire.IngressStream(r.prefix, p))
+		for _, pub := range publishers {
+			streams = append(streams, names.PublisherStream(r.prefix, pub, p))
+		}
+	}
+	for _, s := range streams {
 		listed[s] = true
 	}
 	found, err := redisconn.ScanStreams(ctx, r.c, names.IngressPattern(r.prefix))
@@ -318,6 +328,13 @@ func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
 	for _, s := range found {
 		if listed[s] {
 			continue
+		}
+		if pub := names.StreamPublisher(r.prefix, s); pub != "" {
+			if _, granted := mtx.Publishers[pub]; granted {
+				streams = append(streams, s) // a granted publisher's partition beyond the count
+				listed[s] = true
+				continue
+			}
 		}
 		if _, err := names.ParseIngressStream(r.prefix, s); err != nil {
 			r.streamsMu.Lock()

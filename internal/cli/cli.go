@@ -40,12 +40,13 @@ func init() {
 		{"validate", "F", "check a matrix file", validate},
 		{"route", "--matrix F --tenant T --domain D [--json]", "show the channels and services an event reaches", route},
 		{"matrix", "diff OLD NEW", "tell which channels, services, routes and limits a matrix change adds or removes", matrixCmd},
-		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b]", "emit one event", publish},
+		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]", "emit one event", publish},
 		{"tail", "--redis URL --tenant T --tag X", "print each message on a channel as a JSON line", tail},
 		{"agent", agentUsage, "run the subscriber as a sidecar: apply invalidations to a cache Redis and/or deliver them to a process", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
 		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
+		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
 	}
 }
 

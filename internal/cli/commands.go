@@ -38,8 +38,12 @@ func validate(_ context.Context, env *Env, args []string) error {
 		}
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "%s: ok: %d domains, %d tags, %d services, %d ingress partitions, prefix %q, sha256 %s\n",
-		f.Arg(0), len(m.Domains), len(m.Tags), len(m.Services), m.Partitions, m.Prefix, m.Hash[:12])
+	grants := ""
+	if m.Publishers != nil {
+		grants = fmt.Sprintf(", %d publishers", len(m.Publishers))
+	}
+	fmt.Fprintf(env.Stdout, "%s: ok: %d domains, %d tags, %d services%s, %d ingress partitions, prefix %q, sha256 %s\n",
+		f.Arg(0), len(m.Domains), len(m.Tags), len(m.Services), grants, m.Partitions, m.Prefix, m.Hash[:12])
 	return nil
 }
 
@@ -83,13 +87,31 @@ func route(_ context.Context, env *Env, args []string) error {
 			Routes       []matrix.Route `json:"routes"`
 			TenantBudget *matrix.Budget `json:"tenant_budget"`
 			GlobalBudget *matrix.Budget `json:"global_budget"`
-		}{*tenant, *domain, routes, m.TenantBudget, m.GlobalBudget}
+			// Publishers granted the event, when the matrix has a
+			// publishers section.
+			Publishers *[]string `json:"publishers,omitempty"`
+		}{Tenant: *tenant, Domain: *domain, Routes: routes, TenantBudget: m.TenantBudget, GlobalBudget: m.GlobalBudget}
+		if m.Publishers != nil {
+			granted := m.PublishersOf(*domain, *tenant)
+			if granted == nil {
+				granted = []string{}
+			}
+			out.Publishers = &granted
+		}
 		if out.Routes == nil {
 			out.Routes = []matrix.Route{}
 		}
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
+	}
+	if m.Publishers != nil {
+		granted := m.PublishersOf(*domain, *tenant)
+		if len(granted) == 0 {
+			fmt.Fprintf(env.Stdout, "publishers granted: none (only the shared ingress routes it)\n")
+		} else {
+			fmt.Fprintf(env.Stdout, "publishers granted: %s\n", strings.Join(granted, ", "))
+		}
 	}
 	if len(routes) == 0 {
 		fmt.Fprintf(env.Stdout, "an event of %s/%s reaches no channel: no service of its tags serves tenant %q\n", *tenant, *domain, *tenant)
@@ -116,9 +138,10 @@ func route(_ context.Context, env *Env, args []string) error {
 }
 
 func publish(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b]")
+	f := newFlags(env, "publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]")
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	prefix := f.String("prefix", names.DefaultPrefix, "channel and stream prefix (the matrix's prefix)")
+	pubName := f.String("publisher", "", "publish as this publisher of the matrix's publishers section, to its own streams")
 	var ev publisher.Event
 	f.StringVar(&ev.Tenant, "tenant", "", "tenant")
 	f.StringVar(&ev.Domain, "domain", "", "domain that changed")
@@ -155,7 +178,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer func() { _ = stopTracing(context.WithoutCancel(ctx)) }()
-	p, err := publisher.New(c, publisher.Options{Prefix: *prefix, TracerProvider: tp, Durable: *durable})
+	p, err := publisher.New(c, publisher.Options{Prefix: *prefix, Publisher: *pubName, TracerProvider: tp, Durable: *durable})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,209 @@
+package acl
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+)
+
+const testMatrix = `
+version: 1
+prefix: inv
+tags:
+  active:      {services: [web, search]}
+  electronics: {services: [search]}
+  "x:active":  {services: [web]}
+domains:
+  user:    {tags: [active]}
+  product: {tags: [electronics, active]}
+services:
+  web:    {tenants: all}
+  search: {tenants: [acme, globex]}
+publishers:
+  shop: {domains: [product], tenants: [acme]}
+`
+
+func parse(t testing.TB) *matrix.Matrix {
+	t.Helper()
+	m, err := matrix.Parse("m", []byte(testMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Each role gets exactly these rules.
+func TestRoles(t *testing.T) {
+	m := parse(t)
+	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xpending +xtrim +xadd +sadd +evalsha +script|load +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zcard +zremrangebyrank +info +wait"
+	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:tenants ~inv:srcver:{*}:*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation"
+	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +sscan +exists"
+	for _, tc := range []struct {
+		name string
+		spec Spec
+		want string // commands, keys, channels
+		warn int
+	}{
+		{"router", Spec{Role: Router}, routerCmds + " +publish " + routerKeys + " &inv:*", 0},
+		{"router on a cluster", Spec{Role: Router, Cluster: true}, routerCmds + " +spublish +cluster|slots +command " + routerKeys + " &inv:*", 0},
+		{"publisher of the shared ingress", Spec{Role: Publisher}, "+xadd +get %R~inv:ingress:partitions %W~inv:ingress:{*}", 1},
+		{"granted publisher", Spec{Role: Publisher, Publisher: "shop"}, "+xadd +get %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
+		{"durable publisher", Spec{Role: Publisher, Publisher: "shop", Durable: true}, "+xadd +get +info +wait %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
+		{"subscriber of tenants", Spec{Role: Subscriber, Service: "search"},
+			"+hmget +xrange +ping +get +subscribe +unsubscribe " +
+				"%R~inv:generation %R~{inv:acme:active}:meta %R~{inv:acme:active}:history %R~{inv:acme:electronics}:meta %R~{inv:acme:electronics}:history " +
+				"%R~{inv:globex:active}:meta %R~{inv:globex:active}:history %R~{inv:globex:electronics}:meta %R~{inv:globex:electronics}:history " +
+				"&inv:acme:active &inv:acme:electronics &inv:globex:active &inv:globex:electronics", 0},
+		{"subscriber of every tenant", Spec{Role: Subscriber, Service: "web"},
+			"+hmget +xrange +ping +get +subscribe +unsubscribe +smembers " +
+				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
+				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
+		{"sharded subscriber of every tenant", Spec{Role: Subscriber, Service: "web", Cluster: true},
+			"+hmget +xrange +ping +get +ssubscribe +sunsubscribe +cluster|keyslot +smembers +cluster|slots +command " +
+				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
+				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
+		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search", 0},
+		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web", 0},
+		{"cache with a key template", Spec{Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"}, cacheCmds +
+			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:pos:search:*" +
+			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := For(m, tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(append(append(append([]string{}, r.Commands...), r.Keys...), r.Channels...), " ")
+			if got != tc.want {
+				t.Errorf("rules\n%s\nwant\n%s", got, tc.want)
+			}
+			if len(r.Warnings) != tc.warn {
+				t.Errorf("warnings %q, want %d", r.Warnings, tc.warn)
+			}
+			if line := r.SetUser("u"); line != "ACL SETUSER u reset resetchannels "+got {
+				t.Errorf("SetUser = %q", line)
+			}
+			if line := r.FileLine("u"); line != "user u reset resetchannels "+got {
+				t.Errorf("FileLine = %q", line)
+			}
+		})
+	}
+}
+
+func TestBadSpecs(t *testing.T) {
+	m := parse(t)
+	for _, tc := range []struct {
+		spec Spec
+		msg  string
+	}{
+		{Spec{Role: "admin"}, `role "admin" is not one of`},
+		{Spec{Role: Subscriber}, "needs a service"},
+		{Spec{Role: Cache, Service: "ghost"}, `service "ghost" is not in the matrix (services: search, web)`},
+		{Spec{Role: Router, Service: "web"}, "only for the subscriber and cache roles"},
+		{Spec{Role: Subscriber, Service: "web", Publisher: "shop"}, "only for the publisher role"},
+		{Spec{Role: Publisher, Publisher: "ghost"}, `publisher "ghost" is not in the matrix's publishers section (publishers: shop)`},
+		{Spec{Role: Router, Durable: true}, "durable (--durable) is only for the publisher role"},
+		{Spec{Role: Router, KeyTemplate: "${key}"}, "only for the cache role"},
+		{Spec{Role: Cache, Service: "web", KeyTemplate: "k:${tenant}"}, "must contain ${key}"},
+	} {
+		_, err := For(m, tc.spec)
+		if err == nil || !errors.Is(err, ErrSpec) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%+v: %v, want %q", tc.spec, err, tc.msg)
+		}
+	}
+	for _, u := range []string{"", "a b", "é", strings.Repeat("u", 129)} {
+		if err := ValidUser(u); !errors.Is(err, ErrSpec) {
+			t.Errorf("ValidUser(%q) = %v", u, err)
+		}
+	}
+}
+
+// Redis takes every role's rules, as ACL SETUSER arguments and as aclfile
+// lines.
+func TestRedisAcceptsTheRules(t *testing.T) {
+	m := parse(t)
+	var lines []string
+	c := redistest.Start(t).Client(t)
+	for i, spec := range []Spec{
+		{Role: Router}, {Role: Router, Cluster: true}, {Role: Publisher, Publisher: "shop", Durable: true},
+		{Role: Subscriber, Service: "web"}, {Role: Subscriber, Service: "search", Cluster: true}, {Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"},
+	} {
+		r, err := For(m, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		user := "u" + string(rune('a'+i))
+		args := []any{"acl", "setuser", user}
+		for _, a := range r.Args() {
+			args = append(args, a)
+		}
+		if err := c.Do(context.Background(), args...).Err(); err != nil {
+			t.Errorf("%+v: ACL SETUSER: %v", spec, err)
+		}
+		lines = append(lines, r.FileLine(user)+" on >secret")
+	}
+	file := filepath.Join(t.TempDir(), "users.acl")
+	if err := os.WriteFile(file, []byte(strings.Join(append(lines, "user default on nopass ~* &* +@all"), "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t, "--aclfile", file)
+	users, err := srv.Client(t).Do(context.Background(), "acl", "users").StringSlice()
+	if err != nil || len(users) != len(lines)+1 {
+		t.Errorf("ACL USERS from the file: %v %v", users, err)
+	}
+}
+
+func TestTemplatePattern(t *testing.T) {
+	for _, tc := range []struct{ tmpl, tenant, want string }{
+		{"{tenant:${tenant}}:${key}", "acme", "{tenant:acme}:*"},
+		{"{tenant:${tenant}}:${key}", "*", "{tenant:*}:*"},
+		{"cache:${key}", "acme", "cache:*"},
+		{`a?b[c]\${x}${key}`, "t", `a\?b\[c\]\\${x}*`},
+		{"${tenant}:${tenant}:${key}", "t", "t:t:*"},
+	} {
+		if got := templatePattern(tc.tmpl, tc.tenant); got != tc.want {
+			t.Errorf("templatePattern(%q, %q) = %q, want %q", tc.tmpl, tc.tenant, got, tc.want)
+		}
+	}
+}
+
+// A template's literal text never becomes a wildcard: the only unescaped
+// glob characters of the pattern are the stars of ${key}.
+func FuzzTemplatePattern(f *testing.F) {
+	f.Add("{tenant:${tenant}}:${key}")
+	f.Add(`*?[]\${key}${`)
+	f.Fuzz(func(t *testing.T, tmpl string) {
+		p := templatePattern(tmpl, "acme")
+		stars := 0
+		for i := 0; i < len(p); i++ {
+			switch p[i] {
+			case '\\':
+				i++ // the escaped character
+			case '*':
+				stars++
+			case '?', '[', ']':
+				t.Fatalf("templatePattern(%q) = %q has an unescaped %q", tmpl, p, p[i])
+			}
+		}
+		if want := strings.Count(tmpl, "${key}"); stars != want {
+			t.Fatalf("templatePattern(%q) = %q has %d wildcards, want %d", tmpl, p, stars, want)
+		}
+	})
+}
+
+func TestRulesAreCopies(t *testing.T) {
+	m := parse(t)
+	a, _ := For(m, Spec{Role: Router})
+	a.Commands[0] = "+flushall"
+	b, _ := For(m, Spec{Role: Router})
+	if reflect.DeepEqual(a.Commands, b.Commands) {
+		t.Errorf("rules share memory between calls")
+	}
+}

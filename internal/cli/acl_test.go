@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+const grantsYAML = `
+version: 1
+ingress: {partitions: 2}
+tags: {active: {services: [web]}}
+domains: {user: {tags: [active]}, order: {tags: [active]}}
+services: {web: {tenants: [acme]}}
+publishers:
+  profile-svc: {domains: [user], tenants: all}
+`
+
+func writeFile(t *testing.T, data string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "matrix.yaml")
+	must(t, os.WriteFile(path, []byte(data), 0o600))
+	return path
+}
+
+func TestACLCommand(t *testing.T) {
+	m := writeFile(t, grantsYAML)
+	code, out, errs := runCLI(t, "acl", "--matrix", m, "--role", "publisher", "--user", "pub", "--publisher", "profile-svc")
+	want := "ACL SETUSER pub reset resetchannels +xadd +get %R~invalidate:ingress:partitions %W~invalidate:ingress:profile-svc:{*}\n"
+	if code != 0 || out != want || errs != "" {
+		t.Errorf("acl publisher: %d %q %q, want %q", code, out, errs, want)
+	}
+	code, out, _ = runCLI(t, "acl", "--matrix", m, "--role", "subscriber", "--user", "web-bus", "--service", "web", "--format", "aclfile")
+	if code != 0 || !strings.HasPrefix(out, "user web-bus reset resetchannels ") || !strings.Contains(out, " &invalidate:acme:active") {
+		t.Errorf("acl aclfile: %d %q", code, out)
+	}
+	// A shared-ingress publisher on a matrix with grants is allowed, with a warning.
+	code, _, errs = runCLI(t, "acl", "--matrix", m, "--role", "publisher", "--user", "pub")
+	if code != 0 || !strings.Contains(errs, "warning: ") {
+		t.Errorf("acl shared publisher: %d %q", code, errs)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"--role", "subscriber", "--user", "u"}, 1, "needs a service (--service)"},
+		{[]string{"--role", "cache", "--user", "u", "--service", "ghost"}, 1, `service "ghost" is not in the matrix`},
+		{[]string{"--role", "publisher", "--user", "u", "--publisher", "ghost"}, 1, `publisher "ghost" is not in the matrix's publishers section`},
+		{[]string{"--role", "router", "--user", "u", "--service", "web"}, 1, "only for the subscriber and cache roles"},
+		{[]string{"--role", "admin", "--user", "u"}, 1, `role "admin" is not one of`},
+		{[]string{"--role", "router", "--user", "a b"}, 1, "printable ASCII without spaces"},
+		{[]string{"--role", "router", "--user", "u", "--format", "json"}, 1, "must be setuser or aclfile"},
+		{[]string{"--role", "router"}, 2, "--user is required"},
+	} {
+		code, out, errs := runCLI(t, append([]string{"acl", "--matrix", m}, tc.args...)...)
+		if code != tc.code || out != "" || !strings.Contains(errs, tc.msg) {
+			t.Errorf("acl %v: %d %q %q, want %d and %q", tc.args, code, out, errs, tc.code, tc.msg)
+		}
+	}
+}
+
+func TestRouteAndValidateShowGrants(t *testing.T) {
+	m := writeFile(t, grantsYAML)
+	if code, out, _ := runCLI(t, "validate", m); code != 0 || !strings.Contains(out, "1 services, 1 publishers,") {
+		t.Errorf("validate: %d %q", code, out)
+	}
+	if code, out, _ := runCLI(t, "route", "--matrix", m, "--tenant", "acme", "--domain", "user"); code != 0 || !strings.Contains(out, "publishers granted: profile-svc\n") {
+		t.Errorf("route: %d %q", code, out)
+	}
+	if code, out, _ := runCLI(t, "route", "--matrix", m, "--tenant", "acme", "--domain", "order", "--json"); code != 0 || !strings.Contains(out, `"publishers": []`) {
+		t.Errorf("route --json: %d %q", code, out)
+	}
+	if code, out, _ := runCLI(t, "route", "--matrix", "../../matrix.yaml", "--tenant", "acme", "--domain", "user", "--json"); code != 0 || strings.Contains(out, "publishers") {
+		t.Errorf("route --json without grants: %d %q", code, out)
+	}
+}
+
+func TestPublishAsPublisher(t *testing.T) {
+	srv := redistest.Start(t)
+	code, out, errs := runCLI(t, "publish", "--redis", srv.URL, "--tenant", "acme", "--domain", "user", "--publisher", "profile-svc")
+	if code != 0 {
+		t.Fatalf("publish: %d %q %q", code, out, errs)
+	}
+	stream := names.PublisherStream("invalidate", "profile-svc", wire.Partition("acme", wire.DefaultPartitions))
+	if n := srv.Client(t).XLen(context.Background(), stream).Val(); n != 1 {
+		t.Errorf("%s holds %d entries, want 1", stream, n)
+	}
+	if code, _, errs := runCLI(t, "publish", "--redis", srv.URL, "--tenant", "acme", "--domain", "user", "--publisher", "bad name"); code != 1 || !strings.Contains(errs, "publisher name") {
+		t.Errorf("publish --publisher 'bad name': %d %q", code, errs)
+	}
+}

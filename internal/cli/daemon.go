@@ -90,7 +90,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := rf.open()
+	c, err := rf.open(log)
 	if err != nil {
 		return err
 	}
@@ -166,18 +166,19 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		f.Usage()
 		return errUsage
 	}
+	cache.inherit = bus
 	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
 	}
-	busC, err := bus.open()
+	busC, err := bus.open(log)
 	if err != nil {
 		return err
 	}
 	defer busC.Close()
 	var cacheC redis.UniversalClient
 	if *cache.url != "" {
-		if cacheC, err = cache.open(); err != nil {
+		if cacheC, err = cache.open(log); err != nil {
 			return err
 		}
 		defer cacheC.Close()

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"sort"
@@ -87,7 +88,11 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 		if err := o.apply(list[0], &opt.Password, &opt.TLSConfig); err != nil {
 			return nil, err
 		}
-		return redis.NewClient(opt), nil
+		c := redis.NewClient(opt)
+		if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+			c.AddHook(certHint{})
+		}
+		return c, nil
 	}
 	opt, err := clusterOptions(list)
 	if err != nil {
@@ -99,7 +104,11 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	forEachNode(opt.TLSConfig, o.TLS)
 	// Notice a failover in seconds, not the default minute.
 	opt.ClusterStateReloadInterval = 2 * time.Second
-	return redis.NewClusterClient(opt), nil
+	c := redis.NewClusterClient(opt)
+	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+		c.AddHook(certHint{})
+	}
+	return c, nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and
@@ -246,6 +255,62 @@ func forEachNode(c *tls.Config, files TLSFiles) {
 		c.ServerName = ""
 	}
 }
+
+// certHint adds to a connection's errors, when the server refused it for
+// want of a client certificate, that none is configured. The refusal
+// reaches the client in several forms (TLS 1.3: an alert on the first read,
+// or a reset on the first write, then the alert); a client with no
+// certificate to give gets a hook that names the cause in each command's
+// error.
+type certHint struct{}
+
+func (certHint) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		return c, withCertHint(err)
+	}
+}
+
+func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if h := withCertHint(err); h != err {
+			cmd.SetErr(h)
+			return h
+		}
+		return err
+	}
+}
+
+func (certHint) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if e := cmd.Err(); e != nil {
+				if h := withCertHint(e); h != e {
+					cmd.SetErr(h)
+				}
+			}
+		}
+		return withCertHint(err)
+	}
+}
+
+// withCertHint wraps err when it is the server's TLS alert that it wants a
+// client certificate. crypto/tls exports no type for an alert received
+// over TCP, so the alert is told by its text.
+func withCertHint(err error) error {
+	if err == nil || errors.Is(err, errCertHint) {
+		return err
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "tls: certificate required") && !strings.Contains(msg, "tls: bad certificate") {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, errCertHint)
+}
+
+var errCertHint = errors.New("the server asks for a TLS client certificate and none is configured: give a certificate and key, --tls-cert and --tls-key")
 
 // keyPair reads a client certificate and key again for each handshake and
 // keeps the last good pair when the files are momentarily unreadable (in

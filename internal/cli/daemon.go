@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -106,7 +107,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	f := newFlags(env, "agent", agentUsage)
 	bus := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	cache := f.redis("cache-redis", "ROUTERD_CACHE_REDIS_URL", "the service's cache Redis")
-	target := f.stringEnv("deliver", "ROUTERD_DELIVER", "", "hand each invalidation to the service's process: POST it as JSON to this URL, or - for JSON lines on stdout (see docs/protocol.md)")
+	target := f.secretEnv("deliver", "ROUTERD_DELIVER", "hand each invalidation to the service's process: POST it as JSON to this URL, or - for JSON lines on stdout (see docs/protocol.md)")
 	summaryEvery := f.Duration("summary-interval", time.Minute, "log one line of what was applied per interval (0: never)")
 	service := f.stringEnv("service", "ROUTERD_SERVICE", "", "service name in the matrix")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
@@ -191,7 +192,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
 	started := time.Now()
-	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", *target)
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", redisconn.Redact(*target))
 	err = g.Wait()
 	out.stopped()
 	log.Info("routerd agent stopped", out.summary(started)...)

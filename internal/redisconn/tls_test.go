@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -76,13 +77,13 @@ func TestTLSClusterVerifiesEachNode(t *testing.T) {
 				t.Fatalf("seeds %s: SET key-%d: %v", seeds, i, err)
 			}
 		}
-		n := 0
+		var n atomic.Int32 // ForEachMaster calls back concurrently
 		err := c.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			n++
+			n.Add(1)
 			return m.Ping(ctx).Err()
 		})
-		if err != nil || n != 3 {
-			t.Errorf("seeds %s: %d masters reached: %v", seeds, n, err)
+		if err != nil || n.Load() != 3 {
+			t.Errorf("seeds %s: %d masters reached: %v", seeds, n.Load(), err)
 		}
 	}
 	// A node is not trusted for a name it holds no certificate for.

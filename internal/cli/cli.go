@@ -179,9 +179,10 @@ func (f *flags) required(names ...string) error {
 // ROUTERD_REDIS_URL goes with ROUTERD_TLS_CA, ROUTERD_CACHE_REDIS_URL with
 // ROUTERD_CACHE_TLS_CA.
 type redisFlags struct {
-	name, url, passwordFile *string
-	cluster                 *bool
-	tls                     [4]*string // CA, cert, key, server name
+	name              string
+	url, passwordFile *string
+	cluster           *bool
+	tls               [4]*string // CA, cert, key, server name
 	// inherit is the connection whose TLS files this one takes when it has
 	// none of its own and its URL is rediss:// (the cache takes the bus's).
 	inherit *redisFlags
@@ -192,7 +193,7 @@ func (f *flags) redis(name, envVar, help string) *redisFlags {
 	flagPrefix := strings.TrimSuffix(name, "redis")      // "" or "cache-"
 	envPrefix := strings.TrimSuffix(envVar, "REDIS_URL") // ROUTERD_ or ROUTERD_CACHE_
 	r := &redisFlags{
-		name:         &name,
+		name:         name,
 		url:          f.secretEnv(name, envVar, help+"; one URL, or comma-separated cluster seeds; rediss:// for TLS"),
 		cluster:      f.Bool(flagPrefix+"cluster", false, "the --"+name+" URL is a Redis Cluster seed"),
 		passwordFile: f.stringEnv(name+"-password-file", envPrefix+"REDIS_PASSWORD_FILE", "", "file holding the --"+name+" password, instead of the URL (a container secret)"),
@@ -224,7 +225,7 @@ func (r *redisFlags) open(log *slog.Logger) (redis.UniversalClient, error) {
 	}
 	c, err := redisconn.OpenWith(*r.url, redisconn.Options{Cluster: *r.cluster, TLS: files, PasswordFile: *r.passwordFile, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("--%s: %w", *r.name, err)
+		return nil, fmt.Errorf("--%s: %w", r.name, err)
 	}
 	return c, nil
 }

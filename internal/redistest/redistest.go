@@ -153,7 +153,7 @@ func (s *Server) Exited() bool {
 // Snapshot saves the dataset (SAVE) and keeps a copy of the dump; the
 // returned path is for RestoreSnapshot.
 func (s *Server) Snapshot(ctx context.Context) (string, error) {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.TLS})
 	defer c.Close()
 	if err := c.Save(ctx).Err(); err != nil {
 		return "", fmt.Errorf("redistest: SAVE on %s: %w", s.Addr, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
 )
@@ -45,7 +46,7 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 	if target == "" {
 		return a, nil
 	}
-	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", target), Registerer: reg})
+	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", redisconn.Redact(target)), Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -101,13 +101,17 @@ func usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  routerd %-10s %s\n      %s\n", c.name, c.args, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'routerd COMMAND -h' for a command's flags. URL flags also read ROUTERD_REDIS_URL, ROUTERD_CACHE_REDIS_URL.")
+	fmt.Fprintln(w, "\nRun 'routerd COMMAND -h' for a command's flags. URL flags also read ROUTERD_REDIS_URL, ROUTERD_CACHE_REDIS_URL;\n"+
+		"TLS and password-file flags read ROUTERD_TLS_CA, ROUTERD_TLS_CERT, ROUTERD_TLS_KEY, ROUTERD_REDIS_PASSWORD_FILE (ROUTERD_CACHE_… for the cache).")
 }
 
 // flags is a command's flag set with the shared flags.
 type flags struct {
 	*flag.FlagSet
 	env *Env
+	// late are environment variables read after parsing, for flags whose
+	// value must not be shown as a default in the usage text.
+	late []func()
 }
 
 func newFlags(env *Env, name, args string) *flags {
@@ -117,7 +121,7 @@ func newFlags(env *Env, name, args string) *flags {
 		fmt.Fprintf(env.Stderr, "Usage: routerd %s %s\n\nFlags:\n", name, args)
 		fs.PrintDefaults()
 	}
-	return &flags{fs, env}
+	return &flags{FlagSet: fs, env: env}
 }
 
 // stringEnv is a string flag whose default comes from an environment variable.
@@ -128,9 +132,27 @@ func (f *flags) stringEnv(name, envVar, def, help string) *string {
 	return f.String(name, def, help+" (env "+envVar+")")
 }
 
+// secretEnv is a string flag that falls back on an environment variable
+// whose value may hold a secret (a URL with a password): unlike stringEnv,
+// the value is not the flag's default, so the usage text never prints it.
+func (f *flags) secretEnv(name, envVar, help string) *string {
+	p := f.String(name, "", help+" (env "+envVar+")")
+	f.late = append(f.late, func() {
+		set := false
+		f.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+		if !set {
+			*p = f.env.Getenv(envVar)
+		}
+	})
+	return p
+}
+
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
 		return err
+	}
+	for _, read := range f.late {
+		read()
 	}
 	if f.NArg() > 0 {
 		fmt.Fprintf(f.env.Stderr, "unexpected argument %q\n", f.Arg(0))
@@ -152,21 +174,61 @@ func (f *flags) required(names ...string) error {
 	return nil
 }
 
-// redisFlags adds --redis and --cluster.
+// redisFlags are a connection's flags: --redis, --cluster, the TLS files
+// and the password file (--cache-redis, --cache-cluster, --cache-tls-… for
+// the cache). Their environment variables follow the URL's:
+// ROUTERD_REDIS_URL goes with ROUTERD_TLS_CA, ROUTERD_CACHE_REDIS_URL with
+// ROUTERD_CACHE_TLS_CA.
 type redisFlags struct {
-	url     *string
-	cluster *bool
+	name              string
+	url, passwordFile *string
+	cluster           *bool
+	tls               [4]*string // CA, cert, key, server name
+	// inherit is the connection whose TLS files this one takes when it has
+	// none of its own and its URL is rediss:// (the cache takes the bus's).
+	inherit *redisFlags
+	stderr  io.Writer
 }
 
-func (f *flags) redis(name, envVar, help string) redisFlags {
-	return redisFlags{
-		url:     f.stringEnv(name, envVar, "", help+"; one URL, or comma-separated cluster seeds"),
-		cluster: f.Bool(strings.TrimSuffix(name, "redis")+"cluster", false, "the "+name+" URL is a Redis Cluster seed"),
+func (f *flags) redis(name, envVar, help string) *redisFlags {
+	flagPrefix := strings.TrimSuffix(name, "redis")      // "" or "cache-"
+	envPrefix := strings.TrimSuffix(envVar, "REDIS_URL") // ROUTERD_ or ROUTERD_CACHE_
+	r := &redisFlags{
+		name:         name,
+		url:          f.secretEnv(name, envVar, help+"; one URL, or comma-separated cluster seeds; rediss:// for TLS"),
+		cluster:      f.Bool(flagPrefix+"cluster", false, "the --"+name+" URL is a Redis Cluster seed"),
+		passwordFile: f.stringEnv(name+"-password-file", envPrefix+"REDIS_PASSWORD_FILE", "", "file holding the --"+name+" password, instead of the URL (a container secret)"),
+		stderr:       f.env.Stderr,
 	}
+	for i, file := range []struct{ flag, help string }{
+		{"tls-ca", "PEM file of the CA that signed the --" + name + " server's certificate (system roots when empty)"},
+		{"tls-cert", "PEM client certificate for --" + name + " (servers with tls-auth-clients)"},
+		{"tls-key", "PEM key of --" + flagPrefix + "tls-cert"},
+		{"tls-server-name", "verify every --" + name + " server's certificate under this name instead of its own address"},
+	} {
+		if flagPrefix != "" && i < 3 {
+			file.help += "; the bus's when none of --" + flagPrefix + "tls-ca/cert/key is given and the URL is rediss://"
+		}
+		r.tls[i] = f.stringEnv(flagPrefix+file.flag, envPrefix+strings.ToUpper(strings.ReplaceAll(file.flag, "-", "_")), "", file.help)
+	}
+	return r
 }
 
-func (r redisFlags) open() (redis.UniversalClient, error) {
-	return redisconn.Open(*r.url, *r.cluster)
+// open connects; log receives the warning about skip_verify (stderr when nil).
+func (r *redisFlags) open(log *slog.Logger) (redis.UniversalClient, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(r.stderr, nil))
+	}
+	files := redisconn.TLSFiles{CA: *r.tls[0], Cert: *r.tls[1], Key: *r.tls[2], ServerName: *r.tls[3]}
+	if own := (redisconn.TLSFiles{CA: files.CA, Cert: files.Cert, Key: files.Key}); own == (redisconn.TLSFiles{}) &&
+		r.inherit != nil && strings.HasPrefix(strings.TrimSpace(*r.url), "rediss://") {
+		files.CA, files.Cert, files.Key = *r.inherit.tls[0], *r.inherit.tls[1], *r.inherit.tls[2]
+	}
+	c, err := redisconn.OpenWith(*r.url, redisconn.Options{Cluster: *r.cluster, TLS: files, PasswordFile: *r.passwordFile, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", r.name, err)
+	}
+	return c, nil
 }
 
 func splitList(s string) []string {

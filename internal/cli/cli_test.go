@@ -182,7 +182,7 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	}
 	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
 	reload := make(chan struct{}, 1)
-	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr)
+	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr, "--enable-lifecycle")
 	agentReload := make(chan struct{}, 1)
 	// --matrix-poll 1h: the agent sees the file change through fsnotify.
 	daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",

@@ -168,7 +168,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
 	}
-	c, err := rf.open()
+	c, err := rf.open(nil)
 	if err != nil {
 		return err
 	}
@@ -207,7 +207,7 @@ func tail(ctx context.Context, env *Env, args []string) error {
 			return err
 		}
 	}
-	c, err := rf.open()
+	c, err := rf.open(nil)
 	if err != nil {
 		return err
 	}
@@ -305,7 +305,7 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 	if err := names.Prefix(*prefix); err != nil {
 		return err
 	}
-	c, err := rf.open()
+	c, err := rf.open(nil)
 	if err != nil {
 		return err
 	}
@@ -375,8 +375,8 @@ func (sf storeFlags) options() tagstore.Options {
 }
 
 // open connects to the cache Redis and returns a store on it and its closer.
-func (sf storeFlags) open(rf redisFlags) (*tagstore.Store, func(), error) {
-	c, err := rf.open()
+func (sf storeFlags) open(rf *redisFlags) (*tagstore.Store, func(), error) {
+	c, err := rf.open(nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -2,22 +2,20 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -32,47 +30,11 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// httpServer serves /metrics, /healthz, /readyz and any extra handlers until
-// ctx is done.
-func httpServer(ctx context.Context, log *slog.Logger, addr string, reg *prometheus.Registry, ready func() bool, extra map[string]http.HandlerFunc) func() error {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	for pattern, h := range extra {
-		mux.HandleFunc(pattern, h)
-	}
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return func() error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("--listen %s: %w", addr, err)
-		}
-		log.Info("http listening", "addr", ln.Addr().String())
-		go func() {
-			<-ctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}
-}
-
 func serve(ctx context.Context, env *Env, args []string) error {
 	f := newFlags(env, "serve", "--matrix F --redis URL [--listen ADDR]")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
-	listen := f.stringEnv("listen", "ROUTERD_LISTEN", ":9464", "HTTP address for /metrics, /healthz, /readyz, /-/reload")
+	wf := f.web("serve", "ROUTERD_", ":9464", "/metrics, /healthz, /readyz, /-/reload", true)
 	group := f.String("group", "routerd", "consumer group on the ingress streams")
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
@@ -86,11 +48,14 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("matrix", "redis"); err != nil {
 		return err
 	}
+	if err := wf.check(); err != nil {
+		return err
+	}
 	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
 	}
-	c, err := rf.open()
+	c, err := rf.open(log)
 	if err != nil {
 		return err
 	}
@@ -113,7 +78,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(gctx) })
-	g.Go(httpServer(gctx, log, *listen, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": reloadHandler(rc)}))
+	g.Go(wf.server(gctx, log, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": wf.gate(reloadHandler(rc))}))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
 	err = g.Wait()
@@ -142,11 +107,11 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	f := newFlags(env, "agent", agentUsage)
 	bus := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	cache := f.redis("cache-redis", "ROUTERD_CACHE_REDIS_URL", "the service's cache Redis")
-	target := f.stringEnv("deliver", "ROUTERD_DELIVER", "", "hand each invalidation to the service's process: POST it as JSON to this URL, or - for JSON lines on stdout (see docs/protocol.md)")
+	target := f.secretEnv("deliver", "ROUTERD_DELIVER", "hand each invalidation to the service's process: POST it as JSON to this URL, or - for JSON lines on stdout (see docs/protocol.md)")
 	summaryEvery := f.Duration("summary-interval", time.Minute, "log one line of what was applied per interval (0: never)")
 	service := f.stringEnv("service", "ROUTERD_SERVICE", "", "service name in the matrix")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
-	listen := f.stringEnv("listen", "ROUTERD_AGENT_LISTEN", ":9465", "HTTP address for /metrics, /healthz, /readyz")
+	wf := f.web("agent", "ROUTERD_AGENT_", ":9465", "/metrics, /healthz, /readyz", false)
 	sf := f.store()
 	check := f.Duration("check-interval", 30*time.Second, "how often positions are checked against the channels")
 	poll := f.Duration("matrix-poll", 5*time.Second, pollHelp)
@@ -166,18 +131,22 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		f.Usage()
 		return errUsage
 	}
+	if err := wf.check(); err != nil {
+		return err
+	}
+	cache.inherit = bus
 	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
 	}
-	busC, err := bus.open()
+	busC, err := bus.open(log)
 	if err != nil {
 		return err
 	}
 	defer busC.Close()
 	var cacheC redis.UniversalClient
 	if *cache.url != "" {
-		if cacheC, err = cache.open(); err != nil {
+		if cacheC, err = cache.open(log); err != nil {
 			return err
 		}
 		defer cacheC.Close()
@@ -219,11 +188,11 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		}
 		return s.Run(gctx)
 	})
-	g.Go(httpServer(gctx, log, *listen, reg, s.Ready, nil))
+	g.Go(wf.server(gctx, log, reg, s.Ready, nil))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
 	started := time.Now()
-	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", *target)
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", redisconn.Redact(*target))
 	err = g.Wait()
 	out.stopped()
 	log.Info("routerd agent stopped", out.summary(started)...)

@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,7 +136,7 @@ func New(opt Options) (*Deliverer, error) {
 	} else {
 		u, err := url.Parse(opt.Target)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", opt.Target)
+			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", redactedTarget(opt.Target))
 		}
 	}
 	if opt.Timeout < 0 || opt.MinBackoff < 0 || opt.MaxBackoff < 0 {
@@ -276,7 +277,7 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // reuse the connection
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s: %q", d.opt.Target, resp.Status, bytes.TrimSpace(snippet))
+		return fmt.Errorf("%s answered %s: %q", redactedTarget(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
 	}
 	return nil
 }
@@ -294,4 +295,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.deliveries.WithLabelValues(o)
 	}
 	return m
+}
+
+// redactedTarget is the target with any password in it replaced, for
+// errors and logs.
+func redactedTarget(target string) string {
+	if u, err := url.Parse(target); err == nil {
+		return u.Redacted()
+	}
+	if at := strings.LastIndex(target, "@"); at >= 0 {
+		return "***" + target[at:]
+	}
+	return target
 }

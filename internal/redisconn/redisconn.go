@@ -1,14 +1,23 @@
 // Package redisconn opens Redis clients from the command line's URLs: one
 // URL for a standalone server, or a comma-separated list of seed nodes (or
 // --cluster) for Redis Cluster. URLs follow go-redis (redis://, rediss://,
-// user and password, db).
+// user and password, db, options in the query).
+//
+// It is the one place where a connection's TLS configuration is built (CA,
+// client certificate, the name each server is verified under) and where a
+// password from a file replaces the URL's.
 package redisconn
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -17,15 +26,51 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// Options say how to connect beyond what the URL says.
+type Options struct {
+	// Cluster forces Redis Cluster even with one seed.
+	Cluster bool
+	// TLS applies to rediss:// URLs only.
+	TLS TLSFiles
+	// PasswordFile holds the password (its trailing newline is dropped),
+	// so that it appears neither in argv nor in the environment. A URL
+	// that has a password as well is refused.
+	PasswordFile string
+	// Logger receives the warning about ?skip_verify=true; nil discards it.
+	Logger *slog.Logger
+}
+
+// TLSFiles are the PEM files of a rediss:// connection.
+type TLSFiles struct {
+	// CA holds the certificates the server's chain must lead to; the
+	// system roots when empty.
+	CA string
+	// Cert and Key are the client's certificate and key, for servers that
+	// ask for one (tls-auth-clients yes). Both or neither. They are read
+	// again for each new connection, so a renewed pair is taken up without
+	// a restart.
+	Cert, Key string
+	// ServerName, when set, is the name every server's certificate is
+	// verified under. Empty means each server's own address: the URL's host
+	// for a standalone server, and for a cluster each node's address as
+	// the cluster announces it.
+	ServerName string
+}
+
+func (f TLSFiles) empty() bool { return f == TLSFiles{} }
+
 // Open returns a client for urls. cluster forces Redis Cluster even with one seed.
+func Open(urls string, cluster bool) (redis.UniversalClient, error) {
+	return OpenWith(urls, Options{Cluster: cluster})
+}
+
+// OpenWith returns a client for urls with o.
 //
 // A standalone URL is read by redis.ParseURL, a cluster's by
 // redis.ParseClusterURL, so every option go-redis knows in a URL's query
-// (dial_timeout, read_timeout, pool_size, max_redirects, addr=<more seeds>, …)
-// reaches the client, and an unknown one is an error. Comma-separated seeds
-// take the first URL's options and credentials: a later seed may repeat the
-// credentials but not change them, and carries no options of its own.
-func Open(urls string, cluster bool) (redis.UniversalClient, error) {
+// reaches the client and an unknown one is an error. Comma-separated seeds
+// take the first URL's options and credentials.
+func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	var list []string
 	for _, u := range strings.Split(urls, ",") {
 		if u = strings.TrimSpace(u); u != "" {
@@ -35,13 +80,41 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 	if len(list) == 0 {
 		return nil, errors.New("no Redis URL given")
 	}
-	if !cluster && len(list) == 1 {
-		o, err := redis.ParseURL(list[0])
+	if !o.Cluster && len(list) == 1 {
+		opt, err := redis.ParseURL(list[0])
 		if err != nil {
 			return nil, urlError(list[0], err)
 		}
-		return redis.NewClient(o), nil
+		if err := o.apply(list[0], &opt.Password, &opt.TLSConfig); err != nil {
+			return nil, err
+		}
+		c := redis.NewClient(opt)
+		if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+			c.AddHook(certHint{})
+		}
+		return c, nil
 	}
+	opt, err := clusterOptions(list)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.apply(list[0], &opt.Password, &opt.TLSConfig); err != nil {
+		return nil, err
+	}
+	forEachNode(opt.TLSConfig, o.TLS)
+	// Notice a failover in seconds, not the default minute.
+	opt.ClusterStateReloadInterval = 2 * time.Second
+	c := redis.NewClusterClient(opt)
+	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+		c.AddHook(certHint{})
+	}
+	return c, nil
+}
+
+// clusterOptions reads cluster seed URLs: the first one's options and
+// credentials, every seed's address. A later seed may repeat the
+// credentials but not change them, and carries no options of its own.
+func clusterOptions(list []string) (*redis.ClusterOptions, error) {
 	var opt *redis.ClusterOptions
 	for i, u := range list {
 		o, query, err := parseSeed(u)
@@ -61,14 +134,13 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 		}
 		opt.Addrs = append(opt.Addrs, o.Addrs...)
 	}
-	// Notice a failover in seconds, not the default minute.
-	opt.ClusterStateReloadInterval = 2 * time.Second
-	return redis.NewClusterClient(opt), nil
+	return opt, nil
 }
 
-// parseSeed reads one cluster seed URL. redis.ParseClusterURL ignores the
-// path, so a db other than 0, which a cluster does not have, is refused here.
-// query is the URL's raw query.
+// parseSeed reads one cluster seed URL with redis.ParseClusterURL, which
+// ignores the path (so a db other than 0, which a cluster does not have, is
+// refused here) and does not know skip_verify (read here, as redis.ParseURL
+// reads it). query is the URL's raw query.
 func parseSeed(u string) (o *redis.ClusterOptions, query string, err error) {
 	pu, err := url.Parse(u)
 	if err != nil {
@@ -77,8 +149,214 @@ func parseSeed(u string) (o *redis.ClusterOptions, query string, err error) {
 	if db := strings.Trim(pu.Path, "/"); db != "" && db != "0" {
 		return nil, "", errors.New("a Redis Cluster has only db 0")
 	}
-	o, err = redis.ParseClusterURL(u)
-	return o, pu.RawQuery, err
+	q := pu.Query()
+	skip := q.Get("skip_verify")
+	if q.Has("skip_verify") {
+		q.Del("skip_verify")
+		pu.RawQuery = q.Encode()
+	}
+	o, err = redis.ParseClusterURL(pu.String())
+	if err != nil {
+		return nil, "", err
+	}
+	if skip != "" && o.TLSConfig != nil {
+		switch skip {
+		case "true", "1":
+			o.TLSConfig.InsecureSkipVerify = true
+		case "false", "0":
+		default:
+			return nil, "", fmt.Errorf("redis: invalid skip_verify boolean: expected true/false/1/0, got %q", skip)
+		}
+	}
+	o.TLSConfig = withMinVersion(o.TLSConfig)
+	return o, pu.RawQuery, nil
+}
+
+// withMinVersion raises a cluster's TLS to 1.2 at least, as redis.ParseURL
+// does for a standalone server.
+func withMinVersion(c *tls.Config) *tls.Config {
+	if c != nil && c.MinVersion < tls.VersionTLS12 {
+		c.MinVersion = tls.VersionTLS12
+	}
+	return c
+}
+
+// apply puts the password file and the TLS files into the options parsed
+// from rawURL (its first URL for a cluster).
+func (o Options) apply(rawURL string, password *string, tc **tls.Config) error {
+	if o.PasswordFile != "" {
+		if *password != "" {
+			return fmt.Errorf("redis URL %q has a password and a password file is given: keep the password in one place", redact(rawURL))
+		}
+		pw, err := readPassword(o.PasswordFile)
+		if err != nil {
+			return err
+		}
+		*password = pw
+	}
+	if *tc == nil {
+		if !o.TLS.empty() {
+			return fmt.Errorf("redis URL %q is not rediss://: TLS files are given but the connection would be plain TCP", redact(rawURL))
+		}
+		return nil
+	}
+	if (*tc).InsecureSkipVerify && o.Logger != nil {
+		o.Logger.Warn("skip_verify=true: the Redis server's certificate is not verified; anyone on the network path can read and change this connection",
+			"url", redact(rawURL))
+	}
+	c, err := o.TLS.config(*tc)
+	if err != nil {
+		return err
+	}
+	*tc = c
+	return nil
+}
+
+// config returns base (what the URL gave: its host as ServerName, the
+// minimum version, skip_verify) with the files applied.
+func (f TLSFiles) config(base *tls.Config) (*tls.Config, error) {
+	c := base.Clone()
+	if f.CA != "" {
+		pem, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("TLS CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLS CA file %s: no PEM certificate in it", f.CA)
+		}
+		c.RootCAs = pool
+	}
+	if (f.Cert == "") != (f.Key == "") {
+		return nil, errors.New("TLS client certificate and key go together: give both files or neither")
+	}
+	if f.Cert != "" {
+		kp, err := newKeyPair(f.Cert, f.Key)
+		if err != nil {
+			return nil, err
+		}
+		c.GetClientCertificate = kp.get
+	}
+	if f.ServerName != "" {
+		c.ServerName = f.ServerName
+	}
+	return c, nil
+}
+
+// forEachNode makes c verify each server under the address it is dialled
+// at, unless a ServerName was given: go-redis gives every cluster node the
+// same tls.Config, whose ServerName is the first seed's host, so a node
+// with a certificate for its own address only would fail verification (and
+// a certificate for the first seed's name would pass on any node).
+// crypto/tls takes the name from the dialled address when ServerName is
+// empty.
+func forEachNode(c *tls.Config, files TLSFiles) {
+	if c != nil && files.ServerName == "" {
+		c.ServerName = ""
+	}
+}
+
+// certHint adds to a connection's errors, when the server refused it for
+// want of a client certificate, that none is configured. The refusal
+// reaches the client in several forms (TLS 1.3: an alert on the first read,
+// or a reset on the first write, then the alert); a client with no
+// certificate to give gets a hook that names the cause in each command's
+// error.
+type certHint struct{}
+
+func (certHint) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		return c, withCertHint(err)
+	}
+}
+
+func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if h := withCertHint(err); h != err {
+			cmd.SetErr(h)
+			return h
+		}
+		return err
+	}
+}
+
+func (certHint) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if e := cmd.Err(); e != nil {
+				if h := withCertHint(e); h != e {
+					cmd.SetErr(h)
+				}
+			}
+		}
+		return withCertHint(err)
+	}
+}
+
+// withCertHint wraps err when it is the server's TLS alert that it wants a
+// client certificate. crypto/tls exports no type for an alert received
+// over TCP, so the alert is told by its text.
+func withCertHint(err error) error {
+	if err == nil || errors.Is(err, errCertHint) {
+		return err
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "tls: certificate required") && !strings.Contains(msg, "tls: bad certificate") {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, errCertHint)
+}
+
+var errCertHint = errors.New("the server asks for a TLS client certificate and none is configured: give a certificate and key, --tls-cert and --tls-key")
+
+// keyPair reads a client certificate and key again for each handshake and
+// keeps the last good pair when the files are momentarily unreadable (in
+// the middle of a renewal).
+type keyPair struct {
+	cert, key string
+	mu        sync.Mutex
+	last      *tls.Certificate
+}
+
+func newKeyPair(cert, key string) (*keyPair, error) {
+	kp := &keyPair{cert: cert, key: key}
+	if _, err := kp.get(nil); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
+
+func (kp *keyPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	c, err := tls.LoadX509KeyPair(kp.cert, kp.key)
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if err != nil {
+		if kp.last != nil {
+			return kp.last, nil
+		}
+		return nil, fmt.Errorf("TLS client certificate %s and key %s: %w", kp.cert, kp.key, err)
+	}
+	kp.last = &c
+	return &c, nil
+}
+
+// readPassword reads a password file: one line, its newline dropped.
+func readPassword(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("password file %s is empty", path)
+	}
+	if strings.ContainsAny(pw, "\r\n") {
+		return "", fmt.Errorf("password file %s has more than one line", path)
+	}
+	return pw, nil
 }
 
 // IsCluster reports whether the client is a Redis Cluster client. It is the
@@ -144,21 +422,61 @@ func ScanStreams(ctx context.Context, c redis.UniversalClient, pattern string) (
 	return out, nil
 }
 
-// urlError names the URL, without its password, in err; net/url's own
-// errors quote the whole URL, so only their cause is kept.
+// urlError names the URL, without its password, in err. net/url's own
+// errors quote the whole URL, so only their cause is kept, and anything of
+// the URL's user information left in the message is hidden too.
 func urlError(u string, err error) error {
-	if ue, ok := errors.AsType[*url.Error](err); ok {
+	var ue *url.Error
+	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return fmt.Errorf("redis URL %q: %w", redact(u), err)
+	msg := err.Error()
+	if ui := userinfo(u); ui != "" {
+		// The password is what follows the first colon, or the last one
+		// when the URL is too broken to tell; hide every reading of it.
+		_, afterFirst, _ := strings.Cut(ui, ":")
+		afterLast := ui[strings.LastIndex(ui, ":")+1:]
+		for _, secret := range []string{ui, afterFirst, afterLast} {
+			if secret == "" {
+				continue
+			}
+			msg = strings.ReplaceAll(msg, secret, "***")
+			if dec, derr := url.PathUnescape(secret); derr == nil && dec != "" {
+				msg = strings.ReplaceAll(msg, dec, "***")
+			}
+		}
+	}
+	return fmt.Errorf("redis URL %q: %s", redact(u), msg)
 }
 
-// redact hides the password of a URL for error messages.
-func redact(u string) string {
+// userinfo returns what stands between the scheme and the last @ of u,
+// whether or not u parses.
+func userinfo(u string) string {
 	at := strings.LastIndex(u, "@")
-	scheme := strings.Index(u, "://")
-	if at < 0 || scheme < 0 {
+	if at < 0 {
+		return ""
+	}
+	start := 0
+	if s := strings.Index(u, "://"); s >= 0 && s < at {
+		start = s + 3
+	}
+	return u[start:at]
+}
+
+// Redact returns u with its password (everything after the user name in
+// its user information) replaced by ***, whether or not u parses; a URL
+// whose user information has no colon loses it whole.
+func Redact(u string) string { return redact(u) }
+
+func redact(u string) string {
+	ui := userinfo(u)
+	if ui == "" {
 		return u
 	}
-	return u[:scheme+3] + "***" + u[at:]
+	start := strings.LastIndex(u, "@") - len(ui)
+	hidden := "***"
+	if user, _, ok := strings.Cut(ui, ":"); ok {
+		hidden = user + ":***"
+	}
+	return u[:start] + hidden + u[start+len(ui):]
 }

@@ -5,6 +5,7 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -25,7 +26,11 @@ type Server struct {
 	Addr string // 127.0.0.1:port
 	URL  string // redis://127.0.0.1:port
 	Dir  string
+	// TLS is a client configuration (CA and client certificate) for a
+	// server started by StartTLS; nil for a plain one.
+	TLS  *tls.Config
 	args []string
+	tlsf *tlsFiles
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -75,12 +80,16 @@ func Launch(dir string, args ...string) (*Server, error) {
 }
 
 func (s *Server) start() error {
-	_, port, _ := net.SplitHostPort(s.Addr)
-	args := append([]string{
-		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+	host, port, _ := net.SplitHostPort(s.Addr)
+	listen := []string{"--port", port}
+	if s.tlsf != nil {
+		listen = s.tlsf.args(port)
+	}
+	args := append(append(listen,
+		"--bind", host, "--save", "", "--appendonly", "no",
 		"--dir", s.Dir, "--protected-mode", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(s.Dir, "redis-"+port+".log"),
-	}, s.args...)
+	), s.args...)
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return fmt.Errorf("redis-server is not installed: run `apt-get install -y redis-server`")
@@ -93,7 +102,7 @@ func (s *Server) start() error {
 	s.cmd = cmd
 	s.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(s.done) }()
-	if err := waitReady(s.Addr, s.done, 10*time.Second); err != nil {
+	if err := waitReady(s.Addr, s.TLS, s.done, 10*time.Second); err != nil {
 		s.Stop()
 		log, _ := os.ReadFile(filepath.Join(s.Dir, "redis-"+port+".log"))
 		return fmt.Errorf("%v\n%s", err, log)
@@ -144,7 +153,7 @@ func (s *Server) Exited() bool {
 // Snapshot saves the dataset (SAVE) and keeps a copy of the dump; the
 // returned path is for RestoreSnapshot.
 func (s *Server) Snapshot(ctx context.Context) (string, error) {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.TLS})
 	defer c.Close()
 	if err := c.Save(ctx).Err(); err != nil {
 		return "", fmt.Errorf("redistest: SAVE on %s: %w", s.Addr, err)
@@ -184,13 +193,13 @@ func copyFile(from, to string) error {
 
 // Client returns a client for the server, closed when the test ends.
 func (s *Server) Client(tb testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.TLS})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-func waitReady(addr string, exited <-chan struct{}, timeout time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+func waitReady(addr string, tc *tls.Config, exited <-chan struct{}, timeout time.Duration) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -255,13 +264,20 @@ func FreeAddr(tb testing.TB) string {
 type Cluster struct {
 	Nodes []*Server
 	Addrs []string
+	// TLS is the client configuration of a cluster started by
+	// StartClusterTLS; nil for a plain one.
+	TLS *tls.Config
 }
 
 // URL is the comma-separated seed list routerd's --redis flag takes.
 func (c *Cluster) URL() string {
 	urls := make([]string, len(c.Addrs))
+	scheme := "redis://"
+	if c.TLS != nil {
+		scheme = "rediss://"
+	}
 	for i, a := range c.Addrs {
-		urls[i] = "redis://" + a
+		urls[i] = scheme + a
 	}
 	return strings.Join(urls, ",")
 }
@@ -269,7 +285,7 @@ func (c *Cluster) URL() string {
 // Client returns a cluster client that notices failovers within seconds,
 // closed when the test ends.
 func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs, ClusterStateReloadInterval: 500 * time.Millisecond})
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs, TLSConfig: c.TLS, ClusterStateReloadInterval: 500 * time.Millisecond})
 	tb.Cleanup(func() { _ = cc.Close() })
 	return cc
 }
@@ -359,7 +375,7 @@ func launchCluster(dirOf func(node int) (string, error), masters, replicas int) 
 
 func (c *Cluster) ready(replicas int) bool {
 	for _, n := range c.Nodes {
-		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr, TLSConfig: n.TLS})
 		info, err := cl.ClusterInfo(context.Background()).Result()
 		repl, err2 := cl.Info(context.Background(), "replication").Result()
 		_ = cl.Close()

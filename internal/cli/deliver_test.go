@@ -320,7 +320,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 func TestDeliverJSONLines(t *testing.T) {
 	bus := redistest.Start(t)
 	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
-	a := startAgent(t, "--redis", bus.URL, "--deliver", "-")
+	a := startAgent(t, "--redis", bus.URL, "--deliver", "-", "--summary-interval", "100ms")
 	a.waitReady(t)
 	publishKeys(t, bus.URL, "product", "product:1", "product:2")
 	lines := func() []string { return strings.Split(strings.TrimSuffix(a.out.String(), "\n"), "\n") }
@@ -339,6 +339,9 @@ func TestDeliverJSONLines(t *testing.T) {
 		t.Errorf("first line = %s, want {\"reset\":true}", lines()[0])
 	}
 	checkOrder(t, got, map[string][]string{"acme:active": {"product:1", "product:2"}, "acme:electronics": {"product:1", "product:2"}})
+	redistest.Eventually(t, 10*time.Second, "a summary line of what was applied", func() bool {
+		return strings.Contains(a.errb.String(), "msg=applied invalidations=")
+	})
 }
 
 // The agent refuses to start with nowhere to put invalidations, and a bad

@@ -284,6 +284,11 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	before := len(rcv.objects())
 	b := startAgent(t, args...)
 	b.waitReady(t)
+	// A running agent leaves no mark: were it killed now, the next start
+	// would deliver a reset.
+	if n, _ := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); n != 0 {
+		t.Error("the clean mark is still there while an agent runs")
+	}
 	redistest.Eventually(t, 10*time.Second, "user:2 replayed", hasKeys(rcv, "acme:active", 2))
 	for _, d := range rcv.objects()[before:] {
 		if d.Reset {

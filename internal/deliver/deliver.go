@@ -55,6 +55,10 @@ const (
 	DefaultTimeout = 10 * time.Second
 )
 
+// logEvery paces the warnings of a delivery that keeps failing: the first
+// failure, then at most one per logEvery.
+const logEvery = 30 * time.Second
+
 // Invalidation is the JSON object delivered for one invalidation. Exactly
 // one of Keys and WholeTag is set.
 type Invalidation struct {
@@ -224,6 +228,7 @@ func (d *Deliverer) Delivered() int64 {
 // deliverLocked makes one delivery, retrying until it succeeds or ctx ends.
 func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string) error {
 	wait := d.opt.MinBackoff
+	var logged time.Time
 	for attempt := 1; ; attempt++ {
 		err := d.attempt(ctx, body)
 		if err == nil {
@@ -241,7 +246,10 @@ func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string)
 			return fmt.Errorf("deliver: %s not delivered: %w", what, errors.Join(ctx.Err(), err))
 		}
 		d.m.deliveries.WithLabelValues("retried").Inc()
-		d.log.Warn("delivery failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		if now := time.Now(); attempt == 1 || now.Sub(logged) >= logEvery {
+			logged = now
+			d.log.Warn("delivery failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

@@ -45,7 +45,7 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 	if target == "" {
 		return a, nil
 	}
-	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", target), Registerer: reg})
+	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", deliver.Redacted(target)), Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -223,7 +223,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
 	started := time.Now()
-	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", *target)
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", deliver.Redacted(*target))
 	err = g.Wait()
 	out.stopped()
 	log.Info("routerd agent stopped", out.summary(started)...)

@@ -113,6 +113,14 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// Redacted is target as it may be logged: a URL's password replaced by xxxxx.
+func Redacted(target string) string {
+	if u, err := url.Parse(target); err == nil && target != Stdout {
+		return u.Redacted()
+	}
+	return target
+}
+
 // Deliverer delivers invalidations in order. Its methods are safe for
 // concurrent use; deliveries are made one at a time.
 type Deliverer struct {
@@ -139,7 +147,7 @@ func New(opt Options) (*Deliverer, error) {
 	} else {
 		u, err := url.Parse(opt.Target)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", opt.Target)
+			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", Redacted(opt.Target))
 		}
 	}
 	if opt.Timeout < 0 || opt.MinBackoff < 0 || opt.MaxBackoff < 0 {
@@ -284,7 +292,7 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // reuse the connection
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s: %q", d.opt.Target, resp.Status, bytes.TrimSpace(snippet))
+		return fmt.Errorf("%s answered %s: %q", Redacted(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
 	}
 	return nil
 }

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -359,5 +362,85 @@ func TestAgentFlags(t *testing.T) {
 	code, _, errs = runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml", "--deliver", "localhost:8080")
 	if code != 1 || !strings.Contains(errs, "want an http:// or https:// URL, or - for stdout") {
 		t.Errorf("agent --deliver localhost:8080: %d %q", code, errs)
+	}
+}
+
+// routerdBinary builds cmd/routerd once for the tests that kill it.
+var routerdBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "routerd-cli-test-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "routerd")
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/routerd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// An agent killed (SIGKILL) while the process does not answer has applied
+// the invalidation to the cache Redis, its position recorded there, but not
+// delivered it: the restarted agent must deliver a reset first, and then
+// go on in order.
+func TestDeliverKilledAgentResetsFirst(t *testing.T) {
+	bin, err := routerdBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	for _, withCache := range []bool{true, false} {
+		start := func() (*exec.Cmd, *syncBuffer) {
+			addr := redistest.FreeAddr(t)
+			args := []string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", addr,
+				"--redis", bus.URL, "--deliver", srv.URL}
+			if withCache {
+				args = append(args, "--cache-redis", cache.URL)
+			}
+			var logs syncBuffer
+			cmd := exec.Command(bin, args...)
+			cmd.Stdout, cmd.Stderr = &logs, &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
+				code, _ := get(t, "http://"+addr+"/readyz")
+				return code == 200
+			})
+			return cmd, &logs
+		}
+		a, logs := start()
+		rcv.setDown(true)
+		publishKeys(t, bus.URL, "user", "user:killed")
+		redistest.Eventually(t, 10*time.Second, "the delivery tried", func() bool {
+			return strings.Contains(logs.String(), "delivery failed; retrying")
+		})
+		if err := a.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.Wait()
+		rcv.setDown(false)
+		before := len(rcv.objects())
+		start()
+		publishKeys(t, bus.URL, "user", "user:after")
+		redistest.Eventually(t, 10*time.Second, "user:after delivered", func() bool {
+			for _, d := range rcv.objects()[before:] {
+				if slices.Contains(d.Keys, "user:after") {
+					return true
+				}
+			}
+			return false
+		})
+		got := rcv.objects()[before:]
+		if len(got) == 0 || !got[0].Reset {
+			t.Errorf("cache %v: after a kill, the first object is not a reset: %+v", withCache, got)
+		}
+		checkOrder(t, got, nil)
 	}
 }

@@ -45,9 +45,9 @@ func TestMain(m *testing.M) {
 func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
 // runScript runs scripts/run.sh in its own process group with the ports
-// given, and returns its exit error and output. Whatever is left of the
+// given, and returns its output and exit error. Whatever is left of the
 // group when it returns is killed.
-func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs string) (error, string) {
+func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs string) (string, error) {
 	t.Helper()
 	redistest.Binary(t)
 	bin, err := built()
@@ -76,7 +76,7 @@ func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs 
 		c.Close()
 		t.Errorf("redis-server still answers on %s after run.sh stopped", redisAddr)
 	}
-	return err, out.String()
+	return out.String(), err
 }
 
 // With routerd's port taken, `make run` stops with routerd's own error on
@@ -87,7 +87,7 @@ func TestRunStopsWhenRouterdCannotListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	err, out := runScript(t, redistest.FreeAddr(t), taken.Addr().String(), redistest.FreeAddr(t), "--rounds 1 --interval 100ms")
+	out, err := runScript(t, redistest.FreeAddr(t), taken.Addr().String(), redistest.FreeAddr(t), "--rounds 1 --interval 100ms")
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
 		t.Errorf("run.sh exited %v with routerd's port taken, want a failure:\n%s", err, out)
@@ -105,7 +105,7 @@ func TestRunStopsWhenRouterdCannotListen(t *testing.T) {
 // With free ports it waits for both daemons, and every round's
 // invalidations arrive.
 func TestRunGoodRound(t *testing.T) {
-	err, out := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 3 --interval 100ms")
+	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 3 --interval 100ms")
 	if err != nil {
 		t.Fatalf("run.sh: %v\n%s", err, out)
 	}

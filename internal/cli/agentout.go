@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,9 @@ func (a *agentOut) start(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if re := redis.Error(nil); errors.As(err, &re) { // an answer (NOPERM, WRONGTYPE): retrying will not help
+			return fmt.Errorf("taking the delivery mark %s from the cache Redis: %w", names.DeliveryKey(a.service), err)
 		}
 		a.log.Warn("reading the delivery mark from the cache Redis; retrying", "retry_in", wait, "err", err)
 		sleep(ctx, wait)

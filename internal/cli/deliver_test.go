@@ -444,3 +444,16 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 		checkOrder(t, got, nil)
 	}
 }
+
+// A cache Redis that refuses the delivery mark (a key of another type, a
+// missing ACL permission) stops the agent with the reason, rather than
+// retrying for ever.
+func TestDeliverMarkRefused(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	must(t, cache.Client(t).LPush(context.Background(), names.DeliveryKey("search-svc"), "x").Err())
+	code, _, errs := runCLI(t, "agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", redistest.FreeAddr(t),
+		"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "http://127.0.0.1:1/")
+	if code != 1 || !strings.Contains(errs, "taking the delivery mark routerd:delivery:search-svc from the cache Redis: WRONGTYPE") {
+		t.Errorf("exit %d:\n%s", code, errs)
+	}
+}

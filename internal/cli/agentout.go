@@ -58,6 +58,13 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 // answer) and delivers the reset unless the mark was there.
 func (a *agentOut) start(ctx context.Context) error {
 	if a.d == nil {
+		if a.cache != nil {
+			// This run moves the cache's positions without delivering: a
+			// later agent with --deliver must not take them as delivered.
+			if err := a.cache.Del(ctx, names.DeliveryKey(a.service)).Err(); err != nil {
+				a.log.Debug("could not clear the delivery mark", "err", err)
+			}
+		}
 		return nil
 	}
 	if a.cache == nil {

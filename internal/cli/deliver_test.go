@@ -282,6 +282,16 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 		t.Fatalf("a clean stop left the delivery mark %q", v)
 	}
 
+	// An agent without --deliver on the cache moves its positions without
+	// telling the process: it takes the clean mark away.
+	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
+	plain.waitReady(t)
+	if n, _ := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); n != 0 {
+		t.Error("an agent without --deliver left the clean mark")
+	}
+	plain.stop(t)
+	must(t, cache.Client(t).Set(context.Background(), names.DeliveryKey("search-svc"), "clean", 0).Err()) // as the first agent left it
+
 	// Clean stop: what was published meanwhile is replayed, without a reset.
 	publishKeys(t, bus.URL, "user", "user:2")
 	before := len(rcv.objects())

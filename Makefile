@@ -1,6 +1,8 @@
 # routerd — `make run` starts a local system, `make test` runs every check.
 GO          ?= go
 REDIS_PORT  ?= 6390
+ROUTERD_PORT ?= 9464
+AGENT_PORT  ?= 9465
 DEMO_ARGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 10s
@@ -37,10 +39,12 @@ node-deps:
 	  cd examples/node && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "node or npm not found: the Node example's test will be skipped"; fi
 
-# A local Redis on $(REDIS_PORT), routerd on matrix.yaml, the profile-svc
-# agent, and the demo publisher and subscriber. Ctrl-C stops everything.
+# A local Redis on $(REDIS_PORT), routerd on matrix.yaml (HTTP on
+# $(ROUTERD_PORT)), the profile-svc agent (HTTP on $(AGENT_PORT)), and the demo
+# publisher and subscriber, once routerd and the agent are ready; it stops with
+# their last log lines if either fails. Ctrl-C stops everything.
 run: redis-server build
-	REDIS_PORT=$(REDIS_PORT) DEMO_ARGS="$(DEMO_ARGS)" ./scripts/run.sh
+	REDIS_PORT=$(REDIS_PORT) ROUTERD_PORT=$(ROUTERD_PORT) AGENT_PORT=$(AGENT_PORT) DEMO_ARGS="$(DEMO_ARGS)" ./scripts/run.sh
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

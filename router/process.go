@@ -534,7 +534,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 	}
 	for _, e := range dead {
 		r.m.deadLettered.WithLabelValues(e.reason).Inc()
-		r.log.Warn("dead-lettered an event", "reason", e.reason, "error", e.detail, "stream", stream, "entry", e.id)
+		r.log.Warn("dead-lettered an event", "reason", e.reason, "err", e.detail, "stream", stream, "entry", e.id)
 	}
 	return nil
 }

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Starts a local system: Redis, routerd serve on matrix.yaml, the profile-svc
 # agent and the demo (search-svc with an embedded subscriber). Used by `make run`.
+#
+# It tells the truth: it waits for /readyz of routerd and the agent, and stops
+# with the last lines of the log of any that exits or never gets ready; while
+# the demo runs, it stops everything the moment routerd or the agent dies.
+#
+# Environment: REDIS_PORT (6390), ROUTERD_PORT (9464), AGENT_PORT (9465),
+# RUN_DIR (.run: logs and Redis files), BIN (bin: where routerd and
+# routerd-demo are), READY_TIMEOUT (seconds, 15), DEMO_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 port=${REDIS_PORT:-6390}
-state=.run
+routerd_port=${ROUTERD_PORT:-9464}
+agent_port=${AGENT_PORT:-9465}
+state=${RUN_DIR:-.run}
+bin=${BIN:-bin}
+ready_timeout=${READY_TIMEOUT:-15}
 mkdir -p "$state"
 bus="redis://127.0.0.1:$port/0"
 pids=()
+watcher=
 cleanup() {
+  trap - EXIT INT TERM USR1
+  if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "stopped; logs are in $state/"
@@ -17,6 +32,52 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# last_lines NAME LOG: what to show when a process failed.
+last_lines() {
+  echo "---- last lines of $2 ----" >&2
+  tail -n 20 "$2" >&2 || true
+  echo "----" >&2
+}
+
+# http_ok URL: true when URL answers 2xx.
+http_ok() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null
+    return
+  fi
+  local hostport=${1#http://}; hostport=${hostport%%/*}
+  local path=/${1#http://*/}
+  local reply
+  reply=$(timeout 1 bash -c "exec 3<>/dev/tcp/${hostport%:*}/${hostport##*:}; printf 'GET %s HTTP/1.0\r\n\r\n' '$path' >&3; head -n 1 <&3" 2>/dev/null) || return 1
+  [[ $reply == HTTP/1.?" 2"* ]]
+}
+
+# wait_ready NAME PID URL LOG: waits for URL to answer 2xx while PID lives.
+wait_ready() {
+  local name=$1 pid=$2 url=$3 log=$4 deadline=$((SECONDS + ready_timeout))
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      local code=0
+      wait "$pid" || code=$?
+      echo "$name exited (status $code) before it was ready." >&2
+      last_lines "$name" "$log"
+      exit 1
+    fi
+    if http_ok "$url"; then
+      return 0
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$name did not get ready within ${ready_timeout}s ($url)." >&2
+      last_lines "$name" "$log"
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+
+for b in routerd routerd-demo; do
+  [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run make build (make run does)" >&2; exit 1; }
+done
 if redis-cli -p "$port" ping >/dev/null 2>&1; then
   echo "something already answers on 127.0.0.1:$port; stop it or run: make run REDIS_PORT=<free port>" >&2
   exit 1
@@ -25,19 +86,50 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$s
   --logfile redis.log --maxmemory-policy noeviction &
 pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$port" ping >/dev/null || { echo "redis-server did not start; see $state/redis.log" >&2; exit 1; }
+redis-cli -p "$port" ping >/dev/null 2>&1 || {
+  echo "redis-server did not start on 127.0.0.1:$port." >&2
+  last_lines redis-server "$state/redis.log"
+  exit 1
+}
 echo "redis      127.0.0.1:$port (bus db 0, profile-svc cache db 1, search-svc cache db 2)"
 
-bin/routerd serve --matrix matrix.yaml --redis "$bus" --listen 127.0.0.1:9464 >"$state/routerd.log" 2>&1 &
-pids+=($!)
-echo "routerd    serve on matrix.yaml; http://127.0.0.1:9464/metrics; log $state/routerd.log"
-bin/routerd agent --matrix matrix.yaml --redis "$bus" --cache-redis "redis://127.0.0.1:$port/1" \
-  --service profile-svc --listen 127.0.0.1:9465 >"$state/agent.log" 2>&1 &
-pids+=($!)
-echo "agent      profile-svc; http://127.0.0.1:9465/metrics; log $state/agent.log"
-echo "try also:  bin/routerd tail --redis $bus --tenant acme --tag active"
+"$bin/routerd" serve --matrix matrix.yaml --redis "$bus" --listen "127.0.0.1:$routerd_port" >"$state/routerd.log" 2>&1 &
+routerd_pid=$!
+pids+=("$routerd_pid")
+"$bin/routerd" agent --matrix matrix.yaml --redis "$bus" --cache-redis "redis://127.0.0.1:$port/1" \
+  --service profile-svc --listen "127.0.0.1:$agent_port" >"$state/agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+wait_ready routerd "$routerd_pid" "http://127.0.0.1:$routerd_port/readyz" "$state/routerd.log"
+echo "routerd    ready: serve on matrix.yaml; http://127.0.0.1:$routerd_port/metrics; log $state/routerd.log"
+wait_ready agent "$agent_pid" "http://127.0.0.1:$agent_port/readyz" "$state/agent.log"
+echo "agent      ready: profile-svc; http://127.0.0.1:$agent_port/metrics; log $state/agent.log"
+echo "try also:  $bin/routerd tail --redis $bus --tenant acme --tag active"
 echo
 
+# From here on, routerd or the agent dying stops the demo at once.
+trap 'exit 1' USR1
+main=$$
+(
+  while sleep 0.5; do
+    for pair in "routerd:$routerd_pid:$state/routerd.log" "agent:$agent_pid:$state/agent.log"; do
+      IFS=: read -r name pid log <<<"$pair"
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo >&2
+        echo "$name exited while the demo ran." >&2
+        last_lines "$name" "$log"
+        kill -USR1 "$main" 2>/dev/null
+        exit 0
+      fi
+    done
+  done
+) &
+watcher=$!
+
+# The demo in the background, so that the traps run while it does.
 # shellcheck disable=SC2086
-bin/routerd-demo --redis "$bus" --profile-cache "redis://127.0.0.1:$port/1" \
-  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml $DEMO_ARGS
+"$bin/routerd-demo" --redis "$bus" --profile-cache "redis://127.0.0.1:$port/1" \
+  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml --logs "$state" $DEMO_ARGS &
+demo_pid=$!
+pids+=("$demo_pid")
+wait "$demo_pid"

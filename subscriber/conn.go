@@ -414,8 +414,13 @@ func minus(a, b []string) []string {
 // while the connection was down are lost to pub/sub. A sharded channel the
 // server unsubscribes (its slot moved) makes the subscriber regroup.
 func (s *Subscriber) receive(ctx context.Context, c *conn) {
+	down := pacer{first: 100 * time.Millisecond, limit: 5 * time.Second}
 	for ctx.Err() == nil {
 		msg, err := c.ps.ReceiveTimeout(ctx, 15*time.Second)
+		if err == nil && down.failures > 0 {
+			s.log.Info("pub/sub connection back", down.attrs()...)
+			down.failures = 0
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -444,12 +449,15 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				sleepCtx(ctx, 100*time.Millisecond)
 				continue
 			}
-			s.log.Warn("pub/sub connection lost; reconnecting", "err", err)
 			// Every channel is resubscribed now, the added ones too: the
 			// last confirmation asks for a check of them all.
 			c.forgetAdded()
 			s.requestCheck()
-			sleepCtx(ctx, 100*time.Millisecond)
+			wait, warn := down.failed()
+			if warn {
+				s.log.Warn("pub/sub connection lost; reconnecting", append(down.attrs(), "retry_in", wait, "err", err)...)
+			}
+			sleepCtx(ctx, wait)
 			continue
 		}
 		switch m := msg.(type) {
@@ -481,4 +489,34 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			}
 		}
 	}
+}
+
+// pacer paces the retries of something that keeps failing (a receiver's
+// reconnects, the position check while the bus is down): the wait doubles
+// from first up to limit, and a warning is due on the first failure, then at
+// most every 30s.
+type pacer struct {
+	first, limit time.Duration
+	failures     int
+	since        time.Time
+	logged       time.Time
+}
+
+// failed counts a failure and returns the wait before the next try and
+// whether to log it. A success sets failures back to 0.
+func (p *pacer) failed() (wait time.Duration, warn bool) {
+	now := time.Now()
+	p.failures++
+	if p.failures == 1 {
+		p.since = now
+	}
+	if warn = p.failures == 1 || now.Sub(p.logged) >= 30*time.Second; warn {
+		p.logged = now
+	}
+	return min(p.first<<min(p.failures-1, 16), p.limit), warn
+}
+
+// attrs describe the failures so far, for a log line.
+func (p *pacer) attrs() []any {
+	return []any{"attempts", p.failures, "down_for", time.Since(p.since).Round(time.Millisecond)}
 }

@@ -334,14 +334,22 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	failing := pacer{first: time.Second, limit: 5 * time.Second}
 	check := func() {
 		if err := s.check(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			s.log.Warn("position check failed; retrying", "err", err)
-			retry.Reset(time.Second)
+			wait, warn := failing.failed()
+			if warn {
+				s.log.Warn("position check failed; retrying", append(failing.attrs(), "retry_in", wait, "err", err)...)
+			}
+			retry.Reset(wait)
 			return
+		}
+		if failing.failures > 0 {
+			s.log.Info("position check succeeded again", failing.attrs()...)
+			failing.failures = 0
 		}
 		s.ready.Store(true)
 	}

@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -61,6 +63,7 @@ func main() {
 	interval := flag.Duration("interval", 3*time.Second, "time between changes")
 	rounds := flag.Int("rounds", 0, "changes to publish; 0 runs until interrupted")
 	listen := flag.String("listen", "", "serve the embedded subscriber's /metrics on this address (e.g. :9466)")
+	logs := flag.String("logs", "", "where routerd's and the agent's logs are (routerd.log, agent.log), to point at when invalidations do not arrive")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -71,7 +74,7 @@ func main() {
 		go func() { _ = srv.ListenAndServe() }()
 		defer srv.Close()
 	}
-	if err := run(ctx, reg, *bus, *searchCache, *profileCache, *path, *interval, *rounds); err != nil {
+	if err := run(ctx, reg, *bus, *searchCache, *profileCache, *path, *interval, *rounds, *logs); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -85,7 +88,7 @@ func open(url string) (*redis.Client, error) {
 	return redis.NewClient(opt), nil
 }
 
-func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int) error {
+func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int, logs string) error {
 	m, err := matrix.Load(path)
 	if err != nil {
 		return err
@@ -156,12 +159,75 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			chans = append(chans, r.Channel+" → "+strings.Join(r.Services, ","))
 		}
 		fmt.Printf("\n» %s: published event %s\n  routes: %s\n", c.what, id, strings.Join(chans, "; "))
-		if !sleep(ctx, 500*time.Millisecond) { // give the services a moment, then look
+		if late := await(ctx, stores, expected(routes, c.event), arrivalTimeout); ctx.Err() != nil {
 			return nil
+		} else if len(late) > 0 {
+			fmt.Printf("  ! not invalidated within %v: %s\n", arrivalTimeout, strings.Join(late, "; "))
+			fmt.Printf("    is routerd routing, and the agent applying? see %s\n", logHint(logs))
 		}
 		show(ctx, stores)
 	}
 	return nil
+}
+
+// arrivalTimeout is how long a round waits for its invalidations.
+const arrivalTimeout = 2 * time.Second
+
+// expected returns, per service, the cached entries ("tenant key") a change
+// must remove: its keys under each tag routed to the service, or every key
+// of the tag for a whole-tag change.
+func expected(routes []matrix.Route, ev publisher.Event) map[string][]string {
+	out := map[string][]string{}
+	for _, r := range routes {
+		for _, svc := range r.Services {
+			for _, c := range catalogue {
+				if !slices.Contains(c.tags, r.Tag) || !caches(svc, c.key) {
+					continue
+				}
+				if len(ev.Keys) == 0 || slices.Contains(ev.Keys, c.key) {
+					out[svc] = append(out[svc], ev.Tenant+" "+c.key)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// await waits up to timeout for the entries to leave the services' caches,
+// and returns what is still there, per service.
+func await(ctx context.Context, stores map[string]*tagstore.Store, want map[string][]string, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var late []string
+		for svc, entries := range want {
+			var still []string
+			for _, e := range entries {
+				tenant, key, _ := strings.Cut(e, " ")
+				if _, err := stores[svc].Get(ctx, tenant, key); err == nil {
+					still = append(still, tenant+"/"+key)
+				}
+			}
+			if len(still) > 0 {
+				late = append(late, svc+" still caches "+strings.Join(slices.Compact(still), ","))
+			}
+		}
+		slices.Sort(late)
+		if len(late) == 0 || time.Now().After(deadline) || !sleep(ctx, 50*time.Millisecond) {
+			return late
+		}
+	}
+}
+
+func logHint(dir string) string {
+	if dir == "" {
+		return "the logs of routerd serve and routerd agent"
+	}
+	return filepath.Join(dir, "routerd.log") + " and " + filepath.Join(dir, "agent.log")
+}
+
+// caches reports whether a service caches a key: profile-svc caches users only.
+func caches(svc, key string) bool {
+	return svc != "profile-svc" || !strings.HasPrefix(key, "product:")
 }
 
 func seed(ctx context.Context, stores map[string]*tagstore.Store) error {
@@ -171,8 +237,8 @@ func seed(ctx context.Context, stores map[string]*tagstore.Store) error {
 				if _, err := st.Get(ctx, tenant, c.key); err == nil {
 					continue
 				}
-				if svc == "profile-svc" && strings.HasPrefix(c.key, "product:") {
-					continue // profile-svc caches users only
+				if !caches(svc, c.key) {
+					continue
 				}
 				if err := st.Set(ctx, tenant, c.key, []byte("cached"), 10*time.Minute, c.tags...); err != nil {
 					return err
@@ -189,7 +255,7 @@ func show(ctx context.Context, stores map[string]*tagstore.Store) {
 		for _, tenant := range []string{"acme", "globex"} {
 			line += " " + tenant + ":"
 			for _, c := range catalogue {
-				if svc == "profile-svc" && strings.HasPrefix(c.key, "product:") {
+				if !caches(svc, c.key) {
 					continue
 				}
 				mark := "✓"

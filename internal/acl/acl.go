@@ -271,6 +271,8 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		// Positions and the position index; the tag store's reads and
 		// writes, and what its scripts run.
 		"get", "set", "sadd", "smembers", "srem", "scard", "spop", "unlink",
+		// The delivery mark of an agent with --deliver.
+		"getdel",
 		// routerd compact.
 		"sscan", "exists",
 	}}
@@ -286,7 +288,7 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	// records them), the tenants with tagged values (the tag store records
 	// them) and the bus generation its last check saw.
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
-		"~"+names.GenerationSeenKey(spec.Service))
+		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service))
 	return r, nil
 }
 

@@ -44,7 +44,7 @@ func TestRoles(t *testing.T) {
 	m := parse(t)
 	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xpending +xtrim +xadd +sadd +evalsha +script|load +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zcard +zremrangebyrank +info +wait"
 	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:tenants ~inv:srcver:{*}:*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation"
-	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +sscan +exists"
+	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +getdel +sscan +exists"
 	for _, tc := range []struct {
 		name string
 		spec Spec
@@ -69,11 +69,11 @@ func TestRoles(t *testing.T) {
 			"+hmget +xrange +ping +get +ssubscribe +sunsubscribe +cluster|keyslot +smembers +cluster|slots +command " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
-		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search", 0},
-		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web", 0},
+		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},
+		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web", 0},
 		{"cache with a key template", Spec{Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"}, cacheCmds +
 			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:pos:search:*" +
-			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search", 0},
+			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(m, tc.spec)

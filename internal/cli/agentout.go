@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -11,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
-	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
 )
@@ -46,7 +46,7 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 	if target == "" {
 		return a, nil
 	}
-	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", redisconn.Redact(target)), Registerer: reg})
+	d, err := deliver.New(deliver.Options{Target: target, Stdout: env.Stdout, Reset: true, Logger: log.With("deliver", deliver.Redacted(target)), Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
@@ -58,6 +58,13 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 // answer) and delivers the reset unless the mark was there.
 func (a *agentOut) start(ctx context.Context) error {
 	if a.d == nil {
+		if a.cache != nil {
+			// This run moves the cache's positions without delivering: a
+			// later agent with --deliver must not take them as delivered.
+			if err := a.cache.Del(ctx, names.DeliveryKey(a.service)).Err(); err != nil {
+				a.log.Debug("could not clear the delivery mark", "err", err)
+			}
+		}
 		return nil
 	}
 	if a.cache == nil {
@@ -80,6 +87,9 @@ func (a *agentOut) start(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if re := redis.Error(nil); errors.As(err, &re) { // an answer (NOPERM, WRONGTYPE): retrying will not help
+			return fmt.Errorf("taking the delivery mark %s from the cache Redis: %w", names.DeliveryKey(a.service), err)
 		}
 		a.log.Warn("reading the delivery mark from the cache Redis; retrying", "retry_in", wait, "err", err)
 		sleep(ctx, wait)

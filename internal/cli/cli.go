@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -40,8 +41,8 @@ func init() {
 		{"validate", "F", "check a matrix file", validate},
 		{"route", "--matrix F --tenant T --domain D [--json]", "show the channels and services an event reaches", route},
 		{"matrix", "diff OLD NEW", "tell which channels, services, routes and limits a matrix change adds or removes", matrixCmd},
-		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]", "emit one event", publish},
-		{"tail", "--redis URL --tenant T --tag X", "print each message on a channel as a JSON line", tail},
+		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P] [--matrix F]", "emit one event (with --matrix, only one the matrix routes)", publish},
+		{"tail", tailUsage, "print each message on channels as JSON lines", tail},
 		{"agent", agentUsage, "run the subscriber as a sidecar: apply invalidations to a cache Redis and/or deliver them to a process", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
@@ -65,11 +66,23 @@ func Main(ctx context.Context, args []string, env Env) int {
 	if env.Stderr == nil {
 		env.Stderr = os.Stderr
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	// go-redis logs through the command's logger (at debug) once it has
+	// one; until then its lines are dropped rather than printed raw.
+	routeRedisLogs(slog.New(slog.NewTextHandler(env.Stderr, nil)))
+	switch {
+	case len(args) == 0:
 		usage(env.Stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
+		usage(env.Stderr)
+		return 0
+	case args[0] == "help" && len(args) > 1:
+		args = []string{args[1], "-h"} // `routerd help serve` is `routerd serve -h`
+	case args[0] == "help":
+		usage(env.Stderr)
+		return 0
+	case args[0] == "--version" || args[0] == "-version" || args[0] == "version":
+		fmt.Fprintln(env.Stdout, version(debug.ReadBuildInfo()))
 		return 0
 	}
 	for _, c := range commands {
@@ -78,7 +91,9 @@ func Main(ctx context.Context, args []string, env Env) int {
 			switch {
 			case err == nil:
 				return 0
-			case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+			case errors.Is(err, flag.ErrHelp): // -h: the usage was asked for
+				return 0
+			case errors.Is(err, errUsage):
 				return 2
 			case errors.Is(err, errFailed):
 				return 1
@@ -101,8 +116,9 @@ func usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  routerd %-10s %s\n      %s\n", c.name, c.args, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'routerd COMMAND -h' for a command's flags. URL flags also read ROUTERD_REDIS_URL, ROUTERD_CACHE_REDIS_URL;\n"+
-		"TLS and password-file flags read ROUTERD_TLS_CA, ROUTERD_TLS_CERT, ROUTERD_TLS_KEY, ROUTERD_REDIS_PASSWORD_FILE (ROUTERD_CACHE_… for the cache).")
+	fmt.Fprintln(w, "\nRun 'routerd COMMAND -h' (or 'routerd help COMMAND') for a command's flags, 'routerd --version' for the build.\n"+
+		"URL flags also read ROUTERD_REDIS_URL, ROUTERD_CACHE_REDIS_URL; TLS and password-file flags read ROUTERD_TLS_CA,\n"+
+		"ROUTERD_TLS_CERT, ROUTERD_TLS_KEY, ROUTERD_REDIS_PASSWORD_FILE (ROUTERD_CACHE_… for the cache).")
 }
 
 // flags is a command's flag set with the shared flags.
@@ -246,5 +262,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: %w", level, err)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	routeRedisLogs(log)
+	return log, nil
 }

@@ -281,7 +281,7 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	must(t, store.Set(ctx, "acme", "kept", []byte("x"), 0, "active"))
 	must(t, cache.Client(t).Del(ctx, "{tenant:acme}:gone").Err()) // as if expired
 	code, out, _ = runCLI(t, "compact", "--redis", cache.URL, "--tenant", "acme", "--tag", "active")
-	if code != 0 || !strings.HasPrefix(out, "1 members") {
+	if code != 0 || !strings.HasPrefix(out, "1 member whose key no longer exists removed") {
 		t.Errorf("compact: %d %q", code, out)
 	}
 }

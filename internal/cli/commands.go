@@ -9,10 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/routerd/routerd/internal/doctor"
-	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -40,10 +37,11 @@ func validate(_ context.Context, env *Env, args []string) error {
 	}
 	grants := ""
 	if m.Publishers != nil {
-		grants = fmt.Sprintf(", %d publishers", len(m.Publishers))
+		grants = ", " + plural(int64(len(m.Publishers)), "publisher", "publishers")
 	}
-	fmt.Fprintf(env.Stdout, "%s: ok: %d domains, %d tags, %d services%s, %d ingress partitions, prefix %q, sha256 %s\n",
-		f.Arg(0), len(m.Domains), len(m.Tags), len(m.Services), grants, m.Partitions, m.Prefix, m.Hash[:12])
+	fmt.Fprintf(env.Stdout, "%s: ok: %s, %s, %s%s, %s, prefix %q, sha256 %s\n",
+		f.Arg(0), plural(int64(len(m.Domains)), "domain", "domains"), plural(int64(len(m.Tags)), "tag", "tags"),
+		plural(int64(len(m.Services)), "service", "services"), grants, plural(int64(m.Partitions), "ingress partition", "ingress partitions"), m.Prefix, m.Hash[:12])
 	return nil
 }
 
@@ -151,6 +149,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	f.StringVar(&ev.Origin, "origin", "routerd-cli", "who publishes")
 	keys := f.String("keys", "", "comma-separated keys to invalidate; without --keys the domain's tags are invalidated whole")
 	durable := f.Bool("durable", false, "return only once a replica of the partition's master has the event (WAIT 1)")
+	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix: refuse, before sending, an event it would not route (an unknown domain, a tenant none of the domain's services serves); its prefix is the default")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -167,6 +166,11 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	}
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
+	}
+	if *path != "" {
+		if err := routable(env, f, *path, ev.Tenant, ev.Domain, prefix); err != nil {
+			return err
+		}
 	}
 	c, err := rf.open(nil)
 	if err != nil {
@@ -190,52 +194,27 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	return nil
 }
 
-func tail(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "tail", "--redis URL --tenant T --tag X")
-	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
-	prefix := f.String("prefix", names.DefaultPrefix, "channel prefix (the matrix's prefix)")
-	tenant := f.String("tenant", "", "tenant")
-	tag := f.String("tag", "", "tag")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if err := f.required("redis", "tenant", "tag"); err != nil {
-		return err
-	}
-	for _, err := range []error{names.Prefix(*prefix), names.Tenant(*tenant), names.Tag(*tag)} {
-		if err != nil {
-			return err
-		}
-	}
-	c, err := rf.open(nil)
+// routable refuses an event the matrix at path would not route, and takes
+// the matrix's prefix unless --prefix was given (and then they must agree).
+func routable(env *Env, f *flags, path, tenant, domain string, prefix *string) error {
+	m, err := loadMatrix(env, path)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	channel := names.Channel(*prefix, *tenant, *tag)
-	var ps *redis.PubSub
-	if redisconn.IsCluster(c) {
-		ps = c.SSubscribe(ctx, channel)
-	} else {
-		ps = c.Subscribe(ctx, channel)
+	routes, known := m.Routes(tenant, domain)
+	if !known {
+		return fmt.Errorf("nothing sent: domain %q is not in %s (domains: %s)", domain, path, strings.Join(m.DomainNames(), ", "))
 	}
-	defer ps.Close()
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() }) // go-redis reads ignore ctx
-	defer stop()
-	if _, err := ps.Receive(ctx); err != nil {
-		return fmt.Errorf("subscribe %s: %w", channel, err)
+	if len(routes) == 0 {
+		return fmt.Errorf("nothing sent: no service of domain %q's tags serves tenant %q in %s, so the event would reach no channel", domain, tenant, path)
 	}
-	fmt.Fprintf(env.Stderr, "tailing %s\n", channel)
-	for {
-		msg, err := ps.ReceiveMessage(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		fmt.Fprintln(env.Stdout, msg.Payload)
+	prefixGiven := isFlagSet(f, "prefix")
+	if !prefixGiven {
+		*prefix = m.Prefix
+	} else if *prefix != m.Prefix {
+		return fmt.Errorf("nothing sent: --prefix %q differs from the prefix %q of %s", *prefix, m.Prefix, path)
 	}
+	return nil
 }
 
 func invalidate(ctx context.Context, env *Env, args []string) error {
@@ -244,7 +223,7 @@ func invalidate(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "%s: %d keys deleted (chunked: %v)\n", res.Status, res.Deleted, res.Chunked)
+		fmt.Fprintf(env.Stdout, "%s: %s deleted (chunked: %v)\n", res.Status, plural(res.Deleted, "key", "keys"), res.Chunked)
 		return nil
 	})
 }
@@ -255,7 +234,11 @@ func compact(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
+		if n == 1 {
+			fmt.Fprintln(env.Stdout, "1 member whose key no longer exists removed from the tag set")
+		} else {
+			fmt.Fprintf(env.Stdout, "%d members whose keys no longer exist removed from the tag set\n", n)
+		}
 		return nil
 	})
 }
@@ -327,8 +310,16 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 }
 
 func matrixCmd(_ context.Context, env *Env, args []string) error {
-	if len(args) == 0 || args[0] != "diff" {
-		fmt.Fprintln(env.Stderr, "Usage: routerd matrix diff OLD NEW")
+	const usage = "Usage: routerd matrix diff OLD NEW\n\nSubcommands:\n  diff  which channels, services, routes and limits a matrix change adds or removes"
+	switch {
+	case len(args) == 0:
+		fmt.Fprintln(env.Stderr, usage)
+		return errUsage
+	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
+		fmt.Fprintln(env.Stderr, usage)
+		return flag.ErrHelp
+	case args[0] != "diff":
+		fmt.Fprintf(env.Stderr, "routerd matrix: unknown subcommand %q (subcommands: diff)\n\n%s\n", args[0], usage)
 		return errUsage
 	}
 	f := newFlags(env, "matrix diff", "OLD NEW")

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/deliver"
-	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -192,7 +191,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
 	started := time.Now()
-	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", redisconn.Redact(*target))
+	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", deliver.Redacted(*target))
 	err = g.Wait()
 	out.stopped()
 	log.Info("routerd agent stopped", out.summary(started)...)

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -127,8 +130,8 @@ func publishKeys(t *testing.T, busURL, domain string, keys ...string) {
 	}
 }
 
-// checkOrder checks the invalidations received (after any resets): per
-// channel the versions follow each other with none repeated or skipped, and
+// checkOrder checks the invalidations received: per channel the versions
+// follow each other with none repeated or skipped (a reset starts afresh), and
 // every key wanted arrived (or its tag was invalidated whole).
 func checkOrder(t *testing.T, got []delivered, want map[string][]string) {
 	t.Helper()
@@ -136,7 +139,8 @@ func checkOrder(t *testing.T, got []delivered, want map[string][]string) {
 	keys := map[string]map[string]bool{}
 	whole := map[string]bool{}
 	for i, d := range got {
-		if d.Reset {
+		if d.Reset { // the process dropped everything: a replay may follow
+			clear(last)
 			continue
 		}
 		ch := d.Tenant + ":" + d.Tag
@@ -279,11 +283,26 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 		t.Fatalf("a clean stop left the delivery mark %q", v)
 	}
 
+	// An agent without --deliver on the cache moves its positions without
+	// telling the process: it takes the clean mark away.
+	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
+	plain.waitReady(t)
+	if n, _ := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); n != 0 {
+		t.Error("an agent without --deliver left the clean mark")
+	}
+	plain.stop(t)
+	must(t, cache.Client(t).Set(context.Background(), names.DeliveryKey("search-svc"), "clean", 0).Err()) // as the first agent left it
+
 	// Clean stop: what was published meanwhile is replayed, without a reset.
 	publishKeys(t, bus.URL, "user", "user:2")
 	before := len(rcv.objects())
 	b := startAgent(t, args...)
 	b.waitReady(t)
+	// A running agent leaves no mark: were it killed now, the next start
+	// would deliver a reset.
+	if n, _ := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); n != 0 {
+		t.Error("the clean mark is still there while an agent runs")
+	}
 	redistest.Eventually(t, 10*time.Second, "user:2 replayed", hasKeys(rcv, "acme:active", 2))
 	for _, d := range rcv.objects()[before:] {
 		if d.Reset {
@@ -305,7 +324,11 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	if !strings.Contains(b.errb.String(), "the next start delivers a reset") {
 		t.Errorf("the unclean stop is not logged:\n%s", b.errb.String())
 	}
+	srv.Close() // waits for a request of b still in flight: it is refused
 	rcv.setDown(false)
+	srv2 := httptest.NewServer(rcv)
+	defer srv2.Close()
+	args[len(args)-1] = srv2.URL
 	before = len(rcv.objects())
 	c := startAgent(t, args...)
 	c.waitReady(t)
@@ -320,7 +343,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 func TestDeliverJSONLines(t *testing.T) {
 	bus := redistest.Start(t)
 	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
-	a := startAgent(t, "--redis", bus.URL, "--deliver", "-")
+	a := startAgent(t, "--redis", bus.URL, "--deliver", "-", "--summary-interval", "100ms")
 	a.waitReady(t)
 	publishKeys(t, bus.URL, "product", "product:1", "product:2")
 	lines := func() []string { return strings.Split(strings.TrimSuffix(a.out.String(), "\n"), "\n") }
@@ -339,6 +362,9 @@ func TestDeliverJSONLines(t *testing.T) {
 		t.Errorf("first line = %s, want {\"reset\":true}", lines()[0])
 	}
 	checkOrder(t, got, map[string][]string{"acme:active": {"product:1", "product:2"}, "acme:electronics": {"product:1", "product:2"}})
+	redistest.Eventually(t, 10*time.Second, "a summary line of what was applied", func() bool {
+		return strings.Contains(a.errb.String(), "msg=applied invalidations=")
+	})
 }
 
 // The agent refuses to start with nowhere to put invalidations, and a bad
@@ -351,5 +377,100 @@ func TestAgentFlags(t *testing.T) {
 	code, _, errs = runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml", "--deliver", "localhost:8080")
 	if code != 1 || !strings.Contains(errs, "want an http:// or https:// URL, or - for stdout") {
 		t.Errorf("agent --deliver localhost:8080: %d %q", code, errs)
+	}
+}
+
+// routerdBinary builds cmd/routerd once for the tests that kill it.
+var routerdBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "routerd-cli-test-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "routerd")
+	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/routerd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// An agent killed (SIGKILL) while the process does not answer has applied
+// the invalidation to the cache Redis, its position recorded there, but not
+// delivered it: the restarted agent must deliver a reset first, and then
+// go on in order.
+func TestDeliverKilledAgentResetsFirst(t *testing.T) {
+	bin, err := routerdBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	rcv := &receiver{}
+	for _, withCache := range []bool{true, false} {
+		srv := httptest.NewServer(rcv)
+		start := func() (*exec.Cmd, *syncBuffer) {
+			addr := redistest.FreeAddr(t)
+			args := []string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", addr,
+				"--redis", bus.URL, "--deliver", srv.URL}
+			if withCache {
+				args = append(args, "--cache-redis", cache.URL)
+			}
+			var logs syncBuffer
+			cmd := exec.Command(bin, args...)
+			cmd.Stdout, cmd.Stderr = &logs, &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
+				code, _ := get(t, "http://"+addr+"/readyz")
+				return code == 200
+			})
+			return cmd, &logs
+		}
+		a, logs := start()
+		rcv.setDown(true)
+		publishKeys(t, bus.URL, "user", "user:killed")
+		redistest.Eventually(t, 10*time.Second, "the delivery tried", func() bool {
+			return strings.Contains(logs.String(), "delivery failed; retrying")
+		})
+		if err := a.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.Wait()
+		srv.Close() // waits for a request of the killed agent still in flight: it is refused
+		rcv.setDown(false)
+		srv = httptest.NewServer(rcv)
+		defer srv.Close()
+		before := len(rcv.objects())
+		start()
+		publishKeys(t, bus.URL, "user", "user:after")
+		redistest.Eventually(t, 10*time.Second, "user:after delivered", func() bool {
+			for _, d := range rcv.objects()[before:] {
+				if slices.Contains(d.Keys, "user:after") {
+					return true
+				}
+			}
+			return false
+		})
+		got := rcv.objects()[before:]
+		if len(got) == 0 || !got[0].Reset {
+			t.Errorf("cache %v: after a kill, the first object is not a reset: %+v", withCache, got)
+		}
+		checkOrder(t, got, nil)
+	}
+}
+
+// A cache Redis that refuses the delivery mark (a key of another type, a
+// missing ACL permission) stops the agent with the reason, rather than
+// retrying for ever.
+func TestDeliverMarkRefused(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	must(t, cache.Client(t).LPush(context.Background(), names.DeliveryKey("search-svc"), "x").Err())
+	code, _, errs := runCLI(t, "agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", redistest.FreeAddr(t),
+		"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "http://127.0.0.1:1/")
+	if code != 1 || !strings.Contains(errs, "taking the delivery mark routerd:delivery:search-svc from the cache Redis: WRONGTYPE") {
+		t.Errorf("exit %d:\n%s", code, errs)
 	}
 }

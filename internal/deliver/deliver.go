@@ -56,6 +56,10 @@ const (
 	DefaultTimeout = 10 * time.Second
 )
 
+// logEvery paces the warnings of a delivery that keeps failing: the first
+// failure, then at most one per logEvery.
+const logEvery = 30 * time.Second
+
 // Invalidation is the JSON object delivered for one invalidation. Exactly
 // one of Keys and WholeTag is set.
 type Invalidation struct {
@@ -110,6 +114,21 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// Redacted is target as it may be logged: a URL's password replaced by
+// xxxxx, and a target that does not parse cut before any "@".
+func Redacted(target string) string {
+	if target == Stdout {
+		return target
+	}
+	if u, err := url.Parse(target); err == nil {
+		return u.Redacted()
+	}
+	if at := strings.LastIndex(target, "@"); at >= 0 {
+		return "***" + target[at:]
+	}
+	return target
+}
+
 // Deliverer delivers invalidations in order. Its methods are safe for
 // concurrent use; deliveries are made one at a time.
 type Deliverer struct {
@@ -136,7 +155,7 @@ func New(opt Options) (*Deliverer, error) {
 	} else {
 		u, err := url.Parse(opt.Target)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", redactedTarget(opt.Target))
+			return nil, fmt.Errorf("deliver: target %q: want an http:// or https:// URL, or - for stdout", Redacted(opt.Target))
 		}
 	}
 	if opt.Timeout < 0 || opt.MinBackoff < 0 || opt.MaxBackoff < 0 {
@@ -225,6 +244,7 @@ func (d *Deliverer) Delivered() int64 {
 // deliverLocked makes one delivery, retrying until it succeeds or ctx ends.
 func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string) error {
 	wait := d.opt.MinBackoff
+	var logged time.Time
 	for attempt := 1; ; attempt++ {
 		err := d.attempt(ctx, body)
 		if err == nil {
@@ -242,7 +262,10 @@ func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string)
 			return fmt.Errorf("deliver: %s not delivered: %w", what, errors.Join(ctx.Err(), err))
 		}
 		d.m.deliveries.WithLabelValues("retried").Inc()
-		d.log.Warn("delivery failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		if now := time.Now(); attempt == 1 || now.Sub(logged) >= logEvery {
+			logged = now
+			d.log.Warn("delivery failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -277,7 +300,7 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // reuse the connection
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s: %q", redactedTarget(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
+		return fmt.Errorf("%s answered %s: %q", Redacted(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
 	}
 	return nil
 }
@@ -295,16 +318,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.deliveries.WithLabelValues(o)
 	}
 	return m
-}
-
-// redactedTarget is the target with any password in it replaced, for
-// errors and logs.
-func redactedTarget(target string) string {
-	if u, err := url.Parse(target); err == nil {
-		return u.Redacted()
-	}
-	if at := strings.LastIndex(target, "@"); at >= 0 {
-		return "***" + target[at:]
-	}
-	return target
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -243,6 +244,33 @@ func (w *flakyWriter) Write(p []byte) (int, error) {
 		return 0, io.ErrClosedPipe
 	}
 	return w.buf.Write(p)
+}
+
+// A password in the target never reaches a log line or an error.
+func TestTargetRedacted(t *testing.T) {
+	rcv := &receiver{fail: 1}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	target := strings.Replace(srv.URL, "http://", "http://svc:s3cret@", 1)
+	var logs bytes.Buffer
+	opt := fast(target, nil)
+	opt.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	d, err := New(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Handle(context.Background(), wholeInv); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "delivery failed") || strings.Contains(logs.String(), "s3cret") {
+		t.Errorf("logs:\n%s", logs.String())
+	}
+	if _, err := New(Options{Target: "ftp://svc:s3cret@x/"}); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("New = %v", err)
+	}
+	if Redacted("-") != "-" {
+		t.Error("Redacted(-)")
+	}
 }
 
 func TestNewRefusesBadOptions(t *testing.T) {

@@ -121,7 +121,7 @@ func (c *Coordinator) Reload() error {
 		var errs matrix.Errors
 		if errors.As(err, &errs) {
 			for _, e := range errs {
-				c.log.Error("matrix refused; the running one stays", "error", e.Error())
+				c.log.Error("matrix refused; the running one stays", "err", e.Error())
 			}
 		} else {
 			c.log.Error("matrix refused; the running one stays", "err", err)

@@ -1,0 +1,248 @@
+package cli
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/tagstore"
+)
+
+// -h is a request, not a mistake: every command exits 0 with its usage.
+func TestHelpExitsZero(t *testing.T) {
+	cases := [][]string{{"-h"}, {"--help"}, {"help"}, {"help", "serve"}, {"matrix", "-h"}, {"matrix", "diff", "-h"}}
+	for _, c := range commands {
+		cases = append(cases, []string{c.name, "-h"}, []string{c.name, "--help"})
+	}
+	for _, args := range cases {
+		code, _, errs := runCLI(t, args...)
+		if code != 0 || !strings.Contains(errs, "Usage") && !strings.Contains(errs, "routerd: tag-based") {
+			t.Errorf("%v: exit %d, want 0 with the usage:\n%s", args, code, errs)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		code, out, _ := runCLI(t, arg)
+		if code != 0 || !strings.HasPrefix(out, "routerd ") || !strings.Contains(out, "go1.") {
+			t.Errorf("routerd %s: exit %d %q", arg, code, out)
+		}
+	}
+	bi := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/routerd/routerd", Version: "v1.2.3"},
+		Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.time", Value: "2026-11-25T00:00:00Z"}, {Key: "vcs.modified", Value: "true"}}}
+	got := version(bi, true)
+	if !regexp.MustCompile(`^routerd v1\.2\.3, commit 0123456789ab \(modified\), 2026-11-25T00:00:00Z, go1\.26\.8 \w+/\w+$`).MatchString(got) {
+		t.Errorf("version = %q", got)
+	}
+	if got := version(nil, false); !strings.Contains(got, "no build information") {
+		t.Errorf("version without build info = %q", got)
+	}
+}
+
+// A wrong command or subcommand is named, with the usage, exit 2.
+func TestUnknownCommandsNamed(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"matrix", "foo"}, `routerd matrix: unknown subcommand "foo" (subcommands: diff)`},
+		{[]string{"matrix"}, "Usage: routerd matrix diff OLD NEW"},
+	} {
+		code, _, errs := runCLI(t, tc.args...)
+		if code != 2 || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d %q, want 2 and %q", tc.args, code, errs, tc.want)
+		}
+	}
+}
+
+const narrowMatrix = `
+version: 1
+prefix: inv2
+tags:
+  active: {services: [profile-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  profile-svc: {tenants: [acme]}
+`
+
+// publish --matrix (or ROUTERD_MATRIX) refuses what the matrix would not
+// route before anything reaches Redis, and publishes the rest under the
+// matrix's prefix.
+func TestPublishChecksTheMatrix(t *testing.T) {
+	bus := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), "m.yaml")
+	must(t, os.WriteFile(path, []byte(narrowMatrix), 0o644))
+	c := bus.Client(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tenant", "acme", "--domain", "order"}, `nothing sent: domain "order" is not in ` + path + " (domains: user)"},
+		{[]string{"--tenant", "umbrella", "--domain", "user"}, `nothing sent: no service of domain "user"'s tags serves tenant "umbrella"`},
+		{[]string{"--tenant", "acme", "--domain", "user", "--prefix", "other"}, `--prefix "other" differs from the prefix "inv2"`},
+	} {
+		args := append([]string{"publish", "--redis", bus.URL, "--matrix", path}, tc.args...)
+		code, out, errs := runCLI(t, args...)
+		if code != 1 || !strings.Contains(errs, tc.want) || out != "" {
+			t.Errorf("%v: exit %d %q %q, want 1 and %q", tc.args, code, out, errs, tc.want)
+		}
+	}
+	if n, _ := c.DBSize(ctx).Result(); n != 0 {
+		keys, _ := c.Keys(ctx, "*").Result()
+		t.Errorf("a refused publish wrote to Redis: %v", keys)
+	}
+	var out, errb syncBuffer
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(k string) string {
+		if k == "ROUTERD_MATRIX" {
+			return path
+		}
+		return ""
+	}}
+	if code := Main(ctx, []string{"publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "order"}, env); code != 1 {
+		t.Errorf("ROUTERD_MATRIX not used: exit %d %s", code, errb.String())
+	}
+	if code := Main(ctx, []string{"publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", "user:1"}, env); code != 0 {
+		t.Fatalf("a routable event: exit %d %s", code, errb.String())
+	}
+	keys, _ := c.Keys(ctx, "inv2:ingress:*").Result()
+	if len(keys) != 1 {
+		t.Errorf("the event is not in an ingress stream of the matrix's prefix: %v", keys)
+	}
+}
+
+// go-redis's own lines (a dial failing) go to the command's logger at
+// debug level, not raw to the process's stderr.
+func TestGoRedisLogsThroughSlog(t *testing.T) {
+	var buf syncBuffer
+	if _, err := newLogger(&buf, "debug"); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second})
+	defer c.Close()
+	redistest.Eventually(t, 20*time.Second, "a go-redis line in the slog output", func() bool {
+		_ = c.Ping(context.Background()).Err()
+		return strings.Contains(buf.String(), "component=go-redis")
+	})
+	line := grep(buf.String(), "component=go-redis")
+	if !strings.Contains(line, "level=DEBUG") {
+		t.Errorf("go-redis line not at debug: %s", line)
+	}
+	var quiet syncBuffer
+	if _, err := newLogger(&quiet, "info"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Ping(context.Background()).Err()
+	if quiet.String() != "" {
+		t.Errorf("go-redis logged above debug: %s", quiet.String())
+	}
+}
+
+// One attribute name for errors in every log call: err.
+func TestLogsNameErrorsErr(t *testing.T) {
+	call := regexp.MustCompile(`\.(Debug|Info|Warn|Error)(Context)?\(.*"error",`)
+	err := filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, l := range strings.Split(string(b), "\n") {
+			if call.MatchString(l) {
+				t.Errorf("%s:%d: log attribute \"error\"; name it \"err\": %s", path, i+1, strings.TrimSpace(l))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Counts in output agree with their nouns.
+func TestPlurals(t *testing.T) {
+	cache := redistest.Start(t)
+	store, err := tagstore.New(cache.Client(t), tagstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, store.Set(context.Background(), "acme", "user:1", []byte("x"), 0, "active"))
+	code, out, _ := runCLI(t, "invalidate", "--redis", cache.URL, "--tenant", "acme", "--tag", "active", "--keys", "user:1")
+	if code != 0 || out != "SUCCESS: 1 key deleted (chunked: false)\n" {
+		t.Errorf("invalidate: %d %q", code, out)
+	}
+	path := filepath.Join(t.TempDir(), "m.yaml")
+	must(t, os.WriteFile(path, []byte(narrowMatrix), 0o644))
+	code, out, _ = runCLI(t, "validate", path)
+	if code != 0 || !strings.Contains(out, "ok: 1 domain, 1 tag, 1 service, 8 ingress partitions") {
+		t.Errorf("validate: %d %q", code, out)
+	}
+	if plural(0, "key", "keys") != "0 keys" || plural(2, "key", "keys") != "2 keys" {
+		t.Error("plural")
+	}
+}
+
+// tail follows several tenants and tags at once, or every channel of a
+// service (a pattern for a service of every tenant).
+func TestTailSeveralChannels(t *testing.T) {
+	bus := redistest.Start(t)
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	tailOf := func(args ...string) (*syncBuffer, *syncBuffer) {
+		out, errb := daemonEnv(t, nil, func(string) string { return "" }, append([]string{"tail", "--redis", bus.URL}, args...)...)
+		redistest.Eventually(t, 10*time.Second, "tail subscribed", func() bool { return strings.Contains(errb.String(), "tailing ") })
+		return out, errb
+	}
+	several, severalErr := tailOf("--tenant", "acme,globex", "--tag", "active,electronics")
+	search, _ := tailOf("--all", "--matrix", "../../matrix.yaml", "--service", "search-svc")
+	profile, profileErr := tailOf("--all", "--matrix", "../../matrix.yaml", "--service", "profile-svc")
+	for _, want := range []string{"invalidate:acme:active", "invalidate:globex:electronics"} {
+		if !strings.Contains(severalErr.String(), want) {
+			t.Errorf("tail --tenant acme,globex --tag active,electronics does not tail %s: %s", want, severalErr.String())
+		}
+	}
+	if !strings.Contains(profileErr.String(), "invalidate:*:active") {
+		t.Errorf("tail --all of a service of every tenant: %s", profileErr.String())
+	}
+	publishKeys(t, bus.URL, "product", "product:1") // acme: electronics and active
+	if code, out, errs := runCLI(t, "publish", "--redis", bus.URL, "--tenant", "umbrella", "--domain", "user", "--keys", "user:9"); code != 0 {
+		t.Fatalf("publish: %d %s %s", code, out, errs)
+	}
+	lines := func(b *syncBuffer) int { return strings.Count(b.String(), "\n") }
+	redistest.Eventually(t, 10*time.Second, "messages tailed", func() bool {
+		return lines(several) == 2 && lines(search) == 2 && lines(profile) == 2
+	})
+	if !strings.Contains(profile.String(), `"tenant":"umbrella"`) || strings.Contains(search.String(), "umbrella") {
+		t.Errorf("tail --all: profile-svc got %s; search-svc got %s", profile.String(), search.String())
+	}
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--all", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--tenant", "acme"}, 2, "drop --tenant and --tag"},
+		{[]string{"--all", "--matrix", "../../matrix.yaml", "--service", "ghost-svc"}, 1, `service "ghost-svc" is not in ../../matrix.yaml (services: profile-svc, search-svc)`},
+		{[]string{"--all", "--service", "search-svc"}, 2, "--matrix is required"},
+		{[]string{"--tenant", "acme,a:b", "--tag", "active"}, 1, "tenant"},
+		{[]string{"--tenant", " , ", "--tag", "active"}, 2, "must each name at least one"},
+	} {
+		code, _, errs := runCLI(t, append([]string{"tail", "--redis", bus.URL}, tc.args...)...)
+		if code != tc.code || !strings.Contains(errs, tc.want) {
+			t.Errorf("tail %v: exit %d %q, want %d and %q", tc.args, code, errs, tc.code, tc.want)
+		}
+	}
+}

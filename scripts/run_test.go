@@ -1,0 +1,120 @@
+// Package scripts holds the tests of the shell scripts beside it.
+package scripts
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/redistest"
+)
+
+// built builds routerd and the demo once for the tests of this package.
+var built = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "routerd-run-test-")
+	if err != nil {
+		return "", err
+	}
+	for bin, pkg := range map[string]string{"routerd": "./cmd/routerd", "routerd-demo": "./examples/demo"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, bin), pkg)
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", errors.New(string(out))
+		}
+	}
+	return dir, nil
+})
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if dir, err := built(); err == nil {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
+
+func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+// runScript runs scripts/run.sh in its own process group with the ports
+// given, and returns its output and exit error. Whatever is left of the
+// group when it returns is killed.
+func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs string) (string, error) {
+	t.Helper()
+	redistest.Binary(t)
+	bin, err := built()
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "./run.sh")
+	cmd.Env = append(os.Environ(), "REDIS_PORT="+port(redisAddr), "ROUTERD_PORT="+port(routerdAddr), "AGENT_PORT="+port(agentAddr),
+		"RUN_DIR="+t.TempDir(), "BIN="+bin, "DEMO_ARGS="+demoArgs)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("run.sh did not stop:\n%s", out.String())
+	}
+	// Everything it started is gone with it.
+	redistest.Eventually(t, 10*time.Second, "run.sh's processes gone", func() bool {
+		return errors.Is(syscall.Kill(-cmd.Process.Pid, 0), syscall.ESRCH)
+	})
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	if c, err := net.Dial("tcp", redisAddr); err == nil {
+		c.Close()
+		t.Errorf("redis-server still answers on %s after run.sh stopped", redisAddr)
+	}
+	return out.String(), err
+}
+
+// With routerd's port taken, `make run` stops with routerd's own error on
+// the terminal instead of narrating a demo that invalidates nothing.
+func TestRunStopsWhenRouterdCannotListen(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	out, err := runScript(t, redistest.FreeAddr(t), taken.Addr().String(), redistest.FreeAddr(t), "--rounds 1 --interval 100ms")
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Errorf("run.sh exited %v with routerd's port taken, want a failure:\n%s", err, out)
+	}
+	for _, want := range []string{"routerd exited (status 1) before it was ready", "address already in use", "last lines of"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "routes:") {
+		t.Errorf("the demo ran anyway:\n%s", out)
+	}
+}
+
+// With free ports it waits for both daemons, and every round's
+// invalidations arrive.
+func TestRunGoodRound(t *testing.T) {
+	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 3 --interval 100ms")
+	if err != nil {
+		t.Fatalf("run.sh: %v\n%s", err, out)
+	}
+	for _, want := range []string{"routerd    ready", "agent      ready", "profile-svc  acme: user:1✗ user:2✗"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "not invalidated within") {
+		t.Errorf("invalidations did not arrive:\n%s", out)
+	}
+}

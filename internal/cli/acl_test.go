@@ -68,7 +68,7 @@ func TestACLCommand(t *testing.T) {
 
 func TestRouteAndValidateShowGrants(t *testing.T) {
 	m := writeFile(t, grantsYAML)
-	if code, out, _ := runCLI(t, "validate", m); code != 0 || !strings.Contains(out, "1 services, 1 publishers,") {
+	if code, out, _ := runCLI(t, "validate", m); code != 0 || !strings.Contains(out, "1 service, 1 publisher,") {
 		t.Errorf("validate: %d %q", code, out)
 	}
 	if code, out, _ := runCLI(t, "route", "--matrix", m, "--tenant", "acme", "--domain", "user"); code != 0 || !strings.Contains(out, "publishers granted: profile-svc\n") {

@@ -143,3 +143,21 @@ func TestRefsAboveGuardChunked(t *testing.T) {
 		t.Errorf("position = %v, want e:2", pos)
 	}
 }
+
+// A ref without an entity is the type level of its domain.
+func TestTypeLevelRef(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	if _, err := s.SetRefs(ctx, "acme", "k", []byte("v"), 0, []string{"users"}, []tagstore.Ref{{Domain: "user"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.SIsMember(ctx, "{tenant:acme}:ref:user", "{tenant:acme}:k").Val() {
+		t.Error("not registered at the type level")
+	}
+	if _, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, c, "{tenant:acme}:k") != 0 {
+		t.Error("an entity-level invalidation of the domain left a type-level value")
+	}
+}

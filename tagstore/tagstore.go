@@ -235,14 +235,33 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 }
 
 // Ref is an entity a cached value was derived from: an entity of a domain
-// (user 1042). See SetRefs.
+// (user 1042). With no Entity it is the domain's type-level reference,
+// which every entity-level invalidation of the domain drops: for a value
+// derived from an entity whose id it does not know. See SetRefs.
 type Ref struct {
 	Domain string
 	Entity string
 }
 
-// String is the ref as messages carry it, "<domain>/<entity>" (names.Ref).
-func (r Ref) String() string { return names.Ref(r.Domain, r.Entity) }
+// String is the ref as messages carry it, "<domain>/<entity>" (names.Ref),
+// or the domain alone for a type-level ref.
+func (r Ref) String() string {
+	if r.Entity == "" {
+		return r.Domain
+	}
+	return names.Ref(r.Domain, r.Entity)
+}
+
+// check validates a ref.
+func (r Ref) check() error {
+	if r.Entity == "" {
+		return names.Domain(r.Domain)
+	}
+	if d, _, err := names.ParseRef(r.String()); err != nil || d != r.Domain {
+		return &names.Error{Field: "ref", Value: r.String(), Rule: fmt.Sprintf("domain %q and entity %q do not make a <domain>/<entity>: the domain must be valid and cannot hold '/'", r.Domain, r.Entity)}
+	}
+	return nil
+}
 
 // SetResult says how SetRefs registered a value.
 type SetResult struct {
@@ -289,8 +308,8 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	}
 	distinct := make(map[Ref]bool, len(refs))
 	for _, r := range refs {
-		if d, _, err := names.ParseRef(r.String()); err != nil || d != r.Domain {
-			return res, &names.Error{Field: "ref", Value: r.String(), Rule: fmt.Sprintf("domain %q and entity %q do not make a <domain>/<entity>: the domain must be valid and cannot hold '/'", r.Domain, r.Entity)}
+		if err := r.check(); err != nil {
+			return res, err
 		}
 		distinct[r] = true
 	}

@@ -75,9 +75,8 @@ type Options struct {
 	// registered under the tags of every domain it selects, which is what
 	// whole-tag invalidations and recoveries reach.
 	Matrix *matrix.Matrix
-	// Types maps GraphQL object and interface types to matrix domains
-	// ("User" → "user"). Objects of other types are not tracked (required,
-	// at least one).
+	// Types maps GraphQL object types to matrix domains ("User" → "user").
+	// Objects of other types are not tracked (required, at least one).
 	Types map[string]string
 	// Tenant returns the tenant of a request; a request without one (an
 	// error) is served and not cached (required).
@@ -167,8 +166,8 @@ func (c *Cache) Validate(schema graphql.ExecutableSchema) error {
 		if def == nil {
 			return fmt.Errorf("gqlcache: mapped type %s is not in the schema", typ)
 		}
-		if def.Kind != ast.Object && def.Kind != ast.Interface {
-			return fmt.Errorf("gqlcache: mapped type %s is a %s, not an object or interface type", typ, def.Kind)
+		if def.Kind != ast.Object {
+			return fmt.Errorf("gqlcache: mapped type %s is a %s, not an object type (responses name the concrete type of each object)", typ, def.Kind)
 		}
 	}
 	c.schema = s

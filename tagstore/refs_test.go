@@ -161,3 +161,42 @@ func TestTypeLevelRef(t *testing.T) {
 		t.Error("an entity-level invalidation of the domain left a type-level value")
 	}
 }
+
+// A reference set lives as long as the longest-lived value registered in
+// it, and for ever once one has no time to live; tag sets do not expire.
+func TestRefSetsExpireWithTheirValues(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	ref := []tagstore.Ref{{Domain: "user", Entity: "1"}}
+	const set = "{tenant:acme}:ref:user/1"
+	pttl := func() time.Duration { return c.PTTL(ctx, set).Val() }
+	setRefs := func(key string, ttl time.Duration) {
+		t.Helper()
+		if _, err := s.SetRefs(ctx, "acme", key, []byte("v"), ttl, []string{"users"}, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setRefs("a", time.Minute)
+	if d := pttl(); d <= 50*time.Second || d > time.Minute {
+		t.Errorf("after a value of 1m the set expires in %v", d)
+	}
+	setRefs("b", 30*time.Second)
+	if d := pttl(); d <= 50*time.Second {
+		t.Errorf("a shorter-lived value shortened the set to %v", d)
+	}
+	setRefs("c", time.Hour)
+	if d := pttl(); d <= 59*time.Minute {
+		t.Errorf("a longer-lived value left the set at %v", d)
+	}
+	setRefs("d", 0)
+	if d := pttl(); d != -1 {
+		t.Errorf("a value without a time to live left the set expiring in %v", d)
+	}
+	setRefs("e", time.Minute)
+	if d := pttl(); d != -1 {
+		t.Errorf("a value with a time to live made a set expire that holds one without: %v", d)
+	}
+	if d := c.PTTL(ctx, "{tenant:acme}:tag:users").Val(); d != -1 {
+		t.Errorf("the tag set expires in %v", d)
+	}
+}

@@ -328,7 +328,10 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if res.TypeLevel && s.opt.Guarded != nil {
 		s.opt.Guarded(len(refs))
 	}
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds()).Err()
+	// The reference sets expire with their values (set.lua), so the sets of
+	// entities that never change do not keep the names of expired values
+	// for ever.
+	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), len(seen)).Err()
 }
 
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.

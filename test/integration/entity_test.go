@@ -229,3 +229,16 @@ services:
 		t.Errorf("history %+v, want the entity-level and whole-tag events merged into one whole-tag message", h)
 	}
 }
+
+// An entity-level event never suppresses an older whole-tag event of its
+// entity (source_version): it invalidated less than the whole tag.
+func TestEntityLevelSuppressesNoWholeTag(t *testing.T) {
+	e := newEnv(t, entityMatrix)
+	e.router(router.Options{})
+	e.subscriber("gql", subscriber.Options{})
+	e.seedQueries()
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042", SourceVersion: 9})
+	e.waitGone("gql", "acme", "q1")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042", SourceVersion: 5, WholeTag: true})
+	e.waitGone("gql", "acme", "q2")
+}

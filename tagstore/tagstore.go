@@ -543,9 +543,6 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 // refSets are the reference sets an entity-level invalidation empties: the
 // set of each ref, then the type-level set of each of their domains.
 func refSets(tenant string, refs []string) ([]string, error) {
-	if len(refs) > lua.MaxUnpack {
-		return nil, fmt.Errorf("tagstore: %d refs in one invalidation, more than %d", len(refs), lua.MaxUnpack)
-	}
 	out := make([]string, 0, len(refs)+1)
 	seen := make(map[string]bool, len(refs)+1)
 	var domains []string

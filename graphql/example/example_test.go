@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/publisher"
@@ -24,6 +26,9 @@ const (
 	q2 = `{ user(id: 7) { name } }`
 	q3 = `{ products(category: "electronics") { name } }`
 )
+
+// The router and the subscriber stop with their tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type env struct {
 	t     *testing.T

@@ -121,9 +121,18 @@ func New(opt Options) (*Cache, error) {
 	case opt.TTL < 0:
 		return nil, fmt.Errorf("gqlcache: negative TTL %v", opt.TTL)
 	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for typ, domain := range opt.Types {
-		if _, ok := opt.Matrix.Domains[domain]; !ok {
+		d, ok := opt.Matrix.Domains[domain]
+		if !ok {
 			return nil, fmt.Errorf("gqlcache: type %s maps to domain %q, which the matrix does not have", typ, domain)
+		}
+		if !d.EntityRefs {
+			log.Warn("graphql response cache: the matrix has no entity_refs on a mapped domain: every event of it drops every cached response selecting it",
+				"type", typ, "domain", domain)
 		}
 	}
 	if opt.TTL == 0 {
@@ -137,10 +146,6 @@ func New(opt Options) (*Cache, error) {
 	}
 	if len(opt.KeyPrefix)+sha256.Size*2 > names.MaxKeyLen {
 		return nil, fmt.Errorf("gqlcache: KeyPrefix %q is too long", opt.KeyPrefix)
-	}
-	log := opt.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
 	}
 	reg := opt.Registerer
 	c := &Cache{opt: opt, log: log}

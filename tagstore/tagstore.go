@@ -282,10 +282,10 @@ type SetResult struct {
 // recovery that cannot replay — reach values through their tags only. A
 // value with refs and no tags is refused.
 //
-// With more distinct refs than Options.RefGuard, the value is registered under the
-// type-level reference of each of their domains instead, which every
-// entity-level invalidation of the domain drops (SetResult.TypeLevel, and
-// Options.Guarded is told).
+// With more distinct refs than Options.RefGuard, the value is registered
+// under the type-level reference of each of their domains instead, which
+// every entity-level invalidation of the domain drops (SetResult.TypeLevel,
+// and Options.Guarded is told the number of distinct refs).
 func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, ttl time.Duration, tags []string, refs []Ref) (SetResult, error) {
 	var res SetResult
 	full, err := s.Key(tenant, key)
@@ -326,7 +326,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 		}
 	}
 	if res.TypeLevel && s.opt.Guarded != nil {
-		s.opt.Guarded(len(refs))
+		s.opt.Guarded(len(distinct))
 	}
 	// The reference sets expire with their values (set.lua), so the sets of
 	// entities that never change do not keep the names of expired values

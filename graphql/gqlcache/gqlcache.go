@@ -81,6 +81,12 @@ type Options struct {
 	// Tenant returns the tenant of a request; a request without one (an
 	// error) is served and not cached (required).
 	Tenant func(ctx context.Context) (string, error)
+	// Vary, when set, returns what else a response depends on besides the
+	// tenant, the query and the variables — the user or role, when
+	// resolvers answer differently by it — and is part of the key. A cached
+	// response is served without running any resolver (nor its checks), so
+	// whatever decides what a caller may see must be in Vary.
+	Vary func(ctx context.Context) string
 	// TTL of a cached response; DefaultTTL when zero.
 	TTL time.Duration
 	// KeyPrefix starts each response's key; DefaultKeyPrefix when empty.
@@ -270,7 +276,11 @@ func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHand
 	tenant, terr := c.opt.Tenant(ctx)
 	key := ""
 	if terr == nil {
-		key = c.key(tenant, rc)
+		vary := ""
+		if c.opt.Vary != nil {
+			vary = c.opt.Vary(ctx)
+		}
+		key = c.key(tenant, vary, rc)
 		data, err := c.opt.Store.Get(ctx, tenant, key)
 		switch {
 		case err == nil:
@@ -309,17 +319,22 @@ func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHand
 	return resp
 }
 
-// key names a response: the prefix and a SHA-256 of the operation name,
-// the normalized document and the variables. The tenant is in the key's
-// {tenant:…} prefix.
-func (c *Cache) key(tenant string, rc *graphql.OperationContext) string {
+// key names a response: the prefix and a SHA-256 of the tenant, what
+// Vary returned, the operation name, the normalized document and the
+// variables. (The tenant is in the key's {tenant:…} prefix as well.)
+func (c *Cache) key(tenant, vary string, rc *graphql.OperationContext) string {
 	h := sha256.New()
 	_, _ = io.WriteString(h, tenant)
 	h.Write([]byte{0})
+	_, _ = io.WriteString(h, strconv.Quote(vary)) // quoted: no vary can end where the operation name starts
+	h.Write([]byte{0})
 	_, _ = io.WriteString(h, rc.OperationName)
 	h.Write([]byte{0})
-	formatter.NewFormatter(h).FormatQueryDocument(rc.Doc)
+	var doc bytes.Buffer
+	formatter.NewFormatter(&doc).FormatQueryDocument(rc.Doc)
+	_, _ = io.WriteString(h, strconv.Itoa(doc.Len())) // length first: no document ends where the variables start
 	h.Write([]byte{0})
+	h.Write(doc.Bytes())
 	vars, _ := json.Marshal(rc.Variables) // map keys sorted: the same variables, the same bytes
 	h.Write(vars)
 	return c.opt.KeyPrefix + hex.EncodeToString(h.Sum(nil))

@@ -51,6 +51,7 @@ lint:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd graphql && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	@if command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml: valid"; \
 	  else echo "docker-compose not installed: docker-compose.yml not checked"; fi
 
@@ -58,6 +59,7 @@ lint:
 # skips when no Python with redis-py is found (python3-redis installs it).
 test: redis-server python3-redis node-deps lint
 	ROUTERD_TEST_REQUIRE_PYTHON=1 $(GO) test -race -count=1 -timeout 15m ./...
+	cd graphql && $(GO) test -race -count=1 -timeout 5m ./...
 
 # Unit tests only: no Redis needed.
 unit:
@@ -89,6 +91,8 @@ fuzz:
 	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseMessage -fuzztime $(FUZZTIME)
 	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
+	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseRef -fuzztime $(FUZZTIME)
+	cd graphql && $(GO) test ./gqlcache/ -run '^$$' -fuzz FuzzStrip -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin .run

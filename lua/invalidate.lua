@@ -5,7 +5,8 @@
 -- KEYS[2]   position key {tenant:<t>}:pos:<service>:<tag> (unused when ARGV[2] is '')
 -- KEYS[3]   the channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch, a set
 --           (unused when ARGV[5] is '')
--- KEYS[4..] cache keys to delete; none means the whole tag
+-- KEYS[4..] cache keys to delete, then (the last ARGV[6]) entity reference
+--           sets {tenant:<t>}:ref:…; neither means the whole tag
 -- ARGV[1]   cardinality guard: a larger tag set is refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
 -- ARGV[3]   version of the message
@@ -16,6 +17,11 @@
 -- ARGV[5]   the caller's pipeline token when a whole tag of the channel
 --           comes before this one in it, or this one is a whole tag with
 --           more of the channel after it; else ''
+-- ARGV[6]   how many of the last KEYS are reference sets ('0' or absent for
+--           none): an entity-level invalidation deletes every member of each
+--           (drops them from the tag set too) and the sets; above the
+--           cardinality guard together it is refused like a large tag (the
+--           caller chunks the reference sets)
 -- Returns {status, keys deleted}; status is SUCCESS, EMPTY_TAG_SET,
 -- TAG_CARDINALITY_EXCEEDED (nothing done, position unchanged; with a token
 -- the channel is marked), DUPLICATE (the position is already at or past
@@ -44,12 +50,41 @@ local function unlink(list, first, last)
   return n
 end
 
-local status, deleted = 'SUCCESS', 0
-if #KEYS > 3 then
-  deleted = unlink(KEYS, 4, #KEYS)
-  for i = 4, #KEYS, MAX_UNPACK do
-    redis.call('SREM', KEYS[1], unpack(KEYS, i, math.min(i + MAX_UNPACK - 1, #KEYS)))
+local function srem(list, first, last)
+  for i = first, last, MAX_UNPACK do
+    redis.call('SREM', KEYS[1], unpack(list, i, math.min(i + MAX_UNPACK - 1, last)))
   end
+end
+
+local nrefs = tonumber(ARGV[6] or '0')
+local status, deleted = 'SUCCESS', 0
+if nrefs > 0 then
+  local total = 0
+  for i = #KEYS - nrefs + 1, #KEYS do
+    total = total + redis.call('SCARD', KEYS[i])
+  end
+  if total > tonumber(ARGV[1]) then
+    if epoch ~= '' then
+      batch_defer(KEYS[3], token)
+    end
+    return {'TAG_CARDINALITY_EXCEEDED', total}
+  end
+  local last = #KEYS - nrefs
+  if last >= 4 then
+    deleted = unlink(KEYS, 4, last)
+    srem(KEYS, 4, last)
+  end
+  for i = last + 1, #KEYS do
+    local members = redis.call('SMEMBERS', KEYS[i])
+    if #members > 0 then
+      deleted = deleted + unlink(members, 1, #members)
+      srem(members, 1, #members)
+      redis.call('UNLINK', KEYS[i])
+    end
+  end
+elseif #KEYS > 3 then
+  deleted = unlink(KEYS, 4, #KEYS)
+  srem(KEYS, 4, #KEYS)
 else
   local n = redis.call('SCARD', KEYS[1])
   if n > tonumber(ARGV[1]) then

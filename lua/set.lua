@@ -1,16 +1,40 @@
--- Store a cache value and register its key under tags, atomically.
+-- Store a cache value and register its key under tags and entity
+-- references, atomically. Self-contained: clients in other languages send
+-- it as it is, without the Go prelude.
 -- KEYS[1]   cache key
--- KEYS[2..] tag sets to add the key to
+-- KEYS[2..] sets to add the key to: tag sets {tenant:<t>}:tag:<tag>, and
+--           entity reference sets {tenant:<t>}:ref:<domain>/<entity> (or a
+--           domain's type-level set {tenant:<t>}:ref:<domain>)
 -- ARGV[1]   value
 -- ARGV[2]   time to live in milliseconds, 0 for none
--- Returns the number of tag sets the key was new in.
-if tonumber(ARGV[2]) > 0 then
+-- ARGV[3]   optional (absent: 0): how many of the last KEYS are reference
+--           sets that expire with their values: such a set lives at least
+--           as long as every value registered in it through this script (it
+--           takes the longest time to live of them, or none when one has
+--           none), so it never outlives them by much and never expires
+--           before one of them
+-- Returns the number of sets the key was new in.
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
+local expiring = #KEYS - tonumber(ARGV[3] or '0')
 local added = 0
 for i = 2, #KEYS do
-  added = added + redis.call('SADD', KEYS[i], KEYS[1])
+  if i > expiring then
+    local left = redis.call('PTTL', KEYS[i]) -- -2: no set yet; -1: no expiry
+    added = added + redis.call('SADD', KEYS[i], KEYS[1])
+    if ttl == 0 then
+      if left >= 0 then
+        redis.call('PERSIST', KEYS[i])
+      end
+    elseif left == -2 or (left >= 0 and left < ttl) then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    end
+  else
+    added = added + redis.call('SADD', KEYS[i], KEYS[1])
+  end
 end
 return added

@@ -40,11 +40,15 @@ func Diff(old, new *Matrix) []Change {
 
 	for _, d := range unionKeys(old.Domains, new.Domains) {
 		var before, after []string
+		var refsBefore, refsAfter bool
 		if x := old.Domains[d]; x != nil {
-			before = x.Tags
+			before, refsBefore = x.Tags, x.EntityRefs
 		}
 		if x := new.Domains[d]; x != nil {
-			after = x.Tags
+			after, refsAfter = x.Tags, x.EntityRefs
+		}
+		if refsBefore != refsAfter && old.Domains[d] != nil && new.Domains[d] != nil {
+			out = append(out, Change(fmt.Sprintf("~ domain %s: entity_refs %t → %t", d, refsBefore, refsAfter)))
 		}
 		for _, t := range after {
 			if !slices.Contains(before, t) {

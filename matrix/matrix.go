@@ -48,6 +48,11 @@ type Tag struct {
 type Domain struct {
 	Name string
 	Tags []string
+	// EntityRefs ("entity_refs: true"): an event of the domain that names
+	// its entity and no keys invalidates, in each tag, only what was cached
+	// under the entity's reference (a message with "refs") instead of the
+	// whole tag.
+	EntityRefs bool
 }
 
 // Service is a consumer of invalidations.
@@ -186,6 +191,9 @@ type Route struct {
 	Tag      string   `json:"tag"`
 	Services []string `json:"services"`
 	Limits   Limits   `json:"limits"`
+	// EntityRefs: the domain has entity_refs, so an entity-level event
+	// goes out as a message with refs rather than a whole tag.
+	EntityRefs bool `json:"entity_refs,omitempty"`
 }
 
 // Routes returns the channels an event of tenant and domain is fanned out to:
@@ -237,10 +245,11 @@ func (m *Matrix) computeRoutes(tenant, domain string) ([]Route, bool) {
 			continue
 		}
 		routes = append(routes, Route{
-			Channel:  names.Channel(m.Prefix, tenant, tagName),
-			Tag:      tagName,
-			Services: services,
-			Limits:   tag.Limits,
+			Channel:    names.Channel(m.Prefix, tenant, tagName),
+			Tag:        tagName,
+			Services:   services,
+			Limits:     tag.Limits,
+			EntityRefs: d.EntityRefs,
 		})
 	}
 	return routes, true

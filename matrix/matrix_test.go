@@ -218,3 +218,34 @@ publishers:
 		t.Errorf("a matrix without publishers grants %v", plain.Publishers)
 	}
 }
+
+// entity_refs turns entity-level messages on for a domain: its routes say
+// so, and the other domains' do not.
+func TestEntityRefs(t *testing.T) {
+	m, err := Parse("inline", []byte(`
+version: 1
+tags:
+  users: {services: [s]}
+  products: {services: [s]}
+domains:
+  user: {tags: [users], entity_refs: true}
+  product: {tags: [products], entity_refs: false}
+  order: {tags: [users, products]}
+services:
+  s: {tenants: all}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for domain, want := range map[string]bool{"user": true, "product": false, "order": false} {
+		routes, _ := m.Routes("acme", domain)
+		for _, rt := range routes {
+			if rt.EntityRefs != want {
+				t.Errorf("route %s of domain %s: EntityRefs %v, want %v", rt.Channel, domain, rt.EntityRefs, want)
+			}
+		}
+		if len(routes) == 0 {
+			t.Errorf("domain %s has no routes", domain)
+		}
+	}
+}

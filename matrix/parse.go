@@ -258,7 +258,11 @@ func (p *parser) parse(data []byte) *Matrix {
 				p.errorf(f.key, "%v", err)
 			}
 			d := &Domain{Name: f.key.Value}
-			for _, g := range p.mapping(f.value, "domain "+strconvQuote(d.Name), "tags") {
+			for _, g := range p.mapping(f.value, "domain "+strconvQuote(d.Name), "tags", "entity_refs") {
+				if g.key.Value == "entity_refs" {
+					d.EntityRefs = p.boolean(g.value, "domain "+strconvQuote(d.Name)+": entity_refs")
+					continue
+				}
 				for i, t := range p.strings(g.value, "tags") {
 					if _, ok := m.Tags[t]; !ok {
 						p.errorf(g.value.Content[i], "domain %q: undefined tag %q", d.Name, t)
@@ -462,4 +466,18 @@ func yamlError(file string, err error) *Error {
 		}
 	}
 	return &Error{File: file, Line: line, Col: 1, Msg: "YAML syntax: " + msg}
+}
+
+// boolean reads true or false (YAML's other spellings, such as yes, are
+// refused: they read as strings in YAML 1.2).
+func (p *parser) boolean(n *yaml.Node, what string) bool {
+	s, ok := p.scalar(n, what)
+	if !ok {
+		return false
+	}
+	if n.Tag != "!!bool" || (s != "true" && s != "false") {
+		p.errorf(n, "%s must be true or false, not %q", what, s)
+		return false
+	}
+	return s == "true"
 }

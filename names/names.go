@@ -48,7 +48,7 @@ const (
 	keyRule    = "must be 1 to 512 bytes of printable ASCII without spaces"
 
 	keyPrefixRule = "must not carry the tenant's hash tag: give the key without the {tenant:…}: prefix, which the key template adds"
-	reservedRule  = "its first segment %q is reserved for routerd's own keys (tag sets, positions, …); the first segments tag, pos and routerd are reserved"
+	reservedRule  = "its first segment %q is reserved for routerd's own keys (tag sets, positions, entity references, …); the first segments tag, pos, ref and routerd are reserved"
 )
 
 // tenantHashTag starts every key of a tenant under the default key template,
@@ -185,12 +185,12 @@ func PositionKey(tenant, service, tag string) string {
 }
 
 // ReservedSegments are the first ':'-separated segments a cache key may not
-// have: under the tenant's hash tag, "tag" and "pos" start tag sets and
-// positions; "routerd" starts the keys routerd keeps outside any tenant
+// have: under the tenant's hash tag, "tag", "pos" and "ref" start tag sets,
+// positions and entity reference sets (RefKey); "routerd" starts the keys routerd keeps outside any tenant
 // (PositionIndexKey). Key refuses them, so that with the default key template
 // no key can name one of these keys, and with a template of "${key}" alone
 // neither.
-var ReservedSegments = []string{"tag", "pos", "routerd"}
+var ReservedSegments = []string{"tag", "pos", "ref", "routerd"}
 
 // PositionIndexKey is a Redis set, in a service's cache Redis, of the tenants
 // for which that service holds positions: "routerd:positions:<service>". It
@@ -207,7 +207,7 @@ func PositionIndexKey(service string) string { return "routerd:positions:" + ser
 // check of what it renders.
 func CacheKey(full string) error {
 	if internal(full) {
-		return &Error{Field: "key", Value: full, Rule: "the key template renders it as a key routerd keeps for itself (a tag set, a position or routerd:…)"}
+		return &Error{Field: "key", Value: full, Rule: "the key template renders it as a key routerd keeps for itself (a tag set, a position, an entity reference set or routerd:…)"}
 	}
 	return nil
 }
@@ -227,7 +227,7 @@ func internal(full string) bool {
 		return false
 	}
 	rest = rest[i+1:]
-	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:")
+	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:") || strings.HasPrefix(rest, ":ref:")
 }
 
 // BatchMarkKey is where an invalidation script marks a channel of a service
@@ -347,3 +347,42 @@ func StreamPublisher(prefix, stream string) string {
 	}
 	return rest[:i]
 }
+
+// MaxEntityLen bounds an entity id (as wire.MaxIDLen bounds ids).
+const MaxEntityLen = 256
+
+// refRule is the rule an entity reference breaks.
+const refRule = "must be <domain>/<entity>: a valid domain, '/', and an entity of 1 to 256 bytes of printable ASCII"
+
+// Ref names what a cached value was derived from, for entity-level
+// invalidation: "<domain>/<entity>" ("user/1042"), the entity of a domain.
+// A domain never holds '/', so the ref splits back at its first '/' into
+// exactly one (domain, entity) pair, whatever the entity holds (it may hold
+// ':' or '/'). The domain and entity must already be valid (RefError).
+func Ref(domain, entity string) string { return domain + "/" + entity }
+
+// ParseRef splits a ref made by Ref, checking both parts: the domain by the
+// domain rule, the entity as 1 to MaxEntityLen bytes of printable ASCII.
+func ParseRef(ref string) (domain, entity string, err error) {
+	domain, entity, ok := strings.Cut(ref, "/")
+	if !ok || !ValidTag(domain) || len(entity) == 0 || len(entity) > MaxEntityLen {
+		return "", "", &Error{Field: "ref", Value: ref, Rule: refRule}
+	}
+	for i := 0; i < len(entity); i++ {
+		if entity[i] < ' ' || entity[i] > '~' {
+			return "", "", &Error{Field: "ref", Value: ref, Rule: refRule}
+		}
+	}
+	return domain, entity, nil
+}
+
+// RefKey is the Redis set, in a tenant's slot, of the full names of the
+// cache keys registered under an entity reference:
+// "{tenant:<t>}:ref:<domain>/<entity>" for a ref made by Ref. Given a
+// domain alone it is the domain's type-level reference set,
+// "{tenant:<t>}:ref:<domain>": where a value is registered that touched more
+// entities of the domain than the guard allows, and which every
+// entity-level invalidation of the domain empties too. The two never
+// collide, as only the first holds '/'. The parts must already be valid; no
+// cache key can be named so (Key refuses the first segment "ref").
+func RefKey(tenant, ref string) string { return TenantTag(tenant) + ":ref:" + ref }

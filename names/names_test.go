@@ -75,6 +75,7 @@ func TestKeyCannotNameInternalKeys(t *testing.T) {
 		"tag":                      `first segment "tag" is reserved`,
 		"pos:search-svc:active":    `first segment "pos" is reserved`,
 		"routerd:positions:svc":    `first segment "routerd" is reserved`,
+		"ref:user/1042":            `first segment "ref" is reserved`,
 		"{tenant:acme}:user:1":     "give the key without the {tenant:…}: prefix",
 		"{tenant:acme}:tag:active": "give the key without the {tenant:…}: prefix",
 		"{tenant:":                 "give the key without the {tenant:…}: prefix",
@@ -84,7 +85,7 @@ func TestKeyCannotNameInternalKeys(t *testing.T) {
 			t.Errorf("Key(%q) = %v, want it refused saying %q", k, err, why)
 		}
 	}
-	for _, full := range []string{TagSetKey("acme", "active"), TagSetKey("a", "b:c"), PositionKey("acme", "svc", "active"), PositionIndexKey("svc"), "{tenant:}:pos:x"} {
+	for _, full := range []string{TagSetKey("acme", "active"), TagSetKey("a", "b:c"), PositionKey("acme", "svc", "active"), PositionIndexKey("svc"), "{tenant:}:pos:x", RefKey("acme", Ref("user", "1042")), RefKey("acme", "user")} {
 		if CacheKey(full) == nil {
 			t.Errorf("CacheKey(%q) accepted an internal key", full)
 		}
@@ -122,7 +123,7 @@ func FuzzKey(f *testing.F) {
 			}
 		}
 		if ValidTenant(tenant) && ValidTag(tag) && ValidTag(service) {
-			for _, full := range []string{TagSetKey(tenant, tag), PositionKey(tenant, service, tag), PositionIndexKey(service)} {
+			for _, full := range []string{TagSetKey(tenant, tag), PositionKey(tenant, service, tag), PositionIndexKey(service), RefKey(tenant, Ref(tag, key)), RefKey(tenant, tag)} {
 				if CacheKey(full) == nil {
 					t.Fatalf("CacheKey(%q) does not recognise an internal key", full)
 				}
@@ -267,6 +268,39 @@ func FuzzStreamPublisher(f *testing.F) {
 		}
 		if got := StreamPublisher(prefix, prefix+":ingress:{"+strconv.Itoa(p)+"}"); got != "" {
 			t.Fatalf("shared stream read as publisher %q", got)
+		}
+	})
+}
+
+// A ref splits back into the one (domain, entity) it was made of, even when
+// the entity holds ':' or '/'; anything else is refused naming the rule.
+func TestRef(t *testing.T) {
+	for _, tt := range []struct{ domain, entity string }{{"user", "1042"}, {"a:b", "c"}, {"a", "b:c"}, {"product", "x/y z"}} {
+		d, e, err := ParseRef(Ref(tt.domain, tt.entity))
+		if err != nil || d != tt.domain || e != tt.entity {
+			t.Errorf("ParseRef(Ref(%q, %q)) = %q, %q, %v", tt.domain, tt.entity, d, e, err)
+		}
+	}
+	if RefKey("acme", Ref("a:b", "c")) == RefKey("acme", Ref("a", "b:c")) {
+		t.Error("two (domain, entity) pairs share a reference set")
+	}
+	for _, bad := range []string{"", "user", "user/", "/1042", "us er/1", "user/\x01", "user/" + strings.Repeat("x", 257)} {
+		if _, _, err := ParseRef(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "<domain>/<entity>") {
+			t.Errorf("ParseRef(%q) = %v, want the ref rule", bad, err)
+		}
+	}
+}
+
+func FuzzParseRef(f *testing.F) {
+	f.Add("user/1042")
+	f.Add("a:b/c/d")
+	f.Fuzz(func(t *testing.T, ref string) {
+		d, e, err := ParseRef(ref)
+		if err != nil {
+			return
+		}
+		if Ref(d, e) != ref || strings.Contains(d, "/") {
+			t.Fatalf("ParseRef(%q) = %q, %q: does not make the ref back", ref, d, e)
 		}
 	})
 }

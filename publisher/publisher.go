@@ -155,8 +155,11 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // router publishes each event id once per channel.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
-// domain whole. One with neither (Keys nil or empty) is refused: a key list
-// that came out empty must not flush whole tags.
+// domain whole, or names its Entity alone: an entity-level event, which
+// invalidates what was cached under the entity's reference where the matrix
+// turns entity_refs on for the domain (and the whole tags elsewhere). One
+// with none of these is refused: a key list that came out empty must not
+// flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))

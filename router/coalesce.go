@@ -101,6 +101,7 @@ func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, e *entry, rt matrix
 	}
 	p := &pendingMsg{route: rt, tenant: e.ev.Tenant, keys: storm.NewKeys(rt.Limits.MaxKeys), msg: msg, due: now.Add(rt.Limits.Coalesce)}
 	p.msg.Keys = nil
+	p.msg.Refs = nil // a merged message is key-level or whole-tag: refs merge as a whole tag (storm.Keys)
 	c.merge(p, e, msg)
 	c.pending[rt.Channel] = p
 	heap.Push(&c.queue, p)

@@ -198,6 +198,9 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 			}
 			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: keys, Event: e.eventID, Domain: e.ev.Domain,
 				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
+			if rt.EntityRefs && e.ev.EntityLevel() {
+				msg.Refs = []string{names.Ref(e.ev.Domain, e.ev.Entity)} // entity-level: not the whole tag
+			}
 			if r.co.admit(now, mtx, e, rt, msg) {
 				direct = append(direct, single(rt, msg, e))
 			}
@@ -359,7 +362,11 @@ const (
 func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	var check []*entry
 	for _, e := range entries {
-		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 && len(e.ev.Keys) <= srcverEventKeys {
+		// An entity-level event of a domain with entity_refs is not checked:
+		// recorded as whole-tag it would suppress an older whole-tag event
+		// it does not cover.
+		refs := e.ev != nil && e.ev.EntityLevel() && len(e.routes) > 0 && e.routes[0].EntityRefs
+		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 && len(e.ev.Keys) <= srcverEventKeys && !refs {
 			check = append(check, e)
 		}
 	}

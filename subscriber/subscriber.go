@@ -38,12 +38,19 @@ import (
 	"github.com/routerd/routerd/wire"
 )
 
-// Invalidation is what a Handler is given: the listed keys of a tag, or the
-// whole tag when Keys is empty.
+// Invalidation is what a Handler is given: the listed keys of a tag, the
+// values cached under the listed entity references, or the whole tag when
+// Keys and Refs are empty. (Messages merged under the local limit are
+// key-level or whole-tag: refs merge as the whole tag.)
 type Invalidation struct {
-	Tenant  string
-	Tag     string
-	Keys    []string
+	Tenant string
+	Tag    string
+	Keys   []string
+	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
+	// what was cached under them (tagstore.SetRefs) and under the
+	// type-level reference of their domains. An invalidation with neither
+	// Keys nor Refs is of the whole tag.
+	Refs    []string
 	Epoch   string
 	Version int64
 	// Recovered is true for a whole-tag invalidation made to close a gap.
@@ -562,7 +569,7 @@ func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *positi
 }
 
 func messageInvalidation(msg *wire.Message) Invalidation {
-	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
 }
 
 func (s *Subscriber) observeLag(msg *wire.Message) {
@@ -662,7 +669,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 		} else {
 			tinvs := make([]tagstore.Invalidation, len(invs))
 			for i, inv := range invs {
-				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Service: s.opt.Service,
+				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Refs: inv.Refs, Service: s.opt.Service,
 					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict, Repair: inv.repair}
 			}
 			results, serrs := s.store.ApplyMany(ctx, tinvs)

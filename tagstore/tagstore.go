@@ -77,7 +77,19 @@ type Options struct {
 	ChunkSize int
 	// Observe, when set, is called after each invalidation.
 	Observe Observer
+	// RefGuard is the most entity references one value is registered
+	// under (SetRefs); a value with more is registered under the
+	// type-level reference of each of their domains instead. Default
+	// DefaultRefGuard.
+	RefGuard int
+	// Guarded, when set, is told of every value SetRefs registered at type
+	// level because it had more than RefGuard references, for metrics.
+	Guarded func(refs int)
 }
+
+// DefaultRefGuard is the most entity references one value is registered
+// under by default.
+const DefaultRefGuard = 500
 
 // Store works on one cache Redis (standalone or cluster).
 type Store struct {
@@ -120,6 +132,12 @@ func New(c redis.UniversalClient, opt Options) (*Store, error) {
 	}
 	if opt.CardinalityGuard < 1 {
 		return nil, fmt.Errorf("tagstore: cardinality guard must be positive, not %d", opt.CardinalityGuard)
+	}
+	if opt.RefGuard == 0 {
+		opt.RefGuard = DefaultRefGuard
+	}
+	if opt.RefGuard < 1 {
+		return nil, fmt.Errorf("tagstore: ref guard must be positive, not %d", opt.RefGuard)
 	}
 	if opt.ChunkSize == 0 {
 		opt.ChunkSize = lua.MaxUnpack
@@ -239,6 +257,109 @@ func (s *Store) indexTenant(ctx context.Context, tenant string) error {
 	return nil
 }
 
+// Ref is an entity a cached value was derived from: an entity of a domain
+// (user 1042). With no Entity it is the domain's type-level reference,
+// which every entity-level invalidation of the domain drops: for a value
+// derived from an entity whose id it does not know. See SetRefs.
+type Ref struct {
+	Domain string
+	Entity string
+}
+
+// String is the ref as messages carry it, "<domain>/<entity>" (names.Ref),
+// or the domain alone for a type-level ref.
+func (r Ref) String() string {
+	if r.Entity == "" {
+		return r.Domain
+	}
+	return names.Ref(r.Domain, r.Entity)
+}
+
+// check validates a ref.
+func (r Ref) check() error {
+	if r.Entity == "" {
+		return names.Domain(r.Domain)
+	}
+	if d, _, err := names.ParseRef(r.String()); err != nil || d != r.Domain {
+		return &names.Error{Field: "ref", Value: r.String(), Rule: fmt.Sprintf("domain %q and entity %q do not make a <domain>/<entity>: the domain must be valid and cannot hold '/'", r.Domain, r.Entity)}
+	}
+	return nil
+}
+
+// SetResult says how SetRefs registered a value.
+type SetResult struct {
+	// TypeLevel: the value had more references than the guard allows and
+	// was registered under the type-level reference of each of their
+	// domains instead, so any entity-level invalidation of those domains
+	// drops it.
+	TypeLevel bool
+}
+
+// SetRefs stores value under the tenant's key with a time to live (0 for
+// none) and registers it, in one atomic script, under every tag and under
+// an entity reference for every ref: an entity-level invalidation of one of
+// them (a message with "refs") then drops it, and nothing else of its tags.
+//
+// The tags must include the tags of every ref's domain (in the matrix):
+// whole-tag invalidations — of events without an entity, and of every
+// recovery that cannot replay — reach values through their tags only. A
+// value with refs and no tags is refused.
+//
+// With more distinct refs than Options.RefGuard, the value is registered
+// under the type-level reference of each of their domains instead, which
+// every entity-level invalidation of the domain drops (SetResult.TypeLevel,
+// and Options.Guarded is told the number of distinct refs).
+func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, ttl time.Duration, tags []string, refs []Ref) (SetResult, error) {
+	var res SetResult
+	full, err := s.Key(tenant, key)
+	if err != nil {
+		return res, err
+	}
+	if ttl < 0 {
+		return res, fmt.Errorf("tagstore: negative ttl %v", ttl)
+	}
+	if len(refs) > 0 && len(tags) == 0 {
+		return res, errors.New("tagstore: a value registered under refs needs the tags of their domains too (whole-tag invalidations and recoveries reach it only through them)")
+	}
+	keys := make([]string, 0, 1+len(tags)+min(len(refs), s.opt.RefGuard))
+	keys = append(keys, full)
+	for _, t := range tags {
+		if err := names.Tag(t); err != nil {
+			return res, err
+		}
+		keys = append(keys, names.TagSetKey(tenant, t))
+	}
+	distinct := make(map[Ref]bool, len(refs))
+	for _, r := range refs {
+		if err := r.check(); err != nil {
+			return res, err
+		}
+		distinct[r] = true
+	}
+	res.TypeLevel = len(distinct) > s.opt.RefGuard
+	seen := make(map[string]bool, min(len(distinct), s.opt.RefGuard))
+	for _, r := range refs {
+		ref := r.String()
+		if res.TypeLevel {
+			ref = r.Domain
+		}
+		if !seen[ref] {
+			seen[ref] = true
+			keys = append(keys, names.RefKey(tenant, ref))
+		}
+	}
+	if res.TypeLevel && s.opt.Guarded != nil {
+		s.opt.Guarded(len(distinct))
+	}
+	// The reference sets expire with their values (set.lua), so the sets of
+	// entities that never change do not keep the names of expired values
+	// for ever.
+	if err := s.indexTenant(ctx, tenant); err != nil {
+		return res, err
+	}
+	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), len(seen)).Err()
+}
+
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.
 func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
 	full, err := s.Key(tenant, key)
@@ -270,14 +391,21 @@ func ParsePosition(s string) (Position, error) {
 	return Position{Epoch: s[:i], Version: v}, nil
 }
 
-// Invalidation is one unit of work: the listed keys of a tag, or the whole
-// tag when Keys is empty. With Service set, the service's position on the
+// Invalidation is one unit of work: the listed keys of a tag, the values
+// registered under the listed entity references (Refs), both, or the whole
+// tag when Keys and Refs are empty. With Service set, the service's position on the
 // channel is checked and advanced in the same script: an invalidation at or
 // behind the position is a Duplicate and does nothing.
 type Invalidation struct {
-	Tenant   string
-	Tag      string
-	Keys     []string
+	Tenant string
+	Tag    string
+	Keys   []string
+	// Refs are entity references, "<domain>/<entity>" (names.Ref): every
+	// value registered under one of them (SetRefs) is deleted and dropped
+	// from the tag set, and so is every value registered under the
+	// type-level reference of their domains (values with more refs than
+	// the guard). The reference sets go too.
+	Refs     []string
 	Service  string
 	Position Position
 	// Strict refuses (status Gap) a version that does not directly follow
@@ -335,7 +463,7 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 	var res Result
 	if err == nil {
 		s.headKeys(inv, keys)
-		res, err = s.apply(ctx, inv, keys, singleArgs(inv, "", s.opt.CardinalityGuard))
+		res, err = s.apply(ctx, inv, keys, singleArgs(inv, keys, "", s.opt.CardinalityGuard))
 	}
 	if err != nil {
 		res.Status = Failed
@@ -366,13 +494,20 @@ func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args
 			res.Deleted += n
 			return res, nil
 		}
-		// Too large for one call: chunk it down below the guard, then let
-		// the script finish the rest and record the position.
+		// Too large for one call: chunk it down below the guard (the
+		// reference sets of an entity-level one, to a share of it each),
+		// then let the script finish the rest and record the position.
 		res.Chunked = true
-		deleted, err := s.chunk(ctx, keys[0])
-		res.Deleted += deleted
-		if err != nil {
-			return res, err
+		sets, limit := keys[:1], s.opt.CardinalityGuard
+		if n := refCount(inv, keys); n > 0 {
+			sets, limit = keys[len(keys)-n:], s.opt.CardinalityGuard/n
+		}
+		for _, set := range sets {
+			deleted, err := s.chunk(ctx, set, limit)
+			res.Deleted += deleted
+			if err != nil {
+				return res, err
+			}
 		}
 	}
 }
@@ -398,7 +533,7 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	}
 	if inv.Repair {
 		switch {
-		case len(inv.Keys) > 0:
+		case len(inv.Keys) > 0 || len(inv.Refs) > 0:
 			return nil, errors.New("tagstore: a repair invalidates the whole tag: it takes no keys")
 		case inv.Service == "":
 			return nil, errors.New("tagstore: a repair sets a service's position: it needs the service")
@@ -406,10 +541,18 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 			return nil, errors.New("tagstore: a repair sets the position whatever it is: it cannot be strict")
 		}
 	}
-	if cap(buf)-len(buf) < headKeys+len(inv.Keys) {
-		buf = make([]string, 0, headKeys+len(inv.Keys))
+	var refKeys []string
+	if len(inv.Refs) > 0 {
+		var err error
+		if refKeys, err = refSets(inv.Tenant, inv.Refs); err != nil {
+			return nil, err
+		}
 	}
-	keys := append(buf[len(buf):len(buf):len(buf)+headKeys+len(inv.Keys)], "", "", "")
+	size := headKeys + len(inv.Keys) + len(refKeys)
+	if cap(buf)-len(buf) < size {
+		buf = make([]string, 0, size)
+	}
+	keys := append(buf[len(buf):len(buf):len(buf)+size], "", "", "")
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
 			return nil, err
@@ -420,7 +563,42 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		}
 		keys = append(keys, full)
 	}
-	return keys, nil
+	return append(keys, refKeys...), nil
+}
+
+// refSets are the reference sets an entity-level invalidation empties: the
+// set of each ref, then the type-level set of each of their domains.
+func refSets(tenant string, refs []string) ([]string, error) {
+	out := make([]string, 0, len(refs)+1)
+	seen := make(map[string]bool, len(refs)+1)
+	var domains []string
+	for _, ref := range refs {
+		domain, _, err := names.ParseRef(ref)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[ref] {
+			seen[ref] = true
+			out = append(out, names.RefKey(tenant, ref))
+		}
+		if !seen[domain] {
+			seen[domain] = true
+			domains = append(domains, domain)
+		}
+	}
+	for _, d := range domains {
+		out = append(out, names.RefKey(tenant, d))
+	}
+	return out, nil
+}
+
+// refCount is the number of reference sets at the end of an invalidation's
+// script keys.
+func refCount(inv Invalidation, keys []string) int {
+	if len(inv.Refs) == 0 {
+		return 0
+	}
+	return len(keys) - headKeys - len(inv.Keys)
 }
 
 // headKeys is the number of keys before the cache keys in a script call.
@@ -440,12 +618,12 @@ func (s *Store) headKeys(inv Invalidation, keys []string) {
 // singleArgs are invalidate.lua's arguments; token is the pipeline's token
 // when the invalidation is ordered after or before a whole tag of its
 // channel in the pipeline, else "".
-func singleArgs(inv Invalidation, token string, guard int) []any {
+func singleArgs(inv Invalidation, keys []string, token string, guard int) []any {
 	epoch := ""
 	if inv.Service != "" {
 		epoch = inv.Position.Epoch
 	}
-	return []any{guard, epoch, inv.Position.Version, inv.mode(), token}
+	return []any{guard, epoch, inv.Position.Version, inv.mode(), token, refCount(inv, keys)}
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag,
@@ -462,7 +640,7 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 		keys: make([][]string, len(invs)), token: make([]string, len(invs)), took: make([]time.Duration, len(invs)), start: start}
 	n := 0
 	for _, inv := range invs {
-		n += headKeys + len(inv.Keys)
+		n += headKeys + len(inv.Keys) + 2*len(inv.Refs) // a ref's set, and at most one type-level set
 	}
 	buf := make([]string, 0, n) // one allocation for every invalidation's keys
 	idx := make([]int, 0, len(invs))
@@ -525,7 +703,7 @@ func (b *batch) run(ctx context.Context, idx []int) {
 		for j, call := range calls {
 			if call.single {
 				i := call.groups[0].invs[0]
-				out[j] = lua.Invalidate.EvalSha(ctx, pipe, b.keys[i], singleArgs(b.invs[i], b.token[i], s.opt.CardinalityGuard)...)
+				out[j] = lua.Invalidate.EvalSha(ctx, pipe, b.keys[i], singleArgs(b.invs[i], b.keys[i], b.token[i], s.opt.CardinalityGuard)...)
 			} else {
 				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(b.keys), call.args(b.invs, b.token)...)
 			}
@@ -559,7 +737,7 @@ func (b *batch) run(ctx context.Context, idx []int) {
 	done := map[channelKey]bool{}
 	for _, i := range deferred {
 		inv := b.invs[i]
-		b.results[i], b.errs[i] = s.apply(ctx, inv, b.keys[i], singleArgs(inv, "", s.opt.CardinalityGuard))
+		b.results[i], b.errs[i] = s.apply(ctx, inv, b.keys[i], singleArgs(inv, b.keys[i], "", s.opt.CardinalityGuard))
 		if b.errs[i] != nil {
 			b.results[i].Status = Failed
 		}
@@ -649,7 +827,7 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []ap
 			group = inv.Tenant
 		}
 		nkeys := len(keys[i]) - headKeys
-		if nkeys == 0 || nkeys > maxCallKeys/2 {
+		if nkeys == 0 || len(inv.Refs) > 0 || nkeys > maxCallKeys/2 {
 			closeCall(group)
 			calls = append(calls, applyCall{single: true, groups: []applyGroup{{invs: []int{i}}}, n: 1})
 			continue
@@ -787,8 +965,9 @@ func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 	return status, n, nil
 }
 
-// chunk deletes a tag's members in batches until it is at or below the guard.
-func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
+// chunk deletes a set's members (and their keys) in batches until it is at
+// or below limit.
+func (s *Store) chunk(ctx context.Context, tagSet string, limit int) (int64, error) {
 	var deleted int64
 	for {
 		v, err := lua.Chunk.Run(ctx, s.c, []string{tagSet}, s.opt.ChunkSize).Int64Slice()
@@ -799,7 +978,7 @@ func (s *Store) chunk(ctx context.Context, tagSet string) (int64, error) {
 			return deleted, fmt.Errorf("tagstore: chunked delete of %s: unexpected reply %v", tagSet, v)
 		}
 		deleted += v[0]
-		if v[1] <= int64(s.opt.CardinalityGuard) {
+		if v[1] <= int64(limit) {
 			return deleted, nil
 		}
 	}

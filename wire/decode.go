@@ -106,6 +106,19 @@ func (d *decoder) int(dst *int64, name string, v *fastjson.Value) {
 	*dst = n
 }
 
+// bool decodes a boolean field.
+func (d *decoder) bool(dst *bool, name string, v *fastjson.Value) {
+	switch v.Type() {
+	case fastjson.TypeNull:
+	case fastjson.TypeTrue:
+		*dst = true
+	case fastjson.TypeFalse:
+		*dst = false
+	default:
+		d.fail(name, "must be true or false")
+	}
+}
+
 // strs decodes an array of strings.
 func (d *decoder) strs(dst *[]string, name string, v *fastjson.Value) {
 	if v.Type() == fastjson.TypeNull {
@@ -135,6 +148,7 @@ func (d *decoder) fail(field, reason string) {
 
 func decodeEvent(data []byte) (*Event, error) {
 	e := new(Event)
+	var whole bool
 	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
 		switch string(key) {
 		case "id":
@@ -167,11 +181,19 @@ func decodeEvent(data []byte) (*Event, error) {
 		case "traceparent":
 			d.str(&e.Traceparent, "traceparent", v, false)
 			return 8
+		case "whole_tag":
+			d.bool(&whole, "whole_tag", v)
+			return 20
 		default:
 			return -1
 		}
 	})
-	e.WholeTag = e.Keys == nil // no "keys" (or null): the whole tag
+	if whole && e.Keys != nil && err == nil {
+		err = &FieldError{"whole_tag", "given with keys; a whole-tag event names no keys"}
+	}
+	// No "keys" (or null): the whole tag, unless the event names its entity
+	// alone (entity-level) without saying "whole_tag": true.
+	e.WholeTag = e.Keys == nil && (e.Entity == "" || whole)
 	return e, err
 }
 
@@ -194,6 +216,9 @@ func decodeMessage(data []byte) (*Message, error) {
 		case "keys":
 			d.strs(&m.Keys, "keys", v)
 			return 13
+		case "refs":
+			d.strs(&m.Refs, "refs", v)
+			return 21
 		case "event":
 			d.str(&m.Event, "event", v, false)
 			return 14

@@ -64,6 +64,14 @@ func (o *object) strs(name string, v []string) {
 	o.b = append(o.b, ']')
 }
 
+// flag appends a true boolean field when set.
+func (o *object) flag(name string, set bool) {
+	if set {
+		o.key(name)
+		o.b = append(o.b, "true"...)
+	}
+}
+
 func (o *object) close() []byte { return append(o.b, '}') }
 
 // appendString appends s as a JSON string. Printable ASCII other than " and
@@ -95,8 +103,8 @@ func sizeOf(fixed int, fields ...string) int {
 // The fixed parts of sizeOf: names + 6 bytes of punctuation a field +
 // integers of 19 digits.
 const (
-	eventFixed   = 57 + 9*6 + 2*19
-	messageFixed = 43 + 8*6 + 19
+	eventFixed   = 57 + 9 + 4 + 10*6 + 2*19
+	messageFixed = 43 + 4 + 9*6 + 19
 )
 
 func keysSize(keys []string) int {
@@ -114,6 +122,7 @@ func (e *Event) encode() []byte {
 	o.str("domain", e.Domain, false)
 	o.str("entity", e.Entity, true)
 	o.strs("keys", e.Keys)
+	o.flag("whole_tag", e.WholeTag && e.Entity != "") // without an entity the absence of keys says it
 	o.int("source_version", e.SourceVersion, true)
 	o.str("origin", e.Origin, true)
 	o.int("ts", e.TS, true)
@@ -124,10 +133,11 @@ func (e *Event) encode() []byte {
 // messageBody is MessageBody's encoding: the object without epoch and
 // version, as ",…" without the closing brace.
 func messageBody(m *Message) []byte {
-	o := newObject(sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent) + keysSize(m.Keys))
+	o := newObject(sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent) + keysSize(m.Keys) + keysSize(m.Refs))
 	o.str("tenant", m.Tenant, false)
 	o.str("tag", m.Tag, false)
 	o.strs("keys", m.Keys)
+	o.strs("refs", m.Refs)
 	o.str("event", m.Event, true)
 	o.str("domain", m.Domain, true)
 	o.str("origin", m.Origin, true)

@@ -70,12 +70,17 @@ const EventField = "event"
 
 // Event is a domain-change event as published to an ingress stream.
 //
-// An event names the keys it invalidates, or is a whole-tag event: it
-// invalidates every tag of its domain whole. That intent is explicit, never
-// implied by an empty list: exactly one of Keys (non-empty) and WholeTag is
-// set, so a caller whose computed key list came out empty gets an error
-// instead of flushing whole tags. On the wire a whole-tag event has no "keys"
-// field, and `"keys": []` is refused.
+// An event names the keys it invalidates; or it is an entity-level event: it
+// names its Entity and no keys, and invalidates what was cached under the
+// entity's reference <domain>/<entity> in every tag of its domain (where the
+// matrix turns entity_refs on for the domain; elsewhere the whole tags); or
+// it is a whole-tag event: it invalidates every tag of its domain whole.
+// That intent is explicit, never implied by an empty list: Keys (non-empty),
+// WholeTag, or an Entity alone, so a caller whose computed key list came out
+// empty gets an error instead of flushing whole tags. On the wire an event
+// without "keys" is whole-tag unless it has an "entity"; one with an entity
+// says "whole_tag": true to be whole-tag all the same. `"keys": []` is
+// refused.
 type Event struct {
 	ID     string   `json:"id,omitempty"`
 	Tenant string   `json:"tenant"`
@@ -83,7 +88,9 @@ type Event struct {
 	Entity string   `json:"entity,omitempty"`
 	Keys   []string `json:"keys,omitempty"`
 	// WholeTag marks an event without keys: every tag of the domain is
-	// invalidated whole. It travels as the absence of "keys".
+	// invalidated whole. It travels as the absence of "keys", and, with an
+	// Entity (which alone would make an entity-level event), as
+	// "whole_tag": true.
 	WholeTag      bool   `json:"-"`
 	SourceVersion int64  `json:"source_version,omitempty"`
 	Origin        string `json:"origin,omitempty"`
@@ -126,11 +133,16 @@ func (e *Event) Validate() error {
 	switch {
 	case e.WholeTag && len(e.Keys) > 0:
 		return &FieldError{"keys", "given with WholeTag; a whole-tag event names no keys"}
-	case !e.WholeTag && len(e.Keys) == 0:
-		return &FieldError{"keys", "none given; set WholeTag to invalidate every tag of the domain whole"}
+	case !e.WholeTag && len(e.Keys) == 0 && e.Entity == "":
+		return &FieldError{"keys", "none given; set WholeTag to invalidate every tag of the domain whole, or Entity for an entity-level event"}
 	}
 	return validKeys(e.Keys)
 }
+
+// EntityLevel reports whether the event names its entity and no keys, and
+// is not whole-tag: it invalidates what was cached under the entity's
+// reference (names.Ref(Domain, Entity)), where the domain has entity_refs.
+func (e *Event) EntityLevel() bool { return e.Entity != "" && len(e.Keys) == 0 && !e.WholeTag }
 
 // EmptyKeys is the rule an event with `"keys": []` breaks.
 const EmptyKeys = "empty keys; omit keys to invalidate whole tags"
@@ -173,11 +185,16 @@ func (e *Event) Marshal() ([]byte, error) {
 
 // Message is one invalidation on a channel.
 type Message struct {
-	Tenant      string   `json:"tenant"`
-	Tag         string   `json:"tag"`
-	Epoch       string   `json:"epoch"`
-	Version     int64    `json:"version"`
-	Keys        []string `json:"keys,omitempty"`
+	Tenant  string   `json:"tenant"`
+	Tag     string   `json:"tag"`
+	Epoch   string   `json:"epoch"`
+	Version int64    `json:"version"`
+	Keys    []string `json:"keys,omitempty"`
+	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
+	// every value cached under one of them (and under the type-level
+	// reference of their domains). A message with Refs and no Keys is
+	// entity-level, not whole-tag.
+	Refs        []string `json:"refs,omitempty"`
 	Event       string   `json:"event,omitempty"`
 	Domain      string   `json:"domain,omitempty"`
 	Origin      string   `json:"origin,omitempty"`
@@ -186,7 +203,7 @@ type Message struct {
 }
 
 // WholeTag reports whether the message invalidates its whole tag.
-func (m *Message) WholeTag() bool { return len(m.Keys) == 0 }
+func (m *Message) WholeTag() bool { return len(m.Keys) == 0 && len(m.Refs) == 0 }
 
 // Validate checks every field of a message read from a channel or history.
 func (m *Message) Validate() error {
@@ -215,7 +232,22 @@ func (m *Message) Validate() error {
 			return err
 		}
 	}
-	return validKeys(m.Keys)
+	if err := validKeys(m.Keys); err != nil {
+		return err
+	}
+	return validRefs(m.Refs)
+}
+
+func validRefs(refs []string) error {
+	if len(refs) > MaxKeys {
+		return &FieldError{"refs", fmt.Sprintf("more than %d refs", MaxKeys)}
+	}
+	for i, r := range refs {
+		if _, _, err := names.ParseRef(r); err != nil {
+			return &FieldError{fmt.Sprintf("refs[%d]", i), err.Error()}
+		}
+	}
+	return nil
 }
 
 // ParseMessage decodes and validates a channel message.

@@ -97,11 +97,20 @@ func agreesWithEncodingJSON[T any](t *testing.T, in string, got *T) {
 	want := new(T)
 	dec := json.NewDecoder(strings.NewReader(in))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(want); err != nil {
-		t.Fatalf("accepted %s, which encoding/json refuses: %v", in, err)
-	}
 	if e, ok := any(want).(*Event); ok {
-		e.WholeTag = e.Keys == nil // not a JSON field: the absence of keys
+		// WholeTag is not a JSON field: the absence of keys, and, with an
+		// entity, "whole_tag": true.
+		var withFlag struct {
+			*Event
+			WholeTag *bool `json:"whole_tag"`
+		}
+		withFlag.Event = e
+		if err := dec.Decode(&withFlag); err != nil {
+			t.Fatalf("accepted %s, which encoding/json refuses: %v", in, err)
+		}
+		e.WholeTag = e.Keys == nil && (e.Entity == "" || withFlag.WholeTag != nil && *withFlag.WholeTag)
+	} else if err := dec.Decode(want); err != nil {
+		t.Fatalf("accepted %s, which encoding/json refuses: %v", in, err)
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s decoded to %+v, encoding/json to %+v", in, got, want)
@@ -229,6 +238,9 @@ func FuzzParseEvent(f *testing.F) {
 	f.Add(`{}`)
 	f.Add(`{"tenant":"acme","domain":"user","keys":[]}`)
 	f.Add(`{"tenant":"acme","domain":"user","keys":null}`)
+	f.Add(`{"tenant":"acme","domain":"user","entity":"1042"}`)
+	f.Add(`{"tenant":"acme","domain":"user","entity":"1042","whole_tag":true}`)
+	f.Add(`{"tenant":"acme","domain":"user","whole_tag":false}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		e, err := ParseEvent([]byte(in))
 		if err != nil {
@@ -252,6 +264,7 @@ func FuzzParseEvent(f *testing.F) {
 func FuzzParseMessage(f *testing.F) {
 	f.Add(`{"tenant":"acme","tag":"active","epoch":"e1","version":1,"keys":["k"]}`)
 	f.Add(`{"tenant":"acme","tag":"a:b","epoch":"e1","version":9}`)
+	f.Add(`{"tenant":"acme","tag":"a","epoch":"e1","version":9,"refs":["user/1042","a:b/c d"]}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		m, err := ParseMessage([]byte(in))
 		if err != nil {
@@ -275,8 +288,64 @@ func TestEncodeBufferIsBigEnough(t *testing.T) {
 	if b := e.encode(); len(b) > sizeOf(eventFixed, e.ID, e.Tenant, e.Domain, e.Entity, e.Origin, e.Traceparent)+keysSize(e.Keys) {
 		t.Errorf("an event of %d bytes outgrows its buffer", len(b))
 	}
-	m := &Message{Tenant: "t", Tag: "g", Keys: []string{"a"}, Event: "e", Domain: "d", Origin: "o", TS: 1<<63 - 1, Traceparent: "tp"}
-	if b := messageBody(m); len(b) > sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent)+keysSize(m.Keys) {
+	e = &Event{ID: "x", Tenant: "t", Domain: "d", Entity: "e", WholeTag: true, SourceVersion: 1<<63 - 1, Origin: "o", TS: 1<<63 - 1, Traceparent: "tp"}
+	if b := e.encode(); len(b) > sizeOf(eventFixed, e.ID, e.Tenant, e.Domain, e.Entity, e.Origin, e.Traceparent)+keysSize(e.Keys) {
+		t.Errorf("a whole-tag event of %d bytes outgrows its buffer", len(b))
+	}
+	m := &Message{Tenant: "t", Tag: "g", Keys: []string{"a"}, Refs: []string{"d/1"}, Event: "e", Domain: "d", Origin: "o", TS: 1<<63 - 1, Traceparent: "tp"}
+	if b := messageBody(m); len(b) > sizeOf(messageFixed, m.Tenant, m.Tag, m.Event, m.Domain, m.Origin, m.Traceparent)+keysSize(m.Keys)+keysSize(m.Refs) {
 		t.Errorf("a message body of %d bytes outgrows its buffer", len(b))
+	}
+}
+
+// An entity alone makes an entity-level event; with "whole_tag": true it is
+// whole-tag all the same. Both survive a round trip, and whole_tag beside
+// keys, or not a boolean, is refused naming the field.
+func TestEntityLevelEvents(t *testing.T) {
+	for _, tt := range []struct {
+		in            string
+		whole, entity bool
+		err           string
+	}{
+		{`{"tenant":"acme","domain":"user","entity":"1042"}`, false, true, ""},
+		{`{"tenant":"acme","domain":"user","entity":"1042","whole_tag":true}`, true, false, ""},
+		{`{"tenant":"acme","domain":"user","entity":"1042","whole_tag":false}`, false, true, ""},
+		{`{"tenant":"acme","domain":"user","whole_tag":true}`, true, false, ""},
+		{`{"tenant":"acme","domain":"user","entity":"1042","keys":["a"]}`, false, false, ""},
+		{`{"tenant":"acme","domain":"user","keys":["a"],"whole_tag":true}`, false, false, "whole_tag: given with keys; a whole-tag event names no keys"},
+		{`{"tenant":"acme","domain":"user","whole_tag":"yes"}`, false, false, "whole_tag: must be true or false"},
+	} {
+		e, err := ParseEvent([]byte(tt.in))
+		if tt.err != "" {
+			if err == nil || err.Error() != tt.err {
+				t.Errorf("ParseEvent(%s) = %v, want %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || e.WholeTag != tt.whole || e.EntityLevel() != tt.entity {
+			t.Errorf("ParseEvent(%s) = %+v, %v; want WholeTag %v, EntityLevel %v", tt.in, e, err, tt.whole, tt.entity)
+			continue
+		}
+		b, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseEvent(b)
+		if err != nil || back.WholeTag != e.WholeTag || back.EntityLevel() != e.EntityLevel() {
+			t.Errorf("%s parsed back to %+v, %v", b, back, err)
+		}
+	}
+}
+
+// A message's refs are checked one by one, naming the one that is wrong.
+func TestMessageRefs(t *testing.T) {
+	m, err := ParseMessage([]byte(`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user/1042"]}`))
+	if err != nil || len(m.Refs) != 1 || m.WholeTag() {
+		t.Fatalf("ParseMessage = %+v, %v; want one ref, not whole-tag", m, err)
+	}
+	_, err = ParseMessage([]byte(`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user/1","user"]}`))
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "refs[1]" {
+		t.Errorf("a ref without an entity: %v", err)
 	}
 }

@@ -67,6 +67,7 @@ class Publisher {
     const event = { id: crypto.randomBytes(14).toString('hex'), tenant, domain, ts: Date.now() };
     if (keys) event.keys = keys;
     if (entity) event.entity = entity;
+    if (entity && wholeTag) event.whole_tag = true; // else an entity alone is entity-level (protocol.md, 2.3)
     if (origin) event.origin = origin;
     const stream = `${this.prefix}:ingress:{${partition(tenant, await this.partitions())}}`; // literal braces
     await this.bus.xadd(stream, '*', 'event', JSON.stringify(event));
@@ -161,7 +162,8 @@ class Receiver {
   apply(inv) {
     if (inv.reset) {
       this.cache.reset();
-    } else if (inv.whole_tag) {
+    } else if (inv.whole_tag || (Array.isArray(inv.refs) && inv.refs.length > 0)) {
+      // No reference index here: an entity-level delivery drops the whole tag.
       this.cache.dropTag(inv.tenant, inv.tag);
     } else if (Array.isArray(inv.keys)) {
       this.cache.dropKeys(inv.tenant, inv.tag, inv.keys);

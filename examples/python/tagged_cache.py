@@ -74,6 +74,8 @@ class Publisher:
             event["keys"] = list(keys)
         if entity:
             event["entity"] = entity
+            if whole_tag:
+                event["whole_tag"] = True  # else an entity alone is entity-level (protocol.md, 2.3)
         if origin:
             event["origin"] = origin
         stream = f"{self.prefix}:ingress:{{{partition(tenant, self.partitions())}}}"  # literal braces
@@ -164,7 +166,8 @@ class Receiver:
     def apply(self, inv: dict):
         if inv.get("reset"):
             self.cache.reset()
-        elif inv.get("whole_tag"):
+        elif inv.get("whole_tag") or inv.get("refs"):
+            # No reference index here: an entity-level delivery drops the whole tag.
             self.cache.drop_tag(inv["tenant"], inv["tag"])
         else:
             self.cache.drop_keys(inv["tenant"], inv["tag"], inv["keys"])

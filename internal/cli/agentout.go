@@ -129,7 +129,7 @@ func (a *agentOut) handle(ctx context.Context, inv subscriber.Invalidation) erro
 	}
 	a.invalidations.Add(1)
 	a.total.Add(1)
-	if len(inv.Keys) == 0 {
+	if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
 		a.wholeTags.Add(1)
 	} else {
 		a.keys.Add(int64(len(inv.Keys)))

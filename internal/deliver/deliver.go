@@ -60,12 +60,16 @@ const (
 // failure, then at most one per logEvery.
 const logEvery = 30 * time.Second
 
-// Invalidation is the JSON object delivered for one invalidation. Exactly
-// one of Keys and WholeTag is set.
+// Invalidation is the JSON object delivered for one invalidation. Keys,
+// Refs (or both), or WholeTag is set.
 type Invalidation struct {
-	Tenant      string   `json:"tenant"`
-	Tag         string   `json:"tag"`
-	Keys        []string `json:"keys,omitempty"`
+	Tenant string   `json:"tenant"`
+	Tag    string   `json:"tag"`
+	Keys   []string `json:"keys,omitempty"`
+	// Refs: drop what was cached under these entity references
+	// ("<domain>/<entity>") and under the type-level reference of their
+	// domains — an entity-level invalidation, of a domain with entity_refs.
+	Refs        []string `json:"refs,omitempty"`
 	WholeTag    bool     `json:"whole_tag,omitempty"`
 	Version     int64    `json:"version"`
 	Epoch       string   `json:"epoch"`
@@ -80,10 +84,10 @@ var resetObject = []byte(`{"reset":true}`)
 // trace context to carry ("" for none).
 func Encode(inv subscriber.Invalidation, traceparent string) ([]byte, error) {
 	out := Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Version: inv.Version, Epoch: inv.Epoch, Traceparent: traceparent}
-	if len(inv.Keys) == 0 {
+	if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
 		out.WholeTag = true
 	} else {
-		out.Keys = inv.Keys
+		out.Keys, out.Refs = inv.Keys, inv.Refs
 	}
 	if inv.Message != nil {
 		out.Event = inv.Message.Event

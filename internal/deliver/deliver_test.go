@@ -76,6 +76,8 @@ func TestEncode(t *testing.T) {
 		{wholeInv, `{"tenant":"acme","tag":"active","whole_tag":true,"version":43,"epoch":"9f2c1a"}`},
 		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Epoch: "e", Version: 7, Message: &wire.Message{Epoch: "e", Version: 7}},
 			`{"tenant":"acme","tag":"active","whole_tag":true,"version":7,"epoch":"e"}`},
+		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Refs: []string{"user/1042"}, Epoch: "e", Version: 8},
+			`{"tenant":"acme","tag":"active","refs":["user/1042"],"version":8,"epoch":"e"}`},
 	} {
 		b, err := Encode(tc.inv, "")
 		if err != nil || string(b) != tc.want {

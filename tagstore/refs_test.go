@@ -1,0 +1,202 @@
+package tagstore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/tagstore"
+)
+
+// An entity-level invalidation drops exactly the values registered under
+// the entity's reference, drops them from the tag set, and empties the
+// reference set; the values of other entities of the same tag stay.
+func TestRefsDropOnlyTheirValues(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	set := func(key string, refs ...tagstore.Ref) {
+		t.Helper()
+		if _, err := s.SetRefs(ctx, "acme", key, []byte("v"), time.Minute, []string{"users"}, refs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("q1", tagstore.Ref{Domain: "user", Entity: "1042"})
+	set("q2", tagstore.Ref{Domain: "user", Entity: "7"})
+	set("q4", tagstore.Ref{Domain: "user", Entity: "1042"}, tagstore.Ref{Domain: "user", Entity: "7"})
+	res, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/1042"}, Service: "svc",
+		Position: tagstore.Position{Epoch: "e", Version: 1}, Strict: true})
+	if err != nil || res.Status != tagstore.Success || res.Deleted != 2 {
+		t.Fatalf("Apply = %+v, %v; want SUCCESS deleting 2", res, err)
+	}
+	if exists(t, c, "{tenant:acme}:q1", "{tenant:acme}:q4") != 0 || exists(t, c, "{tenant:acme}:q2") != 1 {
+		t.Error("the entity-level invalidation did not drop exactly the values of user 1042")
+	}
+	if members := c.SMembers(ctx, "{tenant:acme}:tag:users").Val(); len(members) != 1 || members[0] != "{tenant:acme}:q2" {
+		t.Errorf("tag set = %v, want only q2", members)
+	}
+	if exists(t, c, "{tenant:acme}:ref:user/1042") != 0 {
+		t.Error("the reference set survived its invalidation")
+	}
+	if pos, _, _ := s.ReadPosition(ctx, "acme", "svc", "users"); pos.String() != "e:1" {
+		t.Errorf("position = %v, want e:1 (written by the same script)", pos)
+	}
+	// The same version again is a duplicate, and does nothing.
+	set("q1", tagstore.Ref{Domain: "user", Entity: "1042"})
+	res, err = s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/1042"}, Service: "svc",
+		Position: tagstore.Position{Epoch: "e", Version: 1}, Strict: true})
+	if err != nil || res.Status != tagstore.Duplicate || exists(t, c, "{tenant:acme}:q1") != 1 {
+		t.Errorf("repeated version: %+v, %v", res, err)
+	}
+	// A whole-tag invalidation reaches values registered by ref through
+	// their tags.
+	if _, err := s.InvalidateTag(ctx, "acme", "users"); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, c, "{tenant:acme}:q1", "{tenant:acme}:q2") != 0 {
+		t.Error("a whole-tag invalidation left values registered by ref")
+	}
+}
+
+// Above the guard, a value is registered under the type-level reference of
+// its domains, which every entity-level invalidation of the domain drops.
+func TestRefGuardRegistersAtTypeLevel(t *testing.T) {
+	ctx := context.Background()
+	var guarded []int
+	s, c := newStore(t, tagstore.Options{RefGuard: 3, Guarded: func(n int) { guarded = append(guarded, n) }})
+	var refs []tagstore.Ref
+	for i := range 4 {
+		refs = append(refs, tagstore.Ref{Domain: "product", Entity: fmt.Sprint(i)})
+	}
+	res, err := s.SetRefs(ctx, "acme", "big", []byte("v"), 0, []string{"products"}, refs)
+	if err != nil || !res.TypeLevel || len(guarded) != 1 || guarded[0] != 4 {
+		t.Fatalf("SetRefs = %+v, %v, guarded %v; want type level, counted", res, err, guarded)
+	}
+	if exists(t, c, "{tenant:acme}:ref:product/0") != 0 || !c.SIsMember(ctx, "{tenant:acme}:ref:product", "{tenant:acme}:big").Val() {
+		t.Error("the value was not registered at type level only")
+	}
+	res, err = s.SetRefs(ctx, "acme", "small", []byte("v"), 0, []string{"products"}, refs[:3])
+	if err != nil || res.TypeLevel {
+		t.Fatalf("SetRefs at the guard = %+v, %v; want entity level", res, err)
+	}
+	// An entity the big value never touched drops it all the same.
+	if _, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "products", Refs: []string{"product/999"}}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, c, "{tenant:acme}:big") != 0 || exists(t, c, "{tenant:acme}:small") != 1 {
+		t.Error("an entity-level invalidation of the domain did not drop exactly the type-level value")
+	}
+}
+
+// Refs without tags, bad refs and repairs with refs are refused, naming
+// the rule.
+func TestRefsRefused(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t, tagstore.Options{})
+	if _, err := s.SetRefs(ctx, "acme", "k", nil, 0, nil, []tagstore.Ref{{Domain: "user", Entity: "1"}}); err == nil || !strings.Contains(err.Error(), "tags") {
+		t.Errorf("refs without tags: %v", err)
+	}
+	if _, err := s.SetRefs(ctx, "acme", "k", nil, 0, []string{"t"}, []tagstore.Ref{{Domain: "us/er", Entity: "1"}}); err == nil || !strings.Contains(err.Error(), "<domain>/<entity>") {
+		t.Errorf("bad ref: %v", err)
+	}
+	if _, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Refs: []string{"user"}}); err == nil || !strings.Contains(err.Error(), "<domain>/<entity>") {
+		t.Errorf("bad ref in an invalidation: %v", err)
+	}
+	if _, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "t", Refs: []string{"user/1"}, Service: "s", Position: tagstore.Position{Epoch: "e", Version: 1}, Repair: true}); err == nil {
+		t.Error("a repair with refs was accepted")
+	}
+}
+
+// Reference sets above the cardinality guard are taken down in chunks; the
+// later invalidations of the channel in the same batch wait for it, and the
+// position ends at the last.
+func TestRefsAboveGuardChunked(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4})
+	for i := range 25 {
+		if _, err := s.SetRefs(ctx, "acme", fmt.Sprint("q", i), []byte("v"), 0, []string{"users"}, []tagstore.Ref{{Domain: "user", Entity: "1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Set(ctx, "acme", "other", []byte("v"), 0, "users"); err != nil {
+		t.Fatal(err)
+	}
+	at := func(v int64) tagstore.Position { return tagstore.Position{Epoch: "e", Version: v} }
+	results, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "users", Refs: []string{"user/1"}, Service: "svc", Position: at(1), Strict: true},
+		{Tenant: "acme", Tag: "users", Keys: []string{"other"}, Service: "svc", Position: at(2), Strict: true},
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("invalidation %d: %v", i, err)
+		}
+	}
+	if !results[0].Chunked || results[0].Deleted != 25 || results[1].Status != tagstore.Success {
+		t.Errorf("results = %+v", results)
+	}
+	if n := c.DBSize(ctx).Val(); n != 3 { // the tag set (chunks leave their members there), the position, the tenant index
+		keys := c.Keys(ctx, "*").Val()
+		t.Errorf("keys left: %v", keys)
+	}
+	if pos, _, _ := s.ReadPosition(ctx, "acme", "svc", "users"); pos.String() != "e:2" {
+		t.Errorf("position = %v, want e:2", pos)
+	}
+}
+
+// A ref without an entity is the type level of its domain.
+func TestTypeLevelRef(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	if _, err := s.SetRefs(ctx, "acme", "k", []byte("v"), 0, []string{"users"}, []tagstore.Ref{{Domain: "user"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.SIsMember(ctx, "{tenant:acme}:ref:user", "{tenant:acme}:k").Val() {
+		t.Error("not registered at the type level")
+	}
+	if _, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, c, "{tenant:acme}:k") != 0 {
+		t.Error("an entity-level invalidation of the domain left a type-level value")
+	}
+}
+
+// A reference set lives as long as the longest-lived value registered in
+// it, and for ever once one has no time to live; tag sets do not expire.
+func TestRefSetsExpireWithTheirValues(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	ref := []tagstore.Ref{{Domain: "user", Entity: "1"}}
+	const set = "{tenant:acme}:ref:user/1"
+	pttl := func() time.Duration { return c.PTTL(ctx, set).Val() }
+	setRefs := func(key string, ttl time.Duration) {
+		t.Helper()
+		if _, err := s.SetRefs(ctx, "acme", key, []byte("v"), ttl, []string{"users"}, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setRefs("a", time.Minute)
+	if d := pttl(); d <= 50*time.Second || d > time.Minute {
+		t.Errorf("after a value of 1m the set expires in %v", d)
+	}
+	setRefs("b", 30*time.Second)
+	if d := pttl(); d <= 50*time.Second {
+		t.Errorf("a shorter-lived value shortened the set to %v", d)
+	}
+	setRefs("c", time.Hour)
+	if d := pttl(); d <= 59*time.Minute {
+		t.Errorf("a longer-lived value left the set at %v", d)
+	}
+	setRefs("d", 0)
+	if d := pttl(); d != -1 {
+		t.Errorf("a value without a time to live left the set expiring in %v", d)
+	}
+	setRefs("e", time.Minute)
+	if d := pttl(); d != -1 {
+		t.Errorf("a value with a time to live made a set expire that holds one without: %v", d)
+	}
+	if d := c.PTTL(ctx, "{tenant:acme}:tag:users").Val(); d != -1 {
+		t.Errorf("the tag set expires in %v", d)
+	}
+}

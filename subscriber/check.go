@@ -150,12 +150,19 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 				p = &position{tenant: t.tenant, tag: t.tag, at: stored[i]}
 				s.pos[t.channel] = p
 			}
-			d := recovery.Check(recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta, BusLost: gen.lost()})
-			if _, moved := recovery.Start(p.at, stored[i], s.store != nil); moved {
+			c := recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta,
+				BusLost: gen.lost(), HasHandler: s.opt.Handler != nil}
+			d := recovery.Check(c)
+			if start, moved := recovery.Start(c); moved {
 				s.m.cacheMoved.Inc()
-				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from the cache's",
-					"channel", t.channel, "applied", p.at.String(), "cache", stored[i].String())
-				p.at = stored[i]
+				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from there",
+					"channel", t.channel, "applied", p.at.String(), "cache", stored[i].String(), "from", start.String())
+				// Without a Handler, the cache's position is where this
+				// channel stands; with one, memory stays the Handler's (per
+				// process) until the recovery has brought both to the meta.
+				if !c.HasHandler {
+					p.at = stored[i]
+				}
 			}
 			if d.Action == recovery.Ignore {
 				continue

@@ -223,6 +223,10 @@ type Channel struct {
 	// meta may then have published and lost messages, whatever position is
 	// held — even none, or Lost.
 	BusLost bool
+	// HasHandler: invalidations also go to an in-process Handler, whose
+	// position is Memory (per process), while Stored is the cache's (shared
+	// by every instance of the service, and applied before the Handler).
+	HasHandler bool
 }
 
 // Check decides a periodic or startup check of a channel: from the position
@@ -232,7 +236,7 @@ type Channel struct {
 // told from the history: the whole tag goes. When the bus lost its data, a
 // channel without a meta goes whole too.
 func Check(c Channel) Decision {
-	start, moved := Start(c.Memory, c.Stored, c.HasStore)
+	start, moved := Start(c)
 	hasMeta := c.Meta.Known() && c.Meta.Version >= 1
 	if moved && c.Memory.Known() && (!start.Known() || start.Epoch == LostEpoch) {
 		to := c.Meta
@@ -244,6 +248,11 @@ func Check(c Channel) Decision {
 	if c.BusLost && !hasMeta {
 		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
 	}
+	ahead := func(p Position) bool { return hasMeta && p.Epoch == c.Meta.Epoch && p.Version > c.Meta.Version }
+	if c.HasStore && ahead(c.Stored) || c.HasHandler && ahead(c.Memory) {
+		// The cache's position, or the Handler's, is ahead of the channel.
+		return Decision{Action: Repair, Reason: Ahead, To: c.Meta}
+	}
 	return Recover(start, c.Meta)
 }
 
@@ -252,11 +261,27 @@ func Check(c Channel) Decision {
 // after the cache was restored from a snapshot, ahead of it after another
 // instance applied more), else the one in memory. moved reports that the
 // two differ, so any work queued from memory is void.
-func Start(memory, stored Position, hasStore bool) (start Position, moved bool) {
-	if !hasStore {
-		return memory, false
+//
+// With a Handler too, Memory is the Handler's position and both must reach
+// the meta: the older of the two in one epoch (the cache answers duplicates
+// for what it has, the Handler gets what it missed — another instance's
+// applies, or one the Handler failed after the cache took it); in two
+// epochs (two different lost: stamps too), or when the cache lost its
+// position, none: the whole tag for both.
+func Start(c Channel) (start Position, moved bool) {
+	switch {
+	case !c.HasStore:
+		return c.Memory, false
+	case c.HasHandler && c.Stored.Known() && c.Memory.Known() && c.Stored.Epoch == c.Memory.Epoch && c.Memory.Epoch != LostEpoch:
+		start = c.Memory
+		if c.Stored.Version < c.Memory.Version {
+			start = c.Stored
+		}
+		return start, start != c.Memory
+	case c.HasHandler && c.Memory.Known() && c.Stored != c.Memory:
+		return Position{}, true
 	}
-	return stored, stored != memory
+	return c.Stored, c.Stored != c.Memory
 }
 
 // Contiguous reports whether replayed history entries, in order, are exactly

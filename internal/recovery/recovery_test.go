@@ -80,20 +80,23 @@ func TestConfirmed(t *testing.T) {
 
 func TestStart(t *testing.T) {
 	for _, tc := range []struct {
-		name           string
-		memory, stored Position
-		hasStore       bool
-		want           Position
-		moved          bool
+		name  string
+		c     Channel
+		want  Position
+		moved bool
 	}{
-		{"no store: memory", pos("a", 5), none, false, pos("a", 5), false},
-		{"same", pos("a", 5), pos("a", 5), true, pos("a", 5), false},
-		{"cache rolled back", pos("a", 5), pos("a", 3), true, pos("a", 3), true},
-		{"cache lost the position", pos("a", 5), none, true, none, true},
-		{"another instance applied more", pos("a", 5), pos("a", 8), true, pos("a", 8), true},
+		{"no store: memory", Channel{Memory: pos("a", 5)}, pos("a", 5), false},
+		{"same", Channel{Memory: pos("a", 5), Stored: pos("a", 5), HasStore: true}, pos("a", 5), false},
+		{"cache rolled back", Channel{Memory: pos("a", 5), Stored: pos("a", 3), HasStore: true}, pos("a", 3), true},
+		{"cache lost the position", Channel{Memory: pos("a", 5), HasStore: true}, none, true},
+		{"another instance applied more", Channel{Memory: pos("a", 5), Stored: pos("a", 8), HasStore: true}, pos("a", 8), true},
+		{"handler behind the cache: from the handler's", Channel{Memory: pos("a", 5), Stored: pos("a", 8), HasStore: true, HasHandler: true}, pos("a", 5), false},
+		{"with a handler, cache rolled back: from the cache's", Channel{Memory: pos("a", 5), Stored: pos("a", 3), HasStore: true, HasHandler: true}, pos("a", 3), true},
+		{"with a handler, across epochs: none (whole tag)", Channel{Memory: pos("a", 5), Stored: pos("b", 1), HasStore: true, HasHandler: true}, none, true},
+		{"with a handler, cache lost its position", Channel{Memory: pos("a", 5), HasStore: true, HasHandler: true}, none, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, moved := Start(tc.memory, tc.stored, tc.hasStore)
+			got, moved := Start(tc.c)
 			if got != tc.want || moved != tc.moved {
 				t.Errorf("Start = %v %v, want %v %v", got, moved, tc.want, tc.moved)
 			}
@@ -137,6 +140,10 @@ func TestCheck(t *testing.T) {
 		{"bus lost its data, the channel published since", Channel{Memory: pos("a", 5), Stored: pos("a", 5), HasStore: true, Meta: pos("b", 1), BusLost: true},
 			Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 1)}},
 		{"no bus loss, no position, no meta", Channel{HasStore: true}, Decision{Action: Ignore, Reason: Current}},
+		{"handler behind the cache: replay to it from its position", Channel{Memory: pos("a", 5), Stored: pos("a", 7), HasStore: true, Meta: pos("a", 7), HasHandler: true},
+			Decision{Action: Replay, Reason: Gap, From: 6, To: pos("a", 7)}},
+		{"handler and cache in two epochs: whole tag for both", Channel{Memory: pos("a", 5), Stored: pos("b", 1), HasStore: true, Meta: pos("b", 1), HasHandler: true},
+			Decision{Action: Repair, Reason: RolledBack, To: pos("b", 1)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := Check(tc.c); got != tc.want {

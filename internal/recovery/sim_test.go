@@ -122,20 +122,53 @@ func (c *simCache) apply(m simMsg, mode scriptMode) (gap bool) {
 	return false
 }
 
-// simSub is the subscriber's executor, as the subscriber package runs it.
+// simSub is the subscriber's executor, as the subscriber package runs it,
+// with a cache Redis and an in-process cache behind a Handler that fails
+// now and then (after the cache applied, as the subscriber calls it).
 type simSub struct {
 	bus    *simBus
 	cache  *simCache
 	memory Position
 	stamp  int64
+	// l1 is the in-process cache: key -> the write it holds; nil without a
+	// Handler.
+	l1           map[int]int
+	handlerFails func() bool
+}
+
+// handle is the Handler: it applies m to the in-process cache, or fails.
+func (s *simSub) handle(m simMsg) bool {
+	if s.l1 == nil {
+		return true
+	}
+	if s.handlerFails() {
+		return false
+	}
+	if m.keys == nil {
+		clear(s.l1)
+	}
+	for _, k := range m.keys {
+		delete(s.l1, k)
+	}
+	return true
+}
+
+// apply runs an invalidation as the subscriber does: the cache's script,
+// then (unless the script refused it) the Handler. It reports whether the
+// position may move to m.
+func (s *simSub) apply(m simMsg, mode scriptMode) bool {
+	if s.cache.apply(m, mode) {
+		return false // GAP
+	}
+	return s.handle(m)
 }
 
 func (s *simSub) onMessage(m simMsg) {
 	d := OnMessage(s.memory, m.pos)
 	switch d.Action {
 	case Apply:
-		if s.cache.apply(m, modeStrict) {
-			s.check() // GAP: the stored position decides
+		if !s.apply(m, modeStrict) {
+			s.check() // GAP, or the Handler failed: the next check decides
 			return
 		}
 		s.memory = m.pos
@@ -145,16 +178,20 @@ func (s *simSub) onMessage(m simMsg) {
 }
 
 func (s *simSub) check() {
-	d := Check(Channel{Memory: s.memory, Stored: s.cache.stored, HasStore: true, Meta: s.bus.meta,
-		BusLost: s.cache.seen != "" && s.bus.generation != s.cache.seen})
-	s.memory, _ = Start(s.memory, s.cache.stored, true)
-	s.execute(d)
-	if s.bus.generation != "" {
-		s.cache.seen = s.bus.generation
+	c := Channel{Memory: s.memory, Stored: s.cache.stored, HasStore: true, Meta: s.bus.meta,
+		BusLost: s.cache.seen != "" && s.bus.generation != s.cache.seen, HasHandler: s.l1 != nil}
+	d := Check(c)
+	if !c.HasHandler {
+		// The cache moved: continue from where it stands. (With a Handler,
+		// memory is the Handler's until the recovery is made.)
+		s.memory, _ = Start(c)
+	}
+	if s.execute(d) && s.bus.generation != "" {
+		s.cache.seen = s.bus.generation // only a check that succeeded records it
 	}
 }
 
-func (s *simSub) execute(d Decision) {
+func (s *simSub) execute(d Decision) bool {
 	s.stamp++
 	d = Stamp(d, s.stamp)
 	switch d.Action {
@@ -166,20 +203,29 @@ func (s *simSub) execute(d Decision) {
 		}
 		if Contiguous(got, d.To.Epoch, d.From, d.To.Version) {
 			for _, m := range h {
-				s.cache.apply(m, modeLoose)
+				if !s.apply(m, modeLoose) {
+					return false
+				}
+				s.memory = m.pos
 			}
-			s.memory = d.To
-			return
+			return true
 		}
-		s.cache.apply(simMsg{pos: d.To}, modeLoose)
-		s.memory = d.To
+		return s.to(simMsg{pos: d.To}, modeLoose)
 	case WholeTag:
-		s.cache.apply(simMsg{pos: d.To}, modeLoose)
-		s.memory = d.To
+		return s.to(simMsg{pos: d.To}, modeLoose)
 	case Repair:
-		s.cache.apply(simMsg{pos: d.To}, modeRepair)
-		s.memory = d.To
+		return s.to(simMsg{pos: d.To}, modeRepair)
 	}
+	return true
+}
+
+// to applies a whole-tag invalidation and stands at its position.
+func (s *simSub) to(m simMsg, mode scriptMode) bool {
+	if !s.apply(m, mode) {
+		return false
+	}
+	s.memory = m.pos
+	return true
 }
 
 func TestPropertyNoLostInvalidation(t *testing.T) {
@@ -195,7 +241,10 @@ func simulate(seed uint64, steps int) (string, bool) {
 	var log strings.Builder
 	bus := &simBus{}
 	cache := &simCache{keys: map[int]int{}}
-	sub := &simSub{bus: bus, cache: cache}
+	sub := &simSub{bus: bus, cache: cache, handlerFails: func() bool { return rng.IntN(6) == 0 }}
+	if seed%2 == 0 {
+		sub.l1 = map[int]int{} // half the runs with an in-process cache too
+	}
 	seq := 0
 	type published struct {
 		seq   int
@@ -215,9 +264,12 @@ func simulate(seed uint64, steps int) (string, bool) {
 	for i := 0; i < steps; i++ {
 		seq++
 		switch op := rng.IntN(16); op {
-		case 0, 1: // a service writes a key
+		case 0, 1: // a service writes a key (to the cache Redis and in process)
 			k := rng.IntN(simKeys)
 			cache.keys[k] = seq
+			if sub.l1 != nil {
+				sub.l1[k] = seq
+			}
 			fmt.Fprintf(&log, "%d write k%d\n", seq, k)
 		case 2, 3: // an invalidation is published
 			var keys []int
@@ -274,8 +326,9 @@ func simulate(seed uint64, steps int) (string, bool) {
 				*cache = snapshot.clone()
 				fmt.Fprintf(&log, "%d cache restored (stored %v)\n", seq, cache.stored)
 			}
-		case 11: // the subscriber restarts: memory from the cache
+		case 11: // the service restarts: memory from the cache, an empty process
 			sub.memory = cache.stored
+			clear(sub.l1)
 			sub.check()
 			fmt.Fprintf(&log, "%d restart -> memory %v\n", seq, sub.memory)
 		case 13: // a failover to a replica that missed the last messages
@@ -308,13 +361,18 @@ func simulate(seed uint64, steps int) (string, bool) {
 		bus.publish([]int{-1})
 		fmt.Fprintf(&log, "next publish after the failover: %v\n", bus.meta)
 	}
+	// The final check is retried until the Handler takes what it is given,
+	// as the subscriber retries a failed check.
+	sub.handlerFails = func() bool { return false }
 	sub.check()
 	fmt.Fprintf(&log, "final check -> memory %v stored %v meta %v\n", sub.memory, cache.stored, bus.meta)
-	for k, wrote := range cache.keys {
-		for _, inv := range invalidations {
-			if inv.seq > wrote && (inv.keys == nil || slices.Contains(inv.keys, k)) {
-				fmt.Fprintf(&log, "STALE k%d written at %d, invalidated at %d\n", k, wrote, inv.seq)
-				return log.String(), false
+	for where, keys := range map[string]map[int]int{"cache Redis": cache.keys, "in-process cache": sub.l1} {
+		for k, wrote := range keys {
+			for _, inv := range invalidations {
+				if inv.seq > wrote && (inv.keys == nil || slices.Contains(inv.keys, k)) {
+					fmt.Fprintf(&log, "STALE in the %s: k%d written at %d, invalidated at %d\n", where, k, wrote, inv.seq)
+					return log.String(), false
+				}
 			}
 		}
 	}

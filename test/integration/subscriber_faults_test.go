@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -267,4 +269,42 @@ func TestBusLossOnChannelNeverApplied(t *testing.T) {
 			e.waitGone(service, "globex", "user:1")
 		})
 	}
+}
+
+// A service with both a cache Redis and an in-process cache (Handler): the
+// Handler fails on an invalidation the cache has already applied. The cache's
+// position has moved on, but the Handler's has not: the next check replays it
+// to the Handler, which gets it once it answers again.
+func TestHandlerFailureAfterCacheApplyRetried(t *testing.T) {
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	var mu sync.Mutex
+	failures, handled := 0, map[string]bool{}
+	handler := func(_ context.Context, inv subscriber.Invalidation) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range inv.Keys {
+			if k == "user:2" && failures < 2 {
+				failures++
+				return errors.New("in-process cache unavailable")
+			}
+		}
+		for _, k := range inv.Keys {
+			handled[k] = true
+		}
+		if len(inv.Keys) == 0 {
+			handled["*"] = true
+		}
+		return nil
+	}
+	e.subscriber("search-svc", subscriber.Options{Handler: handler, Cache: e.caches["search-svc"].Client(t)})
+	e.seed("search-svc", "acme", "user:2", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("search-svc", "acme", "user:2") // the cache Redis took it
+	redistest.Eventually(t, 15*time.Second, "the in-process cache given user:2 after its failures", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return handled["user:2"] || handled["*"]
+	})
 }

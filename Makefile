@@ -71,6 +71,7 @@ fuzz:
 	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseChannel -fuzztime $(FUZZTIME)
 	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseMessage -fuzztime $(FUZZTIME)
+	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseEvents -fuzztime $(FUZZTIME)
 	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
 

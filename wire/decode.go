@@ -34,6 +34,12 @@ func decodeObject(data []byte, field func(d *decoder, key []byte, v *fastjson.Va
 	if err != nil {
 		return &FieldError{"json", err.Error()}
 	}
+	return d.object(v, field)
+}
+
+// object calls field for every key of the object v, in order.
+func (d *decoder) object(v *fastjson.Value, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+	d.err = nil
 	o, err := v.Object()
 	if err != nil {
 		return &FieldError{"json", "not a JSON object"}
@@ -135,44 +141,84 @@ func (d *decoder) fail(field, reason string) {
 
 func decodeEvent(data []byte) (*Event, error) {
 	e := new(Event)
-	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
-		switch string(key) {
-		case "id":
-			d.str(&e.ID, "id", v, false)
-			return 0
-		case "tenant":
-			d.str(&e.Tenant, "tenant", v, true)
-			return 1
-		case "domain":
-			d.str(&e.Domain, "domain", v, true)
-			return 2
-		case "entity":
-			d.str(&e.Entity, "entity", v, false)
-			return 3
-		case "keys":
-			d.strs(&e.Keys, "keys", v)
-			if e.Keys != nil && len(e.Keys) == 0 {
-				d.fail("keys", EmptyKeys)
-			}
-			return 4
-		case "source_version":
-			d.int(&e.SourceVersion, "source_version", v)
-			return 5
-		case "origin":
-			d.str(&e.Origin, "origin", v, true)
-			return 6
-		case "ts":
-			d.int(&e.TS, "ts", v)
-			return 7
-		case "traceparent":
-			d.str(&e.Traceparent, "traceparent", v, false)
-			return 8
-		default:
-			return -1
-		}
-	})
+	err := decodeObject(data, e.field)
 	e.WholeTag = e.Keys == nil // no "keys" (or null): the whole tag
 	return e, err
+}
+
+// decodeEvents decodes a JSON array of events, each on its own: an item that
+// breaks a rule gets its error and its JSON, the others their event.
+func decodeEvents(data []byte) ([]Packed, error) {
+	d := decoders.Get().(*decoder)
+	defer decoders.Put(d)
+	v, err := d.p.ParseBytes(data)
+	if err != nil {
+		return nil, &FieldError{EventsField, err.Error()}
+	}
+	items, err := v.Array()
+	if err != nil {
+		return nil, &FieldError{EventsField, "not a JSON array of events"}
+	}
+	if len(items) == 0 {
+		return nil, &FieldError{EventsField, "an empty array; an entry carries at least one event"}
+	}
+	if len(items) > MaxPacked {
+		return nil, &FieldError{EventsField, fmt.Sprintf("more than %d events in one entry", MaxPacked)}
+	}
+	out := make([]Packed, len(items))
+	evs := make([]Event, len(items)) // one allocation for the entry
+	for i, item := range items {
+		e := &evs[i]
+		err := d.object(item, e.field)
+		e.WholeTag = e.Keys == nil
+		if err == nil {
+			err = e.Validate()
+		}
+		if err != nil {
+			out[i] = Packed{Err: err, JSON: item.MarshalTo(nil)}
+			continue
+		}
+		out[i].Event = e
+	}
+	return out, nil
+}
+
+// field decodes one key of an event's JSON object into e.
+func (e *Event) field(d *decoder, key []byte, v *fastjson.Value) int {
+	switch string(key) {
+	case "id":
+		d.str(&e.ID, "id", v, false)
+		return 0
+	case "tenant":
+		d.str(&e.Tenant, "tenant", v, true)
+		return 1
+	case "domain":
+		d.str(&e.Domain, "domain", v, true)
+		return 2
+	case "entity":
+		d.str(&e.Entity, "entity", v, false)
+		return 3
+	case "keys":
+		d.strs(&e.Keys, "keys", v)
+		if e.Keys != nil && len(e.Keys) == 0 {
+			d.fail("keys", EmptyKeys)
+		}
+		return 4
+	case "source_version":
+		d.int(&e.SourceVersion, "source_version", v)
+		return 5
+	case "origin":
+		d.str(&e.Origin, "origin", v, true)
+		return 6
+	case "ts":
+		d.int(&e.TS, "ts", v)
+		return 7
+	case "traceparent":
+		d.str(&e.Traceparent, "traceparent", v, false)
+		return 8
+	default:
+		return -1
+	}
 }
 
 func decodeMessage(data []byte) (*Message, error) {

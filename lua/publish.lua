@@ -3,7 +3,7 @@
 -- Every channel takes three keys:
 -- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
--- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, as long as the history
+-- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, for the versions the history keeps
 -- ARGV[1]    'PUBLISH' or 'SPUBLISH'
 -- ARGV[2]    replication id of this master ('' when unknown)
 -- ARGV[3]    epoch to start on a channel that has none (random hex from the caller)
@@ -116,9 +116,14 @@ for c = 1, #KEYS, 3 do
   if published then
     redis.call('HSET', metaKey, 'version', version)
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
+    -- Event ids are kept for the versions the history keeps: a message may
+    -- record many. At most IDS_PER_VERSION times the history's length.
+    if version > keep then
+      redis.call('ZREMRANGEBYSCORE', eventsKey, '-inf', version - keep)
+    end
     local n = redis.call('ZCARD', eventsKey)
-    if n > keep then
-      redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - keep - 1)
+    if n > IDS_PER_VERSION * keep then
+      redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - IDS_PER_VERSION * keep - 1)
     end
   end
 end

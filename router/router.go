@@ -379,7 +379,9 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 // order of the stream.
 func (r *Router) readLoop(ctx context.Context, stream string) {
 	q := r.retryQueue(stream)
-	batches := make(chan []redis.XMessage, 1)
+	// Unbuffered: one batch is read ahead at most, so what is handed over
+	// is no older than the batch being routed.
+	batches := make(chan []redis.XMessage)
 	routed := make(chan struct{})
 	go func() {
 		defer close(routed)

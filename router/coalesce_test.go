@@ -136,3 +136,34 @@ func TestCoalescerRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// A message split by the publish script's flags keeps the parts not recorded
+// (and those past the recorded ids), with their keys only; nothing is left
+// when every part was recorded.
+func TestOutgoingWithout(t *testing.T) {
+	_, _, rt := coalescerFor(t, "1m")
+	rt.Limits.MaxKeys = 10
+	o := oneEvent(rt, "e1", "user", 5, "k1")
+	for _, x := range []*outgoing{oneEvent(rt, "e2", "user", 3, "k2", "k1"), oneEvent(rt, "e3", "order", 4, "k3")} {
+		o.merge(x.parts...)
+	}
+	o.seal()
+	if !slices.Equal(o.msg.Keys, []string{"k1", "k2", "k3"}) || !slices.Equal(o.ids, []string{"e1", "e2", "e3"}) || o.msg.TS != 3 || o.msg.Domain != "" {
+		t.Fatalf("merged %+v, ids %v", o.msg, o.ids)
+	}
+	rest, old := o.without([]bool{true, false, true})
+	if len(old) != 2 || old[0].v.id != "e1" || old[1].v.id != "e3" {
+		t.Errorf("recorded parts %v", old)
+	}
+	if rest == nil || !slices.Equal(rest.msg.Keys, []string{"k2", "k1"}) || !slices.Equal(rest.ids, []string{"e2"}) || rest.msg.Event != "e2" || rest.msg.TS != 3 || rest.msg.Domain != "user" {
+		t.Fatalf("the rest %+v", rest)
+	}
+	// Parts past the flags (ids not recorded by the message) stay.
+	rest, _ = o.without([]bool{true, true})
+	if rest == nil || !slices.Equal(rest.ids, []string{"e3"}) || !slices.Equal(rest.msg.Keys, []string{"k3"}) {
+		t.Errorf("past the flags: %+v", rest)
+	}
+	if rest, old := o.without([]bool{true, true, true}); rest != nil || len(old) != 3 {
+		t.Errorf("all recorded: rest %+v, %d recorded", rest, len(old))
+	}
+}

@@ -240,3 +240,29 @@ func TestPartlyPublishedEntryRetriedWithoutSecondMessage(t *testing.T) {
 		t.Error("user:a invalidated again by a retry")
 	}
 }
+
+// An entry that is not one event nor an array of them is refused whole, with
+// no index: both fields, a packed field that is no JSON array, an empty array.
+func TestBadPackedEntryRefusedWhole(t *testing.T) {
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	stream := wire.IngressStream("invalidate", 0)
+	good := `{"tenant":"acme","domain":"user","keys":["user:1"]}`
+	for _, values := range [][]any{
+		{wire.EventField, good, wire.EventsField, "[" + good + "]"},
+		{wire.EventsField, good},
+		{wire.EventsField, "[]"},
+	} {
+		if err := e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dead := e.deadLetters(3)
+	for i, want := range []string{`both an "event" and an "events" field`, "events: not a JSON array", "events: an empty array"} {
+		d := dead[i].Values
+		if d["reason"] != router.ReasonMalformed || !strings.Contains(d["error"].(string), want) || d["index"] != nil {
+			t.Errorf("dead letter %d: %v, want %q and no index", i, d, want)
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, "the entries acknowledged", func() bool { return e.pending() == 0 })
+}

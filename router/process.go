@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -576,6 +578,10 @@ func (r *Router) sendOnce(ctx context.Context, out []*outgoing, cmd string, done
 		switch {
 		case res.err != nil:
 			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
+			spans[i].SetStatus(codes.Error, res.err.Error())
+		case res.recorded != nil && !slices.Contains(res.recorded, true):
+			res.err = errors.New("publish script: a message answered as partly recorded names no recorded event")
+			r.log.Error("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
 			spans[i].SetStatus(codes.Error, res.err.Error())
 		case res.recorded != nil:
 			// Nothing was sent: the events recorded before are done, the

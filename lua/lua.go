@@ -30,6 +30,11 @@ import (
 // unpack has a stack limit). The scripts read it as MAX_UNPACK.
 const MaxUnpack = 1000
 
+// IDsPerVersion bounds a channel's recorded event ids to this many times its
+// history length (a merged message records many ids). The publish script
+// reads it as IDS_PER_VERSION.
+const IDsPerVersion = 10
+
 var (
 	//go:embed publish.lua
 	publishSrc string
@@ -51,7 +56,8 @@ var (
 
 // prelude starts every script: the limits and names Go and Lua share.
 var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
-	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n"
+	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
+	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
 // Sources are the scripts as they are sent to Redis, by file name.
 var Sources = map[string]string{

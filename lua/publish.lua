@@ -3,19 +3,24 @@
 -- Every channel takes three keys:
 -- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
--- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, as long as the history
+-- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, for the versions the history keeps
 -- ARGV[1]    'PUBLISH' or 'SPUBLISH'
 -- ARGV[2]    replication id of this master ('' when unknown)
 -- ARGV[3]    epoch to start on a channel that has none (random hex from the caller)
 -- Then, for each channel in KEYS order:
 --   channel name, history length to keep, number of messages m;
 --   and for each of its m messages, in order:
---     number of event ids k (1..1001; more than one when events were coalesced),
+--     number of event ids k (1..1000; more than one when events were merged),
 --     the k event ids (the first is the message's event),
 --     message JSON without epoch and version, starting with ',' and without the closing '}'
--- Returns, for each message in order, its version and 1 when every event id
--- of it was already published on the channel (nothing is sent again; the
--- version is the one it was published with), else 0.
+-- Returns, for each message in order, its version and a status:
+--   0  published (the version is its own);
+--   1  every event id of it was already published on the channel: nothing is
+--      sent again (the version is the one its first id was published with);
+--   2  some of its event ids were published before and others not (a
+--      redelivery that grouped events otherwise): nothing is sent or
+--      recorded, and k flags follow, 1 for each id published before; the
+--      caller sends the message again without those events and their keys.
 local cmd, replid, fresh = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local a = 4
@@ -63,9 +68,40 @@ for c = 1, #KEYS, 3 do
         added = added + redis.call('ZADD', eventsKey, 'NX', unpack(pairs))
       end
     end
+    local before = nil
+    if added > 0 and added < k then
+      -- Some ids were there before this message, or an id repeats in it:
+      -- the ids recorded before have a score of at most version.
+      before = {}
+      local any = false
+      for i = first, last, MAX_UNPACK do
+        local j = math.min(i + MAX_UNPACK - 1, last)
+        local scores = redis.call('ZMSCORE', eventsKey, unpack(ARGV, i, j))
+        for x = 1, j - i + 1 do
+          if tonumber(scores[x]) == version + 1 then
+            before[#before + 1] = 0
+          else
+            before[#before + 1] = 1
+            any = true
+          end
+        end
+      end
+      if any then
+        -- Undo this message's records: only they have the score version + 1.
+        redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
+      else
+        before = nil
+      end
+    end
     if added == 0 then
       out[#out + 1] = tonumber(redis.call('ZSCORE', eventsKey, ARGV[first]))
       out[#out + 1] = 1
+    elseif before then
+      out[#out + 1] = version
+      out[#out + 1] = 2
+      for x = 1, #before do
+        out[#out + 1] = before[x]
+      end
     else
       version = version + 1
       local v = tostring(version) -- formatted once (Lua formats numbers with sprintf)
@@ -80,9 +116,14 @@ for c = 1, #KEYS, 3 do
   if published then
     redis.call('HSET', metaKey, 'version', version)
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
+    -- Event ids are kept for the versions the history keeps: a message may
+    -- record many. At most IDS_PER_VERSION times the history's length.
+    if version > keep then
+      redis.call('ZREMRANGEBYSCORE', eventsKey, '-inf', version - keep)
+    end
     local n = redis.call('ZCARD', eventsKey)
-    if n > keep then
-      redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - keep - 1)
+    if n > IDS_PER_VERSION * keep then
+      redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - IDS_PER_VERSION * keep - 1)
     end
   end
 end

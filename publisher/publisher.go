@@ -1,11 +1,13 @@
 // Package publisher emits domain-change events to routerd's ingress streams.
 //
 // Publish validates an event and appends it to the tenant's ingress partition
-// with one XADD; PublishBatch pipelines many. With Options.Publisher set, it
-// appends to that publisher's own streams instead (the matrix's publishers).
-// Nothing is sent for an invalid event: the error names the field and the
-// rule. Any language can publish the
-// same way with a single `XADD <prefix>:ingress:{<p>} * event '<json>'`.
+// with one XADD; PublishBatch packs many events of a partition into one
+// entry (the field events, a JSON array) and pipelines the entries. With
+// Options.Publisher set, it appends to that publisher's own streams instead
+// (the matrix's publishers). Nothing is sent for an invalid event: the error
+// names the field and the rule. Any language can publish the same way with a
+// single `XADD <prefix>:ingress:{<p>} * event '<json>'` (or
+// `events '[<json>,…]'`).
 package publisher
 
 import (
@@ -36,6 +38,9 @@ type Event = wire.Event
 
 // DefaultRefresh is how often the partition count is read again.
 const DefaultRefresh = 30 * time.Second
+
+// DefaultMaxPacked is how many events PublishBatch packs into one entry at most.
+const DefaultMaxPacked = 100
 
 // Options configure a Publisher. The zero value is usable.
 type Options struct {
@@ -68,8 +73,13 @@ type Options struct {
 	WaitTimeout time.Duration
 	// MaxEventBytes refuses an event whose JSON is larger
 	// (wire.DefaultMaxEventBytes, 1 MiB): the router would dead-letter it.
-	// Set it to the router's limit when that differs.
+	// Set it to the router's limit when that differs. It bounds a packed
+	// entry's events field too.
 	MaxEventBytes int
+	// MaxPacked is the most events PublishBatch packs into one ingress
+	// entry (100): the router reads, routes and acknowledges them together,
+	// each still its own event. 1 sends an entry per event.
+	MaxPacked int
 }
 
 // Publisher appends events to the ingress streams. It is safe for concurrent use.
@@ -143,6 +153,12 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.MaxEventBytes == 0 {
 		opt.MaxEventBytes = wire.DefaultMaxEventBytes
 	}
+	if opt.MaxPacked < 0 || opt.MaxPacked > wire.MaxPacked {
+		return nil, fmt.Errorf("publisher: MaxPacked must be 0 (the default, %d) to %d, not %d", DefaultMaxPacked, wire.MaxPacked, opt.MaxPacked)
+	}
+	if opt.MaxPacked == 0 {
+		opt.MaxPacked = DefaultMaxPacked
+	}
 	if len(opt.Origin) > wire.MaxIDLen {
 		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
 	}
@@ -172,21 +188,23 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	if err != nil {
 		return "", err
 	}
-	if err := p.write(ctx, []entry{{p.stream(e.Tenant, n), data}}); err != nil {
+	if err := p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}}); err != nil {
 		return "", err
 	}
 	return e.ID, nil
 }
 
-// PublishBatch publishes many events in one pipeline. Every event is
-// validated first; if one is invalid nothing is sent and the error names its
-// index. It returns the event ids in order; a caller that wants a retry to be
-// idempotent sets each event's ID from them before publishing again.
+// PublishBatch publishes many events in one pipeline: the events of one
+// partition, in order, packed up to MaxPacked (and MaxEventBytes) into an
+// entry. Every event is validated first; if one is invalid nothing is sent
+// and the error names its index. It returns the event ids in order; a caller
+// that wants a retry to be idempotent sets each event's ID from them before
+// publishing again.
 func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
 	defer func() { endSpan(span, err) }()
-	all := make([]entry, len(events))
+	datas := make([][]byte, len(events))
 	ids := make([]string, len(events))
 	for i := range events {
 		e := events[i]
@@ -194,33 +212,61 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 		if err != nil {
 			return nil, fmt.Errorf("event %d: %w", i, err)
 		}
-		all[i].data, ids[i] = data, e.ID
+		datas[i], ids[i] = data, e.ID
 	}
-	if len(all) == 0 {
+	if len(datas) == 0 {
 		return nil, nil
 	}
 	n, err := p.partitionCount(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for i := range all {
-		all[i].stream = p.stream(events[i].Tenant, n)
-	}
-	if err := p.write(ctx, all); err != nil {
+	if err := p.write(ctx, p.pack(events, datas, n)); err != nil {
 		return nil, err
 	}
 	return ids, nil
 }
 
+// pack groups the events' JSON into entries: per partition, in order, up to
+// MaxPacked events and MaxEventBytes bytes an entry.
+func (p *Publisher) pack(events []Event, datas [][]byte, n int) []entry {
+	var out []entry
+	open := map[string]int{} // stream → index in out of its entry being filled
+	for i, data := range datas {
+		stream := p.stream(events[i].Tenant, n)
+		j, ok := open[stream]
+		if ok && (out[j].events >= p.opt.MaxPacked || len(out[j].data)+len(data)+3 > p.opt.MaxEventBytes) {
+			ok = false
+		}
+		if !ok {
+			open[stream] = len(out)
+			out = append(out, entry{stream: stream, data: data, events: 1})
+			continue
+		}
+		e := &out[j]
+		if e.events == 1 {
+			e.data = append(append([]byte{'['}, e.data...), ']')
+		}
+		e.data = append(append(append(e.data[:len(e.data)-1], ','), data...), ']')
+		e.events++
+	}
+	return out
+}
+
 // entry is one ingress entry to append.
 type entry struct {
 	stream string
-	data   []byte // the event's JSON
+	data   []byte // the event's JSON, or a JSON array of events
+	events int    // how many: the field is event for one, events for more
 }
 
 // xadd queues the entry's XADD.
 func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) {
-	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", wire.EventField, e.data))
+	field := wire.EventField
+	if e.events > 1 {
+		field = wire.EventsField
+	}
+	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", field, e.data))
 }
 
 // write appends the entries in one pipeline; when Durable, in one pipeline
@@ -279,7 +325,7 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 func xaddError(cmds []redis.Cmder, err error) error {
 	for i, c := range cmds {
 		if c.Err() != nil {
-			return fmt.Errorf("publisher: event %d: XADD %s: %w (publishing again with the same ids is safe)", i, c.Args()[1], c.Err())
+			return fmt.Errorf("publisher: entry %d: XADD %s: %w (publishing again with the same ids is safe)", i, c.Args()[1], c.Err())
 		}
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,16 +24,86 @@ func entries(t *testing.T, c *redis.Client, stream string) []wire.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make([]wire.Event, len(msgs))
-	for i, m := range msgs {
-		if len(m.Values) != 1 {
-			t.Fatalf("entry has fields %v, want only %q", m.Values, wire.EventField)
-		}
-		if err := json.Unmarshal([]byte(m.Values[wire.EventField].(string)), &out[i]); err != nil {
-			t.Fatal(err)
-		}
+	var out []wire.Event
+	for _, m := range msgs {
+		out = append(out, entryEvents(t, m)...)
 	}
 	return out
+}
+
+// entryEvents decodes the event of an entry, or its packed events.
+func entryEvents(t *testing.T, m redis.XMessage) []wire.Event {
+	t.Helper()
+	if len(m.Values) != 1 {
+		t.Fatalf("entry has fields %v, want only %q or %q", m.Values, wire.EventField, wire.EventsField)
+	}
+	if packed, ok := m.Values[wire.EventsField].(string); ok {
+		var evs []wire.Event
+		if err := json.Unmarshal([]byte(packed), &evs); err != nil || len(evs) < 2 {
+			t.Fatalf("packed entry %s: %v (a packed entry has at least two events)", packed, err)
+		}
+		return evs
+	}
+	var ev wire.Event
+	if err := json.Unmarshal([]byte(m.Values[wire.EventField].(string)), &ev); err != nil {
+		t.Fatal(err)
+	}
+	return []wire.Event{ev}
+}
+
+// PublishBatch packs a partition's events, in order, into entries of at
+// most MaxPacked events and MaxEventBytes bytes; a lone event keeps the
+// field event.
+func TestPublishBatchPacks(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	p, err := publisher.New(c, publisher.Options{Partitions: 2, MaxPacked: 3, MaxEventBytes: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []publisher.Event
+	for i := range 7 {
+		events = append(events, publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{fmt.Sprintf("user:%d", i)}})
+	}
+	// Alone in its partition.
+	other := "t0"
+	for i := 1; wire.Partition(other, 2) == wire.Partition("acme", 2); i++ {
+		other = fmt.Sprintf("t%d", i)
+	}
+	events = append(events, publisher.Event{Tenant: other, Domain: "user", WholeTag: true})
+	ids, err := p.PublishBatch(ctx, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.XRange(ctx, wire.IngressStream("invalidate", wire.Partition("acme", 2)), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	var got []string
+	for _, m := range msgs {
+		evs := entryEvents(t, m)
+		sizes = append(sizes, len(evs))
+		for _, ev := range evs {
+			got = append(got, ev.ID)
+		}
+		if len(evs) > 1 && len(m.Values[wire.EventsField].(string)) > 300 {
+			t.Errorf("a packed entry of %d bytes, above MaxEventBytes", len(m.Values[wire.EventsField].(string)))
+		}
+	}
+	if !slices.Equal(got, ids[:7]) {
+		t.Errorf("acme's events %v, want in order %v", got, ids[:7])
+	}
+	if slices.Max(sizes) > 3 || len(sizes) < 3 {
+		t.Errorf("entries of %v events, want at most 3 each", sizes)
+	}
+	lone, err := c.XRange(ctx, wire.IngressStream("invalidate", wire.Partition(other, 2)), "-", "+").Result()
+	if err != nil || len(lone) != 1 || lone[0].Values[wire.EventField] == nil {
+		t.Errorf("the lone event's partition holds %v (%v), want one entry with the field event", lone, err)
+	}
+	if _, err := publisher.New(c, publisher.Options{MaxPacked: wire.MaxPacked + 1}); err == nil {
+		t.Error("MaxPacked above wire.MaxPacked accepted")
+	}
 }
 
 func TestPublishToTenantPartition(t *testing.T) {

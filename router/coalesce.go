@@ -9,14 +9,126 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/wire"
 )
 
-// maxMergedIDs bounds the event ids a coalesced message records for dedupe.
-// Ids beyond it are still acknowledged; a redelivery of one of them only
+// maxMergedIDs bounds the event ids a message records for dedupe. A read
+// batch starts another message for its channel past it, so each of its
+// events is recorded; a coalesced message records the first maxMergedIDs:
+// the others are still acknowledged, and a redelivery of one of them only
 // sends one more (harmless) invalidation.
 const maxMergedIDs = 1000
+
+// part is one event's share of a channel message.
+type part struct {
+	e    *entry
+	v    *event
+	keys []string // the event's keys, nil for the whole tag (or above max_keys)
+}
+
+// outgoing is one channel message to publish: for one event, or for many
+// merged ones — the events of one read batch for the channel, or those the
+// storm limits held back. Merging unites the keys (storm.Keys: the whole tag
+// above max_keys) and records every event id.
+type outgoing struct {
+	route matrix.Route
+	msg   wire.Message // without epoch and version; fields of the first event, adjusted as events merge
+	keys  *storm.Keys  // the union, once a second event merged
+	parts []part       // the first one's route span is the parent of the message's span
+	ids   []string     // event ids recorded (up to maxMergedIDs); the first is the message's event; set by seal
+	// one holds the part and id of a message for one event.
+	one   [1]part
+	oneID [1]string
+}
+
+// newOutgoing starts the message of p on rt.
+func newOutgoing(rt matrix.Route, p part) *outgoing {
+	ev := p.v.ev
+	o := &outgoing{route: rt, msg: wire.Message{Tenant: ev.Tenant, Tag: rt.Tag, Keys: p.keys, Event: p.v.id, Domain: ev.Domain,
+		Origin: ev.Origin, TS: ev.TS, Traceparent: ev.Traceparent}}
+	if rt.EntityRefs && ev.EntityLevel() {
+		o.msg.Refs = []string{names.Ref(ev.Domain, ev.Entity)} // entity-level: not the whole tag
+	}
+	o.one[0] = p
+	o.parts = o.one[:1:1]
+	return o
+}
+
+// merge adds parts to the message, and reports whether a part naming keys
+// made the union whole (above max_keys).
+func (o *outgoing) merge(parts ...part) (turnedWhole bool) {
+	if o.keys == nil {
+		o.keys = storm.NewKeys(o.route.Limits.MaxKeys)
+		for _, p := range o.parts {
+			o.keys.Add(p.keys)
+		}
+	}
+	// A merged message is key-level or whole-tag: an entity-level part
+	// (refs, no keys) merges as the whole tag.
+	o.msg.Refs = nil
+	for _, p := range parts {
+		wasWhole := o.keys.Whole()
+		o.keys.Add(p.keys)
+		if !wasWhole && o.keys.Whole() && len(p.keys) > 0 {
+			turnedWhole = true
+		}
+		o.parts = append(o.parts, p)
+		ev := p.v.ev
+		if ev.TS > 0 && (o.msg.TS == 0 || ev.TS < o.msg.TS) {
+			o.msg.TS = ev.TS // the oldest change, so delivery lag shows the delay
+		}
+		if o.msg.Domain != ev.Domain {
+			o.msg.Domain = ""
+		}
+		if o.msg.Origin != ev.Origin {
+			o.msg.Origin = ""
+		}
+	}
+	return turnedWhole
+}
+
+// seal sets the message's keys and the event ids it records, once no more
+// events merge into it.
+func (o *outgoing) seal() {
+	if o.keys != nil {
+		o.msg.Keys = o.keys.List()
+	}
+	if len(o.parts) == 1 {
+		o.oneID[0] = o.parts[0].v.id
+		o.ids = o.oneID[:]
+	} else {
+		o.ids = make([]string, 0, min(len(o.parts), maxMergedIDs))
+		for _, p := range o.parts[:min(len(o.parts), maxMergedIDs)] {
+			o.ids = append(o.ids, p.v.id)
+		}
+	}
+	o.msg.Event = o.ids[0]
+}
+
+// without splits the message by recorded (a flag per id, as the publish
+// script returns them): it returns the message of the parts whose ids were
+// not recorded (and those past the recorded ids), sealed, or nil when none
+// is left, and the parts that were recorded.
+func (o *outgoing) without(recorded []bool) (*outgoing, []part) {
+	var rest *outgoing
+	var old []part
+	for i, p := range o.parts {
+		switch {
+		case i < len(recorded) && recorded[i]:
+			old = append(old, p)
+		case rest == nil:
+			rest = newOutgoing(o.route, p)
+		default:
+			rest.merge(p)
+		}
+	}
+	if rest != nil {
+		rest.seal()
+	}
+	return rest, old
+}
 
 // coalescer enforces the storm limits. A channel's message goes out at once
 // while its token bucket, its tenant's and the global one all have a token;
@@ -42,14 +154,9 @@ type coalescer struct {
 
 // pendingMsg is the one pending message of a channel.
 type pendingMsg struct {
-	route   matrix.Route
-	tenant  string
-	keys    *storm.Keys
-	msg     wire.Message // fields of the first event, adjusted as events merge
-	ids     []string
-	entries []*entry
-	due     time.Time
-	index   int
+	out   *outgoing
+	due   time.Time
+	index int
 }
 
 // flushTarget is what the coalescer needs of the router.
@@ -85,24 +192,24 @@ func (c *coalescer) limiters(mtx *matrix.Matrix, rt matrix.Route, tenant string)
 	return ch, tl, c.global
 }
 
-// admit decides for one (entry, route): true means publish it now; false
-// means it was merged into the channel's pending message.
-func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, e *entry, rt matrix.Route, msg wire.Message) bool {
+// admit decides for one channel message: true means publish it now; false
+// means it was merged into the channel's pending message (or opened it).
+func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, o *outgoing) bool {
+	rt := o.route
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.pending[rt.Channel]; p != nil {
-		c.merge(p, e, msg)
-		c.m.coalesced.WithLabelValues(rt.Tag).Inc()
+		if p.out.merge(o.parts...) {
+			c.m.coalescedWhole.WithLabelValues(rt.Tag).Inc()
+		}
+		c.m.coalesced.WithLabelValues(rt.Tag).Add(float64(len(o.parts)))
 		return false
 	}
-	ch, tl, gl := c.limiters(mtx, rt, e.ev.Tenant)
+	ch, tl, gl := c.limiters(mtx, rt, o.msg.Tenant)
 	if storm.Reserve(now, ch, tl, gl) == 0 {
 		return true
 	}
-	p := &pendingMsg{route: rt, tenant: e.ev.Tenant, keys: storm.NewKeys(rt.Limits.MaxKeys), msg: msg, due: now.Add(rt.Limits.Coalesce)}
-	p.msg.Keys = nil
-	p.msg.Refs = nil // a merged message is key-level or whole-tag: refs merge as a whole tag (storm.Keys)
-	c.merge(p, e, msg)
+	p := &pendingMsg{out: o, due: now.Add(rt.Limits.Coalesce)}
 	c.pending[rt.Channel] = p
 	heap.Push(&c.queue, p)
 	c.m.delayed.WithLabelValues(rt.Tag).Inc()
@@ -112,27 +219,6 @@ func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, e *entry, rt matrix
 	default:
 	}
 	return false
-}
-
-func (c *coalescer) merge(p *pendingMsg, e *entry, msg wire.Message) {
-	wasWhole := p.keys.Whole()
-	p.keys.Add(msg.Keys)
-	if !wasWhole && p.keys.Whole() && len(msg.Keys) > 0 {
-		c.m.coalescedWhole.WithLabelValues(p.route.Tag).Inc()
-	}
-	if len(p.ids) < maxMergedIDs {
-		p.ids = append(p.ids, msg.Event)
-	}
-	p.entries = append(p.entries, e)
-	if msg.TS > 0 && (p.msg.TS == 0 || msg.TS < p.msg.TS) {
-		p.msg.TS = msg.TS // the oldest change, so delivery lag shows the delay
-	}
-	if p.msg.Domain != msg.Domain {
-		p.msg.Domain = ""
-	}
-	if p.msg.Origin != msg.Origin {
-		p.msg.Origin = ""
-	}
 }
 
 // run publishes pending messages as they come due, until ctx is done; then
@@ -170,7 +256,7 @@ func (c *coalescer) flush(all bool) {
 	for len(c.queue) > 0 && (all || !c.queue[0].due.After(now)) {
 		p := c.queue[0]
 		if !all {
-			ch, tl, gl := c.limiters(mtx, p.route, p.tenant)
+			ch, tl, gl := c.limiters(mtx, p.out.route, p.out.msg.Tenant)
 			if wait := storm.Reserve(now, ch, tl, gl); wait > 0 {
 				p.due = now.Add(wait)
 				heap.Fix(&c.queue, 0)
@@ -178,9 +264,9 @@ func (c *coalescer) flush(all bool) {
 			}
 		}
 		heap.Pop(&c.queue)
-		delete(c.pending, p.route.Channel)
-		p.msg.Keys = p.keys.List()
-		out = append(out, &outgoing{route: p.route, msg: p.msg, ids: p.ids, entries: p.entries})
+		delete(c.pending, p.out.route.Channel)
+		p.out.seal()
+		out = append(out, p.out)
 	}
 	c.m.pendingChannels.Set(float64(len(c.pending)))
 	c.mu.Unlock()
@@ -206,8 +292,8 @@ func (c *coalescer) held() map[string][]string {
 	defer c.mu.Unlock()
 	out := map[string][]string{}
 	for _, p := range c.pending {
-		for _, e := range p.entries {
-			out[e.stream] = append(out[e.stream], e.id)
+		for _, pt := range p.out.parts {
+			out[pt.e.stream] = append(out[pt.e.stream], pt.e.id)
 		}
 	}
 	return out

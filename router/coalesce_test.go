@@ -46,9 +46,14 @@ func coalescerFor(t *testing.T, window string) (*coalescer, *sink, matrix.Route)
 	return newCoalescer(s, newMetrics(nil)), s, routes[0]
 }
 
-func event(id, domain string, ts int64, keys ...string) (*entry, wire.Message) {
-	e := &entry{stream: "s", id: id + "-0", eventID: id, ev: &wire.Event{ID: id, Tenant: "acme", Domain: domain, Keys: keys, TS: ts}}
-	return e, wire.Message{Tenant: "acme", Tag: "t", Keys: keys, Event: id, Domain: domain, TS: ts}
+// oneEvent is the sealed message of one event on rt.
+func oneEvent(rt matrix.Route, id, domain string, ts int64, keys ...string) *outgoing {
+	e := &entry{stream: "s", id: id + "-0"}
+	e.events = e.one[:]
+	e.events[0] = event{id: id, ev: &wire.Event{ID: id, Tenant: "acme", Domain: domain, Keys: keys, TS: ts}, routes: []matrix.Route{rt}}
+	o := newOutgoing(rt, part{e: e, v: &e.events[0], keys: keys})
+	o.seal()
+	return o
 }
 
 // Within the channel's budget a message goes out at once; beyond it, events
@@ -58,18 +63,12 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 	c, s, rt := coalescerFor(t, "1m")
 	now := time.Now()
 	mtx := s.Matrix()
-	e1, m1 := event("e1", "user", 100, "k1")
-	if !c.admit(now, mtx, e1, rt, m1) {
+	if !c.admit(now, mtx, oneEvent(rt, "e1", "user", 100, "k1")) {
 		t.Fatal("the first message, within the burst, was not let through")
 	}
-	e2, m2 := event("e2", "user", 200, "k2")
-	e3, m3 := event("e3", "order", 150, "k2", "k3")
-	for _, ev := range []struct {
-		e *entry
-		m wire.Message
-	}{{e2, m2}, {e3, m3}} {
-		if c.admit(now, mtx, ev.e, rt, ev.m) {
-			t.Fatalf("%s let through over the budget", ev.m.Event)
+	for _, o := range []*outgoing{oneEvent(rt, "e2", "user", 200, "k2"), oneEvent(rt, "e3", "order", 150, "k2", "k3")} {
+		if c.admit(now, mtx, o) {
+			t.Fatalf("%s let through over the budget", o.msg.Event)
 		}
 	}
 	if held := c.held(); !slices.Equal(held["s"], []string{"e2-0", "e3-0"}) {
@@ -86,7 +85,7 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 	}
 	o := got[0][0]
 	if !slices.Equal(o.msg.Keys, []string{"k2", "k3"}) || !slices.Equal(o.ids, []string{"e2", "e3"}) ||
-		len(o.entries) != 2 || o.msg.TS != 150 || o.msg.Domain != "" || o.msg.Event != "e2" {
+		len(o.parts) != 2 || o.msg.TS != 150 || o.msg.Domain != "" || o.msg.Event != "e2" {
 		t.Errorf("merged message %+v, ids %v", o.msg, o.ids)
 	}
 	if len(c.held()) != 0 {
@@ -95,8 +94,7 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 
 	// Past max_keys the merged message invalidates the whole tag.
 	for i, keys := range [][]string{{"a", "b"}, {"c", "d"}} {
-		e, m := event("w"+string(rune('0'+i)), "user", 1, keys...)
-		if c.admit(now, mtx, e, rt, m) {
+		if c.admit(now, mtx, oneEvent(rt, "w"+string(rune('0'+i)), "user", 1, keys...)) {
 			t.Fatal("let through over the budget")
 		}
 	}
@@ -115,8 +113,7 @@ func TestCoalescerRun(t *testing.T) {
 	go func() { c.run(ctx); close(done) }()
 	now := time.Now()
 	for _, id := range []string{"e1", "e2"} {
-		e, m := event(id, "user", 1, id)
-		c.admit(now, s.Matrix(), e, rt, m)
+		c.admit(now, s.Matrix(), oneEvent(rt, id, "user", 1, id))
 	}
 	redistest.Eventually(t, 10*time.Second, "the merged message published", func() bool { return len(s.published()) == 1 })
 	if o := s.published()[0][0]; !slices.Equal(o.ids, []string{"e2"}) {
@@ -129,8 +126,7 @@ func TestCoalescerRun(t *testing.T) {
 	done2 := make(chan struct{})
 	go func() { c2.run(ctx2); close(done2) }()
 	for _, id := range []string{"e1", "e2"} {
-		e, m := event(id, "user", 1, id)
-		c2.admit(now, s2.Matrix(), e, rt2, m)
+		c2.admit(now, s2.Matrix(), oneEvent(rt2, id, "user", 1, id))
 	}
 	cancel2()
 	<-done2
@@ -139,4 +135,35 @@ func TestCoalescerRun(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// A message split by the publish script's flags keeps the parts not recorded
+// (and those past the recorded ids), with their keys only; nothing is left
+// when every part was recorded.
+func TestOutgoingWithout(t *testing.T) {
+	_, _, rt := coalescerFor(t, "1m")
+	rt.Limits.MaxKeys = 10
+	o := oneEvent(rt, "e1", "user", 5, "k1")
+	for _, x := range []*outgoing{oneEvent(rt, "e2", "user", 3, "k2", "k1"), oneEvent(rt, "e3", "order", 4, "k3")} {
+		o.merge(x.parts...)
+	}
+	o.seal()
+	if !slices.Equal(o.msg.Keys, []string{"k1", "k2", "k3"}) || !slices.Equal(o.ids, []string{"e1", "e2", "e3"}) || o.msg.TS != 3 || o.msg.Domain != "" {
+		t.Fatalf("merged %+v, ids %v", o.msg, o.ids)
+	}
+	rest, old := o.without([]bool{true, false, true})
+	if len(old) != 2 || old[0].v.id != "e1" || old[1].v.id != "e3" {
+		t.Errorf("recorded parts %v", old)
+	}
+	if rest == nil || !slices.Equal(rest.msg.Keys, []string{"k2", "k1"}) || !slices.Equal(rest.ids, []string{"e2"}) || rest.msg.Event != "e2" || rest.msg.TS != 3 || rest.msg.Domain != "user" {
+		t.Fatalf("the rest %+v", rest)
+	}
+	// Parts past the flags (ids not recorded by the message) stay.
+	rest, _ = o.without([]bool{true, true})
+	if rest == nil || !slices.Equal(rest.ids, []string{"e3"}) || !slices.Equal(rest.msg.Keys, []string{"k3"}) {
+		t.Errorf("past the flags: %+v", rest)
+	}
+	if rest, old := o.without([]bool{true, true, true}); rest != nil || len(old) != 3 {
+		t.Errorf("all recorded: rest %+v, %d recorded", rest, len(old))
+	}
 }

@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		published: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_messages_published_total", Help: "Channel messages published, by tag."}, []string{"tag"}),
 		duplicates: f.NewCounter(prometheus.CounterOpts{
-			Name: "routerd_publish_duplicates_total", Help: "Channel publishes skipped because the event id was already published there."}),
+			Name: "routerd_publish_duplicates_total", Help: "Channel publishes skipped, or events left out of a merged message, because the event id was already published there."}),
 		claimed: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_entries_claimed_total", Help: "Pending ingress entries claimed from idle consumers."}),
 		retried: f.NewCounter(prometheus.CounterOpts{

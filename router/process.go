@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,56 +49,90 @@ func (o *Options) sizeDefaults() error {
 
 // entry is one ingress entry on its way through a batch.
 type entry struct {
-	stream  string
-	id      string // stream entry id
-	ev      *wire.Event
-	eventID string
-	// publisher is the publisher whose own stream the entry is on, "" for
-	// the shared ingress.
-	publisher string
-	routes    []matrix.Route
-	// dead is set when the entry goes to the dead-letter stream.
+	stream string
+	id     string // stream entry id
+	raw    map[string]any
+	// events are the entry's events: one for an entry with the field event,
+	// several for one with events (a packed entry).
+	events []event
+	one    [1]event
+	// reason and detail are set when the entry itself goes to the dead
+	// letters (no event, a packed array that is no array of events).
 	reason, detail string
-	raw            map[string]any
-	// remaining counts the entry's channel messages not yet published,
-	// directly or as part of a coalesced message; whoever brings it to zero
-	// settles the entry: acknowledges it, or queues it for another try when
-	// a publish failed.
+	// remaining counts the entry's parts (an event's share of a channel
+	// message) not yet published, directly or as part of a merged message,
+	// and one more while the dead letters of its refused events are not
+	// written; whoever brings it to zero settles the entry: acknowledges
+	// it, or queues it for another try when something failed.
 	remaining atomic.Int32
 	mu        sync.Mutex
 	err       error // why the entry failed; nil while it has not
 	// alone is set when the entry was routed in a batch of one, so a
 	// failure that will not pass is its own and counts towards the dead letters.
 	alone bool
-	// span is the entry's route span (nil when tracing is off), parent of
+}
+
+// event is one event of an entry.
+type event struct {
+	ev     *wire.Event
+	id     string // the event's id, or the one derived for it
+	routes []matrix.Route
+	// publisher is the publisher whose own stream the event came on, ""
+	// for the shared ingress.
+	publisher string
+	// index is the event's place in a packed entry's array, -1 for the
+	// event field.
+	index int
+	// reason and detail are set when the event goes to the dead letters;
+	// json is then a packed event's own JSON.
+	reason, detail string
+	json           []byte
+	// span is the event's route span (nil when tracing is off), parent of
 	// its channel publish spans: it runs from routing the event until the
-	// last of its messages is published, coalescing delay included.
+	// entry's last message is published, coalescing delay included.
 	span trace.Span
 }
 
-// finish records one of the entry's messages as published (err nil) or
+// routed reports whether the event is valid and goes somewhere.
+func (v *event) routed() bool { return v.reason == "" && len(v.routes) > 0 }
+
+// refusedEvents reports whether some events of the entry (not the entry
+// itself) go to the dead letters.
+func (e *entry) refusedEvents() bool {
+	for i := range e.events {
+		if e.events[i].reason != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// finish records one of the entry's parts as published (err nil) or
 // failed, and reports whether it was the entry's last. The last one ends
-// the route span.
+// the route spans.
 func (e *entry) finish(err error) bool {
 	if err != nil {
 		e.fail(err)
 	}
 	last := e.remaining.Add(-1) == 0
 	if last {
-		e.endSpan()
+		e.endSpans()
 	}
 	return last
 }
 
-// endSpan ends the route span, marked failed when a message was not published.
-func (e *entry) endSpan() {
-	if e.span == nil {
-		return
+// endSpans ends the route spans, marked failed when a message was not published.
+func (e *entry) endSpans() {
+	for i := range e.events {
+		span := e.events[i].span
+		if span == nil {
+			continue
+		}
+		if e.failure() != nil {
+			span.SetStatus(codes.Error, "a channel message was not published; the entry is tried again")
+		}
+		span.End()
 	}
-	if e.failure() != nil {
-		e.span.SetStatus(codes.Error, "a channel message was not published; the entry is tried again")
-	}
-	e.span.End()
 }
 
 // fail records why the entry failed; an error that will not pass outweighs
@@ -116,32 +152,13 @@ func (e *entry) failure() error {
 	return e.err
 }
 
-// outgoing is one channel message to publish: for one event, or for many
-// coalesced ones.
-type outgoing struct {
-	route   matrix.Route
-	msg     wire.Message // without epoch and version
-	ids     []string     // event ids; the first is the message's event
-	entries []*entry     // the first one's route span is the parent of the message's span
-	// one holds the single id and entry of a message for one event.
-	one struct {
-		id    [1]string
-		entry [1]*entry
-	}
-}
-
-// single returns the message of one event.
-func single(rt matrix.Route, msg wire.Message, e *entry) *outgoing {
-	o := &outgoing{route: rt, msg: msg}
-	o.one.id[0], o.one.entry[0] = e.eventID, e
-	o.ids, o.entries = o.one.id[:], o.one.entry[:]
-	return o
-}
-
 // process routes one batch of entries from stream and acknowledges those
 // whose messages were all published (or that were dead-lettered). Entries
 // that failed stay pending and go to the stream's retry queue; the error
 // returned says how many and why.
+//
+// The events of the batch that go to the same channel make one message
+// (see outgoing): one version, one history entry and one PUBLISH for them.
 func (r *Router) process(parent context.Context, stream string, msgs []redis.XMessage) error {
 	if len(msgs) == 0 {
 		return nil
@@ -169,51 +186,82 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		return r.failBatch(entries, err)
 	}
 
-	// Each route goes out now if the storm limits allow, else it merges into
-	// its channel's pending message and is finished by the coalescer.
-	now := time.Now()
-	var direct []*outgoing
-	var done []*entry // complete: published, failed, or nothing to publish
+	// The batch's events merge into one message per channel (a new one
+	// after maxMergedIDs events, so that every id is recorded), in the
+	// order the channels first appear.
+	var done []*entry // complete: nothing to publish
+	var merged []*outgoing
+	open := map[string]*outgoing{}
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
 		}
-		e.remaining.Store(int32(len(e.routes)))
-		if r.tracing {
-			_, e.span = r.tracer.Start(telemetry.Extract(ctx, e.ev.Traceparent), "route",
-				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-					attribute.String("routerd.tenant", e.ev.Tenant), attribute.String("routerd.domain", e.ev.Domain),
-					attribute.String("routerd.event", e.eventID), attribute.Int("routerd.channels", len(e.routes))))
+		n := 0
+		for i := range e.events {
+			n += len(e.events[i].routes)
 		}
-		if len(e.routes) == 0 {
-			e.endSpan()
+		if e.refusedEvents() {
+			n++ // settled once the dead letters are written
+		}
+		e.remaining.Store(int32(n))
+		if n == 0 {
 			done = append(done, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
 		}
-		for _, rt := range e.routes {
-			keys := e.ev.Keys
-			if len(keys) > rt.Limits.MaxKeys {
-				keys = nil // no message carries more than max_keys keys: the whole tag covers them
-				r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+		for i := range e.events {
+			v := &e.events[i]
+			if !v.routed() {
+				continue
 			}
-			msg := wire.Message{Tenant: e.ev.Tenant, Tag: rt.Tag, Keys: keys, Event: e.eventID, Domain: e.ev.Domain,
-				Origin: e.ev.Origin, TS: e.ev.TS, Traceparent: e.ev.Traceparent}
-			if rt.EntityRefs && e.ev.EntityLevel() {
-				msg.Refs = []string{names.Ref(e.ev.Domain, e.ev.Entity)} // entity-level: not the whole tag
+			if r.tracing {
+				_, v.span = r.tracer.Start(telemetry.Extract(ctx, v.ev.Traceparent), "route",
+					trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+						attribute.String("routerd.tenant", v.ev.Tenant), attribute.String("routerd.domain", v.ev.Domain),
+						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
 			}
-			if r.co.admit(now, mtx, e, rt, msg) {
-				direct = append(direct, single(rt, msg, e))
+			for _, rt := range v.routes {
+				keys := v.ev.Keys
+				if len(keys) > rt.Limits.MaxKeys {
+					keys = nil // no message carries more than max_keys keys: the whole tag covers them
+					r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+				}
+				p := part{e: e, v: v, keys: keys}
+				if o := open[rt.Channel]; o != nil && len(o.parts) < maxMergedIDs {
+					if o.merge(p) {
+						r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+					}
+					continue
+				}
+				o := newOutgoing(rt, p)
+				open[rt.Channel] = o
+				merged = append(merged, o)
 			}
+		}
+	}
+
+	// Each message goes out now if the storm limits allow, else it merges
+	// into its channel's pending message and is finished by the coalescer.
+	now := time.Now()
+	var direct []*outgoing
+	for _, o := range merged {
+		o.seal()
+		if r.co.admit(now, mtx, o) {
+			direct = append(direct, o)
 		}
 	}
 	done = append(done, r.send(ctx, direct)...)
 	deadErr := r.deadLetter(ctx, stream, entries)
 	for _, e := range entries {
-		if e.reason != "" {
+		switch {
+		case e.reason != "":
 			if deadErr != nil {
 				e.fail(deadErr)
 			}
 			done = append(done, e)
+		case e.refusedEvents():
+			if e.finish(deadErr) {
+				done = append(done, e)
+			}
 		}
 	}
 	return r.settle(ctx, done)
@@ -258,7 +306,7 @@ func (r *Router) settle(ctx context.Context, done []*entry, failed ...*entry) er
 	return fmt.Errorf("%d entries failed, retried shortly: %w", len(failed), failed[0].failure())
 }
 
-// ack acknowledges complete entries, grouped by stream, and counts them.
+// ack acknowledges complete entries, grouped by stream, and counts their events.
 func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	if len(entries) == 0 {
 		return nil
@@ -277,55 +325,113 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 		return fmt.Errorf("XACK: %w", err)
 	}
 	for _, e := range entries {
-		if e.ev != nil && e.reason == "" {
-			r.m.routed.WithLabelValues(e.ev.Domain).Inc()
+		for i := range e.events {
+			if v := &e.events[i]; v.ev != nil && v.reason == "" {
+				r.m.routed.WithLabelValues(v.ev.Domain).Inc()
+			}
 		}
 	}
 	return nil
 }
 
-// parse fills e from an ingress entry: the event and its routes, or the
-// reason it goes to the dead letters.
+// parse fills e from an ingress entry: its events and their routes, or the
+// reason it, or one of its events, goes to the dead letters.
 func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage) {
 	e.stream, e.id, e.raw = stream, msg.ID, msg.Values
-	raw, ok := msg.Values[wire.EventField].(string)
-	if !ok {
-		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field`
+	raw, single := msg.Values[wire.EventField].(string)
+	packed, many := msg.Values[wire.EventsField].(string)
+	switch {
+	case single && many:
+		e.reason, e.detail = ReasonMalformed, `the entry has both an "event" and an "events" field; it carries one or the other`
+		return
+	case many:
+		r.parsePacked(e, mtx, stream, msg.ID, packed)
+		return
+	case !single:
+		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field (nor "events")`
 		return
 	}
+	e.events = e.one[:]
+	v := &e.events[0]
+	v.index = -1
 	if len(raw) > r.opt.MaxEventBytes {
-		e.reason = ReasonTooLarge
-		e.detail = fmt.Sprintf("event of %d bytes is above the limit of %d bytes (max event bytes)", len(raw), r.opt.MaxEventBytes)
+		v.reason = ReasonTooLarge
+		v.detail = fmt.Sprintf("event of %d bytes is above the limit of %d bytes (max event bytes)", len(raw), r.opt.MaxEventBytes)
 		return
 	}
 	ev, err := wire.ParseEvent([]byte(raw))
 	if err != nil {
+		v.reason, v.detail = ReasonMalformed, err.Error()
+		return
+	}
+	if r.route(v, mtx, ev, names.StreamPublisher(r.prefix, stream)) && v.id == "" {
+		v.id = RawEventID(stream, msg.ID)
+	}
+}
+
+// parsePacked fills e from the JSON array of a packed entry: each event is
+// decoded, validated and routed on its own.
+func (r *Router) parsePacked(e *entry, mtx *matrix.Matrix, stream, entryID, packed string) {
+	if len(packed) > r.opt.MaxEventBytes {
+		e.reason = ReasonTooLarge
+		e.detail = fmt.Sprintf("events of %d bytes are above the limit of %d bytes (max event bytes)", len(packed), r.opt.MaxEventBytes)
+		return
+	}
+	list, err := wire.ParseEvents([]byte(packed))
+	if err != nil {
 		e.reason, e.detail = ReasonMalformed, err.Error()
 		return
 	}
-	routes, known := mtx.Routes(ev.Tenant, ev.Domain)
-	if !known {
-		e.reason, e.detail = ReasonUnknownDomain, fmt.Sprintf("domain %q is not in the matrix", ev.Domain)
-		return
-	}
-	// An event from a publisher's own stream (which a Redis ACL binds to
-	// that publisher) is routed only within the publisher's grant.
+	e.events = make([]event, len(list))
 	pub := names.StreamPublisher(r.prefix, stream)
-	if pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant) {
-		e.reason = ReasonNotGranted
-		e.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
-		return
+	for i, p := range list {
+		v := &e.events[i]
+		v.index = i
+		if p.Err != nil {
+			v.reason, v.detail, v.json = ReasonMalformed, fmt.Sprintf("events[%d]: %v", i, p.Err), p.JSON
+			continue
+		}
+		if r.route(v, mtx, p.Event, pub) && v.id == "" {
+			v.id = PackedEventID(stream, entryID, i)
+		}
 	}
-	e.ev, e.routes, e.eventID, e.publisher = ev, routes, ev.ID, pub
+}
+
+// route fills v with a valid event, its id and its routes, and reports
+// whether it is routed: the matrix knows its domain, and an event from a
+// publisher's own stream (pub, which a Redis ACL binds to that publisher)
+// is within the publisher's grant.
+func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string) bool {
+	v.ev = ev
+	routes, known := mtx.Routes(ev.Tenant, ev.Domain)
 	switch {
-	case e.eventID == "":
-		e.eventID = RawEventID(stream, msg.ID)
-	case pub != "":
+	case !known:
+		v.reason, v.detail = ReasonUnknownDomain, fmt.Sprintf("domain %q is not in the matrix", ev.Domain)
+	case pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant):
+		v.reason = ReasonNotGranted
+		v.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
+	}
+	if v.reason != "" {
+		if v.index >= 0 {
+			v.detail = fmt.Sprintf("events[%d]: %s", v.index, v.detail)
+			v.json, _ = ev.Marshal() // valid: it encodes
+		}
+		return false
+	}
+	v.routes, v.id, v.publisher = routes, ev.ID, pub
+	if pub != "" && v.id != "" {
 		// A publisher's ids are its own: another publisher granted the
 		// same channel cannot make this event a duplicate by taking its id
 		// first.
-		e.eventID = boundedID(pub + "/" + e.eventID)
+		v.id = boundedID(pub + "/" + v.id)
 	}
+	return true
+}
+
+// PackedEventID is the id of the event at index i of a packed entry
+// published without one: unique per stream, entry and place.
+func PackedEventID(stream, entryID string, i int) string {
+	return RawEventID(stream, entryID+":"+strconv.Itoa(i))
 }
 
 // RawEventID is the id of an event published without one: its stream name and
@@ -360,14 +466,17 @@ const (
 // event, the whole tag. An older event naming a key the newer ones did not
 // invalidate (a retry, a late partition) is routed.
 func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
-	var check []*entry
+	var check []*event
 	for _, e := range entries {
-		// An entity-level event of a domain with entity_refs is not checked:
-		// recorded as whole-tag it would suppress an older whole-tag event
-		// it does not cover.
-		refs := e.ev != nil && e.ev.EntityLevel() && len(e.routes) > 0 && e.routes[0].EntityRefs
-		if e.ev != nil && e.ev.SourceVersion > 0 && e.ev.Entity != "" && len(e.routes) > 0 && len(e.ev.Keys) <= srcverEventKeys && !refs {
-			check = append(check, e)
+		for i := range e.events {
+			v := &e.events[i]
+			// An entity-level event of a domain with entity_refs is not
+			// checked: recorded as whole-tag it would suppress an older
+			// whole-tag event it does not cover.
+			refs := v.ev != nil && v.ev.EntityLevel() && len(v.routes) > 0 && v.routes[0].EntityRefs
+			if v.routed() && v.ev.SourceVersion > 0 && v.ev.Entity != "" && len(v.ev.Keys) <= srcverEventKeys && !refs {
+				check = append(check, v)
+			}
 		}
 	}
 	if len(check) == 0 {
@@ -376,18 +485,18 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	ttl := r.opt.SourceVersionTTL.Milliseconds()
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
-		for i, e := range check {
-			entity := e.ev.Entity
-			if e.publisher != "" {
+		for i, v := range check {
+			entity := v.ev.Entity
+			if v.publisher != "" {
 				// Each publisher orders its own changes: another one
 				// granted the domain cannot claim a version far ahead
 				// and suppress this one's events.
-				entity = e.publisher + "/" + entity
+				entity = v.publisher + "/" + entity
 			}
-			key := names.SourceVersionKey(r.prefix, e.ev.Tenant, e.ev.Domain, entity)
-			args := make([]any, 0, 3+len(e.ev.Keys))
-			args = append(args, e.ev.SourceVersion, ttl, srcverEntityKeys)
-			for _, k := range e.ev.Keys {
+			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, entity)
+			args := make([]any, 0, 3+len(v.ev.Keys))
+			args = append(args, v.ev.SourceVersion, ttl, srcverEntityKeys)
+			for _, k := range v.ev.Keys {
 				args = append(args, k)
 			}
 			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, args...)
@@ -397,9 +506,9 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("source_version check: %w", err)
 	}
-	for i, e := range check {
+	for i, v := range check {
 		if cmds[i].Val() == int64(0) {
-			e.routes = nil
+			v.routes = nil
 			r.m.suppressed.Inc()
 		}
 	}
@@ -414,9 +523,12 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	var fresh []any
 	seen := map[string]bool{}
 	for _, e := range entries {
-		if len(e.routes) > 0 && !r.tenants[e.ev.Tenant] && !seen[e.ev.Tenant] {
-			seen[e.ev.Tenant] = true
-			fresh = append(fresh, e.ev.Tenant)
+		for i := range e.events {
+			v := &e.events[i]
+			if v.routed() && !r.tenants[v.ev.Tenant] && !seen[v.ev.Tenant] {
+				seen[v.ev.Tenant] = true
+				fresh = append(fresh, v.ev.Tenant)
+			}
 		}
 	}
 	r.tenantsMu.Unlock()
@@ -457,15 +569,26 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 
 // send publishes channel messages in one pipeline and returns the entries it
 // completed. A message that fails marks its entries failed: settle will not
-// acknowledge them but queue them for another try.
+// acknowledge them but queue them for another try. A message some of whose
+// events were published before (a redelivery that grouped events otherwise)
+// is not sent: it goes again without them and their keys.
 func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
-	if len(out) == 0 {
-		return nil
-	}
 	cmd := "PUBLISH"
 	if r.cluster {
 		cmd = "SPUBLISH"
 	}
+	var done []*entry
+	for len(out) > 0 {
+		var again []*outgoing
+		done, again = r.sendOnce(ctx, out, cmd, done)
+		out = again
+	}
+	return done
+}
+
+// sendOnce publishes out once; it appends the entries it completed to done
+// and returns the messages to send again without their recorded events.
+func (r *Router) sendOnce(ctx context.Context, out []*outgoing, cmd string, done []*entry) ([]*entry, []*outgoing) {
 	epoch := newEpoch()
 	// With tracing on, each message gets a "channel publish" span, whose
 	// context the message carries; off, the event's traceparent passes on.
@@ -475,28 +598,48 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			spans[i] = noopSpan
 			continue
 		}
-		pctx := trace.ContextWithSpan(ctx, o.entries[0].span)
+		pctx := trace.ContextWithSpan(ctx, o.parts[0].v.span)
 		var span trace.Span
 		pctx, span = r.tracer.Start(pctx, "channel publish", trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithAttributes(attribute.String("cache.tag", o.route.Tag), attribute.String("messaging.destination.name", o.route.Channel),
-				attribute.Int("routerd.events", len(o.entries)), attribute.Int("cache.keys", len(o.msg.Keys))))
+				attribute.Int("routerd.events", len(o.parts)), attribute.Int("cache.keys", len(o.msg.Keys))))
 		spans[i] = span
 		if tp := telemetry.Inject(pctx); tp != "" {
 			o.msg.Traceparent = tp
 		}
 	}
 	results := r.publishDurably(ctx, out, epoch, cmd)
-	var done []*entry
+	var again []*outgoing
 	for i, o := range out {
 		res := results[i]
-		ok := res.err == nil
-		if !ok {
+		switch {
+		case res.err != nil:
 			r.log.Warn("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
 			spans[i].SetStatus(codes.Error, res.err.Error())
-		} else if res.duplicate {
+		case res.recorded != nil && !slices.Contains(res.recorded, true):
+			res.err = errors.New("publish script: a message answered as partly recorded names no recorded event")
+			r.log.Error("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
+			spans[i].SetStatus(codes.Error, res.err.Error())
+		case res.recorded != nil:
+			// Nothing was sent: the events recorded before are done, the
+			// others go again in a message of their own.
+			rest, old := o.without(res.recorded)
+			r.m.duplicates.Add(float64(len(old)))
+			spans[i].SetAttributes(attribute.Int("routerd.recorded_before", len(old)))
+			spans[i].End()
+			for _, p := range old {
+				if p.e.finish(nil) {
+					done = append(done, p.e)
+				}
+			}
+			if rest != nil {
+				again = append(again, rest)
+			}
+			continue
+		case res.duplicate:
 			r.m.duplicates.Inc()
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
-		} else {
+		default:
 			r.m.published.WithLabelValues(o.route.Tag).Inc()
 			if o.msg.TS > 0 {
 				r.m.publishLag.Observe(time.Since(time.UnixMilli(o.msg.TS)).Seconds())
@@ -504,33 +647,57 @@ func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
 			spans[i].SetAttributes(attribute.Int64("routerd.version", res.version))
 		}
 		spans[i].End()
-		for _, e := range o.entries {
-			if e.finish(res.err) {
-				done = append(done, e)
+		for _, p := range o.parts {
+			if p.e.finish(res.err) {
+				done = append(done, p.e)
 			}
 		}
 	}
-	return done
+	return done, again
 }
 
-// deadLetter records the refused entries of the batch with their reason. An
-// error means none was recorded; they stay pending.
+// deadLetter records the refused entries and events of the batch with
+// their reason. An error means none was recorded; they stay pending.
+//
+// A refused packed event's dead letter names its index and keeps, as
+// entry, the fields of an entry that would carry it alone.
 func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry) error {
-	var dead []*entry
+	type dead struct {
+		e *entry
+		v *event // nil: the entry itself
+	}
+	var list []dead
 	for _, e := range entries {
 		if e.reason != "" {
-			dead = append(dead, e)
+			list = append(list, dead{e: e})
+			continue
+		}
+		for i := range e.events {
+			if e.events[i].reason != "" {
+				list = append(list, dead{e, &e.events[i]})
+			}
 		}
 	}
-	if len(dead) == 0 {
+	if len(list) == 0 {
 		return nil
 	}
+	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, e := range dead {
+		for _, d := range list {
+			reason, detail, fields := d.e.reason, d.e.detail, d.e.raw
+			var index []any
+			if d.v != nil {
+				reason, detail = d.v.reason, d.v.detail
+				if d.v.index >= 0 {
+					fields = map[string]any{wire.EventField: string(d.v.json)}
+					index = []any{"index", strconv.Itoa(d.v.index)}
+				}
+			}
+			values := []any{"reason", reason, "error", detail, "stream", stream, "entry_id", d.e.id}
+			values = append(values, index...)
+			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true,
-				Values: []any{"reason", e.reason, "error", e.detail, "stream", stream, "entry_id", e.id,
-					"entry", entryCopy(e.raw, r.opt.DeadLetterEntryBytes), "ts", strconv.FormatInt(time.Now().UnixMilli(), 10)},
+				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
 			})
 		}
 		return nil
@@ -539,9 +706,13 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		r.log.Error("writing dead letters", "err", err)
 		return fmt.Errorf("writing dead letters: %w", err)
 	}
-	for _, e := range dead {
-		r.m.deadLettered.WithLabelValues(e.reason).Inc()
-		r.log.Warn("dead-lettered an event", "reason", e.reason, "err", e.detail, "stream", stream, "entry", e.id)
+	for _, d := range list {
+		reason, detail := d.e.reason, d.e.detail
+		if d.v != nil {
+			reason, detail = d.v.reason, d.v.detail
+		}
+		r.m.deadLettered.WithLabelValues(reason).Inc()
+		r.log.Warn("dead-lettered an event", "reason", reason, "err", detail, "stream", stream, "entry", d.e.id)
 	}
 	return nil
 }
@@ -563,7 +734,11 @@ func runScripts(ctx context.Context, c scripter, build func(redis.Pipeliner) []*
 type published struct {
 	version   int64
 	duplicate bool // every event id of it was published before; nothing sent
-	err       error
+	// recorded is set when some of the message's event ids were published
+	// before and others not: nothing was sent, and recorded[i] tells
+	// whether ids[i] was.
+	recorded []bool
+	err      error
 }
 
 // Bounds of one publish script call: it blocks its Redis while it runs, so
@@ -668,8 +843,9 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 	}
 	for j, call := range calls {
 		res, err := cmds[j].Int64Slice()
-		if err == nil && len(res) != 2*call.messages {
-			err = fmt.Errorf("publish script: %d results for %d messages", len(res), call.messages)
+		var got []published
+		if err == nil {
+			got, err = publishResults(res, out, call)
 		}
 		if permanent(err) && len(call.channels) > 1 {
 			split = append(split, call)
@@ -683,13 +859,52 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 				if err != nil {
 					results[i].err = err
 				} else {
-					results[i] = published{version: res[k], duplicate: res[k+1] == 1}
+					results[i] = got[k]
 				}
-				k += 2
+				k++
 			}
 		}
 	}
 	return split
+}
+
+// publishResults reads the publish script's reply to one call: for each
+// message its version and status, and after status 2 a flag per event id.
+func publishResults(res []int64, out []*outgoing, call publishCall) ([]published, error) {
+	got := make([]published, 0, call.messages)
+	k := 0
+	for _, channel := range call.channels {
+		for _, i := range channel {
+			if k+2 > len(res) {
+				return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
+			}
+			p := published{version: res[k]}
+			status := res[k+1]
+			k += 2
+			switch status {
+			case 0:
+			case 1:
+				p.duplicate = true
+			case 2:
+				n := len(out[i].ids)
+				if k+n > len(res) {
+					return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
+				}
+				p.recorded = make([]bool, n)
+				for x := range n {
+					p.recorded[x] = res[k+x] == 1
+				}
+				k += n
+			default:
+				return nil, fmt.Errorf("publish script: status %d", status)
+			}
+			got = append(got, p)
+		}
+	}
+	if k != len(res) {
+		return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
+	}
+	return got, nil
 }
 
 // publishCall is one publish script call: indexes of out, by channel.

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -92,27 +93,37 @@ func TestPublishScriptBatch(t *testing.T) {
 		message("invalidate:acme:a", "a", "e1"), // again in the same call
 		message("invalidate:acme:b", "b", "e3", "e4"),
 		message("invalidate:acme:b", "b", "e4", "e1"), // every id seen
+		message("invalidate:acme:a", "a", "e6", "e6"), // an id repeated, new
 	}
 	res := r.publishDurably(ctx, out, "ep", "PUBLISH")
-	want := []published{{version: 1}, {version: 1}, {version: 2}, {version: 1, duplicate: true}, {version: 2}, {version: 2, duplicate: true}}
+	want := []published{{version: 1}, {version: 1}, {version: 2}, {version: 1, duplicate: true}, {version: 2}, {version: 2, duplicate: true}, {version: 3}}
 	for i := range want {
-		if res[i] != want[i] {
+		if !reflect.DeepEqual(res[i], want[i]) {
 			t.Errorf("message %d: %+v, want %+v", i, res[i], want[i])
 		}
 	}
-	res = r.publishDurably(ctx, []*outgoing{message("invalidate:acme:a", "a", "e2"), message("invalidate:acme:a", "a", "e5", "e2")}, "other", "PUBLISH")
-	if want := []published{{version: 2, duplicate: true}, {version: 3}}; !slices.Equal(res, want) {
+	// Some ids recorded before, others not: nothing is sent or recorded,
+	// and the reply says which were.
+	res = r.publishDurably(ctx, []*outgoing{message("invalidate:acme:a", "a", "e2"), message("invalidate:acme:a", "a", "e5", "e2", "e7")}, "other", "PUBLISH")
+	if want := []published{{version: 2, duplicate: true}, {version: 3, recorded: []bool{false, true, false}}}; !reflect.DeepEqual(res, want) {
 		t.Errorf("next call: %+v, want %+v", res, want)
+	}
+	if n, err := c.ZCard(ctx, "{invalidate:acme:a}:events").Result(); err != nil || n != 3 {
+		t.Errorf("ids recorded after a mixed message: %d, %v; want e1, e2, e6", n, err)
+	}
+	res = r.publishDurably(ctx, []*outgoing{message("invalidate:acme:a", "a", "e5", "e7")}, "other", "PUBLISH")
+	if want := []published{{version: 4}}; !reflect.DeepEqual(res, want) {
+		t.Errorf("the message again without e2: %+v, want %+v", res, want)
 	}
 	hist, err := c.XRange(ctx, "{invalidate:acme:a}:history", "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(hist) != 3 || hist[2].ID != "3-0" {
+	if len(hist) != 4 || hist[3].ID != "4-0" {
 		t.Fatalf("history: %v", hist)
 	}
-	msg, err := wire.ParseMessage([]byte(hist[2].Values[names.HistoryField].(string)))
-	if err != nil || msg.Epoch != "ep" || msg.Version != 3 || msg.Event != "e5" {
+	msg, err := wire.ParseMessage([]byte(hist[3].Values[names.HistoryField].(string)))
+	if err != nil || msg.Epoch != "ep" || msg.Version != 4 || msg.Event != "e5" {
 		t.Errorf("history entry: %+v %v", msg, err)
 	}
 }
@@ -178,11 +189,12 @@ publishers:
 		var e entry
 		ev := fmt.Sprintf(`{"tenant":%q,"domain":%q}`, tc.tenant, tc.domain)
 		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
-		if e.reason != tc.reason {
-			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, e.reason, e.detail, tc.reason)
+		v := e.events[0]
+		if v.reason != tc.reason {
+			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, v.reason, v.detail, tc.reason)
 		}
-		if tc.reason == ReasonNotGranted && !strings.Contains(e.detail, fmt.Sprintf("is not granted domain %q for tenant %q", tc.domain, tc.tenant)) {
-			t.Errorf("detail %q", e.detail)
+		if tc.reason == ReasonNotGranted && !strings.Contains(v.detail, fmt.Sprintf("is not granted domain %q for tenant %q", tc.domain, tc.tenant)) {
+			t.Errorf("detail %q", v.detail)
 		}
 	}
 }
@@ -217,8 +229,9 @@ publishers: {p: {domains: [user], tenants: all}}
 			ev = `{"tenant":"acme","domain":"user"}`
 		}
 		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
-		if e.reason != "" || e.eventID != tc.want || len(e.eventID) > wire.MaxIDLen {
-			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, e.eventID, e.reason, tc.want)
+		v := e.events[0]
+		if v.reason != "" || v.id != tc.want || len(v.id) > wire.MaxIDLen {
+			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, v.id, v.reason, tc.want)
 		}
 	}
 }

@@ -35,7 +35,8 @@ type Options struct {
 	// Consumer names this instance in the group; hostname-pid by default.
 	// Give each instance its own.
 	Consumer string
-	// BatchSize is how many entries one read takes from a partition (256).
+	// BatchSize is how many entries one read takes from a partition (256);
+	// while reads come back full, up to four times as many.
 	BatchSize int
 	// Block is how long a read waits for new entries (1s). It bounds how
 	// long shutdown waits for an idle read.
@@ -392,26 +393,45 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 	return nil
 }
 
+// readLoop reads a stream and hands the batches to its routing goroutine,
+// so that the next batch is read while this one is routed and published.
+// One routing goroutine per stream keeps each channel's messages in the
+// order of the stream.
 func (r *Router) readLoop(ctx context.Context, stream string) {
 	q := r.retryQueue(stream)
+	// Unbuffered: one batch is read ahead at most, so what is handed over
+	// is no older than the batch being routed.
+	batches := make(chan []redis.XMessage)
+	routed := make(chan struct{})
+	go func() {
+		defer close(routed)
+		for msgs := range batches {
+			if err := r.process(ctx, stream, msgs); err != nil {
+				r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
+			}
+			// Failed entries are tried again when due, between batches,
+			// so new entries keep flowing past one that fails.
+			r.retryDue(ctx, stream, q)
+		}
+	}()
+	defer func() { close(batches); <-routed }()
 	// First the entries this consumer name left pending (a restart), then new ones.
 	id := "0"
+	count := r.opt.BatchSize
 	for ctx.Err() == nil {
-		// Failed entries are tried again when due, between reads, so new
-		// entries keep flowing past one that fails.
-		r.retryDue(ctx, stream, q)
 		block := r.opt.Block
 		if at, ok := q.next(); ok {
 			block = min(block, max(time.Until(at), time.Millisecond))
 			if q.size() >= 4*r.opt.BatchSize {
 				// Enough in hand that fails: take no more until they pass.
 				sleep(ctx, block)
+				batches <- nil // the retries that are due
 				continue
 			}
 		}
 		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
-			Count: int64(r.opt.BatchSize), Block: block,
+			Count: int64(count), Block: block,
 		}).Result()
 		switch {
 		case err == nil:
@@ -419,6 +439,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
+			batches <- nil // the retries that are due
 			continue
 		case ctx.Err() != nil:
 			return
@@ -447,11 +468,19 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// after the last one, whether or not they succeed.
 			id = msgs[len(msgs)-1].ID
 		}
-		if err := r.process(ctx, stream, msgs); err != nil {
-			r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
+		// Reads follow the backlog: a full read doubles the next one, up
+		// to maxReadBatches × BatchSize; a short one goes back to BatchSize.
+		if len(msgs) >= count {
+			count = min(2*count, maxReadBatches*r.opt.BatchSize)
+		} else {
+			count = r.opt.BatchSize
 		}
+		batches <- msgs
 	}
 }
+
+// maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
+const maxReadBatches = 4
 
 // claimLoop takes over entries left pending by dead instances (or by a
 // failed batch of this one) and keeps the ingress tidy.

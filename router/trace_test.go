@@ -41,14 +41,6 @@ func TestRouteSpanCoversChannelPublishes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// e1 goes out on a and b at once; e2 goes out on a, and on b only in
-	// the coalesced message.
-	if _, err := p.PublishBatch(context.Background(), []publisher.Event{
-		{ID: "e1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}},
-		{ID: "e2", Tenant: "acme", Domain: "user", Keys: []string{"user:2"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
 	ended := func(name string) []sdktrace.ReadOnlySpan {
 		var out []sdktrace.ReadOnlySpan
 		for _, s := range rec.Ended() {
@@ -57,6 +49,18 @@ func TestRouteSpanCoversChannelPublishes(t *testing.T) {
 			}
 		}
 		return out
+	}
+	// e1 goes out on a and b at once; e2, published after it (one read
+	// batch would merge them), goes out on a, and on b only in the
+	// coalesced message.
+	if _, err := p.Publish(context.Background(), publisher.Event{ID: "e1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "e1's two channel publish spans ended", func() bool {
+		return len(ended("channel publish")) == 2
+	})
+	if _, err := p.Publish(context.Background(), publisher.Event{ID: "e2", Tenant: "acme", Domain: "user", Keys: []string{"user:2"}}); err != nil {
+		t.Fatal(err)
 	}
 	redistest.Eventually(t, 10*time.Second, "two route spans and four channel publish spans ended", func() bool {
 		return len(ended("route")) == 2 && len(ended("channel publish")) == 4

@@ -34,6 +34,12 @@ func decodeObject(data []byte, field func(d *decoder, key []byte, v *fastjson.Va
 	if err != nil {
 		return &FieldError{"json", err.Error()}
 	}
+	return d.object(v, field)
+}
+
+// object calls field for every key of the object v, in order.
+func (d *decoder) object(v *fastjson.Value, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+	d.err = nil
 	o, err := v.Object()
 	if err != nil {
 		return &FieldError{"json", "not a JSON object"}
@@ -148,53 +154,102 @@ func (d *decoder) fail(field, reason string) {
 
 func decodeEvent(data []byte) (*Event, error) {
 	e := new(Event)
-	var whole bool
-	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
-		switch string(key) {
-		case "id":
-			d.str(&e.ID, "id", v, false)
-			return 0
-		case "tenant":
-			d.str(&e.Tenant, "tenant", v, true)
-			return 1
-		case "domain":
-			d.str(&e.Domain, "domain", v, true)
-			return 2
-		case "entity":
-			d.str(&e.Entity, "entity", v, false)
-			return 3
-		case "keys":
-			d.strs(&e.Keys, "keys", v)
-			if e.Keys != nil && len(e.Keys) == 0 {
-				d.fail("keys", EmptyKeys)
-			}
-			return 4
-		case "source_version":
-			d.int(&e.SourceVersion, "source_version", v)
-			return 5
-		case "origin":
-			d.str(&e.Origin, "origin", v, true)
-			return 6
-		case "ts":
-			d.int(&e.TS, "ts", v)
-			return 7
-		case "traceparent":
-			d.str(&e.Traceparent, "traceparent", v, false)
-			return 8
-		case "whole_tag":
-			d.bool(&whole, "whole_tag", v)
-			return 20
-		default:
-			return -1
-		}
-	})
-	if whole && e.Keys != nil && err == nil {
-		err = &FieldError{"whole_tag", "given with keys; a whole-tag event names no keys"}
+	err := decodeObject(data, e.field)
+	if err == nil {
+		err = e.settle()
 	}
-	// No "keys" (or null): the whole tag, unless the event names its entity
-	// alone (entity-level) without saying "whole_tag": true.
-	e.WholeTag = e.Keys == nil && (e.Entity == "" || whole)
 	return e, err
+}
+
+// decodeEvents decodes a JSON array of events, each on its own: an item that
+// breaks a rule gets its error and its JSON, the others their event.
+func decodeEvents(data []byte) ([]Packed, error) {
+	d := decoders.Get().(*decoder)
+	defer decoders.Put(d)
+	v, err := d.p.ParseBytes(data)
+	if err != nil {
+		return nil, &FieldError{EventsField, err.Error()}
+	}
+	items, err := v.Array()
+	if err != nil {
+		return nil, &FieldError{EventsField, "not a JSON array of events"}
+	}
+	if len(items) == 0 {
+		return nil, &FieldError{EventsField, "an empty array; an entry carries at least one event"}
+	}
+	if len(items) > MaxPacked {
+		return nil, &FieldError{EventsField, fmt.Sprintf("more than %d events in one entry", MaxPacked)}
+	}
+	out := make([]Packed, len(items))
+	evs := make([]Event, len(items)) // one allocation for the entry
+	for i, item := range items {
+		e := &evs[i]
+		err := d.object(item, e.field)
+		if err == nil {
+			err = e.settle()
+		}
+		if err == nil {
+			err = e.Validate()
+		}
+		if err != nil {
+			out[i] = Packed{Err: err, JSON: item.MarshalTo(nil)}
+			continue
+		}
+		out[i].Event = e
+	}
+	return out, nil
+}
+
+// field decodes one key of an event's JSON object into e.
+func (e *Event) field(d *decoder, key []byte, v *fastjson.Value) int {
+	switch string(key) {
+	case "id":
+		d.str(&e.ID, "id", v, false)
+		return 0
+	case "tenant":
+		d.str(&e.Tenant, "tenant", v, true)
+		return 1
+	case "domain":
+		d.str(&e.Domain, "domain", v, true)
+		return 2
+	case "entity":
+		d.str(&e.Entity, "entity", v, false)
+		return 3
+	case "keys":
+		d.strs(&e.Keys, "keys", v)
+		if e.Keys != nil && len(e.Keys) == 0 {
+			d.fail("keys", EmptyKeys)
+		}
+		return 4
+	case "source_version":
+		d.int(&e.SourceVersion, "source_version", v)
+		return 5
+	case "origin":
+		d.str(&e.Origin, "origin", v, true)
+		return 6
+	case "ts":
+		d.int(&e.TS, "ts", v)
+		return 7
+	case "traceparent":
+		d.str(&e.Traceparent, "traceparent", v, false)
+		return 8
+	case "whole_tag":
+		d.bool(&e.WholeTag, "whole_tag", v) // settled by settle
+		return 20
+	default:
+		return -1
+	}
+}
+
+// settle derives WholeTag once an event is decoded: no "keys" (or null) is
+// the whole tag, unless the event names its entity alone (entity-level)
+// without saying "whole_tag": true.
+func (e *Event) settle() error {
+	if e.WholeTag && e.Keys != nil {
+		return &FieldError{"whole_tag", "given with keys; a whole-tag event names no keys"}
+	}
+	e.WholeTag = e.Keys == nil && (e.Entity == "" || e.WholeTag)
+	return nil
 }
 
 func decodeMessage(data []byte) (*Message, error) {

@@ -65,8 +65,29 @@ func Partition(tenant string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// EventField is the single field of an ingress stream entry.
+// EventField is the field of an ingress stream entry that holds one event.
 const EventField = "event"
+
+// EventsField is the field of an ingress stream entry that holds many: a JSON
+// array of events (what PublishBatch sends). An entry has one of the two.
+// Each packed event is its own: its own id, validation and dead letter.
+const EventsField = "events"
+
+// MaxPacked bounds the events one entry may pack.
+const MaxPacked = 10000
+
+// Packed is one event of a packed entry: the event, or why it was refused
+// and its JSON.
+type Packed struct {
+	Event *Event
+	Err   error
+	JSON  []byte // set with Err
+}
+
+// ParseEvents decodes the JSON array of a packed entry. An error means the
+// array itself is wrong (not JSON, not an array, empty, too long); an event
+// in it that breaks a rule gets its own Err, and the others are decoded.
+func ParseEvents(data []byte) ([]Packed, error) { return decodeEvents(data) }
 
 // Event is a domain-change event as published to an ingress stream.
 //

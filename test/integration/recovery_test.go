@@ -18,7 +18,9 @@ import (
 )
 
 // Versions on a channel are consecutive within one epoch, and the history
-// holds them in order.
+// holds them in order. Events read in one batch share a message, so the
+// events go out one Publish at a time and the messages are read until they
+// have named every key.
 func TestVersionsConsecutiveWithinEpoch(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, "")
@@ -29,15 +31,13 @@ func TestVersionsConsecutiveWithinEpoch(t *testing.T) {
 	}
 	e.router(router.Options{})
 	const n = 50
-	events := make([]wire.Event, n)
-	for i := range events {
-		events[i] = wire.Event{Tenant: "acme", Domain: "user", Entity: fmt.Sprint(i), Keys: []string{fmt.Sprintf("user:%d", i)}}
-	}
-	if _, err := e.pub.PublishBatch(ctx, events); err != nil {
-		t.Fatal(err)
+	for i := range n {
+		e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: fmt.Sprint(i), Keys: []string{fmt.Sprintf("user:%d", i)}})
 	}
 	var epoch string
-	for want := int64(1); want <= n; want++ {
+	named := map[string]bool{}
+	var version int64
+	for len(named) < n {
 		msg, err := ps.ReceiveMessage(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -49,13 +49,20 @@ func TestVersionsConsecutiveWithinEpoch(t *testing.T) {
 		if epoch == "" {
 			epoch = m.Epoch
 		}
-		if m.Epoch != epoch || m.Version != want {
-			t.Fatalf("message %d is %s:%d, want %s:%d", want, m.Epoch, m.Version, epoch, want)
+		version++
+		if m.Epoch != epoch || m.Version != version {
+			t.Fatalf("message %d is %s:%d, want %s:%d", version, m.Epoch, m.Version, epoch, version)
+		}
+		if m.WholeTag() {
+			t.Fatalf("message %d is whole-tag; %d key-level events fit max_keys", version, n)
+		}
+		for _, k := range m.Keys {
+			named[k] = true
 		}
 	}
 	hist, err := e.busC.XRange(ctx, "{invalidate:acme:active}:history", "-", "+").Result()
-	if err != nil || len(hist) != n || hist[0].ID != "1-0" || hist[n-1].ID != fmt.Sprintf("%d-0", n) {
-		t.Fatalf("history: %d entries, err %v", len(hist), err)
+	if err != nil || int64(len(hist)) != version || hist[0].ID != "1-0" || hist[len(hist)-1].ID != fmt.Sprintf("%d-0", version) {
+		t.Fatalf("history: %d entries for %d messages, err %v", len(hist), version, err)
 	}
 }
 
@@ -188,10 +195,10 @@ func TestTrimmedHistoryFallsBackToWholeTag(t *testing.T) {
 	e.seed("search-svc", "acme", "user:1", "active")
 	e.seed("search-svc", "acme", "never-named", "active")
 	e.seed("search-svc", "acme", "product:1", "electronics")
-	for i := 1; i <= 10; i++ {
+	for i := 1; i <= 10; i++ { // one message each
 		e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{fmt.Sprintf("user:%d", i)}})
+		e.waitVersion("invalidate:acme:active", int64(i+1))
 	}
-	e.waitVersion("invalidate:acme:active", 11)
 	must(t, e.busC.XTrimMaxLen(ctx, "{invalidate:acme:active}:history", 3).Err())
 
 	reg := prometheus.NewRegistry()

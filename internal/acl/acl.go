@@ -156,7 +156,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"xadd", "sadd",
 			// The publish and source_version scripts, and what they run.
 			"evalsha", "script|load",
-			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zcard", "zremrangebyrank",
+			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
 		},

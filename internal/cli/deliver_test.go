@@ -7,9 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/names"
 )
 
@@ -380,30 +379,12 @@ func TestAgentFlags(t *testing.T) {
 	}
 }
 
-// routerdBinary builds cmd/routerd once for the tests that kill it.
-var routerdBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "routerd-cli-test-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "routerd")
-	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/routerd")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
 // An agent killed (SIGKILL) while the process does not answer has applied
 // the invalidation to the cache Redis, its position recorded there, but not
 // delivered it: the restarted agent must deliver a reset first, and then
 // go on in order.
 func TestDeliverKilledAgentResetsFirst(t *testing.T) {
-	bin, err := routerdBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
+	bin := testbin.Routerd(t)
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
 	rcv := &receiver{}

@@ -6,6 +6,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
@@ -28,7 +30,13 @@ func TestMain(m *testing.M) {
 	// go-redis retries a dead node's dial in a goroutine that sleeps a
 	// second between tries and only then sees its pool closed: it ends by
 	// itself after the failover tests, it does not leak.
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
+		goleak.Cleanup(func(code int) {
+			if err := testbin.Cleanup(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+			os.Exit(code)
+		}))
 }
 
 type quietLogger struct{}

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -137,33 +137,6 @@ func TestQuietChannelNotDelayedByStorm(t *testing.T) {
 	e.waitStormGone(n)
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// routerdBinary builds cmd/routerd once for tests that kill it for real.
-func routerdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "routerd-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "routerd")
-		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/routerd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
 // A router killed (SIGKILL) while it holds coalesced work loses none of it:
 // another instance claims the entries and invalidates every key.
 func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
@@ -175,7 +148,7 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "matrix.yaml")
 	must(t, os.WriteFile(path, []byte(yaml), 0o644))
 	addr := redistest.FreeAddr(t)
-	cmd := exec.Command(routerdBinary(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", addr, "--consumer", "doomed")
+	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", addr, "--consumer", "doomed")
 	cmd.Stderr = io.Discard
 	must(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })

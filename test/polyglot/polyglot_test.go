@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 )
 
 // The matrix of both examples: the domain user invalidates the tag active,
@@ -168,7 +169,7 @@ func (e *system) runExample(t *testing.T, name, interpreter, script, success str
 // is closed when it exits.
 func (e *system) daemon(t *testing.T, name string, args ...string) <-chan struct{} {
 	t.Helper()
-	cmd := exec.Command(routerdBinary(t), args...)
+	cmd := exec.Command(testbin.Routerd(t), args...)
 	w := e.logs.writer(name)
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
@@ -198,33 +199,6 @@ func waitReady(t *testing.T, what, addr string, exited <-chan struct{}) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-}
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// routerdBinary builds cmd/routerd once for the tests of this package.
-func routerdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "routerd-polyglot")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "routerd")
-		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/routerd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // logs collects the output of the daemons, line-prefixed with their name.
@@ -259,8 +233,8 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	if err := testbin.Cleanup(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
 	os.Exit(code)
 }

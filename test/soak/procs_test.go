@@ -6,38 +6,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
-// routerdBinary builds cmd/routerd once, so routers and agents run as real
-// processes that kill -9 ends for real.
-func routerdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if binDir, buildErr = os.MkdirTemp("", "routerd-soak-bin"); buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "routerd")
-		if out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/routerd").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
 
 // proc is one routerd process (serve or agent) that can be killed with
 // SIGKILL and started again with the same flags. Its output goes to a log

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/tagstore"
 )
@@ -47,8 +48,8 @@ func TestMain(m *testing.M) {
 	// second between tries before it sees its pool closed: it ends by itself.
 	code := 0
 	defer func() {
-		if binDir != "" {
-			os.RemoveAll(binDir)
+		if err := testbin.Cleanup(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 		}
 		os.Exit(code)
 	}()
@@ -112,7 +113,7 @@ func TestSoak(t *testing.T) {
 			t.Logf("soak FAILED with seed %d; reproduce with: %s", seed, reproduce)
 		}
 	})
-	bin := routerdBinary(t)
+	bin := testbin.Routerd(t)
 	each := *flagDuration / time.Duration(len(scenarios))
 	for i, name := range scenarios {
 		var kinds []string

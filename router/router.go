@@ -229,7 +229,7 @@ func (r *Router) Ready() bool { return r.ready.Load() }
 // retried — an unreachable, loading or failing-over Redis at start as much
 // as while routing — except one that no retry can change while setting up
 // the ingress (a key of the wrong type, a missing permission, a wrong
-// password: see permanent), which Run returns.
+// password: see fatalAtSetup), which Run returns.
 func (r *Router) Run(ctx context.Context) error {
 	for {
 		err := r.setup(ctx)
@@ -238,6 +238,9 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		if fatalAtSetup(err) {
 			return fmt.Errorf("router: setting up the ingress: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil // stopped while setting up (the daemon's listener failed, say): not an error of the ingress
 		}
 		r.log.Error("setting up ingress", "err", err)
 		if !sleep(ctx, time.Second) {

@@ -143,11 +143,12 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	var ev publisher.Event
 	f.StringVar(&ev.Tenant, "tenant", "", "tenant")
 	f.StringVar(&ev.Domain, "domain", "", "domain that changed")
-	f.StringVar(&ev.Entity, "entity", "", "entity that changed")
+	f.StringVar(&ev.Entity, "entity", "", "entity that changed; without --keys (and --whole-tag) an entity-level event: with entity_refs on the domain, only the values registered under the entity's reference")
 	f.StringVar(&ev.ID, "id", "", "event id (generated when empty)")
 	f.Int64Var(&ev.SourceVersion, "source-version", 0, "the change's own ordering number (a row version)")
 	f.StringVar(&ev.Origin, "origin", "routerd-cli", "who publishes")
-	keys := f.String("keys", "", "comma-separated keys to invalidate; without --keys the domain's tags are invalidated whole")
+	keys := f.String("keys", "", "comma-separated keys to invalidate; without --keys (and --entity) the domain's tags are invalidated whole")
+	wholeTag := f.Bool("whole-tag", false, "invalidate the domain's tags whole, also for an event that names its entity")
 	durable := f.Bool("durable", false, "return only once a replica of the partition's master has the event (WAIT 1)")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix: refuse, before sending, an event it would not route (an unknown domain, a tenant none of the domain's services serves); its prefix is the default")
 	if err := f.parse(args); err != nil {
@@ -156,13 +157,18 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	if err := f.required("redis", "tenant", "domain"); err != nil {
 		return err
 	}
-	// Without --keys the event is a whole-tag one; --keys that names no key
-	// is a mistake, not a request to flush the tags.
+	// Without --keys the event is a whole-tag one, or entity-level when it
+	// names its entity (unless --whole-tag says otherwise); --keys that names
+	// no key is a mistake, not a request to flush the tags.
 	keysGiven := false
 	f.Visit(func(fl *flag.Flag) { keysGiven = keysGiven || fl.Name == "keys" })
-	ev.Keys, ev.WholeTag = splitList(*keys), !keysGiven
+	ev.Keys = splitList(*keys)
+	ev.WholeTag = !keysGiven && (ev.Entity == "" || *wholeTag)
 	if keysGiven && len(ev.Keys) == 0 {
 		return fmt.Errorf("invalid event: --keys names no key; omit --keys to invalidate whole tags")
+	}
+	if keysGiven && *wholeTag {
+		return fmt.Errorf("invalid event: --whole-tag with --keys; a whole-tag event names no keys")
 	}
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
@@ -256,7 +262,7 @@ func onTag(ctx context.Context, env *Env, args []string, name, tagHelp string, w
 	tag := f.String("tag", "", tagHelp)
 	keys := new(string)
 	if withKeys {
-		keys = f.String("keys", "", "comma-separated keys; empty invalidates the whole tag")
+		keys = f.String("keys", "", "comma-separated keys; without --keys the whole tag")
 	}
 	sf := f.store()
 	if err := f.parse(args); err != nil {
@@ -265,12 +271,20 @@ func onTag(ctx context.Context, env *Env, args []string, name, tagHelp string, w
 	if err := f.required("redis", "tenant", "tag"); err != nil {
 		return err
 	}
+	list := splitList(*keys)
+	keysGiven := false
+	f.Visit(func(fl *flag.Flag) { keysGiven = keysGiven || fl.Name == "keys" })
+	if keysGiven && len(list) == 0 {
+		// An empty --keys (an empty variable) is a mistake, never a request
+		// to flush the whole tag.
+		return fmt.Errorf("--keys names no key; omit --keys to invalidate the whole tag")
+	}
 	s, closeStore, err := sf.open(rf)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	return run(s, *tenant, *tag, splitList(*keys))
+	return run(s, *tenant, *tag, list)
 }
 
 func doctorCmd(ctx context.Context, env *Env, args []string) error {

@@ -246,3 +246,40 @@ func TestTailSeveralChannels(t *testing.T) {
 		}
 	}
 }
+
+// publish --entity without --keys sends an entity-level event (no whole_tag);
+// --whole-tag makes it whole; an empty --keys is refused by publish and by
+// invalidate, never taken for "the whole tag" (an empty shell variable).
+func TestEntityLevelAndEmptyKeys(t *testing.T) {
+	bus := redistest.Start(t)
+	c := bus.Client(t)
+	ctx := context.Background()
+	sent := func(args ...string) string {
+		t.Helper()
+		must(t, c.FlushAll(ctx).Err())
+		code, _, errs := runCLI(t, append([]string{"publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user"}, args...)...)
+		if code != 0 {
+			t.Fatalf("publish %v: exit %d %s", args, code, errs)
+		}
+		streams, _ := c.Keys(ctx, "invalidate:ingress:{*}").Result()
+		if len(streams) != 1 {
+			t.Fatalf("publish %v wrote %v", args, streams)
+		}
+		entries, _ := c.XRange(ctx, streams[0], "-", "+").Result()
+		return entries[0].Values["event"].(string)
+	}
+	if ev := sent("--entity", "1042"); strings.Contains(ev, "whole_tag") || strings.Contains(ev, `"keys"`) {
+		t.Errorf("--entity alone sent %s, want an entity-level event", ev)
+	}
+	if ev := sent("--entity", "1042", "--whole-tag"); !strings.Contains(ev, `"whole_tag":true`) {
+		t.Errorf("--entity --whole-tag sent %s", ev)
+	}
+	for _, args := range [][]string{
+		{"publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--keys", ""},
+		{"invalidate", "--redis", bus.URL, "--tenant", "acme", "--tag", "active", "--keys", ""},
+	} {
+		if code, _, errs := runCLI(t, args...); code != 1 || !strings.Contains(errs, "names no key") {
+			t.Errorf("%v: exit %d %q, want a refusal", args[0], code, errs)
+		}
+	}
+}

@@ -37,6 +37,8 @@ func version(bi *debug.BuildInfo, ok bool) string {
 			c += " (modified)"
 		}
 		parts = append(parts, c)
+	} else {
+		parts = append(parts, "commit unknown (built without VCS information: -buildvcs=false)")
 	}
 	if when != "" {
 		parts = append(parts, when)

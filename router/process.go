@@ -650,12 +650,15 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 				}
 			}
 			if rest != nil {
-				rest.force = o.force
+				rest.force = o.force // and the shared tokens o took
 				again = append(again, rest)
+			} else {
+				b.unused(o)
 			}
 			continue
 		case res.duplicate:
 			r.m.duplicates.Inc()
+			b.unused(o) // nothing sent: the shared tokens go back
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		default:
 			r.m.published.WithLabelValues(o.route.Tag).Inc()

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -158,4 +160,83 @@ tags:
 			return wire.Event{Tenant: tenant, Domain: "price", Keys: []string{fmt.Sprintf("sku:%d", i)}}, "warm"
 		},
 	}, 2000, 20, 20)
+}
+
+// On a cluster, the global bucket lives on one master while the channels
+// it limits live on three: three routers still share one budget.
+func TestClusterGlobalBudgetAcrossRouters(t *testing.T) {
+	const n, rate, burst = 900, 20.0, 20
+	e := newClusterEnv(t)
+	tenants := e.tenantsOnMasters("shop", 3, "active")
+	mtx, err := matrix.Parse("cluster.yaml", []byte(fmt.Sprintf(`
+version: 1
+ingress: {partitions: 2}
+budgets:
+  global: {rate: %v, burst: %d}
+tags:
+  active: {services: [search-svc], rate: 100000, burst: 100000, coalesce: 20ms, max_keys: 10000}
+domains:
+  user: {tags: [active]}
+services:
+  search-svc: {tenants: [%s]}
+`, rate, burst, strings.Join(tenants, ", "))))
+	must(t, err)
+	event := func(i int) wire.Event {
+		return wire.Event{Tenant: tenants[i%3], Domain: "user", Keys: []string{fmt.Sprintf("user:%d", i)}}
+	}
+	for i := 0; i < n; i++ {
+		e.seed(event(i).Tenant, event(i).Keys[0], "active")
+	}
+	var regs []*prometheus.Registry
+	for i := 0; i < 3; i++ {
+		reg := prometheus.NewRegistry()
+		regs = append(regs, reg)
+		r, err := router.New(e.busC, mtx, router.Options{Consumer: fmt.Sprintf("router-%d", i), Block: 100 * time.Millisecond,
+			ClaimInterval: 100 * time.Millisecond, Registerer: reg, Logger: testLogger(t, "router")})
+		must(t, err)
+		run(t, r.Run)
+		redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	}
+	s, err := subscriber.New(e.busC, subscriber.Options{Service: "search-svc", Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour,
+		Logger: testLogger(t, "subscriber")})
+	must(t, err)
+	run(t, s.Run)
+	redistest.Eventually(t, 10*time.Second, "subscriber ready", s.Ready)
+
+	ctx := context.Background()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		ev := event(i)
+		b, err := ev.Marshal()
+		must(t, err)
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream(mtx.Prefix, i%2), Values: []any{wire.EventField, string(b)}}).Err())
+	}
+	redistest.Eventually(t, 60*time.Second, "every key invalidated", func() bool {
+		for i := 0; i < n; i++ {
+			if _, err := e.store.Get(ctx, event(i).Tenant, event(i).Keys[0]); err != redis.Nil {
+				return false
+			}
+		}
+		return true
+	})
+	redistest.Eventually(t, 10*time.Second, "every event routed, nothing held", func() bool {
+		var routed, held float64
+		for _, reg := range regs {
+			routed += metric(t, reg, "routerd_events_routed_total")
+			held += metric(t, reg, "routerd_pending_channels")
+		}
+		return routed == n && held == 0
+	})
+	elapsed := time.Since(start)
+	var messages int64
+	for _, tenant := range tenants {
+		v, err := e.busC.HGet(ctx, "{invalidate:"+tenant+":active}:meta", "version").Int64()
+		must(t, err)
+		messages += v
+	}
+	limit := burst + rate*elapsed.Seconds()
+	t.Logf("%d events over 3 routers and 3 masters; %d messages in %v (burst + rate × elapsed = %.1f, slack %d)", n, messages, elapsed, limit, budgetSlack)
+	if float64(messages) > limit+budgetSlack {
+		t.Errorf("%d messages in %v: more than burst + rate × elapsed + slack = %.1f", messages, elapsed, limit+budgetSlack)
+	}
 }

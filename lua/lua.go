@@ -52,6 +52,8 @@ var (
 	compactSrc string
 	//go:embed srcver.lua
 	srcverSrc string
+	//go:embed budget.lua
+	budgetSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -68,6 +70,7 @@ var Sources = map[string]string{
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
 	"srcver.lua":          prelude + srcverSrc,
+	"budget.lua":          prelude + budgetSrc,
 }
 
 var (
@@ -85,6 +88,8 @@ var (
 	Compact = redis.NewScript(Sources["compact.lua"])
 	// SourceVersion suppresses events older than one already routed.
 	SourceVersion = redis.NewScript(Sources["srcver.lua"])
+	// Budget takes tokens from a tenant's or the global bucket.
+	Budget = redis.NewScript(Sources["budget.lua"])
 )
 
 // Load loads scripts into Redis's script cache (on a cluster client, into

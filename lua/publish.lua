@@ -8,7 +8,9 @@
 -- ARGV[2]    replication id of this master ('' when unknown)
 -- ARGV[3]    epoch to start on a channel that has none (random hex from the caller)
 -- Then, for each channel in KEYS order:
---   channel name, history length to keep, number of messages m;
+--   channel name, history length to keep, the channel's bucket: rate per
+--   second (0: no limit) and burst, force ('1': publish even without a
+--   token, taking one on credit), number of messages m;
 --   and for each of its m messages, in order:
 --     number of event ids k (1..1000; more than one when events were merged),
 --     the k event ids (the first is the message's event),
@@ -20,16 +22,31 @@
 --   2  some of its event ids were published before and others not (a
 --      redelivery that grouped events otherwise): nothing is sent or
 --      recorded, and k flags follow, 1 for each id published before; the
---      caller sends the message again without those events and their keys.
+--      caller sends the message again without those events and their keys;
+--   3  the channel's bucket has no token: nothing is sent or recorded, and
+--      the number in place of the version is the milliseconds until it
+--      has one. The caller holds the message (merging what follows into
+--      it) and sends it again then.
+-- The bucket (fields tokens and at of the meta, at in microseconds of the
+-- server's TIME) is shared by every router: it is the channel's one budget.
 local cmd, replid, fresh = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local a = 4
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 for c = 1, #KEYS, 3 do
   local metaKey, historyKey, eventsKey = KEYS[c], KEYS[c + 1], KEYS[c + 2]
-  local channel, keep, m = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
-  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version')
+  local channel, keep = ARGV[a], tonumber(ARGV[a + 1])
+  local rate, burst, force, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1', tonumber(ARGV[a + 5])
+  a = a + 6
+  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at')
   local epoch, version = meta[1], tonumber(meta[3])
+  -- The bucket refills at rate from its last take, up to burst; one with
+  -- no state (new, expired with its meta) is full.
+  local tokens = burst
+  if meta[4] and meta[5] then
+    tokens = math.min(burst, tonumber(meta[4]) + (now - tonumber(meta[5])) * rate / 1000000)
+  end
   if epoch and replid ~= '' and meta[2] and meta[2] ~= replid then
     -- The meta was written under another master's history: this is a
     -- promoted replica, which may lack the last versions. Versions could
@@ -102,7 +119,16 @@ for c = 1, #KEYS, 3 do
       for x = 1, #before do
         out[#out + 1] = before[x]
       end
+    elseif rate > 0 and tokens < 1 and not force then
+      -- No token: undo this message's records (only they have the score
+      -- version + 1) and tell when the bucket has one.
+      redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
+      out[#out + 1] = math.ceil((1 - tokens) / rate * 1e3)
+      out[#out + 1] = 3
     else
+      if rate > 0 then
+        tokens = tokens - 1
+      end
       version = version + 1
       local v = tostring(version) -- formatted once (Lua formats numbers with sprintf)
       local msg = '{"epoch":"' .. epoch .. '","version":' .. v .. body .. '}'
@@ -114,7 +140,11 @@ for c = 1, #KEYS, 3 do
     end
   end
   if published then
-    redis.call('HSET', metaKey, 'version', version)
+    if rate > 0 then
+      redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
+    else
+      redis.call('HSET', metaKey, 'version', version)
+    end
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     -- Event ids are kept for the versions the history keeps: a message may
     -- record many. At most IDS_PER_VERSION times the history's length.

@@ -144,7 +144,8 @@ type Matrix struct {
 	// TenantBudget limits the messages of each tenant over all its
 	// channels; nil for no limit.
 	TenantBudget *Budget
-	// GlobalBudget limits all messages of a router instance; nil for no limit.
+	// GlobalBudget limits all messages of the fleet (every router on the
+	// bus together); nil for no limit.
 	GlobalBudget *Budget
 	// Hash is the hex SHA-256 of the source, to tell which matrix is active.
 	Hash string

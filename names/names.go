@@ -248,6 +248,14 @@ func BatchMarkKey(tenant, service, tag string) string {
 // first: the cache's positions may be ahead of what the process was given.
 func DeliveryKey(service string) string { return "routerd:delivery:" + service }
 
+// TenantBudgetKey is the hash, on the bus, of a tenant's shared token
+// bucket (the matrix's budgets.tenant), which every router draws on.
+func TenantBudgetKey(prefix, tenant string) string { return prefix + ":budget:tenant:" + tenant }
+
+// GlobalBudgetKey is the hash, on the bus, of the global shared token
+// bucket (the matrix's budgets.global), which every router draws on.
+func GlobalBudgetKey(prefix string) string { return prefix + ":budget:global" }
+
 // HistoryField is the field of a channel history entry that holds the
 // message (publish.lua writes it under the same name).
 const HistoryField = "m"

@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/storm"
@@ -38,6 +36,9 @@ type outgoing struct {
 	keys  *storm.Keys  // the union, once a second event merged
 	parts []part       // the first one's route span is the parent of the message's span
 	ids   []string     // event ids recorded (up to maxMergedIDs); the first is the message's event; set by seal
+	// force sends it even without tokens, taking them on credit (a
+	// stopping router's last flush).
+	force bool
 	// one holds the part and id of a message for one event.
 	one   [1]part
 	oneID [1]string
@@ -130,12 +131,14 @@ func (o *outgoing) without(recorded []bool) (*outgoing, []part) {
 	return rest, old
 }
 
-// coalescer enforces the storm limits. A channel's message goes out at once
-// while its token bucket, its tenant's and the global one all have a token;
-// beyond that, the channel's events merge into one pending message (keys
-// united, the whole tag above max_keys) that goes out when the buckets allow
-// and the coalescing window has passed. Nothing is dropped: the entries of a
-// pending message are acknowledged only after it is published.
+// coalescer holds what the storm limits keep back. The buckets themselves
+// live on the bus, shared by every router (docs/limits.md): a channel's in
+// its meta, taken by the publish script; a tenant's and the global one
+// taken by the budget script before it. A message they refuse comes here:
+// the channel's events merge into one pending message (keys united, the
+// whole tag above max_keys) that is sent again when the buckets will have a
+// token and the coalescing window has passed. Nothing is dropped: the
+// entries of a pending message are acknowledged only after it is published.
 //
 // Admission never waits, so a storm on one channel does not hold up the read
 // loop or any other channel.
@@ -144,12 +147,9 @@ type coalescer struct {
 	m    *metrics
 	wake chan struct{}
 
-	mu       sync.Mutex
-	pending  map[string]*pendingMsg
-	queue    pendingQueue
-	channels map[string]*rate.Limiter
-	tenants  map[string]*rate.Limiter
-	global   *rate.Limiter
+	mu      sync.Mutex
+	pending map[string]*pendingMsg
+	queue   pendingQueue
 }
 
 // pendingMsg is the one pending message of a channel.
@@ -161,55 +161,53 @@ type pendingMsg struct {
 
 // flushTarget is what the coalescer needs of the router.
 type flushTarget interface {
-	// Matrix returns the matrix in force, whose limits apply.
-	Matrix() *matrix.Matrix
-	// publishMerged publishes pending messages that came due and
-	// acknowledges the entries they complete.
-	publishMerged(out []*outgoing)
+	// publishMerged publishes pending messages that came due (force: on
+	// credit, without waiting for tokens) and acknowledges the entries
+	// they complete.
+	publishMerged(out []*outgoing, force bool)
 }
 
 func newCoalescer(to flushTarget, m *metrics) *coalescer {
-	return &coalescer{
-		to: to, m: m, wake: make(chan struct{}, 1),
-		pending: map[string]*pendingMsg{}, channels: map[string]*rate.Limiter{}, tenants: map[string]*rate.Limiter{},
-	}
+	return &coalescer{to: to, m: m, wake: make(chan struct{}, 1), pending: map[string]*pendingMsg{}}
 }
 
-// limiters returns the buckets a message on the route must take a token from.
-func (c *coalescer) limiters(mtx *matrix.Matrix, rt matrix.Route, tenant string) (*rate.Limiter, *rate.Limiter, *rate.Limiter) {
-	ch := storm.Limiter(c.channels[rt.Channel], rt.Limits.Rate, rt.Limits.Burst)
-	c.channels[rt.Channel] = ch
-	var tl *rate.Limiter
-	if b := mtx.TenantBudget; b != nil {
-		tl = storm.Limiter(c.tenants[tenant], b.Rate, b.Burst)
-		c.tenants[tenant] = tl
+// admit decides for one channel message: true means try to publish it now;
+// false means it was merged into the channel's pending message, which
+// holds the channel's order.
+func (c *coalescer) admit(o *outgoing) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pending[o.route.Channel]
+	if p == nil {
+		return true
 	}
-	if b := mtx.GlobalBudget; b != nil {
-		c.global = storm.Limiter(c.global, b.Rate, b.Burst)
-	} else {
-		c.global = nil
-	}
-	return ch, tl, c.global
+	c.mergeInto(p, o)
+	return false
 }
 
-// admit decides for one channel message: true means publish it now; false
-// means it was merged into the channel's pending message (or opened it).
-func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, o *outgoing) bool {
+func (c *coalescer) mergeInto(p *pendingMsg, o *outgoing) {
+	if p.out.merge(o.parts...) {
+		c.m.coalescedWhole.WithLabelValues(o.route.Tag).Inc()
+	}
+	c.m.coalesced.WithLabelValues(o.route.Tag).Add(float64(len(o.parts)))
+}
+
+// hold takes a message a bucket refused: it merges into the channel's
+// pending message, or opens it, due when the bucket will have a token
+// (wait) and the coalescing window has passed.
+func (c *coalescer) hold(now time.Time, o *outgoing, wait time.Duration) {
 	rt := o.route
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.pending[rt.Channel]; p != nil {
-		if p.out.merge(o.parts...) {
-			c.m.coalescedWhole.WithLabelValues(rt.Tag).Inc()
+		c.mergeInto(p, o)
+		if due := now.Add(wait); due.After(p.due) {
+			p.due = due
+			heap.Fix(&c.queue, p.index)
 		}
-		c.m.coalesced.WithLabelValues(rt.Tag).Add(float64(len(o.parts)))
-		return false
+		return
 	}
-	ch, tl, gl := c.limiters(mtx, rt, o.msg.Tenant)
-	if storm.Reserve(now, ch, tl, gl) == 0 {
-		return true
-	}
-	p := &pendingMsg{out: o, due: now.Add(rt.Limits.Coalesce)}
+	p := &pendingMsg{out: o, due: now.Add(max(wait, rt.Limits.Coalesce))}
 	c.pending[rt.Channel] = p
 	heap.Push(&c.queue, p)
 	c.m.delayed.WithLabelValues(rt.Tag).Inc()
@@ -218,7 +216,6 @@ func (c *coalescer) admit(now time.Time, mtx *matrix.Matrix, o *outgoing) bool {
 	case c.wake <- struct{}{}:
 	default:
 	}
-	return false
 }
 
 // run publishes pending messages as they come due, until ctx is done; then
@@ -246,24 +243,15 @@ func (c *coalescer) run(ctx context.Context) {
 	}
 }
 
-// flush publishes the pending messages that are due and have tokens (all of
-// them when all is set) and acknowledges the entries they complete.
+// flush publishes the pending messages that are due (all of them, on
+// credit, when all is set) and acknowledges the entries they complete. One
+// a bucket refuses again comes back through hold.
 func (c *coalescer) flush(all bool) {
 	now := time.Now()
-	mtx := c.to.Matrix()
 	var out []*outgoing
 	c.mu.Lock()
 	for len(c.queue) > 0 && (all || !c.queue[0].due.After(now)) {
-		p := c.queue[0]
-		if !all {
-			ch, tl, gl := c.limiters(mtx, p.out.route, p.out.msg.Tenant)
-			if wait := storm.Reserve(now, ch, tl, gl); wait > 0 {
-				p.due = now.Add(wait)
-				heap.Fix(&c.queue, 0)
-				continue
-			}
-		}
-		heap.Pop(&c.queue)
+		p := heap.Pop(&c.queue).(*pendingMsg)
 		delete(c.pending, p.out.route.Channel)
 		p.out.seal()
 		out = append(out, p.out)
@@ -271,16 +259,16 @@ func (c *coalescer) flush(all bool) {
 	c.m.pendingChannels.Set(float64(len(c.pending)))
 	c.mu.Unlock()
 	if len(out) > 0 {
-		c.to.publishMerged(out)
+		c.to.publishMerged(out, all)
 	}
 }
 
 // publishMerged publishes the coalescer's messages that came due and
 // acknowledges the entries they complete.
-func (r *Router) publishMerged(out []*outgoing) {
+func (r *Router) publishMerged(out []*outgoing, force bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.opt.ShutdownTimeout)
 	defer cancel()
-	if err := r.settle(ctx, r.send(ctx, out)); err != nil {
+	if err := r.settle(ctx, r.send(ctx, out, force)); err != nil {
 		r.log.Warn("publishing coalesced messages", "err", err)
 	}
 }
@@ -297,23 +285,6 @@ func (c *coalescer) held() map[string][]string {
 		}
 	}
 	return out
-}
-
-// forgetIdle drops the buckets of channels and tenants that are full and have
-// nothing pending, so memory follows the active channels.
-func (c *coalescer) forgetIdle(now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for ch, l := range c.channels {
-		if _, busy := c.pending[ch]; !busy && l.TokensAt(now) >= float64(l.Burst()) {
-			delete(c.channels, ch)
-		}
-	}
-	for t, l := range c.tenants {
-		if l.TokensAt(now) >= float64(l.Burst()) {
-			delete(c.tenants, t)
-		}
-	}
 }
 
 // pendingQueue orders pending messages by due time.

@@ -14,17 +14,19 @@ import (
 
 // sink records what the coalescer publishes, in place of the router.
 type sink struct {
-	mtx *matrix.Matrix
-	mu  sync.Mutex
-	out [][]*outgoing
+	mtx   *matrix.Matrix
+	mu    sync.Mutex
+	out   [][]*outgoing
+	force []bool
 }
 
 func (s *sink) Matrix() *matrix.Matrix { return s.mtx }
 
-func (s *sink) publishMerged(out []*outgoing) {
+func (s *sink) publishMerged(out []*outgoing, force bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.out = append(s.out, out)
+	s.force = append(s.force, force)
 }
 
 func (s *sink) published() [][]*outgoing {
@@ -56,20 +58,19 @@ func oneEvent(rt matrix.Route, id, domain string, ts int64, keys ...string) *out
 	return o
 }
 
-// Within the channel's budget a message goes out at once; beyond it, events
-// merge into one pending message that keeps every event, unites the keys,
-// keeps the oldest timestamp and goes out whole-tag past max_keys.
+// A message goes out at once while its channel holds nothing back; once a
+// bucket refused one, the channel's events merge into one pending message
+// that keeps every event, unites the keys, keeps the oldest timestamp and
+// goes out whole-tag past max_keys.
 func TestCoalescerMergesOverBudget(t *testing.T) {
 	c, s, rt := coalescerFor(t, "1m")
 	now := time.Now()
-	mtx := s.Matrix()
-	if !c.admit(now, mtx, oneEvent(rt, "e1", "user", 100, "k1")) {
-		t.Fatal("the first message, within the burst, was not let through")
+	if !c.admit(oneEvent(rt, "e1", "user", 100, "k1")) {
+		t.Fatal("the first message, with nothing held, was not let through")
 	}
-	for _, o := range []*outgoing{oneEvent(rt, "e2", "user", 200, "k2"), oneEvent(rt, "e3", "order", 150, "k2", "k3")} {
-		if c.admit(now, mtx, o) {
-			t.Fatalf("%s let through over the budget", o.msg.Event)
-		}
+	c.hold(now, oneEvent(rt, "e2", "user", 200, "k2"), time.Second) // refused by a bucket
+	if o := oneEvent(rt, "e3", "order", 150, "k2", "k3"); c.admit(o) {
+		t.Fatalf("%s let through past a held message", o.msg.Event)
 	}
 	if held := c.held(); !slices.Equal(held["s"], []string{"e2-0", "e3-0"}) {
 		t.Errorf("held %v", held)
@@ -80,8 +81,8 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 	}
 	c.flush(true)
 	got := s.published()
-	if len(got) != 1 || len(got[0]) != 1 {
-		t.Fatalf("flush published %v", got)
+	if len(got) != 1 || len(got[0]) != 1 || !s.force[0] {
+		t.Fatalf("flush published %v (force %v)", got, s.force)
 	}
 	o := got[0][0]
 	if !slices.Equal(o.msg.Keys, []string{"k2", "k3"}) || !slices.Equal(o.ids, []string{"e2", "e3"}) ||
@@ -93,10 +94,9 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 	}
 
 	// Past max_keys the merged message invalidates the whole tag.
-	for i, keys := range [][]string{{"a", "b"}, {"c", "d"}} {
-		if c.admit(now, mtx, oneEvent(rt, "w"+string(rune('0'+i)), "user", 1, keys...)) {
-			t.Fatal("let through over the budget")
-		}
+	c.hold(now, oneEvent(rt, "w0", "user", 1, "a", "b"), time.Second)
+	if c.admit(oneEvent(rt, "w1", "user", 1, "c", "d")) {
+		t.Fatal("let through past a held message")
 	}
 	c.flush(true)
 	if got := s.published(); len(got) != 2 || got[1][0].msg.Keys != nil {
@@ -104,17 +104,15 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 	}
 }
 
-// run publishes a pending message once its window has passed and it has a
-// token, and everything still pending when it stops.
+// run publishes a pending message once its window and the wait a bucket
+// gave have passed, and everything still pending when it stops.
 func TestCoalescerRun(t *testing.T) {
 	c, s, rt := coalescerFor(t, "10ms")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.run(ctx); close(done) }()
 	now := time.Now()
-	for _, id := range []string{"e1", "e2"} {
-		c.admit(now, s.Matrix(), oneEvent(rt, id, "user", 1, id))
-	}
+	c.hold(now, oneEvent(rt, "e2", "user", 1, "e2"), time.Millisecond)
 	redistest.Eventually(t, 10*time.Second, "the merged message published", func() bool { return len(s.published()) == 1 })
 	if o := s.published()[0][0]; !slices.Equal(o.ids, []string{"e2"}) {
 		t.Errorf("published %v", o.ids)
@@ -125,12 +123,10 @@ func TestCoalescerRun(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done2 := make(chan struct{})
 	go func() { c2.run(ctx2); close(done2) }()
-	for _, id := range []string{"e1", "e2"} {
-		c2.admit(now, s2.Matrix(), oneEvent(rt2, id, "user", 1, id))
-	}
+	c2.hold(now, oneEvent(rt2, "e2", "user", 1, "e2"), time.Millisecond)
 	cancel2()
 	<-done2
-	if got := s2.published(); len(got) != 1 || !slices.Equal(got[0][0].ids, []string{"e2"}) {
+	if got := s2.published(); len(got) != 1 || !slices.Equal(got[0][0].ids, []string{"e2"}) || !s2.force[0] {
 		t.Errorf("on stop published %v", got)
 	}
 	cancel()

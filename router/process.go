@@ -239,17 +239,17 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 	}
 
-	// Each message goes out now if the storm limits allow, else it merges
-	// into its channel's pending message and is finished by the coalescer.
-	now := time.Now()
+	// Each message goes out now if its channel holds nothing back and the
+	// buckets allow (send asks them), else it merges into its channel's
+	// pending message and is finished by the coalescer.
 	var direct []*outgoing
 	for _, o := range merged {
 		o.seal()
-		if r.co.admit(now, mtx, o) {
+		if r.co.admit(o) {
 			direct = append(direct, o)
 		}
 	}
-	done = append(done, r.send(ctx, direct)...)
+	done = append(done, r.send(ctx, direct, false)...)
 	deadErr := r.deadLetter(ctx, stream, entries)
 	for _, e := range entries {
 		switch {
@@ -571,24 +571,33 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 // completed. A message that fails marks its entries failed: settle will not
 // acknowledge them but queue them for another try. A message some of whose
 // events were published before (a redelivery that grouped events otherwise)
-// is not sent: it goes again without them and their keys.
-func (r *Router) send(ctx context.Context, out []*outgoing) []*entry {
+// is not sent: it goes again without them and their keys. A message a
+// bucket refuses (its tenant's, the global one, its channel's) goes to the
+// coalescer, which sends it again when the bucket will have a token. With
+// force, every bucket gives its tokens on credit: a stopping router leaves
+// nothing merged behind.
+func (r *Router) send(ctx context.Context, out []*outgoing, force bool) []*entry {
 	cmd := "PUBLISH"
 	if r.cluster {
 		cmd = "SPUBLISH"
 	}
-	var done []*entry
+	for _, o := range out {
+		o.force = force
+	}
+	b := r.newBudgets()
+	out, done := r.takeBudgets(ctx, b, out)
 	for len(out) > 0 {
 		var again []*outgoing
-		done, again = r.sendOnce(ctx, out, cmd, done)
+		done, again = r.sendOnce(ctx, b, out, cmd, done)
 		out = again
 	}
+	r.giveBack(ctx, b)
 	return done
 }
 
 // sendOnce publishes out once; it appends the entries it completed to done
 // and returns the messages to send again without their recorded events.
-func (r *Router) sendOnce(ctx context.Context, out []*outgoing, cmd string, done []*entry) ([]*entry, []*outgoing) {
+func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd string, done []*entry) ([]*entry, []*outgoing) {
 	epoch := newEpoch()
 	// With tracing on, each message gets a "channel publish" span, whose
 	// context the message carries; off, the event's traceparent passes on.
@@ -620,6 +629,14 @@ func (r *Router) sendOnce(ctx context.Context, out []*outgoing, cmd string, done
 			res.err = errors.New("publish script: a message answered as partly recorded names no recorded event")
 			r.log.Error("channel publish failed", "tag", o.route.Tag, "event", o.ids[0], "err", res.err)
 			spans[i].SetStatus(codes.Error, res.err.Error())
+		case res.wait > 0:
+			// The channel's bucket has no token: nothing was sent. The
+			// tokens taken for it from the shared budgets go back.
+			spans[i].SetAttributes(attribute.Int64("routerd.held_ms", res.wait.Milliseconds()))
+			spans[i].End()
+			b.unused(o)
+			r.co.hold(time.Now(), o, res.wait)
+			continue
 		case res.recorded != nil:
 			// Nothing was sent: the events recorded before are done, the
 			// others go again in a message of their own.
@@ -633,11 +650,15 @@ func (r *Router) sendOnce(ctx context.Context, out []*outgoing, cmd string, done
 				}
 			}
 			if rest != nil {
+				rest.force = o.force // and the shared tokens o took
 				again = append(again, rest)
+			} else {
+				b.unused(o)
 			}
 			continue
 		case res.duplicate:
 			r.m.duplicates.Inc()
+			b.unused(o) // nothing sent: the shared tokens go back
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		default:
 			r.m.published.WithLabelValues(o.route.Tag).Inc()
@@ -738,7 +759,10 @@ type published struct {
 	// before and others not: nothing was sent, and recorded[i] tells
 	// whether ids[i] was.
 	recorded []bool
-	err      error
+	// wait is set when the channel's bucket had no token: nothing was
+	// sent or recorded, and the bucket has one after wait.
+	wait time.Duration
+	err  error
 }
 
 // Bounds of one publish script call: it blocks its Redis while it runs, so
@@ -885,6 +909,9 @@ func publishResults(res []int64, out []*outgoing, call publishCall) ([]published
 			case 0:
 			case 1:
 				p.duplicate = true
+			case 3:
+				p.wait = time.Duration(max(p.version, 1)) * time.Millisecond
+				p.version = 0
 			case 2:
 				n := len(out[i].ids)
 				if k+n > len(res) {
@@ -947,13 +974,13 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
 		open := false // msgs has a group in cur
 		for _, i := range msgs {
 			cost := 2 + len(out[i].ids)
-			if cur.messages > 0 && (cur.messages >= maxCallMessages || args+cost+3 > maxCallArgs) {
+			if cur.messages > 0 && (cur.messages >= maxCallMessages || args+cost+6 > maxCallArgs) {
 				flush()
 				open = false
 			}
 			if !open {
 				cur.channels = append(cur.channels, nil)
-				args += 3
+				args += 6
 				open = true
 			}
 			last := len(cur.channels) - 1
@@ -969,12 +996,18 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
 // publishCmd queues one publish script call.
 func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd, replid string) *redis.Cmd {
 	keys := make([]string, 0, 3*len(call.channels))
-	args := make([]any, 0, 3+3*len(call.channels)+3*call.messages)
+	args := make([]any, 0, 3+6*len(call.channels)+3*call.messages)
 	args = append(args, cmd, replid, epoch)
 	for _, channel := range call.channels {
 		rt := out[channel[0]].route
 		keys = append(keys, names.MetaKey(rt.Channel), names.HistoryKey(rt.Channel), names.EventsKey(rt.Channel))
-		args = append(args, rt.Channel, rt.Limits.History, len(channel))
+		force := "0"
+		for _, i := range channel {
+			if out[i].force {
+				force = "1"
+			}
+		}
+		args = append(args, rt.Channel, rt.Limits.History, rt.Limits.Rate, rt.Limits.Burst, force, len(channel))
 		for _, i := range channel {
 			o := out[i]
 			args = append(args, len(o.ids))
@@ -988,7 +1021,7 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 }
 
 // routerScripts are the scripts the router runs on the bus.
-var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion}
+var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget}
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
 	return lua.Load(ctx, c, routerScripts...)

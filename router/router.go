@@ -514,7 +514,6 @@ func (r *Router) claimLoop(ctx context.Context) {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
 			}
 		}
-		r.co.forgetIdle(time.Now())
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
 		}

@@ -52,7 +52,8 @@ func TestRouteSpanCoversChannelPublishes(t *testing.T) {
 	}
 	// e1 goes out on a and b at once; e2, published after it (one read
 	// batch would merge them), goes out on a, and on b only in the
-	// coalesced message.
+	// coalesced message: its first try on b, which b's bucket refused,
+	// is a channel publish span of its own, marked held.
 	if _, err := p.Publish(context.Background(), publisher.Event{ID: "e1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,16 +63,22 @@ func TestRouteSpanCoversChannelPublishes(t *testing.T) {
 	if _, err := p.Publish(context.Background(), publisher.Event{ID: "e2", Tenant: "acme", Domain: "user", Keys: []string{"user:2"}}); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, 10*time.Second, "two route spans and four channel publish spans ended", func() bool {
-		return len(ended("route")) == 2 && len(ended("channel publish")) == 4
+	redistest.Eventually(t, 10*time.Second, "two route spans and five channel publish spans ended", func() bool {
+		return len(ended("route")) == 2 && len(ended("channel publish")) == 5
 	})
+	heldChildren := 0
 	for _, route := range ended("route") {
-		children := 0
+		children, held := 0, 0
 		for _, cp := range ended("channel publish") {
 			if cp.Parent().SpanID() != route.SpanContext().SpanID() {
 				continue
 			}
 			children++
+			for _, a := range cp.Attributes() {
+				if a.Key == "routerd.held_ms" {
+					held++
+				}
+			}
 			if cp.StartTime().Before(route.StartTime()) || cp.EndTime().After(route.EndTime()) {
 				t.Errorf("route span %v–%v does not cover its channel publish %v–%v",
 					route.StartTime().Format(time.StampMicro), route.EndTime().Format(time.StampMicro),
@@ -79,9 +86,14 @@ func TestRouteSpanCoversChannelPublishes(t *testing.T) {
 			}
 		}
 		// e2's message on b is a coalesced one of e2 alone: its span's
-		// parent is e2's route span, so each route span has two.
-		if children != 2 {
-			t.Errorf("route span %s has %d channel publish children, want 2", fmt.Sprint(route.Attributes()), children)
+		// parent is e2's route span, so each route span has two that
+		// published, and e2's one more that was held.
+		if children-held != 2 {
+			t.Errorf("route span %s has %d channel publish children (%d held), want 2 published", fmt.Sprint(route.Attributes()), children, held)
 		}
+		heldChildren += held
+	}
+	if heldChildren != 1 {
+		t.Errorf("%d channel publish spans held, want 1", heldChildren)
 	}
 }

@@ -1,7 +1,8 @@
-// Package storm holds the two rules of storm protection that the router and
-// the subscriber share: token buckets taken together (a channel's, its
-// tenant's, the global one) and the coalescing of keys, which never drops a
-// key but turns into a whole-tag invalidation above a bound.
+// Package storm holds two rules of storm protection: in-memory token
+// buckets taken together (the subscriber's local limit; the router's
+// buckets are on the bus, shared by every router, see docs/limits.md) and
+// the coalescing of keys, which the router and the subscriber share: it
+// never drops a key but turns into a whole-tag invalidation above a bound.
 package storm
 
 import (

@@ -154,8 +154,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"xinfo|groups", "xinfo|consumers", "xpending", "xtrim",
 			// Dead letters, the tenant registry.
 			"xadd", "sadd",
-			// The publish and source_version scripts, and what they run.
-			"evalsha", "script|load",
+			// The publish, source_version and budget scripts, and what
+			// they run (TIME: the clock of the shared token buckets).
+			"evalsha", "script|load", "time",
 			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
@@ -169,6 +170,8 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"~" + names.HistoryKey(p+":*"),
 			"~" + names.EventsKey(p+":*"),
 			"~" + names.GenerationKey(p), // set when missing (SET NX)
+			"~" + names.TenantBudgetKey(p, "*"),
+			"~" + names.GlobalBudgetKey(p),
 		},
 		// Every channel of the prefix, and the tenant announcements
 		// (<prefix>:tenants), whatever tags a reload adds.

@@ -22,11 +22,11 @@ import (
 	"github.com/routerd/routerd/wire"
 )
 
-// publishRate runs redis-benchmark -c 50 PUBLISH (unpipelined) against the
-// server at addr and returns requests per second.
-func publishRate(addr string, n int) (float64, error) {
+// publishRate runs redis-benchmark -c 50 PUBLISH (unpipelined) to channel
+// against the server at addr and returns requests per second.
+func publishRate(addr, channel string, n int) (float64, error) {
 	_, port, _ := strings.Cut(addr, ":")
-	outp, err := exec.Command("redis-benchmark", "-p", port, "-c", "50", "-n", strconv.Itoa(n), "-q", "publish", "ch", "x").CombinedOutput()
+	outp, err := exec.Command("redis-benchmark", "-p", port, "-c", "50", "-n", strconv.Itoa(n), "-q", "publish", channel, "x").CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("redis-benchmark: %v: %s", err, outp)
 	}
@@ -80,7 +80,22 @@ func pubsubCost(dir string) ([]Row, error) {
 		}
 	}
 	n := scale(100000)
-	base, err := publishRate(bus.Addr, n)
+	// Two channels: redis-benchmark's own, and one shaped like routerd's
+	// that no subscription covers (a pattern invalidate:*:<tag> reads
+	// further into it before it fails).
+	chans := []string{"ch", "invalidate:t1:other"}
+	rates := func(n int) ([]float64, error) {
+		var out []float64
+		for _, ch := range chans {
+			r, err := publishRate(bus.Addr, ch, n)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, r)
+		}
+		return out, nil
+	}
+	base, err := rates(n)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +130,7 @@ func pubsubCost(dir string) ([]Row, error) {
 	}
 	channels := subscribedChannels(busC)
 	numpat := busC.PubSubNumPat(ctx).Val()
-	withSubs, err := publishRate(bus.Addr, n)
+	withSubs, err := rates(n)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +139,7 @@ func pubsubCost(dir string) ([]Row, error) {
 	// The contrast: 1,000 pattern subscriptions, 100 per client, all
 	// distinct (PUBSUB NUMPAT counts distinct patterns, and Redis matches
 	// each distinct pattern once per PUBLISH).
-	base2, err := publishRate(bus.Addr, n)
+	base2, err := rates(n)
 	if err != nil {
 		return nil, err
 	}
@@ -139,16 +154,19 @@ func pubsubCost(dir string) ([]Row, error) {
 	if !waitFor(time.Minute, func() bool { return busC.PubSubNumPat(ctx).Val() == 1000 }) {
 		return nil, fmt.Errorf("PUBSUB NUMPAT %d, want 1000", busC.PubSubNumPat(ctx).Val())
 	}
-	withPatterns, err := publishRate(bus.Addr, max(1, n/2))
+	withPatterns, err := rates(max(1, n/2))
 	if err != nil {
 		return nil, err
 	}
-	return []Row{
-		{Scenario: name, Metric: fmt.Sprintf("PUBLISH, 10 every-tenant services × 100 tags × 100 tenants subscribed (%d channels, %d patterns)", channels, numpat), Value: withSubs, Unit: "/s",
-			Reference: "redis-benchmark -c 50 PUBLISH, no subscriber", RefValue: base, Ratio: withSubs / base},
-		{Scenario: name, Metric: "PUBLISH, 1,000 pattern subscriptions of a bare client (what was removed)", Value: withPatterns, Unit: "/s",
-			Reference: "redis-benchmark -c 50 PUBLISH, no subscriber", RefValue: base2, Ratio: withPatterns / base2},
-	}, nil
+	var rows []Row
+	for i, ch := range chans {
+		rows = append(rows,
+			Row{Scenario: name, Metric: fmt.Sprintf("PUBLISH %s, 10 every-tenant services × 100 tags × 100 tenants subscribed (%d channels, %d patterns)", ch, channels, numpat), Value: withSubs[i], Unit: "/s",
+				Reference: "the same, no subscriber", RefValue: base[i], Ratio: withSubs[i] / base[i]},
+			Row{Scenario: name, Metric: fmt.Sprintf("PUBLISH %s, 1,000 pattern subscriptions of a bare client (what was removed)", ch), Value: withPatterns[i], Unit: "/s",
+				Reference: "the same, no subscriber", RefValue: base2[i], Ratio: withPatterns[i] / base2[i]})
+	}
+	return rows, nil
 }
 
 // usedMemory is the server's used_memory in bytes.
@@ -399,12 +417,24 @@ func capacity(dir string) ([]Row, error) {
 	if *quick {
 		rounds = 120
 	}
+	cpu0, err := serverStats(ctx, busC)
+	if err != nil {
+		return nil, err
+	}
+	published0 := metricSum(routerReg, "routerd_messages_published_total")
 	for i := 0; i < rounds; i++ {
 		key := "user:" + strconv.Itoa(i)
 		if err := publishEvents(append(eventsOf("d", deep, key), eventsOf("s", short, key)...)); err != nil {
 			return nil, err
 		}
 	}
+	cpu1, err := serverStats(ctx, busC)
+	if err != nil {
+		return nil, err
+	}
+	published := metricSum(routerReg, "routerd_messages_published_total") - published0
+	rows = append(rows, Row{Scenario: name, Metric: fmt.Sprintf("bus Redis CPU per channel message, one event each (%.0f messages, ingress to publish; no subscriber)", published),
+		Value: (cpu1.cpu - cpu0.cpu) / published * 1e6, Unit: "µs"})
 	var msgBytes, msgs int64
 	for _, ch := range []string{names.Channel(mtx.Prefix, "h0", "tag0"), names.Channel(mtx.Prefix, "s0", "short")} {
 		entries, err := busC.XRevRangeN(ctx, names.HistoryKey(ch), "+", "-", 10).Result()

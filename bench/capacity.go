@@ -324,10 +324,14 @@ func capacity(dir string) ([]Row, error) {
 		// position), then restarted with them stored (caught up).
 		type run struct {
 			subscribe, check time.Duration
-			heap             int64
+			heap, busMem     int64
 		}
 		start1 := func() (run, error) {
 			heapBefore := liveHeap()
+			busBefore, err := usedMemory(ctx, busC)
+			if err != nil {
+				return run{}, err
+			}
 			reg := prometheus.NewRegistry()
 			sub, err := subscriber.New(busC, subscriber.Options{Service: "svc", Matrix: mtx, Cache: cacheC, Registerer: reg, CheckInterval: time.Hour})
 			if err != nil {
@@ -352,7 +356,11 @@ func capacity(dir string) ([]Row, error) {
 			if n := subscribedChannels(busC); n < int64(channels) {
 				return run{}, fmt.Errorf("%d tenants: ready with %d of %d channels subscribed", tenants, n, channels)
 			}
-			return run{checkStart.Sub(start), end.Sub(checkStart), liveHeap() - heapBefore}, nil
+			busAfter, err := usedMemory(ctx, busC)
+			if err != nil {
+				return run{}, err
+			}
+			return run{checkStart.Sub(start), end.Sub(checkStart), liveHeap() - heapBefore, busAfter - busBefore}, nil
 		}
 		cold, err := start1()
 		if err != nil {
@@ -370,6 +378,7 @@ func capacity(dir string) ([]Row, error) {
 			Row{Scenario: name, Metric: fmt.Sprintf("%d channels: restarted: subscribed", channels), Value: ms(warm.subscribe), Unit: "ms"},
 			Row{Scenario: name, Metric: fmt.Sprintf("%d channels: restarted: position check, caught up", channels), Value: ms(warm.check), Unit: "ms"},
 			Row{Scenario: name, Metric: fmt.Sprintf("%d channels: Go heap the subscriber holds", channels), Value: float64(warm.heap) / (1 << 20), Unit: "MB"},
+			Row{Scenario: name, Metric: fmt.Sprintf("%d channels: bus memory per subscribed channel (pub/sub tables)", channels), Value: float64(warm.busMem) / float64(channels), Unit: "B"},
 		)
 	}
 

@@ -375,7 +375,7 @@ func TestDoctorReportsPatternSubscriptions(t *testing.T) {
 	}
 	code, out, _ = runCLI(t, "doctor", "--redis", bus.URL)
 	if code != 0 || !strings.Contains(out, "warn  pubsub") || !strings.Contains(out, "3 pattern subscriptions") ||
-		!strings.Contains(out, "every PUBLISH") {
+		!strings.Contains(out, "every PUBLISH") || !strings.Contains(out, "held by 1 client (") || !strings.Contains(out, "psub=3") {
 		t.Errorf("doctor on a bus with three patterns: exit %d\n%s", code, out)
 	}
 }

@@ -165,8 +165,8 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 	if n, err := c.PubSubNumPat(ctx).Result(); err != nil {
 		add(Warn, "pubsub", "cannot read PUBSUB NUMPAT: %v", err)
 	} else if n > 0 {
-		add(Warn, "pubsub", "%d pattern subscriptions%s: Redis matches each against the channel of every PUBLISH on this server, whatever its channel, "+
-			"so every publish costs O(patterns) (1,000 patterns made the unpipelined PUBLISH rate about 9x slower: make bench, pubsub scenario); "+
+		add(Warn, "pubsub", "%d pattern subscriptions (distinct patterns, PUBSUB NUMPAT)%s: Redis matches each against the channel of every PUBLISH on this server, whatever its channel, "+
+			"so every publish costs O(patterns) (1,000 patterns made the unpipelined PUBLISH rate to a routerd channel 4 to 9x slower: make bench, pubsub scenario); "+
 			"routerd's own subscribers use none (they subscribe to exact channels from the tenant registry): find the clients with CLIENT LIST (psub=) and make them subscribe to channels",
 			n, patternHolders(ctx, c))
 	} else {
@@ -200,8 +200,8 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 }
 
 // patternHolders names the clients that hold pattern subscriptions (" held
-// by 2 clients: 10.0.0.5:40312 name=x psub=3, ..."), or "" when CLIENT LIST
-// is not allowed.
+// by 2 clients (10.0.0.5:40312 name=x psub=3, ...)"), or "" when CLIENT
+// LIST is not allowed.
 func patternHolders(ctx context.Context, c *redis.Client) string {
 	list, err := c.ClientList(ctx).Result()
 	if err != nil {
@@ -231,7 +231,11 @@ func patternHolders(ctx context.Context, c *redis.Client) string {
 	if len(holders) > len(shown) {
 		more = fmt.Sprintf(", and %d more", len(holders)-len(shown))
 	}
-	return fmt.Sprintf(" held by %d clients (%s%s)", len(holders), strings.Join(shown, ", "), more)
+	clients := "clients"
+	if len(holders) == 1 {
+		clients = "client"
+	}
+	return fmt.Sprintf(" held by %d %s (%s%s)", len(holders), clients, strings.Join(shown, ", "), more)
 }
 
 type tagSize struct {

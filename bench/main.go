@@ -99,6 +99,8 @@ func main() {
 		{"storm", storm},
 		{"scale", scaleOfSubscriber},
 		{"scale-cluster", scaleOfClusterSubscriber},
+		{"pubsub", pubsubCost},
+		{"capacity", capacity},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue

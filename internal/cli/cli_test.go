@@ -357,6 +357,29 @@ func TestDoctorReportsUnreadIngressStreams(t *testing.T) {
 	}
 }
 
+// doctor reports the bus's pattern subscriptions and their cost: none is
+// ok, and a client's patterns are a warning that names the count.
+func TestDoctorReportsPatternSubscriptions(t *testing.T) {
+	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	code, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
+	if code != 0 || !strings.Contains(out, "ok    pubsub") || !strings.Contains(out, "no pattern subscription") {
+		t.Errorf("doctor on a bus without patterns: exit %d\n%s", code, out)
+	}
+	ctx := context.Background()
+	ps := bus.Client(t).PSubscribe(ctx, "invalidate:*:a", "invalidate:*:b", "other:*")
+	defer ps.Close()
+	for i := 0; i < 3; i++ {
+		if _, err := ps.Receive(ctx); err != nil { // the three psubscribe confirmations
+			t.Fatal(err)
+		}
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", bus.URL)
+	if code != 0 || !strings.Contains(out, "warn  pubsub") || !strings.Contains(out, "3 pattern subscriptions") ||
+		!strings.Contains(out, "every PUBLISH") || !strings.Contains(out, "held by 1 client (") || !strings.Contains(out, "psub=3") {
+		t.Errorf("doctor on a bus with three patterns: exit %d\n%s", code, out)
+	}
+}
+
 // One trace runs from the publishing service through routerd to the
 // subscriber: the console exporter of each prints spans of the same trace id.
 func TestOneTraceAcrossServices(t *testing.T) {

@@ -134,9 +134,12 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		}
 		for i, t := range batch {
 			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
+				// Counted and logged, not a failure of the check: a key of
+				// the wrong type does not go away by retrying, and the
+				// other channels must still settle (and the service get
+				// ready) while an operator fixes it.
 				s.m.positionErrors.Inc()
-				s.log.Warn("unreadable channel meta or stored position; the channel is not checked", "channel", t.channel, "err", err)
-				failed = errors.Join(failed, err)
+				s.log.Warn("unreadable channel meta or stored position; the channel is not checked until it can be read", "channel", t.channel, "err", err)
 				continue
 			}
 			meta := metas[i].at

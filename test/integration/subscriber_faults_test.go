@@ -308,3 +308,42 @@ func TestHandlerFailureAfterCacheApplyRetried(t *testing.T) {
 		return handled["user:2"] || handled["*"]
 	})
 }
+
+// One channel whose meta cannot be read (a key of another type) must not
+// keep the service's other channels from settling: after a bus loss, the
+// channels without a meta are invalidated whole once, not again at every
+// check because the check as a whole never succeeds.
+func TestUnreadableMetaDoesNotRepeatRecoveries(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	_, stop := e.subscriber("search-svc", subscriber.Options{})
+	redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+		n, _ := e.caches["search-svc"].Client(t).Exists(ctx, "routerd:generation:search-svc").Result()
+		return n == 1
+	})
+	stop()
+	must(t, e.busC.FlushAll(ctx).Err())
+	must(t, e.busC.Set(ctx, "{invalidate:globex:active}:meta", "garbage", 0).Err())
+	redistest.Eventually(t, 10*time.Second, "the router makes the generation again", func() bool {
+		n, _ := e.busC.Exists(ctx, "invalidate:generation").Result()
+		return n == 1
+	})
+
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg, CheckInterval: 100 * time.Millisecond})
+	redistest.Eventually(t, 10*time.Second, "a few checks", func() bool {
+		return metric(t, reg, "subscriber_position_checks_total") >= 3
+	})
+	first := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag")
+	checks := metric(t, reg, "subscriber_position_checks_total")
+	redistest.Eventually(t, 10*time.Second, "five more checks", func() bool {
+		return metric(t, reg, "subscriber_position_checks_total") >= checks+5
+	})
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != first {
+		t.Errorf("whole-tag recoveries went from %v to %v over five checks: the bus loss is recovered again and again", first, got)
+	}
+	if got := metric(t, reg, "subscriber_unreadable_state_total"); got < 1 {
+		t.Errorf("the unreadable meta was not counted")
+	}
+}

@@ -95,7 +95,9 @@ func (s *Server) start() error {
 		return fmt.Errorf("redis-server is not installed: run `apt-get install -y redis-server`")
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// A process group of its own, so that Stop reaches the children redis
+	// forks (BGSAVE, AOF rewrite) too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -110,13 +112,55 @@ func (s *Server) start() error {
 	return nil
 }
 
-// Stop kills the server (like a crash: nothing is saved). Safe to call twice.
+// Stop kills the server (like a crash: nothing is saved) and any child it
+// forked, and returns once none of them runs: a surviving BGSAVE or AOF
+// rewrite child would go on writing into the server's directory after the
+// test ended. Safe to call twice.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
+	pgid := s.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	_ = s.cmd.Process.Kill()
 	<-s.done
+	waitGroupGone(pgid)
+}
+
+// waitGroupGone waits until no process of the group runs. A killed child
+// that nobody reaps stays a zombie, which writes nothing, so the wait is
+// bounded and looks at the process state where /proc tells it.
+func waitGroupGone(pgid int) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if syscall.Kill(-pgid, 0) == syscall.ESRCH || !groupHasLiveProcess(pgid) {
+			return
+		}
+	}
+}
+
+// groupHasLiveProcess reports whether a process of the group other than a
+// zombie exists; without /proc it assumes one does.
+func groupHasLiveProcess(pgid int) bool {
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil || len(stats) == 0 {
+		return true
+	}
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
 }
 
 // Restart kills the server and starts an empty one on the same port.

@@ -1,0 +1,56 @@
+package redistest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Stop ends the server's forked children too (a BGSAVE, an AOF rewrite):
+// killing only redis-server left a child writing into the test's directory
+// after the test ended, and the temporary directory's removal then failed
+// with "directory not empty".
+func TestStopEndsForkedChildren(t *testing.T) {
+	s := Start(t)
+	c := s.Client(t)
+	ctx := context.Background()
+	// Enough data that the child is still writing when Stop is called.
+	fill := `for i = 1, 300000 do redis.call('SET', 'k' .. i, string.rep('x', 200)) end return 1`
+	if err := c.Eval(ctx, fill, nil).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.BgSave(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 5*time.Second, "a forked child running", func() bool {
+		return len(processesNaming(s.Addr)) > 1
+	})
+	s.Stop()
+	if left := processesNaming(s.Addr); len(left) > 0 {
+		t.Fatalf("after Stop, processes of %s still run: %v", s.Addr, left)
+	}
+}
+
+// processesNaming lists the live processes whose command line names addr
+// (redis titles its children "redis-rdb-bgsave 127.0.0.1:port").
+func processesNaming(addr string) []string {
+	var found []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		stat, err := os.ReadFile(filepath.Join(d, "stat"))
+		if err != nil {
+			continue
+		}
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && strings.HasPrefix(string(stat[i:]), ") Z") {
+			continue // a zombie writes nothing
+		}
+		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), addr) {
+			found = append(found, filepath.Base(d)+": "+strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")))
+		}
+	}
+	return found
+}

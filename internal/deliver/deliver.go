@@ -119,12 +119,16 @@ type Options struct {
 }
 
 // Redacted is target as it may be logged: a URL's password replaced by
-// xxxxx, and a target that does not parse cut before any "@".
+// xxxxx, its query (which may hold a token) by "?xxxxx", and a target that
+// does not parse cut before any "@".
 func Redacted(target string) string {
 	if target == Stdout {
 		return target
 	}
 	if u, err := url.Parse(target); err == nil {
+		if u.RawQuery != "" || u.ForceQuery {
+			u.RawQuery, u.ForceQuery = "xxxxx", false
+		}
 		return u.Redacted()
 	}
 	if at := strings.LastIndex(target, "@"); at >= 0 {
@@ -180,11 +184,16 @@ func New(opt Options) (*Deliverer, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Deliverer{opt: opt, log: opt.Logger, client: opt.Client, m: newMetrics(opt.Registerer), needReset: opt.Reset}
-	if d.client == nil {
-		d.client = &http.Client{Timeout: opt.Timeout}
+	client := &http.Client{Timeout: opt.Timeout}
+	if opt.Client != nil {
+		c := *opt.Client
+		client = &c
 	}
-	return d, nil
+	// A redirect is not an acceptance. Followed, a 301, 302 or 303 turns the
+	// POST into a GET without the body, whose 200 would count as delivered
+	// although the service applied nothing: every 3xx is retried instead.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Deliverer{opt: opt, log: opt.Logger, client: client, m: newMetrics(opt.Registerer), needReset: opt.Reset}, nil
 }
 
 // Handle delivers one invalidation (after a pending reset). It is a
@@ -303,6 +312,9 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 	defer resp.Body.Close()
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // reuse the connection
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		return fmt.Errorf("%s answered %s to %s: redirects are not followed, give --deliver the final URL", Redacted(d.opt.Target), resp.Status, Redacted(resp.Header.Get("Location")))
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("%s answered %s: %q", Redacted(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
 	}

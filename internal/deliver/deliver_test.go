@@ -300,3 +300,70 @@ func count(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A redirect is not an acceptance: the HTTP client must not follow it (a
+// followed 302 turns the POST into a GET without the body, whose 200 would
+// count as delivered although nothing was applied). Every 3xx is retried,
+// and the invalidation reaches the receiver once the redirect is gone.
+func TestRedirectIsRetriedNotFollowed(t *testing.T) {
+	rcv := &receiver{}
+	var mu sync.Mutex
+	redirects, gets := 2, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		mu.Lock()
+		if req.Method == http.MethodGet {
+			gets++
+			mu.Unlock()
+			w.WriteHeader(http.StatusOK) // what a followed redirect would reach
+			return
+		}
+		if redirects > 0 {
+			redirects--
+			mu.Unlock()
+			http.Redirect(w, req, "/moved", http.StatusFound)
+			return
+		}
+		mu.Unlock()
+		rcv.ServeHTTP(w, req)
+	}))
+	defer srv.Close()
+	d, err := New(fast(srv.URL+"/invalidate", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Handle(context.Background(), keysInv); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if gets != 0 || redirects != 0 || len(rcv.bodies()) != 1 {
+		t.Errorf("redirect followed: %d GETs, %d redirects left, bodies %q", gets, redirects, rcv.bodies())
+	}
+	if rcv.requests != 1 {
+		t.Errorf("receiver saw %d POSTs after the redirects, want 1", rcv.requests)
+	}
+}
+
+// A token in the target's query string never reaches a log line or an
+// error, any more than a password does.
+func TestTargetQueryRedacted(t *testing.T) {
+	rcv := &receiver{fail: 1}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	var logs bytes.Buffer
+	opt := fast(srv.URL+"/inv?token=s3cret&x=1", nil)
+	opt.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	d, err := New(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Handle(context.Background(), wholeInv); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "delivery failed") || strings.Contains(logs.String(), "s3cret") {
+		t.Errorf("logs:\n%s", logs.String())
+	}
+	if got := Redacted("http://h/inv?token=s3cret"); strings.Contains(got, "s3cret") || !strings.Contains(got, "http://h/inv") {
+		t.Errorf("Redacted = %q", got)
+	}
+}

@@ -29,6 +29,21 @@
 --      it) and sends it again then.
 -- The bucket (fields tokens and at of the meta, at in microseconds of the
 -- server's TIME) is shared by every router: it is the channel's one budget.
+-- Redis does not undo a script's writes when a command in it fails. The
+-- commands that can fail once a message's event ids are recorded (XADD,
+-- PUBLISH) are called with pcall, and a failure stops the call as if it had
+-- ended cleanly before: the failed message's ids are taken back (a retry
+-- must not find them and take the message for sent), and the meta says
+-- what was published (the next version must not repeat one in the
+-- history). The call then answers the command's error.
+local function save(metaKey, version, rate, tokens, now)
+  if rate > 0 then
+    redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
+  else
+    redis.call('HSET', metaKey, 'version', version)
+  end
+end
+
 local cmd, replid, fresh = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local a = 4
@@ -126,25 +141,34 @@ for c = 1, #KEYS, 3 do
       out[#out + 1] = math.ceil((1 - tokens) / rate * 1e3)
       out[#out + 1] = 3
     else
+      local v = tostring(version + 1) -- formatted once (Lua formats numbers with sprintf)
+      local msg = '{"epoch":"' .. epoch .. '","version":' .. v .. body .. '}'
+      local r = redis.pcall('XADD', historyKey, v .. '-0', HISTORY_FIELD, msg)
+      if type(r) == 'table' and r.err then
+        redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
+        if published then
+          save(metaKey, version, rate, tokens, now)
+        end
+        return redis.error_reply(r.err)
+      end
+      version = version + 1
       if rate > 0 then
         tokens = tokens - 1
       end
-      version = version + 1
-      local v = tostring(version) -- formatted once (Lua formats numbers with sprintf)
-      local msg = '{"epoch":"' .. epoch .. '","version":' .. v .. body .. '}'
-      redis.call('XADD', historyKey, v .. '-0', HISTORY_FIELD, msg)
-      redis.call(cmd, channel, msg)
+      -- In the history, the message is published whatever PUBLISH answers:
+      -- a subscriber that misses it replays it from there.
+      r = redis.pcall(cmd, channel, msg)
+      if type(r) == 'table' and r.err then
+        save(metaKey, version, rate, tokens, now)
+        return redis.error_reply(r.err)
+      end
       out[#out + 1] = version
       out[#out + 1] = 0
       published = true
     end
   end
   if published then
-    if rate > 0 then
-      redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
-    else
-      redis.call('HSET', metaKey, 'version', version)
-    end
+    save(metaKey, version, rate, tokens, now)
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     -- Event ids are kept for the versions the history keeps: a message may
     -- record many. At most IDS_PER_VERSION times the history's length.

@@ -80,7 +80,10 @@ func permanent(err error) bool {
 	if hasPrefix(rerr, transientErrors) {
 		return false
 	}
-	return !strings.Contains(rerr.Error(), "max number of clients")
+	msg := rerr.Error()
+	// Inside a script Redis answers ERR, not NOPERM, for what the user's
+	// ACL forbids: an operator's setting too.
+	return !strings.Contains(msg, "max number of clients") && !strings.Contains(msg, "The user executing the script can't")
 }
 
 // retryItem is an ingress entry whose routing failed, waiting for its next try.

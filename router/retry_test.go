@@ -38,6 +38,8 @@ func TestPermanentErrors(t *testing.T) {
 		{replyErr("OOM command not allowed when used memory > 'maxmemory'. script: abc, on @user_script:25."), false},
 		{replyErr("NOPERM this user has no permissions to run the 'evalsha' command"), false},
 		{replyErr("ERR max number of clients reached"), false},
+		{replyErr("ERR The user executing the script can't publish to the channel mentioned in the command"), false},
+		{replyErr("ERR The user executing the script can't access at least one of the keys mentioned in the command"), false},
 		{&net.OpError{Op: "dial", Err: errors.New("connect: connection refused")}, false},
 		{context.DeadlineExceeded, false},
 		{errors.New("not acknowledged by a replica of 127.0.0.1:7000 within 1s"), false},

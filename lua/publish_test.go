@@ -1,0 +1,73 @@
+package lua_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/lua"
+)
+
+// publishOn runs publish.lua for messages on one channel (no bucket) and
+// returns its reply.
+func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]int64, error) {
+	args := []any{"PUBLISH", "", "e0", ch, 100, 0, 0, "0", len(ids)}
+	for _, id := range ids {
+		args = append(args, 1, id, `,"tenant":"acme","tag":"t","event":"`+id+`"`)
+	}
+	return lua.Publish.Run(ctx, c, []string{"{" + ch + "}:meta", "{" + ch + "}:history", "{" + ch + "}:events"}, args...).Int64Slice()
+}
+
+// Redis does not roll a script back when a command in it fails. A failure
+// after the event ids were recorded must not leave them recorded (the retry
+// would take the message for published and acknowledge it: an invalidation
+// lost), and what the call did publish must be in the meta (the next
+// version would otherwise repeat one in the history, and every later XADD
+// fail: the channel wedged).
+func TestPublishScriptFailureLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	const ch = "invalidate:acme:t"
+	meta, history, events := "{"+ch+"}:meta", "{"+ch+"}:history", "{"+ch+"}:events"
+	if res, err := publishOn(ctx, c, ch, "first"); err != nil || res[1] != 0 {
+		t.Fatalf("first: %v %v", res, err)
+	}
+
+	// The history XADD fails (a key of another type): nothing recorded.
+	must(t, c.Del(ctx, history).Err())
+	must(t, c.Set(ctx, history, "x", 0).Err())
+	if _, err := publishOn(ctx, c, ch, "second"); err == nil || !strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		t.Fatalf("publish onto a history of the wrong type: %v, want the WRONGTYPE error", err)
+	}
+	if _, err := c.ZScore(ctx, events, "second").Result(); err != redis.Nil {
+		t.Fatalf("the failed message's event id stays recorded (err %v): its retry would be acknowledged unsent", err)
+	}
+	must(t, c.Del(ctx, history).Err())
+	res, err := publishOn(ctx, c, ch, "second")
+	if err != nil || res[1] != 0 || res[0] != 2 {
+		t.Fatalf("retry once the key is repaired: %v %v, want version 2 published", res, err)
+	}
+
+	// The PUBLISH fails (the router's user may not publish on the channel),
+	// after the history entry was written: the message is in the history,
+	// so it counts as published (a subscriber replays it), and the meta says so.
+	must(t, c.Do(ctx, "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "+@all", "resetchannels").Err())
+	nopub := redis.NewClient(&redis.Options{Addr: c.Options().Addr, Username: "nopub", Password: "pw"})
+	defer nopub.Close()
+	if _, err := publishOn(ctx, nopub, ch, "third", "fourth"); err == nil || !strings.Contains(err.Error(), "can't publish to the channel") {
+		t.Fatalf("publish without the channel permission: %v, want the ACL error", err)
+	}
+	if v := c.HGet(ctx, meta, "version").Val(); v != "3" {
+		t.Fatalf("meta version %s after the history took version 3: the next XADD would fail", v)
+	}
+	res, err = publishOn(ctx, c, ch, "third", "fourth")
+	if err != nil || len(res) != 4 || res[0] != 3 || res[1] != 1 || res[2] != 4 || res[3] != 0 {
+		t.Fatalf("retry with the permission back: %v %v, want third already at 3, fourth published at 4", res, err)
+	}
+	if n := c.XLen(ctx, history).Val(); n != 3 {
+		t.Errorf("history holds %d entries, want 3 (second, third, fourth)", n)
+	}
+}

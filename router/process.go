@@ -535,29 +535,29 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if len(fresh) == 0 {
 		return nil
 	}
-	cmds, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, t := range fresh {
-			pipe.SAdd(ctx, wire.TenantsKey(r.prefix), t)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := r.c.SAdd(ctx, wire.TenantsKey(r.prefix), fresh...).Err(); err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
 	// Subscribers of every tenant subscribe to exact channels, never to
 	// patterns (a pattern taxes every PUBLISH on the bus): they learn of a
 	// new tenant from this announcement (and from the registry at every
-	// position check), before its first message is published.
-	announce := r.c.Publish
-	if r.cluster {
-		announce = r.c.SPublish
-	}
-	for i, c := range cmds {
-		if c.(*redis.IntCmd).Val() == 1 {
-			if err := announce(ctx, wire.TenantsChannel(r.prefix), fresh[i]).Err(); err != nil {
-				return fmt.Errorf("announcing tenant: %w", err)
+	// position check), before its first message is published. Each router
+	// announces every tenant it has not announced itself, whatever SADD
+	// answered: a router that registered a tenant and then failed to
+	// announce it (an error, a crash) leaves a registry entry that makes
+	// every later SADD answer 0. A repeated announcement costs a subscriber
+	// a lookup.
+	if _, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, t := range fresh {
+			if r.cluster {
+				pipe.SPublish(ctx, wire.TenantsChannel(r.prefix), t)
+			} else {
+				pipe.Publish(ctx, wire.TenantsChannel(r.prefix), t)
 			}
 		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("announcing tenants: %w", err)
 	}
 	r.tenantsMu.Lock()
 	for t := range seen {

@@ -61,3 +61,20 @@ func TestEveryTenantServiceUsesNoPatterns(t *testing.T) {
 		t.Errorf("PUBSUB NUMPAT = %d after a new tenant, want 0", n)
 	}
 }
+
+// The announcement of a new tenant is not lost with the registry write that
+// preceded it. A router that added the tenant to the registry and then
+// failed to announce it (its PUBLISH failed, or it died in between) left
+// the retry's SADD answering 0, and nobody announced: subscribers of every
+// tenant missed the tenant's messages until their next check (an hour
+// here). Every router announces each tenant it has not announced itself.
+func TestTenantInRegistryButNeverAnnounced(t *testing.T) {
+	e := newEnv(t, "")
+	e.subscriber("profile-svc", subscriber.Options{})
+	// What the failed router left: the registry entry, no announcement.
+	must(t, e.busC.SAdd(context.Background(), wire.TenantsKey(e.mtx.Prefix), "newco").Err())
+	e.seed("profile-svc", "newco", "user:1", "active")
+	e.router(router.Options{})
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", "newco", "user:1")
+}

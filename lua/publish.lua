@@ -5,8 +5,7 @@
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
 -- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, for the versions the history keeps
 -- ARGV[1]    'PUBLISH' or 'SPUBLISH'
--- ARGV[2]    replication id of this master ('' when unknown)
--- ARGV[3]    epoch to start on a channel that has none (random hex from the caller)
+-- ARGV[2]    epoch to start on a channel that has none (random hex from the caller)
 -- Then, for each channel in KEYS order:
 --   channel name, history length to keep, the channel's bucket: rate per
 --   second (0: no limit) and burst, force ('1': publish even without a
@@ -44,9 +43,13 @@ local function save(metaKey, version, rate, tokens, now)
   end
 end
 
-local cmd, replid, fresh = ARGV[1], ARGV[2], ARGV[3]
+local cmd, fresh = ARGV[1], ARGV[2]
+-- The replication id of this server, read here and not taken from the
+-- caller: a server restarted from an older snapshot (or a promoted replica)
+-- has a new one at once, whereas a caller's could be from before.
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
 local out = {}
-local a = 4
+local a = 3
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 for c = 1, #KEYS, 3 do

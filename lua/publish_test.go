@@ -14,7 +14,7 @@ import (
 // publishOn runs publish.lua for messages on one channel (no bucket) and
 // returns its reply.
 func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]int64, error) {
-	args := []any{"PUBLISH", "", "e0", ch, 100, 0, 0, "0", len(ids)}
+	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, "0", len(ids)}
 	for _, id := range ids {
 		args = append(args, 1, id, `,"tenant":"acme","tag":"t","event":"`+id+`"`)
 	}

@@ -292,7 +292,7 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 		groups[sh] = append(groups[sh], args)
 	}
 	for sh, group := range groups {
-		_, replicas, err := sh.Info(ctx)
+		replicas, err := sh.Replicas(ctx)
 		if err != nil {
 			return fmt.Errorf("publisher: %w", err)
 		}

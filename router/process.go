@@ -813,13 +813,13 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 			results[i].err = err
 		}
 	}
-	replid, replicas, err := sh.Info(ctx)
+	replicas, err := sh.Replicas(ctx)
 	if err != nil {
 		fail(err)
 		return
 	}
 	calls := publishCalls(out, idx, r.cluster)
-	split := r.runCalls(ctx, sh, out, calls, results, epoch, cmd, replid, replicas)
+	split := r.runCalls(ctx, sh, out, calls, results, epoch, cmd, replicas)
 	if len(split) > 0 {
 		// A call of several channels failed with an error that will not
 		// pass (a key of one channel has the wrong type): run each of its
@@ -832,7 +832,7 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 				alone = append(alone, publishCall{channels: [][]int{channel}, messages: len(channel)})
 			}
 		}
-		r.runCalls(ctx, sh, out, alone, results, epoch, cmd, replid, replicas)
+		r.runCalls(ctx, sh, out, alone, results, epoch, cmd, replicas)
 	}
 }
 
@@ -840,12 +840,12 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 // with WAIT 1 when it has replicas) and records their results. It returns
 // the calls of more than one channel that failed with an error that will
 // not pass.
-func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing, calls []publishCall, results []published, epoch, cmd, replid string, replicas int64) (split []publishCall) {
+func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing, calls []publishCall, results []published, epoch, cmd string, replicas int64) (split []publishCall) {
 	var wait *redis.IntCmd
 	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(calls))
 		for j, call := range calls {
-			all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd, replid)
+			all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd)
 		}
 		wait = nil
 		if replicas > 0 {
@@ -994,10 +994,10 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
 }
 
 // publishCmd queues one publish script call.
-func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd, replid string) *redis.Cmd {
+func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd string) *redis.Cmd {
 	keys := make([]string, 0, 3*len(call.channels))
-	args := make([]any, 0, 3+6*len(call.channels)+3*call.messages)
-	args = append(args, cmd, replid, epoch)
+	args := make([]any, 0, 2+6*len(call.channels)+3*call.messages)
+	args = append(args, cmd, epoch)
 	for _, channel := range call.channels {
 		rt := out[channel[0]].route
 		keys = append(keys, names.MetaKey(rt.Channel), names.HistoryKey(rt.Channel), names.EventsKey(rt.Channel))

@@ -1,6 +1,8 @@
 // Package shard finds the master that owns a key — the standalone server, or
 // a cluster master — and what routerd needs to know of it to make writes
-// durable: its replication id and how many replicas it has.
+// durable: how many replicas it has. (Epochs follow the master's
+// replication id, which the publish script reads on the server itself: an
+// id looked up beforehand could be from before a restart.)
 package shard
 
 import (
@@ -26,36 +28,34 @@ type Shard struct {
 	C *redis.Client
 
 	mu       sync.Mutex
-	replid   string
 	replicas int64
 	at       time.Time
 }
 
-// infoTTL is how long a shard's replication id and replica count are used.
+// infoTTL is how long a shard's replica count is used.
 const infoTTL = 2 * time.Second
 
-// Info returns the shard's replication id and connected replicas.
-func (s *Shard) Info(ctx context.Context) (string, int64, error) {
+// Replicas returns the number of replicas connected to the shard's master.
+func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if time.Since(s.at) < infoTTL && s.replid != "" {
-		return s.replid, s.replicas, nil
+	if !s.at.IsZero() && time.Since(s.at) < infoTTL {
+		return s.replicas, nil
 	}
 	info, err := s.C.InfoMap(ctx, "replication").Result()
 	if err != nil {
-		return "", 0, err
+		return 0, err
 	}
 	repl := info["Replication"]
 	if role := repl["role"]; role != "master" {
-		return "", 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, role)
+		return 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, role)
 	}
-	replid := repl["master_replid"]
 	replicas, _ := strconv.ParseInt(repl["connected_slaves"], 10, 64)
-	s.replid, s.replicas, s.at = replid, replicas, time.Now()
-	return replid, replicas, nil
+	s.replicas, s.at = replicas, time.Now()
+	return replicas, nil
 }
 
-// Forget makes the next Info call ask the server again.
+// Forget makes the next Replicas call ask the server again.
 func (s *Shard) Forget() {
 	s.mu.Lock()
 	s.at = time.Time{}

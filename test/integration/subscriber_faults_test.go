@@ -347,3 +347,44 @@ func TestUnreadableMetaDoesNotRepeatRecoveries(t *testing.T) {
 		t.Errorf("the unreadable meta was not counted")
 	}
 }
+
+// A bus that comes back from an older snapshot while a subscriber is down
+// must start new epochs, even while the router still holds the replication
+// id it looked up before the restart (it keeps it two seconds): publishing
+// on in the old epoch reused versions the subscriber had already applied,
+// so after its restart its position equalled the meta and the new
+// messages' keys stayed cached for good.
+func TestBusRestoredFromSnapshotStartsNewEpoch(t *testing.T) {
+	ctx := context.Background()
+	const ch = "invalidate:acme:active"
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	_, stop := e.subscriber("search-svc", subscriber.Options{})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	e.waitVersion(ch, 1)
+	snap, err := e.bus.Snapshot(ctx)
+	must(t, err)
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:a"}})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:b"}})
+	e.waitVersion(ch, 3)
+	redistest.Eventually(t, 10*time.Second, "version 3 applied", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Version == 3
+	})
+	stop()
+	epoch, _ := e.meta(ch)
+	must(t, e.bus.RestoreSnapshot(snap)) // at once: the router's replication id is still fresh
+	e.seed("search-svc", "acme", "user:c", "active")
+	e.seed("search-svc", "acme", "user:d", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:c"}})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:d"}})
+	redistest.Eventually(t, 10*time.Second, "both events published", func() bool {
+		return len(e.history(ch)) >= 2 && e.history(ch)[len(e.history(ch))-1].Keys[0] == "user:d"
+	})
+	if now, _ := e.meta(ch); now == epoch {
+		t.Errorf("the restored bus goes on in epoch %s: its versions repeat ones already applied", epoch)
+	}
+	e.subscriber("search-svc", subscriber.Options{CheckInterval: 300 * time.Millisecond})
+	e.waitGone("search-svc", "acme", "user:c")
+	e.waitGone("search-svc", "acme", "user:d")
+}

@@ -54,6 +54,8 @@ var (
 	srcverSrc string
 	//go:embed budget.lua
 	budgetSrc string
+	//go:embed tenants.lua
+	tenantsSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -71,6 +73,7 @@ var Sources = map[string]string{
 	"compact.lua":         prelude + compactSrc,
 	"srcver.lua":          prelude + srcverSrc,
 	"budget.lua":          prelude + budgetSrc,
+	"tenants.lua":         prelude + tenantsSrc,
 }
 
 var (
@@ -90,6 +93,8 @@ var (
 	SourceVersion = redis.NewScript(Sources["srcver.lua"])
 	// Budget takes tokens from a tenant's or the global bucket.
 	Budget = redis.NewScript(Sources["budget.lua"])
+	// Tenants registers tenants and announces the new ones.
+	Tenants = redis.NewScript(Sources["tenants.lua"])
 )
 
 // Load loads scripts into Redis's script cache (on a cluster client, into

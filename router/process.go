@@ -535,29 +535,21 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if len(fresh) == 0 {
 		return nil
 	}
-	if err := r.c.SAdd(ctx, wire.TenantsKey(r.prefix), fresh...).Err(); err != nil {
-		return fmt.Errorf("tenant registry: %w", err)
-	}
 	// Subscribers of every tenant subscribe to exact channels, never to
 	// patterns (a pattern taxes every PUBLISH on the bus): they learn of a
 	// new tenant from this announcement (and from the registry at every
-	// position check), before its first message is published. Each router
-	// announces every tenant it has not announced itself, whatever SADD
-	// answered: a router that registered a tenant and then failed to
-	// announce it (an error, a crash) leaves a registry entry that makes
-	// every later SADD answer 0. A repeated announcement costs a subscriber
-	// a lookup.
-	if _, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, t := range fresh {
-			if r.cluster {
-				pipe.SPublish(ctx, wire.TenantsChannel(r.prefix), t)
-			} else {
-				pipe.Publish(ctx, wire.TenantsChannel(r.prefix), t)
-			}
-		}
-		return nil
+	// position check), before its first message is published. The script
+	// registers and announces in one step, so an entry never lacks its
+	// announcement.
+	cmd := "PUBLISH"
+	if r.cluster {
+		cmd = "SPUBLISH"
+	}
+	args := append([]any{cmd}, fresh...)
+	if _, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
+		return []*redis.Cmd{lua.Tenants.EvalSha(ctx, pipe, []string{wire.TenantsKey(r.prefix)}, args...)}
 	}); err != nil {
-		return fmt.Errorf("announcing tenants: %w", err)
+		return fmt.Errorf("tenant registry: %w", err)
 	}
 	r.tenantsMu.Lock()
 	for t := range seen {
@@ -1021,7 +1013,7 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 }
 
 // routerScripts are the scripts the router runs on the bus.
-var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget}
+var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants}
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
 	return lua.Load(ctx, c, routerScripts...)

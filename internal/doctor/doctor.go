@@ -125,7 +125,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 		add(Warn, "slowlog", "cannot read the slow log: %v", err)
 	} else {
 		shas := map[string]string{}
-		for name, s := range map[string]*redis.Script{"publish": lua.Publish, "invalidate": lua.Invalidate, "invalidate_keys": lua.InvalidateKeys, "chunk": lua.Chunk, "set": lua.Set, "compact": lua.Compact, "srcver": lua.SourceVersion, "budget": lua.Budget} {
+		for name, s := range map[string]*redis.Script{"publish": lua.Publish, "invalidate": lua.Invalidate, "invalidate_keys": lua.InvalidateKeys, "chunk": lua.Chunk, "set": lua.Set, "compact": lua.Compact, "srcver": lua.SourceVersion, "budget": lua.Budget, "tenants": lua.Tenants} {
 			shas[s.Hash()] = name
 		}
 		var hits []string

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
@@ -62,19 +63,30 @@ func TestEveryTenantServiceUsesNoPatterns(t *testing.T) {
 	}
 }
 
-// The announcement of a new tenant is not lost with the registry write that
-// preceded it. A router that added the tenant to the registry and then
-// failed to announce it (its PUBLISH failed, or it died in between) left
-// the retry's SADD answering 0, and nobody announced: subscribers of every
-// tenant missed the tenant's messages until their next check (an hour
-// here). Every router announces each tenant it has not announced itself.
-func TestTenantInRegistryButNeverAnnounced(t *testing.T) {
+// The announcement of a new tenant is not lost with the registry write
+// that precedes it. A router whose announcement failed after its SADD (here
+// its user may not publish on the announcement channel yet) left the
+// tenant in the registry, the retry's SADD answered 0, and nobody
+// announced: subscribers of every tenant missed the tenant's messages until
+// their next check (an hour here). Registry entry and announcement now go
+// together in one script.
+func TestTenantAnnouncementSurvivesAFailedPublish(t *testing.T) {
+	ctx := context.Background()
 	e := newEnv(t, "")
 	e.subscriber("profile-svc", subscriber.Options{})
-	// What the failed router left: the registry entry, no announcement.
-	must(t, e.busC.SAdd(context.Background(), wire.TenantsKey(e.mtx.Prefix), "newco").Err())
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "on", ">pw", "~*", "+@all", "resetchannels", "&invalidate:newco:*").Err())
+	rc := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "rt", Password: "pw"})
+	t.Cleanup(func() { _ = rc.Close() })
+	r, err := router.New(rc, e.mtx, router.Options{ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	must(t, err)
+	run(t, r.Run)
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+
 	e.seed("profile-svc", "newco", "user:1", "active")
-	e.router(router.Options{})
 	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})
+	redistest.Eventually(t, 10*time.Second, "an announcement refused", func() bool {
+		return e.busC.Do(ctx, "ACL", "LOG").Val() != nil && len(e.busC.Do(ctx, "ACL", "LOG").Val().([]any)) > 0
+	})
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "&invalidate:tenants").Err())
 	e.waitGone("profile-svc", "newco", "user:1")
 }

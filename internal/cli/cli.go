@@ -163,6 +163,19 @@ func (f *flags) secretEnv(name, envVar, help string) *string {
 	return p
 }
 
+// Parse parses the flags in args. A flag the command does not have, or a
+// value its flag cannot take, is bad usage (exit 2): the flag package has
+// already printed its message and the usage.
+func (f *flags) Parse(args []string) error {
+	if err := f.FlagSet.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
 		return err

@@ -323,7 +323,7 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag})
 	failed := false
 	for _, fd := range findings {
-		fmt.Fprintf(env.Stdout, "%-4s  %-10s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
+		fmt.Fprintf(env.Stdout, "%-4s  %-11s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
 		failed = failed || fd.Level == doctor.Fail
 	}
 	if err != nil {

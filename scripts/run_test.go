@@ -133,9 +133,19 @@ func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
 // With free ports it waits for both daemons, and every round's
 // invalidations arrive.
 func TestRunGoodRound(t *testing.T) {
-	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 3 --interval 100ms")
+	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 6 --interval 100ms")
 	if err != nil {
 		t.Fatalf("run.sh: %v\n%s", err, out)
+	}
+	// The narration keeps its order: what search-svc applied follows the
+	// change that caused it, never the previous round's table.
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "  search-svc applied") && (i == 0 ||
+			!strings.HasPrefix(lines[i-1], "  routes: ") && !strings.HasPrefix(lines[i-1], "  search-svc applied")) {
+			t.Errorf("line %d, %q, does not follow its change's routes:\n%s", i, l, out)
+			break
+		}
 	}
 	for _, want := range []string{"routerd    ready", "agent      ready", "profile-svc  acme: user:1✗ user:2✗"} {
 		if !strings.Contains(out, want) {

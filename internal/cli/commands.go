@@ -135,8 +135,10 @@ func route(_ context.Context, env *Env, args []string) error {
 	return nil
 }
 
+const publishUsage = "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--publisher P] [--matrix F]"
+
 func publish(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]")
+	f := newFlags(env, "publish", publishUsage)
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	prefix := f.String("prefix", names.DefaultPrefix, "channel and stream prefix (the matrix's prefix)")
 	pubName := f.String("publisher", "", "publish as this publisher of the matrix's publishers section, to its own streams")

@@ -84,15 +84,15 @@ func diffPublishers(old, new *Matrix) []Change {
 	var out []Change
 	switch {
 	case old.Publishers == nil && new.Publishers != nil:
-		out = append(out, "+ publishers section: publishers with a grant write to their own streams, checked by the router (restart routerd)")
+		out = append(out, "+ publishers section: publishers with a grant write to their own streams, checked by the router")
 	case old.Publishers != nil && new.Publishers == nil:
-		out = append(out, "- publishers section: no grant is checked any more (restart routerd)")
+		out = append(out, "- publishers section: the publishers' own streams are not routed any more; the shared ingress is, without a grant check, as before")
 	}
 	for _, name := range unionKeys(old.Publishers, new.Publishers) {
 		a, b := old.Publishers[name], new.Publishers[name]
 		switch {
 		case a == nil:
-			out = append(out, Change(fmt.Sprintf("+ publisher %s: %s (restart routerd to read its streams)", name, grantString(b))))
+			out = append(out, Change(fmt.Sprintf("+ publisher %s: %s (its streams are read at once)", name, grantString(b))))
 		case b == nil:
 			out = append(out, Change(fmt.Sprintf("- publisher %s: %s (its events are not routed any more)", name, grantString(a))))
 		case grantString(a) != grantString(b):

@@ -80,17 +80,17 @@ func TestDiffPublishers(t *testing.T) {
 		want     []Change
 	}{
 		{old, a, []Change{
-			"+ publishers section: publishers with a grant write to their own streams, checked by the router (restart routerd)",
-			"+ publisher profile-svc: domains user; tenants all (restart routerd to read its streams)",
-			"+ publisher shop: domains product; tenants acme (restart routerd to read its streams)",
+			"+ publishers section: publishers with a grant write to their own streams, checked by the router",
+			"+ publisher profile-svc: domains user; tenants all (its streams are read at once)",
+			"+ publisher shop: domains product; tenants acme (its streams are read at once)",
 		}},
 		{a, b, []Change{
-			"+ publisher billing: domains invoice; tenants acme, globex (restart routerd to read its streams)",
+			"+ publisher billing: domains invoice; tenants acme, globex (its streams are read at once)",
 			"~ publisher profile-svc: domains user; tenants all → domains user, product; tenants all",
 			"- publisher shop: domains product; tenants acme (its events are not routed any more)",
 		}},
 		{b, old, []Change{
-			"- publishers section: no grant is checked any more (restart routerd)",
+			"- publishers section: the publishers' own streams are not routed any more; the shared ingress is, without a grant check, as before",
 			"- publisher billing: domains invoice; tenants acme, globex (its events are not routed any more)",
 			"- publisher profile-svc: domains user, product; tenants all (its events are not routed any more)",
 		}},

@@ -82,6 +82,14 @@ if redis-cli -p "$port" ping >/dev/null 2>&1; then
   echo "something already answers on 127.0.0.1:$port; stop it or run: make run REDIS_PORT=<free port>" >&2
   exit 1
 fi
+# A port whose /readyz already answers (another `make run`'s routerd or
+# agent) would fool the readiness check below into claiming a daemon ready.
+for pair in "ROUTERD_PORT:$routerd_port" "AGENT_PORT:$agent_port"; do
+  if http_ok "http://127.0.0.1:${pair#*:}/readyz"; then
+    echo "something already answers on 127.0.0.1:${pair#*:} (another routerd?); stop it or run: make run ${pair%%:*}=<free port>" >&2
+    exit 1
+  fi
+done
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
   --logfile redis.log --maxmemory-policy noeviction &
 pids+=($!)

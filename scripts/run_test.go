@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,12 +104,48 @@ func TestRunStopsWhenRouterdCannotListen(t *testing.T) {
 	}
 }
 
+// With routerd's or the agent's port taken by a process that answers
+// /readyz (another `make run`'s routerd or agent), the readiness check would
+// believe it: `make run` refuses to start instead, naming the port and the
+// variable that changes it, and never claims a daemon ready.
+func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ready")) }))
+	defer other.Close()
+	addr := other.Listener.Addr().String()
+	for _, tc := range []struct{ name, routerd, agent, want string }{
+		{"routerd", addr, redistest.FreeAddr(t), "make run ROUTERD_PORT=<free port>"},
+		{"agent", redistest.FreeAddr(t), addr, "make run AGENT_PORT=<free port>"},
+	} {
+		out, err := runScript(t, redistest.FreeAddr(t), tc.routerd, tc.agent, "--rounds 1 --interval 100ms")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+			t.Errorf("%s's port answered by another: run.sh exited %v, want a failure:\n%s", tc.name, err, out)
+		}
+		if !strings.Contains(out, "already answers on 127.0.0.1:"+port(addr)) || !strings.Contains(out, tc.want) {
+			t.Errorf("%s's port answered by another: output lacks the port and %q:\n%s", tc.name, tc.want, out)
+		}
+		if strings.Contains(out, "ready: ") || strings.Contains(out, "routes:") {
+			t.Errorf("%s's port answered by another: a daemon was claimed ready, or the demo ran:\n%s", tc.name, out)
+		}
+	}
+}
+
 // With free ports it waits for both daemons, and every round's
 // invalidations arrive.
 func TestRunGoodRound(t *testing.T) {
-	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 3 --interval 100ms")
+	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 6 --interval 100ms")
 	if err != nil {
 		t.Fatalf("run.sh: %v\n%s", err, out)
+	}
+	// The narration keeps its order: what search-svc applied follows the
+	// change that caused it, never the previous round's table.
+	lines := strings.Split(out, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "  search-svc applied") && (i == 0 ||
+			!strings.HasPrefix(lines[i-1], "  routes: ") && !strings.HasPrefix(lines[i-1], "  search-svc applied")) {
+			t.Errorf("line %d, %q, does not follow its change's routes:\n%s", i, l, out)
+			break
+		}
 	}
 	for _, want := range []string{"routerd    ready", "agent      ready", "profile-svc  acme: user:1✗ user:2✗"} {
 		if !strings.Contains(out, want) {

@@ -47,13 +47,13 @@ func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
 func (s *Subscriber) generations(ctx context.Context) (generation, error) {
 	bus, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return generation{}, fmt.Errorf("reading the bus generation: %w", err)
+		return generation{}, fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
 	}
 	g := generation{bus: bus, seen: s.seenGeneration}
 	if s.store != nil {
 		seen, err := s.opt.Cache.Get(ctx, names.GenerationSeenKey(s.opt.Service)).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return generation{}, fmt.Errorf("reading the bus generation last seen: %w", err)
+			return generation{}, fmt.Errorf("reading the bus generation last seen, %s, from the cache Redis: %w", names.GenerationSeenKey(s.opt.Service), err)
 		}
 		g.seen = seen
 	}
@@ -73,7 +73,7 @@ func (s *Subscriber) sawGeneration(ctx context.Context, g generation) error {
 	}
 	if s.store != nil {
 		if err := s.opt.Cache.Set(ctx, names.GenerationSeenKey(s.opt.Service), g.bus, 0).Err(); err != nil {
-			return fmt.Errorf("recording the bus generation: %w", err)
+			return fmt.Errorf("recording the bus generation in %s in the cache Redis: %w", names.GenerationSeenKey(s.opt.Service), err)
 		}
 	}
 	s.seenGeneration = g.bus
@@ -301,15 +301,15 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("reading the tenant registry: %w", err)
+		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", wire.TenantsKey(s.prefix), err)
 	}
 	var indexed, cached []string
 	if s.store != nil {
 		if indexed, err = s.opt.Cache.SMembers(ctx, names.PositionIndexKey(s.opt.Service)).Result(); err != nil {
-			return nil, fmt.Errorf("reading the position index: %w", err)
+			return nil, fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 		}
 		if cached, err = s.opt.Cache.SMembers(ctx, names.CacheTenantsKey()).Result(); err != nil {
-			return nil, fmt.Errorf("reading the cache's tenants: %w", err)
+			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)
 		}
 	}
 	seen := map[string]bool{}
@@ -349,7 +349,7 @@ func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
 		return nil
 	}
 	if err := s.opt.Cache.SAdd(ctx, names.PositionIndexKey(s.opt.Service), fresh...).Err(); err != nil {
-		return fmt.Errorf("recording tenants in the position index: %w", err)
+		return fmt.Errorf("recording tenants in the position index %s in the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 	}
 	for _, t := range fresh {
 		s.indexed[t.(string)] = true

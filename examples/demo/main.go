@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -112,7 +113,10 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 	searchC, _ := open(searchURL)
 	defer searchC.Close()
 
-	// search-svc embeds the subscriber; the Handler only narrates.
+	// search-svc embeds the subscriber; the Handler only narrates. narrating
+	// keeps its lines after the header of the change that caused them: the
+	// subscriber can apply an event before Publish has returned its id.
+	var narrating sync.Mutex
 	sub, err := subscriber.New(busC, subscriber.Options{
 		Service: "search-svc", Matrix: m, Cache: searchC, CheckInterval: 10 * time.Second, Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -121,6 +125,8 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			if len(inv.Keys) == 0 {
 				what = "the whole tag"
 			}
+			narrating.Lock()
+			defer narrating.Unlock()
 			fmt.Printf("  search-svc applied %s/%s v%d: %s\n", inv.Tenant, inv.Tag, inv.Version, what)
 			return nil
 		},
@@ -149,16 +155,20 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 		if !sleep(ctx, interval) {
 			return nil
 		}
-		id, err := pub.Publish(ctx, c.event)
-		if err != nil {
-			return err
-		}
 		routes, _ := m.Routes(c.event.Tenant, c.event.Domain)
 		var chans []string
 		for _, r := range routes {
 			chans = append(chans, r.Channel+" → "+strings.Join(r.Services, ","))
 		}
-		fmt.Printf("\n» %s: published event %s\n  routes: %s\n", c.what, id, strings.Join(chans, "; "))
+		narrating.Lock()
+		id, err := pub.Publish(ctx, c.event)
+		if err == nil {
+			fmt.Printf("\n» %s: published event %s\n  routes: %s\n", c.what, id, strings.Join(chans, "; "))
+		}
+		narrating.Unlock()
+		if err != nil {
+			return err
+		}
 		if late := await(ctx, stores, expected(routes, c.event), arrivalTimeout); ctx.Err() != nil {
 			return nil
 		} else if len(late) > 0 {

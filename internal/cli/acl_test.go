@@ -96,3 +96,30 @@ func TestPublishAsPublisher(t *testing.T) {
 		t.Errorf("publish --publisher 'bad name': %d %q", code, errs)
 	}
 }
+
+// publish --matrix with --publisher refuses, before anything is sent, an
+// event the router would not route from that publisher's streams: a
+// publisher the matrix does not grant has streams no router reads, and an
+// event outside its grant is dead-lettered (not_granted).
+func TestPublishAsPublisherChecksTheGrant(t *testing.T) {
+	srv := redistest.Start(t)
+	grants := writeFile(t, grantsYAML)
+	for _, tc := range []struct {
+		matrix, publisher, domain, want string
+	}{
+		{grants, "catalog-svc", "user", `nothing sent: publisher "catalog-svc" is not in the publishers section of ` + grants + " (publishers: profile-svc): no router reads its streams"},
+		{grants, "profile-svc", "order", `nothing sent: publisher "profile-svc" is not granted domain "order" for tenant "acme" in ` + grants},
+		{"../../matrix.yaml", "profile-svc", "user", `nothing sent: publisher "profile-svc" is not in the publishers section of ../../matrix.yaml (it has none): no router reads its streams`},
+	} {
+		code, out, errs := runCLI(t, "publish", "--redis", srv.URL, "--matrix", tc.matrix, "--tenant", "acme", "--domain", tc.domain, "--keys", "k:1", "--publisher", tc.publisher)
+		if code != 1 || out != "" || !strings.Contains(errs, tc.want) {
+			t.Errorf("publish --publisher %s --domain %s: %d %q %q, want 1 and %q", tc.publisher, tc.domain, code, out, errs, tc.want)
+		}
+	}
+	if keys := srv.Client(t).Keys(context.Background(), "*").Val(); len(keys) != 0 {
+		t.Errorf("a refused publish wrote to Redis: %v", keys)
+	}
+	if code, out, errs := runCLI(t, "publish", "--redis", srv.URL, "--matrix", grants, "--tenant", "acme", "--domain", "user", "--keys", "k:1", "--publisher", "profile-svc"); code != 0 {
+		t.Errorf("a granted event: %d %q %q", code, out, errs)
+	}
+}

@@ -41,7 +41,7 @@ func init() {
 		{"validate", "F", "check a matrix file", validate},
 		{"route", "--matrix F --tenant T --domain D [--json]", "show the channels and services an event reaches", route},
 		{"matrix", "diff OLD NEW", "tell which channels, services, routes and limits a matrix change adds or removes", matrixCmd},
-		{"publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P] [--matrix F]", "emit one event (with --matrix, only one the matrix routes)", publish},
+		{"publish", publishUsage, "emit one event (with --matrix, only one the matrix routes)", publish},
 		{"tail", tailUsage, "print each message on channels as JSON lines", tail},
 		{"agent", agentUsage, "run the subscriber as a sidecar: apply invalidations to a cache Redis and/or deliver them to a process", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
@@ -161,6 +161,19 @@ func (f *flags) secretEnv(name, envVar, help string) *string {
 		}
 	})
 	return p
+}
+
+// Parse parses the flags in args. A flag the command does not have, or a
+// value its flag cannot take, is bad usage (exit 2): the flag package has
+// already printed its message and the usage.
+func (f *flags) Parse(args []string) error {
+	if err := f.FlagSet.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
 }
 
 func (f *flags) parse(args []string) error {

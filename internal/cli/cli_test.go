@@ -357,6 +357,37 @@ func TestDoctorReportsUnreadIngressStreams(t *testing.T) {
 	}
 }
 
+// doctor says so when it cannot read the partition count (a user without
+// GET, as the router's; a value that is not a count), instead of reporting
+// "0 partitions" as if the count were zero, and still checks the partition
+// streams it found.
+func TestDoctorSaysWhenThePartitionCountIsUnreadable(t *testing.T) {
+	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	c := bus.Client(t)
+	ctx := context.Background()
+	for p := 0; p < 2; p++ {
+		must(t, c.XGroupCreateMkStream(ctx, "invalidate:ingress:{"+strconv.Itoa(p)+"}", "routerd", "0").Err())
+	}
+	must(t, c.Set(ctx, "invalidate:ingress:partitions", "two", 0).Err())
+	code, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
+	if code != 0 || !strings.Contains(out, "warn  ingress") || !strings.Contains(out, "cannot read invalidate:ingress:partitions") ||
+		!strings.Contains(out, "2 partition streams") || strings.Contains(out, "0 partitions") {
+		t.Errorf("doctor with a partition count that is not a number: exit %d\n%s", code, out)
+	}
+	must(t, c.Set(ctx, "invalidate:ingress:partitions", 2, 0).Err())
+	must(t, c.Do(ctx, "ACL", "SETUSER", "noget", "on", ">pw", "~*", "&*", "+@all", "-get").Err())
+	noGet := strings.Replace(bus.URL, "redis://", "redis://noget:pw@", 1)
+	code, out, _ = runCLI(t, "doctor", "--redis", noGet)
+	if code != 0 || !strings.Contains(out, "cannot read invalidate:ingress:partitions") || !strings.Contains(out, "NOPERM") ||
+		strings.Contains(out, "0 partitions") {
+		t.Errorf("doctor as a user without GET: exit %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", bus.URL)
+	if code != 0 || !strings.Contains(out, "ok    ingress") || !strings.Contains(out, "2 partitions (2 streams)") {
+		t.Errorf("doctor with a readable count: exit %d\n%s", code, out)
+	}
+}
+
 // doctor reports the bus's pattern subscriptions and their cost: none is
 // ok, and a client's patterns are a warning that names the count.
 func TestDoctorReportsPatternSubscriptions(t *testing.T) {

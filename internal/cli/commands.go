@@ -135,8 +135,10 @@ func route(_ context.Context, env *Env, args []string) error {
 	return nil
 }
 
+const publishUsage = "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--publisher P] [--matrix F]"
+
 func publish(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "publish", "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--publisher P]")
+	f := newFlags(env, "publish", publishUsage)
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "bus Redis")
 	prefix := f.String("prefix", names.DefaultPrefix, "channel and stream prefix (the matrix's prefix)")
 	pubName := f.String("publisher", "", "publish as this publisher of the matrix's publishers section, to its own streams")
@@ -150,7 +152,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	keys := f.String("keys", "", "comma-separated keys to invalidate; without --keys (and --entity) the domain's tags are invalidated whole")
 	wholeTag := f.Bool("whole-tag", false, "invalidate the domain's tags whole, also for an event that names its entity")
 	durable := f.Bool("durable", false, "return only once a replica of the partition's master has the event (WAIT 1)")
-	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix: refuse, before sending, an event it would not route (an unknown domain, a tenant none of the domain's services serves); its prefix is the default")
+	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix: refuse, before sending, an event it would not route (an unknown domain, a tenant none of the domain's services serves, with --publisher one outside that publisher's grant); its prefix is the default")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -174,7 +176,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("invalid event: %w", err)
 	}
 	if *path != "" {
-		if err := routable(env, f, *path, ev.Tenant, ev.Domain, prefix); err != nil {
+		if err := routable(env, f, *path, ev.Tenant, ev.Domain, *pubName, prefix); err != nil {
 			return err
 		}
 	}
@@ -200,9 +202,10 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	return nil
 }
 
-// routable refuses an event the matrix at path would not route, and takes
-// the matrix's prefix unless --prefix was given (and then they must agree).
-func routable(env *Env, f *flags, path, tenant, domain string, prefix *string) error {
+// routable refuses an event the matrix at path would not route (from the
+// streams of pub, when not empty), and takes the matrix's prefix unless
+// --prefix was given (and then they must agree).
+func routable(env *Env, f *flags, path, tenant, domain, pub string, prefix *string) error {
 	m, err := loadMatrix(env, path)
 	if err != nil {
 		return err
@@ -213,6 +216,18 @@ func routable(env *Env, f *flags, path, tenant, domain string, prefix *string) e
 	}
 	if len(routes) == 0 {
 		return fmt.Errorf("nothing sent: no service of domain %q's tags serves tenant %q in %s, so the event would reach no channel", domain, tenant, path)
+	}
+	if pub != "" {
+		if _, ok := m.Publishers[pub]; !ok {
+			have := "it has none"
+			if len(m.Publishers) > 0 {
+				have = "publishers: " + strings.Join(m.PublisherNames(), ", ")
+			}
+			return fmt.Errorf("nothing sent: publisher %q is not in the publishers section of %s (%s): no router reads its streams", pub, path, have)
+		}
+		if !m.Granted(pub, domain, tenant) {
+			return fmt.Errorf("nothing sent: publisher %q is not granted domain %q for tenant %q in %s, so the router would dead-letter the event (not_granted)", pub, domain, tenant, path)
+		}
 	}
 	prefixGiven := isFlagSet(f, "prefix")
 	if !prefixGiven {
@@ -310,7 +325,7 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag})
 	failed := false
 	for _, fd := range findings {
-		fmt.Fprintf(env.Stdout, "%-4s  %-10s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
+		fmt.Fprintf(env.Stdout, "%-4s  %-11s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
 		failed = failed || fd.Level == doctor.Fail
 	}
 	if err != nil {

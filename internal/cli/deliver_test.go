@@ -455,3 +455,24 @@ func TestDeliverMarkRefused(t *testing.T) {
 		t.Errorf("exit %d:\n%s", code, errs)
 	}
 }
+
+// The agent talks to two Redis servers; when one refuses it (a wrong
+// password, a missing permission), the position check's warning says which,
+// so that the operator fixes the right URL.
+func TestAgentNamesTheRedisThatRefuses(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	wrong := func(url string) string { return strings.Replace(url, "redis://", "redis://nobody:wrong@", 1) }
+	for _, tc := range []struct {
+		name, busURL, cacheURL, want string
+	}{
+		{"cache", bus.URL, wrong(cache.URL), "from the cache Redis: WRONGPASS"},
+		{"bus", wrong(bus.URL), cache.URL, "from the bus Redis: WRONGPASS"},
+	} {
+		a := startAgent(t, "--redis", tc.busURL, "--cache-redis", tc.cacheURL)
+		redistest.Eventually(t, 15*time.Second, "a position check warning naming the "+tc.name+" Redis", func() bool {
+			line := grep(a.errb.String(), "position check failed")
+			return strings.Contains(line, tc.want)
+		})
+		a.stop(t)
+	}
+}

@@ -49,6 +49,28 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// A flag a command does not have, or a value its flag cannot take, is bad
+// usage like a missing flag: exit 2, the flag package's message once, and
+// the command's usage.
+func TestBadFlagIsUsageError(t *testing.T) {
+	cases := [][]string{{"matrix", "diff", "--no-such-flag"}, {"serve", "--claim-idle", "soon"}}
+	for _, c := range commands {
+		if c.name != "matrix" {
+			cases = append(cases, []string{c.name, "--no-such-flag"})
+		}
+	}
+	for _, args := range cases {
+		code, _, errs := runCLI(t, args...)
+		want := "flag provided but not defined: -no-such-flag"
+		if args[len(args)-1] == "soon" {
+			want = `invalid value "soon" for flag -claim-idle`
+		}
+		if code != 2 || strings.Count(errs, want) != 1 || !strings.Contains(errs, "Usage: routerd ") {
+			t.Errorf("%v: exit %d, want 2 with %q once and the usage:\n%s", args, code, want, errs)
+		}
+	}
+}
+
 // A wrong command or subcommand is named, with the usage, exit 2.
 func TestUnknownCommandsNamed(t *testing.T) {
 	for _, tc := range []struct {

@@ -7,6 +7,7 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -309,7 +310,15 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%s (%d entries) is read by no router: %s", s, n, unreadFix(opt.Prefix, s))})
 	}
 	n, err := c.Get(ctx, wire.PartitionsKey(opt.Prefix)).Int()
-	if err != nil && len(partitions) == 0 {
+	// A count that cannot be read (a user without GET, a value that is not
+	// a count) is said so: not taken for a count of zero.
+	unreadable := err != nil && !errors.Is(err, redis.Nil)
+	if unreadable {
+		out = append(out, Finding{Warn, node, "ingress", fmt.Sprintf("cannot read %s: %v; only the partition streams found are checked", wire.PartitionsKey(opt.Prefix), err)})
+		if len(partitions) == 0 {
+			return out
+		}
+	} else if err != nil && len(partitions) == 0 {
 		return append(out, Finding{OK, node, "ingress", fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", wire.PartitionsKey(opt.Prefix))})
 	}
 	for p := 0; p < n; p++ {
@@ -330,7 +339,11 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 	if lag > opt.MaxLag {
 		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%d events not yet routed over %d partition streams (pending %d): add routerd instances or find why they are slow", lag, len(partitions), pending)})
 	} else {
-		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%d partitions (%d streams), lag %d, pending %d", n, len(partitions), lag, pending)})
+		count := fmt.Sprintf("%d partitions (%d streams)", n, len(partitions))
+		if unreadable {
+			count = fmt.Sprintf("%d partition streams", len(partitions))
+		}
+		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%s, lag %d, pending %d", count, lag, pending)})
 	}
 	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
 		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d events in %s: XRANGE it to see why they were refused", dl, wire.DeadLetterStream(opt.Prefix))})

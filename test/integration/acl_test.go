@@ -565,6 +565,10 @@ func TestPublisherCanExhaustOnlyItsOwnStream(t *testing.T) {
 		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0 &&
 			groups[0].LastDeliveredID == last
 	})
+	dead, err := e.busC.XRange(ctx, wire.DeadLetterStream("invalidate"), "-", "+").Result()
+	if err != nil || len(dead) != 1 || dead[0].Values["reason"] != "malformed" || dead[0].Values["entry_id"] != last {
+		t.Errorf("dead letters %v (%v), want the forged entry %s as malformed", dead, err, last)
+	}
 	if err := e.busC.Del(ctx, own).Err(); err != nil {
 		t.Fatal(err)
 	}

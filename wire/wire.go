@@ -51,8 +51,9 @@ func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
 func TenantsKey(prefix string) string { return prefix + ":tenants" }
 
 // TenantsChannel is where the router announces a tenant it routes for the
-// first time, for subscribers of every tenant on sharded pub/sub (which has
-// no pattern subscriptions).
+// first time, for subscribers of every tenant, which subscribe to exact
+// channels (a pattern taxes every PUBLISH; sharded pub/sub has none). It
+// has the registry's name, so on a cluster both are in one slot.
 func TenantsChannel(prefix string) string { return prefix + ":tenants" }
 
 // Partition returns the ingress partition of a tenant: FNV-1a-32(tenant) mod n.

@@ -85,6 +85,18 @@ class TaggedCache {
     cacheRedis.defineCommand('setTagged', { lua: fs.readFileSync(SET_LUA, 'utf8') });
     this.values = new Map(); // `${tenant}\n${key}` -> value
     this.tags = new Map();   // `${tenant}\n${tag}` -> Set of keys
+    this.indexed = new Set(); // tenants known to be in routerd:tenants
+  }
+
+  // Records the tenant in the cache Redis's tenant index before its first
+  // tagged value, once per process (protocol.md, section 3): a subscriber of
+  // every tenant finds there the tenants whose tags it must invalidate when
+  // the bus has lost its data. A command of its own, as the set lives in no
+  // tenant's slot; remembered only once it succeeded.
+  async indexTenant(tenant) {
+    if (this.indexed.has(tenant)) return;
+    await this.redis.sadd('routerd:tenants', tenant);
+    this.indexed.add(tenant);
   }
 
   static fullName(tenant, key) {
@@ -93,6 +105,7 @@ class TaggedCache {
 
   async put(tenant, key, value, tags, ttlMs = 0) {
     const keys = [TaggedCache.fullName(tenant, key), ...tags.map((t) => `{tenant:${tenant}}:tag:${t}`)];
+    await this.indexTenant(tenant);
     await this.redis.setTagged(keys.length, ...keys, value, ttlMs);
     this.values.set(`${tenant}\n${key}`, value);
     for (const t of tags) {
@@ -283,7 +296,8 @@ async function main() {
     await cache.put(t, one, 'Ada', [a.tag], 600000);
     await cache.put(t, two, 'Grace', [a.tag], 600000);
     await cache.put(t, other, 'Lamp', ['not-routed'], 600000);
-    console.log(`cached ${one}, ${two} under ${a.tag} and ${other} under not-routed (set.lua)`);
+    check(await cacheRedis.sismember('routerd:tenants', t) === 1, `${t} is in the cache Redis's tenant index routerd:tenants`);
+    console.log(`cached ${one}, ${two} under ${a.tag} and ${other} under not-routed (SADD routerd:tenants ${t}, set.lua)`);
 
     let ev = await pub.publish({ tenant: t, domain: a.domain, keys: [one], entity: '1042', origin: 'node-example' });
     let inv = await recv.waitEvent(ev, timeoutMs);

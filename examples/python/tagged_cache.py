@@ -96,13 +96,28 @@ class TaggedCache:
         self._lock = threading.Lock()
         self._values = {}  # (tenant, key) -> value
         self._tags = {}    # (tenant, tag) -> set of keys
+        self._indexed = set()  # tenants known to be in routerd:tenants
 
     @staticmethod
     def full_name(tenant: str, key: str) -> str:
         return f"{{tenant:{tenant}}}:{key}"
 
+    def index_tenant(self, tenant: str):
+        """Records the tenant in the cache Redis's tenant index before its
+        first tagged value, once per process (protocol.md, section 3): a
+        subscriber of every tenant finds there the tenants whose tags it must
+        invalidate when the bus has lost its data. A command of its own, as
+        the set lives in no tenant's slot; remembered only once it succeeded."""
+        with self._lock:
+            if tenant in self._indexed:
+                return
+        self.redis.sadd("routerd:tenants", tenant)
+        with self._lock:
+            self._indexed.add(tenant)
+
     def put(self, tenant: str, key: str, value: str, tags, ttl_ms: int = 0):
         keys = [self.full_name(tenant, key)] + [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
+        self.index_tenant(tenant)
         self._set(keys=keys, args=[value, ttl_ms])
         with self._lock:
             self._values[(tenant, key)] = value
@@ -271,7 +286,8 @@ def main() -> int:
         cache.put(t, one, "Ada", [a.tag], ttl_ms=600000)
         cache.put(t, two, "Grace", [a.tag], ttl_ms=600000)
         cache.put(t, other, "Lamp", ["not-routed"], ttl_ms=600000)
-        print(f"cached {one}, {two} under {a.tag} and {other} under not-routed (set.lua)")
+        check(cache_redis.sismember("routerd:tenants", t), f"{t} is in the cache Redis's tenant index routerd:tenants")
+        print(f"cached {one}, {two} under {a.tag} and {other} under not-routed (SADD routerd:tenants {t}, set.lua)")
 
         ev = pub.publish(t, a.domain, keys=[one], entity="1042", origin="python-example")
         inv = recv.wait_event(ev, a.timeout)

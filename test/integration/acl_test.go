@@ -519,3 +519,63 @@ publishers:
 	publish("profile-svc", wire.Event{Tenant: "acme", Domain: "user", Entity: "42", SourceVersion: 7, Keys: []string{"user:42"}})
 	e.waitGone("profile-svc", "acme", "user:42")
 }
+
+// What a publisher user can still do to a stream it may write: XADD's own
+// options (MAXLEN 0, an id at the end of the id space), which no Redis ACL
+// can forbid. With grants that harms only the attacker's own streams: the
+// shared ingress and the other publishers route on. An exhausted stream
+// refuses every later XADD until an operator DELetes it; once the router has
+// read and acknowledged everything in it (XPENDING 0, lag 0) the DEL loses
+// nothing, and the router makes the group again and routes what comes next.
+func TestPublisherCanExhaustOnlyItsOwnStream(t *testing.T) {
+	e := newEnv(t, grantMatrix)
+	file := writeMatrix(t, grantMatrix)
+	ctx := context.Background()
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+
+	attacker := aclUser(t, e.bus, file, "pub-profile", "--role", "publisher", "--publisher", "profile-svc")
+	granted, err := publisher.New(attacker, publisher.Options{Publisher: "profile-svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := e.mtx.Partitions
+	own := names.PublisherStream("invalidate", "profile-svc", wire.Partition("acme", n))
+	const last = "18446744073709551615-18446744073709551615"
+	if err := attacker.XAdd(ctx, &redis.XAddArgs{Stream: own, ID: last, Values: []any{"e", "x"}}).Err(); err != nil {
+		t.Fatalf("XADD of the last id to its own stream: %v (Redis ACLs allow it; the docs say so)", err)
+	}
+	// Its own stream is exhausted: its own events for acme are refused.
+	if _, err := granted.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}); err == nil ||
+		!strings.Contains(err.Error(), "exhausted") {
+		t.Fatalf("publish to an exhausted stream: err %v, want Redis's 'exhausted the last possible ID'", err)
+	}
+	// Nobody else's: the shared ingress and the other publishers' streams.
+	for _, s := range []string{wire.IngressStream("invalidate", 0), names.PublisherStream("invalidate", "shop", 0)} {
+		wantNoPerm(t, "XADD MAXLEN 0 to "+s, attacker.XAdd(ctx, &redis.XAddArgs{Stream: s, MaxLen: 0, ID: last, Values: []any{"e", "x"}}).Err())
+	}
+	e.seed("profile-svc", "acme", "user:2", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("profile-svc", "acme", "user:2")
+
+	// The operator's recovery: wait until the router has read and
+	// acknowledged the stream (the forged entry is dead-lettered), DEL it.
+	redistest.Eventually(t, 10*time.Second, "exhausted stream read and acknowledged", func() bool {
+		groups, err := e.busC.XInfoGroups(ctx, own).Result()
+		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0 &&
+			groups[0].LastDeliveredID == last
+	})
+	dead, err := e.busC.XRange(ctx, wire.DeadLetterStream("invalidate"), "-", "+").Result()
+	if err != nil || len(dead) != 1 || dead[0].Values["reason"] != "malformed" || dead[0].Values["entry_id"] != last {
+		t.Errorf("dead letters %v (%v), want the forged entry %s as malformed", dead, err, last)
+	}
+	if err := e.busC.Del(ctx, own).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.seed("profile-svc", "acme", "user:3", "active")
+	redistest.Eventually(t, 10*time.Second, "publishing again after the DEL", func() bool {
+		_, err := granted.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:3"}})
+		return err == nil
+	})
+	e.waitGone("profile-svc", "acme", "user:3")
+}

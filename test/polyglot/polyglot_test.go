@@ -163,6 +163,16 @@ func (e *system) runExample(t *testing.T, name, interpreter, script, success str
 	if !bytes.Contains(out, []byte(success)) {
 		t.Fatalf("the %s example exited 0 without %q", name, success)
 	}
+	// protocol.md, section 3: before a tenant's first tagged value, the
+	// tenant goes into the cache Redis's tenant index (nothing else here
+	// writes it: the agent keeps its own position index).
+	in, err := e.cache.Client(t).SIsMember(context.Background(), "routerd:tenants", "acme").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in {
+		t.Errorf("the %s example cached values of tenant acme without SADD routerd:tenants acme in the cache Redis (protocol.md, section 3)", name)
+	}
 }
 
 // daemon starts a routerd command, stopped when the test ends. The channel

@@ -10,7 +10,8 @@ import (
 // decoder turns the JSON of an event or a message into its struct, strictly:
 // the document is one object, every key is a known field spelt exactly
 // (encoding/json would also take "TENANT"), no key appears twice, strings are
-// strings and integers integers; null leaves a field unset. It reuses a
+// strings and integers integers; null leaves a field unset (except an
+// event's keys, where null is refused like []). It reuses a
 // parser and keeps the values that repeat (tenant, domain, tag, …) so that
 // decoding allocates little.
 type decoder struct {
@@ -216,6 +217,10 @@ func (e *Event) field(d *decoder, key []byte, v *fastjson.Value) int {
 		d.str(&e.Entity, "entity", v, false)
 		return 3
 	case "keys":
+		if v.Type() == fastjson.TypeNull {
+			d.fail("keys", NullKeys)
+			return 4
+		}
 		d.strs(&e.Keys, "keys", v)
 		if e.Keys != nil && len(e.Keys) == 0 {
 			d.fail("keys", EmptyKeys)
@@ -241,8 +246,8 @@ func (e *Event) field(d *decoder, key []byte, v *fastjson.Value) int {
 	}
 }
 
-// settle derives WholeTag once an event is decoded: no "keys" (or null) is
-// the whole tag, unless the event names its entity alone (entity-level)
+// settle derives WholeTag once an event is decoded: no "keys" is the whole
+// tag, unless the event names its entity alone (entity-level)
 // without saying "whole_tag": true.
 func (e *Event) settle() error {
 	if e.WholeTag && e.Keys != nil {

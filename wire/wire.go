@@ -169,6 +169,10 @@ func (e *Event) EntityLevel() bool { return e.Entity != "" && len(e.Keys) == 0 &
 // EmptyKeys is the rule an event with `"keys": []` breaks.
 const EmptyKeys = "empty keys; omit keys to invalidate whole tags"
 
+// NullKeys is the rule an event with `"keys": null` breaks: a nil list
+// encodes as null, so null is as accidental as [].
+const NullKeys = "null keys; omit keys to invalidate whole tags"
+
 func printable(field, s string) error {
 	if len(s) > MaxIDLen {
 		return &FieldError{field, fmt.Sprintf("longer than %d bytes", MaxIDLen)}

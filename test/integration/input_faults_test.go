@@ -201,8 +201,9 @@ func TestOversizedEventDeadLettered(t *testing.T) {
 	}
 }
 
-// `"keys": []` is refused (a publisher whose computed key list came out empty
-// must not flush whole tags): it goes to the dead letters and nothing is
+// `"keys": []` and `"keys": null` are refused (a publisher whose computed
+// key list came out empty — encoded as [] or, from a nil list, as null —
+// must not flush whole tags): they go to the dead letters and nothing is
 // invalidated.
 func TestEmptyKeysRefused(t *testing.T) {
 	ctx := context.Background()
@@ -213,13 +214,16 @@ func TestEmptyKeysRefused(t *testing.T) {
 	e.seed("profile-svc", "acme", "user:2", "active")
 	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", `{"tenant":"acme","domain":"user","keys":[]}`}}).Err())
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", `{"tenant":"acme","domain":"user","keys":null}`}}).Err())
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
 	e.waitGone("profile-svc", "acme", "user:2")
 
-	dl := e.deadLetters(1)
-	if len(dl) != 1 || dl[0].Values["reason"] != router.ReasonMalformed ||
-		!strings.Contains(dl[0].Values["error"].(string), "empty keys; omit keys to invalidate whole tags") {
-		t.Errorf("dead letters %v: want one, malformed, saying keys are empty", dl)
+	dl := e.deadLetters(2)
+	if len(dl) != 2 || dl[0].Values["reason"] != router.ReasonMalformed ||
+		!strings.Contains(dl[0].Values["error"].(string), "empty keys; omit keys to invalidate whole tags") ||
+		dl[1].Values["reason"] != router.ReasonMalformed ||
+		!strings.Contains(dl[1].Values["error"].(string), "null keys; omit keys to invalidate whole tags") {
+		t.Errorf("dead letters %v: want two, malformed, saying keys are empty, then null", dl)
 	}
 	// The Go publisher refuses an empty key list too; whole tags take WholeTag.
 	if _, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{}}); err == nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -410,6 +411,10 @@ func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string)
 	case pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant):
 		v.reason = ReasonNotGranted
 		v.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
+	case pub == "" && ev.ID != "":
+		if why := reservedID(r.prefix, mtx, ev.ID); why != "" {
+			v.reason, v.detail = ReasonMalformed, "id: "+why
+		}
 	}
 	if v.reason != "" {
 		if v.index >= 0 {
@@ -441,6 +446,25 @@ func PackedEventID(stream, entryID string, i int) string {
 // that would be longer than an event id may be is replaced by its SHA-256.
 func RawEventID(stream, entryID string) string {
 	return boundedID(stream + ":" + entryID)
+}
+
+// reservedID says why an id supplied on the shared ingress has the form of
+// an id routerd makes itself, which it must not share (the publish script
+// drops a message whose event id the channel has seen): that of an event
+// published without an id (stream and entry id), of a granted publisher's
+// event (publisher/id), or of an id too long to keep (sha256:…). It is ""
+// for any other id.
+func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
+	switch {
+	case strings.HasPrefix(id, prefix+":ingress:"):
+		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
+	case strings.HasPrefix(id, "sha256:"):
+		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
+	}
+	if p, _, ok := strings.Cut(id, "/"); ok && mtx.Publishers[p] != nil {
+		return fmt.Sprintf("%q has the form reserved for the events of publisher %q (%s/…)", id, p, p)
+	}
+	return ""
 }
 
 // boundedID is id, or its SHA-256 when it is longer than an event id may be.

@@ -276,3 +276,24 @@ services: {s: {tenants: all}}
 		return v == "1"
 	})
 }
+
+// An id supplied on the shared ingress may not take a form routerd makes
+// itself: an event without id's, a granted publisher's, a hashed one.
+func TestReservedIDs(t *testing.T) {
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  a: {services: [s]}\ndomains:\n  user: {tags: [a]}\nservices:\n  s: {tenants: all}\npublishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, reserved := range map[string]bool{
+		"invalidate:ingress:{0}:5-1": true,
+		"sha256:00ff":                true,
+		"profile-svc/42":             true,
+		"order/42":                   false, // no such publisher
+		"01JDX9":                     false,
+		"app:ingress:{0}:5-1":        false, // another prefix's form
+	} {
+		if got := reservedID("invalidate", m, id) != ""; got != reserved {
+			t.Errorf("reservedID(%q) = %q, want reserved %v", id, reservedID("invalidate", m, id), reserved)
+		}
+	}
+}

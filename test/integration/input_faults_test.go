@@ -136,6 +136,26 @@ func TestRawEventsWithSameEntryIDOnTwoPartitions(t *testing.T) {
 	}
 }
 
+// A supplied id cannot spell the id of an event published without one (its
+// stream and entry id): the later raw event was dropped as a duplicate of
+// it. Such an id is refused.
+func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "user:1", "active")
+	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	e.publish(wire.Event{ID: stream + ":9999999999999-0", Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	dl := e.deadLetters(1)
+	if dl[0].Values["reason"] != router.ReasonMalformed || !strings.Contains(dl[0].Values["error"].(string), "reserved") {
+		t.Errorf("dead letter %v: want malformed, the id reserved", dl[0].Values)
+	}
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, ID: "9999999999999-0",
+		Values: []any{"event", `{"tenant":"acme","domain":"user","keys":["user:1"]}`}}).Err())
+	e.waitGone("profile-svc", "acme", "user:1")
+}
+
 // An event naming more keys than the tag's max_keys becomes a whole-tag
 // message: no message carries more than max_keys keys.
 func TestEventAboveMaxKeysBecomesWholeTag(t *testing.T) {

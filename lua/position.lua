@@ -9,9 +9,16 @@
 -- follow the stored position exactly), 'R' is a repair (set
 -- the position whatever it is, even ahead in the same epoch).
 
--- read_position returns the stored epoch and version, or nil.
+-- read_position returns the stored epoch and version, or nil. A position
+-- key of another type (an operator's mistake) is no position: it is deleted,
+-- so the rule treats the channel as one with none and the position is
+-- written again; left, it failed every invalidation of its channel.
 local function read_position(key)
-  local pos = redis.call('GET', key)
+  local pos = redis.pcall('GET', key)
+  if type(pos) == 'table' and pos.err then
+    redis.call('DEL', key)
+    return nil, nil
+  end
   if not pos then
     return nil, nil
   end

@@ -1001,15 +1001,16 @@ type TenantTag struct{ Tenant, Tag string }
 const readPositionsPipeline = 1000
 
 // ErrBadPosition is wrapped by the error of a stored position that does not
-// parse as epoch:version.
+// parse as epoch:version, or is a key of another type.
 var ErrBadPosition = errors.New("tagstore: stored position is not epoch:version")
 
 // ReadPositions returns a service's positions on many channels, found[i]
 // false where none is recorded, with pipelined GETs (at most 1000 per
-// pipeline). A position that cannot be read (a key of another type) or does
-// not parse (errors.Is ErrBadPosition) is never taken for none: errs[i] says
-// so, and the other channels are still read. err is for invalid names or a
-// cache Redis that did not answer.
+// pipeline). A position that is a key of another type or does not parse
+// (errors.Is ErrBadPosition) is never taken for none silently: errs[i] says
+// so, and the other channels are still read. (The invalidation scripts take
+// such a key for none and write the position over it.) err is for invalid
+// names or a cache Redis that did not answer.
 func (s *Store) ReadPositions(ctx context.Context, service string, chans []TenantTag) (pos []Position, found []bool, errs []error, err error) {
 	if err := names.Service(service); err != nil {
 		return nil, nil, nil, err
@@ -1043,6 +1044,10 @@ func (s *Store) ReadPositions(ctx context.Context, service string, chans []Tenan
 		for i, cmd := range cmds {
 			v, err := cmd.Result()
 			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if redis.HasErrorPrefix(err, "WRONGTYPE") {
+				errs[from+i] = fmt.Errorf("%w: %s is a key of another type", ErrBadPosition, part[i])
 				continue
 			}
 			if err != nil {

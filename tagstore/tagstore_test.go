@@ -574,7 +574,7 @@ func TestReadPositions(t *testing.T) {
 	if !errors.Is(errs[3], tagstore.ErrBadPosition) || !strings.Contains(errs[3].Error(), "{tenant:acme}:pos:svc:t3") {
 		t.Errorf("unparsable position: %v", errs[3])
 	}
-	if errs[6] == nil || !strings.Contains(errs[6].Error(), "WRONGTYPE") {
+	if !errors.Is(errs[6], tagstore.ErrBadPosition) || !strings.Contains(errs[6].Error(), "another type") {
 		t.Errorf("a position of the wrong type: %v", errs[6])
 	}
 	if errs[4] != nil || !found[4] || pos[4].Version != 4 {

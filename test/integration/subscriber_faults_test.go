@@ -239,6 +239,33 @@ func TestUnreadableStateSurfaces(t *testing.T) {
 	})
 }
 
+// A stored position of the wrong type is taken for none, as one that does
+// not parse is: the channel recovered whole and the position written again
+// (a check that meets it counts it in subscriber_unreadable_state_total:
+// TestUnreadableStateSurfaces). It wedged its channel for good: every check
+// skipped the channel, and every message's script failed on it.
+func TestPositionOfWrongTypeRecovered(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	e.subscriber("search-svc", subscriber.Options{CheckInterval: 300 * time.Millisecond})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Version == 1
+	})
+	cache := e.caches["search-svc"].Client(t)
+	must(t, cache.Del(ctx, "{tenant:acme}:pos:search-svc:active").Err())
+	must(t, cache.HSet(ctx, "{tenant:acme}:pos:search-svc:active", "x", "y").Err())
+	e.seed("search-svc", "acme", "user:1", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("search-svc", "acme", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the position written again", func() bool {
+		p, ok := e.position("search-svc", "acme", "active")
+		return ok && p.Version == 2
+	})
+}
+
 // Bus data loss on a channel the service never held a position on: the
 // service ran (and saw the bus's generation), a change of a quiet tenant was
 // published while it was down, then the bus lost everything. Nothing on the

@@ -76,7 +76,7 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
 		usage(env.Stderr)
 		return 0
-	case args[0] == "help" && len(args) > 1:
+	case args[0] == "help" && len(args) > 1 && !strings.HasPrefix(args[1], "-"):
 		args = []string{args[1], "-h"} // `routerd help serve` is `routerd serve -h`
 	case args[0] == "help":
 		usage(env.Stderr)

@@ -19,7 +19,7 @@ import (
 
 // -h is a request, not a mistake: every command exits 0 with its usage.
 func TestHelpExitsZero(t *testing.T) {
-	cases := [][]string{{"-h"}, {"--help"}, {"help"}, {"help", "serve"}, {"matrix", "-h"}, {"matrix", "diff", "-h"}}
+	cases := [][]string{{"-h"}, {"--help"}, {"help"}, {"help", "serve"}, {"help", "-h"}, {"help", "--help"}, {"matrix", "-h"}, {"matrix", "diff", "-h"}}
 	for _, c := range commands {
 		cases = append(cases, []string{c.name, "-h"}, []string{c.name, "--help"})
 	}

@@ -103,6 +103,7 @@ func main() {
 		{"scale-cluster", scaleOfClusterSubscriber},
 		{"pubsub", pubsubCost},
 		{"capacity", capacity},
+		{"history-worst", worstHistory},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue

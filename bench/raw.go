@@ -183,6 +183,7 @@ func rawOn(dir, name string, nTenants int) ([]Row, error) {
 		return nil, fmt.Errorf("FAILED: %v raw events dead-lettered", dead)
 	}
 	fmt.Fprintf(os.Stderr, "%s: bus Redis commands per event: %s\n", name, bus1.callsSince(bus0, n))
+	fmt.Fprintf(os.Stderr, "%s: cache Redis commands per event (SCARD is the bench's probe): %s\n", name, cache1.callsSince(cache0, n))
 	if keysGone < appended {
 		fmt.Fprintf(os.Stderr, "%s: the cache lost every key %v after the start, before redis-cli had appended every event (%v)\n", name, keysGone.Round(time.Millisecond), appended.Round(time.Millisecond))
 	}

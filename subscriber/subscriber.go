@@ -220,6 +220,12 @@ type position struct {
 	at          recovery.Position
 	// queue holds messages merged under the local limit, not yet applied.
 	queue *queued
+	// last is the last message taken live, to tell a second message of
+	// the same version (one of the two was forged) from a redelivery.
+	last struct {
+		at    recovery.Position
+		event string
+	}
 }
 
 // queued is a channel's coalesced work: the union of the keys of the
@@ -433,6 +439,9 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	d := recovery.OnMessage(p.head(), msgPosition(msg))
 	switch d.Action {
 	case recovery.Ignore:
+		if msg.Event != "" && p.last.event != "" && msg.Event != p.last.event && msgPosition(msg) == p.last.at {
+			return s.contested(ctx, target{raw.Channel, tenant, tag}, p, msg)
+		}
 		s.m.duplicates.Inc()
 		return nil
 	case recovery.Apply:
@@ -447,6 +456,7 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 // deliver applies a message that follows the channel's head, now or, over
 // the local limit, merged into the channel's queued work.
 func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message) error {
+	p.last.at, p.last.event = msgPosition(msg), msg.Event
 	if s.limiter == nil {
 		return s.applyMessage(ctx, channel, p, msg)
 	}

@@ -66,6 +66,52 @@ func TestForgedVersionAheadDoesNotSilenceChannel(t *testing.T) {
 	}
 }
 
+// A forged message with the channel's epoch and exactly its next version
+// is applied (nothing tells it from the real one yet), but when the real
+// message of that version arrives — same version, another event id — the
+// subscriber asks the channel's history which one the router published,
+// and, the applied one being forged, invalidates the whole tag: the real
+// invalidation is not lost to the forgery. Before, the real message was
+// dropped as a duplicate and its key stayed cached. A forgery arriving
+// after the real message is ignored (the history holds the real one).
+func TestForgedNextVersionDoesNotHideTheRealOne(t *testing.T) {
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	e.subscriber("search-svc", subscriber.Options{Registerer: reg})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Version == 1
+	})
+	epoch, _ := e.meta("invalidate:acme:active")
+	e.seed("search-svc", "acme", "user:1", "active")
+
+	e.forge("invalidate:acme:active", `{"tenant":"acme","tag":"active","epoch":"`+epoch+`","version":2,"keys":["nothing"],"event":"forged"}`)
+	redistest.Eventually(t, 10*time.Second, "the forged version 2 applied", func() bool {
+		p, _ := e.position("search-svc", "acme", "active")
+		return p.Version == 2
+	})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("search-svc", "acme", "user:1")
+	if got := metric(t, reg, "subscriber_unconfirmed_messages_total"); got != 1 {
+		t.Errorf("unconfirmed messages = %v, want the forgery counted", got)
+	}
+
+	// A forged copy of version 2 after the real one: ignored, nothing dropped.
+	e.seed("search-svc", "acme", "user:3", "active")
+	e.forge("invalidate:acme:active", `{"tenant":"acme","tag":"active","epoch":"`+epoch+`","version":2,"keys":["user:3"],"event":"forged-again"}`)
+	redistest.Eventually(t, 10*time.Second, "the late forgery counted", func() bool {
+		return metric(t, reg, "subscriber_unconfirmed_messages_total") == 2
+	})
+	e.seed("search-svc", "acme", "user:4", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:4"}})
+	e.waitGone("search-svc", "acme", "user:4")
+	if !e.cached("search-svc", "acme", "user:3") {
+		t.Error("a forged copy of an applied version dropped user:3")
+	}
+}
+
 // A position already ahead of the channel's meta (a forged message believed
 // by an older version, or a bus that went back) is repaired by the periodic
 // check — whole tag, position reset to the channel's real state — and later

@@ -213,14 +213,22 @@ type Message struct {
 	Keys    []string `json:"keys,omitempty"`
 	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
 	// every value cached under one of them (and under the type-level
-	// reference of their domains). A message with Refs and no Keys is
-	// entity-level, not whole-tag.
-	Refs        []string `json:"refs,omitempty"`
-	Event       string   `json:"event,omitempty"`
-	Domain      string   `json:"domain,omitempty"`
-	Origin      string   `json:"origin,omitempty"`
-	TS          int64    `json:"ts,omitempty"`
-	Traceparent string   `json:"traceparent,omitempty"`
+	// reference of their domains), or a domain alone: drop what is cached
+	// under its type-level reference. A message with Refs and no Keys is
+	// entity-level, not whole-tag. Keys and Refs may come together (an
+	// event naming its entity and its keys, or merged events).
+	Refs []string `json:"refs,omitempty"`
+	// Plain (only with Refs): drop too every value of the tag cached
+	// without refs (tagstore.Set, not SetRefs). An event naming its entity
+	// and no keys does not say which plain values it changed, so they go
+	// whole, as with a whole-tag event; the values cached under refs go
+	// by ref.
+	Plain       bool   `json:"plain,omitempty"`
+	Event       string `json:"event,omitempty"`
+	Domain      string `json:"domain,omitempty"`
+	Origin      string `json:"origin,omitempty"`
+	TS          int64  `json:"ts,omitempty"`
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // WholeTag reports whether the message invalidates its whole tag.
@@ -256,15 +264,21 @@ func (m *Message) Validate() error {
 	if err := validKeys(m.Keys); err != nil {
 		return err
 	}
+	if m.Plain && len(m.Refs) == 0 {
+		return &FieldError{"plain", "given without refs; a message dropping every value of its tag names no keys and no refs"}
+	}
 	return validRefs(m.Refs)
 }
 
+// MaxRefs bounds the refs one message may name.
+const MaxRefs = MaxKeys
+
 func validRefs(refs []string) error {
-	if len(refs) > MaxKeys {
-		return &FieldError{"refs", fmt.Sprintf("more than %d refs", MaxKeys)}
+	if len(refs) > MaxRefs {
+		return &FieldError{"refs", fmt.Sprintf("more than %d refs", MaxRefs)}
 	}
 	for i, r := range refs {
-		if _, _, err := names.ParseRef(r); err != nil {
+		if err := names.RefOrDomain(r); err != nil {
 			return &FieldError{fmt.Sprintf("refs[%d]", i), err.Error()}
 		}
 	}

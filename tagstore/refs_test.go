@@ -310,3 +310,40 @@ func TestPlainAndRefsAboveGuardChunked(t *testing.T) {
 		t.Errorf("position = %v, want e:2", pos)
 	}
 }
+
+// An invalidation naming keys and refs above the guard is deferred to the
+// chunked path like an entity-level one: the channel's later invalidations
+// in the same batch wait for it, and none is lost to a position moved past it.
+func TestKeysAndRefsAboveGuardOrdered(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 4})
+	for i := range 25 {
+		if _, err := s.SetRefs(ctx, "acme", fmt.Sprint("q", i), []byte("v"), 0, []string{"users"}, []tagstore.Ref{{Domain: "user", Entity: "1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"a", "b"} {
+		if err := s.Set(ctx, "acme", k, []byte("v"), 0, "users"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := func(v int64) tagstore.Position { return tagstore.Position{Epoch: "e", Version: v} }
+	results, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "users", Keys: []string{"a"}, Refs: []string{"user/1"}, Service: "svc", Position: at(1), Strict: true},
+		{Tenant: "acme", Tag: "users", Keys: []string{"b"}, Service: "svc", Position: at(2), Strict: true},
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("invalidation %d: %v (results %+v)", i, err, results)
+		}
+	}
+	if !results[0].Chunked || results[0].Deleted != 26 || results[1].Status != tagstore.Success {
+		t.Errorf("results = %+v", results)
+	}
+	if n := exists(t, c, "{tenant:acme}:a", "{tenant:acme}:b", "{tenant:acme}:q0", "{tenant:acme}:q24"); n != 0 {
+		t.Errorf("%d values left", n)
+	}
+	if pos, _, _ := s.ReadPosition(ctx, "acme", "svc", "users"); pos.String() != "e:2" {
+		t.Errorf("position = %v, want e:2", pos)
+	}
+}

@@ -180,8 +180,7 @@ func TestEntityLevelWholeTagFallback(t *testing.T) {
 	}
 	e.response("big", 3, []string{"users"}, many...)
 	// One at a time: events the router reads in one batch merge into one
-	// message (whole-tag, for entity-level ones), and this test needs
-	// eleven entity-level versions.
+	// message, and this test needs eleven versions.
 	for i := 1; i <= 10; i++ {
 		e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: fmt.Sprint(2000 + i)})
 		e.waitVersion("invalidate:acme:users", int64(i+1))

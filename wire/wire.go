@@ -91,11 +91,14 @@ func ParseEvents(data []byte) ([]Packed, error) { return decodeEvents(data) }
 
 // Event is a domain-change event as published to an ingress stream.
 //
-// An event names the keys it invalidates; or it is an entity-level event: it
-// names its Entity and no keys, and invalidates what was cached under the
-// entity's reference <domain>/<entity> in every tag of its domain (where the
-// matrix turns entity_refs on for the domain; elsewhere the whole tags); or
-// it is a whole-tag event: it invalidates every tag of its domain whole.
+// An event names the keys it invalidates (and, with its Entity, on a domain
+// where the matrix turns entity_refs on, what was cached under the entity's
+// reference too); or it is an entity-level event: it names its Entity and
+// no keys, and invalidates what was cached under the entity's reference
+// <domain>/<entity> in every tag of its domain and the tags' values cached
+// without references (where the matrix turns entity_refs on for the domain;
+// elsewhere the whole tags); or it is a whole-tag event: it invalidates
+// every tag of its domain whole.
 // That intent is explicit, never implied by an empty list: Keys (non-empty),
 // WholeTag, or an Entity alone, so a caller whose computed key list came out
 // empty gets an error instead of flushing whole tags. On the wire an event

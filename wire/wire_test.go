@@ -265,6 +265,7 @@ func FuzzParseMessage(f *testing.F) {
 	f.Add(`{"tenant":"acme","tag":"active","epoch":"e1","version":1,"keys":["k"]}`)
 	f.Add(`{"tenant":"acme","tag":"a:b","epoch":"e1","version":9}`)
 	f.Add(`{"tenant":"acme","tag":"a","epoch":"e1","version":9,"refs":["user/1042","a:b/c d"]}`)
+	f.Add(`{"tenant":"acme","tag":"a","epoch":"e1","version":9,"keys":["k"],"refs":["user/1042","user"],"plain":true}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		m, err := ParseMessage([]byte(in))
 		if err != nil {

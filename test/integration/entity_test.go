@@ -335,17 +335,20 @@ services:
 	e.waitGone("gql", "acme", "user:7")
 }
 
-// Two entity-level events of one channel read in one batch (a packed entry,
-// as PublishBatch writes it) merge into one message naming both refs: only
-// those two entities' responses go.
+// Two entity-level events of one channel in one PublishBatch (one packed
+// entry, read in one batch: the router starts after it) merge into one
+// message naming both refs: only those two entities' responses go.
 func TestBatchedEntityEventsStayEntityLevel(t *testing.T) {
 	e := newEnv(t, entityMatrix)
 	e.subscriber("gql", subscriber.Options{})
 	e.seedQueries()
 	e.response("q4", 0, []string{"users"}, user("5"))
-	e.xaddPacked("acme",
-		map[string]any{"tenant": "acme", "domain": "user", "entity": "1042"},
-		map[string]any{"tenant": "acme", "domain": "user", "entity": "5"})
+	if _, err := e.pub.PublishBatch(context.Background(), []wire.Event{
+		{Tenant: "acme", Domain: "user", Entity: "1042"},
+		{Tenant: "acme", Domain: "user", Entity: "5"},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	e.router(router.Options{})
 	e.waitGone("gql", "acme", "q1")
 	e.waitGone("gql", "acme", "q4")

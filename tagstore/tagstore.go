@@ -298,7 +298,11 @@ type SetResult struct {
 // SetRefs stores value under the tenant's key with a time to live (0 for
 // none) and registers it, in one atomic script, under every tag and under
 // an entity reference for every ref: an entity-level invalidation of one of
-// them (a message with "refs") then drops it, and nothing else of its tags.
+// them (a message with "refs") then drops it, and nothing else of its tags
+// registered by ref. In each tag it goes to the tag's ref-registered set
+// (names.TagRefsKey), not among the plain values (Set), which an
+// entity-level invalidation that names no keys drops whole; without refs it
+// is a plain value, as with Set.
 //
 // The tags must include the tags of every ref's domain (in the matrix):
 // whole-tag invalidations — of events without an entity, and of every

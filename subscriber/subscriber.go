@@ -94,13 +94,13 @@ type Options struct {
 	// ApplyRate limits the invalidations per second run against the cache
 	// Redis (0: no limit), with ApplyBurst at once (default: ApplyRate, at
 	// least 1). Messages beyond the limit merge per channel — keys united,
-	// the whole tag above MaxKeys — and are applied as one invalidation once
+	// refs united, the whole tag above MaxKeys of either — and are applied as one invalidation once
 	// a token is free and Coalesce has passed. Nothing is dropped.
 	ApplyRate  float64
 	ApplyBurst int
 	Coalesce   time.Duration
-	// MaxKeys bounds the keys of a merged invalidation (the matrix's
-	// default max_keys).
+	// MaxKeys bounds the keys, and the refs, of a merged invalidation (the
+	// matrix's default max_keys).
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.

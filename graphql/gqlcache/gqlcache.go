@@ -353,32 +353,57 @@ func (c *Cache) key(tenant, vary string, rc *graphql.OperationContext) string {
 // tags are the tags of the domains of every mapped type the query selects:
 // what a whole-tag invalidation of them (a creation, a recovery) must drop;
 // lists are the type-level refs of the domains of the list fields it
-// selects (whatever their depth): what any event of them must drop.
+// selects (whatever their depth): what any event of them must drop. A list
+// of an unmapped type (a connection's edges) counts for the mapped types
+// reached through it by fields of unmapped types (edges { node }).
 func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagstore.Ref) {
-	var walk func(set ast.SelectionSet)
-	walk = func(set ast.SelectionSet) {
+	// inList: under a list whose items are of an unmapped type, not yet
+	// past a mapped one.
+	var walk func(set ast.SelectionSet, inList bool, spread map[string]bool)
+	walk = func(set ast.SelectionSet, inList bool, spread map[string]bool) {
 		for _, sel := range set {
 			switch sel := sel.(type) {
 			case *ast.Field:
+				below := false
 				if sel.Definition != nil {
-					c.addTags(&tags, sel.Definition.Type.Name())
-					if isList(sel.Definition.Type) {
-						c.addLists(&lists, sel.Definition.Type.Name())
+					typ := sel.Definition.Type.Name()
+					c.addTags(&tags, typ)
+					if list := inList || isList(sel.Definition.Type); list && c.mapped(typ) {
+						c.addLists(&lists, typ)
+					} else {
+						below = list
 					}
 				}
-				walk(sel.SelectionSet)
+				walk(sel.SelectionSet, below, spread)
 			case *ast.InlineFragment:
 				c.addTags(&tags, sel.TypeCondition)
-				walk(sel.SelectionSet)
+				walk(sel.SelectionSet, inList, spread)
+			case *ast.FragmentSpread:
+				// Walked in its place for the lists it holds (its tags
+				// come with the fragments below); once per path, as
+				// fragments cannot form cycles in a valid document.
+				if sel.Definition != nil && inList && !spread[sel.Name] {
+					spread[sel.Name] = true
+					walk(sel.Definition.SelectionSet, inList, spread)
+					delete(spread, sel.Name)
+				}
 			}
 		}
 	}
-	walk(rc.Operation.SelectionSet)
+	walk(rc.Operation.SelectionSet, false, map[string]bool{})
 	for _, f := range rc.Doc.Fragments {
 		c.addTags(&tags, f.TypeCondition)
-		walk(f.SelectionSet)
+		walk(f.SelectionSet, false, map[string]bool{})
 	}
 	return tags, lists
+}
+
+// mapped reports whether a type is mapped to a domain, or may hold an
+// object of one (a union or interface).
+func (c *Cache) mapped(typ string) bool {
+	found := false
+	c.eachDomain(typ, func(string) { found = true })
+	return found
 }
 
 // isList reports whether a field's type is a list, at any depth ([[T]]).

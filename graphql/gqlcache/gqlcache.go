@@ -15,7 +15,9 @@
 //     response holds any object of it: an event without an entity (a
 //     creation, which changes lists) and every whole-tag recovery drop it;
 //   - under the type-level reference of the domain of every list field of a
-//     mapped type the query selects (nested ones included): a list's
+//     mapped type the query selects (nested ones included; for a list of an
+//     unmapped type, the mapped types it leads to, as a connection's
+//     edges { node }): a list's
 //     membership changes with events of entities it never held (a product
 //     moved into a category), so any event of the domain drops it;
 //   - above the reference guard (tagstore.Options.RefGuard), or for an

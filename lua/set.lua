@@ -10,12 +10,12 @@
 --           {tenant:<t>}:ref:<domain>)
 -- ARGV[1]   value
 -- ARGV[2]   time to live in milliseconds, 0 for none
--- ARGV[3]   optional (absent: 0): how many of the last KEYS are sets (the
---           reference sets and ref-registered sets) that expire with their values: such a set lives at least
---           as long as every value registered in it through this script (it
---           takes the longest time to live of them, or none when one has
---           none), so it never outlives them by much and never expires
---           before one of them
+-- ARGV[3]   optional (absent: 0): how many of the last KEYS are sets that
+--           expire with their values (the ref-registered and reference
+--           sets): such a set lives at least as long as every value
+--           registered in it through this script (it takes the longest time
+--           to live of them, or none when one has none), so it never
+--           outlives them by much and never expires before one of them
 -- Returns the number of sets the key was new in.
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then

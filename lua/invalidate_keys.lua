@@ -1,5 +1,5 @@
 -- Apply key-level invalidations of one or more tags to a cache Redis in one
--- call: for each, delete the keys, drop them from the tag set and record the
+-- call: for each, delete the keys, drop them from the tag's sets and record the
 -- subscriber's position — the same checks and effects as invalidate.lua, for
 -- a run of messages at once (whole-tag invalidations go through
 -- invalidate.lua, which guards the tag's cardinality).
@@ -8,8 +8,8 @@
 -- KEYS, per group: the tag set {tenant:<t>}:tag:<tag>, the position key
 --   {tenant:<t>}:pos:<service>:<tag> (unused when the epoch is ''), the
 --   channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch (unused when
---   the token is ''), then the cache keys of each invalidation of the group,
---   in order.
+--   the token is ''), the tag's ref-registered set {tenant:<t>}:tag:<tag>#refs,
+--   then the cache keys of each invalidation of the group, in order.
 -- ARGV, per group: the epoch of its messages ('' when no position is kept),
 --   the mode ('1' strict: a version must follow the position, else '0'),
 --   the caller's pipeline token when a whole tag of the channel comes
@@ -24,8 +24,8 @@
 local status, out = {}, {''}
 local a, k = 1, 1
 while a <= #ARGV do
-  local tagSet, posKey, mark = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  k = k + 3
+  local tagSet, posKey, mark, tagRefs = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  k = k + 4
   local epoch, mode, token, m = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   a = a + 4
   local e, v
@@ -55,6 +55,7 @@ while a <= #ARGV do
         local j = math.min(i + MAX_UNPACK - 1, last)
         deleted = deleted + redis.call('UNLINK', unpack(KEYS, i, j))
         redis.call('SREM', tagSet, unpack(KEYS, i, j))
+        redis.call('SREM', tagRefs, unpack(KEYS, i, j))
       end
       status[#status + 1] = 'S'
       out[#out + 1] = deleted

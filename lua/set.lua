@@ -2,17 +2,20 @@
 -- references, atomically. Self-contained: clients in other languages send
 -- it as it is, without the Go prelude.
 -- KEYS[1]   cache key
--- KEYS[2..] sets to add the key to: tag sets {tenant:<t>}:tag:<tag>, and
---           entity reference sets {tenant:<t>}:ref:<domain>/<entity> (or a
---           domain's type-level set {tenant:<t>}:ref:<domain>)
+-- KEYS[2..] sets to add the key to: tag sets {tenant:<t>}:tag:<tag> (a
+--           plain value), or, for a value registered under entity
+--           references, the tags' ref-registered sets
+--           {tenant:<t>}:tag:<tag>#refs and the entity reference sets
+--           {tenant:<t>}:ref:<domain>/<entity> (or a domain's type-level set
+--           {tenant:<t>}:ref:<domain>)
 -- ARGV[1]   value
 -- ARGV[2]   time to live in milliseconds, 0 for none
--- ARGV[3]   optional (absent: 0): how many of the last KEYS are reference
---           sets that expire with their values: such a set lives at least
---           as long as every value registered in it through this script (it
---           takes the longest time to live of them, or none when one has
---           none), so it never outlives them by much and never expires
---           before one of them
+-- ARGV[3]   optional (absent: 0): how many of the last KEYS are sets that
+--           expire with their values (the ref-registered and reference
+--           sets): such a set lives at least as long as every value
+--           registered in it through this script (it takes the longest time
+--           to live of them, or none when one has none), so it never
+--           outlives them by much and never expires before one of them
 -- Returns the number of sets the key was new in.
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then

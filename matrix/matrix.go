@@ -49,9 +49,11 @@ type Domain struct {
 	Name string
 	Tags []string
 	// EntityRefs ("entity_refs: true"): an event of the domain that names
-	// its entity and no keys invalidates, in each tag, only what was cached
-	// under the entity's reference (a message with "refs") instead of the
-	// whole tag.
+	// its entity and no keys invalidates, in each tag, what was cached
+	// under the entity's reference and the tag's plain values (a message
+	// with "refs" and "plain") instead of the whole tag; every event of the
+	// domain that is not whole-tag names refs (the entity's, else the
+	// domain's type level) beside its keys.
 	EntityRefs bool
 }
 
@@ -193,7 +195,8 @@ type Route struct {
 	Services []string `json:"services"`
 	Limits   Limits   `json:"limits"`
 	// EntityRefs: the domain has entity_refs, so an entity-level event
-	// goes out as a message with refs rather than a whole tag.
+	// goes out as a message with refs rather than a whole tag, and the
+	// domain's key-level events carry refs too.
 	EntityRefs bool `json:"entity_refs,omitempty"`
 }
 

@@ -175,8 +175,19 @@ func EventsKey(channel string) string { return "{" + channel + "}:events" }
 // TenantTag is the cluster hash tag shared by every cache key of a tenant.
 func TenantTag(tenant string) string { return tenantHashTag + tenant + "}" }
 
-// TagSetKey is the Redis set holding the cache keys registered under a tag.
+// TagSetKey is the Redis set holding the cache keys registered under a tag
+// without entity references (tagstore.Set): its plain values.
 func TagSetKey(tenant, tag string) string { return TenantTag(tenant) + ":tag:" + tag }
+
+// TagRefsSuffix ends the name of a tag's ref-registered set (TagRefsKey).
+const TagRefsSuffix = "#refs"
+
+// TagRefsKey is the Redis set holding the cache keys registered under a tag
+// and under entity references (tagstore.SetRefs):
+// "{tenant:<t>}:tag:<tag>#refs". A whole-tag invalidation empties it with
+// the tag set; an entity-level one drops its values by ref, and the tag
+// set's plain values whole. No tag holds '#', so it never names a tag set.
+func TagRefsKey(tenant, tag string) string { return TagSetKey(tenant, tag) + TagRefsSuffix }
 
 // PositionKey is where a service's subscriber records how far it has applied
 // a channel, as "epoch:version".
@@ -382,6 +393,19 @@ func ParseRef(ref string) (domain, entity string, err error) {
 		}
 	}
 	return domain, entity, nil
+}
+
+// RefOrDomain checks what a message may name as a ref: an entity reference
+// (ParseRef), or a domain alone, the domain's type-level reference.
+func RefOrDomain(ref string) error {
+	if !strings.Contains(ref, "/") {
+		if !ValidTag(ref) {
+			return &Error{Field: "ref", Value: ref, Rule: refRule + ", or a domain alone (its type level)"}
+		}
+		return nil
+	}
+	_, _, err := ParseRef(ref)
+	return err
 }
 
 // RefKey is the Redis set, in a tenant's slot, of the full names of the

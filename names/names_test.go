@@ -304,3 +304,35 @@ func FuzzParseRef(f *testing.F) {
 		}
 	})
 }
+
+// A message's ref is an entity reference or a domain alone (its type level);
+// a tag's ref-registered set never names a tag set nor a cache key.
+func TestRefOrDomain(t *testing.T) {
+	for _, ok := range []string{"user", "a:b", "user/1042", "a/b/c"} {
+		if err := RefOrDomain(ok); err != nil {
+			t.Errorf("RefOrDomain(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "us er", "user/", "/1", "-x", "user/\x01"} {
+		if err := RefOrDomain(bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "<domain>/<entity>") {
+			t.Errorf("RefOrDomain(%q) = %v, want the ref rule", bad, err)
+		}
+	}
+	k := TagRefsKey("acme", "users")
+	if k != "{tenant:acme}:tag:users#refs" || ValidTag("users"+TagRefsSuffix) || CacheKey(k) == nil {
+		t.Errorf("TagRefsKey = %q: may collide with a tag set or a cache key", k)
+	}
+}
+
+func FuzzRefOrDomain(f *testing.F) {
+	f.Add("user")
+	f.Add("user/1042")
+	f.Fuzz(func(t *testing.T, ref string) {
+		if RefOrDomain(ref) != nil {
+			return
+		}
+		if d, _, err := ParseRef(ref); err != nil && !ValidTag(ref) || err == nil && !ValidTag(d) {
+			t.Fatalf("RefOrDomain(%q) accepted neither a ref nor a domain", ref)
+		}
+	})
+}

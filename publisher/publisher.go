@@ -172,10 +172,12 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which
-// invalidates what was cached under the entity's reference where the matrix
-// turns entity_refs on for the domain (and the whole tags elsewhere). One
-// with none of these is refused: a key list that came out empty must not
-// flush whole tags.
+// invalidates what was cached under the entity's reference (and the tags'
+// values cached without references) where the matrix turns entity_refs on
+// for the domain (and the whole tags elsewhere). With both Entity and Keys,
+// such a domain's event drops the keys and what was cached under the
+// entity's reference. One with none of these is refused: a key list that
+// came out empty must not flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))

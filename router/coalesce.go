@@ -21,19 +21,45 @@ const maxMergedIDs = 1000
 
 // part is one event's share of a channel message.
 type part struct {
-	e    *entry
-	v    *event
-	keys []string // the event's keys, nil for the whole tag (or above max_keys)
+	e     *entry
+	v     *event
+	keys  []string // the event's keys, nil for none (or above max_keys)
+	refs  []string // its refs on a domain with entity_refs (newPart)
+	plain bool     // with refs: the tag's plain values go too
+}
+
+// newPart is an event's share of the message of rt; keys are its keys (nil
+// above max_keys). On a domain with entity_refs every event that is not
+// whole-tag names refs, so that it drops the values cached under them: the
+// entity's ref (and its domain's type level) when it names its entity,
+// else the domain's type level, which any event of the domain drops. One
+// that names no keys (entity-level) drops the tag's plain values (cached
+// without refs) too, as it does not say which of them changed. Neither keys
+// nor refs: the whole tag.
+func newPart(e *entry, v *event, rt matrix.Route, keys []string) part {
+	p := part{e: e, v: v, keys: keys}
+	ev := v.ev
+	if !rt.EntityRefs || ev.WholeTag || (len(keys) == 0 && !ev.EntityLevel()) {
+		return p // whole tag, or key-level without refs
+	}
+	if ev.Entity != "" {
+		p.refs = []string{names.Ref(ev.Domain, ev.Entity)}
+	} else {
+		p.refs = []string{ev.Domain}
+	}
+	p.plain = len(keys) == 0
+	return p
 }
 
 // outgoing is one channel message to publish: for one event, or for many
 // merged ones — the events of one read batch for the channel, or those the
-// storm limits held back. Merging unites the keys (storm.Keys: the whole tag
-// above max_keys) and records every event id.
+// storm limits held back. Merging unites the keys and the refs
+// (storm.Union: the whole tag when a part is, or above max_keys keys or
+// refs) and records every event id.
 type outgoing struct {
 	route matrix.Route
 	msg   wire.Message // without epoch and version; fields of the first event, adjusted as events merge
-	keys  *storm.Keys  // the union, once a second event merged
+	union *storm.Union // the union, once a second event merged
 	parts []part       // the first one's route span is the parent of the message's span
 	ids   []string     // event ids recorded (up to maxMergedIDs); the first is the message's event; set by seal
 	// force sends it even without tokens, taking them on credit (a
@@ -47,32 +73,27 @@ type outgoing struct {
 // newOutgoing starts the message of p on rt.
 func newOutgoing(rt matrix.Route, p part) *outgoing {
 	ev := p.v.ev
-	o := &outgoing{route: rt, msg: wire.Message{Tenant: ev.Tenant, Tag: rt.Tag, Keys: p.keys, Event: p.v.id, Domain: ev.Domain,
-		Origin: ev.Origin, TS: ev.TS, Traceparent: ev.Traceparent}}
-	if rt.EntityRefs && ev.EntityLevel() {
-		o.msg.Refs = []string{names.Ref(ev.Domain, ev.Entity)} // entity-level: not the whole tag
-	}
+	o := &outgoing{route: rt, msg: wire.Message{Tenant: ev.Tenant, Tag: rt.Tag, Keys: p.keys, Refs: p.refs, Plain: p.plain,
+		Event: p.v.id, Domain: ev.Domain, Origin: ev.Origin, TS: ev.TS, Traceparent: ev.Traceparent}}
 	o.one[0] = p
 	o.parts = o.one[:1:1]
 	return o
 }
 
 // merge adds parts to the message, and reports whether a part naming keys
-// made the union whole (above max_keys).
+// or refs made the union whole (above max_keys keys or refs).
 func (o *outgoing) merge(parts ...part) (turnedWhole bool) {
-	if o.keys == nil {
-		o.keys = storm.NewKeys(o.route.Limits.MaxKeys)
+	if o.union == nil {
+		// Refs are bounded like keys: by max_keys (at most wire.MaxRefs).
+		o.union = storm.NewUnion(o.route.Limits.MaxKeys, min(o.route.Limits.MaxKeys, wire.MaxRefs))
 		for _, p := range o.parts {
-			o.keys.Add(p.keys)
+			o.union.Add(p.keys, p.refs, p.plain)
 		}
 	}
-	// A merged message is key-level or whole-tag: an entity-level part
-	// (refs, no keys) merges as the whole tag.
-	o.msg.Refs = nil
 	for _, p := range parts {
-		wasWhole := o.keys.Whole()
-		o.keys.Add(p.keys)
-		if !wasWhole && o.keys.Whole() && len(p.keys) > 0 {
+		wasWhole := o.union.Whole()
+		o.union.Add(p.keys, p.refs, p.plain)
+		if !wasWhole && o.union.Whole() && (len(p.keys) > 0 || len(p.refs) > 0) {
 			turnedWhole = true
 		}
 		o.parts = append(o.parts, p)
@@ -93,8 +114,8 @@ func (o *outgoing) merge(parts ...part) (turnedWhole bool) {
 // seal sets the message's keys and the event ids it records, once no more
 // events merge into it.
 func (o *outgoing) seal() {
-	if o.keys != nil {
-		o.msg.Keys = o.keys.List()
+	if o.union != nil {
+		o.msg.Keys, o.msg.Refs, o.msg.Plain = o.union.Keys(), o.union.Refs(), o.union.Plain()
 	}
 	if len(o.parts) == 1 {
 		o.oneID[0] = o.parts[0].v.id

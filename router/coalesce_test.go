@@ -2,7 +2,9 @@ package router
 
 import (
 	"context"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,5 +163,54 @@ func TestOutgoingWithout(t *testing.T) {
 	}
 	if rest, old := o.without([]bool{true, true, true}); rest != nil || len(old) != 3 {
 		t.Errorf("all recorded: rest %+v, %d recorded", rest, len(old))
+	}
+}
+
+// On a domain with entity_refs every event but a whole-tag one names refs:
+// the entity's, or the domain's type level; one without keys drops the
+// plain values too. Merged, a channel's events unite keys and refs, and
+// are whole only when one of them is or above max_keys.
+func TestMergeUnitesRefs(t *testing.T) {
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  t: {services: [s], max_keys: 3}\ndomains:\n  user: {tags: [t], entity_refs: true}\nservices:\n  s: {tenants: all}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, _ := m.Routes("acme", "user")
+	rt := routes[0]
+	partOf := func(ev wire.Event) part {
+		e := &entry{stream: "s", id: "1-0"}
+		e.events = e.one[:]
+		e.events[0] = event{id: ev.Entity + strings.Join(ev.Keys, ","), ev: &ev, routes: routes}
+		return newPart(e, &e.events[0], rt, ev.Keys)
+	}
+	entity := partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "1"})
+	both := partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
+	keys := partOf(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:9"}})
+	whole := partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "1", WholeTag: true})
+	for _, c := range []struct {
+		p     part
+		refs  []string
+		plain bool
+	}{{entity, []string{"user/1"}, true}, {both, []string{"user/5"}, false}, {keys, []string{"user"}, false}, {whole, nil, false}} {
+		if !reflect.DeepEqual(c.p.refs, c.refs) || c.p.plain != c.plain {
+			t.Errorf("part of %+v: refs %v plain %v; want %v %v", c.p.v.ev, c.p.refs, c.p.plain, c.refs, c.plain)
+		}
+	}
+	o := newOutgoing(rt, entity)
+	o.merge(both, keys)
+	o.seal()
+	if !reflect.DeepEqual(o.msg.Keys, []string{"user:5", "user:9"}) || !reflect.DeepEqual(o.msg.Refs, []string{"user/1", "user/5", "user"}) || !o.msg.Plain {
+		t.Errorf("merged message %+v, want both keys, the three refs and plain", o.msg)
+	}
+	o = newOutgoing(rt, entity)
+	o.merge(whole)
+	o.seal()
+	if !o.msg.WholeTag() || o.msg.Plain {
+		t.Errorf("merged with a whole tag: %+v, want the whole tag", o.msg)
+	}
+	o = newOutgoing(rt, entity)
+	if o.merge(partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "2"}), partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "3"}),
+		partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "4"})); !o.union.Whole() {
+		t.Error("four refs above max_keys 3 did not make the message whole")
 	}
 }

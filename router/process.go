@@ -226,7 +226,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 					keys = nil // no message carries more than max_keys keys: the whole tag covers them
 					r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
 				}
-				p := part{e: e, v: v, keys: keys}
+				p := newPart(e, v, rt, keys)
 				if o := open[rt.Channel]; o != nil && len(o.parts) < maxMergedIDs {
 					if o.merge(p) {
 						r.m.wholeTag.WithLabelValues(rt.Tag).Inc()

@@ -59,6 +59,64 @@ func (k *Keys) List() []string {
 	return k.order
 }
 
+// Union is the union of merged invalidations that may name keys, entity
+// references (refs) or both, and say that the tag's plain values go
+// (plain, an entity-level invalidation naming no keys): keys united, refs
+// united, plain if any part says it. It is whole — the whole tag — when a
+// part is whole (names neither keys nor refs) or the keys or the refs go
+// above their bound. Nothing is ever dropped: the whole tag covers it all.
+type Union struct {
+	keys, refs *Keys
+	plain      bool
+	named      bool // keys or refs were added
+}
+
+// NewUnion returns an empty union that becomes whole above maxKeys keys or
+// maxRefs refs.
+func NewUnion(maxKeys, maxRefs int) *Union {
+	return &Union{keys: NewKeys(maxKeys), refs: NewKeys(maxRefs)}
+}
+
+// Add merges one invalidation; neither keys nor refs means the whole tag.
+// plain counts only with refs.
+func (u *Union) Add(keys, refs []string, plain bool) {
+	if len(keys) == 0 && len(refs) == 0 {
+		u.keys.makeWhole()
+		return
+	}
+	if len(keys) > 0 {
+		u.keys.Add(keys)
+	}
+	if len(refs) > 0 {
+		u.refs.Add(refs)
+		u.plain = u.plain || plain
+	}
+	u.named = true
+}
+
+// Whole reports whether the union is the whole tag.
+func (u *Union) Whole() bool { return !u.named || u.keys.Whole() || u.refs.Whole() }
+
+// Keys returns the united keys in first-seen order (nil for the whole tag).
+func (u *Union) Keys() []string {
+	if u.Whole() {
+		return nil
+	}
+	return u.keys.List()
+}
+
+// Refs returns the united refs in first-seen order (nil for the whole tag).
+func (u *Union) Refs() []string {
+	if u.Whole() {
+		return nil
+	}
+	return u.refs.List()
+}
+
+// Plain reports whether the tag's plain values go too (false for the whole
+// tag, which takes them all anyway).
+func (u *Union) Plain() bool { return !u.Whole() && u.plain }
+
 // Reserve takes one token from every limiter (nil ones are skipped) if all
 // of them have one now, and returns 0. Otherwise it takes none and returns
 // how long until all of them will. It allocates nothing (rate.Limiter's

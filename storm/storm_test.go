@@ -31,6 +31,39 @@ func TestKeysUnion(t *testing.T) {
 	}
 }
 
+// A union of keys, refs and plain stays what its parts name, and is the
+// whole tag when a part is, or above either bound.
+func TestUnion(t *testing.T) {
+	u := NewUnion(2, 2)
+	if !u.Whole() {
+		t.Error("an empty union is not a message")
+	}
+	u.Add(nil, []string{"user/1"}, true)
+	u.Add([]string{"user:5"}, []string{"user/5"}, false)
+	u.Add([]string{"user:5"}, []string{"user/1"}, false)
+	if u.Whole() || !reflect.DeepEqual(u.Keys(), []string{"user:5"}) || !reflect.DeepEqual(u.Refs(), []string{"user/1", "user/5"}) || !u.Plain() {
+		t.Fatalf("union = keys %v refs %v plain %v whole %v", u.Keys(), u.Refs(), u.Plain(), u.Whole())
+	}
+	u.Add(nil, []string{"user/7"}, false)
+	if !u.Whole() || u.Keys() != nil || u.Refs() != nil || u.Plain() {
+		t.Errorf("above max refs: keys %v refs %v plain %v whole %v", u.Keys(), u.Refs(), u.Plain(), u.Whole())
+	}
+	k := NewUnion(2, 2)
+	k.Add([]string{"a"}, nil, false)
+	if k.Whole() || k.Refs() != nil || k.Plain() {
+		t.Errorf("key-level union: refs %v plain %v whole %v", k.Refs(), k.Plain(), k.Whole())
+	}
+	k.Add(nil, nil, false)
+	if !k.Whole() {
+		t.Error("a whole-tag part does not make the union whole")
+	}
+	p := NewUnion(2, 2)
+	p.Add([]string{"a"}, nil, true)
+	if p.Plain() {
+		t.Error("plain without refs counted")
+	}
+}
+
 func TestReserveTakesAllOrNone(t *testing.T) {
 	now := time.Now()
 	ch := rate.NewLimiter(10, 2)

@@ -39,18 +39,22 @@ import (
 )
 
 // Invalidation is what a Handler is given: the listed keys of a tag, the
-// values cached under the listed entity references, or the whole tag when
-// Keys and Refs are empty. (Messages merged under the local limit are
-// key-level or whole-tag: refs merge as the whole tag.)
+// values cached under the listed entity references, both, or the whole tag
+// when Keys and Refs are empty. (Messages merged under the local limit
+// unite their keys and their refs: the whole tag when one of them is, or
+// above MaxKeys keys or refs.)
 type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
 	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
 	// what was cached under them (tagstore.SetRefs) and under the
-	// type-level reference of their domains. An invalidation with neither
-	// Keys nor Refs is of the whole tag.
-	Refs    []string
+	// type-level reference of their domains; a domain alone names its type
+	// level. An invalidation with neither Keys nor Refs is of the whole tag.
+	Refs []string
+	// Plain (with Refs): every value of the tag cached without refs
+	// (tagstore.Set) goes too (wire.Message.Plain).
+	Plain   bool
 	Epoch   string
 	Version int64
 	// Recovered is true for a whole-tag invalidation made to close a gap.
@@ -90,13 +94,13 @@ type Options struct {
 	// ApplyRate limits the invalidations per second run against the cache
 	// Redis (0: no limit), with ApplyBurst at once (default: ApplyRate, at
 	// least 1). Messages beyond the limit merge per channel — keys united,
-	// the whole tag above MaxKeys — and are applied as one invalidation once
+	// refs united, the whole tag above MaxKeys of either — and are applied as one invalidation once
 	// a token is free and Coalesce has passed. Nothing is dropped.
 	ApplyRate  float64
 	ApplyBurst int
 	Coalesce   time.Duration
-	// MaxKeys bounds the keys of a merged invalidation (the matrix's
-	// default max_keys).
+	// MaxKeys bounds the keys, and the refs, of a merged invalidation (the
+	// matrix's default max_keys).
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
@@ -228,10 +232,10 @@ type position struct {
 	}
 }
 
-// queued is a channel's coalesced work: the union of the keys of the
-// messages after the position, up to last.
+// queued is a channel's coalesced work: the union of the keys and refs of
+// the messages after the position, up to last.
 type queued struct {
-	keys *storm.Keys
+	keys *storm.Union
 	last recovery.Position
 	msg  *wire.Message // the last message merged
 	due  time.Time
@@ -465,14 +469,14 @@ func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, m
 		if storm.Reserve(now, s.limiter) == 0 {
 			return s.applyMessage(ctx, channel, p, msg)
 		}
-		p.queue = &queued{keys: storm.NewKeys(s.opt.MaxKeys), due: now.Add(s.opt.Coalesce)}
+		p.queue = &queued{keys: storm.NewUnion(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), due: now.Add(s.opt.Coalesce)}
 		s.queued[channel] = p
 		s.m.delayed.Inc()
 		s.m.queuedTags.Set(float64(len(s.queued)))
 	} else {
 		s.m.coalesced.Inc()
 	}
-	p.queue.keys.Add(msg.Keys)
+	p.queue.keys.Add(msg.Keys, msg.Refs, msg.Plain)
 	p.queue.last = msgPosition(msg)
 	p.queue.msg = msg
 	return nil
@@ -513,7 +517,7 @@ func (s *Subscriber) applyQueued(ctx context.Context, channel string, p *positio
 	if q == nil {
 		return nil
 	}
-	inv := Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: q.keys.List(), Epoch: q.last.Epoch, Version: q.last.Version, Message: q.msg}
+	inv := Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: q.keys.Keys(), Refs: q.keys.Refs(), Plain: q.keys.Plain(), Epoch: q.last.Epoch, Version: q.last.Version, Message: q.msg}
 	if err := s.invalidate(ctx, inv); err != nil {
 		q.due = time.Now().Add(time.Second)
 		return err
@@ -579,7 +583,7 @@ func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *positi
 }
 
 func messageInvalidation(msg *wire.Message) Invalidation {
-	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: msg.Plain, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
 }
 
 func (s *Subscriber) observeLag(msg *wire.Message) {
@@ -679,7 +683,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 		} else {
 			tinvs := make([]tagstore.Invalidation, len(invs))
 			for i, inv := range invs {
-				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Refs: inv.Refs, Service: s.opt.Service,
+				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Refs: inv.Refs, Plain: inv.Plain, Service: s.opt.Service,
 					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict, Repair: inv.repair}
 			}
 			results, serrs := s.store.ApplyMany(ctx, tinvs)

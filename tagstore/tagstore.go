@@ -298,7 +298,11 @@ type SetResult struct {
 // SetRefs stores value under the tenant's key with a time to live (0 for
 // none) and registers it, in one atomic script, under every tag and under
 // an entity reference for every ref: an entity-level invalidation of one of
-// them (a message with "refs") then drops it, and nothing else of its tags.
+// them (a message with "refs") then drops it, and nothing else of its tags
+// registered by ref. In each tag it goes to the tag's ref-registered set
+// (names.TagRefsKey), not among the plain values (Set), which an
+// entity-level invalidation that names no keys drops whole; without refs it
+// is a plain value, as with Set.
 //
 // The tags must include the tags of every ref's domain (in the matrix):
 // whole-tag invalidations — of events without an entity, and of every
@@ -327,7 +331,13 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 		if err := names.Tag(t); err != nil {
 			return res, err
 		}
-		keys = append(keys, names.TagSetKey(tenant, t))
+		if len(refs) > 0 {
+			// Not among the tag's plain values, which an entity-level
+			// invalidation drops whole: it goes by ref.
+			keys = append(keys, names.TagRefsKey(tenant, t))
+		} else {
+			keys = append(keys, names.TagSetKey(tenant, t))
+		}
 	}
 	distinct := make(map[Ref]bool, len(refs))
 	for _, r := range refs {
@@ -351,13 +361,18 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if res.TypeLevel && s.opt.Guarded != nil {
 		s.opt.Guarded(len(distinct))
 	}
-	// The reference sets expire with their values (set.lua), so the sets of
-	// entities that never change do not keep the names of expired values
-	// for ever.
+	// The reference sets and the tags' ref-registered sets expire with
+	// their values (set.lua), so the sets of entities that never change do
+	// not keep the names of expired values for ever, nor a tag the names
+	// an entity-level invalidation of another tag deleted.
+	expiring := len(seen)
+	if len(refs) > 0 {
+		expiring += len(tags)
+	}
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return res, err
 	}
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), len(seen)).Err()
+	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), expiring).Err()
 }
 
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.
@@ -404,8 +419,13 @@ type Invalidation struct {
 	// value registered under one of them (SetRefs) is deleted and dropped
 	// from the tag set, and so is every value registered under the
 	// type-level reference of their domains (values with more refs than
-	// the guard). The reference sets go too.
-	Refs     []string
+	// the guard). A domain alone names its type-level reference only. The
+	// reference sets go too.
+	Refs []string
+	// Plain (with Refs only) drops every value of the tag cached without
+	// refs (Set) too, as a whole tag would: an entity-level invalidation
+	// that names no keys cannot say which of them changed.
+	Plain    bool
 	Service  string
 	Position Position
 	// Strict refuses (status Gap) a version that does not directly follow
@@ -494,14 +514,20 @@ func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args
 			res.Deleted += n
 			return res, nil
 		}
-		// Too large for one call: chunk it down below the guard (the
-		// reference sets of an entity-level one, to a share of it each),
-		// then let the script finish the rest and record the position.
+		// Too large for one call: chunk it down below the guard (its
+		// sets to a share of it each: the tag set and the ref-registered
+		// set of a whole tag; the reference sets of an entity-level one,
+		// and the tag set when its plain values go too), then let the
+		// script finish the rest and record the position.
 		res.Chunked = true
-		sets, limit := keys[:1], s.opt.CardinalityGuard
+		sets := []string{keys[0], keys[3]}
 		if n := refCount(inv, keys); n > 0 {
-			sets, limit = keys[len(keys)-n:], s.opt.CardinalityGuard/n
+			sets = keys[len(keys)-n:]
+			if inv.Plain {
+				sets = append(sets[:n:n], keys[0])
+			}
 		}
+		limit := s.opt.CardinalityGuard / len(sets)
 		for _, set := range sets {
 			deleted, err := s.chunk(ctx, set, limit)
 			res.Deleted += deleted
@@ -513,8 +539,9 @@ func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args
 }
 
 // scriptKeys validates an invalidation and returns the keys of its script
-// call: three slots for the tag set, the position key and the batch mark
-// (see headKeys), then the cache keys. They are appended to buf when it has
+// call: four slots for the tag set, the position key, the batch mark and
+// the ref-registered set (see headKeys), then the cache keys, then the
+// reference sets. They are appended to buf when it has
 // room.
 func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if err := names.Tenant(inv.Tenant); err != nil {
@@ -530,6 +557,9 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
+	}
+	if inv.Plain && len(inv.Refs) == 0 {
+		return nil, errors.New("tagstore: Plain needs Refs (without refs and keys the whole tag goes)")
 	}
 	if inv.Repair {
 		switch {
@@ -552,7 +582,7 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 	if cap(buf)-len(buf) < size {
 		buf = make([]string, 0, size)
 	}
-	keys := append(buf[len(buf):len(buf):len(buf)+size], "", "", "")
+	keys := append(buf[len(buf):len(buf):len(buf)+size], "", "", "", "")
 	for _, k := range inv.Keys {
 		if err := names.Key(k); err != nil {
 			return nil, err
@@ -567,17 +597,18 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 }
 
 // refSets are the reference sets an entity-level invalidation empties: the
-// set of each ref, then the type-level set of each of their domains.
+// set of each ref, then the type-level set of each of their domains (a ref
+// that is a domain alone names only that).
 func refSets(tenant string, refs []string) ([]string, error) {
 	out := make([]string, 0, len(refs)+1)
 	seen := make(map[string]bool, len(refs)+1)
 	var domains []string
 	for _, ref := range refs {
-		domain, _, err := names.ParseRef(ref)
-		if err != nil {
+		if err := names.RefOrDomain(ref); err != nil {
 			return nil, err
 		}
-		if !seen[ref] {
+		domain, _, entity := strings.Cut(ref, "/")
+		if entity && !seen[ref] {
 			seen[ref] = true
 			out = append(out, names.RefKey(tenant, ref))
 		}
@@ -602,13 +633,14 @@ func refCount(inv Invalidation, keys []string) int {
 }
 
 // headKeys is the number of keys before the cache keys in a script call.
-const headKeys = 3
+const headKeys = 4
 
-// headKeys fills the tag set, position key and batch mark slots (the tag
-// set again where no position is kept).
+// headKeys fills the tag set, position key, batch mark and ref-registered
+// set slots (the tag set again where no position is kept).
 func (s *Store) headKeys(inv Invalidation, keys []string) {
 	keys[0] = names.TagSetKey(inv.Tenant, inv.Tag)
 	keys[1], keys[2] = keys[0], keys[0]
+	keys[3] = names.TagRefsKey(inv.Tenant, inv.Tag)
 	if inv.Service != "" {
 		keys[1] = names.PositionKey(inv.Tenant, inv.Service, inv.Tag)
 		keys[2] = names.BatchMarkKey(inv.Tenant, inv.Service, inv.Tag)
@@ -623,7 +655,11 @@ func singleArgs(inv Invalidation, keys []string, token string, guard int) []any 
 	if inv.Service != "" {
 		epoch = inv.Position.Epoch
 	}
-	return []any{guard, epoch, inv.Position.Version, inv.mode(), token, refCount(inv, keys)}
+	plain := "0"
+	if inv.Plain {
+		plain = "1"
+	}
+	return []any{guard, epoch, inv.Position.Version, inv.mode(), token, refCount(inv, keys), plain}
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag,
@@ -781,8 +817,8 @@ func (b *batch) tokens(idx []int) {
 		ch := channelKey{inv.Tenant, inv.Tag, inv.Service}
 		if first, ok := whole[ch]; ok {
 			b.token[i], b.token[first] = token, token
-		} else if len(inv.Keys) == 0 {
-			whole[ch] = i
+		} else if len(inv.Keys) == 0 || len(inv.Refs) > 0 {
+			whole[ch] = i // may be deferred above the guard
 		}
 	}
 }
@@ -1065,9 +1101,10 @@ func (s *Store) ReadPositions(ctx context.Context, service string, chans []Tenan
 	return pos, found, errs, nil
 }
 
-// Compact removes from a tag set the members whose keys no longer exist,
-// in batches of at most 1000, and returns how many it removed. It works
-// through the set with SSCAN, so it never blocks Redis for long.
+// Compact removes from a tag's sets (its plain values' and its
+// ref-registered values') the members whose keys no longer exist, in
+// batches of at most 1000, and returns how many it removed. It works
+// through the sets with SSCAN, so it never blocks Redis for long.
 func (s *Store) Compact(ctx context.Context, tenant, tag string) (int64, error) {
 	if err := names.Tenant(tenant); err != nil {
 		return 0, err
@@ -1075,7 +1112,18 @@ func (s *Store) Compact(ctx context.Context, tenant, tag string) (int64, error) 
 	if err := names.Tag(tag); err != nil {
 		return 0, err
 	}
-	tagSet := names.TagSetKey(tenant, tag)
+	var removed int64
+	for _, set := range []string{names.TagSetKey(tenant, tag), names.TagRefsKey(tenant, tag)} {
+		n, err := s.compact(ctx, set)
+		removed += n
+		if err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+func (s *Store) compact(ctx context.Context, tagSet string) (int64, error) {
 	var removed int64
 	var cursor uint64
 	for {

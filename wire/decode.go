@@ -279,6 +279,9 @@ func decodeMessage(data []byte) (*Message, error) {
 		case "refs":
 			d.strs(&m.Refs, "refs", v)
 			return 21
+		case "plain":
+			d.bool(&m.Plain, "plain", v)
+			return 22
 		case "event":
 			d.str(&m.Event, "event", v, false)
 			return 14

@@ -104,7 +104,7 @@ func sizeOf(fixed int, fields ...string) int {
 // integers of 19 digits.
 const (
 	eventFixed   = 57 + 9 + 4 + 10*6 + 2*19
-	messageFixed = 43 + 4 + 9*6 + 19
+	messageFixed = 43 + 4 + 5 + 4 + 10*6 + 19 // refs; plain and its true
 )
 
 func keysSize(keys []string) int {
@@ -138,6 +138,7 @@ func messageBody(m *Message) []byte {
 	o.str("tag", m.Tag, false)
 	o.strs("keys", m.Keys)
 	o.strs("refs", m.Refs)
+	o.flag("plain", m.Plain)
 	o.str("event", m.Event, true)
 	o.str("domain", m.Domain, true)
 	o.str("origin", m.Origin, true)

@@ -92,11 +92,14 @@ func ParseEvents(data []byte) ([]Packed, error) { return decodeEvents(data) }
 
 // Event is a domain-change event as published to an ingress stream.
 //
-// An event names the keys it invalidates; or it is an entity-level event: it
-// names its Entity and no keys, and invalidates what was cached under the
-// entity's reference <domain>/<entity> in every tag of its domain (where the
-// matrix turns entity_refs on for the domain; elsewhere the whole tags); or
-// it is a whole-tag event: it invalidates every tag of its domain whole.
+// An event names the keys it invalidates (and, with its Entity, on a domain
+// where the matrix turns entity_refs on, what was cached under the entity's
+// reference too); or it is an entity-level event: it names its Entity and
+// no keys, and invalidates what was cached under the entity's reference
+// <domain>/<entity> in every tag of its domain and the tags' values cached
+// without references (where the matrix turns entity_refs on for the domain;
+// elsewhere the whole tags); or it is a whole-tag event: it invalidates
+// every tag of its domain whole.
 // That intent is explicit, never implied by an empty list: Keys (non-empty),
 // WholeTag, or an Entity alone, so a caller whose computed key list came out
 // empty gets an error instead of flushing whole tags. On the wire an event
@@ -218,14 +221,22 @@ type Message struct {
 	Keys    []string `json:"keys,omitempty"`
 	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
 	// every value cached under one of them (and under the type-level
-	// reference of their domains). A message with Refs and no Keys is
-	// entity-level, not whole-tag.
-	Refs        []string `json:"refs,omitempty"`
-	Event       string   `json:"event,omitempty"`
-	Domain      string   `json:"domain,omitempty"`
-	Origin      string   `json:"origin,omitempty"`
-	TS          int64    `json:"ts,omitempty"`
-	Traceparent string   `json:"traceparent,omitempty"`
+	// reference of their domains), or a domain alone: drop what is cached
+	// under its type-level reference. A message with Refs and no Keys is
+	// entity-level, not whole-tag. Keys and Refs may come together (an
+	// event naming its entity and its keys, or merged events).
+	Refs []string `json:"refs,omitempty"`
+	// Plain (only with Refs): drop too every value of the tag cached
+	// without refs (tagstore.Set, not SetRefs). An event naming its entity
+	// and no keys does not say which plain values it changed, so they go
+	// whole, as with a whole-tag event; the values cached under refs go
+	// by ref.
+	Plain       bool   `json:"plain,omitempty"`
+	Event       string `json:"event,omitempty"`
+	Domain      string `json:"domain,omitempty"`
+	Origin      string `json:"origin,omitempty"`
+	TS          int64  `json:"ts,omitempty"`
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // WholeTag reports whether the message invalidates its whole tag.
@@ -261,15 +272,21 @@ func (m *Message) Validate() error {
 	if err := validKeys(m.Keys); err != nil {
 		return err
 	}
+	if m.Plain && len(m.Refs) == 0 {
+		return &FieldError{"plain", "given without refs; a message dropping every value of its tag names no keys and no refs"}
+	}
 	return validRefs(m.Refs)
 }
 
+// MaxRefs bounds the refs one message may name.
+const MaxRefs = MaxKeys
+
 func validRefs(refs []string) error {
-	if len(refs) > MaxKeys {
-		return &FieldError{"refs", fmt.Sprintf("more than %d refs", MaxKeys)}
+	if len(refs) > MaxRefs {
+		return &FieldError{"refs", fmt.Sprintf("more than %d refs", MaxRefs)}
 	}
 	for i, r := range refs {
-		if _, _, err := names.ParseRef(r); err != nil {
+		if err := names.RefOrDomain(r); err != nil {
 			return &FieldError{fmt.Sprintf("refs[%d]", i), err.Error()}
 		}
 	}

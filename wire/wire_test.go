@@ -269,6 +269,7 @@ func FuzzParseMessage(f *testing.F) {
 	f.Add(`{"tenant":"acme","tag":"active","epoch":"e1","version":1,"keys":["k"]}`)
 	f.Add(`{"tenant":"acme","tag":"a:b","epoch":"e1","version":9}`)
 	f.Add(`{"tenant":"acme","tag":"a","epoch":"e1","version":9,"refs":["user/1042","a:b/c d"]}`)
+	f.Add(`{"tenant":"acme","tag":"a","epoch":"e1","version":9,"keys":["k"],"refs":["user/1042","user"],"plain":true}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		m, err := ParseMessage([]byte(in))
 		if err != nil {
@@ -347,9 +348,24 @@ func TestMessageRefs(t *testing.T) {
 	if err != nil || len(m.Refs) != 1 || m.WholeTag() {
 		t.Fatalf("ParseMessage = %+v, %v; want one ref, not whole-tag", m, err)
 	}
-	_, err = ParseMessage([]byte(`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user/1","user"]}`))
+	// A domain alone is its type level; keys, refs and plain come together.
+	m, err = ParseMessage([]byte(`{"tenant":"acme","tag":"a","epoch":"e","version":1,"keys":["user:1"],"refs":["user/1","user"],"plain":true}`))
+	if err != nil || len(m.Keys) != 1 || len(m.Refs) != 2 || !m.Plain || m.WholeTag() {
+		t.Fatalf("ParseMessage = %+v, %v; want a key, two refs and plain", m, err)
+	}
+	back, err := ParseMessage(append(append([]byte(`{"epoch":"e","version":1`), MessageBody(m)...), '}'))
+	if err != nil || !back.Plain || len(back.Refs) != 2 || len(back.Keys) != 1 {
+		t.Errorf("message %+v parsed back to %+v, %v", m, back, err)
+	}
 	var fe *FieldError
-	if !errors.As(err, &fe) || fe.Field != "refs[1]" {
-		t.Errorf("a ref without an entity: %v", err)
+	for in, field := range map[string]string{
+		`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user/1","us er"]}`:      "refs[1]",
+		`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user/1","/1"]}`:         "refs[1]",
+		`{"tenant":"acme","tag":"a","epoch":"e","version":1,"keys":["user:1"],"plain":true}`: "plain",
+		`{"tenant":"acme","tag":"a","epoch":"e","version":1,"refs":["user"],"plain":"yes"}`:  "plain",
+	} {
+		if _, err := ParseMessage([]byte(in)); !errors.As(err, &fe) || fe.Field != field {
+			t.Errorf("ParseMessage(%s) = %v; want an error naming %s", in, err, field)
+		}
 	}
 }

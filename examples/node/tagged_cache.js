@@ -175,13 +175,15 @@ class Receiver {
   apply(inv) {
     if (inv.reset) {
       this.cache.reset();
-    } else if (inv.whole_tag || (Array.isArray(inv.refs) && inv.refs.length > 0)) {
-      // No reference index here: an entity-level delivery drops the whole tag.
+    } else if (inv.whole_tag || inv.plain) {
+      // put registers plain values only (no reference index here): an
+      // entity-level delivery ("plain") drops them all, as a whole tag.
       this.cache.dropTag(inv.tenant, inv.tag);
     } else if (Array.isArray(inv.keys)) {
+      // Refs beside keys name values cached by reference: none here.
       this.cache.dropKeys(inv.tenant, inv.tag, inv.keys);
-    } else {
-      throw new Error('neither reset, whole_tag nor keys');
+    } else if (!Array.isArray(inv.refs) || inv.refs.length === 0) {
+      throw new Error('neither reset, whole_tag, keys nor refs');
     }
     this.received.push(inv);
     for (const w of this.waiters.splice(0)) w();

@@ -181,10 +181,12 @@ class Receiver:
     def apply(self, inv: dict):
         if inv.get("reset"):
             self.cache.reset()
-        elif inv.get("whole_tag") or inv.get("refs"):
-            # No reference index here: an entity-level delivery drops the whole tag.
+        elif inv.get("whole_tag") or inv.get("plain"):
+            # put registers plain values only (no reference index here): an
+            # entity-level delivery ("plain") drops them all, as a whole tag.
             self.cache.drop_tag(inv["tenant"], inv["tag"])
-        else:
+        elif inv.get("keys"):
+            # Refs beside keys name values cached by reference: none here.
             self.cache.drop_keys(inv["tenant"], inv["tag"], inv["keys"])
         with self.cond:
             self.received.append(inv)

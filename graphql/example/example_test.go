@@ -206,3 +206,28 @@ func TestVariablesKeyTheResponse(t *testing.T) {
 	post("1042")
 	e.resolved(map[string]int{"user(1042)": 1, "user(7)": 1})
 }
+
+// A change of a product's category is an entity-level event of the
+// product: the list it leaves held it (its ref), and the list it joins
+// never did, so every response with a list of products is registered at
+// product's type level and goes with any event of product. A response
+// without a list of products stays.
+func TestListMembershipChange(t *testing.T) {
+	e := newEnv(t, 0)
+	const kitchen = `{ products(category: "kitchen") { name } }`
+	if got := e.query(kitchen); got != `{"data":{"products":[{"name":"Kettle"}]}}` {
+		t.Fatalf("kitchen = %s", got)
+	}
+	e.query(q3)
+	e.query(q1)
+	e.query(`mutation { moveProduct(id: 881, category: "kitchen") { id } }`)
+	e.waitApplied("products", 1)
+	if got := e.query(kitchen); got != `{"data":{"products":[{"name":"Headphones"},{"name":"Kettle"}]}}` && got != `{"data":{"products":[{"name":"Kettle"},{"name":"Headphones"}]}}` {
+		t.Errorf("kitchen after product 881 moved there = %s", got)
+	}
+	if got := e.query(q3); got != `{"data":{"products":[{"name":"Camera"}]}}` {
+		t.Errorf("electronics after product 881 left = %s", got)
+	}
+	e.query(q1)
+	e.resolved(map[string]int{"products(kitchen)": 2, "products(electronics)": 2, "user(1042)": 1})
+}

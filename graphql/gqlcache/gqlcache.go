@@ -14,9 +14,15 @@
 //     mapped type the query selects, lists included, whether or not the
 //     response holds any object of it: an event without an entity (a
 //     creation, which changes lists) and every whole-tag recovery drop it;
+//   - under the type-level reference of the domain of every list field of a
+//     mapped type the query selects (nested ones included; for a list of an
+//     unmapped type, the mapped types it leads to, as a connection's
+//     edges { node }): a list's
+//     membership changes with events of entities it never held (a product
+//     moved into a category), so any event of the domain drops it;
 //   - above the reference guard (tagstore.Options.RefGuard), or for an
 //     object of a mapped type without a usable id, under the type-level
-//     reference of the domain: any entity-level event of the domain drops it.
+//     reference of the domain: any event of the domain drops it.
 //
 // To read the ids, the extension adds two fields to every selection set of
 // the query it executes, `__routerd_typename: __typename` and, where the type
@@ -306,7 +312,13 @@ func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHand
 		c.requests.WithLabelValues("skip").Inc()
 		return resp
 	}
-	res, err := c.opt.Store.SetRefs(ctx, tenant, key, data, c.opt.TTL, c.tags(rc), refs)
+	tags, lists := c.tags(rc)
+	for _, l := range lists {
+		if !slices.Contains(refs, l) {
+			refs = append(refs, l)
+		}
+	}
+	res, err := c.opt.Store.SetRefs(ctx, tenant, key, data, c.opt.TTL, tags, refs)
 	if err != nil {
 		c.log.Warn("graphql response cache: store failed", "err", err)
 		c.requests.WithLabelValues("skip").Inc()
@@ -341,39 +353,66 @@ func (c *Cache) key(tenant, vary string, rc *graphql.OperationContext) string {
 }
 
 // tags are the tags of the domains of every mapped type the query selects:
-// what a whole-tag invalidation of them (a creation, a recovery) must drop.
-func (c *Cache) tags(rc *graphql.OperationContext) []string {
-	var tags []string
-	var walk func(set ast.SelectionSet)
-	walk = func(set ast.SelectionSet) {
+// what a whole-tag invalidation of them (a creation, a recovery) must drop;
+// lists are the type-level refs of the domains of the list fields it
+// selects (whatever their depth): what any event of them must drop. A list
+// of an unmapped type (a connection's edges) counts for the mapped types
+// reached through it by fields of unmapped types (edges { node }).
+func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagstore.Ref) {
+	// inList: under a list whose items are of an unmapped type, not yet
+	// past a mapped one.
+	var walk func(set ast.SelectionSet, inList bool, spread map[string]bool)
+	walk = func(set ast.SelectionSet, inList bool, spread map[string]bool) {
 		for _, sel := range set {
 			switch sel := sel.(type) {
 			case *ast.Field:
+				below := false
 				if sel.Definition != nil {
-					c.addTags(&tags, sel.Definition.Type.Name())
+					typ := sel.Definition.Type.Name()
+					c.addTags(&tags, typ)
+					if list := inList || isList(sel.Definition.Type); list && c.mapped(typ) {
+						c.addLists(&lists, typ)
+					} else {
+						below = list
+					}
 				}
-				walk(sel.SelectionSet)
+				walk(sel.SelectionSet, below, spread)
 			case *ast.InlineFragment:
 				c.addTags(&tags, sel.TypeCondition)
-				walk(sel.SelectionSet)
+				walk(sel.SelectionSet, inList, spread)
+			case *ast.FragmentSpread:
+				// Walked in its place for the lists it holds (its tags
+				// come with the fragments below); once per path, as
+				// fragments cannot form cycles in a valid document.
+				if sel.Definition != nil && inList && !spread[sel.Name] {
+					spread[sel.Name] = true
+					walk(sel.Definition.SelectionSet, inList, spread)
+					delete(spread, sel.Name)
+				}
 			}
 		}
 	}
-	walk(rc.Operation.SelectionSet)
+	walk(rc.Operation.SelectionSet, false, map[string]bool{})
 	for _, f := range rc.Doc.Fragments {
 		c.addTags(&tags, f.TypeCondition)
-		walk(f.SelectionSet)
+		walk(f.SelectionSet, false, map[string]bool{})
 	}
-	// A union or interface field may hold objects of mapped types.
-	return tags
+	return tags, lists
 }
 
+// mapped reports whether a type is mapped to a domain, or may hold an
+// object of one (a union or interface).
+func (c *Cache) mapped(typ string) bool {
+	found := false
+	c.eachDomain(typ, func(string) { found = true })
+	return found
+}
+
+// isList reports whether a field's type is a list, at any depth ([[T]]).
+func isList(t *ast.Type) bool { return t != nil && t.Elem != nil }
+
 func (c *Cache) addTags(tags *[]string, typ string) {
-	add := func(t string) {
-		domain, ok := c.opt.Types[t]
-		if !ok {
-			return
-		}
+	c.eachDomain(typ, func(domain string) {
 		if d := c.opt.Matrix.Domains[domain]; d != nil {
 			for _, tag := range d.Tags {
 				if !slices.Contains(*tags, tag) {
@@ -381,11 +420,28 @@ func (c *Cache) addTags(tags *[]string, typ string) {
 				}
 			}
 		}
+	})
+}
+
+func (c *Cache) addLists(lists *[]tagstore.Ref, typ string) {
+	c.eachDomain(typ, func(domain string) {
+		if r := (tagstore.Ref{Domain: domain}); !slices.Contains(*lists, r) {
+			*lists = append(*lists, r)
+		}
+	})
+}
+
+// eachDomain calls f with the domain of a mapped type, or of each mapped
+// type a union or interface may hold.
+func (c *Cache) eachDomain(typ string, f func(domain string)) {
+	if domain, ok := c.opt.Types[typ]; ok {
+		f(domain)
 	}
-	add(typ)
 	if def := c.schema.Types[typ]; def != nil && (def.Kind == ast.Interface || def.Kind == ast.Union) {
 		for _, p := range c.schema.GetPossibleTypes(def) {
-			add(p.Name)
+			if domain, ok := c.opt.Types[p.Name]; ok {
+				f(domain)
+			}
 		}
 	}
 }

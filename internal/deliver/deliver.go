@@ -68,13 +68,17 @@ type Invalidation struct {
 	Keys   []string `json:"keys,omitempty"`
 	// Refs: drop what was cached under these entity references
 	// ("<domain>/<entity>") and under the type-level reference of their
-	// domains — an entity-level invalidation, of a domain with entity_refs.
-	Refs        []string `json:"refs,omitempty"`
-	WholeTag    bool     `json:"whole_tag,omitempty"`
-	Version     int64    `json:"version"`
-	Epoch       string   `json:"epoch"`
-	Event       string   `json:"event,omitempty"`
-	Traceparent string   `json:"traceparent,omitempty"`
+	// domains (a domain alone: its type level only) — of a domain with
+	// entity_refs; with Keys, both go.
+	Refs []string `json:"refs,omitempty"`
+	// Plain (with Refs): drop too every value of the tag cached without
+	// references (the event named its entity and no keys).
+	Plain       bool   `json:"plain,omitempty"`
+	WholeTag    bool   `json:"whole_tag,omitempty"`
+	Version     int64  `json:"version"`
+	Epoch       string `json:"epoch"`
+	Event       string `json:"event,omitempty"`
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // resetObject is the JSON of a reset.
@@ -87,7 +91,7 @@ func Encode(inv subscriber.Invalidation, traceparent string) ([]byte, error) {
 	if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
 		out.WholeTag = true
 	} else {
-		out.Keys, out.Refs = inv.Keys, inv.Refs
+		out.Keys, out.Refs, out.Plain = inv.Keys, inv.Refs, inv.Plain
 	}
 	if inv.Message != nil {
 		out.Event = inv.Message.Event

@@ -78,6 +78,10 @@ func TestEncode(t *testing.T) {
 			`{"tenant":"acme","tag":"active","whole_tag":true,"version":7,"epoch":"e"}`},
 		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Refs: []string{"user/1042"}, Epoch: "e", Version: 8},
 			`{"tenant":"acme","tag":"active","refs":["user/1042"],"version":8,"epoch":"e"}`},
+		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Refs: []string{"user/1042"}, Plain: true, Epoch: "e", Version: 9},
+			`{"tenant":"acme","tag":"active","refs":["user/1042"],"plain":true,"version":9,"epoch":"e"}`},
+		{subscriber.Invalidation{Tenant: "acme", Tag: "active", Keys: []string{"user:1042"}, Refs: []string{"user/1042", "product"}, Epoch: "e", Version: 10},
+			`{"tenant":"acme","tag":"active","keys":["user:1042"],"refs":["user/1042","product"],"version":10,"epoch":"e"}`},
 	} {
 		b, err := Encode(tc.inv, "")
 		if err != nil || string(b) != tc.want {

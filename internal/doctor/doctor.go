@@ -245,11 +245,14 @@ type tagSize struct {
 }
 
 // largestTags scans up to about limit keys for tag sets and returns the five
-// largest, and whether the scan covered the whole keyspace.
+// largest, and whether the scan covered the whole keyspace. A tag's size is
+// that of its tag set (plain values) and its ref-registered set
+// (names.TagRefsKey) together, as the cardinality guard counts a whole tag.
 func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bool, error) {
-	var out []tagSize
+	sizes := map[string]int64{} // by tag set key
 	var cursor uint64
 	scanned := 0
+	complete := false
 	for scanned < limit {
 		keys, next, err := c.ScanType(ctx, cursor, names.TagSetKey("*", "*"), 1000, "set").Result()
 		if err != nil {
@@ -267,17 +270,23 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bo
 				return nil, false, err
 			}
 			for i, k := range keys {
-				out = append(out, tagSize{k, cmds[i].(*redis.IntCmd).Val()})
+				sizes[strings.TrimSuffix(k, names.TagRefsSuffix)] += cmds[i].(*redis.IntCmd).Val()
 			}
-			sort.Slice(out, func(i, j int) bool { return out[i].size > out[j].size })
-			out = out[:min(len(out), 5)]
 		}
 		if next == 0 {
-			return out, true, nil
+			complete = true
+			break
 		}
 		cursor = next
 	}
-	return out, false, nil
+	out := make([]tagSize, 0, len(sizes))
+	for k, n := range sizes {
+		out = append(out, tagSize{k, n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].size > out[j].size || (out[i].size == out[j].size && out[i].key < out[j].key)
+	})
+	return out[:min(len(out), 5)], complete, nil
 }
 
 // checkIngress reports routerd's ingress: streams under the prefix that no

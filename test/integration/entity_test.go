@@ -180,8 +180,7 @@ func TestEntityLevelWholeTagFallback(t *testing.T) {
 	}
 	e.response("big", 3, []string{"users"}, many...)
 	// One at a time: events the router reads in one batch merge into one
-	// message (whole-tag, for entity-level ones), and this test needs
-	// eleven entity-level versions.
+	// message, and this test needs eleven versions.
 	for i := 1; i <= 10; i++ {
 		e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: fmt.Sprint(2000 + i)})
 		e.waitVersion("invalidate:acme:users", int64(i+1))
@@ -245,4 +244,178 @@ func TestEntityLevelSuppressesNoWholeTag(t *testing.T) {
 	e.waitGone("gql", "acme", "q1")
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042", SourceVersion: 5, WholeTag: true})
 	e.waitGone("gql", "acme", "q2")
+}
+
+// An event naming its entity and its keys (README's call) on a domain with
+// entity_refs invalidates the keys and what was cached under the entity's
+// ref — not the other values of the tag cached with plain Set.
+func TestEntityEventWithKeysDropsRefs(t *testing.T) {
+	e := newEnv(t, entityMatrix)
+	e.router(router.Options{})
+	e.subscriber("gql", subscriber.Options{})
+	e.seedQueries()
+	e.seed("gql", "acme", "user:1042", "users")
+	e.seed("gql", "acme", "user:7", "users")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042", Keys: []string{"user:1042"}})
+	e.waitApplied("users", 1)
+	for _, k := range []string{"q1", "user:1042"} {
+		if e.cached("gql", "acme", k) {
+			t.Errorf("%s survives an event for entity 1042 naming key user:1042", k)
+		}
+	}
+	for _, k := range []string{"q2", "q3", "user:7"} {
+		if !e.cached("gql", "acme", k) {
+			t.Errorf("the event for user 1042 and its key dropped %s", k)
+		}
+	}
+	if h := e.history("invalidate:acme:users"); len(h) != 1 || len(h[0].Keys) != 1 || len(h[0].Refs) != 1 || h[0].Plain {
+		t.Errorf("history %+v, want one message with the key and the ref, not dropping plain values", h)
+	}
+}
+
+// Every event of a domain with entity_refs drops the responses registered
+// at its type level (above the guard): a key-level one too.
+func TestKeyLevelEventDropsTypeLevel(t *testing.T) {
+	e := newEnv(t, entityMatrix)
+	e.router(router.Options{})
+	e.subscriber("gql", subscriber.Options{})
+	e.seedQueries()
+	var many []tagstore.Ref
+	for i := range 5 {
+		many = append(many, product(fmt.Sprint(900+i)))
+	}
+	if res := e.response("big", 3, []string{"products"}, many...); !res.TypeLevel {
+		t.Fatal("a response above the guard was registered by entity")
+	}
+	e.seed("gql", "acme", "product:1", "products")
+	e.publish(wire.Event{Tenant: "acme", Domain: "product", Keys: []string{"product:900"}})
+	e.waitApplied("products", 1)
+	if e.cached("gql", "acme", "big") {
+		t.Error("a response at product's type level survives a key-level event of product")
+	}
+	if !e.cached("gql", "acme", "q3") || !e.cached("gql", "acme", "product:1") {
+		t.Error("a key-level event dropped more than its keys and the type level")
+	}
+}
+
+// With entity_refs on, an entity-level event still drops the values of the
+// domain's tags cached with plain Set (which no ref names), as the whole-tag
+// event it was before the switch did — and nothing registered under the
+// refs of other entities.
+func TestEntityLevelDropsPlainValues(t *testing.T) {
+	e := newEnv(t, `
+version: 1
+tags:
+  active: {services: [gql]}
+domains:
+  user: {tags: [active], entity_refs: true}
+services:
+  gql: {tenants: all}
+`)
+	e.router(router.Options{})
+	e.subscriber("gql", subscriber.Options{})
+	e.seed("gql", "acme", "user:1042", "active")
+	e.seed("gql", "acme", "user:7", "active")
+	e.response("q1", 0, []string{"active"}, user("1042"))
+	e.response("q2", 0, []string{"active"}, user("7"))
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
+	e.waitApplied("active", 1)
+	for _, k := range []string{"user:1042", "user:7", "q1"} {
+		if e.cached("gql", "acme", k) {
+			t.Errorf("%s survives the entity-level event for user 1042", k)
+		}
+	}
+	if !e.cached("gql", "acme", "q2") {
+		t.Error("the entity-level event for user 1042 dropped the response about user 7")
+	}
+	// A whole-tag event still reaches both kinds.
+	e.seed("gql", "acme", "user:7", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true})
+	e.waitGone("gql", "acme", "q2")
+	e.waitGone("gql", "acme", "user:7")
+}
+
+// Two entity-level events of one channel in one PublishBatch (one packed
+// entry, read in one batch: the router starts after it) merge into one
+// message naming both refs: only those two entities' responses go.
+func TestBatchedEntityEventsStayEntityLevel(t *testing.T) {
+	e := newEnv(t, entityMatrix)
+	e.subscriber("gql", subscriber.Options{})
+	e.seedQueries()
+	e.response("q4", 0, []string{"users"}, user("5"))
+	if _, err := e.pub.PublishBatch(context.Background(), []wire.Event{
+		{Tenant: "acme", Domain: "user", Entity: "1042"},
+		{Tenant: "acme", Domain: "user", Entity: "5"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.router(router.Options{})
+	e.waitGone("gql", "acme", "q1")
+	e.waitGone("gql", "acme", "q4")
+	e.waitApplied("users", 1)
+	if !e.cached("gql", "acme", "q2") {
+		t.Error("two entity-level events batched together dropped user 7's response")
+	}
+	if h := e.history("invalidate:acme:users"); len(h) != 1 || len(h[0].Refs) != 2 || !h[0].Plain {
+		t.Errorf("history %+v, want one message naming both refs", h)
+	}
+}
+
+// Under the storm limits entity-level events merge by union of their refs:
+// the merged message stays entity-level.
+func TestCoalescedEntityLevelStaysEntityLevel(t *testing.T) {
+	e := newEnv(t, `
+version: 1
+defaults: {rate: 1, burst: 1, coalesce: 20ms}
+tags:
+  users: {services: [gql]}
+domains:
+  user: {tags: [users], entity_refs: true}
+services:
+  gql: {tenants: all}
+`)
+	e.router(router.Options{})
+	e.subscriber("gql", subscriber.Options{})
+	e.response("q1", 0, []string{"users"}, user("1042"))
+	e.response("q2", 0, []string{"users"}, user("7"))
+	e.response("q4", 0, []string{"users"}, user("5"))
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1"}) // takes the only token
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
+	e.waitGone("gql", "acme", "q1")
+	e.waitGone("gql", "acme", "q4")
+	e.waitApplied("users", 2)
+	if !e.cached("gql", "acme", "q2") {
+		t.Error("coalesced entity-level events dropped user 7's response")
+	}
+	h := e.history("invalidate:acme:users")
+	if len(h) != 2 || len(h[1].Refs) != 2 || len(h[1].Keys) != 1 || !h[1].Plain {
+		t.Errorf("history %+v, want the second message to unite both refs and the key", h)
+	}
+}
+
+// The subscriber's local limit merges a channel's messages by union too:
+// entity-level messages stay entity-level.
+func TestSubscriberLimitMergesEntityLevel(t *testing.T) {
+	e := newEnv(t, entityMatrix)
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	// One token, then one every 5 s: the messages after the first wait and merge.
+	e.subscriber("gql", subscriber.Options{Registerer: reg, ApplyRate: 0.2, ApplyBurst: 1, Coalesce: 10 * time.Millisecond, MaxKeys: 100})
+	e.seedQueries()
+	e.response("q4", 0, []string{"users"}, user("5"))
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1"})
+	e.waitApplied("users", 1)
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
+	e.waitVersion("invalidate:acme:users", 2)
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
+	e.waitGone("gql", "acme", "q1")
+	e.waitGone("gql", "acme", "q4")
+	e.waitApplied("users", 3)
+	if got := metric(t, reg, "subscriber_messages_coalesced_total"); got < 1 {
+		t.Fatalf("coalesced = %v: the local limit merged nothing", got)
+	}
+	if !e.cached("gql", "acme", "q2") {
+		t.Error("entity-level messages merged under the local limit dropped user 7's response")
+	}
 }

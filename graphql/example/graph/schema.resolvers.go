@@ -37,6 +37,26 @@ func (r *mutationResolver) AddProduct(ctx context.Context, name string, category
 	return p, r.changed(ctx, "product", "") // a creation: no entity, so the lists go through their tag
 }
 
+// MoveProduct is the resolver for the moveProduct field.
+func (r *mutationResolver) MoveProduct(ctx context.Context, id string, category string) (*model.Product, error) {
+	r.mu.Lock()
+	var moved *model.Product
+	for _, p := range r.products {
+		if p.ID == id {
+			p.Category = category
+			moved = &model.Product{ID: p.ID, Name: p.Name, Category: p.Category}
+		}
+	}
+	r.mu.Unlock()
+	if moved == nil {
+		return nil, nil
+	}
+	// An update of one product: its entity-level event drops the responses
+	// holding it, and every response with a list of products (registered
+	// at product's type level), as the list it joins never held it.
+	return moved, r.changed(ctx, "product", id)
+}
+
 // User is the resolver for the user field.
 func (r *queryResolver) User(ctx context.Context, id string) (*model.User, error) {
 	r.mu.Lock()

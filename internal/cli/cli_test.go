@@ -174,6 +174,30 @@ func daemonEnv(t *testing.T, reload chan struct{}, getenv func(string) string, a
 	return &out, &errb
 }
 
+// anyPort makes a daemon listen on a port the kernel picks as it binds;
+// listening reads the port back from its log. A port found free beforehand
+// (redistest.FreeAddr) can be taken by any other process before the daemon
+// binds it: "bind: address already in use" under a loaded `go test ./...`.
+const anyPort = "127.0.0.1:0"
+
+// listeningRE matches the line web.Serve logs once it holds its listener,
+// in the text and in the JSON log format.
+var listeningRE = regexp.MustCompile(`"?msg"?[=:]"Listening on".*?"?address"?[=:]"?([0-9.]+:[0-9]+)`)
+
+// listening waits for a daemon started with --listen anyPort to log the
+// address it listens on and returns it.
+func listening(t *testing.T, log *syncBuffer) string {
+	t.Helper()
+	var addr string
+	redistest.Eventually(t, 20*time.Second, "the daemon to log its listening address", func() bool {
+		if m := listeningRE.FindStringSubmatch(log.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	return addr
+}
+
 // The daemons end to end: serve and agent from the command line, an event
 // from `routerd publish`, keys gone from the cache, `routerd tail` printing
 // the message; then a bad matrix on SIGHUP is refused and a good one via
@@ -189,13 +213,13 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	if err := os.WriteFile(path, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
 	reload := make(chan struct{}, 1)
-	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr, "--enable-lifecycle")
+	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", anyPort, "--enable-lifecycle")
 	agentReload := make(chan struct{}, 1)
 	// --matrix-poll 1h: the agent sees the file change through fsnotify.
-	daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
-		"--listen", agentAddr, "--check-interval", "1h", "--matrix-poll", "1h")
+	agentLog := daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
+		"--listen", anyPort, "--check-interval", "1h", "--matrix-poll", "1h")
+	serveAddr, agentAddr := listening(t, serveLog), listening(t, agentLog)
 	for _, addr := range []string{serveAddr, agentAddr} {
 		redistest.Eventually(t, 10*time.Second, addr+" ready", func() bool {
 			code, _ := get(t, "http://"+addr+"/readyz")
@@ -390,10 +414,10 @@ func TestOneTraceAcrossServices(t *testing.T) {
 		}
 		return ""
 	}
-	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
-	agentAddr := redistest.FreeAddr(t)
-	agentOut, _ := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
-		"--service", "search-svc", "--listen", agentAddr)
+	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	agentOut, agentLog := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
+		"--service", "search-svc", "--listen", anyPort)
+	agentAddr := listening(t, agentLog)
 	redistest.Eventually(t, 10*time.Second, "agent ready", func() bool {
 		code, _ := get(t, "http://"+agentAddr+"/readyz")
 		return code == 200

@@ -174,28 +174,15 @@ func daemonEnv(t *testing.T, reload chan struct{}, getenv func(string) string, a
 	return &out, &errb
 }
 
-// anyPort makes a daemon listen on a port the kernel picks as it binds;
-// listening reads the port back from its log. A port found free beforehand
-// (redistest.FreeAddr) can be taken by any other process before the daemon
-// binds it: "bind: address already in use" under a loaded `go test ./...`.
-const anyPort = "127.0.0.1:0"
-
-// listeningRE matches the line web.Serve logs once it holds its listener,
-// in the text and in the JSON log format.
-var listeningRE = regexp.MustCompile(`"?msg"?[=:]"Listening on".*?"?address"?[=:]"?([0-9.]+:[0-9]+)`)
+// anyPort makes a daemon listen on a port picked as it binds; listening
+// reads it back from the daemon's log (testbin.AnyPort says why).
+const anyPort = testbin.AnyPort
 
 // listening waits for a daemon started with --listen anyPort to log the
 // address it listens on and returns it.
 func listening(t *testing.T, log *syncBuffer) string {
 	t.Helper()
-	var addr string
-	redistest.Eventually(t, 20*time.Second, "the daemon to log its listening address", func() bool {
-		if m := listeningRE.FindStringSubmatch(log.String()); m != nil {
-			addr = m[1]
-		}
-		return addr != ""
-	})
-	return addr
+	return testbin.ListenAddr(t, log.String)
 }
 
 // The daemons end to end: serve and agent from the command line, an event

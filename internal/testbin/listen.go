@@ -20,6 +20,15 @@ const AnyPort = "127.0.0.1:0"
 // listener, in the text and in the JSON log format.
 var listeningRE = regexp.MustCompile(`"?msg"?[=:]"Listening on".*?"?address"?[=:]"?([0-9.]+:[0-9]+)`)
 
+// ListenAddrIn returns the address named by the first "Listening on" line
+// in log, or "" when there is none yet.
+func ListenAddrIn(log string) string {
+	if m := listeningRE.FindStringSubmatch(log); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
 // ListenAddr waits until the log of a daemon started with --listen AnyPort
 // (read by log, which must be safe to call while the daemon writes) names
 // the address it listens on, and returns it.
@@ -27,9 +36,7 @@ func ListenAddr(tb testing.TB, log func() string) string {
 	tb.Helper()
 	var addr string
 	redistest.Eventually(tb, 20*time.Second, "the daemon to log the address it listens on", func() bool {
-		if m := listeningRE.FindStringSubmatch(log()); m != nil {
-			addr = m[1]
-		}
+		addr = ListenAddrIn(log())
 		return addr != ""
 	})
 	return addr

@@ -174,6 +174,17 @@ func daemonEnv(t *testing.T, reload chan struct{}, getenv func(string) string, a
 	return &out, &errb
 }
 
+// anyPort makes a daemon listen on a port picked as it binds; listening
+// reads it back from the daemon's log (testbin.AnyPort says why).
+const anyPort = testbin.AnyPort
+
+// listening waits for a daemon started with --listen anyPort to log the
+// address it listens on and returns it.
+func listening(t *testing.T, log *syncBuffer) string {
+	t.Helper()
+	return testbin.ListenAddr(t, log.String)
+}
+
 // The daemons end to end: serve and agent from the command line, an event
 // from `routerd publish`, keys gone from the cache, `routerd tail` printing
 // the message; then a bad matrix on SIGHUP is refused and a good one via
@@ -189,13 +200,13 @@ func TestServeAgentPublishTailReload(t *testing.T) {
 	if err := os.WriteFile(path, orig, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
 	reload := make(chan struct{}, 1)
-	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", serveAddr, "--enable-lifecycle")
+	serveLog := daemon(t, reload, "serve", "--matrix", path, "--redis", bus.URL, "--listen", anyPort, "--enable-lifecycle")
 	agentReload := make(chan struct{}, 1)
 	// --matrix-poll 1h: the agent sees the file change through fsnotify.
-	daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
-		"--listen", agentAddr, "--check-interval", "1h", "--matrix-poll", "1h")
+	agentLog := daemon(t, agentReload, "agent", "--matrix", path, "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc",
+		"--listen", anyPort, "--check-interval", "1h", "--matrix-poll", "1h")
+	serveAddr, agentAddr := listening(t, serveLog), listening(t, agentLog)
 	for _, addr := range []string{serveAddr, agentAddr} {
 		redistest.Eventually(t, 10*time.Second, addr+" ready", func() bool {
 			code, _ := get(t, "http://"+addr+"/readyz")
@@ -428,10 +439,10 @@ func TestOneTraceAcrossServices(t *testing.T) {
 		}
 		return ""
 	}
-	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
-	agentAddr := redistest.FreeAddr(t)
-	agentOut, _ := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
-		"--service", "search-svc", "--listen", agentAddr)
+	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	agentOut, agentLog := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
+		"--service", "search-svc", "--listen", anyPort)
+	agentAddr := listening(t, agentLog)
 	redistest.Eventually(t, 10*time.Second, "agent ready", func() bool {
 		code, _ := get(t, "http://"+agentAddr+"/readyz")
 		return code == 200

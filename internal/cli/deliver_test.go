@@ -84,14 +84,15 @@ type agentRun struct {
 
 func startAgent(t *testing.T, args ...string) *agentRun {
 	t.Helper()
-	a := &agentRun{done: make(chan int, 1), out: &syncBuffer{}, errb: &syncBuffer{}, addr: redistest.FreeAddr(t)}
+	a := &agentRun{done: make(chan int, 1), out: &syncBuffer{}, errb: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	args = append([]string{"agent", "--listen", a.addr, "--matrix", "../../matrix.yaml", "--service", "search-svc"}, args...)
+	args = append([]string{"agent", "--listen", anyPort, "--matrix", "../../matrix.yaml", "--service", "search-svc"}, args...)
 	go func() {
 		a.done <- Main(ctx, args, Env{Stdout: a.out, Stderr: a.errb, Getenv: func(string) string { return "" }})
 	}()
 	t.Cleanup(func() { a.stop(t) })
+	a.addr = listening(t, a.errb)
 	return a
 }
 
@@ -186,7 +187,7 @@ func hasKeys(r *receiver, ch string, n int) func() bool {
 // though the process answers 500 three times in the middle.
 func TestDeliverHTTPInOrderThroughFailures(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{fail: map[int]bool{4: true, 5: true, 6: true}} // after the reset and two invalidations
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -236,7 +237,7 @@ func TestDeliverHTTPInOrderThroughFailures(t *testing.T) {
 // reset first: it cannot know what the process missed while it was down.
 func TestDeliverRestartWithoutPositionsResetsFirst(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -264,7 +265,7 @@ func TestDeliverRestartWithoutPositionsResetsFirst(t *testing.T) {
 // reset first.
 func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	bus, cache := redistest.Start(t), redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -341,7 +342,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 // nothing else there.
 func TestDeliverJSONLines(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	a := startAgent(t, "--redis", bus.URL, "--deliver", "-", "--summary-interval", "100ms")
 	a.waitReady(t)
 	publishKeys(t, bus.URL, "product", "product:1", "product:2")
@@ -386,13 +387,12 @@ func TestAgentFlags(t *testing.T) {
 func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 	bin := testbin.Routerd(t)
 	bus, cache := redistest.Start(t), redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
 	for _, withCache := range []bool{true, false} {
 		srv := httptest.NewServer(rcv)
 		start := func() (*exec.Cmd, *syncBuffer) {
-			addr := redistest.FreeAddr(t)
-			args := []string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", addr,
+			args := []string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", anyPort,
 				"--redis", bus.URL, "--deliver", srv.URL}
 			if withCache {
 				args = append(args, "--cache-redis", cache.URL)
@@ -404,6 +404,7 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			addr := listening(t, &logs)
 			redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
 				code, _ := get(t, "http://"+addr+"/readyz")
 				return code == 200
@@ -449,7 +450,7 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 func TestDeliverMarkRefused(t *testing.T) {
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	must(t, cache.Client(t).LPush(context.Background(), names.DeliveryKey("search-svc"), "x").Err())
-	code, _, errs := runCLI(t, "agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", redistest.FreeAddr(t),
+	code, _, errs := runCLI(t, "agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", anyPort,
 		"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "http://127.0.0.1:1/")
 	if code != 1 || !strings.Contains(errs, "taking the delivery mark routerd:delivery:search-svc from the cache Redis: WRONGTYPE") {
 		t.Errorf("exit %d:\n%s", code, errs)

@@ -125,8 +125,7 @@ func TestPasswordsStayOutOfLogsMetricsAndTraces(t *testing.T) {
 		}
 		return ""
 	}
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
-	serveOut, serveErr := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", busURL, "--listen", serveAddr, "--log-level", "debug")
+	serveOut, serveErr := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", busURL, "--listen", anyPort, "--log-level", "debug")
 	// A deliver target that refuses its first request: the error is logged.
 	var calls atomic.Int64
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -138,12 +137,13 @@ func TestPasswordsStayOutOfLogsMetricsAndTraces(t *testing.T) {
 	agentOut, agentErr := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", busURL,
 		"--cache-redis", "redis://"+cache.Addr, "--cache-redis-password-file", pwFile,
 		"--deliver", strings.Replace(hook.URL, "http://", "http://u:"+hookPW+"@", 1)+"/hook",
-		"--service", "search-svc", "--listen", agentAddr, "--log-level", "debug")
+		"--service", "search-svc", "--listen", anyPort, "--log-level", "debug")
 	defer func() {
 		if t.Failed() {
 			t.Logf("serve:\n%s\nagent:\n%s", serveErr.String(), agentErr.String())
 		}
 	}()
+	serveAddr, agentAddr := listening(t, serveErr), listening(t, agentErr)
 	waitReady(t, serveAddr)
 	waitReady(t, agentAddr)
 	cacheClient := redis.NewClient(&redis.Options{Addr: cache.Addr, Password: cachePW})

@@ -45,11 +45,11 @@ func TestTLSWholePathStandalone(t *testing.T) {
 	bus, cache := redistest.StartTLS(t, pki), redistest.StartTLS(t, pki)
 	cert, key := pki.Issue(t, "routerd")
 	tlsArgs := []string{"--tls-ca", pki.CAFile, "--tls-cert", cert, "--tls-key", key}
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
-	daemon(t, nil, append([]string{"serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", serveAddr}, tlsArgs...)...)
+	serveLog := daemon(t, nil, append([]string{"serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort}, tlsArgs...)...)
 	env := map[string]string{"ROUTERD_TLS_CA": pki.CAFile, "ROUTERD_TLS_CERT": cert, "ROUTERD_TLS_KEY": key}
-	daemonEnv(t, nil, func(k string) string { return env[k] }, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL,
-		"--cache-redis", cache.URL, "--service", "search-svc", "--listen", agentAddr, "--check-interval", "1h")
+	_, agentLog := daemonEnv(t, nil, func(k string) string { return env[k] }, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL,
+		"--cache-redis", cache.URL, "--service", "search-svc", "--listen", anyPort, "--check-interval", "1h")
+	serveAddr, agentAddr := listening(t, serveLog), listening(t, agentLog)
 	waitReady(t, serveAddr)
 	waitReady(t, agentAddr)
 	store, err := tagstore.New(cache.Client(t), tagstore.Options{})
@@ -93,11 +93,11 @@ func TestTLSWholePathCluster(t *testing.T) {
 	cert, key := pki.Issue(t, "routerd")
 	cacheCert, cacheKey := cachePKI.Issue(t, "agent")
 	tlsArgs := []string{"--cluster", "--tls-ca", pki.CAFile, "--tls-cert", cert, "--tls-key", key}
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
-	daemon(t, nil, append([]string{"serve", "--matrix", "../../matrix.yaml", "--redis", cl.URL(), "--listen", serveAddr}, tlsArgs...)...)
-	daemon(t, nil, append([]string{"agent", "--matrix", "../../matrix.yaml", "--redis", cl.URL(), "--service", "search-svc",
-		"--listen", agentAddr, "--check-interval", "1h",
+	serveLog := daemon(t, nil, append([]string{"serve", "--matrix", "../../matrix.yaml", "--redis", cl.URL(), "--listen", anyPort}, tlsArgs...)...)
+	agentLog := daemon(t, nil, append([]string{"agent", "--matrix", "../../matrix.yaml", "--redis", cl.URL(), "--service", "search-svc",
+		"--listen", anyPort, "--check-interval", "1h",
 		"--cache-redis", cache.URL, "--cache-tls-ca", cachePKI.CAFile, "--cache-tls-cert", cacheCert, "--cache-tls-key", cacheKey}, tlsArgs...)...)
+	serveAddr, agentAddr := listening(t, serveLog), listening(t, agentLog)
 	waitReady(t, serveAddr)
 	waitReady(t, agentAddr)
 	store, err := tagstore.New(cache.Client(t), tagstore.Options{})

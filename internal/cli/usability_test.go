@@ -222,7 +222,7 @@ func TestPlurals(t *testing.T) {
 // service (a pattern for a service of every tenant).
 func TestTailSeveralChannels(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", redistest.FreeAddr(t))
+	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	tailOf := func(args ...string) (*syncBuffer, *syncBuffer) {
 		out, errb := daemonEnv(t, nil, func(string) string { return "" }, append([]string{"tail", "--redis", bus.URL}, args...)...)
 		redistest.Eventually(t, 10*time.Second, "tail subscribed", func() bool { return strings.Contains(errb.String(), "tailing ") })

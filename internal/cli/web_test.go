@@ -31,9 +31,9 @@ func post(t *testing.T, url string) (int, string) {
 // names the flag.
 func TestReloadNeedsEnableLifecycle(t *testing.T) {
 	bus := redistest.Start(t)
-	closed, open := redistest.FreeAddr(t), redistest.FreeAddr(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", closed)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", open, "--enable-lifecycle", "--consumer", "second")
+	closedLog := daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	openLog := daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort, "--enable-lifecycle", "--consumer", "second")
+	closed, open := listening(t, closedLog), listening(t, openLog)
 	waitReady(t, closed)
 	waitReady(t, open)
 	if code, body := post(t, "http://"+closed+"/-/reload"); code != http.StatusForbidden || !strings.Contains(body, "--enable-lifecycle") {
@@ -58,12 +58,12 @@ func TestWebConfigFile(t *testing.T) {
 	webConfig := filepath.Join(dir, "web.yml")
 	must(t, os.WriteFile(webConfig, []byte("tls_server_config:\n  cert_file: "+cert+"\n  key_file: "+key+
 		"\nbasic_auth_users:\n  prometheus: "+string(hash)+"\n"), 0o600))
-	serveAddr, agentAddr := redistest.FreeAddr(t), redistest.FreeAddr(t)
-	serveLog := daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", serveAddr,
+	serveLog := daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort,
 		"--web-config-file", webConfig, "--enable-lifecycle")
 	agentEnv := map[string]string{"ROUTERD_AGENT_WEB_CONFIG_FILE": webConfig}
 	_, agentLog := daemonEnv(t, nil, func(k string) string { return agentEnv[k] }, "agent", "--matrix", "../../matrix.yaml",
-		"--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc", "--listen", agentAddr)
+		"--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc", "--listen", anyPort)
+	serveAddr, agentAddr := listening(t, serveLog), listening(t, agentLog)
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}}, Timeout: 10 * time.Second}
 	t.Cleanup(client.CloseIdleConnections)

@@ -104,7 +104,7 @@ func (s *Server) start() error {
 	s.cmd = cmd
 	s.done = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(s.done) }()
-	if err := waitReady(s.Addr, s.TLS, s.done, 10*time.Second); err != nil {
+	if err := waitReady(s.Addr, s.TLS, cmd.Process.Pid, s.done, 10*time.Second); err != nil {
 		s.Stop()
 		log, _ := os.ReadFile(filepath.Join(s.Dir, "redis-"+port+".log"))
 		return fmt.Errorf("%v\n%s", err, log)
@@ -242,16 +242,24 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 	return c
 }
 
-func waitReady(addr string, tc *tls.Config, exited <-chan struct{}, timeout time.Duration) error {
+// waitReady waits until the server started as process pid answers on addr.
+// The answer must come from that process: the port was free when picked,
+// but another test's server may have bound it since, and then ours exits
+// with "Address already in use" while the other answers PING.
+func waitReady(addr string, tc *tls.Config, pid int, exited <-chan struct{}, timeout time.Duration) error {
 	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
+	want := "process_id:" + strconv.Itoa(pid) + "\r\n"
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		err := c.Ping(ctx).Err()
+		info, err := c.Info(ctx, "server").Result()
 		cancel()
 		if err == nil {
-			return nil
+			if strings.Contains(info, want) {
+				return nil
+			}
+			err = fmt.Errorf("another process answers on %s", addr)
 		}
 		select {
 		case <-exited:

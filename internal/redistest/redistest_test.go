@@ -54,3 +54,20 @@ func processesNaming(addr string) []string {
 	}
 	return found
 }
+
+// A server whose port another server took between the pick and the bind is
+// not ready: the other one answering PING on that port is not it. Before,
+// the start "succeeded" and the test went on against the other test's
+// server while its own had exited with "Address already in use".
+func TestStartOnATakenPortFails(t *testing.T) {
+	other := Start(t)
+	s := &Server{Addr: other.Addr, Dir: t.TempDir()}
+	err := s.start()
+	s.Stop()
+	if err == nil {
+		t.Fatalf("a server started on %s, the port of another server", other.Addr)
+	}
+	if !strings.Contains(err.Error(), "exited") {
+		t.Errorf("start on a taken port: %v, want it to say the server exited", err)
+	}
+}

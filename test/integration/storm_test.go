@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,11 +148,12 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 	e.subscriber("search-svc", subscriber.Options{}) // applies live, key by key: no whole-tag shortcut
 	path := filepath.Join(t.TempDir(), "matrix.yaml")
 	must(t, os.WriteFile(path, []byte(yaml), 0o644))
-	addr := redistest.FreeAddr(t)
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", addr, "--consumer", "doomed")
-	cmd.Stderr = io.Discard
+	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
+	var log lockedBuffer
+	cmd.Stderr = &log
 	must(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := testbin.ListenAddr(t, log.String)
 	scrape := func() string {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
@@ -220,4 +222,22 @@ func TestSubscriberLimitsItsApplies(t *testing.T) {
 	if pos.Version != v {
 		t.Errorf("position %v after the merged invalidations, want version %d", pos, v)
 	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

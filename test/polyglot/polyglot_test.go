@@ -125,8 +125,8 @@ func startSystem(t *testing.T) *system {
 			t.Logf("routerd and agent output:\n%s", e.logs.String())
 		}
 	})
-	addr := redistest.FreeAddr(t)
-	exited := e.daemon(t, "serve", "serve", "--matrix", e.matrix, "--redis", e.bus.URL, "--listen", addr)
+	exited := e.daemon(t, "serve", "serve", "--matrix", e.matrix, "--redis", e.bus.URL, "--listen", testbin.AnyPort)
+	addr := testbin.ListenAddr(t, func() string { return e.logs.of("serve") })
 	waitReady(t, "routerd serve", addr, exited)
 	return e
 }
@@ -135,12 +135,14 @@ func startSystem(t *testing.T) *system {
 // with its receiver on that port, and checks that it reports success.
 func (e *system) runExample(t *testing.T, name, interpreter, script, success string) {
 	t.Helper()
+	// The example listens on recv itself, so that port is picked free
+	// beforehand; the agent's is picked as it binds.
 	recv := redistest.FreeAddr(t)
-	agentAddr := redistest.FreeAddr(t)
 	// The agent is ready only once its first delivery, a reset, is made:
 	// the example starts its receiver, then waits for the agent's /readyz.
 	exited := e.daemon(t, "agent", "agent", "--redis", e.bus.URL, "--cache-redis", e.cache.URL, "--service", "app",
-		"--matrix", e.matrix, "--listen", agentAddr, "--check-interval", "1s", "--deliver", "http://"+recv+"/")
+		"--matrix", e.matrix, "--listen", testbin.AnyPort, "--check-interval", "1s", "--deliver", "http://"+recv+"/")
+	agentAddr := testbin.ListenAddr(t, func() string { return e.logs.of("agent") })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -223,6 +225,17 @@ func (l *logs) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// of returns the lines of one daemon, without their prefix.
+func (l *logs) of(name string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(l.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+": "); ok {
+			b.WriteString(rest)
+		}
+	}
+	return b.String()
 }
 
 type prefixWriter struct {

@@ -3,12 +3,15 @@ package soak
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/routerd/routerd/internal/testbin"
 )
 
 // proc is one routerd process (serve or agent) that can be killed with
@@ -17,7 +20,6 @@ import (
 type proc struct {
 	name string
 	bin  string
-	addr string // --listen
 	log  string
 	args func(p *proc) []string
 
@@ -25,6 +27,12 @@ type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	gen  int // a router's consumer name changes with it
+	// Each run listens on testbin.AnyPort, a port picked as it binds: a
+	// port kept across a kill could be taken by another process while
+	// the proc is down. addr is read from the run's log, which starts at
+	// offset logFrom of the file.
+	addr    string
+	logFrom int64
 }
 
 var httpClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -38,6 +46,12 @@ func (p *proc) start() error {
 	}
 	args := p.args(p)
 	fmt.Fprintf(f, "---- %s: routerd %v\n", time.Now().Format(time.RFC3339Nano), args)
+	from, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	p.addr, p.logFrom = "", from
 	cmd := exec.Command(p.bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -77,8 +91,33 @@ func (p *proc) running() bool {
 	}
 }
 
+// listenAddr returns the address the current run listens on, once its log
+// names it, or "".
+func (p *proc) listenAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.addr != "" {
+		return p.addr
+	}
+	f, err := os.Open(p.log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, p.logFrom, 1<<30))
+	if err != nil {
+		return ""
+	}
+	p.addr = testbin.ListenAddrIn(string(b))
+	return p.addr
+}
+
 func (p *proc) ready() bool {
-	resp, err := httpClient.Get("http://" + p.addr + "/readyz")
+	addr := p.listenAddr()
+	if addr == "" {
+		return false
+	}
+	resp, err := httpClient.Get("http://" + addr + "/readyz")
 	if err != nil {
 		return false
 	}

@@ -305,19 +305,19 @@ func (s *soak) startProcesses() {
 		t.Fatal(err)
 	}
 	for i := 1; i <= 2; i++ {
-		p := &proc{name: fmt.Sprintf("router%d", i), bin: s.sc.bin, addr: redistest.FreeAddr(t), log: filepath.Join(s.dir, fmt.Sprintf("router%d.log", i))}
+		p := &proc{name: fmt.Sprintf("router%d", i), bin: s.sc.bin, log: filepath.Join(s.dir, fmt.Sprintf("router%d.log", i))}
 		p.args = func(p *proc) []string {
-			return []string{"serve", "--matrix", s.matrixOut, "--redis", s.busURL, "--listen", p.addr, "--consumer", fmt.Sprintf("%s-%d", p.name, p.gen),
+			return []string{"serve", "--matrix", s.matrixOut, "--redis", s.busURL, "--listen", testbin.AnyPort, "--consumer", fmt.Sprintf("%s-%d", p.name, p.gen),
 				"--claim-idle", flagClaimIdle.String()}
 		}
 		s.routers = append(s.routers, p)
 	}
 	for i, svc := range []string{"profile-svc", "profile-svc", "search-svc", "billing-svc"} {
 		c := s.caches[svc]
-		p := &proc{name: fmt.Sprintf("agent%d-%s", i+1, svc), bin: s.sc.bin, addr: redistest.FreeAddr(t), log: filepath.Join(s.dir, fmt.Sprintf("agent%d-%s.log", i+1, svc))}
+		p := &proc{name: fmt.Sprintf("agent%d-%s", i+1, svc), bin: s.sc.bin, log: filepath.Join(s.dir, fmt.Sprintf("agent%d-%s.log", i+1, svc))}
 		p.args = func(p *proc) []string {
 			return []string{"agent", "--redis", s.busURL, "--cache-redis", c.srv.URL, "--service", svc, "--matrix", s.matrixOut,
-				"--listen", p.addr, "--check-interval", s.sc.check.String()}
+				"--listen", testbin.AnyPort, "--check-interval", s.sc.check.String()}
 		}
 		s.agents = append(s.agents, p)
 	}

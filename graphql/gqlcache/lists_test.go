@@ -48,7 +48,7 @@ func TestListsAtTypeLevel(t *testing.T) {
 		`{ products(category: "x") { ...F } } fragment F on Product { name }`:                                                            {"product"},
 		`{ productsConnection { ...C } } fragment C on ProductConnection { edges { ...E } } fragment E on ProductEdge { node { name } }`: {"product"},
 	} {
-		doc, errs := gqlparser.LoadQuery(schema, query)
+		doc, errs := gqlparser.LoadQueryWithRules(schema, query, nil) // nil: the default rules
 		if errs != nil {
 			t.Fatalf("%s: %v", query, errs)
 		}

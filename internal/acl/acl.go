@@ -152,8 +152,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"set", "exists", "scan",
 			"xgroup|create", "xgroup|delconsumer", "xreadgroup", "xack", "xautoclaim", "xclaim",
 			"xinfo|groups", "xinfo|consumers", "xpending", "xtrim",
-			// Dead letters, the tenant registry.
-			"xadd", "sadd",
+			// Dead letters, the tenant registry (SREM: an announcement
+			// that failed takes its entry back).
+			"xadd", "sadd", "srem",
 			// The publish, source_version and budget scripts, and what
 			// they run (TIME: the clock of the shared token buckets).
 			"evalsha", "script|load", "time",
@@ -274,6 +275,10 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		// Positions and the position index; the tag store's reads and
 		// writes, and what its scripts run.
 		"get", "set", "sadd", "smembers", "srem", "scard", "spop", "unlink",
+		// A position of another type deleted; a batch's order marks
+		// (SISMEMBER, PEXPIRE); the expiry of reference sets (PTTL,
+		// PEXPIRE, PERSIST).
+		"del", "sismember", "pexpire", "pttl", "persist",
 		// The delivery mark of an agent with --deliver.
 		"getdel",
 		// routerd compact.

@@ -11,7 +11,7 @@
 -- ARGV[1]   value
 -- ARGV[2]   time to live in milliseconds, 0 for none
 -- ARGV[3]   optional (absent: 0): how many of the last KEYS are sets that
---           expire with their values (the ref-registered and reference
+--           expire with their values (the reference sets; never a tag's
 --           sets): such a set lives at least as long as every value
 --           registered in it through this script (it takes the longest time
 --           to live of them, or none when one has none), so it never

@@ -170,7 +170,8 @@ func TestTypeLevelRef(t *testing.T) {
 }
 
 // A reference set lives as long as the longest-lived value registered in
-// it, and for ever once one has no time to live; tag sets do not expire.
+// it, and for ever once one has no time to live; tag sets (plain and
+// #refs) do not expire.
 func TestRefSetsExpireWithTheirValues(t *testing.T) {
 	ctx := context.Background()
 	s, c := newStore(t, tagstore.Options{})
@@ -186,6 +187,12 @@ func TestRefSetsExpireWithTheirValues(t *testing.T) {
 	setRefs("a", time.Minute)
 	if d := pttl(); d <= 50*time.Second || d > time.Minute {
 		t.Errorf("after a value of 1m the set expires in %v", d)
+	}
+	// The tag's ref-registered set never expires, as the plain tag set:
+	// under a volatile-* policy Redis could evict a set with a time to live
+	// and leave its values out of reach of a whole-tag invalidation.
+	if d := c.PTTL(ctx, "{tenant:acme}:tag:users#refs").Val(); d != -1 {
+		t.Errorf("the tag's ref-registered set expires in %v", d)
 	}
 	setRefs("b", 30*time.Second)
 	if d := pttl(); d <= 50*time.Second {

@@ -361,14 +361,14 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if res.TypeLevel && s.opt.Guarded != nil {
 		s.opt.Guarded(len(distinct))
 	}
-	// The reference sets and the tags' ref-registered sets expire with
-	// their values (set.lua), so the sets of entities that never change do
-	// not keep the names of expired values for ever, nor a tag the names
-	// an entity-level invalidation of another tag deleted.
+	// The reference sets expire with their values (set.lua), so the sets
+	// of entities that never change do not keep the names of expired
+	// values for ever. The tags' ref-registered sets do not, like the plain
+	// tag sets: a whole-tag invalidation is the last resort of recovery,
+	// and under a volatile-* eviction policy a set with a time to live may
+	// be evicted while its values stay (routerd compact drops the names of
+	// expired values from both).
 	expiring := len(seen)
-	if len(refs) > 0 {
-		expiring += len(tags)
-	}
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return res, err
 	}

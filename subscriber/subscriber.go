@@ -582,8 +582,13 @@ func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *positi
 	return nil
 }
 
+// messageInvalidation is what a message asks. Refs without keys are
+// entity-level, which drops the tag's plain values too, whether the message
+// says "plain" or not: a router older than the field sent such messages
+// without it, and the history may still hold them.
 func messageInvalidation(msg *wire.Message) Invalidation {
-	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: msg.Plain, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+	plain := msg.Plain || (len(msg.Refs) > 0 && len(msg.Keys) == 0)
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: plain, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
 }
 
 func (s *Subscriber) observeLag(msg *wire.Message) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/wire"
 )
 
 const testMatrix = `
@@ -83,5 +84,27 @@ func TestRunOnceAndStopsClean(t *testing.T) {
 	}
 	if s.Ready() {
 		t.Error("still ready after Run returned")
+	}
+}
+
+// A message with refs and no keys is entity-level and drops the tag's plain
+// values too, whether it says "plain" or not: a router older than the field
+// sent it without, and taken literally it dropped the values cached by
+// reference only (plain values stayed; a receiver with no reference index
+// dropped nothing).
+func TestRefsWithoutKeysArePlain(t *testing.T) {
+	for _, tc := range []struct {
+		msg   wire.Message
+		plain bool
+	}{
+		{wire.Message{Refs: []string{"user/1042"}}, true},
+		{wire.Message{Refs: []string{"user/1042"}, Plain: true}, true},
+		{wire.Message{Refs: []string{"user/1042"}, Keys: []string{"user:1042"}}, false},
+		{wire.Message{Keys: []string{"user:1042"}}, false},
+		{wire.Message{}, false}, // whole tag
+	} {
+		if got := messageInvalidation(&tc.msg).Plain; got != tc.plain {
+			t.Errorf("%+v: plain %v, want %v", tc.msg, got, tc.plain)
+		}
 	}
 }

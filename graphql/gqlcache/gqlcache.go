@@ -143,8 +143,9 @@ func New(opt Options) (*Cache, error) {
 			return nil, fmt.Errorf("gqlcache: type %s maps to domain %q, which the matrix does not have", typ, domain)
 		}
 		if !d.EntityRefs {
-			log.Warn("graphql response cache: the matrix has no entity_refs on a mapped domain: every event of it drops every cached response selecting it",
-				"type", typ, "domain", domain)
+			// Without it the domain's key-level events carry keys only,
+			// which never name a cached response: those would stay stale.
+			return nil, fmt.Errorf("gqlcache: type %s maps to domain %q, which has no entity_refs in the matrix: its events that name keys would never reach a cached response; set entity_refs: true on it", typ, domain)
 		}
 	}
 	if opt.TTL == 0 {

@@ -19,7 +19,7 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags: {users: {services: [s]}}\ndomains: {user: {tags: [users], entity_refs: true}}\nservices: {s: {tenants: all}}\n"))
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags: {users: {services: [s]}}\ndomains: {user: {tags: [users], entity_refs: true}, plain: {tags: [users]}}\nservices: {s: {tenants: all}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,10 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		"at least one GraphQL type":        func(o *Options) { o.Types = nil },
 		`domain "order", which the matrix`: func(o *Options) { o.Types = map[string]string{"Order": "order"} },
 		"negative TTL":                     func(o *Options) { o.TTL = -1 },
-		"KeyPrefix":                        func(o *Options) { o.KeyPrefix = "tag:" },
+		// Its key-level events carry keys only: they would never reach a
+		// cached response.
+		`domain "plain", which has no entity_refs`: func(o *Options) { o.Types = map[string]string{"Plain": "plain"} },
+		"KeyPrefix": func(o *Options) { o.KeyPrefix = "tag:" },
 	} {
 		opt := good
 		mutate(&opt)

@@ -86,7 +86,8 @@ func (s *soak) publishLoop(ctx context.Context, rng *rand.Rand, tenant string) {
 		domain := pick(rng, domainNames)
 		ev := wire.Event{ID: fmt.Sprintf("soak-%s-%s-%d", s.sc.name, tenant, i), Tenant: tenant, Domain: domain}
 		switch {
-		case domain == "catalog" && rng.IntN(3) == 0: // whole tag
+		case domain == "catalog" && rng.IntN(3) == 0: // whole tag, said explicitly
+			ev.WholeTag = true
 		case rng.IntN(3) == 0:
 			ev.Keys = s.freshKeys(rng, tenant, domain)
 		default:

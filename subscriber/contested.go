@@ -24,17 +24,17 @@ func (s *Subscriber) contested(ctx context.Context, t target, p *position, msg *
 	}
 	s.m.unconfirmed.Inc()
 	v := p.last.at
+	// A history that cannot be read now is taken for one that does not
+	// vouch for what was applied: the decision cannot wait, since the real
+	// message will not come again.
 	msgs, ok, err := s.history(ctx, t.channel, v.Epoch, v.Version, v.Version)
-	if err != nil {
-		return err
-	}
-	if ok && msgs[0].Event == p.last.event {
+	if err == nil && ok && msgs[0].Event == p.last.event {
 		s.log.Warn("forged message ignored: the channel's history holds another message at its version",
 			"channel", t.channel, "version", v.String(), "event", msg.Event)
 		return nil
 	}
-	s.log.Warn("a forged message was applied at this version in place of the channel's own: invalidating the whole tag",
-		"channel", t.channel, "version", v.String(), "forged_event", p.last.event, "event", msg.Event)
+	s.log.Warn("a forged message was applied at this version in place of the channel's own, or the history cannot tell: invalidating the whole tag",
+		"channel", t.channel, "version", v.String(), "applied_event", p.last.event, "event", msg.Event, "history_err", err)
 	s.m.recoveries.WithLabelValues("repair").Inc()
 	if err := s.repair(ctx, Invalidation{Tenant: t.tenant, Tag: t.tag, Epoch: p.at.Epoch, Version: p.at.Version, Recovered: true}); err != nil {
 		return err

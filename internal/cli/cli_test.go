@@ -342,6 +342,18 @@ func TestDoctor(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "append-only file on") {
 		t.Errorf("doctor on a Redis with persistence: exit %d\n%s", code, out)
 	}
+	if strings.Contains(out, "a reference set expires") {
+		t.Errorf("doctor warns of evicted reference sets under noeviction:\n%s", out)
+	}
+
+	// With entity references in use, a volatile-* policy may evict a
+	// reference set (it expires with its values) before its values: a
+	// warning naming the fix.
+	must(t, sound.Client(t).ConfigSet(context.Background(), "maxmemory-policy", "volatile-lru").Err())
+	code, out, _ = runCLI(t, "doctor", "--redis", sound.URL, "--cardinality-guard", "500")
+	if code != 0 || !strings.Contains(out, "warn  eviction") || !strings.Contains(out, "a reference set expires") || !strings.Contains(out, "noeviction") {
+		t.Errorf("doctor on volatile-lru with references: exit %d\n%s", code, out)
+	}
 }
 
 // doctor reports, with the fix, streams under the ingress prefix that no

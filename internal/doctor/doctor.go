@@ -113,6 +113,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 	}
 
 	policy, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	evict := policy["maxmemory-policy"]
 	if err != nil {
 		add(Warn, "eviction", "cannot read maxmemory-policy (%v); make sure it is not allkeys-*", err)
 	} else if p := policy["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
@@ -174,7 +175,10 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 		add(OK, "pubsub", "no pattern subscription: a PUBLISH is matched against its own channel's subscribers only")
 	}
 
-	big, complete, err := largestTags(ctx, c, opt.ScanLimit)
+	big, complete, refs, err := largestTags(ctx, c, opt.ScanLimit)
+	if refs && strings.HasPrefix(evict, "volatile-") {
+		add(Warn, "eviction", "maxmemory-policy %s with entity references (tag #refs sets found): a reference set expires with its values, so Redis may evict it before them and an entity-level invalidation then misses them: CONFIG SET maxmemory-policy noeviction", evict)
+	}
 	scope := "the whole keyspace scanned"
 	if !complete {
 		scope = fmt.Sprintf("only the first ~%d keys scanned", opt.ScanLimit)
@@ -245,18 +249,18 @@ type tagSize struct {
 }
 
 // largestTags scans up to about limit keys for tag sets and returns the five
-// largest, and whether the scan covered the whole keyspace. A tag's size is
+// largest, whether the scan covered the whole keyspace, and whether it met
+// a ref-registered set (entity references are in use). A tag's size is
 // that of its tag set (plain values) and its ref-registered set
 // (names.TagRefsKey) together, as the cardinality guard counts a whole tag.
-func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bool, error) {
+func largestTags(ctx context.Context, c *redis.Client, limit int) (top []tagSize, complete, refs bool, err error) {
 	sizes := map[string]int64{} // by tag set key
 	var cursor uint64
 	scanned := 0
-	complete := false
 	for scanned < limit {
 		keys, next, err := c.ScanType(ctx, cursor, names.TagSetKey("*", "*"), 1000, "set").Result()
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		scanned += 1000
 		if len(keys) > 0 {
@@ -267,9 +271,10 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bo
 				return nil
 			})
 			if err != nil {
-				return nil, false, err
+				return nil, false, false, err
 			}
 			for i, k := range keys {
+				refs = refs || strings.HasSuffix(k, names.TagRefsSuffix)
 				sizes[strings.TrimSuffix(k, names.TagRefsSuffix)] += cmds[i].(*redis.IntCmd).Val()
 			}
 		}
@@ -286,7 +291,7 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) ([]tagSize, bo
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].size > out[j].size || (out[i].size == out[j].size && out[i].key < out[j].key)
 	})
-	return out[:min(len(out), 5)], complete, nil
+	return out[:min(len(out), 5)], complete, refs, nil
 }
 
 // checkIngress reports routerd's ingress: streams under the prefix that no

@@ -34,6 +34,22 @@ type clusterEnv struct {
 	pub    *publisher.Publisher
 }
 
+// masterOf returns the node that is master of key's slot now.
+func (e *clusterEnv) masterOf(key string) *redistest.Server {
+	e.t.Helper()
+	master, err := e.busC.MasterForKey(context.Background(), key)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, n := range e.bus.Nodes {
+		if n.Addr == master.Options().Addr {
+			return n
+		}
+	}
+	e.t.Fatalf("no node of the cluster is %s", master.Options().Addr)
+	return nil
+}
+
 func newClusterEnv(t *testing.T) *clusterEnv {
 	t.Helper()
 	e := &clusterEnv{t: t, bus: redistest.StartCluster(t, 3, 1)}
@@ -303,16 +319,7 @@ func TestClusterMasterFailoverLosesNothing(t *testing.T) {
 	e := newClusterEnv(t)
 	tenant := e.tenantsOnMasters("fo", 1, "active")[0]
 	e.start(oneTenantMatrix(tenant), "search-svc")
-	master, err := e.busC.MasterForKey(context.Background(), "invalidate:"+tenant+":active")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim *redistest.Server
-	for _, n := range e.bus.Nodes {
-		if n.Addr == master.Options().Addr {
-			victim = n
-		}
-	}
+	victim := e.masterOf("invalidate:" + tenant + ":active")
 
 	pub := e.publishContinuously(tenant)
 	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })

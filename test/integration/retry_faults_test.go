@@ -69,16 +69,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	run(t, s.Run)
 	redistest.Eventually(t, 10*time.Second, "subscriber ready", s.Ready)
 
-	master, err := e.busC.MasterForKey(ctx, channel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim *redistest.Server
-	for _, n := range e.bus.Nodes {
-		if n.Addr == master.Options().Addr {
-			victim = n
-		}
-	}
+	victim := e.masterOf(channel)
 	pub := e.publishContinuously(tenant)
 	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
 	e.waitGone(tenant, "user:10")

@@ -77,10 +77,7 @@ func TestTenantAnnouncementSurvivesAFailedPublish(t *testing.T) {
 	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "on", ">pw", "~*", "+@all", "resetchannels", "&invalidate:newco:*").Err())
 	rc := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "rt", Password: "pw"})
 	t.Cleanup(func() { _ = rc.Close() })
-	r, err := router.New(rc, e.mtx, router.Options{ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
-	must(t, err)
-	run(t, r.Run)
-	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	e.routerOn(rc, router.Options{})
 
 	e.seed("profile-svc", "newco", "user:1", "active")
 	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})

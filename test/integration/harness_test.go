@@ -126,13 +126,20 @@ func run(t *testing.T, fn func(ctx context.Context) error) (stop func()) {
 
 func (e *env) router(opt router.Options) (*router.Router, func()) {
 	e.t.Helper()
+	return e.routerOn(e.bus.Client(e.t), opt)
+}
+
+// routerOn runs a router on the bus through the given client (another
+// user's, say).
+func (e *env) routerOn(bus redis.UniversalClient, opt router.Options) (*router.Router, func()) {
+	e.t.Helper()
 	if opt.ClaimInterval == 0 {
 		opt.ClaimInterval = 100 * time.Millisecond
 	}
 	if opt.Block == 0 {
 		opt.Block = 100 * time.Millisecond
 	}
-	r, err := router.New(e.bus.Client(e.t), e.mtx, opt)
+	r, err := router.New(bus, e.mtx, opt)
 	if err != nil {
 		e.t.Fatal(err)
 	}

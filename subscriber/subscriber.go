@@ -476,7 +476,7 @@ func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, m
 	} else {
 		s.m.coalesced.Inc()
 	}
-	p.queue.keys.Add(msg.Keys, msg.Refs, msg.Plain)
+	p.queue.keys.Add(msg.Keys, msg.Refs, msg.DropsPlain())
 	p.queue.last = msgPosition(msg)
 	p.queue.msg = msg
 	return nil
@@ -582,13 +582,10 @@ func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *positi
 	return nil
 }
 
-// messageInvalidation is what a message asks. Refs without keys are
-// entity-level, which drops the tag's plain values too, whether the message
-// says "plain" or not: a router older than the field sent such messages
-// without it, and the history may still hold them.
+// messageInvalidation is what a message asks (plain values too when it
+// drops them, said or not: wire.Message.DropsPlain).
 func messageInvalidation(msg *wire.Message) Invalidation {
-	plain := msg.Plain || (len(msg.Refs) > 0 && len(msg.Keys) == 0)
-	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: plain, Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: msg.DropsPlain(), Epoch: msg.Epoch, Version: msg.Version, Message: msg}
 }
 
 func (s *Subscriber) observeLag(msg *wire.Message) {

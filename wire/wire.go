@@ -239,6 +239,12 @@ type Message struct {
 	Traceparent string `json:"traceparent,omitempty"`
 }
 
+// DropsPlain reports whether the message drops the tag's plain values: it
+// says "plain", or it has refs and no keys (entity-level), which a router
+// older than the field sent without saying so, and a channel's history may
+// still hold.
+func (m *Message) DropsPlain() bool { return m.Plain || (len(m.Refs) > 0 && len(m.Keys) == 0) }
+
 // WholeTag reports whether the message invalidates its whole tag.
 func (m *Message) WholeTag() bool { return len(m.Keys) == 0 && len(m.Refs) == 0 }
 

@@ -50,13 +50,13 @@ func TestACLCommand(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--role", "subscriber", "--user", "u"}, 1, "needs a service (--service)"},
-		{[]string{"--role", "cache", "--user", "u", "--service", "ghost"}, 1, `service "ghost" is not in the matrix`},
-		{[]string{"--role", "publisher", "--user", "u", "--publisher", "ghost"}, 1, `publisher "ghost" is not in the matrix's publishers section`},
-		{[]string{"--role", "router", "--user", "u", "--service", "web"}, 1, "only for the subscriber and cache roles"},
-		{[]string{"--role", "admin", "--user", "u"}, 1, `role "admin" is not one of`},
-		{[]string{"--role", "router", "--user", "a b"}, 1, "printable ASCII without spaces"},
-		{[]string{"--role", "router", "--user", "u", "--format", "json"}, 1, "must be setuser or aclfile"},
+		{[]string{"--role", "subscriber", "--user", "u"}, 2, "needs a service (--service)"},
+		{[]string{"--role", "cache", "--user", "u", "--service", "ghost"}, 2, `service "ghost" is not in the matrix`},
+		{[]string{"--role", "publisher", "--user", "u", "--publisher", "ghost"}, 2, `publisher "ghost" is not in the matrix's publishers section`},
+		{[]string{"--role", "router", "--user", "u", "--service", "web"}, 2, "only for the subscriber and cache roles"},
+		{[]string{"--role", "admin", "--user", "u"}, 2, `role "admin" is not one of`},
+		{[]string{"--role", "router", "--user", "a b"}, 2, "printable ASCII without spaces"},
+		{[]string{"--role", "router", "--user", "u", "--format", "json"}, 2, "must be setuser or aclfile"},
 		{[]string{"--role", "router"}, 2, "--user is required"},
 	} {
 		code, out, errs := runCLI(t, append([]string{"acl", "--matrix", m}, tc.args...)...)

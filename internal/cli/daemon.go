@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -126,9 +125,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	if *cache.url == "" && *target == "" {
-		fmt.Fprintln(env.Stderr, "--cache-redis, --deliver or both are required: invalidations need somewhere to go")
-		f.Usage()
-		return errUsage
+		return f.fail("--cache-redis, --deliver or both are required: invalidations need somewhere to go")
 	}
 	if err := wf.check(); err != nil {
 		return err

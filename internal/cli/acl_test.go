@@ -123,3 +123,33 @@ func TestPublishAsPublisherChecksTheGrant(t *testing.T) {
 		t.Errorf("a granted event: %d %q %q", code, out, errs)
 	}
 }
+
+// publish --durable as the plain publisher user fails on INFO; the error
+// says which ACL it needs, and with that ACL the publish goes through.
+func TestPublishDurableNopermPointsAtACL(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	setUser := func(args ...string) {
+		t.Helper()
+		code, out, errs := runCLI(t, append([]string{"acl", "--matrix", "../../matrix.yaml", "--role", "publisher", "--user", "pub"}, args...)...)
+		if code != 0 {
+			t.Fatalf("acl: %d %s", code, errs)
+		}
+		cmd := []any{}
+		for _, f := range strings.Fields(out) {
+			cmd = append(cmd, f)
+		}
+		must(t, c.Do(ctx, append(cmd, "on", ">secret")...).Err())
+	}
+	setUser()
+	url := "redis://pub:secret@" + srv.Addr
+	code, _, errs := runCLI(t, "publish", "--redis", url, "--tenant", "acme", "--domain", "user", "--keys", "user:1", "--durable")
+	if code != 1 || !strings.Contains(errs, "NOPERM") || !strings.Contains(errs, "routerd acl --role publisher --durable") {
+		t.Errorf("publish --durable without INFO: exit %d %q, want 1 and a pointer to routerd acl --durable", code, errs)
+	}
+	setUser("--durable")
+	if code, _, errs := runCLI(t, "publish", "--redis", url, "--tenant", "acme", "--domain", "user", "--keys", "user:1", "--durable"); code != 0 {
+		t.Errorf("publish --durable with the --durable ACL: exit %d %q", code, errs)
+	}
+}

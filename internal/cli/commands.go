@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/routerd/routerd/internal/doctor"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -233,6 +235,10 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	id, err := p.Publish(ctx, ev)
+	if *durable && redis.IsPermissionError(err) {
+		return fmt.Errorf("%w\n  --durable reads INFO replication and sends WAIT, which the publisher user printed by `routerd acl --role publisher` may not run: "+
+			"give the user the rules of `routerd acl --role publisher --durable` (docs/security.md)", err)
+	}
 	if err != nil {
 		return err
 	}

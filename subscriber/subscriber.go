@@ -104,7 +104,10 @@ type Options struct {
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
-	Buffer     int
+	Buffer int
+	// Logger receives what the subscriber does beyond applying messages
+	// (recoveries, whole-tag repairs, retries); slog.Default() when nil, so
+	// a service that sets no Logger still sees why a tag went whole.
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// TracerProvider, when set, traces each invalidation as a child of the
@@ -290,7 +293,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
 	}
 	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
+		opt.Logger = slog.Default()
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),

@@ -11,7 +11,10 @@ FUZZTIME    ?= 10s
 
 all: build
 
+# A first build compiles every dependency (a few minutes on a small machine):
+# say so, rather than sit silent.
 build:
+	@echo "building bin/routerd and bin/routerd-demo (the first build compiles every dependency: it can take minutes)"
 	$(GO) build -o bin/routerd ./cmd/routerd
 	$(GO) build -o bin/routerd-demo ./examples/demo
 

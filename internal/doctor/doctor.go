@@ -360,7 +360,11 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%s, lag %d, pending %d", count, lag, pending)})
 	}
 	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
-		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d events in %s: XRANGE it to see why they were refused", dl, wire.DeadLetterStream(opt.Prefix))})
+		events := "events"
+		if dl == 1 {
+			events = "event"
+		}
+		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: XRANGE it to see why they were refused", dl, events, wire.DeadLetterStream(opt.Prefix))})
 	}
 	return out
 }

@@ -49,6 +49,7 @@ func init() {
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
 		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
 		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
+		{"probe", "URL", "exit 0 when URL (a /readyz) answers 2xx, 1 otherwise: a health check for images without curl", probe},
 	}
 }
 

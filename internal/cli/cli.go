@@ -47,7 +47,7 @@ func init() {
 		{"agent", agentUsage, "run the subscriber as a sidecar: apply invalidations to a cache Redis and/or deliver them to a process", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
-		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
+		{"doctor", "--redis URL [--growth-file F]", "check a Redis for what breaks invalidation; exit 1 on a problem; with --growth-file, how its largest tag sets grew since the last run", doctorCmd},
 		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
 		{"probe", "URL", "exit 0 when URL (a /readyz) answers 2xx, 1 otherwise: a health check for images without curl", probe},
 	}

@@ -351,11 +351,12 @@ func onTag(ctx context.Context, env *Env, args []string, name, tagHelp string, w
 }
 
 func doctorCmd(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "doctor", "--redis URL")
+	f := newFlags(env, "doctor", "--redis URL [--growth-file F]")
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "the Redis to check (bus or cache)")
 	prefix := f.String("prefix", names.DefaultPrefix, "routerd's prefix, for the ingress checks")
 	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "the subscribers' cardinality guard")
 	maxLag := f.Int64("max-lag", 10000, "unrouted ingress entries above which routerd is behind")
+	growthFile := f.String("growth-file", "", "keep the largest tag sets' sizes in this file: each run reports how they grew since the last one, and warns of a set that reaches the guard within a day")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -370,7 +371,7 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer c.Close()
-	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag})
+	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag, GrowthFile: *growthFile})
 	failed := false
 	for _, fd := range findings {
 		fmt.Fprintf(env.Stdout, "%-4s  %-11s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)

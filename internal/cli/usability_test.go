@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -392,5 +393,34 @@ func TestRouteSaysWhatIsDropped(t *testing.T) {
 	code, out, _ := runCLI(t, "route", "--matrix", m, "--tenant", "acme", "--domain", "user", "--entity", "42", "--json")
 	if code != 0 || !strings.Contains(out, `"invalidate:acme:users": "what is registered under user/42`) {
 		t.Errorf("route --json: %d %s", code, out)
+	}
+}
+
+// doctor --growth-file records the largest tag sets' sizes, and the next run
+// reports how they grew since, warning of a set that reaches the guard
+// within a day at that rate.
+func TestDoctorReportsTagSetGrowth(t *testing.T) {
+	cache := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	store, err := tagstore.New(cache.Client(t), tagstore.Options{})
+	must(t, err)
+	add := func(from, to int) {
+		for i := from; i < to; i++ {
+			must(t, store.Set(context.Background(), "acme", "k"+strconv.Itoa(i), []byte("v"), 0, "big"))
+		}
+	}
+	add(0, 100)
+	file := filepath.Join(t.TempDir(), "growth.json")
+	code, out, errs := runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file)
+	if code != 0 || !strings.Contains(out, "growth") || !strings.Contains(out, "no earlier run recorded in "+file) {
+		t.Fatalf("first doctor --growth-file: exit %d\n%s%s", code, out, errs)
+	}
+	add(100, 130)
+	code, out, errs = runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file, "--cardinality-guard", "1000")
+	if code != 0 || !strings.Contains(out, "{tenant:acme}:tag:big +30 to 130") || !strings.Contains(out, "reach the cardinality guard 1000 within a day") {
+		t.Errorf("second doctor --growth-file: exit %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file)
+	if code != 0 || !strings.Contains(out, "none of the largest tag sets changed size since") {
+		t.Errorf("third doctor --growth-file: exit %d\n%s", code, out)
 	}
 }

@@ -302,6 +302,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
+	s.m.known(sub.Tags)
 	if opt.ApplyRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
 	}
@@ -332,6 +333,7 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 	if !ok {
 		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
 	}
+	s.m.known(sub.Tags)
 	s.next.Store(newInterest(sub))
 	select {
 	case s.reconf <- struct{}{}:

@@ -424,3 +424,16 @@ func TestDoctorReportsTagSetGrowth(t *testing.T) {
 		t.Errorf("third doctor --growth-file: exit %d\n%s", code, out)
 	}
 }
+
+// One dead letter is "1 event".
+func TestDoctorCountsOneDeadLetter(t *testing.T) {
+	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	c := bus.Client(t)
+	must(t, c.Set(context.Background(), "invalidate:ingress:partitions", 1, 0).Err())
+	must(t, c.XGroupCreateMkStream(context.Background(), "invalidate:ingress:{0}", "routerd", "0").Err())
+	must(t, c.XAdd(context.Background(), &redis.XAddArgs{Stream: "invalidate:deadletter", Values: []any{"reason", "malformed"}}).Err())
+	_, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
+	if !strings.Contains(out, "1 event in invalidate:deadletter") {
+		t.Errorf("doctor with one dead letter:\n%s", out)
+	}
+}

@@ -309,7 +309,7 @@ func splitList(s string) []string {
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+		return nil, usagef("--log-level %q: %w", level, err)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 	routeRedisLogs(log)

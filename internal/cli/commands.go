@@ -196,7 +196,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("invalid event: --keys names no key; omit --keys to invalidate whole tags")
 	}
 	if keysGiven && *wholeTag {
-		return fmt.Errorf("invalid event: --whole-tag with --keys; a whole-tag event names no keys")
+		return usagef("--whole-tag with --keys: a whole-tag event names no keys")
 	}
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)

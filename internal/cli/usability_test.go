@@ -52,6 +52,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"acl", "--matrix", m, "--role", "router", "--user", "u", "--service", "x"}, "only for the subscriber and cache roles"},
 		{[]string{"acl", "--matrix", m, "--role", "router", "--user", "u", "--format", "json"}, `routerd acl: --format "json": must be setuser or aclfile`},
 		{[]string{"agent", "--redis", "redis://127.0.0.1:1", "--service", "web", "--matrix", m}, "routerd agent: --cache-redis, --deliver or both are required"},
+		{[]string{"publish", "--redis", "redis://127.0.0.1:1", "--tenant", "acme", "--domain", "user", "--keys", "k", "--whole-tag"}, "routerd publish: --whole-tag with --keys"},
+		{[]string{"serve", "--redis", "redis://127.0.0.1:1", "--matrix", m, "--log-level", "loud"}, `routerd serve: --log-level "loud"`},
 	} {
 		code, out, errs := runCLI(t, tc.args...)
 		if code != 2 || out != "" || !strings.Contains(errs, tc.want) {

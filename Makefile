@@ -112,6 +112,7 @@ fuzz:
 	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
 	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseRef -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/doctor/ -run '^$$' -fuzz FuzzGrowthFile -fuzztime $(FUZZTIME)
 	cd graphql && $(GO) test ./gqlcache/ -run '^$$' -fuzz FuzzStrip -fuzztime $(FUZZTIME)
 
 clean:

@@ -307,3 +307,57 @@ func githubAnchor(heading string) string {
 	h = regexp.MustCompile(`[^a-z0-9 _-]`).ReplaceAllString(h, "")
 	return strings.ReplaceAll(h, " ", "-")
 }
+
+// docker-compose.yml starts each service once what it depends on is healthy
+// (as `make run` waits for /readyz), and loads the alert rules.
+func TestComposeWaitsForHealthAndLoadsRules(t *testing.T) {
+	data, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Healthcheck *struct {
+				Test []string `yaml:"test"`
+			} `yaml:"healthcheck"`
+			DependsOn map[string]struct {
+				Condition string `yaml:"condition"`
+			} `yaml:"depends_on"`
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(data, &compose); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	for name, svc := range compose.Services {
+		for dep, d := range svc.DependsOn {
+			target, ok := compose.Services[dep]
+			switch {
+			case !ok:
+				t.Errorf("%s depends on %s, which is not a service", name, dep)
+			case target.Healthcheck != nil && d.Condition != "service_healthy":
+				t.Errorf("%s starts with %s started, not healthy (condition %q)", name, dep, d.Condition)
+			}
+		}
+	}
+	for _, name := range []string{"redis", "routerd", "profile-agent", "prometheus"} {
+		if compose.Services[name].Healthcheck == nil {
+			t.Errorf("%s has no health check", name)
+		}
+	}
+	if !slices.ContainsFunc(compose.Services["prometheus"].Volumes, func(v string) bool {
+		return strings.HasPrefix(v, "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml")
+	}) {
+		t.Errorf("prometheus does not mount the alert rules: %v", compose.Services["prometheus"].Volumes)
+	}
+	var prom struct {
+		RuleFiles []string `yaml:"rule_files"`
+	}
+	data, err = os.ReadFile("prometheus/prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &prom); err != nil || !slices.Contains(prom.RuleFiles, "alerts.yml") {
+		t.Errorf("prometheus.yml does not load alerts.yml: %v %v", prom.RuleFiles, err)
+	}
+}

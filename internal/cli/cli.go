@@ -157,8 +157,13 @@ func newFlags(env *Env, name, args string) *flags {
 	fs := flag.NewFlagSet("routerd "+name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: routerd %s %s\n\nFlags:\n", name, args)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "Usage: routerd %s %s\n", name, args)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintf(fs.Output(), "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return &flags{FlagSet: fs, env: env, name: name}
 }

@@ -7,11 +7,14 @@ DEMO_ARGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test lint unit fuzz bench soak redis-server python3-redis node-deps clean
+.PHONY: all build run test lint unit rules fuzz bench soak redis-server promtool python3-redis node-deps clean
 
 all: build
 
+# A first build compiles every dependency (a few minutes on a small machine):
+# say so, rather than sit silent.
 build:
+	@echo "building bin/routerd and bin/routerd-demo (the first build compiles every dependency: it can take minutes)"
 	$(GO) build -o bin/routerd ./cmd/routerd
 	$(GO) build -o bin/routerd-demo ./examples/demo
 
@@ -22,6 +25,15 @@ redis-server:
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server || { \
 	    echo "could not install redis-server; run: sudo apt-get install -y redis-server"; exit 1; }; }
+
+# Installs promtool (Debian's prometheus package) when it is missing: `make
+# rules` (and so `make test`) checks and unit-tests the alert rules with it.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "promtool not found: installing Debian's prometheus package with apt-get"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus || { \
+	    echo "could not install promtool; run: sudo apt-get install -y prometheus"; exit 1; }; }
 
 # Installs Debian's python3-redis (redis-py for /usr/bin/python3) when it is
 # missing: the test of examples/python runs the example with it.
@@ -57,9 +69,16 @@ lint:
 
 # ROUTERD_TEST_REQUIRE_PYTHON: the Python example's test fails rather than
 # skips when no Python with redis-py is found (python3-redis installs it).
-test: redis-server python3-redis node-deps lint
+test: redis-server python3-redis node-deps lint rules
 	ROUTERD_TEST_REQUIRE_PYTHON=1 $(GO) test -race -count=1 -timeout 15m ./...
 	cd graphql && $(GO) test -race -count=1 -timeout 5m ./...
+
+# The alert and recording rules: promtool's checks, and its unit tests of
+# every alert firing and staying quiet (deploy/prometheus/alerts_test.yml).
+rules: promtool
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 # Unit tests only: no Redis needed.
 unit:
@@ -93,6 +112,7 @@ fuzz:
 	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
 	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseRef -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/doctor/ -run '^$$' -fuzz FuzzGrowthFile -fuzztime $(FUZZTIME)
 	cd graphql && $(GO) test ./gqlcache/ -run '^$$' -fuzz FuzzStrip -fuzztime $(FUZZTIME)
 
 clean:

@@ -1,6 +1,8 @@
-// Package deploy holds deployment files: the Prometheus configuration and the
-// Grafana dashboard for docker-compose.yml. Its test keeps the dashboard in
-// step with the metrics documented in docs/operations.md.
+// Package deploy holds deployment files: the Prometheus configuration, the
+// alert and recording rules, and the Grafana dashboard for
+// docker-compose.yml. Its tests keep the dashboard in step with the metrics
+// documented in docs/operations.md, and every query of the dashboard and the
+// rules in step with what the running processes export.
 package deploy
 
 import (

@@ -3,6 +3,8 @@ package router
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/routerd/routerd/matrix"
 )
 
 // metrics of the router. Labels are bounded: tag and domain names come from
@@ -75,5 +77,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		pendingChannels: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
+	}
+}
+
+// DeadLetterReasons are every reason an event is dead-lettered for.
+var DeadLetterReasons = []string{ReasonMalformed, ReasonUnknownDomain, ReasonTooLarge, ReasonNotGranted, ReasonPoison}
+
+// known makes the series of every label value the matrix and the fixed
+// lists name, at zero, so that each exists from the first scrape: a panel or
+// an alert on rate() or increase() reads 0, not nothing. A reload adds the
+// new tags' and domains'; those of removed ones stay until a restart.
+func (m *metrics) known(mx *matrix.Matrix) {
+	for _, reason := range DeadLetterReasons {
+		m.deadLettered.WithLabelValues(reason)
+	}
+	for d := range mx.Domains {
+		m.routed.WithLabelValues(d)
+	}
+	for t := range mx.Tags {
+		for _, v := range []*prometheus.CounterVec{m.published, m.coalesced, m.delayed, m.coalescedWhole, m.wholeTag} {
+			v.WithLabelValues(t)
+		}
 	}
 }

@@ -189,6 +189,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
 		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
 	r.matrix.Store(m)
+	r.m.known(m)
 	r.co = newCoalescer(r, r.m)
 	r.shards.C = c
 	r.cluster = redisconn.IsCluster(c)
@@ -211,6 +212,7 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
 	r.matrix.Store(m)
+	r.m.known(m)
 	newPublisher := slices.ContainsFunc(m.PublisherNames(), func(p string) bool { _, ok := old.Publishers[p]; return !ok })
 	if m.Partitions != old.Partitions || newPublisher {
 		select {

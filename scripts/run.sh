@@ -27,7 +27,8 @@ cleanup() {
   if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  echo "stopped; logs are in $state/"
+  # Nothing started (a port was taken): no logs to point at.
+  if [ "${#pids[@]}" -gt 0 ]; then echo "stopped; logs are in $state/"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

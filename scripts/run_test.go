@@ -127,6 +127,9 @@ func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
 		if strings.Contains(out, "ready: ") || strings.Contains(out, "routes:") {
 			t.Errorf("%s's port answered by another: a daemon was claimed ready, or the demo ran:\n%s", tc.name, out)
 		}
+		if strings.Contains(out, "stopped; logs are in") {
+			t.Errorf("%s's port answered by another: nothing started, yet the output points at logs:\n%s", tc.name, out)
+		}
 	}
 }
 

@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "subscriber_apply_errors_total", Help: "Invalidations that failed; they are retried by the next position check."}),
 		lag: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "subscriber_delivery_lag_seconds", Help: "From the event's timestamp to the invalidation being applied.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			Buckets: lagBuckets}),
 		coalesced: f.NewCounter(prometheus.CounterOpts{
 			Name: "subscriber_messages_coalesced_total", Help: "Messages merged into a channel's queued work by the local apply limit."}),
 		delayed: f.NewCounter(prometheus.CounterOpts{
@@ -71,6 +71,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "cache_invalidation_duration_seconds", Help: "Time of one local tag invalidation.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"tag"}),
+	}
+}
+
+// lagBuckets are 0.5 ms doubling to 512 ms, then 1 s doubling to 32 s: the
+// delivery SLO (deploy/prometheus/alerts.yml) counts what was applied within
+// 1 s, which needs a bucket bound at exactly 1.
+var lagBuckets = append(prometheus.ExponentialBuckets(0.0005, 2, 11), prometheus.ExponentialBuckets(1, 2, 6)...)
+
+// Statuses of cache_invalidation_keys_total that a subscriber reports.
+var keyStatuses = []tagstore.Status{tagstore.Success, tagstore.EmptyTagSet, tagstore.Duplicate, tagstore.Gap, tagstore.Failed}
+
+// known makes the series of every label value the service's tags and the
+// fixed lists name, at zero, so that each exists from the first scrape: a
+// panel or an alert on rate() or increase() reads 0, not nothing.
+func (m *metrics) known(tags []string) {
+	for _, kind := range []string{"replay", "whole_tag", "repair"} {
+		m.recoveries.WithLabelValues(kind)
+	}
+	for _, tag := range tags {
+		m.applied.WithLabelValues(tag)
+		m.duration.WithLabelValues(tag)
+		for _, st := range keyStatuses {
+			m.keys.WithLabelValues(tag, string(st))
+		}
 	}
 }
 

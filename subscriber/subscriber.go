@@ -104,7 +104,10 @@ type Options struct {
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
-	Buffer     int
+	Buffer int
+	// Logger receives what the subscriber does beyond applying messages
+	// (recoveries, whole-tag repairs, retries); slog.Default() when nil, so
+	// a service that sets no Logger still sees why a tag went whole.
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// TracerProvider, when set, traces each invalidation as a child of the
@@ -290,7 +293,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
 	}
 	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
+		opt.Logger = slog.Default()
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
@@ -299,6 +302,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
+	s.m.known(sub.Tags)
 	if opt.ApplyRate > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(opt.ApplyRate), opt.ApplyBurst)
 	}
@@ -329,6 +333,7 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 	if !ok {
 		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
 	}
+	s.m.known(sub.Tags)
 	s.next.Store(newInterest(sub))
 	select {
 	case s.reconf <- struct{}{}:

@@ -1,9 +1,12 @@
 package subscriber
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,5 +109,51 @@ func TestRefsWithoutKeysArePlain(t *testing.T) {
 		if got := messageInvalidation(&tc.msg).Plain; got != tc.plain {
 			t.Errorf("%+v: plain %v, want %v", tc.msg, got, tc.plain)
 		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test reading it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A subscriber embedded without a Logger logs to slog.Default(): a service
+// that set none used to see nothing, and a correct whole-tag repair looked
+// like a lost precision.
+func TestNoLoggerLogsToDefault(t *testing.T) {
+	srv := redistest.Start(t)
+	var buf lockedBuffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer slog.SetDefault(prev)
+	bus := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer bus.Close()
+	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t),
+		Handler: func(context.Context, Invalidation) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	redistest.Eventually(t, 10*time.Second, "the subscriber's start logged to slog.Default()", func() bool {
+		return strings.Contains(buf.String(), "msg=subscribed") && strings.Contains(buf.String(), "service=profile-svc")
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
 	}
 }

@@ -169,9 +169,19 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 		if err != nil {
 			return err
 		}
-		if late := await(ctx, stores, expected(routes, c.event), arrivalTimeout); ctx.Err() != nil {
+		want := expected(routes, c.event)
+		late := await(ctx, stores, want, arrivalTimeout)
+		if ctx.Err() != nil {
 			return nil
-		} else if len(late) > 0 {
+		}
+		// profile-svc's agent applies in another process: narrate what
+		// left its cache, as search-svc's Handler narrates its own.
+		if dropped := want["profile-svc"]; len(dropped) > 0 && !slices.ContainsFunc(late, func(l string) bool { return strings.HasPrefix(l, "profile-svc ") }) {
+			narrating.Lock()
+			fmt.Printf("  profile-svc (routerd agent) dropped %s\n", strings.Join(slashed(dropped), ","))
+			narrating.Unlock()
+		}
+		if len(late) > 0 {
 			fmt.Printf("  ! not invalidated within %v: %s\n", arrivalTimeout, strings.Join(late, "; "))
 			fmt.Printf("    is routerd routing, and the agent applying? see %s\n", logHint(logs))
 		}
@@ -226,6 +236,15 @@ func await(ctx context.Context, stores map[string]*tagstore.Store, want map[stri
 			return late
 		}
 	}
+}
+
+// slashed writes expected's "tenant key" entries as tenant/key.
+func slashed(entries []string) []string {
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = strings.Replace(e, " ", "/", 1)
+	}
+	return slices.Compact(out)
 }
 
 func logHint(dir string) string {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/routerd/routerd/internal/acl"
@@ -29,10 +30,10 @@ func aclCmd(_ context.Context, env *Env, args []string) error {
 		return err
 	}
 	if *format != "setuser" && *format != "aclfile" {
-		return fmt.Errorf("--format %q: must be setuser or aclfile", *format)
+		return usagef("--format %q: must be setuser or aclfile", *format)
 	}
 	if err := acl.ValidUser(*user); err != nil {
-		return err
+		return &usageError{err}
 	}
 	m, err := loadMatrix(env, *path)
 	if err != nil {
@@ -40,6 +41,9 @@ func aclCmd(_ context.Context, env *Env, args []string) error {
 	}
 	spec.Role = acl.Role(*role)
 	rules, err := acl.For(m, spec)
+	if errors.Is(err, acl.ErrSpec) { // a role, service or publisher the flags got wrong
+		return &usageError{err}
+	}
 	if err != nil {
 		return err
 	}

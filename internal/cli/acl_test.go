@@ -50,13 +50,13 @@ func TestACLCommand(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"--role", "subscriber", "--user", "u"}, 1, "needs a service (--service)"},
-		{[]string{"--role", "cache", "--user", "u", "--service", "ghost"}, 1, `service "ghost" is not in the matrix`},
-		{[]string{"--role", "publisher", "--user", "u", "--publisher", "ghost"}, 1, `publisher "ghost" is not in the matrix's publishers section`},
-		{[]string{"--role", "router", "--user", "u", "--service", "web"}, 1, "only for the subscriber and cache roles"},
-		{[]string{"--role", "admin", "--user", "u"}, 1, `role "admin" is not one of`},
-		{[]string{"--role", "router", "--user", "a b"}, 1, "printable ASCII without spaces"},
-		{[]string{"--role", "router", "--user", "u", "--format", "json"}, 1, "must be setuser or aclfile"},
+		{[]string{"--role", "subscriber", "--user", "u"}, 2, "needs a service (--service)"},
+		{[]string{"--role", "cache", "--user", "u", "--service", "ghost"}, 2, `service "ghost" is not in the matrix`},
+		{[]string{"--role", "publisher", "--user", "u", "--publisher", "ghost"}, 2, `publisher "ghost" is not in the matrix's publishers section`},
+		{[]string{"--role", "router", "--user", "u", "--service", "web"}, 2, "only for the subscriber and cache roles"},
+		{[]string{"--role", "admin", "--user", "u"}, 2, `role "admin" is not one of`},
+		{[]string{"--role", "router", "--user", "a b"}, 2, "printable ASCII without spaces"},
+		{[]string{"--role", "router", "--user", "u", "--format", "json"}, 2, "must be setuser or aclfile"},
 		{[]string{"--role", "router"}, 2, "--user is required"},
 	} {
 		code, out, errs := runCLI(t, append([]string{"acl", "--matrix", m}, tc.args...)...)
@@ -121,5 +121,35 @@ func TestPublishAsPublisherChecksTheGrant(t *testing.T) {
 	}
 	if code, out, errs := runCLI(t, "publish", "--redis", srv.URL, "--matrix", grants, "--tenant", "acme", "--domain", "user", "--keys", "k:1", "--publisher", "profile-svc"); code != 0 {
 		t.Errorf("a granted event: %d %q %q", code, out, errs)
+	}
+}
+
+// publish --durable as the plain publisher user fails on INFO; the error
+// says which ACL it needs, and with that ACL the publish goes through.
+func TestPublishDurableNopermPointsAtACL(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	setUser := func(args ...string) {
+		t.Helper()
+		code, out, errs := runCLI(t, append([]string{"acl", "--matrix", "../../matrix.yaml", "--role", "publisher", "--user", "pub"}, args...)...)
+		if code != 0 {
+			t.Fatalf("acl: %d %s", code, errs)
+		}
+		cmd := []any{}
+		for _, f := range strings.Fields(out) {
+			cmd = append(cmd, f)
+		}
+		must(t, c.Do(ctx, append(cmd, "on", ">secret")...).Err())
+	}
+	setUser()
+	url := "redis://pub:secret@" + srv.Addr
+	code, _, errs := runCLI(t, "publish", "--redis", url, "--tenant", "acme", "--domain", "user", "--keys", "user:1", "--durable")
+	if code != 1 || !strings.Contains(errs, "NOPERM") || !strings.Contains(errs, "routerd acl --role publisher --durable") {
+		t.Errorf("publish --durable without INFO: exit %d %q, want 1 and a pointer to routerd acl --durable", code, errs)
+	}
+	setUser("--durable")
+	if code, _, errs := runCLI(t, "publish", "--redis", url, "--tenant", "acme", "--domain", "user", "--keys", "user:1", "--durable"); code != 0 {
+		t.Errorf("publish --durable with the --durable ACL: exit %d %q", code, errs)
 	}
 }

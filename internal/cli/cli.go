@@ -4,6 +4,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -39,20 +40,37 @@ func init() {
 	commands = []command{
 		{"serve", "--matrix F --redis URL [--listen ADDR]", "run the router daemon", serve},
 		{"validate", "F", "check a matrix file", validate},
-		{"route", "--matrix F --tenant T --domain D [--json]", "show the channels and services an event reaches", route},
+		{"route", routeUsage, "show the channels and services an event reaches, and what it makes them drop", route},
 		{"matrix", "diff OLD NEW", "tell which channels, services, routes and limits a matrix change adds or removes", matrixCmd},
 		{"publish", publishUsage, "emit one event (with --matrix, only one the matrix routes)", publish},
 		{"tail", tailUsage, "print each message on channels as JSON lines", tail},
 		{"agent", agentUsage, "run the subscriber as a sidecar: apply invalidations to a cache Redis and/or deliver them to a process", agent},
 		{"invalidate", "--redis URL --tenant T --tag X [--keys a,b]", "run tag invalidation on a cache Redis directly", invalidate},
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
-		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
+		{"doctor", "--redis URL [--growth-file F]", "check a Redis for what breaks invalidation; exit 1 on a problem; with --growth-file, how its largest tag sets grew since the last run", doctorCmd},
 		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
+		{"probe", "URL", "exit 0 when URL (a /readyz) answers 2xx, 1 otherwise: a health check for images without curl", probe},
 	}
 }
 
 // errUsage means the command line was wrong; the usage was printed.
 var errUsage = errors.New("usage")
+
+// usageError is a command line a command refused after parsing it: a flag
+// value outside its set, flags that conflict. Main prints it after the
+// command's name with a pointer to -h, and exits 2, for every command.
+// (flags.fail is the same with the command's usage printed in full.)
+type usageError struct{ err error }
+
+func (e *usageError) Error() string   { return e.err.Error() }
+func (e *usageError) Unwrap() []error { return []error{e.err, errUsage} }
+
+// usagef is a usageError.
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Errorf(format, args...)}
+}
+
+func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "--help" }
 
 // Main runs the command in args (without the program name) and returns the
 // process's exit code: 0 on success, 1 on failure, 2 on bad usage.
@@ -73,13 +91,13 @@ func Main(ctx context.Context, args []string, env Env) int {
 	case len(args) == 0:
 		usage(env.Stderr)
 		return 2
-	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
-		usage(env.Stderr)
+	case isHelp(args[0]):
+		usage(env.Stdout) // asked for: `routerd -h | less` shows it
 		return 0
 	case args[0] == "help" && len(args) > 1 && !strings.HasPrefix(args[1], "-"):
 		args = []string{args[1], "-h"} // `routerd help serve` is `routerd serve -h`
 	case args[0] == "help":
-		usage(env.Stderr)
+		usage(env.Stdout)
 		return 0
 	case args[0] == "--version" || args[0] == "-version" || args[0] == "version":
 		fmt.Fprintln(env.Stdout, version(debug.ReadBuildInfo()))
@@ -88,11 +106,15 @@ func Main(ctx context.Context, args []string, env Env) int {
 	for _, c := range commands {
 		if c.name == args[0] {
 			err := c.run(ctx, &env, args[1:])
+			var bad *usageError
 			switch {
 			case err == nil:
 				return 0
 			case errors.Is(err, flag.ErrHelp): // -h: the usage was asked for
 				return 0
+			case errors.As(err, &bad):
+				fmt.Fprintf(env.Stderr, "routerd %s: %v\nRun 'routerd %s -h' for its flags.\n", c.name, bad.err, c.name)
+				return 2
 			case errors.Is(err, errUsage):
 				return 2
 			case errors.Is(err, errFailed):
@@ -124,7 +146,8 @@ func usage(w io.Writer) {
 // flags is a command's flag set with the shared flags.
 type flags struct {
 	*flag.FlagSet
-	env *Env
+	env  *Env
+	name string
 	// late are environment variables read after parsing, for flags whose
 	// value must not be shown as a default in the usage text.
 	late []func()
@@ -134,10 +157,23 @@ func newFlags(env *Env, name, args string) *flags {
 	fs := flag.NewFlagSet("routerd "+name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: routerd %s %s\n\nFlags:\n", name, args)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "Usage: routerd %s %s\n", name, args)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintf(fs.Output(), "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
-	return &flags{FlagSet: fs, env: env}
+	return &flags{FlagSet: fs, env: env, name: name}
+}
+
+// fail reports bad usage found after parsing: "routerd NAME: message" and
+// the command's usage on stderr; Main exits 2.
+func (f *flags) fail(format string, args ...any) error {
+	fmt.Fprintf(f.env.Stderr, "routerd %s: %s\n\n", f.name, fmt.Sprintf(format, args...))
+	f.Usage()
+	return errUsage
 }
 
 // stringEnv is a string flag whose default comes from an environment variable.
@@ -163,14 +199,23 @@ func (f *flags) secretEnv(name, envVar, help string) *string {
 	return p
 }
 
-// Parse parses the flags in args. A flag the command does not have, or a
-// value its flag cannot take, is bad usage (exit 2): the flag package has
-// already printed its message and the usage.
+// Parse parses the flags in args. -h writes the usage to stdout (it was
+// asked for). A flag the command does not have, or a value its flag cannot
+// take, is bad usage (exit 2): the flag package's message and the usage go
+// to stderr.
 func (f *flags) Parse(args []string) error {
-	if err := f.FlagSet.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+	var msg bytes.Buffer
+	f.SetOutput(&msg)
+	err := f.FlagSet.Parse(args)
+	f.SetOutput(f.env.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		f.SetOutput(f.env.Stdout)
+		f.Usage()
+		f.SetOutput(f.env.Stderr)
+		return err
+	case err != nil:
+		_, _ = io.Copy(f.env.Stderr, &msg)
 		return errUsage
 	}
 	return nil
@@ -184,9 +229,7 @@ func (f *flags) parse(args []string) error {
 		read()
 	}
 	if f.NArg() > 0 {
-		fmt.Fprintf(f.env.Stderr, "unexpected argument %q\n", f.Arg(0))
-		f.Usage()
-		return errUsage
+		return f.fail("unexpected argument %q", f.Arg(0))
 	}
 	return nil
 }
@@ -195,9 +238,7 @@ func (f *flags) parse(args []string) error {
 func (f *flags) required(names ...string) error {
 	for _, n := range names {
 		if f.Lookup(n).Value.String() == "" {
-			fmt.Fprintf(f.env.Stderr, "--%s is required\n", n)
-			f.Usage()
-			return errUsage
+			return f.fail("--%s is required", n)
 		}
 	}
 	return nil
@@ -273,7 +314,7 @@ func splitList(s string) []string {
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+		return nil, usagef("--log-level %q: %w", level, err)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 	routeRedisLogs(log)

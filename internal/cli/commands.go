@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/routerd/routerd/internal/doctor"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -23,8 +25,7 @@ func validate(_ context.Context, env *Env, args []string) error {
 		return err
 	}
 	if f.NArg() != 1 {
-		f.Usage()
-		return errUsage
+		return f.fail("want one matrix file, got %s", argList(f.Args()))
 	}
 	m, err := matrix.Load(f.Arg(0))
 	if err != nil {
@@ -45,6 +46,15 @@ func validate(_ context.Context, env *Env, args []string) error {
 	return nil
 }
 
+// argList names the arguments a command got, for a message saying they are
+// not what it wants.
+func argList(args []string) string {
+	if len(args) == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d: %q", len(args), args)
+}
+
 func loadMatrix(env *Env, path string) (*matrix.Matrix, error) {
 	m, err := matrix.Load(path)
 	var errs matrix.Errors
@@ -56,10 +66,14 @@ func loadMatrix(env *Env, path string) (*matrix.Matrix, error) {
 }
 
 func route(_ context.Context, env *Env, args []string) error {
-	f := newFlags(env, "route", "--matrix F --tenant T --domain D [--json]")
+	f := newFlags(env, "route", routeUsage)
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
 	tenant := f.String("tenant", "", "tenant of the event")
 	domain := f.String("domain", "", "domain of the event")
+	var shape eventShape
+	f.StringVar(&shape.entity, "entity", "", "the entity the event names, as publish --entity: the answer says what it drops")
+	keys := f.String("keys", "", "the keys the event names, as publish --keys")
+	f.BoolVar(&shape.wholeTag, "whole-tag", false, "the event is whole-tag, as publish --whole-tag")
 	asJSON := f.Bool("json", false, "print JSON")
 	if err := f.parse(args); err != nil {
 		return err
@@ -67,6 +81,7 @@ func route(_ context.Context, env *Env, args []string) error {
 	if err := f.required("matrix", "tenant", "domain"); err != nil {
 		return err
 	}
+	shape.keys = splitList(*keys)
 	if err := names.Tenant(*tenant); err != nil {
 		return err
 	}
@@ -88,7 +103,12 @@ func route(_ context.Context, env *Env, args []string) error {
 			// Publishers granted the event, when the matrix has a
 			// publishers section.
 			Publishers *[]string `json:"publishers,omitempty"`
-		}{Tenant: *tenant, Domain: *domain, Routes: routes, TenantBudget: m.TenantBudget, GlobalBudget: m.GlobalBudget}
+			// Drops says, by channel, what the event makes its services drop.
+			Drops map[string]string `json:"drops"`
+		}{Tenant: *tenant, Domain: *domain, Routes: routes, TenantBudget: m.TenantBudget, GlobalBudget: m.GlobalBudget, Drops: map[string]string{}}
+		for _, r := range routes {
+			out.Drops[r.Channel] = drops(m, *domain, r, shape)
+		}
 		if m.Publishers != nil {
 			granted := m.PublishersOf(*domain, *tenant)
 			if granted == nil {
@@ -124,6 +144,10 @@ func route(_ context.Context, env *Env, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintf(env.Stdout, "%s of %s drops:\n", shape.describe(), *domain)
+	for _, r := range routes {
+		fmt.Fprintf(env.Stdout, "  in %s: %s\n", r.Channel, drops(m, *domain, r, shape))
+	}
 	for _, b := range []struct {
 		name   string
 		budget *matrix.Budget
@@ -134,6 +158,8 @@ func route(_ context.Context, env *Env, args []string) error {
 	}
 	return nil
 }
+
+const routeUsage = "--matrix F --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--json]"
 
 const publishUsage = "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--publisher P] [--matrix F]"
 
@@ -170,15 +196,29 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("invalid event: --keys names no key; omit --keys to invalidate whole tags")
 	}
 	if keysGiven && *wholeTag {
-		return fmt.Errorf("invalid event: --whole-tag with --keys; a whole-tag event names no keys")
+		return usagef("--whole-tag with --keys: a whole-tag event names no keys")
 	}
 	if err := ev.Validate(); err != nil {
 		return fmt.Errorf("invalid event: %w", err)
 	}
+	entityLevel := ev.Entity != "" && !keysGiven && !*wholeTag
 	if *path != "" {
-		if err := routable(env, f, *path, ev.Tenant, ev.Domain, *pubName, prefix); err != nil {
+		routes, err := routable(env, f, *path, ev.Tenant, ev.Domain, *pubName, prefix)
+		if err != nil {
 			return err
 		}
+		if entityLevel && !routes[0].EntityRefs {
+			tags := make([]string, len(routes))
+			for i, r := range routes {
+				tags[i] = r.Tag
+			}
+			return fmt.Errorf("nothing sent: domain %q has no entity_refs in %s, so --entity %s without --keys would invalidate its tags (%s) whole; "+
+				"name the keys with --keys, set `entity_refs: true` on the domain (and cache its values by reference, README \"Entity references\"), or pass --whole-tag if whole tags are meant",
+				ev.Domain, *path, ev.Entity, strings.Join(tags, ", "))
+		}
+	} else if entityLevel {
+		fmt.Fprintf(env.Stderr, "warning: --entity %s without --keys is entity-level only where the matrix sets entity_refs on domain %q; "+
+			"where it does not, the router invalidates the domain's tags whole (pass --matrix to check before sending)\n", ev.Entity, ev.Domain)
 	}
 	c, err := rf.open(nil)
 	if err != nil {
@@ -195,6 +235,10 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	id, err := p.Publish(ctx, ev)
+	if *durable && redis.IsPermissionError(err) {
+		return fmt.Errorf("%w\n  --durable reads INFO replication and sends WAIT, which the publisher user printed by `routerd acl --role publisher` may not run: "+
+			"give the user the rules of `routerd acl --role publisher --durable` (docs/security.md)", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -205,17 +249,17 @@ func publish(ctx context.Context, env *Env, args []string) error {
 // routable refuses an event the matrix at path would not route (from the
 // streams of pub, when not empty), and takes the matrix's prefix unless
 // --prefix was given (and then they must agree).
-func routable(env *Env, f *flags, path, tenant, domain, pub string, prefix *string) error {
+func routable(env *Env, f *flags, path, tenant, domain, pub string, prefix *string) ([]matrix.Route, error) {
 	m, err := loadMatrix(env, path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	routes, known := m.Routes(tenant, domain)
 	if !known {
-		return fmt.Errorf("nothing sent: domain %q is not in %s (domains: %s)", domain, path, strings.Join(m.DomainNames(), ", "))
+		return nil, fmt.Errorf("nothing sent: domain %q is not in %s (domains: %s)", domain, path, strings.Join(m.DomainNames(), ", "))
 	}
 	if len(routes) == 0 {
-		return fmt.Errorf("nothing sent: no service of domain %q's tags serves tenant %q in %s, so the event would reach no channel", domain, tenant, path)
+		return nil, fmt.Errorf("nothing sent: no service of domain %q's tags serves tenant %q in %s, so the event would reach no channel", domain, tenant, path)
 	}
 	if pub != "" {
 		if _, ok := m.Publishers[pub]; !ok {
@@ -223,19 +267,19 @@ func routable(env *Env, f *flags, path, tenant, domain, pub string, prefix *stri
 			if len(m.Publishers) > 0 {
 				have = "publishers: " + strings.Join(m.PublisherNames(), ", ")
 			}
-			return fmt.Errorf("nothing sent: publisher %q is not in the publishers section of %s (%s): no router reads its streams", pub, path, have)
+			return nil, fmt.Errorf("nothing sent: publisher %q is not in the publishers section of %s (%s): no router reads its streams", pub, path, have)
 		}
 		if !m.Granted(pub, domain, tenant) {
-			return fmt.Errorf("nothing sent: publisher %q is not granted domain %q for tenant %q in %s, so the router would dead-letter the event (not_granted)", pub, domain, tenant, path)
+			return nil, fmt.Errorf("nothing sent: publisher %q is not granted domain %q for tenant %q in %s, so the router would dead-letter the event (not_granted)", pub, domain, tenant, path)
 		}
 	}
 	prefixGiven := isFlagSet(f, "prefix")
 	if !prefixGiven {
 		*prefix = m.Prefix
 	} else if *prefix != m.Prefix {
-		return fmt.Errorf("nothing sent: --prefix %q differs from the prefix %q of %s", *prefix, m.Prefix, path)
+		return nil, fmt.Errorf("nothing sent: --prefix %q differs from the prefix %q of %s", *prefix, m.Prefix, path)
 	}
-	return nil
+	return routes, nil
 }
 
 func invalidate(ctx context.Context, env *Env, args []string) error {
@@ -244,7 +288,11 @@ func invalidate(ctx context.Context, env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(env.Stdout, "%s: %s deleted (chunked: %v)\n", res.Status, plural(res.Deleted, "key", "keys"), res.Chunked)
+		how := ""
+		if res.Chunked {
+			how = ", in chunks (the tag is above the cardinality guard)"
+		}
+		fmt.Fprintf(env.Stdout, "%s: %s deleted%s\n", res.Status, plural(res.Deleted, "key", "keys"), how)
 		return nil
 	})
 }
@@ -303,11 +351,12 @@ func onTag(ctx context.Context, env *Env, args []string, name, tagHelp string, w
 }
 
 func doctorCmd(ctx context.Context, env *Env, args []string) error {
-	f := newFlags(env, "doctor", "--redis URL")
+	f := newFlags(env, "doctor", "--redis URL [--growth-file F]")
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "the Redis to check (bus or cache)")
 	prefix := f.String("prefix", names.DefaultPrefix, "routerd's prefix, for the ingress checks")
 	guard := f.Int("cardinality-guard", tagstore.DefaultCardinalityGuard, "the subscribers' cardinality guard")
 	maxLag := f.Int64("max-lag", 10000, "unrouted ingress entries above which routerd is behind")
+	growthFile := f.String("growth-file", "", "keep the largest tag sets' sizes in this file: each run reports how they grew since the last one, and warns of a set that reaches the guard within a day")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -322,7 +371,7 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer c.Close()
-	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag})
+	findings, err := doctor.Run(ctx, c, doctor.Options{Prefix: *prefix, CardinalityGuard: *guard, MaxLag: *maxLag, GrowthFile: *growthFile})
 	failed := false
 	for _, fd := range findings {
 		fmt.Fprintf(env.Stdout, "%-4s  %-11s %-20s %s\n", fd.Level, fd.Check, fd.Node, fd.Message)
@@ -344,8 +393,8 @@ func matrixCmd(_ context.Context, env *Env, args []string) error {
 	case len(args) == 0:
 		fmt.Fprintln(env.Stderr, usage)
 		return errUsage
-	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
-		fmt.Fprintln(env.Stderr, usage)
+	case isHelp(args[0]) || args[0] == "help":
+		fmt.Fprintln(env.Stdout, usage)
 		return flag.ErrHelp
 	case args[0] != "diff":
 		fmt.Fprintf(env.Stderr, "routerd matrix: unknown subcommand %q (subcommands: diff)\n\n%s\n", args[0], usage)
@@ -356,8 +405,7 @@ func matrixCmd(_ context.Context, env *Env, args []string) error {
 		return err
 	}
 	if f.NArg() != 2 {
-		f.Usage()
-		return errUsage
+		return f.fail("want two matrix files, the old and the new, got %s", argList(f.Args()))
 	}
 	old, err := loadMatrix(env, f.Arg(0))
 	if err != nil {

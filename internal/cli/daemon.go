@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/routerd/routerd/internal/deliver"
 	"github.com/routerd/routerd/internal/reload"
+	"github.com/routerd/routerd/internal/tagsize"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/router"
@@ -118,6 +118,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
 	maxKeys := f.Int("max-keys", matrix.DefaultLimits.MaxKeys, "a merged invalidation with more keys invalidates the whole tag")
+	sampleEvery := f.Duration("tag-sample-interval", time.Minute, "how often the sizes of the service's largest tag sets are sampled for /metrics (with --cache-redis; 0: never)")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -126,9 +127,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	if *cache.url == "" && *target == "" {
-		fmt.Fprintln(env.Stderr, "--cache-redis, --deliver or both are required: invalidations need somewhere to go")
-		f.Usage()
-		return errUsage
+		return f.fail("--cache-redis, --deliver or both are required: invalidations need somewhere to go")
 	}
 	if err := wf.check(); err != nil {
 		return err
@@ -181,6 +180,17 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	rc := reload.New(*path, m, reload.Options{Namespace: "subscriber", Logger: log, Registerer: reg})
 	rc.Subscribe(s.SetMatrix)
 	g, gctx := errgroup.WithContext(ctx)
+	if cacheC != nil && *sampleEvery > 0 {
+		sub, _ := m.SubscriptionFor(*service) // subscriber.New checked the service
+		sampler := tagsize.NewSampler(cacheC, sub.Tags, tagsize.Options{Guard: *sf.guard, Logger: log, Registerer: reg})
+		rc.Subscribe(func(m *matrix.Matrix) error {
+			if sub, ok := m.SubscriptionFor(*service); ok {
+				sampler.SetTags(sub.Tags)
+			}
+			return nil
+		})
+		g.Go(func() error { sampler.Run(gctx, *sampleEvery); return nil })
+	}
 	g.Go(func() error {
 		if err := out.start(gctx); err != nil {
 			return err

@@ -35,9 +35,7 @@ func tail(ctx context.Context, env *Env, args []string) error {
 	var channels, patterns []string
 	if *all {
 		if *tenants != "" || *tags != "" {
-			fmt.Fprintln(env.Stderr, "--all takes the channels from the matrix: drop --tenant and --tag")
-			f.Usage()
-			return errUsage
+			return f.fail("--all takes the channels from the matrix: drop --tenant and --tag")
 		}
 		if err := f.required("matrix", "service"); err != nil {
 			return err
@@ -74,9 +72,7 @@ func tail(ctx context.Context, env *Env, args []string) error {
 		}
 		tl, gl := splitList(*tenants), splitList(*tags)
 		if len(tl) == 0 || len(gl) == 0 {
-			fmt.Fprintln(env.Stderr, "--tenant and --tag must each name at least one")
-			f.Usage()
-			return errUsage
+			return f.fail("--tenant and --tag must each name at least one")
 		}
 		for _, t := range tl {
 			if err := names.Tenant(t); err != nil {

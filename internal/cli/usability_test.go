@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,16 +18,46 @@ import (
 	"github.com/routerd/routerd/tagstore"
 )
 
-// -h is a request, not a mistake: every command exits 0 with its usage.
+// -h is a request, not a mistake: every command exits 0 with its usage on
+// stdout, so `routerd publish -h | less` shows it.
 func TestHelpExitsZero(t *testing.T) {
 	cases := [][]string{{"-h"}, {"--help"}, {"help"}, {"help", "serve"}, {"help", "-h"}, {"help", "--help"}, {"matrix", "-h"}, {"matrix", "diff", "-h"}}
 	for _, c := range commands {
 		cases = append(cases, []string{c.name, "-h"}, []string{c.name, "--help"})
 	}
 	for _, args := range cases {
-		code, _, errs := runCLI(t, args...)
-		if code != 0 || !strings.Contains(errs, "Usage") && !strings.Contains(errs, "routerd: tag-based") {
-			t.Errorf("%v: exit %d, want 0 with the usage:\n%s", args, code, errs)
+		code, out, errs := runCLI(t, args...)
+		if code != 0 || errs != "" || !strings.Contains(out, "Usage") && !strings.Contains(out, "routerd: tag-based") {
+			t.Errorf("%v: exit %d, want 0 with the usage on stdout and nothing on stderr:\nstdout: %s\nstderr: %s", args, code, out, errs)
+		}
+	}
+}
+
+// Bad usage exits 2 in every command, says what is wrong after the
+// command's name, and writes nothing to stdout.
+func TestUsageErrorsExitTwo(t *testing.T) {
+	m := writeFile(t, grantsYAML)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "Usage:"},
+		{[]string{"validate"}, "routerd validate: want one matrix file, got none"},
+		{[]string{"validate", "a.yaml", "b.yaml"}, `routerd validate: want one matrix file, got 2: ["a.yaml" "b.yaml"]`},
+		{[]string{"matrix", "diff", "a.yaml"}, `routerd matrix diff: want two matrix files, the old and the new, got 1: ["a.yaml"]`},
+		{[]string{"route", "--matrix", m, "--domain", "user"}, "routerd route: --tenant is required"},
+		{[]string{"route", "--matrix", m, "--tenant", "acme", "--domain", "user", "extra"}, `routerd route: unexpected argument "extra"`},
+		{[]string{"acl", "--matrix", m, "--role", "subscriber", "--user", "u"}, "routerd acl: the subscriber role needs a service (--service)"},
+		{[]string{"acl", "--matrix", m, "--role", "nope", "--user", "u"}, `routerd acl: role "nope" is not one of`},
+		{[]string{"acl", "--matrix", m, "--role", "router", "--user", "u", "--service", "x"}, "only for the subscriber and cache roles"},
+		{[]string{"acl", "--matrix", m, "--role", "router", "--user", "u", "--format", "json"}, `routerd acl: --format "json": must be setuser or aclfile`},
+		{[]string{"agent", "--redis", "redis://127.0.0.1:1", "--service", "web", "--matrix", m}, "routerd agent: --cache-redis, --deliver or both are required"},
+		{[]string{"publish", "--redis", "redis://127.0.0.1:1", "--tenant", "acme", "--domain", "user", "--keys", "k", "--whole-tag"}, "routerd publish: --whole-tag with --keys"},
+		{[]string{"serve", "--redis", "redis://127.0.0.1:1", "--matrix", m, "--log-level", "loud"}, `routerd serve: --log-level "loud"`},
+	} {
+		code, out, errs := runCLI(t, tc.args...)
+		if code != 2 || out != "" || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 2 and %q", tc.args, code, out, errs, tc.want)
 		}
 	}
 }
@@ -204,7 +235,7 @@ func TestPlurals(t *testing.T) {
 	}
 	must(t, store.Set(context.Background(), "acme", "user:1", []byte("x"), 0, "active"))
 	code, out, _ := runCLI(t, "invalidate", "--redis", cache.URL, "--tenant", "acme", "--tag", "active", "--keys", "user:1")
-	if code != 0 || out != "SUCCESS: 1 key deleted (chunked: false)\n" {
+	if code != 0 || out != "SUCCESS: 1 key deleted\n" {
 		t.Errorf("invalidate: %d %q", code, out)
 	}
 	path := filepath.Join(t.TempDir(), "m.yaml")
@@ -293,6 +324,12 @@ func TestEntityLevelAndEmptyKeys(t *testing.T) {
 	if ev := sent("--entity", "1042"); strings.Contains(ev, "whole_tag") || strings.Contains(ev, `"keys"`) {
 		t.Errorf("--entity alone sent %s, want an entity-level event", ev)
 	}
+	// Without --matrix, publish cannot tell whether the domain has
+	// entity_refs: it sends, and warns that the tags may go whole.
+	code, _, errs := runCLI(t, "publish", "--redis", bus.URL, "--tenant", "acme", "--domain", "user", "--entity", "1042")
+	if code != 0 || !strings.Contains(errs, "warning: --entity 1042 without --keys is entity-level only where the matrix sets entity_refs") {
+		t.Errorf("publish --entity without --matrix: exit %d, stderr %q, want a warning", code, errs)
+	}
 	if ev := sent("--entity", "1042", "--whole-tag"); !strings.Contains(ev, `"whole_tag":true`) {
 		t.Errorf("--entity --whole-tag sent %s", ev)
 	}
@@ -303,5 +340,102 @@ func TestEntityLevelAndEmptyKeys(t *testing.T) {
 		if code, _, errs := runCLI(t, args...); code != 1 || !strings.Contains(errs, "names no key") {
 			t.Errorf("%v: exit %d %q, want a refusal", args[0], code, errs)
 		}
+	}
+}
+
+const refsMatrix = `
+version: 1
+tags:
+  active: {services: [web]}
+  users: {services: [web]}
+domains:
+  user: {tags: [users, active], entity_refs: true}
+  order: {tags: [active]}
+services: {web: {tenants: all}}
+`
+
+// publish --entity without --keys on a domain without entity_refs would
+// flush the domain's tags whole: with --matrix it is refused before
+// anything is sent, saying what to set; --whole-tag says it is meant.
+func TestPublishEntityWithoutRefsRefused(t *testing.T) {
+	m := writeFile(t, refsMatrix)
+	code, out, errs := runCLI(t, "publish", "--redis", "redis://127.0.0.1:1", "--matrix", m, "--tenant", "acme", "--domain", "order", "--entity", "42")
+	for _, want := range []string{`nothing sent: domain "order" has no entity_refs in ` + m, "(active) whole", "entity_refs: true", "--keys", "--whole-tag"} {
+		if code != 1 || out != "" || !strings.Contains(errs, want) {
+			t.Errorf("publish --entity on a domain without entity_refs: exit %d %q %q, want 1 and %q", code, out, errs, want)
+		}
+	}
+}
+
+// route says what an event makes each channel's services drop; an
+// entity-level event drops every plain value of each tag, also those of the
+// other domains sharing it.
+func TestRouteSaysWhatIsDropped(t *testing.T) {
+	m := writeFile(t, refsMatrix)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--domain", "user", "--entity", "42"}, []string{
+			"an entity-level event (--entity 42, no --keys) of user drops:",
+			"in invalidate:acme:users: what is registered under user/42, what is registered at domain user's type level, and every plain value of tag users",
+			"every plain value of tag active (values cached without references); tag active is shared with domain order"}},
+		{[]string{"--domain", "order", "--entity", "42"}, []string{"in invalidate:acme:active: every value of tag active (whole tag: domain order has no entity_refs"}},
+		{[]string{"--domain", "order"}, []string{"a whole-tag event (no --entity, no --keys) of order drops:", "every value of tag active (whole tag)"}},
+		{[]string{"--domain", "order", "--keys", "order:1"}, []string{"in invalidate:acme:active: its keys\n"}},
+		{[]string{"--domain", "user", "--keys", "user:1"}, []string{"its keys and what is registered at domain user's type level"}},
+	} {
+		code, out, errs := runCLI(t, append([]string{"route", "--matrix", m, "--tenant", "acme"}, tc.args...)...)
+		for _, want := range tc.want {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("route %v: exit %d %q %q, want %q", tc.args, code, out, errs, want)
+			}
+		}
+	}
+	code, out, _ := runCLI(t, "route", "--matrix", m, "--tenant", "acme", "--domain", "user", "--entity", "42", "--json")
+	if code != 0 || !strings.Contains(out, `"invalidate:acme:users": "what is registered under user/42`) {
+		t.Errorf("route --json: %d %s", code, out)
+	}
+}
+
+// doctor --growth-file records the largest tag sets' sizes, and the next run
+// reports how they grew since, warning of a set that reaches the guard
+// within a day at that rate.
+func TestDoctorReportsTagSetGrowth(t *testing.T) {
+	cache := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	store, err := tagstore.New(cache.Client(t), tagstore.Options{})
+	must(t, err)
+	add := func(from, to int) {
+		for i := from; i < to; i++ {
+			must(t, store.Set(context.Background(), "acme", "k"+strconv.Itoa(i), []byte("v"), 0, "big"))
+		}
+	}
+	add(0, 100)
+	file := filepath.Join(t.TempDir(), "growth.json")
+	code, out, errs := runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file)
+	if code != 0 || !strings.Contains(out, "growth") || !strings.Contains(out, "no earlier run recorded in "+file) {
+		t.Fatalf("first doctor --growth-file: exit %d\n%s%s", code, out, errs)
+	}
+	add(100, 130)
+	code, out, errs = runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file, "--cardinality-guard", "1000")
+	if code != 0 || !strings.Contains(out, "{tenant:acme}:tag:big +30 to 130") || !strings.Contains(out, "reach the cardinality guard 1000 within a day") {
+		t.Errorf("second doctor --growth-file: exit %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = runCLI(t, "doctor", "--redis", cache.URL, "--growth-file", file)
+	if code != 0 || !strings.Contains(out, "none of the largest tag sets changed size since") {
+		t.Errorf("third doctor --growth-file: exit %d\n%s", code, out)
+	}
+}
+
+// One dead letter is "1 event".
+func TestDoctorCountsOneDeadLetter(t *testing.T) {
+	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	c := bus.Client(t)
+	must(t, c.Set(context.Background(), "invalidate:ingress:partitions", 1, 0).Err())
+	must(t, c.XGroupCreateMkStream(context.Background(), "invalidate:ingress:{0}", "routerd", "0").Err())
+	must(t, c.XAdd(context.Background(), &redis.XAddArgs{Stream: "invalidate:deadletter", Values: []any{"reason", "malformed"}}).Err())
+	_, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
+	if !strings.Contains(out, "1 event in invalidate:deadletter") {
+		t.Errorf("doctor with one dead letter:\n%s", out)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,5 +127,30 @@ func TestBadWebConfigFile(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, "--web-config-file") {
 			t.Errorf("%v: exit %d\n%s%s", args, code, out, errs)
 		}
+	}
+}
+
+// probe exits 0 on a 2xx /readyz and 1 with the body (the reason) on
+// anything else: the health check of the distroless image.
+func TestProbe(t *testing.T) {
+	var ready atomic.Bool
+	ready.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready: cache Redis refuses", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	}))
+	defer srv.Close()
+	if code, out, errs := runCLI(t, "probe", srv.URL+"/readyz"); code != 0 || !strings.Contains(out, "200 OK: ready") {
+		t.Errorf("probe of a ready endpoint: exit %d %q %q", code, out, errs)
+	}
+	ready.Store(false)
+	if code, _, errs := runCLI(t, "probe", srv.URL+"/readyz"); code != 1 || !strings.Contains(errs, "503 Service Unavailable: not ready: cache Redis refuses") {
+		t.Errorf("probe of an unready endpoint: exit %d %q", code, errs)
+	}
+	if code, _, errs := runCLI(t, "probe", "localhost:9464"); code != 2 || !strings.Contains(errs, "must start with http://") {
+		t.Errorf("probe without a scheme: exit %d %q", code, errs)
 	}
 }

@@ -7,17 +7,20 @@ package doctor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/internal/tagsize"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
@@ -48,7 +51,15 @@ type Options struct {
 	CardinalityGuard int    // the subscribers' guard (5000)
 	MaxLag           int64  // ingress entries not yet routed before it is a problem (10000)
 	ScanLimit        int    // keys the tag set scan looks at per server (100000)
+	// GrowthFile, when set, keeps the largest tag sets between runs: a run
+	// reports how each grew since the run that last wrote the file, then
+	// writes its own.
+	GrowthFile string
 }
+
+// growthSets is how many of the largest tag sets per server a growth file
+// keeps.
+const growthSets = 20
 
 // Run checks every server behind c (each master of a cluster).
 func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, error) {
@@ -65,19 +76,21 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 		opt.ScanLimit = 100000
 	}
 	var out []Finding
-	check := func(ctx context.Context, node *redis.Client) error {
-		fs, err := checkNode(ctx, node, opt)
-		out = append(out, fs...)
-		return err
-	}
+	var sets []tagsize.Set
 	nodes, err := redisconn.Masters(ctx, c)
 	if err != nil {
 		return nil, fmt.Errorf("doctor: %w", err)
 	}
 	for _, n := range nodes {
-		if err := check(ctx, n); err != nil {
+		fs, big, err := checkNode(ctx, n, opt)
+		out = append(out, fs...)
+		if err != nil {
 			return out, err
 		}
+		sets = append(sets, big...)
+	}
+	if opt.GrowthFile != "" {
+		out = append(out, growth(opt, sets, time.Now()))
 	}
 	return append(out, checkIngress(ctx, c, opt)...), nil
 }
@@ -95,7 +108,9 @@ func info(ctx context.Context, c *redis.Client, section string) (map[string]stri
 	return m, nil
 }
 
-func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, error) {
+// checkNode checks one server; it returns the findings and its largest
+// tag sets.
+func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []tagsize.Set, error) {
 	node := c.Options().Addr
 	var out []Finding
 	add := func(l Level, check, format string, args ...any) {
@@ -103,7 +118,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 	}
 	srv, err := info(ctx, c, "server")
 	if err != nil {
-		return nil, fmt.Errorf("%s: INFO: %w", node, err)
+		return nil, nil, fmt.Errorf("%s: INFO: %w", node, err)
 	}
 	version := srv["redis_version"]
 	if major, _ := strconv.Atoi(strings.Split(version, ".")[0]); major < 7 {
@@ -175,7 +190,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 		add(OK, "pubsub", "no pattern subscription: a PUBLISH is matched against its own channel's subscribers only")
 	}
 
-	big, complete, refs, err := largestTags(ctx, c, opt.ScanLimit)
+	big, complete, refs, err := largestTags(ctx, c, opt.ScanLimit, growthSets)
 	if refs && strings.HasPrefix(evict, "volatile-") {
 		add(Warn, "eviction", "maxmemory-policy %s with entity references (tag #refs sets found): a reference set expires with its values, so Redis may evict it before them and an entity-level invalidation then misses them: CONFIG SET maxmemory-policy noeviction", evict)
 	}
@@ -188,20 +203,20 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, er
 	} else {
 		var near []string
 		for _, t := range big {
-			if t.size >= int64(opt.CardinalityGuard)*8/10 {
-				near = append(near, fmt.Sprintf("%s (%d)", t.key, t.size))
+			if t.Members >= int64(opt.CardinalityGuard)*8/10 {
+				near = append(near, fmt.Sprintf("%s (%d)", t.Key, t.Members))
 			}
 		}
 		switch {
 		case len(near) > 0:
 			add(Warn, "tags", "tag sets near or above the cardinality guard %d, deleted by the chunked path: %s", opt.CardinalityGuard, strings.Join(near, ", "))
 		case len(big) > 0:
-			add(OK, "tags", "largest tag set %s has %d members (guard %d; %s)", big[0].key, big[0].size, opt.CardinalityGuard, scope)
+			add(OK, "tags", "largest tag set %s has %d members (guard %d; %s)", big[0].Key, big[0].Members, opt.CardinalityGuard, scope)
 		default:
 			add(OK, "tags", "no tag sets (%s)", scope)
 		}
 	}
-	return out, nil
+	return out, big, nil
 }
 
 // patternHolders names the clients that hold pattern subscriptions (" held
@@ -243,17 +258,12 @@ func patternHolders(ctx context.Context, c *redis.Client) string {
 	return fmt.Sprintf(" held by %d %s (%s%s)", len(holders), clients, strings.Join(shown, ", "), more)
 }
 
-type tagSize struct {
-	key  string
-	size int64
-}
-
-// largestTags scans up to about limit keys for tag sets and returns the five
+// largestTags scans up to about limit keys for tag sets and returns the n
 // largest, whether the scan covered the whole keyspace, and whether it met
 // a ref-registered set (entity references are in use). A tag's size is
 // that of its tag set (plain values) and its ref-registered set
 // (names.TagRefsKey) together, as the cardinality guard counts a whole tag.
-func largestTags(ctx context.Context, c *redis.Client, limit int) (top []tagSize, complete, refs bool, err error) {
+func largestTags(ctx context.Context, c *redis.Client, limit, n int) (top []tagsize.Set, complete, refs bool, err error) {
 	sizes := map[string]int64{} // by tag set key
 	var cursor uint64
 	scanned := 0
@@ -284,14 +294,72 @@ func largestTags(ctx context.Context, c *redis.Client, limit int) (top []tagSize
 		}
 		cursor = next
 	}
-	out := make([]tagSize, 0, len(sizes))
-	for k, n := range sizes {
-		out = append(out, tagSize{k, n})
+	return tagsize.Top(sizes, n), complete, refs, nil
+}
+
+// growthRecord is what a growth file holds.
+type growthRecord struct {
+	Taken time.Time     `json:"taken"`
+	Sets  []tagsize.Set `json:"sets"`
+}
+
+// growth compares the largest tag sets with those the growth file recorded
+// and records them; its finding warns of a set that reaches the guard
+// within a day at its growth since then.
+func growth(opt Options, sets []tagsize.Set, now time.Time) Finding {
+	f := Finding{Level: OK, Node: "-", Check: "growth"}
+	var prev growthRecord
+	data, err := os.ReadFile(opt.GrowthFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		f.Level, f.Message = Warn, fmt.Sprintf("cannot read %s: %v", opt.GrowthFile, err)
+		return f
+	default:
+		if err := json.Unmarshal(data, &prev); err != nil {
+			f.Level, f.Message = Warn, fmt.Sprintf("%s is not a growth file of routerd doctor (%v): remove it", opt.GrowthFile, err)
+			return f
+		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].size > out[j].size || (out[i].size == out[j].size && out[i].key < out[j].key)
-	})
-	return out[:min(len(out), 5)], complete, refs, nil
+	if data, err = json.MarshalIndent(growthRecord{Taken: now.UTC(), Sets: sets}, "", "  "); err == nil {
+		err = os.WriteFile(opt.GrowthFile, append(data, '\n'), 0o644)
+	}
+	if err != nil {
+		f.Level, f.Message = Warn, fmt.Sprintf("cannot record the tag set sizes in %s: %v", opt.GrowthFile, err)
+		return f
+	}
+	if prev.Taken.IsZero() {
+		f.Message = fmt.Sprintf("no earlier run recorded in %s: the sizes of the %d largest tag sets are recorded now; run again later to see their growth", opt.GrowthFile, len(sets))
+		return f
+	}
+	elapsed := now.Sub(prev.Taken)
+	perHour := tagsize.Growth(prev.Sets, sets, elapsed)
+	before := map[string]int64{}
+	for _, s := range prev.Sets {
+		before[s.Key] = s.Members
+	}
+	var grew, soon []string
+	for _, s := range sets { // largest first
+		rate, ok := perHour[s.Key]
+		if !ok || s.Members == before[s.Key] {
+			continue
+		}
+		grew = append(grew, fmt.Sprintf("%s %+d to %d (%+.0f/hour)", s.Key, s.Members-before[s.Key], s.Members, rate))
+		guard := float64(opt.CardinalityGuard)
+		if rate > 0 && float64(s.Members) < guard && float64(s.Members)+24*rate >= guard {
+			soon = append(soon, fmt.Sprintf("%s in %.1f hours", s.Key, (guard-float64(s.Members))/rate))
+		}
+	}
+	since := fmt.Sprintf("since %s (%s ago)", prev.Taken.Format(time.RFC3339), elapsed.Round(time.Second))
+	switch {
+	case len(soon) > 0:
+		f.Level, f.Message = Warn, fmt.Sprintf("tag sets reach the cardinality guard %d within a day at their growth %s: %s; grew: %s", opt.CardinalityGuard, since, strings.Join(soon, ", "), strings.Join(grew, ", "))
+	case len(grew) > 0:
+		f.Message = fmt.Sprintf("largest tag sets %s: %s", since, strings.Join(grew, ", "))
+	default:
+		f.Message = fmt.Sprintf("none of the largest tag sets changed size %s", since)
+	}
+	return f
 }
 
 // checkIngress reports routerd's ingress: streams under the prefix that no
@@ -360,7 +428,11 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%s, lag %d, pending %d", count, lag, pending)})
 	}
 	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
-		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d events in %s: XRANGE it to see why they were refused", dl, wire.DeadLetterStream(opt.Prefix))})
+		events := "events"
+		if dl == 1 {
+			events = "event"
+		}
+		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: XRANGE it to see why they were refused", dl, events, wire.DeadLetterStream(opt.Prefix))})
 	}
 	return out
 }

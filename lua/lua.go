@@ -4,7 +4,7 @@
 // What scripts share is composed in Go, once: every script starts with a
 // prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
 // scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
-// a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
+// a batch), and void.lua, which deletes the leases of the keys they delete. Redis Functions would share the rule too, but need FUNCTION LOAD
 // on every master, and again after a restart without persistence or on a
 // node added later, while an EVALSHA script falls back to EVAL and two
 // versions of routerd can run side by side (docs/architecture.md).
@@ -40,6 +40,12 @@ var (
 	publishSrc string
 	//go:embed position.lua
 	positionSrc string
+	//go:embed void.lua
+	voidSrc string
+	//go:embed lease.lua
+	leaseSrc string
+	//go:embed release.lua
+	releaseSrc string
 	//go:embed invalidate.lua
 	invalidateSrc string
 	//go:embed invalidate_keys.lua
@@ -61,19 +67,22 @@ var (
 // prelude starts every script: the limits and names Go and Lua share.
 var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
-	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
+	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n" +
+	"local LEASE_SEGMENT = " + strconv.Quote(names.LeaseSegment) + "\n"
 
 // Sources are the scripts as they are sent to Redis, by file name.
 var Sources = map[string]string{
 	"publish.lua":         prelude + publishSrc,
-	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
-	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
+	"invalidate.lua":      prelude + positionSrc + voidSrc + invalidateSrc,
+	"invalidate_keys.lua": prelude + positionSrc + voidSrc + invalidateKeysSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
 	"srcver.lua":          prelude + srcverSrc,
 	"budget.lua":          prelude + budgetSrc,
 	"tenants.lua":         prelude + tenantsSrc,
+	"lease.lua":           prelude + leaseSrc,
+	"release.lua":         prelude + releaseSrc,
 }
 
 var (
@@ -85,8 +94,13 @@ var (
 	InvalidateKeys = redis.NewScript(Sources["invalidate_keys.lua"])
 	// Chunk deletes one batch of a large tag.
 	Chunk = redis.NewScript(Sources["chunk.lua"])
-	// Set stores a value and registers its key under tags.
+	// Set stores a value and registers its key under tags; with a lease's
+	// token, only while the lease holds it (the fill of a Fetch).
 	Set = redis.NewScript(Sources["set.lua"])
+	// Lease reads a value, or takes its lease when it is missing.
+	Lease = redis.NewScript(Sources["lease.lua"])
+	// Release gives a lease back unfilled.
+	Release = redis.NewScript(Sources["release.lua"])
 	// Compact drops tag set members whose keys are gone.
 	Compact = redis.NewScript(Sources["compact.lua"])
 	// SourceVersion suppresses events older than one already routed.

@@ -1,11 +1,13 @@
 -- Store a cache value and register its key under tags and entity
--- references, atomically. Self-contained: clients in other languages send
--- it as it is, without the Go prelude.
+-- references, atomically; with a lease token, only while that lease is
+-- held (the fill of a Fetch: docs/protocol.md#leases). Self-contained:
+-- clients in other languages send it as it is, without the Go prelude.
 -- KEYS[1]   cache key
--- KEYS[2..] sets to add the key to: tag sets {tenant:<t>}:tag:<tag> (a
---           plain value), or, for a value registered under entity
---           references, the tags' ref-registered sets
---           {tenant:<t>}:tag:<tag>#refs and the entity reference sets
+-- KEYS[2]   with ARGV[4] only: the lease {tenant:<t>}:lease:<cache key>
+-- KEYS[2..] (KEYS[3..] with ARGV[4]) sets to add the key to: tag sets
+--           {tenant:<t>}:tag:<tag> (a plain value), or, for a value
+--           registered under entity references, the tags' ref-registered
+--           sets {tenant:<t>}:tag:<tag>#refs and the entity reference sets
 --           {tenant:<t>}:ref:<domain>/<entity> (or a domain's type-level set
 --           {tenant:<t>}:ref:<domain>)
 -- ARGV[1]   value
@@ -16,7 +18,20 @@
 --           registered in it through this script (it takes the longest time
 --           to live of them, or none when one has none), so it never
 --           outlives them by much and never expires before one of them
--- Returns the number of sets the key was new in.
+-- ARGV[4]   optional: the token lease.lua gave. The value is stored only
+--           when the lease still holds it — no invalidation covering the
+--           key deleted it, it did not expire — and the lease is then
+--           deleted and dropped from the sets (the same sets lease.lua
+--           registered it in)
+-- Returns the number of sets the key was new in, or -1 when the lease no
+-- longer holds the token (nothing done).
+local first = 2
+if ARGV[4] and ARGV[4] ~= '' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[4] then
+    return -1
+  end
+  first = 3
+end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -25,7 +40,7 @@ else
 end
 local expiring = #KEYS - tonumber(ARGV[3] or '0')
 local added = 0
-for i = 2, #KEYS do
+for i = first, #KEYS do
   if i > expiring then
     local left = redis.call('PTTL', KEYS[i]) -- -2: no set yet; -1: no expiry
     added = added + redis.call('SADD', KEYS[i], KEYS[1])
@@ -39,5 +54,11 @@ for i = 2, #KEYS do
   else
     added = added + redis.call('SADD', KEYS[i], KEYS[1])
   end
+  if first == 3 then
+    redis.call('SREM', KEYS[i], KEYS[2])
+  end
+end
+if first == 3 then
+  redis.call('DEL', KEYS[2])
 end
 return added

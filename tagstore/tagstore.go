@@ -322,14 +322,41 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if ttl < 0 {
 		return res, fmt.Errorf("tagstore: negative ttl %v", ttl)
 	}
-	if len(refs) > 0 && len(tags) == 0 {
-		return res, errors.New("tagstore: a value registered under refs needs the tags of their domains too (whole-tag invalidations and recoveries reach it only through them)")
+	sets, err := s.valueSets(tenant, tags, refs)
+	if err != nil {
+		return res, err
 	}
-	keys := make([]string, 0, 1+len(tags)+min(len(refs), s.opt.RefGuard))
-	keys = append(keys, full)
+	res.TypeLevel = sets.typeLevel
+	if err := s.indexTenant(ctx, tenant); err != nil {
+		return res, err
+	}
+	keys := append([]string{full}, sets.keys...)
+	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), sets.expiring).Err()
+}
+
+// valueSets are the sets a value is registered in (set.lua's KEYS after
+// the cache key), and so its lease (lease.lua).
+type valueSets struct {
+	keys []string
+	// expiring: how many of the last keys are reference sets, which
+	// expire with their values.
+	expiring  int
+	typeLevel bool // above the ref guard: registered at type level
+}
+
+// valueSets validates a value's tags and refs and names its sets: a tag set
+// each without refs; with refs, the tags' ref-registered sets and a
+// reference set each, or the type-level sets of their domains above the
+// ref guard (Options.Guarded is told then).
+func (s *Store) valueSets(tenant string, tags []string, refs []Ref) (valueSets, error) {
+	var v valueSets
+	if len(refs) > 0 && len(tags) == 0 {
+		return v, errors.New("tagstore: a value registered under refs needs the tags of their domains too (whole-tag invalidations and recoveries reach it only through them)")
+	}
+	keys := make([]string, 0, len(tags)+min(len(refs), s.opt.RefGuard))
 	for _, t := range tags {
 		if err := names.Tag(t); err != nil {
-			return res, err
+			return v, err
 		}
 		if len(refs) > 0 {
 			// Not among the tag's plain values, which an entity-level
@@ -342,15 +369,15 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	distinct := make(map[Ref]bool, len(refs))
 	for _, r := range refs {
 		if err := r.check(); err != nil {
-			return res, err
+			return v, err
 		}
 		distinct[r] = true
 	}
-	res.TypeLevel = len(distinct) > s.opt.RefGuard
+	v.typeLevel = len(distinct) > s.opt.RefGuard
 	seen := make(map[string]bool, min(len(distinct), s.opt.RefGuard))
 	for _, r := range refs {
 		ref := r.String()
-		if res.TypeLevel {
+		if v.typeLevel {
 			ref = r.Domain
 		}
 		if !seen[ref] {
@@ -358,7 +385,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 			keys = append(keys, names.RefKey(tenant, ref))
 		}
 	}
-	if res.TypeLevel && s.opt.Guarded != nil {
+	if v.typeLevel && s.opt.Guarded != nil {
 		s.opt.Guarded(len(distinct))
 	}
 	// The reference sets expire with their values (set.lua), so the sets
@@ -368,11 +395,8 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	// and under a volatile-* eviction policy a set with a time to live may
 	// be evicted while its values stay (routerd compact drops the names of
 	// expired values from both).
-	expiring := len(seen)
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return res, err
-	}
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), expiring).Err()
+	v.keys, v.expiring = keys, len(seen)
+	return v, nil
 }
 
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.

@@ -1,0 +1,247 @@
+package tagstore_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/tagstore"
+)
+
+// A miss loads, caches under the tags and leaves no lease; a hit does not
+// load.
+func TestFetchMissThenHit(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	loads := 0
+	load := func(context.Context) ([]byte, error) { loads++; return []byte("v1"), nil }
+	opt := tagstore.FetchOptions{TTL: time.Minute, Tags: []string{"active"}}
+	for range 3 {
+		v, err := s.Fetch(ctx, "acme", "user:1", opt, load)
+		if err != nil || string(v) != "v1" {
+			t.Fatalf("Fetch = %q, %v", v, err)
+		}
+	}
+	if loads != 1 {
+		t.Errorf("loaded %d times, want 1", loads)
+	}
+	if ok, _ := c.SIsMember(ctx, "{tenant:acme}:tag:active", "{tenant:acme}:user:1").Result(); !ok {
+		t.Error("the value is not registered under its tag")
+	}
+	lease := names.LeaseKey("acme", "{tenant:acme}:user:1")
+	if exists(t, c, lease) != 0 || c.SIsMember(ctx, "{tenant:acme}:tag:active", lease).Val() {
+		t.Error("the lease outlived the fill")
+	}
+	if ttl := c.PTTL(ctx, "{tenant:acme}:user:1").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("ttl = %v", ttl)
+	}
+}
+
+// fetchDuring runs a Fetch whose load runs invalidate in the middle (a
+// change committed and its invalidation applied while the old value was
+// being read), and says whether the old value ended up cached.
+func fetchDuring(t *testing.T, s *tagstore.Store, key string, opt tagstore.FetchOptions, invalidate func()) bool {
+	t.Helper()
+	ctx := context.Background()
+	v, err := s.Fetch(ctx, "acme", key, opt, func(context.Context) ([]byte, error) {
+		invalidate()
+		return []byte("old"), nil
+	})
+	if err != nil || string(v) != "old" {
+		t.Fatalf("Fetch = %q, %v; want the loaded value", v, err)
+	}
+	_, err = s.Get(ctx, "acme", key)
+	if err != nil && !errors.Is(err, redis.Nil) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+// Every invalidation covering the key voids the lease: the value loaded
+// before it is returned, never cached.
+func TestFetchInvalidatedDuringLoadNotCached(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t, tagstore.Options{CardinalityGuard: 10, ChunkSize: 3, RefGuard: 1})
+	plain := tagstore.FetchOptions{Tags: []string{"active"}}
+	byRef := tagstore.FetchOptions{Tags: []string{"users"}, Refs: []tagstore.Ref{{Domain: "user", Entity: "1"}}}
+	// Above the ref guard: registered at the domain's type level.
+	typeLevel := tagstore.FetchOptions{Tags: []string{"users"}, Refs: []tagstore.Ref{{Domain: "user", Entity: "1"}, {Domain: "user", Entity: "2"}}}
+	pos := tagstore.Position{Epoch: "e", Version: 0}
+	next := func() tagstore.Position { pos.Version++; return pos }
+	apply := func(inv tagstore.Invalidation) func() {
+		return func() {
+			if _, err := s.Apply(ctx, inv); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	fill := func(tag string, n int) {
+		for i := range n {
+			must(t, s.Set(ctx, "acme", "other:"+string(rune('a'+i)), []byte("x"), 0, tag))
+		}
+	}
+	for name, tc := range map[string]struct {
+		opt        tagstore.FetchOptions
+		invalidate func()
+	}{
+		"key level":                {plain, apply(tagstore.Invalidation{Tenant: "acme", Tag: "active", Keys: []string{"k"}})},
+		"key level of another tag": {plain, apply(tagstore.Invalidation{Tenant: "acme", Tag: "else", Keys: []string{"k"}})},
+		"key level in a batch": {plain, func() {
+			_, errs := s.ApplyMany(ctx, []tagstore.Invalidation{
+				{Tenant: "acme", Tag: "active", Keys: []string{"x"}, Service: "svc", Position: next()},
+				{Tenant: "acme", Tag: "active", Keys: []string{"k"}, Service: "svc", Position: next()},
+			})
+			must(t, errors.Join(errs...))
+		}},
+		"whole tag":                  {plain, apply(tagstore.Invalidation{Tenant: "acme", Tag: "active"})},
+		"whole tag, chunked":         {plain, func() { fill("active", 25); apply(tagstore.Invalidation{Tenant: "acme", Tag: "active"})() }},
+		"repair":                     {plain, apply(tagstore.Invalidation{Tenant: "acme", Tag: "active", Service: "svc", Position: tagstore.Position{Epoch: "r", Version: 1}, Repair: true})},
+		"entity level, plain":        {plain, apply(tagstore.Invalidation{Tenant: "acme", Tag: "active", Refs: []string{"user/9"}, Plain: true})},
+		"entity":                     {byRef, apply(tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/1"}})},
+		"type level":                 {typeLevel, apply(tagstore.Invalidation{Tenant: "acme", Tag: "users", Keys: []string{"x"}, Refs: []string{"user"}})},
+		"whole tag of a ref'd value": {byRef, apply(tagstore.Invalidation{Tenant: "acme", Tag: "users"})},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if fetchDuring(t, s, "k", tc.opt, tc.invalidate) {
+				t.Error("the value loaded before the invalidation was cached after it")
+			}
+			must(t, s.Set(ctx, "acme", "k", []byte("x"), 0)) // then gone again
+			_, err := s.InvalidateKeys(ctx, "acme", "active", "k")
+			must(t, err)
+		})
+	}
+	// An invalidation that does not cover the key leaves the fill alone.
+	if !fetchDuring(t, s, "k", byRef, apply(tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/2"}})) {
+		t.Error("an invalidation of another entity voided the fill")
+	}
+}
+
+// Concurrent misses load once; the others read the holder's value.
+func TestFetchHerdLoadsOnce(t *testing.T) {
+	s, _ := newStore(t, tagstore.Options{})
+	var loads atomic.Int32
+	release := make(chan struct{})
+	load := func(context.Context) ([]byte, error) {
+		loads.Add(1)
+		<-release
+		return []byte("v"), nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := s.Fetch(context.Background(), "acme", "hot", tagstore.FetchOptions{Tags: []string{"t"}}, load)
+			if err == nil && string(v) != "v" {
+				err = errors.New("got " + string(v))
+			}
+			errs <- err
+		}()
+	}
+	redistest.Eventually(t, 10*time.Second, "one load started", func() bool { return loads.Load() > 0 })
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		must(t, err)
+	}
+	if n := loads.Load(); n != 1 {
+		t.Errorf("%d loads for 50 concurrent misses, want 1", n)
+	}
+}
+
+// A failed or cancelled load frees the lease at once and caches nothing; a
+// value above the size limit is refused naming the limit.
+func TestFetchFailuresFreeTheLease(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	opt := tagstore.FetchOptions{Tags: []string{"t"}, LeaseTime: time.Hour, WaitLimit: time.Second}
+	lease := names.LeaseKey("acme", "{tenant:acme}:k")
+	boom := errors.New("database down")
+	if _, err := s.Fetch(ctx, "acme", "k", opt, func(context.Context) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Errorf("load's error came back as %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	if _, err := s.Fetch(cctx, "acme", "k", opt, func(context.Context) ([]byte, error) { cancel(); return []byte("v"), nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("a cancelled fill returned %v", err)
+	}
+	big := tagstore.FetchOptions{Tags: []string{"t"}, LeaseTime: time.Hour, MaxSize: 10}
+	_, err := s.Fetch(ctx, "acme", "k", big, func(context.Context) ([]byte, error) { return make([]byte, 11), nil })
+	if !errors.Is(err, tagstore.ErrTooLarge) || !strings.Contains(err.Error(), "MaxSize of 10 bytes") {
+		t.Errorf("a value above the limit: %v", err)
+	}
+	func() {
+		defer func() { _ = recover() }()
+		_, _ = s.Fetch(ctx, "acme", "k", opt, func(context.Context) ([]byte, error) { panic("load panicked") })
+	}()
+	if exists(t, c, lease, "{tenant:acme}:k") != 0 || c.SCard(ctx, "{tenant:acme}:tag:t").Val() != 0 {
+		t.Fatal("a failed fill left its lease or a value")
+	}
+	// The next miss takes the lease at once (the lease time is an hour).
+	v, err := s.Fetch(ctx, "acme", "k", opt, func(context.Context) ([]byte, error) { return []byte("v"), nil })
+	if err != nil || string(v) != "v" {
+		t.Errorf("Fetch after failures = %q, %v", v, err)
+	}
+}
+
+// A holder that never fills (it died) holds the lease for the lease time;
+// then a waiter loads. A waiter gives up at its wait limit.
+func TestFetchDeadHolderFreesAfterLeaseTime(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	full := "{tenant:acme}:k"
+	take := func(ms int) {
+		r, err := lua.Lease.Run(ctx, c, []string{full, names.LeaseKey("acme", full), "{tenant:acme}:tag:t"}, "dead-holder", ms).Slice()
+		if err != nil || r[0] != "LEASED" {
+			t.Fatalf("lease.lua = %v, %v", r, err)
+		}
+	}
+	take(300)
+	start := time.Now()
+	v, err := s.Fetch(ctx, "acme", "k", tagstore.FetchOptions{Tags: []string{"t"}}, func(context.Context) ([]byte, error) { return []byte("v"), nil })
+	if err != nil || string(v) != "v" {
+		t.Fatalf("Fetch = %q, %v", v, err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Errorf("the waiter loaded after %v, before the dead holder's lease ended", took)
+	}
+	must(t, c.Del(ctx, full).Err())
+	take(60000)
+	_, err = s.Fetch(ctx, "acme", "k", tagstore.FetchOptions{WaitLimit: 50 * time.Millisecond}, func(context.Context) ([]byte, error) { return []byte("v"), nil })
+	if !errors.Is(err, tagstore.ErrLeaseWait) || !strings.Contains(err.Error(), "WaitLimit 50ms") {
+		t.Errorf("past the wait limit: %v", err)
+	}
+}
+
+func TestFetchOptionsChecked(t *testing.T) {
+	s, _ := newStore(t, tagstore.Options{})
+	load := func(context.Context) ([]byte, error) { return nil, nil }
+	for name, opt := range map[string]tagstore.FetchOptions{
+		"negative ttl":        {TTL: -1},
+		"lease time below ms": {LeaseTime: time.Microsecond},
+		"negative wait limit": {WaitLimit: -1},
+		"negative size":       {MaxSize: -1},
+		"bad tag":             {Tags: []string{"bad tag"}},
+		"refs without tags":   {Refs: []tagstore.Ref{{Domain: "user", Entity: "1"}}},
+	} {
+		if _, err := s.Fetch(context.Background(), "acme", "k", opt, load); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	if _, err := s.Fetch(context.Background(), "acme", "lease:k", tagstore.FetchOptions{}, load); err == nil {
+		t.Error("a key naming a lease accepted")
+	}
+	if _, err := s.Fetch(context.Background(), "acme", "k", tagstore.FetchOptions{}, nil); err == nil {
+		t.Error("no load accepted")
+	}
+}

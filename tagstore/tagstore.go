@@ -217,7 +217,10 @@ func (s *Store) key(tenant, key string) string {
 }
 
 // Set stores value under the tenant's key with a time to live (0 for none)
-// and registers the key under every tag, in one atomic script.
+// and registers the key under every tag, in one atomic script. It is for a
+// value the caller has just committed itself; to cache what was read from
+// the source of truth on a miss, use Fetch: a value read before a change and
+// Set after the change's invalidation stays cached, stale.
 func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl time.Duration, tags ...string) error {
 	full, err := s.Key(tenant, key)
 	if err != nil {
@@ -297,8 +300,10 @@ type SetResult struct {
 
 // SetRefs stores value under the tenant's key with a time to live (0 for
 // none) and registers it, in one atomic script, under every tag and under
-// an entity reference for every ref: an entity-level invalidation of one of
-// them (a message with "refs") then drops it, and nothing else of its tags
+// an entity reference for every ref. Like Set, it is for a value the caller
+// has just committed; Fetch with FetchOptions.Refs reads through. An
+// entity-level invalidation of one of them (a message with "refs") then
+// drops it, and nothing else of its tags
 // registered by ref. In each tag it goes to the tag's ref-registered set
 // (names.TagRefsKey), not among the plain values (Set), which an
 // entity-level invalidation that names no keys drops whole; without refs it

@@ -23,14 +23,19 @@
 --           key deleted it, it did not expire — and the lease is then
 --           deleted and dropped from the sets (the same sets lease.lua
 --           registered it in)
+-- ARGV[5]   optional (with ARGV[4]; absent: 0): how many of the last KEYS
+--           are sets the lease alone was registered in, not the value (the
+--           type level of a domain whose entities the value turned out to
+--           hold only once loaded): the lease is dropped from them, and
+--           ARGV[3] counts the expiring sets before them
 -- Returns the number of sets the key was new in, or -1 when the lease no
 -- longer holds the token (nothing done).
-local first = 2
+local first, last = 2, #KEYS
 if ARGV[4] and ARGV[4] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[4] then
     return -1
   end
-  first = 3
+  first, last = 3, #KEYS - tonumber(ARGV[5] or '0')
 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
@@ -38,9 +43,9 @@ if ttl > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
-local expiring = #KEYS - tonumber(ARGV[3] or '0')
+local expiring = last - tonumber(ARGV[3] or '0')
 local added = 0
-for i = first, #KEYS do
+for i = first, last do
   if i > expiring then
     local left = redis.call('PTTL', KEYS[i]) -- -2: no set yet; -1: no expiry
     added = added + redis.call('SADD', KEYS[i], KEYS[1])
@@ -59,6 +64,9 @@ for i = first, #KEYS do
   end
 end
 if first == 3 then
+  for i = last + 1, #KEYS do
+    redis.call('SREM', KEYS[i], KEYS[2])
+  end
   redis.call('DEL', KEYS[2])
 end
 return added

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,6 +45,17 @@ type FetchOptions struct {
 	// Tags and Refs register the value as Set (Refs empty) or SetRefs do.
 	Tags []string
 	Refs []Ref
+	// LoadedRefs, when set, is called after a successful load for the
+	// value's refs known only then (the entities a query response turned
+	// out to hold); the value is registered under them too. Each must be
+	// covered by the lease — itself, or its domain's type level, in Refs
+	// or LeaseRefs — so that an event of it during the load voided the
+	// fill; a value with a ref not covered is returned, not cached.
+	LoadedRefs func() []Ref
+	// LeaseRefs are refs the lease alone is registered under, not the
+	// value: the type level of each domain whose entities LoadedRefs may
+	// name, so that any event of the domain during the load voids the fill.
+	LeaseRefs []Ref
 	// LeaseTime is how long one miss may load before another may take the
 	// lease (a holder that died frees it after this): longer than a load
 	// takes. Default DefaultLeaseTime.
@@ -120,23 +132,28 @@ func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions,
 	if !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("tagstore: fetch %s: %w", full, err)
 	}
-	sets, err := s.valueSets(tenant, opt.Tags, opt.Refs)
+	leaseRefs := opt.Refs
+	if len(opt.LeaseRefs) > 0 {
+		leaseRefs = append(slices.Clip(opt.Refs), opt.LeaseRefs...)
+	}
+	sets, err := s.valueSets(tenant, opt.Tags, leaseRefs)
 	if err != nil {
 		return nil, err
 	}
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return nil, err
 	}
-	f := &fill{s: s, full: full, lease: names.LeaseKey(tenant, full), token: newToken(), sets: sets, opt: opt}
+	f := &fill{s: s, tenant: tenant, full: full, lease: names.LeaseKey(tenant, full), token: newToken(), sets: sets, opt: opt}
 	return f.run(ctx, load)
 }
 
 // fill is one miss of Fetch.
 type fill struct {
 	s           *Store
+	tenant      string
 	full, lease string
 	token       string
-	sets        valueSets
+	sets        valueSets // the lease's
 	opt         FetchOptions
 }
 
@@ -220,7 +237,7 @@ func (f *fill) run(ctx context.Context, load func(context.Context) ([]byte, erro
 
 // load runs the caller's load under the lease and fills the key, or gives
 // the lease back.
-func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, error)) (value []byte, err error) {
+func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, error)) ([]byte, error) {
 	done := false
 	defer func() {
 		if !done {
@@ -237,15 +254,64 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	if len(v) > f.opt.MaxSize {
 		return nil, fmt.Errorf("%w: %s loaded %d bytes, above FetchOptions.MaxSize of %d bytes", ErrTooLarge, f.full, len(v), f.opt.MaxSize)
 	}
-	keys := make([]string, 0, 2+len(f.sets.keys))
-	keys = append(append(keys, f.full, f.lease), f.sets.keys...)
-	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), f.sets.expiring, f.token).Err(); err != nil {
+	value, leaseOnly, covered, err := f.valueSets()
+	if err != nil {
+		return nil, err
+	}
+	if !covered {
+		return v, nil // released: a change during the load may not have voided it
+	}
+	keys := make([]string, 0, 2+len(value.keys)+len(leaseOnly))
+	keys = append(append(append(keys, f.full, f.lease), value.keys...), leaseOnly...)
+	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(leaseOnly)).Err(); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
+	f.s.guarded(value)
 	// set.lua answers -1 when an invalidation voided the lease: the value
 	// is the caller's, uncached.
 	done = true
 	return v, nil
+}
+
+// valueSets are the sets the loaded value goes in, and those the lease
+// alone was in; covered is false when a ref of LoadedRefs was not covered
+// by the lease.
+func (f *fill) valueSets() (value valueSets, leaseOnly []string, covered bool, err error) {
+	refs := f.opt.Refs
+	if f.opt.LoadedRefs != nil {
+		loaded := f.opt.LoadedRefs()
+		for _, r := range loaded {
+			if !f.covers(r) {
+				return value, nil, false, nil
+			}
+		}
+		refs = append(slices.Clip(refs), loaded...)
+	} else if len(f.opt.LeaseRefs) == 0 {
+		return f.sets, nil, true, nil
+	}
+	if value, err = f.s.valueSets(f.tenant, f.opt.Tags, refs); err != nil {
+		return value, nil, false, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
+	}
+	for _, k := range f.sets.keys {
+		if !slices.Contains(value.keys, k) {
+			leaseOnly = append(leaseOnly, k)
+		}
+	}
+	return value, leaseOnly, true, nil
+}
+
+// covers says whether an event of r voids the lease: the lease is
+// registered under r or its domain's type level (or, above the ref guard,
+// the type level of every domain).
+func (f *fill) covers(r Ref) bool {
+	for _, list := range [][]Ref{f.opt.Refs, f.opt.LeaseRefs} {
+		for _, l := range list {
+			if l == r || (l.Entity == "" && l.Domain == r.Domain) || (f.sets.typeLevel && l.Domain == r.Domain) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // release gives the lease back, even when ctx has ended.

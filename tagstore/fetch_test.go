@@ -245,3 +245,41 @@ func TestFetchOptionsChecked(t *testing.T) {
 		t.Error("no load accepted")
 	}
 }
+
+// Refs known only once the value is loaded (the entities a query response
+// holds) are covered by the lease's type-level refs: any event of the
+// domain during the load voids the fill; without one the value goes under
+// its own refs, not the type level; a ref the lease did not cover is not
+// cached.
+func TestFetchLoadedRefs(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	opt := func(loaded ...tagstore.Ref) tagstore.FetchOptions {
+		return tagstore.FetchOptions{Tags: []string{"users"}, LeaseRefs: []tagstore.Ref{{Domain: "user"}},
+			LoadedRefs: func() []tagstore.Ref { return loaded }}
+	}
+	one := tagstore.Ref{Domain: "user", Entity: "1"}
+	if fetchDuring(t, s, "q1", opt(one), func() {
+		_, err := s.Apply(ctx, tagstore.Invalidation{Tenant: "acme", Tag: "users", Refs: []string{"user/5"}})
+		must(t, err)
+	}) {
+		t.Error("an event of the domain during the load did not void a fill whose refs came with the value")
+	}
+	if !fetchDuring(t, s, "q2", opt(one), func() {}) {
+		t.Fatal("the fill was not cached")
+	}
+	full := "{tenant:acme}:q2"
+	if !c.SIsMember(ctx, "{tenant:acme}:ref:user/1", full).Val() || c.SIsMember(ctx, "{tenant:acme}:ref:user", full).Val() ||
+		!c.SIsMember(ctx, "{tenant:acme}:tag:users#refs", full).Val() {
+		t.Error("the value is not registered under its loaded ref and tag only")
+	}
+	lease := names.LeaseKey("acme", full)
+	for _, set := range []string{"{tenant:acme}:ref:user", "{tenant:acme}:ref:user/1", "{tenant:acme}:tag:users#refs"} {
+		if c.SIsMember(ctx, set, lease).Val() {
+			t.Errorf("the lease stayed in %s", set)
+		}
+	}
+	if fetchDuring(t, s, "q3", opt(tagstore.Ref{Domain: "product", Entity: "1"}), func() {}) {
+		t.Error("a value with a ref the lease did not cover was cached")
+	}
+}

@@ -332,6 +332,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 		return res, err
 	}
 	res.TypeLevel = sets.typeLevel
+	s.guarded(sets)
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return res, err
 	}
@@ -347,12 +348,20 @@ type valueSets struct {
 	// expire with their values.
 	expiring  int
 	typeLevel bool // above the ref guard: registered at type level
+	distinct  int  // distinct refs
+}
+
+// guarded tells Options.Guarded of a value registered at type level.
+func (s *Store) guarded(v valueSets) {
+	if v.typeLevel && s.opt.Guarded != nil {
+		s.opt.Guarded(v.distinct)
+	}
 }
 
 // valueSets validates a value's tags and refs and names its sets: a tag set
 // each without refs; with refs, the tags' ref-registered sets and a
 // reference set each, or the type-level sets of their domains above the
-// ref guard (Options.Guarded is told then).
+// ref guard.
 func (s *Store) valueSets(tenant string, tags []string, refs []Ref) (valueSets, error) {
 	var v valueSets
 	if len(refs) > 0 && len(tags) == 0 {
@@ -390,9 +399,7 @@ func (s *Store) valueSets(tenant string, tags []string, refs []Ref) (valueSets, 
 			keys = append(keys, names.RefKey(tenant, ref))
 		}
 	}
-	if v.typeLevel && s.opt.Guarded != nil {
-		s.opt.Guarded(len(distinct))
-	}
+	v.distinct = len(distinct)
 	// The reference sets expire with their values (set.lua), so the sets
 	// of entities that never change do not keep the names of expired
 	// values for ever. The tags' ref-registered sets do not, like the plain

@@ -147,6 +147,10 @@ func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions,
 	return f.run(ctx, load)
 }
 
+// RefGuard is the most refs a value is registered under by entity
+// (Options.RefGuard); above it, at the type level of their domains.
+func (s *Store) RefGuard() int { return s.opt.RefGuard }
+
 // fill is one miss of Fetch.
 type fill struct {
 	s           *Store

@@ -1,8 +1,6 @@
 -- Apply one invalidation to a cache Redis: delete the keys, drop them from
 -- the tag's sets and record the subscriber's position, all at once.
--- Needs position.lua, void.lua and MAX_UNPACK before it (lua.go prepends
--- them). The keys it deletes by name lose their leases too (void.lua);
--- whole tags and reference sets take theirs with their members.
+-- Needs position.lua and MAX_UNPACK before it (lua.go prepends them).
 -- KEYS[1]   tag set {tenant:<t>}:tag:<tag>: the tag's plain values (Set)
 -- KEYS[2]   position key {tenant:<t>}:pos:<service>:<tag> (unused when ARGV[2] is '')
 -- KEYS[3]   the channel's batch mark {tenant:<t>}:pos:<service>:<tag>#batch, a set
@@ -100,10 +98,6 @@ if nrefs > 0 then
   end
 end
 if last >= 5 then
-  local prefix = lease_prefix(KEYS[1])
-  for i = 5, last, MAX_UNPACK do
-    void_leases(prefix, KEYS, i, math.min(i + MAX_UNPACK - 1, last))
-  end
   deleted = unlink(KEYS, 5, last)
   srem(KEYS[1], KEYS, 5, last)
   srem(KEYS[4], KEYS, 5, last)

@@ -3,8 +3,7 @@
 -- subscriber's position — the same checks and effects as invalidate.lua, for
 -- a run of messages at once (whole-tag invalidations go through
 -- invalidate.lua, which guards the tag's cardinality).
--- Needs position.lua, void.lua and MAX_UNPACK before it (lua.go prepends
--- them); the keys it deletes lose their leases too.
+-- Needs position.lua and MAX_UNPACK before it (lua.go prepends them).
 -- The invalidations come in groups, one tag and position each, in order.
 -- KEYS, per group: the tag set {tenant:<t>}:tag:<tag>, the position key
 --   {tenant:<t>}:pos:<service>:<tag> (unused when the epoch is ''), the
@@ -54,7 +53,6 @@ while a <= #ARGV do
       local deleted = 0
       for i = first, last, MAX_UNPACK do
         local j = math.min(i + MAX_UNPACK - 1, last)
-        void_leases(lease_prefix(tagSet), KEYS, i, j)
         deleted = deleted + redis.call('UNLINK', unpack(KEYS, i, j))
         redis.call('SREM', tagSet, unpack(KEYS, i, j))
         redis.call('SREM', tagRefs, unpack(KEYS, i, j))

@@ -1,13 +1,15 @@
 -- Read a cache value, or take its lease when it is missing: the first half
 -- of a read-through fill (Fetch), whose second half is set.lua with the
 -- lease's token. Self-contained: clients in other languages send it as it
--- is, without the Go prelude. The contract is docs/protocol.md#leases.
+-- is, without the Go prelude. The contract is docs/protocol.md#32-reading-through-a-lease.
 -- KEYS[1]   cache key
 -- KEYS[2]   its lease {tenant:<t>}:lease:<cache key> (names.LeaseKey)
 -- KEYS[3..] the sets the value will be registered in, as set.lua takes them
 --           (tag sets, or the tags' ref-registered sets and the reference
---           sets): the lease is registered in them too, so a whole-tag or
---           entity-level invalidation deletes it with the values
+--           sets; at least one tag's): the cache key is added to them now.
+--           Every invalidation that covers the key takes it out of one of
+--           them (key level: SREM; whole tag, entity level, chunks: the
+--           set goes), and set.lua fills only while it is in all of them
 -- ARGV[1]   token, unique to this fill (random, at least 16 characters)
 -- ARGV[2]   lease time in milliseconds: the lease frees itself after it
 -- ARGV[3]   optional (absent: 0): how many of the last KEYS expire with
@@ -30,7 +32,7 @@ for i = 3, #KEYS do
   if i > expiring then
     left = redis.call('PTTL', KEYS[i]) -- -2: no set yet; -1: no expiry
   end
-  redis.call('SADD', KEYS[i], KEYS[2])
+  redis.call('SADD', KEYS[i], KEYS[1])
   if left and (left == -2 or (left >= 0 and left < ms)) then
     redis.call('PEXPIRE', KEYS[i], ms)
   end

@@ -4,7 +4,7 @@
 // What scripts share is composed in Go, once: every script starts with a
 // prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
 // scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
-// a batch), and void.lua, which deletes the leases of the keys they delete. Redis Functions would share the rule too, but need FUNCTION LOAD
+// a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
 // on every master, and again after a restart without persistence or on a
 // node added later, while an EVALSHA script falls back to EVAL and two
 // versions of routerd can run side by side (docs/architecture.md).
@@ -40,8 +40,6 @@ var (
 	publishSrc string
 	//go:embed position.lua
 	positionSrc string
-	//go:embed void.lua
-	voidSrc string
 	//go:embed lease.lua
 	leaseSrc string
 	//go:embed release.lua
@@ -67,14 +65,13 @@ var (
 // prelude starts every script: the limits and names Go and Lua share.
 var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
-	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n" +
-	"local LEASE_SEGMENT = " + strconv.Quote(names.LeaseSegment) + "\n"
+	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
 // Sources are the scripts as they are sent to Redis, by file name.
 var Sources = map[string]string{
 	"publish.lua":         prelude + publishSrc,
-	"invalidate.lua":      prelude + positionSrc + voidSrc + invalidateSrc,
-	"invalidate_keys.lua": prelude + positionSrc + voidSrc + invalidateKeysSrc,
+	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
+	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,

@@ -43,6 +43,9 @@ type FetchOptions struct {
 	// TTL is the value's time to live, 0 for none.
 	TTL time.Duration
 	// Tags and Refs register the value as Set (Refs empty) or SetRefs do.
+	// Tags are required, and must be those of the key's domain in the
+	// matrix: the invalidations that void a fill find the key through its
+	// sets, from the moment the lease is taken.
 	Tags []string
 	Refs []Ref
 	// LoadedRefs, when set, is called after a successful load for the
@@ -52,9 +55,10 @@ type FetchOptions struct {
 	// or LeaseRefs — so that an event of it during the load voided the
 	// fill; a value with a ref not covered is returned, not cached.
 	LoadedRefs func() []Ref
-	// LeaseRefs are refs the lease alone is registered under, not the
-	// value: the type level of each domain whose entities LoadedRefs may
-	// name, so that any event of the domain during the load voids the fill.
+	// LeaseRefs are refs the key is registered under during the load
+	// only, not with the value: the type level of each domain whose
+	// entities LoadedRefs may name, so that any event of the domain during
+	// the load voids the fill.
 	LeaseRefs []Ref
 	// LeaseTime is how long one miss may load before another may take the
 	// lease (a holder that died frees it after this): longer than a load
@@ -96,13 +100,15 @@ func (o FetchOptions) withDefaults() (FetchOptions, error) {
 
 // Fetch returns the tenant's cached value of key, or loads, caches and
 // returns it: a read-through cache that no invalidation can race
-// (docs/protocol.md#leases).
+// (docs/protocol.md#32-reading-through-a-lease).
 //
-// A hit costs one round trip, as Get. A miss takes the key's lease and runs
-// load once; the value is cached with its tags and refs (as Set and SetRefs
-// register it) only if no invalidation covering the key — key-level,
-// entity-level, type level, whole tag, a recovery's whole tag or repair —
-// was applied since the lease was taken. Otherwise the loaded value is
+// A hit costs one round trip, as Get. A miss takes the key's lease,
+// registers the key in its tag and reference sets, and runs load once; the
+// value is cached (as Set and SetRefs register it) only if no invalidation
+// covering the key — key-level, entity-level, type level, whole tag, a
+// recovery's whole tag or repair — was applied since the lease was taken,
+// which each does by taking the key out of one of those sets, and no Set of
+// the key came in between. Otherwise the loaded value is
 // returned and not cached: it may predate the change the invalidation
 // announced, and the next Fetch loads again.
 //
@@ -124,6 +130,9 @@ func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions,
 	}
 	if opt, err = opt.withDefaults(); err != nil {
 		return nil, err
+	}
+	if len(opt.Tags) == 0 {
+		return nil, errors.New("tagstore: Fetch needs the tags of the key's domain: the invalidations that void a fill find it through them")
 	}
 	v, err := s.c.Get(ctx, full).Bytes()
 	if err == nil {
@@ -258,16 +267,16 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	if len(v) > f.opt.MaxSize {
 		return nil, fmt.Errorf("%w: %s loaded %d bytes, above FetchOptions.MaxSize of %d bytes", ErrTooLarge, f.full, len(v), f.opt.MaxSize)
 	}
-	value, leaseOnly, covered, err := f.valueSets()
+	value, covered, err := f.valueSets()
 	if err != nil {
 		return nil, err
 	}
 	if !covered {
 		return v, nil // released: a change during the load may not have voided it
 	}
-	keys := make([]string, 0, 2+len(value.keys)+len(leaseOnly))
-	keys = append(append(append(keys, f.full, f.lease), value.keys...), leaseOnly...)
-	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(leaseOnly)).Err(); err != nil {
+	keys := make([]string, 0, 2+len(value.keys)+len(f.sets.keys))
+	keys = append(append(append(keys, f.full, f.lease), value.keys...), f.sets.keys...)
+	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(f.sets.keys)).Err(); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)
@@ -277,31 +286,25 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	return v, nil
 }
 
-// valueSets are the sets the loaded value goes in, and those the lease
-// alone was in; covered is false when a ref of LoadedRefs was not covered
-// by the lease.
-func (f *fill) valueSets() (value valueSets, leaseOnly []string, covered bool, err error) {
+// valueSets are the sets the loaded value goes in; covered is false when a
+// ref of LoadedRefs was not covered by the lease.
+func (f *fill) valueSets() (value valueSets, covered bool, err error) {
 	refs := f.opt.Refs
 	if f.opt.LoadedRefs != nil {
 		loaded := f.opt.LoadedRefs()
 		for _, r := range loaded {
 			if !f.covers(r) {
-				return value, nil, false, nil
+				return value, false, nil
 			}
 		}
 		refs = append(slices.Clip(refs), loaded...)
 	} else if len(f.opt.LeaseRefs) == 0 {
-		return f.sets, nil, true, nil
+		return f.sets, true, nil
 	}
 	if value, err = f.s.valueSets(f.tenant, f.opt.Tags, refs); err != nil {
-		return value, nil, false, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
+		return value, false, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
-	for _, k := range f.sets.keys {
-		if !slices.Contains(value.keys, k) {
-			leaseOnly = append(leaseOnly, k)
-		}
-	}
-	return value, leaseOnly, true, nil
+	return value, true, nil
 }
 
 // covers says whether an event of r voids the lease: the lease is
@@ -322,7 +325,7 @@ func (f *fill) covers(r Ref) bool {
 func (f *fill) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	keys := make([]string, 0, 1+len(f.sets.keys))
-	keys = append(append(keys, f.lease), f.sets.keys...)
+	keys := make([]string, 0, 2+len(f.sets.keys))
+	keys = append(append(keys, f.lease, f.full), f.sets.keys...)
 	_ = lua.Release.Run(ctx, f.s.c, keys, f.token).Err() // else it expires after the lease time
 }

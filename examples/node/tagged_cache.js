@@ -146,11 +146,13 @@ class TaggedCache {
     try {
       value = await load();
     } catch (e) {
-      await this.redis.releaseLease(1 + sets.length, lease, ...sets, token); // the next miss need not wait
+      await this.redis.releaseLease(2 + sets.length, lease, full, ...sets, token); // the next miss need not wait
       throw e;
     }
-    const keys = [full, lease, ...sets];
-    await this.redis.setTagged(keys.length, ...keys, value, ttlMs, 0, token); // -1: voided, not cached
+    // The value's sets, then those lease.lua added the key to (the same
+    // here): -1 when an invalidation took the key out of one, not cached.
+    const keys = [full, lease, ...sets, ...sets];
+    await this.redis.setTagged(keys.length, ...keys, value, ttlMs, 0, token, sets.length);
     return value;
   }
 
@@ -364,7 +366,7 @@ async function main() {
     const racy = `user:${run}:99`;
     const loadOld = async () => {
       const id = await pub.publish({ tenant: t, domain: a.domain, keys: [racy], origin: 'node-example' });
-      await recv.waitEvent(id, timeoutMs); // the agent deleted the lease with the key
+      await recv.waitEvent(id, timeoutMs); // the agent took the key out of its tag
       return 'old';
     };
     check(await cache.fetch(t, racy, [a.tag], loadOld, { ttlMs: 600000 }) === 'old', 'fetch returns what it loaded');

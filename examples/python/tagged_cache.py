@@ -159,9 +159,11 @@ class TaggedCache:
         try:
             value = load()
         except BaseException:
-            self._release(keys=[lease] + sets, args=[token])  # the next miss need not wait
+            self._release(keys=[lease, full] + sets, args=[token])  # the next miss need not wait
             raise
-        self._set(keys=[full, lease] + sets, args=[value, ttl_ms, 0, token])  # -1: voided, not cached
+        # The value's sets, then those lease.lua added the key to (the same
+        # here): -1 when an invalidation took the key out of one, not cached.
+        self._set(keys=[full, lease] + sets + sets, args=[value, ttl_ms, 0, token, len(sets)])
         return value
 
     def get(self, tenant: str, key: str):
@@ -356,7 +358,7 @@ def main() -> int:
         racy = f"user:{run}:99"
         def load_old():
             ev = pub.publish(t, a.domain, keys=[racy], origin="python-example")
-            recv.wait_event(ev, a.timeout)  # the agent deleted the lease with the key
+            recv.wait_event(ev, a.timeout)  # the agent took the key out of its tag
             return "old"
         check(cache.fetch(t, racy, [a.tag], load_old, ttl_ms=600000) == "old", "fetch returns what it loaded")
         check(cache_redis.exists(cache.full_name(t, racy)) == 0, f"a value loaded before the invalidation of {racy} was not cached after it")

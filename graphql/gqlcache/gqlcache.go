@@ -291,6 +291,9 @@ func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHand
 	}
 	key := c.key(tenant, vary, rc)
 	tags, lists, selected := c.tags(rc)
+	if len(tags) == 0 {
+		return c.uncached(ctx, next) // selects no mapped type: no event would ever reach it
+	}
 	var (
 		resp     *graphql.Response
 		refs     []tagstore.Ref

@@ -1,9 +1,10 @@
-// Package tagstore is the cache side of tagged caching and the engine of local
-// tag invalidation: read through the cache under a lease that every
+// Package tagstore is the cache side of tagged caching and the engine of
+// local tag invalidation: read through the cache under a lease that every
 // invalidation covering the key voids (Fetch), store a value and register
-// its key under tags in one atomic script, invalidate a tag or some of its keys (recording a
-// subscriber's position in the same script), take large tags down in bounded
-// chunks, and compact tag sets whose keys have expired.
+// its key under tags in one atomic script, invalidate a tag or some of its
+// keys (recording a subscriber's position in the same script), take large
+// tags down in bounded chunks, and compact tag sets whose keys have
+// expired.
 //
 // Cache keys are named by a template, "{tenant:${tenant}}:${key}" by default,
 // so a tenant's keys and tag sets share one cluster slot.

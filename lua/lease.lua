@@ -23,7 +23,14 @@ if value then
   return {'HIT', value}
 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'WAIT', redis.call('PTTL', KEYS[2])}
+  local left = redis.call('PTTL', KEYS[2])
+  if left ~= -1 then
+    return {'WAIT', left}
+  end
+  -- No time to live: no lease.lua made it (an operator's or a stray
+  -- write). Left, it would hold every miss of the key for ever.
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 end
 local ms = tonumber(ARGV[2])
 local expiring = #KEYS - tonumber(ARGV[3] or '0')

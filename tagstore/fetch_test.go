@@ -302,3 +302,26 @@ func TestFetchSetDuringLoadWins(t *testing.T) {
 		t.Errorf("cached %q, %v; want the value Set during the load", got, err)
 	}
 }
+
+// A lease key no lease.lua made — without a time to live, or of another
+// type — does not hold the key's misses for ever.
+func TestFetchStrayLeaseDoesNotBlock(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	lease := names.LeaseKey("acme", "{tenant:acme}:k")
+	opt := tagstore.FetchOptions{Tags: []string{"t"}, WaitLimit: time.Second}
+	for _, stray := range []func() error{
+		func() error { return c.Set(ctx, lease, "forever", 0).Err() },
+		func() error { return c.HSet(ctx, lease, "f", "v").Err() },
+	} {
+		must(t, c.Del(ctx, "{tenant:acme}:k").Err())
+		must(t, stray())
+		v, err := s.Fetch(ctx, "acme", "k", opt, func(context.Context) ([]byte, error) { return []byte("v"), nil })
+		if err != nil || string(v) != "v" {
+			t.Errorf("Fetch with a stray lease = %q, %v", v, err)
+		}
+		if got, _ := s.Get(ctx, "acme", "k"); string(got) != "v" {
+			t.Errorf("not cached after a stray lease: %q", got)
+		}
+	}
+}

@@ -108,9 +108,9 @@ func (o FetchOptions) withDefaults() (FetchOptions, error) {
 // covering the key — key-level, entity-level, type level, whole tag, a
 // recovery's whole tag or repair — was applied since the lease was taken,
 // which each does by taking the key out of one of those sets, and no Set of
-// the key came in between. Otherwise the loaded value is
-// returned and not cached: it may predate the change the invalidation
-// announced, and the next Fetch loads again.
+// the key came in between. Otherwise the loaded value is returned and not
+// cached: it may predate the change the invalidation announced, and the
+// next Fetch loads again.
 //
 // Concurrent misses of the key, in this process or any other, wait for the
 // holder's value instead of loading too, polling with backoff, up to

@@ -104,6 +104,7 @@ func main() {
 		{"pubsub", pubsubCost},
 		{"capacity", capacity},
 		{"history-worst", worstHistory},
+		{"leases", leases},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue

@@ -40,6 +40,10 @@ var (
 	publishSrc string
 	//go:embed position.lua
 	positionSrc string
+	//go:embed lease.lua
+	leaseSrc string
+	//go:embed release.lua
+	releaseSrc string
 	//go:embed invalidate.lua
 	invalidateSrc string
 	//go:embed invalidate_keys.lua
@@ -74,6 +78,8 @@ var Sources = map[string]string{
 	"srcver.lua":          prelude + srcverSrc,
 	"budget.lua":          prelude + budgetSrc,
 	"tenants.lua":         prelude + tenantsSrc,
+	"lease.lua":           prelude + leaseSrc,
+	"release.lua":         prelude + releaseSrc,
 }
 
 var (
@@ -85,8 +91,13 @@ var (
 	InvalidateKeys = redis.NewScript(Sources["invalidate_keys.lua"])
 	// Chunk deletes one batch of a large tag.
 	Chunk = redis.NewScript(Sources["chunk.lua"])
-	// Set stores a value and registers its key under tags.
+	// Set stores a value and registers its key under tags; with a lease's
+	// token, only while the lease holds it (the fill of a Fetch).
 	Set = redis.NewScript(Sources["set.lua"])
+	// Lease reads a value, or takes its lease when it is missing.
+	Lease = redis.NewScript(Sources["lease.lua"])
+	// Release gives a lease back unfilled.
+	Release = redis.NewScript(Sources["release.lua"])
 	// Compact drops tag set members whose keys are gone.
 	Compact = redis.NewScript(Sources["compact.lua"])
 	// SourceVersion suppresses events older than one already routed.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/names"
 )
 
 // Every script, as composed, compiles in Redis.
@@ -100,5 +101,13 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// set.lua names a key's lease itself, without the Go prelude (clients in
+// other languages send it as it is): with names.LeaseKey's segment.
+func TestSetNamesLeasesAsNamesDoes(t *testing.T) {
+	if want := "':" + names.LeaseSegment + ":'"; !strings.Contains(lua.Sources["set.lua"], want) {
+		t.Errorf("set.lua does not build lease names with %s", want)
 	}
 }

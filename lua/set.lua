@@ -1,31 +1,69 @@
 -- Store a cache value and register its key under tags and entity
--- references, atomically. Self-contained: clients in other languages send
--- it as it is, without the Go prelude.
+-- references, atomically; with a lease token, the fill of a read-through
+-- miss (docs/protocol.md#32-reading-through-a-lease). Self-contained:
+-- clients in other languages send it as it is, without the Go prelude.
 -- KEYS[1]   cache key
--- KEYS[2..] sets to add the key to: tag sets {tenant:<t>}:tag:<tag> (a
---           plain value), or, for a value registered under entity
---           references, the tags' ref-registered sets
---           {tenant:<t>}:tag:<tag>#refs and the entity reference sets
+-- KEYS[2]   with ARGV[4] only: the lease {tenant:<t>}:lease:<cache key>
+-- KEYS[2..] (KEYS[3..] with ARGV[4]) sets to add the key to: tag sets
+--           {tenant:<t>}:tag:<tag> (a plain value), or, for a value
+--           registered under entity references, the tags' ref-registered
+--           sets {tenant:<t>}:tag:<tag>#refs and the entity reference sets
 --           {tenant:<t>}:ref:<domain>/<entity> (or a domain's type-level set
---           {tenant:<t>}:ref:<domain>)
+--           {tenant:<t>}:ref:<domain>); with ARGV[4], then the sets
+--           lease.lua added the key to (ARGV[5] of them)
 -- ARGV[1]   value
 -- ARGV[2]   time to live in milliseconds, 0 for none
--- ARGV[3]   optional (absent: 0): how many of the last KEYS are sets that
---           expire with their values (the reference sets; never a tag's
+-- ARGV[3]   optional (absent: 0): how many of the last sets to add the key
+--           to expire with their values (the reference sets; never a tag's
 --           sets): such a set lives at least as long as every value
 --           registered in it through this script (it takes the longest time
 --           to live of them, or none when one has none), so it never
 --           outlives them by much and never expires before one of them
--- Returns the number of sets the key was new in.
+-- ARGV[4]   optional: the token lease.lua gave. The value is stored only
+--           while the lease holds the token and the key is still in every
+--           set lease.lua added it to (no invalidation covering it came
+--           since); then the lease goes, and the key leaves the sets
+--           lease.lua added it to that are not among its own. Otherwise
+--           nothing is stored, and the lease, if still the token's, goes
+--           (the next miss loads afresh). Without ARGV[4], a lease of the
+--           key is deleted: a value being stored makes any fill in flight
+--           of older data void.
+-- ARGV[5]   with ARGV[4]: how many of the last KEYS are the sets lease.lua
+--           added the key to
+-- Returns the number of sets the key was new in, or -1 when the fill was
+-- void (nothing stored).
+local first, last = 2, #KEYS
+local token = ARGV[4]
+if token and token ~= '' then
+  if redis.call('GET', KEYS[2]) ~= token then
+    return -1
+  end
+  first, last = 3, #KEYS - tonumber(ARGV[5] or '0')
+  for i = last + 1, #KEYS do
+    if redis.call('SISMEMBER', KEYS[i], KEYS[1]) == 0 then
+      redis.call('DEL', KEYS[2])
+      return -1
+    end
+  end
+  redis.call('DEL', KEYS[2])
+elseif #KEYS >= 2 then
+  -- The lease's name: "{tenant:<t>}:lease:" and the cache key, the tenant's
+  -- hash tag read from the first set's name (names.LeaseKey).
+  local tenant = string.match(KEYS[2], '^(%b{})')
+  if tenant then
+    redis.call('DEL', tenant .. ':lease:' .. KEYS[1])
+  end
+end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
-local expiring = #KEYS - tonumber(ARGV[3] or '0')
-local added = 0
-for i = 2, #KEYS do
+local expiring = last - tonumber(ARGV[3] or '0')
+local added, own = 0, {}
+for i = first, last do
+  own[KEYS[i]] = true
   if i > expiring then
     local left = redis.call('PTTL', KEYS[i]) -- -2: no set yet; -1: no expiry
     added = added + redis.call('SADD', KEYS[i], KEYS[1])
@@ -38,6 +76,11 @@ for i = 2, #KEYS do
     end
   else
     added = added + redis.call('SADD', KEYS[i], KEYS[1])
+  end
+end
+for i = last + 1, #KEYS do
+  if not own[KEYS[i]] then
+    redis.call('SREM', KEYS[i], KEYS[1])
   end
 end
 return added

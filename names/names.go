@@ -48,7 +48,7 @@ const (
 	keyRule    = "must be 1 to 512 bytes of printable ASCII without spaces"
 
 	keyPrefixRule = "must not carry the tenant's hash tag: give the key without the {tenant:…}: prefix, which the key template adds"
-	reservedRule  = "its first segment %q is reserved for routerd's own keys (tag sets, positions, entity references, …); the first segments tag, pos, ref and routerd are reserved"
+	reservedRule  = "its first segment %q is reserved for routerd's own keys (tag sets, positions, entity references, leases, …); the first segments tag, pos, ref, lease and routerd are reserved"
 )
 
 // tenantHashTag starts every key of a tenant under the default key template,
@@ -196,12 +196,28 @@ func PositionKey(tenant, service, tag string) string {
 }
 
 // ReservedSegments are the first ':'-separated segments a cache key may not
-// have: under the tenant's hash tag, "tag", "pos" and "ref" start tag sets,
-// positions and entity reference sets (RefKey); "routerd" starts the keys routerd keeps outside any tenant
+// have: under the tenant's hash tag, "tag", "pos", "ref" and "lease" start
+// tag sets, positions, entity reference sets (RefKey) and leases
+// (LeaseKey); "routerd" starts the keys routerd keeps outside any tenant
 // (PositionIndexKey). Key refuses them, so that with the default key template
 // no key can name one of these keys, and with a template of "${key}" alone
 // neither.
-var ReservedSegments = []string{"tag", "pos", "ref", "routerd"}
+var ReservedSegments = []string{"tag", "pos", "ref", LeaseSegment, "routerd"}
+
+// LeaseSegment is the segment after a tenant's hash tag that starts its
+// leases (LeaseKey); lua/set.lua spells it too.
+const LeaseSegment = "lease"
+
+// LeaseKey is the lease of a cache key, given by its full name as the key
+// template renders it: "{tenant:<t>}:lease:<cache key>", a string holding
+// the token of the one Fetch that may fill the key, with a time to live
+// (docs/protocol.md). It lives in the tenant's slot whatever the template,
+// and lua/set.lua finds it from the cache key's name and a tag set's. No
+// cache key can be named so (Key refuses the first segment "lease", CacheKey
+// a rendered "{tenant:…}:lease:…").
+func LeaseKey(tenant, cacheKey string) string {
+	return TenantTag(tenant) + ":" + LeaseSegment + ":" + cacheKey
+}
 
 // PositionIndexKey is a Redis set, in a service's cache Redis, of the tenants
 // for which that service holds positions: "routerd:positions:<service>". It
@@ -211,14 +227,15 @@ var ReservedSegments = []string{"tag", "pos", "ref", "routerd"}
 func PositionIndexKey(service string) string { return "routerd:positions:" + service }
 
 // CacheKey returns an error when full, a cache key name as a key template
-// rendered it, is or could be a key routerd keeps in a cache Redis: a tag set
-// or a position of any tenant ({tenant:<t>}:tag:…, {tenant:<t>}:pos:…) or a
+// rendered it, is or could be a key routerd keeps in a cache Redis: a tag set,
+// a position, a reference set or a lease of any tenant ({tenant:<t>}:tag:…,
+// {tenant:<t>}:pos:…, {tenant:<t>}:ref:…, {tenant:<t>}:lease:…) or a
 // key starting with "routerd:". Key already rules these out for the default
 // template; a custom template (say "{tenant:${tenant}}:t${key}") needs this
 // check of what it renders.
 func CacheKey(full string) error {
 	if internal(full) {
-		return &Error{Field: "key", Value: full, Rule: "the key template renders it as a key routerd keeps for itself (a tag set, a position, an entity reference set or routerd:…)"}
+		return &Error{Field: "key", Value: full, Rule: "the key template renders it as a key routerd keeps for itself (a tag set, a position, an entity reference set, a lease or routerd:…)"}
 	}
 	return nil
 }
@@ -238,7 +255,8 @@ func internal(full string) bool {
 		return false
 	}
 	rest = rest[i+1:]
-	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:") || strings.HasPrefix(rest, ":ref:")
+	return strings.HasPrefix(rest, ":tag:") || strings.HasPrefix(rest, ":pos:") || strings.HasPrefix(rest, ":ref:") ||
+		strings.HasPrefix(rest, ":"+LeaseSegment+":")
 }
 
 // BatchMarkKey is where an invalidation script marks a channel of a service

@@ -76,6 +76,7 @@ func TestKeyCannotNameInternalKeys(t *testing.T) {
 		"pos:search-svc:active":    `first segment "pos" is reserved`,
 		"routerd:positions:svc":    `first segment "routerd" is reserved`,
 		"ref:user/1042":            `first segment "ref" is reserved`,
+		"lease:user:1":             `first segment "lease" is reserved`,
 		"{tenant:acme}:user:1":     "give the key without the {tenant:…}: prefix",
 		"{tenant:acme}:tag:active": "give the key without the {tenant:…}: prefix",
 		"{tenant:":                 "give the key without the {tenant:…}: prefix",
@@ -85,7 +86,7 @@ func TestKeyCannotNameInternalKeys(t *testing.T) {
 			t.Errorf("Key(%q) = %v, want it refused saying %q", k, err, why)
 		}
 	}
-	for _, full := range []string{TagSetKey("acme", "active"), TagSetKey("a", "b:c"), PositionKey("acme", "svc", "active"), PositionIndexKey("svc"), "{tenant:}:pos:x", RefKey("acme", Ref("user", "1042")), RefKey("acme", "user")} {
+	for _, full := range []string{TagSetKey("acme", "active"), TagSetKey("a", "b:c"), PositionKey("acme", "svc", "active"), PositionIndexKey("svc"), "{tenant:}:pos:x", RefKey("acme", Ref("user", "1042")), RefKey("acme", "user"), LeaseKey("acme", "{tenant:acme}:user:1"), LeaseKey("a", "x")} {
 		if CacheKey(full) == nil {
 			t.Errorf("CacheKey(%q) accepted an internal key", full)
 		}
@@ -106,6 +107,7 @@ func FuzzKey(f *testing.F) {
 	f.Add("pos:search-svc:active", "acme", "a:b", "svc")
 	f.Add("{tenant:acme}:tag:active", "acme", "active", "svc")
 	f.Add("routerd:positions:svc", "a", "b", "c")
+	f.Add("lease:user:1", "acme", "active", "svc")
 	f.Fuzz(func(t *testing.T, key, tenant, tag, service string) {
 		if Key(key) == nil {
 			for i := 0; i < len(key); i++ {
@@ -123,7 +125,7 @@ func FuzzKey(f *testing.F) {
 			}
 		}
 		if ValidTenant(tenant) && ValidTag(tag) && ValidTag(service) {
-			for _, full := range []string{TagSetKey(tenant, tag), PositionKey(tenant, service, tag), PositionIndexKey(service), RefKey(tenant, Ref(tag, key)), RefKey(tenant, tag)} {
+			for _, full := range []string{TagSetKey(tenant, tag), PositionKey(tenant, service, tag), PositionIndexKey(service), RefKey(tenant, Ref(tag, key)), RefKey(tenant, tag), LeaseKey(tenant, key)} {
 				if CacheKey(full) == nil {
 					t.Fatalf("CacheKey(%q) does not recognise an internal key", full)
 				}

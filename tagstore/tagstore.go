@@ -1,8 +1,10 @@
-// Package tagstore is the write side of tagged caching and the engine of local
-// tag invalidation: store a value and register its key under tags in one
-// atomic script, invalidate a tag or some of its keys (recording a
-// subscriber's position in the same script), take large tags down in bounded
-// chunks, and compact tag sets whose keys have expired.
+// Package tagstore is the cache side of tagged caching and the engine of
+// local tag invalidation: read through the cache under a lease that every
+// invalidation covering the key voids (Fetch), store a value and register
+// its key under tags in one atomic script, invalidate a tag or some of its
+// keys (recording a subscriber's position in the same script), take large
+// tags down in bounded chunks, and compact tag sets whose keys have
+// expired.
 //
 // Cache keys are named by a template, "{tenant:${tenant}}:${key}" by default,
 // so a tenant's keys and tag sets share one cluster slot.
@@ -217,7 +219,10 @@ func (s *Store) key(tenant, key string) string {
 }
 
 // Set stores value under the tenant's key with a time to live (0 for none)
-// and registers the key under every tag, in one atomic script.
+// and registers the key under every tag, in one atomic script. It is for a
+// value the caller has just committed itself; to cache what was read from
+// the source of truth on a miss, use Fetch: a value read before a change and
+// Set after the change's invalidation stays cached, stale.
 func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl time.Duration, tags ...string) error {
 	full, err := s.Key(tenant, key)
 	if err != nil {
@@ -297,8 +302,10 @@ type SetResult struct {
 
 // SetRefs stores value under the tenant's key with a time to live (0 for
 // none) and registers it, in one atomic script, under every tag and under
-// an entity reference for every ref: an entity-level invalidation of one of
-// them (a message with "refs") then drops it, and nothing else of its tags
+// an entity reference for every ref. Like Set, it is for a value the caller
+// has just committed; Fetch with FetchOptions.Refs reads through. An
+// entity-level invalidation of one of them (a message with "refs") then
+// drops it, and nothing else of its tags
 // registered by ref. In each tag it goes to the tag's ref-registered set
 // (names.TagRefsKey), not among the plain values (Set), which an
 // entity-level invalidation that names no keys drops whole; without refs it
@@ -322,14 +329,50 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if ttl < 0 {
 		return res, fmt.Errorf("tagstore: negative ttl %v", ttl)
 	}
-	if len(refs) > 0 && len(tags) == 0 {
-		return res, errors.New("tagstore: a value registered under refs needs the tags of their domains too (whole-tag invalidations and recoveries reach it only through them)")
+	sets, err := s.valueSets(tenant, tags, refs)
+	if err != nil {
+		return res, err
 	}
-	keys := make([]string, 0, 1+len(tags)+min(len(refs), s.opt.RefGuard))
-	keys = append(keys, full)
+	res.TypeLevel = sets.typeLevel
+	s.guarded(sets)
+	if err := s.indexTenant(ctx, tenant); err != nil {
+		return res, err
+	}
+	keys := append([]string{full}, sets.keys...)
+	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), sets.expiring).Err()
+}
+
+// valueSets are the sets a value is registered in (set.lua's KEYS after
+// the cache key), and so its lease (lease.lua).
+type valueSets struct {
+	keys []string
+	// expiring: how many of the last keys are reference sets, which
+	// expire with their values.
+	expiring  int
+	typeLevel bool // above the ref guard: registered at type level
+	distinct  int  // distinct refs
+}
+
+// guarded tells Options.Guarded of a value registered at type level.
+func (s *Store) guarded(v valueSets) {
+	if v.typeLevel && s.opt.Guarded != nil {
+		s.opt.Guarded(v.distinct)
+	}
+}
+
+// valueSets validates a value's tags and refs and names its sets: a tag set
+// each without refs; with refs, the tags' ref-registered sets and a
+// reference set each, or the type-level sets of their domains above the
+// ref guard.
+func (s *Store) valueSets(tenant string, tags []string, refs []Ref) (valueSets, error) {
+	var v valueSets
+	if len(refs) > 0 && len(tags) == 0 {
+		return v, errors.New("tagstore: a value registered under refs needs the tags of their domains too (whole-tag invalidations and recoveries reach it only through them)")
+	}
+	keys := make([]string, 0, len(tags)+min(len(refs), s.opt.RefGuard))
 	for _, t := range tags {
 		if err := names.Tag(t); err != nil {
-			return res, err
+			return v, err
 		}
 		if len(refs) > 0 {
 			// Not among the tag's plain values, which an entity-level
@@ -342,15 +385,15 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	distinct := make(map[Ref]bool, len(refs))
 	for _, r := range refs {
 		if err := r.check(); err != nil {
-			return res, err
+			return v, err
 		}
 		distinct[r] = true
 	}
-	res.TypeLevel = len(distinct) > s.opt.RefGuard
+	v.typeLevel = len(distinct) > s.opt.RefGuard
 	seen := make(map[string]bool, min(len(distinct), s.opt.RefGuard))
 	for _, r := range refs {
 		ref := r.String()
-		if res.TypeLevel {
+		if v.typeLevel {
 			ref = r.Domain
 		}
 		if !seen[ref] {
@@ -358,9 +401,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 			keys = append(keys, names.RefKey(tenant, ref))
 		}
 	}
-	if res.TypeLevel && s.opt.Guarded != nil {
-		s.opt.Guarded(len(distinct))
-	}
+	v.distinct = len(distinct)
 	// The reference sets expire with their values (set.lua), so the sets
 	// of entities that never change do not keep the names of expired
 	// values for ever. The tags' ref-registered sets do not, like the plain
@@ -368,11 +409,8 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	// and under a volatile-* eviction policy a set with a time to live may
 	// be evicted while its values stay (routerd compact drops the names of
 	// expired values from both).
-	expiring := len(seen)
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return res, err
-	}
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), expiring).Err()
+	v.keys, v.expiring = keys, len(seen)
+	return v, nil
 }
 
 // Get returns the value of a tenant's key, or redis.Nil when it is not cached.

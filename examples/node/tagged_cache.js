@@ -26,7 +26,8 @@ const path = require('node:path');
 const { parseArgs } = require('node:util');
 const Redis = require('ioredis');
 
-const SET_LUA = path.join(__dirname, '..', '..', 'lua', 'set.lua');
+const LUA_DIR = path.join(__dirname, '..', '..', 'lua');
+const SET_LUA = path.join(LUA_DIR, 'set.lua');
 
 // --- Publishing (protocol.md, section 2) -----------------------------------
 
@@ -83,6 +84,8 @@ class TaggedCache {
     // No numberOfKeys: the count is passed per call. ioredis runs EVALSHA and
     // falls back to EVAL on NOSCRIPT.
     cacheRedis.defineCommand('setTagged', { lua: fs.readFileSync(SET_LUA, 'utf8') });
+    cacheRedis.defineCommand('takeLease', { lua: fs.readFileSync(path.join(LUA_DIR, 'lease.lua'), 'utf8') });
+    cacheRedis.defineCommand('releaseLease', { lua: fs.readFileSync(path.join(LUA_DIR, 'release.lua'), 'utf8') });
     this.values = new Map(); // `${tenant}\n${key}` -> value
     this.tags = new Map();   // `${tenant}\n${tag}` -> Set of keys
     this.indexed = new Set(); // tenants known to be in routerd:tenants
@@ -113,6 +116,44 @@ class TaggedCache {
       if (!this.tags.has(id)) this.tags.set(id, new Set());
       this.tags.get(id).add(key);
     }
+  }
+
+  // Reads through the cache Redis under a lease (protocol.md, 3.2): a hit is
+  // one GET; on a miss only the lease holder calls load(), the others wait
+  // for its value, and what load() returned is cached only if no
+  // invalidation of the key came in the meantime (it is returned either way).
+  async fetch(tenant, key, tags, load, { ttlMs = 0, leaseMs = 5000, waitLimitMs = 10000 } = {}) {
+    const full = TaggedCache.fullName(tenant, key);
+    const hit = await this.redis.get(full);
+    if (hit !== null) return hit;
+    const lease = `{tenant:${tenant}}:lease:${full}`;
+    const sets = tags.map((t) => `{tenant:${tenant}}:tag:${t}`);
+    await this.indexTenant(tenant);
+    const token = crypto.randomBytes(16).toString('hex');
+    const deadline = Date.now() + waitLimitMs;
+    let pause = 2;
+    for (;;) {
+      const keys = [full, lease, ...sets];
+      const reply = await this.redis.takeLease(keys.length, ...keys, token, leaseMs);
+      if (reply[0] === 'HIT') return reply[1];
+      if (reply[0] === 'LEASED') break;
+      const left = deadline - Date.now(); // WAIT: another fill holds it
+      if (left <= 0) throw new Error(`${full}: another fill held the lease for ${waitLimitMs}ms`);
+      await new Promise((r) => setTimeout(r, Math.min(pause, left, reply[1] + 1)));
+      pause = Math.min(2 * pause, 50);
+    }
+    let value;
+    try {
+      value = await load();
+    } catch (e) {
+      await this.redis.releaseLease(2 + sets.length, lease, full, ...sets, token); // the next miss need not wait
+      throw e;
+    }
+    // The value's sets, then those lease.lua added the key to (the same
+    // here): -1 when an invalidation took the key out of one, not cached.
+    const keys = [full, lease, ...sets, ...sets];
+    await this.redis.setTagged(keys.length, ...keys, value, ttlMs, 0, token, sets.length);
+    return value;
   }
 
   get(tenant, key) {
@@ -319,6 +360,21 @@ async function main() {
     check(cache.get(t, other) === 'Lamp', `${other}, under another tag, stayed`);
     check(await cacheRedis.exists(TaggedCache.fullName(t, two)) === 0, `the agent deleted ${TaggedCache.fullName(t, two)} from the cache Redis`);
     console.log(`published ${ev} for the whole tag ${a.tag}: delivered as version ${inv.version}; ${two} dropped, ${other} kept`);
+
+    // Read through a lease, and race it: the load reads "old", then the row
+    // changes and its invalidation is applied before the load returns.
+    const racy = `user:${run}:99`;
+    const loadOld = async () => {
+      const id = await pub.publish({ tenant: t, domain: a.domain, keys: [racy], origin: 'node-example' });
+      await recv.waitEvent(id, timeoutMs); // the agent took the key out of its tag
+      return 'old';
+    };
+    check(await cache.fetch(t, racy, [a.tag], loadOld, { ttlMs: 600000 }) === 'old', 'fetch returns what it loaded');
+    check(await cacheRedis.exists(TaggedCache.fullName(t, racy)) === 0, `a value loaded before the invalidation of ${racy} was not cached after it`);
+    check(await cache.fetch(t, racy, [a.tag], async () => 'new', { ttlMs: 600000 }) === 'new', 'the next fetch loads again');
+    check(await cache.fetch(t, racy, [a.tag], async () => 'unused', { ttlMs: 600000 }) === 'new', 'then it is a hit');
+    check(await cacheRedis.sismember(`{tenant:${t}}:tag:${a.tag}`, TaggedCache.fullName(t, racy)) === 1, `${racy} is registered under ${a.tag}`);
+    console.log(`fetched ${racy} under a lease: the value loaded during its invalidation was not cached, the next one was`);
     console.log('OK: node example: cached under tags, published by XADD, invalidated through the agent');
     return 0;
   } catch (e) {

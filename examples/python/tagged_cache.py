@@ -3,7 +3,7 @@
 
 It keeps an in-process cache (a dict, with a tag index beside it) and a copy
 of each value in a cache Redis, registered under tags with the shipped
-lua/set.lua; it publishes domain changes by raw XADD to the tenant's ingress
+lua/set.lua, or read through under a lease (fetch, with lua/lease.lua); it publishes domain changes by raw XADD to the tenant's ingress
 partition; and it receives the invalidations that `routerd agent --deliver`
 POSTs to a small HTTP receiver, which drops the keys from the dict.
 
@@ -32,7 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
-SET_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lua", "set.lua")
+LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lua")
+SET_LUA = os.path.join(LUA_DIR, "set.lua")
 
 
 # --- Publishing (protocol.md, section 2) -----------------------------------
@@ -92,6 +93,10 @@ class TaggedCache:
     def __init__(self, cache_redis: redis.Redis):
         with open(SET_LUA) as f:
             self._set = cache_redis.register_script(f.read())  # EVALSHA, loaded again on NOSCRIPT
+        with open(os.path.join(LUA_DIR, "lease.lua")) as f:
+            self._lease = cache_redis.register_script(f.read())
+        with open(os.path.join(LUA_DIR, "release.lua")) as f:
+            self._release = cache_redis.register_script(f.read())
         self.redis = cache_redis
         self._lock = threading.Lock()
         self._values = {}  # (tenant, key) -> value
@@ -123,6 +128,43 @@ class TaggedCache:
             self._values[(tenant, key)] = value
             for t in tags:
                 self._tags.setdefault((tenant, t), set()).add(key)
+
+    def fetch(self, tenant: str, key: str, tags, load, ttl_ms: int = 0,
+              lease_ms: int = 5000, wait_limit: float = 10.0) -> str:
+        """Reads through the cache Redis under a lease (protocol.md, 3.2): a
+        hit is one GET; on a miss only the lease holder calls load(), the
+        others wait for its value, and what load() returned is cached only if
+        no invalidation of the key came in the meantime (it is returned
+        either way)."""
+        full = self.full_name(tenant, key)
+        value = self.redis.get(full)
+        if value is not None:
+            return value.decode()
+        lease = f"{{tenant:{tenant}}}:lease:{full}"
+        sets = [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
+        self.index_tenant(tenant)
+        token = secrets.token_hex(16)
+        deadline, pause = time.monotonic() + wait_limit, 0.002
+        while True:
+            reply = self._lease(keys=[full, lease] + sets, args=[token, lease_ms])
+            if reply[0] == b"HIT":
+                return reply[1].decode()
+            if reply[0] == b"LEASED":
+                break
+            left = deadline - time.monotonic()  # WAIT: another fill holds it
+            if left <= 0:
+                raise TimeoutError(f"{full}: another fill held the lease for {wait_limit}s")
+            time.sleep(min(pause, left, reply[1] / 1000 + 0.001))
+            pause = min(2 * pause, 0.05)
+        try:
+            value = load()
+        except BaseException:
+            self._release(keys=[lease, full] + sets, args=[token])  # the next miss need not wait
+            raise
+        # The value's sets, then those lease.lua added the key to (the same
+        # here): -1 when an invalidation took the key out of one, not cached.
+        self._set(keys=[full, lease] + sets + sets, args=[value, ttl_ms, 0, token, len(sets)])
+        return value
 
     def get(self, tenant: str, key: str):
         with self._lock:
@@ -310,6 +352,20 @@ def main() -> int:
         check(cache.get(t, other) == "Lamp", f"{other}, under another tag, stayed")
         check(cache_redis.exists(cache.full_name(t, two)) == 0, f"the agent deleted {cache.full_name(t, two)} from the cache Redis")
         print(f"published {ev} for the whole tag {a.tag}: delivered as version {inv['version']}; {two} dropped, {other} kept")
+
+        # Read through a lease, and race it: the load reads "old", then the
+        # row changes and its invalidation is applied before the load returns.
+        racy = f"user:{run}:99"
+        def load_old():
+            ev = pub.publish(t, a.domain, keys=[racy], origin="python-example")
+            recv.wait_event(ev, a.timeout)  # the agent took the key out of its tag
+            return "old"
+        check(cache.fetch(t, racy, [a.tag], load_old, ttl_ms=600000) == "old", "fetch returns what it loaded")
+        check(cache_redis.exists(cache.full_name(t, racy)) == 0, f"a value loaded before the invalidation of {racy} was not cached after it")
+        check(cache.fetch(t, racy, [a.tag], lambda: "new", ttl_ms=600000) == "new", "the next fetch loads again")
+        check(cache.fetch(t, racy, [a.tag], lambda: "unused", ttl_ms=600000) == "new", "then it is a hit")
+        check(cache_redis.sismember(f"{{tenant:{t}}}:tag:{a.tag}", cache.full_name(t, racy)), f"{racy} is registered under {a.tag}")
+        print(f"fetched {racy} under a lease: the value loaded during its invalidation was not cached, the next one was")
         print("OK: python example: cached under tags, published by XADD, invalidated through the agent")
         return 0
     except (AssertionError, TimeoutError) as e:

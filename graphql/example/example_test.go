@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,4 +231,38 @@ func TestListMembershipChange(t *testing.T) {
 	}
 	e.query(q1)
 	e.resolved(map[string]int{"products(kitchen)": 2, "products(electronics)": 2, "user(1042)": 1})
+}
+
+// A response computed before an entity event is never cached after it: the
+// query reads user 1042, the user is renamed and the event applied while
+// the query is still running; the old response is served to its caller,
+// and the next query reads the new name.
+func TestResponseComputedBeforeEventNotCached(t *testing.T) {
+	e := newEnv(t, 0)
+	reading, proceed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	e.svc.Resolver.Read = func(call string) {
+		if call == "user(1042)" {
+			once.Do(func() { close(reading); <-proceed })
+		}
+	}
+	done := make(chan string, 1)
+	go func() {
+		req := httptest.NewRequest(http.MethodPost, "/query", strings.NewReader(`{"query":`+strconv.Quote(q1)+`}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Tenant", "acme")
+		rec := httptest.NewRecorder()
+		e.svc.Handler.ServeHTTP(rec, req)
+		done <- strings.TrimSpace(rec.Body.String())
+	}()
+	<-reading
+	e.query(`mutation { renameUser(id: 1042, name: "Ada Lovelace") { id } }`)
+	e.waitApplied("users", 1)
+	close(proceed)
+	if got := <-done; got != `{"data":{"user":{"name":"Ada"}}}` {
+		t.Fatalf("the racing query = %s", got)
+	}
+	if got := e.query(q1); got != `{"data":{"user":{"name":"Ada Lovelace"}}}` {
+		t.Errorf("Q1 after the change = %s: the response computed before the event was cached after it", got)
+	}
 }

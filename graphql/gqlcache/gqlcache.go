@@ -48,7 +48,6 @@ import (
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/redis/go-redis/v9"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/formatter"
 	"github.com/vektah/gqlparser/v2/gqlerror"
@@ -64,9 +63,7 @@ const (
 	idAlias       = "__routerd_id"
 )
 
-// DefaultTTL is how long a response stays cached when Options.TTL is zero:
-// it bounds how long a response read before a change and stored after its
-// invalidation can stay (docs/protocol.md, section 3).
+// DefaultTTL is how long a response stays cached when Options.TTL is zero.
 const DefaultTTL = 10 * time.Minute
 
 // DefaultKeyPrefix starts every cached response's key (under the tenant's
@@ -272,6 +269,10 @@ func (c *Cache) inject(set ast.SelectionSet, def *ast.Definition) ast.SelectionS
 
 // InterceptResponse serves a query from the cache, or runs it, takes the
 // added fields out of its response and caches it under its refs and tags.
+// It reads through tagstore.Fetch: concurrent misses of one response run
+// the query once, and a response computed while an event of a domain it
+// selects was applied is returned but not cached, as it may predate the
+// change.
 func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
 	if !graphql.HasOperationContext(ctx) {
 		return next(ctx)
@@ -280,56 +281,98 @@ func (c *Cache) InterceptResponse(ctx context.Context, next graphql.ResponseHand
 	if rc.Operation == nil || rc.Operation.Operation != ast.Query || c.schema == nil {
 		return next(ctx)
 	}
-	tenant, terr := c.opt.Tenant(ctx)
-	key := ""
-	if terr == nil {
-		vary := ""
-		if c.opt.Vary != nil {
-			vary = c.opt.Vary(ctx)
-		}
-		key = c.key(tenant, vary, rc)
-		data, err := c.opt.Store.Get(ctx, tenant, key)
-		switch {
-		case err == nil:
-			c.requests.WithLabelValues("hit").Inc()
-			return &graphql.Response{Data: data}
-		case !errors.Is(err, redis.Nil):
-			c.log.Warn("graphql response cache: read failed; executing the query", "err", err)
-			terr = err
-		}
+	tenant, err := c.opt.Tenant(ctx)
+	if err != nil {
+		return c.uncached(ctx, next)
 	}
-	resp := next(ctx)
-	if resp == nil {
+	vary := ""
+	if c.opt.Vary != nil {
+		vary = c.opt.Vary(ctx)
+	}
+	key := c.key(tenant, vary, rc)
+	tags, lists, selected := c.tags(rc)
+	if len(tags) == 0 {
+		return c.uncached(ctx, next) // selects no mapped type: no event would ever reach it
+	}
+	var (
+		resp     *graphql.Response
+		refs     []tagstore.Ref
+		executed bool
+	)
+	data, err := c.opt.Store.Fetch(ctx, tenant, key, tagstore.FetchOptions{
+		TTL: c.opt.TTL, Tags: tags, Refs: lists,
+		// The entities a response holds are known once it is computed;
+		// until then any event of a domain it selects voids the fill.
+		LeaseRefs:  selected,
+		LoadedRefs: func() []tagstore.Ref { return refs },
+	}, func(ctx context.Context) ([]byte, error) {
+		executed = true
+		resp = next(ctx)
+		var ok bool
+		if refs, ok = c.strip(resp); !ok {
+			return nil, errNotCacheable
+		}
+		for _, l := range lists {
+			if !slices.Contains(refs, l) {
+				refs = append(refs, l)
+			}
+		}
+		return resp.Data, nil
+	})
+	switch {
+	case err == nil && !executed:
+		c.requests.WithLabelValues("hit").Inc()
+		return &graphql.Response{Data: data}
+	case err == nil:
+		if distinct(refs) > c.opt.Store.RefGuard() {
+			c.guarded.Inc()
+		}
+		c.requests.WithLabelValues("miss").Inc()
 		return resp
+	case executed:
+		if !errors.Is(err, errNotCacheable) {
+			c.log.Warn("graphql response cache: store failed", "err", err)
+		}
+		c.requests.WithLabelValues("skip").Inc()
+		return resp
+	}
+	c.log.Warn("graphql response cache: read failed; executing the query", "err", err)
+	return c.uncached(ctx, next)
+}
+
+// errNotCacheable: the response is served, not cached.
+var errNotCacheable = errors.New("gqlcache: response not cacheable")
+
+// uncached runs the query without the cache.
+func (c *Cache) uncached(ctx context.Context, next graphql.ResponseHandler) *graphql.Response {
+	resp := next(ctx)
+	c.strip(resp)
+	c.requests.WithLabelValues("skip").Inc()
+	return resp
+}
+
+// strip takes the added fields out of a response and returns its refs, and
+// whether it may be cached: no errors, no deferred parts, some data.
+func (c *Cache) strip(resp *graphql.Response) ([]tagstore.Ref, bool) {
+	if resp == nil {
+		return nil, false
 	}
 	data, refs, err := strip(resp.Data, c.opt.Types)
 	if err != nil {
 		c.log.Error("graphql response cache: cannot read the response", "err", err)
-		c.requests.WithLabelValues("skip").Inc()
-		return resp
+		return nil, false
 	}
 	resp.Data = data
-	if terr != nil || len(resp.Errors) > 0 || resp.HasNext != nil || len(data) == 0 {
-		c.requests.WithLabelValues("skip").Inc()
-		return resp
+	return refs, len(resp.Errors) == 0 && resp.HasNext == nil && len(data) > 0
+}
+
+// distinct counts the distinct refs.
+func distinct(refs []tagstore.Ref) int {
+	seen := make(map[tagstore.Ref]bool, len(refs))
+	for _, r := range refs {
+		seen[r] = true
 	}
-	tags, lists := c.tags(rc)
-	for _, l := range lists {
-		if !slices.Contains(refs, l) {
-			refs = append(refs, l)
-		}
-	}
-	res, err := c.opt.Store.SetRefs(ctx, tenant, key, data, c.opt.TTL, tags, refs)
-	if err != nil {
-		c.log.Warn("graphql response cache: store failed", "err", err)
-		c.requests.WithLabelValues("skip").Inc()
-		return resp
-	}
-	if res.TypeLevel {
-		c.guarded.Inc()
-	}
-	c.requests.WithLabelValues("miss").Inc()
-	return resp
+	return len(seen)
 }
 
 // key names a response: the prefix and a SHA-256 of the tenant, what
@@ -354,12 +397,13 @@ func (c *Cache) key(tenant, vary string, rc *graphql.OperationContext) string {
 }
 
 // tags are the tags of the domains of every mapped type the query selects:
-// what a whole-tag invalidation of them (a creation, a recovery) must drop;
+// what a whole-tag invalidation of them (a creation, a recovery) must drop,
+// and selected the type-level refs of those domains;
 // lists are the type-level refs of the domains of the list fields it
 // selects (whatever their depth): what any event of them must drop. A list
 // of an unmapped type (a connection's edges) counts for the mapped types
 // reached through it by fields of unmapped types (edges { node }).
-func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagstore.Ref) {
+func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists, selected []tagstore.Ref) {
 	// inList: under a list whose items are of an unmapped type, not yet
 	// past a mapped one.
 	var walk func(set ast.SelectionSet, inList bool, spread map[string]bool)
@@ -370,7 +414,7 @@ func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagst
 				below := false
 				if sel.Definition != nil {
 					typ := sel.Definition.Type.Name()
-					c.addTags(&tags, typ)
+					c.addTags(&tags, &selected, typ)
 					if list := inList || isList(sel.Definition.Type); list && c.mapped(typ) {
 						c.addLists(&lists, typ)
 					} else {
@@ -379,7 +423,7 @@ func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagst
 				}
 				walk(sel.SelectionSet, below, spread)
 			case *ast.InlineFragment:
-				c.addTags(&tags, sel.TypeCondition)
+				c.addTags(&tags, &selected, sel.TypeCondition)
 				walk(sel.SelectionSet, inList, spread)
 			case *ast.FragmentSpread:
 				// Walked in its place for the lists it holds (its tags
@@ -395,10 +439,10 @@ func (c *Cache) tags(rc *graphql.OperationContext) (tags []string, lists []tagst
 	}
 	walk(rc.Operation.SelectionSet, false, map[string]bool{})
 	for _, f := range rc.Doc.Fragments {
-		c.addTags(&tags, f.TypeCondition)
+		c.addTags(&tags, &selected, f.TypeCondition)
 		walk(f.SelectionSet, false, map[string]bool{})
 	}
-	return tags, lists
+	return tags, lists, selected
 }
 
 // mapped reports whether a type is mapped to a domain, or may hold an
@@ -412,8 +456,11 @@ func (c *Cache) mapped(typ string) bool {
 // isList reports whether a field's type is a list, at any depth ([[T]]).
 func isList(t *ast.Type) bool { return t != nil && t.Elem != nil }
 
-func (c *Cache) addTags(tags *[]string, typ string) {
+func (c *Cache) addTags(tags *[]string, selected *[]tagstore.Ref, typ string) {
 	c.eachDomain(typ, func(domain string) {
+		if r := (tagstore.Ref{Domain: domain}); !slices.Contains(*selected, r) {
+			*selected = append(*selected, r)
+		}
 		if d := c.opt.Matrix.Domains[domain]; d != nil {
 			for _, tag := range d.Tags {
 				if !slices.Contains(*tags, tag) {

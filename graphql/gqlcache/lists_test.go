@@ -52,7 +52,7 @@ func TestListsAtTypeLevel(t *testing.T) {
 		if errs != nil {
 			t.Fatalf("%s: %v", query, errs)
 		}
-		_, lists := c.tags(&graphql.OperationContext{Doc: doc, Operation: doc.Operations[0]})
+		_, lists, _ := c.tags(&graphql.OperationContext{Doc: doc, Operation: doc.Operations[0]})
 		var got []string
 		for _, r := range lists {
 			if r != (tagstore.Ref{Domain: r.Domain}) {

@@ -289,7 +289,7 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		keys := templatePattern(tmpl, t)
 		r.Keys = append(r.Keys, "~"+keys)
 		if keys != tagPattern+":*" {
-			r.Keys = append(r.Keys, "~"+tagPattern+":tag:*", "~"+tagPattern+":ref:*", "~"+tagPattern+":pos:"+spec.Service+":*")
+			r.Keys = append(r.Keys, "~"+tagPattern+":tag:*", "~"+tagPattern+":ref:*", "~"+tagPattern+":"+names.LeaseSegment+":*", "~"+tagPattern+":pos:"+spec.Service+":*")
 		}
 	}
 	// The tenants it holds positions for (every subscriber with a cache

@@ -74,8 +74,8 @@ func TestRoles(t *testing.T) {
 		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},
 		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web", 0},
 		{"cache with a key template", Spec{Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"}, cacheCmds +
-			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:ref:* ~{tenant:acme}:pos:search:*" +
-			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},
+			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:ref:* ~{tenant:acme}:lease:* ~{tenant:acme}:pos:search:*" +
+			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:lease:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(m, tc.spec)
@@ -220,7 +220,7 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'`)
 	for spec, scripts := range map[Spec][]string{
 		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua"},
-		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua"},
+		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua"},
 	} {
 		role := spec.Role
 		r, err := For(m, spec)

@@ -3,7 +3,9 @@ package soak
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 )
 
 // The world the soak runs: tenants, domains and their tags, the services
@@ -99,4 +101,44 @@ func matrixYAML() string {
 		}
 	}
 	return b.String()
+}
+
+// dbKeysPerDomain is the model database's keyspace: keys <domain>:d0 …
+// <domain>:d<dbKeysPerDomain-1> of each key-level domain, per tenant with a
+// publisher. Readers cache them through tagstore.Fetch only, apart from the
+// writer's keys.
+const dbKeysPerDomain = 10
+
+// dbKey is one row of the model database.
+type dbKey struct{ tenant, key string }
+
+// database is the soak's model of the services' source of truth: a version
+// per row, bumped by each change, whose event is published after the
+// commit. The verdict: once quiet, every value cached through Fetch is the
+// row's current version.
+type database struct {
+	mu       sync.Mutex
+	versions map[dbKey]int
+	changes  map[dbKey][]*inval // the event of each change, in order: change n is changes[n-1]
+	read     map[entryKey]bool  // the rows each service read through Fetch
+}
+
+func newDatabase() *database {
+	return &database{versions: map[dbKey]int{}, changes: map[dbKey][]*inval{}, read: map[entryKey]bool{}}
+}
+
+// change commits a new version of a row; in is the event that announces it.
+func (d *database) change(k dbKey, in *inval) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.versions[k]++
+	d.changes[k] = append(d.changes[k], in)
+}
+
+// version reads a row, as a load does, and notes that svc read it.
+func (d *database) version(svc string, k dbKey) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.read[entryKey{svc, k.tenant, k.key}] = true
+	return "v" + strconv.Itoa(d.versions[k])
 }

@@ -409,3 +409,41 @@ func (rep delayReport) quantile(q float64) time.Duration {
 	}
 	return rep.outside[min(len(rep.outside)-1, int(q*float64(len(rep.outside))))]
 }
+
+// judge is the model database's verdict on the values cached through Fetch
+// (entry → value, absent when not cached): each must be its row's current
+// version. An older one is stale when a change after it had its event
+// acknowledged and not flushed from the bus before routing (its
+// invalidation had to void the fill or drop the value); otherwise nothing
+// could have announced the change, and it is excused.
+func (d *database) judge(r *recorder, values map[entryKey]string) (stale []string, excused int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for e, v := range values {
+		k := dbKey{e.tenant, e.key}
+		current := d.versions[k]
+		n, err := strconv.Atoi(strings.TrimPrefix(v, "v"))
+		if err != nil || !strings.HasPrefix(v, "v") || n > current {
+			stale = append(stale, fmt.Sprintf("%s = %q, which no version of the row (now v%d) was", e, v, current))
+			continue
+		}
+		if n == current {
+			continue
+		}
+		var announced []string
+		for _, in := range d.changes[k][n:] {
+			if in.ack != 0 && !r.isLost(in) {
+				announced = append(announced, in.id)
+			}
+		}
+		if len(announced) == 0 {
+			excused++
+			continue
+		}
+		stale = append(stale, fmt.Sprintf("%s = %s, the database v%d: the invalidations of changes %s were acknowledged", e, v, current, strings.Join(announced, ", ")))
+	}
+	sort.Strings(stale)
+	return stale, excused
+}

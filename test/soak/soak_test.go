@@ -38,6 +38,10 @@ var (
 	flagClaimIdle = flag.Duration("soak.claim-idle", 5*time.Second, "the routers' --claim-idle: how long a killed router's entries wait for another")
 )
 
+// readers is the number of goroutines reading the model database through
+// Fetch.
+const readers = 4
+
 // faultGrace stretches each fault window for the delay report: the time a
 // system needs to notice a fault undone (reconnect, check positions).
 const faultGrace = time.Second
@@ -167,10 +171,13 @@ type soak struct {
 	eventSeq  int
 	tracerSeq atomic.Int64
 	matrixOut string
+	// db is the model database the readers Fetch from.
+	db                  *database
+	fetches, fetchLoads atomic.Int64
 }
 
 func runScenario(t *testing.T, sc scenario) {
-	s := &soak{t: t, sc: sc, rec: newRecorder(), dir: t.TempDir(), caches: map[string]*cache{}}
+	s := &soak{t: t, sc: sc, rec: newRecorder(), dir: t.TempDir(), caches: map[string]*cache{}, db: newDatabase()}
 	t.Logf("%s: seed %d, %v under faults %v, agents checking every %v", sc.name, sc.seed, sc.duration, sc.faults, sc.check)
 	s.startRedis()
 	s.startProcesses()
@@ -190,13 +197,20 @@ func runScenario(t *testing.T, sc scenario) {
 		listeners.Add(1)
 		go func() { defer listeners.Done(); s.listen(listenCtx, c) }()
 	}
-	workers.Add(1 + len(tenants))
+	workers.Add(1 + 2*len(tenants) + readers)
 	go func() { defer workers.Done(); s.writeLoop(workCtx, rand.New(rand.NewPCG(sc.seed, 1))) }()
 	for i, tenant := range tenants {
 		go func() {
 			defer workers.Done()
 			s.publishLoop(workCtx, rand.New(rand.NewPCG(sc.seed, uint64(10+i))), tenant)
 		}()
+		go func() {
+			defer workers.Done()
+			s.changeLoop(workCtx, rand.New(rand.NewPCG(sc.seed, uint64(100+i))), tenant)
+		}()
+	}
+	for i := range readers {
+		go func() { defer workers.Done(); s.readLoop(workCtx, rand.New(rand.NewPCG(sc.seed, uint64(200+i)))) }()
 	}
 	stopAll := func() { stopWork(); workers.Wait(); stopListening(); listeners.Wait() }
 	t.Cleanup(stopAll)
@@ -226,16 +240,21 @@ func runScenario(t *testing.T, sc scenario) {
 	chk := s.rec.checker()
 	deadline := quiet.Add(sc.check + *flagSettle)
 	var stale []staleEntry
-	var unknown []string
-	var uncertain, polls int
+	var unknown, rows []string
+	var uncertain, excused, polls int
 	for {
 		values, err := s.readCaches(ctx)
 		if err != nil {
 			t.Fatalf("%s: reading the caches: %v", sc.name, err)
 		}
 		stale, unknown, uncertain = chk.stale(values)
+		fetched, err := s.readFetched(ctx)
+		if err != nil {
+			t.Fatalf("%s: reading the caches: %v", sc.name, err)
+		}
+		rows, excused = s.db.judge(s.rec, fetched)
 		polls++
-		if len(stale) == 0 || time.Now().After(deadline) {
+		if len(stale)+len(rows) == 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -244,6 +263,12 @@ func runScenario(t *testing.T, sc scenario) {
 	stopListening()
 	listeners.Wait()
 	s.report(chk, consistentAfter, uncertain)
+	t.Logf("%s: model database: %d Fetches, %d loads; %d cached rows older than the database with no change announced since (its event flushed or never acknowledged)",
+		sc.name, s.fetches.Load(), s.fetchLoads.Load(), excused)
+	if len(rows) > 0 {
+		t.Errorf("%s (seed %d): %d row(s) cached through Fetch differ from the database after %v of quiet:\n  %s",
+			sc.name, sc.seed, len(rows), consistentAfter.Round(time.Millisecond), strings.Join(rows, "\n  "))
+	}
 	for _, u := range unknown {
 		t.Errorf("%s: a cached value no write of the soak made: %s", sc.name, u)
 	}
@@ -384,6 +409,31 @@ func (s *soak) readCaches(ctx context.Context) (map[entryKey]string, error) {
 			if v, err := cmd.Result(); err == nil {
 				out[mine[i]] = v
 			}
+		}
+	}
+	return out, nil
+}
+
+// readFetched reads every row a service read through Fetch from its cache.
+func (s *soak) readFetched(ctx context.Context) (map[entryKey]string, error) {
+	s.db.mu.Lock()
+	entries := make([]entryKey, 0, len(s.db.read))
+	for e := range s.db.read {
+		entries = append(entries, e)
+	}
+	s.db.mu.Unlock()
+	out := map[entryKey]string{}
+	for _, e := range entries {
+		full, err := s.caches[e.svc].store.Key(e.tenant, e.key)
+		if err != nil {
+			return nil, err
+		}
+		v, err := s.caches[e.svc].client.Get(ctx, full).Result()
+		switch {
+		case err == nil:
+			out[e] = v
+		case err != redis.Nil:
+			return nil, err
 		}
 	}
 	return out, nil

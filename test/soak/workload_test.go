@@ -2,12 +2,14 @@ package soak
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -93,23 +95,76 @@ func (s *soak) publishLoop(ctx context.Context, rng *rand.Rand, tenant string) {
 		default:
 			ev.Keys = randomKeys(rng, domain)
 		}
-		in := s.rec.beginInval(&inval{id: ev.ID, tenant: tenant, domain: domain, keys: ev.Keys, how: "publish"})
-		for attempt := 0; ; attempt++ {
-			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := s.pub.Publish(pctx, ev)
-			cancel()
-			if err == nil {
-				s.rec.acked(in)
-				break
-			}
-			if attempt%20 == 0 {
-				s.t.Logf("%s: publish %s: %v (retrying)", s.sc.name, ev.ID, err)
-			}
-			if sleep(ctx, 100*time.Millisecond) != nil {
-				break
-			}
-		}
+		s.publishAcked(ctx, ev, s.rec.beginInval(&inval{id: ev.ID, tenant: tenant, domain: domain, keys: ev.Keys, how: "publish"}))
 		_ = sleep(ctx, time.Duration(20+rng.IntN(80))*time.Millisecond)
+	}
+}
+
+// publishAcked publishes an event, retried with the same id until Redis
+// acknowledges it or ctx ends.
+func (s *soak) publishAcked(ctx context.Context, ev wire.Event, in *inval) {
+	for attempt := 0; ; attempt++ {
+		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := s.pub.Publish(pctx, ev)
+		cancel()
+		if err == nil {
+			s.rec.acked(in)
+			return
+		}
+		if attempt%20 == 0 {
+			s.t.Logf("%s: publish %s: %v (retrying)", s.sc.name, ev.ID, err)
+		}
+		if sleep(ctx, 100*time.Millisecond) != nil {
+			return
+		}
+	}
+}
+
+// changeLoop is the model database's writer for a tenant: each change
+// commits a new version of a row, then publishes its key-level event.
+func (s *soak) changeLoop(ctx context.Context, rng *rand.Rand, tenant string) {
+	for i := 0; ctx.Err() == nil; i++ {
+		domain := pick(rng, keyDomains)
+		key := fmt.Sprintf("%s:d%d", domain, rng.IntN(dbKeysPerDomain))
+		ev := wire.Event{ID: fmt.Sprintf("soak-%s-%s-db%d", s.sc.name, tenant, i), Tenant: tenant, Domain: domain, Keys: []string{key}}
+		in := &inval{id: ev.ID, tenant: tenant, domain: domain, keys: ev.Keys, how: "publish"}
+		s.db.change(dbKey{tenant, key}, in)
+		s.publishAcked(ctx, ev, s.rec.beginInval(in))
+		_ = sleep(ctx, time.Duration(20+rng.IntN(80))*time.Millisecond)
+	}
+}
+
+// Fetch options of the readers: a short lease and wait, so that a read
+// holding a cache's gate never holds up a fault for long.
+var readOptions = tagstore.FetchOptions{LeaseTime: time.Second, WaitLimit: time.Second}
+
+// readLoop is a service's readers: each reads a row through Fetch, whose
+// load reads the row's current version and returns it after a random
+// delay (the time a query takes, in which the row may change).
+func (s *soak) readLoop(ctx context.Context, rng *rand.Rand) {
+	for ctx.Err() == nil {
+		tenant, domain := pick(rng, tenants), pick(rng, keyDomains)
+		k := dbKey{tenant, fmt.Sprintf("%s:d%d", domain, rng.IntN(dbKeysPerDomain))}
+		svc := pick(rng, serviceNames)
+		opt := readOptions
+		if opt.Tags = registeredTags(svc, tenant, k.key); len(opt.Tags) == 0 {
+			continue
+		}
+		delay := time.Duration(rng.IntN(20)) * time.Millisecond
+		c := s.caches[svc]
+		c.gate.RLock()
+		_, err := c.store.Fetch(context.Background(), tenant, k.key, opt, func(context.Context) ([]byte, error) {
+			v := s.db.version(svc, k)
+			time.Sleep(delay)
+			s.fetchLoads.Add(1)
+			return []byte(v), nil
+		})
+		c.gate.RUnlock()
+		s.fetches.Add(1)
+		if err != nil && !errors.Is(err, tagstore.ErrLeaseWait) {
+			s.t.Logf("%s: fetch %s/%s in %s: %v", s.sc.name, tenant, k.key, svc, err)
+		}
+		_ = sleep(ctx, time.Duration(1+rng.IntN(4))*time.Millisecond)
 	}
 }
 

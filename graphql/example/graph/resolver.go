@@ -21,6 +21,10 @@ type Resolver struct {
 	// tells a request's tenant.
 	Publish func(ctx context.Context, e wire.Event) error
 	Tenant  func(ctx context.Context) (string, error)
+	// Read, when set, is called after a user field has read its data,
+	// with the call ("user(1042)"): tests hold a query there while the
+	// data changes.
+	Read func(call string)
 
 	mu       sync.Mutex
 	users    map[string]*model.User

@@ -60,13 +60,17 @@ func (r *mutationResolver) MoveProduct(ctx context.Context, id string, category 
 // User is the resolver for the user field.
 func (r *queryResolver) User(ctx context.Context, id string) (*model.User, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.resolved["user("+id+")"]++
-	u, ok := r.users[id]
-	if !ok {
-		return nil, nil
+	var out *model.User
+	if u, ok := r.users[id]; ok {
+		out = &model.User{ID: u.ID, Name: u.Name}
 	}
-	return &model.User{ID: u.ID, Name: u.Name}, nil
+	read := r.Read
+	r.mu.Unlock()
+	if read != nil {
+		read("user(" + id + ")")
+	}
+	return out, nil
 }
 
 // Products is the resolver for the products field.

@@ -36,6 +36,7 @@ type listener struct {
 type conn struct {
 	ps       *redis.PubSub
 	addr     string       // cluster: the master it is connected to
+	heard    atomic.Int64 // unix nanos of the last thing received (a pong at least every PingEvery)
 	expected atomic.Int64 // subscriptions that make its set complete
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -85,6 +86,17 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	s.regroupTimer = time.NewTimer(time.Hour)
 	s.regroupTimer.Stop()
 	defer s.regroupTimer.Stop()
+	if s.health.cache != nil {
+		// The applier's calls on the cache Redis go through its breaker;
+		// the service's own calls on a shared client do not.
+		ctx = s.health.cache.Guard(ctx)
+		pctx, stop := context.WithCancel(ctx)
+		probed := make(chan struct{})
+		go func() { defer close(probed); s.probeCache(pctx) }()
+		defer func() { stop(); <-probed }()
+	}
+	s.checked(nil) // a fresh run: nothing failed yet
+	s.checkEviction(ctx)
 	ln := &listener{s: s}
 	s.ln = ln
 	defer ln.close()
@@ -355,7 +367,9 @@ func (ln *listener) start(ctx context.Context, ps *redis.PubSub, addr string, ex
 	cctx, cancel := context.WithCancel(ctx)
 	c := &conn{ps: ps, addr: addr, cancel: cancel, done: make(chan struct{}), added: map[string]bool{}}
 	c.expected.Store(int64(expected))
+	c.heard.Store(time.Now().UnixNano())
 	ln.conns = append(ln.conns, c)
+	ln.s.health.addLink(c)
 	go func() {
 		defer close(c.done)
 		ln.s.receive(cctx, c)
@@ -368,6 +382,7 @@ func (ln *listener) close() {
 		c.cancel()
 		_ = c.ps.Close()
 		<-c.done
+		ln.s.health.removeLink(c)
 	}
 	ln.conns = nil
 	ln.channels = nil
@@ -416,7 +431,18 @@ func minus(a, b []string) []string {
 func (s *Subscriber) receive(ctx context.Context, c *conn) {
 	down := pacer{first: 100 * time.Millisecond, limit: 5 * time.Second}
 	for ctx.Err() == nil {
-		msg, err := c.ps.ReceiveTimeout(ctx, 15*time.Second)
+		// A quiet connection is pinged every PingEvery: a link that stops
+		// answering (a blackhole sends no error) shows in Problems within
+		// LinkDeadline.
+		msg, err := c.ps.ReceiveTimeout(ctx, PingEvery)
+		if err == nil {
+			now := time.Now().UnixNano()
+			if time.Duration(now-c.heard.Swap(now)) > LinkDeadline {
+				// The link answers again after a silence (a blackhole
+				// healed): what was published meanwhile may be lost.
+				s.requestCheck()
+			}
+		}
 		if err == nil && down.failures > 0 {
 			s.log.Info("pub/sub connection back", down.attrs()...)
 			down.failures = 0

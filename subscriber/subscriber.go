@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
@@ -104,8 +105,14 @@ type Options struct {
 	MaxKeys int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
-	Buffer     int
-	Logger     *slog.Logger
+	Buffer int
+	// AcceptEvictionRisk lets the subscriber report ready although the
+	// cache Redis's maxmemory-policy can evict tag sets (allkeys-*), or
+	// reference sets while entity references are in use (volatile-*):
+	// values may then stay cached past their invalidation. Without it such
+	// a policy is a readiness problem (ReasonEvictionPolicy).
+	AcceptEvictionRisk bool
+	Logger             *slog.Logger
 	Registerer prometheus.Registerer
 	// TracerProvider, when set, traces each invalidation as a child of the
 	// router's channel publish span carried in the message.
@@ -155,6 +162,10 @@ type Subscriber struct {
 	// seenGeneration is the bus generation the last complete check saw
 	// (kept with the cache too, when there is one); owned by the applier.
 	seenGeneration string
+
+	health health
+	// evictionWarned: the accepted eviction risk was logged; the applier's.
+	evictionWarned bool
 
 	// While the applier handles a burst of received messages, the messages
 	// that follow their channel's position collect here and are applied in
@@ -310,12 +321,20 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 			return nil, fmt.Errorf("subscriber: %w", err)
 		}
 		s.store = store
+		s.health.cache = breaker.New(breaker.Options{
+			Dependency: "cache", Metric: "subscriber_breaker_state", IsFailure: breaker.RedisFailure,
+			Logger: s.log, Registerer: opt.Registerer,
+			OnChange: func(open bool) {
+				if !open { // back: replay what failed meanwhile now, not at the next retry
+					s.requestCheck()
+				}
+			},
+		})
+		opt.Cache.AddHook(s.health.cache.Hook())
 	}
+	s.newHealthMetrics(opt.Registerer)
 	return s, nil
 }
-
-// Ready reports whether the subscriber is subscribed and has checked its positions.
-func (s *Subscriber) Ready() bool { return s.ready.Load() }
 
 // SetMatrix makes a running subscriber take up a changed matrix: it
 // subscribes to the channels of new tags and tenants of its service (and
@@ -351,12 +370,16 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
-	failing := pacer{first: time.Second, limit: 5 * time.Second}
+	// Retried within 2s at most: readiness waits for a check that
+	// succeeds, and must come back soon after the bus or the cache does.
+	failing := pacer{first: time.Second, limit: 2 * time.Second}
 	check := func() {
-		if err := s.check(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
+		err := s.check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.checked(err)
+		if err != nil {
 			wait, warn := failing.failed()
 			if warn {
 				s.log.Warn("position check failed; retrying", append(failing.attrs(), "retry_in", wait, "err", err)...)
@@ -385,12 +408,16 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				s.log.Warn("applying coalesced work failed; retrying", "err", err)
+				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once
+					s.log.Warn("applying coalesced work failed; retrying", "err", err)
+				}
 			}
 		case m := <-s.in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				s.log.Warn("applying messages failed; the next check recovers them", "err", err)
+				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once, and asks for a check when closed
+					s.log.Warn("applying messages failed; the next check recovers them", "err", err)
+				}
 				retry.Reset(time.Second)
 			}
 		case <-s.reconf:

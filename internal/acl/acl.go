@@ -283,6 +283,9 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		"getdel",
 		// routerd compact.
 		"sscan", "exists",
+		// The subscriber's health: a ping every half second, and the
+		// eviction policy (INFO memory: maxmemory_policy) at each check.
+		"ping", "info",
 	}}
 	for _, t := range tenants {
 		tagPattern := names.TenantTag(t) // a tenant holds no glob character

@@ -113,7 +113,7 @@ type Options struct {
 	// a policy is a readiness problem (ReasonEvictionPolicy).
 	AcceptEvictionRisk bool
 	Logger             *slog.Logger
-	Registerer prometheus.Registerer
+	Registerer         prometheus.Registerer
 	// TracerProvider, when set, traces each invalidation as a child of the
 	// router's channel publish span carried in the message.
 	TracerProvider trace.TracerProvider

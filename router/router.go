@@ -148,6 +148,7 @@ type Router struct {
 	matrix  atomic.Pointer[matrix.Matrix]
 	prefix  string
 	ready   atomic.Bool
+	health  health
 	co      *coalescer
 	tracer  trace.Tracer
 	tracing bool // spans are recorded; when off, events' traceparents pass through as they are
@@ -190,6 +191,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r, r.m)
+	r.newHealthMetrics(opt.Registerer)
 	r.shards.C = c
 	r.cluster = redisconn.IsCluster(c)
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
@@ -220,9 +222,6 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	}
 	return nil
 }
-
-// Ready reports whether the router has set up its consumer groups and is reading.
-func (r *Router) Ready() bool { return r.ready.Load() }
 
 // Run routes until ctx is cancelled, then lets in-flight batches finish
 // (within ShutdownTimeout) and returns nil. Redis errors are logged and
@@ -266,6 +265,7 @@ func (r *Router) Run(ctx context.Context) error {
 		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
+	g.Go(func() error { r.probe(gctx); return nil })
 	return g.Wait()
 }
 
@@ -436,6 +436,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
 			Count: int64(count), Block: block,
 		}).Result()
+		r.readDone(stream, redisFailure(err))
 		switch {
 		case err == nil:
 			// Entries in hand are routed even when ctx was cancelled

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/breaker"
 )
 
 // The reasons a router is not ready (Problem.Reason).
@@ -30,6 +32,8 @@ var Reasons = []string{ReasonStarting, ReasonBusUnreachable, ReasonReadsFailing}
 const (
 	probeEvery   = 500 * time.Millisecond
 	probeTimeout = time.Second
+	// unreachableAfter is how long the bus may leave pings unanswered.
+	unreachableAfter = 3 * time.Second
 )
 
 // A Problem is one reason the router is not ready, with what was seen.
@@ -42,9 +46,9 @@ func (p Problem) String() string { return p.Reason + ": " + p.Detail }
 
 // health is what Problems is computed from.
 type health struct {
-	pingFailures atomic.Int32
-	pingErr      atomic.Pointer[string]
-	readErr      atomic.Pointer[string] // the last read of some stream failed
+	probe   *breaker.Probe         // of the bus
+	pingErr atomic.Pointer[string] // the last ping's error
+	readErr atomic.Pointer[string] // the last read of some stream failed
 }
 
 // Problems lists why the router is not ready, nothing when it is.
@@ -53,10 +57,10 @@ func (r *Router) Problems() []Problem {
 		return []Problem{{ReasonStarting, "setting up the ingress (consumer groups, scripts), or not running"}}
 	}
 	var out []Problem
-	if r.health.pingFailures.Load() >= 2 {
-		detail := "the bus does not answer"
+	if silent := r.health.probe.Silent(); silent > unreachableAfter {
+		detail := fmt.Sprintf("the bus has not answered a ping for %v", silent.Round(100*time.Millisecond))
 		if e := r.health.pingErr.Load(); e != nil {
-			detail += ": " + *e
+			detail += " (last error: " + *e + ")"
 		}
 		out = append(out, Problem{ReasonBusUnreachable, detail})
 	}
@@ -82,28 +86,15 @@ func (r *Router) readDone(stream string, err error) {
 // probe pings the bus until ctx ends, so a silent bus shows in Problems
 // within a few seconds even while reads block.
 func (r *Router) probe(ctx context.Context) {
-	t := time.NewTicker(probeEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		err := r.c.Ping(pctx).Err()
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
+	r.health.probe.Answered()
+	r.health.probe.Run(ctx, probeEvery, probeTimeout, nil, func(ctx context.Context) error {
+		err := r.c.Ping(ctx).Err()
 		if err != nil {
 			msg := err.Error()
 			r.health.pingErr.Store(&msg)
-			r.health.pingFailures.Add(1)
-			continue
 		}
-		r.health.pingFailures.Store(0)
-	}
+		return err
+	})
 }
 
 // newHealthMetrics exports Problems as routerd_not_ready{reason}.

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
@@ -191,6 +192,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r, r.m)
+	r.health.probe = breaker.NewProbe()
 	r.newHealthMetrics(opt.Registerer)
 	r.shards.C = c
 	r.cluster = redisconn.IsCluster(c)

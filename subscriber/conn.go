@@ -92,7 +92,11 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		ctx = s.health.cache.Guard(ctx)
 		pctx, stop := context.WithCancel(ctx)
 		probed := make(chan struct{})
-		go func() { defer close(probed); s.probeCache(pctx) }()
+		s.health.probe.Answered() // a fresh run
+		go func() {
+			defer close(probed)
+			s.health.probe.Run(pctx, cacheProbeEvery, probeTimeout, s.health.cache, func(ctx context.Context) error { return s.opt.Cache.Ping(ctx).Err() })
+		}()
 		defer func() { stop(); <-probed }()
 	}
 	s.checked(nil) // a fresh run: nothing failed yet

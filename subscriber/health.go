@@ -54,7 +54,7 @@ const (
 	// counts as silent.
 	LinkDeadline = 3 * time.Second
 	// cacheProbeEvery is how often the cache Redis is pinged while it
-	// answers; probeTimeout bounds one ping.
+	// answers; after probeTimeout without an answer a ping counts as failed.
 	cacheProbeEvery = 500 * time.Millisecond
 	probeTimeout    = time.Second
 )
@@ -73,6 +73,7 @@ type health struct {
 	checkErr atomic.Pointer[string] // the last check failed: why
 	evicts   atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
 	cache    *breaker.Breaker       // nil without a cache Redis
+	probe    *breaker.Probe         // of the cache Redis
 
 	mu    sync.Mutex
 	links map[*conn]bool
@@ -129,6 +130,8 @@ func (s *Subscriber) Problems() []Problem {
 	if h.cache != nil {
 		if failing, err := h.cache.Failing(); failing {
 			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis does not answer (%v); invalidations wait and are replayed once it does", err)})
+		} else if silent := h.probe.Silent(); silent > LinkDeadline {
+			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis has not answered a ping for %v", silent.Round(100*time.Millisecond))})
 		}
 	}
 	if e := h.evicts.Load(); e != nil {
@@ -164,33 +167,6 @@ func (s *Subscriber) newHealthMetrics(reg prometheus.Registerer) {
 			}
 			return 0
 		})
-	}
-}
-
-// probeCache pings the cache Redis through its breaker until ctx ends:
-// every cacheProbeEvery while it answers, so a silent cache opens the
-// breaker within a few seconds even when no invalidation comes; while it
-// is open, on Backoff, so the first answer closes it at once.
-func (s *Subscriber) probeCache(ctx context.Context) {
-	attempt := 0
-	for {
-		wait := cacheProbeEvery
-		if failing, _ := s.health.cache.Failing(); failing {
-			attempt++
-			wait = breaker.Backoff(attempt)
-		} else {
-			attempt = 0
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		_ = s.opt.Cache.Ping(pctx).Err()
-		cancel()
 	}
 }
 

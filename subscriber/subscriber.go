@@ -331,6 +331,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 			},
 		})
 		opt.Cache.AddHook(s.health.cache.Hook())
+		s.health.probe = breaker.NewProbe()
 	}
 	s.newHealthMetrics(opt.Registerer)
 	return s, nil

@@ -23,7 +23,11 @@ var (
 )
 
 func api() *toxiproxy.ApiServer {
-	once.Do(func() { server = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop()) })
+	once.Do(func() {
+		// The toxics log through zerolog's global logger: keep them quiet.
+		zerolog.SetGlobalLevel(zerolog.Disabled)
+		server = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+	})
 	return server
 }
 

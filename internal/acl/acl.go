@@ -161,6 +161,8 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
+			// Readiness: a ping of the bus every 500 ms.
+			"ping",
 		},
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams

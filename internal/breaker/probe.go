@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrNoAnswer is what a probe that did not answer within its timeout
@@ -65,7 +67,7 @@ func (p *Probe) Run(ctx context.Context, every, timeout time.Duration, b *Breake
 		case err := <-inflight:
 			t.Stop()
 			inflight = nil
-			if err == nil {
+			if !Silence(err) {
 				p.last.Store(time.Now().UnixNano())
 			}
 			continue
@@ -96,4 +98,15 @@ func (b *Breaker) Report(err error) {
 	}
 	b.record(err)
 	done(err)
+}
+
+// Silence reports whether a probe's error means the dependency did not
+// answer: any error but an answer of Redis's (NOPERM to a user without
+// +ping is an answer) and a cancelled probe.
+func Silence(err error) bool {
+	var re redis.Error
+	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) || (errors.As(err, &re) && !RedisFailure(err)) {
+		return false
+	}
+	return true
 }

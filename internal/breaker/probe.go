@@ -15,7 +15,7 @@ var ErrNoAnswer = errors.New("breaker: no answer to a probe in time")
 
 // Probe pings a dependency on a schedule and tells how long ago it last
 // answered. One ping is in flight at a time, and one that hangs counts as
-// a failure once its timeout has passed, whether or not the client honours
+// a failure for each timeout it hangs, whether or not the client honours
 // the context's deadline (go-redis does not, without
 // ContextTimeoutEnabled): a silent dependency shows within the timeout.
 type Probe struct {
@@ -41,8 +41,7 @@ func (p *Probe) Silent() time.Duration { return time.Since(time.Unix(0, p.last.L
 // so the dependency is used again soon after it answers.
 func (p *Probe) Run(ctx context.Context, every, timeout time.Duration, b *Breaker, ping func(context.Context) error) {
 	var inflight chan error
-	var started time.Time
-	reported := false
+	var counted time.Time // the ping in flight was counted up to here
 	attempt := 0
 	defer func() {
 		if inflight != nil {
@@ -74,13 +73,14 @@ func (p *Probe) Run(ctx context.Context, every, timeout time.Duration, b *Breake
 		case <-t.C:
 		}
 		if inflight != nil {
-			if !reported && time.Since(started) > timeout && b != nil {
-				reported = true
+			// Each timeout it hangs counts as one failure.
+			if time.Since(counted) > timeout && b != nil {
+				counted = time.Now()
 				b.Report(ErrNoAnswer)
 			}
 			continue
 		}
-		inflight, started, reported = make(chan error, 1), time.Now(), false
+		inflight, counted = make(chan error, 1), time.Now()
 		go func(done chan<- error) {
 			pctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()

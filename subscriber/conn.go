@@ -30,6 +30,10 @@ type listener struct {
 	// computes it (CLUSTER KEYSLOT), kept across regroups; every channel
 	// subscribed is in it.
 	slots map[string]int64
+	// relinks counts the silent connections replaced; relinkLogged paces
+	// the warning.
+	relinks      int
+	relinkLogged time.Time
 }
 
 // conn is one pub/sub connection and its receiver.
@@ -367,6 +371,34 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 	return nil
 }
 
+// relinkAfter is how long a pub/sub connection may stay silent before it
+// is replaced by a new one: a connection that met a blackhole may stay
+// silent long after the network heals (TCP's retransmissions back off to
+// tens of seconds, and a peer that restarted meanwhile never answers it).
+const relinkAfter = 2 * LinkDeadline
+
+// relink replaces the connections when one has stayed silent past
+// relinkAfter: the applier closes them all and subscribes again (a check
+// follows the confirmation). The applier only.
+func (ln *listener) relink(ctx context.Context) {
+	silent := false
+	for _, c := range ln.conns {
+		if time.Since(time.Unix(0, c.heard.Load())) > relinkAfter {
+			silent = true
+		}
+	}
+	if !silent {
+		return
+	}
+	ln.relinks++
+	if time.Since(ln.relinkLogged) >= 30*time.Second {
+		ln.relinkLogged = time.Now()
+		ln.s.log.Warn("a pub/sub connection has not answered for "+relinkAfter.String()+"; connecting again", "times", ln.relinks)
+	}
+	ln.close()
+	ln.regroup(ctx)
+}
+
 func (ln *listener) start(ctx context.Context, ps *redis.PubSub, addr string, expected int) {
 	cctx, cancel := context.WithCancel(ctx)
 	c := &conn{ps: ps, addr: addr, cancel: cancel, done: make(chan struct{}), added: map[string]bool{}}
@@ -458,7 +490,15 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				// Quiet connection: make sure it is alive. A failed ping
-				// makes go-redis reconnect and resubscribe.
+				// makes go-redis reconnect and resubscribe; one that is
+				// never answered (a blackhole) makes the applier connect
+				// again after relinkAfter.
+				if time.Since(time.Unix(0, c.heard.Load())) > relinkAfter {
+					select {
+					case s.relink <- struct{}{}:
+					default:
+					}
+				}
 				_ = c.ps.Ping(ctx)
 				continue
 			}

@@ -111,6 +111,9 @@ func (s *Subscriber) Problems() []Problem {
 	now := time.Now()
 	h := &s.health
 	h.mu.Lock()
+	if len(h.links) == 0 {
+		out = append(out, Problem{ReasonBusLinkSilent, "no pub/sub connection to the bus (subscribing again)"})
+	}
 	for c := range h.links {
 		if quiet := now.Sub(time.Unix(0, c.heard.Load())); quiet > LinkDeadline {
 			where := "the bus"

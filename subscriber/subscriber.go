@@ -149,6 +149,7 @@ type Subscriber struct {
 	reconf  chan struct{}
 	regroup chan struct{} // sharded: the slots moved, or a tenant appeared
 	moved   chan struct{} // sharded: a receiver saw a slot answer MOVED
+	relink  chan struct{} // a receiver's connection stays silent: connect again
 	// regroupTimer is the applier's delayed regroup, made by Run.
 	regroupTimer *time.Timer
 	running      atomic.Bool
@@ -307,7 +308,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	if opt.ApplyRate > 0 {
@@ -429,6 +430,8 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.regroup(ctx)
 		case <-s.moved:
 			s.reloadSlots(ctx)
+		case <-s.relink:
+			ln.relink(ctx)
 		case <-s.checkReq:
 			check()
 		case ch := <-s.channelChecks:

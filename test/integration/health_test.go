@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -107,4 +108,31 @@ services:
 	must(t, volatile.Client(t).ConfigSet(context.Background(), "maxmemory-policy", "noeviction").Err())
 	refs.SetMatrix(e.mtx) // a check follows the regroup: the policy is read again
 	redistest.Eventually(t, 20*time.Second, "ready once the policy is noeviction", refs.Ready)
+}
+
+// A bus link that stays silent past a few seconds is replaced by a new
+// connection (once it answers again the subscriber is subscribed at once,
+// whatever TCP's backoff on the old one), with one warning; an
+// invalidation published meanwhile is applied after the heal.
+func TestSilentBusLinkIsReplaced(t *testing.T) {
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	link := faultproxy.Start(t, e.bus.Addr)
+	bus := redis.NewClient(&redis.Options{Addr: link.Addr()})
+	t.Cleanup(func() { _ = bus.Close() })
+	var logs lockedBuffer
+	s, _ := e.subscriberOn(bus, "search-svc", subscriber.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	e.seed("search-svc", "acme", "user:silent", "active")
+	must(t, link.Blackhole())
+	redistest.Eventually(t, 20*time.Second, "bus_link_silent", func() bool { return hasReason(s, subscriber.ReasonBusLinkSilent) })
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:silent"}})
+	redistest.Eventually(t, 30*time.Second, "the silent connection replaced", func() bool {
+		return strings.Contains(logs.String(), "connecting again")
+	})
+	must(t, link.Heal())
+	e.waitGone("search-svc", "acme", "user:silent")
+	redistest.Eventually(t, 20*time.Second, "ready after the heal", s.Ready)
+	if n := strings.Count(logs.String(), "connecting again"); n != 1 {
+		t.Errorf("%d warnings of replaced connections, want 1 (at most one per 30s)", n)
+	}
 }

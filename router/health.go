@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,7 +25,8 @@ const (
 	// ReasonBusUnreachable: the bus did not answer a ping within
 	// probeTimeout, twice in a row.
 	ReasonBusUnreachable = "bus_unreachable"
-	// ReasonReadsFailing: the last read of an ingress stream failed.
+	// ReasonReadsFailing: the last read of an ingress stream failed (up
+	// to three are named).
 	ReasonReadsFailing = "ingress_reads_failing"
 )
 
@@ -46,9 +50,9 @@ func (p Problem) String() string { return p.Reason + ": " + p.Detail }
 
 // health is what Problems is computed from.
 type health struct {
-	probe   *breaker.Probe         // of the bus
-	pingErr atomic.Pointer[string] // the last ping's error
-	readErr atomic.Pointer[string] // the last read of some stream failed
+	probe    *breaker.Probe         // of the bus
+	pingErr  atomic.Pointer[string] // the last ping's error
+	readErrs sync.Map               // stream -> why its last read failed
 }
 
 // Problems lists why the router is not ready, nothing when it is.
@@ -64,8 +68,14 @@ func (r *Router) Problems() []Problem {
 		}
 		out = append(out, Problem{ReasonBusUnreachable, detail})
 	}
-	if e := r.health.readErr.Load(); e != nil {
-		out = append(out, Problem{ReasonReadsFailing, "reading the ingress failed: " + *e})
+	var failing []string
+	r.health.readErrs.Range(func(_, v any) bool {
+		failing = append(failing, v.(string))
+		return len(failing) < 3
+	})
+	if len(failing) > 0 {
+		sort.Strings(failing)
+		out = append(out, Problem{ReasonReadsFailing, "reading the ingress failed: " + strings.Join(failing, "; ")})
 	}
 	return out
 }
@@ -76,11 +86,10 @@ func (r *Router) Ready() bool { return len(r.Problems()) == 0 }
 // readDone records the outcome of an ingress read.
 func (r *Router) readDone(stream string, err error) {
 	if err == nil {
-		r.health.readErr.Store(nil)
+		r.health.readErrs.Delete(stream)
 		return
 	}
-	msg := fmt.Sprintf("%s: %v", stream, err)
-	r.health.readErr.Store(&msg)
+	r.health.readErrs.Store(stream, fmt.Sprintf("%s: %v", stream, err))
 }
 
 // probe pings the bus until ctx ends, so a silent bus shows in Problems

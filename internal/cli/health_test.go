@@ -90,7 +90,8 @@ func TestAgentReadyzTellsEachOutage(t *testing.T) {
 }
 
 // /readyz of routerd serve is 503 (bus_unreachable) while its bus link is
-// a blackhole, and 200 again after.
+// a blackhole, and (ingress_reads_failing) while the bus refuses its reads;
+// 200 again after each.
 func TestServeReadyzTellsBusOutage(t *testing.T) {
 	bus := redistest.Start(t)
 	link := faultproxy.Start(t, bus.Addr)
@@ -98,6 +99,11 @@ func TestServeReadyzTellsBusOutage(t *testing.T) {
 	addr := listening(t, serveLog)
 	redistest.Eventually(t, 20*time.Second, "router ready", func() bool { code, _ := readyz(t, addr); return code == 200 })
 	outage(t, addr, "bus_unreachable", func() { must0(t, link.Blackhole()) }, func() { must0(t, link.Heal()) })
+	// A bus that answers pings but refuses the reads (an ACL change).
+	acl := func(rule string) func() {
+		return func() { must0(t, bus.Client(t).Do(context.Background(), "ACL", "SETUSER", "default", rule).Err()) }
+	}
+	outage(t, addr, "ingress_reads_failing", acl("-xreadgroup"), acl("+xreadgroup"))
 }
 
 // /readyz of an agent with --deliver is 503 (deliver_failing) while the

@@ -41,6 +41,7 @@ type conn struct {
 	ps       *redis.PubSub
 	addr     string       // cluster: the master it is connected to
 	heard    atomic.Int64 // unix nanos of the last thing received (a pong at least every PingEvery)
+	waiting  atomic.Bool  // the receiver waits for the applier to take a message
 	expected atomic.Int64 // subscriptions that make its set complete
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -554,8 +555,17 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			s.m.received.Inc()
 			select {
 			case s.in <- m:
-			case <-ctx.Done():
-				return
+			default:
+				// The applier is behind: the link is not silent meanwhile,
+				// the receiver is just not reading it.
+				c.waiting.Store(true)
+				select {
+				case s.in <- m:
+				case <-ctx.Done():
+					return
+				}
+				c.waiting.Store(false)
+				c.heard.Store(time.Now().UnixNano())
 			}
 		}
 	}

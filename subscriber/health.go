@@ -115,7 +115,7 @@ func (s *Subscriber) Problems() []Problem {
 		out = append(out, Problem{ReasonBusLinkSilent, "no pub/sub connection to the bus (subscribing again)"})
 	}
 	for c := range h.links {
-		if quiet := now.Sub(time.Unix(0, c.heard.Load())); quiet > LinkDeadline {
+		if quiet := now.Sub(time.Unix(0, c.heard.Load())); quiet > LinkDeadline && !c.waiting.Load() {
 			where := "the bus"
 			if c.addr != "" {
 				where = c.addr

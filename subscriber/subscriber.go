@@ -83,6 +83,8 @@ type Options struct {
 	Matrix *matrix.Matrix
 	// Cache is the service's cache Redis. Invalidations are applied to it
 	// and positions are stored in it, so a restarted subscriber catches up.
+	// New adds a hook to it (a circuit breaker, docs/operations.md#readiness)
+	// that acts on the subscriber's own calls only.
 	Cache redis.UniversalClient
 	// Store configures the cache side (key template, cardinality guard).
 	Store tagstore.Options

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
@@ -148,6 +149,7 @@ type Router struct {
 	matrix  atomic.Pointer[matrix.Matrix]
 	prefix  string
 	ready   atomic.Bool
+	health  health
 	co      *coalescer
 	tracer  trace.Tracer
 	tracing bool // spans are recorded; when off, events' traceparents pass through as they are
@@ -191,6 +193,8 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r.matrix.Store(m)
 	r.m.known(m)
 	r.co = newCoalescer(r, r.m)
+	r.health.probe = breaker.NewProbe()
+	r.newHealthMetrics(opt.Registerer)
 	r.shards.C = c
 	r.cluster = redisconn.IsCluster(c)
 	r.tracer = telemetry.Tracer(opt.TracerProvider, "routerd/router")
@@ -222,9 +226,6 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	}
 	return nil
 }
-
-// Ready reports whether the router has set up its consumer groups and is reading.
-func (r *Router) Ready() bool { return r.ready.Load() }
 
 // Run routes until ctx is cancelled, then lets in-flight batches finish
 // (within ShutdownTimeout) and returns nil. Redis errors are logged and
@@ -268,6 +269,7 @@ func (r *Router) Run(ctx context.Context) error {
 		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
+	g.Go(func() error { r.probe(gctx); return nil })
 	return g.Wait()
 }
 
@@ -438,6 +440,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
 			Count: int64(count), Block: block,
 		}).Result()
+		r.readDone(stream, redisFailure(err))
 		switch {
 		case err == nil:
 			// Entries in hand are routed even when ctx was cancelled

@@ -23,6 +23,7 @@ const pipelineChunk = 1000
 // cache went back.
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
+	s.checkEviction(ctx)
 	targets, err := s.targets(ctx)
 	if err != nil {
 		return err

@@ -30,12 +30,18 @@ type listener struct {
 	// computes it (CLUSTER KEYSLOT), kept across regroups; every channel
 	// subscribed is in it.
 	slots map[string]int64
+	// relinks counts the silent connections replaced; relinkLogged paces
+	// the warning.
+	relinks      int
+	relinkLogged time.Time
 }
 
 // conn is one pub/sub connection and its receiver.
 type conn struct {
 	ps       *redis.PubSub
 	addr     string       // cluster: the master it is connected to
+	heard    atomic.Int64 // unix nanos of the last thing received (a pong at least every PingEvery)
+	waiting  atomic.Bool  // the receiver waits for the applier to take a message
 	expected atomic.Int64 // subscriptions that make its set complete
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -85,6 +91,21 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	s.regroupTimer = time.NewTimer(time.Hour)
 	s.regroupTimer.Stop()
 	defer s.regroupTimer.Stop()
+	if s.health.cache != nil {
+		// The applier's calls on the cache Redis go through its breaker;
+		// the service's own calls on a shared client do not.
+		ctx = s.health.cache.Guard(ctx)
+		pctx, stop := context.WithCancel(ctx)
+		probed := make(chan struct{})
+		s.health.probe.Answered() // a fresh run
+		go func() {
+			defer close(probed)
+			s.health.probe.Run(pctx, cacheProbeEvery, probeTimeout, s.health.cache, func(ctx context.Context) error { return s.opt.Cache.Ping(ctx).Err() })
+		}()
+		defer func() { stop(); <-probed }()
+	}
+	s.checked(nil) // a fresh run: nothing failed yet
+	s.checkEviction(ctx)
 	ln := &listener{s: s}
 	s.ln = ln
 	defer ln.close()
@@ -351,11 +372,41 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 	return nil
 }
 
+// relinkAfter is how long a pub/sub connection may stay silent before it
+// is replaced by a new one: a connection that met a blackhole may stay
+// silent long after the network heals (TCP's retransmissions back off to
+// tens of seconds, and a peer that restarted meanwhile never answers it).
+const relinkAfter = 2 * LinkDeadline
+
+// relink replaces the connections when one has stayed silent past
+// relinkAfter: the applier closes them all and subscribes again (a check
+// follows the confirmation). The applier only.
+func (ln *listener) relink(ctx context.Context) {
+	silent := false
+	for _, c := range ln.conns {
+		if time.Since(time.Unix(0, c.heard.Load())) > relinkAfter {
+			silent = true
+		}
+	}
+	if !silent {
+		return
+	}
+	ln.relinks++
+	if time.Since(ln.relinkLogged) >= 30*time.Second {
+		ln.relinkLogged = time.Now()
+		ln.s.log.Warn("a pub/sub connection has not answered for "+relinkAfter.String()+"; connecting again", "times", ln.relinks)
+	}
+	ln.close()
+	ln.regroup(ctx)
+}
+
 func (ln *listener) start(ctx context.Context, ps *redis.PubSub, addr string, expected int) {
 	cctx, cancel := context.WithCancel(ctx)
 	c := &conn{ps: ps, addr: addr, cancel: cancel, done: make(chan struct{}), added: map[string]bool{}}
 	c.expected.Store(int64(expected))
+	c.heard.Store(time.Now().UnixNano())
 	ln.conns = append(ln.conns, c)
+	ln.s.health.addLink(c)
 	go func() {
 		defer close(c.done)
 		ln.s.receive(cctx, c)
@@ -368,6 +419,7 @@ func (ln *listener) close() {
 		c.cancel()
 		_ = c.ps.Close()
 		<-c.done
+		ln.s.health.removeLink(c)
 	}
 	ln.conns = nil
 	ln.channels = nil
@@ -416,7 +468,18 @@ func minus(a, b []string) []string {
 func (s *Subscriber) receive(ctx context.Context, c *conn) {
 	down := pacer{first: 100 * time.Millisecond, limit: 5 * time.Second}
 	for ctx.Err() == nil {
-		msg, err := c.ps.ReceiveTimeout(ctx, 15*time.Second)
+		// A quiet connection is pinged every PingEvery: a link that stops
+		// answering (a blackhole sends no error) shows in Problems within
+		// LinkDeadline.
+		msg, err := c.ps.ReceiveTimeout(ctx, PingEvery)
+		if err == nil {
+			now := time.Now().UnixNano()
+			if time.Duration(now-c.heard.Swap(now)) > LinkDeadline {
+				// The link answers again after a silence (a blackhole
+				// healed): what was published meanwhile may be lost.
+				s.requestCheck()
+			}
+		}
 		if err == nil && down.failures > 0 {
 			s.log.Info("pub/sub connection back", down.attrs()...)
 			down.failures = 0
@@ -428,7 +491,15 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				// Quiet connection: make sure it is alive. A failed ping
-				// makes go-redis reconnect and resubscribe.
+				// makes go-redis reconnect and resubscribe; one that is
+				// never answered (a blackhole) makes the applier connect
+				// again after relinkAfter.
+				if time.Since(time.Unix(0, c.heard.Load())) > relinkAfter {
+					select {
+					case s.relink <- struct{}{}:
+					default:
+					}
+				}
 				_ = c.ps.Ping(ctx)
 				continue
 			}
@@ -484,8 +555,17 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			s.m.received.Inc()
 			select {
 			case s.in <- m:
-			case <-ctx.Done():
-				return
+			default:
+				// The applier is behind: the link is not silent meanwhile,
+				// the receiver is just not reading it.
+				c.waiting.Store(true)
+				select {
+				case s.in <- m:
+				case <-ctx.Done():
+					return
+				}
+				c.waiting.Store(false)
+				c.heard.Store(time.Now().UnixNano())
 			}
 		}
 	}

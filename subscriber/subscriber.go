@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
@@ -82,6 +83,8 @@ type Options struct {
 	Matrix *matrix.Matrix
 	// Cache is the service's cache Redis. Invalidations are applied to it
 	// and positions are stored in it, so a restarted subscriber catches up.
+	// New adds a hook to it (a circuit breaker, docs/operations.md#readiness)
+	// that acts on the subscriber's own calls only.
 	Cache redis.UniversalClient
 	// Store configures the cache side (key template, cardinality guard).
 	Store tagstore.Options
@@ -105,6 +108,12 @@ type Options struct {
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
 	Buffer int
+	// AcceptEvictionRisk lets the subscriber report ready although the
+	// cache Redis's maxmemory-policy can evict tag sets (allkeys-*), or
+	// reference sets while entity references are in use (volatile-*):
+	// values may then stay cached past their invalidation. Without it such
+	// a policy is a readiness problem (ReasonEvictionPolicy).
+	AcceptEvictionRisk bool
 	// Logger receives what the subscriber does beyond applying messages
 	// (recoveries, whole-tag repairs, retries); slog.Default() when nil, so
 	// a service that sets no Logger still sees why a tag went whole.
@@ -145,6 +154,7 @@ type Subscriber struct {
 	reconf  chan struct{}
 	regroup chan struct{} // sharded: the slots moved, or a tenant appeared
 	moved   chan struct{} // sharded: a receiver saw a slot answer MOVED
+	relink  chan struct{} // a receiver's connection stays silent: connect again
 	// regroupTimer is the applier's delayed regroup, made by Run.
 	regroupTimer *time.Timer
 	running      atomic.Bool
@@ -158,6 +168,10 @@ type Subscriber struct {
 	// seenGeneration is the bus generation the last complete check saw
 	// (kept with the cache too, when there is one); owned by the applier.
 	seenGeneration string
+
+	health health
+	// evictionWarned: the accepted eviction risk was logged; the applier's.
+	evictionWarned bool
 
 	// While the applier handles a burst of received messages, the messages
 	// that follow their channel's position collect here and are applied in
@@ -299,7 +313,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -314,12 +328,21 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 			return nil, fmt.Errorf("subscriber: %w", err)
 		}
 		s.store = store
+		s.health.cache = breaker.New(breaker.Options{
+			Dependency: "cache", Metric: "subscriber_breaker_state", IsFailure: breaker.RedisFailure,
+			Logger: s.log, Registerer: opt.Registerer,
+			OnChange: func(open bool) {
+				if !open { // back: replay what failed meanwhile now, not at the next retry
+					s.requestCheck()
+				}
+			},
+		})
+		opt.Cache.AddHook(s.health.cache.Hook())
+		s.health.probe = breaker.NewProbe()
 	}
+	s.newHealthMetrics(opt.Registerer)
 	return s, nil
 }
-
-// Ready reports whether the subscriber is subscribed and has checked its positions.
-func (s *Subscriber) Ready() bool { return s.ready.Load() }
 
 // SetMatrix makes a running subscriber take up a changed matrix: it
 // subscribes to the channels of new tags and tenants of its service (and
@@ -356,12 +379,16 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
-	failing := pacer{first: time.Second, limit: 5 * time.Second}
+	// Retried within 2s at most: readiness waits for a check that
+	// succeeds, and must come back soon after the bus or the cache does.
+	failing := pacer{first: time.Second, limit: 2 * time.Second}
 	check := func() {
-		if err := s.check(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
+		err := s.check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.checked(err)
+		if err != nil {
 			wait, warn := failing.failed()
 			if warn {
 				s.log.Warn("position check failed; retrying", append(failing.attrs(), "retry_in", wait, "err", err)...)
@@ -390,12 +417,16 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				s.log.Warn("applying coalesced work failed; retrying", "err", err)
+				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once
+					s.log.Warn("applying coalesced work failed; retrying", "err", err)
+				}
 			}
 		case m := <-s.in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				s.log.Warn("applying messages failed; the next check recovers them", "err", err)
+				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once, and asks for a check when closed
+					s.log.Warn("applying messages failed; the next check recovers them", "err", err)
+				}
 				retry.Reset(time.Second)
 			}
 		case <-s.reconf:
@@ -406,6 +437,8 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.regroup(ctx)
 		case <-s.moved:
 			s.reloadSlots(ctx)
+		case <-s.relink:
+			ln.relink(ctx)
 		case <-s.checkReq:
 			check()
 		case ch := <-s.channelChecks:

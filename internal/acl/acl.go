@@ -161,6 +161,8 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
+			// Readiness: a ping of the bus every 500 ms.
+			"ping",
 		},
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
@@ -283,6 +285,9 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		"getdel",
 		// routerd compact.
 		"sscan", "exists",
+		// The subscriber's health: a ping every half second, and the
+		// eviction policy (INFO memory: maxmemory_policy) at each check.
+		"ping", "info",
 	}}
 	for _, t := range tenants {
 		tagPattern := names.TenantTag(t) // a tenant holds no glob character

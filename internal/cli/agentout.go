@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
@@ -51,6 +52,16 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 		return nil, err
 	}
 	a.d = d
+	// Beside the subscriber's own reasons (the same help, so one metric).
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "subscriber_not_ready", ConstLabels: prometheus.Labels{"reason": ReasonDeliverFailing},
+		Help: "1 while the subscriber is not ready for this reason (see docs/operations.md#readiness), else 0.",
+	}, func() float64 {
+		if len(a.problems()) > 0 {
+			return 1
+		}
+		return 0
+	})
 	return a, nil
 }
 
@@ -119,6 +130,21 @@ func (a *agentOut) stopped() {
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
 	}
 }
+
+// problems is the deliver target's part of the agent's readiness.
+func (a *agentOut) problems() []string {
+	if a.d == nil {
+		return nil
+	}
+	if failing, err := a.d.Failing(); failing {
+		return []string{fmt.Sprintf("%s: the --deliver target refuses invalidations (%v); they wait and are delivered in order once it takes them", ReasonDeliverFailing, err)}
+	}
+	return nil
+}
+
+// ReasonDeliverFailing is the agent's readiness reason for a failing
+// --deliver target (its breaker is open).
+const ReasonDeliverFailing = "deliver_failing"
 
 // handle is the subscriber's Handler.
 func (a *agentOut) handle(ctx context.Context, inv subscriber.Invalidation) error {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -77,7 +78,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(gctx) })
-	g.Go(wf.server(gctx, log, reg, r.Ready, map[string]http.HandlerFunc{"POST /-/reload": wf.gate(reloadHandler(rc))}))
+	g.Go(wf.server(gctx, log, reg, func() []string { return problemLines(r.Problems()) }, map[string]http.HandlerFunc{"POST /-/reload": wf.gate(reloadHandler(rc))}))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
 	err = g.Wait()
@@ -119,6 +120,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
 	maxKeys := f.Int("max-keys", matrix.DefaultLimits.MaxKeys, "a merged invalidation with more keys invalidates the whole tag")
 	sampleEvery := f.Duration("tag-sample-interval", time.Minute, "how often the sizes of the service's largest tag sets are sampled for /metrics (with --cache-redis; 0: never)")
+	acceptEviction := f.Bool("accept-eviction-risk", false, "report ready although the cache Redis's maxmemory-policy can evict tag sets (allkeys-*), or reference sets while entity references are in use (volatile-*): values may then stay cached past their invalidation")
 	level := f.String("log-level", "info", "debug, info, warn or error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -167,7 +169,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		TracerProvider: tp, Handler: out.handle,
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
-		Store:  sf.options(),
+		Store: sf.options(), AcceptEvictionRisk: *acceptEviction,
 		Logger: log, Registerer: reg,
 	})
 	if err != nil {
@@ -197,7 +199,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		}
 		return s.Run(gctx)
 	})
-	g.Go(wf.server(gctx, log, reg, s.Ready, nil))
+	g.Go(wf.server(gctx, log, reg, func() []string { return append(problemLines(s.Problems()), out.problems()...) }, nil))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
 	started := time.Now()
@@ -206,6 +208,15 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	out.stopped()
 	log.Info("routerd agent stopped", out.summary(started)...)
 	return err
+}
+
+// problemLines renders a daemon's readiness problems for /readyz.
+func problemLines[P fmt.Stringer](ps []P) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }
 
 // daemonSetup makes the logger and loads the matrix for serve and agent.

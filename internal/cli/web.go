@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,14 +64,16 @@ func (w webFlags) gate(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // server serves /metrics, /healthz, /readyz and any extra handlers until
-// ctx is done, with the TLS and basic auth of --web-config-file.
-func (w webFlags) server(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, ready func() bool, extra map[string]http.HandlerFunc) func() error {
+// ctx is done, with the TLS and basic auth of --web-config-file. /readyz
+// answers 200 "ready" when problems lists none, else 503 with one
+// "<reason>: <detail>" line for each.
+func (w webFlags) server(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, problems func() []string, extra map[string]http.HandlerFunc) func() error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if p := problems(); len(p) > 0 {
+			http.Error(w, "not ready\n"+strings.Join(p, "\n"), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")

@@ -12,6 +12,11 @@
 // its context ends (the agent stops) with the delivery not made: the
 // Deliverer is then not Clean, and the next start must begin with a reset.
 //
+// A circuit breaker (internal/breaker) guards the target: after two failed
+// attempts in a row it opens — one log line, Failing reports it (the agent's
+// /readyz says deliver_failing) — and the delivery waits, probing the
+// target about once a second, until an attempt succeeds.
+//
 // The objects (see docs/protocol.md):
 //
 //	{"reset":true}
@@ -31,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -40,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/subscriber"
 )
@@ -51,14 +58,10 @@ const Stdout = "-"
 // DefaultMinBackoff up to DefaultMaxBackoff.
 const (
 	DefaultMinBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff = 5 * time.Second
+	DefaultMaxBackoff = breaker.MaxBackoff
 	// DefaultTimeout bounds one HTTP attempt.
 	DefaultTimeout = 10 * time.Second
 )
-
-// logEvery paces the warnings of a delivery that keeps failing: the first
-// failure, then at most one per logEvery.
-const logEvery = 30 * time.Second
 
 // Invalidation is the JSON object delivered for one invalidation. Keys,
 // Refs (or both), or WholeTag is set.
@@ -148,6 +151,7 @@ type Deliverer struct {
 	log    *slog.Logger
 	client *http.Client
 	m      *metrics
+	br     *breaker.Breaker
 
 	mu        sync.Mutex // held for a whole delivery, retries included
 	needReset bool
@@ -197,7 +201,8 @@ func New(opt Options) (*Deliverer, error) {
 	// POST into a GET without the body, whose 200 would count as delivered
 	// although the service applied nothing: every 3xx is retried instead.
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Deliverer{opt: opt, log: opt.Logger, client: client, m: newMetrics(opt.Registerer), needReset: opt.Reset}, nil
+	br := breaker.New(breaker.Options{Dependency: "deliver", Metric: "subscriber_breaker_state", Logger: opt.Logger, Registerer: opt.Registerer})
+	return &Deliverer{opt: opt, log: opt.Logger, client: client, m: newMetrics(opt.Registerer), br: br, needReset: opt.Reset}, nil
 }
 
 // Handle delivers one invalidation (after a pending reset). It is a
@@ -258,17 +263,23 @@ func (d *Deliverer) Delivered() int64 {
 	return d.delivered
 }
 
+// Failing reports whether the target is failing (its breaker is not
+// closed: deliveries wait), and the last error it gave.
+func (d *Deliverer) Failing() (bool, error) { return d.br.Failing() }
+
 // deliverLocked makes one delivery, retrying until it succeeds or ctx ends.
+// The attempts go through the breaker: while it is open they wait for its
+// probe, so a target that is down is tried about once a second, and one
+// that comes back is used within about a second.
 func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string) error {
 	wait := d.opt.MinBackoff
-	var logged time.Time
 	for attempt := 1; ; attempt++ {
-		err := d.attempt(ctx, body)
+		err := d.br.Do(func() error { return d.attempt(ctx, body) })
 		if err == nil {
 			d.m.deliveries.WithLabelValues("delivered").Inc()
 			d.delivered++
 			if attempt > 1 {
-				d.log.Info("delivered after retries", "what", what, "attempts", attempt)
+				d.log.Debug("delivered after retries", "what", what, "attempts", attempt)
 			}
 			return nil
 		}
@@ -278,12 +289,14 @@ func (d *Deliverer) deliverLocked(ctx context.Context, body []byte, what string)
 			d.log.Warn("stopping with a delivery not made; the next start delivers a reset", "what", what, "err", err)
 			return fmt.Errorf("deliver: %s not delivered: %w", what, errors.Join(ctx.Err(), err))
 		}
-		d.m.deliveries.WithLabelValues("retried").Inc()
-		if now := time.Now(); attempt == 1 || now.Sub(logged) >= logEvery {
-			logged = now
-			d.log.Warn("delivery failed; retrying", "what", what, "attempt", attempt, "retry_in", wait, "err", err)
+		if !errors.Is(err, breaker.ErrOpen) {
+			d.m.deliveries.WithLabelValues("retried").Inc()
+			if attempt == 1 {
+				d.log.Warn("delivery failed; retrying", "what", what, "retry_in", wait, "err", err)
+			}
 		}
-		t := time.NewTimer(wait)
+		// Jittered, so that agents of one target do not retry in step.
+		t := time.NewTimer(time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64())))
 		select {
 		case <-ctx.Done():
 			t.Stop()

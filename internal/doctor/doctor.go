@@ -19,6 +19,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/eviction"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/tagsize"
 	"github.com/routerd/routerd/lua"
@@ -131,7 +132,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []
 	evict := policy["maxmemory-policy"]
 	if err != nil {
 		add(Warn, "eviction", "cannot read maxmemory-policy (%v); make sure it is not allkeys-*", err)
-	} else if p := policy["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+	} else if p := policy["maxmemory-policy"]; eviction.EvictsUntimed(p) {
 		add(Fail, "eviction", "maxmemory-policy %s can evict tag sets, channel metadata and ingress streams: CONFIG SET maxmemory-policy noeviction on the bus, or volatile-lru with TTLs on cached values on a cache", p)
 	} else {
 		add(OK, "eviction", "maxmemory-policy %s", p)
@@ -191,7 +192,7 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []
 	}
 
 	big, complete, refs, err := largestTags(ctx, c, opt.ScanLimit, growthSets)
-	if refs && strings.HasPrefix(evict, "volatile-") {
+	if refs && eviction.EvictsTimed(evict) && !eviction.EvictsUntimed(evict) {
 		add(Warn, "eviction", "maxmemory-policy %s with entity references (tag #refs sets found): a reference set expires with its values, so Redis may evict it before them and an entity-level invalidation then misses them: CONFIG SET maxmemory-policy noeviction", evict)
 	}
 	scope := "the whole keyspace scanned"

@@ -32,7 +32,7 @@ const (
 )
 
 var allFaults = []string{faultKillRouter, faultKillAgent, faultClientKill, faultFlushAll, faultCacheSnapshot,
-	faultMasterKill, faultForged, faultRawDuplicate, faultRawReorder}
+	faultMasterKill, faultForged, faultRawDuplicate, faultRawReorder, faultNetwork}
 
 func parseFaults(list string) ([]string, error) {
 	switch strings.TrimSpace(list) {
@@ -121,6 +121,8 @@ func (s *soak) inject(kind string, rng *rand.Rand) (string, error) {
 		return s.rawDuplicate(ctx, rng)
 	case faultRawReorder:
 		return s.rawReorder(ctx, rng)
+	case faultNetwork:
+		return s.network(ctx, rng)
 	}
 	return "", fmt.Errorf("unknown fault %q", kind)
 }

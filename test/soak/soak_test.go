@@ -167,6 +167,7 @@ type soak struct {
 	caches    map[string]*cache
 	routers   []*proc
 	agents    []*proc
+	links     map[string]*links // an agent's, by its name
 	pub       *publisher.Publisher
 	eventSeq  int
 	tracerSeq atomic.Int64
@@ -337,11 +338,20 @@ func (s *soak) startProcesses() {
 		}
 		s.routers = append(s.routers, p)
 	}
+	s.links = map[string]*links{}
 	for i, svc := range []string{"profile-svc", "profile-svc", "search-svc", "billing-svc"} {
 		c := s.caches[svc]
 		p := &proc{name: fmt.Sprintf("agent%d-%s", i+1, svc), bin: s.sc.bin, log: filepath.Join(s.dir, fmt.Sprintf("agent%d-%s.log", i+1, svc))}
+		// Each agent reaches both Redis through fault proxies of its own
+		// (the bus directly on a cluster), for the network faults.
+		l := s.agentLinks(c.srv.Addr)
+		s.links[p.name] = l
+		busURL := s.busURL
+		if l.bus != nil {
+			busURL = "redis://" + l.bus.Addr()
+		}
 		p.args = func(p *proc) []string {
-			return []string{"agent", "--redis", s.busURL, "--cache-redis", c.srv.URL, "--service", svc, "--matrix", s.matrixOut,
+			return []string{"agent", "--redis", busURL, "--cache-redis", "redis://" + l.cache.Addr(), "--service", svc, "--matrix", s.matrixOut,
 				"--listen", testbin.AnyPort, "--check-interval", s.sc.check.String()}
 		}
 		s.agents = append(s.agents, p)

@@ -1,0 +1,134 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/breaker"
+)
+
+// The reasons a router is not ready (Problem.Reason).
+const (
+	// ReasonStarting: not running, or still setting up the ingress
+	// (consumer groups, scripts).
+	ReasonStarting = "starting"
+	// ReasonBusUnreachable: the bus did not answer a ping within
+	// probeTimeout, twice in a row.
+	ReasonBusUnreachable = "bus_unreachable"
+	// ReasonReadsFailing: the last read of an ingress stream failed (up
+	// to three are named).
+	ReasonReadsFailing = "ingress_reads_failing"
+)
+
+// Reasons lists every reason a router reports, for metrics.
+var Reasons = []string{ReasonStarting, ReasonBusUnreachable, ReasonReadsFailing}
+
+const (
+	probeEvery   = 500 * time.Millisecond
+	probeTimeout = time.Second
+	// unreachableAfter is how long the bus may leave pings unanswered.
+	unreachableAfter = 3 * time.Second
+)
+
+// A Problem is one reason the router is not ready, with what was seen.
+type Problem struct {
+	Reason string
+	Detail string
+}
+
+func (p Problem) String() string { return p.Reason + ": " + p.Detail }
+
+// health is what Problems is computed from.
+type health struct {
+	probe    *breaker.Probe         // of the bus
+	pingErr  atomic.Pointer[string] // the last ping's error
+	readErrs sync.Map               // stream -> why its last read failed
+}
+
+// Problems lists why the router is not ready, nothing when it is.
+func (r *Router) Problems() []Problem {
+	if !r.ready.Load() {
+		return []Problem{{ReasonStarting, "setting up the ingress (consumer groups, scripts), or not running"}}
+	}
+	var out []Problem
+	if silent := r.health.probe.Silent(); silent > unreachableAfter {
+		detail := fmt.Sprintf("the bus has not answered a ping for %v", silent.Round(100*time.Millisecond))
+		if e := r.health.pingErr.Load(); e != nil {
+			detail += " (last error: " + *e + ")"
+		}
+		out = append(out, Problem{ReasonBusUnreachable, detail})
+	}
+	var failing []string
+	r.health.readErrs.Range(func(_, v any) bool {
+		failing = append(failing, v.(string))
+		return len(failing) < 3
+	})
+	if len(failing) > 0 {
+		sort.Strings(failing)
+		out = append(out, Problem{ReasonReadsFailing, "reading the ingress failed: " + strings.Join(failing, "; ")})
+	}
+	return out
+}
+
+// Ready reports whether the router is routing: Problems is empty.
+func (r *Router) Ready() bool { return len(r.Problems()) == 0 }
+
+// readDone records the outcome of an ingress read.
+func (r *Router) readDone(stream string, err error) {
+	if err == nil {
+		r.health.readErrs.Delete(stream)
+		return
+	}
+	r.health.readErrs.Store(stream, fmt.Sprintf("%s: %v", stream, err))
+}
+
+// probe pings the bus until ctx ends, so a silent bus shows in Problems
+// within a few seconds even while reads block.
+func (r *Router) probe(ctx context.Context) {
+	r.health.probe.Answered()
+	r.health.probe.Run(ctx, probeEvery, probeTimeout, nil, func(ctx context.Context) error {
+		err := r.c.Ping(ctx).Err()
+		if err != nil {
+			msg := err.Error()
+			r.health.pingErr.Store(&msg)
+		}
+		return err
+	})
+}
+
+// newHealthMetrics exports Problems as routerd_not_ready{reason}.
+func (r *Router) newHealthMetrics(reg prometheus.Registerer) {
+	f := promauto.With(reg)
+	for _, reason := range Reasons {
+		f.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "routerd_not_ready", ConstLabels: prometheus.Labels{"reason": reason},
+			Help: "1 while the router is not ready for this reason (see docs/operations.md#readiness), else 0.",
+		}, func() float64 {
+			for _, p := range r.Problems() {
+				if p.Reason == reason {
+					return 1
+				}
+			}
+			return 0
+		})
+	}
+}
+
+// redisFailure is err unless it means the read worked: nothing to read, or
+// the router stopping.
+func redisFailure(err error) error {
+	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

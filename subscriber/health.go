@@ -1,0 +1,263 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/breaker"
+	"github.com/routerd/routerd/internal/eviction"
+	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/matrix"
+)
+
+// The reasons a subscriber is not ready (Problem.Reason): invalidations
+// are not flowing, or may not be applied as they must.
+const (
+	// ReasonStarting: not running, or no position check has completed yet.
+	ReasonStarting = "starting"
+	// ReasonBusLinkSilent: a pub/sub connection to the bus did not answer
+	// a ping within LinkDeadline (the bus is down, or the network to it
+	// drops packets), or is reconnecting.
+	ReasonBusLinkSilent = "bus_link_silent"
+	// ReasonCheckFailing: the last position check failed (the bus or the
+	// cache Redis could not be read), or none succeeded for three check
+	// intervals.
+	ReasonCheckFailing = "position_check_failing"
+	// ReasonCacheFailing: the cache Redis does not answer (its circuit
+	// breaker is open): invalidations wait, and are replayed by the
+	// position check once it answers.
+	ReasonCacheFailing = "cache_failing"
+	// ReasonEvictionPolicy: the cache Redis's maxmemory-policy can evict
+	// what invalidation needs (or cannot be read), and the risk was not
+	// accepted (Options.AcceptEvictionRisk).
+	ReasonEvictionPolicy = "eviction_policy"
+)
+
+// Reasons lists every reason a subscriber reports, for metrics.
+var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy}
+
+// Timing of the health signals.
+const (
+	// PingEvery is how often a quiet pub/sub connection is pinged.
+	PingEvery = time.Second
+	// LinkDeadline is how long a pub/sub connection may stay without
+	// answering (a message, a subscription or a pong) before the link
+	// counts as silent.
+	LinkDeadline = 3 * time.Second
+	// cacheProbeEvery is how often the cache Redis is pinged while it
+	// answers; after probeTimeout without an answer a ping counts as failed.
+	cacheProbeEvery = 500 * time.Millisecond
+	probeTimeout    = time.Second
+)
+
+// A Problem is one reason the subscriber is not ready, with what was seen.
+type Problem struct {
+	Reason string
+	Detail string
+}
+
+func (p Problem) String() string { return p.Reason + ": " + p.Detail }
+
+// health is what Problems is computed from; safe for concurrent use.
+type health struct {
+	checkOK  atomic.Int64           // unix nanos of the last complete check that succeeded
+	checkErr atomic.Pointer[string] // the last check failed: why
+	evicts   atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
+	cache    *breaker.Breaker       // nil without a cache Redis
+	probe    *breaker.Probe         // of the cache Redis
+
+	mu    sync.Mutex
+	links map[*conn]bool
+}
+
+func (h *health) addLink(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.links == nil {
+		h.links = map[*conn]bool{}
+	}
+	h.links[c] = true
+}
+
+func (h *health) removeLink(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.links, c)
+}
+
+// Ready reports whether invalidations are flowing: Problems is empty.
+func (s *Subscriber) Ready() bool { return len(s.Problems()) == 0 }
+
+// Problems lists why the subscriber is not ready, nothing when it is: not
+// running or not checked yet, a silent pub/sub link, failing position
+// checks, a failing cache Redis, an eviction policy that can evict tag sets.
+func (s *Subscriber) Problems() []Problem {
+	if !s.running.Load() {
+		return []Problem{{ReasonStarting, "not running"}}
+	}
+	if !s.ready.Load() {
+		return []Problem{{ReasonStarting, "subscribing and checking positions; no position check has completed yet"}}
+	}
+	var out []Problem
+	now := time.Now()
+	h := &s.health
+	h.mu.Lock()
+	if len(h.links) == 0 {
+		out = append(out, Problem{ReasonBusLinkSilent, "no pub/sub connection to the bus (subscribing again)"})
+	}
+	for c := range h.links {
+		if quiet := now.Sub(time.Unix(0, c.heard.Load())); quiet > LinkDeadline && !c.waiting.Load() {
+			where := "the bus"
+			if c.addr != "" {
+				where = c.addr
+			}
+			out = append(out, Problem{ReasonBusLinkSilent, fmt.Sprintf("no answer on the pub/sub connection to %s for %v (pinged every %v)", where, quiet.Round(100*time.Millisecond), PingEvery)})
+			break
+		}
+	}
+	h.mu.Unlock()
+	if e := h.checkErr.Load(); e != nil {
+		out = append(out, Problem{ReasonCheckFailing, "the last position check failed: " + *e})
+	} else if since := now.Sub(time.Unix(0, h.checkOK.Load())); since > 3*s.opt.CheckInterval {
+		out = append(out, Problem{ReasonCheckFailing, fmt.Sprintf("no position check succeeded for %v", since.Round(time.Second))})
+	}
+	if h.cache != nil {
+		if failing, err := h.cache.Failing(); failing {
+			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis does not answer (%v); invalidations wait and are replayed once it does", err)})
+		} else if silent := h.probe.Silent(); silent > LinkDeadline {
+			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis has not answered a ping for %v", silent.Round(100*time.Millisecond))})
+		}
+	}
+	if e := h.evicts.Load(); e != nil {
+		out = append(out, Problem{ReasonEvictionPolicy, *e})
+	}
+	return out
+}
+
+// checked records the outcome of a complete position check.
+func (s *Subscriber) checked(err error) {
+	if err != nil {
+		msg := err.Error()
+		s.health.checkErr.Store(&msg)
+		return
+	}
+	s.health.checkErr.Store(nil)
+	s.health.checkOK.Store(time.Now().UnixNano())
+}
+
+// newHealthMetrics exports Problems as subscriber_not_ready{reason} and the
+// cache breaker's state.
+func (s *Subscriber) newHealthMetrics(reg prometheus.Registerer) {
+	f := promauto.With(reg)
+	for _, r := range Reasons {
+		f.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "subscriber_not_ready", ConstLabels: prometheus.Labels{"reason": r},
+			Help: "1 while the subscriber is not ready for this reason (see docs/operations.md#readiness), else 0.",
+		}, func() float64 {
+			for _, p := range s.Problems() {
+				if p.Reason == r {
+					return 1
+				}
+			}
+			return 0
+		})
+	}
+}
+
+// refsInUse reports whether a domain with entity references maps to a tag
+// of the service: their reference sets live in its cache with TTLs.
+func refsInUse(m *matrix.Matrix, tags []string) bool {
+	own := map[string]bool{}
+	for _, t := range tags {
+		own[t] = true
+	}
+	for _, d := range m.Domains {
+		if !d.EntityRefs {
+			continue
+		}
+		for _, t := range d.Tags {
+			if own[t] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkEviction reads the cache Redis's maxmemory-policy (INFO memory, on
+// every master) and records whether it is a risk (eviction.CacheProblem).
+// Unless the risk is accepted, the subscriber is then not ready. A cache
+// that does not answer leaves the last finding (the breaker reports it).
+func (s *Subscriber) checkEviction(ctx context.Context) {
+	if s.store == nil {
+		return
+	}
+	problem, err := s.evictionProblem(ctx)
+	if err != nil {
+		var re redis.Error
+		if !errors.As(err, &re) || errors.Is(err, breaker.ErrOpen) {
+			return // not an answer: the breaker and the check report it
+		}
+		problem = fmt.Sprintf("cannot read the cache Redis's maxmemory-policy (%v): grant the cache user +info (routerd acl --role cache), or accept the risk", err)
+	}
+	prev := s.health.evicts.Load()
+	if problem == "" {
+		if prev != nil {
+			s.log.Info("the cache Redis's eviction policy is safe now")
+		}
+		s.health.evicts.Store(nil)
+		return
+	}
+	if s.opt.AcceptEvictionRisk {
+		if !s.evictionWarned {
+			s.evictionWarned = true
+			s.log.Warn("eviction risk accepted (AcceptEvictionRisk / --accept-eviction-risk): values may stay cached past their invalidation", "risk", problem)
+		}
+		return
+	}
+	if prev == nil || *prev != problem {
+		s.log.Error("not ready: the cache Redis's eviction policy can lose invalidations; fix it or accept the risk (--accept-eviction-risk)", "risk", problem)
+	}
+	s.health.evicts.Store(&problem)
+}
+
+func (s *Subscriber) evictionProblem(ctx context.Context) (string, error) {
+	nodes, err := redisconn.Masters(ctx, s.opt.Cache)
+	if err != nil {
+		return "", err
+	}
+	refs := refsInUse(s.opt.Matrix, s.cur.tagList)
+	for _, n := range nodes {
+		raw, err := n.Info(ctx, "memory").Result()
+		if err != nil {
+			return "", err
+		}
+		policy := infoField(raw, "maxmemory_policy")
+		if p := eviction.CacheProblem(policy, refs); p != "" {
+			if len(nodes) > 1 {
+				p = n.Options().Addr + ": " + p
+			}
+			return p, nil
+		}
+	}
+	return "", nil
+}
+
+// infoField returns one field of an INFO reply.
+func infoField(info, field string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return v
+		}
+	}
+	return ""
+}

@@ -2,7 +2,10 @@
 // buckets taken together (the subscriber's local limit; the router's
 // buckets are on the bus, shared by every router, see docs/limits.md) and
 // the coalescing of keys, which the router and the subscriber share: it
-// never drops a key but turns into a whole-tag invalidation above a bound.
+// never drops a key. A union takes an invalidation while it stays within
+// its bounds (Fits); callers start another union past them, so that a
+// merge splits into several key-level invalidations instead of turning
+// into the whole tag (docs/limits.md).
 package storm
 
 import (
@@ -13,7 +16,8 @@ import (
 )
 
 // Keys is the union of the keys of merged invalidations. An invalidation
-// without keys (the whole tag), or a union above max keys, makes it whole.
+// without keys (the whole tag) makes it whole, and so does a union above
+// max keys (callers ask Fits first and start another union instead).
 type Keys struct {
 	max   int
 	set   map[string]struct{}
@@ -47,6 +51,20 @@ func (k *Keys) Add(keys []string) {
 }
 
 func (k *Keys) makeWhole() { k.whole, k.set, k.order = true, nil, nil }
+
+// fits reports whether keys can be added without going above max keys.
+func (k *Keys) fits(keys []string) bool {
+	if k.whole {
+		return true
+	}
+	n := len(k.order)
+	for _, key := range keys {
+		if _, ok := k.set[key]; !ok {
+			n++ // a key repeated within keys counts twice: erring towards another union
+		}
+	}
+	return n <= k.max
+}
 
 // Whole reports whether the union is the whole tag.
 func (k *Keys) Whole() bool { return k.whole }
@@ -93,6 +111,17 @@ func (u *Union) Add(keys, refs []string, plain bool) {
 	}
 	u.named = true
 }
+
+// Fits reports whether one invalidation can be added without taking the
+// keys or the refs above their bounds: true for a union that is already
+// whole (it covers anything) and for an invalidation of the whole tag.
+func (u *Union) Fits(keys, refs []string) bool {
+	return u.Whole() && u.named || u.keys.fits(keys) && u.refs.fits(refs)
+}
+
+// SetWhole makes the union the whole tag (a merge its budget cannot carry
+// key-level).
+func (u *Union) SetWhole() { u.keys.makeWhole(); u.named = true }
 
 // Whole reports whether the union is the whole tag.
 func (u *Union) Whole() bool { return !u.named || u.keys.Whole() || u.refs.Whole() }

@@ -804,7 +804,7 @@ type published struct {
 	// partly recorded (recorded): nothing was sent or recorded, and the
 	// message goes again after that one's rest.
 	behind bool
-	err  error
+	err    error
 }
 
 // Bounds of one publish script call: it blocks its Redis while it runs, so

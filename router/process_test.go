@@ -292,7 +292,8 @@ services: {s: {tenants: all}}
 }
 
 // An id supplied on the shared ingress may not take a form routerd makes
-// itself: an event without id's, a granted publisher's, a hashed one.
+// itself: an event without id's, a granted publisher's, a hashed one, a
+// share of an event above max_keys.
 func TestReservedIDs(t *testing.T) {
 	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  a: {services: [s]}\ndomains:\n  user: {tags: [a]}\nservices:\n  s: {tenants: all}\npublishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
 	if err != nil {
@@ -305,6 +306,8 @@ func TestReservedIDs(t *testing.T) {
 		"order/42":                   false, // no such publisher
 		"01JDX9":                     false,
 		"app:ingress:{0}:5-1":        false, // another prefix's form
+		"42#keys:0-500":              true,  // a share of event 42 (keyShares)
+		"42#keys":                    false,
 	} {
 		if got := reservedID("invalidate", m, id) != ""; got != reserved {
 			t.Errorf("reservedID(%q) = %q, want reserved %v", id, reservedID("invalidate", m, id), reserved)

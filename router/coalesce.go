@@ -270,7 +270,7 @@ func (o *outgoing) without(recorded []bool) (*outgoing, []part) {
 // they are published.
 //
 // Pending work stays key-level while the channel's budget can carry it
-// (carries): past that it collapses into one whole-tag message
+// (storm.Carries): past that it collapses into one whole-tag message
 // (WholeOverBudget).
 //
 // Admission never waits, so a storm on one channel does not hold up the read
@@ -307,22 +307,6 @@ func newCoalescer(to flushTarget, m *metrics) *coalescer {
 	return &coalescer{to: to, m: m, wake: make(chan struct{}, 1), pending: map[string]*pendingMsg{}}
 }
 
-// carries is how many refused messages a channel's pending work may hold
-// and stay key-level: the token its bucket will have when the work is due,
-// and those it refills during the coalescing window, 1 + ⌊rate × coalesce⌋.
-// More would be published later than one refill interval plus the window
-// after they were read (DESIGN.md, guarantee 3): the channel receives keys
-// faster than its budget carries them, and its pending work becomes one
-// whole-tag message. Whatever is pending at once is bounded by what a full
-// bucket could carry (burst) besides.
-func carries(l matrix.Limits) (refused, pending int) {
-	refused = 1
-	if l.Rate > 0 && l.Coalesce > 0 {
-		refused += int(l.Rate * l.Coalesce.Seconds())
-	}
-	return refused, refused + max(l.Burst, 1)
-}
-
 // admit decides for one channel message: true means try to publish it now;
 // false means it was merged into the channel's pending work, which holds
 // the channel's order.
@@ -348,9 +332,11 @@ func (c *coalescer) mergeInto(p *pendingMsg, o *outgoing) {
 }
 
 // bound collapses a channel's pending work into one whole-tag message when
-// its budget cannot carry it key-level (carries).
+// its budget cannot carry it key-level (storm.Carries): more messages
+// refused than its bucket will pay for when they are due, or more pending
+// than a full bucket could.
 func (c *coalescer) bound(p *pendingMsg, l matrix.Limits) {
-	refused, pending := carries(l)
+	refused, pending := storm.Carries(l.Rate, l.Burst, l.Coalesce)
 	if len(p.msgs) > 1 && (p.refused > refused || len(p.msgs) > pending) {
 		p.msgs = []*outgoing{collapse(p.msgs, WholeOverBudget)}
 	}

@@ -190,3 +190,77 @@ func Limiter(l *rate.Limiter, perSecond float64, burst int) *rate.Limiter {
 	}
 	return l
 }
+
+// Chunks is a merge that splits: the union of invalidations as a list of
+// unions, in order, each within maxKeys keys and maxRefs refs. An
+// invalidation goes into the last one while it fits, else into a new one
+// (one naming more than the bounds is cut into pieces of them); one of the
+// whole tag makes the list one whole union, which covers them all.
+type Chunks struct {
+	maxKeys, maxRefs int
+	list             []*Union
+}
+
+// NewChunks returns an empty list of unions bounded by maxKeys and maxRefs.
+func NewChunks(maxKeys, maxRefs int) *Chunks {
+	return &Chunks{maxKeys: max(maxKeys, 1), maxRefs: max(maxRefs, 1)}
+}
+
+// Add merges one invalidation; neither keys nor refs means the whole tag.
+// plain counts only with refs.
+func (c *Chunks) Add(keys, refs []string, plain bool) {
+	if len(keys) == 0 && len(refs) == 0 {
+		c.Collapse()
+		return
+	}
+	for len(keys) > c.maxKeys || len(refs) > c.maxRefs {
+		k, r := keys[:min(len(keys), c.maxKeys)], refs[:min(len(refs), c.maxRefs)]
+		c.add(k, r, plain && len(r) > 0)
+		keys, refs = keys[len(k):], refs[len(r):]
+	}
+	if len(keys) > 0 || len(refs) > 0 {
+		c.add(keys, refs, plain)
+	}
+}
+
+func (c *Chunks) add(keys, refs []string, plain bool) {
+	if n := len(c.list); n > 0 && c.list[n-1].Fits(keys, refs) {
+		c.list[n-1].Add(keys, refs, plain)
+		return
+	}
+	u := NewUnion(c.maxKeys, c.maxRefs)
+	u.Add(keys, refs, plain)
+	c.list = append(c.list, u)
+}
+
+// Collapse makes the list one union of the whole tag (a merge its budget
+// cannot carry key-level).
+func (c *Chunks) Collapse() {
+	u := NewUnion(c.maxKeys, c.maxRefs)
+	u.SetWhole()
+	c.list = []*Union{u}
+}
+
+// Len is the number of unions: the invalidations the merge takes.
+func (c *Chunks) Len() int { return len(c.list) }
+
+// List returns the unions in order.
+func (c *Chunks) List() []*Union { return c.list }
+
+// Drop removes the first n unions (applied).
+func (c *Chunks) Drop(n int) { c.list = c.list[n:] }
+
+// Carries is how much merged work a budget of rate per second and burst
+// may hold and still carry it key-level, in invalidations: refused, those
+// it refused and that wait for its next token — that one and what it
+// refills during the coalescing window, 1 + ⌊rate × window⌋ —, and
+// pending, everything merged at once — refused and a full burst. Beyond
+// either, the work would wait longer than one refill interval and the
+// window: it becomes one whole-tag invalidation (docs/limits.md).
+func Carries(perSecond float64, burst int, window time.Duration) (refused, pending int) {
+	refused = 1
+	if perSecond > 0 && window > 0 {
+		refused += int(perSecond * window.Seconds())
+	}
+	return refused, refused + max(burst, 1)
+}

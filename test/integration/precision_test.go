@@ -236,3 +236,40 @@ func TestKilledRouterAfterPartOfASplit(t *testing.T) {
 		t.Error("a key the event did not name was dropped")
 	}
 }
+
+// The subscriber's local limit splits what it merges too: a burst beyond
+// its tokens is applied as key-level invalidations of at most MaxKeys keys
+// once its window has passed, and drops no key no message named.
+func TestSubscriberLimitSplitsItsMerge(t *testing.T) {
+	const n = 30
+	// The router lets everything through, one key a message.
+	e := newEnv(t, precisionMatrix("rate: 100000, burst: 100000, max_keys: 1"))
+	named, unnamed := keyRange("user", 0, n), keyRange("other", 0, 100)
+	for _, k := range append(slices.Clone(named), unnamed...) {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	reg := prometheus.NewRegistry()
+	// 5 at once, then 50 a second: the 100ms window refills 5 more, so
+	// the 25 keys beyond the burst (5 invalidations of 5) are carried key-level.
+	e.subscriber("profile-svc", subscriber.Options{Registerer: reg, ApplyRate: 50, ApplyBurst: 5, Coalesce: 100 * time.Millisecond, MaxKeys: 5})
+	e.xaddPiped("acme", named)
+	e.router(router.Options{})
+	redistest.Eventually(t, 10*time.Second, "every named key invalidated", func() bool {
+		return e.cachedCount("profile-svc", "acme", named) == 0
+	})
+	const ch = "invalidate:acme:active"
+	_, v := e.meta(ch)
+	redistest.Eventually(t, 10*time.Second, "the position at the last version", func() bool {
+		pos, _, _ := e.stores["profile-svc"].ReadPosition(context.Background(), "acme", "profile-svc", "active")
+		return pos.Version == v
+	})
+	if left := e.cachedCount("profile-svc", "acme", unnamed); left != len(unnamed) {
+		t.Errorf("%d of %d keys no message named were dropped", len(unnamed)-left, len(unnamed))
+	}
+	if c := metric(t, reg, "subscriber_messages_coalesced_total"); c == 0 {
+		t.Error("the local limit merged nothing: the test did not reach it")
+	}
+	if w := metric(t, reg, "subscriber_whole_tag_invalidations_total"); w != 0 {
+		t.Errorf("%v whole-tag invalidations", w)
+	}
+}

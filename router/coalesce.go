@@ -283,6 +283,10 @@ type coalescer struct {
 	mu      sync.Mutex
 	pending map[string]*pendingMsg
 	queue   pendingQueue
+	// sending holds, for each channel whose pending work is being sent,
+	// the messages admitted meanwhile: they go after it (what the buckets
+	// refuse of it comes back first), so the channel's order holds.
+	sending map[string][]*outgoing
 }
 
 // pendingMsg is the pending work of a channel: its messages, in order.
@@ -304,21 +308,25 @@ type flushTarget interface {
 }
 
 func newCoalescer(to flushTarget, m *metrics) *coalescer {
-	return &coalescer{to: to, m: m, wake: make(chan struct{}, 1), pending: map[string]*pendingMsg{}}
+	return &coalescer{to: to, m: m, wake: make(chan struct{}, 1), pending: map[string]*pendingMsg{}, sending: map[string][]*outgoing{}}
 }
 
 // admit decides for one channel message: true means try to publish it now;
-// false means it was merged into the channel's pending work, which holds
-// the channel's order.
+// false means it was merged into the channel's pending work, or waits
+// behind the work being sent, which holds the channel's order.
 func (c *coalescer) admit(o *outgoing) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.pending[o.route.Channel]
-	if p == nil {
-		return true
+	ch := o.route.Channel
+	if p := c.pending[ch]; p != nil {
+		c.mergeInto(p, o)
+		return false
 	}
-	c.mergeInto(p, o)
-	return false
+	if behind, ok := c.sending[ch]; ok {
+		c.sending[ch] = append(behind, o)
+		return false
+	}
+	return true
 }
 
 // mergeInto merges the parts of o into the channel's pending work, and
@@ -398,12 +406,25 @@ func (c *coalescer) run(ctx context.Context) {
 // credit, when all is set) and acknowledges the entries they complete. One
 // a bucket refuses again comes back through hold.
 func (c *coalescer) flush(all bool) {
+	for range 10 { // with all, what waited behind the last send goes too
+		if !c.flushOnce(all) || !all {
+			return
+		}
+	}
+}
+
+// flushOnce is one round of flush; it reports whether it sent something.
+func (c *coalescer) flushOnce(all bool) bool {
 	now := time.Now()
 	var out []*outgoing
+	var channels []string
 	c.mu.Lock()
 	for len(c.queue) > 0 && (all || !c.queue[0].due.After(now)) {
 		p := heap.Pop(&c.queue).(*pendingMsg)
-		delete(c.pending, p.msgs[0].route.Channel)
+		ch := p.msgs[0].route.Channel
+		delete(c.pending, ch)
+		c.sending[ch] = nil
+		channels = append(channels, ch)
 		for _, o := range p.msgs {
 			o.seal()
 			out = append(out, o)
@@ -411,9 +432,35 @@ func (c *coalescer) flush(all bool) {
 	}
 	c.m.pendingChannels.Set(float64(len(c.pending)))
 	c.mu.Unlock()
-	if len(out) > 0 {
-		c.to.publishMerged(out, all)
+	if len(out) == 0 {
+		return false
 	}
+	c.to.publishMerged(out, all)
+	// What was admitted while the work was sent follows it: merged into
+	// what the buckets refused of it, or pending on its own, due now.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range channels {
+		behind := c.sending[ch]
+		delete(c.sending, ch)
+		for _, o := range behind {
+			if p := c.pending[ch]; p != nil {
+				c.mergeInto(p, o)
+				continue
+			}
+			p := &pendingMsg{msgs: []*outgoing{o}, due: now}
+			c.pending[ch] = p
+			heap.Push(&c.queue, p)
+		}
+	}
+	c.m.pendingChannels.Set(float64(len(c.pending)))
+	if len(c.queue) > 0 {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
 }
 
 // publishMerged publishes the coalescer's messages that came due and
@@ -432,11 +479,19 @@ func (c *coalescer) held() map[string][]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := map[string][]string{}
+	add := func(o *outgoing) {
+		for _, pt := range o.parts {
+			out[pt.e.stream] = append(out[pt.e.stream], pt.e.id)
+		}
+	}
 	for _, p := range c.pending {
 		for _, o := range p.msgs {
-			for _, pt := range o.parts {
-				out[pt.e.stream] = append(out[pt.e.stream], pt.e.id)
-			}
+			add(o)
+		}
+	}
+	for _, behind := range c.sending {
+		for _, o := range behind {
+			add(o)
 		}
 	}
 	return out

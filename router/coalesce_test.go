@@ -21,11 +21,16 @@ type sink struct {
 	mu    sync.Mutex
 	out   [][]*outgoing
 	force []bool
+	// during, when set, runs inside publishMerged (the send in flight).
+	during func(out []*outgoing)
 }
 
 func (s *sink) Matrix() *matrix.Matrix { return s.mtx }
 
 func (s *sink) publishMerged(out []*outgoing, force bool) {
+	if s.during != nil {
+		s.during(out)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.out = append(s.out, out)
@@ -309,7 +314,6 @@ func TestMergeUnitesRefs(t *testing.T) {
 	if !o.msg.WholeTag() || o.msg.Plain {
 		t.Errorf("merged with a whole tag: %+v, want the whole tag", o.msg)
 	}
-	o = newOutgoing(rt, entity)
 	var msgs []*outgoing
 	for _, p := range []part{entity, partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "2"}), partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "3"}),
 		partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "4"})} {
@@ -317,5 +321,32 @@ func TestMergeUnitesRefs(t *testing.T) {
 	}
 	if len(msgs) != 2 || msgs[0].isWhole() || msgs[1].isWhole() {
 		t.Errorf("four refs above max_keys 3: %d messages, want two entity-level ones", len(msgs))
+	}
+}
+
+// A message admitted while its channel's pending work is being sent waits
+// behind it: what the buckets refuse of that work comes back first, and the
+// channel's messages keep their order.
+func TestCoalescerKeepsOrderBehindASend(t *testing.T) {
+	c, s, rt := coalescerFor(t, "10ms")
+	now := time.Now()
+	c.hold(now, oneEvent(rt, "e1", "user", 1, "a", "b", "c"), time.Millisecond)
+	s.during = func(out []*outgoing) {
+		s.during = nil
+		if c.admit(oneEvent(rt, "e2", "user", 1, "d")) {
+			t.Error("a message let through while its channel's work was being sent")
+		}
+		c.hold(time.Now(), out[0], time.Millisecond) // the bucket refused it
+	}
+	c.flush(true)
+	got := s.published()
+	if len(got) != 2 || len(got[1]) != 2 {
+		t.Fatalf("published %v, want the refused work, then it and the message behind it", got)
+	}
+	if !slices.Equal(got[1][0].ids, []string{"e1"}) || !slices.Equal(got[1][1].ids, []string{"e2"}) {
+		t.Errorf("second send %v then %v, want e1 then e2", got[1][0].ids, got[1][1].ids)
+	}
+	if len(c.held()) != 0 {
+		t.Errorf("still held: %v", c.held())
 	}
 }

@@ -599,10 +599,19 @@ func (s *Subscriber) applyQueuedN(ctx context.Context, channel string, p *positi
 	if err := s.flushBatch(ctx); err != nil {
 		return err
 	}
-	for _, err := range s.invalidateMany(ctx, invs, false) {
-		if err != nil {
-			q.due = time.Now().Add(time.Second)
-			return err
+	// The one that moves the position goes only after the others are
+	// applied: a failure among them must not leave the position past keys
+	// still cached.
+	runs := [][]Invalidation{invs}
+	if n == len(chunks) && n > 1 {
+		runs = [][]Invalidation{invs[:n-1], invs[n-1:]}
+	}
+	for _, run := range runs {
+		for _, err := range s.invalidateMany(ctx, run, false) {
+			if err != nil {
+				q.due = time.Now().Add(time.Second)
+				return err
+			}
 		}
 	}
 	if n < len(chunks) {

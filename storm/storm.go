@@ -193,12 +193,15 @@ func Limiter(l *rate.Limiter, perSecond float64, burst int) *rate.Limiter {
 
 // Chunks is a merge that splits: the union of invalidations as a list of
 // unions, in order, each within maxKeys keys and maxRefs refs. An
-// invalidation goes into the last one while it fits, else into a new one
-// (one naming more than the bounds is cut into pieces of them); one of the
+// invalidation goes into the last one while it fits, else into a new one;
+// one naming more than the bounds alone (a message from a router with a
+// larger max_keys) is never cut: it is a union of its own, which takes
+// nothing more. So each invalidation adds at most one union. One of the
 // whole tag makes the list one whole union, which covers them all.
 type Chunks struct {
 	maxKeys, maxRefs int
 	list             []*Union
+	closed           int // the unions before it take nothing more
 }
 
 // NewChunks returns an empty list of unions bounded by maxKeys and maxRefs.
@@ -209,28 +212,21 @@ func NewChunks(maxKeys, maxRefs int) *Chunks {
 // Add merges one invalidation; neither keys nor refs means the whole tag.
 // plain counts only with refs.
 func (c *Chunks) Add(keys, refs []string, plain bool) {
-	if len(keys) == 0 && len(refs) == 0 {
+	switch n := len(c.list); {
+	case len(keys) == 0 && len(refs) == 0:
 		c.Collapse()
-		return
-	}
-	for len(keys) > c.maxKeys || len(refs) > c.maxRefs {
-		k, r := keys[:min(len(keys), c.maxKeys)], refs[:min(len(refs), c.maxRefs)]
-		c.add(k, r, plain && len(r) > 0)
-		keys, refs = keys[len(k):], refs[len(r):]
-	}
-	if len(keys) > 0 || len(refs) > 0 {
-		c.add(keys, refs, plain)
-	}
-}
-
-func (c *Chunks) add(keys, refs []string, plain bool) {
-	if n := len(c.list); n > 0 && c.list[n-1].Fits(keys, refs) {
+	case len(keys) > c.maxKeys || len(refs) > c.maxRefs:
+		u := NewUnion(max(len(keys), c.maxKeys), max(len(refs), c.maxRefs))
+		u.Add(keys, refs, plain)
+		c.list = append(c.list, u)
+		c.closed = len(c.list)
+	case n > c.closed && c.list[n-1].Fits(keys, refs):
 		c.list[n-1].Add(keys, refs, plain)
-		return
+	default:
+		u := NewUnion(c.maxKeys, c.maxRefs)
+		u.Add(keys, refs, plain)
+		c.list = append(c.list, u)
 	}
-	u := NewUnion(c.maxKeys, c.maxRefs)
-	u.Add(keys, refs, plain)
-	c.list = append(c.list, u)
 }
 
 // Collapse makes the list one union of the whole tag (a merge its budget
@@ -238,7 +234,7 @@ func (c *Chunks) add(keys, refs []string, plain bool) {
 func (c *Chunks) Collapse() {
 	u := NewUnion(c.maxKeys, c.maxRefs)
 	u.SetWhole()
-	c.list = []*Union{u}
+	c.list, c.closed = []*Union{u}, 0
 }
 
 // Len is the number of unions: the invalidations the merge takes.
@@ -248,7 +244,7 @@ func (c *Chunks) Len() int { return len(c.list) }
 func (c *Chunks) List() []*Union { return c.list }
 
 // Drop removes the first n unions (applied).
-func (c *Chunks) Drop(n int) { c.list = c.list[n:] }
+func (c *Chunks) Drop(n int) { c.list, c.closed = c.list[n:], max(c.closed-n, 0) }
 
 // Carries is how much merged work a budget of rate per second and burst
 // may hold and still carry it key-level, in invalidations: refused, those

@@ -113,14 +113,16 @@ func TestReserveWaitsExactly(t *testing.T) {
 }
 
 // A merge splits past its bounds into unions within them, in order; an
-// invalidation naming more than the bounds is cut into pieces; one of the
-// whole tag makes the list one whole union.
+// invalidation naming more than the bounds alone is a union of its own,
+// never cut, so each invalidation adds at most one union; one of the whole
+// tag makes the list one whole union.
 func TestChunks(t *testing.T) {
 	c := NewChunks(3, 2)
 	c.Add([]string{"a", "b"}, nil, false)
 	c.Add([]string{"b", "c"}, nil, false)
 	c.Add([]string{"d"}, nil, false)
-	c.Add([]string{"e", "f", "g", "h", "i", "j", "k"}, []string{"user/1"}, true)
+	c.Add([]string{"e", "f", "g", "h"}, []string{"user/1"}, true)
+	c.Add([]string{"i"}, nil, false)
 	var keys [][]string
 	for _, u := range c.List() {
 		if u.Whole() {
@@ -128,16 +130,20 @@ func TestChunks(t *testing.T) {
 		}
 		keys = append(keys, u.Keys())
 	}
-	want := [][]string{{"a", "b", "c"}, {"d"}, {"e", "f", "g"}, {"h", "i", "j"}, {"k"}}
+	want := [][]string{{"a", "b", "c"}, {"d"}, {"e", "f", "g", "h"}, {"i"}}
 	if !reflect.DeepEqual(keys, want) {
 		t.Fatalf("chunks %v, want %v", keys, want)
 	}
-	if refs := c.List()[2].Refs(); !reflect.DeepEqual(refs, []string{"user/1"}) || !c.List()[2].Plain() || c.List()[3].Refs() != nil {
-		t.Errorf("the refs go with the first piece: %v plain %v", refs, c.List()[2].Plain())
+	if refs := c.List()[2].Refs(); !reflect.DeepEqual(refs, []string{"user/1"}) || !c.List()[2].Plain() {
+		t.Errorf("the large one keeps its refs: %v plain %v", refs, c.List()[2].Plain())
 	}
 	c.Drop(2)
-	if c.Len() != 3 || c.List()[0].Keys()[0] != "e" {
+	if c.Len() != 2 || c.List()[0].Keys()[0] != "e" {
 		t.Errorf("after Drop(2): %d unions", c.Len())
+	}
+	c.Add([]string{"j"}, nil, false)
+	if c.Len() != 2 || !reflect.DeepEqual(c.List()[1].Keys(), []string{"i", "j"}) {
+		t.Errorf("after Drop, the last union takes what fits: %d unions", c.Len())
 	}
 	c.Add(nil, nil, false)
 	if c.Len() != 1 || !c.List()[0].Whole() {

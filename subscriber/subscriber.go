@@ -585,6 +585,11 @@ func (s *Subscriber) applyQueued(ctx context.Context, channel string, p *positio
 // work, in one pipeline. Only the last of all moves the position (to the
 // last message merged): a subscriber stopped before it replays the work
 // from the position, which invalidates some keys twice and loses none.
+// Each carries a version of its own, increasing, the last one's that of
+// the last message merged: the k invalidations left are labelled with the
+// versions of the last k messages merged (each message adds at most one,
+// storm.Chunks), so a receiver that ignores a version it has seen ignores
+// none of them.
 func (s *Subscriber) applyQueuedN(ctx context.Context, channel string, p *position, n int) error {
 	q := p.queue
 	if n == 0 {
@@ -593,8 +598,8 @@ func (s *Subscriber) applyQueuedN(ctx context.Context, channel string, p *positi
 	chunks := q.keys.List()
 	invs := make([]Invalidation, n)
 	for i, u := range chunks[:n] {
-		invs[i] = Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: u.Keys(), Refs: u.Refs(), Plain: u.Plain(), Epoch: q.last.Epoch, Version: q.last.Version,
-			Message: q.msg, whole: q.whole, noPosition: i < len(chunks)-1}
+		invs[i] = Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: u.Keys(), Refs: u.Refs(), Plain: u.Plain(), Epoch: q.last.Epoch,
+			Version: q.last.Version - int64(len(chunks)-1-i), Message: q.msg, whole: q.whole, noPosition: i < len(chunks)-1}
 	}
 	if err := s.flushBatch(ctx); err != nil {
 		return err

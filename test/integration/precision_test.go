@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -251,7 +252,16 @@ func TestSubscriberLimitSplitsItsMerge(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	// 5 at once, then 50 a second: the 100ms window refills 5 more, so
 	// the 25 keys beyond the burst (5 invalidations of 5) are carried key-level.
-	e.subscriber("profile-svc", subscriber.Options{Registerer: reg, ApplyRate: 50, ApplyBurst: 5, Coalesce: 100 * time.Millisecond, MaxKeys: 5})
+	var mu sync.Mutex
+	var versions []int64
+	record := func(_ context.Context, inv subscriber.Invalidation) error {
+		mu.Lock()
+		defer mu.Unlock()
+		versions = append(versions, inv.Version)
+		return nil
+	}
+	e.subscriber("profile-svc", subscriber.Options{Registerer: reg, ApplyRate: 50, ApplyBurst: 5, Coalesce: 100 * time.Millisecond, MaxKeys: 5,
+		Cache: e.caches["profile-svc"].Client(t), Handler: record})
 	e.xaddPiped("acme", named)
 	e.router(router.Options{})
 	redistest.Eventually(t, 10*time.Second, "every named key invalidated", func() bool {
@@ -271,5 +281,16 @@ func TestSubscriberLimitSplitsItsMerge(t *testing.T) {
 	}
 	if w := metric(t, reg, "subscriber_whole_tag_invalidations_total"); w != 0 {
 		t.Errorf("%v whole-tag invalidations", w)
+	}
+	// Each invalidation has a version of its own, increasing, the last the
+	// channel's: a receiver that ignores a version it has seen loses none.
+	mu.Lock()
+	defer mu.Unlock()
+	increasing := len(versions) > 0
+	for i := 1; i < len(versions); i++ {
+		increasing = increasing && versions[i] > versions[i-1]
+	}
+	if !increasing || versions[len(versions)-1] != v {
+		t.Errorf("versions handed over %v, want each once, increasing, ending at %d", versions, v)
 	}
 }

@@ -190,15 +190,26 @@ func collapse(msgs []*outgoing, reason string) *outgoing {
 // (and it records fewer than maxParts events, when maxParts > 0), else
 // into a new one after it — a merge splits, it never turns whole for its
 // size. A part that names neither keys nor refs asks for the whole tag,
-// which covers all of them: they collapse into one whole-tag message.
+// which covers all of them: they collapse into one whole-tag message (the
+// last of them, as many as record at most maxParts events with it).
 func place(msgs []*outgoing, rt matrix.Route, p part, maxParts int) []*outgoing {
 	if len(msgs) == 0 {
 		return []*outgoing{newOutgoing(rt, p)}
 	}
 	if len(p.keys) == 0 && len(p.refs) == 0 {
-		o := collapse(msgs, WholeNoKeys)
-		o.merge(p)
-		return msgs[:1]
+		// The last messages that, with p, record at most maxParts events.
+		from, parts := len(msgs), 1
+		for from > 0 && (maxParts <= 0 || parts+len(msgs[from-1].parts) <= maxParts) {
+			from--
+			parts += len(msgs[from].parts)
+		}
+		if from == len(msgs) {
+			o := newOutgoing(rt, p)
+			o.whole = WholeNoKeys
+			return append(msgs, o)
+		}
+		collapse(msgs[from:], WholeNoKeys).merge(p)
+		return msgs[:from+1]
 	}
 	last := msgs[len(msgs)-1]
 	if last.fits(p) && (maxParts <= 0 || len(last.parts) < maxParts) {

@@ -204,6 +204,21 @@ func TestPlaceSplitsPastMaxKeys(t *testing.T) {
 		t.Errorf("shares of 7 keys at max_keys 3: %v %v", got, ids)
 	}
 
+	// Where every event must be recorded (a read batch), the whole tag
+	// takes only the last messages that stay within the bound.
+	var capped []*outgoing
+	for i := range 7 {
+		capped = place(capped, rt, oneEvent(rt, "c"+strconv.Itoa(i), "user", 1, "k"+strconv.Itoa(i)).parts[0], 4)
+	}
+	capped = place(capped, rt, oneEvent(rt, "w", "user", 1).parts[0], 4)
+	if len(capped) != 3 || capped[1].isWhole() || !capped[2].isWhole() || len(capped[2].parts) != 2 {
+		t.Errorf("a whole-tag event with at most 4 events a message: %d messages", len(capped))
+	}
+	capped = place(capped, rt, oneEvent(rt, "w2", "user", 1).parts[0], 2)
+	if len(capped) != 4 || !capped[3].isWhole() || len(capped[3].parts) != 1 || capped[3].whole != WholeNoKeys {
+		t.Errorf("a whole-tag event after a full message: %d messages", len(capped))
+	}
+
 	whole := oneEvent(rt, "w", "user", 1)
 	msgs = place(msgs, rt, whole.parts[0], maxMergedIDs)
 	msgs[0].seal()

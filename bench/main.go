@@ -105,6 +105,10 @@ func main() {
 		{"capacity", capacity},
 		{"history-worst", worstHistory},
 		{"leases", leases},
+		{"bin-precision", precisionScenarios},
+		{"bin-throughput-100-tenants", throughputAllTenants},
+		{"bin-throughput-100-tags", throughputOneTenant100Tags},
+		{"bin-throughput-one-tag", throughputOneTag},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue
@@ -470,10 +474,10 @@ func throughputOn(dir, name string, masters, replicas, nTenants int) ([]Row, err
 	}
 	fmt.Fprintf(os.Stderr, "%s: bus Redis commands per event: %s\n", name, bus1.callsSince(bus0, n))
 	messages := metricSum(s.routerReg, "routerd_messages_published_total")
-	whole := metricSum(s.routerReg, "routerd_events_whole_tag_total")
+	whole := metricSum(s.routerReg, "routerd_whole_tag_messages_total")
 	batching := []Row{
 		{Scenario: name, Metric: "channel messages published (events merged per channel per read batch)", Value: messages, Unit: "messages"},
-		{Scenario: name, Metric: "of them whole-tag (merged keys above max_keys)", Value: whole, Unit: "messages"},
+		{Scenario: name, Metric: "of them whole-tag (routerd_whole_tag_messages_total)", Value: whole, Unit: "messages"},
 	}
 	p1, p1CPU, err := redisBenchmark(dir, 1)
 	if err != nil {

@@ -214,7 +214,7 @@ func rawOn(dir, name string, nTenants int) ([]Row, error) {
 		{Scenario: name, Metric: "until every event routed and every channel's last version applied", Value: rate(drained), Unit: "events/s",
 			Reference: ref, RefValue: p1, Ratio: rate(drained) / p1},
 		{Scenario: name, Metric: "channel messages published (events merged per channel per read batch)", Value: metricSum(s.routerReg, "routerd_messages_published_total"), Unit: "messages"},
-		{Scenario: name, Metric: "of them whole-tag (merged keys above max_keys 500)", Value: metricSum(s.routerReg, "routerd_events_whole_tag_total"), Unit: "messages"},
+		{Scenario: name, Metric: "of them whole-tag (routerd_whole_tag_messages_total)", Value: metricSum(s.routerReg, "routerd_whole_tag_messages_total"), Unit: "messages"},
 		{Scenario: name, Metric: "Go allocations per event (router and subscriber; the publisher is redis-cli)", Value: float64(m1.Mallocs-m0.Mallocs) / float64(n), Unit: "allocs"},
 		{Scenario: name, Metric: "Go CPU per event (router and subscriber, and the bench's probe)", Value: perEvent(goCPU.Seconds()), Unit: "µs"},
 		{Scenario: name, Metric: "redis-cli --pipe CPU per event", Value: perEvent(cliCPU.Seconds()), Unit: "µs"},

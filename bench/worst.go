@@ -109,8 +109,8 @@ func fillHistory(ctx context.Context, s *system, tenant string, history int, eve
 	if msgs := metricSum(s.routerReg, "routerd_messages_published_total") - msgs0; msgs != float64(rounds) {
 		return f, fmt.Errorf("%s: %v messages published for %d rounds: the events of a round were not merged into one", tenant, msgs, rounds)
 	}
-	if w := metricSum(s.routerReg, "routerd_events_whole_tag_total"); w != 0 {
-		return f, fmt.Errorf("%v whole-tag messages: the merged keys went above max_keys", w)
+	if w := metricSum(s.routerReg, "routerd_whole_tag_messages_total"); w != 0 {
+		return f, fmt.Errorf("%v whole-tag messages", w)
 	}
 	busC := s.busC.(*redis.Client)
 	ch := names.Channel(s.mtx.Prefix, tenant, "active")

@@ -25,7 +25,10 @@
 --   3  the channel's bucket has no token: nothing is sent or recorded, and
 --      the number in place of the version is the milliseconds until it
 --      has one. The caller holds the message (merging what follows into
---      it) and sends it again then.
+--      it) and sends it again then;
+--   4  an earlier message of its channel in this call answered 2: nothing
+--      is sent or recorded (the version is 0), so that the caller, sending
+--      that one's rest again first, keeps the channel's order.
 -- The bucket (fields tokens and at of the meta, at in microseconds of the
 -- server's TIME) is shared by every router: it is the channel's one budget.
 -- Redis does not undo a script's writes when a command in it fails. The
@@ -80,7 +83,7 @@ for c = 1, #KEYS, 3 do
   elseif not meta[2] and replid ~= '' then
     redis.call('HSET', metaKey, 'replid', replid)
   end
-  local published = false
+  local published, stopped = false, false
   for _ = 1, m do
     local k = tonumber(ARGV[a])
     local first, last = a + 1, a + k
@@ -137,6 +140,11 @@ for c = 1, #KEYS, 3 do
       for x = 1, #before do
         out[#out + 1] = before[x]
       end
+      stopped = true
+    elseif stopped then
+      redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
+      out[#out + 1] = 0
+      out[#out + 1] = 4
     elseif rate > 0 and tokens < 1 and not force then
       -- No token: undo this message's records (only they have the score
       -- version + 1) and tell when the bucket has one.

@@ -2,6 +2,7 @@ package lua_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -69,5 +70,35 @@ func TestPublishScriptFailureLosesNothing(t *testing.T) {
 	}
 	if n := c.XLen(ctx, history).Val(); n != 3 {
 		t.Errorf("history holds %d entries, want 3 (second, third, fourth)", n)
+	}
+}
+
+// After a message some of whose events were recorded before (status 2),
+// the channel's later messages in the call are neither sent nor recorded
+// (status 4): the router sends the first one's rest before them, so the
+// channel's order holds.
+func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	const ch = "invalidate:acme:t"
+	if res, err := publishOn(ctx, c, ch, "a"); err != nil || res[1] != 0 {
+		t.Fatalf("first: %v %v", res, err)
+	}
+	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, "0", 3,
+		2, "a", "b", `,"tenant":"acme","tag":"t","event":"a"`,
+		1, "c", `,"tenant":"acme","tag":"t","event":"c"`,
+		1, "a", `,"tenant":"acme","tag":"t","event":"a"`}
+	res, err := lua.Publish.Run(ctx, c, []string{"{" + ch + "}:meta", "{" + ch + "}:history", "{" + ch + "}:events"}, args...).Int64Slice()
+	want := []int64{1, 2, 1, 0, 0, 4, 1, 1}
+	if err != nil || !slices.Equal(res, want) {
+		t.Fatalf("reply %v (%v), want %v: partly recorded, then not tried, then a duplicate", res, err, want)
+	}
+	for _, id := range []string{"b", "c"} {
+		if err := c.ZScore(ctx, "{"+ch+"}:events", id).Err(); err != redis.Nil {
+			t.Errorf("event %s recorded (%v), though nothing was sent", id, err)
+		}
+	}
+	if v := c.HGet(ctx, "{"+ch+"}:meta", "version").Val(); v != "1" {
+		t.Errorf("version %s, want 1", v)
 	}
 }

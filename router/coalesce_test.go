@@ -4,6 +4,7 @@ import (
 	"context"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,11 +21,16 @@ type sink struct {
 	mu    sync.Mutex
 	out   [][]*outgoing
 	force []bool
+	// during, when set, runs inside publishMerged (the send in flight).
+	during func(out []*outgoing)
 }
 
 func (s *sink) Matrix() *matrix.Matrix { return s.mtx }
 
 func (s *sink) publishMerged(out []*outgoing, force bool) {
+	if s.during != nil {
+		s.during(out)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.out = append(s.out, out)
@@ -55,7 +61,7 @@ func oneEvent(rt matrix.Route, id, domain string, ts int64, keys ...string) *out
 	e := &entry{stream: "s", id: id + "-0"}
 	e.events = e.one[:]
 	e.events[0] = event{id: id, ev: &wire.Event{ID: id, Tenant: "acme", Domain: domain, Keys: keys, TS: ts}, routes: []matrix.Route{rt}}
-	o := newOutgoing(rt, part{e: e, v: &e.events[0], keys: keys})
+	o := newOutgoing(rt, part{e: e, v: &e.events[0], id: id, keys: keys})
 	o.seal()
 	return o
 }
@@ -95,14 +101,129 @@ func TestCoalescerMergesOverBudget(t *testing.T) {
 		t.Errorf("still held after the flush: %v", c.held())
 	}
 
-	// Past max_keys the merged message invalidates the whole tag.
+	// Past max_keys the pending work splits into another key-level message.
 	c.hold(now, oneEvent(rt, "w0", "user", 1, "a", "b"), time.Second)
 	if c.admit(oneEvent(rt, "w1", "user", 1, "c", "d")) {
 		t.Fatal("let through past a held message")
 	}
 	c.flush(true)
-	if got := s.published(); len(got) != 2 || got[1][0].msg.Keys != nil {
-		t.Errorf("over max_keys: %+v", got[len(got)-1][0].msg)
+	got = s.published()
+	if len(got) != 2 || len(got[1]) != 2 || !slices.Equal(got[1][0].msg.Keys, []string{"a", "b"}) || !slices.Equal(got[1][1].msg.Keys, []string{"c", "d"}) ||
+		!slices.Equal(got[1][1].ids, []string{"w1"}) || got[1][1].whole != "" {
+		t.Errorf("over max_keys: %v", got[len(got)-1])
+	}
+}
+
+// Pending work stays key-level while the channel's budget can carry it: a
+// refused message and those the window adds may wait for the bucket's next
+// token (rate 10/s, coalesce 100ms: 1 + 1 refused, 2 + burst 1 pending). Past
+// that the pending work collapses into one whole-tag message, over_budget,
+// which records every event and takes what follows.
+func TestCoalescerWholeOnlyOverBudget(t *testing.T) {
+	c, s, rt := coalescerFor(t, "100ms")
+	now := time.Now()
+	c.hold(now, oneEvent(rt, "e1", "user", 1, "a", "b", "c"), time.Second)
+	c.hold(now, oneEvent(rt, "e2", "user", 1, "d"), time.Second)
+	if c.admit(oneEvent(rt, "e3", "user", 1, "e", "f", "g")) {
+		t.Fatal("let through past held work")
+	}
+	c.flush(true)
+	got := s.published()
+	if len(got) != 1 || len(got[0]) != 3 {
+		t.Fatalf("within the budget: %v, want three key-level messages", got)
+	}
+	for i, keys := range [][]string{{"a", "b", "c"}, {"d"}, {"e", "f", "g"}} {
+		if o := got[0][i]; !slices.Equal(o.msg.Keys, keys) || o.whole != "" {
+			t.Errorf("message %d: %+v (whole %q), want keys %v", i, o.msg, o.whole, keys)
+		}
+	}
+
+	// A third refused message: more than the bucket refills in the window.
+	c.hold(now, oneEvent(rt, "e1", "user", 1, "a", "b", "c"), time.Second)
+	c.hold(now, oneEvent(rt, "e2", "user", 1, "d", "e"), time.Second)
+	c.hold(now, oneEvent(rt, "e3", "user", 1, "f", "g"), time.Second)
+	c.admit(oneEvent(rt, "e4", "user", 1, "h"))
+	c.flush(true)
+	got = s.published()
+	if len(got) != 2 || len(got[1]) != 1 {
+		t.Fatalf("over the budget: %v, want one message", got[1:])
+	}
+	if o := got[1][0]; !o.msg.WholeTag() || o.whole != WholeOverBudget || !slices.Equal(o.ids, []string{"e1", "e2", "e3", "e4"}) {
+		t.Errorf("over the budget: %+v (whole %q) ids %v, want the whole tag, over_budget, every event", o.msg, o.whole, o.ids)
+	}
+
+	// More pending at once than a full bucket and its refill could carry.
+	c.hold(now, oneEvent(rt, "p0", "user", 1, "a", "b", "c"), time.Second)
+	for i, k := range []string{"d", "g", "j"} {
+		c.admit(oneEvent(rt, "p"+strconv.Itoa(i+1), "user", 1, k, k+"2", k+"3"))
+	}
+	c.flush(true)
+	if got = s.published(); len(got[2]) != 1 || got[2][0].whole != WholeOverBudget {
+		t.Errorf("four messages pending, three carried: %v", got[2])
+	}
+}
+
+// A read batch's events for a channel split past max_keys into key-level
+// messages, each recording its own events; an event naming more than
+// max_keys keys is split into shares with ids of their key ranges; an event
+// naming no keys makes the channel's messages one whole-tag message.
+func TestPlaceSplitsPastMaxKeys(t *testing.T) {
+	_, _, rt := coalescerFor(t, "1m") // max_keys 3
+	var msgs []*outgoing
+	for i := range 7 {
+		o := oneEvent(rt, "e"+strconv.Itoa(i), "user", 1, "k"+strconv.Itoa(i))
+		msgs = place(msgs, rt, o.parts[0], maxMergedIDs)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("7 single-key events at max_keys 3: %d messages, want 3", len(msgs))
+	}
+	for i, want := range [][]string{{"k0", "k1", "k2"}, {"k3", "k4", "k5"}, {"k6"}} {
+		msgs[i].seal()
+		ids := make([]string, len(want))
+		for j, k := range want {
+			ids[j] = "e" + k[1:]
+		}
+		if !slices.Equal(msgs[i].msg.Keys, want) || !slices.Equal(msgs[i].ids, ids) || msgs[i].whole != "" {
+			t.Errorf("message %d: keys %v ids %v whole %q, want %v %v", i, msgs[i].msg.Keys, msgs[i].ids, msgs[i].whole, want, ids)
+		}
+	}
+	// A key already in the last message merges into it.
+	if again := place(msgs, rt, oneEvent(rt, "r", "user", 1, "k6").parts[0], maxMergedIDs); len(again) != 3 {
+		t.Errorf("a repeated key opened message %d", len(again))
+	}
+
+	big := oneEvent(rt, "big", "user", 1, "a", "b", "c", "d", "e", "f", "g")
+	shares := keyShares(big.parts[0].e, big.parts[0].v, rt)
+	var got [][]string
+	var ids []string
+	for _, p := range shares {
+		got, ids = append(got, p.keys), append(ids, p.id)
+	}
+	if !reflect.DeepEqual(got, [][]string{{"a", "b", "c"}, {"d", "e", "f"}, {"g"}}) ||
+		!slices.Equal(ids, []string{"big#keys:0-3", "big#keys:3-6", "big#keys:6-7"}) || sharesOf(big.parts[0].v, rt) != 3 {
+		t.Errorf("shares of 7 keys at max_keys 3: %v %v", got, ids)
+	}
+
+	// Where every event must be recorded (a read batch), the whole tag
+	// takes only the last messages that stay within the bound.
+	var capped []*outgoing
+	for i := range 7 {
+		capped = place(capped, rt, oneEvent(rt, "c"+strconv.Itoa(i), "user", 1, "k"+strconv.Itoa(i)).parts[0], 4)
+	}
+	capped = place(capped, rt, oneEvent(rt, "w", "user", 1).parts[0], 4)
+	if len(capped) != 3 || capped[1].isWhole() || !capped[2].isWhole() || len(capped[2].parts) != 2 {
+		t.Errorf("a whole-tag event with at most 4 events a message: %d messages", len(capped))
+	}
+	capped = place(capped, rt, oneEvent(rt, "w2", "user", 1).parts[0], 2)
+	if len(capped) != 4 || !capped[3].isWhole() || len(capped[3].parts) != 1 || capped[3].whole != WholeNoKeys {
+		t.Errorf("a whole-tag event after a full message: %d messages", len(capped))
+	}
+
+	whole := oneEvent(rt, "w", "user", 1)
+	msgs = place(msgs, rt, whole.parts[0], maxMergedIDs)
+	msgs[0].seal()
+	if len(msgs) != 1 || !msgs[0].msg.WholeTag() || msgs[0].whole != WholeNoKeys || len(msgs[0].ids) != 9 {
+		t.Errorf("after a whole-tag event: %d messages, %+v whole %q ids %v", len(msgs), msgs[0].msg, msgs[0].whole, msgs[0].ids)
 	}
 }
 
@@ -208,9 +329,39 @@ func TestMergeUnitesRefs(t *testing.T) {
 	if !o.msg.WholeTag() || o.msg.Plain {
 		t.Errorf("merged with a whole tag: %+v, want the whole tag", o.msg)
 	}
-	o = newOutgoing(rt, entity)
-	if o.merge(partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "2"}), partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "3"}),
-		partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "4"})); !o.union.Whole() {
-		t.Error("four refs above max_keys 3 did not make the message whole")
+	var msgs []*outgoing
+	for _, p := range []part{entity, partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "2"}), partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "3"}),
+		partOf(wire.Event{Tenant: "acme", Domain: "user", Entity: "4"})} {
+		msgs = place(msgs, rt, p, maxMergedIDs)
+	}
+	if len(msgs) != 2 || msgs[0].isWhole() || msgs[1].isWhole() {
+		t.Errorf("four refs above max_keys 3: %d messages, want two entity-level ones", len(msgs))
+	}
+}
+
+// A message admitted while its channel's pending work is being sent waits
+// behind it: what the buckets refuse of that work comes back first, and the
+// channel's messages keep their order.
+func TestCoalescerKeepsOrderBehindASend(t *testing.T) {
+	c, s, rt := coalescerFor(t, "10ms")
+	now := time.Now()
+	c.hold(now, oneEvent(rt, "e1", "user", 1, "a", "b", "c"), time.Millisecond)
+	s.during = func(out []*outgoing) {
+		s.during = nil
+		if c.admit(oneEvent(rt, "e2", "user", 1, "d")) {
+			t.Error("a message let through while its channel's work was being sent")
+		}
+		c.hold(time.Now(), out[0], time.Millisecond) // the bucket refused it
+	}
+	c.flush(true)
+	got := s.published()
+	if len(got) != 2 || len(got[1]) != 2 {
+		t.Fatalf("published %v, want the refused work, then it and the message behind it", got)
+	}
+	if !slices.Equal(got[1][0].ids, []string{"e1"}) || !slices.Equal(got[1][1].ids, []string{"e2"}) {
+		t.Errorf("second send %v then %v, want e1 then e2", got[1][0].ids, got[1][1].ids)
+	}
+	if len(c.held()) != 0 {
+		t.Errorf("still held: %v", c.held())
 	}
 }

@@ -26,8 +26,7 @@ type metrics struct {
 
 	coalesced       *prometheus.CounterVec // tag
 	delayed         *prometheus.CounterVec // tag
-	coalescedWhole  *prometheus.CounterVec // tag
-	wholeTag        *prometheus.CounterVec // tag
+	wholeTag        *prometheus.CounterVec // tag, reason
 	pendingChannels prometheus.Gauge
 	publishLag      prometheus.Histogram
 }
@@ -68,10 +67,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_events_coalesced_total", Help: "Events merged into a channel's pending message because the channel was over its budget, by tag."}, []string{"tag"}),
 		delayed: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_messages_delayed_total", Help: "Channel messages held back by a rate limit (each opens a pending message), by tag."}, []string{"tag"}),
-		coalescedWhole: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "routerd_coalesced_whole_tag_total", Help: "Pending messages that became whole-tag invalidations because their keys exceeded max_keys, by tag."}, []string{"tag"}),
 		wholeTag: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "routerd_events_whole_tag_total", Help: "Events sent to a channel as a whole-tag invalidation because they named more keys than its max_keys, by tag."}, []string{"tag"}),
+			Name: "routerd_whole_tag_messages_total", Help: "Whole-tag channel messages published, by tag and reason: no_keys (an event named no keys) or over_budget (the channel's budget could not carry its pending keys key-level)."}, []string{"tag", "reason"}),
 		publishLag: f.NewHistogram(prometheus.HistogramOpts{
 			Name: "routerd_publish_lag_seconds", Help: "From an event's timestamp to its channel message being published (coalescing delay included).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -95,8 +92,11 @@ func (m *metrics) known(mx *matrix.Matrix) {
 		m.routed.WithLabelValues(d)
 	}
 	for t := range mx.Tags {
-		for _, v := range []*prometheus.CounterVec{m.published, m.coalesced, m.delayed, m.coalescedWhole, m.wholeTag} {
+		for _, v := range []*prometheus.CounterVec{m.published, m.coalesced, m.delayed} {
 			v.WithLabelValues(t)
+		}
+		for _, reason := range []string{WholeNoKeys, WholeOverBudget} {
+			m.wholeTag.WithLabelValues(t, reason)
 		}
 	}
 }

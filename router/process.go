@@ -187,19 +187,21 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		return r.failBatch(entries, err)
 	}
 
-	// The batch's events merge into one message per channel (a new one
-	// after maxMergedIDs events, so that every id is recorded), in the
-	// order the channels first appear.
+	// The batch's events merge into messages per channel (place: a new one
+	// past max_keys keys, or after maxMergedIDs events, so that every id
+	// is recorded), in the order the channels first appear.
 	var done []*entry // complete: nothing to publish
-	var merged []*outgoing
-	open := map[string]*outgoing{}
+	var channels []string
+	open := map[string][]*outgoing{}
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
 		}
 		n := 0
 		for i := range e.events {
-			n += len(e.events[i].routes)
+			for _, rt := range e.events[i].routes {
+				n += sharesOf(&e.events[i], rt)
+			}
 		}
 		if e.refusedEvents() {
 			n++ // settled once the dead letters are written
@@ -221,33 +223,26 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
 			}
 			for _, rt := range v.routes {
-				keys := v.ev.Keys
-				if len(keys) > rt.Limits.MaxKeys {
-					keys = nil // no message carries more than max_keys keys: the whole tag covers them
-					r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
+				if _, ok := open[rt.Channel]; !ok {
+					channels = append(channels, rt.Channel)
 				}
-				p := newPart(e, v, rt, keys)
-				if o := open[rt.Channel]; o != nil && len(o.parts) < maxMergedIDs {
-					if o.merge(p) {
-						r.m.wholeTag.WithLabelValues(rt.Tag).Inc()
-					}
-					continue
+				for _, p := range keyShares(e, v, rt) {
+					open[rt.Channel] = place(open[rt.Channel], rt, p, maxMergedIDs)
 				}
-				o := newOutgoing(rt, p)
-				open[rt.Channel] = o
-				merged = append(merged, o)
 			}
 		}
 	}
 
 	// Each message goes out now if its channel holds nothing back and the
 	// buckets allow (send asks them), else it merges into its channel's
-	// pending message and is finished by the coalescer.
+	// pending work and is finished by the coalescer.
 	var direct []*outgoing
-	for _, o := range merged {
-		o.seal()
-		if r.co.admit(o) {
-			direct = append(direct, o)
+	for _, ch := range channels {
+		for _, o := range open[ch] {
+			o.seal()
+			if r.co.admit(o) {
+				direct = append(direct, o)
+			}
 		}
 	}
 	done = append(done, r.send(ctx, direct, false)...)
@@ -460,6 +455,8 @@ func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
 		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
 	case strings.HasPrefix(id, "sha256:"):
 		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
+	case strings.Contains(id, shareMark):
+		return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…)", id, shareMark)
 	}
 	if p, _, ok := strings.Cut(id, "/"); ok && mtx.Publishers[p] != nil {
 		return fmt.Sprintf("%q has the form reserved for the events of publisher %q (%s/…)", id, p, p)
@@ -635,6 +632,7 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 	}
 	results := r.publishDurably(ctx, out, epoch, cmd)
 	var again []*outgoing
+	held := map[string]time.Duration{} // channels a bucket refused a message of, and the wait
 	for i, o := range out {
 		res := results[i]
 		switch {
@@ -652,6 +650,13 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 			spans[i].End()
 			b.unused(o)
 			r.co.hold(time.Now(), o, res.wait)
+			held[o.route.Channel] = res.wait
+			continue
+		case res.behind:
+			// Nothing was sent: it goes again after the rest of the
+			// channel's message before it, with the shared tokens it took.
+			spans[i].End()
+			again = append(again, o)
 			continue
 		case res.recorded != nil:
 			// Nothing was sent: the events recorded before are done, the
@@ -678,6 +683,9 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 			spans[i].SetAttributes(attribute.Bool("routerd.duplicate", true))
 		default:
 			r.m.published.WithLabelValues(o.route.Tag).Inc()
+			if o.whole != "" {
+				r.m.wholeTag.WithLabelValues(o.route.Tag, o.whole).Inc()
+			}
 			if o.msg.TS > 0 {
 				r.m.publishLag.Observe(time.Since(time.UnixMilli(o.msg.TS)).Seconds())
 			}
@@ -689,6 +697,20 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 				done = append(done, p.e)
 			}
 		}
+	}
+	// What goes again of a channel a bucket refused must not overtake
+	// what was refused: it is held too.
+	if len(held) > 0 {
+		kept := again[:0]
+		for _, o := range again {
+			if wait, ok := held[o.route.Channel]; ok {
+				b.unused(o)
+				r.co.hold(time.Now(), o, wait)
+				continue
+			}
+			kept = append(kept, o)
+		}
+		again = kept
 	}
 	return done, again
 }
@@ -778,7 +800,11 @@ type published struct {
 	// wait is set when the channel's bucket had no token: nothing was
 	// sent or recorded, and the bucket has one after wait.
 	wait time.Duration
-	err  error
+	// behind is set when an earlier message of the channel in the call was
+	// partly recorded (recorded): nothing was sent or recorded, and the
+	// message goes again after that one's rest.
+	behind bool
+	err    error
 }
 
 // Bounds of one publish script call: it blocks its Redis while it runs, so
@@ -834,7 +860,10 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 		fail(err)
 		return
 	}
-	calls := publishCalls(out, idx, r.cluster)
+	calls, deferred := publishCalls(out, idx, r.cluster)
+	for _, i := range deferred {
+		results[i].behind = true
+	}
 	split := r.runCalls(ctx, sh, out, calls, results, epoch, cmd, replicas)
 	if len(split) > 0 {
 		// A call of several channels failed with an error that will not
@@ -928,6 +957,8 @@ func publishResults(res []int64, out []*outgoing, call publishCall) ([]published
 			case 3:
 				p.wait = time.Duration(max(p.version, 1)) * time.Millisecond
 				p.version = 0
+			case 4:
+				p.behind = true
 			case 2:
 				n := len(out[i].ids)
 				if k+n > len(res) {
@@ -957,10 +988,13 @@ type publishCall struct {
 }
 
 // publishCalls splits one master's messages into script calls of bounded
-// size. A channel's messages keep their order (across calls too: a pipeline
-// runs in order). On a cluster a call holds one channel, whose keys share a
-// slot; on one server it holds as many channels as fit.
-func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
+// size. A channel's messages keep their order and stay in one call, which
+// stops at the first of them it does not send (the publish script's
+// statuses 2 to 4): the messages of a channel beyond what one call takes
+// are returned as deferred, to go after the others. On a cluster a call
+// holds one channel, whose keys share a slot; on one server it holds as
+// many channels as fit.
+func publishCalls(out []*outgoing, idx []int, cluster bool) (calls []publishCall, deferred []int) {
 	// Group by channel, in the order channels first appear.
 	order := map[string]int{}
 	var byChannel [][]int
@@ -974,7 +1008,6 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
 		}
 		byChannel[j] = append(byChannel[j], i)
 	}
-	var calls []publishCall
 	var cur publishCall
 	args := 0
 	flush := func() {
@@ -984,29 +1017,29 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) []publishCall {
 		cur, args = publishCall{}, 0
 	}
 	for _, msgs := range byChannel {
-		if cluster {
+		cost := 6
+		for _, i := range msgs {
+			cost += 2 + len(out[i].ids)
+		}
+		if cluster || cur.messages > 0 && (cur.messages+len(msgs) > maxCallMessages || args+cost > maxCallArgs) {
 			flush()
 		}
-		open := false // msgs has a group in cur
-		for _, i := range msgs {
-			cost := 2 + len(out[i].ids)
-			if cur.messages > 0 && (cur.messages >= maxCallMessages || args+cost+6 > maxCallArgs) {
-				flush()
-				open = false
+		cur.channels = append(cur.channels, nil)
+		last := len(cur.channels) - 1
+		args += 6
+		for n, i := range msgs {
+			c := 2 + len(out[i].ids)
+			if n > 0 && (cur.messages >= maxCallMessages || args+c > maxCallArgs) {
+				deferred = append(deferred, msgs[n:]...)
+				break
 			}
-			if !open {
-				cur.channels = append(cur.channels, nil)
-				args += 6
-				open = true
-			}
-			last := len(cur.channels) - 1
 			cur.channels[last] = append(cur.channels[last], i)
 			cur.messages++
-			args += cost
+			args += c
 		}
 	}
 	flush()
-	return calls
+	return calls, deferred
 }
 
 // publishCmd queues one publish script call.

@@ -33,7 +33,10 @@ func TestPublishCallsKeepOrderAndBounds(t *testing.T) {
 		idx[i] = i
 	}
 	for _, cluster := range []bool{false, true} {
-		calls := publishCalls(out, idx, cluster)
+		calls, deferred := publishCalls(out, idx, cluster)
+		if len(deferred) != 0 {
+			t.Errorf("cluster=%v: %d messages deferred, want none", cluster, len(deferred))
+		}
 		var seen []int
 		perChannel := map[string][]int{}
 		for _, call := range calls {
@@ -69,6 +72,17 @@ func TestPublishCallsKeepOrderAndBounds(t *testing.T) {
 		if !cluster && len(calls) != 3 {
 			t.Errorf("on one server 250 messages take %d calls, want 3", len(calls))
 		}
+	}
+	// A channel never spans calls (the script stops at the first of its
+	// messages it does not send): beyond one call its messages are
+	// deferred, in order.
+	var one []*outgoing
+	for i := 0; i < 150; i++ {
+		one = append(one, message("invalidate:acme:hot", "hot", fmt.Sprint(i)))
+	}
+	calls, deferred := publishCalls(one, idx[:150], false)
+	if len(calls) != 1 || calls[0].messages != maxCallMessages || len(deferred) != 150-maxCallMessages || deferred[0] != maxCallMessages || !slices.IsSorted(deferred) {
+		t.Errorf("one channel of 150 messages: %d calls, deferred %v", len(calls), deferred)
 	}
 }
 
@@ -278,7 +292,8 @@ services: {s: {tenants: all}}
 }
 
 // An id supplied on the shared ingress may not take a form routerd makes
-// itself: an event without id's, a granted publisher's, a hashed one.
+// itself: an event without id's, a granted publisher's, a hashed one, a
+// share of an event above max_keys.
 func TestReservedIDs(t *testing.T) {
 	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  a: {services: [s]}\ndomains:\n  user: {tags: [a]}\nservices:\n  s: {tenants: all}\npublishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
 	if err != nil {
@@ -291,6 +306,8 @@ func TestReservedIDs(t *testing.T) {
 		"order/42":                   false, // no such publisher
 		"01JDX9":                     false,
 		"app:ingress:{0}:5-1":        false, // another prefix's form
+		"42#keys:0-500":              true,  // a share of event 42 (keyShares)
+		"42#keys":                    false,
 	} {
 		if got := reservedID("invalidate", m, id) != ""; got != reserved {
 			t.Errorf("reservedID(%q) = %q, want reserved %v", id, reservedID("invalidate", m, id), reserved)

@@ -111,3 +111,89 @@ func TestReserveWaitsExactly(t *testing.T) {
 		t.Errorf("%v allocations per Reserve", n)
 	}
 }
+
+// A merge splits past its bounds into unions within them, in order; an
+// invalidation naming more than the bounds alone is a union of its own,
+// never cut, so each invalidation adds at most one union; one of the whole
+// tag makes the list one whole union.
+func TestChunks(t *testing.T) {
+	c := NewChunks(3, 2)
+	c.Add([]string{"a", "b"}, nil, false)
+	c.Add([]string{"b", "c"}, nil, false)
+	c.Add([]string{"d"}, nil, false)
+	c.Add([]string{"e", "f", "g", "h"}, []string{"user/1"}, true)
+	c.Add([]string{"i"}, nil, false)
+	var keys [][]string
+	for _, u := range c.List() {
+		if u.Whole() {
+			t.Fatalf("a union of the split is whole: %v", u.Keys())
+		}
+		keys = append(keys, u.Keys())
+	}
+	want := [][]string{{"a", "b", "c"}, {"d"}, {"e", "f", "g", "h"}, {"i"}}
+	if !reflect.DeepEqual(keys, want) {
+		t.Fatalf("chunks %v, want %v", keys, want)
+	}
+	if refs := c.List()[2].Refs(); !reflect.DeepEqual(refs, []string{"user/1"}) || !c.List()[2].Plain() {
+		t.Errorf("the large one keeps its refs: %v plain %v", refs, c.List()[2].Plain())
+	}
+	c.Drop(2)
+	if c.Len() != 2 || c.List()[0].Keys()[0] != "e" {
+		t.Errorf("after Drop(2): %d unions", c.Len())
+	}
+	c.Add([]string{"j"}, nil, false)
+	if c.Len() != 2 || !reflect.DeepEqual(c.List()[1].Keys(), []string{"i", "j"}) {
+		t.Errorf("after Drop, the last union takes what fits: %d unions", c.Len())
+	}
+	c.Add(nil, nil, false)
+	if c.Len() != 1 || !c.List()[0].Whole() {
+		t.Errorf("a whole-tag invalidation: %d unions, whole %v", c.Len(), c.List()[0].Whole())
+	}
+	c.Add([]string{"z"}, nil, false)
+	if c.Len() != 1 || !c.List()[0].Whole() {
+		t.Error("the whole tag takes what follows")
+	}
+}
+
+// What a budget carries key-level: the token it will have and what it
+// refills during the window, and a full burst more at once.
+func TestCarries(t *testing.T) {
+	for _, c := range []struct {
+		rate             float64
+		burst            int
+		window           time.Duration
+		refused, pending int
+	}{
+		{100, 200, 20 * time.Millisecond, 3, 203},
+		{1, 1, 20 * time.Millisecond, 1, 2},
+		{10, 1, 100 * time.Millisecond, 2, 3},
+		{0, 0, 0, 1, 2},
+	} {
+		if r, p := Carries(c.rate, c.burst, c.window); r != c.refused || p != c.pending {
+			t.Errorf("Carries(%v, %d, %v) = %d, %d; want %d, %d", c.rate, c.burst, c.window, r, p, c.refused, c.pending)
+		}
+	}
+}
+
+// Fits: a union takes what keeps it within its bounds; a whole one takes anything.
+func TestUnionFits(t *testing.T) {
+	u := NewUnion(2, 1)
+	u.Add([]string{"a"}, nil, false)
+	for _, c := range []struct {
+		keys, refs []string
+		fits       bool
+	}{
+		{[]string{"a", "b"}, nil, true},
+		{[]string{"b", "c"}, nil, false},
+		{nil, []string{"user/1"}, true},
+		{nil, []string{"user/1", "user/2"}, false},
+	} {
+		if got := u.Fits(c.keys, c.refs); got != c.fits {
+			t.Errorf("Fits(%v, %v) = %v", c.keys, c.refs, got)
+		}
+	}
+	u.SetWhole()
+	if !u.Whole() || !u.Fits([]string{"x", "y", "z"}, nil) {
+		t.Error("a whole union takes anything")
+	}
+}

@@ -28,6 +28,7 @@ type metrics struct {
 	coalesced      prometheus.Counter
 	delayed        prometheus.Counter
 	queuedTags     prometheus.Gauge
+	wholeTag       *prometheus.CounterVec   // tag, reason
 	keys           *prometheus.CounterVec   // tag, status
 	duration       *prometheus.HistogramVec // tag
 }
@@ -66,6 +67,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "subscriber_applies_delayed_total", Help: "Invalidations held back by the local apply limit (each opens queued work for a channel)."}),
 		queuedTags: f.NewGauge(prometheus.GaugeOpts{
 			Name: "subscriber_queued_channels", Help: "Channels with merged work waiting for the local apply limit."}),
+		wholeTag: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "subscriber_whole_tag_invalidations_total", Help: "Whole-tag invalidations applied, by tag and reason: no_keys (the message named no keys), over_budget (the local apply limit could not carry the merged keys key-level) or recovery (a gap the history could not close, or a repair)."}, []string{"tag", "reason"}),
 		keys: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "cache_invalidation_keys_total", Help: "Cache keys deleted by local tag invalidation, by tag and script outcome."}, []string{"tag", "status"}),
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{
@@ -94,6 +97,9 @@ func (m *metrics) known(tags []string) {
 		m.duration.WithLabelValues(tag)
 		for _, st := range keyStatuses {
 			m.keys.WithLabelValues(tag, string(st))
+		}
+		for _, reason := range []string{wholeNoKeys, wholeOverBudget, wholeRecovery} {
+			m.wholeTag.WithLabelValues(tag, reason)
 		}
 	}
 }

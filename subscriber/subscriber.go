@@ -42,8 +42,9 @@ import (
 // Invalidation is what a Handler is given: the listed keys of a tag, the
 // values cached under the listed entity references, both, or the whole tag
 // when Keys and Refs are empty. (Messages merged under the local limit
-// unite their keys and their refs: the whole tag when one of them is, or
-// above MaxKeys keys or refs.)
+// unite their keys and their refs, split into invalidations of at most
+// MaxKeys keys and refs: the whole tag when one of them is, or when the
+// limit cannot carry them key-level.)
 type Invalidation struct {
 	Tenant string
 	Tag    string
@@ -64,6 +65,21 @@ type Invalidation struct {
 	Message *wire.Message
 
 	repair bool // reset the position whatever it was (a position ahead)
+	// noPosition applies it without moving the position: one of several
+	// invalidations of merged work, before the last.
+	noPosition bool
+	whole      string // why a merged invalidation is of the whole tag
+}
+
+// wholeReason is why a whole-tag invalidation is whole.
+func (inv *Invalidation) wholeReason() string {
+	switch {
+	case inv.Recovered || inv.repair:
+		return wholeRecovery
+	case inv.whole != "":
+		return inv.whole
+	}
+	return wholeNoKeys
 }
 
 // errCacheMoved is the answer of an apply that does not follow the position
@@ -97,8 +113,10 @@ type Options struct {
 	// ApplyRate limits the invalidations per second run against the cache
 	// Redis (0: no limit), with ApplyBurst at once (default: ApplyRate, at
 	// least 1). Messages beyond the limit merge per channel — keys united,
-	// refs united, the whole tag above MaxKeys of either — and are applied as one invalidation once
-	// a token is free and Coalesce has passed. Nothing is dropped.
+	// refs united, split into invalidations of at most MaxKeys of either —
+	// and are applied once Coalesce has passed, as many as the limit has
+	// tokens for; the whole tag only when it cannot carry them key-level
+	// (docs/limits.md). Nothing is dropped.
 	ApplyRate  float64
 	ApplyBurst int
 	Coalesce   time.Duration
@@ -250,13 +268,28 @@ type position struct {
 }
 
 // queued is a channel's coalesced work: the union of the keys and refs of
-// the messages after the position, up to last.
+// the messages after the position, up to last, split into invalidations of
+// at most MaxKeys keys and refs (storm.Chunks).
 type queued struct {
-	keys *storm.Union
+	keys *storm.Chunks
 	last recovery.Position
 	msg  *wire.Message // the last message merged
 	due  time.Time
+	// whole is why the work became the whole tag (a whole… reason), "" while
+	// it is not.
+	whole string
+	// refused is how many of its invalidations the limit refused a token
+	// at the last try (1 when the work opened).
+	refused int
 }
+
+// Reasons of whole-tag invalidations, the label values of
+// subscriber_whole_tag_invalidations_total.
+const (
+	wholeNoKeys     = "no_keys"     // a message named neither keys nor refs
+	wholeOverBudget = "over_budget" // the local limit could not carry the merged keys key-level
+	wholeRecovery   = "recovery"    // a gap the history could not close, or a repair
+)
 
 // head is where the channel stands counting queued work.
 func (p *position) head() recovery.Position {
@@ -507,17 +540,36 @@ func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, m
 		if storm.Reserve(now, s.limiter) == 0 {
 			return s.applyMessage(ctx, channel, p, msg)
 		}
-		p.queue = &queued{keys: storm.NewUnion(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), due: now.Add(s.opt.Coalesce)}
+		p.queue = &queued{keys: storm.NewChunks(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), refused: 1, due: now.Add(s.opt.Coalesce)}
 		s.queued[channel] = p
 		s.m.delayed.Inc()
 		s.m.queuedTags.Set(float64(len(s.queued)))
 	} else {
 		s.m.coalesced.Inc()
 	}
-	p.queue.keys.Add(msg.Keys, msg.Refs, msg.DropsPlain())
-	p.queue.last = msgPosition(msg)
-	p.queue.msg = msg
+	q := p.queue
+	q.keys.Add(msg.Keys, msg.Refs, msg.DropsPlain())
+	if msg.WholeTag() && q.whole == "" {
+		q.whole = wholeNoKeys
+	}
+	q.last = msgPosition(msg)
+	q.msg = msg
+	s.bound(q)
 	return nil
+}
+
+// bound makes a channel's queued work one whole-tag invalidation when the
+// local limit cannot carry it key-level (storm.Carries): more of its
+// invalidations refused a token than the limit refills during the
+// coalescing window, or more queued than a full burst and that could carry.
+func (s *Subscriber) bound(q *queued) {
+	refused, pending := storm.Carries(s.opt.ApplyRate, s.opt.ApplyBurst, s.opt.Coalesce)
+	if q.keys.Len() > 1 && (q.refused > refused || q.keys.Len() > pending) {
+		q.keys.Collapse()
+		if q.whole == "" {
+			q.whole = wholeOverBudget
+		}
+	}
 }
 
 // nextDue is how long until the earliest queued work is due.
@@ -529,36 +581,85 @@ func (s *Subscriber) nextDue() time.Duration {
 	return max(wait, 0)
 }
 
-// flushQueued applies the queued work that is due and has a token, or all of
-// it when all is set (before a recovery or when stopping).
+// flushQueued applies the queued work that is due, as many of its
+// invalidations as the limit has tokens for, or all of it when all is set
+// (before a recovery or when stopping).
 func (s *Subscriber) flushQueued(ctx context.Context, all bool) error {
 	var errs error
 	now := time.Now()
 	for channel, p := range s.queued {
+		n := p.queue.keys.Len()
 		if !all {
 			if p.queue.due.After(now) {
 				continue
 			}
-			if wait := storm.Reserve(now, s.limiter); wait > 0 {
-				p.queue.due = now.Add(wait)
-				continue
+			for n = 0; n < p.queue.keys.Len(); n++ {
+				if wait := storm.Reserve(now, s.limiter); wait > 0 {
+					p.queue.due = now.Add(wait)
+					break
+				}
 			}
 		}
-		errs = errors.Join(errs, s.applyQueued(ctx, channel, p))
+		q, left := p.queue, p.queue.keys.Len()-n
+		errs = errors.Join(errs, s.applyQueuedN(ctx, channel, p, n))
+		if left > 0 {
+			// The rest waits for the next token: refused.
+			q.refused = left
+			s.bound(q)
+		}
 	}
 	return errs
 }
 
-// applyQueued applies a channel's merged work as one invalidation.
+// applyQueued applies a channel's merged work.
 func (s *Subscriber) applyQueued(ctx context.Context, channel string, p *position) error {
-	q := p.queue
-	if q == nil {
+	if p.queue == nil {
 		return nil
 	}
-	inv := Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: q.keys.Keys(), Refs: q.keys.Refs(), Plain: q.keys.Plain(), Epoch: q.last.Epoch, Version: q.last.Version, Message: q.msg}
-	if err := s.invalidate(ctx, inv); err != nil {
-		q.due = time.Now().Add(time.Second)
+	return s.applyQueuedN(ctx, channel, p, p.queue.keys.Len())
+}
+
+// applyQueuedN applies the first n invalidations of a channel's merged
+// work, in one pipeline. Only the last of all moves the position (to the
+// last message merged): a subscriber stopped before it replays the work
+// from the position, which invalidates some keys twice and loses none.
+// Each carries a version of its own, increasing, the last one's that of
+// the last message merged: the k invalidations left are labelled with the
+// versions of the last k messages merged (each message adds at most one,
+// storm.Chunks), so a receiver that ignores a version it has seen ignores
+// none of them.
+func (s *Subscriber) applyQueuedN(ctx context.Context, channel string, p *position, n int) error {
+	q := p.queue
+	if n == 0 {
+		return nil
+	}
+	chunks := q.keys.List()
+	invs := make([]Invalidation, n)
+	for i, u := range chunks[:n] {
+		invs[i] = Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: u.Keys(), Refs: u.Refs(), Plain: u.Plain(), Epoch: q.last.Epoch,
+			Version: q.last.Version - int64(len(chunks)-1-i), Message: q.msg, whole: q.whole, noPosition: i < len(chunks)-1}
+	}
+	if err := s.flushBatch(ctx); err != nil {
 		return err
+	}
+	// The one that moves the position goes only after the others are
+	// applied: a failure among them must not leave the position past keys
+	// still cached.
+	runs := [][]Invalidation{invs}
+	if n == len(chunks) && n > 1 {
+		runs = [][]Invalidation{invs[:n-1], invs[n-1:]}
+	}
+	for _, run := range runs {
+		for _, err := range s.invalidateMany(ctx, run, false) {
+			if err != nil {
+				q.due = time.Now().Add(time.Second)
+				return err
+			}
+		}
+	}
+	if n < len(chunks) {
+		q.keys.Drop(n)
+		return nil
 	}
 	p.at, p.queue = q.last, nil
 	delete(s.queued, channel)
@@ -725,6 +826,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			for i, inv := range invs {
 				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Refs: inv.Refs, Plain: inv.Plain, Service: s.opt.Service,
 					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict, Repair: inv.repair}
+				if inv.noPosition {
+					tinvs[i].Service = ""
+				}
 			}
 			results, serrs := s.store.ApplyMany(ctx, tinvs)
 			for i := range invs {
@@ -760,6 +864,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			spans[i].SetStatus(codes.Error, errs[i].Error())
 		} else {
 			s.m.applied.WithLabelValues(inv.Tag).Inc()
+			if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
+				s.m.wholeTag.WithLabelValues(inv.Tag, inv.wholeReason()).Inc()
+			}
 		}
 		spans[i].End()
 	}

@@ -171,9 +171,11 @@ func TestRegroupedRedeliverySendsOnlyNewEvents(t *testing.T) {
 	}
 }
 
-// The events of one read batch for a channel merge past max_keys into one
-// whole-tag message that records every event id.
-func TestBatchMergeAboveMaxKeysIsWholeTag(t *testing.T) {
+// The events of one read batch for a channel merge into messages of at
+// most max_keys keys: past it the merge splits into another key-level
+// message, each recording its own events, and no key goes that no event
+// named.
+func TestBatchMergeAboveMaxKeysSplits(t *testing.T) {
 	e := newEnv(t, `
 version: 1
 ingress: {partitions: 1}
@@ -194,16 +196,19 @@ services:
 	e.xaddPacked("acme", ev("w3", "acme", "user:4"))
 	e.router(router.Options{})
 	const ch = "invalidate:acme:active"
-	e.waitVersion(ch, 1)
-	e.waitGone("profile-svc", "acme", "user:other")
+	e.waitVersion(ch, 2)
+	e.waitGone("profile-svc", "acme", "user:4")
 	hist := e.history(ch)
-	if len(hist) != 1 || !hist[0].WholeTag() {
-		t.Fatalf("history %+v, want one whole-tag message", hist)
+	if len(hist) != 2 || !slices.Equal(hist[0].Keys, []string{"user:1", "user:2", "user:3"}) || !slices.Equal(hist[1].Keys, []string{"user:4"}) {
+		t.Fatalf("history %+v, want two key-level messages", hist)
 	}
-	for _, id := range []string{"w1", "w2", "w3"} {
-		if err := e.busC.ZScore(context.Background(), "{"+ch+"}:events", id).Err(); err != nil {
-			t.Errorf("event id %s not recorded: %v", id, err)
+	for id, v := range map[string]float64{"w1": 1, "w2": 1, "w3": 2} {
+		if got, err := e.busC.ZScore(context.Background(), "{"+ch+"}:events", id).Result(); err != nil || got != v {
+			t.Errorf("event id %s recorded with version %v (%v), want %v", id, got, err, v)
 		}
+	}
+	if !e.cached("profile-svc", "acme", "user:other") {
+		t.Error("user:other, which no event named, was dropped")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,28 +157,43 @@ func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
 	e.waitGone("profile-svc", "acme", "user:1")
 }
 
-// An event naming more keys than the tag's max_keys becomes a whole-tag
-// message: no message carries more than max_keys keys.
-func TestEventAboveMaxKeysBecomesWholeTag(t *testing.T) {
+// An event naming more keys than the tag's max_keys is split into
+// messages of at most max_keys keys, one per share of its keys, each
+// recording its share's id: no message carries more than max_keys keys, and
+// no key goes that the event did not name.
+func TestEventAboveMaxKeysIsSplit(t *testing.T) {
 	e := newEnv(t, "")
 	reg := prometheus.NewRegistry()
 	e.router(router.Options{Registerer: reg})
 	e.subscriber("profile-svc", subscriber.Options{})
 	e.seed("profile-svc", "acme", "k:17", "active")
+	e.seed("profile-svc", "acme", "k:9999", "active")
 	e.seed("profile-svc", "acme", "not-named", "active")
 	keys := make([]string, wire.MaxKeys)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k:%d", i)
 	}
-	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: keys})
-	e.waitVersion("invalidate:acme:active", 1)
-	hist := e.history("invalidate:acme:active")
-	if len(hist) != 1 || !hist[0].WholeTag() {
-		t.Fatalf("history holds %d messages, the first with %d keys: want one whole-tag message (max_keys %d)",
-			len(hist), len(hist[0].Keys), e.mtx.Defaults.MaxKeys)
-	}
+	id := e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: keys})
+	max := e.mtx.Defaults.MaxKeys
+	shares := wire.MaxKeys / max
+	e.waitVersion("invalidate:acme:active", int64(shares))
 	e.waitGone("profile-svc", "acme", "k:17")
-	e.waitGone("profile-svc", "acme", "not-named")
+	e.waitGone("profile-svc", "acme", "k:9999")
+	hist := e.history("invalidate:acme:active")
+	if len(hist) != shares {
+		t.Fatalf("history holds %d messages, want %d of %d keys", len(hist), shares, max)
+	}
+	for i, m := range hist {
+		if want := fmt.Sprintf("%s#keys:%d-%d", id, i*max, (i+1)*max); m.WholeTag() || !slices.Equal(m.Keys, keys[i*max:(i+1)*max]) || m.Event != want {
+			t.Errorf("message %d: %d keys, event %s; want keys %d to %d, event %s", i+1, len(m.Keys), m.Event, i*max, (i+1)*max, want)
+		}
+	}
+	if !e.cached("profile-svc", "acme", "not-named") {
+		t.Error("a key the event did not name was dropped")
+	}
+	if w := metric(t, reg, "routerd_whole_tag_messages_total"); w != 0 {
+		t.Errorf("%v whole-tag messages", w)
+	}
 }
 
 // An event above the byte limit goes to the dead letters with a reason naming

@@ -25,13 +25,7 @@ import (
 // (docs/operations.md, "Metrics added by the readiness work"). Empty this
 // list as they land: the test fails on a name listed here that the
 // processes export.
-var pending = []string{
-	"routerd_ready",                    // readiness (rel-health)
-	"subscriber_ready",                 // readiness (rel-health)
-	"subscriber_unready",               // readiness reasons (rel-health)
-	"subscriber_breaker_state",         // breakers (rel-health)
-	"routerd_whole_tag_messages_total", // whole-tag reasons (precision)
-}
+var pending = []string{}
 
 // prometheusOwn are series Prometheus makes itself rather than scrapes.
 var prometheusOwn = []string{"up"}

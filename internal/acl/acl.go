@@ -265,6 +265,9 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	if !strings.Contains(tmpl, "${key}") {
 		return Rules{}, specErr("key template %q must contain ${key}", tmpl)
 	}
+	if err := tenantSeparated(tmpl); err != nil {
+		return Rules{}, err
+	}
 	tenants := svc.Tenants
 	if svc.AllTenants {
 		tenants = []string{"*"}
@@ -298,6 +301,27 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
 		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service))
 	return r, nil
+}
+
+// tenantSeparated refuses a key template in which a ${tenant} is not
+// followed by a character that no tenant name contains: the pattern of
+// tenant acme would then grant the keys of tenant acmecorp too
+// ("x:${tenant}${key}" gives ~x:acme*).
+func tenantSeparated(tmpl string) error {
+	const tenant = "${tenant}"
+	for rest := tmpl; ; {
+		i := strings.Index(rest, tenant)
+		if i < 0 {
+			return nil
+		}
+		rest = rest[i+len(tenant):]
+		// A tenant is letters, digits, '.', '_' and '-' (names.ValidTenant):
+		// "a"+c is a tenant exactly when c may be part of one.
+		if rest == "" || strings.HasPrefix(rest, "${") || names.ValidTenant("a"+rest[:1]) {
+			return specErr("key template %q: ${tenant} must be followed by a character no tenant name contains "+
+				"(not a letter, digit, '.', '_' or '-'; ':' or '}', say), or the keys of tenant acme would include those of tenant acmecorp", tmpl)
+		}
+	}
 }
 
 // templatePattern turns a key template into the glob of the keys it names

@@ -510,14 +510,11 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, v := range check {
-			entity := v.ev.Entity
-			if v.publisher != "" {
-				// Each publisher orders its own changes: another one
-				// granted the domain cannot claim a version far ahead
-				// and suppress this one's events.
-				entity = v.publisher + "/" + entity
-			}
-			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, entity)
+			// Each publisher orders its own changes, apart from the
+			// shared ingress's: neither another publisher granted the
+			// domain nor an event on the shared ingress can claim a
+			// version far ahead and suppress this one's events.
+			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, v.publisher, v.ev.Entity)
 			args := make([]any, 0, 3+len(v.ev.Keys))
 			args = append(args, v.ev.SourceVersion, ttl, srcverEntityKeys)
 			for _, k := range v.ev.Keys {

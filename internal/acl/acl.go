@@ -166,7 +166,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + wire.DeadLetterStream(p),
 			"~" + wire.TenantsKey(p),
-			"~" + names.SourceVersionKey(p, "*", "*", "*"),
+			"~" + names.SourceVersionKey(p, "*", "*", "*", "*"),
 			"~" + names.MetaKey(p+":*"),
 			"~" + names.HistoryKey(p+":*"),
 			"~" + names.EventsKey(p+":*"),

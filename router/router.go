@@ -168,6 +168,10 @@ type Router struct {
 	// rediscover asks the claim loop to look for partitions at once (the
 	// partition count changed).
 	rediscover chan struct{}
+	// countLost is set when housekeeping found the partition count gone
+	// (the bus lost its data): publishers meanwhile took the default count,
+	// so their events may be on partitions no router reads yet.
+	countLost atomic.Bool
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
@@ -491,6 +495,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.ClaimInterval)
 	defer t.Stop()
 	discovered := time.Now()
+	rescans := 0 // rounds that look for partitions whatever the interval
 	for {
 		select {
 		case <-ctx.Done():
@@ -499,13 +504,14 @@ func (r *Router) claimLoop(ctx context.Context) {
 		case <-r.rediscover:
 			discovered = time.Time{}
 		}
-		if time.Since(discovered) >= r.opt.DiscoverInterval {
+		if rescans > 0 || time.Since(discovered) >= r.opt.DiscoverInterval {
 			// Before housekeeping records a new partition count, so the
 			// new partitions are read when publishers learn of them.
 			if err := r.discover(ctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("looking for ingress partitions", "err", err)
 			} else {
 				discovered = time.Now()
+				rescans = max(rescans-1, 0)
 			}
 		}
 		r.hold(ctx)
@@ -516,6 +522,17 @@ func (r *Router) claimLoop(ctx context.Context) {
 		}
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
+		}
+		if r.countLost.Swap(false) {
+			// Publishers that read the count while it was gone took the
+			// default: look for their partitions now, and once more next
+			// round for an event appended after this look.
+			r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", wire.PartitionsKey(r.prefix))
+			rescans = 2
+			select {
+			case r.rediscover <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -573,10 +590,14 @@ func (r *Router) hold(ctx context.Context) {
 }
 
 // housekeeping rewrites the partition count (a Redis that lost its data must
-// tell publishers again), exports pending and lag, and trims ingress entries
-// every consumer group has acknowledged.
+// tell publishers again; finding it gone sets countLost), exports pending
+// and lag, and trims ingress entries every consumer group has acknowledged.
 func (r *Router) housekeeping(ctx context.Context) error {
-	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
+	err := r.c.SetArgs(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, redis.SetArgs{Get: true}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		r.countLost.Store(true)
+	case err != nil:
 		return err
 	}
 	if err := r.markGeneration(ctx); err != nil {

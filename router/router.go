@@ -173,6 +173,14 @@ type Router struct {
 	// so their events may be on partitions no router reads yet.
 	countLost atomic.Bool
 
+	// redrive is the re-drive stream, read as a partition (redrive.go).
+	redrive string
+	// deadCursor is the last dead letter the claim loop looked at for
+	// re-driving; rescanDead asks it to look at all of them again (a
+	// reload added domains).
+	deadCursor string
+	rescanDead atomic.Bool
+
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
 
@@ -191,7 +199,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		return nil, err
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
-		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: wire.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
 	r.co = newCoalescer(r, r.m)
 	r.shards.C = c
@@ -215,6 +223,11 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
 	r.matrix.Store(m)
+	if slices.ContainsFunc(m.DomainNames(), func(d string) bool { _, ok := old.Domains[d]; return !ok }) {
+		// Events of the new domains may be in the dead letters, refused
+		// by this router or another on an older matrix: re-drive them.
+		r.rescanDead.Store(true)
+	}
 	newPublisher := slices.ContainsFunc(m.PublisherNames(), func(p string) bool { _, ok := old.Publishers[p]; return !ok })
 	if m.Partitions != old.Partitions || newPublisher {
 		select {
@@ -319,13 +332,15 @@ func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
 	publishers := mtx.PublisherNames()
 	streams := make([]string, 0, n*(1+len(publishers)))
 	listed := map[string]bool{}
-	// The shared ingress, then each granted publisher's own streams.
+	// The shared ingress, then each granted publisher's own streams, and
+	// the dead letters sent back to the routers.
 	for p := 0; p < n; p++ {
 		streams = append(streams, wire.IngressStream(r.prefix, p))
 		for _, pub := range publishers {
 			streams = append(streams, names.PublisherStream(r.prefix, pub, p))
 		}
 	}
+	streams = append(streams, r.redrive)
 	for _, s := range streams {
 		listed[s] = true
 	}
@@ -519,6 +534,12 @@ func (r *Router) claimLoop(ctx context.Context) {
 			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
 			}
+		}
+		if err := r.takeHandedOver(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("routing re-driven entries handed over by other routers", "err", err)
+		}
+		if err := r.redriveKnown(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("re-driving dead letters of known domains", "err", err)
 		}
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)

@@ -155,6 +155,8 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			// Dead letters, the tenant registry (SREM: an announcement
 			// that failed takes its entry back).
 			"xadd", "sadd", "srem",
+			// Re-driving dead letters (routerd deadletter replay too).
+			"xrange", "xdel",
 			// The publish, source_version and budget scripts, and what
 			// they run (TIME: the clock of the shared token buckets).
 			"evalsha", "script|load", "time",
@@ -165,6 +167,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + wire.DeadLetterStream(p),
+			"~" + wire.RedriveStream(p),
 			"~" + wire.TenantsKey(p),
 			"~" + names.SourceVersionKey(p, "*", "*", "*", "*"),
 			"~" + names.MetaKey(p+":*"),

@@ -48,6 +48,7 @@ func init() {
 		{"compact", "--redis URL --tenant T --tag X", "drop tag set members whose keys have expired", compact},
 		{"doctor", "--redis URL", "check a Redis for what breaks invalidation; exit 1 on a problem", doctorCmd},
 		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
+		{"deadletter", deadletterArgs, "re-drive dead-lettered events (after a fix or a matrix reload), each once", deadletterCmd},
 	}
 }
 

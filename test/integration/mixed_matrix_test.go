@@ -124,11 +124,82 @@ func TestDeadLetterReplayAfterOlderMatrix(t *testing.T) {
 			t.Fatalf("%s invalidated before any router knew its domain", k)
 		}
 	}
+	// A replay stopped between its two steps and run again: each entry
+	// is re-driven twice.
+	again, err := e.busC.XRange(ctx, wire.RedriveStream("invalidate"), "-", "+").Result()
+	must(t, err)
+	for _, m := range again {
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.RedriveStream("invalidate"), Values: m.Values}).Err())
+	}
 	e.router(router.Options{Consumer: "new"})
 	for _, k := range keys {
 		e.waitGone("profile-svc", "acme", k)
 	}
+	redistest.Eventually(t, 10*time.Second, "every re-driven entry routed", func() bool {
+		groups, err := e.busC.XInfoGroups(ctx, wire.RedriveStream("invalidate")).Result()
+		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+	})
 	if _, v := e.meta("invalidate:acme:active"); v > int64(len(keys)) {
 		t.Errorf("channel at version %d after %d events: published twice", v, len(keys))
 	}
+}
+
+// A reload that adds a domain re-drives the events of that domain the
+// router dead-lettered before it knew it.
+func TestReloadAddingADomainRedrivesItsDeadLetters(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	old, err := matrix.Parse("old.yaml", []byte(testMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := router.New(e.bus.Client(t), old, router.Options{ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r.Run)
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "order:1", "active")
+	e.xaddOrders("acme", "order:1")
+	e.deadLetters(1)
+	if err := r.SetMatrix(e.mtx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("profile-svc", "acme", "order:1")
+	redistest.Eventually(t, 10*time.Second, "the dead letter gone", func() bool {
+		return e.busC.XLen(context.Background(), wire.DeadLetterStream("invalidate")).Val() == 0
+	})
+}
+
+// A router on the old matrix that reads an entry re-driven by a live router
+// that knows its domain hands it over to that router instead of
+// dead-lettering it again; the other routes it when it runs.
+func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	ctx := context.Background()
+	stream := wire.RedriveStream("invalidate")
+	// The router "new" is alive: it reads the re-drive stream (here, by hand).
+	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+	must(t, e.busC.XGroupCreateConsumer(ctx, stream, "routerd", "new").Err())
+	e.busC.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "new", Streams: []string{stream, ">"}, Block: -1})
+	e.oldRouter("old")
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "order:7", "active")
+	from := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{
+		"stream", from, "entry_id", "1764000000000-0", "deadletter", "1764000000001-0", "for", "new",
+		wire.EventField, `{"tenant":"acme","domain":"order","keys":["order:7"]}`,
+	}}).Err())
+	redistest.Eventually(t, 10*time.Second, "the entry pending for router new", func() bool {
+		p, err := e.busC.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10}).Result()
+		return err == nil && len(p) == 1 && p[0].Consumer == "new"
+	})
+	if n := e.busC.XLen(ctx, wire.DeadLetterStream("invalidate")).Val(); n != 0 {
+		t.Fatalf("%d dead letters: the old router dead-lettered an entry a live router can route", n)
+	}
+	if !e.cached("profile-svc", "acme", "order:7") {
+		t.Fatal("order:7 invalidated by a router that does not know its domain")
+	}
+	e.router(router.Options{Consumer: "new"})
+	e.waitGone("profile-svc", "acme", "order:7")
 }

@@ -56,6 +56,10 @@ var (
 	budgetSrc string
 	//go:embed tenants.lua
 	tenantsSrc string
+	//go:embed read.lua
+	readSrc string
+	//go:embed claim.lua
+	claimSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -74,6 +78,8 @@ var Sources = map[string]string{
 	"srcver.lua":          prelude + srcverSrc,
 	"budget.lua":          prelude + budgetSrc,
 	"tenants.lua":         prelude + tenantsSrc,
+	"read.lua":            prelude + readSrc,
+	"claim.lua":           prelude + claimSrc,
 }
 
 var (
@@ -95,6 +101,10 @@ var (
 	Budget = redis.NewScript(Sources["budget.lua"])
 	// Tenants registers tenants and announces the new ones.
 	Tenants = redis.NewScript(Sources["tenants.lua"])
+	// Read reads a consumer group's new entries of a stream, bounded in bytes.
+	Read = redis.NewScript(Sources["read.lua"])
+	// Claim claims pending entries of a stream, bounded in bytes.
+	Claim = redis.NewScript(Sources["claim.lua"])
 )
 
 // Load loads scripts into Redis's script cache (on a cluster client, into

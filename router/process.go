@@ -355,6 +355,10 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	if stream == r.redrive && !r.redriven(e, msg.Values) {
 		return
 	}
+	if why := r.cutEvent(msg.Values); why != "" {
+		e.reason, e.detail = ReasonTooLarge, why // cut when read: never held whole (read.go)
+		return
+	}
 	raw, single := msg.Values[wire.EventField].(string)
 	packed, many := msg.Values[wire.EventsField].(string)
 	switch {
@@ -1058,7 +1062,7 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 }
 
 // routerScripts are the scripts the router runs on the bus.
-var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants}
+var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants, lua.Read, lua.Claim}
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
 	return lua.Load(ctx, c, routerScripts...)

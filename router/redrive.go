@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -281,12 +280,10 @@ func (r *Router) liveConsumers(ctx context.Context) map[string]bool {
 // routers handed over to this one: those pending for it that it does not
 // hold already.
 func (r *Router) takeHandedOver(ctx context.Context) error {
-	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{r.redrive, "0"}, Count: int64(r.opt.BatchSize), Block: -1,
-	}).Result()
+	res, _, err := r.claimPending(ctx, r.redrive, 0, "-", true)
 	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return nil
+		if redis.HasErrorPrefix(err, "NOGROUP") {
+			return nil // made again by the stream's read loop
 		}
 		return err
 	}
@@ -298,11 +295,9 @@ func (r *Router) takeHandedOver(ctx context.Context) error {
 		held[id] = true
 	}
 	var msgs []redis.XMessage
-	for _, s := range res {
-		for _, m := range s.Messages {
-			if !held[m.ID] && m.Values != nil {
-				msgs = append(msgs, m)
-			}
+	for _, m := range res {
+		if !held[m.ID] {
+			msgs = append(msgs, m)
 		}
 	}
 	return r.process(ctx, r.redrive, msgs)

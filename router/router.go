@@ -38,6 +38,13 @@ type Options struct {
 	// BatchSize is how many entries one read takes from a partition (256);
 	// while reads come back full, up to four times as many.
 	BatchSize int
+	// ReadBytes bounds the field values one read or claim holds (8 MiB),
+	// whatever the count: it takes fewer entries when they are large, and
+	// always at least one. A value above MaxEventBytes is read cut (the
+	// entry goes to the dead letters as too_large), so one entry holds at
+	// most MaxEventBytes; only a read that waits for the next entry gets it
+	// whole (read.go).
+	ReadBytes int
 	// Block is how long a read waits for new entries (1s). It bounds how
 	// long shutdown waits for an idle read.
 	Block time.Duration
@@ -120,6 +127,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.BatchSize < 1 {
 		return fmt.Errorf("router: batch size must be positive, not %d", o.BatchSize)
+	}
+	if o.ReadBytes == 0 {
+		o.ReadBytes = 8 << 20
+	}
+	if o.ReadBytes < 1 {
+		return fmt.Errorf("router: ReadBytes must be positive, not %d", o.ReadBytes)
 	}
 	if o.DeadLetterAfter == 0 {
 		o.DeadLetterAfter = 20
@@ -451,10 +464,20 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 				continue
 			}
 		}
-		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
-			Count: int64(count), Block: block,
-		}).Result()
+		var msgs []redis.XMessage
+		var err error
+		if id == ">" {
+			msgs, err = r.readNew(ctx, stream, count, block)
+		} else {
+			start := "-"
+			if id != "0" {
+				start = "(" + id
+			}
+			msgs, _, err = r.claimPending(ctx, stream, 0, start, true)
+		}
+		if err == nil && len(msgs) == 0 && id == ">" {
+			err = redis.Nil
+		}
 		switch {
 		case err == nil:
 			// Entries in hand are routed even when ctx was cancelled
@@ -476,10 +499,6 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			r.log.Error("reading ingress", "stream", stream, "err", err)
 			sleep(ctx, 500*time.Millisecond)
 			continue
-		}
-		var msgs []redis.XMessage
-		if len(res) > 0 {
-			msgs = res[0].Messages
 		}
 		if id != ">" {
 			if len(msgs) == 0 {
@@ -559,12 +578,9 @@ func (r *Router) claimLoop(ctx context.Context) {
 }
 
 func (r *Router) claim(ctx context.Context, stream string) error {
-	start := "0-0"
+	start := "-"
 	for ctx.Err() == nil {
-		msgs, next, err := r.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-			Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer,
-			MinIdle: r.opt.ClaimIdle, Start: start, Count: int64(r.opt.BatchSize),
-		}).Result()
+		msgs, next, err := r.claimPending(ctx, stream, r.opt.ClaimIdle, start, false)
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}
@@ -672,7 +688,7 @@ func (r *Router) housekeeping(ctx context.Context) error {
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing
 // and are not this instance: a deleted consumer with pending entries would
-// lose them, so those are left for XAUTOCLAIM to empty first.
+// lose them, so those are left for the claim to empty first.
 func (r *Router) forgetConsumers(ctx context.Context, stream string) error {
 	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
 	if err != nil {

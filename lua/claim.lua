@@ -14,8 +14,9 @@
 -- ARGV[8]  bytes kept of a value that is cut
 -- ARGV[9]  "1": only the entries pending for the claiming consumer itself
 --          (its own, after a restart, or handed to it)
--- Returns {next, entries}: next is the start of the next call ("0-0" when
--- every pending entry was looked at), entries as read.lua returns them. An entry deleted from the stream while pending is acknowledged
+-- Returns {next, entries, cut}: next is the start of the next call ("0-0"
+-- when every pending entry was looked at), entries and cut as read.lua
+-- returns them. An entry deleted from the stream while pending is acknowledged
 -- (nothing is left to route).
 local group, consumer = ARGV[1], ARGV[2]
 local idle, start, count, budget = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -46,18 +47,19 @@ for k, p in ipairs(pending) do
   end
 end
 if #ids == 0 then
-  return {nextID, {}}
+  return {nextID, {}, {}}
 end
-local out = {}
-for i, e in ipairs(redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle, unpack(ids))) do
-  local fields, cut = e[2], {}
+local entries = redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle, unpack(ids))
+local cut = {}
+for i, e in ipairs(entries) do
+  local fields = e[2]
   for j = 2, #fields, 2 do
     if #fields[j] > whole then
+      cut[#cut + 1] = i
       cut[#cut + 1] = fields[j - 1]
       cut[#cut + 1] = #fields[j]
       fields[j] = string.sub(fields[j], 1, keep)
     end
   end
-  out[i] = {e[1], fields, cut}
 end
-return {nextID, out}
+return {nextID, entries, cut}

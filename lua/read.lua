@@ -9,63 +9,73 @@
 -- ARGV[4]  budget: most bytes of field values returned (at least one entry)
 -- ARGV[5]  largest value returned whole, in bytes; a larger one is cut
 -- ARGV[6]  bytes kept of a value that is cut
--- Returns the entries XREADGROUP ... STREAMS KEYS[1] > delivers (exactly
--- those that fit), each {id, {field, value, ...}, cut}, where cut lists,
--- for each value that was cut, its field and full length. Nothing when no
--- entry is new. A missing stream or group is a NOGROUP error, as from
--- XREADGROUP.
+-- Returns {entries, cut}: the entries delivered to the consumer
+-- (XREADGROUP ... >), each {id, {field, value, ...}}, and for each value that
+-- was cut, the entry's place (from 1), the field and its full length, one
+-- after another; nothing when no entry is new; a missing
+-- stream or group is XREADGROUP's NOGROUP error. Entries read beyond the
+-- budget are given back: taken off the consumer's pending list and the
+-- group's last delivered id set back before them (with the count of entries
+-- read, so the group's lag stays known), so the next read delivers them.
 local group, consumer = ARGV[1], ARGV[2]
 local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
 local whole, keep = tonumber(ARGV[5]), tonumber(ARGV[6])
-local nogroup = 'NOGROUP No such key \'' .. KEYS[1] .. '\' or consumer group \'' .. group .. '\''
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply(nogroup)
+local got = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', KEYS[1], '>')
+if type(got) == 'table' and got.err then
+  return got
 end
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, id
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then id = g[i + 1] end
-  end
-  if name == group then last = id end
-end
-if not last then
-  return redis.error_reply(nogroup)
-end
--- The entries after the group's last delivered one are those '>' delivers,
--- in order: measure them a few at a time (each XRANGE holds its entries in
--- the script's memory) until the budget is spent.
-local n, total, start = 0, 0, '(' .. last
-local full = true
-while full and n < count do
-  local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(4, count - n))
-  if #chunk == 0 then break end
-  for _, e in ipairs(chunk) do
-    local size = 0
-    for i = 2, #e[2], 2 do
-      size = size + (#e[2][i] > whole and keep or #e[2][i])
-    end
-    if n > 0 and total + size > budget then
-      full = false
-      break
-    end
-    n, total, start = n + 1, total + size, '(' .. e[1]
-  end
-end
-if n == 0 then
+if not got then
   return {}
 end
-local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', KEYS[1], '>')
-local out = {}
-for i, e in ipairs(got[1][2]) do
-  local fields, cut = e[2], {}
+local entries = got[1][2]
+local total, n, cut = 0, #entries, {}
+for i, e in ipairs(entries) do
+  local fields, size = e[2], 0
   for j = 2, #fields, 2 do
-    if #fields[j] > whole then
+    local v = fields[j]
+    if #v > whole then
+      cut[#cut + 1] = i
       cut[#cut + 1] = fields[j - 1]
-      cut[#cut + 1] = #fields[j]
-      fields[j] = string.sub(fields[j], 1, keep)
+      cut[#cut + 1] = #v
+      fields[j] = string.sub(v, 1, keep)
+    end
+    size = size + #fields[j]
+  end
+  if i > 1 and total + size > budget then
+    n = i - 1
+    break
+  end
+  total = total + size
+end
+if n < #entries then
+  local given = #entries - n
+  local back = {}
+  for i = n + 1, n + given do
+    back[#back + 1] = entries[i][1]
+    entries[i] = nil
+    if #back == MAX_UNPACK then
+      redis.call('XACK', KEYS[1], group, unpack(back))
+      back = {}
     end
   end
-  out[i] = {e[1], fields, cut}
+  if #back > 0 then
+    redis.call('XACK', KEYS[1], group, unpack(back))
+  end
+  local setid = {'XGROUP', 'SETID', KEYS[1], group, entries[n][1]}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, read
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'entries-read' then read = g[i + 1] end
+    end
+    if name == group and type(read) == 'number' then
+      setid[#setid + 1] = 'ENTRIESREAD'
+      setid[#setid + 1] = read - given
+    end
+  end
+  redis.call(unpack(setid))
+  -- The values cut of entries given back are cut again when read again.
+  while #cut > 0 and cut[#cut - 2] > n do
+    cut[#cut], cut[#cut - 1], cut[#cut - 2] = nil, nil, nil
+  end
 end
-return out
+return {entries, cut}

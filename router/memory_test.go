@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -62,5 +64,48 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 		if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 {
 			t.Errorf("dead letter %s: reason %v, entry copy of %d bytes", d.ID, d.Values["reason"], len(d.Values["entry"].(string)))
 		}
+	}
+}
+
+// Entries beyond a read's byte budget are given back to the group and read
+// by the next read: every one is routed once, and the group's lag and
+// pending list end empty.
+func TestReadBudgetGivesBackWhatDoesNotFit(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	m := runMatrix(t)
+	const n = 50
+	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	for i := range n {
+		keys := make([]string, 20) // about 4,000 bytes
+		for j := range keys {
+			keys[j] = fmt.Sprintf(`"%s:%d:%d"`, strings.Repeat("k", 190), i, j)
+		}
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","id":"e%d","keys":[%s]}`, i, strings.Join(keys, ","))
+		if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := New(c, m, Options{Block: 100 * time.Millisecond, ClaimInterval: time.Hour, ReadBytes: 10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
+	redistest.Eventually(t, 20*time.Second, "every event published", func() bool {
+		return c.ZCard(ctx, events).Val() == n
+	})
+	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", func() bool {
+		g, err := c.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && g[0].EntriesRead == n
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.HGet(ctx, names.MetaKey(names.Channel(m.Prefix, "acme", "a")), "version").Int(); v < n/3 {
+		t.Errorf("%d events went out in %d messages: reads of 10,000 bytes took more than two 4,000-byte events", n, v)
 	}
 }

@@ -18,13 +18,15 @@ import (
 // XREADGROUP and XAUTOCLAIM bound a read by a count of entries only: forty
 // entries of 7 MB (refused as too large, but read first) took a router from
 // 26 MB to 658 MB. So the router reads and claims through scripts
-// (lua/read.lua, lua/claim.lua) that measure the entries on the server
-// first: one read returns at most Options.ReadBytes of field values (and
-// at least one entry), and a value above MaxEventBytes — which the router
-// refuses anyway — comes back cut to its first DeadLetterEntryBytes, with
-// its length, so it is dead-lettered as too_large without ever being held.
-// Only a read that waits for the next entry (XREADGROUP COUNT 1 BLOCK: a
-// script cannot block) returns one entry whole.
+// (lua/read.lua, lua/claim.lua) that look at the entries on the server
+// before they are sent: one read returns at most Options.ReadBytes of
+// field values (and at least one entry; what it read beyond is given back
+// to the group, delivered again by the next read), and a value above
+// MaxEventBytes — which the router refuses anyway — comes back cut to its
+// first DeadLetterEntryBytes, with its length, so it is dead-lettered as
+// too_large without ever being held. Only a read that waits for the next
+// entry (XREADGROUP COUNT 1 BLOCK: a script cannot block) returns one entry
+// whole.
 
 // cutValue is a field value of an entry that was cut on the server: its
 // first bytes and its full length. It marshals as those bytes and a note,
@@ -46,8 +48,8 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	if err != nil {
 		return nil, err
 	}
-	if len(reply) > 0 {
-		return scriptEntries(reply)
+	if len(reply) == 2 {
+		return readEntries(reply)
 	}
 	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: 1, Block: block,
@@ -72,29 +74,33 @@ func (r *Router) claimPending(ctx context.Context, stream string, idle time.Dura
 	if err != nil {
 		return nil, "", err
 	}
-	if len(reply) != 2 {
+	if len(reply) != 3 {
 		return nil, "", fmt.Errorf("claim script: a reply of %d items", len(reply))
 	}
 	next, _ := reply[0].(string)
-	list, _ := reply[1].([]any)
-	msgs, err := scriptEntries(list)
+	msgs, err := readEntries(reply[1:])
 	return msgs, next, err
 }
 
-// scriptEntries reads the entries of a read or claim script's reply:
-// {id, {field, value, …}, {cut field, length, …}} each.
-func scriptEntries(reply []any) ([]redis.XMessage, error) {
-	bad := errors.New("read script: an entry that is not {id, fields, cut}")
-	msgs := make([]redis.XMessage, len(reply))
-	for i, item := range reply {
+// readEntries reads a read or claim script's reply {entries, cut}: each
+// entry {id, {field, value, …}}, and for each value cut the entry's place
+// (from 1), its field and its full length.
+func readEntries(reply []any) ([]redis.XMessage, error) {
+	bad := errors.New("read script: a reply that is not {entries, cut}")
+	list, ok1 := reply[0].([]any)
+	cut, ok2 := reply[1].([]any)
+	if !ok1 || !ok2 || len(cut)%3 != 0 {
+		return nil, bad
+	}
+	msgs := make([]redis.XMessage, len(list))
+	for i, item := range list {
 		e, ok := item.([]any)
-		if !ok || len(e) != 3 {
+		if !ok || len(e) != 2 {
 			return nil, bad
 		}
 		id, ok1 := e[0].(string)
 		fields, ok2 := e[1].([]any)
-		cut, ok3 := e[2].([]any)
-		if !ok1 || !ok2 || !ok3 || len(fields)%2 != 0 || len(cut)%2 != 0 {
+		if !ok1 || !ok2 || len(fields)%2 != 0 {
 			return nil, bad
 		}
 		values := make(map[string]any, len(fields)/2)
@@ -102,13 +108,18 @@ func scriptEntries(reply []any) ([]redis.XMessage, error) {
 			k, _ := fields[j].(string)
 			values[k] = fields[j+1]
 		}
-		for j := 0; j < len(cut); j += 2 {
-			k, _ := cut[j].(string)
-			size, _ := cut[j+1].(int64)
-			kept, _ := values[k].(string)
-			values[k] = cutValue{kept: kept, size: int(size)}
-		}
 		msgs[i] = redis.XMessage{ID: id, Values: values}
+	}
+	for j := 0; j < len(cut); j += 3 {
+		at, _ := cut[j].(int64)
+		k, _ := cut[j+1].(string)
+		size, _ := cut[j+2].(int64)
+		if at < 1 || int(at) > len(msgs) {
+			return nil, bad
+		}
+		values := msgs[at-1].Values
+		kept, _ := values[k].(string)
+		values[k] = cutValue{kept: kept, size: int(size)}
 	}
 	return msgs, nil
 }

@@ -109,3 +109,36 @@ func TestReadBudgetGivesBackWhatDoesNotFit(t *testing.T) {
 		t.Errorf("%d events went out in %d messages: reads of 10,000 bytes took more than two 4,000-byte events", n, v)
 	}
 }
+
+// A huge event that comes while the router waits for new entries (the one
+// read that returns an entry whole) is dead-lettered as too large like the
+// others, with its copy cut.
+func TestHugeEntryWhileWaitingDeadLettered(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	m := runMatrix(t)
+	r, err := New(c, m, Options{Block: 100 * time.Millisecond, ClaimInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	big := `{"tenant":"acme","domain":"user","keys":["` + strings.Repeat("k", 2<<20) + `"]}`
+	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, big}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the huge event dead-lettered", func() bool {
+		return c.XLen(ctx, wire.DeadLetterStream(m.Prefix)).Val() == 1
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	d := c.XRange(ctx, wire.DeadLetterStream(m.Prefix), "-", "+").Val()[0]
+	if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 || !strings.Contains(d.Values["error"].(string), "2097") {
+		t.Errorf("dead letter: %v", d.Values["reason"])
+	}
+}

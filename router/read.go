@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -56,6 +57,14 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	}).Result()
 	if err != nil || len(res) == 0 {
 		return nil, err
+	}
+	// Cut what is too large here too, so the whole value is not kept.
+	for _, m := range res[0].Messages {
+		for k, v := range m.Values {
+			if s, ok := v.(string); ok && len(s) > r.opt.MaxEventBytes {
+				m.Values[k] = cutValue{kept: strings.Clone(s[:min(len(s), r.opt.DeadLetterEntryBytes)]), size: len(s)}
+			}
+		}
 	}
 	return res[0].Messages, nil
 }

@@ -48,7 +48,37 @@ for i, e in ipairs(entries) do
   total = total + size
 end
 if n < #entries then
+  -- Give back what does not fit: set the group's last delivered id back to
+  -- the last entry returned first (a user without XGROUP SETID, from an
+  -- older routerd acl, gets every entry read instead: nothing is lost),
+  -- then take the others off the consumer's pending list.
   local given = #entries - n
+  local setid = {'XGROUP', 'SETID', KEYS[1], group, entries[n][1]}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, read
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'entries-read' then read = g[i + 1] end
+    end
+    if name == group and type(read) == 'number' then
+      setid[#setid + 1] = 'ENTRIESREAD'
+      setid[#setid + 1] = read - given
+    end
+  end
+  local set = redis.pcall(unpack(setid))
+  if type(set) == 'table' and set.err then
+    for i = n + 1, #entries do
+      local fields = entries[i][2]
+      for j = 2, #fields, 2 do
+        if #fields[j] > whole then
+          cut[#cut + 1] = i
+          cut[#cut + 1] = fields[j - 1]
+          cut[#cut + 1] = #fields[j]
+          fields[j] = string.sub(fields[j], 1, keep)
+        end
+      end
+    end
+    return {entries, cut}
+  end
   local back = {}
   for i = n + 1, n + given do
     back[#back + 1] = entries[i][1]
@@ -61,18 +91,6 @@ if n < #entries then
   if #back > 0 then
     redis.call('XACK', KEYS[1], group, unpack(back))
   end
-  local setid = {'XGROUP', 'SETID', KEYS[1], group, entries[n][1]}
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name, read
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'entries-read' then read = g[i + 1] end
-    end
-    if name == group and type(read) == 'number' then
-      setid[#setid + 1] = 'ENTRIESREAD'
-      setid[#setid + 1] = read - given
-    end
-  end
-  redis.call(unpack(setid))
   -- The values cut of entries given back are cut again when read again.
   while #cut > 0 and cut[#cut - 2] > n do
     cut[#cut], cut[#cut - 1], cut[#cut - 2] = nil, nil, nil

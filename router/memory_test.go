@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -140,5 +141,78 @@ func TestHugeEntryWhileWaitingDeadLettered(t *testing.T) {
 	d := c.XRange(ctx, wire.DeadLetterStream(m.Prefix), "-", "+").Val()[0]
 	if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 || !strings.Contains(d.Values["error"].(string), "2097") {
 		t.Errorf("dead letter: %v", d.Values["reason"])
+	}
+}
+
+// A router whose Redis user was made by an older routerd acl (no XRANGE,
+// XDEL, XGROUP SETID) still routes everything: new entries, entries beyond
+// the byte budget, and a dead consumer's pending entries, read as before
+// the read scripts (bounded in entries only), with a warning.
+func TestReadsWithAnOlderRouterUser(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	m := runMatrix(t)
+	rules, err := acl.For(m, acl.Spec{Role: acl.Router})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []any{"acl", "setuser", "old"}
+	for _, a := range rules.Args() {
+		if a != "+xrange" && a != "+xdel" && a != "+xgroup|setid" {
+			args = append(args, a)
+		}
+	}
+	args = append(args, "on", ">pw")
+	if err := c.Do(ctx, args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	old := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "old", Password: "pw"})
+	t.Cleanup(func() { _ = old.Close() })
+
+	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	xadd := func(i int) {
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","id":"e%d","keys":["user:%d"]}`, i, i)
+		if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		xadd(i)
+	}
+	// A dead router left them pending.
+	if err := c.XGroupCreate(ctx, stream, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead", Streams: []string{stream, ">"}, Block: -1}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(old, m, Options{Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond, ClaimIdle: time.Millisecond, ReadBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	redistest.Eventually(t, 10*time.Second, "router ready", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("router stopped: %v", err)
+		default:
+		}
+		return r.Ready()
+	})
+	for i := 3; i < 8; i++ {
+		xadd(i)
+	}
+	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
+	redistest.Eventually(t, 20*time.Second, "every event published", func() bool { return c.ZCard(ctx, events).Val() == 8 })
+	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", func() bool {
+		g, err := c.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -44,16 +44,19 @@ func (c cutValue) MarshalJSON() ([]byte, error) {
 // readNew reads the group's new entries of stream: what fits the byte
 // budget now, or, when nothing is new, the next entry within block.
 func (r *Router) readNew(ctx context.Context, stream string, count int, block time.Duration) ([]redis.XMessage, error) {
+	wait := 1
 	reply, err := lua.Read.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, count,
 		r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes).Slice()
-	if err != nil {
+	switch {
+	case r.refused(err):
+		wait = count // unbounded, as routers before the read script
+	case err != nil:
 		return nil, err
-	}
-	if len(reply) == 2 {
+	case len(reply) == 2:
 		return readEntries(reply)
 	}
 	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: 1, Block: block,
+		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: int64(wait), Block: block,
 	}).Result()
 	if err != nil || len(res) == 0 {
 		return nil, err
@@ -80,6 +83,9 @@ func (r *Router) claimPending(ctx context.Context, stream string, idle time.Dura
 	}
 	reply, err := lua.Claim.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, idle.Milliseconds(), start,
 		r.opt.BatchSize, r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes, flag).Slice()
+	if r.refused(err) {
+		return r.claimUnbounded(ctx, stream, idle, start, own)
+	}
 	if err != nil {
 		return nil, "", err
 	}
@@ -89,6 +95,45 @@ func (r *Router) claimPending(ctx context.Context, stream string, idle time.Dura
 	next, _ := reply[0].(string)
 	msgs, err := readEntries(reply[1:])
 	return msgs, next, err
+}
+
+// refused reports whether err says the Redis user may not run a command of
+// the read or claim script: a user made by an older routerd acl. The router
+// then reads as routers before those scripts did (bounded in entries only),
+// and says so once.
+func (r *Router) refused(err error) bool {
+	if err == nil || !(redis.HasErrorPrefix(err, "NOPERM") || strings.Contains(err.Error(), "The user executing the script can't")) {
+		return false
+	}
+	if r.refusedOnce.CompareAndSwap(false, true) {
+		r.log.Warn("the router's Redis user may not run the read scripts' commands (XRANGE, XGROUP SETID): reads are not bounded in bytes; apply the line of routerd acl --role router again", "err", err)
+	}
+	return true
+}
+
+// claimUnbounded claims as claimPending does, with XAUTOCLAIM (or, with own,
+// XREADGROUP of the consumer's pending entries): bounded in entries only.
+func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+	from := strings.TrimPrefix(start, "(")
+	if own {
+		if from == "-" {
+			from = "0"
+		}
+		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, from}, Count: int64(r.opt.BatchSize), Block: -1,
+		}).Result()
+		if err != nil || len(res) == 0 || len(res[0].Messages) == 0 {
+			return nil, "0-0", err
+		}
+		msgs := res[0].Messages
+		return msgs, "(" + msgs[len(msgs)-1].ID, nil
+	}
+	if from == "-" {
+		from = "0-0"
+	}
+	return r.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: from, Count: int64(r.opt.BatchSize),
+	}).Result()
 }
 
 // readEntries reads a read or claim script's reply {entries, cut}: each
@@ -127,8 +172,9 @@ func readEntries(reply []any) ([]redis.XMessage, error) {
 			return nil, bad
 		}
 		values := msgs[at-1].Values
-		kept, _ := values[k].(string)
-		values[k] = cutValue{kept: kept, size: int(size)}
+		if kept, ok := values[k].(string); ok {
+			values[k] = cutValue{kept: kept, size: int(size)}
+		}
 	}
 	return msgs, nil
 }

@@ -193,6 +193,9 @@ type Router struct {
 	// reload added domains).
 	deadCursor string
 	rescanDead atomic.Bool
+	// refusedOnce is set once the Redis user was found unable to run the
+	// read scripts (read.go).
+	refusedOnce atomic.Bool
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream

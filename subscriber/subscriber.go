@@ -230,6 +230,9 @@ type position struct {
 		at    recovery.Position
 		event string
 	}
+	// watched is the bus generation under which a check found the channel
+	// with neither a meta nor a position (recovery.Channel.Watched).
+	watched string
 }
 
 // queued is a channel's coalesced work: the union of the keys and refs of
@@ -451,6 +454,11 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	case recovery.Apply:
 		return s.deliver(ctx, raw.Channel, p, msg)
 	default: // Verify: believe nothing the channel's meta does not confirm
+		if d.Reason == recovery.NewChannel && msg.Version == 1 {
+			// The first message of a channel: checked before it is
+			// believed (its epoch may have started after a bus loss), not a gap.
+			return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
+		}
 		s.m.gaps.Inc()
 		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
 		return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
@@ -729,8 +737,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 }
 
 // execute carries out a recovery decision for a channel whose position p
-// has been set to where the check starts.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision) error {
+// has been set to where the check starts. first: the decision only replays
+// the message that made the check (a channel's first), not a recovery.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
@@ -739,7 +748,13 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 			return err
 		}
 		if ok {
-			s.m.recoveries.WithLabelValues("replay").Inc()
+			if !first {
+				s.m.recoveries.WithLabelValues("replay").Inc()
+			}
+			if first {
+				// Taken as it would have been live: under the local limit.
+				return s.deliver(ctx, channel, p, msgs[0])
+			}
 			for _, m := range msgs {
 				if err := s.applyMessage(ctx, channel, p, m); err != nil {
 					return err

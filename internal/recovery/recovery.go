@@ -22,6 +22,14 @@
 //     When the bus's generation shows it lost its data since the service
 //     last looked, every channel without a meta goes whole, with a position
 //     or without: it may have published, and lost, what nobody saw.
+//   - A channel without a position is replayed from version 1 only while
+//     nothing can have come before its epoch unseen: the bus's generation
+//     is the one the service recorded, and the channel was watched under it
+//     (found without a meta), or its values all live in the cache Redis,
+//     whose tenants every check covers. Otherwise — the bus lost its data
+//     since, the service never looked, an in-process cache — the whole tag
+//     goes: an epoch that started after a loss hides the one lost before.
+//     So a first message is never applied as it comes: it is checked.
 //   - The position stored with the cache, not the one in memory, is where a
 //     check starts: a cache restored from an older snapshot is replayed from
 //     the position it went back to.
@@ -152,10 +160,9 @@ func OnMessage(head, msg Position) Decision {
 			return Decision{Action: Apply, Reason: Consecutive}
 		}
 		return Decision{Action: Verify, Reason: Gap}
-	case !head.Known() && msg.Version == 1:
-		// The first message of a channel never applied: nothing precedes it.
-		return Decision{Action: Apply, Reason: NewChannel}
 	case !head.Known():
+		// Even version 1: its epoch may have started after the bus lost an
+		// older one, which only the check can tell (Check).
 		return Decision{Action: Verify, Reason: NewChannel}
 	default:
 		return Decision{Action: Verify, Reason: NewEpoch}
@@ -212,6 +219,19 @@ func Recover(pos, meta Position) Decision {
 	}
 }
 
+// First narrows the decision of a check made for the first message of a
+// channel without a position (version 1): a replay from version 1 replays
+// only that message, taken as it would have been live; the versions after
+// it are on their way, and are checked like any other if they do not come.
+// It reports whether d was narrowed so.
+func First(d Decision, msg Position) (Decision, bool) {
+	if d.Action != Replay || d.Reason != NewChannel || d.From != 1 || msg.Version != 1 || msg.Epoch != d.To.Epoch {
+		return d, false
+	}
+	d.To = msg
+	return d, true
+}
+
 // Channel is what a check knows of one channel.
 type Channel struct {
 	Memory   Position // applied, as this subscriber remembers it
@@ -223,6 +243,14 @@ type Channel struct {
 	// meta may then have published and lost messages, whatever position is
 	// held — even none, or Lost.
 	BusLost bool
+	// BusKnown: the bus's generation is the one this service's last
+	// complete check recorded (it has not lost its data since). Neither
+	// BusKnown nor BusLost: the service never recorded one.
+	BusKnown bool
+	// Watched: this subscriber checked the channel under the bus's current
+	// generation and found neither a meta nor a position (see Watch), so
+	// the channel's epoch started under its eyes.
+	Watched bool
 	// HasHandler: invalidations also go to an in-process Handler, whose
 	// position is Memory (per process), while Stored is the cache's (shared
 	// by every instance of the service, and applied before the Handler).
@@ -248,12 +276,43 @@ func Check(c Channel) Decision {
 	if c.BusLost && !hasMeta {
 		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
 	}
+	if !start.Known() && hasMeta && !fresh(c) {
+		// An epoch that started after the bus lost its data hides the one
+		// lost before it: nothing tells that version 1 was the channel's
+		// first message.
+		return Decision{Action: WholeTag, Reason: NewChannel, To: c.Meta}
+	}
 	ahead := func(p Position) bool { return hasMeta && p.Epoch == c.Meta.Epoch && p.Version > c.Meta.Version }
 	if c.HasStore && ahead(c.Stored) || c.HasHandler && ahead(c.Memory) {
 		// The cache's position, or the Handler's, is ahead of the channel.
 		return Decision{Action: Repair, Reason: Ahead, To: c.Meta}
 	}
 	return Recover(start, c.Meta)
+}
+
+// fresh reports whether a channel without a position may be replayed from
+// version 1: it was watched without a meta under the bus's current
+// generation, or the bus kept its data since the service last looked and
+// every value cached under the channel lives in the cache Redis, whose
+// tenants (the tenant and position indexes) every check covers, so the
+// check that recorded the generation saw the channel (a bus loss before it
+// made the channel Lost). An in-process cache has no such index: a tenant
+// it cached before the subscriber heard of it may have lost an epoch unseen.
+func fresh(c Channel) bool {
+	return c.Watched || c.BusKnown && c.HasStore && !c.HasHandler
+}
+
+// Watch reports whether the check of c makes the channel watched under the
+// bus's current generation (Channel.Watched): the channel has neither a
+// meta nor a position, and the bus kept its data since the service last
+// looked, so whatever epoch the channel starts next is all it published
+// since. Without a store the cache is in-process and started with the
+// subscriber, so its first check counts as a look; a cache Redis may hold
+// values from before the service ever looked.
+func Watch(c Channel) bool {
+	start, _ := Start(c)
+	looked := c.BusKnown || !c.HasStore && !c.BusLost
+	return looked && !start.Known() && !(c.Meta.Known() && c.Meta.Version >= 1)
 }
 
 // Start returns the position a check starts from: the one stored with the
@@ -266,8 +325,10 @@ func Check(c Channel) Decision {
 // the meta: the older of the two in one epoch (the cache answers duplicates
 // for what it has, the Handler gets what it missed — another instance's
 // applies, or one the Handler failed after the cache took it); in two
-// epochs (two different lost: stamps too), or when the cache lost its
-// position, none: the whole tag for both.
+// epochs (two different lost: stamps too), when the cache lost its
+// position, or when the Handler has none while the cache has one (memory
+// starts from the cache: the Handler failed what the cache took), none:
+// from the start for both.
 func Start(c Channel) (start Position, moved bool) {
 	switch {
 	case !c.HasStore:
@@ -278,7 +339,9 @@ func Start(c Channel) (start Position, moved bool) {
 			start = c.Stored
 		}
 		return start, start != c.Memory
-	case c.HasHandler && c.Memory.Known() && c.Stored != c.Memory:
+	case c.HasHandler && c.Stored != c.Memory:
+		// Also with nothing in memory: the subscriber starts memory from
+		// the cache, so the Handler failed what the cache took since.
 		return Position{}, true
 	}
 	return c.Stored, c.Stored != c.Memory

@@ -20,7 +20,7 @@ func TestOnMessage(t *testing.T) {
 		{"version skipped", pos("a", 4), pos("a", 6), Decision{Action: Verify, Reason: Gap}},
 		{"version far ahead (forged?)", pos("a", 4), pos("a", 10_000_000_000_000), Decision{Action: Verify, Reason: Gap}},
 		{"another epoch", pos("a", 4), pos("b", 1), Decision{Action: Verify, Reason: NewEpoch}},
-		{"first message of a channel never applied", none, pos("a", 1), Decision{Action: Apply, Reason: NewChannel}},
+		{"first message of a channel never applied: checked (its epoch may follow a lost one)", none, pos("a", 1), Decision{Action: Verify, Reason: NewChannel}},
 		{"later message of a channel never applied", none, pos("a", 3), Decision{Action: Verify, Reason: NewChannel}},
 		{"after the meta vanished, nothing continues", Lost, pos(LostEpoch, 1), Decision{Action: Verify, Reason: NewEpoch}},
 		{"after the meta vanished, a new epoch", Lost, pos("b", 1), Decision{Action: Verify, Reason: NewEpoch}},
@@ -94,11 +94,56 @@ func TestStart(t *testing.T) {
 		{"with a handler, cache rolled back: from the cache's", Channel{Memory: pos("a", 5), Stored: pos("a", 3), HasStore: true, HasHandler: true}, pos("a", 3), true},
 		{"with a handler, across epochs: none (whole tag)", Channel{Memory: pos("a", 5), Stored: pos("b", 1), HasStore: true, HasHandler: true}, none, true},
 		{"with a handler, cache lost its position", Channel{Memory: pos("a", 5), HasStore: true, HasHandler: true}, none, true},
+		{"with a handler that failed the channel's first apply: none", Channel{Stored: pos("a", 1), HasStore: true, HasHandler: true}, none, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, moved := Start(tc.c)
 			if got != tc.want || moved != tc.moved {
 				t.Errorf("Start = %v %v, want %v %v", got, moved, tc.want, tc.moved)
+			}
+		})
+	}
+}
+
+func TestFirst(t *testing.T) {
+	replay := Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("a", 5)}
+	if d, ok := First(replay, pos("a", 1)); !ok || d.To != pos("a", 1) || d.From != 1 {
+		t.Errorf("First(replay 1..5, a:1) = %+v %v, want a replay of version 1 alone", d, ok)
+	}
+	for _, tc := range []struct {
+		name string
+		d    Decision
+		msg  Position
+	}{
+		{"whole tag", Decision{Action: WholeTag, Reason: NewChannel, To: pos("a", 5)}, pos("a", 1)},
+		{"another epoch's message", replay, pos("b", 1)},
+		{"a later message", replay, pos("a", 3)},
+		{"a gap's replay", Decision{Action: Replay, Reason: Gap, From: 2, To: pos("a", 5)}, pos("a", 1)},
+	} {
+		if d, ok := First(tc.d, tc.msg); ok || d != tc.d {
+			t.Errorf("%s: First = %+v %v, want it unchanged", tc.name, d, ok)
+		}
+	}
+}
+
+func TestWatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    Channel
+		want bool
+	}{
+		{"bus kept, nothing published, nothing applied", Channel{BusKnown: true, HasHandler: true}, true},
+		{"in-process cache, first look: it started with the subscriber", Channel{HasHandler: true}, true},
+		{"cache Redis, first look: it may hold values from before", Channel{HasStore: true}, false},
+		{"bus kept, the channel has a meta", Channel{BusKnown: true, Meta: pos("a", 1)}, false},
+		{"bus kept, a position held", Channel{BusKnown: true, Memory: pos("a", 1)}, false},
+		{"bus lost since", Channel{BusLost: true}, false},
+		{"bus lost since, in-process cache", Channel{BusLost: true, HasHandler: true}, false},
+		{"never looked, cache Redis", Channel{HasStore: true, HasHandler: true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Watch(tc.c); got != tc.want {
+				t.Errorf("Watch(%+v) = %v, want %v", tc.c, got, tc.want)
 			}
 		})
 	}
@@ -140,6 +185,20 @@ func TestCheck(t *testing.T) {
 		{"bus lost its data, the channel published since", Channel{Memory: pos("a", 5), Stored: pos("a", 5), HasStore: true, Meta: pos("b", 1), BusLost: true},
 			Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 1)}},
 		{"no bus loss, no position, no meta", Channel{HasStore: true}, Decision{Action: Ignore, Reason: Current}},
+		{"bus lost its data, no position, the channel published since: whole tag (an epoch may be lost before)",
+			Channel{HasStore: true, Meta: pos("b", 1), BusLost: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 1)}},
+		{"never looked, no position: whole tag (nothing tells what came before)",
+			Channel{HasStore: true, Meta: pos("b", 1)}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 1)}},
+		{"bus kept, cache covers every tenant: replay a young channel from 1",
+			Channel{HasStore: true, Meta: pos("b", 2), BusKnown: true}, Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("b", 2)}},
+		{"bus kept, older channel never applied: whole tag",
+			Channel{HasStore: true, Meta: pos("b", NewChannelReplay+1), BusKnown: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", NewChannelReplay+1)}},
+		{"handler, bus kept, channel never watched: whole tag (an in-process cache has no tenant index)",
+			Channel{Meta: pos("b", 2), BusKnown: true, HasHandler: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 2)}},
+		{"handler, bus kept, channel watched without a meta: replay from 1",
+			Channel{Meta: pos("b", 2), BusKnown: true, Watched: true, HasHandler: true}, Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("b", 2)}},
+		{"store and handler, channel never watched: whole tag",
+			Channel{HasStore: true, Meta: pos("b", 2), BusKnown: true, HasHandler: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 2)}},
 		{"handler behind the cache: replay to it from its position", Channel{Memory: pos("a", 5), Stored: pos("a", 7), HasStore: true, Meta: pos("a", 7), HasHandler: true},
 			Decision{Action: Replay, Reason: Gap, From: 6, To: pos("a", 7)}},
 		{"handler and cache in two epochs: whole tag for both", Channel{Memory: pos("a", 5), Stored: pos("b", 1), HasStore: true, Meta: pos("b", 1), HasHandler: true},

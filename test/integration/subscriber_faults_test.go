@@ -461,3 +461,55 @@ func TestBusRestoredFromSnapshotStartsNewEpoch(t *testing.T) {
 	e.waitGone("search-svc", "acme", "user:c")
 	e.waitGone("search-svc", "acme", "user:d")
 }
+
+// Bus data loss on a channel the service holds no position on, after which
+// the channel published again: the service cached keys of a tenant whose
+// channel it never applied; while it was down an event for them was routed
+// (epoch E1), the bus lost its data, and a later event started epoch E2. The
+// restarted subscriber found a channel without a position whose meta is at
+// version 1 and replayed E2 from there as a new channel: the keys of E1
+// stayed cached for good. Whether or not the service had looked at the bus
+// before (recorded its generation), nothing tells it that no epoch came
+// before E2, so the whole tag goes.
+func TestBusLossHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
+	for _, service := range []string{"search-svc", "profile-svc"} { // listed tenants; every tenant
+		for _, looked := range []bool{true, false} {
+			name := service + "/never-looked"
+			if looked {
+				name = service + "/looked-before"
+			}
+			t.Run(name, func(t *testing.T) {
+				ctx := context.Background()
+				const ch = "invalidate:globex:active"
+				e := newEnv(t, "")
+				e.router(router.Options{})
+				if looked {
+					_, stop := e.subscriber(service, subscriber.Options{})
+					redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+						n, _ := e.caches[service].Client(t).Exists(ctx, "routerd:generation:"+service).Result()
+						return n == 1
+					})
+					stop()
+				}
+
+				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
+					e.seed(service, "globex", k, "active")
+				}
+				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:1", "user:2", "user:3"}})
+				e.waitVersion(ch, 1)
+				first, _ := e.meta(ch)
+				must(t, e.busC.FlushAll(ctx).Err())
+				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:4"}})
+				redistest.Eventually(t, 10*time.Second, "a new epoch at version 1", func() bool {
+					epoch, v := e.meta(ch)
+					return epoch != "" && epoch != first && v == 1
+				})
+
+				e.subscriber(service, subscriber.Options{})
+				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
+					e.waitGone(service, "globex", k)
+				}
+			})
+		}
+	}
+}

@@ -173,10 +173,14 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen gen
 			}
 			c := recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta,
 				BusLost: gen.lost(), BusKnown: gen.known(), Watched: p.watched != "" && p.watched == gen.bus,
-				HasHandler: s.opt.Handler != nil}
+				Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
+			delete(s.heard, t.channel)
 			d := recovery.Check(c)
 			if recovery.Watch(c) && gen.bus != "" {
 				p.watched = gen.bus
+			}
+			if chain, ok := recovery.Adopt(c); ok && p.at.Epoch == meta.Epoch && p.at.Version == meta.Version {
+				p.at.Chain = chain
 			}
 			if start, moved := recovery.Start(c); moved {
 				s.m.cacheMoved.Inc()
@@ -220,7 +224,7 @@ type metaRead struct {
 func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, error) {
 	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
-			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version")
+			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain")
 		}
 		return nil
 	})
@@ -245,6 +249,13 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 			continue
 		}
 		out[i].at = recovery.Position{Epoch: epoch, Version: v}
+		// The chain, when it is this version's: a router older than
+		// chains leaves none, or one of a version it published past.
+		if cs, _ := vals[2].(string); cs != "" {
+			if c, err := tagstore.ParsePosition(cs); err == nil && c.Epoch == epoch && c.Version == v {
+				out[i].at.Chain = c.Chain
+			}
+		}
 	}
 	return out, nil
 }
@@ -282,7 +293,7 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out
 		case readErrs[i] != nil:
 			errs[i] = readErrs[i]
 		case found[i]:
-			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version}
+			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version, Chain: pos[i].Chain}
 		}
 	}
 	return out, errs, nil

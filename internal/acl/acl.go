@@ -156,9 +156,10 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			// that failed takes its entry back).
 			"xadd", "sadd", "srem",
 			// The publish, source_version and budget scripts, and what
-			// they run (TIME: the clock of the shared token buckets).
+			// they run (TIME: the clock of the shared token buckets;
+			// XRANGE: a channel's chain caught up over its history).
 			"evalsha", "script|load", "time",
-			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
+			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore", "xrange",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
 		},

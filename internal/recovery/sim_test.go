@@ -19,9 +19,17 @@ import (
 const simKeys = 8
 
 type simMsg struct {
-	pos  Position
-	keys []int // nil: the whole tag
+	pos  Position // with the chain the channel reaches with it
+	keys []int    // nil: the whole tag
+	id   int      // tells messages apart, as their event ids and timestamps do
 }
+
+// payload is the message as published, which the chain goes over.
+func (m simMsg) payload() []byte {
+	return fmt.Appendf(nil, `{"epoch":%q,"version":%d,"keys":%v,"event":%d}`, m.pos.Epoch, m.pos.Version, m.keys, m.id)
+}
+
+var simIDs int
 
 type simBus struct {
 	meta     Position
@@ -56,7 +64,13 @@ func (b *simBus) publish(keys []int) {
 		b.history = nil
 	}
 	b.meta.Version++
-	m := simMsg{pos: b.meta, keys: keys}
+	simIDs++
+	m := simMsg{pos: b.meta, keys: keys, id: simIDs}
+	m.pos.Chain = Link(b.meta.Chain, m.payload()) // as publish.lua keeps it in the meta
+	if b.meta.Version == 1 {
+		m.pos.Chain = Link("", m.payload())
+	}
+	b.meta = m.pos
 	b.history = append(b.history, m)
 	if len(b.history) > historyLen {
 		b.history = b.history[1:]
@@ -170,6 +184,7 @@ func (s *simSub) onMessage(m simMsg) {
 	d := OnMessage(s.memory, m.pos)
 	switch d.Action {
 	case Apply:
+		m.pos = Next(s.memory, m.pos, m.payload())
 		if !s.apply(m, modeStrict) {
 			s.check() // GAP, or the Handler failed: the next check decides
 			return
@@ -189,6 +204,9 @@ func (s *simSub) check() {
 	if Watch(c) {
 		s.watched = s.bus.generation
 	}
+	if chain, ok := Adopt(c); ok && s.memory.Epoch == c.Meta.Epoch && s.memory.Version == c.Meta.Version {
+		s.memory.Chain = chain
+	}
 	if !c.HasHandler {
 		// The cache moved: continue from where it stands. (With a Handler,
 		// memory is the Handler's until the recovery is made.)
@@ -206,17 +224,22 @@ func (s *simSub) execute(d Decision) bool {
 	case Replay:
 		h := s.bus.historyRange(d.From, d.To.Version)
 		got := make([]Position, len(h))
+		payloads := make([][]byte, len(h))
 		for i, m := range h {
-			got[i] = m.pos
+			got[i] = Position{Epoch: m.pos.Epoch, Version: m.pos.Version}
+			payloads[i] = m.payload()
 		}
 		if Contiguous(got, d.To.Epoch, d.From, d.To.Version) {
-			for _, m := range h {
-				if !s.apply(m, modeLoose) {
-					return false
+			if at, ok := Replayed(s.memory, got, payloads, d.To); ok {
+				for i, m := range h {
+					m.pos = at[i]
+					if !s.apply(m, modeLoose) {
+						return false
+					}
+					s.memory = m.pos
 				}
-				s.memory = m.pos
+				return true
 			}
-			return true
 		}
 		return s.to(simMsg{pos: d.To}, modeLoose)
 	case WholeTag:
@@ -337,18 +360,20 @@ func simulate(seed uint64, steps int) (string, bool) {
 				sub.onMessage(bus.inflight[j])
 				fmt.Fprintf(&log, "%d redeliver %v -> memory %v\n", seq, bus.inflight[j].pos, sub.memory)
 			}
-		case 8: // a forged message: far ahead, another epoch, or replayed
-			// (A forgery of exactly the next version is indistinguishable
-			// from the real message; only Redis ACLs keep it off the bus.)
-			forged := simMsg{pos: bus.meta, keys: []int{rng.IntN(simKeys)}}
-			switch rng.IntN(3) {
+		case 8: // a forged message: far ahead, another epoch, replayed, or
+			// exactly the next version (applied: nothing tells it from the
+			// real one until a check compares the chains)
+			simIDs++
+			forged := simMsg{pos: Position{Epoch: bus.meta.Epoch, Version: bus.meta.Version}, keys: []int{rng.IntN(simKeys)}, id: simIDs}
+			switch rng.IntN(4) {
 			case 0:
 				forged.pos.Version += 10_000_000
 			case 1:
 				forged.pos = Position{Epoch: "forged", Version: int64(rng.IntN(3) + 1)}
 			case 2:
-				forged.pos = sub.memory
-				forged.pos.Version = max(0, forged.pos.Version-int64(rng.IntN(3)))
+				forged.pos = Position{Epoch: sub.memory.Epoch, Version: max(0, sub.memory.Version-int64(rng.IntN(3)))}
+			case 3:
+				forged.pos = Position{Epoch: sub.memory.Epoch, Version: sub.memory.Version + 1}
 			}
 			if !forged.pos.Known() {
 				forged.pos.Epoch = "forged"

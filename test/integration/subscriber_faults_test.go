@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
@@ -511,5 +512,92 @@ func TestBusLossHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A forged next version (the channel's epoch, its position + 1, a made-up
+// event id) is applied: nothing tells it from the real message when it
+// comes. If the real message of that version is then lost — the agent
+// restarts, or its pub/sub link drops — the real one never arrives to
+// contest the forgery (TestForgedNextVersionDoesNotHideTheRealOne), and the
+// stored position equals the meta: no check saw anything wrong, and the
+// real message's keys stayed cached for good. The position carries the
+// channel's chain (a digest of every message applied in the epoch), which a
+// check compares with the meta's.
+func TestForgedNextVersionThenRealOneLost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		later bool // the channel publishes once more after the real message
+		link  bool // the pub/sub link drops instead of a restart
+	}{
+		{"restart", false, false},
+		{"restart, channel moved on", true, false},
+		{"link dropped", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			const ch = "invalidate:acme:active"
+			e := newEnv(t, "")
+			e.router(router.Options{})
+			// The subscriber logs in as its own user, so the test can keep
+			// it from reconnecting while the real message is published.
+			must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
+			subBus := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "sub", Password: "pw", MaxRetries: -1})
+			defer subBus.Close()
+			reg := prometheus.NewRegistry()
+			_, stop := e.subscriberOn(subBus, "search-svc", subscriber.Options{Registerer: reg})
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+			redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Version == 1
+			})
+			epoch, _ := e.meta(ch)
+			e.seed("search-svc", "acme", "user:1", "active")
+			e.seed("search-svc", "acme", "user:2", "active")
+
+			e.forge(ch, `{"tenant":"acme","tag":"active","epoch":"`+epoch+`","version":2,"keys":["nothing"],"event":"forged"}`)
+			redistest.Eventually(t, 10*time.Second, "the forged version 2 applied", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Version == 2
+			})
+			if tc.link {
+				must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "off").Err())
+				must(t, e.busC.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+				redistest.Eventually(t, 10*time.Second, "pub/sub connection gone", func() bool {
+					n, _ := e.busC.Do(ctx, "PUBSUB", "NUMSUB", ch).Slice()
+					return len(n) == 2 && n[1] == int64(0)
+				})
+			} else {
+				stop()
+			}
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+			want := int64(2)
+			if tc.later {
+				e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+				want = 3
+			}
+			e.waitVersion(ch, want) // published while nobody listened
+			if tc.link {
+				must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on").Err())
+			} else {
+				e.subscriberOn(subBus, "search-svc", subscriber.Options{})
+			}
+			e.waitGone("search-svc", "acme", "user:1")
+			if tc.later {
+				e.waitGone("search-svc", "acme", "user:2")
+			}
+			redistest.Eventually(t, 10*time.Second, "the position at the channel's", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Epoch == epoch && p.Version == want
+			})
+			// From there on, key-level again.
+			e.seed("search-svc", "acme", "user:4", "active")
+			e.seed("search-svc", "acme", "user:5", "active")
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:4"}})
+			e.waitGone("search-svc", "acme", "user:4")
+			if !e.cached("search-svc", "acme", "user:5") {
+				t.Error("a key-level event after the repair deleted the whole tag")
+			}
+		})
 	}
 }

@@ -601,3 +601,58 @@ func TestForgedNextVersionThenRealOneLost(t *testing.T) {
 		})
 	}
 }
+
+// TestBusLossHidesOldEpochFromChannelWithoutPosition for an in-process cache
+// (a Handler, positions in memory): the running subscriber's pub/sub link is
+// down (its user refused while the connection is killed) while an event of
+// a channel it never applied is routed, the bus loses its data and the
+// channel's next event starts a new epoch. The reconnect check must not
+// replay the new epoch from version 1 to the Handler as a new channel.
+func TestBusLossHidesOldEpochFromHandler(t *testing.T) {
+	ctx := context.Background()
+	const ch = "invalidate:globex:active"
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
+	subBus := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "sub", Password: "pw", MaxRetries: -1})
+	defer subBus.Close()
+	var mu sync.Mutex
+	dropped := map[string]bool{} // globex keys the in-process cache dropped; "*" the whole tag
+	e.subscriberOn(subBus, "search-svc", subscriber.Options{Handler: func(_ context.Context, inv subscriber.Invalidation) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if inv.Tenant == "globex" && inv.Tag == "active" {
+			for _, k := range inv.Keys {
+				dropped[k] = true
+			}
+			if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
+				dropped["*"] = true
+			}
+		}
+		return nil
+	}})
+
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "off").Err())
+	// Every connection of the subscriber, not only its pub/sub one: no
+	// check may see the bus between the loss and the new epoch.
+	must(t, e.busC.Do(ctx, "CLIENT", "KILL", "USER", "sub").Err())
+	redistest.Eventually(t, 10*time.Second, "pub/sub connection gone", func() bool {
+		n, _ := e.busC.Do(ctx, "PUBSUB", "NUMSUB", ch).Slice()
+		return len(n) == 2 && n[1] == int64(0)
+	})
+	e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:1"}})
+	e.waitVersion(ch, 1)
+	first, _ := e.meta(ch)
+	must(t, e.busC.FlushAll(ctx).Err())
+	e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:2"}})
+	redistest.Eventually(t, 10*time.Second, "a new epoch", func() bool {
+		epoch, v := e.meta(ch)
+		return epoch != "" && epoch != first && v == 1
+	})
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on").Err())
+	redistest.Eventually(t, 10*time.Second, "the in-process cache drops user:1 (lost with the bus) and user:2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return dropped["*"] || dropped["user:1"] && dropped["user:2"]
+	})
+}

@@ -181,9 +181,10 @@ const (
 	Ahead                     // the position is ahead of the channel's meta
 	RolledBack                // the cache lost the position it had
 	Diverged                  // the position's chain is not the channel's: a forged message was applied
+	Contended                 // two messages claimed one version (Contested)
 )
 
-var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged"}
+var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged", "contested"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -315,6 +316,11 @@ type Channel struct {
 	// position is Memory (per process), while Stored is the cache's (shared
 	// by every instance of the service, and applied before the Handler).
 	HasHandler bool
+	// Message is the message that made the check, one that does not
+	// follow the position (zero for a periodic or startup check): Decide
+	// says whether the meta confirms it, and narrows a replay to it when
+	// it is the channel's first (First).
+	Message Position
 }
 
 // Check decides a periodic or startup check of a channel: from the position

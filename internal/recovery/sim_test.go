@@ -200,18 +200,12 @@ func (s *simSub) check() {
 		BusLost:  s.cache.seen != "" && s.bus.generation != s.cache.seen,
 		BusKnown: s.cache.seen != "" && s.bus.generation == s.cache.seen,
 		Watched:  s.watched != "" && s.watched == s.bus.generation, HasHandler: s.l1 != nil}
-	d := Check(c)
-	if Watch(c) {
+	pl := Decide(c)
+	if pl.Watch {
 		s.watched = s.bus.generation
 	}
-	if chain, ok := Adopt(c); ok && s.memory.Epoch == c.Meta.Epoch && s.memory.Version == c.Meta.Version {
-		s.memory.Chain = chain
-	}
-	if !c.HasHandler {
-		// The cache moved: continue from where it stands. (With a Handler,
-		// memory is the Handler's until the recovery is made.)
-		s.memory, _ = Start(c)
-	}
+	s.memory = pl.At // with a Handler, memory is the Handler's until the recovery is made
+	d := pl.Decision
 	if s.execute(d) && s.bus.generation != "" {
 		s.cache.seen = s.bus.generation // only a check that succeeded records it
 	}

@@ -196,10 +196,10 @@ type Subscriber struct {
 	evictionWarned bool
 
 	// While the applier handles a burst of received messages, the messages
-	// that follow their channel's position collect here and are applied in
-	// one pipeline (strictly in order per channel); owned by the applier.
-	batching bool
-	batch    []batched
+	// that follow their channel's position collect here (stage) and are
+	// applied in one pipeline (strictly in order per channel) at the end of
+	// the burst, or before any other invalidation; owned by the applier.
+	batch []batched
 }
 
 // batched is a message applied provisionally: its channel's position is
@@ -265,12 +265,9 @@ type position struct {
 	// queue holds messages merged under the local limit, not yet applied.
 	queue *queued
 	// last is the last message taken live, to tell a second message of
-	// the same version (one of the two was forged) from a redelivery.
-	last struct {
-		at    recovery.Position
-		event string
-		prev  string // the chain before it (recovery.Position.Chain)
-	}
+	// the same version (one of the two was forged) from a redelivery
+	// (recovery.Contested).
+	last recovery.Live
 	// watched is the bus generation under which a check found the channel
 	// with neither a meta nor a position (recovery.Channel.Watched).
 	watched string
@@ -530,7 +527,7 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	d := recovery.OnMessage(p.head(), msgPosition(msg))
 	switch d.Action {
 	case recovery.Ignore:
-		if msg.Event != "" && p.last.event != "" && msg.Event != p.last.event && msgPosition(msg) == p.last.at {
+		if recovery.Contested(p.last, msgPosition(msg), msg.Event) {
 			return s.contested(ctx, target{raw.Channel, tenant, tag}, p, msg)
 		}
 		s.m.duplicates.Inc()
@@ -555,14 +552,16 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message, payload []byte) error {
 	head := p.head()
 	at := recovery.Next(head, msgPosition(msg), payload)
-	p.last.at, p.last.event, p.last.prev = msgPosition(msg), msg.Event, head.Chain
+	p.last = recovery.Live{At: msgPosition(msg), Event: msg.Event, Prev: head.Chain}
 	if s.limiter == nil {
-		return s.applyMessage(ctx, channel, p, msg, at)
+		s.stage(channel, p, msg, at)
+		return nil
 	}
 	now := time.Now()
 	if p.queue == nil {
 		if storm.Reserve(now, s.limiter) == 0 {
-			return s.applyMessage(ctx, channel, p, msg, at)
+			s.stage(channel, p, msg, at)
+			return nil
 		}
 		p.queue = &queued{keys: storm.NewChunks(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), refused: 1, due: now.Add(s.opt.Coalesce)}
 		s.queued[channel] = p
@@ -698,7 +697,7 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 		return p, nil
 	}
 	t := target{channel, tenant, tag}
-	stored, errs, err := s.storedPositions(ctx, []target{t})
+	stored, errs, _, err := s.cacheState(ctx, []target{t})
 	if err = errors.Join(err, errs[0]); err != nil {
 		return nil, err
 	}
@@ -710,7 +709,6 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 // handleBurst handles a received message and whatever else is already
 // waiting (up to maxBatch), applying the in-order ones in one pipeline.
 func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) error {
-	s.batching = true
 	var errs error
 	msg := first
 	for n := 0; ; n++ {
@@ -725,19 +723,21 @@ func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) erro
 		}
 		break
 	}
-	s.batching = false
 	return errors.Join(errs, s.flushBatch(ctx))
 }
 
-// applyMessage applies one message that follows the position directly — at
-// once, or, while a burst is handled, in the burst's pipeline — and stands
-// the channel at at (the message's position with the chain it reaches).
-func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message, at recovery.Position) error {
-	if s.batching {
-		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, at: at, msg: msg})
-		p.at = at
-		return nil
-	}
+// stage adds a message of the burst being handled that follows the
+// channel's position directly to the burst's pipeline (flushBatch), and
+// stands the channel at at (the message's position with the chain it
+// reaches); a failed apply sets it back.
+func (s *Subscriber) stage(channel string, p *position, msg *wire.Message, at recovery.Position) {
+	s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, at: at, msg: msg})
+	p.at = at
+}
+
+// applyNow applies one message that follows the channel's position
+// directly, at once (after anything staged), and stands the channel at at.
+func (s *Subscriber) applyNow(ctx context.Context, p *position, msg *wire.Message, at recovery.Position) error {
 	if err := s.invalidate(ctx, messageInvalidation(msg, at.Chain)); err != nil {
 		return err
 	}
@@ -902,7 +902,11 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 // execute carries out a recovery decision for a channel whose position p
 // has been set to where the check starts. first: the decision only replays
 // the message that made the check (a channel's first), not a recovery.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first bool) error {
+// live: the check was made for a message of the burst being handled, so a
+// replay joins the burst's pipeline (strict: each version must follow the
+// cache's position) after what the burst staged; otherwise it is applied
+// at once.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first, live bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
@@ -930,7 +934,9 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 			}
 			s.m.recoveries.WithLabelValues("replay").Inc()
 			for i, m := range msgs {
-				if err := s.applyMessage(ctx, channel, p, m, at[i]); err != nil {
+				if live {
+					s.stage(channel, p, m, at[i])
+				} else if err := s.applyNow(ctx, p, m, at[i]); err != nil {
 					return err
 				}
 			}

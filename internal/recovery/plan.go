@@ -12,6 +12,9 @@ type Plan struct {
 	// cache when the cache moved (Start) and no Handler keeps its own, the
 	// meta's chain taken by a position without one (Adopt).
 	At Position
+	// Start is where the check starts (see Start): At, or with a Handler
+	// the older of the Handler's and the cache's, or none.
+	Start Position
 	// Moved: the cache holds another position than this subscriber
 	// applied (restored, failed over, or another instance): any work
 	// queued from memory is void.
@@ -34,8 +37,8 @@ type Plan struct {
 // of the package, composed in their one order — Start, Adopt, Check, Watch,
 // Confirmed, First.
 func Decide(c Channel) Plan {
-	_, moved := Start(c)
-	pl := Plan{Decision: Check(c), At: c.Memory, Moved: moved, Watch: Watch(c)}
+	start, moved := Start(c)
+	pl := Plan{Decision: Check(c), At: c.Memory, Start: start, Moved: moved, Watch: Watch(c)}
 	if chain, ok := Adopt(c); ok && pl.At.Epoch == c.Meta.Epoch && pl.At.Version == c.Meta.Version {
 		pl.At.Chain = chain
 	}

@@ -47,6 +47,7 @@ func TestDecide(t *testing.T) {
 			Plan{Decision: Decision{Action: Ignore, Reason: Current}, Watch: true, Unconfirmed: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tc.want.Start, _ = Start(tc.c) // TestStart holds it
 			if got := Decide(tc.c); got != tc.want {
 				t.Errorf("Decide(%+v)\n = %+v\nwant %+v", tc.c, got, tc.want)
 			}
@@ -72,8 +73,8 @@ func TestDecideComposes(t *testing.T) {
 					} else if d := Check(c); pl.Decision != d {
 						t.Fatalf("Decide(%+v) = %+v, Check says %+v", c, pl.Decision, d)
 					}
-					if _, moved := Start(c); pl.Moved != moved || pl.Watch != Watch(c) {
-						t.Fatalf("Decide(%+v) = %+v: Moved or Watch differs from Start and Watch", c, pl)
+					if start, moved := Start(c); pl.Start != start || pl.Moved != moved || pl.Watch != Watch(c) {
+						t.Fatalf("Decide(%+v) = %+v: Start, Moved or Watch differs from Start and Watch", c, pl)
 					}
 					if !c.HasHandler && pl.Moved && pl.At != c.Stored {
 						t.Fatalf("Decide(%+v): the cache moved, memory at %v, not the cache's", c, pl.At)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
@@ -205,7 +204,11 @@ func (s *Subscriber) carryOut(ctx context.Context, channel string, p *position, 
 		s.log.Info("channel needs recovery", "channel", channel, "action", pl.Action.String(), "reason", pl.Reason.String(),
 			"at", p.at.String(), "channel_at", c.Meta.String())
 	}
-	return s.execute(ctx, channel, p, pl.Decision, pl.First, live)
+	d, msgs, at, err := s.resolve(ctx, channel, p.at, pl.Decision)
+	if err != nil {
+		return err
+	}
+	return s.execute(ctx, channel, p, d, msgs, at, pl.First, live)
 }
 
 type target struct{ channel, tenant, tag string }
@@ -401,27 +404,4 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 		add(p.tenant)
 	}
 	return out, nil
-}
-
-// index records in the cache Redis the tenants of invalidations about to
-// write their first position there, before they do: a subscriber of every
-// tenant finds its positions from the index even when the bus lost its
-// tenant registry.
-func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
-	var fresh []string
-	for _, inv := range invs {
-		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, inv.Tenant) {
-			fresh = append(fresh, inv.Tenant)
-		}
-	}
-	if len(fresh) == 0 {
-		return nil
-	}
-	if err := s.store.IndexTenants(ctx, s.opt.Service, fresh...); err != nil {
-		return err
-	}
-	for _, t := range fresh {
-		s.indexed[t] = true
-	}
-	return nil
 }

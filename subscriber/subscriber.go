@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -550,8 +551,14 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 // the local limit, merged into the channel's queued work. payload is the
 // message as published, which the channel's chain goes over.
 func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message, payload []byte) error {
+	return s.take(ctx, channel, p, msg, recovery.Next(p.head(), msgPosition(msg), payload))
+}
+
+// take applies a message that follows the channel's head, at is where it
+// brings the channel: staged in the burst's pipeline, or, over the local
+// limit, merged into the channel's queued work.
+func (s *Subscriber) take(ctx context.Context, channel string, p *position, msg *wire.Message, at recovery.Position) error {
 	head := p.head()
-	at := recovery.Next(head, msgPosition(msg), payload)
 	p.last = recovery.Live{At: msgPosition(msg), Event: msg.Event, Prev: head.Chain}
 	if s.limiter == nil {
 		s.stage(channel, p, msg, at)
@@ -899,50 +906,80 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	return errs
 }
 
-// execute carries out a recovery decision for a channel whose position p
-// has been set to where the check starts. first: the decision only replays
-// the message that made the check (a channel's first), not a recovery.
+// index records in the cache Redis the tenants of invalidations about to
+// write their first position there, before they do: a subscriber of every
+// tenant finds its positions from the index even when the bus lost its
+// tenant registry.
+func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
+	var fresh []string
+	for _, inv := range invs {
+		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, inv.Tenant) {
+			fresh = append(fresh, inv.Tenant)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := s.store.IndexTenants(ctx, s.opt.Service, fresh...); err != nil {
+		return err
+	}
+	for _, t := range fresh {
+		s.indexed[t] = true
+	}
+	return nil
+}
+
+// resolve reads the history a replay needs and settles the decision
+// against it (recovery.Resolve): the messages to replay with where the
+// channel stands after each, or the whole tag when the history no longer
+// reaches back or its chain does not follow from start.
+func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
+	if d.Action != recovery.Replay {
+		return d, nil, nil, nil
+	}
+	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
+	if err != nil {
+		return d, nil, nil, err
+	}
+	got := make([]recovery.Position, len(msgs))
+	for i, m := range msgs {
+		got[i] = msgPosition(m)
+	}
+	r, at := recovery.Resolve(d, start, ok, got, payloads)
+	if ok && r.Action == recovery.WholeTag && r.Reason == recovery.Diverged {
+		s.m.unconfirmed.Inc()
+		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
+			"channel", channel, "position", start.String(), "channel_at", d.To.String())
+	}
+	return r, msgs, at, nil
+}
+
+// execute is the executor: it carries out a settled decision (resolve) for
+// a channel whose position p stands where the check starts, and decides
+// nothing. A replay applies msgs, standing the channel at at[i] after each.
+// first: the decision only replays the message that made the check (a
+// channel's first), taken as it would have been live, not as a recovery.
 // live: the check was made for a message of the burst being handled, so a
 // replay joins the burst's pipeline (strict: each version must follow the
 // cache's position) after what the burst staged; otherwise it is applied
 // at once.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first, live bool) error {
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, msgs []*wire.Message, at []recovery.Position, first, live bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
-		msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
-		if err != nil {
-			return err
+		if first {
+			// Taken as it would have been live: under the local limit.
+			return s.take(ctx, channel, p, msgs[0], at[0])
 		}
-		var at []recovery.Position
-		if ok {
-			got := make([]recovery.Position, len(msgs))
-			for i, m := range msgs {
-				got[i] = msgPosition(m)
-			}
-			if at, ok = recovery.Replayed(p.at, got, payloads, d.To); !ok {
-				s.m.unconfirmed.Inc()
-				d.Reason = recovery.Diverged
-				s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
-					"channel", channel, "position", p.at.String(), "channel_at", d.To.String())
+		s.m.recoveries.WithLabelValues("replay").Inc()
+		for i, m := range msgs {
+			if live {
+				s.stage(channel, p, m, at[i])
+			} else if err := s.applyNow(ctx, p, m, at[i]); err != nil {
+				return err
 			}
 		}
-		if ok {
-			if first {
-				// Taken as it would have been live: under the local limit.
-				return s.deliver(ctx, channel, p, msgs[0], payloads[0])
-			}
-			s.m.recoveries.WithLabelValues("replay").Inc()
-			for i, m := range msgs {
-				if live {
-					s.stage(channel, p, m, at[i])
-				} else if err := s.applyNow(ctx, p, m, at[i]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		fallthrough // the history no longer reaches back, or diverged
+		return nil
 	case recovery.WholeTag:
 		s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "reason", d.Reason.String(), "from", p.at.String(), "to", d.To.String())

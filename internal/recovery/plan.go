@@ -101,3 +101,26 @@ func Contest(applied Position, last Live, own *Own) Decision {
 	}
 	return Decision{Action: Repair, Reason: Contended, To: to}
 }
+
+// Resolve settles a Replay decision against the history read for it, before
+// anything is applied: msgs are the positions of the history's messages
+// From..To (held: all of them, contiguous, in To's epoch; see Contiguous)
+// and payloads their JSON as published. It returns the decision to carry
+// out and, for a replay, where the channel stands after each message
+// (Replayed). A history that no longer holds them all makes the whole tag
+// go, for the decision's reason; one whose chain does not reach the meta's
+// too, for reason Diverged (a forged message was applied before). Any other
+// decision is returned as it is.
+func Resolve(d Decision, start Position, held bool, msgs []Position, payloads [][]byte) (Decision, []Position) {
+	if d.Action != Replay {
+		return d, nil
+	}
+	if !held {
+		return Decision{Action: WholeTag, Reason: d.Reason, To: d.To}, nil
+	}
+	at, ok := Replayed(start, msgs, payloads, d.To)
+	if !ok {
+		return Decision{Action: WholeTag, Reason: Diverged, To: d.To}, nil
+	}
+	return d, at
+}

@@ -149,3 +149,43 @@ func TestContest(t *testing.T) {
 		})
 	}
 }
+
+func TestResolve(t *testing.T) {
+	p1, p2 := []byte(`{"v":1}`), []byte(`{"v":2}`)
+	c1 := Link("", p1)
+	c2 := Link(c1, p2)
+	replay := Decision{Action: Replay, Reason: Gap, From: 2, To: chained("a", 2, c2)}
+	for _, tc := range []struct {
+		name     string
+		d        Decision
+		start    Position
+		held     bool
+		msgs     []Position
+		payloads [][]byte
+		want     Decision
+		wantAt   []Position
+	}{
+		{"not a replay: as it is", Decision{Action: Repair, Reason: Ahead, To: pos("a", 2)}, pos("a", 3), false, nil, nil,
+			Decision{Action: Repair, Reason: Ahead, To: pos("a", 2)}, nil},
+		{"the history holds them: replay, extending the chain", replay, chained("a", 1, c1), true, []Position{pos("a", 2)}, [][]byte{p2},
+			replay, []Position{chained("a", 2, c2)}},
+		{"the history lacks some: whole tag, same reason", replay, chained("a", 1, c1), false, nil, nil,
+			Decision{Action: WholeTag, Reason: Gap, To: replay.To}, nil},
+		{"the chain reached is not the meta's: whole tag, diverged", replay, chained("a", 1, "forged"), true, []Position{pos("a", 2)}, [][]byte{p2},
+			Decision{Action: WholeTag, Reason: Diverged, To: replay.To}, nil},
+		{"a start without a chain takes the meta's at the end", replay, pos("a", 1), true, []Position{pos("a", 2)}, [][]byte{p2},
+			replay, []Position{chained("a", 2, c2)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, at := Resolve(tc.d, tc.start, tc.held, tc.msgs, tc.payloads)
+			if got != tc.want || len(at) != len(tc.wantAt) {
+				t.Fatalf("Resolve = %+v %v, want %+v %v", got, at, tc.want, tc.wantAt)
+			}
+			for i := range at {
+				if at[i] != tc.wantAt[i] {
+					t.Errorf("position %d = %v (chain %q), want %v (chain %q)", i, at[i], at[i].Chain, tc.wantAt[i], tc.wantAt[i].Chain)
+				}
+			}
+		})
+	}
+}

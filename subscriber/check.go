@@ -34,6 +34,9 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.applyTargets(ctx, targets); err != nil {
+		return err
+	}
 	gen, err := s.checkTargets(ctx, targets, bus, nil)
 	if err != nil {
 		return err
@@ -101,6 +104,9 @@ func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) 
 	if err != nil {
 		return err
 	}
+	if err := s.applyTargets(ctx, []target{t}); err != nil {
+		return err
+	}
 	gen, err := s.checkTargets(ctx, []target{t}, bus, msg)
 	if gen.seen == "" && gen.bus != "" {
 		// Never recorded one: until a complete check does, every channel
@@ -110,16 +116,9 @@ func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) 
 	return err
 }
 
-// checkTargets checks channels one way: for each pipeline of targets it
-// reads their state (readState: metas from the bus; positions and the
-// generation seen from the cache, in one call), asks internal/recovery
-// what to do (recovery.Decide), and carries the plan out (carryOut). bus is
-// the bus's generation, read before the targets were listed. With msg set
-// (one target), it is the message that made the check, inside the burst
-// that received it. It returns the generations the check went by.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msg *wire.Message) (generation, error) {
-	// The targets' queued work first, so the stored positions are where it
-	// left them.
+// applyTargets applies the targets' queued and staged work before they
+// are checked, so the stored positions are where it left them.
+func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 	var errs error
 	for _, t := range targets {
 		if p, ok := s.queued[t.channel]; ok {
@@ -127,11 +126,20 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		}
 	}
 	if errs != nil {
-		return generation{}, errs
+		return errs
 	}
-	if err := s.flushBatch(ctx); err != nil {
-		return generation{}, err
-	}
+	return s.flushBatch(ctx)
+}
+
+// checkTargets checks channels one way: for each pipeline of targets it
+// reads their state (readState: metas from the bus; positions and the
+// generation seen from the cache, in one call), asks internal/recovery
+// what to do (recovery.Decide), and carries the plan out (carryOut). bus is
+// the bus's generation, read before the targets were listed; their work
+// is applied (applyTargets). With msg set
+// (one target), it is the message that made the check, inside the burst
+// that received it. It returns the generations the check went by.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msg *wire.Message) (generation, error) {
 	var gen generation
 	var failed error
 	for start := 0; start == 0 || start < len(targets); start += pipelineChunk {
@@ -209,6 +217,57 @@ func (s *Subscriber) carryOut(ctx context.Context, channel string, p *position, 
 		return err
 	}
 	return s.execute(ctx, channel, p, d, msgs, at, pl.First, live)
+}
+
+// resolve reads the history a replay needs and settles the decision
+// against it (recovery.Resolve): the messages to replay with where the
+// channel stands after each, or the whole tag when the history no longer
+// reaches back or its chain does not follow from start.
+func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
+	if d.Action != recovery.Replay {
+		return d, nil, nil, nil
+	}
+	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
+	if err != nil {
+		return d, nil, nil, err
+	}
+	got := make([]recovery.Position, len(msgs))
+	for i, m := range msgs {
+		got[i] = msgPosition(m)
+	}
+	r, at := recovery.Resolve(d, start, ok, got, payloads)
+	if ok && r.Action == recovery.WholeTag && r.Reason == recovery.Diverged {
+		s.m.unconfirmed.Inc()
+		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
+			"channel", channel, "position", start.String(), "channel_at", d.To.String())
+	}
+	return r, msgs, at, nil
+}
+
+// history returns the messages from..to of the channel's history, with
+// each one's JSON as published, and false when the history does not hold
+// all of them in this epoch.
+func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, [][]byte, bool, error) {
+	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	msgs := make([]*wire.Message, 0, len(entries))
+	payloads := make([][]byte, 0, len(entries))
+	got := make([]recovery.Position, 0, len(entries))
+	for _, e := range entries {
+		raw, _ := e.Values[names.HistoryField].(string)
+		m, err := wire.ParseMessage([]byte(raw))
+		if err != nil {
+			s.m.positionErrors.Inc()
+			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
+			return nil, nil, false, nil
+		}
+		msgs = append(msgs, m)
+		payloads = append(payloads, []byte(raw))
+		got = append(got, msgPosition(m))
+	}
+	return msgs, payloads, recovery.Contiguous(got, epoch, from, to), nil
 }
 
 type target struct{ channel, tenant, tag string }

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -929,31 +928,6 @@ func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
 	return nil
 }
 
-// resolve reads the history a replay needs and settles the decision
-// against it (recovery.Resolve): the messages to replay with where the
-// channel stands after each, or the whole tag when the history no longer
-// reaches back or its chain does not follow from start.
-func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
-	if d.Action != recovery.Replay {
-		return d, nil, nil, nil
-	}
-	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
-	if err != nil {
-		return d, nil, nil, err
-	}
-	got := make([]recovery.Position, len(msgs))
-	for i, m := range msgs {
-		got[i] = msgPosition(m)
-	}
-	r, at := recovery.Resolve(d, start, ok, got, payloads)
-	if ok && r.Action == recovery.WholeTag && r.Reason == recovery.Diverged {
-		s.m.unconfirmed.Inc()
-		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
-			"channel", channel, "position", start.String(), "channel_at", d.To.String())
-	}
-	return r, msgs, at, nil
-}
-
 // execute is the executor: it carries out a settled decision (resolve) for
 // a channel whose position p stands where the check starts, and decides
 // nothing. A replay applies msgs, standing the channel at at[i] after each.
@@ -999,32 +973,6 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 		p.at = d.To
 	}
 	return nil
-}
-
-// history returns the messages from..to of the channel's history, with
-// each one's JSON as published, and false when the history does not hold
-// all of them in this epoch.
-func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, [][]byte, bool, error) {
-	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
-	if err != nil {
-		return nil, nil, false, err
-	}
-	msgs := make([]*wire.Message, 0, len(entries))
-	payloads := make([][]byte, 0, len(entries))
-	got := make([]recovery.Position, 0, len(entries))
-	for _, e := range entries {
-		raw, _ := e.Values[names.HistoryField].(string)
-		m, err := wire.ParseMessage([]byte(raw))
-		if err != nil {
-			s.m.positionErrors.Inc()
-			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
-			return nil, nil, false, nil
-		}
-		msgs = append(msgs, m)
-		payloads = append(payloads, []byte(raw))
-		got = append(got, msgPosition(m))
-	}
-	return msgs, payloads, recovery.Contiguous(got, epoch, from, to), nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

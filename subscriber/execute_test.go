@@ -22,7 +22,7 @@ import (
 )
 
 // The executor's unit tests: execute, stage and flushBatch carry a settled
-// decision out against a ownMsg cache Redis, with no subscription and no
+// decision out against a real cache Redis, with no subscription and no
 // check around them. The decisions themselves are internal/recovery's.
 
 const execChannel = "routerd:invalidate:acme:active"

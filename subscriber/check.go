@@ -436,8 +436,8 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	}
 	var indexed, cached []string
 	if s.store != nil {
-		if indexed, err = s.opt.Cache.SMembers(ctx, names.PositionIndexKey(s.opt.Service)).Result(); err != nil {
-			return nil, fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
+		if indexed, err = s.store.IndexedTenants(ctx, s.opt.Service); err != nil {
+			return nil, err
 		}
 		if cached, err = s.opt.Cache.SMembers(ctx, names.CacheTenantsKey()).Result(); err != nil {
 			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)

@@ -126,3 +126,15 @@ func (s *Store) IndexTenants(ctx context.Context, service string, tenants ...str
 	}
 	return nil
 }
+
+// IndexedTenants returns the tenants of a service's position index.
+func (s *Store) IndexedTenants(ctx context.Context, service string) ([]string, error) {
+	if err := names.Service(service); err != nil {
+		return nil, err
+	}
+	tenants, err := s.c.SMembers(ctx, names.PositionIndexKey(service)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("tagstore: reading the position index %s: %w", names.PositionIndexKey(service), err)
+	}
+	return tenants, nil
+}

@@ -107,7 +107,14 @@ type Options struct {
 	Store tagstore.Options
 	// Handler, when set, is called for every invalidation after the cache
 	// (if any) has applied it. Without Cache, positions live in memory.
+	// A Handler is taken for a cache of its own (in process, or another
+	// process's), which may hold values of a tenant the subscriber has not
+	// heard of: recovery is more careful with it (docs/protocol.md §5.2).
 	Handler Handler
+	// Observe, when set, is told of every invalidation applied, after the
+	// cache Redis and the Handler: for counting and logging. It holds no
+	// cache and cannot fail one.
+	Observe func(Invalidation)
 	// CheckInterval is how often positions are checked against the
 	// channels' versions (30s).
 	CheckInterval time.Duration
@@ -895,6 +902,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			spans[i].RecordError(errs[i])
 			spans[i].SetStatus(codes.Error, errs[i].Error())
 		} else {
+			if s.opt.Observe != nil {
+				s.opt.Observe(inv)
+			}
 			s.m.applied.WithLabelValues(inv.Tag).Inc()
 			if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
 				s.m.wholeTag.WithLabelValues(inv.Tag, inv.wholeReason()).Inc()

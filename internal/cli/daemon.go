@@ -166,7 +166,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	s, err := subscriber.New(busC, subscriber.Options{
-		TracerProvider: tp, Handler: out.handle,
+		TracerProvider: tp, Handler: out.handler(), Observe: out.count,
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store: sf.options(), AcceptEvictionRisk: *acceptEviction,

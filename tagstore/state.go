@@ -59,9 +59,12 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 			}
 			return nil
 		})
-		var reply redis.Error
-		if err != nil && !errors.As(err, &reply) {
-			return State{}, fmt.Errorf("tagstore: read positions: %w", err)
+		// A missing key (redis.Nil) or one of another type fails its own
+		// GET only (below); any other error (a refused connection, WRONGPASS, NOPERM,
+		// LOADING) fails the read: the commands then hold no answer, and an
+		// empty one must not pass for a stored position.
+		if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+			return State{}, fmt.Errorf("tagstore: reading positions from the cache Redis: %w", err)
 		}
 		if seen != nil {
 			v, err := seen.Result()

@@ -1099,7 +1099,10 @@ func (s *Store) chunk(ctx context.Context, tagSet string, limit int) (int64, err
 // when none is recorded.
 func (s *Store) ReadPosition(ctx context.Context, tenant, service, tag string) (Position, bool, error) {
 	pos, found, errs, err := s.ReadPositions(ctx, service, []TenantTag{{tenant, tag}})
-	if err = errors.Join(err, errs[0]); err != nil {
+	if err != nil {
+		return Position{}, false, err
+	}
+	if err = errs[0]; err != nil {
 		return Position{}, false, err
 	}
 	return pos[0], found[0], nil

@@ -32,9 +32,9 @@ import (
 
 	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/storm"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )

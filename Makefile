@@ -89,7 +89,7 @@ unit:
 # Micro-benchmarks of the hot paths follow.
 bench: redis-server
 	$(GO) run ./bench -out bench-results.json
-	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/
+	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/ ./router/
 
 # The fault-injection soak (test/soak, docs/operations.md): real routers,
 # agents and redis-servers under random faults for SOAK_DURATION, split

@@ -1,5 +1,6 @@
 -- Publish invalidation messages on one or more channels, each idempotently
--- per event id, in one call. Needs MAX_UNPACK before it (lua.go prepends it).
+-- per event id, in one call. Needs MAX_UNPACK and bucket.lua before it
+-- (lua.go prepends them).
 -- Every channel takes three keys:
 -- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
@@ -53,8 +54,7 @@ local cmd, fresh = ARGV[1], ARGV[2]
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
 local out = {}
 local a = 3
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now = bucket_now()
 for c = 1, #KEYS, 3 do
   local metaKey, historyKey, eventsKey = KEYS[c], KEYS[c + 1], KEYS[c + 2]
   local channel, keep = ARGV[a], tonumber(ARGV[a + 1])
@@ -62,12 +62,8 @@ for c = 1, #KEYS, 3 do
   a = a + 6
   local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at')
   local epoch, version = meta[1], tonumber(meta[3])
-  -- The bucket refills at rate from its last take, up to burst; one with
-  -- no state (new, expired with its meta) is full.
-  local tokens = burst
-  if meta[4] and meta[5] then
-    tokens = math.min(burst, tonumber(meta[4]) + (now - tonumber(meta[5])) * rate / 1000000)
-  end
+  -- The bucket expires with its meta (bucket.lua).
+  local tokens = bucket_tokens(meta[4], meta[5], now, rate, burst)
   if epoch and replid ~= '' and meta[2] and meta[2] ~= replid then
     -- The meta was written under another master's history: this is a
     -- promoted replica, which may lack the last versions. Versions could
@@ -149,7 +145,7 @@ for c = 1, #KEYS, 3 do
       -- No token: undo this message's records (only they have the score
       -- version + 1) and tell when the bucket has one.
       redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
-      out[#out + 1] = math.ceil((1 - tokens) / rate * 1e3)
+      out[#out + 1] = bucket_wait(tokens, rate)
       out[#out + 1] = 3
     else
       local v = tostring(version + 1) -- formatted once (Lua formats numbers with sprintf)

@@ -142,14 +142,10 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []
 	if err != nil {
 		add(Warn, "slowlog", "cannot read the slow log: %v", err)
 	} else {
-		shas := map[string]string{}
-		for name, s := range map[string]*redis.Script{"publish": lua.Publish, "invalidate": lua.Invalidate, "invalidate_keys": lua.InvalidateKeys, "chunk": lua.Chunk, "set": lua.Set, "compact": lua.Compact, "srcver": lua.SourceVersion, "budget": lua.Budget, "tenants": lua.Tenants} {
-			shas[s.Hash()] = name
-		}
 		var hits []string
 		for _, e := range slow {
 			if len(e.Args) >= 2 && strings.EqualFold(e.Args[0], "evalsha") {
-				if name, ok := shas[e.Args[1]]; ok {
+				if name := lua.ScriptName(e.Args[1]); name != "" {
 					hits = append(hits, fmt.Sprintf("%s %v", name, e.Duration))
 				}
 			}

@@ -235,14 +235,3 @@ func flag(b bool) string {
 	}
 	return "0"
 }
-
-// The cache-side scripts, until their codecs land.
-var (
-	Invalidate     = invalidateScript
-	InvalidateKeys = invalidateKeysScript
-	Chunk          = chunkScript
-	Set            = setScript
-	Lease          = leaseScript
-	Release        = releaseScript
-	Compact        = compactScript
-)

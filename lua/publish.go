@@ -21,7 +21,7 @@ type PublishRequest struct {
 type PublishChannel struct {
 	Channel  string
 	History  int     // messages the history keeps
-	Rate     float64 // the channel's bucket: tokens per second
+	Rate     float64 // the channel's bucket: tokens per second, above 0
 	Burst    int
 	Force    bool // publish even without a token, taking one on credit
 	Messages []PublishMessage

@@ -9,8 +9,9 @@
 -- ARGV[2]    epoch to start on a channel that has none (random hex from the caller)
 -- Then, for each channel in KEYS order:
 --   channel name, history length to keep, the channel's bucket: rate per
---   second (0: no limit) and burst, force ('1': publish even without a
---   token, taking one on credit), number of messages m;
+--   second (above 0: the matrix's minimum is 0.1) and burst, force ('1':
+--   publish even without a token, taking one on credit), number of
+--   messages m;
 --   and for each of its m messages, in order:
 --     number of event ids k (1..1000; more than one when events were merged),
 --     the k event ids (the first is the message's event),
@@ -39,12 +40,8 @@
 -- must not find them and take the message for sent), and the meta says
 -- what was published (the next version must not repeat one in the
 -- history). The call then answers the command's error.
-local function save(metaKey, version, rate, tokens, now)
-  if rate > 0 then
-    redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
-  else
-    redis.call('HSET', metaKey, 'version', version)
-  end
+local function save(metaKey, version, tokens, now)
+  redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
 end
 
 local cmd, fresh = ARGV[1], ARGV[2]
@@ -141,7 +138,7 @@ for c = 1, #KEYS, 3 do
       redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
       out[#out + 1] = 0
       out[#out + 1] = 4
-    elseif rate > 0 and tokens < 1 and not force then
+    elseif tokens < 1 and not force then
       -- No token: undo this message's records (only they have the score
       -- version + 1) and tell when the bucket has one.
       redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
@@ -154,19 +151,17 @@ for c = 1, #KEYS, 3 do
       if type(r) == 'table' and r.err then
         redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
         if published then
-          save(metaKey, version, rate, tokens, now)
+          save(metaKey, version, tokens, now)
         end
         return redis.error_reply(r.err)
       end
       version = version + 1
-      if rate > 0 then
-        tokens = tokens - 1
-      end
+      tokens = tokens - 1
       -- In the history, the message is published whatever PUBLISH answers:
       -- a subscriber that misses it replays it from there.
       r = redis.pcall(cmd, channel, msg)
       if type(r) == 'table' and r.err then
-        save(metaKey, version, rate, tokens, now)
+        save(metaKey, version, tokens, now)
         return redis.error_reply(r.err)
       end
       out[#out + 1] = version
@@ -175,7 +170,7 @@ for c = 1, #KEYS, 3 do
     end
   end
   if published then
-    save(metaKey, version, rate, tokens, now)
+    save(metaKey, version, tokens, now)
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     -- Event ids are kept for the versions the history keeps: a message may
     -- record many. At most IDS_PER_VERSION times the history's length.

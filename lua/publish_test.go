@@ -12,14 +12,14 @@ import (
 	"github.com/routerd/routerd/lua"
 )
 
-// publishOn runs publish.lua for messages on one channel (no bucket) and
-// returns its reply.
+// publishOn runs publish.lua for messages on one channel (a bucket that
+// never runs out in a test) and returns its reply.
 func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]lua.PublishResult, error) {
 	var msgs []lua.PublishMessage
 	for _, id := range ids {
 		msgs = append(msgs, lua.PublishMessage{IDs: []string{id}, Body: []byte(`,"tenant":"acme","tag":"t","event":"` + id + `"`)})
 	}
-	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Messages: msgs}}}
+	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 1000, Burst: 1000, Messages: msgs}}}
 	return req.Run(ctx, c)
 }
 
@@ -85,7 +85,7 @@ func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
 	if res, err := publishOn(ctx, c, ch, "a"); err != nil || res[0].Status != lua.Published {
 		t.Fatalf("first: %v %v", res, err)
 	}
-	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Messages: []lua.PublishMessage{
+	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 1000, Burst: 1000, Messages: []lua.PublishMessage{
 		{IDs: []string{"a", "b"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"a"`)},
 		{IDs: []string{"c"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"c"`)},
 		{IDs: []string{"a"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"a"`)},

@@ -337,7 +337,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.ApplyBurst = max(1, int(opt.ApplyRate))
 	}
 	if opt.MaxKeys == 0 {
-		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
+		opt.MaxKeys = matrix.DefaultLimits().MaxKeys
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()

@@ -586,7 +586,7 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if r.cluster {
 		cmd = "SPUBLISH"
 	}
-	req := lua.TenantsRequest{Key: wire.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
+	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
 	if _, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		return []*redis.Cmd{req.Queue(ctx, pipe)}
 	}); err != nil {
@@ -781,7 +781,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			values = append(values, index...)
 			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
+				Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
 			})
 		}
 		return nil

@@ -86,7 +86,7 @@ const redriveChunk = 500
 
 func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter, start string) (Redriven, error) {
 	var res Redriven
-	dl, to := wire.DeadLetterStream(prefix), wire.RedriveStream(prefix)
+	dl, to := names.DeadLetterStream(prefix), names.RedriveStream(prefix)
 	for {
 		msgs, err := c.XRangeN(ctx, dl, start, "+", redriveChunk).Result()
 		if err != nil {

@@ -489,7 +489,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
-	if raw.Channel == wire.TenantsChannel(s.prefix) {
+	if raw.Channel == names.TenantsChannel(s.prefix) {
 		s.announced(ctx, raw.Payload)
 		return nil
 	}

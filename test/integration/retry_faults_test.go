@@ -44,7 +44,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	for i := 0; tenant == "" && i < 1000; i++ {
 		cand := fmt.Sprintf("fx%d", i)
 		ch, _ := e.busC.MasterForKey(ctx, "invalidate:"+cand+":active")
-		in, _ := e.busC.MasterForKey(ctx, wire.IngressStream("invalidate", wire.Partition(cand, wire.DefaultPartitions)))
+		in, _ := e.busC.MasterForKey(ctx, names.IngressStream("invalidate", wire.Partition(cand, wire.DefaultPartitions)))
 		if ch != nil && in != nil && ch.Options().Addr != in.Options().Addr {
 			tenant, channel = cand, "invalidate:"+cand+":active"
 		}
@@ -125,7 +125,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	// on the old one while the slot moved went with it and are not in the
 	// new epoch's ids: what shows that every event was published (or
 	// dead-lettered) is that none stays pending.
-	stream := wire.IngressStream("invalidate", wire.Partition(tenant, wire.DefaultPartitions))
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, wire.DefaultPartitions))
 	within(t, moved.Add(10*time.Second), "every entry acknowledged within 10s of the slot move", func() bool {
 		s, err := e.busC.XPending(ctx, stream, "routerd").Result()
 		return err == nil && s.Count == 0
@@ -202,7 +202,7 @@ func TestPoisonEntryDeadLettered(t *testing.T) {
 	}
 
 	must(t, e.busC.Set(ctx, "{invalidate:acme:active}:meta", "not a hash", 0).Err())
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	// The poison entry and good ones of the same tenant, read in one batch
 	// (on one server, one publish script call carries several channels).
 	poisonID := e.publish(wire.Event{ID: "poison-event", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
@@ -219,7 +219,7 @@ func TestPoisonEntryDeadLettered(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		e.waitGone("billing-svc", "acme", fmt.Sprintf("invoice:%d", i))
 	}
-	dl := wire.DeadLetterStream("invalidate")
+	dl := names.DeadLetterStream("invalidate")
 	redistest.Eventually(t, 20*time.Second, "the poison entry dead-lettered", func() bool {
 		n, _ := e.busC.XLen(ctx, dl).Result()
 		return n > 0

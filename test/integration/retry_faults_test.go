@@ -18,18 +18,6 @@ import (
 	"github.com/routerd/routerd/wire"
 )
 
-// within waits for cond until deadline (an absolute time), failing the test
-// after it.
-func within(t *testing.T, deadline time.Time, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not done by the deadline: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // A batch whose publishing fails on a killed master is retried by its own
 // router as soon as the cluster has failed over, not when ClaimIdle (left at
 // its 30 s default here) lets the claim loop take it: every invalidation
@@ -92,7 +80,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	deadline := failedOver.Add(10 * time.Second)
 	for i := killedAt; i < len(keys); i++ {
 		id := fmt.Sprintf("ev-%d", i)
-		within(t, deadline, id+" published within 10s of the failover", func() bool {
+		redistest.Eventually(t, time.Until(deadline), id+" published within 10s of the failover", func() bool {
 			return e.busC.ZScore(ctx, names.EventsKey(channel), id).Err() == nil
 		})
 	}
@@ -126,7 +114,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	// new epoch's ids: what shows that every event was published (or
 	// dead-lettered) is that none stays pending.
 	stream := names.IngressStream("invalidate", wire.Partition(tenant, wire.DefaultPartitions))
-	within(t, moved.Add(10*time.Second), "every entry acknowledged within 10s of the slot move", func() bool {
+	redistest.Eventually(t, time.Until(moved.Add(10*time.Second)), "every entry acknowledged within 10s of the slot move", func() bool {
 		s, err := e.busC.XPending(ctx, stream, "routerd").Result()
 		return err == nil && s.Count == 0
 	})
@@ -172,7 +160,7 @@ func TestFailedBatchRetriedAtOnce(t *testing.T) {
 	})
 	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "+evalsha", "+eval").Err())
 	restored := time.Now()
-	within(t, restored.Add(10*time.Second), "acme/user:1 invalidated within 10s of the failure passing", func() bool {
+	redistest.Eventually(t, time.Until(restored.Add(10*time.Second)), "acme/user:1 invalidated within 10s of the failure passing", func() bool {
 		return !e.cached("search-svc", "acme", "user:1")
 	})
 	if got := metric(t, reg, "routerd_entries_claimed_total"); got != 0 {

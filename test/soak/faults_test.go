@@ -300,7 +300,7 @@ func (s *soak) flushAllAgentDown(ctx context.Context, rng *rand.Rand) (string, e
 		return "", err
 	}
 	s.rec.acked(in)
-	if err := waitFor(ctx, 10*time.Second, ch+" published", func() bool { return version() > before }); err != nil {
+	if err := redistest.Wait(ctx, 10*time.Second, ch+" published", func() bool { return version() > before }); err != nil {
 		return "", err
 	}
 	detail, err := s.flushAll(ctx)
@@ -369,7 +369,7 @@ func (s *soak) masterKill(ctx context.Context) (string, error) {
 	}
 	victim.Stop()
 	killed := time.Now()
-	if err := waitFor(ctx, 30*time.Second, "a replica to take over from "+victim.Addr, func() bool {
+	if err := redistest.Wait(ctx, 30*time.Second, "a replica to take over from "+victim.Addr, func() bool {
 		masters := 0
 		for _, n := range s.busClu.Nodes {
 			if n != victim && role(ctx, n.Addr) == "master" && clusterOK(ctx, n.Addr) {
@@ -384,7 +384,7 @@ func (s *soak) masterKill(ctx context.Context) (string, error) {
 	if err := victim.Relaunch(); err != nil {
 		return "", err
 	}
-	err := waitFor(ctx, 60*time.Second, victim.Addr+" back as a replica in sync", func() bool {
+	err := redistest.Wait(ctx, 60*time.Second, victim.Addr+" back as a replica in sync", func() bool {
 		for _, n := range s.busClu.Nodes {
 			if !clusterOK(ctx, n.Addr) {
 				return false
@@ -420,19 +420,6 @@ func linkUp(ctx context.Context, addr string) bool {
 }
 func clusterOK(ctx context.Context, addr string) bool {
 	return nodeInfo(ctx, addr, "cluster")["cluster_state"] == "ok"
-}
-
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // ownedChannel picks a tenant's tag that some service receives.

@@ -183,7 +183,7 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 			if invs > 0 {
 				k = append(k, names...)
 			}
-			req := lua.InvalidateRequest{Keys: k, Guard: 5000, Position: lua.Position{Epoch: "e", Version: int64(version)}, Mode: lua.MayJump}
+			req := lua.InvalidateRequest{Keys: k, Guard: 5000, Epoch: "e", Version: int64(version), Mode: lua.MayJump}
 			_, err = req.Run(ctx, c)
 		case "invalidate_keys.lua":
 			g := lua.InvalidateGroup{Head: []string{tagSet, pos, mark, refs}, Epoch: "e", Mode: lua.MayJump}

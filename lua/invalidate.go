@@ -65,13 +65,6 @@ type InvalidateResult struct {
 	Deleted int64 // cache keys removed
 }
 
-// Position is where an invalidation puts a service's position: its
-// channel's epoch ("" when no position is kept) and version.
-type Position struct {
-	Epoch   string
-	Version int64
-}
-
 // InvalidateRequest is one call of invalidate.lua: one invalidation, key
 // level, entity level or of the whole tag.
 type InvalidateRequest struct {
@@ -79,11 +72,12 @@ type InvalidateRequest struct {
 	// then RefSets reference sets.
 	Keys    []string
 	RefSets int
-	Guard   int // cardinality guard: a larger tag is refused (CardinalityExceeded)
-	Position
-	Mode  Mode
-	Token string // the pipeline's token (docs/architecture.md), or ""
-	Plain bool   // with RefSets: the tag's plain values go too
+	Guard   int    // cardinality guard: a larger tag is refused (CardinalityExceeded)
+	Epoch   string // the channel's epoch, "" when no position is kept
+	Version int64
+	Mode    Mode
+	Token   string // the pipeline's token (docs/architecture.md), or ""
+	Plain   bool   // with RefSets: the tag's plain values go too
 }
 
 func (r *InvalidateRequest) args() []any {

@@ -49,13 +49,9 @@ type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
-	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
-	// what was cached under them (tagstore.SetRefs) and under the
-	// type-level reference of their domains; a domain alone names its type
-	// level. An invalidation with neither Keys nor Refs is of the whole tag.
-	Refs []string
-	// Plain (with Refs): every value of the tag cached without refs
-	// (tagstore.Set) goes too (wire.Message.Plain).
+	// Refs and Plain mean what wire.Message's do. An invalidation with
+	// neither Keys nor Refs is of the whole tag.
+	Refs    []string
 	Plain   bool
 	Epoch   string
 	Version int64

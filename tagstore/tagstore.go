@@ -419,7 +419,13 @@ func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
 	return s.c.Get(ctx, full).Bytes()
 }
 
-// Position is how far a service's subscriber has applied a channel.
+// Position is how far a service's subscriber has applied a channel, as the
+// cache stores it ("epoch:version", String and ParsePosition). The recovery
+// rules reason on internal/recovery's Position, which adds "none" (the zero
+// value, Known false); this one stays apart because it is part of this
+// public package's API, which cannot expose an internal type, and the pure
+// rules must not depend on the cache's package. The subscriber converts
+// between the two where it reads and applies.
 type Position struct {
 	Epoch   string
 	Version int64
@@ -450,16 +456,10 @@ type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
-	// Refs are entity references, "<domain>/<entity>" (names.Ref): every
-	// value registered under one of them (SetRefs) is deleted and dropped
-	// from the tag set, and so is every value registered under the
-	// type-level reference of their domains (values with more refs than
-	// the guard). A domain alone names its type-level reference only. The
-	// reference sets go too.
-	Refs []string
-	// Plain (with Refs only) drops every value of the tag cached without
-	// refs (Set) too, as a whole tag would: an entity-level invalidation
-	// that names no keys cannot say which of them changed.
+	// Refs and Plain mean what wire.Message's do: the values registered
+	// under the refs (SetRefs) go, with the reference sets; with Plain the
+	// tag's values stored without refs (Set) too.
+	Refs     []string
 	Plain    bool
 	Service  string
 	Position Position
@@ -674,16 +674,16 @@ func refCount(inv Invalidation, keys []string) int {
 // whole tag of its channel in the pipeline, else "".
 func (s *Store) invalidateRequest(inv Invalidation, keys []string, token string) lua.InvalidateRequest {
 	return lua.InvalidateRequest{Keys: keys, RefSets: refCount(inv, keys), Guard: s.opt.CardinalityGuard,
-		Position: inv.scriptPosition(), Mode: inv.mode(), Token: token, Plain: inv.Plain}
+		Epoch: inv.scriptEpoch(), Version: inv.Position.Version, Mode: inv.mode(), Token: token, Plain: inv.Plain}
 }
 
-// scriptPosition is the position the scripts record: none without a
+// scriptEpoch is the epoch the scripts record: "" (no position) without a
 // service.
-func (inv *Invalidation) scriptPosition() lua.Position {
+func (inv *Invalidation) scriptEpoch() string {
 	if inv.Service == "" {
-		return lua.Position{Version: inv.Position.Version}
+		return ""
 	}
-	return lua.Position{Epoch: inv.Position.Epoch, Version: inv.Position.Version}
+	return inv.Position.Epoch
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag,
@@ -957,7 +957,7 @@ func (c applyCall) request(invs []Invalidation, keys [][]string, token []string)
 		for _, i := range g.invs {
 			all = append(all, lua.KeyInvalidation{Version: invs[i].Position.Version, Keys: keys[i][lua.HeadKeys:]})
 		}
-		req.Groups[x] = lua.InvalidateGroup{Head: keys[g.invs[0]][:lua.HeadKeys], Epoch: first.scriptPosition().Epoch,
+		req.Groups[x] = lua.InvalidateGroup{Head: keys[g.invs[0]][:lua.HeadKeys], Epoch: first.scriptEpoch(),
 			Mode: first.mode(), Token: token[g.invs[0]], Invs: all[start:len(all):len(all)]}
 	}
 	return req

@@ -201,6 +201,10 @@ type Message struct {
 	Epoch   string   `json:"epoch"`
 	Version int64    `json:"version"`
 	Keys    []string `json:"keys,omitempty"`
+	// Refs and Plain are documented here once; the other invalidation
+	// types (tagstore.Invalidation, subscriber.Invalidation,
+	// deliver.Invalidation) carry them with this meaning.
+	//
 	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
 	// every value cached under one of them (and under the type-level
 	// reference of their domains), or a domain alone: drop what is cached

@@ -36,7 +36,8 @@ import (
 
 // Position is how far a channel has been applied, or what its meta says:
 // Version within Epoch. The zero Position is "none": nothing applied, or no
-// meta on the bus.
+// meta on the bus. (tagstore.Position is the same pair as the cache stores
+// it, kept apart for the reason its doc gives.)
 type Position struct {
 	Epoch   string
 	Version int64

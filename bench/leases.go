@@ -161,7 +161,7 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 				if leased && i%2 == 0 {
 					p.Del(ctx, "{tenant:acme}:lease:"+k)
 					req := lua.LeaseRequest{Key: k, LeaseKey: "{tenant:acme}:lease:" + k, Sets: []string{tagSet}, Token: "token", LeaseTime: time.Minute}
-					req.Queue(ctx, p)
+					lua.Queue(ctx, p, &req)
 					continue
 				}
 				p.Set(ctx, k, "v", 0)
@@ -184,7 +184,7 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 				k = append(k, names...)
 			}
 			req := lua.InvalidateRequest{Keys: k, Guard: 5000, Epoch: "e", Version: int64(version), Mode: lua.MayJump}
-			_, err = req.Run(ctx, c)
+			_, err = lua.Run(ctx, c, &req)
 		case "invalidate_keys.lua":
 			g := lua.InvalidateGroup{Head: []string{tagSet, pos, mark, refs}, Epoch: "e", Mode: lua.MayJump}
 			for j := range invs {
@@ -192,7 +192,7 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 				g.Invs = append(g.Invs, lua.KeyInvalidation{Version: int64(version), Keys: names[j*keys : (j+1)*keys]})
 			}
 			req := lua.InvalidateKeysRequest{Groups: []lua.InvalidateGroup{g}}
-			_, err = req.Run(ctx, c)
+			_, err = lua.Run(ctx, c, &req)
 		}
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", name, err)

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,30 +22,17 @@ type BudgetReply struct {
 	Wait    time.Duration // when fewer than N were granted: until it has one more
 }
 
+func (*BudgetRequest) script() *redis.Script { return budgetScript }
+
 func (r *BudgetRequest) encode() (keys []string, args []any) {
 	return []string{r.Key}, []any{r.Rate, r.Burst, r.N, flag(r.Force)}
-}
-
-// Queue queues the call in a pipeline.
-func (r *BudgetRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return budgetScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call alone.
-func (r *BudgetRequest) Run(ctx context.Context, c redis.Scripter) (BudgetReply, error) {
-	keys, args := r.encode()
-	return r.Reply(budgetScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply.
 func (r *BudgetRequest) Reply(cmd *redis.Cmd) (BudgetReply, error) {
 	res, err := cmd.Int64Slice()
-	if err != nil {
+	if res, err = sized("budget.lua", 2, res, err); err != nil {
 		return BudgetReply{}, err
-	}
-	if len(res) != 2 {
-		return BudgetReply{}, badReply("budget.lua", "a reply of %d numbers, not 2", len(res))
 	}
 	return BudgetReply{Granted: int(res[0]), Wait: time.Duration(res[1]) * time.Millisecond}, nil
 }

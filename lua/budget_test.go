@@ -19,7 +19,7 @@ func TestBudgetScript(t *testing.T) {
 	take := func(n int, force string) (int, int64) {
 		t.Helper()
 		req := lua.BudgetRequest{Key: key, Rate: 0.1, Burst: 3, N: n, Force: force == "1"} // a token per 10 s
-		res, err := req.Run(ctx, c)
+		res, err := lua.Run(ctx, c, &req)
 		if err != nil {
 			t.Fatalf("budget script: %v %v", res, err)
 		}
@@ -64,7 +64,7 @@ func TestPublishScriptChannelBucket(t *testing.T) {
 		}
 		// burst 1, a token per 10 s
 		req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 0.1, Burst: 1, Force: force == "1", Messages: msgs}}}
-		res, err := req.Run(ctx, c)
+		res, err := lua.Run(ctx, c, &req)
 		if err != nil {
 			t.Fatal(err)
 		}

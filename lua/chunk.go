@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 )
 
@@ -19,14 +17,15 @@ type ChunkReply struct {
 	Left    int64 // members left in the set
 }
 
-// Run runs the call.
-func (r *ChunkRequest) Run(ctx context.Context, c redis.Scripter) (ChunkReply, error) {
-	v, err := chunkScript.Run(ctx, c, []string{r.Set}, r.Batch).Int64Slice()
-	if err != nil {
+func (*ChunkRequest) script() *redis.Script { return chunkScript }
+
+func (r *ChunkRequest) encode() (keys []string, args []any) { return []string{r.Set}, []any{r.Batch} }
+
+// Reply decodes the call's reply.
+func (r *ChunkRequest) Reply(cmd *redis.Cmd) (ChunkReply, error) {
+	v, err := cmd.Int64Slice()
+	if v, err = sized("chunk.lua", 2, v, err); err != nil {
 		return ChunkReply{}, err
-	}
-	if len(v) != 2 {
-		return ChunkReply{}, badReply("chunk.lua", "a reply of %d numbers, not 2", len(v))
 	}
 	return ChunkReply{Deleted: v[0], Left: v[1]}, nil
 }

@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 )
 
@@ -18,15 +16,14 @@ type CompactReply struct {
 	Removed int64
 }
 
-// Run runs the call.
-func (r *CompactRequest) Run(ctx context.Context, c redis.Scripter) (CompactReply, error) {
-	args := make([]any, len(r.Members))
-	for i, m := range r.Members {
-		args[i] = m
-	}
-	n, err := compactScript.Run(ctx, c, []string{r.Set}, args...).Int64()
-	if err != nil {
-		return CompactReply{}, err
-	}
-	return CompactReply{Removed: n}, nil
+func (*CompactRequest) script() *redis.Script { return compactScript }
+
+func (r *CompactRequest) encode() (keys []string, args []any) {
+	return []string{r.Set}, appendStrings(make([]any, 0, len(r.Members)), r.Members)
+}
+
+// Reply decodes the call's reply.
+func (r *CompactRequest) Reply(cmd *redis.Cmd) (CompactReply, error) {
+	n, err := cmd.Int64()
+	return CompactReply{Removed: n}, err
 }

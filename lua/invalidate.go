@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/names"
@@ -80,18 +78,10 @@ type InvalidateRequest struct {
 	Plain   bool   // with RefSets: the tag's plain values go too
 }
 
-func (r *InvalidateRequest) args() []any {
-	return []any{r.Guard, r.Epoch, r.Version, string(r.Mode), r.Token, r.RefSets, flag(r.Plain)}
-}
+func (*InvalidateRequest) script() *redis.Script { return invalidateScript }
 
-// Queue queues the call in a pipeline.
-func (r *InvalidateRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	return invalidateScript.EvalSha(ctx, pipe, r.Keys, r.args()...)
-}
-
-// Run runs the call alone.
-func (r *InvalidateRequest) Run(ctx context.Context, c redis.Scripter) (InvalidateResult, error) {
-	return r.Reply(invalidateScript.Run(ctx, c, r.Keys, r.args()...))
+func (r *InvalidateRequest) encode() (keys []string, args []any) {
+	return r.Keys, []any{r.Guard, r.Epoch, r.Version, string(r.Mode), r.Token, r.RefSets, flag(r.Plain)}
 }
 
 // Reply decodes the call's reply; anything but a known status and a count

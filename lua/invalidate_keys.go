@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 )
 
@@ -33,6 +31,8 @@ type KeyInvalidation struct {
 // invalidateLetter are invalidate_keys.lua's status letters.
 var invalidateLetter = map[byte]InvalidateStatus{'S': InvalidateSuccess, 'D': InvalidateDuplicate, 'G': InvalidateGap, 'W': InvalidateWait}
 
+func (*InvalidateKeysRequest) script() *redis.Script { return invalidateKeysScript }
+
 func (r *InvalidateKeysRequest) encode() (keys []string, args []any) {
 	nk, na := 0, 0
 	for _, g := range r.Groups {
@@ -53,18 +53,6 @@ func (r *InvalidateKeysRequest) encode() (keys []string, args []any) {
 		}
 	}
 	return keys, args
-}
-
-// Queue queues the call in a pipeline.
-func (r *InvalidateKeysRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return invalidateKeysScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call alone.
-func (r *InvalidateKeysRequest) Run(ctx context.Context, c redis.Scripter) ([]InvalidateResult, error) {
-	keys, args := r.encode()
-	return r.Reply(invalidateKeysScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply: one result per invalidation, in order.

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,22 +36,12 @@ type LeaseReply struct {
 	Left   time.Duration // LeaseWait
 }
 
+func (*LeaseRequest) script() *redis.Script { return leaseScript }
+
 func (r *LeaseRequest) encode() (keys []string, args []any) {
 	keys = make([]string, 0, 2+len(r.Sets))
 	keys = append(append(keys, r.Key, r.LeaseKey), r.Sets...)
 	return keys, []any{r.Token, r.LeaseTime.Milliseconds(), r.Expiring}
-}
-
-// Queue queues the call in a pipeline.
-func (r *LeaseRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return leaseScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call.
-func (r *LeaseRequest) Run(ctx context.Context, c redis.Scripter) (LeaseReply, error) {
-	keys, args := r.encode()
-	return r.Reply(leaseScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply.

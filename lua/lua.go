@@ -9,12 +9,12 @@
 //
 //   - a request type, XRequest, carries the call's inputs as Go values (the
 //     keys are derived from names/ where the script's contract fixes them);
-//   - Queue(ctx, pipe) queues the call in a pipeline run by RunPipeline and
-//     returns its command; Run(ctx, c) runs it alone;
-//   - Reply(cmd) decodes the command's reply into XReply, whose outcome is a
-//     named status of type XStatus where the script has several; a Redis
-//     error comes back unchanged (callers classify it), a reply of the wrong
-//     shape as an error naming the script.
+//     it is a Request, which Run runs alone and Queue queues in a pipeline
+//     run by RunPipeline;
+//   - its Reply(cmd) decodes the command's reply into a reply type whose
+//     outcome is a named status where the script has several; a Redis error
+//     comes back unchanged (callers classify it), a reply of the wrong shape
+//     as an error naming the script.
 //
 // What scripts share is composed in Go, once: every script starts with a
 // prelude that defines MAX_UNPACK from MaxUnpack; the two invalidation
@@ -114,21 +114,48 @@ func Sources() map[string]string {
 	return maps.Clone(sources)
 }
 
+// scripts are the scripts, by file name, as go-redis runs them (EVALSHA,
+// EVAL after NOSCRIPT).
+var scripts = func() map[string]*redis.Script {
+	m := make(map[string]*redis.Script, len(sources))
+	for name, src := range sources {
+		m[name] = redis.NewScript(src)
+	}
+	return m
+}()
+
+// The scripts each codec runs.
 var (
-	publishScript        = redis.NewScript(sources["publish.lua"])
-	invalidateScript     = redis.NewScript(sources["invalidate.lua"])
-	invalidateKeysScript = redis.NewScript(sources["invalidate_keys.lua"])
-	chunkScript          = redis.NewScript(sources["chunk.lua"])
-	setScript            = redis.NewScript(sources["set.lua"])
-	leaseScript          = redis.NewScript(sources["lease.lua"])
-	releaseScript        = redis.NewScript(sources["release.lua"])
-	compactScript        = redis.NewScript(sources["compact.lua"])
-	srcverScript         = redis.NewScript(sources["srcver.lua"])
-	budgetScript         = redis.NewScript(sources["budget.lua"])
-	tenantsScript        = redis.NewScript(sources["tenants.lua"])
-	readScript           = redis.NewScript(sources["read.lua"])
-	claimScript          = redis.NewScript(sources["claim.lua"])
+	publishScript, srcverScript, budgetScript = scripts["publish.lua"], scripts["srcver.lua"], scripts["budget.lua"]
+	tenantsScript, readScript, claimScript    = scripts["tenants.lua"], scripts["read.lua"], scripts["claim.lua"]
+	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
+	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
+	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
 )
+
+// Request is one script call: each codec's request type (PublishRequest,
+// InvalidateRequest, …) is a Request of its reply type P. It knows its
+// script and encodes its KEYS and ARGV; Reply decodes what the script
+// answered.
+type Request[P any] interface {
+	script() *redis.Script
+	encode() (keys []string, args []any)
+	Reply(cmd *redis.Cmd) (P, error)
+}
+
+// Run runs one script call alone (EVALSHA, and EVAL when Redis answers
+// NOSCRIPT) and decodes its reply.
+func Run[P any](ctx context.Context, c redis.Scripter, r Request[P]) (P, error) {
+	keys, args := r.encode()
+	return r.Reply(r.script().Run(ctx, c, keys, args...))
+}
+
+// Queue queues one script call (EVALSHA) in a pipeline that RunPipeline
+// runs; decode the command RunPipeline returns for it with r.Reply.
+func Queue[P any](ctx context.Context, pipe redis.Pipeliner, r Request[P]) *redis.Cmd {
+	keys, args := r.encode()
+	return r.script().EvalSha(ctx, pipe, keys, args...)
+}
 
 // RouterScripts are the scripts the router runs on the bus: what
 // RunPipeline loads there after a NOSCRIPT.
@@ -144,8 +171,8 @@ func CacheScripts() []*redis.Script {
 // ScriptName names the script whose SHA1 is sha ("publish", "invalidate",
 // …), or "" when it is none of routerd's.
 func ScriptName(sha string) string {
-	for name, src := range sources {
-		if redis.NewScript(src).Hash() == sha {
+	for name, s := range scripts {
+		if s.Hash() == sha {
 			return strings.TrimSuffix(name, ".lua")
 		}
 	}
@@ -226,6 +253,22 @@ func noScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }
 // badReply is the error of a reply whose shape a codec does not expect.
 func badReply(script, format string, a ...any) error {
 	return fmt.Errorf("lua: %s: "+format, append([]any{script}, a...)...)
+}
+
+// appendStrings appends strings to a script's arguments.
+func appendStrings(args []any, s []string) []any {
+	for _, v := range s {
+		args = append(args, v)
+	}
+	return args
+}
+
+// sized is v, or the error of a reply that failed or does not hold n items.
+func sized[T any](script string, n int, v []T, err error) ([]T, error) {
+	if err == nil && len(v) != n {
+		err = badReply(script, "a reply of %d items, not %d", len(v), n)
+	}
+	return v, err
 }
 
 // flag is a script's boolean argument.

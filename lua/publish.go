@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -73,6 +72,8 @@ const (
 // takes.
 func MessageArgs(ids int) int { return 2 + ids }
 
+func (*PublishRequest) script() *redis.Script { return publishScript }
+
 func (r *PublishRequest) encode() (keys []string, args []any) {
 	keys = make([]string, 0, 3*len(r.Channels))
 	n := PublishArgs
@@ -88,26 +89,10 @@ func (r *PublishRequest) encode() (keys []string, args []any) {
 		keys = append(keys, names.MetaKey(ch.Channel), names.HistoryKey(ch.Channel), names.EventsKey(ch.Channel))
 		args = append(args, ch.Channel, ch.History, ch.Rate, ch.Burst, flag(ch.Force), len(ch.Messages))
 		for _, m := range ch.Messages {
-			args = append(args, len(m.IDs))
-			for _, id := range m.IDs {
-				args = append(args, id)
-			}
-			args = append(args, m.Body)
+			args = append(appendStrings(append(args, len(m.IDs)), m.IDs), m.Body)
 		}
 	}
 	return keys, args
-}
-
-// Queue queues the call in a pipeline.
-func (r *PublishRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return publishScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call alone.
-func (r *PublishRequest) Run(ctx context.Context, c redis.Scripter) ([]PublishResult, error) {
-	keys, args := r.encode()
-	return r.Reply(publishScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply: one result per message, in the order of
@@ -117,14 +102,10 @@ func (r *PublishRequest) Reply(cmd *redis.Cmd) ([]PublishResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	messages := 0
-	for _, ch := range r.Channels {
-		messages += len(ch.Messages)
-	}
 	short := func() error {
-		return badReply("publish.lua", "a reply of %d numbers for %d messages", len(res), messages)
+		return badReply("publish.lua", "a reply of %d numbers, not one result for each of the call's messages", len(res))
 	}
-	got := make([]PublishResult, 0, messages)
+	got := make([]PublishResult, 0, len(res)/2)
 	k := 0
 	for _, ch := range r.Channels {
 		for _, m := range ch.Messages {

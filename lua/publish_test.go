@@ -20,7 +20,7 @@ func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) 
 		msgs = append(msgs, lua.PublishMessage{IDs: []string{id}, Body: []byte(`,"tenant":"acme","tag":"t","event":"` + id + `"`)})
 	}
 	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 1000, Burst: 1000, Messages: msgs}}}
-	return req.Run(ctx, c)
+	return lua.Run(ctx, c, &req)
 }
 
 // Redis does not roll a script back when a command in it fails. A failure
@@ -90,7 +90,7 @@ func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
 		{IDs: []string{"c"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"c"`)},
 		{IDs: []string{"a"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"a"`)},
 	}}}}
-	res, err := req.Run(ctx, c)
+	res, err := lua.Run(ctx, c, &req)
 	want := []lua.PublishResult{
 		{Version: 1, Status: lua.PublishPartial, Recorded: []bool{true, false}},
 		{Version: 0, Status: lua.PublishBehind},

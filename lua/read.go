@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -48,14 +47,10 @@ type ReadReply struct {
 	Entries
 }
 
+func (*ReadRequest) script() *redis.Script { return readScript }
+
 func (r *ReadRequest) encode() (keys []string, args []any) {
 	return []string{r.Stream}, []any{r.Group, r.Consumer, r.Count, r.Bytes, r.MaxValue, r.Keep}
-}
-
-// Run runs the call.
-func (r *ReadRequest) Run(ctx context.Context, c redis.Scripter) (ReadReply, error) {
-	keys, args := r.encode()
-	return r.Reply(readScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply.
@@ -93,24 +88,17 @@ type ClaimReply struct {
 	Entries
 }
 
+func (*ClaimRequest) script() *redis.Script { return claimScript }
+
 func (r *ClaimRequest) encode() (keys []string, args []any) {
 	return []string{r.Stream}, []any{r.Group, r.Consumer, r.MinIdle.Milliseconds(), r.Start, r.Count, r.Bytes, r.MaxValue, r.Keep, flag(r.Own)}
-}
-
-// Run runs the call.
-func (r *ClaimRequest) Run(ctx context.Context, c redis.Scripter) (ClaimReply, error) {
-	keys, args := r.encode()
-	return r.Reply(claimScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply.
 func (r *ClaimRequest) Reply(cmd *redis.Cmd) (ClaimReply, error) {
 	reply, err := cmd.Slice()
-	if err != nil {
+	if reply, err = sized("claim.lua", 3, reply, err); err != nil {
 		return ClaimReply{}, err
-	}
-	if len(reply) != 3 {
-		return ClaimReply{}, badReply("claim.lua", "a reply of %d items", len(reply))
 	}
 	next, _ := reply[0].(string)
 	e, err := entries("claim.lua", reply[1:])

@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 )
 
@@ -17,13 +15,16 @@ type ReleaseReply struct {
 	Released bool // false: expired, taken by another fill, or voided by a plain store
 }
 
-// Run runs the call.
-func (r *ReleaseRequest) Run(ctx context.Context, c redis.Scripter) (ReleaseReply, error) {
-	keys := make([]string, 0, 2+len(r.Lease.Sets))
+func (*ReleaseRequest) script() *redis.Script { return releaseScript }
+
+func (r *ReleaseRequest) encode() (keys []string, args []any) {
+	keys = make([]string, 0, 2+len(r.Lease.Sets))
 	keys = append(append(keys, r.Lease.Key, r.Key), r.Lease.Sets...)
-	n, err := releaseScript.Run(ctx, c, keys, r.Lease.Token).Int64()
-	if err != nil {
-		return ReleaseReply{}, err
-	}
-	return ReleaseReply{Released: n == 1}, nil
+	return keys, []any{r.Lease.Token}
+}
+
+// Reply decodes the call's reply.
+func (r *ReleaseRequest) Reply(cmd *redis.Cmd) (ReleaseReply, error) {
+	n, err := cmd.Int64()
+	return ReleaseReply{Released: n == 1}, err
 }

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +41,8 @@ type SetReply struct {
 	Added  int // Stored: the sets the key was new in
 }
 
+func (*SetRequest) script() *redis.Script { return setScript }
+
 func (r *SetRequest) encode() (keys []string, args []any) {
 	n := 1 + len(r.Sets)
 	if r.Lease != nil {
@@ -58,12 +59,6 @@ func (r *SetRequest) encode() (keys []string, args []any) {
 	}
 	keys = append(keys, r.Lease.Sets...)
 	return keys, []any{r.Value, r.TTL.Milliseconds(), r.Expiring, r.Lease.Token, len(r.Lease.Sets)}
-}
-
-// Run runs the call.
-func (r *SetRequest) Run(ctx context.Context, c redis.Scripter) (SetReply, error) {
-	keys, args := r.encode()
-	return r.Reply(setScript.Run(ctx, c, keys, args...))
 }
 
 // Reply decodes the call's reply.

@@ -1,7 +1,6 @@
 package lua
 
 import (
-	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,25 +26,12 @@ const (
 	Recorded SourceVersionStatus = 1
 )
 
+func (*SourceVersionRequest) script() *redis.Script { return srcverScript }
+
 func (r *SourceVersionRequest) encode() (keys []string, args []any) {
 	args = make([]any, 0, 3+len(r.Keys))
 	args = append(args, r.Version, r.TTL.Milliseconds(), r.MaxKeys)
-	for _, k := range r.Keys {
-		args = append(args, k)
-	}
-	return []string{r.Key}, args
-}
-
-// Queue queues the call in a pipeline.
-func (r *SourceVersionRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return srcverScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call alone.
-func (r *SourceVersionRequest) Run(ctx context.Context, c redis.Scripter) (SourceVersionStatus, error) {
-	keys, args := r.encode()
-	return r.Reply(srcverScript.Run(ctx, c, keys, args...))
+	return []string{r.Key}, appendStrings(args, r.Keys)
 }
 
 // Reply decodes the call's reply.

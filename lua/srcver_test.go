@@ -24,7 +24,7 @@ func TestSourceVersionScript(t *testing.T) {
 			t.Fatal(err)
 		}
 		req := lua.SourceVersionRequest{Key: key, Version: v, TTL: time.Minute, MaxKeys: limit, Keys: keys}
-		st, err := req.Run(ctx, c)
+		st, err := lua.Run(ctx, c, &req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,8 +1,6 @@
 package lua
 
 import (
-	"context"
-
 	"github.com/redis/go-redis/v9"
 )
 
@@ -19,25 +17,11 @@ type TenantsReply struct {
 	Announced int // tenants new to the registry, announced
 }
 
+func (*TenantsRequest) script() *redis.Script { return tenantsScript }
+
 func (r *TenantsRequest) encode() (keys []string, args []any) {
 	args = make([]any, 0, 1+len(r.Tenants))
-	args = append(args, r.Command)
-	for _, t := range r.Tenants {
-		args = append(args, t)
-	}
-	return []string{r.Key}, args
-}
-
-// Queue queues the call in a pipeline.
-func (r *TenantsRequest) Queue(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
-	keys, args := r.encode()
-	return tenantsScript.EvalSha(ctx, pipe, keys, args...)
-}
-
-// Run runs the call alone.
-func (r *TenantsRequest) Run(ctx context.Context, c redis.Scripter) (TenantsReply, error) {
-	keys, args := r.encode()
-	return r.Reply(tenantsScript.Run(ctx, c, keys, args...))
+	return []string{r.Key}, appendStrings(append(args, r.Command), r.Tenants)
 }
 
 // Reply decodes the call's reply.

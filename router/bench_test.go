@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/routerd/routerd/lua"
 )
 
 // The publish path's encoding of one script call of 100 messages on three
@@ -34,7 +35,7 @@ func BenchmarkPublishCall(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		req := publishRequest(out, calls[0], "e0", "PUBLISH")
-		req.Queue(ctx, pipe)
+		lua.Queue(ctx, pipe, &req)
 		if _, err := req.Reply(cmd); err != nil {
 			b.Fatal(err)
 		}

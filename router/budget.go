@@ -89,7 +89,7 @@ func (r *Router) takeBudgets(ctx context.Context, b *budgets, out []*outgoing) (
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(reqs))
 		for i := range reqs {
-			all[i] = reqs[i].Queue(ctx, pipe)
+			all[i] = lua.Queue(ctx, pipe, &reqs[i])
 		}
 		return all
 	})
@@ -168,7 +168,7 @@ func (r *Router) giveBack(ctx context.Context, b *budgets) {
 			}
 			if n > 0 && bud != nil {
 				req := lua.BudgetRequest{Key: key, Rate: bud.Rate, Burst: bud.Burst, N: -n}
-				all = append(all, req.Queue(ctx, pipe))
+				all = append(all, lua.Queue(ctx, pipe, &req))
 			}
 		}
 		return all

@@ -540,7 +540,7 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(reqs))
 		for i := range reqs {
-			out[i] = reqs[i].Queue(ctx, pipe)
+			out[i] = lua.Queue(ctx, pipe, &reqs[i])
 		}
 		return out
 	})
@@ -588,7 +588,7 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	}
 	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
 	if _, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
-		return []*redis.Cmd{req.Queue(ctx, pipe)}
+		return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
 	}); err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
@@ -913,7 +913,7 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(reqs))
 		for j := range reqs {
-			all[j] = reqs[j].Queue(ctx, pipe)
+			all[j] = lua.Queue(ctx, pipe, &reqs[j])
 		}
 		wait = nil
 		if replicas > 0 {

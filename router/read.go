@@ -46,7 +46,7 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	wait := 1
 	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
 		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
-	reply, err := req.Run(ctx, r.c)
+	reply, err := lua.Run(ctx, r.c, &req)
 	switch {
 	case r.refused(err):
 		wait = count // unbounded, as routers before the read script
@@ -79,7 +79,7 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
 		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Own: own}
-	reply, err := req.Run(ctx, r.c)
+	reply, err := lua.Run(ctx, r.c, &req)
 	if r.refused(err) {
 		return r.claimUnbounded(ctx, stream, idle, start, own)
 	}

@@ -179,7 +179,7 @@ func newToken() string {
 func (f *fill) take(ctx context.Context) (lua.LeaseReply, error) {
 	req := lua.LeaseRequest{Key: f.full, LeaseKey: f.lease, Sets: f.sets.keys, Token: f.token,
 		LeaseTime: f.opt.LeaseTime, Expiring: f.sets.expiring}
-	r, err := req.Run(ctx, f.s.c)
+	r, err := lua.Run(ctx, f.s.c, &req)
 	if err != nil {
 		return r, fmt.Errorf("tagstore: lease %s: %w", f.full, err)
 	}
@@ -249,7 +249,7 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	}
 	req := lua.SetRequest{Key: f.full, Value: v, TTL: f.opt.TTL, Sets: value.keys, Expiring: value.expiring,
 		Lease: &lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
-	if _, err := req.Run(ctx, f.s.c); err != nil {
+	if _, err := lua.Run(ctx, f.s.c, &req); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)
@@ -299,5 +299,5 @@ func (f *fill) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	req := lua.ReleaseRequest{Key: f.full, Lease: lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
-	_, _ = req.Run(ctx, f.s.c) // else it expires after the lease time
+	_, _ = lua.Run(ctx, f.s.c, &req) // else it expires after the lease time
 }

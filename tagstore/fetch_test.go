@@ -203,7 +203,7 @@ func TestFetchDeadHolderFreesAfterLeaseTime(t *testing.T) {
 	take := func(ms int) {
 		req := lua.LeaseRequest{Key: full, LeaseKey: names.LeaseKey("acme", full), Sets: []string{"{tenant:acme}:tag:t"},
 			Token: "dead-holder", LeaseTime: time.Duration(ms) * time.Millisecond}
-		r, err := req.Run(ctx, c)
+		r, err := lua.Run(ctx, c, &req)
 		if err != nil || r.Status != lua.Leased {
 			t.Fatalf("lease.lua = %v, %v", r, err)
 		}

@@ -237,7 +237,7 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 		return err
 	}
 	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets}
-	_, err = req.Run(ctx, s.c)
+	_, err = lua.Run(ctx, s.c, &req)
 	return err
 }
 
@@ -335,7 +335,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 		return res, err
 	}
 	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets.keys, Expiring: sets.expiring}
-	_, err = req.Run(ctx, s.c)
+	_, err = lua.Run(ctx, s.c, &req)
 	return res, err
 }
 
@@ -535,7 +535,7 @@ func (s *Store) apply(ctx context.Context, inv Invalidation, req lua.InvalidateR
 	var res Result
 	keys := req.Keys
 	for {
-		r, err := req.Run(ctx, s.c)
+		r, err := lua.Run(ctx, s.c, &req)
 		if err != nil {
 			return res, fmt.Errorf("tagstore: invalidate %s: %w", keys[0], err)
 		}
@@ -772,9 +772,9 @@ func (b *batch) run(ctx context.Context, idx []int) {
 		out := make([]*redis.Cmd, len(calls))
 		for j, call := range calls {
 			if call.single {
-				out[j] = reqs[j].single.Queue(ctx, pipe)
+				out[j] = lua.Queue(ctx, pipe, &reqs[j].single)
 			} else {
-				out[j] = reqs[j].keys.Queue(ctx, pipe)
+				out[j] = lua.Queue(ctx, pipe, &reqs[j].keys)
 			}
 		}
 		return out
@@ -986,7 +986,7 @@ func (s *Store) chunk(ctx context.Context, tagSet string, limit int) (int64, err
 	var deleted int64
 	for {
 		req := lua.ChunkRequest{Set: tagSet, Batch: s.opt.ChunkSize}
-		v, err := req.Run(ctx, s.c)
+		v, err := lua.Run(ctx, s.c, &req)
 		if err != nil {
 			return deleted, fmt.Errorf("tagstore: chunked delete of %s: %w", tagSet, err)
 		}
@@ -1112,7 +1112,7 @@ func (s *Store) compact(ctx context.Context, tagSet string) (int64, error) {
 			batch := members[:min(len(members), lua.MaxUnpack)]
 			members = members[len(batch):]
 			req := lua.CompactRequest{Set: tagSet, Members: batch}
-			n, err := req.Run(ctx, s.c)
+			n, err := lua.Run(ctx, s.c, &req)
 			if err != nil {
 				return removed, err
 			}

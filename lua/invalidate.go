@@ -1,6 +1,8 @@
 package lua
 
 import (
+	"strconv"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/names"
@@ -23,6 +25,17 @@ func SetHead(keys []string, tenant, tag, service string) {
 		keys[1] = names.PositionKey(tenant, service, tag)
 		keys[2] = names.BatchMarkKey(tenant, service, tag)
 	}
+}
+
+// VersionArg is the invalidation scripts' version argument, which they
+// store after the epoch as the position: "version", or "version:chain"
+// (position.lua).
+func VersionArg(version int64, chain string) string {
+	v := strconv.FormatInt(version, 10)
+	if chain != "" {
+		v += ":" + chain
+	}
+	return v
 }
 
 // Mode is how an invalidation's version meets the stored position
@@ -73,6 +86,7 @@ type InvalidateRequest struct {
 	Guard   int    // cardinality guard: a larger tag is refused (CardinalityExceeded)
 	Epoch   string // the channel's epoch, "" when no position is kept
 	Version int64
+	Chain   string // the channel's chain at Version, "" for none (position.lua)
 	Mode    Mode
 	Token   string // the pipeline's token (docs/architecture.md), or ""
 	Plain   bool   // with RefSets: the tag's plain values go too
@@ -81,7 +95,7 @@ type InvalidateRequest struct {
 func (*InvalidateRequest) script() *redis.Script { return invalidateScript }
 
 func (r *InvalidateRequest) encode() (keys []string, args []any) {
-	return r.Keys, []any{r.Guard, r.Epoch, r.Version, string(r.Mode), r.Token, r.RefSets, flag(r.Plain)}
+	return r.Keys, []any{r.Guard, r.Epoch, VersionArg(r.Version, r.Chain), string(r.Mode), r.Token, r.RefSets, flag(r.Plain)}
 }
 
 // Reply decodes the call's reply; anything but a known status and a count

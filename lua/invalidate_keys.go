@@ -21,10 +21,11 @@ type InvalidateGroup struct {
 	Invs  []KeyInvalidation
 }
 
-// KeyInvalidation is one invalidation of a group: its version and cache
-// keys (at least one).
+// KeyInvalidation is one invalidation of a group: its version (and the
+// channel's chain at it, "" for none) and cache keys (at least one).
 type KeyInvalidation struct {
 	Version int64
+	Chain   string
 	Keys    []string
 }
 
@@ -49,7 +50,7 @@ func (r *InvalidateKeysRequest) encode() (keys []string, args []any) {
 		args = append(args, g.Epoch, string(g.Mode), g.Token, len(g.Invs))
 		for _, inv := range g.Invs {
 			keys = append(keys, inv.Keys...)
-			args = append(args, inv.Version, len(inv.Keys))
+			args = append(args, VersionArg(inv.Version, inv.Chain), len(inv.Keys))
 		}
 	}
 	return keys, args

@@ -32,7 +32,7 @@ func TestUnexpectedInvalidateRepliesAreErrors(t *testing.T) {
 	if r, err := single.Reply(replyCmd([]any{"EMPTY_TAG_SET", int64(0)})); err != nil || r != (InvalidateResult{EmptyTagSet, 0}) {
 		t.Errorf("a good reply: %v %v", r, err)
 	}
-	batched := InvalidateKeysRequest{Groups: []InvalidateGroup{{Invs: []KeyInvalidation{{1, []string{"k"}}, {2, []string{"k"}}}}}}
+	batched := InvalidateKeysRequest{Groups: []InvalidateGroup{{Invs: []KeyInvalidation{{Version: 1, Keys: []string{"k"}}, {Version: 2, Keys: []string{"k"}}}}}}
 	for _, v := range []any{
 		[]any{"SX", int64(1), int64(0)},
 		[]any{"S", int64(1)},

@@ -24,12 +24,18 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
+	// The generation before the targets: a loss after this read is seen
+	// by the next check; one before it came before any value whose
+	// channel the targets then miss was cached.
+	gen, err := s.generations(ctx)
+	if err != nil {
+		return err
+	}
 	targets, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
-	gen, err := s.checkTargets(ctx, targets, nil)
-	if err != nil {
+	if err := s.checkTargets(ctx, targets, gen, nil); err != nil {
 		return err
 	}
 	return s.sawGeneration(ctx, gen)
@@ -42,6 +48,10 @@ type generation struct{ bus, seen string }
 // its generation changed or is gone. A service that never looked (nothing
 // seen) cannot tell.
 func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
+
+// known reports whether the bus kept its data since the service last
+// looked: its generation is the one seen.
+func (g generation) known() bool { return g.seen != "" && g.bus == g.seen }
 
 // generations reads the bus's generation and the one recorded with the cache
 // (in memory without a cache) by the last complete check.
@@ -87,23 +97,35 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // no longer ours (a matrix change)
 	}
-	_, err = s.checkTargets(ctx, []target{{channel, tenant, tag}}, nil)
-	return err
+	return s.checkOne(ctx, target{channel, tenant, tag}, nil)
 }
 
 // verify checks the channel of a message that does not follow its position:
 // the channel's meta and the position stored with the cache decide, and the
 // message counts only as far as the meta confirms it.
 func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
-	_, err := s.checkTargets(ctx, []target{t}, msg)
-	return err
+	return s.checkOne(ctx, t, msg)
+}
+
+// checkOne checks one channel against the bus's generation as it is now.
+func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
+	gen, err := s.generations(ctx)
+	if err != nil {
+		return err
+	}
+	if gen.seen == "" && gen.bus != "" {
+		// Never recorded one: until a complete check does, every channel
+		// without a position goes whole (recovery.Check). Soon, then.
+		s.requestCheck()
+	}
+	return s.checkTargets(ctx, []target{t}, gen, msg)
 }
 
 // checkTargets reads the channels' metas and the positions stored with the
-// cache, and brings each channel to its meta (recovery.Check). With msg set
-// (one target), it is the message that made the check, and is reported when
-// the meta does not confirm it. It returns the bus generation it went by.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) (generation, error) {
+// cache, and brings each channel to its meta (recovery.Check), going by the
+// bus generation gen. With msg set (one target), it is the message that made
+// the check, and is reported when the meta does not confirm it.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen generation, msg *wire.Message) error {
 	// The targets' queued work first, so the stored positions are where it
 	// left them.
 	var errs error
@@ -113,25 +135,21 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		}
 	}
 	if errs != nil {
-		return generation{}, errs
+		return errs
 	}
 	if err := s.flushBatch(ctx); err != nil {
-		return generation{}, err
-	}
-	gen, err := s.generations(ctx)
-	if err != nil {
-		return generation{}, err
+		return err
 	}
 	var failed error
 	for start := 0; start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
 		metas, err := s.metas(ctx, batch)
 		if err != nil {
-			return gen, err
+			return err
 		}
 		stored, storedErrs, err := s.storedPositions(ctx, batch)
 		if err != nil {
-			return gen, err
+			return err
 		}
 		for i, t := range batch {
 			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
@@ -155,8 +173,16 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 				s.pos[t.channel] = p
 			}
 			c := recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta,
-				BusLost: gen.lost(), HasHandler: s.opt.Handler != nil}
+				BusLost: gen.lost(), BusKnown: gen.known(), Watched: p.watched != "" && p.watched == gen.bus,
+				Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
+			delete(s.heard, t.channel)
 			d := recovery.Check(c)
+			if recovery.Watch(c) && gen.bus != "" {
+				p.watched = gen.bus
+			}
+			if chain, ok := recovery.Adopt(c); ok && p.at.Epoch == meta.Epoch && p.at.Version == meta.Version {
+				p.at.Chain = chain
+			}
 			if start, moved := recovery.Start(c); moved {
 				s.m.cacheMoved.Inc()
 				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from there",
@@ -171,15 +197,21 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 			if d.Action == recovery.Ignore {
 				continue
 			}
-			s.m.gaps.Inc()
-			s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
-				"at", p.at.String(), "channel_at", meta.String())
-			if err := s.execute(ctx, t.channel, p, d); err != nil {
+			var first bool
+			if msg != nil {
+				d, first = recovery.First(d, msgPosition(msg))
+			}
+			if !first {
+				s.m.gaps.Inc()
+				s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
+					"at", p.at.String(), "channel_at", meta.String())
+			}
+			if err := s.execute(ctx, t.channel, p, d, first); err != nil {
 				failed = errors.Join(failed, fmt.Errorf("%s: %w", t.channel, err))
 			}
 		}
 	}
-	return gen, errors.Join(failed, s.flushBatch(ctx))
+	return errors.Join(failed, s.flushBatch(ctx))
 }
 
 type target struct{ channel, tenant, tag string }
@@ -193,7 +225,7 @@ type metaRead struct {
 func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, error) {
 	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
-			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version")
+			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain")
 		}
 		return nil
 	})
@@ -218,6 +250,13 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 			continue
 		}
 		out[i].at = recovery.Position{Epoch: epoch, Version: v}
+		// The chain, when it is this version's: a router older than
+		// chains leaves none, or one of a version it published past.
+		if cs, _ := vals[2].(string); cs != "" {
+			if c, err := tagstore.ParsePosition(cs); err == nil && c.Epoch == epoch && c.Version == v {
+				out[i].at.Chain = c.Chain
+			}
+		}
 	}
 	return out, nil
 }
@@ -255,7 +294,7 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out
 		case readErrs[i] != nil:
 			errs[i] = readErrs[i]
 		case found[i]:
-			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version}
+			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version, Chain: pos[i].Chain}
 		}
 	}
 	return out, errs, nil

@@ -429,22 +429,47 @@ func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
 type Position struct {
 	Epoch   string
 	Version int64
+	// Chain is the channel's chain at Version (recovery.Link: lowercase
+	// hex), "" when unknown. It is stored with the position and not
+	// checked by the scripts.
+	Chain string
 }
 
-// String is the stored form, "epoch:version".
-func (p Position) String() string { return p.Epoch + ":" + strconv.FormatInt(p.Version, 10) }
+// String is the stored form, "epoch:version" or "epoch:version:chain"
+// (docs/protocol.md 5.2): the epoch, and the version argument the scripts
+// store after it (lua.InvalidateRequest).
+func (p Position) String() string { return p.Epoch + ":" + lua.VersionArg(p.Version, p.Chain) }
 
-// ParsePosition reads the stored form.
+// ParsePosition reads the stored form: "epoch:version" (also what versions
+// before chains wrote) or "epoch:version:chain". An epoch holds no ':'.
 func ParsePosition(s string) (Position, error) {
-	i := strings.LastIndexByte(s, ':')
-	if i <= 0 {
+	epoch, rest, ok := strings.Cut(s, ":")
+	if !ok || epoch == "" {
 		return Position{}, fmt.Errorf("tagstore: position %q is not epoch:version", s)
 	}
-	v, err := strconv.ParseInt(s[i+1:], 10, 64)
+	vs, chain, _ := strings.Cut(rest, ":")
+	v, err := strconv.ParseInt(vs, 10, 64)
 	if err != nil || v < 0 {
 		return Position{}, fmt.Errorf("tagstore: position %q has no valid version", s)
 	}
-	return Position{Epoch: s[:i], Version: v}, nil
+	if strings.Contains(rest, ":") && !validChain(chain) {
+		return Position{}, fmt.Errorf("tagstore: position %q has no valid chain (1 to 64 lowercase hex digits)", s)
+	}
+	return Position{Epoch: epoch, Version: v, Chain: chain}, nil
+}
+
+// validChain reports whether s is a chain as stored: 1 to 64 lowercase hex
+// digits.
+func validChain(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Invalidation is one unit of work: the listed keys of a tag, the values
@@ -594,6 +619,9 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
+		if inv.Position.Chain != "" && !validChain(inv.Position.Chain) {
+			return nil, fmt.Errorf("tagstore: position chain %q is not 1 to 64 lowercase hex digits", inv.Position.Chain)
+		}
 	}
 	if inv.Plain && len(inv.Refs) == 0 {
 		return nil, errors.New("tagstore: Plain needs Refs (without refs and keys the whole tag goes)")
@@ -674,7 +702,7 @@ func refCount(inv Invalidation, keys []string) int {
 // whole tag of its channel in the pipeline, else "".
 func (s *Store) invalidateRequest(inv Invalidation, keys []string, token string) lua.InvalidateRequest {
 	return lua.InvalidateRequest{Keys: keys, RefSets: refCount(inv, keys), Guard: s.opt.CardinalityGuard,
-		Epoch: inv.scriptEpoch(), Version: inv.Position.Version, Mode: inv.mode(), Token: token, Plain: inv.Plain}
+		Epoch: inv.scriptEpoch(), Version: inv.Position.Version, Chain: inv.Position.Chain, Mode: inv.mode(), Token: token, Plain: inv.Plain}
 }
 
 // scriptEpoch is the epoch the scripts record: "" (no position) without a
@@ -955,7 +983,7 @@ func (c applyCall) request(invs []Invalidation, keys [][]string, token []string)
 		first := &invs[g.invs[0]]
 		start := len(all)
 		for _, i := range g.invs {
-			all = append(all, lua.KeyInvalidation{Version: invs[i].Position.Version, Keys: keys[i][lua.HeadKeys:]})
+			all = append(all, lua.KeyInvalidation{Version: invs[i].Position.Version, Chain: invs[i].Position.Chain, Keys: keys[i][lua.HeadKeys:]})
 		}
 		req.Groups[x] = lua.InvalidateGroup{Head: keys[g.invs[0]][:lua.HeadKeys], Epoch: first.scriptEpoch(),
 			Mode: first.mode(), Token: token[g.invs[0]], Invs: all[start:len(all):len(all)]}

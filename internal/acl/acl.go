@@ -157,9 +157,10 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			// Re-driving dead letters (routerd deadletter replay too).
 			"xrange", "xdel",
 			// The publish, source_version and budget scripts, and what
-			// they run (TIME: the clock of the shared token buckets).
+			// they run (TIME: the clock of the shared token buckets;
+			// XRANGE: a channel's chain caught up over its history).
 			"evalsha", "script|load", "time",
-			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
+			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore", "xrange",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
 			// Readiness: a ping of the bus every 500 ms.

@@ -24,8 +24,8 @@ func deadletterCmd(ctx context.Context, env *Env, args []string) error {
 	case len(args) == 0:
 		fmt.Fprintln(env.Stderr, usage)
 		return errUsage
-	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
-		fmt.Fprintln(env.Stderr, usage)
+	case isHelp(args[0]) || args[0] == "help":
+		fmt.Fprintln(env.Stdout, usage)
 		return flag.ErrHelp
 	case args[0] != "replay":
 		fmt.Fprintf(env.Stderr, "routerd deadletter: unknown subcommand %q (subcommands: replay)\n\n%s\n", args[0], usage)
@@ -48,17 +48,17 @@ func deadletterCmd(ctx context.Context, env *Env, args []string) error {
 	}
 	filter := router.RedriveFilter{Reason: *reason, Domain: *domain}
 	if *reason != "" && !slices.Contains(deadletterReasons, *reason) {
-		return fmt.Errorf("--reason %q: must be one of %s", *reason, strings.Join(deadletterReasons, ", "))
+		return f.fail("--reason %q: must be one of %s", *reason, strings.Join(deadletterReasons, ", "))
 	}
 	if *domain != "" {
 		if err := names.Domain(*domain); err != nil {
-			return fmt.Errorf("--domain: %w", err)
+			return f.fail("--domain: %v", err)
 		}
 	}
 	if *since != "" {
 		t, err := parseSince(*since, time.Now())
 		if err != nil {
-			return err
+			return f.fail("%v", err)
 		}
 		filter.Since = t
 	}

@@ -55,9 +55,9 @@ func TestDeadletterUsage(t *testing.T) {
 		{[]string{"deadletter"}, 2, "Usage: routerd deadletter replay"},
 		{[]string{"deadletter", "purge"}, 2, `unknown subcommand "purge"`},
 		{[]string{"deadletter", "replay"}, 2, "--redis"},
-		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--reason", "lost"}, 1, `--reason "lost": must be one of malformed, unknown_domain`},
-		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--since", "soon"}, 1, `--since "soon"`},
-		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--domain", "a b"}, 1, "--domain"},
+		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--reason", "lost"}, 2, `--reason "lost": must be one of malformed, unknown_domain`},
+		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--since", "soon"}, 2, `--since "soon"`},
+		{[]string{"deadletter", "replay", "--redis", "redis://127.0.0.1:1", "--domain", "a b"}, 2, "--domain"},
 	} {
 		code, _, errs := runCLI(t, tc.args...)
 		if code != tc.code || !strings.Contains(errs, tc.msg) {

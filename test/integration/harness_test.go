@@ -148,6 +148,15 @@ func (e *env) routerOn(bus redis.UniversalClient, opt router.Options) (*router.R
 	return r, stop
 }
 
+// routerRanBefore sets the bus generation as a router that ran on the bus
+// before would have: a subscriber that starts before any router has never
+// recorded one, and takes each channel's first message whole
+// (recovery.Check) until its first complete check under one.
+func (e *env) routerRanBefore() {
+	e.t.Helper()
+	must(e.t, e.busC.SetNX(context.Background(), "invalidate:generation", "before", 0).Err())
+}
+
 func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
 	e.t.Helper()
 	return e.subscriberOn(e.bus.Client(e.t), service, opt)

@@ -103,12 +103,6 @@ func Stamp(d Decision, stamp int64) Decision {
 	return d
 }
 
-// NewChannelReplay is the highest version up to which a channel never
-// applied is recovered by replaying its history from version 1 (a new
-// tenant whose first messages came before the subscription) rather than by
-// invalidating the whole tag.
-const NewChannelReplay = 16
-
 // Action is what to do with a channel.
 type Action uint8
 
@@ -225,10 +219,10 @@ func Recover(pos, meta Position) Decision {
 		}
 		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
 	case !pos.Known():
-		if meta.Version <= NewChannelReplay {
-			return Decision{Action: Replay, Reason: NewChannel, From: 1, To: meta}
-		}
-		return Decision{Action: WholeTag, Reason: NewChannel, To: meta}
+		// Check comes here only for a channel whose epoch is all it
+		// published (fresh): its history is replayed from version 1, as
+		// far back as it reaches (Replayed: whole tag when it does not).
+		return Decision{Action: Replay, Reason: NewChannel, From: 1, To: meta}
 	case pos.Epoch != meta.Epoch:
 		// Also after Lost: the bus may have lost a whole epoch more since
 		// the position was recorded, so the history of this one is not

@@ -47,8 +47,8 @@ func TestRecover(t *testing.T) {
 		{"meta vanished, already handled", Lost, none, Decision{Action: Ignore, Reason: Current}},
 		{"nothing published, nothing applied", none, none, Decision{Action: Ignore, Reason: Current}},
 		{"new epoch after the loss: whole tag (another loss may lie between)", Lost, pos("b", 1), Decision{Action: WholeTag, Reason: NewEpoch, To: pos("b", 1)}},
-		{"young channel never applied: replay from 1", none, pos("a", NewChannelReplay), Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("a", NewChannelReplay)}},
-		{"older channel never applied: whole tag", none, pos("a", NewChannelReplay+1), Decision{Action: WholeTag, Reason: NewChannel, To: pos("a", NewChannelReplay+1)}},
+		{"channel never applied: replay from 1", none, pos("a", 16), Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("a", 16)}},
+		{"channel never applied, many versions: replay from 1 still (the history decides)", none, pos("a", 900), Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("a", 900)}},
 		{"meta without a version", pos("a", 3), pos("a", 0), Decision{Action: WholeTag, Reason: Vanished, To: Lost}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -191,8 +191,8 @@ func TestCheck(t *testing.T) {
 			Channel{HasStore: true, Meta: pos("b", 1)}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 1)}},
 		{"bus kept, cache covers every tenant: replay a young channel from 1",
 			Channel{HasStore: true, Meta: pos("b", 2), BusKnown: true}, Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("b", 2)}},
-		{"bus kept, older channel never applied: whole tag",
-			Channel{HasStore: true, Meta: pos("b", NewChannelReplay+1), BusKnown: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", NewChannelReplay+1)}},
+		{"bus kept, older channel never applied: replay from 1 as far as the history reaches",
+			Channel{HasStore: true, Meta: pos("b", 900), BusKnown: true}, Decision{Action: Replay, Reason: NewChannel, From: 1, To: pos("b", 900)}},
 		{"handler, bus kept, channel never watched: whole tag (an in-process cache has no tenant index)",
 			Channel{Meta: pos("b", 2), BusKnown: true, HasHandler: true}, Decision{Action: WholeTag, Reason: NewChannel, To: pos("b", 2)}},
 		{"handler, bus kept, channel watched without a meta: replay from 1",

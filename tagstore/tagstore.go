@@ -1053,57 +1053,11 @@ var ErrBadPosition = errors.New("tagstore: stored position is not epoch:version"
 // such a key for none and write the position over it.) err is for invalid
 // names or a cache Redis that did not answer.
 func (s *Store) ReadPositions(ctx context.Context, service string, chans []TenantTag) (pos []Position, found []bool, errs []error, err error) {
-	if err := names.Service(service); err != nil {
+	st, err := s.readState(ctx, service, chans, false)
+	if err != nil {
 		return nil, nil, nil, err
 	}
-	keys := make([]string, len(chans))
-	for i, ch := range chans {
-		if err := names.Tenant(ch.Tenant); err != nil {
-			return nil, nil, nil, err
-		}
-		if err := names.Tag(ch.Tag); err != nil {
-			return nil, nil, nil, err
-		}
-		keys[i] = names.PositionKey(ch.Tenant, service, ch.Tag)
-	}
-	pos = make([]Position, len(chans))
-	found = make([]bool, len(chans))
-	errs = make([]error, len(chans))
-	for from := 0; from < len(keys); from += readPositionsPipeline {
-		part := keys[from:min(from+readPositionsPipeline, len(keys))]
-		cmds := make([]*redis.StringCmd, len(part))
-		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, k := range part {
-				cmds[i] = pipe.Get(ctx, k)
-			}
-			return nil
-		})
-		var reply redis.Error
-		if err != nil && !errors.As(err, &reply) {
-			return nil, nil, nil, fmt.Errorf("tagstore: read positions: %w", err)
-		}
-		for i, cmd := range cmds {
-			v, err := cmd.Result()
-			if errors.Is(err, redis.Nil) {
-				continue
-			}
-			if redis.HasErrorPrefix(err, "WRONGTYPE") {
-				errs[from+i] = fmt.Errorf("%w: %s is a key of another type", ErrBadPosition, part[i])
-				continue
-			}
-			if err != nil {
-				errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
-				continue
-			}
-			p, err := ParsePosition(v)
-			if err != nil {
-				errs[from+i] = fmt.Errorf("%w: %s holds %q", ErrBadPosition, part[i], v)
-				continue
-			}
-			pos[from+i], found[from+i] = p, true
-		}
-	}
-	return pos, found, errs, nil
+	return st.Positions, st.Found, st.Errs, nil
 }
 
 // Compact removes from a tag's sets (its plain values' and its

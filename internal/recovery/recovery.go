@@ -3,7 +3,8 @@
 // the bus says, and a message, it decides what to do — apply, ignore, replay
 // a range of the history, invalidate the whole tag, or repair a position
 // that is ahead of the channel. It does no I/O: the subscriber reads
-// positions, metas and history, and carries out the decisions.
+// positions, metas and history, asks Decide (and Resolve for a replay), and
+// carries out the decisions.
 //
 // The rules are stated once, in docs/protocol.md §5.2 ("Writing your own
 // subscriber": a live message against the channel's head, a check against
@@ -147,9 +148,10 @@ const (
 	Ahead                     // the position is ahead of the channel's meta
 	RolledBack                // the cache lost the position it had
 	Diverged                  // the position's chain is not the channel's: a forged message was applied
+	Contended                 // two messages claimed one version (Contested)
 )
 
-var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged"}
+var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged", "contested"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -281,6 +283,11 @@ type Channel struct {
 	// position is Memory (per process), while Stored is the cache's (shared
 	// by every instance of the service, and applied before the Handler).
 	HasHandler bool
+	// Message is the message that made the check, one that does not
+	// follow the position (zero for a periodic or startup check): Decide
+	// says whether the meta confirms it, and narrows a replay to it when
+	// it is the channel's first (First).
+	Message Position
 }
 
 // Check decides a periodic or startup check of a channel: from the position

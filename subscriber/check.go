@@ -430,9 +430,9 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 // index (tenants with tagged values), announced, and seen so far. The two
 // indexes live in the cache Redis, so they survive a bus that lost its data.
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
-	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
+	registered, err := s.bus.SMembers(ctx, names.TenantsKey(s.prefix)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", wire.TenantsKey(s.prefix), err)
+		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", names.TenantsKey(s.prefix), err)
 	}
 	var indexed, cached []string
 	if s.store != nil {

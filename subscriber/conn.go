@@ -13,7 +13,6 @@ import (
 
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/wire"
 )
 
 // listener owns the subscriber's pub/sub connections: one with channels and
@@ -159,7 +158,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	}
 	channels := s.cur.channels(s.prefix, tenants)
 	if s.cur.allTenants {
-		channels = append(channels, wire.TenantsChannel(s.prefix))
+		channels = append(channels, names.TenantsChannel(s.prefix))
 	}
 	clear(s.joined)
 	for _, t := range tenants {

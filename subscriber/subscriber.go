@@ -32,9 +32,9 @@ import (
 
 	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/storm"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
@@ -49,13 +49,9 @@ type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
-	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
-	// what was cached under them (tagstore.SetRefs) and under the
-	// type-level reference of their domains; a domain alone names its type
-	// level. An invalidation with neither Keys nor Refs is of the whole tag.
-	Refs []string
-	// Plain (with Refs): every value of the tag cached without refs
-	// (tagstore.Set) goes too (wire.Message.Plain).
+	// Refs and Plain mean what wire.Message's do. An invalidation with
+	// neither Keys nor Refs is of the whole tag.
+	Refs    []string
 	Plain   bool
 	Epoch   string
 	Version int64
@@ -350,7 +346,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.ApplyBurst = max(1, int(opt.ApplyRate))
 	}
 	if opt.MaxKeys == 0 {
-		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
+		opt.MaxKeys = matrix.DefaultLimits().MaxKeys
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -502,7 +498,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
-	if raw.Channel == wire.TenantsChannel(s.prefix) {
+	if raw.Channel == names.TenantsChannel(s.prefix) {
 		if s.cur.allTenants && names.ValidTenant(raw.Payload) && !s.joined[raw.Payload] {
 			// Heard live: its channels published nothing before
 			// (recovery.Channel.Announced), until their first check.

@@ -1,12 +1,10 @@
 package subscriber
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/wire"
 )
@@ -112,23 +111,8 @@ func TestRefsWithoutKeysArePlain(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a logger and a test reading it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is testbin.Buffer: written by a process or a logger while the test reads.
+type lockedBuffer = testbin.Buffer
 
 // A subscriber embedded without a Logger logs to slog.Default(): a service
 // that set none used to see nothing, and a correct whole-tag repair looked

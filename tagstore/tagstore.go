@@ -231,8 +231,8 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 	if ttl < 0 {
 		return fmt.Errorf("tagstore: negative ttl %v", ttl)
 	}
-	keys := make([]string, 0, 1+len(tags))
-	keys = append(keys, full)
+	keys := make([]string, 0, 2+len(tags))
+	keys = append(keys, full, names.LeaseKey(tenant, full)) // set.lua deletes the lease: a fill in flight is void
 	for _, t := range tags {
 		if err := names.Tag(t); err != nil {
 			return err
@@ -338,7 +338,7 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return res, err
 	}
-	keys := append([]string{full}, sets.keys...)
+	keys := append([]string{full, names.LeaseKey(tenant, full)}, sets.keys...)
 	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), sets.expiring).Err()
 }
 

@@ -107,7 +107,10 @@ class TaggedCache {
   }
 
   async put(tenant, key, value, tags, ttlMs = 0) {
-    const keys = [TaggedCache.fullName(tenant, key), ...tags.map((t) => `{tenant:${tenant}}:tag:${t}`)];
+    const full = TaggedCache.fullName(tenant, key);
+    // The value, its lease (set.lua deletes it: a fill in flight of older
+    // data is void), then its tag sets.
+    const keys = [full, `{tenant:${tenant}}:lease:${full}`, ...tags.map((t) => `{tenant:${tenant}}:tag:${t}`)];
     await this.indexTenant(tenant);
     await this.redis.setTagged(keys.length, ...keys, value, ttlMs);
     this.values.set(`${tenant}\n${key}`, value);

@@ -121,7 +121,10 @@ class TaggedCache:
             self._indexed.add(tenant)
 
     def put(self, tenant: str, key: str, value: str, tags, ttl_ms: int = 0):
-        keys = [self.full_name(tenant, key)] + [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
+        full = self.full_name(tenant, key)
+        # The value, its lease (set.lua deletes it: a fill in flight of older
+        # data is void), then its tag sets.
+        keys = [full, f"{{tenant:{tenant}}}:lease:{full}"] + [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
         self.index_tenant(tenant)
         self._set(keys=keys, args=[value, ttl_ms])
         with self._lock:

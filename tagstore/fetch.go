@@ -149,9 +149,6 @@ func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions,
 	if err != nil {
 		return nil, err
 	}
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return nil, err
-	}
 	f := &fill{s: s, tenant: tenant, full: full, lease: names.LeaseKey(tenant, full), token: newToken(), sets: sets, opt: opt}
 	return f.run(ctx, load)
 }
@@ -276,7 +273,7 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	}
 	keys := make([]string, 0, 2+len(value.keys)+len(f.sets.keys))
 	keys = append(append(append(keys, f.full, f.lease), value.keys...), f.sets.keys...)
-	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(f.sets.keys)).Err(); err != nil {
+	if _, err := f.s.setIndexed(ctx, f.tenant, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(f.sets.keys)); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)

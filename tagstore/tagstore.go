@@ -17,7 +17,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -106,8 +105,6 @@ type Store struct {
 	// tenant or a key between each two.
 	parts []string
 	fills []bool // fills[i] after parts[i]: true for the tenant, false for the key
-	// tenants are those known to be in the cache's tenant index.
-	tenants sync.Map
 }
 
 // New checks the options and fills the defaults.
@@ -239,27 +236,35 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 		}
 		keys = append(keys, names.TagSetKey(tenant, t))
 	}
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return err
-	}
-	return lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds()).Err()
+	_, err = s.setIndexed(ctx, tenant, keys, value, ttl.Milliseconds())
+	return err
 }
 
-// indexTenant records the tenant in the cache's tenant index
-// (names.CacheTenantsKey) before its first value is tagged there, once per
-// Store: a subscriber of every tenant finds there the tenants whose tags it
-// must invalidate when the bus has lost its data, even those it never
-// received a message for. It is a command of its own, as the index lives in
-// no tenant's slot.
-func (s *Store) indexTenant(ctx context.Context, tenant string) error {
-	if _, ok := s.tenants.Load(tenant); ok {
-		return nil
+// setIndexed runs set.lua with keys and args, pipelined after an SADD of
+// the tenant to the cache's tenant index (names.CacheTenantsKey), and
+// returns set.lua's reply: a subscriber of every tenant finds there the
+// tenants whose tags it must invalidate when the bus has lost its data, even
+// those it never received a message for. The SADD goes with every value
+// written, in the same round trip, not once per Store: a cache Redis that
+// lost its data (FLUSHALL, a restart without persistence) while the service
+// runs has its index back with the next value written under each tenant. It
+// is a command of its own, as the index lives in no tenant's slot.
+func (s *Store) setIndexed(ctx context.Context, tenant string, keys []string, args ...any) (int64, error) {
+	var index *redis.IntCmd
+	cmds, err := lua.RunPipeline(ctx, s.c, []*redis.Script{lua.Set}, func(p redis.Pipeliner) []*redis.Cmd {
+		index = p.SAdd(ctx, names.CacheTenantsKey(), tenant)
+		return []*redis.Cmd{lua.Set.EvalSha(ctx, p, keys, args...)}
+	})
+	if e := index.Err(); e != nil {
+		return 0, fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), e)
 	}
-	if err := s.c.SAdd(ctx, names.CacheTenantsKey(), tenant).Err(); err != nil {
-		return fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), err)
+	if len(cmds) == 1 && cmds[0].Err() != nil {
+		return 0, cmds[0].Err()
 	}
-	s.tenants.Store(tenant, true)
-	return nil
+	if err != nil {
+		return 0, err
+	}
+	return cmds[0].Int64()
 }
 
 // Ref is an entity a cached value was derived from: an entity of a domain
@@ -335,11 +340,9 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	}
 	res.TypeLevel = sets.typeLevel
 	s.guarded(sets)
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return res, err
-	}
 	keys := append([]string{full, names.LeaseKey(tenant, full)}, sets.keys...)
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), sets.expiring).Err()
+	_, err = s.setIndexed(ctx, tenant, keys, value, ttl.Milliseconds(), sets.expiring)
+	return res, err
 }
 
 // valueSets are the sets a value is registered in (set.lua's KEYS after

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -323,7 +324,19 @@ publishers:
 	} {
 		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
 	}
-	for _, k := range keys {
+	// The first id is reserved on every ingress (a publisher's own streams
+	// included): dead-lettered naming the rule, its keys left as they are,
+	// and the later event's shares all applied.
+	for _, k := range keys[2:] {
 		e.waitGone("profile-svc", "acme", k)
+	}
+	dl := e.deadLetters(1)
+	if len(dl) != 1 || dl[0].Values["reason"] != router.ReasonMalformed || !strings.Contains(dl[0].Values["error"].(string), "reserved for the shares") {
+		t.Errorf("dead letters %v: want one, malformed, the id reserved for the shares", dl)
+	}
+	for _, k := range keys[:2] {
+		if !e.cached("profile-svc", "acme", k) {
+			t.Errorf("%s invalidated by the event with a reserved id", k)
+		}
 	}
 }

@@ -39,7 +39,7 @@ type Options struct {
 	// BatchSize is how many entries one read takes from a partition (256);
 	// while reads come back full, up to four times as many.
 	BatchSize int
-	// ReadBytes bounds the field values one read or claim holds (8 MiB),
+	// ReadBytes bounds the field names and values one read or claim holds (8 MiB),
 	// whatever the count: it takes fewer entries when they are large, and
 	// always at least one. A value above MaxEventBytes is read cut (the
 	// entry goes to the dead letters as too_large), so one entry holds at

@@ -1,17 +1,19 @@
 -- Claim pending entries of a consumer group, bounded in bytes as read.lua
 -- reads new ones: the entries pending for at least a minimum idle time (and,
 -- when a consumer is named, pending for that one), in id order from a start,
--- as many as fit the budget (at least one), with each value above the
--- largest whole cut.
+-- as many as fit the budget (at least one), with each field name or value
+-- above the largest whole cut.
 -- KEYS[1]  the stream
 -- ARGV[1]  the consumer group
 -- ARGV[2]  the consumer that claims
 -- ARGV[3]  minimum idle time, in milliseconds
 -- ARGV[4]  start: the first id to look at
 -- ARGV[5]  most entries
--- ARGV[6]  budget: most bytes of field values returned (at least one entry)
--- ARGV[7]  largest value returned whole, in bytes; a larger one is cut
--- ARGV[8]  bytes kept of a value that is cut
+-- ARGV[6]  budget: most bytes of field names and values returned (at least
+--          one entry)
+-- ARGV[7]  largest field name or value returned whole, in bytes; a larger
+--          one is cut
+-- ARGV[8]  bytes kept of a name or value that is cut
 -- ARGV[9]  "1": only the entries pending for the claiming consumer itself
 --          (its own, after a restart, or handed to it)
 -- Returns {next, entries, cut}: next is the start of the next call ("0-0"
@@ -33,8 +35,8 @@ for k, p in ipairs(pending) do
     redis.call('XACK', KEYS[1], group, p[1])
   else
     local size = 0
-    for i = 2, #e[2], 2 do
-      size = size + (#e[2][i] > whole and keep or #e[2][i])
+    for i = 1, #e[2] do
+      size = size + (#e[2][i] > whole and keep or #e[2][i]) -- a cut name's note not counted
     end
     if #ids > 0 and total + size > budget then
       nextID = p[1]
@@ -53,12 +55,15 @@ local entries = redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle
 local cut = {}
 for i, e in ipairs(entries) do
   local fields = e[2]
-  for j = 2, #fields, 2 do
+  for j = 1, #fields, 2 do
     if #fields[j] > whole then
+      fields[j] = string.sub(fields[j], 1, keep) .. '… [cut when read: the name is ' .. #fields[j] .. ' bytes]'
+    end
+    if #fields[j + 1] > whole then
       cut[#cut + 1] = i
-      cut[#cut + 1] = fields[j - 1]
-      cut[#cut + 1] = #fields[j]
-      fields[j] = string.sub(fields[j], 1, keep)
+      cut[#cut + 1] = fields[j]
+      cut[#cut + 1] = #fields[j + 1]
+      fields[j + 1] = string.sub(fields[j + 1], 1, keep)
     end
   end
 end

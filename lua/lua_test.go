@@ -104,10 +104,32 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// set.lua names a key's lease itself, without the Go prelude (clients in
-// other languages send it as it is): with names.LeaseKey's segment.
+// set.lua checks the lease name its caller passes, without the Go prelude
+// (clients in other languages send it as it is): with names.LeaseKey's
+// segment.
 func TestSetNamesLeasesAsNamesDoes(t *testing.T) {
 	if want := "':" + names.LeaseSegment + ":'"; !strings.Contains(lua.Sources()["set.lua"], want) {
 		t.Errorf("set.lua does not build lease names with %s", want)
+	}
+}
+
+// A caller of set.lua's contract from before KEYS[2] was the lease passes a
+// tag set there: refused with the rule, and the set is neither deleted nor
+// the value stored unregistered.
+func TestSetRefusesAKeyNotItsLease(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	full, set := "{tenant:acme}:k", names.TagSetKey("acme", "t")
+	must(t, c.SAdd(ctx, set, "{tenant:acme}:other").Err())
+	raw := redis.NewScript(lua.Sources()["set.lua"]) // as a client of another language sends it
+	err := raw.Run(ctx, c, []string{full, set}, "v", 0).Err()
+	if err == nil || !strings.Contains(err.Error(), "KEYS[2] must be the lease of KEYS[1]") {
+		t.Fatalf("set.lua with a tag set as KEYS[2]: %v", err)
+	}
+	if n, err := c.Exists(ctx, set, full).Result(); err != nil || n != 1 {
+		t.Errorf("after the refusal %d of the set and the value exist (%v), want the set alone", n, err)
+	}
+	if err := raw.Run(ctx, c, []string{full, names.LeaseKey("acme", full), set}, "v", 0).Err(); err != nil {
+		t.Errorf("set.lua with the lease: %v", err)
 	}
 }

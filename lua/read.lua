@@ -1,18 +1,22 @@
 -- Read a consumer group's next entries of a stream, bounded in bytes: the
 -- entries that come back hold at most the budget (and at least one entry),
--- and a value above the largest whole comes back cut, so a reader never
--- holds a huge entry to learn that it refuses it.
+-- and a field name or value above the largest whole comes back cut, so a
+-- reader never holds a huge entry to learn that it refuses it.
 -- KEYS[1]  the stream
 -- ARGV[1]  the consumer group
 -- ARGV[2]  the consumer
 -- ARGV[3]  most entries
--- ARGV[4]  budget: most bytes of field values returned (at least one entry)
--- ARGV[5]  largest value returned whole, in bytes; a larger one is cut
--- ARGV[6]  bytes kept of a value that is cut
+-- ARGV[4]  budget: most bytes of field names and values returned (at least
+--          one entry)
+-- ARGV[5]  largest field name or value returned whole, in bytes; a larger
+--          one is cut
+-- ARGV[6]  bytes kept of a name or value that is cut
 -- Returns {entries, cut}: the entries delivered to the consumer
 -- (XREADGROUP ... >), each {id, {field, value, ...}}, and for each value that
 -- was cut, the entry's place (from 1), the field and its full length, one
--- after another; nothing when no entry is new; a missing
+-- after another. A name that was cut keeps its first bytes and says so in
+-- itself: "<first bytes>… [cut when read: the name is <n> bytes]". Nothing
+-- when no entry is new; a missing
 -- stream or group is XREADGROUP's NOGROUP error. Entries read beyond the
 -- budget are given back: taken off the consumer's pending list and the
 -- group's last delivered id set back before them (with the count of entries
@@ -29,18 +33,29 @@ if not got then
 end
 local entries = got[1][2]
 local total, n, cut = 0, #entries, {}
-for i, e in ipairs(entries) do
-  local fields, size = e[2], 0
-  for j = 2, #fields, 2 do
-    local v = fields[j]
+-- cutEntry cuts the names and values of entry i above the largest whole,
+-- noting each value cut in cut, and returns the bytes the entry holds.
+local function cutEntry(i, fields)
+  local size = 0
+  for j = 1, #fields, 2 do
+    local k = fields[j]
+    if #k > whole then
+      k = string.sub(k, 1, keep) .. '… [cut when read: the name is ' .. #k .. ' bytes]'
+      fields[j] = k
+    end
+    local v = fields[j + 1]
     if #v > whole then
       cut[#cut + 1] = i
-      cut[#cut + 1] = fields[j - 1]
+      cut[#cut + 1] = k
       cut[#cut + 1] = #v
-      fields[j] = string.sub(v, 1, keep)
+      fields[j + 1] = string.sub(v, 1, keep)
     end
-    size = size + #fields[j]
+    size = size + #fields[j] + #fields[j + 1]
   end
+  return size
+end
+for i, e in ipairs(entries) do
+  local size = cutEntry(i, e[2])
   if i > 1 and total + size > budget then
     n = i - 1
     break
@@ -66,16 +81,8 @@ if n < #entries then
   end
   local set = redis.pcall(unpack(setid))
   if type(set) == 'table' and set.err then
-    for i = n + 1, #entries do
-      local fields = entries[i][2]
-      for j = 2, #fields, 2 do
-        if #fields[j] > whole then
-          cut[#cut + 1] = i
-          cut[#cut + 1] = fields[j - 1]
-          cut[#cut + 1] = #fields[j]
-          fields[j] = string.sub(fields[j], 1, keep)
-        end
-      end
+    for i = n + 2, #entries do
+      cutEntry(i, entries[i][2])
     end
     return {entries, cut}
   end

@@ -10,6 +10,7 @@ import (
 // sets, atomically; with a Lease, the fill of a read-through miss.
 type SetRequest struct {
 	Key      string // the cache key
+	LeaseKey string // its lease, names.LeaseKey: deleted by a plain store, checked by a fill
 	Value    []byte
 	TTL      time.Duration // 0 for none
 	Sets     []string      // tag sets, or ref-registered and reference sets
@@ -44,15 +45,12 @@ type SetReply struct {
 func (*SetRequest) script() *redis.Script { return setScript }
 
 func (r *SetRequest) encode() (keys []string, args []any) {
-	n := 1 + len(r.Sets)
+	n := 2 + len(r.Sets)
 	if r.Lease != nil {
-		n += 1 + len(r.Lease.Sets)
+		n += len(r.Lease.Sets)
 	}
 	keys = make([]string, 0, n)
-	keys = append(keys, r.Key)
-	if r.Lease != nil {
-		keys = append(keys, r.Lease.Key)
-	}
+	keys = append(keys, r.Key, r.LeaseKey)
 	keys = append(keys, r.Sets...)
 	if r.Lease == nil {
 		return keys, []any{r.Value, r.TTL.Milliseconds(), r.Expiring}

@@ -3,8 +3,10 @@
 -- miss (docs/protocol.md#32-reading-through-a-lease). Self-contained:
 -- clients in other languages send it as it is, without the Go prelude.
 -- KEYS[1]   cache key
--- KEYS[2]   with ARGV[4] only: the lease {tenant:<t>}:lease:<cache key>
--- KEYS[2..] (KEYS[3..] with ARGV[4]) sets to add the key to: tag sets
+-- KEYS[2]   its lease {tenant:<t>}:lease:<cache key> (names.LeaseKey),
+--           always, so that every key the script touches is declared (a
+--           cluster routes by them); any other name is an error
+-- KEYS[3..] sets to add the key to: tag sets
 --           {tenant:<t>}:tag:<tag> (a plain value), or, for a value
 --           registered under entity references, the tags' ref-registered
 --           sets {tenant:<t>}:tag:<tag>#refs and the entity reference sets
@@ -32,28 +34,31 @@
 --           added the key to
 -- Returns the number of sets the key was new in, or -1 when the fill was
 -- void (nothing stored).
-local first, last = 2, #KEYS
+-- The lease's name: the tenant's hash tag, ":lease:" and the cache key
+-- (names.LeaseKey). A caller of the contract before KEYS[2] was the lease
+-- would pass a tag set there: refused, never deleted.
+local lease = KEYS[2]
+local tenant = lease and string.match(lease, '^(%b{})')
+if not tenant or lease ~= tenant .. ':lease:' .. KEYS[1] then
+  return redis.error_reply('set.lua: KEYS[2] must be the lease of KEYS[1], "{tenant:<t>}:lease:' .. tostring(KEYS[1]) .. '", got "' .. tostring(lease) .. '"')
+end
+local first, last = 3, #KEYS
 local token = ARGV[4]
 if token and token ~= '' then
-  if redis.call('GET', KEYS[2]) ~= token then
+  if redis.call('GET', lease) ~= token then
     return -1
   end
-  first, last = 3, #KEYS - tonumber(ARGV[5] or '0')
+  last = #KEYS - tonumber(ARGV[5] or '0')
   for i = last + 1, #KEYS do
     if redis.call('SISMEMBER', KEYS[i], KEYS[1]) == 0 then
-      redis.call('DEL', KEYS[2])
+      redis.call('DEL', lease)
       return -1
     end
   end
-  redis.call('DEL', KEYS[2])
-elseif #KEYS >= 2 then
-  -- The lease's name: "{tenant:<t>}:lease:" and the cache key, the tenant's
-  -- hash tag read from the first set's name (names.LeaseKey).
-  local tenant = string.match(KEYS[2], '^(%b{})')
-  if tenant then
-    redis.call('DEL', tenant .. ':lease:' .. KEYS[1])
-  end
 end
+-- With a token the fill ends its lease; without, a value being stored makes
+-- any fill in flight of older data void.
+redis.call('DEL', lease)
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

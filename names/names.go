@@ -205,14 +205,14 @@ func PositionKey(tenant, service, tag string) string {
 var ReservedSegments = []string{"tag", "pos", "ref", LeaseSegment, "routerd"}
 
 // LeaseSegment is the segment after a tenant's hash tag that starts its
-// leases (LeaseKey); lua/set.lua spells it too.
+// leases (LeaseKey); lua/set.lua checks it too.
 const LeaseSegment = "lease"
 
 // LeaseKey is the lease of a cache key, given by its full name as the key
 // template renders it: "{tenant:<t>}:lease:<cache key>", a string holding
 // the token of the one Fetch that may fill the key, with a time to live
 // (docs/protocol.md). It lives in the tenant's slot whatever the template,
-// and lua/set.lua finds it from the cache key's name and a tag set's. No
+// and lua/set.lua checks that its KEYS[2] is named so from KEYS[1]. No
 // cache key can be named so (Key refuses the first segment "lease", CacheKey
 // a rendered "{tenant:…}:lease:…").
 func LeaseKey(tenant, cacheKey string) string {

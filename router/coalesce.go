@@ -62,7 +62,8 @@ func newPart(e *entry, v *event, rt matrix.Route, keys []string) part {
 }
 
 // shareMark separates an event id from the key range of one share of it
-// (keyShares). Ids of the shared ingress may not contain it (reservedID).
+// (keyShares). No ingress's ids may contain it, a publisher's own streams
+// included (reservedID, shareMarkRule).
 const shareMark = "#keys:"
 
 // keyShares returns the parts of an event on rt: one, or, when the event

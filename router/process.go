@@ -433,6 +433,11 @@ func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string)
 		if why := reservedID(r.prefix, mtx, ev.ID); why != "" {
 			v.reason, v.detail = ReasonMalformed, "id: "+why
 		}
+	case pub != "" && strings.Contains(ev.ID, shareMark):
+		// A publisher's own ids are its own, but the shares of its split
+		// events are recorded as <publisher>/<id>#keys:<from>-<to>: an id
+		// with the mark could be taken for a share of a later event.
+		v.reason, v.detail = ReasonMalformed, "id: "+shareMarkRule(ev.ID)
 	}
 	if v.reason != "" {
 		if v.index >= 0 {
@@ -479,12 +484,18 @@ func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
 	case strings.HasPrefix(id, "sha256:"):
 		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
 	case strings.Contains(id, shareMark):
-		return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…)", id, shareMark)
+		return shareMarkRule(id)
 	}
 	if p, _, ok := strings.Cut(id, "/"); ok && mtx.Publishers[p] != nil {
 		return fmt.Sprintf("%q has the form reserved for the events of publisher %q (%s/…)", id, p, p)
 	}
 	return ""
+}
+
+// shareMarkRule says why id, holding shareMark, is refused on every
+// ingress, a publisher's own streams included.
+func shareMarkRule(id string) string {
+	return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…, on every ingress)", id, shareMark)
 }
 
 // boundedID is id, or its SHA-256 when it is longer than an event id may be.

@@ -20,10 +20,11 @@ import (
 // 26 MB to 658 MB. So the router reads and claims through scripts
 // (lua/read.lua, lua/claim.lua) that look at the entries on the server
 // before they are sent: one read returns at most Options.ReadBytes of
-// field values (and at least one entry; what it read beyond is given back
+// field names and values (and at least one entry; what it read beyond is given back
 // to the group, delivered again by the next read), and a value above
 // MaxEventBytes — which the router refuses anyway — comes back cut to its
-// first DeadLetterEntryBytes, with its length, so it is dead-lettered as
+// first DeadLetterEntryBytes, with its length (a field name so long comes
+// back cut too, its length noted in the name), so it is dead-lettered as
 // too_large without ever being held. Only a read that waits for the next
 // entry (XREADGROUP COUNT 1 BLOCK: a script cannot block) returns one entry
 // whole.

@@ -38,7 +38,7 @@ type Options struct {
 	// BatchSize is how many entries one read takes from a partition (256);
 	// while reads come back full, up to four times as many.
 	BatchSize int
-	// ReadBytes bounds the field values one read or claim holds (8 MiB),
+	// ReadBytes bounds the field names and values one read or claim holds (8 MiB),
 	// whatever the count: it takes fewer entries when they are large, and
 	// always at least one. A value above MaxEventBytes is read cut (the
 	// entry goes to the dead letters as too_large), so one entry holds at
@@ -186,6 +186,11 @@ type Router struct {
 	// (the bus lost its data): publishers meanwhile took the default count,
 	// so their events may be on partitions no router reads yet.
 	countLost atomic.Bool
+	// countWrong is set when housekeeping replaced a partition count other
+	// than its matrix's (an operator's SET, another matrix on the same bus,
+	// a restored snapshot): publishers that read it append to partitions no
+	// router may read yet.
+	countWrong atomic.Bool
 
 	// redrive is the re-drive stream, read as a partition (redrive.go).
 	redrive string
@@ -570,11 +575,17 @@ func (r *Router) claimLoop(ctx context.Context) {
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
 		}
-		if r.countLost.Swap(false) {
+		lost, wrong := r.countLost.Swap(false), r.countWrong.Swap(false)
+		if lost || wrong {
 			// Publishers that read the count while it was gone took the
-			// default: look for their partitions now, and once more next
-			// round for an event appended after this look.
-			r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
+			// default, and those that read a wrong one took it: look for
+			// their partitions now, and once more next round for an event
+			// appended after this look.
+			if lost {
+				r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
+			} else {
+				r.log.Warn("the partition count differed from the matrix's (rewritten): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix), "partitions", r.matrix.Load().Partitions)
+			}
 			rescans = 2
 			select {
 			case r.rediscover <- struct{}{}:
@@ -634,15 +645,19 @@ func (r *Router) hold(ctx context.Context) {
 }
 
 // housekeeping rewrites the partition count (a Redis that lost its data must
-// tell publishers again; finding it gone sets countLost), exports pending
+// tell publishers again; finding it gone sets countLost, finding another
+// count there countWrong), exports pending
 // and lag, and trims ingress entries every consumer group has acknowledged.
 func (r *Router) housekeeping(ctx context.Context) error {
-	err := r.c.SetArgs(ctx, names.PartitionsKey(r.prefix), r.matrix.Load().Partitions, redis.SetArgs{Get: true}).Err()
+	own := r.matrix.Load().Partitions
+	old, err := r.c.SetArgs(ctx, names.PartitionsKey(r.prefix), own, redis.SetArgs{Get: true}).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
 		r.countLost.Store(true)
 	case err != nil:
 		return err
+	case old != strconv.Itoa(own):
+		r.countWrong.Store(true)
 	}
 	if err := r.markGeneration(ctx); err != nil {
 		return err

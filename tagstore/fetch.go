@@ -149,9 +149,6 @@ func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions,
 	if err != nil {
 		return nil, err
 	}
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return nil, err
-	}
 	f := &fill{s: s, tenant: tenant, full: full, lease: names.LeaseKey(tenant, full), token: newToken(), sets: sets, opt: opt}
 	return f.run(ctx, load)
 }
@@ -247,9 +244,9 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	if !covered {
 		return v, nil // released: a change during the load may not have voided it
 	}
-	req := lua.SetRequest{Key: f.full, Value: v, TTL: f.opt.TTL, Sets: value.keys, Expiring: value.expiring,
+	req := lua.SetRequest{Key: f.full, LeaseKey: f.lease, Value: v, TTL: f.opt.TTL, Sets: value.keys, Expiring: value.expiring,
 		Lease: &lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
-	if _, err := lua.Run(ctx, f.s.c, &req); err != nil {
+	if _, err := f.s.setIndexed(ctx, f.tenant, &req); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)

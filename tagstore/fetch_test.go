@@ -327,3 +327,23 @@ func TestFetchStrayLeaseDoesNotBlock(t *testing.T) {
 		}
 	}
 }
+
+// attack: Set's doc says a value it stores voids any fill in flight ("no Set
+// of the key came in between"), but a Set with no tags leaves the lease in
+// place (set.lua names the lease from the first set's hash tag, and there is
+// none): the fill then overwrites the committed value with the one it read
+// before the commit.
+func TestAttackFetchUntaggedSetDuringLoadIsOverwritten(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t, tagstore.Options{})
+	v, err := s.Fetch(ctx, "acme", "k", tagstore.FetchOptions{Tags: []string{"t"}}, func(context.Context) ([]byte, error) {
+		must(t, s.Set(ctx, "acme", "k", []byte("new"), 0)) // committed and cached by its writer, no tags
+		return []byte("old"), nil
+	})
+	if err != nil || string(v) != "old" {
+		t.Fatalf("Fetch = %q, %v", v, err)
+	}
+	if got, err := s.Get(ctx, "acme", "k"); err != nil || string(got) != "new" {
+		t.Errorf("cached %q, %v; want the value Set during the load (the fill read before it)", got, err)
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -101,8 +100,6 @@ type Store struct {
 	// tenant or a key between each two.
 	parts []string
 	fills []bool // fills[i] after parts[i]: true for the tenant, false for the key
-	// tenants are those known to be in the cache's tenant index.
-	tenants sync.Map
 }
 
 // New checks the options and fills the defaults.
@@ -233,29 +230,33 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 		}
 		sets = append(sets, names.TagSetKey(tenant, t))
 	}
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return err
-	}
-	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets}
-	_, err = lua.Run(ctx, s.c, &req)
+	req := lua.SetRequest{Key: full, LeaseKey: names.LeaseKey(tenant, full), Value: value, TTL: ttl, Sets: sets}
+	_, err = s.setIndexed(ctx, tenant, &req)
 	return err
 }
 
-// indexTenant records the tenant in the cache's tenant index
-// (names.CacheTenantsKey) before its first value is tagged there, once per
-// Store: a subscriber of every tenant finds there the tenants whose tags it
-// must invalidate when the bus has lost its data, even those it never
-// received a message for. It is a command of its own, as the index lives in
-// no tenant's slot.
-func (s *Store) indexTenant(ctx context.Context, tenant string) error {
-	if _, ok := s.tenants.Load(tenant); ok {
-		return nil
+// setIndexed runs set.lua with keys and args, pipelined after an SADD of
+// the tenant to the cache's tenant index (names.CacheTenantsKey), and
+// returns set.lua's reply: a subscriber of every tenant finds there the
+// tenants whose tags it must invalidate when the bus has lost its data, even
+// those it never received a message for. The SADD goes with every value
+// written, in the same round trip, not once per Store: a cache Redis that
+// lost its data (FLUSHALL, a restart without persistence) while the service
+// runs has its index back with the next value written under each tenant. It
+// is a command of its own, as the index lives in no tenant's slot.
+func (s *Store) setIndexed(ctx context.Context, tenant string, req *lua.SetRequest) (lua.SetReply, error) {
+	var index *redis.IntCmd
+	cmds, err := lua.RunPipeline(ctx, s.c, lua.CacheScripts(), func(p redis.Pipeliner) []*redis.Cmd {
+		index = p.SAdd(ctx, names.CacheTenantsKey(), tenant)
+		return []*redis.Cmd{lua.Queue(ctx, p, req)}
+	})
+	if e := index.Err(); e != nil {
+		return lua.SetReply{}, fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), e)
 	}
-	if err := s.c.SAdd(ctx, names.CacheTenantsKey(), tenant).Err(); err != nil {
-		return fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), err)
+	if len(cmds) != 1 {
+		return lua.SetReply{}, err
 	}
-	s.tenants.Store(tenant, true)
-	return nil
+	return req.Reply(cmds[0])
 }
 
 // Ref is an entity a cached value was derived from: an entity of a domain
@@ -331,11 +332,8 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	}
 	res.TypeLevel = sets.typeLevel
 	s.guarded(sets)
-	if err := s.indexTenant(ctx, tenant); err != nil {
-		return res, err
-	}
-	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets.keys, Expiring: sets.expiring}
-	_, err = lua.Run(ctx, s.c, &req)
+	req := lua.SetRequest{Key: full, LeaseKey: names.LeaseKey(tenant, full), Value: value, TTL: ttl, Sets: sets.keys, Expiring: sets.expiring}
+	_, err = s.setIndexed(ctx, tenant, &req)
 	return res, err
 }
 

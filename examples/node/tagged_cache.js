@@ -88,18 +88,16 @@ class TaggedCache {
     cacheRedis.defineCommand('releaseLease', { lua: fs.readFileSync(path.join(LUA_DIR, 'release.lua'), 'utf8') });
     this.values = new Map(); // `${tenant}\n${key}` -> value
     this.tags = new Map();   // `${tenant}\n${tag}` -> Set of keys
-    this.indexed = new Set(); // tenants known to be in routerd:tenants
   }
 
-  // Records the tenant in the cache Redis's tenant index before its first
-  // tagged value, once per process (protocol.md, section 3): a subscriber of
-  // every tenant finds there the tenants whose tags it must invalidate when
-  // the bus has lost its data. A command of its own, as the set lives in no
-  // tenant's slot; remembered only once it succeeded.
+  // Records the tenant in the cache Redis's tenant index before each tagged
+  // value (protocol.md, section 3): a subscriber of every tenant finds there
+  // the tenants whose tags it must invalidate when the bus has lost its
+  // data. A command of its own, as the set lives in no tenant's slot; sent
+  // every time, not remembered, so that a cache Redis that lost its data has
+  // it back with the next value.
   async indexTenant(tenant) {
-    if (this.indexed.has(tenant)) return;
     await this.redis.sadd('routerd:tenants', tenant);
-    this.indexed.add(tenant);
   }
 
   static fullName(tenant, key) {
@@ -107,7 +105,10 @@ class TaggedCache {
   }
 
   async put(tenant, key, value, tags, ttlMs = 0) {
-    const keys = [TaggedCache.fullName(tenant, key), ...tags.map((t) => `{tenant:${tenant}}:tag:${t}`)];
+    const full = TaggedCache.fullName(tenant, key);
+    // The value, its lease (set.lua deletes it: a fill in flight of older
+    // data is void), then its tag sets.
+    const keys = [full, `{tenant:${tenant}}:lease:${full}`, ...tags.map((t) => `{tenant:${tenant}}:tag:${t}`)];
     await this.indexTenant(tenant);
     await this.redis.setTagged(keys.length, ...keys, value, ttlMs);
     this.values.set(`${tenant}\n${key}`, value);

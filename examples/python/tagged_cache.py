@@ -101,27 +101,25 @@ class TaggedCache:
         self._lock = threading.Lock()
         self._values = {}  # (tenant, key) -> value
         self._tags = {}    # (tenant, tag) -> set of keys
-        self._indexed = set()  # tenants known to be in routerd:tenants
 
     @staticmethod
     def full_name(tenant: str, key: str) -> str:
         return f"{{tenant:{tenant}}}:{key}"
 
     def index_tenant(self, tenant: str):
-        """Records the tenant in the cache Redis's tenant index before its
-        first tagged value, once per process (protocol.md, section 3): a
-        subscriber of every tenant finds there the tenants whose tags it must
-        invalidate when the bus has lost its data. A command of its own, as
-        the set lives in no tenant's slot; remembered only once it succeeded."""
-        with self._lock:
-            if tenant in self._indexed:
-                return
+        """Records the tenant in the cache Redis's tenant index before each
+        tagged value (protocol.md, section 3): a subscriber of every tenant
+        finds there the tenants whose tags it must invalidate when the bus has
+        lost its data. A command of its own, as the set lives in no tenant's
+        slot; sent every time, not remembered, so that a cache Redis that lost
+        its data has it back with the next value."""
         self.redis.sadd("routerd:tenants", tenant)
-        with self._lock:
-            self._indexed.add(tenant)
 
     def put(self, tenant: str, key: str, value: str, tags, ttl_ms: int = 0):
-        keys = [self.full_name(tenant, key)] + [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
+        full = self.full_name(tenant, key)
+        # The value, its lease (set.lua deletes it: a fill in flight of older
+        # data is void), then its tag sets.
+        keys = [full, f"{{tenant:{tenant}}}:lease:{full}"] + [f"{{tenant:{tenant}}}:tag:{t}" for t in tags]
         self.index_tenant(tenant)
         self._set(keys=keys, args=[value, ttl_ms])
         with self._lock:

@@ -113,3 +113,33 @@ func TestPartitionWrittenJustAfterBusLossRoutedSoon(t *testing.T) {
 		return v >= 1
 	})
 }
+
+// attack: the partition count overwritten with another valid count (an
+// operator's slip, a second deployment with another matrix on the same bus,
+// a restored snapshot of an older matrix). A publisher that reads it then
+// appends to a partition the router does not read; the router writes its
+// count back but notices only a count that was gone, not one that was
+// wrong, so the event waits for the periodic scan (a minute by default, an
+// hour here) — the same wait issue 19 item 5 closed for a missing count.
+func TestAttackPartitionCountWrongValueRoutedSoon(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	e.router(router.Options{ClaimInterval: time.Second, DiscoverInterval: time.Hour})
+	key := names.PartitionsKey("invalidate")
+	redistest.Eventually(t, 10*time.Second, "the count recorded", func() bool { return e.busC.Get(ctx, key).Val() == "4" })
+
+	const wrong = 16
+	stream := names.IngressStream("invalidate", wire.Partition("acme", wrong))
+	if stream == names.IngressStream("invalidate", wire.Partition("acme", 4)) {
+		t.Fatalf("acme's partition is %s among %d as among 4: the test proves nothing", stream, wrong)
+	}
+	redistest.Eventually(t, 10*time.Second, "a publisher reads the wrong count", func() bool {
+		must(t, e.busC.Set(ctx, key, wrong, 0).Err())
+		return e.busC.Get(ctx, key).Val() == fmt.Sprint(wrong)
+	})
+	e.xaddRaw(stream, "user:1")
+	redistest.Eventually(t, 20*time.Second, "the event on "+stream+" routed", func() bool {
+		_, v := e.meta("invalidate:acme:active")
+		return v >= 1
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -296,5 +297,46 @@ func TestSubscriberLimitSplitsItsMerge(t *testing.T) {
 	}
 	if !increasing || versions[len(versions)-1] != v {
 		t.Errorf("versions handed over %v, want each once, increasing, ending at %d", versions, v)
+	}
+}
+
+// attack: a granted publisher's own event ids may contain "#keys:" (only
+// the shared ingress reserves it), and the shares of a split event are
+// recorded as "<publisher>/<id>#keys:<from>-<to>". An event whose id is
+// "x#keys:0-2" and a later one with id "x" naming more than max_keys keys
+// then share an id: the publish script takes the later event's first share
+// for a redelivery of the earlier event, and its keys stay cached.
+func TestAttackPublisherIDWithShareMark(t *testing.T) {
+	e := newEnv(t, precisionMatrix("max_keys: 2")+`
+publishers:
+  profile-svc: {domains: [user], tenants: all}
+`)
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	keys := []string{"user:1", "user:2", "user:3", "user:4", "user:5", "user:6"}
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	stream := names.PublisherStream("invalidate", "profile-svc", wire.Partition("acme", e.mtx.Partitions))
+	for _, ev := range []string{
+		`{"tenant":"acme","domain":"user","id":"x#keys:0-2","keys":["user:1","user:2"]}`,
+		`{"tenant":"acme","domain":"user","id":"x","keys":["user:3","user:4","user:5","user:6"]}`,
+	} {
+		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	// The first id is reserved on every ingress (a publisher's own streams
+	// included): dead-lettered naming the rule, its keys left as they are,
+	// and the later event's shares all applied.
+	for _, k := range keys[2:] {
+		e.waitGone("profile-svc", "acme", k)
+	}
+	dl := e.deadLetters(1)
+	if len(dl) != 1 || dl[0].Values["reason"] != router.ReasonMalformed || !strings.Contains(dl[0].Values["error"].(string), "reserved for the shares") {
+		t.Errorf("dead letters %v: want one, malformed, the id reserved for the shares", dl)
+	}
+	for _, k := range keys[:2] {
+		if !e.cached("profile-svc", "acme", k) {
+			t.Errorf("%s invalidated by the event with a reserved id", k)
+		}
 	}
 }

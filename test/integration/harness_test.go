@@ -17,6 +17,7 @@ import (
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -158,17 +159,25 @@ func (e *env) routerRanBefore() {
 }
 
 // running sets the bus up as a system that has been running: a router ran
-// on it before (routerRanBefore) and the tenants published before, so their
-// registry entries exist. A subscriber started then is subscribed to the
+// on it before (routerRanBefore), the tenants published before, so their
+// registry entries exist, and the services recorded the bus's generation. A subscriber started then is subscribed to the
 // tenants' channels from its first check and applies their first messages
 // live, as they come; without it, a subscriber that never recorded the bus's
 // generation takes a channel's first messages as a whole tag
 // (recovery.Check).
 func (e *env) running(tenants ...string) {
 	e.t.Helper()
+	ctx := context.Background()
 	e.routerRanBefore()
 	for _, tenant := range tenants {
-		must(e.t, e.busC.SAdd(context.Background(), "invalidate:tenants", tenant).Err())
+		must(e.t, e.busC.SAdd(ctx, "invalidate:tenants", tenant).Err())
+	}
+	// The services looked at the bus before too: their last complete check
+	// recorded its generation, so their first check now watches the
+	// tenants' channels that have no meta yet.
+	gen := e.busC.Get(ctx, "invalidate:generation").Val()
+	for svc, cache := range e.caches {
+		must(e.t, cache.Client(e.t).Set(ctx, names.GenerationSeenKey(svc), gen, 0).Err())
 	}
 }
 

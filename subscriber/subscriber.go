@@ -123,6 +123,13 @@ type Options struct {
 	// MaxKeys bounds the keys, and the refs, of a merged invalidation (the
 	// matrix's default max_keys).
 	MaxKeys int
+	// ChannelsPerConn bounds the channels of one pub/sub connection
+	// (DefaultChannelsPerConn): more make more connections (on a cluster,
+	// per master). go-redis resubscribes a connection's channels in one
+	// command when it reconnects, whose replies the bus buffers whole: keep
+	// ChannelsPerConn × (40 + channel name) bytes well under the bus's
+	// client-output-buffer-limit pubsub.
+	ChannelsPerConn int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
 	Buffer int
@@ -329,6 +336,12 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	}
 	if opt.Buffer == 0 {
 		opt.Buffer = 4096
+	}
+	if opt.ChannelsPerConn < 0 {
+		return nil, fmt.Errorf("subscriber: negative ChannelsPerConn %d", opt.ChannelsPerConn)
+	}
+	if opt.ChannelsPerConn == 0 {
+		opt.ChannelsPerConn = DefaultChannelsPerConn
 	}
 	if opt.ApplyRate < 0 || opt.ApplyBurst < 0 || opt.Coalesce < 0 || opt.MaxKeys < 0 {
 		return nil, errors.New("subscriber: ApplyRate, ApplyBurst, Coalesce and MaxKeys must not be negative")

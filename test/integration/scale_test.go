@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// registerTenants fills the router's tenant registry with n tenants
+// t-00000… in pipelined batches.
+func registerTenants(t *testing.T, e *env, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	tenants := make([]string, n)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("t-%05d", i)
+	}
+	for i := 0; i < n; i += 1000 {
+		args := make([]any, 0, 1000)
+		for _, tn := range tenants[i:min(i+1000, n)] {
+			args = append(args, tn)
+		}
+		must(t, e.busC.SAdd(ctx, wire.TenantsKey(e.mtx.Prefix), args...).Err())
+	}
+	return tenants
+}
+
+// closedForOutputBuffer counts the clients the bus closed for exceeding
+// their output buffer limit, from its log (Redis 7.0 has no INFO field).
+func closedForOutputBuffer(t *testing.T, e *env) int {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(e.bus.Addr)
+	log, err := os.ReadFile(filepath.Join(e.bus.Dir, "redis-"+port+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(log), "overcoming of output buffer limits")
+}
+
+// pubsubClients lists the ids of the bus's pub/sub connections and how
+// many channels each holds (CLIENT LIST TYPE pubsub).
+func pubsubClients(t *testing.T, e *env) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, line := range strings.Split(e.busC.ClientList(context.Background()).Val(), "\n") {
+		f := map[string]string{}
+		for _, kv := range strings.Fields(line) {
+			k, v, _ := strings.Cut(kv, "=")
+			f[k] = v
+		}
+		if f["flags"] != "P" && !strings.Contains(f["flags"], "P") {
+			continue
+		}
+		n, _ := strconv.Atoi(f["sub"])
+		out[f["id"]] = n
+	}
+	return out
+}
+
+// A subscriber of every tenant holds its subscriptions on a bus whose
+// pub/sub output buffer limit is far below what the confirmations of all
+// its channels take at once (here 256 KB for 6,000 channels, as 32 MB is for
+// a million): it subscribes in chunks it reads the replies of before
+// sending more, over several connections, so the bus never closes one; it
+// is ready only once every subscription is confirmed, and says so in
+// subscriber_subscriptions{state}. Before, the agent sent every chunk
+// without reading, the bus closed the connection, go-redis resubscribed
+// everything in one command, and the loop went on while it said ready.
+func TestSubscriptionsHoldUnderATinyPubSubBuffer(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvBus(t, "", "--client-output-buffer-limit", "pubsub 128kb 64kb 60")
+	const n = 20000
+	tenants := registerTenants(t, e, n)
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	s, _ := e.subscriberReadyWithin(30*time.Second, e.bus.Client(t), "profile-svc", subscriber.Options{Registerer: reg, ChannelsPerConn: 5000})
+
+	want := float64(n + 1) // every tenant's channel and the announcements
+	if got := metric(t, reg, "subscriber_subscriptions", "state", "held"); got != want {
+		t.Errorf("ready with %v subscriptions held, want %v", got, want)
+	}
+	if got := metric(t, reg, "subscriber_subscriptions", "state", "expected"); got != want {
+		t.Errorf("subscriber_subscriptions{state=expected} = %v, want %v", got, want)
+	}
+	last := tenants[n-1]
+	channel := "invalidate:" + last + ":active"
+	if got := e.busC.PubSubNumSub(ctx, channel).Val()[channel]; got != 1 {
+		t.Errorf("%s has %d subscribers, want 1", channel, got)
+	}
+	conns := pubsubClients(t, e)
+	held := 0
+	for _, n := range conns {
+		held += n
+	}
+	if held != n+1 {
+		t.Errorf("the bus's pub/sub connections hold %d subscriptions (%v), want %d", held, conns, n+1)
+	}
+	e.seed("profile-svc", last, "user:1", "active")
+	e.publish(wire.Event{Tenant: last, Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", last, "user:1")
+	if !s.Ready() {
+		t.Errorf("not ready after the live invalidation: %v", s.Problems())
+	}
+	if n := closedForOutputBuffer(t, e); n != 0 {
+		t.Errorf("the bus closed %d pub/sub connections for exceeding their output buffer limit", n)
+	}
+	if after := pubsubClients(t, e); fmt.Sprint(after) != fmt.Sprint(conns) {
+		t.Errorf("the pub/sub connections changed (closed by the bus?): %v, then %v", conns, after)
+	}
+}

@@ -300,16 +300,16 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 // index (tenants with tagged values), announced, and seen so far. The two
 // indexes live in the cache Redis, so they survive a bus that lost its data.
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
-	registered, err := s.bus.SMembers(ctx, wire.TenantsKey(s.prefix)).Result()
+	registered, err := scanSet(ctx, s.bus, wire.TenantsKey(s.prefix))
 	if err != nil {
 		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", wire.TenantsKey(s.prefix), err)
 	}
 	var indexed, cached []string
 	if s.store != nil {
-		if indexed, err = s.opt.Cache.SMembers(ctx, names.PositionIndexKey(s.opt.Service)).Result(); err != nil {
+		if indexed, err = scanSet(ctx, s.opt.Cache, names.PositionIndexKey(s.opt.Service)); err != nil {
 			return nil, fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 		}
-		if cached, err = s.opt.Cache.SMembers(ctx, names.CacheTenantsKey()).Result(); err != nil {
+		if cached, err = scanSet(ctx, s.opt.Cache, names.CacheTenantsKey()); err != nil {
 			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)
 		}
 	}
@@ -334,6 +334,28 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	}
 	return out, nil
 }
+
+// scanSet reads a set in SSCAN pages: one SMEMBERS of a registry of a
+// million tenants holds the Redis for the time it takes to answer it all.
+// A member added or removed meanwhile may or may not be in it (SSCAN's
+// guarantee); the next check sees it.
+func scanSet(ctx context.Context, rdb redis.UniversalClient, key string) ([]string, error) {
+	var out []string
+	var cursor uint64
+	for {
+		page, next, err := rdb.SScan(ctx, key, cursor, "", scanPage).Result()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+		if cursor = next; cursor == 0 {
+			return out, nil
+		}
+	}
+}
+
+// scanPage is the COUNT of one SSCAN.
+const scanPage = 1000
 
 // index records in the cache Redis the tenants of invalidations about to
 // write their first position there, before they do: a subscriber of every

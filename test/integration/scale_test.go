@@ -69,7 +69,8 @@ func pubsubClients(t *testing.T, e *env) map[string]int {
 	return out
 }
 
-// A subscriber of every tenant holds its subscriptions on a bus whose
+// A subscriber of every tenant reads the registry of 20,000 tenants in SSCAN
+// pages, and holds its subscriptions on a bus whose
 // pub/sub output buffer limit is far below what the confirmations of all
 // its channels take at once (here 256 KB for 6,000 channels, as 32 MB is for
 // a million): it subscribes in chunks it reads the replies of before
@@ -98,6 +99,11 @@ func TestSubscriptionsHoldUnderATinyPubSubBuffer(t *testing.T) {
 	channel := "invalidate:" + last + ":active"
 	if got := e.busC.PubSubNumSub(ctx, channel).Val()[channel]; got != 1 {
 		t.Errorf("%s has %d subscribers, want 1", channel, got)
+	}
+	// The registry is read in SSCAN pages, never in one SMEMBERS that
+	// holds the bus while it answers all of it.
+	if stats := e.busC.Info(ctx, "commandstats").Val(); strings.Contains(stats, "cmdstat_smembers:") {
+		t.Errorf("the bus ran SMEMBERS: %s", stats[strings.Index(stats, "cmdstat_smembers:"):][:60])
 	}
 	conns := pubsubClients(t, e)
 	held := 0

@@ -316,7 +316,7 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	add := func(t string) {
-		if names.ValidTenant(t) && !seen[t] {
+		if names.ValidTenant(t) && !seen[t] && s.cur.shard.Owns(t) {
 			seen[t] = true
 			out = append(out, t)
 		}

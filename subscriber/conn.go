@@ -433,7 +433,7 @@ func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 // channels are subscribed on the running connections (a regroup when a
 // master has none yet), and each is checked once confirmed.
 func (s *Subscriber) announced(ctx context.Context, tenant string) {
-	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.joined[tenant] {
+	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.joined[tenant] || !s.cur.shard.Owns(tenant) {
 		return
 	}
 	s.joined[tenant] = true

@@ -123,6 +123,12 @@ type Options struct {
 	// MaxKeys bounds the keys, and the refs, of a merged invalidation (the
 	// matrix's default max_keys).
 	MaxKeys int
+	// TenantShard makes this instance one of k that split the service's
+	// tenants (I of K, by wire.Partition of the tenant): each tenant's
+	// channels are subscribed, checked and applied by exactly one of the
+	// instances 0/K … K-1/K, which must all run. The zero value takes
+	// every tenant (docs/capacity.md).
+	TenantShard wire.TenantShard
 	// ChannelsPerConn bounds the channels of one pub/sub connection
 	// (DefaultChannelsPerConn): more make more connections (on a cluster,
 	// per master). go-redis resubscribes a connection's channels in one
@@ -224,15 +230,19 @@ type interest struct {
 	allTenants bool
 	tenants    []string
 	tenantSet  map[string]bool
+	shard      wire.TenantShard // the tenants of this instance (Options.TenantShard)
 }
 
-func newInterest(sub matrix.Subscription) *interest {
-	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenants: sub.Tenants, tenantSet: map[string]bool{}}
+func newInterest(sub matrix.Subscription, shard wire.TenantShard) *interest {
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, shard: shard}
 	for _, t := range sub.Tags {
 		in.tags[t] = true
 	}
 	for _, t := range sub.Tenants {
-		in.tenantSet[t] = true
+		if shard.Owns(t) {
+			in.tenants = append(in.tenants, t)
+			in.tenantSet[t] = true
+		}
 	}
 	return in
 }
@@ -256,7 +266,7 @@ func (in *interest) channels(prefix string, tenants []string) []string {
 
 // covers reports whether a tenant's tag is of interest.
 func (in *interest) covers(tenant, tag string) bool {
-	return in.tags[tag] && (in.allTenants || in.tenantSet[tenant])
+	return in.tags[tag] && (in.allTenants && in.shard.Owns(tenant) || in.tenantSet[tenant])
 }
 
 // position of one channel: how far it is applied (zero when nothing was
@@ -337,6 +347,9 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	if opt.Buffer == 0 {
 		opt.Buffer = 4096
 	}
+	if err := opt.TenantShard.Check(); err != nil {
+		return nil, fmt.Errorf("subscriber: TenantShard %d/%d: %w", opt.TenantShard.I, opt.TenantShard.K, err)
+	}
 	if opt.ChannelsPerConn < 0 {
 		return nil, fmt.Errorf("subscriber: negative ChannelsPerConn %d", opt.ChannelsPerConn)
 	}
@@ -357,7 +370,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
-		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
+		prefix: opt.Matrix.Prefix, cur: newInterest(sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
@@ -403,7 +416,7 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
 	}
 	s.m.known(sub.Tags)
-	s.next.Store(newInterest(sub))
+	s.next.Store(newInterest(sub, s.opt.TenantShard))
 	select {
 	case s.reconf <- struct{}{}:
 	default:

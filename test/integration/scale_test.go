@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -124,5 +125,40 @@ func TestSubscriptionsHoldUnderATinyPubSubBuffer(t *testing.T) {
 	}
 	if after := pubsubClients(t, e); fmt.Sprint(after) != fmt.Sprint(conns) {
 		t.Errorf("the pub/sub connections changed (closed by the bus?): %v, then %v", conns, after)
+	}
+}
+
+// k instances of a service of every tenant, each with --tenant-shard i/k,
+// subscribe every channel of the registry exactly once between them, and
+// a tenant's invalidation is applied by its instance; a tenant announced
+// while they run joins exactly one of them.
+func TestTenantShardsSubscribeEveryChannelOnce(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	tenants := registerTenants(t, e, 300)
+	e.router(router.Options{})
+	const k = 3
+	for i := 0; i < k; i++ {
+		e.subscriber("profile-svc", subscriber.Options{TenantShard: wire.TenantShard{I: i, K: k}})
+	}
+	subscribers := func(tenant string) int64 {
+		ch := "invalidate:" + tenant + ":active"
+		return e.busC.PubSubNumSub(ctx, ch).Val()[ch]
+	}
+	for _, tn := range tenants {
+		if n := subscribers(tn); n != 1 {
+			t.Errorf("%s's channel has %d subscribers among the %d shards, want 1", tn, n, k)
+		}
+	}
+	e.seed("profile-svc", "newco", "user:1", "active")
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", "newco", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the new tenant's channel subscribed", func() bool { return subscribers("newco") == 1 })
+	last := tenants[len(tenants)-1]
+	e.seed("profile-svc", last, "user:1", "active")
+	e.publish(wire.Event{Tenant: last, Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", last, "user:1")
+	if n := subscribers("newco"); n != 1 {
+		t.Errorf("the announced tenant's channel has %d subscribers, want 1", n)
 	}
 }

@@ -56,7 +56,7 @@ func TestPublishScriptChannelBucket(t *testing.T) {
 	meta, history, events := "{"+ch+"}:meta", "{"+ch+"}:history", "{"+ch+"}:events"
 	publish := func(force string, ids ...string) []int64 {
 		t.Helper()
-		args := []any{"PUBLISH", "e0", ch, 100, 0.1, 1, force, len(ids)} // burst 1, a token per 10 s
+		args := []any{"PUBLISH", "e0", ch, 100, 0, 0.1, 1, force, len(ids)} // no TTL, burst 1, a token per 10 s
 		for _, id := range ids {
 			args = append(args, 1, id, `,"tenant":"acme","tag":"hot","event":"`+id+`"`)
 		}

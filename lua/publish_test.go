@@ -15,7 +15,7 @@ import (
 // publishOn runs publish.lua for messages on one channel (no bucket) and
 // returns its reply.
 func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]int64, error) {
-	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, "0", len(ids)}
+	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, 0, "0", len(ids)}
 	for _, id := range ids {
 		args = append(args, 1, id, `,"tenant":"acme","tag":"t","event":"`+id+`"`)
 	}
@@ -84,7 +84,7 @@ func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
 	if res, err := publishOn(ctx, c, ch, "a"); err != nil || res[1] != 0 {
 		t.Fatalf("first: %v %v", res, err)
 	}
-	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, "0", 3,
+	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, 0, "0", 3,
 		2, "a", "b", `,"tenant":"acme","tag":"t","event":"a"`,
 		1, "c", `,"tenant":"acme","tag":"t","event":"c"`,
 		1, "a", `,"tenant":"acme","tag":"t","event":"a"`}

@@ -1045,7 +1045,7 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) (calls []publishCall
 // publishCmd queues one publish script call.
 func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd string) *redis.Cmd {
 	keys := make([]string, 0, 3*len(call.channels))
-	args := make([]any, 0, 2+6*len(call.channels)+3*call.messages)
+	args := make([]any, 0, 2+7*len(call.channels)+3*call.messages)
 	args = append(args, cmd, epoch)
 	for _, channel := range call.channels {
 		rt := out[channel[0]].route
@@ -1056,7 +1056,7 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 				force = "1"
 			}
 		}
-		args = append(args, rt.Channel, rt.Limits.History, rt.Limits.Rate, rt.Limits.Burst, force, len(channel))
+		args = append(args, rt.Channel, rt.Limits.History, rt.Limits.HistoryTTL.Milliseconds(), rt.Limits.Rate, rt.Limits.Burst, force, len(channel))
 		for _, i := range channel {
 			o := out[i]
 			args = append(args, len(o.ids))

@@ -162,3 +162,46 @@ func TestTenantShardsSubscribeEveryChannelOnce(t *testing.T) {
 		t.Errorf("the announced tenant's channel has %d subscribers, want 1", n)
 	}
 }
+
+// With a history TTL, the publish script expires a channel's history and
+// event ids that long after its last message, and keeps the meta (the
+// epoch and version, the truth of positions). A subscriber whose channel's
+// history expired while it was away finds that the history does not reach
+// back, and invalidates the tag whole.
+func TestHistoryTTLExpiresHistoriesAndSubscribersRecoverWhole(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, strings.Replace(testMatrix, "ingress: {partitions: 4}", "ingress: {partitions: 4}\ndefaults: {history_ttl: 1h}", 1))
+	e.router(router.Options{})
+	const ch = "invalidate:acme:active"
+	_, stop := e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "user:1", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", "acme", "user:1")
+	for key, want := range map[string]bool{"{" + ch + "}:history": true, "{" + ch + "}:events": true, "{" + ch + "}:meta": false} {
+		ttl := e.busC.PTTL(ctx, key).Val()
+		if expires := ttl > 0 && ttl <= time.Hour; expires != want {
+			t.Errorf("%s: PTTL %v, want an expiry: %v", key, ttl, want)
+		}
+	}
+	stop()
+
+	// Away: two messages, then the history expires (as its TTL would).
+	e.seed("profile-svc", "acme", "user:2", "active")
+	e.seed("profile-svc", "acme", "user:3", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitVersion(ch, 2)
+	must(t, e.busC.PExpire(ctx, "{"+ch+"}:history", time.Millisecond).Err())
+	must(t, e.busC.PExpire(ctx, "{"+ch+"}:events", time.Millisecond).Err())
+	redistest.Eventually(t, 5*time.Second, "the history expired", func() bool {
+		return e.busC.Exists(ctx, "{"+ch+"}:history").Val() == 0
+	})
+	reg := prometheus.NewRegistry()
+	e.subscriber("profile-svc", subscriber.Options{Registerer: reg})
+	e.waitGone("profile-svc", "acme", "user:2")
+	if e.cached("profile-svc", "acme", "user:3") {
+		t.Error("user:3 is still cached: the channel whose history expired was not invalidated whole")
+	}
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != 1 {
+		t.Errorf("%v whole-tag recoveries, want 1", got)
+	}
+}

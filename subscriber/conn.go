@@ -250,10 +250,8 @@ func (ln *listener) regroup(ctx context.Context) {
 	if s.cur.allTenants {
 		channels = append(channels, wire.TenantsChannel(s.prefix))
 	}
-	clear(s.joined)
-	for _, t := range tenants {
-		s.joined[t] = true
-	}
+	s.joined = tenants // sorted (everyTenant)
+	clear(s.joinedNew)
 	if !s.sharded() {
 		ln.spread(ctx, channels)
 		s.log.Info("subscribing", "channels", len(channels), "connections", len(ln.conns), "tags", s.cur.tagList)
@@ -433,10 +431,10 @@ func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 // channels are subscribed on the running connections (a regroup when a
 // master has none yet), and each is checked once confirmed.
 func (s *Subscriber) announced(ctx context.Context, tenant string) {
-	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.joined[tenant] || !s.cur.shard.Owns(tenant) {
+	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.hasJoined(tenant) || !s.cur.shard.Owns(tenant) {
 		return
 	}
-	s.joined[tenant] = true
+	s.joinedNew[tenant] = true
 	s.log.Info("new tenant announced; subscribing to its channels", "tenant", tenant)
 	channels := s.cur.channels(s.prefix, []string{tenant})
 	if err := s.ln.add(ctx, channels); err != nil {

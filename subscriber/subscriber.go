@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -190,9 +191,11 @@ type Subscriber struct {
 	regroupTimer *time.Timer
 	running      atomic.Bool
 	// joined are the tenants whose channels are subscribed (a service of
-	// every tenant): those of the last regroup and those announced since;
-	// owned by the applier.
-	joined map[string]bool
+	// every tenant): those of the last regroup, sorted (a list, not a set:
+	// it holds every tenant at scale), and those announced since; owned by
+	// the applier.
+	joined    []string
+	joinedNew map[string]bool
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
@@ -262,6 +265,12 @@ func (in *interest) channels(prefix string, tenants []string) []string {
 		}
 	}
 	return channels
+}
+
+// hasJoined reports whether the tenant's channels are subscribed.
+func (s *Subscriber) hasJoined(tenant string) bool {
+	_, ok := slices.BinarySearch(s.joined, tenant)
+	return ok || s.joinedNew[tenant]
 }
 
 // covers reports whether a tenant's tag is of interest.
@@ -372,7 +381,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)

@@ -24,16 +24,43 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
-	targets, err := s.targets(ctx)
+	tenants, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
-	gen, err := s.checkTargets(ctx, targets, nil)
-	if err != nil {
+	// The channels in parts of checkChunk, made as they are checked: a
+	// list of a million targets would be the largest thing a check makes.
+	// The check goes by the bus generation its first part read.
+	var first *generation
+	batch := make([]target, 0, checkChunk)
+	flush := func() error {
+		gen, err := s.checkTargets(ctx, batch, nil)
+		if first == nil {
+			first = &gen
+		}
+		batch = batch[:0]
 		return err
 	}
-	return s.sawGeneration(ctx, gen)
+	for _, tenant := range tenants {
+		for _, tag := range s.cur.tagList {
+			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
+			if len(batch) == checkChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if len(batch) > 0 || first == nil {
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	return s.sawGeneration(ctx, *first)
 }
+
+// checkChunk is how many channels a check takes at a time.
+const checkChunk = 10 * pipelineChunk
 
 // generation is the bus's generation and the one this service last saw.
 type generation struct{ bus, seen string }
@@ -272,11 +299,11 @@ func isReplyError(err error) bool {
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
-// targets lists the channels to check: the configured tenants, or for a
+// targets lists the tenants whose channels (of every tag) to check: the configured tenants, or for a
 // service of every tenant the router's tenant registry, the tenants this
 // service holds positions for (kept with the positions, so they survive a
 // bus that lost its registry) and every channel seen so far.
-func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
+func (s *Subscriber) targets(ctx context.Context) ([]string, error) {
 	tenants := s.cur.tenants
 	if s.cur.allTenants {
 		var err error
@@ -289,13 +316,7 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 			s.announced(ctx, t)
 		}
 	}
-	out := make([]target, 0, len(tenants)*len(s.cur.tagList))
-	for _, tenant := range tenants {
-		for _, tag := range s.cur.tagList {
-			out = append(out, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
-		}
-	}
-	return out, nil
+	return tenants, nil
 }
 
 // everyTenant returns, for a service of every tenant, the tenants of the

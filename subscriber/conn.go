@@ -253,9 +253,10 @@ func (ln *listener) regroup(ctx context.Context) {
 	s.joined = tenants // sorted (everyTenant)
 	clear(s.joinedNew)
 	if !s.sharded() {
-		ln.spread(ctx, channels)
+		if ln.spread(ctx, channels) == 0 {
+			s.requestCheck() // no confirmation to come asks for it
+		}
 		s.log.Info("subscribing", "channels", len(channels), "connections", len(ln.conns), "tags", s.cur.tagList)
-		s.requestCheck()
 		return
 	}
 
@@ -312,15 +313,18 @@ func (ln *listener) regroup(ctx context.Context) {
 			ln.start(ctx, c)
 		}
 	}
+	if len(channels) == 0 {
+		s.requestCheck()
+	}
 	s.log.Info("subscribing (sharded)", "channels", len(channels), "masters", len(groups), "connections", len(ln.conns), "tags", s.cur.tagList)
-	s.requestCheck()
 }
 
 // spread gives a standalone bus's channels to the connections, at most
 // ChannelsPerConn each: each keeps those it has that are still wanted and
 // leaves the others, the new ones go where there is room, then to new
-// connections.
-func (ln *listener) spread(ctx context.Context, channels []string) {
+// connections. It returns how many channels it subscribes: the last
+// confirmation asks for a check.
+func (ln *listener) spread(ctx context.Context, channels []string) int {
 	s := ln.s
 	per := s.opt.ChannelsPerConn
 	fresh := channels
@@ -351,6 +355,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) {
 	}
 	running := len(ln.conns)
 	all := slices.Clone(ln.conns) // the running ones, then the new ones
+	subscribing := len(fresh)
 	for len(fresh) > 0 {
 		var c *conn
 		for _, cn := range all {
@@ -378,6 +383,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) {
 			ln.start(ctx, c)
 		}
 	}
+	return subscribing
 }
 
 // slotsOf returns the hash slot of every channel, asking the cluster
@@ -695,12 +701,15 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 					continue
 				}
 				if int64(m.Count) == c.expected.Load() {
-					s.requestCheck()
+					// This connection's set is complete: once every
+					// connection's is, one check covers what was missed
+					// while subscribing (or reconnecting).
 					s.health.mu.Lock()
 					expected, held := s.health.subscriptions()
 					s.health.mu.Unlock()
 					if held == expected {
 						s.log.Info("subscribed", "channels", expected)
+						s.requestCheck()
 					}
 				}
 			case "sunsubscribe":

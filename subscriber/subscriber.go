@@ -710,8 +710,11 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 	}
 	t := target{channel, tenant, tag}
 	stored, errs, err := s.storedPositions(ctx, []target{t})
-	if err = errors.Join(err, errs[0]); err != nil {
-		return nil, err
+	if err != nil {
+		return nil, err // errs is nil then
+	}
+	if errs[0] != nil {
+		return nil, errs[0]
 	}
 	p := &position{tenant: tenant, tag: tag, at: stored[0]}
 	s.pos[channel] = p

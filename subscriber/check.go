@@ -324,16 +324,18 @@ func (s *Subscriber) targets(ctx context.Context) ([]string, error) {
 // index (tenants with tagged values), announced, and seen so far. The two
 // indexes live in the cache Redis, so they survive a bus that lost its data.
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
-	registered, err := scanSet(ctx, s.bus, wire.TenantsKey(s.prefix))
+	// Only this instance's tenants are kept from each page (a shard of k
+	// reads the registry, but keeps 1/k of it).
+	registered, err := scanSet(ctx, s.bus, wire.TenantsKey(s.prefix), s.cur.shard.Owns)
 	if err != nil {
 		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", wire.TenantsKey(s.prefix), err)
 	}
 	var indexed, cached []string
 	if s.store != nil {
-		if indexed, err = scanSet(ctx, s.opt.Cache, names.PositionIndexKey(s.opt.Service)); err != nil {
+		if indexed, err = scanSet(ctx, s.opt.Cache, names.PositionIndexKey(s.opt.Service), s.cur.shard.Owns); err != nil {
 			return nil, fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 		}
-		if cached, err = scanSet(ctx, s.opt.Cache, names.CacheTenantsKey()); err != nil {
+		if cached, err = scanSet(ctx, s.opt.Cache, names.CacheTenantsKey(), s.cur.shard.Owns); err != nil {
 			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)
 		}
 	}
@@ -352,11 +354,11 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	return slices.DeleteFunc(out, func(t string) bool { return !names.ValidTenant(t) || !s.cur.shard.Owns(t) }), nil
 }
 
-// scanSet reads a set in SSCAN pages: one SMEMBERS of a registry of a
-// million tenants holds the Redis for the time it takes to answer it all.
-// A member added or removed meanwhile may or may not be in it (SSCAN's
-// guarantee); the next check sees it.
-func scanSet(ctx context.Context, rdb redis.UniversalClient, key string) ([]string, error) {
+// scanSet reads the members of a set that keep accepts, in SSCAN pages:
+// one SMEMBERS of a registry of a million tenants holds the Redis for the
+// time it takes to answer it all. A member added or removed meanwhile may
+// or may not be in it (SSCAN's guarantee); the next check sees it.
+func scanSet(ctx context.Context, rdb redis.UniversalClient, key string, keep func(string) bool) ([]string, error) {
 	var out []string
 	var cursor uint64
 	for {
@@ -364,7 +366,11 @@ func scanSet(ctx context.Context, rdb redis.UniversalClient, key string) ([]stri
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, page...)
+		for _, m := range page {
+			if keep(m) {
+				out = append(out, m)
+			}
+		}
 		if cursor = next; cursor == 0 {
 			return out, nil
 		}

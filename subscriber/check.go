@@ -150,6 +150,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		return generation{}, err
 	}
 	var failed error
+	var recoveries []pending // the part's recoveries, carried out together
 	for start := 0; start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
 		metas, err := s.metas(ctx, batch)
@@ -204,10 +205,10 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 			s.m.gaps.Inc()
 			s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
 				"at", p.at.String(), "channel_at", meta.String())
-			if err := s.execute(ctx, t.channel, p, d); err != nil {
-				failed = errors.Join(failed, fmt.Errorf("%s: %w", t.channel, err))
-			}
+			recoveries = append(recoveries, pending{t.channel, p, d})
 		}
+		failed = errors.Join(failed, s.recoverAll(ctx, recoveries))
+		recoveries = recoveries[:0]
 	}
 	return gen, errors.Join(failed, s.flushBatch(ctx))
 }

@@ -959,6 +959,13 @@ func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, t
 	if err != nil {
 		return nil, false, err
 	}
+	msgs, ok := s.parseHistory(channel, epoch, from, to, entries)
+	return msgs, ok, nil
+}
+
+// parseHistory reads the messages of history entries from..to, and whether
+// they are all there (contiguous, of the epoch).
+func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, bool) {
 	msgs := make([]*wire.Message, 0, len(entries))
 	got := make([]recovery.Position, 0, len(entries))
 	for _, e := range entries {
@@ -967,12 +974,12 @@ func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, t
 		if err != nil {
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
-			return nil, false, nil
+			return nil, false
 		}
 		msgs = append(msgs, m)
 		got = append(got, msgPosition(m))
 	}
-	return msgs, recovery.Contiguous(got, epoch, from, to), nil
+	return msgs, recovery.Contiguous(got, epoch, from, to)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

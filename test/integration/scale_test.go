@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
@@ -203,5 +205,60 @@ func TestHistoryTTLExpiresHistoriesAndSubscribersRecoverWhole(t *testing.T) {
 	}
 	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != 1 {
 		t.Errorf("%v whole-tag recoveries, want 1", got)
+	}
+}
+
+// xrangeCounter counts the XRANGE commands a client sends on their own
+// (not in a pipeline).
+type xrangeCounter struct{ alone atomic.Int64 }
+
+func (h *xrangeCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *xrangeCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "xrange" {
+			h.alone.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *xrangeCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// The first check of a service with no stored position replays every
+// channel from its history: the histories are read in pipelines, not one
+// XRANGE round trip a channel (a new service of 10M channels took half an
+// hour that way), and every channel ends at its meta.
+func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	const n = 300
+	events := make([]wire.Event, n)
+	for i := range events {
+		events[i] = wire.Event{Tenant: fmt.Sprintf("t-%05d", i), Domain: "user", Keys: []string{"user:1"}}
+	}
+	if _, err := e.pub.PublishBatch(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	for i := range events {
+		e.waitVersion("invalidate:"+events[i].Tenant+":active", 1)
+	}
+	for i := range events {
+		e.seed("profile-svc", events[i].Tenant, "user:1", "active")
+	}
+	bus := e.bus.Client(t)
+	counter := &xrangeCounter{}
+	bus.AddHook(counter)
+	reg := prometheus.NewRegistry()
+	e.subscriberOn(bus, "profile-svc", subscriber.Options{Registerer: reg})
+	for i := range events {
+		e.waitGone("profile-svc", events[i].Tenant, "user:1")
+	}
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "replay"); got != n {
+		t.Errorf("%v replays, want %d", got, n)
+	}
+	if got := counter.alone.Load(); got != 0 {
+		t.Errorf("%d XRANGE round trips of their own for %d channels to replay, want them in pipelines", got, n)
 	}
 }

@@ -1,0 +1,94 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/names"
+)
+
+// pending is a channel's recovery decided by a check, not carried out yet.
+type pending struct {
+	channel string
+	p       *position
+	d       recovery.Decision
+}
+
+// recoverAll carries out the recoveries of one part of a check together:
+// the histories of the replays are read in one pipeline and their messages
+// applied in pipelines (flushBatch), where one channel after the other took
+// a round trip to the bus and one to the cache each — what made the first
+// check of a new service of millions of channels take half an hour.
+// Whole-tag invalidations and repairs go as before (execute).
+func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	now := time.Now().UnixMilli()
+	var replays []int
+	for i := range rs {
+		rs[i].d = recovery.Stamp(rs[i].d, now)
+		if rs[i].d.Action == recovery.Replay {
+			replays = append(replays, i)
+		}
+	}
+	histories := make(map[int]*redis.XMessageSliceCmd, len(replays))
+	if len(replays) > 0 {
+		_, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, i := range replays {
+				d := rs[i].d
+				histories[i] = pipe.XRange(ctx, names.HistoryKey(rs[i].channel), strconv.FormatInt(d.From, 10)+"-0", strconv.FormatInt(d.To.Version, 10)+"-0")
+			}
+			return nil
+		})
+		if err != nil && !isReplyError(err) {
+			return fmt.Errorf("reading the histories of %d channels to replay from the bus Redis: %w", len(replays), err)
+		}
+	}
+	batching := s.batching
+	s.batching = true // the replayed messages collect in s.batch
+	var failed error
+	flush := func() {
+		if !batching && len(s.batch) >= pipelineChunk {
+			s.batching = false
+			failed = errors.Join(failed, s.flushBatch(ctx))
+			s.batching = true
+		}
+	}
+	for i, r := range rs {
+		if h, ok := histories[i]; ok {
+			entries, err := h.Result()
+			if err != nil {
+				failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+				continue
+			}
+			if msgs, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries); ok {
+				s.m.recoveries.WithLabelValues("replay").Inc()
+				for _, m := range msgs {
+					failed = errors.Join(failed, s.applyMessage(ctx, r.channel, r.p, m))
+				}
+				flush()
+				continue
+			}
+			// The history no longer reaches back: execute falls through
+			// to the whole tag.
+			r.d.Action = recovery.WholeTag
+		}
+		s.batching = false
+		if err := s.execute(ctx, r.channel, r.p, r.d); err != nil {
+			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+		}
+		s.batching = true
+	}
+	s.batching = batching
+	if !batching {
+		failed = errors.Join(failed, s.flushBatch(ctx))
+	}
+	return failed
+}

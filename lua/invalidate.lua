@@ -13,7 +13,7 @@
 -- ARGV[1]   cardinality guard: a larger tag (its two sets together) is
 --           refused (the caller chunks it)
 -- ARGV[2]   epoch of the message, or '' when no position is kept
--- ARGV[3]   version of the message
+-- ARGV[3]   version of the message, or "version:chain" (position.lua)
 -- ARGV[4]   mode: '0' may jump ahead of the position; '1' strict: refuse a
 --           version that does not follow the position (the caller pipelines
 --           consecutive versions and must not skip one whose call failed);
@@ -35,7 +35,7 @@
 -- this version; nothing done), GAP (strict, and the position is behind the
 -- previous version; nothing done) or WAIT (an earlier whole tag of the
 -- channel in the pipeline was deferred; nothing done).
-local epoch, version, mode, token = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local epoch, version, mode, token = ARGV[2], version_of(ARGV[3]), ARGV[4], ARGV[5]
 if epoch ~= '' then
   if batch_waits(KEYS[3], token) then
     return {'WAIT', 0}

@@ -14,7 +14,8 @@
 --   the mode ('1' strict: a version must follow the position, else '0'),
 --   the caller's pipeline token when a whole tag of the channel comes
 --   before the group in it (else ''), the number of invalidations m; then
---   for each of them: its version and its number of cache keys (at least 1).
+--   for each of them: its version (or "version:chain": position.lua) and
+--   its number of cache keys (at least 1).
 -- Returns a string of one status letter per invalidation, in order, then
 -- the keys each deleted: S for SUCCESS, D for DUPLICATE (the position is at
 -- or past the version; nothing done), G for GAP (strict, and the position is
@@ -35,8 +36,10 @@ while a <= #ARGV do
     e, v = read_position(posKey)
   end
   local moved = false
+  local at -- the version argument of the last applied, stored as given
   for _ = 1, m do
-    local version, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    local varg, n = ARGV[a], tonumber(ARGV[a + 1])
+    local version = version_of(varg)
     a = a + 2
     local first, last = k, k + n - 1
     k = k + n
@@ -60,12 +63,12 @@ while a <= #ARGV do
       status[#status + 1] = 'S'
       out[#out + 1] = deleted
       if epoch ~= '' then
-        e, v, moved = epoch, version, true
+        e, v, at, moved = epoch, version, varg, true
       end
     end
   end
   if moved then
-    redis.call('SET', posKey, e .. ':' .. v)
+    redis.call('SET', posKey, e .. ':' .. at)
   end
 end
 out[1] = table.concat(status)

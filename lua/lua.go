@@ -60,6 +60,10 @@ var (
 	budgetSrc string
 	//go:embed tenants.lua
 	tenantsSrc string
+	//go:embed read.lua
+	readSrc string
+	//go:embed claim.lua
+	claimSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -80,6 +84,8 @@ var Sources = map[string]string{
 	"tenants.lua":         prelude + tenantsSrc,
 	"lease.lua":           prelude + leaseSrc,
 	"release.lua":         prelude + releaseSrc,
+	"read.lua":            prelude + readSrc,
+	"claim.lua":           prelude + claimSrc,
 }
 
 var (
@@ -106,6 +112,10 @@ var (
 	Budget = redis.NewScript(Sources["budget.lua"])
 	// Tenants registers tenants and announces the new ones.
 	Tenants = redis.NewScript(Sources["tenants.lua"])
+	// Read reads a consumer group's new entries of a stream, bounded in bytes.
+	Read = redis.NewScript(Sources["read.lua"])
+	// Claim claims pending entries of a stream, bounded in bytes.
+	Claim = redis.NewScript(Sources["claim.lua"])
 )
 
 // Load loads scripts into Redis's script cache (on a cluster client, into

@@ -2,8 +2,12 @@
 -- prepends this file to both (with MAX_UNPACK before it), so the rule lives
 -- in one place. It defines functions only and reads no KEYS or ARGV.
 --
--- A position is stored as "epoch:version". An invalidation carries its
--- channel's epoch, its version and a mode: '0' may jump ahead of the
+-- A position is stored as "epoch:version:chain", or "epoch:version" (written
+-- before positions carried the channel's chain, and for a Lost position;
+-- docs/protocol.md 5.2). The scripts compare epochs and versions only; the
+-- chain is stored for the subscriber's checks. An invalidation carries its
+-- channel's epoch, its version argument ("version" or "version:chain",
+-- stored after the epoch as given: see version_of) and a mode: '0' may jump ahead of the
 -- position (recovery), '1' is strict (the caller pipelines consecutive
 -- versions and must not skip one whose call failed, and the version must
 -- follow the stored position exactly), 'R' is a repair (set
@@ -22,8 +26,17 @@ local function read_position(key)
   if not pos then
     return nil, nil
   end
-  local e, v = string.match(pos, '^(.*):(%d+)$')
+  local e, v = string.match(pos, '^([^:]*):(%d+):%x+$')
+  if not e then
+    e, v = string.match(pos, '^(.*):(%d+)$')
+  end
   return e, tonumber(v)
+end
+
+-- version_of reads an invalidation's version argument, "version" or
+-- "version:chain", as a number (nil when it is neither).
+local function version_of(arg)
+  return tonumber(string.match(arg, '^(%d+)$') or string.match(arg, '^(%d+):%x+$'))
 end
 
 -- position_rule says what the position (e, v) makes of an invalidation:

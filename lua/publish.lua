@@ -1,7 +1,9 @@
 -- Publish invalidation messages on one or more channels, each idempotently
 -- per event id, in one call. Needs MAX_UNPACK before it (lua.go prepends it).
 -- Every channel takes three keys:
--- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid
+-- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, chain
+--                                 ('<epoch>:<version>:<chain>', the chain at
+--                                 that version: docs/protocol.md 4)
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
 -- KEYS[3c]   {<channel>}:events   sorted set: event id -> version, for the versions the history keeps
 -- ARGV[1]    'PUBLISH' or 'SPUBLISH'
@@ -40,12 +42,62 @@
 -- must not find them and take the message for sent), and the meta says
 -- what was published (the next version must not repeat one in the
 -- history). The call then answers the command's error.
-local function save(metaKey, version, rate, tokens, now)
+local function save(metaKey, version, rate, tokens, now, chain)
   if rate > 0 then
-    redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now)
+    redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now, 'chain', chain)
   else
-    redis.call('HSET', metaKey, 'version', version)
+    redis.call('HSET', metaKey, 'version', version, 'chain', chain)
   end
+end
+
+-- The channel's chain: a digest of every message of the epoch, in order,
+-- which a subscriber computes from what it applied (recovery.Link) and
+-- compares with the meta's, so a forged message it applied in place of the
+-- channel's own shows. '' before version 1.
+local function link(prev, msg)
+  return string.sub(redis.sha1hex(prev .. redis.sha1hex(msg)), 1, 16)
+end
+
+-- chain_at returns the chain at version of epoch from the meta's field,
+-- caught up over the history when an older router published since without
+-- keeping it; else a new chain starts here (from ''), which subscribers
+-- that knew the old one take for a divergence (a whole tag, safe).
+local function chain_at(field, epoch, version, historyKey)
+  if version == 0 then
+    return ''
+  end
+  local e, v, c = string.match(field or '', '^([^:]*):(%d+):(%x+)$')
+  v = tonumber(v)
+  if e ~= epoch or not v or v > version or version - v > MAX_UNPACK then
+    return ''
+  end
+  if v == version then
+    return c
+  end
+  -- pcall: a router user made before chains may lack XRANGE (security.md).
+  local entries = redis.pcall('XRANGE', historyKey, string.format('%d-0', v + 1), string.format('%d-0', version))
+  if entries.err or #entries ~= version - v then
+    return ''
+  end
+  for i = 1, #entries do
+    local msg
+    local fields = entries[i][2]
+    for j = 1, #fields, 2 do
+      if fields[j] == HISTORY_FIELD then
+        msg = fields[j + 1]
+      end
+    end
+    if entries[i][1] ~= string.format('%d-0', v + i) or not msg then
+      return ''
+    end
+    c = link(c, msg)
+  end
+  return c
+end
+
+-- chain_field is the meta's chain field: where the chain stands.
+local function chain_field(epoch, version, chain)
+  return epoch .. ':' .. string.format('%d', version) .. ':' .. chain
 end
 
 local cmd, fresh = ARGV[1], ARGV[2]
@@ -62,7 +114,7 @@ for c = 1, #KEYS, 3 do
   local channel, keep, ttl = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local rate, burst, force, m = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
   a = a + 7
-  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at')
+  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at', 'chain')
   local epoch, version = meta[1], tonumber(meta[3])
   -- The bucket refills at rate from its last take, up to burst; one with
   -- no state (new, expired with its meta) is full.
@@ -85,6 +137,7 @@ for c = 1, #KEYS, 3 do
   elseif not meta[2] and replid ~= '' then
     redis.call('HSET', metaKey, 'replid', replid)
   end
+  local chain = chain_at(meta[6], epoch, version, historyKey)
   local published, stopped = false, false
   for _ = 1, m do
     local k = tonumber(ARGV[a])
@@ -160,11 +213,12 @@ for c = 1, #KEYS, 3 do
       if type(r) == 'table' and r.err then
         redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
         if published then
-          save(metaKey, version, rate, tokens, now)
+          save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
         end
         return redis.error_reply(r.err)
       end
       version = version + 1
+      chain = link(chain, msg)
       if rate > 0 then
         tokens = tokens - 1
       end
@@ -172,7 +226,7 @@ for c = 1, #KEYS, 3 do
       -- a subscriber that misses it replays it from there.
       r = redis.pcall(cmd, channel, msg)
       if type(r) == 'table' and r.err then
-        save(metaKey, version, rate, tokens, now)
+        save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
         return redis.error_reply(r.err)
       end
       out[#out + 1] = version
@@ -181,7 +235,7 @@ for c = 1, #KEYS, 3 do
     end
   end
   if published then
-    save(metaKey, version, rate, tokens, now)
+    save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     -- Event ids are kept for the versions the history keeps: a message may
     -- record many. At most IDS_PER_VERSION times the history's length.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
 )
@@ -101,4 +102,47 @@ func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
 	if v := c.HGet(ctx, "{"+ch+"}:meta", "version").Val(); v != "1" {
 		t.Errorf("version %s, want 1", v)
 	}
+}
+
+// The meta's chain is recovery.Link over the history's messages in order,
+// as a subscriber computes it from what it applies; it starts again with a
+// new epoch, and catches up over the history when a router older than
+// chains published in between (its versions leave the field behind).
+func TestPublishKeepsTheChannelsChain(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	const ch = "invalidate:acme:t"
+	meta, history := "{"+ch+"}:meta", "{"+ch+"}:history"
+	want := func(what string) {
+		t.Helper()
+		entries, err := c.XRange(ctx, history, "-", "+").Result()
+		must(t, err)
+		chain := ""
+		for _, e := range entries {
+			chain = recovery.Link(chain, []byte(e.Values["m"].(string)))
+		}
+		epoch, version := c.HGet(ctx, meta, "epoch").Val(), c.HGet(ctx, meta, "version").Val()
+		if got, want := c.HGet(ctx, meta, "chain").Val(), epoch+":"+version+":"+chain; got != want {
+			t.Errorf("%s: meta chain %q, want %q", what, got, want)
+		}
+	}
+	_, err := publishOn(ctx, c, ch, "a", "b")
+	must(t, err)
+	want("two messages")
+	_, err = publishOn(ctx, c, ch, "c")
+	must(t, err)
+	want("one more")
+
+	// An older router publishes version 4 without touching the chain.
+	msg := `{"epoch":"e0","version":4,"tenant":"acme","tag":"t","event":"old"}`
+	must(t, c.XAdd(ctx, &redis.XAddArgs{Stream: history, ID: "4-0", Values: []any{"m", msg}}).Err())
+	must(t, c.HSet(ctx, meta, "version", 4).Err())
+	_, err = publishOn(ctx, c, ch, "d")
+	must(t, err)
+	want("after an older router's version")
+
+	must(t, c.Del(ctx, meta).Err()) // the meta vanished: a new epoch
+	_, err = publishOn(ctx, c, ch, "e")
+	must(t, err)
+	want("a new epoch")
 }

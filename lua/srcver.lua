@@ -1,7 +1,9 @@
 -- Suppress an event older (source_version) than the events of its entity
 -- that already invalidated everything it names; remember what it names.
--- KEYS[1]  <prefix>:srcver:{<tenant>}:<domain>/<entity>, a hash: each key
---          -> the newest source_version that invalidated it, and the field
+-- KEYS[1]  <prefix>:srcver:{<tenant>}:<domain>/<publisher>/<entity>
+--          (names.SourceVersionKey; the publisher empty for the shared
+--          ingress), a hash: each key -> the newest source_version that
+--          invalidated it, and the field
 --          ' ' (no key contains a space) -> the newest whole-tag one
 -- ARGV[1]  the event's source_version
 -- ARGV[2]  how long to remember the entity, in milliseconds

@@ -291,11 +291,16 @@ const HistoryField = "m"
 
 // SourceVersionKey is where the router keeps, for one entity of a tenant's
 // domain, the newest source_version that invalidated each key (and the whole
-// tag): "<prefix>:srcver:{<tenant>}:<domain>/<entity>". A domain never
-// contains '/', so no two (domain, entity) pairs share a key, whatever the
-// entity holds; {<tenant>} puts it in the tenant's slot.
-func SourceVersionKey(prefix, tenant, domain, entity string) string {
-	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + entity
+// tag): "<prefix>:srcver:{<tenant>}:<domain>/<publisher>/<entity>", where
+// publisher is the granted publisher whose own streams the events came on,
+// and empty for the shared ingress ("…:user//42"). Neither a domain nor a
+// publisher contains '/' and a publisher is never empty, so the key parses
+// back to one (domain, publisher, entity): whatever an entity on the shared
+// ingress spells ("profile-svc/42"), its key starts "<domain>//", never
+// "<domain>/<publisher>/", and no publisher's events share another's or the
+// shared ingress's suppression. {<tenant>} puts it in the tenant's slot.
+func SourceVersionKey(prefix, tenant, domain, publisher, entity string) string {
+	return prefix + ":srcver:{" + tenant + "}:" + domain + "/" + publisher + "/" + entity
 }
 
 // MaxPartitions bounds the number of ingress partitions: partition numbers

@@ -190,16 +190,50 @@ func FuzzParseChannel(f *testing.F) {
 	})
 }
 
-// Entities and domains may both contain ':'; their key stays distinct.
+// Entities and domains may both contain ':'; their key stays distinct. An
+// entity on the shared ingress that spells a publisher's ("profile-svc/42")
+// does not share that publisher's key.
 func TestSourceVersionKeyIsUnambiguous(t *testing.T) {
-	a := SourceVersionKey("invalidate", "acme", "user:profile", "1")
-	b := SourceVersionKey("invalidate", "acme", "user", "profile:1")
+	a := SourceVersionKey("invalidate", "acme", "user:profile", "", "1")
+	b := SourceVersionKey("invalidate", "acme", "user", "", "profile:1")
 	if a == b {
 		t.Errorf("two entities share %q", a)
 	}
-	if got := SourceVersionKey("invalidate", "acme", "user", "1042"); got != "invalidate:srcver:{acme}:user/1042" {
-		t.Errorf("SourceVersionKey = %q", got)
+	shared := SourceVersionKey("invalidate", "acme", "user", "", "profile-svc/42")
+	own := SourceVersionKey("invalidate", "acme", "user", "profile-svc", "42")
+	if shared == own {
+		t.Errorf("the shared ingress's entity profile-svc/42 and publisher profile-svc's entity 42 share %q", own)
 	}
+	for _, tc := range []struct{ publisher, want string }{
+		{"", "invalidate:srcver:{acme}:user//1042"},
+		{"profile-svc", "invalidate:srcver:{acme}:user/profile-svc/1042"},
+	} {
+		if got := SourceVersionKey("invalidate", "acme", "user", tc.publisher, "1042"); got != tc.want {
+			t.Errorf("SourceVersionKey(publisher %q) = %q, want %q", tc.publisher, got, tc.want)
+		}
+	}
+}
+
+// No two (domain, publisher, entity) of a tenant share a source_version key,
+// whatever the entity spells: the key space of the shared ingress and of
+// each publisher are disjoint.
+func FuzzSourceVersionKey(f *testing.F) {
+	f.Add("user", "", "profile-svc/42", "user", "profile-svc", "42")
+	f.Add("user", "", "/a/b", "user", "a", "b")
+	f.Add("user:x", "p", "1", "user", "x/p", "1")
+	f.Fuzz(func(t *testing.T, d1, p1, e1, d2, p2, e2 string) {
+		valid := func(d, p, e string) bool {
+			return ValidTag(d) && (p == "" || ValidTag(p)) && e != "" && len(e) <= MaxEntityLen
+		}
+		if !valid(d1, p1, e1) || !valid(d2, p2, e2) {
+			return
+		}
+		k1 := SourceVersionKey("invalidate", "acme", d1, p1, e1)
+		k2 := SourceVersionKey("invalidate", "acme", d2, p2, e2)
+		if (k1 == k2) != (d1 == d2 && p1 == p2 && e1 == e2) {
+			t.Fatalf("(%q, %q, %q) -> %q and (%q, %q, %q) -> %q", d1, p1, e1, k1, d2, p2, e2, k2)
+		}
+	})
 }
 
 func TestIngressStreamRoundTrip(t *testing.T) {

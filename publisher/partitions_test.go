@@ -115,3 +115,51 @@ func TestPartitionRefreshDoesNotHoldOthers(t *testing.T) {
 		t.Errorf("%d GETs of the partition count, want 2 (the first, and one refresh shared by all)", n)
 	}
 }
+
+// A partition count gone with the bus's data is not replaced by a guess for
+// long: a publisher that read one keeps it, and one that never did uses the
+// default only until the router writes the count again (read after a
+// second, not after Refresh).
+func TestMissingPartitionCountNotGuessedForLong(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	key := wire.PartitionsKey(names.DefaultPrefix)
+	var mu sync.Mutex
+	now := time.UnixMilli(1764000000000)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	// acme's partition among 4 and among the default 8 differ.
+	among := func(n int) string { return wire.IngressStream(names.DefaultPrefix, wire.Partition("acme", n)) }
+	lands := func(p *publisher.Publisher, want string) {
+		t.Helper()
+		before := c.XLen(ctx, want).Val()
+		if _, err := p.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		if c.XLen(ctx, want).Val() != before+1 {
+			t.Fatalf("the event did not land on %s", want)
+		}
+	}
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(c.Set(ctx, key, 4, 0).Err())
+	known, err := publisher.New(c, publisher.Options{Now: clock})
+	must(err)
+	lands(known, among(4))
+	must(c.FlushAll(ctx).Err()) // the bus lost its data
+	advance(publisher.DefaultRefresh + time.Second)
+	lands(known, among(4)) // the count read before, not the default
+
+	fresh, err := publisher.New(c, publisher.Options{Now: clock})
+	must(err)
+	lands(fresh, among(wire.DefaultPartitions)) // nothing better to go by
+	must(c.Set(ctx, key, 4, 0).Err())           // the router writes it again
+	advance(2 * time.Second)
+	lands(fresh, among(4))
+}

@@ -48,7 +48,11 @@ type Options struct {
 	Prefix string
 	// Partitions fixes the number of ingress partitions. When 0 the
 	// publisher reads it from <prefix>:ingress:partitions (written by the
-	// router), every Refresh, and uses 8 until the router has written it.
+	// router), every Refresh. While the key is missing (no router ran yet,
+	// or the bus lost its data and the router has not written it again,
+	// which it does within seconds) the publisher keeps the count it last
+	// read, or uses 8 when it never read one, and reads the key again
+	// after a second rather than after Refresh.
 	Partitions int
 	// Refresh is how long a partition count read from Redis is used.
 	Refresh time.Duration
@@ -371,7 +375,14 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 type partitionCount struct {
 	n  int
 	at time.Time
+	// missing is set when the key was not there: n is a guess, kept for
+	// missingRefresh only.
+	missing bool
 }
+
+// missingRefresh is how long a guessed partition count is used before the
+// key is read again.
+const missingRefresh = time.Second
 
 // refreshTimeout bounds the read of the partition count that callers share.
 const refreshTimeout = 5 * time.Second
@@ -384,7 +395,7 @@ func (p *Publisher) partitionCount(ctx context.Context) (int, error) {
 		return p.opt.Partitions, nil
 	}
 	known := p.partitions.Load()
-	if known != nil && p.opt.Now().Sub(known.at) < p.opt.Refresh {
+	if known != nil && p.opt.Now().Sub(known.at) < known.ttl(p.opt.Refresh) {
 		return known.n, nil
 	}
 	// The read runs apart from the context of whoever starts it, so that
@@ -405,6 +416,14 @@ func (p *Publisher) partitionCount(ctx context.Context) (int, error) {
 	}
 }
 
+// ttl is how long the count is used before it is read again.
+func (c *partitionCount) ttl(refresh time.Duration) time.Duration {
+	if c.missing {
+		return min(missingRefresh, refresh)
+	}
+	return refresh
+}
+
 // readPartitions reads the partition count from Redis and keeps it; on a
 // Redis error it keeps known, the last count read, when there is one.
 func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (int, error) {
@@ -412,6 +431,14 @@ func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (
 	n := wire.DefaultPartitions
 	switch {
 	case errors.Is(err, redis.Nil):
+		// Gone with the bus's data, or no router ran yet: the count read
+		// before is still the matrix's (the router writes it again within
+		// seconds), a better guess than the default.
+		if known != nil {
+			n = known.n
+		}
+		p.partitions.Store(&partitionCount{n: n, at: p.opt.Now(), missing: true})
+		return n, nil
 	case err != nil:
 		if known != nil {
 			return known.n, nil // keep the last known count; the XADD will tell

@@ -7,10 +7,11 @@
 // An ingress entry is acknowledged only after every message it produced is
 // published; a failed entry is tried again by its own router at once, with
 // backoff, and dead-lettered when it keeps failing with an error that will
-// not pass; entries a dead instance left pending are claimed with
-// XAUTOCLAIM; every partition stream under the prefix is read, old partition
-// counts' included; consumer groups that vanished (a Redis that restarted empty) are
-// created again; events that cannot be routed go to the dead-letter stream
-// with the reason. The package touches no signals and no global state, so
-// tests run the daemon in-process.
+// not pass; entries a dead instance left pending are claimed; reads and
+// claims are bounded in bytes (read.go); every partition stream under the
+// prefix is read, old partition counts' included; consumer groups that
+// vanished (a Redis that restarted empty) are created again; events that
+// cannot be routed go to the dead-letter stream with the reason, and those of
+// a domain a router knows are re-driven (redrive.go). The package touches no
+// signals and no global state, so tests run the daemon in-process.
 package router

@@ -23,6 +23,8 @@ type metrics struct {
 	pending       prometheus.Gauge
 	lag           prometheus.Gauge
 	groupsCreated prometheus.Counter
+	redriven      prometheus.Counter
+	handedOver    prometheus.Counter
 
 	coalesced       *prometheus.CounterVec // tag
 	delayed         *prometheus.CounterVec // tag
@@ -63,6 +65,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_ingress_lag_entries", Help: "Ingress entries not yet delivered to the consumer group."}),
 		groupsCreated: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_consumer_groups_created_total", Help: "Consumer groups created, at start or after they vanished."}),
+		redriven: f.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_dead_letters_redriven_total", Help: "unknown_domain dead letters of a domain this router knows (refused by a router on an older matrix, or before a reload) sent back to the routers."}),
+		handedOver: f.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_redriven_handed_over_total", Help: "Re-driven entries of a domain this router does not know handed over to the live router that re-drove them."}),
 		coalesced: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_events_coalesced_total", Help: "Events merged into a channel's pending message because the channel was over its budget, by tag."}, []string{"tag"}),
 		delayed: f.NewCounterVec(prometheus.CounterOpts{

@@ -71,6 +71,13 @@ type entry struct {
 	// alone is set when the entry was routed in a batch of one, so a
 	// failure that will not pass is its own and counts towards the dead letters.
 	alone bool
+	// from and fromID are the stream and entry id the entry first came on:
+	// its own, or for a re-driven entry (redrive.go) the ones it had then,
+	// with fromIndex the event's place in that packed entry (-1: none) and
+	// handTo the router that re-drove it.
+	from, fromID string
+	fromIndex    int
+	handTo       string
 }
 
 // event is one event of an entry.
@@ -179,6 +186,11 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		entries[i] = &all[i]
 		r.parse(entries[i], mtx, stream, msg)
 		entries[i].alone = len(msgs) == 1
+	}
+	if stream == r.redrive {
+		if entries = r.handOver(ctx, entries); len(entries) == 0 {
+			return nil
+		}
 	}
 	if err := r.suppressOlder(ctx, entries); err != nil {
 		return r.failBatch(entries, err)
@@ -334,6 +346,14 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 // reason it, or one of its events, goes to the dead letters.
 func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage) {
 	e.stream, e.id, e.raw = stream, msg.ID, msg.Values
+	e.from, e.fromID, e.fromIndex = stream, msg.ID, -1
+	if stream == r.redrive && !r.redriven(e, msg.Values) {
+		return
+	}
+	if why := r.cutEvent(msg.Values); why != "" {
+		e.reason, e.detail = ReasonTooLarge, why // cut when read: never held whole (read.go)
+		return
+	}
 	raw, single := msg.Values[wire.EventField].(string)
 	packed, many := msg.Values[wire.EventsField].(string)
 	switch {
@@ -341,7 +361,7 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		e.reason, e.detail = ReasonMalformed, `the entry has both an "event" and an "events" field; it carries one or the other`
 		return
 	case many:
-		r.parsePacked(e, mtx, stream, msg.ID, packed)
+		r.parsePacked(e, mtx, e.from, e.fromID, packed)
 		return
 	case !single:
 		e.reason, e.detail = ReasonMalformed, `the entry has no "event" field (nor "events")`
@@ -360,8 +380,11 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		v.reason, v.detail = ReasonMalformed, err.Error()
 		return
 	}
-	if r.route(v, mtx, ev, names.StreamPublisher(r.prefix, stream)) && v.id == "" {
-		v.id = RawEventID(stream, msg.ID)
+	if r.route(v, mtx, ev, names.StreamPublisher(r.prefix, e.from)) && v.id == "" {
+		v.id = RawEventID(e.from, e.fromID)
+		if e.fromIndex >= 0 {
+			v.id = PackedEventID(e.from, e.fromID, e.fromIndex) // one event of a packed entry, re-driven alone
+		}
 	}
 }
 
@@ -507,14 +530,11 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(check))
 		for i, v := range check {
-			entity := v.ev.Entity
-			if v.publisher != "" {
-				// Each publisher orders its own changes: another one
-				// granted the domain cannot claim a version far ahead
-				// and suppress this one's events.
-				entity = v.publisher + "/" + entity
-			}
-			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, entity)
+			// Each publisher orders its own changes, apart from the
+			// shared ingress's: neither another publisher granted the
+			// domain nor an event on the shared ingress can claim a
+			// version far ahead and suppress this one's events.
+			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, v.publisher, v.ev.Entity)
 			args := make([]any, 0, 3+len(v.ev.Keys))
 			args = append(args, v.ev.SourceVersion, ttl, srcverEntityKeys)
 			for _, k := range v.ev.Keys {
@@ -752,7 +772,12 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 					index = []any{"index", strconv.Itoa(d.v.index)}
 				}
 			}
-			values := []any{"reason", reason, "error", detail, "stream", stream, "entry_id", d.e.id}
+			if index == nil && d.e.fromIndex >= 0 {
+				index = []any{"index", strconv.Itoa(d.e.fromIndex)}
+			}
+			// A re-driven entry's dead letter names where it first came
+			// from, so re-driving it again derives the same event ids.
+			values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
 			values = append(values, index...)
 			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
@@ -1070,7 +1095,7 @@ func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call
 }
 
 // routerScripts are the scripts the router runs on the bus.
-var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants}
+var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants, lua.Read, lua.Claim}
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
 	return lua.Load(ctx, c, routerScripts...)

@@ -258,8 +258,12 @@ func (r *Router) retryDue(ctx context.Context, stream string, q *retryQueue) {
 // not pass to the dead letters and acknowledges it; until both are done it
 // stays in the queue, pending.
 func (r *Router) deadLetterPoison(ctx context.Context, stream string, q *retryQueue, it *retryItem) {
-	e := &entry{stream: stream, id: it.msg.ID, raw: it.msg.Values, reason: ReasonPoison,
-		detail: fmt.Sprintf("routing failed %d tries with an error that will not pass (fix its cause, then replay the entry): %v", it.alone, it.err)}
+	e := &entry{stream: stream, id: it.msg.ID, raw: it.msg.Values, from: stream, fromID: it.msg.ID, fromIndex: -1}
+	if stream == r.redrive {
+		r.redriven(e, it.msg.Values) // where it first came from
+	}
+	e.reason = ReasonPoison
+	e.detail = fmt.Sprintf("routing failed %d tries with an error that will not pass (fix its cause, then replay the entry): %v", it.alone, it.err)
 	err := r.deadLetter(ctx, stream, []*entry{e})
 	if err == nil {
 		err = r.ack(ctx, []*entry{e})

@@ -39,6 +39,13 @@ type Options struct {
 	// BatchSize is how many entries one read takes from a partition (256);
 	// while reads come back full, up to four times as many.
 	BatchSize int
+	// ReadBytes bounds the field values one read or claim holds (8 MiB),
+	// whatever the count: it takes fewer entries when they are large, and
+	// always at least one. A value above MaxEventBytes is read cut (the
+	// entry goes to the dead letters as too_large), so one entry holds at
+	// most MaxEventBytes; only a read that waits for the next entry gets it
+	// whole (read.go).
+	ReadBytes int
 	// Block is how long a read waits for new entries (1s). It bounds how
 	// long shutdown waits for an idle read.
 	Block time.Duration
@@ -122,6 +129,12 @@ func (o *Options) setDefaults() error {
 	if o.BatchSize < 1 {
 		return fmt.Errorf("router: batch size must be positive, not %d", o.BatchSize)
 	}
+	if o.ReadBytes == 0 {
+		o.ReadBytes = 8 << 20
+	}
+	if o.ReadBytes < 1 {
+		return fmt.Errorf("router: ReadBytes must be positive, not %d", o.ReadBytes)
+	}
 	if o.DeadLetterAfter == 0 {
 		o.DeadLetterAfter = 20
 	}
@@ -170,6 +183,21 @@ type Router struct {
 	// rediscover asks the claim loop to look for partitions at once (the
 	// partition count changed).
 	rediscover chan struct{}
+	// countLost is set when housekeeping found the partition count gone
+	// (the bus lost its data): publishers meanwhile took the default count,
+	// so their events may be on partitions no router reads yet.
+	countLost atomic.Bool
+
+	// redrive is the re-drive stream, read as a partition (redrive.go).
+	redrive string
+	// deadCursor is the last dead letter the claim loop looked at for
+	// re-driving; rescanDead asks it to look at all of them again (a
+	// reload added domains).
+	deadCursor string
+	rescanDead atomic.Bool
+	// refusedOnce is set once the Redis user was found unable to run the
+	// read scripts (read.go).
+	refusedOnce atomic.Bool
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
@@ -189,7 +217,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		return nil, err
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
-		unread: map[string]bool{}, rediscover: make(chan struct{}, 1)}
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: wire.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
 	r.m.known(m)
 	r.co = newCoalescer(r, r.m)
@@ -217,6 +245,11 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 	}
 	r.matrix.Store(m)
 	r.m.known(m)
+	if slices.ContainsFunc(m.DomainNames(), func(d string) bool { _, ok := old.Domains[d]; return !ok }) {
+		// Events of the new domains may be in the dead letters, refused
+		// by this router or another on an older matrix: re-drive them.
+		r.rescanDead.Store(true)
+	}
 	newPublisher := slices.ContainsFunc(m.PublisherNames(), func(p string) bool { _, ok := old.Publishers[p]; return !ok })
 	if m.Partitions != old.Partitions || newPublisher {
 		select {
@@ -319,13 +352,15 @@ func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
 	publishers := mtx.PublisherNames()
 	streams := make([]string, 0, n*(1+len(publishers)))
 	listed := map[string]bool{}
-	// The shared ingress, then each granted publisher's own streams.
+	// The shared ingress, then each granted publisher's own streams, and
+	// the dead letters sent back to the routers.
 	for p := 0; p < n; p++ {
 		streams = append(streams, wire.IngressStream(r.prefix, p))
 		for _, pub := range publishers {
 			streams = append(streams, names.PublisherStream(r.prefix, pub, p))
 		}
 	}
+	streams = append(streams, r.redrive)
 	for _, s := range streams {
 		listed[s] = true
 	}
@@ -436,10 +471,20 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 				continue
 			}
 		}
-		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, id},
-			Count: int64(count), Block: block,
-		}).Result()
+		var msgs []redis.XMessage
+		var err error
+		if id == ">" {
+			msgs, err = r.readNew(ctx, stream, count, block)
+		} else {
+			start := "-"
+			if id != "0" {
+				start = "(" + id
+			}
+			msgs, _, err = r.claimPending(ctx, stream, 0, start, true)
+		}
+		if err == nil && len(msgs) == 0 && id == ">" {
+			err = redis.Nil
+		}
 		r.readDone(stream, redisFailure(err))
 		switch {
 		case err == nil:
@@ -462,10 +507,6 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			r.log.Error("reading ingress", "stream", stream, "err", err)
 			sleep(ctx, 500*time.Millisecond)
 			continue
-		}
-		var msgs []redis.XMessage
-		if len(res) > 0 {
-			msgs = res[0].Messages
 		}
 		if id != ">" {
 			if len(msgs) == 0 {
@@ -496,6 +537,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.ClaimInterval)
 	defer t.Stop()
 	discovered := time.Now()
+	rescans := 0 // rounds that look for partitions whatever the interval
 	for {
 		select {
 		case <-ctx.Done():
@@ -504,13 +546,14 @@ func (r *Router) claimLoop(ctx context.Context) {
 		case <-r.rediscover:
 			discovered = time.Time{}
 		}
-		if time.Since(discovered) >= r.opt.DiscoverInterval {
+		if rescans > 0 || time.Since(discovered) >= r.opt.DiscoverInterval {
 			// Before housekeeping records a new partition count, so the
 			// new partitions are read when publishers learn of them.
 			if err := r.discover(ctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("looking for ingress partitions", "err", err)
 			} else {
 				discovered = time.Now()
+				rescans = max(rescans-1, 0)
 			}
 		}
 		r.hold(ctx)
@@ -519,19 +562,33 @@ func (r *Router) claimLoop(ctx context.Context) {
 				r.log.Error("claiming pending entries", "stream", stream, "err", err)
 			}
 		}
+		if err := r.takeHandedOver(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("routing re-driven entries handed over by other routers", "err", err)
+		}
+		if err := r.redriveKnown(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("re-driving dead letters of known domains", "err", err)
+		}
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
+		}
+		if r.countLost.Swap(false) {
+			// Publishers that read the count while it was gone took the
+			// default: look for their partitions now, and once more next
+			// round for an event appended after this look.
+			r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", wire.PartitionsKey(r.prefix))
+			rescans = 2
+			select {
+			case r.rediscover <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
 
 func (r *Router) claim(ctx context.Context, stream string) error {
-	start := "0-0"
+	start := "-"
 	for ctx.Err() == nil {
-		msgs, next, err := r.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-			Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer,
-			MinIdle: r.opt.ClaimIdle, Start: start, Count: int64(r.opt.BatchSize),
-		}).Result()
+		msgs, next, err := r.claimPending(ctx, stream, r.opt.ClaimIdle, start, false)
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}
@@ -578,10 +635,14 @@ func (r *Router) hold(ctx context.Context) {
 }
 
 // housekeeping rewrites the partition count (a Redis that lost its data must
-// tell publishers again), exports pending and lag, and trims ingress entries
-// every consumer group has acknowledged.
+// tell publishers again; finding it gone sets countLost), exports pending
+// and lag, and trims ingress entries every consumer group has acknowledged.
 func (r *Router) housekeeping(ctx context.Context) error {
-	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
+	err := r.c.SetArgs(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, redis.SetArgs{Get: true}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		r.countLost.Store(true)
+	case err != nil:
 		return err
 	}
 	if err := r.markGeneration(ctx); err != nil {
@@ -635,7 +696,7 @@ func (r *Router) housekeeping(ctx context.Context) error {
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing
 // and are not this instance: a deleted consumer with pending entries would
-// lose them, so those are left for XAUTOCLAIM to empty first.
+// lose them, so those are left for the claim to empty first.
 func (r *Router) forgetConsumers(ctx context.Context, stream string) error {
 	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
 	if err != nil {

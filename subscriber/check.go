@@ -24,20 +24,22 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
+	// The generation before the targets: a loss after this read is seen
+	// by the next check; one before it came before any value whose
+	// channel the targets then miss was cached.
+	gen, err := s.generations(ctx)
+	if err != nil {
+		return err
+	}
 	tenants, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
 	// The channels in parts of checkChunk, made as they are checked: a
 	// list of a million targets would be the largest thing a check makes.
-	// The check goes by the bus generation its first part read.
-	var first *generation
 	batch := make([]target, 0, checkChunk)
 	flush := func() error {
-		gen, err := s.checkTargets(ctx, batch, nil)
-		if first == nil {
-			first = &gen
-		}
+		err := s.checkTargets(ctx, batch, gen, nil)
 		batch = batch[:0]
 		return err
 	}
@@ -51,12 +53,12 @@ func (s *Subscriber) check(ctx context.Context) error {
 			}
 		}
 	}
-	if len(batch) > 0 || first == nil {
+	if len(batch) > 0 {
 		if err := flush(); err != nil {
 			return err
 		}
 	}
-	return s.sawGeneration(ctx, *first)
+	return s.sawGeneration(ctx, gen)
 }
 
 // checkChunk is how many channels a check takes at a time.
@@ -69,6 +71,10 @@ type generation struct{ bus, seen string }
 // its generation changed or is gone. A service that never looked (nothing
 // seen) cannot tell.
 func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
+
+// known reports whether the bus kept its data since the service last
+// looked: its generation is the one seen.
+func (g generation) known() bool { return g.seen != "" && g.bus == g.seen }
 
 // generations reads the bus's generation and the one recorded with the cache
 // (in memory without a cache) by the last complete check.
@@ -114,23 +120,35 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // no longer ours (a matrix change)
 	}
-	_, err = s.checkTargets(ctx, []target{{channel, tenant, tag}}, nil)
-	return err
+	return s.checkOne(ctx, target{channel, tenant, tag}, nil)
 }
 
 // verify checks the channel of a message that does not follow its position:
 // the channel's meta and the position stored with the cache decide, and the
 // message counts only as far as the meta confirms it.
 func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
-	_, err := s.checkTargets(ctx, []target{t}, msg)
-	return err
+	return s.checkOne(ctx, t, msg)
+}
+
+// checkOne checks one channel against the bus's generation as it is now.
+func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
+	gen, err := s.generations(ctx)
+	if err != nil {
+		return err
+	}
+	if gen.seen == "" && gen.bus != "" {
+		// Never recorded one: until a complete check does, every channel
+		// without a position goes whole (recovery.Check). Soon, then.
+		s.requestCheck()
+	}
+	return s.checkTargets(ctx, []target{t}, gen, msg)
 }
 
 // checkTargets reads the channels' metas and the positions stored with the
-// cache, and brings each channel to its meta (recovery.Check). With msg set
-// (one target), it is the message that made the check, and is reported when
-// the meta does not confirm it. It returns the bus generation it went by.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wire.Message) (generation, error) {
+// cache, and brings each channel to its meta (recovery.Check), going by the
+// bus generation gen. With msg set (one target), it is the message that made
+// the check, and is reported when the meta does not confirm it.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen generation, msg *wire.Message) error {
 	// The targets' queued work first, so the stored positions are where it
 	// left them.
 	var errs error
@@ -140,14 +158,10 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		}
 	}
 	if errs != nil {
-		return generation{}, errs
+		return errs
 	}
 	if err := s.flushBatch(ctx); err != nil {
-		return generation{}, err
-	}
-	gen, err := s.generations(ctx)
-	if err != nil {
-		return generation{}, err
+		return err
 	}
 	var failed error
 	var recoveries []pending // the part's recoveries, carried out together
@@ -155,11 +169,11 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
 		metas, err := s.metas(ctx, batch)
 		if err != nil {
-			return gen, err
+			return err
 		}
 		stored, storedErrs, err := s.storedPositions(ctx, batch)
 		if err != nil {
-			return gen, err
+			return err
 		}
 		for i, t := range batch {
 			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
@@ -178,16 +192,26 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 					"channel", t.channel, "message", msgPosition(msg).String(), "channel_at", meta.String())
 			}
 			p, ok := s.pos[t.channel]
-			if !ok && !meta.Known() && !stored[i].Known() && !gen.lost() {
+			c := recovery.Channel{Memory: stored[i], Stored: stored[i], HasStore: s.store != nil, Meta: meta,
+				BusLost: gen.lost(), BusKnown: gen.known(), Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
+			if ok {
+				c.Memory, c.Watched = p.at, p.watched != "" && p.watched == gen.bus
+			}
+			delete(s.heard, t.channel)
+			if !ok && !meta.Known() && !stored[i].Known() && !gen.lost() && !s.mustWatch(c, gen) {
 				continue // never published, nothing stored: nothing to remember (a position a channel at scale)
 			}
 			if !ok {
 				p = &position{tenant: t.tenant, tag: t.tag, at: stored[i]}
 				s.pos[t.channel] = p
 			}
-			c := recovery.Channel{Memory: p.at, Stored: stored[i], HasStore: s.store != nil, Meta: meta,
-				BusLost: gen.lost(), HasHandler: s.opt.Handler != nil}
 			d := recovery.Check(c)
+			if recovery.Watch(c) && gen.bus != "" {
+				p.watched = gen.bus
+			}
+			if chain, ok := recovery.Adopt(c); ok && p.at.Epoch == meta.Epoch && p.at.Version == meta.Version {
+				p.at.Chain = chain
+			}
 			if start, moved := recovery.Start(c); moved {
 				s.m.cacheMoved.Inc()
 				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from there",
@@ -202,15 +226,30 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, msg *wi
 			if d.Action == recovery.Ignore {
 				continue
 			}
-			s.m.gaps.Inc()
-			s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
-				"at", p.at.String(), "channel_at", meta.String())
-			recoveries = append(recoveries, pending{t.channel, p, d})
+			var first bool
+			if msg != nil {
+				d, first = recovery.First(d, msgPosition(msg))
+			}
+			if !first {
+				s.m.gaps.Inc()
+				s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
+					"at", p.at.String(), "channel_at", meta.String())
+			}
+			recoveries = append(recoveries, pending{t.channel, p, d, first})
 		}
 		failed = errors.Join(failed, s.recoverAll(ctx, recoveries))
 		recoveries = recoveries[:0]
 	}
-	return gen, errors.Join(failed, s.flushBatch(ctx))
+	return errors.Join(failed, s.flushBatch(ctx))
+}
+
+// mustWatch reports whether a channel with neither a meta nor a position
+// needs a position kept only to remember it was watched (recovery.Watch):
+// not when the bus kept its data and the cache is a cache Redis alone,
+// whose channels recovery.Check already takes for fresh — what keeps an
+// agent of millions of channels from holding a position for each.
+func (s *Subscriber) mustWatch(c recovery.Channel, gen generation) bool {
+	return recovery.Watch(c) && gen.bus != "" && !(c.BusKnown && c.HasStore && !c.HasHandler)
 }
 
 type target struct{ channel, tenant, tag string }
@@ -224,7 +263,7 @@ type metaRead struct {
 func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, error) {
 	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
-			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version")
+			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain")
 		}
 		return nil
 	})
@@ -249,6 +288,13 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 			continue
 		}
 		out[i].at = recovery.Position{Epoch: epoch, Version: v}
+		// The chain, when it is this version's: a router older than
+		// chains leaves none, or one of a version it published past.
+		if cs, _ := vals[2].(string); cs != "" {
+			if c, err := tagstore.ParsePosition(cs); err == nil && c.Epoch == epoch && c.Version == v {
+				out[i].at.Chain = c.Chain
+			}
+		}
 	}
 	return out, nil
 }
@@ -286,7 +332,7 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out
 		case readErrs[i] != nil:
 			errs[i] = readErrs[i]
 		case found[i]:
-			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version}
+			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version, Chain: pos[i].Chain}
 		}
 	}
 	return out, errs, nil

@@ -3,6 +3,7 @@ package subscriber
 import (
 	"context"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -27,7 +28,7 @@ func (s *Subscriber) contested(ctx context.Context, t target, p *position, msg *
 	// A history that cannot be read now is taken for one that does not
 	// vouch for what was applied: the decision cannot wait, since the real
 	// message will not come again.
-	msgs, ok, err := s.history(ctx, t.channel, v.Epoch, v.Version, v.Version)
+	msgs, payloads, ok, err := s.history(ctx, t.channel, v.Epoch, v.Version, v.Version)
 	if err == nil && ok && msgs[0].Event == p.last.event {
 		s.log.Warn("forged message ignored: the channel's history holds another message at its version",
 			"channel", t.channel, "version", v.String(), "event", msg.Event)
@@ -36,9 +37,16 @@ func (s *Subscriber) contested(ctx context.Context, t target, p *position, msg *
 	s.log.Warn("a forged message was applied at this version in place of the channel's own, or the history cannot tell: invalidating the whole tag",
 		"channel", t.channel, "version", v.String(), "applied_event", p.last.event, "event", msg.Event, "history_err", err)
 	s.m.recoveries.WithLabelValues("repair").Inc()
-	if err := s.repair(ctx, Invalidation{Tenant: t.tenant, Tag: t.tag, Epoch: p.at.Epoch, Version: p.at.Version, Recovered: true}); err != nil {
+	// The position takes the chain of the channel's own message, when the
+	// history has it and the chain before the forgery is known.
+	at := recovery.Position{Epoch: p.at.Epoch, Version: p.at.Version}
+	if err == nil && ok && at == v {
+		at = recovery.Next(recovery.Position{Epoch: v.Epoch, Version: v.Version - 1, Chain: p.last.prev}, v, payloads[0])
+	}
+	if err := s.repair(ctx, Invalidation{Tenant: t.tenant, Tag: t.tag, Epoch: at.Epoch, Version: at.Version, Recovered: true, chain: at.Chain}); err != nil {
 		return err
 	}
+	p.at = at
 	p.last.event = msg.Event
 	return nil
 }

@@ -18,6 +18,7 @@ type pending struct {
 	channel string
 	p       *position
 	d       recovery.Decision
+	first   bool // only the message that made the check (execute)
 }
 
 // recoverAll carries out the recoveries of one part of a check together:
@@ -25,7 +26,8 @@ type pending struct {
 // applied in pipelines (flushBatch), where one channel after the other took
 // a round trip to the bus and one to the cache each — what made the first
 // check of a new service of millions of channels take half an hour.
-// Whole-tag invalidations and repairs go as before (execute).
+// Whole-tag invalidations, repairs and a channel's first message go as
+// before (execute).
 func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	if len(rs) == 0 {
 		return nil
@@ -34,7 +36,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	var replays []int
 	for i := range rs {
 		rs[i].d = recovery.Stamp(rs[i].d, now)
-		if rs[i].d.Action == recovery.Replay {
+		if rs[i].d.Action == recovery.Replay && !rs[i].first {
 			replays = append(replays, i)
 		}
 	}
@@ -68,20 +70,25 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 				failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				continue
 			}
-			if msgs, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries); ok {
+			msgs, payloads, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
+			var at []recovery.Position
+			if ok {
+				at, ok = s.replayed(r.channel, r.p, &r.d, msgs, payloads)
+			}
+			if ok {
 				s.m.recoveries.WithLabelValues("replay").Inc()
-				for _, m := range msgs {
-					failed = errors.Join(failed, s.applyMessage(ctx, r.channel, r.p, m))
+				for j, m := range msgs {
+					failed = errors.Join(failed, s.applyMessage(ctx, r.channel, r.p, m, at[j]))
 				}
 				flush()
 				continue
 			}
-			// The history no longer reaches back: execute falls through
-			// to the whole tag.
+			// The history no longer reaches back, or its chain diverged:
+			// execute falls through to the whole tag.
 			r.d.Action = recovery.WholeTag
 		}
 		s.batching = false
-		if err := s.execute(ctx, r.channel, r.p, r.d); err != nil {
+		if err := s.execute(ctx, r.channel, r.p, r.d, r.first); err != nil {
 			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 		}
 		s.batching = true

@@ -65,7 +65,8 @@ type Invalidation struct {
 	// Message is the message applied; nil for a recovery.
 	Message *wire.Message
 
-	repair bool // reset the position whatever it was (a position ahead)
+	repair bool   // reset the position whatever it was (a position ahead)
+	chain  string // the channel's chain at Version, stored with the position ("" unknown)
 	// noPosition applies it without moving the position: one of several
 	// invalidations of merged work, before the last.
 	noPosition bool
@@ -199,6 +200,9 @@ type Subscriber struct {
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
+	// heard are the channels of tenants heard announced live and not
+	// checked since (recovery.Channel.Announced); owned by the applier.
+	heard map[string]bool
 	// seenGeneration is the bus generation the last complete check saw
 	// (kept with the cache too, when there is one); owned by the applier.
 	seenGeneration string
@@ -220,6 +224,7 @@ type batched struct {
 	channel string
 	p       *position
 	prev    recovery.Position
+	at      recovery.Position // where it brings the channel
 	msg     *wire.Message
 }
 
@@ -290,7 +295,11 @@ type position struct {
 	last struct {
 		at    recovery.Position
 		event string
+		prev  string // the chain before it (recovery.Position.Chain)
 	}
+	// watched is the bus generation under which a check found the channel
+	// with neither a meta nor a position (recovery.Channel.Watched).
+	watched string
 }
 
 // queued is a channel's coalesced work: the union of the keys and refs of
@@ -381,7 +390,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -525,6 +534,13 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if raw.Channel == wire.TenantsChannel(s.prefix) {
+		if s.cur.allTenants && names.ValidTenant(raw.Payload) && !s.hasJoined(raw.Payload) {
+			// Heard live: its channels published nothing before
+			// (recovery.Channel.Announced), until their first check.
+			for _, ch := range s.cur.channels(s.prefix, []string{raw.Payload}) {
+				s.heard[ch] = true
+			}
+		}
 		s.announced(ctx, raw.Payload)
 		return nil
 	}
@@ -555,8 +571,13 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 		s.m.duplicates.Inc()
 		return nil
 	case recovery.Apply:
-		return s.deliver(ctx, raw.Channel, p, msg)
+		return s.deliver(ctx, raw.Channel, p, msg, []byte(raw.Payload))
 	default: // Verify: believe nothing the channel's meta does not confirm
+		if d.Reason == recovery.NewChannel && msg.Version == 1 {
+			// The first message of a channel: checked before it is
+			// believed (its epoch may have started after a bus loss), not a gap.
+			return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
+		}
 		s.m.gaps.Inc()
 		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
 		return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
@@ -564,16 +585,19 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 }
 
 // deliver applies a message that follows the channel's head, now or, over
-// the local limit, merged into the channel's queued work.
-func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message) error {
-	p.last.at, p.last.event = msgPosition(msg), msg.Event
+// the local limit, merged into the channel's queued work. payload is the
+// message as published, which the channel's chain goes over.
+func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message, payload []byte) error {
+	head := p.head()
+	at := recovery.Next(head, msgPosition(msg), payload)
+	p.last.at, p.last.event, p.last.prev = msgPosition(msg), msg.Event, head.Chain
 	if s.limiter == nil {
-		return s.applyMessage(ctx, channel, p, msg)
+		return s.applyMessage(ctx, channel, p, msg, at)
 	}
 	now := time.Now()
 	if p.queue == nil {
 		if storm.Reserve(now, s.limiter) == 0 {
-			return s.applyMessage(ctx, channel, p, msg)
+			return s.applyMessage(ctx, channel, p, msg, at)
 		}
 		p.queue = &queued{keys: storm.NewChunks(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), refused: 1, due: now.Add(s.opt.Coalesce)}
 		s.queued[channel] = p
@@ -587,7 +611,7 @@ func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, m
 	if msg.WholeTag() && q.whole == "" {
 		q.whole = wholeNoKeys
 	}
-	q.last = msgPosition(msg)
+	q.last = at
 	q.msg = msg
 	s.bound(q)
 	return nil
@@ -672,7 +696,7 @@ func (s *Subscriber) applyQueuedN(ctx context.Context, channel string, p *positi
 	invs := make([]Invalidation, n)
 	for i, u := range chunks[:n] {
 		invs[i] = Invalidation{Tenant: p.tenant, Tag: p.tag, Keys: u.Keys(), Refs: u.Refs(), Plain: u.Plain(), Epoch: q.last.Epoch,
-			Version: q.last.Version - int64(len(chunks)-1-i), Message: q.msg, whole: q.whole, noPosition: i < len(chunks)-1}
+			Version: q.last.Version - int64(len(chunks)-1-i), Message: q.msg, chain: q.last.Chain, whole: q.whole, noPosition: i < len(chunks)-1}
 	}
 	if err := s.flushBatch(ctx); err != nil {
 		return err
@@ -744,25 +768,27 @@ func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) erro
 }
 
 // applyMessage applies one message that follows the position directly — at
-// once, or, while a burst is handled, in the burst's pipeline.
-func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message) error {
+// once, or, while a burst is handled, in the burst's pipeline — and stands
+// the channel at at (the message's position with the chain it reaches).
+func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message, at recovery.Position) error {
 	if s.batching {
-		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, msg: msg})
-		p.at = msgPosition(msg)
+		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, at: at, msg: msg})
+		p.at = at
 		return nil
 	}
-	if err := s.invalidate(ctx, messageInvalidation(msg)); err != nil {
+	if err := s.invalidate(ctx, messageInvalidation(msg, at.Chain)); err != nil {
 		return err
 	}
 	s.observeLag(msg)
-	p.at = msgPosition(msg)
+	p.at = at
 	return nil
 }
 
 // messageInvalidation is what a message asks (plain values too when it
-// drops them, said or not: wire.Message.DropsPlain).
-func messageInvalidation(msg *wire.Message) Invalidation {
-	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: msg.DropsPlain(), Epoch: msg.Epoch, Version: msg.Version, Message: msg}
+// drops them, said or not: wire.Message.DropsPlain), with the chain its
+// position takes.
+func messageInvalidation(msg *wire.Message, chain string) Invalidation {
+	return Invalidation{Tenant: msg.Tenant, Tag: msg.Tag, Keys: msg.Keys, Refs: msg.Refs, Plain: msg.DropsPlain(), Epoch: msg.Epoch, Version: msg.Version, Message: msg, chain: chain}
 }
 
 func (s *Subscriber) observeLag(msg *wire.Message) {
@@ -788,7 +814,7 @@ func (s *Subscriber) flushBatch(ctx context.Context) error {
 	}()
 	invs := make([]Invalidation, len(batch))
 	for i, b := range batch {
-		invs[i] = messageInvalidation(b.msg)
+		invs[i] = messageInvalidation(b.msg, b.at.Chain)
 	}
 	errs := s.invalidateMany(ctx, invs, true)
 	var failed map[string]bool
@@ -863,7 +889,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			tinvs := make([]tagstore.Invalidation, len(invs))
 			for i, inv := range invs {
 				tinvs[i] = tagstore.Invalidation{Tenant: inv.Tenant, Tag: inv.Tag, Keys: inv.Keys, Refs: inv.Refs, Plain: inv.Plain, Service: s.opt.Service,
-					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version}, Strict: strict, Repair: inv.repair}
+					Position: tagstore.Position{Epoch: inv.Epoch, Version: inv.Version, Chain: inv.chain}, Strict: strict, Repair: inv.repair}
 				if inv.noPosition {
 					tinvs[i].Service = ""
 				}
@@ -912,29 +938,38 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 }
 
 // execute carries out a recovery decision for a channel whose position p
-// has been set to where the check starts.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision) error {
+// has been set to where the check starts. first: the decision only replays
+// the message that made the check (a channel's first), not a recovery.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
-		msgs, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
+		msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
 		if err != nil {
 			return err
 		}
+		var at []recovery.Position
 		if ok {
+			at, ok = s.replayed(channel, p, &d, msgs, payloads)
+		}
+		if ok {
+			if first {
+				// Taken as it would have been live: under the local limit.
+				return s.deliver(ctx, channel, p, msgs[0], payloads[0])
+			}
 			s.m.recoveries.WithLabelValues("replay").Inc()
-			for _, m := range msgs {
-				if err := s.applyMessage(ctx, channel, p, m); err != nil {
+			for i, m := range msgs {
+				if err := s.applyMessage(ctx, channel, p, m, at[i]); err != nil {
 					return err
 				}
 			}
 			return nil
 		}
-		fallthrough // the history no longer reaches back
+		fallthrough // the history no longer reaches back, or diverged
 	case recovery.WholeTag:
 		s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "reason", d.Reason.String(), "from", p.at.String(), "to", d.To.String())
-		err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true})
+		err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true, chain: d.To.Chain})
 		if err != nil {
 			return err
 		}
@@ -943,7 +978,7 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 		s.m.recoveries.WithLabelValues("repair").Inc()
 		s.log.Warn("the position is ahead of the channel, or the cache lost it: invalidating the whole tag and resetting the position",
 			"channel", channel, "reason", d.Reason.String(), "position", p.at.String(), "channel_at", d.To.String())
-		err := s.repair(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true})
+		err := s.repair(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true, chain: d.To.Chain})
 		if err != nil {
 			return err
 		}
@@ -952,21 +987,43 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 	return nil
 }
 
-// history returns the messages from..to of the channel's history, and false
-// when the history does not hold all of them in this epoch.
-func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, bool, error) {
-	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
-	if err != nil {
-		return nil, false, err
+// replayed checks the history's messages of a replay from p before they
+// are applied (recovery.Replayed): it returns where the channel stands after
+// each, or false, with d's reason made Diverged, when the chain they reach
+// is not the meta's.
+func (s *Subscriber) replayed(channel string, p *position, d *recovery.Decision, msgs []*wire.Message, payloads [][]byte) ([]recovery.Position, bool) {
+	got := make([]recovery.Position, len(msgs))
+	for i, m := range msgs {
+		got[i] = msgPosition(m)
 	}
-	msgs, ok := s.parseHistory(channel, epoch, from, to, entries)
-	return msgs, ok, nil
+	at, ok := recovery.Replayed(p.at, got, payloads, d.To)
+	if !ok {
+		s.m.unconfirmed.Inc()
+		d.Reason = recovery.Diverged
+		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
+			"channel", channel, "position", p.at.String(), "channel_at", d.To.String())
+	}
+	return at, ok
 }
 
-// parseHistory reads the messages of history entries from..to, and whether
-// they are all there (contiguous, of the epoch).
-func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, bool) {
+// history returns the messages from..to of the channel's history, with
+// each one's JSON as published, and false when the history does not hold
+// all of them in this epoch.
+func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, [][]byte, bool, error) {
+	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	msgs, payloads, ok := s.parseHistory(channel, epoch, from, to, entries)
+	return msgs, payloads, ok, nil
+}
+
+// parseHistory reads the messages of history entries from..to, with each
+// one's JSON as published, and whether they are all there (contiguous, of
+// the epoch).
+func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, [][]byte, bool) {
 	msgs := make([]*wire.Message, 0, len(entries))
+	payloads := make([][]byte, 0, len(entries))
 	got := make([]recovery.Position, 0, len(entries))
 	for _, e := range entries {
 		raw, _ := e.Values[names.HistoryField].(string)
@@ -974,12 +1031,13 @@ func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries
 		if err != nil {
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
-			return nil, false
+			return nil, nil, false
 		}
 		msgs = append(msgs, m)
+		payloads = append(payloads, []byte(raw))
 		got = append(got, msgPosition(m))
 	}
-	return msgs, recovery.Contiguous(got, epoch, from, to)
+	return msgs, payloads, recovery.Contiguous(got, epoch, from, to)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -106,7 +106,7 @@ func TestRefsWithoutKeysArePlain(t *testing.T) {
 		{wire.Message{Keys: []string{"user:1042"}}, false},
 		{wire.Message{}, false}, // whole tag
 	} {
-		if got := messageInvalidation(&tc.msg).Plain; got != tc.plain {
+		if got := messageInvalidation(&tc.msg, "").Plain; got != tc.plain {
 			t.Errorf("%+v: plain %v, want %v", tc.msg, got, tc.plain)
 		}
 	}

@@ -426,22 +426,56 @@ func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
 type Position struct {
 	Epoch   string
 	Version int64
+	// Chain is the channel's chain at Version (recovery.Link: lowercase
+	// hex), "" when unknown. It is stored with the position and not
+	// checked by the scripts.
+	Chain string
 }
 
-// String is the stored form, "epoch:version".
-func (p Position) String() string { return p.Epoch + ":" + strconv.FormatInt(p.Version, 10) }
+// String is the stored form, "epoch:version" or "epoch:version:chain"
+// (docs/protocol.md 5.2).
+func (p Position) String() string { return p.Epoch + ":" + p.versionArg() }
 
-// ParsePosition reads the stored form.
+// versionArg is the scripts' version argument: "version", or
+// "version:chain", stored after the epoch as given.
+func (p Position) versionArg() string {
+	v := strconv.FormatInt(p.Version, 10)
+	if p.Chain != "" {
+		v += ":" + p.Chain
+	}
+	return v
+}
+
+// ParsePosition reads the stored form: "epoch:version" (also what versions
+// before chains wrote) or "epoch:version:chain". An epoch holds no ':'.
 func ParsePosition(s string) (Position, error) {
-	i := strings.LastIndexByte(s, ':')
-	if i <= 0 {
+	epoch, rest, ok := strings.Cut(s, ":")
+	if !ok || epoch == "" {
 		return Position{}, fmt.Errorf("tagstore: position %q is not epoch:version", s)
 	}
-	v, err := strconv.ParseInt(s[i+1:], 10, 64)
+	vs, chain, _ := strings.Cut(rest, ":")
+	v, err := strconv.ParseInt(vs, 10, 64)
 	if err != nil || v < 0 {
 		return Position{}, fmt.Errorf("tagstore: position %q has no valid version", s)
 	}
-	return Position{Epoch: s[:i], Version: v}, nil
+	if strings.Contains(rest, ":") && !validChain(chain) {
+		return Position{}, fmt.Errorf("tagstore: position %q has no valid chain (1 to 64 lowercase hex digits)", s)
+	}
+	return Position{Epoch: epoch, Version: v, Chain: chain}, nil
+}
+
+// validChain reports whether s is a chain as stored: 1 to 64 lowercase hex
+// digits.
+func validChain(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Invalidation is one unit of work: the listed keys of a tag, the values
@@ -595,6 +629,9 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 		if inv.Position.Epoch == "" || strings.ContainsRune(inv.Position.Epoch, ':') {
 			return nil, fmt.Errorf("tagstore: position epoch %q is empty or holds ':'", inv.Position.Epoch)
 		}
+		if inv.Position.Chain != "" && !validChain(inv.Position.Chain) {
+			return nil, fmt.Errorf("tagstore: position chain %q is not 1 to 64 lowercase hex digits", inv.Position.Chain)
+		}
 	}
 	if inv.Plain && len(inv.Refs) == 0 {
 		return nil, errors.New("tagstore: Plain needs Refs (without refs and keys the whole tag goes)")
@@ -697,7 +734,7 @@ func singleArgs(inv Invalidation, keys []string, token string, guard int) []any 
 	if inv.Plain {
 		plain = "1"
 	}
-	return []any{guard, epoch, inv.Position.Version, inv.mode(), token, refCount(inv, keys), plain}
+	return []any{guard, epoch, inv.Position.versionArg(), inv.mode(), token, refCount(inv, keys), plain}
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag,
@@ -969,7 +1006,7 @@ func (c applyCall) args(invs []Invalidation, token []string) []any {
 		}
 		out = append(out, epoch, first.mode(), token[g.invs[0]], len(g.invs))
 		for _, i := range g.invs {
-			out = append(out, invs[i].Position.Version, len(invs[i].Keys))
+			out = append(out, invs[i].Position.versionArg(), len(invs[i].Keys))
 		}
 	}
 	return out

@@ -205,10 +205,14 @@ func TestOptionsValidated(t *testing.T) {
 
 func TestParsePosition(t *testing.T) {
 	p, err := tagstore.ParsePosition("9f2c1a:42")
-	if err != nil || p.Epoch != "9f2c1a" || p.Version != 42 || p.String() != "9f2c1a:42" {
+	if err != nil || p.Epoch != "9f2c1a" || p.Version != 42 || p.Chain != "" || p.String() != "9f2c1a:42" {
 		t.Errorf("ParsePosition = %+v, %v", p, err)
 	}
-	for _, s := range []string{"", "42", ":42", "e:", "e:x", "e:-1"} {
+	p, err = tagstore.ParsePosition("9f2c1a:42:0123456789abcdef")
+	if err != nil || p.Epoch != "9f2c1a" || p.Version != 42 || p.Chain != "0123456789abcdef" || p.String() != "9f2c1a:42:0123456789abcdef" {
+		t.Errorf("ParsePosition with a chain = %+v, %v", p, err)
+	}
+	for _, s := range []string{"", "42", ":42", "e:", "e:x", "e:-1", "e:4:", "e:4:xyz", "e:4:ABC", "e:4:a:b", "e:4x"} {
 		if _, err := tagstore.ParsePosition(s); err == nil {
 			t.Errorf("ParsePosition(%q) accepted", s)
 		}
@@ -217,6 +221,8 @@ func TestParsePosition(t *testing.T) {
 
 func FuzzParsePosition(f *testing.F) {
 	f.Add("9f2c1a:42")
+	f.Add("9f2c1a:42:0123456789abcdef")
+	f.Add("lost:1764000000000")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := tagstore.ParsePosition(s)
 		if err != nil {

@@ -47,6 +47,12 @@ func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions"
 // DeadLetterStream holds the events the router refused, with the reason.
 func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
 
+// RedriveStream holds dead-lettered events sent back to the routers (routerd
+// deadletter replay, or a router that knows the domain an older matrix did
+// not): "<prefix>:redrive", read by every router like an ingress partition.
+// Only routers write it: it is outside the ingress a publisher may append to.
+func RedriveStream(prefix string) string { return prefix + ":redrive" }
+
 // TenantsKey is the set of tenants the router has routed events for.
 func TenantsKey(prefix string) string { return prefix + ":tenants" }
 

@@ -150,15 +150,18 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 		Commands: []string{
 			// The ingress: the partition count, the streams and their group.
 			"set", "exists", "scan",
-			"xgroup|create", "xgroup|delconsumer", "xreadgroup", "xack", "xautoclaim", "xclaim",
+			"xgroup|create", "xgroup|delconsumer", "xgroup|setid", "xreadgroup", "xack", "xautoclaim", "xclaim",
 			"xinfo|groups", "xinfo|consumers", "xpending", "xtrim",
 			// Dead letters, the tenant registry (SREM: an announcement
 			// that failed takes its entry back).
 			"xadd", "sadd", "srem",
+			// Re-driving dead letters (routerd deadletter replay too).
+			"xrange", "xdel",
 			// The publish, source_version and budget scripts, and what
-			// they run (TIME: the clock of the shared token buckets).
+			// they run (TIME: the clock of the shared token buckets;
+			// XRANGE: a channel's chain caught up over its history).
 			"evalsha", "script|load", "time",
-			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore",
+			"hmget", "hget", "hset", "hlen", "del", "pexpire", "zadd", "zscore", "zmscore", "zcard", "zremrangebyrank", "zremrangebyscore", "xrange",
 			// Durable publishing: the master's replication id, WAIT 1.
 			"info", "wait",
 			// Readiness: a ping of the bus every 500 ms.
@@ -167,8 +170,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + wire.DeadLetterStream(p),
+			"~" + wire.RedriveStream(p),
 			"~" + wire.TenantsKey(p),
-			"~" + names.SourceVersionKey(p, "*", "*", "*"),
+			"~" + names.SourceVersionKey(p, "*", "*", "*", "*"),
 			"~" + names.MetaKey(p+":*"),
 			"~" + names.HistoryKey(p+":*"),
 			"~" + names.EventsKey(p+":*"),
@@ -267,6 +271,9 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	if !strings.Contains(tmpl, "${key}") {
 		return Rules{}, specErr("key template %q must contain ${key}", tmpl)
 	}
+	if err := tenantSeparated(tmpl); err != nil {
+		return Rules{}, err
+	}
 	tenants := svc.Tenants
 	if svc.AllTenants {
 		tenants = []string{"*"}
@@ -303,6 +310,27 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
 		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service))
 	return r, nil
+}
+
+// tenantSeparated refuses a key template in which a ${tenant} is not
+// followed by a character that no tenant name contains: the pattern of
+// tenant acme would then grant the keys of tenant acmecorp too
+// ("x:${tenant}${key}" gives ~x:acme*).
+func tenantSeparated(tmpl string) error {
+	const tenant = "${tenant}"
+	for rest := tmpl; ; {
+		i := strings.Index(rest, tenant)
+		if i < 0 {
+			return nil
+		}
+		rest = rest[i+len(tenant):]
+		// A tenant is letters, digits, '.', '_' and '-' (names.ValidTenant):
+		// "a"+c is a tenant exactly when c may be part of one.
+		if rest == "" || strings.HasPrefix(rest, "${") || names.ValidTenant("a"+rest[:1]) {
+			return specErr("key template %q: ${tenant} must be followed by a character no tenant name contains "+
+				"(not a letter, digit, '.', '_' or '-'; ':' or '}', say), or the keys of tenant acme would include those of tenant acmecorp", tmpl)
+		}
+	}
 }
 
 // templatePattern turns a key template into the glob of the keys it names

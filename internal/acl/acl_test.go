@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
@@ -44,8 +45,8 @@ func parse(t testing.TB) *matrix.Matrix {
 // Each role gets exactly these rules.
 func TestRoles(t *testing.T) {
 	m := parse(t)
-	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xpending +xtrim +xadd +sadd +srem +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
-	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:tenants ~inv:srcver:{*}:*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
+	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xgroup|setid +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xpending +xtrim +xadd +sadd +srem +xrange +xdel +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
+	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:redrive ~inv:tenants ~inv:srcver:{*}:*/*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
 	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +sscan +exists +ping +info"
 	for _, tc := range []struct {
 		name string
@@ -114,6 +115,10 @@ func TestBadSpecs(t *testing.T) {
 		{Spec{Role: Router, Durable: true}, "durable (--durable) is only for the publisher role"},
 		{Spec{Role: Router, KeyTemplate: "${key}"}, "only for the cache role"},
 		{Spec{Role: Cache, Service: "web", KeyTemplate: "k:${tenant}"}, "must contain ${key}"},
+		// ~x:acme* would grant tenant acme the keys of acmecorp too.
+		{Spec{Role: Cache, Service: "web", KeyTemplate: "x:${tenant}${key}"}, `key template "x:${tenant}${key}": ${tenant} must be followed by a character no tenant name contains`},
+		{Spec{Role: Cache, Service: "web", KeyTemplate: "x:${tenant}.${key}"}, "no tenant name contains"},
+		{Spec{Role: Cache, Service: "web", KeyTemplate: "${key}:${tenant}"}, "no tenant name contains"},
 	} {
 		_, err := For(m, tc.spec)
 		if err == nil || !errors.Is(err, ErrSpec) || !strings.Contains(err.Error(), tc.msg) {
@@ -217,9 +222,9 @@ func TestRulesAreCopies(t *testing.T) {
 // repaired, bursts on entity_refs channels failed, SetRefs failed).
 func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 	m := parse(t)
-	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'`)
+	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'(?:, '([A-Za-z]+)')?`)
 	for spec, scripts := range map[Spec][]string{
-		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua"},
+		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua"},
 		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua"},
 	} {
 		role := spec.Role
@@ -237,10 +242,53 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 				t.Fatalf("no script %s", name)
 			}
 			for _, m := range call.FindAllStringSubmatch(src, -1) {
-				if cmd := strings.ToLower(m[1]); !may[cmd] {
+				cmd, sub := strings.ToLower(m[1]), strings.ToLower(m[2])
+				if !may[cmd] && (sub == "" || !may[cmd+"|"+sub]) {
 					t.Errorf("%s runs %s, which the %s role may not", name, m[1], role)
 				}
 			}
 		}
 	}
+}
+
+// A key template accepted for the cache role never lets one tenant's
+// pattern match another tenant's keys, even a tenant whose name starts
+// with the first one's.
+func FuzzTenantSeparated(f *testing.F) {
+	f.Add("{tenant:${tenant}}:${key}", "user:1")
+	f.Add("x:${tenant}${key}", "corp:1")
+	f.Add("${key}:${tenant}", "a")
+	f.Add("c[${tenant}]*${key}", "*")
+	f.Fuzz(func(t *testing.T, tmpl, key string) {
+		if !utf8.ValidString(tmpl+key) || !strings.Contains(tmpl, "${key}") || !strings.Contains(tmpl, "${tenant}") || tenantSeparated(tmpl) != nil {
+			return
+		}
+		glob := globRegexp(templatePattern(tmpl, "acme"))
+		for _, other := range []string{"acmecorp", "acme.eu", "acme-2", "xacme", "acm"} {
+			full := strings.ReplaceAll(strings.ReplaceAll(tmpl, "${tenant}", other), "${key}", key)
+			if glob.MatchString(full) {
+				t.Fatalf("template %q: the pattern of tenant acme matches %q, a key of tenant %q", tmpl, full, other)
+			}
+		}
+	})
+}
+
+// globRegexp is a Redis glob of only escapes and stars (templatePattern's)
+// as a regular expression.
+func globRegexp(glob string) *regexp.Regexp {
+	var b strings.Builder
+	b.WriteString(`(?s)^`)
+	for i := 0; i < len(glob); i++ {
+		switch {
+		case glob[i] == '\\' && i+1 < len(glob):
+			i++
+			b.WriteString(regexp.QuoteMeta(glob[i : i+1]))
+		case glob[i] == '*':
+			b.WriteString(`.*`)
+		default:
+			b.WriteString(regexp.QuoteMeta(glob[i : i+1]))
+		}
+	}
+	b.WriteString(`$`)
+	return regexp.MustCompile(b.String())
 }

@@ -50,6 +50,7 @@ func init() {
 		{"doctor", "--redis URL [--growth-file F]", "check a Redis for what breaks invalidation; exit 1 on a problem; with --growth-file, how its largest tag sets grew since the last run", doctorCmd},
 		{"acl", aclArgs, "print the least-privilege Redis ACL user of a role (no password)", aclCmd},
 		{"probe", "URL", "exit 0 when URL (a /readyz) answers 2xx, 1 otherwise: a health check for images without curl", probe},
+		{"deadletter", deadletterArgs, "re-drive dead-lettered events (after a fix or a matrix reload), each once", deadletterCmd},
 	}
 }
 

@@ -394,8 +394,13 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 	bin := testbin.Routerd(t)
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
-	rcv := &receiver{}
 	for _, withCache := range []bool{true, false} {
+		// A process of its own each time: one agent per process
+		// (docs/protocol.md). The agent of the last round, still running,
+		// delivers this round's events too, and its retry of the one
+		// published while the process was down could land after this
+		// round's later versions.
+		rcv := &receiver{}
 		srv := httptest.NewServer(rcv)
 		start := func() (*exec.Cmd, *syncBuffer) {
 			args := []string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", anyPort,
@@ -432,7 +437,7 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 		srv = httptest.NewServer(rcv)
 		defer srv.Close()
 		before := len(rcv.objects())
-		start()
+		b, _ := start()
 		publishKeys(t, bus.URL, "user", "user:after")
 		redistest.Eventually(t, 10*time.Second, "user:after delivered", func() bool {
 			for _, d := range rcv.objects()[before:] {
@@ -447,6 +452,8 @@ func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 			t.Errorf("cache %v: after a kill, the first object is not a reset: %+v", withCache, got)
 		}
 		checkOrder(t, got, nil)
+		_ = b.Process.Kill()
+		_ = b.Wait()
 	}
 }
 

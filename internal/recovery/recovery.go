@@ -22,15 +22,31 @@
 //     When the bus's generation shows it lost its data since the service
 //     last looked, every channel without a meta goes whole, with a position
 //     or without: it may have published, and lost, what nobody saw.
+//   - A channel without a position is replayed from version 1 only while
+//     nothing can have come before its epoch unseen: the bus's generation
+//     is the one the service recorded, and the channel was watched under it
+//     (found without a meta), or its values all live in the cache Redis,
+//     whose tenants every check covers. Otherwise — the bus lost its data
+//     since, the service never looked, an in-process cache — the whole tag
+//     goes: an epoch that started after a loss hides the one lost before.
+//     So a first message is never applied as it comes: it is checked.
 //   - The position stored with the cache, not the one in memory, is where a
 //     check starts: a cache restored from an older snapshot is replayed from
 //     the position it went back to.
+//   - A position carries the channel's chain, a digest of every message
+//     applied in the epoch (Link), and the meta the router's: a position at
+//     the meta's version with another chain, or a replay whose chain does
+//     not reach the meta's, was reached through a forged message (the real
+//     one lost since): the whole tag goes. A position without a chain
+//     (older versions wrote none) takes the meta's (Adopt).
 //
 // Over-invalidation is safe; a missed invalidation is a stale cache forever,
 // so every doubt resolves to invalidating more.
 package recovery
 
 import (
+	"crypto/sha1"
+	"encoding/hex"
 	"strconv"
 )
 
@@ -40,6 +56,49 @@ import (
 type Position struct {
 	Epoch   string
 	Version int64
+	// Chain is the channel's chain at Version: a digest of every message of
+	// the epoch up to it, in order (Link), which tells a position reached
+	// through a forged message from the channel's own. "" when unknown: a
+	// position written by an older version, a Lost one, a meta written by
+	// an older router, a message.
+	Chain string
+}
+
+// same reports whether p and q are the same position: epoch and version,
+// and the chain where both know it.
+func (p Position) same(q Position) bool {
+	return p.Epoch == q.Epoch && p.Version == q.Version && (p.Chain == "" || q.Chain == "" || p.Chain == q.Chain)
+}
+
+// ChainLen is the length of a chain in hex digits.
+const ChainLen = 16
+
+// Link returns the chain after a message: the first ChainLen hex digits of
+// SHA-1(prev + hex SHA-1(payload)), where prev is the chain before it (""
+// before version 1) and payload the message's JSON exactly as published.
+// lua/publish.lua computes the same for the meta; docs/protocol.md says it
+// once for other languages.
+func Link(prev string, payload []byte) string {
+	d := sha1.Sum(payload)
+	h := sha1.New()
+	h.Write([]byte(prev))
+	h.Write([]byte(hex.EncodeToString(d[:])))
+	return hex.EncodeToString(h.Sum(nil))[:ChainLen]
+}
+
+// Next returns where a channel stands once msg (its epoch and version, and
+// its payload as published) is applied on head: msg's position, with the
+// chain when it can be told (head's is known and msg follows it, or msg
+// starts its epoch).
+func Next(head, msg Position, payload []byte) Position {
+	msg.Chain = ""
+	switch {
+	case msg.Version == 1:
+		msg.Chain = Link("", payload)
+	case head.Chain != "" && head.Epoch == msg.Epoch && head.Version == msg.Version-1:
+		msg.Chain = Link(head.Chain, payload)
+	}
+	return msg
 }
 
 // Known reports whether p is a position at all.
@@ -71,12 +130,6 @@ func Stamp(d Decision, stamp int64) Decision {
 	}
 	return d
 }
-
-// NewChannelReplay is the highest version up to which a channel never
-// applied is recovered by replaying its history from version 1 (a new
-// tenant whose first messages came before the subscription) rather than by
-// invalidating the whole tag.
-const NewChannelReplay = 16
 
 // Action is what to do with a channel.
 type Action uint8
@@ -121,9 +174,10 @@ const (
 	Vanished                  // the channel's meta is gone, a position was held
 	Ahead                     // the position is ahead of the channel's meta
 	RolledBack                // the cache lost the position it had
+	Diverged                  // the position's chain is not the channel's: a forged message was applied
 )
 
-var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back"}
+var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -152,10 +206,9 @@ func OnMessage(head, msg Position) Decision {
 			return Decision{Action: Apply, Reason: Consecutive}
 		}
 		return Decision{Action: Verify, Reason: Gap}
-	case !head.Known() && msg.Version == 1:
-		// The first message of a channel never applied: nothing precedes it.
-		return Decision{Action: Apply, Reason: NewChannel}
 	case !head.Known():
+		// Even version 1: its epoch may have started after the bus lost an
+		// older one, which only the check can tell (Check).
 		return Decision{Action: Verify, Reason: NewChannel}
 	default:
 		return Decision{Action: Verify, Reason: NewEpoch}
@@ -194,10 +247,10 @@ func Recover(pos, meta Position) Decision {
 		}
 		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
 	case !pos.Known():
-		if meta.Version <= NewChannelReplay {
-			return Decision{Action: Replay, Reason: NewChannel, From: 1, To: meta}
-		}
-		return Decision{Action: WholeTag, Reason: NewChannel, To: meta}
+		// Check comes here only for a channel whose epoch is all it
+		// published (fresh): its history is replayed from version 1, as
+		// far back as it reaches (Replayed: whole tag when it does not).
+		return Decision{Action: Replay, Reason: NewChannel, From: 1, To: meta}
 	case pos.Epoch != meta.Epoch:
 		// Also after Lost: the bus may have lost a whole epoch more since
 		// the position was recorded, so the history of this one is not
@@ -212,6 +265,21 @@ func Recover(pos, meta Position) Decision {
 	}
 }
 
+// First narrows the decision of a check made for the first message of a
+// channel without a position (version 1): a replay from version 1 replays
+// only that message, taken as it would have been live; the versions after
+// it are on their way, and are checked like any other if they do not come.
+// It reports whether d was narrowed so.
+func First(d Decision, msg Position) (Decision, bool) {
+	if d.Action != Replay || d.Reason != NewChannel || d.From != 1 || msg.Version != 1 || msg.Epoch != d.To.Epoch {
+		return d, false
+	}
+	if d.To.Version != 1 {
+		d.To = Position{Epoch: msg.Epoch, Version: 1}
+	}
+	return d, true
+}
+
 // Channel is what a check knows of one channel.
 type Channel struct {
 	Memory   Position // applied, as this subscriber remembers it
@@ -223,6 +291,20 @@ type Channel struct {
 	// meta may then have published and lost messages, whatever position is
 	// held — even none, or Lost.
 	BusLost bool
+	// BusKnown: the bus's generation is the one this service's last
+	// complete check recorded (it has not lost its data since). Neither
+	// BusKnown nor BusLost: the service never recorded one.
+	BusKnown bool
+	// Watched: this subscriber checked the channel under the bus's current
+	// generation and found neither a meta nor a position (see Watch), so
+	// the channel's epoch started under its eyes.
+	Watched bool
+	// Announced: the subscriber heard the router announce the channel's
+	// tenant, new to it, and has not checked the channel since. The router
+	// announces a tenant when it joins the registry, before any of its
+	// messages: unless the bus lost its data since the service last looked
+	// (and so its registry), nothing was published on the channel before.
+	Announced bool
 	// HasHandler: invalidations also go to an in-process Handler, whose
 	// position is Memory (per process), while Stored is the cache's (shared
 	// by every instance of the service, and applied before the Handler).
@@ -248,12 +330,100 @@ func Check(c Channel) Decision {
 	if c.BusLost && !hasMeta {
 		return Decision{Action: WholeTag, Reason: Vanished, To: Lost}
 	}
+	if !start.Known() && hasMeta && !fresh(c) {
+		// An epoch that started after the bus lost its data hides the one
+		// lost before it: nothing tells that version 1 was the channel's
+		// first message.
+		return Decision{Action: WholeTag, Reason: NewChannel, To: c.Meta}
+	}
 	ahead := func(p Position) bool { return hasMeta && p.Epoch == c.Meta.Epoch && p.Version > c.Meta.Version }
 	if c.HasStore && ahead(c.Stored) || c.HasHandler && ahead(c.Memory) {
 		// The cache's position, or the Handler's, is ahead of the channel.
 		return Decision{Action: Repair, Reason: Ahead, To: c.Meta}
 	}
+	if hasMeta && !start.same(c.Meta) && start.Epoch == c.Meta.Epoch && start.Version == c.Meta.Version {
+		// At the channel's version by another road: a forged next version
+		// was applied, and the channel's own message of it (or of a later
+		// one) was lost. The position is the meta's, so a repair.
+		return Decision{Action: Repair, Reason: Diverged, To: c.Meta}
+	}
 	return Recover(start, c.Meta)
+}
+
+// Adopt returns the meta's chain for a channel whose position is the meta's
+// but has no chain (written before positions carried one, or after a
+// contested version): it is taken as the channel's, as such a position
+// always was, and from then on each message applied extends it.
+func Adopt(c Channel) (string, bool) {
+	start, _ := Start(c)
+	if start.Known() && start.Chain == "" && c.Meta.Chain != "" && start.Epoch == c.Meta.Epoch && start.Version == c.Meta.Version {
+		return c.Meta.Chain, true
+	}
+	return "", false
+}
+
+// Replayed checks a replay from start before it is applied: msgs are the
+// positions of the history's messages (contiguous, from start's next
+// version or from version 1) and payloads their JSON as published. It
+// returns where the channel stands after each, and false when the chain
+// they reach is not to's (both known): a message applied at or before start
+// was not the channel's (forged), so replaying the rest would leave what
+// the channel's own named cached — the whole tag goes instead. When start's
+// chain is unknown, the last position takes to's (Adopt).
+func Replayed(start Position, msgs []Position, payloads [][]byte, to Position) ([]Position, bool) {
+	out := make([]Position, len(msgs))
+	head := start
+	for i, m := range msgs {
+		head = Next(head, m, payloads[i])
+		out[i] = head
+	}
+	if len(out) == 0 {
+		return out, true
+	}
+	last := &out[len(out)-1]
+	if last.Epoch != to.Epoch || last.Version != to.Version {
+		return out, true // a replay to another position than to: nothing to compare
+	}
+	if last.Chain != "" && to.Chain != "" && last.Chain != to.Chain {
+		return out, false
+	}
+	if last.Chain == "" {
+		last.Chain = to.Chain
+	}
+	return out, true
+}
+
+// fresh reports whether a channel without a position may be replayed from
+// version 1: it was watched without a meta under the bus's current
+// generation, or its tenant was announced to the subscriber since it last
+// looked, or the bus kept its data since the service last looked and
+// every value cached under the channel lives in the cache Redis, whose
+// tenants (the tenant and position indexes) every check covers, so the
+// check that recorded the generation saw the channel (a bus loss before it
+// made the channel Lost). An in-process cache has no such index: a tenant
+// it cached before the subscriber heard of it may have lost an epoch unseen.
+func fresh(c Channel) bool {
+	return c.Watched || c.Announced && looked(c) || c.BusKnown && c.HasStore && !c.HasHandler
+}
+
+// looked reports whether the service has looked at the bus under its
+// current generation: its last complete check recorded it, or (a cache
+// that started with the subscriber, in process) this is its first look and
+// no loss is known.
+func looked(c Channel) bool {
+	return c.BusKnown || !c.HasStore && !c.BusLost
+}
+
+// Watch reports whether the check of c makes the channel watched under the
+// bus's current generation (Channel.Watched): the channel has neither a
+// meta nor a position, and the bus kept its data since the service last
+// looked, so whatever epoch the channel starts next is all it published
+// since. Without a store the cache is in-process and started with the
+// subscriber, so its first check counts as a look; a cache Redis may hold
+// values from before the service ever looked.
+func Watch(c Channel) bool {
+	start, _ := Start(c)
+	return looked(c) && !start.Known() && !(c.Meta.Known() && c.Meta.Version >= 1)
 }
 
 // Start returns the position a check starts from: the one stored with the
@@ -266,22 +436,29 @@ func Check(c Channel) Decision {
 // the meta: the older of the two in one epoch (the cache answers duplicates
 // for what it has, the Handler gets what it missed — another instance's
 // applies, or one the Handler failed after the cache took it); in two
-// epochs (two different lost: stamps too), or when the cache lost its
-// position, none: the whole tag for both.
+// epochs (two different lost: stamps too), when the cache lost its
+// position, or when the Handler has none while the cache has one (memory
+// starts from the cache: the Handler failed what the cache took), none:
+// from the start for both.
 func Start(c Channel) (start Position, moved bool) {
 	switch {
 	case !c.HasStore:
 		return c.Memory, false
 	case c.HasHandler && c.Stored.Known() && c.Memory.Known() && c.Stored.Epoch == c.Memory.Epoch && c.Memory.Epoch != LostEpoch:
+		if c.Stored.Version == c.Memory.Version && !c.Stored.same(c.Memory) {
+			return Position{}, true // one of them took another message at that version
+		}
 		start = c.Memory
-		if c.Stored.Version < c.Memory.Version {
+		if c.Stored.Version < c.Memory.Version || c.Stored.Version == c.Memory.Version && c.Memory.Chain == "" {
 			start = c.Stored
 		}
-		return start, start != c.Memory
-	case c.HasHandler && c.Memory.Known() && c.Stored != c.Memory:
+		return start, !start.same(c.Memory)
+	case c.HasHandler && !c.Stored.same(c.Memory):
+		// Also with nothing in memory: the subscriber starts memory from
+		// the cache, so the Handler failed what the cache took since.
 		return Position{}, true
 	}
-	return c.Stored, c.Stored != c.Memory
+	return c.Stored, !c.Stored.same(c.Memory)
 }
 
 // Contiguous reports whether replayed history entries, in order, are exactly

@@ -520,6 +520,31 @@ publishers:
 	e.waitGone("profile-svc", "acme", "user:42")
 }
 
+// An event on the shared ingress cannot suppress a granted publisher's
+// events: whatever entity it names ("profile-svc/42" spells the publisher's
+// entity 42), its source_version is kept apart from every publisher's. The
+// attack is a raw XADD, as redis-cli would send it.
+func TestSharedIngressCannotSuppressAPublisher(t *testing.T) {
+	e := newEnv(t, grantMatrix)
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	ctx := context.Background()
+	forged := `{"tenant":"acme","domain":"user","entity":"profile-svc/42","source_version":1125899906842624,"keys":["user:42"]}`
+	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, forged}}).Err())
+	e.waitVersion("invalidate:acme:active", 1)
+
+	e.seed("profile-svc", "acme", "user:42", "active")
+	victim, err := publisher.New(e.busC, publisher.Options{Publisher: "profile-svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := victim.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Entity: "42", SourceVersion: 7, Keys: []string{"user:42"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("profile-svc", "acme", "user:42")
+}
+
 // What a publisher user can still do to a stream it may write: XADD's own
 // options (MAXLEN 0, an id at the end of the id space), which no Redis ACL
 // can forbid. With grants that harms only the attacker's own streams: the

@@ -187,6 +187,7 @@ domains:
 services:
   profile-svc: {tenants: all}
 `)
+	e.running("acme")
 	e.subscriber("profile-svc", subscriber.Options{})
 	for _, k := range []string{"user:1", "user:2", "user:3", "user:4", "user:other"} {
 		e.seed("profile-svc", "acme", k, "active")

@@ -67,6 +67,12 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 
 func (e *clusterEnv) start(yaml, service string) {
 	e.t.Helper()
+	e.subscribe(e.startRouter(yaml), service)
+}
+
+// startRouter runs a router on the matrix and returns the matrix.
+func (e *clusterEnv) startRouter(yaml string) *matrix.Matrix {
+	e.t.Helper()
 	mtx, err := matrix.Parse("cluster.yaml", []byte(yaml))
 	if err != nil {
 		e.t.Fatal(err)
@@ -78,14 +84,22 @@ func (e *clusterEnv) start(yaml, service string) {
 	}
 	run(e.t, r.Run)
 	redistest.Eventually(e.t, 10*time.Second, "router ready", r.Ready)
+	return mtx
+}
+
+// subscribe runs the service's subscriber on the cache cluster and returns
+// its stop.
+func (e *clusterEnv) subscribe(mtx *matrix.Matrix, service string) (stop func()) {
+	e.t.Helper()
 	e.subReg = prometheus.NewRegistry()
 	s, err := subscriber.New(e.busC, subscriber.Options{Service: service, Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour,
 		Registerer: e.subReg, Logger: testLogger(e.t, "subscriber")})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	run(e.t, s.Run)
+	stop = run(e.t, s.Run)
 	redistest.Eventually(e.t, 10*time.Second, "subscriber ready", s.Ready)
+	return stop
 }
 
 func (e *clusterEnv) seed(tenant, key, tag string) {
@@ -460,4 +474,76 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// position is search-svc's stored position on a tenant's tag.
+func (e *clusterEnv) position(tenant, tag string) tagstore.Position {
+	e.t.Helper()
+	p, _, err := e.store.ReadPosition(context.Background(), tenant, "search-svc", tag)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// TestForgedNextVersionThenRealOneLost on a cluster: the forgery comes by
+// SPUBLISH on the channel's master, the meta's chain is read from it.
+func TestClusterForgedNextVersionThenRealOneLost(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	tenant := e.tenantsOnMasters("fg", 1, "active")[0]
+	ch := "invalidate:" + tenant + ":active"
+	mtx := e.startRouter(oneTenantMatrix(tenant))
+	stop := e.subscribe(mtx, "search-svc")
+	_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:0"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "position at 1", func() bool { return e.position(tenant, "active").Version == 1 })
+	epoch := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+	e.seed(tenant, "user:1", "active")
+
+	must(t, e.busC.SPublish(ctx, ch, `{"tenant":"`+tenant+`","tag":"active","epoch":"`+epoch+`","version":2,"keys":["nothing"],"event":"forged"}`).Err())
+	redistest.Eventually(t, 10*time.Second, "the forged version 2 applied", func() bool { return e.position(tenant, "active").Version == 2 })
+	stop()
+	_, err = e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "the real version 2 published", func() bool {
+		return e.busC.HGet(ctx, "{"+ch+"}:meta", "version").Val() == "2"
+	})
+	e.subscribe(mtx, "search-svc")
+	e.waitGone(tenant, "user:1")
+}
+
+// TestBusLossHidesOldEpochFromChannelWithoutPosition on a cluster: every
+// master loses its data.
+func TestClusterBusLossHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	tenants := e.tenantsOnMasters("bl", 2, "active")
+	ch := "invalidate:" + tenants[1] + ":active"
+	mtx := e.startRouter(oneTenantMatrix(strings.Join(tenants, ", ")))
+	stop := e.subscribe(mtx, "search-svc")
+	redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+		n, _ := e.cacheC.Exists(ctx, "routerd:generation:search-svc").Result()
+		return n == 1
+	})
+	stop()
+
+	e.seed(tenants[1], "user:1", "active")
+	e.seed(tenants[1], "user:2", "active")
+	_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenants[1], Domain: "user", Keys: []string{"user:1"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "published", func() bool {
+		return e.busC.HGet(ctx, "{"+ch+"}:meta", "version").Val() == "1"
+	})
+	first := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+	must(t, e.busC.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() }))
+	_, err = e.pub.Publish(ctx, wire.Event{Tenant: tenants[1], Domain: "user", Keys: []string{"user:2"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "a new epoch at version 1", func() bool {
+		epoch := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+		return epoch != "" && epoch != first
+	})
+	e.subscribe(mtx, "search-svc")
+	e.waitGone(tenants[1], "user:1")
+	e.waitGone(tenants[1], "user:2")
 }

@@ -340,6 +340,7 @@ services:
 // message naming both refs: only those two entities' responses go.
 func TestBatchedEntityEventsStayEntityLevel(t *testing.T) {
 	e := newEnv(t, entityMatrix)
+	e.routerRanBefore()
 	e.subscriber("gql", subscriber.Options{})
 	e.seedQueries()
 	e.response("q4", 0, []string{"users"}, user("5"))

@@ -154,6 +154,30 @@ func (e *env) routerOn(bus redis.UniversalClient, opt router.Options) (*router.R
 	return r, stop
 }
 
+// routerRanBefore sets the bus generation as a router that ran on the bus
+// before would have: a subscriber that starts before any router has never
+// recorded one, and takes each channel's first message whole
+// (recovery.Check) until its first complete check under one.
+func (e *env) routerRanBefore() {
+	e.t.Helper()
+	must(e.t, e.busC.SetNX(context.Background(), "invalidate:generation", "before", 0).Err())
+}
+
+// running sets the bus up as a system that has been running: a router ran
+// on it before (routerRanBefore) and the tenants published before, so their
+// registry entries exist. A subscriber started then is subscribed to the
+// tenants' channels from its first check and applies their first messages
+// live, as they come; without it, a subscriber that never recorded the bus's
+// generation takes a channel's first messages as a whole tag
+// (recovery.Check).
+func (e *env) running(tenants ...string) {
+	e.t.Helper()
+	e.routerRanBefore()
+	for _, tenant := range tenants {
+		must(e.t, e.busC.SAdd(context.Background(), "invalidate:tenants", tenant).Err())
+	}
+}
+
 func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
 	e.t.Helper()
 	return e.subscriberOn(e.bus.Client(e.t), service, opt)

@@ -163,6 +163,7 @@ func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
 // no key goes that the event did not name.
 func TestEventAboveMaxKeysIsSplit(t *testing.T) {
 	e := newEnv(t, "")
+	e.running("acme")
 	reg := prometheus.NewRegistry()
 	e.router(router.Options{Registerer: reg})
 	e.subscriber("profile-svc", subscriber.Options{})

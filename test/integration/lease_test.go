@@ -102,7 +102,7 @@ func (r *raceEnv) channelState(tag string) (meta, pos string) {
 		r.t.Fatal(err)
 	}
 	if ok {
-		pos = p.String()
+		pos = p.Epoch + ":" + strconv.FormatInt(p.Version, 10) // without the chain, as the meta above
 	}
 	return meta, pos
 }

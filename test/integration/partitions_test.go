@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -79,4 +80,35 @@ func TestPartitionCountChange(t *testing.T) {
 	e.xaddRaw(wire.IngressStream("invalidate", 5), "user:5")
 	e.router(router.Options{DiscoverInterval: time.Hour})
 	e.waitGone("search-svc", "acme", "user:5")
+}
+
+// Right after the bus lost its data the partition count is gone, and a
+// publisher that reads it then takes the default (8, protocol.md 2.2) while
+// the matrix says 4: its event lands on a partition the router does not
+// read. The router notices the count was gone when it writes it again and
+// looks for partitions at once, so the event is routed within seconds, not
+// at the next periodic scan (an hour here; a minute by default). The
+// publisher is raw commands, as in any language: GET the count, XADD.
+func TestPartitionWrittenJustAfterBusLossRoutedSoon(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	e.router(router.Options{ClaimInterval: time.Second, DiscoverInterval: time.Hour})
+	key := wire.PartitionsKey("invalidate")
+	redistest.Eventually(t, 10*time.Second, "the count recorded", func() bool { return e.busC.Get(ctx, key).Val() == "4" })
+
+	// Lose the bus's data, and read the count before the router writes it
+	// again (try again when the router was first).
+	redistest.Eventually(t, 10*time.Second, "a publisher finds no partition count", func() bool {
+		must(t, e.busC.FlushAll(ctx).Err())
+		return errors.Is(e.busC.Get(ctx, key).Err(), redis.Nil)
+	})
+	stream := wire.IngressStream("invalidate", wire.Partition("acme", wire.DefaultPartitions))
+	if stream == wire.IngressStream("invalidate", wire.Partition("acme", 4)) {
+		t.Fatalf("acme's partition is %s among 8 as among 4: the test proves nothing", stream)
+	}
+	e.xaddRaw(stream, "user:1")
+	redistest.Eventually(t, 20*time.Second, "the event on "+stream+" routed", func() bool {
+		_, v := e.meta("invalidate:acme:active")
+		return v >= 1
+	})
 }

@@ -81,6 +81,7 @@ func keyRange(prefix string, from, to int) []string {
 func TestBurstSplitsIntoKeyLevelMessages(t *testing.T) {
 	const maxKeys = 50
 	e := newEnv(t, precisionMatrix(fmt.Sprintf("max_keys: %d", maxKeys)))
+	e.running("acme")
 	named, unnamed := keyRange("user", 0, 2*maxKeys), keyRange("other", 0, 10*maxKeys)
 	for _, k := range append(slices.Clone(named), unnamed...) {
 		e.seed("profile-svc", "acme", k, "active")
@@ -194,6 +195,7 @@ func TestRegroupedRedeliveryAfterSplit(t *testing.T) {
 func TestKilledRouterAfterPartOfASplit(t *testing.T) {
 	yaml := precisionMatrix("rate: 1, burst: 1, coalesce: 3s, max_keys: 3")
 	e := newEnv(t, yaml)
+	e.running("acme")
 	keys := keyRange("user", 0, 7)
 	for _, k := range append(slices.Clone(keys), "other") {
 		e.seed("profile-svc", "acme", k, "active")
@@ -245,6 +247,7 @@ func TestSubscriberLimitSplitsItsMerge(t *testing.T) {
 	const n = 30
 	// The router lets everything through, one key a message.
 	e := newEnv(t, precisionMatrix("rate: 100000, burst: 100000, max_keys: 1"))
+	e.running("acme")
 	named, unnamed := keyRange("user", 0, n), keyRange("other", 0, 100)
 	for _, k := range append(slices.Clone(named), unnamed...) {
 		e.seed("profile-svc", "acme", k, "active")

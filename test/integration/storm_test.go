@@ -145,6 +145,7 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 	yaml := stormMatrix("0.5", 1)
 	e := newEnv(t, yaml)
 	e.seedStorm(n)
+	e.routerRanBefore()
 	e.subscriber("search-svc", subscriber.Options{}) // applies live, key by key: no whole-tag shortcut
 	path := filepath.Join(t.TempDir(), "matrix.yaml")
 	must(t, os.WriteFile(path, []byte(yaml), 0o644))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
@@ -451,8 +452,16 @@ func TestBusRestoredFromSnapshotStartsNewEpoch(t *testing.T) {
 	e.seed("search-svc", "acme", "user:d", "active")
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:c"}})
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:d"}})
-	redistest.Eventually(t, 10*time.Second, "both events published", func() bool {
-		return len(e.history(ch)) >= 2 && e.history(ch)[len(e.history(ch))-1].Keys[0] == "user:d"
+	// Both events, as one message or two: a router slow to come back (a
+	// loaded machine) reads them in one batch and merges them.
+	redistest.Eventually(t, 30*time.Second, "both events published", func() bool {
+		named := map[string]bool{}
+		for _, m := range e.history(ch) {
+			for _, k := range m.Keys {
+				named[k] = true
+			}
+		}
+		return named["user:c"] && named["user:d"]
 	})
 	if now, _ := e.meta(ch); now == epoch {
 		t.Errorf("the restored bus goes on in epoch %s: its versions repeat ones already applied", epoch)
@@ -460,4 +469,198 @@ func TestBusRestoredFromSnapshotStartsNewEpoch(t *testing.T) {
 	e.subscriber("search-svc", subscriber.Options{CheckInterval: 300 * time.Millisecond})
 	e.waitGone("search-svc", "acme", "user:c")
 	e.waitGone("search-svc", "acme", "user:d")
+}
+
+// Bus data loss on a channel the service holds no position on, after which
+// the channel published again: the service cached keys of a tenant whose
+// channel it never applied; while it was down an event for them was routed
+// (epoch E1), the bus lost its data, and a later event started epoch E2. The
+// restarted subscriber found a channel without a position whose meta is at
+// version 1 and replayed E2 from there as a new channel: the keys of E1
+// stayed cached for good. Whether or not the service had looked at the bus
+// before (recorded its generation), nothing tells it that no epoch came
+// before E2, so the whole tag goes.
+func TestBusLossHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
+	for _, service := range []string{"search-svc", "profile-svc"} { // listed tenants; every tenant
+		for _, looked := range []bool{true, false} {
+			name := service + "/never-looked"
+			if looked {
+				name = service + "/looked-before"
+			}
+			t.Run(name, func(t *testing.T) {
+				ctx := context.Background()
+				const ch = "invalidate:globex:active"
+				e := newEnv(t, "")
+				e.router(router.Options{})
+				if looked {
+					_, stop := e.subscriber(service, subscriber.Options{})
+					redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+						n, _ := e.caches[service].Client(t).Exists(ctx, "routerd:generation:"+service).Result()
+						return n == 1
+					})
+					stop()
+				}
+
+				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
+					e.seed(service, "globex", k, "active")
+				}
+				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:1", "user:2", "user:3"}})
+				e.waitVersion(ch, 1)
+				first, _ := e.meta(ch)
+				must(t, e.busC.FlushAll(ctx).Err())
+				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:4"}})
+				redistest.Eventually(t, 10*time.Second, "a new epoch at version 1", func() bool {
+					epoch, v := e.meta(ch)
+					return epoch != "" && epoch != first && v == 1
+				})
+
+				e.subscriber(service, subscriber.Options{})
+				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
+					e.waitGone(service, "globex", k)
+				}
+			})
+		}
+	}
+}
+
+// A forged next version (the channel's epoch, its position + 1, a made-up
+// event id) is applied: nothing tells it from the real message when it
+// comes. If the real message of that version is then lost — the agent
+// restarts, or its pub/sub link drops — the real one never arrives to
+// contest the forgery (TestForgedNextVersionDoesNotHideTheRealOne), and the
+// stored position equals the meta: no check saw anything wrong, and the
+// real message's keys stayed cached for good. The position carries the
+// channel's chain (a digest of every message applied in the epoch), which a
+// check compares with the meta's.
+func TestForgedNextVersionThenRealOneLost(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		later bool // the channel publishes once more after the real message
+		link  bool // the pub/sub link drops instead of a restart
+	}{
+		{"restart", false, false},
+		{"restart, channel moved on", true, false},
+		{"link dropped", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			const ch = "invalidate:acme:active"
+			e := newEnv(t, "")
+			e.router(router.Options{})
+			// The subscriber logs in as its own user, so the test can keep
+			// it from reconnecting while the real message is published.
+			must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
+			subBus := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "sub", Password: "pw", MaxRetries: -1})
+			defer subBus.Close()
+			reg := prometheus.NewRegistry()
+			_, stop := e.subscriberOn(subBus, "search-svc", subscriber.Options{Registerer: reg})
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+			redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Version == 1
+			})
+			epoch, _ := e.meta(ch)
+			e.seed("search-svc", "acme", "user:1", "active")
+			e.seed("search-svc", "acme", "user:2", "active")
+
+			e.forge(ch, `{"tenant":"acme","tag":"active","epoch":"`+epoch+`","version":2,"keys":["nothing"],"event":"forged"}`)
+			redistest.Eventually(t, 10*time.Second, "the forged version 2 applied", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Version == 2
+			})
+			if tc.link {
+				must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "off").Err())
+				must(t, e.busC.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+				redistest.Eventually(t, 10*time.Second, "pub/sub connection gone", func() bool {
+					n, _ := e.busC.Do(ctx, "PUBSUB", "NUMSUB", ch).Slice()
+					return len(n) == 2 && n[1] == int64(0)
+				})
+			} else {
+				stop()
+			}
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+			want := int64(2)
+			if tc.later {
+				e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+				want = 3
+			}
+			e.waitVersion(ch, want) // published while nobody listened
+			if tc.link {
+				must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on").Err())
+			} else {
+				e.subscriberOn(subBus, "search-svc", subscriber.Options{})
+			}
+			e.waitGone("search-svc", "acme", "user:1")
+			if tc.later {
+				e.waitGone("search-svc", "acme", "user:2")
+			}
+			redistest.Eventually(t, 10*time.Second, "the position at the channel's", func() bool {
+				p, _ := e.position("search-svc", "acme", "active")
+				return p.Epoch == epoch && p.Version == want
+			})
+			// From there on, key-level again.
+			e.seed("search-svc", "acme", "user:4", "active")
+			e.seed("search-svc", "acme", "user:5", "active")
+			e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:4"}})
+			e.waitGone("search-svc", "acme", "user:4")
+			if !e.cached("search-svc", "acme", "user:5") {
+				t.Error("a key-level event after the repair deleted the whole tag")
+			}
+		})
+	}
+}
+
+// TestBusLossHidesOldEpochFromChannelWithoutPosition for an in-process cache
+// (a Handler, positions in memory): the running subscriber's pub/sub link is
+// down (its user refused while the connection is killed) while an event of
+// a channel it never applied is routed, the bus loses its data and the
+// channel's next event starts a new epoch. The reconnect check must not
+// replay the new epoch from version 1 to the Handler as a new channel.
+func TestBusLossHidesOldEpochFromHandler(t *testing.T) {
+	ctx := context.Background()
+	const ch = "invalidate:globex:active"
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
+	subBus := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "sub", Password: "pw", MaxRetries: -1})
+	defer subBus.Close()
+	var mu sync.Mutex
+	dropped := map[string]bool{} // globex keys the in-process cache dropped; "*" the whole tag
+	e.subscriberOn(subBus, "search-svc", subscriber.Options{Handler: func(_ context.Context, inv subscriber.Invalidation) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if inv.Tenant == "globex" && inv.Tag == "active" {
+			for _, k := range inv.Keys {
+				dropped[k] = true
+			}
+			if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
+				dropped["*"] = true
+			}
+		}
+		return nil
+	}})
+
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "off").Err())
+	// Every connection of the subscriber, not only its pub/sub one: no
+	// check may see the bus between the loss and the new epoch.
+	must(t, e.busC.Do(ctx, "CLIENT", "KILL", "USER", "sub").Err())
+	redistest.Eventually(t, 10*time.Second, "pub/sub connection gone", func() bool {
+		n, _ := e.busC.Do(ctx, "PUBSUB", "NUMSUB", ch).Slice()
+		return len(n) == 2 && n[1] == int64(0)
+	})
+	e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:1"}})
+	e.waitVersion(ch, 1)
+	first, _ := e.meta(ch)
+	must(t, e.busC.FlushAll(ctx).Err())
+	e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:2"}})
+	redistest.Eventually(t, 10*time.Second, "a new epoch", func() bool {
+		epoch, v := e.meta(ch)
+		return epoch != "" && epoch != first && v == 1
+	})
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on").Err())
+	redistest.Eventually(t, 10*time.Second, "the in-process cache drops user:1 (lost with the bus) and user:2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return dropped["*"] || dropped["user:1"] && dropped["user:2"]
+	})
 }

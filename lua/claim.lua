@@ -1,0 +1,65 @@
+-- Claim pending entries of a consumer group, bounded in bytes as read.lua
+-- reads new ones: the entries pending for at least a minimum idle time (and,
+-- when a consumer is named, pending for that one), in id order from a start,
+-- as many as fit the budget (at least one), with each value above the
+-- largest whole cut.
+-- KEYS[1]  the stream
+-- ARGV[1]  the consumer group
+-- ARGV[2]  the consumer that claims
+-- ARGV[3]  minimum idle time, in milliseconds
+-- ARGV[4]  start: the first id to look at
+-- ARGV[5]  most entries
+-- ARGV[6]  budget: most bytes of field values returned (at least one entry)
+-- ARGV[7]  largest value returned whole, in bytes; a larger one is cut
+-- ARGV[8]  bytes kept of a value that is cut
+-- ARGV[9]  "1": only the entries pending for the claiming consumer itself
+--          (its own, after a restart, or handed to it)
+-- Returns {next, entries, cut}: next is the start of the next call ("0-0"
+-- when every pending entry was looked at), entries and cut as read.lua
+-- returns them. An entry deleted from the stream while pending is acknowledged
+-- (nothing is left to route).
+local group, consumer = ARGV[1], ARGV[2]
+local idle, start, count, budget = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local whole, keep, own = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
+local args = {'XPENDING', KEYS[1], group, 'IDLE', idle, start, '+', count}
+if own then
+  args[#args + 1] = consumer
+end
+local pending = redis.call(unpack(args))
+local ids, total, nextID = {}, 0, '0-0'
+for k, p in ipairs(pending) do
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  if not e then
+    redis.call('XACK', KEYS[1], group, p[1])
+  else
+    local size = 0
+    for i = 2, #e[2], 2 do
+      size = size + (#e[2][i] > whole and keep or #e[2][i])
+    end
+    if #ids > 0 and total + size > budget then
+      nextID = p[1]
+      break
+    end
+    ids[#ids + 1], total = p[1], total + size
+  end
+  if k == #pending and #pending == count then
+    nextID = '(' .. p[1] -- more may be pending after the last one looked at
+  end
+end
+if #ids == 0 then
+  return {nextID, {}, {}}
+end
+local entries = redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle, unpack(ids))
+local cut = {}
+for i, e in ipairs(entries) do
+  local fields = e[2]
+  for j = 2, #fields, 2 do
+    if #fields[j] > whole then
+      cut[#cut + 1] = i
+      cut[#cut + 1] = fields[j - 1]
+      cut[#cut + 1] = #fields[j]
+      fields[j] = string.sub(fields[j], 1, keep)
+    end
+  end
+end
+return {nextID, entries, cut}

@@ -1,0 +1,191 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/lua"
+)
+
+// Reads bounded in bytes.
+//
+// XREADGROUP and XAUTOCLAIM bound a read by a count of entries only: forty
+// entries of 7 MB (refused as too large, but read first) took a router from
+// 26 MB to 658 MB. So the router reads and claims through scripts
+// (lua/read.lua, lua/claim.lua) that look at the entries on the server
+// before they are sent: one read returns at most Options.ReadBytes of
+// field values (and at least one entry; what it read beyond is given back
+// to the group, delivered again by the next read), and a value above
+// MaxEventBytes — which the router refuses anyway — comes back cut to its
+// first DeadLetterEntryBytes, with its length, so it is dead-lettered as
+// too_large without ever being held. Only a read that waits for the next
+// entry (XREADGROUP COUNT 1 BLOCK: a script cannot block) returns one entry
+// whole.
+
+// cutValue is a field value of an entry that was cut on the server: its
+// first bytes and its full length. It marshals as those bytes and a note,
+// so a dead letter's copy of the entry says so.
+type cutValue struct {
+	kept string
+	size int
+}
+
+func (c cutValue) MarshalJSON() ([]byte, error) {
+	return json.Marshal(fmt.Sprintf("%s… [cut when read: the value is %d bytes]", c.kept, c.size))
+}
+
+// readNew reads the group's new entries of stream: what fits the byte
+// budget now, or, when nothing is new, the next entry within block.
+func (r *Router) readNew(ctx context.Context, stream string, count int, block time.Duration) ([]redis.XMessage, error) {
+	wait := 1
+	reply, err := lua.Read.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, count,
+		r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes).Slice()
+	switch {
+	case r.refused(err):
+		wait = count // unbounded, as routers before the read script
+	case err != nil:
+		return nil, err
+	case len(reply) == 2:
+		return readEntries(reply)
+	}
+	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: int64(wait), Block: block,
+	}).Result()
+	if err != nil || len(res) == 0 {
+		return nil, err
+	}
+	// Cut what is too large here too, so the whole value is not kept.
+	for _, m := range res[0].Messages {
+		for k, v := range m.Values {
+			if s, ok := v.(string); ok && len(s) > r.opt.MaxEventBytes {
+				m.Values[k] = cutValue{kept: strings.Clone(s[:min(len(s), r.opt.DeadLetterEntryBytes)]), size: len(s)}
+			}
+		}
+	}
+	return res[0].Messages, nil
+}
+
+// claimPending claims the group's entries of stream pending for at least
+// idle from start on — with own, those pending for this consumer only — as
+// many as fit the byte budget. It returns them and the start of the next
+// call ("0-0" when every pending entry was looked at).
+func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+	flag := "0"
+	if own {
+		flag = "1"
+	}
+	reply, err := lua.Claim.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, idle.Milliseconds(), start,
+		r.opt.BatchSize, r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes, flag).Slice()
+	if r.refused(err) {
+		return r.claimUnbounded(ctx, stream, idle, start, own)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if len(reply) != 3 {
+		return nil, "", fmt.Errorf("claim script: a reply of %d items", len(reply))
+	}
+	next, _ := reply[0].(string)
+	msgs, err := readEntries(reply[1:])
+	return msgs, next, err
+}
+
+// refused reports whether err says the Redis user may not run a command of
+// the read or claim script: a user made by an older routerd acl. The router
+// then reads as routers before those scripts did (bounded in entries only),
+// and says so once.
+func (r *Router) refused(err error) bool {
+	if err == nil || !(redis.HasErrorPrefix(err, "NOPERM") || strings.Contains(err.Error(), "The user executing the script can't")) {
+		return false
+	}
+	if r.refusedOnce.CompareAndSwap(false, true) {
+		r.log.Warn("the router's Redis user may not run the read scripts' commands (XRANGE, XGROUP SETID): reads are not bounded in bytes; apply the line of routerd acl --role router again", "err", err)
+	}
+	return true
+}
+
+// claimUnbounded claims as claimPending does, with XAUTOCLAIM (or, with own,
+// XREADGROUP of the consumer's pending entries): bounded in entries only.
+func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+	from := strings.TrimPrefix(start, "(")
+	if own {
+		if from == "-" {
+			from = "0"
+		}
+		res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, from}, Count: int64(r.opt.BatchSize), Block: -1,
+		}).Result()
+		if err != nil || len(res) == 0 || len(res[0].Messages) == 0 {
+			return nil, "0-0", err
+		}
+		msgs := res[0].Messages
+		return msgs, "(" + msgs[len(msgs)-1].ID, nil
+	}
+	if from == "-" {
+		from = "0-0"
+	}
+	return r.c.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: from, Count: int64(r.opt.BatchSize),
+	}).Result()
+}
+
+// readEntries reads a read or claim script's reply {entries, cut}: each
+// entry {id, {field, value, …}}, and for each value cut the entry's place
+// (from 1), its field and its full length.
+func readEntries(reply []any) ([]redis.XMessage, error) {
+	bad := errors.New("read script: a reply that is not {entries, cut}")
+	list, ok1 := reply[0].([]any)
+	cut, ok2 := reply[1].([]any)
+	if !ok1 || !ok2 || len(cut)%3 != 0 {
+		return nil, bad
+	}
+	msgs := make([]redis.XMessage, len(list))
+	for i, item := range list {
+		e, ok := item.([]any)
+		if !ok || len(e) != 2 {
+			return nil, bad
+		}
+		id, ok1 := e[0].(string)
+		fields, ok2 := e[1].([]any)
+		if !ok1 || !ok2 || len(fields)%2 != 0 {
+			return nil, bad
+		}
+		values := make(map[string]any, len(fields)/2)
+		for j := 0; j < len(fields); j += 2 {
+			k, _ := fields[j].(string)
+			values[k] = fields[j+1]
+		}
+		msgs[i] = redis.XMessage{ID: id, Values: values}
+	}
+	for j := 0; j < len(cut); j += 3 {
+		at, _ := cut[j].(int64)
+		k, _ := cut[j+1].(string)
+		size, _ := cut[j+2].(int64)
+		if at < 1 || int(at) > len(msgs) {
+			return nil, bad
+		}
+		values := msgs[at-1].Values
+		if kept, ok := values[k].(string); ok {
+			values[k] = cutValue{kept: kept, size: int(size)}
+		}
+	}
+	return msgs, nil
+}
+
+// cutEvent says why an entry whose event or events field was cut when read
+// is refused as too large ("" when none was).
+func (r *Router) cutEvent(values map[string]any) string {
+	for _, f := range []string{"event", "events"} {
+		if c, ok := values[f].(cutValue); ok {
+			return f + " of " + strconv.Itoa(c.size) + " bytes is above the limit of " + strconv.Itoa(r.opt.MaxEventBytes) + " bytes (max event bytes)"
+		}
+	}
+	return ""
+}

@@ -1,0 +1,330 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// Re-driving dead letters.
+//
+// A dead letter can be sent back to the routers: appended to the re-drive
+// stream wire.RedriveStream (every router reads it in the consumer group,
+// like an ingress partition) with the stream, entry id and index the event
+// first had, and deleted from the dead letters. A router routes a re-driven
+// event as if it came from its first stream: the same grant, and the same
+// derived id when it had none, so a dead letter re-driven twice (a crash
+// between the append and the delete) publishes nothing twice.
+//
+// Routers with different matrices share the consumer group during a rolling
+// deploy: one on the older matrix dead-letters the events of a domain it
+// does not know as unknown_domain. Every router re-drives, each housekeeping
+// round, the new unknown_domain dead letters of the domains it knows (all of
+// them at start and after a reload that adds domains), naming itself in the
+// re-driven entry ("for"); a router that reads such an entry and does not
+// know its domain hands it over to that router (XCLAIM) while it is alive,
+// which routes what it is handed on its next round. So an event some live
+// router can route is never lost because another read it first; one that no
+// router knows stays a dead letter until `routerd deadletter replay`.
+
+// Fields of a re-driven entry, besides its event or events.
+const (
+	redriveStream = "stream"     // the ingress stream the entry first came on
+	redriveEntry  = "entry_id"   // its entry id there
+	redriveIndex  = "index"      // the event's place in that packed entry, when only it is re-driven
+	redriveFrom   = "deadletter" // the dead letter it was
+	redriveFor    = "for"        // the router (consumer name) that re-drove it because it knows the domain
+)
+
+// RedriveFilter selects the dead letters to re-drive. The zero value
+// selects every one.
+type RedriveFilter struct {
+	Reason string    // only this reason ("unknown_domain", …)
+	Domain string    // only dead letters with an event of this domain
+	Since  time.Time // only those written at or after
+	// domains keeps only dead letters with an event of one of them (a
+	// router's own re-drive of the domains it knows).
+	domains map[string]bool
+	// For names the router that re-drives (empty for routerd deadletter replay).
+	For string
+}
+
+// Redriven says what a re-drive did.
+type Redriven struct {
+	Redriven int // dead letters appended to the re-drive stream and deleted
+	// Skipped counts dead letters that matched the reason but cannot be
+	// re-driven: their copy of the entry was cut (above 16 KiB), or it
+	// holds neither an event nor events.
+	Skipped int
+	// Last is the id of the last dead letter looked at ("" when none).
+	Last string
+}
+
+// Redrive re-drives the dead letters that match f, oldest first: each is
+// appended to the re-drive stream, which the routers read, and deleted from
+// the dead letters, so running it again re-drives nothing twice. A router
+// that does not know a re-driven event's domain dead-letters it again.
+func Redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter) (Redriven, error) {
+	start := "-"
+	if !f.Since.IsZero() {
+		start = strconv.FormatInt(f.Since.UnixMilli(), 10)
+	}
+	return redrive(ctx, c, prefix, f, start)
+}
+
+// redriveChunk is how many dead letters one XRANGE reads.
+const redriveChunk = 500
+
+func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter, start string) (Redriven, error) {
+	var res Redriven
+	dl, to := wire.DeadLetterStream(prefix), wire.RedriveStream(prefix)
+	for {
+		msgs, err := c.XRangeN(ctx, dl, start, "+", redriveChunk).Result()
+		if err != nil {
+			return res, fmt.Errorf("reading the dead letters: %w", err)
+		}
+		var ids []string
+		_, err = c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, m := range msgs {
+				values, skip := f.match(m)
+				if skip {
+					res.Skipped++
+				}
+				if values == nil {
+					continue
+				}
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: to, Values: values})
+				ids = append(ids, m.ID)
+			}
+			if len(ids) > 0 {
+				pipe.XDel(ctx, dl, ids...)
+			}
+			return nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("re-driving dead letters: %w", err)
+		}
+		res.Redriven += len(ids)
+		if len(msgs) > 0 {
+			res.Last = msgs[len(msgs)-1].ID
+		}
+		if len(msgs) < redriveChunk {
+			return res, nil
+		}
+		start = "(" + res.Last
+	}
+}
+
+// match returns the fields of the re-driven entry of dead letter m, or nil
+// when m is not to be re-driven; skip is set when m matches the reason but
+// cannot be re-driven.
+func (f *RedriveFilter) match(m redis.XMessage) (values []any, skip bool) {
+	str := func(k string) string { s, _ := m.Values[k].(string); return s }
+	if f.Reason != "" && str("reason") != f.Reason {
+		return nil, false
+	}
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(str("entry")), &fields); err != nil {
+		return nil, true // cut at the dead letters' limit: the event is not whole
+	}
+	event, single := fields[wire.EventField].(string)
+	events, many := fields[wire.EventsField].(string)
+	if single == many {
+		return nil, true
+	}
+	doms := domainsOf(event, events)
+	if f.Domain != "" && !slices.Contains(doms, f.Domain) {
+		return nil, false
+	}
+	if f.domains != nil && !slices.ContainsFunc(doms, func(d string) bool { return f.domains[d] }) {
+		return nil, false
+	}
+	values = []any{redriveStream, str("stream"), redriveEntry, str("entry_id"), redriveFrom, m.ID}
+	if single {
+		values = append(values, wire.EventField, event)
+	} else {
+		values = append(values, wire.EventsField, events)
+	}
+	if i := str("index"); i != "" {
+		values = append(values, redriveIndex, i)
+	}
+	if f.For != "" {
+		values = append(values, redriveFor, f.For)
+	}
+	return values, false
+}
+
+// domainsOf returns the domains of an entry's event or events that decode.
+func domainsOf(event, events string) []string {
+	if event != "" {
+		if ev, err := wire.ParseEvent([]byte(event)); err == nil {
+			return []string{ev.Domain}
+		}
+		return nil
+	}
+	list, err := wire.ParseEvents([]byte(events))
+	if err != nil {
+		return nil
+	}
+	var doms []string
+	for _, p := range list {
+		if p.Err == nil && !slices.Contains(doms, p.Event.Domain) {
+			doms = append(doms, p.Event.Domain)
+		}
+	}
+	return doms
+}
+
+// redriven reads where a re-driven entry first came from into e. A field
+// that breaks its rule makes the entry malformed (only routers write the
+// re-drive stream: this is damage, not input).
+func (r *Router) redriven(e *entry, values map[string]any) bool {
+	str := func(k string) string { s, _ := values[k].(string); return s }
+	from, id := str(redriveStream), str(redriveEntry)
+	_, perr := names.ParseIngressStream(r.prefix, from)
+	switch {
+	case perr != nil && names.StreamPublisher(r.prefix, from) == "":
+		e.reason, e.detail = ReasonMalformed, fmt.Sprintf("re-driven entry: %s %q is no ingress stream", redriveStream, from)
+		return false
+	case !validEntryID(id):
+		e.reason, e.detail = ReasonMalformed, fmt.Sprintf("re-driven entry: %s %q is no stream entry id", redriveEntry, id)
+		return false
+	}
+	e.from, e.fromID, e.handTo = from, id, str(redriveFor)
+	if i := str(redriveIndex); i != "" {
+		n, err := strconv.Atoi(i)
+		if err != nil || n < 0 || strconv.Itoa(n) != i {
+			e.reason, e.detail = ReasonMalformed, fmt.Sprintf("re-driven entry: %s %q is no index", redriveIndex, i)
+			return false
+		}
+		e.fromIndex = n
+	}
+	return true
+}
+
+// validEntryID reports whether id has the form of a stream entry id, "<ms>-<seq>".
+func validEntryID(id string) bool {
+	ms, seq, ok := strings.Cut(id, "-")
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return ok && err1 == nil && err2 == nil
+}
+
+// unknownDomain reports whether an event of e was refused because the
+// matrix does not know its domain.
+func (e *entry) unknownDomain() bool {
+	return slices.ContainsFunc(e.events, func(v event) bool { return v.reason == ReasonUnknownDomain })
+}
+
+// handOver takes out of a batch of the re-drive stream the entries re-driven
+// by another router that is alive, for a domain this one does not know, and
+// gives them to that router (XCLAIM), which routes them on its next round.
+// The others are returned, to be routed (or dead-lettered) here.
+func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
+	var keep, handed []*entry
+	var alive map[string]bool
+	for _, e := range entries {
+		to := e.handTo
+		if to == "" || to == r.opt.Consumer || e.reason != "" || !e.unknownDomain() {
+			keep = append(keep, e)
+			continue
+		}
+		if alive == nil {
+			alive = r.liveConsumers(ctx)
+		}
+		if !alive[to] {
+			keep = append(keep, e) // its router is gone: dead-lettered again, for the next one that knows the domain
+			continue
+		}
+		err := r.c.XClaimJustID(ctx, &redis.XClaimArgs{Stream: e.stream, Group: r.opt.Group, Consumer: to, Messages: []string{e.id}}).Err()
+		if err != nil {
+			r.log.Warn("handing a re-driven entry over to the router that knows its domain; dead-lettering it again", "entry", e.id, "to", to, "err", err)
+			keep = append(keep, e)
+			continue
+		}
+		r.m.handedOver.Inc()
+		r.log.Info("handed a re-driven entry over to the router that knows its domain", "entry", e.id, "to", to)
+		handed = append(handed, e)
+	}
+	r.retryDone(handed)
+	return keep
+}
+
+// liveConsumers returns the consumers of the re-drive stream that read it
+// recently (within ClaimIdle): the routers that are alive.
+func (r *Router) liveConsumers(ctx context.Context) map[string]bool {
+	alive := map[string]bool{}
+	consumers, err := r.c.XInfoConsumers(ctx, r.redrive, r.opt.Group).Result()
+	if err != nil {
+		r.log.Warn("listing the routers of the re-drive stream", "err", err)
+		return alive
+	}
+	for _, c := range consumers {
+		if c.Idle < r.opt.ClaimIdle {
+			alive[c.Name] = true
+		}
+	}
+	return alive
+}
+
+// takeHandedOver routes the entries of the re-drive stream that other
+// routers handed over to this one: those pending for it that it does not
+// hold already.
+func (r *Router) takeHandedOver(ctx context.Context) error {
+	res, _, err := r.claimPending(ctx, r.redrive, 0, "-", true)
+	if err != nil {
+		if redis.HasErrorPrefix(err, "NOGROUP") {
+			return nil // made again by the stream's read loop
+		}
+		return err
+	}
+	held := map[string]bool{}
+	for _, id := range r.co.held()[r.redrive] {
+		held[id] = true
+	}
+	for _, id := range r.retryQueue(r.redrive).held() {
+		held[id] = true
+	}
+	var msgs []redis.XMessage
+	for _, m := range res {
+		if !held[m.ID] {
+			msgs = append(msgs, m)
+		}
+	}
+	return r.process(ctx, r.redrive, msgs)
+}
+
+// redriveKnown re-drives the unknown_domain dead letters of the domains the
+// matrix knows that were written since the last round (all of them after
+// start or a reload that added domains), naming this router.
+func (r *Router) redriveKnown(ctx context.Context) error {
+	start := "-"
+	if r.rescanDead.Swap(false) {
+		r.deadCursor = ""
+	}
+	if r.deadCursor != "" {
+		start = "(" + r.deadCursor
+	}
+	domains := map[string]bool{}
+	for _, d := range r.matrix.Load().DomainNames() {
+		domains[d] = true
+	}
+	res, err := redrive(ctx, r.c, r.prefix, RedriveFilter{Reason: ReasonUnknownDomain, domains: domains, For: r.opt.Consumer}, start)
+	if res.Last != "" {
+		r.deadCursor = res.Last
+	}
+	if res.Redriven > 0 {
+		r.m.redriven.Add(float64(res.Redriven))
+		r.log.Info("re-driving dead letters of domains this router knows", "dead_letters", res.Redriven)
+	}
+	return err
+}

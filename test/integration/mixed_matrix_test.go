@@ -1,0 +1,205 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/cli"
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// newDomainMatrix is testMatrix after a deploy that adds the domain order.
+var newDomainMatrix = strings.Replace(testMatrix, "  invoice: {tags: [billing]}\n", "  invoice: {tags: [billing]}\n  order:   {tags: [active]}\n", 1)
+
+// oldRouter runs a router on the matrix before the deploy (testMatrix, no
+// domain order), in the same consumer group as the others.
+func (e *env) oldRouter(consumer string) func() {
+	e.t.Helper()
+	old, err := matrix.Parse("old.yaml", []byte(testMatrix))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, err := router.New(e.bus.Client(e.t), old, router.Options{Consumer: consumer, ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stop := run(e.t, r.Run)
+	redistest.Eventually(e.t, 10*time.Second, "old router ready", r.Ready)
+	return stop
+}
+
+// xaddOrders appends one raw event of the domain order per key, as a
+// publisher in any language would.
+func (e *env) xaddOrders(tenant string, keys ...string) {
+	e.t.Helper()
+	stream := wire.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
+	for _, k := range keys {
+		ev := fmt.Sprintf(`{"tenant":%q,"domain":"order","keys":[%q]}`, tenant, k)
+		must(e.t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+}
+
+// During a rolling deploy that adds a domain, a router still on the old
+// matrix reads events of the new domain from the shared consumer group. It
+// does not know the domain; a live router does: none of those events may be
+// lost (they were dead-lettered and acknowledged, and their keys stayed).
+func TestMixedMatricesLoseNoEvent(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	e.router(router.Options{Consumer: "new"})
+	e.oldRouter("old")
+	e.subscriber("profile-svc", subscriber.Options{})
+	var keys []string
+	for i := range 200 {
+		k := fmt.Sprintf("order:%d", i)
+		keys = append(keys, k)
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	e.xaddOrders("acme", keys...)
+	redistest.Eventually(t, 30*time.Second, "every order key invalidated", func() bool {
+		for _, k := range keys {
+			if e.cached("profile-svc", "acme", k) {
+				return false
+			}
+		}
+		return true
+	})
+	redistest.Eventually(t, 10*time.Second, "no dead letter left", func() bool {
+		return e.busC.XLen(context.Background(), wire.DeadLetterStream("invalidate")).Val() == 0
+	})
+}
+
+// routerdCLI runs a routerd command in-process and returns its output.
+func routerdCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := cli.Main(context.Background(), args, cli.Env{Stdout: &out, Stderr: &errOut}); code != 0 {
+		t.Fatalf("routerd %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+	return out.String()
+}
+
+// Events dead-lettered by a router on an older matrix are re-driven by
+// `routerd deadletter replay` once a router knows their domain, each once:
+// a second replay finds nothing, and the filters leave other dead letters.
+func TestDeadLetterReplayAfterOlderMatrix(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	ctx := context.Background()
+	stopOld := e.oldRouter("old")
+	e.subscriber("profile-svc", subscriber.Options{})
+	keys := []string{"order:1", "order:2", "order:3"}
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	e.xaddOrders("acme", keys...)
+	ghost := `{"tenant":"acme","domain":"ghost","keys":["ghost:1"]}` // no matrix knows it
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream("invalidate", 0), Values: []any{wire.EventField, ghost}}).Err())
+	e.deadLetters(4)
+	stopOld()
+
+	url := "redis://" + e.bus.Addr
+	if out := routerdCLI(t, "deadletter", "replay", "--redis", url, "--domain", "order", "--since", time.Now().Add(time.Hour).Format(time.RFC3339)); !strings.Contains(out, "0 re-driven") {
+		t.Errorf("replay of dead letters since an hour from now: %q", out)
+	}
+	if out := routerdCLI(t, "deadletter", "replay", "--redis", url, "--reason", "unknown_domain", "--domain", "order"); !strings.Contains(out, "3 re-driven") {
+		t.Errorf("first replay: %q, want 3 re-driven", out)
+	}
+	if out := routerdCLI(t, "deadletter", "replay", "--redis", url, "--reason", "unknown_domain", "--domain", "order"); !strings.Contains(out, "0 re-driven") {
+		t.Errorf("second replay: %q, want 0 re-driven", out)
+	}
+	if n := e.busC.XLen(ctx, wire.DeadLetterStream("invalidate")).Val(); n != 1 {
+		t.Errorf("%d dead letters left, want the ghost's alone", n)
+	}
+	for _, k := range keys {
+		if !e.cached("profile-svc", "acme", k) {
+			t.Fatalf("%s invalidated before any router knew its domain", k)
+		}
+	}
+	// A replay stopped between its two steps and run again: each entry
+	// is re-driven twice.
+	again, err := e.busC.XRange(ctx, wire.RedriveStream("invalidate"), "-", "+").Result()
+	must(t, err)
+	for _, m := range again {
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.RedriveStream("invalidate"), Values: m.Values}).Err())
+	}
+	e.router(router.Options{Consumer: "new"})
+	for _, k := range keys {
+		e.waitGone("profile-svc", "acme", k)
+	}
+	redistest.Eventually(t, 10*time.Second, "every re-driven entry routed", func() bool {
+		groups, err := e.busC.XInfoGroups(ctx, wire.RedriveStream("invalidate")).Result()
+		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+	})
+	if _, v := e.meta("invalidate:acme:active"); v > int64(len(keys)) {
+		t.Errorf("channel at version %d after %d events: published twice", v, len(keys))
+	}
+}
+
+// A reload that adds a domain re-drives the events of that domain the
+// router dead-lettered before it knew it.
+func TestReloadAddingADomainRedrivesItsDeadLetters(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	old, err := matrix.Parse("old.yaml", []byte(testMatrix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := router.New(e.bus.Client(t), old, router.Options{ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r.Run)
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "order:1", "active")
+	e.xaddOrders("acme", "order:1")
+	e.deadLetters(1)
+	if err := r.SetMatrix(e.mtx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("profile-svc", "acme", "order:1")
+	redistest.Eventually(t, 10*time.Second, "the dead letter gone", func() bool {
+		return e.busC.XLen(context.Background(), wire.DeadLetterStream("invalidate")).Val() == 0
+	})
+}
+
+// A router on the old matrix that reads an entry re-driven by a live router
+// that knows its domain hands it over to that router instead of
+// dead-lettering it again; the other routes it when it runs.
+func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	ctx := context.Background()
+	stream := wire.RedriveStream("invalidate")
+	// The router "new" is alive: it reads the re-drive stream (here, by hand).
+	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+	must(t, e.busC.XGroupCreateConsumer(ctx, stream, "routerd", "new").Err())
+	e.busC.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "new", Streams: []string{stream, ">"}, Block: -1})
+	e.oldRouter("old")
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "order:7", "active")
+	from := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{
+		"stream", from, "entry_id", "1764000000000-0", "deadletter", "1764000000001-0", "for", "new",
+		wire.EventField, `{"tenant":"acme","domain":"order","keys":["order:7"]}`,
+	}}).Err())
+	redistest.Eventually(t, 10*time.Second, "the entry pending for router new", func() bool {
+		p, err := e.busC.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10}).Result()
+		return err == nil && len(p) == 1 && p[0].Consumer == "new"
+	})
+	if n := e.busC.XLen(ctx, wire.DeadLetterStream("invalidate")).Val(); n != 0 {
+		t.Fatalf("%d dead letters: the old router dead-lettered an entry a live router can route", n)
+	}
+	if !e.cached("profile-svc", "acme", "order:7") {
+		t.Fatal("order:7 invalidated by a router that does not know its domain")
+	}
+	e.router(router.Options{Consumer: "new"})
+	e.waitGone("profile-svc", "acme", "order:7")
+}

@@ -58,7 +58,20 @@ func (s *Subscriber) check(ctx context.Context) error {
 			return err
 		}
 	}
-	return s.sawGeneration(ctx, gen)
+	if err := s.sawGeneration(ctx, gen); err != nil {
+		return err
+	}
+	if gen.seen == "" && gen.bus != "" && s.store != nil && s.opt.Handler != nil {
+		// The service's first look, now recorded. A channel found with
+		// neither a meta nor a position is watched only by a check under
+		// a generation recorded before it (recovery.Watch), and with a
+		// Handler nothing else lets a new channel's first message replay
+		// rather than its whole tag: check again now, before ready, not
+		// at the next interval (a channel first published meanwhile went
+		// whole).
+		return s.check(ctx)
+	}
+	return nil
 }
 
 // checkChunk is how many channels a check takes at a time.

@@ -534,7 +534,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if raw.Channel == wire.TenantsChannel(s.prefix) {
-		if s.cur.allTenants && names.ValidTenant(raw.Payload) && !s.hasJoined(raw.Payload) {
+		if s.cur.allTenants && names.ValidTenant(raw.Payload) && s.cur.shard.Owns(raw.Payload) && !s.hasJoined(raw.Payload) {
 			// Heard live: its channels published nothing before
 			// (recovery.Channel.Announced), until their first check.
 			for _, ch := range s.cur.channels(s.prefix, []string{raw.Payload}) {

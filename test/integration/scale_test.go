@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -228,7 +229,11 @@ func (h *xrangeCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // The first check of a service with no stored position replays every
 // channel from its history: the histories are read in pipelines, not one
 // XRANGE round trip a channel (a new service of 10M channels took half an
-// hour that way), and every channel ends at its meta.
+// hour that way), and every channel ends at its meta. The service ran on
+// this bus before (it recorded the bus's generation with its cache Redis)
+// and every channel published first while it was down: the channels are
+// fresh, replayed from version 1 (a service that never recorded the
+// generation takes each such channel whole, recovery.Check).
 func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, "")
@@ -247,6 +252,11 @@ func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 	for i := range events {
 		e.seed("profile-svc", events[i].Tenant, "user:1", "active")
 	}
+	gen, err := e.busC.Get(ctx, names.GenerationKey("invalidate")).Result()
+	if err != nil {
+		t.Fatalf("the router's bus generation: %v", err)
+	}
+	must(t, e.caches["profile-svc"].Client(t).Set(ctx, names.GenerationSeenKey("profile-svc"), gen, 0).Err())
 	bus := e.bus.Client(t)
 	counter := &xrangeCounter{}
 	bus.AddHook(counter)

@@ -26,8 +26,8 @@ type pending struct {
 // applied in pipelines (flushBatch), where one channel after the other took
 // a round trip to the bus and one to the cache each — what made the first
 // check of a new service of millions of channels take half an hour.
-// Whole-tag invalidations, repairs and a channel's first message go as
-// before (execute).
+// Whole-tag invalidations go in pipelines too (wholeTags); repairs and a
+// channel's first message go as before (execute).
 func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	if len(rs) == 0 {
 		return nil
@@ -56,6 +56,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	batching := s.batching
 	s.batching = true // the replayed messages collect in s.batch
 	var failed error
+	var wholes []pending // carried out together at the end (wholeTags)
 	flush := func() {
 		if !batching && len(s.batch) >= pipelineChunk {
 			s.batching = false
@@ -87,6 +88,10 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 			// execute falls through to the whole tag.
 			r.d.Action = recovery.WholeTag
 		}
+		if r.d.Action == recovery.WholeTag && !r.first && !batching {
+			wholes = append(wholes, r)
+			continue
+		}
 		s.batching = false
 		if err := s.execute(ctx, r.channel, r.p, r.d, r.first); err != nil {
 			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
@@ -95,7 +100,31 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	}
 	s.batching = batching
 	if !batching {
-		failed = errors.Join(failed, s.flushBatch(ctx))
+		failed = errors.Join(failed, s.flushBatch(ctx), s.wholeTags(ctx, wholes))
+	}
+	return failed
+}
+
+// wholeTags carries out whole-tag recoveries (execute's) in pipelines of
+// pipelineChunk: the first check of a service that never recorded the
+// bus's generation takes every channel already published whole.
+func (s *Subscriber) wholeTags(ctx context.Context, rs []pending) error {
+	var failed error
+	for start := 0; start < len(rs); start += pipelineChunk {
+		part := rs[start:min(start+pipelineChunk, len(rs))]
+		invs := make([]Invalidation, len(part))
+		for i, r := range part {
+			s.m.recoveries.WithLabelValues("whole_tag").Inc()
+			s.log.Info("invalidating the whole tag to close a gap", "channel", r.channel, "reason", r.d.Reason.String(), "from", r.p.at.String(), "to", r.d.To.String())
+			invs[i] = Invalidation{Tenant: r.p.tenant, Tag: r.p.tag, Epoch: r.d.To.Epoch, Version: r.d.To.Version, Recovered: true, chain: r.d.To.Chain}
+		}
+		for i, err := range s.invalidateMany(ctx, invs, false) {
+			if err != nil {
+				failed = errors.Join(failed, fmt.Errorf("%s: %w", part[i].channel, err))
+				continue
+			}
+			part[i].p.at = part[i].d.To
+		}
 	}
 	return failed
 }

@@ -272,3 +272,35 @@ func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 		t.Errorf("%d XRANGE round trips of their own for %d channels to replay, want them in pipelines", got, n)
 	}
 }
+
+// The first check of a service that never recorded the bus's generation
+// takes every channel already published whole (recovery.Check: an epoch
+// may have started after a bus loss), in pipelines (wholeTags), and every
+// channel ends at its meta with the keys gone.
+func TestFirstCheckOfANewServiceTakesPublishedChannelsWhole(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	const n = 300
+	events := make([]wire.Event, n)
+	for i := range events {
+		events[i] = wire.Event{Tenant: fmt.Sprintf("t-%05d", i), Domain: "user", Keys: []string{"user:1"}}
+	}
+	if _, err := e.pub.PublishBatch(ctx, events); err != nil {
+		t.Fatal(err)
+	}
+	for i := range events {
+		e.waitVersion("invalidate:"+events[i].Tenant+":active", 1)
+	}
+	for i := range events {
+		e.seed("profile-svc", events[i].Tenant, "user:1", "active")
+	}
+	reg := prometheus.NewRegistry()
+	e.subscriber("profile-svc", subscriber.Options{Registerer: reg})
+	for i := range events {
+		e.waitGone("profile-svc", events[i].Tenant, "user:1")
+	}
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != n {
+		t.Errorf("%v whole-tag recoveries, want %d", got, n)
+	}
+}

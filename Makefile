@@ -80,16 +80,18 @@ rules: promtool
 	promtool check rules deploy/prometheus/alerts.yml
 	cd deploy/prometheus && promtool test rules alerts_test.yml
 
-# Unit tests only: no Redis needed.
+# Unit tests only: every package whose tests need no Redis.
+UNIT_PKGS = ./names/ ./wire/ ./matrix/ ./internal/recovery/ ./internal/storm/ ./internal/breaker/ \
+  ./internal/deliver/ ./internal/doctor/ ./internal/eviction/ ./internal/telemetry/
 unit:
-	$(GO) test -count=1 ./names/ ./wire/ ./matrix/
+	$(GO) test -count=1 $(UNIT_PKGS)
 
 # End-to-end figures against real redis-server processes it starts, each next
 # to a reference measured in the same run; prints a table, writes bench-results.json.
 # Micro-benchmarks of the hot paths follow.
 bench: redis-server
 	$(GO) run ./bench -out bench-results.json
-	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/
+	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/ ./router/
 
 # The fault-injection soak (test/soak, docs/operations.md): real routers,
 # agents and redis-servers under random faults for SOAK_DURATION, split
@@ -103,17 +105,17 @@ soak: redis-server
 	$(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./test/soak/ -args \
 	  -soak.duration=$(SOAK_DURATION) -soak.faults=$(SOAK_FAULTS) $(if $(SOAK_SEED),-soak.seed=$(SOAK_SEED))
 
-# Runs every fuzz target for FUZZTIME each.
-fuzz:
-	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseChannel -fuzztime $(FUZZTIME)
-	$(GO) test ./wire/ -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseMessage -fuzztime $(FUZZTIME)
-	$(GO) test ./wire/ -run '^$$' -fuzz FuzzParseEvents -fuzztime $(FUZZTIME)
-	$(GO) test ./matrix/ -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	$(GO) test ./tagstore/ -run '^$$' -fuzz FuzzParsePosition -fuzztime $(FUZZTIME)
-	$(GO) test ./names/ -run '^$$' -fuzz FuzzParseRef -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/doctor/ -run '^$$' -fuzz FuzzGrowthFile -fuzztime $(FUZZTIME)
-	cd graphql && $(GO) test ./gqlcache/ -run '^$$' -fuzz FuzzStrip -fuzztime $(FUZZTIME)
+# Runs every fuzz target for FUZZTIME each (package:target; the list is
+# `grep -rn "^func Fuzz" --include=*_test.go`). Some need redis-server.
+FUZZ_TARGETS = names:FuzzKey names:FuzzParseChannel names:FuzzSourceVersionKey names:FuzzParseIngressStream \
+  names:FuzzStreamPublisher names:FuzzParseRef names:FuzzRefOrDomain wire:FuzzParseEvent wire:FuzzParseMessage \
+  wire:FuzzParseEvents matrix:FuzzParse tagstore:FuzzParsePosition router:FuzzRedriven \
+  internal/doctor:FuzzGrowthFile internal/redisconn:FuzzOpenHidesPassword internal/cli:FuzzParseSince \
+  internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated
+fuzz: redis-server
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$t"; $(GO) test ./$${t%%:*}/ -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME); done
+	cd graphql && $(GO) test ./gqlcache/ -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf bin .run

@@ -17,6 +17,7 @@ import (
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -115,7 +116,7 @@ func agentCapacityRun(dir string, n, k int) ([]Row, error) {
 		for j := i; j < min(i+10000, n); j++ {
 			args = append(args, tenant(j))
 		}
-		if err := busC.SAdd(ctx, wire.TenantsKey(mtx.Prefix), args...).Err(); err != nil {
+		if err := busC.SAdd(ctx, names.TenantsKey(mtx.Prefix), args...).Err(); err != nil {
 			return nil, err
 		}
 	}

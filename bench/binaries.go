@@ -224,7 +224,7 @@ func pipeFile(mtx *matrix.Matrix, events []rawEvent) *bytes.Buffer {
 	var resp bytes.Buffer
 	for _, e := range events {
 		event := fmt.Sprintf(`{"tenant":%q,"domain":%q,"keys":[%q]}`, e.tenant, e.domain, e.key)
-		respCommand(&resp, "XADD", wire.IngressStream(mtx.Prefix, wire.Partition(e.tenant, mtx.Partitions)), "*", wire.EventField, event)
+		respCommand(&resp, "XADD", names.IngressStream(mtx.Prefix, wire.Partition(e.tenant, mtx.Partitions)), "*", wire.EventField, event)
 	}
 	return &resp
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
-	"github.com/routerd/routerd/wire"
 )
 
 // publishRate runs redis-benchmark -c 50 PUBLISH (unpipelined) to channel
@@ -75,7 +74,7 @@ func pubsubCost(dir string) ([]Row, error) {
 	// The registry as the router leaves it once it has routed an event of
 	// each of 100 tenants.
 	for i := 0; i < 100; i++ {
-		if err := busC.SAdd(ctx, wire.TenantsKey(mtx.Prefix), fmt.Sprintf("t%d", i)).Err(); err != nil {
+		if err := busC.SAdd(ctx, names.TenantsKey(mtx.Prefix), fmt.Sprintf("t%d", i)).Err(); err != nil {
 			return nil, err
 		}
 	}
@@ -310,12 +309,12 @@ func capacity(dir string) ([]Row, error) {
 		}
 		prev = tenants
 		channels := tenants * len(tags)
-		regBytes, err := busC.MemoryUsage(ctx, wire.TenantsKey(mtx.Prefix), 0).Result()
+		regBytes, err := busC.MemoryUsage(ctx, names.TenantsKey(mtx.Prefix), 0).Result()
 		if err != nil {
 			return nil, err
 		}
 		start := time.Now()
-		if err := busC.SMembers(ctx, wire.TenantsKey(mtx.Prefix)).Err(); err != nil {
+		if err := busC.SMembers(ctx, names.TenantsKey(mtx.Prefix)).Err(); err != nil {
 			return nil, err
 		}
 		regRead := time.Since(start)

@@ -140,8 +140,7 @@ func each(n int, fn func() error) (time.Duration, error) {
 // from INFO commandstats, read before and after each call (the seeding
 // runs lease.lua, an EVALSHA too).
 func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m int, leased bool) (float64, error) {
-	s := map[string]*redis.Script{"invalidate.lua": lua.Invalidate, "invalidate_keys.lua": lua.InvalidateKeys}[name]
-	if err := lua.Load(ctx, c, s, lua.Lease); err != nil {
+	if err := lua.Load(ctx, c, lua.CacheScripts()...); err != nil {
 		return 0, err
 	}
 	tagSet, refs := "{tenant:acme}:tag:b", "{tenant:acme}:tag:b#refs"
@@ -161,7 +160,8 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 			for i, k := range names {
 				if leased && i%2 == 0 {
 					p.Del(ctx, "{tenant:acme}:lease:"+k)
-					lua.Lease.EvalSha(ctx, p, []string{k, "{tenant:acme}:lease:" + k, tagSet}, "token", 60000)
+					req := lua.LeaseRequest{Key: k, LeaseKey: "{tenant:acme}:lease:" + k, Sets: []string{tagSet}, Token: "token", LeaseTime: time.Minute}
+					lua.Queue(ctx, p, &req)
 					continue
 				}
 				p.Set(ctx, k, "v", 0)
@@ -183,14 +183,16 @@ func scriptCost(ctx context.Context, c *redis.Client, name string, keys, invs, m
 			if invs > 0 {
 				k = append(k, names...)
 			}
-			err = s.EvalSha(ctx, c, k, 5000, "e", version, "0", "", 0, "0").Err()
+			req := lua.InvalidateRequest{Keys: k, Guard: 5000, Epoch: "e", Version: int64(version), Mode: lua.MayJump}
+			_, err = lua.Run(ctx, c, &req)
 		case "invalidate_keys.lua":
-			args := []any{"e", "0", "", invs}
-			for range invs {
+			g := lua.InvalidateGroup{Head: []string{tagSet, pos, mark, refs}, Epoch: "e", Mode: lua.MayJump}
+			for j := range invs {
 				version++
-				args = append(args, version, keys)
+				g.Invs = append(g.Invs, lua.KeyInvalidation{Version: int64(version), Keys: names[j*keys : (j+1)*keys]})
 			}
-			err = s.EvalSha(ctx, c, append([]string{tagSet, pos, mark, refs}, names...), args...).Err()
+			req := lua.InvalidateKeysRequest{Groups: []lua.InvalidateGroup{g}}
+			_, err = lua.Run(ctx, c, &req)
 		}
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", name, err)

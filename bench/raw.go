@@ -89,7 +89,7 @@ func rawOn(dir, name string, nTenants int) ([]Row, error) {
 	var resp bytes.Buffer
 	for i := 0; i < n; i++ {
 		event := fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":[%q]}`, tenantOf(i), keyOf(i))
-		respCommand(&resp, "XADD", wire.IngressStream(s.mtx.Prefix, wire.Partition(tenantOf(i), parts)), "*", wire.EventField, event)
+		respCommand(&resp, "XADD", names.IngressStream(s.mtx.Prefix, wire.Partition(tenantOf(i), parts)), "*", wire.EventField, event)
 	}
 	_, port, _ := strings.Cut(s.bus.Addr, ":")
 

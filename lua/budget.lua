@@ -7,14 +7,11 @@
 -- ARGV[4]  '1' to take all n even beyond the tokens there are (on credit)
 -- Returns the tokens granted (0..n, 0 for a give-back) and, when fewer than
 -- n were, the milliseconds until the bucket has one more (else 0).
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- Needs bucket.lua before it (lua.go prepends it).
+local now = bucket_now()
 local rate, burst, n, force = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local st = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = burst
-if st[1] and st[2] then
-  tokens = math.min(burst, tonumber(st[1]) + (now - tonumber(st[2])) * rate / 1000000)
-end
+local tokens = bucket_tokens(st[1], st[2], now, rate, burst)
 local granted = 0
 if n < 0 then
   tokens = math.min(burst, tokens - n)
@@ -27,7 +24,7 @@ else
 end
 local wait = 0
 if granted < n then
-  wait = math.ceil((1 - tokens) / rate * 1e3)
+  wait = bucket_wait(tokens, rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 -- A bucket left alone is full again after (burst - tokens) / rate: expiring

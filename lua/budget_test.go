@@ -3,6 +3,7 @@ package lua_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
@@ -15,13 +16,14 @@ func TestBudgetScript(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	const key = "invalidate:budget:tenant:acme"
-	take := func(n int, force string) (int64, int64) {
+	take := func(n int, force string) (int, int64) {
 		t.Helper()
-		res, err := lua.Budget.Run(ctx, c, []string{key}, 0.1, 3, n, force).Int64Slice() // a token per 10 s
-		if err != nil || len(res) != 2 {
+		req := lua.BudgetRequest{Key: key, Rate: 0.1, Burst: 3, N: n, Force: force == "1"} // a token per 10 s
+		res, err := lua.Run(ctx, c, &req)
+		if err != nil {
 			t.Fatalf("budget script: %v %v", res, err)
 		}
-		return res[0], res[1]
+		return res.Granted, res.Wait.Milliseconds()
 	}
 	if got, wait := take(5, "0"); got != 3 || wait <= 0 || wait > 10_000 {
 		t.Fatalf("a full bucket of 3 asked for 5: granted %d, wait %d ms", got, wait)
@@ -53,20 +55,22 @@ func TestPublishScriptChannelBucket(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	const ch = "invalidate:acme:hot"
-	meta, history, events := "{"+ch+"}:meta", "{"+ch+"}:history", "{"+ch+"}:events"
-	publish := func(force string, ids ...string) []int64 {
+	history, events := "{"+ch+"}:history", "{"+ch+"}:events"
+	publish := func(force string, ids ...string) []lua.PublishResult {
 		t.Helper()
-		args := []any{"PUBLISH", "e0", ch, 100, 0, 0.1, 1, force, len(ids)} // no TTL, burst 1, a token per 10 s
+		var msgs []lua.PublishMessage
 		for _, id := range ids {
-			args = append(args, 1, id, `,"tenant":"acme","tag":"hot","event":"`+id+`"`)
+			msgs = append(msgs, lua.PublishMessage{IDs: []string{id}, Body: []byte(`,"tenant":"acme","tag":"hot","event":"` + id + `"`)})
 		}
-		res, err := lua.Publish.Run(ctx, c, []string{meta, history, events}, args...).Int64Slice()
+		// burst 1, a token per 10 s
+		req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 0.1, Burst: 1, Force: force == "1", Messages: msgs}}}
+		res, err := lua.Run(ctx, c, &req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res
 	}
-	if res := publish("0", "a", "b"); len(res) != 4 || res[0] != 1 || res[1] != 0 || res[3] != 3 || res[2] <= 0 || res[2] > 10_000 {
+	if res := publish("0", "a", "b"); len(res) != 2 || res[0].Version != 1 || res[0].Status != lua.Published || res[1].Status != lua.PublishNoToken || res[1].Wait <= 0 || res[1].Wait > 10*time.Second {
 		t.Fatalf("two messages on a bucket of burst 1: %v, want version 1 sent, then status 3 with a wait", res)
 	}
 	if n := c.ZCard(ctx, events).Val(); n != 1 {
@@ -75,13 +79,13 @@ func TestPublishScriptChannelBucket(t *testing.T) {
 	if n := c.XLen(ctx, history).Val(); n != 1 {
 		t.Errorf("%d history entries, want 1", n)
 	}
-	if res := publish("0", "a"); len(res) != 2 || res[1] != 1 {
+	if res := publish("0", "a"); len(res) != 1 || res[0].Status != lua.PublishDuplicate {
 		t.Errorf("a redelivery of a sent message: %v, want status 1 (no token needed)", res)
 	}
-	if res := publish("1", "b"); len(res) != 2 || res[0] != 2 || res[1] != 0 {
+	if res := publish("1", "b"); len(res) != 1 || res[0].Version != 2 || res[0].Status != lua.Published {
 		t.Errorf("forced: %v, want version 2 sent", res)
 	}
-	if res := publish("0", "c"); len(res) != 2 || res[1] != 3 || res[0] <= 10_000 {
+	if res := publish("0", "c"); len(res) != 1 || res[0].Status != lua.PublishNoToken || res[0].Wait <= 10*time.Second {
 		t.Errorf("a token in debt: %v, want status 3 and a wait over 10 s", res)
 	}
 }

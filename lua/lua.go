@@ -1,13 +1,29 @@
 // Package lua holds routerd's Redis scripts, embedded from the .lua files
-// beside it. Each file starts with a KEYS/ARGV header that is its contract.
+// beside it, and one typed codec per script beside each file (publish.lua
+// and publish.go, …). Each .lua file starts with a KEYS/ARGV header that is
+// its contract; its codec is the only Go code that encodes that contract or
+// decodes the reply, so changing a script means changing two files side by
+// side.
+//
+// Every codec follows one convention (docs/architecture.md, "Scripts"):
+//
+//   - a request type, XRequest, carries the call's inputs as Go values (the
+//     keys are derived from names/ where the script's contract fixes them);
+//     it is a Request, which Run runs alone and Queue queues in a pipeline
+//     run by RunPipeline;
+//   - its Reply(cmd) decodes the command's reply into a reply type whose
+//     outcome is a named status where the script has several; a Redis error
+//     comes back unchanged (callers classify it), a reply of the wrong shape
+//     as an error naming the script.
 //
 // What scripts share is composed in Go, once: every script starts with a
-// prelude that defines MAX_UNPACK from MaxUnpack, and the two invalidation
-// scripts with position.lua, the position rule (DUPLICATE, GAP, the order of
-// a batch). Redis Functions would share the rule too, but need FUNCTION LOAD
-// on every master, and again after a restart without persistence or on a
-// node added later, while an EVALSHA script falls back to EVAL and two
-// versions of routerd can run side by side (docs/architecture.md).
+// prelude that defines MAX_UNPACK from MaxUnpack; the two invalidation
+// scripts add position.lua, the position rule (DUPLICATE, GAP, the order of
+// a batch), and the two that take tokens bucket.lua, the token bucket.
+// Redis Functions would share the rule too, but need FUNCTION LOAD on every
+// master, and again after a restart without persistence or on a node added
+// later, while an EVALSHA script falls back to EVAL and two versions of
+// routerd can run side by side (docs/architecture.md).
 //
 // Scripts run through go-redis's Script, which uses EVALSHA and falls back to
 // EVAL when Redis answers NOSCRIPT (the script cache is empty after a restart
@@ -19,7 +35,9 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"maps"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -40,6 +58,8 @@ var (
 	publishSrc string
 	//go:embed position.lua
 	positionSrc string
+	//go:embed bucket.lua
+	bucketSrc string
 	//go:embed lease.lua
 	leaseSrc string
 	//go:embed release.lua
@@ -71,16 +91,16 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
 	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
-// Sources are the scripts as they are sent to Redis, by file name.
-var Sources = map[string]string{
-	"publish.lua":         prelude + publishSrc,
+// sources are the scripts as they are sent to Redis, by file name.
+var sources = map[string]string{
+	"publish.lua":         prelude + bucketSrc + publishSrc,
 	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
 	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
 	"srcver.lua":          prelude + srcverSrc,
-	"budget.lua":          prelude + budgetSrc,
+	"budget.lua":          prelude + bucketSrc + budgetSrc,
 	"tenants.lua":         prelude + tenantsSrc,
 	"lease.lua":           prelude + leaseSrc,
 	"release.lua":         prelude + releaseSrc,
@@ -88,35 +108,76 @@ var Sources = map[string]string{
 	"claim.lua":           prelude + claimSrc,
 }
 
+// Sources returns the scripts as they are sent to Redis, preludes
+// included, by file name (publish.lua, …): a copy, for checks and tools.
+func Sources() map[string]string {
+	return maps.Clone(sources)
+}
+
+// scripts are the scripts, by file name, as go-redis runs them (EVALSHA,
+// EVAL after NOSCRIPT).
+var scripts = func() map[string]*redis.Script {
+	m := make(map[string]*redis.Script, len(sources))
+	for name, src := range sources {
+		m[name] = redis.NewScript(src)
+	}
+	return m
+}()
+
+// The scripts each codec runs.
 var (
-	// Publish assigns the next version of a channel and publishes a message.
-	Publish = redis.NewScript(Sources["publish.lua"])
-	// Invalidate deletes keys or a whole tag and records the position.
-	Invalidate = redis.NewScript(Sources["invalidate.lua"])
-	// InvalidateKeys applies runs of key-level invalidations in one call.
-	InvalidateKeys = redis.NewScript(Sources["invalidate_keys.lua"])
-	// Chunk deletes one batch of a large tag.
-	Chunk = redis.NewScript(Sources["chunk.lua"])
-	// Set stores a value and registers its key under tags; with a lease's
-	// token, only while the lease holds it (the fill of a Fetch).
-	Set = redis.NewScript(Sources["set.lua"])
-	// Lease reads a value, or takes its lease when it is missing.
-	Lease = redis.NewScript(Sources["lease.lua"])
-	// Release gives a lease back unfilled.
-	Release = redis.NewScript(Sources["release.lua"])
-	// Compact drops tag set members whose keys are gone.
-	Compact = redis.NewScript(Sources["compact.lua"])
-	// SourceVersion suppresses events older than one already routed.
-	SourceVersion = redis.NewScript(Sources["srcver.lua"])
-	// Budget takes tokens from a tenant's or the global bucket.
-	Budget = redis.NewScript(Sources["budget.lua"])
-	// Tenants registers tenants and announces the new ones.
-	Tenants = redis.NewScript(Sources["tenants.lua"])
-	// Read reads a consumer group's new entries of a stream, bounded in bytes.
-	Read = redis.NewScript(Sources["read.lua"])
-	// Claim claims pending entries of a stream, bounded in bytes.
-	Claim = redis.NewScript(Sources["claim.lua"])
+	publishScript, srcverScript, budgetScript = scripts["publish.lua"], scripts["srcver.lua"], scripts["budget.lua"]
+	tenantsScript, readScript, claimScript    = scripts["tenants.lua"], scripts["read.lua"], scripts["claim.lua"]
+	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
+	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
+	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
 )
+
+// Request is one script call: each codec's request type (PublishRequest,
+// InvalidateRequest, …) is a Request of its reply type P. It knows its
+// script and encodes its KEYS and ARGV; Reply decodes what the script
+// answered.
+type Request[P any] interface {
+	script() *redis.Script
+	encode() (keys []string, args []any)
+	Reply(cmd *redis.Cmd) (P, error)
+}
+
+// Run runs one script call alone (EVALSHA, and EVAL when Redis answers
+// NOSCRIPT) and decodes its reply.
+func Run[P any](ctx context.Context, c redis.Scripter, r Request[P]) (P, error) {
+	keys, args := r.encode()
+	return r.Reply(r.script().Run(ctx, c, keys, args...))
+}
+
+// Queue queues one script call (EVALSHA) in a pipeline that RunPipeline
+// runs; decode the command RunPipeline returns for it with r.Reply.
+func Queue[P any](ctx context.Context, pipe redis.Pipeliner, r Request[P]) *redis.Cmd {
+	keys, args := r.encode()
+	return r.script().EvalSha(ctx, pipe, keys, args...)
+}
+
+// RouterScripts are the scripts the router runs on the bus: what
+// RunPipeline loads there after a NOSCRIPT.
+func RouterScripts() []*redis.Script {
+	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript}
+}
+
+// CacheScripts are the scripts run on a cache Redis.
+func CacheScripts() []*redis.Script {
+	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript}
+}
+
+// ScriptName names the script whose SHA1 is sha ("publish", "invalidate",
+// …), or "" when it is none of routerd's.
+func ScriptName(sha string) string {
+	for name, s := range scripts {
+		if s.Hash() == sha {
+			return strings.TrimSuffix(name, ".lua")
+		}
+	}
+	return ""
+}
 
 // Load loads scripts into Redis's script cache (on a cluster client, into
 // every master's).
@@ -143,6 +204,8 @@ type Pipeliner interface {
 // once more, in order, so the scripts must be safe to run again. A call that
 // did not answer NOSCRIPT the first time keeps its first reply (the second
 // run of it would only find its work done); the others take the second.
+// Decode the replies from the commands it returns (a codec's Reply), not
+// from those build queued: after a second run they may differ.
 func RunPipeline(ctx context.Context, c Pipeliner, scripts []*redis.Script, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
 	run := func() ([]*redis.Cmd, error) {
 		var cmds []*redis.Cmd
@@ -186,3 +249,32 @@ func RunPipeline(ctx context.Context, c Pipeliner, scripts []*redis.Script, buil
 }
 
 func noScript(err error) bool { return redis.HasErrorPrefix(err, "NOSCRIPT") }
+
+// badReply is the error of a reply whose shape a codec does not expect.
+func badReply(script, format string, a ...any) error {
+	return fmt.Errorf("lua: %s: "+format, append([]any{script}, a...)...)
+}
+
+// appendStrings appends strings to a script's arguments.
+func appendStrings(args []any, s []string) []any {
+	for _, v := range s {
+		args = append(args, v)
+	}
+	return args
+}
+
+// sized is v, or the error of a reply that failed or does not hold n items.
+func sized[T any](script string, n int, v []T, err error) ([]T, error) {
+	if err == nil && len(v) != n {
+		err = badReply(script, "a reply of %d items, not %d", len(v), n)
+	}
+	return v, err
+}
+
+// flag is a script's boolean argument.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}

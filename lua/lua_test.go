@@ -17,7 +17,7 @@ import (
 // Every script, as composed, compiles in Redis.
 func TestScriptsLoad(t *testing.T) {
 	c := redistest.Start(t).Client(t)
-	for name, src := range lua.Sources {
+	for name, src := range lua.Sources() {
 		if err := c.ScriptLoad(context.Background(), src).Err(); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -34,7 +34,7 @@ func TestScriptsTakeLimitsFromGo(t *testing.T) {
 	}
 	literal := regexp.MustCompile(`\b(` + strings.Join(alts, "|") + `)\b`)
 	comment := regexp.MustCompile(`--.*`)
-	for name, src := range lua.Sources {
+	for name, src := range lua.Sources() {
 		for i, line := range strings.Split(src, "\n") {
 			if strings.HasPrefix(line, "local MAX_UNPACK = ") {
 				continue // the prelude, written from lua.MaxUnpack
@@ -107,7 +107,7 @@ func must(t *testing.T, err error) {
 // set.lua names a key's lease itself, without the Go prelude (clients in
 // other languages send it as it is): with names.LeaseKey's segment.
 func TestSetNamesLeasesAsNamesDoes(t *testing.T) {
-	if want := "':" + names.LeaseSegment + ":'"; !strings.Contains(lua.Sources["set.lua"], want) {
+	if want := "':" + names.LeaseSegment + ":'"; !strings.Contains(lua.Sources()["set.lua"], want) {
 		t.Errorf("set.lua does not build lease names with %s", want)
 	}
 }

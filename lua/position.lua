@@ -39,7 +39,8 @@ local function version_of(arg)
   return tonumber(string.match(arg, '^(%d+)$') or string.match(arg, '^(%d+):%x+$'))
 end
 
--- position_rule says what the position (e, v) makes of an invalidation:
+-- position_rule says what the position (e, v) makes of an invalidation (the
+-- strict apply of docs/protocol.md 5.2, where the recovery rules are stated):
 -- 'D' (DUPLICATE: the position is at or past its version in the same epoch),
 -- 'G' (GAP: strict, and the position is not its previous version — behind,
 -- in another epoch, or absent for a version other than 1: a cache that went

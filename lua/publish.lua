@@ -1,5 +1,6 @@
 -- Publish invalidation messages on one or more channels, each idempotently
--- per event id, in one call. Needs MAX_UNPACK before it (lua.go prepends it).
+-- per event id, in one call. Needs MAX_UNPACK and bucket.lua before it
+-- (lua.go prepends them).
 -- Every channel takes three keys:
 -- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, chain
 --                                 ('<epoch>:<version>:<chain>', the chain at
@@ -12,8 +13,9 @@
 --   channel name, history length to keep, history TTL in milliseconds (0:
 --   none; else the history and the event ids expire that long after the
 --   channel's last message, the meta never), the channel's bucket: rate per
---   second (0: no limit) and burst, force ('1': publish even without a
---   token, taking one on credit), number of messages m;
+--   second (above 0: the matrix's minimum is 0.1) and burst, force ('1':
+--   publish even without a token, taking one on credit), number of
+--   messages m;
 --   and for each of its m messages, in order:
 --     number of event ids k (1..1000; more than one when events were merged),
 --     the k event ids (the first is the message's event),
@@ -42,12 +44,8 @@
 -- must not find them and take the message for sent), and the meta says
 -- what was published (the next version must not repeat one in the
 -- history). The call then answers the command's error.
-local function save(metaKey, version, rate, tokens, now, chain)
-  if rate > 0 then
-    redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now, 'chain', chain)
-  else
-    redis.call('HSET', metaKey, 'version', version, 'chain', chain)
-  end
+local function save(metaKey, version, tokens, now, chain)
+  redis.call('HSET', metaKey, 'version', version, 'tokens', tokens, 'at', now, 'chain', chain)
 end
 
 -- The channel's chain: a digest of every message of the epoch, in order,
@@ -107,8 +105,7 @@ local cmd, fresh = ARGV[1], ARGV[2]
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
 local out = {}
 local a = 3
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now = bucket_now()
 for c = 1, #KEYS, 3 do
   local metaKey, historyKey, eventsKey = KEYS[c], KEYS[c + 1], KEYS[c + 2]
   local channel, keep, ttl = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
@@ -116,12 +113,8 @@ for c = 1, #KEYS, 3 do
   a = a + 7
   local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at', 'chain')
   local epoch, version = meta[1], tonumber(meta[3])
-  -- The bucket refills at rate from its last take, up to burst; one with
-  -- no state (new, expired with its meta) is full.
-  local tokens = burst
-  if meta[4] and meta[5] then
-    tokens = math.min(burst, tonumber(meta[4]) + (now - tonumber(meta[5])) * rate / 1000000)
-  end
+  -- The bucket expires with its meta (bucket.lua).
+  local tokens = bucket_tokens(meta[4], meta[5], now, rate, burst)
   if epoch and replid ~= '' and meta[2] and meta[2] ~= replid then
     -- The meta was written under another master's history: this is a
     -- promoted replica, which may lack the last versions. Versions could
@@ -200,11 +193,11 @@ for c = 1, #KEYS, 3 do
       redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
       out[#out + 1] = 0
       out[#out + 1] = 4
-    elseif rate > 0 and tokens < 1 and not force then
+    elseif tokens < 1 and not force then
       -- No token: undo this message's records (only they have the score
       -- version + 1) and tell when the bucket has one.
       redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
-      out[#out + 1] = math.ceil((1 - tokens) / rate * 1e3)
+      out[#out + 1] = bucket_wait(tokens, rate)
       out[#out + 1] = 3
     else
       local v = tostring(version + 1) -- formatted once (Lua formats numbers with sprintf)
@@ -213,20 +206,18 @@ for c = 1, #KEYS, 3 do
       if type(r) == 'table' and r.err then
         redis.call('ZREMRANGEBYSCORE', eventsKey, version + 1, version + 1)
         if published then
-          save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
+          save(metaKey, version, tokens, now, chain_field(epoch, version, chain))
         end
         return redis.error_reply(r.err)
       end
       version = version + 1
       chain = link(chain, msg)
-      if rate > 0 then
-        tokens = tokens - 1
-      end
+      tokens = tokens - 1
       -- In the history, the message is published whatever PUBLISH answers:
       -- a subscriber that misses it replays it from there.
       r = redis.pcall(cmd, channel, msg)
       if type(r) == 'table' and r.err then
-        save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
+        save(metaKey, version, tokens, now, chain_field(epoch, version, chain))
         return redis.error_reply(r.err)
       end
       out[#out + 1] = version
@@ -235,7 +226,7 @@ for c = 1, #KEYS, 3 do
     end
   end
   if published then
-    save(metaKey, version, rate, tokens, now, chain_field(epoch, version, chain))
+    save(metaKey, version, tokens, now, chain_field(epoch, version, chain))
     redis.call('XTRIM', historyKey, 'MAXLEN', '~', keep)
     -- Event ids are kept for the versions the history keeps: a message may
     -- record many. At most IDS_PER_VERSION times the history's length.

@@ -2,7 +2,7 @@ package lua_test
 
 import (
 	"context"
-	"slices"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -13,14 +13,15 @@ import (
 	"github.com/routerd/routerd/lua"
 )
 
-// publishOn runs publish.lua for messages on one channel (no bucket) and
-// returns its reply.
-func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]int64, error) {
-	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, 0, "0", len(ids)}
+// publishOn runs publish.lua for messages on one channel (a bucket that
+// never runs out in a test) and returns its reply.
+func publishOn(ctx context.Context, c redis.Scripter, ch string, ids ...string) ([]lua.PublishResult, error) {
+	var msgs []lua.PublishMessage
 	for _, id := range ids {
-		args = append(args, 1, id, `,"tenant":"acme","tag":"t","event":"`+id+`"`)
+		msgs = append(msgs, lua.PublishMessage{IDs: []string{id}, Body: []byte(`,"tenant":"acme","tag":"t","event":"` + id + `"`)})
 	}
-	return lua.Publish.Run(ctx, c, []string{"{" + ch + "}:meta", "{" + ch + "}:history", "{" + ch + "}:events"}, args...).Int64Slice()
+	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 1000, Burst: 1000, Messages: msgs}}}
+	return lua.Run(ctx, c, &req)
 }
 
 // Redis does not roll a script back when a command in it fails. A failure
@@ -34,7 +35,7 @@ func TestPublishScriptFailureLosesNothing(t *testing.T) {
 	c := redistest.Start(t).Client(t)
 	const ch = "invalidate:acme:t"
 	meta, history, events := "{"+ch+"}:meta", "{"+ch+"}:history", "{"+ch+"}:events"
-	if res, err := publishOn(ctx, c, ch, "first"); err != nil || res[1] != 0 {
+	if res, err := publishOn(ctx, c, ch, "first"); err != nil || res[0].Status != lua.Published {
 		t.Fatalf("first: %v %v", res, err)
 	}
 
@@ -49,7 +50,7 @@ func TestPublishScriptFailureLosesNothing(t *testing.T) {
 	}
 	must(t, c.Del(ctx, history).Err())
 	res, err := publishOn(ctx, c, ch, "second")
-	if err != nil || res[1] != 0 || res[0] != 2 {
+	if err != nil || res[0].Status != lua.Published || res[0].Version != 2 {
 		t.Fatalf("retry once the key is repaired: %v %v, want version 2 published", res, err)
 	}
 
@@ -66,7 +67,7 @@ func TestPublishScriptFailureLosesNothing(t *testing.T) {
 		t.Fatalf("meta version %s after the history took version 3: the next XADD would fail", v)
 	}
 	res, err = publishOn(ctx, c, ch, "third", "fourth")
-	if err != nil || len(res) != 4 || res[0] != 3 || res[1] != 1 || res[2] != 4 || res[3] != 0 {
+	if err != nil || len(res) != 2 || res[0].Version != 3 || res[0].Status != lua.PublishDuplicate || res[1].Version != 4 || res[1].Status != lua.Published {
 		t.Fatalf("retry with the permission back: %v %v, want third already at 3, fourth published at 4", res, err)
 	}
 	if n := c.XLen(ctx, history).Val(); n != 3 {
@@ -82,16 +83,21 @@ func TestPublishScriptStopsBehindAPartlyRecordedMessage(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	const ch = "invalidate:acme:t"
-	if res, err := publishOn(ctx, c, ch, "a"); err != nil || res[1] != 0 {
+	if res, err := publishOn(ctx, c, ch, "a"); err != nil || res[0].Status != lua.Published {
 		t.Fatalf("first: %v %v", res, err)
 	}
-	args := []any{"PUBLISH", "e0", ch, 100, 0, 0, 0, "0", 3,
-		2, "a", "b", `,"tenant":"acme","tag":"t","event":"a"`,
-		1, "c", `,"tenant":"acme","tag":"t","event":"c"`,
-		1, "a", `,"tenant":"acme","tag":"t","event":"a"`}
-	res, err := lua.Publish.Run(ctx, c, []string{"{" + ch + "}:meta", "{" + ch + "}:history", "{" + ch + "}:events"}, args...).Int64Slice()
-	want := []int64{1, 2, 1, 0, 0, 4, 1, 1}
-	if err != nil || !slices.Equal(res, want) {
+	req := lua.PublishRequest{Command: "PUBLISH", Epoch: "e0", Channels: []lua.PublishChannel{{Channel: ch, History: 100, Rate: 1000, Burst: 1000, Messages: []lua.PublishMessage{
+		{IDs: []string{"a", "b"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"a"`)},
+		{IDs: []string{"c"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"c"`)},
+		{IDs: []string{"a"}, Body: []byte(`,"tenant":"acme","tag":"t","event":"a"`)},
+	}}}}
+	res, err := lua.Run(ctx, c, &req)
+	want := []lua.PublishResult{
+		{Version: 1, Status: lua.PublishPartial, Recorded: []bool{true, false}},
+		{Version: 0, Status: lua.PublishBehind},
+		{Version: 1, Status: lua.PublishDuplicate},
+	}
+	if err != nil || !reflect.DeepEqual(res, want) {
 		t.Fatalf("reply %v (%v), want %v: partly recorded, then not tried, then a duplicate", res, err, want)
 	}
 	for _, id := range []string{"b", "c"} {

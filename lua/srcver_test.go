@@ -3,7 +3,9 @@ package lua_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
@@ -15,22 +17,23 @@ func TestSourceVersionScript(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	const key = "invalidate:srcver:{acme}:user/1"
-	run := func(limit int, sv string, keys ...string) int64 {
+	run := func(limit int, sv string, keys ...string) lua.SourceVersionStatus {
 		t.Helper()
-		args := []any{sv, 60_000, limit}
-		for _, k := range keys {
-			args = append(args, k)
-		}
-		n, err := lua.SourceVersion.Run(ctx, c, []string{key}, args...).Int64()
+		v, err := strconv.ParseInt(sv, 10, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return n
+		req := lua.SourceVersionRequest{Key: key, Version: v, TTL: time.Minute, MaxKeys: limit, Keys: keys}
+		st, err := lua.Run(ctx, c, &req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
 	}
 	steps := []struct {
 		sv    string
 		keys  []string
-		route int64
+		route lua.SourceVersionStatus
 	}{
 		{"6", []string{"b"}, 1},
 		{"5", []string{"a"}, 1},      // another key: routed

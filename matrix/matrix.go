@@ -34,12 +34,14 @@ type Budget struct {
 	Burst int     `json:"burst"`
 }
 
-// DefaultLimits apply where the matrix sets none.
 // MaxPartitions bounds the ingress partition count (publishers and routers
 // refuse a recorded count above it).
 const MaxPartitions = names.MaxPartitions
 
-var DefaultLimits = Limits{Rate: 100, Burst: 200, Coalesce: 20 * time.Millisecond, MaxKeys: 500, History: 1000}
+// DefaultLimits are the limits that apply where the matrix sets none.
+func DefaultLimits() Limits {
+	return Limits{Rate: 100, Burst: 200, Coalesce: 20 * time.Millisecond, MaxKeys: 500, History: 1000}
+}
 
 // Tag is one tag of the matrix.
 type Tag struct {

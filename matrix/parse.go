@@ -181,7 +181,7 @@ func (p *parser) parse(data []byte) *Matrix {
 	m := &Matrix{
 		Prefix:     names.DefaultPrefix,
 		Partitions: wire.DefaultPartitions,
-		Defaults:   DefaultLimits,
+		Defaults:   DefaultLimits(),
 		Tags:       map[string]*Tag{},
 		Domains:    map[string]*Domain{},
 		Services:   map[string]*Service{},
@@ -209,7 +209,7 @@ func (p *parser) parse(data []byte) *Matrix {
 				}
 			}
 		case "defaults":
-			m.Defaults = p.limits(f.value, "defaults", DefaultLimits)
+			m.Defaults = p.limits(f.value, "defaults", DefaultLimits())
 		case "budgets":
 			for _, g := range p.mapping(f.value, "budgets", "tenant", "global") {
 				b := p.budget(g.value, "budgets."+g.key.Value)

@@ -2,7 +2,7 @@
 // services and cache keys — and builds and parses channel names.
 //
 // Every name that becomes part of a channel, a key or a Lua argument passes
-// through this package first; the rules are those of DESIGN.md.
+// through this package first; the rules are those of docs/protocol.md.
 package names
 
 import (
@@ -313,6 +313,27 @@ const MaxPartitions = 1024
 func IngressStream(prefix string, p int) string {
 	return prefix + ":ingress:{" + strconv.Itoa(p) + "}"
 }
+
+// PartitionsKey holds the number of ingress partitions the router reads.
+func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions" }
+
+// DeadLetterStream holds the events the router refused, with the reason.
+func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
+
+// RedriveStream holds dead-lettered events sent back to the routers (routerd
+// deadletter replay, or a router that knows the domain an older matrix did
+// not): "<prefix>:redrive", read by every router like an ingress partition.
+// Only routers write it: it is outside the ingress a publisher may append to.
+func RedriveStream(prefix string) string { return prefix + ":redrive" }
+
+// TenantsKey is the set of tenants the router has routed events for.
+func TenantsKey(prefix string) string { return prefix + ":tenants" }
+
+// TenantsChannel is where the router announces a tenant it routes for the
+// first time, for subscribers of every tenant, which subscribe to exact
+// channels (a pattern taxes every PUBLISH; sharded pub/sub has none). It
+// has the registry's name, so on a cluster both are in one slot.
+func TenantsChannel(prefix string) string { return prefix + ":tenants" }
 
 // IngressPattern is the SCAN pattern of every key under the prefix's
 // ingress: the partition streams, and whatever else a publisher wrote there.

@@ -50,7 +50,7 @@ func (g *gateGET) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // once, and the others share the one GET.
 func TestPartitionRefreshDoesNotHoldOthers(t *testing.T) {
 	c := redistest.Start(t).Client(t)
-	gate := &gateGET{key: wire.PartitionsKey(names.DefaultPrefix), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	gate := &gateGET{key: names.PartitionsKey(names.DefaultPrefix), entered: make(chan struct{}, 1), release: make(chan struct{})}
 	c.AddHook(gate)
 	var mu sync.Mutex
 	now := time.UnixMilli(1764000000000)
@@ -123,14 +123,14 @@ func TestPartitionRefreshDoesNotHoldOthers(t *testing.T) {
 func TestMissingPartitionCountNotGuessedForLong(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
-	key := wire.PartitionsKey(names.DefaultPrefix)
+	key := names.PartitionsKey(names.DefaultPrefix)
 	var mu sync.Mutex
 	now := time.UnixMilli(1764000000000)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
 	// acme's partition among 4 and among the default 8 differ.
-	among := func(n int) string { return wire.IngressStream(names.DefaultPrefix, wire.Partition("acme", n)) }
+	among := func(n int) string { return names.IngressStream(names.DefaultPrefix, wire.Partition("acme", n)) }
 	lands := func(p *publisher.Publisher, want string) {
 		t.Helper()
 		before := c.XLen(ctx, want).Val()

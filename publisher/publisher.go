@@ -110,7 +110,7 @@ func (p *Publisher) stream(tenant string, n int) string {
 			if p.opt.Publisher != "" {
 				all[i] = names.PublisherStream(p.opt.Prefix, p.opt.Publisher, i)
 			} else {
-				all[i] = wire.IngressStream(p.opt.Prefix, i)
+				all[i] = names.IngressStream(p.opt.Prefix, i)
 			}
 		}
 		streams = &all
@@ -427,7 +427,7 @@ func (c *partitionCount) ttl(refresh time.Duration) time.Duration {
 // readPartitions reads the partition count from Redis and keeps it; on a
 // Redis error it keeps known, the last count read, when there is one.
 func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (int, error) {
-	s, err := p.c.Get(ctx, wire.PartitionsKey(p.opt.Prefix)).Result()
+	s, err := p.c.Get(ctx, names.PartitionsKey(p.opt.Prefix)).Result()
 	n := wire.DefaultPartitions
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -447,7 +447,7 @@ func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (
 	default:
 		n, err = strconv.Atoi(s)
 		if err != nil || n < 1 || n > matrix.MaxPartitions {
-			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", wire.PartitionsKey(p.opt.Prefix), s)
+			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", names.PartitionsKey(p.opt.Prefix), s)
 		}
 	}
 	p.partitions.Store(&partitionCount{n: n, at: p.opt.Now()})

@@ -75,7 +75,7 @@ func TestPublishBatchPacks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := c.XRange(ctx, wire.IngressStream("invalidate", wire.Partition("acme", 2)), "-", "+").Result()
+	msgs, err := c.XRange(ctx, names.IngressStream("invalidate", wire.Partition("acme", 2)), "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestPublishBatchPacks(t *testing.T) {
 	if slices.Max(sizes) > 3 || len(sizes) < 3 {
 		t.Errorf("entries of %v events, want at most 3 each", sizes)
 	}
-	lone, err := c.XRange(ctx, wire.IngressStream("invalidate", wire.Partition(other, 2)), "-", "+").Result()
+	lone, err := c.XRange(ctx, names.IngressStream("invalidate", wire.Partition(other, 2)), "-", "+").Result()
 	if err != nil || len(lone) != 1 || lone[0].Values[wire.EventField] == nil {
 		t.Errorf("the lone event's partition holds %v (%v), want one entry with the field event", lone, err)
 	}
@@ -119,7 +119,7 @@ func TestPublishToTenantPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := entries(t, c, wire.IngressStream("invalidate", wire.Partition("acme", 8)))
+	got := entries(t, c, names.IngressStream("invalidate", wire.Partition("acme", 8)))
 	if len(got) != 1 || got[0].ID != id || got[0].TS != now.UnixMilli() || got[0].Origin != "profile-svc" || got[0].Keys[0] != "user:1042" {
 		t.Fatalf("entries %+v (id %s)", got, id)
 	}
@@ -131,7 +131,7 @@ func TestPublishToTenantPartition(t *testing.T) {
 func TestPartitionCountFromRedis(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
-	if err := c.Set(ctx, wire.PartitionsKey("inv"), 3, 0).Err(); err != nil {
+	if err := c.Set(ctx, names.PartitionsKey("inv"), 3, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := publisher.New(c, publisher.Options{Prefix: "inv"})
@@ -141,10 +141,10 @@ func TestPartitionCountFromRedis(t *testing.T) {
 	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(entries(t, c, wire.IngressStream("inv", wire.Partition("acme", 3)))); n != 1 {
+	if n := len(entries(t, c, names.IngressStream("inv", wire.Partition("acme", 3)))); n != 1 {
 		t.Errorf("%d entries in the 3-partition stream", n)
 	}
-	if err := c.Set(ctx, wire.PartitionsKey("inv"), "many", 0).Err(); err != nil {
+	if err := c.Set(ctx, names.PartitionsKey("inv"), "many", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	p2, _ := publisher.New(c, publisher.Options{Prefix: "inv"})
@@ -164,14 +164,14 @@ func TestPublishBatchValidatesFirst(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "event 1") || !strings.Contains(err.Error(), "keys[0]") {
 		t.Fatalf("err = %v, want one naming event 1 and keys[0]", err)
 	}
-	if n := c.Exists(ctx, wire.IngressStream("invalidate", 0)).Val(); n != 0 {
+	if n := c.Exists(ctx, names.IngressStream("invalidate", 0)).Val(); n != 0 {
 		t.Error("something was sent though an event was invalid")
 	}
 	ids, err := p.PublishBatch(ctx, []publisher.Event{{Tenant: "acme", Domain: "user", WholeTag: true}, {Tenant: "globex", Domain: "user", Keys: []string{"user:1"}}})
 	if err != nil || len(ids) != 2 || ids[0] == ids[1] {
 		t.Fatalf("PublishBatch = %v, %v", ids, err)
 	}
-	if n := len(entries(t, c, wire.IngressStream("invalidate", 0))); n != 2 {
+	if n := len(entries(t, c, names.IngressStream("invalidate", 0))); n != 2 {
 		t.Errorf("%d entries, want 2", n)
 	}
 }
@@ -186,7 +186,7 @@ func TestPublishCarriesTraceContext(t *testing.T) {
 	if _, err := p.Publish(trace.ContextWithSpanContext(ctx, sc), publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
 		t.Fatal(err)
 	}
-	got := entries(t, c, wire.IngressStream("invalidate", 0))
+	got := entries(t, c, names.IngressStream("invalidate", 0))
 	want := "00-01020300000000000000000000000000-0405060000000000-01"
 	if got[0].Traceparent != want {
 		t.Errorf("traceparent %q, want %q", got[0].Traceparent, want)
@@ -218,13 +218,13 @@ func TestWholeTagMustBeExplicit(t *testing.T) {
 			t.Errorf("Publish with keys %#v = %v, want an error naming keys", keys, err)
 		}
 	}
-	if n := c.Exists(ctx, wire.IngressStream("invalidate", 0)).Val(); n != 0 {
+	if n := c.Exists(ctx, names.IngressStream("invalidate", 0)).Val(); n != 0 {
 		t.Fatal("an event without keys was sent")
 	}
 	if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := c.XRange(ctx, wire.IngressStream("invalidate", 0), "-", "+").Result()
+	raw, err := c.XRange(ctx, names.IngressStream("invalidate", 0), "-", "+").Result()
 	if err != nil || len(raw) != 1 {
 		t.Fatalf("entries %v, %v", raw, err)
 	}
@@ -264,7 +264,7 @@ func TestOptionsValidated(t *testing.T) {
 func TestPublishToOwnStreams(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
-	if err := c.Set(ctx, wire.PartitionsKey("invalidate"), 4, 0).Err(); err != nil {
+	if err := c.Set(ctx, names.PartitionsKey("invalidate"), 4, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := publisher.New(c, publisher.Options{Publisher: "profile-svc"})
@@ -279,7 +279,7 @@ func TestPublishToOwnStreams(t *testing.T) {
 	if got := entries(t, c, own); len(got) != 1 || got[0].ID != id {
 		t.Fatalf("%s holds %+v, want event %s", own, got, id)
 	}
-	if n := c.Exists(ctx, wire.IngressStream("invalidate", wire.Partition("acme", 4))).Val(); n != 0 {
+	if n := c.Exists(ctx, names.IngressStream("invalidate", wire.Partition("acme", 4))).Val(); n != 0 {
 		t.Errorf("the shared ingress was written too")
 	}
 	for _, bad := range []string{"a b", "x{1}", "*", ":x"} {

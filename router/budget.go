@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,8 +22,6 @@ type budgets struct {
 	tenant, global *matrix.Budget
 	back           map[string]int // bucket key -> tokens to give back
 }
-
-var errBudgetReply = errors.New("budget script: a reply that is not two numbers")
 
 func (r *Router) newBudgets() *budgets {
 	mtx := r.matrix.Load()
@@ -84,15 +81,15 @@ func (r *Router) takeBudgets(ctx context.Context, b *budgets, out []*outgoing) (
 			w.force = w.force || o.force
 		}
 	}
+	reqs := make([]lua.BudgetRequest, len(order))
+	for i, key := range order {
+		w := wants[key]
+		reqs[i] = lua.BudgetRequest{Key: key, Rate: w.budget.Rate, Burst: w.budget.Burst, N: w.n, Force: w.force}
+	}
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
-		all := make([]*redis.Cmd, len(order))
-		for i, key := range order {
-			w := wants[key]
-			force := "0"
-			if w.force {
-				force = "1"
-			}
-			all[i] = lua.Budget.EvalSha(ctx, pipe, []string{key}, w.budget.Rate, w.budget.Burst, w.n, force)
+		all := make([]*redis.Cmd, len(reqs))
+		for i := range reqs {
+			all[i] = lua.Queue(ctx, pipe, &reqs[i])
 		}
 		return all
 	})
@@ -102,11 +99,8 @@ func (r *Router) takeBudgets(ctx context.Context, b *budgets, out []*outgoing) (
 		if err != nil {
 			break
 		}
-		res, e := cmds[i].Int64Slice()
-		if e != nil || len(res) != 2 {
-			if e == nil {
-				e = errBudgetReply
-			}
+		res, e := reqs[i].Reply(cmds[i])
+		if e != nil {
 			err = e
 			// What the calls before granted goes back.
 			for _, k := range order[:i] {
@@ -114,8 +108,8 @@ func (r *Router) takeBudgets(ctx context.Context, b *budgets, out []*outgoing) (
 			}
 			break
 		}
-		granted[key] = int(res[0])
-		waits[key] = time.Duration(res[1]) * time.Millisecond
+		granted[key] = res.Granted
+		waits[key] = res.Wait
 	}
 	if err != nil {
 		var done []*entry
@@ -173,7 +167,8 @@ func (r *Router) giveBack(ctx context.Context, b *budgets) {
 				bud = b.tenant
 			}
 			if n > 0 && bud != nil {
-				all = append(all, lua.Budget.EvalSha(ctx, pipe, []string{key}, bud.Rate, bud.Burst, -n, "0"))
+				req := lua.BudgetRequest{Key: key, Rate: bud.Rate, Burst: bud.Burst, N: -n}
+				all = append(all, lua.Queue(ctx, pipe, &req))
 			}
 		}
 		return all

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/routerd/routerd/internal/storm"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/wire"
 )
 

@@ -27,7 +27,7 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	m := runMatrix(t)
 	const n, size = 20, 4 << 20
 	big := `{"tenant":"acme","domain":"user","keys":["` + strings.Repeat("k", size) + `"]}`
-	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	for range n {
 		if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, big}}).Err(); err != nil {
 			t.Fatal(err)
@@ -45,7 +45,7 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(rctx) }()
 	redistest.Eventually(t, 30*time.Second, "every huge event dead-lettered", func() bool {
-		return c.XLen(ctx, wire.DeadLetterStream(m.Prefix)).Val() == n
+		return c.XLen(ctx, names.DeadLetterStream(m.Prefix)).Val() == n
 	})
 	cancel()
 	if err := <-done; err != nil {
@@ -61,7 +61,7 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	if alloc > n*size/4 {
 		t.Errorf("routing %d events of %d MiB allocated %d MiB: entries are held whole", n, size>>20, alloc>>20)
 	}
-	for _, d := range c.XRange(ctx, wire.DeadLetterStream(m.Prefix), "-", "+").Val() {
+	for _, d := range c.XRange(ctx, names.DeadLetterStream(m.Prefix), "-", "+").Val() {
 		if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 {
 			t.Errorf("dead letter %s: reason %v, entry copy of %d bytes", d.ID, d.Values["reason"], len(d.Values["entry"].(string)))
 		}
@@ -76,7 +76,7 @@ func TestReadBudgetGivesBackWhatDoesNotFit(t *testing.T) {
 	c := redistest.Start(t).Client(t)
 	m := runMatrix(t)
 	const n = 50
-	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	for i := range n {
 		keys := make([]string, 20) // about 4,000 bytes
 		for j := range keys {
@@ -127,18 +127,18 @@ func TestHugeEntryWhileWaitingDeadLettered(t *testing.T) {
 	go func() { done <- r.Run(rctx) }()
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 	big := `{"tenant":"acme","domain":"user","keys":["` + strings.Repeat("k", 2<<20) + `"]}`
-	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, big}}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	redistest.Eventually(t, 10*time.Second, "the huge event dead-lettered", func() bool {
-		return c.XLen(ctx, wire.DeadLetterStream(m.Prefix)).Val() == 1
+		return c.XLen(ctx, names.DeadLetterStream(m.Prefix)).Val() == 1
 	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	d := c.XRange(ctx, wire.DeadLetterStream(m.Prefix), "-", "+").Val()[0]
+	d := c.XRange(ctx, names.DeadLetterStream(m.Prefix), "-", "+").Val()[0]
 	if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 || !strings.Contains(d.Values["error"].(string), "2097") {
 		t.Errorf("dead letter: %v", d.Values["reason"])
 	}
@@ -170,7 +170,7 @@ func TestReadsWithAnOlderRouterUser(t *testing.T) {
 	old := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "old", Password: "pw"})
 	t.Cleanup(func() { _ = old.Close() })
 
-	stream := wire.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	xadd := func(i int) {
 		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","id":"e%d","keys":["user:%d"]}`, i, i)
 		if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err(); err != nil {

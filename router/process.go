@@ -526,21 +526,21 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	if len(check) == 0 {
 		return nil
 	}
-	ttl := r.opt.SourceVersionTTL.Milliseconds()
+	reqs := make([]lua.SourceVersionRequest, len(check))
+	for i, v := range check {
+		// Each publisher orders its own changes, apart from the shared
+		// ingress's: neither another publisher granted the domain nor an
+		// event on the shared ingress can claim a version far ahead and
+		// suppress this one's events.
+		reqs[i] = lua.SourceVersionRequest{
+			Key:     names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, v.publisher, v.ev.Entity),
+			Version: v.ev.SourceVersion, TTL: r.opt.SourceVersionTTL, MaxKeys: srcverEntityKeys, Keys: v.ev.Keys,
+		}
+	}
 	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
-		out := make([]*redis.Cmd, len(check))
-		for i, v := range check {
-			// Each publisher orders its own changes, apart from the
-			// shared ingress's: neither another publisher granted the
-			// domain nor an event on the shared ingress can claim a
-			// version far ahead and suppress this one's events.
-			key := names.SourceVersionKey(r.prefix, v.ev.Tenant, v.ev.Domain, v.publisher, v.ev.Entity)
-			args := make([]any, 0, 3+len(v.ev.Keys))
-			args = append(args, v.ev.SourceVersion, ttl, srcverEntityKeys)
-			for _, k := range v.ev.Keys {
-				args = append(args, k)
-			}
-			out[i] = lua.SourceVersion.EvalSha(ctx, pipe, []string{key}, args...)
+		out := make([]*redis.Cmd, len(reqs))
+		for i := range reqs {
+			out[i] = lua.Queue(ctx, pipe, &reqs[i])
 		}
 		return out
 	})
@@ -548,7 +548,7 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 		return fmt.Errorf("source_version check: %w", err)
 	}
 	for i, v := range check {
-		if cmds[i].Val() == int64(0) {
+		if st, err := reqs[i].Reply(cmds[i]); err == nil && st == lua.Suppressed {
 			v.routes = nil
 			r.m.suppressed.Inc()
 		}
@@ -561,7 +561,7 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 // checks positions finds them.
 func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	r.tenantsMu.Lock()
-	var fresh []any
+	var fresh []string
 	seen := map[string]bool{}
 	for _, e := range entries {
 		for i := range e.events {
@@ -586,9 +586,9 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if r.cluster {
 		cmd = "SPUBLISH"
 	}
-	args := append([]any{cmd}, fresh...)
+	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
 	if _, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
-		return []*redis.Cmd{lua.Tenants.EvalSha(ctx, pipe, []string{wire.TenantsKey(r.prefix)}, args...)}
+		return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
 	}); err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
@@ -781,7 +781,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			values = append(values, index...)
 			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: wire.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
+				Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
 			})
 		}
 		return nil
@@ -801,16 +801,10 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 	return nil
 }
 
-// scripter is what runScripts needs: the bus client, or one master of it.
-type scripter interface {
-	redis.Scripter
-	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
-}
-
 // runScripts runs a pipeline of EVALSHA calls; when Redis has lost its
 // script cache (restart, failover) it loads the scripts and runs the
 // pipeline again. The scripts it runs are idempotent, so running twice is safe.
-func runScripts(ctx context.Context, c scripter, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
+func runScripts(ctx context.Context, c lua.Pipeliner, build func(redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
 	return lua.RunPipeline(ctx, c, routerScripts, build)
 }
 
@@ -911,11 +905,15 @@ func (r *Router) publishShard(ctx context.Context, sh *shard.Shard, out []*outgo
 // the calls of more than one channel that failed with an error that will
 // not pass.
 func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing, calls []publishCall, results []published, epoch, cmd string, replicas int64) (split []publishCall) {
+	reqs := make([]lua.PublishRequest, len(calls))
+	for j, call := range calls {
+		reqs[j] = publishRequest(out, call, epoch, cmd)
+	}
 	var wait *redis.IntCmd
 	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
-		all := make([]*redis.Cmd, len(calls))
-		for j, call := range calls {
-			all[j] = publishCmd(ctx, pipe, out, call, epoch, cmd)
+		all := make([]*redis.Cmd, len(reqs))
+		for j := range reqs {
+			all[j] = lua.Queue(ctx, pipe, &reqs[j])
 		}
 		wait = nil
 		if replicas > 0 {
@@ -936,11 +934,7 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 		}
 	}
 	for j, call := range calls {
-		res, err := cmds[j].Int64Slice()
-		var got []published
-		if err == nil {
-			got, err = publishResults(res, out, call)
-		}
+		got, err := reqs[j].Reply(cmds[j])
 		if permanent(err) && len(call.channels) > 1 {
 			split = append(split, call)
 		}
@@ -953,7 +947,7 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 				if err != nil {
 					results[i].err = err
 				} else {
-					results[i] = got[k]
+					results[i] = publishedAs(got[k])
 				}
 				k++
 			}
@@ -962,48 +956,15 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 	return split
 }
 
-// publishResults reads the publish script's reply to one call: for each
-// message its version and status, and after status 2 a flag per event id.
-func publishResults(res []int64, out []*outgoing, call publishCall) ([]published, error) {
-	got := make([]published, 0, call.messages)
-	k := 0
-	for _, channel := range call.channels {
-		for _, i := range channel {
-			if k+2 > len(res) {
-				return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
-			}
-			p := published{version: res[k]}
-			status := res[k+1]
-			k += 2
-			switch status {
-			case 0:
-			case 1:
-				p.duplicate = true
-			case 3:
-				p.wait = time.Duration(max(p.version, 1)) * time.Millisecond
-				p.version = 0
-			case 4:
-				p.behind = true
-			case 2:
-				n := len(out[i].ids)
-				if k+n > len(res) {
-					return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
-				}
-				p.recorded = make([]bool, n)
-				for x := range n {
-					p.recorded[x] = res[k+x] == 1
-				}
-				k += n
-			default:
-				return nil, fmt.Errorf("publish script: status %d", status)
-			}
-			got = append(got, p)
-		}
+// publishedAs is a message's outcome as the publish script answered it.
+func publishedAs(p lua.PublishResult) published {
+	return published{
+		version:   p.Version,
+		duplicate: p.Status == lua.PublishDuplicate,
+		recorded:  p.Recorded,
+		wait:      p.Wait,
+		behind:    p.Status == lua.PublishBehind,
 	}
-	if k != len(res) {
-		return nil, fmt.Errorf("publish script: a reply of %d numbers for %d messages", len(res), call.messages)
-	}
-	return got, nil
 }
 
 // publishCall is one publish script call: indexes of out, by channel.
@@ -1042,18 +1003,18 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) (calls []publishCall
 		cur, args = publishCall{}, 0
 	}
 	for _, msgs := range byChannel {
-		cost := 6
+		cost := lua.PublishChannelArgs
 		for _, i := range msgs {
-			cost += 2 + len(out[i].ids)
+			cost += lua.MessageArgs(len(out[i].ids))
 		}
 		if cluster || cur.messages > 0 && (cur.messages+len(msgs) > maxCallMessages || args+cost > maxCallArgs) {
 			flush()
 		}
 		cur.channels = append(cur.channels, nil)
 		last := len(cur.channels) - 1
-		args += 6
+		args += lua.PublishChannelArgs
 		for n, i := range msgs {
-			c := 2 + len(out[i].ids)
+			c := lua.MessageArgs(len(out[i].ids))
 			if n > 0 && (cur.messages >= maxCallMessages || args+c > maxCallArgs) {
 				deferred = append(deferred, msgs[n:]...)
 				break
@@ -1067,35 +1028,27 @@ func publishCalls(out []*outgoing, idx []int, cluster bool) (calls []publishCall
 	return calls, deferred
 }
 
-// publishCmd queues one publish script call.
-func publishCmd(ctx context.Context, pipe redis.Pipeliner, out []*outgoing, call publishCall, epoch, cmd string) *redis.Cmd {
-	keys := make([]string, 0, 3*len(call.channels))
-	args := make([]any, 0, 2+7*len(call.channels)+3*call.messages)
-	args = append(args, cmd, epoch)
-	for _, channel := range call.channels {
+// publishRequest is one publish script call.
+func publishRequest(out []*outgoing, call publishCall, epoch, cmd string) lua.PublishRequest {
+	req := lua.PublishRequest{Command: cmd, Epoch: epoch, Channels: make([]lua.PublishChannel, len(call.channels))}
+	msgs := make([]lua.PublishMessage, 0, call.messages)
+	for c, channel := range call.channels {
 		rt := out[channel[0]].route
-		keys = append(keys, names.MetaKey(rt.Channel), names.HistoryKey(rt.Channel), names.EventsKey(rt.Channel))
-		force := "0"
-		for _, i := range channel {
-			if out[i].force {
-				force = "1"
-			}
-		}
-		args = append(args, rt.Channel, rt.Limits.History, rt.Limits.HistoryTTL.Milliseconds(), rt.Limits.Rate, rt.Limits.Burst, force, len(channel))
+		ch := lua.PublishChannel{Channel: rt.Channel, History: rt.Limits.History, HistoryTTL: rt.Limits.HistoryTTL, Rate: rt.Limits.Rate, Burst: rt.Limits.Burst}
+		start := len(msgs)
 		for _, i := range channel {
 			o := out[i]
-			args = append(args, len(o.ids))
-			for _, id := range o.ids {
-				args = append(args, id)
-			}
-			args = append(args, wire.MessageBody(&o.msg))
+			ch.Force = ch.Force || o.force
+			msgs = append(msgs, lua.PublishMessage{IDs: o.ids, Body: wire.MessageBody(&o.msg)})
 		}
+		ch.Messages = msgs[start:len(msgs):len(msgs)]
+		req.Channels[c] = ch
 	}
-	return lua.Publish.EvalSha(ctx, pipe, keys, args...)
+	return req
 }
 
 // routerScripts are the scripts the router runs on the bus.
-var routerScripts = []*redis.Script{lua.Publish, lua.SourceVersion, lua.Budget, lua.Tenants, lua.Read, lua.Claim}
+var routerScripts = lua.RouterScripts()
 
 func loadScripts(ctx context.Context, c redis.Scripter) error {
 	return lua.Load(ctx, c, routerScripts...)

@@ -18,7 +18,7 @@ import (
 )
 
 func message(channel, tag string, ids ...string) *outgoing {
-	return &outgoing{route: matrix.Route{Channel: channel, Tag: tag, Limits: matrix.Limits{History: 1000}},
+	return &outgoing{route: matrix.Route{Channel: channel, Tag: tag, Limits: matrix.DefaultLimits()},
 		msg: wire.Message{Tenant: "acme", Tag: tag, Event: ids[0], Domain: "user"}, ids: ids}
 }
 

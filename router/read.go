@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -45,15 +44,16 @@ func (c cutValue) MarshalJSON() ([]byte, error) {
 // budget now, or, when nothing is new, the next entry within block.
 func (r *Router) readNew(ctx context.Context, stream string, count int, block time.Duration) ([]redis.XMessage, error) {
 	wait := 1
-	reply, err := lua.Read.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, count,
-		r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes).Slice()
+	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
+		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
+	reply, err := lua.Run(ctx, r.c, &req)
 	switch {
 	case r.refused(err):
 		wait = count // unbounded, as routers before the read script
 	case err != nil:
 		return nil, err
-	case len(reply) == 2:
-		return readEntries(reply)
+	case reply.Status == lua.ReadEntries:
+		return withCuts(reply.Entries), nil
 	}
 	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: int64(wait), Block: block,
@@ -77,24 +77,16 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 // many as fit the byte budget. It returns them and the start of the next
 // call ("0-0" when every pending entry was looked at).
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
-	flag := "0"
-	if own {
-		flag = "1"
-	}
-	reply, err := lua.Claim.Run(ctx, r.c, []string{stream}, r.opt.Group, r.opt.Consumer, idle.Milliseconds(), start,
-		r.opt.BatchSize, r.opt.ReadBytes, r.opt.MaxEventBytes, r.opt.DeadLetterEntryBytes, flag).Slice()
+	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
+		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Own: own}
+	reply, err := lua.Run(ctx, r.c, &req)
 	if r.refused(err) {
 		return r.claimUnbounded(ctx, stream, idle, start, own)
 	}
 	if err != nil {
 		return nil, "", err
 	}
-	if len(reply) != 3 {
-		return nil, "", fmt.Errorf("claim script: a reply of %d items", len(reply))
-	}
-	next, _ := reply[0].(string)
-	msgs, err := readEntries(reply[1:])
-	return msgs, next, err
+	return withCuts(reply.Entries), reply.Next, nil
 }
 
 // refused reports whether err says the Redis user may not run a command of
@@ -136,47 +128,16 @@ func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Du
 	}).Result()
 }
 
-// readEntries reads a read or claim script's reply {entries, cut}: each
-// entry {id, {field, value, …}}, and for each value cut the entry's place
-// (from 1), its field and its full length.
-func readEntries(reply []any) ([]redis.XMessage, error) {
-	bad := errors.New("read script: a reply that is not {entries, cut}")
-	list, ok1 := reply[0].([]any)
-	cut, ok2 := reply[1].([]any)
-	if !ok1 || !ok2 || len(cut)%3 != 0 {
-		return nil, bad
-	}
-	msgs := make([]redis.XMessage, len(list))
-	for i, item := range list {
-		e, ok := item.([]any)
-		if !ok || len(e) != 2 {
-			return nil, bad
-		}
-		id, ok1 := e[0].(string)
-		fields, ok2 := e[1].([]any)
-		if !ok1 || !ok2 || len(fields)%2 != 0 {
-			return nil, bad
-		}
-		values := make(map[string]any, len(fields)/2)
-		for j := 0; j < len(fields); j += 2 {
-			k, _ := fields[j].(string)
-			values[k] = fields[j+1]
-		}
-		msgs[i] = redis.XMessage{ID: id, Values: values}
-	}
-	for j := 0; j < len(cut); j += 3 {
-		at, _ := cut[j].(int64)
-		k, _ := cut[j+1].(string)
-		size, _ := cut[j+2].(int64)
-		if at < 1 || int(at) > len(msgs) {
-			return nil, bad
-		}
-		values := msgs[at-1].Values
-		if kept, ok := values[k].(string); ok {
-			values[k] = cutValue{kept: kept, size: int(size)}
+// withCuts is the entries a read or claim script returned, each value cut
+// on the server a cutValue.
+func withCuts(e lua.Entries) []redis.XMessage {
+	for _, c := range e.Cut {
+		values := e.Entries[c.Entry].Values
+		if kept, ok := values[c.Field].(string); ok {
+			values[c.Field] = cutValue{kept: kept, size: c.Size}
 		}
 	}
-	return msgs, nil
+	return e.Entries
 }
 
 // cutEvent says why an entry whose event or events field was cut when read

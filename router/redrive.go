@@ -18,7 +18,7 @@ import (
 // Re-driving dead letters.
 //
 // A dead letter can be sent back to the routers: appended to the re-drive
-// stream wire.RedriveStream (every router reads it in the consumer group,
+// stream names.RedriveStream (every router reads it in the consumer group,
 // like an ingress partition) with the stream, entry id and index the event
 // first had, and deleted from the dead letters. A router routes a re-driven
 // event as if it came from its first stream: the same grant, and the same
@@ -86,7 +86,7 @@ const redriveChunk = 500
 
 func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter, start string) (Redriven, error) {
 	var res Redriven
-	dl, to := wire.DeadLetterStream(prefix), wire.RedriveStream(prefix)
+	dl, to := names.DeadLetterStream(prefix), names.RedriveStream(prefix)
 	for {
 		msgs, err := c.XRangeN(ctx, dl, start, "+", redriveChunk).Result()
 		if err != nil {

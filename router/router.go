@@ -26,7 +26,6 @@ import (
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/wire"
 )
 
 // Options configure a Router. The zero value is usable.
@@ -217,7 +216,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		return nil, err
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
-		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: wire.RedriveStream(m.Prefix)}
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: names.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
 	r.m.known(m)
 	r.co = newCoalescer(r, r.m)
@@ -316,7 +315,7 @@ func (r *Router) streamList() []string {
 // read (the configured ones and any other partition stream that exists),
 // creates the consumer groups and loads the scripts.
 func (r *Router) setup(ctx context.Context) error {
-	if err := r.c.Set(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
+	if err := r.c.Set(ctx, names.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
 		return err
 	}
 	if err := r.markGeneration(ctx); err != nil {
@@ -355,7 +354,7 @@ func (r *Router) partitionStreams(ctx context.Context) ([]string, error) {
 	// The shared ingress, then each granted publisher's own streams, and
 	// the dead letters sent back to the routers.
 	for p := 0; p < n; p++ {
-		streams = append(streams, wire.IngressStream(r.prefix, p))
+		streams = append(streams, names.IngressStream(r.prefix, p))
 		for _, pub := range publishers {
 			streams = append(streams, names.PublisherStream(r.prefix, pub, p))
 		}
@@ -575,7 +574,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 			// Publishers that read the count while it was gone took the
 			// default: look for their partitions now, and once more next
 			// round for an event appended after this look.
-			r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", wire.PartitionsKey(r.prefix))
+			r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
 			rescans = 2
 			select {
 			case r.rediscover <- struct{}{}:
@@ -638,7 +637,7 @@ func (r *Router) hold(ctx context.Context) {
 // tell publishers again; finding it gone sets countLost), exports pending
 // and lag, and trims ingress entries every consumer group has acknowledged.
 func (r *Router) housekeeping(ctx context.Context) error {
-	err := r.c.SetArgs(ctx, wire.PartitionsKey(r.prefix), r.matrix.Load().Partitions, redis.SetArgs{Get: true}).Err()
+	err := r.c.SetArgs(ctx, names.PartitionsKey(r.prefix), r.matrix.Load().Partitions, redis.SetArgs{Get: true}).Err()
 	switch {
 	case errors.Is(err, redis.Nil):
 		r.countLost.Store(true)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
-	"github.com/routerd/routerd/wire"
+	"github.com/routerd/routerd/names"
 )
 
 func runMatrix(t *testing.T) *matrix.Matrix {
@@ -27,7 +27,7 @@ func TestRunReturnsSetupFailure(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	m := runMatrix(t)
-	stream := wire.IngressStream(m.Prefix, 1)
+	stream := names.IngressStream(m.Prefix, 1)
 	if err := c.Set(context.Background(), stream, "not a stream", 0).Err(); err != nil {
 		t.Fatal(err)
 	}

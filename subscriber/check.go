@@ -27,7 +27,7 @@ func (s *Subscriber) check(ctx context.Context) error {
 	// The generation before the targets: a loss after this read is seen
 	// by the next check; one before it came before any value whose
 	// channel the targets then miss was cached.
-	gen, err := s.generations(ctx)
+	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
 	}
@@ -38,8 +38,17 @@ func (s *Subscriber) check(ctx context.Context) error {
 	// The channels in parts of checkChunk, made as they are checked: a
 	// list of a million targets would be the largest thing a check makes.
 	batch := make([]target, 0, checkChunk)
+	var gen generation
+	parts := 0
 	flush := func() error {
-		err := s.checkTargets(ctx, batch, gen, nil)
+		if err := s.applyTargets(ctx, batch); err != nil {
+			return err
+		}
+		g, err := s.checkTargets(ctx, batch, bus, nil)
+		if parts == 0 {
+			gen = g
+		}
+		parts++
 		batch = batch[:0]
 		return err
 	}
@@ -53,7 +62,8 @@ func (s *Subscriber) check(ctx context.Context) error {
 			}
 		}
 	}
-	if len(batch) > 0 {
+	if len(batch) > 0 || parts == 0 {
+		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
 			return err
 		}
@@ -89,26 +99,14 @@ func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
 // looked: its generation is the one seen.
 func (g generation) known() bool { return g.seen != "" && g.bus == g.seen }
 
-// generations reads the bus's generation and the one recorded with the cache
-// (in memory without a cache) by the last complete check.
-func (s *Subscriber) generations(ctx context.Context) (generation, error) {
+// busGeneration reads the bus's generation ("" when the router has not
+// made it again since a loss).
+func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
 	bus, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return generation{}, fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
+		return "", fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
 	}
-	g := generation{bus: bus, seen: s.seenGeneration}
-	if s.store != nil {
-		seen, err := s.opt.Cache.Get(ctx, names.GenerationSeenKey(s.opt.Service)).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return generation{}, fmt.Errorf("reading the bus generation last seen, %s, from the cache Redis: %w", names.GenerationSeenKey(s.opt.Service), err)
-		}
-		g.seen = seen
-	}
-	if g.lost() {
-		s.log.Warn("the bus lost its data since this service last looked (its generation changed): channels without a meta are invalidated whole",
-			"seen", g.seen, "now", g.bus)
-	}
-	return g, nil
+	return bus, nil
 }
 
 // sawGeneration records, after a complete check, the generation it was made
@@ -119,8 +117,8 @@ func (s *Subscriber) sawGeneration(ctx context.Context, g generation) error {
 		return nil
 	}
 	if s.store != nil {
-		if err := s.opt.Cache.Set(ctx, names.GenerationSeenKey(s.opt.Service), g.bus, 0).Err(); err != nil {
-			return fmt.Errorf("recording the bus generation in %s in the cache Redis: %w", names.GenerationSeenKey(s.opt.Service), err)
+		if err := s.store.RecordGeneration(ctx, s.opt.Service, g.bus); err != nil {
+			return err
 		}
 	}
 	s.seenGeneration = g.bus
@@ -145,25 +143,25 @@ func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) er
 
 // checkOne checks one channel against the bus's generation as it is now.
 func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
-	gen, err := s.generations(ctx)
+	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
 	}
+	if err := s.applyTargets(ctx, []target{t}); err != nil {
+		return err
+	}
+	gen, err := s.checkTargets(ctx, []target{t}, bus, msg)
 	if gen.seen == "" && gen.bus != "" {
 		// Never recorded one: until a complete check does, every channel
 		// without a position goes whole (recovery.Check). Soon, then.
 		s.requestCheck()
 	}
-	return s.checkTargets(ctx, []target{t}, gen, msg)
+	return err
 }
 
-// checkTargets reads the channels' metas and the positions stored with the
-// cache, and brings each channel to its meta (recovery.Check), going by the
-// bus generation gen. With msg set (one target), it is the message that made
-// the check, and is reported when the meta does not confirm it.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen generation, msg *wire.Message) error {
-	// The targets' queued work first, so the stored positions are where it
-	// left them.
+// applyTargets applies the targets' queued and staged work before they
+// are checked, so the stored positions are where it left them.
+func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 	var errs error
 	for _, t := range targets {
 		if p, ok := s.queued[t.channel]; ok {
@@ -173,23 +171,36 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen gen
 	if errs != nil {
 		return errs
 	}
-	if err := s.flushBatch(ctx); err != nil {
-		return err
-	}
+	return s.flushBatch(ctx)
+}
+
+// checkTargets checks channels one way: for each pipeline of targets it
+// reads their state (readState: metas from the bus; positions and the
+// generation seen from the cache, in one call), asks internal/recovery
+// what to do (recovery.Decide), and carries the plan out (carryOut). bus is
+// the bus's generation, read before the targets were listed; their work
+// is applied (applyTargets). With msg set
+// (one target), it is the message that made the check, inside the burst
+// that received it. It returns the generations the check went by.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msg *wire.Message) (generation, error) {
+	var gen generation
 	var failed error
 	var recoveries []pending // the part's recoveries, carried out together
-	for start := 0; start < len(targets); start += pipelineChunk {
+	for start := 0; start == 0 || start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
-		metas, err := s.metas(ctx, batch)
+		st, err := s.readState(ctx, batch)
 		if err != nil {
-			return err
+			return generation{}, err
 		}
-		stored, storedErrs, err := s.storedPositions(ctx, batch)
-		if err != nil {
-			return err
+		if start == 0 {
+			gen = generation{bus: bus, seen: st.seen}
+			if gen.lost() {
+				s.log.Warn("the bus lost its data since this service last looked (its generation changed): channels without a meta are invalidated whole",
+					"seen", gen.seen, "now", gen.bus)
+			}
 		}
 		for i, t := range batch {
-			if err := errors.Join(metas[i].err, storedErrs[i]); err != nil {
+			if err := st.errs[i]; err != nil {
 				// Counted and logged, not a failure of the check: a key of
 				// the wrong type does not go away by retrying, and the
 				// other channels must still settle (and the service get
@@ -198,62 +209,126 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, gen gen
 				s.log.Warn("unreadable channel meta or stored position; the channel is not checked until it can be read", "channel", t.channel, "err", err)
 				continue
 			}
-			meta := metas[i].at
-			if msg != nil && !recovery.Confirmed(msgPosition(msg), meta) {
-				s.m.unconfirmed.Inc()
-				s.log.Warn("message not confirmed by the channel's meta (forged, or lost with the bus); ignored",
-					"channel", t.channel, "message", msgPosition(msg).String(), "channel_at", meta.String())
-			}
 			p, ok := s.pos[t.channel]
-			c := recovery.Channel{Memory: stored[i], Stored: stored[i], HasStore: s.store != nil, Meta: meta,
+			c := recovery.Channel{Memory: st.stored[i], Stored: st.stored[i], HasStore: s.store != nil, Meta: st.metas[i],
 				BusLost: gen.lost(), BusKnown: gen.known(), Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
 			if ok {
 				c.Memory, c.Watched = p.at, p.watched != "" && p.watched == gen.bus
 			}
+			if msg != nil {
+				c.Message = msgPosition(msg)
+			}
 			delete(s.heard, t.channel)
-			if !ok && !meta.Known() && !stored[i].Known() && !gen.lost() && !s.mustWatch(c, gen) {
+			if !ok && msg == nil && !c.Meta.Known() && !c.Stored.Known() && !gen.lost() && !s.mustWatch(c, gen) {
 				continue // never published, nothing stored: nothing to remember (a position a channel at scale)
 			}
 			if !ok {
-				p = &position{tenant: t.tenant, tag: t.tag, at: stored[i]}
+				p = &position{tenant: t.tenant, tag: t.tag, at: st.stored[i]}
 				s.pos[t.channel] = p
 			}
-			d := recovery.Check(c)
-			if recovery.Watch(c) && gen.bus != "" {
-				p.watched = gen.bus
+			if r, ok := s.plan(t.channel, p, c, recovery.Decide(c), gen); ok {
+				recoveries = append(recoveries, r)
 			}
-			if chain, ok := recovery.Adopt(c); ok && p.at.Epoch == meta.Epoch && p.at.Version == meta.Version {
-				p.at.Chain = chain
-			}
-			if start, moved := recovery.Start(c); moved {
-				s.m.cacheMoved.Inc()
-				s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from there",
-					"channel", t.channel, "applied", p.at.String(), "cache", stored[i].String(), "from", start.String())
-				// Without a Handler, the cache's position is where this
-				// channel stands; with one, memory stays the Handler's (per
-				// process) until the recovery has brought both to the meta.
-				if !c.HasHandler {
-					p.at = stored[i]
-				}
-			}
-			if d.Action == recovery.Ignore {
-				continue
-			}
-			var first bool
-			if msg != nil {
-				d, first = recovery.First(d, msgPosition(msg))
-			}
-			if !first {
-				s.m.gaps.Inc()
-				s.log.Info("channel needs recovery", "channel", t.channel, "action", d.Action.String(), "reason", d.Reason.String(),
-					"at", p.at.String(), "channel_at", meta.String())
-			}
-			recoveries = append(recoveries, pending{t.channel, p, d, first})
 		}
-		failed = errors.Join(failed, s.recoverAll(ctx, recoveries))
+		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, msg != nil))
 		recoveries = recoveries[:0]
 	}
-	return errors.Join(failed, s.flushBatch(ctx))
+	return gen, errors.Join(failed, s.flushBatch(ctx))
+}
+
+// plan takes a check's plan for one channel, whose state was c: it counts
+// and logs what the plan found and stands the channel where the plan says;
+// it returns the decision to carry out (recoverAll), false for none.
+func (s *Subscriber) plan(channel string, p *position, c recovery.Channel, pl recovery.Plan, gen generation) (pending, bool) {
+	if pl.Unconfirmed {
+		s.m.unconfirmed.Inc()
+		s.log.Warn("message not confirmed by the channel's meta (forged, or lost with the bus); ignored",
+			"channel", channel, "message", c.Message.String(), "channel_at", c.Meta.String())
+	}
+	if pl.Watch && gen.bus != "" {
+		p.watched = gen.bus
+	}
+	if pl.Moved {
+		s.m.cacheMoved.Inc()
+		s.log.Warn("the cache holds another position than this subscriber applied (restored, failed over, or another instance); continuing from there",
+			"channel", channel, "applied", c.Memory.String(), "cache", c.Stored.String(), "from", pl.Start.String())
+	}
+	p.at = pl.At
+	if pl.Action == recovery.Ignore {
+		return pending{}, false
+	}
+	if !pl.First {
+		s.m.gaps.Inc()
+		s.log.Info("channel needs recovery", "channel", channel, "action", pl.Action.String(), "reason", pl.Reason.String(),
+			"at", p.at.String(), "channel_at", c.Meta.String())
+	}
+	return pending{channel, p, pl.Decision, pl.First}, true
+}
+
+// resolve reads the history a replay needs and settles the decision
+// against it (recovery.Resolve): the messages to replay with where the
+// channel stands after each, or the whole tag when the history no longer
+// reaches back or its chain does not follow from start.
+func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
+	if d.Action != recovery.Replay {
+		return d, nil, nil, nil
+	}
+	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
+	if err != nil {
+		return d, nil, nil, err
+	}
+	r, at := s.settle(channel, start, d, msgs, payloads, ok)
+	return r, msgs, at, nil
+}
+
+// settle settles a replay against the history read for it
+// (recovery.Resolve), ok when the history holds all its messages.
+func (s *Subscriber) settle(channel string, start recovery.Position, d recovery.Decision, msgs []*wire.Message, payloads [][]byte, ok bool) (recovery.Decision, []recovery.Position) {
+	got := make([]recovery.Position, len(msgs))
+	for i, m := range msgs {
+		got[i] = msgPosition(m)
+	}
+	r, at := recovery.Resolve(d, start, ok, got, payloads)
+	if ok && r.Action == recovery.WholeTag && r.Reason == recovery.Diverged {
+		s.m.unconfirmed.Inc()
+		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
+			"channel", channel, "position", start.String(), "channel_at", d.To.String())
+	}
+	return r, at
+}
+
+// history returns the messages from..to of the channel's history, with
+// each one's JSON as published, and false when the history does not hold
+// all of them in this epoch.
+func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, [][]byte, bool, error) {
+	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	msgs, payloads, ok := s.parseHistory(channel, epoch, from, to, entries)
+	return msgs, payloads, ok, nil
+}
+
+// parseHistory reads the messages of history entries from..to, with each
+// one's JSON as published, and whether they are all there (contiguous, of
+// the epoch).
+func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, [][]byte, bool) {
+	msgs := make([]*wire.Message, 0, len(entries))
+	payloads := make([][]byte, 0, len(entries))
+	got := make([]recovery.Position, 0, len(entries))
+	for _, e := range entries {
+		raw, _ := e.Values[names.HistoryField].(string)
+		m, err := wire.ParseMessage([]byte(raw))
+		if err != nil {
+			s.m.positionErrors.Inc()
+			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
+			return nil, nil, false
+		}
+		msgs = append(msgs, m)
+		payloads = append(payloads, []byte(raw))
+		got = append(got, msgPosition(m))
+	}
+	return msgs, payloads, recovery.Contiguous(got, epoch, from, to)
 }
 
 // mustWatch reports whether a channel with neither a meta nor a position
@@ -267,6 +342,35 @@ func (s *Subscriber) mustWatch(c recovery.Channel, gen generation) bool {
 
 type target struct{ channel, tenant, tag string }
 
+// state is what a check reads of its targets, one each: the metas on the
+// bus, the positions stored with the cache (in memory without one), an
+// error for a target whose meta or position cannot be read; and the bus
+// generation the service last saw.
+type state struct {
+	metas, stored []recovery.Position
+	errs          []error
+	seen          string
+}
+
+// readState reads the targets' state: their metas from the bus in one
+// pipeline, and what the cache holds for them in one call (cacheState).
+func (s *Subscriber) readState(ctx context.Context, targets []target) (state, error) {
+	metas, err := s.metas(ctx, targets)
+	if err != nil {
+		return state{}, err
+	}
+	stored, errs, seen, err := s.cacheState(ctx, targets)
+	if err != nil {
+		return state{}, err
+	}
+	st := state{metas: make([]recovery.Position, len(targets)), stored: stored, errs: errs, seen: seen}
+	for i := range targets {
+		st.metas[i] = metas[i].at
+		st.errs[i] = errors.Join(metas[i].err, errs[i])
+	}
+	return st, nil
+}
+
 type metaRead struct {
 	at  recovery.Position // zero: no meta on the bus
 	err error             // the meta exists but cannot be read
@@ -274,6 +378,10 @@ type metaRead struct {
 
 // metas reads the channels' metas from the bus in one pipeline.
 func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, error) {
+	out := make([]metaRead, len(targets))
+	if len(targets) == 0 {
+		return out, nil
+	}
 	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
 			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain")
@@ -283,7 +391,6 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 	if err != nil && !isReplyError(err) {
 		return nil, err // the bus did not answer: nothing can be decided
 	}
-	out := make([]metaRead, len(targets))
 	for i, t := range targets {
 		vals, err := cmds[i].(*redis.SliceCmd).Result()
 		if err != nil {
@@ -312,13 +419,15 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 	return out, nil
 }
 
-// storedPositions reads the positions stored with the cache for the targets
-// (the zero Position where none is). Without a cache, positions live in
-// memory and those are returned. A stored position that cannot be parsed is
-// counted and taken as none: its channel is then recovered whole. A position
-// the cache refuses to read (a key of another type) is an error of its own
-// target; err is for a cache that did not answer.
-func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out []recovery.Position, errs []error, err error) {
+// cacheState reads what the cache holds for the targets in one call
+// (tagstore.ReadState): their positions (the zero Position where none is)
+// and the bus generation the service last saw. Without a cache, positions
+// and that generation live in memory and those are returned. A stored
+// position that cannot be parsed is counted and taken as none: its channel
+// is then recovered whole. A position the cache refuses to read (a key of
+// another type) is an error of its own target; err is for a cache that did
+// not answer.
+func (s *Subscriber) cacheState(ctx context.Context, targets []target) (out []recovery.Position, errs []error, seen string, err error) {
 	out = make([]recovery.Position, len(targets))
 	errs = make([]error, len(targets))
 	if s.store == nil {
@@ -327,28 +436,29 @@ func (s *Subscriber) storedPositions(ctx context.Context, targets []target) (out
 				out[i] = p.at
 			}
 		}
-		return out, errs, nil
+		return out, errs, s.seenGeneration, nil
 	}
 	chans := make([]tagstore.TenantTag, len(targets))
 	for i, t := range targets {
 		chans[i] = tagstore.TenantTag{Tenant: t.tenant, Tag: t.tag}
 	}
-	pos, found, readErrs, err := s.store.ReadPositions(ctx, s.opt.Service, chans)
+	st, err := s.store.ReadState(ctx, s.opt.Service, chans)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	for i, t := range targets {
 		switch {
-		case errors.Is(readErrs[i], tagstore.ErrBadPosition):
+		case errors.Is(st.Errs[i], tagstore.ErrBadPosition):
 			s.m.positionErrors.Inc()
-			s.log.Warn("unreadable stored position; recovering the channel as if it had none", "channel", t.channel, "err", readErrs[i])
-		case readErrs[i] != nil:
-			errs[i] = readErrs[i]
-		case found[i]:
-			out[i] = recovery.Position{Epoch: pos[i].Epoch, Version: pos[i].Version, Chain: pos[i].Chain}
+			s.log.Warn("unreadable stored position; recovering the channel as if it had none", "channel", t.channel, "err", st.Errs[i])
+		case st.Errs[i] != nil:
+			errs[i] = st.Errs[i]
+		case st.Found[i]:
+			p := st.Positions[i]
+			out[i] = recovery.Position{Epoch: p.Epoch, Version: p.Version, Chain: p.Chain}
 		}
 	}
-	return out, errs, nil
+	return out, errs, st.GenerationSeen, nil
 }
 
 // isReplyError reports whether err is an error Redis answered (WRONGTYPE and
@@ -386,14 +496,14 @@ func (s *Subscriber) targets(ctx context.Context) ([]string, error) {
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 	// Only this instance's tenants are kept from each page (a shard of k
 	// reads the registry, but keeps 1/k of it).
-	registered, err := scanSet(ctx, s.bus, wire.TenantsKey(s.prefix), s.cur.shard.Owns)
+	registered, err := scanSet(ctx, s.bus, names.TenantsKey(s.prefix), s.cur.shard.Owns)
 	if err != nil {
-		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", wire.TenantsKey(s.prefix), err)
+		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", names.TenantsKey(s.prefix), err)
 	}
 	var indexed, cached []string
 	if s.store != nil {
-		if indexed, err = scanSet(ctx, s.opt.Cache, names.PositionIndexKey(s.opt.Service), s.cur.shard.Owns); err != nil {
-			return nil, fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
+		if indexed, err = s.store.IndexedTenants(ctx, s.opt.Service); err != nil {
+			return nil, err
 		}
 		if cached, err = scanSet(ctx, s.opt.Cache, names.CacheTenantsKey(), s.cur.shard.Owns); err != nil {
 			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)
@@ -439,26 +549,3 @@ func scanSet(ctx context.Context, rdb redis.UniversalClient, key string, keep fu
 
 // scanPage is the COUNT of one SSCAN.
 const scanPage = 1000
-
-// index records in the cache Redis the tenants of invalidations about to
-// write their first position there, before they do: a subscriber of every
-// tenant finds its positions from the index even when the bus lost its
-// tenant registry.
-func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
-	var fresh []any
-	for _, inv := range invs {
-		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, any(inv.Tenant)) {
-			fresh = append(fresh, inv.Tenant)
-		}
-	}
-	if len(fresh) == 0 {
-		return nil
-	}
-	if err := s.opt.Cache.SAdd(ctx, names.PositionIndexKey(s.opt.Service), fresh...).Err(); err != nil {
-		return fmt.Errorf("recording tenants in the position index %s in the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
-	}
-	for _, t := range fresh {
-		s.indexed[t.(string)] = true
-	}
-	return nil
-}

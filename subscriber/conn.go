@@ -14,7 +14,6 @@ import (
 
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/wire"
 )
 
 // listener owns the subscriber's pub/sub connections: on a standalone bus
@@ -248,7 +247,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	}
 	channels := s.cur.channels(s.prefix, tenants)
 	if s.cur.allTenants {
-		channels = append(channels, wire.TenantsChannel(s.prefix))
+		channels = append(channels, names.TenantsChannel(s.prefix))
 	}
 	s.joined = tenants // sorted (everyTenant)
 	clear(s.joinedNew)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
 )
 
 // pending is a channel's recovery decided by a check, not carried out yet.
@@ -22,21 +23,21 @@ type pending struct {
 }
 
 // recoverAll carries out the recoveries of one part of a check together:
-// the histories of the replays are read in one pipeline and their messages
-// applied in pipelines (flushBatch), where one channel after the other took
-// a round trip to the bus and one to the cache each — what made the first
-// check of a new service of millions of channels take half an hour.
-// Whole-tag invalidations go in pipelines too (wholeTags); repairs and a
-// channel's first message go as before (execute).
-func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
+// the histories of the replays are read in one pipeline, settled
+// (recovery.Resolve) and their messages staged and applied in pipelines
+// (flushBatch), where one channel after the other took a round trip to the
+// bus and one to the cache each — what made the first check of a new
+// service of millions of channels take half an hour. Whole-tag
+// invalidations go in pipelines too (wholeTags); repairs and a channel's
+// first message go one by one (execute). live: the check was made for a
+// message of the burst being handled, whose pipeline the replay joins.
+func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) error {
 	if len(rs) == 0 {
 		return nil
 	}
-	now := time.Now().UnixMilli()
 	var replays []int
 	for i := range rs {
-		rs[i].d = recovery.Stamp(rs[i].d, now)
-		if rs[i].d.Action == recovery.Replay && !rs[i].first {
+		if rs[i].d.Action == recovery.Replay {
 			replays = append(replays, i)
 		}
 	}
@@ -53,18 +54,11 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 			return fmt.Errorf("reading the histories of %d channels to replay from the bus Redis: %w", len(replays), err)
 		}
 	}
-	batching := s.batching
-	s.batching = true // the replayed messages collect in s.batch
 	var failed error
 	var wholes []pending // carried out together at the end (wholeTags)
-	flush := func() {
-		if !batching && len(s.batch) >= pipelineChunk {
-			s.batching = false
-			failed = errors.Join(failed, s.flushBatch(ctx))
-			s.batching = true
-		}
-	}
 	for i, r := range rs {
+		var msgs []*wire.Message
+		var at []recovery.Position
 		if h, ok := histories[i]; ok {
 			entries, err := h.Result()
 			if err != nil {
@@ -72,34 +66,34 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 				continue
 			}
 			msgs, payloads, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
-			var at []recovery.Position
-			if ok {
-				at, ok = s.replayed(r.channel, r.p, &r.d, msgs, payloads)
-			}
-			if ok {
-				s.m.recoveries.WithLabelValues("replay").Inc()
-				for j, m := range msgs {
-					failed = errors.Join(failed, s.applyMessage(ctx, r.channel, r.p, m, at[j]))
+			r.d, at = s.settle(r.channel, r.p.at, r.d, msgs, payloads, ok)
+			if r.d.Action == recovery.Replay && !r.first {
+				// Staged, as a live check's: the pipelines of the part
+				// apply them (below), or the burst the check is in.
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, false, true); err != nil {
+					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				}
-				flush()
+				if !live && len(s.batch) >= pipelineChunk {
+					failed = errors.Join(failed, s.flushBatch(ctx))
+				}
 				continue
 			}
-			// The history no longer reaches back, or its chain diverged:
-			// execute falls through to the whole tag.
-			r.d.Action = recovery.WholeTag
+			if r.d.Action == recovery.Replay {
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, true, live); err != nil {
+					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+				}
+				continue
+			}
 		}
-		if r.d.Action == recovery.WholeTag && !r.first && !batching {
+		if r.d.Action == recovery.WholeTag && !r.first && !live {
 			wholes = append(wholes, r)
 			continue
 		}
-		s.batching = false
-		if err := s.execute(ctx, r.channel, r.p, r.d, r.first); err != nil {
+		if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, r.first, live); err != nil {
 			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 		}
-		s.batching = true
 	}
-	s.batching = batching
-	if !batching {
+	if !live {
 		failed = errors.Join(failed, s.flushBatch(ctx), s.wholeTags(ctx, wholes))
 	}
 	return failed
@@ -113,7 +107,9 @@ func (s *Subscriber) wholeTags(ctx context.Context, rs []pending) error {
 	for start := 0; start < len(rs); start += pipelineChunk {
 		part := rs[start:min(start+pipelineChunk, len(rs))]
 		invs := make([]Invalidation, len(part))
-		for i, r := range part {
+		for i := range part {
+			part[i].d = recovery.Stamp(part[i].d, time.Now().UnixMilli())
+			r := part[i]
 			s.m.recoveries.WithLabelValues("whole_tag").Inc()
 			s.log.Info("invalidating the whole tag to close a gap", "channel", r.channel, "reason", r.d.Reason.String(), "from", r.p.at.String(), "to", r.d.To.String())
 			invs[i] = Invalidation{Tenant: r.p.tenant, Tag: r.p.tag, Epoch: r.d.To.Epoch, Version: r.d.To.Version, Recovered: true, chain: r.d.To.Chain}

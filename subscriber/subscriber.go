@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -33,9 +32,9 @@ import (
 
 	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/storm"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/storm"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
@@ -50,13 +49,9 @@ type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
-	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
-	// what was cached under them (tagstore.SetRefs) and under the
-	// type-level reference of their domains; a domain alone names its type
-	// level. An invalidation with neither Keys nor Refs is of the whole tag.
-	Refs []string
-	// Plain (with Refs): every value of the tag cached without refs
-	// (tagstore.Set) goes too (wire.Message.Plain).
+	// Refs and Plain mean what wire.Message's do. An invalidation with
+	// neither Keys nor Refs is of the whole tag.
+	Refs    []string
 	Plain   bool
 	Epoch   string
 	Version int64
@@ -108,7 +103,14 @@ type Options struct {
 	Store tagstore.Options
 	// Handler, when set, is called for every invalidation after the cache
 	// (if any) has applied it. Without Cache, positions live in memory.
+	// A Handler is taken for a cache of its own (in process, or another
+	// process's), which may hold values of a tenant the subscriber has not
+	// heard of: recovery is more careful with it (docs/protocol.md §5.2).
 	Handler Handler
+	// Observe, when set, is told of every invalidation applied, after the
+	// cache Redis and the Handler: for counting and logging. It holds no
+	// cache and cannot fail one.
+	Observe func(Invalidation)
 	// CheckInterval is how often positions are checked against the
 	// channels' versions (30s).
 	CheckInterval time.Duration
@@ -212,10 +214,10 @@ type Subscriber struct {
 	evictionWarned bool
 
 	// While the applier handles a burst of received messages, the messages
-	// that follow their channel's position collect here and are applied in
-	// one pipeline (strictly in order per channel); owned by the applier.
-	batching bool
-	batch    []batched
+	// that follow their channel's position collect here (stage) and are
+	// applied in one pipeline (strictly in order per channel) at the end of
+	// the burst, or before any other invalidation; owned by the applier.
+	batch []batched
 }
 
 // batched is a message applied provisionally: its channel's position is
@@ -291,12 +293,9 @@ type position struct {
 	// queue holds messages merged under the local limit, not yet applied.
 	queue *queued
 	// last is the last message taken live, to tell a second message of
-	// the same version (one of the two was forged) from a redelivery.
-	last struct {
-		at    recovery.Position
-		event string
-		prev  string // the chain before it (recovery.Position.Chain)
-	}
+	// the same version (one of the two was forged) from a redelivery
+	// (recovery.Contested).
+	last recovery.Live
 	// watched is the bus generation under which a check found the channel
 	// with neither a meta nor a position (recovery.Channel.Watched).
 	watched string
@@ -381,7 +380,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.ApplyBurst = max(1, int(opt.ApplyRate))
 	}
 	if opt.MaxKeys == 0 {
-		opt.MaxKeys = matrix.DefaultLimits.MaxKeys
+		opt.MaxKeys = matrix.DefaultLimits().MaxKeys
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -533,7 +532,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
-	if raw.Channel == wire.TenantsChannel(s.prefix) {
+	if raw.Channel == names.TenantsChannel(s.prefix) {
 		if s.cur.allTenants && names.ValidTenant(raw.Payload) && s.cur.shard.Owns(raw.Payload) && !s.hasJoined(raw.Payload) {
 			// Heard live: its channels published nothing before
 			// (recovery.Channel.Announced), until their first check.
@@ -565,7 +564,7 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	d := recovery.OnMessage(p.head(), msgPosition(msg))
 	switch d.Action {
 	case recovery.Ignore:
-		if msg.Event != "" && p.last.event != "" && msg.Event != p.last.event && msgPosition(msg) == p.last.at {
+		if recovery.Contested(p.last, msgPosition(msg), msg.Event) {
 			return s.contested(ctx, target{raw.Channel, tenant, tag}, p, msg)
 		}
 		s.m.duplicates.Inc()
@@ -588,16 +587,24 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 // the local limit, merged into the channel's queued work. payload is the
 // message as published, which the channel's chain goes over.
 func (s *Subscriber) deliver(ctx context.Context, channel string, p *position, msg *wire.Message, payload []byte) error {
+	return s.take(ctx, channel, p, msg, recovery.Next(p.head(), msgPosition(msg), payload))
+}
+
+// take applies a message that follows the channel's head, at is where it
+// brings the channel: staged in the burst's pipeline, or, over the local
+// limit, merged into the channel's queued work.
+func (s *Subscriber) take(ctx context.Context, channel string, p *position, msg *wire.Message, at recovery.Position) error {
 	head := p.head()
-	at := recovery.Next(head, msgPosition(msg), payload)
-	p.last.at, p.last.event, p.last.prev = msgPosition(msg), msg.Event, head.Chain
+	p.last = recovery.Live{At: msgPosition(msg), Event: msg.Event, Prev: head.Chain}
 	if s.limiter == nil {
-		return s.applyMessage(ctx, channel, p, msg, at)
+		s.stage(channel, p, msg, at)
+		return nil
 	}
 	now := time.Now()
 	if p.queue == nil {
 		if storm.Reserve(now, s.limiter) == 0 {
-			return s.applyMessage(ctx, channel, p, msg, at)
+			s.stage(channel, p, msg, at)
+			return nil
 		}
 		p.queue = &queued{keys: storm.NewChunks(s.opt.MaxKeys, min(s.opt.MaxKeys, wire.MaxRefs)), refused: 1, due: now.Add(s.opt.Coalesce)}
 		s.queued[channel] = p
@@ -733,7 +740,7 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 		return p, nil
 	}
 	t := target{channel, tenant, tag}
-	stored, errs, err := s.storedPositions(ctx, []target{t})
+	stored, errs, _, err := s.cacheState(ctx, []target{t})
 	if err != nil {
 		return nil, err // errs is nil then
 	}
@@ -748,7 +755,6 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 // handleBurst handles a received message and whatever else is already
 // waiting (up to maxBatch), applying the in-order ones in one pipeline.
 func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) error {
-	s.batching = true
 	var errs error
 	msg := first
 	for n := 0; ; n++ {
@@ -763,19 +769,21 @@ func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) erro
 		}
 		break
 	}
-	s.batching = false
 	return errors.Join(errs, s.flushBatch(ctx))
 }
 
-// applyMessage applies one message that follows the position directly — at
-// once, or, while a burst is handled, in the burst's pipeline — and stands
-// the channel at at (the message's position with the chain it reaches).
-func (s *Subscriber) applyMessage(ctx context.Context, channel string, p *position, msg *wire.Message, at recovery.Position) error {
-	if s.batching {
-		s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, at: at, msg: msg})
-		p.at = at
-		return nil
-	}
+// stage adds a message of the burst being handled that follows the
+// channel's position directly to the burst's pipeline (flushBatch), and
+// stands the channel at at (the message's position with the chain it
+// reaches); a failed apply sets it back.
+func (s *Subscriber) stage(channel string, p *position, msg *wire.Message, at recovery.Position) {
+	s.batch = append(s.batch, batched{channel: channel, p: p, prev: p.at, at: at, msg: msg})
+	p.at = at
+}
+
+// applyNow applies one message that follows the channel's position
+// directly, at once (after anything staged), and stands the channel at at.
+func (s *Subscriber) applyNow(ctx context.Context, p *position, msg *wire.Message, at recovery.Position) error {
 	if err := s.invalidate(ctx, messageInvalidation(msg, at.Chain)); err != nil {
 		return err
 	}
@@ -927,6 +935,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			spans[i].RecordError(errs[i])
 			spans[i].SetStatus(codes.Error, errs[i].Error())
 		} else {
+			if s.opt.Observe != nil {
+				s.opt.Observe(inv)
+			}
 			s.m.applied.WithLabelValues(inv.Tag).Inc()
 			if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
 				s.m.wholeTag.WithLabelValues(inv.Tag, inv.wholeReason()).Inc()
@@ -937,35 +948,55 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	return errs
 }
 
-// execute carries out a recovery decision for a channel whose position p
-// has been set to where the check starts. first: the decision only replays
-// the message that made the check (a channel's first), not a recovery.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, first bool) error {
+// index records in the cache Redis the tenants of invalidations about to
+// write their first position there, before they do: a subscriber of every
+// tenant finds its positions from the index even when the bus lost its
+// tenant registry.
+func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
+	var fresh []string
+	for _, inv := range invs {
+		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, inv.Tenant) {
+			fresh = append(fresh, inv.Tenant)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := s.store.IndexTenants(ctx, s.opt.Service, fresh...); err != nil {
+		return err
+	}
+	for _, t := range fresh {
+		s.indexed[t] = true
+	}
+	return nil
+}
+
+// execute is the executor: it carries out a settled decision (resolve) for
+// a channel whose position p stands where the check starts, and decides
+// nothing. A replay applies msgs, standing the channel at at[i] after each.
+// first: the decision only replays the message that made the check (a
+// channel's first), taken as it would have been live, not as a recovery.
+// live: the check was made for a message of the burst being handled, so a
+// replay joins the burst's pipeline (strict: each version must follow the
+// cache's position) after what the burst staged; otherwise it is applied
+// at once.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, msgs []*wire.Message, at []recovery.Position, first, live bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
-		msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
-		if err != nil {
-			return err
+		if first {
+			// Taken as it would have been live: under the local limit.
+			return s.take(ctx, channel, p, msgs[0], at[0])
 		}
-		var at []recovery.Position
-		if ok {
-			at, ok = s.replayed(channel, p, &d, msgs, payloads)
-		}
-		if ok {
-			if first {
-				// Taken as it would have been live: under the local limit.
-				return s.deliver(ctx, channel, p, msgs[0], payloads[0])
+		s.m.recoveries.WithLabelValues("replay").Inc()
+		for i, m := range msgs {
+			if live {
+				s.stage(channel, p, m, at[i])
+			} else if err := s.applyNow(ctx, p, m, at[i]); err != nil {
+				return err
 			}
-			s.m.recoveries.WithLabelValues("replay").Inc()
-			for i, m := range msgs {
-				if err := s.applyMessage(ctx, channel, p, m, at[i]); err != nil {
-					return err
-				}
-			}
-			return nil
 		}
-		fallthrough // the history no longer reaches back, or diverged
+		return nil
 	case recovery.WholeTag:
 		s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "reason", d.Reason.String(), "from", p.at.String(), "to", d.To.String())
@@ -985,59 +1016,6 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 		p.at = d.To
 	}
 	return nil
-}
-
-// replayed checks the history's messages of a replay from p before they
-// are applied (recovery.Replayed): it returns where the channel stands after
-// each, or false, with d's reason made Diverged, when the chain they reach
-// is not the meta's.
-func (s *Subscriber) replayed(channel string, p *position, d *recovery.Decision, msgs []*wire.Message, payloads [][]byte) ([]recovery.Position, bool) {
-	got := make([]recovery.Position, len(msgs))
-	for i, m := range msgs {
-		got[i] = msgPosition(m)
-	}
-	at, ok := recovery.Replayed(p.at, got, payloads, d.To)
-	if !ok {
-		s.m.unconfirmed.Inc()
-		d.Reason = recovery.Diverged
-		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
-			"channel", channel, "position", p.at.String(), "channel_at", d.To.String())
-	}
-	return at, ok
-}
-
-// history returns the messages from..to of the channel's history, with
-// each one's JSON as published, and false when the history does not hold
-// all of them in this epoch.
-func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, to int64) ([]*wire.Message, [][]byte, bool, error) {
-	entries, err := s.bus.XRange(ctx, names.HistoryKey(channel), strconv.FormatInt(from, 10)+"-0", strconv.FormatInt(to, 10)+"-0").Result()
-	if err != nil {
-		return nil, nil, false, err
-	}
-	msgs, payloads, ok := s.parseHistory(channel, epoch, from, to, entries)
-	return msgs, payloads, ok, nil
-}
-
-// parseHistory reads the messages of history entries from..to, with each
-// one's JSON as published, and whether they are all there (contiguous, of
-// the epoch).
-func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, [][]byte, bool) {
-	msgs := make([]*wire.Message, 0, len(entries))
-	payloads := make([][]byte, 0, len(entries))
-	got := make([]recovery.Position, 0, len(entries))
-	for _, e := range entries {
-		raw, _ := e.Values[names.HistoryField].(string)
-		m, err := wire.ParseMessage([]byte(raw))
-		if err != nil {
-			s.m.positionErrors.Inc()
-			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
-			return nil, nil, false
-		}
-		msgs = append(msgs, m)
-		payloads = append(payloads, []byte(raw))
-		got = append(got, msgPosition(m))
-	}
-	return msgs, payloads, recovery.Contiguous(got, epoch, from, to)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

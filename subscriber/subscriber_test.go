@@ -1,13 +1,11 @@
 package subscriber
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +13,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -113,23 +113,8 @@ func TestRefsWithoutKeysArePlain(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a logger and a test reading it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is testbin.Buffer: written by a process or a logger while the test reads.
+type lockedBuffer = testbin.Buffer
 
 // A subscriber embedded without a Logger logs to slog.Default(): a service
 // that set none used to see nothing, and a correct whole-tag repair looked
@@ -182,7 +167,7 @@ func TestShardKeepsNothingOfOthersAnnouncedTenants(t *testing.T) {
 			continue // announced() would subscribe: needs a running listener
 		}
 		others++
-		if err := s.handle(context.Background(), &redis.Message{Channel: wire.TenantsChannel(s.prefix), Payload: tenant}); err != nil {
+		if err := s.handle(context.Background(), &redis.Message{Channel: names.TenantsChannel(s.prefix), Payload: tenant}); err != nil {
 			t.Fatal(err)
 		}
 	}

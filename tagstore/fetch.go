@@ -176,41 +176,14 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// leaseReply reads lease.lua's reply.
-type leaseReply struct {
-	status string // "HIT", "LEASED" or "WAIT"
-	value  []byte // HIT
-	left   time.Duration
-}
-
-func (f *fill) take(ctx context.Context) (leaseReply, error) {
-	keys := make([]string, 0, 2+len(f.sets.keys))
-	keys = append(append(keys, f.full, f.lease), f.sets.keys...)
-	v, err := lua.Lease.Run(ctx, f.s.c, keys, f.token, f.opt.LeaseTime.Milliseconds(), f.sets.expiring).Slice()
+func (f *fill) take(ctx context.Context) (lua.LeaseReply, error) {
+	req := lua.LeaseRequest{Key: f.full, LeaseKey: f.lease, Sets: f.sets.keys, Token: f.token,
+		LeaseTime: f.opt.LeaseTime, Expiring: f.sets.expiring}
+	r, err := lua.Run(ctx, f.s.c, &req)
 	if err != nil {
-		return leaseReply{}, fmt.Errorf("tagstore: lease %s: %w", f.full, err)
+		return r, fmt.Errorf("tagstore: lease %s: %w", f.full, err)
 	}
-	r := leaseReply{}
-	if len(v) > 0 {
-		r.status, _ = v[0].(string)
-	}
-	switch {
-	case r.status == "HIT" && len(v) == 2:
-		s, ok := v[1].(string)
-		if ok {
-			r.value = []byte(s)
-			return r, nil
-		}
-	case r.status == "LEASED" && len(v) == 1:
-		return r, nil
-	case r.status == "WAIT" && len(v) == 2:
-		ms, ok := v[1].(int64)
-		if ok {
-			r.left = time.Duration(ms) * time.Millisecond
-			return r, nil
-		}
-	}
-	return leaseReply{}, fmt.Errorf("tagstore: lease %s: unexpected reply %v", f.full, v)
+	return r, nil
 }
 
 func (f *fill) run(ctx context.Context, load func(context.Context) ([]byte, error)) ([]byte, error) {
@@ -221,10 +194,10 @@ func (f *fill) run(ctx context.Context, load func(context.Context) ([]byte, erro
 		if err != nil {
 			return nil, err
 		}
-		switch r.status {
-		case "HIT":
-			return r.value, nil
-		case "LEASED":
+		switch r.Status {
+		case lua.LeaseHit:
+			return r.Value, nil
+		case lua.Leased:
 			return f.load(ctx, load)
 		}
 		waited := time.Since(start)
@@ -234,8 +207,8 @@ func (f *fill) run(ctx context.Context, load func(context.Context) ([]byte, erro
 		// Poll again soon, and no later than the lease's end or the
 		// wait limit.
 		d := min(poll, f.opt.WaitLimit-waited)
-		if r.left > 0 {
-			d = min(d, r.left+time.Millisecond)
+		if r.Left > 0 {
+			d = min(d, r.Left+time.Millisecond)
 		}
 		t := time.NewTimer(d)
 		select {
@@ -274,14 +247,14 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	if !covered {
 		return v, nil // released: a change during the load may not have voided it
 	}
-	keys := make([]string, 0, 2+len(value.keys)+len(f.sets.keys))
-	keys = append(append(append(keys, f.full, f.lease), value.keys...), f.sets.keys...)
-	if err := lua.Set.Run(ctx, f.s.c, keys, v, f.opt.TTL.Milliseconds(), value.expiring, f.token, len(f.sets.keys)).Err(); err != nil {
+	req := lua.SetRequest{Key: f.full, Value: v, TTL: f.opt.TTL, Sets: value.keys, Expiring: value.expiring,
+		Lease: &lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
+	if _, err := lua.Run(ctx, f.s.c, &req); err != nil {
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)
-	// set.lua answers -1 when an invalidation voided the lease: the value
-	// is the caller's, uncached.
+	// A fill an invalidation voided (lua.FillVoid) stored nothing: the
+	// value is the caller's, uncached.
 	done = true
 	return v, nil
 }
@@ -325,7 +298,6 @@ func (f *fill) covers(r Ref) bool {
 func (f *fill) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	keys := make([]string, 0, 2+len(f.sets.keys))
-	keys = append(append(keys, f.lease, f.full), f.sets.keys...)
-	_ = lua.Release.Run(ctx, f.s.c, keys, f.token).Err() // else it expires after the lease time
+	req := lua.ReleaseRequest{Key: f.full, Lease: lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
+	_, _ = lua.Run(ctx, f.s.c, &req) // else it expires after the lease time
 }

@@ -201,8 +201,10 @@ func TestFetchDeadHolderFreesAfterLeaseTime(t *testing.T) {
 	s, c := newStore(t, tagstore.Options{})
 	full := "{tenant:acme}:k"
 	take := func(ms int) {
-		r, err := lua.Lease.Run(ctx, c, []string{full, names.LeaseKey("acme", full), "{tenant:acme}:tag:t"}, "dead-holder", ms).Slice()
-		if err != nil || r[0] != "LEASED" {
+		req := lua.LeaseRequest{Key: full, LeaseKey: names.LeaseKey("acme", full), Sets: []string{"{tenant:acme}:tag:t"},
+			Token: "dead-holder", LeaseTime: time.Duration(ms) * time.Millisecond}
+		r, err := lua.Run(ctx, c, &req)
+		if err != nil || r.Status != lua.Leased {
 			t.Fatalf("lease.lua = %v, %v", r, err)
 		}
 	}

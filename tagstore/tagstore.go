@@ -36,27 +36,22 @@ const DefaultCardinalityGuard = 5000
 // Status is the outcome of one invalidation, as in the metric label.
 type Status string
 
-// Outcomes of an invalidation.
+// Outcomes of an invalidation: the scripts' (lua.InvalidateStatus), and
+// Failed.
 const (
-	Success             Status = "SUCCESS"
-	EmptyTagSet         Status = "EMPTY_TAG_SET"
-	CardinalityExceeded Status = "TAG_CARDINALITY_EXCEEDED"
-	Duplicate           Status = "DUPLICATE"
-	Gap                 Status = "GAP" // strict, and the position is behind the previous version
+	Success                    = Status(lua.InvalidateSuccess)
+	EmptyTagSet                = Status(lua.EmptyTagSet)
+	CardinalityExceeded        = Status(lua.CardinalityExceeded)
+	Duplicate                  = Status(lua.InvalidateDuplicate)
+	Gap                        = Status(lua.InvalidateGap) // strict, and the position is behind the previous version
 	Failed              Status = "ERROR"
 
 	// waiting: in ApplyMany, the channel's previous invalidation in the
 	// batch was still to be applied (deferred to the chunked path, or
 	// failed). ApplyMany runs it again once that one is done, or reports
 	// an error: callers never see it.
-	waiting Status = "WAIT"
+	waiting = Status(lua.InvalidateWait)
 )
-
-// scriptStatus are the statuses invalidate.lua answers.
-var scriptStatus = map[string]Status{
-	string(Success): Success, string(EmptyTagSet): EmptyTagSet, string(CardinalityExceeded): CardinalityExceeded,
-	string(Duplicate): Duplicate, string(Gap): Gap, string(waiting): waiting,
-}
 
 // Observer is told of every invalidation, for metrics. It must be cheap. A
 // tag that went the chunked path is reported with its final status (Success
@@ -231,18 +226,19 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 	if ttl < 0 {
 		return fmt.Errorf("tagstore: negative ttl %v", ttl)
 	}
-	keys := make([]string, 0, 1+len(tags))
-	keys = append(keys, full)
+	sets := make([]string, 0, len(tags))
 	for _, t := range tags {
 		if err := names.Tag(t); err != nil {
 			return err
 		}
-		keys = append(keys, names.TagSetKey(tenant, t))
+		sets = append(sets, names.TagSetKey(tenant, t))
 	}
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return err
 	}
-	return lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds()).Err()
+	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets}
+	_, err = lua.Run(ctx, s.c, &req)
+	return err
 }
 
 // indexTenant records the tenant in the cache's tenant index
@@ -338,8 +334,9 @@ func (s *Store) SetRefs(ctx context.Context, tenant, key string, value []byte, t
 	if err := s.indexTenant(ctx, tenant); err != nil {
 		return res, err
 	}
-	keys := append([]string{full}, sets.keys...)
-	return res, lua.Set.Run(ctx, s.c, keys, value, ttl.Milliseconds(), sets.expiring).Err()
+	req := lua.SetRequest{Key: full, Value: value, TTL: ttl, Sets: sets.keys, Expiring: sets.expiring}
+	_, err = lua.Run(ctx, s.c, &req)
+	return res, err
 }
 
 // valueSets are the sets a value is registered in (set.lua's KEYS after
@@ -422,7 +419,13 @@ func (s *Store) Get(ctx context.Context, tenant, key string) ([]byte, error) {
 	return s.c.Get(ctx, full).Bytes()
 }
 
-// Position is how far a service's subscriber has applied a channel.
+// Position is how far a service's subscriber has applied a channel, as the
+// cache stores it ("epoch:version", String and ParsePosition). The recovery
+// rules reason on internal/recovery's Position, which adds "none" (the zero
+// value, Known false); this one stays apart because it is part of this
+// public package's API, which cannot expose an internal type, and the pure
+// rules must not depend on the cache's package. The subscriber converts
+// between the two where it reads and applies.
 type Position struct {
 	Epoch   string
 	Version int64
@@ -433,18 +436,9 @@ type Position struct {
 }
 
 // String is the stored form, "epoch:version" or "epoch:version:chain"
-// (docs/protocol.md 5.2).
-func (p Position) String() string { return p.Epoch + ":" + p.versionArg() }
-
-// versionArg is the scripts' version argument: "version", or
-// "version:chain", stored after the epoch as given.
-func (p Position) versionArg() string {
-	v := strconv.FormatInt(p.Version, 10)
-	if p.Chain != "" {
-		v += ":" + p.Chain
-	}
-	return v
-}
+// (docs/protocol.md 5.2): the epoch, and the version argument the scripts
+// store after it (lua.InvalidateRequest).
+func (p Position) String() string { return p.Epoch + ":" + lua.VersionArg(p.Version, p.Chain) }
 
 // ParsePosition reads the stored form: "epoch:version" (also what versions
 // before chains wrote) or "epoch:version:chain". An epoch holds no ':'.
@@ -487,16 +481,10 @@ type Invalidation struct {
 	Tenant string
 	Tag    string
 	Keys   []string
-	// Refs are entity references, "<domain>/<entity>" (names.Ref): every
-	// value registered under one of them (SetRefs) is deleted and dropped
-	// from the tag set, and so is every value registered under the
-	// type-level reference of their domains (values with more refs than
-	// the guard). A domain alone names its type-level reference only. The
-	// reference sets go too.
-	Refs []string
-	// Plain (with Refs only) drops every value of the tag cached without
-	// refs (Set) too, as a whole tag would: an entity-level invalidation
-	// that names no keys cannot say which of them changed.
+	// Refs and Plain mean what wire.Message's do: the values registered
+	// under the refs (SetRefs) go, with the reference sets; with Plain the
+	// tag's values stored without refs (Set) too.
+	Refs     []string
 	Plain    bool
 	Service  string
 	Position Position
@@ -514,14 +502,14 @@ type Invalidation struct {
 }
 
 // mode is the invalidation's mode argument of the scripts.
-func (inv *Invalidation) mode() string {
+func (inv *Invalidation) mode() lua.Mode {
 	switch {
 	case inv.Repair:
-		return "R"
+		return lua.Repair
 	case inv.Strict:
-		return "1"
+		return lua.Strict
 	}
-	return "0"
+	return lua.MayJump
 }
 
 // Result says what an invalidation did.
@@ -554,8 +542,8 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 	keys, err := s.scriptKeys(inv, nil)
 	var res Result
 	if err == nil {
-		s.headKeys(inv, keys)
-		res, err = s.apply(ctx, inv, keys, singleArgs(inv, keys, "", s.opt.CardinalityGuard))
+		lua.SetHead(keys, inv.Tenant, inv.Tag, inv.Service)
+		res, err = s.apply(ctx, inv, s.invalidateRequest(inv, keys, ""))
 	}
 	if err != nil {
 		res.Status = Failed
@@ -568,13 +556,15 @@ func (s *Store) Apply(ctx context.Context, inv Invalidation) (Result, error) {
 
 // apply runs invalidate.lua, and the chunked path when the tag is above the
 // guard, until the invalidation is done or refused.
-func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args []any) (Result, error) {
+func (s *Store) apply(ctx context.Context, inv Invalidation, req lua.InvalidateRequest) (Result, error) {
 	var res Result
+	keys := req.Keys
 	for {
-		status, n, err := s.runInvalidate(ctx, keys, args)
+		r, err := lua.Run(ctx, s.c, &req)
 		if err != nil {
-			return res, err
+			return res, fmt.Errorf("tagstore: invalidate %s: %w", keys[0], err)
 		}
+		status, n := Status(r.Status), r.Deleted
 		if status == waiting {
 			return res, fmt.Errorf("tagstore: invalidate %s at %s: unexpected WAIT without a batch", keys[0], inv.Position)
 		}
@@ -611,8 +601,8 @@ func (s *Store) apply(ctx context.Context, inv Invalidation, keys []string, args
 }
 
 // scriptKeys validates an invalidation and returns the keys of its script
-// call: four slots for the tag set, the position key, the batch mark and
-// the ref-registered set (see headKeys), then the cache keys, then the
+// call: lua.HeadKeys slots for the tag set, the position key, the batch
+// mark and the ref-registered set (lua.SetHead), then the cache keys, then the
 // reference sets. They are appended to buf when it has
 // room.
 func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
@@ -653,7 +643,7 @@ func (s *Store) scriptKeys(inv Invalidation, buf []string) ([]string, error) {
 			return nil, err
 		}
 	}
-	size := headKeys + len(inv.Keys) + len(refKeys)
+	size := lua.HeadKeys + len(inv.Keys) + len(refKeys)
 	if cap(buf)-len(buf) < size {
 		buf = make([]string, 0, size)
 	}
@@ -704,37 +694,24 @@ func refCount(inv Invalidation, keys []string) int {
 	if len(inv.Refs) == 0 {
 		return 0
 	}
-	return len(keys) - headKeys - len(inv.Keys)
+	return len(keys) - lua.HeadKeys - len(inv.Keys)
 }
 
-// headKeys is the number of keys before the cache keys in a script call.
-const headKeys = 4
-
-// headKeys fills the tag set, position key, batch mark and ref-registered
-// set slots (the tag set again where no position is kept).
-func (s *Store) headKeys(inv Invalidation, keys []string) {
-	keys[0] = names.TagSetKey(inv.Tenant, inv.Tag)
-	keys[1], keys[2] = keys[0], keys[0]
-	keys[3] = names.TagRefsKey(inv.Tenant, inv.Tag)
-	if inv.Service != "" {
-		keys[1] = names.PositionKey(inv.Tenant, inv.Service, inv.Tag)
-		keys[2] = names.BatchMarkKey(inv.Tenant, inv.Service, inv.Tag)
-	}
+// invalidateRequest is the invalidate.lua call of an invalidation; token is
+// the pipeline's token when the invalidation is ordered after or before a
+// whole tag of its channel in the pipeline, else "".
+func (s *Store) invalidateRequest(inv Invalidation, keys []string, token string) lua.InvalidateRequest {
+	return lua.InvalidateRequest{Keys: keys, RefSets: refCount(inv, keys), Guard: s.opt.CardinalityGuard,
+		Epoch: inv.scriptEpoch(), Version: inv.Position.Version, Chain: inv.Position.Chain, Mode: inv.mode(), Token: token, Plain: inv.Plain}
 }
 
-// singleArgs are invalidate.lua's arguments; token is the pipeline's token
-// when the invalidation is ordered after or before a whole tag of its
-// channel in the pipeline, else "".
-func singleArgs(inv Invalidation, keys []string, token string, guard int) []any {
-	epoch := ""
-	if inv.Service != "" {
-		epoch = inv.Position.Epoch
+// scriptEpoch is the epoch the scripts record: "" (no position) without a
+// service.
+func (inv *Invalidation) scriptEpoch() string {
+	if inv.Service == "" {
+		return ""
 	}
-	plain := "0"
-	if inv.Plain {
-		plain = "1"
-	}
-	return []any{guard, epoch, inv.Position.versionArg(), inv.mode(), token, refCount(inv, keys), plain}
+	return inv.Position.Epoch
 }
 
 // ApplyMany runs several invalidations in one pipeline, in order per tag,
@@ -751,7 +728,7 @@ func (s *Store) ApplyMany(ctx context.Context, invs []Invalidation) ([]Result, [
 		keys: make([][]string, len(invs)), token: make([]string, len(invs)), took: make([]time.Duration, len(invs)), start: start}
 	n := 0
 	for _, inv := range invs {
-		n += headKeys + len(inv.Keys) + 2*len(inv.Refs) // a ref's set, and at most one type-level set
+		n += lua.HeadKeys + len(inv.Keys) + 2*len(inv.Refs) // a ref's set, and at most one type-level set
 	}
 	buf := make([]string, 0, n) // one allocation for every invalidation's keys
 	idx := make([]int, 0, len(invs))
@@ -806,17 +783,26 @@ func (b *batch) run(ctx context.Context, idx []int) {
 	for _, call := range calls {
 		for _, g := range call.groups {
 			i := g.invs[0] // the tag set and position key of a group
-			s.headKeys(b.invs[i], b.keys[i])
+			inv := &b.invs[i]
+			lua.SetHead(b.keys[i], inv.Tenant, inv.Tag, inv.Service)
 		}
 	}
-	cmds, _ := lua.RunPipeline(ctx, s.c, []*redis.Script{lua.Invalidate, lua.InvalidateKeys}, func(pipe redis.Pipeliner) []*redis.Cmd {
+	reqs := make([]callRequest, len(calls))
+	for j, call := range calls {
+		if call.single {
+			i := call.groups[0].invs[0]
+			reqs[j].single = s.invalidateRequest(b.invs[i], b.keys[i], b.token[i])
+		} else {
+			reqs[j].keys = call.request(b.invs, b.keys, b.token)
+		}
+	}
+	cmds, _ := lua.RunPipeline(ctx, s.c, lua.CacheScripts(), func(pipe redis.Pipeliner) []*redis.Cmd {
 		out := make([]*redis.Cmd, len(calls))
 		for j, call := range calls {
 			if call.single {
-				i := call.groups[0].invs[0]
-				out[j] = lua.Invalidate.EvalSha(ctx, pipe, b.keys[i], singleArgs(b.invs[i], b.keys[i], b.token[i], s.opt.CardinalityGuard)...)
+				out[j] = lua.Queue(ctx, pipe, &reqs[j].single)
 			} else {
-				out[j] = lua.InvalidateKeys.EvalSha(ctx, pipe, call.keys(b.keys), call.args(b.invs, b.token)...)
+				out[j] = lua.Queue(ctx, pipe, &reqs[j].keys)
 			}
 		}
 		return out
@@ -824,7 +810,7 @@ func (b *batch) run(ctx context.Context, idx []int) {
 	took := time.Since(b.start)
 	var deferred []int // whole tags above the guard, in order
 	for j, call := range calls {
-		replies, err := call.replies(b.keys, cmds[j])
+		replies, err := call.replies(reqs[j], b.keys, cmds[j])
 		n := 0
 		for _, g := range call.groups {
 			for _, i := range g.invs {
@@ -833,10 +819,10 @@ func (b *batch) run(ctx context.Context, idx []int) {
 				case err != nil:
 					b.errs[i] = err
 					b.results[i].Status = Failed
-				case replies[n].status == CardinalityExceeded:
+				case Status(replies[n].Status) == CardinalityExceeded:
 					deferred = append(deferred, i)
 				default:
-					b.results[i] = Result{Status: replies[n].status, Deleted: replies[n].deleted}
+					b.results[i] = Result{Status: Status(replies[n].Status), Deleted: replies[n].Deleted}
 				}
 				n++
 			}
@@ -848,7 +834,7 @@ func (b *batch) run(ctx context.Context, idx []int) {
 	done := map[channelKey]bool{}
 	for _, i := range deferred {
 		inv := b.invs[i]
-		b.results[i], b.errs[i] = s.apply(ctx, inv, b.keys[i], singleArgs(inv, b.keys[i], "", s.opt.CardinalityGuard))
+		b.results[i], b.errs[i] = s.apply(ctx, inv, s.invalidateRequest(inv, b.keys[i], ""))
 		if b.errs[i] != nil {
 			b.results[i].Status = Failed
 		}
@@ -937,14 +923,14 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []ap
 		if s.cluster {
 			group = inv.Tenant
 		}
-		nkeys := len(keys[i]) - headKeys
+		nkeys := len(keys[i]) - lua.HeadKeys
 		if nkeys == 0 || len(inv.Refs) > 0 || nkeys > maxCallKeys/2 {
 			closeCall(group)
 			calls = append(calls, applyCall{single: true, groups: []applyGroup{{invs: []int{i}}}, n: 1})
 			continue
 		}
 		c := open[group]
-		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+headKeys > maxCallKeys) {
+		if c != nil && (c.n >= maxCallInvalidations || c.nkeys+nkeys+lua.HeadKeys > maxCallKeys) {
 			closeCall(group)
 			c = nil
 		}
@@ -969,7 +955,7 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []ap
 		}
 		if !joined {
 			c.groups = append(c.groups, applyGroup{invs: []int{i}})
-			c.nkeys += headKeys
+			c.nkeys += lua.HeadKeys
 		}
 		c.n++
 		c.nkeys += nkeys
@@ -980,100 +966,46 @@ func (s *Store) applyCalls(invs []Invalidation, keys [][]string, idx []int) []ap
 	return calls
 }
 
-// keys are the batched call's KEYS: per group the tag set, position key
-// and batch mark, then every invalidation's cache keys.
-func (c applyCall) keys(keys [][]string) []string {
-	out := make([]string, 0, c.nkeys)
-	for _, g := range c.groups {
-		out = append(out, keys[g.invs[0]][:headKeys]...)
-		for _, i := range g.invs {
-			out = append(out, keys[i][headKeys:]...)
-		}
-	}
-	return out
+// callRequest is one script call of ApplyMany: invalidate.lua's or
+// invalidate_keys.lua's.
+type callRequest struct {
+	single lua.InvalidateRequest
+	keys   lua.InvalidateKeysRequest
 }
 
-// args are the batched call's ARGV: per group the epoch, the mode, the
-// pipeline token and the count, then each invalidation's version and
-// number of keys.
-func (c applyCall) args(invs []Invalidation, token []string) []any {
-	out := make([]any, 0, 4*len(c.groups)+2*c.n)
-	for _, g := range c.groups {
+// request is the batched call's invalidate_keys.lua request: per group the
+// head keys, epoch, mode and pipeline token, then each invalidation's
+// version and cache keys.
+func (c applyCall) request(invs []Invalidation, keys [][]string, token []string) lua.InvalidateKeysRequest {
+	req := lua.InvalidateKeysRequest{Groups: make([]lua.InvalidateGroup, len(c.groups))}
+	all := make([]lua.KeyInvalidation, 0, c.n)
+	for x, g := range c.groups {
 		first := &invs[g.invs[0]]
-		epoch := ""
-		if first.Service != "" {
-			epoch = first.Position.Epoch
-		}
-		out = append(out, epoch, first.mode(), token[g.invs[0]], len(g.invs))
+		start := len(all)
 		for _, i := range g.invs {
-			out = append(out, invs[i].Position.versionArg(), len(invs[i].Keys))
+			all = append(all, lua.KeyInvalidation{Version: invs[i].Position.Version, Chain: invs[i].Position.Chain, Keys: keys[i][lua.HeadKeys:]})
 		}
+		req.Groups[x] = lua.InvalidateGroup{Head: keys[g.invs[0]][:lua.HeadKeys], Epoch: first.scriptEpoch(),
+			Mode: first.mode(), Token: token[g.invs[0]], Invs: all[start:len(all):len(all)]}
 	}
-	return out
-}
-
-// letterStatus reads invalidate_keys.lua's status letters.
-var letterStatus = map[byte]Status{'S': Success, 'D': Duplicate, 'G': Gap, 'W': waiting}
-
-type reply struct {
-	status  Status
-	deleted int64
+	return req
 }
 
 // replies reads a call's outcome, one per invalidation.
-func (c applyCall) replies(keys [][]string, cmd *redis.Cmd) ([]reply, error) {
+func (c applyCall) replies(req callRequest, keys [][]string, cmd *redis.Cmd) ([]lua.InvalidateResult, error) {
 	first := keys[c.groups[0].invs[0]][0]
 	if c.single {
-		status, n, err := parseReply(first, cmd)
-		return []reply{{status, n}}, err
+		r, err := req.single.Reply(cmd)
+		if err != nil {
+			return nil, fmt.Errorf("tagstore: invalidate %s: %w", first, err)
+		}
+		return []lua.InvalidateResult{r}, nil
 	}
-	v, err := cmd.Slice()
+	out, err := req.keys.Reply(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("tagstore: invalidate %s and more: %w", first, err)
 	}
-	var letters string
-	if len(v) > 0 {
-		letters, _ = v[0].(string)
-	}
-	if len(v) != 1+c.n || len(letters) != c.n {
-		return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected reply %v for %d invalidations", first, v, c.n)
-	}
-	out := make([]reply, c.n)
-	for i := range out {
-		status, ok := letterStatus[letters[i]]
-		if !ok {
-			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected status %q in reply %v", first, letters[i], v)
-		}
-		n, ok := v[1+i].(int64)
-		if !ok {
-			return nil, fmt.Errorf("tagstore: invalidate %s and more: unexpected count %v in reply %v", first, v[1+i], v)
-		}
-		out[i] = reply{status, n}
-	}
 	return out, nil
-}
-
-func (s *Store) runInvalidate(ctx context.Context, keys []string, args []any) (Status, int64, error) {
-	return parseReply(keys[0], lua.Invalidate.Run(ctx, s.c, keys, args...))
-}
-
-// parseReply reads invalidate.lua's {status, count}; anything else is an
-// error, never an empty status.
-func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
-	v, err := c.Slice()
-	if err != nil {
-		return "", 0, fmt.Errorf("tagstore: invalidate %s: %w", tagSet, err)
-	}
-	if len(v) != 2 {
-		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
-	}
-	text, _ := v[0].(string)
-	status, ok := scriptStatus[text]
-	n, isInt := v[1].(int64)
-	if !ok || !isInt {
-		return "", 0, fmt.Errorf("tagstore: invalidate %s: unexpected reply %v", tagSet, v)
-	}
-	return status, n, nil
 }
 
 // chunk deletes a set's members (and their keys) in batches until it is at
@@ -1081,15 +1013,13 @@ func parseReply(tagSet string, c *redis.Cmd) (Status, int64, error) {
 func (s *Store) chunk(ctx context.Context, tagSet string, limit int) (int64, error) {
 	var deleted int64
 	for {
-		v, err := lua.Chunk.Run(ctx, s.c, []string{tagSet}, s.opt.ChunkSize).Int64Slice()
+		req := lua.ChunkRequest{Set: tagSet, Batch: s.opt.ChunkSize}
+		v, err := lua.Run(ctx, s.c, &req)
 		if err != nil {
 			return deleted, fmt.Errorf("tagstore: chunked delete of %s: %w", tagSet, err)
 		}
-		if len(v) != 2 {
-			return deleted, fmt.Errorf("tagstore: chunked delete of %s: unexpected reply %v", tagSet, v)
-		}
-		deleted += v[0]
-		if v[1] <= int64(limit) {
+		deleted += v.Deleted
+		if v.Left <= int64(limit) {
 			return deleted, nil
 		}
 	}
@@ -1099,7 +1029,10 @@ func (s *Store) chunk(ctx context.Context, tagSet string, limit int) (int64, err
 // when none is recorded.
 func (s *Store) ReadPosition(ctx context.Context, tenant, service, tag string) (Position, bool, error) {
 	pos, found, errs, err := s.ReadPositions(ctx, service, []TenantTag{{tenant, tag}})
-	if err = errors.Join(err, errs[0]); err != nil {
+	if err != nil {
+		return Position{}, false, err
+	}
+	if err = errs[0]; err != nil {
 		return Position{}, false, err
 	}
 	return pos[0], found[0], nil
@@ -1123,57 +1056,11 @@ var ErrBadPosition = errors.New("tagstore: stored position is not epoch:version"
 // such a key for none and write the position over it.) err is for invalid
 // names or a cache Redis that did not answer.
 func (s *Store) ReadPositions(ctx context.Context, service string, chans []TenantTag) (pos []Position, found []bool, errs []error, err error) {
-	if err := names.Service(service); err != nil {
+	st, err := s.readState(ctx, service, chans, false)
+	if err != nil {
 		return nil, nil, nil, err
 	}
-	keys := make([]string, len(chans))
-	for i, ch := range chans {
-		if err := names.Tenant(ch.Tenant); err != nil {
-			return nil, nil, nil, err
-		}
-		if err := names.Tag(ch.Tag); err != nil {
-			return nil, nil, nil, err
-		}
-		keys[i] = names.PositionKey(ch.Tenant, service, ch.Tag)
-	}
-	pos = make([]Position, len(chans))
-	found = make([]bool, len(chans))
-	errs = make([]error, len(chans))
-	for from := 0; from < len(keys); from += readPositionsPipeline {
-		part := keys[from:min(from+readPositionsPipeline, len(keys))]
-		cmds := make([]*redis.StringCmd, len(part))
-		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for i, k := range part {
-				cmds[i] = pipe.Get(ctx, k)
-			}
-			return nil
-		})
-		var reply redis.Error
-		if err != nil && !errors.As(err, &reply) {
-			return nil, nil, nil, fmt.Errorf("tagstore: read positions: %w", err)
-		}
-		for i, cmd := range cmds {
-			v, err := cmd.Result()
-			if errors.Is(err, redis.Nil) {
-				continue
-			}
-			if redis.HasErrorPrefix(err, "WRONGTYPE") {
-				errs[from+i] = fmt.Errorf("%w: %s is a key of another type", ErrBadPosition, part[i])
-				continue
-			}
-			if err != nil {
-				errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
-				continue
-			}
-			p, err := ParsePosition(v)
-			if err != nil {
-				errs[from+i] = fmt.Errorf("%w: %s holds %q", ErrBadPosition, part[i], v)
-				continue
-			}
-			pos[from+i], found[from+i] = p, true
-		}
-	}
-	return pos, found, errs, nil
+	return st.Positions, st.Found, st.Errs, nil
 }
 
 // Compact removes from a tag's sets (its plain values' and its
@@ -1209,15 +1096,12 @@ func (s *Store) compact(ctx context.Context, tagSet string) (int64, error) {
 		for len(members) > 0 {
 			batch := members[:min(len(members), lua.MaxUnpack)]
 			members = members[len(batch):]
-			args := make([]any, len(batch))
-			for i, m := range batch {
-				args[i] = m
-			}
-			n, err := lua.Compact.Run(ctx, s.c, []string{tagSet}, args...).Int64()
+			req := lua.CompactRequest{Set: tagSet, Members: batch}
+			n, err := lua.Run(ctx, s.c, &req)
 			if err != nil {
 				return removed, err
 			}
-			removed += n
+			removed += n.Removed
 		}
 		if next == 0 {
 			return removed, nil

@@ -38,30 +38,6 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 // Unwrap lets errors.Is(err, ErrMalformed) match.
 func (e *FieldError) Unwrap() error { return ErrMalformed }
 
-// IngressStream is the ingress stream of partition p: "<prefix>:ingress:{<p>}".
-func IngressStream(prefix string, p int) string { return names.IngressStream(prefix, p) }
-
-// PartitionsKey holds the number of ingress partitions the router reads.
-func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions" }
-
-// DeadLetterStream holds the events the router refused, with the reason.
-func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
-
-// RedriveStream holds dead-lettered events sent back to the routers (routerd
-// deadletter replay, or a router that knows the domain an older matrix did
-// not): "<prefix>:redrive", read by every router like an ingress partition.
-// Only routers write it: it is outside the ingress a publisher may append to.
-func RedriveStream(prefix string) string { return prefix + ":redrive" }
-
-// TenantsKey is the set of tenants the router has routed events for.
-func TenantsKey(prefix string) string { return prefix + ":tenants" }
-
-// TenantsChannel is where the router announces a tenant it routes for the
-// first time, for subscribers of every tenant, which subscribe to exact
-// channels (a pattern taxes every PUBLISH; sharded pub/sub has none). It
-// has the registry's name, so on a cluster both are in one slot.
-func TenantsChannel(prefix string) string { return prefix + ":tenants" }
-
 // Partition returns the ingress partition of a tenant: FNV-1a-32(tenant) mod n.
 func Partition(tenant string, n int) int {
 	if n <= 1 {
@@ -225,6 +201,10 @@ type Message struct {
 	Epoch   string   `json:"epoch"`
 	Version int64    `json:"version"`
 	Keys    []string `json:"keys,omitempty"`
+	// Refs and Plain are documented here once; the other invalidation
+	// types (tagstore.Invalidation, subscriber.Invalidation,
+	// deliver.Invalidation) carry them with this meaning.
+	//
 	// Refs are entity references, "<domain>/<entity>" (names.Ref): drop
 	// every value cached under one of them (and under the type-level
 	// reference of their domains), or a domain alone: drop what is cached

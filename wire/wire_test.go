@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/routerd/routerd/names"
 )
 
 func TestParseEvent(t *testing.T) {
@@ -84,7 +86,7 @@ func TestPartitionIsStable(t *testing.T) {
 	if Partition("acme", 1) != 0 || Partition("acme", 0) != 0 {
 		t.Error("a single partition must be 0")
 	}
-	if got := IngressStream("invalidate", 3); got != "invalidate:ingress:{3}" {
+	if got := names.IngressStream("invalidate", 3); got != "invalidate:ingress:{3}" {
 		t.Errorf("IngressStream = %q", got)
 	}
 }

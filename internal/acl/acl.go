@@ -13,7 +13,6 @@ import (
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
-	"github.com/routerd/routerd/wire"
 )
 
 // Role is what a Redis user is for.
@@ -169,9 +168,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 		},
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
-			"~" + wire.DeadLetterStream(p),
-			"~" + wire.RedriveStream(p),
-			"~" + wire.TenantsKey(p),
+			"~" + names.DeadLetterStream(p),
+			"~" + names.RedriveStream(p),
+			"~" + names.TenantsKey(p),
 			"~" + names.SourceVersionKey(p, "*", "*", "*", "*"),
 			"~" + names.MetaKey(p+":*"),
 			"~" + names.HistoryKey(p+":*"),
@@ -202,7 +201,7 @@ func publisher(m *matrix.Matrix, spec Spec) Rules {
 	}
 	r := Rules{
 		Commands: []string{"xadd", "get"},
-		Keys:     []string{"%R~" + wire.PartitionsKey(p), "%W~" + streams},
+		Keys:     []string{"%R~" + names.PartitionsKey(p), "%W~" + streams},
 	}
 	if spec.Durable {
 		r.Commands = append(r.Commands, "info", "wait")
@@ -241,8 +240,8 @@ func subscriber(m *matrix.Matrix, spec Spec) Rules {
 		// router announces new tenants, and the subscriber subscribes to
 		// their channels, which the channel globs above allow.
 		r.Commands = append(r.Commands, "sscan")
-		r.Keys = append(r.Keys, "%R~"+wire.TenantsKey(p))
-		r.Channels = append(r.Channels, "&"+wire.TenantsChannel(p))
+		r.Keys = append(r.Keys, "%R~"+names.TenantsKey(p))
+		r.Channels = append(r.Channels, "&"+names.TenantsChannel(p))
 	} else {
 		for _, tenant := range sub.Tenants {
 			for _, tag := range sub.Tags {

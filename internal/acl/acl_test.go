@@ -237,7 +237,7 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 			may[strings.TrimPrefix(c, "+")] = true
 		}
 		for _, name := range scripts {
-			src, ok := lua.Sources[name]
+			src, ok := lua.Sources()[name]
 			if !ok {
 				t.Fatalf("no script %s", name)
 			}

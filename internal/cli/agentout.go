@@ -146,13 +146,18 @@ func (a *agentOut) problems() []string {
 // --deliver target (its breaker is open).
 const ReasonDeliverFailing = "deliver_failing"
 
-// handle is the subscriber's Handler.
-func (a *agentOut) handle(ctx context.Context, inv subscriber.Invalidation) error {
-	if a.d != nil {
-		if err := a.d.Handle(ctx, inv); err != nil {
-			return err
-		}
+// handler is the subscriber's Handler: the --deliver target's, which holds
+// a cache of the service's process; nil without one (the agent's counts
+// are then an Observe, which holds none).
+func (a *agentOut) handler() subscriber.Handler {
+	if a.d == nil {
+		return nil
 	}
+	return a.d.Handle
+}
+
+// count is the subscriber's Observe: the counts behind the summary lines.
+func (a *agentOut) count(inv subscriber.Invalidation) {
 	a.invalidations.Add(1)
 	a.total.Add(1)
 	if len(inv.Keys) == 0 && len(inv.Refs) == 0 {
@@ -163,7 +168,6 @@ func (a *agentOut) handle(ctx context.Context, inv subscriber.Invalidation) erro
 	if inv.Recovered {
 		a.recovered.Add(1)
 	}
-	return nil
 }
 
 // summarize logs one line per interval with invalidations applied in it.

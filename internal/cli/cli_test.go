@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,23 +30,8 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is testbin.Buffer: written by a process or a logger while the test reads.
+type syncBuffer = testbin.Buffer
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -451,10 +434,23 @@ func TestOneTraceAcrossServices(t *testing.T) {
 		}
 		return ""
 	}
-	serveOut, _ := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveOut, serveLog := daemonEnv(t, nil, console, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	// The router ready first, as in a system that runs: an agent whose
+	// first check finds no bus generation (no router ever ran) takes the
+	// first message of a channel as a whole tag, which carries no trace.
+	serveAddr := listening(t, serveLog)
+	redistest.Eventually(t, 10*time.Second, "router ready", func() bool {
+		code, _ := get(t, "http://"+serveAddr+"/readyz")
+		return code == 200
+	})
 	agentOut, agentLog := daemonEnv(t, nil, console, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
 		"--service", "search-svc", "--listen", anyPort)
 	agentAddr := listening(t, agentLog)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", agentLog.String())
+		}
+	})
 	redistest.Eventually(t, 10*time.Second, "agent ready", func() bool {
 		code, _ := get(t, "http://"+agentAddr+"/readyz")
 		return code == 200

@@ -119,7 +119,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	applyRate := f.Float64("apply-rate", 0, "invalidations per second against the cache Redis; 0 for no limit")
 	applyBurst := f.Int("apply-burst", 0, "invalidations at once under --apply-rate (default: the rate, at least 1)")
 	coalesce := f.Duration("apply-coalesce", 20*time.Millisecond, "how long work over --apply-rate is merged before it is applied")
-	maxKeys := f.Int("max-keys", matrix.DefaultLimits.MaxKeys, "keys of one merged invalidation: more split into several")
+	maxKeys := f.Int("max-keys", matrix.DefaultLimits().MaxKeys, "keys of one merged invalidation: more split into several")
 	sampleEvery := f.Duration("tag-sample-interval", time.Minute, "how often the sizes of the service's largest tag sets are sampled for /metrics (with --cache-redis; 0: never)")
 	acceptEviction := f.Bool("accept-eviction-risk", false, "report ready although the cache Redis's maxmemory-policy can evict tag sets (allkeys-*), or reference sets while entity references are in use (volatile-*): values may then stay cached past their invalidation")
 	shardArg := f.String("tenant-shard", "", "i/k: be instance i (from 0) of k that split the service's tenants, each tenant to exactly one (docs/capacity.md); every instance 0/k … k-1/k must run")
@@ -175,7 +175,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	s, err := subscriber.New(busC, subscriber.Options{
-		TracerProvider: tp, Handler: out.handle,
+		TracerProvider: tp, Handler: out.handler(), Observe: out.count,
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store: sf.options(), AcceptEvictionRisk: *acceptEviction, TenantShard: shard,

@@ -69,19 +69,15 @@ type Invalidation struct {
 	Tenant string   `json:"tenant"`
 	Tag    string   `json:"tag"`
 	Keys   []string `json:"keys,omitempty"`
-	// Refs: drop what was cached under these entity references
-	// ("<domain>/<entity>") and under the type-level reference of their
-	// domains (a domain alone: its type level only) — of a domain with
-	// entity_refs; with Keys, both go.
-	Refs []string `json:"refs,omitempty"`
-	// Plain (with Refs): drop too every value of the tag cached without
-	// references (the event named its entity and no keys).
-	Plain       bool   `json:"plain,omitempty"`
-	WholeTag    bool   `json:"whole_tag,omitempty"`
-	Version     int64  `json:"version"`
-	Epoch       string `json:"epoch"`
-	Event       string `json:"event,omitempty"`
-	Traceparent string `json:"traceparent,omitempty"`
+	// Refs and Plain mean what wire.Message's do (docs/protocol.md); with
+	// Keys, both go.
+	Refs        []string `json:"refs,omitempty"`
+	Plain       bool     `json:"plain,omitempty"`
+	WholeTag    bool     `json:"whole_tag,omitempty"`
+	Version     int64    `json:"version"`
+	Epoch       string   `json:"epoch"`
+	Event       string   `json:"event,omitempty"`
+	Traceparent string   `json:"traceparent,omitempty"`
 }
 
 // resetObject is the JSON of a reset.

@@ -25,7 +25,6 @@ import (
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
-	"github.com/routerd/routerd/wire"
 )
 
 // Level of a finding.
@@ -142,14 +141,10 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []
 	if err != nil {
 		add(Warn, "slowlog", "cannot read the slow log: %v", err)
 	} else {
-		shas := map[string]string{}
-		for name, s := range map[string]*redis.Script{"publish": lua.Publish, "invalidate": lua.Invalidate, "invalidate_keys": lua.InvalidateKeys, "chunk": lua.Chunk, "set": lua.Set, "compact": lua.Compact, "srcver": lua.SourceVersion, "budget": lua.Budget, "tenants": lua.Tenants} {
-			shas[s.Hash()] = name
-		}
 		var hits []string
 		for _, e := range slow {
 			if len(e.Args) >= 2 && strings.EqualFold(e.Args[0], "evalsha") {
-				if name, ok := shas[e.Args[1]]; ok {
+				if name := lua.ScriptName(e.Args[1]); name != "" {
 					hits = append(hits, fmt.Sprintf("%s %v", name, e.Duration))
 				}
 			}
@@ -392,20 +387,20 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		}
 		out = append(out, Finding{Fail, node, "ingress", fmt.Sprintf("%s (%d entries) is read by no router: %s", s, n, unreadFix(opt.Prefix, s))})
 	}
-	n, err := c.Get(ctx, wire.PartitionsKey(opt.Prefix)).Int()
+	n, err := c.Get(ctx, names.PartitionsKey(opt.Prefix)).Int()
 	// A count that cannot be read (a user without GET, a value that is not
 	// a count) is said so: not taken for a count of zero.
 	unreadable := err != nil && !errors.Is(err, redis.Nil)
 	if unreadable {
-		out = append(out, Finding{Warn, node, "ingress", fmt.Sprintf("cannot read %s: %v; only the partition streams found are checked", wire.PartitionsKey(opt.Prefix), err)})
+		out = append(out, Finding{Warn, node, "ingress", fmt.Sprintf("cannot read %s: %v; only the partition streams found are checked", names.PartitionsKey(opt.Prefix), err)})
 		if len(partitions) == 0 {
 			return out
 		}
 	} else if err != nil && len(partitions) == 0 {
-		return append(out, Finding{OK, node, "ingress", fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", wire.PartitionsKey(opt.Prefix))})
+		return append(out, Finding{OK, node, "ingress", fmt.Sprintf("no %s here: not a routerd bus, or routerd never ran", names.PartitionsKey(opt.Prefix))})
 	}
 	for p := 0; p < n; p++ {
-		partitions[wire.IngressStream(opt.Prefix, p)] = true
+		partitions[names.IngressStream(opt.Prefix, p)] = true
 	}
 	var lag, pending int64
 	for _, s := range slices.Sorted(maps.Keys(partitions)) {
@@ -428,12 +423,12 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		}
 		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%s, lag %d, pending %d", count, lag, pending)})
 	}
-	if dl, _ := c.XLen(ctx, wire.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
+	if dl, _ := c.XLen(ctx, names.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
 		events := "events"
 		if dl == 1 {
 			events = "event"
 		}
-		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: XRANGE it to see why they were refused", dl, events, wire.DeadLetterStream(opt.Prefix))})
+		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: XRANGE it to see why they were refused", dl, events, names.DeadLetterStream(opt.Prefix))})
 	}
 	return out
 }
@@ -449,5 +444,5 @@ func unreadFix(prefix, stream string) string {
 	}
 	return fmt.Sprintf("ingress partitions are named %s, p = FNV-1a-32(tenant) mod the count in %s: fix its publisher (or use the publisher library), "+
 		"then re-publish its entries' events (routerd publish, or XADD to the tenant's partition) and DEL it",
-		prefix+":ingress:{<p>}", wire.PartitionsKey(prefix))
+		prefix+":ingress:{<p>}", names.PartitionsKey(prefix))
 }

@@ -3,42 +3,14 @@
 // the bus says, and a message, it decides what to do — apply, ignore, replay
 // a range of the history, invalidate the whole tag, or repair a position
 // that is ahead of the channel. It does no I/O: the subscriber reads
-// positions, metas and history, and carries out the decisions.
+// positions, metas and history, asks Decide (and Resolve for a replay), and
+// carries out the decisions.
 //
-// The rules, in one place:
-//
-//   - A message that directly follows the position is applied; one at or
-//     behind it is a duplicate. Anything else — a version skipped, another
-//     epoch — is believed only as far as the channel's meta confirms it.
-//   - Against the meta, a position behind in the same epoch replays the
-//     missing versions from the history; another epoch, or a history that no
-//     longer reaches back, invalidates the whole tag. A position ahead of the
-//     meta (a forged version was believed, or the bus went back) is repaired:
-//     whole tag, position reset to the meta.
-//   - A channel whose meta vanished while a position is held (the bus lost
-//     its data) gets the whole tag at once and the position Lost, which no
-//     epoch continues: the next epoch is a gap like any other (the bus may
-//     lose data again before it is seen, so its history is not all there is).
-//     When the bus's generation shows it lost its data since the service
-//     last looked, every channel without a meta goes whole, with a position
-//     or without: it may have published, and lost, what nobody saw.
-//   - A channel without a position is replayed from version 1 only while
-//     nothing can have come before its epoch unseen: the bus's generation
-//     is the one the service recorded, and the channel was watched under it
-//     (found without a meta), or its values all live in the cache Redis,
-//     whose tenants every check covers. Otherwise — the bus lost its data
-//     since, the service never looked, an in-process cache — the whole tag
-//     goes: an epoch that started after a loss hides the one lost before.
-//     So a first message is never applied as it comes: it is checked.
-//   - The position stored with the cache, not the one in memory, is where a
-//     check starts: a cache restored from an older snapshot is replayed from
-//     the position it went back to.
-//   - A position carries the channel's chain, a digest of every message
-//     applied in the epoch (Link), and the meta the router's: a position at
-//     the meta's version with another chain, or a replay whose chain does
-//     not reach the meta's, was reached through a forged message (the real
-//     one lost since): the whole tag goes. A position without a chain
-//     (older versions wrote none) takes the meta's (Adopt).
+// The rules are stated once, in docs/protocol.md §5.2 ("Writing your own
+// subscriber": a live message against the channel's head, a check against
+// the meta, the chain); the functions here implement them row by row, and
+// docs/architecture.md ("Recovery rules") says which function does what and
+// what the rules cannot reach.
 //
 // Over-invalidation is safe; a missed invalidation is a stale cache forever,
 // so every doubt resolves to invalidating more.
@@ -52,7 +24,8 @@ import (
 
 // Position is how far a channel has been applied, or what its meta says:
 // Version within Epoch. The zero Position is "none": nothing applied, or no
-// meta on the bus.
+// meta on the bus. (tagstore.Position is the same pair as the cache stores
+// it, kept apart for the reason its doc gives.)
 type Position struct {
 	Epoch   string
 	Version int64
@@ -175,9 +148,10 @@ const (
 	Ahead                     // the position is ahead of the channel's meta
 	RolledBack                // the cache lost the position it had
 	Diverged                  // the position's chain is not the channel's: a forged message was applied
+	Contended                 // two messages claimed one version (Contested)
 )
 
-var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged"}
+var reasonNames = [...]string{"consecutive", "duplicate", "current", "gap", "new_epoch", "new_channel", "vanished", "ahead", "rolled_back", "diverged", "contested"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -309,6 +283,11 @@ type Channel struct {
 	// position is Memory (per process), while Stored is the cache's (shared
 	// by every instance of the service, and applied before the Handler).
 	HasHandler bool
+	// Message is the message that made the check, one that does not
+	// follow the position (zero for a periodic or startup check): Decide
+	// says whether the meta confirms it, and narrows a replay to it when
+	// it is the channel's first (First).
+	Message Position
 }
 
 // Check decides a periodic or startup check of a channel: from the position

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -151,6 +152,8 @@ type simSub struct {
 	// Handler.
 	l1           map[int]int
 	handlerFails func() bool
+	// last is the last message taken live (Contested).
+	last Live
 }
 
 // handle is the Handler: it applies m to the in-process cache, or fails.
@@ -183,15 +186,37 @@ func (s *simSub) apply(m simMsg, mode scriptMode) bool {
 func (s *simSub) onMessage(m simMsg) {
 	d := OnMessage(s.memory, m.pos)
 	switch d.Action {
+	case Ignore:
+		event := strconv.Itoa(m.id)
+		if Contested(s.last, m.pos, event) {
+			s.contest(event)
+		}
 	case Apply:
+		prev := s.memory.Chain
 		m.pos = Next(s.memory, m.pos, m.payload())
 		if !s.apply(m, modeStrict) {
 			s.check() // GAP, or the Handler failed: the next check decides
 			return
 		}
 		s.memory = m.pos
+		s.last = Live{At: Position{Epoch: m.pos.Epoch, Version: m.pos.Version}, Event: strconv.Itoa(m.id), Prev: prev}
 	case Verify:
 		s.check() // the meta and the stored position decide, never the message
+	}
+}
+
+// contest settles a version a second message (event) claimed, as the
+// subscriber does: the history's message of the version decides (Contest).
+func (s *simSub) contest(event string) {
+	var own *Own
+	for _, h := range s.bus.history {
+		if h.pos.Epoch == s.last.At.Epoch && h.pos.Version == s.last.At.Version {
+			own = &Own{Event: strconv.Itoa(h.id), Payload: h.payload()}
+		}
+	}
+	d := Contest(s.memory, s.last, own)
+	if d.Action == Repair && s.to(simMsg{pos: d.To}, modeRepair) {
+		s.last.Event = event
 	}
 }
 
@@ -200,18 +225,12 @@ func (s *simSub) check() {
 		BusLost:  s.cache.seen != "" && s.bus.generation != s.cache.seen,
 		BusKnown: s.cache.seen != "" && s.bus.generation == s.cache.seen,
 		Watched:  s.watched != "" && s.watched == s.bus.generation, HasHandler: s.l1 != nil}
-	d := Check(c)
-	if Watch(c) {
+	pl := Decide(c)
+	if pl.Watch {
 		s.watched = s.bus.generation
 	}
-	if chain, ok := Adopt(c); ok && s.memory.Epoch == c.Meta.Epoch && s.memory.Version == c.Meta.Version {
-		s.memory.Chain = chain
-	}
-	if !c.HasHandler {
-		// The cache moved: continue from where it stands. (With a Handler,
-		// memory is the Handler's until the recovery is made.)
-		s.memory, _ = Start(c)
-	}
+	s.memory = pl.At // with a Handler, memory is the Handler's until the recovery is made
+	d := pl.Decision
 	if s.execute(d) && s.bus.generation != "" {
 		s.cache.seen = s.bus.generation // only a check that succeeded records it
 	}

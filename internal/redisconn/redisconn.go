@@ -463,11 +463,9 @@ func userinfo(u string) string {
 	return u[start:at]
 }
 
-// Redact returns u with its password (everything after the user name in
+// redact returns u with its password (everything after the user name in
 // its user information) replaced by ***, whether or not u parses; a URL
 // whose user information has no colon loses it whole.
-func Redact(u string) string { return redact(u) }
-
 func redact(u string) string {
 	ui := userinfo(u)
 	if ui == "" {

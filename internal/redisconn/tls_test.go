@@ -222,8 +222,8 @@ func TestRedact(t *testing.T) {
 		"redis://u:pw@h:1?a=b@c":   "redis://u:***@c",
 		"redis://u:pw@h:1,redis:h": "redis://u:***@h:1,redis:h",
 	} {
-		if got := Redact(in); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		if got := redact(in); got != want {
+			t.Errorf("redact(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -243,8 +243,8 @@ func FuzzOpenHidesPassword(f *testing.F) {
 		if !strings.Contains(tail, "@") || !strings.HasSuffix(head, ":") || strings.Contains(head, "@") || strings.Contains(tail, ",") {
 			return
 		}
-		if strings.Contains(Redact(u), pw) {
-			t.Errorf("Redact(%q) = %q", u, Redact(u))
+		if strings.Contains(redact(u), pw) {
+			t.Errorf("redact(%q) = %q", u, redact(u))
 		}
 		for _, cluster := range []bool{false, true} {
 			c, err := OpenWith(u, Options{Cluster: cluster})

@@ -293,13 +293,31 @@ func Prefix(tb testing.TB) string {
 // waits for outcomes, never for a fixed time.
 func Eventually(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	if err := Wait(context.Background(), timeout, what, cond); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Wait polls cond until it holds and returns nil; after timeout it returns
+// an error naming what it waited for, and ctx's error when ctx ends first.
+// It is the one polling loop of the tests: Eventually is it for a test that
+// fails then; a caller that must not fail its test (the soak, which stops
+// cleanly and reports) takes the error.
+func Wait(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
+	return nil
 }
 
 // FreeAddr returns a loopback address with a port that was free a moment ago.

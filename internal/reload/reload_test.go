@@ -1,7 +1,6 @@
 package reload
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
 )
 
@@ -74,22 +74,8 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) map[string]float
 	return out
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is testbin.Buffer: written by a process or a logger while the test reads.
+type lockedBuffer = testbin.Buffer
 
 // start writes version 0 and returns its coordinator, with a subscriber
 // that records the hash of the last matrix it was given.

@@ -284,7 +284,7 @@ func TestACLRolesRunTheWholePath(t *testing.T) {
 	// A router that died holding an entry: the router user claims and
 	// routes it, then removes the dead consumer from the group.
 	e.seed("search-svc", "acme", "product:9", "electronics")
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", 4))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", 4))
 	if _, err := e.busC.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"product","keys":["product:9"]}`}})
 		pipe.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead", Streams: []string{stream, ">"}, Count: 1})
@@ -323,7 +323,7 @@ func TestACLRolesRefuseTheRest(t *testing.T) {
 	ctx := context.Background()
 	own := names.PublisherStream("invalidate", "profile-svc", 0)
 	shop := names.PublisherStream("invalidate", "shop", 0)
-	shared := wire.IngressStream("invalidate", 0)
+	shared := names.IngressStream("invalidate", 0)
 	for _, s := range []string{own, shared, shop} { // as a router makes them
 		if err := e.busC.XGroupCreateMkStream(ctx, s, "routerd", "0").Err(); err != nil {
 			t.Fatal(err)
@@ -341,7 +341,7 @@ func TestACLRolesRefuseTheRest(t *testing.T) {
 		if err := c.XAdd(ctx, &redis.XAddArgs{Stream: pc.stream, Values: []any{"event", "{}"}}).Err(); err != nil {
 			t.Errorf("%s: XADD to its stream %s: %v", pc.user, pc.stream, err)
 		}
-		if err := c.Get(ctx, wire.PartitionsKey("invalidate")).Err(); err != nil && err != redis.Nil {
+		if err := c.Get(ctx, names.PartitionsKey("invalidate")).Err(); err != nil && err != redis.Nil {
 			t.Errorf("%s: GET the partition count: %v", pc.user, err)
 		}
 		wantNoPerm(t, pc.user+": PUBLISH to a channel", c.Publish(ctx, "invalidate:acme:active", `{"forged":true}`).Err())
@@ -349,7 +349,7 @@ func TestACLRolesRefuseTheRest(t *testing.T) {
 		wantNoPerm(t, pc.user+": DEL of its ingress", c.Del(ctx, pc.stream).Err())
 		wantNoPerm(t, pc.user+": XGROUP DESTROY", c.XGroupDestroy(ctx, pc.stream, "routerd").Err())
 		wantNoPerm(t, pc.user+": XRANGE of its ingress", c.XRange(ctx, pc.stream, "-", "+").Err())
-		wantNoPerm(t, pc.user+": SET of the partition count", c.Set(ctx, wire.PartitionsKey("invalidate"), 1, 0).Err())
+		wantNoPerm(t, pc.user+": SET of the partition count", c.Set(ctx, names.PartitionsKey("invalidate"), 1, 0).Err())
 		wantNoPerm(t, pc.user+": HSET of a channel's meta", c.HSet(ctx, "{invalidate:acme:active}:meta", "version", 1).Err())
 		for _, other := range []string{own, shop, shared} {
 			if other != pc.stream {
@@ -530,7 +530,7 @@ func TestSharedIngressCannotSuppressAPublisher(t *testing.T) {
 	e.subscriber("profile-svc", subscriber.Options{})
 	ctx := context.Background()
 	forged := `{"tenant":"acme","domain":"user","entity":"profile-svc/42","source_version":1125899906842624,"keys":["user:42"]}`
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, forged}}).Err())
 	e.waitVersion("invalidate:acme:active", 1)
 
@@ -576,7 +576,7 @@ func TestPublisherCanExhaustOnlyItsOwnStream(t *testing.T) {
 		t.Fatalf("publish to an exhausted stream: err %v, want Redis's 'exhausted the last possible ID'", err)
 	}
 	// Nobody else's: the shared ingress and the other publishers' streams.
-	for _, s := range []string{wire.IngressStream("invalidate", 0), names.PublisherStream("invalidate", "shop", 0)} {
+	for _, s := range []string{names.IngressStream("invalidate", 0), names.PublisherStream("invalidate", "shop", 0)} {
 		wantNoPerm(t, "XADD MAXLEN 0 to "+s, attacker.XAdd(ctx, &redis.XAddArgs{Stream: s, MaxLen: 0, ID: last, Values: []any{"e", "x"}}).Err())
 	}
 	e.seed("profile-svc", "acme", "user:2", "active")
@@ -590,7 +590,7 @@ func TestPublisherCanExhaustOnlyItsOwnStream(t *testing.T) {
 		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0 &&
 			groups[0].LastDeliveredID == last
 	})
-	dead, err := e.busC.XRange(ctx, wire.DeadLetterStream("invalidate"), "-", "+").Result()
+	dead, err := e.busC.XRange(ctx, names.DeadLetterStream("invalidate"), "-", "+").Result()
 	if err != nil || len(dead) != 1 || dead[0].Values["reason"] != "malformed" || dead[0].Values["entry_id"] != last {
 		t.Errorf("dead letters %v (%v), want the forged entry %s as malformed", dead, err, last)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -34,7 +35,7 @@ func TestAttackFirstMessagesOfAChannelGoWholeTag(t *testing.T) {
 		must(t, st.Set(ctx, "acme", k, []byte("v"), 0, "active"))
 	}
 	b, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": named})
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, string(b)}}).Err())
 	redistest.Eventually(t, 30*time.Second, "every named key gone", func() bool {
 		return e.cachedCount("profile-svc", "acme", named) == 0

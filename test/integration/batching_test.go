@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -30,7 +31,7 @@ func (e *env) xaddPacked(tenant string, events ...map[string]any) string {
 		e.t.Fatal(err)
 	}
 	id, err := e.busC.XAdd(context.Background(), &redis.XAddArgs{
-		Stream: wire.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions)),
+		Stream: names.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions)),
 		Values: []any{wire.EventsField, string(b)},
 	}).Result()
 	if err != nil {
@@ -56,7 +57,7 @@ func (e *env) pending() int64 {
 	e.t.Helper()
 	var n int64
 	for p := 0; p < e.mtx.Partitions; p++ {
-		sum, err := e.busC.XPending(context.Background(), wire.IngressStream("invalidate", p), "routerd").Result()
+		sum, err := e.busC.XPending(context.Background(), names.IngressStream("invalidate", p), "routerd").Result()
 		if err != nil && !redis.HasErrorPrefix(err, "NOGROUP") {
 			e.t.Fatal(err)
 		}
@@ -111,7 +112,7 @@ func TestPackedEntryWithBadEvents(t *testing.T) {
 		t.Fatalf("history %+v, want one message for both good events", hist)
 	}
 	// The event without an id got one of its stream, entry and place.
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	for _, id := range []string{"p1", router.PackedEventID(stream, entryID, 3)} {
 		if err := e.busC.ZScore(context.Background(), "{invalidate:acme:active}:events", id).Err(); err != nil {
 			t.Errorf("event id %s not recorded: %v", id, err)
@@ -252,7 +253,7 @@ func TestPartlyPublishedEntryRetriedWithoutSecondMessage(t *testing.T) {
 func TestBadPackedEntryRefusedWhole(t *testing.T) {
 	e := newEnv(t, "")
 	e.router(router.Options{})
-	stream := wire.IngressStream("invalidate", 0)
+	stream := names.IngressStream("invalidate", 0)
 	good := `{"tenant":"acme","domain":"user","keys":["user:1"]}`
 	for _, values := range [][]any{
 		{wire.EventField, good, wire.EventsField, "[" + good + "]"},

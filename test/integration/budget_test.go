@@ -12,6 +12,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -57,7 +58,7 @@ func runBudgetStorm(t *testing.T, c budgetCase, n int, rate float64, burst int) 
 		ev, _ := c.event(i)
 		b, err := ev.Marshal()
 		must(t, err)
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream(e.mtx.Prefix, i%2), Values: []any{wire.EventField, string(b)}}).Err())
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: names.IngressStream(e.mtx.Prefix, i%2), Values: []any{wire.EventField, string(b)}}).Err())
 	}
 	injected := time.Since(start)
 	redistest.Eventually(t, 60*time.Second, "every key invalidated", func() bool {
@@ -209,7 +210,7 @@ services:
 		ev := event(i)
 		b, err := ev.Marshal()
 		must(t, err)
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream(mtx.Prefix, i%2), Values: []any{wire.EventField, string(b)}}).Err())
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: names.IngressStream(mtx.Prefix, i%2), Values: []any{wire.EventField, string(b)}}).Err())
 	}
 	redistest.Eventually(t, 60*time.Second, "every key invalidated", func() bool {
 		for i := 0; i < n; i++ {

@@ -399,28 +399,36 @@ services:
 // entity-level messages stay entity-level.
 func TestSubscriberLimitMergesEntityLevel(t *testing.T) {
 	e := newEnv(t, entityMatrix)
-	// One entry a read: the two events below become two messages, published
-	// back to back (a read batch would merge them in the router instead).
+	// One entry a read: each event below is a message of its own (a read
+	// batch would merge them in the router instead).
 	e.router(router.Options{BatchSize: 1})
 	reg := prometheus.NewRegistry()
-	// One token, then one every 5 s: the messages after the first wait and
-	// merge. (Waiting for the router between the two publishes let the
-	// bucket refill on a loaded machine before the second came: nothing
-	// merged.)
+	// One token, then one every 5 s: a message that finds none waits, and
+	// the ones after it merge into it.
 	e.subscriber("gql", subscriber.Options{Registerer: reg, ApplyRate: 0.2, ApplyBurst: 1, Coalesce: 10 * time.Millisecond, MaxKeys: 100})
 	e.seedQueries()
 	e.response("q4", 0, []string{"users"}, user("5"))
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1"})
 	e.waitApplied("users", 1)
-	// Three: the first of them may still find the token (version 1 may have
-	// been replayed by the check of a channel just subscribed, which takes
-	// none), and then the next two merge.
-	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "6"})
+	// Messages the channel's checks replay (the check of a channel just
+	// subscribed, on a slow machine a late one) take no token: publish
+	// until one live message has to wait, whatever came before it.
+	version := int64(1)
+	redistest.Eventually(t, 30*time.Second, "a message waiting for the local limit", func() bool {
+		if metric(t, reg, "subscriber_applies_delayed_total") >= 1 {
+			return true
+		}
+		version++
+		e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "6"})
+		e.waitApplied("users", version-1)
+		return false
+	})
+	// Within the 5 s the waiting message waits, these two merge into it.
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
 	e.waitGone("gql", "acme", "q1")
 	e.waitGone("gql", "acme", "q4")
-	e.waitApplied("users", 4)
+	e.waitApplied("users", version+2)
 	if got := metric(t, reg, "subscriber_messages_coalesced_total"); got < 1 {
 		t.Fatalf("coalesced = %v: the local limit merged nothing", got)
 	}

@@ -24,7 +24,7 @@ func TestBadEventsDeadLettered(t *testing.T) {
 	e := newEnv(t, "")
 	reg := prometheus.NewRegistry()
 	e.router(router.Options{Registerer: reg})
-	stream := wire.IngressStream("invalidate", 0)
+	stream := names.IngressStream("invalidate", 0)
 	bad := []struct {
 		values []any
 		reason string
@@ -44,7 +44,7 @@ func TestBadEventsDeadLettered(t *testing.T) {
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // a good one after them
 	e.waitVersion("invalidate:acme:active", 1)
 
-	dl := wire.DeadLetterStream("invalidate")
+	dl := names.DeadLetterStream("invalidate")
 	redistest.Eventually(t, 10*time.Second, "dead letters written", func() bool {
 		n, _ := e.busC.XLen(ctx, dl).Result()
 		return n == int64(len(bad))
@@ -87,7 +87,7 @@ func TestRawXAddFromAnotherLanguageIsRouted(t *testing.T) {
 	e.seed("search-svc", "acme", "user:1042", "active")
 	e.seed("search-svc", "acme", "user:7", "active")
 
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	host, port, _ := strings.Cut(e.bus.Addr, ":")
 	out, err := exec.Command(cli, "-h", host, "-p", port, "XADD", stream, "*", "event",
 		`{"tenant":"acme","domain":"user","entity":"1042","keys":["user:1042"]}`).CombinedOutput()

@@ -44,7 +44,7 @@ func (e *env) history(channel string) []*wire.Message {
 // deadLetters waits until the dead-letter stream holds n entries and returns them.
 func (e *env) deadLetters(n int) []redis.XMessage {
 	e.t.Helper()
-	dl := wire.DeadLetterStream("invalidate")
+	dl := names.DeadLetterStream("invalidate")
 	redistest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
 		got, _ := e.busC.XLen(context.Background(), dl).Result()
 		return got >= int64(n)
@@ -119,7 +119,7 @@ func TestRawEventsWithSameEntryIDOnTwoPartitions(t *testing.T) {
 	e.seed("profile-svc", "acme", "user:1", "active")
 	e.seed("profile-svc", "acme", "user:2", "active")
 	for p, key := range []string{"user:1", "user:2"} {
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream("invalidate", p), ID: "5-1",
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: names.IngressStream("invalidate", p), ID: "5-1",
 			Values: []any{"event", `{"tenant":"acme","domain":"user","keys":["` + key + `"]}`}}).Err())
 	}
 	e.router(router.Options{})
@@ -146,7 +146,7 @@ func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
 	e.router(router.Options{})
 	e.subscriber("profile-svc", subscriber.Options{})
 	e.seed("profile-svc", "acme", "user:1", "active")
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	e.publish(wire.Event{ID: stream + ":9999999999999-0", Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
 	dl := e.deadLetters(1)
 	if dl[0].Values["reason"] != router.ReasonMalformed || !strings.Contains(dl[0].Values["error"].(string), "reserved") {
@@ -210,7 +210,7 @@ func TestOversizedEventDeadLettered(t *testing.T) {
 		keys[i] = fmt.Sprintf("%0500d", i) // 4,000 keys of 500 bytes: 2 MB, each key valid
 	}
 	big, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": keys})
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", string(big)}}).Err())
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
 	e.waitVersion("invalidate:acme:active", 1)
@@ -249,7 +249,7 @@ func TestEmptyKeysRefused(t *testing.T) {
 	e.subscriber("profile-svc", subscriber.Options{})
 	e.seed("profile-svc", "acme", "user:1", "active")
 	e.seed("profile-svc", "acme", "user:2", "active")
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", `{"tenant":"acme","domain":"user","keys":[]}`}}).Err())
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", `{"tenant":"acme","domain":"user","keys":null}`}}).Err())
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})

@@ -13,6 +13,7 @@ import (
 	"github.com/routerd/routerd/internal/cli"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -42,7 +43,7 @@ func (e *env) oldRouter(consumer string) func() {
 // publisher in any language would.
 func (e *env) xaddOrders(tenant string, keys ...string) {
 	e.t.Helper()
-	stream := wire.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
 	for _, k := range keys {
 		ev := fmt.Sprintf(`{"tenant":%q,"domain":"order","keys":[%q]}`, tenant, k)
 		must(e.t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
@@ -74,7 +75,7 @@ func TestMixedMatricesLoseNoEvent(t *testing.T) {
 		return true
 	})
 	redistest.Eventually(t, 10*time.Second, "no dead letter left", func() bool {
-		return e.busC.XLen(context.Background(), wire.DeadLetterStream("invalidate")).Val() == 0
+		return e.busC.XLen(context.Background(), names.DeadLetterStream("invalidate")).Val() == 0
 	})
 }
 
@@ -102,7 +103,7 @@ func TestDeadLetterReplayAfterOlderMatrix(t *testing.T) {
 	}
 	e.xaddOrders("acme", keys...)
 	ghost := `{"tenant":"acme","domain":"ghost","keys":["ghost:1"]}` // no matrix knows it
-	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.IngressStream("invalidate", 0), Values: []any{wire.EventField, ghost}}).Err())
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: names.IngressStream("invalidate", 0), Values: []any{wire.EventField, ghost}}).Err())
 	e.deadLetters(4)
 	stopOld()
 
@@ -116,7 +117,7 @@ func TestDeadLetterReplayAfterOlderMatrix(t *testing.T) {
 	if out := routerdCLI(t, "deadletter", "replay", "--redis", url, "--reason", "unknown_domain", "--domain", "order"); !strings.Contains(out, "0 re-driven") {
 		t.Errorf("second replay: %q, want 0 re-driven", out)
 	}
-	if n := e.busC.XLen(ctx, wire.DeadLetterStream("invalidate")).Val(); n != 1 {
+	if n := e.busC.XLen(ctx, names.DeadLetterStream("invalidate")).Val(); n != 1 {
 		t.Errorf("%d dead letters left, want the ghost's alone", n)
 	}
 	for _, k := range keys {
@@ -126,17 +127,17 @@ func TestDeadLetterReplayAfterOlderMatrix(t *testing.T) {
 	}
 	// A replay stopped between its two steps and run again: each entry
 	// is re-driven twice.
-	again, err := e.busC.XRange(ctx, wire.RedriveStream("invalidate"), "-", "+").Result()
+	again, err := e.busC.XRange(ctx, names.RedriveStream("invalidate"), "-", "+").Result()
 	must(t, err)
 	for _, m := range again {
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: wire.RedriveStream("invalidate"), Values: m.Values}).Err())
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: names.RedriveStream("invalidate"), Values: m.Values}).Err())
 	}
 	e.router(router.Options{Consumer: "new"})
 	for _, k := range keys {
 		e.waitGone("profile-svc", "acme", k)
 	}
 	redistest.Eventually(t, 10*time.Second, "every re-driven entry routed", func() bool {
-		groups, err := e.busC.XInfoGroups(ctx, wire.RedriveStream("invalidate")).Result()
+		groups, err := e.busC.XInfoGroups(ctx, names.RedriveStream("invalidate")).Result()
 		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
 	})
 	if _, v := e.meta("invalidate:acme:active"); v > int64(len(keys)) {
@@ -167,7 +168,7 @@ func TestReloadAddingADomainRedrivesItsDeadLetters(t *testing.T) {
 	}
 	e.waitGone("profile-svc", "acme", "order:1")
 	redistest.Eventually(t, 10*time.Second, "the dead letter gone", func() bool {
-		return e.busC.XLen(context.Background(), wire.DeadLetterStream("invalidate")).Val() == 0
+		return e.busC.XLen(context.Background(), names.DeadLetterStream("invalidate")).Val() == 0
 	})
 }
 
@@ -177,7 +178,7 @@ func TestReloadAddingADomainRedrivesItsDeadLetters(t *testing.T) {
 func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
 	e := newEnv(t, newDomainMatrix)
 	ctx := context.Background()
-	stream := wire.RedriveStream("invalidate")
+	stream := names.RedriveStream("invalidate")
 	// The router "new" is alive: it reads the re-drive stream (here, by hand).
 	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
 	must(t, e.busC.XGroupCreateConsumer(ctx, stream, "routerd", "new").Err())
@@ -185,7 +186,7 @@ func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
 	e.oldRouter("old")
 	e.subscriber("profile-svc", subscriber.Options{})
 	e.seed("profile-svc", "acme", "order:7", "active")
-	from := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	from := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{
 		"stream", from, "entry_id", "1764000000000-0", "deadletter", "1764000000001-0", "for", "new",
 		wire.EventField, `{"tenant":"acme","domain":"order","keys":["order:7"]}`,
@@ -194,7 +195,7 @@ func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
 		p, err := e.busC.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10}).Result()
 		return err == nil && len(p) == 1 && p[0].Consumer == "new"
 	})
-	if n := e.busC.XLen(ctx, wire.DeadLetterStream("invalidate")).Val(); n != 0 {
+	if n := e.busC.XLen(ctx, names.DeadLetterStream("invalidate")).Val(); n != 0 {
 		t.Fatalf("%d dead letters: the old router dead-lettered an entry a live router can route", n)
 	}
 	if !e.cached("profile-svc", "acme", "order:7") {

@@ -31,14 +31,14 @@ func TestEventKeyNamingTagSetIsDeadLettered(t *testing.T) {
 	e.seed("search-svc", "acme", "user:1", "active")
 	e.seed("search-svc", "acme", "user:2", "active")
 
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event",
 		`{"tenant":"acme","domain":"user","entity":"1","keys":["tag:active"]}`}}).Err())
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // the whole tag, after it
 
 	e.waitGone("search-svc", "acme", "user:1")
 	e.waitGone("search-svc", "acme", "user:2")
-	dl := wire.DeadLetterStream("invalidate")
+	dl := names.DeadLetterStream("invalidate")
 	redistest.Eventually(t, 10*time.Second, "the event dead-lettered", func() bool {
 		n, _ := e.busC.XLen(ctx, dl).Result()
 		return n == 1

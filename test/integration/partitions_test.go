@@ -12,6 +12,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -59,25 +60,25 @@ func TestPartitionCountChange(t *testing.T) {
 	// new partitions' readers.
 	r, stop := e.router(router.Options{DiscoverInterval: time.Hour})
 	partitions := func(n string) func() bool {
-		return func() bool { v, _ := e.busC.Get(ctx, wire.PartitionsKey("invalidate")).Result(); return v == n }
+		return func() bool { v, _ := e.busC.Get(ctx, names.PartitionsKey("invalidate")).Result(); return v == n }
 	}
 
 	if err := r.SetMatrix(mtx8); err != nil {
 		t.Fatalf("raising the partition count on reload: %v", err)
 	}
 	redistest.Eventually(t, 10*time.Second, "the count 8 recorded", partitions("8"))
-	e.xaddRaw(wire.IngressStream("invalidate", 7), "user:7")
+	e.xaddRaw(names.IngressStream("invalidate", 7), "user:7")
 	e.waitGone("search-svc", "acme", "user:7")
 
 	if err := r.SetMatrix(e.mtx); err != nil {
 		t.Fatalf("lowering the partition count on reload: %v", err)
 	}
 	redistest.Eventually(t, 10*time.Second, "the count 4 recorded", partitions("4"))
-	e.xaddRaw(wire.IngressStream("invalidate", 6), "user:6") // a publisher still on 8
+	e.xaddRaw(names.IngressStream("invalidate", 6), "user:6") // a publisher still on 8
 	e.waitGone("search-svc", "acme", "user:6")
 
 	stop()
-	e.xaddRaw(wire.IngressStream("invalidate", 5), "user:5")
+	e.xaddRaw(names.IngressStream("invalidate", 5), "user:5")
 	e.router(router.Options{DiscoverInterval: time.Hour})
 	e.waitGone("search-svc", "acme", "user:5")
 }
@@ -93,7 +94,7 @@ func TestPartitionWrittenJustAfterBusLossRoutedSoon(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, "") // 4 partitions
 	e.router(router.Options{ClaimInterval: time.Second, DiscoverInterval: time.Hour})
-	key := wire.PartitionsKey("invalidate")
+	key := names.PartitionsKey("invalidate")
 	redistest.Eventually(t, 10*time.Second, "the count recorded", func() bool { return e.busC.Get(ctx, key).Val() == "4" })
 
 	// Lose the bus's data, and read the count before the router writes it
@@ -102,8 +103,8 @@ func TestPartitionWrittenJustAfterBusLossRoutedSoon(t *testing.T) {
 		must(t, e.busC.FlushAll(ctx).Err())
 		return errors.Is(e.busC.Get(ctx, key).Err(), redis.Nil)
 	})
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", wire.DefaultPartitions))
-	if stream == wire.IngressStream("invalidate", wire.Partition("acme", 4)) {
+	stream := names.IngressStream("invalidate", wire.Partition("acme", wire.DefaultPartitions))
+	if stream == names.IngressStream("invalidate", wire.Partition("acme", 4)) {
 		t.Fatalf("acme's partition is %s among 8 as among 4: the test proves nothing", stream)
 	}
 	e.xaddRaw(stream, "user:1")

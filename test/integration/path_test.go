@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -83,7 +84,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
 	e.publish(wire.Event{ID: "m1", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}) // duplicate
 	e.publish(wire.Event{Tenant: "acme", Domain: "product", WholeTag: true})
-	must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: wire.IngressStream("invalidate", 0), Values: []any{"event", "nope"}}).Err())
+	must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: names.IngressStream("invalidate", 0), Values: []any{"event", "nope"}}).Err())
 	e.waitGone("search-svc", "acme", "user:1")
 
 	checks := []struct {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -44,7 +45,7 @@ services:
 // would: no publisher library, one entry per event.
 func (e *env) xaddPiped(tenant string, keys []string) {
 	e.t.Helper()
-	stream := wire.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
 	_, err := e.busC.Pipelined(context.Background(), func(pipe redis.Pipeliner) error {
 		for _, k := range keys {
 			b, _ := json.Marshal(map[string]any{"tenant": tenant, "domain": "user", "keys": []string{k}})

@@ -274,7 +274,7 @@ func TestKilledRouterEntriesClaimed(t *testing.T) {
 	read := 0
 	for p := 0; p < e.mtx.Partitions; p++ {
 		res, err := e.busC.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead",
-			Streams: []string{wire.IngressStream("invalidate", p), ">"}, Count: 1000, Block: -1}).Result()
+			Streams: []string{names.IngressStream("invalidate", p), ">"}, Count: 1000, Block: -1}).Result()
 		if err != nil && err != redis.Nil {
 			t.Fatal(err)
 		}
@@ -298,7 +298,7 @@ func TestKilledRouterEntriesClaimed(t *testing.T) {
 	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool {
 		pending := int64(0)
 		for p := 0; p < e.mtx.Partitions; p++ {
-			s, err := e.busC.XPending(ctx, wire.IngressStream("invalidate", p), "routerd").Result()
+			s, err := e.busC.XPending(ctx, names.IngressStream("invalidate", p), "routerd").Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -437,7 +437,7 @@ func TestIdleConsumersForgotten(t *testing.T) {
 	_, stop := e.router(router.Options{Consumer: "gone"})
 	stop()
 	e.router(router.Options{Consumer: "alive", ForgetConsumers: time.Millisecond})
-	stream := wire.IngressStream("invalidate", 0)
+	stream := names.IngressStream("invalidate", 0)
 	redistest.Eventually(t, 10*time.Second, "consumer gone removed", func() bool {
 		cs, err := e.busC.XInfoConsumers(ctx, stream, "routerd").Result()
 		if err != nil {

@@ -18,18 +18,6 @@ import (
 	"github.com/routerd/routerd/wire"
 )
 
-// within waits for cond until deadline (an absolute time), failing the test
-// after it.
-func within(t *testing.T, deadline time.Time, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not done by the deadline: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // A batch whose publishing fails on a killed master is retried by its own
 // router as soon as the cluster has failed over, not when ClaimIdle (left at
 // its 30 s default here) lets the claim loop take it: every invalidation
@@ -44,7 +32,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	for i := 0; tenant == "" && i < 1000; i++ {
 		cand := fmt.Sprintf("fx%d", i)
 		ch, _ := e.busC.MasterForKey(ctx, "invalidate:"+cand+":active")
-		in, _ := e.busC.MasterForKey(ctx, wire.IngressStream("invalidate", wire.Partition(cand, wire.DefaultPartitions)))
+		in, _ := e.busC.MasterForKey(ctx, names.IngressStream("invalidate", wire.Partition(cand, wire.DefaultPartitions)))
 		if ch != nil && in != nil && ch.Options().Addr != in.Options().Addr {
 			tenant, channel = cand, "invalidate:"+cand+":active"
 		}
@@ -92,7 +80,7 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	deadline := failedOver.Add(10 * time.Second)
 	for i := killedAt; i < len(keys); i++ {
 		id := fmt.Sprintf("ev-%d", i)
-		within(t, deadline, id+" published within 10s of the failover", func() bool {
+		redistest.Eventually(t, time.Until(deadline), id+" published within 10s of the failover", func() bool {
 			return e.busC.ZScore(ctx, names.EventsKey(channel), id).Err() == nil
 		})
 	}
@@ -125,8 +113,8 @@ func TestClusterFailoverRetriedAtOnce(t *testing.T) {
 	// on the old one while the slot moved went with it and are not in the
 	// new epoch's ids: what shows that every event was published (or
 	// dead-lettered) is that none stays pending.
-	stream := wire.IngressStream("invalidate", wire.Partition(tenant, wire.DefaultPartitions))
-	within(t, moved.Add(10*time.Second), "every entry acknowledged within 10s of the slot move", func() bool {
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, wire.DefaultPartitions))
+	redistest.Eventually(t, time.Until(moved.Add(10*time.Second)), "every entry acknowledged within 10s of the slot move", func() bool {
 		s, err := e.busC.XPending(ctx, stream, "routerd").Result()
 		return err == nil && s.Count == 0
 	})
@@ -172,7 +160,7 @@ func TestFailedBatchRetriedAtOnce(t *testing.T) {
 	})
 	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "+evalsha", "+eval").Err())
 	restored := time.Now()
-	within(t, restored.Add(10*time.Second), "acme/user:1 invalidated within 10s of the failure passing", func() bool {
+	redistest.Eventually(t, time.Until(restored.Add(10*time.Second)), "acme/user:1 invalidated within 10s of the failure passing", func() bool {
 		return !e.cached("search-svc", "acme", "user:1")
 	})
 	if got := metric(t, reg, "routerd_entries_claimed_total"); got != 0 {
@@ -202,7 +190,7 @@ func TestPoisonEntryDeadLettered(t *testing.T) {
 	}
 
 	must(t, e.busC.Set(ctx, "{invalidate:acme:active}:meta", "not a hash", 0).Err())
-	stream := wire.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	// The poison entry and good ones of the same tenant, read in one batch
 	// (on one server, one publish script call carries several channels).
 	poisonID := e.publish(wire.Event{ID: "poison-event", Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
@@ -219,7 +207,7 @@ func TestPoisonEntryDeadLettered(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		e.waitGone("billing-svc", "acme", fmt.Sprintf("invoice:%d", i))
 	}
-	dl := wire.DeadLetterStream("invalidate")
+	dl := names.DeadLetterStream("invalidate")
 	redistest.Eventually(t, 20*time.Second, "the poison entry dead-lettered", func() bool {
 		n, _ := e.busC.XLen(ctx, dl).Result()
 		return n > 0

@@ -36,7 +36,7 @@ func registerTenants(t *testing.T, e *env, n int) []string {
 		for _, tn := range tenants[i:min(i+1000, n)] {
 			args = append(args, tn)
 		}
-		must(t, e.busC.SAdd(ctx, wire.TenantsKey(e.mtx.Prefix), args...).Err())
+		must(t, e.busC.SAdd(ctx, names.TenantsKey(e.mtx.Prefix), args...).Err())
 	}
 	return tenants
 }

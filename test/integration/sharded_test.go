@@ -11,6 +11,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -56,7 +57,7 @@ func TestClusterPartitionsBeyondTheCountRouted(t *testing.T) {
 	tenant := e.tenantsOnMasters("far", 1, "active")[0]
 	byMaster := map[string]string{}
 	for p := 8; len(byMaster) < 3 && p < 200; p++ {
-		s := wire.IngressStream("invalidate", p)
+		s := names.IngressStream("invalidate", p)
 		m, err := e.busC.MasterForKey(ctx, s)
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -229,7 +230,7 @@ func (s *soak) flushAll(ctx context.Context) (string, error) {
 	var flush *redis.StatusCmd
 	_, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		for p := range parts {
-			stream := wire.IngressStream("invalidate", p)
+			stream := names.IngressStream("invalidate", p)
 			parts[p].groups = pipe.XInfoGroups(ctx, stream)
 			parts[p].pending = pipe.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 1 << 20})
 			parts[p].entries = pipe.XRange(ctx, stream, "-", "+")
@@ -242,7 +243,7 @@ func (s *soak) flushAll(ctx context.Context) (string, error) {
 	}
 	var lostIDs, lostEntries []string
 	for p, pt := range parts {
-		stream := wire.IngressStream("invalidate", p)
+		stream := names.IngressStream("invalidate", p)
 		delivered := "" // the group's last delivered id; "" when there is no group
 		for _, g := range pt.groups.Val() {
 			if g.Name == "routerd" {
@@ -299,7 +300,7 @@ func (s *soak) flushAllAgentDown(ctx context.Context, rng *rand.Rand) (string, e
 		return "", err
 	}
 	s.rec.acked(in)
-	if err := waitFor(ctx, 10*time.Second, ch+" published", func() bool { return version() > before }); err != nil {
+	if err := redistest.Wait(ctx, 10*time.Second, ch+" published", func() bool { return version() > before }); err != nil {
 		return "", err
 	}
 	detail, err := s.flushAll(ctx)
@@ -368,7 +369,7 @@ func (s *soak) masterKill(ctx context.Context) (string, error) {
 	}
 	victim.Stop()
 	killed := time.Now()
-	if err := waitFor(ctx, 30*time.Second, "a replica to take over from "+victim.Addr, func() bool {
+	if err := redistest.Wait(ctx, 30*time.Second, "a replica to take over from "+victim.Addr, func() bool {
 		masters := 0
 		for _, n := range s.busClu.Nodes {
 			if n != victim && role(ctx, n.Addr) == "master" && clusterOK(ctx, n.Addr) {
@@ -383,7 +384,7 @@ func (s *soak) masterKill(ctx context.Context) (string, error) {
 	if err := victim.Relaunch(); err != nil {
 		return "", err
 	}
-	err := waitFor(ctx, 60*time.Second, victim.Addr+" back as a replica in sync", func() bool {
+	err := redistest.Wait(ctx, 60*time.Second, victim.Addr+" back as a replica in sync", func() bool {
 		for _, n := range s.busClu.Nodes {
 			if !clusterOK(ctx, n.Addr) {
 				return false
@@ -419,19 +420,6 @@ func linkUp(ctx context.Context, addr string) bool {
 }
 func clusterOK(ctx context.Context, addr string) bool {
 	return nodeInfo(ctx, addr, "cluster")["cluster_state"] == "ok"
-}
-
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // ownedChannel picks a tenant's tag that some service receives.
@@ -518,7 +506,7 @@ func (s *soak) rawDuplicate(ctx context.Context, rng *rand.Rand) (string, error)
 	tenant := pick(rng, tenants)
 	withID := rng.IntN(2) == 0
 	in, data := s.rawEvent(rng, tenant, pick(rng, keyDomains), withID, faultRawDuplicate)
-	stream := wire.IngressStream("invalidate", wire.Partition(tenant, partitions))
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, partitions))
 	s.rec.beginInval(in)
 	for range 2 {
 		id, err := s.bus.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, data}}).Result()
@@ -539,7 +527,7 @@ func (s *soak) rawReorder(ctx context.Context, rng *rand.Rand) (string, error) {
 	tenant := pick(rng, tenants)
 	p1 := wire.Partition(tenant, partitions)
 	p2 := (p1 + 1 + rng.IntN(partitions-1)) % partitions
-	s1, s2 := wire.IngressStream("invalidate", p1), wire.IngressStream("invalidate", p2)
+	s1, s2 := names.IngressStream("invalidate", p1), names.IngressStream("invalidate", p2)
 	base := uint64(time.Now().UnixMilli())
 	for _, st := range []string{s1, s2} {
 		info, err := s.bus.XInfoStream(ctx, st).Result()

@@ -84,16 +84,6 @@ func TestReserveTakesAllOrNone(t *testing.T) {
 	}
 }
 
-func TestLimiterUpdates(t *testing.T) {
-	l := Limiter(nil, 5, 10)
-	if l.Limit() != 5 || l.Burst() != 10 {
-		t.Fatal("new limiter")
-	}
-	if Limiter(l, 7, 3) != l || l.Limit() != 7 || l.Burst() != 3 {
-		t.Error("limiter not updated in place")
-	}
-}
-
 func TestReserveWaitsExactly(t *testing.T) {
 	now := time.Now()
 	l := rate.NewLimiter(4, 1) // one token every 250ms

@@ -176,21 +176,6 @@ func Reserve(now time.Time, lims ...*rate.Limiter) time.Duration {
 	return 0
 }
 
-// Limiter returns a token bucket of rate per second and burst, or updates
-// l to them when it exists and differs (a reloaded matrix).
-func Limiter(l *rate.Limiter, perSecond float64, burst int) *rate.Limiter {
-	if l == nil {
-		return rate.NewLimiter(rate.Limit(perSecond), burst)
-	}
-	if l.Limit() != rate.Limit(perSecond) {
-		l.SetLimit(rate.Limit(perSecond))
-	}
-	if l.Burst() != burst {
-		l.SetBurst(burst)
-	}
-	return l
-}
-
 // Chunks is a merge that splits: the union of invalidations as a list of
 // unions, in order, each within maxKeys keys and maxRefs refs. An
 // invalidation goes into the last one while it fits, else into a new one;

@@ -1,0 +1,70 @@
+package lua
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/storm"
+)
+
+// The token bucket is one rule in two languages: bucket.lua, shared by
+// publish.lua and budget.lua on the bus, and the subscriber's in-memory
+// buckets (storm.Reserve on golang.org/x/time/rate). For the same takes at
+// the same times, both grant the same ones and ask the same wait (to the
+// millisecond the script counts in).
+func TestBucketMatchesStorm(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	// Takes one token at each ARGV time (microseconds), from a full bucket,
+	// as publish.lua does; returns each take's wait (0: granted).
+	src := prelude + bucketSrc + `
+local r, b = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens, at = false, false
+local out = {}
+for i = 3, #ARGV do
+  local now = tonumber(ARGV[i])
+  local t = bucket_tokens(tokens, at, now, r, b)
+  if t >= 1 then
+    tokens, at = t - 1, now
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = bucket_wait(t, r)
+  end
+end
+return out`
+	cases := []struct {
+		rate  float64
+		burst int
+		takes []int64 // microseconds from the start
+	}{
+		{10, 2, []int64{0, 0, 0, 50_000, 100_000, 100_001, 250_000, 1_000_000, 1_000_000, 1_000_000}},
+		{0.5, 1, []int64{0, 1, 1_999_999, 2_000_000, 2_500_000}},
+		{1000, 5, []int64{0, 0, 0, 0, 0, 0, 999, 1000, 1001, 3000, 3000, 3000}},
+		{3, 3, []int64{0, 100_000, 200_000, 300_000, 333_333, 333_334, 700_000}},
+	}
+	start := time.Unix(1_800_000_000, 0)
+	for _, tc := range cases {
+		args := []any{tc.rate, tc.burst}
+		for _, at := range tc.takes {
+			args = append(args, start.UnixMicro()+at)
+		}
+		got, err := c.Eval(ctx, src, nil, args...).Int64Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := rate.NewLimiter(rate.Limit(tc.rate), tc.burst)
+		l.AllowN(start, 0) // a full bucket at start, as bucket_tokens' new one
+		for i, at := range tc.takes {
+			wait := storm.Reserve(start.Add(time.Duration(at)*time.Microsecond), l)
+			goMs := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
+			if (wait == 0) != (got[i] == 0) || goMs != got[i] {
+				t.Errorf("rate %v burst %d, take %d at %dµs: Lua waits %d ms, Go %v", tc.rate, tc.burst, i, at, got[i], wait)
+			}
+		}
+	}
+}

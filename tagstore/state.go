@@ -1,0 +1,152 @@
+package tagstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/names"
+)
+
+// State is what a service's cache Redis holds of the service's channels:
+// the positions applied, and the bus generation the service's last
+// complete check saw. The Store owns these keys, and the position index
+// (IndexTenants): the subscriber reads them in one call (ReadState) and
+// writes them through the Store alone.
+type State struct {
+	// Positions, Found and Errs are ReadPositions's answer, one per channel.
+	Positions []Position
+	Found     []bool
+	Errs      []error
+	// GenerationSeen is the bus generation the service recorded
+	// (RecordGeneration), "" when none is.
+	GenerationSeen string
+}
+
+// ReadState reads a service's state for the channels (ReadPositions) and
+// the generation it last saw, in the same pipelines.
+func (s *Store) ReadState(ctx context.Context, service string, chans []TenantTag) (State, error) {
+	return s.readState(ctx, service, chans, true)
+}
+
+func (s *Store) readState(ctx context.Context, service string, chans []TenantTag, generation bool) (State, error) {
+	if err := names.Service(service); err != nil {
+		return State{}, err
+	}
+	keys := make([]string, len(chans))
+	for i, ch := range chans {
+		if err := names.Tenant(ch.Tenant); err != nil {
+			return State{}, err
+		}
+		if err := names.Tag(ch.Tag); err != nil {
+			return State{}, err
+		}
+		keys[i] = names.PositionKey(ch.Tenant, service, ch.Tag)
+	}
+	st := State{Positions: make([]Position, len(chans)), Found: make([]bool, len(chans)), Errs: make([]error, len(chans))}
+	for from := 0; from == 0 && generation || from < len(keys); from += readPositionsPipeline {
+		part := keys[from:min(from+readPositionsPipeline, len(keys))]
+		cmds := make([]*redis.StringCmd, len(part))
+		var seen *redis.StringCmd
+		_, err := s.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			if generation && from == 0 {
+				seen = pipe.Get(ctx, names.GenerationSeenKey(service))
+			}
+			for i, k := range part {
+				cmds[i] = pipe.Get(ctx, k)
+			}
+			return nil
+		})
+		// A missing key (redis.Nil) or one of another type fails its own
+		// GET only (below); any other error (a refused connection, WRONGPASS, NOPERM,
+		// LOADING) fails the read: the commands then hold no answer, and an
+		// empty one must not pass for a stored position.
+		if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+			return State{}, fmt.Errorf("tagstore: reading positions from the cache Redis: %w", err)
+		}
+		if seen != nil {
+			v, err := seen.Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return State{}, fmt.Errorf("tagstore: reading the bus generation last seen, %s: %w", names.GenerationSeenKey(service), err)
+			}
+			st.GenerationSeen = v
+		}
+		for i, cmd := range cmds {
+			v, err := cmd.Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			if redis.HasErrorPrefix(err, "WRONGTYPE") {
+				st.Errs[from+i] = fmt.Errorf("%w: %s is a key of another type", ErrBadPosition, part[i])
+				continue
+			}
+			if err != nil {
+				st.Errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
+				continue
+			}
+			p, err := ParsePosition(v)
+			if err != nil {
+				st.Errs[from+i] = fmt.Errorf("%w: %s holds %q", ErrBadPosition, part[i], v)
+				continue
+			}
+			st.Positions[from+i], st.Found[from+i] = p, true
+		}
+	}
+	return st, nil
+}
+
+// RecordGeneration records the bus generation a service's complete check
+// was made against (State.GenerationSeen).
+func (s *Store) RecordGeneration(ctx context.Context, service, generation string) error {
+	if err := names.Service(service); err != nil {
+		return err
+	}
+	if err := s.c.Set(ctx, names.GenerationSeenKey(service), generation, 0).Err(); err != nil {
+		return fmt.Errorf("tagstore: recording the bus generation in %s: %w", names.GenerationSeenKey(service), err)
+	}
+	return nil
+}
+
+// IndexTenants records tenants in a service's position index, before their
+// first position is written: a subscriber of every tenant finds its
+// positions from the index (IndexedTenants) even when the bus lost its
+// tenant registry.
+func (s *Store) IndexTenants(ctx context.Context, service string, tenants ...string) error {
+	if err := names.Service(service); err != nil {
+		return err
+	}
+	if len(tenants) == 0 {
+		return nil
+	}
+	members := make([]any, len(tenants))
+	for i, t := range tenants {
+		members[i] = t
+	}
+	if err := s.c.SAdd(ctx, names.PositionIndexKey(service), members...).Err(); err != nil {
+		return fmt.Errorf("tagstore: recording tenants in the position index %s: %w", names.PositionIndexKey(service), err)
+	}
+	return nil
+}
+
+// IndexedTenants returns the tenants of a service's position index.
+func (s *Store) IndexedTenants(ctx context.Context, service string) ([]string, error) {
+	if err := names.Service(service); err != nil {
+		return nil, err
+	}
+	// In SSCAN pages: one SMEMBERS of an index of a million tenants holds
+	// the Redis for the time it takes to answer it all.
+	var tenants []string
+	var cursor uint64
+	for {
+		page, next, err := s.c.SScan(ctx, names.PositionIndexKey(service), cursor, "", 1000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("tagstore: reading the position index %s: %w", names.PositionIndexKey(service), err)
+		}
+		tenants = append(tenants, page...)
+		if cursor = next; cursor == 0 {
+			return tenants, nil
+		}
+	}
+}

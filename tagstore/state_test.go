@@ -1,0 +1,61 @@
+package tagstore_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/tagstore"
+)
+
+// The store owns a service's state in the cache Redis: positions, the
+// generation it last saw, its position index. ReadState answers the first
+// two in one call, also for no channel at all.
+func TestReadStateOwnsTheServiceState(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	st, err := s.ReadState(ctx, "svc", nil)
+	if err != nil || st.GenerationSeen != "" || len(st.Positions) != 0 {
+		t.Fatalf("empty cache: %+v %v", st, err)
+	}
+	must(t, s.RecordGeneration(ctx, "svc", "g1"))
+	if got := c.Get(ctx, names.GenerationSeenKey("svc")).Val(); got != "g1" {
+		t.Fatalf("recorded generation %q, want g1", got)
+	}
+	var chans []tagstore.TenantTag
+	for i := 0; i < 1500; i++ { // more than one pipeline
+		chans = append(chans, tagstore.TenantTag{Tenant: "acme", Tag: fmt.Sprintf("t%d", i)})
+	}
+	must(t, c.Set(ctx, names.PositionKey("acme", "svc", "t1200"), "e:7", 0).Err())
+	must(t, c.Set(ctx, names.PositionKey("acme", "svc", "t3"), "bad", 0).Err())
+	st, err = s.ReadState(ctx, "svc", chans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GenerationSeen != "g1" {
+		t.Errorf("generation seen %q, want g1", st.GenerationSeen)
+	}
+	if !st.Found[1200] || st.Positions[1200] != (tagstore.Position{Epoch: "e", Version: 7}) || st.Found[0] || st.Errs[3] == nil {
+		t.Errorf("positions: %+v %v, %v, %v", st.Positions[1200], st.Found[1200], st.Found[0], st.Errs[3])
+	}
+	// A generation-seen key of another type is an error of the read.
+	must(t, c.Del(ctx, names.GenerationSeenKey("svc")).Err())
+	must(t, c.SAdd(ctx, names.GenerationSeenKey("svc"), "x").Err())
+	if _, err := s.ReadState(ctx, "svc", chans[:1]); err == nil {
+		t.Error("a generation-seen key of another type read as none")
+	}
+	must(t, s.IndexTenants(ctx, "svc", "acme", "beta"))
+	must(t, s.IndexTenants(ctx, "svc"))
+	if got, err := s.IndexedTenants(ctx, "svc"); err != nil || len(got) != 2 {
+		t.Errorf("position index holds %v (%v), want acme and beta", got, err)
+	}
+	for _, err := range []error{s.RecordGeneration(ctx, "s v c", "g"), s.IndexTenants(ctx, "s v c", "acme")} {
+		if err == nil {
+			t.Error("an invalid service accepted")
+		}
+	}
+	if _, err := s.ReadState(ctx, "s v c", nil); err == nil {
+		t.Error("an invalid service accepted")
+	}
+}

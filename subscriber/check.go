@@ -177,7 +177,8 @@ func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 // checkTargets checks channels one way: for each pipeline of targets it
 // reads their state (readState: metas from the bus; positions and the
 // generation seen from the cache, in one call), asks internal/recovery
-// what to do (recovery.Decide), and carries the plan out (carryOut). bus is
+// what to do (recovery.Decide, taken by plan), and carries the pipeline's
+// plans out together (recoverAll). bus is
 // the bus's generation, read before the targets were listed; their work
 // is applied (applyTargets). With msg set
 // (one target), it is the message that made the check, inside the burst

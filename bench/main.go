@@ -103,6 +103,7 @@ func main() {
 		{"scale-cluster", scaleOfClusterSubscriber},
 		{"pubsub", pubsubCost},
 		{"capacity", capacity},
+		{"capacity-agent", agentCapacity},
 		{"history-worst", worstHistory},
 		{"leases", leases},
 		{"bin-precision", precisionScenarios},

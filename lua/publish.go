@@ -18,12 +18,16 @@ type PublishRequest struct {
 
 // PublishChannel is one channel's part of a publish call.
 type PublishChannel struct {
-	Channel  string
-	History  int     // messages the history keeps
-	Rate     float64 // the channel's bucket: tokens per second, above 0
-	Burst    int
-	Force    bool // publish even without a token, taking one on credit
-	Messages []PublishMessage
+	Channel string
+	History int // messages the history keeps
+	// HistoryTTL, above 0, expires the history and the event ids that long
+	// after the channel's last message (the meta never); 0: they never
+	// expire. Sent in milliseconds.
+	HistoryTTL time.Duration
+	Rate       float64 // the channel's bucket: tokens per second, above 0
+	Burst      int
+	Force      bool // publish even without a token, taking one on credit
+	Messages   []PublishMessage
 }
 
 // PublishMessage is one message: its event ids (the first is its event's;
@@ -65,7 +69,7 @@ type PublishResult struct {
 // PublishArgs once, PublishChannelArgs per channel, MessageArgs per message.
 const (
 	PublishArgs        = 2
-	PublishChannelArgs = 6
+	PublishChannelArgs = 7
 )
 
 // MessageArgs is the number of ARGV items one message of ids event ids
@@ -87,7 +91,7 @@ func (r *PublishRequest) encode() (keys []string, args []any) {
 	args = append(args, r.Command, r.Epoch)
 	for _, ch := range r.Channels {
 		keys = append(keys, names.MetaKey(ch.Channel), names.HistoryKey(ch.Channel), names.EventsKey(ch.Channel))
-		args = append(args, ch.Channel, ch.History, ch.Rate, ch.Burst, flag(ch.Force), len(ch.Messages))
+		args = append(args, ch.Channel, ch.History, ch.HistoryTTL.Milliseconds(), ch.Rate, ch.Burst, flag(ch.Force), len(ch.Messages))
 		for _, m := range ch.Messages {
 			args = append(appendStrings(append(args, len(m.IDs)), m.IDs), m.Body)
 		}

@@ -10,7 +10,9 @@
 -- ARGV[1]    'PUBLISH' or 'SPUBLISH'
 -- ARGV[2]    epoch to start on a channel that has none (random hex from the caller)
 -- Then, for each channel in KEYS order:
---   channel name, history length to keep, the channel's bucket: rate per
+--   channel name, history length to keep, history TTL in milliseconds (0:
+--   none; else the history and the event ids expire that long after the
+--   channel's last message, the meta never), the channel's bucket: rate per
 --   second (above 0: the matrix's minimum is 0.1) and burst, force ('1':
 --   publish even without a token, taking one on credit), number of
 --   messages m;
@@ -106,9 +108,9 @@ local a = 3
 local now = bucket_now()
 for c = 1, #KEYS, 3 do
   local metaKey, historyKey, eventsKey = KEYS[c], KEYS[c + 1], KEYS[c + 2]
-  local channel, keep = ARGV[a], tonumber(ARGV[a + 1])
-  local rate, burst, force, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1', tonumber(ARGV[a + 5])
-  a = a + 6
+  local channel, keep, ttl = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local rate, burst, force, m = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
+  a = a + 7
   local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at', 'chain')
   local epoch, version = meta[1], tonumber(meta[3])
   -- The bucket expires with its meta (bucket.lua).
@@ -234,6 +236,14 @@ for c = 1, #KEYS, 3 do
     local n = redis.call('ZCARD', eventsKey)
     if n > IDS_PER_VERSION * keep then
       redis.call('ZREMRANGEBYRANK', eventsKey, 0, n - IDS_PER_VERSION * keep - 1)
+    end
+    -- Only recently active channels keep a history: a subscriber whose
+    -- channel's history expired finds it does not reach back, and
+    -- invalidates the tag whole. (No PERSIST without a TTL: a router's
+    -- user may not have it; a TTL taken off ends with the last one set.)
+    if ttl > 0 then
+      redis.call('PEXPIRE', historyKey, ttl)
+      redis.call('PEXPIRE', eventsKey, ttl)
     end
   end
 end

@@ -141,7 +141,11 @@ func unionKeys[V any](a, b map[string]V) []string {
 }
 
 func limitsString(l Limits) string {
-	return fmt.Sprintf("rate %g burst %d coalesce %v max_keys %d history %d", l.Rate, l.Burst, l.Coalesce, l.MaxKeys, l.History)
+	s := fmt.Sprintf("rate %g burst %d coalesce %v max_keys %d history %d", l.Rate, l.Burst, l.Coalesce, l.MaxKeys, l.History)
+	if l.HistoryTTL > 0 {
+		s += fmt.Sprintf(" history_ttl %v", l.HistoryTTL)
+	}
+	return s
 }
 
 func budgetString(b *Budget) string {

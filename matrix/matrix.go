@@ -21,6 +21,10 @@ type Limits struct {
 	Coalesce time.Duration `json:"coalesce"` // how long excess events are merged before sending
 	MaxKeys  int           `json:"max_keys"` // above this many keys a message invalidates the whole tag
 	History  int           `json:"history"`  // messages kept per channel for replay
+	// HistoryTTL, when set, expires a channel's history and event ids this
+	// long after its last message, so only recently active channels keep
+	// one (the meta, the epoch and version, is kept). 0: kept for good.
+	HistoryTTL time.Duration `json:"history_ttl"`
 }
 
 // Budget is a token bucket shared by many channels: every channel of one
@@ -302,5 +306,13 @@ func (l Limits) MarshalJSON() ([]byte, error) {
 		Coalesce string  `json:"coalesce"`
 		MaxKeys  int     `json:"max_keys"`
 		History  int     `json:"history"`
-	}{l.Rate, l.Burst, l.Coalesce.String(), l.MaxKeys, l.History})
+		TTL      string  `json:"history_ttl,omitempty"`
+	}{l.Rate, l.Burst, l.Coalesce.String(), l.MaxKeys, l.History, ttlString(l.HistoryTTL)})
+}
+
+func ttlString(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
 }

@@ -45,6 +45,11 @@ const (
 	minRate    = 0.1
 	maxRate    = 1_000_000
 	maxHistory = 1_000_000
+	// A history TTL shorter than a minute would expire histories a
+	// subscriber still needs to replay a reconnection; longer than a year
+	// is no TTL.
+	minHistoryTTL = time.Minute
+	maxHistoryTTL = 365 * 24 * time.Hour
 )
 
 type parser struct {
@@ -365,7 +370,7 @@ func (p *parser) tag(key, n *yaml.Node, defaults Limits) (*Tag, []ref) {
 	t := &Tag{Name: key.Value, Limits: defaults}
 	var used []ref
 	what := "tag " + strconvQuote(t.Name)
-	limitFields := []string{"rate", "burst", "coalesce", "max_keys", "history"}
+	limitFields := []string{"rate", "burst", "coalesce", "max_keys", "history", "history_ttl"}
 	var limitNode yaml.Node
 	limitNode.Kind = yaml.MappingNode
 	for _, f := range p.mapping(n, what, append([]string{"services"}, limitFields...)...) {
@@ -419,7 +424,7 @@ func (p *parser) rate(n *yaml.Node, what string) (float64, bool) {
 
 func (p *parser) limits(n *yaml.Node, what string, base Limits) Limits {
 	l := base
-	for _, f := range p.mapping(n, what, "rate", "burst", "coalesce", "max_keys", "history") {
+	for _, f := range p.mapping(n, what, "rate", "burst", "coalesce", "max_keys", "history", "history_ttl") {
 		name := what + "." + f.key.Value
 		switch f.key.Value {
 		case "rate":
@@ -449,6 +454,17 @@ func (p *parser) limits(n *yaml.Node, what string, base Limits) Limits {
 				continue
 			}
 			l.Coalesce = d
+		case "history_ttl":
+			s, ok := p.scalar(f.value, name)
+			if !ok {
+				continue
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d != 0 && (d < minHistoryTTL || d > maxHistoryTTL) || d%time.Millisecond != 0 {
+				p.errorf(f.value, "%s must be 0 (kept for good) or a duration from 1m to 8760h (a year) such as 24h, in whole milliseconds, not %q", name, s)
+				continue
+			}
+			l.HistoryTTL = d
 		}
 	}
 	return l

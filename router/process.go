@@ -1045,7 +1045,7 @@ func publishRequest(out []*outgoing, call publishCall, epoch, cmd string) lua.Pu
 	msgs := make([]lua.PublishMessage, 0, call.messages)
 	for c, channel := range call.channels {
 		rt := out[channel[0]].route
-		ch := lua.PublishChannel{Channel: rt.Channel, History: rt.Limits.History, Rate: rt.Limits.Rate, Burst: rt.Limits.Burst}
+		ch := lua.PublishChannel{Channel: rt.Channel, History: rt.Limits.History, HistoryTTL: rt.Limits.HistoryTTL, Rate: rt.Limits.Rate, Burst: rt.Limits.Burst}
 		start := len(msgs)
 		for _, i := range channel {
 			o := out[i]

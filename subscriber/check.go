@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
@@ -30,19 +31,61 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	targets, err := s.targets(ctx)
+	tenants, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
-	if err := s.applyTargets(ctx, targets); err != nil {
+	// The channels in parts of checkChunk, made as they are checked: a
+	// list of a million targets would be the largest thing a check makes.
+	batch := make([]target, 0, checkChunk)
+	var gen generation
+	parts := 0
+	flush := func() error {
+		if err := s.applyTargets(ctx, batch); err != nil {
+			return err
+		}
+		g, err := s.checkTargets(ctx, batch, bus, nil)
+		if parts == 0 {
+			gen = g
+		}
+		parts++
+		batch = batch[:0]
 		return err
 	}
-	gen, err := s.checkTargets(ctx, targets, bus, nil)
-	if err != nil {
+	for _, tenant := range tenants {
+		for _, tag := range s.cur.tagList {
+			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
+			if len(batch) == checkChunk {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if len(batch) > 0 || parts == 0 {
+		// Once at least: the state read gives the generation seen.
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	if err := s.sawGeneration(ctx, gen); err != nil {
 		return err
 	}
-	return s.sawGeneration(ctx, gen)
+	if gen.seen == "" && gen.bus != "" && s.store != nil && s.opt.Handler != nil {
+		// The service's first look, now recorded. A channel found with
+		// neither a meta nor a position is watched only by a check under
+		// a generation recorded before it (recovery.Watch), and with a
+		// Handler nothing else lets a new channel's first message replay
+		// rather than its whole tag: check again now, before ready, not
+		// at the next interval (a channel first published meanwhile went
+		// whole).
+		return s.check(ctx)
+	}
+	return nil
 }
+
+// checkChunk is how many channels a check takes at a time.
+const checkChunk = 10 * pipelineChunk
 
 // generation is the bus's generation and the one this service last saw.
 type generation struct{ bus, seen string }
@@ -134,7 +177,8 @@ func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 // checkTargets checks channels one way: for each pipeline of targets it
 // reads their state (readState: metas from the bus; positions and the
 // generation seen from the cache, in one call), asks internal/recovery
-// what to do (recovery.Decide), and carries the plan out (carryOut). bus is
+// what to do (recovery.Decide, taken by plan), and carries the pipeline's
+// plans out together (recoverAll). bus is
 // the bus's generation, read before the targets were listed; their work
 // is applied (applyTargets). With msg set
 // (one target), it is the message that made the check, inside the burst
@@ -142,6 +186,7 @@ func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msg *wire.Message) (generation, error) {
 	var gen generation
 	var failed error
+	var recoveries []pending // the part's recoveries, carried out together
 	for start := 0; start == 0 || start < len(targets); start += pipelineChunk {
 		batch := targets[start:min(start+pipelineChunk, len(targets))]
 		st, err := s.readState(ctx, batch)
@@ -166,30 +211,36 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 				continue
 			}
 			p, ok := s.pos[t.channel]
-			if !ok {
-				p = &position{tenant: t.tenant, tag: t.tag, at: st.stored[i]}
-				s.pos[t.channel] = p
+			c := recovery.Channel{Memory: st.stored[i], Stored: st.stored[i], HasStore: s.store != nil, Meta: st.metas[i],
+				BusLost: gen.lost(), BusKnown: gen.known(), Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
+			if ok {
+				c.Memory, c.Watched = p.at, p.watched != "" && p.watched == gen.bus
 			}
-			c := recovery.Channel{Memory: p.at, Stored: st.stored[i], HasStore: s.store != nil, Meta: st.metas[i],
-				BusLost: gen.lost(), BusKnown: gen.known(), Watched: p.watched != "" && p.watched == gen.bus,
-				Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
 			if msg != nil {
 				c.Message = msgPosition(msg)
 			}
 			delete(s.heard, t.channel)
-			if err := s.carryOut(ctx, t.channel, p, c, recovery.Decide(c), gen, msg != nil); err != nil {
-				failed = errors.Join(failed, fmt.Errorf("%s: %w", t.channel, err))
+			if !ok && msg == nil && !c.Meta.Known() && !c.Stored.Known() && !gen.lost() && !s.mustWatch(c, gen) {
+				continue // never published, nothing stored: nothing to remember (a position a channel at scale)
+			}
+			if !ok {
+				p = &position{tenant: t.tenant, tag: t.tag, at: st.stored[i]}
+				s.pos[t.channel] = p
+			}
+			if r, ok := s.plan(t.channel, p, c, recovery.Decide(c), gen); ok {
+				recoveries = append(recoveries, r)
 			}
 		}
+		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, msg != nil))
+		recoveries = recoveries[:0]
 	}
 	return gen, errors.Join(failed, s.flushBatch(ctx))
 }
 
-// carryOut applies a check's plan for one channel, whose state was c: it
-// counts and logs what the plan found, stands the channel where the plan
-// says, and executes the decision. live: the check was made for a message
-// of the burst being handled, whose pipeline the replay joins.
-func (s *Subscriber) carryOut(ctx context.Context, channel string, p *position, c recovery.Channel, pl recovery.Plan, gen generation, live bool) error {
+// plan takes a check's plan for one channel, whose state was c: it counts
+// and logs what the plan found and stands the channel where the plan says;
+// it returns the decision to carry out (recoverAll), false for none.
+func (s *Subscriber) plan(channel string, p *position, c recovery.Channel, pl recovery.Plan, gen generation) (pending, bool) {
 	if pl.Unconfirmed {
 		s.m.unconfirmed.Inc()
 		s.log.Warn("message not confirmed by the channel's meta (forged, or lost with the bus); ignored",
@@ -205,18 +256,14 @@ func (s *Subscriber) carryOut(ctx context.Context, channel string, p *position, 
 	}
 	p.at = pl.At
 	if pl.Action == recovery.Ignore {
-		return nil
+		return pending{}, false
 	}
 	if !pl.First {
 		s.m.gaps.Inc()
 		s.log.Info("channel needs recovery", "channel", channel, "action", pl.Action.String(), "reason", pl.Reason.String(),
 			"at", p.at.String(), "channel_at", c.Meta.String())
 	}
-	d, msgs, at, err := s.resolve(ctx, channel, p.at, pl.Decision)
-	if err != nil {
-		return err
-	}
-	return s.execute(ctx, channel, p, d, msgs, at, pl.First, live)
+	return pending{channel, p, pl.Decision, pl.First}, true
 }
 
 // resolve reads the history a replay needs and settles the decision
@@ -231,6 +278,13 @@ func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery
 	if err != nil {
 		return d, nil, nil, err
 	}
+	r, at := s.settle(channel, start, d, msgs, payloads, ok)
+	return r, msgs, at, nil
+}
+
+// settle settles a replay against the history read for it
+// (recovery.Resolve), ok when the history holds all its messages.
+func (s *Subscriber) settle(channel string, start recovery.Position, d recovery.Decision, msgs []*wire.Message, payloads [][]byte, ok bool) (recovery.Decision, []recovery.Position) {
 	got := make([]recovery.Position, len(msgs))
 	for i, m := range msgs {
 		got[i] = msgPosition(m)
@@ -241,7 +295,7 @@ func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery
 		s.log.Warn("the channel's chain does not follow from the position: a forged message was applied in place of the channel's own; invalidating the whole tag",
 			"channel", channel, "position", start.String(), "channel_at", d.To.String())
 	}
-	return r, msgs, at, nil
+	return r, at
 }
 
 // history returns the messages from..to of the channel's history, with
@@ -252,6 +306,14 @@ func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, t
 	if err != nil {
 		return nil, nil, false, err
 	}
+	msgs, payloads, ok := s.parseHistory(channel, epoch, from, to, entries)
+	return msgs, payloads, ok, nil
+}
+
+// parseHistory reads the messages of history entries from..to, with each
+// one's JSON as published, and whether they are all there (contiguous, of
+// the epoch).
+func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries []redis.XMessage) ([]*wire.Message, [][]byte, bool) {
 	msgs := make([]*wire.Message, 0, len(entries))
 	payloads := make([][]byte, 0, len(entries))
 	got := make([]recovery.Position, 0, len(entries))
@@ -261,13 +323,22 @@ func (s *Subscriber) history(ctx context.Context, channel, epoch string, from, t
 		if err != nil {
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)
-			return nil, nil, false, nil
+			return nil, nil, false
 		}
 		msgs = append(msgs, m)
 		payloads = append(payloads, []byte(raw))
 		got = append(got, msgPosition(m))
 	}
-	return msgs, payloads, recovery.Contiguous(got, epoch, from, to), nil
+	return msgs, payloads, recovery.Contiguous(got, epoch, from, to)
+}
+
+// mustWatch reports whether a channel with neither a meta nor a position
+// needs a position kept only to remember it was watched (recovery.Watch):
+// not when the bus kept its data and the cache is a cache Redis alone,
+// whose channels recovery.Check already takes for fresh — what keeps an
+// agent of millions of channels from holding a position for each.
+func (s *Subscriber) mustWatch(c recovery.Channel, gen generation) bool {
+	return recovery.Watch(c) && gen.bus != "" && !(c.BusKnown && c.HasStore && !c.HasHandler)
 }
 
 type target struct{ channel, tenant, tag string }
@@ -399,11 +470,11 @@ func isReplyError(err error) bool {
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
 }
 
-// targets lists the channels to check: the configured tenants, or for a
+// targets lists the tenants whose channels (of every tag) to check: the configured tenants, or for a
 // service of every tenant the router's tenant registry, the tenants this
 // service holds positions for (kept with the positions, so they survive a
 // bus that lost its registry) and every channel seen so far.
-func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
+func (s *Subscriber) targets(ctx context.Context) ([]string, error) {
 	tenants := s.cur.tenants
 	if s.cur.allTenants {
 		var err error
@@ -416,13 +487,7 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 			s.announced(ctx, t)
 		}
 	}
-	out := make([]target, 0, len(tenants)*len(s.cur.tagList))
-	for _, tenant := range tenants {
-		for _, tag := range s.cur.tagList {
-			out = append(out, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
-		}
-	}
-	return out, nil
+	return tenants, nil
 }
 
 // everyTenant returns, for a service of every tenant, the tenants of the
@@ -430,7 +495,9 @@ func (s *Subscriber) targets(ctx context.Context) ([]target, error) {
 // index (tenants with tagged values), announced, and seen so far. The two
 // indexes live in the cache Redis, so they survive a bus that lost its data.
 func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
-	registered, err := s.bus.SMembers(ctx, names.TenantsKey(s.prefix)).Result()
+	// Only this instance's tenants are kept from each page (a shard of k
+	// reads the registry, but keeps 1/k of it).
+	registered, err := scanSet(ctx, s.bus, names.TenantsKey(s.prefix), s.cur.shard.Owns)
 	if err != nil {
 		return nil, fmt.Errorf("reading the tenant registry %s from the bus Redis: %w", names.TenantsKey(s.prefix), err)
 	}
@@ -439,28 +506,47 @@ func (s *Subscriber) everyTenant(ctx context.Context) ([]string, error) {
 		if indexed, err = s.store.IndexedTenants(ctx, s.opt.Service); err != nil {
 			return nil, err
 		}
-		if cached, err = s.opt.Cache.SMembers(ctx, names.CacheTenantsKey()).Result(); err != nil {
+		if cached, err = scanSet(ctx, s.opt.Cache, names.CacheTenantsKey(), s.cur.shard.Owns); err != nil {
 			return nil, fmt.Errorf("reading the tenant index %s from the cache Redis: %w", names.CacheTenantsKey(), err)
 		}
 	}
-	seen := map[string]bool{}
-	var out []string
-	add := func(t string) {
-		if names.ValidTenant(t) && !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	for _, list := range [][]string{registered, indexed, cached} {
-		for _, t := range list {
-			add(t)
-		}
-	}
-	for t := range s.joined {
-		add(t)
+	// One list sorted and compacted rather than a set: a map of a
+	// million tenants is the largest thing a check makes.
+	out := slices.Grow(registered, len(indexed)+len(cached)+len(s.joined)+len(s.joinedNew))
+	out = append(append(append(out, indexed...), cached...), s.joined...)
+	for t := range s.joinedNew {
+		out = append(out, t)
 	}
 	for _, p := range s.pos {
-		add(p.tenant)
+		out = append(out, p.tenant)
 	}
-	return out, nil
+	slices.Sort(out)
+	out = slices.Compact(out)
+	return slices.DeleteFunc(out, func(t string) bool { return !names.ValidTenant(t) || !s.cur.shard.Owns(t) }), nil
 }
+
+// scanSet reads the members of a set that keep accepts, in SSCAN pages:
+// one SMEMBERS of a registry of a million tenants holds the Redis for the
+// time it takes to answer it all. A member added or removed meanwhile may
+// or may not be in it (SSCAN's guarantee); the next check sees it.
+func scanSet(ctx context.Context, rdb redis.UniversalClient, key string, keep func(string) bool) ([]string, error) {
+	var out []string
+	var cursor uint64
+	for {
+		page, next, err := rdb.SScan(ctx, key, cursor, "", scanPage).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range page {
+			if keep(m) {
+				out = append(out, m)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return out, nil
+		}
+	}
+}
+
+// scanPage is the COUNT of one SSCAN.
+const scanPage = 1000

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -15,16 +16,18 @@ import (
 	"github.com/routerd/routerd/names"
 )
 
-// listener owns the subscriber's pub/sub connections: one with channels and
-// patterns on a standalone bus; on a cluster one sharded connection per
-// master, each with the channels whose slots that master owns, because
-// go-redis subscribes all the channels of one SSUBSCRIBE on the node of the
-// first one. It is used by the applier goroutine only.
+// listener owns the subscriber's pub/sub connections: on a standalone bus
+// connections of at most Options.ChannelsPerConn channels each; on a
+// cluster sharded connections to each master, each with at most as many of
+// the channels whose slots that master owns, because go-redis subscribes
+// all the channels of one SSUBSCRIBE on the node of the first one. A
+// connection's channels are bounded because go-redis resubscribes them all
+// in one command when it reconnects, and the bus buffers the replies of one
+// command whole (client-output-buffer-limit pubsub). It is used by the
+// applier goroutine only.
 type listener struct {
 	s     *Subscriber
 	conns []*conn
-	// standalone: what the one connection is subscribed to.
-	channels []string
 	// cluster: the hash slot of each channel subscribed, as the server
 	// computes it (CLUSTER KEYSLOT), kept across regroups; every channel
 	// subscribed is in it.
@@ -42,13 +45,99 @@ type conn struct {
 	heard    atomic.Int64 // unix nanos of the last thing received (a pong at least every PingEvery)
 	waiting  atomic.Bool  // the receiver waits for the applier to take a message
 	expected atomic.Int64 // subscriptions that make its set complete
+	held     atomic.Int64 // subscriptions the bus confirmed (the count of its last reply; 0 while down)
 	cancel   context.CancelFunc
 	done     chan struct{}
+
+	// chans are the channels given to the connection (standalone), and
+	// size how many (both); the applier's.
+	chans []string
+	size  int
+
+	// Subscribing is paced by the replies read (see pump): ops wait their
+	// turn, unread counts the replies to the commands sent not read yet.
+	sendMu sync.Mutex
+	ops    []subOp
+	unread atomic.Int64
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
 	// announced); each is checked on its own once confirmed.
 	added map[string]bool
+}
+
+// subOp is an (un)subscribe of channels waiting to be sent; kind is
+// subscribe, unsubscribe or ssubscribe (the channels of one slot).
+type subOp struct {
+	kind     string
+	channels []string
+}
+
+// subscribeBudget bounds the replies to (un)subscribe commands a
+// connection has sent and not read yet: the bus buffers them until they
+// are read, and closes a pub/sub connection whose buffer passes
+// client-output-buffer-limit pubsub (32 MB at once, 8 MB for 60 s by
+// default); a reply takes about 40 bytes and the channel's name, so 1,000
+// of them take a few tens of KB.
+const subscribeBudget = 1000
+
+// DefaultChannelsPerConn is Options.ChannelsPerConn's default: a reconnected
+// connection's resubscription of them all, in one command, buffers about
+// 5 MB of replies on the bus, under its default limits.
+const DefaultChannelsPerConn = 50000
+
+// queue adds (un)subscribes of channels to send; pump sends them.
+func (c *conn) queue(kind string, channels []string) {
+	if len(channels) == 0 {
+		return
+	}
+	c.sendMu.Lock()
+	c.ops = append(c.ops, subOp{kind, channels})
+	c.sendMu.Unlock()
+}
+
+// pump sends what is queued, a chunk at a time, while the replies not read
+// yet leave room in subscribeBudget: the receiver calls it again as it
+// reads them. A failed write makes go-redis reconnect and resubscribe what
+// was sent; what is queued goes after.
+func (c *conn) pump(ctx context.Context, s *Subscriber) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	for len(c.ops) > 0 {
+		room := subscribeBudget - int(c.unread.Load())
+		if room < subscribeBudget/2 {
+			return
+		}
+		op := &c.ops[0]
+		n := min(room, len(op.channels))
+		part := op.channels[:n]
+		c.unread.Add(int64(n))
+		var err error
+		switch op.kind {
+		case "subscribe":
+			err = c.ps.Subscribe(ctx, part...)
+		case "unsubscribe":
+			err = c.ps.Unsubscribe(ctx, part...)
+		case "ssubscribe":
+			err = c.ps.SSubscribe(ctx, part...)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("changing subscriptions; go-redis subscribes again when it reconnects", "err", err)
+		}
+		if op.channels = op.channels[n:]; len(op.channels) == 0 {
+			c.ops[0] = subOp{}
+			c.ops = c.ops[1:]
+		}
+	}
+}
+
+// replied counts a reply to an (un)subscribe read, and sends more.
+func (c *conn) replied(ctx context.Context, s *Subscriber, count int) {
+	c.held.Store(int64(count))
+	if c.unread.Add(-1) < 0 {
+		c.unread.Store(0) // a resubscription of go-redis's own
+	}
+	c.pump(ctx, s)
 }
 
 // forgetAdded treats every added channel as part of the connection's set.
@@ -160,22 +249,13 @@ func (ln *listener) regroup(ctx context.Context) {
 	if s.cur.allTenants {
 		channels = append(channels, names.TenantsChannel(s.prefix))
 	}
-	clear(s.joined)
-	for _, t := range tenants {
-		s.joined[t] = true
-	}
+	s.joined = tenants // sorted (everyTenant)
+	clear(s.joinedNew)
 	if !s.sharded() {
-		if len(ln.conns) == 0 {
-			ln.start(ctx, s.bus.Subscribe(ctx), "", len(channels))
+		if ln.spread(ctx, channels) == 0 {
+			s.requestCheck() // no confirmation to come asks for it
 		}
-		c := ln.conns[0]
-		c.forgetAdded()
-		c.expected.Store(int64(len(channels)))
-		subscribeAll(ctx, s, c.ps.Subscribe, minus(channels, ln.channels))
-		subscribeAll(ctx, s, c.ps.Unsubscribe, minus(ln.channels, channels))
-		ln.channels = channels
-		s.log.Info("subscribed", "channels", len(channels), "tags", s.cur.tagList)
-		s.requestCheck()
+		s.log.Info("subscribing", "channels", len(channels), "connections", len(ln.conns), "tags", s.cur.tagList)
 		return
 	}
 
@@ -206,26 +286,103 @@ func (ln *listener) regroup(ctx context.Context) {
 		addrs = append(addrs, a)
 	}
 	sort.Strings(addrs)
+	per := s.opt.ChannelsPerConn
 	for _, a := range addrs {
-		// One connection per master, one SSUBSCRIBE per slot: a command
-		// may name the channels of one slot only. The first command makes
-		// the connection, on the master of its slot.
-		var ps *redis.PubSub
-		n := 0
+		// Connections to the master of at most per channels each, one
+		// SSUBSCRIBE per slot (a command may name the channels of one slot
+		// only). The first command makes the connection, on the master of
+		// its slot: start sends it.
+		var c *conn
 		for _, chs := range groups[a] {
-			n += len(chs)
-			if ps == nil {
-				ps = cc.SSubscribe(ctx, chs...)
-				continue
-			}
-			if err := ps.SSubscribe(ctx, chs...); err != nil {
-				s.log.Warn("subscribing; the next regroup retries", "err", err)
+			for len(chs) > 0 {
+				if c == nil || c.size == per {
+					if c != nil {
+						ln.start(ctx, c)
+					}
+					c = ln.newConn(cc.SSubscribe(ctx), a)
+				}
+				n := min(per-c.size, len(chs))
+				c.queue("ssubscribe", chs[:n])
+				c.size += n
+				c.expected.Add(int64(n))
+				chs = chs[n:]
 			}
 		}
-		ln.start(ctx, ps, a, n)
+		if c != nil {
+			ln.start(ctx, c)
+		}
 	}
-	s.log.Info("subscribed (sharded)", "channels", len(channels), "masters", len(groups), "tags", s.cur.tagList)
-	s.requestCheck()
+	if len(channels) == 0 {
+		s.requestCheck()
+	}
+	s.log.Info("subscribing (sharded)", "channels", len(channels), "masters", len(groups), "connections", len(ln.conns), "tags", s.cur.tagList)
+}
+
+// spread gives a standalone bus's channels to the connections, at most
+// ChannelsPerConn each: each keeps those it has that are still wanted and
+// leaves the others, the new ones go where there is room, then to new
+// connections. It returns how many channels it subscribes: the last
+// confirmation asks for a check.
+func (ln *listener) spread(ctx context.Context, channels []string) int {
+	s := ln.s
+	per := s.opt.ChannelsPerConn
+	fresh := channels
+	if len(ln.conns) > 0 {
+		want := make(map[string]bool, len(channels))
+		for _, ch := range channels {
+			want[ch] = false
+		}
+		for _, c := range ln.conns {
+			var keep, gone []string
+			for _, ch := range c.chans {
+				if _, ok := want[ch]; ok {
+					keep = append(keep, ch)
+					want[ch] = true
+				} else {
+					gone = append(gone, ch)
+				}
+			}
+			c.chans, c.size = keep, len(keep)
+			c.queue("unsubscribe", gone)
+		}
+		fresh = nil
+		for _, ch := range channels {
+			if !want[ch] {
+				fresh = append(fresh, ch)
+			}
+		}
+	}
+	running := len(ln.conns)
+	all := slices.Clone(ln.conns) // the running ones, then the new ones
+	subscribing := len(fresh)
+	for len(fresh) > 0 {
+		var c *conn
+		for _, cn := range all {
+			if cn.size < per {
+				c = cn
+				break
+			}
+		}
+		if c == nil {
+			c = ln.newConn(s.bus.Subscribe(ctx), "")
+			all = append(all, c)
+		}
+		n := min(per-c.size, len(fresh))
+		c.chans = append(c.chans, fresh[:n]...)
+		c.size += n
+		c.queue("subscribe", fresh[:n])
+		fresh = fresh[n:]
+	}
+	for i, c := range all {
+		c.forgetAdded()
+		c.expected.Store(int64(c.size))
+		if i < running {
+			c.pump(ctx, s)
+		} else {
+			ln.start(ctx, c)
+		}
+	}
+	return subscribing
 }
 
 // slotsOf returns the hash slot of every channel, asking the cluster
@@ -266,16 +423,6 @@ func (ln *listener) slotsOf(ctx context.Context, cc *redis.ClusterClient, channe
 	return keep, nil
 }
 
-// subscribeAll calls one of PubSub's (un)subscribe methods in chunks.
-func subscribeAll(ctx context.Context, s *Subscriber, fn func(context.Context, ...string) error, names []string) {
-	const chunk = 10000
-	for i := 0; i < len(names); i += chunk {
-		if err := fn(ctx, names[i:min(i+chunk, len(names))]...); err != nil {
-			s.log.Warn("changing subscriptions; go-redis retries on reconnect", "err", err)
-		}
-	}
-}
-
 // allTenantList returns, for a service of every tenant on sharded pub/sub,
 // the tenants whose channels it subscribes to (see everyTenant).
 func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
@@ -289,10 +436,10 @@ func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 // channels are subscribed on the running connections (a regroup when a
 // master has none yet), and each is checked once confirmed.
 func (s *Subscriber) announced(ctx context.Context, tenant string) {
-	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.joined[tenant] {
+	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.hasJoined(tenant) || !s.cur.shard.Owns(tenant) {
 		return
 	}
-	s.joined[tenant] = true
+	s.joinedNew[tenant] = true
 	s.log.Info("new tenant announced; subscribing to its channels", "tenant", tenant)
 	channels := s.cur.channels(s.prefix, []string{tenant})
 	if err := s.ln.add(ctx, channels); err != nil {
@@ -308,19 +455,29 @@ func (s *Subscriber) announced(ctx context.Context, tenant string) {
 // connection.
 func (ln *listener) add(ctx context.Context, channels []string) error {
 	if !ln.s.sharded() {
-		channels = minus(channels, ln.channels)
-		if len(channels) == 0 || len(ln.conns) == 0 {
-			return nil
+		if len(ln.conns) == 0 {
+			return nil // the regroup to come subscribes them
 		}
-		c := ln.conns[0]
+		var c *conn
+		for _, cn := range ln.conns {
+			if cn.size < ln.s.opt.ChannelsPerConn {
+				c = cn
+				break
+			}
+		}
+		if c == nil {
+			return errors.New("every connection is full")
+		}
 		c.mu.Lock()
 		for _, ch := range channels {
 			c.added[ch] = true
 		}
 		c.mu.Unlock()
+		c.chans = append(c.chans, channels...)
+		c.size += len(channels)
 		c.expected.Add(int64(len(channels)))
-		ln.channels = append(ln.channels, channels...)
-		subscribeAll(ctx, ln.s, c.ps.Subscribe, channels)
+		c.queue("subscribe", channels)
+		c.pump(ctx, ln.s)
 		return nil
 	}
 	cc := redisconn.Cluster(ln.s.bus)
@@ -343,12 +500,12 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 		}
 		var c *conn
 		for _, cn := range ln.conns {
-			if cn.addr == master.Options().Addr {
+			if cn.addr == master.Options().Addr && cn.size < ln.s.opt.ChannelsPerConn {
 				c = cn
 			}
 		}
 		if c == nil {
-			return errors.New("no connection to the master of " + ch + " yet")
+			return errors.New("no connection with room to the master of " + ch + " yet")
 		}
 		if byConn[c] == nil {
 			byConn[c] = map[int64][]string{}
@@ -363,10 +520,10 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 			}
 			c.mu.Unlock()
 			c.expected.Add(int64(len(chs)))
-			if err := c.ps.SSubscribe(ctx, chs...); err != nil {
-				ln.s.log.Warn("subscribing a new tenant's channels; go-redis retries on reconnect", "err", err)
-			}
+			c.size += len(chs)
+			c.queue("ssubscribe", chs)
 		}
+		c.pump(ctx, ln.s)
 	}
 	return nil
 }
@@ -399,11 +556,17 @@ func (ln *listener) relink(ctx context.Context) {
 	ln.regroup(ctx)
 }
 
-func (ln *listener) start(ctx context.Context, ps *redis.PubSub, addr string, expected int) {
+func (ln *listener) newConn(ps *redis.PubSub, addr string) *conn {
+	return &conn{ps: ps, addr: addr, done: make(chan struct{}), added: map[string]bool{}}
+}
+
+// start sends the connection's first chunk (on a cluster, the command that
+// makes the connection on the master of its slot) and starts its receiver.
+func (ln *listener) start(ctx context.Context, c *conn) {
 	cctx, cancel := context.WithCancel(ctx)
-	c := &conn{ps: ps, addr: addr, cancel: cancel, done: make(chan struct{}), added: map[string]bool{}}
-	c.expected.Store(int64(expected))
+	c.cancel = cancel
 	c.heard.Store(time.Now().UnixNano())
+	c.pump(cctx, ln.s)
 	ln.conns = append(ln.conns, c)
 	ln.s.health.addLink(c)
 	go func() {
@@ -421,7 +584,6 @@ func (ln *listener) close() {
 		ln.s.health.removeLink(c)
 	}
 	ln.conns = nil
-	ln.channels = nil
 }
 
 // reconfigure takes up the interest SetMatrix left: subscribe to what is
@@ -443,20 +605,6 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 	}
 	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
 	ln.regroup(ctx)
-}
-
-func minus(a, b []string) []string {
-	in := make(map[string]bool, len(b))
-	for _, x := range b {
-		in[x] = true
-	}
-	var out []string
-	for _, x := range a {
-		if !in[x] {
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 // receive reads one pub/sub connection. Every time its full set of
@@ -500,6 +648,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 					}
 				}
 				_ = c.ps.Ping(ctx)
+				c.pump(ctx, s)
 				continue
 			}
 			if redis.HasErrorPrefix(err, "CROSSSLOT") {
@@ -520,8 +669,11 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				continue
 			}
 			// Every channel is resubscribed now, the added ones too: the
-			// last confirmation asks for a check of them all.
+			// last confirmation asks for a check of them all. The replies
+			// to what was sent before are lost with the connection.
 			c.forgetAdded()
+			c.held.Store(0)
+			c.unread.Store(0)
 			s.requestCheck()
 			wait, warn := down.failed()
 			if warn {
@@ -534,6 +686,10 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 		case *redis.Subscription:
 			s.log.Debug("subscription", "kind", m.Kind, "channel", m.Channel, "count", m.Count)
 			switch m.Kind {
+			case "subscribe", "ssubscribe", "unsubscribe":
+				c.replied(ctx, s, m.Count)
+			}
+			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
 				if c.confirmedAdded(m.Channel) {
 					select { // a new tenant's channel: check it alone
@@ -544,9 +700,19 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 					continue
 				}
 				if int64(m.Count) == c.expected.Load() {
-					s.requestCheck()
+					// This connection's set is complete: once every
+					// connection's is, one check covers what was missed
+					// while subscribing (or reconnecting).
+					s.health.mu.Lock()
+					expected, held := s.health.subscriptions()
+					s.health.mu.Unlock()
+					if held == expected {
+						s.log.Info("subscribed", "channels", expected)
+						s.requestCheck()
+					}
 				}
 			case "sunsubscribe":
+				c.held.Store(int64(m.Count))
 				s.log.Info("the server moved a channel's slot; regrouping", "channel", m.Channel)
 				s.slotsMoved()
 			}

@@ -28,6 +28,11 @@ const (
 	// a ping within LinkDeadline (the bus is down, or the network to it
 	// drops packets), or is reconnecting.
 	ReasonBusLinkSilent = "bus_link_silent"
+	// ReasonSubscribing: the bus has not confirmed every subscription of
+	// the service yet (subscribing, or subscribing again after a
+	// connection was lost): messages of the channels not held are missed
+	// until then (and recovered by the check that follows).
+	ReasonSubscribing = "subscribing"
 	// ReasonCheckFailing: the last position check failed (the bus or the
 	// cache Redis could not be read), or none succeeded for three check
 	// intervals.
@@ -43,7 +48,7 @@ const (
 )
 
 // Reasons lists every reason a subscriber reports, for metrics.
-var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy}
+var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonSubscribing, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy}
 
 // Timing of the health signals.
 const (
@@ -94,6 +99,17 @@ func (h *health) removeLink(c *conn) {
 	delete(h.links, c)
 }
 
+// subscriptions sums the subscriptions expected and held over the links
+// (h.mu held).
+func (h *health) subscriptions() (expected, held int64) {
+	for c := range h.links {
+		e, n := c.expected.Load(), c.held.Load()
+		expected += e
+		held += min(n, e) // more while unsubscribing
+	}
+	return expected, held
+}
+
 // Ready reports whether invalidations are flowing: Problems is empty.
 func (s *Subscriber) Ready() bool { return len(s.Problems()) == 0 }
 
@@ -124,7 +140,11 @@ func (s *Subscriber) Problems() []Problem {
 			break
 		}
 	}
+	expected, held := h.subscriptions()
 	h.mu.Unlock()
+	if held < expected {
+		out = append(out, Problem{ReasonSubscribing, fmt.Sprintf("the bus confirmed %d of %d subscriptions", held, expected)})
+	}
 	if e := h.checkErr.Load(); e != nil {
 		out = append(out, Problem{ReasonCheckFailing, "the last position check failed: " + *e})
 	} else if since := now.Sub(time.Unix(0, h.checkOK.Load())); since > 3*s.opt.CheckInterval {
@@ -154,10 +174,24 @@ func (s *Subscriber) checked(err error) {
 	s.health.checkOK.Store(time.Now().UnixNano())
 }
 
-// newHealthMetrics exports Problems as subscriber_not_ready{reason} and the
-// cache breaker's state.
+// newHealthMetrics exports Problems as subscriber_not_ready{reason}, and
+// the subscriptions expected and held.
 func (s *Subscriber) newHealthMetrics(reg prometheus.Registerer) {
 	f := promauto.With(reg)
+	for _, state := range []string{"expected", "held"} {
+		f.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "subscriber_subscriptions", ConstLabels: prometheus.Labels{"state": state},
+			Help: "Pub/sub subscriptions the service needs (expected) and the bus confirmed (held); ready waits until they are equal.",
+		}, func() float64 {
+			s.health.mu.Lock()
+			defer s.health.mu.Unlock()
+			expected, held := s.health.subscriptions()
+			if state == "held" {
+				return float64(held)
+			}
+			return float64(expected)
+		})
+	}
 	for _, r := range Reasons {
 		f.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "subscriber_not_ready", ConstLabels: prometheus.Labels{"reason": r},

@@ -127,6 +127,19 @@ type Options struct {
 	// MaxKeys bounds the keys, and the refs, of a merged invalidation (the
 	// matrix's default max_keys).
 	MaxKeys int
+	// TenantShard makes this instance one of k that split the service's
+	// tenants (I of K, by wire.Partition of the tenant): each tenant's
+	// channels are subscribed, checked and applied by exactly one of the
+	// instances 0/K … K-1/K, which must all run. The zero value takes
+	// every tenant (docs/capacity.md).
+	TenantShard wire.TenantShard
+	// ChannelsPerConn bounds the channels of one pub/sub connection
+	// (DefaultChannelsPerConn): more make more connections (on a cluster,
+	// per master). go-redis resubscribes a connection's channels in one
+	// command when it reconnects, whose replies the bus buffers whole: keep
+	// ChannelsPerConn × (40 + channel name) bytes well under the bus's
+	// client-output-buffer-limit pubsub.
+	ChannelsPerConn int
 	// Buffer is how many received messages wait for the applier (4096).
 	// When it is full the receiver waits; nothing is dropped here.
 	Buffer int
@@ -181,9 +194,11 @@ type Subscriber struct {
 	regroupTimer *time.Timer
 	running      atomic.Bool
 	// joined are the tenants whose channels are subscribed (a service of
-	// every tenant): those of the last regroup and those announced since;
-	// owned by the applier.
-	joined map[string]bool
+	// every tenant): those of the last regroup, sorted (a list, not a set:
+	// it holds every tenant at scale), and those announced since; owned by
+	// the applier.
+	joined    []string
+	joinedNew map[string]bool
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
@@ -225,15 +240,19 @@ type interest struct {
 	allTenants bool
 	tenants    []string
 	tenantSet  map[string]bool
+	shard      wire.TenantShard // the tenants of this instance (Options.TenantShard)
 }
 
-func newInterest(sub matrix.Subscription) *interest {
-	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenants: sub.Tenants, tenantSet: map[string]bool{}}
+func newInterest(sub matrix.Subscription, shard wire.TenantShard) *interest {
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, shard: shard}
 	for _, t := range sub.Tags {
 		in.tags[t] = true
 	}
 	for _, t := range sub.Tenants {
-		in.tenantSet[t] = true
+		if shard.Owns(t) {
+			in.tenants = append(in.tenants, t)
+			in.tenantSet[t] = true
+		}
 	}
 	return in
 }
@@ -255,9 +274,15 @@ func (in *interest) channels(prefix string, tenants []string) []string {
 	return channels
 }
 
+// hasJoined reports whether the tenant's channels are subscribed.
+func (s *Subscriber) hasJoined(tenant string) bool {
+	_, ok := slices.BinarySearch(s.joined, tenant)
+	return ok || s.joinedNew[tenant]
+}
+
 // covers reports whether a tenant's tag is of interest.
 func (in *interest) covers(tenant, tag string) bool {
-	return in.tags[tag] && (in.allTenants || in.tenantSet[tenant])
+	return in.tags[tag] && (in.allTenants && in.shard.Owns(tenant) || in.tenantSet[tenant])
 }
 
 // position of one channel: how far it is applied (zero when nothing was
@@ -339,6 +364,15 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	if opt.Buffer == 0 {
 		opt.Buffer = 4096
 	}
+	if err := opt.TenantShard.Check(); err != nil {
+		return nil, fmt.Errorf("subscriber: TenantShard %d/%d: %w", opt.TenantShard.I, opt.TenantShard.K, err)
+	}
+	if opt.ChannelsPerConn < 0 {
+		return nil, fmt.Errorf("subscriber: negative ChannelsPerConn %d", opt.ChannelsPerConn)
+	}
+	if opt.ChannelsPerConn == 0 {
+		opt.ChannelsPerConn = DefaultChannelsPerConn
+	}
 	if opt.ApplyRate < 0 || opt.ApplyBurst < 0 || opt.Coalesce < 0 || opt.MaxKeys < 0 {
 		return nil, errors.New("subscriber: ApplyRate, ApplyBurst, Coalesce and MaxKeys must not be negative")
 	}
@@ -353,9 +387,9 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
-		prefix: opt.Matrix.Prefix, cur: newInterest(sub), pos: map[string]*position{},
+		prefix: opt.Matrix.Prefix, cur: newInterest(sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joined: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -399,7 +433,7 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
 	}
 	s.m.known(sub.Tags)
-	s.next.Store(newInterest(sub))
+	s.next.Store(newInterest(sub, s.opt.TenantShard))
 	select {
 	case s.reconf <- struct{}{}:
 	default:
@@ -499,7 +533,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 // handle applies one live message, or recovers the gap it reveals.
 func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if raw.Channel == names.TenantsChannel(s.prefix) {
-		if s.cur.allTenants && names.ValidTenant(raw.Payload) && !s.joined[raw.Payload] {
+		if s.cur.allTenants && names.ValidTenant(raw.Payload) && s.cur.shard.Owns(raw.Payload) && !s.hasJoined(raw.Payload) {
 			// Heard live: its channels published nothing before
 			// (recovery.Channel.Announced), until their first check.
 			for _, ch := range s.cur.channels(s.prefix, []string{raw.Payload}) {
@@ -707,8 +741,11 @@ func (s *Subscriber) position(ctx context.Context, channel, tenant, tag string) 
 	}
 	t := target{channel, tenant, tag}
 	stored, errs, _, err := s.cacheState(ctx, []target{t})
-	if err = errors.Join(err, errs[0]); err != nil {
-		return nil, err
+	if err != nil {
+		return nil, err // errs is nil then
+	}
+	if errs[0] != nil {
+		return nil, errs[0]
 	}
 	p := &position{tenant: tenant, tag: tag, at: stored[0]}
 	s.pos[channel] = p

@@ -3,6 +3,7 @@ package subscriber
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -139,5 +141,40 @@ func TestNoLoggerLogsToDefault(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run = %v", err)
+	}
+}
+
+// A shard keeps nothing for a tenant announced that another instance owns:
+// its channels are never checked here, so a mark of them as heard was
+// never taken back (a map growing with every new tenant of the k-1 others).
+func TestShardKeepsNothingOfOthersAnnouncedTenants(t *testing.T) {
+	bus := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer bus.Close()
+	m, err := matrix.Parse("test.yaml", []byte(strings.Replace(testMatrix, "tenants: [acme]", "tenants: all", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := wire.TenantShard{I: 0, K: 2}
+	s, err := New(bus, Options{Service: "profile-svc", Matrix: m, TenantShard: shard,
+		Handler: func(context.Context, Invalidation) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	others := 0
+	for i := 0; i < 50; i++ {
+		tenant := fmt.Sprintf("t%d", i)
+		if shard.Owns(tenant) {
+			continue // announced() would subscribe: needs a running listener
+		}
+		others++
+		if err := s.handle(context.Background(), &redis.Message{Channel: names.TenantsChannel(s.prefix), Payload: tenant}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if others == 0 {
+		t.Fatal("no tenant of the other shard among 50")
+	}
+	if len(s.heard) != 0 {
+		t.Errorf("%d channels of the other shard's %d tenants kept as heard", len(s.heard), others)
 	}
 }

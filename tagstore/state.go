@@ -135,9 +135,18 @@ func (s *Store) IndexedTenants(ctx context.Context, service string) ([]string, e
 	if err := names.Service(service); err != nil {
 		return nil, err
 	}
-	tenants, err := s.c.SMembers(ctx, names.PositionIndexKey(service)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("tagstore: reading the position index %s: %w", names.PositionIndexKey(service), err)
+	// In SSCAN pages: one SMEMBERS of an index of a million tenants holds
+	// the Redis for the time it takes to answer it all.
+	var tenants []string
+	var cursor uint64
+	for {
+		page, next, err := s.c.SScan(ctx, names.PositionIndexKey(service), cursor, "", 1000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("tagstore: reading the position index %s: %w", names.PositionIndexKey(service), err)
+		}
+		tenants = append(tenants, page...)
+		if cursor = next; cursor == 0 {
+			return tenants, nil
+		}
 	}
-	return tenants, nil
 }

@@ -239,7 +239,7 @@ func subscriber(m *matrix.Matrix, spec Spec) Rules {
 		// No patterns (Redis matches each against every PUBLISH): the
 		// router announces new tenants, and the subscriber subscribes to
 		// their channels, which the channel globs above allow.
-		r.Commands = append(r.Commands, "smembers")
+		r.Commands = append(r.Commands, "sscan")
 		r.Keys = append(r.Keys, "%R~"+names.TenantsKey(p))
 		r.Channels = append(r.Channels, "&"+names.TenantsChannel(p))
 	} else {

@@ -65,11 +65,11 @@ func TestRoles(t *testing.T) {
 				"%R~{inv:globex:active}:meta %R~{inv:globex:active}:history %R~{inv:globex:electronics}:meta %R~{inv:globex:electronics}:history " +
 				"&inv:acme:active &inv:acme:electronics &inv:globex:active &inv:globex:electronics", 0},
 		{"subscriber of every tenant", Spec{Role: Subscriber, Service: "web"},
-			"+hmget +xrange +ping +get +subscribe +unsubscribe +smembers " +
+			"+hmget +xrange +ping +get +subscribe +unsubscribe +sscan " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"sharded subscriber of every tenant", Spec{Role: Subscriber, Service: "web", Cluster: true},
-			"+hmget +xrange +ping +get +ssubscribe +sunsubscribe +cluster|keyslot +smembers +cluster|slots +command " +
+			"+hmget +xrange +ping +get +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},

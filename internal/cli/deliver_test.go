@@ -374,6 +374,12 @@ func TestAgentFlags(t *testing.T) {
 	if code != 2 || !strings.Contains(errs, "--cache-redis, --deliver or both are required") {
 		t.Errorf("agent without a cache or a target: %d %q", code, errs)
 	}
+	for shard, want := range map[string]string{"0/0": "k must be 1 to", "2/2": "i must be 0 to 1", "a/b": "i is not a number", "1": "want i/k"} {
+		code, _, errs = runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml", "--cache-redis", "redis://127.0.0.1:1", "--tenant-shard", shard)
+		if code != 2 || !strings.Contains(errs, "--tenant-shard") || !strings.Contains(errs, want) {
+			t.Errorf("agent --tenant-shard %s: exit %d %q, want 2 and %q", shard, code, errs, want)
+		}
+	}
 	code, _, errs = runCLI(t, "agent", "--redis", "redis://127.0.0.1:1", "--service", "search-svc", "--matrix", "../../matrix.yaml", "--deliver", "localhost:8080")
 	if code != 1 || !strings.Contains(errs, "want an http:// or https:// URL, or - for stdout") {
 		t.Errorf("agent --deliver localhost:8080: %d %q", code, errs)

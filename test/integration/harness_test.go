@@ -74,6 +74,12 @@ type env struct {
 
 func newEnv(t *testing.T, matrixYAML string) *env {
 	t.Helper()
+	return newEnvBus(t, matrixYAML)
+}
+
+// newEnvBus is newEnv with a bus started with busArgs (server config).
+func newEnvBus(t *testing.T, matrixYAML string, busArgs ...string) *env {
+	t.Helper()
 	if matrixYAML == "" {
 		matrixYAML = testMatrix
 	}
@@ -81,7 +87,7 @@ func newEnv(t *testing.T, matrixYAML string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, bus: redistest.Start(t), mtx: mtx, caches: map[string]*redistest.Server{}, stores: map[string]*tagstore.Store{}}
+	e := &env{t: t, bus: redistest.Start(t, busArgs...), mtx: mtx, caches: map[string]*redistest.Server{}, stores: map[string]*tagstore.Store{}}
 	e.busC = e.bus.Client(t)
 	for _, svc := range mtx.ServiceNames() {
 		srv := redistest.Start(t)
@@ -188,6 +194,12 @@ func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Su
 
 func (e *env) subscriberOn(bus redis.UniversalClient, service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
 	e.t.Helper()
+	return e.subscriberReadyWithin(10*time.Second, bus, service, opt)
+}
+
+// subscriberReadyWithin runs a subscriber and waits up to d for it to be ready.
+func (e *env) subscriberReadyWithin(d time.Duration, bus redis.UniversalClient, service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
+	e.t.Helper()
 	opt.Service = service
 	opt.Matrix = e.mtx
 	if opt.Cache == nil && opt.Handler == nil {
@@ -201,7 +213,7 @@ func (e *env) subscriberOn(bus redis.UniversalClient, service string, opt subscr
 		e.t.Fatal(err)
 	}
 	stop := run(e.t, s.Run)
-	redistest.Eventually(e.t, 10*time.Second, service+" subscriber ready", s.Ready)
+	redistest.Eventually(e.t, d, service+" subscriber ready", s.Ready)
 	return s, stop
 }
 

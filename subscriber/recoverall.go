@@ -1,0 +1,126 @@
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// pending is a channel's recovery decided by a check, not carried out yet.
+type pending struct {
+	channel string
+	p       *position
+	d       recovery.Decision
+	first   bool // only the message that made the check (execute)
+}
+
+// recoverAll carries out the recoveries of one part of a check together:
+// the histories of the replays are read in one pipeline, settled
+// (recovery.Resolve) and their messages staged and applied in pipelines
+// (flushBatch), where one channel after the other took a round trip to the
+// bus and one to the cache each — what made the first check of a new
+// service of millions of channels take half an hour. Whole-tag
+// invalidations go in pipelines too (wholeTags); repairs and a channel's
+// first message go one by one (execute). live: the check was made for a
+// message of the burst being handled, whose pipeline the replay joins.
+func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	var replays []int
+	for i := range rs {
+		if rs[i].d.Action == recovery.Replay {
+			replays = append(replays, i)
+		}
+	}
+	histories := make(map[int]*redis.XMessageSliceCmd, len(replays))
+	if len(replays) > 0 {
+		_, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, i := range replays {
+				d := rs[i].d
+				histories[i] = pipe.XRange(ctx, names.HistoryKey(rs[i].channel), strconv.FormatInt(d.From, 10)+"-0", strconv.FormatInt(d.To.Version, 10)+"-0")
+			}
+			return nil
+		})
+		if err != nil && !isReplyError(err) {
+			return fmt.Errorf("reading the histories of %d channels to replay from the bus Redis: %w", len(replays), err)
+		}
+	}
+	var failed error
+	var wholes []pending // carried out together at the end (wholeTags)
+	for i, r := range rs {
+		var msgs []*wire.Message
+		var at []recovery.Position
+		if h, ok := histories[i]; ok {
+			entries, err := h.Result()
+			if err != nil {
+				failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+				continue
+			}
+			msgs, payloads, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
+			r.d, at = s.settle(r.channel, r.p.at, r.d, msgs, payloads, ok)
+			if r.d.Action == recovery.Replay && !r.first {
+				// Staged, as a live check's: the pipelines of the part
+				// apply them (below), or the burst the check is in.
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, false, true); err != nil {
+					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+				}
+				if !live && len(s.batch) >= pipelineChunk {
+					failed = errors.Join(failed, s.flushBatch(ctx))
+				}
+				continue
+			}
+			if r.d.Action == recovery.Replay {
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, true, live); err != nil {
+					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+				}
+				continue
+			}
+		}
+		if r.d.Action == recovery.WholeTag && !r.first && !live {
+			wholes = append(wholes, r)
+			continue
+		}
+		if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, r.first, live); err != nil {
+			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
+		}
+	}
+	if !live {
+		failed = errors.Join(failed, s.flushBatch(ctx), s.wholeTags(ctx, wholes))
+	}
+	return failed
+}
+
+// wholeTags carries out whole-tag recoveries (execute's) in pipelines of
+// pipelineChunk: the first check of a service that never recorded the
+// bus's generation takes every channel already published whole.
+func (s *Subscriber) wholeTags(ctx context.Context, rs []pending) error {
+	var failed error
+	for start := 0; start < len(rs); start += pipelineChunk {
+		part := rs[start:min(start+pipelineChunk, len(rs))]
+		invs := make([]Invalidation, len(part))
+		for i := range part {
+			part[i].d = recovery.Stamp(part[i].d, time.Now().UnixMilli())
+			r := part[i]
+			s.m.recoveries.WithLabelValues("whole_tag").Inc()
+			s.log.Info("invalidating the whole tag to close a gap", "channel", r.channel, "reason", r.d.Reason.String(), "from", r.p.at.String(), "to", r.d.To.String())
+			invs[i] = Invalidation{Tenant: r.p.tenant, Tag: r.p.tag, Epoch: r.d.To.Epoch, Version: r.d.To.Version, Recovered: true, chain: r.d.To.Chain}
+		}
+		for i, err := range s.invalidateMany(ctx, invs, false) {
+			if err != nil {
+				failed = errors.Join(failed, fmt.Errorf("%s: %w", part[i].channel, err))
+				continue
+			}
+			part[i].p.at = part[i].d.To
+		}
+	}
+	return failed
+}

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/breaker"
+	"github.com/routerd/routerd/internal/readiness"
 )
 
 // The reasons a router is not ready (Problem.Reason).
@@ -41,12 +41,7 @@ const (
 )
 
 // A Problem is one reason the router is not ready, with what was seen.
-type Problem struct {
-	Reason string
-	Detail string
-}
-
-func (p Problem) String() string { return p.Reason + ": " + p.Detail }
+type Problem = readiness.Problem
 
 // health is what Problems is computed from.
 type health struct {
@@ -58,7 +53,7 @@ type health struct {
 // Problems lists why the router is not ready, nothing when it is.
 func (r *Router) Problems() []Problem {
 	if !r.ready.Load() {
-		return []Problem{{ReasonStarting, "setting up the ingress (consumer groups, scripts), or not running"}}
+		return []Problem{{Reason: ReasonStarting, Detail: "setting up the ingress (consumer groups, scripts), or not running"}}
 	}
 	var out []Problem
 	if silent := r.health.probe.Silent(); silent > unreachableAfter {
@@ -66,7 +61,7 @@ func (r *Router) Problems() []Problem {
 		if e := r.health.pingErr.Load(); e != nil {
 			detail += " (last error: " + *e + ")"
 		}
-		out = append(out, Problem{ReasonBusUnreachable, detail})
+		out = append(out, Problem{Reason: ReasonBusUnreachable, Detail: detail})
 	}
 	var failing []string
 	r.health.readErrs.Range(func(_, v any) bool {
@@ -75,7 +70,7 @@ func (r *Router) Problems() []Problem {
 	})
 	if len(failing) > 0 {
 		sort.Strings(failing)
-		out = append(out, Problem{ReasonReadsFailing, "reading the ingress failed: " + strings.Join(failing, "; ")})
+		out = append(out, Problem{Reason: ReasonReadsFailing, Detail: "reading the ingress failed: " + strings.Join(failing, "; ")})
 	}
 	return out
 }
@@ -108,20 +103,8 @@ func (r *Router) probe(ctx context.Context) {
 
 // newHealthMetrics exports Problems as routerd_not_ready{reason}.
 func (r *Router) newHealthMetrics(reg prometheus.Registerer) {
-	f := promauto.With(reg)
-	for _, reason := range Reasons {
-		f.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "routerd_not_ready", ConstLabels: prometheus.Labels{"reason": reason},
-			Help: "1 while the router is not ready for this reason (see docs/operations.md#readiness), else 0.",
-		}, func() float64 {
-			for _, p := range r.Problems() {
-				if p.Reason == reason {
-					return 1
-				}
-			}
-			return 0
-		})
-	}
+	readiness.NotReadyGauges(reg, "routerd_not_ready",
+		"1 while the router is not ready for this reason (see docs/operations.md#readiness), else 0.", Reasons, r.Problems)
 }
 
 // redisFailure is err unless it means the read worked: nothing to read, or

@@ -15,6 +15,7 @@ import (
 
 	"github.com/routerd/routerd/internal/breaker"
 	"github.com/routerd/routerd/internal/eviction"
+	"github.com/routerd/routerd/internal/readiness"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/matrix"
 )
@@ -65,12 +66,7 @@ const (
 )
 
 // A Problem is one reason the subscriber is not ready, with what was seen.
-type Problem struct {
-	Reason string
-	Detail string
-}
-
-func (p Problem) String() string { return p.Reason + ": " + p.Detail }
+type Problem = readiness.Problem
 
 // health is what Problems is computed from; safe for concurrent use.
 type health struct {
@@ -118,17 +114,17 @@ func (s *Subscriber) Ready() bool { return len(s.Problems()) == 0 }
 // checks, a failing cache Redis, an eviction policy that can evict tag sets.
 func (s *Subscriber) Problems() []Problem {
 	if !s.running.Load() {
-		return []Problem{{ReasonStarting, "not running"}}
+		return []Problem{{Reason: ReasonStarting, Detail: "not running"}}
 	}
 	if !s.ready.Load() {
-		return []Problem{{ReasonStarting, "subscribing and checking positions; no position check has completed yet"}}
+		return []Problem{{Reason: ReasonStarting, Detail: "subscribing and checking positions; no position check has completed yet"}}
 	}
 	var out []Problem
 	now := time.Now()
 	h := &s.health
 	h.mu.Lock()
 	if len(h.links) == 0 {
-		out = append(out, Problem{ReasonBusLinkSilent, "no pub/sub connection to the bus (subscribing again)"})
+		out = append(out, Problem{Reason: ReasonBusLinkSilent, Detail: "no pub/sub connection to the bus (subscribing again)"})
 	}
 	for c := range h.links {
 		if quiet := now.Sub(time.Unix(0, c.heard.Load())); quiet > LinkDeadline && !c.waiting.Load() {
@@ -136,29 +132,29 @@ func (s *Subscriber) Problems() []Problem {
 			if c.addr != "" {
 				where = c.addr
 			}
-			out = append(out, Problem{ReasonBusLinkSilent, fmt.Sprintf("no answer on the pub/sub connection to %s for %v (pinged every %v)", where, quiet.Round(100*time.Millisecond), PingEvery)})
+			out = append(out, Problem{Reason: ReasonBusLinkSilent, Detail: fmt.Sprintf("no answer on the pub/sub connection to %s for %v (pinged every %v)", where, quiet.Round(100*time.Millisecond), PingEvery)})
 			break
 		}
 	}
 	expected, held := h.subscriptions()
 	h.mu.Unlock()
 	if held < expected {
-		out = append(out, Problem{ReasonSubscribing, fmt.Sprintf("the bus confirmed %d of %d subscriptions", held, expected)})
+		out = append(out, Problem{Reason: ReasonSubscribing, Detail: fmt.Sprintf("the bus confirmed %d of %d subscriptions", held, expected)})
 	}
 	if e := h.checkErr.Load(); e != nil {
-		out = append(out, Problem{ReasonCheckFailing, "the last position check failed: " + *e})
+		out = append(out, Problem{Reason: ReasonCheckFailing, Detail: "the last position check failed: " + *e})
 	} else if since := now.Sub(time.Unix(0, h.checkOK.Load())); since > 3*s.opt.CheckInterval {
-		out = append(out, Problem{ReasonCheckFailing, fmt.Sprintf("no position check succeeded for %v", since.Round(time.Second))})
+		out = append(out, Problem{Reason: ReasonCheckFailing, Detail: fmt.Sprintf("no position check succeeded for %v", since.Round(time.Second))})
 	}
 	if h.cache != nil {
 		if failing, err := h.cache.Failing(); failing {
-			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis does not answer (%v); invalidations wait and are replayed once it does", err)})
+			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("the cache Redis does not answer (%v); invalidations wait and are replayed once it does", err)})
 		} else if silent := h.probe.Silent(); silent > LinkDeadline {
-			out = append(out, Problem{ReasonCacheFailing, fmt.Sprintf("the cache Redis has not answered a ping for %v", silent.Round(100*time.Millisecond))})
+			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("the cache Redis has not answered a ping for %v", silent.Round(100*time.Millisecond))})
 		}
 	}
 	if e := h.evicts.Load(); e != nil {
-		out = append(out, Problem{ReasonEvictionPolicy, *e})
+		out = append(out, Problem{Reason: ReasonEvictionPolicy, Detail: *e})
 	}
 	return out
 }
@@ -192,19 +188,8 @@ func (s *Subscriber) newHealthMetrics(reg prometheus.Registerer) {
 			return float64(expected)
 		})
 	}
-	for _, r := range Reasons {
-		f.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "subscriber_not_ready", ConstLabels: prometheus.Labels{"reason": r},
-			Help: "1 while the subscriber is not ready for this reason (see docs/operations.md#readiness), else 0.",
-		}, func() float64 {
-			for _, p := range s.Problems() {
-				if p.Reason == r {
-					return 1
-				}
-			}
-			return 0
-		})
-	}
+	readiness.NotReadyGauges(reg, "subscriber_not_ready",
+		"1 while the subscriber is not ready for this reason (see docs/operations.md#readiness), else 0.", Reasons, s.Problems)
 }
 
 // refsInUse reports whether a domain with entity references maps to a tag

@@ -187,7 +187,7 @@ func hasKeys(r *receiver, ch string, n int) func() bool {
 // though the process answers 500 three times in the middle.
 func TestDeliverHTTPInOrderThroughFailures(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{fail: map[int]bool{4: true, 5: true, 6: true}} // after the reset and two invalidations
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -237,7 +237,7 @@ func TestDeliverHTTPInOrderThroughFailures(t *testing.T) {
 // reset first: it cannot know what the process missed while it was down.
 func TestDeliverRestartWithoutPositionsResetsFirst(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -265,7 +265,7 @@ func TestDeliverRestartWithoutPositionsResetsFirst(t *testing.T) {
 // reset first.
 func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	bus, cache := redistest.Start(t), redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
@@ -342,7 +342,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 // nothing else there.
 func TestDeliverJSONLines(t *testing.T) {
 	bus := redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	a := startAgent(t, "--redis", bus.URL, "--deliver", "-", "--summary-interval", "100ms")
 	a.waitReady(t)
 	publishKeys(t, bus.URL, "product", "product:1", "product:2")
@@ -393,7 +393,7 @@ func TestAgentFlags(t *testing.T) {
 func TestDeliverKilledAgentResetsFirst(t *testing.T) {
 	bin := testbin.Routerd(t)
 	bus, cache := redistest.Start(t), redistest.Start(t)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	for _, withCache := range []bool{true, false} {
 		// A process of its own each time: one agent per process
 		// (docs/protocol.md). The agent of the last round, still running,
@@ -489,4 +489,19 @@ func TestAgentNamesTheRedisThatRefuses(t *testing.T) {
 		})
 		a.stop(t)
 	}
+}
+
+// serveReady runs routerd serve and waits for its /readyz: an agent whose
+// first check finds no bus generation (no router ever ran on the bus) takes
+// each channel's first message as a whole tag (docs/protocol.md §5.2), so
+// the delivery tests start it as a running system has it, after the router.
+func serveReady(t *testing.T, args ...string) *syncBuffer {
+	t.Helper()
+	logs := daemon(t, nil, append([]string{"serve"}, args...)...)
+	addr := listening(t, logs)
+	redistest.Eventually(t, 15*time.Second, "routerd serve ready", func() bool {
+		code, _ := get(t, "http://"+addr+"/readyz")
+		return code == 200
+	})
+	return logs
 }

@@ -55,7 +55,7 @@ func must0(t *testing.T, err error) {
 func TestAgentReadyzTellsEachOutage(t *testing.T) {
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	busLink, cacheLink := faultproxy.Start(t, bus.Addr), faultproxy.Start(t, cache.Addr)
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	agentLog := daemon(t, nil, "agent", "--matrix", "../../matrix.yaml", "--redis", "redis://"+busLink.Addr(), "--cache-redis", "redis://"+cacheLink.Addr(),
 		"--service", "search-svc", "--listen", anyPort, "--check-interval", "1h")
 	addr := listening(t, agentLog)
@@ -114,7 +114,7 @@ func TestAgentReadyzTellsDeliverOutage(t *testing.T) {
 	rcv := &receiver{}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()
-	daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	agentLog := daemon(t, nil, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--deliver", srv.URL,
 		"--service", "search-svc", "--listen", anyPort, "--check-interval", "1h")
 	addr := listening(t, agentLog)

@@ -389,16 +389,8 @@ func doctorCmd(ctx context.Context, env *Env, args []string) error {
 
 func matrixCmd(_ context.Context, env *Env, args []string) error {
 	const usage = "Usage: routerd matrix diff OLD NEW\n\nSubcommands:\n  diff  which channels, services, routes and limits a matrix change adds or removes"
-	switch {
-	case len(args) == 0:
-		fmt.Fprintln(env.Stderr, usage)
-		return errUsage
-	case isHelp(args[0]) || args[0] == "help":
-		fmt.Fprintln(env.Stdout, usage)
-		return flag.ErrHelp
-	case args[0] != "diff":
-		fmt.Fprintf(env.Stderr, "routerd matrix: unknown subcommand %q (subcommands: diff)\n\n%s\n", args[0], usage)
-		return errUsage
+	if err := subcommand(env, "matrix", usage, args, "diff"); err != nil {
+		return err
 	}
 	f := newFlags(env, "matrix diff", "OLD NEW")
 	if err := f.Parse(args[1:]); err != nil {
@@ -454,4 +446,23 @@ func (sf storeFlags) open(rf *redisFlags) (*tagstore.Store, func(), error) {
 		return nil, nil, err
 	}
 	return s, func() { c.Close() }, nil
+}
+
+// subcommand checks the first argument of a command that has subcommands
+// (`routerd deadletter replay`, `routerd matrix diff`): missing or unknown,
+// it prints the usage and fails as a usage error; help prints it and
+// returns flag.ErrHelp. The commands have one subcommand each today.
+func subcommand(env *Env, cmd, usage string, args []string, sub string) error {
+	switch {
+	case len(args) == 0:
+		fmt.Fprintln(env.Stderr, usage)
+		return errUsage
+	case isHelp(args[0]) || args[0] == "help":
+		fmt.Fprintln(env.Stdout, usage)
+		return flag.ErrHelp
+	case args[0] != sub:
+		fmt.Fprintf(env.Stderr, "routerd %s: unknown subcommand %q (subcommands: %s)\n\n%s\n", cmd, args[0], sub, usage)
+		return errUsage
+	}
+	return nil
 }

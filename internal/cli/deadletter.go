@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"slices"
 	"strings"
@@ -20,16 +19,8 @@ var deadletterReasons = []string{router.ReasonMalformed, router.ReasonUnknownDom
 // deadletterCmd re-drives dead letters: `routerd deadletter replay`.
 func deadletterCmd(ctx context.Context, env *Env, args []string) error {
 	const usage = "Usage: routerd deadletter " + deadletterArgs + "\n\nSubcommands:\n  replay  send the dead letters that match back to the routers, each once"
-	switch {
-	case len(args) == 0:
-		fmt.Fprintln(env.Stderr, usage)
-		return errUsage
-	case isHelp(args[0]) || args[0] == "help":
-		fmt.Fprintln(env.Stdout, usage)
-		return flag.ErrHelp
-	case args[0] != "replay":
-		fmt.Fprintf(env.Stderr, "routerd deadletter: unknown subcommand %q (subcommands: replay)\n\n%s\n", args[0], usage)
-		return errUsage
+	if err := subcommand(env, "deadletter", usage, args, "replay"); err != nil {
+		return err
 	}
 	f := newFlags(env, "deadletter replay", "--redis URL [--reason R] [--domain D] [--since T]")
 	rf := f.redis("redis", "ROUTERD_REDIS_URL", "the bus Redis (as the router's user)")

@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,4 +55,79 @@ func TestAttack2AgentReadyzCachePausedForWrites(t *testing.T) {
 		return err != nil
 	})
 	redistest.Eventually(t, 20*time.Second, "/readyz 200 after CLIENT UNPAUSE", func() bool { code, _ := readyz(t, addr); return code == 200 })
+}
+
+// hangingReceiver takes deliveries like receiver, but while hanging it
+// accepts each request and never answers (a process stuck in a lock, a
+// full worker pool) until released.
+type hangingReceiver struct {
+	receiver
+	mu      sync.Mutex
+	hang    bool
+	release chan struct{}
+}
+
+func (h *hangingReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	h.mu.Lock()
+	hang, release := h.hang, h.release
+	h.mu.Unlock()
+	if hang {
+		select {
+		case <-release:
+		case <-req.Context().Done():
+		}
+		http.Error(w, "too late", http.StatusServiceUnavailable)
+		return
+	}
+	h.receiver.ServeHTTP(w, req)
+}
+
+func (h *hangingReceiver) setHang(on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if on && !h.hang {
+		h.release = make(chan struct{})
+	}
+	if !on && h.hang {
+		close(h.release)
+	}
+	h.hang = on
+}
+
+// A --deliver target that accepts connections and never answers is as
+// failing as one that answers 500: /readyz must be 503 (deliver_failing)
+// within 5 s of the outage (issue 19). Each attempt waits the HTTP timeout
+// (10 s) and the breaker opens after two, so /readyz stays 200 "ready"
+// for about 20 s while nothing is delivered.
+func TestAttack2AgentReadyzTellsAHangingDeliverTarget(t *testing.T) {
+	bus := redistest.Start(t)
+	rcv := &hangingReceiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	defer rcv.setHang(false) // before Close, which waits for the handlers
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	agentLog := daemon(t, nil, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--deliver", srv.URL,
+		"--service", "search-svc", "--listen", anyPort, "--check-interval", "1h")
+	addr := listening(t, agentLog)
+	redistest.Eventually(t, 20*time.Second, "agent ready", func() bool { code, _ := readyz(t, addr); return code == 200 })
+
+	rcv.setHang(true)
+	publishKeys(t, bus.URL, "user", "user:hangs")
+	start := time.Now()
+	// 5 s promised; 15 s leaves room for a loaded machine and is still
+	// below the 20 s two timed-out attempts take.
+	redistest.Eventually(t, 15*time.Second, "/readyz 503 while the deliver target hangs", func() bool {
+		code, _ := readyz(t, addr)
+		return code == 503
+	})
+	t.Logf("503 after %v", time.Since(start).Round(10*time.Millisecond))
+	rcv.setHang(false)
+	redistest.Eventually(t, 30*time.Second, "the waiting invalidation delivered after the target answers again", func() bool {
+		for _, d := range rcv.objects() {
+			if len(d.Keys) == 1 && d.Keys[0] == "user:hangs" {
+				return true
+			}
+		}
+		return false
+	})
 }

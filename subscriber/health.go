@@ -39,8 +39,9 @@ const (
 	// intervals.
 	ReasonCheckFailing = "position_check_failing"
 	// ReasonCacheFailing: the cache Redis does not answer (its circuit
-	// breaker is open): invalidations wait, and are replayed by the
-	// position check once it answers.
+	// breaker is open, its pings go unanswered, or a call has waited
+	// longer than LinkDeadline: CLIENT PAUSE, a long script): invalidations
+	// wait, and are replayed by the position check once it answers.
 	ReasonCacheFailing = "cache_failing"
 	// ReasonEvictionPolicy: the cache Redis's maxmemory-policy can evict
 	// what invalidation needs (or cannot be read), and the risk was not
@@ -151,6 +152,8 @@ func (s *Subscriber) Problems() []Problem {
 			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("the cache Redis does not answer (%v); invalidations wait and are replayed once it does", err)})
 		} else if silent := h.probe.Silent(); silent > LinkDeadline {
 			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("the cache Redis has not answered a ping for %v", silent.Round(100*time.Millisecond))})
+		} else if waiting := h.cache.Waiting(); waiting > LinkDeadline {
+			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("a call to the cache Redis has waited %v for an answer (paused, or blocked by a long script?); invalidations wait", waiting.Round(100*time.Millisecond))})
 		}
 	}
 	if e := h.evicts.Load(); e != nil {

@@ -67,6 +67,11 @@ type Breaker struct {
 	lastErr error
 	opened  time.Time
 	open    bool // as last logged: closed -> open is "failing", back to closed "back"
+	// calls in flight: when each started, so that a dependency that takes
+	// calls and never answers (a paused Redis, a hung receiver) is seen
+	// long before a timeout fails them (Waiting).
+	next     uint64
+	inFlight map[uint64]time.Time
 }
 
 // New makes a breaker, closed.
@@ -144,10 +149,49 @@ func (b *Breaker) Do(call func() error) error {
 	if err != nil {
 		return b.refused(err)
 	}
+	id := b.started()
 	err = call()
+	b.finished(id)
 	b.record(err)
 	done(err)
 	return err
+}
+
+func (b *Breaker) started() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inFlight == nil {
+		b.inFlight = map[uint64]time.Time{}
+	}
+	b.next++
+	b.inFlight[b.next] = time.Now()
+	return b.next
+}
+
+func (b *Breaker) finished(id uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.inFlight, id)
+}
+
+// Waiting is how long the oldest call in flight has waited for the
+// dependency (0 when none is in flight). A dependency that accepts calls
+// and does not answer them (CLIENT PAUSE, a receiver stuck in a lock)
+// fails nothing until a timeout, but its calls wait: readiness reports it
+// once this passes a deadline.
+func (b *Breaker) Waiting() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var oldest time.Time
+	for _, t := range b.inFlight {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return time.Since(oldest)
 }
 
 func (b *Breaker) refused(err error) error {

@@ -152,3 +152,33 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no %s", name)
 	return 0
 }
+
+// A call that hangs is seen by Waiting while it hangs, and no longer once
+// it returns; a call that fails fast leaves nothing waiting.
+func TestWaitingSeesACallThatHangs(t *testing.T) {
+	b := New(Options{Dependency: "test"})
+	if w := b.Waiting(); w != 0 {
+		t.Fatalf("Waiting with nothing in flight = %v, want 0", w)
+	}
+	release, returned := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(returned)
+		_ = b.Do(func() error { <-release; return nil })
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Waiting() < 50*time.Millisecond {
+		if time.Now().After(deadline) {
+			t.Fatal("Waiting never grew while a call hung")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	<-returned
+	if w := b.Waiting(); w != 0 {
+		t.Fatalf("Waiting after the call returned = %v, want 0", w)
+	}
+	_ = b.Do(func() error { return errors.New("refused") })
+	if w := b.Waiting(); w != 0 {
+		t.Fatalf("Waiting after a failed call = %v, want 0", w)
+	}
+}

@@ -139,6 +139,9 @@ func (a *agentOut) problems() []string {
 	if failing, err := a.d.Failing(); failing {
 		return []string{fmt.Sprintf("%s: the --deliver target refuses invalidations (%v); they wait and are delivered in order once it takes them", ReasonDeliverFailing, err)}
 	}
+	if waiting := a.d.Waiting(); waiting > subscriber.LinkDeadline {
+		return []string{fmt.Sprintf("%s: the --deliver target has not answered a delivery for %v; invalidations wait and are delivered in order once it does", ReasonDeliverFailing, waiting.Round(100*time.Millisecond))}
+	}
 	return nil
 }
 

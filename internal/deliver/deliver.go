@@ -263,6 +263,11 @@ func (d *Deliverer) Delivered() int64 {
 // closed: deliveries wait), and the last error it gave.
 func (d *Deliverer) Failing() (bool, error) { return d.br.Failing() }
 
+// Waiting is how long the delivery in flight has waited for the target's
+// answer (0 when none is in flight): a target that takes a request and
+// does not answer fails nothing until Timeout, but delivers nothing either.
+func (d *Deliverer) Waiting() time.Duration { return d.br.Waiting() }
+
 // deliverLocked makes one delivery, retrying until it succeeds or ctx ends.
 // The attempts go through the breaker: while it is open they wait for its
 // probe, so a target that is down is tried about once a second, and one

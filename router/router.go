@@ -541,7 +541,9 @@ func (r *Router) claimLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.ClaimInterval)
 	defer t.Stop()
 	discovered := time.Now()
-	rescans := 0 // rounds that look for partitions whatever the interval
+	// Until then every round looks for partitions whatever the interval:
+	// publishers keep a count they read for publisher.DefaultRefresh.
+	var rescanUntil time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -550,14 +552,13 @@ func (r *Router) claimLoop(ctx context.Context) {
 		case <-r.rediscover:
 			discovered = time.Time{}
 		}
-		if rescans > 0 || time.Since(discovered) >= r.opt.DiscoverInterval {
+		if time.Now().Before(rescanUntil) || time.Since(discovered) >= r.opt.DiscoverInterval {
 			// Before housekeeping records a new partition count, so the
 			// new partitions are read when publishers learn of them.
 			if err := r.discover(ctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("looking for ingress partitions", "err", err)
 			} else {
 				discovered = time.Now()
-				rescans = max(rescans-1, 0)
 			}
 		}
 		r.hold(ctx)
@@ -578,15 +579,15 @@ func (r *Router) claimLoop(ctx context.Context) {
 		lost, wrong := r.countLost.Swap(false), r.countWrong.Swap(false)
 		if lost || wrong {
 			// Publishers that read the count while it was gone took the
-			// default, and those that read a wrong one took it: look for
-			// their partitions now, and once more next round for an event
-			// appended after this look.
+			// default, and those that read a wrong one took it and keep it
+			// up to their refresh: look for their partitions now, and every
+			// round until a count read then has expired.
 			if lost {
 				r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
 			} else {
 				r.log.Warn("the partition count differed from the matrix's (rewritten): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix), "partitions", r.matrix.Load().Partitions)
 			}
-			rescans = 2
+			rescanUntil = time.Now().Add(countKeptFor)
 			select {
 			case r.rediscover <- struct{}{}:
 			default:
@@ -594,6 +595,12 @@ func (r *Router) claimLoop(ctx context.Context) {
 		}
 	}
 }
+
+// countKeptFor is how long a publisher may use a partition count it read:
+// its refresh (publisher.DefaultRefresh, 30 s) with a margin. After a count
+// was found gone or wrong, the router looks for new partitions every round
+// for this long.
+const countKeptFor = 35 * time.Second
 
 func (r *Router) claim(ctx context.Context, stream string) error {
 	start := "-"

@@ -204,3 +204,123 @@ func TestRedrivenEntryHandedOverToTheRouterThatKnowsItsDomain(t *testing.T) {
 	e.router(router.Options{Consumer: "new"})
 	e.waitGone("profile-svc", "acme", "order:7")
 }
+
+// attack: a rolling deploy that adds a tag to an existing domain (user now
+// also drops billing-svc's cache under billing). The router still on the
+// old matrix knows the domain, so nothing is dead-lettered or re-driven: it
+// routes the events it reads to the old tags only and acknowledges them,
+// and the keys billing-svc (already on the new matrix) cached under the new
+// tag stay cached for good. A live router could route them.
+func TestAttackMixedMatricesTagAddedToDomain(t *testing.T) {
+	newTag := strings.Replace(testMatrix, "  user:    {tags: [active]}\n", "  user:    {tags: [active, billing]}\n", 1)
+	if newTag == testMatrix {
+		t.Fatal("the matrix did not change: the test proves nothing")
+	}
+	e := newEnv(t, newTag)
+	e.router(router.Options{Consumer: "new"})
+	e.oldRouter("old")
+	e.subscriber("billing-svc", subscriber.Options{})
+	var keys []string
+	for i := range 200 {
+		k := fmt.Sprintf("user:%d", i)
+		keys = append(keys, k)
+		e.seed("billing-svc", "acme", k, "billing")
+	}
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	for _, k := range keys {
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, k)
+		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	redistest.Eventually(t, 30*time.Second, "every user key invalidated under the new tag", func() bool {
+		for _, k := range keys {
+			if e.cached("billing-svc", "acme", k) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// attack: a rolling deploy that widens a publisher's grant (shop may now
+// publish products of globex too). The router still on the old matrix
+// dead-letters shop's globex events as not_granted and acknowledges them;
+// routers re-drive only unknown_domain dead letters by themselves, so the
+// events a live router would route are lost until an operator runs
+// routerd deadletter replay, and their keys stay cached.
+func TestAttackMixedMatricesGrantWidened(t *testing.T) {
+	const oldGrants = testMatrix + `
+publishers:
+  shop: {domains: [product], tenants: [acme]}
+`
+	newGrants := strings.Replace(oldGrants, "shop: {domains: [product], tenants: [acme]}", "shop: {domains: [product], tenants: [acme, globex]}", 1)
+	if newGrants == oldGrants {
+		t.Fatal("the matrix did not change: the test proves nothing")
+	}
+	old, err := matrix.Parse("old.yaml", []byte(oldGrants))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, newGrants)
+	e.router(router.Options{Consumer: "new"})
+	r, err := router.New(e.bus.Client(t), old, router.Options{Consumer: "old", ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, r.Run)
+	redistest.Eventually(t, 10*time.Second, "old router ready", r.Ready)
+	e.subscriber("search-svc", subscriber.Options{})
+	var keys []string
+	for i := range 100 {
+		k := fmt.Sprintf("product:%d", i)
+		keys = append(keys, k)
+		e.seed("search-svc", "globex", k, "electronics")
+	}
+	ctx := context.Background()
+	for i, k := range keys {
+		stream := names.PublisherStream("invalidate", "shop", wire.Partition("globex", e.mtx.Partitions))
+		ev := fmt.Sprintf(`{"tenant":"globex","domain":"product","id":"p%d","keys":[%q]}`, i, k)
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	redistest.Eventually(t, 30*time.Second, "every globex product key invalidated", func() bool {
+		for _, k := range keys {
+			if e.cached("search-svc", "globex", k) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// attack: a rolling deploy that adds a tenant to a service (billing-svc now
+// caches globex too). The router still on the old matrix finds no service
+// serving globex on the billing tag, publishes nothing and acknowledges the
+// events it read; the keys billing-svc cached for globex stay for good.
+func TestAttackMixedMatricesTenantAddedToService(t *testing.T) {
+	newTenant := strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [acme, globex]}", 1)
+	if newTenant == testMatrix {
+		t.Fatal("the matrix did not change: the test proves nothing")
+	}
+	e := newEnv(t, newTenant)
+	e.router(router.Options{Consumer: "new"})
+	e.oldRouter("old")
+	e.subscriber("billing-svc", subscriber.Options{})
+	var keys []string
+	for i := range 200 {
+		k := fmt.Sprintf("invoice:%d", i)
+		keys = append(keys, k)
+		e.seed("billing-svc", "globex", k, "billing")
+	}
+	stream := names.IngressStream("invalidate", wire.Partition("globex", e.mtx.Partitions))
+	for _, k := range keys {
+		ev := fmt.Sprintf(`{"tenant":"globex","domain":"invoice","keys":[%q]}`, k)
+		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	redistest.Eventually(t, 30*time.Second, "every globex invoice key invalidated", func() bool {
+		for _, k := range keys {
+			if e.cached("billing-svc", "globex", k) {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -78,6 +78,9 @@ type entry struct {
 	from, fromID string
 	fromIndex    int
 	handTo       string
+	// handed is set when the entry was handed over to routers on other
+	// matrices (handover.go): they write the dead letters of its events.
+	handed bool
 }
 
 // event is one event of an entry.
@@ -258,6 +261,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 	}
 	done = append(done, r.send(ctx, direct, false)...)
+	_ = r.handOverToOthers(ctx, entries) // on an error every entry failed: none is acknowledged
 	deadErr := r.deadLetter(ctx, stream, entries)
 	for _, e := range entries {
 		switch {
@@ -763,7 +767,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			continue
 		}
 		for i := range e.events {
-			if e.events[i].reason != "" {
+			if e.events[i].reason != "" && !e.handed {
 				list = append(list, dead{e, &e.events[i]})
 			}
 		}

@@ -234,7 +234,7 @@ func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
 	var alive map[string]bool
 	for _, e := range entries {
 		to := e.handTo
-		if to == "" || to == r.opt.Consumer || e.reason != "" || !e.unknownDomain() {
+		if to == "" || to == r.opt.Consumer || e.reason != "" || !r.takenElsewhere(e) {
 			keep = append(keep, e)
 			continue
 		}

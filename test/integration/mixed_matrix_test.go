@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/cli"
@@ -323,4 +324,112 @@ func TestAttackMixedMatricesTenantAddedToService(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// handingRouter runs a router on m and returns its count of events handed
+// over to routers on other matrices.
+func (e *env) handingRouter(m *matrix.Matrix, consumer string) func() float64 {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	r, err := router.New(e.bus.Client(e.t), m, router.Options{Consumer: consumer, Registerer: reg, ClaimInterval: 100 * time.Millisecond, Block: 100 * time.Millisecond})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	run(e.t, r.Run)
+	redistest.Eventually(e.t, 10*time.Second, consumer+" ready", r.Ready)
+	return func() float64 {
+		families, err := reg.Gather()
+		must(e.t, err)
+		for _, f := range families {
+			if f.GetName() == "routerd_handed_over_events_total" {
+				return f.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		e.t.Fatal("routerd_handed_over_events_total not exported")
+		return 0
+	}
+}
+
+// Two live routers on different matrices hand over to each other every
+// event they read from the ingress, once: an entry that came by hand-over
+// is routed (or dead-lettered) by the router it was handed to, never handed
+// back. Each channel both matrices route gets each event once.
+func TestHandoverNeverPingPongs(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	ctx := context.Background()
+	old, err := matrix.Parse("old.yaml", []byte(testMatrix))
+	must(t, err)
+	newHanded := e.handingRouter(e.mtx, "new")
+	oldHanded := e.handingRouter(old, "old")
+	e.subscriber("profile-svc", subscriber.Options{})
+	const n = 100
+	var keys []string
+	for i := range n {
+		k := fmt.Sprintf("user:%d", i)
+		keys = append(keys, k)
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	for _, k := range keys {
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, k)
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	for _, k := range keys {
+		e.waitGone("profile-svc", "acme", k)
+	}
+	settled := func(s string) bool {
+		groups, err := e.busC.XInfoGroups(ctx, s).Result()
+		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+	}
+	redistest.Eventually(t, 20*time.Second, "the ingress and the re-drive stream routed", func() bool {
+		return settled(stream) && settled(names.RedriveStream("invalidate"))
+	})
+	if a, b := newHanded(), oldHanded(); a+b != n || a == 0 || b == 0 {
+		t.Fatalf("handed over %v (new) + %v (old) events for %d events read once each: want each once", a, b, n)
+	}
+	if _, v := e.meta("invalidate:acme:active"); v > n {
+		t.Errorf("channel at version %d after %d events: a handed-over event was published twice", v, n)
+	}
+	if dl := e.busC.XLen(ctx, names.DeadLetterStream("invalidate")).Val(); dl != 0 {
+		t.Errorf("%d dead letters of events both matrices route", dl)
+	}
+}
+
+// A router hands entries over to a router on another matrix only while that
+// router's registration lasts: once it expired (the router died without
+// removing it), housekeeping removes it and the router routes alone again,
+// handing nothing over.
+func TestHandoverStopsWhenPeerRegistrationExpires(t *testing.T) {
+	e := newEnv(t, testMatrix)
+	ctx := context.Background()
+	handed := e.handingRouter(e.mtx, "alive")
+	e.subscriber("profile-svc", subscriber.Options{})
+	routers := names.RoutersKey("invalidate")
+	expires := time.Now().Add(2 * time.Second).UnixMilli()
+	must(t, e.busC.HSet(ctx, routers, "ghost", fmt.Sprintf("%064x %d", 1, expires)).Err())
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	publish := func(k string) {
+		e.seed("profile-svc", "acme", k, "active")
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, k)
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+		e.waitGone("profile-svc", "acme", k)
+		redistest.Eventually(t, 10*time.Second, "the ingress routed", func() bool {
+			groups, err := e.busC.XInfoGroups(ctx, stream).Result()
+			return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+		})
+	}
+	publish("user:1")
+	if n := handed(); n != 1 {
+		t.Fatalf("%v events handed over to the live ghost, want 1", n)
+	}
+	redistest.Eventually(t, 10*time.Second, "the ghost's expired registration removed", func() bool {
+		return time.Now().UnixMilli() > expires && !e.busC.HExists(ctx, routers, "ghost").Val()
+	})
+	if !e.busC.HExists(ctx, routers, "alive").Val() {
+		t.Fatal("the live router is not registered")
+	}
+	publish("user:2")
+	if n := handed(); n != 1 {
+		t.Fatalf("%v events handed over: one went to a router whose registration expired", n)
+	}
 }

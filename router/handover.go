@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -225,12 +226,12 @@ func (r *Router) notePeers(view *redis.MapStringStringCmd) {
 }
 
 // handOverToOthers appends every entry of a batch to the re-drive stream
-// once for one live router of each other matrix digest, before the batch
-// is acknowledged. An entry that came by hand-over, or is refused as a
+// once for one live router of each other matrix digest, before any of its
+// messages is published (the coalescer may acknowledge an entry before
+// the batch is done). An entry that came by hand-over, or is refused as a
 // whole (malformed, too large: every matrix refuses it), is not handed
 // over. A handed-over entry writes no dead letters for its events. On an
-// error every entry of the batch fails (it is tried again; handing over
-// twice is harmless).
+// error the batch is tried again (handing over twice is harmless).
 func (r *Router) handOverToOthers(ctx context.Context, entries []*entry) error {
 	to := r.peers.others(r.opt.Consumer, r.digest.Load().(string), time.Now())
 	if len(to) == 0 {
@@ -254,11 +255,7 @@ func (r *Router) handOverToOthers(ctx context.Context, entries []*entry) error {
 		return nil
 	})
 	if err != nil {
-		r.log.Warn("handing entries over to routers on another matrix; the batch is tried again", "routers", to, "err", err)
-		for _, e := range entries {
-			e.fail(err)
-		}
-		return err
+		return fmt.Errorf("handing entries over to routers on another matrix (%s): %w", strings.Join(to, ", "), err)
 	}
 	n := 0
 	for _, e := range give {

@@ -201,6 +201,9 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 	if err := r.registerTenants(ctx, entries); err != nil {
 		return r.failBatch(entries, err)
 	}
+	if err := r.handOverToOthers(ctx, entries); err != nil {
+		return r.failBatch(entries, err)
+	}
 
 	// The batch's events merge into messages per channel (place: a new one
 	// past max_keys keys, or after maxMergedIDs events, so that every id
@@ -261,7 +264,6 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 	}
 	done = append(done, r.send(ctx, direct, false)...)
-	_ = r.handOverToOthers(ctx, entries) // on an error every entry failed: none is acknowledged
 	deadErr := r.deadLetter(ctx, stream, entries)
 	for _, e := range entries {
 		switch {

@@ -25,16 +25,15 @@ import (
 // derived id when it had none, so a dead letter re-driven twice (a crash
 // between the append and the delete) publishes nothing twice.
 //
-// Routers with different matrices share the consumer group during a rolling
-// deploy: one on the older matrix dead-letters the events of a domain it
-// does not know as unknown_domain. Every router re-drives, each housekeeping
-// round, the new unknown_domain dead letters of the domains it knows (all of
-// them at start and after a reload that adds domains), naming itself in the
-// re-driven entry ("for"); a router that reads such an entry and does not
-// know its domain hands it over to that router (XCLAIM) while it is alive,
-// which routes what it is handed on its next round. So an event some live
-// router can route is never lost because another read it first; one that no
-// router knows stays a dead letter until `routerd deadletter replay`.
+// Every router re-drives, each housekeeping round, the new unknown_domain
+// dead letters of the domains it knows (all of them at start and after a
+// reload that adds domains: those written while no live router knew the
+// domain), naming itself in the re-driven entry ("for"). A router that reads
+// an entry named for another live router and does not know its domain, or
+// runs another matrix (handover.go writes such entries), hands it over to
+// that router (XCLAIM), which routes what it is handed on its next round.
+// One that no router knows stays a dead letter until `routerd deadletter
+// replay`.
 
 // Fields of a re-driven entry, besides its event or events.
 const (

@@ -48,6 +48,13 @@ func (g registration) value() string {
 	return g.digest + " " + strconv.FormatInt(g.expires.UnixMilli(), 10)
 }
 
+// stopped is the digest of a router that stopped: its registration is
+// replaced by one of this digest, which expires just after the last one it
+// wrote, so it outlasts that one in every router's view (peers.merge), and
+// the first registration of a router started again under the same name
+// outlasts it.
+const stopped = "-"
+
 // parseRegistration reads a value of names.RoutersKey; ok is false for one
 // no router wrote.
 func parseRegistration(s string) (g registration, ok bool) {
@@ -94,7 +101,7 @@ func (p *peers) others(self, digest string, now time.Time) []string {
 		switch {
 		case !g.expires.After(now):
 			delete(p.m, name)
-		case name == self || g.digest == digest:
+		case name == self || g.digest == digest || g.digest == stopped:
 		case best[g.digest] == "" || g.expires.After(p.m[best[g.digest]].expires) ||
 			g.expires.Equal(p.m[best[g.digest]].expires) && name < best[g.digest]:
 			best[g.digest] = name
@@ -111,7 +118,7 @@ func (p *peers) others(self, digest string, now time.Time) []string {
 func (p *peers) digestOf(name string, now time.Time) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if g, ok := p.m[name]; ok && g.expires.After(now) {
+	if g, ok := p.m[name]; ok && g.expires.After(now) && g.digest != stopped {
 		return g.digest
 	}
 	return ""
@@ -123,7 +130,7 @@ func (p *peers) digests(own string, now time.Time) int {
 	defer p.mu.Unlock()
 	seen := map[string]bool{own: true}
 	for _, g := range p.m {
-		if g.expires.After(now) {
+		if g.expires.After(now) && g.digest != stopped {
 			seen[g.digest] = true
 		}
 	}
@@ -139,9 +146,14 @@ func (r *Router) registrationTTL() time.Duration { return r.opt.ClaimIdle }
 // removes those that expired. It runs at start, after a reload and on each
 // housekeeping round.
 func (r *Router) register(ctx context.Context) error {
+	// One at a time, the digest read inside: a heartbeat that read the
+	// digest before a reload cannot write it after the reload's.
+	r.registerMu.Lock()
+	defer r.registerMu.Unlock()
 	key := names.RoutersKey(r.prefix)
 	now := time.Now()
 	own := registration{digest: r.digest.Load().(string), expires: now.Add(r.registrationTTL())}
+	r.registered = own.expires
 	var all *redis.MapStringStringCmd
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		pipe.HSet(ctx, key, r.opt.Consumer, own.value())
@@ -181,13 +193,21 @@ func (r *Router) heartbeat(ctx context.Context) error {
 	return err
 }
 
-// deregister removes this router's registration when it stops, so the
-// others stop handing entries over to it at once.
+// deregister marks this router stopped when it stops, so the others stop
+// handing entries over to it at once (a router that dies is forgotten when
+// its registration expires). The mark outlasts the last registration: a
+// view read before it, taken in later, does not bring the router back.
 func (r *Router) deregister() {
+	r.registerMu.Lock()
+	defer r.registerMu.Unlock()
+	if r.registered.IsZero() {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := r.c.HDel(ctx, names.RoutersKey(r.prefix), r.opt.Consumer).Err(); err != nil {
-		r.log.Warn("removing this router from the live routers", "err", err)
+	mark := registration{digest: stopped, expires: r.registered.Add(time.Millisecond)}
+	if err := r.c.HSet(ctx, names.RoutersKey(r.prefix), r.opt.Consumer, mark.value()).Err(); err != nil {
+		r.log.Warn("marking this router stopped in the live routers", "err", err)
 	}
 }
 

@@ -33,6 +33,14 @@ func TestPeers(t *testing.T) {
 	if d := p.digestOf("c", later); d != "" {
 		t.Errorf("digestOf(c) after it expired = %q", d)
 	}
+	p.merge(map[string]string{"b2": registration{digest: stopped, expires: now.Add(3 * time.Minute)}.value()})
+	if got := p.others("self", "A", later); len(got) != 0 || p.digestOf("b2", later) != "" || p.digests("A", later) != 1 {
+		t.Errorf("others after b2 stopped = %v", got)
+	}
+	p.merge(map[string]string{"b2": reg("B", 2*time.Minute)}) // read before it stopped, taken in after
+	if got := p.others("self", "A", later); len(got) != 0 {
+		t.Errorf("others after an older registration of the stopped b2 = %v", got)
+	}
 	if got := p.others("self", "A", now.Add(time.Hour)); len(got) != 0 {
 		t.Errorf("others when every registration expired = %v", got)
 	}

@@ -208,6 +208,10 @@ type Router struct {
 	digest       atomic.Value
 	peers        peers
 	peersRefused atomic.Bool
+	// registerMu serialises the registrations; registered is when the
+	// last one written expires.
+	registerMu sync.Mutex
+	registered time.Time
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream

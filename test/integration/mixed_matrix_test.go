@@ -433,3 +433,31 @@ func TestHandoverStopsWhenPeerRegistrationExpires(t *testing.T) {
 		t.Fatalf("%v events handed over: one went to a router whose registration expired", n)
 	}
 }
+
+// A router that stops marks itself stopped in the live routers: the one
+// left on another matrix hands nothing over to it from then on, and routes
+// alone.
+func TestHandoverStopsWhenPeerStops(t *testing.T) {
+	e := newEnv(t, newDomainMatrix)
+	ctx := context.Background()
+	_, stopNew := e.router(router.Options{Consumer: "new"})
+	old, err := matrix.Parse("old.yaml", []byte(testMatrix))
+	must(t, err)
+	handed := e.handingRouter(old, "old")
+	stopNew()
+	if v := e.busC.HGet(ctx, names.RoutersKey("invalidate"), "new").Val(); !strings.HasPrefix(v, "- ") {
+		t.Fatalf("the stopped router's registration is %q, not marked stopped", v)
+	}
+	e.subscriber("profile-svc", subscriber.Options{})
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	e.seed("profile-svc", "acme", "user:1", "active")
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["user:1"]}`}}).Err())
+	e.waitGone("profile-svc", "acme", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the ingress routed", func() bool {
+		groups, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0
+	})
+	if n := handed(); n != 0 {
+		t.Fatalf("%v events handed over to a router that stopped", n)
+	}
+}

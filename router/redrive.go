@@ -240,8 +240,10 @@ func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
 		if alive == nil {
 			alive = r.liveConsumers(ctx)
 		}
-		if !alive[to] {
-			keep = append(keep, e) // its router is gone: dead-lettered again, for the next one that knows the domain
+		// Alive: it read the re-drive stream lately, or its registration
+		// lasts (it may not have read the stream yet: it just started).
+		if !alive[to] && r.peers.digestOf(to, time.Now()) == "" {
+			keep = append(keep, e) // its router is gone: routed here, or dead-lettered again for the next one that knows the domain
 			continue
 		}
 		err := r.c.XClaimJustID(ctx, &redis.XClaimArgs{Stream: e.stream, Group: r.opt.Group, Consumer: to, Messages: []string{e.id}}).Err()

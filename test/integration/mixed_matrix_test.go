@@ -461,3 +461,37 @@ func TestHandoverStopsWhenPeerStops(t *testing.T) {
 		t.Fatalf("%v events handed over to a router that stopped", n)
 	}
 }
+
+// A router that reloads a matrix that adds a tag to a domain registers it at
+// once: the router still on the old matrix hands it every event it reads,
+// so the keys cached under the new tag are invalidated.
+func TestHandoverAfterReload(t *testing.T) {
+	newTag := strings.Replace(testMatrix, "  user:    {tags: [active]}\n", "  user:    {tags: [active, billing]}\n", 1)
+	updated, err := matrix.Parse("new.yaml", []byte(newTag))
+	must(t, err)
+	e := newEnv(t, testMatrix)
+	ctx := context.Background()
+	reloaded, _ := e.router(router.Options{Consumer: "reloaded"})
+	e.oldRouter("old")
+	must(t, reloaded.SetMatrix(updated))
+	if v := e.busC.HGet(ctx, names.RoutersKey("invalidate"), "reloaded").Val(); !strings.HasPrefix(v, updated.Digest()+" ") {
+		t.Fatalf("after the reload the router is registered as %q, not with the new matrix's digest", v)
+	}
+	// The subscriber runs the new matrix too.
+	e.mtx = updated
+	e.subscriber("billing-svc", subscriber.Options{})
+	var keys []string
+	for i := range 100 {
+		k := fmt.Sprintf("user:%d", i)
+		keys = append(keys, k)
+		e.seed("billing-svc", "acme", k, "billing")
+	}
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	for _, k := range keys {
+		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, k)
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
+	}
+	for _, k := range keys {
+		e.waitGone("billing-svc", "acme", k)
+	}
+}

@@ -30,7 +30,8 @@ import (
 // its entries to the re-drive stream once for one router of each other
 // digest, naming it ("for"), so that router routes it under its matrix
 // (redrive.go hands it to that router whoever reads it). An entry that
-// came by hand-over is not handed over again, and a router that hands an
+// came by hand-over is not handed over again (unless the router it was for
+// is gone: then it is handed to the live ones), and a router that hands an
 // entry over writes no dead letter for its events: the other router writes
 // those it cannot route either. Channels both matrices route get nothing
 // twice: the handed-over entry names the stream and entry id the event

@@ -225,11 +225,14 @@ func (e *entry) unknownDomain() bool {
 }
 
 // handOver takes out of a batch of the re-drive stream the entries re-driven
-// by another router that is alive, for a domain this one does not know, and
-// gives them to that router (XCLAIM), which routes them on its next round.
-// The others are returned, to be routed (or dead-lettered) here.
+// for another router that is alive and routes them otherwise (it knows a
+// domain this one does not, or runs another matrix), and gives them to that
+// router (XCLAIM, one per router), which routes them on its next round.
+// The others are returned, to be routed (or dead-lettered) here; an entry
+// whose XCLAIM failed is tried again.
 func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
-	var keep, handed []*entry
+	var keep []*entry
+	give := map[string][]*entry{}
 	var alive map[string]bool
 	for _, e := range entries {
 		to := e.handTo
@@ -243,18 +246,41 @@ func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
 		// Alive: it read the re-drive stream lately, or its registration
 		// lasts (it may not have read the stream yet: it just started).
 		if !alive[to] && r.peers.digestOf(to, time.Now()) == "" {
-			keep = append(keep, e) // its router is gone: routed here, or dead-lettered again for the next one that knows the domain
-			continue
-		}
-		err := r.c.XClaimJustID(ctx, &redis.XClaimArgs{Stream: e.stream, Group: r.opt.Group, Consumer: to, Messages: []string{e.id}}).Err()
-		if err != nil {
-			r.log.Warn("handing a re-driven entry over to the router that knows its domain; dead-lettering it again", "entry", e.id, "to", to, "err", err)
+			// Its router is gone: routed here, and handed over again to
+			// the live routers on other matrices like a new entry (or
+			// dead-lettered again, for the next one that knows the domain).
+			e.handTo = ""
 			keep = append(keep, e)
 			continue
 		}
-		r.m.handedOver.Inc()
-		r.log.Info("handed a re-driven entry over to the router that knows its domain", "entry", e.id, "to", to)
-		handed = append(handed, e)
+		give[to] = append(give[to], e)
+	}
+	if len(give) == 0 {
+		return keep
+	}
+	cmds := map[string]*redis.StringSliceCmd{}
+	_, _ = r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for to, list := range give {
+			ids := make([]string, len(list))
+			for i, e := range list {
+				ids[i] = e.id
+			}
+			cmds[to] = pipe.XClaimJustID(ctx, &redis.XClaimArgs{Stream: r.redrive, Group: r.opt.Group, Consumer: to, Messages: ids})
+		}
+		return nil
+	})
+	var handed []*entry
+	for to, list := range give {
+		if err := cmds[to].Err(); err != nil {
+			r.log.Warn("handing re-driven entries over to the router they are for; tried again", "entries", len(list), "to", to, "err", err)
+			for _, e := range list {
+				r.retryLater(e, err)
+			}
+			continue
+		}
+		r.m.handedOver.Add(float64(len(list)))
+		r.log.Debug("handed re-driven entries over to the router they are for", "entries", len(list), "to", to)
+		handed = append(handed, list...)
 	}
 	r.retryDone(handed)
 	return keep

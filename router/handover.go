@@ -144,8 +144,11 @@ func (p *peers) digests(own string, now time.Time) int {
 func (r *Router) registrationTTL() time.Duration { return r.opt.ClaimIdle }
 
 // register writes this router's registration and reads the others', and
-// removes those that expired. It runs at start, after a reload and on each
-// housekeeping round.
+// removes those that expired more than a TTL ago (a router started again
+// under the name of one long dead has re-registered since, at the latest at
+// its next heartbeat; one that wrote in between this read and the removal is
+// that rare case, and registers again on its next round). It runs at start,
+// after a reload and on each housekeeping round.
 func (r *Router) register(ctx context.Context) error {
 	// One at a time, the digest read inside: a heartbeat that read the
 	// digest before a reload cannot write it after the reload's.
@@ -167,7 +170,7 @@ func (r *Router) register(ctx context.Context) error {
 	r.peers.merge(all.Val())
 	var gone []string
 	for name, v := range all.Val() {
-		if g, ok := parseRegistration(v); !ok || !g.expires.After(now) {
+		if g, ok := parseRegistration(v); !ok || !g.expires.Add(r.registrationTTL()).After(now) {
 			gone = append(gone, name)
 		}
 	}
@@ -238,10 +241,10 @@ func (r *Router) notePeers(view *redis.MapStringStringCmd) {
 		return
 	}
 	if err := view.Err(); err != nil {
-		if r.peersRefused.CompareAndSwap(false, true) {
-			r.log.Warn("reading the live routers failed: entries are not handed over to routers on another matrix; apply the line of routerd acl --role router again", "err", err)
+		if redis.HasErrorPrefix(err, "NOPERM") && r.peersRefused.CompareAndSwap(false, true) {
+			r.log.Warn("the router's Redis user may not read the live routers: entries are not handed over to routers on another matrix; apply the line of routerd acl --role router again", "err", err)
 		}
-		return
+		return // the read failed too, or the view stays as it was
 	}
 	r.peers.merge(view.Val())
 }

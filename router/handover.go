@@ -217,8 +217,17 @@ func (r *Router) deregister() {
 
 // readWithPeers runs a read or claim script and, in the same pipeline after
 // it, reads the live routers: the view a batch is settled with is never
-// older than the batch, at no extra round trip.
+// older than the batch, at no extra round trip. On a cluster the two keys
+// are on different masters, whose parts of a pipeline run side by side:
+// the live routers are read once the read has answered.
 func readWithPeers[P any](ctx context.Context, r *Router, req lua.Request[P]) (P, error) {
+	if r.cluster {
+		reply, err := lua.Run(ctx, r.c, req)
+		if err == nil {
+			r.notePeers(r.c.HGetAll(ctx, names.RoutersKey(r.prefix)))
+		}
+		return reply, err
+	}
 	var read *redis.Cmd
 	var view *redis.MapStringStringCmd
 	_, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {

@@ -326,6 +326,14 @@ func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
 // Only routers write it: it is outside the ingress a publisher may append to.
 func RedriveStream(prefix string) string { return prefix + ":redrive" }
 
+// RoutersKey is the hash of the live routers, "<prefix>:routers": one
+// field per router (its consumer name), whose value is the digest of the
+// router's matrix and when the entry expires. A router whose matrix differs
+// from another live router's hands every event it reads to it too (see
+// router/handover.go). Only routers write it; its two segments name no
+// channel, no stream of the ingress and no key of a tenant.
+func RoutersKey(prefix string) string { return prefix + ":routers" }
+
 // TenantsKey is the set of tenants the router has routed events for.
 func TenantsKey(prefix string) string { return prefix + ":tenants" }
 

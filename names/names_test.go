@@ -270,6 +270,7 @@ func TestPublisherStream(t *testing.T) {
 		{"invalidate:ingress::{1}", ""},
 		{"other:ingress:p:{1}", ""},
 		{"invalidate:deadletter", ""},
+		{RoutersKey("invalidate"), ""},
 	} {
 		if got := StreamPublisher("invalidate", tc.stream); got != tc.want {
 			t.Errorf("StreamPublisher(%q) = %q, want %q", tc.stream, got, tc.want)

@@ -25,6 +25,9 @@ type metrics struct {
 	groupsCreated prometheus.Counter
 	redriven      prometheus.Counter
 	handedOver    prometheus.Counter
+	// handedOverEvents and digests: the hand-over between matrices (handover.go).
+	handedOverEvents prometheus.Counter
+	digests          prometheus.Gauge
 
 	coalesced       *prometheus.CounterVec // tag
 	delayed         *prometheus.CounterVec // tag
@@ -68,7 +71,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		redriven: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_dead_letters_redriven_total", Help: "unknown_domain dead letters of a domain this router knows (refused by a router on an older matrix, or before a reload) sent back to the routers."}),
 		handedOver: f.NewCounter(prometheus.CounterOpts{
-			Name: "routerd_redriven_handed_over_total", Help: "Re-driven entries of a domain this router does not know handed over to the live router that re-drove them."}),
+			Name: "routerd_redriven_handed_over_total", Help: "Re-driven entries this router does not route (a domain it does not know, or handed over for another matrix) given to the live router named in them."}),
+		handedOverEvents: f.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_handed_over_events_total", Help: "Events read by this router and handed over (through the re-drive stream) to a live router on another matrix, once per such router; non-zero only while routers on different matrices run."}),
+		digests: f.NewGauge(prometheus.GaugeOpts{
+			Name: "routerd_matrix_digests", Help: "Distinct matrices (by routing digest) among the live routers, this one's included; above 1 during a rolling deploy, when every event is routed under each."}),
 		coalesced: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_events_coalesced_total", Help: "Events merged into a channel's pending message because the channel was over its budget, by tag."}, []string{"tag"}),
 		delayed: f.NewCounterVec(prometheus.CounterOpts{

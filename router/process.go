@@ -78,6 +78,9 @@ type entry struct {
 	from, fromID string
 	fromIndex    int
 	handTo       string
+	// handed is set when the entry was handed over to routers on other
+	// matrices (handover.go): they write the dead letters of its events.
+	handed bool
 }
 
 // event is one event of an entry.
@@ -196,6 +199,9 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		return r.failBatch(entries, err)
 	}
 	if err := r.registerTenants(ctx, entries); err != nil {
+		return r.failBatch(entries, err)
+	}
+	if err := r.handOverToOthers(ctx, entries); err != nil {
 		return r.failBatch(entries, err)
 	}
 
@@ -763,7 +769,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			continue
 		}
 		for i := range e.events {
-			if e.events[i].reason != "" {
+			if e.events[i].reason != "" && !e.handed {
 				list = append(list, dead{e, &e.events[i]})
 			}
 		}

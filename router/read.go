@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/names"
 )
 
 // Reads bounded in bytes.
@@ -47,7 +48,7 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	wait := 1
 	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
 		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
-	reply, err := lua.Run(ctx, r.c, &req)
+	reply, err := readWithPeers(ctx, r, &req)
 	switch {
 	case r.refused(err):
 		wait = count // unbounded, as routers before the read script
@@ -62,6 +63,10 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	if err != nil || len(res) == 0 {
 		return nil, err
 	}
+	// The live routers, read after the entries (handover.go); not in a
+	// pipeline with the blocking read, whose wait a pipeline's read
+	// timeout would cut.
+	r.notePeers(r.c.HGetAll(ctx, names.RoutersKey(r.prefix)))
 	// Cut what is too large here too, so the whole value is not kept.
 	for _, m := range res[0].Messages {
 		for k, v := range m.Values {
@@ -80,7 +85,7 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
 		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Own: own}
-	reply, err := lua.Run(ctx, r.c, &req)
+	reply, err := readWithPeers(ctx, r, &req)
 	if r.refused(err) {
 		return r.claimUnbounded(ctx, stream, idle, start, own)
 	}

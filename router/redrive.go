@@ -25,16 +25,15 @@ import (
 // derived id when it had none, so a dead letter re-driven twice (a crash
 // between the append and the delete) publishes nothing twice.
 //
-// Routers with different matrices share the consumer group during a rolling
-// deploy: one on the older matrix dead-letters the events of a domain it
-// does not know as unknown_domain. Every router re-drives, each housekeeping
-// round, the new unknown_domain dead letters of the domains it knows (all of
-// them at start and after a reload that adds domains), naming itself in the
-// re-driven entry ("for"); a router that reads such an entry and does not
-// know its domain hands it over to that router (XCLAIM) while it is alive,
-// which routes what it is handed on its next round. So an event some live
-// router can route is never lost because another read it first; one that no
-// router knows stays a dead letter until `routerd deadletter replay`.
+// Every router re-drives, each housekeeping round, the new unknown_domain
+// dead letters of the domains it knows (all of them at start and after a
+// reload that adds domains: those written while no live router knew the
+// domain), naming itself in the re-driven entry ("for"). A router that reads
+// an entry named for another live router and does not know its domain, or
+// runs another matrix (handover.go writes such entries), hands it over to
+// that router (XCLAIM), which routes what it is handed on its next round.
+// One that no router knows stays a dead letter until `routerd deadletter
+// replay`.
 
 // Fields of a re-driven entry, besides its event or events.
 const (
@@ -226,34 +225,62 @@ func (e *entry) unknownDomain() bool {
 }
 
 // handOver takes out of a batch of the re-drive stream the entries re-driven
-// by another router that is alive, for a domain this one does not know, and
-// gives them to that router (XCLAIM), which routes them on its next round.
-// The others are returned, to be routed (or dead-lettered) here.
+// for another router that is alive and routes them otherwise (it knows a
+// domain this one does not, or runs another matrix), and gives them to that
+// router (XCLAIM, one per router), which routes them on its next round.
+// The others are returned, to be routed (or dead-lettered) here; an entry
+// whose XCLAIM failed is tried again.
 func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
-	var keep, handed []*entry
+	var keep []*entry
+	give := map[string][]*entry{}
 	var alive map[string]bool
 	for _, e := range entries {
 		to := e.handTo
-		if to == "" || to == r.opt.Consumer || e.reason != "" || !e.unknownDomain() {
+		if to == "" || to == r.opt.Consumer || e.reason != "" || !r.takenElsewhere(e) {
 			keep = append(keep, e)
 			continue
 		}
 		if alive == nil {
 			alive = r.liveConsumers(ctx)
 		}
-		if !alive[to] {
-			keep = append(keep, e) // its router is gone: dead-lettered again, for the next one that knows the domain
-			continue
-		}
-		err := r.c.XClaimJustID(ctx, &redis.XClaimArgs{Stream: e.stream, Group: r.opt.Group, Consumer: to, Messages: []string{e.id}}).Err()
-		if err != nil {
-			r.log.Warn("handing a re-driven entry over to the router that knows its domain; dead-lettering it again", "entry", e.id, "to", to, "err", err)
+		// Alive: it read the re-drive stream lately, or its registration
+		// lasts (it may not have read the stream yet: it just started).
+		if !alive[to] && r.peers.digestOf(to, time.Now()) == "" {
+			// Its router is gone: routed here, and handed over again to
+			// the live routers on other matrices like a new entry (or
+			// dead-lettered again, for the next one that knows the domain).
+			e.handTo = ""
 			keep = append(keep, e)
 			continue
 		}
-		r.m.handedOver.Inc()
-		r.log.Info("handed a re-driven entry over to the router that knows its domain", "entry", e.id, "to", to)
-		handed = append(handed, e)
+		give[to] = append(give[to], e)
+	}
+	if len(give) == 0 {
+		return keep
+	}
+	cmds := map[string]*redis.StringSliceCmd{}
+	_, _ = r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for to, list := range give {
+			ids := make([]string, len(list))
+			for i, e := range list {
+				ids[i] = e.id
+			}
+			cmds[to] = pipe.XClaimJustID(ctx, &redis.XClaimArgs{Stream: r.redrive, Group: r.opt.Group, Consumer: to, Messages: ids})
+		}
+		return nil
+	})
+	var handed []*entry
+	for to, list := range give {
+		if err := cmds[to].Err(); err != nil {
+			r.log.Warn("handing re-driven entries over to the router they are for; tried again", "entries", len(list), "to", to, "err", err)
+			for _, e := range list {
+				r.retryLater(e, err)
+			}
+			continue
+		}
+		r.m.handedOver.Add(float64(len(list)))
+		r.log.Debug("handed re-driven entries over to the router they are for", "entries", len(list), "to", to)
+		handed = append(handed, list...)
 	}
 	r.retryDone(handed)
 	return keep

@@ -203,6 +203,16 @@ type Router struct {
 	// read scripts (read.go).
 	refusedOnce atomic.Bool
 
+	// digest is the digest of the matrix in force (a string); peers the
+	// live routers and their digests as last read (handover.go).
+	digest       atomic.Value
+	peers        peers
+	peersRefused atomic.Bool
+	// registerMu serialises the registrations; registered is when the
+	// last one written expires.
+	registerMu sync.Mutex
+	registered time.Time
+
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
 
@@ -223,6 +233,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
 		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: names.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
+	r.digest.Store(m.Digest())
 	r.m.known(m)
 	r.co = newCoalescer(r, r.m)
 	r.health.probe = breaker.NewProbe()
@@ -248,7 +259,17 @@ func (r *Router) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("router: the prefix cannot change while running (%q to %q); restart routerd", old.Prefix, m.Prefix)
 	}
 	r.matrix.Store(m)
+	r.digest.Store(m.Digest())
 	r.m.known(m)
+	if r.ready.Load() {
+		// The other routers learn of the new matrix now, not at the next
+		// housekeeping round: from then on they hand entries over.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := r.register(ctx); err != nil {
+			r.log.Warn("registering the new matrix with the live routers; tried again at the next housekeeping round", "err", err)
+		}
+		cancel()
+	}
 	if slices.ContainsFunc(m.DomainNames(), func(d string) bool { _, ok := old.Domains[d]; return !ok }) {
 		// Events of the new domains may be in the dead letters, refused
 		// by this router or another on an older matrix: re-drive them.
@@ -289,6 +310,7 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	r.ready.Store(true)
 	defer r.ready.Store(false)
+	defer r.deregister()
 	r.log.Info("routing", "partitions", len(r.streams), "group", r.opt.Group, "consumer", r.opt.Consumer)
 
 	// The coalescer outlives the read loops: when they have finished their
@@ -324,6 +346,11 @@ func (r *Router) setup(ctx context.Context) error {
 		return err
 	}
 	if err := r.markGeneration(ctx); err != nil {
+		return err
+	}
+	// Registered before the first read: a router on another matrix that
+	// reads an entry after this hands it over to this one too.
+	if err := r.heartbeat(ctx); err != nil {
 		return err
 	}
 	streams, err := r.partitionStreams(ctx)
@@ -667,6 +694,9 @@ func (r *Router) housekeeping(ctx context.Context) error {
 		r.countWrong.Store(true)
 	}
 	if err := r.markGeneration(ctx); err != nil {
+		return err
+	}
+	if err := r.heartbeat(ctx); err != nil {
 		return err
 	}
 	r.tenantsMu.Lock()

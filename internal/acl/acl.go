@@ -156,6 +156,8 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"xadd", "sadd", "srem",
 			// Re-driving dead letters (routerd deadletter replay too).
 			"xrange", "xdel",
+			// The live routers and their matrices (HSET and HDEL below).
+			"hgetall", "hdel",
 			// The publish, source_version and budget scripts, and what
 			// they run (TIME: the clock of the shared token buckets;
 			// XRANGE: a channel's chain caught up over its history).
@@ -171,6 +173,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"~" + names.DeadLetterStream(p),
 			"~" + names.RedriveStream(p),
 			"~" + names.TenantsKey(p),
+			"~" + names.RoutersKey(p),
 			"~" + names.SourceVersionKey(p, "*", "*", "*", "*"),
 			"~" + names.MetaKey(p+":*"),
 			"~" + names.HistoryKey(p+":*"),

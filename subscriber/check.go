@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -24,9 +25,32 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
-	// The generation before the targets: a loss after this read is seen
-	// by the next check; one before it came before any value whose
-	// channel the targets then miss was cached.
+	return redoIfBusChanged(func() error { return s.checkAll(ctx) })
+}
+
+// errBusChanged: the bus's identity changed while a check read it (it
+// restarted, failed over, or lost its data): what the check read may mix
+// two runs, so it decides nothing on it and starts again.
+var errBusChanged = errors.New("the bus restarted or lost its data during the check")
+
+// redoIfBusChanged runs a check again when the bus's identity changed
+// during it; the next one sees the change as a loss (generation.lost). A
+// bus that keeps changing fails the check, which is retried.
+func redoIfBusChanged(check func() error) error {
+	var err error
+	for range 3 {
+		if err = check(); !errors.Is(err, errBusChanged) {
+			return err
+		}
+	}
+	return err
+}
+
+func (s *Subscriber) checkAll(ctx context.Context) error {
+	// The identity before the targets: a loss after this read is seen
+	// by the next check (or, during this one, redoes it: checkTargets);
+	// one before it came before any value whose channel the targets then
+	// miss was cached.
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
@@ -79,7 +103,7 @@ func (s *Subscriber) check(ctx context.Context) error {
 		// rather than its whole tag: check again now, before ready, not
 		// at the next interval (a channel first published meanwhile went
 		// whole).
-		return s.check(ctx)
+		return s.checkAll(ctx)
 	}
 	return nil
 }
@@ -87,26 +111,57 @@ func (s *Subscriber) check(ctx context.Context) error {
 // checkChunk is how many channels a check takes at a time.
 const checkChunk = 10 * pipelineChunk
 
-// generation is the bus's generation and the one this service last saw.
+// generation is the bus's identity (tagstore.BusIdentity: the router's
+// generation and the bus servers' run_ids) and the one this service last
+// saw.
 type generation struct{ bus, seen string }
 
-// lost reports whether the bus lost its data since the service last looked:
-// its generation changed or is gone. A service that never looked (nothing
-// seen) cannot tell.
+// lost reports whether the bus may have lost data since the service last
+// looked: its generation changed or is gone, or a bus server restarted or
+// failed over (a restart may lose the last writes, a failover what was not
+// replicated, a restore everything since its snapshot). A service that
+// never looked (nothing seen) cannot tell.
 func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
 
 // known reports whether the bus kept its data since the service last
-// looked: its generation is the one seen.
+// looked: its identity is the one seen.
 func (g generation) known() bool { return g.seen != "" && g.bus == g.seen }
 
-// busGeneration reads the bus's generation ("" when the router has not
-// made it again since a loss).
+// busGeneration reads the bus's identity (tagstore.BusIdentity), "" when
+// the router has not marked it since it lost its data.
 func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
-	bus, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
+	gen, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
 	}
-	return bus, nil
+	if gen == "" {
+		return "", nil
+	}
+	runs, err := runIDs(ctx, s.bus)
+	if err != nil {
+		return "", err
+	}
+	return tagstore.BusIdentity(gen, runs), nil
+}
+
+// runIDs returns the run_id of every server holding the bus's data (every
+// master of a cluster).
+func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
+	masters, err := redisconn.Masters(ctx, bus)
+	if err != nil {
+		return nil, fmt.Errorf("listing the bus masters: %w", err)
+	}
+	runs := make([]string, len(masters))
+	for i, m := range masters {
+		info := m.InfoMap(ctx, "server")
+		if err := info.Err(); err != nil {
+			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server): %w", m.Options().Addr, err)
+		}
+		if runs[i] = info.Item("Server", "run_id"); runs[i] == "" {
+			return nil, fmt.Errorf("the bus server %s reports no run_id in INFO server", m.Options().Addr)
+		}
+	}
+	return runs, nil
 }
 
 // sawGeneration records, after a complete check, the generation it was made
@@ -143,6 +198,10 @@ func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) er
 
 // checkOne checks one channel against the bus's generation as it is now.
 func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
+	return redoIfBusChanged(func() error { return s.checkOneOnce(ctx, t, msg) })
+}
+
+func (s *Subscriber) checkOneOnce(ctx context.Context, t target, msg *wire.Message) error {
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
@@ -193,10 +252,22 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		if err != nil {
 			return generation{}, err
 		}
+		// The identity again, after the metas: unchanged, they are of the
+		// run the check went by; changed, they may be of a bus that came
+		// back without what the service saw (a new epoch at version 1
+		// hiding a lost one), and nothing may be replayed or recorded on
+		// them. The parts before were read under the run they were
+		// decided by.
+		if now, err := s.busGeneration(ctx); err != nil {
+			return generation{}, errors.Join(failed, err)
+		} else if now != bus {
+			s.log.Warn("the bus restarted or lost its data during a position check; checking again", "was", bus, "now", now)
+			return generation{}, errors.Join(failed, errBusChanged)
+		}
 		if start == 0 {
 			gen = generation{bus: bus, seen: st.seen}
 			if gen.lost() {
-				s.log.Warn("the bus lost its data since this service last looked (its generation changed): channels without a meta are invalidated whole",
+				s.log.Warn("the bus may have lost data since this service last looked (its generation changed, or a bus server restarted or failed over): channels without a meta or a position are invalidated whole",
 					"seen", gen.seen, "now", gen.bus)
 			}
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -20,8 +22,8 @@ type State struct {
 	Positions []Position
 	Found     []bool
 	Errs      []error
-	// GenerationSeen is the bus generation the service recorded
-	// (RecordGeneration), "" when none is.
+	// GenerationSeen is the bus identity the service recorded
+	// (RecordGeneration, BusIdentity), "" when none is.
 	GenerationSeen string
 }
 
@@ -97,8 +99,31 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 	return st, nil
 }
 
-// RecordGeneration records the bus generation a service's complete check
-// was made against (State.GenerationSeen).
+// BusIdentity is what a service knows the bus by, as RecordGeneration
+// records it: the router's generation and the run_id of every bus server
+// that holds data (each master of a cluster), so that a bus restored from
+// an older snapshot (which brings back the generation recorded before it)
+// or restarted from its last save (which may have lost the last writes) is
+// a new identity too. "" when the bus has no generation (no router has
+// marked it since it lost its data).
+//
+// What a version older than run_ids recorded (the generation alone) never
+// equals an identity: the service then takes the bus as having lost its
+// data once, after its upgrade. Taking it as the same bus would trust that
+// the bus did not restart between that version's last check and this one's
+// first, which nothing can tell; the once-only cost is the whole tag of the
+// channels the service holds no position on.
+func BusIdentity(generation string, runIDs []string) string {
+	if generation == "" {
+		return ""
+	}
+	runs := slices.Clone(runIDs)
+	slices.Sort(runs)
+	return generation + " run_id=" + strings.Join(runs, ",")
+}
+
+// RecordGeneration records the bus identity (BusIdentity) a service's
+// complete check was made against (State.GenerationSeen).
 func (s *Store) RecordGeneration(ctx context.Context, service, generation string) error {
 	if err := names.Service(service); err != nil {
 		return err

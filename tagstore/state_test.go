@@ -59,3 +59,21 @@ func TestReadStateOwnsTheServiceState(t *testing.T) {
 		t.Error("an invalid service accepted")
 	}
 }
+
+// A bus identity is the generation with every server's run_id, in any
+// order; a restarted server, a new generation, or what a version before
+// run_ids recorded (the generation alone) is another identity.
+func TestBusIdentity(t *testing.T) {
+	id := tagstore.BusIdentity("g1", []string{"r2", "r1"})
+	if id != tagstore.BusIdentity("g1", []string{"r1", "r2"}) {
+		t.Errorf("the order of the run_ids changed the identity %q", id)
+	}
+	for _, other := range []string{"g1", tagstore.BusIdentity("g1", []string{"r1", "r3"}), tagstore.BusIdentity("g2", []string{"r1", "r2"})} {
+		if other == id {
+			t.Errorf("%q taken for %q", other, id)
+		}
+	}
+	if got := tagstore.BusIdentity("", []string{"r1"}); got != "" {
+		t.Errorf("a bus without a generation has identity %q, want none", got)
+	}
+}

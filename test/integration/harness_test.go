@@ -181,10 +181,23 @@ func (e *env) running(tenants ...string) {
 	// The services looked at the bus before too: their last complete check
 	// recorded its generation, so their first check now watches the
 	// tenants' channels that have no meta yet.
-	gen := e.busC.Get(ctx, "invalidate:generation").Val()
+	gen := e.busIdentity()
 	for svc, cache := range e.caches {
 		must(e.t, cache.Client(e.t).Set(ctx, names.GenerationSeenKey(svc), gen, 0).Err())
 	}
+}
+
+// busIdentity is the bus's identity as a subscriber's complete check
+// records it (tagstore.BusIdentity): its generation and its run_id.
+func (e *env) busIdentity() string {
+	e.t.Helper()
+	ctx := context.Background()
+	gen, err := e.busC.Get(ctx, "invalidate:generation").Result()
+	if err != nil {
+		e.t.Fatalf("the router's bus generation: %v", err)
+	}
+	run := e.busC.InfoMap(ctx, "server").Item("Server", "run_id")
+	return tagstore.BusIdentity(gen, []string{run})
 }
 
 func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {

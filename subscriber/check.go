@@ -274,9 +274,10 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		for i, t := range batch {
 			if err := st.errs[i]; err != nil {
 				// Counted and logged, not a failure of the check: a key of
-				// the wrong type does not go away by retrying, and the
-				// other channels must still settle (and the service get
-				// ready) while an operator fixes it.
+				// the wrong type (isChannelError, the only error left
+				// here) does not go away by retrying, and the other
+				// channels must still settle (and the service get ready)
+				// while an operator fixes it.
 				s.m.positionErrors.Inc()
 				s.log.Warn("unreadable channel meta or stored position; the channel is not checked until it can be read", "channel", t.channel, "err", err)
 				continue
@@ -465,6 +466,9 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 	}
 	for i, t := range targets {
 		vals, err := cmds[i].(*redis.SliceCmd).Result()
+		if err != nil && !isChannelError(err) {
+			return nil, fmt.Errorf("reading %s from the bus Redis: %w", names.MetaKey(t.channel), err)
+		}
 		if err != nil {
 			out[i].err = fmt.Errorf("%s: %w", names.MetaKey(t.channel), err)
 			continue
@@ -523,7 +527,7 @@ func (s *Subscriber) cacheState(ctx context.Context, targets []target) (out []re
 		case errors.Is(st.Errs[i], tagstore.ErrBadPosition):
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable stored position; recovering the channel as if it had none", "channel", t.channel, "err", st.Errs[i])
-		case st.Errs[i] != nil:
+		case st.Errs[i] != nil: // a key of another type (tagstore.ReadState fails on any other error)
 			errs[i] = st.Errs[i]
 		case st.Found[i]:
 			p := st.Positions[i]
@@ -533,12 +537,23 @@ func (s *Subscriber) cacheState(ctx context.Context, targets []target) (out []re
 	return out, errs, st.GenerationSeen, nil
 }
 
-// isReplyError reports whether err is an error Redis answered (WRONGTYPE and
-// the like) rather than a failure to reach it: such an error belongs to one
-// command of a pipeline, whose others still answered.
+// isReplyError reports whether err is an error Redis answered rather than
+// a failure to reach it: such an error belongs to one command of a
+// pipeline, whose others still answered (each is then looked at alone).
 func isReplyError(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
+// isChannelError reports whether a channel's read failed for that channel
+// alone, for good: WRONGTYPE, a user key of another type under one of its
+// names, which retrying does not fix — the channel is skipped (counted and
+// logged) while the others settle. Any other answer (LOADING, BUSY,
+// TRYAGAIN, CLUSTERDOWN, MASTERDOWN, MOVED or ASK left after go-redis's
+// retries, NOPERM) says the server cannot answer for now, or not to this
+// user: the check fails and is retried, and the service is not ready.
+func isChannelError(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGTYPE")
 }
 
 // targets lists the tenants whose channels (of every tag) to check: the configured tenants, or for a

@@ -62,9 +62,10 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 			return nil
 		})
 		// A missing key (redis.Nil) or one of another type fails its own
-		// GET only (below); any other error (a refused connection, WRONGPASS, NOPERM,
-		// LOADING) fails the read: the commands then hold no answer, and an
-		// empty one must not pass for a stored position.
+		// GET only (below, in State.Errs); any other error (a refused
+		// connection, WRONGPASS, NOPERM, LOADING), of the pipeline or of one
+		// GET, fails the read: an unanswered position must not pass for
+		// none.
 		if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 			return State{}, fmt.Errorf("tagstore: reading positions from the cache Redis: %w", err)
 		}
@@ -85,8 +86,12 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 				continue
 			}
 			if err != nil {
-				st.Errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
-				continue
+				// LOADING, BUSY, TRYAGAIN, NOPERM…: the cache cannot
+				// answer for this position now (a cluster master loading
+				// or failing over answers for its own slots alone), which
+				// a retry fixes; taken for an error of the channel, a check
+				// would pass without it.
+				return State{}, fmt.Errorf("tagstore: reading position %s from the cache Redis: %w", part[i], err)
 			}
 			p, err := ParsePosition(v)
 			if err != nil {

@@ -25,7 +25,38 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
-	return redoIfBusChanged(func() error { return s.checkAll(ctx) })
+	if s.unmarked {
+		// Waiting for a router to mark the bus: the generation alone is
+		// read until it is there.
+		gen, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
+		}
+		if gen == "" {
+			return s.errNotMarked()
+		}
+		s.unmarked = false
+	}
+	var bus string
+	err := redoIfBusChanged(func() (err error) {
+		bus, err = s.checkAll(ctx)
+		return err
+	})
+	if err == nil && bus == "" && !s.ready.Load() {
+		// No router ever marked this bus, or it lost its data and none
+		// is up yet: nothing tells which channels published before, so
+		// every first message would go whole. Not ready until one does.
+		s.unmarked = true
+		return s.errNotMarked()
+	}
+	return err
+}
+
+// errNotMarked: the subscriber's first checks found no bus generation.
+var errNotMarked = errors.New("no router has marked the bus yet")
+
+func (s *Subscriber) errNotMarked() error {
+	return fmt.Errorf("%w (no %s)", errNotMarked, names.GenerationKey(s.prefix))
 }
 
 // errBusChanged: the bus's identity changed while a check read it (it
@@ -46,18 +77,19 @@ func redoIfBusChanged(check func() error) error {
 	return err
 }
 
-func (s *Subscriber) checkAll(ctx context.Context) error {
+// checkAll checks every channel; it returns the bus identity it went by.
+func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	// The identity before the targets: a loss after this read is seen
 	// by the next check (or, during this one, redoes it: checkTargets);
 	// one before it came before any value whose channel the targets then
 	// miss was cached.
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	tenants, err := s.targets(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	// The channels in parts of checkChunk, made as they are checked: a
 	// list of a million targets would be the largest thing a check makes.
@@ -81,7 +113,7 @@ func (s *Subscriber) checkAll(ctx context.Context) error {
 			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 			if len(batch) == checkChunk {
 				if err := flush(); err != nil {
-					return err
+					return "", err
 				}
 			}
 		}
@@ -89,11 +121,11 @@ func (s *Subscriber) checkAll(ctx context.Context) error {
 	if len(batch) > 0 || parts == 0 {
 		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
-			return err
+			return "", err
 		}
 	}
 	if err := s.sawGeneration(ctx, gen); err != nil {
-		return err
+		return "", err
 	}
 	if gen.seen == "" && gen.bus != "" && s.store != nil && s.opt.Handler != nil {
 		// The service's first look, now recorded. A channel found with
@@ -105,7 +137,7 @@ func (s *Subscriber) checkAll(ctx context.Context) error {
 		// whole).
 		return s.checkAll(ctx)
 	}
-	return nil
+	return bus, nil
 }
 
 // checkChunk is how many channels a check takes at a time.

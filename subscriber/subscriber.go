@@ -183,7 +183,10 @@ type Subscriber struct {
 	// whose subscription is confirmed: each is checked on its own.
 	channelChecks chan string
 	ready         atomic.Bool
-	ln            *listener // the applier's; set by Run
+	// unmarked: the first checks found no bus generation (check); they
+	// look for it every second until a router marks the bus.
+	unmarked bool
+	ln       *listener // the applier's; set by Run
 
 	next    atomic.Pointer[interest] // a new matrix's interest, for the applier
 	reconf  chan struct{}
@@ -462,6 +465,19 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		err := s.check(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errNotMarked) {
+			// Looked for every second, without the failing pace: a
+			// router starting is not a failure.
+			detail := err.Error()
+			if s.health.unmarked.Swap(&detail) == nil {
+				s.log.Warn("not ready until a router marks the bus", "err", err)
+			}
+			retry.Reset(time.Second)
+			return
+		}
+		if s.health.unmarked.Swap(nil) != nil && err == nil {
+			s.log.Info("a router marked the bus; checked")
 		}
 		s.checked(err)
 		if err != nil {

@@ -213,6 +213,10 @@ func (e *env) subscriberOn(bus redis.UniversalClient, service string, opt subscr
 // subscriberReadyWithin runs a subscriber and waits up to d for it to be ready.
 func (e *env) subscriberReadyWithin(d time.Duration, bus redis.UniversalClient, service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
 	e.t.Helper()
+	// A subscriber is ready only once a router has marked the bus
+	// (TestSubscriberNotReadyUntilARouterMarksTheBus): one started before
+	// the test's router finds it marked as by one that ran before.
+	e.routerRanBefore()
 	opt.Service = service
 	opt.Matrix = e.mtx
 	if opt.Cache == nil && opt.Handler == nil {

@@ -221,14 +221,9 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	return s.checkOne(ctx, target{channel, tenant, tag}, nil)
 }
 
-// verify checks the channel of a message that does not follow its position:
-// the channel's meta and the position stored with the cache decide, and the
-// message counts only as far as the meta confirms it.
-func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
-	return s.checkOne(ctx, t, msg)
-}
-
-// checkOne checks one channel against the bus's generation as it is now.
+// checkOne checks one channel against the bus's generation as it is now:
+// newly subscribed, or (msg set) the channel of a message that does not
+// follow its position, which counts only as far as the meta confirms it.
 func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
 	return redoIfBusChanged(func() error { return s.checkOneOnce(ctx, t, msg) })
 }
@@ -367,23 +362,7 @@ func (s *Subscriber) plan(channel string, p *position, c recovery.Channel, pl re
 		s.log.Info("channel needs recovery", "channel", channel, "action", pl.Action.String(), "reason", pl.Reason.String(),
 			"at", p.at.String(), "channel_at", c.Meta.String())
 	}
-	return pending{channel, p, pl.Decision, pl.First}, true
-}
-
-// resolve reads the history a replay needs and settles the decision
-// against it (recovery.Resolve): the messages to replay with where the
-// channel stands after each, or the whole tag when the history no longer
-// reaches back or its chain does not follow from start.
-func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
-	if d.Action != recovery.Replay {
-		return d, nil, nil, nil
-	}
-	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
-	if err != nil {
-		return d, nil, nil, err
-	}
-	r, at := s.settle(channel, start, d, msgs, payloads, ok)
-	return r, msgs, at, nil
+	return pending{channel, p, pl.Decision, pl.First, pl.Start}, true
 }
 
 // settle settles a replay against the history read for it

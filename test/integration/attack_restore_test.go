@@ -2,8 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
@@ -54,4 +58,66 @@ func TestAttackBusRestoreHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attack: the same on a cluster bus, where the master restored from an
+// older snapshot is not the one holding the bus generation, which keeps
+// its value: only the restored master's run_id tells the service that the
+// channel's master may have lost what it published.
+func TestAttackClusterMasterRestoreHidesOldEpoch(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnvOn(t, redistest.StartClusterOwnDirs(t, 3, 0)) // own dirs: a snapshot per node
+	generation := e.masterOf("invalidate:generation")
+	var tenant string
+	for i := 0; tenant == "" && i < 1000; i++ {
+		if c := fmt.Sprintf("rs%d", i); e.masterOf("{invalidate:"+c+":active}:meta") != generation {
+			tenant = c
+		}
+	}
+	ch := "invalidate:" + tenant + ":active"
+	restored := e.masterOf("{" + ch + "}:meta")
+	mtx := e.startRouter(oneTenantMatrix(tenant))
+	stop := e.subscribe(mtx, "search-svc")
+	redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+		n, _ := e.cacheC.Exists(ctx, "routerd:generation:search-svc").Result()
+		return n == 1
+	})
+	stop()
+	snap, err := restored.Snapshot(ctx)
+	must(t, err)
+
+	e.seed(tenant, "user:1", "active")
+	e.seed(tenant, "user:2", "active")
+	_, err = e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "published", func() bool {
+		return e.busC.HGet(ctx, "{"+ch+"}:meta", "version").Val() == "1"
+	})
+	first := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+	must(t, restored.RestoreSnapshot(snap))
+	redistest.Eventually(t, 30*time.Second, "the cluster ok again on every node", func() bool {
+		for _, n := range e.bus.Nodes {
+			c := redis.NewClient(&redis.Options{Addr: n.Addr})
+			info, err := c.ClusterInfo(ctx).Result()
+			_ = c.Close()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+		}
+		return true
+	})
+	redistest.Eventually(t, 20*time.Second, "an event published after the restore", func() bool {
+		_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:2"}})
+		return err == nil
+	})
+	redistest.Eventually(t, 20*time.Second, "a new epoch", func() bool {
+		epoch := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+		return epoch != "" && epoch != first
+	})
+	if e.busC.Exists(ctx, "invalidate:generation").Val() != 1 {
+		t.Fatal("the bus generation is gone: the restore must keep it for this attack")
+	}
+	e.subscribe(mtx, "search-svc")
+	e.waitGone(tenant, "user:1")
+	e.waitGone(tenant, "user:2")
 }

@@ -890,6 +890,9 @@ func scaleOn(dir, name string, masters int) ([]Row, error) {
 	defer busC.Close()
 	cacheC := redis.NewClient(&redis.Options{Addr: cache.Addr})
 	defer cacheC.Close()
+	if err := markBus(context.Background(), busC, mtx.Prefix); err != nil {
+		return nil, err
+	}
 	heapBefore := liveHeap()
 	reg := prometheus.NewRegistry()
 	sub, err := subscriber.New(busC, subscriber.Options{Service: "svc", Matrix: mtx, Cache: cacheC, Registerer: reg, CheckInterval: time.Hour})

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -24,16 +25,71 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
-	// The generation before the targets: a loss after this read is seen
-	// by the next check; one before it came before any value whose
-	// channel the targets then miss was cached.
+	if s.unmarked {
+		// Waiting for a router to mark the bus: the generation alone is
+		// read until it is there.
+		gen, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
+		}
+		if gen == "" {
+			return s.errNotMarked()
+		}
+		s.unmarked = false
+	}
+	var bus string
+	err := redoIfBusChanged(func() (err error) {
+		bus, err = s.checkAll(ctx)
+		return err
+	})
+	if err == nil && bus == "" && !s.ready.Load() {
+		// No router ever marked this bus, or it lost its data and none
+		// is up yet: nothing tells which channels published before, so
+		// every first message would go whole. Not ready until one does.
+		s.unmarked = true
+		return s.errNotMarked()
+	}
+	return err
+}
+
+// errNotMarked: the subscriber's first checks found no bus generation.
+var errNotMarked = errors.New("no router has marked the bus yet")
+
+func (s *Subscriber) errNotMarked() error {
+	return fmt.Errorf("%w (no %s)", errNotMarked, names.GenerationKey(s.prefix))
+}
+
+// errBusChanged: the bus's identity changed while a check read it (it
+// restarted, failed over, or lost its data): what the check read may mix
+// two runs, so it decides nothing on it and starts again.
+var errBusChanged = errors.New("the bus restarted or lost its data during the check")
+
+// redoIfBusChanged runs a check again when the bus's identity changed
+// during it; the next one sees the change as a loss (generation.lost). A
+// bus that keeps changing fails the check, which is retried.
+func redoIfBusChanged(check func() error) error {
+	var err error
+	for range 3 {
+		if err = check(); !errors.Is(err, errBusChanged) {
+			return err
+		}
+	}
+	return err
+}
+
+// checkAll checks every channel; it returns the bus identity it went by.
+func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
+	// The identity before the targets: a loss after this read is seen
+	// by the next check (or, during this one, redoes it: checkTargets);
+	// one before it came before any value whose channel the targets then
+	// miss was cached.
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	tenants, err := s.targets(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	// The channels in parts of checkChunk, made as they are checked: a
 	// list of a million targets would be the largest thing a check makes.
@@ -57,7 +113,7 @@ func (s *Subscriber) check(ctx context.Context) error {
 			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 			if len(batch) == checkChunk {
 				if err := flush(); err != nil {
-					return err
+					return "", err
 				}
 			}
 		}
@@ -65,11 +121,11 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if len(batch) > 0 || parts == 0 {
 		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
-			return err
+			return "", err
 		}
 	}
 	if err := s.sawGeneration(ctx, gen); err != nil {
-		return err
+		return "", err
 	}
 	if gen.seen == "" && gen.bus != "" && s.store != nil && s.opt.Handler != nil {
 		// The service's first look, now recorded. A channel found with
@@ -79,34 +135,65 @@ func (s *Subscriber) check(ctx context.Context) error {
 		// rather than its whole tag: check again now, before ready, not
 		// at the next interval (a channel first published meanwhile went
 		// whole).
-		return s.check(ctx)
+		return s.checkAll(ctx)
 	}
-	return nil
+	return bus, nil
 }
 
 // checkChunk is how many channels a check takes at a time.
 const checkChunk = 10 * pipelineChunk
 
-// generation is the bus's generation and the one this service last saw.
+// generation is the bus's identity (tagstore.BusIdentity: the router's
+// generation and the bus servers' run_ids) and the one this service last
+// saw.
 type generation struct{ bus, seen string }
 
-// lost reports whether the bus lost its data since the service last looked:
-// its generation changed or is gone. A service that never looked (nothing
-// seen) cannot tell.
+// lost reports whether the bus may have lost data since the service last
+// looked: its generation changed or is gone, or a bus server restarted or
+// failed over (a restart may lose the last writes, a failover what was not
+// replicated, a restore everything since its snapshot). A service that
+// never looked (nothing seen) cannot tell.
 func (g generation) lost() bool { return g.seen != "" && g.bus != g.seen }
 
 // known reports whether the bus kept its data since the service last
-// looked: its generation is the one seen.
+// looked: its identity is the one seen.
 func (g generation) known() bool { return g.seen != "" && g.bus == g.seen }
 
-// busGeneration reads the bus's generation ("" when the router has not
-// made it again since a loss).
+// busGeneration reads the bus's identity (tagstore.BusIdentity), "" when
+// the router has not marked it since it lost its data.
 func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
-	bus, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
+	gen, err := s.bus.Get(ctx, names.GenerationKey(s.prefix)).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("reading the bus generation %s from the bus Redis: %w", names.GenerationKey(s.prefix), err)
 	}
-	return bus, nil
+	if gen == "" {
+		return "", nil
+	}
+	runs, err := runIDs(ctx, s.bus)
+	if err != nil {
+		return "", err
+	}
+	return tagstore.BusIdentity(gen, runs), nil
+}
+
+// runIDs returns the run_id of every server holding the bus's data (every
+// master of a cluster).
+func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
+	masters, err := redisconn.Masters(ctx, bus)
+	if err != nil {
+		return nil, fmt.Errorf("listing the bus masters: %w", err)
+	}
+	runs := make([]string, len(masters))
+	for i, m := range masters {
+		info := m.InfoMap(ctx, "server")
+		if err := info.Err(); err != nil {
+			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server): %w", m.Options().Addr, err)
+		}
+		if runs[i] = info.Item("Server", "run_id"); runs[i] == "" {
+			return nil, fmt.Errorf("the bus server %s reports no run_id in INFO server", m.Options().Addr)
+		}
+	}
+	return runs, nil
 }
 
 // sawGeneration records, after a complete check, the generation it was made
@@ -134,15 +221,14 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	return s.checkOne(ctx, target{channel, tenant, tag}, nil)
 }
 
-// verify checks the channel of a message that does not follow its position:
-// the channel's meta and the position stored with the cache decide, and the
-// message counts only as far as the meta confirms it.
-func (s *Subscriber) verify(ctx context.Context, t target, msg *wire.Message) error {
-	return s.checkOne(ctx, t, msg)
+// checkOne checks one channel against the bus's generation as it is now:
+// newly subscribed, or (msg set) the channel of a message that does not
+// follow its position, which counts only as far as the meta confirms it.
+func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
+	return redoIfBusChanged(func() error { return s.checkOneOnce(ctx, t, msg) })
 }
 
-// checkOne checks one channel against the bus's generation as it is now.
-func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
+func (s *Subscriber) checkOneOnce(ctx context.Context, t target, msg *wire.Message) error {
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
@@ -193,19 +279,32 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		if err != nil {
 			return generation{}, err
 		}
+		// The identity again, after the metas: unchanged, they are of the
+		// run the check went by; changed, they may be of a bus that came
+		// back without what the service saw (a new epoch at version 1
+		// hiding a lost one), and nothing may be replayed or recorded on
+		// them. The parts before were read under the run they were
+		// decided by.
+		if now, err := s.busGeneration(ctx); err != nil {
+			return generation{}, errors.Join(failed, err)
+		} else if now != bus {
+			s.log.Warn("the bus restarted or lost its data during a position check; checking again", "was", bus, "now", now)
+			return generation{}, errors.Join(failed, errBusChanged)
+		}
 		if start == 0 {
 			gen = generation{bus: bus, seen: st.seen}
 			if gen.lost() {
-				s.log.Warn("the bus lost its data since this service last looked (its generation changed): channels without a meta are invalidated whole",
+				s.log.Warn("the bus may have lost data since this service last looked (its generation changed, or a bus server restarted or failed over): channels without a meta or a position are invalidated whole",
 					"seen", gen.seen, "now", gen.bus)
 			}
 		}
 		for i, t := range batch {
 			if err := st.errs[i]; err != nil {
 				// Counted and logged, not a failure of the check: a key of
-				// the wrong type does not go away by retrying, and the
-				// other channels must still settle (and the service get
-				// ready) while an operator fixes it.
+				// the wrong type (isChannelError, the only error left
+				// here) does not go away by retrying, and the other
+				// channels must still settle (and the service get ready)
+				// while an operator fixes it.
 				s.m.positionErrors.Inc()
 				s.log.Warn("unreadable channel meta or stored position; the channel is not checked until it can be read", "channel", t.channel, "err", err)
 				continue
@@ -263,23 +362,7 @@ func (s *Subscriber) plan(channel string, p *position, c recovery.Channel, pl re
 		s.log.Info("channel needs recovery", "channel", channel, "action", pl.Action.String(), "reason", pl.Reason.String(),
 			"at", p.at.String(), "channel_at", c.Meta.String())
 	}
-	return pending{channel, p, pl.Decision, pl.First}, true
-}
-
-// resolve reads the history a replay needs and settles the decision
-// against it (recovery.Resolve): the messages to replay with where the
-// channel stands after each, or the whole tag when the history no longer
-// reaches back or its chain does not follow from start.
-func (s *Subscriber) resolve(ctx context.Context, channel string, start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position, error) {
-	if d.Action != recovery.Replay {
-		return d, nil, nil, nil
-	}
-	msgs, payloads, ok, err := s.history(ctx, channel, d.To.Epoch, d.From, d.To.Version)
-	if err != nil {
-		return d, nil, nil, err
-	}
-	r, at := s.settle(channel, start, d, msgs, payloads, ok)
-	return r, msgs, at, nil
+	return pending{channel, p, pl.Decision, pl.First, pl.Start}, true
 }
 
 // settle settles a replay against the history read for it
@@ -394,6 +477,9 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 	}
 	for i, t := range targets {
 		vals, err := cmds[i].(*redis.SliceCmd).Result()
+		if err != nil && !isChannelError(err) {
+			return nil, fmt.Errorf("reading %s from the bus Redis: %w", names.MetaKey(t.channel), err)
+		}
 		if err != nil {
 			out[i].err = fmt.Errorf("%s: %w", names.MetaKey(t.channel), err)
 			continue
@@ -452,7 +538,7 @@ func (s *Subscriber) cacheState(ctx context.Context, targets []target) (out []re
 		case errors.Is(st.Errs[i], tagstore.ErrBadPosition):
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable stored position; recovering the channel as if it had none", "channel", t.channel, "err", st.Errs[i])
-		case st.Errs[i] != nil:
+		case st.Errs[i] != nil: // a key of another type (tagstore.ReadState fails on any other error)
 			errs[i] = st.Errs[i]
 		case st.Found[i]:
 			p := st.Positions[i]
@@ -462,12 +548,23 @@ func (s *Subscriber) cacheState(ctx context.Context, targets []target) (out []re
 	return out, errs, st.GenerationSeen, nil
 }
 
-// isReplyError reports whether err is an error Redis answered (WRONGTYPE and
-// the like) rather than a failure to reach it: such an error belongs to one
-// command of a pipeline, whose others still answered.
+// isReplyError reports whether err is an error Redis answered rather than
+// a failure to reach it: such an error belongs to one command of a
+// pipeline, whose others still answered (each is then looked at alone).
 func isReplyError(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
+// isChannelError reports whether a channel's read failed for that channel
+// alone, for good: WRONGTYPE, a user key of another type under one of its
+// names, which retrying does not fix — the channel is skipped (counted and
+// logged) while the others settle. Any other answer (LOADING, BUSY,
+// TRYAGAIN, CLUSTERDOWN, MASTERDOWN, MOVED or ASK left after go-redis's
+// retries, NOPERM) says the server cannot answer for now, or not to this
+// user: the check fails and is retried, and the service is not ready.
+func isChannelError(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGTYPE")
 }
 
 // targets lists the tenants whose channels (of every tag) to check: the configured tenants, or for a

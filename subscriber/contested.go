@@ -36,7 +36,7 @@ func (s *Subscriber) contested(ctx context.Context, t target, p *position, msg *
 	s.log.Warn("a forged message was applied at this version in place of the channel's own, or the history cannot tell: invalidating the whole tag",
 		"channel", t.channel, "version", v.String(), "applied_event", p.last.Event, "event", msg.Event, "history_err", err)
 	s.m.recoveries.WithLabelValues("repair").Inc()
-	if err := s.repair(ctx, Invalidation{Tenant: t.tenant, Tag: t.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true, chain: d.To.Chain}); err != nil {
+	if err := s.repair(ctx, p.recovered(d.To)); err != nil {
 		return err
 	}
 	p.at = d.To

@@ -111,7 +111,7 @@ func TestExecuteWholeTag(t *testing.T) {
 	f.p.at = recovery.Position{Epoch: "e1", Version: 2}
 	f.setStored(t, "e1:2")
 	to := recovery.Position{Epoch: "e1", Version: 40, Chain: "00112233445566ff"}
-	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.left(t, keys...); n != 0 {
@@ -130,7 +130,7 @@ func TestExecuteWholeTagToLostIsStamped(t *testing.T) {
 	f := newExec(t, false)
 	f.p.at = recovery.Position{Epoch: "e1", Version: 2}
 	before := time.Now().UnixMilli()
-	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Vanished, To: recovery.Lost}, nil, nil, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Vanished, To: recovery.Lost}, nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if f.p.at.Epoch != recovery.LostEpoch || f.p.at.Version < before {
@@ -148,7 +148,7 @@ func TestExecuteRepairSetsThePositionBack(t *testing.T) {
 	f.setStored(t, "e1:9")
 	f.p.at = recovery.Position{Epoch: "e1", Version: 9}
 	to := recovery.Position{Epoch: "e1", Version: 5}
-	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.Repair, Reason: recovery.Ahead, To: to}, nil, nil, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.Repair, Reason: recovery.Ahead, To: to}, nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.stored(t); got != (tagstore.Position{Epoch: "e1", Version: 5}) || f.p.at != to || f.left(t, keys...) != 0 {
@@ -159,9 +159,10 @@ func TestExecuteRepairSetsThePositionBack(t *testing.T) {
 	}
 }
 
-// A replay outside a burst applies each message at once, in order, and
-// stands the channel at the position the decision computed for each.
-func TestExecuteReplayAppliesInOrder(t *testing.T) {
+// A replay is staged: the position moves at once, the cache at the
+// flush, each message in order, and the channel stands at the position the
+// decision computed for each.
+func TestExecuteReplayIsStagedInOrder(t *testing.T) {
 	f := newExec(t, false)
 	f.cached(t, "a", "b", "c")
 	f.setStored(t, "e1:2")
@@ -169,40 +170,20 @@ func TestExecuteReplayAppliesInOrder(t *testing.T) {
 	msgs := []*wire.Message{execMsg(3, "a"), execMsg(4, "b")}
 	at := []recovery.Position{{Epoch: "e1", Version: 3, Chain: "aaaaaaaaaaaaaaaa"}, {Epoch: "e1", Version: 4, Chain: "bbbbbbbbbbbbbbbb"}}
 	d := recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 3, To: at[1]}
-	if err := f.s.execute(f.ctx, execChannel, f.p, d, msgs, at, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, d, msgs, at, false); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.s.batch) != 2 || f.p.at != at[1] || f.left(t, "a", "b") != 2 {
+		t.Fatalf("staged %d, memory %v, %d values left: want 2 staged, %v, the values still cached", len(f.s.batch), f.p.at, f.left(t, "a", "b"), at[1])
+	}
+	if err := f.s.flushBatch(f.ctx); err != nil {
 		t.Fatal(err)
 	}
 	if f.left(t, "a", "b") != 0 || f.left(t, "c") != 1 {
 		t.Errorf("after the replay: a, b left %d (want 0), c left %d (want 1)", f.left(t, "a", "b"), f.left(t, "c"))
 	}
-	if got := f.stored(t); got != (tagstore.Position{Epoch: "e1", Version: 4, Chain: at[1].Chain}) || f.p.at != at[1] {
-		t.Errorf("stored %v, memory %v, want %v", got, f.p.at, at[1])
-	}
-	if len(f.s.batch) != 0 {
-		t.Errorf("%d messages staged outside a burst", len(f.s.batch))
-	}
-}
-
-// A replay for a check made inside a burst joins the burst's pipeline: the
-// position moves at once, the cache at the flush.
-func TestExecuteLiveReplayIsStaged(t *testing.T) {
-	f := newExec(t, false)
-	keys := f.cached(t, "a")
-	f.setStored(t, "e1:2")
-	f.p.at = recovery.Position{Epoch: "e1", Version: 2}
-	at := []recovery.Position{{Epoch: "e1", Version: 3}}
-	d := recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 3, To: at[0]}
-	if err := f.s.execute(f.ctx, execChannel, f.p, d, []*wire.Message{execMsg(3, "a")}, at, false, true); err != nil {
-		t.Fatal(err)
-	}
-	if len(f.s.batch) != 1 || f.p.at != at[0] || f.left(t, keys...) != 1 {
-		t.Fatalf("staged %d, memory %v, %d values left: want 1 staged, e1:3, the value still cached", len(f.s.batch), f.p.at, f.left(t, keys...))
-	}
-	if err := f.s.flushBatch(f.ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := f.stored(t); got.Version != 3 || f.left(t, keys...) != 0 {
-		t.Errorf("after the flush: stored %v, %d values left", got, f.left(t, keys...))
+	if got := f.stored(t); got != (tagstore.Position{Epoch: "e1", Version: 4, Chain: at[1].Chain}) {
+		t.Errorf("stored %v, want %v", got, at[1])
 	}
 }
 
@@ -237,7 +218,7 @@ func TestExecuteFirstIsTakenLive(t *testing.T) {
 	msg := execMsg(1, "a")
 	at := []recovery.Position{{Epoch: "e1", Version: 1, Chain: recovery.Link("", []byte("{}"))}}
 	d := recovery.Decision{Action: recovery.Replay, Reason: recovery.NewChannel, From: 1, To: at[0]}
-	if err := f.s.execute(f.ctx, execChannel, f.p, d, []*wire.Message{msg}, at, true, true); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, d, []*wire.Message{msg}, at, true); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.s.batch) != 1 || f.p.at != at[0] || f.p.last.Event != msg.Event {
@@ -255,12 +236,12 @@ func TestExecuteHandler(t *testing.T) {
 	f.p.at = recovery.Position{Epoch: "e1", Version: 2}
 	to := recovery.Position{Epoch: "e1", Version: 7}
 	f.fail = errors.New("in-process cache down")
-	err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false, false)
+	err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false)
 	if err == nil || f.p.at.Version != 2 {
 		t.Fatalf("execute = %v, memory %v: want the Handler's error, memory unmoved", err, f.p.at)
 	}
 	f.fail = nil
-	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.WholeTag, Reason: recovery.Gap, To: to}, nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.handled) != 1 || !f.handled[0].Recovered || len(f.handled[0].Keys) != 0 || f.handled[0].Version != 7 || f.p.at != to {
@@ -273,7 +254,7 @@ func TestExecuteIgnore(t *testing.T) {
 	f := newExec(t, false)
 	keys := f.cached(t, "a")
 	f.p.at = recovery.Position{Epoch: "e1", Version: 2}
-	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.Ignore, Reason: recovery.Current}, nil, nil, false, false); err != nil {
+	if err := f.s.execute(f.ctx, execChannel, f.p, recovery.Decision{Action: recovery.Ignore, Reason: recovery.Current}, nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if f.left(t, keys...) != 1 || f.p.at.Version != 2 {
@@ -308,32 +289,60 @@ func (f *execFixture) published(t *testing.T, msgs ...*wire.Message) [][]byte {
 	return out
 }
 
-// resolve reads the history a replay needs: a history that holds it gives
-// the messages with their chained positions, one that lacks a version
-// gives the whole tag; other decisions pass through.
-func TestResolveReadsTheHistory(t *testing.T) {
+// settle checks a replay against the history read for it (history): a
+// history that holds it gives the messages with their chained positions,
+// one that lacks a version gives the whole tag, one whose chain does not
+// follow from the start (a forged message was applied) the whole tag too.
+func TestSettleChecksTheHistory(t *testing.T) {
 	f := newExec(t, false)
 	raws := f.published(t, execMsg(1, "a"), execMsg(2, "b"))
 	c1 := recovery.Link("", raws[0])
 	to := recovery.Position{Epoch: "e1", Version: 2, Chain: recovery.Link(c1, raws[1])}
-	d, msgs, at, err := f.s.resolve(f.ctx, execChannel, recovery.Position{Epoch: "e1", Version: 1, Chain: c1},
-		recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 2, To: to})
-	if err != nil || d.Action != recovery.Replay || len(msgs) != 1 || msgs[0].Version != 2 || len(at) != 1 || at[0] != to {
-		t.Fatalf("resolve = %+v %v %v %v", d, msgs, at, err)
+	replay := recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 2, To: to}
+	settle := func(start recovery.Position, d recovery.Decision) (recovery.Decision, []*wire.Message, []recovery.Position) {
+		t.Helper()
+		msgs, payloads, held, err := f.s.history(f.ctx, execChannel, d.To.Epoch, d.From, d.To.Version)
+		must(t, err)
+		d, at := f.s.settle(execChannel, start, d, msgs, payloads, held)
+		return d, msgs, at
 	}
-	d, _, _, err = f.s.resolve(f.ctx, execChannel, recovery.Position{Epoch: "e1", Version: 2},
+	d, msgs, at := settle(recovery.Position{Epoch: "e1", Version: 1, Chain: c1}, replay)
+	if d.Action != recovery.Replay || len(msgs) != 1 || msgs[0].Version != 2 || len(at) != 1 || at[0] != to {
+		t.Fatalf("settle = %+v %v %v", d, msgs, at)
+	}
+	d, _, _ = settle(recovery.Position{Epoch: "e1", Version: 2},
 		recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 3, To: recovery.Position{Epoch: "e1", Version: 4}})
-	if err != nil || d.Action != recovery.WholeTag || d.Reason != recovery.Gap {
-		t.Errorf("resolve past the history = %+v %v, want the whole tag", d, err)
+	if d.Action != recovery.WholeTag || d.Reason != recovery.Gap {
+		t.Errorf("settle past the history = %+v, want the whole tag", d)
 	}
-	d, _, _, err = f.s.resolve(f.ctx, execChannel, recovery.Position{Epoch: "e1", Version: 1, Chain: "ffffffffffffffff"},
-		recovery.Decision{Action: recovery.Replay, Reason: recovery.Gap, From: 2, To: to})
-	if err != nil || d.Action != recovery.WholeTag || d.Reason != recovery.Diverged || count(t, f.s.m.unconfirmed) != 1 {
-		t.Errorf("resolve from a forged chain = %+v %v (unconfirmed %v), want the whole tag, diverged", d, err, count(t, f.s.m.unconfirmed))
+	d, _, _ = settle(recovery.Position{Epoch: "e1", Version: 1, Chain: "ffffffffffffffff"}, replay)
+	if d.Action != recovery.WholeTag || d.Reason != recovery.Diverged || count(t, f.s.m.unconfirmed) != 1 {
+		t.Errorf("settle from a forged chain = %+v (unconfirmed %v), want the whole tag, diverged", d, count(t, f.s.m.unconfirmed))
 	}
-	repair := recovery.Decision{Action: recovery.Repair, Reason: recovery.Ahead, To: to}
-	if d, _, _, err := f.s.resolve(f.ctx, execChannel, to, repair); err != nil || d != repair {
-		t.Errorf("resolve(repair) = %+v %v", d, err)
+}
+
+// A replay after the cache went back behind memory (a Handler keeps its
+// own position) checks its chain from where the check started, the
+// cache's position, not from memory: a forged version the cache had
+// applied there is caught (the whole tag goes) rather than replayed over.
+func TestReplayChecksTheChainFromTheCheckStart(t *testing.T) {
+	f := newExec(t, true)
+	raws := f.published(t, execMsg(1, "a"), execMsg(2, "b"), execMsg(3, "c"))
+	c1 := recovery.Link("", raws[0])
+	c2 := recovery.Link(c1, raws[1])
+	c3 := recovery.Link(c2, raws[2])
+	must(t, f.s.bus.HSet(f.ctx, names.MetaKey(execChannel), "epoch", "e1", "version", 3, "chain", "e1:3:"+c3).Err())
+	keys := f.cached(t, "a", "b", "c")
+	// The Handler applied up to 3; the cache holds version 1 of a forged
+	// message (another chain), from a snapshot taken then.
+	f.p.at = recovery.Position{Epoch: "e1", Version: 3, Chain: c3}
+	f.setStored(t, "e1:1:ffffffffffffffff")
+	if _, err := f.s.checkTargets(f.ctx, []target{{execChannel, "acme", "active"}}, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.left(t, keys...) != 0 || count(t, f.s.m.unconfirmed) != 1 {
+		t.Errorf("%d values left, unconfirmed %v: want the whole tag (a too, which the forged version 1 left cached), one unconfirmed",
+			f.left(t, keys...), count(t, f.s.m.unconfirmed))
 	}
 }
 

@@ -23,7 +23,8 @@ import (
 // The reasons a subscriber is not ready (Problem.Reason): invalidations
 // are not flowing, or may not be applied as they must.
 const (
-	// ReasonStarting: not running, or no position check has completed yet.
+	// ReasonStarting: not running, or no position check has completed
+	// yet, or no router has marked the bus (its generation key) yet.
 	ReasonStarting = "starting"
 	// ReasonBusLinkSilent: a pub/sub connection to the bus did not answer
 	// a ping within LinkDeadline (the bus is down, or the network to it
@@ -74,6 +75,7 @@ type health struct {
 	checkOK  atomic.Int64           // unix nanos of the last complete check that succeeded
 	checkErr atomic.Pointer[string] // the last check failed: why
 	evicts   atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
+	unmarked atomic.Pointer[string] // the checks wait for a router to mark the bus: why
 	cache    *breaker.Breaker       // nil without a cache Redis
 	probe    *breaker.Probe         // of the cache Redis
 
@@ -118,6 +120,9 @@ func (s *Subscriber) Problems() []Problem {
 		return []Problem{{Reason: ReasonStarting, Detail: "not running"}}
 	}
 	if !s.ready.Load() {
+		if d := s.health.unmarked.Load(); d != nil {
+			return []Problem{{Reason: ReasonStarting, Detail: *d + "; checking again every second"}}
+		}
 		return []Problem{{Reason: ReasonStarting, Detail: "subscribing and checking positions; no position check has completed yet"}}
 	}
 	var out []Problem

@@ -20,6 +20,10 @@ type pending struct {
 	p       *position
 	d       recovery.Decision
 	first   bool // only the message that made the check (execute)
+	// start is where the check started (recovery.Plan.Start): a replay's
+	// chain is checked from it, the cache's position when the cache went
+	// back behind memory, not from memory.
+	start recovery.Position
 }
 
 // recoverAll carries out the recoveries of one part of a check together:
@@ -59,18 +63,20 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 	for i, r := range rs {
 		var msgs []*wire.Message
 		var at []recovery.Position
-		if h, ok := histories[i]; ok {
+		if h, read := histories[i]; read {
 			entries, err := h.Result()
 			if err != nil {
 				failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				continue
 			}
-			msgs, payloads, ok := s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
-			r.d, at = s.settle(r.channel, r.p.at, r.d, msgs, payloads, ok)
+			var payloads [][]byte
+			var held bool
+			msgs, payloads, held = s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
+			r.d, at = s.settle(r.channel, r.start, r.d, msgs, payloads, held)
 			if r.d.Action == recovery.Replay && !r.first {
-				// Staged, as a live check's: the pipelines of the part
-				// apply them (below), or the burst the check is in.
-				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, false, true); err != nil {
+				// Staged: the pipelines of the part apply them (below),
+				// or the burst the check is in.
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, false); err != nil {
 					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				}
 				if !live && len(s.batch) >= pipelineChunk {
@@ -79,7 +85,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 				continue
 			}
 			if r.d.Action == recovery.Replay {
-				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, true, live); err != nil {
+				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, true); err != nil {
 					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				}
 				continue
@@ -89,7 +95,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 			wholes = append(wholes, r)
 			continue
 		}
-		if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, r.first, live); err != nil {
+		if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, r.first); err != nil {
 			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 		}
 	}
@@ -112,7 +118,7 @@ func (s *Subscriber) wholeTags(ctx context.Context, rs []pending) error {
 			r := part[i]
 			s.m.recoveries.WithLabelValues("whole_tag").Inc()
 			s.log.Info("invalidating the whole tag to close a gap", "channel", r.channel, "reason", r.d.Reason.String(), "from", r.p.at.String(), "to", r.d.To.String())
-			invs[i] = Invalidation{Tenant: r.p.tenant, Tag: r.p.tag, Epoch: r.d.To.Epoch, Version: r.d.To.Version, Recovered: true, chain: r.d.To.Chain}
+			invs[i] = r.p.recovered(r.d.To)
 		}
 		for i, err := range s.invalidateMany(ctx, invs, false) {
 			if err != nil {

@@ -183,7 +183,10 @@ type Subscriber struct {
 	// whose subscription is confirmed: each is checked on its own.
 	channelChecks chan string
 	ready         atomic.Bool
-	ln            *listener // the applier's; set by Run
+	// unmarked: the first checks found no bus generation (check); they
+	// look for it every second until a router marks the bus.
+	unmarked bool
+	ln       *listener // the applier's; set by Run
 
 	next    atomic.Pointer[interest] // a new matrix's interest, for the applier
 	reconf  chan struct{}
@@ -299,6 +302,13 @@ type position struct {
 	// watched is the bus generation under which a check found the channel
 	// with neither a meta nor a position (recovery.Channel.Watched).
 	watched string
+}
+
+// recovered is the invalidation of a recovery that drops the channel's
+// whole tag (a whole tag, a repair, a contested version) and stands it at
+// to: the one builder of execute, wholeTags and contested.
+func (p *position) recovered(to recovery.Position) Invalidation {
+	return Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: to.Epoch, Version: to.Version, Recovered: true, chain: to.Chain}
 }
 
 // queued is a channel's coalesced work: the union of the keys and refs of
@@ -463,6 +473,19 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errNotMarked) {
+			// Looked for every second, without the failing pace: a
+			// router starting is not a failure.
+			detail := err.Error()
+			if s.health.unmarked.Swap(&detail) == nil {
+				s.log.Warn("not ready until a router marks the bus", "err", err)
+			}
+			retry.Reset(time.Second)
+			return
+		}
+		if s.health.unmarked.Swap(nil) != nil && err == nil {
+			s.log.Info("a router marked the bus; checked")
+		}
 		s.checked(err)
 		if err != nil {
 			wait, warn := failing.failed()
@@ -575,11 +598,11 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 		if d.Reason == recovery.NewChannel && msg.Version == 1 {
 			// The first message of a channel: checked before it is
 			// believed (its epoch may have started after a bus loss), not a gap.
-			return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
+			return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
 		}
 		s.m.gaps.Inc()
 		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
-		return s.verify(ctx, target{raw.Channel, tenant, tag}, msg)
+		return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
 	}
 }
 
@@ -781,17 +804,6 @@ func (s *Subscriber) stage(channel string, p *position, msg *wire.Message, at re
 	p.at = at
 }
 
-// applyNow applies one message that follows the channel's position
-// directly, at once (after anything staged), and stands the channel at at.
-func (s *Subscriber) applyNow(ctx context.Context, p *position, msg *wire.Message, at recovery.Position) error {
-	if err := s.invalidate(ctx, messageInvalidation(msg, at.Chain)); err != nil {
-		return err
-	}
-	s.observeLag(msg)
-	p.at = at
-	return nil
-}
-
 // messageInvalidation is what a message asks (plain values too when it
 // drops them, said or not: wire.Message.DropsPlain), with the chain its
 // position takes.
@@ -971,16 +983,15 @@ func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
 	return nil
 }
 
-// execute is the executor: it carries out a settled decision (resolve) for
-// a channel whose position p stands where the check starts, and decides
-// nothing. A replay applies msgs, standing the channel at at[i] after each.
-// first: the decision only replays the message that made the check (a
-// channel's first), taken as it would have been live, not as a recovery.
-// live: the check was made for a message of the burst being handled, so a
-// replay joins the burst's pipeline (strict: each version must follow the
-// cache's position) after what the burst staged; otherwise it is applied
-// at once.
-func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, msgs []*wire.Message, at []recovery.Position, first, live bool) error {
+// execute is the executor: it carries out a settled decision (settle)
+// for a channel whose position p stands where the check starts, and
+// decides nothing. A replay stages msgs, standing the channel at at[i]
+// after each: they join the pipeline being built (strict: each version
+// must follow the cache's position), applied by the check's flush or the
+// burst the check was made in. first: the decision only replays the
+// message that made the check (a channel's first), taken as it would have
+// been live, not as a recovery.
+func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d recovery.Decision, msgs []*wire.Message, at []recovery.Position, first bool) error {
 	d = recovery.Stamp(d, time.Now().UnixMilli())
 	switch d.Action {
 	case recovery.Replay:
@@ -990,18 +1001,13 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 		}
 		s.m.recoveries.WithLabelValues("replay").Inc()
 		for i, m := range msgs {
-			if live {
-				s.stage(channel, p, m, at[i])
-			} else if err := s.applyNow(ctx, p, m, at[i]); err != nil {
-				return err
-			}
+			s.stage(channel, p, m, at[i])
 		}
 		return nil
 	case recovery.WholeTag:
 		s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		s.log.Info("invalidating the whole tag to close a gap", "channel", channel, "reason", d.Reason.String(), "from", p.at.String(), "to", d.To.String())
-		err := s.invalidate(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true, chain: d.To.Chain})
-		if err != nil {
+		if err := s.invalidate(ctx, p.recovered(d.To)); err != nil {
 			return err
 		}
 		p.at = d.To
@@ -1009,8 +1015,7 @@ func (s *Subscriber) execute(ctx context.Context, channel string, p *position, d
 		s.m.recoveries.WithLabelValues("repair").Inc()
 		s.log.Warn("the position is ahead of the channel, or the cache lost it: invalidating the whole tag and resetting the position",
 			"channel", channel, "reason", d.Reason.String(), "position", p.at.String(), "channel_at", d.To.String())
-		err := s.repair(ctx, Invalidation{Tenant: p.tenant, Tag: p.tag, Epoch: d.To.Epoch, Version: d.To.Version, Recovered: true, chain: d.To.Chain})
-		if err != nil {
+		if err := s.repair(ctx, p.recovered(d.To)); err != nil {
 			return err
 		}
 		p.at = d.To

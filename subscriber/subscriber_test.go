@@ -70,6 +70,7 @@ func TestRunOnceAndStopsClean(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent()) // the server's process waiter ends at cleanup
 	bus := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer bus.Close()
+	must(t, bus.Set(context.Background(), names.GenerationKey("invalidate"), "g1", 0).Err()) // as a router marks it: ready needs it
 	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t),
 		Handler: func(context.Context, Invalidation) error { return nil }})
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -20,8 +22,8 @@ type State struct {
 	Positions []Position
 	Found     []bool
 	Errs      []error
-	// GenerationSeen is the bus generation the service recorded
-	// (RecordGeneration), "" when none is.
+	// GenerationSeen is the bus identity the service recorded
+	// (RecordGeneration, BusIdentity), "" when none is.
 	GenerationSeen string
 }
 
@@ -60,9 +62,10 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 			return nil
 		})
 		// A missing key (redis.Nil) or one of another type fails its own
-		// GET only (below); any other error (a refused connection, WRONGPASS, NOPERM,
-		// LOADING) fails the read: the commands then hold no answer, and an
-		// empty one must not pass for a stored position.
+		// GET only (below, in State.Errs); any other error (a refused
+		// connection, WRONGPASS, NOPERM, LOADING), of the pipeline or of one
+		// GET, fails the read: an unanswered position must not pass for
+		// none.
 		if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 			return State{}, fmt.Errorf("tagstore: reading positions from the cache Redis: %w", err)
 		}
@@ -83,8 +86,12 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 				continue
 			}
 			if err != nil {
-				st.Errs[from+i] = fmt.Errorf("tagstore: read position %s: %w", part[i], err)
-				continue
+				// LOADING, BUSY, TRYAGAIN, NOPERM…: the cache cannot
+				// answer for this position now (a cluster master loading
+				// or failing over answers for its own slots alone), which
+				// a retry fixes; taken for an error of the channel, a check
+				// would pass without it.
+				return State{}, fmt.Errorf("tagstore: reading position %s from the cache Redis: %w", part[i], err)
 			}
 			p, err := ParsePosition(v)
 			if err != nil {
@@ -97,8 +104,31 @@ func (s *Store) readState(ctx context.Context, service string, chans []TenantTag
 	return st, nil
 }
 
-// RecordGeneration records the bus generation a service's complete check
-// was made against (State.GenerationSeen).
+// BusIdentity is what a service knows the bus by, as RecordGeneration
+// records it: the router's generation and the run_id of every bus server
+// that holds data (each master of a cluster), so that a bus restored from
+// an older snapshot (which brings back the generation recorded before it)
+// or restarted from its last save (which may have lost the last writes) is
+// a new identity too. "" when the bus has no generation (no router has
+// marked it since it lost its data).
+//
+// What a version older than run_ids recorded (the generation alone) never
+// equals an identity: the service then takes the bus as having lost its
+// data once, after its upgrade. Taking it as the same bus would trust that
+// the bus did not restart between that version's last check and this one's
+// first, which nothing can tell; the once-only cost is the whole tag of the
+// channels the service holds no position on.
+func BusIdentity(generation string, runIDs []string) string {
+	if generation == "" {
+		return ""
+	}
+	runs := slices.Clone(runIDs)
+	slices.Sort(runs)
+	return generation + " run_id=" + strings.Join(runs, ",")
+}
+
+// RecordGeneration records the bus identity (BusIdentity) a service's
+// complete check was made against (State.GenerationSeen).
 func (s *Store) RecordGeneration(ctx context.Context, service, generation string) error {
 	if err := names.Service(service); err != nil {
 		return err

@@ -2,9 +2,14 @@ package tagstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 )
@@ -57,5 +62,49 @@ func TestReadStateOwnsTheServiceState(t *testing.T) {
 	}
 	if _, err := s.ReadState(ctx, "s v c", nil); err == nil {
 		t.Error("an invalid service accepted")
+	}
+}
+
+// A bus identity is the generation with every server's run_id, in any
+// order; a restarted server, a new generation, or what a version before
+// run_ids recorded (the generation alone) is another identity.
+func TestBusIdentity(t *testing.T) {
+	id := tagstore.BusIdentity("g1", []string{"r2", "r1"})
+	if id != tagstore.BusIdentity("g1", []string{"r1", "r2"}) {
+		t.Errorf("the order of the run_ids changed the identity %q", id)
+	}
+	for _, other := range []string{"g1", tagstore.BusIdentity("g1", []string{"r1", "r3"}), tagstore.BusIdentity("g2", []string{"r1", "r2"})} {
+		if other == id {
+			t.Errorf("%q taken for %q", other, id)
+		}
+	}
+	if got := tagstore.BusIdentity("", []string{"r1"}); got != "" {
+		t.Errorf("a bus without a generation has identity %q, want none", got)
+	}
+}
+
+// Only WRONGTYPE (a user key of another type where a position belongs) is
+// an error of its own channel: any other error a position read answers
+// (NOPERM here; LOADING, BUSY, TRYAGAIN, CLUSTERDOWN on a cluster master
+// that is loading or failing over) fails the read, which is retried, so
+// that a check does not pass without those channels.
+func TestReadStateFailsOnReplyErrorsOtherThanWrongType(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "part", "on", ">pw", "+@all",
+		"~routerd:*", "~"+names.PositionKey("acme", "svc", "t0"), "~"+names.PositionKey("acme", "svc", "t2")).Err())
+	must(t, admin.SAdd(ctx, names.PositionKey("acme", "svc", "t2"), "x").Err())
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "part", Password: "pw"})
+	t.Cleanup(func() { _ = c.Close() })
+	s, err := tagstore.New(c, tagstore.Options{})
+	must(t, err)
+	st, err := s.ReadState(ctx, "svc", []tagstore.TenantTag{{Tenant: "acme", Tag: "t0"}, {Tenant: "acme", Tag: "t2"}})
+	if err != nil || !errors.Is(st.Errs[1], tagstore.ErrBadPosition) {
+		t.Fatalf("a position of another type: %+v, %v; want an error of its channel alone", st.Errs, err)
+	}
+	_, err = s.ReadState(ctx, "svc", []tagstore.TenantTag{{Tenant: "acme", Tag: "t0"}, {Tenant: "acme", Tag: "t1"}, {Tenant: "acme", Tag: "t2"}})
+	if err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("a position read answered NOPERM: %v, want the read to fail", err)
 	}
 }

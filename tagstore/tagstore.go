@@ -243,20 +243,31 @@ func (s *Store) Set(ctx context.Context, tenant, key string, value []byte, ttl t
 // written, in the same round trip, not once per Store: a cache Redis that
 // lost its data (FLUSHALL, a restart without persistence) while the service
 // runs has its index back with the next value written under each tenant. It
-// is a command of its own, as the index lives in no tenant's slot.
+// is a command of its own, as the index lives in no tenant's slot; when
+// it fails while set.lua stored the value, the value is removed again (a
+// value cached without its tenant indexed could be missed for good; one
+// not cached is a miss), and the error says which.
 func (s *Store) setIndexed(ctx context.Context, tenant string, req *lua.SetRequest) (lua.SetReply, error) {
 	var index *redis.IntCmd
 	cmds, err := lua.RunPipeline(ctx, s.c, lua.CacheScripts(), func(p redis.Pipeliner) []*redis.Cmd {
 		index = p.SAdd(ctx, names.CacheTenantsKey(), tenant)
 		return []*redis.Cmd{lua.Queue(ctx, p, req)}
 	})
-	if e := index.Err(); e != nil {
-		return lua.SetReply{}, fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), e)
-	}
-	if len(cmds) != 1 {
+	if len(cmds) != 1 || index == nil {
 		return lua.SetReply{}, err
 	}
-	return req.Reply(cmds[0])
+	reply, err := req.Reply(cmds[0])
+	if e := index.Err(); e != nil {
+		e = fmt.Errorf("tagstore: recording tenant %s in %s: %w", tenant, names.CacheTenantsKey(), e)
+		if err != nil || reply.Status != lua.Stored {
+			return lua.SetReply{}, errors.Join(e, err)
+		}
+		if derr := s.c.Del(ctx, req.Key).Err(); derr != nil {
+			return lua.SetReply{}, fmt.Errorf("%w; %s was cached, and removing it failed (%v): it stays cached without its tenant indexed", e, req.Key, derr)
+		}
+		return lua.SetReply{}, fmt.Errorf("%w; %s was not kept cached", e, req.Key)
+	}
+	return reply, err
 }
 
 // Ref is an entity a cached value was derived from: an entity of a domain

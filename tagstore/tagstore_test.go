@@ -653,3 +653,20 @@ func TestCustomTemplateCannotRenderInternalKeys(t *testing.T) {
 		t.Errorf("an ordinary key: %v", err)
 	}
 }
+
+// A value whose tenant cannot be recorded in the cache's tenant index (a
+// key of another type there, here; a missing ACL key pattern) is not kept
+// cached: a subscriber of every tenant could miss it for good after a bus
+// loss. The error says the index write failed and what became of the value.
+func TestSetNotKeptWhenTheTenantIndexFails(t *testing.T) {
+	ctx := context.Background()
+	s, c := newStore(t, tagstore.Options{})
+	must(t, c.Set(ctx, "routerd:tenants", "not a set", 0).Err())
+	err := s.Set(ctx, "acme", "user:1", []byte("v"), 0, "active")
+	if err == nil || !strings.Contains(err.Error(), "recording tenant acme in routerd:tenants") || !strings.Contains(err.Error(), "was not kept cached") {
+		t.Fatalf("Set = %v, want the index failure, and the value not kept", err)
+	}
+	if n := c.Exists(ctx, "{tenant:acme}:user:1").Val(); n != 0 {
+		t.Error("the value stays cached without its tenant indexed")
+	}
+}

@@ -222,7 +222,7 @@ func publisher(m *matrix.Matrix, spec Spec) Rules {
 func subscriber(m *matrix.Matrix, spec Spec) Rules {
 	p := m.Prefix
 	sub, _ := m.SubscriptionFor(spec.Service)
-	r := Rules{Commands: []string{"hmget", "xrange", "ping", "get"},
+	r := Rules{Commands: []string{"hmget", "xrange", "ping", "get", "info"}, // info: the bus servers' run_ids
 		Keys: []string{"%R~" + names.GenerationKey(p)}} // the bus generation, against data loss
 	if spec.Cluster {
 		r.Commands = append(r.Commands, "ssubscribe", "sunsubscribe", "cluster|keyslot")

@@ -60,16 +60,16 @@ func TestRoles(t *testing.T) {
 		{"granted publisher", Spec{Role: Publisher, Publisher: "shop"}, "+xadd +get %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
 		{"durable publisher", Spec{Role: Publisher, Publisher: "shop", Durable: true}, "+xadd +get +info +wait %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
 		{"subscriber of tenants", Spec{Role: Subscriber, Service: "search"},
-			"+hmget +xrange +ping +get +subscribe +unsubscribe " +
+			"+hmget +xrange +ping +get +info +subscribe +unsubscribe " +
 				"%R~inv:generation %R~{inv:acme:active}:meta %R~{inv:acme:active}:history %R~{inv:acme:electronics}:meta %R~{inv:acme:electronics}:history " +
 				"%R~{inv:globex:active}:meta %R~{inv:globex:active}:history %R~{inv:globex:electronics}:meta %R~{inv:globex:electronics}:history " +
 				"&inv:acme:active &inv:acme:electronics &inv:globex:active &inv:globex:electronics", 0},
 		{"subscriber of every tenant", Spec{Role: Subscriber, Service: "web"},
-			"+hmget +xrange +ping +get +subscribe +unsubscribe +sscan " +
+			"+hmget +xrange +ping +get +info +subscribe +unsubscribe +sscan " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"sharded subscriber of every tenant", Spec{Role: Subscriber, Service: "web", Cluster: true},
-			"+hmget +xrange +ping +get +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command " +
+			"+hmget +xrange +ping +get +info +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search", 0},

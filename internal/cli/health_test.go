@@ -138,6 +138,8 @@ func TestAgentReadyzTellsDeliverOutage(t *testing.T) {
 // --accept-eviction-risk.
 func TestAgentRefusesAnEvictingCache(t *testing.T) {
 	bus := redistest.Start(t)
+	// As a router marks the bus: an agent is ready only on a marked bus.
+	must(t, bus.Client(t).Set(context.Background(), "invalidate:generation", "g1", 0).Err())
 	cache := redistest.Start(t, "--maxmemory-policy", "allkeys-lru")
 	agentLog := daemon(t, nil, "agent", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL,
 		"--service", "search-svc", "--listen", anyPort)

@@ -197,19 +197,6 @@ func Confirmed(msg, meta Position) bool {
 	return meta.Known() && msg.Epoch == meta.Epoch && msg.Version >= 1 && msg.Version <= meta.Version
 }
 
-// Follows reports whether msg may be applied strictly after stored, the
-// position the cache holds: it is the next version of the same epoch, or the
-// first version of a channel with no position. This is the rule the
-// invalidation scripts enforce for pipelined applies (status GAP otherwise):
-// a live message is applied only where the cache really stands, so a cache
-// that went back is never moved past what it lost.
-func Follows(stored, msg Position) bool {
-	if !stored.Known() {
-		return msg.Version == 1
-	}
-	return stored.Epoch == msg.Epoch && stored.Version == msg.Version-1
-}
-
 // Recover decides how to bring a channel from pos to its meta. A zero meta
 // means the channel has no meta on the bus: nothing was published on it, or
 // the bus lost it.

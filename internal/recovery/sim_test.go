@@ -124,7 +124,7 @@ func (c *simCache) apply(m simMsg, mode scriptMode) (gap bool) {
 	if mode != modeRepair && c.stored.Epoch == m.pos.Epoch && c.stored.Version >= m.pos.Version {
 		return false
 	}
-	if mode == modeStrict && !Follows(c.stored, m.pos) {
+	if mode == modeStrict && !follows(c.stored, m.pos) {
 		return true
 	}
 	if m.keys == nil {
@@ -461,4 +461,14 @@ func simulate(seed uint64, steps int) (string, bool) {
 		}
 	}
 	return log.String(), true
+}
+
+// follows is the strict apply rule of the invalidation scripts (status GAP
+// otherwise): the next version of the same epoch, or version 1 where no
+// position is stored.
+func follows(stored, msg Position) bool {
+	if !stored.Known() {
+		return msg.Version == 1
+	}
+	return stored.Epoch == msg.Epoch && stored.Version == msg.Version-1
 }

@@ -52,7 +52,13 @@ func (e *clusterEnv) masterOf(key string) *redistest.Server {
 
 func newClusterEnv(t *testing.T) *clusterEnv {
 	t.Helper()
-	e := &clusterEnv{t: t, bus: redistest.StartCluster(t, 3, 1)}
+	return newClusterEnvOn(t, redistest.StartCluster(t, 3, 1))
+}
+
+// newClusterEnvOn is a clusterEnv on the given bus cluster.
+func newClusterEnvOn(t *testing.T, bus *redistest.Cluster) *clusterEnv {
+	t.Helper()
+	e := &clusterEnv{t: t, bus: bus}
 	e.busC = e.bus.Client(t)
 	e.cacheC = redistest.StartCluster(t, 3, 0).Client(t)
 	var err error

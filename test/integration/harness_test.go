@@ -181,10 +181,23 @@ func (e *env) running(tenants ...string) {
 	// The services looked at the bus before too: their last complete check
 	// recorded its generation, so their first check now watches the
 	// tenants' channels that have no meta yet.
-	gen := e.busC.Get(ctx, "invalidate:generation").Val()
+	gen := e.busIdentity()
 	for svc, cache := range e.caches {
 		must(e.t, cache.Client(e.t).Set(ctx, names.GenerationSeenKey(svc), gen, 0).Err())
 	}
+}
+
+// busIdentity is the bus's identity as a subscriber's complete check
+// records it (tagstore.BusIdentity): its generation and its run_id.
+func (e *env) busIdentity() string {
+	e.t.Helper()
+	ctx := context.Background()
+	gen, err := e.busC.Get(ctx, "invalidate:generation").Result()
+	if err != nil {
+		e.t.Fatalf("the router's bus generation: %v", err)
+	}
+	run := e.busC.InfoMap(ctx, "server").Item("Server", "run_id")
+	return tagstore.BusIdentity(gen, []string{run})
 }
 
 func (e *env) subscriber(service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
@@ -200,6 +213,10 @@ func (e *env) subscriberOn(bus redis.UniversalClient, service string, opt subscr
 // subscriberReadyWithin runs a subscriber and waits up to d for it to be ready.
 func (e *env) subscriberReadyWithin(d time.Duration, bus redis.UniversalClient, service string, opt subscriber.Options) (*subscriber.Subscriber, func()) {
 	e.t.Helper()
+	// A subscriber is ready only once a router has marked the bus
+	// (TestSubscriberNotReadyUntilARouterMarksTheBus): one started before
+	// the test's router finds it marked as by one that ran before.
+	e.routerRanBefore()
 	opt.Service = service
 	opt.Matrix = e.mtx
 	if opt.Cache == nil && opt.Handler == nil {

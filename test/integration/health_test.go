@@ -84,6 +84,7 @@ services:
   billing-svc: {tenants: [acme]}
 `
 	e := newEnv(t, refsMatrix)
+	e.routerRanBefore() // ready needs a marked bus
 	volatile := redistest.Start(t, "--maxmemory-policy", "volatile-lru")
 	start := func(service string, accept bool) *subscriber.Subscriber {
 		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: e.mtx, Cache: volatile.Client(t),

@@ -252,11 +252,7 @@ func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 	for i := range events {
 		e.seed("profile-svc", events[i].Tenant, "user:1", "active")
 	}
-	gen, err := e.busC.Get(ctx, names.GenerationKey("invalidate")).Result()
-	if err != nil {
-		t.Fatalf("the router's bus generation: %v", err)
-	}
-	must(t, e.caches["profile-svc"].Client(t).Set(ctx, names.GenerationSeenKey("profile-svc"), gen, 0).Err())
+	must(t, e.caches["profile-svc"].Client(t).Set(ctx, names.GenerationSeenKey("profile-svc"), e.busIdentity(), 0).Err())
 	bus := e.bus.Client(t)
 	counter := &xrangeCounter{}
 	bus.AddHook(counter)

@@ -15,6 +15,7 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 )
 
 var (
@@ -73,8 +74,14 @@ func Launch(upstream string) (*Proxy, error) {
 // of the upstream's.
 func (p *Proxy) Addr() string { return p.p.Listen }
 
-// Stop closes the proxy and every connection through it.
-func (p *Proxy) Stop() { p.p.Stop() }
+// Stop closes the proxy and every connection through it. It removes the
+// toxics first: a blackhole (a timeout toxic without a timeout) holds its
+// link's goroutine until the toxic is removed, closing the connection does
+// not end it, and a test's goroutine leak check would find it.
+func (p *Proxy) Stop() {
+	_ = p.Heal()
+	p.p.Stop()
+}
 
 // A Toxic is one fault: Type is a toxiproxy toxic (latency, bandwidth,
 // timeout, reset_peer, slicer, limit_data, slow_close), Stream "upstream"
@@ -145,4 +152,19 @@ func (p *Proxy) Blackhole() error {
 		return err
 	}
 	return p.Add(Toxic{Name: "blackhole_down", Type: "timeout", Stream: "downstream", Attributes: map[string]any{"timeout": 0}})
+}
+
+// IgnoreLinks are goleak options for toxiproxy's own goroutines: a link's
+// reader, writer and toxic stubs, and the one a toxic's removal starts,
+// end a while after the connection they serve (a stub may wait up to 5 s
+// to flush what it held). They belong to the test's fault injection, not
+// to the code under test, whose goroutines stay checked.
+func IgnoreLinks() []goleak.Option {
+	const pkg = "github.com/Shopify/toxiproxy/v2"
+	return []goleak.Option{
+		goleak.IgnoreAnyFunction(pkg + ".(*ToxicLink).read"),
+		goleak.IgnoreAnyFunction(pkg + ".(*ToxicLink).write"),
+		goleak.IgnoreAnyFunction(pkg + ".(*ToxicLink).RemoveToxic.func1"),
+		goleak.IgnoreAnyFunction(pkg + "/toxics.(*ToxicStub).Run"),
+	}
 }

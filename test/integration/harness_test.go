@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
@@ -31,13 +32,16 @@ func TestMain(m *testing.M) {
 	// go-redis retries a dead node's dial in a goroutine that sleeps a
 	// second between tries and only then sees its pool closed: it ends by
 	// itself after the failover tests, it does not leak.
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
+	// The fault proxies' (toxiproxy) link goroutines end a while after
+	// their links close, the same.
+	opts := append(faultproxy.IgnoreLinks(), goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
 		goleak.Cleanup(func(code int) {
 			if err := testbin.Cleanup(); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 			}
 			os.Exit(code)
 		}))
+	goleak.VerifyTestMain(m, opts...)
 }
 
 type quietLogger struct{}

@@ -439,10 +439,9 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 	return nil
 }
 
-// readLoop reads a stream and hands the batches to its routing goroutine,
-// so that the next batch is read while this one is routed and published.
-// One routing goroutine per stream keeps each channel's messages in the
-// order of the stream.
+// readLoop reads a stream and hands the batches to its routing stages
+// (routeStages), so that the next batch is read while this one is routed
+// and published.
 func (r *Router) readLoop(ctx context.Context, stream string) {
 	q := r.retryQueue(stream)
 	// Unbuffered: one batch is read ahead at most, so what is handed over
@@ -451,14 +450,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 	routed := make(chan struct{})
 	go func() {
 		defer close(routed)
-		for msgs := range batches {
-			if err := r.process(ctx, stream, msgs); err != nil {
-				r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
-			}
-			// Failed entries are tried again when due, between batches,
-			// so new entries keep flowing past one that fails.
-			r.retryDue(ctx, stream, q)
-		}
+		r.routeStages(ctx, stream, q, batches)
 	}()
 	defer func() { close(batches); <-routed }()
 	// First the entries this consumer name left pending (a restart), then new ones.
@@ -534,6 +526,46 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
 const maxReadBatches = 4
+
+// routeStages routes a stream's batches in three stages, one goroutine
+// each, connected without buffers: while batch N is published (one
+// pipeline of publish calls, one after the other: a channel's messages
+// keep the stream's order, and the coalescer sees what N held back before
+// N+1 is admitted), batch N+1 is parsed, routed and merged, and batch N-1's
+// entries are acknowledged. An entry is acknowledged only once its
+// messages were published; one that failed is tried again.
+func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, batches <-chan []redis.XMessage) {
+	prepared := make(chan *batch)
+	published := make(chan *batch)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer close(published)
+		for b := range prepared {
+			if b != nil {
+				r.publishBatch(b)
+				published <- b
+			}
+			// Failed entries are tried again when due, between batches,
+			// so new entries keep flowing past one that fails.
+			r.retryDue(ctx, stream, q)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for b := range published {
+			if err := r.settleBatch(b); err != nil {
+				r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(b.entries), "err", err)
+			}
+		}
+	}()
+	for msgs := range batches {
+		prepared <- r.prepare(ctx, stream, msgs)
+	}
+	close(prepared)
+	wg.Wait()
+}
 
 // claimLoop takes over entries left pending by dead instances (or by a
 // failed batch of this one) and keeps the ingress tidy.

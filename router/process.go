@@ -234,11 +234,16 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 		b.failed = err
 		return b
 	}
-
-	// The batch's events merge into messages per channel (place: a new one
-	// past max_keys keys, or after maxMergedIDs events, so that every id
-	// is recorded), in the order the channels first appear.
 	b.open = map[string][]*outgoing{}
+	b.add(r, entries)
+	return b
+}
+
+// add merges the events of entries, which follow the batch's in the
+// stream, into its messages per channel (place: a new one past max_keys
+// keys, or after maxMergedIDs events, so that every id is recorded), in the
+// order the channels first appear.
+func (b *batch) add(r *Router, entries []*entry) {
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
@@ -263,7 +268,7 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 				continue
 			}
 			if r.tracing {
-				_, v.span = r.tracer.Start(telemetry.Extract(ctx, v.ev.Traceparent), "route",
+				_, v.span = r.tracer.Start(telemetry.Extract(b.ctx, v.ev.Traceparent), "route",
 					trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 						attribute.String("routerd.tenant", v.ev.Tenant), attribute.String("routerd.domain", v.ev.Domain),
 						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
@@ -278,7 +283,37 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 			}
 		}
 	}
-	return b
+}
+
+// join merges next, the batch read after b on the same stream, into b
+// while b waits for the batch before it to be published: under load a
+// stream's batches grow, and its channels get fewer, larger messages
+// (fewer publish calls on the bus per event), without waiting for it. It
+// reports false, and merges nothing, when next failed as a whole.
+func (b *batch) join(next *batch) bool {
+	if next.failed != nil {
+		return false
+	}
+	for _, e := range b.entries {
+		e.alone = false
+	}
+	for _, e := range next.entries {
+		e.alone = false
+	}
+	b.entries = append(b.entries, next.entries...)
+	b.done = append(b.done, next.done...)
+	for _, ch := range next.channels {
+		if _, ok := b.open[ch]; !ok {
+			b.channels = append(b.channels, ch)
+		}
+		for _, o := range next.open[ch] {
+			for _, p := range o.parts {
+				b.open[ch] = place(b.open[ch], o.route, p, maxMergedIDs)
+			}
+		}
+	}
+	next.cancel()
+	return true
 }
 
 // publishBatch publishes a prepared batch's messages and writes its dead

@@ -527,13 +527,19 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 // maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
 const maxReadBatches = 4
 
+// maxJoinedReads bounds how many full reads join into one batch while the
+// batch before is published (routeStages).
+const maxJoinedReads = 4
+
 // routeStages routes a stream's batches in three stages, one goroutine
 // each, connected without buffers: while batch N is published (one
 // pipeline of publish calls, one after the other: a channel's messages
 // keep the stream's order, and the coalescer sees what N held back before
-// N+1 is admitted), batch N+1 is parsed, routed and merged, and batch N-1's
-// entries are acknowledged. An entry is acknowledged only once its
-// messages were published; one that failed is tried again.
+// N+1 is admitted), batch N+1 is parsed, routed and merged — and the
+// batches read meanwhile join it, so that under load a channel gets fewer,
+// larger messages — and batch N-1's entries are acknowledged. An entry is
+// acknowledged only once its messages were published; one that failed is
+// tried again.
 func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, batches <-chan []redis.XMessage) {
 	prepared := make(chan *batch)
 	published := make(chan *batch)
@@ -560,8 +566,41 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 			}
 		}
 	}()
-	for msgs := range batches {
-		prepared <- r.prepare(ctx, stream, msgs)
+	// While the batch before is published, the batches read meanwhile join
+	// the one waiting (batch.join), up to maxJoined entries.
+	maxJoined := maxJoinedReads * maxReadBatches * r.opt.BatchSize
+	var waiting *batch
+	for open := true; open; {
+		var next []redis.XMessage
+		if waiting == nil {
+			next, open = <-batches
+		} else {
+			select {
+			case prepared <- waiting:
+				waiting = nil
+				continue
+			case next, open = <-batches:
+			}
+		}
+		b := r.prepare(ctx, stream, next)
+		switch {
+		case b == nil:
+			if waiting == nil && open {
+				prepared <- nil // the retries that are due
+			}
+		case waiting == nil:
+			waiting = b
+		case waiting.failed != nil || len(waiting.entries) >= maxJoined || !waiting.join(b):
+			prepared <- waiting
+			waiting = b
+		}
+		if waiting != nil && len(waiting.entries) >= maxJoined {
+			prepared <- waiting
+			waiting = nil
+		}
+	}
+	if waiting != nil {
+		prepared <- waiting
 	}
 	close(prepared)
 	wg.Wait()

@@ -195,6 +195,9 @@ type batch struct {
 	// channels in the order they first appear, and their merged messages.
 	channels []string
 	open     map[string][]*outgoing
+	// published are closed once the batch is published: its read loop
+	// waits for them after a short read (routeStages).
+	published []chan struct{}
 }
 
 // prepare parses and routes a batch and merges its events into messages
@@ -302,6 +305,7 @@ func (b *batch) join(next *batch) bool {
 	}
 	b.entries = append(b.entries, next.entries...)
 	b.done = append(b.done, next.done...)
+	b.published = append(b.published, next.published...)
 	for _, ch := range next.channels {
 		if _, ok := b.open[ch]; !ok {
 			b.channels = append(b.channels, ch)

@@ -444,9 +444,9 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 // and published.
 func (r *Router) readLoop(ctx context.Context, stream string) {
 	q := r.retryQueue(stream)
-	// Unbuffered: one batch is read ahead at most, so what is handed over
-	// is no older than the batch being routed.
-	batches := make(chan []redis.XMessage)
+	// Unbuffered: a read is handed over when the routing stages take it
+	// (at once while the batch before waits to be published: it joins it).
+	batches := make(chan read)
 	routed := make(chan struct{})
 	go func() {
 		defer close(routed)
@@ -463,7 +463,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			if q.size() >= 4*r.opt.BatchSize {
 				// Enough in hand that fails: take no more until they pass.
 				sleep(ctx, block)
-				batches <- nil // the retries that are due
+				batches <- read{} // the retries that are due
 				continue
 			}
 		}
@@ -488,7 +488,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
-			batches <- nil // the retries that are due
+			batches <- read{} // the retries that are due
 			continue
 		case ctx.Err() != nil:
 			return
@@ -515,13 +515,32 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		// Reads follow the backlog: a full read doubles the next one, up
 		// to maxReadBatches × BatchSize; a short one goes back to BatchSize.
-		if len(msgs) >= count {
+		full := len(msgs) >= count
+		if full {
 			count = min(2*count, maxReadBatches*r.opt.BatchSize)
 		} else {
 			count = r.opt.BatchSize
 		}
-		batches <- msgs
+		if full || id != ">" {
+			batches <- read{msgs: msgs}
+			continue
+		}
+		// A short read: the router keeps up. The next read waits until
+		// this batch is published, so that what arrives meanwhile makes
+		// one batch, with fewer and larger messages per channel, rather
+		// than many small ones that cost the bus a publish call each.
+		published := make(chan struct{})
+		batches <- read{msgs: msgs, published: published}
+		<-published
 	}
+}
+
+// read is what a stream's read loop hands its routing stages: the entries
+// read (none: only the retries that are due), and, for a short read, a
+// channel closed once they are published (or found to need no publish).
+type read struct {
+	msgs      []redis.XMessage
+	published chan struct{}
 }
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
@@ -540,7 +559,7 @@ const maxJoinedReads = 4
 // larger messages — and batch N-1's entries are acknowledged. An entry is
 // acknowledged only once its messages were published; one that failed is
 // tried again.
-func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, batches <-chan []redis.XMessage) {
+func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, batches <-chan read) {
 	prepared := make(chan *batch)
 	published := make(chan *batch)
 	var wg sync.WaitGroup
@@ -551,6 +570,9 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 		for b := range prepared {
 			if b != nil {
 				r.publishBatch(b)
+				for _, c := range b.published {
+					close(c)
+				}
 				published <- b
 			}
 			// Failed entries are tried again when due, between batches,
@@ -571,7 +593,7 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 	maxJoined := maxJoinedReads * maxReadBatches * r.opt.BatchSize
 	var waiting *batch
 	for open := true; open; {
-		var next []redis.XMessage
+		var next read
 		if waiting == nil {
 			next, open = <-batches
 		} else {
@@ -582,9 +604,15 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 			case next, open = <-batches:
 			}
 		}
-		b := r.prepare(ctx, stream, next)
+		b := r.prepare(ctx, stream, next.msgs)
+		if b != nil && next.published != nil {
+			b.published = append(b.published, next.published)
+		}
 		switch {
 		case b == nil:
+			if next.published != nil {
+				close(next.published) // nothing to publish
+			}
 			if waiting == nil && open {
 				prepared <- nil // the retries that are due
 			}

@@ -110,11 +110,14 @@ func startBinaries(dir, yaml, service string) (*binSystem, error) {
 		}
 		return addr, nil
 	}
-	if s.agentAddr, err = start("agent", "--matrix", path, "--redis", s.bus.URL, "--cache-redis", s.cache.URL, "--service", service); err != nil {
+	// The router first, as a running system has it: an agent whose first
+	// check finds no bus generation (no router ever ran on the bus) takes
+	// each channel's first message as a whole tag (docs/protocol.md §5.2).
+	if s.serveAddr, err = start("serve", "--matrix", path, "--redis", s.bus.URL); err != nil {
 		s.stop()
 		return nil, err
 	}
-	if s.serveAddr, err = start("serve", "--matrix", path, "--redis", s.bus.URL); err != nil {
+	if s.agentAddr, err = start("agent", "--matrix", path, "--redis", s.bus.URL, "--cache-redis", s.cache.URL, "--service", service); err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -297,7 +300,9 @@ func (s *binSystem) applied(ctx context.Context, targets []target) error {
 				continue
 			}
 			pos, err := s.cacheC.Get(ctx, names.PositionKey(t.tenant, "svc", t.tag)).Result()
-			if err != nil || pos != fmt.Sprintf("%v:%v", meta[0], meta[1]) {
+			// A position is "epoch:version:chain" (or "epoch:version").
+			at := fmt.Sprintf("%v:%v", meta[0], meta[1])
+			if err != nil || pos != at && !strings.HasPrefix(pos, at+":") {
 				behind++
 			}
 		}

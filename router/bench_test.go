@@ -3,10 +3,17 @@ package router
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/lua"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
 )
 
 // The publish path's encoding of one script call of 100 messages on three
@@ -41,4 +48,59 @@ func BenchmarkPublishCall(b *testing.B) {
 		}
 		pipe.Discard()
 	}
+}
+
+// Routing one tenant's single-key events over 100 tags (one partition,
+// 100 channels) against a real Redis, as issue 21's binary scenario does:
+// each iteration appends 10,240 raw events and waits until the router has
+// read and acknowledged them all. The router's allocations and CPU are
+// this process's; Redis's CPU is not counted.
+func BenchmarkRouteManyChannels(b *testing.B) {
+	ctx := context.Background()
+	c := redistest.Start(b).Client(b)
+	var y strings.Builder
+	y.WriteString("version: 1\ningress: {partitions: 1}\ndefaults: {rate: 1000000, burst: 1000000, coalesce: 0s}\ntags:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  g%d: {services: [s]}\n", g)
+	}
+	y.WriteString("domains:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  d%d: {tags: [g%d]}\n", g, g)
+	}
+	y.WriteString("services:\n  s: {tenants: all}\n")
+	m, err := matrix.Parse("m.yaml", []byte(y.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := New(c, m, Options{Block: 100 * time.Millisecond, ClaimInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	stream := names.IngressStream(m.Prefix, 0)
+	const n = 10240
+	next := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		pipe := c.Pipeline()
+		for range n {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField,
+				fmt.Sprintf(`{"tenant":"t0","domain":"d%d","keys":["user:%d"]}`, next%100, next)}})
+			next++
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			groups, err := c.XInfoGroups(ctx, stream).Result()
+			if err == nil && len(groups) == 1 && groups[0].Lag == 0 && groups[0].Pending == 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
 }

@@ -170,16 +170,51 @@ func (e *entry) failure() error {
 //
 // The events of the batch that go to the same channel make one message
 // (see outgoing): one version, one history entry and one PUBLISH for them.
+//
+// It runs the three stages of a batch one after the other; a stream's
+// routing loop (routeStages) runs them side by side for consecutive batches.
 func (r *Router) process(parent context.Context, stream string, msgs []redis.XMessage) error {
+	b := r.prepare(parent, stream, msgs)
+	if b == nil {
+		return nil
+	}
+	r.publishBatch(b)
+	return r.settleBatch(b)
+}
+
+// batch is one read's entries on their way through the stages of routing:
+// prepare (parse, route, merge per channel), publishBatch (admit, publish,
+// dead letters) and settleBatch (acknowledge, or queue for another try).
+type batch struct {
+	ctx    context.Context // bounds the batch's calls, even during shutdown
+	cancel context.CancelFunc
+	start  time.Time
+	stream string
+	// entries of the batch; done, those complete (nothing left to
+	// publish); failed, set when the batch failed as a whole.
+	entries []*entry
+	done    []*entry
+	failed  error
+	// channels in the order they first appear, and their merged messages.
+	channels []string
+	open     map[string][]*outgoing
+	// published are closed once the batch is published: its read loop
+	// waits for them after a short read (routeStages).
+	published []chan struct{}
+}
+
+// prepare parses and routes a batch and merges its events into messages
+// per channel. It publishes nothing, so it may run while the stream's
+// batch before is being published. It returns nil when there is nothing
+// to do.
+func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMessage) *batch {
 	if len(msgs) == 0 {
 		return nil
 	}
 	// A batch that has started is finished even during shutdown, so its
 	// entries are acknowledged rather than left for a claim.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), r.opt.ShutdownTimeout)
-	defer cancel()
-	start := time.Now()
-	defer func() { r.m.batchSeconds.Observe(time.Since(start).Seconds()) }()
+	b := &batch{ctx: ctx, cancel: cancel, start: time.Now(), stream: stream}
 	r.m.read.Add(float64(len(msgs)))
 
 	mtx := r.matrix.Load()
@@ -192,25 +227,33 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 	}
 	if stream == r.redrive {
 		if entries = r.handOver(ctx, entries); len(entries) == 0 {
+			cancel()
 			return nil
 		}
 	}
+	b.entries = entries
 	if err := r.suppressOlder(ctx, entries); err != nil {
-		return r.failBatch(entries, err)
+		b.failed = err
+		return b
 	}
 	if err := r.registerTenants(ctx, entries); err != nil {
-		return r.failBatch(entries, err)
+		b.failed = err
+		return b
 	}
 	if err := r.handOverToOthers(ctx, entries); err != nil {
-		return r.failBatch(entries, err)
+		b.failed = err
+		return b
 	}
+	b.open = map[string][]*outgoing{}
+	b.add(r, entries)
+	return b
+}
 
-	// The batch's events merge into messages per channel (place: a new one
-	// past max_keys keys, or after maxMergedIDs events, so that every id
-	// is recorded), in the order the channels first appear.
-	var done []*entry // complete: nothing to publish
-	var channels []string
-	open := map[string][]*outgoing{}
+// add merges the events of entries, which follow the batch's in the
+// stream, into its messages per channel (place: a new one past max_keys
+// keys, or after maxMergedIDs events, so that every id is recorded), in the
+// order the channels first appear.
+func (b *batch) add(r *Router, entries []*entry) {
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
@@ -226,7 +269,7 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 		}
 		e.remaining.Store(int32(n))
 		if n == 0 {
-			done = append(done, e) // nothing to publish: suppressed, or no service serves the tenant
+			b.done = append(b.done, e) // nothing to publish: suppressed, or no service serves the tenant
 			continue
 		}
 		for i := range e.events {
@@ -235,50 +278,103 @@ func (r *Router) process(parent context.Context, stream string, msgs []redis.XMe
 				continue
 			}
 			if r.tracing {
-				_, v.span = r.tracer.Start(telemetry.Extract(ctx, v.ev.Traceparent), "route",
+				_, v.span = r.tracer.Start(telemetry.Extract(b.ctx, v.ev.Traceparent), "route",
 					trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
 						attribute.String("routerd.tenant", v.ev.Tenant), attribute.String("routerd.domain", v.ev.Domain),
 						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
 			}
 			for _, rt := range v.routes {
-				if _, ok := open[rt.Channel]; !ok {
-					channels = append(channels, rt.Channel)
+				if _, ok := b.open[rt.Channel]; !ok {
+					b.channels = append(b.channels, rt.Channel)
 				}
 				for _, p := range keyShares(e, v, rt) {
-					open[rt.Channel] = place(open[rt.Channel], rt, p, maxMergedIDs)
+					b.open[rt.Channel] = place(b.open[rt.Channel], rt, p, maxMergedIDs)
 				}
 			}
 		}
 	}
+}
 
+// join merges next, the batch read after b on the same stream, into b
+// while b waits for the batch before it to be published: under load a
+// stream's batches grow, and its channels get fewer, larger messages
+// (fewer publish calls on the bus per event), without waiting for it. It
+// reports false, and merges nothing, when next failed as a whole.
+func (b *batch) join(next *batch) bool {
+	if next.failed != nil {
+		return false
+	}
+	for _, e := range b.entries {
+		e.alone = false
+	}
+	for _, e := range next.entries {
+		e.alone = false
+	}
+	b.entries = append(b.entries, next.entries...)
+	b.done = append(b.done, next.done...)
+	b.published = append(b.published, next.published...)
+	for _, ch := range next.channels {
+		if _, ok := b.open[ch]; !ok {
+			b.channels = append(b.channels, ch)
+		}
+		for _, o := range next.open[ch] {
+			for _, p := range o.parts {
+				b.open[ch] = place(b.open[ch], o.route, p, maxMergedIDs)
+			}
+		}
+	}
+	next.cancel()
+	return true
+}
+
+// publishBatch publishes a prepared batch's messages and writes its dead
+// letters. A stream's batches are published one after the other, in the
+// order they were read, so a channel's messages keep the stream's order.
+func (r *Router) publishBatch(b *batch) {
+	if b.failed != nil {
+		return
+	}
+	ctx := b.ctx
 	// Each message goes out now if its channel holds nothing back and the
 	// buckets allow (send asks them), else it merges into its channel's
 	// pending work and is finished by the coalescer.
 	var direct []*outgoing
-	for _, ch := range channels {
-		for _, o := range open[ch] {
+	for _, ch := range b.channels {
+		for _, o := range b.open[ch] {
 			o.seal()
 			if r.co.admit(o) {
 				direct = append(direct, o)
 			}
 		}
 	}
-	done = append(done, r.send(ctx, direct, false)...)
-	deadErr := r.deadLetter(ctx, stream, entries)
-	for _, e := range entries {
+	b.done = append(b.done, r.send(ctx, direct, false)...)
+	deadErr := r.deadLetter(ctx, b.stream, b.entries)
+	for _, e := range b.entries {
 		switch {
 		case e.reason != "":
 			if deadErr != nil {
 				e.fail(deadErr)
 			}
-			done = append(done, e)
+			b.done = append(b.done, e)
 		case e.refusedEvents():
 			if e.finish(deadErr) {
-				done = append(done, e)
+				b.done = append(b.done, e)
 			}
 		}
 	}
-	return r.settle(ctx, done)
+}
+
+// settleBatch acknowledges the batch's complete entries and queues the
+// failed ones for another try (settle). It may run while the stream's next
+// batch is being published: an entry is acknowledged only once its
+// messages were published.
+func (r *Router) settleBatch(b *batch) error {
+	defer b.cancel()
+	defer func() { r.m.batchSeconds.Observe(time.Since(b.start).Seconds()) }()
+	if b.failed != nil {
+		return r.failBatch(b.entries, b.failed)
+	}
+	return r.settle(b.ctx, b.done)
 }
 
 // failBatch queues every entry of a batch that failed as a whole for

@@ -314,3 +314,62 @@ func TestReservedIDs(t *testing.T) {
 		}
 	}
 }
+
+// A batch read while the one before was being published joins the batch
+// that waits: its events go into the same messages per channel, after the
+// waiting batch's, so a channel's keys and ids keep the stream's order. A
+// batch that failed as a whole joins nothing and leaves the waiting one as
+// it was. No Redis: the tenant is known, and no event has a
+// source_version.
+func TestBatchJoinKeepsStreamOrder(t *testing.T) {
+	m := runMatrix(t)
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	r, err := New(c, m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.tenants["acme"] = true
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	entries := func(from, n int) []redis.XMessage {
+		var msgs []redis.XMessage
+		for i := from; i < from+n; i++ {
+			msgs = append(msgs, redis.XMessage{ID: fmt.Sprintf("1-%d", i),
+				Values: map[string]any{wire.EventField: fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":["k%d"]}`, i)}})
+		}
+		return msgs
+	}
+	ctx := context.Background()
+	first, second := r.prepare(ctx, stream, entries(0, 3)), r.prepare(ctx, stream, entries(3, 1))
+	if !second.entries[0].alone {
+		t.Fatal("the entry of a batch of one is not marked alone")
+	}
+	if !first.join(second) {
+		t.Fatal("a batch that did not fail was not joined")
+	}
+	failed := r.prepare(ctx, stream, entries(4, 1))
+	failed.failed = fmt.Errorf("bus down")
+	if first.join(failed) {
+		t.Fatal("a batch that failed as a whole was joined")
+	}
+	defer first.cancel()
+	ch := names.Channel(m.Prefix, "acme", "a")
+	if len(first.entries) != 4 || len(first.channels) != 1 || len(first.open[ch]) != 1 {
+		t.Fatalf("joined batch: %d entries, channels %v, %d messages on %s; want 4, one channel, one message", len(first.entries), first.channels, len(first.open[ch]), ch)
+	}
+	o := first.open[ch][0]
+	o.seal()
+	if want := []string{"k0", "k1", "k2", "k3"}; !slices.Equal(o.msg.Keys, want) {
+		t.Errorf("keys %v, want %v", o.msg.Keys, want)
+	}
+	for i, id := range o.ids {
+		if want := RawEventID(stream, fmt.Sprintf("1-%d", i)); id != want {
+			t.Errorf("id %d is %s, want %s", i, id, want)
+		}
+	}
+	for _, e := range first.entries {
+		if e.alone {
+			t.Errorf("entry %s of a joined batch is marked alone: a failure of the batch would count towards its dead letter", e.id)
+		}
+	}
+}

@@ -466,26 +466,18 @@ func (r *Router) ensureGroup(ctx context.Context, stream string) error {
 	return nil
 }
 
-// readLoop reads a stream and hands the batches to its routing goroutine,
-// so that the next batch is read while this one is routed and published.
-// One routing goroutine per stream keeps each channel's messages in the
-// order of the stream.
+// readLoop reads a stream and hands the batches to its routing stages
+// (routeStages), so that the next batch is read while this one is routed
+// and published.
 func (r *Router) readLoop(ctx context.Context, stream string) {
 	q := r.retryQueue(stream)
-	// Unbuffered: one batch is read ahead at most, so what is handed over
-	// is no older than the batch being routed.
-	batches := make(chan []redis.XMessage)
+	// Unbuffered: a read is handed over when the routing stages take it
+	// (at once while the batch before waits to be published: it joins it).
+	batches := make(chan read)
 	routed := make(chan struct{})
 	go func() {
 		defer close(routed)
-		for msgs := range batches {
-			if err := r.process(ctx, stream, msgs); err != nil {
-				r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(msgs), "err", err)
-			}
-			// Failed entries are tried again when due, between batches,
-			// so new entries keep flowing past one that fails.
-			r.retryDue(ctx, stream, q)
-		}
+		r.routeStages(ctx, stream, q, batches)
 	}()
 	defer func() { close(batches); <-routed }()
 	// First the entries this consumer name left pending (a restart), then new ones.
@@ -498,7 +490,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			if q.size() >= 4*r.opt.BatchSize {
 				// Enough in hand that fails: take no more until they pass.
 				sleep(ctx, block)
-				batches <- nil // the retries that are due
+				batches <- read{} // the retries that are due
 				continue
 			}
 		}
@@ -523,7 +515,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
-			batches <- nil // the retries that are due
+			batches <- read{} // the retries that are due
 			continue
 		case ctx.Err() != nil:
 			return
@@ -550,17 +542,124 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		// Reads follow the backlog: a full read doubles the next one, up
 		// to maxReadBatches × BatchSize; a short one goes back to BatchSize.
-		if len(msgs) >= count {
+		full := len(msgs) >= count
+		if full {
 			count = min(2*count, maxReadBatches*r.opt.BatchSize)
 		} else {
 			count = r.opt.BatchSize
 		}
-		batches <- msgs
+		if full || id != ">" {
+			batches <- read{msgs: msgs}
+			continue
+		}
+		// A short read: the router keeps up. The next read waits until
+		// this batch is published, so that what arrives meanwhile makes
+		// one batch, with fewer and larger messages per channel, rather
+		// than many small ones that cost the bus a publish call each.
+		published := make(chan struct{})
+		batches <- read{msgs: msgs, published: published}
+		<-published
 	}
+}
+
+// read is what a stream's read loop hands its routing stages: the entries
+// read (none: only the retries that are due), and, for a short read, a
+// channel closed once they are published (or found to need no publish).
+type read struct {
+	msgs      []redis.XMessage
+	published chan struct{}
 }
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
 const maxReadBatches = 4
+
+// maxJoinedReads bounds how many full reads join into one batch while the
+// batch before is published (routeStages).
+const maxJoinedReads = 4
+
+// routeStages routes a stream's batches in three stages, one goroutine
+// each, connected without buffers: while batch N is published (one
+// pipeline of publish calls, one after the other: a channel's messages
+// keep the stream's order, and the coalescer sees what N held back before
+// N+1 is admitted), batch N+1 is parsed, routed and merged — and the
+// batches read meanwhile join it, so that under load a channel gets fewer,
+// larger messages — and batch N-1's entries are acknowledged. An entry is
+// acknowledged only once its messages were published; one that failed is
+// tried again.
+func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, batches <-chan read) {
+	prepared := make(chan *batch)
+	published := make(chan *batch)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer close(published)
+		for b := range prepared {
+			if b != nil {
+				r.publishBatch(b)
+				for _, c := range b.published {
+					close(c)
+				}
+				published <- b
+			}
+			// Failed entries are tried again when due, between batches,
+			// so new entries keep flowing past one that fails.
+			r.retryDue(ctx, stream, q)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for b := range published {
+			if err := r.settleBatch(b); err != nil {
+				r.log.Warn("routing batch; its failed entries are retried", "stream", stream, "entries", len(b.entries), "err", err)
+			}
+		}
+	}()
+	// While the batch before is published, the batches read meanwhile join
+	// the one waiting (batch.join), up to maxJoined entries.
+	maxJoined := maxJoinedReads * maxReadBatches * r.opt.BatchSize
+	var waiting *batch
+	for open := true; open; {
+		var next read
+		if waiting == nil {
+			next, open = <-batches
+		} else {
+			select {
+			case prepared <- waiting:
+				waiting = nil
+				continue
+			case next, open = <-batches:
+			}
+		}
+		b := r.prepare(ctx, stream, next.msgs)
+		if b != nil && next.published != nil {
+			b.published = append(b.published, next.published)
+		}
+		switch {
+		case b == nil:
+			if next.published != nil {
+				close(next.published) // nothing to publish
+			}
+			if waiting == nil && open {
+				prepared <- nil // the retries that are due
+			}
+		case waiting == nil:
+			waiting = b
+		case waiting.failed != nil || len(waiting.entries) >= maxJoined || !waiting.join(b):
+			prepared <- waiting
+			waiting = b
+		}
+		if waiting != nil && len(waiting.entries) >= maxJoined {
+			prepared <- waiting
+			waiting = nil
+		}
+	}
+	if waiting != nil {
+		prepared <- waiting
+	}
+	close(prepared)
+	wg.Wait()
+}
 
 // claimLoop takes over entries left pending by dead instances (or by a
 // failed batch of this one) and keeps the ingress tidy.

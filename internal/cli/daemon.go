@@ -31,6 +31,9 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
+// serveGCPercent is routerd serve's GOGC when the environment sets none.
+const serveGCPercent = 400
+
 func serve(ctx context.Context, env *Env, args []string) error {
 	f := newFlags(env, "serve", "--matrix F --redis URL [--listen ADDR]")
 	path := f.stringEnv("matrix", "ROUTERD_MATRIX", "", "routing matrix file")
@@ -55,6 +58,12 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	log, m, err := daemonSetup(env, *level, *path)
 	if err != nil {
 		return err
+	}
+	if env.Getenv("GOGC") == "" {
+		// The router's live heap is small (the batches in flight) while it
+		// allocates a few KiB per event: at Go's default it collects every
+		// few MiB routed. See docs/operations.md (GOGC).
+		debug.SetGCPercent(serveGCPercent)
 	}
 	c, err := rf.open(log)
 	if err != nil {

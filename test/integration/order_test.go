@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -85,6 +87,46 @@ func TestHandlerOrderWhenLiveMessageMeetsStartupCheck(t *testing.T) {
 	for i := 1; i < len(versions); i++ {
 		if versions[i] <= versions[i-1] {
 			t.Errorf("%s: the Handler got version %d after %d: %v", ch, versions[i], versions[i-1], versions)
+		}
+	}
+}
+
+// The router routes a stream's next batch while the one before is
+// published and acknowledged: the batches' publishes must still follow one
+// another, so a channel's messages keep the stream's order, and every entry
+// is acknowledged once its messages are out. 300 raw single-key events to
+// one channel, appended before the router starts so that reads of two to
+// eight entries follow each other: the history must hold every key once, in
+// the order the events were appended, and nothing may stay pending.
+func TestOrderAcrossOverlappingBatches(t *testing.T) {
+	e := newEnv(t, "")
+	ctx := context.Background()
+	const n = 300
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	pipe := e.busC.Pipeline()
+	for i := range n {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField,
+			fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":["user:%d"]}`, i)}})
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.router(router.Options{BatchSize: 2})
+	ch := names.Channel("invalidate", "acme", "active")
+	var keys []string
+	redistest.Eventually(t, 20*time.Second, "every key in the channel's history, nothing pending", func() bool {
+		keys = keys[:0]
+		for _, m := range e.history(ch) {
+			keys = append(keys, m.Keys...)
+		}
+		return len(keys) >= n && e.pending() == 0
+	})
+	if len(keys) != n {
+		t.Fatalf("the history holds %d keys, not %d (a message sent twice?)", len(keys), n)
+	}
+	for i, k := range keys {
+		if want := fmt.Sprintf("user:%d", i); k != want {
+			t.Fatalf("key %d of the history is %s, not %s: the channel's messages left the stream's order: …%v…", i, k, want, keys[max(i-5, 0):min(i+10, len(keys))])
 		}
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,4 +91,36 @@ func TestAttack2WrongPartitionCountOutlivesTheRescan(t *testing.T) {
 	redistest.Eventually(t, 15*time.Second, "globex's event on partition 14 routed within seconds", func() bool {
 		return !e.cached("profile-svc", "globex", "user:2")
 	})
+}
+
+// An operator's typo on the bus, `SET invalidate:ingress:partitions four`,
+// makes every publisher that reads it then refuse to publish ("not a
+// partition count"), though each knows the count it read before — the one
+// a missing key or a Redis error makes it keep. Each event published until
+// the router's next round rewrites the key (5 s; for as long as no router
+// runs) is refused; issue 19 item 5 asks that an event published after the
+// count was tampered with be routed within seconds, not lost.
+func TestAttack2GarbagePartitionCountRefusesPublishes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	e.running("acme")
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "user:1", "active")
+	// Its housekeeping waits an hour: only the start writes the count.
+	e.router(router.Options{ClaimInterval: time.Hour})
+
+	var clock atomic.Int64 // the publisher's clock, moved on by the test
+	clock.Store(time.Now().UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	pub, err := publisher.New(e.bus.Client(t), publisher.Options{Prefix: "invalidate", Origin: "attack2", Now: now})
+	must(t, err)
+	if _, err := pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:0"}}); err != nil {
+		t.Fatal(err) // reads the count 4
+	}
+	must(t, e.busC.Set(ctx, names.PartitionsKey("invalidate"), "four", 0).Err())
+	clock.Add(int64(publisher.DefaultRefresh + time.Second)) // the count is due to be read again
+	if _, err := pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}); err != nil {
+		t.Fatalf("a publisher that knew the count 4 refuses to publish while the key holds garbage: %v", err)
+	}
+	e.waitGone("profile-svc", "acme", "user:1")
 }

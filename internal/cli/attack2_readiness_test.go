@@ -131,3 +131,28 @@ func TestAttack2AgentReadyzTellsAHangingDeliverTarget(t *testing.T) {
 		return false
 	})
 }
+
+// The bus refuses the router's channel publishing but not its reads (an
+// ACL edit that drops +publish: the scripts' PUBLISH fails NOPERM): every
+// entry read fails to route and is retried, nothing reaches any channel,
+// and the log fills with "retrying failed entries" — yet routerd serve's
+// /readyz stays 200 "ready", as its reasons cover only the bus's pings and
+// the ingress reads. Readiness must mean invalidations are flowing.
+func TestAttack2ServeReadyzTellsPublishingRefused(t *testing.T) {
+	bus := redistest.Start(t)
+	serveLog := daemon(t, nil, "serve", "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	addr := listening(t, serveLog)
+	redistest.Eventually(t, 20*time.Second, "router ready", func() bool { code, _ := readyz(t, addr); return code == 200 })
+	ctx := context.Background()
+	acl := func(rules ...any) {
+		must0(t, bus.Client(t).Do(ctx, append([]any{"ACL", "SETUSER", "default"}, rules...)...).Err())
+	}
+	acl("-publish", "-spublish")
+	publishKeys(t, bus.URL, "user", "user:refused")
+	redistest.Eventually(t, 15*time.Second, "/readyz 503 while no entry can be published", func() bool {
+		code, _ := readyz(t, addr)
+		return code == 503
+	})
+	acl("+publish", "+spublish")
+	redistest.Eventually(t, 20*time.Second, "/readyz 200 after the ACL is fixed", func() bool { code, _ := readyz(t, addr); return code == 200 })
+}

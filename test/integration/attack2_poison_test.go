@@ -10,7 +10,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
@@ -71,4 +73,50 @@ func attack2DeadLetters(t *testing.T, e *env) []redis.XMessage {
 	msgs, err := e.busC.XRange(context.Background(), names.DeadLetterStream("invalidate"), "-", "+").Result()
 	must(t, err)
 	return msgs
+}
+
+// An event of 300 keys (about 30 KB, far below the 1 MiB event limit) on a
+// granted publisher's stream, outside its grant: dead-lettered not_granted,
+// its copy cut at 16 KiB. operations.md's remedy for a grant widened too
+// late — reload, then `routerd deadletter replay --reason not_granted` —
+// re-drives nothing ("left: their copy … was cut"): the 300 keys stay
+// cached for good though the event was valid and now granted.
+func TestAttack2ReplayOfAnOrdinaryLargeEventIsCut(t *testing.T) {
+	ctx := context.Background()
+	narrow := testMatrix + "publishers:\n  profile-svc: {domains: [user], tenants: [globex]}\n"
+	e := newEnv(t, narrow)
+	e.running("acme")
+	e.subscriber("profile-svc", subscriber.Options{})
+	r, _ := e.router(router.Options{})
+
+	pub, err := publisher.New(e.bus.Client(t), publisher.Options{Prefix: "invalidate", Origin: "attack2", Publisher: "profile-svc"})
+	must(t, err)
+	keys := make([]string, 300)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user:%d:%s", i, strings.Repeat("y", 90))
+		e.seed("profile-svc", "acme", keys[i], "active")
+	}
+	if _, err := pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 15*time.Second, "the event dead-lettered not_granted", func() bool {
+		for _, m := range attack2DeadLetters(t, e) {
+			if m.Values["reason"] == router.ReasonNotGranted {
+				return true
+			}
+		}
+		return false
+	})
+
+	wide, err := matrix.Parse("wide.yaml", []byte(testMatrix+"publishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
+	must(t, err)
+	must(t, r.SetMatrix(wide))
+	res, err := router.Redrive(ctx, e.busC, "invalidate", router.RedriveFilter{Reason: router.ReasonNotGranted})
+	must(t, err)
+	if res.Skipped > 0 || res.Redriven == 0 {
+		t.Fatalf("deadletter replay --reason not_granted after the grant was widened: %d re-driven, %d left (copy cut at 16 KiB): a valid 30 KB event is lost (its first key still cached: %v)",
+			res.Redriven, res.Skipped, e.cached("profile-svc", "acme", keys[0]))
+	}
+	e.waitGone("profile-svc", "acme", keys[0])
+	e.waitGone("profile-svc", "acme", keys[len(keys)-1])
 }

@@ -124,3 +124,34 @@ func TestAttack2GarbagePartitionCountRefusesPublishes(t *testing.T) {
 	}
 	e.waitGone("profile-svc", "acme", "user:1")
 }
+
+// The partition count key overwritten with another type (an operator's
+// `HSET invalidate:ingress:partitions …`, a script writing the wrong key):
+// the router's rewrite (SET … GET) fails WRONGTYPE every round, so the key
+// is never repaired, and a publisher that starts now (a deploy, a restart)
+// cannot read a count and refuses every event, for as long as nobody
+// deletes the key by hand. The router must write the count back within
+// seconds, as it does after FLUSHALL.
+func TestAttack2PartitionCountOfAnotherTypeIsNeverRepaired(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	e.running("acme")
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "user:1", "active")
+	e.router(router.Options{ClaimInterval: 100 * time.Millisecond})
+
+	key := names.PartitionsKey("invalidate")
+	must(t, e.busC.Del(ctx, key).Err())
+	must(t, e.busC.HSet(ctx, key, "partitions", "4").Err())
+
+	var lastErr error
+	if err := redistest.Wait(ctx, 15*time.Second, "a publisher started now publishes", func() bool {
+		pub, err := publisher.New(e.bus.Client(t), publisher.Options{Prefix: "invalidate", Origin: "attack2"})
+		must(t, err)
+		_, lastErr = pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+		return lastErr == nil
+	}); err != nil {
+		t.Fatalf("%v: %v (the key is a %s)", err, lastErr, e.busC.Type(ctx, key).Val())
+	}
+	e.waitGone("profile-svc", "acme", "user:1")
+}

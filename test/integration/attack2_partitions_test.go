@@ -155,3 +155,38 @@ func TestAttack2PartitionCountOfAnotherTypeIsNeverRepaired(t *testing.T) {
 	}
 	e.waitGone("profile-svc", "acme", "user:1")
 }
+
+// The same wrong count met by a router that starts after it was written
+// (`SET invalidate:ingress:partitions 16` during a deploy, while no router
+// runs): the router's start writes its own count over it without looking
+// (a plain SET, not SET … GET), so nothing tells it publishers may hold 16.
+// Its start-up scan finds the streams that exist then; a stream a publisher
+// that read 16 first appends to afterwards (within its 30 s refresh) waits
+// for the once-a-minute scan.
+func TestAttack2WrongPartitionCountBeforeTheRouterStarts(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "") // 4 partitions
+	e.running("acme", "globex")
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "globex", "user:2", "active")
+
+	key := names.PartitionsKey("invalidate")
+	must(t, e.busC.Set(ctx, key, "16", 0).Err())
+	pub, err := publisher.New(e.bus.Client(t), publisher.Options{Prefix: "invalidate", Origin: "attack2"})
+	must(t, err)
+	if _, err := pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}); err != nil {
+		t.Fatal(err) // reads 16: acme goes to partition 15
+	}
+	e.router(router.Options{ClaimInterval: 200 * time.Millisecond, DiscoverInterval: time.Minute})
+	redistest.Eventually(t, 10*time.Second, "the router's count written", func() bool { return e.busC.Get(ctx, key).Val() == "4" })
+
+	if _, err := pub.Publish(ctx, wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.busC.XLen(ctx, names.IngressStream("invalidate", 14)).Val(); n != 1 {
+		t.Fatalf("partition 14 holds %d entries; the publisher did not use the count 16 it read", n)
+	}
+	redistest.Eventually(t, 15*time.Second, "globex's event on partition 14 routed within seconds", func() bool {
+		return !e.cached("profile-svc", "globex", "user:2")
+	})
+}

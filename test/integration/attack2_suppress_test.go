@@ -1,0 +1,58 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// The shared ingress reserves the ids of the form "<publisher>/…" — but
+// only for the publishers of the matrix in force when the event is routed.
+// Before the operator adds a publishers section (the migration
+// docs/security.md recommends), a shared-ingress client plants the id
+// "profile-svc/order-7" on acme's active channel. Once profile-svc is
+// granted and publishes its own event with the id "order-7" (an
+// application's idempotency key: predictable), the router makes it
+// "profile-svc/order-7", the channel's record of published ids already
+// holds it, and the event is dropped as a duplicate: its keys stay cached.
+// protocol.md: "Another publisher granted the same channel cannot make P's
+// events duplicates by using their ids first."
+func TestAttack2IDPlantedBeforeTheGrantSuppressesThePublisher(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.running("acme")
+	e.subscriber("profile-svc", subscriber.Options{})
+	r, _ := e.router(router.Options{})
+
+	planted := `{"id":"profile-svc/order-7","tenant":"acme","domain":"user","keys":["user:9"]}`
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, planted}}).Err())
+	e.waitVersion("invalidate:acme:active", 1)
+
+	granted, err := matrix.Parse("granted.yaml", []byte(testMatrix+"publishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
+	must(t, err)
+	must(t, r.SetMatrix(granted))
+
+	e.seed("profile-svc", "acme", "user:42", "active")
+	victim, err := publisher.New(e.bus.Client(t), publisher.Options{Publisher: "profile-svc"})
+	must(t, err)
+	if _, err := victim.Publish(ctx, wire.Event{ID: "order-7", Tenant: "acme", Domain: "user", Keys: []string{"user:42"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := redistest.Wait(ctx, 10*time.Second, "profile-svc's event order-7 applied", func() bool {
+		return !e.cached("profile-svc", "acme", "user:42")
+	}); err != nil {
+		_, v := e.meta("invalidate:acme:active")
+		t.Fatalf("%v: the channel is at version %d (the planted event was 1); dead letters %d", err, v, len(attack2DeadLetters(t, e)))
+	}
+}

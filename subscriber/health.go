@@ -48,10 +48,14 @@ const (
 	// what invalidation needs (or cannot be read), and the risk was not
 	// accepted (Options.AcceptEvictionRisk).
 	ReasonEvictionPolicy = "eviction_policy"
+	// ReasonHandlerFailing: the Handler (an in-process cache, or the
+	// agent's --deliver) has not returned for LinkDeadline, or its last
+	// call failed: invalidations wait, and are replayed once it takes them.
+	ReasonHandlerFailing = "handler_failing"
 )
 
 // Reasons lists every reason a subscriber reports, for metrics.
-var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonSubscribing, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy}
+var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonSubscribing, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy, ReasonHandlerFailing}
 
 // Timing of the health signals.
 const (
@@ -72,12 +76,14 @@ type Problem = readiness.Problem
 
 // health is what Problems is computed from; safe for concurrent use.
 type health struct {
-	checkOK  atomic.Int64           // unix nanos of the last complete check that succeeded
-	checkErr atomic.Pointer[string] // the last check failed: why
-	evicts   atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
-	unmarked atomic.Pointer[string] // the checks wait for a router to mark the bus: why
-	cache    *breaker.Breaker       // nil without a cache Redis
-	probe    *breaker.Probe         // of the cache Redis
+	checkOK    atomic.Int64           // unix nanos of the last complete check that succeeded
+	checkErr   atomic.Pointer[string] // the last check failed: why
+	evicts     atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
+	unmarked   atomic.Pointer[string] // the checks wait for a router to mark the bus: why
+	handling   atomic.Int64           // unix nanos the Handler call in flight started; 0 when none
+	handlerErr atomic.Pointer[string] // the Handler's last call failed: why
+	cache      *breaker.Breaker       // nil without a cache Redis
+	probe      *breaker.Probe         // of the cache Redis
 
 	mu    sync.Mutex
 	links map[*conn]bool
@@ -163,6 +169,11 @@ func (s *Subscriber) Problems() []Problem {
 	}
 	if e := h.evicts.Load(); e != nil {
 		out = append(out, Problem{Reason: ReasonEvictionPolicy, Detail: *e})
+	}
+	if since := h.handling.Load(); since != 0 && now.Sub(time.Unix(0, since)) > LinkDeadline {
+		out = append(out, Problem{Reason: ReasonHandlerFailing, Detail: fmt.Sprintf("the Handler has not returned for %v; invalidations wait", now.Sub(time.Unix(0, since)).Round(100*time.Millisecond))})
+	} else if e := h.handlerErr.Load(); e != nil {
+		out = append(out, Problem{Reason: ReasonHandlerFailing, Detail: "the Handler's last call failed: " + *e + "; it is given again"})
 	}
 	return out
 }
@@ -262,7 +273,7 @@ func (s *Subscriber) evictionProblem(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	refs := refsInUse(s.opt.Matrix, s.cur.tagList)
+	refs := s.cur.refs // the matrix in force, not the one at start
 	for _, n := range nodes {
 		raw, err := n.Info(ctx, "memory").Result()
 		if err != nil {

@@ -244,10 +244,14 @@ type interest struct {
 	tenants    []string
 	tenantSet  map[string]bool
 	shard      wire.TenantShard // the tenants of this instance (Options.TenantShard)
+	// refs: a domain with entity references maps to one of the tags, in
+	// the matrix this interest comes from (the eviction rule differs).
+	refs bool
 }
 
-func newInterest(sub matrix.Subscription, shard wire.TenantShard) *interest {
-	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, shard: shard}
+func newInterest(m *matrix.Matrix, sub matrix.Subscription, shard wire.TenantShard) *interest {
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, shard: shard,
+		refs: refsInUse(m, sub.Tags)}
 	for _, t := range sub.Tags {
 		in.tags[t] = true
 	}
@@ -397,7 +401,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	}
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
-		prefix: opt.Matrix.Prefix, cur: newInterest(sub, opt.TenantShard), pos: map[string]*position{},
+		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
@@ -443,7 +447,7 @@ func (s *Subscriber) SetMatrix(m *matrix.Matrix) error {
 		return fmt.Errorf("subscriber: service %q is not in the new matrix %s", s.opt.Service, m.File)
 	}
 	s.m.known(sub.Tags)
-	s.next.Store(newInterest(sub, s.opt.TenantShard))
+	s.next.Store(newInterest(m, sub, s.opt.TenantShard))
 	select {
 	case s.reconf <- struct{}{}:
 	default:
@@ -456,6 +460,24 @@ func (s *Subscriber) requestCheck() {
 	case s.checkReq <- struct{}{}:
 	default:
 	}
+}
+
+// callHandler gives one invalidation to the Handler, and records for readiness
+// how long it has waited and whether it failed.
+func (s *Subscriber) callHandler(ctx context.Context, inv Invalidation) error {
+	s.health.handling.Store(time.Now().UnixNano())
+	err := s.opt.Handler(ctx, inv)
+	s.health.handling.Store(0)
+	if err != nil && ctx.Err() == nil {
+		msg := err.Error()
+		s.health.handlerErr.Store(&msg)
+		return fmt.Errorf("handler: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("handler: %w", err)
+	}
+	s.health.handlerErr.Store(nil)
+	return nil
 }
 
 // apply is the single goroutine that owns the positions.
@@ -935,9 +957,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 			errs[i] = errors.New("an earlier version of the channel failed")
 		}
 		if errs[i] == nil && s.opt.Handler != nil {
-			if err := s.opt.Handler(ctxs[i], inv); err != nil {
-				errs[i] = fmt.Errorf("handler: %w", err)
-			}
+			errs[i] = s.callHandler(ctxs[i], inv)
 		}
 		if errs[i] != nil {
 			if failedTag == nil {

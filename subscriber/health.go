@@ -2,7 +2,6 @@ package subscriber
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -241,9 +240,10 @@ func (s *Subscriber) checkEviction(ctx context.Context) {
 	}
 	problem, err := s.evictionProblem(ctx)
 	if err != nil {
-		var re redis.Error
-		if !errors.As(err, &re) || errors.Is(err, breaker.ErrOpen) {
-			return // not an answer: the breaker and the check report it
+		if !redis.HasErrorPrefix(err, "NOPERM") {
+			// Not an answer about the policy (no answer, the breaker open,
+			// WRONGPASS, LOADING): the breaker and the check report it.
+			return
 		}
 		problem = fmt.Sprintf("cannot read the cache Redis's maxmemory-policy (%v): grant the cache user +info (routerd acl --role cache), or accept the risk", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -892,7 +893,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			// from, so re-driving it again derives the same event ids.
 			values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
 			values = append(values, index...)
-			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
+			values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
 				Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
 			})
@@ -1169,6 +1170,33 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
+
+// deadLetterCopyBytes bounds the copy of an entry kept in its dead letter
+// for reason. An entry that can be re-driven after a fix (unknown_domain,
+// not_granted, poison) and was read whole is kept whole: its event or
+// events are at most MaxEventBytes, and a copy cut anywhere could never be
+// replayed. An entry that can never be replayed (malformed, too_large) or
+// whose value was cut when read (or that holds more than an event at its
+// largest and a few small fields) keeps its first DeadLetterEntryBytes.
+func (r *Router) deadLetterCopyBytes(reason string, fields map[string]any) int {
+	switch reason {
+	case ReasonMalformed, ReasonTooLarge:
+		return r.opt.DeadLetterEntryBytes
+	}
+	size := 0
+	for k, v := range fields {
+		s, ok := v.(string)
+		if !ok { // a cutValue: cut when read
+			return r.opt.DeadLetterEntryBytes
+		}
+		size += len(k) + len(s)
+	}
+	if size > r.opt.MaxEventBytes+r.opt.DeadLetterEntryBytes {
+		// More than an event at its largest and a few small fields.
+		return r.opt.DeadLetterEntryBytes
+	}
+	return math.MaxInt // whole, however its JSON escapes it
+}
 
 // entryCopy is the JSON of a refused entry's fields as its dead letter keeps
 // it: whole up to limit bytes; beyond, its first limit bytes and a note, so a

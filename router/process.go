@@ -533,7 +533,7 @@ func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string)
 		v.reason = ReasonNotGranted
 		v.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
 	case pub == "" && ev.ID != "":
-		if why := reservedID(r.prefix, mtx, ev.ID); why != "" {
+		if why := reservedID(r.prefix, ev.ID); why != "" {
 			v.reason, v.detail = ReasonMalformed, "id: "+why
 		}
 	case pub != "" && strings.Contains(ev.ID, shareMark):
@@ -577,10 +577,11 @@ func RawEventID(stream, entryID string) string {
 // reservedID says why an id supplied on the shared ingress has the form of
 // an id routerd makes itself, which it must not share (the publish script
 // drops a message whose event id the channel has seen): that of an event
-// published without an id (stream and entry id), of a granted publisher's
-// event (publisher/id), or of an id too long to keep (sha256:…). It is ""
-// for any other id.
-func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
+// published without an id (stream and entry id), of a publisher's event
+// (publisher/id: any id holding a "/", whether or not the publisher is
+// granted yet), or of an id too long to keep (sha256:…). It is "" for any
+// other id.
+func reservedID(prefix string, id string) string {
 	switch {
 	case strings.HasPrefix(id, prefix+":ingress:"):
 		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
@@ -589,8 +590,11 @@ func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
 	case strings.Contains(id, shareMark):
 		return shareMarkRule(id)
 	}
-	if p, _, ok := strings.Cut(id, "/"); ok && mtx.Publishers[p] != nil {
-		return fmt.Sprintf("%q has the form reserved for the events of publisher %q (%s/…)", id, p, p)
+	if strings.Contains(id, "/") {
+		// Every "<name>/…", not only those of the publishers granted now:
+		// an id planted before a publisher is granted would make its own
+		// later event a duplicate.
+		return fmt.Sprintf("%q holds a \"/\": the shared ingress refuses it, the form <publisher>/… is reserved for the events of publishers' own streams", id)
 	}
 	return ""
 }

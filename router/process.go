@@ -854,7 +854,8 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 }
 
 // deadLetter records the refused entries and events of the batch with
-// their reason. An error means none was recorded; they stay pending.
+// their reason, each in the dead-letter stream of its reason
+// (deadLetterStream). An error means none was recorded; they stay pending.
 //
 // A refused packed event's dead letter names its index and keeps, as
 // entry, the fields of an entry that would carry it alone.
@@ -899,7 +900,7 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			values = append(values, index...)
 			values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
 			pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
+				Stream: deadLetterStream(r.prefix, reason), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
 			})
 		}
 		return nil
@@ -1175,6 +1176,23 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
 
+// deadLetterStream is the dead-letter stream of reason: the entries that can
+// never be re-driven (malformed, too_large) have their own, capped apart, so
+// a client flooding the shared ingress with junk cannot trim another
+// publisher's dead letters, which can be replayed after a fix.
+func deadLetterStream(prefix, reason string) string {
+	if replayable(reason) {
+		return names.DeadLetterStream(prefix)
+	}
+	return names.InvalidDeadLetterStream(prefix)
+}
+
+// replayable reports whether a dead letter of reason can be re-driven after
+// a fix (a matrix reload, a bus key repaired).
+func replayable(reason string) bool {
+	return reason != ReasonMalformed && reason != ReasonTooLarge
+}
+
 // deadLetterCopyBytes bounds the copy of an entry kept in its dead letter
 // for reason. An entry that can be re-driven after a fix (unknown_domain,
 // not_granted, poison) and was read whole is kept whole: its event or
@@ -1183,8 +1201,7 @@ var noopSpan = trace.SpanFromContext(context.Background())
 // whose value was cut when read (or that holds more than an event at its
 // largest and a few small fields) keeps its first DeadLetterEntryBytes.
 func (r *Router) deadLetterCopyBytes(reason string, fields map[string]any) int {
-	switch reason {
-	case ReasonMalformed, ReasonTooLarge:
+	if !replayable(reason) {
 		return r.opt.DeadLetterEntryBytes
 	}
 	size := 0

@@ -65,7 +65,8 @@ type Redriven struct {
 	// or an entry far above MaxEventBytes), or it holds neither an event
 	// nor events.
 	Skipped int
-	// Last is the id of the last dead letter looked at ("" when none).
+	// Last is the id of the last dead letter of names.DeadLetterStream
+	// looked at ("" when none).
 	Last string
 }
 
@@ -89,11 +90,32 @@ const redriveChunk = 500
 
 func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter, start string) (Redriven, error) {
 	var res Redriven
-	dl, to := names.DeadLetterStream(prefix), names.RedriveStream(prefix)
+	if f.Reason == "" || replayable(f.Reason) {
+		last, err := redriveLetters(ctx, c, names.DeadLetterStream(prefix), names.RedriveStream(prefix), f, start, &res)
+		res.Last = last
+		if err != nil {
+			return res, err
+		}
+	}
+	if f.Reason == "" || !replayable(f.Reason) {
+		// Malformed and too_large letters (those of older routers are in
+		// the stream above): an operator may ask for them; they are
+		// refused again unless a newer router accepts them.
+		_, err := redriveLetters(ctx, c, names.InvalidDeadLetterStream(prefix), names.RedriveStream(prefix), f, start, &res)
+		return res, err
+	}
+	return res, nil
+}
+
+// redriveLetters re-drives the dead letters of dl that match f from start on
+// to the re-drive stream to, counting in res, and returns the id of the
+// last one it looked at ("" when none).
+func redriveLetters(ctx context.Context, c redis.UniversalClient, dl, to string, f RedriveFilter, start string, res *Redriven) (string, error) {
+	last := ""
 	for {
 		msgs, err := c.XRangeN(ctx, dl, start, "+", redriveChunk).Result()
 		if err != nil {
-			return res, fmt.Errorf("reading the dead letters: %w", err)
+			return last, fmt.Errorf("reading the dead letters %s: %w", dl, err)
 		}
 		// The XADDs first, each checked: a dead letter is deleted only once
 		// its re-driven entry is appended. A pipeline of the XADDs with the
@@ -130,18 +152,18 @@ func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f Redr
 			if err := c.XDel(ctx, dl, appended...).Err(); err != nil {
 				// Re-driven but still dead letters: a replay re-drives them
 				// again, which publishes nothing twice (same event ids).
-				return res, fmt.Errorf("deleting %d re-driven dead letters: %w", len(appended), err)
+				return last, fmt.Errorf("deleting %d re-driven dead letters: %w", len(appended), err)
 			}
 		}
 		res.Redriven += len(appended)
 		if addErr != nil {
-			return res, fmt.Errorf("re-driving dead letters: %d of %d not re-driven, left in the dead letters: %w", len(ids)-len(appended), len(ids), addErr)
+			return last, fmt.Errorf("re-driving dead letters: %d of %d not re-driven, left in the dead letters: %w", len(ids)-len(appended), len(ids), addErr)
 		}
 		if len(msgs) > 0 {
 			res.Last = msgs[len(msgs)-1].ID
 		}
 		if len(msgs) < redriveChunk {
-			return res, nil
+			return last, nil
 		}
 		start = "(" + res.Last
 	}

@@ -880,6 +880,8 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		return nil
 	}
 	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	var adds []*redis.StringCmd
+	var sent [][]any
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, d := range list {
 			reason, detail, fields := d.e.reason, d.e.detail, d.e.raw
@@ -899,12 +901,16 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
 			values = append(values, index...)
 			values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
-			pipe.XAdd(ctx, &redis.XAddArgs{
+			adds = append(adds, pipe.XAdd(ctx, &redis.XAddArgs{
 				Stream: deadLetterStream(r.prefix, reason), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
-			})
+			}))
+			sent = append(sent, values)
 		}
 		return nil
 	})
+	if err != nil {
+		err = r.deadLetterRefused(ctx, adds, sent)
+	}
 	if err != nil {
 		r.log.Error("writing dead letters", "err", err)
 		return fmt.Errorf("writing dead letters: %w", err)
@@ -1175,6 +1181,31 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
+
+// deadLetterRefused writes to names.DeadLetterStream the dead letters whose
+// XADD to names.InvalidDeadLetterStream the Redis user may not run (a user
+// made by an older routerd acl: NOPERM), saying so once, and returns the
+// first other error of adds.
+func (r *Router) deadLetterRefused(ctx context.Context, adds []*redis.StringCmd, sent [][]any) error {
+	invalid := names.InvalidDeadLetterStream(r.prefix)
+	var first error
+	for i, cmd := range adds {
+		err := cmd.Err()
+		if err == nil {
+			continue
+		}
+		if redis.HasErrorPrefix(err, "NOPERM") && cmd.Args()[1] == invalid {
+			if r.deadLetterOnce.CompareAndSwap(false, true) {
+				r.log.Warn("the router's Redis user may not write "+invalid+": malformed and too_large dead letters go to "+names.DeadLetterStream(r.prefix)+", capped with the others; apply the line of routerd acl --role router again", "err", err)
+			}
+			err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: sent[i]}).Err()
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
 
 // deadLetterStream is the dead-letter stream of reason: the entries that can
 // never be re-driven (malformed, too_large) have their own, capped apart, so

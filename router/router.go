@@ -205,6 +205,9 @@ type Router struct {
 	// refusedOnce is set once the Redis user was found unable to run the
 	// read scripts (read.go).
 	refusedOnce atomic.Bool
+	// deadLetterOnce is set once the Redis user was found unable to write
+	// the malformed and too_large dead letters' stream (deadLetterRefused).
+	deadLetterOnce atomic.Bool
 
 	// digest is the digest of the matrix in force (a string); peers the
 	// live routers and their digests as last read (handover.go).

@@ -317,8 +317,16 @@ func IngressStream(prefix string, p int) string {
 // PartitionsKey holds the number of ingress partitions the router reads.
 func PartitionsKey(prefix string) string { return prefix + ":ingress:partitions" }
 
-// DeadLetterStream holds the events the router refused, with the reason.
+// DeadLetterStream holds the events the router refused that can be
+// re-driven after a fix (unknown_domain, not_granted, poison), with the
+// reason.
 func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
+
+// InvalidDeadLetterStream, "<prefix>:deadletter:invalid", holds the entries
+// the router refused that can never be re-driven (malformed, too_large),
+// capped apart: a flood of junk from one client cannot trim another's
+// dead letters out of DeadLetterStream.
+func InvalidDeadLetterStream(prefix string) string { return prefix + ":deadletter:invalid" }
 
 // RedriveStream holds dead-lettered events sent back to the routers (routerd
 // deadletter replay, or a router that knows the domain an older matrix did

@@ -270,6 +270,7 @@ func TestPublisherStream(t *testing.T) {
 		{"invalidate:ingress::{1}", ""},
 		{"other:ingress:p:{1}", ""},
 		{"invalidate:deadletter", ""},
+		{InvalidDeadLetterStream("invalidate"), ""},
 		{RoutersKey("invalidate"), ""},
 	} {
 		if got := StreamPublisher("invalidate", tc.stream); got != tc.want {

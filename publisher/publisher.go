@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -351,6 +352,11 @@ func endSpan(span trace.Span, err error) {
 func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if e.ID == "" {
 		e.ID = newID(p.opt.Now())
+	}
+	if p.opt.Publisher == "" && strings.Contains(e.ID, "/") {
+		// The router would dead-letter it: <publisher>/… is the form of
+		// the ids of publishers' own streams (docs/protocol.md).
+		return nil, fmt.Errorf("publisher: id %q holds a \"/\", which the shared ingress refuses (Options.Publisher is empty); set Options.Publisher or use an id without \"/\"", e.ID)
 	}
 	if e.TS == 0 {
 		e.TS = p.opt.Now().UnixMilli()

@@ -45,7 +45,7 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(rctx) }()
 	redistest.Eventually(t, 30*time.Second, "every huge event dead-lettered", func() bool {
-		return c.XLen(ctx, names.DeadLetterStream(m.Prefix)).Val() == n
+		return c.XLen(ctx, names.InvalidDeadLetterStream(m.Prefix)).Val() == n
 	})
 	cancel()
 	if err := <-done; err != nil {
@@ -61,7 +61,7 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	if alloc > n*size/4 {
 		t.Errorf("routing %d events of %d MiB allocated %d MiB: entries are held whole", n, size>>20, alloc>>20)
 	}
-	for _, d := range c.XRange(ctx, names.DeadLetterStream(m.Prefix), "-", "+").Val() {
+	for _, d := range c.XRange(ctx, names.InvalidDeadLetterStream(m.Prefix), "-", "+").Val() {
 		if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 {
 			t.Errorf("dead letter %s: reason %v, entry copy of %d bytes", d.ID, d.Values["reason"], len(d.Values["entry"].(string)))
 		}
@@ -132,13 +132,13 @@ func TestHugeEntryWhileWaitingDeadLettered(t *testing.T) {
 		t.Fatal(err)
 	}
 	redistest.Eventually(t, 10*time.Second, "the huge event dead-lettered", func() bool {
-		return c.XLen(ctx, names.DeadLetterStream(m.Prefix)).Val() == 1
+		return c.XLen(ctx, names.InvalidDeadLetterStream(m.Prefix)).Val() == 1
 	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	d := c.XRange(ctx, names.DeadLetterStream(m.Prefix), "-", "+").Val()[0]
+	d := c.XRange(ctx, names.InvalidDeadLetterStream(m.Prefix), "-", "+").Val()[0]
 	if d.Values["reason"] != ReasonTooLarge || len(d.Values["entry"].(string)) > 20<<10 || !strings.Contains(d.Values["error"].(string), "2097") {
 		t.Errorf("dead letter: %v", d.Values["reason"])
 	}

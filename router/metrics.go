@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		routed: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "routerd_events_routed_total", Help: "Events routed and acknowledged, by domain."}, []string{"domain"}),
 		deadLettered: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "routerd_events_dead_lettered_total", Help: "Events sent to the dead-letter stream, by reason."}, []string{"reason"}),
+			Name: "routerd_events_dead_lettered_total", Help: "Events sent to the dead letters (malformed and too_large to their own stream), by reason."}, []string{"reason"}),
 		suppressed: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_events_suppressed_total", Help: "Events not routed because newer ones (source_version) of the same entity already invalidated everything they name."}),
 		published: f.NewCounterVec(prometheus.CounterOpts{

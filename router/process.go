@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -532,7 +533,7 @@ func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string)
 		v.reason = ReasonNotGranted
 		v.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
 	case pub == "" && ev.ID != "":
-		if why := reservedID(r.prefix, mtx, ev.ID); why != "" {
+		if why := reservedID(r.prefix, ev.ID); why != "" {
 			v.reason, v.detail = ReasonMalformed, "id: "+why
 		}
 	case pub != "" && strings.Contains(ev.ID, shareMark):
@@ -576,10 +577,11 @@ func RawEventID(stream, entryID string) string {
 // reservedID says why an id supplied on the shared ingress has the form of
 // an id routerd makes itself, which it must not share (the publish script
 // drops a message whose event id the channel has seen): that of an event
-// published without an id (stream and entry id), of a granted publisher's
-// event (publisher/id), or of an id too long to keep (sha256:…). It is ""
-// for any other id.
-func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
+// published without an id (stream and entry id), of a publisher's event
+// (publisher/id: any id holding a "/", whether or not the publisher is
+// granted yet), or of an id too long to keep (sha256:…). It is "" for any
+// other id.
+func reservedID(prefix string, id string) string {
 	switch {
 	case strings.HasPrefix(id, prefix+":ingress:"):
 		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
@@ -588,8 +590,11 @@ func reservedID(prefix string, mtx *matrix.Matrix, id string) string {
 	case strings.Contains(id, shareMark):
 		return shareMarkRule(id)
 	}
-	if p, _, ok := strings.Cut(id, "/"); ok && mtx.Publishers[p] != nil {
-		return fmt.Sprintf("%q has the form reserved for the events of publisher %q (%s/…)", id, p, p)
+	if strings.Contains(id, "/") {
+		// Every "<name>/…", not only those of the publishers granted now:
+		// an id planted before a publisher is granted would make its own
+		// later event a duplicate.
+		return fmt.Sprintf("%q holds a \"/\": the shared ingress refuses it, the form <publisher>/… is reserved for the events of publishers' own streams", id)
 	}
 	return ""
 }
@@ -849,7 +854,8 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 }
 
 // deadLetter records the refused entries and events of the batch with
-// their reason. An error means none was recorded; they stay pending.
+// their reason, each in the dead-letter stream of its reason
+// (deadLetterStream). An error means none was recorded; they stay pending.
 //
 // A refused packed event's dead letter names its index and keeps, as
 // entry, the fields of an entry that would carry it alone.
@@ -874,6 +880,8 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		return nil
 	}
 	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	var adds []*redis.StringCmd
+	var sent [][]any
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, d := range list {
 			reason, detail, fields := d.e.reason, d.e.detail, d.e.raw
@@ -892,13 +900,17 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 			// from, so re-driving it again derives the same event ids.
 			values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
 			values = append(values, index...)
-			values = append(values, "entry", entryCopy(fields, r.opt.DeadLetterEntryBytes), "ts", ts)
-			pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
-			})
+			values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
+			adds = append(adds, pipe.XAdd(ctx, &redis.XAddArgs{
+				Stream: deadLetterStream(r.prefix, reason), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
+			}))
+			sent = append(sent, values)
 		}
 		return nil
 	})
+	if err != nil {
+		err = r.deadLetterRefused(ctx, adds, sent)
+	}
 	if err != nil {
 		r.log.Error("writing dead letters", "err", err)
 		return fmt.Errorf("writing dead letters: %w", err)
@@ -1169,6 +1181,74 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
+
+// deadLetterRefused writes to names.DeadLetterStream the dead letters whose
+// XADD to names.InvalidDeadLetterStream the Redis user may not run (a user
+// made by an older routerd acl: NOPERM), saying so once, and returns the
+// first other error of adds.
+func (r *Router) deadLetterRefused(ctx context.Context, adds []*redis.StringCmd, sent [][]any) error {
+	invalid := names.InvalidDeadLetterStream(r.prefix)
+	var first error
+	for i, cmd := range adds {
+		err := cmd.Err()
+		if err == nil {
+			continue
+		}
+		if redis.HasErrorPrefix(err, "NOPERM") && cmd.Args()[1] == invalid {
+			if r.deadLetterOnce.CompareAndSwap(false, true) {
+				r.log.Warn("the router's Redis user may not write "+invalid+": malformed and too_large dead letters go to "+names.DeadLetterStream(r.prefix)+", capped with the others; apply the line of routerd acl --role router again", "err", err)
+			}
+			err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: sent[i]}).Err()
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// deadLetterStream is the dead-letter stream of reason: the entries that can
+// never be re-driven (malformed, too_large) have their own, capped apart, so
+// a client flooding the shared ingress with junk cannot trim another
+// publisher's dead letters, which can be replayed after a fix.
+func deadLetterStream(prefix, reason string) string {
+	if replayable(reason) {
+		return names.DeadLetterStream(prefix)
+	}
+	return names.InvalidDeadLetterStream(prefix)
+}
+
+// replayable reports whether a dead letter of reason can be re-driven after
+// a fix (a matrix reload, a bus key repaired).
+func replayable(reason string) bool {
+	return reason != ReasonMalformed && reason != ReasonTooLarge
+}
+
+// deadLetterCopyBytes bounds the copy of an entry kept in its dead letter
+// for reason. An entry that can be re-driven after a fix (unknown_domain,
+// not_granted, poison) and was read whole is kept whole: its event or
+// events are at most MaxEventBytes, and a copy cut anywhere could never be
+// replayed. An entry that can never be replayed (malformed, too_large) or
+// whose value was cut when read (or that holds more than an event at its
+// largest and a few small fields) keeps its first DeadLetterEntryBytes.
+func (r *Router) deadLetterCopyBytes(reason string, fields map[string]any) int {
+	if !replayable(reason) {
+		return r.opt.DeadLetterEntryBytes
+	}
+	size := 0
+	for k, v := range fields {
+		s, ok := v.(string)
+		if !ok { // a cutValue: cut when read
+			return r.opt.DeadLetterEntryBytes
+		}
+		size += len(k) + len(s)
+	}
+	if size > r.opt.MaxEventBytes+r.opt.DeadLetterEntryBytes {
+		// More than an event at its largest and a few small fields.
+		return r.opt.DeadLetterEntryBytes
+	}
+	return math.MaxInt // whole, however its JSON escapes it
+}
 
 // entryCopy is the JSON of a refused entry's fields as its dead letter keeps
 // it: whole up to limit bytes; beyond, its first limit bytes and a note, so a

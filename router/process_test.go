@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -292,27 +293,42 @@ services: {s: {tenants: all}}
 }
 
 // An id supplied on the shared ingress may not take a form routerd makes
-// itself: an event without id's, a granted publisher's, a hashed one, a
-// share of an event above max_keys.
+// itself: an event without id's, a publisher's (any id holding a "/",
+// whether or not the publisher is granted yet), a hashed one, a share of an
+// event above max_keys.
 func TestReservedIDs(t *testing.T) {
-	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  a: {services: [s]}\ndomains:\n  user: {tags: [a]}\nservices:\n  s: {tenants: all}\npublishers:\n  profile-svc: {domains: [user], tenants: all}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	for id, reserved := range map[string]bool{
 		"invalidate:ingress:{0}:5-1": true,
 		"sha256:00ff":                true,
 		"profile-svc/42":             true,
-		"order/42":                   false, // no such publisher
+		"order/42":                   true, // no such publisher yet: it may be granted later
+		"/":                          true,
 		"01JDX9":                     false,
 		"app:ingress:{0}:5-1":        false, // another prefix's form
 		"42#keys:0-500":              true,  // a share of event 42 (keyShares)
 		"42#keys":                    false,
 	} {
-		if got := reservedID("invalidate", m, id) != ""; got != reserved {
-			t.Errorf("reservedID(%q) = %q, want reserved %v", id, reservedID("invalidate", m, id), reserved)
+		if got := reservedID("invalidate", id) != ""; got != reserved {
+			t.Errorf("reservedID(%q) = %q, want reserved %v", id, reservedID("invalidate", id), reserved)
 		}
 	}
+}
+
+// FuzzReservedID: no id holding a "/" passes on the shared ingress, and a
+// refusal names the id.
+func FuzzReservedID(f *testing.F) {
+	for _, s := range []string{"42", "p/42", "invalidate:ingress:{0}:1-1", "sha256:ab", "x#keys:0-1", "/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		why := reservedID("invalidate", id)
+		if strings.Contains(id, "/") && why == "" {
+			t.Fatalf("reservedID(%q) passes an id of the form <publisher>/…", id)
+		}
+		if why != "" && !strings.Contains(why, strconv.Quote(id)) {
+			t.Fatalf("reservedID(%q) = %q: does not name the id", id, why)
+		}
+	})
 }
 
 // A batch read while the one before was being published joins the batch

@@ -61,17 +61,22 @@ type RedriveFilter struct {
 type Redriven struct {
 	Redriven int // dead letters appended to the re-drive stream and deleted
 	// Skipped counts dead letters that matched the reason but cannot be
-	// re-driven: their copy of the entry was cut (above 16 KiB), or it
-	// holds neither an event nor events.
+	// re-driven: their copy of the entry was cut (a value cut when read,
+	// or an entry far above MaxEventBytes), or it holds neither an event
+	// nor events.
 	Skipped int
-	// Last is the id of the last dead letter looked at ("" when none).
+	// Last is the id of the last dead letter of names.DeadLetterStream
+	// looked at ("" when none).
 	Last string
 }
 
 // Redrive re-drives the dead letters that match f, oldest first: each is
 // appended to the re-drive stream, which the routers read, and deleted from
 // the dead letters, so running it again re-drives nothing twice. A router
-// that does not know a re-driven event's domain dead-letters it again.
+// that does not know a re-driven event's domain dead-letters it again. A
+// dead letter is deleted only once its XADD succeeded: one Redis refused
+// (out of memory, a re-drive key of another type) stays, and the error
+// says how many.
 func Redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter) (Redriven, error) {
 	start := "-"
 	if !f.Since.IsZero() {
@@ -85,14 +90,40 @@ const redriveChunk = 500
 
 func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f RedriveFilter, start string) (Redriven, error) {
 	var res Redriven
-	dl, to := names.DeadLetterStream(prefix), names.RedriveStream(prefix)
+	if f.Reason == "" || replayable(f.Reason) {
+		last, err := redriveLetters(ctx, c, names.DeadLetterStream(prefix), names.RedriveStream(prefix), f, start, &res)
+		res.Last = last
+		if err != nil {
+			return res, err
+		}
+	}
+	if f.Reason == "" || !replayable(f.Reason) {
+		// Malformed and too_large letters (those of older routers are in
+		// the stream above): an operator may ask for them; they are
+		// refused again unless a newer router accepts them.
+		_, err := redriveLetters(ctx, c, names.InvalidDeadLetterStream(prefix), names.RedriveStream(prefix), f, start, &res)
+		return res, err
+	}
+	return res, nil
+}
+
+// redriveLetters re-drives the dead letters of dl that match f from start on
+// to the re-drive stream to, counting in res, and returns the id of the
+// last one it looked at ("" when none).
+func redriveLetters(ctx context.Context, c redis.UniversalClient, dl, to string, f RedriveFilter, start string, res *Redriven) (string, error) {
+	last := ""
 	for {
 		msgs, err := c.XRangeN(ctx, dl, start, "+", redriveChunk).Result()
 		if err != nil {
-			return res, fmt.Errorf("reading the dead letters: %w", err)
+			return last, fmt.Errorf("reading the dead letters %s: %w", dl, err)
 		}
+		// The XADDs first, each checked: a dead letter is deleted only once
+		// its re-driven entry is appended. A pipeline of the XADDs with the
+		// XDEL would delete them whatever the XADDs answered (OOM on a bus
+		// out of memory, WRONGTYPE on a re-drive key of another type).
 		var ids []string
-		_, err = c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		var adds []*redis.StringCmd
+		_, _ = c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, m := range msgs {
 				values, skip := f.match(m)
 				if skip {
@@ -101,23 +132,38 @@ func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f Redr
 				if values == nil {
 					continue
 				}
-				pipe.XAdd(ctx, &redis.XAddArgs{Stream: to, Values: values})
+				adds = append(adds, pipe.XAdd(ctx, &redis.XAddArgs{Stream: to, Values: values}))
 				ids = append(ids, m.ID)
-			}
-			if len(ids) > 0 {
-				pipe.XDel(ctx, dl, ids...)
 			}
 			return nil
 		})
-		if err != nil {
-			return res, fmt.Errorf("re-driving dead letters: %w", err)
+		var appended []string
+		var addErr error
+		for i, cmd := range adds {
+			if err := cmd.Err(); err != nil {
+				if addErr == nil {
+					addErr = fmt.Errorf("appending dead letter %s to the re-drive stream %s: %w", ids[i], to, err)
+				}
+				continue
+			}
+			appended = append(appended, ids[i])
 		}
-		res.Redriven += len(ids)
+		if len(appended) > 0 {
+			if err := c.XDel(ctx, dl, appended...).Err(); err != nil {
+				// Re-driven but still dead letters: a replay re-drives them
+				// again, which publishes nothing twice (same event ids).
+				return last, fmt.Errorf("deleting %d re-driven dead letters: %w", len(appended), err)
+			}
+		}
+		res.Redriven += len(appended)
+		if addErr != nil {
+			return last, fmt.Errorf("re-driving dead letters: %d of %d not re-driven, left in the dead letters: %w", len(ids)-len(appended), len(ids), addErr)
+		}
 		if len(msgs) > 0 {
 			res.Last = msgs[len(msgs)-1].ID
 		}
 		if len(msgs) < redriveChunk {
-			return res, nil
+			return last, nil
 		}
 		start = "(" + res.Last
 	}

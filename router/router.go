@@ -73,8 +73,11 @@ type Options struct {
 	// DeadLetterMaxLen caps the dead-letter stream, approximately (100000).
 	DeadLetterMaxLen int64
 	// DeadLetterEntryBytes bounds the copy of a refused entry kept in its
-	// dead letter (16 KiB): a longer one is cut there, with a note, so the
-	// stream holds at most about DeadLetterMaxLen × this many bytes.
+	// dead letter (16 KiB) when it can never be replayed (malformed,
+	// too_large, a value cut when read): a longer one is cut there, with a
+	// note. An entry that can be replayed after a fix (unknown_domain,
+	// not_granted, poison) is kept whole: its event or events are at most
+	// MaxEventBytes.
 	DeadLetterEntryBytes int
 	// MaxEventBytes is the largest event JSON routed (wire.DefaultMaxEventBytes,
 	// 1 MiB); a larger one goes to the dead letters, reason too_large.
@@ -202,6 +205,9 @@ type Router struct {
 	// refusedOnce is set once the Redis user was found unable to run the
 	// read scripts (read.go).
 	refusedOnce atomic.Bool
+	// deadLetterOnce is set once the Redis user was found unable to write
+	// the malformed and too_large dead letters' stream (deadLetterRefused).
+	deadLetterOnce atomic.Bool
 
 	// digest is the digest of the matrix in force (a string); peers the
 	// live routers and their digests as last read (handover.go).

@@ -171,6 +171,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 		Keys: []string{
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + names.DeadLetterStream(p),
+			"~" + names.InvalidDeadLetterStream(p),
 			"~" + names.RedriveStream(p),
 			"~" + names.TenantsKey(p),
 			"~" + names.RoutersKey(p),

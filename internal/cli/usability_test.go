@@ -427,7 +427,8 @@ func TestDoctorReportsTagSetGrowth(t *testing.T) {
 	}
 }
 
-// One dead letter is "1 event".
+// One dead letter is "1 event"; the malformed and too large ones, in their
+// own stream, are counted apart.
 func TestDoctorCountsOneDeadLetter(t *testing.T) {
 	bus := redistest.Start(t, "--maxmemory-policy", "noeviction")
 	c := bus.Client(t)
@@ -435,7 +436,14 @@ func TestDoctorCountsOneDeadLetter(t *testing.T) {
 	must(t, c.XGroupCreateMkStream(context.Background(), "invalidate:ingress:{0}", "routerd", "0").Err())
 	must(t, c.XAdd(context.Background(), &redis.XAddArgs{Stream: "invalidate:deadletter", Values: []any{"reason", "malformed"}}).Err())
 	_, out, _ := runCLI(t, "doctor", "--redis", bus.URL)
-	if !strings.Contains(out, "1 event in invalidate:deadletter") {
+	if !strings.Contains(out, "1 event in invalidate:deadletter:") {
 		t.Errorf("doctor with one dead letter:\n%s", out)
+	}
+	for range 2 {
+		must(t, c.XAdd(context.Background(), &redis.XAddArgs{Stream: "invalidate:deadletter:invalid", Values: []any{"reason", "malformed"}}).Err())
+	}
+	_, out, _ = runCLI(t, "doctor", "--redis", bus.URL)
+	if !strings.Contains(out, "1 event in invalidate:deadletter:") || !strings.Contains(out, "2 events in invalidate:deadletter:invalid:") {
+		t.Errorf("doctor with one dead letter and two malformed:\n%s", out)
 	}
 }

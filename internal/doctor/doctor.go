@@ -423,12 +423,17 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 		}
 		out = append(out, Finding{OK, node, "ingress", fmt.Sprintf("%s, lag %d, pending %d", count, lag, pending)})
 	}
-	if dl, _ := c.XLen(ctx, names.DeadLetterStream(opt.Prefix)).Result(); dl > 0 {
-		events := "events"
-		if dl == 1 {
-			events = "event"
+	for _, s := range []struct{ stream, what string }{
+		{names.DeadLetterStream(opt.Prefix), "XRANGE it to see why they were refused; fix the cause, then routerd deadletter replay"},
+		{names.InvalidDeadLetterStream(opt.Prefix), "malformed or too large: XRANGE it to see why; fix the publisher (they cannot be re-driven)"},
+	} {
+		if dl, _ := c.XLen(ctx, s.stream).Result(); dl > 0 {
+			events := "events"
+			if dl == 1 {
+				events = "event"
+			}
+			out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: %s", dl, events, s.stream, s.what)})
 		}
-		out = append(out, Finding{Warn, node, "deadletter", fmt.Sprintf("%d %s in %s: XRANGE it to see why they were refused", dl, events, names.DeadLetterStream(opt.Prefix))})
 	}
 	return out
 }

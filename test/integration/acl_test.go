@@ -590,7 +590,7 @@ func TestPublisherCanExhaustOnlyItsOwnStream(t *testing.T) {
 		return err == nil && len(groups) == 1 && groups[0].Pending == 0 && groups[0].Lag == 0 &&
 			groups[0].LastDeliveredID == last
 	})
-	dead, err := e.busC.XRange(ctx, names.DeadLetterStream("invalidate"), "-", "+").Result()
+	dead, err := e.busC.XRange(ctx, names.InvalidDeadLetterStream("invalidate"), "-", "+").Result()
 	if err != nil || len(dead) != 1 || dead[0].Values["reason"] != "malformed" || dead[0].Values["entry_id"] != last {
 		t.Errorf("dead letters %v (%v), want the forged entry %s as malformed", dead, err, last)
 	}

@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,19 +43,50 @@ func (e *env) history(channel string) []*wire.Message {
 	return out
 }
 
-// deadLetters waits until the dead-letter stream holds n entries and returns them.
+// deadLetters waits until the dead-letter streams hold n entries and returns them.
 func (e *env) deadLetters(n int) []redis.XMessage {
 	e.t.Helper()
-	dl := names.DeadLetterStream("invalidate")
+	var entries []redis.XMessage
 	redistest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%d dead letters", n), func() bool {
-		got, _ := e.busC.XLen(context.Background(), dl).Result()
-		return got >= int64(n)
+		entries = allDeadLetters(e.t, e.busC)
+		return len(entries) >= n
 	})
-	entries, err := e.busC.XRange(context.Background(), dl, "-", "+").Result()
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	return entries
+}
+
+// allDeadLetters returns the dead letters of both streams (those that can
+// be re-driven, and the malformed and too large ones) in the order of the
+// entries (and packed events) they came from (one batch's letters share a millisecond, and each
+// stream numbers its own entries within it).
+func allDeadLetters(t *testing.T, c *redis.Client) []redis.XMessage {
+	t.Helper()
+	var all []redis.XMessage
+	for _, dl := range []string{names.DeadLetterStream("invalidate"), names.InvalidDeadLetterStream("invalidate")} {
+		msgs, err := c.XRange(context.Background(), dl, "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, msgs...)
+	}
+	slices.SortStableFunc(all, func(a, b redis.XMessage) int {
+		from := func(m redis.XMessage) string { s, _ := m.Values["entry_id"].(string); return s }
+		index := func(m redis.XMessage) int { s, _ := m.Values["index"].(string); i, _ := strconv.Atoi(s); return i }
+		return cmp.Or(compareEntryIDs(from(a), from(b)), cmp.Compare(index(a), index(b)), compareEntryIDs(a.ID, b.ID))
+	})
+	return all
+}
+
+// compareEntryIDs orders two stream entry ids.
+func compareEntryIDs(a, b string) int {
+	split := func(id string) (uint64, uint64) {
+		ms, seq, _ := strings.Cut(id, "-")
+		m, _ := strconv.ParseUint(ms, 10, 64)
+		s, _ := strconv.ParseUint(seq, 10, 64)
+		return m, s
+	}
+	am, as := split(a)
+	bm, bs := split(b)
+	return cmp.Or(cmp.Compare(am, bm), cmp.Compare(as, bs))
 }
 
 // An event older (source_version) than one already routed for its entity is

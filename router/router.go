@@ -800,10 +800,11 @@ func (r *Router) recordCount(ctx context.Context) error {
 	case errors.Is(err, redis.Nil):
 		r.countLost.Store(true)
 	case redis.HasErrorPrefix(err, "WRONGTYPE"):
-		r.log.Warn("the partition count key is of another type: replacing it", "key", key, "type", r.c.Type(ctx, key).Val())
+		r.log.Warn("the partition count key is of another type: replacing it", "key", key)
 		if err := r.c.Set(ctx, key, own, 0).Err(); err != nil {
 			return err
 		}
+		r.m.replaced.WithLabelValues(KeyPartitionCount).Inc()
 		r.countWrong.Store(true)
 	case err != nil:
 		return err

@@ -406,6 +406,15 @@ func (r *Router) settle(ctx context.Context, done []*entry, failed ...*entry) er
 	} else {
 		r.retryDone(ok)
 	}
+	var busErr error // the first failure that is not the entry's own
+	for _, e := range failed {
+		if err := e.failure(); busErr == nil && !permanent(err) && !errors.Is(err, context.Canceled) {
+			busErr = err
+		}
+	}
+	if len(ok) > 0 || len(failed) > 0 {
+		r.settled(busErr)
+	}
 	if len(failed) == 0 {
 		return nil
 	}

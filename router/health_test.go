@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -79,4 +80,44 @@ func TestProblemsTellPublishingRefused(t *testing.T) {
 	if f := r.health.publishing.Load(); f != nil {
 		t.Errorf("an entry's own error counted as publishing failing: %s", f.err)
 	}
+}
+
+// A housekeeping step that fails (the live routers' hash overwritten with a
+// string: the heartbeat answers WRONGTYPE) does not skip the steps after it:
+// the pending entries are still exported.
+func TestHousekeepingStepFailureSkipsNoOther(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	m := runMatrix(t)
+	r, err := New(c, m, Options{Block: 50 * time.Millisecond, ClaimInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
+
+	if err := c.Set(ctx, names.RoutersKey(m.Prefix), "not a hash", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// An entry another consumer of the group read and holds: pending.
+	stream := names.IngressStream(m.Prefix, 0)
+	// In one transaction, so this router cannot read it first.
+	if _, err := c.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event", "{}"}})
+		pipe.XReadGroup(ctx, &redis.XReadGroupArgs{Group: r.opt.Group, Consumer: "other", Streams: []string{stream, ">"}, Count: 1, Block: -1})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the pending entry exported", func() bool {
+		var g dto.Metric
+		if err := r.m.pending.Write(&g); err != nil {
+			t.Fatal(err)
+		}
+		return g.GetGauge().GetValue() == 1
+	})
 }

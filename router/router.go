@@ -674,7 +674,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 	// publishers keep a count they read for publisher.DefaultRefresh.
 	var rescanUntil time.Time
 	// setup recorded the count: what it found there counts as this round's.
-	r.countChecked(&rescanUntil)
+	r.countChecked(&rescanUntil, true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -707,7 +707,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
 		}
-		r.countChecked(&rescanUntil)
+		r.countChecked(&rescanUntil, false)
 	}
 }
 
@@ -715,15 +715,19 @@ func (r *Router) claimLoop(ctx context.Context) {
 // gone or wrong. Publishers that read the count while it was gone took the
 // default, and those that read a wrong one took it and keep it up to their
 // refresh: the claim loop looks for their partitions now, and every round
-// until a count read then has expired.
-func (r *Router) countChecked(rescanUntil *time.Time) {
+// until a count read then has expired. At start a missing count is usual
+// (no router ran on this bus yet) and logged as information only.
+func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
 	lost, wrong := r.countLost.Swap(false), r.countWrong.Swap(false)
 	if !lost && !wrong {
 		return
 	}
-	if lost {
-		r.log.Warn("the partition count was gone (the bus lost its data, or no router ran yet): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
-	} else {
+	switch {
+	case lost && start:
+		r.log.Info("no partition count on the bus (no router ran on it yet, or it lost its data): looking for ingress partitions every round for a while", "key", names.PartitionsKey(r.prefix))
+	case lost:
+		r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
+	default:
 		r.log.Warn("the partition count differed from the matrix's (rewritten): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix), "partitions", r.matrix.Load().Partitions)
 	}
 	*rescanUntil = time.Now().Add(countKeptFor)

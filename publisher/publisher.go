@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -53,7 +54,9 @@ type Options struct {
 	// or the bus lost its data and the router has not written it again,
 	// which it does within seconds) the publisher keeps the count it last
 	// read, or uses 8 when it never read one, and reads the key again
-	// after a second rather than after Refresh.
+	// after a second rather than after Refresh. A key that holds no count
+	// (garbage, a count out of range, another type) is treated the same,
+	// with a warning: the router repairs it.
 	Partitions int
 	// Refresh is how long a partition count read from Redis is used.
 	Refresh time.Duration
@@ -81,6 +84,9 @@ type Options struct {
 	// Set it to the router's limit when that differs. It bounds a packed
 	// entry's events field too.
 	MaxEventBytes int
+	// Logger receives warnings (a partition count key that holds no
+	// count); slog.Default() when nil.
+	Logger *slog.Logger
 	// MaxPacked is the most events PublishBatch packs into one ingress
 	// entry (100): the router reads, routes and acknowledges them together,
 	// each still its own event. 1 sends an entry per event.
@@ -145,6 +151,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
 	}
 	if opt.WaitTimeout < 0 {
 		return nil, errors.New("publisher: negative WaitTimeout")
@@ -431,33 +440,63 @@ func (c *partitionCount) ttl(refresh time.Duration) time.Duration {
 }
 
 // readPartitions reads the partition count from Redis and keeps it; on a
-// Redis error it keeps known, the last count read, when there is one.
+// Redis error it keeps known, the last count read, when there is one. A key
+// that is missing or holds no count (garbage, out of range, another type)
+// makes it keep known, or guess the default, for missingRefresh: the router
+// writes the key again within seconds.
 func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (int, error) {
-	s, err := p.c.Get(ctx, names.PartitionsKey(p.opt.Prefix)).Result()
-	n := wire.DefaultPartitions
+	key := names.PartitionsKey(p.opt.Prefix)
+	s, err := p.c.Get(ctx, key).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
 		// Gone with the bus's data, or no router ran yet: the count read
 		// before is still the matrix's (the router writes it again within
 		// seconds), a better guess than the default.
-		if known != nil {
-			n = known.n
-		}
-		p.partitions.Store(&partitionCount{n: n, at: p.opt.Now(), missing: true})
-		return n, nil
+		return p.guessPartitions(known), nil
+	case isWrongType(err):
+		p.opt.Logger.Warn("publisher: the partition count key is of another type; using the count known before (or the default) until the router repairs it",
+			"key", key, "err", err)
+		return p.guessPartitions(known), nil
 	case err != nil:
 		if known != nil {
 			return known.n, nil // keep the last known count; the XADD will tell
 		}
 		return 0, fmt.Errorf("publisher: read partition count: %w", err)
-	default:
-		n, err = strconv.Atoi(s)
-		if err != nil || n < 1 || n > matrix.MaxPartitions {
-			return 0, fmt.Errorf("publisher: %s holds %q, not a partition count", names.PartitionsKey(p.opt.Prefix), s)
-		}
+	}
+	n, err := parsePartitions(s)
+	if err != nil {
+		p.opt.Logger.Warn("publisher: the partition count key holds no count; using the count known before (or the default) until the router repairs it",
+			"key", key, "err", err)
+		return p.guessPartitions(known), nil
 	}
 	p.partitions.Store(&partitionCount{n: n, at: p.opt.Now()})
 	return n, nil
+}
+
+// guessPartitions keeps known's count, or the default, for missingRefresh.
+func (p *Publisher) guessPartitions(known *partitionCount) int {
+	n := wire.DefaultPartitions
+	if known != nil {
+		n = known.n
+	}
+	p.partitions.Store(&partitionCount{n: n, at: p.opt.Now(), missing: true})
+	return n
+}
+
+// parsePartitions parses the value of the partition count key.
+func parsePartitions(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > matrix.MaxPartitions {
+		return 0, fmt.Errorf("%q is not a partition count (1 to %d)", s, matrix.MaxPartitions)
+	}
+	return n, nil
+}
+
+// isWrongType reports whether err is Redis's answer to a command on a key
+// of another type.
+func isWrongType(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "WRONGTYPE")
 }
 
 // newID returns a time-ordered unique id: 12 hex digits of milliseconds and

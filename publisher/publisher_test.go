@@ -1,9 +1,11 @@
 package publisher_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -144,12 +146,33 @@ func TestPartitionCountFromRedis(t *testing.T) {
 	if n := len(entries(t, c, names.IngressStream("inv", wire.Partition("acme", 3)))); n != 1 {
 		t.Errorf("%d entries in the 3-partition stream", n)
 	}
-	if err := c.Set(ctx, names.PartitionsKey("inv"), "many", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	p2, _ := publisher.New(c, publisher.Options{Prefix: "inv"})
-	if _, err := p2.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err == nil || !strings.Contains(err.Error(), "not a partition count") {
-		t.Errorf("bad partition count: %v", err)
+	// A key that holds no count is treated like a missing one: the count
+	// known before, or the default when none, with a warning naming the key.
+	for _, bad := range []func() error{
+		func() error { return c.Set(ctx, names.PartitionsKey("inv"), "many", 0).Err() },
+		func() error { return c.Set(ctx, names.PartitionsKey("inv"), 0, 0).Err() },
+		func() error { return c.Set(ctx, names.PartitionsKey("inv"), 100000, 0).Err() },
+		func() error {
+			c.Del(ctx, names.PartitionsKey("inv"))
+			return c.HSet(ctx, names.PartitionsKey("inv"), "n", 3).Err()
+		},
+	} {
+		if err := bad(); err != nil {
+			t.Fatal(err)
+		}
+		var log bytes.Buffer
+		p2, _ := publisher.New(c, publisher.Options{Prefix: "inv", Logger: slog.New(slog.NewTextHandler(&log, nil))})
+		before := len(entries(t, c, names.IngressStream("inv", wire.Partition("acme", wire.DefaultPartitions))))
+		if _, err := p2.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
+			t.Errorf("a partition count key that holds no count refuses the event: %v", err)
+		}
+		if n := len(entries(t, c, names.IngressStream("inv", wire.Partition("acme", wire.DefaultPartitions)))); n != before+1 {
+			t.Errorf("%d entries in the default partition's stream, want %d", n, before+1)
+		}
+		if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), names.PartitionsKey("inv")) {
+			t.Errorf("no warning naming the key: %q", log.String())
+		}
+		c.Del(ctx, names.PartitionsKey("inv"))
 	}
 }
 

@@ -28,16 +28,26 @@ const (
 	// ReasonReadsFailing: the last read of an ingress stream failed (up
 	// to three are named).
 	ReasonReadsFailing = "ingress_reads_failing"
+	// ReasonPublishingFailing: for publishingFailingAfter or longer every
+	// batch settled had entries fail for a reason that is not their own
+	// (the bus refused or did not answer: an ACL without PUBLISH, a bus out
+	// of memory, a timeout): nothing reaches the channels. Ready again once
+	// a batch settles without such a failure.
+	ReasonPublishingFailing = "publishing_failing"
 )
 
 // Reasons lists every reason a router reports, for metrics.
-var Reasons = []string{ReasonStarting, ReasonBusUnreachable, ReasonReadsFailing}
+var Reasons = []string{ReasonStarting, ReasonBusUnreachable, ReasonReadsFailing, ReasonPublishingFailing}
 
 const (
 	probeEvery   = 500 * time.Millisecond
 	probeTimeout = time.Second
 	// unreachableAfter is how long the bus may leave pings unanswered.
 	unreachableAfter = 3 * time.Second
+	// publishingFailingAfter is how long batches may keep failing (with no
+	// batch routed meanwhile) before it is a readiness problem: a failure
+	// that a retry (100 ms later) gets past is not one.
+	publishingFailingAfter = 2 * time.Second
 )
 
 // A Problem is one reason the router is not ready, with what was seen.
@@ -48,6 +58,16 @@ type health struct {
 	probe    *breaker.Probe         // of the bus
 	pingErr  atomic.Pointer[string] // the last ping's error
 	readErrs sync.Map               // stream -> why its last read failed
+	// publishing is set while the batches settled since the last one
+	// routed failed for reasons not their own: since the first, and why the
+	// last one failed.
+	publishing atomic.Pointer[publishFailure]
+}
+
+// publishFailure is a streak of batches that failed to publish.
+type publishFailure struct {
+	since time.Time
+	err   string
 }
 
 // Problems lists why the router is not ready, nothing when it is.
@@ -72,7 +92,31 @@ func (r *Router) Problems() []Problem {
 		sort.Strings(failing)
 		out = append(out, Problem{Reason: ReasonReadsFailing, Detail: "reading the ingress failed: " + strings.Join(failing, "; ")})
 	}
+	if f := r.health.publishing.Load(); f != nil {
+		if d := time.Since(f.since); d >= publishingFailingAfter {
+			out = append(out, Problem{Reason: ReasonPublishingFailing,
+				Detail: fmt.Sprintf("no batch routed for %v: each failed, retried (last error: %s)", d.Round(100*time.Millisecond), f.err)})
+		}
+	}
 	return out
+}
+
+// settled records the outcome of a settled batch: err is why some of its
+// entries failed for a reason not their own, nil when none did. A failure
+// starts or continues the streak; a batch without one (the bus took it, or
+// answered with an error of an entry's own) ends it.
+func (r *Router) settled(err error) {
+	if err == nil {
+		if r.health.publishing.Load() != nil {
+			r.health.publishing.Store(nil)
+		}
+		return
+	}
+	f := &publishFailure{since: time.Now(), err: err.Error()}
+	if old := r.health.publishing.Load(); old != nil {
+		f.since = old.since
+	}
+	r.health.publishing.Store(f)
 }
 
 // Ready reports whether the router is routing: Problems is empty.

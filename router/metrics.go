@@ -34,7 +34,17 @@ type metrics struct {
 	wholeTag        *prometheus.CounterVec // tag, reason
 	pendingChannels prometheus.Gauge
 	publishLag      prometheus.Histogram
+
+	// replaced counts the router's own keys found of another type and
+	// replaced, by key (KeyPartitionCount, KeyTenantRegistry).
+	replaced *prometheus.CounterVec
 }
+
+// The keys of routerd_internal_keys_replaced_total.
+const (
+	KeyPartitionCount = "partition_count"
+	KeyTenantRegistry = "tenant_registry"
+)
 
 // newMetrics makes the metrics, each registered with reg as it is made
 // (none is registered when reg is nil).
@@ -87,6 +97,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		pendingChannels: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
+		replaced: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "routerd_internal_keys_replaced_total", Help: "Keys of the router's own (the partition count, the tenant registry) found of another type and replaced, by key."}, []string{"key"}),
 	}
 }
 
@@ -100,6 +112,9 @@ var DeadLetterReasons = []string{ReasonMalformed, ReasonUnknownDomain, ReasonToo
 func (m *metrics) known(mx *matrix.Matrix) {
 	for _, reason := range DeadLetterReasons {
 		m.deadLettered.WithLabelValues(reason)
+	}
+	for _, key := range []string{KeyPartitionCount, KeyTenantRegistry} {
+		m.replaced.WithLabelValues(key)
 	}
 	for d := range mx.Domains {
 		m.routed.WithLabelValues(d)

@@ -407,6 +407,15 @@ func (r *Router) settle(ctx context.Context, done []*entry, failed ...*entry) er
 	} else {
 		r.retryDone(ok)
 	}
+	var busErr error // the first failure that is not the entry's own
+	for _, e := range failed {
+		if err := e.failure(); busErr == nil && !permanent(err) && !errors.Is(err, context.Canceled) {
+			busErr = err
+		}
+	}
+	if len(ok) > 0 || len(failed) > 0 {
+		r.settled(busErr)
+	}
 	if len(failed) == 0 {
 		return nil
 	}
@@ -705,9 +714,30 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 		cmd = "SPUBLISH"
 	}
 	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
-	if _, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
-		return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
-	}); err != nil {
+	register := func() error {
+		_, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
+			return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
+		})
+		return err
+	}
+	err := register()
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+		// The registry is the router's own (names reserves it): a key of
+		// another type there is an operator's mistake or a client's
+		// attack, not the events' fault. Replace it rather than refuse
+		// every new tenant's events; subscribers fill their view of it
+		// again from the announcements and the router's registrations.
+		r.log.Warn("the tenant registry is of another type: replacing it", "key", req.Key, "err", err)
+		if err := r.c.Del(ctx, req.Key).Err(); err != nil {
+			return fmt.Errorf("tenant registry: replacing %s: %w", req.Key, err)
+		}
+		r.m.replaced.WithLabelValues(KeyTenantRegistry).Inc()
+		r.tenantsMu.Lock()
+		r.tenants = map[string]bool{} // registered in the key just deleted
+		r.tenantsMu.Unlock()
+		err = register()
+	}
+	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
 	r.tenantsMu.Lock()

@@ -348,7 +348,10 @@ func (r *Router) streamList() []string {
 // read (the configured ones and any other partition stream that exists),
 // creates the consumer groups and loads the scripts.
 func (r *Router) setup(ctx context.Context) error {
-	if err := r.c.Set(ctx, names.PartitionsKey(r.prefix), r.matrix.Load().Partitions, 0).Err(); err != nil {
+	// As housekeeping does: a count written while no router ran (another
+	// matrix, an operator's SET) has publishers append where this router
+	// may not read yet, so the claim loop's first round starts the rescan.
+	if err := r.recordCount(ctx); err != nil {
 		return err
 	}
 	if err := r.markGeneration(ctx); err != nil {
@@ -676,6 +679,8 @@ func (r *Router) claimLoop(ctx context.Context) {
 	// Until then every round looks for partitions whatever the interval:
 	// publishers keep a count they read for publisher.DefaultRefresh.
 	var rescanUntil time.Time
+	// setup recorded the count: what it found there counts as this round's.
+	r.countChecked(&rescanUntil, true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -708,23 +713,33 @@ func (r *Router) claimLoop(ctx context.Context) {
 		if err := r.housekeeping(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("ingress housekeeping", "err", err)
 		}
-		lost, wrong := r.countLost.Swap(false), r.countWrong.Swap(false)
-		if lost || wrong {
-			// Publishers that read the count while it was gone took the
-			// default, and those that read a wrong one took it and keep it
-			// up to their refresh: look for their partitions now, and every
-			// round until a count read then has expired.
-			if lost {
-				r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
-			} else {
-				r.log.Warn("the partition count differed from the matrix's (rewritten): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix), "partitions", r.matrix.Load().Partitions)
-			}
-			rescanUntil = time.Now().Add(countKeptFor)
-			select {
-			case r.rediscover <- struct{}{}:
-			default:
-			}
-		}
+		r.countChecked(&rescanUntil, false)
+	}
+}
+
+// countChecked starts the rescan window when recordCount found the count
+// gone or wrong. Publishers that read the count while it was gone took the
+// default, and those that read a wrong one took it and keep it up to their
+// refresh: the claim loop looks for their partitions now, and every round
+// until a count read then has expired. At start a missing count is usual
+// (no router ran on this bus yet) and logged as information only.
+func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
+	lost, wrong := r.countLost.Swap(false), r.countWrong.Swap(false)
+	if !lost && !wrong {
+		return
+	}
+	switch {
+	case lost && start:
+		r.log.Info("no partition count on the bus (no router ran on it yet, or it lost its data): looking for ingress partitions every round for a while", "key", names.PartitionsKey(r.prefix))
+	case lost:
+		r.log.Warn("the partition count was gone (the bus lost its data): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix))
+	default:
+		r.log.Warn("the partition count differed from the matrix's (rewritten): looking for ingress partitions at once", "key", names.PartitionsKey(r.prefix), "partitions", r.matrix.Load().Partitions)
+	}
+	*rescanUntil = time.Now().Add(countKeptFor)
+	select {
+	case r.rediscover <- struct{}{}:
+	default:
 	}
 }
 
@@ -783,26 +798,47 @@ func (r *Router) hold(ctx context.Context) {
 	}
 }
 
-// housekeeping rewrites the partition count (a Redis that lost its data must
-// tell publishers again; finding it gone sets countLost, finding another
-// count there countWrong), exports pending
-// and lag, and trims ingress entries every consumer group has acknowledged.
-func (r *Router) housekeeping(ctx context.Context) error {
+// recordCount writes the matrix's partition count for publishers with
+// SET … GET: finding it gone sets countLost, finding another count there —
+// or a key of another type, which SET … GET refuses and a plain SET
+// replaces — sets countWrong.
+func (r *Router) recordCount(ctx context.Context) error {
+	key := names.PartitionsKey(r.prefix)
 	own := r.matrix.Load().Partitions
-	old, err := r.c.SetArgs(ctx, names.PartitionsKey(r.prefix), own, redis.SetArgs{Get: true}).Result()
+	old, err := r.c.SetArgs(ctx, key, own, redis.SetArgs{Get: true}).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
 		r.countLost.Store(true)
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
+		r.log.Warn("the partition count key is of another type: replacing it", "key", key)
+		if err := r.c.Set(ctx, key, own, 0).Err(); err != nil {
+			return err
+		}
+		r.m.replaced.WithLabelValues(KeyPartitionCount).Inc()
+		r.countWrong.Store(true)
 	case err != nil:
 		return err
 	case old != strconv.Itoa(own):
 		r.countWrong.Store(true)
 	}
+	return nil
+}
+
+// housekeeping rewrites the partition count (a Redis that lost its data must
+// tell publishers again: recordCount), exports pending and lag, and trims
+// ingress entries every consumer group has acknowledged. A step that fails
+// does not skip the others (nor one stream's failure the other streams'):
+// their errors are returned together.
+func (r *Router) housekeeping(ctx context.Context) error {
+	var errs []error
+	if err := r.recordCount(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("recording the partition count: %w", err))
+	}
 	if err := r.markGeneration(ctx); err != nil {
-		return err
+		errs = append(errs, fmt.Errorf("marking the bus's generation: %w", err))
 	}
 	if err := r.heartbeat(ctx); err != nil {
-		return err
+		errs = append(errs, fmt.Errorf("heartbeat: %w", err))
 	}
 	r.tenantsMu.Lock()
 	if time.Since(r.tenantsSince) > time.Minute {
@@ -814,40 +850,53 @@ func (r *Router) housekeeping(ctx context.Context) error {
 
 	var pending, lag int64
 	for _, stream := range r.streamList() {
-		if err := r.forgetConsumers(ctx, stream); err != nil {
-			return err
-		}
-		groups, err := r.c.XInfoGroups(ctx, stream).Result()
+		p, l, err := r.tidy(ctx, stream)
 		if err != nil {
-			return err
+			errs = append(errs, fmt.Errorf("%s: %w", stream, err))
 		}
-		minID := ""
-		for _, g := range groups {
-			if g.Name == r.opt.Group {
-				pending += g.Pending
-				lag += g.Lag
-			}
-			low := g.LastDeliveredID
-			if g.Pending > 0 {
-				sum, err := r.c.XPending(ctx, stream, g.Name).Result()
-				if err != nil {
-					return err
-				}
-				low = sum.Lower
-			}
-			if minID == "" || lessID(low, minID) {
-				minID = low
-			}
-		}
-		if minID != "" && minID != "0-0" {
-			if err := r.c.XTrimMinIDApprox(ctx, stream, minID, 0).Err(); err != nil {
-				return err
-			}
-		}
+		pending += p
+		lag += l
 	}
 	r.m.pending.Set(float64(pending))
 	r.m.lag.Set(float64(lag))
-	return nil
+	return errors.Join(errs...)
+}
+
+// tidy forgets a stream's idle consumers of other instances, returns the
+// group's pending entries and lag, and trims the entries every consumer
+// group has acknowledged.
+func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, err error) {
+	if err := r.forgetConsumers(ctx, stream); err != nil {
+		return 0, 0, err
+	}
+	groups, err := r.c.XInfoGroups(ctx, stream).Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	minID := ""
+	for _, g := range groups {
+		if g.Name == r.opt.Group {
+			pending += g.Pending
+			lag += g.Lag
+		}
+		low := g.LastDeliveredID
+		if g.Pending > 0 {
+			sum, err := r.c.XPending(ctx, stream, g.Name).Result()
+			if err != nil {
+				return pending, lag, err
+			}
+			low = sum.Lower
+		}
+		if minID == "" || lessID(low, minID) {
+			minID = low
+		}
+	}
+	if minID != "" && minID != "0-0" {
+		if err := r.c.XTrimMinIDApprox(ctx, stream, minID, 0).Err(); err != nil {
+			return pending, lag, err
+		}
+	}
+	return pending, lag, nil
 }
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing

@@ -159,11 +159,26 @@ func (r *Router) register(ctx context.Context) error {
 	own := registration{digest: r.digest.Load().(string), expires: now.Add(r.registrationTTL())}
 	r.registered = own.expires
 	var all *redis.MapStringStringCmd
-	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, key, r.opt.Consumer, own.value())
-		all = pipe.HGetAll(ctx, key)
-		return nil
-	})
+	write := func() error {
+		_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.HSet(ctx, key, r.opt.Consumer, own.value())
+			all = pipe.HGetAll(ctx, key)
+			return nil
+		})
+		return err
+	}
+	err := write()
+	if err != nil && redis.HasErrorPrefix(err, "WRONGTYPE") {
+		// The key is the routers' own (names reserves it): another type
+		// there is an operator's mistake or a client's attack. Replace
+		// it; every live router registers again within its next round.
+		r.log.Warn("the live routers' key is of another type: replacing it", "key", key, "err", err)
+		if err := r.c.Del(ctx, key).Err(); err != nil {
+			return fmt.Errorf("live routers: replacing %s: %w", key, err)
+		}
+		r.m.replaced.WithLabelValues(KeyLiveRouters).Inc()
+		err = write()
+	}
 	if err != nil {
 		return err
 	}

@@ -82,10 +82,10 @@ func TestProblemsTellPublishingRefused(t *testing.T) {
 	}
 }
 
-// A housekeeping step that fails (the live routers' hash overwritten with a
-// string: the heartbeat answers WRONGTYPE) does not skip the steps after it:
-// the pending entries are still exported.
-func TestHousekeepingStepFailureSkipsNoOther(t *testing.T) {
+// The live routers' hash overwritten with a string (the heartbeat answers
+// WRONGTYPE): the router replaces it and registers again, and the steps
+// after the heartbeat still run: the pending entries are exported.
+func TestHousekeepingReplacesLiveRoutersOfAnotherType(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	c := srv.Client(t)
@@ -120,4 +120,15 @@ func TestHousekeepingStepFailureSkipsNoOther(t *testing.T) {
 		}
 		return g.GetGauge().GetValue() == 1
 	})
+	redistest.Eventually(t, 10*time.Second, "the live routers' key replaced, with this router's registration", func() bool {
+		v, err := c.HGet(ctx, names.RoutersKey(m.Prefix), r.opt.Consumer).Result()
+		return err == nil && v != ""
+	})
+	var replaced dto.Metric
+	if err := r.m.replaced.WithLabelValues(KeyLiveRouters).Write(&replaced); err != nil {
+		t.Fatal(err)
+	}
+	if replaced.GetCounter().GetValue() < 1 {
+		t.Error("routerd_internal_keys_replaced_total{key=live_routers} did not count the replacement")
+	}
 }

@@ -44,6 +44,7 @@ type metrics struct {
 const (
 	KeyPartitionCount = "partition_count"
 	KeyTenantRegistry = "tenant_registry"
+	KeyLiveRouters    = "live_routers"
 )
 
 // newMetrics makes the metrics, each registered with reg as it is made
@@ -98,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		pendingChannels: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
 		replaced: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "routerd_internal_keys_replaced_total", Help: "Keys of the router's own (the partition count, the tenant registry) found of another type and replaced, by key."}, []string{"key"}),
+			Name: "routerd_internal_keys_replaced_total", Help: "Keys of the router's own (the partition count, the tenant registry, the live routers) found of another type and replaced, by key."}, []string{"key"}),
 	}
 }
 
@@ -113,7 +114,7 @@ func (m *metrics) known(mx *matrix.Matrix) {
 	for _, reason := range DeadLetterReasons {
 		m.deadLettered.WithLabelValues(reason)
 	}
-	for _, key := range []string{KeyPartitionCount, KeyTenantRegistry} {
+	for _, key := range []string{KeyPartitionCount, KeyTenantRegistry, KeyLiveRouters} {
 		m.replaced.WithLabelValues(key)
 	}
 	for d := range mx.Domains {

@@ -727,7 +727,8 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 
 // confirmed is told a subscription of c was confirmed, count being how many
 // c holds now. When c's set is complete and so is every connection's, one
-// check covers what was missed while subscribing (or reconnecting).
+// check covers what was missed while subscribing (or reconnecting): a new
+// round, not ready until a check started after it succeeds (Problems).
 func (s *Subscriber) confirmed(c *conn, count int) {
 	if int64(count) != c.expected.Load() {
 		return
@@ -737,7 +738,10 @@ func (s *Subscriber) confirmed(c *conn, count int) {
 	s.health.mu.Unlock()
 	if held == expected {
 		s.log.Info("subscribed", "channels", expected)
+		s.roundMu.Lock()
+		s.rounds.Add(1)
 		s.requestCheck()
+		s.roundMu.Unlock()
 	}
 }
 

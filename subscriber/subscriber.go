@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -183,6 +184,13 @@ type Subscriber struct {
 	// whose subscription is confirmed: each is checked on its own.
 	channelChecks chan string
 	ready         atomic.Bool
+	// rounds counts the times the bus confirmed every subscription (each
+	// asks for a check: confirmed); covered is the last round a check
+	// that succeeded started after, which readiness waits for. roundMu
+	// makes a round and its check request one step, so a check that saw
+	// the round also took its request.
+	rounds, covered atomic.Int64
+	roundMu         sync.Mutex
 	// unmarked: the first checks found no bus generation (check); they
 	// look for it every second until a router marks the bus.
 	unmarked bool
@@ -557,6 +565,15 @@ func newChecker() *checker {
 // runCheck runs a position check for the applier, records its outcome for
 // readiness, and schedules its retry when it failed.
 func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
+	// What was asked for until now this check covers, a round of
+	// subscriptions confirmed before it too (Problems).
+	s.roundMu.Lock()
+	select {
+	case <-s.checkReq:
+	default:
+	}
+	round := s.rounds.Load()
+	s.roundMu.Unlock()
 	err := s.check(ctx)
 	if ctx.Err() != nil {
 		return
@@ -587,6 +604,7 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		s.log.Info("position check succeeded again", ck.failing.attrs()...)
 		ck.failing.failures = 0
 	}
+	s.covered.Store(round)
 	s.ready.Store(true)
 }
 

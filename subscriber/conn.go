@@ -699,18 +699,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 					}
 					continue
 				}
-				if int64(m.Count) == c.expected.Load() {
-					// This connection's set is complete: once every
-					// connection's is, one check covers what was missed
-					// while subscribing (or reconnecting).
-					s.health.mu.Lock()
-					expected, held := s.health.subscriptions()
-					s.health.mu.Unlock()
-					if held == expected {
-						s.log.Info("subscribed", "channels", expected)
-						s.requestCheck()
-					}
-				}
+				s.confirmed(c, m.Count)
 			case "sunsubscribe":
 				c.held.Store(int64(m.Count))
 				s.log.Info("the server moved a channel's slot; regrouping", "channel", m.Channel)
@@ -733,6 +722,26 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				c.heard.Store(time.Now().UnixNano())
 			}
 		}
+	}
+}
+
+// confirmed is told a subscription of c was confirmed, count being how many
+// c holds now. When c's set is complete and so is every connection's, one
+// check covers what was missed while subscribing (or reconnecting): a new
+// round, not ready until a check started after it succeeds (Problems).
+func (s *Subscriber) confirmed(c *conn, count int) {
+	if int64(count) != c.expected.Load() {
+		return
+	}
+	s.health.mu.Lock()
+	expected, held := s.health.subscriptions()
+	s.health.mu.Unlock()
+	if held == expected {
+		s.log.Info("subscribed", "channels", expected)
+		s.roundMu.Lock()
+		s.rounds.Add(1)
+		s.requestCheck()
+		s.roundMu.Unlock()
 	}
 }
 

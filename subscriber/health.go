@@ -31,8 +31,9 @@ const (
 	ReasonBusLinkSilent = "bus_link_silent"
 	// ReasonSubscribing: the bus has not confirmed every subscription of
 	// the service yet (subscribing, or subscribing again after a
-	// connection was lost): messages of the channels not held are missed
-	// until then (and recovered by the check that follows).
+	// connection was lost), or the position check that follows has not
+	// completed: messages of the channels not held are missed until then,
+	// and recovered by that check.
 	ReasonSubscribing = "subscribing"
 	// ReasonCheckFailing: the last position check failed (the bus or the
 	// cache Redis could not be read), or none succeeded for three check
@@ -151,6 +152,8 @@ func (s *Subscriber) Problems() []Problem {
 	h.mu.Unlock()
 	if held < expected {
 		out = append(out, Problem{Reason: ReasonSubscribing, Detail: fmt.Sprintf("the bus confirmed %d of %d subscriptions", held, expected)})
+	} else if s.covered.Load() < s.rounds.Load() {
+		out = append(out, Problem{Reason: ReasonSubscribing, Detail: "the bus confirmed every subscription; the position check that recovers what was missed while subscribing has not completed yet"})
 	}
 	if e := h.checkErr.Load(); e != nil {
 		out = append(out, Problem{Reason: ReasonCheckFailing, Detail: "the last position check failed: " + *e})

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -183,6 +184,13 @@ type Subscriber struct {
 	// whose subscription is confirmed: each is checked on its own.
 	channelChecks chan string
 	ready         atomic.Bool
+	// rounds counts the times the bus confirmed every subscription (each
+	// asks for a check: confirmed); covered is the last round a check
+	// that succeeded started after, which readiness waits for. roundMu
+	// makes a round and its check request one step, so a check that saw
+	// the round also took its request.
+	rounds, covered atomic.Int64
+	roundMu         sync.Mutex
 	// unmarked: the first checks found no bus generation (check); they
 	// look for it every second until a router marks the bus.
 	unmarked bool
@@ -484,45 +492,10 @@ func (s *Subscriber) callHandler(ctx context.Context, inv Invalidation) error {
 func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	tick := time.NewTicker(s.opt.CheckInterval)
 	defer tick.Stop()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
-	// Retried within 2s at most: readiness waits for a check that
-	// succeeds, and must come back soon after the bus or the cache does.
-	failing := pacer{first: time.Second, limit: 2 * time.Second}
-	check := func() {
-		err := s.check(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errNotMarked) {
-			// Looked for every second, without the failing pace: a
-			// router starting is not a failure.
-			detail := err.Error()
-			if s.health.unmarked.Swap(&detail) == nil {
-				s.log.Warn("not ready until a router marks the bus", "err", err)
-			}
-			retry.Reset(time.Second)
-			return
-		}
-		if s.health.unmarked.Swap(nil) != nil && err == nil {
-			s.log.Info("a router marked the bus; checked")
-		}
-		s.checked(err)
-		if err != nil {
-			wait, warn := failing.failed()
-			if warn {
-				s.log.Warn("position check failed; retrying", append(failing.attrs(), "retry_in", wait, "err", err)...)
-			}
-			retry.Reset(wait)
-			return
-		}
-		if failing.failures > 0 {
-			s.log.Info("position check succeeded again", failing.attrs()...)
-			failing.failures = 0
-		}
-		s.ready.Store(true)
-	}
+	ck := newChecker()
+	defer ck.retry.Stop()
+	retry := ck.retry
+	check := func() { s.runCheck(ctx, ck) }
 	flush := time.NewTimer(time.Hour)
 	defer flush.Stop()
 	defer func() { // apply what is merged before stopping; a check catches up what this misses
@@ -573,6 +546,66 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			check()
 		}
 	}
+}
+
+// checker paces the applier's position checks.
+type checker struct {
+	retry *time.Timer // the next try of a check that failed
+	// Retried within 2s at most: readiness waits for a check that
+	// succeeds, and must come back soon after the bus or the cache does.
+	failing pacer
+}
+
+func newChecker() *checker {
+	ck := &checker{retry: time.NewTimer(time.Hour), failing: pacer{first: time.Second, limit: 2 * time.Second}}
+	ck.retry.Stop()
+	return ck
+}
+
+// runCheck runs a position check for the applier, records its outcome for
+// readiness, and schedules its retry when it failed.
+func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
+	// What was asked for until now this check covers, a round of
+	// subscriptions confirmed before it too (Problems).
+	s.roundMu.Lock()
+	select {
+	case <-s.checkReq:
+	default:
+	}
+	round := s.rounds.Load()
+	s.roundMu.Unlock()
+	err := s.check(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	if errors.Is(err, errNotMarked) {
+		// Looked for every second, without the failing pace: a
+		// router starting is not a failure.
+		detail := err.Error()
+		if s.health.unmarked.Swap(&detail) == nil {
+			s.log.Warn("not ready until a router marks the bus", "err", err)
+		}
+		ck.retry.Reset(time.Second)
+		return
+	}
+	if s.health.unmarked.Swap(nil) != nil && err == nil {
+		s.log.Info("a router marked the bus; checked")
+	}
+	s.checked(err)
+	if err != nil {
+		wait, warn := ck.failing.failed()
+		if warn {
+			s.log.Warn("position check failed; retrying", append(ck.failing.attrs(), "retry_in", wait, "err", err)...)
+		}
+		ck.retry.Reset(wait)
+		return
+	}
+	if ck.failing.failures > 0 {
+		s.log.Info("position check succeeded again", ck.failing.attrs()...)
+		ck.failing.failures = 0
+	}
+	s.covered.Store(round)
+	s.ready.Store(true)
 }
 
 // handle applies one live message, or recovers the gap it reveals.

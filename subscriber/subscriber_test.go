@@ -179,3 +179,68 @@ func TestShardKeepsNothingOfOthersAnnouncedTenants(t *testing.T) {
 		t.Errorf("%d channels of the other shard's %d tenants kept as heard", len(s.heard), others)
 	}
 }
+
+// Ready only once a position check started after every subscription was
+// confirmed: the first check can run while one connection still subscribes
+// (the connections confirm one by one), and what is published on its
+// channels until then is missed and recovered by the check its
+// confirmation asks for. Ready before that check, a service reads values
+// the check has yet to invalidate; and a message published then on a
+// channel the check finds at version 1 is replayed, not taken live
+// (TestClusterManyChannelsPerMaster's "gaps").
+func TestNotReadyUntilACheckCoversEverySubscription(t *testing.T) {
+	srv := redistest.Start(t)
+	bus := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer bus.Close()
+	ctx := context.Background()
+	must(t, bus.Set(ctx, names.GenerationKey("invalidate"), "g1", 0).Err()) // as a router marks it
+	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t), CheckInterval: time.Hour,
+		Handler: func(context.Context, Invalidation) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.running.Store(true)
+	// Two connections of one channel each, as a regroup starts them.
+	a, b := &conn{}, &conn{}
+	for _, c := range []*conn{a, b} {
+		c.expected.Store(1)
+		c.heard.Store(time.Now().UnixNano())
+		s.health.addLink(c)
+	}
+	ck := newChecker()
+	defer ck.retry.Stop()
+
+	a.held.Store(1)
+	s.confirmed(a, 1)
+	s.runCheck(ctx, ck) // b still subscribing
+	b.held.Store(1)
+	s.confirmed(b, 1) // asks for the check that covers b's channel
+	if s.Ready() {
+		t.Fatal("ready with every subscription confirmed, before the check that covers the last one ran")
+	}
+	if p := s.Problems(); len(p) != 1 || p[0].Reason != ReasonSubscribing {
+		t.Errorf("problems %v, want one of reason %s", p, ReasonSubscribing)
+	}
+	select {
+	case <-s.checkReq:
+		s.requestCheck() // still asked for
+	default:
+		t.Fatal("no check asked for after the last confirmation")
+	}
+	s.runCheck(ctx, ck)
+	if p := s.Problems(); len(p) != 0 {
+		t.Fatalf("not ready after the check that covers every subscription: %v", p)
+	}
+	// A connection lost and subscribed again: not ready again until the
+	// check its confirmation asks for.
+	b.held.Store(0)
+	b.held.Store(1)
+	s.confirmed(b, 1)
+	if s.Ready() {
+		t.Error("ready after a resubscription, before the check that covers it ran")
+	}
+	s.runCheck(ctx, ck)
+	if p := s.Problems(); len(p) != 0 {
+		t.Errorf("not ready after the check that covers the resubscription: %v", p)
+	}
+}

@@ -129,6 +129,6 @@ func TestHousekeepingReplacesLiveRoutersOfAnotherType(t *testing.T) {
 		t.Fatal(err)
 	}
 	if replaced.GetCounter().GetValue() < 1 {
-		t.Error("routerd_internal_keys_replaced_total{key=live_routers} did not count the replacement")
+		t.Error("routerd_internal_keys_replaced_total{internal_key=live_routers} did not count the replacement")
 	}
 }

@@ -99,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		pendingChannels: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_pending_channels", Help: "Channels with a coalesced message waiting for its budget."}),
 		replaced: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "routerd_internal_keys_replaced_total", Help: "Keys of the router's own (the partition count, the tenant registry, the live routers) found of another type and replaced, by key."}, []string{"key"}),
+			Name: "routerd_internal_keys_replaced_total", Help: "Keys of the router's own (the partition count, the tenant registry, the live routers) found of another type and replaced, by which key."}, []string{"internal_key"}),
 	}
 }
 

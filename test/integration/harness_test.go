@@ -275,6 +275,19 @@ func (e *env) waitGone(service, tenant, key string) {
 	})
 }
 
+// waitAllGone waits until none of keys is cached for the service's tenant.
+func (e *env) waitAllGone(within time.Duration, what, service, tenant string, keys []string) {
+	e.t.Helper()
+	redistest.Eventually(e.t, within, what, func() bool {
+		for _, k := range keys {
+			if e.cached(service, tenant, k) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // meta returns a channel's epoch and version on the bus.
 func (e *env) meta(channel string) (string, int64) {
 	e.t.Helper()

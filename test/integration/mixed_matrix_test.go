@@ -67,14 +67,7 @@ func TestMixedMatricesLoseNoEvent(t *testing.T) {
 		e.seed("profile-svc", "acme", k, "active")
 	}
 	e.xaddOrders("acme", keys...)
-	redistest.Eventually(t, 30*time.Second, "every order key invalidated", func() bool {
-		for _, k := range keys {
-			if e.cached("profile-svc", "acme", k) {
-				return false
-			}
-		}
-		return true
-	})
+	e.waitAllGone(30*time.Second, "every order key invalidated", "profile-svc", "acme", keys)
 	redistest.Eventually(t, 10*time.Second, "no dead letter left", func() bool {
 		return e.busC.XLen(context.Background(), names.DeadLetterStream("invalidate")).Val() == 0
 	})
@@ -232,14 +225,7 @@ func TestAttackMixedMatricesTagAddedToDomain(t *testing.T) {
 		ev := fmt.Sprintf(`{"tenant":"acme","domain":"user","keys":[%q]}`, k)
 		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
 	}
-	redistest.Eventually(t, 30*time.Second, "every user key invalidated under the new tag", func() bool {
-		for _, k := range keys {
-			if e.cached("billing-svc", "acme", k) {
-				return false
-			}
-		}
-		return true
-	})
+	e.waitAllGone(30*time.Second, "every user key invalidated under the new tag", "billing-svc", "acme", keys)
 }
 
 // attack: a rolling deploy that widens a publisher's grant (shop may now
@@ -282,14 +268,7 @@ publishers:
 		ev := fmt.Sprintf(`{"tenant":"globex","domain":"product","id":"p%d","keys":[%q]}`, i, k)
 		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
 	}
-	redistest.Eventually(t, 30*time.Second, "every globex product key invalidated", func() bool {
-		for _, k := range keys {
-			if e.cached("search-svc", "globex", k) {
-				return false
-			}
-		}
-		return true
-	})
+	e.waitAllGone(30*time.Second, "every globex product key invalidated", "search-svc", "globex", keys)
 }
 
 // attack: a rolling deploy that adds a tenant to a service (billing-svc now
@@ -316,14 +295,7 @@ func TestAttackMixedMatricesTenantAddedToService(t *testing.T) {
 		ev := fmt.Sprintf(`{"tenant":"globex","domain":"invoice","keys":[%q]}`, k)
 		must(t, e.busC.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, ev}}).Err())
 	}
-	redistest.Eventually(t, 30*time.Second, "every globex invoice key invalidated", func() bool {
-		for _, k := range keys {
-			if e.cached("billing-svc", "globex", k) {
-				return false
-			}
-		}
-		return true
-	})
+	e.waitAllGone(30*time.Second, "every globex invoice key invalidated", "billing-svc", "globex", keys)
 }
 
 // handingRouter runs a router on m and returns its count of events handed

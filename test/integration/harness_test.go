@@ -150,6 +150,9 @@ func (e *env) routerOn(bus redis.UniversalClient, opt router.Options) (*router.R
 	if opt.Block == 0 {
 		opt.Block = 100 * time.Millisecond
 	}
+	if opt.Logger == nil {
+		opt.Logger = testLogger(e.t, "router")
+	}
 	r, err := router.New(bus, e.mtx, opt)
 	if err != nil {
 		e.t.Fatal(err)
@@ -228,6 +231,11 @@ func (e *env) subscriberReadyWithin(d time.Duration, bus redis.UniversalClient, 
 	}
 	if opt.CheckInterval == 0 {
 		opt.CheckInterval = time.Hour // tests trigger recovery by events, not by the clock
+	}
+	if opt.Logger == nil {
+		// In the test's own output, so a failure shows what its
+		// subscriber did (parallel tests' logs do not mix in).
+		opt.Logger = testLogger(e.t, service)
 	}
 	s, err := subscriber.New(bus, opt)
 	if err != nil {

@@ -113,6 +113,19 @@ func (a *agentRun) stop(t *testing.T) {
 	}
 }
 
+// waitDelivered waits until the agent counts as delivered every object the
+// receiver recorded: the receiver records one before it answers, and an
+// agent stopped before it read the answer abandons that delivery (the
+// next start delivers a reset), which is not the clean stop a test means.
+func (a *agentRun) waitDelivered(t *testing.T, rcv *receiver) {
+	t.Helper()
+	redistest.Eventually(t, 10*time.Second, "the agent took the receiver's answers", func() bool {
+		_, metrics := get(t, "http://"+a.addr+"/metrics")
+		want := fmt.Sprintf(`subscriber_deliveries_total{outcome="delivered"} %d`, len(rcv.objects()))
+		return strings.Contains(metrics, want+"\n")
+	})
+}
+
 func (a *agentRun) waitReady(t *testing.T) {
 	t.Helper()
 	redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
@@ -275,6 +288,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	a.waitReady(t)
 	publishKeys(t, bus.URL, "user", "user:1")
 	redistest.Eventually(t, 10*time.Second, "user:1 delivered", hasKeys(rcv, "acme:active", 1))
+	a.waitDelivered(t, rcv)
 	a.stop(t)
 	if got := rcv.objects(); !got[0].Reset {
 		t.Errorf("the first agent on a cache never marked clean did not reset first: %+v", got)

@@ -6,6 +6,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -280,6 +281,23 @@ func (e *env) waitGone(service, tenant, key string) {
 	e.t.Helper()
 	redistest.Eventually(e.t, 10*time.Second, fmt.Sprintf("%s %s/%s invalidated", service, tenant, key), func() bool {
 		return !e.cached(service, tenant, key)
+	})
+}
+
+// waitReadyz waits until the daemon listening on addr answers /readyz 200.
+// A routerd serve is ready once it wrote the partition count: a publisher
+// that reads none before guesses the default count, and its event lands
+// on a partition the matrix does not have (found by the router's rescan,
+// but not by a test counting the matrix's partitions).
+func waitReadyz(t *testing.T, addr string) {
+	t.Helper()
+	redistest.Eventually(t, 10*time.Second, "routerd ready", func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
 	})
 }
 

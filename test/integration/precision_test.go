@@ -210,7 +210,7 @@ func TestKilledRouterAfterPartOfASplit(t *testing.T) {
 	cmd.Stderr = &log
 	must(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	testbin.ListenAddr(t, log.String)
+	waitReadyz(t, testbin.ListenAddr(t, log.String))
 
 	id := e.publish(wire.Event{ID: "big", Tenant: "acme", Domain: "user", Keys: keys})
 	const ch = "invalidate:acme:active"

@@ -163,14 +163,7 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	redistest.Eventually(t, 10*time.Second, "routerd ready", func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitReadyz(t, addr)
 	e.publishOneByOne(stormEvents(n))
 	redistest.Eventually(t, 10*time.Second, "routerd holding the storm in a pending message", func() bool {
 		m := scrape()

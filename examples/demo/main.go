@@ -116,7 +116,12 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 	// search-svc embeds the subscriber; the Handler only narrates. narrating
 	// keeps its lines after the header of the change that caused them: the
 	// subscriber can apply an event before Publish has returned its id.
+	// applied holds the channels search-svc's Handler was called for since
+	// the last change was published: a round waits for each of its routes
+	// to search-svc, not only for the keys to leave the cache (a key under
+	// two of the change's tags is gone after the first message).
 	var narrating sync.Mutex
+	applied := map[string]bool{}
 	sub, err := subscriber.New(busC, subscriber.Options{
 		Service: "search-svc", Matrix: m, Cache: searchC, CheckInterval: 10 * time.Second, Registerer: reg,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -127,6 +132,7 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			}
 			narrating.Lock()
 			defer narrating.Unlock()
+			applied[inv.Tenant+"/"+inv.Tag] = true
 			fmt.Printf("  search-svc applied %s/%s v%d: %s\n", inv.Tenant, inv.Tag, inv.Version, what)
 			return nil
 		},
@@ -161,6 +167,7 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			chans = append(chans, r.Channel+" → "+strings.Join(r.Services, ","))
 		}
 		narrating.Lock()
+		clear(applied)
 		id, err := pub.Publish(ctx, c.event)
 		if err == nil {
 			fmt.Printf("\n» %s: published event %s\n  routes: %s\n", c.what, id, strings.Join(chans, "; "))
@@ -170,7 +177,18 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			return err
 		}
 		want := expected(routes, c.event)
-		late := await(ctx, stores, want, arrivalTimeout)
+		unapplied := func() []string {
+			narrating.Lock()
+			defer narrating.Unlock()
+			var out []string
+			for _, r := range routes {
+				if slices.Contains(r.Services, "search-svc") && !applied[c.event.Tenant+"/"+r.Tag] {
+					out = append(out, "search-svc did not apply "+r.Channel)
+				}
+			}
+			return out
+		}
+		late := await(ctx, stores, want, unapplied, arrivalTimeout)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -191,7 +209,7 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 }
 
 // arrivalTimeout is how long a round waits for its invalidations.
-const arrivalTimeout = 2 * time.Second
+const arrivalTimeout = 5 * time.Second
 
 // expected returns, per service, the cached entries ("tenant key") a change
 // must remove: its keys under each tag routed to the service, or every key
@@ -213,12 +231,13 @@ func expected(routes []matrix.Route, ev publisher.Event) map[string][]string {
 	return out
 }
 
-// await waits up to timeout for the entries to leave the services' caches,
-// and returns what is still there, per service.
-func await(ctx context.Context, stores map[string]*tagstore.Store, want map[string][]string, timeout time.Duration) []string {
+// await waits up to timeout for the entries to leave the services' caches
+// and for unapplied to return nothing, and returns what is still there, per
+// service, and what unapplied still returns.
+func await(ctx context.Context, stores map[string]*tagstore.Store, want map[string][]string, unapplied func() []string, timeout time.Duration) []string {
 	deadline := time.Now().Add(timeout)
 	for {
-		var late []string
+		late := unapplied()
 		for svc, entries := range want {
 			var still []string
 			for _, e := range entries {

@@ -399,8 +399,8 @@ services:
 // entity-level messages stay entity-level.
 func TestSubscriberLimitMergesEntityLevel(t *testing.T) {
 	e := newEnv(t, entityMatrix)
-	// One entry a read: each event below is a message of its own (a read
-	// batch would merge them in the router instead).
+	// One entry a read, and each event below routed before the next is
+	// published: each is a message of its own.
 	e.router(router.Options{BatchSize: 1})
 	reg := prometheus.NewRegistry()
 	// One token, then one every 5 s: a message that finds none waits, and
@@ -412,23 +412,31 @@ func TestSubscriberLimitMergesEntityLevel(t *testing.T) {
 	e.waitApplied("users", 1)
 	// Messages the channel's checks replay (the check of a channel just
 	// subscribed, on a slow machine a late one) take no token: publish
-	// until one live message has to wait, whatever came before it.
-	version := int64(1)
+	// until one live message has to wait, whatever came before it. Each
+	// event is routed before the next is published: the router joins the
+	// batches it reads while it publishes, so events published together
+	// may make one message.
+	const ch = "invalidate:acme:users"
+	publishRouted := func(ev wire.Event) {
+		_, before := e.meta(ch)
+		e.publish(ev)
+		e.waitVersion(ch, before+1)
+	}
 	redistest.Eventually(t, 30*time.Second, "a message waiting for the local limit", func() bool {
 		if metric(t, reg, "subscriber_applies_delayed_total") >= 1 {
 			return true
 		}
-		version++
-		e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "6"})
-		e.waitApplied("users", version-1)
+		publishRouted(wire.Event{Tenant: "acme", Domain: "user", Entity: "6"})
 		return false
 	})
-	// Within the 5 s the waiting message waits, these two merge into it.
-	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
-	e.publish(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
+	// Within the 5 s the waiting message waits, these two merge into it
+	// (or, if it was applied just before, the second into the first).
+	publishRouted(wire.Event{Tenant: "acme", Domain: "user", Entity: "1042"})
+	publishRouted(wire.Event{Tenant: "acme", Domain: "user", Entity: "5", Keys: []string{"user:5"}})
 	e.waitGone("gql", "acme", "q1")
 	e.waitGone("gql", "acme", "q4")
-	e.waitApplied("users", version+2)
+	_, last := e.meta(ch)
+	e.waitApplied("users", last)
 	if got := metric(t, reg, "subscriber_messages_coalesced_total"); got < 1 {
 		t.Fatalf("coalesced = %v: the local limit merged nothing", got)
 	}

@@ -205,6 +205,27 @@ func (s *Subscriber) Run(ctx context.Context) error {
 // regroupAfter makes the applier regroup after d (the applier only).
 func (s *Subscriber) regroupAfter(d time.Duration) { s.regroupTimer.Reset(d) }
 
+// regroupFailed records why a regroup could not subscribe, for Problems,
+// and tries again in a second. It logs the first failure, a change of
+// error, and then once a minute: a cache that refuses the password would
+// otherwise log every second for as long as it lasts.
+func (s *Subscriber) regroupFailed(reason, what string, err error) {
+	p := &Problem{Reason: reason, Detail: what + ": " + err.Error() + "; trying again every second"}
+	prev := s.health.regroupErr.Swap(p)
+	if prev == nil || prev.Detail != p.Detail || time.Since(s.regroupLogged) >= time.Minute {
+		s.regroupLogged = time.Now()
+		s.log.Warn(what+" failed; retrying every second", "err", err)
+	}
+	s.regroupAfter(time.Second)
+}
+
+// regroupDone clears what regroupFailed recorded, saying so if it had.
+func (s *Subscriber) regroupDone() {
+	if p := s.health.regroupErr.Swap(nil); p != nil {
+		s.log.Info("subscribing again after a failure", "was", p.Detail)
+	}
+}
+
 func (s *Subscriber) sharded() bool {
 	return redisconn.IsCluster(s.bus)
 }
@@ -241,8 +262,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	s := ln.s
 	tenants, err := s.allTenantList(ctx)
 	if err != nil {
-		s.log.Warn("reading the tenant registry; retrying", "err", err)
-		s.regroupAfter(time.Second)
+		s.regroupFailed(ReasonCacheFailing, "reading the tenant registry from the cache Redis", err)
 		return
 	}
 	channels := s.cur.channels(s.prefix, tenants)
@@ -255,6 +275,7 @@ func (ln *listener) regroup(ctx context.Context) {
 		if ln.spread(ctx, channels) == 0 {
 			s.requestCheck() // no confirmation to come asks for it
 		}
+		s.regroupDone()
 		s.log.Info("subscribing", "channels", len(channels), "connections", len(ln.conns), "tags", s.cur.tagList)
 		return
 	}
@@ -263,16 +284,14 @@ func (ln *listener) regroup(ctx context.Context) {
 	ln.close()
 	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
-		s.log.Warn("finding the slots of channels; retrying", "err", err)
-		s.regroupAfter(time.Second)
+		s.regroupFailed(ReasonSubscribing, "finding the slots of the channels on the bus", err)
 		return
 	}
 	groups := map[string]map[int64][]string{} // master -> slot -> channels
 	for _, ch := range channels {
 		master, err := cc.MasterForKey(ctx, ch)
 		if err != nil {
-			s.log.Warn("finding the master of a channel; retrying", "channel", ch, "err", err)
-			s.regroupAfter(time.Second)
+			s.regroupFailed(ReasonSubscribing, "finding the bus master of "+ch, err)
 			return
 		}
 		addr := master.Options().Addr
@@ -315,6 +334,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	if len(channels) == 0 {
 		s.requestCheck()
 	}
+	s.regroupDone()
 	s.log.Info("subscribing (sharded)", "channels", len(channels), "masters", len(groups), "connections", len(ln.conns), "tags", s.cur.tagList)
 }
 

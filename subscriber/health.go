@@ -76,14 +76,15 @@ type Problem = readiness.Problem
 
 // health is what Problems is computed from; safe for concurrent use.
 type health struct {
-	checkOK    atomic.Int64           // unix nanos of the last complete check that succeeded
-	checkErr   atomic.Pointer[string] // the last check failed: why
-	evicts     atomic.Pointer[string] // the cache's eviction policy is a risk not accepted
-	unmarked   atomic.Pointer[string] // the checks wait for a router to mark the bus: why
-	handling   atomic.Int64           // unix nanos the Handler call in flight started; 0 when none
-	handlerErr atomic.Pointer[string] // the Handler's last call failed: why
-	cache      *breaker.Breaker       // nil without a cache Redis
-	probe      *breaker.Probe         // of the cache Redis
+	checkOK    atomic.Int64            // unix nanos of the last complete check that succeeded
+	checkErr   atomic.Pointer[string]  // the last check failed: why
+	evicts     atomic.Pointer[string]  // the cache's eviction policy is a risk not accepted
+	unmarked   atomic.Pointer[string]  // the checks wait for a router to mark the bus: why
+	handling   atomic.Int64            // unix nanos the Handler call in flight started; 0 when none
+	handlerErr atomic.Pointer[string]  // the Handler's last call failed: why
+	regroupErr atomic.Pointer[Problem] // the last regroup could not subscribe: why
+	cache      *breaker.Breaker        // nil without a cache Redis
+	probe      *breaker.Probe          // of the cache Redis
 
 	mu    sync.Mutex
 	links map[*conn]bool
@@ -125,13 +126,24 @@ func (s *Subscriber) Problems() []Problem {
 	if !s.running.Load() {
 		return []Problem{{Reason: ReasonStarting, Detail: "not running"}}
 	}
+	regroup := s.health.regroupErr.Load()
 	if !s.ready.Load() {
 		if d := s.health.unmarked.Load(); d != nil {
 			return []Problem{{Reason: ReasonStarting, Detail: *d + "; checking again every second"}}
 		}
-		return []Problem{{Reason: ReasonStarting, Detail: "subscribing and checking positions; no position check has completed yet"}}
+		out := []Problem{{Reason: ReasonStarting, Detail: "subscribing and checking positions; no position check has completed yet"}}
+		if regroup != nil { // what keeps it from subscribing
+			out = append(out, *regroup)
+		}
+		if e := s.health.evicts.Load(); e != nil { // read at start
+			out = append(out, Problem{Reason: ReasonEvictionPolicy, Detail: *e})
+		}
+		return out
 	}
 	var out []Problem
+	if regroup != nil {
+		out = append(out, *regroup)
+	}
 	now := time.Now()
 	h := &s.health
 	h.mu.Lock()

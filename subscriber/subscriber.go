@@ -203,7 +203,9 @@ type Subscriber struct {
 	relink  chan struct{} // a receiver's connection stays silent: connect again
 	// regroupTimer is the applier's delayed regroup, made by Run.
 	regroupTimer *time.Timer
-	running      atomic.Bool
+	// regroupLogged is when regroupFailed last logged (the applier only).
+	regroupLogged time.Time
+	running       atomic.Bool
 	// joined are the tenants whose channels are subscribed (a service of
 	// every tenant): those of the last regroup, sorted (a list, not a set:
 	// it holds every tenant at scale), and those announced since; owned by

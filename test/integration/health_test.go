@@ -137,3 +137,53 @@ func TestSilentBusLinkIsReplaced(t *testing.T) {
 		t.Errorf("%d warnings of replaced connections, want 1 (at most one per 30s)", n)
 	}
 }
+
+// Only a cache that refuses INFO (NOPERM: a cache user from before +info)
+// leaves the eviction policy unknown and the subscriber not ready for it,
+// saying how to fix it; a cache that cannot be used at all (WRONGPASS here)
+// is another problem, reported as such, not as eviction_policy.
+func TestEvictionPolicyUnreadableOnlyOnNoPerm(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.routerRanBefore()
+	file := writeMatrix(t, testMatrix)
+	srv := e.caches["search-svc"]
+	noInfo := aclUser(t, srv, file, "cache-noinfo", "--role", "cache", "--service", "search-svc")
+	must(t, srv.Client(t).Do(ctx, "ACL", "SETUSER", "cache-noinfo", "-info").Err())
+	if err := noInfo.Info(ctx, "memory").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+		t.Fatalf("INFO as a user without +info: %v, want NOPERM", err)
+	}
+	start := func(service string, cache *redis.Client) *subscriber.Subscriber {
+		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: e.mtx, Cache: cache,
+			CheckInterval: time.Second, Logger: testLogger(t, service)})
+		must(t, err)
+		run(t, s.Run)
+		return s
+	}
+	s := start("search-svc", noInfo)
+	redistest.Eventually(t, 20*time.Second, "eviction_policy naming the missing +info", func() bool {
+		for _, p := range s.Problems() {
+			if p.Reason == subscriber.ReasonEvictionPolicy && strings.Contains(p.Detail, "+info") {
+				return true
+			}
+		}
+		return false
+	})
+
+	wrong := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "cache-noinfo", Password: "not-the-password"})
+	t.Cleanup(func() { _ = wrong.Close() })
+	w := start("profile-svc", wrong)
+	// The eviction check runs at start, before the subscriber reads its
+	// tenants from the cache: once that failed, it has answered.
+	redistest.Eventually(t, 20*time.Second, "cache_failing naming WRONGPASS", func() bool {
+		for _, p := range w.Problems() {
+			if p.Reason == subscriber.ReasonCacheFailing && strings.Contains(p.Detail, "WRONGPASS") {
+				return true
+			}
+		}
+		return false
+	})
+	if hasReason(w, subscriber.ReasonEvictionPolicy) {
+		t.Errorf("WRONGPASS reported as eviction_policy: %v", w.Problems())
+	}
+}

@@ -36,11 +36,6 @@ func TestAttack2EvictionCheckIgnoresAReloadThatTurnsRefsOn(t *testing.T) {
 	}
 	must(t, s.SetMatrix(refs))
 	redistest.Eventually(t, 15*time.Second, "not ready (eviction_policy) on volatile-lru once a reload turns entity_refs on", func() bool {
-		for _, p := range s.Problems() {
-			if p.Reason == subscriber.ReasonEvictionPolicy {
-				return true
-			}
-		}
-		return false
+		return hasReason(s, subscriber.ReasonEvictionPolicy)
 	})
 }

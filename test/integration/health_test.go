@@ -19,13 +19,31 @@ import (
 )
 
 // hasReason reports whether the subscriber's Problems name reason.
-func hasReason(s *subscriber.Subscriber, reason string) bool {
+func hasReason(s *subscriber.Subscriber, reason string) bool { return hasProblem(s, reason, "") }
+
+// hasProblem reports whether the subscriber's Problems name reason with a
+// detail that holds part.
+func hasProblem(s *subscriber.Subscriber, reason, part string) bool {
 	for _, p := range s.Problems() {
-		if p.Reason == reason {
+		if p.Reason == reason && strings.Contains(p.Detail, part) {
 			return true
 		}
 	}
 	return false
+}
+
+// startUnready runs a subscriber of the test's matrix without waiting for
+// it to be ready (these tests want it not to be).
+func (e *env) startUnready(opt subscriber.Options) *subscriber.Subscriber {
+	e.t.Helper()
+	opt.Matrix = e.mtx
+	if opt.Logger == nil {
+		opt.Logger = testLogger(e.t, opt.Service)
+	}
+	s, err := subscriber.New(e.bus.Client(e.t), opt)
+	must(e.t, err)
+	run(e.t, s.Run)
+	return s
 }
 
 // While the cache Redis is a blackhole, the breaker opens and the
@@ -87,22 +105,11 @@ services:
 	e.routerRanBefore() // ready needs a marked bus
 	volatile := redistest.Start(t, "--maxmemory-policy", "volatile-lru")
 	start := func(service string, accept bool) *subscriber.Subscriber {
-		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: e.mtx, Cache: volatile.Client(t),
-			CheckInterval: time.Hour, AcceptEvictionRisk: accept})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, s.Run)
-		return s
+		return e.startUnready(subscriber.Options{Service: service, Cache: volatile.Client(t), CheckInterval: time.Hour, AcceptEvictionRisk: accept})
 	}
 	refs := start("search-svc", false)
 	redistest.Eventually(t, 20*time.Second, "eviction_policy for a service with entity references", func() bool {
-		for _, p := range refs.Problems() {
-			if p.Reason == subscriber.ReasonEvictionPolicy && strings.Contains(p.Detail, "volatile-lru") {
-				return true
-			}
-		}
-		return false
+		return hasProblem(refs, subscriber.ReasonEvictionPolicy, "volatile-lru")
 	})
 	redistest.Eventually(t, 20*time.Second, "a service without entity references ready", start("billing-svc", false).Ready)
 	redistest.Eventually(t, 20*time.Second, "ready with the risk accepted", start("profile-svc", true).Ready)
@@ -153,35 +160,18 @@ func TestEvictionPolicyUnreadableOnlyOnNoPerm(t *testing.T) {
 	if err := noInfo.Info(ctx, "memory").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
 		t.Fatalf("INFO as a user without +info: %v, want NOPERM", err)
 	}
-	start := func(service string, cache *redis.Client) *subscriber.Subscriber {
-		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: e.mtx, Cache: cache,
-			CheckInterval: time.Second, Logger: testLogger(t, service)})
-		must(t, err)
-		run(t, s.Run)
-		return s
-	}
-	s := start("search-svc", noInfo)
+	s := e.startUnready(subscriber.Options{Service: "search-svc", Cache: noInfo, CheckInterval: time.Second})
 	redistest.Eventually(t, 20*time.Second, "eviction_policy naming the missing +info", func() bool {
-		for _, p := range s.Problems() {
-			if p.Reason == subscriber.ReasonEvictionPolicy && strings.Contains(p.Detail, "+info") {
-				return true
-			}
-		}
-		return false
+		return hasProblem(s, subscriber.ReasonEvictionPolicy, "+info")
 	})
 
 	wrong := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "cache-noinfo", Password: "not-the-password"})
 	t.Cleanup(func() { _ = wrong.Close() })
-	w := start("profile-svc", wrong)
+	w := e.startUnready(subscriber.Options{Service: "profile-svc", Cache: wrong, CheckInterval: time.Second})
 	// The eviction check runs at start, before the subscriber reads its
 	// tenants from the cache: once that failed, it has answered.
 	redistest.Eventually(t, 20*time.Second, "cache_failing naming WRONGPASS", func() bool {
-		for _, p := range w.Problems() {
-			if p.Reason == subscriber.ReasonCacheFailing && strings.Contains(p.Detail, "WRONGPASS") {
-				return true
-			}
-		}
-		return false
+		return hasProblem(w, subscriber.ReasonCacheFailing, "WRONGPASS")
 	})
 	if hasReason(w, subscriber.ReasonEvictionPolicy) {
 		t.Errorf("WRONGPASS reported as eviction_policy: %v", w.Problems())

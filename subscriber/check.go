@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -177,7 +178,12 @@ func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
 }
 
 // runIDs returns the run_id of every server holding the bus's data (every
-// master of a cluster).
+// master of a cluster), each followed by "+flushes=<n>" once the server ran
+// FLUSHALL or FLUSHDB since it started (INFO commandstats): on a cluster a
+// FLUSHALL on a master that does not hold the generation neither restarts
+// it nor touches the generation, yet takes the metas and the histories of
+// its channels. CONFIG RESETSTAT changes the count too, which counts as a
+// possible loss: safe, and rare.
 func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 	masters, err := redisconn.Masters(ctx, bus)
 	if err != nil {
@@ -185,15 +191,36 @@ func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 	}
 	runs := make([]string, len(masters))
 	for i, m := range masters {
-		info := m.InfoMap(ctx, "server")
-		if err := info.Err(); err != nil {
-			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server): %w", m.Options().Addr, err)
+		var server, stats *redis.InfoCmd
+		if _, err := m.Pipelined(ctx, func(p redis.Pipeliner) error {
+			server, stats = p.InfoMap(ctx, "server"), p.InfoMap(ctx, "commandstats")
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server, INFO commandstats): %w", m.Options().Addr, err)
 		}
-		if runs[i] = info.Item("Server", "run_id"); runs[i] == "" {
+		if runs[i] = server.Item("Server", "run_id"); runs[i] == "" {
 			return nil, fmt.Errorf("the bus server %s reports no run_id in INFO server", m.Options().Addr)
+		}
+		if n := flushes(stats); n > 0 {
+			runs[i] += fmt.Sprintf("+flushes=%d", n)
 		}
 	}
 	return runs, nil
+}
+
+// flushes is how many FLUSHALL and FLUSHDB a server ran, from its INFO
+// commandstats ("cmdstat_flushall:calls=1,usec=…").
+func flushes(stats *redis.InfoCmd) int64 {
+	var n int64
+	for _, cmd := range []string{"cmdstat_flushall", "cmdstat_flushdb"} {
+		for _, f := range strings.Split(stats.Item("Commandstats", cmd), ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				c, _ := strconv.ParseInt(v, 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // sawGeneration records, after a complete check, the generation it was made

@@ -142,3 +142,25 @@ func TestCheckRedoneWhenTheBusChangesDuringIt(t *testing.T) {
 		t.Errorf("recorded %q, want the identity the redone check saw, %q", got, want)
 	}
 }
+
+// A FLUSHALL or FLUSHDB that neither restarts the server nor takes the
+// generation (a cluster master that does not hold it) still changes the
+// bus's identity: it counts in the server's part of it.
+func TestBusIdentityCountsFlushes(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	before, err := runIDs(ctx, c)
+	must(t, err)
+	run := c.InfoMap(ctx, "server").Item("Server", "run_id")
+	if len(before) != 1 || before[0] != run {
+		t.Fatalf("identity of a server that never flushed: %v, want its run_id %q alone", before, run)
+	}
+	must(t, c.FlushDB(ctx).Err())
+	must(t, c.FlushAll(ctx).Err())
+	after, err := runIDs(ctx, c)
+	must(t, err)
+	if want := run + "+flushes=2"; len(after) != 1 || after[0] != want {
+		t.Fatalf("identity after a FLUSHDB and a FLUSHALL: %v, want %q", after, want)
+	}
+}

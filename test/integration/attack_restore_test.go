@@ -121,3 +121,53 @@ func TestAttackClusterMasterRestoreHidesOldEpoch(t *testing.T) {
 	e.waitGone(tenant, "user:1")
 	e.waitGone(tenant, "user:2")
 }
+
+// attack: the same with FLUSHALL on the channel's master, which neither
+// restarts it (its run_id stays) nor touches the bus generation (on another
+// master): the meta and the history of the channel are gone, the next
+// event starts a new epoch, and a service without a position on the
+// channel must not take that epoch for everything there is.
+func TestAttackClusterMasterFlushAllHidesOldEpoch(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	generation := e.masterOf("invalidate:generation")
+	var tenant string
+	for i := 0; tenant == "" && i < 1000; i++ {
+		if c := fmt.Sprintf("fa%d", i); e.masterOf("{invalidate:"+c+":active}:meta") != generation {
+			tenant = c
+		}
+	}
+	ch := "invalidate:" + tenant + ":active"
+	flushed := e.masterOf("{" + ch + "}:meta")
+	mtx := e.startRouter(oneTenantMatrix(tenant))
+	stop := e.subscribe(mtx, "search-svc")
+	redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
+		n, _ := e.cacheC.Exists(ctx, "routerd:generation:search-svc").Result()
+		return n == 1
+	})
+	stop()
+
+	e.seed(tenant, "user:1", "active")
+	e.seed(tenant, "user:2", "active")
+	_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+	must(t, err)
+	redistest.Eventually(t, 10*time.Second, "published", func() bool {
+		return e.busC.HGet(ctx, "{"+ch+"}:meta", "version").Val() == "1"
+	})
+	first := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+	must(t, flushed.Client(t).FlushAll(ctx).Err())
+	redistest.Eventually(t, 20*time.Second, "an event published after the FLUSHALL", func() bool {
+		_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:2"}})
+		return err == nil
+	})
+	redistest.Eventually(t, 20*time.Second, "a new epoch", func() bool {
+		epoch := e.busC.HGet(ctx, "{"+ch+"}:meta", "epoch").Val()
+		return epoch != "" && epoch != first
+	})
+	if e.busC.Exists(ctx, "invalidate:generation").Val() != 1 {
+		t.Fatal("the bus generation is gone: the FLUSHALL must keep it for this attack")
+	}
+	e.subscribe(mtx, "search-svc")
+	e.waitGone(tenant, "user:2")
+	e.waitGone(tenant, "user:1")
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
@@ -162,5 +163,42 @@ func TestBusIdentityCountsFlushes(t *testing.T) {
 	must(t, err)
 	if want := run + "+flushes=2"; len(after) != 1 || after[0] != want {
 		t.Fatalf("identity after a FLUSHDB and a FLUSHALL: %v, want %q", after, want)
+	}
+}
+
+// A gap seen live is one gap: the message that shows it and the check it
+// asks for count it once between them.
+func TestLiveGapCountedOnce(t *testing.T) {
+	f := newExec(t, false)
+	const ch = "invalidate:acme:active"
+	f.s.pos[ch] = f.p
+	admin := f.cache
+	run := admin.InfoMap(f.ctx, "server").Item("Server", "run_id")
+	must(t, admin.Set(f.ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
+	must(t, f.s.store.RecordGeneration(f.ctx, "profile-svc", tagstore.BusIdentity("g1", []string{run})))
+	f.s.seenGeneration = tagstore.BusIdentity("g1", []string{run})
+	var chain string
+	var last []byte
+	for v := int64(1); v <= 3; v++ {
+		raw, err := json.Marshal(&wire.Message{Tenant: "acme", Tag: "active", Epoch: "e1", Version: v, Keys: []string{fmt.Sprint("user:", v)}, Event: fmt.Sprint("ev", v)})
+		must(t, err)
+		must(t, admin.XAdd(f.ctx, &redis.XAddArgs{Stream: names.HistoryKey(ch), ID: fmt.Sprint(v, "-0"), Values: []any{names.HistoryField, string(raw)}}).Err())
+		chain = recovery.Link(chain, raw)
+		if v == 1 {
+			f.p.at = recovery.Position{Epoch: "e1", Version: 1, Chain: chain}
+		}
+		last = raw
+	}
+	must(t, admin.HSet(f.ctx, names.MetaKey(ch), "epoch", "e1", "version", 3, "chain", "e1:3:"+chain).Err())
+	keys := f.cached(t, "user:2", "user:3")
+
+	// Version 2's PUBLISH was lost; version 3 arrives.
+	must(t, f.s.handle(f.ctx, &redis.Message{Channel: ch, Payload: string(last)}))
+	must(t, f.s.flushBatch(f.ctx))
+	if n := f.left(t, keys...); n != 0 {
+		t.Fatalf("%d values left: versions 2 and 3 must be applied", n)
+	}
+	if got := count(t, f.s.m.gaps); got != 1 {
+		t.Errorf("subscriber_gaps_total = %v for one lost message, want 1", got)
 	}
 }

@@ -657,7 +657,7 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 			// believed (its epoch may have started after a bus loss), not a gap.
 			return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
 		}
-		s.m.gaps.Inc()
+		// Counted by the check, when it finds one (a forged message is not).
 		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
 		return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
 	}

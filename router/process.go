@@ -683,24 +683,27 @@ func (r *Router) suppressOlder(ctx context.Context, entries []*entry) error {
 	return nil
 }
 
-// registerTenants adds tenants not yet known to the registry set, before any
-// of their messages is published, so a subscriber for every tenant that
-// checks positions finds them.
+// registerTenants adds the tenants of a batch to the registry set, before
+// any of their messages is published, so a subscriber for every tenant that
+// checks positions finds them. Every batch registers its tenants again (one
+// SADD each, in one script call): a registry emptied on the bus (an
+// operator's DEL, FLUSHALL) is filled again by the next event of each
+// tenant, and the tenant announced again, where a router that remembered
+// what it had registered left a service of every tenant that started
+// meanwhile without the tenant's channels.
 func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
-	r.tenantsMu.Lock()
-	var fresh []string
+	var tenants []string
 	seen := map[string]bool{}
 	for _, e := range entries {
 		for i := range e.events {
 			v := &e.events[i]
-			if v.routed() && !r.tenants[v.ev.Tenant] && !seen[v.ev.Tenant] {
+			if v.routed() && !seen[v.ev.Tenant] {
 				seen[v.ev.Tenant] = true
-				fresh = append(fresh, v.ev.Tenant)
+				tenants = append(tenants, v.ev.Tenant)
 			}
 		}
 	}
-	r.tenantsMu.Unlock()
-	if len(fresh) == 0 {
+	if len(tenants) == 0 {
 		return nil
 	}
 	// Subscribers of every tenant subscribe to exact channels, never to
@@ -713,7 +716,7 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 	if r.cluster {
 		cmd = "SPUBLISH"
 	}
-	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: fresh}
+	req := lua.TenantsRequest{Key: names.TenantsKey(r.prefix), Command: cmd, Tenants: tenants}
 	register := func() error {
 		_, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
 			return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
@@ -732,19 +735,11 @@ func (r *Router) registerTenants(ctx context.Context, entries []*entry) error {
 			return fmt.Errorf("tenant registry: replacing %s: %w", req.Key, err)
 		}
 		r.m.replaced.WithLabelValues(KeyTenantRegistry).Inc()
-		r.tenantsMu.Lock()
-		r.tenants = map[string]bool{} // registered in the key just deleted
-		r.tenantsMu.Unlock()
 		err = register()
 	}
 	if err != nil {
 		return fmt.Errorf("tenant registry: %w", err)
 	}
-	r.tenantsMu.Lock()
-	for t := range seen {
-		r.tenants[t] = true
-	}
-	r.tenantsMu.Unlock()
 	return nil
 }
 

@@ -335,17 +335,14 @@ func FuzzReservedID(f *testing.F) {
 // that waits: its events go into the same messages per channel, after the
 // waiting batch's, so a channel's keys and ids keep the stream's order. A
 // batch that failed as a whole joins nothing and leaves the waiting one as
-// it was. No Redis: the tenant is known, and no event has a
-// source_version.
+// it was. No event has a source_version; the tenant registry is a Redis of
+// its own.
 func TestBatchJoinKeepsStreamOrder(t *testing.T) {
 	m := runMatrix(t)
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	defer c.Close()
-	r, err := New(c, m, Options{})
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.tenants["acme"] = true
 	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	entries := func(from, n int) []redis.XMessage {
 		var msgs []redis.XMessage

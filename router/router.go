@@ -221,10 +221,6 @@ type Router struct {
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
-
-	tenantsMu    sync.Mutex
-	tenants      map[string]bool // tenants known to be in the registry set
-	tenantsSince time.Time
 }
 
 // New checks the options. The matrix's prefix and partition count are fixed
@@ -236,7 +232,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 	if err := opt.setDefaults(); err != nil {
 		return nil, err
 	}
-	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, tenants: map[string]bool{}, retries: map[string]*retryQueue{},
+	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, retries: map[string]*retryQueue{},
 		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: names.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
 	r.digest.Store(m.Digest())
@@ -840,13 +836,6 @@ func (r *Router) housekeeping(ctx context.Context) error {
 	if err := r.heartbeat(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("heartbeat: %w", err))
 	}
-	r.tenantsMu.Lock()
-	if time.Since(r.tenantsSince) > time.Minute {
-		// Forget which tenants are registered now and then, so a registry
-		// lost with the bus's data is filled again.
-		r.tenants, r.tenantsSince = map[string]bool{}, time.Now()
-	}
-	r.tenantsMu.Unlock()
 
 	var pending, lag int64
 	for _, stream := range r.streamList() {

@@ -2,7 +2,10 @@
 -- per event id, in one call. Needs MAX_UNPACK and bucket.lua before it
 -- (lua.go prepends them).
 -- Every channel takes three keys:
--- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, chain
+-- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, chain,
+--                                 restarted ('1': the epoch started where
+--                                 the meta was lost and its history or
+--                                 event ids were not);
 --                                 ('<epoch>:<version>:<chain>', the chain at
 --                                 that version: docs/protocol.md 4)
 -- KEYS[3c-1] {<channel>}:history  stream of the last messages, entry id = <version>-0
@@ -123,10 +126,17 @@ for c = 1, #KEYS, 3 do
   end
   if not epoch or not version then
     -- No meta: the channel is new, or Redis lost it. Start a new epoch and
-    -- drop whatever history and event ids survived from the old one.
+    -- drop whatever history and event ids survived from the old one. When
+    -- some did, the meta alone was lost (evicted, deleted, expired) while
+    -- the bus kept the rest: the new epoch says so (restarted), and a
+    -- subscriber that holds no position on the channel cannot take it for
+    -- all the channel published.
     epoch, version = fresh, 0
-    redis.call('DEL', historyKey, eventsKey)
+    local restarted = redis.call('DEL', historyKey, eventsKey) > 0
     redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid)
+    if restarted then
+      redis.call('HSET', metaKey, 'restarted', '1')
+    end
   elseif not meta[2] and replid ~= '' then
     redis.call('HSET', metaKey, 'replid', replid)
   end

@@ -152,3 +152,35 @@ func TestPublishKeepsTheChannelsChain(t *testing.T) {
 	must(t, err)
 	want("a new epoch")
 }
+
+// A channel's first epoch says nothing more; an epoch started where the
+// meta alone was lost (its history or event ids left) says restarted, and
+// keeps saying it: a subscriber without a position must not take it for
+// all the channel published. An epoch after a meta lost with everything
+// else cannot tell (docs/operations.md: the bus must not evict).
+func TestPublishMarksAnEpochStartedAfterALostMeta(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	const ch = "invalidate:acme:t"
+	meta := "{" + ch + "}:meta"
+	restarted := func() string { return c.HGet(ctx, meta, "restarted").Val() }
+	_, err := publishOn(ctx, c, ch, "a")
+	must(t, err)
+	if r := restarted(); r != "" {
+		t.Fatalf("a new channel's epoch says restarted=%q", r)
+	}
+	must(t, c.Unlink(ctx, meta).Err())
+	_, err = publishOn(ctx, c, ch, "b")
+	must(t, err)
+	_, err = publishOn(ctx, c, ch, "c")
+	must(t, err)
+	if r, v := restarted(), c.HGet(ctx, meta, "version").Val(); r != "1" || v != "2" {
+		t.Fatalf("after the meta alone was lost: restarted=%q at version %s, want 1 at 2", r, v)
+	}
+	must(t, c.Del(ctx, meta, "{"+ch+"}:history", "{"+ch+"}:events").Err())
+	_, err = publishOn(ctx, c, ch, "d")
+	must(t, err)
+	if r := restarted(); r != "" {
+		t.Fatalf("after everything of the channel was lost: restarted=%q (nothing tells it from a new channel)", r)
+	}
+}

@@ -337,7 +337,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 				continue
 			}
 			p, ok := s.pos[t.channel]
-			c := recovery.Channel{Memory: st.stored[i], Stored: st.stored[i], HasStore: s.store != nil, Meta: st.metas[i],
+			c := recovery.Channel{Memory: st.stored[i], Stored: st.stored[i], HasStore: s.store != nil, Meta: st.metas[i], MetaRestarted: st.restarted[i],
 				BusLost: gen.lost(), BusKnown: gen.known(), Announced: s.heard[t.channel], HasHandler: s.opt.Handler != nil}
 			if ok {
 				c.Memory, c.Watched = p.at, p.watched != "" && p.watched == gen.bus
@@ -459,6 +459,7 @@ type target struct{ channel, tenant, tag string }
 // generation the service last saw.
 type state struct {
 	metas, stored []recovery.Position
+	restarted     []bool
 	errs          []error
 	seen          string
 }
@@ -474,17 +475,18 @@ func (s *Subscriber) readState(ctx context.Context, targets []target) (state, er
 	if err != nil {
 		return state{}, err
 	}
-	st := state{metas: make([]recovery.Position, len(targets)), stored: stored, errs: errs, seen: seen}
+	st := state{metas: make([]recovery.Position, len(targets)), restarted: make([]bool, len(targets)), stored: stored, errs: errs, seen: seen}
 	for i := range targets {
-		st.metas[i] = metas[i].at
+		st.metas[i], st.restarted[i] = metas[i].at, metas[i].restarted
 		st.errs[i] = errors.Join(metas[i].err, errs[i])
 	}
 	return st, nil
 }
 
 type metaRead struct {
-	at  recovery.Position // zero: no meta on the bus
-	err error             // the meta exists but cannot be read
+	at        recovery.Position // zero: no meta on the bus
+	restarted bool              // the epoch started where only the meta was lost
+	err       error             // the meta exists but cannot be read
 }
 
 // metas reads the channels' metas from the bus in one pipeline.
@@ -495,7 +497,7 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 	}
 	cmds, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, t := range targets {
-			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain")
+			pipe.HMGet(ctx, names.MetaKey(t.channel), "epoch", "version", "chain", "restarted")
 		}
 		return nil
 	})
@@ -522,6 +524,7 @@ func (s *Subscriber) metas(ctx context.Context, targets []target) ([]metaRead, e
 			continue
 		}
 		out[i].at = recovery.Position{Epoch: epoch, Version: v}
+		out[i].restarted = vals[3] != nil
 		// The chain, when it is this version's: a router older than
 		// chains leaves none, or one of a version it published past.
 		if cs, _ := vals[2].(string); cs != "" {

@@ -247,6 +247,11 @@ type Channel struct {
 	Stored   Position // as the cache holds it (HasStore)
 	HasStore bool
 	Meta     Position // the channel's meta on the bus; zero when it has none
+	// MetaRestarted: the meta's epoch started where the channel's meta
+	// was lost (evicted, deleted, expired) while its history or event ids
+	// were left: an epoch came before it, whatever the bus's identity
+	// says, so a channel without a position is never fresh.
+	MetaRestarted bool
 	// BusLost: the bus lost its data since this service last looked (the
 	// router's generation key changed or vanished). A channel without a
 	// meta may then have published and lost messages, whatever position is
@@ -360,7 +365,8 @@ func Replayed(start Position, msgs []Position, payloads [][]byte, to Position) (
 }
 
 // fresh reports whether a channel without a position may be replayed from
-// version 1: it was watched without a meta under the bus's current
+// version 1: its epoch did not start after a lost meta (MetaRestarted), and
+// it was watched without a meta under the bus's current
 // generation, or its tenant was announced to the subscriber since it last
 // looked, or the bus kept its data since the service last looked and
 // every value cached under the channel lives in the cache Redis, whose
@@ -369,6 +375,9 @@ func Replayed(start Position, msgs []Position, payloads [][]byte, to Position) (
 // made the channel Lost). An in-process cache has no such index: a tenant
 // it cached before the subscriber heard of it may have lost an epoch unseen.
 func fresh(c Channel) bool {
+	if c.MetaRestarted {
+		return false
+	}
 	return c.Watched || c.Announced && looked(c) || c.BusKnown && c.HasStore && !c.HasHandler
 }
 

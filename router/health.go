@@ -48,6 +48,9 @@ const (
 	// batch routed meanwhile) before it is a readiness problem: a failure
 	// that a retry (100 ms later) gets past is not one.
 	publishingFailingAfter = 2 * time.Second
+	// overdueAfter is how long a read or a publish may wait for the bus
+	// beyond what it asked to wait (a blocking read's block).
+	overdueAfter = 3 * time.Second
 )
 
 // A Problem is one reason the router is not ready, with what was seen.
@@ -62,6 +65,47 @@ type health struct {
 	// routed failed for reasons not their own: since the first, and why the
 	// last one failed.
 	publishing atomic.Pointer[publishFailure]
+	// calls are the reads and publishes in flight on the bus: one the bus
+	// holds past its due time (CLIENT PAUSE … WRITE answers pings but
+	// holds every read, script and PUBLISH; so does a long script) shows
+	// before the client's timeout and the retries after it.
+	calls sync.Map // *call -> struct{}
+}
+
+// call is a read or a publish in flight on the bus.
+type call struct {
+	reason, what string
+	start, due   time.Time
+}
+
+// begin records a call to the bus that should answer within wait (a
+// blocking read's block) and overdueAfter more; end it with done.
+func (h *health) begin(reason, what string, wait time.Duration) *call {
+	now := time.Now()
+	c := &call{reason: reason, what: what, start: now, due: now.Add(wait + overdueAfter)}
+	h.calls.Store(c, struct{}{})
+	return c
+}
+
+func (h *health) done(c *call) { h.calls.Delete(c) }
+
+// overdue returns, per reason, the oldest call in flight past its due time.
+func (h *health) overdue(now time.Time) map[string]*call {
+	var out map[string]*call
+	h.calls.Range(func(k, _ any) bool {
+		c := k.(*call)
+		if now.Before(c.due) {
+			return true
+		}
+		if out == nil {
+			out = map[string]*call{}
+		}
+		if o := out[c.reason]; o == nil || c.start.Before(o.start) {
+			out[c.reason] = c
+		}
+		return true
+	})
+	return out
 }
 
 // publishFailure is a streak of batches that failed to publish.
@@ -92,11 +136,18 @@ func (r *Router) Problems() []Problem {
 		sort.Strings(failing)
 		out = append(out, Problem{Reason: ReasonReadsFailing, Detail: "reading the ingress failed: " + strings.Join(failing, "; ")})
 	}
+	now := time.Now()
+	stuck := r.health.overdue(now)
+	if c := stuck[ReasonReadsFailing]; c != nil && len(failing) == 0 {
+		out = append(out, Problem{Reason: ReasonReadsFailing, Detail: c.waited(now)})
+	}
 	if f := r.health.publishing.Load(); f != nil {
 		if d := time.Since(f.since); d >= publishingFailingAfter {
 			out = append(out, Problem{Reason: ReasonPublishingFailing,
 				Detail: fmt.Sprintf("no batch routed for %v: each failed, retried (last error: %s)", d.Round(100*time.Millisecond), f.err)})
 		}
+	} else if c := stuck[ReasonPublishingFailing]; c != nil {
+		out = append(out, Problem{Reason: ReasonPublishingFailing, Detail: c.waited(now)})
 	}
 	return out
 }
@@ -117,6 +168,11 @@ func (r *Router) settled(err error) {
 		f.since = old.since
 	}
 	r.health.publishing.Store(f)
+}
+
+// waited says how long the call has waited for the bus.
+func (c *call) waited(now time.Time) string {
+	return fmt.Sprintf("%s has waited %v for the bus to answer (paused for writes, or blocked by a long script?)", c.what, now.Sub(c.start).Round(100*time.Millisecond))
 }
 
 // Ready reports whether the router is routing: Problems is empty.

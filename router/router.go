@@ -501,6 +501,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		var msgs []redis.XMessage
 		var err error
+		reading := r.health.begin(ReasonReadsFailing, "a read of "+stream, block)
 		if id == ">" {
 			msgs, err = r.readNew(ctx, stream, count, block)
 		} else {
@@ -510,6 +511,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			}
 			msgs, _, err = r.claimPending(ctx, stream, 0, start, true)
 		}
+		r.health.done(reading)
 		if err == nil && len(msgs) == 0 && id == ">" {
 			err = redis.Nil
 		}

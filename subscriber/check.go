@@ -179,7 +179,7 @@ func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
 
 // runIDs returns the run_id of every server holding the bus's data (every
 // master of a cluster), each followed by "+flushes=<n>" once the server ran
-// FLUSHALL or FLUSHDB since it started (INFO commandstats): on a cluster a
+// FLUSHALL, FLUSHDB or SWAPDB since it started (INFO commandstats): on a cluster a
 // FLUSHALL on a master that does not hold the generation neither restarts
 // it nor touches the generation, yet takes the metas and the histories of
 // its channels. CONFIG RESETSTAT changes the count too, which counts as a
@@ -208,11 +208,12 @@ func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 	return runs, nil
 }
 
-// flushes is how many FLUSHALL and FLUSHDB a server ran, from its INFO
-// commandstats ("cmdstat_flushall:calls=1,usec=…").
+// flushes is how many FLUSHALL, FLUSHDB and SWAPDB a server ran, from its
+// INFO commandstats ("cmdstat_flushall:calls=1,usec=…"): a SWAPDB empties
+// (or replaces) the database as a flush does.
 func flushes(stats *redis.InfoCmd) int64 {
 	var n int64
-	for _, cmd := range []string{"cmdstat_flushall", "cmdstat_flushdb"} {
+	for _, cmd := range []string{"cmdstat_flushall", "cmdstat_flushdb", "cmdstat_swapdb"} {
 		for _, f := range strings.Split(stats.Item("Commandstats", cmd), ",") {
 			if v, ok := strings.CutPrefix(f, "calls="); ok {
 				c, _ := strconv.ParseInt(v, 10, 64)

@@ -144,7 +144,7 @@ func TestCheckRedoneWhenTheBusChangesDuringIt(t *testing.T) {
 	}
 }
 
-// A FLUSHALL or FLUSHDB that neither restarts the server nor takes the
+// A FLUSHALL, FLUSHDB or SWAPDB that neither restarts the server nor takes the
 // generation (a cluster master that does not hold it) still changes the
 // bus's identity: it counts in the server's part of it.
 func TestBusIdentityCountsFlushes(t *testing.T) {
@@ -159,10 +159,11 @@ func TestBusIdentityCountsFlushes(t *testing.T) {
 	}
 	must(t, c.FlushDB(ctx).Err())
 	must(t, c.FlushAll(ctx).Err())
+	must(t, c.Do(ctx, "SWAPDB", 0, 1).Err())
 	after, err := runIDs(ctx, c)
 	must(t, err)
-	if want := run + "+flushes=2"; len(after) != 1 || after[0] != want {
-		t.Fatalf("identity after a FLUSHDB and a FLUSHALL: %v, want %q", after, want)
+	if want := run + "+flushes=3"; len(after) != 1 || after[0] != want {
+		t.Fatalf("identity after a FLUSHDB, a FLUSHALL and a SWAPDB: %v, want %q", after, want)
 	}
 }
 

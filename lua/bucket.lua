@@ -15,9 +15,13 @@ end
 -- bucket_tokens is what a bucket of rate tokens per second and burst holds
 -- at now, when it held tokens at at: it refills at rate from its last take,
 -- up to burst; one with no state (tokens or at false: new, or expired) is
--- full.
+-- full. So is one whose last take is in the future: the server's clock
+-- went back since (an NTP step, a failover to a server whose clock is
+-- behind), and refilling from then would hold the bucket empty until the
+-- clock is back there, an hour for an hour's step. At most one burst more
+-- is taken per step; the next take writes at back to now.
 local function bucket_tokens(tokens, at, now, rate, burst)
-  if tokens and at then
+  if tokens and at and now >= tonumber(at) then
     return math.min(burst, tonumber(tokens) + (now - tonumber(at)) * rate / 1000000)
   end
   return burst

@@ -3,6 +3,7 @@ package lua
 import (
 	"context"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,5 +67,42 @@ return out`
 				t.Errorf("rate %v burst %d, take %d at %dµs: Lua waits %d ms, Go %v", tc.rate, tc.burst, i, at, got[i], wait)
 			}
 		}
+	}
+}
+
+// A bucket whose last take is in the future (the server's clock went back:
+// an NTP step, a failover to a server behind) is full, not empty until the
+// clock is back there; from the next take on it refills as before.
+func TestBucketAfterTheClockWentBack(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	// The bucket as publish.lua keeps it: tokens and at; each ARGV time
+	// takes one token if it can. Returns each take's wait (0: granted).
+	src := prelude + bucketSrc + `
+local r, b = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens, at = false, false
+local out = {}
+for i = 3, #ARGV do
+  local now = tonumber(ARGV[i])
+  local t = bucket_tokens(tokens, at, now, r, b)
+  if t >= 1 then
+    tokens, at = t - 1, now
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = bucket_wait(t, r)
+  end
+end
+return out`
+	start := time.Unix(1_800_000_000, 0).UnixMicro()
+	hour := time.Hour.Microseconds()
+	// rate 1/s, burst 2: two takes empty it; an hour back, two more are
+	// granted (full), the third waits a second, and a second later one is
+	// granted again.
+	got, err := c.Eval(ctx, src, nil, 1, 2, start, start, start-hour, start-hour, start-hour, start-hour+1_000_000).Int64Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{0, 0, 0, 0, 1000, 0}; !slices.Equal(got, want) {
+		t.Errorf("waits %v, want %v", got, want)
 	}
 }

@@ -1,0 +1,59 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// attack3: a matrix deploy takes tenant acme from billing-svc by mistake
+// (the only service with tag billing, the only tag of domain invoice) and
+// is rolled back a little later. Meanwhile no service owns acme's billing
+// channel, so the router publishes nothing on it: a change to invoice
+// inv:2, which billing-svc cached under billing before the deploy, reaches
+// no channel. After the rollback billing-svc subscribes to the channel
+// again and checks it: its position (kept from before) equals the meta, so
+// nothing is done, and inv:2 stays cached for good.
+func TestAttack3MatrixRollbackLeavesWhatTheGapChangedCached(t *testing.T) {
+	ctx := context.Background()
+	const service, ch = "billing-svc", "invalidate:acme:billing"
+	e := newEnv(t, "")
+	v1 := e.mtx
+	v2, err := matrix.Parse("v2.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [globex]}", 1)))
+	must(t, err)
+	r, _ := e.router(router.Options{})
+	s, _ := e.subscriber(service, subscriber.Options{})
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+
+	// The bad deploy: routerd serve and the agent take the file.
+	must(t, r.SetMatrix(v2))
+	must(t, s.SetMatrix(v2))
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:2"}})
+	redistest.Eventually(t, 10*time.Second, "inv:2's event read and acknowledged", func() bool {
+		p, err := e.busC.XPending(ctx, stream, "routerd").Result()
+		groups, _ := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && p.Count == 0 && len(groups) == 1 && groups[0].Lag == 0
+	})
+
+	// The rollback.
+	must(t, r.SetMatrix(v1))
+	must(t, s.SetMatrix(v1))
+	redistest.Eventually(t, 10*time.Second, "billing-svc ready on the old matrix", s.Ready)
+	if err := redistest.Wait(ctx, 10*time.Second, "inv:2 invalidated", func() bool { return !e.cached(service, "acme", "inv:2") }); err != nil {
+		epoch, v := e.meta(ch)
+		t.Fatalf("%v: %s at %s:%d, billing-svc's position %v, %d dead letters", err, ch, epoch, v,
+			e.caches[service].Client(t).Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), e.busC.XLen(ctx, "invalidate:deadletter").Val())
+	}
+}

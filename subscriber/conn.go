@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 )
@@ -619,12 +620,30 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 			if err := s.applyQueued(ctx, channel, p); err != nil {
 				s.log.Warn("applying queued work of a channel no longer ours", "channel", channel, "err", err)
 			}
+			s.leave(ctx, channel, p)
 			delete(s.pos, channel)
 			delete(s.queued, channel)
 		}
 	}
 	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
 	ln.regroup(ctx)
+}
+
+// leave drops the whole tag of a channel the new matrix takes from the
+// service, and leaves its position lost: nothing keeps what the cache
+// holds under it fresh from now on (the router publishes on a channel only
+// for the services the matrix gives it, none may be left), and the
+// service's application may go on caching under it. If a later matrix
+// gives the channel back (a deploy rolled back), the lost position makes
+// its check drop the whole tag again, with what was cached meanwhile.
+func (s *Subscriber) leave(ctx context.Context, channel string, p *position) {
+	lost := recovery.Stamp(recovery.Decision{To: recovery.Lost}, time.Now().UnixMilli()).To
+	s.log.Info("the matrix took the channel from this service: invalidating its whole tag, whose values nothing keeps fresh now", "channel", channel)
+	if err := s.repair(ctx, p.recovered(lost)); err != nil {
+		s.log.Warn("invalidating the whole tag of a channel no longer ours failed; its values may stay cached", "channel", channel, "err", err)
+		return
+	}
+	s.m.recoveries.WithLabelValues("whole_tag").Inc()
 }
 
 // receive reads one pub/sub connection. Every time its full set of

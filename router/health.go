@@ -50,7 +50,7 @@ const (
 	publishingFailingAfter = 2 * time.Second
 	// overdueAfter is how long a read or a publish may wait for the bus
 	// beyond what it asked to wait (a blocking read's block).
-	overdueAfter = 3 * time.Second
+	overdueAfter = 2 * time.Second
 )
 
 // A Problem is one reason the router is not ready, with what was seen.

@@ -13,17 +13,10 @@ import (
 	"github.com/routerd/routerd/internal/storm"
 )
 
-// The token bucket is one rule in two languages: bucket.lua, shared by
-// publish.lua and budget.lua on the bus, and the subscriber's in-memory
-// buckets (storm.Reserve on golang.org/x/time/rate). For the same takes at
-// the same times, both grant the same ones and ask the same wait (to the
-// millisecond the script counts in).
-func TestBucketMatchesStorm(t *testing.T) {
-	ctx := context.Background()
-	c := redistest.Start(t).Client(t)
-	// Takes one token at each ARGV time (microseconds), from a full bucket,
-	// as publish.lua does; returns each take's wait (0: granted).
-	src := prelude + bucketSrc + `
+// takes takes one token at each ARGV time (microseconds, from ARGV[3]) of a
+// bucket of rate ARGV[1] and burst ARGV[2], full at first, as publish.lua
+// does, and returns each take's wait in milliseconds (0: granted).
+var takes = prelude + bucketSrc + `
 local r, b = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tokens, at = false, false
 local out = {}
@@ -38,6 +31,16 @@ for i = 3, #ARGV do
   end
 end
 return out`
+
+// The token bucket is one rule in two languages: bucket.lua, shared by
+// publish.lua and budget.lua on the bus, and the subscriber's in-memory
+// buckets (storm.Reserve on golang.org/x/time/rate). For the same takes at
+// the same times, both grant the same ones and ask the same wait (to the
+// millisecond the script counts in).
+func TestBucketMatchesStorm(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	src := takes
 	cases := []struct {
 		rate  float64
 		burst int
@@ -76,23 +79,7 @@ return out`
 func TestBucketAfterTheClockWentBack(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
-	// The bucket as publish.lua keeps it: tokens and at; each ARGV time
-	// takes one token if it can. Returns each take's wait (0: granted).
-	src := prelude + bucketSrc + `
-local r, b = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tokens, at = false, false
-local out = {}
-for i = 3, #ARGV do
-  local now = tonumber(ARGV[i])
-  local t = bucket_tokens(tokens, at, now, r, b)
-  if t >= 1 then
-    tokens, at = t - 1, now
-    out[#out + 1] = 0
-  else
-    out[#out + 1] = bucket_wait(t, r)
-  end
-end
-return out`
+	src := takes
 	start := time.Unix(1_800_000_000, 0).UnixMicro()
 	hour := time.Hour.Microseconds()
 	// rate 1/s, burst 2: two takes empty it; an hour back, two more are

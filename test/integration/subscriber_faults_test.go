@@ -488,36 +488,12 @@ func TestBusLossHidesOldEpochFromChannelWithoutPosition(t *testing.T) {
 				name = service + "/looked-before"
 			}
 			t.Run(name, func(t *testing.T) {
-				ctx := context.Background()
-				const ch = "invalidate:globex:active"
 				e := newEnv(t, "")
 				e.router(router.Options{})
 				if looked {
-					_, stop := e.subscriber(service, subscriber.Options{})
-					redistest.Eventually(t, 10*time.Second, "the bus generation recorded", func() bool {
-						n, _ := e.caches[service].Client(t).Exists(ctx, "routerd:generation:"+service).Result()
-						return n == 1
-					})
-					stop()
+					e.generationRecorded(service)
 				}
-
-				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
-					e.seed(service, "globex", k, "active")
-				}
-				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:1", "user:2", "user:3"}})
-				e.waitVersion(ch, 1)
-				first, _ := e.meta(ch)
-				must(t, e.busC.FlushAll(ctx).Err())
-				e.publish(wire.Event{Tenant: "globex", Domain: "user", Keys: []string{"user:4"}})
-				redistest.Eventually(t, 10*time.Second, "a new epoch at version 1", func() bool {
-					epoch, v := e.meta(ch)
-					return epoch != "" && epoch != first && v == 1
-				})
-
-				e.subscriber(service, subscriber.Options{})
-				for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {
-					e.waitGone(service, "globex", k)
-				}
+				e.lostEpoch(service, func() { must(t, e.busC.FlushAll(context.Background()).Err()) })
 			})
 		}
 	}

@@ -2,7 +2,7 @@
 -- per event id, in one call. Needs MAX_UNPACK and bucket.lua before it
 -- (lua.go prepends them).
 -- Every channel takes three keys:
--- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, chain,
+-- KEYS[3c-2] {<channel>}:meta     hash: epoch, version, replid, runid, chain,
 --                                 restarted ('1': the epoch started where
 --                                 the meta was lost and its history or
 --                                 event ids were not);
@@ -105,7 +105,15 @@ local cmd, fresh = ARGV[1], ARGV[2]
 -- The replication id of this server, read here and not taken from the
 -- caller: a server restarted from an older snapshot (or a promoted replica)
 -- has a new one at once, whereas a caller's could be from before.
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+local repl = redis.call('INFO', 'replication')
+local replid = string.match(repl, 'master_replid:(%x+)') or ''
+-- The server's run_id, and whether it ever followed another master since
+-- it started (master_replid2 is all zeros until then): a meta this very
+-- process wrote, with no master followed since, is of its own history even
+-- when its replication id changed — which it does when its first replica
+-- attaches (or the first after its backlog was freed): no restart, no loss.
+local runid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local followed = string.find(string.match(repl, 'master_replid2:(%x+)') or '', '[^0]') ~= nil
 local out = {}
 local a = 3
 local now = bucket_now()
@@ -114,14 +122,16 @@ for c = 1, #KEYS, 3 do
   local channel, keep, ttl = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local rate, burst, force, m = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
   a = a + 7
-  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at', 'chain')
+  local meta = redis.call('HMGET', metaKey, 'epoch', 'replid', 'version', 'tokens', 'at', 'chain', 'runid')
   local epoch, version = meta[1], tonumber(meta[3])
   -- The bucket expires with its meta (bucket.lua).
   local tokens = bucket_tokens(meta[4], meta[5], now, rate, burst)
-  if epoch and replid ~= '' and meta[2] and meta[2] ~= replid then
+  local own = runid ~= '' and meta[7] == runid and not followed
+  if epoch and replid ~= '' and meta[2] and meta[2] ~= replid and not own then
     -- The meta was written under another master's history: this is a
-    -- promoted replica, which may lack the last versions. Versions could
-    -- repeat, so start a new epoch; subscribers treat it as a gap.
+    -- promoted replica, which may lack the last versions (or a server
+    -- restarted, or one that took another's data with REPLICAOF). Versions
+    -- could repeat, so start a new epoch; subscribers treat it as a gap.
     epoch = false
   end
   if not epoch or not version then
@@ -133,12 +143,12 @@ for c = 1, #KEYS, 3 do
     -- all the channel published.
     epoch, version = fresh, 0
     local restarted = redis.call('DEL', historyKey, eventsKey) > 0
-    redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid)
+    redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid, 'runid', runid)
     if restarted then
       redis.call('HSET', metaKey, 'restarted', '1')
     end
-  elseif not meta[2] and replid ~= '' then
-    redis.call('HSET', metaKey, 'replid', replid)
+  elseif replid ~= '' and (meta[2] ~= replid or meta[7] ~= runid) then
+    redis.call('HSET', metaKey, 'replid', replid, 'runid', runid)
   end
   local chain = chain_at(meta[6], epoch, version, historyKey)
   local published, stopped = false, false

@@ -615,35 +615,64 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 		return
 	}
 	s.cur = next
+	var left []string
+	var leaving []Invalidation
 	for channel, p := range s.pos {
 		if !next.covers(p.tenant, p.tag) {
 			if err := s.applyQueued(ctx, channel, p); err != nil {
 				s.log.Warn("applying queued work of a channel no longer ours", "channel", channel, "err", err)
 			}
-			s.leave(ctx, channel, p)
+			left, leaving = append(left, channel), append(leaving, s.leaving(p))
 			delete(s.pos, channel)
 			delete(s.queued, channel)
 		}
 	}
+	s.leave(ctx, left, leaving)
 	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
 	ln.regroup(ctx)
 }
 
-// leave drops the whole tag of a channel the new matrix takes from the
-// service, and leaves its position lost: nothing keeps what the cache
-// holds under it fresh from now on (the router publishes on a channel only
-// for the services the matrix gives it, none may be left), and the
-// service's application may go on caching under it. If a later matrix
-// gives the channel back (a deploy rolled back), the lost position makes
-// its check drop the whole tag again, with what was cached meanwhile.
-func (s *Subscriber) leave(ctx context.Context, channel string, p *position) {
-	lost := recovery.Stamp(recovery.Decision{To: recovery.Lost}, time.Now().UnixMilli()).To
-	s.log.Info("the matrix took the channel from this service: invalidating its whole tag, whose values nothing keeps fresh now", "channel", channel)
-	if err := s.repair(ctx, p.recovered(lost)); err != nil {
-		s.log.Warn("invalidating the whole tag of a channel no longer ours failed; its values may stay cached", "channel", channel, "err", err)
+// leave drops the whole tag of the channels the new matrix takes from the
+// service, and leaves their positions lost: nothing keeps what the cache
+// holds under them fresh from now on (the router publishes on a channel
+// only for the services the matrix gives it, none may be left), and the
+// service's application may go on caching under them. If a later matrix
+// gives a channel back (a deploy rolled back), the lost position makes its
+// check drop the whole tag again, with what was cached meanwhile. invs are
+// the channels' invalidations (leaving), applied pipelineChunk at a time.
+func (s *Subscriber) leave(ctx context.Context, channels []string, invs []Invalidation) {
+	if len(invs) == 0 {
 		return
 	}
-	s.m.recoveries.WithLabelValues("whole_tag").Inc()
+	s.log.Info("the matrix took channels from this service: invalidating their whole tags, whose values nothing keeps fresh now", "channels", len(channels), "first", channels[0])
+	if err := s.flushBatch(ctx); err != nil {
+		s.log.Warn("applying the burst before leaving channels failed", "err", err)
+	}
+	failed, first, firstErr := 0, "", error(nil)
+	for from := 0; from < len(invs); from += pipelineChunk {
+		for i, err := range s.invalidateMany(ctx, invs[from:min(from+pipelineChunk, len(invs))], false) {
+			if err != nil {
+				if failed == 0 {
+					first, firstErr = channels[from+i], err
+				}
+				failed++
+				continue
+			}
+			s.m.recoveries.WithLabelValues("whole_tag").Inc()
+		}
+	}
+	if failed > 0 {
+		s.log.Warn("invalidating the whole tags of channels no longer ours failed; their values may stay cached",
+			"failed", failed, "of", len(invs), "first", first, "err", firstErr)
+	}
+}
+
+// leaving is the invalidation that leaves a channel: its whole tag, and
+// its position set to lost (a repair: whatever the cache holds).
+func (s *Subscriber) leaving(p *position) Invalidation {
+	inv := p.recovered(recovery.Stamp(recovery.Decision{To: recovery.Lost}, time.Now().UnixMilli()).To)
+	inv.repair = true
+	return inv
 }
 
 // receive reads one pub/sub connection. Every time its full set of

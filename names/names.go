@@ -389,6 +389,13 @@ func GenerationKey(prefix string) string { return prefix + ":generation" }
 // name).
 func GenerationSeenKey(service string) string { return "routerd:generation:" + service }
 
+// InterestKey is where a service's subscriber keeps, in its cache Redis, the
+// tags and tenants of the matrix it last ran with:
+// "routerd:interest:<service>" (the routerd: namespace no cache key can
+// name). A subscriber started on a matrix that takes channels from the
+// service drops their tags, as a running one does on a reload.
+func InterestKey(service string) string { return "routerd:interest:" + service }
+
 // CacheTenantsKey is the set, in a cache Redis, of the tenants that have
 // tagged values there: "routerd:tenants". The tag store adds a tenant before
 // its first value; a subscriber of every tenant reads it.

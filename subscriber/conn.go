@@ -195,6 +195,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	}
 	s.checked(nil) // a fresh run: nothing failed yet
 	s.checkEviction(ctx)
+	s.leaveFormerInterest(ctx)
 	ln := &listener{s: s}
 	s.ln = ln
 	defer ln.close()
@@ -628,6 +629,9 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 		}
 	}
 	s.leave(ctx, left, leaving)
+	// Records the new interest, and leaves what the positions in memory
+	// missed (a reload before the first check read them all).
+	s.leaveFormerInterest(ctx, left...)
 	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
 	ln.regroup(ctx)
 }

@@ -253,6 +253,7 @@ type interest struct {
 	allTenants bool
 	tenants    []string
 	tenantSet  map[string]bool
+	listed     []string         // the matrix's tenants of the service, every shard's
 	shard      wire.TenantShard // the tenants of this instance (Options.TenantShard)
 	// refs: a domain with entity references maps to one of the tags, in
 	// the matrix this interest comes from (the eviction rule differs).
@@ -260,7 +261,7 @@ type interest struct {
 }
 
 func newInterest(m *matrix.Matrix, sub matrix.Subscription, shard wire.TenantShard) *interest {
-	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, shard: shard,
+	in := &interest{tags: map[string]bool{}, tagList: sub.Tags, allTenants: sub.AllTenants, tenantSet: map[string]bool{}, listed: sub.Tenants, shard: shard,
 		refs: refsInUse(m, sub.Tags)}
 	for _, t := range sub.Tags {
 		in.tags[t] = true

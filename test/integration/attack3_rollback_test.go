@@ -39,13 +39,8 @@ func TestAttack3MatrixRollbackLeavesWhatTheGapChangedCached(t *testing.T) {
 	// The bad deploy: routerd serve and the agent take the file.
 	must(t, r.SetMatrix(v2))
 	must(t, s.SetMatrix(v2))
-	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:2"}})
-	redistest.Eventually(t, 10*time.Second, "inv:2's event read and acknowledged", func() bool {
-		p, err := e.busC.XPending(ctx, stream, "routerd").Result()
-		groups, _ := e.busC.XInfoGroups(ctx, stream).Result()
-		return err == nil && p.Count == 0 && len(groups) == 1 && groups[0].Lag == 0
-	})
+	e.waitAllRead("acme")
 
 	// The rollback.
 	must(t, r.SetMatrix(v1))
@@ -56,4 +51,58 @@ func TestAttack3MatrixRollbackLeavesWhatTheGapChangedCached(t *testing.T) {
 		t.Fatalf("%v: %s at %s:%d, billing-svc's position %v, %d dead letters", err, ch, epoch, v,
 			e.caches[service].Client(t).Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), e.busC.XLen(ctx, "invalidate:deadletter").Val())
 	}
+}
+
+// The same deploy and rollback where the agent restarts with each matrix
+// (a ConfigMap change rolls the pods) instead of reloading it: the agent
+// started on the matrix without the channel never had it in memory to
+// leave. It finds the interest the service last ran with in its cache
+// Redis, and drops the channel's tag as a reload would.
+func TestMatrixRollbackAcrossRestartsDropsWhatTheGapChanged(t *testing.T) {
+	const service = "billing-svc"
+	e := newEnv(t, "")
+	v1 := e.mtx
+	v2, err := matrix.Parse("v2.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [globex]}", 1)))
+	must(t, err)
+	r, _ := e.router(router.Options{})
+	start := func(m *matrix.Matrix) func() {
+		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: m, Cache: e.caches[service].Client(t),
+			CheckInterval: time.Hour, Logger: testLogger(t, service)})
+		must(t, err)
+		stop := run(t, s.Run)
+		redistest.Eventually(t, 10*time.Second, service+" ready", s.Ready)
+		return stop
+	}
+	stop := start(v1)
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+	stop()
+
+	// The bad deploy: the router reloads, the agent restarts on v2, and a
+	// change to inv:2 reaches no channel.
+	must(t, r.SetMatrix(v2))
+	stop = start(v2)
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:2"}})
+	e.waitAllRead("acme")
+	stop()
+
+	// The rollback.
+	must(t, r.SetMatrix(v1))
+	start(v1)
+	e.waitGone(service, "acme", "inv:2")
+}
+
+// waitAllRead waits until the router has read and acknowledged every entry
+// of the tenant's ingress stream.
+func (e *env) waitAllRead(tenant string) {
+	e.t.Helper()
+	ctx := context.Background()
+	stream := names.IngressStream("invalidate", wire.Partition(tenant, e.mtx.Partitions))
+	redistest.Eventually(e.t, 10*time.Second, tenant+"'s events read and acknowledged", func() bool {
+		p, err := e.busC.XPending(ctx, stream, "routerd").Result()
+		groups, _ := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && p.Count == 0 && len(groups) == 1 && groups[0].Lag == 0
+	})
 }

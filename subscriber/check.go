@@ -183,7 +183,10 @@ func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
 // FLUSHALL on a master that does not hold the generation neither restarts
 // it nor touches the generation, yet takes the metas and the histories of
 // its channels. CONFIG RESETSTAT changes the count too, which counts as a
-// possible loss: safe, and rare.
+// possible loss: safe, and rare. And by "+followed=<replid2>" once the
+// server followed another master since it started (INFO replication's
+// master_replid2): REPLICAOF of an older copy and REPLICAOF NO ONE bring
+// that copy's data back under the same run_id.
 func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 	masters, err := redisconn.Masters(ctx, bus)
 	if err != nil {
@@ -191,18 +194,24 @@ func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 	}
 	runs := make([]string, len(masters))
 	for i, m := range masters {
-		var server, stats *redis.InfoCmd
+		var server, repl, stats *redis.InfoCmd
 		if _, err := m.Pipelined(ctx, func(p redis.Pipeliner) error {
-			server, stats = p.InfoMap(ctx, "server"), p.InfoMap(ctx, "commandstats")
+			server, repl, stats = p.InfoMap(ctx, "server"), p.InfoMap(ctx, "replication"), p.InfoMap(ctx, "commandstats")
 			return nil
 		}); err != nil {
-			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server, INFO commandstats): %w", m.Options().Addr, err)
+			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server, replication, commandstats): %w", m.Options().Addr, err)
 		}
 		if runs[i] = server.Item("Server", "run_id"); runs[i] == "" {
 			return nil, fmt.Errorf("the bus server %s reports no run_id in INFO server", m.Options().Addr)
 		}
 		if n := flushes(stats); n > 0 {
 			runs[i] += fmt.Sprintf("+flushes=%d", n)
+		}
+		if followed := repl.Item("Replication", "master_replid2"); strings.Trim(followed, "0") != "" {
+			// The server followed another master since it started (a
+			// REPLICAOF, a failover it took part in): its data may be
+			// that master's, older than what it held.
+			runs[i] += "+followed=" + followed
 		}
 	}
 	return runs, nil

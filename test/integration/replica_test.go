@@ -55,3 +55,29 @@ func TestAttachingAReplicaToTheBusFlushesNothing(t *testing.T) {
 		t.Error("user:3, never named, was dropped: the whole tag went when the bus got a replica")
 	}
 }
+
+// attack: the bus takes an older copy's data with REPLICAOF <copy> and is
+// made a master again with REPLICAOF NO ONE, while a service is down: the
+// same process and run_id, no flush, the copy's generation — the bus went
+// back to before the event routed meanwhile. Its identity must change (the
+// server followed another master), so a service without a position on the
+// channel drops the tag instead of replaying the next epoch alone.
+func TestBusTakingAnOlderCopyHidesNoEpoch(t *testing.T) {
+	ctx := context.Background()
+	const service = "search-svc"
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	e.generationRecorded(service)
+	follow := func(replica, master *redistest.Server) {
+		host, port, _ := net.SplitHostPort(master.Addr)
+		must(t, replica.Client(t).ReplicaOf(ctx, host, port).Err())
+		redistest.Eventually(t, 20*time.Second, "in sync with "+master.Addr, func() bool {
+			info, err := replica.Client(t).Info(ctx, "replication").Result()
+			return err == nil && strings.Contains(info, "master_link_status:up")
+		})
+		must(t, replica.Client(t).ReplicaOf(ctx, "NO", "ONE").Err())
+	}
+	copied := redistest.Start(t)
+	follow(copied, e.bus) // a disaster-recovery copy of the bus, detached
+	e.lostEpoch(service, func() { follow(e.bus, copied) })
+}

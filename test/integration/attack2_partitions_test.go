@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
@@ -141,8 +142,14 @@ func TestAttack2PartitionCountOfAnotherTypeIsNeverRepaired(t *testing.T) {
 	e.router(router.Options{ClaimInterval: 100 * time.Millisecond})
 
 	key := names.PartitionsKey("invalidate")
-	must(t, e.busC.Del(ctx, key).Err())
-	must(t, e.busC.HSet(ctx, key, "partitions", "4").Err())
+	// One transaction: the router, which writes the count when it finds
+	// none, must not slip its SET between the DEL and the HSET.
+	_, err := e.busC.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		p.HSet(ctx, key, "partitions", "4")
+		return nil
+	})
+	must(t, err)
 
 	var lastErr error
 	if err := redistest.Wait(ctx, 15*time.Second, "a publisher started now publishes", func() bool {

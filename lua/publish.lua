@@ -112,8 +112,16 @@ local replid = string.match(repl, 'master_replid:(%x+)') or ''
 -- process wrote, with no master followed since, is of its own history even
 -- when its replication id changed — which it does when its first replica
 -- attaches (or the first after its backlog was freed): no restart, no loss.
-local runid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+-- The run_id is read only when a meta needs it (INFO server is not free,
+-- and most calls find every meta at the server's replication id).
 local followed = string.find(string.match(repl, 'master_replid2:(%x+)') or '', '[^0]') ~= nil
+local run
+local function runid()
+  if not run then
+    run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  end
+  return run
+end
 local out = {}
 local a = 3
 local now = bucket_now()
@@ -126,8 +134,7 @@ for c = 1, #KEYS, 3 do
   local epoch, version = meta[1], tonumber(meta[3])
   -- The bucket expires with its meta (bucket.lua).
   local tokens = bucket_tokens(meta[4], meta[5], now, rate, burst)
-  local own = runid ~= '' and meta[7] == runid and not followed
-  if epoch and replid ~= '' and meta[2] and meta[2] ~= replid and not own then
+  if epoch and replid ~= '' and meta[2] and meta[2] ~= replid and not (meta[7] and not followed and meta[7] == runid()) then
     -- The meta was written under another master's history: this is a
     -- promoted replica, which may lack the last versions (or a server
     -- restarted, or one that took another's data with REPLICAOF). Versions
@@ -143,12 +150,12 @@ for c = 1, #KEYS, 3 do
     -- all the channel published.
     epoch, version = fresh, 0
     local restarted = redis.call('DEL', historyKey, eventsKey) > 0
-    redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid, 'runid', runid)
+    redis.call('HSET', metaKey, 'epoch', epoch, 'version', 0, 'replid', replid, 'runid', runid())
     if restarted then
       redis.call('HSET', metaKey, 'restarted', '1')
     end
-  elseif replid ~= '' and (meta[2] ~= replid or meta[7] ~= runid) then
-    redis.call('HSET', metaKey, 'replid', replid, 'runid', runid)
+  elseif replid ~= '' and (meta[2] ~= replid or not meta[7]) then
+    redis.call('HSET', metaKey, 'replid', replid, 'runid', runid())
   end
   local chain = chain_at(meta[6], epoch, version, historyKey)
   local published, stopped = false, false

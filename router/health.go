@@ -72,17 +72,19 @@ type health struct {
 	calls sync.Map // *call -> struct{}
 }
 
-// call is a read or a publish in flight on the bus.
+// call is a read of a stream (reason ReasonReadsFailing) or a publish of n
+// messages (ReasonPublishingFailing) in flight on the bus.
 type call struct {
-	reason, what string
-	start, due   time.Time
+	reason, stream string
+	n              int
+	start, due     time.Time
 }
 
 // begin records a call to the bus that should answer within wait (a
 // blocking read's block) and overdueAfter more; end it with done.
-func (h *health) begin(reason, what string, wait time.Duration) *call {
-	now := time.Now()
-	c := &call{reason: reason, what: what, start: now, due: now.Add(wait + overdueAfter)}
+func (h *health) begin(c *call, wait time.Duration) *call {
+	c.start = time.Now()
+	c.due = c.start.Add(wait + overdueAfter)
 	h.calls.Store(c, struct{}{})
 	return c
 }
@@ -170,9 +172,13 @@ func (r *Router) settled(err error) {
 	r.health.publishing.Store(f)
 }
 
-// waited says how long the call has waited for the bus.
+// waited says what the call is and how long it has waited for the bus.
 func (c *call) waited(now time.Time) string {
-	return fmt.Sprintf("%s has waited %v for the bus to answer (paused for writes, or blocked by a long script?)", c.what, now.Sub(c.start).Round(100*time.Millisecond))
+	what := "a read of " + c.stream
+	if c.reason == ReasonPublishingFailing {
+		what = fmt.Sprintf("a publish of %d messages", c.n)
+	}
+	return fmt.Sprintf("%s has waited %v for the bus to answer (paused for writes, or blocked by a long script?)", what, now.Sub(c.start).Round(100*time.Millisecond))
 }
 
 // Ready reports whether the router is routing: Problems is empty.

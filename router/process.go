@@ -760,7 +760,7 @@ func (r *Router) send(ctx context.Context, out []*outgoing, force bool) []*entry
 	for _, o := range out {
 		o.force = force
 	}
-	publishing := r.health.begin(ReasonPublishingFailing, "a publish of "+strconv.Itoa(len(out))+" messages", 0)
+	publishing := r.health.begin(&call{reason: ReasonPublishingFailing, n: len(out)}, 0)
 	defer r.health.done(publishing)
 	b := r.newBudgets()
 	out, done := r.takeBudgets(ctx, b, out)

@@ -501,7 +501,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		var msgs []redis.XMessage
 		var err error
-		reading := r.health.begin(ReasonReadsFailing, "a read of "+stream, block)
+		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
 			msgs, err = r.readNew(ctx, stream, count, block)
 		} else {

@@ -36,12 +36,7 @@ func TestAttachingAReplicaToTheBusFlushesNothing(t *testing.T) {
 	before := replid()
 
 	replica := redistest.Start(t)
-	host, port, _ := net.SplitHostPort(e.bus.Addr)
-	must(t, replica.Client(t).ReplicaOf(ctx, host, port).Err()) // redis-cli REPLICAOF <bus>
-	redistest.Eventually(t, 20*time.Second, "the replica in sync", func() bool {
-		info, err := replica.Client(t).Info(ctx, "replication").Result()
-		return err == nil && strings.Contains(info, "master_link_status:up")
-	})
+	replicate(t, replica, e.bus) // redis-cli REPLICAOF <bus>
 	if replid() == before {
 		t.Fatalf("the bus kept its replication id %s when its first replica attached: the attack needs a new one", before)
 	}
@@ -69,15 +64,23 @@ func TestBusTakingAnOlderCopyHidesNoEpoch(t *testing.T) {
 	e.router(router.Options{})
 	e.generationRecorded(service)
 	follow := func(replica, master *redistest.Server) {
-		host, port, _ := net.SplitHostPort(master.Addr)
-		must(t, replica.Client(t).ReplicaOf(ctx, host, port).Err())
-		redistest.Eventually(t, 20*time.Second, "in sync with "+master.Addr, func() bool {
-			info, err := replica.Client(t).Info(ctx, "replication").Result()
-			return err == nil && strings.Contains(info, "master_link_status:up")
-		})
+		replicate(t, replica, master)
 		must(t, replica.Client(t).ReplicaOf(ctx, "NO", "ONE").Err())
 	}
 	copied := redistest.Start(t)
 	follow(copied, e.bus) // a disaster-recovery copy of the bus, detached
 	e.lostEpoch(service, func() { follow(e.bus, copied) })
+}
+
+// replicate makes replica a replica of master (REPLICAOF) and waits until
+// it is in sync.
+func replicate(t *testing.T, replica, master *redistest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(master.Addr)
+	must(t, replica.Client(t).ReplicaOf(ctx, host, port).Err())
+	redistest.Eventually(t, 20*time.Second, "in sync with "+master.Addr, func() bool {
+		info, err := replica.Client(t).Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	})
 }

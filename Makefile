@@ -109,7 +109,7 @@ soak: redis-server
 # `grep -rn "^func Fuzz" --include=*_test.go`). Some need redis-server.
 FUZZ_TARGETS = names:FuzzKey names:FuzzParseChannel names:FuzzSourceVersionKey names:FuzzParseIngressStream \
   names:FuzzStreamPublisher names:FuzzParseRef names:FuzzRefOrDomain wire:FuzzParseEvent wire:FuzzParseMessage \
-  wire:FuzzParseEvents matrix:FuzzParse tagstore:FuzzParsePosition router:FuzzRedriven \
+  wire:FuzzParseEvents matrix:FuzzParse tagstore:FuzzParsePosition router:FuzzRedriven router:FuzzBoundedConn \
   internal/doctor:FuzzGrowthFile internal/redisconn:FuzzOpenHidesPassword internal/cli:FuzzParseSince \
   internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated subscriber:FuzzParseInterest
 fuzz: redis-server

@@ -43,8 +43,23 @@ func (c cutValue) MarshalJSON() ([]byte, error) {
 }
 
 // readNew reads the group's new entries of stream: what fits the byte
-// budget now, or, when nothing is new, the next entry within block.
-func (r *Router) readNew(ctx context.Context, stream string, count int, block time.Duration) ([]redis.XMessage, error) {
+// budget now, or, when nothing is new, the next entry within block. With
+// pending true, entries were delivered to this consumer and not returned
+// (a reply cut for its bounds, a connection lost): the read loop takes its
+// pending entries next.
+func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block time.Duration) (msgs []redis.XMessage, pending bool, err error) {
+	msgs, outcome, err := s.read(ctx, count, block)
+	switch outcome {
+	case readDone:
+		if len(msgs) > 0 {
+			// The live routers, read after the entries (handover.go).
+			r.notePeers(r.c.HGetAll(ctx, names.RoutersKey(r.prefix)))
+		}
+		return msgs, false, err
+	case readPending:
+		return nil, true, nil
+	}
+	stream := s.stream
 	wait := 1
 	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
 		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
@@ -53,15 +68,15 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 	case r.refused(err):
 		wait = count // unbounded, as routers before the read script
 	case err != nil:
-		return nil, err
+		return nil, false, err
 	case reply.Status == lua.ReadEntries:
-		return withCuts(reply.Entries), nil
+		return withCuts(reply.Entries), false, nil
 	}
 	res, err := r.c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, ">"}, Count: int64(wait), Block: block,
 	}).Result()
 	if err != nil || len(res) == 0 {
-		return nil, err
+		return nil, false, err
 	}
 	// The live routers, read after the entries (handover.go); not in a
 	// pipeline with the blocking read, whose wait a pipeline's read
@@ -75,7 +90,7 @@ func (r *Router) readNew(ctx context.Context, stream string, count int, block ti
 			}
 		}
 	}
-	return res[0].Messages, nil
+	return res[0].Messages, false, nil
 }
 
 // claimPending claims the group's entries of stream pending for at least

@@ -485,8 +485,12 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		r.routeStages(ctx, stream, q, batches)
 	}()
 	defer func() { close(batches); <-routed }()
-	// First the entries this consumer name left pending (a restart), then new ones.
-	id := "0"
+	reader := &streamReader{r: r, stream: stream}
+	defer reader.close()
+	// First the entries this consumer name left pending (a restart), then
+	// new ones; again those pending after last whenever a read of new ones
+	// left some (bounded.go).
+	id, last := "0", ""
 	count := r.opt.BatchSize
 	for ctx.Err() == nil {
 		block := r.opt.Block
@@ -503,7 +507,16 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		var err error
 		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
-			msgs, err = r.readNew(ctx, stream, count, block)
+			var pending bool
+			msgs, pending, err = r.readNew(ctx, reader, count, block)
+			if pending {
+				r.health.done(reading)
+				id = last
+				if id == "" {
+					id = "0"
+				}
+				continue
+			}
 		} else {
 			start := "-"
 			if id != "0" {
@@ -547,22 +560,32 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// after the last one, whether or not they succeed.
 			id = msgs[len(msgs)-1].ID
 		}
-		// Reads follow the backlog: a full read doubles the next one, up
-		// to maxReadBatches × BatchSize; a short one goes back to BatchSize.
-		full := len(msgs) >= count
-		if full {
-			count = min(2*count, maxReadBatches*r.opt.BatchSize)
+		last = msgs[len(msgs)-1].ID
+		var full bool
+		if id != ">" {
+			// A read of pending entries asks for BatchSize of them.
+			full = len(msgs) >= r.opt.BatchSize
 		} else {
-			count = r.opt.BatchSize
+			// Reads follow the backlog: a full read doubles the next one,
+			// up to maxReadBatches × BatchSize; a short one goes back to
+			// BatchSize.
+			full = len(msgs) >= count
+			if full {
+				count = min(2*count, maxReadBatches*r.opt.BatchSize)
+			} else {
+				count = r.opt.BatchSize
+			}
 		}
-		if full || id != ">" {
+		if full {
 			batches <- read{msgs: msgs}
 			continue
 		}
-		// A short read: the router keeps up. The next read waits until
-		// this batch is published, so that what arrives meanwhile makes
-		// one batch, with fewer and larger messages per channel, rather
-		// than many small ones that cost the bus a publish call each.
+		// A short read (the router keeps up, or the read was bounded in
+		// bytes): the next read waits until this batch is published, so
+		// that what arrives meanwhile makes one batch, with fewer and
+		// larger messages per channel, rather than many small ones that
+		// cost the bus a publish call each — and reads of large entries
+		// do not pile up.
 		published := make(chan struct{})
 		batches <- read{msgs: msgs, published: published}
 		<-published

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -49,14 +50,21 @@ type binSystem struct {
 }
 
 var (
+	routerdFlag = flag.String("routerd", "", "the routerd binary the bin- scenarios run (default: built from ./cmd/routerd for the run)")
+	perfFlag    = flag.String("perf", "", "record the routerd processes with perf over each bin-throughput scenario's clock, to FILE.<scenario> (read with perf report -i; use -routerd with a kept binary so its symbols resolve)")
 	routerdOnce sync.Once
 	routerdPath string
 	routerdErr  error
 )
 
-// routerdBinary builds cmd/routerd once for the run.
+// routerdBinary builds cmd/routerd once for the run, unless -routerd names
+// a binary to run (a build to compare, or one kept for perf to resolve).
 func routerdBinary(dir string) (string, error) {
 	routerdOnce.Do(func() {
+		if *routerdFlag != "" {
+			routerdPath = *routerdFlag
+			return
+		}
 		routerdPath = filepath.Join(dir, "routerd")
 		out, err := exec.Command("go", "build", "-o", routerdPath, "./cmd/routerd").CombinedOutput()
 		if err != nil {
@@ -146,6 +154,29 @@ func (s *binSystem) cpu() time.Duration {
 		sum += procCPU(p.Process.Pid)
 	}
 	return sum
+}
+
+// perf starts perf record on the routerd processes when -perf
+// is given, and returns what stops it.
+func (s *binSystem) perf(scenario string) (stop func()) {
+	if *perfFlag == "" {
+		return func() {}
+	}
+	var pids []string
+	for _, p := range s.procs {
+		pids = append(pids, strconv.Itoa(p.Process.Pid))
+	}
+	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-o", *perfFlag+"."+scenario, "-p", strings.Join(pids, ","))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "perf:", err)
+		return func() {}
+	}
+	time.Sleep(500 * time.Millisecond) // perf attaches
+	return func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	}
 }
 
 func ready(addr string) bool {
@@ -495,6 +526,7 @@ func binThroughput(dir, name string, nTenants, nTags int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	stopPerf := s.perf(name)
 	cpu0 := s.cpu()
 	start := time.Now()
 	piped := make(chan error, 1)
@@ -517,6 +549,7 @@ func binThroughput(dir, name string, nTenants, nTags int) ([]Row, error) {
 	}
 	drained := time.Since(start)
 	cpu := s.cpu() - cpu0
+	stopPerf()
 	bus1, err := serverStats(ctx, s.busC)
 	if err != nil {
 		return nil, err

@@ -185,7 +185,6 @@ func (s *streamReader) client(ctx context.Context) *redis.Client {
 	}
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 1
 	o.MaxRetries = -1 // a read retried would deliver more entries
-	o.OnConnect = nil
 	s.c = redis.NewClient(&o)
 	return s.c
 }

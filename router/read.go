@@ -18,17 +18,20 @@ import (
 //
 // XREADGROUP and XAUTOCLAIM bound a read by a count of entries only: forty
 // entries of 7 MB (refused as too large, but read first) took a router from
-// 26 MB to 658 MB. So the router reads and claims through scripts
-// (lua/read.lua, lua/claim.lua) that look at the entries on the server
-// before they are sent: one read returns at most Options.ReadBytes of
-// field names and values (and at least one entry; what it read beyond is given back
-// to the group, delivered again by the next read), and a value above
-// MaxEventBytes — which the router refuses anyway — comes back cut to its
-// first DeadLetterEntryBytes, with its length (a field name so long comes
-// back cut too, its length noted in the name), so it is dead-lettered as
-// too_large without ever being held. Only a read that waits for the next
-// entry (XREADGROUP COUNT 1 BLOCK: a script cannot block) returns one entry
-// whole.
+// 26 MB to 658 MB. So new entries are read through a connection that cuts a
+// reply above the read's bounds on the way in (bounded.go), and the
+// entries of a cut reply, claims and a restarted router's own pending
+// entries are read through a script (lua/claim.lua) that looks at the
+// entries on the server before they are sent: one read returns at most
+// Options.ReadBytes of field names and values (and at least one entry), and
+// a value above MaxEventBytes — which the router refuses anyway — comes back
+// cut to its first DeadLetterEntryBytes, with its length (a field name so
+// long comes back cut too, its length noted in the name), so it is
+// dead-lettered as too_large without ever being held. When the bounded
+// connection cannot serve, new entries are read through lua/read.lua,
+// bounded the same way (what it read beyond the budget is given back to the
+// group); only a read that then waits for the next entry (XREADGROUP COUNT
+// 1 BLOCK: a script cannot block) returns one entry whole.
 
 // cutValue is a field value of an entry that was cut on the server: its
 // first bytes and its full length. It marshals as those bytes and a note,

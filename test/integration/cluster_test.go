@@ -15,6 +15,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -392,6 +393,54 @@ func TestClusterSlotMigrationLosesNothing(t *testing.T) {
 	if now, _ := e.busC.MasterForKey(ctx, channel); now.Options().Addr != to {
 		t.Errorf("the channel's slot is on %s, want %s", now.Options().Addr, to)
 	}
+	t.Logf("%d changes published, %d before the move; all invalidated %v after it", len(keys), before, time.Since(moved))
+}
+
+// Moving the slot of a tenant's ingress stream (with its consumer group and
+// pending entries) under continuous publishing loses no invalidation: the
+// router's own connection to the stream's master (router/bounded.go) is
+// told MOVED, reads through the cluster client meanwhile, and reconnects to
+// the stream's new master.
+func TestClusterIngressSlotMigrationLosesNothing(t *testing.T) {
+	e := newClusterEnv(t)
+	tenant := e.tenantsOnMasters("ing", 1, "active")[0]
+	mtx := e.startRouter(oneTenantMatrix(tenant))
+	e.subscribe(mtx, "search-svc")
+	stream := names.IngressStream(mtx.Prefix, wire.Partition(tenant, mtx.Partitions))
+	ctx := context.Background()
+	from, err := e.busC.MasterForKey(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to string
+	var mu sync.Mutex // ForEachMaster calls back concurrently
+	must(t, e.busC.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n.Options().Addr != from.Options().Addr {
+			to = n.Options().Addr
+		}
+		return nil
+	}))
+
+	pub := e.publishContinuously(tenant)
+	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
+	e.waitGone(tenant, "user:10")
+	e.bus.MoveSlot(t, stream, to)
+	moved := time.Now()
+	before := len(pub.keys())
+	redistest.Eventually(t, 20*time.Second, "publishing after the move", func() bool { return len(pub.keys()) >= before+30 })
+	keys := pub.stop()
+	for _, key := range keys {
+		e.waitGone(tenant, key)
+	}
+	if now, _ := e.busC.MasterForKey(ctx, stream); now.Options().Addr != to {
+		t.Errorf("the stream's slot is on %s, want %s", now.Options().Addr, to)
+	}
+	redistest.Eventually(t, 10*time.Second, "nothing pending on the moved stream", func() bool {
+		g, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0
+	})
 	t.Logf("%d changes published, %d before the move; all invalidated %v after it", len(keys), before, time.Since(moved))
 }
 

@@ -526,6 +526,10 @@ func binThroughput(dir, name string, nTenants, nTags int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	cache0, err := serverStats(ctx, s.cacheC)
+	if err != nil {
+		return nil, err
+	}
 	stopPerf := s.perf(name)
 	cpu0 := s.cpu()
 	start := time.Now()
@@ -554,7 +558,12 @@ func binThroughput(dir, name string, nTenants, nTags int) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	cache1, err := serverStats(ctx, s.cacheC)
+	if err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(os.Stderr, "%s: bus Redis commands per event: %s\n", name, bus1.callsSince(bus0, n))
+	fmt.Fprintf(os.Stderr, "%s: cache Redis commands per event (the probe's SCARDs included): %s\n", name, cache1.callsSince(cache0, n))
 	p1, p1CPU, err := redisBenchmark(dir, 1)
 	if err != nil {
 		return nil, err
@@ -575,5 +584,6 @@ func binThroughput(dir, name string, nTenants, nTags int) ([]Row, error) {
 		{Scenario: name, Metric: "of them whole-tag", Value: scrape(s.serveAddr, "routerd_whole_tag_messages_total", ""), Unit: "messages"},
 		{Scenario: name, Metric: "bus Redis CPU per event", Value: busCPU, Unit: "µs", Reference: "Redis CPU per PUBLISH of redis-benchmark -P 1", RefValue: p1CPU, Ratio: busCPU / p1CPU},
 		{Scenario: name, Metric: "routerd serve + agent CPU per event", Value: perEvent(cpu.Seconds()), Unit: "µs"},
+		{Scenario: name, Metric: "cache Redis CPU per event (the probe's included)", Value: perEvent(cache1.cpu - cache0.cpu), Unit: "µs"},
 	}, nil
 }

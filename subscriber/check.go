@@ -26,6 +26,11 @@ const pipelineChunk = 1000
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
 	s.checkEviction(ctx)
+	// Channels a matrix took whose leaving failed: their values stay
+	// cached with nothing keeping them fresh until it is done. The check
+	// fails while it is not (so it is tried again within seconds, and
+	// readiness says so), but checks the positions all the same.
+	leaveErr := s.retryLeave(ctx)
 	if s.unmarked {
 		// Waiting for a router to mark the bus: the generation alone is
 		// read until it is there.
@@ -49,6 +54,9 @@ func (s *Subscriber) check(ctx context.Context) error {
 		// every first message would go whole. Not ready until one does.
 		s.unmarked = true
 		return s.errNotMarked()
+	}
+	if err == nil {
+		err = leaveErr
 	}
 	return err
 }

@@ -3,6 +3,7 @@ package subscriber
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"sort"
@@ -628,7 +629,7 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 			delete(s.queued, channel)
 		}
 	}
-	s.leave(ctx, left, leaving)
+	_ = s.leave(ctx, left, leaving) // what failed is in unleft, tried again by every check
 	// Records the new interest, and leaves what the positions in memory
 	// missed (a reload before the first check read them all).
 	s.leaveFormerInterest(ctx, left...)
@@ -644,9 +645,9 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 // gives a channel back (a deploy rolled back), the lost position makes its
 // check drop the whole tag again, with what was cached meanwhile. invs are
 // the channels' invalidations (leaving), applied pipelineChunk at a time.
-func (s *Subscriber) leave(ctx context.Context, channels []string, invs []Invalidation) {
+func (s *Subscriber) leave(ctx context.Context, channels []string, invs []Invalidation) error {
 	if len(invs) == 0 {
-		return
+		return nil
 	}
 	s.log.Info("the matrix took channels from this service: invalidating their whole tags, whose values nothing keeps fresh now", "channels", len(channels), "first", channels[0])
 	if err := s.flushBatch(ctx); err != nil {
@@ -655,20 +656,49 @@ func (s *Subscriber) leave(ctx context.Context, channels []string, invs []Invali
 	failed, first, firstErr := 0, "", error(nil)
 	for from := 0; from < len(invs); from += pipelineChunk {
 		for i, err := range s.invalidateMany(ctx, invs[from:min(from+pipelineChunk, len(invs))], false) {
+			ch := channels[from+i]
 			if err != nil {
 				if failed == 0 {
-					first, firstErr = channels[from+i], err
+					first, firstErr = ch, err
 				}
 				failed++
+				if s.unleft == nil {
+					s.unleft = map[string]Invalidation{}
+				}
+				s.unleft[ch] = invs[from+i]
 				continue
 			}
+			delete(s.unleft, ch)
 			s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		}
 	}
 	if failed > 0 {
-		s.log.Warn("invalidating the whole tags of channels no longer ours failed; their values may stay cached",
+		s.log.Warn("invalidating the whole tags of channels no longer ours failed; every check tries them again",
 			"failed", failed, "of", len(invs), "first", first, "err", firstErr)
+		return fmt.Errorf("leaving %d channels the matrix took from the service (their whole tags) failed, first %s: %w", failed, first, firstErr)
 	}
+	return nil
+}
+
+// retryLeave leaves again the channels whose leaving failed (unleft) —
+// whether or not the matrix gave them back since: what was cached under
+// them meanwhile is not known to be fresh — and then records the interest
+// that waited for them.
+func (s *Subscriber) retryLeave(ctx context.Context) error {
+	if len(s.unleft) > 0 {
+		channels := make([]string, 0, len(s.unleft))
+		invs := make([]Invalidation, 0, len(s.unleft))
+		for ch, inv := range s.unleft {
+			channels, invs = append(channels, ch), append(invs, inv)
+		}
+		if err := s.leave(ctx, channels, invs); err != nil {
+			return err
+		}
+	}
+	if s.unrecorded != "" {
+		s.recordInterest(ctx, s.unrecorded)
+	}
+	return nil
 }
 
 // leaving is the invalidation that leaves a channel: its whole tag, and

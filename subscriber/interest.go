@@ -74,11 +74,30 @@ func (s *Subscriber) leaveFormerInterest(ctx context.Context, done ...string) {
 	case former != rec:
 		s.leaveFormer(ctx, former, done)
 	}
-	if former != rec {
-		if err := s.opt.Cache.Set(ctx, key, rec, 0).Err(); err != nil {
-			s.log.Warn("recording the interest the service runs with failed", "key", key, "err", err)
-		}
+	switch {
+	case len(s.unleft) > 0:
+		// Recorded once they are left: a restart meanwhile leaves them
+		// again from the former record.
+		s.unrecorded = rec
+	case former != rec:
+		s.recordInterest(ctx, rec)
+	default:
+		s.unrecorded = ""
 	}
+}
+
+// recordInterest writes the interest record; one that failed is written by
+// a later check (said once: the record only serves a restart).
+func (s *Subscriber) recordInterest(ctx context.Context, rec string) {
+	key := names.InterestKey(s.opt.Service)
+	if err := s.opt.Cache.Set(ctx, key, rec, 0).Err(); err != nil {
+		if s.unrecorded != rec {
+			s.log.Warn("recording the interest the service runs with failed; later checks try again", "key", key, "err", err)
+		}
+		s.unrecorded = rec
+		return
+	}
+	s.unrecorded = ""
 }
 
 // leaveFormer leaves the channels a former interest covered and the
@@ -129,5 +148,5 @@ func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []stri
 			invs = append(invs, s.leaving(&position{tenant: c.Tenant, tag: c.Tag}))
 		}
 	}
-	s.leave(ctx, left, invs)
+	_ = s.leave(ctx, left, invs) // what failed is in unleft, tried again by every check
 }

@@ -177,6 +177,12 @@ type Subscriber struct {
 	pos     map[string]*position
 	limiter *rate.Limiter        // nil without ApplyRate
 	queued  map[string]*position // channels with coalesced work waiting
+	// unleft holds the channels a matrix took from the service whose
+	// leaving (leave) failed, with their invalidations: each check tries
+	// them again. unrecorded is the interest record to write once none
+	// is left ("" when it is written).
+	unleft     map[string]Invalidation
+	unrecorded string
 
 	in       chan *redis.Message
 	checkReq chan struct{}

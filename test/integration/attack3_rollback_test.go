@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -105,4 +106,47 @@ func (e *env) waitAllRead(tenant string) {
 		groups, _ := e.busC.XInfoGroups(ctx, stream).Result()
 		return err == nil && p.Count == 0 && len(groups) == 1 && groups[0].Lag == 0
 	})
+}
+
+// The same deploy and rollback while the service's cache Redis refuses the
+// invalidation scripts (an ACL edited by mistake; the cache failing over):
+// leaving the channel fails, and before anything retried it, the matrix
+// gave the channel back, its position (kept from before) equal to the
+// meta. Each check tries a failed leaving again, given back or not, until
+// the cache takes it: inv:2, changed while nobody owned the channel, is
+// dropped once the cache accepts scripts again.
+func TestMatrixRollbackWhileLeavingFailedDropsWhatTheGapChanged(t *testing.T) {
+	ctx := context.Background()
+	const service = "billing-svc"
+	e := newEnv(t, "")
+	v1 := e.mtx
+	v2, err := matrix.Parse("v2.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [globex]}", 1)))
+	must(t, err)
+	admin := e.caches[service].Client(t)
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "on", ">pw", "~*", "&*", "+@all").Err())
+	user := redis.NewClient(&redis.Options{Addr: e.caches[service].Addr, Username: "svc", Password: "pw"})
+	t.Cleanup(func() { _ = user.Close() })
+	r, _ := e.router(router.Options{})
+	s, _ := e.subscriber(service, subscriber.Options{Cache: user})
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+
+	// The cache refuses scripts; the bad deploy; a change nobody receives.
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "-eval", "-evalsha").Err())
+	must(t, r.SetMatrix(v2))
+	must(t, s.SetMatrix(v2))
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:2"}})
+	e.waitAllRead("acme")
+
+	// The rollback, then the cache takes scripts again.
+	must(t, r.SetMatrix(v1))
+	must(t, s.SetMatrix(v1))
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "+eval", "+evalsha").Err())
+	redistest.Eventually(t, 10*time.Second, "billing-svc ready on the old matrix", s.Ready)
+	e.waitGone(service, "acme", "inv:2")
+	if rec := admin.Get(ctx, names.InterestKey(service)).Val(); !strings.Contains(rec, "tenants=acme") {
+		t.Errorf("the interest recorded is %q, want the matrix's it runs with (acme)", rec)
+	}
 }

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -102,22 +103,31 @@ func (c *boundedConn) scan(b []byte) (keep int, ok bool) {
 		if !c.inLine {
 			c.inLine, c.line, c.lineLen, start = true, c.line[:0], 0, i
 		}
-		ch := b[i]
-		i++
-		c.lineLen++
-		if len(c.line) < 24 {
-			c.line = append(c.line, ch)
+		// The rest of the header line, or of b.
+		end := bytes.IndexByte(b[i:], '\n')
+		complete := end >= 0
+		if complete {
+			end += i + 1
+		} else {
+			end = len(b)
 		}
-		if ch != '\n' {
+		c.line = append(c.line, b[i:min(end, i+maxHeaderLine-len(c.line))]...)
+		c.lineLen += int64(end - i)
+		i = end
+		if !complete {
 			continue
 		}
 		c.inLine = false
-		if n, bulk := bulkLength(c.line); bulk {
-			if n > c.bounds.maxValue {
-				// Hold back the header line (what of it is in b).
+		if isBulk(c.line[0]) {
+			n, ok := bulkLength(c.line)
+			if c.lineLen > maxHeaderLine || !ok || n > c.bounds.maxValue {
+				// Hold back the header line (what of it is in b): a
+				// value too large, or a length no server sends.
 				return start, false
 			}
-			c.skip = n + 2
+			if n >= 0 {
+				c.skip = n + 2
+			}
 		}
 	}
 	c.seen += int64(len(b))
@@ -127,14 +137,22 @@ func (c *boundedConn) scan(b []byte) (keep int, ok bool) {
 	return len(b), true
 }
 
-// bulkLength reads a RESP header line: a bulk string, verbatim string or
-// bulk error ($, =, !) and its length; a null bulk ($-1) has no payload.
+// maxHeaderLine is the longest RESP header line of a bulk string a server
+// sends: "$", 20 digits and CRLF, and one byte more.
+const maxHeaderLine = 24
+
+// isBulk reports whether a RESP header line of type t is followed by a
+// payload: a bulk string, verbatim string or bulk error ($, =, !).
+func isBulk(t byte) bool { return t == '$' || t == '=' || t == '!' }
+
+// bulkLength reads the length of a bulk header line ("$<n>\r\n"); -1 (a
+// null bulk) has no payload: 0 bytes and no CRLF to pass.
 func bulkLength(line []byte) (int64, bool) {
-	if len(line) < 4 || (line[0] != '$' && line[0] != '=' && line[0] != '!') {
+	if len(line) < 4 || line[len(line)-2] != '\r' {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(string(line[1:len(line)-2]), 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < -1 {
 		return 0, false
 	}
 	return n, true

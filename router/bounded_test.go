@@ -144,11 +144,16 @@ func FuzzBoundedConn(f *testing.F) {
 			}
 			line := got[i : i+end+1]
 			i += end + 1
-			if n, bulk := bulkLength(line); bulk {
+			if !isBulk(line[0]) {
+				continue
+			}
+			if n, ok := bulkLength(line); ok {
 				if n > maxValue {
 					t.Fatalf("a header of %d bytes passed (largest %d)", n, maxValue)
 				}
-				i += int(n) + 2
+				if n >= 0 {
+					i += int(n) + 2
+				}
 			}
 		}
 	})

@@ -167,7 +167,8 @@ type streamReader struct {
 	c      *redis.Client
 	// off until then: the reader failed with an error reply (a slot that
 	// moved, a refused command), so reads go through read.lua meanwhile.
-	off time.Time
+	off  time.Time
+	said string // the last such error logged
 }
 
 // client returns the reader's client, made for the stream's master when
@@ -257,7 +258,11 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	case redis.HasErrorPrefix(err, "NOGROUP"):
 		return nil, readDone, err
 	case errors.As(err, &rerr) && !errors.Is(err, errReadCut):
-		s.r.log.Debug("reading new entries through read.lua for a while", "stream", s.stream, "err", err)
+		// Said once per error: a slot moving says it once.
+		if msg := err.Error(); msg != s.said {
+			s.said = msg
+			s.r.log.Info("reading new entries through the read script for 10s: the stream's own connection was refused", "stream", s.stream, "err", err)
+		}
 		s.pause()
 		return nil, readFallback, nil
 	default:

@@ -1,0 +1,78 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// attack4 on "a failed leave is retried": the agent reloads the bad matrix
+// (acme taken from billing-svc) while its cache refuses scripts, so leaving
+// acme's billing channel fails and is kept in memory (unleft), and the
+// interest record keeps the former matrix's. A change to inv:2 reaches
+// nobody. Then the pods are rolled back (the agent restarts on the former
+// matrix) and the cache takes scripts again. The restarted agent has no
+// unleft; the record equals the matrix it starts on, so nothing is
+// compared; the position, never set to lost, equals the meta: inv:2 stays
+// cached for good.
+func TestAttack4RestartOnTheFormerMatrixWhileLeavingFailedDropsWhatTheGapChanged(t *testing.T) {
+	ctx := context.Background()
+	const service = "billing-svc"
+	e := newEnv(t, "")
+	v1 := e.mtx
+	v2, err := matrix.Parse("v2.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [globex]}", 1)))
+	must(t, err)
+	admin := e.caches[service].Client(t)
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "on", ">pw", "~*", "&*", "+@all").Err())
+	user := func() *redis.Client {
+		u := redis.NewClient(&redis.Options{Addr: e.caches[service].Addr, Username: "svc", Password: "pw"})
+		t.Cleanup(func() { _ = u.Close() })
+		return u
+	}
+	r, _ := e.router(router.Options{})
+	start := func(m *matrix.Matrix) (*subscriber.Subscriber, func()) {
+		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: m, Cache: user(),
+			CheckInterval: 200 * time.Millisecond, Logger: testLogger(t, service)})
+		must(t, err)
+		return s, run(t, s.Run)
+	}
+	s, stop := start(v1)
+	redistest.Eventually(t, 10*time.Second, service+" ready", s.Ready)
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+	redistest.Eventually(t, 10*time.Second, "the interest recorded", func() bool {
+		return strings.Contains(admin.Get(ctx, names.InterestKey(service)).Val(), "tenants=acme")
+	})
+
+	// The cache refuses scripts; the bad deploy reloaded; a change nobody receives.
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "-eval", "-evalsha").Err())
+	must(t, r.SetMatrix(v2))
+	must(t, s.SetMatrix(v2))
+	redistest.Eventually(t, 10*time.Second, "billing-svc not ready (its leave failed)", func() bool { return !s.Ready() })
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:2"}})
+	e.waitAllRead("acme")
+
+	// The rollback rolls the pods: the agent restarts on v1; the cache
+	// takes scripts again.
+	stop()
+	must(t, r.SetMatrix(v1))
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "+eval", "+evalsha").Err())
+	s, _ = start(v1)
+	redistest.Eventually(t, 10*time.Second, service+" ready after the restart", s.Ready)
+	if err := redistest.Wait(ctx, 10*time.Second, "inv:2 invalidated", func() bool { return !e.cached(service, "acme", "inv:2") }); err != nil {
+		t.Fatalf("%v: billing-svc's position %q, interest %q", err,
+			admin.Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), admin.Get(ctx, names.InterestKey(service)).Val())
+	}
+}

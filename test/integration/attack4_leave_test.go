@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,87 @@ func TestAttack4RestartOnTheFormerMatrixWhileLeavingFailedDropsWhatTheGapChanged
 	redistest.Eventually(t, 10*time.Second, service+" ready after the restart", s.Ready)
 	if err := redistest.Wait(ctx, 10*time.Second, "inv:2 invalidated", func() bool { return !e.cached(service, "acme", "inv:2") }); err != nil {
 		t.Fatalf("%v: billing-svc's position %q, interest %q", err,
+			admin.Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), admin.Get(ctx, names.InterestKey(service)).Val())
+	}
+}
+
+// attack4 with tenant shards: billing-svc runs as two shards sharing its
+// cache Redis (and so its interest record). The matrix takes acme from the
+// service; the shard that owns acme cannot leave its channel (its cache
+// user refuses scripts), so it keeps the record back — but the other
+// shard, which had nothing to leave, writes the new record at once. The
+// acme shard then restarts (on the same matrix) with a working cache: the
+// record equals its matrix, nothing is compared, and acme's billing
+// channel, taken from the service, is never left: inv:2 stays cached with
+// nothing keeping it fresh. The record should be written only once every
+// leave succeeded — every shard's.
+func TestAttack4ShardThatCouldNotLeaveIsMaskedByAnotherShardsRecord(t *testing.T) {
+	ctx := context.Background()
+	const service = "billing-svc"
+	e := newEnv(t, "")
+	acme := wire.TenantShard{I: wire.Partition("acme", 2), K: 2}
+	other := wire.TenantShard{I: 1 - acme.I, K: 2}
+	// A tenant of the other shard, so that it has a channel (a shard with
+	// none is never ready).
+	// And one of the acme shard's that v2 keeps, for the same reason.
+	mate, kept := "", ""
+	for i := 0; mate == "" || kept == ""; i++ {
+		switch t := fmt.Sprintf("t%d", i); {
+		case other.Owns(t) && mate == "":
+			mate = t
+		case acme.Owns(t) && kept == "":
+			kept = t
+		}
+	}
+	v1, err := matrix.Parse("v1.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [acme, "+mate+"]}", 1)))
+	must(t, err)
+	v2, err := matrix.Parse("v2.yaml", []byte(strings.Replace(testMatrix, "billing-svc: {tenants: [acme]}", "billing-svc: {tenants: [globex, "+mate+", "+kept+"]}", 1)))
+	must(t, err)
+	admin := e.caches[service].Client(t)
+	for _, u := range []string{"shard-acme", "shard-other"} {
+		must(t, admin.Do(ctx, "ACL", "SETUSER", u, "on", ">pw", "~*", "&*", "+@all").Err())
+	}
+	user := func(name string) *redis.Client {
+		u := redis.NewClient(&redis.Options{Addr: e.caches[service].Addr, Username: name, Password: "pw"})
+		t.Cleanup(func() { _ = u.Close() })
+		return u
+	}
+	r, _ := e.router(router.Options{})
+	must(t, r.SetMatrix(v1))
+	start := func(m *matrix.Matrix, shard wire.TenantShard, name string) (*subscriber.Subscriber, func()) {
+		s, err := subscriber.New(e.bus.Client(t), subscriber.Options{Service: service, Matrix: m, Cache: user(name), TenantShard: shard,
+			CheckInterval: 200 * time.Millisecond, Logger: testLogger(t, service+"-"+name)})
+		must(t, err)
+		return s, run(t, s.Run)
+	}
+	sa, stopA := start(v1, acme, "shard-acme")
+	sb, _ := start(v1, other, "shard-other")
+	redistest.Eventually(t, 10*time.Second, "both shards ready", func() bool { return sa.Ready() && sb.Ready() })
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+	redistest.Eventually(t, 10*time.Second, "the interest recorded", func() bool {
+		return strings.Contains(admin.Get(ctx, names.InterestKey(service)).Val(), "tenants=acme")
+	})
+
+	// The acme shard's cache user refuses scripts; the deploy takes acme.
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "shard-acme", "-eval", "-evalsha").Err())
+	must(t, r.SetMatrix(v2))
+	must(t, sa.SetMatrix(v2))
+	redistest.Eventually(t, 10*time.Second, "the acme shard not ready (its leave failed)", func() bool { return !sa.Ready() })
+	must(t, sb.SetMatrix(v2))
+	redistest.Eventually(t, 10*time.Second, "the other shard recorded the new interest", func() bool {
+		return strings.Contains(admin.Get(ctx, names.InterestKey(service)).Val(), "tenants=globex")
+	})
+
+	// The acme shard restarts on the same matrix; its cache works again.
+	stopA()
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "shard-acme", "+eval", "+evalsha").Err())
+	sa, _ = start(v2, acme, "shard-acme")
+	redistest.Eventually(t, 10*time.Second, "the acme shard ready after its restart", sa.Ready)
+	if err := redistest.Wait(ctx, 10*time.Second, "acme's billing tag dropped (inv:2 gone)", func() bool { return !e.cached(service, "acme", "inv:2") }); err != nil {
+		t.Fatalf("%v: position %q, interest %q", err,
 			admin.Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), admin.Get(ctx, names.InterestKey(service)).Val())
 	}
 }

@@ -106,7 +106,7 @@ func TestAttack4ReaderThatCannotReconnectStillRoutes(t *testing.T) {
 	}
 	spent := time.Since(start)
 	refused := rejected() - before
-	t.Logf("after %v: %d connections refused", spent.Round(time.Millisecond), refused)
+	t.Logf("after %v: %d connections refused; router ready: %v", spent.Round(time.Millisecond), refused, r.Ready())
 	if !ok {
 		t.Errorf("events appended while the stream's connection could not be made again were not routed within 20s (published %d of %d)", admin.ZCard(ctx, events).Val()-1, n)
 	}

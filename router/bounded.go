@@ -37,6 +37,9 @@ type replyBounds struct {
 	armed    bool
 	maxValue int64
 	total    int64
+	// sent is set once the read's command was written: before that (a
+	// connection that could not be made or set up), nothing was delivered.
+	sent bool
 }
 
 // framingPerEntry is what a bound reply allows per entry beyond the read
@@ -63,6 +66,9 @@ func (c *boundedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *boundedConn) Write(p []byte) (int, error) {
 	c.seen, c.skip, c.line, c.inLine, c.lineLen = 0, 0, c.line[:0], false, 0
+	if c.bounds.armed && (bytes.Contains(p, []byte("xreadgroup")) || bytes.Contains(p, []byte("XREADGROUP"))) {
+		c.bounds.sent = true
+	}
 	return c.Conn.Write(p)
 }
 
@@ -169,6 +175,8 @@ type streamReader struct {
 	// moved, a refused command), so reads go through read.lua meanwhile.
 	off  time.Time
 	said string // the last such error logged
+	// failed counts the reads in a row that failed after they were sent.
+	failed int
 }
 
 // client returns the reader's client, made for the stream's master when
@@ -242,10 +250,14 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	}
 	o := s.r.opt
 	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(o.ReadBytes) + int64(count)*framingPerEntry + 1024}
+	defer func() { s.bounds.armed = false }()
 	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
 	}).Result()
 	s.bounds.armed = false
+	if err == nil {
+		s.failed = 0
+	}
 	var rerr redis.Error
 	switch {
 	case err == nil:
@@ -257,18 +269,39 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		return nil, readDone, nil
 	case redis.HasErrorPrefix(err, "NOGROUP"):
 		return nil, readDone, err
-	case errors.As(err, &rerr) && !errors.Is(err, errReadCut):
-		// Said once per error: a slot moving says it once.
-		if msg := err.Error(); msg != s.said {
-			s.said = msg
-			s.r.log.Info("reading new entries through the read script for 10s: the stream's own connection was refused", "stream", s.stream, "err", err)
-		}
-		s.pause()
-		return nil, readFallback, nil
-	default:
-		// Cut, or the connection failed (maybe after Redis delivered
-		// entries): the next read takes this consumer's pending ones.
+	case errors.Is(err, errReadCut):
+		// The entries delivered are pending: the next read takes them.
+		s.failed = 0
 		s.close()
 		return nil, readPending, nil
+	case errors.As(err, &rerr) || !s.bounds.sent:
+		// An error reply (a slot that moved, a refused command), or a
+		// connection that could not be made or set up (maxclients
+		// reached, a network down): nothing was delivered.
+		s.fallBack(err)
+		return nil, readFallback, nil
+	default:
+		// The connection failed after the read was sent, maybe after
+		// Redis delivered entries: the next read takes this consumer's
+		// pending ones. Three in a row (a connection killed again and
+		// again) send reads through the script for a while.
+		s.failed++
+		if s.failed >= 3 {
+			s.fallBack(err)
+		} else {
+			s.close()
+		}
+		return nil, readPending, nil
 	}
+}
+
+// fallBack sends reads through read.lua for 10 s, saying so once per error
+// (a slot moving says it once).
+func (s *streamReader) fallBack(err error) {
+	if msg := err.Error(); msg != s.said {
+		s.said = msg
+		s.r.log.Info("reading new entries through the read script for 10s: the stream's own connection failed", "stream", s.stream, "err", err)
+	}
+	s.failed = 0
+	s.pause()
 }

@@ -9,8 +9,9 @@
 -- ARGV[3]  minimum idle time, in milliseconds
 -- ARGV[4]  start: the first id to look at
 -- ARGV[5]  most entries
--- ARGV[6]  budget: most bytes of field names and values returned (at least
---          one entry)
+-- ARGV[6]  budget: most bytes of field names and values returned, each
+--          weighing its framing too (weight.lua); at least one entry, and
+--          one heavier than a whole read comes back as a stub (weight.lua)
 -- ARGV[7]  largest field name or value returned whole, in bytes; a larger
 --          one is cut
 -- ARGV[8]  bytes kept of a name or value that is cut
@@ -29,20 +30,19 @@ if own then
 end
 local pending = redis.call(unpack(args))
 local ids, total, nextID = {}, 0, '0-0'
+local weighs = {} -- by id
 for k, p in ipairs(pending) do
   local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
   if not e then
     redis.call('XACK', KEYS[1], group, p[1])
   else
-    local size = 0
-    for i = 1, #e[2] do
-      size = size + (#e[2][i] > whole and keep or #e[2][i]) -- a cut name's note not counted
-    end
+    local size = weight(e[2], whole, keep) -- a cut name's note not counted
     if #ids > 0 and total + size > budget then
       nextID = p[1]
       break
     end
     ids[#ids + 1], total = p[1], total + size
+    weighs[p[1]] = size
   end
   if k == #pending and #pending == count then
     nextID = '(' .. p[1] -- more may be pending after the last one looked at
@@ -55,6 +55,14 @@ local entries = redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle
 local cut = {}
 for i, e in ipairs(entries) do
   local fields = e[2]
+  if (weighs[e[1]] or 0) > heavy(budget, whole) then
+    -- Heavier than a whole read (the first one claimed): a stub
+    -- (weight.lua).
+    e[2], fields = {'', ''}, {}
+    cut[#cut + 1] = i
+    cut[#cut + 1] = ''
+    cut[#cut + 1] = weighs[e[1]]
+  end
   for j = 1, #fields, 2 do
     if #fields[j] > whole then
       fields[j] = string.sub(fields[j], 1, keep) .. '… [cut when read: the name is ' .. #fields[j] .. ' bytes]'

@@ -84,6 +84,8 @@ var (
 	readSrc string
 	//go:embed claim.lua
 	claimSrc string
+	//go:embed weight.lua
+	weightSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -104,8 +106,8 @@ var sources = map[string]string{
 	"tenants.lua":         prelude + tenantsSrc,
 	"lease.lua":           prelude + leaseSrc,
 	"release.lua":         prelude + releaseSrc,
-	"read.lua":            prelude + readSrc,
-	"claim.lua":           prelude + claimSrc,
+	"read.lua":            prelude + weightSrc + readSrc,
+	"claim.lua":           prelude + weightSrc + claimSrc,
 }
 
 // Sources returns the scripts as they are sent to Redis, preludes

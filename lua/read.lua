@@ -6,8 +6,9 @@
 -- ARGV[1]  the consumer group
 -- ARGV[2]  the consumer
 -- ARGV[3]  most entries
--- ARGV[4]  budget: most bytes of field names and values returned (at least
---          one entry)
+-- ARGV[4]  budget: most bytes of field names and values returned, each
+--          weighing its framing too (weight.lua); at least one entry, and
+--          one heavier than a whole read comes back as a stub (weight.lua)
 -- ARGV[5]  largest field name or value returned whole, in bytes; a larger
 --          one is cut
 -- ARGV[6]  bytes kept of a name or value that is cut
@@ -50,7 +51,7 @@ local function cutEntry(i, fields)
       cut[#cut + 1] = #v
       fields[j + 1] = string.sub(v, 1, keep)
     end
-    size = size + #fields[j] + #fields[j + 1]
+    size = size + #fields[j] + #fields[j + 1] + 2 * FIELD_FRAMING
   end
   return size
 end
@@ -59,6 +60,17 @@ for i, e in ipairs(entries) do
   if i > 1 and total + size > budget then
     n = i - 1
     break
+  end
+  if size > heavy(budget, whole) then
+    -- The first entry, heavier than a whole read: a stub (weight.lua).
+    while #cut > 0 and cut[#cut - 2] == i do
+      cut[#cut], cut[#cut - 1], cut[#cut - 2] = nil, nil, nil
+    end
+    e[2] = {'', ''}
+    cut[#cut + 1] = i
+    cut[#cut + 1] = ''
+    cut[#cut + 1] = size
+    size = 0
   end
   total = total + size
 end

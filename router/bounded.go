@@ -260,6 +260,8 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	}
 	var rerr redis.Error
 	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, readDone, err // stopping
 	case err == nil:
 		if len(res) == 0 {
 			return nil, readDone, nil

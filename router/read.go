@@ -164,9 +164,15 @@ func withCuts(e lua.Entries) []redis.XMessage {
 	return e.Entries
 }
 
-// cutEvent says why an entry whose event or events field was cut when read
-// is refused as too large ("" when none was).
+// cutEvent says why an entry whose event or events field was cut when read,
+// or that came back as a stub (heavier than a whole read), is refused as
+// too large ("" when none was).
 func (r *Router) cutEvent(values map[string]any) string {
+	if c, ok := values[""].(cutValue); ok && len(values) == 1 {
+		// A stub: the entry weighed more than a whole read (lua/weight.lua).
+		return "entry of " + strconv.Itoa(c.size) + " bytes (its field names and values, with their framing) is above what one read holds whole: " +
+			strconv.Itoa(max(r.opt.ReadBytes, r.opt.MaxEventBytes+64<<10)) + " bytes (the larger of read bytes and max event bytes + 64 KiB)"
+	}
 	for _, f := range []string{"event", "events"} {
 		if c, ok := values[f].(cutValue); ok {
 			return f + " of " + strconv.Itoa(c.size) + " bytes is above the limit of " + strconv.Itoa(r.opt.MaxEventBytes) + " bytes (max event bytes)"

@@ -274,6 +274,7 @@ func (ln *listener) regroup(ctx context.Context) {
 	}
 	s.joined = tenants // sorted (everyTenant)
 	clear(s.joinedNew)
+	s.health.noChannels.Store(len(channels) == 0)
 	if !s.sharded() {
 		if ln.spread(ctx, channels) == 0 {
 			s.requestCheck() // no confirmation to come asks for it

@@ -83,6 +83,10 @@ type health struct {
 	handling   atomic.Int64            // unix nanos the Handler call in flight started; 0 when none
 	handlerErr atomic.Pointer[string]  // the Handler's last call failed: why
 	regroupErr atomic.Pointer[Problem] // the last regroup could not subscribe: why
+	// noChannels: the last regroup found no channel to subscribe to (a
+	// tenant shard that owns none of its service's tenants): no link is
+	// expected.
+	noChannels atomic.Bool
 	cache      *breaker.Breaker        // nil without a cache Redis
 	probe      *breaker.Probe          // of the cache Redis
 
@@ -147,7 +151,7 @@ func (s *Subscriber) Problems() []Problem {
 	now := time.Now()
 	h := &s.health
 	h.mu.Lock()
-	if len(h.links) == 0 {
+	if len(h.links) == 0 && !h.noChannels.Load() {
 		out = append(out, Problem{Reason: ReasonBusLinkSilent, Detail: "no pub/sub connection to the bus (subscribing again)"})
 	}
 	for c := range h.links {

@@ -396,6 +396,13 @@ func GenerationSeenKey(service string) string { return "routerd:generation:" + s
 // service drops their tags, as a running one does on a reload.
 func InterestKey(service string) string { return "routerd:interest:" + service }
 
+// LeavingKey is the set, in a service's cache Redis, of the channels a
+// matrix took from the service whose leaving (dropping the whole tag,
+// position lost) failed: "routerd:leaving:<service>". Whichever instance
+// owns the channel's tenant leaves it again — after a restart too, on any
+// matrix — and takes it out.
+func LeavingKey(service string) string { return "routerd:leaving:" + service }
+
 // CacheTenantsKey is the set, in a cache Redis, of the tenants that have
 // tagged values there: "routerd:tenants". The tag store adds a tenant before
 // its first value; a subscriber of every tenant reads it.

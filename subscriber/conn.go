@@ -196,6 +196,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	}
 	s.checked(nil) // a fresh run: nothing failed yet
 	s.checkEviction(ctx)
+	s.loadLeaving(ctx)
 	s.leaveFormerInterest(ctx)
 	ln := &listener{s: s}
 	s.ln = ln
@@ -654,31 +655,86 @@ func (s *Subscriber) leave(ctx context.Context, channels []string, invs []Invali
 	if err := s.flushBatch(ctx); err != nil {
 		s.log.Warn("applying the burst before leaving channels failed", "err", err)
 	}
-	failed, first, firstErr := 0, "", error(nil)
+	var failed, done []string
+	var firstErr error
 	for from := 0; from < len(invs); from += pipelineChunk {
 		for i, err := range s.invalidateMany(ctx, invs[from:min(from+pipelineChunk, len(invs))], false) {
 			ch := channels[from+i]
 			if err != nil {
-				if failed == 0 {
-					first, firstErr = ch, err
+				if len(failed) == 0 {
+					firstErr = err
 				}
-				failed++
+				failed = append(failed, ch)
 				if s.unleft == nil {
 					s.unleft = map[string]Invalidation{}
 				}
 				s.unleft[ch] = invs[from+i]
 				continue
 			}
-			delete(s.unleft, ch)
+			if _, ok := s.unleft[ch]; ok {
+				done = append(done, ch)
+				delete(s.unleft, ch)
+			}
 			s.m.recoveries.WithLabelValues("whole_tag").Inc()
 		}
 	}
-	if failed > 0 {
+	s.noteLeaving(ctx, failed, done)
+	if len(failed) > 0 {
 		s.log.Warn("invalidating the whole tags of channels no longer ours failed; every check tries them again",
-			"failed", failed, "of", len(invs), "first", first, "err", firstErr)
-		return fmt.Errorf("leaving %d channels the matrix took from the service (their whole tags) failed, first %s: %w", failed, first, firstErr)
+			"failed", len(failed), "of", len(invs), "first", failed[0], "err", firstErr)
+		return fmt.Errorf("leaving %d channels the matrix took from the service (their whole tags) failed, first %s: %w", len(failed), failed[0], firstErr)
 	}
 	return nil
+}
+
+// noteLeaving keeps the channels whose leaving failed in the cache's
+// leaving set (names.LeavingKey) and takes out those left since, so that
+// an instance restarted meanwhile — on whatever matrix, and whichever
+// shard wrote the interest record — leaves them too (loadLeaving). A cache
+// that refuses the write (down) keeps them in memory only.
+func (s *Subscriber) noteLeaving(ctx context.Context, failed, done []string) {
+	if s.store == nil || len(failed)+len(done) == 0 {
+		return
+	}
+	key := names.LeavingKey(s.opt.Service)
+	pipe := s.opt.Cache.Pipeline()
+	if len(failed) > 0 {
+		pipe.SAdd(ctx, key, failed)
+	}
+	if len(done) > 0 {
+		pipe.SRem(ctx, key, done)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && s.leavingSaid != err.Error() {
+		s.leavingSaid = err.Error()
+		s.log.Warn("keeping the channels whose leaving failed in the cache failed: a restart before they are left forgets them", "key", key, "err", err)
+	}
+}
+
+// loadLeaving takes up, at start, the channels of the cache's leaving set
+// whose tenant this instance owns: every check leaves them (retryLeave).
+func (s *Subscriber) loadLeaving(ctx context.Context) {
+	if s.store == nil {
+		return
+	}
+	key := names.LeavingKey(s.opt.Service)
+	chans, err := s.opt.Cache.SMembers(ctx, key).Result()
+	if err != nil {
+		s.log.Warn("reading the channels whose leaving failed before failed; not left this run", "key", key, "err", err)
+		return
+	}
+	for _, ch := range chans {
+		tenant, tag, err := names.ParseChannel(s.prefix, ch)
+		if err != nil || !s.cur.shard.Owns(tenant) {
+			continue
+		}
+		if s.unleft == nil {
+			s.unleft = map[string]Invalidation{}
+		}
+		s.unleft[ch] = s.leaving(&position{tenant: tenant, tag: tag})
+	}
+	if len(s.unleft) > 0 {
+		s.log.Info("channels whose leaving failed before are left at the first check", "channels", len(s.unleft))
+	}
 }
 
 // retryLeave leaves again the channels whose leaving failed (unleft) —

@@ -181,8 +181,9 @@ type Subscriber struct {
 	// leaving (leave) failed, with their invalidations: each check tries
 	// them again. unrecorded is the interest record to write once none
 	// is left ("" when it is written).
-	unleft     map[string]Invalidation
-	unrecorded string
+	unleft      map[string]Invalidation
+	unrecorded  string
+	leavingSaid string // the last failure to keep unleft in the cache, said once
 
 	in       chan *redis.Message
 	checkReq chan struct{}

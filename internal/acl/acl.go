@@ -309,10 +309,10 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	}
 	// The tenants it holds positions for (every subscriber with a cache
 	// records them), the tenants with tagged values (the tag store records
-	// them), the bus generation its last check saw and the tags and
-	// tenants it last ran with.
+	// them), the bus generation its last check saw, the tags and tenants
+	// it last ran with and the channels whose leaving failed.
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
-		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.InterestKey(spec.Service))
+		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.InterestKey(spec.Service), "~"+names.LeavingKey(spec.Service))
 	return r, nil
 }
 

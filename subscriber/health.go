@@ -87,8 +87,8 @@ type health struct {
 	// tenant shard that owns none of its service's tenants): no link is
 	// expected.
 	noChannels atomic.Bool
-	cache      *breaker.Breaker        // nil without a cache Redis
-	probe      *breaker.Probe          // of the cache Redis
+	cache      *breaker.Breaker // nil without a cache Redis
+	probe      *breaker.Probe   // of the cache Redis
 
 	mu    sync.Mutex
 	links map[*conn]bool

@@ -241,8 +241,9 @@ const (
 
 // read reads the group's new entries, at most count, waiting up to block
 // for one. An error reply of Redis other than NOGROUP (which the read loop
-// repairs) sends reads through read.lua for a while; a cut reply or a
-// failed connection leaves what was delivered pending.
+// repairs), or a connection that could not be made, sends reads through
+// read.lua for a while; a cut reply, a failed connection or an error reply
+// leaves what may have been delivered pending.
 func (s *streamReader) read(ctx context.Context, count int, block time.Duration) ([]redis.XMessage, readOutcome, error) {
 	c := s.client(ctx)
 	if c == nil {
@@ -276,12 +277,19 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		s.failed = 0
 		s.close()
 		return nil, readPending, nil
-	case errors.As(err, &rerr) || !s.bounds.sent:
-		// An error reply (a slot that moved, a refused command), or a
-		// connection that could not be made or set up (maxclients
+	case !s.bounds.sent:
+		// A connection that could not be made or set up (maxclients
 		// reached, a network down): nothing was delivered.
 		s.fallBack(err)
 		return nil, readFallback, nil
+	case errors.As(err, &rerr):
+		// An error reply (a slot that moved, a refused command): reads go
+		// through the script for a while. Entries may have been delivered
+		// all the same: Redis 7.0 answers a read held by CLIENT PAUSE and
+		// released by CLIENT UNBLOCK … ERROR with the error, then runs it
+		// once the pause ends (the connection is closed, its reply lost).
+		s.fallBack(err)
+		return nil, readPending, nil
 	default:
 		// The connection failed after the read was sent, maybe after
 		// Redis delivered entries: the next read takes this consumer's

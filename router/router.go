@@ -511,10 +511,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			msgs, pending, err = r.readNew(ctx, reader, count, block)
 			if pending {
 				r.health.done(reading)
-				id = last
-				if id == "" {
-					id = "0"
-				}
+				id = pendingAfter(last)
 				continue
 			}
 		} else {
@@ -549,6 +546,12 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
 			sleep(ctx, 500*time.Millisecond)
+			if id == ">" {
+				// A read of new entries that failed may have delivered
+				// some (a connection lost with the reply; a read that
+				// CLIENT UNBLOCK answered, then ran).
+				id = pendingAfter(last)
+			}
 			continue
 		}
 		if id != ">" {
@@ -590,6 +593,15 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		batches <- read{msgs: msgs, published: published}
 		<-published
 	}
+}
+
+// pendingAfter is where a read loop reads this consumer's pending entries
+// from: after last, the last entry it handed on ("0": from the first).
+func pendingAfter(last string) string {
+	if last == "" {
+		return "0"
+	}
+	return last
 }
 
 // read is what a stream's read loop hands its routing stages: the entries

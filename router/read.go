@@ -33,6 +33,9 @@ import (
 // group); only a read that then waits for the next entry (XREADGROUP COUNT
 // 1 BLOCK: a script cannot block) returns one entry whole.
 
+// maxStreamID is the largest id a stream entry can have.
+const maxStreamID = "18446744073709551615-18446744073709551615"
+
 // cutValue is a field value of an entry that was cut on the server: its
 // first bytes and its full length. It marshals as those bytes and a note,
 // so a dead letter's copy of the entry says so.
@@ -101,6 +104,12 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 // many as fit the byte budget. It returns them and the start of the next
 // call ("0-0" when every pending entry was looked at).
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+	if start == "("+maxStreamID {
+		// Nothing follows the largest id (a stream a client exhausted,
+		// XADD … 18446744073709551615-18446744073709551615), and Redis
+		// refuses it as an exclusive start.
+		return nil, "0-0", nil
+	}
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
 		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Own: own}
 	reply, err := readWithPeers(ctx, r, &req)

@@ -362,53 +362,36 @@ func TestClusterSlotMigrationLosesNothing(t *testing.T) {
 	e := newClusterEnv(t)
 	tenant := e.tenantsOnMasters("mv", 1, "active")[0]
 	e.start(oneTenantMatrix(tenant), "search-svc")
-	channel := "invalidate:" + tenant + ":active"
-	ctx := context.Background()
-	from, err := e.busC.MasterForKey(ctx, channel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var to string
-	var mu sync.Mutex // ForEachMaster calls back concurrently
-	must(t, e.busC.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if n.Options().Addr != from.Options().Addr {
-			to = n.Options().Addr
-		}
-		return nil
-	}))
-
-	pub := e.publishContinuously(tenant)
-	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
-	e.waitGone(tenant, "user:10")
-	e.bus.MoveSlot(t, channel, to)
-	moved := time.Now()
-	before := len(pub.keys())
-	redistest.Eventually(t, 20*time.Second, "publishing after the move", func() bool { return len(pub.keys()) >= before+30 })
-	keys := pub.stop()
-	for _, key := range keys {
-		e.waitGone(tenant, key)
-	}
-	if now, _ := e.busC.MasterForKey(ctx, channel); now.Options().Addr != to {
-		t.Errorf("the channel's slot is on %s, want %s", now.Options().Addr, to)
-	}
-	t.Logf("%d changes published, %d before the move; all invalidated %v after it", len(keys), before, time.Since(moved))
+	e.moveUnderTraffic(tenant, "invalidate:"+tenant+":active")
 }
 
 // Moving the slot of a tenant's ingress stream (with its consumer group and
 // pending entries) under continuous publishing loses no invalidation: the
 // router's own connection to the stream's master (router/bounded.go) is
-// told MOVED, reads through the cluster client meanwhile, and reconnects to
-// the stream's new master.
+// told the key moved, reads through the cluster client meanwhile, and
+// reconnects to the stream's new master.
 func TestClusterIngressSlotMigrationLosesNothing(t *testing.T) {
 	e := newClusterEnv(t)
 	tenant := e.tenantsOnMasters("ing", 1, "active")[0]
 	mtx := e.startRouter(oneTenantMatrix(tenant))
 	e.subscribe(mtx, "search-svc")
 	stream := names.IngressStream(mtx.Prefix, wire.Partition(tenant, mtx.Partitions))
+	e.moveUnderTraffic(tenant, stream)
 	ctx := context.Background()
-	from, err := e.busC.MasterForKey(ctx, stream)
+	redistest.Eventually(t, 10*time.Second, "nothing pending on the moved stream", func() bool {
+		g, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0
+	})
+}
+
+// moveUnderTraffic moves the slot of key to another master while the tenant
+// publishes continuously, and waits until every change published is
+// invalidated.
+func (e *clusterEnv) moveUnderTraffic(tenant, key string) {
+	t := e.t
+	t.Helper()
+	ctx := context.Background()
+	from, err := e.busC.MasterForKey(ctx, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,22 +409,18 @@ func TestClusterIngressSlotMigrationLosesNothing(t *testing.T) {
 	pub := e.publishContinuously(tenant)
 	redistest.Eventually(t, 10*time.Second, "publishing under way", func() bool { return len(pub.keys()) >= 30 })
 	e.waitGone(tenant, "user:10")
-	e.bus.MoveSlot(t, stream, to)
+	e.bus.MoveSlot(t, key, to)
 	moved := time.Now()
 	before := len(pub.keys())
 	redistest.Eventually(t, 20*time.Second, "publishing after the move", func() bool { return len(pub.keys()) >= before+30 })
 	keys := pub.stop()
-	for _, key := range keys {
-		e.waitGone(tenant, key)
+	for _, k := range keys {
+		e.waitGone(tenant, k)
 	}
-	if now, _ := e.busC.MasterForKey(ctx, stream); now.Options().Addr != to {
-		t.Errorf("the stream's slot is on %s, want %s", now.Options().Addr, to)
+	if now, _ := e.busC.MasterForKey(ctx, key); now.Options().Addr != to {
+		t.Errorf("the slot of %s is on %s, want %s", key, now.Options().Addr, to)
 	}
-	redistest.Eventually(t, 10*time.Second, "nothing pending on the moved stream", func() bool {
-		g, err := e.busC.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0
-	})
-	t.Logf("%d changes published, %d before the move; all invalidated %v after it", len(keys), before, time.Since(moved))
+	t.Logf("%d changes published, %d before the move of %s; all invalidated %v after it", len(keys), before, key, time.Since(moved))
 }
 
 // publisher publishes a change (with a freshly cached key) every 20ms; a

@@ -251,7 +251,6 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	}
 	o := s.r.opt
 	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(o.ReadBytes) + int64(count)*framingPerEntry + 1024}
-	defer func() { s.bounds.armed = false }()
 	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
 	}).Result()

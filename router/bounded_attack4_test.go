@@ -48,17 +48,12 @@ func TestAttack4EntriesOfManyValuesJustWithinTheLimitAreNotHeld(t *testing.T) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 30*time.Second, "nothing pending, no lag", func() bool {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && g[0].EntriesRead == n
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	runtime.ReadMemStats(&after)
 	alloc := after.TotalAlloc - before.TotalAlloc
 	weight := uint64(n * fields * maxEvent)

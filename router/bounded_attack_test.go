@@ -47,9 +47,7 @@ func TestAttackHugeFieldNamesAreNotHeld(t *testing.T) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
 	redistest.Eventually(t, 30*time.Second, "every good event published, every bad one dead-lettered", func() bool {
 		return c.ZCard(ctx, events).Val() == bad && c.XLen(ctx, names.InvalidDeadLetterStream(m.Prefix)).Val() == bad
@@ -58,10 +56,7 @@ func TestAttackHugeFieldNamesAreNotHeld(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	runtime.ReadMemStats(&after)
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > bad*size/4 {
 		t.Errorf("routing %d entries with a field name of %d MiB allocated %d MiB: entries are held whole", bad, size>>20, alloc>>20)
@@ -82,9 +77,7 @@ func TestAttackKilledReadsLoseNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 
 	stop := make(chan struct{})
@@ -132,10 +125,7 @@ func TestAttackKilledReadsLoseNothing(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	// Published once each: the channel's versions count its messages,
 	// and its event ids are n.
 	ids, _ := c.ZRangeWithScores(ctx, events, 0, -1).Result()

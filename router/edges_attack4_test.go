@@ -54,9 +54,7 @@ func TestAttack4EventsAtTheBoundsAreRoutedOrRefusedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
 	if err := redistest.Wait(ctx, 10*time.Second, "the backlog routed", func() bool { return c.ZCard(ctx, events).Val() == 2 }); err != nil {
@@ -71,10 +69,7 @@ func TestAttack4EventsAtTheBoundsAreRoutedOrRefusedOnce(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && g[0].EntriesRead == 6
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	for _, d := range c.XRange(ctx, names.InvalidDeadLetterStream(m.Prefix), "-", "+").Val() {
 		if d.Values["reason"] != ReasonTooLarge {
 			t.Errorf("dead letter %s: reason %v, want %s", d.ID, d.Values["reason"], ReasonTooLarge)

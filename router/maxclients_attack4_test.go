@@ -28,9 +28,7 @@ func TestAttack4ReaderThatCannotReconnectStillRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
@@ -119,8 +117,5 @@ func TestAttack4ReaderThatCannotReconnectStillRoutes(t *testing.T) {
 		t.Errorf("the router tried %d connections in %v for %d streams: it spins on reconnecting the stream's connection", refused, spent.Round(time.Millisecond), len(readers))
 	}
 	_ = admin.Do(ctx, "CONFIG", "SET", "maxclients", 10000).Err()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 }

@@ -49,19 +49,14 @@ func TestAttack4EntriesDeletedWhilePendingAfterACutAreAcknowledged(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
 	redistest.Eventually(t, 10*time.Second, "the 5 entries still there published", func() bool { return c.ZCard(ctx, events).Val() == 5 })
 	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", func() bool {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	for _, i := range []int{2, 3, 5, 7, 8} {
 		if err := c.ZScore(ctx, events, fmt.Sprintf("e%d", i)).Err(); err != nil {
 			t.Errorf("event e%d: %v", i, err)

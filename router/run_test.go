@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,4 +71,24 @@ func TestRunReturnsSetupFailure(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Run after cancel = %v", err)
 	}
+}
+
+// runRouter runs r until stop (or the test's end), which waits for Run to
+// return and fails the test on its error.
+func runRouter(t *testing.T, r *Router) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }

@@ -47,9 +47,7 @@ func TestAttack4BoundedReadsOverTLSWithTheRouterUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 	const n = 50
@@ -72,10 +70,7 @@ func TestAttack4BoundedReadsOverTLSWithTheRouterUser(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	if s := logs.String(); strings.Contains(s, "through the read script") || strings.Contains(s, "may not run") {
 		t.Errorf("over TLS the router does not read through its own connection:\n%s", s)
 	}

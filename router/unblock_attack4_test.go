@@ -51,9 +51,7 @@ func TestAttack4UnblockedAndPausedReadsLoseNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 
 	stop := make(chan struct{})
@@ -113,10 +111,7 @@ func TestAttack4UnblockedAndPausedReadsLoseNothing(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 	_ = sub.Close()
 	<-received
 	for id, k := range seen {

@@ -29,9 +29,7 @@ func TestReadUnblockedWhilePausedThenRunIsRouted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	stopRouter := runRouter(t, r)
 	redistest.Eventually(t, 10*time.Second, "router ready", r.Ready)
 	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
 
@@ -100,8 +98,5 @@ func TestReadUnblockedWhilePausedThenRunIsRouted(t *testing.T) {
 		g, err := c.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stopRouter()
 }

@@ -166,17 +166,22 @@ for c = 1, #KEYS, 3 do
     a = a + k + 2
     -- Idempotency: the ids not seen yet are recorded with the next version;
     -- when none was new, the message was published before.
+    -- The score as a string, formatted once: a Lua number passed to
+    -- redis.call is formatted with sprintf for each id.
+    local score = string.format('%d', version + 1)
     local added
     if k == 1 then
-      added = redis.call('ZADD', eventsKey, 'NX', version + 1, ARGV[first])
+      added = redis.call('ZADD', eventsKey, 'NX', score, ARGV[first])
     else
       added = 0
       local per = MAX_UNPACK / 2 -- ids per ZADD: a score and a member each
       for i = first, last, per do
         local pairs = {}
+        local n = 0
         for j = i, math.min(i + per - 1, last) do
-          pairs[#pairs + 1] = version + 1
-          pairs[#pairs + 1] = ARGV[j]
+          pairs[n + 1] = score
+          pairs[n + 2] = ARGV[j]
+          n = n + 2
         end
         added = added + redis.call('ZADD', eventsKey, 'NX', unpack(pairs))
       end

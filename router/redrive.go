@@ -211,12 +211,12 @@ func (f *RedriveFilter) match(m redis.XMessage) (values []any, skip bool) {
 // domainsOf returns the domains of an entry's event or events that decode.
 func domainsOf(event, events string) []string {
 	if event != "" {
-		if ev, err := wire.ParseEvent([]byte(event)); err == nil {
+		if ev, err := wire.ParseEventString(event); err == nil {
 			return []string{ev.Domain}
 		}
 		return nil
 	}
-	list, err := wire.ParseEvents([]byte(events))
+	list, err := wire.ParseEventsString(events)
 	if err != nil {
 		return nil
 	}

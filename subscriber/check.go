@@ -447,7 +447,7 @@ func (s *Subscriber) parseHistory(channel, epoch string, from, to int64, entries
 	got := make([]recovery.Position, 0, len(entries))
 	for _, e := range entries {
 		raw, _ := e.Values[names.HistoryField].(string)
-		m, err := wire.ParseMessage([]byte(raw))
+		m, err := wire.ParseMessageString(raw)
 		if err != nil {
 			s.m.positionErrors.Inc()
 			s.log.Warn("unreadable history entry; the whole tag closes the gap", "channel", channel, "id", e.ID, "err", err)

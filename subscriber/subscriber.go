@@ -635,7 +635,7 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // not a channel of ours (a pattern can match more; a matrix change can leave one behind)
 	}
-	msg, err := wire.ParseMessage([]byte(raw.Payload))
+	msg, err := wire.ParseMessageString(raw.Payload)
 	if err == nil && (msg.Tenant != tenant || msg.Tag != tag) {
 		err = fmt.Errorf("message for %s:%s on channel %s", msg.Tenant, msg.Tag, raw.Channel)
 	}

@@ -27,11 +27,11 @@ const maxInterned = 4096
 
 // decodeObject parses data and calls field for every key, in order. field
 // returns the key's field number (0 to 31), or -1 for a key it does not know.
-func decodeObject(data []byte, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+func decodeObject(data string, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
 	d := decoders.Get().(*decoder)
 	defer decoders.Put(d)
 	d.err = nil
-	v, err := d.p.ParseBytes(data)
+	v, err := d.p.Parse(data) // copies data: nothing decoded points into it
 	if err != nil {
 		return &FieldError{"json", err.Error()}
 	}
@@ -153,7 +153,7 @@ func (d *decoder) fail(field, reason string) {
 	}
 }
 
-func decodeEvent(data []byte) (*Event, error) {
+func decodeEvent(data string) (*Event, error) {
 	e := new(Event)
 	err := decodeObject(data, e.field)
 	if err == nil {
@@ -164,10 +164,10 @@ func decodeEvent(data []byte) (*Event, error) {
 
 // decodeEvents decodes a JSON array of events, each on its own: an item that
 // breaks a rule gets its error and its JSON, the others their event.
-func decodeEvents(data []byte) ([]Packed, error) {
+func decodeEvents(data string) ([]Packed, error) {
 	d := decoders.Get().(*decoder)
 	defer decoders.Put(d)
-	v, err := d.p.ParseBytes(data)
+	v, err := d.p.Parse(data)
 	if err != nil {
 		return nil, &FieldError{EventsField, err.Error()}
 	}
@@ -257,7 +257,7 @@ func (e *Event) settle() error {
 	return nil
 }
 
-func decodeMessage(data []byte) (*Message, error) {
+func decodeMessage(data string) (*Message, error) {
 	m := new(Message)
 	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
 		switch string(key) {

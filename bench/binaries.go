@@ -166,6 +166,12 @@ func (s *binSystem) perf(scenario string) (stop func()) {
 	for _, p := range s.procs {
 		pids = append(pids, strconv.Itoa(p.Process.Pid))
 	}
+	// The bus and cache servers too (perf report --sort pid tells them apart).
+	for _, c := range []*redis.Client{s.busC, s.cacheC} {
+		if info, err := c.InfoMap(context.Background(), "server").Result(); err == nil {
+			pids = append(pids, info["Server"]["process_id"])
+		}
+	}
 	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-o", *perfFlag+"."+scenario, "-p", strings.Join(pids, ","))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -270,18 +270,29 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 // newly subscribed, or (msg set) the channel of a message that does not
 // follow its position, which counts only as far as the meta confirms it.
 func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
-	return redoIfBusChanged(func() error { return s.checkOneOnce(ctx, t, msg) })
+	var msgs map[string]*wire.Message
+	if msg != nil {
+		msgs = map[string]*wire.Message{t.channel: msg}
+	}
+	return s.checkMany(ctx, []target{t}, msgs)
 }
 
-func (s *Subscriber) checkOneOnce(ctx context.Context, t target, msg *wire.Message) error {
+// checkMany is checkOne of several channels at once, msgs holding the
+// message that made each channel's check (none for a channel newly
+// subscribed).
+func (s *Subscriber) checkMany(ctx context.Context, targets []target, msgs map[string]*wire.Message) error {
+	return redoIfBusChanged(func() error { return s.checkManyOnce(ctx, targets, msgs) })
+}
+
+func (s *Subscriber) checkManyOnce(ctx context.Context, targets []target, msgs map[string]*wire.Message) error {
 	bus, err := s.busGeneration(ctx)
 	if err != nil {
 		return err
 	}
-	if err := s.applyTargets(ctx, []target{t}); err != nil {
+	if err := s.applyTargets(ctx, targets); err != nil {
 		return err
 	}
-	gen, err := s.checkTargets(ctx, []target{t}, bus, msg)
+	gen, err := s.checkTargets(ctx, targets, bus, msgs)
 	if gen.seen == "" && gen.bus != "" {
 		// Never recorded one: until a complete check does, every channel
 		// without a position goes whole (recovery.Check). Soon, then.
@@ -311,10 +322,10 @@ func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
 // what to do (recovery.Decide, taken by plan), and carries the pipeline's
 // plans out together (recoverAll). bus is
 // the bus's generation, read before the targets were listed; their work
-// is applied (applyTargets). With msg set
-// (one target), it is the message that made the check, inside the burst
-// that received it. It returns the generations the check went by.
-func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msg *wire.Message) (generation, error) {
+// is applied (applyTargets). msgs holds, for each channel a received
+// message made the check for, that message, inside the burst that received
+// it. It returns the generations the check went by.
+func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus string, msgs map[string]*wire.Message) (generation, error) {
 	var gen generation
 	var failed error
 	var recoveries []pending // the part's recoveries, carried out together
@@ -360,6 +371,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 			if ok {
 				c.Memory, c.Watched = p.at, p.watched != "" && p.watched == gen.bus
 			}
+			msg := msgs[t.channel]
 			if msg != nil {
 				c.Message = msgPosition(msg)
 			}
@@ -375,7 +387,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 				recoveries = append(recoveries, r)
 			}
 		}
-		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, msg != nil))
+		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, len(msgs) > 0))
 		recoveries = recoveries[:0]
 	}
 	return gen, errors.Join(failed, s.flushBatch(ctx))

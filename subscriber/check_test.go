@@ -5,14 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -194,12 +198,94 @@ func TestLiveGapCountedOnce(t *testing.T) {
 	keys := f.cached(t, "user:2", "user:3")
 
 	// Version 2's PUBLISH was lost; version 3 arrives.
-	must(t, f.s.handle(f.ctx, &redis.Message{Channel: ch, Payload: string(last)}))
-	must(t, f.s.flushBatch(f.ctx))
+	must(t, f.s.handleBurst(f.ctx, &redis.Message{Channel: ch, Payload: string(last)}))
 	if n := f.left(t, keys...); n != 0 {
 		t.Fatalf("%d values left: versions 2 and 3 must be applied", n)
 	}
 	if got := count(t, f.s.m.gaps); got != 1 {
 		t.Errorf("subscriber_gaps_total = %v for one lost message, want 1", got)
+	}
+}
+
+// The first messages of many new channels received in one burst (tenants
+// onboarded at once; every channel after the bus lost its data) are
+// checked together, not a check's round trips per channel while the other
+// channels wait; a channel's later message in the same burst is handled
+// after its check, in order; and every one of them is applied.
+func TestFirstMessagesOfABurstAreCheckedTogether(t *testing.T) {
+	const tenants = 40
+	var y strings.Builder
+	y.WriteString("version: 1\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [")
+	for i := range tenants {
+		if i > 0 {
+			y.WriteString(", ")
+		}
+		fmt.Fprintf(&y, "t%d", i)
+	}
+	y.WriteString("]}\n")
+	m, err := matrix.Parse("m.yaml", []byte(y.String()))
+	must(t, err)
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	s, err := New(srv.Client(t), Options{Service: "svc", Matrix: m, Cache: c, Buffer: 4 * tenants, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	must(t, err)
+	run := c.InfoMap(ctx, "server").Item("Server", "run_id")
+	must(t, c.Set(ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
+	must(t, s.store.RecordGeneration(ctx, "svc", tagstore.BusIdentity("g1", []string{run})))
+	s.seenGeneration = tagstore.BusIdentity("g1", []string{run})
+
+	// Each channel published version 1; t0's channel version 2 as well.
+	var burst []*redis.Message
+	publish := func(tenant string, v int64, chain string) string {
+		ch := names.Channel("invalidate", tenant, "active")
+		raw, err := json.Marshal(&wire.Message{Tenant: tenant, Tag: "active", Epoch: "e-" + tenant, Version: v, Keys: []string{fmt.Sprint("user:", v)}, Event: fmt.Sprint(tenant, "/", v)})
+		must(t, err)
+		must(t, c.XAdd(ctx, &redis.XAddArgs{Stream: names.HistoryKey(ch), ID: fmt.Sprint(v, "-0"), Values: []any{names.HistoryField, string(raw)}}).Err())
+		chain = recovery.Link(chain, raw)
+		must(t, c.HSet(ctx, names.MetaKey(ch), "epoch", "e-"+tenant, "version", v, "chain", fmt.Sprintf("e-%s:%d:%s", tenant, v, chain)).Err())
+		must(t, s.store.Set(ctx, tenant, fmt.Sprint("user:", v), []byte("x"), time.Hour, "active"))
+		burst = append(burst, &redis.Message{Channel: ch, Payload: string(raw)})
+		return chain
+	}
+	chain0 := publish("t0", 1, "")
+	for i := 1; i < tenants; i++ {
+		publish(fmt.Sprint("t", i), 1, "")
+	}
+	publish("t0", 2, chain0)
+
+	must(t, c.ConfigResetStat(ctx).Err())
+	for _, msg := range burst[1:] {
+		s.in <- msg
+	}
+	must(t, s.handleBurst(ctx, burst[0]))
+
+	for i := range tenants {
+		tenant := fmt.Sprint("t", i)
+		last := int64(1)
+		if i == 0 {
+			last = 2
+		}
+		for v := int64(1); v <= last; v++ {
+			if _, err := s.store.Get(ctx, tenant, fmt.Sprint("user:", v)); !errors.Is(err, redis.Nil) {
+				t.Fatalf("%s's user:%d still cached (%v): its message was not applied", tenant, v, err)
+			}
+		}
+		p, _, err := s.store.ReadPosition(ctx, tenant, "svc", "active")
+		must(t, err)
+		if p.Epoch != "e-"+tenant || p.Version != last {
+			t.Errorf("%s's stored position %+v, want e-%s:%d", tenant, p, tenant, last)
+		}
+	}
+	// A check reads the bus's identity (INFO) twice: once for the burst,
+	// not once or twice per channel.
+	calls := int64(0)
+	if line := c.InfoMap(ctx, "commandstats").Item("Commandstats", "cmdstat_info"); line != "" {
+		_, err := fmt.Sscanf(line, "calls=%d,", &calls)
+		must(t, err)
+	}
+	t.Logf("INFO calls: %d", calls)
+	if calls > 12 {
+		t.Errorf("the burst's checks called INFO %d times for %d channels: checked one channel at a time", calls, tenants)
 	}
 }

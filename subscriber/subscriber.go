@@ -238,6 +238,22 @@ type Subscriber struct {
 	// applied in one pipeline (strictly in order per channel) at the end of
 	// the burst, or before any other invalidation; owned by the applier.
 	batch []batched
+	// verify are the burst's messages that a check must confirm before
+	// they count (a channel's first message, a new epoch, a gap), one per
+	// channel, with the channel's messages received after it; they are
+	// checked together at the end of the burst (verifyAll), not one
+	// channel at a time. verifying indexes them by channel. Owned by the
+	// applier.
+	verify    []verifying
+	verifying map[string]int
+}
+
+// verifying is a channel's message waiting for the burst's check, and what
+// the channel received after it, handled once the check is done.
+type verifying struct {
+	t     target
+	msg   *wire.Message
+	after []*redis.Message
 }
 
 // batched is a message applied provisionally: its channel's position is
@@ -635,6 +651,11 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // not a channel of ours (a pattern can match more; a matrix change can leave one behind)
 	}
+	if i, ok := s.verifying[raw.Channel]; ok {
+		// Its channel waits for the burst's check: after it, in order.
+		s.verify[i].after = append(s.verify[i].after, raw)
+		return nil
+	}
 	msg, err := wire.ParseMessageString(raw.Payload)
 	if err == nil && (msg.Tenant != tenant || msg.Tag != tag) {
 		err = fmt.Errorf("message for %s:%s on channel %s", msg.Tenant, msg.Tag, raw.Channel)
@@ -660,15 +681,50 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	case recovery.Apply:
 		return s.deliver(ctx, raw.Channel, p, msg, []byte(raw.Payload))
 	default: // Verify: believe nothing the channel's meta does not confirm
-		if d.Reason == recovery.NewChannel && msg.Version == 1 {
-			// The first message of a channel: checked before it is
-			// believed (its epoch may have started after a bus loss), not a gap.
-			return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
+		// The first message of a channel is checked before it is believed
+		// (its epoch may have started after a bus loss), not a gap.
+		if d.Reason != recovery.NewChannel || msg.Version != 1 {
+			// Counted by the check, when it finds one (a forged message is not).
+			s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
 		}
-		// Counted by the check, when it finds one (a forged message is not).
-		s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
-		return s.checkOne(ctx, target{raw.Channel, tenant, tag}, msg)
+		if s.verifying == nil {
+			s.verifying = map[string]int{}
+		}
+		s.verifying[raw.Channel] = len(s.verify)
+		s.verify = append(s.verify, verifying{t: target{raw.Channel, tenant, tag}, msg: msg})
+		return nil
 	}
+}
+
+// verifyAll checks the channels of the burst's messages that need it
+// (handle) together, then handles what those channels received after
+// them, which can ask for another round. Checked one at a time, a burst
+// of channels' first messages (tenants onboarded at once, every channel
+// after the bus lost its data) cost a check's round trips each, while
+// every other channel's invalidations waited behind them.
+func (s *Subscriber) verifyAll(ctx context.Context) error {
+	var errs error
+	for len(s.verify) > 0 {
+		round := s.verify
+		s.verify, s.verifying = nil, nil
+		targets := make([]target, len(round))
+		msgs := make(map[string]*wire.Message, len(round))
+		for i, v := range round {
+			targets[i] = v.t
+			msgs[v.t.channel] = v.msg
+		}
+		if err := s.checkMany(ctx, targets, msgs); err != nil {
+			// What the channels received after is left to the check
+			// this asks for (apply), not checked again one round later.
+			return errors.Join(errs, err)
+		}
+		for _, v := range round {
+			for _, raw := range v.after {
+				errs = errors.Join(errs, s.handle(ctx, raw))
+			}
+		}
+	}
+	return errs
 }
 
 // deliver applies a message that follows the channel's head, now or, over
@@ -857,7 +913,7 @@ func (s *Subscriber) handleBurst(ctx context.Context, first *redis.Message) erro
 		}
 		break
 	}
-	return errors.Join(errs, s.flushBatch(ctx))
+	return errors.Join(errs, s.verifyAll(ctx), s.flushBatch(ctx))
 }
 
 // stage adds a message of the burst being handled that follows the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,11 +24,27 @@ import (
 // its channel received after it handled once the check is done): many new
 // channels' first and second messages arrive in bursts, among forged ones a
 // raw client PUBLISHes (another epoch, a version far ahead), while the bus
-// refuses the subscriber the histories its checks read. The checks fail
-// and drop what came behind them; the service says it is not ready; once
-// the bus answers again, every genuine message is applied, each channel
-// stands at its meta, and nothing forged moved a position.
+// refuses the subscriber the histories its checks read, or the cache
+// refuses its scripts. The checks fail and drop what came behind them; the
+// service says it is not ready; once the bus or the cache answers again,
+// every genuine message is applied, each channel stands at its meta, and
+// nothing forged moved a position.
 func TestAttack5BurstChecksFailingWithForgeriesRecover(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		refuse, allow []any // ACL SETUSER rules
+		onCache       bool
+	}{
+		{"bus refuses the histories", []any{"-xrange"}, []any{"+xrange"}, false},
+		{"cache refuses scripts", []any{"-eval", "-evalsha"}, []any{"+eval", "+evalsha"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			burstChecksFailing(t, tc.refuse, tc.allow, tc.onCache)
+		})
+	}
+}
+
+func burstChecksFailing(t *testing.T, refuse, allow []any, onCache bool) {
 	ctx := context.Background()
 	const tenants = 60
 	var list []string
@@ -44,19 +61,27 @@ services:
   svc: {tenants: [`+strings.Join(list, ", ")+`]}
 `)
 	e.running(list...)
-	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
-	bus := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "sub", Password: "pw"})
-	t.Cleanup(func() { _ = bus.Close() })
+	admin, addr := e.busC, e.bus.Addr
+	if onCache {
+		admin, addr = e.caches["svc"].Client(t), e.caches["svc"].Addr
+	}
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all").Err())
+	user := redis.NewClient(&redis.Options{Addr: addr, Username: "sub", Password: "pw"})
+	t.Cleanup(func() { _ = user.Close() })
+	bus, cache := redis.UniversalClient(user), redis.UniversalClient(e.caches["svc"].Client(t))
+	if onCache {
+		bus, cache = e.bus.Client(t), user
+	}
 	e.router(router.Options{})
 	reg := prometheus.NewRegistry()
-	s, _ := e.subscriberOn(bus, "svc", subscriber.Options{Registerer: reg})
+	s, _ := e.subscriberOn(bus, "svc", subscriber.Options{Cache: cache, Registerer: reg})
 	for _, tenant := range list {
 		e.seed("svc", tenant, "user:1", "active")
 		e.seed("svc", tenant, "user:2", "active")
 		e.seed("svc", tenant, "forged", "active")
 	}
 
-	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "-xrange").Err())
+	must(t, admin.Do(ctx, append([]any{"ACL", "SETUSER", "sub"}, refuse...)...).Err())
 	forge := func(tenant, epoch string, v int64) {
 		raw, err := json.Marshal(&wire.Message{Tenant: tenant, Tag: "active", Epoch: epoch, Version: v, Keys: []string{"forged"}, Event: fmt.Sprint("x/", tenant, v)})
 		must(t, err)
@@ -75,11 +100,12 @@ services:
 		}
 	}
 	for _, tenant := range list {
-		e.waitVersion(names.Channel("invalidate", tenant, "active"), 2)
+		// Published (a channel's two events may merge into one message).
+		e.waitAllRead(tenant)
 	}
 	redistest.Eventually(t, 10*time.Second, "svc not ready while its checks fail", func() bool {
 		for _, p := range s.Problems() {
-			if p.Reason == subscriber.ReasonCheckFailing {
+			if p.Reason == subscriber.ReasonCheckFailing || p.Reason == subscriber.ReasonCacheFailing {
 				return true
 			}
 		}
@@ -91,7 +117,7 @@ services:
 		forge(tenant, ep, 1000)
 	}
 
-	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "sub", "+xrange").Err())
+	must(t, admin.Do(ctx, append([]any{"ACL", "SETUSER", "sub"}, allow...)...).Err())
 	for _, tenant := range list {
 		e.waitAllGone(15*time.Second, tenant+"'s user:1 and user:2 invalidated", "svc", tenant, []string{"user:1", "user:2"})
 	}
@@ -110,5 +136,101 @@ services:
 	}
 	if n := metric(t, reg, "subscriber_unconfirmed_messages_total"); n == 0 {
 		t.Errorf("no forged message counted unconfirmed")
+	}
+}
+
+// attack5: the bus loses its data (FLUSHALL) under a service of many
+// channels, with a Handler and a cache: every channel's next message is a
+// new epoch, checked at the end of its burst with the others, among forged
+// messages of the epochs the bus lost (a raw client replaying what it
+// heard, a version on). Every channel's tag goes whole in the cache and to
+// the Handler — the lost epoch may have hidden changes — and each channel
+// stands at its new meta, not at a forged old-epoch version.
+func TestAttack5BusFlushedUnderManyChannelsNewEpochsChecked(t *testing.T) {
+	ctx := context.Background()
+	const tenants = 80
+	var list []string
+	for i := range tenants {
+		list = append(list, fmt.Sprint("t", i))
+	}
+	e := newEnv(t, `
+version: 1
+tags:
+  active: {services: [svc]}
+domains:
+  user: {tags: [active]}
+services:
+  svc: {tenants: [`+strings.Join(list, ", ")+`]}
+`)
+	e.running(list...)
+	e.router(router.Options{})
+	var mu sync.Mutex
+	handled := map[string][]subscriber.Invalidation{}
+	e.subscriber("svc", subscriber.Options{Cache: e.caches["svc"].Client(t), Handler: func(_ context.Context, inv subscriber.Invalidation) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[inv.Tenant] = append(handled[inv.Tenant], inv)
+		return nil
+	}})
+	old := map[string]string{}
+	for _, tenant := range list {
+		e.publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+	}
+	for _, tenant := range list {
+		ch := names.Channel("invalidate", tenant, "active")
+		e.waitVersion(ch, 1)
+		old[tenant], _ = e.meta(ch)
+		e.seed("svc", tenant, "user:2", "active")
+		e.seed("svc", tenant, "other", "active")
+	}
+	redistest.Eventually(t, 10*time.Second, "every first message handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tenant := range list {
+			if len(handled[tenant]) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	clear(handled)
+	mu.Unlock()
+
+	must(t, e.busC.FlushAll(ctx).Err())
+	for _, tenant := range list {
+		raw, err := json.Marshal(&wire.Message{Tenant: tenant, Tag: "active", Epoch: old[tenant], Version: 2, Keys: []string{"user:2"}, Event: "x/" + tenant})
+		must(t, err)
+		must(t, e.busC.Publish(ctx, names.Channel("invalidate", tenant, "active"), raw).Err())
+		e.publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:2"}})
+	}
+	for _, tenant := range list {
+		e.waitAllGone(15*time.Second, tenant+"'s tag invalidated whole", "svc", tenant, []string{"user:2", "other"})
+	}
+	redistest.Eventually(t, 10*time.Second, "the Handler got every tag whole", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tenant := range list {
+			whole := false
+			for _, inv := range handled[tenant] {
+				whole = whole || len(inv.Keys) == 0 && len(inv.Refs) == 0
+			}
+			if !whole {
+				return false
+			}
+		}
+		return true
+	})
+	for _, tenant := range list {
+		ch := names.Channel("invalidate", tenant, "active")
+		ep, v := e.meta(ch)
+		if ep == old[tenant] {
+			t.Fatalf("%s: the router kept the lost epoch %s", ch, ep)
+		}
+		redistest.Eventually(t, 10*time.Second, ch+" stored at its meta", func() bool {
+			p, _, err := e.stores["svc"].ReadPosition(ctx, tenant, "svc", "active")
+			must(t, err)
+			return p.Epoch == ep && p.Version == v
+		})
 	}
 }

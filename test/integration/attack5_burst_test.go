@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -232,5 +233,67 @@ services:
 			must(t, err)
 			return p.Epoch == ep && p.Version == v
 		})
+	}
+}
+
+// attack5 on a cluster bus: one master of three is flushed under a service
+// of many channels. The channels on it start new epochs, each checked at
+// the end of its burst together with the others, while the channels on the
+// other masters go on in order in the same bursts: the flushed ones' tags
+// go whole, the others' stay key-level (nothing flushed that was not
+// asked for), and every change is applied.
+func TestAttack5ClusterMasterFlushedNewEpochsInBursts(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	var tenants []string
+	for i := range 48 {
+		tenants = append(tenants, fmt.Sprint("cf", i))
+	}
+	mtx := e.startRouter(oneTenantMatrix(strings.Join(tenants, ", ")))
+	e.subscribe(mtx, "search-svc")
+	channel := func(tenant string) string { return names.Channel("invalidate", tenant, "active") }
+	for _, tenant := range tenants {
+		_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+		must(t, err)
+	}
+	for _, tenant := range tenants {
+		redistest.Eventually(t, 10*time.Second, tenant+" applied", func() bool {
+			return e.position(tenant, "active").Version >= 1
+		})
+		e.seed(tenant, "user:2", "active")
+		e.seed(tenant, "other", "active")
+	}
+	flushed := e.masterOf("{" + channel(tenants[0]) + "}:meta")
+	lost := map[string]bool{}
+	for _, tenant := range tenants {
+		lost[tenant] = e.masterOf("{"+channel(tenant)+"}:meta") == flushed
+	}
+	if n := len(slices.DeleteFunc(slices.Clone(tenants), func(t string) bool { return !lost[t] })); n == 0 || n == len(tenants) {
+		t.Fatalf("%d of %d channels on the master flushed: want some on it and some not", n, len(tenants))
+	}
+	must(t, flushed.Client(t).FlushAll(ctx).Err())
+	for _, tenant := range tenants {
+		_, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:2"}})
+		must(t, err)
+	}
+	for _, tenant := range tenants {
+		e.waitGone(tenant, "user:2")
+		if lost[tenant] {
+			e.waitGone(tenant, "other")
+		}
+	}
+	for _, tenant := range tenants {
+		ch := channel(tenant)
+		meta, err := e.busC.HMGet(ctx, "{"+ch+"}:meta", "epoch", "version").Result()
+		must(t, err)
+		redistest.Eventually(t, 10*time.Second, ch+" stored at its meta", func() bool {
+			p := e.position(tenant, "active")
+			return p.Epoch == meta[0] && fmt.Sprint(p.Version) == meta[1]
+		})
+		if !lost[tenant] {
+			if _, err := e.store.Get(ctx, tenant, "other"); err != nil {
+				t.Errorf("%s, on a master that kept its data: other invalidated (%v), want key-level", ch, err)
+			}
+		}
 	}
 }

@@ -376,3 +376,35 @@ func TestBusFlushedBeforeTheBurstsCheck(t *testing.T) {
 		t.Errorf("stored at %s:%d: a position of the epoch the bus lost", p.Epoch, p.Version)
 	}
 }
+
+// One deferred channel whose check cannot succeed (its history replaced by
+// a key of another type after it published) fails the burst's check, and
+// with it the messages every channel of the round received after its
+// deferred one are dropped: the other channels' own checks, which brought
+// them to their metas, applied those already. Nothing of theirs is lost,
+// and the channel that fails is the only one left behind.
+func TestOneBrokenChannelLosesNothingOfTheOthersInItsRound(t *testing.T) {
+	f := newBurst(t, 3, true, false)
+	var burst, second []*redis.Message
+	for _, tenant := range []string{"t0", "t1", "t2"} {
+		burst = append(burst, f.publish(t, tenant, 1, "k1"))
+		second = append(second, f.publish(t, tenant, 2, "k2"))
+		f.cached(t, tenant, "k1", "k2")
+	}
+	must(t, f.bus.Del(f.ctx, names.HistoryKey(burstChannel("t1"))).Err())
+	must(t, f.bus.Set(f.ctx, names.HistoryKey(burstChannel("t1")), "not a stream", 0).Err())
+	if err := f.burst(append(burst, second...)...); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("burst = %v, want t1's check failing on WRONGTYPE", err)
+	}
+	for _, tenant := range []string{"t0", "t2"} {
+		if left := f.left(t, tenant, "k1", "k2"); len(left) > 0 {
+			t.Errorf("%s: %v still cached: dropped with the failed round", tenant, left)
+		}
+		if p := f.stored(t, tenant); p.Version != 2 {
+			t.Errorf("%s stored at version %d, want 2", tenant, p.Version)
+		}
+	}
+	if left := f.left(t, "t1", "k1", "k2"); len(left) != 2 {
+		t.Errorf("t1: only %v cached, its history unreadable: want both left for the check that can read it", left)
+	}
+}

@@ -104,6 +104,7 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	// list of a million targets would be the largest thing a check makes.
 	batch := make([]target, 0, checkChunk)
 	var gen generation
+	var failed error // channels of the parts so far that could not be recovered
 	parts := 0
 	flush := func() error {
 		if err := s.applyTargets(ctx, batch); err != nil {
@@ -115,6 +116,13 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 		}
 		parts++
 		batch = batch[:0]
+		if errors.As(err, new(channelsError)) {
+			// Those channels alone: the later parts are checked all the
+			// same (a channel that keeps failing must not keep the gaps
+			// of every channel after it from being recovered).
+			failed = errors.Join(failed, err)
+			return nil
+		}
 		return err
 	}
 	for _, tenant := range tenants {
@@ -122,7 +130,7 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 			if len(batch) == checkChunk {
 				if err := flush(); err != nil {
-					return "", err
+					return "", errors.Join(failed, err)
 				}
 			}
 		}
@@ -130,8 +138,11 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	if len(batch) > 0 || parts == 0 {
 		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
-			return "", err
+			return "", errors.Join(failed, err)
 		}
+	}
+	if failed != nil {
+		return "", failed
 	}
 	if err := s.sawGeneration(ctx, gen); err != nil {
 		return "", err
@@ -390,8 +401,19 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, len(msgs) > 0))
 		recoveries = recoveries[:0]
 	}
-	return gen, errors.Join(failed, s.flushBatch(ctx))
+	if err := errors.Join(failed, s.flushBatch(ctx)); err != nil {
+		return gen, channelsError{err}
+	}
+	return gen, nil
 }
+
+// channelsError is a check's failure to recover some of its channels (a
+// history of another type, the cache or the Handler refusing their
+// invalidations), each decided on what the check read: the check goes on
+// with its other channels, and fails.
+type channelsError struct{ error }
+
+func (e channelsError) Unwrap() error { return e.error }
 
 // plan takes a check's plan for one channel, whose state was c: it counts
 // and logs what the plan found and stands the channel where the plan says;

@@ -408,3 +408,25 @@ func TestOneBrokenChannelLosesNothingOfTheOthersInItsRound(t *testing.T) {
 		t.Errorf("t1: only %v cached, its history unreadable: want both left for the check that can read it", left)
 	}
 }
+
+// A channel whose check keeps failing (its history of another type) is in
+// the first part of a check of more than checkChunk channels: the channels
+// of the later parts are checked all the same, so a PUBLISH one of them
+// lost is recovered while an operator fixes the other, not only after.
+func TestBrokenChannelDoesNotStopTheCheckOfLaterParts(t *testing.T) {
+	f := newBurst(t, checkChunk+1, true, false)
+	last := fmt.Sprint("t", checkChunk)
+	for _, tenant := range []string{"t0", last} {
+		must(t, f.burst(f.publish(t, tenant, 1, "k1")))
+		f.publish(t, tenant, 2, "k2") // its PUBLISH lost
+		f.cached(t, tenant, "k2")
+	}
+	must(t, f.bus.Del(f.ctx, names.HistoryKey(burstChannel("t0"))).Err())
+	must(t, f.bus.Set(f.ctx, names.HistoryKey(burstChannel("t0")), "not a stream", 0).Err())
+	if err := f.s.check(f.ctx); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("check = %v, want t0's recovery failing on WRONGTYPE", err)
+	}
+	if left := f.left(t, last, "k2"); len(left) > 0 {
+		t.Errorf("%s's lost version 2 not recovered: the check stopped at the part of the channel that failed", last)
+	}
+}

@@ -430,3 +430,41 @@ func TestBrokenChannelDoesNotStopTheCheckOfLaterParts(t *testing.T) {
 		t.Errorf("%s's lost version 2 not recovered: the check stopped at the part of the channel that failed", last)
 	}
 }
+
+// The same with a Handler alone that refuses one tenant's invalidations:
+// the other channels of the round get their second versions from the
+// burst.
+func TestOneRefusedChannelLosesNothingOfTheOthersInItsRoundHandler(t *testing.T) {
+	f := newBurst(t, 3, false, true)
+	// A check saw the channels before they published (watched): their
+	// first messages are taken alone, as with a cache.
+	must(t, f.s.check(f.ctx))
+	var burst, second []*redis.Message
+	for _, tenant := range []string{"t0", "t1", "t2"} {
+		burst = append(burst, f.publish(t, tenant, 1, "k1"))
+		second = append(second, f.publish(t, tenant, 2, "k2"))
+	}
+	refused := errors.New("t1 refused")
+	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
+		if inv.Tenant == "t1" {
+			return refused
+		}
+		f.handled = append(f.handled, inv)
+		return nil
+	}
+	if err := f.burst(append(burst, second...)...); !errors.Is(err, refused) {
+		t.Fatalf("burst = %v, want t1's invalidation refused", err)
+	}
+	got := map[string][]int64{}
+	for _, inv := range f.handled {
+		got[inv.Tenant] = append(got[inv.Tenant], inv.Version)
+	}
+	for _, tenant := range []string{"t0", "t2"} {
+		if fmt.Sprint(got[tenant]) != "[1 2]" {
+			t.Errorf("%s: versions handled %v, want [1 2]", tenant, got[tenant])
+		}
+		if at := f.s.pos[burstChannel(tenant)].at; at.Version != 2 {
+			t.Errorf("%s at %s, want version 2", tenant, at.String())
+		}
+	}
+}

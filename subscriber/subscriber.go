@@ -713,6 +713,11 @@ func (s *Subscriber) verifyAll(ctx context.Context) error {
 			targets[i] = v.t
 			msgs[v.t.channel] = v.msg
 		}
+		// The burst's messages applied so far go first (the check's own
+		// flush would), their failure theirs alone: a channel refused
+		// goes back to where it stood, which its check, if it has one,
+		// starts from.
+		errs = errors.Join(errs, s.flushBatch(ctx))
 		err := s.checkMany(ctx, targets, msgs)
 		// What the channels received after is handled even when the
 		// check failed, which may be for one channel of the round alone:

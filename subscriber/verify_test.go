@@ -468,3 +468,44 @@ func TestOneRefusedChannelLosesNothingOfTheOthersInItsRoundHandler(t *testing.T)
 		}
 	}
 }
+
+// A channel's in-order message of the burst that its Handler refuses (one
+// tenant's part of an in-process cache down) does not fail the check of
+// the burst's other channels: their first messages, and what came after
+// them, are applied by the burst, not left to the next full check.
+func TestRefusedInOrderMessageDoesNotFailTheBurstsCheck(t *testing.T) {
+	f := newBurst(t, 3, false, true)
+	must(t, f.s.check(f.ctx)) // the channels watched: first messages taken alone
+	must(t, f.burst(f.publish(t, "t1", 1, "k1")))
+	t1 := f.publish(t, "t1", 2, "k2")
+	burst := []*redis.Message{t1}
+	for _, tenant := range []string{"t0", "t2"} {
+		burst = append(burst, f.publish(t, tenant, 1, "k1"))
+	}
+	for _, tenant := range []string{"t0", "t2"} {
+		burst = append(burst, f.publish(t, tenant, 2, "k2"))
+	}
+	refused := errors.New("t1 refused")
+	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
+		if inv.Tenant == "t1" {
+			return refused
+		}
+		f.handled = append(f.handled, inv)
+		return nil
+	}
+	if err := f.burst(burst...); !errors.Is(err, refused) {
+		t.Fatalf("burst = %v, want t1's invalidation refused", err)
+	}
+	got := map[string][]int64{}
+	for _, inv := range f.handled {
+		got[inv.Tenant] = append(got[inv.Tenant], inv.Version)
+	}
+	for _, tenant := range []string{"t0", "t2"} {
+		if fmt.Sprint(got[tenant]) != "[1 2]" {
+			t.Errorf("%s: versions handled %v, want [1 2]", tenant, got[tenant])
+		}
+	}
+	if at := f.s.pos[burstChannel("t1")].at; at.Version != 1 {
+		t.Errorf("t1 at %s, want version 1: its version 2 was refused", at.String())
+	}
+}

@@ -509,3 +509,23 @@ func TestRefusedInOrderMessageDoesNotFailTheBurstsCheck(t *testing.T) {
 		t.Errorf("t1 at %s, want version 1: its version 2 was refused", at.String())
 	}
 }
+
+// The bus's identity changes while the burst's check reads the metas (it
+// restarted or lost its data right then): the check decides nothing on
+// what it read, checks again, sees the loss, and takes the tag of the
+// channel without a position whole — where, under the identity it started
+// with, it would have taken the first message alone.
+func TestBurstsCheckRedoneWhenTheBusChangesDuringIt(t *testing.T) {
+	f := newBurst(t, 2, true, false)
+	v1 := f.publish(t, "t0", 1, "k1")
+	v2 := f.publish(t, "t0", 2, "k2")
+	f.cached(t, "t0", "k1", "k2", "other")
+	f.sub.AddHook(&busLoss{admin: f.bus})
+	must(t, f.burst(v1, v2))
+	if left := f.left(t, "t0", "k1", "k2", "other"); len(left) > 0 {
+		t.Errorf("%v still cached: the bus changed during the check, the whole tag must go", left)
+	}
+	if p := f.stored(t, "t0"); p.Epoch != "e-t0" || p.Version != 2 {
+		t.Errorf("stored at %s:%d, want the meta e-t0:2", p.Epoch, p.Version)
+	}
+}

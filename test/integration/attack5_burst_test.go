@@ -4,6 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -294,6 +300,92 @@ func TestAttack5ClusterMasterFlushedNewEpochsInBursts(t *testing.T) {
 			if _, err := e.store.Get(ctx, tenant, "other"); err != nil {
 				t.Errorf("%s, on a master that kept its data: other invalidated (%v), want key-level", ch, err)
 			}
+		}
+	}
+}
+
+// attack5 with the real agent: a routerd agent whose bus user loses XRANGE
+// (an ACL edited by mistake) while new channels' first and second messages
+// arrive in bursts among forged ones. Its /readyz says 503 with the reason
+// while its burst checks fail, 200 once the bus answers again, and then
+// every genuine message is applied and no forged one.
+func TestAttack5AgentBurstChecksFailingReadyzTruthful(t *testing.T) {
+	ctx := context.Background()
+	const tenants = 40
+	var list []string
+	for i := range tenants {
+		list = append(list, fmt.Sprint("t", i))
+	}
+	yaml := `
+version: 1
+tags:
+  active: {services: [svc]}
+domains:
+  user: {tags: [active]}
+services:
+  svc: {tenants: [` + strings.Join(list, ", ") + `]}
+`
+	e := newEnv(t, yaml)
+	e.running(list...)
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "agent", "on", ">pw", "~*", "&*", "+@all").Err())
+	e.router(router.Options{})
+	path := filepath.Join(t.TempDir(), "matrix.yaml")
+	must(t, os.WriteFile(path, []byte(yaml), 0o644))
+	cmd := exec.Command(testbin.Routerd(t), "agent", "--matrix", path, "--service", "svc", "--redis", "redis://agent:pw@"+e.bus.Addr,
+		"--cache-redis", e.caches["svc"].URL, "--listen", testbin.AnyPort, "--check-interval", "1h")
+	var log lockedBuffer
+	cmd.Stderr = &log
+	must(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := testbin.ListenAddr(t, log.String)
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	redistest.Eventually(t, 10*time.Second, "agent ready", func() bool { code, _ := readyz(); return code == 200 })
+	for _, tenant := range list {
+		e.seed("svc", tenant, "user:1", "active")
+		e.seed("svc", tenant, "user:2", "active")
+		e.seed("svc", tenant, "forged", "active")
+	}
+
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "agent", "-xrange").Err())
+	forge := func(tenant, epoch string, v int64) {
+		raw, err := json.Marshal(&wire.Message{Tenant: tenant, Tag: "active", Epoch: epoch, Version: v, Keys: []string{"forged"}, Event: fmt.Sprint("x/", tenant, v)})
+		must(t, err)
+		must(t, e.busC.Publish(ctx, names.Channel("invalidate", tenant, "active"), raw).Err())
+	}
+	for v := 1; v <= 2; v++ {
+		for _, tenant := range list {
+			forge(tenant, "evil", int64(v))
+			e.publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{fmt.Sprint("user:", v)}})
+			forge(tenant, "", 1000)
+		}
+	}
+	for _, tenant := range list {
+		e.waitAllRead(tenant)
+	}
+	redistest.Eventually(t, 10*time.Second, "/readyz 503 naming the failing check", func() bool {
+		code, body := readyz()
+		return code == 503 && strings.Contains(body, subscriber.ReasonCheckFailing)
+	})
+	if !e.cached("svc", list[0], "user:1") {
+		t.Fatal("user:1 applied with the histories refused: the attack did not hold the checks back")
+	}
+
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "agent", "+xrange").Err())
+	for _, tenant := range list {
+		e.waitAllGone(15*time.Second, tenant+"'s user:1 and user:2 invalidated", "svc", tenant, []string{"user:1", "user:2"})
+	}
+	redistest.Eventually(t, 10*time.Second, "/readyz 200 again", func() bool { code, _ := readyz(); return code == 200 })
+	for _, tenant := range list {
+		if !e.cached("svc", tenant, "forged") {
+			t.Errorf("%s: the key only forged messages named was invalidated", tenant)
 		}
 	}
 }

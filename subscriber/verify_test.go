@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redistest"
@@ -527,5 +528,46 @@ func TestBurstsCheckRedoneWhenTheBusChangesDuringIt(t *testing.T) {
 	}
 	if p := f.stored(t, "t0"); p.Epoch != "e-t0" || p.Version != 2 {
 		t.Errorf("stored at %s:%d, want the meta e-t0:2", p.Epoch, p.Version)
+	}
+}
+
+// Under the local limit, a channel's first message deferred with a hundred
+// more behind it: what the limit refuses merges into the channel's queued
+// work after the check, and once applied, every key is gone, the position
+// is the last version, and the Handler saw versions only going up.
+func TestMessagesBehindAPendingCheckUnderTheLocalLimit(t *testing.T) {
+	f := newBurst(t, 2, true, true)
+	must(t, f.s.check(f.ctx)) // the channels watched: first messages taken alone
+	f.s.opt.ApplyRate, f.s.opt.ApplyBurst, f.s.opt.Coalesce = 10, 2, time.Hour
+	f.s.limiter = rate.NewLimiter(rate.Limit(f.s.opt.ApplyRate), f.s.opt.ApplyBurst)
+	const last = 100
+	var burst []*redis.Message
+	var keys []string
+	for v := int64(1); v <= last; v++ {
+		k := fmt.Sprint("k", v)
+		keys = append(keys, k)
+		burst = append(burst, f.publish(t, "t0", v, k))
+	}
+	f.cached(t, "t0", keys...)
+	must(t, f.burst(burst...))
+	if f.s.queued[burstChannel("t0")] == nil {
+		t.Fatal("nothing queued: the limit let a hundred invalidations through")
+	}
+	must(t, f.s.flushQueued(f.ctx, true))
+	if left := f.left(t, "t0", keys...); len(left) > 0 {
+		t.Errorf("%d keys still cached, %v…", len(left), left[0])
+	}
+	if p := f.stored(t, "t0"); p.Version != last {
+		t.Errorf("stored at version %d, want %d", p.Version, last)
+	}
+	var prev int64
+	for _, inv := range f.handled {
+		if inv.Version <= prev {
+			t.Fatalf("Handler got version %d after %d", inv.Version, prev)
+		}
+		prev = inv.Version
+	}
+	if prev != last {
+		t.Errorf("the Handler's last version %d, want %d", prev, last)
 	}
 }

@@ -571,3 +571,38 @@ func TestMessagesBehindAPendingCheckUnderTheLocalLimit(t *testing.T) {
 		t.Errorf("the Handler's last version %d, want %d", prev, last)
 	}
 }
+
+// Under the local limit, a channel's queued work its Handler keeps refusing
+// (its tenant's part of an in-process cache down) fails the check, which
+// still checks the other channels: a PUBLISH another channel lost is
+// recovered meanwhile.
+func TestRefusedQueuedWorkDoesNotStopTheCheck(t *testing.T) {
+	f := newBurst(t, 2, false, true)
+	must(t, f.s.check(f.ctx)) // the channels watched: first messages taken alone
+	must(t, f.burst(f.publish(t, "t0", 1, "k1"), f.publish(t, "t1", 1, "k1")))
+	f.publish(t, "t0", 2, "k2") // its PUBLISH lost
+	f.s.opt.ApplyRate, f.s.opt.ApplyBurst, f.s.opt.Coalesce = 1, 1, time.Hour
+	f.s.limiter = rate.NewLimiter(rate.Limit(f.s.opt.ApplyRate), f.s.opt.ApplyBurst)
+	var burst []*redis.Message
+	for v := int64(2); v <= 4; v++ {
+		burst = append(burst, f.publish(t, "t1", v, fmt.Sprint("k", v)))
+	}
+	must(t, f.burst(burst...))
+	if f.s.queued[burstChannel("t1")] == nil {
+		t.Fatal("nothing of t1 queued")
+	}
+	refused := errors.New("t1 refused")
+	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
+		if inv.Tenant == "t1" {
+			return refused
+		}
+		f.handled = append(f.handled, inv)
+		return nil
+	}
+	if err := f.s.check(f.ctx); !errors.Is(err, refused) {
+		t.Fatalf("check = %v, want t1's queued work refused", err)
+	}
+	if at := f.s.pos[burstChannel("t0")].at; at.Version != 2 {
+		t.Errorf("t0 at %s: its lost version 2 not recovered while t1's work is refused", at.String())
+	}
+}

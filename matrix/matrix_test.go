@@ -167,6 +167,18 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
+		// No two service–tag pairs share a stored position
+		// (names.PositionKey joins them with ':', which both may hold).
+		pairs := map[string]string{}
+		for _, tag := range m.TagNames() {
+			for _, svc := range m.Tags[tag].Services {
+				key, pair := svc+":"+tag, svc+" on "+tag
+				if o, ok := pairs[key]; ok && o != pair {
+					t.Fatalf("%s and %s both keep their positions under …:pos:%s", o, pair, key)
+				}
+				pairs[key] = pair
+			}
+		}
 		// A publisher is granted only domains that exist.
 		for _, name := range m.PublisherNames() {
 			for _, d := range m.Publishers[name].Domains {

@@ -104,17 +104,26 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	// list of a million targets would be the largest thing a check makes.
 	batch := make([]target, 0, checkChunk)
 	var gen generation
+	var failed error // channels of the parts so far that could not be recovered
 	parts := 0
 	flush := func() error {
-		if err := s.applyTargets(ctx, batch); err != nil {
+		checked, refused, err := s.applyTargets(ctx, batch)
+		if err != nil {
 			return err
 		}
-		g, err := s.checkTargets(ctx, batch, bus, nil)
+		g, err := s.checkTargets(ctx, checked, bus, nil)
 		if parts == 0 {
 			gen = g
 		}
 		parts++
 		batch = batch[:0]
+		if err = joinChannels(refused, err); isChannels(err) {
+			// Those channels alone: the later parts are checked all the
+			// same (a channel that keeps failing must not keep the gaps
+			// of every channel after it from being recovered).
+			failed = errors.Join(failed, err)
+			return nil
+		}
 		return err
 	}
 	for _, tenant := range tenants {
@@ -122,7 +131,7 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 			if len(batch) == checkChunk {
 				if err := flush(); err != nil {
-					return "", err
+					return "", errors.Join(failed, err)
 				}
 			}
 		}
@@ -130,8 +139,11 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	if len(batch) > 0 || parts == 0 {
 		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
-			return "", err
+			return "", errors.Join(failed, err)
 		}
+	}
+	if failed != nil {
+		return "", failed
 	}
 	if err := s.sawGeneration(ctx, gen); err != nil {
 		return "", err
@@ -289,7 +301,8 @@ func (s *Subscriber) checkManyOnce(ctx context.Context, targets []target, msgs m
 	if err != nil {
 		return err
 	}
-	if err := s.applyTargets(ctx, targets); err != nil {
+	targets, refused, err := s.applyTargets(ctx, targets)
+	if err != nil {
 		return err
 	}
 	gen, err := s.checkTargets(ctx, targets, bus, msgs)
@@ -298,22 +311,60 @@ func (s *Subscriber) checkManyOnce(ctx context.Context, targets []target, msgs m
 		// without a position goes whole (recovery.Check). Soon, then.
 		s.requestCheck()
 	}
-	return err
+	return joinChannels(refused, err)
 }
 
 // applyTargets applies the targets' queued and staged work before they
-// are checked, so the stored positions are where it left them.
-func (s *Subscriber) applyTargets(ctx context.Context, targets []target) error {
-	var errs error
-	for _, t := range targets {
+// are checked, so the stored positions are where it left them. It returns
+// the targets to check: one whose queued work failed is left out — its
+// work stays queued, retried when due, and its position is not where the
+// work would leave it — and its failure returned as refused, a
+// channelsError. err is the staged work's failure, which fails the check.
+func (s *Subscriber) applyTargets(ctx context.Context, targets []target) (checked []target, refused, err error) {
+	checked = targets
+	for i, t := range targets {
 		if p, ok := s.queued[t.channel]; ok {
-			errs = errors.Join(errs, s.applyQueued(ctx, t.channel, p))
+			if err := s.applyQueued(ctx, t.channel, p); err != nil {
+				if refused == nil {
+					checked = slices.Clone(targets[:i])
+				}
+				refused = errors.Join(refused, err)
+				continue
+			}
+		}
+		if refused != nil {
+			checked = append(checked, t)
 		}
 	}
-	if errs != nil {
-		return errs
+	if err := s.flushBatch(ctx); err != nil {
+		return nil, nil, errors.Join(refused, err)
 	}
-	return s.flushBatch(ctx)
+	if refused != nil {
+		refused = channelsError{refused}
+	}
+	return checked, refused, nil
+}
+
+// joinChannels joins the failures of some channels (a channelsError) to a
+// check's error: a channelsError while the check failed for channels alone
+// too, a failure of the check otherwise.
+func joinChannels(channels, err error) error {
+	switch {
+	case channels == nil:
+		return err
+	case err == nil:
+		return channels
+	case isChannels(err):
+		return channelsError{errors.Join(channels, err)}
+	}
+	return errors.Join(channels, err)
+}
+
+// isChannels reports whether a check's error is the failure of some of its
+// channels alone (channelsError), not of the check.
+func isChannels(err error) bool {
+	_, ok := err.(channelsError)
+	return ok
 }
 
 // checkTargets checks channels one way: for each pipeline of targets it
@@ -390,8 +441,19 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, len(msgs) > 0))
 		recoveries = recoveries[:0]
 	}
-	return gen, errors.Join(failed, s.flushBatch(ctx))
+	if err := errors.Join(failed, s.flushBatch(ctx)); err != nil {
+		return gen, channelsError{err}
+	}
+	return gen, nil
 }
+
+// channelsError is a check's failure to recover some of its channels (a
+// history of another type, the cache or the Handler refusing their
+// invalidations), each decided on what the check read: the check goes on
+// with its other channels, and fails.
+type channelsError struct{ error }
+
+func (e channelsError) Unwrap() error { return e.error }
 
 // plan takes a check's plan for one channel, whose state was c: it counts
 // and logs what the plan found and stands the channel where the plan says;

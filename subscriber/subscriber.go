@@ -713,15 +713,26 @@ func (s *Subscriber) verifyAll(ctx context.Context) error {
 			targets[i] = v.t
 			msgs[v.t.channel] = v.msg
 		}
-		if err := s.checkMany(ctx, targets, msgs); err != nil {
-			// What the channels received after is left to the check
-			// this asks for (apply), not checked again one round later.
-			return errors.Join(errs, err)
-		}
+		// The burst's messages applied so far go first (the check's own
+		// flush would), their failure theirs alone: a channel refused
+		// goes back to where it stood, which its check, if it has one,
+		// starts from.
+		errs = errors.Join(errs, s.flushBatch(ctx))
+		err := s.checkMany(ctx, targets, msgs)
+		// What the channels received after is handled even when the
+		// check failed, which may be for one channel of the round alone:
+		// the others stand where their checks brought them — a first
+		// message alone (recovery.First) — and their next versions follow.
 		for _, v := range round {
 			for _, raw := range v.after {
 				errs = errors.Join(errs, s.handle(ctx, raw))
 			}
+		}
+		if err != nil {
+			// What needs a check again is left to the check this asks
+			// for (apply), not checked again one round later.
+			s.verify, s.verifying = nil, nil
+			return errors.Join(errs, err)
 		}
 	}
 	return errs

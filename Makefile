@@ -91,7 +91,7 @@ unit:
 # Micro-benchmarks of the hot paths follow.
 bench: redis-server
 	$(GO) run ./bench -out bench-results.json
-	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/ ./router/
+	$(GO) test -run '^$$' -bench . -benchmem ./matrix/ ./wire/ ./router/ ./lua/
 
 # The fault-injection soak (test/soak, docs/operations.md): real routers,
 # agents and redis-servers under random faults for SOAK_DURATION, split

@@ -120,7 +120,11 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 		if err = joinChannels(refused, err); isChannels(err) {
 			// Those channels alone: the later parts are checked all the
 			// same (a channel that keeps failing must not keep the gaps
-			// of every channel after it from being recovered).
+			// of every channel after it from being recovered). Readiness
+			// hears of it now, not once every part is checked.
+			if failed == nil {
+				s.checked(boundChannels(err))
+			}
 			failed = errors.Join(failed, err)
 			return nil
 		}
@@ -131,7 +135,7 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 			batch = append(batch, target{names.Channel(s.prefix, tenant, tag), tenant, tag})
 			if len(batch) == checkChunk {
 				if err := flush(); err != nil {
-					return "", errors.Join(failed, err)
+					return "", boundChannels(errors.Join(failed, err))
 				}
 			}
 		}
@@ -139,11 +143,11 @@ func (s *Subscriber) checkAll(ctx context.Context) (string, error) {
 	if len(batch) > 0 || parts == 0 {
 		// Once at least: the state read gives the generation seen.
 		if err := flush(); err != nil {
-			return "", errors.Join(failed, err)
+			return "", boundChannels(errors.Join(failed, err))
 		}
 	}
 	if failed != nil {
-		return "", failed
+		return "", boundChannels(failed)
 	}
 	if err := s.sawGeneration(ctx, gen); err != nil {
 		return "", err
@@ -275,23 +279,13 @@ func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // no longer ours (a matrix change)
 	}
-	return s.checkOne(ctx, target{channel, tenant, tag}, nil)
+	return s.checkMany(ctx, []target{{channel, tenant, tag}}, nil)
 }
 
-// checkOne checks one channel against the bus's generation as it is now:
-// newly subscribed, or (msg set) the channel of a message that does not
-// follow its position, which counts only as far as the meta confirms it.
-func (s *Subscriber) checkOne(ctx context.Context, t target, msg *wire.Message) error {
-	var msgs map[string]*wire.Message
-	if msg != nil {
-		msgs = map[string]*wire.Message{t.channel: msg}
-	}
-	return s.checkMany(ctx, []target{t}, msgs)
-}
-
-// checkMany is checkOne of several channels at once, msgs holding the
-// message that made each channel's check (none for a channel newly
-// subscribed).
+// checkMany checks channels against the bus's generation as it is now:
+// newly subscribed ones (msgs nil), or the channels of a burst's messages
+// that do not follow their positions, msgs holding each one's, which
+// counts only as far as the meta confirms it.
 func (s *Subscriber) checkMany(ctx context.Context, targets []target, msgs map[string]*wire.Message) error {
 	return redoIfBusChanged(func() error { return s.checkManyOnce(ctx, targets, msgs) })
 }
@@ -311,7 +305,7 @@ func (s *Subscriber) checkManyOnce(ctx context.Context, targets []target, msgs m
 		// without a position goes whole (recovery.Check). Soon, then.
 		s.requestCheck()
 	}
-	return joinChannels(refused, err)
+	return boundChannels(joinChannels(refused, err))
 }
 
 // applyTargets applies the targets' queued and staged work before they
@@ -321,6 +315,11 @@ func (s *Subscriber) checkManyOnce(ctx context.Context, targets []target, msgs m
 // work would leave it — and its failure returned as refused, a
 // channelsError. err is the staged work's failure, which fails the check.
 func (s *Subscriber) applyTargets(ctx context.Context, targets []target) (checked []target, refused, err error) {
+	// The staged work first: applyQueued would flush it, and its failure
+	// would be taken for the first queued channel's.
+	if err := s.flushBatch(ctx); err != nil {
+		return nil, nil, err
+	}
 	checked = targets
 	for i, t := range targets {
 		if p, ok := s.queued[t.channel]; ok {
@@ -335,9 +334,6 @@ func (s *Subscriber) applyTargets(ctx context.Context, targets []target) (checke
 		if refused != nil {
 			checked = append(checked, t)
 		}
-	}
-	if err := s.flushBatch(ctx); err != nil {
-		return nil, nil, errors.Join(refused, err)
 	}
 	if refused != nil {
 		refused = channelsError{refused}
@@ -358,6 +354,42 @@ func joinChannels(channels, err error) error {
 		return channelsError{errors.Join(channels, err)}
 	}
 	return errors.Join(channels, err)
+}
+
+// maxNamedFailures bounds the failures a check's error names: it is
+// readiness's detail and a log line, and a million channels refused must
+// not make either a megabyte.
+const maxNamedFailures = 5
+
+// boundChannels keeps an error joining many failures to its first
+// maxNamedFailures and their count, a channelsError still when it was one.
+func boundChannels(err error) error {
+	var all []error
+	var flatten func(error)
+	flatten = func(err error) {
+		switch e := err.(type) {
+		case channelsError:
+			flatten(e.error)
+		case interface{ Unwrap() []error }:
+			for _, x := range e.Unwrap() {
+				flatten(x)
+			}
+		default:
+			all = append(all, err)
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	flatten(err)
+	if len(all) <= maxNamedFailures {
+		return err
+	}
+	out := fmt.Errorf("%w (and %d more failures)", errors.Join(all[:maxNamedFailures]...), len(all)-maxNamedFailures)
+	if isChannels(err) {
+		return channelsError{out}
+	}
+	return out
 }
 
 // isChannels reports whether a check's error is the failure of some of its
@@ -438,7 +470,7 @@ func (s *Subscriber) checkTargets(ctx context.Context, targets []target, bus str
 				recoveries = append(recoveries, r)
 			}
 		}
-		failed = errors.Join(failed, s.recoverAll(ctx, recoveries, len(msgs) > 0))
+		failed = errors.Join(failed, s.recoverAll(ctx, recoveries))
 		recoveries = recoveries[:0]
 	}
 	if err := errors.Join(failed, s.flushBatch(ctx)); err != nil {

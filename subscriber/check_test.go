@@ -5,18 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/recovery"
 	"github.com/routerd/routerd/internal/redistest"
-	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -214,51 +210,19 @@ func TestLiveGapCountedOnce(t *testing.T) {
 // after its check, in order; and every one of them is applied.
 func TestFirstMessagesOfABurstAreCheckedTogether(t *testing.T) {
 	const tenants = 40
-	var y strings.Builder
-	y.WriteString("version: 1\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [")
-	for i := range tenants {
-		if i > 0 {
-			y.WriteString(", ")
-		}
-		fmt.Fprintf(&y, "t%d", i)
-	}
-	y.WriteString("]}\n")
-	m, err := matrix.Parse("m.yaml", []byte(y.String()))
-	must(t, err)
-	srv := redistest.Start(t)
-	c := srv.Client(t)
-	ctx := context.Background()
-	s, err := New(srv.Client(t), Options{Service: "svc", Matrix: m, Cache: c, Buffer: 4 * tenants, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	must(t, err)
-	run := c.InfoMap(ctx, "server").Item("Server", "run_id")
-	must(t, c.Set(ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
-	must(t, s.store.RecordGeneration(ctx, "svc", tagstore.BusIdentity("g1", []string{run})))
-	s.seenGeneration = tagstore.BusIdentity("g1", []string{run})
-
+	f := newBurst(t, tenants, true, false)
 	// Each channel published version 1; t0's channel version 2 as well.
 	var burst []*redis.Message
-	publish := func(tenant string, v int64, chain string) string {
-		ch := names.Channel("invalidate", tenant, "active")
-		raw, err := json.Marshal(&wire.Message{Tenant: tenant, Tag: "active", Epoch: "e-" + tenant, Version: v, Keys: []string{fmt.Sprint("user:", v)}, Event: fmt.Sprint(tenant, "/", v)})
-		must(t, err)
-		must(t, c.XAdd(ctx, &redis.XAddArgs{Stream: names.HistoryKey(ch), ID: fmt.Sprint(v, "-0"), Values: []any{names.HistoryField, string(raw)}}).Err())
-		chain = recovery.Link(chain, raw)
-		must(t, c.HSet(ctx, names.MetaKey(ch), "epoch", "e-"+tenant, "version", v, "chain", fmt.Sprintf("e-%s:%d:%s", tenant, v, chain)).Err())
-		must(t, s.store.Set(ctx, tenant, fmt.Sprint("user:", v), []byte("x"), time.Hour, "active"))
-		burst = append(burst, &redis.Message{Channel: ch, Payload: string(raw)})
-		return chain
+	for i := range tenants {
+		tenant := fmt.Sprint("t", i)
+		f.cached(t, tenant, "user:1")
+		burst = append(burst, f.publish(t, tenant, 1, "user:1"))
 	}
-	chain0 := publish("t0", 1, "")
-	for i := 1; i < tenants; i++ {
-		publish(fmt.Sprint("t", i), 1, "")
-	}
-	publish("t0", 2, chain0)
+	f.cached(t, "t0", "user:2")
+	burst = append(burst, f.publish(t, "t0", 2, "user:2"))
 
-	must(t, c.ConfigResetStat(ctx).Err())
-	for _, msg := range burst[1:] {
-		s.in <- msg
-	}
-	must(t, s.handleBurst(ctx, burst[0]))
+	must(t, f.bus.ConfigResetStat(f.ctx).Err())
+	must(t, f.burst(burst...))
 
 	for i := range tenants {
 		tenant := fmt.Sprint("t", i)
@@ -266,21 +230,17 @@ func TestFirstMessagesOfABurstAreCheckedTogether(t *testing.T) {
 		if i == 0 {
 			last = 2
 		}
-		for v := int64(1); v <= last; v++ {
-			if _, err := s.store.Get(ctx, tenant, fmt.Sprint("user:", v)); !errors.Is(err, redis.Nil) {
-				t.Fatalf("%s's user:%d still cached (%v): its message was not applied", tenant, v, err)
-			}
+		if left := f.left(t, tenant, "user:1", "user:2"); len(left) > 0 {
+			t.Fatalf("%s: %v still cached: its messages were not applied", tenant, left)
 		}
-		p, _, err := s.store.ReadPosition(ctx, tenant, "svc", "active")
-		must(t, err)
-		if p.Epoch != "e-"+tenant || p.Version != last {
+		if p := f.stored(t, tenant); p.Epoch != "e-"+tenant || p.Version != last {
 			t.Errorf("%s's stored position %+v, want e-%s:%d", tenant, p, tenant, last)
 		}
 	}
 	// A check reads the bus's identity (INFO) twice: once for the burst,
 	// not once or twice per channel.
 	calls := int64(0)
-	if line := c.InfoMap(ctx, "commandstats").Item("Commandstats", "cmdstat_info"); line != "" {
+	if line := f.bus.InfoMap(f.ctx, "commandstats").Item("Commandstats", "cmdstat_info"); line != "" {
 		_, err := fmt.Sscanf(line, "calls=%d,", &calls)
 		must(t, err)
 	}

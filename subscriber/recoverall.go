@@ -33,9 +33,11 @@ type pending struct {
 // bus and one to the cache each — what made the first check of a new
 // service of millions of channels take half an hour. Whole-tag
 // invalidations go in pipelines too (wholeTags); repairs and a channel's
-// first message go one by one (execute). live: the check was made for a
-// message of the burst being handled, whose pipeline the replay joins.
-func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) error {
+// first message go one by one (execute). A check made for messages of a
+// burst runs once the burst's own work is applied (verifyAll): its
+// recoveries are carried out the same way, so that one channel's refused
+// invalidation is not another's whole tag held back.
+func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 	if len(rs) == 0 {
 		return nil
 	}
@@ -74,12 +76,11 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 			msgs, payloads, held = s.parseHistory(r.channel, r.d.To.Epoch, r.d.From, r.d.To.Version, entries)
 			r.d, at = s.settle(r.channel, r.start, r.d, msgs, payloads, held)
 			if r.d.Action == recovery.Replay && !r.first {
-				// Staged: the pipelines of the part apply them (below),
-				// or the burst the check is in.
+				// Staged: the pipelines of the part apply them (below).
 				if err := s.execute(ctx, r.channel, r.p, r.d, msgs, at, false); err != nil {
 					failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 				}
-				if !live && len(s.batch) >= pipelineChunk {
+				if len(s.batch) >= pipelineChunk {
 					failed = errors.Join(failed, s.flushBatch(ctx))
 				}
 				continue
@@ -91,7 +92,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 				continue
 			}
 		}
-		if r.d.Action == recovery.WholeTag && !r.first && !live {
+		if r.d.Action == recovery.WholeTag && !r.first {
 			wholes = append(wholes, r)
 			continue
 		}
@@ -99,10 +100,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending, live bool) er
 			failed = errors.Join(failed, fmt.Errorf("%s: %w", r.channel, err))
 		}
 	}
-	if !live {
-		failed = errors.Join(failed, s.flushBatch(ctx), s.wholeTags(ctx, wholes))
-	}
-	return failed
+	return errors.Join(failed, s.flushBatch(ctx), s.wholeTags(ctx, wholes))
 }
 
 // wholeTags carries out whole-tag recoveries (execute's) in pipelines of

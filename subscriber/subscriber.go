@@ -238,19 +238,19 @@ type Subscriber struct {
 	// applied in one pipeline (strictly in order per channel) at the end of
 	// the burst, or before any other invalidation; owned by the applier.
 	batch []batched
-	// verify are the burst's messages that a check must confirm before
+	// deferred are the burst's messages that a check must confirm before
 	// they count (a channel's first message, a new epoch, a gap), one per
 	// channel, with the channel's messages received after it; they are
 	// checked together at the end of the burst (verifyAll), not one
-	// channel at a time. verifying indexes them by channel. Owned by the
+	// channel at a time. deferredAt indexes them by channel. Owned by the
 	// applier.
-	verify    []verifying
-	verifying map[string]int
+	deferred   []deferredCheck
+	deferredAt map[string]int
 }
 
-// verifying is a channel's message waiting for the burst's check, and what
-// the channel received after it, handled once the check is done.
-type verifying struct {
+// deferredCheck is a channel's message waiting for the burst's check, and
+// what the channel received after it, handled once the check is done.
+type deferredCheck struct {
 	t     target
 	msg   *wire.Message
 	after []*redis.Message
@@ -651,9 +651,9 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 	if err != nil || !s.cur.covers(tenant, tag) {
 		return nil // not a channel of ours (a pattern can match more; a matrix change can leave one behind)
 	}
-	if i, ok := s.verifying[raw.Channel]; ok {
+	if i, ok := s.deferredAt[raw.Channel]; ok {
 		// Its channel waits for the burst's check: after it, in order.
-		s.verify[i].after = append(s.verify[i].after, raw)
+		s.deferred[i].after = append(s.deferred[i].after, raw)
 		return nil
 	}
 	msg, err := wire.ParseMessageString(raw.Payload)
@@ -687,11 +687,11 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 			// Counted by the check, when it finds one (a forged message is not).
 			s.log.Info("gap on channel; checking it", "channel", raw.Channel, "reason", d.Reason.String(), "at", p.head().String(), "got", msgPosition(msg).String())
 		}
-		if s.verifying == nil {
-			s.verifying = map[string]int{}
+		if s.deferredAt == nil {
+			s.deferredAt = map[string]int{}
 		}
-		s.verifying[raw.Channel] = len(s.verify)
-		s.verify = append(s.verify, verifying{t: target{raw.Channel, tenant, tag}, msg: msg})
+		s.deferredAt[raw.Channel] = len(s.deferred)
+		s.deferred = append(s.deferred, deferredCheck{t: target{raw.Channel, tenant, tag}, msg: msg})
 		return nil
 	}
 }
@@ -704,9 +704,9 @@ func (s *Subscriber) handle(ctx context.Context, raw *redis.Message) error {
 // every other channel's invalidations waited behind them.
 func (s *Subscriber) verifyAll(ctx context.Context) error {
 	var errs error
-	for len(s.verify) > 0 {
-		round := s.verify
-		s.verify, s.verifying = nil, nil
+	for len(s.deferred) > 0 {
+		round := s.deferred
+		s.deferred, s.deferredAt = nil, nil
 		targets := make([]target, len(round))
 		msgs := make(map[string]*wire.Message, len(round))
 		for i, v := range round {
@@ -731,7 +731,7 @@ func (s *Subscriber) verifyAll(ctx context.Context) error {
 		if err != nil {
 			// What needs a check again is left to the check this asks
 			// for (apply), not checked again one round later.
-			s.verify, s.verifying = nil, nil
+			s.deferred, s.deferredAt = nil, nil
 			return errors.Join(errs, err)
 		}
 	}

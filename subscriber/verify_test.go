@@ -42,7 +42,8 @@ type burstFixture struct {
 
 	mu      sync.Mutex
 	handled []Invalidation
-	fail    error // the Handler's answer
+	fail    error            // the Handler's answer
+	refuse  map[string]error // the Handler's answer for a tenant's invalidations
 }
 
 func newBurst(t *testing.T, tenants int, cache, handler bool) *burstFixture {
@@ -74,6 +75,9 @@ func newBurst(t *testing.T, tenants int, cache, handler bool) *burstFixture {
 			defer f.mu.Unlock()
 			if f.fail != nil {
 				return f.fail
+			}
+			if err := f.refuse[inv.Tenant]; err != nil {
+				return err
 			}
 			f.handled = append(f.handled, inv)
 			return nil
@@ -160,6 +164,24 @@ func (f *burstFixture) stored(t *testing.T, tenant string) tagstore.Position {
 	p, _, err := f.s.store.ReadPosition(f.ctx, tenant, "svc", "active")
 	must(t, err)
 	return p
+}
+
+// refusing makes the Handler refuse the tenant's invalidations with err.
+func (f *burstFixture) refusing(tenant string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refuse = map[string]error{tenant: err}
+}
+
+// versions lists, per tenant, the versions the Handler was given.
+func (f *burstFixture) versions() map[string][]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	got := map[string][]int64{}
+	for _, inv := range f.handled {
+		got[inv.Tenant] = append(got[inv.Tenant], inv.Version)
+	}
+	return got
 }
 
 // A burst mixing forged and genuine messages around channels' pending
@@ -256,10 +278,7 @@ func TestMessagesBehindAPendingCheckInOrderOnce(t *testing.T) {
 			burst = append(append(burst, t2), live[20:]...)
 			must(t, f.burst(burst...))
 
-			versions := map[string][]int64{}
-			for _, inv := range f.handled {
-				versions[inv.Tenant] = append(versions[inv.Tenant], inv.Version)
-			}
+			versions := f.versions()
 			var want []int64
 			for v := int64(1); v <= last; v++ {
 				want = append(want, v)
@@ -326,10 +345,7 @@ func TestFailedBurstCheckLeavesNothingBehind(t *testing.T) {
 			must(t, f.s.check(f.ctx))
 			must(t, f.burst(second[tenants/4:]...))
 
-			handled := map[string][]int64{}
-			for _, inv := range f.handled {
-				handled[inv.Tenant] = append(handled[inv.Tenant], inv.Version)
-			}
+			handled := f.versions()
 			for i := range tenants {
 				tenant := fmt.Sprint("t", i)
 				if tc.cache {
@@ -362,8 +378,8 @@ func TestBusFlushedBeforeTheBurstsCheck(t *testing.T) {
 	f.cached(t, "t0", "k1", "k2", "other")
 	must(t, f.s.handle(f.ctx, v1))
 	must(t, f.s.handle(f.ctx, v2))
-	if len(f.s.verify) != 1 || len(f.s.verify[0].after) != 1 {
-		t.Fatalf("deferred %+v, want t0's version 1 with version 2 behind it", f.s.verify)
+	if len(f.s.deferred) != 1 || len(f.s.deferred[0].after) != 1 {
+		t.Fatalf("deferred %+v, want t0's version 1 with version 2 behind it", f.s.deferred)
 	}
 	must(t, f.bus.FlushAll(f.ctx).Err())
 	must(t, f.bus.Set(f.ctx, names.GenerationKey("invalidate"), "g2", 0).Err()) // a router marks it again
@@ -446,20 +462,11 @@ func TestOneRefusedChannelLosesNothingOfTheOthersInItsRoundHandler(t *testing.T)
 		second = append(second, f.publish(t, tenant, 2, "k2"))
 	}
 	refused := errors.New("t1 refused")
-	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
-		if inv.Tenant == "t1" {
-			return refused
-		}
-		f.handled = append(f.handled, inv)
-		return nil
-	}
+	f.refusing("t1", refused)
 	if err := f.burst(append(burst, second...)...); !errors.Is(err, refused) {
 		t.Fatalf("burst = %v, want t1's invalidation refused", err)
 	}
-	got := map[string][]int64{}
-	for _, inv := range f.handled {
-		got[inv.Tenant] = append(got[inv.Tenant], inv.Version)
-	}
+	got := f.versions()
 	for _, tenant := range []string{"t0", "t2"} {
 		if fmt.Sprint(got[tenant]) != "[1 2]" {
 			t.Errorf("%s: versions handled %v, want [1 2]", tenant, got[tenant])
@@ -487,20 +494,11 @@ func TestRefusedInOrderMessageDoesNotFailTheBurstsCheck(t *testing.T) {
 		burst = append(burst, f.publish(t, tenant, 2, "k2"))
 	}
 	refused := errors.New("t1 refused")
-	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
-		if inv.Tenant == "t1" {
-			return refused
-		}
-		f.handled = append(f.handled, inv)
-		return nil
-	}
+	f.refusing("t1", refused)
 	if err := f.burst(burst...); !errors.Is(err, refused) {
 		t.Fatalf("burst = %v, want t1's invalidation refused", err)
 	}
-	got := map[string][]int64{}
-	for _, inv := range f.handled {
-		got[inv.Tenant] = append(got[inv.Tenant], inv.Version)
-	}
+	got := f.versions()
 	for _, tenant := range []string{"t0", "t2"} {
 		if fmt.Sprint(got[tenant]) != "[1 2]" {
 			t.Errorf("%s: versions handled %v, want [1 2]", tenant, got[tenant])
@@ -592,17 +590,77 @@ func TestRefusedQueuedWorkDoesNotStopTheCheck(t *testing.T) {
 		t.Fatal("nothing of t1 queued")
 	}
 	refused := errors.New("t1 refused")
-	f.s.opt.Handler = func(_ context.Context, inv Invalidation) error {
-		if inv.Tenant == "t1" {
-			return refused
-		}
-		f.handled = append(f.handled, inv)
-		return nil
-	}
+	f.refusing("t1", refused)
 	if err := f.s.check(f.ctx); !errors.Is(err, refused) {
 		t.Fatalf("check = %v, want t1's queued work refused", err)
 	}
 	if at := f.s.pos[burstChannel("t0")].at; at.Version != 2 {
 		t.Errorf("t0 at %s: its lost version 2 not recovered while t1's work is refused", at.String())
+	}
+}
+
+// One channel of a burst's check whose recovery is refused (its Handler
+// refuses a gap's replay) does not hold back another channel's whole tag
+// in the same check, and the burst's error names that channel alone:
+// another channel's new epoch is taken whole, at once.
+func TestRefusedRecoveryDoesNotHoldBackAnotherChannelsWholeTag(t *testing.T) {
+	f := newBurst(t, 3, false, true)
+	must(t, f.s.check(f.ctx)) // the channels watched: first messages taken alone
+	must(t, f.burst(f.publish(t, "t1", 1, "k1"), f.publish(t, "t2", 1, "k1")))
+	f.publish(t, "t1", 2, "k2") // its PUBLISH lost
+	gap := f.publish(t, "t1", 3, "k3")
+
+	// t2's channel starts a new epoch: the bus lost its meta and history.
+	ch := burstChannel("t2")
+	must(t, f.bus.Del(f.ctx, names.HistoryKey(ch), names.MetaKey(ch)).Err())
+	raw, err := json.Marshal(&wire.Message{Tenant: "t2", Tag: "active", Epoch: "new-t2", Version: 1, Keys: []string{"k9"}, Event: "t2/new1"})
+	must(t, err)
+	must(t, f.bus.XAdd(f.ctx, &redis.XAddArgs{Stream: names.HistoryKey(ch), ID: "1-0", Values: []any{names.HistoryField, string(raw)}}).Err())
+	must(t, f.bus.HSet(f.ctx, names.MetaKey(ch), "epoch", "new-t2", "version", 1, "chain", "new-t2:1:"+recovery.Link("", raw)).Err())
+
+	refused := errors.New("t1 refused")
+	f.refusing("t1", refused)
+	err = f.burst(gap, &redis.Message{Channel: ch, Payload: string(raw)})
+	if !errors.Is(err, refused) {
+		t.Fatalf("burst = %v, want t1's recovery refused", err)
+	}
+	if strings.Contains(err.Error(), ch) {
+		t.Errorf("burst = %v: t1's refusal reported under %s", err, ch)
+	}
+	if at := f.s.pos[ch].at; at.Epoch != "new-t2" || at.Version != 1 {
+		t.Errorf("t2 at %s, want new-t2:1", at.String())
+	}
+	whole := false
+	f.mu.Lock()
+	for _, inv := range f.handled {
+		whole = whole || (inv.Tenant == "t2" && inv.Epoch == "new-t2" && len(inv.Keys) == 0 && len(inv.Refs) == 0)
+	}
+	f.mu.Unlock()
+	if !whole {
+		t.Error("t2's tag not invalidated whole for its new epoch")
+	}
+}
+
+// A check's error names at most a few failures and counts the rest: it is
+// readiness's detail and a log line, whatever the number of channels
+// refused. It stays a failure of channels alone, and each named failure
+// is still found in it.
+func TestCheckErrorNamesAFewFailures(t *testing.T) {
+	var all error
+	first := errors.New("invalidate:t0:active: refused")
+	all = first
+	for i := 1; i < 1000; i++ {
+		all = errors.Join(all, fmt.Errorf("invalidate:t%d:active: refused", i))
+	}
+	err := boundChannels(channelsError{all})
+	if !isChannels(err) || !errors.Is(err, first) {
+		t.Fatalf("bounded %v: not a failure of channels, or its first failure lost", err)
+	}
+	if msg := err.Error(); len(msg) > 400 || !strings.Contains(msg, "and 995 more failures") {
+		t.Errorf("bounded error of %d bytes: %q", len(msg), msg)
+	}
+	few := channelsError{errors.Join(first, errors.New("b"))}
+	if got := boundChannels(few); got.Error() != few.Error() || !isChannels(got) {
+		t.Errorf("an error of two failures became %v", got)
 	}
 }

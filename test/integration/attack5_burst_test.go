@@ -54,19 +54,8 @@ func TestAttack5BurstChecksFailingWithForgeriesRecover(t *testing.T) {
 func burstChecksFailing(t *testing.T, refuse, allow []any, onCache bool) {
 	ctx := context.Background()
 	const tenants = 60
-	var list []string
-	for i := range tenants {
-		list = append(list, fmt.Sprint("t", i))
-	}
-	e := newEnv(t, `
-version: 1
-tags:
-  active: {services: [svc]}
-domains:
-  user: {tags: [active]}
-services:
-  svc: {tenants: [`+strings.Join(list, ", ")+`]}
-`)
+	list, yaml := burstMatrix(tenants)
+	e := newEnv(t, yaml)
 	e.running(list...)
 	admin, addr := e.busC, e.bus.Addr
 	if onCache {
@@ -156,19 +145,8 @@ services:
 func TestAttack5BusFlushedUnderManyChannelsNewEpochsChecked(t *testing.T) {
 	ctx := context.Background()
 	const tenants = 80
-	var list []string
-	for i := range tenants {
-		list = append(list, fmt.Sprint("t", i))
-	}
-	e := newEnv(t, `
-version: 1
-tags:
-  active: {services: [svc]}
-domains:
-  user: {tags: [active]}
-services:
-  svc: {tenants: [`+strings.Join(list, ", ")+`]}
-`)
+	list, yaml := burstMatrix(tenants)
+	e := newEnv(t, yaml)
 	e.running(list...)
 	e.router(router.Options{})
 	var mu sync.Mutex
@@ -312,19 +290,7 @@ func TestAttack5ClusterMasterFlushedNewEpochsInBursts(t *testing.T) {
 func TestAttack5AgentBurstChecksFailingReadyzTruthful(t *testing.T) {
 	ctx := context.Background()
 	const tenants = 40
-	var list []string
-	for i := range tenants {
-		list = append(list, fmt.Sprint("t", i))
-	}
-	yaml := `
-version: 1
-tags:
-  active: {services: [svc]}
-domains:
-  user: {tags: [active]}
-services:
-  svc: {tenants: [` + strings.Join(list, ", ") + `]}
-`
+	list, yaml := burstMatrix(tenants)
 	e := newEnv(t, yaml)
 	e.running(list...)
 	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "agent", "on", ">pw", "~*", "&*", "+@all").Err())
@@ -388,4 +354,22 @@ services:
 			t.Errorf("%s: the key only forged messages named was invalidated", tenant)
 		}
 	}
+}
+
+// burstMatrix is a matrix of service svc on tag active of tenants t0…tn-1,
+// and those tenants.
+func burstMatrix(tenants int) ([]string, string) {
+	var list []string
+	for i := range tenants {
+		list = append(list, fmt.Sprint("t", i))
+	}
+	return list, `
+version: 1
+tags:
+  active: {services: [svc]}
+domains:
+  user: {tags: [active]}
+services:
+  svc: {tenants: [` + strings.Join(list, ", ") + `]}
+`
 }

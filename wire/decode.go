@@ -25,13 +25,25 @@ var decoders = sync.Pool{New: func() any { return &decoder{intern: map[string]st
 // maxInterned bounds each decoder's table of repeated values.
 const maxInterned = 4096
 
+// text is what a document comes as: go-redis's strings, or bytes.
+type text interface{ string | []byte }
+
+// parseText parses data with p, which copies it: nothing decoded points
+// into data, and neither form is copied to the other first.
+func parseText[T text](p *fastjson.Parser, data T) (*fastjson.Value, error) {
+	if b, ok := any(data).([]byte); ok {
+		return p.ParseBytes(b)
+	}
+	return p.Parse(string(data)) // a string already: no copy
+}
+
 // decodeObject parses data and calls field for every key, in order. field
 // returns the key's field number (0 to 31), or -1 for a key it does not know.
-func decodeObject(data string, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+func decodeObject[T text](data T, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
 	d := decoders.Get().(*decoder)
 	defer decoders.Put(d)
 	d.err = nil
-	v, err := d.p.Parse(data) // copies data: nothing decoded points into it
+	v, err := parseText(&d.p, data)
 	if err != nil {
 		return &FieldError{"json", err.Error()}
 	}
@@ -153,7 +165,7 @@ func (d *decoder) fail(field, reason string) {
 	}
 }
 
-func decodeEvent(data string) (*Event, error) {
+func decodeEvent[T text](data T) (*Event, error) {
 	e := new(Event)
 	err := decodeObject(data, e.field)
 	if err == nil {
@@ -164,10 +176,10 @@ func decodeEvent(data string) (*Event, error) {
 
 // decodeEvents decodes a JSON array of events, each on its own: an item that
 // breaks a rule gets its error and its JSON, the others their event.
-func decodeEvents(data string) ([]Packed, error) {
+func decodeEvents[T text](data T) ([]Packed, error) {
 	d := decoders.Get().(*decoder)
 	defer decoders.Put(d)
-	v, err := d.p.Parse(data)
+	v, err := parseText(&d.p, data)
 	if err != nil {
 		return nil, &FieldError{EventsField, err.Error()}
 	}
@@ -257,7 +269,7 @@ func (e *Event) settle() error {
 	return nil
 }
 
-func decodeMessage(data string) (*Message, error) {
+func decodeMessage[T text](data T) (*Message, error) {
 	m := new(Message)
 	err := decodeObject(data, func(d *decoder, key []byte, v *fastjson.Value) int {
 		switch string(key) {

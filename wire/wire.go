@@ -70,7 +70,7 @@ type Packed struct {
 // ParseEvents decodes the JSON array of a packed entry. An error means the
 // array itself is wrong (not JSON, not an array, empty, too long); an event
 // in it that breaks a rule gets its own Err, and the others are decoded.
-func ParseEvents(data []byte) ([]Packed, error) { return decodeEvents(string(data)) }
+func ParseEvents(data []byte) ([]Packed, error) { return decodeEvents(data) }
 
 // ParseEventsString is ParseEvents of a string (a stream entry's value as
 // go-redis returns it), without copying it to bytes first.
@@ -188,11 +188,11 @@ func validKeys(keys []string) error {
 
 // ParseEvent decodes and validates an event. Unknown fields are errors, so a
 // misspelt field is reported instead of silently ignored.
-func ParseEvent(data []byte) (*Event, error) { return parse(string(data), decodeEvent) }
+func ParseEvent(data []byte) (*Event, error) { return parse(data, decodeEvent[[]byte]) }
 
 // ParseEventString is ParseEvent of a string (a stream entry's value as
 // go-redis returns it), without copying it to bytes first.
-func ParseEventString(data string) (*Event, error) { return parse(data, decodeEvent) }
+func ParseEventString(data string) (*Event, error) { return parse(data, decodeEvent[string]) }
 
 // Marshal encodes a valid event.
 func (e *Event) Marshal() ([]byte, error) {
@@ -294,11 +294,11 @@ func validRefs(refs []string) error {
 }
 
 // ParseMessage decodes and validates a channel message.
-func ParseMessage(data []byte) (*Message, error) { return parse(string(data), decodeMessage) }
+func ParseMessage(data []byte) (*Message, error) { return parse(data, decodeMessage[[]byte]) }
 
 // ParseMessageString is ParseMessage of a string (a pub/sub payload as
 // go-redis returns it), without copying it to bytes first.
-func ParseMessageString(data string) (*Message, error) { return parse(data, decodeMessage) }
+func ParseMessageString(data string) (*Message, error) { return parse(data, decodeMessage[string]) }
 
 // validator is a pointer to a T that can check itself.
 type validator[T any] interface {
@@ -307,7 +307,7 @@ type validator[T any] interface {
 }
 
 // parse decodes strictly, then validates.
-func parse[T any, P validator[T]](data string, decode func(string) (P, error)) (P, error) {
+func parse[T any, P validator[T], D text](data D, decode func(D) (P, error)) (P, error) {
 	v, err := decode(data)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/routerd/routerd/names"
 )
 
 func TestGoodMatrices(t *testing.T) {
@@ -168,11 +170,11 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 		// No two service–tag pairs share a stored position
-		// (names.PositionKey joins them with ':', which both may hold).
+		// (names.PositionName joins them with ':', which both may hold).
 		pairs := map[string]string{}
 		for _, tag := range m.TagNames() {
 			for _, svc := range m.Tags[tag].Services {
-				key, pair := svc+":"+tag, svc+" on "+tag
+				key, pair := names.PositionName(svc, tag), svc+" on "+tag
 				if o, ok := pairs[key]; ok && o != pair {
 					t.Fatalf("%s and %s both keep their positions under …:pos:%s", o, pair, key)
 				}

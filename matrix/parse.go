@@ -245,7 +245,7 @@ func (p *parser) parse(data []byte) *Matrix {
 	}
 	if tagsNode != nil {
 		// A service's stored position on a tag is keyed by
-		// "<service>:<tag>" (names.PositionKey), and both may hold ':'.
+		// names.PositionName, and both may hold ':'.
 		positions := map[string][2]string{}
 		for _, f := range p.mapping(tagsNode, "tags", nil...) {
 			if err := names.Tag(f.key.Value); err != nil {
@@ -257,7 +257,7 @@ func (p *parser) parse(data []byte) *Matrix {
 				if _, ok := m.Services[u.name]; !ok {
 					p.errorf(u.node, "tag %q: undefined service %q", t.Name, u.name)
 				}
-				key := u.name + ":" + t.Name
+				key := names.PositionName(u.name, t.Name)
 				if o, ok := positions[key]; ok && o != [2]string{u.name, t.Name} {
 					p.errorf(u.node, "service %q on tag %q would keep its positions under the same keys as service %q on tag %q "+
 						"(…:pos:%s): rename one of them (':' in a service or tag name)", u.name, t.Name, o[0], o[1], key)

@@ -192,8 +192,13 @@ func TagRefsKey(tenant, tag string) string { return TagSetKey(tenant, tag) + Tag
 // PositionKey is where a service's subscriber records how far it has applied
 // a channel, as "epoch:version".
 func PositionKey(tenant, service, tag string) string {
-	return TenantTag(tenant) + ":pos:" + service + ":" + tag
+	return TenantTag(tenant) + ":pos:" + PositionName(service, tag)
 }
+
+// PositionName is the part of a position key that names the service and the
+// tag. Both may hold ':', so two pairs can share one (service a on tag b:c,
+// service a:b on tag c): a matrix refuses that.
+func PositionName(service, tag string) string { return service + ":" + tag }
 
 // ReservedSegments are the first ':'-separated segments a cache key may not
 // have: under the tenant's hash tag, "tag", "pos", "ref" and "lease" start

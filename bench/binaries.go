@@ -53,7 +53,7 @@ type binSystem struct {
 var (
 	routerdFlag = flag.String("routerd", "", "the routerd binary the bin- scenarios run (default: built from ./cmd/routerd for the run)")
 	runsFlag    = flag.Int("runs", 3, "runs of each bin-throughput scenario, each with its own PUBLISH reference: the table shows the median run and the lowest and highest ratio (1 with -quick)")
-	perfFlag    = flag.String("perf", "", "record the routerd processes with perf over each bin-throughput scenario's clock, to FILE.<scenario> (read with perf report -i; use -routerd with a kept binary so its symbols resolve)")
+	perfFlag    = flag.String("perf", "", "record the routerd processes and the bus and cache Redis servers with perf over each bin-throughput run's clock, to FILE.<scenario>.run<i> (read with perf report -i, --sort pid; use -routerd with a kept binary so its symbols resolve)")
 	routerdOnce sync.Once
 	routerdPath string
 	routerdErr  error
@@ -174,7 +174,7 @@ func (s *binSystem) perf(scenario string) (stop func()) {
 			pids = append(pids, info["Server"]["process_id"])
 		}
 	}
-	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-o", *perfFlag+"."+scenario, "-p", strings.Join(pids, ","))
+	cmd := exec.Command("perf", "record", "-F", "2999", "-g", "-o", fmt.Sprintf("%s.%s.run%d", *perfFlag, scenario, perfRun), "-p", strings.Join(pids, ","))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "perf:", err)
@@ -482,6 +482,9 @@ func throughputOneTag(dir string) ([]Row, error) {
 	return binThroughputRuns(dir, "8 throughput, one tenant × one tag (binaries)", 1, 1)
 }
 
+// perfRun numbers the run a perf recording is of (-perf with -runs).
+var perfRun = 1
+
 // binThroughputRuns runs binThroughput -runs times, each on fresh servers
 // and processes with its own PUBLISH reference: on two shared cores one
 // run's ratio moves by ±15 %. It reports the run of median ratio, then
@@ -492,7 +495,8 @@ func binThroughputRuns(dir, name string, tenants, tags int) ([]Row, error) {
 		n = 1
 	}
 	var runs [][]Row
-	for range n {
+	for i := range n {
+		perfRun = i + 1
 		rows, err := binThroughput(dir, name, tenants, tags)
 		if err != nil {
 			return nil, err

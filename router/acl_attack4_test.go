@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -49,18 +48,7 @@ func TestAttack4CurrentRouterUserReadsThroughItsOwnConnection(t *testing.T) {
 			srv := redistest.Start(t)
 			c := srv.Client(t)
 			m := runMatrix(t)
-			rules, err := acl.For(m, acl.Spec{Role: acl.Router})
-			if err != nil {
-				t.Fatal(err)
-			}
-			args := []any{"acl", "setuser", "router"}
-			for _, a := range rules.Args() {
-				args = append(args, a)
-			}
-			args = append(args, "on", ">pw")
-			if err := c.Do(ctx, args...).Err(); err != nil {
-				t.Fatal(err)
-			}
+			routerUser(t, c, m, "router")
 			user := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "router", Password: "pw", Protocol: proto})
 			t.Cleanup(func() { _ = user.Close() })
 			var logs lockedBuffer

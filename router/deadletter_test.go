@@ -7,7 +7,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -22,20 +21,7 @@ func TestMalformedDeadLetterWithAnOlderRouterUser(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	m := runMatrix(t)
-	rules, err := acl.For(m, acl.Spec{Role: acl.Router})
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []any{"acl", "setuser", "old"}
-	for _, a := range rules.Args() {
-		if a != "~"+names.InvalidDeadLetterStream(m.Prefix) {
-			args = append(args, a)
-		}
-	}
-	args = append(args, "on", ">pw")
-	if err := c.Do(ctx, args...).Err(); err != nil {
-		t.Fatal(err)
-	}
+	routerUser(t, c, m, "old", "~"+names.InvalidDeadLetterStream(m.Prefix))
 	old := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "old", Password: "pw"})
 	t.Cleanup(func() { _ = old.Close() })
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -153,20 +152,7 @@ func TestReadsWithAnOlderRouterUser(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	m := runMatrix(t)
-	rules, err := acl.For(m, acl.Spec{Role: acl.Router})
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []any{"acl", "setuser", "old"}
-	for _, a := range rules.Args() {
-		if a != "+xrange" && a != "+xdel" && a != "+xgroup|setid" {
-			args = append(args, a)
-		}
-	}
-	args = append(args, "on", ">pw")
-	if err := c.Do(ctx, args...).Err(); err != nil {
-		t.Fatal(err)
-	}
+	routerUser(t, c, m, "old", "+xrange", "+xdel", "+xgroup|setid")
 	old := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "old", Password: "pw"})
 	t.Cleanup(func() { _ = old.Close() })
 

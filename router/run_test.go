@@ -2,11 +2,15 @@ package router
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -19,6 +23,26 @@ func runMatrix(t *testing.T) *matrix.Matrix {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// routerUser makes the Redis user name (password "pw") with the rules
+// routerd acl --role router gives, less those in without (what an older
+// routerd acl did not grant).
+func routerUser(t *testing.T, c *redis.Client, m *matrix.Matrix, name string, without ...string) {
+	t.Helper()
+	rules, err := acl.For(m, acl.Spec{Role: acl.Router})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []any{"acl", "setuser", name}
+	for _, a := range rules.Args() {
+		if !slices.Contains(without, a) {
+			args = append(args, a)
+		}
+	}
+	if err := c.Do(context.Background(), append(args, "on", ">pw")...).Err(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Run returns what stops it: nil when its context ends, and the error when

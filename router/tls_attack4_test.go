@@ -10,7 +10,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/routerd/routerd/internal/acl"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
@@ -28,17 +27,7 @@ func TestAttack4BoundedReadsOverTLSWithTheRouterUser(t *testing.T) {
 	srv := redistest.StartTLS(t, redistest.NewPKI(t))
 	c := srv.Client(t)
 	m := runMatrix(t)
-	rules, err := acl.For(m, acl.Spec{Role: acl.Router})
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []any{"acl", "setuser", "router"}
-	for _, a := range rules.Args() {
-		args = append(args, a)
-	}
-	if err := c.Do(ctx, append(args, "on", ">pw")...).Err(); err != nil {
-		t.Fatal(err)
-	}
+	routerUser(t, c, m, "router")
 	user := redis.NewClient(&redis.Options{Addr: srv.Addr, TLSConfig: srv.TLS, Username: "router", Password: "pw"})
 	t.Cleanup(func() { _ = user.Close() })
 	var logs lockedBuffer

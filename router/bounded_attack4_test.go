@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -45,17 +44,7 @@ func TestAttack4EntriesOfManyValuesJustWithinTheLimitAreNotHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	stopRouter := runRouter(t, r)
-	redistest.Eventually(t, 30*time.Second, "nothing pending, no lag", func() bool {
-		g, err := c.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && g[0].EntriesRead == n
-	})
-	stopRouter()
-	runtime.ReadMemStats(&after)
-	alloc := after.TotalAlloc - before.TotalAlloc
+	alloc := allocatedWhile(t, r, 30*time.Second, "nothing pending, no lag", drained(c, stream, n))
 	weight := uint64(n * fields * maxEvent)
 	t.Logf("routing %d entries of %d KiB each allocated %d KiB", n, fields*maxEvent>>10, alloc>>10)
 	if alloc > weight/4 {

@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -37,25 +36,11 @@ func TestHugeEntriesAreNotHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
-	redistest.Eventually(t, 30*time.Second, "every huge event dead-lettered", func() bool {
+	alloc := allocatedWhile(t, r, 30*time.Second, "every huge event dead-lettered", func() bool {
 		return c.XLen(ctx, names.InvalidDeadLetterStream(m.Prefix)).Val() == n
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	runtime.ReadMemStats(&after)
-	// TotalAlloc only grows: what was allocated in all bounds what was held
-	// at any moment. The bound is generous (a quarter of the events'
-	// weight; one entry is read whole by a read that waits) but far below
-	// reading them.
-	alloc := after.TotalAlloc - before.TotalAlloc
+	// The bound is generous (a quarter of the events' weight; one entry is
+	// read whole by a read that waits) but far below reading them.
 	t.Logf("routing %d events of %d MiB allocated %d KiB", n, size>>20, alloc>>10)
 	if alloc > n*size/4 {
 		t.Errorf("routing %d events of %d MiB allocated %d MiB: entries are held whole", n, size>>20, alloc>>20)
@@ -97,10 +82,7 @@ func TestReadBudgetGivesBackWhatDoesNotFit(t *testing.T) {
 	redistest.Eventually(t, 20*time.Second, "every event published", func() bool {
 		return c.ZCard(ctx, events).Val() == n
 	})
-	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", func() bool {
-		g, err := c.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && g[0].EntriesRead == n
-	})
+	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", drained(c, stream, n))
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -193,10 +175,7 @@ func TestReadsWithAnOlderRouterUser(t *testing.T) {
 	}
 	events := names.EventsKey(names.Channel(m.Prefix, "acme", "a"))
 	redistest.Eventually(t, 20*time.Second, "every event published", func() bool { return c.ZCard(ctx, events).Val() == 8 })
-	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", func() bool {
-		g, err := c.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
-	})
+	redistest.Eventually(t, 10*time.Second, "nothing pending, no lag", drained(c, stream, -1))
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -42,6 +43,15 @@ func routerUser(t *testing.T, c *redis.Client, m *matrix.Matrix, name string, wi
 	}
 	if err := c.Do(context.Background(), append(args, "on", ">pw")...).Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// drained reports whether the router's group on stream has read read
+// entries (any number when read < 0), with none pending and no lag.
+func drained(c *redis.Client, stream string, read int64) func() bool {
+	return func() bool {
+		g, err := c.XInfoGroups(context.Background(), stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0 && (read < 0 || g[0].EntriesRead == read)
 	}
 }
 
@@ -99,6 +109,21 @@ func TestRunReturnsSetupFailure(t *testing.T) {
 
 // runRouter runs r until stop (or the test's end), which waits for Run to
 // return and fails the test on its error.
+// allocatedWhile runs r until done reports true (within a deadline), and
+// returns the bytes this process allocated meanwhile: TotalAlloc only
+// grows, so it bounds what the router held at any moment.
+func allocatedWhile(t *testing.T, r *Router, deadline time.Duration, what string, done func() bool) uint64 {
+	t.Helper()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := runRouter(t, r)
+	redistest.Eventually(t, deadline, what, done)
+	stop()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
 func runRouter(t *testing.T, r *Router) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())

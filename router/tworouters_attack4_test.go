@@ -98,10 +98,7 @@ func TestAttack4TwoRoutersCutReadsRouteEachEventOnce(t *testing.T) {
 		defer mu.Unlock()
 		return len(seen) == n
 	})
-	redistest.Eventually(t, 20*time.Second, "nothing pending, no lag", func() bool {
-		g, err := c.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
-	})
+	redistest.Eventually(t, 20*time.Second, "nothing pending, no lag", drained(c, stream, -1))
 	for _, stop := range stops {
 		stop()
 	}

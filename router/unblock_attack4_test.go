@@ -107,10 +107,7 @@ func TestAttack4UnblockedAndPausedReadsLoseNothing(t *testing.T) {
 	})
 	close(stop)
 	wg.Wait()
-	redistest.Eventually(t, 20*time.Second, "nothing pending, no lag", func() bool {
-		g, err := c.XInfoGroups(ctx, stream).Result()
-		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
-	})
+	redistest.Eventually(t, 20*time.Second, "nothing pending, no lag", drained(c, stream, -1))
 	stopRouter()
 	_ = sub.Close()
 	<-received

@@ -273,13 +273,20 @@ func (s *Subscriber) sawGeneration(ctx context.Context, g generation) error {
 	return nil
 }
 
-// checkChannel checks one channel of interest, newly subscribed.
-func (s *Subscriber) checkChannel(ctx context.Context, channel string) error {
-	tenant, tag, err := names.ParseChannel(s.prefix, channel)
-	if err != nil || !s.cur.covers(tenant, tag) {
-		return nil // no longer ours (a matrix change)
+// checkChannels checks channels of interest, newly subscribed, together.
+func (s *Subscriber) checkChannels(ctx context.Context, channels []string) error {
+	targets := make([]target, 0, len(channels))
+	for _, ch := range channels {
+		tenant, tag, err := names.ParseChannel(s.prefix, ch)
+		if err != nil || !s.cur.covers(tenant, tag) {
+			continue // no longer ours (a matrix change)
+		}
+		targets = append(targets, target{ch, tenant, tag})
 	}
-	return s.checkMany(ctx, []target{{channel, tenant, tag}}, nil)
+	if len(targets) == 0 {
+		return nil
+	}
+	return s.checkMany(ctx, targets, nil)
 }
 
 // checkMany checks channels against the bus's generation as it is now:

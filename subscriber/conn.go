@@ -64,7 +64,7 @@ type conn struct {
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
-	// announced); each is checked on its own once confirmed.
+	// announced); checked together once confirmed (freshChannels).
 	added map[string]bool
 }
 
@@ -150,15 +150,66 @@ func (c *conn) forgetAdded() {
 }
 
 // confirmedAdded reports whether channel was added to the running
-// connection, and forgets it.
-func (c *conn) confirmedAdded(channel string) bool {
+// connection, and forgets it; all, whether it was the last added channel
+// waiting for its confirmation.
+func (c *conn) confirmedAdded(channel string) (added, all bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.added[channel] {
-		return false
+		return false, false
 	}
 	delete(c.added, channel)
-	return true
+	return true, len(c.added) == 0
+}
+
+// freshChannels holds the channels added to running connections (a tenant
+// announced) whose subscription the bus confirmed, until the applier
+// checks them: together, once every channel added to their connection is
+// confirmed. A check reads the bus's identity, the metas, the positions and
+// the histories; one a channel made a tenant of a service with many tags
+// hold every other channel's invalidations back for as many checks.
+type freshChannels struct {
+	mu       sync.Mutex
+	channels []string
+	ready    chan struct{} // capacity 1: the applier has channels to take
+}
+
+func newFreshChannels() *freshChannels {
+	return &freshChannels{ready: make(chan struct{}, 1)}
+}
+
+// confirmed adds a confirmed channel, and tells the applier when all.
+func (f *freshChannels) confirmed(channel string, all bool) {
+	f.mu.Lock()
+	f.channels = append(f.channels, channel)
+	f.mu.Unlock()
+	if all {
+		f.wake()
+	}
+}
+
+// wake tells the applier to take what is held.
+func (f *freshChannels) wake() {
+	select {
+	case f.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take returns up to n of the channels held, the first confirmed first,
+// and wakes the applier again for the rest.
+func (f *freshChannels) take(n int) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.channels) <= n {
+		chans := f.channels
+		f.channels = nil
+		return chans
+	}
+	chans := f.channels[:n:n]
+	f.channels = f.channels[n:]
+	f.wake()
+	return chans
 }
 
 // ErrRunning is returned by Run when the subscriber is already running.
@@ -398,6 +449,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 		c.queue("subscribe", fresh[:n])
 		fresh = fresh[n:]
 	}
+	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	for i, c := range all {
 		c.forgetAdded()
 		c.expected.Store(int64(c.size))
@@ -459,7 +511,7 @@ func (s *Subscriber) allTenantList(ctx context.Context) ([]string, error) {
 
 // announced handles the router's announcement of a new tenant: its
 // channels are subscribed on the running connections (a regroup when a
-// master has none yet), and each is checked once confirmed.
+// master has none yet), and checked together once confirmed.
 func (s *Subscriber) announced(ctx context.Context, tenant string) {
 	if !s.cur.allTenants || !names.ValidTenant(tenant) || s.hasJoined(tenant) || !s.cur.shard.Owns(tenant) {
 		return
@@ -475,7 +527,7 @@ func (s *Subscriber) announced(ctx context.Context, tenant string) {
 
 // add subscribes channels on the running connections — the one connection
 // of a standalone bus; on a cluster the sharded connections, one SSUBSCRIBE
-// per slot — and marks them for a check of their own once confirmed. On a
+// per slot — and marks them for a check once confirmed. On a
 // cluster it fails, subscribing nothing, when a channel's master has no
 // connection.
 func (ln *listener) add(ctx context.Context, channels []string) error {
@@ -831,6 +883,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			// last confirmation asks for a check of them all. The replies
 			// to what was sent before are lost with the connection.
 			c.forgetAdded()
+			s.fresh.wake()
 			c.held.Store(0)
 			c.unread.Store(0)
 			s.requestCheck()
@@ -850,12 +903,8 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			}
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
-				if c.confirmedAdded(m.Channel) {
-					select { // a new tenant's channel: check it alone
-					case s.channelChecks <- m.Channel:
-					default:
-						s.requestCheck()
-					}
+				if added, all := c.confirmedAdded(m.Channel); added {
+					s.fresh.confirmed(m.Channel, all) // a new tenant's channel
 					continue
 				}
 				s.confirmed(c, m.Count)

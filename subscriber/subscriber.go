@@ -187,10 +187,10 @@ type Subscriber struct {
 
 	in       chan *redis.Message
 	checkReq chan struct{}
-	// channelChecks carries channels newly subscribed (a tenant announced)
-	// whose subscription is confirmed: each is checked on its own.
-	channelChecks chan string
-	ready         atomic.Bool
+	// fresh holds channels newly subscribed (a tenant announced) whose
+	// subscription is confirmed, for a check of them together.
+	fresh *freshChannels
+	ready atomic.Bool
 	// rounds counts the times the bus confirmed every subscription (each
 	// asks for a check: confirmed); covered is the last round a check
 	// that succeeded started after, which readiness waits for. roundMu
@@ -436,7 +436,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 	s := &Subscriber{
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
-		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), channelChecks: make(chan string, 1024),
+		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
@@ -561,10 +561,12 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.relink(ctx)
 		case <-s.checkReq:
 			check()
-		case ch := <-s.channelChecks:
-			if err := s.checkChannel(ctx, ch); err != nil && ctx.Err() == nil {
-				s.log.Warn("checking a new channel failed; checking every position", "channel", ch, "err", err)
-				retry.Reset(time.Second)
+		case <-s.fresh.ready:
+			if chans := s.fresh.take(checkChunk); len(chans) > 0 {
+				if err := s.checkChannels(ctx, chans); err != nil && ctx.Err() == nil {
+					s.log.Warn("checking new channels failed; checking every position", "channels", len(chans), "first", chans[0], "err", err)
+					retry.Reset(time.Second)
+				}
 			}
 		case <-tick.C:
 			check()

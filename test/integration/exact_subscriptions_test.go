@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,4 +88,60 @@ func TestTenantAnnouncementSurvivesAFailedPublish(t *testing.T) {
 	})
 	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "&invalidate:tenants").Err())
 	e.waitGone("profile-svc", "newco", "user:1")
+}
+
+// A new tenant's channels are checked together once the bus confirmed
+// them, not one at a time: a check reads the bus's identity (three INFO
+// sections), the metas, the positions and the histories, and a tenant of a
+// service with many tags took one such check per tag — 60 here, and 10,000
+// for 100 new tenants of 100 tags, which held every other channel's
+// invalidations back behind them.
+func TestNewTenantsChannelsAreCheckedTogether(t *testing.T) {
+	const tags = 60
+	var y strings.Builder
+	y.WriteString("version: 1\ntags:\n")
+	var all []string
+	for i := range tags {
+		fmt.Fprintf(&y, "  g%d: {services: [svc]}\n", i)
+		all = append(all, fmt.Sprint("g", i))
+	}
+	fmt.Fprintf(&y, "domains:\n  user: {tags: [%s]}\nservices:\n  svc: {tenants: all}\n", strings.Join(all, ", "))
+	ctx := context.Background()
+	e := newEnv(t, y.String())
+	e.router(router.Options{})
+	e.subscriber("svc", subscriber.Options{})
+
+	for i := range tags {
+		e.seed("svc", "newco", fmt.Sprint("k:", i), fmt.Sprint("g", i))
+	}
+	must(t, e.busC.ConfigResetStat(ctx).Err())
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"k:0"}})
+	// The event reached the new tenant's channels before the subscriber
+	// subscribed to them (the announcement is what makes it): each
+	// channel's check recovers its first version.
+	redistest.Eventually(t, 20*time.Second, "every new channel at version 1", func() bool {
+		for _, tag := range all {
+			if p, ok := e.position("svc", "newco", tag); !ok || p.Version != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	e.waitGone("svc", "newco", "k:0")
+	for i := 1; i < tags; i++ {
+		if !e.cached("svc", "newco", fmt.Sprint("k:", i)) {
+			t.Errorf("k:%d, named by no event, is gone", i)
+		}
+	}
+	calls := int64(0)
+	if line := e.busC.InfoMap(ctx, "commandstats").Item("Commandstats", "cmdstat_info"); line != "" {
+		_, err := fmt.Sscanf(line, "calls=%d,", &calls)
+		must(t, err)
+	}
+	t.Logf("INFO calls: %d for %d new channels", calls, tags)
+	// Three sections a check: a few checks (the one of every channel that
+	// a subscription round asks for among them), not one a channel.
+	if calls > 3*10 {
+		t.Errorf("the new tenant's %d channels took %d INFO calls: checked one at a time", tags, calls)
+	}
 }

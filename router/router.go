@@ -612,12 +612,14 @@ type read struct {
 	published chan struct{}
 }
 
-// maxReadBatches bounds how many BatchSize a read takes when a backlog builds up.
-const maxReadBatches = 4
-
-// maxJoinedReads bounds how many full reads join into one batch while the
-// batch before is published (routeStages).
-const maxJoinedReads = 4
+// maxReadBatches bounds how many BatchSize a read takes when a backlog
+// builds up, and how many entries the reads that join while a batch is
+// published make into one batch (routeStages): 4,096 at the default
+// BatchSize. Reads of 4,096, not 1,024 joined by four: a join happens only
+// when a read comes back during a publish, so behind one partition's
+// backlog batches held about 1,400 entries, and a channel of 100 got a
+// message for about 14 events (BENCHMARKS.md).
+const maxReadBatches = 16
 
 // routeStages routes a stream's batches in three stages, one goroutine
 // each, connected without buffers: while batch N is published (one
@@ -658,8 +660,9 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 		}
 	}()
 	// While the batch before is published, the batches read meanwhile join
-	// the one waiting (batch.join), up to maxJoined entries.
-	maxJoined := maxJoinedReads * maxReadBatches * r.opt.BatchSize
+	// the one waiting (batch.join), as long as it holds at most maxJoined
+	// entries.
+	maxJoined := maxReadBatches * r.opt.BatchSize
 	var waiting *batch
 	for open := true; open; {
 		var next read
@@ -687,7 +690,7 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 			}
 		case waiting == nil:
 			waiting = b
-		case waiting.failed != nil || len(waiting.entries) >= maxJoined || !waiting.join(b):
+		case waiting.failed != nil || len(waiting.entries)+len(b.entries) > maxJoined || !waiting.join(b):
 			prepared <- waiting
 			waiting = b
 		}

@@ -49,13 +49,7 @@ func TestAttack4RestartOnTheFormerMatrixWhileLeavingFailedDropsWhatTheGapChanged
 	}
 	s, stop := start(v1)
 	redistest.Eventually(t, 10*time.Second, service+" ready", s.Ready)
-	e.seed(service, "acme", "inv:1", "billing")
-	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
-	e.waitGone(service, "acme", "inv:1")
-	e.seed(service, "acme", "inv:2", "billing")
-	redistest.Eventually(t, 10*time.Second, "the interest recorded", func() bool {
-		return strings.Contains(admin.Get(ctx, names.InterestKey(service)).Val(), "tenants=acme")
-	})
+	e.acmeBillingLive(admin, service)
 
 	// The cache refuses scripts; the bad deploy reloaded; a change nobody receives.
 	must(t, admin.Do(ctx, "ACL", "SETUSER", "svc", "-eval", "-evalsha").Err())
@@ -130,13 +124,7 @@ func TestAttack4ShardThatCouldNotLeaveIsMaskedByAnotherShardsRecord(t *testing.T
 	sa, stopA := start(v1, acme, "shard-acme")
 	sb, _ := start(v1, other, "shard-other")
 	redistest.Eventually(t, 10*time.Second, "both shards ready", func() bool { return sa.Ready() && sb.Ready() })
-	e.seed(service, "acme", "inv:1", "billing")
-	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
-	e.waitGone(service, "acme", "inv:1")
-	e.seed(service, "acme", "inv:2", "billing")
-	redistest.Eventually(t, 10*time.Second, "the interest recorded", func() bool {
-		return strings.Contains(admin.Get(ctx, names.InterestKey(service)).Val(), "tenants=acme")
-	})
+	e.acmeBillingLive(admin, service)
 
 	// The acme shard's cache user refuses scripts; the deploy takes acme.
 	must(t, admin.Do(ctx, "ACL", "SETUSER", "shard-acme", "-eval", "-evalsha").Err())
@@ -157,4 +145,18 @@ func TestAttack4ShardThatCouldNotLeaveIsMaskedByAnotherShardsRecord(t *testing.T
 		t.Fatalf("%v: position %q, interest %q", err,
 			admin.Get(ctx, "{tenant:acme}:pos:billing-svc:billing").Val(), admin.Get(ctx, names.InterestKey(service)).Val())
 	}
+}
+
+// acmeBillingLive has the service apply one acme invoice (inv:1), caches
+// inv:2 under billing, and waits until the service's interest record names
+// acme: the state each leave attack starts from.
+func (e *env) acmeBillingLive(admin *redis.Client, service string) {
+	e.t.Helper()
+	e.seed(service, "acme", "inv:1", "billing")
+	e.publish(wire.Event{Tenant: "acme", Domain: "invoice", Keys: []string{"inv:1"}})
+	e.waitGone(service, "acme", "inv:1")
+	e.seed(service, "acme", "inv:2", "billing")
+	redistest.Eventually(e.t, 10*time.Second, "the interest recorded", func() bool {
+		return strings.Contains(admin.Get(context.Background(), names.InterestKey(service)).Val(), "tenants=acme")
+	})
 }

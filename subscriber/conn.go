@@ -165,7 +165,9 @@ func (c *conn) confirmedAdded(channel string) (added, all bool) {
 // freshChannels holds the channels added to running connections (a tenant
 // announced) whose subscription the bus confirmed, until the applier
 // checks them: together, once every channel added to their connection is
-// confirmed. A check reads the bus's identity, the metas, the positions and
+// confirmed or a check's worth (checkChunk) is held, whichever is first —
+// tenants announced one after the other may keep a connection from having
+// none unconfirmed until it is full. A check reads the bus's identity, the metas, the positions and
 // the histories; one a channel made a tenant of a service with many tags
 // hold every other channel's invalidations back for as many checks.
 type freshChannels struct {
@@ -178,12 +180,14 @@ func newFreshChannels() *freshChannels {
 	return &freshChannels{ready: make(chan struct{}, 1)}
 }
 
-// confirmed adds a confirmed channel, and tells the applier when all.
+// confirmed adds a confirmed channel, and tells the applier when all or
+// when a check's worth is held.
 func (f *freshChannels) confirmed(channel string, all bool) {
 	f.mu.Lock()
 	f.channels = append(f.channels, channel)
+	full := len(f.channels) >= checkChunk
 	f.mu.Unlock()
-	if all {
+	if all || full {
 		f.wake()
 	}
 }

@@ -1,6 +1,7 @@
 package subscriber
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -66,5 +67,30 @@ func TestFreshChannelsTakenInParts(t *testing.T) {
 	}
 	if got := f.take(2); len(got) != 0 {
 		t.Fatalf("third part %v, want none", got)
+	}
+}
+
+// Channels confirmed while their connection keeps getting more (tenants
+// announced one after the other) are checked once a check's worth is held,
+// not only once the connection has none unconfirmed: that may not come
+// until the connection is full, and they stay unchecked and held until then.
+func TestFreshChannelsWakeAtACheckChunk(t *testing.T) {
+	f := newFreshChannels()
+	for i := range checkChunk - 1 {
+		f.confirmed(fmt.Sprint("c", i), false)
+	}
+	select {
+	case <-f.ready:
+		t.Fatal("woken before a check's worth was held")
+	default:
+	}
+	f.confirmed("last", false)
+	select {
+	case <-f.ready:
+	default:
+		t.Fatalf("%d channels held, none of them checked: the applier was not woken", checkChunk)
+	}
+	if got := f.take(checkChunk); len(got) != checkChunk {
+		t.Fatalf("took %d, want %d", len(got), checkChunk)
 	}
 }

@@ -150,16 +150,18 @@ func (c *conn) forgetAdded() {
 }
 
 // confirmedAdded reports whether channel was added to the running
-// connection, and forgets it; all, whether it was the last added channel
-// waiting for its confirmation.
-func (c *conn) confirmedAdded(channel string) (added, all bool) {
+// connection, and if so forgets it and gives it to fresh — under c.mu, so
+// that a channel confirmed before forgetAdded is held before it returns,
+// and the wake that follows forgetAdded finds it.
+func (c *conn) confirmedAdded(channel string, fresh *freshChannels) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.added[channel] {
-		return false, false
+		return false
 	}
 	delete(c.added, channel)
-	return true, len(c.added) == 0
+	fresh.confirmed(channel, len(c.added) == 0)
+	return true
 }
 
 // freshChannels holds the channels added to running connections (a tenant
@@ -342,6 +344,7 @@ func (ln *listener) regroup(ctx context.Context) {
 
 	cc := redisconn.Cluster(s.bus)
 	ln.close()
+	s.fresh.wake() // what the closed connections confirmed; the rest with every channel
 	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
 		s.regroupFailed(ReasonSubscribing, "finding the slots of the channels on the bus", err)
@@ -453,7 +456,6 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 		c.queue("subscribe", fresh[:n])
 		fresh = fresh[n:]
 	}
-	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	for i, c := range all {
 		c.forgetAdded()
 		c.expected.Store(int64(c.size))
@@ -463,6 +465,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 			ln.start(ctx, c)
 		}
 	}
+	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	return subscribing
 }
 
@@ -907,9 +910,8 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			}
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
-				if added, all := c.confirmedAdded(m.Channel); added {
-					s.fresh.confirmed(m.Channel, all) // a new tenant's channel
-					continue
+				if c.confirmedAdded(m.Channel, s.fresh) {
+					continue // a new tenant's channel
 				}
 				s.confirmed(c, m.Count)
 			case "sunsubscribe":

@@ -332,25 +332,34 @@ func (s *binSystem) warm(ctx context.Context, targets []target, domainOf func(ta
 // checksDone waits until the agent has checked every channel the warm-up
 // made it subscribe to (each new tenant's channels, every tag of it: 10,000
 // with 100 tenants of 100 tags), so that no check runs in the clocked run:
-// until the bus has answered no INFO for 300ms but this wait's own (the
-// router calls none; a check reads the bus's identity with three).
+// until the bus has answered no INFO but this wait's own and no HMGET for
+// 300ms. A check reads the bus's identity (INFO, three sections) before its
+// channels and again after each 1,000 of their metas (HMGET, one a
+// channel); the router calls them only while it publishes (its publish
+// script reads INFO replication and the metas).
 func (s *binSystem) checksDone(ctx context.Context) error {
-	calls := func() int64 {
-		var n int64
-		line := s.busC.InfoMap(ctx, "commandstats").Item("Commandstats", "cmdstat_info")
-		_, _ = fmt.Sscanf(line, "calls=%d,", &n)
-		return n
+	calls := func() (int64, bool) {
+		stats := s.busC.InfoMap(ctx, "commandstats")
+		if stats.Err() != nil {
+			return 0, false
+		}
+		var total int64
+		for _, cmd := range []string{"cmdstat_info", "cmdstat_hmget"} {
+			var n int64
+			_, _ = fmt.Sscanf(stats.Item("Commandstats", cmd), "calls=%d,", &n)
+			total += n
+		}
+		return total, true
 	}
-	last, quiet := calls(), 0
-	if !waitEvery(2*time.Minute, 100*time.Millisecond, func() bool {
-		n := calls()
-		if n-last <= 1 {
-			quiet++
-		} else {
-			quiet = 0
+	last, _ := calls()
+	since := time.Now()
+	if !waitEvery(2*time.Minute, 50*time.Millisecond, func() bool {
+		n, ok := calls()
+		if !ok || n-last > 1 { // more than this wait's own INFO
+			since = time.Now()
 		}
 		last = n
-		return quiet >= 3
+		return time.Since(since) >= 300*time.Millisecond
 	}) {
 		return errors.New("the agent kept checking channels for 2 minutes after the warm-up")
 	}

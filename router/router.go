@@ -36,7 +36,7 @@ type Options struct {
 	// Give each instance its own.
 	Consumer string
 	// BatchSize is how many entries one read takes from a partition (256);
-	// while reads come back full, up to four times as many.
+	// while reads come back full, up to 16 times as many.
 	BatchSize int
 	// ReadBytes bounds the field names and values one read or claim holds (8 MiB),
 	// whatever the count: it takes fewer entries when they are large, and

@@ -150,22 +150,26 @@ func (c *conn) forgetAdded() {
 }
 
 // confirmedAdded reports whether channel was added to the running
-// connection, and forgets it; all, whether it was the last added channel
-// waiting for its confirmation.
-func (c *conn) confirmedAdded(channel string) (added, all bool) {
+// connection, and if so forgets it and gives it to fresh — under c.mu, so
+// that a channel confirmed before forgetAdded is held before it returns,
+// and the wake that follows forgetAdded finds it.
+func (c *conn) confirmedAdded(channel string, fresh *freshChannels) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.added[channel] {
-		return false, false
+		return false
 	}
 	delete(c.added, channel)
-	return true, len(c.added) == 0
+	fresh.confirmed(channel, len(c.added) == 0)
+	return true
 }
 
 // freshChannels holds the channels added to running connections (a tenant
 // announced) whose subscription the bus confirmed, until the applier
 // checks them: together, once every channel added to their connection is
-// confirmed. A check reads the bus's identity, the metas, the positions and
+// confirmed or a check's worth (checkChunk) is held, whichever is first —
+// tenants announced one after the other may keep a connection from having
+// none unconfirmed until it is full. A check reads the bus's identity, the metas, the positions and
 // the histories; one a channel made a tenant of a service with many tags
 // hold every other channel's invalidations back for as many checks.
 type freshChannels struct {
@@ -178,12 +182,14 @@ func newFreshChannels() *freshChannels {
 	return &freshChannels{ready: make(chan struct{}, 1)}
 }
 
-// confirmed adds a confirmed channel, and tells the applier when all.
+// confirmed adds a confirmed channel, and tells the applier when all or
+// when a check's worth is held.
 func (f *freshChannels) confirmed(channel string, all bool) {
 	f.mu.Lock()
 	f.channels = append(f.channels, channel)
+	full := len(f.channels) >= checkChunk
 	f.mu.Unlock()
-	if all {
+	if all || full {
 		f.wake()
 	}
 }
@@ -338,6 +344,7 @@ func (ln *listener) regroup(ctx context.Context) {
 
 	cc := redisconn.Cluster(s.bus)
 	ln.close()
+	s.fresh.wake() // what the closed connections confirmed; the rest with every channel
 	slots, err := ln.slotsOf(ctx, cc, channels, true)
 	if err != nil {
 		s.regroupFailed(ReasonSubscribing, "finding the slots of the channels on the bus", err)
@@ -449,7 +456,6 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 		c.queue("subscribe", fresh[:n])
 		fresh = fresh[n:]
 	}
-	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	for i, c := range all {
 		c.forgetAdded()
 		c.expected.Store(int64(c.size))
@@ -459,6 +465,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 			ln.start(ctx, c)
 		}
 	}
+	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	return subscribing
 }
 
@@ -903,9 +910,8 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			}
 			switch m.Kind {
 			case "subscribe", "psubscribe", "ssubscribe":
-				if added, all := c.confirmedAdded(m.Channel); added {
-					s.fresh.confirmed(m.Channel, all) // a new tenant's channel
-					continue
+				if c.confirmedAdded(m.Channel, s.fresh) {
+					continue // a new tenant's channel
 				}
 				s.confirmed(c, m.Count)
 			case "sunsubscribe":

@@ -39,32 +39,3 @@ func TestPacer(t *testing.T) {
 		t.Errorf("after a success: wait %v warn %v, want 100ms and a warning", wait, warn)
 	}
 }
-
-// The applier takes the fresh channels in parts, and is woken again for
-// the rest of them.
-func TestFreshChannelsTakenInParts(t *testing.T) {
-	f := newFreshChannels()
-	f.confirmed("a", false)
-	select {
-	case <-f.ready:
-		t.Fatal("woken before every added channel was confirmed")
-	default:
-	}
-	f.confirmed("b", false)
-	f.confirmed("c", true)
-	<-f.ready
-	if got := f.take(2); len(got) != 2 || got[0] != "a" || got[1] != "b" {
-		t.Fatalf("first part %v, want [a b]", got)
-	}
-	select {
-	case <-f.ready:
-	default:
-		t.Fatal("not woken again for the rest")
-	}
-	if got := f.take(2); len(got) != 1 || got[0] != "c" {
-		t.Fatalf("second part %v, want [c]", got)
-	}
-	if got := f.take(2); len(got) != 0 {
-		t.Fatalf("third part %v, want none", got)
-	}
-}

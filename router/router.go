@@ -569,15 +569,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// A read of pending entries asks for BatchSize of them.
 			full = len(msgs) >= r.opt.BatchSize
 		} else {
-			// Reads follow the backlog: a full read doubles the next one,
-			// up to maxReadBatches × BatchSize; a short one goes back to
-			// BatchSize.
 			full = len(msgs) >= count
-			if full {
-				count = min(2*count, maxReadBatches*r.opt.BatchSize)
-			} else {
-				count = r.opt.BatchSize
-			}
+			count = nextCount(count, len(msgs), r.opt.BatchSize)
 		}
 		if full {
 			batches <- read{msgs: msgs}
@@ -613,13 +606,27 @@ type read struct {
 }
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog
-// builds up, and how many entries the reads that join while a batch is
-// published make into one batch (routeStages): 4,096 at the default
-// BatchSize. Reads of 4,096, not 1,024 joined by four: a join happens only
-// when a read comes back during a publish, so behind one partition's
-// backlog batches held about 1,400 entries, and a channel of 100 got a
-// message for about 14 events (BENCHMARKS.md).
+// builds up (nextCount), and how many entries the reads that join while a
+// batch is published make into one batch (joins): 4,096 at the default
+// BatchSize.
 const maxReadBatches = 16
+
+// nextCount is how many entries the read after one of count that brought
+// got asks for: a read that came back full doubles the next one, up to
+// maxReadBatches × batchSize; a short one goes back to batchSize.
+func nextCount(count, got, batchSize int) int {
+	if got >= count {
+		return min(2*count, maxReadBatches*batchSize)
+	}
+	return batchSize
+}
+
+// joins reports whether batch b, read while waiting waits for the batch
+// before to be published, may join it: not when waiting failed, nor when
+// the two would hold more than max entries.
+func joins(waiting, b *batch, max int) bool {
+	return waiting.failed == nil && len(waiting.entries)+len(b.entries) <= max
+}
 
 // routeStages routes a stream's batches in three stages, one goroutine
 // each, connected without buffers: while batch N is published (one
@@ -690,7 +697,7 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 			}
 		case waiting == nil:
 			waiting = b
-		case waiting.failed != nil || len(waiting.entries)+len(b.entries) > maxJoined || !waiting.join(b):
+		case !joins(waiting, b, maxJoined) || !waiting.join(b):
 			prepared <- waiting
 			waiting = b
 		}

@@ -166,12 +166,13 @@ func (c *conn) confirmedAdded(channel string, fresh *freshChannels) bool {
 
 // freshChannels holds the channels added to running connections (a tenant
 // announced) whose subscription the bus confirmed, until the applier
-// checks them: together, once every channel added to their connection is
-// confirmed or a check's worth (checkChunk) is held, whichever is first —
-// tenants announced one after the other may keep a connection from having
-// none unconfirmed until it is full. A check reads the bus's identity, the metas, the positions and
-// the histories; one a channel made a tenant of a service with many tags
-// hold every other channel's invalidations back for as many checks.
+// checks them together: once every channel added to their connection is
+// confirmed, or once a check's worth (checkChunk) is held, whichever comes
+// first (tenants announced one after the other may keep a connection from
+// having none unconfirmed until it is full). A check reads the bus's
+// identity, the metas, the positions and the histories: checked one at a
+// time, a new tenant of a service with many tags held every other
+// channel's invalidations back for as many checks.
 type freshChannels struct {
 	mu       sync.Mutex
 	channels []string

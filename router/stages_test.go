@@ -1,0 +1,50 @@
+package router
+
+import (
+	"errors"
+	"testing"
+)
+
+// Reads grow while they come back full, up to 16 × BatchSize (4,096 at
+// the default), and a short read goes back to BatchSize.
+func TestReadsFollowTheBacklog(t *testing.T) {
+	count, seen := 256, []int{256}
+	for range 8 {
+		count = nextCount(count, count, 256) // full
+		seen = append(seen, count)
+	}
+	want := []int{256, 512, 1024, 2048, 4096, 4096, 4096, 4096, 4096}
+	for i := range want {
+		if seen[i] != want[i] {
+			t.Fatalf("reads asked for %v while full, want %v", seen, want)
+		}
+	}
+	if got := nextCount(4096, 4095, 256); got != 256 {
+		t.Errorf("after a short read of 4,095: %d, want 256", got)
+	}
+}
+
+// A batch read during a publish joins the one waiting only while the two
+// hold at most maxJoined entries, and never a batch that failed.
+func TestJoinedBatchesStayBounded(t *testing.T) {
+	of := func(n int) *batch { return &batch{entries: make([]*entry, n)} }
+	for _, c := range []struct {
+		waiting, next int
+		want          bool
+	}{
+		{4000, 96, true},
+		{4000, 97, false},
+		{1, 4096, false},
+		{0, 4096, true},
+		{2048, 2048, true},
+	} {
+		if got := joins(of(c.waiting), of(c.next), 4096); got != c.want {
+			t.Errorf("%d waiting, %d read: joins %v, want %v", c.waiting, c.next, got, c.want)
+		}
+	}
+	failed := of(10)
+	failed.failed = errors.New("the bus refused")
+	if joins(failed, of(10), 4096) {
+		t.Error("a batch joined one that failed as a whole")
+	}
+}

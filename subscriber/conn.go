@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -38,6 +39,10 @@ type listener struct {
 	// the warning.
 	relinks      int
 	relinkLogged time.Time
+	// refused are the channels the bus refuses to this service's user
+	// (NOPERM, an ACL of named tenants): left out of the connections, and
+	// tried again every CheckInterval (retryRefused).
+	refused map[string]bool
 }
 
 // conn is one pub/sub connection and its receiver.
@@ -61,6 +66,8 @@ type conn struct {
 	sendMu sync.Mutex
 	ops    []subOp
 	unread atomic.Int64
+	// refused: the bus refused a subscription of the connection (NOPERM).
+	refused atomic.Bool
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
@@ -323,6 +330,10 @@ func (ln *listener) regroup(ctx context.Context) {
 	channels := s.cur.channels(s.prefix, tenants)
 	if s.cur.allTenants {
 		channels = append(channels, names.TenantsChannel(s.prefix))
+	}
+	if channels, err = ln.leaveOutRefused(ctx, channels); err != nil {
+		s.regroupFailed(ReasonSubscribing, "finding the channels the bus refuses to this user", err)
+		return
 	}
 	s.joined = tenants // sorted (everyTenant)
 	clear(s.joinedNew)
@@ -605,6 +616,131 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 	return nil
 }
 
+// leaveOutRefused returns channels without those the bus refuses to this
+// service's user. When a connection was refused a subscription (NOPERM),
+// it finds them by subscribing to each channel on its own on a connection
+// of its own (the NOPERM of a command of several channels does not say
+// which), and closes the connections, whose go-redis would subscribe them
+// again with the others; retryRefused tries them again.
+func (ln *listener) leaveOutRefused(ctx context.Context, channels []string) ([]string, error) {
+	refusedConn := false
+	for _, c := range ln.conns {
+		refusedConn = refusedConn || c.refused.Load()
+	}
+	if refusedConn {
+		refused, err := ln.probeRefused(ctx, channels)
+		if err != nil {
+			return nil, err
+		}
+		ln.close()
+		ln.setRefused(refused)
+	}
+	if len(ln.refused) == 0 {
+		return channels, nil
+	}
+	return slices.DeleteFunc(channels, func(ch string) bool { return ln.refused[ch] }), nil
+}
+
+// retryRefused tries the channels the bus refused again (every
+// CheckInterval), and subscribes to those it allows now.
+func (ln *listener) retryRefused(ctx context.Context) {
+	if len(ln.refused) == 0 {
+		return
+	}
+	refused, err := ln.probeRefused(ctx, slices.Collect(maps.Keys(ln.refused)))
+	if err != nil || len(refused) == len(ln.refused) {
+		return
+	}
+	ln.setRefused(refused)
+	ln.regroup(ctx)
+}
+
+// setRefused records the channels the bus refuses, for the regroups and
+// Problems.
+func (ln *listener) setRefused(refused map[string]bool) {
+	s := ln.s
+	ln.refused = refused
+	if len(refused) == 0 {
+		s.health.refused.Store(nil)
+		return
+	}
+	first := slices.Min(slices.Collect(maps.Keys(refused)))
+	s.log.Warn("the bus refuses this service's user some channels (NOPERM): their invalidations are missed; subscribing to the others, and trying them again every check interval",
+		"refused", len(refused), "first", first)
+	p := fmt.Sprintf("the bus refuses this service's user %d channels (NOPERM), first %s: their invalidations are missed; tried again every %v", len(refused), first, s.opt.CheckInterval)
+	s.health.refused.Store(&p)
+}
+
+// probeRefused subscribes to each channel on its own, on connections of
+// its own (one to each master of a cluster), and returns those the bus
+// refuses (NOPERM). Replies come in the order of the commands, one each.
+func (ln *listener) probeRefused(ctx context.Context, channels []string) (map[string]bool, error) {
+	s := ln.s
+	cc := redisconn.Cluster(s.bus)
+	groups := map[string][]string{}
+	for _, ch := range channels {
+		addr := ""
+		if cc != nil {
+			master, err := cc.MasterForKey(ctx, ch)
+			if err != nil {
+				return nil, err
+			}
+			addr = master.Options().Addr
+		}
+		groups[addr] = append(groups[addr], ch)
+	}
+	refused := map[string]bool{}
+	for _, chs := range groups {
+		var ps *redis.PubSub
+		if cc != nil {
+			ps = cc.SSubscribe(ctx)
+		} else {
+			ps = s.bus.Subscribe(ctx)
+		}
+		err := probeOn(ctx, ps, cc != nil, chs, refused)
+		_ = ps.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return refused, nil
+}
+
+// probeOn is probeRefused on one connection, subscribeBudget commands at a
+// time.
+func probeOn(ctx context.Context, ps *redis.PubSub, sharded bool, channels []string, refused map[string]bool) error {
+	for len(channels) > 0 {
+		part := channels[:min(subscribeBudget, len(channels))]
+		channels = channels[len(part):]
+		for _, ch := range part {
+			var err error
+			if sharded {
+				err = ps.SSubscribe(ctx, ch)
+			} else {
+				err = ps.Subscribe(ctx, ch)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for got := 0; got < len(part); {
+			msg, err := ps.ReceiveTimeout(ctx, LinkDeadline)
+			if redis.HasErrorPrefix(err, "NOPERM") {
+				refused[part[got]] = true
+				got++
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if m, ok := msg.(*redis.Subscription); ok && (m.Kind == "subscribe" || m.Kind == "ssubscribe") {
+				got++
+			}
+		}
+	}
+	return nil
+}
+
 // relinkAfter is how long a pub/sub connection may stay silent before it
 // is replaced by a new one: a connection that met a blackhole may stay
 // silent long after the network heals (TCP's retransmissions back off to
@@ -869,6 +1005,16 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				s.log.Info("pub/sub connection re-established; subscribing again slot by slot")
 				s.requestRegroup()
 				sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
+			if redis.HasErrorPrefix(err, "NOPERM") {
+				// The bus refused a subscription to this service's user (an
+				// ACL of named tenants): go-redis would subscribe the
+				// refused channels again with all the others whenever it
+				// reconnects, and the bus refuse that command whole. The
+				// applier finds them and subscribes again without them.
+				c.refused.Store(true)
+				s.requestRegroup()
 				continue
 			}
 			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {

@@ -71,8 +71,10 @@ type conn struct {
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
-	// announced); checked together once confirmed (freshChannels).
-	added map[string]bool
+	// announced), each with the count of its tenant's channels on the
+	// connection not confirmed yet: checked together once all are
+	// (freshChannels).
+	added map[string]*int
 }
 
 // subOp is an (un)subscribe of channels waiting to be sent; kind is
@@ -156,23 +158,40 @@ func (c *conn) forgetAdded() {
 	c.mu.Unlock()
 }
 
+// markAdded marks a tenant's channels added to the running connection.
+func (c *conn) markAdded(channels []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pending := new(int)
+	for _, ch := range channels {
+		if c.added[ch] == nil {
+			c.added[ch] = pending
+			*pending++
+		}
+	}
+}
+
 // confirmedAdded reports whether channel was added to the running
-// connection, and forgets it; all, whether it was the last added channel
-// waiting for its confirmation.
+// connection, and forgets it; all, whether it was the last of its tenant's
+// channels on the connection waiting for its confirmation. Another
+// tenant's channels, added before or after, confirmed or not (a flood of
+// announcements keeps some waiting all the time), do not hold it back.
 func (c *conn) confirmedAdded(channel string) (added, all bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.added[channel] {
+	pending := c.added[channel]
+	if pending == nil {
 		return false, false
 	}
 	delete(c.added, channel)
-	return true, len(c.added) == 0
+	*pending--
+	return true, *pending == 0
 }
 
 // freshChannels holds the channels added to running connections (a tenant
 // announced) whose subscription the bus confirmed, until the applier
-// checks them: together, once every channel added to their connection is
-// confirmed. A check reads the bus's identity, the metas, the positions and
+// checks them: together, once every channel of their tenant on their
+// connection is confirmed, with the others confirmed meanwhile. A check reads the bus's identity, the metas, the positions and
 // the histories; one a channel made a tenant of a service with many tags
 // hold every other channel's invalidations back for as many checks.
 type freshChannels struct {
@@ -556,11 +575,7 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 		if c == nil {
 			return errors.New("every connection is full")
 		}
-		c.mu.Lock()
-		for _, ch := range channels {
-			c.added[ch] = true
-		}
-		c.mu.Unlock()
+		c.markAdded(channels)
 		c.chans = append(c.chans, channels...)
 		c.size += len(channels)
 		c.expected.Add(int64(len(channels)))
@@ -601,12 +616,12 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 		byConn[c][slots[ch]] = append(byConn[c][slots[ch]], ch)
 	}
 	for c, bySlot := range byConn {
+		var all []string
 		for _, chs := range bySlot {
-			c.mu.Lock()
-			for _, ch := range chs {
-				c.added[ch] = true
-			}
-			c.mu.Unlock()
+			all = append(all, chs...)
+		}
+		c.markAdded(all) // before the first is sent
+		for _, chs := range bySlot {
 			c.expected.Add(int64(len(chs)))
 			c.size += len(chs)
 			c.queue("ssubscribe", chs)
@@ -770,7 +785,7 @@ func (ln *listener) relink(ctx context.Context) {
 }
 
 func (ln *listener) newConn(ps *redis.PubSub, addr string) *conn {
-	return &conn{ps: ps, addr: addr, done: make(chan struct{}), added: map[string]bool{}}
+	return &conn{ps: ps, addr: addr, done: make(chan struct{}), added: map[string]*int{}}
 }
 
 // start sends the connection's first chunk (on a cluster, the command that

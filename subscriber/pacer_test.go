@@ -68,3 +68,24 @@ func TestFreshChannelsTakenInParts(t *testing.T) {
 		t.Fatalf("third part %v, want none", got)
 	}
 }
+
+// A tenant's channels are complete once its own are confirmed: another
+// tenant's, added before and not confirmed yet (a flood of announcements
+// keeps some waiting all the time), do not hold them back.
+func TestConfirmedAddedByTenant(t *testing.T) {
+	c := &conn{added: map[string]*int{}}
+	c.markAdded([]string{"a:1", "a:2"})
+	c.markAdded([]string{"b:1"})
+	if added, all := c.confirmedAdded("b:1"); !added || !all {
+		t.Errorf("b:1: added %v all %v, want both: b has no other channel", added, all)
+	}
+	if added, all := c.confirmedAdded("a:1"); !added || all {
+		t.Errorf("a:1: added %v all %v, want added, not all", added, all)
+	}
+	if added, all := c.confirmedAdded("a:2"); !added || !all {
+		t.Errorf("a:2: added %v all %v, want both", added, all)
+	}
+	if added, _ := c.confirmedAdded("a:2"); added {
+		t.Error("a:2 confirmed twice")
+	}
+}

@@ -119,3 +119,48 @@ func TestAttack6RefusedTenantSubscribedOnceGranted(t *testing.T) {
 	e.waitGone("profile-svc", "evil", "user:2")
 	redistest.Eventually(t, 10*time.Second, "ready", sub.Ready)
 }
+
+// A flood of forged announcements (PUBLISH on invalidate:tenants, by a
+// client allowed to) keeps the subscriber's connection subscribing new
+// channels without a pause: a real new tenant announced in the middle of
+// it is checked — its first event, published before its channel was
+// subscribed, recovered key by key — while the flood is still being
+// subscribed, not once the whole of it is.
+func TestAttack6AnnouncementFloodHoldsNoTenantBack(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.running("acme")
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+
+	// Forged tenants as fast as the bus takes them, 200 a pipeline: 40,000
+	// (below a connection's 50,000 channels) take the subscriber seconds.
+	flood := func(from, to int) {
+		for n := from; n < to; {
+			pipe := e.busC.Pipeline()
+			for range 200 {
+				n++
+				pipe.Publish(ctx, "invalidate:tenants", fmt.Sprint("forged", n))
+			}
+			_, err := pipe.Exec(ctx)
+			must(t, err)
+		}
+	}
+	const forged = 40000
+	flood(0, forged/4)
+	e.seed("profile-svc", "newco", "user:1", "active")
+	e.seed("profile-svc", "newco", "user:2", "active")
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})
+	redistest.Eventually(t, 10*time.Second, "newco announced", func() bool {
+		return e.busC.SIsMember(ctx, "invalidate:tenants", "newco").Val() // in the script that announces it
+	})
+	flood(forged/4, forged)
+	e.waitGone("profile-svc", "newco", "user:1")
+	last := fmt.Sprint("invalidate:forged", forged, ":active")
+	if e.busC.PubSubNumSub(ctx, last).Val()[last] == 1 {
+		t.Errorf("newco's first event was applied only once the whole flood of %d forged announcements was subscribed", forged)
+	}
+	if !e.cached("profile-svc", "newco", "user:2") {
+		t.Error("newco's first event invalidated more than its key")
+	}
+}

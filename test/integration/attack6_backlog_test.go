@@ -140,3 +140,68 @@ func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 	}
 	t.Logf("%d messages for %d events; %d poison entries, %d dead letters", v, events, poison, len(dls))
 }
+
+// A backlog of 9,000 raw events read 4,096 at a time by a router whose
+// connections are all killed (CLIENT KILL USER) every few milliseconds —
+// mid-read, mid-publish, mid-acknowledgement: every event is published
+// exactly once, key-level, and nothing is left pending.
+func TestAttack6BacklogUnderKilledConnections(t *testing.T) {
+	ctx := context.Background()
+	yaml := precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500")
+	e := newEnv(t, yaml)
+	e.running("acme")
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+	const events = 9000
+	keys := keyRange("k", 0, events)
+	e.xaddPiped("acme", keys)
+
+	must(t, e.busC.Do(ctx, "ACL", "SETUSER", "rt", "on", ">pw", "~*", "&*", "+@all").Err())
+	rc := redis.NewClient(&redis.Options{Addr: e.bus.Addr, Username: "rt", Password: "pw"})
+	t.Cleanup(func() { _ = rc.Close() })
+	quit, done := make(chan struct{}), make(chan struct{})
+	kills := 0
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if n, err := e.busC.Do(ctx, "CLIENT", "KILL", "USER", "rt").Int(); err == nil {
+				kills += n
+			}
+		}
+	}()
+	e.routerOn(rc, router.Options{ClaimIdle: time.Hour})
+	const ch = "invalidate:acme:active"
+	redistest.Eventually(t, 60*time.Second, "every event published", func() bool {
+		return e.busC.ZCard(ctx, names.EventsKey(ch)).Val() == events
+	})
+	close(quit)
+	<-done
+	redistest.Eventually(t, 30*time.Second, "nothing pending, nothing left to read", func() bool {
+		g, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
+	})
+	seen := map[string]int{}
+	for _, m := range e.history(ch) {
+		if m.WholeTag() {
+			t.Errorf("version %d is a whole-tag message", m.Version)
+		}
+		for _, k := range m.Keys {
+			seen[k]++
+		}
+	}
+	for _, k := range keys {
+		if seen[k] != 1 {
+			t.Errorf("%s published %d times, want once", k, seen[k])
+		}
+	}
+	_, v := e.meta(ch)
+	t.Logf("%d messages for %d events through %d killed connections", v, events, kills)
+	if kills == 0 {
+		t.Fatal("no connection was killed: the attack did not run")
+	}
+}

@@ -132,8 +132,16 @@ func (c *conn) pump(ctx context.Context, s *Subscriber) {
 		case "ssubscribe":
 			err = c.ps.SSubscribe(ctx, part...)
 		}
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("changing subscriptions; go-redis subscribes again when it reconnects", "err", err)
+		if err != nil {
+			// go-redis reconnected at once and subscribed again what it
+			// had before this command, not this command's channels
+			// (PubSub.Subscribe adds them to its set after the write):
+			// they are sent again, on the next pump.
+			c.unread.Add(int64(-n))
+			if ctx.Err() == nil {
+				s.log.Warn("changing subscriptions failed; sending them again", "err", err)
+			}
+			return
 		}
 		if op.channels = op.channels[n:]; len(op.channels) == 0 {
 			c.ops[0] = subOp{}
@@ -1058,6 +1066,19 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			s.log.Debug("subscription", "kind", m.Kind, "channel", m.Channel, "count", m.Count)
+			held := c.held.Load()
+			if (m.Kind == "subscribe" || m.Kind == "ssubscribe") && int64(m.Count) < held {
+				// Fewer subscriptions than held: go-redis connected again
+				// without the receiver seeing an error (a write that
+				// failed reconnects at once). As after a lost connection:
+				// what was published meanwhile is lost to pub/sub, every
+				// channel is being subscribed again, and the last
+				// confirmation asks for a check of them all.
+				c.forgetAdded()
+				s.fresh.wake()
+				c.unread.Store(0)
+				s.requestCheck()
+			}
 			switch m.Kind {
 			case "subscribe", "ssubscribe", "unsubscribe":
 				c.replied(ctx, s, m.Count)

@@ -164,3 +164,55 @@ func TestAttack6AnnouncementFloodHoldsNoTenantBack(t *testing.T) {
 		t.Error("newco's first event invalidated more than its key")
 	}
 }
+
+// The pub/sub connection killed (CLIENT KILL) while a new tenant's
+// subscription and a flood of others wait for their confirmations: the new
+// tenant's missed first event is recovered, and its next events are
+// applied live. go-redis reconnects at once when a SUBSCRIBE's write fails,
+// without the channels of that command and without the receiver seeing an
+// error: the subscriber neither checked what the reconnect lost nor
+// subscribed those channels again.
+func TestAttack6ConnectionKilledBetweenSubscribeAndConfirmations(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.running("acme")
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	flood := func(from, to int) {
+		for n := from; n < to; {
+			pipe := e.busC.Pipeline()
+			for range 200 {
+				n++
+				pipe.Publish(ctx, "invalidate:tenants", fmt.Sprint("forged", n))
+			}
+			_, err := pipe.Exec(ctx)
+			must(t, err)
+		}
+	}
+	const forged = 20000
+	flood(0, forged/2)
+	e.seed("profile-svc", "newco", "user:1", "active")
+	e.seed("profile-svc", "newco", "user:2", "active")
+	e.seed("profile-svc", "newco", "user:3", "active")
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:1"}})
+	redistest.Eventually(t, 10*time.Second, "newco announced", func() bool {
+		return e.busC.SIsMember(ctx, "invalidate:tenants", "newco").Val()
+	})
+	must(t, e.busC.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	flood(forged/2, forged)
+	must(t, e.busC.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	e.waitGone("profile-svc", "newco", "user:1")
+	// Live again (forged tenants are in no registry: those whose
+	// announcement the kill lost stay unsubscribed, as they should).
+	for _, tenant := range []string{"newco", "acme"} {
+		key := "live:" + tenant
+		e.seed("profile-svc", tenant, key, "active")
+		e.publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{key}})
+		e.waitGone("profile-svc", tenant, key)
+	}
+	e.publish(wire.Event{Tenant: "newco", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("profile-svc", "newco", "user:2")
+	if !e.cached("profile-svc", "newco", "user:3") {
+		t.Error("a newco key no event named was invalidated")
+	}
+}

@@ -2,8 +2,15 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -70,5 +77,69 @@ services:
 			t.Fatal(err)
 		}
 		e.waitGone(tenant, k.key)
+	}
+}
+
+// On a cluster bus, a tenant's channels the bus refuses to the subscriber's
+// user (NOPERM on their SSUBSCRIBE) hold no other tenant back: the tenant
+// announced right after is applied key by key, and after every sharded
+// pub/sub connection is killed, every channel the bus allows is live again.
+func TestAttack6ClusterRefusedTenantHoldsNoOtherBack(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	mtx := e.startRouter(`
+version: 1
+tags:
+  active: {services: [profile-svc]}
+domains:
+  user: {tags: [active]}
+services:
+  profile-svc: {tenants: all}
+`)
+	for _, n := range e.bus.Nodes {
+		c := redis.NewClient(&redis.Options{Addr: n.Addr})
+		must(t, c.Do(ctx, "ACL", "SETUSER", "sub", "on", ">pw", "~*", "+@all", "resetchannels",
+			"&invalidate:tenants", "&invalidate:early*", "&invalidate:late*").Err())
+		_ = c.Close()
+	}
+	subBus := redis.NewClusterClient(&redis.ClusterOptions{Addrs: e.bus.Addrs, Username: "sub", Password: "pw", ClusterStateReloadInterval: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = subBus.Close() })
+	sub, err := subscriber.New(subBus, subscriber.Options{Service: "profile-svc", Matrix: mtx, Cache: e.cacheC, CheckInterval: time.Hour,
+		Logger: testLogger(t, "subscriber")})
+	must(t, err)
+	run(t, sub.Run)
+	redistest.Eventually(t, 10*time.Second, "subscriber ready", sub.Ready)
+	early := e.tenantsOnMasters("early", 3, "active")
+	for _, tenant := range early {
+		e.firstEventKeyLevel(tenant) // a connection to every master
+	}
+
+	if _, err := e.pub.Publish(ctx, wire.Event{Tenant: "evil", Domain: "user", Keys: []string{"user:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.firstEventKeyLevel("late0")
+	redistest.Eventually(t, 10*time.Second, "evil's channel named refused", func() bool {
+		for _, p := range sub.Problems() {
+			if strings.Contains(p.Detail, "NOPERM") && strings.Contains(p.Detail, "invalidate:evil:active") {
+				return true
+			}
+		}
+		return false
+	})
+
+	for _, n := range e.bus.Nodes {
+		c := redis.NewClient(&redis.Options{Addr: n.Addr})
+		must(t, c.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
+		_ = c.Close()
+	}
+	for i, tenant := range append(early, "late0") {
+		for j := range 2 {
+			key := fmt.Sprintf("after:%d:%d", i, j)
+			e.seed(tenant, key, "active")
+			if _, err := e.pub.Publish(ctx, wire.Event{Tenant: tenant, Domain: "user", Keys: []string{key}}); err != nil {
+				t.Fatal(err)
+			}
+			e.waitGone(tenant, key)
+		}
 	}
 }

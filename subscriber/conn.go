@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -38,6 +39,10 @@ type listener struct {
 	// the warning.
 	relinks      int
 	relinkLogged time.Time
+	// refused are the channels the bus refuses to this service's user
+	// (NOPERM, an ACL of named tenants): left out of the connections, and
+	// tried again every CheckInterval (retryRefused).
+	refused map[string]bool
 }
 
 // conn is one pub/sub connection and its receiver.
@@ -61,11 +66,15 @@ type conn struct {
 	sendMu sync.Mutex
 	ops    []subOp
 	unread atomic.Int64
+	// refused: the bus refused a subscription of the connection (NOPERM).
+	refused atomic.Bool
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
-	// announced); checked together once confirmed (freshChannels).
-	added map[string]bool
+	// announced), each with the count of its tenant's channels on the
+	// connection not confirmed yet: checked together once all are
+	// (freshChannels).
+	added map[string]*int
 }
 
 // subOp is an (un)subscribe of channels waiting to be sent; kind is
@@ -123,8 +132,16 @@ func (c *conn) pump(ctx context.Context, s *Subscriber) {
 		case "ssubscribe":
 			err = c.ps.SSubscribe(ctx, part...)
 		}
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("changing subscriptions; go-redis subscribes again when it reconnects", "err", err)
+		if err != nil {
+			// go-redis reconnected at once and subscribed again what it
+			// had before this command, not this command's channels
+			// (PubSub.Subscribe adds them to its set after the write):
+			// they are sent again, on the next pump.
+			c.unread.Add(int64(-n))
+			if ctx.Err() == nil {
+				s.log.Warn("changing subscriptions failed; sending them again", "err", err)
+			}
+			return
 		}
 		if op.channels = op.channels[n:]; len(op.channels) == 0 {
 			c.ops[0] = subOp{}
@@ -149,30 +166,47 @@ func (c *conn) forgetAdded() {
 	c.mu.Unlock()
 }
 
+// markAdded marks a tenant's channels added to the running connection.
+func (c *conn) markAdded(channels []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pending := new(int)
+	for _, ch := range channels {
+		if c.added[ch] == nil {
+			c.added[ch] = pending
+			*pending++
+		}
+	}
+}
+
 // confirmedAdded reports whether channel was added to the running
 // connection, and if so forgets it and gives it to fresh — under c.mu, so
 // that a channel confirmed before forgetAdded is held before it returns,
-// and the wake that follows forgetAdded finds it.
+// and the wake that follows forgetAdded finds it. fresh is woken with the
+// last of its tenant's channels on the connection: another tenant's, added
+// before or after, confirmed or not (a flood of announcements keeps some
+// waiting all the time), do not hold it back.
 func (c *conn) confirmedAdded(channel string, fresh *freshChannels) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.added[channel] {
+	pending := c.added[channel]
+	if pending == nil {
 		return false
 	}
 	delete(c.added, channel)
-	fresh.confirmed(channel, len(c.added) == 0)
+	*pending--
+	fresh.confirmed(channel, *pending == 0)
 	return true
 }
 
 // freshChannels holds the channels added to running connections (a tenant
 // announced) whose subscription the bus confirmed, until the applier
-// checks them together: once every channel added to their connection is
-// confirmed, or once a check's worth (checkChunk) is held, whichever comes
-// first (tenants announced one after the other may keep a connection from
-// having none unconfirmed until it is full). A check reads the bus's
-// identity, the metas, the positions and the histories: checked one at a
-// time, a new tenant of a service with many tags held every other
-// channel's invalidations back for as many checks.
+// checks them together: once every channel of their tenant on their
+// connection is confirmed (with the others confirmed meanwhile), or once a
+// check's worth (checkChunk) is held. A check reads the bus's identity,
+// the metas, the positions and the histories: checked one at a time, a new
+// tenant of a service with many tags held every other channel's
+// invalidations back for as many checks.
 type freshChannels struct {
 	mu       sync.Mutex
 	channels []string
@@ -330,6 +364,10 @@ func (ln *listener) regroup(ctx context.Context) {
 	channels := s.cur.channels(s.prefix, tenants)
 	if s.cur.allTenants {
 		channels = append(channels, names.TenantsChannel(s.prefix))
+	}
+	if channels, err = ln.leaveOutRefused(ctx, channels); err != nil {
+		s.regroupFailed(ReasonSubscribing, "finding the channels the bus refuses to this user", err)
+		return
 	}
 	s.joined = tenants // sorted (everyTenant)
 	clear(s.joinedNew)
@@ -553,11 +591,7 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 		if c == nil {
 			return errors.New("every connection is full")
 		}
-		c.mu.Lock()
-		for _, ch := range channels {
-			c.added[ch] = true
-		}
-		c.mu.Unlock()
+		c.markAdded(channels)
 		c.chans = append(c.chans, channels...)
 		c.size += len(channels)
 		c.expected.Add(int64(len(channels)))
@@ -598,17 +632,142 @@ func (ln *listener) add(ctx context.Context, channels []string) error {
 		byConn[c][slots[ch]] = append(byConn[c][slots[ch]], ch)
 	}
 	for c, bySlot := range byConn {
+		var all []string
 		for _, chs := range bySlot {
-			c.mu.Lock()
-			for _, ch := range chs {
-				c.added[ch] = true
-			}
-			c.mu.Unlock()
+			all = append(all, chs...)
+		}
+		c.markAdded(all) // before the first is sent
+		for _, chs := range bySlot {
 			c.expected.Add(int64(len(chs)))
 			c.size += len(chs)
 			c.queue("ssubscribe", chs)
 		}
 		c.pump(ctx, ln.s)
+	}
+	return nil
+}
+
+// leaveOutRefused returns channels without those the bus refuses to this
+// service's user. When a connection was refused a subscription (NOPERM),
+// it finds them by subscribing to each channel on its own on a connection
+// of its own (the NOPERM of a command of several channels does not say
+// which), and closes the connections, whose go-redis would subscribe them
+// again with the others; retryRefused tries them again.
+func (ln *listener) leaveOutRefused(ctx context.Context, channels []string) ([]string, error) {
+	refusedConn := false
+	for _, c := range ln.conns {
+		refusedConn = refusedConn || c.refused.Load()
+	}
+	if refusedConn {
+		refused, err := ln.probeRefused(ctx, channels)
+		if err != nil {
+			return nil, err
+		}
+		ln.close()
+		ln.setRefused(refused)
+	}
+	if len(ln.refused) == 0 {
+		return channels, nil
+	}
+	return slices.DeleteFunc(channels, func(ch string) bool { return ln.refused[ch] }), nil
+}
+
+// retryRefused tries the channels the bus refused again (every
+// CheckInterval), and subscribes to those it allows now.
+func (ln *listener) retryRefused(ctx context.Context) {
+	if len(ln.refused) == 0 {
+		return
+	}
+	refused, err := ln.probeRefused(ctx, slices.Collect(maps.Keys(ln.refused)))
+	if err != nil || len(refused) == len(ln.refused) {
+		return
+	}
+	ln.setRefused(refused)
+	ln.regroup(ctx)
+}
+
+// setRefused records the channels the bus refuses, for the regroups and
+// Problems.
+func (ln *listener) setRefused(refused map[string]bool) {
+	s := ln.s
+	ln.refused = refused
+	if len(refused) == 0 {
+		s.health.refused.Store(nil)
+		return
+	}
+	first := slices.Min(slices.Collect(maps.Keys(refused)))
+	s.log.Warn("the bus refuses this service's user some channels (NOPERM): their invalidations are missed; subscribing to the others, and trying them again every check interval",
+		"refused", len(refused), "first", first)
+	p := fmt.Sprintf("the bus refuses this service's user %d channels (NOPERM), first %s: their invalidations are missed; tried again every %v", len(refused), first, s.opt.CheckInterval)
+	s.health.refused.Store(&p)
+}
+
+// probeRefused subscribes to each channel on its own, on connections of
+// its own (one to each master of a cluster), and returns those the bus
+// refuses (NOPERM). Replies come in the order of the commands, one each.
+func (ln *listener) probeRefused(ctx context.Context, channels []string) (map[string]bool, error) {
+	s := ln.s
+	cc := redisconn.Cluster(s.bus)
+	groups := map[string][]string{}
+	for _, ch := range channels {
+		addr := ""
+		if cc != nil {
+			master, err := cc.MasterForKey(ctx, ch)
+			if err != nil {
+				return nil, err
+			}
+			addr = master.Options().Addr
+		}
+		groups[addr] = append(groups[addr], ch)
+	}
+	refused := map[string]bool{}
+	for _, chs := range groups {
+		var ps *redis.PubSub
+		if cc != nil {
+			ps = cc.SSubscribe(ctx)
+		} else {
+			ps = s.bus.Subscribe(ctx)
+		}
+		err := probeOn(ctx, ps, cc != nil, chs, refused)
+		_ = ps.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return refused, nil
+}
+
+// probeOn is probeRefused on one connection, subscribeBudget commands at a
+// time.
+func probeOn(ctx context.Context, ps *redis.PubSub, sharded bool, channels []string, refused map[string]bool) error {
+	for len(channels) > 0 {
+		part := channels[:min(subscribeBudget, len(channels))]
+		channels = channels[len(part):]
+		for _, ch := range part {
+			var err error
+			if sharded {
+				err = ps.SSubscribe(ctx, ch)
+			} else {
+				err = ps.Subscribe(ctx, ch)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for got := 0; got < len(part); {
+			msg, err := ps.ReceiveTimeout(ctx, LinkDeadline)
+			if redis.HasErrorPrefix(err, "NOPERM") {
+				refused[part[got]] = true
+				got++
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if m, ok := msg.(*redis.Subscription); ok && (m.Kind == "subscribe" || m.Kind == "ssubscribe") {
+				got++
+			}
+		}
 	}
 	return nil
 }
@@ -642,7 +801,7 @@ func (ln *listener) relink(ctx context.Context) {
 }
 
 func (ln *listener) newConn(ps *redis.PubSub, addr string) *conn {
-	return &conn{ps: ps, addr: addr, done: make(chan struct{}), added: map[string]bool{}}
+	return &conn{ps: ps, addr: addr, done: make(chan struct{}), added: map[string]*int{}}
 }
 
 // start sends the connection's first chunk (on a cluster, the command that
@@ -879,6 +1038,16 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				sleepCtx(ctx, 100*time.Millisecond)
 				continue
 			}
+			if redis.HasErrorPrefix(err, "NOPERM") {
+				// The bus refused a subscription to this service's user (an
+				// ACL of named tenants): go-redis would subscribe the
+				// refused channels again with all the others whenever it
+				// reconnects, and the bus refuse that command whole. The
+				// applier finds them and subscribes again without them.
+				c.refused.Store(true)
+				s.requestRegroup()
+				continue
+			}
 			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
 				// go-redis does not follow a redirect on a pub/sub
 				// connection: subscribe again where the slot lives now.
@@ -905,6 +1074,19 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			s.log.Debug("subscription", "kind", m.Kind, "channel", m.Channel, "count", m.Count)
+			held := c.held.Load()
+			if (m.Kind == "subscribe" || m.Kind == "ssubscribe") && int64(m.Count) < held {
+				// Fewer subscriptions than held: go-redis connected again
+				// without the receiver seeing an error (a write that
+				// failed reconnects at once). As after a lost connection:
+				// what was published meanwhile is lost to pub/sub, every
+				// channel is being subscribed again, and the last
+				// confirmation asks for a check of them all.
+				c.forgetAdded()
+				s.fresh.wake()
+				c.unread.Store(0)
+				s.requestCheck()
+			}
 			switch m.Kind {
 			case "subscribe", "ssubscribe", "unsubscribe":
 				c.replied(ctx, s, m.Count)

@@ -58,3 +58,36 @@ func TestFreshChannelsWakeAtACheckChunk(t *testing.T) {
 		t.Fatalf("took %d, want %d", len(got), checkChunk)
 	}
 }
+
+// A tenant's channels are complete once its own are confirmed: another
+// tenant's, added before and not confirmed yet (a flood of announcements
+// keeps some waiting all the time), do not hold them back.
+func TestConfirmedAddedByTenant(t *testing.T) {
+	c := &conn{added: map[string]*int{}}
+	f := newFreshChannels()
+	woken := func() bool {
+		select {
+		case <-f.ready:
+			return true
+		default:
+			return false
+		}
+	}
+	c.markAdded([]string{"a:1", "a:2"})
+	c.markAdded([]string{"b:1"})
+	if !c.confirmedAdded("b:1", f) || !woken() {
+		t.Error("b:1 confirmed: not added, or the applier not woken (b has no other channel)")
+	}
+	if !c.confirmedAdded("a:1", f) || woken() {
+		t.Error("a:1 confirmed: not added, or the applier woken before a:2")
+	}
+	if !c.confirmedAdded("a:2", f) || !woken() {
+		t.Error("a:2 confirmed: not added, or the applier not woken")
+	}
+	if c.confirmedAdded("a:2", f) {
+		t.Error("a:2 confirmed twice")
+	}
+	if got := f.take(10); len(got) != 3 {
+		t.Errorf("held %v, want b:1, a:1 and a:2", got)
+	}
+}

@@ -83,6 +83,7 @@ type health struct {
 	handling   atomic.Int64            // unix nanos the Handler call in flight started; 0 when none
 	handlerErr atomic.Pointer[string]  // the Handler's last call failed: why
 	regroupErr atomic.Pointer[Problem] // the last regroup could not subscribe: why
+	refused    atomic.Pointer[string]  // the bus refuses channels to the service's user: which
 	// noChannels: the last regroup found no channel to subscribe to (a
 	// tenant shard that owns none of its service's tenants): no link is
 	// expected.
@@ -166,6 +167,9 @@ func (s *Subscriber) Problems() []Problem {
 	}
 	expected, held := h.subscriptions()
 	h.mu.Unlock()
+	if r := h.refused.Load(); r != nil {
+		out = append(out, Problem{Reason: ReasonSubscribing, Detail: *r})
+	}
 	if held < expected {
 		out = append(out, Problem{Reason: ReasonSubscribing, Detail: fmt.Sprintf("the bus confirmed %d of %d subscriptions", held, expected)})
 	} else if s.covered.Load() < s.rounds.Load() {

@@ -569,6 +569,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 				}
 			}
 		case <-tick.C:
+			ln.retryRefused(ctx)
 			check()
 		case <-retry.C:
 			check()

@@ -510,8 +510,10 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			var pending bool
 			msgs, pending, err = r.readNew(ctx, reader, count, block)
 			if pending {
+				// A cut reply or a failed connection: what it delivered is
+				// read from the pending list, and reads start small again.
 				r.health.done(reading)
-				id = pendingAfter(last)
+				id, count = pendingAfter(last), r.opt.BatchSize
 				continue
 			}
 		} else {
@@ -546,6 +548,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
 			sleep(ctx, 500*time.Millisecond)
+			count = r.opt.BatchSize // a read of 4,096 kept failing while connections kept dying
 			if id == ">" {
 				// A read of new entries that failed may have delivered
 				// some (a connection lost with the reply; a read that

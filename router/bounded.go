@@ -216,6 +216,23 @@ func (s *streamReader) client(ctx context.Context) *redis.Client {
 	return s.c
 }
 
+// maxScriptReadBatches bounds how many BatchSize a read through read.lua
+// takes (1,024 entries at the default), where reads on the stream's own
+// connection take up to maxReadBatches: the script runs on the shared
+// client, which go-redis retries when a connection fails (its MaxRetries),
+// and what a run whose reply was lost delivered waits pending for
+// ClaimIdle.
+const maxScriptReadBatches = 4
+
+// bound is count, or less when the reader's reads go through read.lua for
+// now (maxScriptReadBatches).
+func (s *streamReader) bound(count int) int {
+	if s.c == nil && time.Now().Before(s.off) {
+		return min(count, maxScriptReadBatches*s.r.opt.BatchSize)
+	}
+	return count
+}
+
 // pause sends reads through read.lua for a while and drops the client, so
 // the next one is made for the stream's master then.
 func (s *streamReader) pause() {

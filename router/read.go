@@ -67,6 +67,7 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 	}
 	stream := s.stream
 	wait := 1
+	count = min(count, maxScriptReadBatches*r.opt.BatchSize) // a read that fell back here (bound)
 	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
 		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
 	reply, err := readWithPeers(ctx, r, &req)

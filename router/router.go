@@ -508,6 +508,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
 			var pending bool
+			count = reader.bound(count)
 			msgs, pending, err = r.readNew(ctx, reader, count, block)
 			if pending {
 				// A cut reply or a failed connection: what it delivered is

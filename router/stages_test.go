@@ -48,3 +48,20 @@ func TestJoinedBatchesStayBounded(t *testing.T) {
 		t.Error("a batch joined one that failed as a whole")
 	}
 }
+
+// Reads through read.lua (the shared client, which go-redis retries when
+// a connection fails) take at most 4 × BatchSize; reads on the stream's
+// own connection up to 16 ×.
+func TestScriptReadsStaySmaller(t *testing.T) {
+	s := &streamReader{r: &Router{opt: Options{BatchSize: 256}}}
+	if got := s.bound(4096); got != 4096 {
+		t.Errorf("on the stream's own connection: %d, want 4096", got)
+	}
+	s.pause()
+	if got := s.bound(4096); got != 1024 {
+		t.Errorf("through the read script: %d, want 1024", got)
+	}
+	if got := s.bound(512); got != 512 {
+		t.Errorf("through the read script, a read of 512: %d, want 512", got)
+	}
+}

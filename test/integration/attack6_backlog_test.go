@@ -37,11 +37,7 @@ import (
 // again what the killed router published and did not acknowledge.
 func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 	ctx := context.Background()
-	yaml := precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500")
-	e := newEnv(t, yaml)
-	e.running("acme")
-	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
-	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+	e, stream := newBacklogEnv(t)
 
 	const events = 9600
 	huge := `{"tenant":"acme","domain":"user","keys":["` + strings.Repeat("x", 1100<<10) + `"]}`
@@ -69,7 +65,7 @@ func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 	}
 
 	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(yaml), 0o644))
+	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
 	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
 	var log lockedBuffer
 	cmd.Stderr = &log
@@ -147,11 +143,7 @@ func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 // exactly once, key-level, and nothing is left pending.
 func TestAttack6BacklogUnderKilledConnections(t *testing.T) {
 	ctx := context.Background()
-	yaml := precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500")
-	e := newEnv(t, yaml)
-	e.running("acme")
-	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
-	must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+	e, stream := newBacklogEnv(t)
 	const events = 9000
 	keys := keyRange("k", 0, events)
 	e.xaddPiped("acme", keys)
@@ -212,3 +204,19 @@ func TestAttack6BacklogUnderKilledConnections(t *testing.T) {
 		t.Fatal("no connection was killed: the attack did not run")
 	}
 }
+
+// newBacklogEnv is an env with limits no backlog reaches and acme's
+// ingress stream and its group made before any router runs, so that
+// entries appended now wait as a backlog; it returns the stream.
+func newBacklogEnv(t *testing.T) (*env, string) {
+	t.Helper()
+	e := newEnv(t, backlogMatrix())
+	e.running("acme")
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	must(t, e.busC.XGroupCreateMkStream(context.Background(), stream, "routerd", "0").Err())
+	return e, stream
+}
+
+// backlogMatrix is the precision tests' matrix with limits no backlog
+// reaches.
+func backlogMatrix() string { return precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500") }

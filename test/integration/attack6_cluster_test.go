@@ -22,16 +22,7 @@ import (
 func TestAttack6ClusterNewTenantSlotMovedDuringConfirmations(t *testing.T) {
 	ctx := context.Background()
 	e := newClusterEnv(t)
-	e.start(`
-version: 1
-tags:
-  active: {services: [profile-svc]}
-  vip: {services: [profile-svc]}
-domains:
-  user: {tags: [active, vip]}
-services:
-  profile-svc: {tenants: all}
-`, "profile-svc")
+	e.start(twoTagsEveryTenant, "profile-svc")
 	for _, tenant := range e.tenantsOnMasters("early", 3, "active") {
 		e.firstEventKeyLevel(tenant) // a connection to every master
 	}

@@ -275,12 +275,10 @@ func (e *clusterEnv) firstEventKeyLevel(tenant string) {
 	}
 }
 
-// Once every master has a connection, a new tenant's channels join the
-// running connections: no connection is rebuilt, and its first message is
-// still applied key by key.
-func TestClusterNewTenantJoinsRunningConnections(t *testing.T) {
-	e := newClusterEnv(t)
-	e.start(`
+// twoTagsEveryTenant: profile-svc of every tenant, on two tags a user
+// change invalidates, so that a new tenant's two channels may live on two
+// masters.
+const twoTagsEveryTenant = `
 version: 1
 tags:
   active: {services: [profile-svc]}
@@ -289,7 +287,14 @@ domains:
   user: {tags: [active, vip]}
 services:
   profile-svc: {tenants: all}
-`, "profile-svc")
+`
+
+// Once every master has a connection, a new tenant's channels join the
+// running connections: no connection is rebuilt, and its first message is
+// still applied key by key.
+func TestClusterNewTenantJoinsRunningConnections(t *testing.T) {
+	e := newClusterEnv(t)
+	e.start(twoTagsEveryTenant, "profile-svc")
 	for _, tenant := range e.tenantsOnMasters("early", 3, "active") {
 		e.firstEventKeyLevel(tenant) // the first on a master without a connection regroups
 	}

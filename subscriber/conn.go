@@ -159,11 +159,26 @@ func (c *conn) replied(ctx context.Context, s *Subscriber, count int) {
 	c.pump(ctx, s)
 }
 
-// forgetAdded treats every added channel as part of the connection's set.
-func (c *conn) forgetAdded() {
+// forgetAdded treats every added channel as part of the connection's set,
+// and wakes the applier for those fresh holds already (confirmed before):
+// the rest are checked with every channel.
+func (c *conn) forgetAdded(fresh *freshChannels) {
 	c.mu.Lock()
 	clear(c.added)
 	c.mu.Unlock()
+	fresh.wake()
+}
+
+// resubscribing is told that every channel of the connection is being
+// subscribed again (the connection was lost, or go-redis connected again
+// on its own): what was published meanwhile is lost to pub/sub, and the
+// last confirmation asks for a check of every channel. The replies to what
+// was sent before are lost with the connection.
+func (c *conn) resubscribing(s *Subscriber) {
+	c.forgetAdded(s.fresh)
+	c.held.Store(0)
+	c.unread.Store(0)
+	s.requestCheck()
 }
 
 // markAdded marks a tenant's channels added to the running connection.
@@ -496,7 +511,7 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 		fresh = fresh[n:]
 	}
 	for i, c := range all {
-		c.forgetAdded()
+		c.forgetAdded(s.fresh)
 		c.expected.Store(int64(c.size))
 		if i < running {
 			c.pump(ctx, s)
@@ -504,7 +519,6 @@ func (ln *listener) spread(ctx context.Context, channels []string) int {
 			ln.start(ctx, c)
 		}
 	}
-	s.fresh.wake() // what was confirmed is checked; the rest with every channel
 	return subscribing
 }
 
@@ -1056,14 +1070,7 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				sleepCtx(ctx, 100*time.Millisecond)
 				continue
 			}
-			// Every channel is resubscribed now, the added ones too: the
-			// last confirmation asks for a check of them all. The replies
-			// to what was sent before are lost with the connection.
-			c.forgetAdded()
-			s.fresh.wake()
-			c.held.Store(0)
-			c.unread.Store(0)
-			s.requestCheck()
+			c.resubscribing(s) // go-redis reconnects and subscribes every channel again
 			wait, warn := down.failed()
 			if warn {
 				s.log.Warn("pub/sub connection lost; reconnecting", append(down.attrs(), "retry_in", wait, "err", err)...)
@@ -1078,14 +1085,8 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 			if (m.Kind == "subscribe" || m.Kind == "ssubscribe") && int64(m.Count) < held {
 				// Fewer subscriptions than held: go-redis connected again
 				// without the receiver seeing an error (a write that
-				// failed reconnects at once). As after a lost connection:
-				// what was published meanwhile is lost to pub/sub, every
-				// channel is being subscribed again, and the last
-				// confirmation asks for a check of them all.
-				c.forgetAdded()
-				s.fresh.wake()
-				c.unread.Store(0)
-				s.requestCheck()
+				// failed reconnects at once).
+				c.resubscribing(s)
 			}
 			switch m.Kind {
 			case "subscribe", "ssubscribe", "unsubscribe":

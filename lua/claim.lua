@@ -15,18 +15,21 @@
 -- ARGV[7]  largest field name or value returned whole, in bytes; a larger
 --          one is cut
 -- ARGV[8]  bytes kept of a name or value that is cut
--- ARGV[9]  "1": only the entries pending for the claiming consumer itself
---          (its own, after a restart, or handed to it)
+-- ARGV[9]  the consumer whose pending entries are claimed, '' for any: the
+--          claiming consumer itself (its own, after a restart, or handed to
+--          it: claimed whatever their idle time), or a router's that went
+--          silent (router.Options.DeadAfter)
 -- Returns {next, entries, cut}: next is the start of the next call ("0-0"
 -- when every pending entry was looked at), entries and cut as read.lua
 -- returns them. An entry deleted from the stream while pending is acknowledged
 -- (nothing is left to route).
 local group, consumer = ARGV[1], ARGV[2]
 local idle, start, count, budget = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local whole, keep, own = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
+local whole, keep, of = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local own = of == consumer
 local args = {'XPENDING', KEYS[1], group, 'IDLE', idle, start, '+', count}
-if own then
-  args[#args + 1] = consumer
+if of ~= '' then
+  args[#args + 1] = of
 end
 local pending = redis.call(unpack(args))
 local ids, total, nextID = {}, 0, '0-0'

@@ -79,7 +79,9 @@ type ClaimRequest struct {
 	Bytes                   int    // most bytes of field values returned (at least one entry)
 	MaxValue                int    // largest value returned whole; a larger one is cut
 	Keep                    int    // bytes kept of a value that is cut
-	Own                     bool   // only the entries pending for the claiming consumer
+	// Of is the consumer whose pending entries are claimed ("" for any):
+	// Consumer itself (its own, claimed whatever MinIdle), or another.
+	Of string
 }
 
 // ClaimReply is what a claim returned.
@@ -91,7 +93,7 @@ type ClaimReply struct {
 func (*ClaimRequest) script() *redis.Script { return claimScript }
 
 func (r *ClaimRequest) encode() (keys []string, args []any) {
-	return []string{r.Stream}, []any{r.Group, r.Consumer, r.MinIdle.Milliseconds(), r.Start, r.Count, r.Bytes, r.MaxValue, r.Keep, flag(r.Own)}
+	return []string{r.Stream}, []any{r.Group, r.Consumer, r.MinIdle.Milliseconds(), r.Start, r.Count, r.Bytes, r.MaxValue, r.Keep, r.Of}
 }
 
 // Reply decodes the call's reply.

@@ -45,7 +45,7 @@ func TestAttackReadBoundsFieldNames(t *testing.T) {
 	if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "r1", Streams: []string{stream, ">"}, Count: 100, Block: -1}).Err(); err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}
-	reply, err = redis.NewScript(lua.Sources()["claim.lua"]).Run(ctx, c, []string{stream}, "routerd", "r2", 0, "-", 100, budget, whole, keep, "0").Slice()
+	reply, err = redis.NewScript(lua.Sources()["claim.lua"]).Run(ctx, c, []string{stream}, "routerd", "r2", 0, "-", 100, budget, whole, keep, "").Slice()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,7 +104,10 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 // idle from start on — with own, those pending for this consumer only — as
 // many as fit the byte budget. It returns them and the start of the next
 // call ("0-0" when every pending entry was looked at).
-func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+// claimPending claims the entries of stream pending for at least idle, from
+// start on: those of the consumer of ("" for any; this router's own are
+// claimed whatever idle).
+func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, of string) ([]redis.XMessage, string, error) {
 	if start == "("+maxStreamID {
 		// Nothing follows the largest id (a stream a client exhausted,
 		// XADD … 18446744073709551615-18446744073709551615), and Redis
@@ -112,10 +115,10 @@ func (r *Router) claimPending(ctx context.Context, stream string, idle time.Dura
 		return nil, "0-0", nil
 	}
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
-		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Own: own}
+		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Of: of}
 	reply, err := readWithPeers(ctx, r, &req)
 	if r.refused(err) {
-		return r.claimUnbounded(ctx, stream, idle, start, own)
+		return r.claimUnbounded(ctx, stream, idle, start, of)
 	}
 	if err != nil {
 		return nil, "", err
@@ -137,11 +140,12 @@ func (r *Router) refused(err error) bool {
 	return true
 }
 
-// claimUnbounded claims as claimPending does, with XAUTOCLAIM (or, with own,
-// XREADGROUP of the consumer's pending entries): bounded in entries only.
-func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Duration, start string, own bool) ([]redis.XMessage, string, error) {
+// claimUnbounded claims as claimPending does, with XAUTOCLAIM (XREADGROUP
+// of this consumer's pending entries for its own, XPENDING and XCLAIM for
+// another's): bounded in entries only.
+func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Duration, start string, of string) ([]redis.XMessage, string, error) {
 	from := strings.TrimPrefix(start, "(")
-	if own {
+	if of == r.opt.Consumer {
 		if from == "-" {
 			from = "0"
 		}
@@ -153,6 +157,22 @@ func (r *Router) claimUnbounded(ctx context.Context, stream string, idle time.Du
 		}
 		msgs := res[0].Messages
 		return msgs, "(" + msgs[len(msgs)-1].ID, nil
+	}
+	if of != "" {
+		pending, err := r.c.XPendingExt(ctx, &redis.XPendingExtArgs{
+			Stream: stream, Group: r.opt.Group, Idle: idle, Start: start, End: "+", Count: int64(r.opt.BatchSize), Consumer: of,
+		}).Result()
+		if err != nil || len(pending) == 0 {
+			return nil, "0-0", err
+		}
+		ids := make([]string, len(pending))
+		for i, p := range pending {
+			ids[i] = p.ID
+		}
+		msgs, err := r.c.XClaim(ctx, &redis.XClaimArgs{
+			Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Messages: ids,
+		}).Result()
+		return msgs, "(" + ids[len(ids)-1], err
 	}
 	if from == "-" {
 		from = "0-0"

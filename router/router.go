@@ -54,6 +54,17 @@ type Options struct {
 	// (100ms doubling to 2s), and keeps them from being claimed: the claim
 	// is for the entries of routers that died.
 	ClaimIdle time.Duration
+	// DeadAfter is how long a router may stay silent on a stream (no
+	// read, no claim: the idle time of its consumer, XINFO CONSUMERS)
+	// while entries are pending for it before the others take it for dead
+	// and claim those entries, however long ClaimIdle is (5s; at most
+	// ClaimIdle). A live router keeps its consumers fresh: it touches each
+	// of them every DeadAfter/5 (an XREADGROUP of its own pending entries
+	// after the largest id, which returns nothing and changes no entry).
+	// So a router killed mid-batch, or one that lost the bus, has its
+	// entries routed by another within DeadAfter plus a claim round, and a
+	// slow batch of a live one is never claimed for its age alone.
+	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a
 	// script error: Redis refused the entry's own commands) before it goes
@@ -117,7 +128,8 @@ func (o *Options) setDefaults() error {
 		v   *time.Duration
 		def time.Duration
 	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second}, {&o.DiscoverInterval, time.Minute},
-		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour}} {
+		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour},
+		{&o.DeadAfter, 5 * time.Second}} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
@@ -125,6 +137,7 @@ func (o *Options) setDefaults() error {
 			return fmt.Errorf("router: negative duration %v", *d.v)
 		}
 	}
+	o.DeadAfter = min(o.DeadAfter, o.ClaimIdle)
 	if o.BatchSize == 0 {
 		o.BatchSize = 256
 	}
@@ -330,6 +343,7 @@ func (r *Router) Run(ctx context.Context) error {
 		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
+	g.Go(func() error { r.touchLoop(gctx); return nil })
 	g.Go(func() error { r.probe(gctx); return nil })
 	return g.Wait()
 }
@@ -522,7 +536,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			if id != "0" {
 				start = "(" + id
 			}
-			msgs, _, err = r.claimPending(ctx, stream, 0, start, true)
+			msgs, _, err = r.claimPending(ctx, stream, 0, start, r.opt.Consumer)
 		}
 		r.health.done(reading)
 		if err == nil && len(msgs) == 0 && id == ">" {
@@ -796,10 +810,91 @@ func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
 // for this long.
 const countKeptFor = 35 * time.Second
 
+// claim routes the entries of stream that routers left: those of a router
+// gone silent for DeadAfter (silentRouters), then any pending for
+// ClaimIdle.
 func (r *Router) claim(ctx context.Context, stream string) error {
+	silent, err := r.silentRouters(ctx, stream)
+	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
+		// The claim after ClaimIdle does not need the list: it goes on.
+		r.log.Warn("listing the routers of a stream to find those gone silent", "stream", stream, "err", err)
+	}
+	for _, c := range silent {
+		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
+		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name); err != nil {
+			return err
+		}
+	}
+	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "")
+}
+
+// silentRouters returns the consumers of stream's group other than this
+// router that hold pending entries and have been idle for DeadAfter: a
+// live router touches its consumers more often (touchLoop).
+func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
+	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
+	if err != nil {
+		return nil, err
+	}
+	var silent []redis.XInfoConsumer
+	for _, c := range consumers {
+		if c.Name != r.opt.Consumer && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
+			silent = append(silent, c)
+		}
+	}
+	return silent, nil
+}
+
+// touchLoop keeps this router's consumers known alive: every DeadAfter/5
+// it touches its consumer on each stream it reads, whether or not
+// anything is delivered to it (Redis before 7.2 counts a consumer idle
+// from the last read that returned entries).
+func (r *Router) touchLoop(ctx context.Context) {
+	t := time.NewTicker(r.opt.DeadAfter / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.touch(ctx)
+	}
+}
+
+// touchID is the id after which touch reads a consumer's own pending
+// entries: the largest one but one. Not the largest itself: XREADGROUP
+// takes that for ">" (it stands for ">" inside Redis) and delivers new
+// entries.
+const touchID = "18446744073709551615-18446744073709551614"
+
+// touch reads this consumer's own pending entries after touchID on every
+// stream: nothing is returned and no entry changes (its idle time and
+// delivery count stay), but the consumer's idle time starts again. A
+// failure is left for the next round: a router that cannot reach the bus
+// for DeadAfter is rightly taken for dead.
+func (r *Router) touch(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.opt.DeadAfter/5)
+	defer cancel()
+	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, stream := range r.streamList() {
+			pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, touchID}, Count: 1, Block: -1,
+			})
+		}
+		return nil
+	})
+	if err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) {
+		r.log.Debug("touching this router's consumers", "err", err)
+	}
+}
+
+// claimOf claims and routes the entries of stream pending for idle, those
+// of the consumer of ("" for any), in rounds until none is left.
+func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string) error {
 	start := "-"
 	for ctx.Err() == nil {
-		msgs, next, err := r.claimPending(ctx, stream, r.opt.ClaimIdle, start, false)
+		msgs, next, err := r.claimPending(ctx, stream, idle, start, of)
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}

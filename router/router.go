@@ -198,6 +198,9 @@ type Router struct {
 	// rediscover asks the claim loop to look for partitions at once (the
 	// partition count changed).
 	rediscover chan struct{}
+	// silent asks the claim loop to claim at once: a touch found a router
+	// gone silent on a stream (touch).
+	silent chan struct{}
 	// countLost is set when housekeeping found the partition count gone
 	// (the bus lost its data): publishers meanwhile took the default count,
 	// so their events may be on partitions no router reads yet.
@@ -246,7 +249,7 @@ func New(c redis.UniversalClient, m *matrix.Matrix, opt Options) (*Router, error
 		return nil, err
 	}
 	r := &Router{c: c, opt: opt, log: opt.Logger, m: newMetrics(opt.Registerer), prefix: m.Prefix, retries: map[string]*retryQueue{},
-		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), redrive: names.RedriveStream(m.Prefix)}
+		unread: map[string]bool{}, rediscover: make(chan struct{}, 1), silent: make(chan struct{}, 1), redrive: names.RedriveStream(m.Prefix)}
 	r.matrix.Store(m)
 	r.digest.Store(m.Digest())
 	r.m.known(m)
@@ -749,6 +752,11 @@ func (r *Router) claimLoop(ctx context.Context) {
 		case <-t.C:
 		case <-r.rediscover:
 			discovered = time.Time{}
+		case <-r.silent:
+			// A router went silent: its entries now, the rest of the
+			// round at its time.
+			r.claimAll(ctx)
+			continue
 		}
 		if time.Now().Before(rescanUntil) || time.Since(discovered) >= r.opt.DiscoverInterval {
 			// Before housekeeping records a new partition count, so the
@@ -760,11 +768,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 			}
 		}
 		r.hold(ctx)
-		for _, stream := range r.streamList() {
-			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
-				r.log.Error("claiming pending entries", "stream", stream, "err", err)
-			}
-		}
+		r.claimAll(ctx)
 		if err := r.takeHandedOver(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("routing re-driven entries handed over by other routers", "err", err)
 		}
@@ -810,6 +814,15 @@ func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
 // for this long.
 const countKeptFor = 35 * time.Second
 
+// claimAll claims on every stream (claim).
+func (r *Router) claimAll(ctx context.Context) {
+	for _, stream := range r.streamList() {
+		if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
+			r.log.Error("claiming pending entries", "stream", stream, "err", err)
+		}
+	}
+}
+
 // claim routes the entries of stream that routers left: those of a router
 // gone silent for DeadAfter (silentRouters), then any pending for
 // ClaimIdle.
@@ -832,7 +845,12 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 // router that hold pending entries and have been idle for DeadAfter: a
 // live router touches its consumers more often (touchLoop).
 func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
-	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
+	return r.silentAmong(r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result())
+}
+
+// silentAmong returns the consumers of a reply of XINFO CONSUMERS that
+// silentRouters returns.
+func (r *Router) silentAmong(consumers []redis.XInfoConsumer, err error) ([]redis.XInfoConsumer, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -872,20 +890,34 @@ const touchID = "18446744073709551615-18446744073709551614"
 // stream: nothing is returned and no entry changes (its idle time and
 // delivery count stay), but the consumer's idle time starts again. A
 // failure is left for the next round: a router that cannot reach the bus
-// for DeadAfter is rightly taken for dead.
+// for DeadAfter is rightly taken for dead. In the same round trip it lists
+// each stream's consumers, and wakes the claim loop when one went silent,
+// so a dead router's entries wait DeadAfter and at most a touch more, not
+// for the claim round.
 func (r *Router) touch(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, r.opt.DeadAfter/5)
 	defer cancel()
+	var lists []*redis.XInfoConsumersCmd
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, stream := range r.streamList() {
 			pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
 				Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, touchID}, Count: 1, Block: -1,
 			})
+			lists = append(lists, pipe.XInfoConsumers(ctx, stream, r.opt.Group))
 		}
 		return nil
 	})
 	if err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) {
 		r.log.Debug("touching this router's consumers", "err", err)
+	}
+	for _, list := range lists {
+		if silent, _ := r.silentAmong(list.Result()); len(silent) > 0 {
+			select {
+			case r.silent <- struct{}{}:
+			default:
+			}
+			return
+		}
 	}
 }
 

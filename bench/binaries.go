@@ -41,6 +41,8 @@ import (
 // binSystem is a bus and a cache redis-server with routerd serve and
 // routerd agent running on them as processes.
 type binSystem struct {
+	bin          string // the routerd binary
+	path         string // its matrix file
 	bus, cache   *redistest.Server
 	busC, cacheC *redis.Client
 	mtx          *matrix.Matrix
@@ -77,7 +79,9 @@ func routerdBinary(dir string) (string, error) {
 	return routerdPath, routerdErr
 }
 
-func startBinaries(dir, yaml, service string) (*binSystem, error) {
+// startBinaries starts a bus and a cache, routerd serve on the bus (with
+// serveArgs besides --matrix and --redis) and routerd agent of service.
+func startBinaries(dir, yaml, service string, serveArgs ...string) (*binSystem, error) {
 	bin, err := routerdBinary(dir)
 	if err != nil {
 		return nil, err
@@ -90,7 +94,7 @@ func startBinaries(dir, yaml, service string) (*binSystem, error) {
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		return nil, err
 	}
-	s := &binSystem{mtx: mtx}
+	s := &binSystem{bin: bin, path: path, mtx: mtx}
 	if s.bus, err = redistest.Launch(dir); err != nil {
 		return nil, err
 	}
@@ -104,35 +108,44 @@ func startBinaries(dir, yaml, service string) (*binSystem, error) {
 		s.stop()
 		return nil, err
 	}
-	start := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append(args, "--listen", testbin.AnyPort)...)
-		log := &logBuffer{}
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			return "", err
-		}
-		s.procs, s.logs = append(s.procs, cmd), append(s.logs, log)
-		var addr string
-		if !waitFor(20*time.Second, func() bool { addr = testbin.ListenAddrIn(log.String()); return addr != "" }) {
-			return "", fmt.Errorf("routerd %s did not listen: %s", args[0], log.String())
-		}
-		if !waitFor(20*time.Second, func() bool { return ready(addr) }) {
-			return "", fmt.Errorf("routerd %s not ready: %s", args[0], log.String())
-		}
-		return addr, nil
-	}
 	// The router first, as a running system has it: an agent whose first
 	// check finds no bus generation (no router ever ran on the bus) takes
 	// each channel's first message as a whole tag (docs/protocol.md §5.2).
-	if s.serveAddr, err = start("serve", "--matrix", path, "--redis", s.bus.URL); err != nil {
+	if s.serveAddr, err = s.serve(serveArgs...); err != nil {
 		s.stop()
 		return nil, err
 	}
-	if s.agentAddr, err = start("agent", "--matrix", path, "--redis", s.bus.URL, "--cache-redis", s.cache.URL, "--service", service); err != nil {
+	if s.agentAddr, err = s.start("agent", "--matrix", path, "--redis", s.bus.URL, "--cache-redis", s.cache.URL, "--service", service); err != nil {
 		s.stop()
 		return nil, err
 	}
 	return s, nil
+}
+
+// serve starts a routerd serve on the bus, with args besides --matrix and
+// --redis, and returns its listen address once it is ready.
+func (s *binSystem) serve(args ...string) (string, error) {
+	return s.start(append([]string{"serve", "--matrix", s.path, "--redis", s.bus.URL}, args...)...)
+}
+
+// start starts routerd with args and returns its listen address once it is
+// ready; the process is s.procs' last.
+func (s *binSystem) start(args ...string) (string, error) {
+	cmd := exec.Command(s.bin, append(args, "--listen", testbin.AnyPort)...)
+	log := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	s.procs, s.logs = append(s.procs, cmd), append(s.logs, log)
+	var addr string
+	if !waitFor(20*time.Second, func() bool { addr = testbin.ListenAddrIn(log.String()); return addr != "" }) {
+		return "", fmt.Errorf("routerd %s did not listen: %s", args[0], log.String())
+	}
+	if !waitFor(20*time.Second, func() bool { return ready(addr) }) {
+		return "", fmt.Errorf("routerd %s not ready: %s", args[0], log.String())
+	}
+	return addr, nil
 }
 
 func (s *binSystem) stop() {

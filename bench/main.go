@@ -110,6 +110,7 @@ func main() {
 		{"bin-throughput-100-tenants", throughputAllTenants},
 		{"bin-throughput-100-tags", throughputOneTenant100Tags},
 		{"bin-throughput-one-tag", throughputOneTag},
+		{"bin-failover", failover},
 	} {
 		if *only != "" && !strings.Contains(sc.name, *only) {
 			continue

@@ -1,0 +1,93 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/router"
+)
+
+// Attacks from outside on the claim of a silent router's entries
+// (router.Options.DeadAfter), with real processes and raw Redis commands.
+
+// A routerd serve stopped (SIGSTOP) in the middle of a backlog is silent,
+// not dead: another router claims its entries after DeadAfter and routes
+// them, and then the stopped one is continued (SIGCONT) with the same
+// entries in hand, half published. Nothing is published twice as two
+// messages (every key is in one message), nothing is lost or left pending,
+// and the continued router goes on routing.
+func TestAttack7StoppedRouterContinuedAfterItsEntriesWereClaimed(t *testing.T) {
+	ctx := context.Background()
+	e, stream := newBacklogEnv(t)
+	const events = 9600
+	keys := make([]string, events)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k:", i)
+	}
+	for from := 0; from < events; from += 3200 {
+		e.xaddPiped("acme", keys[from:from+3200])
+	}
+	path := filepath.Join(t.TempDir(), "matrix.yaml")
+	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
+	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort,
+		"--consumer", "sleepy", "--claim-idle", "1h")
+	var log lockedBuffer
+	cmd.Stderr = &log
+	must(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGCONT); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	const ch = "invalidate:acme:active"
+	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
+		_, v := e.meta(ch)
+		return v >= 1
+	})
+	must(t, cmd.Process.Signal(syscall.SIGSTOP))
+	if e.pending() == 0 {
+		t.Fatal("the stopped router holds nothing pending: the attack did not run")
+	}
+
+	reg := prometheus.NewRegistry()
+	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", ClaimIdle: time.Hour, DeadAfter: time.Second, Registerer: reg})
+	redistest.Eventually(t, 30*time.Second, "the stopped router's entries claimed", func() bool {
+		return claimedBy(t, reg) > 0
+	})
+	must(t, cmd.Process.Signal(syscall.SIGCONT))
+	redistest.Eventually(t, 60*time.Second, "nothing pending, nothing left to read", func() bool {
+		g, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
+	})
+	in := map[string]int{}
+	for _, m := range e.history(ch) {
+		if m.WholeTag() {
+			t.Errorf("version %d is a whole-tag message", m.Version)
+		}
+		for _, k := range m.Keys {
+			in[k]++
+		}
+	}
+	for _, k := range keys {
+		if in[k] != 1 {
+			t.Errorf("%s is in %d messages, want 1", k, in[k])
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	// The continued router still routes, alone.
+	stopB()
+	e.xaddPiped("acme", []string{"after"})
+	redistest.Eventually(t, 20*time.Second, "an event after the continue routed by it", func() bool {
+		h := e.history(ch)
+		last := h[len(h)-1]
+		return len(last.Keys) == 1 && last.Keys[0] == "after" && e.pending() == 0
+	})
+}

@@ -57,13 +57,15 @@ type Options struct {
 	// DeadAfter is how long a router may stay silent on a stream (no
 	// read, no claim: the idle time of its consumer, XINFO CONSUMERS)
 	// while entries are pending for it before the others take it for dead
-	// and claim those entries, however long ClaimIdle is (5s; at most
-	// ClaimIdle). A live router keeps its consumers fresh: it touches each
-	// of them every DeadAfter/5 (an XREADGROUP of its own pending entries
-	// after the largest id, which returns nothing and changes no entry).
-	// So a router killed mid-batch, or one that lost the bus, has its
-	// entries routed by another within DeadAfter plus a claim round, and a
-	// slow batch of a live one is never claimed for its age alone.
+	// and claim those entries, however long ClaimIdle is (5s; at least 1s,
+	// at most ClaimIdle). A live router keeps its consumers fresh: it
+	// touches each of them every 200ms whatever its own DeadAfter (an
+	// XREADGROUP of its own pending entries after the largest id but one,
+	// which returns nothing and changes no entry), so routers on different
+	// DeadAfter do not take one another for dead. So a router killed
+	// mid-batch, or one that lost the bus, has its entries routed by
+	// another within DeadAfter plus a claim round, and a slow batch of a
+	// live one is never claimed for its age alone.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a
@@ -136,6 +138,9 @@ func (o *Options) setDefaults() error {
 		if *d.v < 0 {
 			return fmt.Errorf("router: negative duration %v", *d.v)
 		}
+	}
+	if o.DeadAfter < minDeadAfter {
+		return fmt.Errorf("router: DeadAfter must be at least %v (a live router touches its consumers every %v), not %v", minDeadAfter, touchEvery, o.DeadAfter)
 	}
 	o.DeadAfter = min(o.DeadAfter, o.ClaimIdle)
 	if o.BatchSize == 0 {
@@ -845,12 +850,21 @@ func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInf
 	return silent, nil
 }
 
-// touchLoop keeps this router's consumers known alive: every DeadAfter/5
+// touchEvery is how often a router touches its consumers (touchLoop): the
+// same for every router, so that none takes another for dead at its own
+// DeadAfter (at least minDeadAfter, five touches) while the other touches
+// at the pace of a longer one.
+const (
+	touchEvery   = 200 * time.Millisecond
+	minDeadAfter = 5 * touchEvery
+)
+
+// touchLoop keeps this router's consumers known alive: every touchEvery
 // it touches its consumer on each stream it reads, whether or not
 // anything is delivered to it (Redis before 7.2 counts a consumer idle
 // from the last read that returned entries).
 func (r *Router) touchLoop(ctx context.Context) {
-	t := time.NewTicker(r.opt.DeadAfter / 5)
+	t := time.NewTicker(touchEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -874,7 +888,7 @@ const touchID = "18446744073709551615-18446744073709551614"
 // failure is left for the next round: a router that cannot reach the bus
 // for DeadAfter is rightly taken for dead.
 func (r *Router) touch(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.DeadAfter/5)
+	ctx, cancel := context.WithTimeout(ctx, minDeadAfter)
 	defer cancel()
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, stream := range r.streamList() {

@@ -91,3 +91,40 @@ func TestAttack7StoppedRouterContinuedAfterItsEntriesWereClaimed(t *testing.T) {
 		return len(last.Keys) == 1 && last.Keys[0] == "after" && e.pending() == 0
 	})
 }
+
+// Routers on different --dead-after (an operator rolling out a new value,
+// or one instance started with --dead-after equal to its --claim-idle, to
+// keep the claim as it was): each touches its consumers at its own pace,
+// and each takes another for dead at its own threshold. Router a, at
+// --dead-after 10s, holds an event under the storm limits (its channel's
+// bucket is empty for ten seconds) and reads nothing else; router b, at
+// 1s, watches the group all that time. a is alive and must not be taken
+// for dead: b claims nothing, and the held event is published once.
+func TestAttack7LiveRouterOnALongerDeadAfterIsNotTakenForDead(t *testing.T) {
+	e := newEnv(t, precisionMatrix("rate: 0.1, burst: 1"))
+	e.running("acme")
+	const ch = "invalidate:acme:active"
+	e.routerOn(e.busC, router.Options{Consumer: "a", DeadAfter: 10 * time.Second, ClaimInterval: time.Hour})
+	e.xaddPiped("acme", []string{"first"})
+	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
+		_, v := e.meta(ch)
+		return v == 1
+	})
+	e.xaddPiped("acme", []string{"held"})
+	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
+		return e.pending() == 1
+	})
+	reg := prometheus.NewRegistry()
+	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: time.Second, Registerer: reg})
+	defer stopB()
+	redistest.Eventually(t, 30*time.Second, "the held event published", func() bool {
+		_, v := e.meta(ch)
+		return v == 2 && e.pending() == 0
+	})
+	if n := claimedBy(t, reg); n != 0 {
+		t.Errorf("router b claimed %v entries of the live router a", n)
+	}
+	if h := e.history(ch); len(h) != 2 || len(h[1].Keys) != 1 || h[1].Keys[0] != "held" {
+		t.Errorf("history of %d messages (%v), want the two events once each", len(h), h)
+	}
+}

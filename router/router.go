@@ -239,6 +239,10 @@ type Router struct {
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
+
+	// hand is what the read loops and routing stages have in hand
+	// (claimForgotten).
+	hand hand
 }
 
 // New checks the options. The matrix's prefix and partition count are fixed
@@ -511,7 +515,14 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 	// left some (bounded.go).
 	id, last := "0", ""
 	count := r.opt.BatchSize
+	// pass is in hand while the loop reads its own pending entries: of
+	// any age, they are not forgotten.
+	var pass uint64
+	defer func() { r.hand.drop(stream, pass) }()
 	for ctx.Err() == nil {
+		if id != ">" && pass == 0 {
+			pass = r.hand.take(stream, time.Time{})
+		}
 		block := r.opt.Block
 		if at, ok := q.next(); ok {
 			block = min(block, max(time.Until(at), time.Millisecond))
@@ -524,6 +535,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		var msgs []redis.XMessage
 		var err error
+		readAt := time.Now()
 		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
 			var pending bool
@@ -580,6 +592,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		if id != ">" {
 			if len(msgs) == 0 {
 				id = ">"
+				r.hand.drop(stream, pass)
+				pass = 0
 				continue
 			}
 			// Our own pending entries (a restart): the next read goes on
@@ -595,8 +609,9 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			full = len(msgs) >= count
 			count = nextCount(count, len(msgs), r.opt.BatchSize)
 		}
+		inHand := r.hand.take(stream, readAt)
 		if full {
-			batches <- read{msgs: msgs}
+			batches <- read{msgs: msgs, hand: inHand}
 			continue
 		}
 		// A short read (the router keeps up, or the read was bounded in
@@ -606,7 +621,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		// cost the bus a publish call each — and reads of large entries
 		// do not pile up.
 		published := make(chan struct{})
-		batches <- read{msgs: msgs, published: published}
+		batches <- read{msgs: msgs, published: published, hand: inHand}
 		<-published
 	}
 }
@@ -626,6 +641,7 @@ func pendingAfter(last string) string {
 type read struct {
 	msgs      []redis.XMessage
 	published chan struct{}
+	hand      uint64 // the read's token in Router.hand (0: none)
 }
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog
@@ -709,6 +725,11 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 		b := r.prepare(ctx, stream, next.msgs)
 		if b != nil && next.published != nil {
 			b.published = append(b.published, next.published)
+		}
+		if b != nil {
+			b.hand = append(b.hand, next.hand)
+		} else {
+			r.hand.drop(stream, next.hand)
 		}
 		switch {
 		case b == nil:
@@ -816,8 +837,9 @@ func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
 const countKeptFor = 35 * time.Second
 
 // claim routes the entries of stream that routers left: those of a router
-// gone silent for DeadAfter (silentRouters), then any pending for
-// ClaimIdle.
+// gone silent for DeadAfter (silentRouters), those pending under this
+// router's name that it does not have in hand (claimForgotten), then any
+// pending for ClaimIdle.
 func (r *Router) claim(ctx context.Context, stream string) error {
 	silent, err := r.silentRouters(ctx, stream)
 	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
@@ -826,11 +848,43 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name); err != nil {
+		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil {
 			return err
 		}
 	}
-	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "")
+	if err := r.claimForgotten(ctx, stream); err != nil {
+		return err
+	}
+	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+}
+
+// claimForgotten routes the entries pending under this router's own name
+// for DeadAfter that it does not have in hand: read under its name by
+// another process — a second router given the same --consumer, a client
+// reading with the router's user — so that no router would route them
+// before ClaimIdle (this one keeps the name fresh, and another claims
+// from a silent router only). What hold() kept fresh this round is
+// younger; a read in hand, or its own pending entries being read again,
+// for DeadAfter/2 or longer makes it wait for the next round, and entries
+// claimed meanwhile are left for it too (claiming them to this router
+// changes no owner). Only an entry in hand that the claim outran and that
+// was settled meanwhile may be routed twice, which the channels' event
+// ids make harmless.
+func (r *Router) claimForgotten(ctx context.Context, stream string) error {
+	busy := func() bool { return r.hand.heldFor(stream, r.opt.DeadAfter/2) }
+	if busy() {
+		return nil
+	}
+	return r.claimOf(ctx, stream, r.opt.DeadAfter, r.opt.Consumer, func(msgs []redis.XMessage) []redis.XMessage {
+		if busy() {
+			return nil
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		held := r.heldOn(stream)
+		return slices.DeleteFunc(msgs, func(m redis.XMessage) bool { return held[m.ID] })
+	})
 }
 
 // silentRouters returns the consumers of stream's group other than this
@@ -904,8 +958,9 @@ func (r *Router) touch(ctx context.Context) {
 }
 
 // claimOf claims and routes the entries of stream pending for idle, those
-// of the consumer of ("" for any), in rounds until none is left.
-func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string) error {
+// of the consumer of ("" for any), in rounds until none is left; with
+// keep, only those of each round it keeps.
+func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
 	start := "-"
 	for ctx.Err() == nil {
 		msgs, next, err := r.claimPending(ctx, stream, idle, start, of)
@@ -914,6 +969,9 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 		}
 		if err != nil {
 			return err
+		}
+		if keep != nil {
+			msgs = keep(msgs)
 		}
 		if len(msgs) > 0 {
 			r.m.claimed.Add(float64(len(msgs)))
@@ -952,6 +1010,19 @@ func (r *Router) hold(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// heldOn returns the ids of the entries of stream that hold() keeps
+// fresh: those waiting in coalesced messages or for another try.
+func (r *Router) heldOn(stream string) map[string]bool {
+	held := map[string]bool{}
+	for _, id := range r.co.held()[stream] {
+		held[id] = true
+	}
+	for _, id := range r.retryQueue(stream).held() {
+		held[id] = true
+	}
+	return held
 }
 
 // recordCount writes the matrix's partition count for publishers with

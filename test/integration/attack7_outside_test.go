@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/router"
@@ -127,4 +129,58 @@ func TestAttack7LiveRouterOnALongerDeadAfterIsNotTakenForDead(t *testing.T) {
 	if h := e.history(ch); len(h) != 2 || len(h[1].Keys) != 1 || h[1].Keys[0] != "held" {
 		t.Errorf("history of %d messages (%v), want the two events once each", len(h), h)
 	}
+}
+
+// A router cut off from the bus (its link blackholed: no error, no data)
+// while it holds an event under the storm limits is taken for dead after
+// DeadAfter, and another router claims the event and holds it in turn (the
+// channel's bucket is shared). Then the link comes back, with the first
+// router still holding it in its coalescer and keeping it fresh (hold):
+// the two hold the same entry for a while. It is published once, in one
+// message, when the bucket has a token, the claim happens once (no
+// claiming back and forth), nothing is left pending, and the router that
+// came back goes on routing.
+func TestAttack7RouterCutOffWhileHoldingUnderStormLimits(t *testing.T) {
+	e := newEnv(t, precisionMatrix("rate: 0.2, burst: 1"))
+	e.running("acme")
+	const ch = "invalidate:acme:active"
+	link := faultproxy.Start(t, e.bus.Addr)
+	cut := redis.NewClient(&redis.Options{Addr: link.Addr(), ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	t.Cleanup(func() { _ = cut.Close() })
+	_, stopA := e.routerOn(cut, router.Options{Consumer: "a", DeadAfter: time.Second})
+	e.xaddPiped("acme", []string{"first"})
+	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
+		_, v := e.meta(ch)
+		return v == 1
+	})
+	e.xaddPiped("acme", []string{"held"})
+	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
+		return e.pending() == 1
+	})
+	must(t, link.Blackhole())
+	reg := prometheus.NewRegistry()
+	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: time.Second, Registerer: reg})
+	redistest.Eventually(t, 10*time.Second, "b claiming the held event of a, cut off", func() bool {
+		return claimedBy(t, reg) == 1
+	})
+	must(t, link.Heal())
+	redistest.Eventually(t, 30*time.Second, "the held event published", func() bool {
+		_, v := e.meta(ch)
+		return v == 2 && e.pending() == 0
+	})
+	if h := e.history(ch); len(h) != 2 || len(h[1].Keys) != 1 || h[1].Keys[0] != "held" {
+		t.Errorf("history of %d messages (%v), want the two events once each", len(h), h)
+	}
+	// a routes again, alone.
+	stopB()
+	if n := claimedBy(t, reg); n != 1 {
+		t.Errorf("b claimed %v entries, want the held one once", n)
+	}
+	e.xaddPiped("acme", []string{"after"})
+	redistest.Eventually(t, 30*time.Second, "an event after the cut routed by a", func() bool {
+		h := e.history(ch)
+		last := h[len(h)-1]
+		return len(last.Keys) == 1 && last.Keys[0] == "after" && e.pending() == 0
+	})
+	stopA()
 }

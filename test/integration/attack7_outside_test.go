@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -183,4 +184,65 @@ func TestAttack7RouterCutOffWhileHoldingUnderStormLimits(t *testing.T) {
 		return len(last.Keys) == 1 && last.Keys[0] == "after" && e.pending() == 0
 	})
 	stopA()
+}
+
+// A routerd serve killed (SIGKILL) in the middle of a backlog and started
+// again under the same --consumer (a restarted container: same hostname,
+// pid 1) reads what it left pending first, its own entries whatever their
+// age, and claims none of them as forgotten while it does (claimForgotten
+// would route them a second time): every key is published in one message,
+// nothing is left pending. (A SIGTERM finishes the batch in hand and
+// leaves nothing pending: it was tried first.)
+func TestAttack7RouterRestartedUnderItsName(t *testing.T) {
+	ctx := context.Background()
+	e, stream := newBacklogEnv(t)
+	const events = 9600
+	keys := make([]string, events)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k:", i)
+	}
+	for from := 0; from < events; from += 3200 {
+		e.xaddPiped("acme", keys[from:from+3200])
+	}
+	path := filepath.Join(t.TempDir(), "matrix.yaml")
+	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
+	start := func(log *lockedBuffer) *exec.Cmd {
+		cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort,
+			"--consumer", "same", "--claim-idle", "1h", "--dead-after", "1s")
+		cmd.Stderr = log
+		must(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	var first, second lockedBuffer
+	cmd := start(&first)
+	const ch = "invalidate:acme:active"
+	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
+		_, v := e.meta(ch)
+		return v >= 1
+	})
+	must(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	if e.pending() == 0 {
+		t.Fatal("the killed router left nothing pending: the attack did not run")
+	}
+	start(&second)
+	redistest.Eventually(t, 60*time.Second, "nothing pending, nothing left to read", func() bool {
+		g, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
+	})
+	in := map[string]int{}
+	for _, m := range e.history(ch) {
+		for _, k := range m.Keys {
+			in[k]++
+		}
+	}
+	for _, k := range keys {
+		if in[k] != 1 {
+			t.Errorf("%s is in %d messages, want 1", k, in[k])
+		}
+	}
+	if strings.Contains(second.String(), "claimed pending entries") {
+		t.Errorf("the router started again claimed entries of its own:\n%s", second.String())
+	}
 }

@@ -889,7 +889,9 @@ func (r *Router) claimForgotten(ctx context.Context, stream string) error {
 
 // silentRouters returns the consumers of stream's group other than this
 // router that hold pending entries and have been idle for DeadAfter: a
-// live router touches its consumers more often (touchLoop).
+// live router touches its consumers more often (touchLoop). A consumer
+// with an empty name (Redis takes one) is no router's, and to the claim an
+// empty name means any consumer: its entries wait for ClaimIdle.
 func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
 	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
 	if err != nil {
@@ -897,7 +899,7 @@ func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInf
 	}
 	var silent []redis.XInfoConsumer
 	for _, c := range consumers {
-		if c.Name != r.opt.Consumer && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
+		if c.Name != r.opt.Consumer && c.Name != "" && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
 			silent = append(silent, c)
 		}
 	}

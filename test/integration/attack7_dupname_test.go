@@ -70,3 +70,57 @@ func TestAttack7RouterInHandClaimsNothingOfItsOwn(t *testing.T) {
 		t.Errorf("the router claimed %v entries it had in hand", n)
 	}
 }
+
+// Redis takes an empty consumer name (a script's XREADGROUP GROUP routerd
+// "$CONSUMER" with the variable unset), and to the claim an empty name
+// meant any consumer: once that consumer went silent, each claim round
+// claimed every entry pending for DeadAfter whoever held it — the entries
+// live routers hold under the storm limits among them. Router b must claim
+// the entry of a silent consumer with a name, and nothing of the live
+// router a; the empty name is no router's: its entry waits for ClaimIdle
+// like any other.
+func TestAttack7EmptyConsumerNameIsNoWildcard(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, precisionMatrix("rate: 0.1, burst: 1"))
+	e.running("acme")
+	const ch = "invalidate:acme:active"
+	// a's claim rounds (which refresh what it holds) are an hour apart.
+	e.routerOn(e.busC, router.Options{Consumer: "a", DeadAfter: time.Second, ClaimInterval: time.Hour})
+	e.xaddPiped("acme", []string{"first"})
+	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
+		_, v := e.meta(ch)
+		return v == 1
+	})
+	e.xaddPiped("acme", []string{"held"})
+	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
+		return e.pending() == 1
+	})
+	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
+	for _, consumer := range []string{"", "ghost"} {
+		_, err := e.busC.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["of:` + consumer + `"]}`}})
+			pipe.Do(ctx, "XREADGROUP", "GROUP", "routerd", consumer, "COUNT", 1, "STREAMS", stream, ">")
+			return nil
+		})
+		must(t, err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the held entry idle for DeadAfter", func() bool {
+		p, err := e.busC.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10, Consumer: "a"}).Result()
+		return err == nil && len(p) == 1 && p[0].Idle > 1500*time.Millisecond
+	})
+	reg := prometheus.NewRegistry()
+	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: time.Second, ClaimIdle: time.Hour, Registerer: reg})
+	defer stopB()
+	redistest.Eventually(t, 40*time.Second, "the held event and ghost's published", func() bool {
+		seen := map[string]int{}
+		for _, m := range e.history(ch) {
+			for _, k := range m.Keys {
+				seen[k]++
+			}
+		}
+		return seen["held"] == 1 && seen["of:ghost"] == 1
+	})
+	if n := claimedBy(t, reg); n != 1 {
+		t.Errorf("router b claimed %v entries, want ghost's one", n)
+	}
+}

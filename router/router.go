@@ -65,7 +65,10 @@ type Options struct {
 	// DeadAfter do not take one another for dead. So a router killed
 	// mid-batch, or one that lost the bus, has its entries routed by
 	// another within DeadAfter plus a claim round, and a slow batch of a
-	// live one is never claimed for its age alone.
+	// live one is never claimed for its age alone. An entry pending under
+	// this router's own name for DeadAfter that it does not have in hand
+	// (read under its name by another process, or back from a restored
+	// snapshot) it routes itself.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a

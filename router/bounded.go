@@ -221,7 +221,7 @@ func (s *streamReader) client(ctx context.Context) *redis.Client {
 // connection take up to maxReadBatches: the script runs on the shared
 // client, which go-redis retries when a connection fails (its MaxRetries),
 // and what a run whose reply was lost delivered waits pending for
-// ClaimIdle.
+// DeadAfter (claimForgotten).
 const maxScriptReadBatches = 4
 
 // bound is count, or less when the reader's reads go through read.lua for

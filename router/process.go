@@ -202,6 +202,9 @@ type batch struct {
 	// published are closed once the batch is published: its read loop
 	// waits for them after a short read (routeStages).
 	published []chan struct{}
+	// hand are the tokens of its reads in Router.hand, dropped once it is
+	// settled.
+	hand []uint64
 }
 
 // prepare parses and routes a batch and merges its events into messages
@@ -314,6 +317,7 @@ func (b *batch) join(next *batch) bool {
 	b.entries = append(b.entries, next.entries...)
 	b.done = append(b.done, next.done...)
 	b.published = append(b.published, next.published...)
+	b.hand = append(b.hand, next.hand...)
 	for _, ch := range next.channels {
 		if _, ok := b.open[ch]; !ok {
 			b.channels = append(b.channels, ch)
@@ -371,6 +375,7 @@ func (r *Router) publishBatch(b *batch) {
 // messages were published.
 func (r *Router) settleBatch(b *batch) error {
 	defer b.cancel()
+	defer r.hand.drop(b.stream, b.hand...)
 	defer func() { r.m.batchSeconds.Observe(time.Since(b.start).Seconds()) }()
 	if b.failed != nil {
 		return r.failBatch(b.entries, b.failed)

@@ -360,13 +360,7 @@ func (r *Router) takeHandedOver(ctx context.Context) error {
 		}
 		return err
 	}
-	held := map[string]bool{}
-	for _, id := range r.co.held()[r.redrive] {
-		held[id] = true
-	}
-	for _, id := range r.retryQueue(r.redrive).held() {
-		held[id] = true
-	}
+	held := r.heldOn(r.redrive)
 	var msgs []redis.XMessage
 	for _, m := range res {
 		if !held[m.ID] {

@@ -232,6 +232,9 @@ func (r *Router) retryDue(ctx context.Context, stream string, q *retryQueue) {
 	if len(poison) == 0 && len(alone) == 0 && len(together) == 0 {
 		return
 	}
+	// Out of the queue, they are in hand until tried (claimForgotten).
+	inHand := r.hand.take(stream, time.Time{})
+	defer r.hand.drop(stream, inHand)
 	// Look again where the slots are before the next try: a failover or a
 	// moved slot is the usual cause of a failed batch on a cluster.
 	r.shards.Moved(ctx)

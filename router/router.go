@@ -57,13 +57,18 @@ type Options struct {
 	// DeadAfter is how long a router may stay silent on a stream (no
 	// read, no claim: the idle time of its consumer, XINFO CONSUMERS)
 	// while entries are pending for it before the others take it for dead
-	// and claim those entries, however long ClaimIdle is (5s; at most
-	// ClaimIdle). A live router keeps its consumers fresh: it touches each
-	// of them every DeadAfter/5 (an XREADGROUP of its own pending entries
-	// after the largest id, which returns nothing and changes no entry).
-	// So a router killed mid-batch, or one that lost the bus, has its
-	// entries routed by another within DeadAfter plus a claim round, and a
-	// slow batch of a live one is never claimed for its age alone.
+	// and claim those entries, however long ClaimIdle is (5s; at least 1s,
+	// at most ClaimIdle). A live router keeps its consumers fresh: it
+	// touches each of them every 200ms whatever its own DeadAfter (an
+	// XREADGROUP of its own pending entries after the largest id but one,
+	// which returns nothing and changes no entry), so routers on different
+	// DeadAfter do not take one another for dead. So a router killed
+	// mid-batch, or one that lost the bus, has its entries routed by
+	// another within DeadAfter plus a claim round, and a slow batch of a
+	// live one is never claimed for its age alone. An entry pending under
+	// this router's own name for DeadAfter that it does not have in hand
+	// (read under its name by another process, or back from a restored
+	// snapshot) it routes itself.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a
@@ -136,6 +141,9 @@ func (o *Options) setDefaults() error {
 		if *d.v < 0 {
 			return fmt.Errorf("router: negative duration %v", *d.v)
 		}
+	}
+	if o.DeadAfter < minDeadAfter {
+		return fmt.Errorf("router: DeadAfter must be at least %v (a live router touches its consumers every %v), not %v", minDeadAfter, touchEvery, o.DeadAfter)
 	}
 	o.DeadAfter = min(o.DeadAfter, o.ClaimIdle)
 	if o.BatchSize == 0 {
@@ -237,6 +245,10 @@ type Router struct {
 
 	retryMu sync.Mutex
 	retries map[string]*retryQueue // failed entries by stream
+
+	// hand is what the read loops and routing stages have in hand
+	// (claimForgotten).
+	hand hand
 }
 
 // New checks the options. The matrix's prefix and partition count are fixed
@@ -509,7 +521,14 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 	// left some (bounded.go).
 	id, last := "0", ""
 	count := r.opt.BatchSize
+	// pass is in hand while the loop reads its own pending entries: of
+	// any age, they are not forgotten.
+	var pass uint64
+	defer func() { r.hand.drop(stream, pass) }()
 	for ctx.Err() == nil {
+		if id != ">" && pass == 0 {
+			pass = r.hand.take(stream, time.Time{})
+		}
 		block := r.opt.Block
 		if at, ok := q.next(); ok {
 			block = min(block, max(time.Until(at), time.Millisecond))
@@ -522,6 +541,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		var msgs []redis.XMessage
 		var err error
+		readAt := time.Now()
 		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
 			var pending bool
@@ -578,6 +598,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		if id != ">" {
 			if len(msgs) == 0 {
 				id = ">"
+				r.hand.drop(stream, pass)
+				pass = 0
 				continue
 			}
 			// Our own pending entries (a restart): the next read goes on
@@ -593,8 +615,9 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			full = len(msgs) >= count
 			count = nextCount(count, len(msgs), r.opt.BatchSize)
 		}
+		inHand := r.hand.take(stream, readAt)
 		if full {
-			batches <- read{msgs: msgs}
+			batches <- read{msgs: msgs, hand: inHand}
 			continue
 		}
 		// A short read (the router keeps up, or the read was bounded in
@@ -604,7 +627,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		// cost the bus a publish call each — and reads of large entries
 		// do not pile up.
 		published := make(chan struct{})
-		batches <- read{msgs: msgs, published: published}
+		batches <- read{msgs: msgs, published: published, hand: inHand}
 		<-published
 	}
 }
@@ -624,6 +647,7 @@ func pendingAfter(last string) string {
 type read struct {
 	msgs      []redis.XMessage
 	published chan struct{}
+	hand      uint64 // the read's token in Router.hand (0: none)
 }
 
 // maxReadBatches bounds how many BatchSize a read takes when a backlog
@@ -707,6 +731,11 @@ func (r *Router) routeStages(ctx context.Context, stream string, q *retryQueue, 
 		b := r.prepare(ctx, stream, next.msgs)
 		if b != nil && next.published != nil {
 			b.published = append(b.published, next.published)
+		}
+		if b != nil {
+			b.hand = append(b.hand, next.hand)
+		} else {
+			r.hand.drop(stream, next.hand)
 		}
 		switch {
 		case b == nil:
@@ -824,8 +853,9 @@ func (r *Router) claimAll(ctx context.Context) {
 }
 
 // claim routes the entries of stream that routers left: those of a router
-// gone silent for DeadAfter (silentRouters), then any pending for
-// ClaimIdle.
+// gone silent for DeadAfter (silentRouters), those pending under this
+// router's name that it does not have in hand (claimForgotten), then any
+// pending for ClaimIdle.
 func (r *Router) claim(ctx context.Context, stream string) error {
 	silent, err := r.silentRouters(ctx, stream)
 	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
@@ -834,16 +864,50 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name); err != nil {
+		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil {
 			return err
 		}
 	}
-	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "")
+	if err := r.claimForgotten(ctx, stream); err != nil {
+		return err
+	}
+	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+}
+
+// claimForgotten routes the entries pending under this router's own name
+// for DeadAfter that it does not have in hand: read under its name by
+// another process — a second router given the same --consumer, a client
+// reading with the router's user — so that no router would route them
+// before ClaimIdle (this one keeps the name fresh, and another claims
+// from a silent router only). What hold() kept fresh this round is
+// younger; a read in hand, or its own pending entries being read again,
+// for DeadAfter/2 or longer makes it wait for the next round, and entries
+// claimed meanwhile are left for it too (claiming them to this router
+// changes no owner). Only an entry in hand that the claim outran and that
+// was settled meanwhile may be routed twice, which the channels' event
+// ids make harmless.
+func (r *Router) claimForgotten(ctx context.Context, stream string) error {
+	busy := func() bool { return r.hand.heldFor(stream, r.opt.DeadAfter/2) }
+	if busy() {
+		return nil
+	}
+	return r.claimOf(ctx, stream, r.opt.DeadAfter, r.opt.Consumer, func(msgs []redis.XMessage) []redis.XMessage {
+		if busy() {
+			return nil
+		}
+		if len(msgs) == 0 {
+			return nil
+		}
+		held := r.heldOn(stream)
+		return slices.DeleteFunc(msgs, func(m redis.XMessage) bool { return held[m.ID] })
+	})
 }
 
 // silentRouters returns the consumers of stream's group other than this
 // router that hold pending entries and have been idle for DeadAfter: a
-// live router touches its consumers more often (touchLoop).
+// live router touches its consumers more often (touchLoop). A consumer
+// with an empty name (Redis takes one) is no router's, and to the claim an
+// empty name means any consumer: its entries wait for ClaimIdle.
 func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
 	return r.silentAmong(r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result())
 }
@@ -856,29 +920,42 @@ func (r *Router) silentAmong(consumers []redis.XInfoConsumer, err error) ([]redi
 	}
 	var silent []redis.XInfoConsumer
 	for _, c := range consumers {
-		if c.Name != r.opt.Consumer && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
+		if c.Name != r.opt.Consumer && c.Name != "" && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
 			silent = append(silent, c)
 		}
 	}
 	return silent, nil
 }
 
-// touchLoop keeps this router's consumers known alive: every DeadAfter/5
+// touchEvery is how often a router touches its consumers (touchLoop): the
+// same for every router, so that none takes another for dead at its own
+// DeadAfter (at least minDeadAfter, five touches) while the other touches
+// at the pace of a longer one.
+const (
+	touchEvery   = 200 * time.Millisecond
+	minDeadAfter = 5 * touchEvery
+)
+
+// touchLoop keeps this router's consumers known alive: every touchEvery
 // it touches its consumer on each stream it reads, whether or not
 // anything is delivered to it (Redis before 7.2 counts a consumer idle
 // from the last read that returned entries).
 func (r *Router) touchLoop(ctx context.Context) {
-	t := time.NewTicker(r.opt.DeadAfter / 5)
+	t := time.NewTicker(touchEvery)
 	defer t.Stop()
-	for {
+	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		r.touch(ctx)
+		r.touch(ctx, n%listEvery == 0)
 	}
 }
+
+// listEvery is how many touches apart a touch lists the consumers too
+// (every second).
+const listEvery = 5
 
 // touchID is the id after which touch reads a consumer's own pending
 // entries: the largest one but one. Not the largest itself: XREADGROUP
@@ -890,12 +967,12 @@ const touchID = "18446744073709551615-18446744073709551614"
 // stream: nothing is returned and no entry changes (its idle time and
 // delivery count stay), but the consumer's idle time starts again. A
 // failure is left for the next round: a router that cannot reach the bus
-// for DeadAfter is rightly taken for dead. In the same round trip it lists
-// each stream's consumers, and wakes the claim loop when one went silent,
-// so a dead router's entries wait DeadAfter and at most a touch more, not
-// for the claim round.
-func (r *Router) touch(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, r.opt.DeadAfter/5)
+// for DeadAfter is rightly taken for dead. With list, in the same round
+// trip it lists each stream's consumers, and wakes the claim loop when one
+// went silent, so a dead router's entries wait DeadAfter and at most a
+// second more, not for the claim round.
+func (r *Router) touch(ctx context.Context, list bool) {
+	ctx, cancel := context.WithTimeout(ctx, minDeadAfter)
 	defer cancel()
 	var lists []*redis.XInfoConsumersCmd
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -903,7 +980,9 @@ func (r *Router) touch(ctx context.Context) {
 			pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
 				Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, touchID}, Count: 1, Block: -1,
 			})
-			lists = append(lists, pipe.XInfoConsumers(ctx, stream, r.opt.Group))
+			if list {
+				lists = append(lists, pipe.XInfoConsumers(ctx, stream, r.opt.Group))
+			}
 		}
 		return nil
 	})
@@ -922,8 +1001,9 @@ func (r *Router) touch(ctx context.Context) {
 }
 
 // claimOf claims and routes the entries of stream pending for idle, those
-// of the consumer of ("" for any), in rounds until none is left.
-func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string) error {
+// of the consumer of ("" for any), in rounds until none is left; with
+// keep, only those of each round it keeps.
+func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
 	start := "-"
 	for ctx.Err() == nil {
 		msgs, next, err := r.claimPending(ctx, stream, idle, start, of)
@@ -932,6 +1012,9 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 		}
 		if err != nil {
 			return err
+		}
+		if keep != nil {
+			msgs = keep(msgs)
 		}
 		if len(msgs) > 0 {
 			r.m.claimed.Add(float64(len(msgs)))
@@ -970,6 +1053,19 @@ func (r *Router) hold(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// heldOn returns the ids of the entries of stream that hold() keeps
+// fresh: those waiting in coalesced messages or for another try.
+func (r *Router) heldOn(stream string) map[string]bool {
+	held := map[string]bool{}
+	for _, id := range r.co.held()[stream] {
+		held[id] = true
+	}
+	for _, id := range r.retryQueue(stream).held() {
+		held[id] = true
+	}
+	return held
 }
 
 // recordCount writes the matrix's partition count for publishers with

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestTouchDeliversNothingAndChangesNoEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.touch(ctx)
+	r.touch(ctx, true)
 	cs, err := c.XInfoConsumers(ctx, stream, "routerd").Result()
 	if err != nil {
 		t.Fatal(err)
@@ -68,5 +69,25 @@ func TestTouchDeliversNothingAndChangesNoEntry(t *testing.T) {
 	}
 	if g[0].Lag != 1 {
 		t.Errorf("the group's lag after a touch is %d, want 1: the touch delivered a new entry", g[0].Lag)
+	}
+}
+
+// Every router touches its consumers at the same pace (touchEvery), so a
+// DeadAfter too short for five touches is refused by name, and one above
+// ClaimIdle comes down to it.
+func TestDeadAfterBounds(t *testing.T) {
+	m := runMatrix(t)
+	c := redis.NewClient(&redis.Options{})
+	defer c.Close()
+	_, err := New(c, m, Options{DeadAfter: 500 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "DeadAfter must be at least 1s") {
+		t.Errorf("DeadAfter 500ms: err %v, want it refused by name", err)
+	}
+	r, err := New(c, m, Options{DeadAfter: time.Minute, ClaimIdle: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.opt.DeadAfter != 2*time.Second {
+		t.Errorf("DeadAfter 1m with ClaimIdle 2s is %v, want 2s", r.opt.DeadAfter)
 	}
 }

@@ -42,7 +42,7 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	group := f.String("group", "routerd", "consumer group on the ingress streams")
 	consumer := f.String("consumer", "", "this instance's consumer name (hostname-pid when empty); unique per instance")
 	claimIdle := f.Duration("claim-idle", 30*time.Second, "claim entries left pending this long by another instance")
-	deadAfter := f.Duration("dead-after", 5*time.Second, "claim at once the entries of an instance silent on a stream this long (at most --claim-idle)")
+	deadAfter := f.Duration("dead-after", 5*time.Second, "claim at once the entries of an instance silent on a stream this long (at least 1s, at most --claim-idle)")
 	maxEvent := f.Int("max-event-bytes", wire.DefaultMaxEventBytes, "refuse (dead-letter) an event whose JSON is larger")
 	deadLetterAfter := f.Int("dead-letter-after", 20, "dead-letter an entry (reason poison) after this many tries that failed with an error that will not pass")
 	poll := f.Duration("matrix-poll", 5*time.Second, pollHelp)

@@ -834,8 +834,9 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name); err != nil {
-			return err
+		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name); err != nil && ctx.Err() == nil {
+			// The claim after ClaimIdle takes its entries too, in time.
+			r.log.Error("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "err", err)
 		}
 	}
 	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "")

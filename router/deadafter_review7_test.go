@@ -1,0 +1,118 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
+)
+
+// A router silent on the re-drive stream for DeadAfter is not alive to
+// hand re-driven entries over to: the hand-over (XCLAIM to it) starts its
+// idle time again, and the others, taking it for dead after DeadAfter,
+// claimed its entries and handed them back to it, every DeadAfter, for
+// ever, while it was alive by ClaimIdle.
+func TestLiveConsumersAreThoseSilentLessThanDeadAfter(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	m := runMatrix(t)
+	r, err := New(c, m, Options{Consumer: "me", DeadAfter: 100 * time.Millisecond, ClaimIdle: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XGroupCreateMkStream(ctx, r.redrive, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, "XGROUP", "CREATECONSUMER", r.redrive, "routerd", "dead").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the consumer silent for DeadAfter", func() bool {
+		cs, err := c.XInfoConsumers(ctx, r.redrive, "routerd").Result()
+		return err == nil && len(cs) == 1 && cs[0].Idle >= r.opt.DeadAfter
+	})
+	if alive := r.liveConsumers(ctx); alive["dead"] {
+		t.Errorf("a consumer silent for DeadAfter is alive to hand entries over to: %v", alive)
+	}
+}
+
+// failClaimOf fails the claims of the entries of one consumer.
+type failClaimOf struct{ of string }
+
+func (failClaimOf) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failClaimOf) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.fails(cmd) {
+			return cmd.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h failClaimOf) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if h.fails(cmd) {
+				for _, c := range cmds {
+					c.SetErr(cmd.Err())
+				}
+				return cmd.Err()
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// fails sets an error on cmd when it is a claim of h.of's entries.
+func (h failClaimOf) fails(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	if n := len(args); (cmd.Name() == "evalsha" || cmd.Name() == "eval") && n > 0 && args[n-1] == h.of {
+		cmd.SetErr(errors.New("ERR the claim of " + h.of + " failed"))
+		return true
+	}
+	return false
+}
+
+// A failed claim of a silent router's entries does not skip the claim of
+// the entries pending for ClaimIdle: those the failing claim was for
+// among them.
+func TestClaimAfterClaimIdleWhenTheClaimOfASilentRouterFails(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	m := runMatrix(t)
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, "XREADGROUP", "GROUP", "routerd", "dead", "COUNT", 1, "STREAMS", stream, ">").Err(); err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	t.Cleanup(func() { _ = rc.Close() })
+	rc.AddHook(failClaimOf{"dead"})
+	r, err := New(rc, m, Options{Consumer: "me", DeadAfter: 50 * time.Millisecond, ClaimIdle: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.streams = []string{stream}
+	redistest.Eventually(t, 10*time.Second, "the entry pending for ClaimIdle", func() bool {
+		p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Idle: r.opt.ClaimIdle, Start: "-", End: "+", Count: 1}).Result()
+		return err == nil && len(p) == 1
+	})
+	_ = r.claim(ctx, stream)
+	p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10, Consumer: "dead"}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) != 0 {
+		t.Errorf("after a claim round %d entries pending for ClaimIdle are still the silent router's: its failed claim skipped the claim after ClaimIdle", len(p))
+	}
+}

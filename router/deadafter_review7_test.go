@@ -3,10 +3,14 @@ package router
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
@@ -115,4 +119,81 @@ func TestClaimAfterClaimIdleWhenTheClaimOfASilentRouterFails(t *testing.T) {
 	if len(p) != 0 {
 		t.Errorf("after a claim round %d entries pending for ClaimIdle are still the silent router's: its failed claim skipped the claim after ClaimIdle", len(p))
 	}
+}
+
+// holdAcks blocks the acknowledgements until released, and counts the
+// touches sent once counting is on.
+type holdAcks struct {
+	blocked chan struct{} // closed at the first acknowledgement
+	once    sync.Once
+	release chan struct{}
+	count   atomic.Bool
+	touches atomic.Int64
+}
+
+func (*holdAcks) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (*holdAcks) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *holdAcks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			switch {
+			case cmd.Name() == "xack":
+				h.once.Do(func() { close(h.blocked) })
+				select {
+				case <-h.release:
+				case <-ctx.Done():
+				}
+			case cmd.Name() == "xreadgroup" && slices.Contains(cmd.Args(), any(touchID)) && h.count.Load():
+				h.touches.Add(1)
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A stopping router touches its consumers until the batch in hand is
+// finished (it may take ShutdownTimeout, longer than DeadAfter): the others
+// do not take it for dead and route its entries a second time. Then the
+// touches stop with Run.
+func TestTouchesWhileTheLastBatchFinishes(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	m := runMatrix(t)
+	h := &holdAcks{blocked: make(chan struct{}), release: make(chan struct{})}
+	rc := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
+	t.Cleanup(func() { _ = rc.Close() })
+	rc.AddHook(h)
+	r, err := New(rc, m, Options{Consumer: "me", DeadAfter: 250 * time.Millisecond, ShutdownTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks := goleak.IgnoreCurrent()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	redistest.Eventually(t, 20*time.Second, "the router ready", r.ready.Load)
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.blocked:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the batch was never acknowledged")
+	}
+	h.count.Store(true)
+	cancel()
+	redistest.Eventually(t, 20*time.Second, "touches while the last batch finishes", func() bool { return h.touches.Load() >= 2 })
+	close(h.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return")
+	}
+	goleak.VerifyNone(t, leaks)
 }

@@ -331,6 +331,14 @@ func (r *Router) Run(ctx context.Context) error {
 	defer r.deregister()
 	r.log.Info("routing", "partitions", len(r.streams), "group", r.opt.Group, "consumer", r.opt.Consumer)
 
+	// The touches outlive the read loops and the coalescer: a batch in hand
+	// may take ShutdownTimeout to finish, longer than DeadAfter, and the
+	// others must not take this router for dead meanwhile.
+	touchCtx, stopTouch := context.WithCancel(context.WithoutCancel(ctx))
+	touched := make(chan struct{})
+	go func() { defer close(touched); r.touchLoop(touchCtx) }()
+	defer func() { stopTouch(); <-touched }()
+
 	// The coalescer outlives the read loops: when they have finished their
 	// last batches it publishes whatever is still pending, then stops.
 	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
@@ -346,7 +354,6 @@ func (r *Router) Run(ctx context.Context) error {
 		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
-	g.Go(func() error { r.touchLoop(gctx); return nil })
 	g.Go(func() error { r.probe(gctx); return nil })
 	return g.Wait()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -196,4 +197,18 @@ func TestTouchesWhileTheLastBatchFinishes(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 	goleak.VerifyNone(t, leaks)
+}
+
+// A DeadAfter a router cannot touch its consumers within (a fifth of it
+// under a millisecond: Run's ticker panicked below 5ns), or a negative one,
+// is refused by New with an error naming it.
+func TestNewRefusesADeadAfterTooShort(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}) // never dialled
+	defer c.Close()
+	for _, opt := range []Options{{DeadAfter: 4}, {DeadAfter: -time.Second}, {ClaimIdle: time.Microsecond}} {
+		_, err := New(c, runMatrix(t), opt)
+		if err == nil || !strings.Contains(err.Error(), "DeadAfter") {
+			t.Errorf("New with DeadAfter %v, ClaimIdle %v: %v, want an error naming DeadAfter", opt.DeadAfter, opt.ClaimIdle, err)
+		}
+	}
 }

@@ -125,19 +125,24 @@ func (o *Options) setDefaults() error {
 		o.Consumer = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	for _, d := range []struct {
-		v   *time.Duration
-		def time.Duration
-	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second}, {&o.DiscoverInterval, time.Minute},
-		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour},
-		{&o.DeadAfter, 5 * time.Second}} {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{{"Block", &o.Block, time.Second}, {"ClaimIdle", &o.ClaimIdle, 30 * time.Second}, {"ClaimInterval", &o.ClaimInterval, 5 * time.Second},
+		{"DiscoverInterval", &o.DiscoverInterval, time.Minute}, {"SourceVersionTTL", &o.SourceVersionTTL, 24 * time.Hour},
+		{"ShutdownTimeout", &o.ShutdownTimeout, 10 * time.Second}, {"ReplicaTimeout", &o.ReplicaTimeout, time.Second},
+		{"ForgetConsumers", &o.ForgetConsumers, time.Hour}, {"DeadAfter", &o.DeadAfter, 5 * time.Second}} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 		if *d.v < 0 {
-			return fmt.Errorf("router: negative duration %v", *d.v)
+			return fmt.Errorf("router: negative duration %v for %s", *d.v, d.name)
 		}
 	}
 	o.DeadAfter = min(o.DeadAfter, o.ClaimIdle)
+	if o.DeadAfter < time.Millisecond {
+		return fmt.Errorf("router: DeadAfter (at most ClaimIdle) is %v, under a millisecond: a live router touches its consumers every fifth of it", o.DeadAfter)
+	}
 	if o.BatchSize == 0 {
 		o.BatchSize = 256
 	}

@@ -58,12 +58,12 @@ type Options struct {
 	// read, no claim: the idle time of its consumer, XINFO CONSUMERS)
 	// while entries are pending for it before the others take it for dead
 	// and claim those entries, however long ClaimIdle is (5s; at most
-	// ClaimIdle). A live router keeps its consumers fresh: it touches each
-	// of them every DeadAfter/5 (an XREADGROUP of its own pending entries
-	// after the largest id, which returns nothing and changes no entry).
-	// So a router killed mid-batch, or one that lost the bus, has its
-	// entries routed by another within DeadAfter plus a claim round, and a
-	// slow batch of a live one is never claimed for its age alone.
+	// ClaimIdle, at least a millisecond). A live router keeps its consumers
+	// fresh: it touches each of them every DeadAfter/5 (touch), until its
+	// last batch is done. So a router killed mid-batch, or one that lost
+	// the bus, has its entries routed by another within DeadAfter and a
+	// touch, and a slow batch of a live one is not claimed before
+	// ClaimIdle.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a
@@ -877,9 +877,8 @@ func (r *Router) silentAmong(consumers []redis.XInfoConsumer, err error) ([]redi
 }
 
 // touchLoop keeps this router's consumers known alive: every DeadAfter/5
-// it touches its consumer on each stream it reads, whether or not
-// anything is delivered to it (Redis before 7.2 counts a consumer idle
-// from the last read that returned entries).
+// it touches its consumer on each stream it reads, since a read loop does
+// not read while its batches are slow or held up.
 func (r *Router) touchLoop(ctx context.Context) {
 	t := time.NewTicker(r.opt.DeadAfter / 5)
 	defer t.Stop()

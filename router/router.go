@@ -61,8 +61,8 @@ type Options struct {
 	// ClaimIdle, at least a millisecond). A live router keeps its consumers
 	// fresh: it touches each of them every DeadAfter/5 (touch), until its
 	// last batch is done. So a router killed mid-batch, or one that lost
-	// the bus, has its entries routed by another within DeadAfter and a
-	// touch, and a slow batch of a live one is not claimed before
+	// the bus, has its entries routed by another within DeadAfter and two
+	// touches (silence), and a slow batch of a live one is not claimed before
 	// ClaimIdle.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
@@ -206,6 +206,9 @@ type Router struct {
 	// silent asks the claim loop to claim at once: a touch found a router
 	// gone silent on a stream (touch).
 	silent chan struct{}
+	// silence tells the routers gone silent from the listings of touch
+	// and claim.
+	silence silence
 	// countLost is set when housekeeping found the partition count gone
 	// (the bus lost its data): publishers meanwhile took the default count,
 	// so their events may be on partitions no router reads yet.
@@ -855,25 +858,20 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 }
 
 // silentRouters returns the consumers of stream's group other than this
-// router that hold pending entries and have been idle for DeadAfter: a
-// live router touches its consumers more often (touchLoop).
+// router that hold pending entries and have been silent for DeadAfter
+// (silence): a live router touches its consumers more often (touchLoop).
 func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
-	return r.silentAmong(r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result())
+	return r.silentAmong(stream, r.c.XInfoConsumers(ctx, stream, r.opt.Group))
 }
 
-// silentAmong returns the consumers of a reply of XINFO CONSUMERS that
-// silentRouters returns.
-func (r *Router) silentAmong(consumers []redis.XInfoConsumer, err error) ([]redis.XInfoConsumer, error) {
+// silentAmong returns the consumers of a reply of XINFO CONSUMERS on
+// stream that silentRouters returns.
+func (r *Router) silentAmong(stream string, list *redis.XInfoConsumersCmd) ([]redis.XInfoConsumer, error) {
+	consumers, err := list.Result()
 	if err != nil {
 		return nil, err
 	}
-	var silent []redis.XInfoConsumer
-	for _, c := range consumers {
-		if c.Name != r.opt.Consumer && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
-			silent = append(silent, c)
-		}
-	}
-	return silent, nil
+	return r.silence.silent(stream, consumers, r.opt.Consumer, r.opt.DeadAfter, time.Now()), nil
 }
 
 // touchLoop keeps this router's consumers known alive: every DeadAfter/5
@@ -903,15 +901,16 @@ const touchID = "18446744073709551615-18446744073709551614"
 // delivery count stay), but the consumer's idle time starts again. A
 // failure is left for the next round: a router that cannot reach the bus
 // for DeadAfter is rightly taken for dead. In the same round trip it lists
-// each stream's consumers, and wakes the claim loop when one went silent,
-// so a dead router's entries wait DeadAfter and at most a touch more, not
-// for the claim round.
+// each stream's consumers, and wakes the claim loop when one went silent
+// (silence), so a dead router's entries wait DeadAfter and at most two
+// touches more, not for the claim round.
 func (r *Router) touch(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, r.opt.DeadAfter/5)
 	defer cancel()
 	var lists []*redis.XInfoConsumersCmd
+	streams := r.streamList()
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, stream := range r.streamList() {
+		for _, stream := range streams {
 			pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
 				Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, touchID}, Count: 1, Block: -1,
 			})
@@ -922,13 +921,12 @@ func (r *Router) touch(ctx context.Context) {
 	if err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) {
 		r.log.Debug("touching this router's consumers", "err", err)
 	}
-	for _, list := range lists {
-		if silent, _ := r.silentAmong(list.Result()); len(silent) > 0 {
+	for i, list := range lists {
+		if silent, _ := r.silentAmong(streams[i], list); len(silent) > 0 {
 			select {
 			case r.silent <- struct{}{}:
 			default:
 			}
-			return
 		}
 	}
 }

@@ -112,6 +112,12 @@ func TestClaimAfterClaimIdleWhenTheClaimOfASilentRouterFails(t *testing.T) {
 		p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Idle: r.opt.ClaimIdle, Start: "-", End: "+", Count: 1}).Result()
 		return err == nil && len(p) == 1
 	})
+	// Found silent (on two listings, silence), so the claim tries its
+	// entries first.
+	redistest.Eventually(t, 10*time.Second, "the other router found silent", func() bool {
+		silent, err := r.silentRouters(ctx, stream)
+		return err == nil && len(silent) == 1
+	})
 	_ = r.claim(ctx, stream)
 	p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10, Consumer: "dead"}).Result()
 	if err != nil {

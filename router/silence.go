@@ -45,9 +45,10 @@ func (s *silence) silent(stream string, consumers []redis.XInfoConsumer, self st
 		last := now.Add(-c.Idle)
 		g, ok := s.seen[key]
 		switch {
-		case !ok || last.Sub(g.last) >= deadAfter/10:
-			// First found idle, or it read or was touched since (the
-			// listings' round trips blur the instant by less).
+		case !ok || last.Sub(g.last) >= deadAfter/2:
+			// First found idle, or it read or was touched since: that
+			// moves the instant by DeadAfter at least (it was idle that
+			// long), the listings' round trips by far less.
 			s.seen[key] = sighting{at: now, last: last}
 		case now.Sub(g.at) >= deadAfter/5:
 			silent = append(silent, c)

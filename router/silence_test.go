@@ -32,7 +32,9 @@ func TestSilence(t *testing.T) {
 		{"dead: idle twice, a touch apart", []listing{{0, 6 * time.Second, false}, {time.Second, 7 * time.Second, true}}},
 		{"idle twice, less than a touch apart", []listing{{0, 6 * time.Second, false}, {500 * time.Millisecond, 6500 * time.Millisecond, false}, {time.Second, 7 * time.Second, true}}},
 		{"touched in between (the stale idle of a new master)", []listing{{0, 10 * time.Second, false}, {time.Second, 200 * time.Millisecond, false}, {2 * time.Second, 1200 * time.Millisecond, false}}},
-		{"read in between, silent again", []listing{{0, 6 * time.Second, false}, {time.Second, 5 * time.Second, false}, {2 * time.Second, 6 * time.Second, true}}},
+		{"read in between, silent again", []listing{{0, 6 * time.Second, false}, {time.Second, 500 * time.Millisecond, false}, {6 * time.Second, 5500 * time.Millisecond, false}, {7 * time.Second, 6500 * time.Millisecond, true}}},
+		{"touched between listings further apart than DeadAfter", []listing{{0, 6 * time.Second, false}, {7 * time.Second, 5 * time.Second, false}, {8 * time.Second, 6 * time.Second, true}}},
+		{"round trips blur the instant", []listing{{0, 6 * time.Second, false}, {time.Second, 6800 * time.Millisecond, true}}},
 		{"never idle for DeadAfter", []listing{{0, 4 * time.Second, false}, {time.Second, 4900 * time.Millisecond, false}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

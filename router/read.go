@@ -101,12 +101,10 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 }
 
 // claimPending claims the group's entries of stream pending for at least
-// idle from start on — with own, those pending for this consumer only — as
-// many as fit the byte budget. It returns them and the start of the next
-// call ("0-0" when every pending entry was looked at).
-// claimPending claims the entries of stream pending for at least idle, from
-// start on: those of the consumer of ("" for any; this router's own are
-// claimed whatever idle).
+// idle from start on — those pending for the consumer of only, unless of
+// is "" (this router's own are claimed whatever idle) — as many as fit the
+// byte budget. It returns them and the start of the next call ("0-0" when
+// every pending entry was looked at).
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, of string) ([]redis.XMessage, string, error) {
 	if start == "("+maxStreamID {
 		// Nothing follows the largest id (a stream a client exhausted,

@@ -333,7 +333,10 @@ func (r *Router) handOver(ctx context.Context, entries []*entry) []*entry {
 }
 
 // liveConsumers returns the consumers of the re-drive stream that read it
-// recently (within ClaimIdle): the routers that are alive.
+// (or were touched) within DeadAfter: the routers that are alive. Not
+// within ClaimIdle: a hand-over starts the idle time of the router it
+// gives to again, and the others, taking it for dead after DeadAfter,
+// claimed the entries and gave them back, for ever.
 func (r *Router) liveConsumers(ctx context.Context) map[string]bool {
 	alive := map[string]bool{}
 	consumers, err := r.c.XInfoConsumers(ctx, r.redrive, r.opt.Group).Result()
@@ -342,7 +345,7 @@ func (r *Router) liveConsumers(ctx context.Context) map[string]bool {
 		return alive
 	}
 	for _, c := range consumers {
-		if c.Idle < r.opt.ClaimIdle {
+		if c.Idle < r.opt.DeadAfter {
 			alive[c.Name] = true
 		}
 	}

@@ -58,17 +58,16 @@ type Options struct {
 	// read, no claim: the idle time of its consumer, XINFO CONSUMERS)
 	// while entries are pending for it before the others take it for dead
 	// and claim those entries, however long ClaimIdle is (5s; at least 1s,
-	// at most ClaimIdle). A live router keeps its consumers fresh: it
-	// touches each of them every 200ms whatever its own DeadAfter (an
-	// XREADGROUP of its own pending entries after the largest id but one,
-	// which returns nothing and changes no entry), so routers on different
-	// DeadAfter do not take one another for dead. So a router killed
-	// mid-batch, or one that lost the bus, has its entries routed by
-	// another within DeadAfter plus a claim round, and a slow batch of a
-	// live one is never claimed for its age alone. An entry pending under
-	// this router's own name for DeadAfter that it does not have in hand
-	// (read under its name by another process, or back from a restored
-	// snapshot) it routes itself.
+	// at most ClaimIdle unless that is under 1s). A live router keeps its
+	// consumers fresh: it touches each of them every 200ms whatever its own
+	// DeadAfter (touch), until its last batch is done, so routers on
+	// different DeadAfter do not take one another for dead. So a router
+	// killed mid-batch, or one that lost the bus, has its entries routed by
+	// another within DeadAfter and a second or two (silence), and a slow
+	// batch of a live one is not claimed before ClaimIdle. An entry pending
+	// under this router's own name for DeadAfter that it does not have in
+	// hand (read under its name by another process, or back from a
+	// restored snapshot) it routes itself.
 	DeadAfter time.Duration
 	// DeadLetterAfter is how many tries of an entry may fail with an error
 	// that will not pass (WRONGTYPE on a key of one of its channels, a
@@ -130,22 +129,26 @@ func (o *Options) setDefaults() error {
 		o.Consumer = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	for _, d := range []struct {
-		v   *time.Duration
-		def time.Duration
-	}{{&o.Block, time.Second}, {&o.ClaimIdle, 30 * time.Second}, {&o.ClaimInterval, 5 * time.Second}, {&o.DiscoverInterval, time.Minute},
-		{&o.SourceVersionTTL, 24 * time.Hour}, {&o.ShutdownTimeout, 10 * time.Second}, {&o.ReplicaTimeout, time.Second}, {&o.ForgetConsumers, time.Hour},
-		{&o.DeadAfter, 5 * time.Second}} {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{{"Block", &o.Block, time.Second}, {"ClaimIdle", &o.ClaimIdle, 30 * time.Second}, {"ClaimInterval", &o.ClaimInterval, 5 * time.Second},
+		{"DiscoverInterval", &o.DiscoverInterval, time.Minute}, {"SourceVersionTTL", &o.SourceVersionTTL, 24 * time.Hour},
+		{"ShutdownTimeout", &o.ShutdownTimeout, 10 * time.Second}, {"ReplicaTimeout", &o.ReplicaTimeout, time.Second},
+		{"ForgetConsumers", &o.ForgetConsumers, time.Hour}, {"DeadAfter", &o.DeadAfter, 5 * time.Second}} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 		if *d.v < 0 {
-			return fmt.Errorf("router: negative duration %v", *d.v)
+			return fmt.Errorf("router: negative duration %v for %s", *d.v, d.name)
 		}
 	}
 	if o.DeadAfter < minDeadAfter {
 		return fmt.Errorf("router: DeadAfter must be at least %v (a live router touches its consumers every %v), not %v", minDeadAfter, touchEvery, o.DeadAfter)
 	}
-	o.DeadAfter = min(o.DeadAfter, o.ClaimIdle)
+	// At most ClaimIdle, which claims every entry anyway; but never below
+	// what the touches allow, or live routers would look dead.
+	o.DeadAfter = max(min(o.DeadAfter, o.ClaimIdle), minDeadAfter)
 	if o.BatchSize == 0 {
 		o.BatchSize = 256
 	}
@@ -209,6 +212,9 @@ type Router struct {
 	// silent asks the claim loop to claim at once: a touch found a router
 	// gone silent on a stream (touch).
 	silent chan struct{}
+	// silence tells the routers gone silent from the listings of touch
+	// and claim.
+	silence silence
 	// countLost is set when housekeeping found the partition count gone
 	// (the bus lost its data): publishers meanwhile took the default count,
 	// so their events may be on partitions no router reads yet.
@@ -343,6 +349,14 @@ func (r *Router) Run(ctx context.Context) error {
 	defer r.deregister()
 	r.log.Info("routing", "partitions", len(r.streams), "group", r.opt.Group, "consumer", r.opt.Consumer)
 
+	// The touches outlive the read loops and the coalescer: a batch in hand
+	// may take ShutdownTimeout to finish, longer than DeadAfter, and the
+	// others must not take this router for dead meanwhile.
+	touchCtx, stopTouch := context.WithCancel(context.WithoutCancel(ctx))
+	touched := make(chan struct{})
+	go func() { defer close(touched); r.touchLoop(touchCtx) }()
+	defer func() { stopTouch(); <-touched }()
+
 	// The coalescer outlives the read loops: when they have finished their
 	// last batches it publishes whatever is still pending, then stops.
 	flushCtx, stopFlush := context.WithCancel(context.WithoutCancel(ctx))
@@ -358,7 +372,6 @@ func (r *Router) Run(ctx context.Context) error {
 		r.spawn(stream)
 	}
 	g.Go(func() error { r.claimLoop(gctx); return nil })
-	g.Go(func() error { r.touchLoop(gctx); return nil })
 	g.Go(func() error { r.probe(gctx); return nil })
 	return g.Wait()
 }
@@ -864,8 +877,9 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil {
-			return err
+		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil && ctx.Err() == nil {
+			// The claim after ClaimIdle takes its entries too, in time.
+			r.log.Error("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "err", err)
 		}
 	}
 	if err := r.claimForgotten(ctx, stream); err != nil {
@@ -904,27 +918,23 @@ func (r *Router) claimForgotten(ctx context.Context, stream string) error {
 }
 
 // silentRouters returns the consumers of stream's group other than this
-// router that hold pending entries and have been idle for DeadAfter: a
-// live router touches its consumers more often (touchLoop). A consumer
-// with an empty name (Redis takes one) is no router's, and to the claim an
-// empty name means any consumer: its entries wait for ClaimIdle.
+// router that hold pending entries and have been silent for DeadAfter
+// (silence): a live router touches its consumers more often (touchLoop).
+// A consumer with an empty name (Redis takes one) is no router's, and to
+// the claim an empty name means any consumer: its entries wait for
+// ClaimIdle.
 func (r *Router) silentRouters(ctx context.Context, stream string) ([]redis.XInfoConsumer, error) {
-	return r.silentAmong(r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result())
+	return r.silentAmong(stream, r.c.XInfoConsumers(ctx, stream, r.opt.Group))
 }
 
-// silentAmong returns the consumers of a reply of XINFO CONSUMERS that
-// silentRouters returns.
-func (r *Router) silentAmong(consumers []redis.XInfoConsumer, err error) ([]redis.XInfoConsumer, error) {
+// silentAmong returns the consumers of a reply of XINFO CONSUMERS on
+// stream that silentRouters returns.
+func (r *Router) silentAmong(stream string, list *redis.XInfoConsumersCmd) ([]redis.XInfoConsumer, error) {
+	consumers, err := list.Result()
 	if err != nil {
 		return nil, err
 	}
-	var silent []redis.XInfoConsumer
-	for _, c := range consumers {
-		if c.Name != r.opt.Consumer && c.Name != "" && c.Pending > 0 && c.Idle >= r.opt.DeadAfter {
-			silent = append(silent, c)
-		}
-	}
-	return silent, nil
+	return r.silence.silent(stream, consumers, r.opt.Consumer, r.opt.DeadAfter, time.Now()), nil
 }
 
 // touchEvery is how often a router touches its consumers (touchLoop): the
@@ -937,9 +947,8 @@ const (
 )
 
 // touchLoop keeps this router's consumers known alive: every touchEvery
-// it touches its consumer on each stream it reads, whether or not
-// anything is delivered to it (Redis before 7.2 counts a consumer idle
-// from the last read that returned entries).
+// it touches its consumer on each stream it reads, since a read loop does
+// not read while its batches are slow or held up.
 func (r *Router) touchLoop(ctx context.Context) {
 	t := time.NewTicker(touchEvery)
 	defer t.Stop()
@@ -969,14 +978,15 @@ const touchID = "18446744073709551615-18446744073709551614"
 // failure is left for the next round: a router that cannot reach the bus
 // for DeadAfter is rightly taken for dead. With list, in the same round
 // trip it lists each stream's consumers, and wakes the claim loop when one
-// went silent, so a dead router's entries wait DeadAfter and at most a
-// second more, not for the claim round.
+// went silent (silence), so a dead router's entries wait DeadAfter and a
+// second or two more, not for the claim round.
 func (r *Router) touch(ctx context.Context, list bool) {
 	ctx, cancel := context.WithTimeout(ctx, minDeadAfter)
 	defer cancel()
 	var lists []*redis.XInfoConsumersCmd
+	streams := r.streamList()
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, stream := range r.streamList() {
+		for _, stream := range streams {
 			pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
 				Group: r.opt.Group, Consumer: r.opt.Consumer, Streams: []string{stream, touchID}, Count: 1, Block: -1,
 			})
@@ -989,13 +999,12 @@ func (r *Router) touch(ctx context.Context, list bool) {
 	if err != nil && ctx.Err() == nil && !errors.Is(err, redis.Nil) {
 		r.log.Debug("touching this router's consumers", "err", err)
 	}
-	for _, list := range lists {
-		if silent, _ := r.silentAmong(list.Result()); len(silent) > 0 {
+	for i, list := range lists {
+		if silent, _ := r.silentAmong(streams[i], list); len(silent) > 0 {
 			select {
 			case r.silent <- struct{}{}:
 			default:
 			}
-			return
 		}
 	}
 }

@@ -797,7 +797,9 @@ func (r *Router) claimLoop(ctx context.Context) {
 		case <-r.silent:
 			// A router went silent: its entries now, the rest of the
 			// round at its time.
-			r.claimAll(ctx)
+			for _, stream := range r.streamList() {
+				r.claimSilent(ctx, stream)
+			}
 			continue
 		}
 		if time.Now().Before(rescanUntil) || time.Since(discovered) >= r.opt.DiscoverInterval {
@@ -866,10 +868,21 @@ func (r *Router) claimAll(ctx context.Context) {
 }
 
 // claim routes the entries of stream that routers left: those of a router
-// gone silent for DeadAfter (silentRouters), those pending under this
+// gone silent for DeadAfter (claimSilent), those pending under this
 // router's name that it does not have in hand (claimForgotten), then any
 // pending for ClaimIdle.
 func (r *Router) claim(ctx context.Context, stream string) error {
+	r.claimSilent(ctx, stream)
+	if err := r.claimForgotten(ctx, stream); err != nil {
+		return err
+	}
+	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+}
+
+// claimSilent routes the entries of the routers gone silent on stream
+// (silentRouters). A failure is logged: the claim after ClaimIdle takes
+// those entries too, in time.
+func (r *Router) claimSilent(ctx context.Context, stream string) {
 	silent, err := r.silentRouters(ctx, stream)
 	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
 		// The claim after ClaimIdle does not need the list: it goes on.
@@ -878,14 +891,9 @@ func (r *Router) claim(ctx context.Context, stream string) error {
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
 		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil && ctx.Err() == nil {
-			// The claim after ClaimIdle takes its entries too, in time.
 			r.log.Error("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "err", err)
 		}
 	}
-	if err := r.claimForgotten(ctx, stream); err != nil {
-		return err
-	}
-	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
 }
 
 // claimForgotten routes the entries pending under this router's own name

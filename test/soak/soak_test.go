@@ -32,11 +32,13 @@ var (
 	flagScenarios = flag.String("soak.scenarios", "standalone,cluster", "bus setups to soak: standalone (one redis-server) and cluster (3 masters, 3 replicas)")
 	flagCheck     = flag.Duration("soak.check-interval", 2*time.Second, "the agents' --check-interval, and the quiet the end waits for")
 	flagSettle    = flag.Duration("soak.settle", 15*time.Second, "how long, beyond one check interval of quiet, the end waits for the caches to become consistent before it reports stale keys")
-	// A killed router's pending entries are another router's after its
-	// --claim-idle: that is the bound routerd promises for dead routers
-	// (a live one retries its own failures at once), so the soak sets it
-	// well inside the settle time.
-	flagClaimIdle = flag.Duration("soak.claim-idle", 5*time.Second, "the routers' --claim-idle: how long a killed router's entries wait for another")
+	// A killed router's pending entries are another router's once it has
+	// been silent for --dead-after (5s): that is the bound routerd
+	// promises for dead routers (a live one retries its own failures at
+	// once), well inside the settle time; the routers run with the
+	// defaults of both flags.
+	flagClaimIdle = flag.Duration("soak.claim-idle", 30*time.Second, "the routers' --claim-idle")
+	flagDeadAfter = flag.Duration("soak.dead-after", 5*time.Second, "the routers' --dead-after: how long a killed router's entries wait for another")
 )
 
 // readers is the number of goroutines reading the model database through
@@ -338,7 +340,7 @@ func (s *soak) startProcesses() {
 		p := &proc{name: fmt.Sprintf("router%d", i), bin: s.sc.bin, log: filepath.Join(s.dir, fmt.Sprintf("router%d.log", i))}
 		p.args = func(p *proc) []string {
 			return []string{"serve", "--matrix", s.matrixOut, "--redis", s.busURL, "--listen", testbin.AnyPort, "--consumer", fmt.Sprintf("%s-%d", p.name, p.gen),
-				"--claim-idle", flagClaimIdle.String()}
+				"--claim-idle", flagClaimIdle.String(), "--dead-after", flagDeadAfter.String()}
 		}
 		s.routers = append(s.routers, p)
 	}

@@ -64,20 +64,9 @@ func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 		must(t, err)
 	}
 
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
 	var log lockedBuffer
-	cmd.Stderr = &log
-	must(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	e.killMidBacklog(e.serveProcess(backlogMatrix(), &log, "--consumer", "doomed"))
 	const ch = "invalidate:acme:active"
-	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
-		_, v := e.meta(ch)
-		return v >= 1
-	})
-	must(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
 	_, killedAt := e.meta(ch)
 	t.Logf("killed at version %d, %d pending", killedAt, e.pending())
 
@@ -220,3 +209,43 @@ func newBacklogEnv(t *testing.T) (*env, string) {
 // backlogMatrix is the precision tests' matrix with limits no backlog
 // reaches.
 func backlogMatrix() string { return precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500") }
+
+// appendBacklog appends n raw single-key events of acme, keys k:0…k:n-1,
+// in pipelines of 3,200 (xaddPiped), and returns their keys.
+func (e *env) appendBacklog(n int) []string {
+	e.t.Helper()
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k:", i)
+	}
+	for from := 0; from < n; from += 3200 {
+		e.xaddPiped("acme", keys[from:min(from+3200, n)])
+	}
+	return keys
+}
+
+// serveProcess starts routerd serve as a process on the bus, on the matrix
+// yaml, with args besides --matrix, --redis and --listen; its log goes to
+// log, and it is killed when the test ends.
+func (e *env) serveProcess(yaml string, log *lockedBuffer, args ...string) *exec.Cmd {
+	e.t.Helper()
+	path := filepath.Join(e.t.TempDir(), "matrix.yaml")
+	must(e.t, os.WriteFile(path, []byte(yaml), 0o644))
+	cmd := exec.Command(testbin.Routerd(e.t), append([]string{"serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort}, args...)...)
+	cmd.Stderr = log
+	must(e.t, cmd.Start())
+	e.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
+}
+
+// killMidBacklog kills (SIGKILL) a routerd serve process once it has
+// published on acme's channel, in the middle of a backlog.
+func (e *env) killMidBacklog(cmd *exec.Cmd) {
+	e.t.Helper()
+	redistest.Eventually(e.t, 20*time.Second, "the backlog under way", func() bool {
+		_, v := e.meta("invalidate:acme:active")
+		return v >= 1
+	})
+	must(e.t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+}

@@ -3,11 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +11,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
-	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
@@ -34,29 +29,10 @@ import (
 func TestAttack7DeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)
-	const events = 9600
-	keys := make([]string, events)
-	for i := range keys {
-		keys[i] = fmt.Sprint("k:", i)
-	}
-	for from := 0; from < events; from += 3200 {
-		e.xaddPiped("acme", keys[from:from+3200])
-	}
-
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
+	keys := e.appendBacklog(9600)
 	var log lockedBuffer
-	cmd.Stderr = &log
-	must(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	e.killMidBacklog(e.serveProcess(backlogMatrix(), &log, "--consumer", "doomed"))
 	const ch = "invalidate:acme:active"
-	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
-		_, v := e.meta(ch)
-		return v >= 1
-	})
-	must(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
 	left := e.pending()
 	t.Logf("killed with %d entries pending", left)
 	if left == 0 {

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -54,13 +53,7 @@ func TestAttack7EntryReadUnderALiveRoutersName(t *testing.T) {
 func TestAttack7RouterInHandClaimsNothingOfItsOwn(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)
-	keys := make([]string, 9600)
-	for i := range keys {
-		keys[i] = fmt.Sprint("k:", i)
-	}
-	for from := 0; from < len(keys); from += 3200 {
-		e.xaddPiped("acme", keys[from:from+3200])
-	}
+	e.appendBacklog(9600)
 	reg := prometheus.NewRegistry()
 	e.routerOn(e.busC, router.Options{Consumer: "alone", ClaimIdle: time.Hour, DeadAfter: time.Second, Registerer: reg})
 	redistest.Eventually(t, 60*time.Second, "nothing pending, nothing left to read", func() bool {

@@ -2,10 +2,7 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +13,6 @@ import (
 
 	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
-	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/router"
 )
 
@@ -32,22 +28,10 @@ import (
 func TestAttack7StoppedRouterContinuedAfterItsEntriesWereClaimed(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)
-	const events = 9600
-	keys := make([]string, events)
-	for i := range keys {
-		keys[i] = fmt.Sprint("k:", i)
-	}
-	for from := 0; from < events; from += 3200 {
-		e.xaddPiped("acme", keys[from:from+3200])
-	}
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort,
-		"--consumer", "sleepy", "--claim-idle", "1h")
+	keys := e.appendBacklog(9600)
 	var log lockedBuffer
-	cmd.Stderr = &log
-	must(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGCONT); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd := e.serveProcess(backlogMatrix(), &log, "--consumer", "sleepy", "--claim-idle", "1h")
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGCONT) }) // before the kill
 	const ch = "invalidate:acme:active"
 	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
 		_, v := e.meta(ch)
@@ -196,33 +180,13 @@ func TestAttack7RouterCutOffWhileHoldingUnderStormLimits(t *testing.T) {
 func TestAttack7RouterRestartedUnderItsName(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)
-	const events = 9600
-	keys := make([]string, events)
-	for i := range keys {
-		keys[i] = fmt.Sprint("k:", i)
-	}
-	for from := 0; from < events; from += 3200 {
-		e.xaddPiped("acme", keys[from:from+3200])
-	}
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(backlogMatrix()), 0o644))
+	keys := e.appendBacklog(9600)
 	start := func(log *lockedBuffer) *exec.Cmd {
-		cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort,
-			"--consumer", "same", "--claim-idle", "1h", "--dead-after", "1s")
-		cmd.Stderr = log
-		must(t, cmd.Start())
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd
+		return e.serveProcess(backlogMatrix(), log, "--consumer", "same", "--claim-idle", "1h", "--dead-after", "1s")
 	}
 	var first, second lockedBuffer
-	cmd := start(&first)
+	e.killMidBacklog(start(&first))
 	const ch = "invalidate:acme:active"
-	redistest.Eventually(t, 20*time.Second, "the backlog under way", func() bool {
-		_, v := e.meta(ch)
-		return v >= 1
-	})
-	must(t, cmd.Process.Signal(syscall.SIGKILL))
-	_ = cmd.Wait()
 	if e.pending() == 0 {
 		t.Fatal("the killed router left nothing pending: the attack did not run")
 	}

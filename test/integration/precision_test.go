@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -203,13 +200,8 @@ func TestKilledRouterAfterPartOfASplit(t *testing.T) {
 		e.seed("profile-svc", "acme", k, "active")
 	}
 	e.subscriber("profile-svc", subscriber.Options{})
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(yaml), 0o644))
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
 	var log lockedBuffer
-	cmd.Stderr = &log
-	must(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd := e.serveProcess(yaml, &log, "--consumer", "doomed")
 	waitReadyz(t, testbin.ListenAddr(t, log.String))
 
 	id := e.publish(wire.Event{ID: "big", Tenant: "acme", Domain: "user", Keys: keys})

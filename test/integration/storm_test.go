@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -146,13 +143,8 @@ func TestKilledRouterHoldingCoalescedWork(t *testing.T) {
 	e.seedStorm(n)
 	e.routerRanBefore()
 	e.subscriber("search-svc", subscriber.Options{}) // applies live, key by key: no whole-tag shortcut
-	path := filepath.Join(t.TempDir(), "matrix.yaml")
-	must(t, os.WriteFile(path, []byte(yaml), 0o644))
-	cmd := exec.Command(testbin.Routerd(t), "serve", "--matrix", path, "--redis", e.bus.URL, "--listen", testbin.AnyPort, "--consumer", "doomed")
 	var log lockedBuffer
-	cmd.Stderr = &log
-	must(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	cmd := e.serveProcess(yaml, &log, "--consumer", "doomed")
 	addr := testbin.ListenAddr(t, log.String)
 	scrape := func() string {
 		resp, err := http.Get("http://" + addr + "/metrics")

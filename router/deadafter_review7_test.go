@@ -90,16 +90,7 @@ func TestClaimAfterClaimIdleWhenTheClaimOfASilentRouterFails(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	m := runMatrix(t)
-	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
-	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Do(ctx, "XREADGROUP", "GROUP", "routerd", "dead", "COUNT", 1, "STREAMS", stream, ">").Err(); err != nil {
-		t.Fatal(err)
-	}
+	stream := readBy(t, c, m, "dead")
 	rc := redis.NewClient(&redis.Options{Addr: c.Options().Addr})
 	t.Cleanup(func() { _ = rc.Close() })
 	rc.AddHook(failClaimOf{"dead"})

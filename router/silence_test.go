@@ -8,6 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
@@ -65,16 +66,7 @@ func TestClaimTakesARouterForDeadOnTwoListings(t *testing.T) {
 	ctx := context.Background()
 	c := redistest.Start(t).Client(t)
 	m := runMatrix(t)
-	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
-	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Do(ctx, "XREADGROUP", "GROUP", "routerd", "other", "COUNT", 1, "STREAMS", stream, ">").Err(); err != nil {
-		t.Fatal(err)
-	}
+	stream := readBy(t, c, m, "other")
 	r, err := New(c, m, Options{Consumer: "me", DeadAfter: time.Second, ClaimIdle: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -103,4 +95,23 @@ func TestClaimTakesARouterForDeadOnTwoListings(t *testing.T) {
 		}
 		return pendingFor("other") == 0
 	})
+}
+
+// readBy appends an event of acme to its ingress stream and has
+// consumer read it (the group made first), as a router that read it and
+// went silent; it returns the stream.
+func readBy(t *testing.T, c *redis.Client, m *matrix.Matrix, consumer string) string {
+	t.Helper()
+	ctx := context.Background()
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, "XREADGROUP", "GROUP", "routerd", consumer, "COUNT", 1, "STREAMS", stream, ">").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return stream
 }

@@ -73,15 +73,7 @@ func TestAttack7LiveRouterHoldingEntriesIsNotTakenForDead(t *testing.T) {
 	// a's claim rounds (which refresh what it holds) are an hour apart:
 	// only its liveness keeps b away.
 	e.routerOn(e.busC, router.Options{Consumer: "a", DeadAfter: time.Second, ClaimInterval: time.Hour})
-	e.xaddPiped("acme", []string{"first"})
-	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
-		_, v := e.meta(ch)
-		return v == 1
-	})
-	e.xaddPiped("acme", []string{"held"})
-	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
-		return e.pending() == 1
-	})
+	e.publishFirstHoldSecond()
 	reg := prometheus.NewRegistry()
 	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: 3 * time.Second, Registerer: reg})
 	defer stopB()
@@ -120,40 +112,9 @@ func claimedBy(t *testing.T, reg *prometheus.Registry) float64 {
 func TestAttack7ClusterDeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 	ctx := context.Background()
 	e := newClusterEnv(t)
-	mtx, err := matrix.Parse("cluster.yaml", []byte(strings.Replace(twoTagsEveryTenant, "version: 1\n", "version: 1\ningress: {partitions: 8}\n", 1)))
-	must(t, err)
-	streams := map[string]bool{}
-	for p := range mtx.Partitions {
-		stream := names.IngressStream(mtx.Prefix, p)
-		must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
-		streams[stream] = true
-	}
-	const tenants = 40
-	for i := range tenants {
-		tenant := fmt.Sprint("t", i)
-		stream := names.IngressStream(mtx.Prefix, wire.Partition(tenant, mtx.Partitions))
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField,
-			fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":["user:1"]}`, tenant)}}).Err())
-	}
-	for stream := range streams {
-		must(t, e.busC.Do(ctx, "XREADGROUP", "GROUP", "routerd", "doomed", "STREAMS", stream, ">").Err())
-	}
-	r, err := router.New(e.busC, mtx, router.Options{Consumer: "heir", ClaimIdle: time.Hour, DeadAfter: time.Second,
-		Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond, Logger: testLogger(t, "router")})
-	must(t, err)
-	stop := run(t, r.Run)
-	defer stop()
-	redistest.Eventually(t, 30*time.Second, "every tenant's event published", func() bool {
-		for i := range tenants {
-			for _, tag := range []string{"active", "vip"} {
-				v, err := e.busC.HGet(ctx, fmt.Sprintf("{invalidate:t%d:%s}:meta", i, tag), "version").Int()
-				if err != nil || v < 1 {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	mtx, streams := e.deadRouterOnEveryStream()
+	defer e.heir(mtx)()
+	redistest.Eventually(t, 30*time.Second, "every tenant's event published", e.everyTenantPublished)
 	redistest.Eventually(t, 30*time.Second, "nothing pending, the heir's consumers fresh on every stream", func() bool {
 		for stream := range streams {
 			cs, err := e.busC.XInfoConsumers(ctx, stream, "routerd").Result()
@@ -173,4 +134,76 @@ func TestAttack7ClusterDeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// publishFirstHoldSecond has acme's events "first" published and "held"
+// held by the router that runs on e, whose matrix gives the channel a
+// burst of one token (precisionMatrix): it waits until the first is
+// published and the second pending.
+func (e *env) publishFirstHoldSecond() {
+	e.t.Helper()
+	e.xaddPiped("acme", []string{"first"})
+	redistest.Eventually(e.t, 10*time.Second, "the first event published", func() bool {
+		_, v := e.meta("invalidate:acme:active")
+		return v == 1
+	})
+	e.xaddPiped("acme", []string{"held"})
+	redistest.Eventually(e.t, 10*time.Second, "the router holding the second event", func() bool {
+		return e.pending() == 1
+	})
+}
+
+// deadRouterTenants is how many tenants deadRouterOnEveryStream publishes
+// an event of.
+const deadRouterTenants = 40
+
+// deadRouterOnEveryStream makes the bus as a router "doomed" leaves it
+// that died right after its reads: an event of each of 40 tenants, over 8
+// ingress partitions (on every master), pending for it. It returns the
+// matrix (twoTagsEveryTenant on 8 partitions) and the partition streams.
+func (e *clusterEnv) deadRouterOnEveryStream() (*matrix.Matrix, map[string]bool) {
+	t, ctx := e.t, context.Background()
+	t.Helper()
+	mtx, err := matrix.Parse("cluster.yaml", []byte(strings.Replace(twoTagsEveryTenant, "version: 1\n", "version: 1\ningress: {partitions: 8}\n", 1)))
+	must(t, err)
+	streams := map[string]bool{}
+	for p := range mtx.Partitions {
+		stream := names.IngressStream(mtx.Prefix, p)
+		must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
+		streams[stream] = true
+	}
+	for i := range deadRouterTenants {
+		tenant := fmt.Sprint("t", i)
+		stream := names.IngressStream(mtx.Prefix, wire.Partition(tenant, mtx.Partitions))
+		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField,
+			fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":["user:1"]}`, tenant)}}).Err())
+	}
+	for stream := range streams {
+		must(t, e.busC.Do(ctx, "XREADGROUP", "GROUP", "routerd", "doomed", "STREAMS", stream, ">").Err())
+	}
+	return mtx, streams
+}
+
+// heir runs the dead router's heir on mtx, at --claim-idle an hour and
+// DeadAfter 1s, and returns its stop.
+func (e *clusterEnv) heir(mtx *matrix.Matrix) (stop func()) {
+	e.t.Helper()
+	r, err := router.New(e.busC, mtx, router.Options{Consumer: "heir", ClaimIdle: time.Hour, DeadAfter: time.Second,
+		Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond, Logger: testLogger(e.t, "router")})
+	must(e.t, err)
+	return run(e.t, r.Run)
+}
+
+// everyTenantPublished reports whether both channels of each tenant of
+// deadRouterOnEveryStream have published.
+func (e *clusterEnv) everyTenantPublished() bool {
+	for i := range deadRouterTenants {
+		for _, tag := range []string{"active", "vip"} {
+			v, err := e.busC.HGet(context.Background(), fmt.Sprintf("{invalidate:t%d:%s}:meta", i, tag), "version").Int()
+			if err != nil || v < 1 {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -81,15 +81,7 @@ func TestAttack7EmptyConsumerNameIsNoWildcard(t *testing.T) {
 	// a's claim rounds (which refresh what it holds) are an hour apart.
 	regA := prometheus.NewRegistry()
 	e.routerOn(e.busC, router.Options{Consumer: "a", DeadAfter: time.Second, ClaimInterval: time.Hour, Registerer: regA})
-	e.xaddPiped("acme", []string{"first"})
-	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
-		_, v := e.meta(ch)
-		return v == 1
-	})
-	e.xaddPiped("acme", []string{"held"})
-	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
-		return e.pending() == 1
-	})
+	e.publishFirstHoldSecond()
 	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
 	for _, consumer := range []string{"", "ghost"} {
 		_, err := e.busC.TxPipelined(ctx, func(pipe redis.Pipeliner) error {

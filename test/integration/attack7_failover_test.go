@@ -2,18 +2,12 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
-	"github.com/routerd/routerd/matrix"
-	"github.com/routerd/routerd/names"
-	"github.com/routerd/routerd/router"
-	"github.com/routerd/routerd/wire"
 )
 
 // A router dies (its reads left pending under its name on every master,
@@ -26,24 +20,9 @@ import (
 func TestAttack7ClusterFailoverWhileClaimingADeadRoutersEntries(t *testing.T) {
 	ctx := context.Background()
 	e := newClusterEnv(t)
-	mtx, err := matrix.Parse("cluster.yaml", []byte(strings.Replace(twoTagsEveryTenant, "version: 1\n", "version: 1\ningress: {partitions: 8}\n", 1)))
-	must(t, err)
-	streams := map[string]bool{}
+	mtx, streams := e.deadRouterOnEveryStream()
 	onMaster := map[string]int{}
-	for p := range mtx.Partitions {
-		stream := names.IngressStream(mtx.Prefix, p)
-		must(t, e.busC.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err())
-		streams[stream] = true
-	}
-	const tenants = 40
-	for i := range tenants {
-		tenant := fmt.Sprint("t", i)
-		stream := names.IngressStream(mtx.Prefix, wire.Partition(tenant, mtx.Partitions))
-		must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField,
-			fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":["user:1"]}`, tenant)}}).Err())
-	}
 	for stream := range streams {
-		must(t, e.busC.Do(ctx, "XREADGROUP", "GROUP", "routerd", "doomed", "STREAMS", stream, ">").Err())
 		onMaster[e.masterOf(stream).Addr]++
 	}
 	// The dead router's reads reached the replicas before the kill.
@@ -56,23 +35,9 @@ func TestAttack7ClusterFailoverWhileClaimingADeadRoutersEntries(t *testing.T) {
 			victim = n
 		}
 	}
-	r, err := router.New(e.busC, mtx, router.Options{Consumer: "heir", ClaimIdle: time.Hour, DeadAfter: time.Second,
-		Block: 100 * time.Millisecond, ClaimInterval: 100 * time.Millisecond, Logger: testLogger(t, "router")})
-	must(t, err)
-	stop := run(t, r.Run)
-	defer stop()
+	defer e.heir(mtx)()
 	victim.Stop()
-	redistest.Eventually(t, 60*time.Second, "every tenant's event published", func() bool {
-		for i := range tenants {
-			for _, tag := range []string{"active", "vip"} {
-				v, err := e.busC.HGet(ctx, fmt.Sprintf("{invalidate:t%d:%s}:meta", i, tag), "version").Int()
-				if err != nil || v < 1 {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	redistest.Eventually(t, 60*time.Second, "every tenant's event published", e.everyTenantPublished)
 	redistest.Eventually(t, 30*time.Second, "nothing pending on any stream", func() bool {
 		for stream := range streams {
 			sum, err := e.busC.XPending(ctx, stream, "routerd").Result()

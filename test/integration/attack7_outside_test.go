@@ -92,15 +92,7 @@ func TestAttack7LiveRouterOnALongerDeadAfterIsNotTakenForDead(t *testing.T) {
 	e.running("acme")
 	const ch = "invalidate:acme:active"
 	e.routerOn(e.busC, router.Options{Consumer: "a", DeadAfter: 10 * time.Second, ClaimInterval: time.Hour})
-	e.xaddPiped("acme", []string{"first"})
-	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
-		_, v := e.meta(ch)
-		return v == 1
-	})
-	e.xaddPiped("acme", []string{"held"})
-	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
-		return e.pending() == 1
-	})
+	e.publishFirstHoldSecond()
 	reg := prometheus.NewRegistry()
 	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: time.Second, Registerer: reg})
 	defer stopB()
@@ -133,15 +125,7 @@ func TestAttack7RouterCutOffWhileHoldingUnderStormLimits(t *testing.T) {
 	cut := redis.NewClient(&redis.Options{Addr: link.Addr(), ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = cut.Close() })
 	_, stopA := e.routerOn(cut, router.Options{Consumer: "a", DeadAfter: time.Second})
-	e.xaddPiped("acme", []string{"first"})
-	redistest.Eventually(t, 10*time.Second, "the first event published", func() bool {
-		_, v := e.meta(ch)
-		return v == 1
-	})
-	e.xaddPiped("acme", []string{"held"})
-	redistest.Eventually(t, 10*time.Second, "a holding the second event", func() bool {
-		return e.pending() == 1
-	})
+	e.publishFirstHoldSecond()
 	must(t, link.Blackhole())
 	reg := prometheus.NewRegistry()
 	_, stopB := e.routerOn(e.busC, router.Options{Consumer: "b", DeadAfter: time.Second, Registerer: reg})

@@ -812,7 +812,11 @@ func (r *Router) claimLoop(ctx context.Context) {
 			}
 		}
 		r.hold(ctx)
-		r.claimAll(ctx)
+		for _, stream := range r.streamList() {
+			if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
+				r.log.Error("claiming pending entries", "stream", stream, "err", err)
+			}
+		}
 		if err := r.takeHandedOver(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("routing re-driven entries handed over by other routers", "err", err)
 		}
@@ -857,15 +861,6 @@ func (r *Router) countChecked(rescanUntil *time.Time, start bool) {
 // was found gone or wrong, the router looks for new partitions every round
 // for this long.
 const countKeptFor = 35 * time.Second
-
-// claimAll claims on every stream (claim).
-func (r *Router) claimAll(ctx context.Context) {
-	for _, stream := range r.streamList() {
-		if err := r.claim(ctx, stream); err != nil && ctx.Err() == nil {
-			r.log.Error("claiming pending entries", "stream", stream, "err", err)
-		}
-	}
-}
 
 // claim routes the entries of stream that routers left: those of a router
 // gone silent for DeadAfter (claimSilent), those pending under this
@@ -915,9 +910,6 @@ func (r *Router) claimForgotten(ctx context.Context, stream string) error {
 	}
 	return r.claimOf(ctx, stream, r.opt.DeadAfter, r.opt.Consumer, func(msgs []redis.XMessage) []redis.XMessage {
 		if busy() {
-			return nil
-		}
-		if len(msgs) == 0 {
 			return nil
 		}
 		held := r.heldOn(stream)

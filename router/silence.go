@@ -13,8 +13,9 @@ import (
 // restarted from its file, knows of each consumer only its last read that
 // delivered entries (a touch is not replicated), so right after one every
 // router that did not read lately looks idle. It is silent when a listing
-// a touch (DeadAfter/5) later finds that it did nothing in between: the
-// instant it last read or was touched is the same.
+// a fifth of DeadAfter later (at least five touches, touchEvery) finds
+// that it did nothing in between: the instant it last read or was touched
+// is the same.
 type silence struct {
 	mu   sync.Mutex
 	seen map[[2]string]sighting // by stream and consumer
@@ -25,8 +26,9 @@ type silence struct {
 type sighting struct{ at, last time.Time }
 
 // silent returns the consumers of a listing of stream taken at now that are
-// silent: other than self, holding entries, idle for deadAfter, and found
-// so a touch earlier with the same last read.
+// silent: other than self and the empty name, holding entries, idle for
+// deadAfter, and found so a fifth of deadAfter earlier with the same last
+// read.
 func (s *silence) silent(stream string, consumers []redis.XInfoConsumer, self string, deadAfter time.Duration, now time.Time) []redis.XInfoConsumer {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -34,7 +34,8 @@ type Options struct {
 	TLS TLSFiles
 	// PasswordFile holds the password (its trailing newline is dropped),
 	// so that it appears neither in argv nor in the environment. A URL
-	// that has a password as well is refused.
+	// that has a password as well is refused. It is read again for each
+	// new connection, so a rotated password is taken up without a restart.
 	PasswordFile string
 	// Logger receives the warning about ?skip_verify=true; nil discards it.
 	Logger *slog.Logger
@@ -85,7 +86,7 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, urlError(list[0], err)
 		}
-		if err := o.apply(list[0], &opt.Password, &opt.TLSConfig); err != nil {
+		if err := o.apply(list[0], opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig); err != nil {
 			return nil, err
 		}
 		c := redis.NewClient(opt)
@@ -98,7 +99,7 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := o.apply(list[0], &opt.Password, &opt.TLSConfig); err != nil {
+	if err := o.apply(list[0], opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig); err != nil {
 		return nil, err
 	}
 	forEachNode(opt.TLSConfig, o.TLS)
@@ -182,17 +183,20 @@ func withMinVersion(c *tls.Config) *tls.Config {
 }
 
 // apply puts the password file and the TLS files into the options parsed
-// from rawURL (its first URL for a cluster).
-func (o Options) apply(rawURL string, password *string, tc **tls.Config) error {
+// from rawURL (its first URL for a cluster), whose user is user: the file
+// is read now, and again by provider for each new connection.
+func (o Options) apply(rawURL, user string, password *string, provider *func(context.Context) (string, string, error), tc **tls.Config) error {
 	if o.PasswordFile != "" {
 		if *password != "" {
 			return fmt.Errorf("redis URL %q has a password and a password file is given: keep the password in one place", redact(rawURL))
 		}
-		pw, err := readPassword(o.PasswordFile)
+		pf := &passwordFile{path: o.PasswordFile, user: user}
+		_, pw, err := pf.credentials(context.Background())
 		if err != nil {
 			return err
 		}
 		*password = pw
+		*provider = pf.credentials
 	}
 	if *tc == nil {
 		if !o.TLS.empty() {
@@ -341,6 +345,31 @@ func (kp *keyPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	}
 	kp.last = &c
 	return &c, nil
+}
+
+// passwordFile reads a password file again for each new connection, so that
+// a rotated secret is taken up without a restart, and keeps the last good
+// password while the file is momentarily unreadable or empty (in the middle
+// of a renewal). Connections already open stay as they are: Redis keeps
+// them authenticated.
+type passwordFile struct {
+	path, user string
+	mu         sync.Mutex
+	last       string
+}
+
+func (p *passwordFile) credentials(context.Context) (user, password string, err error) {
+	pw, err := readPassword(p.path)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		if p.last != "" {
+			return p.user, p.last, nil
+		}
+		return "", "", err
+	}
+	p.last = pw
+	return p.user, pw, nil
 }
 
 // readPassword reads a password file: one line, its newline dropped.

@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The documents a user reads tell the truth about the commands: these tests
+// hold docs/operations.md's flag tables, the README's command table and
+// every pointer the code gives into the documents to what the code does.
+
+// helpFlag is one flag as `routerd CMD -h` lists it.
+type helpFlag struct {
+	env, def string // "" when the help names none
+	text     string
+}
+
+// helpFlags runs `routerd args... -h` and returns its flags by name.
+func helpFlags(t *testing.T, args ...string) map[string]helpFlag {
+	t.Helper()
+	code, out, errs := runCLI(t, append(args, "-h")...)
+	if code != 0 || errs != "" {
+		t.Fatalf("routerd %v -h: exit %d, stderr %q", args, code, errs)
+	}
+	flags := map[string]helpFlag{}
+	start := regexp.MustCompile(`^  -([a-z0-9-]+)(?: \S+)?$`)
+	var name string
+	var text []string
+	done := func() {
+		if name == "" {
+			return
+		}
+		f := helpFlag{text: strings.Join(text, " ")}
+		if m := regexp.MustCompile(`\(env ([A-Z0-9_]+)\)`).FindStringSubmatch(f.text); m != nil {
+			f.env = m[1]
+		}
+		if m := regexp.MustCompile(`\(default (.+)\)$`).FindStringSubmatch(f.text); m != nil {
+			f.def = strings.Trim(m[1], `"`)
+		}
+		flags[name] = f
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if m := start.FindStringSubmatch(line); m != nil {
+			done()
+			name, text = m[1], nil
+		} else if name != "" && strings.HasPrefix(line, "    \t") {
+			text = append(text, strings.TrimSpace(line))
+		}
+	}
+	done()
+	if len(flags) == 0 && strings.Contains(out, "Flags:") {
+		t.Fatalf("routerd %v -h: no flag read from:\n%s", args, out)
+	}
+	return flags
+}
+
+// docRow is one row of a markdown table, its cells trimmed.
+type docRow []string
+
+// tableAfter returns the rows of the first markdown table that follows the
+// line marker in doc, without its header and separator rows.
+func tableAfter(t *testing.T, doc, marker string) []docRow {
+	t.Helper()
+	lines := strings.Split(doc, "\n")
+	i := slices.Index(lines, marker)
+	if i < 0 {
+		t.Fatalf("no line %q", marker)
+	}
+	for i++; i < len(lines) && !strings.HasPrefix(lines[i], "|"); i++ {
+	}
+	var rows []docRow
+	for ; i < len(lines) && strings.HasPrefix(lines[i], "|"); i++ {
+		line := strings.ReplaceAll(strings.Trim(lines[i], "|"), `\|`, "\x00")
+		var row docRow
+		for _, c := range strings.Split(line, "|") {
+			row = append(row, strings.TrimSpace(strings.ReplaceAll(c, "\x00", "|")))
+		}
+		rows = append(rows, row)
+	}
+	if len(rows) < 3 {
+		t.Fatalf("no table after %q", marker)
+	}
+	return rows[2:]
+}
+
+var (
+	docFlagRE = regexp.MustCompile("`--([a-z0-9-]+)`")
+	docEnvRE  = regexp.MustCompile("`([A-Z][A-Z0-9_]*…?)`")
+)
+
+// Every flag of `routerd serve -h` and `routerd agent -h` is a row of
+// docs/operations.md's table for the command and every row's flag is one of
+// them, with the environment variable and the default the help gives.
+func TestOperationsFlagTablesMatchHelp(t *testing.T) {
+	data, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"serve", "agent"} {
+		help := helpFlags(t, cmd)
+		if len(help) < 10 {
+			t.Fatalf("routerd %s -h: %d flags read", cmd, len(help))
+		}
+		documented := map[string]bool{}
+		for _, row := range tableAfter(t, string(data), "`routerd "+cmd+"`") {
+			if len(row) != 4 {
+				t.Errorf("routerd %s: row %q has %d cells, want 4 (flag, env, default, meaning)", cmd, row, len(row))
+				continue
+			}
+			var flags []string
+			for _, m := range docFlagRE.FindAllStringSubmatch(row[0], -1) {
+				flags = append(flags, m[1])
+			}
+			envs := docEnvRE.FindAllStringSubmatch(row[1], -1)
+			for _, name := range flags {
+				documented[name] = true
+				h, ok := help[name]
+				if !ok {
+					t.Errorf("docs/operations.md documents routerd %s --%s, which routerd %s -h does not list", cmd, name, cmd)
+					continue
+				}
+				if h.env != "" && !slices.ContainsFunc(envs, func(e []string) bool { return envMatches(e[1], h.env) }) {
+					t.Errorf("routerd %s --%s reads %s; docs/operations.md's env cell is %q", cmd, name, h.env, row[1])
+				}
+			}
+			for _, e := range envs {
+				if len(flags) > 0 && !slices.ContainsFunc(flags, func(n string) bool { return envMatches(e[1], help[n].env) }) {
+					t.Errorf("docs/operations.md says routerd %s %s reads %s; routerd %s -h names no such variable", cmd, row[0], e[1], cmd)
+				}
+			}
+			if len(flags) == 1 {
+				if h, ok := help[flags[0]]; ok && !sameDefault(row[2], h.def) {
+					t.Errorf("routerd %s --%s: docs/operations.md's default is %q, routerd %s -h says %q", cmd, flags[0], row[2], cmd, h.def)
+				}
+			}
+		}
+		for name := range help {
+			if !documented[name] {
+				t.Errorf("routerd %s -h lists --%s, which docs/operations.md's table for routerd %s does not document", cmd, name, cmd)
+			}
+		}
+	}
+}
+
+// envMatches reports whether the documented variable doc (a name, or a
+// prefix ending in …) names env.
+func envMatches(doc, env string) bool {
+	if p, ok := strings.CutSuffix(doc, "…"); ok {
+		return env != "" && strings.HasPrefix(env, p)
+	}
+	return doc == env
+}
+
+// sameDefault reports whether a default cell of the docs says what the
+// help's default says: the same duration, number or text; where the help
+// shows none, a cell that states no number or duration (—, false, words).
+func sameDefault(cell, help string) bool {
+	cell = strings.Trim(cell, "`\"")
+	if help == "" {
+		_, errD := time.ParseDuration(cell)
+		_, errN := strconv.ParseFloat(strings.ReplaceAll(cell, ",", ""), 64)
+		return errD != nil && errN != nil
+	}
+	if a, err := time.ParseDuration(cell); err == nil {
+		b, err := time.ParseDuration(help)
+		return err == nil && a == b
+	}
+	if a, err := strconv.ParseFloat(strings.ReplaceAll(cell, ",", ""), 64); err == nil {
+		b, err := strconv.ParseFloat(help, 64)
+		return err == nil && a == b
+	}
+	return cell == help
+}
+
+func TestSameDefault(t *testing.T) {
+	for _, tc := range []struct {
+		cell, help string
+		want       bool
+	}{
+		{"`1m`", "1m0s", true}, {"`30s`", "30s", true}, {"1048576", "1048576", true}, {"5000", "5000", true},
+		{"`routerd`", "routerd", true}, {"`:9464`", ":9464", true}, {"—", "", true}, {"false", "", true},
+		{"hostname-pid", "", true}, {"`5s`", "10s", false}, {"20", "", false}, {"`1m`", "", false},
+		{"500", "5000", false}, {"`info`", "warn", false},
+	} {
+		if got := sameDefault(tc.cell, tc.help); got != tc.want {
+			t.Errorf("sameDefault(%q, %q) = %v, want %v", tc.cell, tc.help, got, tc.want)
+		}
+	}
+}
+
+// Every flag the README's command table shows is one the command has.
+func TestREADMECommandsNameRealFlags(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableAfter(t, string(data), "## Commands")
+	seen := 0
+	for _, row := range rows {
+		synopsis := strings.Fields(strings.Trim(strings.SplitN(row[0], "` / `", 2)[0], "`"))
+		if len(synopsis) < 2 || synopsis[0] != "routerd" {
+			t.Errorf("README command row %q does not start with `routerd COMMAND`", row[0])
+			continue
+		}
+		var cmd []string
+		for _, w := range synopsis[1:] {
+			if !regexp.MustCompile(`^[a-z]+$`).MatchString(w) {
+				break
+			}
+			cmd = append(cmd, w)
+		}
+		help := helpFlags(t, cmd...)
+		// Flags of the command, not those of another command a cell quotes.
+		text := regexp.MustCompile("`routerd [^`]*`").ReplaceAllString(strings.Join(row[1:], " "), "")
+		for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatch(row[0]+" "+text, -1) {
+			seen++
+			if _, ok := help[m[1]]; !ok {
+				t.Errorf("README's row for routerd %s names --%s, which routerd %s -h does not list", strings.Join(cmd, " "), m[1], strings.Join(cmd, " "))
+			}
+		}
+	}
+	if len(rows) < 10 || seen < 40 {
+		t.Errorf("%d command rows, %d flags: is the README's table read?", len(rows), seen)
+	}
+}

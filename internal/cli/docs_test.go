@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -227,4 +229,79 @@ func TestREADMECommandsNameRealFlags(t *testing.T) {
 	if len(rows) < 10 || seen < 40 {
 		t.Errorf("%d command rows, %d flags: is the README's table read?", len(rows), seen)
 	}
+}
+
+// Every pointer the code gives into the documents — docs/F.md,
+// docs/F.md#anchor, docs/F.md §N, README "Section", in messages, help text
+// and comments — names a file, anchor, section or heading that exists: an
+// error that sends a user to a section that is not there strands them.
+func TestDocReferencesExist(t *testing.T) {
+	fileRE := regexp.MustCompile(`docs/([A-Za-z_]+\.md)(?:#([a-z0-9_-]+)| ?§ ?([0-9]+(?:\.[0-9]+)*))?`)
+	readmeRE := regexp.MustCompile(`README,? \\?"([^"\\]+)\\?"`)
+	seen := 0
+	err := filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && d.Name() != "." && d.Name() != "..") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || filepath.Base(path) == "docs_test.go" {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range fileRE.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			doc := "../../docs/" + m[1]
+			h, ok := readHeadings(doc)
+			switch {
+			case !ok:
+				t.Errorf("%s names docs/%s, which does not exist", path, m[1])
+			case m[2] != "" && !h.anchors[m[2]]:
+				t.Errorf("%s names docs/%s#%s, which is no heading of it", path, m[1], m[2])
+			case m[3] != "" && !h.numbers[m[3]]:
+				t.Errorf("%s names docs/%s §%s, which is no section of it", path, m[1], m[3])
+			}
+		}
+		for _, m := range readmeRE.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			if h, _ := readHeadings("../../README.md"); !h.titles[strings.ToLower(m[1])] {
+				t.Errorf("%s names the README's section %q, which the README does not have", path, m[1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen < 30 {
+		t.Errorf("only %d references to the documents found: is the walk broken?", seen)
+	}
+}
+
+type headings struct{ anchors, numbers, titles map[string]bool }
+
+// readHeadings returns a markdown file's headings: their GitHub anchors,
+// their section numbers ("3.1" of "### 3.1 Entity references") and their
+// titles in lower case; ok is false when the file cannot be read.
+func readHeadings(path string) (headings, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return headings{}, false
+	}
+	h := headings{map[string]bool{}, map[string]bool{}, map[string]bool{}}
+	for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(data), -1) {
+		title := strings.TrimSpace(m[1])
+		a := strings.ToLower(title)
+		a = regexp.MustCompile(`[^a-z0-9 _-]`).ReplaceAllString(a, "")
+		h.anchors[strings.ReplaceAll(a, " ", "-")] = true
+		if n := regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)*)\.? `).FindStringSubmatch(title); n != nil {
+			h.numbers[n[1]] = true
+		}
+		h.titles[strings.ToLower(title)] = true
+	}
+	return h, true
 }

@@ -446,4 +446,9 @@ func TestDoctorCountsOneDeadLetter(t *testing.T) {
 	if !strings.Contains(out, "1 event in invalidate:deadletter:") || !strings.Contains(out, "2 events in invalidate:deadletter:invalid:") {
 		t.Errorf("doctor with one dead letter and two malformed:\n%s", out)
 	}
+	// `routerd deadletter replay` does send the malformed back (to be
+	// refused again): the advice is to publish them again, fixed.
+	if strings.Contains(out, "cannot be re-driven") || !strings.Contains(out, "fix the publisher and publish them again") {
+		t.Errorf("doctor's advice on malformed dead letters:\n%s", out)
+	}
 }

@@ -305,3 +305,36 @@ func readHeadings(path string) (headings, bool) {
 	}
 	return h, true
 }
+
+// Every `make TARGET` the README and docs/ tell a user to run is a target
+// of the Makefile.
+func TestDocsNameMakeTargets(t *testing.T) {
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([a-z][a-z0-9-]*):`).FindAllStringSubmatch(string(makefile), -1) {
+		targets[m[1]] = true
+	}
+	docs, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, path := range append(docs, "../../README.md") {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile("(?m)(?:`|^)make ([a-z][a-z0-9-]*)").FindAllStringSubmatch(string(data), -1) {
+			seen++
+			if !targets[m[1]] {
+				t.Errorf("%s tells to run make %s, which is no target of the Makefile", path, m[1])
+			}
+		}
+	}
+	if seen < 20 {
+		t.Errorf("only %d make commands found in the docs", seen)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -70,8 +71,9 @@ func TestQueriesNameExportedMetrics(t *testing.T) {
 
 // docs/operations.md's metric tables name every routerd_, subscriber_ and
 // cache_ metric the router and the agent export, and only those: an
-// operator looks a metric up there, and builds alerts from there.
-func TestOperationsDocumentsExportedMetrics(t *testing.T) {
+// operator looks a metric up there, and builds alerts from there. Every
+// other page names only exported metrics too.
+func TestDocsDocumentExportedMetrics(t *testing.T) {
 	data, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
 		t.Fatal(err)
@@ -119,6 +121,41 @@ func TestOperationsDocumentsExportedMetrics(t *testing.T) {
 	}
 	if len(documented) < 40 {
 		t.Errorf("only %d metrics read from docs/operations.md: is the table read?", len(documented))
+	}
+
+	// Elsewhere too (limits.md, runbooks, the README): a metric named is
+	// one exported, or one of gqlcache's (a module of its own); readiness
+	// reasons such as cache_failing look like names but are not.
+	reasons := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| (?:serve|agent|both)").FindAllStringSubmatch(string(data), -1) {
+		reasons[m[1]] = true
+	}
+	if len(reasons) < 8 {
+		t.Errorf("only %d readiness reasons read from docs/operations.md", len(reasons))
+	}
+	gqlcache, err := os.ReadFile("../graphql/gqlcache/gqlcache.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := filepath.Glob("../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range append(docs, "../README.md") {
+		text, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range regexp.MustCompile(`\b(?:routerd|subscriber|cache)_[a-z_]*[a-z]\b`).FindAllString(string(text), -1) {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base, ok := strings.CutSuffix(n, suffix); ok && exported[base] {
+					n = base
+				}
+			}
+			if !exported[n] && !reasons[n] && !strings.Contains(string(gqlcache), `"`+n+`"`) {
+				t.Errorf("%s names %s, which neither routerd serve nor agent (nor gqlcache) exports", path, n)
+			}
+		}
 	}
 }
 

@@ -338,3 +338,48 @@ func TestDocsNameMakeTargets(t *testing.T) {
 		t.Errorf("only %d make commands found in the docs", seen)
 	}
 }
+
+// Every --flag the README and docs/ mention in their prose is a flag of
+// some routerd command (or of the other tools they quote): a flag renamed
+// in the code and not in a page sends its reader to an error.
+func TestDocsNameRealFlags(t *testing.T) {
+	known := map[string]bool{
+		"version": true, // routerd --version
+		"build":   true, // docker compose up --build
+		"pipe":    true, // redis-cli --pipe
+		"sort":    true, // ps --sort in BENCHMARKS.md
+	}
+	for _, c := range commands {
+		for name := range helpFlags(t, c.name) {
+			known[name] = true
+		}
+	}
+	for name := range helpFlags(t, "deadletter", "replay") {
+		known[name] = true
+	}
+	docs, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, path := range append(docs, "../../README.md") {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(data)
+		for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatchIndex(text, -1) {
+			name := text[m[2]:m[3]]
+			if m[0] > 0 && regexp.MustCompile(`[A-Za-z0-9-]`).MatchString(text[m[0]-1:m[0]]) || strings.HasSuffix(name, "-") {
+				continue // not a flag (a---b), or a family (--tls-*)
+			}
+			seen++
+			if !known[name] {
+				t.Errorf("%s names --%s, which no routerd command has", path, name)
+			}
+		}
+	}
+	if seen < 100 {
+		t.Errorf("only %d flags found in the docs", seen)
+	}
+}

@@ -91,8 +91,14 @@ func tableAfter(t *testing.T, doc, marker string) []docRow {
 }
 
 var (
-	docFlagRE = regexp.MustCompile("`--([a-z0-9-]+)`")
-	docEnvRE  = regexp.MustCompile("`([A-Z][A-Z0-9_]*…?)`")
+	docFlagRE       = regexp.MustCompile("`--([a-z0-9-]+)`")
+	docEnvRE        = regexp.MustCompile("`([A-Z][A-Z0-9_]*…?)`")
+	wordRE          = regexp.MustCompile(`^[a-z]+$`)
+	quotedCommandRE = regexp.MustCompile("`routerd [^`]*`")
+	proseFlagRE     = regexp.MustCompile(`--([a-z][a-z0-9-]*)`)
+	headingRE       = regexp.MustCompile(`(?m)^#+ (.+)$`)
+	notAnchorRE     = regexp.MustCompile(`[^a-z0-9 _-]`)
+	sectionRE       = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)*)\.? `)
 )
 
 // Every flag of `routerd serve -h` and `routerd agent -h` is a row of
@@ -211,15 +217,15 @@ func TestREADMECommandsNameRealFlags(t *testing.T) {
 		}
 		var cmd []string
 		for _, w := range synopsis[1:] {
-			if !regexp.MustCompile(`^[a-z]+$`).MatchString(w) {
+			if !wordRE.MatchString(w) {
 				break
 			}
 			cmd = append(cmd, w)
 		}
 		help := helpFlags(t, cmd...)
 		// Flags of the command, not those of another command a cell quotes.
-		text := regexp.MustCompile("`routerd [^`]*`").ReplaceAllString(strings.Join(row[1:], " "), "")
-		for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatch(row[0]+" "+text, -1) {
+		text := quotedCommandRE.ReplaceAllString(strings.Join(row[1:], " "), "")
+		for _, m := range proseFlagRE.FindAllStringSubmatch(row[0]+" "+text, -1) {
 			seen++
 			if _, ok := help[m[1]]; !ok {
 				t.Errorf("README's row for routerd %s names --%s, which routerd %s -h does not list", strings.Join(cmd, " "), m[1], strings.Join(cmd, " "))
@@ -293,12 +299,12 @@ func readHeadings(path string) (headings, bool) {
 		return headings{}, false
 	}
 	h := headings{map[string]bool{}, map[string]bool{}, map[string]bool{}}
-	for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(data), -1) {
+	for _, m := range headingRE.FindAllStringSubmatch(string(data), -1) {
 		title := strings.TrimSpace(m[1])
 		a := strings.ToLower(title)
-		a = regexp.MustCompile(`[^a-z0-9 _-]`).ReplaceAllString(a, "")
+		a = notAnchorRE.ReplaceAllString(a, "")
 		h.anchors[strings.ReplaceAll(a, " ", "-")] = true
-		if n := regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)*)\.? `).FindStringSubmatch(title); n != nil {
+		if n := sectionRE.FindStringSubmatch(title); n != nil {
 			h.numbers[n[1]] = true
 		}
 		h.titles[strings.ToLower(title)] = true
@@ -368,9 +374,9 @@ func TestDocsNameRealFlags(t *testing.T) {
 			t.Fatal(err)
 		}
 		text := string(data)
-		for _, m := range regexp.MustCompile(`--([a-z][a-z0-9-]*)`).FindAllStringSubmatchIndex(text, -1) {
+		for _, m := range proseFlagRE.FindAllStringSubmatchIndex(text, -1) {
 			name := text[m[2]:m[3]]
-			if m[0] > 0 && regexp.MustCompile(`[A-Za-z0-9-]`).MatchString(text[m[0]-1:m[0]]) || strings.HasSuffix(name, "-") {
+			if m[0] > 0 && strings.ContainsAny(text[m[0]-1:m[0]], "-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") || strings.HasSuffix(name, "-") {
 				continue // not a flag (a---b), or a family (--tls-*)
 			}
 			seen++

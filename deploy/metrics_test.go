@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -68,6 +69,96 @@ func TestQueriesNameExportedMetrics(t *testing.T) {
 	}
 }
 
+// docs/operations.md's metric tables name every routerd_, subscriber_ and
+// cache_ metric the router and the agent export, and only those: an
+// operator looks a metric up there, and builds alerts from there. Every
+// other page names only exported metrics too.
+func TestDocsDocumentExportedMetrics(t *testing.T) {
+	data, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(data)
+	start := strings.Index(section, "\n## Metrics\n")
+	if start < 0 {
+		t.Fatal("docs/operations.md has no Metrics section")
+	}
+	section = section[start+1:]
+	if end := strings.Index(section, "\n## "); end > 0 {
+		section = section[:end]
+	}
+	documented := map[string]bool{}
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		cell, _, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
+		for _, m := range regexp.MustCompile("`((?:routerd|subscriber|cache)_[a-z_]+)").FindAllStringSubmatch(cell, -1) {
+			documented[m[1]] = true
+		}
+	}
+	exported := map[string]bool{}
+	for _, n := range scrapeDaemons(t) {
+		if !regexp.MustCompile(`^(?:routerd|subscriber|cache)_`).MatchString(n) {
+			continue // Go's and the process's own
+		}
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(n, suffix); ok && documented[base] {
+				n = base
+			}
+		}
+		exported[n] = true
+	}
+	for n := range exported {
+		if !documented[n] {
+			t.Errorf("routerd serve or agent exports %s, which docs/operations.md's metric tables do not document", n)
+		}
+	}
+	for n := range documented {
+		if !exported[n] {
+			t.Errorf("docs/operations.md's metric tables document %s, which neither routerd serve nor agent exports", n)
+		}
+	}
+	if len(documented) < 40 {
+		t.Errorf("only %d metrics read from docs/operations.md: is the table read?", len(documented))
+	}
+
+	// Elsewhere too (limits.md, runbooks, the README): a metric named is
+	// one exported, or one of gqlcache's (a module of its own); readiness
+	// reasons such as cache_failing look like names but are not.
+	reasons := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| (?:serve|agent|both)").FindAllStringSubmatch(string(data), -1) {
+		reasons[m[1]] = true
+	}
+	if len(reasons) < 8 {
+		t.Errorf("only %d readiness reasons read from docs/operations.md", len(reasons))
+	}
+	gqlcache, err := os.ReadFile("../graphql/gqlcache/gqlcache.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := filepath.Glob("../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range append(docs, "../README.md") {
+		text, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range regexp.MustCompile(`\b(?:routerd|subscriber|cache)_[a-z_]*[a-z]\b`).FindAllString(string(text), -1) {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base, ok := strings.CutSuffix(n, suffix); ok && exported[base] {
+					n = base
+				}
+			}
+			if !exported[n] && !reasons[n] && !strings.Contains(string(gqlcache), `"`+n+`"`) {
+				t.Errorf("%s names %s, which neither routerd serve nor agent (nor gqlcache) exports", path, n)
+			}
+		}
+	}
+}
+
 // metricNames returns the metric names a PromQL expression selects: what
 // is left once string literals, label matchers, ranges, grouping clauses,
 // function calls, keywords and numbers are taken out.
@@ -113,15 +204,16 @@ func TestMetricNames(t *testing.T) {
 	}
 }
 
-// scrapeDaemons runs routerd serve and agent on matrix.yaml against fresh
-// Redis servers and returns the names of the series on their first
-// /metrics once they are ready.
+// scrapeDaemons runs routerd serve and agent (with a cache Redis and
+// --deliver, so that both kinds of the agent's series are there) on
+// matrix.yaml against fresh Redis servers and returns the names of the
+// series on their first /metrics once they are ready.
 func scrapeDaemons(t *testing.T) []string {
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	var names []string
 	for _, args := range [][]string{
 		{"serve", "--matrix", "../matrix.yaml", "--redis", bus.URL, "--listen", testbin.AnyPort},
-		{"agent", "--matrix", "../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL, "--service", "search-svc", "--listen", testbin.AnyPort},
+		{"agent", "--matrix", "../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "-", "--service", "search-svc", "--listen", testbin.AnyPort},
 	} {
 		log := run(t, args...)
 		addr := testbin.ListenAddr(t, log.String)

@@ -60,6 +60,10 @@ type RedriveFilter struct {
 // Redriven says what a re-drive did.
 type Redriven struct {
 	Redriven int // dead letters appended to the re-drive stream and deleted
+	// Invalid counts those of Redriven that came from
+	// names.InvalidDeadLetterStream (malformed, too_large): the routers
+	// refuse them again unless they now accept what was refused.
+	Invalid int
 	// Skipped counts dead letters that matched the reason but cannot be
 	// re-driven: their copy of the entry was cut (a value cut when read,
 	// or an entry far above MaxEventBytes), or it holds neither an event
@@ -101,7 +105,9 @@ func redrive(ctx context.Context, c redis.UniversalClient, prefix string, f Redr
 		// Malformed and too_large letters (those of older routers are in
 		// the stream above): an operator may ask for them; they are
 		// refused again unless a newer router accepts them.
+		before := res.Redriven
 		_, err := redriveLetters(ctx, c, names.InvalidDeadLetterStream(prefix), names.RedriveStream(prefix), f, start, &res)
+		res.Invalid = res.Redriven - before
 		return res, err
 	}
 	return res, nil

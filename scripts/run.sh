@@ -113,7 +113,9 @@ wait_ready routerd "$routerd_pid" "http://127.0.0.1:$routerd_port/readyz" "$stat
 echo "routerd    ready: serve on matrix.yaml; http://127.0.0.1:$routerd_port/metrics; log $state/routerd.log"
 wait_ready agent "$agent_pid" "http://127.0.0.1:$agent_port/readyz" "$state/agent.log"
 echo "agent      ready: profile-svc; http://127.0.0.1:$agent_port/metrics; log $state/agent.log"
-echo "try also:  $bin/routerd tail --redis $bus --tenant acme --tag active"
+echo "watch:     $bin/routerd tail --redis $bus --tenant acme --tag active   (in another terminal: each message as JSON)"
+echo "publish:   $bin/routerd publish --redis $bus --tenant acme --domain product --keys product:1   (your own change: the demo and tail show it)"
+echo "Ctrl-C stops everything; logs are in $state/"
 echo
 
 # From here on, routerd or the agent dying stops the demo at once.

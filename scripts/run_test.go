@@ -136,7 +136,8 @@ func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
 // With free ports it waits for both daemons, and every round's
 // invalidations arrive.
 func TestRunGoodRound(t *testing.T) {
-	out, err := runScript(t, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 6 --interval 100ms")
+	redisAddr := redistest.FreeAddr(t)
+	out, err := runScript(t, redisAddr, redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 6 --interval 100ms")
 	if err != nil {
 		t.Fatalf("run.sh: %v\n%s", err, out)
 	}
@@ -150,7 +151,13 @@ func TestRunGoodRound(t *testing.T) {
 			break
 		}
 	}
-	for _, want := range []string{"routerd    ready", "agent      ready", "profile-svc  acme: user:1✗ user:2✗"} {
+	// It tells a newcomer how to watch an invalidation, cause one of
+	// their own, and stop.
+	redis := "redis://127.0.0.1:" + port(redisAddr) + "/0"
+	for _, want := range []string{"routerd    ready", "agent      ready", "profile-svc  acme: user:1✗ user:2✗",
+		"routerd tail --redis " + redis + " --tenant acme --tag active",
+		"routerd publish --redis " + redis + " --tenant acme --domain product --keys product:1",
+		"Ctrl-C stops everything"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

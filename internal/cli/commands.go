@@ -213,7 +213,7 @@ func publish(ctx context.Context, env *Env, args []string) error {
 				tags[i] = r.Tag
 			}
 			return fmt.Errorf("nothing sent: domain %q has no entity_refs in %s, so --entity %s without --keys would invalidate its tags (%s) whole; "+
-				"name the keys with --keys, set `entity_refs: true` on the domain (and cache its values by reference, README \"Entity references\"), or pass --whole-tag if whole tags are meant",
+				"name the keys with --keys, set `entity_refs: true` on the domain (and cache its values by reference: docs/protocol.md §3.1), or pass --whole-tag if whole tags are meant",
 				ev.Domain, *path, ev.Entity, strings.Join(tags, ", "))
 		}
 	} else if entityLevel {

@@ -60,6 +60,10 @@ func deadletterCmd(ctx context.Context, env *Env, args []string) error {
 	defer c.Close()
 	res, err := router.Redrive(ctx, c, *prefix, filter)
 	fmt.Fprintf(env.Stdout, "%d re-driven", res.Redriven)
+	if res.Invalid > 0 {
+		fmt.Fprintf(env.Stdout, ", %d of them malformed or too large (from %s): the routers refuse those again unless they accept them now",
+			res.Invalid, names.InvalidDeadLetterStream(*prefix))
+	}
 	if res.Skipped > 0 {
 		fmt.Fprintf(env.Stdout, ", %d left: their copy of the entry was cut at the dead letters' size limit (or holds no event)", res.Skipped)
 	}

@@ -1,9 +1,15 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
 )
 
 func TestParseSince(t *testing.T) {
@@ -63,5 +69,30 @@ func TestDeadletterUsage(t *testing.T) {
 		if code != tc.code || !strings.Contains(errs, tc.msg) {
 			t.Errorf("routerd %s: exit %d, stderr %q; want exit %d and %q", strings.Join(tc.args, " "), code, errs, tc.code, tc.msg)
 		}
+	}
+}
+
+// A replay without --reason also sends back the malformed and too large
+// letters, which the routers refuse again: its count says how many of
+// those it re-drove, so "2 re-driven" does not read as two events fixed.
+func TestDeadletterReplaySaysWhatComesBack(t *testing.T) {
+	bus := redistest.Start(t)
+	c := bus.Client(t)
+	letter := func(stream, reason, event string) {
+		entry, err := json.Marshal(map[string]string{"event": event})
+		must(t, err)
+		must(t, c.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: []any{"reason", reason, "error", "x",
+			"stream", "invalidate:ingress:{7}", "entry_id", "1-0", "entry", string(entry)}}).Err())
+	}
+	letter("invalidate:deadletter", "unknown_domain", `{"tenant":"acme","domain":"order","keys":["o:1"]}`)
+	letter("invalidate:deadletter:invalid", "malformed", `{"tenant":"acme","domain":"user","keys":[]}`)
+	code, out, errs := runCLI(t, "deadletter", "replay", "--redis", bus.URL)
+	want := "2 re-driven, 1 of them malformed or too large (from invalidate:deadletter:invalid): the routers refuse those again unless they accept them now\n"
+	if code != 0 || out != want {
+		t.Errorf("replay of one letter of each stream: exit %d, stdout %q, stderr %q; want %q", code, out, errs, want)
+	}
+	letter("invalidate:deadletter", "unknown_domain", `{"tenant":"acme","domain":"order","keys":["o:2"]}`)
+	if code, out, _ := runCLI(t, "deadletter", "replay", "--redis", bus.URL, "--reason", "unknown_domain"); code != 0 || out != "1 re-driven\n" {
+		t.Errorf("replay of unknown_domain letters: exit %d, stdout %q; want %q", code, out, "1 re-driven\n")
 	}
 }

@@ -75,6 +75,12 @@ func TestVersion(t *testing.T) {
 	if !regexp.MustCompile(`^routerd v1\.2\.3, commit 0123456789ab \(modified\), 2026-11-25T00:00:00Z, go1\.26\.8 \w+/\w+$`).MatchString(got) {
 		t.Errorf("version = %q", got)
 	}
+	// The image's build has no .git (.dockerignore): the reason given
+	// must not be only a flag nobody passed.
+	bi.Settings = nil
+	if got := version(bi, true); !strings.Contains(got, "commit unknown (built outside a git checkout, or with -buildvcs=false)") {
+		t.Errorf("version without VCS information = %q", got)
+	}
 	if got := version(nil, false); !strings.Contains(got, "no build information") {
 		t.Errorf("version without build info = %q", got)
 	}
@@ -445,5 +451,10 @@ func TestDoctorCountsOneDeadLetter(t *testing.T) {
 	_, out, _ = runCLI(t, "doctor", "--redis", bus.URL)
 	if !strings.Contains(out, "1 event in invalidate:deadletter:") || !strings.Contains(out, "2 events in invalidate:deadletter:invalid:") {
 		t.Errorf("doctor with one dead letter and two malformed:\n%s", out)
+	}
+	// `routerd deadletter replay` does send the malformed back (to be
+	// refused again): the advice is to publish them again, fixed.
+	if strings.Contains(out, "cannot be re-driven") || !strings.Contains(out, "fix the publisher and publish them again") {
+		t.Errorf("doctor's advice on malformed dead letters:\n%s", out)
 	}
 }

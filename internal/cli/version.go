@@ -38,7 +38,7 @@ func version(bi *debug.BuildInfo, ok bool) string {
 		}
 		parts = append(parts, c)
 	} else {
-		parts = append(parts, "commit unknown (built without VCS information: -buildvcs=false)")
+		parts = append(parts, "commit unknown (built outside a git checkout, or with -buildvcs=false)")
 	}
 	if when != "" {
 		parts = append(parts, when)

@@ -425,7 +425,7 @@ func checkIngress(ctx context.Context, c redis.UniversalClient, opt Options) []F
 	}
 	for _, s := range []struct{ stream, what string }{
 		{names.DeadLetterStream(opt.Prefix), "XRANGE it to see why they were refused; fix the cause, then routerd deadletter replay"},
-		{names.InvalidDeadLetterStream(opt.Prefix), "malformed or too large: XRANGE it to see why; fix the publisher (they cannot be re-driven)"},
+		{names.InvalidDeadLetterStream(opt.Prefix), "malformed or too large: XRANGE it to see why; fix the publisher and publish them again (a replay only has them refused again)"},
 	} {
 		if dl, _ := c.XLen(ctx, s.stream).Result(); dl > 0 {
 			events := "events"

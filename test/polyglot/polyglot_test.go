@@ -22,19 +22,30 @@ import (
 	"github.com/routerd/routerd/internal/testbin"
 )
 
-// The matrix of both examples: the domain user invalidates the tag active,
+// exampleMatrix is the matrix of both examples, which their READMEs tell a
+// reader to run routerd on: the domain user invalidates the tag active,
 // which the service app caches under for every tenant.
-const matrixYAML = `version: 1
-prefix: invalidate
-ingress: {partitions: 8}
-defaults: {rate: 1000, burst: 1000, coalesce: 20ms, max_keys: 500, history: 1000}
-tags:
-  active: {services: [app]}
-domains:
-  user: {tags: [active]}
-services:
-  app: {tenants: all}
-`
+const exampleMatrix = "../../examples/matrix.yaml"
+
+// The examples' READMEs run routerd on the matrix this test runs them on,
+// with the commands that start every process they need.
+func TestExampleREADMEsNameTheirMatrix(t *testing.T) {
+	if _, err := os.Stat(exampleMatrix); err != nil {
+		t.Fatalf("the examples' matrix: %v", err)
+	}
+	for _, readme := range []string{"../../examples/python/README.md", "../../examples/node/README.md"} {
+		data, err := os.ReadFile(readme)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"routerd serve --redis redis://127.0.0.1:6390 --matrix examples/matrix.yaml",
+			"--service app --matrix examples/matrix.yaml", "redis-server --port 6391", "--agent-ready http://127.0.0.1:9465/readyz"} {
+			if !strings.Contains(string(data), want) {
+				t.Errorf("%s lacks %q", readme, want)
+			}
+		}
+	}
+}
 
 // Python and Node examples: published from the example, routed by routerd,
 // delivered by the agent to the example's HTTP receiver, whose in-process
@@ -116,10 +127,7 @@ type system struct {
 func startSystem(t *testing.T) *system {
 	t.Helper()
 	e := &system{bus: redistest.Start(t), cache: redistest.Start(t), logs: &logs{}}
-	e.matrix = filepath.Join(t.TempDir(), "matrix.yaml")
-	if err := os.WriteFile(e.matrix, []byte(matrixYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	e.matrix = exampleMatrix
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("routerd and agent output:\n%s", e.logs.String())

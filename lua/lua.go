@@ -86,6 +86,8 @@ var (
 	claimSrc string
 	//go:embed weight.lua
 	weightSrc string
+	//go:embed index.lua
+	indexSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -93,11 +95,23 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
 	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
+// allowOOM heads the scripts that must run on a cache Redis at maxmemory
+// under noeviction: there Redis refuses every command that may grow its
+// memory (SET, SADD, …) with OOM, and refuses a script at its first such
+// command unless it declares allow-oom (Redis 7's shebang flags; a shebang
+// is the script's first line, before the prelude). An invalidation frees
+// memory and must land when the cache is full; its position and marks are a
+// few bytes. allow-cross-slot-keys keeps what a script without a shebang
+// may do on a cluster node (a member of a tag set naming another slot's key
+// fails as before, not earlier).
+const allowOOM = "#!lua flags=allow-oom,allow-cross-slot-keys\n"
+
 // sources are the scripts as they are sent to Redis, by file name.
 var sources = map[string]string{
 	"publish.lua":         prelude + bucketSrc + publishSrc,
 	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
 	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
+	"index.lua":           allowOOM + prelude + indexSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
@@ -133,6 +147,7 @@ var (
 	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
 	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
+	indexScript                               = scripts["index.lua"]
 )
 
 // Request is one script call: each codec's request type (PublishRequest,
@@ -167,7 +182,7 @@ func RouterScripts() []*redis.Script {
 
 // CacheScripts are the scripts run on a cache Redis.
 func CacheScripts() []*redis.Script {
-	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript}
+	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript}
 }
 
 // ScriptName names the script whose SHA1 is sha ("publish", "invalidate",

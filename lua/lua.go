@@ -96,21 +96,24 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
 // allowOOM heads the scripts that must run on a cache Redis at maxmemory
-// under noeviction: there Redis refuses every command that may grow its
-// memory (SET, SADD, …) with OOM, and refuses a script at its first such
-// command unless it declares allow-oom (Redis 7's shebang flags; a shebang
-// is the script's first line, before the prelude). An invalidation frees
-// memory and must land when the cache is full; its position and marks are a
-// few bytes. allow-cross-slot-keys keeps what a script without a shebang
-// may do on a cluster node (a member of a tag set naming another slot's key
-// fails as before, not earlier).
+// under noeviction, where Redis refuses every command that may grow its
+// memory (SET, SADD, …) with OOM: a script without a shebang fails at its
+// first such command when it has written nothing before (the position SET
+// of a whole tag that found its tag empty, a batch mark, the position
+// index), one with a shebang is refused whole unless it declares allow-oom
+// (Redis 7's flags; the shebang is the script's first line, before the
+// prelude). An invalidation frees memory and must land when the cache is
+// full; the position, mark and index it writes are a few bytes.
+// allow-cross-slot-keys keeps what a script without a shebang may do on a
+// cluster node: a tag set's member naming a key of another slot fails as
+// before, where it is not local, and not earlier.
 const allowOOM = "#!lua flags=allow-oom,allow-cross-slot-keys\n"
 
 // sources are the scripts as they are sent to Redis, by file name.
 var sources = map[string]string{
 	"publish.lua":         prelude + bucketSrc + publishSrc,
-	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
-	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
+	"invalidate.lua":      allowOOM + prelude + positionSrc + invalidateSrc,
+	"invalidate_keys.lua": allowOOM + prelude + positionSrc + invalidateKeysSrc,
 	"index.lua":           allowOOM + prelude + indexSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,

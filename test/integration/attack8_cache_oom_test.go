@@ -2,12 +2,16 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -53,5 +57,75 @@ func TestAttack8CacheFullStillInvalidates(t *testing.T) {
 	epoch, _ := e.meta("invalidate:acme:active")
 	if p, _ := e.position("profile-svc", "acme", "active"); p.Epoch != epoch || p.Version != 1 {
 		t.Errorf("position = %v, want %s:1", p, epoch)
+	}
+}
+
+// A whole-tag invalidation of a tag that holds nothing (a whole tag before
+// it took it all) deletes nothing and writes the position alone: on a full
+// cache that SET was the script's first write, refused with OOM. The
+// channel stood still at the version before, every later message of it
+// waited behind the failed one, and a key the next message named stayed
+// cached for as long as the cache was full.
+func TestAttack8CacheFullWholeTagOfAnEmptyTag(t *testing.T) {
+	e := newEnv(t, "")
+	e.running("acme")
+	e.seed("profile-svc", "acme", "user:1", "active")
+	// Named by the key-level message below; a key is deleted whatever tags
+	// registered it.
+	e.seed("profile-svc", "acme", "user:2", "billing")
+	e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // takes user:1
+	e.waitGone("profile-svc", "acme", "user:1")
+	e.waitVersion("invalidate:acme:active", 1)
+	epoch, _ := e.meta("invalidate:acme:active")
+	redistest.Eventually(t, 10*time.Second, "position at 1", func() bool {
+		p, _ := e.position("profile-svc", "acme", "active")
+		return p.Epoch == epoch && p.Version == 1
+	})
+	fill(t, e.caches["profile-svc"].Client(t))
+
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // of an empty tag
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitGone("profile-svc", "acme", "user:2")
+	redistest.Eventually(t, 10*time.Second, "position at 3", func() bool {
+		p, _ := e.position("profile-svc", "acme", "active")
+		return p.Epoch == epoch && p.Version == 3
+	})
+}
+
+// A whole tag above the cardinality guard with more of its channel after it
+// in the same pipeline marks the channel (an SADD of the batch mark) before
+// it is taken down in chunks: on a full cache the mark was refused with
+// OOM, the whole tag failed, and the key-level invalidation after it was a
+// GAP (its position not yet there), its key left cached.
+func TestAttack8CacheFullDeferredWholeTag(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	st, err := tagstore.New(c, tagstore.Options{CardinalityGuard: 2})
+	must(t, err)
+	for _, k := range []string{"a", "b", "c"} {
+		must(t, st.Set(ctx, "acme", k, []byte("v"), 0, "big"))
+	}
+	must(t, st.Set(ctx, "acme", "d", []byte("v"), 0, "other"))
+	fill(t, c)
+
+	at := func(v int64) tagstore.Position { return tagstore.Position{Epoch: "e1", Version: v} }
+	results, errs := st.ApplyMany(ctx, []tagstore.Invalidation{
+		{Tenant: "acme", Tag: "big", Service: "svc", Position: at(1), Strict: true},
+		{Tenant: "acme", Tag: "big", Keys: []string{"d"}, Service: "svc", Position: at(2), Strict: true},
+	})
+	for i, err := range errs {
+		if err != nil || results[i].Status != tagstore.Success {
+			t.Errorf("invalidation %d: %v, %v; want Success", i+1, results[i].Status, err)
+		}
+	}
+	for _, k := range []string{"a", "b", "c", "d"} {
+		if _, err := st.Get(ctx, "acme", k); !errors.Is(err, redis.Nil) {
+			t.Errorf("%s still cached (%v)", k, err)
+		}
+	}
+	if p, _, err := st.ReadPosition(ctx, "acme", "svc", "big"); err != nil || p != at(2) {
+		t.Errorf("position %v (%v), want %v", p, err, at(2))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/tagstore"
@@ -128,4 +129,56 @@ func TestAttack8CacheFullDeferredWholeTag(t *testing.T) {
 	if p, _, err := st.ReadPosition(ctx, "acme", "svc", "big"); err != nil || p != at(2) {
 		t.Errorf("position %v (%v), want %v", p, err, at(2))
 	}
+}
+
+// A Fetch on a full cache: the miss cannot take its lease (lease.lua's SET
+// is refused with OOM), and a fill whose lease was taken before the cache
+// filled cannot be recorded (the tenant index's SADD is refused). Either
+// way the value was the caller's to have: it was refused with an error
+// instead (before the load, or after it, the loaded value dropped), so a
+// full cache failed every read of a key not cached. Nothing must be cached
+// and no lease left behind.
+func TestAttack8CacheFullFetchReturnsTheLoadedValue(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	st, err := tagstore.New(c, tagstore.Options{})
+	must(t, err)
+	opt := tagstore.FetchOptions{Tags: []string{"active"}}
+	noLease := func(key string) {
+		t.Helper()
+		full, _ := st.Key("acme", key)
+		if n, err := c.Exists(ctx, names.LeaseKey("acme", full), full).Result(); err != nil || n != 0 {
+			t.Errorf("%s: %d of its lease and value left (%v), want none", key, n, err)
+		}
+	}
+
+	// The lease taken, then the cache fills during the load.
+	loading, filled := make(chan struct{}), make(chan struct{})
+	type got struct {
+		v   []byte
+		err error
+	}
+	done := make(chan got, 1)
+	go func() {
+		v, err := st.Fetch(ctx, "acme", "user:1", opt, func(context.Context) ([]byte, error) {
+			close(loading)
+			<-filled
+			return []byte("fresh 1"), nil
+		})
+		done <- got{v, err}
+	}()
+	<-loading
+	fill(t, c)
+	close(filled)
+	if r := <-done; r.err != nil || string(r.v) != "fresh 1" {
+		t.Errorf("a fill on a cache that filled during the load: %q, %v; want the loaded value", r.v, r.err)
+	}
+	noLease("user:1")
+
+	// A miss on the full cache.
+	v, err := st.Fetch(ctx, "acme", "user:2", opt, func(context.Context) ([]byte, error) { return []byte("fresh 2"), nil })
+	if err != nil || string(v) != "fresh 2" {
+		t.Errorf("a miss on the full cache: %q, %v; want the loaded value", v, err)
+	}
+	noLease("user:2")
 }

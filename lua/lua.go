@@ -88,6 +88,8 @@ var (
 	weightSrc string
 	//go:embed index.lua
 	indexSrc string
+	//go:embed generation.lua
+	generationSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -100,7 +102,7 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 // memory (SET, SADD, …) with OOM: a script without a shebang fails at its
 // first such command when it has written nothing before (the position SET
 // of a whole tag that found its tag empty, a batch mark, the position
-// index), one with a shebang is refused whole unless it declares allow-oom
+// index, the generation a check saw), one with a shebang is refused whole unless it declares allow-oom
 // (Redis 7's flags; the shebang is the script's first line, before the
 // prelude). An invalidation frees memory and must land when the cache is
 // full; the position, mark and index it writes are a few bytes.
@@ -115,6 +117,7 @@ var sources = map[string]string{
 	"invalidate.lua":      allowOOM + prelude + positionSrc + invalidateSrc,
 	"invalidate_keys.lua": allowOOM + prelude + positionSrc + invalidateKeysSrc,
 	"index.lua":           allowOOM + prelude + indexSrc,
+	"generation.lua":      allowOOM + prelude + generationSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
@@ -150,7 +153,7 @@ var (
 	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
 	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
-	indexScript                               = scripts["index.lua"]
+	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
 )
 
 // Request is one script call: each codec's request type (PublishRequest,
@@ -185,7 +188,7 @@ func RouterScripts() []*redis.Script {
 
 // CacheScripts are the scripts run on a cache Redis.
 func CacheScripts() []*redis.Script {
-	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript}
+	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript, generationScript}
 }
 
 // ScriptName names the script whose SHA1 is sha ("publish", "invalidate",

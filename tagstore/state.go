@@ -134,7 +134,8 @@ func (s *Store) RecordGeneration(ctx context.Context, service, generation string
 	if err := names.Service(service); err != nil {
 		return err
 	}
-	if err := s.c.Set(ctx, names.GenerationSeenKey(service), generation, 0).Err(); err != nil {
+	// generation.lua, not a SET: it runs on a full cache Redis too.
+	if _, err := lua.Run(ctx, s.c, &lua.GenerationRequest{Service: service, Identity: generation}); err != nil {
 		return fmt.Errorf("tagstore: recording the bus generation in %s: %w", names.GenerationSeenKey(service), err)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -181,4 +182,40 @@ func TestAttack8CacheFullFetchReturnsTheLoadedValue(t *testing.T) {
 		t.Errorf("a miss on the full cache: %q, %v; want the loaded value", v, err)
 	}
 	noLease("user:2")
+}
+
+// The bus loses its data while the cache is full. The check that drops the
+// whole tags of the new epochs records the bus identity it saw (a SET in
+// the cache Redis, refused with OOM): the check must still complete, once,
+// and the channels go on key by key, not a whole tag at every check.
+func TestAttack8CacheFullBusLosesItsData(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.running("acme")
+	for _, k := range []string{"user:1", "user:2", "user:3", "user:4", "user:5"} {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	e.router(router.Options{})
+	reg := prometheus.NewRegistry()
+	s, _ := e.subscriber("profile-svc", subscriber.Options{Registerer: reg, CheckInterval: 200 * time.Millisecond})
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	e.waitGone("profile-svc", "acme", "user:1")
+	fill(t, e.caches["profile-svc"].Client(t))
+
+	must(t, e.busC.FlushAll(ctx).Err())
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	e.waitAllGone(10*time.Second, "the new epoch's whole tag", "profile-svc", "acme", []string{"user:2", "user:3", "user:4", "user:5"})
+	redistest.Eventually(t, 10*time.Second, "ready after the bus lost its data", s.Ready)
+	wholeTags := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag")
+	// A few more checks: none drops the tag again.
+	for i := 0; i < 3; i++ {
+		checked := metric(t, reg, "subscriber_position_checks_total")
+		redistest.Eventually(t, 10*time.Second, "another check", func() bool { return metric(t, reg, "subscriber_position_checks_total") > checked })
+	}
+	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "whole_tag"); got != wholeTags {
+		t.Errorf("whole-tag recoveries went from %v to %v in three checks after the loss", wholeTags, got)
+	}
+	if !s.Ready() {
+		t.Errorf("not ready: %v", s.Problems())
+	}
 }

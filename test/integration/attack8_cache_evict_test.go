@@ -80,3 +80,46 @@ func TestAttack8CacheLeaseEvictedMidLoad(t *testing.T) {
 		t.Errorf("cached %q (%v), want the value read after the change", got, err)
 	}
 }
+
+// The cache Redis loses its data (FLUSHALL, or a restart without
+// persistence) while a fill loads, and the change's invalidation then finds
+// no tag set to take the key out of: the fill must not cache what it read
+// before the change (its lease went with the data).
+func TestAttack8CacheLostWhileAFillLoads(t *testing.T) {
+	for _, lose := range []struct {
+		name string
+		do   func(t *testing.T, srv *redistest.Server, c *redis.Client)
+	}{
+		{"FLUSHALL", func(t *testing.T, _ *redistest.Server, c *redis.Client) { must(t, c.FlushAll(context.Background()).Err()) }},
+		{"restart", func(t *testing.T, srv *redistest.Server, _ *redis.Client) { srv.Restart(t) }},
+	} {
+		t.Run(lose.name, func(t *testing.T) {
+			ctx := context.Background()
+			srv := redistest.Start(t)
+			c := srv.Client(t)
+			st, err := tagstore.New(c, tagstore.Options{})
+			must(t, err)
+			opt := tagstore.FetchOptions{Tags: []string{"active"}}
+			full, _ := st.Key("acme", "user:1")
+			loading, value := make(chan struct{}), make(chan string)
+			done := make(chan error, 1)
+			go func() {
+				_, err := st.Fetch(ctx, "acme", "user:1", opt, func(context.Context) ([]byte, error) {
+					close(loading)
+					return []byte(<-value), nil
+				})
+				done <- err
+			}()
+			<-loading
+			lose.do(t, srv, c)
+			if _, err := st.InvalidateKeys(ctx, "acme", "active", "user:1"); err != nil {
+				t.Fatal(err)
+			}
+			value <- "old"
+			must(t, <-done)
+			if v, err := c.Get(ctx, full).Result(); !errors.Is(err, redis.Nil) {
+				t.Errorf("cached %q (%v) after the invalidation, from a fill that read before it", v, err)
+			}
+		})
+	}
+}

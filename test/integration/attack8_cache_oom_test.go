@@ -3,6 +3,11 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -10,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -217,5 +223,43 @@ func TestAttack8CacheFullBusLosesItsData(t *testing.T) {
 	}
 	if !s.Ready() {
 		t.Errorf("not ready: %v", s.Problems())
+	}
+}
+
+// The sidecar started, and started again, on a full cache Redis: it is
+// ready, and applies what comes, each run (a run indexes its tenants anew).
+func TestAttack8CacheFullAgentStartsAndApplies(t *testing.T) {
+	e := newEnv(t, "")
+	e.running("acme")
+	e.seed("profile-svc", "acme", "user:1", "active")
+	e.seed("profile-svc", "acme", "user:2", "active")
+	e.router(router.Options{})
+	fill(t, e.caches["profile-svc"].Client(t))
+	path := filepath.Join(t.TempDir(), "matrix.yaml")
+	must(t, os.WriteFile(path, []byte(testMatrix), 0o644))
+	epoch := ""
+	for run, key := range []string{"user:1", "user:2"} {
+		cmd := exec.Command(testbin.Routerd(t), "agent", "--matrix", path, "--service", "profile-svc", "--redis", e.bus.URL,
+			"--cache-redis", e.caches["profile-svc"].URL, "--listen", testbin.AnyPort)
+		var log lockedBuffer
+		cmd.Stderr = &log
+		must(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		waitReadyz(t, testbin.ListenAddr(t, log.String))
+
+		e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{key}})
+		e.waitGone("profile-svc", "acme", key)
+		if epoch == "" {
+			epoch, _ = e.meta("invalidate:acme:active")
+		}
+		want := int64(run + 1)
+		redistest.Eventually(t, 10*time.Second, fmt.Sprintf("position at %d", want), func() bool {
+			p, _ := e.position("profile-svc", "acme", "active")
+			return p.Epoch == epoch && p.Version == want
+		})
+		must(t, cmd.Process.Signal(syscall.SIGTERM))
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("agent run %d: %v\n%s", run+1, err, log.String())
+		}
 	}
 }

@@ -43,8 +43,8 @@ func fill(t *testing.T, c *redis.Client) {
 	}
 }
 
-// A subscriber that starts (or restarts) while its cache is full has
-// indexed no tenant yet in this run. Its first invalidation of a tenant
+// A subscriber that starts (or restarts) while its cache is full (its
+// script cache empty, too) has indexed no tenant yet in this run. Its first invalidation of a tenant
 // records the tenant in the position index (a SADD) before the script
 // runs: refused with OOM, the invalidation never ran and the key named
 // stayed cached for as long as the cache was full.
@@ -55,7 +55,11 @@ func TestAttack8CacheFullStillInvalidates(t *testing.T) {
 	e.seed("profile-svc", "acme", "user:2", "active")
 	e.router(router.Options{})
 	e.subscriber("profile-svc", subscriber.Options{})
-	fill(t, e.caches["profile-svc"].Client(t))
+	cache := e.caches["profile-svc"].Client(t)
+	fill(t, cache)
+	// And its script cache empty, as on a replica that took over: the
+	// scripts are loaded again on the full cache.
+	must(t, cache.ScriptFlush(context.Background()).Err())
 
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
 	e.waitGone("profile-svc", "acme", "user:1")

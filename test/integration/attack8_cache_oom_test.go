@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
@@ -265,5 +267,26 @@ func TestAttack8CacheFullAgentStartsAndApplies(t *testing.T) {
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("agent run %d: %v\n%s", run+1, err, log.String())
 		}
+	}
+}
+
+// set.lua, as a client of another language sends it (docs/protocol.md 3),
+// on a full cache: its first write was the DEL of the key's lease, which
+// Redis lets through (a deletion), and after a first write Redis refuses
+// nothing more in a script: the value was stored past maxmemory, and a
+// full cache under noeviction kept growing with every value written. It
+// must be refused whole, with OOM.
+func TestAttack8CacheFullRefusesAValue(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	full, set := "{tenant:acme}:user:1", names.TagSetKey("acme", "active")
+	fill(t, c)
+	raw := redis.NewScript(lua.Sources()["set.lua"])
+	err := raw.Run(ctx, c, []string{full, names.LeaseKey("acme", full), set}, strings.Repeat("v", 100000), 0).Err()
+	if !redis.HasErrorPrefix(err, "OOM") {
+		t.Errorf("set.lua on the full cache: %v, want OOM", err)
+	}
+	if n, err := c.Exists(ctx, full, set).Result(); err != nil || n != 0 {
+		t.Errorf("%d of the value and its tag set written on the full cache (%v)", n, err)
 	}
 }

@@ -90,7 +90,9 @@ func TestAttack8CacheLostWhileAFillLoads(t *testing.T) {
 		name string
 		do   func(t *testing.T, srv *redistest.Server, c *redis.Client)
 	}{
-		{"FLUSHALL", func(t *testing.T, _ *redistest.Server, c *redis.Client) { must(t, c.FlushAll(context.Background()).Err()) }},
+		{"FLUSHALL", func(t *testing.T, _ *redistest.Server, c *redis.Client) {
+			must(t, c.FlushAll(context.Background()).Err())
+		}},
 		{"restart", func(t *testing.T, srv *redistest.Server, _ *redis.Client) { srv.Restart(t) }},
 	} {
 		t.Run(lose.name, func(t *testing.T) {

@@ -100,6 +100,7 @@ func TestAttack8CacheFullWholeTagOfAnEmptyTag(t *testing.T) {
 	fill(t, e.caches["profile-svc"].Client(t))
 
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}) // of an empty tag
+	e.waitVersion("invalidate:acme:active", 2)                            // not merged with the next
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
 	e.waitGone("profile-svc", "acme", "user:2")
 	redistest.Eventually(t, 10*time.Second, "position at 3", func() bool {
@@ -288,5 +289,60 @@ func TestAttack8CacheFullRefusesAValue(t *testing.T) {
 	}
 	if n, err := c.Exists(ctx, full, set).Result(); err != nil || n != 0 {
 		t.Errorf("%d of the value and its tag set written on the full cache (%v)", n, err)
+	}
+}
+
+// The same on a full cache cluster, each master at maxmemory: the scripts'
+// flags (allow-oom, and allow-cross-slot-keys as without flags) hold on
+// cluster nodes, for key-level and whole-tag invalidations, an empty tag's
+// too, on every master.
+func TestAttack8CacheFullClusterStillInvalidates(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	tenants := e.tenantsOnMasters("shop", 3, "active")
+	for _, tenant := range tenants {
+		e.seed(tenant, "user:1", "active")
+		e.seed(tenant, "user:2", "active")
+	}
+	e.start(oneTenantMatrix(strings.Join(tenants, ", ")), "search-svc")
+	must(t, e.cacheC.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		if err := m.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+			return err
+		}
+		t.Cleanup(func() { _ = m.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+		return nil
+	}))
+	if err := e.store.Set(ctx, tenants[0], "probe", []byte("v"), 0, "active"); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("a Set on the full cluster: %v, want OOM", err)
+	}
+	publish := func(ev wire.Event) {
+		if _, err := e.pub.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tenant := range tenants {
+		publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{"user:1"}})
+	}
+	// waitAt waits until the tenant's position is at version v, the
+	// channel's on the bus too (v events were not merged into fewer).
+	waitAt := func(tenant string, v int64) {
+		t.Helper()
+		redistest.Eventually(t, 15*time.Second, fmt.Sprintf("%s position at %d", tenant, v), func() bool {
+			meta, _ := e.busC.HGet(ctx, "{"+names.Channel("invalidate", tenant, "active")+"}:meta", "version").Int64()
+			p, ok, err := e.store.ReadPosition(ctx, tenant, "search-svc", "active")
+			return meta == v && err == nil && ok && p.Version == v
+		})
+	}
+	for _, tenant := range tenants {
+		e.waitGone(tenant, "user:1")
+		if _, err := e.store.Get(ctx, tenant, "user:2"); err != nil {
+			t.Errorf("%s/user:2 was deleted by a key-level event (%v)", tenant, err)
+		}
+		waitAt(tenant, 1)
+		publish(wire.Event{Tenant: tenant, Domain: "user", WholeTag: true})
+		e.waitGone(tenant, "user:2")
+		waitAt(tenant, 2)
+		publish(wire.Event{Tenant: tenant, Domain: "user", WholeTag: true}) // of an empty tag
+		waitAt(tenant, 3)
 	}
 }

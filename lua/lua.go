@@ -17,9 +17,11 @@
 //     as an error naming the script.
 //
 // What scripts share is composed in Go, once: every script starts with a
-// prelude that defines MAX_UNPACK from MaxUnpack; the two invalidation
-// scripts add position.lua, the position rule (DUPLICATE, GAP, the order of
-// a batch), and the two that take tokens bucket.lua, the token bucket.
+// prelude that defines MAX_UNPACK from MaxUnpack (after the allow-oom
+// shebang of those that must run on a full cache Redis: allowOOM); the two
+// invalidation scripts add position.lua, the position rule (DUPLICATE, GAP,
+// the order of a batch), and the two that take tokens bucket.lua, the token
+// bucket.
 // Redis Functions would share the rule too, but need FUNCTION LOAD on every
 // master, and again after a restart without persistence or on a node added
 // later, while an EVALSHA script falls back to EVAL and two versions of

@@ -17,9 +17,11 @@
 //     as an error naming the script.
 //
 // What scripts share is composed in Go, once: every script starts with a
-// prelude that defines MAX_UNPACK from MaxUnpack; the two invalidation
-// scripts add position.lua, the position rule (DUPLICATE, GAP, the order of
-// a batch), and the two that take tokens bucket.lua, the token bucket.
+// prelude that defines MAX_UNPACK from MaxUnpack (after the allow-oom
+// shebang of those that must run on a full cache Redis: allowOOM); the two
+// invalidation scripts add position.lua, the position rule (DUPLICATE, GAP,
+// the order of a batch), and the two that take tokens bucket.lua, the token
+// bucket.
 // Redis Functions would share the rule too, but need FUNCTION LOAD on every
 // master, and again after a restart without persistence or on a node added
 // later, while an EVALSHA script falls back to EVAL and two versions of
@@ -86,6 +88,10 @@ var (
 	claimSrc string
 	//go:embed weight.lua
 	weightSrc string
+	//go:embed index.lua
+	indexSrc string
+	//go:embed generation.lua
+	generationSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -93,11 +99,27 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 	"local HISTORY_FIELD = " + strconv.Quote(names.HistoryField) + "\n" +
 	"local IDS_PER_VERSION = " + strconv.Itoa(IDsPerVersion) + "\n"
 
+// allowOOM heads the scripts that must run on a cache Redis at maxmemory
+// under noeviction, where Redis refuses every command that may grow its
+// memory (SET, SADD, …) with OOM: a script without a shebang fails at its
+// first such command when it has written nothing before (the position SET
+// of a whole tag that found its tag empty, a batch mark, the position
+// index, the generation a check saw), one with a shebang is refused whole unless it declares allow-oom
+// (Redis 7's flags; the shebang is the script's first line, before the
+// prelude). An invalidation frees memory and must land when the cache is
+// full; the position, mark and index it writes are a few bytes.
+// allow-cross-slot-keys keeps what a script without a shebang may do on a
+// cluster node: a tag set's member naming a key of another slot fails as
+// before, where it is not local, and not earlier.
+const allowOOM = "#!lua flags=allow-oom,allow-cross-slot-keys\n"
+
 // sources are the scripts as they are sent to Redis, by file name.
 var sources = map[string]string{
 	"publish.lua":         prelude + bucketSrc + publishSrc,
-	"invalidate.lua":      prelude + positionSrc + invalidateSrc,
-	"invalidate_keys.lua": prelude + positionSrc + invalidateKeysSrc,
+	"invalidate.lua":      allowOOM + prelude + positionSrc + invalidateSrc,
+	"invalidate_keys.lua": allowOOM + prelude + positionSrc + invalidateKeysSrc,
+	"index.lua":           allowOOM + prelude + indexSrc,
+	"generation.lua":      allowOOM + prelude + generationSrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
@@ -133,6 +155,7 @@ var (
 	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
 	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
+	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
 )
 
 // Request is one script call: each codec's request type (PublishRequest,
@@ -167,7 +190,7 @@ func RouterScripts() []*redis.Script {
 
 // CacheScripts are the scripts run on a cache Redis.
 func CacheScripts() []*redis.Script {
-	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript}
+	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript, generationScript}
 }
 
 // ScriptName names the script whose SHA1 is sha ("publish", "invalidate",

@@ -33,7 +33,8 @@
 -- ARGV[5]   with ARGV[4]: how many of the last KEYS are the sets lease.lua
 --           added the key to
 -- Returns the number of sets the key was new in, or -1 when the fill was
--- void (nothing stored).
+-- void (nothing stored); on a full cache Redis, the error OOM (nothing
+-- written).
 -- The lease's name: the tenant's hash tag, ":lease:" and the cache key
 -- (names.LeaseKey). A caller of the contract before KEYS[2] was the lease
 -- would pass a tag set there: refused, never deleted.
@@ -56,15 +57,18 @@ if token and token ~= '' then
     end
   end
 end
--- With a token the fill ends its lease; without, a value being stored makes
--- any fill in flight of older data void.
-redis.call('DEL', lease)
+-- The value's SET is the first write: a full cache Redis (maxmemory under
+-- noeviction) refuses it with OOM before anything is written, where a
+-- first DEL would let every write after it through, past maxmemory.
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
+-- With a token the fill ends its lease; without, a value being stored makes
+-- any fill in flight of older data void.
+redis.call('DEL', lease)
 local expiring = last - tonumber(ARGV[3] or '0')
 local added, own = 0, {}
 for i = first, last do

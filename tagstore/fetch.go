@@ -118,6 +118,10 @@ func (o FetchOptions) withDefaults() (FetchOptions, error) {
 // the lease back at once, caching nothing; one that dies frees it after
 // LeaseTime, and a waiter then loads.
 //
+// A full cache Redis (maxmemory under noeviction: OOM) caches nothing: a
+// miss it refuses a lease loads without one, and a fill it refuses returns
+// the loaded value, uncached, as a voided fill does.
+//
 // Use Fetch to cache what was read from the source of truth; Set and
 // SetRefs are for values a service has just committed itself.
 func (s *Store) Fetch(ctx context.Context, tenant, key string, opt FetchOptions, load func(context.Context) ([]byte, error)) ([]byte, error) {
@@ -188,6 +192,9 @@ func (f *fill) run(ctx context.Context, load func(context.Context) ([]byte, erro
 	poll := firstPoll
 	for {
 		r, err := f.take(ctx)
+		if full(err) {
+			return f.loadUncached(ctx, load)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -234,8 +241,8 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if len(v) > f.opt.MaxSize {
-		return nil, fmt.Errorf("%w: %s loaded %d bytes, above FetchOptions.MaxSize of %d bytes", ErrTooLarge, f.full, len(v), f.opt.MaxSize)
+	if err := f.tooLarge(v); err != nil {
+		return nil, err
 	}
 	value, covered, err := f.valueSets()
 	if err != nil {
@@ -247,6 +254,9 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	req := lua.SetRequest{Key: f.full, LeaseKey: f.lease, Value: v, TTL: f.opt.TTL, Sets: value.keys, Expiring: value.expiring,
 		Lease: &lua.Fill{Key: f.lease, Token: f.token, Sets: f.sets.keys}}
 	if _, err := f.s.setIndexed(ctx, f.tenant, &req); err != nil {
+		if full(err) {
+			return v, nil // not cached, the lease given back (release)
+		}
 		return nil, fmt.Errorf("tagstore: fill %s: %w", f.full, err)
 	}
 	f.s.guarded(value)
@@ -254,6 +264,32 @@ func (f *fill) load(ctx context.Context, load func(context.Context) ([]byte, err
 	// value is the caller's, uncached.
 	done = true
 	return v, nil
+}
+
+// full says whether err is a full cache Redis's refusal (OOM: at maxmemory
+// under noeviction), which refuses a lease and a fill but still serves
+// reads and invalidations.
+func full(err error) bool { return redis.HasErrorPrefix(err, "OOM") }
+
+// loadUncached loads for a miss that a full cache Redis gave no lease: the
+// value is the caller's, and nothing is cached (concurrent misses load too).
+func (f *fill) loadUncached(ctx context.Context, load func(context.Context) ([]byte, error)) ([]byte, error) {
+	v, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.tooLarge(v); err != nil { // as when it would be cached
+		return nil, err
+	}
+	return v, nil
+}
+
+// tooLarge is the error of a loaded value above FetchOptions.MaxSize.
+func (f *fill) tooLarge(v []byte) error {
+	if len(v) > f.opt.MaxSize {
+		return fmt.Errorf("%w: %s loaded %d bytes, above FetchOptions.MaxSize of %d bytes", ErrTooLarge, f.full, len(v), f.opt.MaxSize)
+	}
+	return nil
 }
 
 // valueSets are the sets the loaded value goes in; covered is false when a

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 )
 
@@ -133,7 +134,8 @@ func (s *Store) RecordGeneration(ctx context.Context, service, generation string
 	if err := names.Service(service); err != nil {
 		return err
 	}
-	if err := s.c.Set(ctx, names.GenerationSeenKey(service), generation, 0).Err(); err != nil {
+	// generation.lua, not a SET: it runs on a full cache Redis too.
+	if _, err := lua.Run(ctx, s.c, &lua.GenerationRequest{Service: service, Identity: generation}); err != nil {
 		return fmt.Errorf("tagstore: recording the bus generation in %s: %w", names.GenerationSeenKey(service), err)
 	}
 	return nil
@@ -150,11 +152,10 @@ func (s *Store) IndexTenants(ctx context.Context, service string, tenants ...str
 	if len(tenants) == 0 {
 		return nil
 	}
-	members := make([]any, len(tenants))
-	for i, t := range tenants {
-		members[i] = t
-	}
-	if err := s.c.SAdd(ctx, names.PositionIndexKey(service), members...).Err(); err != nil {
+	// index.lua, not an SADD: it runs on a full cache Redis too, where an
+	// SADD is refused with OOM and the invalidation it comes before would
+	// never run.
+	if _, err := lua.Run(ctx, s.c, &lua.IndexRequest{Service: service, Tenants: tenants}); err != nil {
 		return fmt.Errorf("tagstore: recording tenants in the position index %s: %w", names.PositionIndexKey(service), err)
 	}
 	return nil

@@ -362,10 +362,10 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if e.ID == "" {
 		e.ID = newID(p.opt.Now())
 	}
-	if p.opt.Publisher == "" && strings.Contains(e.ID, "/") {
-		// The router would dead-letter it: <publisher>/… is the form of
-		// the ids of publishers' own streams (docs/protocol.md).
-		return nil, fmt.Errorf("publisher: id %q holds a \"/\", which the shared ingress refuses (Options.Publisher is empty); set Options.Publisher or use an id without \"/\"", e.ID)
+	if why := wire.ReservedID(p.opt.Prefix, e.ID, p.opt.Publisher != ""); why != "" {
+		// The router would dead-letter it: the id has a form the router
+		// makes itself (docs/protocol.md 2.3).
+		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "id", Reason: why})
 	}
 	if e.TS == 0 {
 		e.TS = p.opt.Now().UnixMilli()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 
 	"github.com/routerd/routerd/names"
 )
@@ -23,6 +24,35 @@ const DefaultMaxEventBytes = 1 << 20
 
 // MaxIDLen bounds event ids, entity ids and origins.
 const MaxIDLen = 256
+
+// ShareMark separates an event id from the key range of one share of it:
+// the router records the shares of an event naming more keys than its
+// channel's max_keys as <id>#keys:<from>-<to>.
+const ShareMark = "#keys:"
+
+// ReservedID says why a publisher may not supply id: it has the form of an
+// id the router makes itself, and the channel's record of published ids
+// would take the two for one event (docs/protocol.md 2.3). On every ingress
+// that is an id holding ShareMark; on the shared ingress (own false) also
+// <prefix>:ingress:… (an event published without an id), sha256:… (an id
+// too long to keep) and any id holding a "/" (<publisher>/…, the ids of
+// publishers' own streams, whether or not that publisher is granted yet).
+// It is "" for any other id.
+func ReservedID(prefix, id string, own bool) string {
+	switch {
+	case strings.Contains(id, ShareMark):
+		return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…, on every ingress)", id, ShareMark)
+	case own:
+		return ""
+	case strings.HasPrefix(id, prefix+":ingress:"):
+		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
+	case strings.HasPrefix(id, "sha256:"):
+		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
+	case strings.Contains(id, "/"):
+		return fmt.Sprintf("%q holds a \"/\": the shared ingress refuses it, the form <publisher>/… is reserved for the events of publishers' own streams", id)
+	}
+	return ""
+}
 
 // ErrMalformed is wrapped by every decoding and validation error of this package.
 var ErrMalformed = errors.New("wire: malformed")

@@ -181,8 +181,11 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 
 // Publish validates the event, fills id, ts, origin and the trace context of
 // ctx where they are empty, and appends it to the tenant's ingress partition.
-// It returns the event id. The id makes a retried Publish harmless: the
-// router publishes each event id once per channel.
+// It returns the event id, with an error too once the event is valid: the
+// XADD may have been appended although its reply was lost (a connection
+// cut, a timeout, ctx ended), so retry with Event.ID set to that id, which
+// makes the retry harmless: the router publishes each event id once per
+// channel. A retry without it is a new event, a second invalidation.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which
@@ -202,20 +205,18 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	}
 	n, err := p.partitionCount(ctx)
 	if err != nil {
-		return "", err
+		return e.ID, err
 	}
-	if err := p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}}); err != nil {
-		return "", err
-	}
-	return e.ID, nil
+	return e.ID, p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
 }
 
 // PublishBatch publishes many events in one pipeline: the events of one
 // partition, in order, packed up to MaxPacked (and MaxEventBytes) into an
 // entry. Every event is validated first; if one is invalid nothing is sent
-// and the error names its index. It returns the event ids in order; a caller
-// that wants a retry to be idempotent sets each event's ID from them before
-// publishing again.
+// and the error names its index. It returns the event ids in order, with an
+// error too once every event is valid (some entries may have been appended):
+// set each event's ID from them before publishing again, so the retry is
+// harmless.
 func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
@@ -235,12 +236,9 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	}
 	n, err := p.partitionCount(ctx)
 	if err != nil {
-		return nil, err
+		return ids, err
 	}
-	if err := p.write(ctx, p.pack(events, datas, n)); err != nil {
-		return nil, err
-	}
-	return ids, nil
+	return ids, p.write(ctx, p.pack(events, datas, n))
 }
 
 // pack groups the events' JSON into entries: per partition, in order, up to

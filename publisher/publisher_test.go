@@ -311,3 +311,25 @@ func TestPublishToOwnStreams(t *testing.T) {
 		}
 	}
 }
+
+// A publish that fails after validation returns the ids it gave the events
+// with the error: the XADD may have been appended though its reply was
+// lost, and only a retry with the same ids is harmless
+// (TestAttack8PubRetryAfterALostReplyInvalidatesOnce has the lost reply).
+func TestFailedPublishReturnsTheIDs(t *testing.T) {
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	p, err := publisher.New(c, publisher.Options{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	if id, err := p.Publish(ctx, ev); err == nil || id == "" {
+		t.Errorf("Publish to a server that is not there: id %q, error %v; want an id and an error", id, err)
+	}
+	ids, err := p.PublishBatch(ctx, []publisher.Event{ev, ev})
+	if err == nil || len(ids) != 2 || ids[0] == "" || ids[0] == ids[1] {
+		t.Errorf("PublishBatch to a server that is not there: ids %q, error %v; want the two ids and an error", ids, err)
+	}
+}

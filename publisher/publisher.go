@@ -66,7 +66,8 @@ type Options struct {
 	// and the router routes only those its grant allows. Empty: the shared
 	// ingress streams.
 	Publisher string
-	// Origin is stamped on events that carry none (usually the service name).
+	// Origin is stamped on events that carry none (usually the service
+	// name): at most 256 bytes of printable ASCII, as an event's origin.
 	Origin string
 	// Now is the clock for event timestamps; time.Now by default.
 	Now func() time.Time
@@ -173,8 +174,8 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.MaxPacked == 0 {
 		opt.MaxPacked = DefaultMaxPacked
 	}
-	if len(opt.Origin) > wire.MaxIDLen {
-		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
+	if err := wire.Printable("origin", opt.Origin); err != nil {
+		return nil, fmt.Errorf("publisher: Options.Origin: %w", err) // stamped on events, it would fail every Publish
 	}
 	return &Publisher{c: c, shards: shard.Set{C: c}, opt: opt, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
 }

@@ -333,3 +333,32 @@ func TestFailedPublishReturnsTheIDs(t *testing.T) {
 		t.Errorf("PublishBatch to a server that is not there: ids %q, error %v; want the two ids and an error", ids, err)
 	}
 }
+
+// attack: every option a service team can get wrong is refused by New with
+// an error naming the option, not accepted and then failing each Publish
+// (an Origin that is not printable ASCII was: every event got it stamped,
+// and each Publish failed on an "origin" the caller never set).
+func TestAttack8PubBadOptionsNamedAtNew(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, tc := range []struct {
+		opt  publisher.Options
+		name string
+	}{
+		{publisher.Options{Prefix: "a b"}, "prefix"},
+		{publisher.Options{Partitions: -1}, "partitions"},
+		{publisher.Options{Refresh: -time.Second}, "refresh"},
+		{publisher.Options{Publisher: "profile svc"}, "publisher"},
+		{publisher.Options{Origin: "profile-svc\n"}, "origin"},
+		{publisher.Options{Origin: "profil\xe9-svc"}, "origin"},
+		{publisher.Options{Origin: strings.Repeat("o", wire.MaxIDLen+1)}, "origin"},
+		{publisher.Options{WaitTimeout: -time.Second}, "waittimeout"},
+		{publisher.Options{MaxEventBytes: -1}, "maxeventbytes"},
+		{publisher.Options{MaxPacked: -1}, "maxpacked"},
+	} {
+		_, err := publisher.New(c, tc.opt)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tc.name) {
+			t.Errorf("New with a bad %s: %v, want an error naming it", tc.name, err)
+		}
+	}
+}

@@ -192,6 +192,11 @@ const EmptyKeys = "empty keys; omit keys to invalidate whole tags"
 // encodes as null, so null is as accidental as [].
 const NullKeys = "null keys; omit keys to invalidate whole tags"
 
+// Printable checks a free-text field of an event (id, entity, origin,
+// traceparent): at most MaxIDLen bytes of printable ASCII. The error names
+// the field.
+func Printable(field, s string) error { return printable(field, s) }
+
 func printable(field, s string) error {
 	if len(s) > MaxIDLen {
 		return &FieldError{field, fmt.Sprintf("longer than %d bytes", MaxIDLen)}

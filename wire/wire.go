@@ -123,6 +123,11 @@ func ParseEventsString(data string) ([]Packed, error) { return decodeEvents(data
 // says "whole_tag": true to be whole-tag all the same. `"keys": []` is
 // refused.
 type Event struct {
+	// ID names the change, one per change (never an entity's id): the
+	// router publishes an id once per channel, so a later change with an
+	// id already published is dropped as its duplicate. Publishing the same
+	// change again (a retry) with its id is what makes the retry harmless.
+	// Empty, the publisher library gives it one.
 	ID     string   `json:"id,omitempty"`
 	Tenant string   `json:"tenant"`
 	Domain string   `json:"domain"`

@@ -1,0 +1,69 @@
+package publisher_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/wire"
+)
+
+// attack: a durable publish (WAIT 1) while the master's only replica is
+// stalled (DEBUG SLEEP, as a replica swapping or stopped would be): the
+// XADD is on the master, the replica never acknowledges it. Publish fails,
+// saying so, and returns the id; the retry with it, once the replica is
+// back, succeeds and leaves the event on the replica too.
+func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
+	ctx := context.Background()
+	master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
+	_, port, _ := strings.Cut(master.Addr, ":")
+	replica := redistest.Start(t, "--replicaof", "127.0.0.1", port, "--enable-debug-command", "yes")
+	rc := replica.Client(t)
+	redistest.Eventually(t, 10*time.Second, "replica in sync", func() bool {
+		return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up")
+	})
+	p, err := publisher.New(master.Client(t), publisher.Options{Partitions: 4, Durable: true, WaitTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	if _, err := p.Publish(ctx, ev); err != nil { // learns the replica count
+		t.Fatal(err)
+	}
+
+	slept := make(chan error, 1)
+	sleeper := replica.Client(t)
+	go func() { slept <- sleeper.Do(ctx, "DEBUG", "SLEEP", "3").Err() }()
+	probe := redis.NewClient(&redis.Options{Addr: replica.Addr, ReadTimeout: 50 * time.Millisecond, MaxRetries: -1})
+	defer probe.Close()
+	redistest.Eventually(t, 5*time.Second, "the replica asleep", func() bool { return probe.Ping(ctx).Err() != nil })
+	id, err := p.Publish(ctx, ev)
+	if err == nil || !strings.Contains(err.Error(), "no replica") || !strings.Contains(err.Error(), "same id") {
+		t.Fatalf("a durable Publish the replica never acknowledged: %v, want an error saying so and to retry with the same id", err)
+	}
+	if id == "" {
+		t.Fatal("the failed durable Publish returned no id to retry with")
+	}
+	if err := <-slept; err != nil {
+		t.Fatal(err)
+	}
+	ev.ID = id
+	if _, err := p.Publish(ctx, ev); err != nil {
+		t.Fatalf("the retry once the replica is back: %v", err)
+	}
+	found := 0
+	for _, got := range entries(t, rc, names.IngressStream("invalidate", wire.Partition("acme", 4))) {
+		if got.ID == id {
+			found++
+		}
+	}
+	if found == 0 {
+		t.Errorf("the event %s is not on the replica after a durable Publish said nil", id)
+	}
+}

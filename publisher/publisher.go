@@ -186,7 +186,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // XADD may have been appended although its reply was lost (a connection
 // cut, a timeout, ctx ended), so retry with Event.ID set to that id, which
 // makes the retry harmless: the router publishes each event id once per
-// channel. A retry without it is a new event, a second invalidation.
+// channel. A retry without it is a new event, a second invalidation. An
+// error that wraps wire.ErrMalformed refuses the event itself (a field that
+// breaks its rule, the size): nothing was sent, and a retry cannot help.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which
@@ -380,7 +382,8 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
 	if len(data) > p.opt.MaxEventBytes {
-		return nil, fmt.Errorf("publisher: event of %d bytes is above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)
+		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "event",
+			Reason: fmt.Sprintf("%d bytes, above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)})
 	}
 	return data, nil
 }

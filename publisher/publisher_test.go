@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -360,5 +361,37 @@ func TestAttack8PubBadOptionsNamedAtNew(t *testing.T) {
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tc.name) {
 			t.Errorf("New with a bad %s: %v, want an error naming it", tc.name, err)
 		}
+	}
+}
+
+// attack: a service retries a failed Publish "unless the event is bad"; it
+// can tell only if every refusal of the event itself wraps
+// wire.ErrMalformed (retrying cannot help), and no failure to write does.
+// An event above MaxEventBytes did not, and was retried for ever.
+func TestAttack8PubRefusalsTellRetryFromBadEvent(t *testing.T) {
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	p, err := publisher.New(c, publisher.Options{Partitions: 4, MaxEventBytes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	for i, bad := range []publisher.Event{
+		{Tenant: "ac:me", Domain: "user", WholeTag: true},
+		{Tenant: "acme", Domain: "user"},
+		{ID: "a/b", Tenant: "acme", Domain: "user", WholeTag: true},
+		{Tenant: "acme", Domain: "user", Keys: []string{strings.Repeat("k", 500), strings.Repeat("k", 500)}},
+	} {
+		_, err := p.Publish(ctx, bad)
+		_, berr := p.PublishBatch(ctx, []publisher.Event{good, bad})
+		for _, err := range []error{err, berr} {
+			if !errors.Is(err, wire.ErrMalformed) {
+				t.Errorf("the refusal of bad event %d: %.200v, want it to wrap wire.ErrMalformed", i, err)
+			}
+		}
+	}
+	if _, err := p.Publish(ctx, good); err == nil || errors.Is(err, wire.ErrMalformed) {
+		t.Errorf("a failed write: %v, want an error that does not wrap wire.ErrMalformed", err)
 	}
 }

@@ -109,7 +109,8 @@ func (p *publishers) missing(t *testing.T, c redis.UniversalClient, stream strin
 // Publish either returned an error or its event is in the stream
 // afterwards: durable publishers (WAIT 1) through both, plain ones through
 // the resharding (a failover may lose their last writes: Options.Durable).
-// And the durable publisher writes again once the slot settled.
+// And the durable publisher writes again once the slot settled. With the
+// slot's last master killed too (CLUSTERDOWN), every Publish fails.
 func TestAttack8PubClusterReshardAndFailover(t *testing.T) {
 	ctx := context.Background()
 	bus := redistest.StartCluster(t, 3, 1)
@@ -165,4 +166,26 @@ func TestAttack8PubClusterReshardAndFailover(t *testing.T) {
 		t.Errorf("durable: Publish said nil for %d events not in the stream after the resharding and the failover: %v", len(lost), lost)
 	}
 	t.Logf("durable: %d published, %d errors; plain: %d published, %d errors", len(d.ok), d.errs, len(p.ok), p.errs)
+
+	// The promoted master, which has no replica, killed too: the slot has
+	// no master, the cluster is down. Every Publish fails.
+	master, err := cc.MasterForKey(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range bus.Nodes {
+		if n.Addr == master.Options().Addr {
+			n.Stop()
+		}
+	}
+	for i := range 5 {
+		for _, pub := range []*publisher.Publisher{durable, plain} {
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := pub.Publish(pctx, wire.Event{ID: fmt.Sprintf("down-%d", i), Tenant: "acme", Domain: "user", WholeTag: true})
+			cancel()
+			if err == nil {
+				t.Fatalf("Publish said nil with the stream's slot without a master")
+			}
+		}
+	}
 }

@@ -48,7 +48,9 @@ const DefaultMaxPacked = 100
 type Options struct {
 	// Prefix of the ingress streams; "invalidate" by default.
 	Prefix string
-	// Partitions fixes the number of ingress partitions. When 0 the
+	// Partitions fixes the number of ingress partitions: the matrix's, or
+	// the events of a tenant whose partition the router does not read wait
+	// for its next look for partition streams (a minute). When 0 the
 	// publisher reads it from <prefix>:ingress:partitions (written by the
 	// router), every Refresh. While the key is missing (no router ran yet,
 	// or the bus lost its data and the router has not written it again,

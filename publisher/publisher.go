@@ -313,6 +313,10 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 	for sh, group := range groups {
 		replicas, err := sh.Replicas(ctx)
 		if err != nil {
+			// A dead master, or one a failover made a replica: the slot
+			// map is stale too (the cluster client reads it again only
+			// every minute by itself).
+			p.shards.Moved(ctx)
 			return fmt.Errorf("publisher: %w", err)
 		}
 		var wait *redis.IntCmd

@@ -300,6 +300,11 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 			}
 			return nil
 		})
+		if err != nil {
+			// A dead master: the cluster client would keep its address
+			// until it reads the slot map by itself (every minute).
+			p.shards.Moved(ctx)
+		}
 		return xaddError(cmds, err)
 	}
 	groups := map[*shard.Shard][]entry{}

@@ -190,14 +190,15 @@ func TestAttack8PubClusterReshardAndFailover(t *testing.T) {
 	}
 }
 
-// attack: a durable publisher on a cluster client with go-redis's default
-// options (the slot map read again only every minute) while the ingress
-// stream's master is killed -9 and its replica promoted. Its publishes fail
-// while the promotion runs, then succeed within seconds: each failure to
-// reach the dead master, at the WAIT's replica count (INFO) as at the XADD,
-// makes the client read the slot map again, rather than every durable
-// Publish failing on the dead address until the minute is over.
-func TestAttack8PubDurableFindsThePromotedMaster(t *testing.T) {
+// attack: publishers, durable and plain, on cluster clients with go-redis's
+// default options (the slot map read again only every minute) while the
+// ingress stream's master is killed -9 and its replica promoted. Their
+// publishes fail while the promotion runs, then succeed within seconds:
+// each failure to reach the dead master (the durable one's INFO for the
+// WAIT's replica count, or the XADD) makes the client read the slot map
+// again, rather than every Publish failing on the dead address until the
+// minute is over.
+func TestAttack8PubFindsThePromotedMaster(t *testing.T) {
 	ctx := context.Background()
 	bus := redistest.StartCluster(t, 3, 1)
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: bus.Addrs})
@@ -206,9 +207,17 @@ func TestAttack8PubDurableFindsThePromotedMaster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}
-	if _, err := pub.Publish(ctx, ev); err != nil {
+	plainC := redis.NewClusterClient(&redis.ClusterOptions{Addrs: bus.Addrs})
+	t.Cleanup(func() { _ = plainC.Close() })
+	plain, err := publisher.New(plainC, publisher.Options{Partitions: 8})
+	if err != nil {
 		t.Fatal(err)
+	}
+	ev := wire.Event{Tenant: "acme", Domain: "user", WholeTag: true}
+	for _, p := range []*publisher.Publisher{pub, plain} {
+		if _, err := p.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
 	}
 	stream := names.IngressStream("invalidate", wire.Partition("acme", 8))
 	old, err := cc.MasterForKey(ctx, stream)
@@ -226,13 +235,15 @@ func TestAttack8PubDurableFindsThePromotedMaster(t *testing.T) {
 		m, err := watcher.MasterForKey(ctx, stream)
 		return err == nil && m.Options().Addr != old.Options().Addr && m.Ping(ctx).Err() == nil
 	})
-	var last error
-	if err := redistest.Wait(ctx, 10*time.Second, "a durable Publish through the promoted master", func() bool {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, last = pub.Publish(pctx, ev)
-		return last == nil
-	}); err != nil {
-		t.Fatalf("%v: the last Publish: %v", err, last)
+	for _, p := range []*publisher.Publisher{pub, plain} {
+		var last error
+		if err := redistest.Wait(ctx, 10*time.Second, "a Publish through the promoted master", func() bool {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			_, last = p.Publish(pctx, ev)
+			return last == nil
+		}); err != nil {
+			t.Fatalf("%v: the last Publish: %v", err, last)
+		}
 	}
 }

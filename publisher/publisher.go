@@ -38,6 +38,11 @@ import (
 // Event is a domain-change event.
 type Event = wire.Event
 
+// ErrMalformed is wrapped by every refusal of an event itself (a field that
+// breaks its rule, the size): nothing was sent, and no retry can help. It is
+// wire.ErrMalformed.
+var ErrMalformed = wire.ErrMalformed
+
 // DefaultRefresh is how often the partition count is read again.
 const DefaultRefresh = 30 * time.Second
 
@@ -189,8 +194,7 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // cut, a timeout, ctx ended), so retry with Event.ID set to that id, which
 // makes the retry harmless: the router publishes each event id once per
 // channel. A retry without it is a new event, a second invalidation. An
-// error that wraps wire.ErrMalformed refuses the event itself (a field that
-// breaks its rule, the size): nothing was sent, and a retry cannot help.
+// error that wraps ErrMalformed refuses the event itself.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which

@@ -365,8 +365,8 @@ func TestAttack8PubBadOptionsNamedAtNew(t *testing.T) {
 }
 
 // attack: a service retries a failed Publish "unless the event is bad"; it
-// can tell only if every refusal of the event itself wraps
-// wire.ErrMalformed (retrying cannot help), and no failure to write does.
+// can tell only if every refusal of the event itself wraps ErrMalformed
+// (retrying cannot help), and no failure to write does.
 // An event above MaxEventBytes did not, and was retried for ever.
 func TestAttack8PubRefusalsTellRetryFromBadEvent(t *testing.T) {
 	ctx := context.Background()
@@ -386,12 +386,12 @@ func TestAttack8PubRefusalsTellRetryFromBadEvent(t *testing.T) {
 		_, err := p.Publish(ctx, bad)
 		_, berr := p.PublishBatch(ctx, []publisher.Event{good, bad})
 		for _, err := range []error{err, berr} {
-			if !errors.Is(err, wire.ErrMalformed) {
-				t.Errorf("the refusal of bad event %d: %.200v, want it to wrap wire.ErrMalformed", i, err)
+			if !errors.Is(err, publisher.ErrMalformed) {
+				t.Errorf("the refusal of bad event %d: %.200v, want it to wrap ErrMalformed", i, err)
 			}
 		}
 	}
-	if _, err := p.Publish(ctx, good); err == nil || errors.Is(err, wire.ErrMalformed) {
-		t.Errorf("a failed write: %v, want an error that does not wrap wire.ErrMalformed", err)
+	if _, err := p.Publish(ctx, good); err == nil || errors.Is(err, publisher.ErrMalformed) {
+		t.Errorf("a failed write: %v, want an error that does not wrap ErrMalformed", err)
 	}
 }

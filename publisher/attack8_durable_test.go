@@ -2,7 +2,9 @@ package publisher_test
 
 import (
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,4 +68,44 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 	if found == 0 {
 		t.Errorf("the event %s is not on the replica after a durable Publish said nil", id)
 	}
+}
+
+// attack: Durable set on a bus whose master has no replica (a careless
+// deployment, or its replica gone) waits for nothing: the option would
+// silently do nothing. The publisher warns, naming the master, once while
+// it has none (again only after a replica came and went).
+func TestAttack8PubDurableWithoutAReplicaWarns(t *testing.T) {
+	ctx := context.Background()
+	master := redistest.Start(t)
+	var log syncLog
+	p, err := publisher.New(master.Client(t), publisher.Options{Partitions: 4, Durable: true, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Count(log.String(), "level=WARN"); got != 1 || !strings.Contains(log.String(), master.Addr) || !strings.Contains(log.String(), "no replica") {
+		t.Errorf("%d warnings for 3 durable publishes to a master without replica, want 1 naming %s and that it has no replica: %q", got, master.Addr, log.String())
+	}
+}
+
+// syncLog is a log buffer safe for concurrent writes.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,7 +84,9 @@ type Options struct {
 	TracerProvider trace.TracerProvider
 	// Durable makes a publish succeed only once a replica of the partition's
 	// master has the event (WAIT 1), where the master has a replica, so a
-	// failover cannot lose it. Off by default: one more wait per publish.
+	// failover cannot lose it; where it has none, the publisher warns
+	// (Logger) and waits for nothing. Off by default: one more wait per
+	// publish.
 	Durable bool
 	// WaitTimeout bounds that wait (1s).
 	WaitTimeout time.Duration
@@ -93,7 +96,8 @@ type Options struct {
 	// entry's events field too.
 	MaxEventBytes int
 	// Logger receives warnings (a partition count key that holds no
-	// count); slog.Default() when nil.
+	// count, a durable publish to a master without replica);
+	// slog.Default() when nil.
 	Logger *slog.Logger
 	// MaxPacked is the most events PublishBatch packs into one ingress
 	// entry (100): the router reads, routes and acknowledges them together,
@@ -114,6 +118,8 @@ type Publisher struct {
 	partitions atomic.Pointer[partitionCount]
 	refresh    singleflight.Group
 	streams    atomic.Pointer[[]string] // ingress stream names for the last partition count
+
+	unreplicated sync.Map // master address → true: warned that it has no replica (Durable)
 }
 
 // stream returns the ingress stream of a tenant's partition among n.
@@ -328,6 +334,7 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 			p.shards.Moved(ctx)
 			return fmt.Errorf("publisher: %w", err)
 		}
+		p.noteReplicas(sh.C.Options().Addr, replicas)
 		var wait *redis.IntCmd
 		cmds, err := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, args := range group {
@@ -352,6 +359,18 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 		}
 	}
 	return nil
+}
+
+// noteReplicas warns once that a master has no replica, where Durable
+// waits for none: the option does nothing there until one connects.
+func (p *Publisher) noteReplicas(master string, replicas int64) {
+	if replicas > 0 {
+		p.unreplicated.Delete(master)
+		return
+	}
+	if _, warned := p.unreplicated.LoadOrStore(master, true); !warned {
+		p.opt.Logger.Warn("publisher: Durable, but the master has no replica: its publishes are not waited for, and a failover can lose them", "master", master)
+	}
 }
 
 func xaddError(cmds []redis.Cmder, err error) error {

@@ -109,3 +109,17 @@ func (l *syncLog) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// attack: Durable with a client whose masters the publisher cannot find (a
+// Ring shards keys itself) is refused by New, naming the option, rather
+// than accepted and then failing every Publish.
+func TestAttack8PubDurableNeedsAClientOfKnownMasters(t *testing.T) {
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+	defer ring.Close()
+	if _, err := publisher.New(ring, publisher.Options{Durable: true}); err == nil || !strings.Contains(err.Error(), "Durable") {
+		t.Errorf("New with Durable and a Ring: %v, want an error naming Durable", err)
+	}
+	if _, err := publisher.New(ring, publisher.Options{}); err != nil {
+		t.Errorf("New without Durable: %v", err)
+	}
+}

@@ -29,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -168,6 +169,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
+	}
+	if _, one := c.(*redis.Client); opt.Durable && !one && redisconn.Cluster(c) == nil {
+		return nil, fmt.Errorf("publisher: Durable needs a *redis.Client or *redis.ClusterClient, whose masters it can ask for replicas, not a %T", c)
 	}
 	if opt.WaitTimeout < 0 {
 		return nil, errors.New("publisher: negative WaitTimeout")

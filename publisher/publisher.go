@@ -401,11 +401,6 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if e.ID == "" {
 		e.ID = newID(p.opt.Now())
 	}
-	if why := wire.ReservedID(p.opt.Prefix, e.ID, p.opt.Publisher != ""); why != "" {
-		// The router would dead-letter it: the id has a form the router
-		// makes itself (docs/protocol.md 2.3).
-		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "id", Reason: why})
-	}
 	if e.TS == 0 {
 		e.TS = p.opt.Now().UnixMilli()
 	}
@@ -418,6 +413,11 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	data, err := e.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	if why := wire.ReservedID(p.opt.Prefix, e.ID, p.opt.Publisher != ""); why != "" {
+		// The router would dead-letter it: the id has a form the router
+		// makes itself (docs/protocol.md 2.3).
+		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "id", Reason: why})
 	}
 	if len(data) > p.opt.MaxEventBytes {
 		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "event",

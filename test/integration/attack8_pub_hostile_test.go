@@ -72,6 +72,7 @@ func TestAttack8PubHostileFieldsRefusedOrRouted(t *testing.T) {
 		{"id of invalid UTF-8", e.pub, ev(func(v *wire.Event) { v.ID = "\xc3\x28" }), "id"},
 		{"id of a derived id", e.pub, ev(func(v *wire.Event) { v.ID = "invalidate:ingress:{3}:1764000000123-0" }), "id"},
 		{"id of a hashed id", e.pub, ev(func(v *wire.Event) { v.ID = "sha256:00ff" }), "id"},
+		{"id of a hashed id of 1 MiB", e.pub, ev(func(v *wire.Event) { v.ID = "sha256:" + mib }), "id"},
 		{"id of a share", e.pub, ev(func(v *wire.Event) { v.ID = "order-7#keys:0-499" }), "id"},
 		{"id of a share on own streams", own, ev(func(v *wire.Event) { v.ID = "order-7#keys:0-499" }), "id"},
 		{"id with a slash", e.pub, ev(func(v *wire.Event) { v.ID = "profile-svc/1" }), "id"},

@@ -215,13 +215,14 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // entity's reference. One with none of these is refused: a key list that
 // came out empty must not flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
-	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))
+	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer))
 	defer func() { endSpan(span, err) }()
 	data, err := p.prepare(ctx, &e)
 	if err != nil {
 		return "", err
 	}
+	// Valid, so bounded: a refused tenant may be anything a caller passed.
+	span.SetAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain))
 	n, err := p.partitionCount(ctx)
 	if err != nil {
 		return e.ID, err

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,4 +100,75 @@ func TestAttack8PubRetryAfterALostReplyInvalidatesOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attack: the publisher's connection is killed with CLIENT KILL (from
+// redis-cli, as an operator or a proxy's idle reaper would) after its XADD
+// ran and before the reply reached it. go-redis sends the pipeline again on
+// a new connection by itself, so the stream holds the event twice, under
+// one id; whatever Publish returns, the channel gets one invalidation.
+func TestAttack8PubClientKilledBeforeTheReplyInvalidatesOnce(t *testing.T) {
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatal("redis-cli is not installed: apt-get install -y redis-tools")
+	}
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	e.subscriber("search-svc", subscriber.Options{})
+	e.seed("search-svc", "acme", "user:1", "active")
+
+	proxy := faultproxy.Start(t, e.bus.Addr)
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), PoolSize: 1, ClientName: "attack8-pub"})
+	t.Cleanup(func() { _ = c.Close() })
+	pub, err := publisher.New(c, publisher.Options{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, c.Ping(ctx).Err())
+	must(t, proxy.Add(faultproxy.Toxic{Name: "held", Type: "timeout", Stream: "downstream", Attributes: map[string]any{"timeout": 0}}))
+
+	type result struct {
+		id  string
+		err error
+	}
+	done := make(chan result, 1)
+	ev := wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	go func() {
+		id, err := pub.Publish(ctx, ev)
+		done <- result{id, err}
+	}()
+	stream := names.IngressStream("invalidate", wire.Partition("acme", 4))
+	redistest.Eventually(t, 10*time.Second, "the XADD appended", func() bool { return e.busC.XLen(ctx, stream).Val() > 0 })
+	var clientID string
+	for _, line := range strings.Split(e.busC.ClientList(ctx).Val(), "\n") {
+		if strings.Contains(line, " name=attack8-pub ") {
+			clientID, _, _ = strings.Cut(strings.TrimPrefix(line, "id="), " ")
+		}
+	}
+	host, port, _ := strings.Cut(e.bus.Addr, ":")
+	if out, err := exec.Command(cli, "-h", host, "-p", port, "CLIENT", "KILL", "ID", clientID).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("redis-cli CLIENT KILL ID %q: %v %s", clientID, err, out)
+	}
+	must(t, proxy.Heal()) // the kill reaches the publisher
+
+	r := <-done
+	if r.id == "" {
+		t.Fatalf("Publish returned no id (error %v)", r.err)
+	}
+	if r.err != nil {
+		ev.ID = r.id
+		if _, err := pub.Publish(ctx, ev); err != nil {
+			t.Fatalf("the retry with the id: %v", err)
+		}
+	}
+	e.waitGone("search-svc", "acme", "user:1")
+	redistest.Eventually(t, 10*time.Second, "every entry routed", func() bool {
+		groups, err := e.busC.XInfoGroups(ctx, stream).Result()
+		return err == nil && len(groups) == 1 && groups[0].Lag == 0 && groups[0].Pending == 0
+	})
+	if hist := e.history("invalidate:acme:active"); len(hist) != 1 || hist[0].Event != r.id {
+		t.Errorf("the channel's messages: %+v, want one, of the event %s", hist, r.id)
+	}
+	t.Logf("Publish: %v; the stream held the event %d times", r.err, e.busC.XLen(ctx, stream).Val())
 }

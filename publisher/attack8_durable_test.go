@@ -3,8 +3,10 @@ package publisher_test
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,7 +19,7 @@ import (
 )
 
 // attack: a durable publish (WAIT 1) while the master's only replica is
-// stalled (DEBUG SLEEP, as a replica swapping or stopped would be): the
+// stalled (SIGSTOP, as a replica swapping or paused would be): the
 // XADD is on the master, the replica never acknowledges it. Publish fails,
 // saying so, and returns the id; the retry with it, once the replica is
 // back, succeeds and leaves the event on the replica too.
@@ -25,7 +27,7 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 	ctx := context.Background()
 	master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
 	_, port, _ := strings.Cut(master.Addr, ":")
-	replica := redistest.Start(t, "--replicaof", "127.0.0.1", port, "--enable-debug-command", "yes")
+	replica := redistest.Start(t, "--replicaof", "127.0.0.1", port)
 	rc := replica.Client(t)
 	redistest.Eventually(t, 10*time.Second, "replica in sync", func() bool {
 		return strings.Contains(rc.Info(ctx, "replication").Val(), "master_link_status:up")
@@ -39,12 +41,23 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	slept := make(chan error, 1)
-	sleeper := replica.Client(t)
-	go func() { slept <- sleeper.Do(ctx, "DEBUG", "SLEEP", "3").Err() }()
-	probe := redis.NewClient(&redis.Options{Addr: replica.Addr, ReadTimeout: 50 * time.Millisecond, MaxRetries: -1})
-	defer probe.Close()
-	redistest.Eventually(t, 5*time.Second, "the replica asleep", func() bool { return probe.Ping(ctx).Err() != nil })
+	// Stall the replica: SIGSTOP, as a replica swapping or paused by its
+	// host would be; it stays connected and acknowledges nothing.
+	pid, err := strconv.Atoi(rc.InfoMap(ctx, "server").Item("Server", "process_id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	defer resume()
 	id, err := p.Publish(ctx, ev)
 	if err == nil || !strings.Contains(err.Error(), "no replica") || !strings.Contains(err.Error(), "same id") {
 		t.Fatalf("a durable Publish the replica never acknowledged: %v, want an error saying so and to retry with the same id", err)
@@ -52,9 +65,7 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 	if id == "" {
 		t.Fatal("the failed durable Publish returned no id to retry with")
 	}
-	if err := <-slept; err != nil {
-		t.Fatal(err)
-	}
+	resume()
 	ev.ID = id
 	if _, err := p.Publish(ctx, ev); err != nil {
 		t.Fatalf("the retry once the replica is back: %v", err)

@@ -134,3 +134,30 @@ func TestAttack8PubDurableNeedsAClientOfKnownMasters(t *testing.T) {
 		t.Errorf("New without Durable: %v", err)
 	}
 }
+
+// attack: a service gives its publisher another prefix than the matrix's
+// (the matrix says prefix: app, the publisher keeps the default). Its
+// events go to streams no router reads, and Publish says nil: the one sign
+// is the partition count it never finds, which it reports, once, naming the
+// key and the prefix to check.
+func TestAttack8PubPrefixWithoutRouterWarns(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	if err := c.Set(ctx, names.PartitionsKey("app"), 4, 0).Err(); err != nil { // the router's, on prefix app
+		t.Fatal(err)
+	}
+	var log syncLog
+	p, err := publisher.New(c, publisher.Options{Logger: slog.New(slog.NewTextHandler(&log, nil)), Refresh: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := p.Publish(ctx, publisher.Event{Tenant: "acme", Domain: "user", WholeTag: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := log.String()
+	if strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, names.PartitionsKey("invalidate")) || !strings.Contains(got, "Prefix") {
+		t.Errorf("3 publishes with no partition count for their prefix logged %q, want one warning naming the key and Options.Prefix", got)
+	}
+}

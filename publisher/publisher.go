@@ -492,7 +492,13 @@ func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (
 	case errors.Is(err, redis.Nil):
 		// Gone with the bus's data, or no router ran yet: the count read
 		// before is still the matrix's (the router writes it again within
-		// seconds), a better guess than the default.
+		// seconds), a better guess than the default. Said once a streak:
+		// it is also the one sign of a prefix no router uses.
+		if known == nil || !known.missing {
+			p.opt.Logger.Warn("publisher: no partition count on the bus (no router ran on it with this prefix yet, or the bus lost its data); "+
+				"using the count known before (or the default) until a router writes it. If this lasts, check that Options.Prefix is the matrix's prefix",
+				"key", key)
+		}
 		return p.guessPartitions(known), nil
 	case isWrongType(err):
 		p.opt.Logger.Warn("publisher: the partition count key is of another type; using the count known before (or the default) until the router repairs it",

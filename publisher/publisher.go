@@ -63,9 +63,10 @@ type Options struct {
 	// or the bus lost its data and the router has not written it again,
 	// which it does within seconds) the publisher keeps the count it last
 	// read, or uses 8 when it never read one, and reads the key again
-	// after a second rather than after Refresh. A key that holds no count
-	// (garbage, a count out of range, another type) is treated the same,
-	// with a warning: the router repairs it.
+	// after a second rather than after Refresh, with a warning (once a
+	// streak: a key that stays missing means no router uses this Prefix).
+	// A key that holds no count (garbage, a count out of range, another
+	// type) is treated the same, with a warning: the router repairs it.
 	Partitions int
 	// Refresh is how long a partition count read from Redis is used.
 	Refresh time.Duration
@@ -96,8 +97,8 @@ type Options struct {
 	// Set it to the router's limit when that differs. It bounds a packed
 	// entry's events field too.
 	MaxEventBytes int
-	// Logger receives warnings (a partition count key that holds no
-	// count, a durable publish to a master without replica);
+	// Logger receives warnings (a partition count key missing or holding
+	// no count, a durable publish to a master without replica);
 	// slog.Default() when nil.
 	Logger *slog.Logger
 	// MaxPacked is the most events PublishBatch packs into one ingress

@@ -42,11 +42,11 @@ func TestAttack8PubRefusedEventSpanBounded(t *testing.T) {
 	for _, s := range spans {
 		size := len(s.Status().Description)
 		for _, a := range s.Attributes() {
-			size += len(a.Value.Emit())
+			size += len(a.Value.String())
 		}
 		for _, e := range s.Events() {
 			for _, a := range e.Attributes {
-				size += len(a.Value.Emit())
+				size += len(a.Value.String())
 			}
 		}
 		if size > 4096 {

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
@@ -37,6 +39,11 @@ import (
 
 // Event is a domain-change event.
 type Event = wire.Event
+
+// ErrMalformed is wrapped by every refusal of an event itself (a field that
+// breaks its rule, the size): nothing was sent, and no retry can help. It is
+// wire.ErrMalformed.
+var ErrMalformed = wire.ErrMalformed
 
 // DefaultRefresh is how often the partition count is read again.
 const DefaultRefresh = 30 * time.Second
@@ -48,15 +55,18 @@ const DefaultMaxPacked = 100
 type Options struct {
 	// Prefix of the ingress streams; "invalidate" by default.
 	Prefix string
-	// Partitions fixes the number of ingress partitions. When 0 the
+	// Partitions fixes the number of ingress partitions: the matrix's, or
+	// the events of a tenant whose partition the router does not read wait
+	// for its next look for partition streams (a minute). When 0 the
 	// publisher reads it from <prefix>:ingress:partitions (written by the
 	// router), every Refresh. While the key is missing (no router ran yet,
 	// or the bus lost its data and the router has not written it again,
 	// which it does within seconds) the publisher keeps the count it last
 	// read, or uses 8 when it never read one, and reads the key again
-	// after a second rather than after Refresh. A key that holds no count
-	// (garbage, a count out of range, another type) is treated the same,
-	// with a warning: the router repairs it.
+	// after a second rather than after Refresh, with a warning (once a
+	// streak: a key that stays missing means no router uses this Prefix).
+	// A key that holds no count (garbage, a count out of range, another
+	// type) is treated the same, with a warning: the router repairs it.
 	Partitions int
 	// Refresh is how long a partition count read from Redis is used.
 	Refresh time.Duration
@@ -66,7 +76,8 @@ type Options struct {
 	// and the router routes only those its grant allows. Empty: the shared
 	// ingress streams.
 	Publisher string
-	// Origin is stamped on events that carry none (usually the service name).
+	// Origin is stamped on events that carry none (usually the service
+	// name): at most 256 bytes of printable ASCII, as an event's origin.
 	Origin string
 	// Now is the clock for event timestamps; time.Now by default.
 	Now func() time.Time
@@ -75,7 +86,9 @@ type Options struct {
 	TracerProvider trace.TracerProvider
 	// Durable makes a publish succeed only once a replica of the partition's
 	// master has the event (WAIT 1), where the master has a replica, so a
-	// failover cannot lose it. Off by default: one more wait per publish.
+	// failover cannot lose it; where it has none, the publisher warns
+	// (Logger) and waits for nothing. Off by default: one more wait per
+	// publish.
 	Durable bool
 	// WaitTimeout bounds that wait (1s).
 	WaitTimeout time.Duration
@@ -84,8 +97,9 @@ type Options struct {
 	// Set it to the router's limit when that differs. It bounds a packed
 	// entry's events field too.
 	MaxEventBytes int
-	// Logger receives warnings (a partition count key that holds no
-	// count); slog.Default() when nil.
+	// Logger receives warnings (a partition count key missing or holding
+	// no count, a durable publish to a master without replica);
+	// slog.Default() when nil.
 	Logger *slog.Logger
 	// MaxPacked is the most events PublishBatch packs into one ingress
 	// entry (100): the router reads, routes and acknowledges them together,
@@ -106,6 +120,8 @@ type Publisher struct {
 	partitions atomic.Pointer[partitionCount]
 	refresh    singleflight.Group
 	streams    atomic.Pointer[[]string] // ingress stream names for the last partition count
+
+	unreplicated sync.Map // master address → true: warned that it has no replica (Durable)
 }
 
 // stream returns the ingress stream of a tenant's partition among n.
@@ -155,6 +171,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
+	if _, one := c.(*redis.Client); opt.Durable && !one && redisconn.Cluster(c) == nil {
+		return nil, fmt.Errorf("publisher: Durable needs a *redis.Client or *redis.ClusterClient, whose masters it can ask for replicas, not a %T", c)
+	}
 	if opt.WaitTimeout < 0 {
 		return nil, errors.New("publisher: negative WaitTimeout")
 	}
@@ -173,16 +192,20 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 	if opt.MaxPacked == 0 {
 		opt.MaxPacked = DefaultMaxPacked
 	}
-	if len(opt.Origin) > wire.MaxIDLen {
-		return nil, fmt.Errorf("publisher: origin longer than %d bytes", wire.MaxIDLen)
+	if err := wire.Printable("origin", opt.Origin); err != nil {
+		return nil, fmt.Errorf("publisher: Options.Origin: %w", err) // stamped on events, it would fail every Publish
 	}
 	return &Publisher{c: c, shards: shard.Set{C: c}, opt: opt, tracer: telemetry.Tracer(opt.TracerProvider, "routerd/publisher")}, nil
 }
 
 // Publish validates the event, fills id, ts, origin and the trace context of
 // ctx where they are empty, and appends it to the tenant's ingress partition.
-// It returns the event id. The id makes a retried Publish harmless: the
-// router publishes each event id once per channel.
+// It returns the event id, with an error too once the event is valid: the
+// XADD may have been appended although its reply was lost (a connection
+// cut, a timeout, ctx ended), so retry with Event.ID set to that id, which
+// makes the retry harmless: the router publishes each event id once per
+// channel. A retry without it is a new event, a second invalidation. An
+// error that wraps ErrMalformed refuses the event itself.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which
@@ -193,29 +216,28 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // entity's reference. One with none of these is refused: a key list that
 // came out empty must not flush whole tags.
 func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error) {
-	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain)))
+	ctx, span := p.tracer.Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer))
 	defer func() { endSpan(span, err) }()
 	data, err := p.prepare(ctx, &e)
 	if err != nil {
 		return "", err
 	}
+	// Valid, so bounded: a refused tenant may be anything a caller passed.
+	span.SetAttributes(attribute.String("routerd.tenant", e.Tenant), attribute.String("routerd.domain", e.Domain))
 	n, err := p.partitionCount(ctx)
 	if err != nil {
-		return "", err
+		return e.ID, err
 	}
-	if err := p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}}); err != nil {
-		return "", err
-	}
-	return e.ID, nil
+	return e.ID, p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
 }
 
 // PublishBatch publishes many events in one pipeline: the events of one
 // partition, in order, packed up to MaxPacked (and MaxEventBytes) into an
 // entry. Every event is validated first; if one is invalid nothing is sent
-// and the error names its index. It returns the event ids in order; a caller
-// that wants a retry to be idempotent sets each event's ID from them before
-// publishing again.
+// and the error names its index. It returns the event ids in order, with an
+// error too once every event is valid (some entries may have been appended):
+// set each event's ID from them before publishing again, so the retry is
+// harmless.
 func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
@@ -235,12 +257,9 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	}
 	n, err := p.partitionCount(ctx)
 	if err != nil {
-		return nil, err
+		return ids, err
 	}
-	if err := p.write(ctx, p.pack(events, datas, n)); err != nil {
-		return nil, err
-	}
-	return ids, nil
+	return ids, p.write(ctx, p.pack(events, datas, n))
 }
 
 // pack groups the events' JSON into entries: per partition, in order, up to
@@ -297,6 +316,11 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 			}
 			return nil
 		})
+		if err != nil {
+			// A dead master: the cluster client would keep its address
+			// until it reads the slot map by itself (every minute).
+			p.shards.Moved(ctx)
+		}
 		return xaddError(cmds, err)
 	}
 	groups := map[*shard.Shard][]entry{}
@@ -310,8 +334,13 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 	for sh, group := range groups {
 		replicas, err := sh.Replicas(ctx)
 		if err != nil {
+			// A dead master, or one a failover made a replica: the slot
+			// map is stale too (the cluster client reads it again only
+			// every minute by itself).
+			p.shards.Moved(ctx)
 			return fmt.Errorf("publisher: %w", err)
 		}
+		p.noteReplicas(sh.C.Options().Addr, replicas)
 		var wait *redis.IntCmd
 		cmds, err := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, args := range group {
@@ -338,6 +367,18 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 	return nil
 }
 
+// noteReplicas warns once that a master has no replica, where Durable
+// waits for none: the option does nothing there until one connects.
+func (p *Publisher) noteReplicas(master string, replicas int64) {
+	if replicas > 0 {
+		p.unreplicated.Delete(master)
+		return
+	}
+	if _, warned := p.unreplicated.LoadOrStore(master, true); !warned {
+		p.opt.Logger.Warn("publisher: Durable, but the master has no replica: its publishes are not waited for, and a failover can lose them", "master", master)
+	}
+}
+
 func xaddError(cmds []redis.Cmder, err error) error {
 	for i, c := range cmds {
 		if c.Err() != nil {
@@ -362,11 +403,6 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if e.ID == "" {
 		e.ID = newID(p.opt.Now())
 	}
-	if p.opt.Publisher == "" && strings.Contains(e.ID, "/") {
-		// The router would dead-letter it: <publisher>/… is the form of
-		// the ids of publishers' own streams (docs/protocol.md).
-		return nil, fmt.Errorf("publisher: id %q holds a \"/\", which the shared ingress refuses (Options.Publisher is empty); set Options.Publisher or use an id without \"/\"", e.ID)
-	}
 	if e.TS == 0 {
 		e.TS = p.opt.Now().UnixMilli()
 	}
@@ -380,8 +416,14 @@ func (p *Publisher) prepare(ctx context.Context, e *Event) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
+	if why := wire.ReservedID(p.opt.Prefix, e.ID, p.opt.Publisher != ""); why != "" {
+		// The router would dead-letter it: the id has a form the router
+		// makes itself (docs/protocol.md 2.3).
+		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "id", Reason: why})
+	}
 	if len(data) > p.opt.MaxEventBytes {
-		return nil, fmt.Errorf("publisher: event of %d bytes is above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)
+		return nil, fmt.Errorf("publisher: %w", &wire.FieldError{Field: "event",
+			Reason: fmt.Sprintf("%d bytes, above the limit of %d bytes (MaxEventBytes); split its keys or publish the whole tag", len(data), p.opt.MaxEventBytes)})
 	}
 	return data, nil
 }
@@ -451,7 +493,13 @@ func (p *Publisher) readPartitions(ctx context.Context, known *partitionCount) (
 	case errors.Is(err, redis.Nil):
 		// Gone with the bus's data, or no router ran yet: the count read
 		// before is still the matrix's (the router writes it again within
-		// seconds), a better guess than the default.
+		// seconds), a better guess than the default. Said once a streak:
+		// it is also the one sign of a prefix no router uses.
+		if known == nil || !known.missing {
+			p.opt.Logger.Warn("publisher: no partition count on the bus (no router ran on it with this prefix yet, or the bus lost its data); "+
+				"using the count known before (or the default) until a router writes it. If this lasts, check that Options.Prefix is the matrix's prefix",
+				"key", key)
+		}
 		return p.guessPartitions(known), nil
 	case isWrongType(err):
 		p.opt.Logger.Warn("publisher: the partition count key is of another type; using the count known before (or the default) until the router repairs it",

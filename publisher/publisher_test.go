@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -309,5 +310,88 @@ func TestPublishToOwnStreams(t *testing.T) {
 		if _, err := publisher.New(c, publisher.Options{Publisher: bad}); err == nil || !strings.Contains(err.Error(), "publisher name") {
 			t.Errorf("Publisher %q: err %v, want a refusal naming the publisher name", bad, err)
 		}
+	}
+}
+
+// A publish that fails after validation returns the ids it gave the events
+// with the error: the XADD may have been appended though its reply was
+// lost, and only a retry with the same ids is harmless
+// (TestAttack8PubRetryAfterALostReplyInvalidatesOnce has the lost reply).
+func TestFailedPublishReturnsTheIDs(t *testing.T) {
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	p, err := publisher.New(c, publisher.Options{Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	if id, err := p.Publish(ctx, ev); err == nil || id == "" {
+		t.Errorf("Publish to a server that is not there: id %q, error %v; want an id and an error", id, err)
+	}
+	ids, err := p.PublishBatch(ctx, []publisher.Event{ev, ev})
+	if err == nil || len(ids) != 2 || ids[0] == "" || ids[0] == ids[1] {
+		t.Errorf("PublishBatch to a server that is not there: ids %q, error %v; want the two ids and an error", ids, err)
+	}
+}
+
+// attack: every option a service team can get wrong is refused by New with
+// an error naming the option, not accepted and then failing each Publish
+// (an Origin that is not printable ASCII was: every event got it stamped,
+// and each Publish failed on an "origin" the caller never set).
+func TestAttack8PubBadOptionsNamedAtNew(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	for _, tc := range []struct {
+		opt  publisher.Options
+		name string
+	}{
+		{publisher.Options{Prefix: "a b"}, "prefix"},
+		{publisher.Options{Partitions: -1}, "partitions"},
+		{publisher.Options{Refresh: -time.Second}, "refresh"},
+		{publisher.Options{Publisher: "profile svc"}, "publisher"},
+		{publisher.Options{Origin: "profile-svc\n"}, "origin"},
+		{publisher.Options{Origin: "profil\xe9-svc"}, "origin"},
+		{publisher.Options{Origin: strings.Repeat("o", wire.MaxIDLen+1)}, "origin"},
+		{publisher.Options{WaitTimeout: -time.Second}, "waittimeout"},
+		{publisher.Options{MaxEventBytes: -1}, "maxeventbytes"},
+		{publisher.Options{MaxPacked: -1}, "maxpacked"},
+	} {
+		_, err := publisher.New(c, tc.opt)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tc.name) {
+			t.Errorf("New with a bad %s: %v, want an error naming it", tc.name, err)
+		}
+	}
+}
+
+// attack: a service retries a failed Publish "unless the event is bad"; it
+// can tell only if every refusal of the event itself wraps ErrMalformed
+// (retrying cannot help), and no failure to write does.
+// An event above MaxEventBytes did not, and was retried for ever.
+func TestAttack8PubRefusalsTellRetryFromBadEvent(t *testing.T) {
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	p, err := publisher.New(c, publisher.Options{Partitions: 4, MaxEventBytes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
+	for i, bad := range []publisher.Event{
+		{Tenant: "ac:me", Domain: "user", WholeTag: true},
+		{Tenant: "acme", Domain: "user"},
+		{ID: "a/b", Tenant: "acme", Domain: "user", WholeTag: true},
+		{Tenant: "acme", Domain: "user", Keys: []string{strings.Repeat("k", 500), strings.Repeat("k", 500)}},
+	} {
+		_, err := p.Publish(ctx, bad)
+		_, berr := p.PublishBatch(ctx, []publisher.Event{good, bad})
+		for _, err := range []error{err, berr} {
+			if !errors.Is(err, publisher.ErrMalformed) {
+				t.Errorf("the refusal of bad event %d: %.200v, want it to wrap ErrMalformed", i, err)
+			}
+		}
+	}
+	if _, err := p.Publish(ctx, good); err == nil || errors.Is(err, publisher.ErrMalformed) {
+		t.Errorf("a failed write: %v, want an error that does not wrap ErrMalformed", err)
 	}
 }

@@ -63,8 +63,8 @@ func newPart(e *entry, v *event, rt matrix.Route, keys []string) part {
 
 // shareMark separates an event id from the key range of one share of it
 // (keyShares). No ingress's ids may contain it, a publisher's own streams
-// included (reservedID, shareMarkRule).
-const shareMark = "#keys:"
+// included (wire.ReservedID).
+const shareMark = wire.ShareMark
 
 // keyShares returns the parts of an event on rt: one, or, when the event
 // names more keys than the channel's max_keys, one per max_keys of them, in

@@ -9,7 +9,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -551,15 +550,12 @@ func (r *Router) route(v *event, mtx *matrix.Matrix, ev *wire.Event, pub string)
 	case pub != "" && !mtx.Granted(pub, ev.Domain, ev.Tenant):
 		v.reason = ReasonNotGranted
 		v.detail = fmt.Sprintf("publisher %q is not granted domain %q for tenant %q", pub, ev.Domain, ev.Tenant)
-	case pub == "" && ev.ID != "":
-		if why := reservedID(r.prefix, ev.ID); why != "" {
+	case ev.ID != "":
+		// A publisher's own ids are its own, but not those of the forms
+		// the router makes itself (wire.ReservedID).
+		if why := wire.ReservedID(r.prefix, ev.ID, pub != ""); why != "" {
 			v.reason, v.detail = ReasonMalformed, "id: "+why
 		}
-	case pub != "" && strings.Contains(ev.ID, shareMark):
-		// A publisher's own ids are its own, but the shares of its split
-		// events are recorded as <publisher>/<id>#keys:<from>-<to>: an id
-		// with the mark could be taken for a share of a later event.
-		v.reason, v.detail = ReasonMalformed, "id: "+shareMarkRule(ev.ID)
 	}
 	if v.reason != "" {
 		if v.index >= 0 {
@@ -593,36 +589,9 @@ func RawEventID(stream, entryID string) string {
 	return boundedID(stream + ":" + entryID)
 }
 
-// reservedID says why an id supplied on the shared ingress has the form of
-// an id routerd makes itself, which it must not share (the publish script
-// drops a message whose event id the channel has seen): that of an event
-// published without an id (stream and entry id), of a publisher's event
-// (publisher/id: any id holding a "/", whether or not the publisher is
-// granted yet), or of an id too long to keep (sha256:…). It is "" for any
-// other id.
-func reservedID(prefix string, id string) string {
-	switch {
-	case strings.HasPrefix(id, prefix+":ingress:"):
-		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
-	case strings.HasPrefix(id, "sha256:"):
-		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
-	case strings.Contains(id, shareMark):
-		return shareMarkRule(id)
-	}
-	if strings.Contains(id, "/") {
-		// Every "<name>/…", not only those of the publishers granted now:
-		// an id planted before a publisher is granted would make its own
-		// later event a duplicate.
-		return fmt.Sprintf("%q holds a \"/\": the shared ingress refuses it, the form <publisher>/… is reserved for the events of publishers' own streams", id)
-	}
-	return ""
-}
-
-// shareMarkRule says why id, holding shareMark, is refused on every
-// ingress, a publisher's own streams included.
-func shareMarkRule(id string) string {
-	return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…, on every ingress)", id, shareMark)
-}
+// reservedID says why an id supplied on the shared ingress is refused
+// (wire.ReservedID), "" for any other id.
+func reservedID(prefix string, id string) string { return wire.ReservedID(prefix, id, false) }
 
 // boundedID is id, or its SHA-256 when it is longer than an event id may be.
 func boundedID(id string) string {

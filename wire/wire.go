@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 
 	"github.com/routerd/routerd/names"
 )
@@ -23,6 +24,35 @@ const DefaultMaxEventBytes = 1 << 20
 
 // MaxIDLen bounds event ids, entity ids and origins.
 const MaxIDLen = 256
+
+// ShareMark separates an event id from the key range of one share of it:
+// the router records the shares of an event naming more keys than its
+// channel's max_keys as <id>#keys:<from>-<to>.
+const ShareMark = "#keys:"
+
+// ReservedID says why a publisher may not supply id: it has the form of an
+// id the router makes itself, and the channel's record of published ids
+// would take the two for one event (docs/protocol.md 2.3). On every ingress
+// that is an id holding ShareMark; on the shared ingress (own false) also
+// <prefix>:ingress:… (an event published without an id), sha256:… (an id
+// too long to keep) and any id holding a "/" (<publisher>/…, the ids of
+// publishers' own streams, whether or not that publisher is granted yet).
+// It is "" for any other id.
+func ReservedID(prefix, id string, own bool) string {
+	switch {
+	case strings.Contains(id, ShareMark):
+		return fmt.Sprintf("%q has the form reserved for the shares of an event naming more than max_keys keys (…%s…, on every ingress)", id, ShareMark)
+	case own:
+		return ""
+	case strings.HasPrefix(id, prefix+":ingress:"):
+		return fmt.Sprintf("%q has the form reserved for events published without an id (%s:ingress:…)", id, prefix)
+	case strings.HasPrefix(id, "sha256:"):
+		return fmt.Sprintf("%q has the form reserved for ids too long to keep (sha256:…)", id)
+	case strings.Contains(id, "/"):
+		return fmt.Sprintf("%q holds a \"/\": the shared ingress refuses it, the form <publisher>/… is reserved for the events of publishers' own streams", id)
+	}
+	return ""
+}
 
 // ErrMalformed is wrapped by every decoding and validation error of this package.
 var ErrMalformed = errors.New("wire: malformed")
@@ -93,6 +123,11 @@ func ParseEventsString(data string) ([]Packed, error) { return decodeEvents(data
 // says "whole_tag": true to be whole-tag all the same. `"keys": []` is
 // refused.
 type Event struct {
+	// ID names the change, one per change (never an entity's id): the
+	// router publishes an id once per channel, so a later change with an
+	// id already published is dropped as its duplicate. Publishing the same
+	// change again (a retry) with its id is what makes the retry harmless.
+	// Empty, the publisher library gives it one.
 	ID     string   `json:"id,omitempty"`
 	Tenant string   `json:"tenant"`
 	Domain string   `json:"domain"`
@@ -161,6 +196,11 @@ const EmptyKeys = "empty keys; omit keys to invalidate whole tags"
 // NullKeys is the rule an event with `"keys": null` breaks: a nil list
 // encodes as null, so null is as accidental as [].
 const NullKeys = "null keys; omit keys to invalidate whole tags"
+
+// Printable checks a free-text field of an event (id, entity, origin,
+// traceparent): at most MaxIDLen bytes of printable ASCII. The error names
+// the field.
+func Printable(field, s string) error { return printable(field, s) }
 
 func printable(field, s string) error {
 	if len(s) > MaxIDLen {

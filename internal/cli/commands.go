@@ -239,6 +239,11 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("%w\n  --durable reads INFO replication and sends WAIT, which the publisher user printed by `routerd acl --role publisher` may not run: "+
 			"give the user the rules of `routerd acl --role publisher --durable` (docs/security.md)", err)
 	}
+	if err != nil && id != "" {
+		// The event may be on the bus all the same (a lost reply): a
+		// retry without its id would be a second event.
+		return fmt.Errorf("%w\n  the event may be on the bus all the same: publish it again with --id %s, not without", err, id)
+	}
 	if err != nil {
 		return err
 	}

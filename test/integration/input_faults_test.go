@@ -172,7 +172,8 @@ func TestRawEventsWithSameEntryIDOnTwoPartitions(t *testing.T) {
 
 // A supplied id cannot spell the id of an event published without one (its
 // stream and entry id): the later raw event was dropped as a duplicate of
-// it. Such an id is refused.
+// it. Such an id is refused (the Go publisher refuses it before sending:
+// it comes here raw, as from another language).
 func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, "")
@@ -180,7 +181,8 @@ func TestSuppliedIDCannotSpellARawEventID(t *testing.T) {
 	e.subscriber("profile-svc", subscriber.Options{})
 	e.seed("profile-svc", "acme", "user:1", "active")
 	stream := names.IngressStream("invalidate", wire.Partition("acme", e.mtx.Partitions))
-	e.publish(wire.Event{ID: stream + ":9999999999999-0", Tenant: "acme", Domain: "user", Keys: []string{"user:0"}})
+	must(t, e.busC.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"event",
+		`{"id":"` + stream + `:9999999999999-0","tenant":"acme","domain":"user","keys":["user:0"]}`}}).Err())
 	dl := e.deadLetters(1)
 	if dl[0].Values["reason"] != router.ReasonMalformed || !strings.Contains(dl[0].Values["error"].(string), "reserved") {
 		t.Errorf("dead letter %v: want malformed, the id reserved", dl[0].Values)

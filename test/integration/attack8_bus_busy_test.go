@@ -99,3 +99,60 @@ func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
 		}
 	}
 }
+
+// The bus stops answering for 4 s at a time (DEBUG SLEEP: longer than
+// go-redis's 3 s read timeout) while events are published, routed and
+// received: calls time out, among them publish scripts that the bus runs
+// once it wakes. Every event a publisher was told was accepted reaches
+// the subscriber, each published once (a retried script finds its event
+// ids and sends nothing again); the router and the subscriber are ready
+// again afterwards, and nothing is left pending.
+func TestAttack8BusDebugSleepLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvBus(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"), "--enable-debug-command", "yes")
+	e.running("acme")
+	r, _ := e.router(router.Options{})
+	s, _ := e.subscriber("profile-svc", subscriber.Options{})
+
+	const n = 300
+	keys := keyRange("k", 0, n)
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	var accepted []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, k := range keys {
+			if _, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{k}}); err == nil {
+				accepted = append(accepted, k)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	sleeper := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
+	defer sleeper.Close()
+	for i := 0; i < 2; i++ {
+		must(t, sleeper.Do(ctx, "DEBUG", "SLEEP", "4").Err())
+		time.Sleep(300 * time.Millisecond)
+	}
+	<-done
+
+	e.waitAllGone(30*time.Second, fmt.Sprintf("the %d accepted events' keys dropped", len(accepted)), "profile-svc", "acme", accepted)
+	redistest.Eventually(t, 15*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	redistest.Eventually(t, 10*time.Second, "the router ready again", r.Ready)
+	if err := redistest.Wait(ctx, 15*time.Second, "the subscriber ready again", s.Ready); err != nil {
+		t.Errorf("%v: %v", err, s.Problems())
+	}
+	published := map[string]int{}
+	for _, m := range e.history("invalidate:acme:active") {
+		for _, k := range m.Keys {
+			published[k]++
+		}
+	}
+	for _, k := range keys {
+		if published[k] > 1 {
+			t.Errorf("%s published %d times, want once", k, published[k])
+		}
+	}
+}

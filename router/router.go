@@ -24,6 +24,7 @@ import (
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 )
@@ -224,6 +225,10 @@ type Router struct {
 	// a restored snapshot): publishers that read it append to partitions no
 	// router may read yet.
 	countWrong atomic.Bool
+
+	// delivered is, per stream, the group's last delivered id at the last
+	// tidy: what entries deleted unread were added after (housekeeping's).
+	delivered map[string]string
 
 	// redrive is the re-drive stream, read as a partition (redrive.go).
 	redrive string
@@ -1151,7 +1156,19 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 	for _, g := range groups {
 		if g.Name == r.opt.Group {
 			pending += g.Pending
-			lag += g.Lag
+			l := max(g.Lag, 0) // -1: Redis cannot tell
+			if l > 0 {
+				lost, err := r.deletedUnread(ctx, stream)
+				if err != nil {
+					return pending, lag + l, err
+				}
+				l = max(l-lost, 0)
+			}
+			lag += l
+			if r.delivered == nil {
+				r.delivered = map[string]string{}
+			}
+			r.delivered[stream] = g.LastDeliveredID
 		}
 		low := g.LastDeliveredID
 		if g.Pending > 0 {
@@ -1171,6 +1188,25 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 		}
 	}
 	return pending, lag, nil
+}
+
+// deletedUnread finds the entries of stream deleted before any router read
+// them (a client's XTRIM or XDEL: they are gone, never routed), which
+// Redis goes on counting in the group's lag: it warns, naming the range
+// they were in, counts them, takes them out of the lag and returns how many.
+func (r *Router) deletedUnread(ctx context.Context, stream string) (int64, error) {
+	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group})
+	if err != nil || got.Lost == 0 {
+		return 0, err
+	}
+	r.m.lost.Add(float64(got.Lost))
+	after := r.delivered[stream]
+	if after == "" {
+		after = "its start"
+	}
+	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client): they are lost, not routed",
+		"stream", stream, "entries", got.Lost, "after", after, "up_to", got.Last)
+	return got.Lost, nil
 }
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing

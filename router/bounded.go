@@ -177,6 +177,50 @@ type streamReader struct {
 	said string // the last such error logged
 	// failed counts the reads in a row that failed after they were sent.
 	failed int
+	// shrunk divides what one read or claim of the stream takes (entries
+	// and bytes) by 4 for each read or claim whose connection was lost
+	// after it was sent (lost): a bus closes a connection whose reply
+	// passes its client-output-buffer-limit normal, and the same read
+	// would be closed again and again. Every smallFor reads that worked
+	// take it back one step (good counts them).
+	shrunk, good int
+}
+
+// The most shrinking of reads (by 4^maxShrunk: 8 KiB of the default
+// ReadBytes, one entry of BatchSize), and how many reads must work before
+// they take 4 times more again.
+const (
+	maxShrunk = 5
+	smallFor  = 8
+)
+
+// lost is told that a read or claim of the stream lost its connection after
+// it was sent: what the next ones take is divided by 4 (again).
+func (s *streamReader) lost(err error) {
+	s.good = 0
+	if s.shrunk == maxShrunk {
+		return
+	}
+	s.shrunk++
+	s.r.log.Warn("a read of the ingress lost its connection after it was sent (the bus closes a connection whose reply passes client-output-buffer-limit normal): the next reads take a quarter as much",
+		"stream", s.stream, "read_bytes", s.scale(s.r.opt.ReadBytes), "err", err)
+}
+
+// worked is told that a read or claim of the stream worked.
+func (s *streamReader) worked() {
+	if s.shrunk == 0 {
+		return
+	}
+	if s.good++; s.good >= smallFor {
+		s.shrunk--
+		s.good = 0
+	}
+}
+
+// scale is n (entries or bytes of one read) as reads take it now: divided
+// by 4 for each step shrunk, at least 1.
+func (s *streamReader) scale(n int) int {
+	return max(n>>(2*s.shrunk), 1)
 }
 
 // client returns the reader's client, made for the stream's master when
@@ -228,9 +272,9 @@ const maxScriptReadBatches = 4
 // now (maxScriptReadBatches).
 func (s *streamReader) bound(count int) int {
 	if s.c == nil && time.Now().Before(s.off) {
-		return min(count, maxScriptReadBatches*s.r.opt.BatchSize)
+		count = min(count, maxScriptReadBatches*s.r.opt.BatchSize)
 	}
-	return count
+	return s.scale(count)
 }
 
 // pause sends reads through read.lua for a while and drops the client, so
@@ -267,7 +311,7 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		return nil, readFallback, nil
 	}
 	o := s.r.opt
-	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(o.ReadBytes) + int64(count)*framingPerEntry + 1024}
+	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(s.scale(o.ReadBytes)) + int64(count)*framingPerEntry + 1024}
 	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
 	}).Result()
@@ -312,6 +356,7 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		// pending ones. Three in a row (a connection killed again and
 		// again) send reads through the script for a while.
 		s.failed++
+		s.lost(err)
 		if s.failed >= 3 {
 			s.fallBack(err)
 		} else {

@@ -577,7 +577,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			if id != "0" {
 				start = "(" + id
 			}
-			msgs, _, err = r.claimPending(ctx, stream, 0, start, r.opt.Consumer)
+			msgs, _, err = r.claimPending(ctx, stream, 0, start, r.opt.Consumer, reader.scale(r.opt.ReadBytes))
 		}
 		r.health.done(reading)
 		if err == nil && len(msgs) == 0 && id == ">" {
@@ -586,6 +586,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		r.readDone(stream, redisFailure(err))
 		switch {
 		case err == nil:
+			reader.worked()
 			// Entries in hand are routed even when ctx was cancelled
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
@@ -603,6 +604,10 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			continue
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
+			var reply redis.Error
+			if id != ">" && !errors.As(err, &reply) {
+				reader.lost(err) // a claim of our pending entries lost its connection
+			}
 			sleep(ctx, 500*time.Millisecond)
 			count = r.opt.BatchSize // a read of 4,096 kept failing while connections kept dying
 			if id == ">" {
@@ -1022,7 +1027,7 @@ func (r *Router) touch(ctx context.Context, list bool) {
 func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
 	start := "-"
 	for ctx.Err() == nil {
-		msgs, next, err := r.claimPending(ctx, stream, idle, start, of)
+		msgs, next, err := r.claimPending(ctx, stream, idle, start, of, r.opt.ReadBytes)
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}

@@ -1,0 +1,55 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// An operator bounds normal clients' output buffers (client-output-buffer-
+// limit normal 256kb 128kb 1, against clients that read huge replies): the
+// bus closes any connection whose reply passes 256 KB — a router's read of
+// a backlog of 1.5 KB events (256 entries and more a read, and the claim of
+// what a cut read left pending, up to 8 MiB), a subscriber's replay of a
+// history. Every event is routed and every key dropped all the same,
+// nothing is left pending, and the router is ready.
+func TestAttack8BusNormalOutputBufferLimitLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	e, stream := newBacklogEnv(t)
+	must(t, e.busC.ConfigSet(ctx, "client-output-buffer-limit", "normal 256kb 128kb 1").Err())
+	r, _ := e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+
+	const n = 3000
+	pad := strings.Repeat("x", 480)
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k:%d", i)
+		e.seed("profile-svc", "acme", keys[i], "active")
+	}
+	for from := 0; from < n; from += 500 {
+		_, err := e.busC.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, k := range keys[from : from+500] {
+				b, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": []string{k, k + ":a:" + pad, k + ":b:" + pad, k + ":c:" + pad}})
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, string(b)}})
+			}
+			return nil
+		})
+		must(t, err)
+	}
+	e.waitAllGone(60*time.Second, "every key of the backlog dropped", "profile-svc", "acme", keys)
+	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	if err := redistest.Wait(ctx, 10*time.Second, "the router ready", r.Ready); err != nil {
+		t.Errorf("%v: %v", err, r.Problems())
+	}
+}

@@ -18,13 +18,13 @@ import (
 )
 
 // An operator empties an ingress stream (XTRIM … MAXLEN 0) in the middle of
-// a backlog: the entries no router had read yet are gone. The router
-// neither stops nor loops on it: it routes what it had read, and every
-// event published after; and it does not hide the loss: it warns, naming
-// the stream and how many entries were deleted unread,
-// routerd_ingress_entries_lost_total counts them, and the lag
-// (routerd_ingress_lag_entries, which Redis goes on counting the deleted
-// entries in) comes back to 0.
+// a backlog no router had read yet (2,000 events, the trim and 2,000 more,
+// in one transaction): the first 2,000 are gone. The router neither stops
+// nor loops on it: it routes the events after the trim; and it does not
+// hide the loss: it warns, naming the stream and how many entries were
+// deleted unread, routerd_ingress_entries_lost_total counts them, and the
+// lag (routerd_ingress_lag_entries, which Redis goes on counting the
+// deleted entries in) comes back to 0.
 func TestAttack8BusIngressTrimmedMidBacklogIsReported(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)

@@ -53,3 +53,35 @@ func TestAttack8BusNormalOutputBufferLimitLosesNothing(t *testing.T) {
 		t.Errorf("%v: %v", err, r.Problems())
 	}
 }
+
+// The same limit against a subscriber: while it was away, 400 messages of
+// 2 KB were published on its channel; coming back, it replays them from
+// the history, a reply of 800 KB that the bus closes at 256 KB. It
+// recovers all the same: every key is dropped.
+func TestAttack8BusNormalOutputBufferLimitReplayRecovers(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 4"))
+	e.running("acme")
+	e.router(router.Options{})
+	_, stop := e.subscriber("profile-svc", subscriber.Options{})
+	e.seed("profile-svc", "acme", "first", "active")
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"first"}})
+	e.waitGone("profile-svc", "acme", "first")
+	stop()
+
+	const n = 400
+	pad := strings.Repeat("x", 480)
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k:%d", i)
+		e.seed("profile-svc", "acme", keys[i], "active")
+		e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{keys[i], keys[i] + ":a:" + pad, keys[i] + ":b:" + pad, keys[i] + ":c:" + pad}})
+	}
+	e.waitVersion("invalidate:acme:active", n+1)
+	must(t, e.busC.ConfigSet(ctx, "client-output-buffer-limit", "normal 256kb 128kb 1").Err())
+	s, _ := e.subscriberReadyWithin(60*time.Second, e.bus.Client(t), "profile-svc", subscriber.Options{})
+	e.waitAllGone(30*time.Second, "every key published while the subscriber was away dropped", "profile-svc", "acme", keys)
+	if !s.Ready() {
+		t.Errorf("not ready: %v", s.Problems())
+	}
+}

@@ -182,7 +182,9 @@ func New(c redis.UniversalClient, opt Options) (*Publisher, error) {
 // Publish validates the event, fills id, ts, origin and the trace context of
 // ctx where they are empty, and appends it to the tenant's ingress partition.
 // It returns the event id. The id makes a retried Publish harmless: the
-// router publishes each event id once per channel.
+// router publishes each event id once per channel. When the write fails
+// (the bus did not answer, or refused) the id comes with the error: the
+// event may have been appended all the same, so a retry sets Event.ID to it.
 //
 // The event names its Keys, or sets WholeTag to invalidate every tag of its
 // domain whole, or names its Entity alone: an entity-level event, which
@@ -205,7 +207,7 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 		return "", err
 	}
 	if err := p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}}); err != nil {
-		return "", err
+		return e.ID, err // it may have been appended: publish again with this id
 	}
 	return e.ID, nil
 }
@@ -213,9 +215,10 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 // PublishBatch publishes many events in one pipeline: the events of one
 // partition, in order, packed up to MaxPacked (and MaxEventBytes) into an
 // entry. Every event is validated first; if one is invalid nothing is sent
-// and the error names its index. It returns the event ids in order; a caller
-// that wants a retry to be idempotent sets each event's ID from them before
-// publishing again.
+// and the error names its index. It returns the event ids in order, with
+// the error too when the write failed (some entries may have been
+// appended); a caller that wants a retry to be idempotent sets each event's
+// ID from them before publishing again.
 func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []string, err error) {
 	ctx, span := p.tracer.Start(ctx, "publish batch", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.Int("routerd.events", len(events))))
@@ -238,7 +241,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 		return nil, err
 	}
 	if err := p.write(ctx, p.pack(events, datas, n)); err != nil {
-		return nil, err
+		return ids, err // some may have been appended: publish again with these ids
 	}
 	return ids, nil
 }

@@ -89,3 +89,37 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// An operator moves the router's group past a backlog (XGROUP SETID <stream>
+// routerd $) while a router runs: the entries skipped are not routed (Redis
+// keeps no trace of them: docs/operations.md, Ingress housekeeping), and the
+// router neither stops nor loops: it routes every event after, leaves
+// nothing pending and stays ready.
+func TestAttack8BusGroupMovedPastABacklogKeepsRouting(t *testing.T) {
+	ctx := context.Background()
+	e, stream := newBacklogEnv(t)
+	r, _ := e.router(router.Options{})
+	e.subscriber("profile-svc", subscriber.Options{})
+	kept := keyRange("kept", 0, 500)
+	for _, k := range kept {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	_, err := e.busC.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, k := range keyRange("skipped", 0, 2000) {
+			b, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": []string{k}})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, string(b)}})
+		}
+		pipe.XGroupSetID(ctx, stream, "routerd", "$")
+		for _, k := range kept {
+			b, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": []string{k}})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, string(b)}})
+		}
+		return nil
+	})
+	must(t, err)
+	e.waitAllGone(20*time.Second, "the events after the skip routed", "profile-svc", "acme", kept)
+	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	if !r.Ready() {
+		t.Errorf("the router is not ready after the skip: %v", r.Problems())
+	}
+}

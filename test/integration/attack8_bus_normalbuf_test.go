@@ -85,3 +85,39 @@ func TestAttack8BusNormalOutputBufferLimitReplayRecovers(t *testing.T) {
 		t.Errorf("not ready: %v", s.Problems())
 	}
 }
+
+// The same limit against the claim of a dead router's entries: a router
+// read 1,000 events of 1.5 KB and died; the router that claims them
+// (claim.lua, up to 8 MiB a claim) has each claim closed by the bus at
+// 256 KB — and a claim run again by go-redis after its connection failed
+// finds the entries it claimed no longer idle and answers none. It routes
+// them all the same.
+func TestAttack8BusNormalOutputBufferLimitClaimRecovers(t *testing.T) {
+	ctx := context.Background()
+	e, stream := newBacklogEnv(t)
+	const n = 1000
+	pad := strings.Repeat("x", 480)
+	keys := make([]string, n)
+	_, err := e.busC.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i := range keys {
+			keys[i] = fmt.Sprintf("k:%d", i)
+			b, _ := json.Marshal(map[string]any{"tenant": "acme", "domain": "user", "keys": []string{keys[i], keys[i] + ":a:" + pad, keys[i] + ":b:" + pad, keys[i] + ":c:" + pad}})
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, string(b)}})
+		}
+		return nil
+	})
+	must(t, err)
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	// The dead router's read: delivered to it, never routed.
+	must(t, e.busC.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead", Streams: []string{stream, ">"}, Count: n, Block: -1}).Err())
+	must(t, e.busC.ConfigSet(ctx, "client-output-buffer-limit", "normal 256kb 128kb 1").Err())
+	r, _ := e.router(router.Options{DeadAfter: time.Second})
+	e.subscriber("profile-svc", subscriber.Options{})
+	e.waitAllGone(60*time.Second, "every key of the dead router's entries dropped", "profile-svc", "acme", keys)
+	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	if err := redistest.Wait(ctx, 10*time.Second, "the router ready", r.Ready); err != nil {
+		t.Errorf("%v: %v", err, r.Problems())
+	}
+}

@@ -1077,16 +1077,16 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				sleepCtx(ctx, 100*time.Millisecond)
 				continue
 			}
-			var reply redis.Error
-			if errors.As(err, &reply) && !redis.HasErrorPrefix(err, "READONLY") {
-				// The bus answered a command of the connection with an
-				// error (BUSY: another client's long script) and go-redis
-				// keeps the connection, subscriptions and all: nothing was
-				// lost, but a refused (un)subscribe leaves its set other
-				// than go-redis's, and no confirmation comes. The applier
-				// replaces the connection (a check follows its
+			if redis.HasErrorPrefix(err, "BUSY") {
+				// The bus answered a command of the connection (its PING,
+				// an (un)subscribe) BUSY: another client's long script.
+				// go-redis keeps the connection, subscriptions and all:
+				// nothing was lost, but a refused (un)subscribe leaves its
+				// set other than go-redis's, and no confirmation comes. The
+				// applier replaces the connection (a check follows its
 				// confirmation), no more often than every PingEvery while
-				// the bus keeps refusing.
+				// the bus keeps refusing. (An error of a connection being
+				// made — WRONGPASS — is go-redis's to retry, below.)
 				c.broken.Store(true)
 				wait, warn := down.failed()
 				if warn {

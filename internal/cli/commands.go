@@ -239,6 +239,10 @@ func publish(ctx context.Context, env *Env, args []string) error {
 		return fmt.Errorf("%w\n  --durable reads INFO replication and sends WAIT, which the publisher user printed by `routerd acl --role publisher` may not run: "+
 			"give the user the rules of `routerd acl --role publisher --durable` (docs/security.md)", err)
 	}
+	if err != nil && id != "" {
+		// The write failed: the event may have been appended all the same.
+		return fmt.Errorf("%w\n  event id %s: publishing it again with --id %s is safe, whether or not it was appended", err, id, id)
+	}
 	if err != nil {
 		return err
 	}

@@ -92,6 +92,8 @@ var (
 	indexSrc string
 	//go:embed generation.lua
 	generationSrc string
+	//go:embed unread.lua
+	unreadSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -130,6 +132,7 @@ var sources = map[string]string{
 	"release.lua":         prelude + releaseSrc,
 	"read.lua":            prelude + weightSrc + readSrc,
 	"claim.lua":           prelude + weightSrc + claimSrc,
+	"unread.lua":          prelude + unreadSrc,
 }
 
 // Sources returns the scripts as they are sent to Redis, preludes
@@ -154,7 +157,7 @@ var (
 	tenantsScript, readScript, claimScript    = scripts["tenants.lua"], scripts["read.lua"], scripts["claim.lua"]
 	invalidateScript, invalidateKeysScript    = scripts["invalidate.lua"], scripts["invalidate_keys.lua"]
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
-	leaseScript, releaseScript                = scripts["lease.lua"], scripts["release.lua"]
+	leaseScript, releaseScript, unreadScript  = scripts["lease.lua"], scripts["release.lua"], scripts["unread.lua"]
 	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
 )
 
@@ -185,7 +188,7 @@ func Queue[P any](ctx context.Context, pipe redis.Pipeliner, r Request[P]) *redi
 // RouterScripts are the scripts the router runs on the bus: what
 // RunPipeline loads there after a NOSCRIPT.
 func RouterScripts() []*redis.Script {
-	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript}
+	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript, unreadScript}
 }
 
 // CacheScripts are the scripts run on a cache Redis.

@@ -85,3 +85,22 @@ func TestUnexpectedRepliesAreErrors(t *testing.T) {
 		}
 	}
 }
+
+// unread.lua's reply is {lost, last id}, lost never negative.
+func TestUnexpectedUnreadRepliesAreErrors(t *testing.T) {
+	var r UnreadRequest
+	for _, v := range []any{
+		[]any{int64(1)},
+		[]any{int64(-1), "1-0"},
+		[]any{"1", "1-0"},
+		[]any{int64(1), int64(1)},
+		int64(1),
+	} {
+		if got, err := r.Reply(replyCmd(v)); err == nil {
+			t.Errorf("unread reply %#v read as %v", v, got)
+		}
+	}
+	if got, err := r.Reply(replyCmd([]any{int64(3), "5-0"})); err != nil || got != (UnreadReply{Lost: 3, Last: "5-0"}) {
+		t.Errorf("a good reply: %v %v", got, err)
+	}
+}

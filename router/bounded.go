@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -177,7 +178,102 @@ type streamReader struct {
 	said string // the last such error logged
 	// failed counts the reads in a row that failed after they were sent.
 	failed int
+	// size is what one read or claim of the stream takes now, shared with
+	// the claim loop (Router.readSize).
+	size *readSize
 }
+
+// readSize divides what one read or claim of a stream takes (entries and
+// bytes) by 4 for each read or claim whose connection was lost after it
+// was sent (Router.readLost): a bus closes a connection whose reply passes
+// its client-output-buffer-limit normal, and the same read would be closed
+// again and again. Every smallFor reads that brought entries take it back
+// one step. The stream's read loop and the claim loop share it; a nil one
+// is whole.
+type readSize struct {
+	mu           sync.Mutex
+	shrunk, good int
+}
+
+// The most shrinking of reads (by 4^maxShrunk: 8 KiB of the default
+// ReadBytes, one entry of BatchSize), and how many reads must bring
+// entries before they take 4 times more again.
+const (
+	maxShrunk = 5
+	smallFor  = 8
+)
+
+// readSize returns the stream's readSize.
+func (r *Router) readSize(stream string) *readSize {
+	v, _ := r.sizes.LoadOrStore(stream, &readSize{})
+	return v.(*readSize)
+}
+
+// readLost is told that a read or claim of stream lost its connection
+// after it was sent: what the next ones take is divided by 4 (again).
+func (r *Router) readLost(stream string, err error) {
+	z := r.readSize(stream)
+	z.mu.Lock()
+	z.good = 0
+	more := z.shrunk < maxShrunk
+	if more {
+		z.shrunk++
+	}
+	z.mu.Unlock()
+	if more {
+		r.log.Warn("a read of the ingress lost its connection after it was sent (the bus closes a connection whose reply passes client-output-buffer-limit normal): the next reads take a quarter as much",
+			"stream", stream, "read_bytes", z.scale(r.opt.ReadBytes), "err", err)
+	}
+}
+
+// worked is told that a read or claim of the stream brought entries.
+func (z *readSize) worked() {
+	if z == nil {
+		return
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.shrunk == 0 {
+		return
+	}
+	if z.good++; z.good >= smallFor {
+		z.shrunk--
+		z.good = 0
+	}
+}
+
+// scale is n (entries or bytes of one read) as reads take it now: divided
+// by 4 for each step shrunk, at least 1.
+func (z *readSize) scale(n int) int {
+	if z == nil {
+		return n
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return max(n>>(2*z.shrunk), 1)
+}
+
+// onceOnly is a client on c's server or cluster that does not retry a
+// command whose connection failed (MaxRetries -1); c itself when it is of
+// another kind. Close it apart from c.
+func onceOnly(c redis.UniversalClient) redis.UniversalClient {
+	switch c := c.(type) {
+	case *redis.Client:
+		o := *c.Options()
+		o.MaxRetries = -1
+		return redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *c.Options()
+		o.MaxRetries = -1
+		return redis.NewClusterClient(&o)
+	}
+	return nopClose{c}
+}
+
+// nopClose is a client whose Close does nothing: another owns it.
+type nopClose struct{ redis.UniversalClient }
+
+func (nopClose) Close() error { return nil }
 
 // client returns the reader's client, made for the stream's master when
 // there is none. It is nil when the shared client is of a kind the reader
@@ -228,9 +324,9 @@ const maxScriptReadBatches = 4
 // now (maxScriptReadBatches).
 func (s *streamReader) bound(count int) int {
 	if s.c == nil && time.Now().Before(s.off) {
-		return min(count, maxScriptReadBatches*s.r.opt.BatchSize)
+		count = min(count, maxScriptReadBatches*s.r.opt.BatchSize)
 	}
-	return count
+	return s.size.scale(count)
 }
 
 // pause sends reads through read.lua for a while and drops the client, so
@@ -267,7 +363,7 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		return nil, readFallback, nil
 	}
 	o := s.r.opt
-	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(o.ReadBytes) + int64(count)*framingPerEntry + 1024}
+	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(s.size.scale(o.ReadBytes)) + int64(count)*framingPerEntry + 1024}
 	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
 		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
 	}).Result()
@@ -312,6 +408,7 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		// pending ones. Three in a row (a connection killed again and
 		// again) send reads through the script for a while.
 		s.failed++
+		s.r.readLost(s.stream, err)
 		if s.failed >= 3 {
 			s.fallBack(err)
 		} else {

@@ -86,7 +86,7 @@ func TestAttack4EmptyFieldsCountAgainstTheReadBudget(t *testing.T) {
 	if err := c.Do(ctx, "XREADGROUP", "GROUP", "routers", consumer, "COUNT", n, "STREAMS", stream, ">").Err(); err != nil {
 		t.Fatal(err)
 	}
-	msgs, _, err := r.claimPending(ctx, stream, 0, "-", r.opt.Consumer)
+	msgs, _, err := r.claimPending(ctx, stream, 0, "-", r.opt.Consumer, r.opt.ReadBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,8 +236,13 @@ func (r *Router) deregister() {
 // are on different masters, whose parts of a pipeline run side by side:
 // the live routers are read once the read has answered.
 func readWithPeers[P any](ctx context.Context, r *Router, req lua.Request[P]) (P, error) {
+	return readWithPeersOn(ctx, r, r.c, req)
+}
+
+// readWithPeersOn is readWithPeers through the client c.
+func readWithPeersOn[P any](ctx context.Context, r *Router, c redis.UniversalClient, req lua.Request[P]) (P, error) {
 	if r.cluster {
-		reply, err := lua.Run(ctx, r.c, req)
+		reply, err := lua.Run(ctx, c, req)
 		if err == nil {
 			r.notePeers(r.c.HGetAll(ctx, names.RoutersKey(r.prefix)))
 		}
@@ -245,7 +250,7 @@ func readWithPeers[P any](ctx context.Context, r *Router, req lua.Request[P]) (P
 	}
 	var read *redis.Cmd
 	var view *redis.MapStringStringCmd
-	_, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
+	_, err := runScripts(ctx, c, func(pipe redis.Pipeliner) []*redis.Cmd {
 		read = lua.Queue(ctx, pipe, req)
 		view = pipe.HGetAll(ctx, names.RoutersKey(r.prefix))
 		return []*redis.Cmd{read}

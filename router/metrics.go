@@ -23,6 +23,7 @@ type metrics struct {
 	pending       prometheus.Gauge
 	lag           prometheus.Gauge
 	groupsCreated prometheus.Counter
+	lost          prometheus.Counter
 	redriven      prometheus.Counter
 	handedOver    prometheus.Counter
 	// handedOverEvents and digests: the hand-over between matrices (handover.go).
@@ -77,6 +78,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "routerd_ingress_pending_entries", Help: "Ingress entries delivered but not yet acknowledged."}),
 		lag: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_ingress_lag_entries", Help: "Ingress entries not yet delivered to the consumer group."}),
+		lost: f.NewCounter(prometheus.CounterOpts{
+			Name: "routerd_ingress_entries_lost_total", Help: "Ingress entries deleted from their stream before any router read them (a client's XTRIM or XDEL): never routed."}),
 		groupsCreated: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_consumer_groups_created_total", Help: "Consumer groups created, at start or after they vanished."}),
 		redriven: f.NewCounter(prometheus.CounterOpts{

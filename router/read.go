@@ -69,7 +69,7 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 	wait := 1
 	count = min(count, maxScriptReadBatches*r.opt.BatchSize) // a read that fell back here (bound)
 	req := lua.ReadRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, Count: count,
-		Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
+		Bytes: s.size.scale(r.opt.ReadBytes), MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes}
 	reply, err := readWithPeers(ctx, r, &req)
 	switch {
 	case r.refused(err):
@@ -102,10 +102,24 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 
 // claimPending claims the group's entries of stream pending for at least
 // idle from start on — those pending for the consumer of only, unless of
-// is "" (this router's own are claimed whatever idle) — as many as fit the
-// byte budget. It returns them and the start of the next call ("0-0" when
-// every pending entry was looked at).
-func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, of string) ([]redis.XMessage, string, error) {
+// is "" (this router's own are claimed whatever idle) — as many as fit
+// bytes (at least one). It returns them and the start of the next call
+// ("0-0" when every pending entry was looked at).
+func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, of string, bytes int) ([]redis.XMessage, string, error) {
+	return r.claimPendingOn(ctx, r.c, stream, idle, start, of, bytes)
+}
+
+// claims is the client claims of other routers' and forgotten entries
+// run through (Router.claimC).
+func (r *Router) claims() redis.UniversalClient {
+	if r.claimC == nil {
+		return r.c
+	}
+	return r.claimC
+}
+
+// claimPendingOn is claimPending through the client c.
+func (r *Router) claimPendingOn(ctx context.Context, c redis.UniversalClient, stream string, idle time.Duration, start string, of string, bytes int) ([]redis.XMessage, string, error) {
 	if start == "("+maxStreamID {
 		// Nothing follows the largest id (a stream a client exhausted,
 		// XADD … 18446744073709551615-18446744073709551615), and Redis
@@ -113,8 +127,8 @@ func (r *Router) claimPending(ctx context.Context, stream string, idle time.Dura
 		return nil, "0-0", nil
 	}
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
-		Count: r.opt.BatchSize, Bytes: r.opt.ReadBytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Of: of}
-	reply, err := readWithPeers(ctx, r, &req)
+		Count: r.opt.BatchSize, Bytes: bytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Of: of}
+	reply, err := readWithPeersOn(ctx, r, c, &req)
 	if r.refused(err) {
 		return r.claimUnbounded(ctx, stream, idle, start, of)
 	}

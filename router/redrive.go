@@ -362,7 +362,7 @@ func (r *Router) liveConsumers(ctx context.Context) map[string]bool {
 // routers handed over to this one: those pending for it that it does not
 // hold already.
 func (r *Router) takeHandedOver(ctx context.Context) error {
-	res, _, err := r.claimPending(ctx, r.redrive, 0, "-", r.opt.Consumer)
+	res, _, err := r.claimPending(ctx, r.redrive, 0, "-", r.opt.Consumer, r.opt.ReadBytes)
 	if err != nil {
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return nil // made again by the stream's read loop

@@ -24,6 +24,7 @@ import (
 	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/shard"
 	"github.com/routerd/routerd/internal/telemetry"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 )
@@ -196,6 +197,11 @@ type Router struct {
 	// (sharded pub/sub, where the subscribers listen), one channel per
 	// script call, and new tenants are announced.
 	cluster bool
+	// claimC runs the claims (claim.lua) without go-redis's retries: a run
+	// whose reply was lost (a bus closing a reply above its output buffer
+	// limit) claimed its entries, and a retried run would find them no
+	// longer idle and answer none, hiding the loss (onceOnly). Set by Run.
+	claimC redis.UniversalClient
 	// Before an ingress entry is acknowledged its messages are made durable
 	// on their master (WAIT 1 where it has a replica), and every publish
 	// carries the master's replication id, so a promoted replica (which may
@@ -224,6 +230,13 @@ type Router struct {
 	// a restored snapshot): publishers that read it append to partitions no
 	// router may read yet.
 	countWrong atomic.Bool
+
+	// sizes is what one read or claim of each stream takes (readSize).
+	sizes sync.Map
+
+	// delivered is, per stream, the group's last delivered id at the last
+	// tidy: what entries deleted unread were added after (housekeeping's).
+	delivered map[string]string
 
 	// redrive is the re-drive stream, read as a partition (redrive.go).
 	redrive string
@@ -344,6 +357,8 @@ func (r *Router) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+	r.claimC = onceOnly(r.c)
+	defer r.claimC.Close()
 	r.ready.Store(true)
 	defer r.ready.Store(false)
 	defer r.deregister()
@@ -527,7 +542,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		r.routeStages(ctx, stream, q, batches)
 	}()
 	defer func() { close(batches); <-routed }()
-	reader := &streamReader{r: r, stream: stream}
+	reader := &streamReader{r: r, stream: stream, size: r.readSize(stream)}
 	defer reader.close()
 	// First the entries this consumer name left pending (a restart), then
 	// new ones; again those pending after last whenever a read of new ones
@@ -572,7 +587,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			if id != "0" {
 				start = "(" + id
 			}
-			msgs, _, err = r.claimPending(ctx, stream, 0, start, r.opt.Consumer)
+			msgs, _, err = r.claimPending(ctx, stream, 0, start, r.opt.Consumer, reader.size.scale(r.opt.ReadBytes))
 		}
 		r.health.done(reading)
 		if err == nil && len(msgs) == 0 && id == ">" {
@@ -581,6 +596,9 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		r.readDone(stream, redisFailure(err))
 		switch {
 		case err == nil:
+			if len(msgs) > 0 {
+				reader.size.worked()
+			}
 			// Entries in hand are routed even when ctx was cancelled
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
@@ -598,6 +616,10 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			continue
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
+			var reply redis.Error
+			if id != ">" && !errors.As(err, &reply) {
+				r.readLost(stream, err) // a claim of our pending entries lost its connection
+			}
 			sleep(ctx, 500*time.Millisecond)
 			count = r.opt.BatchSize // a read of 4,096 kept failing while connections kept dying
 			if id == ">" {
@@ -1016,13 +1038,21 @@ func (r *Router) touch(ctx context.Context, list bool) {
 // keep, only those of each round it keeps.
 func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
 	start := "-"
+	size := r.readSize(stream)
 	for ctx.Err() == nil {
-		msgs, next, err := r.claimPending(ctx, stream, idle, start, of)
+		msgs, next, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}
+		var reply redis.Error
+		if err != nil && ctx.Err() == nil && !errors.As(err, &reply) {
+			r.readLost(stream, err)
+		}
 		if err != nil {
 			return err
+		}
+		if len(msgs) > 0 {
+			size.worked()
 		}
 		if keep != nil {
 			msgs = keep(msgs)
@@ -1151,7 +1181,19 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 	for _, g := range groups {
 		if g.Name == r.opt.Group {
 			pending += g.Pending
-			lag += g.Lag
+			l := max(g.Lag, 0) // -1: Redis cannot tell
+			if l > 0 {
+				lost, err := r.deletedUnread(ctx, stream)
+				if err != nil {
+					return pending, lag + l, err
+				}
+				l = max(l-lost, 0)
+			}
+			lag += l
+			if r.delivered == nil {
+				r.delivered = map[string]string{}
+			}
+			r.delivered[stream] = g.LastDeliveredID
 		}
 		low := g.LastDeliveredID
 		if g.Pending > 0 {
@@ -1171,6 +1213,25 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 		}
 	}
 	return pending, lag, nil
+}
+
+// deletedUnread finds the entries of stream deleted before any router read
+// them (a client's XTRIM or XDEL: they are gone, never routed), which
+// Redis goes on counting in the group's lag: it warns, naming the range
+// they were in, counts them, takes them out of the lag and returns how many.
+func (r *Router) deletedUnread(ctx context.Context, stream string) (int64, error) {
+	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group})
+	if err != nil || got.Lost == 0 {
+		return 0, err
+	}
+	r.m.lost.Add(float64(got.Lost))
+	after := r.delivered[stream]
+	if after == "" {
+		after = "its start"
+	}
+	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client): they are lost, not routed",
+		"stream", stream, "entries", got.Lost, "after", after, "up_to", got.Last)
+	return got.Lost, nil
 }
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing

@@ -68,6 +68,9 @@ type conn struct {
 	unread atomic.Int64
 	// refused: the bus refused a subscription of the connection (NOPERM).
 	refused atomic.Bool
+	// broken: the bus answered a command of the connection with another
+	// error (BUSY): the applier replaces it (relink).
+	broken atomic.Bool
 
 	mu sync.Mutex
 	// added are channels subscribed on the running connection (a tenant
@@ -793,20 +796,24 @@ func probeOn(ctx context.Context, ps *redis.PubSub, sharded bool, channels []str
 const relinkAfter = 2 * LinkDeadline
 
 // relink replaces the connections when one has stayed silent past
-// relinkAfter: the applier closes them all and subscribes again (a check
-// follows the confirmation). The applier only.
+// relinkAfter, or the bus answered one with an error (broken): the applier
+// closes them all and subscribes again (a check follows the confirmation).
+// The applier only.
 func (ln *listener) relink(ctx context.Context) {
-	silent := false
+	silent, broken := false, false
 	for _, c := range ln.conns {
 		if time.Since(time.Unix(0, c.heard.Load())) > relinkAfter {
 			silent = true
 		}
+		if c.broken.Load() {
+			broken = true
+		}
 	}
-	if !silent {
+	if !silent && !broken {
 		return
 	}
 	ln.relinks++
-	if time.Since(ln.relinkLogged) >= 30*time.Second {
+	if silent && time.Since(ln.relinkLogged) >= 30*time.Second {
 		ln.relinkLogged = time.Now()
 		ln.s.log.Warn("a pub/sub connection has not answered for "+relinkAfter.String()+"; connecting again", "times", ln.relinks)
 	}
@@ -1068,6 +1075,28 @@ func (s *Subscriber) receive(ctx context.Context, c *conn) {
 				s.log.Info("a channel's slot lives on another master; regrouping", "err", err)
 				s.slotsMoved()
 				sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
+			if redis.HasErrorPrefix(err, "BUSY") {
+				// The bus answered a command of the connection (its PING,
+				// an (un)subscribe) BUSY: another client's long script.
+				// go-redis keeps the connection, subscriptions and all:
+				// nothing was lost, but a refused (un)subscribe leaves its
+				// set other than go-redis's, and no confirmation comes. The
+				// applier replaces the connection (a check follows its
+				// confirmation), no more often than every PingEvery while
+				// the bus keeps refusing. (An error of a connection being
+				// made — WRONGPASS — is go-redis's to retry, below.)
+				c.broken.Store(true)
+				wait, warn := down.failed()
+				if warn {
+					s.log.Warn("the bus refused a command of a pub/sub connection; connecting again", append(down.attrs(), "err", err)...)
+				}
+				sleepCtx(ctx, max(wait, PingEvery))
+				select {
+				case s.relink <- struct{}{}:
+				default:
+				}
 				continue
 			}
 			c.resubscribing(s) // go-redis reconnects and subscribes every channel again

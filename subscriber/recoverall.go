@@ -26,6 +26,10 @@ type pending struct {
 	start recovery.Position
 }
 
+// historiesLostLimit is how many reads in a row of the histories to
+// replay may lose their connection before the replays go whole.
+const historiesLostLimit = 2
+
 // recoverAll carries out the recoveries of one part of a check together:
 // the histories of the replays are read in one pipeline, settled
 // (recovery.Resolve) and their messages staged and applied in pipelines
@@ -48,7 +52,17 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 		}
 	}
 	histories := make(map[int]*redis.XMessageSliceCmd, len(replays))
-	if len(replays) > 0 {
+	unread := false // the histories are not read: replays go whole
+	if len(replays) > 0 && s.historiesLost >= historiesLostLimit {
+		// The bus closed the connection of this read again and again: a
+		// reply above its client-output-buffer-limit normal (a long gap of
+		// large messages) is closed every time. A whole tag closes the gap
+		// as well, and the next replays are read again.
+		s.log.Warn("reading the histories to replay lost its connection again and again (a reply above the bus's client-output-buffer-limit normal?): invalidating their tags whole",
+			"channels", len(replays), "times", s.historiesLost)
+		s.historiesLost = 0
+		unread = true
+	} else if len(replays) > 0 {
 		_, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, i := range replays {
 				d := rs[i].d
@@ -57,8 +71,10 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 			return nil
 		})
 		if err != nil && !isReplyError(err) {
+			s.historiesLost++
 			return fmt.Errorf("reading the histories of %d channels to replay from the bus Redis: %w", len(replays), err)
 		}
+		s.historiesLost = 0
 	}
 	var failed error
 	var wholes []pending // carried out together at the end (wholeTags)
@@ -91,6 +107,9 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 				}
 				continue
 			}
+		}
+		if unread && r.d.Action == recovery.Replay {
+			r.d, _ = s.settle(r.channel, r.start, r.d, nil, nil, false)
 		}
 		if r.d.Action == recovery.WholeTag && !r.first {
 			wholes = append(wholes, r)

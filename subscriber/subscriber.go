@@ -177,6 +177,9 @@ type Subscriber struct {
 	pos     map[string]*position
 	limiter *rate.Limiter        // nil without ApplyRate
 	queued  map[string]*position // channels with coalesced work waiting
+	// historiesLost counts the reads of the histories to replay in a row
+	// whose connection was lost (recoverAll).
+	historiesLost int
 	// unleft holds the channels a matrix took from the service whose
 	// leaving (leave) failed, with their invalidations: each check tries
 	// them again. unrecorded is the interest record to write once none

@@ -1,0 +1,158 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/router"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/wire"
+)
+
+// busyScript keeps the server busy for ARGV[1] milliseconds: past
+// busy-reply-threshold every other client's command is answered BUSY.
+const busyScript = `
+local t = redis.call('TIME')
+local start = t[1] * 1000 + t[2] / 1000
+while true do
+  t = redis.call('TIME')
+  if t[1] * 1000 + t[2] / 1000 - start > tonumber(ARGV[1]) then return 1 end
+end`
+
+// Another client runs long scripts on the bus (busy-reply-threshold 100ms)
+// while events are published, routed and received: every command of the
+// router, the publisher and the subscriber (its pub/sub PING included) is
+// answered BUSY meanwhile. Every event a publisher was told was accepted
+// reaches the subscriber, each published once; a publisher refused is told
+// BUSY; the router and the subscriber are ready again afterwards, without a
+// restart, and nothing is left pending.
+func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"))
+	e.running("acme")
+	must(t, e.busC.ConfigSet(ctx, "busy-reply-threshold", "100").Err())
+	r, _ := e.router(router.Options{})
+	s, _ := e.subscriber("profile-svc", subscriber.Options{})
+
+	const n = 400
+	keys := keyRange("k", 0, n)
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	var (
+		mu       sync.Mutex
+		accepted []string
+		refused  []error
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, k := range keys {
+			_, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{k}})
+			mu.Lock()
+			if err == nil {
+				accepted = append(accepted, k)
+			} else {
+				refused = append(refused, err)
+			}
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond) // a steady stream, across the busy spells
+		}
+	}()
+	busy := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
+	defer busy.Close()
+	for i := 0; i < 3; i++ {
+		must(t, busy.Eval(ctx, busyScript, nil, 1500).Err())
+		time.Sleep(200 * time.Millisecond)
+	}
+	<-done
+
+	mu.Lock()
+	defer mu.Unlock()
+	for _, err := range refused {
+		if !strings.Contains(err.Error(), "BUSY") {
+			t.Errorf("a publish refused during a busy script: %v, want the BUSY refusal", err)
+		}
+	}
+	e.waitAllGone(30*time.Second, fmt.Sprintf("the %d accepted events' keys dropped (%d refused)", len(accepted), len(refused)), "profile-svc", "acme", accepted)
+	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	redistest.Eventually(t, 10*time.Second, "the router ready again", r.Ready)
+	if err := redistest.Wait(ctx, 10*time.Second, "the subscriber ready again", s.Ready); err != nil {
+		t.Errorf("%v: %v", err, s.Problems())
+	}
+	published := map[string]int{}
+	for _, m := range e.history("invalidate:acme:active") {
+		for _, k := range m.Keys {
+			published[k]++
+		}
+	}
+	for _, k := range accepted {
+		if published[k] != 1 {
+			t.Errorf("%s published %d times, want once", k, published[k])
+		}
+	}
+}
+
+// The bus stops answering for 4 s at a time (DEBUG SLEEP: longer than
+// go-redis's 3 s read timeout) while events are published, routed and
+// received: calls time out, among them publish scripts that the bus runs
+// once it wakes. Every event a publisher was told was accepted reaches
+// the subscriber, each published once (a retried script finds its event
+// ids and sends nothing again); the router and the subscriber are ready
+// again afterwards, and nothing is left pending.
+func TestAttack8BusDebugSleepLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvBus(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"), "--enable-debug-command", "yes")
+	e.running("acme")
+	r, _ := e.router(router.Options{})
+	s, _ := e.subscriber("profile-svc", subscriber.Options{})
+
+	const n = 300
+	keys := keyRange("k", 0, n)
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	var accepted []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, k := range keys {
+			if _, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{k}}); err == nil {
+				accepted = append(accepted, k)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	sleeper := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
+	defer sleeper.Close()
+	for i := 0; i < 2; i++ {
+		must(t, sleeper.Do(ctx, "DEBUG", "SLEEP", "4").Err())
+		time.Sleep(300 * time.Millisecond)
+	}
+	<-done
+
+	e.waitAllGone(30*time.Second, fmt.Sprintf("the %d accepted events' keys dropped", len(accepted)), "profile-svc", "acme", accepted)
+	redistest.Eventually(t, 15*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
+	redistest.Eventually(t, 10*time.Second, "the router ready again", r.Ready)
+	if err := redistest.Wait(ctx, 15*time.Second, "the subscriber ready again", s.Ready); err != nil {
+		t.Errorf("%v: %v", err, s.Problems())
+	}
+	published := map[string]int{}
+	for _, m := range e.history("invalidate:acme:active") {
+		for _, k := range m.Keys {
+			published[k]++
+		}
+	}
+	for _, k := range keys {
+		if published[k] > 1 {
+			t.Errorf("%s published %d times, want once", k, published[k])
+		}
+	}
+}

@@ -4,16 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
-	"github.com/routerd/routerd/wire"
 )
 
 // busyScript keeps the server busy for ARGV[1] milliseconds: past
@@ -46,58 +43,20 @@ func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
 	for _, k := range keys {
 		e.seed("profile-svc", "acme", k, "active")
 	}
-	var (
-		mu       sync.Mutex
-		accepted []string
-		refused  []error
-	)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for _, k := range keys {
-			_, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{k}})
-			mu.Lock()
-			if err == nil {
-				accepted = append(accepted, k)
-			} else {
-				refused = append(refused, err)
-			}
-			mu.Unlock()
-			time.Sleep(5 * time.Millisecond) // a steady stream, across the busy spells
-		}
-	}()
+	wait := e.publishSteadily(keys, 5*time.Millisecond)
 	busy := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
 	defer busy.Close()
 	for i := 0; i < 3; i++ {
 		must(t, busy.Eval(ctx, busyScript, nil, 1500).Err())
 		time.Sleep(200 * time.Millisecond)
 	}
-	<-done
-
-	mu.Lock()
-	defer mu.Unlock()
+	accepted, refused := wait()
 	for _, err := range refused {
 		if !strings.Contains(err.Error(), "BUSY") {
 			t.Errorf("a publish refused during a busy script: %v, want the BUSY refusal", err)
 		}
 	}
-	e.waitAllGone(30*time.Second, fmt.Sprintf("the %d accepted events' keys dropped (%d refused)", len(accepted), len(refused)), "profile-svc", "acme", accepted)
-	redistest.Eventually(t, 10*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
-	redistest.Eventually(t, 10*time.Second, "the router ready again", r.Ready)
-	if err := redistest.Wait(ctx, 10*time.Second, "the subscriber ready again", s.Ready); err != nil {
-		t.Errorf("%v: %v", err, s.Problems())
-	}
-	published := map[string]int{}
-	for _, m := range e.history("invalidate:acme:active") {
-		for _, k := range m.Keys {
-			published[k]++
-		}
-	}
-	for _, k := range accepted {
-		if published[k] != 1 {
-			t.Errorf("%s published %d times, want once", k, published[k])
-		}
-	}
+	e.settled(r, s, "invalidate:acme:active", accepted, keys, fmt.Sprintf("%d refused", len(refused)))
 }
 
 // The bus stops answering for 4 s at a time (DEBUG SLEEP: longer than
@@ -119,40 +78,13 @@ func TestAttack8BusDebugSleepLosesNothing(t *testing.T) {
 	for _, k := range keys {
 		e.seed("profile-svc", "acme", k, "active")
 	}
-	var accepted []string
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for _, k := range keys {
-			if _, err := e.pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{k}}); err == nil {
-				accepted = append(accepted, k)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	wait := e.publishSteadily(keys, 10*time.Millisecond)
 	sleeper := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
 	defer sleeper.Close()
 	for i := 0; i < 2; i++ {
 		must(t, sleeper.Do(ctx, "DEBUG", "SLEEP", "4").Err())
 		time.Sleep(300 * time.Millisecond)
 	}
-	<-done
-
-	e.waitAllGone(30*time.Second, fmt.Sprintf("the %d accepted events' keys dropped", len(accepted)), "profile-svc", "acme", accepted)
-	redistest.Eventually(t, 15*time.Second, "nothing pending", func() bool { return e.pending() == 0 })
-	redistest.Eventually(t, 10*time.Second, "the router ready again", r.Ready)
-	if err := redistest.Wait(ctx, 15*time.Second, "the subscriber ready again", s.Ready); err != nil {
-		t.Errorf("%v: %v", err, s.Problems())
-	}
-	published := map[string]int{}
-	for _, m := range e.history("invalidate:acme:active") {
-		for _, k := range m.Keys {
-			published[k]++
-		}
-	}
-	for _, k := range keys {
-		if published[k] > 1 {
-			t.Errorf("%s published %d times, want once", k, published[k])
-		}
-	}
+	accepted, _ := wait()
+	e.settled(r, s, "invalidate:acme:active", accepted, keys, "two sleeps of 4 s")
 }

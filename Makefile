@@ -64,8 +64,9 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	cd graphql && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
-	@if command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml: valid"; \
-	  else echo "docker-compose not installed: docker-compose.yml not checked"; fi
+	@if docker compose version >/dev/null 2>&1; then docker compose config -q && echo "docker-compose.yml: valid (docker compose)"; \
+	  elif command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml: valid (docker-compose)"; \
+	  else echo "neither docker compose nor docker-compose installed: docker-compose.yml not checked"; fi
 
 # ROUTERD_TEST_REQUIRE_PYTHON: the Python example's test fails rather than
 # skips when no Python with redis-py is found (python3-redis installs it).

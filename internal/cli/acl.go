@@ -8,7 +8,7 @@ import (
 	"github.com/routerd/routerd/internal/acl"
 )
 
-const aclArgs = "--matrix F --role router|publisher|subscriber|cache --user NAME [--service S] [--publisher P] [--format setuser|aclfile]"
+const aclArgs = "--matrix F --role router|publisher|subscriber|cache --user NAME [--service S] [--publisher P] [--durable] [--format setuser|aclfile]"
 
 // aclCmd prints the least-privilege ACL of one role, derived from the matrix.
 func aclCmd(_ context.Context, env *Env, args []string) error {

@@ -161,7 +161,7 @@ func route(_ context.Context, env *Env, args []string) error {
 
 const routeUsage = "--matrix F --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--json]"
 
-const publishUsage = "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--publisher P] [--matrix F]"
+const publishUsage = "--redis URL --tenant T --domain D [--entity E] [--keys a,b] [--whole-tag] [--id ID] [--durable] [--publisher P] [--matrix F]"
 
 func publish(ctx context.Context, env *Env, args []string) error {
 	f := newFlags(env, "publish", publishUsage)

@@ -52,6 +52,11 @@ type Coordinator struct {
 	mu          sync.Mutex
 	current     *matrix.Matrix
 	subscribers []func(*matrix.Matrix) error
+	// read is the hex SHA-256 of the file as the last reload read it,
+	// taken or refused ("" when it could not be read): the watch reloads
+	// when the file differs from it, so a file a signal's reload read
+	// half-written, then written whole again, is read once more.
+	read string
 
 	success prometheus.Gauge
 	when    prometheus.Gauge
@@ -74,7 +79,7 @@ func New(path string, current *matrix.Matrix, opt Options) *Coordinator {
 	}
 	f := promauto.With(opt.Registerer)
 	c := &Coordinator{
-		path: path, log: log, current: current,
+		path: path, log: log, current: current, read: current.Hash,
 		success: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_successful",
 			Help: "Whether the last matrix reload succeeded (1) or was refused (0)."}),
 		when: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_success_timestamp_seconds",
@@ -112,7 +117,13 @@ func (c *Coordinator) Matrix() *matrix.Matrix {
 func (c *Coordinator) Reload() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m, err := matrix.Load(c.path)
+	data, err := os.ReadFile(c.path)
+	c.read = ""
+	var m *matrix.Matrix
+	if err == nil {
+		c.read = sum(data)
+		m, err = matrix.Parse(c.path, data)
+	}
 	for i := 0; err == nil && i < len(c.subscribers); i++ {
 		err = c.subscribers[i](m)
 	}
@@ -166,17 +177,28 @@ func (c *Coordinator) fileSum() string {
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return sum(data)
 }
 
-// watch reloads when the file's content differs from what was last seen,
-// looking after fsnotify events or, failing a watch, every poll.
+func sum(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+// lastRead is the file's hex SHA-256 as the last reload read it.
+func (c *Coordinator) lastRead() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.read
+}
+
+// watch reloads when the file's content differs from what the last reload
+// read (whichever started it: a signal's may have read the file
+// half-written), looking after fsnotify events or, failing a watch, every
+// poll.
 func (c *Coordinator) watch(ctx context.Context, poll time.Duration) {
-	seen := c.Matrix().Hash
 	check := func() {
-		if sum := c.fileSum(); sum != "" && sum != seen {
-			seen = sum
+		if sum := c.fileSum(); sum != "" && sum != c.lastRead() {
 			_ = c.Reload()
 		}
 	}

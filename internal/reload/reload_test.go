@@ -308,3 +308,44 @@ func TestNamespace(t *testing.T) {
 		t.Errorf("subscriber_matrix_info = %v", info)
 	}
 }
+
+// A SIGHUP (or POST /-/reload) that reads the file half-written is refused;
+// the file then written whole again as the matrix in force must not leave
+// last_reload_successful at 0: the file on disk is good and in force, and
+// an alert on the metric would page for nothing until the next change.
+func TestAttack9HalfWrittenFileAtSignalThenRestored(t *testing.T) {
+	for _, mode := range []string{"watch", "poll"} {
+		t.Run(mode, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			path, c, applied := start(t, Options{Registerer: reg})
+			if mode == "poll" {
+				c.watchFile = func() (*fsnotify.Watcher, error) { return nil, errors.New("no inotify here") }
+			}
+			good, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The deploy tool truncates the file and writes it again; the
+			// signal's reload reads it in between.
+			if err := os.WriteFile(path, good[:len(good)-12], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Reload(); err == nil {
+				t.Fatal("a half-written file was taken")
+			}
+			if err := os.WriteFile(path, good, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { c.Run(ctx, nil, 10*time.Millisecond); close(done) }()
+			defer func() { cancel(); <-done }()
+			redistest.Eventually(t, 10*time.Second, "last_reload_successful back to 1 for the good file", func() bool {
+				return gauge(t, reg, "routerd_matrix_last_reload_successful")[""] == 1
+			})
+			if applied() != hashOf(t, good) {
+				t.Errorf("in force %.8s, want the good file", applied())
+			}
+		})
+	}
+}

@@ -45,13 +45,15 @@ type agentOut struct {
 	// without --deliver on a cache Redis ("" when it is not there).
 	plain   atomic.Pointer[string]
 	plainID string
+	// plainFailing: the last announce failed.
+	plainFailing atomic.Bool
 
 	invalidations, keys, wholeTags, recovered atomic.Int64
 	total                                     atomic.Int64
 }
 
 func newAgentOut(target string, env *Env, cache redis.UniversalClient, service string, log *slog.Logger, reg prometheus.Registerer) (*agentOut, error) {
-	a := &agentOut{cache: cache, service: service, log: log}
+	a := &agentOut{cache: cache, service: service, log: log, plainID: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64())}
 	if target == "" {
 		return a, nil
 	}
@@ -161,7 +163,8 @@ func (a *agentOut) stopped() {
 }
 
 // plainFor is how long a member of names.DeliveryPlainKey counts after it
-// is written; plainEvery how often a running agent writes it afresh.
+// is written; plainEvery how often a running agent writes it afresh (every
+// second while writing it fails).
 const (
 	plainFor   = 30 * time.Second
 	plainEvery = 10 * time.Second
@@ -169,16 +172,17 @@ const (
 
 // announce writes (or renews) this agent's member of
 // names.DeliveryPlainKey: an agent without --deliver applying to the cache.
+// A failure is warned of at the first of a streak.
 func (a *agentOut) announce(ctx context.Context) {
-	if a.plainID == "" {
-		a.plainID = fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64())
-	}
 	m := fmt.Sprintf("%s@%d", a.plainID, time.Now().Add(plainFor).Unix())
 	key := names.DeliveryPlainKey(a.service)
 	if err := a.cache.SAdd(ctx, key, m).Err(); err != nil {
-		a.log.Warn("could not record in the cache Redis that an agent without --deliver applies to it: an agent with --deliver on it may skip what this one applied (grant the key: routerd acl --role cache)", "key", key, "err", err)
+		if !a.plainFailing.Swap(true) && ctx.Err() == nil {
+			a.log.Warn("could not record in the cache Redis that an agent without --deliver applies to it: an agent with --deliver on it may skip what this one applies (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
+		}
 		return
 	}
+	a.plainFailing.Store(false)
 	if old := a.plain.Swap(&m); old != nil {
 		a.cache.SRem(ctx, key, *old)
 	}
@@ -189,15 +193,16 @@ func (a *agentOut) renew(ctx context.Context) {
 	if a.d != nil || a.cache == nil {
 		return
 	}
-	t := time.NewTicker(plainEvery)
-	defer t.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.announce(ctx)
+		wait := plainEvery
+		if a.plainFailing.Load() {
+			wait = time.Second
 		}
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
+			return
+		}
+		a.announce(ctx)
 	}
 }
 

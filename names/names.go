@@ -282,6 +282,14 @@ func BatchMarkKey(tenant, service, tag string) string {
 // first: the cache's positions may be ahead of what the process was given.
 func DeliveryKey(service string) string { return "routerd:delivery:" + service }
 
+// DeliveryPlainKey is the set, in a service's cache Redis, of the agents
+// without --deliver that apply to it, each member "<id>@<unix seconds it
+// expires>", renewed while the agent runs: such an agent moves the cache's
+// positions without telling the process, so an agent with --deliver that
+// stops while one is there leaves no clean mark (DeliveryKey), and one that
+// starts while one is there delivers a reset although it found the mark.
+func DeliveryPlainKey(service string) string { return "routerd:delivery-plain:" + service }
+
 // TenantBudgetKey is the hash, on the bus, of a tenant's shared token
 // bucket (the matrix's budgets.tenant), which every router draws on.
 func TenantBudgetKey(prefix, tenant string) string { return prefix + ":budget:tenant:" + tenant }

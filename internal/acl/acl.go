@@ -312,7 +312,7 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	// them), the bus generation its last check saw, the tags and tenants
 	// it last ran with and the channels whose leaving failed.
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
-		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.InterestKey(spec.Service), "~"+names.LeavingKey(spec.Service))
+		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.DeliveryPlainKey(spec.Service), "~"+names.InterestKey(spec.Service), "~"+names.LeavingKey(spec.Service))
 	return r, nil
 }
 

@@ -72,11 +72,11 @@ func TestRoles(t *testing.T) {
 			"+hmget +xrange +ping +get +info +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
-		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:interest:search ~routerd:leaving:search", 0},
-		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web ~routerd:interest:web ~routerd:leaving:web", 0},
+		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search", 0},
+		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web ~routerd:delivery-plain:web ~routerd:interest:web ~routerd:leaving:web", 0},
 		{"cache with a key template", Spec{Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"}, cacheCmds +
 			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:ref:* ~{tenant:acme}:lease:* ~{tenant:acme}:pos:search:*" +
-			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:lease:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:interest:search ~routerd:leaving:search", 0},
+			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:lease:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(m, tc.spec)

@@ -7,6 +7,7 @@
 package reload
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -52,6 +53,11 @@ type Coordinator struct {
 	mu          sync.Mutex
 	current     *matrix.Matrix
 	subscribers []func(*matrix.Matrix) error
+	// read is the hex SHA-256 of the file as the last reload read it,
+	// taken or refused ("" when it could not be read): the watch reloads
+	// when the file differs from it, so a file a signal's reload read
+	// half-written, then written whole again, is read once more.
+	read string
 
 	success prometheus.Gauge
 	when    prometheus.Gauge
@@ -59,6 +65,10 @@ type Coordinator struct {
 
 	// watchFile sets up the watch; tests make it fail to reach the polling.
 	watchFile func() (*fsnotify.Watcher, error)
+	// readFile reads the file (os.ReadFile; tests write it meanwhile), and
+	// stable is how far apart readStable's reads are (settle).
+	readFile func(string) ([]byte, error)
+	stable   time.Duration
 }
 
 // New returns the coordinator of the file at path, whose matrix current the
@@ -74,7 +84,7 @@ func New(path string, current *matrix.Matrix, opt Options) *Coordinator {
 	}
 	f := promauto.With(opt.Registerer)
 	c := &Coordinator{
-		path: path, log: log, current: current,
+		path: path, log: log, current: current, read: current.Hash,
 		success: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_successful",
 			Help: "Whether the last matrix reload succeeded (1) or was refused (0)."}),
 		when: f.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "matrix_last_reload_success_timestamp_seconds",
@@ -83,6 +93,7 @@ func New(path string, current *matrix.Matrix, opt Options) *Coordinator {
 			Help: "The matrix in force, by the SHA-256 of its file."}, []string{"sha256"}),
 	}
 	c.watchFile = c.newWatcher
+	c.readFile, c.stable = os.ReadFile, settle
 	c.success.Set(1)
 	c.when.SetToCurrentTime()
 	c.info.WithLabelValues(current.Hash).Set(1)
@@ -105,14 +116,20 @@ func (c *Coordinator) Matrix() *matrix.Matrix {
 	return c.current
 }
 
-// Reload reads and validates the file and hands the matrix to every
-// subscriber. On failure it logs every error, sets last_reload_successful to
+// Reload reads the file until it stops changing (readStable), validates it
+// and hands the matrix to every subscriber. On failure it logs every error, sets last_reload_successful to
 // 0 and returns the error (matrix.Errors for a file that breaks a rule); the
 // matrix in force stays. Concurrent calls run one after the other.
 func (c *Coordinator) Reload() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m, err := matrix.Load(c.path)
+	data, err := c.readStable()
+	c.read = ""
+	var m *matrix.Matrix
+	if err == nil {
+		c.read = sum(data)
+		m, err = matrix.Parse(c.path, data)
+	}
 	for i := 0; err == nil && i < len(c.subscribers); i++ {
 		err = c.subscribers[i](m)
 	}
@@ -166,17 +183,28 @@ func (c *Coordinator) fileSum() string {
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
+	return sum(data)
 }
 
-// watch reloads when the file's content differs from what was last seen,
-// looking after fsnotify events or, failing a watch, every poll.
+func sum(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+// lastRead is the file's hex SHA-256 as the last reload read it.
+func (c *Coordinator) lastRead() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.read
+}
+
+// watch reloads when the file's content differs from what the last reload
+// read (whichever started it: a signal's may have read the file
+// half-written), looking after fsnotify events or, failing a watch, every
+// poll.
 func (c *Coordinator) watch(ctx context.Context, poll time.Duration) {
-	seen := c.Matrix().Hash
 	check := func() {
-		if sum := c.fileSum(); sum != "" && sum != seen {
-			seen = sum
+		if sum := c.fileSum(); sum != "" && sum != c.lastRead() {
 			_ = c.Reload()
 		}
 	}
@@ -244,4 +272,32 @@ func (c *Coordinator) newWatcher() (*fsnotify.Watcher, error) {
 		}
 	}
 	return w, nil
+}
+
+// stableRounds bounds how many times readStable reads a file that keeps
+// changing (stableRounds × settle apart) before the reload is refused.
+const stableRounds = 50
+
+// readStable reads the file until two reads settle apart agree: a file
+// being written in place (truncated, then written) can be read cut at a
+// line and still parse — a tenant, a tag or a service short — and a
+// matrix short of a route, while in force, sends events to fewer channels
+// with nothing to bring them back.
+func (c *Coordinator) readStable() ([]byte, error) {
+	data, err := c.readFile(c.path)
+	for range stableRounds {
+		if err != nil {
+			return nil, err
+		}
+		time.Sleep(c.stable)
+		var again []byte
+		if again, err = c.readFile(c.path); err == nil && bytes.Equal(again, data) {
+			return data, nil
+		}
+		data = again
+	}
+	if err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("%s kept changing for %v: not read", c.path, stableRounds*c.stable)
 }

@@ -105,6 +105,7 @@ func start(t *testing.T, opt Options) (path string, c *Coordinator, applied func
 func TestConcurrentReloadsEndOnNewestFile(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	path, c, applied := start(t, Options{Registerer: reg})
+	c.stable = time.Millisecond // eight reloads queue behind each other
 	for round := range 20 {
 		var stop atomic.Bool
 		var wg sync.WaitGroup
@@ -306,5 +307,88 @@ func TestNamespace(t *testing.T) {
 	}
 	if info := gauge(t, reg, "subscriber_matrix_info"); info[c.Matrix().Hash] != 1 {
 		t.Errorf("subscriber_matrix_info = %v", info)
+	}
+}
+
+// A SIGHUP (or POST /-/reload) that reads the file half-written is refused;
+// the file then written whole again as the matrix in force must not leave
+// last_reload_successful at 0: the file on disk is good and in force, and
+// an alert on the metric would page for nothing until the next change.
+func TestAttack9HalfWrittenFileAtSignalThenRestored(t *testing.T) {
+	for _, mode := range []string{"watch", "poll"} {
+		t.Run(mode, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			path, c, applied := start(t, Options{Registerer: reg})
+			if mode == "poll" {
+				c.watchFile = func() (*fsnotify.Watcher, error) { return nil, errors.New("no inotify here") }
+			}
+			good, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The deploy tool truncates the file and writes it again; the
+			// signal's reload reads it in between.
+			if err := os.WriteFile(path, good[:len(good)-12], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Reload(); err == nil {
+				t.Fatal("a half-written file was taken")
+			}
+			if err := os.WriteFile(path, good, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { c.Run(ctx, nil, 10*time.Millisecond); close(done) }()
+			defer func() { cancel(); <-done }()
+			redistest.Eventually(t, 10*time.Second, "last_reload_successful back to 1 for the good file", func() bool {
+				return gauge(t, reg, "routerd_matrix_last_reload_successful")[""] == 1
+			})
+			if applied() != hashOf(t, good) {
+				t.Errorf("in force %.8s, want the good file", applied())
+			}
+		})
+	}
+}
+
+// A SIGHUP while a deploy tool writes the file in place (truncate, then
+// write) may read it cut at a line that still parses: here, a domain's
+// second tag not written yet. That matrix must never be taken: while it
+// was in force the domain's events would skip the tag's channel, and no
+// re-drive brings them back (the domain is known). The reload reads the
+// file until it stops changing.
+func TestAttack9SignalDuringAnInPlaceWrite(t *testing.T) {
+	full := []byte("version: 1\ntags:\n  t: {services: [s]}\n  u: {services: [s]}\nservices:\n  s: {tenants: all}\ndomains:\n  d:\n    tags:\n      - t\n      - u\n")
+	cut := full[:len(full)-len("      - u\n")]
+	path, c, _ := start(t, Options{})
+	var mu sync.Mutex
+	var given []string
+	c.Subscribe(func(m *matrix.Matrix) error {
+		mu.Lock()
+		defer mu.Unlock()
+		given = append(given, fmt.Sprint(m.Domains["d"].Tags))
+		return nil
+	})
+	if err := os.WriteFile(path, cut, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The writer finishes just after the reload's first read.
+	var once sync.Once
+	c.readFile = func(name string) ([]byte, error) {
+		data, err := os.ReadFile(name)
+		once.Do(func() {
+			if err := os.WriteFile(path, full, 0o644); err != nil {
+				t.Error(err)
+			}
+		})
+		return data, err
+	}
+	if err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(given) != 1 || given[0] != "[t u]" {
+		t.Errorf("the subscribers were given the domain's tags %v, want [t u] alone: a half-written file was taken", given)
 	}
 }

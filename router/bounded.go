@@ -255,7 +255,10 @@ func (z *readSize) scale(n int) int {
 
 // onceOnly is a client on c's server or cluster that does not retry a
 // command whose connection failed (MaxRetries -1); c itself when it is of
-// another kind. Close it apart from c.
+// another kind. Close it apart from c. A cluster client retries such a
+// command itself, as it follows a MOVED or ASK, up to MaxRedirects times
+// whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
+// claim refused with MOVED has the slot map read again for the next one.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 	switch c := c.(type) {
 	case *redis.Client:
@@ -264,7 +267,7 @@ func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 		return redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
-		o.MaxRetries = -1
+		o.MaxRetries, o.MaxRedirects = -1, -1
 		return redis.NewClusterClient(&o)
 	}
 	return nopClose{c}

@@ -226,6 +226,22 @@ func (r *Router) readLost(stream string, err error) {
 	}
 }
 
+// lostAfterSent reports whether err, a read's or claim's, may be its
+// connection closed after the command was sent (readLost): not an error
+// reply, nor a connection that could not be made or taken from the pool
+// (nothing was sent, and no reply was too large).
+func lostAfterSent(err error) bool {
+	var reply redis.Error
+	var op *net.OpError
+	switch {
+	case err == nil, errors.As(err, &reply), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted):
+		return false
+	case errors.As(err, &op) && op.Op == "dial":
+		return false
+	}
+	return true
+}
+
 // worked is told that a read or claim of the stream brought entries.
 func (z *readSize) worked() {
 	if z == nil {

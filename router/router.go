@@ -620,8 +620,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			continue
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
-			var reply redis.Error
-			if id != ">" && !errors.As(err, &reply) {
+			if id != ">" && lostAfterSent(err) {
 				r.readLost(stream, err) // a claim of our pending entries lost its connection
 			}
 			sleep(ctx, 500*time.Millisecond)
@@ -1048,8 +1047,7 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}
-		var reply redis.Error
-		if err != nil && ctx.Err() == nil && !errors.As(err, &reply) {
+		if ctx.Err() == nil && lostAfterSent(err) {
 			r.readLost(stream, err)
 		}
 		if err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redisconn"
 )
 
 // New entries are read with a plain XREADGROUP, bounded on the way in.
@@ -232,14 +234,7 @@ func (r *Router) readLost(stream string, err error) {
 // (nothing was sent, and no reply was too large).
 func lostAfterSent(err error) bool {
 	var reply redis.Error
-	var op *net.OpError
-	switch {
-	case err == nil, errors.As(err, &reply), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted):
-		return false
-	case errors.As(err, &op) && op.Op == "dial":
-		return false
-	}
-	return true
+	return err != nil && !errors.As(err, &reply) && !redisconn.Unsent(err)
 }
 
 // worked is told that a read or claim of the stream brought entries.

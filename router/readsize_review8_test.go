@@ -46,8 +46,10 @@ func TestReview8AShrunkReadTakesAQuarterNotLessAndLess(t *testing.T) {
 	redistest.Eventually(t, 30*time.Second, "the backlog routed, nothing pending", drained(c, stream, backlog))
 	// 64, 128, 256, 512, 1,024, 1,024, 1,024 and the last 64: 8 reads
 	// (the 8 that brought entries take the stream back to whole).
-	if n := xreadgroupCalls(t, c) - before; n > 12 {
-		t.Errorf("%d reads (XREADGROUP) for a backlog of %d at a quarter of the size, want at most 12", n, backlog)
+	// The others: reads of the idle streams (the other partition, the
+	// re-drive stream) and the one that waits for more, 3 to 6 of them.
+	if n := xreadgroupCalls(t, c) - before; n > 16 {
+		t.Errorf("%d reads (XREADGROUP) for a backlog of %d at a quarter of the size, want at most 16", n, backlog)
 	}
 	// The reads blocked on idle streams end when their connections do.
 	stopped := make(chan struct{})

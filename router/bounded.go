@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/routerd/routerd/internal/redisconn"
 )
 
 // New entries are read with a plain XREADGROUP, bounded on the way in.
@@ -226,6 +228,15 @@ func (r *Router) readLost(stream string, err error) {
 	}
 }
 
+// lostAfterSent reports whether err, a read's or claim's, may be its
+// connection closed after the command was sent (readLost): not an error
+// reply, nor a connection that could not be made or taken from the pool
+// (nothing was sent, and no reply was too large).
+func lostAfterSent(err error) bool {
+	var reply redis.Error
+	return err != nil && !errors.As(err, &reply) && !redisconn.Unsent(err)
+}
+
 // worked is told that a read or claim of the stream brought entries.
 func (z *readSize) worked() {
 	if z == nil {
@@ -255,7 +266,10 @@ func (z *readSize) scale(n int) int {
 
 // onceOnly is a client on c's server or cluster that does not retry a
 // command whose connection failed (MaxRetries -1); c itself when it is of
-// another kind. Close it apart from c.
+// another kind. Close it apart from c. A cluster client retries such a
+// command itself, as it follows a MOVED or ASK, up to MaxRedirects times
+// whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
+// claim refused with MOVED has the slot map read again for the next one.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 	switch c := c.(type) {
 	case *redis.Client:
@@ -264,7 +278,7 @@ func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 		return redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
-		o.MaxRetries = -1
+		o.MaxRetries, o.MaxRedirects = -1, -1
 		return redis.NewClusterClient(&o)
 	}
 	return nopClose{c}

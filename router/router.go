@@ -569,12 +569,16 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 		}
 		var msgs []redis.XMessage
 		var err error
+		asked := count // what this read takes: count, bounded (bound)
 		readAt := time.Now()
 		reading := r.health.begin(&call{reason: ReasonReadsFailing, stream: stream}, block)
 		if id == ">" {
 			var pending bool
-			count = reader.bound(count)
-			msgs, pending, err = r.readNew(ctx, reader, count, block)
+			// count is what the loop wants, asked what the stream's
+			// reads take now: bounding count itself would shrink every
+			// read of a backlog again, down to one entry.
+			asked = reader.bound(count)
+			msgs, pending, err = r.readNew(ctx, reader, asked, block)
 			if pending {
 				// A cut reply or a failed connection: what it delivered is
 				// read from the pending list, and reads start small again.
@@ -616,8 +620,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			continue
 		case err != nil:
 			r.log.Error("reading ingress", "stream", stream, "err", err)
-			var reply redis.Error
-			if id != ">" && !errors.As(err, &reply) {
+			if id != ">" && lostAfterSent(err) {
 				r.readLost(stream, err) // a claim of our pending entries lost its connection
 			}
 			sleep(ctx, 500*time.Millisecond)
@@ -647,8 +650,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// A read of pending entries asks for BatchSize of them.
 			full = len(msgs) >= r.opt.BatchSize
 		} else {
-			full = len(msgs) >= count
-			count = nextCount(count, len(msgs), r.opt.BatchSize)
+			full = len(msgs) >= asked
+			count = nextCount(count, full, r.opt.BatchSize)
 		}
 		inHand := r.hand.take(stream, readAt)
 		if full {
@@ -691,11 +694,11 @@ type read struct {
 // BatchSize.
 const maxReadBatches = 16
 
-// nextCount is how many entries the read after one of count that brought
-// got asks for: a read that came back full doubles the next one, up to
-// maxReadBatches × batchSize; a short one goes back to batchSize.
-func nextCount(count, got, batchSize int) int {
-	if got >= count {
+// nextCount is how many entries the read after one of count wants: a read
+// that came back full doubles the next one, up to maxReadBatches ×
+// batchSize; a short one goes back to batchSize.
+func nextCount(count int, full bool, batchSize int) int {
+	if full {
 		return min(2*count, maxReadBatches*batchSize)
 	}
 	return batchSize
@@ -1044,8 +1047,7 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}
-		var reply redis.Error
-		if err != nil && ctx.Err() == nil && !errors.As(err, &reply) {
+		if ctx.Err() == nil && lostAfterSent(err) {
 			r.readLost(stream, err)
 		}
 		if err != nil {

@@ -10,7 +10,7 @@ import (
 func TestReadsFollowTheBacklog(t *testing.T) {
 	count, seen := 256, []int{256}
 	for range 8 {
-		count = nextCount(count, count, 256) // full
+		count = nextCount(count, true, 256)
 		seen = append(seen, count)
 	}
 	want := []int{256, 512, 1024, 2048, 4096, 4096, 4096, 4096, 4096}
@@ -19,7 +19,7 @@ func TestReadsFollowTheBacklog(t *testing.T) {
 			t.Fatalf("reads asked for %v while full, want %v", seen, want)
 		}
 	}
-	if got := nextCount(4096, 4095, 256); got != 256 {
+	if got := nextCount(4096, false, 256); got != 256 {
 		t.Errorf("after a short read of 4,095: %d, want 256", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/recovery"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/wire"
 )
@@ -27,7 +28,8 @@ type pending struct {
 }
 
 // historiesLostLimit is how many reads in a row of the histories to
-// replay may lose their connection before the replays go whole.
+// replay may lose their connection before each is read alone, and those
+// that lose it again go whole.
 const historiesLostLimit = 2
 
 // recoverAll carries out the recoveries of one part of a check together:
@@ -52,21 +54,38 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 		}
 	}
 	histories := make(map[int]*redis.XMessageSliceCmd, len(replays))
-	unread := false // the histories are not read: replays go whole
+	read := func(c redis.Cmdable, i int) *redis.XMessageSliceCmd {
+		d := rs[i].d
+		return c.XRange(ctx, names.HistoryKey(rs[i].channel), strconv.FormatInt(d.From, 10)+"-0", strconv.FormatInt(d.To.Version, 10)+"-0")
+	}
+	unread := map[int]bool{} // replays whose history the bus closed: they go whole
 	if len(replays) > 0 && s.historiesLost >= historiesLostLimit {
 		// The bus closed the connection of this read again and again: a
 		// reply above its client-output-buffer-limit normal (a long gap of
-		// large messages) is closed every time. A whole tag closes the gap
-		// as well, and the next replays are read again.
-		s.log.Warn("reading the histories to replay lost its connection again and again (a reply above the bus's client-output-buffer-limit normal?): invalidating their tags whole",
-			"channels", len(replays), "times", s.historiesLost)
+		// large messages) is closed every time. Each history is read
+		// alone: one closed again goes whole (a whole tag closes the gap
+		// as well), the others are replayed, and the next replays are
+		// read together again.
 		s.historiesLost = 0
-		unread = true
+		for _, i := range replays {
+			h := read(s.bus, i)
+			switch err := h.Err(); {
+			case err == nil || isReplyError(err):
+				histories[i] = h
+			case ctx.Err() != nil || redisconn.Unsent(err):
+				return fmt.Errorf("reading the history of %s to replay from the bus Redis: %w", rs[i].channel, err)
+			default:
+				unread[i] = true
+			}
+		}
+		if len(unread) > 0 {
+			s.log.Warn("reading the histories to replay lost its connection again and again (a reply above the bus's client-output-buffer-limit normal?): invalidating whole the tags whose history alone lost it",
+				"channels", len(unread), "of", len(replays))
+		}
 	} else if len(replays) > 0 {
 		_, err := s.bus.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for _, i := range replays {
-				d := rs[i].d
-				histories[i] = pipe.XRange(ctx, names.HistoryKey(rs[i].channel), strconv.FormatInt(d.From, 10)+"-0", strconv.FormatInt(d.To.Version, 10)+"-0")
+				histories[i] = read(pipe, i)
 			}
 			return nil
 		})
@@ -108,7 +127,7 @@ func (s *Subscriber) recoverAll(ctx context.Context, rs []pending) error {
 				continue
 			}
 		}
-		if unread && r.d.Action == recovery.Replay {
+		if unread[i] && r.d.Action == recovery.Replay {
 			r.d, _ = s.settle(r.channel, r.start, r.d, nil, nil, false)
 		}
 		if r.d.Action == recovery.WholeTag && !r.first {

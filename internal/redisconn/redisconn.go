@@ -347,6 +347,16 @@ func (kp *keyPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	return &c, nil
 }
 
+// Unsent reports whether err, a command's, says the command was never sent:
+// its connection could not be made (dial) or taken from the pool. Any
+// other failure of the connection may have come after Redis ran it, or
+// closed it for its reply (client-output-buffer-limit normal).
+func Unsent(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) ||
+		errors.As(err, &op) && op.Op == "dial"
+}
+
 // passwordFile reads a password file again for each new connection, so that
 // a rotated secret is taken up without a restart, and keeps the last good
 // password while the file is momentarily unreadable or empty (in the middle

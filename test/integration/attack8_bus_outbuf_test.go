@@ -60,12 +60,19 @@ func TestAttack8BusPubSubOutputBufferLimitRecovered(t *testing.T) {
 		gate = make(chan struct{})
 		mu.Unlock()
 		// 40 events of 25 keys of 400 bytes: 10 KB a message, 400 KB in
-		// all, while the subscriber reads at most two.
+		// all, while the subscriber reads at most two. The first has 250:
+		// a message of 100 KB, above the hard limit on its own, so that
+		// the bus closes the subscriber whatever the kernel's socket
+		// buffers take in (a loaded machine's could hold the rest).
 		var keys []string
 		var events []wire.Event
 		for i := 0; i < 40; i++ {
 			ev := wire.Event{Tenant: "acme", Domain: "user"}
-			for j := 0; j < 25; j++ {
+			n := 25
+			if i == 0 {
+				n = 250
+			}
+			for j := 0; j < n; j++ {
 				k := fmt.Sprintf("r%d:%d:%d:%s", round, i, j, pad)
 				ev.Keys = append(ev.Keys, k)
 				keys = append(keys, k)

@@ -8,9 +8,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/routerd/routerd/router"
-	"github.com/routerd/routerd/subscriber"
 )
 
 // busyScript keeps the server busy for ARGV[1] milliseconds: past
@@ -32,17 +29,7 @@ end`
 // restart, and nothing is left pending.
 func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
 	ctx := context.Background()
-	e := newEnv(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"))
-	e.running("acme")
-	must(t, e.busC.ConfigSet(ctx, "busy-reply-threshold", "100").Err())
-	r, _ := e.router(router.Options{})
-	s, _ := e.subscriber("profile-svc", subscriber.Options{})
-
-	const n = 400
-	keys := keyRange("k", 0, n)
-	for _, k := range keys {
-		e.seed("profile-svc", "acme", k, "active")
-	}
+	e, r, s, keys := faultEnv(t, 400, "--busy-reply-threshold", "100")
 	wait := e.publishSteadily(keys, 5*time.Millisecond)
 	busy := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
 	defer busy.Close()
@@ -68,16 +55,7 @@ func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
 // again afterwards, and nothing is left pending.
 func TestAttack8BusDebugSleepLosesNothing(t *testing.T) {
 	ctx := context.Background()
-	e := newEnvBus(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"), "--enable-debug-command", "yes")
-	e.running("acme")
-	r, _ := e.router(router.Options{})
-	s, _ := e.subscriber("profile-svc", subscriber.Options{})
-
-	const n = 300
-	keys := keyRange("k", 0, n)
-	for _, k := range keys {
-		e.seed("profile-svc", "acme", k, "active")
-	}
+	e, r, s, keys := faultEnv(t, 300, "--enable-debug-command", "yes")
 	wait := e.publishSteadily(keys, 10*time.Millisecond)
 	sleeper := redis.NewClient(&redis.Options{Addr: e.bus.Addr, ReadTimeout: 30 * time.Second})
 	defer sleeper.Close()

@@ -6,9 +6,6 @@ import (
 	"os/exec"
 	"testing"
 	"time"
-
-	"github.com/routerd/routerd/router"
-	"github.com/routerd/routerd/subscriber"
 )
 
 // An operator (or a script gone wrong) runs redis-cli CLIENT KILL TYPE
@@ -19,16 +16,8 @@ import (
 // the channel's history; nothing is left pending, and the router and the
 // subscriber are ready again without a restart.
 func TestAttack8BusClientKillLoopLosesNothing(t *testing.T) {
-	e := newEnv(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"))
-	e.running("acme")
-	r, _ := e.router(router.Options{})
-	s, _ := e.subscriber("profile-svc", subscriber.Options{})
-
 	const n = 400
-	keys := keyRange("k", 0, n)
-	for _, k := range keys {
-		e.seed("profile-svc", "acme", k, "active")
-	}
+	e, r, s, keys := faultEnv(t, n)
 	wait := e.publishSteadily(keys, 5*time.Millisecond)
 	host, port, _ := net.SplitHostPort(e.bus.Addr)
 	kills := 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -11,6 +12,22 @@ import (
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/wire"
 )
+
+// faultEnv is the set-up of the bus attacks that publish through a fault: a
+// bus started with busArgs, a matrix with its limits lifted, a router and
+// profile-svc's subscriber, and n keys of acme's active tag cached (k0…).
+func faultEnv(t *testing.T, n int, busArgs ...string) (e *env, r *router.Router, s *subscriber.Subscriber, keys []string) {
+	t.Helper()
+	e = newEnvBus(t, precisionMatrix("rate: 1000000, burst: 1000000, max_keys: 500"), busArgs...)
+	e.running("acme")
+	r, _ = e.router(router.Options{})
+	s, _ = e.subscriber("profile-svc", subscriber.Options{})
+	keys = keyRange("k", 0, n)
+	for _, k := range keys {
+		e.seed("profile-svc", "acme", k, "active")
+	}
+	return e, r, s, keys
+}
 
 // publishSteadily publishes one single-key event of acme's user domain per
 // key, one every pause, while the caller runs a fault. wait waits for the

@@ -37,8 +37,14 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := publisher.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}}
-	if _, err := p.Publish(ctx, ev); err != nil { // learns the replica count
-		t.Fatal(err)
+	// Learns the replica count. On a loaded machine the replica may take
+	// longer than WaitTimeout to acknowledge: publish again until it does.
+	var last error
+	if err := redistest.Wait(ctx, 10*time.Second, "a first durable publish acknowledged", func() bool {
+		_, last = p.Publish(ctx, ev)
+		return last == nil
+	}); err != nil {
+		t.Fatalf("%v: %v", err, last)
 	}
 
 	// Stall the replica: SIGSTOP, as a replica swapping or paused by its
@@ -67,8 +73,13 @@ func TestAttack8PubDurableWithAStalledReplica(t *testing.T) {
 	}
 	resume()
 	ev.ID = id
-	if _, err := p.Publish(ctx, ev); err != nil {
-		t.Fatalf("the retry once the replica is back: %v", err)
+	// The retry the error asks for, as often as it takes the woken replica
+	// to acknowledge within WaitTimeout.
+	if err := redistest.Wait(ctx, 10*time.Second, "the retry once the replica is back", func() bool {
+		_, last = p.Publish(ctx, ev)
+		return last == nil
+	}); err != nil {
+		t.Fatalf("%v: %v", err, last)
 	}
 	found := 0
 	for _, got := range entries(t, rc, names.IngressStream("invalidate", wire.Partition("acme", 4))) {

@@ -308,13 +308,22 @@ func withCertHint(err error) error {
 		return err
 	}
 	msg := err.Error()
-	if !strings.Contains(msg, "tls: certificate required") && !strings.Contains(msg, "tls: bad certificate") {
-		return err
+	switch {
+	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
+		return fmt.Errorf("%w (%w)", err, errCertHint)
+	case strings.Contains(msg, "connection reset by peer") && !errors.Is(err, errResetHint):
+		// The server's alert can be lost to a reset when it closes the
+		// connection before the client's first write (TLS 1.3: the client
+		// finishes its handshake before the server checks it).
+		return fmt.Errorf("%w (%w)", err, errResetHint)
 	}
-	return fmt.Errorf("%w (%w)", err, errCertHint)
+	return err
 }
 
-var errCertHint = errors.New("the server asks for a TLS client certificate and none is configured: give a certificate and key, --tls-cert and --tls-key")
+var (
+	errCertHint  = errors.New("the server asks for a TLS client certificate and none is configured: give a certificate and key, --tls-cert and --tls-key")
+	errResetHint = errors.New("the server closed the connection; if it asks for a TLS client certificate, none is configured: give a certificate and key, --tls-cert and --tls-key")
+)
 
 // keyPair reads a client certificate and key again for each handshake and
 // keeps the last good pair when the files are momentarily unreadable (in

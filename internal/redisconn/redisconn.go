@@ -23,6 +23,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -109,11 +111,16 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	}
 	// Notice a failover in seconds, not the default minute.
 	opt.ClusterStateReloadInterval = 2 * time.Second
-	c := redis.NewClusterClient(opt)
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
-		c.AddHook(certHint{})
+		// Each node dials with its own client's hooks, never the
+		// cluster client's.
+		opt.NewClient = func(o *redis.Options) *redis.Client {
+			n := redis.NewClient(o)
+			n.AddHook(certHint{})
+			return n
+		}
 	}
-	return c, nil
+	return redis.NewClusterClient(opt), nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and
@@ -360,58 +367,76 @@ func parseCA(path string, b []byte) (*x509.CertPool, error) {
 // certHint adds to a connection's errors, when the server refused it for
 // want of a client certificate, that none is configured. The refusal
 // reaches the client in several forms (TLS 1.3: an alert on the first read,
-// or a reset on the first write, then the alert); a client with no
-// certificate to give gets a hook that names the cause in each command's
-// error.
+// or a reset on the first write, then the alert), always before the server
+// has answered anything on the connection: a client with no certificate to
+// give gets a hook that wraps each connection it dials, and names the cause
+// in the connection's errors until the server first answers. A reset after
+// that (a load balancer, a firewall, a proxy dropping the connection) says
+// nothing about certificates and keeps its bare error.
 type certHint struct{}
 
 func (certHint) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
-		return c, withCertHint(err)
+		if err != nil {
+			return nil, withCertHint(err)
+		}
+		return &unanswered{Conn: c}, nil
 	}
 }
 
-func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if h := withCertHint(err); h != err {
-			cmd.SetErr(h)
-			return h
-		}
-		return err
-	}
-}
+func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 
 func (certHint) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, cmd := range cmds {
-			if e := cmd.Err(); e != nil {
-				if h := withCertHint(e); h != e {
-					cmd.SetErr(h)
-				}
-			}
-		}
-		return withCertHint(err)
-	}
+	return next
 }
 
-// withCertHint wraps err when it is the server's TLS alert that it wants a
-// client certificate. crypto/tls exports no type for an alert received
-// over TCP, so the alert is told by its text.
+// unanswered is a connection whose read and write errors carry the hint
+// until the server has sent something on it.
+type unanswered struct {
+	net.Conn
+	answered atomic.Bool
+}
+
+func (c *unanswered) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.answered.Store(true)
+	} else if err != nil && !c.answered.Load() {
+		err = withCertHint(err)
+	}
+	return n, err
+}
+
+func (c *unanswered) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && !c.answered.Load() {
+		err = withCertHint(err)
+	}
+	return n, err
+}
+
+// NetConn returns the connection wrapped (a *tls.Conn), as tls.Conn's own
+// NetConn does, for go-redis to reach the socket through.
+func (c *unanswered) NetConn() net.Conn { return c.Conn }
+
+// withCertHint wraps err, an error of a connection the server has not
+// answered yet, when it is the server's TLS alert that it wants a client
+// certificate, or the connection closed under the client (the alert lost
+// to a reset when the server closes the connection before the client's
+// first write, TLS 1.3: the client finishes its handshake before the
+// server checks it; a broken pipe when that reset was taken first). crypto/tls
+// exports no type for an alert received over TCP, so the alert is told by
+// its text.
 func withCertHint(err error) error {
-	if err == nil || errors.Is(err, errCertHint) {
+	if err == nil || errors.Is(err, errCertHint) || errors.Is(err, errResetHint) {
 		return err
 	}
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
 		return fmt.Errorf("%w (%w)", err, errCertHint)
-	case strings.Contains(msg, "connection reset by peer") && !errors.Is(err, errResetHint):
-		// The server's alert can be lost to a reset when it closes the
-		// connection before the client's first write (TLS 1.3: the client
-		// finishes its handshake before the server checks it).
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return fmt.Errorf("%w (%w)", err, errResetHint)
 	}
 	return err

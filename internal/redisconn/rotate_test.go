@@ -170,118 +170,121 @@ func serveCert(t *testing.T, admin *redis.Client, cert, key string) {
 // A client started before the change reconnects without a restart; and a
 // server certificate from a trusted CA but for another name is refused as
 // before, whether the name is the server's address or --tls-server-name.
+// A cluster's case, rotateClusterCA, runs on TestTLSClusterVerifiesEachNode's
+// cluster.
 func TestTLSCAFileRotatedWithoutRestart(t *testing.T) {
 	ctx := context.Background()
-	t.Run("standalone", func(t *testing.T) {
-		oldCA := redistest.NewPKI(t)
-		s := redistest.StartTLS(t, oldCA)
-		cert, key := oldCA.Issue(t, "routerd")
-		caFile := filepath.Join(t.TempDir(), "ca.crt")
-		replaceFile(t, caFile, caBundle(t, oldCA))
-		var logs lockedBuffer
-		client := open(t, s.URL, Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-		if err := client.Set(ctx, "k", "v", 0).Err(); err != nil {
-			t.Fatalf("before the rotation: %v", err)
-		}
+	oldCA := redistest.NewPKI(t)
+	s := redistest.StartTLS(t, oldCA)
+	cert, key := oldCA.Issue(t, "routerd")
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	replaceFile(t, caFile, caBundle(t, oldCA))
+	var logs lockedBuffer
+	client := open(t, s.URL, Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := client.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
 
-		newCA := redistest.NewPKI(t)
-		replaceFile(t, caFile, caBundle(t, oldCA, newCA))
-		admin := tlsAdmin(t, s.Addr, s.TLS, oldCA, newCA)
-		srvCert, srvKey := newCA.Issue(t, "redis-server", "127.0.0.1")
-		serveCert(t, admin, srvCert, srvKey)
-		if err := client.Set(ctx, "k", "v2", 0).Err(); err != nil {
-			t.Fatalf("the first command after the server's certificate moved to the new CA: %v", err)
-		}
+	newCA := redistest.NewPKI(t)
+	replaceFile(t, caFile, caBundle(t, oldCA, newCA))
+	admin := tlsAdmin(t, s.Addr, s.TLS, oldCA, newCA)
+	srvCert, srvKey := newCA.Issue(t, "redis-server", "127.0.0.1")
+	serveCert(t, admin, srvCert, srvKey)
+	if err := client.Set(ctx, "k", "v2", 0).Err(); err != nil {
+		t.Fatalf("the first command after the server's certificate moved to the new CA: %v", err)
+	}
 
-		// Caught half-written (the new CA cut short), then missing: new
-		// connections keep the bundle last read whole, and the log says so
-		// once.
-		bundle := caBundle(t, oldCA, newCA)
-		if err := os.WriteFile(caFile, bundle[:len(bundle)-100], 0o600); err != nil {
-			t.Fatal(err)
-		}
-		serveCert(t, admin, srvCert, srvKey)
-		if err := client.Set(ctx, "k", "v3", 0).Err(); err != nil {
-			t.Fatalf("with the CA file half-written: %v", err)
-		}
-		if err := os.Remove(caFile); err != nil {
-			t.Fatal(err)
-		}
-		serveCert(t, admin, srvCert, srvKey)
-		if err := client.Set(ctx, "k", "v4", 0).Err(); err != nil {
-			t.Fatalf("with the CA file missing: %v", err)
-		}
-		if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), "cut short") {
-			t.Errorf("%d warnings, want one that the file is cut short:\n%s", n, logs.String())
-		}
-		replaceFile(t, caFile, bundle)
+	// Caught half-written (the new CA cut short), then missing: new
+	// connections keep the bundle last read whole, and the log says so
+	// once.
+	bundle := caBundle(t, oldCA, newCA)
+	if err := os.WriteFile(caFile, bundle[:len(bundle)-100], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serveCert(t, admin, srvCert, srvKey)
+	if err := client.Set(ctx, "k", "v3", 0).Err(); err != nil {
+		t.Fatalf("with the CA file half-written: %v", err)
+	}
+	if err := os.Remove(caFile); err != nil {
+		t.Fatal(err)
+	}
+	serveCert(t, admin, srvCert, srvKey)
+	if err := client.Set(ctx, "k", "v4", 0).Err(); err != nil {
+		t.Fatalf("with the CA file missing: %v", err)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), "cut short") {
+		t.Errorf("%d warnings, want one that the file is cut short:\n%s", n, logs.String())
+	}
+	replaceFile(t, caFile, bundle)
 
-		// Names are checked as strictly as before: under --tls-server-name
-		// when given, and under the URL's host otherwise.
-		named := open(t, s.URL+"?max_retries=-1", Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key, ServerName: "other.example"}})
-		if err := named.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "other.example") {
-			t.Errorf("a certificate for 127.0.0.1 verified under other.example: %v", err)
-		}
-		otherCert, otherKey := newCA.Issue(t, "redis-server", "127.0.0.9")
-		serveCert(t, admin, otherCert, otherKey)
-		if err := client.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "not 127.0.0.1") {
-			t.Errorf("a certificate for 127.0.0.9 taken for 127.0.0.1: %v", err)
-		}
-	})
-	t.Run("cluster", func(t *testing.T) {
-		oldCA := redistest.NewPKI(t)
-		cl := redistest.StartClusterTLS(t, oldCA, 3, 0)
-		cert, key := oldCA.Issue(t, "routerd")
-		caFile := filepath.Join(t.TempDir(), "ca.crt")
-		replaceFile(t, caFile, caBundle(t, oldCA))
-		client := open(t, cl.URL(), Options{Cluster: true, TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}})
-		setAll := func(v string) error {
-			for i := 0; i < 30; i++ { // keys on every master
-				if err := client.Set(ctx, "key-"+strconv.Itoa(i), v, 0).Err(); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		if err := setAll("v"); err != nil {
-			t.Fatalf("before the rotation: %v", err)
-		}
+	// Names are checked as strictly as before: under --tls-server-name
+	// when given, and under the URL's host otherwise.
+	named := open(t, s.URL+"?max_retries=-1", Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key, ServerName: "other.example"}})
+	if err := named.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "other.example") {
+		t.Errorf("a certificate for 127.0.0.1 verified under other.example: %v", err)
+	}
+	otherCert, otherKey := newCA.Issue(t, "redis-server", "127.0.0.9")
+	serveCert(t, admin, otherCert, otherKey)
+	if err := client.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "not 127.0.0.1") {
+		t.Errorf("a certificate for 127.0.0.9 taken for 127.0.0.1: %v", err)
+	}
+}
 
-		newCA := redistest.NewPKI(t)
-		replaceFile(t, caFile, caBundle(t, oldCA, newCA))
-		// The nodes verify one another on the cluster bus: they trust the
-		// new CA before any of them presents a certificate it signed.
-		nodeCA := filepath.Join(t.TempDir(), "nodes-ca.crt")
-		replaceFile(t, nodeCA, caBundle(t, oldCA, newCA))
-		admins := make([]*redis.Client, len(cl.Nodes))
-		for i, n := range cl.Nodes {
-			admins[i] = tlsAdmin(t, n.Addr, cl.TLS, oldCA, newCA)
-			if err := admins[i].ConfigSet(ctx, "tls-ca-cert-file", nodeCA).Err(); err != nil {
-				t.Fatal(err)
+// rotateClusterCA is TestTLSCAFileRotatedWithoutRestart on a TLS cluster
+// whose certificates oldCA signed: every node moves to a certificate of a
+// new CA.
+func rotateClusterCA(t *testing.T, oldCA *redistest.PKI, cl *redistest.Cluster) {
+	ctx := context.Background()
+	cert, key := oldCA.Issue(t, "routerd")
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	replaceFile(t, caFile, caBundle(t, oldCA))
+	client := open(t, cl.URL(), Options{Cluster: true, TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}})
+	setAll := func(v string) error {
+		for i := 0; i < 30; i++ { // keys on every master
+			if err := client.Set(ctx, "key-"+strconv.Itoa(i), v, 0).Err(); err != nil {
+				return err
 			}
 		}
-		for i, n := range cl.Nodes {
-			host, _, _ := strings.Cut(n.Addr, ":")
-			srvCert, srvKey := newCA.Issue(t, "node"+strconv.Itoa(i), host)
-			serveCert(t, admins[i], srvCert, srvKey)
-		}
-		if err := setAll("v2"); err != nil {
-			t.Fatalf("the first commands after every node's certificate moved to the new CA: %v", err)
-		}
+		return nil
+	}
+	if err := setAll("v"); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
 
-		// Each node is still verified under its own address. A node's
-		// client does not retry: its first command after the kill may meet
-		// the closed connection, the next one dials.
-		otherCert, otherKey := newCA.Issue(t, "node0", "127.0.0.9")
-		serveCert(t, admins[0], otherCert, otherKey)
-		var last error
-		if err := redistest.Wait(ctx, 10*time.Second, "node 0 refused", func() bool {
-			last = client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-				return m.Ping(ctx).Err()
-			})
-			return last != nil && strings.Contains(last.Error(), "not "+strings.Split(cl.Addrs[0], ":")[0])
-		}); err != nil {
-			t.Errorf("a node's certificate for 127.0.0.9 taken for %s: %v", cl.Addrs[0], last)
+	newCA := redistest.NewPKI(t)
+	replaceFile(t, caFile, caBundle(t, oldCA, newCA))
+	// The nodes verify one another on the cluster bus: they trust the
+	// new CA before any of them presents a certificate it signed.
+	nodeCA := filepath.Join(t.TempDir(), "nodes-ca.crt")
+	replaceFile(t, nodeCA, caBundle(t, oldCA, newCA))
+	admins := make([]*redis.Client, len(cl.Nodes))
+	for i, n := range cl.Nodes {
+		admins[i] = tlsAdmin(t, n.Addr, cl.TLS, oldCA, newCA)
+		if err := admins[i].ConfigSet(ctx, "tls-ca-cert-file", nodeCA).Err(); err != nil {
+			t.Fatal(err)
 		}
-	})
+	}
+	for i, n := range cl.Nodes {
+		host, _, _ := strings.Cut(n.Addr, ":")
+		srvCert, srvKey := newCA.Issue(t, "node"+strconv.Itoa(i), host)
+		serveCert(t, admins[i], srvCert, srvKey)
+	}
+	if err := setAll("v2"); err != nil {
+		t.Fatalf("the first commands after every node's certificate moved to the new CA: %v", err)
+	}
+
+	// Each node is still verified under its own address. A node's
+	// client does not retry: its first command after the kill may meet
+	// the closed connection, the next one dials.
+	otherCert, otherKey := newCA.Issue(t, "node0", "127.0.0.9")
+	serveCert(t, admins[0], otherCert, otherKey)
+	var last error
+	if err := redistest.Wait(ctx, 10*time.Second, "node 0 refused", func() bool {
+		last = client.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			return m.Ping(ctx).Err()
+		})
+		return last != nil && strings.Contains(last.Error(), "not "+strings.Split(cl.Addrs[0], ":")[0])
+	}); err != nil {
+		t.Errorf("a node's certificate for 127.0.0.9 taken for %s: %v", cl.Addrs[0], last)
+	}
 }

@@ -200,6 +200,7 @@ func TestTLSClusterVerifiesEachNode(t *testing.T) {
 	if err := c.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "127.0.0.9") {
 		t.Errorf("every node verified under a name none has: %v", err)
 	}
+	t.Run("CAFileRotatedWithoutRestart", func(t *testing.T) { rotateClusterCA(t, pki, cl) })
 }
 
 // skip_verify=true is taken (standalone and cluster) and logged as a warning.

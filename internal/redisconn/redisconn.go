@@ -9,9 +9,11 @@
 package redisconn
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +23,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,14 +41,17 @@ type Options struct {
 	// that has a password as well is refused. It is read again for each
 	// new connection, so a rotated password is taken up without a restart.
 	PasswordFile string
-	// Logger receives the warning about ?skip_verify=true; nil discards it.
+	// Logger receives the warning about ?skip_verify=true and those about
+	// a CA file that cannot be read again; nil discards them.
 	Logger *slog.Logger
 }
 
 // TLSFiles are the PEM files of a rediss:// connection.
 type TLSFiles struct {
 	// CA holds the certificates the server's chain must lead to; the
-	// system roots when empty.
+	// system roots when empty. It is read again for each new connection,
+	// so a CA added to it (before servers move to certificates it signed)
+	// is trusted without a restart.
 	CA string
 	// Cert and Key are the client's certificate and key, for servers that
 	// ask for one (tls-auth-clients yes). Both or neither. They are read
@@ -86,7 +93,7 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, urlError(list[0], err)
 		}
-		if err := o.apply(list[0], opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig); err != nil {
+		if err := o.apply(list[0], false, opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig, &opt.Dialer); err != nil {
 			return nil, err
 		}
 		c := redis.NewClient(opt)
@@ -99,17 +106,21 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := o.apply(list[0], opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig); err != nil {
+	if err := o.apply(list[0], true, opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig, &opt.Dialer); err != nil {
 		return nil, err
 	}
-	forEachNode(opt.TLSConfig, o.TLS)
 	// Notice a failover in seconds, not the default minute.
 	opt.ClusterStateReloadInterval = 2 * time.Second
-	c := redis.NewClusterClient(opt)
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
-		c.AddHook(certHint{})
+		// Each node dials with its own client's hooks, never the
+		// cluster client's.
+		opt.NewClient = func(o *redis.Options) *redis.Client {
+			n := redis.NewClient(o)
+			n.AddHook(certHint{})
+			return n
+		}
 	}
-	return c, nil
+	return redis.NewClusterClient(opt), nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and
@@ -183,9 +194,11 @@ func withMinVersion(c *tls.Config) *tls.Config {
 }
 
 // apply puts the password file and the TLS files into the options parsed
-// from rawURL (its first URL for a cluster), whose user is user: the file
-// is read now, and again by provider for each new connection.
-func (o Options) apply(rawURL, user string, password *string, provider *func(context.Context) (string, string, error), tc **tls.Config) error {
+// from rawURL (its first URL for a cluster), whose user is user: the files
+// are read now, and the password file again by provider and the CA file
+// again by dialer for each new connection.
+func (o Options) apply(rawURL string, cluster bool, user string, password *string, provider *func(context.Context) (string, string, error),
+	tc **tls.Config, dialer *func(context.Context, string, string) (net.Conn, error)) error {
 	if o.PasswordFile != "" {
 		if *password != "" {
 			return fmt.Errorf("redis URL %q has a password and a password file is given: keep the password in one place", redact(rawURL))
@@ -208,29 +221,31 @@ func (o Options) apply(rawURL, user string, password *string, provider *func(con
 		o.Logger.Warn("skip_verify=true: the Redis server's certificate is not verified; anyone on the network path can read and change this connection",
 			"url", redact(rawURL))
 	}
-	c, err := o.TLS.config(*tc)
+	c, err := o.TLS.config(*tc, cluster)
 	if err != nil {
 		return err
 	}
 	*tc = c
+	if o.TLS.CA != "" {
+		log := o.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		ca, err := newCAFile(o.TLS.CA, log)
+		if err != nil {
+			return err
+		}
+		c.RootCAs = ca.pool
+		*dialer = ca.dialer(c)
+	}
 	return nil
 }
 
 // config returns base (what the URL gave: its host as ServerName, the
-// minimum version, skip_verify) with the files applied.
-func (f TLSFiles) config(base *tls.Config) (*tls.Config, error) {
+// minimum version, skip_verify) with the client certificate and the server
+// name applied. The CA file is apply's.
+func (f TLSFiles) config(base *tls.Config, cluster bool) (*tls.Config, error) {
 	c := base.Clone()
-	if f.CA != "" {
-		pem, err := os.ReadFile(f.CA)
-		if err != nil {
-			return nil, fmt.Errorf("TLS CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("TLS CA file %s: no PEM certificate in it", f.CA)
-		}
-		c.RootCAs = pool
-	}
 	if (f.Cert == "") != (f.Key == "") {
 		return nil, errors.New("TLS client certificate and key go together: give both files or neither")
 	}
@@ -241,80 +256,187 @@ func (f TLSFiles) config(base *tls.Config) (*tls.Config, error) {
 		}
 		c.GetClientCertificate = kp.get
 	}
-	if f.ServerName != "" {
+	switch {
+	case f.ServerName != "":
 		c.ServerName = f.ServerName
+	case cluster:
+		// Each node is verified under the address it is dialled at: go-redis
+		// gives every cluster node the same tls.Config, whose ServerName is
+		// the first seed's host, so a node with a certificate for its own
+		// address only would fail verification (and a certificate for the
+		// first seed's name would pass on any node). crypto/tls takes the
+		// name from the dialled address when ServerName is empty.
+		c.ServerName = ""
 	}
 	return c, nil
 }
 
-// forEachNode makes c verify each server under the address it is dialled
-// at, unless a ServerName was given: go-redis gives every cluster node the
-// same tls.Config, whose ServerName is the first seed's host, so a node
-// with a certificate for its own address only would fail verification (and
-// a certificate for the first seed's name would pass on any node).
-// crypto/tls takes the name from the dialled address when ServerName is
-// empty.
-func forEachNode(c *tls.Config, files TLSFiles) {
-	if c != nil && files.ServerName == "" {
-		c.ServerName = ""
+// caFile reads the CA file again for each new connection, so that a CA
+// added to it is trusted without a restart, and keeps the last good
+// certificates while the file is unreadable or half-written (in the middle
+// of a renewal), saying so once in the log.
+type caFile struct {
+	path    string
+	log     *slog.Logger
+	mu      sync.Mutex
+	pem     []byte         // the file's content last read whole
+	pool    *x509.CertPool // its certificates
+	failing bool           // the last read failed, and the log says so
+}
+
+func newCAFile(path string, log *slog.Logger) (*caFile, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("TLS CA file: %w", err)
 	}
+	pool, err := parseCA(path, b)
+	if err != nil {
+		return nil, err
+	}
+	return &caFile{path: path, log: log, pem: b, pool: pool}, nil
+}
+
+// roots returns the CA file's certificates as the file is now, or the last
+// good ones while it cannot be read whole. The file is small and new
+// connections are few: it is read each time, and parsed when it changed.
+func (f *caFile) roots() *x509.CertPool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := os.ReadFile(f.path)
+	if err == nil && bytes.Equal(b, f.pem) {
+		f.failing = false
+		return f.pool
+	}
+	var pool *x509.CertPool
+	if err != nil {
+		err = fmt.Errorf("TLS CA file: %w", err)
+	} else {
+		pool, err = parseCA(f.path, b)
+	}
+	if err != nil {
+		if !f.failing {
+			f.log.Warn("new Redis connections verify servers against the CA certificates last read", "err", err)
+			f.failing = true
+		}
+		return f.pool
+	}
+	f.pem, f.pool, f.failing = b, pool, false
+	f.log.Info("TLS CA file changed: new Redis connections verify servers against its certificates", "file", f.path)
+	return pool
+}
+
+// dialer is go-redis's own dialer with base's configuration, but with the
+// CA file's certificates as they are at each dial: crypto/tls verifies the
+// server (its chain, and its name as base says) exactly as it would with
+// base, against the CAs of the moment.
+func (f *caFile) dialer(base *tls.Config) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c := base.Clone()
+		c.RootCAs = f.roots()
+		o := &redis.Options{TLSConfig: c}
+		// go-redis's pool bounds each attempt with the context (its
+		// DialTimeout); its dialer takes the bound as DialTimeout.
+		if deadline, ok := ctx.Deadline(); ok {
+			o.DialTimeout = max(time.Until(deadline), time.Nanosecond)
+		}
+		return redis.NewDialer(o)(ctx, network, addr)
+	}
+}
+
+// parseCA reads the certificates of a CA file whose content is b. A file
+// caught half-written, its last PEM block cut short, is refused rather than
+// taken without the certificates it is about to hold.
+func parseCA(path string, b []byte) (*x509.CertPool, error) {
+	rest := b
+	for {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+	}
+	if bytes.Contains(rest, []byte("-----BEGIN")) {
+		return nil, fmt.Errorf("TLS CA file %s: a PEM block in it is cut short or malformed", path)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("TLS CA file %s: no PEM certificate in it", path)
+	}
+	return pool, nil
 }
 
 // certHint adds to a connection's errors, when the server refused it for
 // want of a client certificate, that none is configured. The refusal
 // reaches the client in several forms (TLS 1.3: an alert on the first read,
-// or a reset on the first write, then the alert); a client with no
-// certificate to give gets a hook that names the cause in each command's
-// error.
+// or a reset on the first write, then the alert), always before the server
+// has answered anything on the connection: a client with no certificate to
+// give gets a hook that wraps each connection it dials, and names the cause
+// in the connection's errors until the server first answers. A reset after
+// that (a load balancer, a firewall, a proxy dropping the connection) says
+// nothing about certificates and keeps its bare error.
 type certHint struct{}
 
 func (certHint) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
-		return c, withCertHint(err)
+		if err != nil {
+			return nil, withCertHint(err)
+		}
+		return &unanswered{Conn: c}, nil
 	}
 }
 
-func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if h := withCertHint(err); h != err {
-			cmd.SetErr(h)
-			return h
-		}
-		return err
-	}
-}
+func (certHint) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 
 func (certHint) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, cmd := range cmds {
-			if e := cmd.Err(); e != nil {
-				if h := withCertHint(e); h != e {
-					cmd.SetErr(h)
-				}
-			}
-		}
-		return withCertHint(err)
-	}
+	return next
 }
 
-// withCertHint wraps err when it is the server's TLS alert that it wants a
-// client certificate. crypto/tls exports no type for an alert received
-// over TCP, so the alert is told by its text.
+// unanswered is a connection whose read and write errors carry the hint
+// until the server has sent something on it.
+type unanswered struct {
+	net.Conn
+	answered atomic.Bool
+}
+
+func (c *unanswered) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.answered.Store(true)
+	} else if err != nil && !c.answered.Load() {
+		err = withCertHint(err)
+	}
+	return n, err
+}
+
+func (c *unanswered) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && !c.answered.Load() {
+		err = withCertHint(err)
+	}
+	return n, err
+}
+
+// NetConn returns the connection wrapped (a *tls.Conn), as tls.Conn's own
+// NetConn does, for go-redis to reach the socket through.
+func (c *unanswered) NetConn() net.Conn { return c.Conn }
+
+// withCertHint wraps err, an error of a connection the server has not
+// answered yet, when it is the server's TLS alert that it wants a client
+// certificate, or the connection closed under the client (the alert lost
+// to a reset when the server closes the connection before the client's
+// first write, TLS 1.3: the client finishes its handshake before the
+// server checks it; a broken pipe when that reset was taken first). crypto/tls
+// exports no type for an alert received over TCP, so the alert is told by
+// its text.
 func withCertHint(err error) error {
-	if err == nil || errors.Is(err, errCertHint) {
+	if err == nil || errors.Is(err, errCertHint) || errors.Is(err, errResetHint) {
 		return err
 	}
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: bad certificate"):
 		return fmt.Errorf("%w (%w)", err, errCertHint)
-	case strings.Contains(msg, "connection reset by peer") && !errors.Is(err, errResetHint):
-		// The server's alert can be lost to a reset when it closes the
-		// connection before the client's first write (TLS 1.3: the client
-		// finishes its handshake before the server checks it).
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return fmt.Errorf("%w (%w)", err, errResetHint)
 	}
 	return err

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -41,13 +44,14 @@ func TestTLSStandaloneClientCertificates(t *testing.T) {
 	}
 
 	// However the refusal reaches the client (an alert on the first read, a
-	// reset on the first write: the alert is lost then, and the error can
-	// only say what may be missing), the error says what is missing.
+	// reset or a broken pipe on the first write: the alert is lost then, and
+	// the error can only say what may be missing), the error says what is
+	// missing.
 	// Several tries, since which form it takes is a race.
 	for i := 0; i < 5; i++ {
 		err := open(t, s.URL, Options{TLS: TLSFiles{CA: pki.CAFile}}).Ping(ctx).Err()
 		if err == nil || !strings.Contains(err.Error(), "the server asks for a TLS client certificate and none is configured") &&
-			!strings.Contains(err.Error(), "connection reset by peer (the server closed the connection; if it asks for a TLS client certificate, none is configured") {
+			!strings.Contains(err.Error(), "(the server closed the connection; if it asks for a TLS client certificate, none is configured") {
 			t.Errorf("without a client certificate: %v, want it to say the server asked for one", err)
 		}
 	}
@@ -59,6 +63,109 @@ func TestTLSStandaloneClientCertificates(t *testing.T) {
 	err = open(t, s.URL, Options{TLS: TLSFiles{CA: pki.CAFile, Cert: cert, Key: key, ServerName: "other.example"}}).Ping(ctx).Err()
 	if err == nil || !strings.Contains(err.Error(), "other.example") {
 		t.Errorf("verified under another name: %v", err)
+	}
+}
+
+// resetProxy forwards TCP connections to upstream and resets the client's
+// side of them (SO_LINGER 0, then close: an RST) when told to.
+type resetProxy struct {
+	ln       net.Listener
+	upstream string
+	mu       sync.Mutex
+	open     []*net.TCPConn
+	// atFinished resets each new connection when its client sends for the
+	// second time: in TLS 1.3 that is its Finished, the client's handshake
+	// is over and the server's check of it is not, where a server that
+	// wants the certificate the client did not give closes the connection.
+	atFinished bool
+}
+
+func startResetProxy(t *testing.T, upstream string) *resetProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &resetProxy{ln: ln, upstream: upstream}
+	t.Cleanup(func() { ln.Close(); p.resetOpen() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c.(*net.TCPConn))
+		}
+	}()
+	return p
+}
+
+func (p *resetProxy) serve(c *net.TCPConn) {
+	u, err := net.Dial("tcp", p.upstream)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.open = append(p.open, c)
+	atFinished := p.atFinished
+	p.mu.Unlock()
+	go func() { _, _ = io.Copy(c, u); c.Close() }()
+	buf := make([]byte, 64<<10)
+	for sends := 1; ; sends++ {
+		n, err := c.Read(buf)
+		if err != nil || atFinished && sends == 2 {
+			_ = c.SetLinger(0)
+			c.Close()
+			u.Close()
+			return
+		}
+		if _, err := u.Write(buf[:n]); err != nil {
+			c.Close()
+			return
+		}
+	}
+}
+
+// resetOpen resets every connection open.
+func (p *resetProxy) resetOpen() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.open {
+		_ = c.SetLinger(0)
+		c.Close()
+	}
+	p.open = nil
+}
+
+// The hint that a server may want a client certificate is for a connection
+// the server has not answered yet: a reset of one that has answered (a
+// load balancer, a firewall, a proxy dropping it) says nothing about
+// certificates and keeps its bare error. A reset on a new connection whose
+// handshake the client has finished, before any answer, keeps the hint.
+func TestCertHintOnlyBeforeTheFirstAnswer(t *testing.T) {
+	pki := redistest.NewPKI(t)
+	s := redistest.StartTLS(t, pki, "--tls-auth-clients", "no")
+	proxy := startResetProxy(t, s.Addr)
+	ctx := context.Background()
+	c := open(t, "rediss://"+proxy.ln.Addr().String()+"?max_retries=-1&pool_size=1", Options{TLS: TLSFiles{CA: pki.CAFile}})
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("a server that asks for no certificate: %v", err)
+	}
+	proxy.resetOpen()
+	err := c.Ping(ctx).Err()
+	if err == nil || !strings.Contains(err.Error(), "connection reset by peer") {
+		t.Fatalf("the established connection reset: %v, want a reset", err)
+	}
+	if strings.Contains(err.Error(), "certificate") {
+		t.Errorf("the reset of a connection the server had answered: %v, want no word of certificates", err)
+	}
+
+	proxy.mu.Lock()
+	proxy.atFinished = true
+	proxy.mu.Unlock()
+	err = c.Ping(ctx).Err()
+	if err == nil || !strings.Contains(err.Error(), "(the server closed the connection; if it asks for a TLS client certificate, none is configured") {
+		t.Errorf("a new connection reset after its handshake, before any answer: %v, want the hint", err)
 	}
 }
 
@@ -93,6 +200,7 @@ func TestTLSClusterVerifiesEachNode(t *testing.T) {
 	if err := c.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "127.0.0.9") {
 		t.Errorf("every node verified under a name none has: %v", err)
 	}
+	t.Run("CAFileRotatedWithoutRestart", func(t *testing.T) { rotateClusterCA(t, pki, cl) })
 }
 
 // skip_verify=true is taken (standalone and cluster) and logged as a warning.

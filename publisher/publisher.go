@@ -8,6 +8,16 @@
 // names the field and the rule. Any language can publish the same way with a
 // single `XADD <prefix>:ingress:{<p>} * event '<json>'` (or
 // `events '[<json>,…]'`).
+//
+// The publisher uses the Redis client it is given as it is, options and
+// hooks, and opens none of its own (with Durable on a cluster, the
+// cluster client's own node clients). Publish and PublishBatch return once
+// their context is done, with the context's error and the ids they may have
+// written, whatever the client's timeouts: go-redis alone waits for a reply
+// until ReadTimeout (it bounds the read by a deadline only with
+// ContextTimeoutEnabled, and never watches a cancel). The write left behind
+// ends within the client's timeouts (at the deadline with
+// ContextTimeoutEnabled) and holds one of its connections until then.
 package publisher
 
 import (
@@ -228,7 +238,9 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	if err != nil {
 		return e.ID, err
 	}
-	return e.ID, p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
+	return e.ID, untilDone(ctx, func() error {
+		return p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
+	})
 }
 
 // PublishBatch publishes many events in one pipeline: the events of one
@@ -259,7 +271,34 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	if err != nil {
 		return ids, err
 	}
-	return ids, p.write(ctx, p.pack(events, datas, n))
+	all := p.pack(events, datas, n)
+	return ids, untilDone(ctx, func() error { return p.write(ctx, all) })
+}
+
+// untilDone returns write's error, or ctx's once ctx is done first: go-redis
+// waits for a reply until the client's ReadTimeout whatever ctx says (a
+// deadline reaches the read only with ContextTimeoutEnabled, a
+// cancellation never), and a caller with a 50 ms deadline must not wait
+// seconds on a bus that does not answer. The write left behind goes on
+// within the client's own timeouts and may append its entries all the
+// same, hence the advice to publish again with the same ids.
+func untilDone(ctx context.Context, write func() error) error {
+	if ctx.Done() == nil {
+		return write() // never done: no need to watch it
+	}
+	done := make(chan error, 1)
+	go func() { done <- write() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done: // both ready: the write's own outcome says more
+			return err
+		default:
+		}
+		return fmt.Errorf("publisher: %w before the bus answered; the entries may be appended all the same (publishing again with the same ids is safe)", ctx.Err())
+	}
 }
 
 // pack groups the events' JSON into entries: per partition, in order, up to

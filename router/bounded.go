@@ -270,18 +270,24 @@ func (z *readSize) scale(n int) int {
 // command itself, as it follows a MOVED or ASK, up to MaxRedirects times
 // whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
 // claim refused with MOVED has the slot map read again for the next one.
+// It carries the hooks redisconn gives a client of c's options (the
+// certificate hint), which go-redis does not copy.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
+	var once redis.UniversalClient
 	switch c := c.(type) {
 	case *redis.Client:
 		o := *c.Options()
 		o.MaxRetries = -1
-		return redis.NewClient(&o)
+		once = redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
 		o.MaxRetries, o.MaxRedirects = -1, -1
-		return redis.NewClusterClient(&o)
+		once = redis.NewClusterClient(&o)
+	default:
+		return nopClose{c}
 	}
-	return nopClose{c}
+	redisconn.AddHooks(once)
+	return once
 }
 
 // nopClose is a client whose Close does nothing: another owns it.

@@ -90,9 +90,7 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		c := redis.NewClient(opt)
-		if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
-			c.AddHook(certHint{})
-		}
+		AddHooks(c)
 		return c, nil
 	}
 	opt, err := clusterOptions(list)
@@ -106,10 +104,28 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	// Notice a failover in seconds, not the default minute.
 	opt.ClusterStateReloadInterval = 2 * time.Second
 	c := redis.NewClusterClient(opt)
-	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+	AddHooks(c)
+	return c, nil
+}
+
+// AddHooks adds to c the hooks OpenWith adds to a client of c's options: a
+// TLS client with no certificate of its own gets certHint. A client made
+// from another's options (go-redis copies none of its hooks) calls it to
+// report its errors as the client it derives from does. Hooks a caller
+// added itself cannot be carried so: go-redis does not tell them.
+func AddHooks(c redis.UniversalClient) {
+	var tc *tls.Config
+	switch c := c.(type) {
+	case *redis.Client:
+		tc = c.Options().TLSConfig
+	case *redis.ClusterClient:
+		tc = c.Options().TLSConfig
+	default:
+		return
+	}
+	if tc != nil && tc.GetClientCertificate == nil {
 		c.AddHook(certHint{})
 	}
-	return c, nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and

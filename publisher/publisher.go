@@ -387,8 +387,8 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 	for redirects := 0; len(hops) > 0; redirects++ {
 		var next []hop
 		for _, h := range hops {
-			if max := p.shards.MaxRedirects(); redirects > max {
-				return fmt.Errorf("publisher: XADD %s: %w, redirected more than the client's MaxRedirects (%d) times (publishing again with the same ids is safe)", h.entries[0].stream, h.cause, max)
+			if limit := p.shards.MaxRedirects(); redirects > limit {
+				return fmt.Errorf("publisher: XADD %s: %w, redirected more than the client's MaxRedirects (%d) times (publishing again with the same ids is safe)", h.entries[0].stream, h.cause, limit)
 			}
 			if h.cause != nil && redis.IsTryAgainError(h.cause) {
 				// The slot's keys are being moved: a moment.

@@ -273,7 +273,9 @@ func TestAttack8PubDurableFollowsASlotMigration(t *testing.T) {
 	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: bus.Addrs, Username: "pub", Password: "pw-pub"})
 	t.Cleanup(func() { _ = cc.Close() })
 	adminC := bus.Client(t)
-	pub, err := publisher.New(cc, publisher.Options{Partitions: 8, Durable: true})
+	// A replica slowed by a loaded machine still acknowledges within
+	// WaitTimeout: the WAIT returns as soon as it does.
+	pub, err := publisher.New(cc, publisher.Options{Partitions: 8, Durable: true, WaitTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

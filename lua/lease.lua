@@ -22,6 +22,10 @@ local value = redis.call('GET', KEYS[1])
 if value then
   return {'HIT', value}
 end
+-- The lease's SET NX is the first write, also where a stray lease is
+-- replaced: a full cache Redis (maxmemory under noeviction) refuses it with
+-- OOM before anything is written, where a first DEL of the stray lease
+-- would let every write after it through, past maxmemory (as set.lua).
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local left = redis.call('PTTL', KEYS[2])
   if left ~= -1 then

@@ -8,6 +8,16 @@
 // names the field and the rule. Any language can publish the same way with a
 // single `XADD <prefix>:ingress:{<p>} * event '<json>'` (or
 // `events '[<json>,…]'`).
+//
+// The publisher uses the Redis client it is given as it is, options and
+// hooks, and opens none of its own (with Durable on a cluster, the
+// cluster client's own node clients). Publish and PublishBatch return once
+// their context is done, with the context's error and the ids they may have
+// written, whatever the client's timeouts: go-redis alone waits for a reply
+// until ReadTimeout (it bounds the read by a deadline only with
+// ContextTimeoutEnabled, and never watches a cancel). The write left behind
+// ends within the client's timeouts (at the deadline with
+// ContextTimeoutEnabled) and holds one of its connections until then.
 package publisher
 
 import (
@@ -88,7 +98,10 @@ type Options struct {
 	// master has the event (WAIT 1), where the master has a replica, so a
 	// failover cannot lose it; where it has none, the publisher warns
 	// (Logger) and waits for nothing. Off by default: one more wait per
-	// publish.
+	// publish. On a cluster, a redirect (a slot being migrated: ASK,
+	// MOVED, TRYAGAIN) says the XADD was not run: the publisher sends it
+	// where the redirect says, with its WAIT, up to the client's
+	// MaxRedirects times (its user needs ASKING: `routerd acl --cluster`).
 	Durable bool
 	// WaitTimeout bounds that wait (1s).
 	WaitTimeout time.Duration
@@ -228,7 +241,9 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (id string, err error)
 	if err != nil {
 		return e.ID, err
 	}
-	return e.ID, p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
+	return e.ID, untilDone(ctx, func() error {
+		return p.write(ctx, []entry{{stream: p.stream(e.Tenant, n), data: data, events: 1}})
+	})
 }
 
 // PublishBatch publishes many events in one pipeline: the events of one
@@ -259,7 +274,34 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	if err != nil {
 		return ids, err
 	}
-	return ids, p.write(ctx, p.pack(events, datas, n))
+	all := p.pack(events, datas, n)
+	return ids, untilDone(ctx, func() error { return p.write(ctx, all) })
+}
+
+// untilDone returns write's error, or ctx's once ctx is done first: go-redis
+// waits for a reply until the client's ReadTimeout whatever ctx says (a
+// deadline reaches the read only with ContextTimeoutEnabled, a
+// cancellation never), and a caller with a 50 ms deadline must not wait
+// seconds on a bus that does not answer. The write left behind goes on
+// within the client's own timeouts and may append its entries all the
+// same, hence the advice to publish again with the same ids.
+func untilDone(ctx context.Context, write func() error) error {
+	if ctx.Done() == nil {
+		return write() // never done: no need to watch it
+	}
+	done := make(chan error, 1)
+	go func() { done <- write() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done: // both ready: the write's own outcome says more
+			return err
+		default:
+		}
+		return fmt.Errorf("publisher: %w before the bus answered; the entries may be appended all the same (publishing again with the same ids is safe)", ctx.Err())
+	}
 }
 
 // pack groups the events' JSON into entries: per partition, in order, up to
@@ -296,12 +338,14 @@ type entry struct {
 }
 
 // xadd queues the entry's XADD.
-func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) {
+func (e entry) xadd(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
 	field := wire.EventField
 	if e.events > 1 {
 		field = wire.EventsField
 	}
-	_ = pipe.Process(ctx, redis.NewStringCmd(ctx, "xadd", e.stream, "*", field, e.data))
+	cmd := redis.NewStringCmd(ctx, "xadd", e.stream, "*", field, e.data)
+	_ = pipe.Process(ctx, cmd)
+	return cmd
 }
 
 // write appends the entries in one pipeline; when Durable, in one pipeline
@@ -331,40 +375,161 @@ func (p *Publisher) write(ctx context.Context, all []entry) error {
 		}
 		groups[sh] = append(groups[sh], args)
 	}
+	hops := make([]hop, 0, len(groups))
 	for sh, group := range groups {
-		replicas, err := sh.Replicas(ctx)
-		if err != nil {
-			// A dead master, or one a failover made a replica: the slot
-			// map is stale too (the cluster client reads it again only
-			// every minute by itself).
-			p.shards.Moved(ctx)
-			return fmt.Errorf("publisher: %w", err)
-		}
-		p.noteReplicas(sh.C.Options().Addr, replicas)
-		var wait *redis.IntCmd
-		cmds, err := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, args := range group {
-				args.xadd(ctx, pipe)
+		hops = append(hops, hop{sh: sh, entries: group})
+	}
+	// A cluster redirect (MOVED, ASK, TRYAGAIN) says the XADD was not run:
+	// the entries go again where it says, up to the client's MaxRedirects
+	// times. The WAIT must follow each on its connection (it waits for the
+	// writes of its own connection), so the cluster client's pipeline,
+	// which follows redirects by itself, cannot carry it.
+	for redirects := 0; len(hops) > 0; redirects++ {
+		var next []hop
+		for _, h := range hops {
+			if limit := p.shards.MaxRedirects(); redirects > limit {
+				return fmt.Errorf("publisher: XADD %s: %w, redirected more than the client's MaxRedirects (%d) times (publishing again with the same ids is safe)", h.entries[0].stream, h.cause, limit)
 			}
-			if replicas > 0 {
-				wait = shard.WaitCmd(ctx, 1, p.opt.WaitTimeout)
-				return pipe.Process(ctx, wait)
+			if h.cause != nil && redis.IsTryAgainError(h.cause) {
+				// The slot's keys are being moved: a moment.
+				select {
+				case <-time.After(tryAgainPause):
+				case <-ctx.Done():
+					return fmt.Errorf("publisher: XADD %s: %w after %w (publishing again with the same ids is safe)", h.entries[0].stream, ctx.Err(), h.cause)
+				}
 			}
-			return nil
-		})
-		if err != nil {
-			sh.Forget()
-			p.shards.Moved(ctx)
+			more, err := p.writeShard(ctx, h)
+			if err != nil {
+				return err
+			}
+			next = append(next, more...)
 		}
-		if err := xaddError(cmds[:min(len(cmds), len(group))], err); err != nil {
-			return err
-		}
-		if wait != nil && wait.Val() < 1 {
-			sh.Forget()
-			return fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
-		}
+		hops = next
 	}
 	return nil
+}
+
+// tryAgainPause is how long a durable write waits before it sends again an
+// XADD a cluster answered with TRYAGAIN (its slot's keys being moved).
+const tryAgainPause = 20 * time.Millisecond
+
+// hop is a durable write's entries bound for one master: first where the
+// slot map says, then where a redirect sends them.
+type hop struct {
+	sh      *shard.Shard
+	entries []entry
+	asking  bool  // an ASK redirect: each XADD after ASKING
+	cause   error // the redirect that sent them here
+}
+
+// writeShard appends h's entries on its master in one pipeline ending with
+// WAIT 1 where the master has a replica, and fails unless the replica
+// acknowledged. It returns the entries the master redirected, by where to.
+func (p *Publisher) writeShard(ctx context.Context, h hop) ([]hop, error) {
+	sh := h.sh
+	replicas, err := sh.Replicas(ctx)
+	if err != nil {
+		// A dead master, or one a failover made a replica: the slot
+		// map is stale too (the cluster client reads it again only
+		// every minute by itself).
+		p.shards.Moved(ctx)
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	p.noteReplicas(sh.C.Options().Addr, replicas)
+	var wait *redis.IntCmd
+	xadds := make([]redis.Cmder, len(h.entries))
+	var asking []*redis.StatusCmd
+	_, perr := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, args := range h.entries {
+			if h.asking {
+				asking = append(asking, redis.NewStatusCmd(ctx, "asking"))
+				_ = pipe.Process(ctx, asking[len(asking)-1])
+			}
+			xadds[i] = args.xadd(ctx, pipe)
+		}
+		if replicas > 0 {
+			wait = shard.WaitCmd(ctx, 1, p.opt.WaitTimeout)
+			return pipe.Process(ctx, wait)
+		}
+		return nil
+	})
+	var redirected []hop
+	var failed []redis.Cmder
+	appended := 0
+	for i, cmd := range xadds {
+		switch cerr := cmd.Err(); {
+		case cerr == nil:
+			appended++
+		case isRedirect(cerr):
+			if redirected, err = p.follow(ctx, redirected, h, h.entries[i], cerr); err != nil {
+				return nil, err
+			}
+		default:
+			failed = append(failed, cmd)
+		}
+	}
+	for _, cmd := range asking {
+		if err := cmd.Err(); err != nil && len(failed) == 0 && redirected != nil {
+			// Redirected again for want of ASKING (an ACL without it):
+			// say why rather than the redirect.
+			return nil, fmt.Errorf("publisher: ASKING on %s, after %w: %w (publishing again with the same ids is safe)", sh.C.Options().Addr, h.cause, err)
+		}
+	}
+	if len(failed) > 0 {
+		sh.Forget()
+		p.shards.Moved(ctx)
+		return nil, xaddError(failed, perr)
+	}
+	if appended > 0 && wait != nil {
+		if werr := wait.Err(); werr != nil {
+			sh.Forget()
+			return nil, fmt.Errorf("publisher: WAIT on %s: %w (publishing again with the same ids is safe)", sh.C.Options().Addr, werr)
+		}
+		if wait.Val() < 1 {
+			sh.Forget()
+			return nil, fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+		}
+	}
+	if len(redirected) == 0 && perr != nil {
+		return nil, fmt.Errorf("publisher: %w (publishing again with the same ids is safe)", perr)
+	}
+	return redirected, nil
+}
+
+// isRedirect reports whether err is a cluster's redirect: the command was
+// not run, and may be sent where it says (MOVED, ASK) or again (TRYAGAIN).
+func isRedirect(err error) bool {
+	_, moved := redis.IsMovedError(err)
+	_, ask := redis.IsAskError(err)
+	return moved || ask || redis.IsTryAgainError(err)
+}
+
+// follow adds e, an entry of from that err redirected, to the hops of
+// redirected bound where err says: another master (MOVED, ASK), or from's
+// own again (TRYAGAIN).
+func (p *Publisher) follow(ctx context.Context, redirected []hop, from hop, e entry, err error) ([]hop, error) {
+	next := hop{sh: from.sh, asking: from.asking, cause: err}
+	addr, ask := redis.IsAskError(err)
+	if moved, ok := redis.IsMovedError(err); ok {
+		addr = moved
+		p.shards.Moved(ctx) // the slot has a new master: the map is stale
+	}
+	if addr != "" {
+		sh, serr := p.shards.At(ctx, addr)
+		if serr != nil {
+			return nil, fmt.Errorf("publisher: XADD %s: %w: %w (publishing again with the same ids is safe)", e.stream, err, serr)
+		}
+		next = hop{sh: sh, asking: ask, cause: err}
+	}
+	for i := range redirected {
+		h := &redirected[i]
+		if h.sh == next.sh && h.asking == next.asking && redis.IsTryAgainError(h.cause) == redis.IsTryAgainError(err) {
+			h.entries = append(h.entries, e)
+			return redirected, nil
+		}
+	}
+	next.entries = []entry{e}
+	return append(redirected, next), nil
 }
 
 // noteReplicas warns once that a master has no replica, where Durable

@@ -270,18 +270,24 @@ func (z *readSize) scale(n int) int {
 // command itself, as it follows a MOVED or ASK, up to MaxRedirects times
 // whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
 // claim refused with MOVED has the slot map read again for the next one.
+// It carries the hooks redisconn gives a client of c's options (the
+// certificate hint), which go-redis does not copy.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
+	var once redis.UniversalClient
 	switch c := c.(type) {
 	case *redis.Client:
 		o := *c.Options()
 		o.MaxRetries = -1
-		return redis.NewClient(&o)
+		once = redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
 		o.MaxRetries, o.MaxRedirects = -1, -1
-		return redis.NewClusterClient(&o)
+		once = redis.NewClusterClient(&o)
+	default:
+		return nopClose{c}
 	}
-	return nopClose{c}
+	redisconn.AddHooks(once)
+	return once
 }
 
 // nopClose is a client whose Close does nothing: another owns it.
@@ -323,6 +329,7 @@ func (s *streamReader) client(ctx context.Context) *redis.Client {
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 1
 	o.MaxRetries = -1 // a read retried would deliver more entries
 	s.c = redis.NewClient(&o)
+	redisconn.AddHooks(s.c) // the certificate hint, which go-redis does not copy
 	return s.c
 }
 

@@ -121,8 +121,9 @@ func For(m *matrix.Matrix, spec Spec) (Rules, error) {
 	}
 	if spec.Cluster {
 		// A cluster client reads the slot map, and the command table to
-		// find each command's keys.
-		r.Commands = append(r.Commands, "cluster|slots", "command")
+		// find each command's keys; it follows an ASK redirect (a slot
+		// being migrated) with ASKING.
+		r.Commands = append(r.Commands, "cluster|slots", "command", "asking")
 	}
 	r.Commands = dedupe(r.Commands)
 	for i, c := range r.Commands {

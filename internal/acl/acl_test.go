@@ -55,7 +55,7 @@ func TestRoles(t *testing.T) {
 		warn int
 	}{
 		{"router", Spec{Role: Router}, routerCmds + " +publish " + routerKeys + " &inv:*", 0},
-		{"router on a cluster", Spec{Role: Router, Cluster: true}, routerCmds + " +spublish +cluster|slots +command " + routerKeys + " &inv:*", 0},
+		{"router on a cluster", Spec{Role: Router, Cluster: true}, routerCmds + " +spublish +cluster|slots +command +asking " + routerKeys + " &inv:*", 0},
 		{"publisher of the shared ingress", Spec{Role: Publisher}, "+xadd +get %R~inv:ingress:partitions %W~inv:ingress:{*}", 1},
 		{"granted publisher", Spec{Role: Publisher, Publisher: "shop"}, "+xadd +get %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
 		{"durable publisher", Spec{Role: Publisher, Publisher: "shop", Durable: true}, "+xadd +get +info +wait %R~inv:ingress:partitions %W~inv:ingress:shop:{*}", 0},
@@ -69,7 +69,7 @@ func TestRoles(t *testing.T) {
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"sharded subscriber of every tenant", Spec{Role: Subscriber, Service: "web", Cluster: true},
-			"+hmget +xrange +ping +get +info +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command " +
+			"+hmget +xrange +ping +get +info +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command +asking " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
 		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search", 0},

@@ -97,9 +97,7 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		c := redis.NewClient(opt)
-		if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
-			c.AddHook(certHint{})
-		}
+		AddHooks(c)
 		return c, nil
 	}
 	opt, err := clusterOptions(list)
@@ -113,14 +111,30 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	opt.ClusterStateReloadInterval = 2 * time.Second
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
 		// Each node dials with its own client's hooks, never the
-		// cluster client's.
+		// cluster client's; a client made from a copy of these options
+		// (onceOnly's) keeps them.
 		opt.NewClient = func(o *redis.Options) *redis.Client {
 			n := redis.NewClient(o)
-			n.AddHook(certHint{})
+			AddHooks(n)
 			return n
 		}
 	}
 	return redis.NewClusterClient(opt), nil
+}
+
+// AddHooks adds to c the hooks OpenWith adds to a client of c's options: a
+// TLS client with no certificate of its own gets certHint. A client made
+// from another's options (go-redis copies none of its hooks) calls it to
+// report its errors as the client it derives from does. A cluster client
+// needs none: OpenWith gives its nodes the hint through the options'
+// NewClient, which a copy of the options keeps. Hooks a caller added
+// itself cannot be carried so: go-redis does not tell them.
+func AddHooks(c redis.UniversalClient) {
+	if c, ok := c.(*redis.Client); ok {
+		if tc := c.Options().TLSConfig; tc != nil && tc.GetClientCertificate == nil {
+			c.AddHook(certHint{})
+		}
+	}
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and

@@ -8,7 +8,9 @@ package shard
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,6 +85,11 @@ func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
 	} else {
 		return nil, fmt.Errorf("shard: unsupported Redis client %T", ss.C)
 	}
+	return ss.of(node), nil
+}
+
+// of returns the shard of a master's node client.
+func (ss *Set) of(node *redis.Client) *Shard {
 	addr := node.Options().Addr
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -94,7 +101,59 @@ func (ss *Set) Of(ctx context.Context, key string) (*Shard, error) {
 		sh = &Shard{C: node}
 		ss.byAddr[addr] = sh
 	}
-	return sh, nil
+	return sh
+}
+
+// At returns the shard of the master at addr, as a cluster's redirect
+// (MOVED, ASK) names it: the cluster client's own node of that address, a
+// master or a replica it knew before a failover promoted it. A node the
+// client does not know yet (one just added) is an error; the slot map is
+// read again, so a later call finds it.
+func (ss *Set) At(ctx context.Context, addr string) (*Shard, error) {
+	cc := redisconn.Cluster(ss.C)
+	if cc == nil {
+		return nil, fmt.Errorf("shard: redirected to %s, but the client is not a cluster client", addr)
+	}
+	var mu sync.Mutex // ForEachShard calls back concurrently
+	var node *redis.Client
+	err := cc.ForEachShard(ctx, func(_ context.Context, n *redis.Client) error {
+		if sameAddr(n.Options().Addr, addr) {
+			mu.Lock()
+			node = n
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if node == nil {
+		cc.ReloadState(ctx)
+		return nil, fmt.Errorf("shard: redirected to %s, a node the cluster client does not know yet", addr)
+	}
+	return ss.of(node), nil
+}
+
+// MaxRedirects is how many redirects a write follows: the cluster client's
+// MaxRedirects (3 by default), 0 for one server.
+func (ss *Set) MaxRedirects() int {
+	if cc := redisconn.Cluster(ss.C); cc != nil {
+		return cc.Options().MaxRedirects
+	}
+	return 0
+}
+
+// sameAddr reports whether two host:port addresses are the same, an IPv6
+// host with brackets or without (a redirect's may have none).
+func sameAddr(a, b string) bool {
+	norm := func(addr string) string {
+		i := strings.LastIndexByte(addr, ':')
+		if i < 0 {
+			return addr
+		}
+		return net.JoinHostPort(strings.Trim(addr[:i], "[]"), addr[i+1:])
+	}
+	return norm(a) == norm(b)
 }
 
 // Moved tells the set that a write to a shard failed (a redirect, a dead

@@ -292,6 +292,32 @@ func TestAttack8CacheFullRefusesAValue(t *testing.T) {
 	}
 }
 
+// lease.lua, as a client of another language sends it, on a full cache
+// where the key's lease has no time to live (an operator's or a stray
+// write, which the script replaces): that path's first write was the DEL
+// of the stray lease, which Redis lets through (a deletion), and after a
+// first write Redis refuses nothing more in a script. It must be refused
+// whole, with OOM: the stray lease as it was, no set written.
+func TestAttack8CacheFullRefusesALeaseOverAStrayOne(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	key, set := "{tenant:acme}:user:1", names.TagSetKey("acme", "active")
+	lease := names.LeaseKey("acme", key)
+	must(t, c.Set(ctx, lease, "stray", 0).Err())
+	fill(t, c)
+	raw := redis.NewScript(lua.Sources()["lease.lua"])
+	err := raw.Run(ctx, c, []string{key, lease, set}, strings.Repeat("t", 100000), 30000).Err()
+	if !redis.HasErrorPrefix(err, "OOM") {
+		t.Errorf("lease.lua over a stray lease on the full cache: %v, want OOM", err)
+	}
+	if v, err := c.Get(ctx, lease).Result(); err != nil || v != "stray" {
+		t.Errorf("the stray lease after lease.lua on the full cache: %.20q, %v; want it untouched", v, err)
+	}
+	if n, err := c.Exists(ctx, set).Result(); err != nil || n != 0 {
+		t.Errorf("the tag set written on the full cache (%d, %v)", n, err)
+	}
+}
+
 // The same on a full cache cluster, each master at maxmemory: the scripts'
 // flags (allow-oom, and allow-cross-slot-keys as without flags) hold on
 // cluster nodes, for key-level and whole-tag invalidations, an empty tag's

@@ -3,6 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -245,5 +248,143 @@ func TestAttack8PubFindsThePromotedMaster(t *testing.T) {
 		}); err != nil {
 			t.Fatalf("%v: the last Publish: %v", err, last)
 		}
+	}
+}
+
+// attack: the ingress stream's slot is migrated, step by step as `redis-cli
+// --cluster reshard` does, while a durable publisher (WAIT 1) publishes
+// one event at a time. Once the stream has moved to the importing master
+// its old master answers ASK, and once the slot is handed over, to a
+// client whose slot map is older, MOVED: a redirect means the XADD was
+// not run, so each Publish follows it and succeeds at once, its WAIT on the
+// master that appended the event (whose replica has it when Publish
+// returns), rather than failing until the slot map is read again. The
+// publisher is the user of `routerd acl --role publisher --durable
+// --cluster`, which must let it follow the redirects (ASKING).
+func TestAttack8PubDurableFollowsASlotMigration(t *testing.T) {
+	ctx := context.Background()
+	bus := redistest.StartCluster(t, 3, 1)
+	file := writeMatrix(t, testMatrix)
+	for _, n := range bus.Nodes {
+		aclUser(t, n, file, "pub", "--role", "publisher", "--durable", "--cluster")
+	}
+	// go-redis's defaults: the slot map read again every minute, or when a
+	// command of the client's own meets a redirect.
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: bus.Addrs, Username: "pub", Password: "pw-pub"})
+	t.Cleanup(func() { _ = cc.Close() })
+	adminC := bus.Client(t)
+	// A replica slowed by a loaded machine still acknowledges within
+	// WaitTimeout: the WAIT returns as soon as it does.
+	pub, err := publisher.New(cc, publisher.Options{Partitions: 8, Durable: true, WaitTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := names.IngressStream("invalidate", wire.Partition("acme", 8))
+	slot, err := adminC.ClusterKeySlot(ctx, stream).Result()
+	must(t, err)
+	from, err := cc.MasterForKey(ctx, stream)
+	must(t, err)
+	var to *redis.Client
+	var mu sync.Mutex // ForEachMaster calls back concurrently
+	must(t, cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n.Options().Addr != from.Options().Addr {
+			to = n
+		}
+		return nil
+	}))
+	admin := func(addr string) *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	src, dst := admin(from.Options().Addr), admin(to.Options().Addr)
+	var published []string
+	publish := func(when string) {
+		t.Helper()
+		id, err := pub.Publish(ctx, wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:" + strconv.Itoa(len(published))}})
+		if err != nil {
+			t.Fatalf("a durable Publish %s: %v", when, err)
+		}
+		published = append(published, id)
+	}
+	publish("before the migration")
+
+	srcID, err := src.ClusterMyID(ctx).Result()
+	must(t, err)
+	dstID, err := dst.ClusterMyID(ctx).Result()
+	must(t, err)
+	must(t, dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must(t, src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	publish("while the slot is migrating, the stream still on its old master")
+
+	host, port, _ := net.SplitHostPort(dst.Options().Addr)
+	must(t, src.Do(ctx, "MIGRATE", host, port, "", 0, 5000, "KEYS", stream).Err())
+	if err := src.XLen(ctx, stream).Err(); err == nil || !strings.HasPrefix(err.Error(), "ASK ") {
+		t.Fatalf("XLEN on the old master after MIGRATE: %v, want an ASK redirect", err)
+	}
+	publish("with the stream on the importing master (ASK)")
+	// A batch whose other entry goes to a master not in the migration:
+	// that one is appended where it was sent, the redirected one follows.
+	other := ""
+	for i := 0; other == ""; i++ {
+		tenant := "t" + strconv.Itoa(i)
+		m, err := cc.MasterForKey(ctx, names.IngressStream("invalidate", wire.Partition(tenant, 8)))
+		must(t, err)
+		if a := m.Options().Addr; a != from.Options().Addr && a != to.Options().Addr {
+			other = tenant
+		}
+	}
+	ids, err := pub.PublishBatch(ctx, []wire.Event{{Tenant: "acme", Domain: "user", Keys: []string{"user:batch"}}, {Tenant: other, Domain: "user", WholeTag: true}})
+	if err != nil {
+		t.Fatalf("a durable PublishBatch with the stream on the importing master (ASK): %v", err)
+	}
+	published = append(published, ids[0])
+	otherStream := names.IngressStream("invalidate", wire.Partition(other, 8))
+	if n, err := adminC.XLen(ctx, otherStream).Result(); err != nil || n != 1 {
+		t.Errorf("the batch's entry for the master outside the migration: XLEN %s = %d, %v; want 1", otherStream, n, err)
+	}
+
+	// The handover: the new owner first, as redis-cli does.
+	for _, c := range []*redis.Client{dst, src} {
+		must(t, c.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	}
+	if m, err := cc.MasterForKey(ctx, stream); err != nil || m.Options().Addr != from.Options().Addr {
+		t.Logf("the publisher's slot map already has the new owner (%v): the MOVED case is not exercised", err)
+	}
+	publish("after the handover, with a slot map older than it (MOVED)")
+	publish("after the handover")
+
+	// Each event on the new owner's replica, once: the WAIT was on the
+	// master that appended it.
+	repl := dst.InfoMap(ctx, "replication")
+	must(t, repl.Err())
+	var replica *redis.Client
+	for _, field := range strings.Split(repl.Item("Replication", "slave0"), ",") {
+		if rport, ok := strings.CutPrefix(field, "port="); ok {
+			replica = redis.NewClient(&redis.Options{Addr: net.JoinHostPort(host, rport),
+				OnConnect: func(ctx context.Context, cn *redis.Conn) error { return cn.ReadOnly(ctx).Err() }})
+			t.Cleanup(func() { _ = replica.Close() })
+		}
+	}
+	if replica == nil {
+		t.Fatalf("no replica of %s: %v", dst.Options().Addr, repl)
+	}
+	msgs, err := replica.XRange(ctx, stream, "-", "+").Result()
+	must(t, err)
+	seen := map[string]int{}
+	for _, m := range msgs {
+		ev, err := wire.ParseEventString(m.Values[wire.EventField].(string))
+		must(t, err)
+		seen[ev.ID]++
+	}
+	for _, id := range published {
+		if seen[id] != 1 {
+			t.Errorf("event %s is %d times on the new owner's replica, want once (all: %v)", id, seen[id], seen)
+		}
+	}
+	for _, n := range bus.Nodes {
+		noRefusals(t, n.Addr, n)
 	}
 }

@@ -1042,8 +1042,11 @@ func (r *Router) touch(ctx context.Context, list bool) {
 func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
 	start := "-"
 	size := r.readSize(stream)
+	var deleted int64 // pending entries found deleted: logged once for the round
+	defer func() { r.deletedPending(stream, deleted) }()
 	for ctx.Err() == nil {
-		msgs, next, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
+		msgs, next, gone, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
+		deleted += gone
 		if redis.HasErrorPrefix(err, "NOGROUP") {
 			return r.ensureGroup(ctx, stream)
 		}

@@ -264,12 +264,15 @@ func (z *readSize) scale(n int) int {
 	return max(n>>(2*z.shrunk), 1)
 }
 
-// onceOnly is a client on c's server or cluster that does not retry a
-// command whose connection failed (MaxRetries -1); c itself when it is of
-// another kind. Close it apart from c. A cluster client retries such a
+// onceOnly is a client on c's server or cluster that does not send a
+// command again after its connection failed (a lost reply: the command may
+// have run); c itself when it is of another kind. Close it apart from c.
+// On a server that is MaxRetries -1. A cluster client retries such a
 // command itself, as it follows a MOVED or ASK, up to MaxRedirects times
-// whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
-// claim refused with MOVED has the slot map read again for the next one.
+// whatever MaxRetries says, unless the command says NoRetry: every command
+// of this one does (noRetryHook), so it follows redirects — a MOVED or ASK
+// reply means the command did not run, so sending it where the reply says
+// is safe — and sends nothing again after a lost connection.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 	switch c := c.(type) {
 	case *redis.Client:
@@ -278,10 +281,43 @@ func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 		return redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
-		o.MaxRetries, o.MaxRedirects = -1, -1
-		return redis.NewClusterClient(&o)
+		o.MaxRetries, o.MaxRedirects = -1, followRedirects
+		once := redis.NewClusterClient(&o)
+		once.AddHook(noRetryHook{})
+		return once
 	}
 	return nopClose{c}
+}
+
+// followRedirects is how many MOVED or ASK replies in a row onceOnly's
+// cluster client follows for one command (go-redis's default): a slot
+// moving while the claim is sent, then moving on.
+const followRedirects = 3
+
+// noRetry is a command go-redis sends only once (Cmder.NoRetry): its
+// replies still land in the command it wraps.
+type noRetry struct{ redis.Cmder }
+
+func (noRetry) NoRetry() bool { return true }
+
+// noRetryHook makes every command of a client, alone or in a pipeline,
+// noRetry.
+type noRetryHook struct{}
+
+func (noRetryHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (noRetryHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { return next(ctx, noRetry{cmd}) }
+}
+
+func (noRetryHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		once := make([]redis.Cmder, len(cmds))
+		for i, cmd := range cmds {
+			once[i] = noRetry{cmd}
+		}
+		return next(ctx, once)
+	}
 }
 
 // nopClose is a client whose Close does nothing: another owns it.

@@ -141,3 +141,91 @@ func lostCount(t *testing.T, r *Router) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A bus stream's slot moves to another master while routers run (a
+// resharding: CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE of the stream,
+// then SETSLOT NODE). The claims run on a client that retries nothing
+// (onceOnly); while the stream is on the new master and the slot still
+// migrating the old one answers ASK, and once the slot is moved it answers
+// MOVED to a client whose slot map is older. Neither means the claim ran:
+// the claim round follows the redirect and takes the dead router's
+// entries, with no error, in both states.
+func TestBusLossClaimFollowsASlotMigration(t *testing.T) {
+	ctx := context.Background()
+	cl := redistest.StartCluster(t, 3, 1)
+	c := cl.Client(t)
+	logs := newLockedLog()
+	r, stream := busLossRouter(t, c, logs, Options{ClaimIdle: time.Millisecond, DeadAfter: minDeadAfter})
+	r.claimC = onceOnly(c)
+	defer r.claimC.Close()
+	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadRead := func() {
+		t.Helper()
+		addEvents(t, c, stream, 3)
+		if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead", Streams: []string{stream, ">"}, Count: 10}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // ClaimIdle
+	}
+	claimed := func(state string) {
+		t.Helper()
+		// The claims' client has seen the slot map of before.
+		if err := r.claim(ctx, stream); err != nil {
+			t.Fatalf("%s: the claim round failed: %v", state, err)
+		}
+		p, err := c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "routerd", Start: "-", End: "+", Count: 10, Consumer: "dead"}).Result()
+		if err != nil || len(p) != 0 {
+			t.Fatalf("%s: the dead router's entries left pending: %v, %v", state, p, err)
+		}
+	}
+	deadRead()
+	claimed("before") // the claims' client learns the slot map
+
+	from, err := c.MasterForKey(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, err := c.ClusterKeySlot(ctx, stream).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to *redis.Client
+	var masters []*redis.Client
+	for _, n := range cl.Nodes {
+		nc := redis.NewClient(&redis.Options{Addr: n.Addr})
+		defer nc.Close()
+		if info, err := nc.Info(ctx, "replication").Result(); err == nil && strings.Contains(info, "role:master") {
+			masters = append(masters, nc)
+			if n.Addr != from.Options().Addr && to == nil {
+				to = nc
+			}
+		}
+	}
+	fromC := redis.NewClient(&redis.Options{Addr: from.Options().Addr})
+	defer fromC.Close()
+	fromID, _ := fromC.ClusterMyID(ctx).Result()
+	toID, _ := to.ClusterMyID(ctx).Result()
+	do := func(c *redis.Client, args ...any) {
+		t.Helper()
+		if err := c.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	deadRead()
+	do(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID)
+	do(fromC, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID)
+	host, port, _ := strings.Cut(to.Options().Addr, ":")
+	do(fromC, "MIGRATE", host, port, "", 0, 5000, "KEYS", stream)
+	claimed("stream migrated, slot migrating (ASK)")
+
+	deadRead()
+	for _, m := range masters {
+		do(m, "CLUSTER", "SETSLOT", slot, "NODE", toID)
+	}
+	claimed("slot moved (MOVED)")
+	if l := logs.lines("level=ERROR"); len(l) > 0 {
+		t.Errorf("errors logged:\n%s", strings.Join(l, "\n"))
+	}
+}

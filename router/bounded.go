@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/lua"
 )
 
 // New entries are read with a plain XREADGROUP, bounded on the way in.
@@ -183,6 +184,10 @@ type streamReader struct {
 	// size is what one read or claim of the stream takes now, shared with
 	// the claim loop (Router.readSize).
 	size *readSize
+	// backlog is set by the read loop while the reads before came back
+	// full: the next read is checked for entries deleted unread
+	// (readChecked).
+	backlog bool
 }
 
 // readSize divides what one read or claim of a stream takes (entries and
@@ -414,9 +419,15 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	}
 	o := s.r.opt
 	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(s.size.scale(o.ReadBytes)) + int64(count)*framingPerEntry + 1024}
-	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
-	}).Result()
+	var res []redis.XStream
+	var err error
+	if s.backlog {
+		res, err = s.readChecked(ctx, c, count)
+	} else {
+		res, err = c.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
+		}).Result()
+	}
 	s.bounds.armed = false
 	if err == nil {
 		s.failed = 0
@@ -466,6 +477,41 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		}
 		return nil, readPending, nil
 	}
+}
+
+// readChecked is a read of a backlog (the read before came back full):
+// in the same pipeline, just before it, the head check of lua/unread.lua
+// counts the entries a trim deleted before the group read them, which only
+// a check between the trim and the group's next read can tell while a
+// backlog lasts (the trim deleted every entry the group had read: the
+// stream's first entry is after its last delivered one, until that read).
+// A server runs the commands of one pipeline from one client back to
+// back. The check reads no entry: O(1) per read, not per entry. The read
+// does not block (a backlog has entries; one that drained gets none, and
+// the next read, short, blocks again), since a pipeline's wait for its
+// replies is the connection's read timeout, not the read's block.
+func (s *streamReader) readChecked(ctx context.Context, c *redis.Client, count int) ([]redis.XStream, error) {
+	o := s.r.opt
+	check := lua.UnreadRequest{Stream: s.stream, Group: o.Group}
+	pipe := c.Pipeline()
+	unread := lua.Queue(ctx, pipe, &check)
+	read := pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: -1,
+	})
+	_, _ = pipe.Exec(ctx)
+	got, err := check.Reply(unread)
+	switch {
+	case err == nil:
+		s.r.lostUnread(s.stream, got.Lost, "", got.Last)
+	case redis.HasErrorPrefix(err, "NOSCRIPT"):
+		// The bus lost its script cache: loaded for the next read.
+		if err := lua.Load(ctx, c, lua.RouterScripts()...); err != nil {
+			s.r.log.Debug("loading the scripts for the check of entries deleted unread", "stream", s.stream, "err", err)
+		}
+	default:
+		s.r.log.Debug("checking for entries deleted unread before a read", "stream", s.stream, "err", err)
+	}
+	return read.Result()
 }
 
 // fallBack sends reads through read.lua for 10 s, saying so once per error

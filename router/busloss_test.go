@@ -229,3 +229,156 @@ func TestBusLossClaimFollowsASlotMigration(t *testing.T) {
 		t.Errorf("errors logged:\n%s", strings.Join(l, "\n"))
 	}
 }
+
+// Under a backlog that never drains (publishers add faster than the group
+// reads), an operator trims the ingress (XTRIM … MAXLEN), and a publisher
+// trims it too (XADD … MAXLEN): the unread entries deleted are counted
+// while the backlog lasts, each once, not when (if ever) the group catches
+// up, and the lag exported is the backlog's.
+func TestBusLossTrimUnderABacklogIsCountedWhileItLasts(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	logs := newLockedLog()
+	r, stream := busLossRouter(t, c, logs, Options{})
+	if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	read := func(n int64, ack bool) {
+		t.Helper()
+		res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "me", Streams: []string{stream, ">"}, Count: n, Block: -1}).Result()
+		if err != nil || len(res[0].Messages) != int(n) {
+			t.Fatalf("read %v, %v; want %d entries", res, err, n)
+		}
+		if ack {
+			for _, m := range res[0].Messages {
+				if err := c.XAck(ctx, stream, "routerd", m.ID).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	counted := func(want float64, backlog int64) {
+		t.Helper()
+		if err := r.housekeeping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := lostCount(t, r); got != want {
+			g, _ := c.XInfoGroups(ctx, stream).Result()
+			t.Fatalf("routerd_ingress_entries_lost_total = %v, want %v (the group: %+v); log:\n%s", got, want, g, logs.String())
+		}
+		var lag dto.Metric
+		if err := r.m.lag.Write(&lag); err != nil {
+			t.Fatal(err)
+		}
+		if got := lag.GetGauge().GetValue(); got != float64(backlog) {
+			t.Fatalf("routerd_ingress_lag_entries = %v, want the backlog's %d", got, backlog)
+		}
+	}
+	addEvents(t, c, stream, 10)
+	read(5, true)
+	// The operator's trim: the 5 read and the next 2 unread.
+	if err := c.XTrimMaxLen(ctx, stream, 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	addEvents(t, c, stream, 20)
+	read(4, false) // the group reads on, past the trim; 19 left
+	counted(2, 19)
+	read(6, true)
+	addEvents(t, c, stream, 5)
+	counted(2, 18) // counted once
+	// A publisher that caps the stream (XADD … MAXLEN 10): of the 29
+	// entries with its own, 19 deleted: 4 pending (counted by the claim
+	// that finds them), 6 acknowledged and 9 unread.
+	if err := c.XAdd(ctx, &redis.XAddArgs{Stream: stream, MaxLen: 10, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	counted(11, 10) // before the group read again: the head is past what it read
+	read(3, false)
+	addEvents(t, c, stream, 2)
+	counted(11, 9)
+	read(9, true) // caught up
+	counted(11, 0)
+	if l := logs.lines("deleted before any router read them", "stream="+stream); len(l) != 2 {
+		t.Errorf("%d warnings of entries deleted unread, want 2 (one for each trim); log:\n%s", len(l), logs.String())
+	}
+}
+
+// A router works through a backlog (10,000 entries, read 16 to 256 at a
+// time) and an operator trims the stream in the middle of it, deleting
+// what the group read and 500 entries it had not: the loss is counted
+// before the group catches up — housekeeping, which would count it once
+// the group has caught up, does not run here (an hour's ClaimInterval) —
+// and counted once (housekeeping after the drain adds nothing).
+func TestBusLossTrimDuringASustainedBacklogIsCountedByTheReads(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	logs := newLockedLog()
+	m := runMatrix(t)
+	stream := names.IngressStream(m.Prefix, wire.Partition("acme", m.Partitions))
+	r, err := New(c, m, Options{Consumer: "me", BatchSize: 16, ClaimInterval: time.Hour, Block: 50 * time.Millisecond, Registerer: prometheus.NewRegistry(),
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The partition count recorded already: the router's start asks for
+	// no housekeeping round (countChecked).
+	if err := c.Set(ctx, names.PartitionsKey(m.Prefix), m.Partitions, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for range 10000 {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{wire.EventField, `{"tenant":"acme","domain":"user","keys":["k"]}`}})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := runRouter(t, r)
+	defer stop()
+	group := func() redis.XInfoGroup {
+		g, err := c.XInfoGroups(ctx, stream).Result()
+		if err != nil || len(g) != 1 {
+			return redis.XInfoGroup{Lag: -1} // not made yet
+		}
+		return g[0]
+	}
+	redistest.Eventually(t, 10*time.Second, "the router reading the backlog", func() bool { return group().EntriesRead >= 500 })
+	// The trim: every entry before the 501st the group has not read.
+	const lost = 500
+	trim := redis.NewScript(`
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #g, 2 do
+    if g[i] == 'last-delivered-id' then last = g[i + 1] end
+  end
+end
+local left = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[1] + 1)
+if #left <= tonumber(ARGV[1]) then
+  return -1
+end
+redis.call('XTRIM', KEYS[1], 'MINID', left[#left][1])
+return #left - 1`)
+	if n, err := trim.Run(ctx, c, []string{stream}, lost).Int(); err != nil || n != lost {
+		t.Fatalf("the trim deleted %d unread entries (%v), want %d: the router drained the backlog first", n, err, lost)
+	}
+	redistest.Eventually(t, 20*time.Second, "the loss counted", func() bool { return lostCount(t, r) >= lost })
+	redistest.Eventually(t, 20*time.Second, "the backlog drained", func() bool {
+		g := group()
+		return g.Lag == 0 && g.Pending == 0
+	})
+	stop()
+	if err := r.housekeeping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := lostCount(t, r); got != lost {
+		t.Errorf("routerd_ingress_entries_lost_total = %v, want %d; log:\n%s", got, lost, lastLogLines(logs, 10))
+	}
+	if l := logs.lines("deleted before any router read them", "stream="+stream, "entries=500"); len(l) != 1 {
+		t.Errorf("%d warnings name the stream and the 500 entries, want 1; log:\n%s", len(l), lastLogLines(logs, 10))
+	}
+}
+
+func lastLogLines(l *lockedLog, n int) string {
+	lines := strings.Split(strings.TrimSpace(l.String()), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -578,6 +578,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// reads take now: bounding count itself would shrink every
 			// read of a backlog again, down to one entry.
 			asked = reader.bound(count)
+			reader.backlog = count > r.opt.BatchSize // the read before came back full
 			msgs, pending, err = r.readNew(ctx, reader, asked, block)
 			if pending {
 				// A cut reply or a failed connection: what it delivered is
@@ -607,7 +608,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
-			batches <- read{} // the retries that are due
+			count = r.opt.BatchSize // none new: a short read
+			batches <- read{}       // the retries that are due
 			continue
 		case ctx.Err() != nil:
 			return
@@ -1171,9 +1173,11 @@ func (r *Router) housekeeping(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// tidy forgets a stream's idle consumers of other instances, returns the
-// group's pending entries and lag, and trims the entries every consumer
-// group has acknowledged.
+// tidy forgets a stream's idle consumers of other instances, trims the
+// entries every consumer group has acknowledged, then counts the entries
+// deleted unread (deletedUnread: after the trim, so that what it counts of
+// the entries the group read is what routers still hold) and returns the
+// group's pending entries and lag.
 func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, err error) {
 	if err := r.forgetConsumers(ctx, stream); err != nil {
 		return 0, 0, err
@@ -1183,28 +1187,16 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 		return 0, 0, err
 	}
 	minID := ""
-	for _, g := range groups {
+	var own *redis.XInfoGroup
+	for i, g := range groups {
 		if g.Name == r.opt.Group {
-			pending += g.Pending
-			l := max(g.Lag, 0) // -1: Redis cannot tell
-			if l > 0 {
-				lost, err := r.deletedUnread(ctx, stream)
-				if err != nil {
-					return pending, lag + l, err
-				}
-				l = max(l-lost, 0)
-			}
-			lag += l
-			if r.delivered == nil {
-				r.delivered = map[string]string{}
-			}
-			r.delivered[stream] = g.LastDeliveredID
+			own = &groups[i]
 		}
 		low := g.LastDeliveredID
 		if g.Pending > 0 {
 			sum, err := r.c.XPending(ctx, stream, g.Name).Result()
 			if err != nil {
-				return pending, lag, err
+				return 0, 0, err
 			}
 			low = sum.Lower
 		}
@@ -1214,29 +1206,63 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 	}
 	if minID != "" && minID != "0-0" {
 		if err := r.c.XTrimMinIDApprox(ctx, stream, minID, 0).Err(); err != nil {
-			return pending, lag, err
+			return 0, 0, err
 		}
 	}
+	if own == nil {
+		return 0, 0, nil
+	}
+	pending = own.Pending
+	lag = max(own.Lag, 0) // -1: Redis cannot tell
+	if lag > 0 {
+		lost, err := r.deletedUnread(ctx, stream)
+		if err != nil {
+			return pending, lag, err
+		}
+		lag = max(lag-lost, 0)
+	}
+	if r.delivered == nil {
+		r.delivered = map[string]string{}
+	}
+	r.delivered[stream] = own.LastDeliveredID
 	return pending, lag, nil
 }
 
 // deletedUnread finds the entries of stream deleted before any router read
-// them (a client's XTRIM or XDEL: they are gone, never routed), which
-// Redis goes on counting in the group's lag: it warns, naming the range
-// they were in, counts them, takes them out of the lag and returns how many.
+// them (a client's XTRIM or XDEL, a publisher's MAXLEN: they are gone,
+// never routed), which Redis goes on counting in the group's lag: it
+// warns, naming the range they were in, counts them, takes them out of the
+// lag and returns how many. With entries left to read it counts them on
+// the server (lua/unread.lua) when they are at most unreadCounted
+// batches, else it runs the head check alone (which the reads of a
+// backlog run before each read: readChecked).
 func (r *Router) deletedUnread(ctx context.Context, stream string) (int64, error) {
-	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group})
+	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group, Most: unreadCounted * r.opt.BatchSize})
 	if err != nil || got.Lost == 0 {
 		return 0, err
 	}
-	r.m.lost.Add(float64(got.Lost))
-	after := r.delivered[stream]
-	if after == "" {
-		after = "its start"
-	}
-	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client): they are lost, not routed",
-		"stream", stream, "entries", got.Lost, "after", after, "up_to", got.Last)
+	r.lostUnread(stream, got.Lost, r.delivered[stream], got.Last)
 	return got.Lost, nil
+}
+
+// unreadCounted is how many BatchSize of entries left to read housekeeping
+// counts, at most, to tell them from entries deleted unread (1,024 at the
+// default: a few milliseconds of the bus's time, converted into Lua).
+const unreadCounted = 4
+
+// lostUnread counts n entries of stream deleted before any router read
+// them, and warns, naming the ids they came after (the group's last
+// delivered id at the housekeeping before; "" when not known) and before.
+func (r *Router) lostUnread(stream string, n int64, after, before string) {
+	if n <= 0 {
+		return
+	}
+	r.m.lost.Add(float64(n))
+	if after == "" {
+		after = "its start, or the last housekeeping"
+	}
+	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client, XADD … MAXLEN by a publisher): they are lost, not routed",
+		"stream", stream, "entries", n, "after", after, "before", before)
 }
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing

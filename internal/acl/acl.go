@@ -150,7 +150,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			// The ingress: the partition count, the streams and their group.
 			"set", "exists", "scan",
 			"xgroup|create", "xgroup|delconsumer", "xgroup|setid", "xreadgroup", "xack", "xautoclaim", "xclaim",
-			"xinfo|groups", "xinfo|consumers", "xpending", "xtrim",
+			"xinfo|groups", "xinfo|consumers", "xinfo|stream", "xpending", "xtrim",
 			// Dead letters, the tenant registry (SREM: an announcement
 			// that failed takes its entry back).
 			"xadd", "sadd", "srem",

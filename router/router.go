@@ -251,6 +251,9 @@ type Router struct {
 	// deadLetterOnce is set once the Redis user was found unable to write
 	// the malformed and too_large dead letters' stream (deadLetterRefused).
 	deadLetterOnce atomic.Bool
+	// deadLetterRecordOnce is set once the Redis user was found unable to
+	// record the dead letters written (deadLetterUnrecorded).
+	deadLetterRecordOnce atomic.Bool
 
 	// digest is the digest of the matrix in force (a string); peers the
 	// live routers and their digests as last read (handover.go).

@@ -172,6 +172,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + names.DeadLetterStream(p),
 			"~" + names.InvalidDeadLetterStream(p),
+			// What each holds dead letters of (lua/deadletter.lua).
+			"~" + names.DeadLetterWrittenKey(names.DeadLetterStream(p)),
+			"~" + names.DeadLetterWrittenKey(names.InvalidDeadLetterStream(p)),
 			"~" + names.RedriveStream(p),
 			"~" + names.TenantsKey(p),
 			"~" + names.RoutersKey(p),

@@ -382,3 +382,38 @@ func lastLogLines(l *lockedLog, n int) string {
 	lines := strings.Split(strings.TrimSpace(l.String()), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// One trim deletes both entries a dead router held pending and entries no
+// router had read: the claim counts the first, housekeeping the second,
+// and the metric holds their sum, whatever runs first, each entry once.
+func TestBusLossTrimOfPendingAndUnreadCountedOnce(t *testing.T) {
+	ctx := context.Background()
+	for _, claimFirst := range []bool{false, true} {
+		c := redistest.Start(t).Client(t)
+		logs := newLockedLog()
+		r, stream := busLossRouter(t, c, logs, Options{ClaimIdle: time.Millisecond, DeadAfter: minDeadAfter})
+		if err := c.XGroupCreateMkStream(ctx, stream, "routerd", "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+		addEvents(t, c, stream, 10)
+		if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "routerd", Consumer: "dead", Streams: []string{stream, ">"}, Count: 4}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.XTrimMaxLen(ctx, stream, 3).Err(); err != nil { // 4 pending, 3 unread
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // ClaimIdle
+		steps := []func() error{func() error { return r.housekeeping(ctx) }, func() error { return r.claim(ctx, stream) }}
+		if claimFirst {
+			steps[0], steps[1] = steps[1], steps[0]
+		}
+		for _, step := range append(steps, steps...) {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := lostCount(t, r); got != 7 {
+			t.Errorf("claim first %v: routerd_ingress_entries_lost_total = %v, want 7 (4 pending, 3 unread); log:\n%s", claimFirst, got, logs.String())
+		}
+	}
+}

@@ -828,7 +828,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 			// A router went silent: its entries now, the rest of the
 			// round at its time.
 			for _, stream := range r.streamList() {
-				r.claimSilent(ctx, stream)
+				r.deletedPending(stream, r.claimSilent(ctx, stream))
 			}
 			continue
 		}
@@ -895,19 +895,25 @@ const countKeptFor = 35 * time.Second
 // claim routes the entries of stream that routers left: those of a router
 // gone silent for DeadAfter (claimSilent), those pending under this
 // router's name that it does not have in hand (claimForgotten), then any
-// pending for ClaimIdle.
+// pending for ClaimIdle. Pending entries the round found deleted from the
+// stream are logged once for the round (deletedPending).
 func (r *Router) claim(ctx context.Context, stream string) error {
-	r.claimSilent(ctx, stream)
-	if err := r.claimForgotten(ctx, stream); err != nil {
+	deleted := r.claimSilent(ctx, stream)
+	defer func() { r.deletedPending(stream, deleted) }()
+	gone, err := r.claimForgotten(ctx, stream)
+	if deleted += gone; err != nil {
 		return err
 	}
-	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+	gone, err = r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+	deleted += gone
+	return err
 }
 
 // claimSilent routes the entries of the routers gone silent on stream
-// (silentRouters). A failure is logged: the claim after ClaimIdle takes
-// those entries too, in time.
-func (r *Router) claimSilent(ctx context.Context, stream string) {
+// (silentRouters), and returns how many of their pending entries it found
+// deleted from the stream (claimOf). A failure is logged: the claim after
+// ClaimIdle takes those entries too, in time.
+func (r *Router) claimSilent(ctx context.Context, stream string) (deleted int64) {
 	silent, err := r.silentRouters(ctx, stream)
 	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
 		// The claim after ClaimIdle does not need the list: it goes on.
@@ -915,10 +921,13 @@ func (r *Router) claimSilent(ctx context.Context, stream string) {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil && ctx.Err() == nil {
+		gone, err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil)
+		deleted += gone
+		if err != nil && ctx.Err() == nil {
 			r.log.Error("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "err", err)
 		}
 	}
+	return deleted
 }
 
 // claimForgotten routes the entries pending under this router's own name
@@ -933,10 +942,10 @@ func (r *Router) claimSilent(ctx context.Context, stream string) {
 // changes no owner). Only an entry in hand that the claim outran and that
 // was settled meanwhile may be routed twice, which the channels' event
 // ids make harmless.
-func (r *Router) claimForgotten(ctx context.Context, stream string) error {
+func (r *Router) claimForgotten(ctx context.Context, stream string) (int64, error) {
 	busy := func() bool { return r.hand.heldFor(stream, r.opt.DeadAfter/2) }
 	if busy() {
-		return nil
+		return 0, nil
 	}
 	return r.claimOf(ctx, stream, r.opt.DeadAfter, r.opt.Consumer, func(msgs []redis.XMessage) []redis.XMessage {
 		if busy() {
@@ -1043,23 +1052,23 @@ func (r *Router) touch(ctx context.Context, list bool) {
 
 // claimOf claims and routes the entries of stream pending for idle, those
 // of the consumer of ("" for any), in rounds until none is left; with
-// keep, only those of each round it keeps.
-func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
+// keep, only those of each round it keeps. It returns how many pending
+// entries it found deleted from the stream, acknowledged and counted
+// (claimPendingOn), for the caller to log once for its round.
+func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) (deleted int64, err error) {
 	start := "-"
 	size := r.readSize(stream)
-	var deleted int64 // pending entries found deleted: logged once for the round
-	defer func() { r.deletedPending(stream, deleted) }()
 	for ctx.Err() == nil {
 		msgs, next, gone, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
 		deleted += gone
 		if redis.HasErrorPrefix(err, "NOGROUP") {
-			return r.ensureGroup(ctx, stream)
+			return deleted, r.ensureGroup(ctx, stream)
 		}
 		if ctx.Err() == nil && lostAfterSent(err) {
 			r.readLost(stream, err)
 		}
 		if err != nil {
-			return err
+			return deleted, err
 		}
 		if len(msgs) > 0 {
 			size.worked()
@@ -1075,11 +1084,11 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 			}
 		}
 		if next == "0-0" || next == "" {
-			return nil
+			return deleted, nil
 		}
 		start = next
 	}
-	return nil
+	return deleted, nil
 }
 
 // hold resets the idle time of the entries waiting in coalesced messages or

@@ -19,10 +19,13 @@
 --          claiming consumer itself (its own, after a restart, or handed to
 --          it: claimed whatever their idle time), or a router's that went
 --          silent (router.Options.DeadAfter)
--- Returns {next, entries, cut}: next is the start of the next call ("0-0"
--- when every pending entry was looked at), entries and cut as read.lua
--- returns them. An entry deleted from the stream while pending is acknowledged
--- (nothing is left to route).
+-- Returns {next, entries, cut, deleted}: next is the start of the next call
+-- ("0-0" when every pending entry was looked at), entries and cut as
+-- read.lua returns them. An entry deleted from the stream while pending (a
+-- client's XDEL, or a trim below it) is acknowledged: nothing is left to
+-- route. deleted is how many this call acknowledged so (XACK's count, so an
+-- entry another claim acknowledged first is not counted twice): they are
+-- lost, and the router counts them.
 local group, consumer = ARGV[1], ARGV[2]
 local idle, start, count, budget = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local whole, keep, of = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
@@ -34,10 +37,11 @@ end
 local pending = redis.call(unpack(args))
 local ids, total, nextID = {}, 0, '0-0'
 local weighs = {} -- by id
+local deleted = 0
 for k, p in ipairs(pending) do
   local e = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
   if not e then
-    redis.call('XACK', KEYS[1], group, p[1])
+    deleted = deleted + redis.call('XACK', KEYS[1], group, p[1])
   else
     local size = weight(e[2], whole, keep) -- a cut name's note not counted
     if #ids > 0 and total + size > budget then
@@ -52,7 +56,7 @@ for k, p in ipairs(pending) do
   end
 end
 if #ids == 0 then
-  return {nextID, {}, {}}
+  return {nextID, {}, {}, deleted}
 end
 local entries = redis.call('XCLAIM', KEYS[1], group, consumer, own and 0 or idle, unpack(ids))
 local cut = {}
@@ -78,4 +82,4 @@ for i, e in ipairs(entries) do
     end
   end
 end
-return {nextID, entries, cut}
+return {nextID, entries, cut, deleted}

@@ -94,6 +94,8 @@ var (
 	generationSrc string
 	//go:embed unread.lua
 	unreadSrc string
+	//go:embed deadletter.lua
+	deadLetterSrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -133,6 +135,7 @@ var sources = map[string]string{
 	"read.lua":            prelude + weightSrc + readSrc,
 	"claim.lua":           prelude + weightSrc + claimSrc,
 	"unread.lua":          prelude + unreadSrc,
+	"deadletter.lua":      prelude + deadLetterSrc,
 }
 
 // Sources returns the scripts as they are sent to Redis, preludes
@@ -159,6 +162,7 @@ var (
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
 	leaseScript, releaseScript, unreadScript  = scripts["lease.lua"], scripts["release.lua"], scripts["unread.lua"]
 	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
+	deadLetterScript                          = scripts["deadletter.lua"]
 )
 
 // Request is one script call: each codec's request type (PublishRequest,
@@ -188,7 +192,7 @@ func Queue[P any](ctx context.Context, pipe redis.Pipeliner, r Request[P]) *redi
 // RouterScripts are the scripts the router runs on the bus: what
 // RunPipeline loads there after a NOSCRIPT.
 func RouterScripts() []*redis.Script {
-	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript, unreadScript}
+	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript, unreadScript, deadLetterScript}
 }
 
 // CacheScripts are the scripts run on a cache Redis.

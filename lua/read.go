@@ -88,6 +88,10 @@ type ClaimRequest struct {
 type ClaimReply struct {
 	Next string // the start of the next call; "0-0" when every pending entry was looked at
 	Entries
+	// Deleted is how many pending entries the call found deleted from the
+	// stream (a client's XDEL or trim) and acknowledged: lost, never
+	// routed.
+	Deleted int64
 }
 
 func (*ClaimRequest) script() *redis.Script { return claimScript }
@@ -99,12 +103,16 @@ func (r *ClaimRequest) encode() (keys []string, args []any) {
 // Reply decodes the call's reply.
 func (r *ClaimRequest) Reply(cmd *redis.Cmd) (ClaimReply, error) {
 	reply, err := cmd.Slice()
-	if reply, err = sized("claim.lua", 3, reply, err); err != nil {
+	if reply, err = sized("claim.lua", 4, reply, err); err != nil {
 		return ClaimReply{}, err
 	}
 	next, _ := reply[0].(string)
-	e, err := entries("claim.lua", reply[1:])
-	return ClaimReply{Next: next, Entries: e}, err
+	deleted, ok := reply[3].(int64)
+	if !ok || deleted < 0 {
+		return ClaimReply{}, badReply("claim.lua", "deleted %v", reply[3])
+	}
+	e, err := entries("claim.lua", reply[1:3])
+	return ClaimReply{Next: next, Entries: e, Deleted: deleted}, err
 }
 
 // entries decodes {entries, cut}: each entry {id, {field, value, …}}, and

@@ -10,22 +10,26 @@ import (
 type UnreadRequest struct {
 	Stream string
 	Group  string
+	// Most is how many entries left to read one call counts at most, to
+	// tell them from what was deleted; 0: none, the head check alone
+	// (unread.lua), which reads no entry.
+	Most int
 }
 
 // UnreadReply is what the call found.
 type UnreadReply struct {
 	// Lost is how many entries were deleted before the group read them
-	// (0: none, or the group has entries left to read).
+	// (0: none, or the call could not tell: unread.lua).
 	Lost int64
-	// Last is the group's last delivered id: the lost entries were added
-	// before it.
+	// Last is an id the lost entries were added before: the first entry
+	// left to read, or the group's last delivered id.
 	Last string
 }
 
 func (*UnreadRequest) script() *redis.Script { return unreadScript }
 
 func (r *UnreadRequest) encode() (keys []string, args []any) {
-	return []string{r.Stream}, []any{r.Group}
+	return []string{r.Stream}, []any{r.Group, max(r.Most, 0)}
 }
 
 // Reply decodes the call's reply.

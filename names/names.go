@@ -341,6 +341,16 @@ func DeadLetterStream(prefix string) string { return prefix + ":deadletter" }
 // dead letters out of DeadLetterStream.
 func InvalidDeadLetterStream(prefix string) string { return prefix + ":deadletter:invalid" }
 
+// DeadLetterWrittenKey, "{<dead-letter stream>}:written", records which
+// entries (and events of packed entries) have a dead letter in the
+// dead-letter stream deadLetters (DeadLetterStream or
+// InvalidDeadLetterStream): a sorted set of "<stream> <entry id> <index>"
+// by the dead letter's time, capped as the stream is, so that a batch
+// routed again (its router killed before it acknowledged the batch, a
+// lost reply) writes no second dead letter. Its hash tag is the whole name
+// of the stream, so both are in one slot.
+func DeadLetterWrittenKey(deadLetters string) string { return "{" + deadLetters + "}:written" }
+
 // RedriveStream holds dead-lettered events sent back to the routers (routerd
 // deadletter replay, or a router that knows the domain an older matrix did
 // not): "<prefix>:redrive", read by every router like an ingress partition.

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redisconn"
+	"github.com/routerd/routerd/lua"
 )
 
 // New entries are read with a plain XREADGROUP, bounded on the way in.
@@ -183,6 +184,10 @@ type streamReader struct {
 	// size is what one read or claim of the stream takes now, shared with
 	// the claim loop (Router.readSize).
 	size *readSize
+	// backlog is set by the read loop while the reads before came back
+	// full: the next read is checked for entries deleted unread
+	// (readChecked).
+	backlog bool
 }
 
 // readSize divides what one read or claim of a stream takes (entries and
@@ -264,14 +269,17 @@ func (z *readSize) scale(n int) int {
 	return max(n>>(2*z.shrunk), 1)
 }
 
-// onceOnly is a client on c's server or cluster that does not retry a
-// command whose connection failed (MaxRetries -1); c itself when it is of
-// another kind. Close it apart from c. A cluster client retries such a
+// onceOnly is a client on c's server or cluster that does not send a
+// command again after its connection failed (a lost reply: the command may
+// have run); c itself when it is of another kind. Close it apart from c.
+// On a server that is MaxRetries -1. A cluster client retries such a
 // command itself, as it follows a MOVED or ASK, up to MaxRedirects times
-// whatever MaxRetries says: this one follows none (MaxRedirects -1), and a
-// claim refused with MOVED has the slot map read again for the next one.
-// It carries the hooks redisconn gives a client of c's options (the
-// certificate hint), which go-redis does not copy.
+// whatever MaxRetries says, unless the command says NoRetry: every command
+// of this one does (noRetryHook), so it follows redirects — a MOVED or ASK
+// reply means the command did not run, so sending it where the reply says
+// is safe — and sends nothing again after a lost connection. It carries the
+// hooks redisconn gives a client of c's options (the certificate hint),
+// which go-redis does not copy.
 func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 	var once redis.UniversalClient
 	switch c := c.(type) {
@@ -281,13 +289,46 @@ func onceOnly(c redis.UniversalClient) redis.UniversalClient {
 		once = redis.NewClient(&o)
 	case *redis.ClusterClient:
 		o := *c.Options()
-		o.MaxRetries, o.MaxRedirects = -1, -1
-		once = redis.NewClusterClient(&o)
+		o.MaxRetries, o.MaxRedirects = -1, followRedirects
+		cc := redis.NewClusterClient(&o)
+		cc.AddHook(noRetryHook{})
+		once = cc
 	default:
 		return nopClose{c}
 	}
 	redisconn.AddHooks(once)
 	return once
+}
+
+// followRedirects is how many MOVED or ASK replies in a row onceOnly's
+// cluster client follows for one command (go-redis's default): a slot
+// moving while the claim is sent, then moving on.
+const followRedirects = 3
+
+// noRetry is a command go-redis sends only once (Cmder.NoRetry): its
+// replies still land in the command it wraps.
+type noRetry struct{ redis.Cmder }
+
+func (noRetry) NoRetry() bool { return true }
+
+// noRetryHook makes every command of a client, alone or in a pipeline,
+// noRetry.
+type noRetryHook struct{}
+
+func (noRetryHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (noRetryHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { return next(ctx, noRetry{cmd}) }
+}
+
+func (noRetryHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		once := make([]redis.Cmder, len(cmds))
+		for i, cmd := range cmds {
+			once[i] = noRetry{cmd}
+		}
+		return next(ctx, once)
+	}
 }
 
 // nopClose is a client whose Close does nothing: another owns it.
@@ -385,9 +426,15 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 	}
 	o := s.r.opt
 	s.bounds = replyBounds{armed: true, maxValue: int64(o.MaxEventBytes), total: int64(s.size.scale(o.ReadBytes)) + int64(count)*framingPerEntry + 1024}
-	res, err := c.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
-	}).Result()
+	var res []redis.XStream
+	var err error
+	if s.backlog {
+		res, err = s.readChecked(ctx, c, count)
+	} else {
+		res, err = c.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: block,
+		}).Result()
+	}
 	s.bounds.armed = false
 	if err == nil {
 		s.failed = 0
@@ -437,6 +484,41 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 		}
 		return nil, readPending, nil
 	}
+}
+
+// readChecked is a read of a backlog (the read before came back full):
+// in the same pipeline, just before it, the head check of lua/unread.lua
+// counts the entries a trim deleted before the group read them, which only
+// a check between the trim and the group's next read can tell while a
+// backlog lasts (the trim deleted every entry the group had read: the
+// stream's first entry is after its last delivered one, until that read).
+// A server runs the commands of one pipeline from one client back to
+// back. The check reads no entry: O(1) per read, not per entry. The read
+// does not block (a backlog has entries; one that drained gets none, and
+// the next read, short, blocks again), since a pipeline's wait for its
+// replies is the connection's read timeout, not the read's block.
+func (s *streamReader) readChecked(ctx context.Context, c *redis.Client, count int) ([]redis.XStream, error) {
+	o := s.r.opt
+	check := lua.UnreadRequest{Stream: s.stream, Group: o.Group}
+	pipe := c.Pipeline()
+	unread := lua.Queue(ctx, pipe, &check)
+	read := pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: o.Group, Consumer: o.Consumer, Streams: []string{s.stream, ">"}, Count: int64(count), Block: -1,
+	})
+	_, _ = pipe.Exec(ctx)
+	got, err := check.Reply(unread)
+	switch {
+	case err == nil:
+		s.r.lostUnread(s.stream, got.Lost, "", got.Last)
+	case redis.HasErrorPrefix(err, "NOSCRIPT"):
+		// The bus lost its script cache: loaded for the next read.
+		if err := lua.Load(ctx, c, lua.RouterScripts()...); err != nil {
+			s.r.log.Debug("loading the scripts for the check of entries deleted unread", "stream", s.stream, "err", err)
+		}
+	default:
+		s.r.log.Debug("checking for entries deleted unread before a read", "stream", s.stream, "err", err)
+	}
+	return read.Result()
 }
 
 // fallBack sends reads through read.lua for 10 s, saying so once per error

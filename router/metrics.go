@@ -79,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lag: f.NewGauge(prometheus.GaugeOpts{
 			Name: "routerd_ingress_lag_entries", Help: "Ingress entries not yet delivered to the consumer group."}),
 		lost: f.NewCounter(prometheus.CounterOpts{
-			Name: "routerd_ingress_entries_lost_total", Help: "Ingress entries deleted from their stream before any router read them (a client's XTRIM or XDEL): never routed."}),
+			Name: "routerd_ingress_entries_lost_total", Help: "Ingress entries deleted from their stream before they were routed (a client's XTRIM or XDEL, a publisher's MAXLEN): before any router read them, or while a router held them (found when claimed). Never routed."}),
 		groupsCreated: f.NewCounter(prometheus.CounterOpts{
 			Name: "routerd_consumer_groups_created_total", Help: "Consumer groups created, at start or after they vanished."}),
 		redriven: f.NewCounter(prometheus.CounterOpts{

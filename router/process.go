@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -861,7 +862,11 @@ func (r *Router) sendOnce(ctx context.Context, b *budgets, out []*outgoing, cmd 
 
 // deadLetter records the refused entries and events of the batch with
 // their reason, each in the dead-letter stream of its reason
-// (deadLetterStream). An error means none was recorded; they stay pending.
+// (deadLetterStream), once: lua/deadletter.lua writes none for an entry,
+// or an event of a packed entry (by stream, entry id and index), that has
+// one already — the batch routed again after its router was killed before
+// it acknowledged it, or a reply lost. An error means none was recorded;
+// they stay pending.
 //
 // A refused packed event's dead letter names its index and keeps, as
 // entry, the fields of an entry that would carry it alone.
@@ -886,50 +891,99 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		return nil
 	}
 	ts := strconv.FormatInt(time.Now().UnixMilli(), 10)
-	var adds []*redis.StringCmd
-	var sent [][]any
-	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for _, d := range list {
-			reason, detail, fields := d.e.reason, d.e.detail, d.e.raw
-			var index []any
-			if d.v != nil {
-				reason, detail = d.v.reason, d.v.detail
-				if d.v.index >= 0 {
-					fields = map[string]any{wire.EventField: string(d.v.json)}
-					index = []any{"index", strconv.Itoa(d.v.index)}
-				}
+	reqs := make([]lua.DeadLetterRequest, len(list))
+	for i, d := range list {
+		reason, detail, fields := d.e.reason, d.e.detail, d.e.raw
+		var index []any
+		at := -1
+		if d.v != nil {
+			reason, detail = d.v.reason, d.v.detail
+			at = d.v.index
+			if d.v.index >= 0 {
+				fields = map[string]any{wire.EventField: string(d.v.json)}
+				index = []any{"index", strconv.Itoa(d.v.index)}
 			}
-			if index == nil && d.e.fromIndex >= 0 {
-				index = []any{"index", strconv.Itoa(d.e.fromIndex)}
-			}
-			// A re-driven entry's dead letter names where it first came
-			// from, so re-driving it again derives the same event ids.
-			values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
-			values = append(values, index...)
-			values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
-			adds = append(adds, pipe.XAdd(ctx, &redis.XAddArgs{
-				Stream: deadLetterStream(r.prefix, reason), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: values,
-			}))
-			sent = append(sent, values)
 		}
-		return nil
+		if index == nil && d.e.fromIndex >= 0 {
+			index = []any{"index", strconv.Itoa(d.e.fromIndex)}
+		}
+		// A re-driven entry's dead letter names where it first came
+		// from, so re-driving it again derives the same event ids.
+		values := []any{"reason", reason, "error", detail, "stream", d.e.from, "entry_id", d.e.fromID}
+		values = append(values, index...)
+		values = append(values, "entry", entryCopy(fields, r.deadLetterCopyBytes(reason, fields)), "ts", ts)
+		dl := deadLetterStream(r.prefix, reason)
+		// Its origin is where this router read it: a re-driven entry
+		// dead-lettered again is another entry of the re-drive stream.
+		reqs[i] = lua.DeadLetterRequest{Stream: dl, Written: names.DeadLetterWrittenKey(dl),
+			Origin: stream + " " + d.e.id + " " + strconv.Itoa(at), MaxLen: r.opt.DeadLetterMaxLen, Values: values}
+	}
+	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(reqs))
+		for i := range reqs {
+			cmds[i] = lua.Queue(ctx, pipe, &reqs[i])
+		}
+		return cmds
 	})
-	if err != nil {
-		err = r.deadLetterRefused(ctx, adds, sent)
+	written := make([]bool, len(list))
+	if len(cmds) == len(reqs) {
+		err = nil
+		for i, cmd := range cmds {
+			got, e := reqs[i].Reply(cmd)
+			fresh := got.ID != ""
+			if e != nil && scriptRefused(e) {
+				e, fresh = r.deadLetterUnrecorded(ctx, &reqs[i], e), true
+			}
+			if e != nil && err == nil {
+				err = e
+			}
+			written[i] = e == nil && fresh
+		}
 	}
 	if err != nil {
 		r.log.Error("writing dead letters", "err", err)
 		return fmt.Errorf("writing dead letters: %w", err)
 	}
-	for _, d := range list {
+	for i, d := range list {
 		reason, detail := d.e.reason, d.e.detail
 		if d.v != nil {
 			reason, detail = d.v.reason, d.v.detail
+		}
+		if !written[i] {
+			r.log.Info("the event has its dead letter already (its batch was routed again)", "reason", reason, "stream", stream, "entry", d.e.id)
+			continue
 		}
 		r.m.deadLettered.WithLabelValues(reason).Inc()
 		r.log.Warn("dead-lettered an event", "reason", reason, "err", detail, "stream", stream, "entry", d.e.id)
 	}
 	return nil
+}
+
+// scriptRefused reports whether err says the Redis user may not run a
+// command or reach a key of a script: a user made by an older routerd acl.
+func scriptRefused(err error) bool {
+	return redis.HasErrorPrefix(err, "NOPERM") || strings.Contains(err.Error(), "The user executing the script can't")
+}
+
+// deadLetterUnrecorded writes the dead letter of req with a plain XADD, as
+// routers did before lua/deadletter.lua, for a Redis user that may not run
+// the script or reach its record (an older routerd acl: why, in err): with
+// no record, a batch routed again writes its dead letters again. A user
+// that may not write names.InvalidDeadLetterStream writes there to
+// names.DeadLetterStream. Each is said once.
+func (r *Router) deadLetterUnrecorded(ctx context.Context, req *lua.DeadLetterRequest, err error) error {
+	if r.deadLetterRecordOnce.CompareAndSwap(false, true) {
+		r.log.Warn("the router's Redis user may not record the dead letters written ("+req.Written+"): a batch routed again after its router was killed writes them again; apply the line of routerd acl --role router again", "err", err)
+	}
+	err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: req.Stream, MaxLen: req.MaxLen, Approx: true, Values: req.Values}).Err()
+	invalid := names.InvalidDeadLetterStream(r.prefix)
+	if redis.HasErrorPrefix(err, "NOPERM") && req.Stream == invalid {
+		if r.deadLetterOnce.CompareAndSwap(false, true) {
+			r.log.Warn("the router's Redis user may not write "+invalid+": malformed and too_large dead letters go to "+names.DeadLetterStream(r.prefix)+", capped with the others; apply the line of routerd acl --role router again", "err", err)
+		}
+		err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: names.DeadLetterStream(r.prefix), MaxLen: req.MaxLen, Approx: true, Values: req.Values}).Err()
+	}
+	return err
 }
 
 // runScripts runs a pipeline of EVALSHA calls; when Redis has lost its
@@ -1187,31 +1241,6 @@ func loadScripts(ctx context.Context, c redis.Scripter) error {
 
 // noopSpan stands in for a span when tracing is off.
 var noopSpan = trace.SpanFromContext(context.Background())
-
-// deadLetterRefused writes to names.DeadLetterStream the dead letters whose
-// XADD to names.InvalidDeadLetterStream the Redis user may not run (a user
-// made by an older routerd acl: NOPERM), saying so once, and returns the
-// first other error of adds.
-func (r *Router) deadLetterRefused(ctx context.Context, adds []*redis.StringCmd, sent [][]any) error {
-	invalid := names.InvalidDeadLetterStream(r.prefix)
-	var first error
-	for i, cmd := range adds {
-		err := cmd.Err()
-		if err == nil {
-			continue
-		}
-		if redis.HasErrorPrefix(err, "NOPERM") && cmd.Args()[1] == invalid {
-			if r.deadLetterOnce.CompareAndSwap(false, true) {
-				r.log.Warn("the router's Redis user may not write "+invalid+": malformed and too_large dead letters go to "+names.DeadLetterStream(r.prefix)+", capped with the others; apply the line of routerd acl --role router again", "err", err)
-			}
-			err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: names.DeadLetterStream(r.prefix), MaxLen: r.opt.DeadLetterMaxLen, Approx: true, Values: sent[i]}).Err()
-		}
-		if err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
 
 // deadLetterStream is the dead-letter stream of reason: the entries that can
 // never be re-driven (malformed, too_large) have their own, capped apart, so

@@ -105,8 +105,23 @@ func (r *Router) readNew(ctx context.Context, s *streamReader, count int, block 
 // is "" (this router's own are claimed whatever idle) — as many as fit
 // bytes (at least one). It returns them and the start of the next call
 // ("0-0" when every pending entry was looked at).
+// Pending entries it finds deleted from the stream are acknowledged,
+// counted and logged (deletedPending).
 func (r *Router) claimPending(ctx context.Context, stream string, idle time.Duration, start string, of string, bytes int) ([]redis.XMessage, string, error) {
-	return r.claimPendingOn(ctx, r.c, stream, idle, start, of, bytes)
+	msgs, next, deleted, err := r.claimPendingOn(ctx, r.c, stream, idle, start, of, bytes)
+	r.deletedPending(stream, deleted)
+	return msgs, next, err
+}
+
+// deletedPending logs that n entries of stream pending for a router were
+// found deleted (a client's XDEL or trim) by a claim round, which
+// acknowledged them (lua/claim.lua): lost, never routed. claimPendingOn
+// has counted them already.
+func (r *Router) deletedPending(stream string, n int64) {
+	if n > 0 {
+		r.log.Warn("pending ingress entries deleted before they were routed (XDEL or XTRIM by a client while a router held them): they are lost, acknowledged",
+			"stream", stream, "entries", n)
+	}
 }
 
 // claims is the client claims of other routers' and forgotten entries
@@ -118,24 +133,29 @@ func (r *Router) claims() redis.UniversalClient {
 	return r.claimC
 }
 
-// claimPendingOn is claimPending through the client c.
-func (r *Router) claimPendingOn(ctx context.Context, c redis.UniversalClient, stream string, idle time.Duration, start string, of string, bytes int) ([]redis.XMessage, string, error) {
+// claimPendingOn is claimPending through the client c, which also returns
+// how many pending entries it found deleted from the stream and
+// acknowledged: those are counted in routerd_ingress_entries_lost_total
+// here, and the caller logs them once for its round (deletedPending).
+func (r *Router) claimPendingOn(ctx context.Context, c redis.UniversalClient, stream string, idle time.Duration, start string, of string, bytes int) ([]redis.XMessage, string, int64, error) {
 	if start == "("+maxStreamID {
 		// Nothing follows the largest id (a stream a client exhausted,
 		// XADD … 18446744073709551615-18446744073709551615), and Redis
 		// refuses it as an exclusive start.
-		return nil, "0-0", nil
+		return nil, "0-0", 0, nil
 	}
 	req := lua.ClaimRequest{Stream: stream, Group: r.opt.Group, Consumer: r.opt.Consumer, MinIdle: idle, Start: start,
 		Count: r.opt.BatchSize, Bytes: bytes, MaxValue: r.opt.MaxEventBytes, Keep: r.opt.DeadLetterEntryBytes, Of: of}
 	reply, err := readWithPeersOn(ctx, r, c, &req)
 	if r.refused(err) {
-		return r.claimUnbounded(ctx, stream, idle, start, of)
+		msgs, next, err := r.claimUnbounded(ctx, stream, idle, start, of)
+		return msgs, next, 0, err
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, "", 0, err
 	}
-	return withCuts(reply.Entries), reply.Next, nil
+	r.m.lost.Add(float64(reply.Deleted))
+	return withCuts(reply.Entries), reply.Next, reply.Deleted, nil
 }
 
 // refused reports whether err says the Redis user may not run a command of

@@ -31,7 +31,7 @@ func TestReview8AClaimNeverSentLeavesReadsWhole(t *testing.T) {
 	r.claimC = redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second})
 	defer r.claimC.Close()
 	for range 3 {
-		if err := r.claimOf(ctx, stream, time.Second, "", nil); err == nil {
+		if _, err := r.claimOf(ctx, stream, time.Second, "", nil); err == nil {
 			t.Fatal("a claim on a bus nobody listens on worked")
 		}
 	}

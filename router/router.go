@@ -251,6 +251,9 @@ type Router struct {
 	// deadLetterOnce is set once the Redis user was found unable to write
 	// the malformed and too_large dead letters' stream (deadLetterRefused).
 	deadLetterOnce atomic.Bool
+	// deadLetterRecordOnce is set once the Redis user was found unable to
+	// record the dead letters written (deadLetterUnrecorded).
+	deadLetterRecordOnce atomic.Bool
 
 	// digest is the digest of the matrix in force (a string); peers the
 	// live routers and their digests as last read (handover.go).
@@ -578,6 +581,7 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// reads take now: bounding count itself would shrink every
 			// read of a backlog again, down to one entry.
 			asked = reader.bound(count)
+			reader.backlog = count > r.opt.BatchSize // the read before came back full
 			msgs, pending, err = r.readNew(ctx, reader, asked, block)
 			if pending {
 				// A cut reply or a failed connection: what it delivered is
@@ -607,7 +611,8 @@ func (r *Router) readLoop(ctx context.Context, stream string) {
 			// during the read: they are ours now, and waiting for a
 			// claim would only delay them.
 		case errors.Is(err, redis.Nil):
-			batches <- read{} // the retries that are due
+			count = r.opt.BatchSize // none new: a short read
+			batches <- read{}       // the retries that are due
 			continue
 		case ctx.Err() != nil:
 			return
@@ -823,7 +828,7 @@ func (r *Router) claimLoop(ctx context.Context) {
 			// A router went silent: its entries now, the rest of the
 			// round at its time.
 			for _, stream := range r.streamList() {
-				r.claimSilent(ctx, stream)
+				r.deletedPending(stream, r.claimSilent(ctx, stream))
 			}
 			continue
 		}
@@ -890,19 +895,25 @@ const countKeptFor = 35 * time.Second
 // claim routes the entries of stream that routers left: those of a router
 // gone silent for DeadAfter (claimSilent), those pending under this
 // router's name that it does not have in hand (claimForgotten), then any
-// pending for ClaimIdle.
+// pending for ClaimIdle. Pending entries the round found deleted from the
+// stream are logged once for the round (deletedPending).
 func (r *Router) claim(ctx context.Context, stream string) error {
-	r.claimSilent(ctx, stream)
-	if err := r.claimForgotten(ctx, stream); err != nil {
+	deleted := r.claimSilent(ctx, stream)
+	defer func() { r.deletedPending(stream, deleted) }()
+	gone, err := r.claimForgotten(ctx, stream)
+	if deleted += gone; err != nil {
 		return err
 	}
-	return r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+	gone, err = r.claimOf(ctx, stream, r.opt.ClaimIdle, "", nil)
+	deleted += gone
+	return err
 }
 
 // claimSilent routes the entries of the routers gone silent on stream
-// (silentRouters). A failure is logged: the claim after ClaimIdle takes
-// those entries too, in time.
-func (r *Router) claimSilent(ctx context.Context, stream string) {
+// (silentRouters), and returns how many of their pending entries it found
+// deleted from the stream (claimOf). A failure is logged: the claim after
+// ClaimIdle takes those entries too, in time.
+func (r *Router) claimSilent(ctx context.Context, stream string) (deleted int64) {
 	silent, err := r.silentRouters(ctx, stream)
 	if err != nil && ctx.Err() == nil && !redis.HasErrorPrefix(err, "NOGROUP") {
 		// The claim after ClaimIdle does not need the list: it goes on.
@@ -910,10 +921,13 @@ func (r *Router) claimSilent(ctx context.Context, stream string) {
 	}
 	for _, c := range silent {
 		r.log.Info("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "pending", c.Pending, "silent", c.Idle)
-		if err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil); err != nil && ctx.Err() == nil {
+		gone, err := r.claimOf(ctx, stream, r.opt.DeadAfter, c.Name, nil)
+		deleted += gone
+		if err != nil && ctx.Err() == nil {
 			r.log.Error("claiming the entries of a router gone silent", "stream", stream, "consumer", c.Name, "err", err)
 		}
 	}
+	return deleted
 }
 
 // claimForgotten routes the entries pending under this router's own name
@@ -928,10 +942,10 @@ func (r *Router) claimSilent(ctx context.Context, stream string) {
 // changes no owner). Only an entry in hand that the claim outran and that
 // was settled meanwhile may be routed twice, which the channels' event
 // ids make harmless.
-func (r *Router) claimForgotten(ctx context.Context, stream string) error {
+func (r *Router) claimForgotten(ctx context.Context, stream string) (int64, error) {
 	busy := func() bool { return r.hand.heldFor(stream, r.opt.DeadAfter/2) }
 	if busy() {
-		return nil
+		return 0, nil
 	}
 	return r.claimOf(ctx, stream, r.opt.DeadAfter, r.opt.Consumer, func(msgs []redis.XMessage) []redis.XMessage {
 		if busy() {
@@ -1038,20 +1052,23 @@ func (r *Router) touch(ctx context.Context, list bool) {
 
 // claimOf claims and routes the entries of stream pending for idle, those
 // of the consumer of ("" for any), in rounds until none is left; with
-// keep, only those of each round it keeps.
-func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) error {
+// keep, only those of each round it keeps. It returns how many pending
+// entries it found deleted from the stream, acknowledged and counted
+// (claimPendingOn), for the caller to log once for its round.
+func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration, of string, keep func([]redis.XMessage) []redis.XMessage) (deleted int64, err error) {
 	start := "-"
 	size := r.readSize(stream)
 	for ctx.Err() == nil {
-		msgs, next, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
+		msgs, next, gone, err := r.claimPendingOn(ctx, r.claims(), stream, idle, start, of, size.scale(r.opt.ReadBytes))
+		deleted += gone
 		if redis.HasErrorPrefix(err, "NOGROUP") {
-			return r.ensureGroup(ctx, stream)
+			return deleted, r.ensureGroup(ctx, stream)
 		}
 		if ctx.Err() == nil && lostAfterSent(err) {
 			r.readLost(stream, err)
 		}
 		if err != nil {
-			return err
+			return deleted, err
 		}
 		if len(msgs) > 0 {
 			size.worked()
@@ -1067,11 +1084,11 @@ func (r *Router) claimOf(ctx context.Context, stream string, idle time.Duration,
 			}
 		}
 		if next == "0-0" || next == "" {
-			return nil
+			return deleted, nil
 		}
 		start = next
 	}
-	return nil
+	return deleted, nil
 }
 
 // hold resets the idle time of the entries waiting in coalesced messages or
@@ -1168,9 +1185,11 @@ func (r *Router) housekeeping(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// tidy forgets a stream's idle consumers of other instances, returns the
-// group's pending entries and lag, and trims the entries every consumer
-// group has acknowledged.
+// tidy forgets a stream's idle consumers of other instances, trims the
+// entries every consumer group has acknowledged, then counts the entries
+// deleted unread (deletedUnread: after the trim, so that what it counts of
+// the entries the group read is what routers still hold) and returns the
+// group's pending entries and lag.
 func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, err error) {
 	if err := r.forgetConsumers(ctx, stream); err != nil {
 		return 0, 0, err
@@ -1180,28 +1199,16 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 		return 0, 0, err
 	}
 	minID := ""
-	for _, g := range groups {
+	var own *redis.XInfoGroup
+	for i, g := range groups {
 		if g.Name == r.opt.Group {
-			pending += g.Pending
-			l := max(g.Lag, 0) // -1: Redis cannot tell
-			if l > 0 {
-				lost, err := r.deletedUnread(ctx, stream)
-				if err != nil {
-					return pending, lag + l, err
-				}
-				l = max(l-lost, 0)
-			}
-			lag += l
-			if r.delivered == nil {
-				r.delivered = map[string]string{}
-			}
-			r.delivered[stream] = g.LastDeliveredID
+			own = &groups[i]
 		}
 		low := g.LastDeliveredID
 		if g.Pending > 0 {
 			sum, err := r.c.XPending(ctx, stream, g.Name).Result()
 			if err != nil {
-				return pending, lag, err
+				return 0, 0, err
 			}
 			low = sum.Lower
 		}
@@ -1211,29 +1218,63 @@ func (r *Router) tidy(ctx context.Context, stream string) (pending, lag int64, e
 	}
 	if minID != "" && minID != "0-0" {
 		if err := r.c.XTrimMinIDApprox(ctx, stream, minID, 0).Err(); err != nil {
-			return pending, lag, err
+			return 0, 0, err
 		}
 	}
+	if own == nil {
+		return 0, 0, nil
+	}
+	pending = own.Pending
+	lag = max(own.Lag, 0) // -1: Redis cannot tell
+	if lag > 0 {
+		lost, err := r.deletedUnread(ctx, stream)
+		if err != nil {
+			return pending, lag, err
+		}
+		lag = max(lag-lost, 0)
+	}
+	if r.delivered == nil {
+		r.delivered = map[string]string{}
+	}
+	r.delivered[stream] = own.LastDeliveredID
 	return pending, lag, nil
 }
 
 // deletedUnread finds the entries of stream deleted before any router read
-// them (a client's XTRIM or XDEL: they are gone, never routed), which
-// Redis goes on counting in the group's lag: it warns, naming the range
-// they were in, counts them, takes them out of the lag and returns how many.
+// them (a client's XTRIM or XDEL, a publisher's MAXLEN: they are gone,
+// never routed), which Redis goes on counting in the group's lag: it
+// warns, naming the range they were in, counts them, takes them out of the
+// lag and returns how many. With entries left to read it counts them on
+// the server (lua/unread.lua) when they are at most unreadCounted
+// batches, else it runs the head check alone (which the reads of a
+// backlog run before each read: readChecked).
 func (r *Router) deletedUnread(ctx context.Context, stream string) (int64, error) {
-	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group})
+	got, err := lua.Run(ctx, r.c, &lua.UnreadRequest{Stream: stream, Group: r.opt.Group, Most: unreadCounted * r.opt.BatchSize})
 	if err != nil || got.Lost == 0 {
 		return 0, err
 	}
-	r.m.lost.Add(float64(got.Lost))
-	after := r.delivered[stream]
-	if after == "" {
-		after = "its start"
-	}
-	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client): they are lost, not routed",
-		"stream", stream, "entries", got.Lost, "after", after, "up_to", got.Last)
+	r.lostUnread(stream, got.Lost, r.delivered[stream], got.Last)
 	return got.Lost, nil
+}
+
+// unreadCounted is how many BatchSize of entries left to read housekeeping
+// counts, at most, to tell them from entries deleted unread (1,024 at the
+// default: a few milliseconds of the bus's time, converted into Lua).
+const unreadCounted = 4
+
+// lostUnread counts n entries of stream deleted before any router read
+// them, and warns, naming the ids they came after (the group's last
+// delivered id at the housekeeping before; "" when not known) and before.
+func (r *Router) lostUnread(stream string, n int64, after, before string) {
+	if n <= 0 {
+		return
+	}
+	r.m.lost.Add(float64(n))
+	if after == "" {
+		after = "its start, or the last housekeeping"
+	}
+	r.log.Warn("ingress entries deleted before any router read them (XTRIM or XDEL by a client, XADD … MAXLEN by a publisher): they are lost, not routed",
+		"stream", stream, "entries", n, "after", after, "before", before)
 }
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing

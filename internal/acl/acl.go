@@ -151,7 +151,7 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			// The ingress: the partition count, the streams and their group.
 			"set", "exists", "scan",
 			"xgroup|create", "xgroup|delconsumer", "xgroup|setid", "xreadgroup", "xack", "xautoclaim", "xclaim",
-			"xinfo|groups", "xinfo|consumers", "xpending", "xtrim",
+			"xinfo|groups", "xinfo|consumers", "xinfo|stream", "xpending", "xtrim",
 			// Dead letters, the tenant registry (SREM: an announcement
 			// that failed takes its entry back).
 			"xadd", "sadd", "srem",
@@ -173,6 +173,9 @@ func router(m *matrix.Matrix, spec Spec) Rules {
 			"~" + p + ":ingress:*", // the partition count, the shared and the publishers' streams
 			"~" + names.DeadLetterStream(p),
 			"~" + names.InvalidDeadLetterStream(p),
+			// What each holds dead letters of (lua/deadletter.lua).
+			"~" + names.DeadLetterWrittenKey(names.DeadLetterStream(p)),
+			"~" + names.DeadLetterWrittenKey(names.InvalidDeadLetterStream(p)),
 			"~" + names.RedriveStream(p),
 			"~" + names.TenantsKey(p),
 			"~" + names.RoutersKey(p),

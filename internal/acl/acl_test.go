@@ -45,8 +45,8 @@ func parse(t testing.TB) *matrix.Matrix {
 // Each role gets exactly these rules.
 func TestRoles(t *testing.T) {
 	m := parse(t)
-	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xgroup|setid +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xpending +xtrim +xadd +sadd +srem +xrange +xdel +hgetall +hdel +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
-	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:deadletter:invalid ~inv:redrive ~inv:tenants ~inv:routers ~inv:srcver:{*}:*/*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
+	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xgroup|setid +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xinfo|stream +xpending +xtrim +xadd +sadd +srem +xrange +xdel +hgetall +hdel +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
+	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:deadletter:invalid ~{inv:deadletter}:written ~{inv:deadletter:invalid}:written ~inv:redrive ~inv:tenants ~inv:routers ~inv:srcver:{*}:*/*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
 	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +sscan +exists +ping +info"
 	for _, tc := range []struct {
 		name string
@@ -224,7 +224,7 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 	m := parse(t)
 	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'(?:, '([A-Za-z]+)')?`)
 	for spec, scripts := range map[Spec][]string{
-		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua", "unread.lua"},
+		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua", "unread.lua", "deadletter.lua"},
 		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua", "index.lua", "generation.lua"},
 	} {
 		role := spec.Role

@@ -28,9 +28,9 @@ import (
 // by an heir whose connections are killed (CLIENT KILL) while it claims
 // and reads the rest: every event is published exactly once, key-level
 // (no key no event named), every poison entry dead-lettered, and nothing
-// is left pending. Dead letters are at least once: one written by the
-// killed router before it could acknowledge the entry, or whose reply a
-// killed connection lost, is written again. The backlog stays within the
+// is left pending. Each poison entry has one dead letter, even one written
+// by the killed router before it could acknowledge the entry, or whose
+// reply a killed connection lost (lua/deadletter.lua). The backlog stays within the
 // channel's event-id dedupe window (10 × its history of 1,000 ids,
 // docs/operations.md): beyond it, the heir, which routes the entries
 // after the killed router's before it claims those (ClaimIdle), publishes
@@ -122,6 +122,11 @@ func TestAttack6KilledRouterMidBacklogWithPoison(t *testing.T) {
 	}
 	if len(byEntry) != poison {
 		t.Errorf("dead letters of %d entries, want each of the %d poison entries", len(byEntry), poison)
+	}
+	for id, n := range byEntry {
+		if n != 1 {
+			t.Errorf("%d dead letters of entry %s, want 1", n, id)
+		}
 	}
 	t.Logf("%d messages for %d events; %d poison entries, %d dead letters", v, events, poison, len(dls))
 }

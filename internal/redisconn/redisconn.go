@@ -479,18 +479,27 @@ func urlError(u string, err error) error {
 		err = ue.Err
 	}
 	msg := err.Error()
+	var secrets []string
 	if ui := userinfo(u); ui != "" {
 		// The password is what follows the first colon, or the last one
 		// when the URL is too broken to tell; hide every reading of it.
 		_, afterFirst, _ := strings.Cut(ui, ":")
 		afterLast := ui[strings.LastIndex(ui, ":")+1:]
-		for _, secret := range []string{ui, afterFirst, afterLast} {
+		secrets = append(secrets, ui, afterFirst, afterLast)
+	}
+	for _, p := range secretParams(u) {
+		secrets = append(secrets, u[p[0]:p[1]])
+	}
+	if len(secrets) > 0 {
+		for _, secret := range secrets {
 			if secret == "" {
 				continue
 			}
 			msg = strings.ReplaceAll(msg, secret, "***")
-			if dec, derr := url.PathUnescape(secret); derr == nil && dec != "" {
-				msg = strings.ReplaceAll(msg, dec, "***")
+			for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
+				if dec, derr := unescape(secret); derr == nil && dec != "" {
+					msg = strings.ReplaceAll(msg, dec, "***")
+				}
 			}
 		}
 	}
@@ -513,8 +522,21 @@ func userinfo(u string) string {
 
 // redact returns u with its password (everything after the user name in
 // its user information) replaced by ***, whether or not u parses; a URL
-// whose user information has no colon loses it whole.
+// whose user information has no colon loses it whole. The value of a
+// password= query parameter (a Sentinel URL's data nodes' password) is
+// replaced too.
 func redact(u string) string {
+	if ps := secretParams(u); len(ps) > 0 {
+		var b strings.Builder
+		last := 0
+		for _, p := range ps {
+			b.WriteString(u[last:p[0]])
+			b.WriteString("***")
+			last = p[1]
+		}
+		b.WriteString(u[last:])
+		u = b.String()
+	}
 	ui := userinfo(u)
 	if ui == "" {
 		return u
@@ -525,4 +547,38 @@ func redact(u string) string {
 		hidden = user + ":***"
 	}
 	return u[:start] + hidden + u[start+len(ui):]
+}
+
+// secretParams returns where the values of u's password query parameters
+// stand ([start, end) in u, in order), whether or not u parses: after each
+// ? or &, a name that decodes to password or sentinel_password (in any
+// case) up to its =, and the value up to the next & or #.
+func secretParams(u string) [][2]int {
+	var out [][2]int
+	for i := 0; i < len(u); i++ {
+		if u[i] != '?' && u[i] != '&' {
+			continue
+		}
+		eq := strings.IndexAny(u[i+1:], "=&?#")
+		if eq < 0 || u[i+1+eq] != '=' {
+			continue
+		}
+		name, err := url.QueryUnescape(u[i+1 : i+1+eq])
+		if err != nil {
+			name = u[i+1 : i+1+eq]
+		}
+		if n := strings.ToLower(name); n != "password" && n != "sentinel_password" {
+			continue
+		}
+		start := i + 1 + eq + 1
+		end := strings.IndexAny(u[start:], "&#")
+		if end < 0 {
+			end = len(u) - start
+		}
+		if end > 0 {
+			out = append(out, [2]int{start, start + end})
+		}
+		i = start + end - 1
+	}
+	return out
 }

@@ -1,7 +1,9 @@
 // Package redisconn opens Redis clients from the command line's URLs: one
-// URL for a standalone server, or a comma-separated list of seed nodes (or
-// --cluster) for Redis Cluster. URLs follow go-redis (redis://, rediss://,
-// user and password, db, options in the query).
+// URL for a standalone server, a comma-separated list of seed nodes (or
+// --cluster) for Redis Cluster, or one URL with ?master_name= for a server
+// that Redis Sentinel fails over. URLs follow go-redis (redis://, rediss://,
+// user and password, db, options in the query; redis.ParseFailoverURL's
+// form for Sentinel).
 //
 // It is the one place where a connection's TLS configuration is built (CA,
 // client certificate, the name each server is verified under) and where a
@@ -68,7 +70,8 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 // OpenWith returns a client for urls with o.
 //
 // A standalone URL is read by redis.ParseURL, a cluster's by
-// redis.ParseClusterURL, so every option go-redis knows in a URL's query
+// redis.ParseClusterURL, a Sentinel URL (one with master_name in its query)
+// by redis.ParseFailoverURL, so every option go-redis knows in a URL's query
 // reaches the client and an unknown one is an error. Comma-separated seeds
 // take the first URL's options and credentials.
 func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
@@ -80,6 +83,18 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	}
 	if len(list) == 0 {
 		return nil, errors.New("no Redis URL given")
+	}
+	for _, u := range list {
+		if !isSentinel(u) {
+			continue
+		}
+		switch {
+		case len(list) > 1:
+			return nil, fmt.Errorf("redis URL %q names a Sentinel master (master_name): give one URL, with each further sentinel as &addr=host:port, not a comma-separated list", redact(u))
+		case o.Cluster:
+			return nil, fmt.Errorf("redis URL %q names a Sentinel master (master_name): Sentinel and Redis Cluster exclude each other, drop --cluster", redact(u))
+		}
+		return openSentinel(u, o)
 	}
 	if !o.Cluster && len(list) == 1 {
 		opt, err := redis.ParseURL(list[0])
@@ -110,6 +125,55 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 		c.AddHook(certHint{})
 	}
 	return c, nil
+}
+
+// isSentinel reports whether u names a master that Redis Sentinel watches:
+// a query with master_name, as redis.ParseFailoverURL reads it.
+func isSentinel(u string) bool {
+	pu, err := url.Parse(u)
+	return err == nil && pu.Query().Has("master_name")
+}
+
+// openSentinel returns a failover client (a *redis.Client that asks the
+// sentinels for the master on each new connection) for a Sentinel URL:
+// redis.ParseFailoverURL's form, the URL's host and every addr= a sentinel,
+// the user information the sentinels' credentials, username= and
+// password= (or o.PasswordFile) the data nodes'. The TLS of rediss:// and
+// o.TLS apply to the sentinels and the data nodes alike: go-redis dials
+// both with one tls.Config.
+func openSentinel(u string, o Options) (*redis.Client, error) {
+	opt, err := sentinelOptions(u, o)
+	if err != nil {
+		return nil, err
+	}
+	c := redis.NewFailoverClient(opt)
+	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
+		c.AddHook(certHint{})
+	}
+	return c, nil
+}
+
+// sentinelOptions reads a Sentinel URL and applies o to it.
+func sentinelOptions(u string, o Options) (*redis.FailoverOptions, error) {
+	opt, err := redis.ParseFailoverURL(u)
+	if err != nil {
+		return nil, urlError(u, err)
+	}
+	switch {
+	case opt.MasterName == "":
+		return nil, fmt.Errorf("redis URL %q: master_name is empty: name the master as the sentinels know it (sentinel monitor <name> …)", redact(u))
+	case opt.ReplicaOnly, opt.RouteByLatency, opt.RouteRandomly:
+		// routerd writes: a client of the replicas would fail every write,
+		// and go-redis's failover client panics on the routing options.
+		return nil, fmt.Errorf("redis URL %q: replica_only, route_by_latency and route_randomly send commands to replicas, and routerd writes: drop them", redact(u))
+	}
+	if err := o.apply(u, opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig); err != nil {
+		return nil, err
+	}
+	// ParseFailoverURL verifies every server under the first sentinel's
+	// host: the master a sentinel names is verified under its own address.
+	forEachNode(opt.TLSConfig, o.TLS)
+	return opt, nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and
@@ -248,8 +312,9 @@ func (f TLSFiles) config(base *tls.Config) (*tls.Config, error) {
 }
 
 // forEachNode makes c verify each server under the address it is dialled
-// at, unless a ServerName was given: go-redis gives every cluster node the
-// same tls.Config, whose ServerName is the first seed's host, so a node
+// at, unless a ServerName was given: go-redis gives every cluster node (and
+// every sentinel and data node of a failover client) the same tls.Config,
+// whose ServerName is the first seed's (sentinel's) host, so a node
 // with a certificate for its own address only would fail verification (and
 // a certificate for the first seed's name would pass on any node).
 // crypto/tls takes the name from the dialled address when ServerName is

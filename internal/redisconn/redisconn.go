@@ -147,10 +147,68 @@ func openSentinel(u string, o Options) (*redis.Client, error) {
 		return nil, err
 	}
 	c := redis.NewFailoverClient(opt)
+	c.AddHook(unknownMaster{name: opt.MasterName})
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
 		c.AddHook(certHint{})
 	}
 	return c, nil
+}
+
+// unknownMaster rewrites the error of a dial that found no master because
+// every sentinel answered nil (none knows the name: a wrong master_name,
+// sentinels started without their configuration). go-redis joins those
+// answers into its error, which then is redis.Nil to errors.Is: a GET whose
+// connection could not be made would read as a missing key. The error it
+// returns says what is wrong and unwraps to every other cause.
+type unknownMaster struct{ name string }
+
+func (h unknownMaster) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil && errors.Is(err, redis.Nil) {
+			err = &noMasterError{name: h.name, err: err}
+		}
+		return c, err
+	}
+}
+
+func (unknownMaster) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (unknownMaster) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+type noMasterError struct {
+	name string
+	err  error
+}
+
+func (e *noMasterError) Error() string {
+	return fmt.Sprintf("no sentinel knows a master named %q (SENTINEL GET-MASTER-ADDR-BY-NAME answered nil): check master_name and the sentinels' configuration (%v)", e.name, e.err)
+}
+
+// Unwrap returns the causes but redis.Nil.
+func (e *noMasterError) Unwrap() []error { return withoutNil(e.err) }
+
+// withoutNil returns err's tree without redis.Nil: err itself when it does
+// not hold redis.Nil, else what its wrapped errors give.
+func withoutNil(err error) []error {
+	switch {
+	case err == nil || err == redis.Nil:
+		return nil
+	case !errors.Is(err, redis.Nil):
+		return []error{err}
+	}
+	var out []error
+	switch w := err.(type) {
+	case interface{ Unwrap() []error }:
+		for _, e := range w.Unwrap() {
+			out = append(out, withoutNil(e)...)
+		}
+	case interface{ Unwrap() error }:
+		out = withoutNil(w.Unwrap())
+	}
+	return out
 }
 
 // sentinelOptions reads a Sentinel URL and applies o to it.

@@ -2,6 +2,7 @@ package redisconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -124,6 +125,15 @@ func TestSentinelBadURLs(t *testing.T) {
 func TestSentinelFollowsFailover(t *testing.T) {
 	s := redistest.StartSentinel(t, 1, 1)
 	ctx := context.Background()
+
+	// A master no sentinel knows: every command fails, with an error that
+	// says so and that is not redis.Nil (go-redis joins the sentinels'
+	// nil answers into it, and a GET's error would read as a missing key).
+	unknown := open(t, fmt.Sprintf("redis://%s?master_name=nosuch&dialer_retries=1", s.Sentinels[0].Addr), Options{})
+	err := unknown.Get(ctx, "k").Err()
+	if err == nil || errors.Is(err, redis.Nil) || !strings.Contains(err.Error(), `no sentinel knows a master named "nosuch"`) {
+		t.Errorf("GET through an unknown master: %v (redis.Nil: %v), want an error naming the master, not redis.Nil", err, errors.Is(err, redis.Nil))
+	}
 
 	dead := redistest.FreeAddr(t)
 	u := fmt.Sprintf("redis://%s?master_name=%s&addr=%s", dead, s.Name, s.Sentinels[0].Addr)

@@ -147,6 +147,7 @@ func openSentinel(u string, o Options) (*redis.Client, error) {
 		return nil, err
 	}
 	c := redis.NewFailoverClient(opt)
+	follow(c, opt)
 	c.AddHook(unknownMaster{name: opt.MasterName})
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
 		c.AddHook(certHint{})
@@ -220,6 +221,10 @@ func sentinelOptions(u string, o Options) (*redis.FailoverOptions, error) {
 	switch {
 	case opt.MasterName == "":
 		return nil, fmt.Errorf("redis URL %q: master_name is empty: name the master as the sentinels know it (sentinel monitor <name> …)", redact(u))
+	case opt.MinIdleConns > 0:
+		// Connections made as the client is built would be dialled before
+		// the client's dialer is wrapped to follow the master (follow).
+		return nil, fmt.Errorf("redis URL %q: min_idle_conns is not supported with Sentinel: drop it", redact(u))
 	case opt.ReplicaOnly, opt.RouteByLatency, opt.RouteRandomly:
 		// routerd writes: a client of the replicas would fail every write,
 		// and go-redis's failover client panics on the routing options.

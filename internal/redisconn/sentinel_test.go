@@ -101,6 +101,7 @@ func TestSentinelBadURLs(t *testing.T) {
 		{"redis://127.0.0.1:1?master_name=m&password=secret&route_randomly=true", Options{}, "route_randomly"},
 		{"redis://127.0.0.1:1?master_name=m&password=secret&route_by_latency=1", Options{}, "route_by_latency"},
 		{"redis://127.0.0.1:1?master_name=m&password=secret&pool_size=x", Options{}, "pool_size"},
+		{"redis://127.0.0.1:1?master_name=m&password=secret&min_idle_conns=2", Options{}, "min_idle_conns"},
 		{"redis://127.0.0.1:1?master_name=m&password=secret&no_such=1", Options{}, "no_such"},
 		{"redis://127.0.0.1:1?master_name=m&password=secret&addr=nohost", Options{}, "addr"},
 		{"redis://127.0.0.1:1/x?master_name=m&password=secret", Options{}, "database number"},

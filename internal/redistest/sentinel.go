@@ -261,6 +261,41 @@ func (s *Sentinel) KillMaster(tb testing.TB) *Server {
 	return promoted
 }
 
+// Failover has the first sentinel fail the master over to a replica
+// (SENTINEL FAILOVER: nothing is killed, the old master is made a replica
+// of the promoted one) and waits until every sentinel names the promoted
+// replica, it answers as master, and the old master follows it. It
+// returns the new master.
+func (s *Sentinel) Failover(tb testing.TB) *Server {
+	tb.Helper()
+	ctx := context.Background()
+	old := s.Master(tb)
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinels[0].Addr})
+	defer c.Close()
+	if err := c.Failover(ctx, s.Name).Err(); err != nil {
+		tb.Fatalf("redistest: SENTINEL FAILOVER %s: %v", s.Name, err)
+	}
+	var promoted *Server
+	Eventually(tb, 30*time.Second, "a sentinel failover of "+old.Addr, func() bool {
+		promoted = nil
+		for _, sn := range s.Sentinels {
+			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, MaxRetries: -1})
+			addr, err := c.GetMasterAddrByName(ctx, s.Name).Result()
+			_ = c.Close()
+			if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) == old.Addr {
+				return false
+			}
+			for _, srv := range s.Servers {
+				if srv.Addr == net.JoinHostPort(addr[0], addr[1]) {
+					promoted = srv
+				}
+			}
+		}
+		return promoted != nil && role(ctx, promoted) == "master"
+	})
+	return promoted
+}
+
 // role is a server's INFO replication role, "" when it does not answer.
 func role(ctx context.Context, s *Server) string {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})

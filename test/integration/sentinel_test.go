@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -284,5 +285,52 @@ func TestSentinelCacheFailoverLosesAnInvalidation(t *testing.T) {
 			t.Errorf("%s, named by no event, was invalidated: the replay went whole", k)
 		}
 	}
+	r.precise("after:1", "after:2")
+}
+
+// A failover an operator asks for (SENTINEL FAILOVER): the old master
+// lives on, as a master, until the sentinels reconfigure it as a replica
+// (8 s after they see it report itself master, so 8-18 s) and close its
+// clients' connections. go-redis's failover client closes its pooled
+// connections to it at once (+switch-master), but neither its pub/sub
+// connections nor the router's own read connections (router/bounded.go:
+// clients made from the failover client's Options): the router read the
+// old master's ingress and the agent listened there while publishers
+// wrote to the new one, so nothing published after the switch was routed
+// or heard until the old master was reconfigured (about 10 s here). Every
+// connection of routerd's must leave the old master while it is still a
+// master, and what is published after the switch is applied.
+func TestSentinelBusManualFailover(t *testing.T) {
+	bus := redistest.StartSentinel(t, 1, 1)
+	cache := redistest.Start(t)
+	r := newSentinelRig(t, bus.URL(), cache.URL)
+	r.seed("before:1")
+	must(t, r.publish("before:1"))
+	r.waitGone("before:1")
+
+	old := bus.Master(t)
+	oldC := old.Client(t)
+	bus.Failover(t)
+	redistest.Eventually(t, 20*time.Second, "no connection of routerd's left on the old master", func() bool {
+		list, err := oldC.ClientList(context.Background()).Result()
+		if err != nil {
+			return false
+		}
+		for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+			// The sentinels' own, this CLIENT LIST's, and the link to the
+			// new master once the old one follows it may stay.
+			if !strings.Contains(line, " name=sentinel-") && !strings.Contains(line, "cmd=client|list") && !strings.Contains(line, " flags=M ") {
+				return false
+			}
+		}
+		if info, err := oldC.InfoMap(context.Background(), "replication").Result(); err != nil || info["Replication"]["role"] != "master" {
+			t.Errorf("routerd left the old master only when the sentinels reconfigured it and closed its clients (role %v, %v)", info["Replication"]["role"], err)
+		}
+		return true
+	})
+	r.seed("after:0")
+	must(t, r.publish("after:0"))
+	r.waitGone("after:0")
+	r.ready()
 	r.precise("after:1", "after:2")
 }

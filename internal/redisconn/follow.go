@@ -132,10 +132,7 @@ func (w *masterWatch) watch(done <-chan struct{}) {
 			next++
 			continue
 		}
-		w.mu.Lock()
-		moved := len(w.staleLocked(net.JoinHostPort(addr[0], addr[1]))) > 0
-		w.mu.Unlock()
-		if !moved {
+		if !w.moved(addr[0], addr[1]) {
 			continue
 		}
 		ctx, cancel = context.WithTimeout(context.Background(), 2*watchEvery)
@@ -144,6 +141,34 @@ func (w *masterWatch) watch(done <-chan struct{}) {
 		}
 		cancel()
 	}
+}
+
+// moved reports whether some open connection is on another master than
+// host:port, as a sentinel names it: an IP, or a host name (sentinel
+// announce-hostnames) whose addresses are looked up.
+func (w *masterWatch) moved(host, port string) bool {
+	ips := []string{host}
+	if net.ParseIP(host) == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), watchEvery)
+		found, err := net.DefaultResolver.LookupHost(ctx, host)
+		cancel()
+		if err != nil {
+			return false
+		}
+		ips = found
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for c := range w.conns {
+		on := false
+		for _, ip := range ips {
+			on = on || c.master == net.JoinHostPort(ip, port)
+		}
+		if !on {
+			return true
+		}
+	}
+	return false
 }
 
 // watchedConn is a connection the watch knows, to master.

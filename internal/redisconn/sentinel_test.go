@@ -193,3 +193,37 @@ func FuzzSentinelURL(f *testing.F) {
 		}
 	})
 }
+
+// A pub/sub connection of a failover client leaves a master the sentinels
+// demote without a crash (SENTINEL FAILOVER) while it still runs as a
+// master: messages published on the promoted replica reach it before the
+// sentinels reconfigure the old master and close its clients (go-redis
+// closes only its pooled connections on the switch).
+func TestSentinelPubSubFollowsManualFailover(t *testing.T) {
+	s := redistest.StartSentinel(t, 1, 1)
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{})
+	ps := c.Subscribe(ctx, "ch")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := s.Master(t)
+	promoted := s.Failover(t).Client(t)
+	messages := ps.Channel()
+	redistest.Eventually(t, 20*time.Second, "a message published on the promoted replica", func() bool {
+		if err := promoted.Publish(ctx, "ch", "m").Err(); err != nil {
+			return false
+		}
+		select {
+		case msg := <-messages:
+			return msg.Payload == "m"
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
+	info, err := old.Client(t).InfoMap(ctx, "replication").Result()
+	if err != nil || info["Replication"]["role"] != "master" {
+		t.Errorf("the subscription left the old master only once the sentinels had reconfigured it (role %q, %v)", info["Replication"]["role"], err)
+	}
+}

@@ -147,6 +147,11 @@ func openSentinel(u string, o Options) (*redis.Client, error) {
 		return nil, err
 	}
 	c := redis.NewFailoverClient(opt)
+	// go-redis names every failover client's server "FailoverClient" (its
+	// dialer ignores the address): name the master, for the messages that
+	// name a server by Options().Addr (doctor's findings, "no replica of
+	// …"). Nothing has dialled yet.
+	c.Options().Addr = "sentinel:" + opt.MasterName
 	follow(c, opt)
 	c.AddHook(unknownMaster{name: opt.MasterName})
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {

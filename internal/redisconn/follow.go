@@ -2,6 +2,7 @@ package redisconn
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -63,10 +64,14 @@ func follow(c *redis.Client, opt *redis.FailoverOptions) {
 }
 
 // Dial dials the master through go-redis's failover dialer and closes the
-// connections open to another master.
+// connections open to another master. A dial that found no master because
+// no sentinel knows its name fails with a noMasterError.
 func (w *masterWatch) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	c, err := w.dial(ctx, network, addr)
 	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			err = &noMasterError{name: w.name, err: err}
+		}
 		return nil, err
 	}
 	wc := &watchedConn{Conn: c, w: w, master: c.RemoteAddr().String()}

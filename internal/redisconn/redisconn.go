@@ -153,37 +153,19 @@ func openSentinel(u string, o Options) (*redis.Client, error) {
 	// …"). Nothing has dialled yet.
 	c.Options().Addr = "sentinel:" + opt.MasterName
 	follow(c, opt)
-	c.AddHook(unknownMaster{name: opt.MasterName})
 	if opt.TLSConfig != nil && opt.TLSConfig.GetClientCertificate == nil {
 		c.AddHook(certHint{})
 	}
 	return c, nil
 }
 
-// unknownMaster rewrites the error of a dial that found no master because
-// every sentinel answered nil (none knows the name: a wrong master_name,
+// noMasterError is the error of a dial that found no master because every
+// sentinel answered nil (none knows the name: a wrong master_name,
 // sentinels started without their configuration). go-redis joins those
 // answers into its error, which then is redis.Nil to errors.Is: a GET whose
-// connection could not be made would read as a missing key. The error it
-// returns says what is wrong and unwraps to every other cause.
-type unknownMaster struct{ name string }
-
-func (h unknownMaster) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := next(ctx, network, addr)
-		if err != nil && errors.Is(err, redis.Nil) {
-			err = &noMasterError{name: h.name, err: err}
-		}
-		return c, err
-	}
-}
-
-func (unknownMaster) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (unknownMaster) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
+// connection could not be made would read as a missing key. This one says
+// what is wrong and unwraps to every other cause (masterWatch.Dial makes
+// it).
 type noMasterError struct {
 	name string
 	err  error

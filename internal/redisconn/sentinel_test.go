@@ -136,9 +136,16 @@ func TestSentinelFollowsFailover(t *testing.T) {
 	// says so and that is not redis.Nil (go-redis joins the sentinels'
 	// nil answers into it, and a GET's error would read as a missing key).
 	unknown := open(t, fmt.Sprintf("redis://%s?master_name=nosuch&dialer_retries=1", s.Sentinels[0].Addr), Options{})
-	err := unknown.Get(ctx, "k").Err()
-	if err == nil || errors.Is(err, redis.Nil) || !strings.Contains(err.Error(), `no sentinel knows a master named "nosuch"`) {
-		t.Errorf("GET through an unknown master: %v (redis.Nil: %v), want an error naming the master, not redis.Nil", err, errors.Is(err, redis.Nil))
+	// A client made from its Options (the router's own read connections)
+	// dials the same way.
+	o := *unknown.(*redis.Client).Options()
+	copied := redis.NewClient(&o)
+	defer copied.Close()
+	for _, c := range []redis.UniversalClient{unknown, copied} {
+		err := c.Get(ctx, "k").Err()
+		if err == nil || errors.Is(err, redis.Nil) || !strings.Contains(err.Error(), `no sentinel knows a master named "nosuch"`) {
+			t.Errorf("GET through an unknown master: %v (redis.Nil: %v), want an error naming the master, not redis.Nil", err, errors.Is(err, redis.Nil))
+		}
 	}
 
 	dead := redistest.FreeAddr(t)

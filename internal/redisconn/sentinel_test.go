@@ -239,3 +239,32 @@ func TestSentinelPubSubFollowsManualFailover(t *testing.T) {
 		t.Errorf("the subscription left the old master only once the sentinels had reconfigured it (role %q, %v)", info["Replication"]["role"], err)
 	}
 }
+
+// Over TLS (rediss://, every process asking for a client certificate) the
+// TLS files reach the sentinels and the data servers, and each is verified
+// under its own address: the sentinels' certificates are for 127.0.0.2
+// only, the servers' for 127.0.0.1 only, so the master verified under the
+// first sentinel's host (what ParseFailoverURL sets) would fail. A failover
+// is followed over TLS too.
+func TestSentinelTLSVerifiesEachServer(t *testing.T) {
+	pki := redistest.NewPKI(t)
+	s := redistest.StartSentinelTLS(t, pki, 1, 1)
+	cert, key := pki.Issue(t, "routerd")
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{TLS: TLSFiles{CA: pki.CAFile, Cert: cert, Key: key}})
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("over TLS: %v", err)
+	}
+	if err := c.Do(ctx, "WAIT", 1, 5000).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.KillMaster(t)
+	redistest.Eventually(t, 10*time.Second, "a write on the promoted replica over TLS", func() bool {
+		return c.Set(ctx, "k2", "v2", 0).Err() == nil
+	})
+	// One name for every server: the sentinels' certificates do not hold it.
+	err := open(t, s.URL()+"&dialer_retries=1", Options{TLS: TLSFiles{CA: pki.CAFile, Cert: cert, Key: key, ServerName: "127.0.0.1"}}).Ping(ctx).Err()
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.2") {
+		t.Errorf("with --tls-server-name 127.0.0.1: %v, want the sentinel's certificate refused", err)
+	}
+}

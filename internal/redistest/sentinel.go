@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -29,6 +30,10 @@ type Sentinel struct {
 	// Sentinels are the sentinels, each watching the master with a quorum
 	// of a majority of them.
 	Sentinels []*Server
+	// TLS is the client configuration of a set-up started by
+	// StartSentinelTLS (the same for the servers and the sentinels); nil
+	// for a plain one.
+	TLS *tls.Config
 }
 
 // sentinelConf is what a sentinel's configuration file says besides where
@@ -63,6 +68,22 @@ func (c *sentinelConf) args(dir, port string, server []string) ([]string, error)
 // a directory of its own. Everything stops when the test ends.
 func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
 	tb.Helper()
+	return startSentinel(tb, nil, replicas, sentinels)
+}
+
+// StartSentinelTLS is StartSentinel over TLS only, every process requiring
+// a client certificate signed by p: the servers (and their replication)
+// on 127.0.0.1 with certificates for 127.0.0.1 only, the sentinels on
+// 127.0.0.2 with certificates for 127.0.0.2 only, so a client that
+// verified the master under a sentinel's address would fail. TLS (and each
+// Server's) is a client configuration with a certificate of p.
+func StartSentinelTLS(tb testing.TB, p *PKI, replicas, sentinels int) *Sentinel {
+	tb.Helper()
+	return startSentinel(tb, p, replicas, sentinels)
+}
+
+func startSentinel(tb testing.TB, p *PKI, replicas, sentinels int) *Sentinel {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		Binary(tb)
 	}
@@ -82,14 +103,29 @@ func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
 	// A replica's first sync waits repl-diskless-sync-delay (5 s by
 	// default) for others to join it; a promoted replica is a master too.
 	fast := []string{"--repl-diskless-sync-delay", "0"}
-	master, err := Launch(dir("server", 0), fast...)
+	launch := func(dir, host string, conf *sentinelConf, args ...string) (*Server, error) {
+		if p == nil {
+			return launchOn(dir, host, nil, nil, conf, args)
+		}
+		// Replication and the sentinels' links are TLS too; each process
+		// shows its own certificate as a client.
+		cert, key, err := p.issue("redis-"+host, host)
+		if err != nil {
+			return nil, err
+		}
+		return launchOn(dir, host, &tlsFiles{cert, key, p.CAFile}, s.TLS, conf, append(args, "--tls-replication", "yes"))
+	}
+	if p != nil {
+		s.TLS = p.ClientConfig(tb)
+	}
+	master, err := launch(dir("server", 0), "127.0.0.1", nil, fast...)
 	if err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}
 	s.Servers = append(s.Servers, master)
 	host, port, _ := net.SplitHostPort(master.Addr)
 	for i := 1; i <= replicas; i++ {
-		r, err := Launch(dir("server", i), append(fast, "--replicaof", host, port)...)
+		r, err := launch(dir("server", i), "127.0.0.1", nil, append(fast, "--replicaof", host, port)...)
 		if err != nil {
 			tb.Fatalf("redistest: %v", err)
 		}
@@ -100,8 +136,12 @@ func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
 		return connectedReplicas(ctx, master) == replicas
 	})
 	conf := &sentinelConf{name: s.Name, master: master.Addr, quorum: sentinels/2 + 1}
+	sentinelHost := "127.0.0.1"
+	if p != nil {
+		sentinelHost = "127.0.0.2"
+	}
 	for i := 0; i < sentinels; i++ {
-		sn, err := launchSentinel(dir("sentinel", i), conf)
+		sn, err := launch(dir("sentinel", i), sentinelHost, conf)
 		if err != nil {
 			tb.Fatalf("redistest: %v", err)
 		}
@@ -114,7 +154,7 @@ func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
 	// elected to fail over.
 	Eventually(tb, 30*time.Second, "every sentinel knows every replica and sentinel", func() bool {
 		for _, sn := range s.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr})
+			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, TLSConfig: s.TLS})
 			rs, err := c.Replicas(ctx, s.Name).Result()
 			peers, err2 := c.Sentinels(ctx, s.Name).Result()
 			_ = c.Close()
@@ -127,22 +167,27 @@ func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
 	return s
 }
 
-// launchSentinel starts a sentinel on a free port, retrying another port
-// when the one found free was taken before the sentinel bound it.
-func launchSentinel(dir string, conf *sentinelConf) (*Server, error) {
+// launchOn starts a server (a sentinel with conf) on a free port of host,
+// with TLS files f (plain when nil) and the client configuration client,
+// retrying another port when the one found free was taken before the
+// server bound it.
+func launchOn(dir, host string, f *tlsFiles, client *tls.Config, conf *sentinelConf, args []string) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+		port, err := freePortOn(host)
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Dir: dir, sentinel: conf}
+		s := &Server{Addr: net.JoinHostPort(host, strconv.Itoa(port)), Dir: dir, args: args, tlsf: f, TLS: client, sentinel: conf}
 		s.URL = "redis://" + s.Addr
+		if f != nil {
+			s.URL = "rediss://" + s.Addr
+		}
 		if lastErr = s.start(); lastErr == nil {
 			return s, nil
 		}
 	}
-	return nil, fmt.Errorf("could not start a sentinel: %v", lastErr)
+	return nil, fmt.Errorf("could not start redis-server on %s: %v", host, lastErr)
 }
 
 // usable returns the replicas a sentinel lists (SENTINEL REPLICAS) that it
@@ -162,7 +207,7 @@ func usable(replicas []map[string]string) []string {
 // replication's connected_slaves whose state is online); -1 when it does
 // not answer.
 func connectedReplicas(ctx context.Context, s *Server) int {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.TLS, MaxRetries: -1})
 	defer c.Close()
 	info, err := c.InfoMap(ctx, "replication").Result()
 	if err != nil {
@@ -185,7 +230,11 @@ func (s *Sentinel) URL() string {
 	for _, sn := range s.Sentinels[1:] {
 		q.Add("addr", sn.Addr)
 	}
-	return "redis://" + s.Sentinels[0].Addr + "?" + q.Encode()
+	scheme := "redis://"
+	if s.TLS != nil {
+		scheme = "rediss://"
+	}
+	return scheme + s.Sentinels[0].Addr + "?" + q.Encode()
 }
 
 // MasterAddr is the master's address as the first sentinel that answers
@@ -193,7 +242,7 @@ func (s *Sentinel) URL() string {
 func (s *Sentinel) MasterAddr(ctx context.Context) (string, error) {
 	var lastErr error
 	for _, sn := range s.Sentinels {
-		c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, MaxRetries: -1})
+		c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, TLSConfig: s.TLS, MaxRetries: -1})
 		addr, err := c.GetMasterAddrByName(ctx, s.Name).Result()
 		_ = c.Close()
 		if err == nil && len(addr) == 2 {
@@ -227,7 +276,7 @@ func (s *Sentinel) Client(tb testing.TB) *redis.Client {
 	for i, sn := range s.Sentinels {
 		addrs[i] = sn.Addr
 	}
-	c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.Name, SentinelAddrs: addrs})
+	c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: s.Name, SentinelAddrs: addrs, TLSConfig: s.TLS})
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -244,7 +293,7 @@ func (s *Sentinel) KillMaster(tb testing.TB) *Server {
 	Eventually(tb, 30*time.Second, "a sentinel failover of "+old.Addr, func() bool {
 		promoted = nil
 		for _, sn := range s.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, MaxRetries: -1})
+			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, TLSConfig: s.TLS, MaxRetries: -1})
 			addr, err := c.GetMasterAddrByName(ctx, s.Name).Result()
 			_ = c.Close()
 			if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) == old.Addr {
@@ -270,7 +319,7 @@ func (s *Sentinel) Failover(tb testing.TB) *Server {
 	tb.Helper()
 	ctx := context.Background()
 	old := s.Master(tb)
-	c := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinels[0].Addr})
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinels[0].Addr, TLSConfig: s.TLS})
 	defer c.Close()
 	if err := c.Failover(ctx, s.Name).Err(); err != nil {
 		tb.Fatalf("redistest: SENTINEL FAILOVER %s: %v", s.Name, err)
@@ -279,7 +328,7 @@ func (s *Sentinel) Failover(tb testing.TB) *Server {
 	Eventually(tb, 30*time.Second, "a sentinel failover of "+old.Addr, func() bool {
 		promoted = nil
 		for _, sn := range s.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, MaxRetries: -1})
+			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, TLSConfig: s.TLS, MaxRetries: -1})
 			addr, err := c.GetMasterAddrByName(ctx, s.Name).Result()
 			_ = c.Close()
 			if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) == old.Addr {
@@ -298,7 +347,7 @@ func (s *Sentinel) Failover(tb testing.TB) *Server {
 
 // role is a server's INFO replication role, "" when it does not answer.
 func role(ctx context.Context, s *Server) string {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.TLS, MaxRetries: -1})
 	defer c.Close()
 	info, err := c.InfoMap(ctx, "replication").Result()
 	if err != nil {

@@ -266,7 +266,7 @@ func (f *flags) redis(name, envVar, help string) *redisFlags {
 	envPrefix := strings.TrimSuffix(envVar, "REDIS_URL") // ROUTERD_ or ROUTERD_CACHE_
 	r := &redisFlags{
 		name:         name,
-		url:          f.secretEnv(name, envVar, help+"; one URL, or comma-separated cluster seeds; rediss:// for TLS"),
+		url:          f.secretEnv(name, envVar, help+"; one URL, comma-separated cluster seeds, or a Sentinel URL (?master_name=NAME); rediss:// for TLS"),
 		cluster:      f.Bool(flagPrefix+"cluster", false, "the --"+name+" URL is a Redis Cluster seed"),
 		passwordFile: f.stringEnv(name+"-password-file", envPrefix+"REDIS_PASSWORD_FILE", "", "file holding the --"+name+" password, instead of the URL (a container secret)"),
 		stderr:       f.env.Stderr,

@@ -350,10 +350,11 @@ func TestDocsNameMakeTargets(t *testing.T) {
 // in the code and not in a page sends its reader to an error.
 func TestDocsNameRealFlags(t *testing.T) {
 	known := map[string]bool{
-		"version": true, // routerd --version
-		"build":   true, // docker compose up --build
-		"pipe":    true, // redis-cli --pipe
-		"sort":    true, // ps --sort in BENCHMARKS.md
+		"version":  true, // routerd --version
+		"build":    true, // docker compose up --build
+		"pipe":     true, // redis-cli --pipe
+		"sort":     true, // ps --sort in BENCHMARKS.md
+		"sentinel": true, // redis-server --sentinel in sentinel.md
 	}
 	for _, c := range commands {
 		for name := range helpFlags(t, c.name) {

@@ -51,6 +51,11 @@ func TestPasswordsNeverPrinted(t *testing.T) {
 		"redis://u:" + secret + "@[::1",
 		"redis://u:" + secret + "@h:1?no_such_option=1",
 		"rediss://u:" + secret + "@h:1,redis://u:other@h:2",
+		// Sentinel URLs: the data servers' password is password= in the query.
+		"redis://h:1?master_name=m&password=" + secret + "&no_such_option=1",
+		"redis://h:1?master_name=m&password=" + secret + "&route_randomly=true",
+		"redis://:" + secret + "@h:1?master_name=m,redis://h:2",
+		"rediss://h:1?master_name=&password=" + secret,
 	}
 	args := map[string][]string{
 		"serve":      {"--listen", "127.0.0.1:0"},

@@ -1,7 +1,9 @@
 // Package redisconn opens Redis clients from the command line's URLs: one
-// URL for a standalone server, or a comma-separated list of seed nodes (or
-// --cluster) for Redis Cluster. URLs follow go-redis (redis://, rediss://,
-// user and password, db, options in the query).
+// URL for a standalone server, a comma-separated list of seed nodes (or
+// --cluster) for Redis Cluster, or one URL with ?master_name= for a server
+// that Redis Sentinel fails over. URLs follow go-redis (redis://, rediss://,
+// user and password, db, options in the query; redis.ParseFailoverURL's
+// form for Sentinel).
 //
 // It is the one place where a connection's TLS configuration is built (CA,
 // client certificate, the name each server is verified under) and where a
@@ -75,7 +77,8 @@ func Open(urls string, cluster bool) (redis.UniversalClient, error) {
 // OpenWith returns a client for urls with o.
 //
 // A standalone URL is read by redis.ParseURL, a cluster's by
-// redis.ParseClusterURL, so every option go-redis knows in a URL's query
+// redis.ParseClusterURL, a Sentinel URL (one with master_name in its query)
+// by redis.ParseFailoverURL, so every option go-redis knows in a URL's query
 // reaches the client and an unknown one is an error. Comma-separated seeds
 // take the first URL's options and credentials.
 func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
@@ -87,6 +90,18 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 	}
 	if len(list) == 0 {
 		return nil, errors.New("no Redis URL given")
+	}
+	for _, u := range list {
+		if !isSentinel(u) {
+			continue
+		}
+		switch {
+		case len(list) > 1:
+			return nil, fmt.Errorf("redis URL %q names a Sentinel master (master_name): give one URL, with each further sentinel as &addr=host:port, not a comma-separated list", redact(u))
+		case o.Cluster:
+			return nil, fmt.Errorf("redis URL %q names a Sentinel master (master_name): Sentinel and Redis Cluster exclude each other, drop --cluster", redact(u))
+		}
+		return openSentinel(u, o)
 	}
 	if !o.Cluster && len(list) == 1 {
 		opt, err := redis.ParseURL(list[0])
@@ -135,6 +150,103 @@ func AddHooks(c redis.UniversalClient) {
 			c.AddHook(certHint{})
 		}
 	}
+}
+
+// isSentinel reports whether u names a master that Redis Sentinel watches:
+// a query with master_name, as redis.ParseFailoverURL reads it.
+func isSentinel(u string) bool {
+	pu, err := url.Parse(u)
+	return err == nil && pu.Query().Has("master_name")
+}
+
+// openSentinel returns a failover client (a *redis.Client that asks the
+// sentinels for the master on each new connection) for a Sentinel URL:
+// redis.ParseFailoverURL's form, the URL's host and every addr= a sentinel,
+// the user information the sentinels' credentials, username= and
+// password= (or o.PasswordFile) the data nodes'. The TLS of rediss:// and
+// o.TLS apply to the sentinels and the data nodes alike: go-redis dials
+// both with one tls.Config.
+func openSentinel(u string, o Options) (*redis.Client, error) {
+	opt, err := sentinelOptions(u, o)
+	if err != nil {
+		return nil, err
+	}
+	c := redis.NewFailoverClient(opt)
+	// go-redis names every failover client's server "FailoverClient" (its
+	// dialer ignores the address): name the master, for the messages that
+	// name a server by Options().Addr (doctor's findings, "no replica of
+	// …"). Nothing has dialled yet.
+	c.Options().Addr = "sentinel:" + opt.MasterName
+	follow(c, opt)
+	AddHooks(c)
+	return c, nil
+}
+
+// noMasterError is the error of a dial that found no master because every
+// sentinel answered nil (none knows the name: a wrong master_name,
+// sentinels started without their configuration). go-redis joins those
+// answers into its error, which then is redis.Nil to errors.Is: a GET whose
+// connection could not be made would read as a missing key. This one says
+// what is wrong and unwraps to every other cause (masterWatch.Dial makes
+// it).
+type noMasterError struct {
+	name string
+	err  error
+}
+
+func (e *noMasterError) Error() string {
+	return fmt.Sprintf("no sentinel knows a master named %q (SENTINEL GET-MASTER-ADDR-BY-NAME answered nil): check master_name and the sentinels' configuration (%v)", e.name, e.err)
+}
+
+// Unwrap returns the causes but redis.Nil.
+func (e *noMasterError) Unwrap() []error { return withoutNil(e.err) }
+
+// withoutNil returns err's tree without redis.Nil: err itself when it does
+// not hold redis.Nil, else what its wrapped errors give.
+func withoutNil(err error) []error {
+	switch {
+	case err == nil || err == redis.Nil:
+		return nil
+	case !errors.Is(err, redis.Nil):
+		return []error{err}
+	}
+	var out []error
+	switch w := err.(type) {
+	case interface{ Unwrap() []error }:
+		for _, e := range w.Unwrap() {
+			out = append(out, withoutNil(e)...)
+		}
+	case interface{ Unwrap() error }:
+		out = withoutNil(w.Unwrap())
+	}
+	return out
+}
+
+// sentinelOptions reads a Sentinel URL and applies o to it.
+func sentinelOptions(u string, o Options) (*redis.FailoverOptions, error) {
+	opt, err := redis.ParseFailoverURL(u)
+	if err != nil {
+		return nil, urlError(u, err)
+	}
+	switch {
+	case opt.MasterName == "":
+		return nil, fmt.Errorf("redis URL %q: master_name is empty: name the master as the sentinels know it (sentinel monitor <name> …)", redact(u))
+	case opt.MinIdleConns > 0:
+		// Connections made as the client is built would be dialled before
+		// the client's dialer is wrapped to follow the master (follow).
+		return nil, fmt.Errorf("redis URL %q: min_idle_conns is not supported with Sentinel: drop it", redact(u))
+	case opt.ReplicaOnly, opt.RouteByLatency, opt.RouteRandomly:
+		// routerd writes: a client of the replicas would fail every write,
+		// and go-redis's failover client panics on the routing options.
+		return nil, fmt.Errorf("redis URL %q: replica_only, route_by_latency and route_randomly send commands to replicas, and routerd writes: drop them", redact(u))
+	}
+	// perNode: ParseFailoverURL verifies every server under the first
+	// sentinel's host; each sentinel, and the master a sentinel names, is
+	// verified under its own address.
+	if err := o.apply(u, true, opt.Username, &opt.Password, &opt.CredentialsProviderContext, &opt.TLSConfig, &opt.Dialer); err != nil {
+		return nil, err
+	}
+	return opt, nil
 }
 
 // clusterOptions reads cluster seed URLs: the first one's options and
@@ -208,10 +320,11 @@ func withMinVersion(c *tls.Config) *tls.Config {
 }
 
 // apply puts the password file and the TLS files into the options parsed
-// from rawURL (its first URL for a cluster), whose user is user: the files
-// are read now, and the password file again by provider and the CA file
+// from rawURL (its first URL for a cluster), whose user is user (perNode:
+// a cluster's or Sentinel's, whose servers are each verified under their
+// own address): the files are read now, and the password file again by provider and the CA file
 // again by dialer for each new connection.
-func (o Options) apply(rawURL string, cluster bool, user string, password *string, provider *func(context.Context) (string, string, error),
+func (o Options) apply(rawURL string, perNode bool, user string, password *string, provider *func(context.Context) (string, string, error),
 	tc **tls.Config, dialer *func(context.Context, string, string) (net.Conn, error)) error {
 	if o.PasswordFile != "" {
 		if *password != "" {
@@ -235,7 +348,7 @@ func (o Options) apply(rawURL string, cluster bool, user string, password *strin
 		o.Logger.Warn("skip_verify=true: the Redis server's certificate is not verified; anyone on the network path can read and change this connection",
 			"url", redact(rawURL))
 	}
-	c, err := o.TLS.config(*tc, cluster)
+	c, err := o.TLS.config(*tc, perNode)
 	if err != nil {
 		return err
 	}
@@ -258,7 +371,7 @@ func (o Options) apply(rawURL string, cluster bool, user string, password *strin
 // config returns base (what the URL gave: its host as ServerName, the
 // minimum version, skip_verify) with the client certificate and the server
 // name applied. The CA file is apply's.
-func (f TLSFiles) config(base *tls.Config, cluster bool) (*tls.Config, error) {
+func (f TLSFiles) config(base *tls.Config, perNode bool) (*tls.Config, error) {
 	c := base.Clone()
 	if (f.Cert == "") != (f.Key == "") {
 		return nil, errors.New("TLS client certificate and key go together: give both files or neither")
@@ -273,10 +386,11 @@ func (f TLSFiles) config(base *tls.Config, cluster bool) (*tls.Config, error) {
 	switch {
 	case f.ServerName != "":
 		c.ServerName = f.ServerName
-	case cluster:
+	case perNode:
 		// Each node is verified under the address it is dialled at: go-redis
-		// gives every cluster node the same tls.Config, whose ServerName is
-		// the first seed's host, so a node with a certificate for its own
+		// gives every cluster node (and every sentinel and data node of a
+		// failover client) the same tls.Config, whose ServerName is the
+		// first seed's (sentinel's) host, so a node with a certificate for its own
 		// address only would fail verification (and a certificate for the
 		// first seed's name would pass on any node). crypto/tls takes the
 		// name from the dialled address when ServerName is empty.
@@ -615,18 +729,27 @@ func urlError(u string, err error) error {
 		err = ue.Err
 	}
 	msg := err.Error()
+	var secrets []string
 	if ui := userinfo(u); ui != "" {
 		// The password is what follows the first colon, or the last one
 		// when the URL is too broken to tell; hide every reading of it.
 		_, afterFirst, _ := strings.Cut(ui, ":")
 		afterLast := ui[strings.LastIndex(ui, ":")+1:]
-		for _, secret := range []string{ui, afterFirst, afterLast} {
+		secrets = append(secrets, ui, afterFirst, afterLast)
+	}
+	for _, p := range secretParams(u) {
+		secrets = append(secrets, u[p[0]:p[1]])
+	}
+	if len(secrets) > 0 {
+		for _, secret := range secrets {
 			if secret == "" {
 				continue
 			}
 			msg = strings.ReplaceAll(msg, secret, "***")
-			if dec, derr := url.PathUnescape(secret); derr == nil && dec != "" {
-				msg = strings.ReplaceAll(msg, dec, "***")
+			for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
+				if dec, derr := unescape(secret); derr == nil && dec != "" {
+					msg = strings.ReplaceAll(msg, dec, "***")
+				}
 			}
 		}
 	}
@@ -649,8 +772,21 @@ func userinfo(u string) string {
 
 // redact returns u with its password (everything after the user name in
 // its user information) replaced by ***, whether or not u parses; a URL
-// whose user information has no colon loses it whole.
+// whose user information has no colon loses it whole. The value of a
+// password= query parameter (a Sentinel URL's data nodes' password) is
+// replaced too.
 func redact(u string) string {
+	if ps := secretParams(u); len(ps) > 0 {
+		var b strings.Builder
+		last := 0
+		for _, p := range ps {
+			b.WriteString(u[last:p[0]])
+			b.WriteString("***")
+			last = p[1]
+		}
+		b.WriteString(u[last:])
+		u = b.String()
+	}
 	ui := userinfo(u)
 	if ui == "" {
 		return u
@@ -661,4 +797,38 @@ func redact(u string) string {
 		hidden = user + ":***"
 	}
 	return u[:start] + hidden + u[start+len(ui):]
+}
+
+// secretParams returns where the values of u's password query parameters
+// stand ([start, end) in u, in order), whether or not u parses: after each
+// ? or &, a name that decodes to password or sentinel_password (in any
+// case) up to its =, and the value up to the next & or #.
+func secretParams(u string) [][2]int {
+	var out [][2]int
+	for i := 0; i < len(u); i++ {
+		if u[i] != '?' && u[i] != '&' {
+			continue
+		}
+		eq := strings.IndexAny(u[i+1:], "=&?#")
+		if eq < 0 || u[i+1+eq] != '=' {
+			continue
+		}
+		name, err := url.QueryUnescape(u[i+1 : i+1+eq])
+		if err != nil {
+			name = u[i+1 : i+1+eq]
+		}
+		if n := strings.ToLower(name); n != "password" && n != "sentinel_password" {
+			continue
+		}
+		start := i + 1 + eq + 1
+		end := strings.IndexAny(u[start:], "&#")
+		if end < 0 {
+			end = len(u) - start
+		}
+		if end > 0 {
+			out = append(out, [2]int{start, start + end})
+		}
+		i = start + end - 1
+	}
+	return out
 }

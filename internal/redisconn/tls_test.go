@@ -338,6 +338,24 @@ func TestRedact(t *testing.T) {
 	}
 }
 
+// The value of a password= query parameter (a Sentinel URL's data servers'
+// password; on any other URL an unknown option, still a password) is hidden
+// as the user information's is.
+func TestRedactQueryPasswords(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://h:1?master_name=m&password=pw":               "redis://h:1?master_name=m&password=***",
+		"redis://:s@h:1?password=pw&x=1#f":                    "redis://:***@h:1?password=***&x=1#f",
+		"redis://h:1?PASSWORD=pw&sentinel_password=spw":       "redis://h:1?PASSWORD=***&sentinel_password=***",
+		"redis://h:1?pass%77ord=pw":                           "redis://h:1?pass%77ord=***",
+		"redis://h:1?password=&x=password":                    "redis://h:1?password=&x=password",
+		"redis://h:1?x=1,redis://h:2?password=pw,redis://h:3": "redis://h:1?x=1,redis://h:2?password=***",
+	} {
+		if got := redact(in); got != want {
+			t.Errorf("redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 // FuzzOpenHidesPassword: whatever the rest of the URL, an error from
 // OpenWith and the redacted URL never hold the password.
 func FuzzOpenHidesPassword(f *testing.F) {

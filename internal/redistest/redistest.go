@@ -31,8 +31,11 @@ type Server struct {
 	TLS  *tls.Config
 	args []string
 	tlsf *tlsFiles
-	cmd  *exec.Cmd
-	done chan struct{}
+	// sentinel is the configuration a sentinel starts from (sentinel.go);
+	// nil for a data server.
+	sentinel *sentinelConf
+	cmd      *exec.Cmd
+	done     chan struct{}
 }
 
 // Binary returns the path of redis-server, or fails the test saying how to
@@ -93,6 +96,11 @@ func (s *Server) start() error {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return fmt.Errorf("redis-server is not installed: run `apt-get install -y redis-server`")
+	}
+	if s.sentinel != nil {
+		if args, err = s.sentinel.args(s.Dir, port, args); err != nil {
+			return err
+		}
 	}
 	cmd := exec.Command(bin, args...)
 	// A process group of its own, so that Stop reaches the children redis

@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/names"
+)
+
+// An agent delivering to stdout whose reader stopped reading (a pipe nobody
+// drains: the write blocks) stops on SIGTERM all the same, without the
+// clean mark (the delivery was not made: the next start delivers a reset),
+// and says what it abandoned.
+func TestAgentStdoutNotReadStopsOnSIGTERM(t *testing.T) {
+	bin := testbin.Routerd(t)
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var logs syncBuffer
+	cmd := exec.Command(bin, "agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", anyPort,
+		"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "-")
+	cmd.Stdout, cmd.Stderr = w, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close() // the agent holds the only writing end
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	addr := listening(t, &logs)
+	redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
+		code, _ := get(t, "http://"+addr+"/readyz")
+		return code == 200
+	})
+	// One line longer than the pipe holds (64 KiB): its write blocks.
+	keys := make([]string, 200)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user:%d:%s", i, strings.Repeat("x", 400))
+	}
+	publishKeys(t, bus.URL, "user", strings.Join(keys, ","))
+	redistest.Eventually(t, 10*time.Second, "the pipe full", func() bool {
+		n, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ)
+		return err == nil && n >= 32<<10 // more than the reset: the line is being written
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("agent exited with %v:\n%s", waitErr, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the agent did not stop within 15 s of SIGTERM:\n%s", logs.String())
+	}
+	if n, err := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
+		t.Errorf("the clean mark was left (%d, %v) although a delivery was not made", n, err)
+	}
+	if line := grep(logs.String(), "stopping with a delivery not made"); !strings.Contains(line, "acme:active") {
+		t.Errorf("the log does not say what was abandoned:\n%s", logs.String())
+	}
+}

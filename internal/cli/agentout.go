@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
 )
@@ -101,7 +102,7 @@ func (a *agentOut) start(ctx context.Context) error {
 		v, err := a.cache.GetDel(ctx, names.DeliveryKey(a.service)).Result()
 		if err == nil || errors.Is(err, redis.Nil) {
 			a.taken.Store(true)
-			if v == "clean" {
+			if v == lua.DeliveryClean {
 				if plain := a.plainAgents(ctx); plain > 0 {
 					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but an agent without --deliver applies to this cache Redis, so the cache's positions may be ahead of the process", "agents_without_deliver", plain)
 					return a.flush(ctx)
@@ -157,7 +158,8 @@ func (a *agentOut) stopped() {
 		a.log.Warn("stopping with everything delivered, but an agent without --deliver applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "agents_without_deliver", plain)
 		return
 	}
-	if err := a.cache.Set(ctx, names.DeliveryKey(a.service), "clean", 0).Err(); err != nil {
+	// A script, so that the mark lands on a full cache Redis (lua/delivery.lua).
+	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service}); err != nil {
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
 	}
 }
@@ -176,16 +178,20 @@ const (
 func (a *agentOut) announce(ctx context.Context) {
 	m := fmt.Sprintf("%s@%d", a.plainID, time.Now().Add(plainFor).Unix())
 	key := names.DeliveryPlainKey(a.service)
-	if err := a.cache.SAdd(ctx, key, m).Err(); err != nil {
+	var old string
+	if p := a.plain.Load(); p != nil {
+		old = *p
+	}
+	// A script, so that the presence lands on a full cache Redis
+	// (lua/delivery.lua).
+	if _, err := lua.Run(ctx, a.cache, &lua.PresenceRequest{Service: a.service, Member: m, Replaced: old}); err != nil {
 		if !a.plainFailing.Swap(true) && ctx.Err() == nil {
 			a.log.Warn("could not record in the cache Redis that an agent without --deliver applies to it: an agent with --deliver on it may skip what this one applies (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
 		}
 		return
 	}
 	a.plainFailing.Store(false)
-	if old := a.plain.Swap(&m); old != nil {
-		a.cache.SRem(ctx, key, *old)
-	}
+	a.plain.Store(&m)
 }
 
 // renew keeps this agent's presence while it runs without --deliver.

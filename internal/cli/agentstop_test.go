@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -76,5 +78,47 @@ func TestAgentStdoutNotReadStopsOnSIGTERM(t *testing.T) {
 	}
 	if line := grep(logs.String(), "stopping with a delivery not made"); !strings.Contains(line, "acme:active") {
 		t.Errorf("the log does not say what was abandoned:\n%s", logs.String())
+	}
+}
+
+// An agent with --deliver that stops with everything delivered marks its
+// cache Redis clean even when the cache is full (maxmemory under
+// noeviction, where Redis refuses a SET with OOM): the next start then
+// continues from the cache's positions rather than delivering a needless
+// reset.
+func TestAgentCleanMarkOnAFullCache(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	a := startAgent(t, args...)
+	a.waitReady(t)
+	c := cache.Client(t)
+	ctx := context.Background()
+	must(t, c.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
+	must(t, c.ConfigSet(ctx, "maxmemory", "1").Err())
+	t.Cleanup(func() { _ = c.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+	if err := c.Set(ctx, "probe", "x", 0).Err(); !redis.HasErrorPrefix(err, "OOM") {
+		t.Fatalf("a SET on the full cache answered %v, want OOM", err)
+	}
+	a.stop(t)
+	if v, err := c.Get(ctx, names.DeliveryKey("search-svc")).Result(); v != "clean" {
+		t.Fatalf("a clean stop on a full cache left the mark %q (%v):\n%s", v, err, grep(a.errb.String(), "clean"))
+	}
+	b := startAgent(t, args...)
+	b.waitReady(t)
+	if got := rcv.objects(); len(got) != 1 || !got[0].Reset {
+		t.Errorf("delivered %+v, want the first start's reset alone", got)
+	}
+	// An agent without --deliver that starts on the full cache records
+	// its presence all the same: the agent with --deliver, stopping while
+	// it runs, must not mark the cache clean.
+	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
+	plain.waitReady(t)
+	b.stop(t)
+	if n, err := c.Exists(ctx, names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
+		t.Errorf("stopped beside an agent without --deliver on a full cache, the mark was left (%d, %v):\n%s", n, err, plain.errb.String())
 	}
 }

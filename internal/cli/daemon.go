@@ -265,8 +265,8 @@ func daemonSetup(env *Env, level, path string) (*slog.Logger, *matrix.Matrix, er
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := loadMatrix(env, path)
-	return log, m, err
+	m, err := reload.Load(path)
+	return log, m, matrixErr(env, err)
 }
 
 func flushTraces(log *slog.Logger, stop func(context.Context) error) {

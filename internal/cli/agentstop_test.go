@@ -3,9 +3,11 @@ package cli
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +18,10 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
 )
 
 // An agent delivering to stdout whose reader stopped reading (a pipe nobody
@@ -121,4 +126,75 @@ func TestAgentCleanMarkOnAFullCache(t *testing.T) {
 	if n, err := c.Exists(ctx, names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
 		t.Errorf("stopped beside an agent without --deliver on a full cache, the mark was left (%d, %v):\n%s", n, err, plain.errb.String())
 	}
+}
+
+// A service that embeds the subscriber with its cache Redis (the library,
+// Options.Cache) beside an agent with --deliver on the same cache Redis and
+// service moves the cache's positions as an agent without --deliver does:
+// what it applies while the agent is down, the agent started again must
+// hand the process (or a reset), not skip it by continuing from the
+// cache's positions.
+func TestDeliverBesideAnEmbeddedSubscriberLosesNothing(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	m, err := matrix.Load("../../matrix.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := subscriber.New(bus.Client(t), subscriber.Options{Service: "search-svc", Matrix: m, Cache: cache.Client(t), CheckInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	redistest.Eventually(t, 10*time.Second, "the embedded subscriber ready", s.Ready)
+
+	a := startAgent(t, args...)
+	a.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "user:1 delivered", hasKeys(rcv, "acme:active", 1))
+	a.waitDelivered(t, rcv)
+	a.stop(t)
+
+	// Published while the agent is down: the embedded subscriber applies
+	// it to the cache and records the position.
+	publishKeys(t, bus.URL, "user", "user:2")
+	redistest.Eventually(t, 10*time.Second, "the embedded subscriber applied user:2", func() bool {
+		v, _ := cache.Client(t).Get(context.Background(), names.PositionKey("acme", "search-svc", "active")).Result()
+		p, err := tagstore.ParsePosition(v)
+		return err == nil && p.Version == 2
+	})
+
+	before := len(rcv.objects())
+	b := startAgent(t, args...)
+	b.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:3")
+	redistest.Eventually(t, 10*time.Second, "user:3 delivered", func() bool {
+		for _, d := range rcv.objects()[before:] {
+			if slices.Contains(d.Keys, "user:3") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, d := range rcv.objects()[before:] {
+		if d.Reset || d.WholeTag || slices.Contains(d.Keys, "user:2") {
+			return
+		}
+		if slices.Contains(d.Keys, "user:3") {
+			break
+		}
+	}
+	t.Errorf("the agent started again skipped user:2, which the embedded subscriber applied while it was down: %+v\n%s", rcv.objects()[before:], b.errb.String())
 }

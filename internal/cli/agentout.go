@@ -86,7 +86,7 @@ func (a *agentOut) start(ctx context.Context) error {
 		if err == nil || errors.Is(err, redis.Nil) {
 			a.taken.Store(true)
 			if v == lua.DeliveryClean {
-				if plain := a.plainAgents(ctx); plain > 0 {
+				if plain := a.undelivering(ctx); plain > 0 {
 					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis, so the cache's positions may be ahead of the process", "subscribers_without_deliver", plain)
 					return a.flush(ctx)
 				}
@@ -129,7 +129,7 @@ func (a *agentOut) stopped() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
 		return
 	}
-	if plain := a.plainAgents(ctx); plain != 0 {
+	if plain := a.undelivering(ctx); plain != 0 {
 		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "subscribers_without_deliver", plain)
 		return
 	}
@@ -139,10 +139,10 @@ func (a *agentOut) stopped() {
 	}
 }
 
-// plainAgents counts the subscribers other than this one that apply to the
+// undelivering counts the subscribers other than this one that apply to the
 // cache (subscriber.Undelivering); an error counts as one (a reset is the
 // safe side).
-func (a *agentOut) plainAgents(ctx context.Context) int {
+func (a *agentOut) undelivering(ctx context.Context) int {
 	n, err := subscriber.Undelivering(ctx, a.cache, a.service)
 	if err != nil {
 		a.log.Warn("could not read which subscribers without --deliver apply to the cache Redis; taking it that one does", "key", names.DeliveryPlainKey(a.service), "err", err)

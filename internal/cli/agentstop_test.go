@@ -81,7 +81,7 @@ func TestAgentStdoutNotReadStopsOnSIGTERM(t *testing.T) {
 	if n, err := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
 		t.Errorf("the clean mark was left (%d, %v) although a delivery was not made", n, err)
 	}
-	if line := grep(logs.String(), "stopping with a delivery not made"); !strings.Contains(line, "acme:active") {
+	if line := grep(logs.String(), "stopping with a delivery not made"); !strings.Contains(line, `what="acme:active version 1"`) {
 		t.Errorf("the log does not say what was abandoned:\n%s", logs.String())
 	}
 }

@@ -217,7 +217,7 @@ func (d *Deliverer) Handle(ctx context.Context, inv subscriber.Invalidation) err
 	if err := d.resetLocked(ctx); err != nil {
 		return err
 	}
-	return d.deliverLocked(ctx, body, inv.Tenant+":"+inv.Tag)
+	return d.deliverLocked(ctx, body, fmt.Sprintf("%s:%s version %d", inv.Tenant, inv.Tag, inv.Version))
 }
 
 // SkipReset drops the reset asked for at start when it is not delivered

@@ -96,6 +96,8 @@ var (
 	unreadSrc string
 	//go:embed deadletter.lua
 	deadLetterSrc string
+	//go:embed delivery.lua
+	deliverySrc string
 )
 
 // prelude starts every script: the limits and names Go and Lua share.
@@ -108,7 +110,7 @@ var prelude = "local MAX_UNPACK = " + strconv.Itoa(MaxUnpack) + "\n" +
 // memory (SET, SADD, …) with OOM: a script without a shebang fails at its
 // first such command when it has written nothing before (the position SET
 // of a whole tag that found its tag empty, a batch mark, the position
-// index, the generation a check saw), one with a shebang is refused whole unless it declares allow-oom
+// index, the generation a check saw, an agent's delivery marks), one with a shebang is refused whole unless it declares allow-oom
 // (Redis 7's flags; the shebang is the script's first line, before the
 // prelude). An invalidation frees memory and must land when the cache is
 // full; the position, mark and index it writes are a few bytes.
@@ -124,6 +126,7 @@ var sources = map[string]string{
 	"invalidate_keys.lua": allowOOM + prelude + positionSrc + invalidateKeysSrc,
 	"index.lua":           allowOOM + prelude + indexSrc,
 	"generation.lua":      allowOOM + prelude + generationSrc,
+	"delivery.lua":        allowOOM + prelude + deliverySrc,
 	"chunk.lua":           prelude + chunkSrc,
 	"set.lua":             prelude + setSrc,
 	"compact.lua":         prelude + compactSrc,
@@ -163,6 +166,7 @@ var (
 	leaseScript, releaseScript, unreadScript  = scripts["lease.lua"], scripts["release.lua"], scripts["unread.lua"]
 	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
 	deadLetterScript                          = scripts["deadletter.lua"]
+	deliveryScript                            = scripts["delivery.lua"]
 )
 
 // Request is one script call: each codec's request type (PublishRequest,
@@ -197,7 +201,7 @@ func RouterScripts() []*redis.Script {
 
 // CacheScripts are the scripts run on a cache Redis.
 func CacheScripts() []*redis.Script {
-	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript, generationScript}
+	return []*redis.Script{invalidateScript, invalidateKeysScript, chunkScript, setScript, leaseScript, releaseScript, compactScript, indexScript, generationScript, deliveryScript}
 }
 
 // ScriptName names the script whose SHA1 is sha ("publish", "invalidate",

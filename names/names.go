@@ -282,12 +282,14 @@ func BatchMarkKey(tenant, service, tag string) string {
 // first: the cache's positions may be ahead of what the process was given.
 func DeliveryKey(service string) string { return "routerd:delivery:" + service }
 
-// DeliveryPlainKey is the set, in a service's cache Redis, of the agents
-// without --deliver that apply to it, each member "<id>@<unix seconds it
-// expires>", renewed while the agent runs: such an agent moves the cache's
-// positions without telling the process, so an agent with --deliver that
-// stops while one is there leaves no clean mark (DeliveryKey), and one that
-// starts while one is there delivers a reset although it found the mark.
+// DeliveryPlainKey is the set, in a service's cache Redis, of the
+// subscribers that apply to it other than an agent with --deliver (agents
+// without it, services embedding the subscriber with a Cache), each member
+// "<id>@<unix seconds it expires>", renewed while the subscriber runs: such
+// a subscriber moves the cache's positions without telling the process, so
+// an agent with --deliver that stops while one is there leaves no clean
+// mark (DeliveryKey), and one that starts while one is there delivers a
+// reset although it found the mark.
 func DeliveryPlainKey(service string) string { return "routerd:delivery-plain:" + service }
 
 // TenantBudgetKey is the hash, on the bus, of a tenant's shared token

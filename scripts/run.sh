@@ -22,13 +22,23 @@ mkdir -p "$state"
 bus="redis://127.0.0.1:$port/0"
 pids=()
 watcher=
+redis_pid=
+# Redis stops last: routerd, the agent and the demo write to it as they
+# stop (routerd marks itself stopped among the live routers). Ctrl-C
+# signals the whole foreground process group, so Redis runs in a session
+# of its own, out of its reach, and is stopped here once the others are.
 cleanup() {
   trap - EXIT INT TERM USR1
   if [ -n "$watcher" ]; then kill "$watcher" 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$redis_pid" ]; then
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
   wait 2>/dev/null || true
   # Nothing started (a port was taken): no logs to point at.
-  if [ "${#pids[@]}" -gt 0 ]; then echo "stopped; logs are in $state/"; fi
+  if [ -n "$redis_pid" ]; then echo "stopped; logs are in $state/"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -91,9 +101,9 @@ for pair in "ROUTERD_PORT:$routerd_port" "AGENT_PORT:$agent_port"; do
     exit 1
   fi
 done
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
+setsid redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$state" \
   --logfile redis.log --maxmemory-policy noeviction &
-pids+=($!)
+redis_pid=$!
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$port" ping >/dev/null 2>&1 || {
   echo "redis-server did not start on 127.0.0.1:$port." >&2

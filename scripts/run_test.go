@@ -2,7 +2,6 @@
 package scripts
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
 )
 
 // built builds routerd and the demo once for the tests of this package.
@@ -51,6 +51,13 @@ func port(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 // group when it returns is killed.
 func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs string) (string, error) {
 	t.Helper()
+	return runScriptIn(t, t.TempDir(), redisAddr, routerdAddr, agentAddr, demoArgs, nil)
+}
+
+// runScriptIn is runScript with the logs in dir, calling during (when not
+// nil) with the process group's id and the output so far while it runs.
+func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string)) (string, error) {
+	t.Helper()
 	redistest.Binary(t)
 	bin, err := built()
 	if err != nil {
@@ -60,12 +67,18 @@ func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs 
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "./run.sh")
 	cmd.Env = append(os.Environ(), "REDIS_PORT="+port(redisAddr), "ROUTERD_PORT="+port(routerdAddr), "AGENT_PORT="+port(agentAddr),
-		"RUN_DIR="+t.TempDir(), "BIN="+bin, "DEMO_ARGS="+demoArgs)
+		"RUN_DIR="+dir, "BIN="+bin, "DEMO_ARGS="+demoArgs)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var out bytes.Buffer
+	var out testbin.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if during != nil {
+		during(cmd.Process.Pid, out.String)
+	}
+	err = cmd.Wait()
 	if ctx.Err() != nil {
 		t.Fatalf("run.sh did not stop:\n%s", out.String())
 	}
@@ -164,5 +177,50 @@ func TestRunGoodRound(t *testing.T) {
 	}
 	if strings.Contains(out, "not invalidated within") {
 		t.Errorf("invalidations did not arrive:\n%s", out)
+	}
+}
+
+// Ctrl-C (SIGINT to the terminal's process group: run.sh and everything it
+// started) stops routerd and the agent before Redis, so they stop cleanly:
+// no error or warning in their logs (routerd used to log "marking this
+// router stopped … deadline exceeded", Redis gone before it).
+func TestRunCtrlCStopsCleanly(t *testing.T) {
+	dir := t.TempDir()
+	var interrupted time.Time
+	out, err := runScriptIn(t, dir, redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--interval 100ms", func(pgid int, out func() string) {
+		redistest.Eventually(t, 60*time.Second, "the demo running", func() bool {
+			return strings.Contains(out(), "search-svc applied")
+		})
+		interrupted = time.Now().Add(-time.Millisecond).Truncate(time.Millisecond) // the logs' precision
+		if err := syscall.Kill(-pgid, syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var exit *exec.ExitError
+	if err != nil && (!errors.As(err, &exit) || exit.ExitCode() != 130) {
+		t.Errorf("run.sh exited %v on Ctrl-C, want 0 or 130:\n%s", err, out)
+	}
+	if l := strings.ToLower(out); strings.Contains(l, "error") || strings.Contains(l, "warn") || !strings.Contains(l, "stopped; logs are in") {
+		t.Errorf("Ctrl-C printed an error or a warning, or not that it stopped:\n%s", out)
+	}
+	for _, name := range []string{"routerd.log", "agent.log"} {
+		log, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(log), "\n") {
+			// What the stop logged (a start on a bus no router marked yet
+			// may warn, and that is not this test's business).
+			at, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+			if when, err := time.Parse(time.RFC3339Nano, at); err != nil || when.Before(interrupted) {
+				continue
+			}
+			if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+				t.Errorf("%s: %s", name, l)
+			}
+		}
+		if !strings.Contains(string(log), "stopped") {
+			t.Errorf("%s does not say it stopped:\n%s", name, log)
+		}
 	}
 }

@@ -108,6 +108,14 @@ type Options struct {
 	// process's), which may hold values of a tenant the subscriber has not
 	// heard of: recovery is more careful with it (docs/protocol.md §5.2).
 	Handler Handler
+	// Delivers marks the subscriber of routerd agent --deliver with a
+	// Cache: its Handler hands invalidations to the process that the
+	// cache's clean mark (names.DeliveryKey) is about. Every other
+	// subscriber with a Cache moves the cache's positions past what that
+	// process was given, so it takes the mark away when it starts and
+	// records its presence (names.DeliveryPlainKey) while it runs: the
+	// agent then delivers a reset at its next start (presence.go).
+	Delivers bool
 	// Observe, when set, is told of every invalidation applied, after the
 	// cache Redis and the Handler: for counting and logging. It holds no
 	// cache and cannot fail one.

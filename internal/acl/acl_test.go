@@ -225,7 +225,7 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'(?:, '([A-Za-z]+)')?`)
 	for spec, scripts := range map[Spec][]string{
 		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua", "unread.lua", "deadletter.lua"},
-		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua", "index.lua", "generation.lua"},
+		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua", "index.lua", "generation.lua", "delivery.lua"},
 	} {
 		role := spec.Role
 		r, err := For(m, spec)

@@ -5,10 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
 )
@@ -41,19 +38,13 @@ type agentOut struct {
 	// taken: the clean mark was taken at start (or there is no cache), so
 	// the mark this run leaves, if any, is its own.
 	taken atomic.Bool
-	// plain is this agent's member of names.DeliveryPlainKey while it runs
-	// without --deliver on a cache Redis ("" when it is not there).
-	plain   atomic.Pointer[string]
-	plainID string
-	// plainFailing: the last announce failed.
-	plainFailing atomic.Bool
 
 	invalidations, keys, wholeTags, recovered atomic.Int64
 	total                                     atomic.Int64
 }
 
 func newAgentOut(target string, env *Env, cache redis.UniversalClient, service string, log *slog.Logger, reg prometheus.Registerer) (*agentOut, error) {
-	a := &agentOut{cache: cache, service: service, log: log, plainID: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64())}
+	a := &agentOut{cache: cache, service: service, log: log}
 	if target == "" {
 		return a, nil
 	}
@@ -79,16 +70,9 @@ func newAgentOut(target string, env *Env, cache redis.UniversalClient, service s
 // answer) and delivers the reset unless the mark was there.
 func (a *agentOut) start(ctx context.Context) error {
 	if a.d == nil {
-		if a.cache != nil {
-			// This run moves the cache's positions without delivering: a
-			// later agent with --deliver must not take them as delivered,
-			// nor one running beside it leave them marked clean when it
-			// stops (announce), so it says it is there first.
-			a.announce(ctx)
-			if err := a.cache.Del(ctx, names.DeliveryKey(a.service)).Err(); err != nil {
-				a.log.Debug("could not clear the delivery mark", "err", err)
-			}
-		}
+		// Without --deliver the subscriber moves the cache's positions
+		// without delivering: it takes the clean mark away and records its
+		// presence itself (subscriber/presence.go).
 		return nil
 	}
 	if a.cache == nil {
@@ -101,9 +85,9 @@ func (a *agentOut) start(ctx context.Context) error {
 		v, err := a.cache.GetDel(ctx, names.DeliveryKey(a.service)).Result()
 		if err == nil || errors.Is(err, redis.Nil) {
 			a.taken.Store(true)
-			if v == "clean" {
-				if plain := a.plainAgents(ctx); plain > 0 {
-					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but an agent without --deliver applies to this cache Redis, so the cache's positions may be ahead of the process", "agents_without_deliver", plain)
+			if v == lua.DeliveryClean {
+				if plain := a.undelivering(ctx); plain > 0 {
+					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis, so the cache's positions may be ahead of the process", "subscribers_without_deliver", plain)
 					return a.flush(ctx)
 				}
 				a.d.SkipReset()
@@ -132,99 +116,37 @@ func (a *agentOut) flush(ctx context.Context) error {
 	return nil
 }
 
-// stopped leaves the clean mark when every delivery was made and no agent
-// without --deliver applies to the cache (moving its positions past what
-// the process was given); without --deliver, it takes its presence away.
+// stopped leaves the clean mark when every delivery was made and no other
+// subscriber applies to the cache (moving its positions past what the
+// process was given).
 func (a *agentOut) stopped() {
+	if a.d == nil || a.cache == nil || !a.taken.Load() {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if a.d == nil {
-		if m := a.plain.Swap(nil); m != nil {
-			if err := a.cache.SRem(ctx, names.DeliveryPlainKey(a.service), *m).Err(); err != nil {
-				a.log.Debug("could not take this agent's presence away", "key", names.DeliveryPlainKey(a.service), "err", err)
-			}
-		}
-		return
-	}
-	if a.cache == nil || !a.taken.Load() {
-		return
-	}
 	if !a.d.Clean() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
 		return
 	}
-	if plain := a.plainAgents(ctx); plain != 0 {
-		a.log.Warn("stopping with everything delivered, but an agent without --deliver applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "agents_without_deliver", plain)
+	if plain := a.undelivering(ctx); plain != 0 {
+		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "subscribers_without_deliver", plain)
 		return
 	}
-	if err := a.cache.Set(ctx, names.DeliveryKey(a.service), "clean", 0).Err(); err != nil {
+	// A script, so that the mark lands on a full cache Redis (lua/delivery.lua).
+	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service}); err != nil {
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
 	}
 }
 
-// plainFor is how long a member of names.DeliveryPlainKey counts after it
-// is written; plainEvery how often a running agent writes it afresh (every
-// second while writing it fails).
-const (
-	plainFor   = 30 * time.Second
-	plainEvery = 10 * time.Second
-)
-
-// announce writes (or renews) this agent's member of
-// names.DeliveryPlainKey: an agent without --deliver applying to the cache.
-// A failure is warned of at the first of a streak.
-func (a *agentOut) announce(ctx context.Context) {
-	m := fmt.Sprintf("%s@%d", a.plainID, time.Now().Add(plainFor).Unix())
-	key := names.DeliveryPlainKey(a.service)
-	if err := a.cache.SAdd(ctx, key, m).Err(); err != nil {
-		if !a.plainFailing.Swap(true) && ctx.Err() == nil {
-			a.log.Warn("could not record in the cache Redis that an agent without --deliver applies to it: an agent with --deliver on it may skip what this one applies (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
-		}
-		return
-	}
-	a.plainFailing.Store(false)
-	if old := a.plain.Swap(&m); old != nil {
-		a.cache.SRem(ctx, key, *old)
-	}
-}
-
-// renew keeps this agent's presence while it runs without --deliver.
-func (a *agentOut) renew(ctx context.Context) {
-	if a.d != nil || a.cache == nil {
-		return
-	}
-	for {
-		wait := plainEvery
-		if a.plainFailing.Load() {
-			wait = time.Second
-		}
-		sleep(ctx, wait)
-		if ctx.Err() != nil {
-			return
-		}
-		a.announce(ctx)
-	}
-}
-
-// plainAgents counts the agents without --deliver that apply to the cache
-// (their members of names.DeliveryPlainKey not expired), taking expired
-// members away; an error counts as one (a reset is the safe side).
-func (a *agentOut) plainAgents(ctx context.Context) int {
-	key := names.DeliveryPlainKey(a.service)
-	members, err := a.cache.SMembers(ctx, key).Result()
+// undelivering counts the subscribers other than this one that apply to the
+// cache (subscriber.Undelivering); an error counts as one (a reset is the
+// safe side).
+func (a *agentOut) undelivering(ctx context.Context) int {
+	n, err := subscriber.Undelivering(ctx, a.cache, a.service)
 	if err != nil {
-		a.log.Warn("could not read which agents without --deliver apply to the cache Redis; taking it that one does", "key", key, "err", err)
+		a.log.Warn("could not read which subscribers without --deliver apply to the cache Redis; taking it that one does", "key", names.DeliveryPlainKey(a.service), "err", err)
 		return 1
-	}
-	n, now := 0, time.Now().Unix()
-	for _, m := range members {
-		at := strings.LastIndexByte(m, '@')
-		exp, err := strconv.ParseInt(m[at+1:], 10, 64)
-		if at >= 0 && err == nil && exp < now {
-			a.cache.SRem(ctx, key, m)
-			continue
-		}
-		n++
 	}
 	return n
 }

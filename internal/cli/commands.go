@@ -57,12 +57,18 @@ func argList(args []string) string {
 
 func loadMatrix(env *Env, path string) (*matrix.Matrix, error) {
 	m, err := matrix.Load(path)
+	return m, matrixErr(env, err)
+}
+
+// matrixErr prints a matrix's errors, one file:line:col a line, and
+// returns errFailed for them; any other error it returns as it is.
+func matrixErr(env *Env, err error) error {
 	var errs matrix.Errors
 	if errors.As(err, &errs) {
 		fmt.Fprintln(env.Stderr, errs.Error())
-		return nil, errFailed
+		return errFailed
 	}
-	return m, err
+	return err
 }
 
 func route(_ context.Context, env *Env, args []string) error {

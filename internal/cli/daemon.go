@@ -185,7 +185,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	s, err := subscriber.New(busC, subscriber.Options{
-		TracerProvider: tp, Handler: out.handler(), Observe: out.count,
+		TracerProvider: tp, Handler: out.handler(), Observe: out.count, Delivers: *target != "",
 		Service: *service, Matrix: m, Cache: cacheC, CheckInterval: *check,
 		ApplyRate: *applyRate, ApplyBurst: *applyBurst, Coalesce: *coalesce, MaxKeys: *maxKeys,
 		Store: sf.options(), AcceptEvictionRisk: *acceptEviction, TenantShard: shard,
@@ -221,7 +221,6 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(wf.server(gctx, log, reg, func() []string { return append(problemLines(s.Problems()), out.problems()...) }, nil))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
-	g.Go(func() error { out.renew(gctx); return nil })
 	g.Go(func() error { returnStartMemory(gctx, s.Ready); return nil })
 	started := time.Now()
 	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", deliver.Redacted(*target), "tenant_shard", shard.String())
@@ -265,8 +264,8 @@ func daemonSetup(env *Env, level, path string) (*slog.Logger, *matrix.Matrix, er
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := loadMatrix(env, path)
-	return log, m, err
+	m, err := reload.Load(path)
+	return log, m, matrixErr(env, err)
 }
 
 func flushTraces(log *slog.Logger, stop func(context.Context) error) {

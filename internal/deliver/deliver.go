@@ -149,7 +149,10 @@ type Deliverer struct {
 	m      *metrics
 	br     *breaker.Breaker
 
-	mu        sync.Mutex // held for a whole delivery, retries included
+	mu sync.Mutex // held for a whole delivery, retries included
+	// writing, when not nil, is the write to Stdout left blocked by a
+	// delivery abandoned (see write): none other starts before it ends.
+	writing   chan error
 	needReset bool
 	abandoned bool
 	delivered int64
@@ -214,7 +217,7 @@ func (d *Deliverer) Handle(ctx context.Context, inv subscriber.Invalidation) err
 	if err := d.resetLocked(ctx); err != nil {
 		return err
 	}
-	return d.deliverLocked(ctx, body, inv.Tenant+":"+inv.Tag)
+	return d.deliverLocked(ctx, body, fmt.Sprintf("%s:%s version %d", inv.Tenant, inv.Tag, inv.Version))
 }
 
 // SkipReset drops the reset asked for at start when it is not delivered
@@ -313,10 +316,7 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 		return ctx.Err()
 	}
 	if d.opt.Target == Stdout {
-		line := make([]byte, 0, len(body)+1)
-		line = append(append(line, body...), '\n')
-		_, err := d.opt.Stdout.Write(line)
-		return err
+		return d.write(ctx, body)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.opt.Target, bytes.NewReader(body))
 	if err != nil {
@@ -337,6 +337,36 @@ func (d *Deliverer) attempt(ctx context.Context, body []byte) error {
 		return fmt.Errorf("%s answered %s: %q", Redacted(d.opt.Target), resp.Status, bytes.TrimSpace(snippet))
 	}
 	return nil
+}
+
+// write writes body as one line to Stdout, returning when it is written or
+// ctx ends. A reader that stops reading (a pipe nobody drains) blocks the
+// write for as long as it does, and the stop must not wait for it: the
+// write is left to end (or to die with the process), the delivery counts
+// as not made, and a later one first waits for it, so lines never mix.
+func (d *Deliverer) write(ctx context.Context, body []byte) error {
+	if d.writing != nil {
+		select {
+		case <-d.writing:
+			d.writing = nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	line := make([]byte, 0, len(body)+1)
+	line = append(append(line, body...), '\n')
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.opt.Stdout.Write(line)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		d.writing = done
+		return fmt.Errorf("the write to stdout did not end (nothing reads it?): %w", ctx.Err())
+	}
 }
 
 type metrics struct {

@@ -252,6 +252,57 @@ func (w *flakyWriter) Write(p []byte) (int, error) {
 	return w.buf.Write(p)
 }
 
+// A write to Stdout that does not end (nobody reads the pipe) does not hold
+// a stop: Handle returns when its context ends, the delivery not made, and
+// a later delivery waits for that write to end before its own, so lines
+// never mix.
+func TestStuckWriteAbandoned(t *testing.T) {
+	w := &stuckWriter{entered: make(chan struct{}, 2), release: make(chan struct{})}
+	d, err := New(Options{Target: Stdout, Stdout: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Handle(ctx, keysInv) }()
+	<-w.entered
+	cancel()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "not delivered") {
+		t.Errorf("Handle after cancel = %v, want a not-delivered error", err)
+	}
+	if d.Clean() {
+		t.Error("Clean after an abandoned write")
+	}
+	go func() { done <- d.Handle(context.Background(), wholeInv) }()
+	select {
+	case <-w.entered:
+		t.Fatal("a second write began while the first had not ended")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(w.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(w.buf.String(), "\n"); len(lines) != 3 || !strings.Contains(lines[0], `"keys"`) || !strings.Contains(lines[1], `"whole_tag"`) {
+		t.Errorf("written %q", w.buf.String())
+	}
+}
+
+// stuckWriter blocks every write until release is closed.
+type stuckWriter struct {
+	entered, release chan struct{}
+	mu               sync.Mutex
+	buf              bytes.Buffer
+}
+
+func (w *stuckWriter) Write(p []byte) (int, error) {
+	w.entered <- struct{}{}
+	<-w.release
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
 // A password in the target never reaches a log line or an error.
 func TestTargetRedacted(t *testing.T) {
 	rcv := &receiver{fail: 1}

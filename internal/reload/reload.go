@@ -3,7 +3,8 @@
 // reload at a time; it hands a good matrix to its subscribers (the router's
 // or the subscriber's SetMatrix) and exports the outcome as metrics. A bad
 // file is refused with every error logged as file:line:col, and the matrix in
-// force stays. `routerd serve` and `routerd agent` both use it.
+// force stays. `routerd serve` and `routerd agent` both use it, and start
+// with the file as Load reads it, the same way.
 package reload
 
 import (
@@ -278,20 +279,35 @@ func (c *Coordinator) newWatcher() (*fsnotify.Watcher, error) {
 // changing (stableRounds × settle apart) before the reload is refused.
 const stableRounds = 50
 
-// readStable reads the file until two reads settle apart agree: a file
-// being written in place (truncated, then written) can be read cut at a
-// line and still parse — a tenant, a tag or a service short — and a
+// Load reads the matrix file at path as a reload does (readStable) and
+// validates it: what a daemon starts with, so that a file being written
+// while it starts is not taken half-written.
+func Load(path string) (*matrix.Matrix, error) {
+	data, err := readStable(os.ReadFile, path, settle)
+	if err != nil {
+		return nil, err
+	}
+	return matrix.Parse(path, data)
+}
+
+func (c *Coordinator) readStable() ([]byte, error) {
+	return readStable(c.readFile, c.path, c.stable)
+}
+
+// readStable reads the file with read until two reads stable apart agree:
+// a file being written in place (truncated, then written) can be read cut
+// at a line and still parse — a tenant, a tag or a service short — and a
 // matrix short of a route, while in force, sends events to fewer channels
 // with nothing to bring them back.
-func (c *Coordinator) readStable() ([]byte, error) {
-	data, err := c.readFile(c.path)
+func readStable(read func(string) ([]byte, error), path string, stable time.Duration) ([]byte, error) {
+	data, err := read(path)
 	for range stableRounds {
 		if err != nil {
 			return nil, err
 		}
-		time.Sleep(c.stable)
+		time.Sleep(stable)
 		var again []byte
-		if again, err = c.readFile(c.path); err == nil && bytes.Equal(again, data) {
+		if again, err = read(path); err == nil && bytes.Equal(again, data) {
 			return data, nil
 		}
 		data = again
@@ -299,5 +315,5 @@ func (c *Coordinator) readStable() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, fmt.Errorf("%s kept changing for %v: not read", c.path, stableRounds*c.stable)
+	return nil, fmt.Errorf("%s kept changing for %v: not read", path, stableRounds*stable)
 }

@@ -319,7 +319,7 @@ func TestPublishToOwnStreams(t *testing.T) {
 // (TestAttack8PubRetryAfterALostReplyInvalidatesOnce has the lost reply).
 func TestFailedPublishReturnsTheIDs(t *testing.T) {
 	ctx := context.Background()
-	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: redistest.RefusedAddr(t), MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	p, err := publisher.New(c, publisher.Options{Partitions: 4})
 	if err != nil {
@@ -370,7 +370,7 @@ func TestAttack8PubBadOptionsNamedAtNew(t *testing.T) {
 // An event above MaxEventBytes did not, and was retried for ever.
 func TestAttack8PubRefusalsTellRetryFromBadEvent(t *testing.T) {
 	ctx := context.Background()
-	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: redistest.RefusedAddr(t), MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	p, err := publisher.New(c, publisher.Options{Partitions: 4, MaxEventBytes: 1000})
 	if err != nil {

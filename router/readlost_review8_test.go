@@ -28,7 +28,7 @@ func TestReview8AClaimNeverSentLeavesReadsWhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.claimC = redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second})
+	r.claimC = redis.NewClient(&redis.Options{Addr: redistest.RefusedAddr(t), MaxRetries: -1, DialTimeout: time.Second})
 	defer r.claimC.Close()
 	for range 3 {
 		if _, err := r.claimOf(ctx, stream, time.Second, "", nil); err == nil {

@@ -189,7 +189,7 @@ func TestGoRedisLogsThroughSlog(t *testing.T) {
 	if _, err := newLogger(&buf, "debug"); err != nil {
 		t.Fatal(err)
 	}
-	c := redis.NewClient(&redis.Options{Addr: redistest.FreeAddr(t), MaxRetries: -1, DialTimeout: time.Second})
+	c := redis.NewClient(&redis.Options{Addr: redistest.RefusedAddr(t), MaxRetries: -1, DialTimeout: time.Second})
 	defer c.Close()
 	redistest.Eventually(t, 20*time.Second, "a go-redis line in the slog output", func() bool {
 		_ = c.Ping(context.Background()).Err()

@@ -148,7 +148,7 @@ func TestSentinelFollowsFailover(t *testing.T) {
 		}
 	}
 
-	dead := redistest.FreeAddr(t)
+	dead := redistest.RefusedAddr(t)
 	u := fmt.Sprintf("redis://%s?master_name=%s&addr=%s", dead, s.Name, s.Sentinels[0].Addr)
 	c := open(t, u, Options{})
 	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {

@@ -338,6 +338,29 @@ func FreeAddr(tb testing.TB) string {
 	return "127.0.0.1:" + strconv.Itoa(port)
 }
 
+// RefusedAddr returns a loopback address that refuses connections for the
+// rest of the test: its port is bound by a socket that does not listen, so
+// a connection is refused and no server can take the port meanwhile. A
+// FreeAddr taken for "nobody listens there" could be taken by a server of a
+// test running beside (packages run in parallel): a claim meant to fail
+// once found a Redis there.
+func RefusedAddr(tb testing.TB) string {
+	tb.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
+}
+
 // Cluster is a Redis Cluster of real servers on loopback ports.
 type Cluster struct {
 	Nodes []*Server

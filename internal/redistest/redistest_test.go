@@ -2,9 +2,12 @@ package redistest
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -74,5 +77,23 @@ func TestStartOnATakenPortFails(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "exited") {
 		t.Errorf("start on a taken port: %v, want it to say the server exited", err)
+	}
+}
+
+// RefusedAddr refuses connections, and a server cannot take its port while
+// the test runs.
+func TestRefusedAddrStaysRefused(t *testing.T) {
+	addr := RefusedAddr(t)
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("a connection to %s was accepted", addr)
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial %s: %v, want connection refused", addr, err)
+	}
+	s := &Server{Addr: addr, Dir: t.TempDir()}
+	err := s.start()
+	s.Stop()
+	if err == nil {
+		t.Fatalf("a server started on %s, the refused address", addr)
 	}
 }

@@ -54,8 +54,10 @@ func follow(c *redis.Client, opt *redis.FailoverOptions) {
 		name:      opt.MasterName,
 		sentinels: append([]string(nil), opt.SentinelAddrs...),
 		sentinel: func(addr string) *redis.Options {
+			// opt.Dialer, as go-redis's own sentinel clients: the CA
+			// file's dialer (apply) when there is one, else nil.
 			return &redis.Options{Addr: addr, Username: opt.SentinelUsername, Password: opt.SentinelPassword,
-				TLSConfig: opt.TLSConfig, DialTimeout: opt.DialTimeout, MaxRetries: -1, DisableIdentity: true}
+				TLSConfig: opt.TLSConfig, Dialer: opt.Dialer, DialTimeout: opt.DialTimeout, MaxRetries: -1, DisableIdentity: true}
 		},
 		dial:  c.Options().Dialer,
 		conns: map[*watchedConn]struct{}{},

@@ -268,3 +268,42 @@ func TestSentinelTLSVerifiesEachServer(t *testing.T) {
 		t.Errorf("with --tls-server-name 127.0.0.1: %v, want the sentinel's certificate refused", err)
 	}
 }
+
+// The watch that makes connections follow the master asks the sentinels
+// with the CA file as it is now, as go-redis's own sentinel and data
+// connections do (the CA-file dialer): a client started while the file
+// held another CA, the sentinels' and servers' CA added since, still has
+// its pub/sub connection leave a master demoted without a crash.
+func TestSentinelWatchReadsTheCAFileAgain(t *testing.T) {
+	pki := redistest.NewPKI(t)
+	s := redistest.StartSentinelTLS(t, pki, 1, 1)
+	cert, key := pki.Issue(t, "routerd")
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	replaceFile(t, caFile, caBundle(t, redistest.NewPKI(t)))
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}})
+	replaceFile(t, caFile, caBundle(t, pki))
+	ps := c.Subscribe(ctx, "ch")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := s.Master(t)
+	promoted := s.Failover(t).Client(t)
+	messages := ps.Channel()
+	redistest.Eventually(t, 20*time.Second, "a message published on the promoted replica", func() bool {
+		if err := promoted.Publish(ctx, "ch", "m").Err(); err != nil {
+			return false
+		}
+		select {
+		case msg := <-messages:
+			return msg.Payload == "m"
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
+	info, err := old.Client(t).InfoMap(ctx, "replication").Result()
+	if err != nil || info["Replication"]["role"] != "master" {
+		t.Errorf("the subscription left the old master only once the sentinels had reconfigured it (role %q, %v): the watch did not reach a sentinel", info["Replication"]["role"], err)
+	}
+}

@@ -307,3 +307,34 @@ func TestSentinelWatchReadsTheCAFileAgain(t *testing.T) {
 		t.Errorf("the subscription left the old master only once the sentinels had reconfigured it (role %q, %v): the watch did not reach a sentinel", info["Replication"]["role"], err)
 	}
 }
+
+// A pooled connection the master closed while it sat idle (its timeout,
+// CLIENT KILL) is dropped by go-redis's check before it is handed out, as
+// for a client of one server: a client that sends a command only once (the
+// router's claims, onceOnly) does not fail it on a dead connection. The
+// check needs the connection's socket (syscall.Conn), which the watch's
+// wrapper must expose.
+func TestSentinelPoolDropsAConnectionTheMasterClosed(t *testing.T) {
+	s := redistest.StartSentinel(t, 1, 1)
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{})
+	o := *c.(*redis.Client).Options()
+	o.MaxRetries = -1
+	once := redis.NewClient(&o)
+	defer once.Close()
+	id, err := once.ClientID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := s.Master(t).Client(t)
+	if err := admin.ClientKillByFilter(ctx, "ID", fmt.Sprint(id)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 5*time.Second, "the killed connection gone from the master", func() bool {
+		list, err := admin.Do(ctx, "CLIENT", "LIST", "ID", id).Text()
+		return err == nil && list == ""
+	})
+	if err := once.Ping(ctx).Err(); err != nil {
+		t.Errorf("PING on a client without retries, its idle connection closed by the master: %v", err)
+	}
+}

@@ -368,6 +368,9 @@ func (s *streamReader) client(ctx context.Context) *redis.Client {
 		return &boundedConn{Conn: conn, bounds: &s.bounds}, nil
 	}
 	o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxActiveConns = 1, 0, 1, 1
+	// A backlog's pipeline (readChecked) on that connection too: go-redis
+	// gives pipelines a pool of their own unless told not to.
+	o.PipelinePoolSize = -1
 	o.MaxRetries = -1 // a read retried would deliver more entries
 	s.c = redis.NewClient(&o)
 	redisconn.AddHooks(s.c) // the certificate hint, which go-redis does not copy

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -54,8 +55,10 @@ func follow(c *redis.Client, opt *redis.FailoverOptions) {
 		name:      opt.MasterName,
 		sentinels: append([]string(nil), opt.SentinelAddrs...),
 		sentinel: func(addr string) *redis.Options {
+			// opt.Dialer, as go-redis's own sentinel clients: the CA
+			// file's dialer (apply) when there is one, else nil.
 			return &redis.Options{Addr: addr, Username: opt.SentinelUsername, Password: opt.SentinelPassword,
-				TLSConfig: opt.TLSConfig, DialTimeout: opt.DialTimeout, MaxRetries: -1, DisableIdentity: true}
+				TLSConfig: opt.TLSConfig, Dialer: opt.Dialer, DialTimeout: opt.DialTimeout, MaxRetries: -1, DisableIdentity: true}
 		},
 		dial:  c.Options().Dialer,
 		conns: map[*watchedConn]struct{}{},
@@ -84,6 +87,9 @@ func (w *masterWatch) Dial(ctx context.Context, network, addr string) (net.Conn,
 	}
 	w.mu.Unlock()
 	closeAll(stale)
+	if _, ok := c.(syscall.Conn); ok {
+		return watchedSocket{wc}, nil
+	}
 	return wc, nil
 }
 
@@ -195,4 +201,19 @@ func (c *watchedConn) Close() error {
 		c.w.mu.Unlock()
 	})
 	return c.Conn.Close()
+}
+
+// NetConn returns the connection watched, for go-redis to reach the socket
+// through (as tls.Conn's own NetConn does).
+func (c *watchedConn) NetConn() net.Conn { return c.Conn }
+
+// watchedSocket is a watched connection that is a socket itself (plain
+// TCP): it is a syscall.Conn too, so go-redis's pool checks it before
+// handing it out after it sat idle, and drops it when the server closed it
+// meanwhile, as it does a client's of one server; without that, a command
+// of a client that sends once (the router's claims) failed on it.
+type watchedSocket struct{ *watchedConn }
+
+func (c watchedSocket) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
 }

@@ -268,3 +268,73 @@ func TestSentinelTLSVerifiesEachServer(t *testing.T) {
 		t.Errorf("with --tls-server-name 127.0.0.1: %v, want the sentinel's certificate refused", err)
 	}
 }
+
+// The watch that makes connections follow the master asks the sentinels
+// with the CA file as it is now, as go-redis's own sentinel and data
+// connections do (the CA-file dialer): a client started while the file
+// held another CA, the sentinels' and servers' CA added since, still has
+// its pub/sub connection leave a master demoted without a crash.
+func TestSentinelWatchReadsTheCAFileAgain(t *testing.T) {
+	pki := redistest.NewPKI(t)
+	s := redistest.StartSentinelTLS(t, pki, 1, 1)
+	cert, key := pki.Issue(t, "routerd")
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	replaceFile(t, caFile, caBundle(t, redistest.NewPKI(t)))
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{TLS: TLSFiles{CA: caFile, Cert: cert, Key: key}})
+	replaceFile(t, caFile, caBundle(t, pki))
+	ps := c.Subscribe(ctx, "ch")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := s.Master(t)
+	promoted := s.Failover(t).Client(t)
+	messages := ps.Channel()
+	redistest.Eventually(t, 20*time.Second, "a message published on the promoted replica", func() bool {
+		if err := promoted.Publish(ctx, "ch", "m").Err(); err != nil {
+			return false
+		}
+		select {
+		case msg := <-messages:
+			return msg.Payload == "m"
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
+	info, err := old.Client(t).InfoMap(ctx, "replication").Result()
+	if err != nil || info["Replication"]["role"] != "master" {
+		t.Errorf("the subscription left the old master only once the sentinels had reconfigured it (role %q, %v): the watch did not reach a sentinel", info["Replication"]["role"], err)
+	}
+}
+
+// A pooled connection the master closed while it sat idle (its timeout,
+// CLIENT KILL) is dropped by go-redis's check before it is handed out, as
+// for a client of one server: a client that sends a command only once (the
+// router's claims, onceOnly) does not fail it on a dead connection. The
+// check needs the connection's socket (syscall.Conn), which the watch's
+// wrapper must expose.
+func TestSentinelPoolDropsAConnectionTheMasterClosed(t *testing.T) {
+	s := redistest.StartSentinel(t, 1, 1)
+	ctx := context.Background()
+	c := open(t, s.URL(), Options{})
+	o := *c.(*redis.Client).Options()
+	o.MaxRetries = -1
+	once := redis.NewClient(&o)
+	defer once.Close()
+	id, err := once.ClientID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := s.Master(t).Client(t)
+	if err := admin.ClientKillByFilter(ctx, "ID", fmt.Sprint(id)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 5*time.Second, "the killed connection gone from the master", func() bool {
+		list, err := admin.Do(ctx, "CLIENT", "LIST", "ID", id).Text()
+		return err == nil && list == ""
+	})
+	if err := once.Ping(ctx).Err(); err != nil {
+		t.Errorf("PING on a client without retries, its idle connection closed by the master: %v", err)
+	}
+}

@@ -12,7 +12,8 @@ type UnreadRequest struct {
 	Group  string
 	// Most is how many entries left to read one call counts at most, to
 	// tell them from what was deleted; 0: none, the head check alone
-	// (unread.lua), which reads no entry.
+	// (unread.lua), which counts no entry (its XINFO STREAM copies the
+	// stream's first and last entries, nothing more).
 	Most int
 }
 

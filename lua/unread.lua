@@ -19,7 +19,8 @@
 --  * nothing left to read: the lag is all lost;
 --  * a lag of at most ARGV[2]: the entries left are counted (at most that
 --    many, inside Redis), the rest of the lag is lost;
---  * else the head check, which reads no entry: a trim deleted unread
+--  * else the head check, which counts no entry (XINFO STREAM copies the
+--    first and last entries, nothing more): a trim deleted unread
 --    entries when the stream's first entry is after the group's last
 --    delivered one (a trim deletes from the head: everything the group
 --    read went too). Then, with no entry deleted from inside the stream

@@ -496,7 +496,8 @@ func (s *streamReader) read(ctx context.Context, count int, block time.Duration)
 // backlog lasts (the trim deleted every entry the group had read: the
 // stream's first entry is after its last delivered one, until that read).
 // A server runs the commands of one pipeline from one client back to
-// back. The check reads no entry: O(1) per read, not per entry. The read
+// back. The check counts no entry: O(1) per read, not per entry (its XINFO
+// STREAM copies the stream's first and last entries). The read
 // does not block (a backlog has entries; one that drained gets none, and
 // the next read, short, blocks again), since a pipeline's wait for its
 // replies is the connection's read timeout, not the read's block.

@@ -88,6 +88,11 @@ func (s *Server) start() error {
 	args := append(append(listen,
 		"--bind", host, "--save", "", "--appendonly", "no",
 		"--dir", s.Dir, "--protected-mode", "no", "--loglevel", "warning",
+		// A replica (a cluster's, or one a test makes with REPLICAOF)
+		// syncs at once: by default a master waits 5 s for more replicas
+		// before it starts a diskless sync, and every cluster with
+		// replicas, and every failover, waited that long.
+		"--repl-diskless-sync-delay", "0",
 		"--logfile", filepath.Join(s.Dir, "redis-"+port+".log"),
 	), s.args...)
 	bin, err := exec.LookPath("redis-server")

@@ -252,7 +252,10 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 // but another test's server may have bound it since, and then ours exits
 // with "Address already in use" while the other answers PING.
 func waitReady(addr string, tc *tls.Config, pid int, exited <-chan struct{}, timeout time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	// One dial per try (DialerRetries 1): go-redis otherwise dials again
+	// after 100 ms when refused, and a server that listens within a few
+	// milliseconds of its start was found ready only then.
+	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, DialerRetries: 1})
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
 	want := "process_id:" + strconv.Itoa(pid) + "\r\n"

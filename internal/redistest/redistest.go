@@ -6,6 +6,7 @@ package redistest
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -384,6 +386,42 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	return c
 }
 
+// Shape is a cluster's size for StartClusters: Masters × (1 + Replicas)
+// servers.
+type Shape struct{ Masters, Replicas int }
+
+// StartClusters starts a cluster of each shape, all at once: a master
+// takes writes only 2 s after its server started (Redis's cluster
+// writable delay), which clusters started one after the other each wait
+// in turn. The servers stop when the test ends.
+func StartClusters(tb testing.TB, shapes ...Shape) []*Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	cs := make([]*Cluster, len(shapes))
+	errs := make([]error, len(shapes))
+	var wg sync.WaitGroup
+	for i, sh := range shapes {
+		dir := tb.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs[i], errs[i] = LaunchCluster(dir, sh.Masters, sh.Replicas)
+		}()
+	}
+	wg.Wait()
+	for _, c := range cs {
+		if c != nil {
+			tb.Cleanup(c.Stop)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return cs
+}
+
 // LaunchCluster starts a cluster outside a test (the benchmark harness),
 // with its files in dir; the caller stops it.
 func LaunchCluster(dir string, masters, replicas int) (*Cluster, error) {
@@ -416,21 +454,33 @@ func launchCluster(dirOf func(node int) (string, error), masters, replicas int) 
 	if err != nil {
 		return nil, fmt.Errorf("redis-cli is not installed: run `apt-get install -y redis-tools`")
 	}
-	c := &Cluster{}
-	for i := 0; i < masters*(1+replicas); i++ {
+	n := masters * (1 + replicas)
+	c := &Cluster{Nodes: make([]*Server, n), Addrs: make([]string, n)}
+	// The nodes start together: each start waits mostly for its process
+	// to listen, longer on a loaded machine.
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
 		dir, err := dirOf(i)
 		if err != nil {
+			wg.Wait()
 			c.Stop()
 			return nil, err
 		}
-		s, err := Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
-			"--cluster-config-file", fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1)))
-		if err != nil {
-			c.Stop()
-			return nil, err
-		}
-		c.Nodes = append(c.Nodes, s)
-		c.Addrs = append(c.Addrs, s.Addr)
+		conf := fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Nodes[i], errs[i] = Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", conf)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	for i, s := range c.Nodes {
+		c.Addrs[i] = s.Addr
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
@@ -473,6 +523,9 @@ func (c *Cluster) ready(replicas int) bool {
 // Stop stops every node.
 func (c *Cluster) Stop() {
 	for _, n := range c.Nodes {
+		if n == nil {
+			continue // not started: LaunchCluster failed
+		}
 		n.Stop()
 	}
 }

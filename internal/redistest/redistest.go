@@ -63,6 +63,37 @@ func Start(tb testing.TB, args ...string) *Server {
 	return s
 }
 
+// StartEach starts a standalone server for each list of extra args (as
+// Start), all at once: a start waits mostly for its process to listen,
+// longer on a loaded machine. The servers stop when the test ends.
+func StartEach(tb testing.TB, args ...[]string) []*Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	servers := make([]*Server, len(args))
+	errs := make([]error, len(args))
+	var wg sync.WaitGroup
+	for i, a := range args {
+		dir := tb.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servers[i], errs[i] = Launch(dir, a...)
+		}()
+	}
+	wg.Wait()
+	for _, s := range servers {
+		if s != nil {
+			tb.Cleanup(s.Stop)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return servers
+}
+
 // Launch starts a redis-server outside a test (the benchmark harness), with
 // its files in dir; the caller stops it.
 func Launch(dir string, args ...string) (*Server, error) {

@@ -68,6 +68,9 @@ func TestAttack7DeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 // of its own, watches the group all that time. The held event must be
 // published by a alone when its token comes: b claims nothing.
 func TestAttack7LiveRouterHoldingEntriesIsNotTakenForDead(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	e := newEnv(t, precisionMatrix("rate: 0.2, burst: 1"))
 	e.running("acme")
 	const ch = "invalidate:acme:active"

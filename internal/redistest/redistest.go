@@ -6,6 +6,7 @@ package redistest
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -64,6 +66,37 @@ func Start(tb testing.TB, args ...string) *Server {
 	return s
 }
 
+// StartEach starts a standalone server for each list of extra args (as
+// Start), all at once: a start waits mostly for its process to listen,
+// longer on a loaded machine. The servers stop when the test ends.
+func StartEach(tb testing.TB, args ...[]string) []*Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	servers := make([]*Server, len(args))
+	errs := make([]error, len(args))
+	var wg sync.WaitGroup
+	for i, a := range args {
+		dir := tb.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			servers[i], errs[i] = Launch(dir, a...)
+		}()
+	}
+	wg.Wait()
+	for _, s := range servers {
+		if s != nil {
+			tb.Cleanup(s.Stop)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return servers
+}
+
 // Launch starts a redis-server outside a test (the benchmark harness), with
 // its files in dir; the caller stops it.
 func Launch(dir string, args ...string) (*Server, error) {
@@ -91,6 +124,11 @@ func (s *Server) start() error {
 	args := append(append(listen,
 		"--bind", host, "--save", "", "--appendonly", "no",
 		"--dir", s.Dir, "--protected-mode", "no", "--loglevel", "warning",
+		// A replica (a cluster's, or one a test makes with REPLICAOF)
+		// syncs at once: by default a master waits 5 s for more replicas
+		// before it starts a diskless sync, and every cluster with
+		// replicas, and every failover, waited that long.
+		"--repl-diskless-sync-delay", "0",
 		"--logfile", filepath.Join(s.Dir, "redis-"+port+".log"),
 	), s.args...)
 	bin, err := exec.LookPath("redis-server")
@@ -255,7 +293,10 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 // but another test's server may have bound it since, and then ours exits
 // with "Address already in use" while the other answers PING.
 func waitReady(addr string, tc *tls.Config, pid int, exited <-chan struct{}, timeout time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	// One dial per try (DialerRetries 1): go-redis otherwise dials again
+	// after 100 ms when refused, and a server that listens within a few
+	// milliseconds of its start was found ready only then.
+	c := redis.NewClient(&redis.Options{Addr: addr, TLSConfig: tc, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, DialerRetries: 1})
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
 	want := "process_id:" + strconv.Itoa(pid) + "\r\n"
@@ -407,6 +448,42 @@ func StartCluster(tb testing.TB, masters, replicas int) *Cluster {
 	return c
 }
 
+// Shape is a cluster's size for StartClusters: Masters × (1 + Replicas)
+// servers.
+type Shape struct{ Masters, Replicas int }
+
+// StartClusters starts a cluster of each shape, all at once: a master
+// takes writes only 2 s after its server started (Redis's cluster
+// writable delay), which clusters started one after the other each wait
+// in turn. The servers stop when the test ends.
+func StartClusters(tb testing.TB, shapes ...Shape) []*Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Binary(tb)
+	}
+	cs := make([]*Cluster, len(shapes))
+	errs := make([]error, len(shapes))
+	var wg sync.WaitGroup
+	for i, sh := range shapes {
+		dir := tb.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs[i], errs[i] = LaunchCluster(dir, sh.Masters, sh.Replicas)
+		}()
+	}
+	wg.Wait()
+	for _, c := range cs {
+		if c != nil {
+			tb.Cleanup(c.Stop)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	return cs
+}
+
 // LaunchCluster starts a cluster outside a test (the benchmark harness),
 // with its files in dir; the caller stops it.
 func LaunchCluster(dir string, masters, replicas int) (*Cluster, error) {
@@ -439,21 +516,33 @@ func launchCluster(dirOf func(node int) (string, error), masters, replicas int) 
 	if err != nil {
 		return nil, fmt.Errorf("redis-cli is not installed: run `apt-get install -y redis-tools`")
 	}
-	c := &Cluster{}
-	for i := 0; i < masters*(1+replicas); i++ {
+	n := masters * (1 + replicas)
+	c := &Cluster{Nodes: make([]*Server, n), Addrs: make([]string, n)}
+	// The nodes start together: each start waits mostly for its process
+	// to listen, longer on a loaded machine.
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
 		dir, err := dirOf(i)
 		if err != nil {
+			wg.Wait()
 			c.Stop()
 			return nil, err
 		}
-		s, err := Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
-			"--cluster-config-file", fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1)))
-		if err != nil {
-			c.Stop()
-			return nil, err
-		}
-		c.Nodes = append(c.Nodes, s)
-		c.Addrs = append(c.Addrs, s.Addr)
+		conf := fmt.Sprintf("nodes-%d-%d.conf", os.Getpid(), prefixSeq.Add(1))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Nodes[i], errs[i] = Launch(dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", conf)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	for i, s := range c.Nodes {
+		c.Addrs[i] = s.Addr
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
@@ -496,6 +585,9 @@ func (c *Cluster) ready(replicas int) bool {
 // Stop stops every node.
 func (c *Cluster) Stop() {
 	for _, n := range c.Nodes {
+		if n == nil {
+			continue // not started: LaunchCluster failed
+		}
 		n.Stop()
 	}
 }

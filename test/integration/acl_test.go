@@ -431,8 +431,8 @@ publishers:
 		t.Fatal(err)
 	}
 	file := writeMatrix(t, yaml)
-	bus := redistest.StartCluster(t, 3, 0)
-	caches := redistest.StartCluster(t, 3, 0)
+	cs := redistest.StartClusters(t, redistest.Shape{Masters: 3}, redistest.Shape{Masters: 3})
+	bus, caches := cs[0], cs[1]
 	ctx := context.Background()
 
 	r, err := router.New(clusterUser(t, bus, file, "router", "--role", "router"), mtx, router.Options{

@@ -23,9 +23,10 @@ import (
 // runs with --claim-idle at an hour, as an operator who keeps it "well
 // above the time to route one batch" may: the dead router's entries must
 // not wait for that. They are claimed once its consumer has been silent
-// for DeadAfter (5s by default), and every event is published, key-level.
-// The heir's claim rounds are an hour apart here: its touch, which lists
-// the consumers every DeadAfter/5, is what finds the dead one.
+// for DeadAfter (5s by default, 1s here, as in the cluster case below),
+// and every event is published, key-level. The heir's claim rounds are an
+// hour apart here: its touch, which lists the consumers every
+// DeadAfter/5, is what finds the dead one.
 func TestAttack7DeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 	ctx := context.Background()
 	e, stream := newBacklogEnv(t)
@@ -39,7 +40,7 @@ func TestAttack7DeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 		t.Fatal("the killed router left nothing pending: the attack did not run")
 	}
 
-	e.routerOn(e.busC, router.Options{Consumer: "heir", ClaimIdle: time.Hour, ClaimInterval: time.Hour})
+	e.routerOn(e.busC, router.Options{Consumer: "heir", ClaimIdle: time.Hour, ClaimInterval: time.Hour, DeadAfter: time.Second})
 	redistest.Eventually(t, 60*time.Second, "nothing pending, nothing left to read", func() bool {
 		g, err := e.busC.XInfoGroups(ctx, stream).Result()
 		return err == nil && len(g) == 1 && g[0].Pending == 0 && g[0].Lag == 0
@@ -67,6 +68,9 @@ func TestAttack7DeadRoutersEntriesDoNotWaitForClaimIdle(t *testing.T) {
 // of its own, watches the group all that time. The held event must be
 // published by a alone when its token comes: b claims nothing.
 func TestAttack7LiveRouterHoldingEntriesIsNotTakenForDead(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	e := newEnv(t, precisionMatrix("rate: 0.2, burst: 1"))
 	e.running("acme")
 	const ch = "invalidate:acme:active"

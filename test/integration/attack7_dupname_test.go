@@ -74,6 +74,9 @@ func TestAttack7RouterInHandClaimsNothingOfItsOwn(t *testing.T) {
 // touch finds ghost silent first), and nothing a holds; the empty name is
 // no router's: its entry waits for ClaimIdle like any other.
 func TestAttack7EmptyConsumerNameIsNoWildcard(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, precisionMatrix("rate: 0.1, burst: 1"))
 	e.running("acme")

@@ -88,6 +88,9 @@ func TestAttack7StoppedRouterContinuedAfterItsEntriesWereClaimed(t *testing.T) {
 // 1s, watches the group all that time. a is alive and must not be taken
 // for dead: b claims nothing, and the held event is published once.
 func TestAttack7LiveRouterOnALongerDeadAfterIsNotTakenForDead(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	e := newEnv(t, precisionMatrix("rate: 0.1, burst: 1"))
 	e.running("acme")
 	const ch = "invalidate:acme:active"
@@ -118,6 +121,9 @@ func TestAttack7LiveRouterOnALongerDeadAfterIsNotTakenForDead(t *testing.T) {
 // claiming back and forth), nothing is left pending, and the router that
 // came back goes on routing.
 func TestAttack7RouterCutOffWhileHoldingUnderStormLimits(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	e := newEnv(t, precisionMatrix("rate: 0.2, burst: 1"))
 	e.running("acme")
 	const ch = "invalidate:acme:active"
@@ -207,6 +213,9 @@ func TestAttack7RouterRestartedUnderItsName(t *testing.T) {
 // pending again under its live name, and it does not have it in hand:
 // before claimForgotten it waited ClaimIdle (an hour here).
 func TestAttack7BusRestoredFromASnapshotClaimsOnlyABurst(t *testing.T) {
+	// Parallel: it waits seconds for the storm limit's tokens, on a bus
+	// of its own.
+	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, precisionMatrix("rate: 0.5, burst: 1"))
 	e.running("acme")

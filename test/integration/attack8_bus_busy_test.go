@@ -54,6 +54,8 @@ func TestAttack8BusBusyScriptsLoseNothing(t *testing.T) {
 // ids and sends nothing again); the router and the subscriber are ready
 // again afterwards, and nothing is left pending.
 func TestAttack8BusDebugSleepLosesNothing(t *testing.T) {
+	// Parallel: it waits out the bus's sleeps, on a bus of its own.
+	t.Parallel()
 	ctx := context.Background()
 	e, r, s, keys := faultEnv(t, 300, "--enable-debug-command", "yes")
 	wait := e.publishSteadily(keys, 10*time.Millisecond)

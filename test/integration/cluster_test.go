@@ -51,17 +51,26 @@ func (e *clusterEnv) masterOf(key string) *redistest.Server {
 	return nil
 }
 
+// newClusterEnv is a clusterEnv on a bus of three masters with a replica
+// each, and a cache of three masters, started together.
 func newClusterEnv(t *testing.T) *clusterEnv {
 	t.Helper()
-	return newClusterEnvOn(t, redistest.StartCluster(t, 3, 1))
+	cs := redistest.StartClusters(t, redistest.Shape{Masters: 3, Replicas: 1}, redistest.Shape{Masters: 3})
+	return newClusterEnvWith(t, cs[0], cs[1])
 }
 
 // newClusterEnvOn is a clusterEnv on the given bus cluster.
 func newClusterEnvOn(t *testing.T, bus *redistest.Cluster) *clusterEnv {
 	t.Helper()
+	return newClusterEnvWith(t, bus, redistest.StartCluster(t, 3, 0))
+}
+
+// newClusterEnvWith is a clusterEnv on the given bus and cache clusters.
+func newClusterEnvWith(t *testing.T, bus, cache *redistest.Cluster) *clusterEnv {
+	t.Helper()
 	e := &clusterEnv{t: t, bus: bus}
 	e.busC = e.bus.Client(t)
-	e.cacheC = redistest.StartCluster(t, 3, 0).Client(t)
+	e.cacheC = cache.Client(t)
 	var err error
 	if e.store, err = tagstore.New(e.cacheC, tagstore.Options{}); err != nil {
 		t.Fatal(err)

@@ -92,10 +92,13 @@ func newEnvBus(t *testing.T, matrixYAML string, busArgs ...string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, bus: redistest.Start(t, busArgs...), mtx: mtx, caches: map[string]*redistest.Server{}, stores: map[string]*tagstore.Store{}}
+	// The bus, then a cache per service, started together.
+	services := mtx.ServiceNames()
+	servers := redistest.StartEach(t, append([][]string{busArgs}, make([][]string, len(services))...)...)
+	e := &env{t: t, bus: servers[0], mtx: mtx, caches: map[string]*redistest.Server{}, stores: map[string]*tagstore.Store{}}
 	e.busC = e.bus.Client(t)
-	for _, svc := range mtx.ServiceNames() {
-		srv := redistest.Start(t)
+	for i, svc := range services {
+		srv := servers[1+i]
 		e.caches[svc] = srv
 		st, err := tagstore.New(srv.Client(t), tagstore.Options{})
 		if err != nil {

@@ -70,13 +70,7 @@ func TestAttack8BusNormalOutputBufferLimitReplayRecovers(t *testing.T) {
 	stop()
 
 	const n = 400
-	pad := strings.Repeat("x", 480)
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("k:%d", i)
-		e.seed("profile-svc", "acme", keys[i], "active")
-		e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{keys[i], keys[i] + ":a:" + pad, keys[i] + ":b:" + pad, keys[i] + ":c:" + pad}})
-	}
+	keys := e.publishHeavy("profile-svc", "acme", n)
 	e.waitVersion("invalidate:acme:active", n+1)
 	must(t, e.busC.ConfigSet(ctx, "client-output-buffer-limit", "normal 256kb 128kb 1").Err())
 	s, _ := e.subscriberReadyWithin(60*time.Second, e.bus.Client(t), "profile-svc", subscriber.Options{})
@@ -120,4 +114,19 @@ func TestAttack8BusNormalOutputBufferLimitClaimRecovers(t *testing.T) {
 	if err := redistest.Wait(ctx, 10*time.Second, "the router ready", r.Ready); err != nil {
 		t.Errorf("%v: %v", err, r.Problems())
 	}
+}
+
+// publishHeavy seeds n keys k:<i> of tenant's "active" tag in service's
+// cache and publishes an event for each, naming it and three keys of about
+// 500 bytes more: a channel history of heavy messages, which a replay reads
+// back whole. It returns the seeded keys.
+func (e *env) publishHeavy(service, tenant string, n int) []string {
+	pad := strings.Repeat("x", 480)
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k:%d", i)
+		e.seed(service, tenant, keys[i], "active")
+		e.publish(wire.Event{Tenant: tenant, Domain: "user", Keys: []string{keys[i], keys[i] + ":a:" + pad, keys[i] + ":b:" + pad, keys[i] + ":c:" + pad}})
+	}
+	return keys
 }

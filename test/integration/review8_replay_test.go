@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -32,13 +30,7 @@ func TestReview8AHistoryTooLargeForTheBusFlushesOnlyItsOwnTag(t *testing.T) {
 	stop()
 
 	const n = 400
-	pad := strings.Repeat("x", 480)
-	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("k:%d", i)
-		e.seed("profile-svc", "acme", keys[i], "active")
-		e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{keys[i], keys[i] + ":a:" + pad, keys[i] + ":b:" + pad, keys[i] + ":c:" + pad}})
-	}
+	keys := e.publishHeavy("profile-svc", "acme", n)
 	e.seed("profile-svc", "beta", "gone", "active")
 	e.seed("profile-svc", "beta", "kept", "active")
 	e.publish(wire.Event{Tenant: "beta", Domain: "user", Keys: []string{"gone"}})

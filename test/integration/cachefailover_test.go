@@ -75,6 +75,8 @@ func TestSentinelCacheFailoverRecheckedAtOnce(t *testing.T) {
 		t.Fatalf("the replica has %d of %s (%v): the invalidation was not lost, the attack did not take", n, full, err)
 	}
 	cache.KillMaster(t)
+	promoted := time.Now()
+	defer func() { t.Logf("the value invalidated again %v after the promotion", time.Since(promoted)) }()
 	// Well under the 30 s interval, with room for a loaded machine.
 	recheckedAtOnce(t, 10*time.Second,
 		func() bool { return strings.Contains(r.agentLog.String(), cacheChangedLog) },

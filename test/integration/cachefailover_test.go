@@ -2,14 +2,19 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/router"
 	"github.com/routerd/routerd/subscriber"
+	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
 )
 
@@ -134,5 +139,74 @@ func TestCacheRestartFromSnapshotRecheckedAtOnce(t *testing.T) {
 	}
 	if e.cached(svc, "acme", "user:1") {
 		t.Error("user:1 is cached again")
+	}
+}
+
+// The same on a cluster cache: one master restarted from a snapshot taken
+// before the last invalidation of a tenant whose keys (values and
+// positions, all under the tenant's hash tag) it holds. Its run_id
+// changes; the others' do not. The subscriber checks at once (every
+// position, not only that master's).
+func TestClusterCacheMasterRestartRecheckedAtOnce(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "")
+	e.router(router.Options{})
+	const svc = "profile-svc"
+	cluster := redistest.StartClusterOwnDirs(t, 3, 0)
+	cacheC := cluster.Client(t)
+	store, err := tagstore.New(cacheC, tagstore.Options{})
+	must(t, err)
+	cached := func(key string) bool {
+		_, err := store.Get(ctx, "acme", key)
+		if errors.Is(err, redis.Nil) {
+			return false
+		}
+		must(t, err)
+		return true
+	}
+	var log lockedBuffer
+	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("subscriber log:\n%s", log.String())
+		}
+	})
+	s, _ := e.subscriber(svc, subscriber.Options{Cache: cacheC, CheckInterval: 30 * time.Second, Logger: logger})
+	for _, k := range []string{"user:1", "user:2", "user:3"} {
+		must(t, store.Set(ctx, "acme", k, []byte("cached"), 0, "active"))
+	}
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:1"}})
+	redistest.Eventually(t, 10*time.Second, "user:1 invalidated", func() bool { return !cached("user:1") })
+
+	master, err := cacheC.MasterForKey(ctx, names.TenantTag("acme"))
+	must(t, err)
+	var node *redistest.Server
+	for _, n := range cluster.Nodes {
+		if n.Addr == master.Options().Addr {
+			node = n
+		}
+	}
+	if node == nil {
+		t.Fatalf("no node of the cache cluster is %s", master.Options().Addr)
+	}
+	snap, err := node.Snapshot(ctx)
+	must(t, err)
+	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
+	redistest.Eventually(t, 10*time.Second, "user:2 invalidated", func() bool { return !cached("user:2") })
+
+	must(t, node.RestoreSnapshot(snap))
+	recheckedAtOnce(t, 10*time.Second,
+		func() bool { return strings.Contains(log.String(), cacheChangedLog) },
+		s.Ready,
+		func() bool {
+			_, err := store.Get(ctx, "acme", "user:2")
+			return !errors.Is(err, redis.Nil) // an error (the cluster settling) counts as not gone yet
+		})
+	redistest.Eventually(t, 10*time.Second, "ready again", s.Ready)
+	if !strings.Contains(log.String(), "the cache holds another position") {
+		t.Error("the check did not find the cache's position moved: the restore did not bring the position back, the attack did not take")
+	}
+	if !cached("user:3") {
+		t.Error("user:3, named by no event, was invalidated: the replay went whole")
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,7 +114,32 @@ func TestCacheRestartFromSnapshotRecheckedAtOnce(t *testing.T) {
 			t.Logf("subscriber log:\n%s", log.String())
 		}
 	})
-	s, _ := e.subscriber(svc, subscriber.Options{CheckInterval: 30 * time.Second, Logger: logger})
+	// A Handler beside the cache: the check's replay gives it the
+	// invalidation again, in the middle of the check, when a subscriber
+	// that has said its cache changed must not say it is ready (a
+	// deterministic look at readiness, where recheckedAtOnce's polling may
+	// miss a check that takes milliseconds). The log is read first: a
+	// check that a reconnection asked for may replay before the change is
+	// seen.
+	var sub atomic.Pointer[subscriber.Subscriber]
+	var armed atomic.Bool
+	var mu sync.Mutex
+	var replays, readyInReplay int
+	handler := func(_ context.Context, inv subscriber.Invalidation) error {
+		if armed.Load() {
+			detected := strings.Contains(log.String(), cacheChangedLog)
+			ready := sub.Load().Ready()
+			mu.Lock()
+			replays++
+			if detected && ready {
+				readyInReplay++
+			}
+			mu.Unlock()
+		}
+		return nil
+	}
+	s, _ := e.subscriber(svc, subscriber.Options{Cache: e.caches[svc].Client(t), Handler: handler, CheckInterval: 30 * time.Second, Logger: logger})
+	sub.Store(s)
 	for _, k := range []string{"user:1", "user:2", "user:3"} {
 		e.seed(svc, "acme", k, "active")
 	}
@@ -123,12 +150,21 @@ func TestCacheRestartFromSnapshotRecheckedAtOnce(t *testing.T) {
 	e.publish(wire.Event{Tenant: "acme", Domain: "user", Keys: []string{"user:2"}})
 	e.waitGone(svc, "acme", "user:2")
 
+	armed.Store(true)
 	must(t, e.caches[svc].RestoreSnapshot(snap))
 	recheckedAtOnce(t, 10*time.Second,
 		func() bool { return strings.Contains(log.String(), cacheChangedLog) },
 		s.Ready,
 		func() bool { return e.cached(svc, "acme", "user:2") })
 	redistest.Eventually(t, 10*time.Second, "ready again", s.Ready)
+	mu.Lock()
+	if replays == 0 {
+		t.Error("the Handler was not given the replayed invalidation")
+	}
+	if readyInReplay > 0 {
+		t.Error("Ready in the middle of the check that replays what the restarted cache lost, after saying the cache changed")
+	}
+	mu.Unlock()
 	// The restore took: the check found the cache's position behind the
 	// one the subscriber applied (user:2 was back).
 	if !strings.Contains(log.String(), "the cache holds another position") {

@@ -212,21 +212,29 @@ func (s *Subscriber) busGeneration(ctx context.Context) (string, error) {
 // master_replid2): REPLICAOF of an older copy and REPLICAOF NO ONE bring
 // that copy's data back under the same run_id.
 func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
-	masters, err := redisconn.Masters(ctx, bus)
+	runs, _, err := serverIDs(ctx, bus, "bus")
+	return runs, err
+}
+
+// serverIDs is runIDs of the servers behind rdb (the bus or the cache
+// Redis, as role says in errors), with each one's address.
+func serverIDs(ctx context.Context, rdb redis.UniversalClient, role string) (runs, addrs []string, err error) {
+	masters, err := redisconn.Masters(ctx, rdb)
 	if err != nil {
-		return nil, fmt.Errorf("listing the bus masters: %w", err)
+		return nil, nil, fmt.Errorf("listing the %s masters: %w", role, err)
 	}
-	runs := make([]string, len(masters))
+	runs, addrs = make([]string, len(masters)), make([]string, len(masters))
 	for i, m := range masters {
+		addrs[i] = m.Options().Addr
 		var server, repl, stats *redis.InfoCmd
 		if _, err := m.Pipelined(ctx, func(p redis.Pipeliner) error {
 			server, repl, stats = p.InfoMap(ctx, "server"), p.InfoMap(ctx, "replication"), p.InfoMap(ctx, "commandstats")
 			return nil
 		}); err != nil {
-			return nil, fmt.Errorf("reading the run_id of the bus server %s (INFO server, replication, commandstats): %w", m.Options().Addr, err)
+			return nil, nil, fmt.Errorf("reading the run_id of the %s server %s (INFO server, replication, commandstats): %w", role, m.Options().Addr, err)
 		}
 		if runs[i] = server.Item("Server", "run_id"); runs[i] == "" {
-			return nil, fmt.Errorf("the bus server %s reports no run_id in INFO server", m.Options().Addr)
+			return nil, nil, fmt.Errorf("the %s server %s reports no run_id in INFO server", role, m.Options().Addr)
 		}
 		if n := flushes(stats); n > 0 {
 			runs[i] += fmt.Sprintf("+flushes=%d", n)
@@ -238,7 +246,7 @@ func runIDs(ctx context.Context, bus redis.UniversalClient) ([]string, error) {
 			runs[i] += "+followed=" + followed
 		}
 	}
-	return runs, nil
+	return runs, addrs, nil
 }
 
 // flushes is how many FLUSHALL, FLUSHDB and SWAPDB a server ran, from its

@@ -306,6 +306,15 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			s.health.probe.Run(pctx, cacheProbeEvery, probeTimeout, s.health.cache, func(ctx context.Context) error { return s.opt.Cache.Ping(ctx).Err() })
 		}()
 		defer func() { stop(); <-probed }()
+		// Its identity before the first check, so that a restart or
+		// failover from then on is seen (watchCache).
+		first, _ := s.readCacheIDs(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			s.watchCache(pctx, first)
+		}()
+		defer func() { stop(); <-watched }()
 	}
 	s.checked(nil) // a fresh run: nothing failed yet
 	s.checkEviction(ctx)

@@ -44,6 +44,11 @@ const (
 	// longer than LinkDeadline: CLIENT PAUSE, a long script): invalidations
 	// wait, and are replayed by the position check once it answers.
 	ReasonCacheFailing = "cache_failing"
+	// ReasonCacheChanged: the cache Redis restarted or failed over (a
+	// master's run_id changed) and the position check that finds what it
+	// lost has not completed yet: values invalidated before may be
+	// readable again until it has.
+	ReasonCacheChanged = "cache_changed"
 	// ReasonEvictionPolicy: the cache Redis's maxmemory-policy can evict
 	// what invalidation needs (or cannot be read), and the risk was not
 	// accepted (Options.AcceptEvictionRisk).
@@ -55,7 +60,7 @@ const (
 )
 
 // Reasons lists every reason a subscriber reports, for metrics.
-var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonSubscribing, ReasonCheckFailing, ReasonCacheFailing, ReasonEvictionPolicy, ReasonHandlerFailing}
+var Reasons = []string{ReasonStarting, ReasonBusLinkSilent, ReasonSubscribing, ReasonCheckFailing, ReasonCacheFailing, ReasonCacheChanged, ReasonEvictionPolicy, ReasonHandlerFailing}
 
 // Timing of the health signals.
 const (
@@ -88,8 +93,12 @@ type health struct {
 	// tenant shard that owns none of its service's tenants): no link is
 	// expected.
 	noChannels atomic.Bool
-	cache      *breaker.Breaker // nil without a cache Redis
-	probe      *breaker.Probe   // of the cache Redis
+	// cacheChanges counts the changes of the cache Redis's identity seen
+	// (watchCache); cacheChecked is the count the last complete check
+	// that succeeded started after. Not ready while it is behind.
+	cacheChanges, cacheChecked atomic.Int64
+	cache                      *breaker.Breaker // nil without a cache Redis
+	probe                      *breaker.Probe   // of the cache Redis
 
 	mu    sync.Mutex
 	links map[*conn]bool
@@ -188,6 +197,9 @@ func (s *Subscriber) Problems() []Problem {
 		} else if waiting := h.cache.Waiting(); waiting > LinkDeadline {
 			out = append(out, Problem{Reason: ReasonCacheFailing, Detail: fmt.Sprintf("a call to the cache Redis has waited %v for an answer (paused, or blocked by a long script?); invalidations wait", waiting.Round(100*time.Millisecond))})
 		}
+	}
+	if h.cacheChanges.Load() > h.cacheChecked.Load() {
+		out = append(out, Problem{Reason: ReasonCacheChanged, Detail: "the cache Redis restarted or failed over; the position check that invalidates again what it lost has not completed yet"})
 	}
 	if e := h.evicts.Load(); e != nil {
 		out = append(out, Problem{Reason: ReasonEvictionPolicy, Detail: *e})

@@ -21,6 +21,7 @@ type metrics struct {
 	invalid        prometheus.Counter
 	unconfirmed    prometheus.Counter
 	cacheMoved     prometheus.Counter
+	cacheChanged   prometheus.Counter
 	positionErrors prometheus.Counter
 	checks         prometheus.Counter
 	applyErrors    prometheus.Counter
@@ -52,6 +53,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "subscriber_unconfirmed_messages_total", Help: "Messages the channel's meta does not confirm (forged, or lost with the bus): ignored, the channel brought to its meta."}),
 		cacheMoved: f.NewCounter(prometheus.CounterOpts{
 			Name: "subscriber_cache_position_moved_total", Help: "Checks that found the cache holding another position than applied (restored from a snapshot, failed over, or another instance)."}),
+		cacheChanged: f.NewCounter(prometheus.CounterOpts{
+			Name: "subscriber_cache_changed_total", Help: "Times the cache Redis was found to be another server or restarted (its run_id changed: a failover, a restart, a flush): a position check follows at once."}),
 		positionErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "subscriber_unreadable_state_total", Help: "Stored positions, channel metas or history entries that could not be read or parsed."}),
 		checks: f.NewCounter(prometheus.CounterOpts{

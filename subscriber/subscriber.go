@@ -614,6 +614,7 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 	}
 	round := s.rounds.Load()
 	s.roundMu.Unlock()
+	changes := s.health.cacheChanges.Load() // a change seen before the check is covered by it
 	err := s.check(ctx)
 	if ctx.Err() != nil {
 		return
@@ -645,6 +646,7 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		ck.failing.failures = 0
 	}
 	s.covered.Store(round)
+	s.health.cacheChecked.Store(changes)
 	s.ready.Store(true)
 }
 

@@ -251,8 +251,9 @@ func TestSentinelCacheFailover(t *testing.T) {
 // from before it. The agent's next position check finds the cache's
 // position behind the one it applied, replays the channel from there
 // (docs/protocol.md §5.2, "the cache position moved") and the key goes
-// again. That check comes with --check-interval (30 s by default): until
-// then the value is readable and the agent ready (docs/sentinel.md).
+// again. That check comes at once: the agent sees the promoted replica's
+// run_id (TestSentinelCacheFailoverRecheckedAtOnce, at the default
+// --check-interval; this one runs every second besides).
 func TestSentinelCacheFailoverLosesAnInvalidation(t *testing.T) {
 	ctx := context.Background()
 	bus := redistest.Start(t)

@@ -279,6 +279,11 @@ func (c *Coordinator) newWatcher() (*fsnotify.Watcher, error) {
 // changing (stableRounds × settle apart) before the reload is refused.
 const stableRounds = 50
 
+// emptyRounds is how long (× settle) a file must stay empty to be taken for
+// empty: a file written in place is empty between its truncation and its
+// write, and two reads falling in two such moments agree.
+const emptyRounds = 10
+
 // Load reads the matrix file at path as a reload does (readStable) and
 // validates it: what a daemon starts with, so that a file being written
 // while it starts is not taken half-written.
@@ -301,6 +306,7 @@ func (c *Coordinator) readStable() ([]byte, error) {
 // with nothing to bring them back.
 func readStable(read func(string) ([]byte, error), path string, stable time.Duration) ([]byte, error) {
 	data, err := read(path)
+	empty := 0 // reads in a row that found the file empty
 	for range stableRounds {
 		if err != nil {
 			return nil, err
@@ -308,9 +314,12 @@ func readStable(read func(string) ([]byte, error), path string, stable time.Dura
 		time.Sleep(stable)
 		var again []byte
 		if again, err = read(path); err == nil && bytes.Equal(again, data) {
-			return data, nil
+			if empty++; len(data) > 0 || empty >= emptyRounds {
+				return data, nil
+			}
+			continue
 		}
-		data = again
+		data, empty = again, 0
 	}
 	if err != nil {
 		return nil, err

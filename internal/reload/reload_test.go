@@ -392,3 +392,27 @@ func TestAttack9SignalDuringAnInPlaceWrite(t *testing.T) {
 		t.Errorf("the subscribers were given the domain's tags %v, want [t u] alone: a half-written file was taken", given)
 	}
 }
+
+// A file written in place is empty between its truncation and its write: two
+// reads that each fall in such a moment agree, and the matrix was taken
+// for empty ("the matrix is empty": routerd agent exited at start, once in
+// make test under a CPU hog). An empty read is not agreement until the file
+// stays empty for emptyRounds.
+func TestReadStableWaitsOutAnEmptyMoment(t *testing.T) {
+	reads := []string{"", "", "a: 1\n", "a: 1\n"}
+	i := 0
+	read := func(string) ([]byte, error) {
+		b := []byte(reads[min(i, len(reads)-1)])
+		i++
+		return b, nil
+	}
+	data, err := readStable(read, "m.yaml", time.Millisecond)
+	if err != nil || string(data) != "a: 1\n" {
+		t.Fatalf("readStable = %q, %v; want the file once written", data, err)
+	}
+	i, reads = 0, []string{""}
+	data, err = readStable(read, "m.yaml", time.Millisecond)
+	if err != nil || len(data) != 0 || i != emptyRounds+1 {
+		t.Fatalf("an empty file: readStable = %q, %v after %d reads; want it empty after %d", data, err, i, emptyRounds+1)
+	}
+}

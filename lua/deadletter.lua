@@ -24,6 +24,8 @@ redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^(%d+)-')), ARGV[1])
 -- keeps up to a node's entries (stream-node-max-entries) past the cap.
 -- Those of the first one's millisecond stay (a dead letter trimmed then
 -- is not written again).
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+-- (A cap of 0 leaves none: then the origins before this one's.)
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local first = head and head[1] or id
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.match(first, '^(%d+)-'))
 return id

@@ -123,3 +123,16 @@ func TestDeadLetterOnceWhileTheStreamHoldsIt(t *testing.T) {
 		t.Errorf("the record keeps %d origins older than the stream's first dead letter (%v)", older, err)
 	}
 }
+
+// A cap of 0 (XADD … MAXLEN ~ 0 may leave the stream empty) is no error.
+func TestDeadLetterCapZero(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	stream := names.DeadLetterStream("invalidate")
+	for i := range 3 {
+		if _, err := Run(ctx, c, &DeadLetterRequest{Stream: stream, Written: names.DeadLetterWrittenKey(stream), Origin: fmt.Sprintf("s %d-0 -1", i), MaxLen: 0,
+			Values: []any{"reason", "unknown_domain"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -347,9 +347,10 @@ func InvalidDeadLetterStream(prefix string) string { return prefix + ":deadlette
 // entries (and events of packed entries) have a dead letter in the
 // dead-letter stream deadLetters (DeadLetterStream or
 // InvalidDeadLetterStream): a sorted set of "<stream> <entry id> <index>"
-// by the dead letter's time, capped as the stream is, so that a batch
-// routed again (its router killed before it acknowledged the batch, a
-// lost reply) writes no second dead letter. Its hash tag is the whole name
+// by the dead letter's time, kept while the stream holds the letter
+// (trimmed by time, not by count: MAXLEN ~ keeps whole nodes past its
+// cap), so that a batch routed again (its router killed before it
+// acknowledged the batch, a lost reply) writes no second dead letter. Its hash tag is the whole name
 // of the stream, so both are in one slot.
 func DeadLetterWrittenKey(deadLetters string) string { return "{" + deadLetters + "}:written" }
 

@@ -607,13 +607,15 @@ func (kp *keyPair) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 }
 
 // Unsent reports whether err, a command's, says the command was never sent:
-// its connection could not be made (dial) or taken from the pool. Any
-// other failure of the connection may have come after Redis ran it, or
-// closed it for its reply (client-output-buffer-limit normal).
+// its connection could not be made (dial, or no sentinel named a master to
+// dial) or taken from the pool. Any other failure of the connection may
+// have come after Redis ran it, or closed it for its reply
+// (client-output-buffer-limit normal).
 func Unsent(err error) bool {
 	var op *net.OpError
+	var noMaster *noMasterError
 	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) ||
-		errors.As(err, &op) && op.Op == "dial"
+		errors.As(err, &op) && op.Op == "dial" || errors.As(err, &noMaster)
 }
 
 // passwordFile reads a password file again for each new connection, so that

@@ -146,6 +146,11 @@ func TestSentinelFollowsFailover(t *testing.T) {
 		if err == nil || errors.Is(err, redis.Nil) || !strings.Contains(err.Error(), `no sentinel knows a master named "nosuch"`) {
 			t.Errorf("GET through an unknown master: %v (redis.Nil: %v), want an error naming the master, not redis.Nil", err, errors.Is(err, redis.Nil))
 		}
+		// No connection was made: the command was never sent (a claim
+		// that fails so is not a lost reply, which shrinks the reads).
+		if !Unsent(err) {
+			t.Errorf("GET through an unknown master: Unsent(%v) is false, want true", err)
+		}
 	}
 
 	dead := redistest.RefusedAddr(t)

@@ -288,33 +288,14 @@ func (s *Sentinel) KillMaster(tb testing.TB) *Server {
 	tb.Helper()
 	old := s.Master(tb)
 	old.Stop()
-	ctx := context.Background()
-	var promoted *Server
-	Eventually(tb, 30*time.Second, "a sentinel failover of "+old.Addr, func() bool {
-		promoted = nil
-		for _, sn := range s.Sentinels {
-			c := redis.NewSentinelClient(&redis.Options{Addr: sn.Addr, TLSConfig: s.TLS, MaxRetries: -1})
-			addr, err := c.GetMasterAddrByName(ctx, s.Name).Result()
-			_ = c.Close()
-			if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) == old.Addr {
-				return false
-			}
-			for _, srv := range s.Servers {
-				if srv.Addr == net.JoinHostPort(addr[0], addr[1]) {
-					promoted = srv
-				}
-			}
-		}
-		return promoted != nil && connectedReplicas(ctx, promoted) >= 0 && role(ctx, promoted) == "master"
-	})
-	return promoted
+	return s.waitPromoted(tb, old)
 }
 
 // Failover has the first sentinel fail the master over to a replica
 // (SENTINEL FAILOVER: nothing is killed, the old master is made a replica
 // of the promoted one) and waits until every sentinel names the promoted
-// replica, it answers as master, and the old master follows it. It
-// returns the new master.
+// replica and it answers as master (the old master is made its replica
+// by the sentinels later). It returns the new master.
 func (s *Sentinel) Failover(tb testing.TB) *Server {
 	tb.Helper()
 	ctx := context.Background()
@@ -324,6 +305,14 @@ func (s *Sentinel) Failover(tb testing.TB) *Server {
 	if err := c.Failover(ctx, s.Name).Err(); err != nil {
 		tb.Fatalf("redistest: SENTINEL FAILOVER %s: %v", s.Name, err)
 	}
+	return s.waitPromoted(tb, old)
+}
+
+// waitPromoted waits until every sentinel names another server than old as
+// the master and that server answers as one, and returns it.
+func (s *Sentinel) waitPromoted(tb testing.TB, old *Server) *Server {
+	tb.Helper()
+	ctx := context.Background()
 	var promoted *Server
 	Eventually(tb, 30*time.Second, "a sentinel failover of "+old.Addr, func() bool {
 		promoted = nil

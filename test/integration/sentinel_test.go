@@ -255,32 +255,11 @@ func TestSentinelCacheFailover(t *testing.T) {
 // run_id (TestSentinelCacheFailoverRecheckedAtOnce, at the default
 // --check-interval; this one runs every second besides).
 func TestSentinelCacheFailoverLosesAnInvalidation(t *testing.T) {
-	ctx := context.Background()
 	bus := redistest.Start(t)
 	cache := redistest.StartSentinel(t, 1, 1)
 	keys := keyRange("user", 0, 4)
 	r := newSentinelRig(t, bus.URL, cache.URL(), "--check-interval", "1s")
-	r.seed(keys...)
-	master := cache.Master(t).Client(t)
-	must(t, r.publish(keys[0]))
-	r.waitGone(keys[0])
-	must(t, master.Do(ctx, "WAIT", 1, 5000).Err())
-
-	replica := cache.Servers[1].Client(t)
-	must(t, replica.ConfigSet(ctx, "masterauth", "wrong").Err())
-	must(t, replica.Do(ctx, "CLIENT", "KILL", "TYPE", "master").Err())
-	redistest.Eventually(t, 5*time.Second, "the replica's link down", func() bool {
-		info, err := master.InfoMap(ctx, "replication").Result()
-		return err == nil && info["Replication"]["connected_slaves"] == "0"
-	})
-	must(t, r.publish(keys[1]))
-	r.waitGone(keys[1])
-	// The replica still holds the value the master no longer has.
-	full, err := r.store.Key("acme", keys[1])
-	must(t, err)
-	if n, err := replica.Exists(ctx, full).Result(); err != nil || n != 1 {
-		t.Fatalf("the replica has %d of %s (%v): the invalidation was not lost, the attack did not take", n, full, err)
-	}
+	r.loseOnReplica(cache, keys)
 	cache.KillMaster(t)
 	r.waitGone(keys[:2]...)
 	r.ready()
@@ -337,4 +316,35 @@ func TestSentinelBusManualFailover(t *testing.T) {
 	r.waitGone("after:0")
 	r.ready()
 	r.precise("after:1", "after:2")
+}
+
+// loseOnReplica seeds keys in the Sentinel cache, invalidates keys[0] with
+// the replica following, then cuts the replica off (a wrong masterauth, its
+// link killed) and invalidates keys[1]: the master no longer holds it, the
+// replica still does, and a failover to the replica brings it back.
+func (r *sentinelRig) loseOnReplica(cache *redistest.Sentinel, keys []string) {
+	t := r.t
+	t.Helper()
+	ctx := context.Background()
+	r.seed(keys...)
+	master := cache.Master(t).Client(t)
+	must(t, r.publish(keys[0]))
+	r.waitGone(keys[0])
+	must(t, master.Do(ctx, "WAIT", 1, 5000).Err())
+
+	replica := cache.Servers[1].Client(t)
+	must(t, replica.ConfigSet(ctx, "masterauth", "wrong").Err())
+	must(t, replica.Do(ctx, "CLIENT", "KILL", "TYPE", "master").Err())
+	redistest.Eventually(t, 5*time.Second, "the replica's link down", func() bool {
+		info, err := master.InfoMap(ctx, "replication").Result()
+		return err == nil && info["Replication"]["connected_slaves"] == "0"
+	})
+	must(t, r.publish(keys[1]))
+	r.waitGone(keys[1])
+	// The replica still holds the value the master no longer has.
+	full, err := r.store.Key("acme", keys[1])
+	must(t, err)
+	if n, err := replica.Exists(ctx, full).Result(); err != nil || n != 1 {
+		t.Fatalf("the replica has %d of %s (%v): the invalidation was not lost, the attack did not take", n, full, err)
+	}
 }

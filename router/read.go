@@ -163,7 +163,7 @@ func (r *Router) claimPendingOn(ctx context.Context, c redis.UniversalClient, st
 // then reads as routers before those scripts did (bounded in entries only),
 // and says so once.
 func (r *Router) refused(err error) bool {
-	if err == nil || !(redis.HasErrorPrefix(err, "NOPERM") || strings.Contains(err.Error(), "The user executing the script can't")) {
+	if err == nil || !scriptRefused(err) {
 		return false
 	}
 	if r.refusedOnce.CompareAndSwap(false, true) {

@@ -6,6 +6,10 @@
 //
 //	go run ./examples/demo --redis redis://127.0.0.1:6390/0 \
 //	    --search-cache redis://127.0.0.1:6390/2 --profile-cache redis://127.0.0.1:6390/1
+//
+// The URLs take the forms routerd's --redis takes (package redisurl): one
+// server, a cluster's comma-separated seeds, or a Sentinel URL
+// (redis://SENTINEL:26379?master_name=NAME).
 package main
 
 import (
@@ -29,6 +33,7 @@ import (
 
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/redisurl"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/tagstore"
 )
@@ -57,7 +62,7 @@ var changes = []change{
 }
 
 func main() {
-	bus := flag.String("redis", "redis://127.0.0.1:6390/0", "bus Redis")
+	bus := flag.String("redis", "redis://127.0.0.1:6390/0", "bus Redis URL (one server, cluster seeds, or a Sentinel URL)")
 	searchCache := flag.String("search-cache", "redis://127.0.0.1:6390/2", "search-svc's cache Redis (embedded subscriber)")
 	profileCache := flag.String("profile-cache", "redis://127.0.0.1:6390/1", "profile-svc's cache Redis (routerd agent)")
 	path := flag.String("matrix", "matrix.yaml", "routing matrix")
@@ -81,12 +86,13 @@ func main() {
 	}
 }
 
-func open(url string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, err
-	}
-	return redis.NewClient(opt), nil
+// open opens a client as routerd's commands do: the URL may name one
+// server, a cluster's comma-separated seeds or the master that Redis
+// Sentinel fails over (redis://SENTINEL:26379?master_name=NAME), whose
+// every connection, the subscriber's pub/sub ones included, then follows
+// a failover.
+func open(url string) (redis.UniversalClient, error) {
+	return redisurl.Open(url, redisurl.Options{})
 }
 
 func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, profileURL, path string, interval time.Duration, rounds int, logs string) error {
@@ -110,7 +116,10 @@ func run(ctx context.Context, reg prometheus.Registerer, busURL, searchURL, prof
 			return err
 		}
 	}
-	searchC, _ := open(searchURL)
+	searchC, err := open(searchURL)
+	if err != nil {
+		return err
+	}
 	defer searchC.Close()
 
 	// search-svc embeds the subscriber; the Handler only narrates. narrating

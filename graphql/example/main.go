@@ -32,6 +32,7 @@ import (
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/publisher"
+	"github.com/routerd/routerd/redisurl"
 	"github.com/routerd/routerd/subscriber"
 	"github.com/routerd/routerd/tagstore"
 	"github.com/routerd/routerd/wire"
@@ -48,8 +49,8 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
-	bus := fs.String("redis", "redis://localhost:6379", "the bus Redis (routerd's)")
-	cache := fs.String("cache-redis", "redis://localhost:6379/1", "the cache Redis")
+	bus := fs.String("redis", "redis://localhost:6379", "the bus Redis (routerd's): one server, cluster seeds, or a Sentinel URL (master_name=)")
+	cache := fs.String("cache-redis", "redis://localhost:6379/1", "the cache Redis, in the same forms")
 	matrixFile := fs.String("matrix", "graphql/example/matrix.yaml", "the routing matrix")
 	listen := fs.String("listen", "localhost:8080", "HTTP address of /query")
 	if err := fs.Parse(args); err != nil {
@@ -59,14 +60,18 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	busC, err := client(*bus)
+	// Opened as routerd's commands open theirs: a Sentinel URL's client,
+	// the subscriber's pub/sub connections included, follows a failover.
+	busC, err := redisurl.Open(*bus, redisurl.Options{})
 	if err != nil {
 		return err
 	}
-	cacheC, err := client(*cache)
+	defer busC.Close()
+	cacheC, err := redisurl.Open(*cache, redisurl.Options{})
 	if err != nil {
 		return err
 	}
+	defer cacheC.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	svc, err := New(Config{Bus: busC, Cache: cacheC, Matrix: mtx, Logger: log})
 	if err != nil {
@@ -85,14 +90,6 @@ func run(ctx context.Context, args []string) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdown)
-}
-
-func client(url string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, err
-	}
-	return redis.NewClient(opt), nil
 }
 
 // Config wires the service.

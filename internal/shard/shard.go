@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/routerd/routerd/internal/redisconn"
 )
@@ -31,19 +32,48 @@ type Shard struct {
 
 	mu       sync.Mutex
 	replicas int64
-	at       time.Time
+	at       time.Time // when replicas was read; zero: ask again
+	gen      uint64    // Forget's count: an INFO sent before the last Forget is not kept
+	info     singleflight.Group
 }
 
 // infoTTL is how long a shard's replica count is used.
 const infoTTL = 2 * time.Second
 
 // Replicas returns the number of replicas connected to the shard's master.
+// Callers that find no fresh count share one INFO: none holds a lock
+// across the network, and each waits for the shared INFO only until its
+// own ctx ends (a stalled master holds every caller for its ctx, not for
+// the client's read timeout once per caller in turn). The INFO goes on
+// without a caller's cancel, within the client's own timeouts, and its
+// count serves the callers after it.
 func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.at.IsZero() && time.Since(s.at) < infoTTL {
-		return s.replicas, nil
+		n := s.replicas
+		s.mu.Unlock()
+		return n, nil
 	}
+	gen := s.gen
+	s.mu.Unlock()
+	ask := context.WithoutCancel(ctx)
+	// Keyed by gen: a caller after a Forget does not take an answer sent
+	// before it.
+	ch := s.info.DoChan(strconv.FormatUint(gen, 10), func() (any, error) { return s.ask(ask, gen) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return 0, r.Err
+		}
+		return r.Val.(int64), nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// ask reads the master's replica count with INFO and keeps it, unless
+// Forget was called since gen.
+func (s *Shard) ask(ctx context.Context, gen uint64) (int64, error) {
 	info, err := s.C.InfoMap(ctx, "replication").Result()
 	if err != nil {
 		return 0, err
@@ -53,7 +83,11 @@ func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, role)
 	}
 	replicas, _ := strconv.ParseInt(repl["connected_slaves"], 10, 64)
-	s.replicas, s.at = replicas, time.Now()
+	s.mu.Lock()
+	if s.gen == gen {
+		s.replicas, s.at = replicas, time.Now()
+	}
+	s.mu.Unlock()
 	return replicas, nil
 }
 
@@ -61,6 +95,7 @@ func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 func (s *Shard) Forget() {
 	s.mu.Lock()
 	s.at = time.Time{}
+	s.gen++
 	s.mu.Unlock()
 }
 

@@ -993,6 +993,18 @@ func runScripts(ctx context.Context, c lua.Pipeliner, build func(redis.Pipeliner
 	return lua.RunPipeline(ctx, c, routerScripts, build)
 }
 
+// shardScripts is a shard's master for runScripts: its pipelines through
+// the router's client (shard.Shard.Pipelined, whose hooks see them), its
+// script loads (after NOSCRIPT) on the master's node client.
+type shardScripts struct {
+	*redis.Client
+	sh *shard.Shard
+}
+
+func (s shardScripts) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	return s.sh.Pipelined(ctx, fn)
+}
+
 // published is the outcome of one channel message's publish.
 type published struct {
 	version   int64
@@ -1095,7 +1107,7 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 		reqs[j] = publishRequest(out, call, epoch, cmd)
 	}
 	var wait *redis.IntCmd
-	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
+	cmds, err := runScripts(ctx, shardScripts{sh.C, sh}, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(reqs))
 		for j := range reqs {
 			all[j] = lua.Queue(ctx, pipe, &reqs[j])

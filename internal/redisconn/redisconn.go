@@ -672,7 +672,8 @@ func Cluster(c redis.UniversalClient) *redis.ClusterClient {
 }
 
 // Masters returns the servers that hold the data behind c: every master of a
-// cluster (as the client knows them now), or the one server.
+// cluster (as the client knows them now), or the one server. Send to one
+// with OnNode(ctx, c, master), so that c's hooks see the call.
 func Masters(ctx context.Context, c redis.UniversalClient) ([]*redis.Client, error) {
 	switch c := c.(type) {
 	case *redis.Client:
@@ -706,8 +707,9 @@ func ScanStreams(ctx context.Context, c redis.UniversalClient, pattern string) (
 	}
 	seen := map[string]bool{}
 	for _, m := range masters {
-		iter := m.ScanType(ctx, 0, pattern, 1000, "stream").Iterator()
-		for iter.Next(ctx) {
+		mctx, mc := OnNode(ctx, c, m)
+		iter := mc.ScanType(mctx, 0, pattern, 1000, "stream").Iterator()
+		for iter.Next(mctx) {
 			seen[iter.Val()] = true
 		}
 		if err := iter.Err(); err != nil {

@@ -26,9 +26,15 @@ func WaitCmd(ctx context.Context, n int, timeout time.Duration) *redis.IntCmd {
 }
 
 // Shard is one master. Writes that must survive a failover end their
-// pipeline on C with WAIT 1 when the master has a replica.
+// pipeline with WAIT 1 when the master has a replica.
 type Shard struct {
+	// C is the master's node client (the client itself for one server).
+	// Send through Pipelined, not on C: a cluster client's hooks see
+	// nothing sent on C.
 	C *redis.Client
+	// via is the client the Set was given, whose hooks the shard's calls
+	// pass (redisconn.OnNode).
+	via redis.UniversalClient
 
 	mu       sync.Mutex
 	replicas int64
@@ -74,7 +80,8 @@ func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 // ask reads the master's replica count with INFO and keeps it, unless
 // Forget was called since gen.
 func (s *Shard) ask(ctx context.Context, gen uint64) (int64, error) {
-	info, err := s.C.InfoMap(ctx, "replication").Result()
+	ctx, c := redisconn.OnNode(ctx, s.via, s.C)
+	info, err := c.InfoMap(ctx, "replication").Result()
 	if err != nil {
 		return 0, err
 	}
@@ -89,6 +96,15 @@ func (s *Shard) ask(ctx context.Context, gen uint64) (int64, error) {
 	}
 	s.mu.Unlock()
 	return replicas, nil
+}
+
+// Pipelined runs fn's commands in one pipeline on the master, on one of its
+// connections and in order, through the client the Set was given: on a
+// cluster, that client's hooks see them (redisconn.OnNode) and its slot
+// routing, redirects and retries do not apply.
+func (s *Shard) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	ctx, c := redisconn.OnNode(ctx, s.via, s.C)
+	return c.Pipelined(ctx, fn)
 }
 
 // Forget makes the next Replicas call ask the server again.
@@ -133,7 +149,7 @@ func (ss *Set) of(node *redis.Client) *Shard {
 	}
 	sh := ss.byAddr[addr]
 	if sh == nil || sh.C != node {
-		sh = &Shard{C: node}
+		sh = &Shard{C: node, via: ss.C}
 		ss.byAddr[addr] = sh
 	}
 	return sh

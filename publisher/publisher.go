@@ -495,8 +495,14 @@ func (p *Publisher) writeShard(ctx context.Context, h hop) ([]hop, error) {
 			return nil, fmt.Errorf("publisher: WAIT on %s: %w (publishing again with the same ids is safe)", sh.C.Options().Addr, werr)
 		}
 		if wait.Val() < 1 {
-			sh.Forget()
-			return nil, fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+			// The count may be the old master's, a failover ago: a
+			// master without replica now has nothing to wait for.
+			n, err := sh.Recount(ctx)
+			if err == nil && n == 0 {
+				p.noteReplicas(sh.C.Options().Addr, 0)
+			} else {
+				return nil, fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+			}
 		}
 	}
 	if len(redirected) == 0 && perr != nil {

@@ -1125,9 +1125,17 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 	}
 	var waitErr error
 	if wait != nil {
-		if n, err := wait.Result(); err != nil || n < 1 {
+		n, err := wait.Result()
+		switch {
+		case err != nil:
 			waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d, %v)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n, err)
 			sh.Forget() // the replica may be gone: look again
+		case n < 1:
+			// The count may be the old master's, a failover ago: a master
+			// without replica now has nothing to wait for.
+			if now, cerr := sh.Recount(ctx); cerr != nil || now > 0 {
+				waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n)
+			}
 		}
 	}
 	for j, call := range calls {

@@ -107,6 +107,18 @@ func (s *Shard) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) (
 	return c.Pipelined(ctx, fn)
 }
 
+// Recount is for a write whose WAIT acknowledged fewer replicas than
+// Replicas said: it forgets the count and reads it again at once. A
+// failover behind a client that stays the same (a Sentinel failover
+// client) leaves the count of the old master in use for up to infoTTL,
+// and the new master may have no replica yet: 0 then says the write is one
+// to a master without replica, which a durable write does not wait for,
+// rather than one a replica failed to acknowledge.
+func (s *Shard) Recount(ctx context.Context) (int64, error) {
+	s.Forget()
+	return s.Replicas(ctx)
+}
+
 // Forget makes the next Replicas call ask the server again.
 func (s *Shard) Forget() {
 	s.mu.Lock()

@@ -143,7 +143,9 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 // report its errors as the client it derives from does. A cluster client
 // needs none: OpenWith gives its nodes the hint through the options'
 // NewClient, which a copy of the options keeps. Hooks a caller added
-// itself cannot be carried so: go-redis does not tell them.
+// itself cannot be carried so: go-redis does not tell them (OnNode sends
+// the calls routerd makes on one master through the cluster client
+// instead, so that its hooks see them).
 func AddHooks(c redis.UniversalClient) {
 	if c, ok := c.(*redis.Client); ok {
 		if tc := c.Options().TLSConfig; tc != nil && tc.GetClientCertificate == nil {

@@ -10,8 +10,16 @@
 // `events '[<json>,…]'`).
 //
 // The publisher uses the Redis client it is given as it is, options and
-// hooks, and opens none of its own (with Durable on a cluster, the
-// cluster client's own node clients). Publish and PublishBatch return once
+// hooks, and opens none of its own. With Durable on a cluster, each write
+// (its XADDs and WAIT) and the INFO that counts a master's replicas run on
+// that master's node client, sent through the cluster client so that its
+// hooks see them: the publisher adds to the cluster client, at its first
+// durable write, a hook that hands those calls to the node client. A hook
+// added to the cluster client after that does not see them (go-redis runs
+// each hook around those added after it): add yours before New. go-redis
+// gives a cluster client's hooks to none of its node clients; hooks given
+// through ClusterOptions.NewClient or ClusterClient.OnNewNode (redisotel's
+// per-node ones) see these calls too. Publish and PublishBatch return once
 // their context is done, with the context's error and the ids they may have
 // written, whatever the client's timeouts: go-redis alone waits for a reply
 // until ReadTimeout (it bounds the read by a deadline only with
@@ -433,13 +441,14 @@ func (p *Publisher) writeShard(ctx context.Context, h hop) ([]hop, error) {
 		// map is stale too (the cluster client reads it again only
 		// every minute by itself).
 		p.shards.Moved(ctx)
-		return nil, fmt.Errorf("publisher: %w", err)
+		// The entries of another master may be appended already.
+		return nil, fmt.Errorf("publisher: %w (publishing again with the same ids is safe)", err)
 	}
 	p.noteReplicas(sh.C.Options().Addr, replicas)
 	var wait *redis.IntCmd
 	xadds := make([]redis.Cmder, len(h.entries))
 	var asking []*redis.StatusCmd
-	_, perr := sh.C.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, perr := sh.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, args := range h.entries {
 			if h.asking {
 				asking = append(asking, redis.NewStatusCmd(ctx, "asking"))
@@ -486,8 +495,14 @@ func (p *Publisher) writeShard(ctx context.Context, h hop) ([]hop, error) {
 			return nil, fmt.Errorf("publisher: WAIT on %s: %w (publishing again with the same ids is safe)", sh.C.Options().Addr, werr)
 		}
 		if wait.Val() < 1 {
-			sh.Forget()
-			return nil, fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+			// The count may be the old master's, a failover ago: a
+			// master without replica now has nothing to wait for.
+			n, err := sh.Recount(ctx)
+			if err == nil && n == 0 {
+				p.noteReplicas(sh.C.Options().Addr, 0)
+			} else {
+				return nil, fmt.Errorf("publisher: no replica of %s acknowledged within %v (publishing again with the same ids is safe)", sh.C.Options().Addr, p.opt.WaitTimeout)
+			}
 		}
 	}
 	if len(redirected) == 0 && perr != nil {

@@ -993,6 +993,18 @@ func runScripts(ctx context.Context, c lua.Pipeliner, build func(redis.Pipeliner
 	return lua.RunPipeline(ctx, c, routerScripts, build)
 }
 
+// shardScripts is a shard's master for runScripts: its pipelines through
+// the router's client (shard.Shard.Pipelined, whose hooks see them), its
+// script loads (after NOSCRIPT) on the master's node client.
+type shardScripts struct {
+	*redis.Client
+	sh *shard.Shard
+}
+
+func (s shardScripts) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	return s.sh.Pipelined(ctx, fn)
+}
+
 // published is the outcome of one channel message's publish.
 type published struct {
 	version   int64
@@ -1095,7 +1107,7 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 		reqs[j] = publishRequest(out, call, epoch, cmd)
 	}
 	var wait *redis.IntCmd
-	cmds, err := runScripts(ctx, sh.C, func(pipe redis.Pipeliner) []*redis.Cmd {
+	cmds, err := runScripts(ctx, shardScripts{sh.C, sh}, func(pipe redis.Pipeliner) []*redis.Cmd {
 		all := make([]*redis.Cmd, len(reqs))
 		for j := range reqs {
 			all[j] = lua.Queue(ctx, pipe, &reqs[j])
@@ -1113,9 +1125,17 @@ func (r *Router) runCalls(ctx context.Context, sh *shard.Shard, out []*outgoing,
 	}
 	var waitErr error
 	if wait != nil {
-		if n, err := wait.Result(); err != nil || n < 1 {
+		n, err := wait.Result()
+		switch {
+		case err != nil:
 			waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d, %v)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n, err)
 			sh.Forget() // the replica may be gone: look again
+		case n < 1:
+			// The count may be the old master's, a failover ago: a master
+			// without replica now has nothing to wait for.
+			if now, cerr := sh.Recount(ctx); cerr != nil || now > 0 {
+				waitErr = fmt.Errorf("not acknowledged by a replica of %s within %v (WAIT: %d)", sh.C.Options().Addr, r.opt.ReplicaTimeout, n)
+			}
 		}
 	}
 	for j, call := range calls {

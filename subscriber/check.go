@@ -227,7 +227,8 @@ func serverIDs(ctx context.Context, rdb redis.UniversalClient, role string) (run
 	for i, m := range masters {
 		addrs[i] = m.Options().Addr
 		var server, repl, stats *redis.InfoCmd
-		if _, err := m.Pipelined(ctx, func(p redis.Pipeliner) error {
+		mctx, mc := redisconn.OnNode(ctx, rdb, m) // rdb's hooks see it
+		if _, err := mc.Pipelined(mctx, func(p redis.Pipeliner) error {
 			server, repl, stats = p.InfoMap(ctx, "server"), p.InfoMap(ctx, "replication"), p.InfoMap(ctx, "commandstats")
 			return nil
 		}); err != nil {

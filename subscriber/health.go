@@ -310,7 +310,8 @@ func (s *Subscriber) evictionProblem(ctx context.Context) (string, error) {
 	}
 	refs := s.cur.refs // the matrix in force, not the one at start
 	for _, n := range nodes {
-		raw, err := n.Info(ctx, "memory").Result()
+		nctx, nc := redisconn.OnNode(ctx, s.opt.Cache, n) // the cache client's hooks see it
+		raw, err := nc.Info(nctx, "memory").Result()
 		if err != nil {
 			return "", err
 		}

@@ -143,7 +143,9 @@ func OpenWith(urls string, o Options) (redis.UniversalClient, error) {
 // report its errors as the client it derives from does. A cluster client
 // needs none: OpenWith gives its nodes the hint through the options'
 // NewClient, which a copy of the options keeps. Hooks a caller added
-// itself cannot be carried so: go-redis does not tell them.
+// itself cannot be carried so: go-redis does not tell them (OnNode sends
+// the calls routerd makes on one master through the cluster client
+// instead, so that its hooks see them).
 func AddHooks(c redis.UniversalClient) {
 	if c, ok := c.(*redis.Client); ok {
 		if tc := c.Options().TLSConfig; tc != nil && tc.GetClientCertificate == nil {
@@ -672,7 +674,8 @@ func Cluster(c redis.UniversalClient) *redis.ClusterClient {
 }
 
 // Masters returns the servers that hold the data behind c: every master of a
-// cluster (as the client knows them now), or the one server.
+// cluster (as the client knows them now), or the one server. Send to one
+// with OnNode(ctx, c, master), so that c's hooks see the call.
 func Masters(ctx context.Context, c redis.UniversalClient) ([]*redis.Client, error) {
 	switch c := c.(type) {
 	case *redis.Client:
@@ -706,8 +709,9 @@ func ScanStreams(ctx context.Context, c redis.UniversalClient, pattern string) (
 	}
 	seen := map[string]bool{}
 	for _, m := range masters {
-		iter := m.ScanType(ctx, 0, pattern, 1000, "stream").Iterator()
-		for iter.Next(ctx) {
+		mctx, mc := OnNode(ctx, c, m)
+		iter := mc.ScanType(mctx, 0, pattern, 1000, "stream").Iterator()
+		for iter.Next(mctx) {
 			seen[iter.Val()] = true
 		}
 		if err := iter.Err(); err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/routerd/routerd/internal/redisconn"
 )
@@ -25,26 +26,62 @@ func WaitCmd(ctx context.Context, n int, timeout time.Duration) *redis.IntCmd {
 }
 
 // Shard is one master. Writes that must survive a failover end their
-// pipeline on C with WAIT 1 when the master has a replica.
+// pipeline with WAIT 1 when the master has a replica.
 type Shard struct {
+	// C is the master's node client (the client itself for one server).
+	// Send through Pipelined, not on C: a cluster client's hooks see
+	// nothing sent on C.
 	C *redis.Client
+	// via is the client the Set was given, whose hooks the shard's calls
+	// pass (redisconn.OnNode).
+	via redis.UniversalClient
 
 	mu       sync.Mutex
 	replicas int64
-	at       time.Time
+	at       time.Time // when replicas was read; zero: ask again
+	gen      uint64    // Forget's count: an INFO sent before the last Forget is not kept
+	info     singleflight.Group
 }
 
 // infoTTL is how long a shard's replica count is used.
 const infoTTL = 2 * time.Second
 
 // Replicas returns the number of replicas connected to the shard's master.
+// Callers that find no fresh count share one INFO: none holds a lock
+// across the network, and each waits for the shared INFO only until its
+// own ctx ends (a stalled master holds every caller for its ctx, not for
+// the client's read timeout once per caller in turn). The INFO goes on
+// without a caller's cancel, within the client's own timeouts, and its
+// count serves the callers after it.
 func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.at.IsZero() && time.Since(s.at) < infoTTL {
-		return s.replicas, nil
+		n := s.replicas
+		s.mu.Unlock()
+		return n, nil
 	}
-	info, err := s.C.InfoMap(ctx, "replication").Result()
+	gen := s.gen
+	s.mu.Unlock()
+	ask := context.WithoutCancel(ctx)
+	// Keyed by gen: a caller after a Forget does not take an answer sent
+	// before it.
+	ch := s.info.DoChan(strconv.FormatUint(gen, 10), func() (any, error) { return s.ask(ask, gen) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return 0, r.Err
+		}
+		return r.Val.(int64), nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// ask reads the master's replica count with INFO and keeps it, unless
+// Forget was called since gen.
+func (s *Shard) ask(ctx context.Context, gen uint64) (int64, error) {
+	ctx, c := redisconn.OnNode(ctx, s.via, s.C)
+	info, err := c.InfoMap(ctx, "replication").Result()
 	if err != nil {
 		return 0, err
 	}
@@ -53,14 +90,40 @@ func (s *Shard) Replicas(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("%s is a %s, not a master", s.C.Options().Addr, role)
 	}
 	replicas, _ := strconv.ParseInt(repl["connected_slaves"], 10, 64)
-	s.replicas, s.at = replicas, time.Now()
+	s.mu.Lock()
+	if s.gen == gen {
+		s.replicas, s.at = replicas, time.Now()
+	}
+	s.mu.Unlock()
 	return replicas, nil
+}
+
+// Pipelined runs fn's commands in one pipeline on the master, on one of its
+// connections and in order, through the client the Set was given: on a
+// cluster, that client's hooks see them (redisconn.OnNode) and its slot
+// routing, redirects and retries do not apply.
+func (s *Shard) Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
+	ctx, c := redisconn.OnNode(ctx, s.via, s.C)
+	return c.Pipelined(ctx, fn)
+}
+
+// Recount is for a write whose WAIT acknowledged fewer replicas than
+// Replicas said: it forgets the count and reads it again at once. A
+// failover behind a client that stays the same (a Sentinel failover
+// client) leaves the count of the old master in use for up to infoTTL,
+// and the new master may have no replica yet: 0 then says the write is one
+// to a master without replica, which a durable write does not wait for,
+// rather than one a replica failed to acknowledge.
+func (s *Shard) Recount(ctx context.Context) (int64, error) {
+	s.Forget()
+	return s.Replicas(ctx)
 }
 
 // Forget makes the next Replicas call ask the server again.
 func (s *Shard) Forget() {
 	s.mu.Lock()
 	s.at = time.Time{}
+	s.gen++
 	s.mu.Unlock()
 }
 
@@ -98,7 +161,7 @@ func (ss *Set) of(node *redis.Client) *Shard {
 	}
 	sh := ss.byAddr[addr]
 	if sh == nil || sh.C != node {
-		sh = &Shard{C: node}
+		sh = &Shard{C: node, via: ss.C}
 		ss.byAddr[addr] = sh
 	}
 	return sh

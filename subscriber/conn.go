@@ -291,8 +291,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	s.regroupTimer = time.NewTimer(time.Hour)
 	s.regroupTimer.Stop()
 	defer s.regroupTimer.Stop()
-	// Before anything is applied; not through the breaker (its failures
-	// are warned of on their own).
+	// Beside the start, and nothing is applied until it is recorded; not
+	// through the breaker (its failures are warned of on their own). Taken
+	// away last, after the applier stopped.
 	defer s.runPresence(ctx)()
 	if s.health.cache != nil {
 		// The applier's calls on the cache Redis go through its breaker;

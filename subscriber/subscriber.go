@@ -180,6 +180,11 @@ type Subscriber struct {
 
 	prefix string
 
+	// presence is this run's record in the cache Redis beside an agent
+	// with --deliver (presence.go), nil when there is none to make; set
+	// by Run before it starts anything.
+	presence *presence
+
 	// Owned by the applier goroutine.
 	cur     *interest
 	pos     map[string]*position
@@ -548,14 +553,14 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once
+				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once
 					s.log.Warn("applying coalesced work failed; retrying", "err", err)
 				}
 			}
 		case m := <-s.in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once, and asks for a check when closed
+				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once, and asks for a check when closed (recorded)
 					s.log.Warn("applying messages failed; the next check recovers them", "err", err)
 				}
 				retry.Reset(time.Second)
@@ -1049,7 +1054,11 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	}
 	errs := make([]error, len(invs))
 	if s.store != nil {
-		if err := s.index(ctx, invs); err != nil {
+		err := s.presenceErr() // nothing moves a position before the presence is recorded
+		if err == nil {
+			err = s.index(ctx, invs)
+		}
+		if err != nil {
 			for i := range errs {
 				errs[i] = err
 			}

@@ -275,7 +275,9 @@ func (f *freshChannels) take(n int) []string {
 var ErrRunning = errors.New("subscriber: already running")
 
 // Run subscribes and applies invalidations until ctx is cancelled, then
-// returns nil once every goroutine and timer it started has stopped. A
+// returns nil once every goroutine and timer it started has stopped, but
+// for calls to a cache Redis that does not answer: Run does not wait for
+// those, which end within the client's timeouts (or when it is closed). A
 // Subscriber runs once at a time: a second concurrent Run returns ErrRunning.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -308,7 +310,8 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}()
 		defer func() { stop(); <-probed }()
 		// Its identity before the first check, so that a restart or
-		// failover from then on is seen (watchCache).
+		// failover from then on is seen (watchCache); waited for
+		// probeTimeout at most.
 		first, _ := s.readCacheIDs(ctx)
 		watched := make(chan struct{})
 		go func() {

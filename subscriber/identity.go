@@ -17,11 +17,18 @@ const cacheIdentityEvery = time.Second
 // master it followed since it started).
 type cacheIDs map[string]string
 
-// readCacheIDs reads the identity of every master of the cache Redis.
+// readCacheIDs reads the identity of every master of the cache Redis. It
+// returns within probeTimeout, or as soon as ctx ends, whatever the
+// client's timeouts (untilDone): a cache that does not answer holds
+// neither the start nor the stop.
 func (s *Subscriber) readCacheIDs(ctx context.Context) (cacheIDs, error) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	runs, addrs, err := serverIDs(ctx, s.opt.Cache, "cache")
+	var runs, addrs []string
+	err := untilDone(ctx, func(ctx context.Context) (err error) {
+		runs, addrs, err = serverIDs(ctx, s.opt.Cache, "cache")
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

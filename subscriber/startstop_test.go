@@ -8,11 +8,14 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 
+	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
 )
@@ -126,6 +129,25 @@ func (h *deliveryHook) calls() []string {
 	return slices.Clone(h.log)
 }
 
+// inflightHook counts the calls of a client waiting for their reply.
+type inflightHook struct{ n atomic.Int64 }
+
+func (h *inflightHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *inflightHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		defer h.n.Add(-1)
+		return next(ctx, cmd)
+	}
+}
+func (h *inflightHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		defer h.n.Add(-1)
+		return next(ctx, cmds)
+	}
+}
+
 // runUntilCancelled runs s until the returned stop is called; stop fails
 // the test unless Run returns within a generous bound.
 func runUntilCancelled(t *testing.T, s *Subscriber) (stop func()) {
@@ -236,4 +258,42 @@ func TestNothingAppliedBeforeThePresence(t *testing.T) {
 		t.Errorf("%d (%v) subscribers without delivery, want 1", n, err)
 	}
 	stop()
+}
+
+// Run returns soon after its cancel when the cache Redis stopped answering
+// (a blackhole: connections open, nothing comes back) while the probe, the
+// identity watch and the presence have calls on it, with a ReadTimeout far
+// longer than that; what it started has ended once the client is closed.
+func TestStopNotHeldByABlackholedCache(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := faultproxy.Start(t, srv.Addr)
+	leaks := goleak.IgnoreCurrent()
+	ctx := context.Background()
+	bus := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	cache := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+	inflight := &inflightHook{}
+	cache.AddHook(inflight)
+	must(t, bus.Set(ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
+	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t), Cache: cache,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Handler: func(context.Context, Invalidation) error { return nil }})
+	must(t, err)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	redistest.Eventually(t, 10*time.Second, "ready", s.Ready)
+	must(t, proxy.Blackhole())
+	redistest.Eventually(t, 5*time.Second, "the probe and the identity watch waiting on the blackholed cache", func() bool { return inflight.n.Load() >= 2 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5 s of its cancel (the client's ReadTimeout is 10 s)")
+	}
+	_ = cache.Close()
+	_ = bus.Close()
+	// The proxy's own listener goroutines run until its cleanup.
+	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
 }

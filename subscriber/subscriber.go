@@ -180,6 +180,13 @@ type Subscriber struct {
 
 	prefix string
 
+	// identityKeys are the identity counters' keys on the cache's
+	// cluster masters, by address; identityRefused: a NOPERM on one was
+	// warned of (identity.go).
+	identityMu      sync.Mutex
+	identityKeys    map[string]string
+	identityRefused atomic.Bool
+
 	// presence is this run's record in the cache Redis beside an agent
 	// with --deliver (presence.go), nil when there is none to make; set
 	// by Run before it starts anything.
@@ -453,7 +460,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)

@@ -409,6 +409,22 @@ func ParseIngressStream(prefix, stream string) (int, error) {
 // lost its data since, even on channels it never held a position on.
 func GenerationKey(prefix string) string { return prefix + ":generation" }
 
+// IdentityKey is a counter in a service's cache Redis that its
+// subscribers increment at every read of the cache's identity
+// (subscriber/identity.go): "routerd:identity:<service>" on one server,
+// and on a cluster one per master, "routerd:identity:<service>:{<tag>}"
+// with a hash tag that puts it on that master's slots. A count that does
+// not grow from one read to the next tells that the server's data went
+// back while the server stayed the same (a FLUSHALL after CONFIG
+// RESETSTAT, a DEBUG RELOAD of an older dump), which its run_id and flush
+// counts do not.
+func IdentityKey(service, tag string) string {
+	if tag == "" {
+		return "routerd:identity:" + service
+	}
+	return "routerd:identity:" + service + ":{" + tag + "}"
+}
+
 // GenerationSeenKey is where a service's subscriber keeps, in its cache
 // Redis, the bus generation its last complete check saw:
 // "routerd:generation:<service>" (the routerd: namespace no cache key can

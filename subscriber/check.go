@@ -25,6 +25,9 @@ const pipelineChunk = 1000
 // cache went back.
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
+	if err := s.presenceErr(); err != nil {
+		return err // its recovery would apply
+	}
 	s.checkEviction(ctx)
 	// Channels a matrix took whose leaving failed: their values stay
 	// cached with nothing keeping them fresh until it is done. The check

@@ -275,7 +275,9 @@ func (f *freshChannels) take(n int) []string {
 var ErrRunning = errors.New("subscriber: already running")
 
 // Run subscribes and applies invalidations until ctx is cancelled, then
-// returns nil once every goroutine and timer it started has stopped. A
+// returns nil once every goroutine and timer it started has stopped, but
+// for calls to a cache Redis that does not answer: Run does not wait for
+// those, which end within the client's timeouts (or when it is closed). A
 // Subscriber runs once at a time: a second concurrent Run returns ErrRunning.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -291,8 +293,9 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	s.regroupTimer = time.NewTimer(time.Hour)
 	s.regroupTimer.Stop()
 	defer s.regroupTimer.Stop()
-	// Before anything is applied; not through the breaker (its failures
-	// are warned of on their own).
+	// Beside the start, and nothing is applied until it is recorded; not
+	// through the breaker (its failures are warned of on their own). Taken
+	// away last, after the applier stopped.
 	defer s.runPresence(ctx)()
 	if s.health.cache != nil {
 		// The applier's calls on the cache Redis go through its breaker;
@@ -307,7 +310,8 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}()
 		defer func() { stop(); <-probed }()
 		// Its identity before the first check, so that a restart or
-		// failover from then on is seen (watchCache).
+		// failover from then on is seen (watchCache); waited for
+		// probeTimeout at most.
 		first, _ := s.readCacheIDs(ctx)
 		watched := make(chan struct{})
 		go func() {

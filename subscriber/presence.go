@@ -2,6 +2,7 @@ package subscriber
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -34,33 +35,65 @@ const (
 )
 
 // presence is one run's member of names.DeliveryPlainKey.
+//
+// It is written beside the start, not before it (a cache Redis that does
+// not answer would hold the start for the client's timeouts), and nothing
+// is applied to the cache until it is: the presence is recorded, then the
+// clean mark taken away, both retried every second until they land, and
+// only then does the gate (recorded) open. In that order, an agent with
+// --deliver that stops sees the presence and leaves no mark, or leaves one
+// that is then taken away; one that starts takes no mark, or sees the
+// presence: either way it delivers a reset, and no invalidation this
+// subscriber applies is skipped. Until the gate opens the position checks
+// fail (not ready) and invalidations wait, as on a cache that does not
+// answer; a cache that refuses the writes for good (NOPERM, WRONGTYPE) is
+// warned of and the gate opens without them, as before.
 type presence struct {
-	s  *Subscriber
-	id string
+	s        *Subscriber
+	id       string
+	recorded chan struct{} // closed once the presence is recorded and the mark taken away
 
 	mu      sync.Mutex
 	member  string // the member written last ("" when none is)
 	failing bool   // the last write failed
 }
 
+// errUnrecorded: the subscriber's presence is not recorded yet.
+var errUnrecorded = errors.New("not applying to the cache Redis until this subscriber's presence is recorded in it (" +
+	"an agent with --deliver on it could skip what this one applies); retried every second")
+
+// presenceErr returns errUnrecorded until the presence is recorded (nil
+// without a presence to record).
+func (s *Subscriber) presenceErr() error {
+	if s.presence == nil {
+		return nil
+	}
+	select {
+	case <-s.presence.recorded:
+		return nil
+	default:
+		return errUnrecorded
+	}
+}
+
 // runPresence records the subscriber's presence and takes the clean mark
-// away, then renews the presence until ctx ends; the returned function
-// stops that and takes the presence away. Nil for the agent with
-// --deliver, and without a Cache.
+// away, then renews the presence until ctx ends, all beside the caller;
+// the returned function stops that and takes the presence away. None for
+// the agent with --deliver, and without a Cache.
 func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
+	s.presence = nil
 	if s.opt.Cache == nil || s.opt.Delivers {
 		return func() {}
 	}
-	p := &presence{s: s, id: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64())}
-	p.announce(ctx)
-	if err := s.opt.Cache.Del(ctx, names.DeliveryKey(s.opt.Service)).Err(); err != nil {
-		s.log.Debug("could not clear the delivery mark", "key", names.DeliveryKey(s.opt.Service), "err", err)
-	}
+	p := &presence{s: s, id: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64()), recorded: make(chan struct{})}
+	s.presence = p
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p.renew(rctx)
+		if p.record(rctx) {
+			p.renew(rctx)
+		}
 	}()
 	return func() {
 		cancel()
@@ -69,22 +102,90 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 	}
 }
 
+// record writes the presence, then takes the clean mark away, each tried
+// every second until it lands, and opens the gate. False when ctx ended
+// first.
+func (p *presence) record(ctx context.Context) bool {
+	mark := names.DeliveryKey(p.s.opt.Service)
+	for !p.announce(ctx) {
+		if sleepCtx(ctx, time.Second); ctx.Err() != nil {
+			return false
+		}
+	}
+	for warned := false; ; {
+		err := untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.Del(ctx, mark).Err() })
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if refused(err) {
+			p.s.log.Warn("the cache Redis refuses to take the clean mark of an agent with --deliver away: that agent may skip what this subscriber applies (grant the key: routerd acl --role cache)", "key", mark, "err", err)
+			break
+		}
+		if !warned {
+			warned = true
+			p.s.log.Warn("could not take the clean mark of an agent with --deliver away in the cache Redis; not applying until it is (retried every second)", "key", mark, "err", err)
+		}
+		if sleepCtx(ctx, time.Second); ctx.Err() != nil {
+			return false
+		}
+	}
+	close(p.recorded)
+	p.s.requestCheck() // what waited for it
+	return true
+}
+
+// refused reports whether err is the cache Redis refusing a write for good
+// (NOPERM, WRONGTYPE), not failing it for a while.
+func refused(err error) bool {
+	return redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "WRONGTYPE")
+}
+
 // announce writes (or renews) the presence, through lua/delivery.lua so
-// that it lands on a full cache Redis. A failure is warned of at the first
-// of a streak.
-func (p *presence) announce(ctx context.Context) {
+// that it lands on a full cache Redis, and reports whether it is done (or
+// refused for good, before it was ever recorded). A failure is warned of
+// at the first of a streak. It returns once ctx ends, whatever the
+// client's timeouts: a write left behind may land later, and counts for
+// presenceFor (the safe side).
+func (p *presence) announce(ctx context.Context) bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	replaced := p.member
+	p.mu.Unlock()
 	m := fmt.Sprintf("%s@%d", p.id, time.Now().Add(presenceFor).Unix())
 	key := names.DeliveryPlainKey(p.s.opt.Service)
-	if _, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: p.member}); err != nil {
-		if !p.failing && ctx.Err() == nil {
-			p.s.log.Warn("could not record in the cache Redis that this subscriber applies to it: an agent with --deliver on it may skip what this one applies (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
-		}
-		p.failing = true
-		return
+	err := untilDone(ctx, func(ctx context.Context) error {
+		_, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: replaced})
+		return err
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.failing, p.member = false, m
+		return true
 	}
-	p.failing, p.member = false, m
+	if ctx.Err() != nil {
+		return false
+	}
+	first := !p.failing
+	p.failing = true
+	select {
+	case <-p.recorded:
+		if first {
+			p.s.log.Warn("could not renew in the cache Redis that this subscriber applies to it: an agent with --deliver on it may skip what this one applies once it expires (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
+		}
+		return false
+	default:
+	}
+	if refused(err) {
+		p.s.log.Warn("the cache Redis refuses to record that this subscriber applies to it: an agent with --deliver on it may skip what this one applies (grant the key: routerd acl --role cache)", "key", key, "err", err)
+		return true
+	}
+	if first {
+		p.s.log.Warn("could not record in the cache Redis that this subscriber applies to it; not applying until it is (retried every second)", "key", key, "err", err)
+	}
+	return false
 }
 
 // renew writes the presence afresh every presenceEvery (every second while
@@ -97,31 +198,54 @@ func (p *presence) renew(ctx context.Context) {
 			wait = time.Second
 		}
 		p.mu.Unlock()
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if sleepCtx(ctx, wait); ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
 		p.announce(ctx)
 	}
 }
 
+// withdrawWait bounds how long a stop waits for the presence to be taken
+// away: a cache that does not answer keeps it for presenceFor.
+const withdrawWait = probeTimeout
+
 // withdraw takes the presence away.
 func (p *presence) withdraw() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.member == "" {
+	member := p.member
+	p.member = ""
+	p.mu.Unlock()
+	if member == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawWait)
 	defer cancel()
 	key := names.DeliveryPlainKey(p.s.opt.Service)
-	if err := p.s.opt.Cache.SRem(ctx, key, p.member).Err(); err != nil {
+	if err := untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.SRem(ctx, key, member).Err() }); err != nil {
 		p.s.log.Debug("could not take this subscriber's presence away", "key", key, "err", err)
 	}
-	p.member = ""
+}
+
+// untilDone returns call's error, or ctx's as soon as ctx is done: go-redis
+// waits for a reply until the client's ReadTimeout whatever ctx says (a
+// deadline reaches the read only with ContextTimeoutEnabled, a cancel
+// never), and the subscriber must not stop or start that late because
+// the cache Redis does not answer. The call left behind ends within the
+// client's timeouts, or when the client is closed.
+func untilDone(ctx context.Context, call func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done: // both ready: the call's own outcome says more
+			return err
+		default:
+			return ctx.Err()
+		}
+	}
 }
 
 // Undelivering counts the subscribers that apply to the cache Redis c for

@@ -180,6 +180,18 @@ type Subscriber struct {
 
 	prefix string
 
+	// identityKeys are the identity counters' keys on the cache's
+	// cluster masters, by address; identityRefused: a NOPERM on one was
+	// warned of (identity.go).
+	identityMu      sync.Mutex
+	identityKeys    map[string]string
+	identityRefused atomic.Bool
+
+	// presence is this run's record in the cache Redis beside an agent
+	// with --deliver (presence.go), nil when there is none to make; set
+	// by Run before it starts anything.
+	presence *presence
+
 	// Owned by the applier goroutine.
 	cur     *interest
 	pos     map[string]*position
@@ -448,7 +460,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, heard: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -548,14 +560,14 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once
+				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once
 					s.log.Warn("applying coalesced work failed; retrying", "err", err)
 				}
 			}
 		case m := <-s.in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
-				if !errors.Is(err, breaker.ErrOpen) { // the breaker said it once, and asks for a check when closed
+				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once, and asks for a check when closed (recorded)
 					s.log.Warn("applying messages failed; the next check recovers them", "err", err)
 				}
 				retry.Reset(time.Second)
@@ -1049,7 +1061,11 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	}
 	errs := make([]error, len(invs))
 	if s.store != nil {
-		if err := s.index(ctx, invs); err != nil {
+		err := s.presenceErr() // nothing moves a position before the presence is recorded
+		if err == nil {
+			err = s.index(ctx, invs)
+		}
+		if err != nil {
 			for i := range errs {
 				errs[i] = err
 			}

@@ -31,7 +31,8 @@ import (
 
 // burstFixture is a subscriber of service svc on tag active of tenants
 // t0…tn-1, with a bus and (unless handler only) a cache Redis of its own,
-// the bus marked and its identity seen by the service.
+// the bus marked and its identity seen by the service; cacheArgs are the
+// cache's redis-server arguments.
 type burstFixture struct {
 	ctx    context.Context
 	bus    *redis.Client // the admin's: histories, metas, ACLs
@@ -46,7 +47,7 @@ type burstFixture struct {
 	refuse  map[string]error // the Handler's answer for a tenant's invalidations
 }
 
-func newBurst(t *testing.T, tenants int, cache, handler bool) *burstFixture {
+func newBurst(t *testing.T, tenants int, cache, handler bool, cacheArgs ...string) *burstFixture {
 	t.Helper()
 	var y strings.Builder
 	y.WriteString("version: 1\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [")
@@ -66,7 +67,7 @@ func newBurst(t *testing.T, tenants int, cache, handler bool) *burstFixture {
 	t.Cleanup(func() { _ = f.sub.Close() })
 	opt := Options{Service: "svc", Matrix: m, Buffer: 1024, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if cache {
-		f.cache = redistest.Start(t).Client(t)
+		f.cache = redistest.Start(t, cacheArgs...).Client(t)
 		opt.Cache = f.cache
 	}
 	if handler {

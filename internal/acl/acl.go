@@ -300,8 +300,10 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		// routerd compact.
 		"sscan", "exists",
 		// The subscriber's health: a ping every half second, and the
-		// eviction policy (INFO memory: maxmemory_policy) at each check.
-		"ping", "info",
+		// eviction policy (INFO memory: maxmemory_policy) at each check;
+		// the cache's identity once a second (INFO, and INCR of its
+		// identity counter).
+		"ping", "info", "incr",
 	}}
 	for _, t := range tenants {
 		tagPattern := names.TenantTag(t) // a tenant holds no glob character
@@ -314,9 +316,11 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 	// The tenants it holds positions for (every subscriber with a cache
 	// records them), the tenants with tagged values (the tag store records
 	// them), the bus generation its last check saw, the tags and tenants
-	// it last ran with and the channels whose leaving failed.
+	// it last ran with, the channels whose leaving failed, and its
+	// identity counters (one per cluster master: IdentityKey's hash tags).
 	r.Keys = append(r.Keys, "~"+names.PositionIndexKey(spec.Service), "~"+names.CacheTenantsKey(),
-		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.DeliveryPlainKey(spec.Service), "~"+names.InterestKey(spec.Service), "~"+names.LeavingKey(spec.Service))
+		"~"+names.GenerationSeenKey(spec.Service), "~"+names.DeliveryKey(spec.Service), "~"+names.DeliveryPlainKey(spec.Service), "~"+names.InterestKey(spec.Service), "~"+names.LeavingKey(spec.Service),
+		"~"+names.IdentityKey(spec.Service, ""), "~"+names.IdentityKey(spec.Service, "*"))
 	return r, nil
 }
 

@@ -47,7 +47,7 @@ func TestRoles(t *testing.T) {
 	m := parse(t)
 	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xgroup|setid +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xinfo|stream +xpending +xtrim +xadd +sadd +srem +xrange +xdel +hgetall +hdel +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
 	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:deadletter:invalid ~{inv:deadletter}:written ~{inv:deadletter:invalid}:written ~inv:redrive ~inv:tenants ~inv:routers ~inv:srcver:{*}:*/*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
-	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +sscan +exists +ping +info"
+	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +sscan +exists +ping +info +incr"
 	for _, tc := range []struct {
 		name string
 		spec Spec
@@ -72,11 +72,11 @@ func TestRoles(t *testing.T) {
 			"+hmget +xrange +ping +get +info +ssubscribe +sunsubscribe +cluster|keyslot +sscan +cluster|slots +command +asking " +
 				"%R~inv:generation %R~inv:tenants %R~{inv:*:active}:meta %R~{inv:*:active}:history %R~{inv:*:x:active}:meta %R~{inv:*:x:active}:history " +
 				"&inv:tenants &inv:*:active &inv:*:x:active", 1},
-		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search", 0},
-		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web ~routerd:delivery-plain:web ~routerd:interest:web ~routerd:leaving:web", 0},
+		{"cache of tenants", Spec{Role: Cache, Service: "search"}, cacheCmds + " ~{tenant:acme}:* ~{tenant:globex}:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search ~routerd:identity:search ~routerd:identity:search:{*}", 0},
+		{"cache of every tenant", Spec{Role: Cache, Service: "web"}, cacheCmds + " ~{tenant:*}:* ~routerd:positions:web ~routerd:tenants ~routerd:generation:web ~routerd:delivery:web ~routerd:delivery-plain:web ~routerd:interest:web ~routerd:leaving:web ~routerd:identity:web ~routerd:identity:web:{*}", 0},
 		{"cache with a key template", Spec{Role: Cache, Service: "search", KeyTemplate: "c[${tenant}]*${key}"}, cacheCmds +
 			` ~c\[acme\]\**` + " ~{tenant:acme}:tag:* ~{tenant:acme}:ref:* ~{tenant:acme}:lease:* ~{tenant:acme}:pos:search:*" +
-			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:lease:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search", 0},
+			` ~c\[globex\]\**` + " ~{tenant:globex}:tag:* ~{tenant:globex}:ref:* ~{tenant:globex}:lease:* ~{tenant:globex}:pos:search:* ~routerd:positions:search ~routerd:tenants ~routerd:generation:search ~routerd:delivery:search ~routerd:delivery-plain:search ~routerd:interest:search ~routerd:leaving:search ~routerd:identity:search ~routerd:identity:search:{*}", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(m, tc.spec)

@@ -35,19 +35,16 @@ func (p *Probe) Answered() { p.last.Store(time.Now().UnixNano()) }
 // Silent is how long the dependency has not answered.
 func (p *Probe) Silent() time.Duration { return time.Since(time.Unix(0, p.last.Load())) }
 
-// Run pings every `every` until ctx ends (then waits for the ping in
-// flight). With a breaker, a ping that fails or hangs past timeout is
-// reported to it, and while it is open the pings follow Backoff instead,
-// so the dependency is used again soon after it answers.
+// Run pings every `every` until ctx ends, and returns then without waiting
+// for a ping in flight: one that hangs ends within the client's own
+// timeouts (or when the client is closed), not its context's. With a
+// breaker, a ping that fails or hangs past timeout is reported to it, and
+// while it is open the pings follow Backoff instead, so the dependency is
+// used again soon after it answers.
 func (p *Probe) Run(ctx context.Context, every, timeout time.Duration, b *Breaker, ping func(context.Context) error) {
-	var inflight chan error
-	var counted time.Time // the ping in flight was counted up to here
+	var inflight chan error // buffered: a ping left in flight at the end ends on its own
+	var counted time.Time   // the ping in flight was counted up to here
 	attempt := 0
-	defer func() {
-		if inflight != nil {
-			<-inflight
-		}
-	}()
 	for {
 		wait := every
 		if b != nil {

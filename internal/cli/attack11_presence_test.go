@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"context"
+	"net/http/httptest"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/routerd/routerd/internal/faultproxy"
+	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/tagstore"
+)
+
+// An agent without --deliver that starts and stops while an agent with
+// --deliver runs on the same cache Redis moves the cache's positions past
+// what the process was given (it applied user:1 while the --deliver
+// agent's bus link was cut: that agent, back, finds the position already
+// there and hands the process nothing). Neither start nor stop of the
+// --deliver agent sees its presence, so the stop must still leave no clean
+// mark: a start continuing from the cache's positions skips user:1 for
+// good.
+func TestAttack11PlainAgentBetweenStartAndStopOfADeliverAgent(t *testing.T) {
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	link := faultproxy.Start(t, bus.Addr)
+	a := startAgent(t, "--redis", "redis://"+link.Addr(), "--cache-redis", cache.URL, "--deliver", srv.URL)
+	a.waitReady(t)
+	a.waitDelivered(t, rcv) // its first start's reset
+	before := len(rcv.objects())
+
+	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
+	plain.waitReady(t)
+	if err := link.Blackhole(); err != nil {
+		t.Fatal(err)
+	}
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the plain agent applied user:1", func() bool {
+		v, _ := cache.Client(t).Get(context.Background(), names.PositionKey("acme", "search-svc", "active")).Result()
+		p, err := tagstore.ParsePosition(v)
+		return err == nil && p.Version == 1
+	})
+	plain.stop(t)
+	if err := link.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitReady(t)
+	a.waitDelivered(t, rcv)
+	a.stop(t)
+
+	b := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL)
+	b.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:2")
+	redistest.Eventually(t, 10*time.Second, "user:2 delivered", func() bool {
+		return slices.ContainsFunc(rcv.objects(), func(d delivered) bool { return slices.Contains(d.Keys, "user:2") })
+	})
+	for _, d := range rcv.objects()[before:] {
+		if d.Reset || d.WholeTag || slices.Contains(d.Keys, "user:1") {
+			return
+		}
+	}
+	t.Errorf("user:1, applied by an agent without --deliver while the --deliver agent ran, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(a.errb.String(), "clean"))
+}

@@ -53,9 +53,6 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 	}
 	p := &presence{s: s, id: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64())}
 	p.announce(ctx)
-	if err := s.opt.Cache.Del(ctx, names.DeliveryKey(s.opt.Service)).Err(); err != nil {
-		s.log.Debug("could not clear the delivery mark", "key", names.DeliveryKey(s.opt.Service), "err", err)
-	}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -70,14 +67,26 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 }
 
 // announce writes (or renews) the presence, through lua/delivery.lua so
-// that it lands on a full cache Redis. A failure is warned of at the first
-// of a streak.
+// that it lands on a full cache Redis, and takes the clean mark (or the
+// running agent's token) away: every time, not only at the start, so that
+// a start that could not reach the cache Redis takes it once it answers,
+// and an agent with --deliver that started since finds its token gone when
+// it stops. A failure is warned of at the first of a streak.
 func (p *presence) announce(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := fmt.Sprintf("%s@%d", p.id, time.Now().Add(presenceFor).Unix())
 	key := names.DeliveryPlainKey(p.s.opt.Service)
-	if _, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: p.member}); err != nil {
+	_, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: p.member})
+	if err == nil {
+		// Apart from the presence: the two keys are in different
+		// slots of a cluster.
+		if err = p.s.opt.Cache.Del(ctx, names.DeliveryKey(p.s.opt.Service)).Err(); err != nil {
+			key = names.DeliveryKey(p.s.opt.Service)
+			p.member = m // written all the same
+		}
+	}
+	if err != nil {
 		if !p.failing && ctx.Err() == nil {
 			p.s.log.Warn("could not record in the cache Redis that this subscriber applies to it: an agent with --deliver on it may skip what this one applies (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
 		}

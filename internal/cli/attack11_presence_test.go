@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,12 +17,23 @@ import (
 // An agent without --deliver that starts and stops while an agent with
 // --deliver runs on the same cache Redis moves the cache's positions past
 // what the process was given (it applied user:1 while the --deliver
-// agent's bus link was cut: that agent, back, finds the position already
-// there and hands the process nothing). Neither start nor stop of the
+// agent's bus link was cut, and that agent stopped before it noticed). Neither start nor stop of the
 // --deliver agent sees its presence, so the stop must still leave no clean
 // mark: a start continuing from the cache's positions skips user:1 for
 // good.
 func TestAttack11PlainAgentBetweenStartAndStopOfADeliverAgent(t *testing.T) {
+	plainBetweenDeliverRuns(t, false)
+}
+
+// The same, with the agent without --deliver cut off from the cache Redis
+// when it starts: it could neither record its presence nor take the
+// mark away then, and does both once the cache answers (before it applies
+// anything there).
+func TestAttack11PlainAgentStartedWhileTheCacheRefused(t *testing.T) {
+	plainBetweenDeliverRuns(t, true)
+}
+
+func plainBetweenDeliverRuns(t *testing.T, refusedAtStart bool) {
 	bus, cache := redistest.Start(t), redistest.Start(t)
 	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
 	rcv := &receiver{}
@@ -33,7 +45,21 @@ func TestAttack11PlainAgentBetweenStartAndStopOfADeliverAgent(t *testing.T) {
 	a.waitDelivered(t, rcv) // its first start's reset
 	before := len(rcv.objects())
 
-	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
+	cacheLink := faultproxy.Start(t, cache.Addr)
+	if refusedAtStart {
+		if err := cacheLink.Add(faultproxy.Toxic{Name: "refuse", Type: "timeout", Stream: "upstream", Attributes: map[string]any{"timeout": 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", "redis://"+cacheLink.Addr(), "--log-level", "debug")
+	if refusedAtStart {
+		redistest.Eventually(t, 10*time.Second, "the plain agent started without recording its presence or taking the mark", func() bool {
+			return strings.Contains(plain.errb.String(), "could not record in the cache Redis") && strings.Contains(plain.errb.String(), "msg=subscribing")
+		})
+		if err := cacheLink.Heal(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	plain.waitReady(t)
 	if err := link.Blackhole(); err != nil {
 		t.Fatal(err)
@@ -48,7 +74,9 @@ func TestAttack11PlainAgentBetweenStartAndStopOfADeliverAgent(t *testing.T) {
 	if err := link.Heal(); err != nil {
 		t.Fatal(err)
 	}
-	a.waitReady(t)
+	// The agent stops before it sees that it missed user:1 (the link
+	// healed, its subscription not yet back): what it stands on is the
+	// cache's position, which the plain agent moved past user:1.
 	a.waitDelivered(t, rcv)
 	a.stop(t)
 

@@ -117,15 +117,21 @@ func (p *presence) renew(ctx context.Context) {
 	}
 }
 
-// withdraw takes the presence away.
+// withdraw takes the presence away, and the clean mark (or the running
+// agent's token) once more: this run may have applied before any renewal
+// took it (a start that could not reach the cache Redis, which answered
+// less than a second before the stop).
 func (p *presence) withdraw() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.s.opt.Cache.Del(ctx, names.DeliveryKey(p.s.opt.Service)).Err(); err != nil {
+		p.s.log.Warn("could not take the clean mark of an agent with --deliver away at the stop: it may skip what this subscriber applied", "key", names.DeliveryKey(p.s.opt.Service), "err", err)
+	}
 	if p.member == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	key := names.DeliveryPlainKey(p.s.opt.Service)
 	if err := p.s.opt.Cache.SRem(ctx, key, p.member).Err(); err != nil {
 		p.s.log.Debug("could not take this subscriber's presence away", "key", key, "err", err)

@@ -14,7 +14,8 @@
 --          runs; mark: the clean value; presence: the member to add
 -- ARGV[3]  mark: the token the agent's take wrote (the mark is left only
 --          while it still holds it: another subscriber that started since
---          took it away); presence: the member it replaces ('' for none)
+--          took it away; else the token is written again, not clean);
+--          presence: the member it replaces ('' for none)
 -- Returns the mark's value before for a take (nil for none), 1 for a mark
 -- left and 0 for one not, the number of members added for a presence.
 if ARGV[1] == 'take' then
@@ -24,6 +25,9 @@ if ARGV[1] == 'take' then
 end
 if ARGV[1] == 'mark' then
   if redis.call('GET', KEYS[1]) ~= ARGV[3] then
+    -- Not left clean: nor a clean mark that is not this run's (the cache
+    -- restored from a snapshot taken after an earlier clean stop).
+    redis.call('SET', KEYS[1], ARGV[3])
     return 0
   end
   redis.call('SET', KEYS[1], ARGV[2])

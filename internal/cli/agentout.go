@@ -137,10 +137,12 @@ func (a *agentOut) stopped() {
 	defer cancel()
 	if !a.d.Clean() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
+		a.unmark(ctx)
 		return
 	}
 	if plain := a.undelivering(ctx); plain != 0 {
 		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "subscribers_without_deliver", plain)
+		a.unmark(ctx)
 		return
 	}
 	// A script, so that the mark lands on a full cache Redis (lua/delivery.lua).
@@ -150,6 +152,16 @@ func (a *agentOut) stopped() {
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
 	case !r.Marked:
 		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) started on this cache Redis while this agent ran and may have moved its positions past what the process was given: the next start delivers a reset", "key", names.DeliveryKey(a.service))
+	}
+}
+
+// unmark writes the run's token over the mark at a stop that leaves the
+// cache not clean: the mark may be "clean" again although this run took
+// it (the cache restored from a snapshot taken after an earlier clean
+// stop), and left so the next start would skip the reset.
+func (a *agentOut) unmark(ctx context.Context) {
+	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token}); err != nil {
+		a.log.Warn("could not take the clean mark away; if the cache Redis holds one (restored from a snapshot), the next start skips the reset", "key", names.DeliveryKey(a.service), "err", err)
 	}
 }
 

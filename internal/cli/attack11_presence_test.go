@@ -91,5 +91,60 @@ func plainBetweenDeliverRuns(t *testing.T, refusedAtStart bool) {
 			return
 		}
 	}
-	t.Errorf("user:1, applied by an agent without --deliver while the --deliver agent ran, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(a.errb.String(), "clean"))
+	t.Errorf("user:1, applied by an agent without --deliver while the --deliver agent ran, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(a.errb.String()+plain.errb.String(), "mark"))
+}
+
+// The cache Redis comes back from a snapshot taken after an agent with
+// --deliver stopped cleanly (a restart with RDB persistence, a restore
+// from a backup): the clean mark is back, the running agent's token gone.
+// That agent then applies user:1 to the cache and stops before the process
+// took it: its stop must leave no clean mark, or the next start continues
+// from the cache's position, past user:1, and skips it for good.
+func TestAttack11CacheRestoredToACleanMarkWhileTheAgentRuns(t *testing.T) {
+	ctx := context.Background()
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	first := startAgent(t, args...)
+	first.waitReady(t)
+	first.waitDelivered(t, rcv)
+	first.stop(t)
+	snap, err := cache.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a := startAgent(t, args...)
+	a.waitReady(t)
+	if err := cache.RestoreSnapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the agent saw the cache change", func() bool {
+		return strings.Contains(a.errb.String(), "the cache Redis restarted or failed over")
+	})
+	a.waitReady(t)
+	before := len(rcv.objects())
+	rcv.setDown(true)
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the delivery of user:1 tried", func() bool {
+		return strings.Contains(a.errb.String(), "delivery failed; retrying")
+	})
+	a.stop(t)
+	rcv.setDown(false)
+
+	b := startAgent(t, args...)
+	b.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:2")
+	redistest.Eventually(t, 10*time.Second, "user:2 delivered", func() bool {
+		return slices.ContainsFunc(rcv.objects()[before:], func(d delivered) bool { return slices.Contains(d.Keys, "user:2") })
+	})
+	for _, d := range rcv.objects()[before:] {
+		if d.Reset || d.WholeTag || slices.Contains(d.Keys, "user:1") {
+			return
+		}
+	}
+	t.Errorf("user:1, applied to the cache by an agent that stopped before the process took it, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(a.errb.String(), "clean"))
 }

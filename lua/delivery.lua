@@ -11,7 +11,8 @@
 --          routerd:delivery-plain:<service> (presence)
 -- ARGV[1]  'take', 'mark' or 'presence'
 -- ARGV[2]  take: the running agent's token, which the mark holds while it
---          runs; mark: the clean value; presence: the member to add
+--          runs (written when the mark holds anything else: at the start,
+--          and each second after, lua.DeliveryTakeRequest); mark: the clean value; presence: the member to add
 -- ARGV[3]  mark: the token the agent's take wrote (the mark is left only
 --          while it still holds it: another subscriber that started since
 --          took it away; else the token is written again, not clean);
@@ -20,7 +21,9 @@
 -- left and 0 for one not, the number of members added for a presence.
 if ARGV[1] == 'take' then
   local was = redis.call('GET', KEYS[1])
-  redis.call('SET', KEYS[1], ARGV[2])
+  if was ~= ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[2])
+  end
   return was
 end
 if ARGV[1] == 'mark' then

@@ -47,6 +47,10 @@ type agentOut struct {
 	// the stop then leaves no clean mark (its positions moved past the
 	// process), even when that subscriber stopped before this one.
 	token string
+	// lost: holdMark found the mark other than the token (taken away, or
+	// the cache Redis restored from a snapshot holding an older mark) and
+	// wrote the token again: this run's stop leaves no clean mark.
+	lost atomic.Bool
 
 	invalidations, keys, wholeTags, recovered atomic.Int64
 	total                                     atomic.Int64
@@ -126,6 +130,42 @@ func (a *agentOut) flush(ctx context.Context) error {
 	return nil
 }
 
+// markEvery is how often a running agent with --deliver and a cache Redis
+// makes sure the mark holds its token (holdMark).
+const markEvery = time.Second
+
+// holdMark makes sure, every markEvery until ctx ends, that the mark holds
+// this run's token, writing it again when it does not: a cache Redis
+// restored from a snapshot taken after an earlier clean stop holds "clean"
+// again, which a kill of this agent (no stop writes anything then) would
+// leave for the next start to skip the reset by. Any other value (a
+// subscriber without --deliver took the token away) is written over too,
+// remembered (lost) so that the stop leaves no clean mark.
+func (a *agentOut) holdMark(ctx context.Context) {
+	if a.d == nil || a.cache == nil {
+		return
+	}
+	t := time.NewTicker(markEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.taken.Load() {
+			continue
+		}
+		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		if err != nil || r.Was == a.token {
+			continue
+		}
+		if !a.lost.Swap(true) || r.Was == lua.DeliveryClean {
+			a.log.Info("the delivery mark no longer held this agent's token (another subscriber started on the cache Redis, or the cache was restored from a snapshot): written again; this run's stop leaves no clean mark, and the next start delivers a reset", "key", names.DeliveryKey(a.service), "was", r.Was)
+		}
+	}
+}
+
 // stopped leaves the clean mark when every delivery was made and no other
 // subscriber applies to the cache (moving its positions past what the
 // process was given).
@@ -137,6 +177,11 @@ func (a *agentOut) stopped() {
 	defer cancel()
 	if !a.d.Clean() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
+		a.unmark(ctx)
+		return
+	}
+	if a.lost.Load() {
+		a.log.Warn("stopping with everything delivered, but the delivery mark did not hold this agent's token all along (another subscriber started on the cache Redis, or the cache was restored from a snapshot): the next start delivers a reset")
 		a.unmark(ctx)
 		return
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"net/http/httptest"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/tagstore"
 )
@@ -147,4 +150,80 @@ func TestAttack11CacheRestoredToACleanMarkWhileTheAgentRuns(t *testing.T) {
 		}
 	}
 	t.Errorf("user:1, applied to the cache by an agent that stopped before the process took it, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(a.errb.String(), "clean"))
+}
+
+// The same restore, with the agent killed (kill -9) rather than stopped:
+// no stop writes anything, so the agent, once it sees that the mark is no
+// longer its token, writes it again, and the next start delivers a reset.
+func TestAttack11CacheRestoredToACleanMarkThenTheAgentKilled(t *testing.T) {
+	ctx := context.Background()
+	bin := testbin.Routerd(t)
+	bus, cache := redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv := &receiver{}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	first := startAgent(t, args...)
+	first.waitReady(t)
+	first.waitDelivered(t, rcv)
+	first.stop(t)
+	snap, err := cache.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var logs syncBuffer
+	cmd := exec.Command(bin, append([]string{"agent", "--matrix", "../../matrix.yaml", "--service", "search-svc", "--listen", anyPort}, args...)...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := listening(t, &logs)
+	ready := func() {
+		redistest.Eventually(t, 15*time.Second, "agent ready", func() bool {
+			code, _ := get(t, "http://"+addr+"/readyz")
+			return code == 200
+		})
+	}
+	ready()
+	if err := cache.RestoreSnapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, "the agent saw the cache change", func() bool {
+		return strings.Contains(logs.String(), "the cache Redis restarted or failed over")
+	})
+	ready()
+	before := len(rcv.objects())
+	rcv.setDown(true)
+	publishKeys(t, bus.URL, "user", "user:1")
+	redistest.Eventually(t, 10*time.Second, "the delivery of user:1 tried", func() bool {
+		return strings.Contains(logs.String(), "delivery failed; retrying")
+	})
+	redistest.Eventually(t, 10*time.Second, "the mark no longer clean", func() bool {
+		v, _ := cache.Client(t).Get(ctx, names.DeliveryKey("search-svc")).Result()
+		return v != lua.DeliveryClean
+	})
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	srv.Close() // waits for a request of the killed agent still in flight: it is refused
+	rcv.setDown(false)
+	srv = httptest.NewServer(rcv)
+	defer srv.Close()
+
+	b := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL)
+	b.waitReady(t)
+	publishKeys(t, bus.URL, "user", "user:2")
+	redistest.Eventually(t, 10*time.Second, "user:2 delivered", func() bool {
+		return slices.ContainsFunc(rcv.objects()[before:], func(d delivered) bool { return slices.Contains(d.Keys, "user:2") })
+	})
+	for _, d := range rcv.objects()[before:] {
+		if d.Reset || d.WholeTag || slices.Contains(d.Keys, "user:1") {
+			return
+		}
+	}
+	t.Errorf("user:1, applied to the cache by an agent killed before the process took it, never reached the process (no reset either): %+v\n%s", rcv.objects()[before:], grep(logs.String(), "mark"))
 }

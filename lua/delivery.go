@@ -1,6 +1,8 @@
 package lua
 
 import (
+	"errors"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/names"
@@ -10,25 +12,60 @@ import (
 // with --deliver stopped with every delivery made.
 const DeliveryClean = "clean"
 
-// DeliveryMarkRequest is one call of delivery.lua: mark a service's cache
-// Redis clean (names.DeliveryKey set to DeliveryClean).
-type DeliveryMarkRequest struct {
-	Service string
+// DeliveryTakeRequest is one call of delivery.lua: take a service's clean
+// mark (names.DeliveryKey) at an agent's start, leaving Token, the agent
+// run's own, in its place: any other subscriber that starts on the cache
+// Redis takes the mark away (subscriber/presence.go), so a token still
+// there when the agent stops says none did meanwhile.
+type DeliveryTakeRequest struct {
+	Service, Token string
 }
 
-// DeliveryMarkReply is delivery.lua's reply to a mark: nothing beyond
-// success.
-type DeliveryMarkReply struct{}
+// DeliveryTakeReply is delivery.lua's reply to a take.
+type DeliveryTakeReply struct {
+	// Was is the mark's value before ("" for none).
+	Was string
+}
+
+func (*DeliveryTakeRequest) script() *redis.Script { return deliveryScript }
+
+func (r *DeliveryTakeRequest) encode() (keys []string, args []any) {
+	return []string{names.DeliveryKey(r.Service)}, []any{"take", r.Token, ""}
+}
+
+// Reply decodes the call's reply.
+func (r *DeliveryTakeRequest) Reply(cmd *redis.Cmd) (DeliveryTakeReply, error) {
+	v, err := cmd.Text()
+	if errors.Is(err, redis.Nil) {
+		return DeliveryTakeReply{}, nil
+	}
+	return DeliveryTakeReply{Was: v}, err
+}
+
+// DeliveryMarkRequest is one call of delivery.lua: mark a service's cache
+// Redis clean (names.DeliveryKey set to DeliveryClean) if the mark still
+// holds Token, the one the agent's DeliveryTakeRequest left.
+type DeliveryMarkRequest struct {
+	Service, Token string
+}
+
+// DeliveryMarkReply is delivery.lua's reply to a mark.
+type DeliveryMarkReply struct {
+	// Marked is false when the mark no longer held the token: another
+	// subscriber started on the cache Redis since the agent did.
+	Marked bool
+}
 
 func (*DeliveryMarkRequest) script() *redis.Script { return deliveryScript }
 
 func (r *DeliveryMarkRequest) encode() (keys []string, args []any) {
-	return []string{names.DeliveryKey(r.Service)}, []any{"mark", DeliveryClean}
+	return []string{names.DeliveryKey(r.Service)}, []any{"mark", DeliveryClean, r.Token}
 }
 
 // Reply decodes the call's reply.
 func (r *DeliveryMarkRequest) Reply(cmd *redis.Cmd) (DeliveryMarkReply, error) {
-	return DeliveryMarkReply{}, cmd.Err()
+	n, err := cmd.Int64()
+	return DeliveryMarkReply{Marked: n == 1}, err
 }
 
 // PresenceRequest is one call of delivery.lua: add Member to a service's

@@ -277,9 +277,11 @@ func BatchMarkKey(tenant, service, tag string) string {
 
 // DeliveryKey is the string, in a service's cache Redis, that an agent
 // delivering to the service's process (routerd agent --deliver) sets to
-// "clean" when it stops with every invalidation it applied delivered. A
-// start that does not find it there (and takes it away) delivers a reset
-// first: the cache's positions may be ahead of what the process was given.
+// "clean" when it stops with every invalidation it applied delivered, and
+// to a token of its run while it runs (which any other subscriber starting
+// on the cache Redis takes away: the agent's stop then leaves no mark). A
+// start that does not find "clean" there delivers a reset first: the
+// cache's positions may be ahead of what the process was given.
 func DeliveryKey(service string) string { return "routerd:delivery:" + service }
 
 // DeliveryPlainKey is the set, in a service's cache Redis, of the

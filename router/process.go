@@ -931,7 +931,12 @@ func (r *Router) deadLetter(ctx context.Context, stream string, entries []*entry
 		for i, cmd := range cmds {
 			got, e := reqs[i].Reply(cmd)
 			fresh := got.ID != ""
-			if e != nil && scriptRefused(e) {
+			// WRONGTYPE: the record, or the stream, is a key of another
+			// type (a client wrote it); written without the record, rather
+			// than retried for as long as the key stays, which would hold
+			// the entry neither routed nor dead-lettered (the XADD fails
+			// too when it is the stream).
+			if e != nil && (scriptRefused(e) || redis.HasErrorPrefix(e, "WRONGTYPE")) {
 				e, fresh = r.deadLetterUnrecorded(ctx, &reqs[i], e), true
 			}
 			if e != nil && err == nil {
@@ -967,13 +972,14 @@ func scriptRefused(err error) bool {
 
 // deadLetterUnrecorded writes the dead letter of req with a plain XADD, as
 // routers did before lua/deadletter.lua, for a Redis user that may not run
-// the script or reach its record (an older routerd acl: why, in err): with
-// no record, a batch routed again writes its dead letters again. A user
+// the script or reach its record (an older routerd acl: why, in err), or
+// whose record is a key of another type: with no record, a batch routed
+// again writes its dead letters again. A user
 // that may not write names.InvalidDeadLetterStream writes there to
 // names.DeadLetterStream. Each is said once.
 func (r *Router) deadLetterUnrecorded(ctx context.Context, req *lua.DeadLetterRequest, err error) error {
 	if r.deadLetterRecordOnce.CompareAndSwap(false, true) {
-		r.log.Warn("the router's Redis user may not record the dead letters written ("+req.Written+"): a batch routed again after its router was killed writes them again; apply the line of routerd acl --role router again", "err", err)
+		r.log.Warn("the router cannot record the dead letters written ("+req.Written+": its Redis user may not, or the key is of another type): a batch routed again after its router was killed writes them again; apply the line of routerd acl --role router again, or delete the key", "err", err)
 	}
 	err = r.c.XAdd(ctx, &redis.XAddArgs{Stream: req.Stream, MaxLen: req.MaxLen, Approx: true, Values: req.Values}).Err()
 	invalid := names.InvalidDeadLetterStream(r.prefix)

@@ -102,32 +102,11 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 	}
 }
 
-// record writes the presence, then takes the clean mark away, each tried
-// every second until it lands, and opens the gate. False when ctx ended
-// first.
+// record writes the presence and takes the clean mark away (announce),
+// tried every second until both land, and opens the gate. False when ctx
+// ended first.
 func (p *presence) record(ctx context.Context) bool {
-	mark := names.DeliveryKey(p.s.opt.Service)
 	for !p.announce(ctx) {
-		if sleepCtx(ctx, time.Second); ctx.Err() != nil {
-			return false
-		}
-	}
-	for warned := false; ; {
-		err := untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.Del(ctx, mark).Err() })
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		if refused(err) {
-			p.s.log.Warn("the cache Redis refuses to take the clean mark of an agent with --deliver away: that agent may skip what this subscriber applies (grant the key: routerd acl --role cache)", "key", mark, "err", err)
-			break
-		}
-		if !warned {
-			warned = true
-			p.s.log.Warn("could not take the clean mark of an agent with --deliver away in the cache Redis; not applying until it is (retried every second)", "key", mark, "err", err)
-		}
 		if sleepCtx(ctx, time.Second); ctx.Err() != nil {
 			return false
 		}
@@ -144,11 +123,13 @@ func refused(err error) bool {
 }
 
 // announce writes (or renews) the presence, through lua/delivery.lua so
-// that it lands on a full cache Redis, and reports whether it is done (or
-// refused for good, before it was ever recorded). A failure is warned of
-// at the first of a streak. It returns once ctx ends, whatever the
-// client's timeouts: a write left behind may land later, and counts for
-// presenceFor (the safe side).
+// that it lands on a full cache Redis, then takes the clean mark (or the
+// running agent's token) away: every time, not only at the start, so that
+// an agent with --deliver that started since finds its token gone when it
+// stops. It reports whether both are done (or refused for good, before the
+// gate opened). A failure is warned of at the first of a streak. It
+// returns once ctx ends, whatever the client's timeouts: a write left
+// behind may land later, and counts for presenceFor (the safe side).
 func (p *presence) announce(ctx context.Context) bool {
 	p.mu.Lock()
 	replaced := p.member
@@ -159,10 +140,19 @@ func (p *presence) announce(ctx context.Context) bool {
 		_, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: replaced})
 		return err
 	})
+	if err == nil {
+		p.mu.Lock()
+		p.member = m
+		p.mu.Unlock()
+		// Apart from the presence: the two keys are in different slots
+		// of a cluster.
+		key = names.DeliveryKey(p.s.opt.Service)
+		err = untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.Del(ctx, key).Err() })
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err == nil {
-		p.failing, p.member = false, m
+		p.failing = false
 		return true
 	}
 	if ctx.Err() != nil {
@@ -173,17 +163,17 @@ func (p *presence) announce(ctx context.Context) bool {
 	select {
 	case <-p.recorded:
 		if first {
-			p.s.log.Warn("could not renew in the cache Redis that this subscriber applies to it: an agent with --deliver on it may skip what this one applies once it expires (retried every second; grant the key: routerd acl --role cache)", "key", key, "err", err)
+			p.s.log.Warn("could not renew in the cache Redis that this subscriber applies to it (its presence, and the clean mark of an agent with --deliver taken away): that agent may skip what this one applies once the presence expires (retried every second; grant the keys: routerd acl --role cache)", "key", key, "err", err)
 		}
 		return false
 	default:
 	}
 	if refused(err) {
-		p.s.log.Warn("the cache Redis refuses to record that this subscriber applies to it: an agent with --deliver on it may skip what this one applies (grant the key: routerd acl --role cache)", "key", key, "err", err)
+		p.s.log.Warn("the cache Redis refuses to record that this subscriber applies to it (its presence, and the clean mark of an agent with --deliver taken away): that agent may skip what this one applies (grant the keys: routerd acl --role cache)", "key", key, "err", err)
 		return true
 	}
 	if first {
-		p.s.log.Warn("could not record in the cache Redis that this subscriber applies to it; not applying until it is (retried every second)", "key", key, "err", err)
+		p.s.log.Warn("could not record in the cache Redis that this subscriber applies to it (its presence, and the clean mark of an agent with --deliver taken away); not applying until it is (retried every second)", "key", key, "err", err)
 	}
 	return false
 }
@@ -209,17 +199,23 @@ func (p *presence) renew(ctx context.Context) {
 // away: a cache that does not answer keeps it for presenceFor.
 const withdrawWait = probeTimeout
 
-// withdraw takes the presence away.
+// withdraw takes the presence away, and the clean mark (or the running
+// agent's token) once more: this run may have applied before any renewal
+// took it.
 func (p *presence) withdraw() {
 	p.mu.Lock()
 	member := p.member
 	p.member = ""
 	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), withdrawWait)
+	defer cancel()
+	mark := names.DeliveryKey(p.s.opt.Service)
+	if err := untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.Del(ctx, mark).Err() }); err != nil {
+		p.s.log.Warn("could not take the clean mark of an agent with --deliver away at the stop: it may skip what this subscriber applied", "key", mark, "err", err)
+	}
 	if member == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), withdrawWait)
-	defer cancel()
 	key := names.DeliveryPlainKey(p.s.opt.Service)
 	if err := untilDone(ctx, func(ctx context.Context) error { return p.s.opt.Cache.SRem(ctx, key, member).Err() }); err != nil {
 		p.s.log.Debug("could not take this subscriber's presence away", "key", key, "err", err)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -27,8 +29,10 @@ import (
 // the process is given it, so the cache's position can run ahead of
 // delivery — when the agent stops (or dies) while a delivery is not made.
 // The agent therefore marks the cache "clean" (names.DeliveryKey) only when
-// it stops with every delivery made, and takes the mark away when it starts:
-// a start that does not find it delivers a reset first. Without a cache
+// it stops with every delivery made, and replaces the mark with its run's
+// token when it starts: a start that does not find it delivers a reset
+// first, and a stop that no longer finds the token (another subscriber
+// started meanwhile and took it away) leaves no mark. Without a cache
 // Redis positions live in memory, and every start delivers a reset.
 type agentOut struct {
 	d       *deliver.Deliverer // nil without --deliver
@@ -38,13 +42,22 @@ type agentOut struct {
 	// taken: the clean mark was taken at start (or there is no cache), so
 	// the mark this run leaves, if any, is its own.
 	taken atomic.Bool
+	// token is what the mark holds while this run goes on: a subscriber
+	// without --deliver that starts on the cache Redis takes it away, and
+	// the stop then leaves no clean mark (its positions moved past the
+	// process), even when that subscriber stopped before this one.
+	token string
+	// lost: holdMark found the mark other than the token (taken away, or
+	// the cache Redis restored from a snapshot holding an older mark) and
+	// wrote the token again: this run's stop leaves no clean mark.
+	lost atomic.Bool
 
 	invalidations, keys, wholeTags, recovered atomic.Int64
 	total                                     atomic.Int64
 }
 
 func newAgentOut(target string, env *Env, cache redis.UniversalClient, service string, log *slog.Logger, reg prometheus.Registerer) (*agentOut, error) {
-	a := &agentOut{cache: cache, service: service, log: log}
+	a := &agentOut{cache: cache, service: service, log: log, token: fmt.Sprintf("running:%d-%x", os.Getpid(), rand.Uint64())}
 	if target == "" {
 		return a, nil
 	}
@@ -82,10 +95,11 @@ func (a *agentOut) start(ctx context.Context) error {
 	}
 	wait := 100 * time.Millisecond
 	for {
-		v, err := a.cache.GetDel(ctx, names.DeliveryKey(a.service)).Result()
-		if err == nil || errors.Is(err, redis.Nil) {
+		// A script, so that the token lands on a full cache Redis.
+		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		if err == nil {
 			a.taken.Store(true)
-			if v == lua.DeliveryClean {
+			if r.Was == lua.DeliveryClean {
 				if plain := a.undelivering(ctx); plain > 0 {
 					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis, so the cache's positions may be ahead of the process", "subscribers_without_deliver", plain)
 					return a.flush(ctx)
@@ -116,6 +130,42 @@ func (a *agentOut) flush(ctx context.Context) error {
 	return nil
 }
 
+// markEvery is how often a running agent with --deliver and a cache Redis
+// makes sure the mark holds its token (holdMark).
+const markEvery = time.Second
+
+// holdMark makes sure, every markEvery until ctx ends, that the mark holds
+// this run's token, writing it again when it does not: a cache Redis
+// restored from a snapshot taken after an earlier clean stop holds "clean"
+// again, which a kill of this agent (no stop writes anything then) would
+// leave for the next start to skip the reset by. Any other value (a
+// subscriber without --deliver took the token away) is written over too,
+// remembered (lost) so that the stop leaves no clean mark.
+func (a *agentOut) holdMark(ctx context.Context) {
+	if a.d == nil || a.cache == nil {
+		return
+	}
+	t := time.NewTicker(markEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.taken.Load() {
+			continue
+		}
+		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		if err != nil || r.Was == a.token {
+			continue
+		}
+		if !a.lost.Swap(true) || r.Was == lua.DeliveryClean {
+			a.log.Info("the delivery mark no longer held this agent's token (another subscriber started on the cache Redis, or the cache was restored from a snapshot): written again; this run's stop leaves no clean mark, and the next start delivers a reset", "key", names.DeliveryKey(a.service), "was", r.Was)
+		}
+	}
+}
+
 // stopped leaves the clean mark when every delivery was made and no other
 // subscriber applies to the cache (moving its positions past what the
 // process was given).
@@ -127,15 +177,36 @@ func (a *agentOut) stopped() {
 	defer cancel()
 	if !a.d.Clean() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
+		a.unmark(ctx)
+		return
+	}
+	if a.lost.Load() {
+		a.log.Warn("stopping with everything delivered, but the delivery mark did not hold this agent's token all along (another subscriber started on the cache Redis, or the cache was restored from a snapshot): the next start delivers a reset")
+		a.unmark(ctx)
 		return
 	}
 	if plain := a.undelivering(ctx); plain != 0 {
 		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis and moves its positions past what the process was given: the next start delivers a reset", "subscribers_without_deliver", plain)
+		a.unmark(ctx)
 		return
 	}
 	// A script, so that the mark lands on a full cache Redis (lua/delivery.lua).
-	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service}); err != nil {
+	r, err := lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service, Token: a.token})
+	switch {
+	case err != nil:
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
+	case !r.Marked:
+		a.log.Warn("stopping with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) started on this cache Redis while this agent ran and may have moved its positions past what the process was given: the next start delivers a reset", "key", names.DeliveryKey(a.service))
+	}
+}
+
+// unmark writes the run's token over the mark at a stop that leaves the
+// cache not clean: the mark may be "clean" again although this run took
+// it (the cache restored from a snapshot taken after an earlier clean
+// stop), and left so the next start would skip the reset.
+func (a *agentOut) unmark(ctx context.Context) {
+	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token}); err != nil {
+		a.log.Warn("could not take the clean mark away; if the cache Redis holds one (restored from a snapshot), the next start skips the reset", "key", names.DeliveryKey(a.service), "err", err)
 	}
 }
 

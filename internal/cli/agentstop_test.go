@@ -18,6 +18,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
@@ -78,8 +79,8 @@ func TestAgentStdoutNotReadStopsOnSIGTERM(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("the agent did not stop within 15 s of SIGTERM:\n%s", logs.String())
 	}
-	if n, err := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
-		t.Errorf("the clean mark was left (%d, %v) although a delivery was not made", n, err)
+	if v, err := cache.Client(t).Get(context.Background(), names.DeliveryKey("search-svc")).Result(); v == lua.DeliveryClean {
+		t.Errorf("the clean mark was left (%q, %v) although a delivery was not made", v, err)
 	}
 	if line := grep(logs.String(), "stopping with a delivery not made"); !strings.Contains(line, `what="acme:active version 1"`) {
 		t.Errorf("the log does not say what was abandoned:\n%s", logs.String())
@@ -123,8 +124,8 @@ func TestAgentCleanMarkOnAFullCache(t *testing.T) {
 	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
 	plain.waitReady(t)
 	b.stop(t)
-	if n, err := c.Exists(ctx, names.DeliveryKey("search-svc")).Result(); err != nil || n != 0 {
-		t.Errorf("stopped beside an agent without --deliver on a full cache, the mark was left (%d, %v):\n%s", n, err, plain.errb.String())
+	if v, err := c.Get(ctx, names.DeliveryKey("search-svc")).Result(); v == lua.DeliveryClean {
+		t.Errorf("stopped beside an agent without --deliver on a full cache, the mark was left (%q, %v):\n%s", v, err, plain.errb.String())
 	}
 }
 

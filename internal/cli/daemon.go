@@ -221,6 +221,7 @@ func agent(ctx context.Context, env *Env, args []string) error {
 	g.Go(wf.server(gctx, log, reg, func() []string { return append(problemLines(s.Problems()), out.problems()...) }, nil))
 	g.Go(func() error { rc.Run(gctx, env.Reload, *poll); return nil })
 	g.Go(func() error { out.summarize(gctx, *summaryEvery); return nil })
+	g.Go(func() error { out.holdMark(gctx); return nil })
 	g.Go(func() error { returnStartMemory(gctx, s.Ready); return nil })
 	started := time.Now()
 	log.Info("routerd agent running", "service", *service, "pid", os.Getpid(), "cache", cacheC != nil, "deliver", deliver.Redacted(*target), "tenant_shard", shard.String())

@@ -16,6 +16,7 @@ import (
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/internal/testbin"
+	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 )
 
@@ -314,7 +315,7 @@ func TestDeliverWithCacheResetsOnlyAfterAnUncleanStop(t *testing.T) {
 	b.waitReady(t)
 	// A running agent leaves no mark: were it killed now, the next start
 	// would deliver a reset.
-	if n, _ := cache.Client(t).Exists(context.Background(), names.DeliveryKey("search-svc")).Result(); n != 0 {
+	if v, _ := cache.Client(t).Get(context.Background(), names.DeliveryKey("search-svc")).Result(); v == lua.DeliveryClean {
 		t.Error("the clean mark is still there while an agent runs")
 	}
 	redistest.Eventually(t, 10*time.Second, "user:2 replayed", hasKeys(rcv, "acme:active", 2))

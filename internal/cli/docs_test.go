@@ -237,6 +237,85 @@ func TestREADMECommandsNameRealFlags(t *testing.T) {
 	}
 }
 
+// Every flag of every command but serve and agent (whose tables in
+// docs/operations.md are held to their help above) is named by the
+// README's row for the command, the one reference a user of those commands
+// has; a flag every connecting command takes (the URL's TLS files, password
+// file, --cluster) may instead be named once in the prose under the table.
+// A flag only `-h` shows is one a user never learns of.
+func TestREADMECommandsDocumentEveryFlag(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(data)[strings.Index(string(data), "\n## Commands\n"):]
+	section = section[:strings.Index(section[1:], "\n## ")+1]
+	var prose []string
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			prose = append(prose, line)
+		}
+	}
+	proseFlags := map[string]bool{}
+	for _, m := range proseFlagRE.FindAllStringSubmatch(strings.Join(prose, "\n"), -1) {
+		proseFlags[m[1]] = true
+	}
+	named := map[string]map[string]bool{} // command words -> flags its rows name
+	for _, row := range tableAfter(t, string(data), "## Commands") {
+		var cmd []string
+		for _, w := range strings.Fields(strings.Trim(strings.SplitN(row[0], "` / `", 2)[0], "`"))[1:] {
+			if !wordRE.MatchString(w) {
+				break
+			}
+			cmd = append(cmd, w)
+		}
+		key := strings.Join(cmd, " ")
+		if named[key] == nil {
+			named[key] = map[string]bool{}
+		}
+		text := quotedCommandRE.ReplaceAllString(strings.Join(row[1:], " "), "")
+		for _, m := range proseFlagRE.FindAllStringSubmatch(row[0]+" "+text, -1) {
+			named[key][m[1]] = true
+		}
+	}
+	// The flags every command that connects to Redis has.
+	var shared map[string]bool
+	for _, cmd := range [][]string{{"publish"}, {"tail"}, {"invalidate"}, {"compact"}, {"doctor"}, {"deadletter", "replay"}} {
+		flags := map[string]bool{}
+		for name := range helpFlags(t, cmd...) {
+			if shared == nil || shared[name] {
+				flags[name] = true
+			}
+		}
+		shared = flags
+	}
+	if len(shared) < 5 {
+		t.Fatalf("only %d flags shared by the commands that connect: %v", len(shared), shared)
+	}
+	checked, unnamedShared := 0, map[string]bool{}
+	for key, flags := range named {
+		if key == "serve" || key == "agent" {
+			continue
+		}
+		for name := range helpFlags(t, strings.Fields(key)...) {
+			checked++
+			switch {
+			case flags[name]:
+			case shared[name] && name != "redis":
+				if !proseFlags[name] && !unnamedShared[name] {
+					unnamedShared[name] = true
+					t.Errorf("every command that connects takes --%s, which the README's Commands section does not name", name)
+				}
+			default:
+				t.Errorf("routerd %s -h lists --%s, which the README's row for routerd %s does not name", key, name, key)
+			}
+		}
+	}
+	if len(named) < 12 || checked < 60 {
+		t.Errorf("%d commands, %d flags checked: is the README's table read?", len(named), checked)
+	}
+}
+
 // Every pointer the code gives into the documents — docs/F.md,
 // docs/F.md#anchor, docs/F.md §N, README "Section", in messages, help text
 // and comments — names a file, anchor, section or heading that exists: an

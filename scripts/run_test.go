@@ -55,8 +55,9 @@ func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs 
 }
 
 // runScriptIn is runScript with the logs in dir, calling during (when not
-// nil) with the process group's id and the output so far while it runs.
-func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string)) (string, error) {
+// nil) with the process group's id and the output so far while it runs,
+// and env (NAME=value) added to its environment.
+func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string), env ...string) (string, error) {
 	t.Helper()
 	redistest.Binary(t)
 	bin, err := built()
@@ -68,6 +69,7 @@ func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, de
 	cmd := exec.CommandContext(ctx, "bash", "./run.sh")
 	cmd.Env = append(os.Environ(), "REDIS_PORT="+port(redisAddr), "ROUTERD_PORT="+port(routerdAddr), "AGENT_PORT="+port(agentAddr),
 		"RUN_DIR="+dir, "BIN="+bin, "DEMO_ARGS="+demoArgs)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out testbin.Buffer
@@ -143,6 +145,34 @@ func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
 		if strings.Contains(out, "stopped; logs are in") {
 			t.Errorf("%s's port answered by another: nothing started, yet the output points at logs:\n%s", tc.name, out)
 		}
+	}
+}
+
+// A redis-server older than 7.0 (Ubuntu 22.04's is 6.0, and `make run`
+// installs none when one is there) is refused before anything starts,
+// naming its version and what routerd needs, rather than left to fail in
+// routerd's log with an unknown command.
+func TestRunRefusesARedisOlderThan7(t *testing.T) {
+	real, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("no redis-server")
+	}
+	fake := t.TempDir()
+	script := "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc-5.2.1 bits=64 build=a3fdef44459b3ad6'; exit 0; fi\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(fake, "redis-server"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runScriptIn(t, t.TempDir(), redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 1 --interval 100ms", nil,
+		"PATH="+fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Errorf("run.sh exited %v with redis-server 6.0.16, want a failure:\n%s", err, out)
+	}
+	if !strings.Contains(out, "redis-server 6.0.16") || !strings.Contains(out, "7.0 or newer") {
+		t.Errorf("output does not name the version found and the one needed:\n%s", out)
+	}
+	if strings.Contains(out, "redis      127.0.0.1") || strings.Contains(out, "stopped; logs are in") {
+		t.Errorf("something started:\n%s", out)
 	}
 }
 

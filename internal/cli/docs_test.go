@@ -316,6 +316,56 @@ func TestREADMECommandsDocumentEveryFlag(t *testing.T) {
 	}
 }
 
+// docs/architecture.md's package table, where a newcomer learns what each
+// directory owns, names every package of the module (a directory holding Go
+// files; the graphql module has its own row), and each directory a row
+// names exists.
+func TestArchitectureNamesEveryPackage(t *testing.T) {
+	data, err := os.ReadFile("../../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table []string
+	for _, row := range tableAfter(t, string(data), "## Packages") {
+		table = append(table, strings.Join(row, " | "))
+	}
+	text := strings.Join(table, "\n")
+	packages := map[string]bool{}
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel("../..", path)
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || rel == "graphql" ||
+			strings.HasPrefix(d.Name(), ".") && rel != ".") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") && filepath.Dir(rel) != "." {
+			packages[filepath.ToSlash(filepath.Dir(rel))] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range packages {
+		if !strings.Contains(text, "`"+p+"/") {
+			t.Errorf("package %s/ is not in docs/architecture.md's package table", p)
+		}
+	}
+	for _, row := range table {
+		first, _, _ := strings.Cut(row, " | ")
+		for _, m := range regexp.MustCompile("`([a-z][a-z0-9_/-]*)/`").FindAllStringSubmatch(first, -1) {
+			if info, err := os.Stat("../../" + m[1]); err != nil || !info.IsDir() {
+				t.Errorf("docs/architecture.md's package table names %s/, which is no directory", m[1])
+			}
+		}
+	}
+	if len(packages) < 25 {
+		t.Errorf("only %d packages found: is the walk broken?", len(packages))
+	}
+}
+
 // Every pointer the code gives into the documents — docs/F.md,
 // docs/F.md#anchor, docs/F.md §N, README "Section", in messages, help text
 // and comments — names a file, anchor, section or heading that exists: an

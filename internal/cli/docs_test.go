@@ -493,6 +493,14 @@ func TestDocsNameRealFlags(t *testing.T) {
 	for name := range helpFlags(t, "deadletter", "replay") {
 		known[name] = true
 	}
+	// The demo's, which `make run DEMO_ARGS=…` passes on.
+	demo, err := os.ReadFile("../../examples/demo/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`flag\.[A-Za-z]+\("([a-z0-9-]+)"`).FindAllStringSubmatch(string(demo), -1) {
+		known[m[1]] = true
+	}
 	docs, err := filepath.Glob("../../docs/*.md")
 	if err != nil {
 		t.Fatal(err)

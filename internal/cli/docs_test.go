@@ -417,6 +417,58 @@ func TestDocReferencesExist(t *testing.T) {
 	}
 }
 
+// Every relative link of the README, docs/ and the examples' READMEs —
+// [text](path), [text](path#anchor), [text](#anchor) — names a file that
+// exists and, in a markdown file, a heading that does: pages are edited
+// one section at a time, and a renamed heading strands its links.
+func TestDocLinksExist(t *testing.T) {
+	linkRE := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	pages, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples, err := filepath.Glob("../../examples/*/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, read := 0, map[string]headings{}
+	for _, page := range slices.Concat(pages, examples, []string{"../../README.md"}) {
+		data, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range linkRE.FindAllStringSubmatch(string(data), -1) {
+			target, anchor, _ := strings.Cut(m[1], "#")
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			seen++
+			path := page
+			if target != "" {
+				path = filepath.Join(filepath.Dir(page), target)
+			}
+			if _, err := os.Stat(path); err != nil {
+				t.Errorf("%s links to %s, which does not exist", page, m[1])
+				continue
+			}
+			if anchor == "" || !strings.HasSuffix(path, ".md") {
+				continue
+			}
+			h, ok := read[path]
+			if !ok {
+				h, _ = readHeadings(path)
+				read[path] = h
+			}
+			if !h.anchors[anchor] {
+				t.Errorf("%s links to %s: no heading of %s has the anchor #%s", page, m[1], path, anchor)
+			}
+		}
+	}
+	if seen < 100 {
+		t.Errorf("only %d relative links found: is the search broken?", seen)
+	}
+}
+
 type headings struct{ anchors, numbers, titles map[string]bool }
 
 // readHeadings returns a markdown file's headings: their GitHub anchors,

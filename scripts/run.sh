@@ -158,7 +158,7 @@ watcher=$!
 # The demo in the background, so that the traps run while it does.
 # shellcheck disable=SC2086
 "$bin/routerd-demo" --redis "$bus" --profile-cache "redis://127.0.0.1:$port/1" \
-  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml --logs "$state" $DEMO_ARGS &
+  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml --logs "$state" ${DEMO_ARGS:-} &
 demo_pid=$!
 pids+=("$demo_pid")
 wait "$demo_pid"

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,7 +57,8 @@ func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs 
 
 // runScriptIn is runScript with the logs in dir, calling during (when not
 // nil) with the process group's id and the output so far while it runs,
-// and env (NAME=value) added to its environment.
+// and env added to its environment: NAME=value sets NAME, a bare NAME
+// takes it out.
 func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string), env ...string) (string, error) {
 	t.Helper()
 	redistest.Binary(t)
@@ -69,7 +71,13 @@ func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, de
 	cmd := exec.CommandContext(ctx, "bash", "./run.sh")
 	cmd.Env = append(os.Environ(), "REDIS_PORT="+port(redisAddr), "ROUTERD_PORT="+port(routerdAddr), "AGENT_PORT="+port(agentAddr),
 		"RUN_DIR="+dir, "BIN="+bin, "DEMO_ARGS="+demoArgs)
-	cmd.Env = append(cmd.Env, env...)
+	for _, e := range env {
+		if name, _, set := strings.Cut(e, "="); !set {
+			cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, name+"=") })
+			continue
+		}
+		cmd.Env = append(cmd.Env, e)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out testbin.Buffer
@@ -173,6 +181,21 @@ func TestRunRefusesARedisOlderThan7(t *testing.T) {
 	}
 	if strings.Contains(out, "redis      127.0.0.1") || strings.Contains(out, "stopped; logs are in") {
 		t.Errorf("something started:\n%s", out)
+	}
+}
+
+// run.sh run by hand, without the DEMO_ARGS `make run` always sets (its
+// header lists it among the optional variables), starts the demo: it used
+// to stop on "DEMO_ARGS: unbound variable" once both daemons were ready.
+func TestRunWithoutDemoArgs(t *testing.T) {
+	out, _ := runScriptIn(t, t.TempDir(), redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "", func(pgid int, out func() string) {
+		redistest.Eventually(t, 60*time.Second, "the demo started, or run.sh stopped", func() bool {
+			return strings.Contains(out(), "routerd demo:") || strings.Contains(out(), "stopped; logs are in")
+		})
+		_ = syscall.Kill(-pgid, syscall.SIGINT)
+	}, "DEMO_ARGS")
+	if !strings.Contains(out, "routerd demo:") || strings.Contains(out, "unbound variable") {
+		t.Errorf("run.sh without DEMO_ARGS did not start the demo:\n%s", out)
 	}
 }
 

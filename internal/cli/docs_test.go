@@ -494,7 +494,9 @@ func readHeadings(path string) (headings, bool) {
 }
 
 // Every `make TARGET` the README and docs/ tell a user to run is a target
-// of the Makefile.
+// of the Makefile, and every target of the Makefile (but `all`, plain
+// `make`) is named there: a target only the Makefile shows is one nobody
+// runs.
 func TestDocsNameMakeTargets(t *testing.T) {
 	makefile, err := os.ReadFile("../../Makefile")
 	if err != nil {
@@ -508,7 +510,7 @@ func TestDocsNameMakeTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := 0
+	seen, named := 0, map[string]bool{}
 	for _, path := range append(docs, "../../README.md") {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -516,9 +518,15 @@ func TestDocsNameMakeTargets(t *testing.T) {
 		}
 		for _, m := range regexp.MustCompile("(?m)(?:`|^)make ([a-z][a-z0-9-]*)").FindAllStringSubmatch(string(data), -1) {
 			seen++
+			named[m[1]] = true
 			if !targets[m[1]] {
 				t.Errorf("%s tells to run make %s, which is no target of the Makefile", path, m[1])
 			}
+		}
+	}
+	for target := range targets {
+		if target != "all" && !named[target] {
+			t.Errorf("the Makefile has a target %s, which neither the README nor docs/ name (`make %s`)", target, target)
 		}
 	}
 	if seen < 20 {

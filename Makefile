@@ -112,7 +112,9 @@ FUZZ_TARGETS = names:FuzzKey names:FuzzParseChannel names:FuzzSourceVersionKey n
   names:FuzzStreamPublisher names:FuzzParseRef names:FuzzRefOrDomain wire:FuzzParseEvent wire:FuzzParseMessage \
   wire:FuzzParseEvents matrix:FuzzParse tagstore:FuzzParsePosition router:FuzzRedriven router:FuzzBoundedConn \
   internal/doctor:FuzzGrowthFile internal/redisconn:FuzzOpenHidesPassword internal/cli:FuzzParseSince \
-  internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated subscriber:FuzzParseInterest
+  internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated subscriber:FuzzParseInterest \
+  internal/redisconn:FuzzSentinelURL publisher:FuzzParsePartitions router:FuzzParseRegistration router:FuzzReservedID \
+  wire:FuzzMarshalledEventParses wire:FuzzParseTenantShard
 fuzz: redis-server
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t"; $(GO) test ./$${t%%:*}/ -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME); done

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -531,6 +532,69 @@ func TestDocsNameMakeTargets(t *testing.T) {
 	}
 	if seen < 20 {
 		t.Errorf("only %d make commands found in the docs", seen)
+	}
+}
+
+// `make fuzz` runs every fuzz target of the module: the Makefile's
+// FUZZ_TARGETS lists each `func Fuzz…` of a _test.go file as
+// package:target, and only those (the graphql module's are run by name in
+// the recipe). A target left out is never fuzzed.
+func TestMakeFuzzRunsEveryTarget(t *testing.T) {
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?ms)^FUZZ_TARGETS = (.*?)\n\S`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("no FUZZ_TARGETS in the Makefile")
+	}
+	listed := map[string]bool{}
+	for _, f := range strings.Fields(strings.ReplaceAll(string(m[1]), `\`, " ")) {
+		listed[f] = true
+	}
+	recipe := string(makefile[bytes.Index(makefile, []byte("\nfuzz:")):])
+	fuzzRE := regexp.MustCompile(`(?m)^func (Fuzz[A-Za-z0-9_]*)\(`)
+	found := 0
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && path != "../..") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel("../..", filepath.Dir(path))
+		rel = filepath.ToSlash(rel)
+		for _, f := range fuzzRE.FindAllStringSubmatch(string(src), -1) {
+			found++
+			if strings.HasPrefix(rel, "graphql/") {
+				if !strings.Contains(recipe, "'^"+f[1]+"$$'") {
+					t.Errorf("%s: %s of the graphql module is not run by make fuzz", path, f[1])
+				}
+				continue
+			}
+			target := rel + ":" + f[1]
+			if !listed[target] {
+				t.Errorf("%s: %s is not in the Makefile's FUZZ_TARGETS: make fuzz never runs it", path, target)
+			}
+			delete(listed, target)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target := range listed {
+		t.Errorf("the Makefile's FUZZ_TARGETS lists %s, which is no fuzz target", target)
+	}
+	if found < 20 {
+		t.Errorf("only %d fuzz targets found: is the walk broken?", found)
 	}
 }
 

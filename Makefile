@@ -54,9 +54,11 @@ node-deps:
 # A local Redis on $(REDIS_PORT), routerd on matrix.yaml (HTTP on
 # $(ROUTERD_PORT)), the profile-svc agent (HTTP on $(AGENT_PORT)), and the demo
 # publisher and subscriber, once routerd and the agent are ready; it stops with
-# their last log lines if either fails. Ctrl-C stops everything.
+# their last log lines if either fails. Ctrl-C stops everything, and so does
+# SIGTERM to make alone: make passes it to its child, which exec makes
+# run.sh itself rather than a shell that would die of it and leave run.sh.
 run: redis-server build
-	REDIS_PORT=$(REDIS_PORT) ROUTERD_PORT=$(ROUTERD_PORT) AGENT_PORT=$(AGENT_PORT) DEMO_ARGS="$(DEMO_ARGS)" ./scripts/run.sh
+	REDIS_PORT=$(REDIS_PORT) ROUTERD_PORT=$(ROUTERD_PORT) AGENT_PORT=$(AGENT_PORT) DEMO_ARGS="$(DEMO_ARGS)" exec ./scripts/run.sh
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

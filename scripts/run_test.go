@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +197,81 @@ func TestRunWithoutDemoArgs(t *testing.T) {
 	}, "DEMO_ARGS")
 	if !strings.Contains(out, "routerd demo:") || strings.Contains(out, "unbound variable") {
 		t.Errorf("run.sh without DEMO_ARGS did not start the demo:\n%s", out)
+	}
+}
+
+// `make run` stopped by SIGTERM to make alone (a supervisor, an IDE's stop
+// button, `kill <make's pid>`) stops everything: make passes SIGTERM to its
+// child, which must be run.sh itself. The shell make ran run.sh under died
+// of it instead and left run.sh, Redis, routerd, the agent and the demo
+// running.
+func TestMakeRunStopsOnSIGTERMToMake(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	redistest.Binary(t)
+	bin, err := built()
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	redisAddr := redistest.FreeAddr(t)
+	// -o: bin/ and redis-server are taken as they are (BIN points at the
+	// test's build).
+	cmd := exec.Command("make", "-s", "-o", "build", "-o", "redis-server", "run", "REDIS_PORT="+port(redisAddr),
+		"ROUTERD_PORT="+port(redistest.FreeAddr(t)), "AGENT_PORT="+port(redistest.FreeAddr(t)), "DEMO_ARGS=--interval 100ms")
+	cmd.Dir = ".."
+	// Not the flags of a make this test runs under (`make test`).
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "MAKEFLAGS=") || strings.HasPrefix(kv, "MFLAGS=") || strings.HasPrefix(kv, "MAKELEVEL=")
+	})
+	cmd.Env = append(cmd.Env, "BIN="+bin, "RUN_DIR="+t.TempDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A file, as a terminal would be: no pipe that a process left behind
+	// could die writing to once the test stops reading it.
+	log, err := os.Create(filepath.Join(t.TempDir(), "make-run.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	defer func() {
+		// What is left: SIGTERM lets run.sh stop Redis, which runs in a
+		// session of its own, out of the group's reach.
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && syscall.Kill(-pgid, 0) == nil; {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}()
+	out := func() string { b, _ := os.ReadFile(log.Name()); return string(b) }
+	redistest.Eventually(t, 60*time.Second, "the demo running", func() bool {
+		return strings.Contains(out(), "search-svc applied")
+	})
+	if err := syscall.Kill(pgid, syscall.SIGTERM); err != nil { // make alone
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for !errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
+		if time.Now().After(deadline) {
+			ps, _ := exec.Command("ps", "-eo", "pgid=,pid=,args=").Output()
+			var left []string
+			for _, l := range strings.Split(string(ps), "\n") {
+				if f := strings.Fields(l); len(f) > 2 && f[0] == strconv.Itoa(pgid) {
+					left = append(left, strings.Join(f[1:], " "))
+				}
+			}
+			t.Fatalf("SIGTERM to make left processes running:\n%s\noutput:\n%s", strings.Join(left, "\n"), out())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c, err := net.Dial("tcp", redisAddr); err == nil {
+		c.Close()
+		t.Errorf("redis-server still answers on %s after make run stopped", redisAddr)
 	}
 }
 

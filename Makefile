@@ -54,9 +54,11 @@ node-deps:
 # A local Redis on $(REDIS_PORT), routerd on matrix.yaml (HTTP on
 # $(ROUTERD_PORT)), the profile-svc agent (HTTP on $(AGENT_PORT)), and the demo
 # publisher and subscriber, once routerd and the agent are ready; it stops with
-# their last log lines if either fails. Ctrl-C stops everything.
+# their last log lines if either fails. Ctrl-C stops everything, and so does
+# SIGTERM to make alone: make passes it to its child, which exec makes
+# run.sh itself rather than a shell that would die of it and leave run.sh.
 run: redis-server build
-	REDIS_PORT=$(REDIS_PORT) ROUTERD_PORT=$(ROUTERD_PORT) AGENT_PORT=$(AGENT_PORT) DEMO_ARGS="$(DEMO_ARGS)" ./scripts/run.sh
+	REDIS_PORT=$(REDIS_PORT) ROUTERD_PORT=$(ROUTERD_PORT) AGENT_PORT=$(AGENT_PORT) DEMO_ARGS="$(DEMO_ARGS)" exec ./scripts/run.sh
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -112,7 +114,9 @@ FUZZ_TARGETS = names:FuzzKey names:FuzzParseChannel names:FuzzSourceVersionKey n
   names:FuzzStreamPublisher names:FuzzParseRef names:FuzzRefOrDomain wire:FuzzParseEvent wire:FuzzParseMessage \
   wire:FuzzParseEvents matrix:FuzzParse tagstore:FuzzParsePosition router:FuzzRedriven router:FuzzBoundedConn \
   internal/doctor:FuzzGrowthFile internal/redisconn:FuzzOpenHidesPassword internal/cli:FuzzParseSince \
-  internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated subscriber:FuzzParseInterest
+  internal/acl:FuzzTemplatePattern internal/acl:FuzzTenantSeparated subscriber:FuzzParseInterest \
+  internal/redisconn:FuzzSentinelURL publisher:FuzzParsePartitions router:FuzzParseRegistration router:FuzzReservedID \
+  wire:FuzzMarshalledEventParses wire:FuzzParseTenantShard
 fuzz: redis-server
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t"; $(GO) test ./$${t%%:*}/ -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME); done

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -70,9 +71,11 @@ func TestQueriesNameExportedMetrics(t *testing.T) {
 }
 
 // docs/operations.md's metric tables name every routerd_, subscriber_ and
-// cache_ metric the router and the agent export, and only those: an
-// operator looks a metric up there, and builds alerts from there. Every
-// other page names only exported metrics too.
+// cache_ metric the router and the agent export, and only those, each with
+// the labels its series carry ({tag,reason}), and the line that sums the
+// labels up names them all: an operator looks a metric up there, and
+// builds alerts and dashboards from there. Every other page names only
+// exported metrics too.
 func TestDocsDocumentExportedMetrics(t *testing.T) {
 	data, err := os.ReadFile("../docs/operations.md")
 	if err != nil {
@@ -88,17 +91,24 @@ func TestDocsDocumentExportedMetrics(t *testing.T) {
 		section = section[:end]
 	}
 	documented := map[string]bool{}
+	docLabels := map[string][]string{} // metric -> the labels its row gives it
 	for _, line := range strings.Split(section, "\n") {
 		if !strings.HasPrefix(line, "| `") {
 			continue
 		}
 		cell, _, _ := strings.Cut(strings.TrimPrefix(line, "| "), " |")
-		for _, m := range regexp.MustCompile("`((?:routerd|subscriber|cache)_[a-z_]+)").FindAllStringSubmatch(cell, -1) {
+		for _, m := range regexp.MustCompile("`((?:routerd|subscriber|cache)_[a-z_]+)(?:\\{([a-z0-9_,]+)\\})?`").FindAllStringSubmatch(cell, -1) {
 			documented[m[1]] = true
+			if m[2] != "" {
+				docLabels[m[1]] = strings.Split(m[2], ",")
+			}
 		}
 	}
+	series := scrapeLabels(t)
+	exportedLabels := map[string][]string{} // metric -> its series' labels, but le
 	exported := map[string]bool{}
-	for _, n := range scrapeDaemons(t) {
+	for _, n := range slices.Sorted(maps.Keys(series)) {
+		labels := series[n]
 		if !regexp.MustCompile(`^(?:routerd|subscriber|cache)_`).MatchString(n) {
 			continue // Go's and the process's own
 		}
@@ -108,6 +118,38 @@ func TestDocsDocumentExportedMetrics(t *testing.T) {
 			}
 		}
 		exported[n] = true
+		for l := range labels {
+			if l != "le" && !slices.Contains(exportedLabels[n], l) {
+				exportedLabels[n] = append(exportedLabels[n], l)
+			}
+		}
+	}
+	summary := regexp.MustCompile(`(?m)^Labels are (.+) — never a tenant or a key\.`).FindStringSubmatch(section)
+	if summary == nil {
+		t.Error(`docs/operations.md's Metrics section has no line "Labels are … — never a tenant or a key."`)
+		summary = []string{"", ""}
+	}
+	summed := regexp.MustCompile(`[a-z0-9_]+`).FindAllString(summary[1], -1)
+	for n, labels := range exportedLabels {
+		doc := docLabels[n]
+		slices.Sort(labels)
+		slices.Sort(doc)
+		if documented[n] && !slices.Equal(labels, doc) {
+			t.Errorf("%s carries the labels {%s}; docs/operations.md's table gives it {%s}", n, strings.Join(labels, ","), strings.Join(doc, ","))
+		}
+		for _, l := range labels {
+			if l == "tenant" || l == "key" {
+				t.Errorf("%s has a %s label: a series per %s", n, l, l)
+			}
+			if !slices.Contains(summed, l) {
+				t.Errorf("%s carries the label %s, which docs/operations.md's line %q does not name", n, l, strings.TrimSpace(summary[0]))
+			}
+		}
+	}
+	for n, doc := range docLabels {
+		if exported[n] && len(exportedLabels[n]) == 0 {
+			t.Errorf("docs/operations.md's table gives %s the labels {%s}; its series carry none", n, strings.Join(doc, ","))
+		}
 	}
 	for n := range exported {
 		if !documented[n] {
@@ -209,8 +251,17 @@ func TestMetricNames(t *testing.T) {
 // matrix.yaml against fresh Redis servers and returns the names of the
 // series on their first /metrics once they are ready.
 func scrapeDaemons(t *testing.T) []string {
+	return slices.Sorted(maps.Keys(scrapeLabels(t)))
+}
+
+// labelRE is one label of a series.
+var labelRE = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="`)
+
+// scrapeLabels is scrapeDaemons with, for each series name, the names of
+// the labels its series carry.
+func scrapeLabels(t *testing.T) map[string]map[string]bool {
 	bus, cache := redistest.Start(t), redistest.Start(t)
-	var names []string
+	names := map[string]map[string]bool{}
 	for _, args := range [][]string{
 		{"serve", "--matrix", "../matrix.yaml", "--redis", bus.URL, "--listen", testbin.AnyPort},
 		{"agent", "--matrix", "../matrix.yaml", "--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", "-", "--service", "search-svc", "--listen", testbin.AnyPort},
@@ -228,13 +279,17 @@ func scrapeDaemons(t *testing.T) []string {
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
-			name, _, _ := strings.Cut(line, " ")
-			name, _, _ = strings.Cut(name, "{")
-			names = append(names, name)
+			series, _, _ := strings.Cut(line, " ")
+			name, labels, _ := strings.Cut(series, "{")
+			if names[name] == nil {
+				names[name] = map[string]bool{}
+			}
+			for _, m := range labelRE.FindAllStringSubmatch(labels, -1) {
+				names[name][m[1]] = true
+			}
 		}
 	}
-	slices.Sort(names)
-	return slices.Compact(names)
+	return names
 }
 
 // run runs a routerd command in-process until the test ends and returns

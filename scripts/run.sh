@@ -89,6 +89,14 @@ wait_ready() {
 for b in routerd routerd-demo; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run make build (make run does)" >&2; exit 1; }
 done
+# routerd needs Redis 7.0 or newer; `make run` installs redis-server only
+# when there is none, and some systems' is older (Ubuntu 22.04's is 6.0).
+redis_version=$(redis-server --version 2>/dev/null | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p') || true
+if [ -n "$redis_version" ] && [ "${redis_version%%.*}" -lt 7 ]; then
+  echo "redis-server $redis_version ($(command -v redis-server)) is too old: routerd needs Redis 7.0 or newer" >&2
+  echo "(XAUTOCLAIM, XINFO lag, sharded pub/sub). Put a newer redis-server first on PATH (Debian 12's and Ubuntu 24.04's are 7.0)." >&2
+  exit 1
+fi
 if redis-cli -p "$port" ping >/dev/null 2>&1; then
   echo "something already answers on 127.0.0.1:$port; stop it or run: make run REDIS_PORT=<free port>" >&2
   exit 1
@@ -150,7 +158,7 @@ watcher=$!
 # The demo in the background, so that the traps run while it does.
 # shellcheck disable=SC2086
 "$bin/routerd-demo" --redis "$bus" --profile-cache "redis://127.0.0.1:$port/1" \
-  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml --logs "$state" $DEMO_ARGS &
+  --search-cache "redis://127.0.0.1:$port/2" --matrix matrix.yaml --logs "$state" ${DEMO_ARGS:-} &
 demo_pid=$!
 pids+=("$demo_pid")
 wait "$demo_pid"

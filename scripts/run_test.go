@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -55,8 +57,10 @@ func runScript(t *testing.T, redisAddr, routerdAddr, agentAddr string, demoArgs 
 }
 
 // runScriptIn is runScript with the logs in dir, calling during (when not
-// nil) with the process group's id and the output so far while it runs.
-func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string)) (string, error) {
+// nil) with the process group's id and the output so far while it runs,
+// and env added to its environment: NAME=value sets NAME, a bare NAME
+// takes it out.
+func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, demoArgs string, during func(pgid int, out func() string), env ...string) (string, error) {
 	t.Helper()
 	redistest.Binary(t)
 	bin, err := built()
@@ -68,6 +72,13 @@ func runScriptIn(t *testing.T, dir, redisAddr, routerdAddr, agentAddr string, de
 	cmd := exec.CommandContext(ctx, "bash", "./run.sh")
 	cmd.Env = append(os.Environ(), "REDIS_PORT="+port(redisAddr), "ROUTERD_PORT="+port(routerdAddr), "AGENT_PORT="+port(agentAddr),
 		"RUN_DIR="+dir, "BIN="+bin, "DEMO_ARGS="+demoArgs)
+	for _, e := range env {
+		if name, _, set := strings.Cut(e, "="); !set {
+			cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, name+"=") })
+			continue
+		}
+		cmd.Env = append(cmd.Env, e)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out testbin.Buffer
@@ -143,6 +154,124 @@ func TestRunRefusesAPortAnotherDaemonAnswers(t *testing.T) {
 		if strings.Contains(out, "stopped; logs are in") {
 			t.Errorf("%s's port answered by another: nothing started, yet the output points at logs:\n%s", tc.name, out)
 		}
+	}
+}
+
+// A redis-server older than 7.0 (Ubuntu 22.04's is 6.0, and `make run`
+// installs none when one is there) is refused before anything starts,
+// naming its version and what routerd needs, rather than left to fail in
+// routerd's log with an unknown command.
+func TestRunRefusesARedisOlderThan7(t *testing.T) {
+	real, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("no redis-server")
+	}
+	fake := t.TempDir()
+	script := "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Redis server v=6.0.16 sha=00000000:0 malloc=jemalloc-5.2.1 bits=64 build=a3fdef44459b3ad6'; exit 0; fi\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(fake, "redis-server"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runScriptIn(t, t.TempDir(), redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "--rounds 1 --interval 100ms", nil,
+		"PATH="+fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Errorf("run.sh exited %v with redis-server 6.0.16, want a failure:\n%s", err, out)
+	}
+	if !strings.Contains(out, "redis-server 6.0.16") || !strings.Contains(out, "7.0 or newer") {
+		t.Errorf("output does not name the version found and the one needed:\n%s", out)
+	}
+	if strings.Contains(out, "redis      127.0.0.1") || strings.Contains(out, "stopped; logs are in") {
+		t.Errorf("something started:\n%s", out)
+	}
+}
+
+// run.sh run by hand, without the DEMO_ARGS `make run` always sets (its
+// header lists it among the optional variables), starts the demo: it used
+// to stop on "DEMO_ARGS: unbound variable" once both daemons were ready.
+func TestRunWithoutDemoArgs(t *testing.T) {
+	out, _ := runScriptIn(t, t.TempDir(), redistest.FreeAddr(t), redistest.FreeAddr(t), redistest.FreeAddr(t), "", func(pgid int, out func() string) {
+		redistest.Eventually(t, 60*time.Second, "the demo started, or run.sh stopped", func() bool {
+			return strings.Contains(out(), "routerd demo:") || strings.Contains(out(), "stopped; logs are in")
+		})
+		_ = syscall.Kill(-pgid, syscall.SIGINT)
+	}, "DEMO_ARGS")
+	if !strings.Contains(out, "routerd demo:") || strings.Contains(out, "unbound variable") {
+		t.Errorf("run.sh without DEMO_ARGS did not start the demo:\n%s", out)
+	}
+}
+
+// `make run` stopped by SIGTERM to make alone (a supervisor, an IDE's stop
+// button, `kill <make's pid>`) stops everything: make passes SIGTERM to its
+// child, which must be run.sh itself. The shell make ran run.sh under died
+// of it instead and left run.sh, Redis, routerd, the agent and the demo
+// running.
+func TestMakeRunStopsOnSIGTERMToMake(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	redistest.Binary(t)
+	bin, err := built()
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	redisAddr := redistest.FreeAddr(t)
+	// -o: bin/ and redis-server are taken as they are (BIN points at the
+	// test's build).
+	cmd := exec.Command("make", "-s", "-o", "build", "-o", "redis-server", "run", "REDIS_PORT="+port(redisAddr),
+		"ROUTERD_PORT="+port(redistest.FreeAddr(t)), "AGENT_PORT="+port(redistest.FreeAddr(t)), "DEMO_ARGS=--interval 100ms")
+	cmd.Dir = ".."
+	// Not the flags of a make this test runs under (`make test`).
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "MAKEFLAGS=") || strings.HasPrefix(kv, "MFLAGS=") || strings.HasPrefix(kv, "MAKELEVEL=")
+	})
+	cmd.Env = append(cmd.Env, "BIN="+bin, "RUN_DIR="+t.TempDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A file, as a terminal would be: no pipe that a process left behind
+	// could die writing to once the test stops reading it.
+	log, err := os.Create(filepath.Join(t.TempDir(), "make-run.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pgid := cmd.Process.Pid
+	defer func() {
+		// What is left: SIGTERM lets run.sh stop Redis, which runs in a
+		// session of its own, out of the group's reach.
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end) && syscall.Kill(-pgid, 0) == nil; {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}()
+	out := func() string { b, _ := os.ReadFile(log.Name()); return string(b) }
+	redistest.Eventually(t, 60*time.Second, "the demo running", func() bool {
+		return strings.Contains(out(), "search-svc applied")
+	})
+	if err := syscall.Kill(pgid, syscall.SIGTERM); err != nil { // make alone
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for !errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
+		if time.Now().After(deadline) {
+			ps, _ := exec.Command("ps", "-eo", "pgid=,pid=,args=").Output()
+			var left []string
+			for _, l := range strings.Split(string(ps), "\n") {
+				if f := strings.Fields(l); len(f) > 2 && f[0] == strconv.Itoa(pgid) {
+					left = append(left, strings.Join(f[1:], " "))
+				}
+			}
+			t.Fatalf("SIGTERM to make left processes running:\n%s\noutput:\n%s", strings.Join(left, "\n"), out())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c, err := net.Dial("tcp", redisAddr); err == nil {
+		c.Close()
+		t.Errorf("redis-server still answers on %s after make run stopped", redisAddr)
 	}
 }
 

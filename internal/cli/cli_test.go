@@ -61,6 +61,11 @@ func TestRoute(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "invalidate:acme:electronics  search-svc") || !strings.Contains(out, "20ms") {
 		t.Errorf("route: %d\n%s", code, out)
 	}
+	// The global budget is one bucket on the bus, shared by every router
+	// (docs/limits.md), not a budget of each.
+	if !strings.Contains(out, "shared budget of all tenants (every routerd together): 10000/s, burst 20000") || strings.Contains(out, "per routerd") {
+		t.Errorf("route does not say the global budget is shared by every router:\n%s", out)
+	}
 	code, out, _ = runCLI(t, "route", "--matrix", "../../matrix.yaml", "--tenant", "umbrella", "--domain", "product", "--json")
 	if code != 0 || !strings.Contains(out, `"channel": "invalidate:umbrella:active"`) || strings.Contains(out, "electronics") {
 		t.Errorf("route --json: %d\n%s", code, out)

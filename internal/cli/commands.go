@@ -157,7 +157,7 @@ func route(_ context.Context, env *Env, args []string) error {
 	for _, b := range []struct {
 		name   string
 		budget *matrix.Budget
-	}{{"tenant " + *tenant, m.TenantBudget}, {"all tenants (per routerd)", m.GlobalBudget}} {
+	}{{"tenant " + *tenant, m.TenantBudget}, {"all tenants (every routerd together)", m.GlobalBudget}} {
 		if b.budget != nil {
 			fmt.Fprintf(env.Stdout, "shared budget of %s: %g/s, burst %d\n", b.name, b.budget.Rate, b.budget.Burst)
 		}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -237,6 +238,135 @@ func TestREADMECommandsNameRealFlags(t *testing.T) {
 	}
 }
 
+// Every flag of every command but serve and agent (whose tables in
+// docs/operations.md are held to their help above) is named by the
+// README's row for the command, the one reference a user of those commands
+// has; a flag every connecting command takes (the URL's TLS files, password
+// file, --cluster) may instead be named once in the prose under the table.
+// A flag only `-h` shows is one a user never learns of.
+func TestREADMECommandsDocumentEveryFlag(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(data)[strings.Index(string(data), "\n## Commands\n"):]
+	section = section[:strings.Index(section[1:], "\n## ")+1]
+	var prose []string
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "|") {
+			prose = append(prose, line)
+		}
+	}
+	proseFlags := map[string]bool{}
+	for _, m := range proseFlagRE.FindAllStringSubmatch(strings.Join(prose, "\n"), -1) {
+		proseFlags[m[1]] = true
+	}
+	named := map[string]map[string]bool{} // command words -> flags its rows name
+	for _, row := range tableAfter(t, string(data), "## Commands") {
+		var cmd []string
+		for _, w := range strings.Fields(strings.Trim(strings.SplitN(row[0], "` / `", 2)[0], "`"))[1:] {
+			if !wordRE.MatchString(w) {
+				break
+			}
+			cmd = append(cmd, w)
+		}
+		key := strings.Join(cmd, " ")
+		if named[key] == nil {
+			named[key] = map[string]bool{}
+		}
+		text := quotedCommandRE.ReplaceAllString(strings.Join(row[1:], " "), "")
+		for _, m := range proseFlagRE.FindAllStringSubmatch(row[0]+" "+text, -1) {
+			named[key][m[1]] = true
+		}
+	}
+	// The flags every command that connects to Redis has.
+	var shared map[string]bool
+	for _, cmd := range [][]string{{"publish"}, {"tail"}, {"invalidate"}, {"compact"}, {"doctor"}, {"deadletter", "replay"}} {
+		flags := map[string]bool{}
+		for name := range helpFlags(t, cmd...) {
+			if shared == nil || shared[name] {
+				flags[name] = true
+			}
+		}
+		shared = flags
+	}
+	if len(shared) < 5 {
+		t.Fatalf("only %d flags shared by the commands that connect: %v", len(shared), shared)
+	}
+	checked, unnamedShared := 0, map[string]bool{}
+	for key, flags := range named {
+		if key == "serve" || key == "agent" {
+			continue
+		}
+		for name := range helpFlags(t, strings.Fields(key)...) {
+			checked++
+			switch {
+			case flags[name]:
+			case shared[name] && name != "redis":
+				if !proseFlags[name] && !unnamedShared[name] {
+					unnamedShared[name] = true
+					t.Errorf("every command that connects takes --%s, which the README's Commands section does not name", name)
+				}
+			default:
+				t.Errorf("routerd %s -h lists --%s, which the README's row for routerd %s does not name", key, name, key)
+			}
+		}
+	}
+	if len(named) < 12 || checked < 60 {
+		t.Errorf("%d commands, %d flags checked: is the README's table read?", len(named), checked)
+	}
+}
+
+// docs/architecture.md's package table, where a newcomer learns what each
+// directory owns, names every package of the module (a directory holding Go
+// files; the graphql module has its own row), and each directory a row
+// names exists.
+func TestArchitectureNamesEveryPackage(t *testing.T) {
+	data, err := os.ReadFile("../../docs/architecture.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table []string
+	for _, row := range tableAfter(t, string(data), "## Packages") {
+		table = append(table, strings.Join(row, " | "))
+	}
+	text := strings.Join(table, "\n")
+	packages := map[string]bool{}
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel("../..", path)
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || rel == "graphql" ||
+			strings.HasPrefix(d.Name(), ".") && rel != ".") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(path, ".go") && filepath.Dir(rel) != "." {
+			packages[filepath.ToSlash(filepath.Dir(rel))] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range packages {
+		if !strings.Contains(text, "`"+p+"/") {
+			t.Errorf("package %s/ is not in docs/architecture.md's package table", p)
+		}
+	}
+	for _, row := range table {
+		first, _, _ := strings.Cut(row, " | ")
+		for _, m := range regexp.MustCompile("`([a-z][a-z0-9_/-]*)/`").FindAllStringSubmatch(first, -1) {
+			if info, err := os.Stat("../../" + m[1]); err != nil || !info.IsDir() {
+				t.Errorf("docs/architecture.md's package table names %s/, which is no directory", m[1])
+			}
+		}
+	}
+	if len(packages) < 25 {
+		t.Errorf("only %d packages found: is the walk broken?", len(packages))
+	}
+}
+
 // Every pointer the code gives into the documents — docs/F.md,
 // docs/F.md#anchor, docs/F.md §N, README "Section", in messages, help text
 // and comments — names a file, anchor, section or heading that exists: an
@@ -288,6 +418,58 @@ func TestDocReferencesExist(t *testing.T) {
 	}
 }
 
+// Every relative link of the README, docs/ and the examples' READMEs —
+// [text](path), [text](path#anchor), [text](#anchor) — names a file that
+// exists and, in a markdown file, a heading that does: pages are edited
+// one section at a time, and a renamed heading strands its links.
+func TestDocLinksExist(t *testing.T) {
+	linkRE := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	pages, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples, err := filepath.Glob("../../examples/*/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen, read := 0, map[string]headings{}
+	for _, page := range slices.Concat(pages, examples, []string{"../../README.md"}) {
+		data, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range linkRE.FindAllStringSubmatch(string(data), -1) {
+			target, anchor, _ := strings.Cut(m[1], "#")
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			seen++
+			path := page
+			if target != "" {
+				path = filepath.Join(filepath.Dir(page), target)
+			}
+			if _, err := os.Stat(path); err != nil {
+				t.Errorf("%s links to %s, which does not exist", page, m[1])
+				continue
+			}
+			if anchor == "" || !strings.HasSuffix(path, ".md") {
+				continue
+			}
+			h, ok := read[path]
+			if !ok {
+				h, _ = readHeadings(path)
+				read[path] = h
+			}
+			if !h.anchors[anchor] {
+				t.Errorf("%s links to %s: no heading of %s has the anchor #%s", page, m[1], path, anchor)
+			}
+		}
+	}
+	if seen < 100 {
+		t.Errorf("only %d relative links found: is the search broken?", seen)
+	}
+}
+
 type headings struct{ anchors, numbers, titles map[string]bool }
 
 // readHeadings returns a markdown file's headings: their GitHub anchors,
@@ -313,7 +495,9 @@ func readHeadings(path string) (headings, bool) {
 }
 
 // Every `make TARGET` the README and docs/ tell a user to run is a target
-// of the Makefile.
+// of the Makefile, and every target of the Makefile (but `all`, plain
+// `make`) is named there: a target only the Makefile shows is one nobody
+// runs.
 func TestDocsNameMakeTargets(t *testing.T) {
 	makefile, err := os.ReadFile("../../Makefile")
 	if err != nil {
@@ -327,7 +511,7 @@ func TestDocsNameMakeTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := 0
+	seen, named := 0, map[string]bool{}
 	for _, path := range append(docs, "../../README.md") {
 		data, err := os.ReadFile(path)
 		if err != nil {
@@ -335,13 +519,82 @@ func TestDocsNameMakeTargets(t *testing.T) {
 		}
 		for _, m := range regexp.MustCompile("(?m)(?:`|^)make ([a-z][a-z0-9-]*)").FindAllStringSubmatch(string(data), -1) {
 			seen++
+			named[m[1]] = true
 			if !targets[m[1]] {
 				t.Errorf("%s tells to run make %s, which is no target of the Makefile", path, m[1])
 			}
 		}
 	}
+	for target := range targets {
+		if target != "all" && !named[target] {
+			t.Errorf("the Makefile has a target %s, which neither the README nor docs/ name (`make %s`)", target, target)
+		}
+	}
 	if seen < 20 {
 		t.Errorf("only %d make commands found in the docs", seen)
+	}
+}
+
+// `make fuzz` runs every fuzz target of the module: the Makefile's
+// FUZZ_TARGETS lists each `func Fuzz…` of a _test.go file as
+// package:target, and only those (the graphql module's are run by name in
+// the recipe). A target left out is never fuzzed.
+func TestMakeFuzzRunsEveryTarget(t *testing.T) {
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?ms)^FUZZ_TARGETS = (.*?)\n\S`).FindSubmatch(makefile)
+	if m == nil {
+		t.Fatal("no FUZZ_TARGETS in the Makefile")
+	}
+	listed := map[string]bool{}
+	for _, f := range strings.Fields(strings.ReplaceAll(string(m[1]), `\`, " ")) {
+		listed[f] = true
+	}
+	recipe := string(makefile[bytes.Index(makefile, []byte("\nfuzz:")):])
+	fuzzRE := regexp.MustCompile(`(?m)^func (Fuzz[A-Za-z0-9_]*)\(`)
+	found := 0
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "node_modules" || strings.HasPrefix(d.Name(), ".") && path != "../..") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel("../..", filepath.Dir(path))
+		rel = filepath.ToSlash(rel)
+		for _, f := range fuzzRE.FindAllStringSubmatch(string(src), -1) {
+			found++
+			if strings.HasPrefix(rel, "graphql/") {
+				if !strings.Contains(recipe, "'^"+f[1]+"$$'") {
+					t.Errorf("%s: %s of the graphql module is not run by make fuzz", path, f[1])
+				}
+				continue
+			}
+			target := rel + ":" + f[1]
+			if !listed[target] {
+				t.Errorf("%s: %s is not in the Makefile's FUZZ_TARGETS: make fuzz never runs it", path, target)
+			}
+			delete(listed, target)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target := range listed {
+		t.Errorf("the Makefile's FUZZ_TARGETS lists %s, which is no fuzz target", target)
+	}
+	if found < 20 {
+		t.Errorf("only %d fuzz targets found: is the walk broken?", found)
 	}
 }
 
@@ -363,6 +616,14 @@ func TestDocsNameRealFlags(t *testing.T) {
 	}
 	for name := range helpFlags(t, "deadletter", "replay") {
 		known[name] = true
+	}
+	// The demo's, which `make run DEMO_ARGS=…` passes on.
+	demo, err := os.ReadFile("../../examples/demo/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`flag\.[A-Za-z]+\("([a-z0-9-]+)"`).FindAllStringSubmatch(string(demo), -1) {
+		known[m[1]] = true
 	}
 	docs, err := filepath.Glob("../../docs/*.md")
 	if err != nil {

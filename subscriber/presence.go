@@ -56,6 +56,7 @@ type presence struct {
 	mu      sync.Mutex
 	member  string // the member written last ("" when none is)
 	failing bool   // the last write failed
+	lastErr error  // its error, told until the gate opens
 }
 
 // errUnrecorded: the subscriber's presence is not recorded yet.
@@ -72,8 +73,15 @@ func (s *Subscriber) presenceErr() error {
 	case <-s.presence.recorded:
 		return nil
 	default:
-		return errUnrecorded
 	}
+	s.presence.mu.Lock()
+	defer s.presence.mu.Unlock()
+	if s.presence.lastErr != nil {
+		// Say why: a wrong password or a cache Redis that does not
+		// answer is the operator's to fix.
+		return fmt.Errorf("%w; the last answer from the cache Redis: %v", errUnrecorded, s.presence.lastErr)
+	}
+	return errUnrecorded
 }
 
 // runPresence records the subscriber's presence and takes the clean mark
@@ -152,14 +160,14 @@ func (p *presence) announce(ctx context.Context) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err == nil {
-		p.failing = false
+		p.failing, p.lastErr = false, nil
 		return true
 	}
 	if ctx.Err() != nil {
 		return false
 	}
 	first := !p.failing
-	p.failing = true
+	p.failing, p.lastErr = true, err
 	select {
 	case <-p.recorded:
 		if first {

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,4 +118,63 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// Parsing, routing and merging one read of 4,096 raw single-key events
+// (prepare's work without its Redis calls), then sealing its messages, as
+// issue 21's binary scenarios route them: 100 tenants over 100 tags (a tag
+// each), one tenant over 100 tags, one tenant and one tag. No Redis: the
+// router's own CPU and allocations per event.
+func BenchmarkParseMerge(b *testing.B) {
+	var y strings.Builder
+	y.WriteString("version: 1\ningress: {partitions: 1}\ndefaults: {rate: 1000000, burst: 1000000, coalesce: 0s}\ntags:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  g%d: {services: [s]}\n", g)
+	}
+	y.WriteString("domains:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  d%d: {tags: [g%d]}\n", g, g)
+	}
+	y.WriteString("services:\n  s: {tenants: all}\n")
+	m, err := matrix.Parse("m.yaml", []byte(y.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	r, err := New(client, m, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream := names.IngressStream(m.Prefix, 0)
+	for _, c := range []struct {
+		name          string
+		tenants, tags int
+	}{{"100-tenants", 100, 100}, {"one-tenant-100-tags", 1, 100}, {"one-tag", 1, 1}} {
+		b.Run(c.name, func(b *testing.B) {
+			const n = 4096
+			msgs := make([]redis.XMessage, n)
+			for i := range msgs {
+				msgs[i] = redis.XMessage{ID: fmt.Sprintf("1764000000000-%d", i), Values: map[string]any{wire.EventField: fmt.Sprintf(
+					`{"tenant":"t%d","domain":"d%d","keys":["user:%d"]}`, i%c.tenants, i%c.tags, 100000+i)}}
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			b.ReportAllocs()
+			for b.Loop() {
+				bt := &batch{open: map[string][]*outgoing{}}
+				bt.add(r, r.parseAll(stream, msgs))
+				for _, ch := range bt.channels {
+					for _, o := range bt.open[ch] {
+						o.seal()
+					}
+				}
+			}
+			runtime.ReadMemStats(&after)
+			events := float64(b.N * n)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/events, "ns/event")
+			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/events, "allocs/event")
+			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/events, "B/event")
+		})
+	}
 }

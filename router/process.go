@@ -221,14 +221,7 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 	b := &batch{ctx: ctx, cancel: cancel, start: time.Now(), stream: stream}
 	r.m.read.Add(float64(len(msgs)))
 
-	mtx := r.matrix.Load()
-	entries := make([]*entry, len(msgs))
-	all := make([]entry, len(msgs)) // one allocation for the batch
-	for i, msg := range msgs {
-		entries[i] = &all[i]
-		r.parse(entries[i], mtx, stream, msg)
-		entries[i].alone = len(msgs) == 1
-	}
+	entries := r.parseAll(stream, msgs)
 	if stream == r.redrive {
 		if entries = r.handOver(ctx, entries); len(entries) == 0 {
 			cancel()
@@ -251,6 +244,19 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 	b.open = map[string][]*outgoing{}
 	b.add(r, entries)
 	return b
+}
+
+// parseAll parses the entries of a read (parse).
+func (r *Router) parseAll(stream string, msgs []redis.XMessage) []*entry {
+	mtx := r.matrix.Load()
+	entries := make([]*entry, len(msgs))
+	all := make([]entry, len(msgs)) // one allocation for the batch
+	for i, msg := range msgs {
+		entries[i] = &all[i]
+		r.parse(entries[i], mtx, stream, msg)
+		entries[i].alone = len(msgs) == 1
+	}
+	return entries
 }
 
 // add merges the events of entries, which follow the batch's in the

@@ -297,8 +297,8 @@ func (b *batch) add(r *Router, entries []*entry) {
 				if _, ok := b.open[rt.Channel]; !ok {
 					b.channels = append(b.channels, rt.Channel)
 				}
-				for _, p := range keyShares(e, v, rt) {
-					b.open[rt.Channel] = place(b.open[rt.Channel], rt, p, maxMergedIDs)
+				for s := range sharesOf(v, rt) {
+					b.open[rt.Channel] = place(b.open[rt.Channel], rt, keyShare(e, v, rt, s), maxMergedIDs)
 				}
 			}
 		}

@@ -162,10 +162,10 @@ func BenchmarkParseMerge(b *testing.B) {
 			runtime.ReadMemStats(&before)
 			b.ReportAllocs()
 			for b.Loop() {
-				bt := &batch{open: map[string][]*outgoing{}}
+				bt := &batch{open: map[string]*channelWork{}}
 				bt.add(r, r.parseAll(stream, msgs))
 				for _, ch := range bt.channels {
-					for _, o := range bt.open[ch] {
+					for _, o := range bt.open[ch].msgs {
 						o.seal()
 					}
 				}

@@ -125,6 +125,17 @@ func newOutgoing(rt matrix.Route, p part) *outgoing {
 	return o
 }
 
+// reserve makes room for n parts in a message of one part, so that merging
+// them does not grow it part by part.
+func (o *outgoing) reserve(n int) {
+	if cap(o.parts) != 1 || n <= 1 {
+		return
+	}
+	parts := make([]part, 1, n)
+	parts[0] = o.parts[0]
+	o.parts = parts
+}
+
 // unite makes the message's union from its parts, once.
 func (o *outgoing) unite() {
 	if o.union != nil {

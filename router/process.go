@@ -198,13 +198,21 @@ type batch struct {
 	failed  error
 	// channels in the order they first appear, and their merged messages.
 	channels []string
-	open     map[string][]*outgoing
+	open     map[string]*channelWork
 	// published are closed once the batch is published: its read loop
 	// waits for them after a short read (routeStages).
 	published []chan struct{}
 	// hand are the tokens of its reads in Router.hand, dropped once it is
 	// settled.
 	hand []uint64
+}
+
+// channelWork is a batch's messages on one channel, in order, and how many
+// of the batch's parts are left to place on it: a new message is made to
+// hold them (outgoing.reserve), not grown part by part.
+type channelWork struct {
+	msgs []*outgoing
+	left int
 }
 
 // prepare parses and routes a batch and merges its events into messages
@@ -241,7 +249,7 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 		b.failed = err
 		return b
 	}
-	b.open = map[string][]*outgoing{}
+	b.open = map[string]*channelWork{}
 	b.add(r, entries)
 	return b
 }
@@ -264,6 +272,30 @@ func (r *Router) parseAll(stream string, msgs []redis.XMessage) []*entry {
 // keys, or after maxMergedIDs events, so that every id is recorded), in the
 // order the channels first appear.
 func (b *batch) add(r *Router, entries []*entry) {
+	// Each channel is looked up once per event: first its parts are
+	// counted, in the order of the placing below.
+	var work []*channelWork
+	for _, e := range entries {
+		if e.reason != "" {
+			continue
+		}
+		for i := range e.events {
+			v := &e.events[i]
+			if !v.routed() {
+				continue
+			}
+			for _, rt := range v.routes {
+				w := b.open[rt.Channel]
+				if w == nil {
+					w = &channelWork{}
+					b.open[rt.Channel] = w
+					b.channels = append(b.channels, rt.Channel)
+				}
+				w.left += sharesOf(v, rt)
+				work = append(work, w)
+			}
+		}
+	}
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
@@ -294,15 +326,27 @@ func (b *batch) add(r *Router, entries []*entry) {
 						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
 			}
 			for _, rt := range v.routes {
-				if _, ok := b.open[rt.Channel]; !ok {
-					b.channels = append(b.channels, rt.Channel)
-				}
+				w := work[0]
+				work = work[1:]
 				for s := range sharesOf(v, rt) {
-					b.open[rt.Channel] = place(b.open[rt.Channel], rt, keyShare(e, v, rt, s), maxMergedIDs)
+					w.place(rt, keyShare(e, v, rt, s))
 				}
 			}
 		}
 	}
+}
+
+// place places p on the channel (place) and makes a new message large
+// enough for the channel's parts left, up to maxMergedIDs and max_keys (a
+// part names a key or more: more parts are rare, and grow the message).
+func (w *channelWork) place(rt matrix.Route, p part) {
+	w.msgs = place(w.msgs, rt, p, maxMergedIDs)
+	w.left--
+	n := min(w.left+1, maxMergedIDs)
+	if rt.Limits.MaxKeys > 0 {
+		n = min(n, rt.Limits.MaxKeys)
+	}
+	w.msgs[len(w.msgs)-1].reserve(n)
 }
 
 // join merges next, the batch read after b on the same stream, into b
@@ -325,12 +369,22 @@ func (b *batch) join(next *batch) bool {
 	b.published = append(b.published, next.published...)
 	b.hand = append(b.hand, next.hand...)
 	for _, ch := range next.channels {
-		if _, ok := b.open[ch]; !ok {
+		nw := next.open[ch]
+		w := b.open[ch]
+		if w == nil {
+			// Placed again in an empty channel, its parts would make
+			// the same messages.
+			b.open[ch] = nw
 			b.channels = append(b.channels, ch)
+			continue
 		}
-		for _, o := range next.open[ch] {
+		for _, o := range nw.msgs {
+			nw.left += len(o.parts)
+		}
+		w.left += nw.left
+		for _, o := range nw.msgs {
 			for _, p := range o.parts {
-				b.open[ch] = place(b.open[ch], o.route, p, maxMergedIDs)
+				w.place(o.route, p)
 			}
 		}
 	}
@@ -351,7 +405,7 @@ func (r *Router) publishBatch(b *batch) {
 	// pending work and is finished by the coalescer.
 	var direct []*outgoing
 	for _, ch := range b.channels {
-		for _, o := range b.open[ch] {
+		for _, o := range b.open[ch].msgs {
 			o.seal()
 			if r.co.admit(o) {
 				direct = append(direct, o)

@@ -367,10 +367,10 @@ func TestBatchJoinKeepsStreamOrder(t *testing.T) {
 	}
 	defer first.cancel()
 	ch := names.Channel(m.Prefix, "acme", "a")
-	if len(first.entries) != 4 || len(first.channels) != 1 || len(first.open[ch]) != 1 {
-		t.Fatalf("joined batch: %d entries, channels %v, %d messages on %s; want 4, one channel, one message", len(first.entries), first.channels, len(first.open[ch]), ch)
+	if len(first.entries) != 4 || len(first.channels) != 1 || len(first.open[ch].msgs) != 1 {
+		t.Fatalf("joined batch: %d entries, channels %v, %d messages on %s; want 4, one channel, one message", len(first.entries), first.channels, len(first.open[ch].msgs), ch)
 	}
-	o := first.open[ch][0]
+	o := first.open[ch].msgs[0]
 	o.seal()
 	if want := []string{"k0", "k1", "k2", "k3"}; !slices.Equal(o.msg.Keys, want) {
 		t.Errorf("keys %v, want %v", o.msg.Keys, want)
@@ -383,6 +383,46 @@ func TestBatchJoinKeepsStreamOrder(t *testing.T) {
 	for _, e := range first.entries {
 		if e.alone {
 			t.Errorf("entry %s of a joined batch is marked alone: a failure of the batch would count towards its dead letter", e.id)
+		}
+	}
+}
+
+// A channel that only the joining batch has keeps that batch's messages,
+// after the waiting batch's channels; one both have gets the joining
+// batch's events after the waiting one's, in a message made large enough
+// for the two.
+func TestBatchJoinTakesNewChannels(t *testing.T) {
+	m := runMatrix(t)
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := names.IngressStream(m.Prefix, 0)
+	batchOf := func(from int, tenants ...string) *batch {
+		var msgs []redis.XMessage
+		for i, tenant := range tenants {
+			msgs = append(msgs, redis.XMessage{ID: fmt.Sprintf("1-%d", from+i),
+				Values: map[string]any{wire.EventField: fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":["k%d"]}`, tenant, from+i)}})
+		}
+		return r.prepare(context.Background(), stream, msgs)
+	}
+	first, second := batchOf(0, "acme", "acme"), batchOf(2, "zeta", "acme", "zeta")
+	defer first.cancel()
+	if !first.join(second) {
+		t.Fatal("a batch that did not fail was not joined")
+	}
+	acme, zeta := names.Channel(m.Prefix, "acme", "a"), names.Channel(m.Prefix, "zeta", "a")
+	if !slices.Equal(first.channels, []string{acme, zeta}) {
+		t.Fatalf("channels %v, want %v", first.channels, []string{acme, zeta})
+	}
+	for ch, want := range map[string][]string{acme: {"k0", "k1", "k3"}, zeta: {"k2", "k4"}} {
+		msgs := first.open[ch].msgs
+		if len(msgs) != 1 {
+			t.Fatalf("%d messages on %s, want 1", len(msgs), ch)
+		}
+		msgs[0].seal()
+		if !slices.Equal(msgs[0].msg.Keys, want) || len(msgs[0].ids) != len(want) {
+			t.Errorf("%s: keys %v and %d ids, want %v", ch, msgs[0].msg.Keys, len(msgs[0].ids), want)
 		}
 	}
 }

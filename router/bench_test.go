@@ -161,6 +161,7 @@ func BenchmarkParseMerge(b *testing.B) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			b.ReportAllocs()
+			cpu0 := processCPU()
 			for b.Loop() {
 				bt := &batch{open: map[string]*channelWork{}}
 				bt.add(r, r.parseAll(stream, msgs))
@@ -173,6 +174,9 @@ func BenchmarkParseMerge(b *testing.B) {
 			runtime.ReadMemStats(&after)
 			events := float64(b.N * n)
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/events, "ns/event")
+			// The CPU this process used, garbage collection included:
+			// less moved by other processes than the time.
+			b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/events, "cpu-ns/event")
 			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/events, "allocs/event")
 			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/events, "B/event")
 		})

@@ -142,7 +142,13 @@ func (o *outgoing) unite() {
 		return
 	}
 	// Refs are bounded like keys: by max_keys (at most wire.MaxRefs).
-	o.union = storm.NewUnion(o.route.Limits.MaxKeys, min(o.route.Limits.MaxKeys, wire.MaxRefs))
+	// Room for a key a part it has room for (reserve), when the parts
+	// name keys: what single-key events need.
+	room := 0
+	if len(o.parts[0].keys) > 0 {
+		room = cap(o.parts)
+	}
+	o.union = storm.NewUnionSized(o.route.Limits.MaxKeys, min(o.route.Limits.MaxKeys, wire.MaxRefs), room)
 	for _, p := range o.parts {
 		o.union.Add(p.keys, p.refs, p.plain)
 	}

@@ -532,12 +532,13 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 	if stream == r.redrive && !r.redriven(e, msg.Values) {
 		return
 	}
-	if why := r.cutEvent(msg.Values); why != "" {
+	event, events := msg.Values[wire.EventField], msg.Values[wire.EventsField]
+	if why := r.cutEvent(msg.Values, event, events); why != "" {
 		e.reason, e.detail = ReasonTooLarge, why // cut when read: never held whole (read.go)
 		return
 	}
-	raw, single := msg.Values[wire.EventField].(string)
-	packed, many := msg.Values[wire.EventsField].(string)
+	raw, single := event.(string)
+	packed, many := events.(string)
 	switch {
 	case single && many:
 		e.reason, e.detail = ReasonMalformed, `the entry has both an "event" and an "events" field; it carries one or the other`

@@ -259,9 +259,10 @@ func (r *Router) parseAll(stream string, msgs []redis.XMessage) []*entry {
 	mtx := r.matrix.Load()
 	entries := make([]*entry, len(msgs))
 	all := make([]entry, len(msgs)) // one allocation for the batch
+	ids := new(idBlocks)
 	for i, msg := range msgs {
 		entries[i] = &all[i]
-		r.parse(entries[i], mtx, stream, msg)
+		r.parse(entries[i], mtx, stream, msg, ids)
 		entries[i].alone = len(msgs) == 1
 	}
 	return entries
@@ -525,8 +526,9 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 }
 
 // parse fills e from an ingress entry: its events and their routes, or the
-// reason it, or one of its events, goes to the dead letters.
-func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage) {
+// reason it, or one of its events, goes to the dead letters. The ids of raw
+// events are made in ids (nil: a string each).
+func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage, ids *idBlocks) {
 	e.stream, e.id, e.raw = stream, msg.ID, msg.Values
 	e.from, e.fromID, e.fromIndex = stream, msg.ID, -1
 	if stream == r.redrive && !r.redriven(e, msg.Values) {
@@ -564,7 +566,7 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		return
 	}
 	if r.route(v, mtx, ev, names.StreamPublisher(r.prefix, e.from)) && v.id == "" {
-		v.id = RawEventID(e.from, e.fromID)
+		v.id = ids.raw(e.from, e.fromID)
 		if e.fromIndex >= 0 {
 			v.id = PackedEventID(e.from, e.fromID, e.fromIndex) // one event of a packed entry, re-driven alone
 		}
@@ -649,6 +651,32 @@ func PackedEventID(stream, entryID string, i int) string {
 // that would be longer than an event id may be is replaced by its SHA-256.
 func RawEventID(stream, entryID string) string {
 	return boundedID(stream + ":" + entryID)
+}
+
+// idBlocks makes the ids of a read's raw events (RawEventID) in blocks of
+// idBlock bytes, each id a string sliced from its block, rather than a
+// string each: a strings.Builder never changes what it has written, so each
+// id stays as it was made. An id kept (a held message, an entry to retry)
+// keeps its block.
+type idBlocks struct{ b strings.Builder }
+
+const idBlock = 16 << 10
+
+// raw is RawEventID(stream, entryID).
+func (a *idBlocks) raw(stream, entryID string) string {
+	n := len(stream) + 1 + len(entryID)
+	if a == nil || n > wire.MaxIDLen {
+		return RawEventID(stream, entryID)
+	}
+	if a.b.Cap()-a.b.Len() < n {
+		a.b = strings.Builder{}
+		a.b.Grow(idBlock)
+	}
+	from := a.b.Len()
+	a.b.WriteString(stream)
+	a.b.WriteByte(':')
+	a.b.WriteString(entryID)
+	return a.b.String()[from:]
 }
 
 // reservedID says why an id supplied on the shared ingress is refused

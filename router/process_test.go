@@ -203,7 +203,7 @@ publishers:
 	} {
 		var e entry
 		ev := fmt.Sprintf(`{"tenant":%q,"domain":%q}`, tc.tenant, tc.domain)
-		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}}, nil)
 		v := e.events[0]
 		if v.reason != tc.reason {
 			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, v.reason, v.detail, tc.reason)
@@ -243,7 +243,7 @@ publishers: {p: {domains: [user], tenants: all}}
 		if tc.id == "" {
 			ev = `{"tenant":"acme","domain":"user"}`
 		}
-		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}}, nil)
 		v := e.events[0]
 		if v.reason != "" || v.id != tc.want || len(v.id) > wire.MaxIDLen {
 			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, v.id, v.reason, tc.want)
@@ -424,5 +424,28 @@ func TestBatchJoinTakesNewChannels(t *testing.T) {
 		if !slices.Equal(msgs[0].msg.Keys, want) || len(msgs[0].ids) != len(want) {
 			t.Errorf("%s: keys %v and %d ids, want %v", ch, msgs[0].msg.Keys, len(msgs[0].ids), want)
 		}
+	}
+}
+
+// The ids made in shared blocks are RawEventID's, across blocks, and stay
+// as they were made while more are written.
+func TestIDBlocksMakeRawEventIDs(t *testing.T) {
+	var ids idBlocks
+	var made, want []string
+	for i := range 2 * idBlock / 30 {
+		stream := "invalidate:ingress:{3}"
+		if i%1000 == 7 {
+			stream = strings.Repeat("s", wire.MaxIDLen) // too long: its SHA-256
+		}
+		entryID := fmt.Sprintf("1764000000123-%d", i)
+		made = append(made, ids.raw(stream, entryID))
+		want = append(want, RawEventID(stream, entryID))
+	}
+	if !slices.Equal(made, want) {
+		t.Error("the ids made in blocks are not RawEventID's")
+	}
+	var none *idBlocks
+	if got := none.raw("s", "1-0"); got != RawEventID("s", "1-0") {
+		t.Errorf("without blocks: %s", got)
 	}
 }

@@ -497,9 +497,20 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	// Entries come in runs of one stream (a batch is one stream's): the
+	// map is looked up once a run, not once an entry.
 	byStream := map[string][]string{}
-	for _, e := range entries {
-		byStream[e.stream] = append(byStream[e.stream], e.id)
+	for run := entries; len(run) > 0; {
+		stream, n := run[0].stream, 1
+		for n < len(run) && run[n].stream == stream {
+			n++
+		}
+		ids := slices.Grow(byStream[stream], n)
+		for _, e := range run[:n] {
+			ids = append(ids, e.id)
+		}
+		byStream[stream] = ids
+		run = run[n:]
 	}
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for stream, ids := range byStream {
@@ -510,14 +521,25 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("XACK: %w", err)
 	}
-	// Counted per domain, then added: a label lookup per event is not free.
+	// Counted per domain, then added: a label lookup per event is not free;
+	// nor is a map's, so a run of one domain is counted before it is added.
 	routed := map[string]int{}
+	domain, run := "", 0
 	for _, e := range entries {
 		for i := range e.events {
 			if v := &e.events[i]; v.ev != nil && v.reason == "" {
-				routed[v.ev.Domain]++
+				if v.ev.Domain != domain {
+					if run > 0 {
+						routed[domain] += run
+					}
+					domain, run = v.ev.Domain, 0
+				}
+				run++
 			}
 		}
+	}
+	if run > 0 {
+		routed[domain] += run
 	}
 	for domain, n := range routed {
 		r.m.routed.WithLabelValues(domain).Add(float64(n))

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -447,5 +449,50 @@ func TestIDBlocksMakeRawEventIDs(t *testing.T) {
 	var none *idBlocks
 	if got := none.raw("s", "1-0"); got != RawEventID("s", "1-0") {
 		t.Errorf("without blocks: %s", got)
+	}
+}
+
+// ack acknowledges the entries of every stream, whatever their order, and
+// counts the routed events of each domain.
+func TestAckGroupsStreamsAndDomains(t *testing.T) {
+	m := runMatrix(t)
+	c := redistest.Start(t).Client(t)
+	r, err := New(c, m, Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, s := range []string{"s1", "s2"} {
+		if err := c.XGroupCreateMkStream(ctx, s, r.opt.Group, "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var entries []*entry
+	for _, at := range []struct{ stream, domain string }{{"s1", "d1"}, {"s1", "d1"}, {"s2", "d2"}, {"s1", "d1"}, {"s2", "d1"}} {
+		id, err := c.XAdd(ctx, &redis.XAddArgs{Stream: at.stream, Values: []any{"event", "x"}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &entry{stream: at.stream, id: id}
+		e.events = e.one[:]
+		e.events[0].ev = &wire.Event{Tenant: "acme", Domain: at.domain}
+		entries = append(entries, e)
+	}
+	if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: r.opt.Group, Consumer: "me", Streams: []string{"s1", "s2", ">", ">"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ack(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"s1", "s2"} {
+		if p, err := c.XPending(ctx, s, r.opt.Group).Result(); err != nil || p.Count != 0 {
+			t.Errorf("%s: %v pending after the acknowledgement (%v)", s, p, err)
+		}
+	}
+	for domain, want := range map[string]float64{"d1": 4, "d2": 1} {
+		var got dto.Metric
+		if err := r.m.routed.WithLabelValues(domain).Write(&got); err != nil || got.GetCounter().GetValue() != want {
+			t.Errorf("routed events of %s: %v, want %v (%v)", domain, got.GetCounter().GetValue(), want, err)
+		}
 	}
 }

@@ -93,7 +93,13 @@ func (r *PublishRequest) encode() (keys []string, args []any) {
 		keys = append(keys, names.MetaKey(ch.Channel), names.HistoryKey(ch.Channel), names.EventsKey(ch.Channel))
 		args = append(args, ch.Channel, ch.History, ch.HistoryTTL.Milliseconds(), ch.Rate, ch.Burst, flag(ch.Force), len(ch.Messages))
 		for _, m := range ch.Messages {
-			args = append(appendStrings(append(args, len(m.IDs)), m.IDs), m.Body)
+			args = append(args, len(m.IDs))
+			for i := range m.IDs {
+				// Its address: go-redis writes a *string as the string,
+				// and a string made an interface is one allocation an id.
+				args = append(args, &m.IDs[i])
+			}
+			args = append(args, m.Body)
 		}
 	}
 	return keys, args

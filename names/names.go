@@ -471,7 +471,10 @@ func PublisherStreams(prefix, publisher string) string {
 // PublisherStream) this is, or "" for a shared ingress stream
 // "<prefix>:ingress:{<p>}" and anything else.
 func StreamPublisher(prefix, stream string) string {
-	rest, ok := strings.CutPrefix(stream, prefix+":ingress:")
+	rest, ok := strings.CutPrefix(stream, prefix)
+	if ok {
+		rest, ok = strings.CutPrefix(rest, ":ingress:") // not prefix+":ingress:": no string made per call
+	}
 	if !ok || strings.HasPrefix(rest, "{") {
 		return ""
 	}

@@ -32,8 +32,8 @@ const (
 type part struct {
 	e     *entry
 	v     *event
-	id    string   // the id the message records for it: the event's, or its share's (keyShares)
-	keys  []string // the event's keys (at most max_keys: keyShares), nil for none
+	id    string   // the id the message records for it: the event's, or its share's (keyShare)
+	keys  []string // the event's keys (at most max_keys: keyShare), nil for none
 	refs  []string // its refs on a domain with entity_refs (newPart)
 	plain bool     // with refs: the tag's plain values go too
 }
@@ -62,32 +62,30 @@ func newPart(e *entry, v *event, rt matrix.Route, keys []string) part {
 }
 
 // shareMark separates an event id from the key range of one share of it
-// (keyShares). No ingress's ids may contain it, a publisher's own streams
+// (keyShare). No ingress's ids may contain it, a publisher's own streams
 // included (wire.ReservedID).
 const shareMark = wire.ShareMark
 
-// keyShares returns the parts of an event on rt: one, or, when the event
-// names more keys than the channel's max_keys, one per max_keys of them, in
-// order, each recording its own id, <event id>#keys:<from>-<to> (the range
-// of the event's keys it carries), so that a redelivery split the same way
-// sends none twice, and one split otherwise (a reloaded max_keys) carries
-// other ranges, sent again rather than lost.
-func keyShares(e *entry, v *event, rt matrix.Route) []part {
+// keyShare returns the i-th of the parts of an event on rt (sharesOf says
+// how many): the event, or, when it names more keys than the channel's
+// max_keys, the i-th max_keys of them, in order, recording its own id,
+// <event id>#keys:<from>-<to> (the range of the event's keys it carries),
+// so that a redelivery split the same way sends none twice, and one split
+// otherwise (a reloaded max_keys) carries other ranges, sent again rather
+// than lost.
+func keyShare(e *entry, v *event, rt matrix.Route, i int) part {
 	keys, limit := v.ev.Keys, rt.Limits.MaxKeys
 	if len(keys) <= limit || limit <= 0 {
-		return []part{newPart(e, v, rt, keys)}
+		return newPart(e, v, rt, keys)
 	}
-	out := make([]part, 0, (len(keys)+limit-1)/limit)
-	for from := 0; from < len(keys); from += limit {
-		to := min(from+limit, len(keys))
-		p := newPart(e, v, rt, keys[from:to:to])
-		p.id = boundedID(v.id + shareMark + strconv.Itoa(from) + "-" + strconv.Itoa(to))
-		out = append(out, p)
-	}
-	return out
+	from := i * limit
+	to := min(from+limit, len(keys))
+	p := newPart(e, v, rt, keys[from:to:to])
+	p.id = boundedID(v.id + shareMark + strconv.Itoa(from) + "-" + strconv.Itoa(to))
+	return p
 }
 
-// sharesOf is how many parts the event has on rt (keyShares).
+// sharesOf is how many parts the event has on rt (keyShare).
 func sharesOf(v *event, rt matrix.Route) int {
 	if limit := rt.Limits.MaxKeys; limit > 0 && len(v.ev.Keys) > limit {
 		return (len(v.ev.Keys) + limit - 1) / limit
@@ -127,13 +125,30 @@ func newOutgoing(rt matrix.Route, p part) *outgoing {
 	return o
 }
 
+// reserve makes room for n parts in a message of one part, so that merging
+// them does not grow it part by part.
+func (o *outgoing) reserve(n int) {
+	if cap(o.parts) != 1 || n <= 1 {
+		return
+	}
+	parts := make([]part, 1, n)
+	parts[0] = o.parts[0]
+	o.parts = parts
+}
+
 // unite makes the message's union from its parts, once.
 func (o *outgoing) unite() {
 	if o.union != nil {
 		return
 	}
 	// Refs are bounded like keys: by max_keys (at most wire.MaxRefs).
-	o.union = storm.NewUnion(o.route.Limits.MaxKeys, min(o.route.Limits.MaxKeys, wire.MaxRefs))
+	// Room for a key a part it has room for (reserve), when the parts
+	// name keys: what single-key events need.
+	room := 0
+	if len(o.parts[0].keys) > 0 {
+		room = cap(o.parts)
+	}
+	o.union = storm.NewUnionSized(o.route.Limits.MaxKeys, min(o.route.Limits.MaxKeys, wire.MaxRefs), room)
 	for _, p := range o.parts {
 		o.union.Add(p.keys, p.refs, p.plain)
 	}

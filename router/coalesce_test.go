@@ -365,3 +365,12 @@ func TestCoalescerKeepsOrderBehindASend(t *testing.T) {
 		t.Errorf("still held: %v", c.held())
 	}
 }
+
+// keyShares returns every part of an event on rt (keyShare).
+func keyShares(e *entry, v *event, rt matrix.Route) []part {
+	out := make([]part, sharesOf(v, rt))
+	for i := range out {
+		out[i] = keyShare(e, v, rt, i)
+	}
+	return out
+}

@@ -67,11 +67,15 @@ type entry struct {
 	// written; whoever brings it to zero settles the entry: acknowledges
 	// it, or queues it for another try when something failed.
 	remaining atomic.Int32
-	mu        sync.Mutex
-	err       error // why the entry failed; nil while it has not
 	// alone is set when the entry was routed in a batch of one, so a
 	// failure that will not pass is its own and counts towards the dead letters.
+	// (The two flags sit beside remaining: an entry is 16 bytes smaller.)
 	alone bool
+	// handed is set when the entry was handed over to routers on other
+	// matrices (handover.go): they write the dead letters of its events.
+	handed bool
+	mu     sync.Mutex
+	err    error // why the entry failed; nil while it has not
 	// from and fromID are the stream and entry id the entry first came on:
 	// its own, or for a re-driven entry (redrive.go) the ones it had then,
 	// with fromIndex the event's place in that packed entry (-1: none) and
@@ -79,9 +83,6 @@ type entry struct {
 	from, fromID string
 	fromIndex    int
 	handTo       string
-	// handed is set when the entry was handed over to routers on other
-	// matrices (handover.go): they write the dead letters of its events.
-	handed bool
 }
 
 // event is one event of an entry.
@@ -198,13 +199,21 @@ type batch struct {
 	failed  error
 	// channels in the order they first appear, and their merged messages.
 	channels []string
-	open     map[string][]*outgoing
+	open     map[string]*channelWork
 	// published are closed once the batch is published: its read loop
 	// waits for them after a short read (routeStages).
 	published []chan struct{}
 	// hand are the tokens of its reads in Router.hand, dropped once it is
 	// settled.
 	hand []uint64
+}
+
+// channelWork is a batch's messages on one channel, in order, and how many
+// of the batch's parts are left to place on it: a new message is made to
+// hold them (outgoing.reserve), not grown part by part.
+type channelWork struct {
+	msgs []*outgoing
+	left int
 }
 
 // prepare parses and routes a batch and merges its events into messages
@@ -221,14 +230,7 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 	b := &batch{ctx: ctx, cancel: cancel, start: time.Now(), stream: stream}
 	r.m.read.Add(float64(len(msgs)))
 
-	mtx := r.matrix.Load()
-	entries := make([]*entry, len(msgs))
-	all := make([]entry, len(msgs)) // one allocation for the batch
-	for i, msg := range msgs {
-		entries[i] = &all[i]
-		r.parse(entries[i], mtx, stream, msg)
-		entries[i].alone = len(msgs) == 1
-	}
+	entries := r.parseAll(stream, msgs)
 	if stream == r.redrive {
 		if entries = r.handOver(ctx, entries); len(entries) == 0 {
 			cancel()
@@ -248,9 +250,23 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 		b.failed = err
 		return b
 	}
-	b.open = map[string][]*outgoing{}
+	b.open = map[string]*channelWork{}
 	b.add(r, entries)
 	return b
+}
+
+// parseAll parses the entries of a read (parse).
+func (r *Router) parseAll(stream string, msgs []redis.XMessage) []*entry {
+	mtx := r.matrix.Load()
+	entries := make([]*entry, len(msgs))
+	all := make([]entry, len(msgs)) // one allocation for the batch
+	ids := new(idBlocks)
+	for i, msg := range msgs {
+		entries[i] = &all[i]
+		r.parse(entries[i], mtx, stream, msg, ids)
+		entries[i].alone = len(msgs) == 1
+	}
+	return entries
 }
 
 // add merges the events of entries, which follow the batch's in the
@@ -258,6 +274,30 @@ func (r *Router) prepare(parent context.Context, stream string, msgs []redis.XMe
 // keys, or after maxMergedIDs events, so that every id is recorded), in the
 // order the channels first appear.
 func (b *batch) add(r *Router, entries []*entry) {
+	// Each channel is looked up once per event: first its parts are
+	// counted, in the order of the placing below.
+	var work []*channelWork
+	for _, e := range entries {
+		if e.reason != "" {
+			continue
+		}
+		for i := range e.events {
+			v := &e.events[i]
+			if !v.routed() {
+				continue
+			}
+			for _, rt := range v.routes {
+				w := b.open[rt.Channel]
+				if w == nil {
+					w = &channelWork{}
+					b.open[rt.Channel] = w
+					b.channels = append(b.channels, rt.Channel)
+				}
+				w.left += sharesOf(v, rt)
+				work = append(work, w)
+			}
+		}
+	}
 	for _, e := range entries {
 		if e.reason != "" {
 			continue
@@ -288,15 +328,27 @@ func (b *batch) add(r *Router, entries []*entry) {
 						attribute.String("routerd.event", v.id), attribute.Int("routerd.channels", len(v.routes))))
 			}
 			for _, rt := range v.routes {
-				if _, ok := b.open[rt.Channel]; !ok {
-					b.channels = append(b.channels, rt.Channel)
-				}
-				for _, p := range keyShares(e, v, rt) {
-					b.open[rt.Channel] = place(b.open[rt.Channel], rt, p, maxMergedIDs)
+				w := work[0]
+				work = work[1:]
+				for s := range sharesOf(v, rt) {
+					w.place(rt, keyShare(e, v, rt, s))
 				}
 			}
 		}
 	}
+}
+
+// place places p on the channel (place) and makes a new message large
+// enough for the channel's parts left, up to maxMergedIDs and max_keys (a
+// part names a key or more: more parts are rare, and grow the message).
+func (w *channelWork) place(rt matrix.Route, p part) {
+	w.msgs = place(w.msgs, rt, p, maxMergedIDs)
+	w.left--
+	n := min(w.left+1, maxMergedIDs)
+	if rt.Limits.MaxKeys > 0 {
+		n = min(n, rt.Limits.MaxKeys)
+	}
+	w.msgs[len(w.msgs)-1].reserve(n)
 }
 
 // join merges next, the batch read after b on the same stream, into b
@@ -319,12 +371,22 @@ func (b *batch) join(next *batch) bool {
 	b.published = append(b.published, next.published...)
 	b.hand = append(b.hand, next.hand...)
 	for _, ch := range next.channels {
-		if _, ok := b.open[ch]; !ok {
+		nw := next.open[ch]
+		w := b.open[ch]
+		if w == nil {
+			// Placed again in an empty channel, its parts would make
+			// the same messages.
+			b.open[ch] = nw
 			b.channels = append(b.channels, ch)
+			continue
 		}
-		for _, o := range next.open[ch] {
+		for _, o := range nw.msgs {
+			nw.left += len(o.parts)
+		}
+		w.left += nw.left
+		for _, o := range nw.msgs {
 			for _, p := range o.parts {
-				b.open[ch] = place(b.open[ch], o.route, p, maxMergedIDs)
+				w.place(o.route, p)
 			}
 		}
 	}
@@ -345,7 +407,7 @@ func (r *Router) publishBatch(b *batch) {
 	// pending work and is finished by the coalescer.
 	var direct []*outgoing
 	for _, ch := range b.channels {
-		for _, o := range b.open[ch] {
+		for _, o := range b.open[ch].msgs {
 			o.seal()
 			if r.co.admit(o) {
 				direct = append(direct, o)
@@ -436,9 +498,20 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	// Entries come in runs of one stream (a batch is one stream's): the
+	// map is looked up once a run, not once an entry.
 	byStream := map[string][]string{}
-	for _, e := range entries {
-		byStream[e.stream] = append(byStream[e.stream], e.id)
+	for run := entries; len(run) > 0; {
+		stream, n := run[0].stream, 1
+		for n < len(run) && run[n].stream == stream {
+			n++
+		}
+		ids := slices.Grow(byStream[stream], n)
+		for _, e := range run[:n] {
+			ids = append(ids, e.id)
+		}
+		byStream[stream] = ids
+		run = run[n:]
 	}
 	_, err := r.c.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for stream, ids := range byStream {
@@ -449,14 +522,25 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 	if err != nil {
 		return fmt.Errorf("XACK: %w", err)
 	}
-	// Counted per domain, then added: a label lookup per event is not free.
+	// Counted per domain, then added: a label lookup per event is not free;
+	// nor is a map's, so a run of one domain is counted before it is added.
 	routed := map[string]int{}
+	domain, run := "", 0
 	for _, e := range entries {
 		for i := range e.events {
 			if v := &e.events[i]; v.ev != nil && v.reason == "" {
-				routed[v.ev.Domain]++
+				if v.ev.Domain != domain {
+					if run > 0 {
+						routed[domain] += run
+					}
+					domain, run = v.ev.Domain, 0
+				}
+				run++
 			}
 		}
+	}
+	if run > 0 {
+		routed[domain] += run
 	}
 	for domain, n := range routed {
 		r.m.routed.WithLabelValues(domain).Add(float64(n))
@@ -465,19 +549,21 @@ func (r *Router) ack(ctx context.Context, entries []*entry) error {
 }
 
 // parse fills e from an ingress entry: its events and their routes, or the
-// reason it, or one of its events, goes to the dead letters.
-func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage) {
+// reason it, or one of its events, goes to the dead letters. The ids of raw
+// events are made in ids (nil: a string each).
+func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XMessage, ids *idBlocks) {
 	e.stream, e.id, e.raw = stream, msg.ID, msg.Values
 	e.from, e.fromID, e.fromIndex = stream, msg.ID, -1
 	if stream == r.redrive && !r.redriven(e, msg.Values) {
 		return
 	}
-	if why := r.cutEvent(msg.Values); why != "" {
+	event, events := msg.Values[wire.EventField], msg.Values[wire.EventsField]
+	if why := r.cutEvent(msg.Values, event, events); why != "" {
 		e.reason, e.detail = ReasonTooLarge, why // cut when read: never held whole (read.go)
 		return
 	}
-	raw, single := msg.Values[wire.EventField].(string)
-	packed, many := msg.Values[wire.EventsField].(string)
+	raw, single := event.(string)
+	packed, many := events.(string)
 	switch {
 	case single && many:
 		e.reason, e.detail = ReasonMalformed, `the entry has both an "event" and an "events" field; it carries one or the other`
@@ -503,7 +589,7 @@ func (r *Router) parse(e *entry, mtx *matrix.Matrix, stream string, msg redis.XM
 		return
 	}
 	if r.route(v, mtx, ev, names.StreamPublisher(r.prefix, e.from)) && v.id == "" {
-		v.id = RawEventID(e.from, e.fromID)
+		v.id = ids.raw(e.from, e.fromID)
 		if e.fromIndex >= 0 {
 			v.id = PackedEventID(e.from, e.fromID, e.fromIndex) // one event of a packed entry, re-driven alone
 		}
@@ -588,6 +674,32 @@ func PackedEventID(stream, entryID string, i int) string {
 // that would be longer than an event id may be is replaced by its SHA-256.
 func RawEventID(stream, entryID string) string {
 	return boundedID(stream + ":" + entryID)
+}
+
+// idBlocks makes the ids of a read's raw events (RawEventID) in blocks of
+// idBlock bytes, each id a string sliced from its block, rather than a
+// string each: a strings.Builder never changes what it has written, so each
+// id stays as it was made. An id kept (a held message, an entry to retry)
+// keeps its block.
+type idBlocks struct{ b strings.Builder }
+
+const idBlock = 16 << 10
+
+// raw is RawEventID(stream, entryID).
+func (a *idBlocks) raw(stream, entryID string) string {
+	n := len(stream) + 1 + len(entryID)
+	if a == nil || n > wire.MaxIDLen {
+		return RawEventID(stream, entryID)
+	}
+	if a.b.Cap()-a.b.Len() < n {
+		a.b = strings.Builder{}
+		a.b.Grow(idBlock)
+	}
+	from := a.b.Len()
+	a.b.WriteString(stream)
+	a.b.WriteByte(':')
+	a.b.WriteString(entryID)
+	return a.b.String()[from:]
 }
 
 // reservedID says why an id supplied on the shared ingress is refused

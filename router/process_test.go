@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
@@ -203,7 +205,7 @@ publishers:
 	} {
 		var e entry
 		ev := fmt.Sprintf(`{"tenant":%q,"domain":%q}`, tc.tenant, tc.domain)
-		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}}, nil)
 		v := e.events[0]
 		if v.reason != tc.reason {
 			t.Errorf("%s %s/%s: reason %q (%s), want %q", tc.stream, tc.tenant, tc.domain, v.reason, v.detail, tc.reason)
@@ -243,7 +245,7 @@ publishers: {p: {domains: [user], tenants: all}}
 		if tc.id == "" {
 			ev = `{"tenant":"acme","domain":"user"}`
 		}
-		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}})
+		r.parse(&e, m, tc.stream, redis.XMessage{ID: "1-0", Values: map[string]any{wire.EventField: ev}}, nil)
 		v := e.events[0]
 		if v.reason != "" || v.id != tc.want || len(v.id) > wire.MaxIDLen {
 			t.Errorf("%s id %.10q: event id %q (%s), want %q", tc.stream, tc.id, v.id, v.reason, tc.want)
@@ -367,10 +369,10 @@ func TestBatchJoinKeepsStreamOrder(t *testing.T) {
 	}
 	defer first.cancel()
 	ch := names.Channel(m.Prefix, "acme", "a")
-	if len(first.entries) != 4 || len(first.channels) != 1 || len(first.open[ch]) != 1 {
-		t.Fatalf("joined batch: %d entries, channels %v, %d messages on %s; want 4, one channel, one message", len(first.entries), first.channels, len(first.open[ch]), ch)
+	if len(first.entries) != 4 || len(first.channels) != 1 || len(first.open[ch].msgs) != 1 {
+		t.Fatalf("joined batch: %d entries, channels %v, %d messages on %s; want 4, one channel, one message", len(first.entries), first.channels, len(first.open[ch].msgs), ch)
 	}
-	o := first.open[ch][0]
+	o := first.open[ch].msgs[0]
 	o.seal()
 	if want := []string{"k0", "k1", "k2", "k3"}; !slices.Equal(o.msg.Keys, want) {
 		t.Errorf("keys %v, want %v", o.msg.Keys, want)
@@ -383,6 +385,114 @@ func TestBatchJoinKeepsStreamOrder(t *testing.T) {
 	for _, e := range first.entries {
 		if e.alone {
 			t.Errorf("entry %s of a joined batch is marked alone: a failure of the batch would count towards its dead letter", e.id)
+		}
+	}
+}
+
+// A channel that only the joining batch has keeps that batch's messages,
+// after the waiting batch's channels; one both have gets the joining
+// batch's events after the waiting one's, in a message made large enough
+// for the two.
+func TestBatchJoinTakesNewChannels(t *testing.T) {
+	m := runMatrix(t)
+	r, err := New(redistest.Start(t).Client(t), m, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := names.IngressStream(m.Prefix, 0)
+	batchOf := func(from int, tenants ...string) *batch {
+		var msgs []redis.XMessage
+		for i, tenant := range tenants {
+			msgs = append(msgs, redis.XMessage{ID: fmt.Sprintf("1-%d", from+i),
+				Values: map[string]any{wire.EventField: fmt.Sprintf(`{"tenant":%q,"domain":"user","keys":["k%d"]}`, tenant, from+i)}})
+		}
+		return r.prepare(context.Background(), stream, msgs)
+	}
+	first, second := batchOf(0, "acme", "acme"), batchOf(2, "zeta", "acme", "zeta")
+	defer first.cancel()
+	if !first.join(second) {
+		t.Fatal("a batch that did not fail was not joined")
+	}
+	acme, zeta := names.Channel(m.Prefix, "acme", "a"), names.Channel(m.Prefix, "zeta", "a")
+	if !slices.Equal(first.channels, []string{acme, zeta}) {
+		t.Fatalf("channels %v, want %v", first.channels, []string{acme, zeta})
+	}
+	for ch, want := range map[string][]string{acme: {"k0", "k1", "k3"}, zeta: {"k2", "k4"}} {
+		msgs := first.open[ch].msgs
+		if len(msgs) != 1 {
+			t.Fatalf("%d messages on %s, want 1", len(msgs), ch)
+		}
+		msgs[0].seal()
+		if !slices.Equal(msgs[0].msg.Keys, want) || len(msgs[0].ids) != len(want) {
+			t.Errorf("%s: keys %v and %d ids, want %v", ch, msgs[0].msg.Keys, len(msgs[0].ids), want)
+		}
+	}
+}
+
+// The ids made in shared blocks are RawEventID's, across blocks, and stay
+// as they were made while more are written.
+func TestIDBlocksMakeRawEventIDs(t *testing.T) {
+	var ids idBlocks
+	var made, want []string
+	for i := range 2 * idBlock / 30 {
+		stream := "invalidate:ingress:{3}"
+		if i%1000 == 7 {
+			stream = strings.Repeat("s", wire.MaxIDLen) // too long: its SHA-256
+		}
+		entryID := fmt.Sprintf("1764000000123-%d", i)
+		made = append(made, ids.raw(stream, entryID))
+		want = append(want, RawEventID(stream, entryID))
+	}
+	if !slices.Equal(made, want) {
+		t.Error("the ids made in blocks are not RawEventID's")
+	}
+	var none *idBlocks
+	if got := none.raw("s", "1-0"); got != RawEventID("s", "1-0") {
+		t.Errorf("without blocks: %s", got)
+	}
+}
+
+// ack acknowledges the entries of every stream, whatever their order, and
+// counts the routed events of each domain.
+func TestAckGroupsStreamsAndDomains(t *testing.T) {
+	m := runMatrix(t)
+	c := redistest.Start(t).Client(t)
+	r, err := New(c, m, Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, s := range []string{"s1", "s2"} {
+		if err := c.XGroupCreateMkStream(ctx, s, r.opt.Group, "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var entries []*entry
+	for _, at := range []struct{ stream, domain string }{{"s1", "d1"}, {"s1", "d1"}, {"s2", "d2"}, {"s1", "d1"}, {"s2", "d1"}} {
+		id, err := c.XAdd(ctx, &redis.XAddArgs{Stream: at.stream, Values: []any{"event", "x"}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &entry{stream: at.stream, id: id}
+		e.events = e.one[:]
+		e.events[0].ev = &wire.Event{Tenant: "acme", Domain: at.domain}
+		entries = append(entries, e)
+	}
+	if err := c.XReadGroup(ctx, &redis.XReadGroupArgs{Group: r.opt.Group, Consumer: "me", Streams: []string{"s1", "s2", ">", ">"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ack(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"s1", "s2"} {
+		if p, err := c.XPending(ctx, s, r.opt.Group).Result(); err != nil || p.Count != 0 {
+			t.Errorf("%s: %v pending after the acknowledgement (%v)", s, p, err)
+		}
+	}
+	for domain, want := range map[string]float64{"d1": 4, "d2": 1} {
+		var got dto.Metric
+		if err := r.m.routed.WithLabelValues(domain).Write(&got); err != nil || got.GetCounter().GetValue() != want {
+			t.Errorf("routed events of %s: %v, want %v (%v)", domain, got.GetCounter().GetValue(), want, err)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/wire"
 )
 
 // Reads bounded in bytes.
@@ -228,16 +229,22 @@ func withCuts(e lua.Entries) []redis.XMessage {
 
 // cutEvent says why an entry whose event or events field was cut when read,
 // or that came back as a stub (heavier than a whole read), is refused as
-// too large ("" when none was).
-func (r *Router) cutEvent(values map[string]any) string {
-	if c, ok := values[""].(cutValue); ok && len(values) == 1 {
-		// A stub: the entry weighed more than a whole read (lua/weight.lua).
-		return "entry of " + strconv.Itoa(c.size) + " bytes (its field names and values, with their framing) is above what one read holds whole: " +
-			strconv.Itoa(max(r.opt.ReadBytes, r.opt.MaxEventBytes+64<<10)) + " bytes (the larger of read bytes and max event bytes + 64 KiB)"
+// too large ("" when none was); event and events are the entry's values of
+// those fields (nil: none).
+func (r *Router) cutEvent(values map[string]any, event, events any) string {
+	if event == nil && events == nil && len(values) == 1 {
+		if c, ok := values[""].(cutValue); ok {
+			// A stub: the entry weighed more than a whole read (lua/weight.lua).
+			return "entry of " + strconv.Itoa(c.size) + " bytes (its field names and values, with their framing) is above what one read holds whole: " +
+				strconv.Itoa(max(r.opt.ReadBytes, r.opt.MaxEventBytes+64<<10)) + " bytes (the larger of read bytes and max event bytes + 64 KiB)"
+		}
 	}
-	for _, f := range []string{"event", "events"} {
-		if c, ok := values[f].(cutValue); ok {
-			return f + " of " + strconv.Itoa(c.size) + " bytes is above the limit of " + strconv.Itoa(r.opt.MaxEventBytes) + " bytes (max event bytes)"
+	for _, f := range []struct {
+		name  string
+		value any
+	}{{wire.EventField, event}, {wire.EventsField, events}} {
+		if c, ok := f.value.(cutValue); ok {
+			return f.name + " of " + strconv.Itoa(c.size) + " bytes is above the limit of " + strconv.Itoa(r.opt.MaxEventBytes) + " bytes (max event bytes)"
 		}
 	}
 	return ""

@@ -143,17 +143,27 @@ func (r *Router) retryLater(e *entry, err error) {
 }
 
 // retryDone forgets the entries that were acknowledged.
+// Entries come in runs of one stream (a batch is one stream's): its queue
+// is found and locked once a run, and nothing is looked for in an empty one.
 func (r *Router) retryDone(entries []*entry) {
-	for _, e := range entries {
-		r.retryMu.Lock()
-		q := r.retries[e.stream]
-		r.retryMu.Unlock()
-		if q == nil {
-			continue
+	for run := entries; len(run) > 0; {
+		stream, n := run[0].stream, 1
+		for n < len(run) && run[n].stream == stream {
+			n++
 		}
-		q.mu.Lock()
-		delete(q.items, e.id)
-		q.mu.Unlock()
+		r.retryMu.Lock()
+		q := r.retries[stream]
+		r.retryMu.Unlock()
+		if q != nil {
+			q.mu.Lock()
+			if len(q.items) > 0 {
+				for _, e := range run[:n] {
+					delete(q.items, e.id)
+				}
+			}
+			q.mu.Unlock()
+		}
+		run = run[n:]
 	}
 }
 

@@ -30,3 +30,15 @@ func BenchmarkParseMessage(b *testing.B) {
 		}
 	}
 }
+
+// A raw single-key event as a router reads it from a stream entry (a
+// string), as issue 21's benchmarks publish them.
+func BenchmarkParseEventString(b *testing.B) {
+	raw := `{"tenant":"t7","domain":"d42","keys":["user:100042"]}`
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseEventString(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -18,6 +18,9 @@ type decoder struct {
 	p      fastjson.Parser
 	intern map[string]string
 	err    error
+	// room, when not nil, is where the next array of strings goes if it
+	// fits (an event's room for one key: decodeEvent).
+	room []string
 }
 
 var decoders = sync.Pool{New: func() any { return &decoder{intern: map[string]string{}} }}
@@ -40,8 +43,18 @@ func parseText[T text](p *fastjson.Parser, data T) (*fastjson.Value, error) {
 // decodeObject parses data and calls field for every key, in order. field
 // returns the key's field number (0 to 31), or -1 for a key it does not know.
 func decodeObject[T text](data T, field func(d *decoder, key []byte, v *fastjson.Value) int) error {
+	return decodeObjectRoom(data, field, nil)
+}
+
+// decodeObjectRoom is decodeObject with room for the first array of
+// strings decoded, if it fits.
+func decodeObjectRoom[T text](data T, field func(d *decoder, key []byte, v *fastjson.Value) int, room []string) error {
 	d := decoders.Get().(*decoder)
-	defer decoders.Put(d)
+	d.room = room
+	defer func() {
+		d.room = nil
+		decoders.Put(d)
+	}()
 	d.err = nil
 	v, err := parseText(&d.p, data)
 	if err != nil {
@@ -148,7 +161,12 @@ func (d *decoder) strs(dst *[]string, name string, v *fastjson.Value) {
 		d.fail(name, "must be an array of strings")
 		return
 	}
-	out := make([]string, len(items))
+	var out []string
+	if d.room != nil && len(items) <= cap(d.room) { // not nil: "keys": [] stays an empty list, refused
+		out, d.room = d.room[:len(items)], nil
+	} else {
+		out = make([]string, len(items))
+	}
 	for i, item := range items {
 		if item.Type() != fastjson.TypeString {
 			d.fail(fmt.Sprintf("%s[%d]", name, i), "must be a string")
@@ -165,9 +183,17 @@ func (d *decoder) fail(field, reason string) {
 	}
 }
 
+// eventRoom is an event with room for one key: an event that names one
+// key (most do) takes one allocation, not two.
+type eventRoom struct {
+	e   Event
+	key [1]string
+}
+
 func decodeEvent[T text](data T) (*Event, error) {
-	e := new(Event)
-	err := decodeObject(data, e.field)
+	w := new(eventRoom)
+	e := &w.e
+	err := decodeObjectRoom(data, e.field, w.key[:0])
 	if err == nil {
 		err = e.settle()
 	}

@@ -95,6 +95,14 @@ func NewUnion(maxKeys, maxRefs int) *Union {
 	return &Union{keys: NewKeys(maxKeys), refs: NewKeys(maxRefs)}
 }
 
+// NewUnionSized is NewUnion with room made for about keys keys, so that a
+// union of that many is not grown key by key.
+func NewUnionSized(maxKeys, maxRefs, keys int) *Union {
+	keys = max(min(keys, maxKeys), 0)
+	k := &Keys{max: maxKeys, set: make(map[string]struct{}, keys), order: make([]string, 0, keys)}
+	return &Union{keys: k, refs: NewKeys(maxRefs)}
+}
+
 // Add merges one invalidation; neither keys nor refs means the whole tag.
 // plain counts only with refs.
 func (u *Union) Add(keys, refs []string, plain bool) {

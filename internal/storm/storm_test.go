@@ -187,3 +187,22 @@ func TestUnionFits(t *testing.T) {
 		t.Error("a whole union takes anything")
 	}
 }
+
+// A union made with room for some keys unites and bounds them as any other.
+func TestUnionSized(t *testing.T) {
+	for _, room := range []int{-1, 0, 2, 3, 100} {
+		u := NewUnionSized(3, 2, room)
+		if !u.Whole() {
+			t.Errorf("room %d: an empty union is not a message", room)
+		}
+		u.Add([]string{"a", "b"}, nil, false)
+		u.Add([]string{"b", "c"}, nil, false)
+		if u.Whole() || !reflect.DeepEqual(u.Keys(), []string{"a", "b", "c"}) || !u.Fits([]string{"a"}, nil) || u.Fits([]string{"d"}, nil) {
+			t.Errorf("room %d: keys %v whole %v", room, u.Keys(), u.Whole())
+		}
+		u.Add([]string{"d"}, nil, false)
+		if !u.Whole() || u.Keys() != nil {
+			t.Errorf("room %d: above max: keys %v whole %v", room, u.Keys(), u.Whole())
+		}
+	}
+}

@@ -96,6 +96,8 @@ var (
 	unreadSrc string
 	//go:embed deadletter.lua
 	deadLetterSrc string
+	//go:embed forget.lua
+	forgetSrc string
 	//go:embed delivery.lua
 	deliverySrc string
 )
@@ -139,6 +141,7 @@ var sources = map[string]string{
 	"claim.lua":           prelude + weightSrc + claimSrc,
 	"unread.lua":          prelude + unreadSrc,
 	"deadletter.lua":      prelude + deadLetterSrc,
+	"forget.lua":          prelude + forgetSrc,
 }
 
 // Sources returns the scripts as they are sent to Redis, preludes
@@ -165,7 +168,7 @@ var (
 	chunkScript, compactScript, setScript     = scripts["chunk.lua"], scripts["compact.lua"], scripts["set.lua"]
 	leaseScript, releaseScript, unreadScript  = scripts["lease.lua"], scripts["release.lua"], scripts["unread.lua"]
 	indexScript, generationScript             = scripts["index.lua"], scripts["generation.lua"]
-	deadLetterScript                          = scripts["deadletter.lua"]
+	deadLetterScript, forgetScript            = scripts["deadletter.lua"], scripts["forget.lua"]
 	deliveryScript                            = scripts["delivery.lua"]
 )
 
@@ -196,7 +199,7 @@ func Queue[P any](ctx context.Context, pipe redis.Pipeliner, r Request[P]) *redi
 // RouterScripts are the scripts the router runs on the bus: what
 // RunPipeline loads there after a NOSCRIPT.
 func RouterScripts() []*redis.Script {
-	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript, unreadScript, deadLetterScript}
+	return []*redis.Script{publishScript, srcverScript, budgetScript, tenantsScript, readScript, claimScript, unreadScript, deadLetterScript, forgetScript}
 }
 
 // CacheScripts are the scripts run on a cache Redis.

@@ -3,6 +3,7 @@ package lua
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -102,5 +103,28 @@ func TestUnexpectedUnreadRepliesAreErrors(t *testing.T) {
 	}
 	if got, err := r.Reply(replyCmd([]any{int64(3), "5-0"})); err != nil || got != (UnreadReply{Lost: 3, Last: "5-0"}) {
 		t.Errorf("a good reply: %v %v", got, err)
+	}
+}
+
+// forget.lua's reply is {name, idle ms, …}, in pairs, idle never negative.
+func TestUnexpectedForgetRepliesAreErrors(t *testing.T) {
+	var r ForgetRequest
+	for _, v := range []any{
+		[]any{"c"},
+		[]any{"c", int64(-1)},
+		[]any{int64(1), int64(1)},
+		[]any{"c", "1"},
+		int64(1),
+	} {
+		if got, err := r.Reply(replyCmd(v)); err == nil {
+			t.Errorf("forget reply %#v read as %v", v, got)
+		}
+	}
+	got, err := r.Reply(replyCmd([]any{"a", int64(5), "b", int64(0)}))
+	if err != nil || len(got) != 2 || got[0] != (Forgotten{Name: "a", Idle: 5 * time.Millisecond}) || got[1] != (Forgotten{Name: "b"}) {
+		t.Errorf("a good reply: %v %v", got, err)
+	}
+	if got, err := r.Reply(replyCmd([]any{})); err != nil || len(got) != 0 {
+		t.Errorf("an empty reply: %v %v", got, err)
 	}
 }

@@ -254,6 +254,9 @@ type Router struct {
 	// deadLetterRecordOnce is set once the Redis user was found unable to
 	// record the dead letters written (deadLetterUnrecorded).
 	deadLetterRecordOnce atomic.Bool
+	// forgetRefusedOnce is set once the Redis user was found unable to run
+	// lua/forget.lua (forgetConsumersApart).
+	forgetRefusedOnce atomic.Bool
 
 	// digest is the digest of the matrix in force (a string); peers the
 	// live routers and their digests as last read (handover.go).
@@ -1279,8 +1282,36 @@ func (r *Router) lostUnread(stream string, n int64, after, before string) {
 
 // forgetConsumers deletes the group's consumers that are idle, hold nothing
 // and are not this instance: a deleted consumer with pending entries would
-// lose them, so those are left for the claim to empty first.
+// lose them (XGROUP DELCONSUMER takes them out of the group), so those are
+// left for the claim to empty first. lua/forget.lua checks and deletes in
+// one step: a consumer found idle that reads before a delete sent apart
+// (a router paused past ForgetConsumers, resuming) would lose what it read.
 func (r *Router) forgetConsumers(ctx context.Context, stream string) error {
+	req := lua.ForgetRequest{Stream: stream, Group: r.opt.Group, Keep: r.opt.Consumer, Idle: r.opt.ForgetConsumers}
+	cmds, err := runScripts(ctx, r.c, func(pipe redis.Pipeliner) []*redis.Cmd {
+		return []*redis.Cmd{lua.Queue(ctx, pipe, &req)}
+	})
+	if len(cmds) == 1 {
+		var removed []lua.Forgotten
+		removed, err = req.Reply(cmds[0])
+		for _, c := range removed {
+			r.log.Info("removed an idle consumer from the group", "stream", stream, "consumer", c.Name, "idle", c.Idle)
+		}
+	}
+	if err != nil && scriptRefused(err) {
+		return r.forgetConsumersApart(ctx, stream, err)
+	}
+	return err
+}
+
+// forgetConsumersApart is forgetConsumers for a Redis user that may not run
+// lua/forget.lua (not one of routerd acl's): the check and each delete are
+// two commands, and the entries a consumer read in between, which the
+// delete takes out of the group, are counted lost and said.
+func (r *Router) forgetConsumersApart(ctx context.Context, stream string, refused error) error {
+	if r.forgetRefusedOnce.CompareAndSwap(false, true) {
+		r.log.Warn("the router's Redis user may not run lua/forget.lua: idle consumers are removed with a check and a delete apart, and a consumer that reads in between loses what it read (counted in routerd_ingress_entries_lost_total); apply the line of routerd acl --role router again", "err", refused)
+	}
 	consumers, err := r.c.XInfoConsumers(ctx, stream, r.opt.Group).Result()
 	if err != nil {
 		return err
@@ -1289,10 +1320,16 @@ func (r *Router) forgetConsumers(ctx context.Context, stream string) error {
 		if c.Name == r.opt.Consumer || c.Pending > 0 || c.Idle < r.opt.ForgetConsumers {
 			continue
 		}
-		if err := r.c.XGroupDelConsumer(ctx, stream, r.opt.Group, c.Name).Err(); err != nil {
+		lost, err := r.c.XGroupDelConsumer(ctx, stream, r.opt.Group, c.Name).Result()
+		if err != nil {
 			return err
 		}
 		r.log.Info("removed an idle consumer from the group", "stream", stream, "consumer", c.Name, "idle", c.Idle)
+		if lost > 0 {
+			r.m.lost.Add(float64(lost))
+			r.log.Warn("a consumer removed as idle had read entries since it was found idle: they are lost, not routed",
+				"stream", stream, "consumer", c.Name, "entries", lost)
+		}
 	}
 	return nil
 }

@@ -224,7 +224,7 @@ func TestRolesRunEveryCommandOfTheirScripts(t *testing.T) {
 	m := parse(t)
 	call := regexp.MustCompile(`redis\.p?call\('([A-Za-z]+)'(?:, '([A-Za-z]+)')?`)
 	for spec, scripts := range map[Spec][]string{
-		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua", "unread.lua", "deadletter.lua"},
+		{Role: Router}:                {"publish.lua", "srcver.lua", "budget.lua", "tenants.lua", "read.lua", "claim.lua", "unread.lua", "deadletter.lua", "forget.lua"},
 		{Role: Cache, Service: "web"}: {"invalidate.lua", "invalidate_keys.lua", "chunk.lua", "set.lua", "compact.lua", "lease.lua", "release.lua", "index.lua", "generation.lua", "delivery.lua"},
 	} {
 		role := spec.Role

@@ -150,8 +150,8 @@ func Sources() map[string]string {
 	return maps.Clone(sources)
 }
 
-// scripts are the scripts, by file name, as go-redis runs them (EVALSHA,
-// EVAL after NOSCRIPT).
+// scripts are the scripts, by file name, as go-redis runs them (EVALSHA;
+// after NOSCRIPT, SCRIPT LOAD and EVALSHA again: Run).
 var scripts = func() map[string]*redis.Script {
 	m := make(map[string]*redis.Script, len(sources))
 	for name, src := range sources {
@@ -182,11 +182,24 @@ type Request[P any] interface {
 	Reply(cmd *redis.Cmd) (P, error)
 }
 
-// Run runs one script call alone (EVALSHA, and EVAL when Redis answers
-// NOSCRIPT) and decodes its reply.
+// Run runs one script call alone and decodes its reply. When Redis has
+// lost its script cache (a restart, a failover, SCRIPT FLUSH: NOSCRIPT) it
+// loads the script and calls it by its SHA again, rather than send it whole
+// with EVAL as go-redis's Script.Run does: the router's role may run
+// EVALSHA and SCRIPT LOAD, not EVAL (security.md). EVAL only when the load
+// is refused.
 func Run[P any](ctx context.Context, c redis.Scripter, r Request[P]) (P, error) {
 	keys, args := r.encode()
-	return r.Reply(r.script().Run(ctx, c, keys, args...))
+	s := r.script()
+	cmd := s.EvalSha(ctx, c, keys, args...)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		if s.Load(ctx, c).Err() == nil {
+			cmd = s.EvalSha(ctx, c, keys, args...)
+		} else {
+			cmd = s.Eval(ctx, c, keys, args...)
+		}
+	}
+	return r.Reply(cmd)
 }
 
 // Queue queues one script call (EVALSHA) in a pipeline that RunPipeline

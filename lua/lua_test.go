@@ -134,3 +134,24 @@ func TestSetRefusesAKeyNotItsLease(t *testing.T) {
 		t.Errorf("set.lua with the lease: %v", err)
 	}
 }
+
+// A server whose script cache was emptied (a restart, a failover, SCRIPT
+// FLUSH) answers NOSCRIPT: Run loads the script and calls it by its SHA
+// again, rather than send it whole with EVAL, which the router's role may
+// not run (EVALSHA and SCRIPT LOAD only: security.md).
+func TestRunReloadsAScriptWithoutEval(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "noeval", "on", ">pw", "~*", "&*", "+@all", "-eval").Err())
+	c := redis.NewClient(&redis.Options{Addr: admin.Options().Addr, Username: "noeval", Password: "pw"})
+	t.Cleanup(func() { _ = c.Close() })
+	must(t, admin.XAdd(ctx, &redis.XAddArgs{Stream: "s", Values: []any{"f", "v"}}).Err())
+	must(t, admin.XGroupCreate(ctx, "s", "g", "0").Err())
+	for round := 0; round < 2; round++ {
+		must(t, admin.ScriptFlush(ctx).Err())
+		if _, err := lua.Run(ctx, c, &lua.UnreadRequest{Stream: "s", Group: "g"}); err != nil {
+			t.Fatalf("round %d, after SCRIPT FLUSH: %v", round, err)
+		}
+	}
+}

@@ -28,6 +28,9 @@ func (s *Subscriber) check(ctx context.Context) error {
 	if err := s.presenceErr(); err != nil {
 		return err // its recovery would apply
 	}
+	if err := s.startErr(); err != nil {
+		return err
+	}
 	s.checkEviction(ctx)
 	// Channels a matrix took whose leaving failed: their values stay
 	// cached with nothing keeping them fresh until it is done. The check

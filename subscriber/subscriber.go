@@ -242,6 +242,11 @@ type Subscriber struct {
 	// the applier.
 	joined    []string
 	joinedNew map[string]bool
+	// begun: the start's reads of the cache Redis are done (begin);
+	// beginning: begin is running. Until begun, nothing is applied and
+	// no check succeeds. Owned by the applier, reset by Run.
+	begun, beginning bool
+	beginSaid        string // begin's last failure, said once
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
@@ -460,7 +465,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, begun: true, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -547,6 +552,8 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	check := func() { s.runCheck(ctx, ck) }
 	flush := time.NewTimer(time.Hour)
 	defer flush.Stop()
+	begin := time.NewTimer(0) // the start's work, at once
+	defer begin.Stop()
 	defer func() { // apply what is merged before stopping; a check catches up what this misses
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -554,9 +561,20 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	}()
 	for {
 		flush.Reset(s.nextDue())
+		// Until the start's work is done, received messages wait in their
+		// buffer (applied live once it is), as do new channels' checks
+		// and a new matrix.
+		in, fresh, reconf := s.in, s.fresh.ready, s.reconf
+		if !s.begun {
+			in, fresh, reconf = nil, nil, nil
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-begin.C:
+			if !s.begin(ctx) {
+				begin.Reset(time.Second)
+			}
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
@@ -564,7 +582,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 					s.log.Warn("applying coalesced work failed; retrying", "err", err)
 				}
 			}
-		case m := <-s.in:
+		case m := <-in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
 				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once, and asks for a check when closed (recorded)
@@ -572,7 +590,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 				}
 				retry.Reset(time.Second)
 			}
-		case <-s.reconf:
+		case <-reconf:
 			s.reconfigure(ctx, ln)
 		case <-s.regroup:
 			ln.regroup(ctx)
@@ -584,7 +602,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.relink(ctx)
 		case <-s.checkReq:
 			check()
-		case <-s.fresh.ready:
+		case <-fresh:
 			if chans := s.fresh.take(checkChunk); len(chans) > 0 {
 				if err := s.checkChannels(ctx, chans); err != nil && ctx.Err() == nil {
 					s.log.Warn("checking new channels failed; checking every position", "channels", len(chans), "first", chans[0], "err", err)
@@ -598,6 +616,52 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			check()
 		}
 	}
+}
+
+// errStarting: the start's reads of the cache Redis are not done yet.
+var errStarting = errors.New("not applying to the cache Redis until the start's reads of it (the channels left to leave, the interest the service last ran with) are done; retried every second")
+
+// startErr returns errStarting until the start's work is done (but to
+// that work itself).
+func (s *Subscriber) startErr() error {
+	if s.begun || s.beginning {
+		return nil
+	}
+	return errStarting
+}
+
+// begin does the start's work on the cache Redis, for the applier: it
+// takes up the channels whose leaving failed before (loadLeaving) and
+// leaves those the matrix took from the service while it was stopped
+// (leaveFormerInterest). Done beside the subscription, not before it: a
+// cache that does not answer held the bus subscription back for the
+// client's timeouts, and what was published meanwhile was recovered from
+// history (or whole). Each of its reads returns as soon as ctx ends; it
+// reports whether it is done, and is tried again every second until it is.
+// Once done, it asks for a check, and the messages received meanwhile are
+// applied.
+func (s *Subscriber) begin(ctx context.Context) bool {
+	s.beginning = true
+	err := s.loadLeaving(ctx)
+	if err == nil {
+		err = s.leaveFormerInterest(ctx)
+	}
+	s.beginning = false
+	if err != nil {
+		if ctx.Err() == nil && s.beginSaid != err.Error() {
+			s.beginSaid = err.Error()
+			s.log.Warn("the start's reads of the cache Redis failed; not applying until they are done (retried every second)", "err", err)
+		}
+		return false
+	}
+	if s.beginSaid != "" {
+		s.log.Info("the start's reads of the cache Redis are done")
+		s.beginSaid = ""
+	}
+	s.begun = true
+	s.requestCheck()
+	s.fresh.wake() // what was confirmed meanwhile
+	return true
 }
 
 // checker paces the applier's position checks.
@@ -641,6 +705,9 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		ck.retry.Reset(time.Second)
 		return
 	}
+	if errors.Is(err, errStarting) {
+		return // begin asks for a check once done
+	}
 	if s.health.unmarked.Swap(nil) != nil && err == nil {
 		s.log.Info("a router marked the bus; checked")
 	}
@@ -657,6 +724,9 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		s.log.Info("position check succeeded again", ck.failing.attrs()...)
 		ck.failing.failures = 0
 	}
+	// A retry asked for before it (a check or a burst that failed) is
+	// covered by it.
+	ck.retry.Stop()
 	s.covered.Store(round)
 	s.health.cacheChecked.Store(changes)
 	s.ready.Store(true)
@@ -1062,6 +1132,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	errs := make([]error, len(invs))
 	if s.store != nil {
 		err := s.presenceErr() // nothing moves a position before the presence is recorded
+		if err == nil {
+			err = s.startErr() // nor before the start's work is done
+		}
 		if err == nil {
 			err = s.index(ctx, invs)
 		}

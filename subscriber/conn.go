@@ -277,13 +277,21 @@ var ErrRunning = errors.New("subscriber: already running")
 // Run subscribes and applies invalidations until ctx is cancelled, then
 // returns nil once every goroutine and timer it started has stopped, but
 // for calls to a cache Redis that does not answer: Run does not wait for
-// those, which end within the client's timeouts (or when it is closed). A
-// Subscriber runs once at a time: a second concurrent Run returns ErrRunning.
+// those, which end within the client's timeouts (or when it is closed),
+// nor more than finalFlushWait for the last flush of queued work (the next
+// Run waits for it). A Subscriber runs once at a time: a second concurrent
+// Run returns ErrRunning.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer s.running.Store(false)
+	if s.flushing != nil {
+		// The last flush of the run before, which its stop did not wait
+		// for (finalFlush), owns the positions until it ends.
+		<-s.flushing
+		s.flushing = nil
+	}
 	defer s.ready.Store(false)
 	if next := s.next.Swap(nil); next != nil {
 		s.cur = next // SetMatrix before Run

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
@@ -385,6 +386,66 @@ func TestStartNotHeldByABlackholedCache(t *testing.T) {
 	}
 	stop()
 	_ = f.cache.Close()
+	_ = f.sub.Close()
+	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
+}
+
+// Run returns soon after its cancel when work merged under the local limit
+// is queued and the cache Redis stopped answering (a blackhole; the
+// client's ReadTimeout is 30 s): the last flush is not waited for. The
+// queued work is not lost: the position stays at what was applied, and the
+// next start replays the rest from the channel's history.
+func TestStopNotHeldByQueuedWorkOnABlackholedCache(t *testing.T) {
+	f := newBlackholeFixture(t, Options{ApplyRate: 1, ApplyBurst: 1, Coalesce: time.Hour})
+	leaks := goleak.IgnoreCurrent()
+	must(t, f.admin.Set(f.ctx, "t0", "user:1", []byte("v"), time.Hour, "active"))
+	must(t, f.admin.Set(f.ctx, "t0", "user:2", []byte("v"), time.Hour, "active"))
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.s.Run(ctx) }()
+	redistest.Eventually(t, 10*time.Second, "ready", f.s.Ready)
+	f.live(t, 1, "user:1")
+	redistest.Eventually(t, 10*time.Second, "user:1 invalidated", func() bool { return len(f.cachedKeys(t, "user:1")) == 0 })
+	f.live(t, 2, "user:2") // over the limit: queued for an hour
+	redistest.Eventually(t, 10*time.Second, "version 2 queued", func() bool {
+		var m dto.Metric
+		return f.s.m.queuedTags.Write(&m) == nil && m.GetGauge().GetValue() == 1
+	})
+	must(t, f.proxy.Blackhole())
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5 s of its cancel with work queued (the client's ReadTimeout is 30 s)")
+	}
+	if p, _, err := f.admin.ReadPosition(f.ctx, "t0", "svc", "active"); err != nil || p.Version != 1 {
+		t.Errorf("position %+v (%v) once stopped, want version 1: moved past what was applied", p, err)
+	}
+	// The flush left in flight fails with its client.
+	_ = f.cache.Close()
+	must(t, f.proxy.Heal())
+	if left := f.cachedKeys(t, "user:2"); len(left) != 1 {
+		t.Fatalf("user:2 invalidated by the flush left behind; the test shows no replay")
+	}
+
+	// The next start replays version 2.
+	cache := redis.NewClient(&redis.Options{Addr: f.proxy.Addr()})
+	defer cache.Close()
+	opt := f.s.opt
+	opt.Cache, opt.Registerer = cache, nil
+	again, err := New(f.sub, opt)
+	must(t, err)
+	stop := runUntilCancelled(t, again)
+	redistest.Eventually(t, 10*time.Second, "user:2 invalidated by the next start", func() bool { return len(f.cachedKeys(t, "user:2")) == 0 })
+	redistest.Eventually(t, 10*time.Second, "ready again", again.Ready)
+	if p, _, err := f.admin.ReadPosition(f.ctx, "t0", "svc", "active"); err != nil || p.Version != 2 {
+		t.Errorf("position %+v (%v), want version 2", p, err)
+	}
+	stop()
+	_ = cache.Close()
 	_ = f.sub.Close()
 	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
 }

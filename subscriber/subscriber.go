@@ -247,6 +247,9 @@ type Subscriber struct {
 	// no check succeeds. Owned by the applier, reset by Run.
 	begun, beginning bool
 	beginSaid        string // begin's last failure, said once
+	// flushing is closed once the last flush of a stopped run ends, when
+	// the stop did not wait for it (finalFlush); the next Run waits.
+	flushing chan struct{}
 	// indexed are the tenants known to be in the cache's position index;
 	// owned by the applier.
 	indexed map[string]bool
@@ -554,11 +557,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	defer flush.Stop()
 	begin := time.NewTimer(0) // the start's work, at once
 	defer begin.Stop()
-	defer func() { // apply what is merged before stopping; a check catches up what this misses
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = s.flushQueued(fctx, true)
-	}()
+	defer s.finalFlush(ctx)
 	for {
 		flush.Reset(s.nextDue())
 		// Until the start's work is done, received messages wait in their
@@ -614,6 +613,44 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			check()
 		case <-retry.C:
 			check()
+		}
+	}
+}
+
+// finalFlushWait bounds how long a stop waits for the last flush of the
+// queued work.
+const finalFlushWait = 2 * time.Second
+
+// finalFlush applies what is merged before stopping, waiting finalFlushWait
+// at most: go-redis waits for a reply until the client's ReadTimeout
+// whatever the context says, and a cache that does not answer must not
+// hold the stop. What it does not apply is not lost: a channel's position
+// moves only once its queued work is applied (applyQueuedN), so the next
+// start's check replays the rest from the channel's history (or drops the
+// whole tag). A flush left behind is cancelled: it tries no other channel
+// and its call is not retried, but the call in flight ends only within the
+// client's timeouts (or when it is closed), and one the cache received may
+// still land; the next Run waits for it before it starts (flushing).
+func (s *Subscriber) finalFlush(ctx context.Context) {
+	if len(s.queued) == 0 {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushWait)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.flushQueued(fctx, true)
+	}()
+	select {
+	case <-done:
+		cancel()
+	case <-fctx.Done():
+		cancel()
+		select {
+		case <-done:
+		default:
+			s.flushing = done
+			s.log.Warn("stopping without the last flush of queued work: the cache Redis did not answer it in time; the next start replays what it misses", "wait", finalFlushWait)
 		}
 	}
 }
@@ -907,6 +944,9 @@ func (s *Subscriber) flushQueued(ctx context.Context, all bool) error {
 	var errs error
 	now := time.Now()
 	for channel, p := range s.queued {
+		if ctx.Err() != nil {
+			return errors.Join(errs, ctx.Err())
+		}
 		n := p.queue.keys.Len()
 		if !all {
 			if p.queue.due.After(now) {

@@ -250,9 +250,11 @@ type Subscriber struct {
 	// flushing is closed once the last flush of a stopped run ends, when
 	// the stop did not wait for it (finalFlush); the next Run waits.
 	flushing chan struct{}
-	// indexed are the tenants known to be in the cache's position index;
-	// owned by the applier.
-	indexed map[string]bool
+	// indexed are the tenants known to be in the cache's position index,
+	// as of the cache's identity indexedAt (health.cacheChanges): a cache
+	// that changed may have lost them. Owned by the applier.
+	indexed   map[string]bool
+	indexedAt int64
 	// heard are the channels of tenants heard announced live and not
 	// checked since (recovery.Channel.Announced); owned by the applier.
 	heard map[string]bool
@@ -1199,6 +1201,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 					// (restored from a snapshot, or failed over): the next
 					// check starts from the position it holds.
 					errs[i] = errCacheMoved
+					clear(s.indexed) // the index may have gone back with it
 					s.requestCheck()
 				}
 			}
@@ -1239,7 +1242,17 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 // write their first position there, before they do: a subscriber of every
 // tenant finds its positions from the index even when the bus lost its
 // tenant registry.
+//
+// The index is what leaveFormer and everyTenant find the service's
+// positions from; a cache Redis that changed since the tenants were
+// indexed (flushed, restarted, failed over, went back: watchCache) may
+// have lost it with the positions, so each tenant is indexed again with
+// its next position, which the check after the change rewrites.
 func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
+	if c := s.health.cacheChanges.Load(); c != s.indexedAt {
+		clear(s.indexed)
+		s.indexedAt = c
+	}
 	var fresh []string
 	for _, inv := range invs {
 		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, inv.Tenant) {

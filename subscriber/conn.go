@@ -997,7 +997,7 @@ func (s *Subscriber) loadLeaving(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("reading the channels whose leaving failed before (%s): %w", key, err)
+		return fmt.Errorf("reading the channels whose leaving failed before %s from the cache Redis: %w", key, err)
 	}
 	for _, ch := range chans {
 		tenant, tag, err := names.ParseChannel(s.prefix, ch)

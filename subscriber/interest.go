@@ -74,7 +74,7 @@ func (s *Subscriber) leaveFormerInterest(ctx context.Context, done ...string) er
 	case errors.Is(err, redis.Nil):
 	case err != nil:
 		if !redis.HasErrorPrefix(err, "NOPERM") {
-			return fmt.Errorf("reading the interest the service last ran with (%s): %w", key, err)
+			return fmt.Errorf("reading the interest the service last ran with %s from the cache Redis: %w", key, err)
 		}
 		s.log.Warn("cannot read the interest the service last ran with; channels a matrix took from it while it was stopped keep their values: grant the cache user its key (routerd acl --role cache)", "key", key, "err", err)
 		return nil
@@ -124,7 +124,7 @@ func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []stri
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("reading the position index: %w", err)
+		return fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 	}
 	listed := make(map[string]bool, len(tenants))
 	for _, t := range tenants {
@@ -154,7 +154,7 @@ func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []stri
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("reading the positions of channels the matrix took from the service: %w", err)
+		return fmt.Errorf("reading the positions of channels the matrix took from the service from the cache Redis: %w", err)
 	}
 	var left []string
 	var invs []Invalidation

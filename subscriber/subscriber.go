@@ -246,7 +246,8 @@ type Subscriber struct {
 	// beginning: begin is running. Until begun, nothing is applied and
 	// no check succeeds. Owned by the applier, reset by Run.
 	begun, beginning bool
-	beginSaid        string // begin's last failure, said once
+	beginErr         error // begin's last failure, which the checks report
+
 	// flushing is closed once the last flush of a stopped run ends, when
 	// the stop did not wait for it (finalFlush); the next Run waits.
 	flushing chan struct{}
@@ -661,10 +662,13 @@ func (s *Subscriber) finalFlush(ctx context.Context) {
 var errStarting = errors.New("not applying to the cache Redis until the start's reads of it (the channels left to leave, the interest the service last ran with) are done; retried every second")
 
 // startErr returns errStarting until the start's work is done (but to
-// that work itself).
+// that work itself), or why it failed.
 func (s *Subscriber) startErr() error {
 	if s.begun || s.beginning {
 		return nil
+	}
+	if s.beginErr != nil {
+		return fmt.Errorf("not applying until the start's reads of the cache Redis are done (retried every second): %w", s.beginErr)
 	}
 	return errStarting
 }
@@ -676,9 +680,9 @@ func (s *Subscriber) startErr() error {
 // cache that does not answer held the bus subscription back for the
 // client's timeouts, and what was published meanwhile was recovered from
 // history (or whole). Each of its reads returns as soon as ctx ends; it
-// reports whether it is done, and is tried again every second until it is.
-// Once done, it asks for a check, and the messages received meanwhile are
-// applied.
+// reports whether it is done, and is tried again every second until it is;
+// meanwhile the checks fail with its error. Once done, it asks for a check,
+// and the messages received meanwhile are applied.
 func (s *Subscriber) begin(ctx context.Context) bool {
 	s.beginning = true
 	err := s.loadLeaving(ctx)
@@ -687,16 +691,15 @@ func (s *Subscriber) begin(ctx context.Context) bool {
 	}
 	s.beginning = false
 	if err != nil {
-		if ctx.Err() == nil && s.beginSaid != err.Error() {
-			s.beginSaid = err.Error()
-			s.log.Warn("the start's reads of the cache Redis failed; not applying until they are done (retried every second)", "err", err)
+		if ctx.Err() == nil {
+			if s.beginErr == nil {
+				s.requestCheck() // which reports it (readiness, the log)
+			}
+			s.beginErr = err
 		}
 		return false
 	}
-	if s.beginSaid != "" {
-		s.log.Info("the start's reads of the cache Redis are done")
-		s.beginSaid = ""
-	}
+	s.beginErr = nil
 	s.begun = true
 	s.requestCheck()
 	s.fresh.wake() // what was confirmed meanwhile
@@ -745,7 +748,7 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		return
 	}
 	if errors.Is(err, errStarting) {
-		return // begin asks for a check once done
+		return // not failed yet: begin asks for a check once done, or failed
 	}
 	if s.health.unmarked.Swap(nil) != nil && err == nil {
 		s.log.Info("a router marked the bus; checked")

@@ -25,6 +25,9 @@ const pipelineChunk = 1000
 // cache went back.
 func (s *Subscriber) check(ctx context.Context) error {
 	s.m.checks.Inc()
+	if err := s.startErr(); err != nil {
+		return err // the start's reads first: their error names the Redis
+	}
 	if err := s.presenceErr(); err != nil {
 		return err // its recovery would apply
 	}

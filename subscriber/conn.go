@@ -277,13 +277,21 @@ var ErrRunning = errors.New("subscriber: already running")
 // Run subscribes and applies invalidations until ctx is cancelled, then
 // returns nil once every goroutine and timer it started has stopped, but
 // for calls to a cache Redis that does not answer: Run does not wait for
-// those, which end within the client's timeouts (or when it is closed). A
-// Subscriber runs once at a time: a second concurrent Run returns ErrRunning.
+// those, which end within the client's timeouts (or when it is closed),
+// nor more than finalFlushWait for the last flush of queued work (the next
+// Run waits for it). A Subscriber runs once at a time: a second concurrent
+// Run returns ErrRunning.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer s.running.Store(false)
+	if s.flushing != nil {
+		// The last flush of the run before, which its stop did not wait
+		// for (finalFlush), owns the positions until it ends.
+		<-s.flushing
+		s.flushing = nil
+	}
 	defer s.ready.Store(false)
 	if next := s.next.Swap(nil); next != nil {
 		s.cur = next // SetMatrix before Run
@@ -297,11 +305,13 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	// through the breaker (its failures are warned of on their own). Taken
 	// away last, after the applier stopped.
 	defer s.runPresence(ctx)()
+	var pctx context.Context
+	var stop context.CancelFunc
 	if s.health.cache != nil {
 		// The applier's calls on the cache Redis go through its breaker;
 		// the service's own calls on a shared client do not.
 		ctx = s.health.cache.Guard(ctx)
-		pctx, stop := context.WithCancel(ctx)
+		pctx, stop = context.WithCancel(ctx)
 		probed := make(chan struct{})
 		s.health.probe.Answered() // a fresh run
 		go func() {
@@ -309,6 +319,18 @@ func (s *Subscriber) Run(ctx context.Context) error {
 			s.health.probe.Run(pctx, cacheProbeEvery, probeTimeout, s.health.cache, func(ctx context.Context) error { return s.opt.Cache.Ping(ctx).Err() })
 		}()
 		defer func() { stop(); <-probed }()
+	}
+	s.checked(nil) // a fresh run: nothing failed yet
+	// The start's reads of the cache Redis (the channels left to leave, the
+	// interest the service last ran with) are the applier's first work
+	// (begin), retried until done, and nothing is applied before them: a
+	// cache that does not answer holds the subscription back no more.
+	s.begun = false
+	ln := &listener{s: s}
+	s.ln = ln
+	defer ln.close()
+	ln.regroup(ctx)
+	if s.health.cache != nil {
 		// Its identity before the first check, so that a restart or
 		// failover from then on is seen (watchCache); waited for
 		// probeTimeout at most.
@@ -320,14 +342,6 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}()
 		defer func() { stop(); <-watched }()
 	}
-	s.checked(nil) // a fresh run: nothing failed yet
-	s.checkEviction(ctx)
-	s.loadLeaving(ctx)
-	s.leaveFormerInterest(ctx)
-	ln := &listener{s: s}
-	s.ln = ln
-	defer ln.close()
-	ln.regroup(ctx)
 	s.apply(ctx, ln)
 	return nil
 }
@@ -890,7 +904,9 @@ func (s *Subscriber) reconfigure(ctx context.Context, ln *listener) {
 	_ = s.leave(ctx, left, leaving) // what failed is in unleft, tried again by every check
 	// Records the new interest, and leaves what the positions in memory
 	// missed (a reload before the first check read them all).
-	s.leaveFormerInterest(ctx, left...)
+	if err := s.leaveFormerInterest(ctx, left...); err != nil && ctx.Err() == nil {
+		s.log.Warn("comparing with the interest the service last ran with failed; not checked for this matrix", "err", err)
+	}
 	s.log.Info("took up a new matrix", "tags", next.tagList, "all_tenants", next.allTenants, "tenants", next.tenants)
 	ln.regroup(ctx)
 }
@@ -968,15 +984,20 @@ func (s *Subscriber) noteLeaving(ctx context.Context, failed, done []string) {
 
 // loadLeaving takes up, at start, the channels of the cache's leaving set
 // whose tenant this instance owns: every check leaves them (retryLeave).
-func (s *Subscriber) loadLeaving(ctx context.Context) {
+// It fails when the cache does not answer, returning as soon as ctx ends
+// whatever the client's timeouts (untilDone).
+func (s *Subscriber) loadLeaving(ctx context.Context) error {
 	if s.store == nil {
-		return
+		return nil
 	}
 	key := names.LeavingKey(s.opt.Service)
-	chans, err := s.opt.Cache.SMembers(ctx, key).Result()
+	var chans []string
+	err := untilDone(ctx, func(ctx context.Context) (err error) {
+		chans, err = s.opt.Cache.SMembers(ctx, key).Result()
+		return err
+	})
 	if err != nil {
-		s.log.Warn("reading the channels whose leaving failed before failed; not left this run", "key", key, "err", err)
-		return
+		return fmt.Errorf("reading the channels whose leaving failed before %s from the cache Redis: %w", key, err)
 	}
 	for _, ch := range chans {
 		tenant, tag, err := names.ParseChannel(s.prefix, ch)
@@ -991,6 +1012,7 @@ func (s *Subscriber) loadLeaving(ctx context.Context) {
 	if len(s.unleft) > 0 {
 		s.log.Info("channels whose leaving failed before are left at the first check", "channels", len(s.unleft))
 	}
+	return nil
 }
 
 // retryLeave leaves again the channels whose leaving failed (unleft) —

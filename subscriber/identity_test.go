@@ -2,6 +2,7 @@ package subscriber
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -143,4 +144,43 @@ func TestClusterCacheIdentityCountedOnEveryMaster(t *testing.T) {
 	if c := now.changed(after); len(c) != 1 || !strings.HasPrefix(c[0], flushed+" ") {
 		t.Errorf("changed %q, want %s alone", c, flushed)
 	}
+}
+
+// The position index (tagstore IndexTenants) is written again after the
+// cache Redis lost it: a FLUSHALL seen by the identity watch makes the
+// next positions written — the check's that follows it, then the next
+// message's — index their tenants again. Without it, a restart
+// on a matrix that took the tag from the service leaves the channel's
+// values cached (leaveFormer reads the index), and a service of every
+// tenant whose bus lost its registry does not find the tenant.
+func TestPositionIndexRebuiltAfterAFlush(t *testing.T) {
+	f := newBurst(t, 1, true, false)
+	stop := runUntilCancelled(t, f.s)
+	redistest.Eventually(t, 10*time.Second, "ready", f.s.Ready)
+	live := func(v int64, keys ...string) {
+		m := f.publish(t, "t0", v, keys...)
+		must(t, f.bus.Publish(f.ctx, m.Channel, m.Payload).Err())
+		redistest.Eventually(t, 10*time.Second, fmt.Sprint("version ", v, " stored"), func() bool { return f.stored(t, "t0").Version == v })
+	}
+	indexed := func() []string {
+		ts, err := f.s.store.IndexedTenants(f.ctx, "svc")
+		must(t, err)
+		return ts
+	}
+	live(1, "user:1")
+	if ts := indexed(); !slices.Equal(ts, []string{"t0"}) {
+		t.Fatalf("indexed %v before the flush, want [t0]", ts)
+	}
+	must(t, f.cache.Do(f.ctx, "FLUSHALL").Err())
+	redistest.Eventually(t, 10*time.Second, "the flush seen and checked", func() bool {
+		return f.s.health.cacheChanges.Load() > 0 && f.s.Ready()
+	})
+	if ts := indexed(); !slices.Equal(ts, []string{"t0"}) {
+		t.Errorf("indexed %v after the flush's check, want [t0]", ts)
+	}
+	live(2, "user:2")
+	if ts := indexed(); !slices.Equal(ts, []string{"t0"}) {
+		t.Errorf("indexed %v after the flush and a position written again, want [t0]", ts)
+	}
+	stop()
 }

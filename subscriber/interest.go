@@ -3,6 +3,7 @@ package subscriber
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -54,25 +55,33 @@ func parseInterest(rec string) (tags []string, all bool, tenants []string, ok bo
 // that the current one no longer covers, as leave does, and records the
 // current interest. The channels in done were left already. A cache user
 // from before the key was granted (NOPERM) leaves the check out, with a
-// warning.
-func (s *Subscriber) leaveFormerInterest(ctx context.Context, done ...string) {
+// warning. It fails when the cache does not answer a read (the record, the
+// position index, the positions), returning as soon as ctx ends whatever
+// the client's timeouts (untilDone); leaving what it found is not a read
+// (what fails is in unleft, left by every check).
+func (s *Subscriber) leaveFormerInterest(ctx context.Context, done ...string) error {
 	if s.store == nil {
-		return
+		return nil
 	}
 	key := names.InterestKey(s.opt.Service)
 	rec := interestRecord(s.cur)
-	former, err := s.opt.Cache.Get(ctx, key).Result()
+	var former string
+	err := untilDone(ctx, func(ctx context.Context) (err error) {
+		former, err = s.opt.Cache.Get(ctx, key).Result()
+		return err
+	})
 	switch {
 	case errors.Is(err, redis.Nil):
 	case err != nil:
-		if redis.HasErrorPrefix(err, "NOPERM") {
-			s.log.Warn("cannot read the interest the service last ran with; channels a matrix took from it while it was stopped keep their values: grant the cache user its key (routerd acl --role cache)", "key", key, "err", err)
-		} else {
-			s.log.Warn("reading the interest the service last ran with failed; not checked this run", "key", key, "err", err)
+		if !redis.HasErrorPrefix(err, "NOPERM") {
+			return fmt.Errorf("reading the interest the service last ran with %s from the cache Redis: %w", key, err)
 		}
-		return
+		s.log.Warn("cannot read the interest the service last ran with; channels a matrix took from it while it was stopped keep their values: grant the cache user its key (routerd acl --role cache)", "key", key, "err", err)
+		return nil
 	case former != rec:
-		s.leaveFormer(ctx, former, done)
+		if err := s.leaveFormer(ctx, former, done); err != nil {
+			return err
+		}
 	}
 	switch {
 	case len(s.unleft) > 0:
@@ -84,6 +93,7 @@ func (s *Subscriber) leaveFormerInterest(ctx context.Context, done ...string) {
 	default:
 		s.unrecorded = ""
 	}
+	return nil
 }
 
 // recordInterest writes the interest record; one that failed is written by
@@ -102,16 +112,19 @@ func (s *Subscriber) recordInterest(ctx context.Context, rec string) {
 
 // leaveFormer leaves the channels a former interest covered and the
 // current one does not, among the tenants the service holds positions for.
-func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []string) {
+func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []string) error {
 	tags, all, tenants, ok := parseInterest(former)
 	if !ok {
 		s.log.Warn("the interest the service last ran with is unreadable; not compared", "record", former)
-		return
+		return nil
 	}
-	indexed, err := s.store.IndexedTenants(ctx, s.opt.Service)
+	var indexed []string
+	err := untilDone(ctx, func(ctx context.Context) (err error) {
+		indexed, err = s.store.IndexedTenants(ctx, s.opt.Service)
+		return err
+	})
 	if err != nil {
-		s.log.Warn("reading the position index failed; channels the matrix took from the service are not left this run", "err", err)
-		return
+		return fmt.Errorf("reading the position index %s from the cache Redis: %w", names.PositionIndexKey(s.opt.Service), err)
 	}
 	listed := make(map[string]bool, len(tenants))
 	for _, t := range tenants {
@@ -133,12 +146,15 @@ func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []stri
 		}
 	}
 	if len(chans) == 0 {
-		return
+		return nil
 	}
-	_, found, _, err := s.store.ReadPositions(ctx, s.opt.Service, chans)
+	var found []bool
+	err = untilDone(ctx, func(ctx context.Context) (err error) {
+		_, found, _, err = s.store.ReadPositions(ctx, s.opt.Service, chans)
+		return err
+	})
 	if err != nil {
-		s.log.Warn("reading the positions of channels the matrix took from the service failed; not left this run", "err", err)
-		return
+		return fmt.Errorf("reading the positions of channels the matrix took from the service from the cache Redis: %w", err)
 	}
 	var left []string
 	var invs []Invalidation
@@ -149,4 +165,5 @@ func (s *Subscriber) leaveFormer(ctx context.Context, former string, done []stri
 		}
 	}
 	_ = s.leave(ctx, left, invs) // what failed is in unleft, tried again by every check
+	return nil
 }

@@ -12,12 +12,15 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
+	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
+	"github.com/routerd/routerd/tagstore"
 )
 
 // Starting and stopping with a cache Redis that does not answer.
@@ -295,5 +298,154 @@ func TestStopNotHeldByABlackholedCache(t *testing.T) {
 	_ = cache.Close()
 	_ = bus.Close()
 	// The proxy's own listener goroutines run until its cleanup.
+	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
+}
+
+// blackholeFixture is a subscriber of service svc on tag active of tenant
+// t0 whose cache Redis is reached through a fault proxy (ReadTimeout 30 s:
+// a call the proxy swallows waits that long), with a bus and a cache
+// Redis of their own; admin reaches the cache directly.
+type blackholeFixture struct {
+	*burstFixture
+	proxy *faultproxy.Proxy
+	admin *tagstore.Store
+	raw   *redis.Client // the cache, directly
+}
+
+func newBlackholeFixture(t *testing.T, opt Options) *blackholeFixture {
+	t.Helper()
+	m, err := matrix.Parse("m.yaml", []byte("version: 1\ntags:\n  active: {services: [svc]}\ndomains:\n  user: {tags: [active]}\nservices:\n  svc: {tenants: [t0]}\n"))
+	must(t, err)
+	busSrv, cacheSrv := redistest.Start(t), redistest.Start(t)
+	f := &blackholeFixture{burstFixture: &burstFixture{ctx: context.Background(), bus: busSrv.Client(t), chains: map[string]string{}}}
+	f.proxy = faultproxy.Start(t, cacheSrv.Addr)
+	f.raw = cacheSrv.Client(t)
+	f.admin, err = tagstore.New(f.raw, tagstore.Options{})
+	must(t, err)
+	f.cache = redis.NewClient(&redis.Options{Addr: f.proxy.Addr(), ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
+	t.Cleanup(func() { _ = f.cache.Close() })
+	f.sub = redis.NewClient(&redis.Options{Addr: busSrv.Addr})
+	t.Cleanup(func() { _ = f.sub.Close() })
+	opt.Service, opt.Matrix, opt.Cache = "svc", m, f.cache
+	opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.s, err = New(f.sub, opt)
+	must(t, err)
+	must(t, f.bus.Set(f.ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
+	return f
+}
+
+// live publishes version v of t0's channel as the router does, PUBLISH
+// included.
+func (f *blackholeFixture) live(t *testing.T, v int64, keys ...string) {
+	t.Helper()
+	m := f.publish(t, "t0", v, keys...)
+	must(t, f.bus.Publish(f.ctx, m.Channel, m.Payload).Err())
+}
+
+func (f *blackholeFixture) cachedKeys(t *testing.T, keys ...string) []string {
+	t.Helper()
+	var out []string
+	for _, k := range keys {
+		if _, err := f.admin.Get(f.ctx, "t0", k); err == nil {
+			out = append(out, k)
+		} else if !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// A cache Redis that does not answer at start (a blackhole) does not hold
+// the bus subscription back: the start's reads of the cache (the leaving
+// set, the interest the service last ran with) are retried beside it, and
+// nothing is applied before they are done. Once the cache answers, a
+// message published during the outage is applied and the subscriber
+// becomes ready.
+func TestStartNotHeldByABlackholedCache(t *testing.T) {
+	f := newBlackholeFixture(t, Options{})
+	leaks := goleak.IgnoreCurrent()
+	must(t, f.admin.Set(f.ctx, "t0", "user:1", []byte("v"), time.Hour, "active"))
+	must(t, f.proxy.Blackhole())
+	stop := runUntilCancelled(t, f.s)
+	ch := burstChannel("t0")
+	// Well within the cache client's ReadTimeout (30 s): a start that
+	// waits for the cache subscribes after it.
+	redistest.Eventually(t, 10*time.Second, "subscribed while the cache is blackholed", func() bool {
+		n, err := f.bus.PubSubNumSub(f.ctx, ch).Result()
+		return err == nil && n[ch] > 0
+	})
+	f.live(t, 1, "user:1")
+	if f.s.Ready() {
+		t.Error("ready while the cache does not answer")
+	}
+	must(t, f.proxy.Heal())
+	redistest.Eventually(t, 10*time.Second, "user:1 invalidated once the cache answers", func() bool { return len(f.cachedKeys(t, "user:1")) == 0 })
+	redistest.Eventually(t, 10*time.Second, "ready once the cache answers", f.s.Ready)
+	if rec, err := f.raw.Get(f.ctx, names.InterestKey("svc")).Result(); err != nil || rec != interestRecord(f.s.cur) {
+		t.Errorf("the interest record is %q (%v): the start's work was not done", rec, err)
+	}
+	stop()
+	_ = f.cache.Close()
+	_ = f.sub.Close()
+	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
+}
+
+// Run returns soon after its cancel when work merged under the local limit
+// is queued and the cache Redis stopped answering (a blackhole; the
+// client's ReadTimeout is 30 s): the last flush is not waited for. The
+// queued work is not lost: the position stays at what was applied, and the
+// next start replays the rest from the channel's history.
+func TestStopNotHeldByQueuedWorkOnABlackholedCache(t *testing.T) {
+	f := newBlackholeFixture(t, Options{ApplyRate: 1, ApplyBurst: 1, Coalesce: time.Hour})
+	leaks := goleak.IgnoreCurrent()
+	must(t, f.admin.Set(f.ctx, "t0", "user:1", []byte("v"), time.Hour, "active"))
+	must(t, f.admin.Set(f.ctx, "t0", "user:2", []byte("v"), time.Hour, "active"))
+	ctx, cancel := context.WithCancel(f.ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.s.Run(ctx) }()
+	redistest.Eventually(t, 10*time.Second, "ready", f.s.Ready)
+	f.live(t, 1, "user:1")
+	redistest.Eventually(t, 10*time.Second, "user:1 invalidated", func() bool { return len(f.cachedKeys(t, "user:1")) == 0 })
+	f.live(t, 2, "user:2") // over the limit: queued for an hour
+	redistest.Eventually(t, 10*time.Second, "version 2 queued", func() bool {
+		var m dto.Metric
+		return f.s.m.queuedTags.Write(&m) == nil && m.GetGauge().GetValue() == 1
+	})
+	must(t, f.proxy.Blackhole())
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5 s of its cancel with work queued (the client's ReadTimeout is 30 s)")
+	}
+	if p, _, err := f.admin.ReadPosition(f.ctx, "t0", "svc", "active"); err != nil || p.Version != 1 {
+		t.Errorf("position %+v (%v) once stopped, want version 1: moved past what was applied", p, err)
+	}
+	// The flush left in flight fails with its client.
+	_ = f.cache.Close()
+	must(t, f.proxy.Heal())
+	if left := f.cachedKeys(t, "user:2"); len(left) != 1 {
+		t.Fatalf("user:2 invalidated by the flush left behind; the test shows no replay")
+	}
+
+	// The next start replays version 2.
+	cache := redis.NewClient(&redis.Options{Addr: f.proxy.Addr()})
+	defer cache.Close()
+	opt := f.s.opt
+	opt.Cache, opt.Registerer = cache, nil
+	again, err := New(f.sub, opt)
+	must(t, err)
+	stop := runUntilCancelled(t, again)
+	redistest.Eventually(t, 10*time.Second, "user:2 invalidated by the next start", func() bool { return len(f.cachedKeys(t, "user:2")) == 0 })
+	redistest.Eventually(t, 10*time.Second, "ready again", again.Ready)
+	if p, _, err := f.admin.ReadPosition(f.ctx, "t0", "svc", "active"); err != nil || p.Version != 2 {
+		t.Errorf("position %+v (%v), want version 2", p, err)
+	}
+	stop()
+	_ = cache.Close()
+	_ = f.sub.Close()
 	goleak.VerifyNone(t, append(faultproxy.IgnoreLinks(), leaks, goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*Proxy).freeBlocker"))...)
 }

@@ -242,9 +242,20 @@ type Subscriber struct {
 	// the applier.
 	joined    []string
 	joinedNew map[string]bool
-	// indexed are the tenants known to be in the cache's position index;
-	// owned by the applier.
-	indexed map[string]bool
+	// begun: the start's reads of the cache Redis are done (begin);
+	// beginning: begin is running. Until begun, nothing is applied and
+	// no check succeeds. Owned by the applier, reset by Run.
+	begun, beginning bool
+	beginErr         error // begin's last failure, which the checks report
+
+	// flushing is closed once the last flush of a stopped run ends, when
+	// the stop did not wait for it (finalFlush); the next Run waits.
+	flushing chan struct{}
+	// indexed are the tenants known to be in the cache's position index,
+	// as of the cache's identity indexedAt (health.cacheChanges): a cache
+	// that changed may have lost them. Owned by the applier.
+	indexed   map[string]bool
+	indexedAt int64
 	// heard are the channels of tenants heard announced live and not
 	// checked since (recovery.Channel.Announced); owned by the applier.
 	heard map[string]bool
@@ -460,7 +471,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
-		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
+		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, begun: true, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},
 		tracer: telemetry.Tracer(opt.TracerProvider, "routerd/subscriber"), tracing: telemetry.Enabled(opt.TracerProvider),
 	}
 	s.m.known(sub.Tags)
@@ -547,16 +558,25 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 	check := func() { s.runCheck(ctx, ck) }
 	flush := time.NewTimer(time.Hour)
 	defer flush.Stop()
-	defer func() { // apply what is merged before stopping; a check catches up what this misses
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = s.flushQueued(fctx, true)
-	}()
+	begin := time.NewTimer(0) // the start's work, at once
+	defer begin.Stop()
+	defer s.finalFlush(ctx)
 	for {
 		flush.Reset(s.nextDue())
+		// Until the start's work is done, received messages wait in their
+		// buffer (applied live once it is), as do new channels' checks
+		// and a new matrix.
+		in, fresh, reconf := s.in, s.fresh.ready, s.reconf
+		if !s.begun {
+			in, fresh, reconf = nil, nil, nil
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-begin.C:
+			if !s.begin(ctx) {
+				begin.Reset(time.Second)
+			}
 		case <-flush.C:
 			if err := s.flushQueued(ctx, false); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
@@ -564,7 +584,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 					s.log.Warn("applying coalesced work failed; retrying", "err", err)
 				}
 			}
-		case m := <-s.in:
+		case m := <-in:
 			if err := s.handleBurst(ctx, m); err != nil && ctx.Err() == nil {
 				s.m.applyErrors.Inc()
 				if !errors.Is(err, breaker.ErrOpen) && !errors.Is(err, errUnrecorded) { // the breaker (the presence) said it once, and asks for a check when closed (recorded)
@@ -572,7 +592,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 				}
 				retry.Reset(time.Second)
 			}
-		case <-s.reconf:
+		case <-reconf:
 			s.reconfigure(ctx, ln)
 		case <-s.regroup:
 			ln.regroup(ctx)
@@ -584,7 +604,7 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			ln.relink(ctx)
 		case <-s.checkReq:
 			check()
-		case <-s.fresh.ready:
+		case <-fresh:
 			if chans := s.fresh.take(checkChunk); len(chans) > 0 {
 				if err := s.checkChannels(ctx, chans); err != nil && ctx.Err() == nil {
 					s.log.Warn("checking new channels failed; checking every position", "channels", len(chans), "first", chans[0], "err", err)
@@ -598,6 +618,92 @@ func (s *Subscriber) apply(ctx context.Context, ln *listener) {
 			check()
 		}
 	}
+}
+
+// finalFlushWait bounds how long a stop waits for the last flush of the
+// queued work.
+const finalFlushWait = 2 * time.Second
+
+// finalFlush applies what is merged before stopping, waiting finalFlushWait
+// at most: go-redis waits for a reply until the client's ReadTimeout
+// whatever the context says, and a cache that does not answer must not
+// hold the stop. What it does not apply is not lost: a channel's position
+// moves only once its queued work is applied (applyQueuedN), so the next
+// start's check replays the rest from the channel's history (or drops the
+// whole tag). A flush left behind is cancelled: it tries no other channel
+// and its call is not retried, but the call in flight ends only within the
+// client's timeouts (or when it is closed), and one the cache received may
+// still land; the next Run waits for it before it starts (flushing).
+func (s *Subscriber) finalFlush(ctx context.Context) {
+	if len(s.queued) == 0 {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlushWait)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.flushQueued(fctx, true)
+	}()
+	select {
+	case <-done:
+		cancel()
+	case <-fctx.Done():
+		cancel()
+		select {
+		case <-done:
+		default:
+			s.flushing = done
+			s.log.Warn("stopping without the last flush of queued work: the cache Redis did not answer it in time; the next start replays what it misses", "wait", finalFlushWait)
+		}
+	}
+}
+
+// errStarting: the start's reads of the cache Redis are not done yet.
+var errStarting = errors.New("not applying to the cache Redis until the start's reads of it (the channels left to leave, the interest the service last ran with) are done; retried every second")
+
+// startErr returns errStarting until the start's work is done (but to
+// that work itself), or why it failed.
+func (s *Subscriber) startErr() error {
+	if s.begun || s.beginning {
+		return nil
+	}
+	if s.beginErr != nil {
+		return fmt.Errorf("not applying until the start's reads of the cache Redis are done (retried every second): %w", s.beginErr)
+	}
+	return errStarting
+}
+
+// begin does the start's work on the cache Redis, for the applier: it
+// takes up the channels whose leaving failed before (loadLeaving) and
+// leaves those the matrix took from the service while it was stopped
+// (leaveFormerInterest). Done beside the subscription, not before it: a
+// cache that does not answer held the bus subscription back for the
+// client's timeouts, and what was published meanwhile was recovered from
+// history (or whole). Each of its reads returns as soon as ctx ends; it
+// reports whether it is done, and is tried again every second until it is;
+// meanwhile the checks fail with its error. Once done, it asks for a check,
+// and the messages received meanwhile are applied.
+func (s *Subscriber) begin(ctx context.Context) bool {
+	s.beginning = true
+	err := s.loadLeaving(ctx)
+	if err == nil {
+		err = s.leaveFormerInterest(ctx)
+	}
+	s.beginning = false
+	if err != nil {
+		if ctx.Err() == nil {
+			if s.beginErr == nil {
+				s.requestCheck() // which reports it (readiness, the log)
+			}
+			s.beginErr = err
+		}
+		return false
+	}
+	s.beginErr = nil
+	s.begun = true
+	s.requestCheck()
+	s.fresh.wake() // what was confirmed meanwhile
+	return true
 }
 
 // checker paces the applier's position checks.
@@ -641,6 +747,9 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		ck.retry.Reset(time.Second)
 		return
 	}
+	if errors.Is(err, errStarting) {
+		return // not failed yet: begin asks for a check once done, or failed
+	}
 	if s.health.unmarked.Swap(nil) != nil && err == nil {
 		s.log.Info("a router marked the bus; checked")
 	}
@@ -657,6 +766,9 @@ func (s *Subscriber) runCheck(ctx context.Context, ck *checker) {
 		s.log.Info("position check succeeded again", ck.failing.attrs()...)
 		ck.failing.failures = 0
 	}
+	// A retry asked for before it (a check or a burst that failed) is
+	// covered by it.
+	ck.retry.Stop()
 	s.covered.Store(round)
 	s.health.cacheChecked.Store(changes)
 	s.ready.Store(true)
@@ -837,6 +949,9 @@ func (s *Subscriber) flushQueued(ctx context.Context, all bool) error {
 	var errs error
 	now := time.Now()
 	for channel, p := range s.queued {
+		if ctx.Err() != nil {
+			return errors.Join(errs, ctx.Err())
+		}
 		n := p.queue.keys.Len()
 		if !all {
 			if p.queue.due.After(now) {
@@ -1063,6 +1178,9 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 	if s.store != nil {
 		err := s.presenceErr() // nothing moves a position before the presence is recorded
 		if err == nil {
+			err = s.startErr() // nor before the start's work is done
+		}
+		if err == nil {
 			err = s.index(ctx, invs)
 		}
 		if err != nil {
@@ -1086,6 +1204,7 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 					// (restored from a snapshot, or failed over): the next
 					// check starts from the position it holds.
 					errs[i] = errCacheMoved
+					clear(s.indexed) // the index may have gone back with it
 					s.requestCheck()
 				}
 			}
@@ -1126,7 +1245,17 @@ func (s *Subscriber) invalidateMany(ctx context.Context, invs []Invalidation, st
 // write their first position there, before they do: a subscriber of every
 // tenant finds its positions from the index even when the bus lost its
 // tenant registry.
+//
+// The index is what leaveFormer and everyTenant find the service's
+// positions from; a cache Redis that changed since the tenants were
+// indexed (flushed, restarted, failed over, went back: watchCache) may
+// have lost it with the positions, so each tenant is indexed again with
+// its next position, which the check after the change rewrites.
 func (s *Subscriber) index(ctx context.Context, invs []Invalidation) error {
+	if c := s.health.cacheChanges.Load(); c != s.indexedAt {
+		clear(s.indexed)
+		s.indexedAt = c
+	}
 	var fresh []string
 	for _, inv := range invs {
 		if !s.indexed[inv.Tenant] && !slices.Contains(fresh, inv.Tenant) {

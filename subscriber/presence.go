@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 )
@@ -222,26 +223,13 @@ func (p *presence) withdraw() {
 	}
 }
 
-// untilDone returns call's error, or ctx's as soon as ctx is done: go-redis
-// waits for a reply until the client's ReadTimeout whatever ctx says (a
-// deadline reaches the read only with ContextTimeoutEnabled, a cancel
-// never), and the subscriber must not stop or start that late because
-// the cache Redis does not answer. The call left behind ends within the
-// client's timeouts, or when the client is closed.
+// untilDone returns call's error, or ctx's as soon as ctx is done
+// (redisconn.UntilDone): the subscriber must not stop or start late
+// because the cache Redis does not answer. The call left behind ends
+// within the client's timeouts, or when the client is closed.
 func untilDone(ctx context.Context, call func(context.Context) error) error {
-	done := make(chan error, 1)
-	go func() { done <- call(ctx) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		select {
-		case err := <-done: // both ready: the call's own outcome says more
-			return err
-		default:
-			return ctx.Err()
-		}
-	}
+	_, err := redisconn.UntilDone(ctx, call)
+	return err
 }
 
 // Undelivering counts the subscribers that apply to the cache Redis c for

@@ -224,6 +224,7 @@ func (s *Subscriber) watchCache(ctx context.Context, first cacheIDs) {
 		if last != nil {
 			now.carry(last)
 			if changed := last.changed(now); len(changed) > 0 {
+				s.presenceLost() // before the check: it waits for the presence
 				s.health.cacheChanges.Add(1)
 				s.m.cacheChanged.Inc()
 				s.log.Warn("the cache Redis restarted or failed over (or its data went back: reloaded, flushed): it may hold again values invalidated since; not ready until the positions are checked (now)", "changed", changed)

@@ -286,30 +286,17 @@ func (p *Publisher) PublishBatch(ctx context.Context, events []Event) (_ []strin
 	return ids, untilDone(ctx, func() error { return p.write(ctx, all) })
 }
 
-// untilDone returns write's error, or ctx's once ctx is done first: go-redis
-// waits for a reply until the client's ReadTimeout whatever ctx says (a
-// deadline reaches the read only with ContextTimeoutEnabled, a
-// cancellation never), and a caller with a 50 ms deadline must not wait
+// untilDone returns write's error, or ctx's once ctx is done first
+// (redisconn.UntilDone): a caller with a 50 ms deadline must not wait
 // seconds on a bus that does not answer. The write left behind goes on
 // within the client's own timeouts and may append its entries all the
 // same, hence the advice to publish again with the same ids.
 func untilDone(ctx context.Context, write func() error) error {
-	if ctx.Done() == nil {
-		return write() // never done: no need to watch it
+	left, err := redisconn.UntilDone(ctx, func(context.Context) error { return write() })
+	if left {
+		return fmt.Errorf("publisher: %w before the bus answered; the entries may be appended all the same (publishing again with the same ids is safe)", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- write() }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		select {
-		case err := <-done: // both ready: the write's own outcome says more
-			return err
-		default:
-		}
-		return fmt.Errorf("publisher: %w before the bus answered; the entries may be appended all the same (publishing again with the same ids is safe)", ctx.Err())
-	}
+	return err
 }
 
 // pack groups the events' JSON into entries: per partition, in order, up to

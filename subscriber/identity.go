@@ -97,7 +97,8 @@ func (s *Subscriber) countIdentity(ctx context.Context, m *redis.Client) (string
 	if err != nil {
 		return "", 0
 	}
-	n, err := m.Incr(ctx, key).Result()
+	mctx, mc := redisconn.OnNode(ctx, s.opt.Cache, m) // the cache client's hooks see it
+	n, err := mc.Incr(mctx, key).Result()
 	if err != nil {
 		if redis.HasErrorPrefix(err, "NOPERM") && s.identityRefused.CompareAndSwap(false, true) {
 			s.log.Warn("cannot count the cache Redis's identity: a flush after CONFIG RESETSTAT, or a DEBUG RELOAD, is noticed at the next position check only (grant the cache user the key: routerd acl --role cache)", "key", key, "err", err)
@@ -223,6 +224,7 @@ func (s *Subscriber) watchCache(ctx context.Context, first cacheIDs) {
 		if last != nil {
 			now.carry(last)
 			if changed := last.changed(now); len(changed) > 0 {
+				s.presenceLost() // before the check: it waits for the presence
 				s.health.cacheChanges.Add(1)
 				s.m.cacheChanged.Inc()
 				s.log.Warn("the cache Redis restarted or failed over (or its data went back: reloaded, flushed): it may hold again values invalidated since; not ready until the positions are checked (now)", "changed", changed)

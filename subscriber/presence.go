@@ -9,10 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 )
@@ -53,6 +55,14 @@ type presence struct {
 	id       string
 	recorded chan struct{} // closed once the presence is recorded and the mark taken away
 
+	// lost counts the changes of the cache Redis seen (watchCache: it
+	// may have come back without the presence, with a clean mark);
+	// announced is the count the last announce that landed began after.
+	// The gate is closed again while lost > announced, and nudge has the
+	// presence recorded again at once.
+	lost, announced atomic.Int64
+	nudge           chan struct{}
+
 	mu      sync.Mutex
 	member  string // the member written last ("" when none is)
 	failing bool   // the last write failed
@@ -69,10 +79,8 @@ func (s *Subscriber) presenceErr() error {
 	if s.presence == nil {
 		return nil
 	}
-	select {
-	case <-s.presence.recorded:
+	if s.presence.open() {
 		return nil
-	default:
 	}
 	s.presence.mu.Lock()
 	defer s.presence.mu.Unlock()
@@ -84,6 +92,35 @@ func (s *Subscriber) presenceErr() error {
 	return errUnrecorded
 }
 
+// open reports whether the gate is open: the presence recorded, and
+// recorded again since the last change of the cache Redis seen.
+func (p *presence) open() bool {
+	select {
+	case <-p.recorded:
+		return p.lost.Load() <= p.announced.Load()
+	default:
+		return false
+	}
+}
+
+// presenceLost closes the gate until the presence is recorded again and
+// the mark taken away again: the cache Redis changed (restarted from a
+// snapshot, failed over to a replica that missed the last writes, its data
+// went back), and may hold the clean mark of an agent with --deliver again,
+// without this subscriber's presence, while the check the change asks for
+// moves the positions: that agent, starting then, would skip the reset.
+func (s *Subscriber) presenceLost() {
+	p := s.presence
+	if p == nil {
+		return
+	}
+	p.lost.Add(1)
+	select {
+	case p.nudge <- struct{}{}:
+	default:
+	}
+}
+
 // runPresence records the subscriber's presence and takes the clean mark
 // away, then renews the presence until ctx ends, all beside the caller;
 // the returned function stops that and takes the presence away. None for
@@ -93,7 +130,7 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 	if s.opt.Cache == nil || s.opt.Delivers {
 		return func() {}
 	}
-	p := &presence{s: s, id: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64()), recorded: make(chan struct{})}
+	p := &presence{s: s, id: fmt.Sprintf("%d-%x", os.Getpid(), rand.Uint64()), recorded: make(chan struct{}), nudge: make(chan struct{}, 1)}
 	s.presence = p
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -114,7 +151,12 @@ func (s *Subscriber) runPresence(ctx context.Context) (stop func()) {
 // tried every second until both land, and opens the gate. False when ctx
 // ended first.
 func (p *presence) record(ctx context.Context) bool {
-	for !p.announce(ctx) {
+	for {
+		lost := p.lost.Load()
+		if p.announce(ctx) {
+			p.announced.Store(lost)
+			break
+		}
 		if sleepCtx(ctx, time.Second); ctx.Err() != nil {
 			return false
 		}
@@ -134,8 +176,8 @@ func refused(err error) bool {
 // that it lands on a full cache Redis, then takes the clean mark (or the
 // running agent's token) away: every time, not only at the start, so that
 // an agent with --deliver that started since finds its token gone when it
-// stops. It reports whether both are done (or refused for good, before the
-// gate opened). A failure is warned of at the first of a streak. It
+// stops. It reports whether both are done (or refused for good, while the
+// gate is closed). A failure is warned of at the first of a streak. It
 // returns once ctx ends, whatever the client's timeouts: a write left
 // behind may land later, and counts for presenceFor (the safe side).
 func (p *presence) announce(ctx context.Context) bool {
@@ -168,13 +210,11 @@ func (p *presence) announce(ctx context.Context) bool {
 	}
 	first := !p.failing
 	p.failing, p.lastErr = true, err
-	select {
-	case <-p.recorded:
+	if p.open() {
 		if first {
 			p.s.log.Warn("could not renew in the cache Redis that this subscriber applies to it (its presence, and the clean mark of an agent with --deliver taken away): that agent may skip what this one applies once the presence expires (retried every second; grant the keys: routerd acl --role cache)", "key", key, "err", err)
 		}
 		return false
-	default:
 	}
 	if refused(err) {
 		p.s.log.Warn("the cache Redis refuses to record that this subscriber applies to it (its presence, and the clean mark of an agent with --deliver taken away): that agent may skip what this one applies (grant the keys: routerd acl --role cache)", "key", key, "err", err)
@@ -187,7 +227,9 @@ func (p *presence) announce(ctx context.Context) bool {
 }
 
 // renew writes the presence afresh every presenceEvery (every second while
-// writing it fails) until ctx ends.
+// writing it fails, at once after a change of the cache Redis) until ctx
+// ends, and opens the gate again once a write that began after the last
+// change lands.
 func (p *presence) renew(ctx context.Context) {
 	for {
 		p.mu.Lock()
@@ -196,10 +238,19 @@ func (p *presence) renew(ctx context.Context) {
 			wait = time.Second
 		}
 		p.mu.Unlock()
-		if sleepCtx(ctx, wait); ctx.Err() != nil {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
+		case <-p.nudge:
+			t.Stop()
 		}
-		p.announce(ctx)
+		lost := p.lost.Load()
+		if p.announce(ctx) && p.announced.Swap(lost) < lost {
+			p.s.requestCheck() // what waited for it
+		}
 	}
 }
 
@@ -230,26 +281,13 @@ func (p *presence) withdraw() {
 	}
 }
 
-// untilDone returns call's error, or ctx's as soon as ctx is done: go-redis
-// waits for a reply until the client's ReadTimeout whatever ctx says (a
-// deadline reaches the read only with ContextTimeoutEnabled, a cancel
-// never), and the subscriber must not stop or start that late because
-// the cache Redis does not answer. The call left behind ends within the
-// client's timeouts, or when the client is closed.
+// untilDone returns call's error, or ctx's as soon as ctx is done
+// (redisconn.UntilDone): the subscriber must not stop or start late
+// because the cache Redis does not answer. The call left behind ends
+// within the client's timeouts, or when the client is closed.
 func untilDone(ctx context.Context, call func(context.Context) error) error {
-	done := make(chan error, 1)
-	go func() { done <- call(ctx) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		select {
-		case err := <-done: // both ready: the call's own outcome says more
-			return err
-		default:
-			return ctx.Err()
-		}
-	}
+	_, err := redisconn.UntilDone(ctx, call)
+	return err
 }
 
 // Undelivering counts the subscribers that apply to the cache Redis c for

@@ -47,9 +47,10 @@ type agentOut struct {
 	// the stop then leaves no clean mark (its positions moved past the
 	// process), even when that subscriber stopped before this one.
 	token string
-	// lost: holdMark found the mark other than the token (taken away, or
-	// the cache Redis restored from a snapshot holding an older mark) and
-	// wrote the token again: this run's stop leaves no clean mark.
+	// lost: the start found another subscriber's presence, or holdMark
+	// found the mark other than the token (taken away, or the cache Redis
+	// restored from a snapshot holding an older mark) and wrote the token
+	// again: this run's stop leaves no clean mark.
 	lost atomic.Bool
 
 	invalidations, keys, wholeTags, recovered atomic.Int64
@@ -99,8 +100,18 @@ func (a *agentOut) start(ctx context.Context) error {
 		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
 		if err == nil {
 			a.taken.Store(true)
+			// A subscriber without --deliver there now may move the
+			// cache's positions past what the process is given while
+			// this run goes on, and be killed before a renewal of its
+			// presence takes the token away: its presence expired, the
+			// token still there, the stop would find nothing amiss. One
+			// that starts after this read takes the token away.
+			plain := a.undelivering(ctx)
+			if plain > 0 {
+				a.lost.Store(true)
+			}
 			if r.Was == lua.DeliveryClean {
-				if plain := a.undelivering(ctx); plain > 0 {
+				if plain > 0 {
 					a.log.Info("delivering a reset first: the last agent stopped with everything delivered, but another subscriber (an agent without --deliver, a service embedding the subscriber) applies to this cache Redis, so the cache's positions may be ahead of the process", "subscribers_without_deliver", plain)
 					return a.flush(ctx)
 				}
@@ -181,7 +192,7 @@ func (a *agentOut) stopped() {
 		return
 	}
 	if a.lost.Load() {
-		a.log.Warn("stopping with everything delivered, but the delivery mark did not hold this agent's token all along (another subscriber started on the cache Redis, or the cache was restored from a snapshot): the next start delivers a reset")
+		a.log.Warn("stopping with everything delivered, but another subscriber applied to the cache Redis while this agent ran (it was there at the start, or took the delivery mark's token away), or the cache was restored from a snapshot: the next start delivers a reset")
 		a.unmark(ctx)
 		return
 	}

@@ -33,11 +33,14 @@ func OnNode(ctx context.Context, c redis.UniversalClient, node *redis.Client) (c
 		return ctx, node
 	}
 	key := weak.Make(cc)
-	once, loaded := routed.LoadOrStore(key, new(sync.Once))
-	once.(*sync.Once).Do(func() { cc.AddHook(routeHook{}) })
-	if !loaded {
-		runtime.AddCleanup(cc, func(key weak.Pointer[redis.ClusterClient]) { routed.Delete(key) }, key)
+	once, ok := routed.Load(key) // no allocation on the calls after the first: one a durable publish
+	if !ok {
+		var loaded bool
+		if once, loaded = routed.LoadOrStore(key, new(sync.Once)); !loaded {
+			runtime.AddCleanup(cc, func(key weak.Pointer[redis.ClusterClient]) { routed.Delete(key) }, key)
+		}
 	}
+	once.(*sync.Once).Do(func() { cc.AddHook(routeHook{}) })
 	return context.WithValue(ctx, nodeKey{}, node), cc
 }
 

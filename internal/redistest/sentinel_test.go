@@ -50,7 +50,7 @@ func TestSentinelFailsOver(t *testing.T) {
 }
 
 // slowIsNotDown checks that the sentinels take a master that stalls for
-// 600 ms (CLIENT PAUSE ALL: as a loaded machine, a slow fork) for slow, not down:
+// 400 ms (CLIENT PAUSE ALL: as a loaded machine, a slow fork) for slow, not down:
 // a down-after-milliseconds that short would fail it over, and a test
 // that restarts the old master would find it empty.
 func slowIsNotDown(t *testing.T, s *Sentinel, master *Server) {
@@ -64,7 +64,7 @@ func slowIsNotDown(t *testing.T, s *Sentinel, master *Server) {
 		t.Fatal(err)
 	}
 	mc := master.Client(t)
-	if err := mc.Do(ctx, "client", "pause", 600, "all").Err(); err != nil {
+	if err := mc.Do(ctx, "client", "pause", 400, "all").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := mc.Ping(ctx).Err(); err != nil { // answered once the pause is over
@@ -92,7 +92,7 @@ func slowIsNotDown(t *testing.T, s *Sentinel, master *Server) {
 			t.Fatal(err)
 		}
 		if m, ok := msg.(*redis.Message); ok {
-			t.Fatalf("a master stalled 600 ms: the sentinel said %s %s", m.Channel, m.Payload)
+			t.Fatalf("a master stalled 400 ms: the sentinel said %s %s", m.Channel, m.Payload)
 		}
 		if _, ok := msg.(*redis.Pong); ok {
 			return

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/doctor"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/internal/telemetry"
 	"github.com/routerd/routerd/matrix"
 	"github.com/routerd/routerd/names"
@@ -244,6 +245,10 @@ func publish(ctx context.Context, env *Env, args []string) error {
 	if *durable && redis.IsPermissionError(err) {
 		return fmt.Errorf("%w\n  --durable reads INFO replication and sends WAIT, which the publisher user printed by `routerd acl --role publisher` may not run: "+
 			"give the user the rules of `routerd acl --role publisher --durable` (docs/security.md)", err)
+	}
+	if err != nil && id != "" && redisconn.Unsent(err) {
+		// No connection was made: no XADD left.
+		return fmt.Errorf("%w\n  nothing was appended (the bus was not reached): publish it again, with --id %s to keep its id", err, id)
 	}
 	if err != nil && id != "" {
 		// The event may be on the bus all the same (a lost reply): a

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/internal/doctor"
 	"github.com/routerd/routerd/internal/reload"
 	"github.com/routerd/routerd/internal/tagsize"
 	"github.com/routerd/routerd/internal/telemetry"
@@ -71,6 +72,9 @@ func serve(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer c.Close()
+	if err := requireVersion(ctx, log, c, "bus"); err != nil {
+		return err
+	}
 	reg := newRegistry()
 	tp, stopTracing, err := telemetry.Setup(ctx, env.Getenv, env.Stdout, "routerd")
 	if err != nil {
@@ -94,6 +98,24 @@ func serve(ctx context.Context, env *Env, args []string) error {
 	log.Info("routerd serving", "matrix", *path, "sha256", m.Hash[:12])
 	err = g.Wait()
 	log.Info("routerd stopped")
+	return err
+}
+
+// versionTimeout bounds the start's read of the Redis version: a Redis
+// down at start does not hold the daemon, which retries by itself.
+const versionTimeout = 3 * time.Second
+
+// requireVersion refuses a Redis (role: bus, cache) older than routerd
+// needs, on every master of a cluster, before the daemon starts: it would
+// start and fail later on unknown commands. A version it cannot read (a
+// Redis down at start, INFO refused by an ACL) is a warning, once.
+func requireVersion(ctx context.Context, log *slog.Logger, c redis.UniversalClient, role string) error {
+	vctx, cancel := context.WithTimeout(ctx, versionTimeout)
+	defer cancel()
+	unread, err := doctor.CheckVersions(vctx, c, role)
+	if unread != nil {
+		log.Warn("cannot read the Redis version at start: routerd needs Redis 7.0 or newer (`routerd doctor` checks it)", "redis", role, "err", unread)
+	}
 	return err
 }
 
@@ -163,12 +185,18 @@ func agent(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	defer busC.Close()
+	if err := requireVersion(ctx, log, busC, "bus"); err != nil {
+		return err
+	}
 	var cacheC redis.UniversalClient
 	if *cache.url != "" {
 		if cacheC, err = cache.open(log); err != nil {
 			return err
 		}
 		defer cacheC.Close()
+		if err := requireVersion(ctx, log, cacheC, "cache"); err != nil {
+			return err
+		}
 	}
 	reg := newRegistry()
 	traceOut := env.Stdout

@@ -95,6 +95,46 @@ func Run(ctx context.Context, c redis.UniversalClient, opt Options) ([]Finding, 
 	return append(out, checkIngress(ctx, c, opt)...), nil
 }
 
+// needs says which Redis routerd needs, and why.
+const needs = "routerd needs 7.0 or newer (XAUTOCLAIM, XINFO lag, sharded pub/sub); upgrade the server"
+
+// tooOld reports whether version, INFO's redis_version, is older than
+// routerd needs.
+func tooOld(version string) bool {
+	major, _ := strconv.Atoi(strings.Split(version, ".")[0])
+	return major < 7
+}
+
+// CheckVersions reads the version of every server behind c (each master of
+// a cluster) and returns an error naming the first that is older than
+// routerd needs; role ("bus", "cache") names c in it. A server whose
+// version could not be read (unreachable, INFO refused by an ACL) is no
+// reason to refuse: unread says which and why, for the caller to warn.
+func CheckVersions(ctx context.Context, c redis.UniversalClient, role string) (unread, err error) {
+	nodes, err := redisconn.Masters(ctx, c)
+	if err != nil {
+		return fmt.Errorf("listing the %s Redis's masters: %w", role, err), nil
+	}
+	var errs []error
+	for _, n := range nodes {
+		nctx, nc := redisconn.OnNode(ctx, c, n) // c's hooks see it
+		sections, err := nc.InfoMap(nctx, "server").Result()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("the %s Redis %s: INFO server: %w", role, n.Options().Addr, err))
+			continue
+		}
+		version := sections["Server"]["redis_version"]
+		if version == "" {
+			errs = append(errs, fmt.Errorf("the %s Redis %s: INFO server has no redis_version", role, n.Options().Addr))
+			continue
+		}
+		if tooOld(version) {
+			return errors.Join(errs...), fmt.Errorf("the %s Redis %s runs Redis %s: %s", role, n.Options().Addr, version, needs)
+		}
+	}
+	return errors.Join(errs...), nil
+}
+
 // info returns the fields of one INFO section.
 func info(ctx context.Context, c *redis.Client, section string) (map[string]string, error) {
 	sections, err := c.InfoMap(ctx, section).Result()
@@ -121,8 +161,8 @@ func checkNode(ctx context.Context, c *redis.Client, opt Options) ([]Finding, []
 		return nil, nil, fmt.Errorf("%s: INFO: %w", node, err)
 	}
 	version := srv["redis_version"]
-	if major, _ := strconv.Atoi(strings.Split(version, ".")[0]); major < 7 {
-		add(Fail, "version", "Redis %s: routerd needs 7.0 or newer (XAUTOCLAIM, XINFO lag, sharded pub/sub); upgrade the server", version)
+	if tooOld(version) {
+		add(Fail, "version", "Redis %s: %s", version, needs)
 	} else {
 		add(OK, "version", "Redis %s", version)
 	}

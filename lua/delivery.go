@@ -2,6 +2,7 @@ package lua
 
 import (
 	"errors"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -68,25 +69,56 @@ func (r *DeliveryMarkRequest) Reply(cmd *redis.Cmd) (DeliveryMarkReply, error) {
 	return DeliveryMarkReply{Marked: n == 1}, err
 }
 
-// PresenceRequest is one call of delivery.lua: add Member to a service's
-// names.DeliveryPlainKey, taking Replaced ("" for none) away.
+// PresenceRequest is one call of delivery.lua: add a member for ID to a
+// service's names.DeliveryPlainKey, "<ID>@<unix seconds it expires>", For
+// from now on the cache Redis's clock (TIME), taking Replaced ("" for none)
+// away. Member is the one written where the user may not run TIME (an ACL
+// of an earlier routerd acl): the same, on the caller's clock.
 type PresenceRequest struct {
-	Service, Member, Replaced string
+	Service, ID, Member, Replaced string
+	For                           time.Duration
 }
 
 // PresenceReply is delivery.lua's reply to a presence.
 type PresenceReply struct {
-	Added bool
+	// Member is the member written.
+	Member string
 }
 
 func (*PresenceRequest) script() *redis.Script { return deliveryScript }
 
 func (r *PresenceRequest) encode() (keys []string, args []any) {
-	return []string{names.DeliveryPlainKey(r.Service)}, []any{"presence", r.Member, r.Replaced}
+	return []string{names.DeliveryPlainKey(r.Service)}, []any{"presence", r.Member, r.Replaced, r.ID, int64(r.For / time.Second)}
 }
 
 // Reply decodes the call's reply.
 func (r *PresenceRequest) Reply(cmd *redis.Cmd) (PresenceReply, error) {
+	m, err := cmd.Text()
+	return PresenceReply{Member: m}, err
+}
+
+// PresenceCountRequest is one call of delivery.lua: count the members of a
+// service's names.DeliveryPlainKey not expired on the cache Redis's clock
+// (TIME), taking the expired ones away. Now is the caller's clock, used
+// where the user may not run TIME.
+type PresenceCountRequest struct {
+	Service string
+	Now     time.Time
+}
+
+// PresenceCountReply is delivery.lua's reply to a count.
+type PresenceCountReply struct {
+	N int
+}
+
+func (*PresenceCountRequest) script() *redis.Script { return deliveryScript }
+
+func (r *PresenceCountRequest) encode() (keys []string, args []any) {
+	return []string{names.DeliveryPlainKey(r.Service)}, []any{"count", r.Now.Unix(), ""}
+}
+
+// Reply decodes the call's reply.
+func (r *PresenceCountRequest) Reply(cmd *redis.Cmd) (PresenceCountReply, error) {
 	n, err := cmd.Int64()
-	return PresenceReply{Added: n == 1}, err
+	return PresenceCountReply{N: int(n)}, err
 }

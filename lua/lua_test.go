@@ -2,10 +2,12 @@ package lua_test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -153,5 +155,55 @@ func TestRunReloadsAScriptWithoutEval(t *testing.T) {
 		if _, err := lua.Run(ctx, c, &lua.UnreadRequest{Stream: "s", Group: "g"}); err != nil {
 			t.Fatalf("round %d, after SCRIPT FLUSH: %v", round, err)
 		}
+	}
+}
+
+// A presence (delivery.lua) expires on the cache Redis's clock: written and
+// counted on TIME, whatever the caller's clock says; where the user may not
+// run TIME (an ACL of an earlier routerd acl) the caller's clock is used,
+// as before, rather than the write refused. A member an earlier version
+// wrote ("<id>@<unix seconds>") counts until then.
+func TestPresenceOnTheServersClock(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	must(t, admin.Do(ctx, "ACL", "SETUSER", "notime", "on", ">pw", "~*", "&*", "+@all", "-time").Err())
+	notime := redis.NewClient(&redis.Options{Addr: admin.Options().Addr, Username: "notime", Password: "pw"})
+	t.Cleanup(func() { _ = notime.Close() })
+	server, err := admin.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skewed := server.Add(-time.Hour) // the caller's clock, an hour behind
+	old := fmt.Sprintf("old@%d", server.Add(time.Minute).Unix())
+	must(t, admin.SAdd(ctx, names.DeliveryPlainKey("svc"), old, "gone@1", "noexpiry").Err())
+	for _, c := range []*redis.Client{admin, notime} {
+		member := fmt.Sprintf("a@%d", skewed.Add(30*time.Second).Unix())
+		r, err := lua.Run(ctx, c, &lua.PresenceRequest{Service: "svc", ID: "a", Member: member, For: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, _ := strconv.ParseInt(strings.TrimPrefix(r.Member, "a@"), 10, 64)
+		if c == notime && r.Member != member {
+			t.Errorf("without TIME: wrote %q, want the caller's %q", r.Member, member)
+		}
+		if c == admin && (at < server.Unix()+30 || at > server.Unix()+300) {
+			t.Errorf("wrote %q, want it to expire 30 s after the server's %d", r.Member, server.Unix())
+		}
+		// Counted on the server's clock (the caller's an hour ahead would
+		// count nothing), or the caller's without TIME.
+		now := server.Add(time.Hour)
+		if c == notime {
+			now = skewed
+		}
+		n, err := lua.Run(ctx, c, &lua.PresenceCountRequest{Service: "svc", Now: now})
+		if want := 3; err != nil || n.N != want { // old, noexpiry, a@…
+			members, _ := admin.SMembers(ctx, names.DeliveryPlainKey("svc")).Result()
+			t.Errorf("counted %d (%v), want %d (members %q)", n.N, err, want, members)
+		}
+		if ok, _ := admin.SIsMember(ctx, names.DeliveryPlainKey("svc"), "gone@1").Result(); ok {
+			t.Error("an expired member was not taken away")
+		}
+		must(t, admin.SRem(ctx, names.DeliveryPlainKey("svc"), r.Member).Err())
 	}
 }

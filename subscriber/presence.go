@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,8 +26,9 @@ import (
 // applying meanwhile. So every other subscriber with a Cache — an agent
 // without --deliver, a service embedding the subscriber — takes the clean
 // mark away when it starts, and records its presence in
-// names.DeliveryPlainKey while it runs: "<id>@<unix seconds it expires>",
-// renewed every presenceEvery, counted for presenceFor (so a subscriber
+// names.DeliveryPlainKey while it runs: "<id>@<unix seconds it expires>"
+// on the cache Redis's clock (TIME, read by lua/delivery.lua when it writes
+// and counts: the hosts' clocks may disagree), renewed every presenceEvery, counted for presenceFor (so a subscriber
 // killed counts a while longer), taken away when it stops.
 const (
 	presenceFor   = 30 * time.Second
@@ -184,10 +183,16 @@ func (p *presence) announce(ctx context.Context) bool {
 	p.mu.Lock()
 	replaced := p.member
 	p.mu.Unlock()
-	m := fmt.Sprintf("%s@%d", p.id, time.Now().Add(presenceFor).Unix())
+	// The member's expiry is the cache Redis's clock's (the script reads
+	// TIME): this host's may disagree with the agent's by more than
+	// presenceFor. m is for a user that may not run TIME.
+	m := fmt.Sprintf("%s@%d", p.id, p.s.clock().Add(presenceFor).Unix())
 	key := names.DeliveryPlainKey(p.s.opt.Service)
 	err := untilDone(ctx, func(ctx context.Context) error {
-		_, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, Member: m, Replaced: replaced})
+		r, err := lua.Run(ctx, p.s.opt.Cache, &lua.PresenceRequest{Service: p.s.opt.Service, ID: p.id, Member: m, Replaced: replaced, For: presenceFor})
+		if err == nil {
+			m = r.Member
+		}
 		return err
 	})
 	if err == nil {
@@ -293,22 +298,9 @@ func untilDone(ctx context.Context, call func(context.Context) error) error {
 // Undelivering counts the subscribers that apply to the cache Redis c for
 // service without delivering to the process of its agent with --deliver
 // (their members of names.DeliveryPlainKey not expired), taking expired
-// members away.
+// members away: expired on the cache Redis's clock, on which they were
+// written (lua/delivery.lua), not this host's.
 func Undelivering(ctx context.Context, c redis.UniversalClient, service string) (int, error) {
-	key := names.DeliveryPlainKey(service)
-	members, err := c.SMembers(ctx, key).Result()
-	if err != nil {
-		return 0, err
-	}
-	n, now := 0, time.Now().Unix()
-	for _, m := range members {
-		at := strings.LastIndexByte(m, '@')
-		exp, err := strconv.ParseInt(m[at+1:], 10, 64)
-		if at >= 0 && err == nil && exp < now {
-			c.SRem(ctx, key, m)
-			continue
-		}
-		n++
-	}
-	return n, nil
+	r, err := lua.Run(ctx, c, &lua.PresenceCountRequest{Service: service, Now: time.Now()})
+	return r.N, err
 }

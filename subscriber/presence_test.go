@@ -49,3 +49,34 @@ func TestPresenceWhileRunning(t *testing.T) {
 		}
 	}
 }
+
+// A subscriber's presence counts for an agent with --deliver whatever the
+// two hosts' clocks say: its expiry is judged on the cache Redis's clock
+// only. A writer whose clock runs a minute behind (the agent's a minute
+// ahead) had its live presence counted as expired: the agent marked the
+// cache clean, and its next start skipped the reset.
+func TestPresenceCountsWhateverTheWritersClock(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer c.Close()
+	ctx := context.Background()
+	must(t, c.Set(ctx, names.GenerationKey("invalidate"), "g1", 0).Err())
+	s, err := New(c, Options{Service: "profile-svc", Matrix: testMatrixParsed(t), Cache: c,
+		Handler: func(context.Context, Invalidation) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.clock = func() time.Time { return time.Now().Add(-time.Minute) }
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	redistest.Eventually(t, 10*time.Second, "ready", s.Ready)
+	if n, err := Undelivering(ctx, c, "profile-svc"); err != nil || n != 1 {
+		members, _ := c.SMembers(ctx, names.DeliveryPlainKey("profile-svc")).Result()
+		t.Errorf("%d (%v) subscribers without delivery while one runs with its clock a minute behind, want 1 (members %q)", n, err, members)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -191,6 +191,8 @@ type Subscriber struct {
 	// with --deliver (presence.go), nil when there is none to make; set
 	// by Run before it starts anything.
 	presence *presence
+	// clock is this host's (time.Now); a test skews it.
+	clock func() time.Time
 
 	// Owned by the applier goroutine.
 	cur     *interest
@@ -468,7 +470,7 @@ func New(bus redis.UniversalClient, opt Options) (*Subscriber, error) {
 		opt.Logger = slog.Default()
 	}
 	s := &Subscriber{
-		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer),
+		bus: bus, opt: opt, log: opt.Logger.With("service", opt.Service), m: newMetrics(opt.Registerer), clock: time.Now,
 		prefix: opt.Matrix.Prefix, cur: newInterest(opt.Matrix, sub, opt.TenantShard), pos: map[string]*position{},
 		in: make(chan *redis.Message, opt.Buffer), checkReq: make(chan struct{}, 1), fresh: newFreshChannels(),
 		queued: map[string]*position{}, reconf: make(chan struct{}, 1), regroup: make(chan struct{}, 1), moved: make(chan struct{}, 1), relink: make(chan struct{}, 1), joinedNew: map[string]bool{}, begun: true, indexed: map[string]bool{}, identityKeys: map[string]string{}, heard: map[string]bool{},

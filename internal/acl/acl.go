@@ -295,8 +295,9 @@ func cache(m *matrix.Matrix, spec Spec) (Rules, error) {
 		// (SISMEMBER, PEXPIRE); the expiry of reference sets (PTTL,
 		// PEXPIRE, PERSIST).
 		"del", "sismember", "pexpire", "pttl", "persist",
-		// The delivery mark of an agent with --deliver.
-		"getdel",
+		// The delivery mark of an agent with --deliver; the presences
+		// beside it expire on the cache Redis's clock (delivery.lua).
+		"getdel", "time",
 		// routerd compact.
 		"sscan", "exists",
 		// The subscriber's health: a ping every half second, and the

@@ -47,7 +47,7 @@ func TestRoles(t *testing.T) {
 	m := parse(t)
 	routerCmds := "+set +exists +scan +xgroup|create +xgroup|delconsumer +xgroup|setid +xreadgroup +xack +xautoclaim +xclaim +xinfo|groups +xinfo|consumers +xinfo|stream +xpending +xtrim +xadd +sadd +srem +xrange +xdel +hgetall +hdel +evalsha +script|load +time +hmget +hget +hset +hlen +del +pexpire +zadd +zscore +zmscore +zcard +zremrangebyrank +zremrangebyscore +info +wait +ping"
 	routerKeys := "~inv:ingress:* ~inv:deadletter ~inv:deadletter:invalid ~{inv:deadletter}:written ~{inv:deadletter:invalid}:written ~inv:redrive ~inv:tenants ~inv:routers ~inv:srcver:{*}:*/*/* ~{inv:*}:meta ~{inv:*}:history ~{inv:*}:events ~inv:generation ~inv:budget:tenant:* ~inv:budget:global"
-	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +sscan +exists +ping +info +incr"
+	cacheCmds := "+evalsha +eval +script|load +get +set +sadd +smembers +srem +scard +spop +unlink +del +sismember +pexpire +pttl +persist +getdel +time +sscan +exists +ping +info +incr"
 	for _, tc := range []struct {
 		name string
 		spec Spec

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/deliver"
+	"github.com/routerd/routerd/internal/redisconn"
 	"github.com/routerd/routerd/lua"
 	"github.com/routerd/routerd/names"
 	"github.com/routerd/routerd/subscriber"
@@ -167,7 +168,17 @@ func (a *agentOut) holdMark(ctx context.Context) {
 		if !a.taken.Load() {
 			continue
 		}
-		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		// Bounded by ctx (go-redis waits for a reply until its ReadTimeout
+		// whatever ctx says): a cache Redis that does not answer does not
+		// hold the agent's stop. A take left behind may land later, even
+		// after the stop marked the cache clean: it writes the token over
+		// the mark, and the next start delivers a reset (the safe side).
+		var r lua.DeliveryTakeReply
+		_, err := redisconn.UntilDone(ctx, func(ctx context.Context) error {
+			var err error
+			r, err = lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+			return err
+		})
 		if err != nil || r.Was == a.token {
 			continue
 		}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,7 +105,7 @@ func TestCacheGoneBackUnderTheSameIdentityRecheckedAtOnce(t *testing.T) {
 func TestClusterCacheIdentityCountedOnEveryMaster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 0)
 	cache := cl.Client(t)
-	seen := &incrSeen{}
+	seen := &redistest.Counter{Name: "incr"}
 	cache.AddHook(seen) // a service's hook on its cluster client: it sees the counting too
 	bus := redistest.Start(t).Client(t)
 	s, err := New(bus, Options{Service: "profile-svc", Matrix: testMatrixParsed(t), Cache: cache,
@@ -147,27 +146,9 @@ func TestClusterCacheIdentityCountedOnEveryMaster(t *testing.T) {
 	if c := now.changed(after); len(c) != 1 || !strings.HasPrefix(c[0], flushed+" ") {
 		t.Errorf("changed %q, want %s alone", c, flushed)
 	}
-	if n := seen.n.Load(); n != 9 {
+	if n := seen.N(); n != 9 {
 		t.Errorf("the cluster client's hook saw %d INCRs of the identity counters, want 9 (3 reads of 3 masters)", n)
 	}
-}
-
-// incrSeen counts the INCRs a client's hook sees.
-type incrSeen struct{ n atomic.Int64 }
-
-func (h *incrSeen) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *incrSeen) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "incr" {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *incrSeen) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // The position index (tagstore IndexTenants) is written again after the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,24 +12,6 @@ import (
 	"github.com/routerd/routerd/internal/faultproxy"
 	"github.com/routerd/routerd/internal/redistest"
 )
-
-// infoCounter counts the INFO commands a client sends.
-type infoCounter struct{ n atomic.Int64 }
-
-func (h *infoCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *infoCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "info" {
-			h.n.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (h *infoCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
 
 // A master that does not answer holds each caller of Replicas only until
 // its own context ends, and the callers share one INFO: they do not queue
@@ -41,7 +22,7 @@ func TestReplicasStalledMasterSharesOneInfo(t *testing.T) {
 	proxy := faultproxy.Start(t, srv.Addr)
 	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: 500 * time.Millisecond, MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
-	infos := &infoCounter{}
+	infos := &redistest.Counter{Name: "info"}
 	c.AddHook(infos)
 	ctx := context.Background()
 	if err := c.Ping(ctx).Err(); err != nil { // the connection made before the pause
@@ -67,7 +48,7 @@ func TestReplicasStalledMasterSharesOneInfo(t *testing.T) {
 			t.Errorf("caller %d: %v, want its context's deadline", i, err)
 		}
 	}
-	if n := infos.n.Load(); n != 1 {
+	if n := infos.N(); n != 1 {
 		t.Errorf("%d INFO sent for %d callers at once, want 1", n, callers)
 	}
 	if err := proxy.Heal(); err != nil {

@@ -8,12 +8,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/routerd/routerd/internal/redistest"
 	"github.com/routerd/routerd/names"
@@ -209,23 +207,6 @@ func TestHistoryTTLExpiresHistoriesAndSubscribersRecoverWhole(t *testing.T) {
 	}
 }
 
-// xrangeCounter counts the XRANGE commands a client sends on their own
-// (not in a pipeline).
-type xrangeCounter struct{ alone atomic.Int64 }
-
-func (h *xrangeCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *xrangeCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if cmd.Name() == "xrange" {
-			h.alone.Add(1)
-		}
-		return next(ctx, cmd)
-	}
-}
-func (h *xrangeCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // The first check of a service with no stored position replays every
 // channel from its history: the histories are read in pipelines, not one
 // XRANGE round trip a channel (a new service of 10M channels took half an
@@ -254,7 +235,7 @@ func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 	}
 	must(t, e.caches["profile-svc"].Client(t).Set(ctx, names.GenerationSeenKey("profile-svc"), e.busIdentity(), 0).Err())
 	bus := e.bus.Client(t)
-	counter := &xrangeCounter{}
+	counter := &redistest.Counter{Name: "xrange"}
 	bus.AddHook(counter)
 	reg := prometheus.NewRegistry()
 	e.subscriberOn(bus, "profile-svc", subscriber.Options{Registerer: reg})
@@ -264,7 +245,7 @@ func TestFirstCheckBatchesItsRecoveries(t *testing.T) {
 	if got := metric(t, reg, "subscriber_recoveries_total", "kind", "replay"); got != n {
 		t.Errorf("%v replays, want %d", got, n)
 	}
-	if got := counter.alone.Load(); got != 0 {
+	if got := counter.N(); got != 0 {
 		t.Errorf("%d XRANGE round trips of their own for %d channels to replay, want them in pipelines", got, n)
 	}
 }

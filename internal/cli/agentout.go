@@ -98,7 +98,7 @@ func (a *agentOut) start(ctx context.Context) error {
 	wait := 100 * time.Millisecond
 	for {
 		// A script, so that the token lands on a full cache Redis.
-		r, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		r, err := a.take(ctx)
 		if err == nil {
 			a.taken.Store(true)
 			// A subscriber without --deliver there now may move the
@@ -168,17 +168,7 @@ func (a *agentOut) holdMark(ctx context.Context) {
 		if !a.taken.Load() {
 			continue
 		}
-		// Bounded by ctx (go-redis waits for a reply until its ReadTimeout
-		// whatever ctx says): a cache Redis that does not answer does not
-		// hold the agent's stop. A take left behind may land later, even
-		// after the stop marked the cache clean: it writes the token over
-		// the mark, and the next start delivers a reset (the safe side).
-		var r lua.DeliveryTakeReply
-		_, err := redisconn.UntilDone(ctx, func(ctx context.Context) error {
-			var err error
-			r, err = lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
-			return err
-		})
+		r, err := a.take(ctx) // bounded by ctx: a cache that does not answer does not hold the stop
 		if err != nil || r.Was == a.token {
 			continue
 		}
@@ -188,6 +178,9 @@ func (a *agentOut) holdMark(ctx context.Context) {
 	}
 }
 
+// stopWait bounds stopped's calls on the cache Redis, together.
+var stopWait = 5 * time.Second
+
 // stopped leaves the clean mark when every delivery was made and no other
 // subscriber applies to the cache (moving its positions past what the
 // process was given).
@@ -195,7 +188,7 @@ func (a *agentOut) stopped() {
 	if a.d == nil || a.cache == nil || !a.taken.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), stopWait)
 	defer cancel()
 	if !a.d.Clean() {
 		a.log.Warn("stopping with a delivery not made: the next start delivers a reset")
@@ -213,7 +206,12 @@ func (a *agentOut) stopped() {
 		return
 	}
 	// A script, so that the mark lands on a full cache Redis (lua/delivery.lua).
-	r, err := lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service, Token: a.token})
+	var r lua.DeliveryMarkReply
+	_, err := redisconn.UntilDone(ctx, func(ctx context.Context) error {
+		var err error
+		r, err = lua.Run(ctx, a.cache, &lua.DeliveryMarkRequest{Service: a.service, Token: a.token})
+		return err
+	})
 	switch {
 	case err != nil:
 		a.log.Warn("could not mark the cache clean: the next start delivers a reset", "err", err)
@@ -222,12 +220,28 @@ func (a *agentOut) stopped() {
 	}
 }
 
+// take writes the run's token over the mark (lua/delivery.lua), returning
+// at ctx's end whatever the cache Redis does: go-redis waits for a reply
+// until its ReadTimeout whatever ctx says. A take left behind may land
+// later, even after the stop marked the cache clean: it writes the token
+// over the mark, and the next start delivers a reset (the safe side). So
+// do the stop's other calls (the mark checks the token it replaces).
+func (a *agentOut) take(ctx context.Context) (lua.DeliveryTakeReply, error) {
+	var r lua.DeliveryTakeReply
+	_, err := redisconn.UntilDone(ctx, func(ctx context.Context) error {
+		var err error
+		r, err = lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token})
+		return err
+	})
+	return r, err
+}
+
 // unmark writes the run's token over the mark at a stop that leaves the
 // cache not clean: the mark may be "clean" again although this run took
 // it (the cache restored from a snapshot taken after an earlier clean
 // stop), and left so the next start would skip the reset.
 func (a *agentOut) unmark(ctx context.Context) {
-	if _, err := lua.Run(ctx, a.cache, &lua.DeliveryTakeRequest{Service: a.service, Token: a.token}); err != nil {
+	if _, err := a.take(ctx); err != nil {
 		a.log.Warn("could not take the clean mark away; if the cache Redis holds one (restored from a snapshot), the next start skips the reset", "key", names.DeliveryKey(a.service), "err", err)
 	}
 }
@@ -236,7 +250,12 @@ func (a *agentOut) unmark(ctx context.Context) {
 // cache (subscriber.Undelivering); an error counts as one (a reset is the
 // safe side).
 func (a *agentOut) undelivering(ctx context.Context) int {
-	n, err := subscriber.Undelivering(ctx, a.cache, a.service)
+	var n int
+	_, err := redisconn.UntilDone(ctx, func(ctx context.Context) error {
+		var err error
+		n, err = subscriber.Undelivering(ctx, a.cache, a.service)
+		return err
+	})
 	if err != nil {
 		a.log.Warn("could not read which subscribers without --deliver apply to the cache Redis; taking it that one does", "key", names.DeliveryPlainKey(a.service), "err", err)
 		return 1

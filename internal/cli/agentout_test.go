@@ -58,3 +58,29 @@ func TestHoldMarkNotHeldByABlackholedCache(t *testing.T) {
 		t.Fatal("holdMark did not return within 20 s of its cancel (the client's ReadTimeout is a minute)")
 	}
 }
+
+// stopped's calls on the cache Redis (the presence count, the mark) end at
+// its deadline, whatever the cache does: a blackholed cache (go-redis
+// waits out its ReadTimeout, a minute here) does not hold an agent's stop.
+func TestStoppedNotHeldByABlackholedCache(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := faultproxy.Start(t, srv.Addr)
+	cache := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	t.Cleanup(func() { _ = cache.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := newAgentOut("-", &Env{Stdout: io.Discard}, cache, "svc", log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.taken.Store(true)
+	defer func(w time.Duration) { stopWait = w }(stopWait)
+	stopWait = 200 * time.Millisecond
+	must(t, proxy.Blackhole())
+	done := make(chan struct{})
+	go func() { defer close(done); a.stopped() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("stopped did not return within 20 s, its deadline 200 ms (the client's ReadTimeout is a minute)")
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"slices"
@@ -93,12 +92,7 @@ func TestAgentStdoutNotReadStopsOnSIGTERM(t *testing.T) {
 // continues from the cache's positions rather than delivering a needless
 // reset.
 func TestAgentCleanMarkOnAFullCache(t *testing.T) {
-	bus, cache := redistest.Start(t), redistest.Start(t)
-	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
-	rcv := &receiver{}
-	srv := httptest.NewServer(rcv)
-	defer srv.Close()
-	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	bus, cache, rcv, args := deliverRig(t)
 	a := startAgent(t, args...)
 	a.waitReady(t)
 	c := cache.Client(t)
@@ -136,12 +130,7 @@ func TestAgentCleanMarkOnAFullCache(t *testing.T) {
 // hand the process (or a reset), not skip it by continuing from the
 // cache's positions.
 func TestDeliverBesideAnEmbeddedSubscriberLosesNothing(t *testing.T) {
-	bus, cache := redistest.Start(t), redistest.Start(t)
-	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
-	rcv := &receiver{}
-	srv := httptest.NewServer(rcv)
-	defer srv.Close()
-	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	bus, cache, rcv, args := deliverRig(t)
 	m, err := matrix.Load("../../matrix.yaml")
 	if err != nil {
 		t.Fatal(err)

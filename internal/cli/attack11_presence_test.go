@@ -105,12 +105,7 @@ func plainBetweenDeliverRuns(t *testing.T, refusedAtStart bool) {
 // from the cache's position, past user:1, and skips it for good.
 func TestAttack11CacheRestoredToACleanMarkWhileTheAgentRuns(t *testing.T) {
 	ctx := context.Background()
-	bus, cache := redistest.Start(t), redistest.Start(t)
-	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
-	rcv := &receiver{}
-	srv := httptest.NewServer(rcv)
-	defer srv.Close()
-	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	bus, cache, rcv, args := deliverRig(t)
 	first := startAgent(t, args...)
 	first.waitReady(t)
 	first.waitDelivered(t, rcv)

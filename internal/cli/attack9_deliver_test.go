@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -20,12 +19,7 @@ import (
 // started again must hand the process those invalidations, or a reset:
 // continuing from the cache's positions would skip them for good.
 func TestAttack9DeliverBesideAPlainAgentLosesNothing(t *testing.T) {
-	bus, cache := redistest.Start(t), redistest.Start(t)
-	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
-	rcv := &receiver{}
-	srv := httptest.NewServer(rcv)
-	defer srv.Close()
-	args := []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+	bus, cache, rcv, args := deliverRig(t)
 
 	plain := startAgent(t, "--redis", bus.URL, "--cache-redis", cache.URL)
 	plain.waitReady(t)

@@ -83,6 +83,19 @@ type agentRun struct {
 	addr   string
 }
 
+// deliverRig starts a bus with routerd serve on it, a cache Redis and a
+// receiver of deliveries: what an agent with --deliver and a cache needs,
+// and the arguments to start one with.
+func deliverRig(t *testing.T) (bus, cache *redistest.Server, rcv *receiver, args []string) {
+	t.Helper()
+	bus, cache = redistest.Start(t), redistest.Start(t)
+	serveReady(t, "--matrix", "../../matrix.yaml", "--redis", bus.URL, "--listen", anyPort)
+	rcv = &receiver{}
+	srv := httptest.NewServer(rcv)
+	t.Cleanup(srv.Close)
+	return bus, cache, rcv, []string{"--redis", bus.URL, "--cache-redis", cache.URL, "--deliver", srv.URL}
+}
+
 func startAgent(t *testing.T, args ...string) *agentRun {
 	t.Helper()
 	a := &agentRun{done: make(chan int, 1), out: &syncBuffer{}, errb: &syncBuffer{}}

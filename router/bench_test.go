@@ -61,20 +61,7 @@ func BenchmarkPublishCall(b *testing.B) {
 func BenchmarkRouteManyChannels(b *testing.B) {
 	ctx := context.Background()
 	c := redistest.Start(b).Client(b)
-	var y strings.Builder
-	y.WriteString("version: 1\ningress: {partitions: 1}\ndefaults: {rate: 1000000, burst: 1000000, coalesce: 0s}\ntags:\n")
-	for g := range 100 {
-		fmt.Fprintf(&y, "  g%d: {services: [s]}\n", g)
-	}
-	y.WriteString("domains:\n")
-	for g := range 100 {
-		fmt.Fprintf(&y, "  d%d: {tags: [g%d]}\n", g, g)
-	}
-	y.WriteString("services:\n  s: {tenants: all}\n")
-	m, err := matrix.Parse("m.yaml", []byte(y.String()))
-	if err != nil {
-		b.Fatal(err)
-	}
+	m := hundredTags(b)
 	r, err := New(c, m, Options{Block: 100 * time.Millisecond, ClaimInterval: time.Hour})
 	if err != nil {
 		b.Fatal(err)
@@ -127,20 +114,7 @@ func processCPU() time.Duration {
 // each), one tenant over 100 tags, one tenant and one tag. No Redis: the
 // router's own CPU and allocations per event.
 func BenchmarkParseMerge(b *testing.B) {
-	var y strings.Builder
-	y.WriteString("version: 1\ningress: {partitions: 1}\ndefaults: {rate: 1000000, burst: 1000000, coalesce: 0s}\ntags:\n")
-	for g := range 100 {
-		fmt.Fprintf(&y, "  g%d: {services: [s]}\n", g)
-	}
-	y.WriteString("domains:\n")
-	for g := range 100 {
-		fmt.Fprintf(&y, "  d%d: {tags: [g%d]}\n", g, g)
-	}
-	y.WriteString("services:\n  s: {tenants: all}\n")
-	m, err := matrix.Parse("m.yaml", []byte(y.String()))
-	if err != nil {
-		b.Fatal(err)
-	}
+	m := hundredTags(b)
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer client.Close()
 	r, err := New(client, m, Options{})
@@ -237,4 +211,26 @@ func BenchmarkRetryDone(b *testing.B) {
 		r.retryDone(entries)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(entries)), "ns/event")
+}
+
+// hundredTags is the matrix of issue 21's binary scenarios: one partition,
+// limits lifted, 100 tags each of its own domain (d<n> to g<n>), one
+// service of every tenant.
+func hundredTags(b *testing.B) *matrix.Matrix {
+	b.Helper()
+	var y strings.Builder
+	y.WriteString("version: 1\ningress: {partitions: 1}\ndefaults: {rate: 1000000, burst: 1000000, coalesce: 0s}\ntags:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  g%d: {services: [s]}\n", g)
+	}
+	y.WriteString("domains:\n")
+	for g := range 100 {
+		fmt.Fprintf(&y, "  d%d: {tags: [g%d]}\n", g, g)
+	}
+	y.WriteString("services:\n  s: {tenants: all}\n")
+	m, err := matrix.Parse("m.yaml", []byte(y.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
 }
